@@ -1,0 +1,9 @@
+"""Identifier types shared by every layer. Pure declarations, no logic."""
+
+from typing import NewType
+
+Offset = NewType("Offset", int)
+Epoch = NewType("Epoch", int)
+NodeId = NewType("NodeId", int)
+Term = NewType("Term", int)
+RaftIndex = NewType("RaftIndex", int)
