@@ -1,0 +1,163 @@
+"""The `dmq` command. Thin: parse flags, build config objects, call the library, print."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dmq.config import ClusterConfig, ConfigError, load_config, parse_override
+
+log = logging.getLogger("dmq.cli")
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover - uvloop is a hard dependency
+        pass
+
+
+def _load(config_path: str, overrides: tuple[str, ...]) -> ClusterConfig:
+    config = load_config(config_path)
+    if overrides:
+        config = config.with_settings(dict(parse_override(o) for o in overrides))
+    return config
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dmq")
+def main() -> None:
+    """DistributedMQ: a replicated, persistent message log."""
+
+
+@main.command()
+@click.option("--role", "role", required=True,
+              help="controller, broker, or controller,broker (combined mode)")
+@click.option("--node-id", type=int, required=True, help="this node's id in the config")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="cluster config: TOML, or the seed's services.json")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="data folder (default ./dmq-data/node-<id>)")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a setting, e.g. --set broker.session.timeout.ms=30000")
+def server(role: str, node_id: int, config_path: str, data_dir: str | None, log_level: str,
+           log_format: str, overrides: tuple[str, ...]) -> None:
+    """Run one node until SIGTERM or SIGINT."""
+    from dmq.logs import setup_logging
+    from dmq.node import Node, parse_roles, resolve_node
+
+    setup_logging(log_level, f"node-{node_id}", log_format)
+    try:
+        config = _load(config_path, overrides)
+        spec = resolve_node(config, node_id, parse_roles(role), data_dir)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+        return
+    _install_uvloop()
+
+    async def run() -> int:
+        node = Node(config, spec)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await node.start()
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            await node.stop()
+            return 1
+        await stop.wait()
+        await node.stop()
+        return 0
+
+    sys.exit(asyncio.run(run()))
+
+
+@main.command("api-versions")
+@click.option("--bootstrap", default="127.0.0.1:9091", show_default=True, help="HOST:PORT")
+@click.option("--timeout-ms", default=5000, show_default=True)
+def api_versions(bootstrap: str, timeout_ms: int) -> None:
+    """Ask a node which APIs and versions it serves."""
+    from dmq.protocol.api import ApiKey
+    from dmq.protocol.connection import request_once
+    from dmq.protocol.errors import DmqError
+
+    host, _, port = bootstrap.rpartition(":")
+    try:
+        body: Any = asyncio.run(request_once(host, int(port), ApiKey.API_VERSIONS, {},
+                                             timeout_ms=timeout_ms))
+    except (DmqError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    names = {int(k): k.name for k in ApiKey}
+    body["apis"] = [[names.get(k, str(k)), lo, hi] for k, lo, hi in body["apis"]]
+    click.echo(json.dumps(body, indent=2))
+
+
+@main.command()
+@click.option("--controllers", default=3, show_default=True, help="number of controllers")
+@click.option("--brokers", default=3, show_default=True, help="number of brokers")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="where node data and the generated config go (default ./dmq-dev-data)")
+@click.option("--base-port", default=9091, show_default=True,
+              help="controllers listen from here, brokers from base+10")
+@click.option("--quiet", is_flag=True, help="write node logs to files instead of the terminal")
+@click.option("--check", is_flag=True,
+              help="start, verify the cluster end to end, stop, and exit (0 when healthy)")
+def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int, quiet: bool,
+        check: bool) -> None:
+    """Start a whole local cluster as child processes; Ctrl-C stops it."""
+    from dmq.devcluster import DevCluster, default_data_dir, smoke_check
+
+    _install_uvloop()
+    cluster = DevCluster(Path(data_dir) if data_dir else default_data_dir(), controllers,
+                         brokers, base_port, quiet=quiet or check, echo=click.echo)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await cluster.start()
+            click.echo(f"dmq dev: {len(cluster.nodes)} node(s) up, data in {cluster.data_dir}")
+            click.echo(f"bootstrap: {cluster.bootstrap}")
+            for line in await smoke_check(cluster):
+                click.echo(line)
+            if check:
+                return 0
+            click.echo("Ctrl-C stops the cluster.")
+            await stop.wait()
+            return 0
+        except Exception as exc:
+            click.echo(f"error: {exc}", err=True)
+            return 1
+        finally:
+            click.echo("stopping the cluster...")
+            await cluster.stop()
+            click.echo("stopped.")
+
+    sys.exit(asyncio.run(run()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

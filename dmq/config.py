@@ -1,0 +1,231 @@
+"""Cluster configuration: topology and settings, from TOML or the seed's JSON.
+
+Native format (TOML)::
+
+    [[controllers]]
+    id = 1
+    host = "127.0.0.1"
+    port = 9091
+
+    [[brokers]]
+    id = 101
+    host = "127.0.0.1"
+    port = 8081
+
+    [settings]
+    "broker.session.timeout.ms" = 6000      # any key of SETTINGS below
+
+The seed's `services.json` (``{"metadata-services": [{"id", "host", "port"}...],
+"storage-services": [...]}``) is accepted as is. Every setting has a documented
+default in `SETTINGS`; a CLI flag `--set key=value` overrides the file.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration file or a flag is invalid; the message says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    default: Any
+    doc: str
+
+
+# Every tunable, with its default. Kafka's names where Kafka has the setting.
+SETTINGS: dict[str, Setting] = {
+    "max.frame.bytes": Setting(100 * 1024 * 1024, "largest frame a node accepts"),
+    "max.in.flight.requests.per.connection": Setting(
+        1024, "unanswered requests after which a node stops reading a connection"),
+    "socket.send.buffer.high.bytes": Setting(
+        64 * 1024 * 1024, "buffered response bytes after which a node stops reading"),
+    "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
+    "raft.tick.ms": Setting(50, "length of one Raft tick"),
+    "raft.election.timeout.ticks": Setting(
+        10, "election timeout in ticks (randomized in [t, 2t))"),
+    "raft.heartbeat.ticks": Setting(2, "leader heartbeat interval in ticks"),
+    "raft.snapshot.interval.entries": Setting(
+        10_000, "applied entries between controller snapshots"),
+    "broker.heartbeat.interval.ms": Setting(1000, "broker heartbeat interval"),
+    "broker.session.timeout.ms": Setting(6000, "broker fenced after this long without heartbeat"),
+    "auto.create.topics.enable": Setting(True, "create unknown topics on first metadata request"),
+    "num.partitions": Setting(1, "partitions of an auto-created topic"),
+    "default.replication.factor": Setting(1, "replication factor of an auto-created topic"),
+    "min.insync.replicas": Setting(1, "default min.insync.replicas of a topic"),
+    "unclean.leader.election.enable": Setting(False, "allow an out-of-sync leader"),
+    "auto.leader.rebalance.enable": Setting(True, "move leadership back to preferred replicas"),
+    "replica.lag.time.max.ms": Setting(10_000, "follower dropped from ISR after this lag"),
+    "replica.fetch.wait.max.ms": Setting(500, "follower fetch long-poll time"),
+    "replica.fetch.max.bytes": Setting(8 * 1024 * 1024, "follower fetch size per request"),
+    "message.max.bytes": Setting(8 * 1024 * 1024, "largest record batch accepted"),
+    "log.segment.bytes": Setting(1024 * 1024 * 1024, "segment roll size"),
+    "log.segment.ms": Setting(7 * 24 * 3600 * 1000, "segment roll age"),
+    "log.index.interval.bytes": Setting(4096, "bytes between offset index entries"),
+    "log.retention.ms": Setting(7 * 24 * 3600 * 1000, "delete segments older than this (-1: keep)"),
+    "log.retention.bytes": Setting(-1, "delete old segments past this size (-1: no limit)"),
+    "log.flush.messages": Setting(-1, "fsync after this many messages (-1: leave to the OS)"),
+    "log.flush.ms": Setting(-1, "fsync at least this often (-1: leave to the OS)"),
+    "log.cleanup.policy": Setting("delete", "delete, compact, or compact,delete"),
+    "group.session.timeout.ms": Setting(10_000, "consumer fenced after this long silent"),
+    "group.heartbeat.interval.ms": Setting(1000, "consumer heartbeat interval"),
+    "offsets.retention.ms": Setting(7 * 24 * 3600 * 1000, "offsets of an empty group kept"),
+    "http.port": Setting(0, "HTTP port for /metrics and status (0: off)"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    node_id: int
+    host: str
+    port: int
+    rack: str | None = None
+    http_port: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    controllers: tuple[NodeAddress, ...]
+    brokers: tuple[NodeAddress, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    def get(self, key: str) -> Any:
+        if key in self.settings:
+            return self.settings[key]
+        return SETTINGS[key].default
+
+    def node(self, node_id: int) -> NodeAddress | None:
+        for n in (*self.controllers, *self.brokers):
+            if n.node_id == node_id:
+                return n
+        return None
+
+    def is_controller(self, node_id: int) -> bool:
+        return any(n.node_id == node_id for n in self.controllers)
+
+    def is_broker(self, node_id: int) -> bool:
+        return any(n.node_id == node_id for n in self.brokers)
+
+    def with_settings(self, overrides: dict[str, Any]) -> ClusterConfig:
+        merged = dict(self.settings)
+        merged.update(_validate_settings(overrides, "override"))
+        return ClusterConfig(self.controllers, self.brokers, merged, self.source)
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    default = SETTINGS[key].default
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}") from None
+    return str(value)
+
+
+def _validate_settings(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in _flatten(raw).items():
+        if key not in SETTINGS:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        out[key] = _coerce(key, value, where)
+    return out
+
+
+def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _nodes(raw: Any, where: str) -> tuple[NodeAddress, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of nodes")
+    nodes = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}[{i}]: expected a table with id, host, port")
+        try:
+            node_id = int(item.get("id", item.get("node_id", item.get("nodeId"))))
+            host = str(item.get("host", "127.0.0.1"))
+            port = int(item["port"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{where}[{i}]: needs integer id and port, got {item!r}") from None
+        if not 0 < port < 65536:
+            raise ConfigError(f"{where}[{i}]: port {port} out of range")
+        http = item.get("http_port", item.get("httpPort"))
+        nodes.append(NodeAddress(node_id, host, port, item.get("rack"),
+                                 int(http) if http is not None else None))
+    return tuple(nodes)
+
+
+def parse_config(data: dict[str, Any], source: str = "<memory>") -> ClusterConfig:
+    if "metadata-services" in data or "storage-services" in data:
+        controllers = _nodes(data.get("metadata-services"), f"{source}: metadata-services")
+        brokers = _nodes(data.get("storage-services"), f"{source}: storage-services")
+    else:
+        controllers = _nodes(data.get("controllers"), f"{source}: controllers")
+        brokers = _nodes(data.get("brokers"), f"{source}: brokers")
+    if not controllers:
+        raise ConfigError(f"{source}: at least one controller is required")
+    ids = [n.node_id for n in (*controllers, *brokers)]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ConfigError(f"{source}: node ids listed twice: {dupes}")
+    addrs = [n.address for n in (*controllers, *brokers)]
+    dup_addrs = sorted({a for a in addrs if addrs.count(a) > 1})
+    if dup_addrs:
+        raise ConfigError(f"{source}: addresses listed twice: {dup_addrs}")
+    settings = _validate_settings(data.get("settings") or {}, f"{source}: settings")
+    return ClusterConfig(controllers, brokers, settings, source)
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
+    try:
+        if p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'}: "
+                          f"{exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a table/object")
+    return parse_config(data, str(p))
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"expected key=value, got {text!r}")
+    return key.strip(), value.strip()

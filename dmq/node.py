@@ -1,0 +1,111 @@
+"""One dmq process: the protocol server plus the roles it plays.
+
+A node is a controller (a Raft voter of the metadata quorum), a broker, or both
+(combined mode). This module composes the layers; it holds no protocol, log, Raft or
+replication logic of its own. Roles attach as `Service`s that register their handlers
+on the shared server and start and stop with the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from dmq.config import ClusterConfig, ConfigError, NodeAddress
+from dmq.protocol.server import ProtocolServer
+
+log = logging.getLogger("dmq.node")
+
+ROLES = ("controller", "broker")
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    node_id: int
+    roles: tuple[str, ...]
+    address: NodeAddress
+    data_dir: Path
+
+
+def parse_roles(text: str) -> tuple[str, ...]:
+    roles = tuple(sorted({r.strip() for r in text.split(",") if r.strip()}))
+    bad = [r for r in roles if r not in ROLES]
+    if not roles or bad:
+        raise ConfigError(f"--role must be controller, broker or controller,broker; got {text!r}")
+    return roles
+
+
+def resolve_node(config: ClusterConfig, node_id: int, roles: tuple[str, ...],
+                 data_dir: str | Path | None) -> NodeSpec:
+    """Check that the node's roles match where the config lists it."""
+    if "controller" in roles and not config.is_controller(node_id):
+        raise ConfigError(f"node {node_id} runs the controller role but is not listed among the "
+                          f"controllers of {config.source}")
+    if roles == ("broker",) and not config.is_broker(node_id):
+        raise ConfigError(f"node {node_id} is not listed among the brokers of {config.source}")
+    address = config.node(node_id)
+    assert address is not None
+    path = Path(data_dir) if data_dir else Path("dmq-data") / f"node-{node_id}"
+    return NodeSpec(node_id, roles, address, path)
+
+
+class Node:
+    def __init__(self, config: ClusterConfig, spec: NodeSpec) -> None:
+        self.config = config
+        self.spec = spec
+        self.server = ProtocolServer(
+            host=spec.address.host, port=spec.address.port, node_id=spec.node_id,
+            max_frame_bytes=config.get("max.frame.bytes"),
+            max_in_flight=config.get("max.in.flight.requests.per.connection"),
+            max_buffered_bytes=config.get("socket.send.buffer.high.bytes"),
+            extra_info=self._info)
+        self.services: list[Service] = []
+        self._stopped = asyncio.Event()
+
+    def _info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"roles": list(self.spec.roles)}
+        for svc in self.services:
+            info.update(svc.info())
+        return info
+
+    async def start(self) -> None:
+        self.spec.data_dir.mkdir(parents=True, exist_ok=True)
+        self._build_services()
+        try:
+            await self.server.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {self.spec.address.address}: "
+                              f"{exc.strerror or exc}") from None
+        for svc in self.services:
+            await svc.start()
+        log.info("node %d started: roles=%s data_dir=%s pid=%d", self.spec.node_id,
+                 ",".join(self.spec.roles), self.spec.data_dir, os.getpid())
+
+    def _build_services(self) -> None:
+        """Attach the role services. Each role module registers its own handlers."""
+        from dmq.roles import build_services
+
+        self.services = build_services(self)
+
+    async def stop(self) -> None:
+        log.info("node %d stopping", self.spec.node_id)
+        for svc in reversed(self.services):
+            try:
+                await svc.stop()
+            except Exception:
+                log.exception("node %d: stopping %s failed", self.spec.node_id, svc)
+        await self.server.close(self.config.get("shutdown.grace.ms"))
+        log.info("node %d stopped", self.spec.node_id)
+        self._stopped.set()

@@ -1,0 +1,14 @@
+"""Which services a node runs for its roles. The controller and broker layers plug in
+here; this file only wires, it holds no logic of either role."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dmq.node import Node, Service
+
+
+def build_services(node: Node) -> list[Service]:
+    services: list[Service] = []
+    return services

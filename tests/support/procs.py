@@ -1,0 +1,167 @@
+"""Real `dmq server` processes for end-to-end tests.
+
+`ProcessCluster` writes a config with free loopback ports into a temporary folder,
+starts nodes as child processes, and always kills what it started (by PID) and removes
+its folder, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_port(port: int, timeout_s: float = 15.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
+
+
+def toml_config(controllers: list[tuple[int, int]], brokers: list[tuple[int, int]],
+                settings: dict[str, Any] | None = None) -> str:
+    lines: list[str] = []
+    for section, nodes in (("controllers", controllers), ("brokers", brokers)):
+        for node_id, port in nodes:
+            lines += [f"[[{section}]]", f"id = {node_id}", 'host = "127.0.0.1"',
+                      f"port = {port}", ""]
+    if settings:
+        lines.append("[settings]")
+        for k, v in settings.items():
+            val = str(v).lower() if isinstance(v, bool) else (f'"{v}"' if isinstance(v, str) else v)
+            lines.append(f'"{k}" = {val}')
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class NodeProc:
+    node_id: int
+    role: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@dataclass
+class ProcessCluster:
+    """A cluster of real processes. Use as a context manager."""
+
+    controllers: int = 1
+    brokers: int = 0
+    combined: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dmq-test-")))
+    nodes: dict[int, NodeProc] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ports = free_ports(self.controllers + self.brokers)
+        ctl = [(i + 1, ports[i]) for i in range(self.controllers)]
+        brk = [(101 + i, ports[self.controllers + i]) for i in range(self.brokers)]
+        self.config_path = self.root / "cluster.toml"
+        self.config_path.write_text(toml_config(ctl, brk, self.settings))
+        role_c = "controller,broker" if self.combined else "controller"
+        for node_id, port in ctl:
+            self.nodes[node_id] = NodeProc(node_id, role_c, port, self.root / f"node-{node_id}",
+                                           self.root / f"node-{node_id}.log")
+        for node_id, port in brk:
+            self.nodes[node_id] = NodeProc(node_id, "broker", port, self.root / f"node-{node_id}",
+                                           self.root / f"node-{node_id}.log")
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes.values())
+
+    @property
+    def controller_ids(self) -> list[int]:
+        return [n.node_id for n in self.nodes.values() if "controller" in n.role]
+
+    @property
+    def broker_ids(self) -> list[int]:
+        return [n.node_id for n in self.nodes.values() if "broker" in n.role]
+
+    def start(self, node_id: int | None = None, wait: bool = True) -> None:
+        targets = [self.nodes[node_id]] if node_id is not None else list(self.nodes.values())
+        for n in targets:
+            if n.alive:
+                continue
+            logf = open(n.log_path, "ab")
+            n.proc = subprocess.Popen(
+                [sys.executable, "-m", "dmq.cli", "server", "--role", n.role, "--node-id",
+                 str(n.node_id), "--config", str(self.config_path), "--data-dir", str(n.data_dir)],
+                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            logf.close()
+        if wait:
+            for n in targets:
+                wait_port(n.port)
+
+    def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
+        n = self.nodes[node_id]
+        if n.proc is not None and n.proc.poll() is None:
+            n.proc.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+                n.proc.wait(timeout=30)
+
+    def signal(self, node_id: int, sig: int) -> None:
+        n = self.nodes[node_id]
+        if n.proc is not None and n.proc.poll() is None:
+            n.proc.send_signal(sig)
+
+    def stop_all(self) -> None:
+        for n in self.nodes.values():
+            if n.proc is not None and n.proc.poll() is None:
+                try:
+                    n.proc.send_signal(signal.SIGCONT)
+                    n.proc.kill()
+                    n.proc.wait(timeout=10)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"===== node {n.node_id} =====\n{n.log_text()[-4000:]}"
+                         for n in self.nodes.values())
+
+    def __enter__(self) -> ProcessCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+        if exc[0] is not None and os.environ.get("DMQ_TEST_KEEP_LOGS"):
+            print(self.dump_logs())
+        shutil.rmtree(self.root, ignore_errors=True)
