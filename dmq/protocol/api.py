@@ -12,7 +12,19 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from dmq.protocol.schema import ANY, BOOL, BYTES, INT, STR, Array, Nullable, Struct, Type
+from dmq.protocol.schema import (
+    ANY,
+    BOOL,
+    BYTES,
+    INT,
+    STR,
+    Array,
+    MapOf,
+    Nullable,
+    Struct,
+    Tuple,
+    Type,
+)
 
 
 class ApiKey(IntEnum):
@@ -47,7 +59,6 @@ class ApiKey(IntEnum):
     RAFT_TIMEOUT_NOW = 1003
     RAFT_MESSAGE = 1004
     RAFT_STATUS = 1005
-    RAFT_PROPOSE = 1006
     METADATA_FETCH = 1010
     CONTROLLER_CHANGED = 1011
     RESET_OFFSETS = 1012
@@ -56,10 +67,140 @@ class ApiKey(IntEnum):
 # key -> (min_version, max_version) this build understands
 API_VERSION_RANGE: dict[ApiKey, tuple[int, int]] = {key: (0, 0) for key in ApiKey}
 
-# Request schemas. Layers declare theirs here as they implement them; an API without
-# a schema gets its body checked only for being a map.
+# Request schemas. Bodies are maps with short keys; per-partition lists on the data path
+# are positional arrays (documented beside each) because they are built and read per
+# request on the hot path. Responses are documented here and built by the handlers.
+_CONFIGS = MapOf(STR, STR)
+_TOPIC_NAMES = Nullable(Array(STR, max_items=100_000))
+
 REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.API_VERSIONS: Struct(optional={"client_software": (STR, "")}),
+    # -> {"apis": [[key, min, max]], "node_id", "version", "roles": [...]}
+
+    # ---- data path (brokers) -------------------------------------------------------
+    ApiKey.PRODUCE: Struct(
+        {"acks": INT, "timeout_ms": INT,
+         # [[topic, [[partition, leader_epoch (-1: unchecked), batches: bytes]]]]
+         "topics": Array(Tuple(STR, Array(Tuple(INT, INT, BYTES))))}),
+    # -> {"topics": [[topic, [[partition, error, base_offset, log_start_offset, msg]]]]}
+    ApiKey.FETCH: Struct(
+        {"max_wait_ms": INT, "min_bytes": INT, "max_bytes": INT,
+         # [[topic, [[partition, fetch_offset, current_leader_epoch, partition_max_bytes]]]]
+         "topics": Array(Tuple(STR, Array(Tuple(INT, INT, INT, INT))))},
+        {"replica_id": (INT, -1), "broker_epoch": (INT, -1)}),
+    # -> {"topics": [[topic, [[partition, error, high_watermark, log_start_offset,
+    #                          log_end_offset, records: bytes]]]]}
+    ApiKey.LIST_OFFSETS: Struct(
+        # timestamp -1 = latest, -2 = earliest, else first offset with ts >= timestamp
+        {"topics": Array(Tuple(STR, Array(Tuple(INT, INT))))}),
+    # -> {"topics": [[topic, [[partition, error, timestamp, offset]]]]}
+    ApiKey.OFFSET_FOR_LEADER_EPOCH: Struct(
+        # [[topic, [[partition, current_leader_epoch, leader_epoch]]]]
+        {"topics": Array(Tuple(STR, Array(Tuple(INT, INT, INT))))},
+        {"replica_id": (INT, -1)}),
+    # -> {"topics": [[topic, [[partition, error, leader_epoch, end_offset]]]]}
+
+    # ---- metadata (every controller answers; brokers answer from their image) -----
+    ApiKey.METADATA: Struct(optional={"topics": (_TOPIC_NAMES, None),
+                                      "allow_auto_create": (BOOL, False)}),
+    # -> {"controller_id", "version", "brokers": [[id, host, port, rack]],
+    #     "topics": [{"name", "id", "error", "partitions":
+    #                 [[partition, leader, leader_epoch, replicas, isr, error]]}]}
+    ApiKey.DESCRIBE_CLUSTER: Struct(),
+    # -> {"controller_id", "controller_term", "metadata_version",
+    #     "controllers": [{"node_id", "host", "port", "role", "term", "commit_index",
+    #                      "last_applied"}],
+    #     "brokers": [{"broker_id", "host", "port", "rack", "state", "broker_epoch",
+    #                  "last_heartbeat_ms_ago"}]}
+    ApiKey.METADATA_FETCH: Struct({"broker_id": INT, "version": INT},
+                                  {"max_wait_ms": (INT, 500)}),
+    # -> {"version", "records": [...]} or {"version", "snapshot": {...}}
+
+    # ---- controller writes (active controller only; others: NOT_CONTROLLER + leader)
+    ApiKey.BROKER_REGISTRATION: Struct(
+        {"broker_id": INT, "host": STR, "port": INT, "incarnation_id": STR},
+        {"rack": (Nullable(STR), None)}),
+    # -> {"broker_epoch"}
+    ApiKey.BROKER_HEARTBEAT: Struct(
+        {"broker_id": INT, "broker_epoch": INT, "metadata_version": INT},
+        {"want_fence": (BOOL, False), "want_shutdown": (BOOL, False)}),
+    # -> {"is_fenced", "should_shutdown", "metadata_version"}
+    ApiKey.CONTROLLED_SHUTDOWN: Struct({"broker_id": INT, "broker_epoch": INT}),
+    # -> {"remaining_leaderships": int}
+    ApiKey.CREATE_TOPICS: Struct(
+        {"topics": Array(Struct({"name": STR, "partitions": INT, "replication_factor": INT},
+                                {"configs": (_CONFIGS, dict)}), max_items=10_000)},
+        {"timeout_ms": (INT, 30_000), "validate_only": (BOOL, False)}),
+    # -> {"topics": [{"name", "error", "msg", "id"}]}
+    ApiKey.DELETE_TOPICS: Struct({"topics": Array(STR, max_items=10_000)},
+                                 {"timeout_ms": (INT, 30_000)}),
+    # -> {"topics": [{"name", "error", "msg"}]}
+    ApiKey.CREATE_PARTITIONS: Struct(
+        {"topics": Array(Struct({"name": STR, "count": INT}), max_items=10_000)},
+        {"timeout_ms": (INT, 30_000), "validate_only": (BOOL, False)}),
+    # -> {"topics": [{"name", "error", "msg"}]}
+    ApiKey.ALTER_PARTITION: Struct(
+        {"broker_id": INT, "broker_epoch": INT,
+         # [[topic, [[partition, leader_epoch, partition_epoch, new_isr: [int]]]]]
+         "topics": Array(Tuple(STR, Array(Tuple(INT, INT, INT, Array(INT)))))}),
+    # -> {"topics": [[topic, [[partition, error, leader, leader_epoch, isr,
+    #                          partition_epoch]]]]}
+    ApiKey.ALLOCATE_PRODUCER_IDS: Struct({"broker_id": INT, "broker_epoch": INT}),
+    # -> {"first_producer_id", "count"}
+    ApiKey.INIT_PRODUCER_ID: Struct(optional={"transactional_id": (Nullable(STR), None)}),
+    # -> {"producer_id", "producer_epoch"}
+    ApiKey.DESCRIBE_CONFIGS: Struct({"topics": Array(STR, max_items=10_000)}),
+    # -> {"topics": [{"name", "error", "msg", "configs": {k: v}}]}
+    ApiKey.ALTER_CONFIGS: Struct(
+        {"topics": Array(Struct({"name": STR, "configs": MapOf(STR, Nullable(STR))}))},
+        {"validate_only": (BOOL, False)}),
+    # -> {"topics": [{"name", "error", "msg"}]}
+    ApiKey.CONTROLLER_CHANGED: Struct({"controller_id": INT, "term": INT, "host": STR,
+                                       "port": INT}),
+    # -> {}
+
+    # ---- consumer groups (coordinator = active controller) -------------------------
+    ApiKey.CONSUMER_GROUP_HEARTBEAT: Struct(
+        {"group_id": STR, "member_id": STR, "member_epoch": INT},
+        {"instance_id": (Nullable(STR), None), "rebalance_timeout_ms": (INT, 60_000),
+         "session_timeout_ms": (INT, 10_000),
+         "topics": (Nullable(Array(STR)), None), "pattern": (Nullable(STR), None),
+         # [[topic, [partition, ...]]]; nil = unchanged since the last heartbeat
+         "owned": (Nullable(Array(Tuple(STR, Array(INT)))), None),
+         "assignor": (Nullable(STR), None)}),
+    # -> {"member_id", "member_epoch", "heartbeat_interval_ms",
+    #     "assignment": [[topic, [partition, ...]]] | nil}
+    ApiKey.OFFSET_COMMIT: Struct(
+        {"group_id": STR, "member_id": STR, "member_epoch": INT,
+         # [[topic, [[partition, offset, metadata]]]]
+         "topics": Array(Tuple(STR, Array(Tuple(INT, INT, Nullable(STR)))))}),
+    # -> {"topics": [[topic, [[partition, error]]]]}
+    ApiKey.OFFSET_FETCH: Struct({"group_id": STR},
+                                {"topics": (Nullable(Array(Tuple(STR, Array(INT)))), None)}),
+    # -> {"topics": [[topic, [[partition, offset, metadata, error]]]]}
+    ApiKey.LIST_GROUPS: Struct(),
+    # -> {"groups": [{"group_id", "state", "members"}]}
+    ApiKey.DESCRIBE_GROUPS: Struct({"groups": Array(STR)}),
+    # -> {"groups": [{"group_id", "error", "state", "epoch", "assignor",
+    #                 "members": [{"member_id", "instance_id", "member_epoch", "client_id",
+    #                              "host", "assignment": [[topic, [p...]]]}]}]}
+    ApiKey.DELETE_GROUPS: Struct({"groups": Array(STR)}),
+    # -> {"groups": [{"group_id", "error", "msg"}]}
+    ApiKey.RESET_OFFSETS: Struct(
+        {"group_id": STR, "topics": Array(Tuple(STR, Array(Tuple(INT, INT))))},
+        {"dry_run": (BOOL, False)}),
+    # -> {"topics": [[topic, [[partition, offset, error]]]]}
+
+    # ---- Raft transport between controllers ------------------------------------------
+    # A Raft message in its wire form (a list, see dmq/raft), sent under the key of its
+    # kind (votes and pre-votes, appends, snapshot chunks, timeout-now) or RAFT_MESSAGE
+    # for responses; answered with {} at once: replies travel as messages of their own.
+    **{key: Struct({"from": INT, "msg": Array(ANY)}) for key in (
+        ApiKey.RAFT_REQUEST_VOTE, ApiKey.RAFT_APPEND_ENTRIES, ApiKey.RAFT_INSTALL_SNAPSHOT,
+        ApiKey.RAFT_TIMEOUT_NOW, ApiKey.RAFT_MESSAGE)},
+    ApiKey.RAFT_STATUS: Struct(),
+    # -> {"node_id", "role", "term", "leader_id", "commit_index", "last_applied",
+    #     "last_log_index", "peers": {id: match_index}}
 }
 
 # Helpers kept here so every layer spells common shapes the same way.
