@@ -159,5 +159,21 @@ def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int, qu
     sys.exit(asyncio.run(run()))
 
 
+def _register_subcommands() -> None:
+    """Admin command groups live in their own modules; each adds itself to `main`."""
+    import importlib
+
+    for module in ("dmq.cli_admin", "dmq.cli_groups"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(main)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
