@@ -1,10 +1,11 @@
 """Client side of the wire protocol: one multiplexed connection to one node.
 
 Many requests may be in flight on a connection; responses are matched by correlation
-id and may arrive in any order. Every request has a timeout (timer per request, not
-a task). When the connection drops, every pending request fails at once with
-`NetworkError`. In-flight requests are bounded by `max_in_flight`; a sender waits for
-a slot, and waits while the socket's write buffer is above its high-water mark.
+id and may arrive in any order. Every request has a timeout (one timer per connection,
+armed at the earliest deadline; no task or timer per request). When the connection
+drops, every pending request fails at once with `NetworkError`. In-flight requests
+are bounded by `max_in_flight`; a sender waits for a slot, and waits while the
+socket's write buffer is above its high-water mark.
 
 Error responses become exceptions here (one of the two places that maps codes).
 """
@@ -62,6 +63,7 @@ class _ClientProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.conn._writable.set()
+        self.conn._room.set()
 
 
 class Connection:
@@ -74,9 +76,13 @@ class Connection:
         self.client_id = client_id
         self._decoder = FrameDecoder(max_frame_bytes)
         self._transport: asyncio.Transport | None = None
-        self._pending: dict[int, tuple[asyncio.Future[Any], asyncio.TimerHandle]] = {}
+        # cid -> (future, deadline on the loop clock, api key, timeout_ms)
+        self._pending: dict[int, tuple[asyncio.Future[Any], float, ApiKey | int, int]] = {}
         self._next_cid = 0
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        self._room = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline = 0.0
         self._writable = asyncio.Event()
         self._writable.set()
         self._closed = False
@@ -119,24 +125,65 @@ class Connection:
         """Send a request, return the response body, or raise the error's exception."""
         if self._closed:
             raise NetworkError(f"{self.address}: {self._close_reason}")
-        async with self._slots:
-            if not self._writable.is_set():
-                try:
-                    await asyncio.wait_for(self._writable.wait(), timeout_ms / 1000)
-                except TimeoutError:
-                    raise RequestTimedOutError(
-                        f"{self.address}: socket not writable for {timeout_ms} ms") from None
-            if self._closed or self._transport is None:
-                raise NetworkError(f"{self.address}: {self._close_reason}")
-            cid = self._next_cid
-            self._next_cid = (cid + 1) & 0x7FFFFFFF
-            frame = encode_request(int(api_key), version, cid, self.client_id, body)
-            fut: asyncio.Future[Any] = self._loop.create_future()
-            timer = self._loop.call_later(timeout_ms / 1000, self._on_timeout, cid, api_key,
-                                          timeout_ms)
-            self._pending[cid] = (fut, timer)
-            self._transport.write(frame)
-            return await fut
+        loop = self._loop
+        deadline = loop.time() + timeout_ms / 1000
+        if len(self._pending) >= self._max_in_flight or not self._writable.is_set():
+            await self._wait_for_room(deadline, timeout_ms)
+        transport = self._transport
+        if self._closed or transport is None:
+            raise NetworkError(f"{self.address}: {self._close_reason}")
+        cid = self._next_cid
+        self._next_cid = (cid + 1) & 0x7FFFFFFF
+        frame = encode_request(int(api_key), version, cid, self.client_id, body)
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending[cid] = (fut, deadline, api_key, timeout_ms)
+        if self._timer is None or deadline < self._timer_deadline:
+            self._arm_timer(deadline)
+        transport.write(frame)
+        return await fut
+
+    async def _wait_for_room(self, deadline: float, timeout_ms: int) -> None:
+        while len(self._pending) >= self._max_in_flight or not self._writable.is_set():
+            if self._closed:
+                return
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise RequestTimedOutError(
+                    f"{self.address}: no room to send within {timeout_ms} ms "
+                    f"({len(self._pending)} requests in flight)")
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def _arm_timer(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_deadline = deadline
+        self._timer = self._loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """One timer for the whole connection, armed at the earliest deadline."""
+        self._timer = None
+        now = self._loop.time()
+        earliest = None
+        expired = []
+        for cid, (_, deadline, _, _) in self._pending.items():
+            if deadline <= now:
+                expired.append(cid)
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        for cid in expired:
+            fut, _, api_key, timeout_ms = self._pending.pop(cid)
+            if not fut.done():
+                name = api_key.name if isinstance(api_key, ApiKey) else str(api_key)
+                fut.set_exception(RequestTimedOutError(
+                    f"{name} to {self.address} got no response in {timeout_ms} ms"))
+        if expired:
+            self._room.set()
+        if earliest is not None:
+            self._arm_timer(earliest)
 
     def send_oneway(self, api_key: ApiKey | int, body: Any, *, version: int = 0) -> None:
         """Send a request that gets no response (produce with acks=0)."""
@@ -156,13 +203,6 @@ class Connection:
         self._fail_all("connection closed by client")
 
     # callbacks -----------------------------------------------------------------------
-    def _on_timeout(self, cid: int, api_key: ApiKey | int, timeout_ms: int) -> None:
-        entry = self._pending.pop(cid, None)
-        if entry is not None and not entry[0].done():
-            name = api_key.name if isinstance(api_key, ApiKey) else str(api_key)
-            entry[0].set_exception(RequestTimedOutError(
-                f"{name} to {self.address} got no response in {timeout_ms} ms"))
-
     def _on_data(self, data: bytes) -> None:
         try:
             frames = self._decoder.feed(data)
@@ -171,8 +211,7 @@ class Connection:
                 entry = self._pending.pop(cid, None)
                 if entry is None:
                     continue  # timed out earlier, or a stray; nothing waits for it
-                fut, timer = entry
-                timer.cancel()
+                fut = entry[0]
                 if fut.done():
                     continue
                 if code == 0:
@@ -182,6 +221,8 @@ class Connection:
                     data_field = body.get("data") if isinstance(body, dict) else None
                     fut.set_exception(error_for(code, msg, leader=_leader_hint(body),
                                                 data=data_field))
+            if frames and len(self._pending) < self._max_in_flight:
+                self._room.set()
         except ProtocolViolation as exc:
             log.warning("bad response stream from %s: %s", self.address, exc)
             self._close_reason = f"protocol violation by server: {exc}"
@@ -193,14 +234,17 @@ class Connection:
         if exc is not None and self._close_reason == "connection closed":
             self._close_reason = f"connection lost: {exc}"
         self._writable.set()
+        self._room.set()
         self._closed_event.set()
         self._fail_all(self._close_reason)
 
     def _fail_all(self, reason: str) -> None:
         self._closed = True
         pending, self._pending = self._pending, {}
-        for fut, timer in pending.values():
-            timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for fut, *_ in pending.values():
             if not fut.done():
                 fut.set_exception(NetworkError(f"{self.address}: {reason}"))
 

@@ -3,9 +3,10 @@ each request to the handler registered for its API key, write responses.
 
 Ownership and contract:
 - One `_ServerConnection` (an asyncio.Protocol) per client. Requests on a connection
-  are dispatched in arrival order: each becomes a task, and tasks start in creation
-  order, so a handler that does its ordering-sensitive work before its first `await`
-  (the broker's produce append) sees requests in the order they arrived. Responses go
+  are dispatched in arrival order: the handler is called at once; a coroutine it
+  returns becomes a task, and tasks start in creation order, so a handler that does its
+  ordering-sensitive work before its first `await` (the broker's produce append) sees
+  requests in the order they arrived. Responses go
   out as handlers finish, possibly out of order; clients match them by correlation id.
 - Bad input never takes the node down. A request whose correlation id is readable gets
   an error response; otherwise the connection is closed. Either way one log line.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,10 @@ class RequestContext:
     connection: _ServerConnection
 
 
-Handler = Callable[[RequestContext, Any], Awaitable[Any]]
+Handler = Callable[[RequestContext, Any], Any]
+"""A handler returns the response body, `NO_RESPONSE`, or a coroutine producing either.
+Plain functions answer without a task (the fast path); `async def` handlers run as one
+task per request. Raising a `DmqError` answers with its code."""
 
 
 def error_body(exc: DmqError) -> dict[str, Any]:
@@ -180,25 +184,26 @@ class _ServerConnection(asyncio.Protocol):
             self._violation(exc)
             return
         ctx = RequestContext(header, self.peer, self)
-        self.in_flight += 1
-        task = server._loop.create_task(self._run(handler, ctx, body, key))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _run(self, handler: Handler, ctx: RequestContext, body: Any, key: ApiKey) -> None:
-        cid = ctx.header.correlation_id
         try:
-            result = await handler(ctx, body)
-        except DmqError as exc:
-            self._write(cid, exc.code, error_body(exc))
-        except asyncio.CancelledError:
-            self._write(cid, ErrorCode.NODE_SHUTTING_DOWN, {"msg": describe(
-                ErrorCode.NODE_SHUTTING_DOWN)})
-            raise
-        except Exception:
-            log.exception("node=%s handler for %s failed", self.server.node_id, key.name)
-            self._write(cid, ErrorCode.UNKNOWN_SERVER_ERROR,
-                        {"msg": f"internal error handling {key.name}"})
+            result = handler(ctx, body)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error response
+            self._finish(cid, key, exc)
+            return
+        if isinstance(result, Coroutine):
+            self.in_flight += 1
+            task = server._loop.create_task(self._run(result, cid, key))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif result is not NO_RESPONSE:
+            self._write(cid, ErrorCode.NONE, result)
+
+    async def _run(self, coro: Coroutine[Any, Any, Any], cid: int, key: ApiKey) -> None:
+        try:
+            result = await coro
+        except BaseException as exc:
+            self._finish(cid, key, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         else:
             if result is not NO_RESPONSE:
                 self._write(cid, ErrorCode.NONE, result)
@@ -208,6 +213,19 @@ class _ServerConnection(asyncio.Protocol):
                 self._drain_backlog()
             elif self._read_paused:
                 self._update_reading()
+
+    def _finish(self, cid: int, key: ApiKey, exc: BaseException) -> None:
+        """Turn a handler's exception into an error response."""
+        if isinstance(exc, DmqError):
+            self._write(cid, exc.code, error_body(exc))
+        elif isinstance(exc, asyncio.CancelledError):
+            self._write(cid, ErrorCode.NODE_SHUTTING_DOWN,
+                        {"msg": describe(ErrorCode.NODE_SHUTTING_DOWN)})
+        else:
+            log.error("node=%s handler for %s failed", self.server.node_id, key.name,
+                      exc_info=exc)
+            self._write(cid, ErrorCode.UNKNOWN_SERVER_ERROR,
+                        {"msg": f"internal error handling {key.name}"})
 
     def _write(self, correlation_id: int, code: int, body: Any) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -282,7 +300,7 @@ class ProtocolServer:
             log.warning("node=%s server did not close in time", self.node_id)
         self._server = None
 
-    async def _api_versions(self, ctx: RequestContext, body: Any) -> Any:
+    def _api_versions(self, ctx: RequestContext, body: Any) -> Any:
         from dmq import __version__
 
         apis = [[int(k), *API_VERSION_RANGE[k]] for k in sorted(self._handlers)]

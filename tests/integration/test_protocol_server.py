@@ -169,3 +169,23 @@ async def test_bad_frames_get_error_or_close_and_server_keeps_serving() -> None:
     finally:
         await good.close()
         await server.close()
+
+
+async def test_client_bounds_its_in_flight_requests() -> None:
+    server = await start_server()
+    conn = await Connection.open("127.0.0.1", server.bound_port, max_in_flight=3)
+    try:
+        waiting = [asyncio.ensure_future(conn.request(ApiKey.METADATA, {"wait": 4}))
+                   for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert conn.in_flight == 3  # two senders wait for room
+        with pytest.raises(RequestTimedOutError, match="no room"):
+            await conn.request(ApiKey.METADATA, {"v": 1}, timeout_ms=50)
+        other = await Connection.open("127.0.0.1", server.bound_port)
+        await other.request(ApiKey.METADATA, {"release": 4})
+        await other.close()
+        results = await asyncio.wait_for(asyncio.gather(*waiting), 2)
+        assert len(results) == 5
+    finally:
+        await conn.close()
+        await server.close()
