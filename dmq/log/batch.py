@@ -1,0 +1,347 @@
+"""Record batch format: layout, builder, zero-copy header reader, in-place stamping.
+
+This module owns the on-disk and on-wire bytes of a record batch. The broker uses it
+to validate and stamp batches without ever decoding records; clients use the builder
+and `decode_records`. It must never import asyncio or touch files.
+
+Layout (all integers big-endian), modelled on Kafka's RecordBatch v2::
+
+    pos  size  field
+      0     8  base_offset             i64   stamped by the leader
+      8     4  batch_length            i32   bytes after this field (= total size - 12)
+     12     4  partition_leader_epoch  i32   stamped by the leader
+     16     1  magic                   i8    always 2
+     17     4  crc                     u32   CRC-32C of bytes [21, end)
+     21     2  attributes              i16   see below
+     23     4  last_offset_delta       i32   last offset - base_offset
+     27     8  base_timestamp          i64   ms
+     35     8  max_timestamp           i64   ms
+     43     8  producer_id             i64   -1 when not idempotent
+     51     2  producer_epoch          i16   -1 when not idempotent
+     53     4  base_sequence           i32   -1 when not idempotent
+     57     4  record_count            i32
+     61     .  records                       msgpack array, maybe compressed
+
+`attributes` bits: 0-2 compression codec (0 none, 1 zstd, 2 lz4), 3 timestamp type
+(0 CreateTime, 1 LogAppendTime), 4 transactional, 5 control; the rest are reserved
+and must be zero. The CRC starts at `attributes` so that `base_offset` and
+`partition_leader_epoch` can be rewritten in place by the leader without recomputing
+it (Kafka does the same). The records payload is one msgpack array of records, each
+`[timestamp_delta, key, value, headers]` where `headers` is an array of
+`[str key, bytes value]` pairs; the record at index i has offset `base_offset + i` and
+timestamp `base_timestamp + timestamp_delta`. Compaction keeps offsets exact by
+splitting batches into runs of consecutive kept records.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+from crc32c import crc32c
+
+from dmq.log.codecs import CODEC_NONE, compress, decompress
+from dmq.log.errors import CorruptRecordError
+
+MAGIC = 2
+HEADER_STRUCT = struct.Struct(">qiibIhiqqqhii")
+HEADER_SIZE = HEADER_STRUCT.size  # 61
+LOG_OVERHEAD = 12  # base_offset + batch_length: bytes not counted by batch_length
+MIN_BATCH_LENGTH = HEADER_SIZE - LOG_OVERHEAD
+CRC_START = 21
+STAMP_STRUCT = struct.Struct(">qii")  # base_offset, batch_length, partition_leader_epoch
+_OFFSET_STRUCT = struct.Struct(">q")
+_EPOCH_STRUCT = struct.Struct(">i")
+_PREFIX_STRUCT = struct.Struct(">qiib")  # base_offset, batch_length, epoch, magic
+_TAIL_STRUCT = struct.Struct(">hiqqqhii")  # attributes .. record_count
+
+ATTR_CODEC_MASK = 0x07
+ATTR_TIMESTAMP_TYPE = 0x08
+ATTR_TRANSACTIONAL = 0x10
+ATTR_CONTROL = 0x20
+ATTR_KNOWN_MASK = 0x3F
+
+TIMESTAMP_CREATE_TIME = 0
+TIMESTAMP_LOG_APPEND_TIME = 1
+
+NO_PRODUCER_ID = -1
+NO_PRODUCER_EPOCH = -1
+NO_SEQUENCE = -1
+NO_PARTITION_LEADER_EPOCH = -1
+
+Buffer = bytes | bytearray | memoryview
+
+
+class BatchHeader(NamedTuple):
+    """The 61-byte header of one batch, plus where it starts in the scanned buffer."""
+
+    base_offset: int
+    batch_length: int
+    partition_leader_epoch: int
+    magic: int
+    crc: int
+    attributes: int
+    last_offset_delta: int
+    base_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    record_count: int
+    position: int
+
+    @property
+    def size_bytes(self) -> int:
+        return self.batch_length + LOG_OVERHEAD
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta + 1
+
+    @property
+    def codec(self) -> int:
+        return self.attributes & ATTR_CODEC_MASK
+
+    @property
+    def last_sequence(self) -> int:
+        if self.base_sequence < 0:
+            return NO_SEQUENCE
+        return (self.base_sequence + self.last_offset_delta) & 0x7FFFFFFF
+
+
+class Record(NamedTuple):
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def read_header(buf: Buffer, position: int = 0) -> BatchHeader:
+    """Unpack the header at `position` without any check beyond there being 61 bytes."""
+    if len(buf) - position < HEADER_SIZE:
+        raise CorruptRecordError(f"truncated batch header at position {position}")
+    return BatchHeader(*HEADER_STRUCT.unpack_from(buf, position), position)
+
+
+def check_header(h: BatchHeader, available: int) -> None:
+    """Structural checks of a header; `available` is the bytes from its start to the buffer end."""
+    if h.magic != MAGIC:
+        raise CorruptRecordError(f"bad magic {h.magic} at position {h.position}")
+    if h.batch_length < MIN_BATCH_LENGTH:
+        raise CorruptRecordError(f"batch_length {h.batch_length} too small at {h.position}")
+    if h.batch_length + LOG_OVERHEAD > available:
+        raise CorruptRecordError(f"truncated batch at position {h.position}")
+    if h.record_count < 1 or h.last_offset_delta < h.record_count - 1:
+        raise CorruptRecordError(
+            f"record_count {h.record_count} / last_offset_delta {h.last_offset_delta} "
+            f"inconsistent at {h.position}"
+        )
+    if h.attributes & ~ATTR_KNOWN_MASK or h.attributes < 0:
+        raise CorruptRecordError(f"unknown attribute bits {h.attributes:#x} at {h.position}")
+
+
+def validate_batches(buf: Buffer) -> list[BatchHeader]:
+    """Check every batch of a buffer of concatenated batches: length, magic, CRC.
+
+    Returns the headers in order. Raises `CorruptRecordError` on the first problem,
+    including an empty buffer or trailing bytes. Per batch work only: no record is
+    decoded.
+    """
+    size = len(buf)
+    if size == 0:
+        raise CorruptRecordError("empty batch buffer")
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+    unpack = HEADER_STRUCT.unpack_from
+    out: list[BatchHeader] = []
+    pos = 0
+    while pos < size:
+        if size - pos < HEADER_SIZE:
+            raise CorruptRecordError(f"truncated batch header at position {pos}")
+        h = BatchHeader(*unpack(mv, pos), pos)
+        end = pos + h.batch_length + LOG_OVERHEAD
+        if (
+            h.magic != MAGIC
+            or h.batch_length < MIN_BATCH_LENGTH
+            or end > size
+            or h.record_count < 1
+            or h.last_offset_delta < h.record_count - 1
+            or h.attributes & ~ATTR_KNOWN_MASK
+        ):
+            check_header(h, size - pos)  # raises with the precise reason
+        if crc32c(mv[pos + CRC_START : end]) != h.crc:
+            raise CorruptRecordError(f"CRC mismatch in batch at position {pos}")
+        out.append(h)
+        pos = end
+    return out
+
+
+def iter_headers(buf: Buffer) -> Iterator[BatchHeader]:
+    """Yield headers of whole batches in `buf` without CRC checks; stop at a partial tail."""
+    size = len(buf)
+    unpack = HEADER_STRUCT.unpack_from
+    pos = 0
+    while size - pos >= HEADER_SIZE:
+        h = BatchHeader(*unpack(buf, pos), pos)
+        end = pos + h.batch_length + LOG_OVERHEAD
+        if h.batch_length < MIN_BATCH_LENGTH or end > size:
+            return
+        yield h
+        pos = end
+
+
+def stamp_batch(buf: bytearray | memoryview, position: int, base_offset: int,
+                partition_leader_epoch: int) -> None:
+    """Rewrite base_offset and partition_leader_epoch in place; the CRC stays valid."""
+    _OFFSET_STRUCT.pack_into(buf, position, base_offset)
+    _EPOCH_STRUCT.pack_into(buf, position + 12, partition_leader_epoch)
+
+
+def batch_crc_ok(buf: Buffer, position: int = 0) -> bool:
+    h = read_header(buf, position)
+    end = position + h.batch_length + LOG_OVERHEAD
+    if end > len(buf) or h.batch_length < MIN_BATCH_LENGTH:
+        return False
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+    return crc32c(mv[position + CRC_START : end]) == h.crc
+
+
+def decode_records(buf: Buffer, header: BatchHeader | None = None) -> list[Record]:
+    """Decode the records of the batch starting at `header.position` (or 0).
+
+    Per-record work: for clients and the cleaner only, never the broker's hot paths.
+    """
+    h = header if header is not None else read_header(buf, 0)
+    start = h.position + HEADER_SIZE
+    end = h.position + h.batch_length + LOG_OVERHEAD
+    if end > len(buf):
+        raise CorruptRecordError(f"truncated batch at position {h.position}")
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+    payload = decompress(h.attributes & ATTR_CODEC_MASK, mv[start:end])
+    try:
+        raw: Any = msgpack.unpackb(payload, use_list=False, raw=False, strict_map_key=False)
+        if not isinstance(raw, tuple) or len(raw) != h.record_count:
+            raise CorruptRecordError(
+                f"batch at {h.position} declares {h.record_count} records, holds "
+                f"{len(raw) if isinstance(raw, tuple) else 'not an array'}"
+            )
+        base_offset = h.base_offset
+        base_ts = h.base_timestamp
+        out = []
+        for i, r in enumerate(raw):
+            ts_delta, key, value, headers = r
+            out.append(Record(base_offset + i, base_ts + ts_delta, key, value, headers or ()))
+        return out
+    except CorruptRecordError:
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError) as exc:
+        raise CorruptRecordError(f"undecodable records in batch at {h.position}: {exc}") from exc
+
+
+def iter_records(buf: Buffer) -> Iterator[Record]:
+    """Decode every record of every (CRC-checked) batch in `buf`."""
+    for h in validate_batches(buf):
+        yield from decode_records(buf, h)
+
+
+class BatchBuilder:
+    """Accumulates records for one batch and seals them into bytes.
+
+    Cheap per record: `append` only appends a small list; all packing happens once in
+    `seal`. Offsets are relative until the leader stamps the batch, so `seal` defaults
+    `base_offset` to 0.
+    """
+
+    __slots__ = (
+        "_base_ts",
+        "_max_ts",
+        "_records",
+        "_size_bytes",
+        "base_sequence",
+        "codec",
+        "producer_epoch",
+        "producer_id",
+        "timestamp_type",
+    )
+
+    def __init__(self, codec: int = CODEC_NONE, producer_id: int = NO_PRODUCER_ID,
+                 producer_epoch: int = NO_PRODUCER_EPOCH, base_sequence: int = NO_SEQUENCE,
+                 timestamp_type: int = TIMESTAMP_CREATE_TIME) -> None:
+        self.codec = codec
+        self.producer_id = producer_id
+        self.producer_epoch = producer_epoch
+        self.base_sequence = base_sequence
+        self.timestamp_type = timestamp_type
+        self._records: list[list[Any]] = []
+        self._base_ts = 0
+        self._max_ts = -1
+        self._size_bytes = HEADER_SIZE + 5
+
+    def append(self, timestamp_ms: int, key: bytes | None, value: bytes | None,
+               headers: Sequence[tuple[str, bytes]] | None = None) -> int:
+        """Add one record; returns its index (offset delta) within the batch."""
+        records = self._records
+        if not records:
+            self._base_ts = timestamp_ms
+        self._max_ts = max(self._max_ts, timestamp_ms)
+        records.append([timestamp_ms - self._base_ts, key, value, headers or ()])
+        self._size_bytes += 12 + (len(key) if key else 0) + (len(value) if value else 0)
+        return len(records) - 1
+
+    @property
+    def record_count(self) -> int:
+        return len(self._records)
+
+    @property
+    def estimated_size_bytes(self) -> int:
+        """Uncompressed size estimate, for `batch_size` accounting by the producer."""
+        return self._size_bytes
+
+    def seal(self, base_offset: int = 0,
+             partition_leader_epoch: int = NO_PARTITION_LEADER_EPOCH) -> bytes:
+        records = self._records
+        if not records:
+            raise ValueError("cannot seal an empty batch")
+        attributes = self.codec | (ATTR_TIMESTAMP_TYPE if self.timestamp_type else 0)
+        return encode_batch(records, base_offset, self._base_ts, self._max_ts, attributes,
+                            self.producer_id, self.producer_epoch, self.base_sequence,
+                            partition_leader_epoch, len(records) - 1)
+
+
+def encode_batch(records: Sequence[Sequence[Any]], base_offset: int, base_timestamp: int,
+                 max_timestamp: int, attributes: int = 0,
+                 producer_id: int = NO_PRODUCER_ID, producer_epoch: int = NO_PRODUCER_EPOCH,
+                 base_sequence: int = NO_SEQUENCE,
+                 partition_leader_epoch: int = NO_PARTITION_LEADER_EPOCH,
+                 last_offset_delta: int | None = None) -> bytes:
+    """Pack already-shaped records (`[ts_delta, key, value, headers]`) into one batch."""
+    payload = compress(attributes & ATTR_CODEC_MASK, msgpack.packb(records, use_bin_type=True))
+    if last_offset_delta is None:
+        last_offset_delta = len(records) - 1
+    tail = _TAIL_STRUCT.pack(attributes, last_offset_delta, base_timestamp, max_timestamp,
+                             producer_id, producer_epoch, base_sequence, len(records))
+    crc = crc32c(payload, crc32c(tail))
+    batch_length = HEADER_SIZE - LOG_OVERHEAD + len(payload)
+    return b"".join((
+        _PREFIX_STRUCT.pack(base_offset, batch_length, partition_leader_epoch, MAGIC),
+        struct.pack(">I", crc), tail, payload,
+    ))
+
+
+def build_batch(records: Sequence[tuple[bytes | None, bytes | None]], timestamp_ms: int = 0,
+                base_offset: int = 0, codec: int = CODEC_NONE,
+                producer_id: int = NO_PRODUCER_ID, producer_epoch: int = NO_PRODUCER_EPOCH,
+                base_sequence: int = NO_SEQUENCE,
+                partition_leader_epoch: int = NO_PARTITION_LEADER_EPOCH) -> bytes:
+    """Convenience for tests and tools: one batch of (key, value) records at one timestamp."""
+    b = BatchBuilder(codec, producer_id, producer_epoch, base_sequence)
+    for key, value in records:
+        b.append(timestamp_ms, key, value)
+    return b.seal(base_offset, partition_leader_epoch)

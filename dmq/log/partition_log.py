@@ -1,0 +1,722 @@
+"""`PartitionLog`: the replicated log of one partition, a folder of segments.
+
+Owns offsets (log start, log end, recovery point), appends from leaders and
+followers, reads of whole batches, rolling, truncation, retention, the flush policy,
+crash recovery on open, the leader-epoch cache and producer state. Compaction lives in
+`dmq.log.cleaner` and works through the hooks at the bottom of this class. The high
+watermark is NOT owned here (the broker owns it); `read(max_offset=hw)` bounds reads.
+
+It must never decode records on append, replicate or read paths: per batch work only
+(header unpack, CRC, stamping), bytes move with `writev`/`pread`. Calls are serialised
+by one lock so the cleaner may run in a worker thread; everything else is synchronous
+and meant to be called from the broker's event loop.
+
+Folder layout::
+
+    00000000000000000000.log / .index / .timeindex   segments, named by base offset
+    meta.checkpoint            recovery_point, log_start_offset, clean_shutdown
+    leader-epoch-checkpoint    epoch -> start offset
+
+Crash safety: data is written with one `writev` per append; flushes advance the
+recovery point; on open, segments holding data at or after the recovery point (all of
+them without a clean-shutdown flag... only those) are scanned batch by batch and cut
+after the last valid batch; later segments are deleted. File replacement by the
+cleaner goes through `.cleaned` -> `.swap` -> final, finished or undone by `_sweep`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from bisect import bisect_right
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
+
+from dmq.clock import Clock, SystemClock
+from dmq.log.batch import (
+    ATTR_TIMESTAMP_TYPE,
+    CRC_START,
+    LOG_OVERHEAD,
+    STAMP_STRUCT,
+    BatchHeader,
+    Buffer,
+    validate_batches,
+)
+from dmq.log.checkpoint import fsync_dir, read_entries, write_entries
+from dmq.log.config import LogConfig
+from dmq.log.epoch_cache import FILE_NAME as EPOCH_FILE
+from dmq.log.epoch_cache import LeaderEpochCache
+from dmq.log.errors import (
+    CorruptRecordError,
+    LogClosedError,
+    LogStorageError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    UnexpectedAppendOffsetError,
+)
+from dmq.log.producer_state import ProducerStateManager
+from dmq.log.segment import LOG_SUFFIX, LogSegment
+
+if TYPE_CHECKING:
+    from dmq.log.cleaner import CleanResult
+
+log = logging.getLogger("dmq.log")
+
+META_FILE = "meta.checkpoint"
+_MAX_RELATIVE_OFFSET = 0xFFFFFFFF
+_READ_PREFIX = __import__("struct").Struct(">qi11xi")  # base, length, last_offset_delta
+
+
+class LogAppendInfo(NamedTuple):
+    """What an append did. For a duplicate idempotent batch nothing was written and the
+    offsets are those of the original batch."""
+
+    base_offset: int
+    last_offset: int
+    max_timestamp: int
+    log_append_time_ms: int
+    record_count: int
+    size_bytes: int
+    duplicate: bool
+
+
+class PartitionLog:
+    """One partition's log. Open with `PartitionLog.open(directory, config, clock)`."""
+
+    def __init__(self, directory: str, config: LogConfig | None = None,
+                 clock: Clock | None = None, *, fsync_enabled: bool = True) -> None:
+        self.directory = directory
+        self.config = config if config is not None else LogConfig()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.fsync_enabled = fsync_enabled
+        self._lock = threading.RLock()
+        self._segments: list[LogSegment] = []
+        self._bases: list[int] = []
+        self._log_start_offset = 0
+        self._log_end_offset = 0
+        self._recovery_point = 0
+        self._unflushed_messages = 0
+        self._last_flush_ms = self.clock.monotonic_ms()
+        self._closed = False
+        self.producer_state = ProducerStateManager(self.config.max_producer_batches)
+        os.makedirs(directory, exist_ok=True)
+        self.epoch_cache = LeaderEpochCache(os.path.join(directory, EPOCH_FILE))
+        self._load()
+
+    @classmethod
+    def open(cls, directory: str, config: LogConfig | None = None,
+             clock: Clock | None = None, *, fsync_enabled: bool = True) -> PartitionLog:
+        return cls(directory, config, clock, fsync_enabled=fsync_enabled)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._log_start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._log_end_offset
+
+    @property
+    def recovery_point(self) -> int:
+        return self._recovery_point
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size_bytes for s in self._segments)
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    @property
+    def segments(self) -> list[LogSegment]:
+        """Snapshot of the segments, oldest first (for tools, tests and the cleaner)."""
+        return list(self._segments)
+
+    @property
+    def latest_epoch(self) -> int:
+        return self.epoch_cache.latest_epoch
+
+    def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]:
+        """KIP-101 query a follower sends after a leader change: (epoch, end offset)."""
+        with self._lock:
+            return self.epoch_cache.end_offset_for_epoch(epoch, self._log_end_offset)
+
+    # ------------------------------------------------------------------ appends
+
+    def append_as_leader(self, buf: Buffer, leader_epoch: int) -> LogAppendInfo:
+        """Validate client batches, assign offsets from the log end, stamp `leader_epoch`.
+
+        If any batch is a duplicate of a recent idempotent batch, nothing is written and
+        the original batch's offsets are returned with `duplicate=True`.
+        """
+        headers = validate_batches(buf)
+        mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+        cfg = self.config
+        max_bytes = cfg.max_message_bytes
+        log_append_time = cfg.message_timestamp_type == "LogAppendTime"
+        with self._lock:
+            self._check_open()
+            offset = self._log_end_offset
+            pending: dict[int, tuple[int, int]] = {}
+            producers = self.producer_state
+            iov: list[Buffer] = []
+            index_info: list[tuple[int, int, int, int]] = []
+            total = 0
+            records = 0
+            max_ts = -1
+            now_ms = self.clock.wall_ms() if log_append_time else -1
+            stamp = STAMP_STRUCT.pack
+            for h in headers:
+                size = h.batch_length + LOG_OVERHEAD
+                if size > max_bytes:
+                    raise RecordTooLargeError(f"batch of {size} bytes > {max_bytes}")
+                if h.producer_id >= 0:
+                    dup = self._check_producer(h, pending)
+                    if dup is not None:
+                        return dup
+                pos = h.position
+                ts = h.max_timestamp
+                if log_append_time:
+                    body = _with_log_append_time(mv[pos + 16 : pos + size], now_ms)
+                    ts = now_ms
+                    iov.append(stamp(offset, h.batch_length, leader_epoch))
+                    iov.append(body)
+                else:
+                    iov.append(stamp(offset, h.batch_length, leader_epoch))
+                    iov.append(mv[pos + 16 : pos + size])
+                index_info.append((offset, total, size, ts))
+                total += size
+                records += h.record_count
+                if ts > max_ts:
+                    max_ts = ts
+                offset += h.last_offset_delta + 1
+            base = self._log_end_offset
+            self._write(iov, total, index_info, base, offset, leader_epoch)
+            for (b_off, _, _, _), h in zip(index_info, headers, strict=True):
+                if h.producer_id >= 0:
+                    producers.update_from_header(h, b_off)
+            self._after_append(records)
+            return LogAppendInfo(base, offset - 1, max_ts, now_ms, records, total, False)
+
+    def append_as_follower(self, buf: Buffer) -> LogAppendInfo:
+        """Append batches copied from the leader, offsets and epochs already stamped.
+
+        Offsets must increase and start at or after the log end (gaps are allowed:
+        compacted leaders have them); otherwise `UnexpectedAppendOffsetError`.
+        """
+        headers = validate_batches(buf)
+        with self._lock:
+            self._check_open()
+            expected = self._log_end_offset
+            index_info: list[tuple[int, int, int, int]] = []
+            records = 0
+            max_ts = -1
+            for h in headers:
+                if h.base_offset < expected:
+                    raise UnexpectedAppendOffsetError(
+                        f"follower batch at offset {h.base_offset}, expected >= {expected}")
+                size = h.batch_length + LOG_OVERHEAD
+                index_info.append((h.base_offset, h.position, size, h.max_timestamp))
+                records += h.record_count
+                if h.max_timestamp > max_ts:
+                    max_ts = h.max_timestamp
+                expected = h.base_offset + h.last_offset_delta + 1
+            mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+            first = headers[0].base_offset
+            self._write([mv], len(buf), index_info, first, expected, None)
+            for h in headers:
+                self.epoch_cache.assign(h.partition_leader_epoch, h.base_offset)
+                if h.producer_id >= 0:
+                    self.producer_state.update_from_header(h, h.base_offset)
+            self._after_append(records)
+            return LogAppendInfo(first, expected - 1, max_ts, -1, records, len(buf), False)
+
+    def _check_producer(self, h: BatchHeader,
+                        pending: dict[int, tuple[int, int]]) -> LogAppendInfo | None:
+        seen = pending.get(h.producer_id)
+        last_seq = h.last_sequence
+        if seen is None:
+            dup = self.producer_state.check(h.producer_id, h.producer_epoch, h.base_sequence,
+                                            last_seq)
+            if dup is not None:
+                return LogAppendInfo(dup.base_offset, dup.last_offset, dup.max_timestamp, -1,
+                                     dup.last_offset - dup.base_offset + 1, 0, True)
+        elif h.producer_epoch != seen[0] or h.base_sequence != (seen[1] + 1) & 0x7FFFFFFF:
+            from dmq.log.errors import OutOfOrderSequenceError
+
+            raise OutOfOrderSequenceError(
+                f"producer {h.producer_id}: batches in one append are not consecutive")
+        pending[h.producer_id] = (h.producer_epoch, last_seq)
+        return None
+
+    def _write(self, iov: list[Buffer], total: int, index_info: list[tuple[int, int, int, int]],
+               base_offset: int, next_offset: int, leader_epoch: int | None) -> None:
+        seg = self._segments[-1]
+        if self._should_roll(seg, total, next_offset - 1):
+            seg = self._roll(base_offset)
+        try:
+            seg.append(iov, total, index_info, next_offset)
+        except OSError as exc:
+            self._closed = True
+            raise LogStorageError(f"append to {seg.path} failed: {exc}") from exc
+        if seg.first_append_ms is None:
+            seg.first_append_ms = self.clock.monotonic_ms()
+        self._log_end_offset = next_offset
+        if leader_epoch is not None and leader_epoch > self.epoch_cache.latest_epoch:
+            self.epoch_cache.assign(leader_epoch, base_offset)
+
+    def _should_roll(self, seg: LogSegment, total: int, last_offset: int) -> bool:
+        if seg.size_bytes == 0:
+            return last_offset - seg.base_offset > _MAX_RELATIVE_OFFSET
+        if seg.size_bytes + total > self.config.segment_bytes:
+            return True
+        if last_offset - seg.base_offset > _MAX_RELATIVE_OFFSET:
+            return True
+        if seg.index.is_full or seg.time_index.is_full:
+            return True
+        first = seg.first_append_ms
+        return first is not None and self.clock.monotonic_ms() - first >= self.config.segment_ms
+
+    def _after_append(self, records: int) -> None:
+        self._unflushed_messages += records
+        cfg = self.config
+        if cfg.flush_messages is not None and self._unflushed_messages >= cfg.flush_messages:
+            self._flush_data()
+        elif cfg.flush_ms is not None:
+            self.maybe_flush()
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, offset: int, max_bytes: int, max_offset: int | None = None,
+             min_one_batch: bool = True) -> memoryview:
+        """Whole batches from the batch containing `offset`, up to `max_bytes`.
+
+        Returns at least one batch when `min_one_batch` (even if it exceeds
+        `max_bytes`), never crossing a segment end. With `max_offset` (the high
+        watermark, exclusive) only batches whose last offset < `max_offset` are
+        returned. An offset at the log end (or at `max_offset`) gives empty bytes; one
+        below the log start or past the log end raises `OffsetOutOfRangeError`.
+        """
+        with self._lock:
+            self._check_open()
+            leo = self._log_end_offset
+            if offset < self._log_start_offset or offset > leo:
+                raise OffsetOutOfRangeError(
+                    f"offset {offset} outside [{self._log_start_offset}, {leo}]")
+            limit = leo if max_offset is None or max_offset > leo else max_offset
+            if offset >= limit:
+                return memoryview(b"")
+            segs = self._segments
+            i = max(0, bisect_right(self._bases, offset) - 1)
+            n = len(segs)
+            while i < n:
+                seg = segs[i]
+                h = seg.find(offset)
+                if h is None:
+                    i += 1
+                    continue
+                return self._read_from(seg, h, max_bytes, limit, min_one_batch)
+            return memoryview(b"")
+
+    def _read_from(self, seg: LogSegment, h: BatchHeader, max_bytes: int, limit: int,
+                   min_one_batch: bool) -> memoryview:
+        first_size = h.batch_length + LOG_OVERHEAD
+        if h.base_offset + h.last_offset_delta >= limit:
+            return memoryview(b"")
+        if first_size > max_bytes and not min_one_batch:
+            return memoryview(b"")
+        start = h.position
+        want = min(max(max_bytes, first_size), seg.size_bytes - start)
+        try:
+            data = seg.read(start, want)
+        except OSError as exc:
+            raise LogStorageError(f"read of {seg.path} failed: {exc}") from exc
+        got = len(data)
+        if got < first_size:  # the file shrank underneath us: treat as storage failure
+            raise LogStorageError(f"short read of {seg.path} at {start}")
+        end_abs = start + got
+        if got == seg.size_bytes - start and limit >= seg.next_offset:
+            return memoryview(data)  # whole tail of the segment: all whole batches
+        # Jump close to the cut with the index, then walk the remaining few headers.
+        e_off, e_pos = seg.index.floor_by_position(end_abs)
+        if e_off >= limit:
+            e_off, e_pos = seg.index.lookup(limit - 1)
+        pos = e_pos - start if e_pos > start else 0
+        cut = first_size
+        unpack = _READ_PREFIX.unpack_from
+        if pos < cut:
+            pos = cut
+        elif pos > cut:
+            cut = pos  # the batch at an index point below the cut is whole and < limit
+        while got - pos >= 27:
+            base, length, delta = unpack(data, pos)
+            nxt = pos + length + LOG_OVERHEAD
+            if nxt > got or base + delta >= limit:
+                break
+            cut = pos = nxt
+        mv = memoryview(data)
+        return mv if cut == got else mv[:cut]
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
+        """(offset, max timestamp) of the first batch whose max timestamp >= `timestamp_ms`.
+
+        Batch granularity: the broker never decodes records, so the answer is the base
+        offset of that batch (clients skip earlier records of the batch themselves).
+        """
+        with self._lock:
+            self._check_open()
+            for seg in self._segments:
+                h = seg.find_by_timestamp(timestamp_ms)
+                if h is not None:
+                    return max(h.base_offset, self._log_start_offset), h.max_timestamp
+            return None
+
+    def batch_headers(self, start_offset: int = 0) -> Iterator[BatchHeader]:
+        """Headers (positions within their segment) of batches with last offset >= start."""
+        with self._lock:
+            segs = list(self._segments)
+        for seg in segs:
+            if seg.next_offset <= start_offset:
+                continue
+            h = seg.find(start_offset)
+            if h is None:
+                continue
+            yield from seg.headers(h.position)
+
+    # ------------------------------------------------------------------ roll / flush
+
+    def roll(self) -> LogSegment:
+        with self._lock:
+            self._check_open()
+            if self._segments[-1].size_bytes == 0:
+                return self._segments[-1]
+            return self._roll(self._log_end_offset)
+
+    def _roll(self, base_offset: int) -> LogSegment:
+        old = self._segments[-1]
+        if old.size_bytes == 0 and old.base_offset == base_offset:
+            return old
+        if old.size_bytes == 0:
+            old.delete()
+            self._segments.pop()
+            self._bases.pop()
+        else:
+            if self.fsync_enabled:
+                old.flush()
+            old.make_inactive()
+        seg = self._new_segment(base_offset, active=True)
+        self._segments.append(seg)
+        self._bases.append(base_offset)
+        if all(not s.unflushed for s in self._segments[:-1]) or not self.fsync_enabled:
+            self._recovery_point = max(self._recovery_point, base_offset)
+            self._write_meta(clean=False)
+        return seg
+
+    def _new_segment(self, base_offset: int, active: bool) -> LogSegment:
+        cfg = self.config
+        return LogSegment(self.directory, base_offset, cfg.segment_index_bytes,
+                          cfg.index_interval_bytes, active, self.clock.monotonic_ms())
+
+    def _flush_data(self) -> None:
+        """fsync segments with unflushed data and move the recovery point (in memory)."""
+        try:
+            for seg in self._segments:
+                if seg.unflushed:
+                    if self.fsync_enabled:
+                        seg.flush()
+                    seg.unflushed = False
+        except OSError as exc:
+            self._closed = True
+            raise LogStorageError(f"flush failed: {exc}") from exc
+        self._recovery_point = self._log_end_offset
+        self._unflushed_messages = 0
+        self._last_flush_ms = self.clock.monotonic_ms()
+
+    def flush(self) -> None:
+        """fsync everything and persist the recovery point."""
+        with self._lock:
+            self._check_open()
+            self._flush_data()
+            self._write_meta(clean=False)
+
+    def maybe_flush(self) -> bool:
+        """Flush if `flush_ms` has passed since the last flush; call it periodically."""
+        with self._lock:
+            cfg = self.config
+            if self._closed or cfg.flush_ms is None or self._unflushed_messages == 0:
+                return False
+            if self.clock.monotonic_ms() - self._last_flush_ms < cfg.flush_ms:
+                return False
+            self.flush()
+            return True
+
+    def maybe_roll_by_time(self) -> bool:
+        """Roll an idle active segment older than `segment_ms` (call periodically)."""
+        with self._lock:
+            seg = self._segments[-1]
+            first = seg.first_append_ms
+            if first is None or seg.size_bytes == 0:
+                return False
+            if self.clock.monotonic_ms() - first < self.config.segment_ms:
+                return False
+            self._roll(self._log_end_offset)
+            return True
+
+    # ------------------------------------------------------------------ truncation
+
+    def truncate_to(self, offset: int) -> None:
+        """Drop every batch whose last offset >= `offset` (follower divergence).
+
+        Batches are atomic: if `offset` falls inside a batch the whole batch goes and the
+        log end becomes that batch's base offset.
+        """
+        with self._lock:
+            self._check_open()
+            if offset >= self._log_end_offset:
+                return
+            if offset <= self._segments[0].base_offset:
+                self._truncate_fully(offset)
+                return
+            while len(self._segments) > 1 and self._segments[-1].base_offset >= offset:
+                self._segments.pop().delete()
+                self._bases.pop()
+            seg = self._segments[-1]
+            seg.make_active()
+            seg.truncate_to(offset)
+            self._after_truncate(seg.next_offset)
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Delete everything; the log restarts empty at `offset` (e.g. follower too far behind)."""
+        with self._lock:
+            self._check_open()
+            self._truncate_fully(offset)
+
+    def _truncate_fully(self, offset: int) -> None:
+        for seg in self._segments:
+            seg.delete()
+        self._segments = [self._new_segment(offset, active=True)]
+        self._bases = [offset]
+        self._log_start_offset = offset
+        self.epoch_cache.clear()
+        self._after_truncate(offset)
+
+    def _after_truncate(self, new_end: int) -> None:
+        self._log_end_offset = new_end
+        self._log_start_offset = min(self._log_start_offset, new_end)
+        self._recovery_point = min(self._recovery_point, new_end)
+        self.epoch_cache.truncate_from_end(new_end)
+        self.producer_state.rebuild(self._all_headers())
+        self._write_meta(clean=False)
+
+    def _all_headers(self) -> Iterator[BatchHeader]:
+        for seg in self._segments:
+            yield from seg.headers(0)
+
+    # ------------------------------------------------------------------ retention
+
+    def maybe_increment_log_start_offset(self, offset: int) -> bool:
+        """Advance the log start (DeleteRecords / follower sync); deletes whole segments."""
+        with self._lock:
+            self._check_open()
+            if offset <= self._log_start_offset:
+                return False
+            if offset > self._log_end_offset:
+                raise OffsetOutOfRangeError(
+                    f"log start {offset} beyond log end {self._log_end_offset}")
+            self._log_start_offset = offset
+            while len(self._segments) > 1 and self._segments[1].base_offset <= offset:
+                self._delete_oldest_segment()
+            self.epoch_cache.truncate_from_start(offset)
+            self._write_meta(clean=False)
+            return True
+
+    def delete_old_segments(self) -> int:
+        """Apply `retention_ms` / `retention_bytes` to closed segments; returns how many went."""
+        with self._lock:
+            self._check_open()
+            cfg = self.config
+            if not cfg.delete:
+                return 0
+            deleted = 0
+            now = self.clock.wall_ms()
+            if cfg.retention_ms is not None:
+                while len(self._segments) > 1 and (
+                        self._segments[0].size_bytes == 0
+                        or now - self._segments[0].max_timestamp > cfg.retention_ms):
+                    self._delete_oldest_segment()
+                    deleted += 1
+            if cfg.retention_bytes is not None:
+                total = self.size_bytes
+                while (len(self._segments) > 1
+                       and total - self._segments[0].size_bytes >= cfg.retention_bytes):
+                    total -= self._segments[0].size_bytes
+                    self._delete_oldest_segment()
+                    deleted += 1
+            if deleted:
+                new_start = max(self._log_start_offset, self._segments[0].base_offset)
+                self._log_start_offset = new_start
+                self.epoch_cache.truncate_from_start(new_start)
+                self._write_meta(clean=False)
+            return deleted
+
+    def _delete_oldest_segment(self) -> None:
+        seg = self._segments.pop(0)
+        self._bases.pop(0)
+        seg.delete()
+        self._log_start_offset = max(self._log_start_offset, self._segments[0].base_offset)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Flush, trim the indexes and mark the shutdown clean (no scan on next open)."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._flush_data()
+                for seg in self._segments:
+                    seg.close()
+                self._write_meta(clean=True)
+            finally:
+                self._closed = True
+
+    def abandon(self) -> None:
+        """Close file handles without flushing or marking a clean shutdown (crash tests)."""
+        with self._lock:
+            for seg in self._segments:
+                seg.index.close()
+                seg.time_index.close()
+                if seg.fd >= 0:
+                    os.close(seg.fd)
+                    seg.fd = -1
+            self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"log {self.directory} is closed")
+
+    def _write_meta(self, clean: bool) -> None:
+        rows = [("recovery_point", self._recovery_point),
+                ("log_start_offset", self._log_start_offset),
+                ("clean_shutdown", 1 if clean else 0)]
+        try:
+            write_entries(os.path.join(self.directory, META_FILE), rows)
+        except OSError as exc:
+            self._closed = True
+            raise LogStorageError(f"checkpoint write failed: {exc}") from exc
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self) -> None:
+        from dmq.log.cleaner import sweep_replacement_files
+
+        sweep_replacement_files(self.directory)
+        meta: dict[str, int] = {}
+        for row in read_entries(os.path.join(self.directory, META_FILE)) or ():
+            try:
+                meta[row[0]] = int(row[1])
+            except (IndexError, ValueError):
+                meta = {}
+                break
+        clean = meta.get("clean_shutdown") == 1
+        recovery_point = meta.get("recovery_point", 0)
+        log_start = meta.get("log_start_offset", 0)
+        bases = sorted(_segment_bases(self.directory))
+        if not bases:
+            bases = [log_start]
+        segs: list[LogSegment] = []
+        prev_next: int | None = None
+        cut = False
+        for i, base in enumerate(bases):
+            if cut:
+                _delete_segment_files(self.directory, base)
+                continue
+            if prev_next is not None and base < prev_next:
+                log.error("segment %d overlaps the previous one ending at %d; cutting the rest",
+                          base, prev_next)
+                _delete_segment_files(self.directory, base)
+                cut = True
+                continue
+            active = i == len(bases) - 1
+            seg = self._new_segment(base, active)
+            next_base = bases[i + 1] if i + 1 < len(bases) else None
+            scan = not clean and (next_base is None or next_base > recovery_point)
+            if scan or not seg.load_trusted():
+                res = seg.recover(self.config.max_message_bytes, prev_next)
+                if res.corrupt_reason is not None or res.torn:
+                    cut = True
+                if self.fsync_enabled:
+                    seg.flush()
+            segs.append(seg)
+            prev_next = seg.next_offset
+        if not segs[-1].active:
+            segs[-1].make_active()
+        self._segments = segs
+        self._bases = [s.base_offset for s in segs]
+        self._log_end_offset = segs[-1].next_offset
+        self._log_start_offset = min(max(log_start, segs[0].base_offset), self._log_end_offset)
+        self._recovery_point = self._log_end_offset
+        self.epoch_cache.truncate_from_end(self._log_end_offset)
+        self.epoch_cache.truncate_from_start(self._log_start_offset)
+        self.producer_state.rebuild(self._all_headers())
+        self._write_meta(clean=False)
+        if self.fsync_enabled:
+            fsync_dir(self.directory)
+
+    # ------------------------------------------------------------------ cleaner hooks
+
+    def clean(self, now_ms: int | None = None) -> CleanResult:
+        """Compact closed segments (no-op unless `cleanup_policy` includes compact)."""
+        from dmq.log.cleaner import CleanResult, clean_log
+
+        if not self.config.compact:
+            return CleanResult(0, 0, 0, 0, 0)
+        return clean_log(self, now_ms)
+
+    def replace_segment(self, old: LogSegment, new: LogSegment) -> None:
+        """Swap a cleaned segment in (called by the cleaner with the lock held)."""
+        i = self._segments.index(old)
+        self._segments[i] = new
+
+
+def _with_log_append_time(body: memoryview, now_ms: int) -> bytes:
+    """Batch bytes from `magic` on, with LogAppendTime set and the CRC recomputed."""
+    import struct
+
+    from crc32c import crc32c
+
+    b = bytearray(body)
+    off = CRC_START - 16
+    attrs = struct.unpack_from(">h", b, off)[0] | ATTR_TIMESTAMP_TYPE
+    struct.pack_into(">h", b, off, attrs)
+    struct.pack_into(">q", b, 35 - 16, now_ms)
+    struct.pack_into(">I", b, 1, crc32c(memoryview(b)[off:]))
+    return bytes(b)
+
+
+def _segment_bases(directory: str) -> list[int]:
+    out = []
+    for name in os.listdir(directory):
+        if name.endswith(LOG_SUFFIX) and len(name) == 20 + len(LOG_SUFFIX):
+            try:
+                out.append(int(name[:20]))
+            except ValueError:
+                continue
+    return out
+
+
+def _delete_segment_files(directory: str, base: int) -> None:
+    from dmq.log.segment import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
+
+    for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX):
+        try:
+            os.unlink(os.path.join(directory, segment_name(base) + suffix))
+        except FileNotFoundError:
+            pass
+
+
+__all__ = ["CorruptRecordError", "LogAppendInfo", "PartitionLog"]

@@ -1,0 +1,346 @@
+"""One log segment: a `.log` file of whole batches plus its two indexes.
+
+Owns the files `<base_offset:020d>.log/.index/.timeindex` of one segment: appending
+already-stamped batches, positional reads of whole batches, scanning batch headers,
+crash recovery of the file (length, magic, CRC, offset order) and truncation. It must
+never decode records, pick offsets or decide when to roll: `PartitionLog` does that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+from crc32c import crc32c
+
+from dmq.log.batch import (
+    CRC_START,
+    HEADER_SIZE,
+    HEADER_STRUCT,
+    LOG_OVERHEAD,
+    MAGIC,
+    MIN_BATCH_LENGTH,
+    BatchHeader,
+    Buffer,
+)
+from dmq.log.index import OffsetIndex, TimeIndex
+
+log = logging.getLogger("dmq.log")
+
+LOG_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+TIMEINDEX_SUFFIX = ".timeindex"
+_SCAN_CHUNK_BYTES = 1 << 20
+
+
+def segment_name(base_offset: int) -> str:
+    return f"{base_offset:020d}"
+
+
+class ScanResult:
+    """Outcome of scanning a segment file: where the valid prefix ends and why."""
+
+    __slots__ = ("corrupt_reason", "headers", "torn", "valid_bytes")
+
+    def __init__(self) -> None:
+        self.valid_bytes = 0
+        self.headers: list[BatchHeader] = []
+        self.corrupt_reason: str | None = None
+        self.torn = False
+
+
+class LogSegment:
+    """A segment file with its sparse indexes. Not thread-safe; the log serialises calls."""
+
+    def __init__(self, directory: str, base_offset: int, index_max_bytes: int,
+                 index_interval_bytes: int, active: bool, created_ms: int) -> None:
+        self.directory = directory
+        self.base_offset = base_offset
+        self.index_interval_bytes = index_interval_bytes
+        self.index_max_bytes = index_max_bytes
+        stem = os.path.join(directory, segment_name(base_offset))
+        self.path = stem + LOG_SUFFIX
+        self.index_path = stem + INDEX_SUFFIX
+        self.timeindex_path = stem + TIMEINDEX_SUFFIX
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self.size_bytes = os.fstat(self.fd).st_size
+        self.active = active
+        self.indexes_existed = os.path.exists(self.index_path) and os.path.exists(
+            self.timeindex_path)
+        self.index = OffsetIndex(self.index_path, base_offset, index_max_bytes, active)
+        self.time_index = TimeIndex(self.timeindex_path, base_offset, index_max_bytes, active)
+        self.next_offset = base_offset
+        self.max_timestamp = -1
+        self.offset_of_max_timestamp = base_offset
+        self.created_ms = created_ms
+        self.first_append_ms: int | None = None
+        self.bytes_since_index = 0
+        self.unflushed = False
+
+    # ---------------------------------------------------------------- loading
+
+    def load_trusted(self) -> bool:
+        """Load indexes and walk headers after the last index entry. False: needs recovery."""
+        if not self.indexes_existed:
+            return False
+        if not (self.index.load() and self.time_index.load()):
+            return False
+        last = self.time_index.last_entry
+        if last is not None:
+            self.max_timestamp, self.offset_of_max_timestamp = last
+        start_offset, start_pos = self.index.lookup(2**63 - 1)
+        if start_pos > self.size_bytes:
+            return False
+        end = start_pos
+        next_offset = start_offset
+        for h in self._walk(start_pos, check_crc=False, result=None):
+            end = h.position + h.batch_length + LOG_OVERHEAD
+            next_offset = h.base_offset + h.last_offset_delta + 1
+            if h.max_timestamp > self.max_timestamp:
+                self.max_timestamp = h.max_timestamp
+                self.offset_of_max_timestamp = h.base_offset
+        if end != self.size_bytes:
+            return False
+        self.next_offset = next_offset
+        if not (self.index.sane_for(self.size_bytes or 1, next_offset)
+                and self.time_index.sane_for(next_offset)):
+            return False
+        self.bytes_since_index = self.size_bytes - self.index.lookup(2**63 - 1)[1]
+        return True
+
+    def recover(self, max_batch_bytes: int, expected_base: int | None) -> ScanResult:
+        """Scan the whole file, keep the valid prefix, truncate the rest, rebuild indexes.
+
+        A batch is valid when its length, magic, record count and CRC check out and its
+        base offset is not below the previous batch's next offset (or `expected_base`).
+        """
+        res = ScanResult()
+        prev_next = self.base_offset if expected_base is None else max(
+            expected_base, self.base_offset)
+        self.index.reopen_writable(0)
+        self.time_index.reopen_writable(0)
+        self.index.reset()
+        self.time_index.reset()
+        self.max_timestamp = -1
+        self.offset_of_max_timestamp = self.base_offset
+        self.bytes_since_index = 0
+        self.next_offset = self.base_offset
+        for h in self._walk(0, check_crc=True, result=res):
+            size = h.batch_length + LOG_OVERHEAD
+            if size > max_batch_bytes:
+                res.corrupt_reason = f"batch of {size} bytes exceeds the maximum"
+                break
+            if h.base_offset < prev_next:
+                res.corrupt_reason = (
+                    f"batch base offset {h.base_offset} does not follow {prev_next - 1}")
+                break
+            self._index_batch(h.base_offset, h.position, size, h.max_timestamp)
+            res.headers.append(h)
+            prev_next = h.base_offset + h.last_offset_delta + 1
+            res.valid_bytes = h.position + size
+        self.next_offset = prev_next if res.headers else self.base_offset
+        if res.valid_bytes < self.size_bytes:
+            if res.corrupt_reason is None:
+                res.torn = True
+                log.info("truncating torn tail of %s at position %d (%d bytes)", self.path,
+                         res.valid_bytes, self.size_bytes - res.valid_bytes)
+            else:
+                log.error("corrupt batch in %s at position %d: %s; cutting %d bytes",
+                          self.path, res.valid_bytes, res.corrupt_reason,
+                          self.size_bytes - res.valid_bytes)
+            os.ftruncate(self.fd, res.valid_bytes)
+            self.size_bytes = res.valid_bytes
+        self.indexes_existed = True
+        if not self.active:
+            self.index.trim()
+            self.time_index.trim()
+        return res
+
+    def _walk(self, position: int, check_crc: bool,
+              result: ScanResult | None) -> Iterator[BatchHeader]:
+        """Yield headers of the file from `position`; stop (recording why) at a bad batch."""
+        fd = self.fd
+        file_end = self.size_bytes
+        unpack = HEADER_STRUCT.unpack_from
+        pos = position
+        buf = b""
+        buf_start = pos
+        while pos < file_end:
+            rel = pos - buf_start
+            if len(buf) - rel < HEADER_SIZE:
+                buf = os.pread(fd, min(_SCAN_CHUNK_BYTES, file_end - pos), pos)
+                buf_start, rel = pos, 0
+                if len(buf) < HEADER_SIZE:
+                    return  # torn header
+            h = BatchHeader(*unpack(buf, rel), pos)
+            size = h.batch_length + LOG_OVERHEAD
+            if h.magic != MAGIC or h.batch_length < MIN_BATCH_LENGTH:
+                if result is not None:
+                    result.corrupt_reason = f"bad magic {h.magic} or length {h.batch_length}"
+                return
+            if pos + size > file_end:
+                return  # torn batch
+            if h.record_count < 1 or h.last_offset_delta < h.record_count - 1:
+                if result is not None:
+                    result.corrupt_reason = "inconsistent record count"
+                return
+            if check_crc:
+                if rel + size > len(buf):
+                    buf = os.pread(fd, max(min(_SCAN_CHUNK_BYTES, file_end - pos), size), pos)
+                    buf_start, rel = pos, 0
+                    if len(buf) < size:
+                        return
+                if crc32c(memoryview(buf)[rel + CRC_START : rel + size]) != h.crc:
+                    if result is not None:
+                        result.corrupt_reason = "CRC mismatch"
+                    return
+            yield h
+            pos += size
+
+    def headers(self, position: int = 0) -> Iterator[BatchHeader]:
+        """Headers of the batches from `position` (a batch start) to the end, no CRC check."""
+        return self._walk(position, check_crc=False, result=None)
+
+    # ---------------------------------------------------------------- writing
+
+    def _index_batch(self, base_offset: int, position: int, size: int, max_ts: int) -> None:
+        if self.bytes_since_index > self.index_interval_bytes:
+            self.index.append(base_offset, position)
+            if max_ts > self.max_timestamp:
+                self.time_index.maybe_append(max_ts, base_offset)
+            else:
+                self.time_index.maybe_append(self.max_timestamp, self.offset_of_max_timestamp)
+            self.bytes_since_index = 0
+        self.bytes_since_index += size
+        if max_ts > self.max_timestamp:
+            self.max_timestamp = max_ts
+            self.offset_of_max_timestamp = base_offset
+
+    def append(self, iov: Sequence[Buffer], size_bytes: int,
+               batches: Sequence[tuple[int, int, int, int]], next_offset: int) -> None:
+        """Write stamped batches in one `writev`; `batches` = (base, position_in_write,
+        size, max_timestamp) for index maintenance."""
+        written = os.writev(self.fd, iov)
+        if written != size_bytes:  # short write: undo so the file holds whole batches
+            os.ftruncate(self.fd, self.size_bytes)
+            raise OSError(f"short write to {self.path}: {written} of {size_bytes} bytes")
+        start = self.size_bytes
+        for base, rel_pos, size, max_ts in batches:
+            self._index_batch(base, start + rel_pos, size, max_ts)
+        self.size_bytes = start + size_bytes
+        self.next_offset = next_offset
+        self.unflushed = True
+
+    def append_bytes(self, data: Buffer, headers: Sequence[BatchHeader]) -> None:
+        """Append batches whose headers (positions relative to `data`) are already known."""
+        self.append([data], len(data),
+                    [(h.base_offset, h.position, h.batch_length + LOG_OVERHEAD, h.max_timestamp)
+                     for h in headers], headers[-1].next_offset)
+
+    # ---------------------------------------------------------------- reading
+
+    def find(self, offset: int) -> BatchHeader | None:
+        """Header (with absolute position) of the first batch whose last offset >= `offset`."""
+        _, pos = self.index.lookup(offset)
+        for h in self._walk(pos, check_crc=False, result=None):
+            if h.base_offset + h.last_offset_delta >= offset:
+                return h
+        return None
+
+    def read(self, position: int, size: int) -> bytes:
+        return os.pread(self.fd, size, position)
+
+    def find_by_timestamp(self, timestamp: int) -> BatchHeader | None:
+        """First batch whose max timestamp >= `timestamp`, or None."""
+        if self.max_timestamp < timestamp:
+            return None
+        start = self.time_index.lookup(timestamp)
+        _, pos = self.index.lookup(start)
+        for h in self._walk(pos, check_crc=False, result=None):
+            if h.max_timestamp >= timestamp:
+                return h
+        return None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def truncate_to(self, offset: int) -> int:
+        """Remove batches whose last offset >= `offset`; returns bytes removed."""
+        h = self.find(offset)
+        if h is None:
+            return 0
+        removed = self.size_bytes - h.position
+        os.ftruncate(self.fd, h.position)
+        self.size_bytes = h.position
+        self.index.truncate_to(h.base_offset)
+        self.time_index.truncate_to(h.base_offset)
+        self.next_offset = h.base_offset
+        # Recompute the tail statistics from the last index point.
+        self.max_timestamp = -1
+        self.offset_of_max_timestamp = self.base_offset
+        last = self.time_index.last_entry
+        if last is not None:
+            self.max_timestamp, self.offset_of_max_timestamp = last
+        _, pos = self.index.lookup(2**63 - 1)
+        if h.position == 0:
+            self.next_offset = self.base_offset
+        for t in self._walk(pos, check_crc=False, result=None):
+            self.next_offset = t.base_offset + t.last_offset_delta + 1
+            if t.max_timestamp > self.max_timestamp:
+                self.max_timestamp = t.max_timestamp
+                self.offset_of_max_timestamp = t.base_offset
+        self.bytes_since_index = self.size_bytes - pos
+        if self.size_bytes == 0:
+            self.next_offset = self.base_offset
+        return removed
+
+    def make_inactive(self) -> None:
+        """On roll: trim the preallocated indexes to their entries."""
+        self.index.trim()
+        self.time_index.trim()
+        self.active = False
+
+    def make_active(self) -> None:
+        if not self.active:
+            self.index.reopen_writable(self.index.entries)
+            self.time_index.reopen_writable(self.time_index.entries)
+            self.active = True
+
+    def flush(self) -> None:
+        os.fdatasync(self.fd)
+        self.index.flush()
+        self.time_index.flush()
+        self.unflushed = False
+
+    def close(self) -> None:
+        if self.active:
+            self.index.trim()
+            self.time_index.trim()
+        self.index.close()
+        self.time_index.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def delete(self) -> None:
+        self.index.close()
+        self.time_index.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        for p in (self.path, self.index_path, self.timeindex_path):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def rebuild_indexes_from(self, headers: Sequence[BatchHeader]) -> None:
+        self.index.reset()
+        self.time_index.reset()
+        self.max_timestamp = -1
+        self.offset_of_max_timestamp = self.base_offset
+        self.bytes_since_index = 0
+        for h in headers:
+            self._index_batch(h.base_offset, h.position, h.batch_length + LOG_OVERHEAD,
+                              h.max_timestamp)
+        self.next_offset = headers[-1].next_offset if headers else self.base_offset
