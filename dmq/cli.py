@@ -58,8 +58,11 @@ def main() -> None:
               type=click.Choice(["text", "json"]))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a setting, e.g. --set broker.session.timeout.ms=30000")
+@click.option("--http-port", type=int, default=None,
+              help="serve /metrics, /healthz, /readyz and status JSON on this port "
+                   "(default: the node's http_port in the config, else off; 0: any free port)")
 def server(role: str, node_id: int, config_path: str, data_dir: str | None, log_level: str,
-           log_format: str, overrides: tuple[str, ...]) -> None:
+           log_format: str, overrides: tuple[str, ...], http_port: int | None) -> None:
     """Run one node until SIGTERM or SIGINT."""
     from dmq.logs import setup_logging
     from dmq.node import Node, parse_roles, resolve_node
@@ -67,7 +70,7 @@ def server(role: str, node_id: int, config_path: str, data_dir: str | None, log_
     setup_logging(log_level, f"node-{node_id}", log_format)
     try:
         config = _load(config_path, overrides)
-        spec = resolve_node(config, node_id, parse_roles(role), data_dir)
+        spec = resolve_node(config, node_id, parse_roles(role), data_dir, http_port)
     except ConfigError as exc:
         _fail(str(exc), 2)
         return

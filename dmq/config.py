@@ -76,7 +76,6 @@ SETTINGS: dict[str, Setting] = {
     "group.session.timeout.ms": Setting(10_000, "consumer fenced after this long silent"),
     "group.heartbeat.interval.ms": Setting(1000, "consumer heartbeat interval"),
     "offsets.retention.ms": Setting(7 * 24 * 3600 * 1000, "offsets of an empty group kept"),
-    "http.port": Setting(0, "HTTP port for /metrics and status (0: off)"),
 }
 
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from dmq.config import ClusterConfig, ConfigError, NodeAddress
+from dmq.ops.http import HttpServer
+from dmq.ops.metrics import NodeMetrics, Sample
 from dmq.protocol.server import ProtocolServer
 
 log = logging.getLogger("dmq.node")
@@ -24,6 +28,10 @@ ROLES = ("controller", "broker")
 
 
 class Service(Protocol):
+    """A role of the node. Optional hooks, found with getattr: `metrics() -> Iterable[
+    Sample]` (read at scrape time), `ready() -> (bool, reason)`, `http_routes() ->
+    [(method, path, aiohttp handler)]`."""
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -37,6 +45,7 @@ class NodeSpec:
     roles: tuple[str, ...]
     address: NodeAddress
     data_dir: Path
+    http_port: int | None = None  # None: no HTTP listener; 0: an ephemeral port
 
 
 def parse_roles(text: str) -> tuple[str, ...]:
@@ -48,7 +57,7 @@ def parse_roles(text: str) -> tuple[str, ...]:
 
 
 def resolve_node(config: ClusterConfig, node_id: int, roles: tuple[str, ...],
-                 data_dir: str | Path | None) -> NodeSpec:
+                 data_dir: str | Path | None, http_port: int | None = None) -> NodeSpec:
     """Check that the node's roles match where the config lists it."""
     if "controller" in roles and not config.is_controller(node_id):
         raise ConfigError(f"node {node_id} runs the controller role but is not listed among the "
@@ -58,7 +67,9 @@ def resolve_node(config: ClusterConfig, node_id: int, roles: tuple[str, ...],
     address = config.node(node_id)
     assert address is not None
     path = Path(data_dir) if data_dir else Path("dmq-data") / f"node-{node_id}"
-    return NodeSpec(node_id, roles, address, path)
+    if http_port is None:
+        http_port = address.http_port
+    return NodeSpec(node_id, roles, address, path, http_port)
 
 
 class Node:
@@ -73,6 +84,38 @@ class Node:
             extra_info=self._info)
         self.services: list[Service] = []
         self._stopped = asyncio.Event()
+        self.metrics = NodeMetrics(spec.node_id, self._metric_sources)
+        self.server.observer = self.metrics.observe_request
+        self.http: HttpServer | None = None
+        self.started_monotonic = time.monotonic()
+
+    def _metric_sources(self) -> list[Callable[[], Iterable[Sample]]]:
+        sources: list[Callable[[], Iterable[Sample]]] = [self._node_metrics]
+        sources += [svc.metrics for svc in self.services if hasattr(svc, "metrics")]
+        return sources
+
+    def _node_metrics(self) -> Iterable[Sample]:
+        lab = {"node": str(self.spec.node_id)}
+        return [
+            ("dmq_uptime_seconds", "gauge", "seconds since the node started",
+             [(lab, time.monotonic() - self.started_monotonic)]),
+            ("dmq_open_connections", "gauge", "client connections open",
+             [(lab, float(self.server.connection_count))]),
+            ("dmq_protocol_violations", "counter", "connections that sent invalid frames",
+             [(lab, float(self.server.stats_violations))]),
+        ]
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when every role says so; the reasons of those that do not."""
+        reasons: dict[str, Any] = {}
+        for svc in self.services:
+            check = getattr(svc, "ready", None)
+            if check is None:
+                continue
+            ok, why = check()
+            if not ok:
+                reasons[type(svc).__name__] = why
+        return (not reasons, {"reasons": reasons} if reasons else {})
 
     def _info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"roles": list(self.spec.roles)}
@@ -90,6 +133,17 @@ class Node:
                               f"{exc.strerror or exc}") from None
         for svc in self.services:
             await svc.start()
+        if self.spec.http_port is not None:
+            routes = [r for svc in self.services if hasattr(svc, "http_routes")
+                      for r in svc.http_routes()]
+            self.http = HttpServer(self.spec.address.host, self.spec.http_port,
+                                   self.spec.node_id, render_metrics=self.metrics.render,
+                                   readiness=self.readiness, routes=routes)
+            try:
+                await self.http.start()
+            except OSError as exc:
+                raise ConfigError(f"cannot listen for HTTP on {self.spec.address.host}:"
+                                  f"{self.spec.http_port}: {exc.strerror or exc}") from None
         log.info("node %d started: roles=%s data_dir=%s pid=%d", self.spec.node_id,
                  ",".join(self.spec.roles), self.spec.data_dir, os.getpid())
 
@@ -101,6 +155,8 @@ class Node:
 
     async def stop(self) -> None:
         log.info("node %d stopping", self.spec.node_id)
+        if self.http is not None:
+            await self.http.stop()
         for svc in reversed(self.services):
             try:
                 await svc.stop()

@@ -23,6 +23,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from dmq.protocol.api import API_VERSION_RANGE, REQUEST_SCHEMAS, ApiKey
@@ -184,29 +185,36 @@ class _ServerConnection(asyncio.Protocol):
             self._violation(exc)
             return
         ctx = RequestContext(header, self.peer, self)
+        t0 = perf_counter()
         try:
             result = handler(ctx, body)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error response
-            self._finish(cid, key, exc)
+            self._finish(cid, key, exc, t0)
             return
         if isinstance(result, Coroutine):
             self.in_flight += 1
-            task = server._loop.create_task(self._run(result, cid, key))
+            task = server._loop.create_task(self._run(result, cid, key, t0))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        elif result is not NO_RESPONSE:
-            self._write(cid, ErrorCode.NONE, result)
+        else:
+            if result is not NO_RESPONSE:
+                self._write(cid, ErrorCode.NONE, result)
+            if server.observer is not None:
+                server.observer(key, 0, perf_counter() - t0)
 
-    async def _run(self, coro: Coroutine[Any, Any, Any], cid: int, key: ApiKey) -> None:
+    async def _run(self, coro: Coroutine[Any, Any, Any], cid: int, key: ApiKey,
+                   t0: float) -> None:
         try:
             result = await coro
         except BaseException as exc:
-            self._finish(cid, key, exc)
+            self._finish(cid, key, exc, t0)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         else:
             if result is not NO_RESPONSE:
                 self._write(cid, ErrorCode.NONE, result)
+            if self.server.observer is not None:
+                self.server.observer(key, 0, perf_counter() - t0)
         finally:
             self.in_flight -= 1
             if self.backlog:
@@ -214,18 +222,21 @@ class _ServerConnection(asyncio.Protocol):
             elif self._read_paused:
                 self._update_reading()
 
-    def _finish(self, cid: int, key: ApiKey, exc: BaseException) -> None:
+    def _finish(self, cid: int, key: ApiKey, exc: BaseException, t0: float) -> None:
         """Turn a handler's exception into an error response."""
         if isinstance(exc, DmqError):
-            self._write(cid, exc.code, error_body(exc))
+            code = exc.code
+            self._write(cid, code, error_body(exc))
         elif isinstance(exc, asyncio.CancelledError):
-            self._write(cid, ErrorCode.NODE_SHUTTING_DOWN,
-                        {"msg": describe(ErrorCode.NODE_SHUTTING_DOWN)})
+            code = ErrorCode.NODE_SHUTTING_DOWN
+            self._write(cid, code, {"msg": describe(code)})
         else:
             log.error("node=%s handler for %s failed", self.server.node_id, key.name,
                       exc_info=exc)
-            self._write(cid, ErrorCode.UNKNOWN_SERVER_ERROR,
-                        {"msg": f"internal error handling {key.name}"})
+            code = ErrorCode.UNKNOWN_SERVER_ERROR
+            self._write(cid, code, {"msg": f"internal error handling {key.name}"})
+        if self.server.observer is not None:
+            self.server.observer(key, int(code), perf_counter() - t0)
 
     def _write(self, correlation_id: int, code: int, body: Any) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -255,6 +266,8 @@ class ProtocolServer:
         self.max_buffered_bytes = max_buffered_bytes
         self.stats_violations = 0
         self._extra_info = extra_info
+        # called once per answered request: (api key, error code, seconds in the handler)
+        self.observer: Callable[[ApiKey, int, float], None] | None = None
         self._handlers: dict[ApiKey, Handler] = {ApiKey.API_VERSIONS: self._api_versions}
         self._connections: set[_ServerConnection] = set()
         self._server: asyncio.base_events.Server | None = None

@@ -67,6 +67,7 @@ class NodeProc:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    http_port: int | None = None
 
     @property
     def alive(self) -> bool:
@@ -87,6 +88,7 @@ class ProcessCluster:
     brokers: int = 0
     combined: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
+    http: bool = False
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dmq-test-")))
     nodes: dict[int, NodeProc] = field(default_factory=dict)
 
@@ -103,6 +105,9 @@ class ProcessCluster:
         for node_id, port in brk:
             self.nodes[node_id] = NodeProc(node_id, "broker", port, self.root / f"node-{node_id}",
                                            self.root / f"node-{node_id}.log")
+        if self.http:
+            for n, hp in zip(self.nodes.values(), free_ports(len(self.nodes)), strict=True):
+                n.http_port = hp
 
     @property
     def bootstrap(self) -> str:
@@ -124,7 +129,8 @@ class ProcessCluster:
             logf = open(n.log_path, "ab")
             n.proc = subprocess.Popen(
                 [sys.executable, "-m", "dmq.cli", "server", "--role", n.role, "--node-id",
-                 str(n.node_id), "--config", str(self.config_path), "--data-dir", str(n.data_dir)],
+                 str(n.node_id), "--config", str(self.config_path), "--data-dir", str(n.data_dir),
+                 *(["--http-port", str(n.http_port)] if n.http_port else [])],
                 stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
             logf.close()
         if wait:
