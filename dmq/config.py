@@ -170,7 +170,7 @@ def _nodes(raw: Any, where: str) -> tuple[NodeAddress, ...]:
         if not isinstance(item, dict):
             raise ConfigError(f"{where}[{i}]: expected a table with id, host, port")
         try:
-            node_id = int(item.get("id", item.get("node_id", item.get("nodeId"))))
+            node_id = int(item.get("id", item.get("node_id", item.get("nodeId"))))  # type: ignore[arg-type]
             host = str(item.get("host", "127.0.0.1"))
             port = int(item["port"])
         except (KeyError, TypeError, ValueError):

@@ -43,7 +43,7 @@ class _RoleCollector:
                     families[name] = fam
                 names = fam._labelnames  # type: ignore[attr-defined]
                 for lab, value in samples:
-                    fam.add_metric([lab.get(k, "") for k in names], value)
+                    fam.add_metric([lab.get(k, "") for k in names], value)  # type: ignore[attr-defined]
         yield from families.values()
 
 
@@ -61,7 +61,7 @@ class NodeMetrics:
         # pre-bound children: one dict lookup per request instead of .labels()
         self._req_children: dict[tuple[int, int], Any] = {}
         self._lat_children: dict[int, Any] = {}
-        self.registry.register(_RoleCollector(sources))  # type: ignore[arg-type]
+        self.registry.register(_RoleCollector(sources))
 
     def observe_request(self, key: ApiKey, code: int, seconds: float) -> None:
         child = self._req_children.get((key, code))

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from dmq.protocol.errors import ErrorCode, ProtocolViolation
 
@@ -93,12 +93,12 @@ def encode_frame(payload: bytes) -> bytes:
 
 def encode_request(api_key: int, api_version: int, correlation_id: int, client_id: str,
                    body: Any) -> bytes:
-    payload = _packb([api_key, api_version, correlation_id, client_id, body])
+    payload: bytes = _packb([api_key, api_version, correlation_id, client_id, body])
     return LENGTH.pack(len(payload)) + payload
 
 
 def encode_response(correlation_id: int, error_code: int, body: Any) -> bytes:
-    payload = _packb([correlation_id, error_code, body])
+    payload: bytes = _packb([correlation_id, error_code, body])
     return LENGTH.pack(len(payload)) + payload
 
 

@@ -81,6 +81,7 @@ class _ServerConnection(asyncio.Protocol):
 
     # asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert hasattr(transport, "set_write_buffer_limits")  # uvloop's is not a Transport
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
