@@ -1,0 +1,173 @@
+"""MetadataImage: the immutable read model of cluster metadata.
+
+Controllers publish one after every applied metadata entry; brokers and clients build
+theirs from MetadataFetch / Metadata answers. Everything here is frozen: a reader may
+keep an image as long as it likes, it never changes under it. An image is cheap to
+publish because unchanged `TopicInfo` objects are shared between versions (only the
+dicts of brokers and topics are copied).
+
+This module also owns the wire form of a Metadata answer (`metadata_body`), so that
+controllers and brokers answer it identically, and its parsing (`image_from_metadata`)
+for clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dmq.protocol.errors import ErrorCode
+
+ONLINE = "ONLINE"
+FENCED = "FENCED"
+SHUTTING_DOWN = "SHUTTING_DOWN"
+BROKER_STATES = (ONLINE, FENCED, SHUTTING_DOWN)
+NO_LEADER = -1
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerInfo:
+    broker_id: int
+    host: str
+    port: int
+    rack: str | None
+    broker_epoch: int
+    state: str  # "ONLINE" | "FENCED" | "SHUTTING_DOWN"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    topic: str
+    partition: int
+    replicas: tuple[int, ...]
+    leader: int  # -1: none (offline)
+    leader_epoch: int
+    isr: tuple[int, ...]
+    partition_epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    name: str
+    topic_id: str
+    partitions: dict[int, PartitionInfo]
+    configs: dict[str, str]  # explicitly set topic configs only; defaults are the cluster's
+
+    @property
+    def replication_factor(self) -> int:
+        p0 = self.partitions.get(0)
+        return len(p0.replicas) if p0 is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataImage:
+    version: int  # Raft index of the last applied metadata entry
+    controller_id: int  # -1: unknown
+    brokers: dict[int, BrokerInfo]
+    topics: dict[str, TopicInfo]
+    controller_term: int = -1
+    controller_address: tuple[str, int] | None = field(default=None)
+
+    def partition(self, topic: str, p: int) -> PartitionInfo | None:
+        t = self.topics.get(topic)
+        return None if t is None else t.partitions.get(p)
+
+    def topic_config(self, topic: str, key: str) -> str | None:
+        t = self.topics.get(topic)
+        return None if t is None else t.configs.get(key)
+
+    def live_brokers(self) -> list[BrokerInfo]:
+        """Brokers that may lead partitions (ONLINE), by id."""
+        return [b for _, b in sorted(self.brokers.items()) if b.state == ONLINE]
+
+    def partitions_led_by(self, broker_id: int) -> list[PartitionInfo]:
+        return [p for t in self.topics.values() for p in t.partitions.values()
+                if p.leader == broker_id]
+
+    def partitions_of(self, broker_id: int) -> list[PartitionInfo]:
+        """Every partition with a replica on the broker."""
+        return [p for t in self.topics.values() for p in t.partitions.values()
+                if broker_id in p.replicas]
+
+    def topic_by_id(self, topic_id: str) -> TopicInfo | None:
+        for t in self.topics.values():
+            if t.topic_id == topic_id:
+                return t
+        return None
+
+
+EMPTY_IMAGE = MetadataImage(0, NO_LEADER, {}, {})
+
+
+def metadata_body(image: MetadataImage, topics: Iterable[str] | None,
+                  topic_errors: dict[str, int] | None = None) -> dict[str, Any]:
+    """The answer to a Metadata request (see dmq/protocol/api.py). `topics` None means
+    every topic; a named topic that is unknown gets UNKNOWN_TOPIC_OR_PARTITION unless
+    `topic_errors` names another code for it (e.g. LEADER_NOT_AVAILABLE while it is
+    being auto-created). Only ONLINE and SHUTTING_DOWN brokers are listed: a client
+    never needs a fenced broker's address."""
+    errors = topic_errors or {}
+    names = sorted(image.topics) if topics is None else list(dict.fromkeys(topics))
+    out_topics: list[dict[str, Any]] = []
+    for name in names:
+        t = image.topics.get(name)
+        if t is None:
+            out_topics.append({"name": name, "id": None, "partitions": [],
+                               "error": int(errors.get(
+                                   name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))})
+            continue
+        parts = []
+        for p in sorted(t.partitions):
+            pi = t.partitions[p]
+            err = ErrorCode.NONE if pi.leader >= 0 else ErrorCode.LEADER_NOT_AVAILABLE
+            parts.append([p, pi.leader, pi.leader_epoch, list(pi.replicas), list(pi.isr),
+                          int(err)])
+        out_topics.append({"name": name, "id": t.topic_id, "error": 0, "partitions": parts})
+    brokers = [[b.broker_id, b.host, b.port, b.rack] for _, b in sorted(image.brokers.items())
+               if b.state != FENCED]
+    body: dict[str, Any] = {"controller_id": image.controller_id, "version": image.version,
+                            "brokers": brokers, "topics": out_topics,
+                            "controller_term": image.controller_term}
+    if image.controller_address is not None and image.controller_id >= 0:
+        body["controller"] = [image.controller_id, *image.controller_address]
+    return body
+
+
+def image_from_metadata(body: dict[str, Any]) -> MetadataImage:
+    """A (partial) image from a Metadata answer, for clients. Broker epochs and the
+    partition epoch are not in that answer and read as -1; brokers are all ONLINE."""
+    brokers = {int(b[0]): BrokerInfo(int(b[0]), b[1], int(b[2]), b[3], -1, ONLINE)
+               for b in body.get("brokers", [])}
+    topics: dict[str, TopicInfo] = {}
+    for t in body.get("topics", []):
+        if t.get("error", 0) != 0:
+            continue
+        parts = {int(p[0]): PartitionInfo(t["name"], int(p[0]), tuple(p[3]), int(p[1]),
+                                          int(p[2]), tuple(p[4]), -1)
+                 for p in t["partitions"]}
+        topics[t["name"]] = TopicInfo(t["name"], t.get("id") or "", parts, {})
+    ctl = body.get("controller")
+    return MetadataImage(int(body.get("version", 0)), int(body.get("controller_id", -1)),
+                         brokers, topics, int(body.get("controller_term", -1)),
+                         (ctl[1], int(ctl[2])) if ctl else None)
+
+
+__all__ = [
+    "BROKER_STATES",
+    "EMPTY_IMAGE",
+    "FENCED",
+    "NO_LEADER",
+    "ONLINE",
+    "SHUTTING_DOWN",
+    "BrokerInfo",
+    "MetadataImage",
+    "PartitionInfo",
+    "TopicInfo",
+    "image_from_metadata",
+    "metadata_body",
+]

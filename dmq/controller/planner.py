@@ -1,0 +1,444 @@
+"""The controller's decisions: given the applied metadata state and a request, which
+records to write and what to answer.
+
+Every method is pure (no I/O, no clock, randomness only from the injected
+`random.Random`) and changes nothing: it returns records for the service to propose
+through Raft. The service serializes writes, so a plan is always made against the state
+its records will be applied to; the state still skips a record that no longer fits.
+
+Leadership rules (Kafka's, KRaft flavour):
+- a leader is chosen in replica order among ISR members that are ONLINE (never a
+  FENCED or SHUTTING_DOWN broker); the preferred leader is the first replica;
+- fencing a broker removes it from every ISR and moves every leadership it held; the
+  ISR never becomes empty: its last member stays, with leader -1 (offline), so the
+  partition comes back cleanly when that broker does;
+- an offline partition gets an out-of-sync leader (any ONLINE replica, ISR = [it]) only
+  when `unclean.leader.election.enable` is on for its topic (or cluster-wide);
+- a leader change bumps the leader epoch; every change bumps the partition epoch.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dmq.controller.image import FENCED, NO_LEADER, ONLINE, SHUTTING_DOWN, PartitionInfo
+from dmq.controller.placement import assign_replicas
+from dmq.controller.records import (
+    NO_CHANGE,
+    AddPartitions,
+    BrokerShuttingDown,
+    CreateTopic,
+    FenceBroker,
+    OffsetCommit,
+    PartitionChange,
+    ProducerIds,
+    Record,
+    RegisterBroker,
+    RemoveTopic,
+    TopicConfig,
+    UnfenceBroker,
+)
+from dmq.controller.state import MetadataState
+from dmq.controller.validation import (
+    TOPIC_CONFIG_CHECKS,
+    validate_topic_config,
+    validate_topic_name,
+)
+from dmq.protocol.errors import (
+    BrokerFencedError,
+    BrokerIdNotRegisteredError,
+    DmqError,
+    ErrorCode,
+    FencedLeaderEpochError,
+    InvalidConfigError,
+    InvalidPartitionsError,
+    InvalidReplicationFactorError,
+    InvalidRequestError,
+    NotLeaderOrFollowerError,
+    StaleBrokerEpochError,
+    TopicAlreadyExistsError,
+    UnknownLeaderEpochError,
+    UnknownTopicOrPartitionError,
+)
+
+MAX_PARTITIONS_PER_TOPIC = 100_000
+PRODUCER_ID_BLOCK = 1000
+
+GetSetting = Callable[[str], Any]
+
+
+def topic_result(name: str, exc: DmqError | None = None, **extra: Any) -> dict[str, Any]:
+    if exc is None:
+        return {"name": name, "error": 0, "msg": None, **extra}
+    return {"name": name, "error": int(exc.code), "msg": exc.message, **extra}
+
+
+class Planner:
+    def __init__(self, state: MetadataState, get_setting: GetSetting,
+                 rng: random.Random | None = None) -> None:
+        self.state = state
+        self.get_setting = get_setting
+        self.rng = rng or random.Random()
+
+    # helpers ----------------------------------------------------------------------------
+    def _online(self, exclude: Iterable[int] = (), include: Iterable[int] = ()) -> set[int]:
+        out = {b.broker_id for b in self.state.brokers.values() if b.state == ONLINE}
+        out.update(include)
+        out.difference_update(exclude)
+        return out
+
+    def unclean_enabled(self, topic: str) -> bool:
+        t = self.state.topics.get(topic)
+        v = None if t is None else t.configs.get("unclean.leader.election.enable")
+        if v is None:
+            return bool(self.get_setting("unclean.leader.election.enable"))
+        return v == "true"
+
+    @staticmethod
+    def choose_leader(p: PartitionInfo, isr: tuple[int, ...], eligible: set[int]) -> int:
+        for r in p.replicas:
+            if r in isr and r in eligible:
+                return r
+        return NO_LEADER
+
+    def _elect(self, p: PartitionInfo, isr: tuple[int, ...],
+               eligible: set[int]) -> tuple[int, tuple[int, ...]]:
+        """Leader and ISR for a partition whose leader must be (re)chosen."""
+        leader = self.choose_leader(p, isr, eligible)
+        if leader == NO_LEADER and self.unclean_enabled(p.topic):
+            for r in p.replicas:
+                if r in eligible:
+                    return r, (r,)
+        return leader, isr
+
+    def check_broker(self, broker_id: int, broker_epoch: int) -> None:
+        b = self.state.brokers.get(broker_id)
+        if b is None:
+            raise BrokerIdNotRegisteredError(f"broker {broker_id} is not registered")
+        if b.broker_epoch != broker_epoch:
+            raise StaleBrokerEpochError(f"broker {broker_id} epoch {broker_epoch} is not the "
+                                        f"registered epoch {b.broker_epoch}")
+
+    def _all_partitions(self) -> Iterable[PartitionInfo]:
+        for t in self.state.topics.values():
+            yield from t.partitions.values()
+
+    # broker lifecycle --------------------------------------------------------------------
+    def _remove_broker(self, broker_id: int) -> list[Record]:
+        """Changes that take `broker_id` out of every ISR and leadership (fencing)."""
+        eligible = self._online(exclude=(broker_id,))
+        out: list[Record] = []
+        for p in self._all_partitions():
+            if broker_id not in p.isr and p.leader != broker_id:
+                continue
+            others = tuple(r for r in p.isr if r != broker_id)
+            leader = p.leader
+            isr = others or p.isr  # the ISR keeps its last member
+            if p.leader == broker_id:
+                leader, isr = self._elect(p, others, eligible)
+                if leader == NO_LEADER:
+                    isr = others or p.isr
+            if leader != p.leader or isr != p.isr:
+                out.append(PartitionChange(p.topic, p.partition, p.partition_epoch,
+                                           leader if leader != p.leader else NO_CHANGE,
+                                           isr if isr != p.isr else None))
+        return out
+
+    def register_broker(self, broker_id: int, host: str, port: int, rack: str | None,
+                        incarnation_id: str) -> list[Record]:
+        """A same-incarnation re-registration changes nothing; a new incarnation (the
+        broker restarted) fences the old registration's leaderships first."""
+        old = self.state.brokers.get(broker_id)
+        if old is not None and self.state.incarnations.get(broker_id) == incarnation_id \
+                and (old.host, old.port, old.rack) == (host, port, rack):
+            return []
+        out: list[Record] = []
+        if old is not None:
+            out += self._remove_broker(broker_id)
+        out.append(RegisterBroker(broker_id, host, port, rack, incarnation_id))
+        return out
+
+    def fence_broker(self, broker_id: int) -> list[Record]:
+        b = self.state.brokers.get(broker_id)
+        if b is None or b.state == FENCED:
+            return []
+        return [FenceBroker(broker_id, b.broker_epoch), *self._remove_broker(broker_id)]
+
+    def unfence_broker(self, broker_id: int) -> list[Record]:
+        """UNFENCE, then lead every offline partition that can now have a leader."""
+        b = self.state.brokers.get(broker_id)
+        if b is None or b.state != FENCED:
+            return []
+        return [UnfenceBroker(broker_id, b.broker_epoch),
+                *self.elect_offline_leaders(include=(broker_id,))]
+
+    def elect_offline_leaders(self, include: Iterable[int] = (),
+                              topic: str | None = None) -> list[Record]:
+        eligible = self._online(include=include)
+        out: list[Record] = []
+        topics = ([self.state.topics[topic]] if topic in self.state.topics else []) \
+            if topic is not None else list(self.state.topics.values())
+        for t in topics:
+            for p in t.partitions.values():
+                if p.leader != NO_LEADER:
+                    continue
+                leader, isr = self._elect(p, p.isr, eligible)
+                if leader != NO_LEADER:
+                    out.append(PartitionChange(p.topic, p.partition, p.partition_epoch, leader,
+                                               isr if isr != p.isr else None))
+        return out
+
+    def controlled_shutdown(self, broker_id: int) -> list[Record]:
+        """SHUTTING_DOWN, move each leadership to another ISR member, leave the ISRs.
+        Partitions with no other in-sync replica stay led by the broker."""
+        b = self.state.brokers.get(broker_id)
+        if b is None:
+            return []
+        out: list[Record] = []
+        if b.state != SHUTTING_DOWN:
+            out.append(BrokerShuttingDown(broker_id, b.broker_epoch))
+        eligible = self._online(exclude=(broker_id,))
+        for p in self._all_partitions():
+            if broker_id not in p.isr:
+                continue
+            others = tuple(r for r in p.isr if r != broker_id)
+            if p.leader == broker_id:
+                leader = self.choose_leader(p, others, eligible)
+                if leader != NO_LEADER:
+                    out.append(PartitionChange(p.topic, p.partition, p.partition_epoch, leader,
+                                               others))
+            elif others and p.leader != NO_LEADER:
+                out.append(PartitionChange(p.topic, p.partition, p.partition_epoch, NO_CHANGE,
+                                           others))
+        return out
+
+    def leaderships(self, broker_id: int) -> int:
+        return sum(1 for p in self._all_partitions() if p.leader == broker_id)
+
+    def preferred_leader_elections(self, max_changes: int = 1000) -> list[Record]:
+        online = self._online()
+        out: list[Record] = []
+        for p in self._all_partitions():
+            if not p.replicas:
+                continue
+            pref = p.replicas[0]
+            if p.leader != pref and pref in online and pref in p.isr:
+                out.append(PartitionChange(p.topic, p.partition, p.partition_epoch, pref, None))
+                if len(out) >= max_changes:
+                    break
+        return out
+
+    # topics ----------------------------------------------------------------------------
+    def _new_topic_id(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def _placement_brokers(self) -> list[tuple[int, str | None]]:
+        return sorted((b.broker_id, b.rack) for b in self.state.brokers.values()
+                      if b.state == ONLINE)
+
+    def create_topics(self, topics: list[dict[str, Any]],
+                      validate_only: bool = False) -> tuple[list[Record], list[dict[str, Any]]]:
+        records: list[Record] = []
+        results: list[dict[str, Any]] = []
+        names = [t["name"] for t in topics]
+        brokers = self._placement_brokers()
+        for t in topics:
+            name = t["name"]
+            try:
+                if names.count(name) > 1:
+                    raise InvalidRequestError(f"topic {name!r} is listed more than once")
+                validate_topic_name(name)
+                if name in self.state.topics:
+                    raise TopicAlreadyExistsError(f"topic {name!r} already exists")
+                partitions = t["partitions"]
+                if partitions == -1:
+                    partitions = int(self.get_setting("num.partitions"))
+                if not 0 < partitions <= MAX_PARTITIONS_PER_TOPIC:
+                    raise InvalidPartitionsError(
+                        f"partitions must be between 1 and {MAX_PARTITIONS_PER_TOPIC}, got "
+                        f"{t['partitions']}")
+                rf = t["replication_factor"]
+                if rf == -1:
+                    rf = int(self.get_setting("default.replication.factor"))
+                if rf < 1:
+                    raise InvalidReplicationFactorError(
+                        f"replication factor must be at least 1, got {rf}")
+                if rf > len(brokers):
+                    raise InvalidReplicationFactorError(
+                        f"replication factor {rf} is larger than the {len(brokers)} available "
+                        f"broker(s)")
+                configs = {k: validate_topic_config(k, v)
+                           for k, v in (t.get("configs") or {}).items()}
+                assignments = assign_replicas(brokers, partitions, rf, self.rng)
+            except DmqError as exc:
+                results.append(topic_result(name, exc, id=None))
+                continue
+            topic_id = self._new_topic_id()
+            records.append(CreateTopic(name, topic_id, configs, tuple(assignments)))
+            results.append(topic_result(name, id=topic_id, partitions=partitions,
+                                        replication_factor=rf))
+        return ([] if validate_only else records), results
+
+    def delete_topics(self, names: list[str]) -> tuple[list[Record], list[dict[str, Any]]]:
+        records: list[Record] = []
+        results = []
+        seen: set[str] = set()
+        for name in names:
+            t = self.state.topics.get(name)
+            if t is None:
+                results.append(topic_result(name, UnknownTopicOrPartitionError(
+                    f"topic {name!r} does not exist")))
+                continue
+            if name not in seen:
+                records.append(RemoveTopic(name, t.topic_id))
+                seen.add(name)
+            results.append(topic_result(name))
+        return records, results
+
+    def create_partitions(self, topics: list[dict[str, Any]], validate_only: bool = False
+                          ) -> tuple[list[Record], list[dict[str, Any]]]:
+        records: list[Record] = []
+        results = []
+        brokers = self._placement_brokers()
+        names = [t["name"] for t in topics]
+        for req in topics:
+            name = req["name"]
+            try:
+                if names.count(name) > 1:
+                    raise InvalidRequestError(f"topic {name!r} is listed more than once")
+                t = self.state.topics.get(name)
+                if t is None:
+                    raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+                current = len(t.partitions)
+                count = req["count"]
+                if count <= current:
+                    raise InvalidPartitionsError(
+                        f"topic {name!r} has {current} partitions; the new count {count} must "
+                        f"be larger")
+                if count > MAX_PARTITIONS_PER_TOPIC:
+                    raise InvalidPartitionsError(
+                        f"at most {MAX_PARTITIONS_PER_TOPIC} partitions per topic")
+                assignments = assign_replicas(brokers, count - current, t.replication_factor,
+                                              self.rng, first_partition=current)
+            except DmqError as exc:
+                results.append(topic_result(name, exc))
+                continue
+            records.append(AddPartitions(name, t.topic_id, current, tuple(assignments)))
+            results.append(topic_result(name))
+        return ([] if validate_only else records), results
+
+    def alter_configs(self, topics: list[dict[str, Any]], validate_only: bool = False
+                      ) -> tuple[list[Record], list[dict[str, Any]]]:
+        records: list[Record] = []
+        results = []
+        for req in topics:
+            name = req["name"]
+            try:
+                if name not in self.state.topics:
+                    raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+                recs: list[Record] = []
+                for key, value in req["configs"].items():
+                    if value is None:
+                        if key not in TOPIC_CONFIG_CHECKS:
+                            raise InvalidConfigError(f"unknown topic config {key!r}")
+                        recs.append(TopicConfig(name, key, None))
+                    else:
+                        recs.append(TopicConfig(name, key, validate_topic_config(key, value)))
+            except DmqError as exc:
+                results.append(topic_result(name, exc))
+                continue
+            records += recs
+            results.append(topic_result(name))
+        return ([] if validate_only else records), results
+
+    # partitions -------------------------------------------------------------------------
+    def alter_partition(self, broker_id: int, broker_epoch: int,
+                        topics: list[list[Any]]) -> tuple[list[Record], list[list[Any]]]:
+        """ISR changes from a partition leader. Returns the records and, per topic,
+        [[partition, error], ...] (errors as codes, 0 when accepted or unchanged)."""
+        self.check_broker(broker_id, broker_epoch)
+        records: list[Record] = []
+        results: list[list[Any]] = []
+        for topic, parts in topics:
+            t = self.state.topics.get(topic)
+            res = []
+            for partition, leader_epoch, partition_epoch, new_isr in parts:
+                try:
+                    p = None if t is None else t.partitions.get(partition)
+                    if p is None:
+                        raise UnknownTopicOrPartitionError(f"{topic}-{partition} does not exist")
+                    rec = self._alter_one(p, broker_id, leader_epoch, partition_epoch,
+                                          tuple(new_isr))
+                    if rec is not None:
+                        records.append(rec)
+                    res.append([partition, 0, None])
+                except DmqError as exc:
+                    res.append([partition, int(exc.code), exc.message])
+            results.append([topic, res])
+        return records, results
+
+    def _alter_one(self, p: PartitionInfo, broker_id: int, leader_epoch: int,
+                   partition_epoch: int, new_isr: tuple[int, ...]) -> PartitionChange | None:
+        if p.leader != broker_id:
+            raise NotLeaderOrFollowerError(
+                f"{p.topic}-{p.partition}: broker {broker_id} is not the leader ({p.leader})")
+        if leader_epoch < p.leader_epoch:
+            raise FencedLeaderEpochError(
+                f"{p.topic}-{p.partition}: leader epoch {leader_epoch} < {p.leader_epoch}")
+        if leader_epoch > p.leader_epoch:
+            raise UnknownLeaderEpochError(
+                f"{p.topic}-{p.partition}: leader epoch {leader_epoch} > {p.leader_epoch}")
+        if partition_epoch != p.partition_epoch:
+            # Kafka answers INVALID_UPDATE_VERSION here; dmq has no such code yet
+            raise FencedLeaderEpochError(
+                f"{p.topic}-{p.partition}: stale partition epoch {partition_epoch} "
+                f"(current {p.partition_epoch})")
+        if len(set(new_isr)) != len(new_isr) or broker_id not in new_isr:
+            raise InvalidRequestError(
+                f"{p.topic}-{p.partition}: ISR {list(new_isr)} must hold the leader once")
+        stray = [r for r in new_isr if r not in p.replicas]
+        if stray:
+            raise InvalidRequestError(
+                f"{p.topic}-{p.partition}: {stray} are not replicas {list(p.replicas)}")
+        online = self._online()
+        added = [r for r in new_isr if r not in p.isr and r not in online]
+        if added:
+            raise BrokerFencedError(
+                f"{p.topic}-{p.partition}: cannot add {added} to the ISR: not ONLINE")
+        if new_isr == p.isr:
+            return None
+        return PartitionChange(p.topic, p.partition, p.partition_epoch, NO_CHANGE, new_isr)
+
+    # producer ids and offsets -------------------------------------------------------------
+    def allocate_producer_ids(self, broker_id: int, count: int = PRODUCER_ID_BLOCK
+                              ) -> tuple[list[Record], int]:
+        first = self.state.next_producer_id
+        return [ProducerIds(broker_id, first + count)], first
+
+    def commit_offsets(self, group: str, offsets: list[list[Any]], commit_ms: int
+                       ) -> tuple[list[Record], list[list[Any]]]:
+        """offsets: [[topic, [[partition, offset, metadata], ...]], ...]. Returns records
+        and [[topic, [[partition, error], ...]], ...]."""
+        accepted: list[tuple[str, int, int, str | None]] = []
+        results = []
+        for topic, parts in offsets:
+            t = self.state.topics.get(topic)
+            res = []
+            for partition, offset, metadata in parts:
+                if t is None or partition not in t.partitions:
+                    res.append([partition, int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)])
+                elif offset < 0:
+                    res.append([partition, int(ErrorCode.OFFSET_OUT_OF_RANGE)])
+                else:
+                    accepted.append((topic, partition, offset, metadata))
+                    res.append([partition, 0])
+            results.append([topic, res])
+        records: list[Record] = [OffsetCommit(group, commit_ms, tuple(accepted))] \
+            if accepted else []
+        return records, results
+
+
+__all__ = ["MAX_PARTITIONS_PER_TOPIC", "PRODUCER_ID_BLOCK", "Planner", "topic_result"]

@@ -1,0 +1,252 @@
+"""Metadata records: the changes the controller writes to the Raft log.
+
+This module owns the record types and their wire form. It never does I/O and never
+decides anything: the planner (`dmq.controller.planner`) chooses records, the state
+(`dmq.controller.state`) applies them.
+
+One Raft entry carries one *batch* of records, applied atomically:
+``msgpack([record, ...])``. A record is a msgpack array ``[type, *fields]`` where
+``type`` is a permanent `RecordType` number and fields are positional::
+
+    REGISTER_BROKER      broker_id, host, port, rack|nil, incarnation_id
+                         (the broker epoch is the Raft index of the entry)
+    FENCE_BROKER         broker_id, broker_epoch
+    UNFENCE_BROKER       broker_id, broker_epoch
+    BROKER_SHUTTING_DOWN broker_id, broker_epoch
+    CREATE_TOPIC         name, topic_id, {config: value}, [[replica, ...] per partition]
+                         (leader = first replica, ISR = replicas, epochs 0)
+    ADD_PARTITIONS       name, topic_id, first_partition, [[replica, ...] per new partition]
+    REMOVE_TOPIC         name, topic_id
+    PARTITION_CHANGE     topic, partition, expected_partition_epoch, leader (-2: unchanged),
+                         isr|nil (nil: unchanged). Leader epoch +1 when the leader changes;
+                         partition epoch +1 always. Skipped if the partition epoch moved.
+    TOPIC_CONFIG         name, key, value|nil (nil: back to the cluster default)
+    PRODUCER_IDS         broker_id, next_producer_id (end of the block just handed out)
+    OFFSET_COMMIT        group, commit_ms, [[topic, partition, offset, metadata|nil], ...]
+
+Records are applied deterministically by every controller and every broker image, so
+anything random (topic ids, placement) is chosen before proposing and written here.
+Numbers are permanent; add new types at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, ClassVar
+
+import msgpack
+
+NO_CHANGE = -2
+"""PARTITION_CHANGE leader value meaning "keep the current leader"."""
+
+
+class RecordType(IntEnum):
+    REGISTER_BROKER = 1
+    FENCE_BROKER = 2
+    UNFENCE_BROKER = 3
+    BROKER_SHUTTING_DOWN = 4
+    CREATE_TOPIC = 5
+    ADD_PARTITIONS = 6
+    REMOVE_TOPIC = 7
+    PARTITION_CHANGE = 8
+    TOPIC_CONFIG = 9
+    PRODUCER_IDS = 10
+    OFFSET_COMMIT = 11
+
+
+class MalformedRecordError(ValueError):
+    """A metadata entry that does not decode (a bug or a corrupt snapshot/log)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterBroker:
+    TYPE: ClassVar[RecordType] = RecordType.REGISTER_BROKER
+    broker_id: int
+    host: str
+    port: int
+    rack: str | None
+    incarnation_id: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.broker_id, self.host, self.port, self.rack, self.incarnation_id]
+
+
+@dataclass(frozen=True, slots=True)
+class FenceBroker:
+    TYPE: ClassVar[RecordType] = RecordType.FENCE_BROKER
+    broker_id: int
+    broker_epoch: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.broker_id, self.broker_epoch]
+
+
+@dataclass(frozen=True, slots=True)
+class UnfenceBroker:
+    TYPE: ClassVar[RecordType] = RecordType.UNFENCE_BROKER
+    broker_id: int
+    broker_epoch: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.broker_id, self.broker_epoch]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerShuttingDown:
+    TYPE: ClassVar[RecordType] = RecordType.BROKER_SHUTTING_DOWN
+    broker_id: int
+    broker_epoch: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.broker_id, self.broker_epoch]
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTopic:
+    TYPE: ClassVar[RecordType] = RecordType.CREATE_TOPIC
+    name: str
+    topic_id: str
+    configs: dict[str, str]
+    assignments: tuple[tuple[int, ...], ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.name, self.topic_id, dict(self.configs),
+                [list(r) for r in self.assignments]]
+
+
+@dataclass(frozen=True, slots=True)
+class AddPartitions:
+    TYPE: ClassVar[RecordType] = RecordType.ADD_PARTITIONS
+    name: str
+    topic_id: str
+    first_partition: int
+    assignments: tuple[tuple[int, ...], ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.name, self.topic_id, self.first_partition,
+                [list(r) for r in self.assignments]]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveTopic:
+    TYPE: ClassVar[RecordType] = RecordType.REMOVE_TOPIC
+    name: str
+    topic_id: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.name, self.topic_id]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionChange:
+    TYPE: ClassVar[RecordType] = RecordType.PARTITION_CHANGE
+    topic: str
+    partition: int
+    partition_epoch: int  # the epoch this change was planned against
+    leader: int = NO_CHANGE
+    isr: tuple[int, ...] | None = None
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.topic, self.partition, self.partition_epoch, self.leader,
+                None if self.isr is None else list(self.isr)]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicConfig:
+    TYPE: ClassVar[RecordType] = RecordType.TOPIC_CONFIG
+    name: str
+    key: str
+    value: str | None
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.name, self.key, self.value]
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerIds:
+    TYPE: ClassVar[RecordType] = RecordType.PRODUCER_IDS
+    broker_id: int
+    next_producer_id: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.broker_id, self.next_producer_id]
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetCommit:
+    TYPE: ClassVar[RecordType] = RecordType.OFFSET_COMMIT
+    group: str
+    commit_ms: int
+    offsets: tuple[tuple[str, int, int, str | None], ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.group, self.commit_ms, [list(o) for o in self.offsets]]
+
+
+Record = (RegisterBroker | FenceBroker | UnfenceBroker | BrokerShuttingDown | CreateTopic
+          | AddPartitions | RemoveTopic | PartitionChange | TopicConfig | ProducerIds
+          | OffsetCommit)
+
+
+def _tuples(rows: Any) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(x) for x in row) for row in rows)
+
+
+def _from_wire(obj: list[Any]) -> Record:
+    t = RecordType(obj[0])
+    f = obj[1:]
+    if t is RecordType.REGISTER_BROKER:
+        return RegisterBroker(f[0], f[1], f[2], f[3], f[4])
+    if t is RecordType.FENCE_BROKER:
+        return FenceBroker(f[0], f[1])
+    if t is RecordType.UNFENCE_BROKER:
+        return UnfenceBroker(f[0], f[1])
+    if t is RecordType.BROKER_SHUTTING_DOWN:
+        return BrokerShuttingDown(f[0], f[1])
+    if t is RecordType.CREATE_TOPIC:
+        return CreateTopic(f[0], f[1], dict(f[2]), _tuples(f[3]))
+    if t is RecordType.ADD_PARTITIONS:
+        return AddPartitions(f[0], f[1], f[2], _tuples(f[3]))
+    if t is RecordType.REMOVE_TOPIC:
+        return RemoveTopic(f[0], f[1])
+    if t is RecordType.PARTITION_CHANGE:
+        return PartitionChange(f[0], f[1], f[2], f[3], None if f[4] is None else tuple(f[4]))
+    if t is RecordType.TOPIC_CONFIG:
+        return TopicConfig(f[0], f[1], f[2])
+    if t is RecordType.PRODUCER_IDS:
+        return ProducerIds(f[0], f[1])
+    if t is RecordType.OFFSET_COMMIT:
+        return OffsetCommit(f[0], f[1], tuple((o[0], o[1], o[2], o[3]) for o in f[2]))
+    raise AssertionError(t)  # pragma: no cover - every RecordType is handled above
+
+
+def record_from_wire(obj: Any) -> Record:
+    try:
+        return _from_wire(obj)
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        raise MalformedRecordError(f"bad metadata record {obj!r:.200}: {exc}") from None
+
+
+def records_to_wire(records: list[Record] | tuple[Record, ...]) -> list[list[Any]]:
+    return [r.to_wire() for r in records]
+
+
+def encode_batch(records: list[Record] | tuple[Record, ...]) -> bytes:
+    """The data of one Raft entry."""
+    return msgpack.packb(records_to_wire(records), use_bin_type=True)
+
+
+def decode_batch_wire(data: bytes) -> list[list[Any]]:
+    """The records of one entry in wire form (what MetadataFetch ships)."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise MalformedRecordError(f"metadata entry is not msgpack: {exc}") from None
+    if not isinstance(obj, list):
+        raise MalformedRecordError("metadata entry must be an array of records")
+    return obj
+
+
+def decode_batch(data: bytes) -> list[Record]:
+    return [record_from_wire(r) for r in decode_batch_wire(data)]

@@ -1,0 +1,300 @@
+"""MetadataState: cluster metadata as applied from committed metadata records.
+
+Every controller holds one, fed by the Raft apply loop; every broker holds one, fed by
+MetadataFetch. Applying is deterministic and never fails on a record it cannot use: a
+record that no longer fits the state (a topic deleted meanwhile, a partition epoch that
+moved) is skipped and counted, identically everywhere. It never does I/O, never reads a
+clock and never imports asyncio.
+
+Copy-on-write: brokers and topics are stored as the frozen `image` classes. A topic's
+partition dict is copied the first time an entry changes it after an image was
+published, so publishing (`image()`) only copies the two top-level dicts.
+
+Snapshot format (msgpack map, version 1)::
+
+    {"v": 1, "version": last applied index,
+     "brokers": [[id, host, port, rack, epoch, state, incarnation_id], ...],
+     "topics": [[name, topic_id, {configs},
+                 [[partition, [replicas], leader, leader_epoch, [isr], partition_epoch]]]],
+     "next_producer_id": int,
+     "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]}}
+
+"offsets" is absent in the broker-facing snapshot of MetadataFetch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+from dmq.controller.image import (
+    FENCED,
+    NO_LEADER,
+    ONLINE,
+    SHUTTING_DOWN,
+    BrokerInfo,
+    MetadataImage,
+    PartitionInfo,
+    TopicInfo,
+)
+from dmq.controller.records import (
+    NO_CHANGE,
+    AddPartitions,
+    CreateTopic,
+    OffsetCommit,
+    PartitionChange,
+    ProducerIds,
+    Record,
+    RecordType,
+    RegisterBroker,
+    RemoveTopic,
+    TopicConfig,
+    record_from_wire,
+)
+
+log = logging.getLogger("dmq.controller.state")
+
+SNAPSHOT_FORMAT = 1
+FIRST_PRODUCER_ID = 1000
+
+
+class MetadataState:
+    def __init__(self, *, keep_offsets: bool = True, history_entries: int = 0) -> None:
+        self.version = 0
+        self.brokers: dict[int, BrokerInfo] = {}
+        self.incarnations: dict[int, str] = {}
+        self.topics: dict[str, TopicInfo] = {}
+        self.topic_names_by_id: dict[str, str] = {}
+        self.next_producer_id = FIRST_PRODUCER_ID
+        # group -> (topic, partition) -> (offset, metadata, commit_ms)
+        self.offsets: dict[str, dict[tuple[str, int], tuple[int, str | None, int]]] = {}
+        self.keep_offsets = keep_offsets
+        self.skipped_records = 0
+        # recent entries for MetadataFetch deltas: (index, wire records)
+        self.history: deque[tuple[int, list[list[Any]]]] = deque(maxlen=history_entries or 1)
+        self.keep_history = history_entries > 0
+        self.history_floor = 0  # deltas are available for versions >= this
+        self._owned: set[str] = set()  # topics whose partition dict no image shares yet
+        self._image: MetadataImage | None = None
+        self._apply = {
+            RecordType.REGISTER_BROKER: self._register_broker,
+            RecordType.FENCE_BROKER: self._fence_broker,
+            RecordType.UNFENCE_BROKER: self._unfence_broker,
+            RecordType.BROKER_SHUTTING_DOWN: self._broker_shutting_down,
+            RecordType.CREATE_TOPIC: self._create_topic,
+            RecordType.ADD_PARTITIONS: self._add_partitions,
+            RecordType.REMOVE_TOPIC: self._remove_topic,
+            RecordType.PARTITION_CHANGE: self._partition_change,
+            RecordType.TOPIC_CONFIG: self._topic_config,
+            RecordType.PRODUCER_IDS: self._producer_ids,
+            RecordType.OFFSET_COMMIT: self._offset_commit,
+        }
+
+    # applying ---------------------------------------------------------------------------
+    def apply_entry(self, index: int, wire_records: list[list[Any]]) -> None:
+        """Apply one committed entry's records (wire form); the version becomes `index`."""
+        assert index > self.version, f"entry {index} applied after {self.version}"
+        for wire in wire_records:
+            self.apply_record(record_from_wire(wire), index)
+        self.advance_to(index)
+        if self.keep_history and wire_records:
+            self.history.append((index, wire_records))
+            if len(self.history) == self.history.maxlen:
+                self.history_floor = self.history[0][0] - 1
+
+    def advance_to(self, index: int) -> None:
+        """An entry without metadata records (a Raft no-op) still moves the version."""
+        if index > self.version:
+            self.version = index
+            self._image = None
+
+    def apply_record(self, rec: Record, index: int) -> None:
+        self._image = None
+        self._apply[rec.TYPE](rec, index)
+
+    def _skip(self, rec: Record, why: str) -> None:
+        self.skipped_records += 1
+        log.warning("skipping metadata record %s: %s", rec, why)
+
+    def _register_broker(self, rec: Any, index: int) -> None:
+        r: RegisterBroker = rec
+        self.brokers[r.broker_id] = BrokerInfo(r.broker_id, r.host, r.port, r.rack, index, FENCED)
+        self.incarnations[r.broker_id] = r.incarnation_id
+
+    def _set_broker_state(self, broker_id: int, epoch: int, state: str, rec: Record) -> None:
+        b = self.brokers.get(broker_id)
+        if b is None or b.broker_epoch != epoch:
+            self._skip(rec, "unknown broker or stale broker epoch")
+            return
+        self.brokers[broker_id] = replace(b, state=state)
+
+    def _fence_broker(self, rec: Any, index: int) -> None:
+        self._set_broker_state(rec.broker_id, rec.broker_epoch, FENCED, rec)
+
+    def _unfence_broker(self, rec: Any, index: int) -> None:
+        self._set_broker_state(rec.broker_id, rec.broker_epoch, ONLINE, rec)
+
+    def _broker_shutting_down(self, rec: Any, index: int) -> None:
+        self._set_broker_state(rec.broker_id, rec.broker_epoch, SHUTTING_DOWN, rec)
+
+    def _create_topic(self, rec: Any, index: int) -> None:
+        r: CreateTopic = rec
+        if r.name in self.topics or r.topic_id in self.topic_names_by_id:
+            self._skip(rec, "topic exists")
+            return
+        parts = {p: PartitionInfo(r.name, p, reps, reps[0] if reps else NO_LEADER, 0, reps, 0)
+                 for p, reps in enumerate(r.assignments)}
+        self.topics[r.name] = TopicInfo(r.name, r.topic_id, parts, dict(r.configs))
+        self.topic_names_by_id[r.topic_id] = r.name
+        self._owned.add(r.name)
+
+    def _add_partitions(self, rec: Any, index: int) -> None:
+        r: AddPartitions = rec
+        t = self.topics.get(r.name)
+        if t is None or t.topic_id != r.topic_id or r.first_partition != len(t.partitions):
+            self._skip(rec, "topic gone or partition count moved")
+            return
+        parts = self._own_partitions(t)
+        for i, reps in enumerate(r.assignments):
+            p = r.first_partition + i
+            parts[p] = PartitionInfo(r.name, p, reps, reps[0] if reps else NO_LEADER, 0, reps, 0)
+
+    def _remove_topic(self, rec: Any, index: int) -> None:
+        r: RemoveTopic = rec
+        t = self.topics.get(r.name)
+        if t is None or t.topic_id != r.topic_id:
+            self._skip(rec, "topic gone")
+            return
+        del self.topics[r.name]
+        self.topic_names_by_id.pop(r.topic_id, None)
+        self._owned.discard(r.name)
+
+    def _own_partitions(self, t: TopicInfo) -> dict[int, PartitionInfo]:
+        """The topic's partition dict, copied first if a published image shares it."""
+        if t.name not in self._owned:
+            t = replace(t, partitions=dict(t.partitions))
+            self.topics[t.name] = t
+            self._owned.add(t.name)
+        return t.partitions
+
+    def _partition_change(self, rec: Any, index: int) -> None:
+        r: PartitionChange = rec
+        t = self.topics.get(r.topic)
+        p = None if t is None else t.partitions.get(r.partition)
+        if t is None or p is None:
+            self._skip(rec, "unknown partition")
+            return
+        if p.partition_epoch != r.partition_epoch:
+            self._skip(rec, f"partition epoch is {p.partition_epoch}")
+            return
+        leader = p.leader if r.leader == NO_CHANGE else r.leader
+        leader_epoch = p.leader_epoch + 1 if leader != p.leader else p.leader_epoch
+        isr = p.isr if r.isr is None else r.isr
+        self._own_partitions(t)[r.partition] = PartitionInfo(
+            p.topic, p.partition, p.replicas, leader, leader_epoch, isr, p.partition_epoch + 1)
+
+    def _topic_config(self, rec: Any, index: int) -> None:
+        r: TopicConfig = rec
+        t = self.topics.get(r.name)
+        if t is None:
+            self._skip(rec, "unknown topic")
+            return
+        configs = dict(t.configs)
+        if r.value is None:
+            configs.pop(r.key, None)
+        else:
+            configs[r.key] = r.value
+        self.topics[r.name] = replace(t, configs=configs)
+
+    def _producer_ids(self, rec: Any, index: int) -> None:
+        r: ProducerIds = rec
+        if r.next_producer_id <= self.next_producer_id:
+            self._skip(rec, "producer id block would go backwards")
+            return
+        self.next_producer_id = r.next_producer_id
+
+    def _offset_commit(self, rec: Any, index: int) -> None:
+        if not self.keep_offsets:
+            return
+        r: OffsetCommit = rec
+        group = self.offsets.setdefault(r.group, {})
+        for topic, partition, offset, metadata in r.offsets:
+            group[(topic, partition)] = (offset, metadata, r.commit_ms)
+
+    # reading ----------------------------------------------------------------------------
+    def image(self, controller_id: int = NO_LEADER, controller_term: int = -1,
+              controller_address: tuple[str, int] | None = None) -> MetadataImage:
+        img = self._image
+        if (img is None or img.controller_id != controller_id
+                or img.controller_term != controller_term
+                or img.controller_address != controller_address):
+            img = MetadataImage(self.version, controller_id, dict(self.brokers),
+                                dict(self.topics), controller_term, controller_address)
+            self._owned.clear()
+            self._image = img
+        return img
+
+    def records_since(self, version: int, max_entries: int) -> list[list[Any]] | None:
+        """[[index, [record, ...]], ...] for entries after `version`, or None when the
+        history does not reach back that far (the caller sends a snapshot)."""
+        if not self.keep_history or version < self.history_floor:
+            return None
+        out: list[list[Any]] = []
+        for index, recs in reversed(self.history):
+            if index <= version:
+                break
+            out.append([index, recs])
+        out.reverse()
+        return out[:max_entries]
+
+    def offsets_of(self, group: str) -> dict[tuple[str, int], tuple[int, str | None, int]]:
+        return dict(self.offsets.get(group, {}))
+
+    # snapshot ---------------------------------------------------------------------------
+    def to_snapshot(self, *, include_offsets: bool = True) -> dict[str, Any]:
+        brokers = [[b.broker_id, b.host, b.port, b.rack, b.broker_epoch, b.state,
+                    self.incarnations.get(b.broker_id, "")]
+                   for _, b in sorted(self.brokers.items())]
+        topics = [[t.name, t.topic_id, dict(t.configs),
+                   [[p.partition, list(p.replicas), p.leader, p.leader_epoch, list(p.isr),
+                     p.partition_epoch] for _, p in sorted(t.partitions.items())]]
+                  for _, t in sorted(self.topics.items())]
+        snap: dict[str, Any] = {"v": SNAPSHOT_FORMAT, "version": self.version,
+                                "brokers": brokers, "topics": topics,
+                                "next_producer_id": self.next_producer_id}
+        if include_offsets:
+            snap["offsets"] = {g: [[t, p, o, md, ts] for (t, p), (o, md, ts) in sorted(
+                offs.items())] for g, offs in sorted(self.offsets.items())}
+        return snap
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Replace the whole state with a snapshot's (history restarts from it)."""
+        if snap.get("v") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unsupported metadata snapshot format {snap.get('v')!r}")
+        self.version = int(snap["version"])
+        self.brokers = {}
+        self.incarnations = {}
+        for bid, host, port, rack, epoch, state, inc in snap["brokers"]:
+            self.brokers[bid] = BrokerInfo(bid, host, port, rack, epoch, state)
+            self.incarnations[bid] = inc
+        self.topics = {}
+        self.topic_names_by_id = {}
+        for name, tid, configs, parts in snap["topics"]:
+            pmap = {p: PartitionInfo(name, p, tuple(reps), leader, le, tuple(isr), pe)
+                    for p, reps, leader, le, isr, pe in parts}
+            self.topics[name] = TopicInfo(name, tid, pmap, dict(configs))
+            self.topic_names_by_id[tid] = name
+        self.next_producer_id = int(snap["next_producer_id"])
+        self.offsets = {}
+        if self.keep_offsets:
+            for g, rows in snap.get("offsets", {}).items():
+                self.offsets[g] = {(t, p): (o, md, ts) for t, p, o, md, ts in rows}
+        self.history.clear()
+        self.history_floor = self.version
+        self._owned = set(self.topics)
+        self._image = None
+
+
+__all__ = ["FIRST_PRODUCER_ID", "MetadataState"]

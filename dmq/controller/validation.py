@@ -1,0 +1,139 @@
+"""Validation of topic names and topic configs, and the cluster defaults behind them.
+
+Topic config keys are Kafka's. A topic stores only the configs set on it; every other
+key reads as the cluster default named in `TOPIC_CONFIG_DEFAULTS` (a setting of
+`dmq.config.SETTINGS`, or a fixed value). Errors are the typed wire errors, so a
+handler can put them in its per-topic answer as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from dmq.protocol.errors import InvalidConfigError, InvalidTopicError
+
+MAX_TOPIC_NAME_CHARS = 249
+_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
+
+
+def validate_topic_name(name: str) -> None:
+    """Kafka's rules: [a-zA-Z0-9._-], 1..249 chars, not "." or ".."."""
+    if not name:
+        raise InvalidTopicError("topic name is empty")
+    if len(name) > MAX_TOPIC_NAME_CHARS:
+        raise InvalidTopicError(f"topic name is {len(name)} chars; at most "
+                                f"{MAX_TOPIC_NAME_CHARS} allowed")
+    if name in (".", ".."):
+        raise InvalidTopicError(f"topic name cannot be {name!r}")
+    if not _TOPIC_NAME.match(name):
+        raise InvalidTopicError(f"topic name {name!r} has characters outside [a-zA-Z0-9._-]")
+
+
+def _long(minimum: int, allow_minus_one: bool = False) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if n < minimum and not (allow_minus_one and n == -1):
+            extra = " or -1" if allow_minus_one else ""
+            raise ValueError(f"must be at least {minimum}{extra}")
+        return str(n)
+    return check
+
+
+def _bool(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _cleanup_policy(value: str) -> str:
+    parts = sorted({p.strip() for p in value.split(",")})
+    if not parts or any(p not in ("delete", "compact") for p in parts):
+        raise ValueError("must be delete, compact, or compact,delete")
+    return ",".join(parts)
+
+
+# key -> value checker (returns the normalised value or raises ValueError)
+TOPIC_CONFIG_CHECKS: dict[str, Callable[[str], str]] = {
+    "min.insync.replicas": _long(1),
+    "unclean.leader.election.enable": _bool,
+    "retention.ms": _long(0, allow_minus_one=True),
+    "retention.bytes": _long(0, allow_minus_one=True),
+    "segment.bytes": _long(14),
+    "segment.ms": _long(1),
+    "cleanup.policy": _cleanup_policy,
+    "delete.retention.ms": _long(0),
+    "max.message.bytes": _long(0),
+    "flush.messages": _long(1, allow_minus_one=True),
+    "flush.ms": _long(0, allow_minus_one=True),
+}
+
+# topic config key -> cluster setting it defaults to, or ("=", fixed value)
+TOPIC_CONFIG_DEFAULTS: dict[str, str | tuple[str, str]] = {
+    "min.insync.replicas": "min.insync.replicas",
+    "unclean.leader.election.enable": "unclean.leader.election.enable",
+    "retention.ms": "log.retention.ms",
+    "retention.bytes": "log.retention.bytes",
+    "segment.bytes": "log.segment.bytes",
+    "segment.ms": "log.segment.ms",
+    "cleanup.policy": "log.cleanup.policy",
+    "delete.retention.ms": ("=", "86400000"),
+    "max.message.bytes": "message.max.bytes",
+    "flush.messages": "log.flush.messages",
+    "flush.ms": "log.flush.ms",
+}
+assert set(TOPIC_CONFIG_CHECKS) == set(TOPIC_CONFIG_DEFAULTS)
+
+
+def validate_topic_config(key: str, value: str) -> str:
+    """The normalised value, or InvalidConfigError naming the key."""
+    check = TOPIC_CONFIG_CHECKS.get(key)
+    if check is None:
+        raise InvalidConfigError(f"unknown topic config {key!r}; known: "
+                                 f"{', '.join(sorted(TOPIC_CONFIG_CHECKS))}")
+    if not isinstance(value, str):
+        raise InvalidConfigError(f"{key}: value must be a string")
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise InvalidConfigError(f"{key}={value!r}: {exc}") from None
+
+
+def validate_topic_configs(configs: dict[str, str]) -> dict[str, str]:
+    return {k: validate_topic_config(k, v) for k, v in configs.items()}
+
+
+def default_topic_configs(get_setting: Callable[[str], Any]) -> dict[str, str]:
+    """Every topic config key with the cluster default value, as strings."""
+    out: dict[str, str] = {}
+    for key, src in TOPIC_CONFIG_DEFAULTS.items():
+        if isinstance(src, tuple):
+            out[key] = src[1]
+        else:
+            v = get_setting(src)
+            out[key] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
+
+
+def effective_topic_configs(configs: dict[str, str],
+                            get_setting: Callable[[str], Any]) -> dict[str, str]:
+    out = default_topic_configs(get_setting)
+    out.update(configs)
+    return out
+
+
+__all__ = [
+    "MAX_TOPIC_NAME_CHARS",
+    "TOPIC_CONFIG_CHECKS",
+    "TOPIC_CONFIG_DEFAULTS",
+    "default_topic_configs",
+    "effective_topic_configs",
+    "validate_topic_config",
+    "validate_topic_configs",
+    "validate_topic_name",
+]

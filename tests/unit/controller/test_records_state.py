@@ -1,0 +1,136 @@
+"""Records round-trip; the state applies them deterministically, snapshots and restores."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from dmq.controller.image import FENCED, NO_LEADER, ONLINE
+from dmq.controller.records import (
+    NO_CHANGE,
+    AddPartitions,
+    BrokerShuttingDown,
+    CreateTopic,
+    FenceBroker,
+    MalformedRecordError,
+    OffsetCommit,
+    PartitionChange,
+    ProducerIds,
+    RegisterBroker,
+    RemoveTopic,
+    TopicConfig,
+    UnfenceBroker,
+    decode_batch,
+    decode_batch_wire,
+    encode_batch,
+)
+from dmq.controller.state import MetadataState
+from dmq.controller.state_machine import MetadataStateMachine
+
+ALL = [
+    RegisterBroker(1, "h", 1, None, "inc"), RegisterBroker(2, "h", 2, "r1", "inc2"),
+    FenceBroker(1, 5), UnfenceBroker(1, 5), BrokerShuttingDown(1, 5),
+    CreateTopic("t", "id", {"retention.ms": "5"}, ((1, 2), (2, 1))),
+    AddPartitions("t", "id", 2, ((1, 2),)), RemoveTopic("t", "id"),
+    PartitionChange("t", 0, 3, NO_CHANGE, (1,)), PartitionChange("t", 0, 3, 2, None),
+    TopicConfig("t", "k", None), TopicConfig("t", "k", "v"), ProducerIds(1, 2000),
+    OffsetCommit("g", 123, (("t", 0, 5, None), ("t", 1, 6, "md"))),
+]
+
+
+def test_every_record_round_trips() -> None:
+    assert decode_batch(encode_batch(ALL)) == ALL
+
+
+def test_malformed_entries_are_typed_errors() -> None:
+    with pytest.raises(MalformedRecordError):
+        decode_batch(b"\xc1")
+    with pytest.raises(MalformedRecordError):
+        decode_batch(msgpack.packb({"a": 1}))
+    with pytest.raises(MalformedRecordError):
+        decode_batch(msgpack.packb([[99, 1]]))
+    with pytest.raises(MalformedRecordError):
+        decode_batch(msgpack.packb([[1]]))
+
+
+def _apply(state: MetadataState, index: int, recs: list) -> None:
+    state.apply_entry(index, decode_batch_wire(encode_batch(recs)))
+
+
+def test_apply_brokers_topics_and_partition_changes() -> None:
+    s = MetadataState(history_entries=10)
+    _apply(s, 1, [RegisterBroker(1, "h", 11, None, "a"), RegisterBroker(2, "h", 12, None, "b")])
+    assert s.brokers[1].broker_epoch == 1 and s.brokers[1].state == FENCED
+    _apply(s, 2, [UnfenceBroker(1, 1), UnfenceBroker(2, 1), UnfenceBroker(3, 1)])
+    assert s.skipped_records == 1 and s.brokers[2].state == ONLINE
+    _apply(s, 3, [CreateTopic("t", "tid", {}, ((1, 2), (2, 1)))])
+    img3 = s.image()
+    p = img3.partition("t", 1)
+    assert p is not None
+    assert (p.leader, p.isr, p.leader_epoch, p.partition_epoch) == (2, (2, 1), 0, 0)
+    # a leader change bumps both epochs; an ISR change only the partition epoch
+    _apply(s, 4, [PartitionChange("t", 1, 0, 1, (1,)), PartitionChange("t", 0, 0, NO_CHANGE, (1,))])
+    p1, p0 = s.image().partition("t", 1), s.image().partition("t", 0)
+    assert (p1.leader, p1.leader_epoch, p1.partition_epoch, p1.isr) == (1, 1, 1, (1,))
+    assert (p0.leader, p0.leader_epoch, p0.partition_epoch, p0.isr) == (1, 0, 1, (1,))
+    # an image published earlier never changes (copy on write)
+    assert img3.partition("t", 1).leader == 2 and img3.version == 3
+    # a change planned against an old partition epoch is skipped
+    _apply(s, 5, [PartitionChange("t", 1, 0, 2, None)])
+    assert s.image().partition("t", 1).leader == 1 and s.skipped_records == 2
+    _apply(s, 6, [AddPartitions("t", "tid", 2, ((2, 1),)), TopicConfig("t", "retention.ms", "9")])
+    assert len(s.topics["t"].partitions) == 3 and s.image().topic_config("t", "retention.ms") == "9"
+    _apply(s, 7, [TopicConfig("t", "retention.ms", None), ProducerIds(1, 5000)])
+    assert s.image().topic_config("t", "retention.ms") is None and s.next_producer_id == 5000
+    _apply(s, 8, [RemoveTopic("t", "tid")])
+    assert "t" not in s.image().topics and s.version == 8
+
+
+def test_records_since_and_history_floor() -> None:
+    s = MetadataState(history_entries=3)
+    for i in range(1, 6):
+        _apply(s, i, [RegisterBroker(i, "h", i, None, "x")])
+    assert s.records_since(0, 100) is None  # too far behind: snapshot
+    recs = s.records_since(3, 100)
+    assert [r[0] for r in recs] == [4, 5]
+    assert s.records_since(5, 100) == []
+    assert [r[0] for r in s.records_since(2, 1)] == [3]
+
+
+def test_snapshot_restore_round_trip() -> None:
+    s = MetadataState()
+    _apply(s, 1, [RegisterBroker(1, "h", 11, "r", "a")])
+    _apply(s, 2, [UnfenceBroker(1, 1), CreateTopic("t", "tid", {"cleanup.policy": "compact"},
+                                                     ((1,), (1,)))])
+    _apply(s, 3, [OffsetCommit("g", 9, (("t", 0, 42, "m"),)), ProducerIds(1, 3000),
+                  PartitionChange("t", 0, 0, NO_LEADER, None)])
+    snap = s.to_snapshot()
+    r = MetadataState()
+    r.restore(msgpack.unpackb(msgpack.packb(snap), strict_map_key=False))
+    assert r.to_snapshot() == snap
+    assert r.image().partition("t", 0).leader == NO_LEADER
+    assert r.offsets_of("g") == {("t", 0): (42, "m", 9)}
+    assert "offsets" not in s.to_snapshot(include_offsets=False)
+    with pytest.raises(ValueError):
+        r.restore({"v": 99})
+
+
+class _E:
+    def __init__(self, index: int, data: bytes) -> None:
+        self.index, self.data = index, data
+
+
+def test_state_machine_apply_snapshot_restore_and_listeners() -> None:
+    sm = MetadataStateMachine()
+    seen: list[int] = []
+    sm.add_listener(seen.append)
+    sm.apply([_E(1, b""), _E(2, encode_batch([RegisterBroker(1, "h", 1, None, "a")])),
+              _E(3, b"\xc1")])
+    assert sm.applied_index == 3 and seen == [3] and 1 in sm.state.brokers
+    sm.apply([_E(2, b"")])  # already applied: ignored
+    snap = sm.snapshot()
+    other = MetadataStateMachine()
+    other.restore(snap)
+    assert other.state.to_snapshot() == sm.state.to_snapshot()
+    other.restore(b"")
+    assert other.state.version == 0 and not other.state.brokers
