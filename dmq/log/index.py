@@ -5,6 +5,11 @@ be rebuilt from the `.log` file, so they are never fsynced on the append path an
 failed sanity check on open just means "rebuild". This module must never read the
 `.log` file itself (the segment does that).
 
+Entries are appended to in-memory arrays on the append path and copied into the
+mapping by `sync()` (on flush, roll and close), so an append never takes a page fault
+on a shared mapping (which can stall behind writeback). That is safe because indexes
+of segments past the recovery point are rebuilt on an unclean start anyway.
+
 `.index` entries are 8 bytes: relative offset u32 | file position u32 (big-endian),
 one per `index_interval_bytes` of log, keyed by the base offset of the batch that
 starts at that position. `.timeindex` entries are 12 bytes: timestamp i64 |
@@ -52,8 +57,13 @@ class _MappedFile:
         self.writable = writable
 
     @property
-    def capacity_entries(self) -> int:
-        return self._file_bytes // self.entry_size
+    def _file_bytes(self) -> int:
+        return self._size_bytes
+
+    @_file_bytes.setter
+    def _file_bytes(self, value: int) -> None:
+        self._size_bytes = value
+        self.capacity_entries = value // self.entry_size
 
     def trim(self, entries: int) -> None:
         """Shrink the file to exactly `entries` entries (on roll and close)."""
@@ -77,7 +87,8 @@ class _MappedFile:
         if self._mm is not None:
             self._mm.close()
             self._mm = None
-        alloc = max(self._max_entries, entries) * self.entry_size
+        alloc = max(max(self._max_entries, entries) * self.entry_size,
+                    os.path.getsize(self.path))
         os.truncate(self.path, alloc)
         self._file_bytes = alloc
         fd = os.open(self.path, os.O_RDWR)
@@ -107,6 +118,7 @@ class OffsetIndex(_MappedFile):
         self.base_offset = base_offset
         self._offsets = array("Q")
         self._positions = array("Q")
+        self._synced = 0
 
     def load(self) -> bool:
         """Read entries from the file; False if they fail the sanity check (then rebuild)."""
@@ -126,6 +138,7 @@ class OffsetIndex(_MappedFile):
             self._offsets.append(self.base_offset + rel)
             self._positions.append(pos)
             prev_rel, prev_pos = rel, pos
+        self._synced = len(self._offsets)
         return True
 
     def sane_for(self, log_size_bytes: int, next_offset: int) -> bool:
@@ -142,15 +155,26 @@ class OffsetIndex(_MappedFile):
         return len(self._offsets) >= self.capacity_entries
 
     def append(self, offset: int, position: int) -> None:
-        n = len(self._offsets)
-        if n and (offset <= self._offsets[-1] or position <= self._positions[-1]):
+        """Add an entry (in memory until `sync`); offsets and positions must increase."""
+        offsets = self._offsets
+        if offsets and (offset <= offsets[-1] or position <= self._positions[-1]):
             return  # never out of order; a later entry is as good
-        if self._mm is None or not self.writable or n >= self.capacity_entries:
+        if len(offsets) >= self.capacity_entries or not self.writable:
             raise ValueError("offset index is full or read-only")
-        _OFFSET_ENTRY.pack_into(self._mm, n * OFFSET_ENTRY_SIZE, offset - self.base_offset,
-                                position)
-        self._offsets.append(offset)
+        offsets.append(offset)
         self._positions.append(position)
+
+    def sync(self) -> None:
+        """Copy entries added since the last sync into the mapped file."""
+        mm = self._mm
+        n = len(self._offsets)
+        if mm is None or self._synced >= n:
+            return
+        base = self.base_offset
+        pack = _OFFSET_ENTRY.pack_into
+        for i in range(self._synced, n):
+            pack(mm, i * OFFSET_ENTRY_SIZE, self._offsets[i] - base, self._positions[i])
+        self._synced = n
 
     def lookup(self, offset: int) -> tuple[int, int]:
         """Largest entry with entry offset <= `offset` -> (offset, position); else (base, 0)."""
@@ -176,12 +200,23 @@ class OffsetIndex(_MappedFile):
         del self._positions[keep:]
         if not self.writable:
             self.reopen_writable(keep)
-        if self._mm is not None:
+        if self._mm is not None and self._synced > keep:
             end = keep * OFFSET_ENTRY_SIZE
-            self._mm[end:len(self._mm)] = bytes(len(self._mm) - end)
+            self._mm[end : self._synced * OFFSET_ENTRY_SIZE] = bytes(
+                (self._synced - keep) * OFFSET_ENTRY_SIZE)
+        self._synced = min(self._synced, keep)
+
+    def flush(self) -> None:
+        self.sync()
+        super().flush()
 
     def trim(self, entries: int | None = None) -> None:
+        self.sync()
         super().trim(len(self._offsets) if entries is None else entries)
+
+    def close(self) -> None:
+        self.sync()
+        super().close()
 
     def reset(self) -> None:
         self._truncate_entries(0)
@@ -197,6 +232,7 @@ class TimeIndex(_MappedFile):
         self.base_offset = base_offset
         self._timestamps = array("q")
         self._offsets = array("Q")
+        self._synced = 0
 
     def load(self) -> bool:
         self._timestamps = array("q")
@@ -215,6 +251,7 @@ class TimeIndex(_MappedFile):
             self._timestamps.append(ts)
             self._offsets.append(self.base_offset + rel)
             prev_ts, prev_rel = ts, rel
+        self._synced = len(self._offsets)
         return True
 
     def sane_for(self, next_offset: int) -> bool:
@@ -235,14 +272,33 @@ class TimeIndex(_MappedFile):
         return self._timestamps[-1], self._offsets[-1]
 
     def maybe_append(self, timestamp: int, offset: int) -> None:
-        n = len(self._offsets)
-        if n and (timestamp <= self._timestamps[-1] or offset < self._offsets[-1]):
+        """Add an entry if `timestamp` is a new maximum (in memory until `sync`)."""
+        ts = self._timestamps
+        if ts and (timestamp <= ts[-1] or offset < self._offsets[-1]):
             return
-        if self._mm is None or not self.writable or n >= self.capacity_entries:
+        if len(ts) >= self.capacity_entries or not self.writable:
             return  # the segment rolls on a full offset index first; losing one is harmless
-        _TIME_ENTRY.pack_into(self._mm, n * TIME_ENTRY_SIZE, timestamp, offset - self.base_offset)
-        self._timestamps.append(timestamp)
+        ts.append(timestamp)
         self._offsets.append(offset)
+
+    def sync(self) -> None:
+        mm = self._mm
+        n = len(self._offsets)
+        if mm is None or self._synced >= n:
+            return
+        base = self.base_offset
+        pack = _TIME_ENTRY.pack_into
+        for i in range(self._synced, n):
+            pack(mm, i * TIME_ENTRY_SIZE, self._timestamps[i], self._offsets[i] - base)
+        self._synced = n
+
+    def flush(self) -> None:
+        self.sync()
+        super().flush()
+
+    def close(self) -> None:
+        self.sync()
+        super().close()
 
     def lookup(self, timestamp: int) -> int:
         """Offset from which to scan for the first batch with max timestamp >= `timestamp`.
@@ -261,11 +317,14 @@ class TimeIndex(_MappedFile):
         del self._offsets[keep:]
         if not self.writable:
             self.reopen_writable(keep)
-        if self._mm is not None:
+        if self._mm is not None and self._synced > keep:
             end = keep * TIME_ENTRY_SIZE
-            self._mm[end:len(self._mm)] = bytes(len(self._mm) - end)
+            self._mm[end : self._synced * TIME_ENTRY_SIZE] = bytes(
+                (self._synced - keep) * TIME_ENTRY_SIZE)
+        self._synced = min(self._synced, keep)
 
     def trim(self, entries: int | None = None) -> None:
+        self.sync()
         super().trim(len(self._offsets) if entries is None else entries)
 
     def reset(self) -> None:

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import threading
 from bisect import bisect_right
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
+
+from crc32c import crc32c
 
 from dmq.clock import Clock, SystemClock
 from dmq.log.batch import (
@@ -41,7 +44,7 @@ from dmq.log.batch import (
     STAMP_STRUCT,
     BatchHeader,
     Buffer,
-    validate_batches,
+    validate_raw,
 )
 from dmq.log.checkpoint import fsync_dir, read_entries, write_entries
 from dmq.log.config import LogConfig
@@ -52,6 +55,7 @@ from dmq.log.errors import (
     LogClosedError,
     LogStorageError,
     OffsetOutOfRangeError,
+    OutOfOrderSequenceError,
     RecordTooLargeError,
     UnexpectedAppendOffsetError,
 )
@@ -65,7 +69,9 @@ log = logging.getLogger("dmq.log")
 
 META_FILE = "meta.checkpoint"
 _MAX_RELATIVE_OFFSET = 0xFFFFFFFF
-_READ_PREFIX = __import__("struct").Struct(">qi11xi")  # base, length, last_offset_delta
+_READ_PREFIX = struct.Struct(">qi11xi")  # base, length, last_offset_delta
+_STAMP_PACK = STAMP_STRUCT.pack
+_new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 
 
 class LogAppendInfo(NamedTuple):
@@ -100,8 +106,17 @@ class PartitionLog:
         self._last_flush_ms = self.clock.monotonic_ms()
         self._closed = False
         self.producer_state = ProducerStateManager(self.config.max_producer_batches)
+        # Hot-path copies of config fields (attribute lookups on a frozen dataclass).
+        cfg = self.config
+        self._max_message_bytes = cfg.max_message_bytes
+        self._segment_bytes = cfg.segment_bytes
+        self._segment_ms = cfg.segment_ms
+        self._flush_messages = cfg.flush_messages
+        self._flush_ms = cfg.flush_ms
+        self._log_append_time = cfg.message_timestamp_type == "LogAppendTime"
         os.makedirs(directory, exist_ok=True)
         self.epoch_cache = LeaderEpochCache(os.path.join(directory, EPOCH_FILE))
+        self._latest_epoch = self.epoch_cache.latest_epoch
         self._load()
 
     @classmethod
@@ -150,57 +165,66 @@ class PartitionLog:
     def append_as_leader(self, buf: Buffer, leader_epoch: int) -> LogAppendInfo:
         """Validate client batches, assign offsets from the log end, stamp `leader_epoch`.
 
-        If any batch is a duplicate of a recent idempotent batch, nothing is written and
-        the original batch's offsets are returned with `duplicate=True`.
+        Raises `CorruptRecordError` (length/magic/CRC), `RecordTooLargeError`,
+        `OutOfOrderSequenceError` or `InvalidProducerEpochError`; nothing is written then.
+        If a batch duplicates a recent idempotent batch, nothing is written and the
+        original batch's offsets come back with `duplicate=True` (Kafka's behaviour).
         """
-        headers = validate_batches(buf)
-        mv = buf if isinstance(buf, memoryview) else memoryview(buf)
-        cfg = self.config
-        max_bytes = cfg.max_message_bytes
-        log_append_time = cfg.message_timestamp_type == "LogAppendTime"
+        mv = buf if type(buf) is memoryview else memoryview(buf)
+        raw = validate_raw(mv)
+        max_bytes = self._max_message_bytes
+        stamp = _STAMP_PACK
         with self._lock:
-            self._check_open()
-            offset = self._log_end_offset
-            pending: dict[int, tuple[int, int]] = {}
-            producers = self.producer_state
+            if self._closed:
+                raise LogClosedError(f"log {self.directory} is closed")
+            base = offset = self._log_end_offset
+            pending: dict[int, tuple[int, int]] | None = None
             iov: list[Buffer] = []
-            index_info: list[tuple[int, int, int, int]] = []
-            total = 0
-            records = 0
+            entries: list[int] = []
+            total = records = 0
             max_ts = -1
-            now_ms = self.clock.wall_ms() if log_append_time else -1
-            stamp = STAMP_STRUCT.pack
-            for h in headers:
-                size = h.batch_length + LOG_OVERHEAD
+            now_ms = self.clock.wall_ms() if self._log_append_time else -1
+            for t in raw:
+                length = t[1]
+                size = length + LOG_OVERHEAD
                 if size > max_bytes:
                     raise RecordTooLargeError(f"batch of {size} bytes > {max_bytes}")
-                if h.producer_id >= 0:
-                    dup = self._check_producer(h, pending)
+                if t[9] >= 0:
+                    if pending is None:
+                        pending = {}
+                    dup = self._check_producer(t, pending)
                     if dup is not None:
                         return dup
-                pos = h.position
-                ts = h.max_timestamp
-                if log_append_time:
-                    body = _with_log_append_time(mv[pos + 16 : pos + size], now_ms)
+                pos = t[13]
+                iov.append(stamp(offset, length, leader_epoch))
+                if now_ms >= 0:
+                    iov.append(_with_log_append_time(mv[pos + 16 : pos + size], now_ms))
                     ts = now_ms
-                    iov.append(stamp(offset, h.batch_length, leader_epoch))
-                    iov.append(body)
                 else:
-                    iov.append(stamp(offset, h.batch_length, leader_epoch))
                     iov.append(mv[pos + 16 : pos + size])
-                index_info.append((offset, total, size, ts))
+                    ts = t[8]
+                entries += (offset, total, size, ts)
                 total += size
-                records += h.record_count
+                records += t[12]
                 if ts > max_ts:
                     max_ts = ts
-                offset += h.last_offset_delta + 1
-            base = self._log_end_offset
-            self._write(iov, total, index_info, base, offset, leader_epoch)
-            for (b_off, _, _, _), h in zip(index_info, headers, strict=True):
-                if h.producer_id >= 0:
-                    producers.update_from_header(h, b_off)
-            self._after_append(records)
-            return LogAppendInfo(base, offset - 1, max_ts, now_ms, records, total, False)
+                offset += t[6] + 1
+            self._write(iov, total, entries, base, offset)
+            if leader_epoch > self._latest_epoch:
+                self.epoch_cache.assign(leader_epoch, base)
+                self._latest_epoch = self.epoch_cache.latest_epoch
+            if pending is not None:
+                update = self.producer_state.update
+                for i, t in enumerate(raw):
+                    if t[9] >= 0:
+                        b_off = entries[4 * i]
+                        update(t[9], t[10], t[11], (t[11] + t[6]) & 0x7FFFFFFF, b_off,
+                               b_off + t[6], entries[4 * i + 3])
+            self._unflushed_messages += records
+            if self._flush_messages is not None or self._flush_ms is not None:
+                self._maybe_flush_after_append()
+            return _new_tuple(LogAppendInfo,
+                              (base, offset - 1, max_ts, now_ms, records, total, False))
 
     def append_as_follower(self, buf: Buffer) -> LogAppendInfo:
         """Append batches copied from the leader, offsets and epochs already stamped.
@@ -208,85 +232,79 @@ class PartitionLog:
         Offsets must increase and start at or after the log end (gaps are allowed:
         compacted leaders have them); otherwise `UnexpectedAppendOffsetError`.
         """
-        headers = validate_batches(buf)
+        mv = buf if type(buf) is memoryview else memoryview(buf)
+        raw = validate_raw(mv)
         with self._lock:
-            self._check_open()
+            if self._closed:
+                raise LogClosedError(f"log {self.directory} is closed")
             expected = self._log_end_offset
-            index_info: list[tuple[int, int, int, int]] = []
+            entries: list[int] = []
             records = 0
             max_ts = -1
-            for h in headers:
-                if h.base_offset < expected:
+            for t in raw:
+                if t[0] < expected:
                     raise UnexpectedAppendOffsetError(
-                        f"follower batch at offset {h.base_offset}, expected >= {expected}")
-                size = h.batch_length + LOG_OVERHEAD
-                index_info.append((h.base_offset, h.position, size, h.max_timestamp))
-                records += h.record_count
-                if h.max_timestamp > max_ts:
-                    max_ts = h.max_timestamp
-                expected = h.base_offset + h.last_offset_delta + 1
-            mv = buf if isinstance(buf, memoryview) else memoryview(buf)
-            first = headers[0].base_offset
-            self._write([mv], len(buf), index_info, first, expected, None)
-            for h in headers:
-                self.epoch_cache.assign(h.partition_leader_epoch, h.base_offset)
-                if h.producer_id >= 0:
-                    self.producer_state.update_from_header(h, h.base_offset)
-            self._after_append(records)
-            return LogAppendInfo(first, expected - 1, max_ts, -1, records, len(buf), False)
+                        f"follower batch at offset {t[0]}, expected >= {expected}")
+                entries += (t[0], t[13], t[1] + LOG_OVERHEAD, t[8])
+                records += t[12]
+                if t[8] > max_ts:
+                    max_ts = t[8]
+                expected = t[0] + t[6] + 1
+            first = raw[0][0]
+            self._write([mv], len(mv), entries, first, expected)
+            cache = self.epoch_cache
+            for t in raw:
+                if t[2] > self._latest_epoch:
+                    cache.assign(t[2], t[0])
+                    self._latest_epoch = cache.latest_epoch
+                if t[9] >= 0:
+                    self.producer_state.update(t[9], t[10], t[11], (t[11] + t[6]) & 0x7FFFFFFF,
+                                               t[0], t[0] + t[6], t[8])
+            self._unflushed_messages += records
+            if self._flush_messages is not None or self._flush_ms is not None:
+                self._maybe_flush_after_append()
+            return LogAppendInfo(first, expected - 1, max_ts, -1, records, len(mv), False)
 
-    def _check_producer(self, h: BatchHeader,
+    def _check_producer(self, t: tuple[int, ...],
                         pending: dict[int, tuple[int, int]]) -> LogAppendInfo | None:
-        seen = pending.get(h.producer_id)
-        last_seq = h.last_sequence
+        pid, epoch, first_seq = t[9], t[10], t[11]
+        last_seq = (first_seq + t[6]) & 0x7FFFFFFF
+        seen = pending.get(pid)
         if seen is None:
-            dup = self.producer_state.check(h.producer_id, h.producer_epoch, h.base_sequence,
-                                            last_seq)
+            dup = self.producer_state.check(pid, epoch, first_seq, last_seq)
             if dup is not None:
                 return LogAppendInfo(dup.base_offset, dup.last_offset, dup.max_timestamp, -1,
                                      dup.last_offset - dup.base_offset + 1, 0, True)
-        elif h.producer_epoch != seen[0] or h.base_sequence != (seen[1] + 1) & 0x7FFFFFFF:
-            from dmq.log.errors import OutOfOrderSequenceError
-
+        elif epoch != seen[0] or first_seq != (seen[1] + 1) & 0x7FFFFFFF:
             raise OutOfOrderSequenceError(
-                f"producer {h.producer_id}: batches in one append are not consecutive")
-        pending[h.producer_id] = (h.producer_epoch, last_seq)
+                f"producer {pid}: batches in one append are not consecutive")
+        pending[pid] = (epoch, last_seq)
         return None
 
-    def _write(self, iov: list[Buffer], total: int, index_info: list[tuple[int, int, int, int]],
-               base_offset: int, next_offset: int, leader_epoch: int | None) -> None:
+    def _write(self, iov: list[Buffer], total: int, entries: list[int], base_offset: int,
+               next_offset: int) -> None:
         seg = self._segments[-1]
-        if self._should_roll(seg, total, next_offset - 1):
+        size = seg.size_bytes
+        if (size + total > self._segment_bytes and size) or (
+                next_offset - 1 - seg.base_offset > _MAX_RELATIVE_OFFSET) or (
+                len(seg.index._offsets) + len(entries) // 4  # noqa: SLF001
+                >= seg.index.capacity_entries and size) or (
+                seg.first_append_ms is not None
+                and self.clock.monotonic_ms() - seg.first_append_ms >= self._segment_ms):
             seg = self._roll(base_offset)
         try:
-            seg.append(iov, total, index_info, next_offset)
+            seg.append(iov, total, entries, next_offset)
         except OSError as exc:
             self._closed = True
             raise LogStorageError(f"append to {seg.path} failed: {exc}") from exc
         if seg.first_append_ms is None:
             seg.first_append_ms = self.clock.monotonic_ms()
         self._log_end_offset = next_offset
-        if leader_epoch is not None and leader_epoch > self.epoch_cache.latest_epoch:
-            self.epoch_cache.assign(leader_epoch, base_offset)
 
-    def _should_roll(self, seg: LogSegment, total: int, last_offset: int) -> bool:
-        if seg.size_bytes == 0:
-            return last_offset - seg.base_offset > _MAX_RELATIVE_OFFSET
-        if seg.size_bytes + total > self.config.segment_bytes:
-            return True
-        if last_offset - seg.base_offset > _MAX_RELATIVE_OFFSET:
-            return True
-        if seg.index.is_full or seg.time_index.is_full:
-            return True
-        first = seg.first_append_ms
-        return first is not None and self.clock.monotonic_ms() - first >= self.config.segment_ms
-
-    def _after_append(self, records: int) -> None:
-        self._unflushed_messages += records
-        cfg = self.config
-        if cfg.flush_messages is not None and self._unflushed_messages >= cfg.flush_messages:
+    def _maybe_flush_after_append(self) -> None:
+        if self._flush_messages is not None and self._unflushed_messages >= self._flush_messages:
             self._flush_data()
-        elif cfg.flush_ms is not None:
+        elif self._flush_ms is not None:
             self.maybe_flush()
 
     # ------------------------------------------------------------------ reads
@@ -502,6 +520,7 @@ class PartitionLog:
         self._bases = [offset]
         self._log_start_offset = offset
         self.epoch_cache.clear()
+        self._latest_epoch = self.epoch_cache.latest_epoch
         self._after_truncate(offset)
 
     def _after_truncate(self, new_end: int) -> None:
@@ -509,6 +528,7 @@ class PartitionLog:
         self._log_start_offset = min(self._log_start_offset, new_end)
         self._recovery_point = min(self._recovery_point, new_end)
         self.epoch_cache.truncate_from_end(new_end)
+        self._latest_epoch = self.epoch_cache.latest_epoch
         self.producer_state.rebuild(self._all_headers())
         self._write_meta(clean=False)
 
@@ -531,6 +551,7 @@ class PartitionLog:
             while len(self._segments) > 1 and self._segments[1].base_offset <= offset:
                 self._delete_oldest_segment()
             self.epoch_cache.truncate_from_start(offset)
+            self._latest_epoch = self.epoch_cache.latest_epoch
             self._write_meta(clean=False)
             return True
 
@@ -560,6 +581,7 @@ class PartitionLog:
                 new_start = max(self._log_start_offset, self._segments[0].base_offset)
                 self._log_start_offset = new_start
                 self.epoch_cache.truncate_from_start(new_start)
+                self._latest_epoch = self.epoch_cache.latest_epoch
                 self._write_meta(clean=False)
             return deleted
 
@@ -661,7 +683,9 @@ class PartitionLog:
         self._log_start_offset = min(max(log_start, segs[0].base_offset), self._log_end_offset)
         self._recovery_point = self._log_end_offset
         self.epoch_cache.truncate_from_end(self._log_end_offset)
+        self._latest_epoch = self.epoch_cache.latest_epoch
         self.epoch_cache.truncate_from_start(self._log_start_offset)
+        self._latest_epoch = self.epoch_cache.latest_epoch
         self.producer_state.rebuild(self._all_headers())
         self._write_meta(clean=False)
         if self.fsync_enabled:
@@ -685,10 +709,6 @@ class PartitionLog:
 
 def _with_log_append_time(body: memoryview, now_ms: int) -> bytes:
     """Batch bytes from `magic` on, with LogAppendTime set and the CRC recomputed."""
-    import struct
-
-    from crc32c import crc32c
-
     b = bytearray(body)
     off = CRC_START - 16
     attrs = struct.unpack_from(">h", b, off)[0] | ATTR_TIMESTAMP_TYPE

@@ -217,26 +217,40 @@ class LogSegment:
             self.max_timestamp = max_ts
             self.offset_of_max_timestamp = base_offset
 
-    def append(self, iov: Sequence[Buffer], size_bytes: int,
-               batches: Sequence[tuple[int, int, int, int]], next_offset: int) -> None:
-        """Write stamped batches in one `writev`; `batches` = (base, position_in_write,
-        size, max_timestamp) for index maintenance."""
+    def append(self, iov: Sequence[Buffer], size_bytes: int, entries: Sequence[int],
+               next_offset: int) -> None:
+        """Write stamped batches with one `writev`.
+
+        `entries` is flat: (base offset, position within this write, size, max timestamp)
+        per batch, for index maintenance.
+        """
+        start = self.size_bytes
         written = os.writev(self.fd, iov)
         if written != size_bytes:  # short write: undo so the file holds whole batches
-            os.ftruncate(self.fd, self.size_bytes)
+            os.ftruncate(self.fd, start)
             raise OSError(f"short write to {self.path}: {written} of {size_bytes} bytes")
-        start = self.size_bytes
-        for base, rel_pos, size, max_ts in batches:
-            self._index_batch(base, start + rel_pos, size, max_ts)
+        if len(entries) == 4:
+            # One batch, the common case: the body of _index_batch, inlined (hot path).
+            base, max_ts = entries[0], entries[3]
+            if self.bytes_since_index > self.index_interval_bytes:
+                idx = self.index
+                if not idx._offsets or base > idx._offsets[-1]:  # noqa: SLF001
+                    idx._offsets.append(base)  # noqa: SLF001
+                    idx._positions.append(start)  # noqa: SLF001
+                if max_ts > self.max_timestamp:
+                    self.time_index.maybe_append(max_ts, base)
+                self.bytes_since_index = 0
+            self.bytes_since_index += size_bytes
+            if max_ts > self.max_timestamp:
+                self.max_timestamp = max_ts
+                self.offset_of_max_timestamp = base
+        else:
+            for i in range(0, len(entries), 4):
+                self._index_batch(entries[i], start + entries[i + 1], entries[i + 2],
+                                  entries[i + 3])
         self.size_bytes = start + size_bytes
         self.next_offset = next_offset
         self.unflushed = True
-
-    def append_bytes(self, data: Buffer, headers: Sequence[BatchHeader]) -> None:
-        """Append batches whose headers (positions relative to `data`) are already known."""
-        self.append([data], len(data),
-                    [(h.base_offset, h.position, h.batch_length + LOG_OVERHEAD, h.max_timestamp)
-                     for h in headers], headers[-1].next_offset)
 
     # ---------------------------------------------------------------- reading
 
