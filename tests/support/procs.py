@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 
+def _drop_to_gid(gid: int) -> None:
+    os.setgroups([])
+    os.setgid(gid)
+
+
 def free_ports(n: int) -> list[int]:
     socks = []
     try:
@@ -89,6 +94,9 @@ class ProcessCluster:
     combined: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
     http: bool = False
+    # gid given to each node process (by node id), so iptables owner rules can tell
+    # the nodes' traffic apart on loopback (tests/chaos); None: run with ours
+    node_gids: dict[int, int] | None = None
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dmq-test-")))
     nodes: dict[int, NodeProc] = field(default_factory=dict)
 
@@ -126,12 +134,14 @@ class ProcessCluster:
         for n in targets:
             if n.alive:
                 continue
-            logf = open(n.log_path, "ab")
+            logf = open(n.log_path, "ab")  # noqa: SIM115 - closed right after Popen
+            gid = self.node_gids.get(n.node_id) if self.node_gids else None
             n.proc = subprocess.Popen(
                 [sys.executable, "-m", "dmq.cli", "server", "--role", n.role, "--node-id",
                  str(n.node_id), "--config", str(self.config_path), "--data-dir", str(n.data_dir),
                  *(["--http-port", str(n.http_port)] if n.http_port else [])],
-                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=(lambda g=gid: _drop_to_gid(g)) if gid is not None else None)
             logf.close()
         if wait:
             for n in targets:
