@@ -1,0 +1,357 @@
+"""Follower replication: one `ReplicaFetcher` per source leader broker.
+
+Owns the pull side of replication. A fetcher keeps one connection to its leader and
+long-polls FETCH for every partition this broker follows there, sending each
+partition's log end offset (its fetch offset) and the leader epoch it knows, and
+appends what comes back with the offsets as given. Before the first fetch of a
+partition after a leader change it asks OFFSET_FOR_LEADER_EPOCH for the end offset of
+its latest epoch and truncates the divergent tail (KIP-101, with KIP-279's loop when
+the leader does not know that epoch).
+
+It must never decide roles: the replica manager adds and removes partitions as images
+arrive. A response for a partition that was removed or re-added meanwhile is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from dmq.broker.errors import error_code_of
+from dmq.broker.partition import Partition
+from dmq.config import ClusterConfig
+from dmq.controller.image import BrokerInfo
+from dmq.log.errors import LogError
+from dmq.protocol.api import ApiKey
+from dmq.protocol.connection import Connection
+from dmq.protocol.errors import DmqError, ErrorCode
+
+if TYPE_CHECKING:
+    from dmq.broker.replica_manager import ReplicaManager
+
+log = logging.getLogger("dmq.broker.fetcher")
+
+RETRY_BACKOFF_MS = 100
+MAX_BACKOFF_MS = 1000
+FENCED_BACKOFF_MS = 500
+REQUEST_MARGIN_MS = 10_000
+MAX_TRUNCATION_ROUNDS = 8
+
+
+class FetchState:
+    """One followed partition inside a fetcher."""
+
+    __slots__ = ("delayed_until_ms", "leader_epoch", "partition", "truncating")
+
+    def __init__(self, partition: Partition) -> None:
+        self.partition = partition
+        self.leader_epoch = partition.leader_epoch
+        self.truncating = True
+        self.delayed_until_ms = 0
+
+
+class ReplicaFetcher:
+    """Pulls every partition this broker follows on one leader broker."""
+
+    def __init__(self, manager: ReplicaManager, leader: BrokerInfo,
+                 config: ClusterConfig) -> None:
+        self.manager = manager
+        self.broker_id = manager.broker_id
+        self.leader_id = leader.broker_id
+        self.host = leader.host
+        self.port = leader.port
+        self.clock = manager.clock
+        self.max_wait_ms = int(config.get("replica.fetch.wait.max.ms"))
+        self.max_bytes = int(config.get("replica.fetch.max.bytes"))
+        self.partitions: dict[tuple[str, int], FetchState] = {}
+        self._changed = asyncio.Event()
+        self._conn: Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.stats_fetches = 0
+        self.stats_bytes = 0
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"fetcher-{self.broker_id}-from-{self.leader_id}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._changed.set()
+        if self._conn is not None:
+            await self._conn.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, 2.0)
+
+    def add(self, partition: Partition) -> None:
+        self.partitions[(partition.topic, partition.partition)] = FetchState(partition)
+        self._changed.set()
+
+    def remove(self, tp: tuple[str, int]) -> None:
+        self.partitions.pop(tp, None)
+
+    # ------------------------------------------------------------------ loop
+
+    async def _run(self) -> None:
+        backoff_ms = RETRY_BACKOFF_MS
+        while not self._stopping:
+            if not self.partitions:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            try:
+                conn = await self._connection()
+                if any(s.truncating for s in self.partitions.values()):
+                    await self._truncate(conn)
+                sent = await self._fetch(conn)
+                backoff_ms = RETRY_BACKOFF_MS
+                if not sent:
+                    await self._sleep(self._next_ready_in_ms())
+            except asyncio.CancelledError:
+                raise
+            except (DmqError, OSError) as exc:
+                if self._stopping:
+                    return
+                log.info("broker=%d fetcher from %d: %s; retrying in %d ms", self.broker_id,
+                         self.leader_id, exc, backoff_ms)
+                await self._drop_connection()
+                await self._sleep(backoff_ms)
+                backoff_ms = min(backoff_ms * 2, MAX_BACKOFF_MS)
+            except Exception:
+                log.exception("broker=%d fetcher from %d failed; restarting it", self.broker_id,
+                              self.leader_id)
+                await self._drop_connection()
+                await self._sleep(MAX_BACKOFF_MS)
+
+    async def _sleep(self, ms: int) -> None:
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), max(ms, 1) / 1000)
+
+    def _next_ready_in_ms(self) -> int:
+        now = self.clock.monotonic_ms()
+        if not self.partitions:
+            return MAX_BACKOFF_MS
+        return max(1, min(s.delayed_until_ms for s in self.partitions.values()) - now)
+
+    async def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await Connection.open(self.host, self.port,
+                                               client_id=f"replica-{self.broker_id}")
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _ready(self) -> list[tuple[tuple[str, int], FetchState]]:
+        now = self.clock.monotonic_ms()
+        return [(tp, s) for tp, s in self.partitions.items()
+                if not s.truncating and s.delayed_until_ms <= now]
+
+    # ------------------------------------------------------------------ truncation
+
+    async def _truncate(self, conn: Connection) -> None:
+        """OffsetForLeaderEpoch for every partition that just got a new leader."""
+        for _ in range(MAX_TRUNCATION_ROUNDS):
+            now = self.clock.monotonic_ms()
+            todo = [(tp, s) for tp, s in self.partitions.items()
+                    if s.truncating and s.delayed_until_ms <= now]
+            if not todo:
+                return
+            asked: dict[tuple[str, int], tuple[FetchState, int]] = {}
+            by_topic: dict[str, list[list[int]]] = {}
+            for tp, s in todo:
+                plog = s.partition.log
+                epoch = plog.latest_epoch
+                if epoch < 0:
+                    # Nothing written under any epoch: nothing can diverge.
+                    s.truncating = False
+                    continue
+                asked[tp] = (s, epoch)
+                by_topic.setdefault(tp[0], []).append([tp[1], s.leader_epoch, epoch])
+            if not asked:
+                return
+            resp = await conn.request(
+                ApiKey.OFFSET_FOR_LEADER_EPOCH,
+                {"replica_id": self.broker_id, "topics": [[t, r] for t, r in by_topic.items()]},
+                timeout_ms=REQUEST_MARGIN_MS)
+            again = False
+            for topic, rows in resp["topics"]:
+                for p, err, leader_epoch, end_offset in rows:
+                    entry = asked.get((topic, p))
+                    if entry is None or self.partitions.get((topic, p)) is not entry[0]:
+                        continue
+                    state, asked_epoch = entry
+                    if err != ErrorCode.NONE:
+                        self._on_partition_error(state, err)
+                        continue
+                    again |= self._apply_epoch_answer(state, asked_epoch, leader_epoch,
+                                                      end_offset)
+            if not again:
+                return
+
+    def _apply_epoch_answer(self, state: FetchState, asked_epoch: int, leader_epoch: int,
+                            end_offset: int) -> bool:
+        """Truncate after an OffsetForLeaderEpoch answer; True if another round is needed."""
+        part = state.partition
+        plog = part.log
+        if leader_epoch < 0 or end_offset < 0:
+            # The leader cannot answer for our epochs (its cache starts later): fall back
+            # to the high watermark, as Kafka does.
+            part.truncate_to(part.high_watermark)
+            state.truncating = False
+            return False
+        if leader_epoch == asked_epoch:
+            part.truncate_to(min(end_offset, plog.log_end_offset))
+            state.truncating = False
+            return False
+        # The leader knows only an older epoch: cut to where that epoch ends for us and for
+        # it, then ask again with our (now older) latest epoch.
+        our_epoch, our_end = plog.end_offset_for_epoch(leader_epoch)
+        cut = min(end_offset, our_end if our_end >= 0 else plog.log_end_offset)
+        part.truncate_to(cut)
+        if our_epoch == leader_epoch or plog.latest_epoch <= leader_epoch:
+            state.truncating = False
+            return False
+        return True
+
+    # ------------------------------------------------------------------ fetch
+
+    async def _fetch(self, conn: Connection) -> bool:
+        ready = self._ready()
+        if not ready:
+            return False
+        by_topic: dict[str, list[list[int]]] = {}
+        sent: dict[tuple[str, int], tuple[FetchState, int]] = {}
+        for tp, s in ready:
+            offset = s.partition.log.log_end_offset
+            sent[tp] = (s, offset)
+            by_topic.setdefault(tp[0], []).append([tp[1], offset, s.leader_epoch,
+                                                   self.max_bytes])
+        body = {"replica_id": self.broker_id, "max_wait_ms": self.max_wait_ms, "min_bytes": 1,
+                "max_bytes": self.max_bytes, "topics": [[t, r] for t, r in by_topic.items()]}
+        resp = await conn.request(ApiKey.FETCH, body,
+                                  timeout_ms=self.max_wait_ms + REQUEST_MARGIN_MS)
+        self.stats_fetches += 1
+        for topic, rows in resp["topics"]:
+            for p, err, hw, log_start, leo, records in rows:
+                entry = sent.get((topic, p))
+                if entry is None:
+                    continue
+                state, offset = entry
+                if self.partitions.get((topic, p)) is not state or state.truncating:
+                    continue  # removed or re-added while the fetch was in flight
+                part = state.partition
+                if part.log.log_end_offset != offset:
+                    continue
+                if err != ErrorCode.NONE:
+                    self._on_partition_error(state, err, leader_leo=leo, leader_start=log_start)
+                    continue
+                try:
+                    part.append_as_follower(records, hw, log_start)
+                except (LogError, DmqError) as exc:
+                    code = error_code_of(exc)
+                    log.warning("broker=%d %s: follower append at %d failed: %s (%s)",
+                                self.broker_id, part.name, offset, exc, code.name)
+                    state.truncating = True
+                    state.delayed_until_ms = self.clock.monotonic_ms() + RETRY_BACKOFF_MS
+                    continue
+                self.stats_bytes += len(records)
+        return True
+
+    def _on_partition_error(self, state: FetchState, err: int, leader_leo: int = -1,
+                            leader_start: int = -1) -> None:
+        part = state.partition
+        now = self.clock.monotonic_ms()
+        if err == ErrorCode.OFFSET_OUT_OF_RANGE:
+            leo = part.log.log_end_offset
+            if leader_leo >= 0 and leo > leader_leo:
+                # Only after an unclean election: the leader has less than we do.
+                part.truncate_to(leader_leo)
+            elif leader_start > leo:
+                part.truncate_fully_and_start_at(leader_start)
+            else:
+                state.delayed_until_ms = now + RETRY_BACKOFF_MS
+            return
+        if err == ErrorCode.FENCED_LEADER_EPOCH:
+            # Our image is older than the leader's: wait for the image to re-add us.
+            state.delayed_until_ms = now + FENCED_BACKOFF_MS
+            return
+        state.delayed_until_ms = now + RETRY_BACKOFF_MS
+        if err not in (ErrorCode.UNKNOWN_LEADER_EPOCH, ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                       ErrorCode.UNKNOWN_TOPIC_OR_PARTITION):
+            log.info("broker=%d %s: fetch error %s from leader %d", self.broker_id, part.name,
+                     _code_name(err), self.leader_id)
+
+
+class FetcherManager:
+    """The fetchers of one broker, one per source leader broker."""
+
+    def __init__(self, manager: ReplicaManager, config: ClusterConfig) -> None:
+        self.manager = manager
+        self.config = config
+        self.fetchers: dict[int, ReplicaFetcher] = {}
+        self._owner: dict[tuple[str, int], int] = {}
+
+    def add_partition(self, partition: Partition, leader: BrokerInfo, force: bool) -> None:
+        tp = (partition.topic, partition.partition)
+        fetcher = self.fetchers.get(leader.broker_id)
+        if fetcher is not None and (fetcher.host, fetcher.port) != (leader.host, leader.port):
+            moved = list(fetcher.partitions.values())
+            self._retire(leader.broker_id)
+            fetcher = None
+            for s in moved:
+                self._owner.pop((s.partition.topic, s.partition.partition), None)
+                if (s.partition.topic, s.partition.partition) != tp:
+                    self.add_partition(s.partition, leader, force=True)
+        owner = self._owner.get(tp)
+        if owner == leader.broker_id and not force and fetcher is not None:
+            state = fetcher.partitions.get(tp)
+            if state is not None and state.leader_epoch == partition.leader_epoch:
+                return
+        self.remove_partition(tp)
+        if fetcher is None:
+            fetcher = ReplicaFetcher(self.manager, leader, self.config)
+            self.fetchers[leader.broker_id] = fetcher
+            fetcher.start()
+        fetcher.add(partition)
+        self._owner[tp] = leader.broker_id
+
+    def remove_partition(self, tp: tuple[str, int]) -> None:
+        owner = self._owner.pop(tp, None)
+        if owner is None:
+            return
+        fetcher = self.fetchers.get(owner)
+        if fetcher is not None:
+            fetcher.remove(tp)
+            if not fetcher.partitions:
+                self._retire(owner)
+
+    def _retire(self, leader_id: int) -> None:
+        fetcher = self.fetchers.pop(leader_id, None)
+        if fetcher is not None:
+            self.manager._spawn(fetcher.stop(), f"stop-fetcher-{leader_id}")
+
+    async def stop(self) -> None:
+        fetchers, self.fetchers = list(self.fetchers.values()), {}
+        self._owner.clear()
+        await asyncio.gather(*(f.stop() for f in fetchers), return_exceptions=True)
+
+    def info(self) -> dict[str, Any]:
+        return {str(k): len(f.partitions) for k, f in self.fetchers.items()}
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)

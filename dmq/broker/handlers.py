@@ -1,0 +1,283 @@
+"""Request handlers of the broker's data path: PRODUCE, FETCH, LIST_OFFSETS,
+OFFSET_FOR_LEADER_EPOCH and the broker's METADATA (answered from the local image).
+
+Owns turning requests into calls on `Partition`s and the shapes of the answers
+declared in `dmq/protocol/api.py`. Handlers are plain functions that answer at once
+when they can, and return a coroutine only to wait (acks=all, long-poll fetch): the
+server calls them in arrival order, so a produce appends before anything awaits and
+produce order on a connection is kept.
+
+It must never decode records: a produce validates headers and CRCs and stamps
+offsets (in `dmq.log`), a fetch moves bytes. Waiting uses futures completed by the
+partitions and one timer per request; there is no polling loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from dmq.broker.errors import error_code_of, message_of
+from dmq.broker.partition import Partition, ProduceWaiter
+from dmq.controller.image import metadata_body
+from dmq.log.errors import LogError, OffsetOutOfRangeError
+from dmq.protocol.api import ApiKey
+from dmq.protocol.errors import (
+    DmqError,
+    ErrorCode,
+    InvalidRequiredAcksError,
+    LeaderNotAvailableError,
+    NotLeaderOrFollowerError,
+    UnknownTopicOrPartitionError,
+)
+from dmq.protocol.server import NO_RESPONSE, RequestContext
+
+if TYPE_CHECKING:
+    from dmq.broker.replica_manager import ReplicaManager
+
+LATEST = -1
+EARLIEST = -2
+_EMPTY = b""
+
+
+class DataPlane:
+    """The handlers, bound to one replica manager."""
+
+    def __init__(self, replicas: ReplicaManager,
+                 controller_request: Any = None, auto_create: bool = False) -> None:
+        self.replicas = replicas
+        self.clock = replicas.clock
+        self._controller_request = controller_request
+        self._auto_create = auto_create
+        self.stats_produce_requests = 0
+        self.stats_fetch_requests = 0
+
+    def register(self, server: Any, metadata: bool = True) -> None:
+        server.register(ApiKey.PRODUCE, self.produce)
+        server.register(ApiKey.FETCH, self.fetch)
+        server.register(ApiKey.LIST_OFFSETS, self.list_offsets)
+        server.register(ApiKey.OFFSET_FOR_LEADER_EPOCH, self.offset_for_leader_epoch)
+        if metadata:
+            server.register(ApiKey.METADATA, self.metadata)
+
+    # ------------------------------------------------------------------ lookup
+
+    def _partition(self, topic: str, p: int) -> Partition:
+        part = self.replicas.get_partition(topic, p)
+        if part is not None and not part.deleted:
+            return part
+        image = self.replicas.image
+        info = image.partition(topic, p) if image is not None else None
+        if info is None:
+            raise UnknownTopicOrPartitionError(f"{topic}-{p} is unknown to this broker")
+        if info.leader < 0:
+            raise LeaderNotAvailableError(f"{topic}-{p} has no leader")
+        raise NotLeaderOrFollowerError(f"{topic}-{p}: {self.replicas.leader_hint(info.leader)}")
+
+    def _leader_msg(self, part: Partition, exc: Exception) -> str:
+        if isinstance(exc, NotLeaderOrFollowerError):
+            return f"{part.name}: {self.replicas.leader_hint(part.leader_id)}"
+        return message_of(exc)
+
+    # ------------------------------------------------------------------ produce
+
+    def produce(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        acks = body["acks"]
+        if acks not in (0, 1, -1):
+            raise InvalidRequiredAcksError(f"acks must be 0, 1 or -1, got {acks}")
+        self.stats_produce_requests += 1
+        waiter: ProduceWaiter | None = None
+        out: list[list[Any]] = []
+        for topic, parts in body["topics"]:
+            rows: list[list[Any]] = []
+            for p, leader_epoch, records in parts:
+                row: list[Any] = [p, 0, -1, -1, None]
+                part: Partition | None = None
+                try:
+                    part = self._partition(topic, p)
+                    part.check_leader(leader_epoch)
+                    info = part.append_as_leader(records, acks)
+                    row[2] = info.base_offset
+                    row[3] = part.log.log_start_offset
+                    if acks == -1 and part.high_watermark <= info.last_offset:
+                        if waiter is None:
+                            waiter = ProduceWaiter(asyncio.get_running_loop().create_future())
+                        row[1] = None
+                        part.park_produce(waiter, row, info.last_offset + 1)
+                        waiter.rows.append(row)
+                except (DmqError, LogError) as exc:
+                    row[1] = int(error_code_of(exc))
+                    row[4] = self._leader_msg(part, exc) if part is not None else message_of(exc)
+                rows.append(row)
+            out.append([topic, rows])
+        if acks == 0:
+            return NO_RESPONSE
+        response = {"topics": out}
+        if waiter is None:
+            return response
+        return self._await_acks(waiter, response, body["timeout_ms"])
+
+    async def _await_acks(self, waiter: ProduceWaiter, response: dict[str, Any],
+                          timeout_ms: int) -> dict[str, Any]:
+        def expire() -> None:
+            for row in waiter.rows:
+                if row[1] is None:
+                    row[1] = int(ErrorCode.REQUEST_TIMED_OUT)
+                    row[4] = f"high watermark did not reach the batch in {timeout_ms} ms"
+            waiter.finish()
+
+        timer = self.clock.call_later(max(timeout_ms, 0), expire)
+        try:
+            await waiter.future
+        finally:
+            timer.cancel()
+            waiter.done = True
+        return response
+
+    # ------------------------------------------------------------------ fetch
+
+    def fetch(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        self.stats_fetch_requests += 1
+        replica_id = body["replica_id"]
+        follower = replica_id >= 0
+        wanted: list[tuple[str, int, int, int, int]] = [
+            (topic, p, offset, epoch, pmax)
+            for topic, parts in body["topics"] for p, offset, epoch, pmax in parts]
+        if follower:
+            for topic, p, offset, epoch, _ in wanted:
+                part = self.replicas.get_partition(topic, p)
+                if part is not None and part.is_leader and epoch in (-1, part.leader_epoch):
+                    self.replicas.on_follower_fetch(part, replica_id, offset)
+        response, total, stop, parts = self._read(wanted, replica_id, body["max_bytes"])
+        max_wait_ms = body["max_wait_ms"]
+        if stop or total >= body["min_bytes"] or max_wait_ms <= 0 or not parts:
+            return response
+        return self._long_poll(wanted, replica_id, body, parts)
+
+    def _read(self, wanted: list[tuple[str, int, int, int, int]], replica_id: int,
+              max_bytes: int) -> tuple[dict[str, Any], int, bool, list[Partition]]:
+        """One pass over the asked partitions: (response, bytes, any error, partitions)."""
+        follower = replica_id >= 0
+        total = 0
+        errors = False
+        parts: list[Partition] = []
+        out: dict[str, list[list[Any]]] = {}
+        for topic, p, offset, epoch, pmax in wanted:
+            rows = out.setdefault(topic, [])
+            part: Partition | None = None
+            try:
+                part = self._partition(topic, p)
+                part.check_leader(epoch)
+                if follower and replica_id not in part.replicas:
+                    raise NotLeaderOrFollowerError(
+                        f"{part.name}: broker {replica_id} is not a replica")
+                plog = part.log
+                hw = part.high_watermark
+                limit = min(pmax, max_bytes - total)
+                if limit <= 0 and total > 0:
+                    data: Any = _EMPTY
+                else:
+                    data = plog.read(offset, max(limit, 1), None if follower else hw,
+                                     min_one_batch=total == 0)
+                total += len(data)
+                parts.append(part)
+                rows.append([p, 0, hw, plog.log_start_offset, plog.log_end_offset, data])
+            except OffsetOutOfRangeError as exc:
+                errors = True
+                assert part is not None
+                rows.append([p, int(ErrorCode.OFFSET_OUT_OF_RANGE), part.high_watermark,
+                             part.log.log_start_offset, part.log.log_end_offset, _EMPTY])
+                del exc
+            except (DmqError, LogError) as exc:
+                errors = True
+                hw = part.high_watermark if part is not None else -1
+                rows.append([p, int(error_code_of(exc)), hw, -1, -1, _EMPTY])
+        return {"topics": [[t, r] for t, r in out.items()]}, total, errors, parts
+
+    async def _long_poll(self, wanted: list[tuple[str, int, int, int, int]], replica_id: int,
+                         body: dict[str, Any], parts: list[Partition]) -> dict[str, Any]:
+        """Wait for data (followers: any append; consumers: a HW move) or `max_wait_ms`."""
+        follower = replica_id >= 0
+        loop = asyncio.get_running_loop()
+        deadline = self.clock.monotonic_ms() + body["max_wait_ms"]
+        min_bytes = body["min_bytes"]
+        while True:
+            remaining = deadline - self.clock.monotonic_ms()
+            fut: asyncio.Future[None] = loop.create_future()
+            for part in parts:
+                part.add_waiter(fut, follower)
+            timer = self.clock.call_later(max(remaining, 0), lambda f=fut: (
+                f.done() or f.set_result(None)))
+            try:
+                await fut
+            finally:
+                timer.cancel()
+                for part in parts:
+                    part.remove_waiter(fut, follower)
+            if follower:
+                for topic, p, offset, epoch, _ in wanted:
+                    part_ = self.replicas.get_partition(topic, p)
+                    if part_ is not None and part_.is_leader and epoch in (-1, part_.leader_epoch):
+                        self.replicas.on_follower_fetch(part_, replica_id, offset)
+            response, total, stop, parts = self._read(wanted, replica_id, body["max_bytes"])
+            if stop or total >= min_bytes or self.clock.monotonic_ms() >= deadline or not parts:
+                return response
+
+    # ------------------------------------------------------------------ offsets
+
+    def list_offsets(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        out = []
+        for topic, parts in body["topics"]:
+            rows = []
+            for p, timestamp in parts:
+                try:
+                    part = self._partition(topic, p)
+                    part.check_leader(-1)
+                    hw = part.high_watermark
+                    if timestamp == EARLIEST:
+                        rows.append([p, 0, -1, part.log.log_start_offset])
+                    elif timestamp == LATEST:
+                        rows.append([p, 0, -1, hw])
+                    else:
+                        found = part.log.offset_for_timestamp(timestamp)
+                        if found is None or found[0] >= hw:
+                            rows.append([p, 0, -1, -1])
+                        else:
+                            rows.append([p, 0, found[1], found[0]])
+                except (DmqError, LogError) as exc:
+                    rows.append([p, int(error_code_of(exc)), -1, -1])
+            out.append([topic, rows])
+        return {"topics": out}
+
+    def offset_for_leader_epoch(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        out = []
+        for topic, parts in body["topics"]:
+            rows = []
+            for p, current_epoch, epoch in parts:
+                try:
+                    part = self._partition(topic, p)
+                    part.check_leader(current_epoch)
+                    found_epoch, end_offset = part.log.end_offset_for_epoch(epoch)
+                    rows.append([p, 0, found_epoch, end_offset])
+                except (DmqError, LogError) as exc:
+                    rows.append([p, int(error_code_of(exc)), -1, -1])
+            out.append([topic, rows])
+        return {"topics": out}
+
+    # ------------------------------------------------------------------ metadata
+
+    def metadata(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        image = self.replicas.image
+        topics = body.get("topics")
+        if image is None:
+            raise LeaderNotAvailableError("broker has no metadata yet")
+        unknown = [t for t in topics or () if t not in image.topics]
+        if (unknown and body.get("allow_auto_create") and self._auto_create
+                and self._controller_request is not None):
+            return self._forward_metadata(body)
+        return metadata_body(image, topics)
+
+    async def _forward_metadata(self, body: dict[str, Any]) -> Any:
+        """Auto-creation happens on the controller; ask it, answer with its view."""
+        assert self._controller_request is not None
+        return await self._controller_request(ApiKey.METADATA, body, 5000)

@@ -1,0 +1,394 @@
+"""`Partition`: one replica of one partition on this broker, leader or follower.
+
+Owns the replication state of a partition: role, leader epoch, partition epoch,
+replica set and ISR as last accepted by the controller, the in-flight ISR proposal,
+the high watermark, and (as leader) each follower's log end offset and fetch times.
+It also owns the waiters parked on the partition: acks=all produces waiting for the
+high watermark, and long-poll fetches waiting for new data or a high watermark move.
+
+Rules (Kafka's ReplicationUtils / Partition.scala, simplified):
+- HW = min LEO over the *maximal* ISR (accepted ISR plus a pending expansion), never
+  moving backwards. Followers with an unknown LEO (none fetched yet in this epoch) hold
+  the HW where it is.
+- A follower is caught up when its fetch offset reaches the leader's LEO at the time
+  of a fetch; `last_caught_up_ms` is the last moment it was. ISR members not caught up
+  for `replica.lag.time.max.ms` are proposed for removal; a non-member whose LEO reaches
+  the HW (and the start of the current leader epoch) is proposed for addition.
+- One ISR proposal in flight at a time. The accepted ISR changes only when the
+  controller accepts (AlterPartition answer or a newer image).
+- min.insync.replicas is checked against the accepted ISR before appending.
+
+It never touches sockets or timers: the replica manager sends AlterPartition, runs the
+timers and hands in the time. Waiters are futures completed here, never awaited here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from asyncio import Future
+from collections.abc import Callable
+from typing import Any
+
+from dmq.log.batch import Buffer
+from dmq.log.partition_log import LogAppendInfo, PartitionLog
+from dmq.protocol.errors import (
+    ErrorCode,
+    FencedLeaderEpochError,
+    NotEnoughReplicasError,
+    NotLeaderOrFollowerError,
+    UnknownLeaderEpochError,
+)
+
+log = logging.getLogger("dmq.broker")
+
+NO_LEADER = -1
+UNKNOWN_OFFSET = -1
+
+
+class ReplicaState:
+    """The leader's view of one follower."""
+
+    __slots__ = ("broker_id", "last_caught_up_ms", "last_fetch_leader_leo", "last_fetch_ms",
+                 "log_end_offset")
+
+    def __init__(self, broker_id: int, now_ms: int) -> None:
+        self.broker_id = broker_id
+        self.log_end_offset = UNKNOWN_OFFSET
+        self.last_fetch_ms = now_ms
+        self.last_fetch_leader_leo = UNKNOWN_OFFSET
+        # An ISR member starts as caught up at election time, as in Kafka: it gets a
+        # whole lag period to fetch before it can be dropped.
+        self.last_caught_up_ms = now_ms
+
+
+class ProduceWaiter:
+    """One acks=all produce request waiting on the high watermark of its partitions.
+
+    `rows` are the response rows ([partition, error, base_offset, log_start, msg]);
+    `remaining` counts rows still waiting. The future completes when it reaches 0.
+    """
+
+    __slots__ = ("done", "future", "remaining", "rows")
+
+    def __init__(self, future: Future[None]) -> None:
+        self.future = future
+        self.rows: list[list[Any]] = []
+        self.remaining = 0
+        self.done = False
+
+    def complete_row(self, row: list[Any], error: ErrorCode, msg: str | None = None) -> None:
+        if self.done or row[1] is not None:
+            return
+        row[1] = int(error)
+        if msg is not None:
+            row[4] = msg
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.finish()
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            if not self.future.done():
+                self.future.set_result(None)
+
+
+class Partition:
+    """Replica of (topic, partition) on broker `broker_id`."""
+
+    def __init__(self, topic: str, partition: int, topic_id: str, log_: PartitionLog,
+                 broker_id: int, now_ms: Callable[[], int], high_watermark: int = 0) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.topic_id = topic_id
+        self.log = log_
+        self.broker_id = broker_id
+        self._now_ms = now_ms
+        self.leader_id = NO_LEADER
+        self.leader_epoch = -1
+        self.partition_epoch = -1
+        self.replicas: tuple[int, ...] = ()
+        self.isr: tuple[int, ...] = ()
+        self.pending_isr: tuple[int, ...] | None = None
+        self.min_insync_replicas = 1
+        self.leader_epoch_start_offset = 0
+        self.high_watermark = min(max(high_watermark, log_.log_start_offset), log_.log_end_offset)
+        self.followers: dict[int, ReplicaState] = {}
+        self.deleted = False
+        # waiters
+        self._data_waiters: set[Future[None]] = set()   # follower fetches: LEO moves
+        self._hw_waiters: set[Future[None]] = set()     # consumer fetches: HW moves
+        self._acks: list[tuple[int, int, ProduceWaiter, list[Any]]] = []  # heap by offset
+        self._acks_seq = 0
+
+    def __repr__(self) -> str:
+        return (f"Partition({self.topic}-{self.partition} leader={self.leader_id} "
+                f"epoch={self.leader_epoch} isr={self.isr} hw={self.high_watermark} "
+                f"leo={self.log.log_end_offset})")
+
+    @property
+    def name(self) -> str:
+        return f"{self.topic}-{self.partition}"
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader_id == self.broker_id and not self.deleted
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.log.log_end_offset
+
+    @property
+    def maximal_isr(self) -> tuple[int, ...]:
+        if self.pending_isr is None:
+            return self.isr
+        return tuple(sorted(set(self.isr) | set(self.pending_isr)))
+
+    # ------------------------------------------------------------------ role changes
+
+    def make_leader(self, leader_epoch: int, partition_epoch: int, replicas: tuple[int, ...],
+                    isr: tuple[int, ...]) -> bool:
+        """Apply a leader assignment from the image. True if this is a new leadership
+        (new epoch or role change), False for an ISR/replica update within the epoch."""
+        now = self._now_ms()
+        new_term = not self.is_leader or leader_epoch != self.leader_epoch
+        if not new_term and partition_epoch <= self.partition_epoch:
+            return False
+        self.replicas = tuple(replicas)
+        if new_term:
+            self.leader_id = self.broker_id
+            self.leader_epoch = leader_epoch
+            self.partition_epoch = partition_epoch
+            self.isr = tuple(isr)
+            self.pending_isr = None
+            self.leader_epoch_start_offset = self.log.log_end_offset
+            # KIP-101: the epoch starts at our LEO even before anything is appended in it,
+            # so OffsetForLeaderEpoch answers followers correctly at once.
+            self.log.epoch_cache.assign(leader_epoch, self.log.log_end_offset)
+            self.followers = {b: ReplicaState(b, now) for b in self.replicas
+                              if b != self.broker_id}
+            log.info("broker=%d %s: leader at epoch %d, isr=%s, leo=%d, hw=%d", self.broker_id,
+                     self.name, leader_epoch, self.isr, self.log_end_offset, self.high_watermark)
+        else:
+            self.partition_epoch = partition_epoch
+            self.isr = tuple(isr)
+            self.pending_isr = None
+            for b in self.replicas:
+                if b != self.broker_id and b not in self.followers:
+                    self.followers[b] = ReplicaState(b, now)
+            for b in list(self.followers):
+                if b not in self.replicas:
+                    del self.followers[b]
+        self.maybe_advance_high_watermark()
+        self._complete_acks()
+        return new_term
+
+    def make_follower(self, leader_id: int, leader_epoch: int, partition_epoch: int,
+                      replicas: tuple[int, ...], isr: tuple[int, ...]) -> bool:
+        """Apply a follower assignment. True when the leader or epoch changed (the
+        fetcher must truncate against the new leader before fetching)."""
+        changed = (self.leader_id != leader_id or leader_epoch != self.leader_epoch
+                   or self.leader_id == self.broker_id)
+        was_leader = self.leader_id == self.broker_id
+        self.leader_id = leader_id
+        self.leader_epoch = leader_epoch
+        self.partition_epoch = partition_epoch
+        self.replicas = tuple(replicas)
+        self.isr = tuple(isr)
+        self.pending_isr = None
+        self.followers = {}
+        if changed:
+            log.info("broker=%d %s: follower of %d at epoch %d (leo=%d hw=%d)%s",
+                     self.broker_id, self.name, leader_id, leader_epoch, self.log_end_offset,
+                     self.high_watermark, " (was leader)" if was_leader else "")
+            self.fail_waiters(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+        return changed
+
+    def fail_waiters(self, error: ErrorCode) -> None:
+        """Answer every parked produce with `error` and wake every parked fetch."""
+        acks, self._acks = self._acks, []
+        for _, _, waiter, row in acks:
+            waiter.complete_row(row, error)
+        self._wake(self._data_waiters)
+        self._wake(self._hw_waiters)
+
+    # ------------------------------------------------------------------ checks
+
+    def check_leader(self, current_leader_epoch: int = -1) -> None:
+        """Raise unless this replica leads at `current_leader_epoch` (-1: unchecked)."""
+        if current_leader_epoch >= 0:
+            if current_leader_epoch < self.leader_epoch:
+                raise FencedLeaderEpochError(
+                    f"{self.name}: epoch {current_leader_epoch} < current {self.leader_epoch}")
+            if current_leader_epoch > self.leader_epoch:
+                raise UnknownLeaderEpochError(
+                    f"{self.name}: epoch {current_leader_epoch} > known {self.leader_epoch}")
+        if not self.is_leader:
+            raise NotLeaderOrFollowerError(f"{self.name}: leader is {self.leader_id}")
+
+    # ------------------------------------------------------------------ leader: produce
+
+    def append_as_leader(self, records: Buffer, required_acks: int) -> LogAppendInfo:
+        """Check min ISR (acks=all), append, and move the HW if the ISR is just us."""
+        if required_acks == -1 and len(self.isr) < self.min_insync_replicas:
+            raise NotEnoughReplicasError(
+                f"{self.name}: isr {list(self.isr)} smaller than min.insync.replicas "
+                f"{self.min_insync_replicas}")
+        info = self.log.append_as_leader(records, self.leader_epoch)
+        if not info.duplicate:
+            self._wake(self._data_waiters)
+            self.maybe_advance_high_watermark()
+        return info
+
+    def park_produce(self, waiter: ProduceWaiter, row: list[Any], required_offset: int) -> bool:
+        """Park an acks=all row until HW >= `required_offset`. False if already satisfied."""
+        if self.high_watermark >= required_offset:
+            return False
+        self._acks_seq += 1
+        heapq.heappush(self._acks, (required_offset, self._acks_seq, waiter, row))
+        waiter.remaining += 1
+        return True
+
+    def _complete_acks(self) -> None:
+        acks = self._acks
+        hw = self.high_watermark
+        while acks and (acks[0][0] <= hw or acks[0][2].done):
+            _, _, waiter, row = heapq.heappop(acks)
+            if len(self.isr) < self.min_insync_replicas:
+                waiter.complete_row(row, ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND)
+            else:
+                waiter.complete_row(row, ErrorCode.NONE)
+
+    # ------------------------------------------------------------------ leader: followers
+
+    def update_follower_fetch(self, replica_id: int, fetch_offset: int) -> bool:
+        """Record a follower fetch at `fetch_offset` (its LEO). Returns True if the HW moved."""
+        st = self.followers.get(replica_id)
+        if st is None:
+            return False
+        now = self._now_ms()
+        leo = self.log.log_end_offset
+        if fetch_offset >= leo:
+            st.last_caught_up_ms = now
+        elif fetch_offset >= st.last_fetch_leader_leo >= 0:
+            st.last_caught_up_ms = max(st.last_caught_up_ms, st.last_fetch_ms)
+        st.log_end_offset = fetch_offset
+        st.last_fetch_ms = now
+        st.last_fetch_leader_leo = leo
+        return self.maybe_advance_high_watermark()
+
+    def maybe_advance_high_watermark(self) -> bool:
+        if not self.is_leader:
+            return False
+        new_hw = self.log.log_end_offset
+        followers = self.followers
+        for b in self.maximal_isr:
+            if b == self.broker_id:
+                continue
+            st = followers.get(b)
+            if st is None or st.log_end_offset < 0:
+                return False
+            if st.log_end_offset < new_hw:
+                new_hw = st.log_end_offset
+        if new_hw <= self.high_watermark:
+            return False
+        self.high_watermark = new_hw
+        self._wake(self._hw_waiters)
+        self._complete_acks()
+        return True
+
+    def isr_expansion(self) -> tuple[int, ...] | None:
+        """A new ISR adding caught-up followers, or None (also while a proposal is pending)."""
+        if not self.is_leader or self.pending_isr is not None:
+            return None
+        add = [b for b, st in self.followers.items()
+               if b not in self.isr and st.log_end_offset >= self.high_watermark
+               and st.log_end_offset >= self.leader_epoch_start_offset]
+        if not add:
+            return None
+        return tuple(sorted((*self.isr, *add)))
+
+    def isr_shrink(self, lag_time_max_ms: int) -> tuple[int, ...] | None:
+        """A new ISR without followers lagging longer than `lag_time_max_ms`, or None."""
+        if not self.is_leader or self.pending_isr is not None:
+            return None
+        now = self._now_ms()
+        out = [b for b in self.isr if b != self.broker_id and (
+            (st := self.followers.get(b)) is None or now - st.last_caught_up_ms > lag_time_max_ms)]
+        if not out:
+            return None
+        return tuple(b for b in self.isr if b not in out)
+
+    def propose_isr(self, new_isr: tuple[int, ...]) -> None:
+        self.pending_isr = new_isr
+
+    def apply_isr(self, leader_epoch: int, partition_epoch: int, isr: tuple[int, ...]) -> None:
+        """The controller accepted an ISR (AlterPartition answer)."""
+        if leader_epoch != self.leader_epoch or partition_epoch < self.partition_epoch:
+            self.pending_isr = None
+            return
+        old = self.isr
+        self.isr = tuple(isr)
+        self.partition_epoch = partition_epoch
+        self.pending_isr = None
+        if old != self.isr:
+            log.info("broker=%d %s: isr %s -> %s (partition epoch %d)", self.broker_id, self.name,
+                     list(old), list(self.isr), partition_epoch)
+        self.maybe_advance_high_watermark()
+        self._complete_acks()
+
+    def clear_pending_isr(self) -> None:
+        self.pending_isr = None
+
+    # ------------------------------------------------------------------ follower side
+
+    def append_as_follower(self, records: Buffer, leader_hw: int, leader_log_start: int) -> None:
+        if len(records):
+            self.log.append_as_follower(records)
+            self._wake(self._data_waiters)
+        self.update_follower_hw(leader_hw, leader_log_start)
+
+    def update_follower_hw(self, leader_hw: int, leader_log_start: int) -> None:
+        leo = self.log.log_end_offset
+        new_hw = min(leader_hw, leo)
+        if new_hw > self.high_watermark:
+            self.high_watermark = new_hw
+            self._wake(self._hw_waiters)
+        if self.log.log_start_offset < leader_log_start <= leo:
+            self.log.maybe_increment_log_start_offset(leader_log_start)
+
+    def truncate_to(self, offset: int) -> None:
+        if offset < self.log.log_end_offset:
+            log.info("broker=%d %s: truncating from %d to %d", self.broker_id, self.name,
+                     self.log.log_end_offset, offset)
+            self.log.truncate_to(offset)
+        if self.high_watermark > self.log.log_end_offset:
+            self.high_watermark = self.log.log_end_offset
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        log.info("broker=%d %s: log restarts at %d", self.broker_id, self.name, offset)
+        self.log.truncate_fully_and_start_at(offset)
+        self.high_watermark = offset
+
+    # ------------------------------------------------------------------ waiters
+
+    def add_waiter(self, future: Future[None], follower: bool) -> None:
+        (self._data_waiters if follower else self._hw_waiters).add(future)
+
+    def remove_waiter(self, future: Future[None], follower: bool) -> None:
+        (self._data_waiters if follower else self._hw_waiters).discard(future)
+
+    @staticmethod
+    def _wake(waiters: set[Future[None]]) -> None:
+        if waiters:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            waiters.clear()
+
+    def info(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "leader": self.leader_id,
+                "leader_epoch": self.leader_epoch, "isr": list(self.isr),
+                "high_watermark": self.high_watermark, "log_end_offset": self.log_end_offset,
+                "log_start_offset": self.log.log_start_offset}

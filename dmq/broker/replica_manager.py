@@ -1,0 +1,448 @@
+"""`ReplicaManager`: every partition replica this broker hosts, driven by the image.
+
+Owns: the partition logs under `<data_dir>/partitions/<topic>-<partition>/` (opened
+and recovered before the broker registers, created on assignment, deleted when their
+topic goes), the role of each partition at its leader epoch (from metadata images),
+the follower fetchers (through `FetcherManager`), ISR maintenance and the
+AlterPartition requests that report ISR changes to the controller, the high-watermark
+checkpoint file, and periodic log housekeeping (retention, time flush, time roll).
+
+It must never decide leadership (the controller does) and never change an ISR on its
+own: a proposal is sent, and applied only when the controller accepts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from dmq.broker.fetcher import FetcherManager
+from dmq.broker.partition import Partition
+from dmq.clock import Cancellable, Clock, SystemClock
+from dmq.config import ClusterConfig
+from dmq.controller.image import BrokerInfo, MetadataImage, TopicInfo
+from dmq.log.checkpoint import OffsetCheckpointFile, read_entries, write_entries
+from dmq.log.config import LogConfig
+from dmq.log.partition_log import PartitionLog
+from dmq.protocol.api import ApiKey
+from dmq.protocol.errors import DmqError, ErrorCode
+
+log = logging.getLogger("dmq.broker")
+
+ControllerRequest = Callable[[ApiKey, Any, int], Awaitable[Any]]
+
+PARTITIONS_DIR = "partitions"
+HW_CHECKPOINT = "replication-offset-checkpoint"
+TOPIC_ID_FILE = "partition.metadata"
+HW_CHECKPOINT_INTERVAL_MS = 1000
+LOG_HOUSEKEEPING_INTERVAL_MS = 5000
+ALTER_PARTITION_TIMEOUT_MS = 5000
+ALTER_PARTITION_RETRY_MS = 200
+
+
+def log_config_for(config: ClusterConfig, topic_configs: dict[str, str]) -> LogConfig:
+    """A partition's `LogConfig` from the cluster defaults and its topic's overrides."""
+    def get(topic_key: str, cluster_key: str) -> Any:
+        raw = topic_configs.get(topic_key)
+        return raw if raw is not None else config.get(cluster_key)
+
+    def opt_int(v: Any) -> int | None:
+        n = int(v)
+        return None if n < 0 else n
+
+    return LogConfig(
+        segment_bytes=int(get("segment.bytes", "log.segment.bytes")),
+        segment_ms=int(get("segment.ms", "log.segment.ms")),
+        index_interval_bytes=int(get("index.interval.bytes", "log.index.interval.bytes")),
+        retention_ms=opt_int(get("retention.ms", "log.retention.ms")),
+        retention_bytes=opt_int(get("retention.bytes", "log.retention.bytes")),
+        cleanup_policy=str(get("cleanup.policy", "log.cleanup.policy")),
+        flush_messages=opt_int(get("flush.messages", "log.flush.messages")),
+        flush_ms=opt_int(get("flush.ms", "log.flush.ms")),
+        max_message_bytes=int(get("max.message.bytes", "message.max.bytes")),
+    )
+
+
+def partition_dir_name(topic: str, partition: int) -> str:
+    return f"{topic}-{partition}"
+
+
+class ReplicaManager:
+    """All replicas of one broker. `await load_logs()`, `start()`, then `apply_image`."""
+
+    def __init__(self, config: ClusterConfig, broker_id: int, data_dir: str | Path,
+                 controller_request: ControllerRequest, broker_epoch: Callable[[], int],
+                 clock: Clock | None = None) -> None:
+        self.config = config
+        self.broker_id = broker_id
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.data_dir = Path(data_dir)
+        self.partitions_dir = self.data_dir / PARTITIONS_DIR
+        self._controller_request = controller_request
+        self._broker_epoch = broker_epoch
+        self.partitions: dict[tuple[str, int], Partition] = {}
+        self.image: MetadataImage | None = None
+        self.lag_time_max_ms = int(config.get("replica.lag.time.max.ms"))
+        self.fetchers = FetcherManager(self, config)
+        self._loaded: dict[tuple[str, int], tuple[PartitionLog, str]] = {}
+        self._hw_file = OffsetCheckpointFile(str(self.data_dir / HW_CHECKPOINT))
+        self._hw_loaded: dict[str, int] = {}
+        self._last_hw_written: dict[str, int] = {}
+        self._alter_queue: dict[tuple[str, int], tuple[Partition, int, int, tuple[int, ...]]] = {}
+        self._alter_wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: dict[str, Cancellable] = {}
+        self._running = False
+        self.stats_isr_shrinks = 0
+        self.stats_isr_expands = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def load_logs(self, parallelism: int = 8) -> None:
+        """Open (and recover) every partition log on disk, in worker threads."""
+        self.partitions_dir.mkdir(parents=True, exist_ok=True)
+        self._hw_loaded = self._hw_file.read()
+        found: list[tuple[str, int, Path]] = []
+        for entry in sorted(os.listdir(self.partitions_dir)):
+            path = self.partitions_dir / entry
+            topic, sep, p = entry.rpartition("-")
+            if not sep or not p.isdigit() or not path.is_dir():
+                if entry.endswith("-delete"):
+                    shutil.rmtree(path, ignore_errors=True)
+                continue
+            found.append((topic, int(p), path))
+        if not found:
+            return
+        loop = asyncio.get_running_loop()
+        started = self.clock.monotonic_ms()
+
+        def open_one(item: tuple[str, int, Path]) -> tuple[str, int, PartitionLog, str]:
+            topic, p, path = item
+            topic_id = _read_topic_id(path)
+            cfg = log_config_for(self.config, {})
+            return topic, p, PartitionLog.open(str(path), cfg), topic_id
+
+        with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="log-load") as pool:
+            results = await asyncio.gather(
+                *(loop.run_in_executor(pool, open_one, item) for item in found),
+                return_exceptions=True)
+        for item, res in zip(found, results, strict=True):
+            if isinstance(res, BaseException):
+                log.error("broker=%d cannot open log %s: %s", self.broker_id, item[2], res)
+                continue
+            topic, p, plog, topic_id = res
+            self._loaded[(topic, p)] = (plog, topic_id)
+        log.info("broker=%d loaded %d partition logs in %d ms", self.broker_id,
+                 len(self._loaded), self.clock.monotonic_ms() - started)
+
+    def start(self) -> None:
+        self._running = True
+        self._spawn(self._alter_partition_loop(), "alter-partition")
+        self._schedule(min(self.lag_time_max_ms // 2, 500), self._check_isr)
+        self._schedule(HW_CHECKPOINT_INTERVAL_MS, self._checkpoint_hw_tick)
+        self._schedule(LOG_HOUSEKEEPING_INTERVAL_MS, self._housekeeping)
+
+    async def stop(self) -> None:
+        """Stop fetchers and timers, answer parked requests, close logs cleanly."""
+        self._running = False
+        for t in self._timers.values():
+            t.cancel()
+        self._timers.clear()
+        await self.fetchers.stop()
+        for part in self.partitions.values():
+            part.fail_waiters(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+        self._alter_wake.set()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+        self._write_hw_checkpoint()
+        for part in self.partitions.values():
+            _close_quietly(part.log)
+        for plog, _ in self._loaded.values():
+            _close_quietly(plog)
+        self._loaded.clear()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"broker-{self.broker_id}-{name}")
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("broker=%d task %s failed", self.broker_id, name,
+                          exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    def _schedule(self, interval_ms: int, fn: Callable[[], None]) -> None:
+        """Run `fn` every `interval_ms` on the injected clock until stopped."""
+        def tick() -> None:
+            if not self._running:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("broker=%d periodic %s failed", self.broker_id, fn.__name__)
+            self._timers[fn.__name__] = self.clock.call_later(interval_ms, tick)
+
+        self._timers[fn.__name__] = self.clock.call_later(interval_ms, tick)
+
+    # ------------------------------------------------------------------ image
+
+    def broker_info(self, broker_id: int) -> BrokerInfo | None:
+        return None if self.image is None else self.image.brokers.get(broker_id)
+
+    def leader_hint(self, leader_id: int) -> str:
+        b = self.broker_info(leader_id)
+        if b is None:
+            return f"leader is {leader_id}" if leader_id >= 0 else "no leader"
+        return f"leader is {leader_id} at {b.host}:{b.port}"
+
+    def get_partition(self, topic: str, partition: int) -> Partition | None:
+        return self.partitions.get((topic, partition))
+
+    def apply_image(self, image: MetadataImage) -> None:
+        """Become leader or follower of every partition assigned here; drop the rest."""
+        first = self.image is None
+        self.image = image
+        mine: set[tuple[str, int]] = set()
+        for topic in image.topics.values():
+            min_isr = int(topic.configs.get("min.insync.replicas",
+                                            self.config.get("min.insync.replicas")))
+            for p, info in topic.partitions.items():
+                if self.broker_id not in info.replicas:
+                    continue
+                tp = (topic.name, p)
+                mine.add(tp)
+                part = self.partitions.get(tp)
+                if part is not None and part.topic_id != topic.topic_id:
+                    log.info("broker=%d %s-%d: topic re-created (id %s -> %s); dropping old log",
+                             self.broker_id, topic.name, p, part.topic_id, topic.topic_id)
+                    self._delete_partition(tp)
+                    part = None
+                if part is None:
+                    part = self._create_partition(topic, p)
+                part.min_insync_replicas = min_isr
+                if info.leader == self.broker_id:
+                    if part.make_leader(info.leader_epoch, info.partition_epoch, info.replicas,
+                                        info.isr):
+                        self.fetchers.remove_partition(tp)
+                    self._maybe_expand_isr(part)
+                else:
+                    changed = part.make_follower(info.leader, info.leader_epoch,
+                                                 info.partition_epoch, info.replicas, info.isr)
+                    leader = image.brokers.get(info.leader) if info.leader >= 0 else None
+                    if leader is None:
+                        self.fetchers.remove_partition(tp)
+                    else:
+                        self.fetchers.add_partition(part, leader, force=changed)
+        for tp in [tp for tp in self.partitions if tp not in mine]:
+            self._delete_partition(tp)
+        if first:
+            self._drop_stray_logs(image)
+
+    def _create_partition(self, topic: TopicInfo, p: int) -> Partition:
+        tp = (topic.name, p)
+        cfg = log_config_for(self.config, topic.configs)
+        loaded = self._loaded.pop(tp, None)
+        path = self.partitions_dir / partition_dir_name(topic.name, p)
+        if loaded is not None and loaded[1] not in ("", topic.topic_id):
+            log.info("broker=%d %s: log on disk belongs to topic id %s, not %s; replacing it",
+                     self.broker_id, path.name, loaded[1], topic.topic_id)
+            _close_quietly(loaded[0])
+            self._remove_dir(path)
+            loaded = None
+        if loaded is not None:
+            plog = loaded[0]
+            if plog.config != cfg:
+                plog.config = cfg
+        else:
+            plog = PartitionLog.open(str(path), cfg)
+        _write_topic_id(path, topic.topic_id)
+        hw = self._hw_loaded.get(path.name, 0)
+        part = Partition(topic.name, p, topic.topic_id, plog, self.broker_id,
+                         self.clock.monotonic_ms, hw)
+        self.partitions[tp] = part
+        return part
+
+    def _delete_partition(self, tp: tuple[str, int]) -> None:
+        part = self.partitions.pop(tp, None)
+        if part is None:
+            return
+        log.info("broker=%d %s: replica removed; deleting its log", self.broker_id, part.name)
+        part.deleted = True
+        self.fetchers.remove_partition(tp)
+        part.fail_waiters(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+        _close_quietly(part.log)
+        self._remove_dir(Path(part.log.directory))
+
+    def _drop_stray_logs(self, image: MetadataImage) -> None:
+        """Logs on disk for partitions the first image does not assign here."""
+        for tp, (plog, _) in list(self._loaded.items()):
+            info = image.partition(*tp)
+            if info is None or self.broker_id not in info.replicas:
+                log.info("broker=%d %s-%d: stray log (not assigned here); deleting",
+                         self.broker_id, *tp)
+                del self._loaded[tp]
+                _close_quietly(plog)
+                self._remove_dir(Path(plog.directory))
+
+    def _remove_dir(self, path: Path) -> None:
+        """Rename to `*-delete` at once (so a restart never reopens it), remove later."""
+        target = path.with_name(path.name + f".{os.getpid()}-delete")
+        try:
+            os.replace(path, target)
+        except OSError:
+            target = path
+        if self._running:
+            self._spawn(asyncio.to_thread(shutil.rmtree, target, True), "delete-log")
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+
+    # ------------------------------------------------------------------ ISR
+
+    def on_follower_fetch(self, part: Partition, replica_id: int, fetch_offset: int) -> None:
+        part.update_follower_fetch(replica_id, fetch_offset)
+        self._maybe_expand_isr(part)
+
+    def _maybe_expand_isr(self, part: Partition) -> None:
+        new_isr = part.isr_expansion()
+        if new_isr is not None:
+            self.stats_isr_expands += 1
+            self._propose_isr(part, new_isr)
+
+    def _check_isr(self) -> None:
+        for part in self.partitions.values():
+            new_isr = part.isr_shrink(self.lag_time_max_ms)
+            if new_isr is not None:
+                self.stats_isr_shrinks += 1
+                log.info("broker=%d %s: followers %s lag more than %d ms; proposing isr %s",
+                         self.broker_id, part.name, sorted(set(part.isr) - set(new_isr)),
+                         self.lag_time_max_ms, list(new_isr))
+                self._propose_isr(part, new_isr)
+
+    def _propose_isr(self, part: Partition, new_isr: tuple[int, ...]) -> None:
+        part.propose_isr(new_isr)
+        self._alter_queue[(part.topic, part.partition)] = (
+            part, part.leader_epoch, part.partition_epoch, new_isr)
+        self._alter_wake.set()
+
+    async def _alter_partition_loop(self) -> None:
+        while self._running:
+            await self._alter_wake.wait()
+            self._alter_wake.clear()
+            if not self._running:
+                return
+            batch, self._alter_queue = self._alter_queue, {}
+            if not batch:
+                continue
+            by_topic: dict[str, list[list[Any]]] = {}
+            for (topic, p), (_, le, pe, isr) in batch.items():
+                by_topic.setdefault(topic, []).append([p, le, pe, list(isr)])
+            body = {"broker_id": self.broker_id, "broker_epoch": self._broker_epoch(),
+                    "topics": [[t, rows] for t, rows in by_topic.items()]}
+            try:
+                resp = await self._controller_request(ApiKey.ALTER_PARTITION, body,
+                                                      ALTER_PARTITION_TIMEOUT_MS)
+            except (DmqError, OSError, TimeoutError) as exc:
+                log.warning("broker=%d AlterPartition failed (%s); will retry", self.broker_id,
+                            exc)
+                for part, _, _, isr in batch.values():
+                    if part.pending_isr == isr:
+                        part.clear_pending_isr()
+                await asyncio.sleep(ALTER_PARTITION_RETRY_MS / 1000)
+                continue
+            self._apply_alter_response(batch, resp)
+
+    def _apply_alter_response(self, batch: dict[tuple[str, int], Any], resp: Any) -> None:
+        answered: set[tuple[str, int]] = set()
+        for topic, rows in resp.get("topics", []):
+            for row in rows:
+                p, err, _leader, leader_epoch, isr, partition_epoch = row[:6]
+                tp = (topic, p)
+                answered.add(tp)
+                entry = batch.get(tp)
+                if entry is None:
+                    continue
+                part = entry[0]
+                if err == ErrorCode.NONE:
+                    part.apply_isr(leader_epoch, partition_epoch, tuple(isr))
+                else:
+                    log.info("broker=%d %s: AlterPartition refused: %s", self.broker_id,
+                             part.name, _code_name(err))
+                    part.clear_pending_isr()
+        for tp, entry in batch.items():
+            if tp not in answered:
+                entry[0].clear_pending_isr()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint_hw_tick(self) -> None:
+        offsets = self._hw_offsets()
+        if offsets != self._last_hw_written:
+            self._last_hw_written = offsets
+            self._spawn(asyncio.to_thread(self._hw_file.write, offsets), "hw-checkpoint")
+
+    def _hw_offsets(self) -> dict[str, int]:
+        return {partition_dir_name(p.topic, p.partition): p.high_watermark
+                for p in self.partitions.values()}
+
+    def _write_hw_checkpoint(self) -> None:
+        try:
+            offsets = dict(self._hw_loaded)
+            offsets.update(self._hw_offsets())
+            self._hw_file.write(offsets)
+        except OSError as exc:
+            log.warning("broker=%d cannot write HW checkpoint: %s", self.broker_id, exc)
+
+    def _housekeeping(self) -> None:
+        for part in list(self.partitions.values()):
+            plog = part.log
+            try:
+                plog.maybe_roll_by_time()
+                plog.maybe_flush()
+                plog.delete_old_segments()
+            except Exception as exc:  # noqa: BLE001 - one bad log must not stop the others
+                log.warning("broker=%d %s housekeeping failed: %s", self.broker_id, part.name,
+                            exc)
+
+    # ------------------------------------------------------------------ status
+
+    def info(self) -> dict[str, Any]:
+        leaders = sum(1 for p in self.partitions.values() if p.is_leader)
+        return {"partitions": len(self.partitions), "leaders": leaders,
+                "under_replicated": sum(1 for p in self.partitions.values()
+                                        if p.is_leader and len(p.isr) < len(p.replicas))}
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)
+
+
+def _close_quietly(plog: PartitionLog) -> None:
+    with contextlib.suppress(Exception):
+        plog.close()
+
+
+def _read_topic_id(path: Path) -> str:
+    rows = read_entries(str(path / TOPIC_ID_FILE))
+    for row in rows or ():
+        if len(row) >= 2 and row[0] == "topic_id":
+            return row[1]
+    return ""
+
+
+def _write_topic_id(path: Path, topic_id: str) -> None:
+    if _read_topic_id(path) != topic_id:
+        write_entries(str(path / TOPIC_ID_FILE), [("topic_id", topic_id)])

@@ -1,0 +1,119 @@
+"""`BrokerService`: the broker role of a node.
+
+Owns the wiring of the broker role: the `BrokerLifecycle` (registration, heartbeats,
+metadata images, the route to the active controller), the `ReplicaManager` fed by
+those images, and the data-path handlers on the node's server. Start order: recover
+logs on disk, then register (so the broker is only unfenced once it can serve), then
+replicate. Stop order (SIGTERM): controlled shutdown (leadership moves away, bounded),
+stop fetchers, answer parked requests, close logs cleanly, stop the lifecycle.
+
+It holds no replication logic of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from dmq.broker.handlers import DataPlane
+from dmq.broker.replica_manager import ReplicaManager
+from dmq.clock import SystemClock
+from dmq.controller.image import MetadataImage
+from dmq.protocol.api import ApiKey
+from dmq.protocol.errors import DmqError
+
+if TYPE_CHECKING:
+    from dmq.node import Node
+
+log = logging.getLogger("dmq.broker")
+
+CONTROLLED_SHUTDOWN_TIMEOUT_MS = 10_000
+
+
+class BrokerService:
+    def __init__(self, node: Node) -> None:
+        from dmq.broker.lifecycle import BrokerLifecycle
+
+        self.node = node
+        self.config = node.config
+        self.broker_id = node.spec.node_id
+        self.clock = SystemClock()
+        address = node.spec.address
+        self.lifecycle = BrokerLifecycle(self.config, self.broker_id, address.host, address.port,
+                                         address.rack, on_image=self._on_image, clock=self.clock)
+        self.replicas = ReplicaManager(self.config, self.broker_id, node.spec.data_dir,
+                                       self.lifecycle.controller_request,
+                                       lambda: int(self.lifecycle.broker_epoch),
+                                       clock=self.clock)
+        self.data_plane = DataPlane(self.replicas, self.lifecycle.controller_request,
+                                    bool(self.config.get("auto.create.topics.enable")))
+        # In combined mode the controller answers METADATA itself.
+        self.data_plane.register(node.server, metadata="controller" not in node.spec.roles)
+        if "controller" not in node.spec.roles:
+            node.server.register(ApiKey.CONTROLLER_CHANGED, self._controller_changed)
+        self._started = False
+
+    def _controller_changed(self, ctx: Any, body: Any) -> Any:
+        result = self.lifecycle.handle_controller_changed(body)
+        return {} if result is None else result
+
+    def _on_image(self, image: MetadataImage) -> None:
+        if not self._started:
+            return
+        try:
+            self.replicas.apply_image(image)
+        except Exception:
+            log.exception("broker=%d failed to apply metadata image %d", self.broker_id,
+                          image.version)
+
+    async def start(self) -> None:
+        await self.replicas.load_logs()
+        self.replicas.start()
+        self._started = True
+        await self.lifecycle.start()
+        image = getattr(self.lifecycle, "image", None)
+        if image is not None and self.replicas.image is None:
+            self._on_image(image)
+
+    async def stop(self) -> None:
+        if self._started:
+            try:
+                await self.lifecycle.controlled_shutdown(CONTROLLED_SHUTDOWN_TIMEOUT_MS)
+            except (DmqError, OSError, TimeoutError) as exc:
+                log.warning("broker=%d controlled shutdown incomplete: %s", self.broker_id, exc)
+        self._started = False
+        await self.replicas.stop()
+        await self.lifecycle.stop()
+
+    def info(self) -> dict[str, Any]:
+        return {"broker": {"broker_id": self.broker_id,
+                           "broker_epoch": getattr(self.lifecycle, "broker_epoch", -1),
+                           "fenced": getattr(self.lifecycle, "is_fenced", True),
+                           **self.replicas.info()}}
+
+    def ready(self) -> tuple[bool, str]:
+        if not self._started:
+            return False, "starting"
+        if getattr(self.lifecycle, "is_fenced", True):
+            return False, "fenced"
+        return True, ""
+
+    def metrics(self) -> list[Any]:
+        lab = {"node": str(self.broker_id)}
+        info = self.replicas.info()
+        return [
+            ("dmq_broker_partitions", "gauge", "partition replicas hosted",
+             [(lab, float(info["partitions"]))]),
+            ("dmq_broker_leaders", "gauge", "partitions led", [(lab, float(info["leaders"]))]),
+            ("dmq_broker_under_replicated_partitions", "gauge",
+             "led partitions whose ISR is smaller than the replica set",
+             [(lab, float(info["under_replicated"]))]),
+            ("dmq_broker_isr_shrinks", "counter", "ISR shrinks proposed",
+             [(lab, float(self.replicas.stats_isr_shrinks))]),
+            ("dmq_broker_isr_expands", "counter", "ISR expansions proposed",
+             [(lab, float(self.replicas.stats_isr_expands))]),
+            ("dmq_broker_produce_requests", "counter", "produce requests",
+             [(lab, float(self.data_plane.stats_produce_requests))]),
+            ("dmq_broker_fetch_requests", "counter", "fetch requests",
+             [(lab, float(self.data_plane.stats_fetch_requests))]),
+        ]
