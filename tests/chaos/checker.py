@@ -1,0 +1,117 @@
+"""The chaos checker: from what the workload recorded and what the cluster holds after
+healing, find every anomaly. Pure functions over plain data, so each anomaly kind can
+be shown on a crafted history as well as on a real run.
+
+Records are identified as (producer, seq): producer `p` sends seq 0, 1, 2, ... and
+records its acknowledgements with the partition and offset the cluster gave.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+RecordId = tuple[str, int]
+TopicPartition = tuple[str, int]
+
+
+@dataclass
+class History:
+    """What the workload saw."""
+
+    attempted: int = 0
+    acked: dict[RecordId, tuple[TopicPartition, int]] = field(default_factory=dict)
+    failed: set[RecordId] = field(default_factory=set)  # definite failures (not written)
+    indeterminate: set[RecordId] = field(default_factory=set)  # timeouts, dropped links
+    consumed: set[RecordId] = field(default_factory=set)  # delivered to the group
+    # (group, tp) -> committed offsets in the order the commits were acknowledged
+    commits: dict[tuple[str, TopicPartition], list[int]] = field(
+        default_factory=lambda: defaultdict(list))
+
+
+@dataclass
+class FinalState:
+    """What the healed cluster holds."""
+
+    # tp -> [(offset, record id)] read from the leader from the log start to the HW
+    partitions: dict[TopicPartition, list[tuple[int, RecordId]]] = field(default_factory=dict)
+    # tp -> {broker id: bytes of its log up to the HW}
+    replica_bytes: dict[TopicPartition, dict[int, bytes]] = field(default_factory=dict)
+    controller_leaders: int = 1
+    brokers_not_online: list[int] = field(default_factory=list)
+    partitions_without_full_isr: list[TopicPartition] = field(default_factory=list)
+
+
+def check(history: History, final: FinalState) -> dict[str, list[str]]:
+    """Anomalies by kind; an empty dict means the run was clean."""
+    anomalies: dict[str, list[str]] = defaultdict(list)
+    where: dict[RecordId, list[tuple[TopicPartition, int]]] = defaultdict(list)
+    for tp, records in final.partitions.items():
+        last_offset = -1
+        for offset, rid in records:
+            if offset <= last_offset:
+                anomalies["offset-order"].append(f"{tp}: offset {offset} after {last_offset}")
+            last_offset = offset
+            where[rid].append((tp, offset))
+
+    for rid, (tp, offset) in history.acked.items():
+        found = where.get(rid)
+        if not found:
+            anomalies["lost"].append(f"{rid} acked at {tp}@{offset} is missing")
+        elif (tp, offset) not in found:
+            anomalies["moved"].append(f"{rid} acked at {tp}@{offset} found at {found}")
+    for rid, found in where.items():
+        if len(found) > 1:
+            anomalies["duplicated"].append(f"{rid} present {len(found)} times: {found}")
+    for rid in where:
+        if rid in history.failed:
+            anomalies["failed-but-present"].append(f"{rid} was refused but is in the log")
+
+    # per producer and partition, offsets must grow with sequence numbers
+    by_producer: dict[tuple[str, TopicPartition], list[tuple[int, int]]] = defaultdict(list)
+    for (producer, seq), found in where.items():
+        for tp, offset in found:
+            by_producer[(producer, tp)].append((seq, offset))
+    for (producer, tp), pairs in by_producer.items():
+        pairs.sort()
+        for (s1, o1), (s2, o2) in zip(pairs, pairs[1:], strict=False):
+            if o2 < o1:
+                anomalies["reordered"].append(
+                    f"{producer} in {tp}: seq {s2} at offset {o2} before seq {s1} at {o1}")
+
+    for tp, replicas in final.replica_bytes.items():
+        distinct = {bytes(b) for b in replicas.values()}
+        if len(distinct) > 1:
+            sizes = {r: len(b) for r, b in replicas.items()}
+            anomalies["replica-divergence"].append(f"{tp}: replicas differ below HW {sizes}")
+
+    for (group, tp), offsets in history.commits.items():
+        for a, b in zip(offsets, offsets[1:], strict=False):
+            if b < a:
+                anomalies["commit-backwards"].append(f"{group} {tp}: {a} -> {b}")
+
+    for rid in history.acked:
+        if rid not in history.consumed:
+            anomalies["not-delivered"].append(f"{rid} acked but never delivered to the group")
+
+    if final.controller_leaders != 1:
+        anomalies["cluster-state"].append(f"{final.controller_leaders} controller leaders")
+    if final.brokers_not_online:
+        anomalies["cluster-state"].append(f"brokers not ONLINE: {final.brokers_not_online}")
+    if final.partitions_without_full_isr:
+        anomalies["cluster-state"].append(
+            f"partitions without full ISR: {final.partitions_without_full_isr}")
+    return dict(anomalies)
+
+
+def summary(history: History, faults: list[str], anomalies: dict[str, list[str]]) -> str:
+    lines = [
+        f"ops attempted {history.attempted}, acked {len(history.acked)}, "
+        f"failed {len(history.failed)}, indeterminate {len(history.indeterminate)}",
+        f"faults injected {len(faults)}: " + ", ".join(sorted(set(f.split()[0] for f in faults))),
+        "anomalies: " + (", ".join(f"{k}={len(v)}" for k, v in sorted(anomalies.items()))
+                         or "none"),
+    ]
+    for kind, items in sorted(anomalies.items()):
+        lines += [f"  {kind}: {item}" for item in items[:5]]
+    return "\n".join(lines)
