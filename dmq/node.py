@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from dmq.config import ClusterConfig, ConfigError, NodeAddress
 from dmq.ops.http import HttpServer
 from dmq.ops.metrics import NodeMetrics, Sample
+from dmq.ops.rest import RestApi
 from dmq.protocol.server import ProtocolServer
 
 log = logging.getLogger("dmq.node")
@@ -87,6 +88,7 @@ class Node:
         self.metrics = NodeMetrics(spec.node_id, self._metric_sources)
         self.server.observer = self.metrics.observe_request
         self.http: HttpServer | None = None
+        self.rest: RestApi | None = None
         self.started_monotonic = time.monotonic()
 
     def _metric_sources(self) -> list[Callable[[], Iterable[Sample]]]:
@@ -134,8 +136,10 @@ class Node:
         for svc in self.services:
             await svc.start()
         if self.spec.http_port is not None:
-            routes = [r for svc in self.services if hasattr(svc, "http_routes")
-                      for r in svc.http_routes()]
+            self.rest = RestApi(self)
+            routes = self.rest.routes()
+            routes += [r for svc in self.services if hasattr(svc, "http_routes")
+                       for r in svc.http_routes()]
             self.http = HttpServer(self.spec.address.host, self.spec.http_port,
                                    self.spec.node_id, render_metrics=self.metrics.render,
                                    readiness=self.readiness, routes=routes)
@@ -157,6 +161,8 @@ class Node:
         log.info("node %d stopping", self.spec.node_id)
         if self.http is not None:
             await self.http.stop()
+            if self.rest is not None:
+                await self.rest.close()
         for svc in reversed(self.services):
             try:
                 await svc.stop()
