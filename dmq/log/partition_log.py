@@ -671,6 +671,13 @@ class PartitionLog:
                 res = seg.recover(self.config.max_message_bytes, prev_next)
                 if res.corrupt_reason is not None or res.torn:
                     cut = True
+                elif (next_base is not None and not self.config.compact
+                      and seg.next_offset != next_base):
+                    # Past the recovery point nothing but follower replication of a
+                    # compacted log leaves gaps; here a gap means lost data: cut after it.
+                    log.error("segment %s ends at %d but the next starts at %d; cutting the "
+                              "rest", seg.path, seg.next_offset, next_base)
+                    cut = True
                 if self.fsync_enabled:
                     seg.flush()
             segs.append(seg)

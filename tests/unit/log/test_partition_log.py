@@ -1,0 +1,277 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dmq.clock import ManualClock
+from dmq.log import (
+    CorruptRecordError,
+    InvalidProducerEpochError,
+    LogClosedError,
+    LogConfig,
+    OffsetOutOfRangeError,
+    OutOfOrderSequenceError,
+    PartitionLog,
+    RecordTooLargeError,
+    UnexpectedAppendOffsetError,
+    iter_records,
+    validate_batches,
+)
+from tests.unit.log.helpers import batch, check_log_consistent, read_all
+
+SMALL = LogConfig(segment_bytes=1024, index_interval_bytes=128, segment_index_bytes=256)
+
+
+def open_log(path: object, cfg: LogConfig = SMALL, clock: ManualClock | None = None,
+             fsync: bool = False) -> PartitionLog:
+    return PartitionLog.open(str(path), cfg, clock or ManualClock(), fsync_enabled=fsync)
+
+
+def test_leader_append_assigns_offsets_and_epoch(tmp_path: object) -> None:
+    plog = open_log(tmp_path)
+    assert (plog.log_start_offset, plog.log_end_offset) == (0, 0)
+    info = plog.append_as_leader(batch(3), 5)
+    assert (info.base_offset, info.last_offset, info.record_count) == (0, 2, 3)
+    info = plog.append_as_leader(batch(2) + batch(4), 6)
+    assert (info.base_offset, info.last_offset, info.record_count) == (3, 8, 6)
+    assert plog.log_end_offset == 9
+    headers = validate_batches(plog.read(0, 10_000))
+    assert [(h.base_offset, h.partition_leader_epoch) for h in headers] == [
+        (0, 5), (3, 6), (5, 6)]
+    assert plog.epoch_cache.entries == [(5, 0), (6, 3)]
+    assert plog.end_offset_for_epoch(5) == (5, 3)
+    plog.close()
+
+
+def test_read_semantics(tmp_path: object) -> None:
+    plog = open_log(tmp_path, LogConfig(index_interval_bytes=64))
+    sizes = [len(batch(2, value_size=v)) for v in (10, 200, 10, 10)]
+    for v in (10, 200, 10, 10):
+        plog.append_as_leader(batch(2, value_size=v), 0)
+    # at least one whole batch even if max_bytes is tiny
+    assert len(plog.read(0, 1)) == sizes[0]
+    assert len(plog.read(0, 1, min_one_batch=False)) == 0
+    # an offset inside a batch returns from that batch's start
+    assert validate_batches(plog.read(3, 1))[0].base_offset == 2
+    # max_bytes cuts at whole batches
+    assert len(plog.read(0, sizes[0] + sizes[1] - 1)) == sizes[0]
+    assert len(plog.read(0, sizes[0] + sizes[1])) == sizes[0] + sizes[1]
+    # max_offset (the high watermark, exclusive): only batches entirely below it
+    assert [h.base_offset for h in validate_batches(plog.read(0, 10**6, max_offset=6))] == [
+        0, 2, 4]
+    assert [h.base_offset for h in validate_batches(plog.read(0, 10**6, max_offset=5))] == [
+        0, 2]
+    assert len(plog.read(6, 10**6, max_offset=6)) == 0
+    assert len(plog.read(8, 100)) == 0  # at the log end
+    with pytest.raises(OffsetOutOfRangeError):
+        plog.read(9, 100)
+    with pytest.raises(OffsetOutOfRangeError):
+        plog.read(-1, 100)
+    plog.close()
+    with pytest.raises(LogClosedError):
+        plog.read(0, 100)
+
+
+def test_rolls_by_size_and_time_and_reads_across_segments(tmp_path: object) -> None:
+    clock = ManualClock()
+    cfg = LogConfig(segment_bytes=1024, segment_ms=1000, index_interval_bytes=128)
+    plog = open_log(tmp_path, cfg, clock)
+    for i in range(30):
+        plog.append_as_leader(batch(2, seed=i), 1)
+    assert plog.segment_count > 3
+    check_log_consistent(plog)
+    values = read_all(plog)
+    assert [o for o, _ in values] == list(range(60))
+    n = plog.segment_count
+    clock.advance(999)
+    plog.append_as_leader(batch(1), 1)
+    clock.advance(1)
+    assert plog.maybe_roll_by_time()
+    assert plog.segment_count == n + 1
+    assert not plog.maybe_roll_by_time()  # the new segment is empty
+    plog.close()
+    names = sorted(os.listdir(str(tmp_path)))
+    assert "00000000000000000000.log" in names and "meta.checkpoint" in names
+
+
+def test_follower_append(tmp_path: object) -> None:
+    leader = open_log(os.path.join(str(tmp_path), "l"))
+    follower = open_log(os.path.join(str(tmp_path), "f"))
+    for e in (1, 1, 2, 3):
+        leader.append_as_leader(batch(2), e)
+    data = leader.read(0, 10**6)
+    info = follower.append_as_follower(data)
+    assert (info.base_offset, info.last_offset) == (0, 7)
+    assert follower.epoch_cache.entries == leader.epoch_cache.entries == [(1, 0), (2, 4), (3, 6)]
+    with pytest.raises(UnexpectedAppendOffsetError):
+        follower.append_as_follower(data)
+    assert bytes(follower.read(0, 10**6)) == bytes(data)
+    leader.close()
+    follower.close()
+
+
+def test_bad_input_is_rejected_without_writing(tmp_path: object) -> None:
+    plog = open_log(tmp_path, LogConfig(max_message_bytes=200))
+    good = batch(1)
+    bad = bytearray(good)
+    bad[-1] ^= 1
+    for buf in (b"", b"junk", bytes(bad), good + bytes(bad), good[:-1]):
+        with pytest.raises(CorruptRecordError):
+            plog.append_as_leader(buf, 0)
+    with pytest.raises(RecordTooLargeError):
+        plog.append_as_leader(batch(1, value_size=300), 0)
+    assert plog.log_end_offset == 0 and plog.size_bytes == 0
+    plog.close()
+
+
+def test_idempotent_producer_paths(tmp_path: object) -> None:
+    plog = open_log(tmp_path)
+    b0 = batch(3, producer_id=9, producer_epoch=0, base_sequence=0)
+    b1 = batch(2, producer_id=9, producer_epoch=0, base_sequence=3)
+    assert plog.append_as_leader(b0, 0).base_offset == 0
+    plog.append_as_leader(batch(1), 0)
+    assert plog.append_as_leader(b1, 0).base_offset == 4
+    dup = plog.append_as_leader(b0, 0)
+    assert dup.duplicate and (dup.base_offset, dup.last_offset) == (0, 2)
+    assert plog.log_end_offset == 6
+    with pytest.raises(OutOfOrderSequenceError):
+        plog.append_as_leader(batch(1, producer_id=9, producer_epoch=0, base_sequence=7), 0)
+    # two batches of one producer in one append must be consecutive
+    with pytest.raises(OutOfOrderSequenceError):
+        plog.append_as_leader(
+            batch(1, producer_id=11, producer_epoch=0, base_sequence=0)
+            + batch(1, producer_id=11, producer_epoch=0, base_sequence=5), 0)
+    plog.close()
+    # state is rebuilt from batch headers on open: the duplicate is still recognised
+    plog = open_log(tmp_path)
+    assert plog.append_as_leader(b1, 0).duplicate
+    plog.truncate_to(4)  # drop b1: it is no longer a duplicate, and continues b0
+    assert not plog.append_as_leader(b1, 0).duplicate
+    plog.close()
+
+
+def test_producer_fencing(tmp_path: object) -> None:
+    plog = open_log(tmp_path)
+    plog.append_as_leader(batch(1, producer_id=3, producer_epoch=2, base_sequence=0), 0)
+    with pytest.raises(InvalidProducerEpochError):
+        plog.append_as_leader(batch(1, producer_id=3, producer_epoch=1, base_sequence=1), 0)
+    plog.close()
+
+
+def test_truncation(tmp_path: object) -> None:
+    plog = open_log(tmp_path)
+    for i in range(20):
+        plog.append_as_leader(batch(3, seed=i), i // 5)
+    plog.truncate_to(31)  # inside batch 30..32: the whole batch goes
+    assert plog.log_end_offset == 30
+    assert plog.epoch_cache.entries == [(0, 0), (1, 15)]
+    check_log_consistent(plog)
+    assert [o for o, _ in read_all(plog)] == list(range(30))
+    assert plog.epoch_cache.latest_epoch == 1
+    plog.truncate_to(100)  # beyond the end: no-op
+    assert plog.log_end_offset == 30
+    plog.append_as_leader(batch(1), 7)
+    assert plog.end_offset_for_epoch(1) == (1, 30)
+    plog.truncate_to(0)
+    assert (plog.log_start_offset, plog.log_end_offset, plog.segment_count) == (0, 0, 1)
+    plog.truncate_fully_and_start_at(500)
+    assert (plog.log_start_offset, plog.log_end_offset) == (500, 500)
+    assert plog.append_as_leader(batch(1), 8).base_offset == 500
+    plog.close()
+    plog = open_log(tmp_path)
+    assert (plog.log_start_offset, plog.log_end_offset) == (500, 501)
+    plog.close()
+
+
+def test_retention_by_size_time_and_start_offset(tmp_path: object) -> None:
+    clock = ManualClock()
+    cfg = LogConfig(segment_bytes=512, index_interval_bytes=64, retention_bytes=1500,
+                    retention_ms=10_000)
+    plog = open_log(tmp_path, cfg, clock)
+    for i in range(40):
+        plog.append_as_leader(batch(2, ts=clock.wall_ms()), 1)
+        clock.advance(1000)
+    n = plog.segment_count
+    assert plog.delete_old_segments() > 0
+    assert plog.size_bytes - plog.segments[0].size_bytes < 1500 or plog.segment_count == 1
+    assert plog.segment_count < n
+    assert plog.log_start_offset == plog.segments[0].base_offset
+    with pytest.raises(OffsetOutOfRangeError):
+        plog.read(0, 100)
+    check_log_consistent(plog)
+    # time: everything closed is older than 10 s once the clock moves on
+    clock.advance(60_000)
+    plog.delete_old_segments()
+    assert plog.segment_count == 1  # the active segment is never deleted
+    start = plog.log_start_offset
+    assert read_all(plog)[0][0] == start
+    # explicit log start (DeleteRecords)
+    plog.maybe_increment_log_start_offset(start + 1)
+    assert plog.log_start_offset == start + 1
+    assert read_all(plog)[0][0] == start + 1
+    with pytest.raises(OffsetOutOfRangeError):
+        plog.maybe_increment_log_start_offset(plog.log_end_offset + 1)
+    plog.close()
+    plog = open_log(tmp_path, cfg, clock)
+    assert plog.log_start_offset == start + 1
+    plog.close()
+
+
+def test_flush_policies(tmp_path: object) -> None:
+    clock = ManualClock()
+    every = open_log(os.path.join(str(tmp_path), "a"), LogConfig(flush_messages=1), clock,
+                     fsync=True)
+    every.append_as_leader(batch(2), 0)
+    assert every.recovery_point == 2
+    every.close()
+    timed = open_log(os.path.join(str(tmp_path), "b"), LogConfig(flush_ms=100), clock,
+                     fsync=True)
+    timed.append_as_leader(batch(2), 0)
+    assert timed.recovery_point == 0
+    assert not timed.maybe_flush()
+    clock.advance(100)
+    assert timed.maybe_flush()
+    assert timed.recovery_point == 2
+    timed.close()
+    default = open_log(os.path.join(str(tmp_path), "c"), LogConfig(), clock, fsync=True)
+    default.append_as_leader(batch(2), 0)
+    assert default.recovery_point == 0
+    default.flush()
+    assert default.recovery_point == 2
+    default.close()
+
+
+def test_log_append_time(tmp_path: object) -> None:
+    clock = ManualClock()
+    plog = open_log(tmp_path, LogConfig(message_timestamp_type="LogAppendTime"), clock)
+    info = plog.append_as_leader(batch(2, ts=5), 0)
+    assert info.log_append_time_ms == clock.wall_ms() == info.max_timestamp
+    (h,) = validate_batches(plog.read(0, 1000))
+    assert h.max_timestamp == clock.wall_ms() and h.attributes & 0x08
+    plog.close()
+
+
+def test_offset_for_timestamp(tmp_path: object) -> None:
+    plog = open_log(tmp_path)
+    for i in range(30):
+        plog.append_as_leader(batch(2, ts=1000 + 10 * i), 0)
+    assert plog.offset_for_timestamp(0) == (0, 1000)
+    assert plog.offset_for_timestamp(1000) == (0, 1000)
+    assert plog.offset_for_timestamp(1001) == (2, 1010)
+    assert plog.offset_for_timestamp(1150) == (30, 1150)
+    assert plog.offset_for_timestamp(1291) is None
+    plog.close()
+
+
+def test_clean_reopen_does_not_scan_and_keeps_everything(tmp_path: object) -> None:
+    plog = open_log(tmp_path)
+    for i in range(25):
+        plog.append_as_leader(batch(2, seed=i), 1)
+    before = read_all(plog)
+    plog.close()
+    plog = open_log(tmp_path)
+    assert read_all(plog) == before
+    check_log_consistent(plog)
+    assert list(iter_records(plog.read(0, 10)))[0].offset == 0
+    plog.close()
