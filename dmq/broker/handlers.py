@@ -15,6 +15,7 @@ partitions and one timer per request; there is no polling loop.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dmq.broker.errors import error_code_of, message_of
@@ -38,6 +39,14 @@ if TYPE_CHECKING:
 LATEST = -1
 EARLIEST = -2
 _EMPTY = b""
+
+
+def _resolver(fut: asyncio.Future[None]) -> Callable[[], None]:
+    def resolve() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    return resolve
 
 
 class DataPlane:
@@ -206,8 +215,7 @@ class DataPlane:
             fut: asyncio.Future[None] = loop.create_future()
             for part in parts:
                 part.add_waiter(fut, follower)
-            timer = self.clock.call_later(max(remaining, 0), lambda f=fut: (
-                f.done() or f.set_result(None)))
+            timer = self.clock.call_later(max(remaining, 0), _resolver(fut))
             try:
                 await fut
             finally:

@@ -112,12 +112,12 @@ class ReplicaManager:
         found: list[tuple[str, int, Path]] = []
         for entry in sorted(os.listdir(self.partitions_dir)):
             path = self.partitions_dir / entry
-            topic, sep, p = entry.rpartition("-")
-            if not sep or not p.isdigit() or not path.is_dir():
+            name, sep, num = entry.rpartition("-")
+            if not sep or not num.isdigit() or not path.is_dir():
                 if entry.endswith("-delete"):
                     shutil.rmtree(path, ignore_errors=True)
                 continue
-            found.append((topic, int(p), path))
+            found.append((name, int(num), path))
         if not found:
             return
         loop = asyncio.get_running_loop()
@@ -137,8 +137,7 @@ class ReplicaManager:
             if isinstance(res, BaseException):
                 log.error("broker=%d cannot open log %s: %s", self.broker_id, item[2], res)
                 continue
-            topic, p, plog, topic_id = res
-            self._loaded[(topic, p)] = (plog, topic_id)
+            self._loaded[(res[0], res[1])] = (res[2], res[3])
         log.info("broker=%d loaded %d partition logs in %d ms", self.broker_id,
                  len(self._loaded), self.clock.monotonic_ms() - started)
 
