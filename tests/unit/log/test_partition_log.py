@@ -189,7 +189,7 @@ def test_retention_by_size_time_and_start_offset(tmp_path: object) -> None:
     cfg = LogConfig(segment_bytes=512, index_interval_bytes=64, retention_bytes=1500,
                     retention_ms=10_000)
     plog = open_log(tmp_path, cfg, clock)
-    for i in range(40):
+    for _ in range(40):
         plog.append_as_leader(batch(2, ts=clock.wall_ms()), 1)
         clock.advance(1000)
     n = plog.segment_count

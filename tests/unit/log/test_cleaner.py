@@ -1,0 +1,237 @@
+"""Compaction keeps exactly the newest record per key (model check), across restarts."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from dmq.clock import ManualClock
+from dmq.log import LogConfig, PartitionLog, build_batch, iter_records
+from dmq.log.batch import BatchBuilder
+from tests.unit.log.helpers import check_log_consistent
+
+CFG = LogConfig(segment_bytes=700, index_interval_bytes=64, cleanup_policy="compact",
+                delete_retention_ms=5_000, segment_index_bytes=512)
+
+
+def records_of(plog: PartitionLog) -> list[tuple[int, bytes | None, bytes | None]]:
+    out = []
+    offset = plog.log_start_offset
+    while offset < plog.log_end_offset:
+        data = plog.read(offset, 10_000)
+        if not len(data):
+            break
+        recs = list(iter_records(data))
+        out.extend((r.offset, r.key, r.value) for r in recs if r.offset >= offset)
+        offset = recs[-1].offset + 1
+    return out
+
+
+class Model:
+    """All appended records; `present` is what compaction has not removed yet."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, tuple[bytes | None, bytes | None, int]] = {}
+        self.present: set[int] = set()
+
+    def append(self, base: int, recs: list[tuple[bytes | None, bytes | None]], ts: int) -> None:
+        for i, (k, v) in enumerate(recs):
+            self.records[base + i] = (k, v, ts)
+            self.present.add(base + i)
+
+    def clean(self, closed_end: int, now: int, delete_retention_ms: int) -> None:
+        latest: dict[bytes, int] = {}
+        for off in sorted(o for o in self.present if o < closed_end):
+            k = self.records[off][0]
+            if k is not None:
+                latest[k] = off
+        for off in [o for o in self.present if o < closed_end]:
+            k, v, ts = self.records[off]
+            if k is None:
+                continue
+            if latest[k] != off or (v is None and ts <= now - delete_retention_ms):
+                self.present.discard(off)
+
+    def expected(self) -> list[tuple[int, bytes | None, bytes | None]]:
+        return [(o, self.records[o][0], self.records[o][1]) for o in sorted(self.present)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compaction_matches_model_across_restarts(tmp_path: object, seed: int) -> None:
+    rnd = random.Random(seed)
+    clock = ManualClock()
+    path = str(tmp_path)
+    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+    model = Model()
+    keys = [b"k%d" % i for i in range(rnd.randint(2, 12))]
+    for _ in range(rnd.randint(80, 200)):
+        op = rnd.random()
+        if op < 0.75:
+            recs = [(rnd.choice([*keys, None]) if rnd.random() < 0.95 else None,
+                     None if rnd.random() < 0.15 else os.urandom(rnd.randint(0, 30)))
+                    for _ in range(rnd.randint(1, 5))]
+            # keyless tombstones make no sense; give them a value
+            recs = [(k, v if k is not None or v is not None else b"x") for k, v in recs]
+            ts = clock.wall_ms()
+            info = plog.append_as_leader(build_batch(recs, timestamp_ms=ts), 1)
+            model.append(info.base_offset, recs, ts)
+        elif op < 0.85:
+            closed_end = plog.segments[-1].base_offset
+            plog.clean()
+            model.clean(closed_end, clock.wall_ms(), CFG.delete_retention_ms)
+        elif op < 0.9:
+            plog.roll()
+        elif op < 0.95:
+            plog.close()
+            plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+        else:
+            plog.abandon()  # crash: nothing flushed on purpose
+            plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+        clock.advance(rnd.randint(0, 2000))
+        assert records_of(plog) == model.expected()
+    check_log_consistent(plog)
+    # the user-level property: the newest value of every key is what a reader ends with
+    last_seen: dict[bytes, bytes | None] = {}
+    for _, k, v in records_of(plog):
+        if k is not None:
+            last_seen[k] = v
+    newest: dict[bytes, tuple[bytes | None, int]] = {}
+    for off in sorted(model.records):
+        k, v, ts = model.records[off]
+        if k is not None:
+            newest[k] = (v, ts)
+    for k, (v, _ts) in newest.items():
+        if v is not None:
+            assert last_seen[k] == v
+        else:
+            assert last_seen.get(k) is None
+    plog.close()
+
+
+def test_tombstones_expire_and_offsets_are_kept(tmp_path: object) -> None:
+    clock = ManualClock()
+    plog = PartitionLog.open(str(tmp_path), CFG, clock, fsync_enabled=False)
+    ts = clock.wall_ms()
+    plog.append_as_leader(build_batch([(b"a", b"1"), (b"b", b"1"), (b"a", b"2")], ts), 1)
+    plog.append_as_leader(build_batch([(b"b", None), (None, b"keyless")], ts), 1)
+    plog.roll()
+    plog.append_as_leader(build_batch([(b"c", b"1")], ts), 1)
+    res = plog.clean()
+    assert res.records_removed == 2 and res.segments_rewritten == 1
+    assert records_of(plog) == [(2, b"a", b"2"), (3, b"b", None), (4, None, b"keyless"),
+                                (5, b"c", b"1")]
+    clock.advance(CFG.delete_retention_ms)
+    plog.clean()
+    assert records_of(plog) == [(2, b"a", b"2"), (4, None, b"keyless"), (5, b"c", b"1")]
+    assert plog.log_end_offset == 6
+    check_log_consistent(plog)
+    plog.close()
+
+
+def test_min_compaction_lag_and_active_segment_untouched(tmp_path: object) -> None:
+    clock = ManualClock()
+    cfg = LogConfig(cleanup_policy="compact", min_compaction_lag_ms=1000)
+    plog = PartitionLog.open(str(tmp_path), cfg, clock, fsync_enabled=False)
+    ts = clock.wall_ms()
+    plog.append_as_leader(build_batch([(b"a", b"1"), (b"a", b"2")], ts), 1)
+    assert plog.clean().segments_rewritten == 0  # only the active segment exists
+    plog.roll()
+    assert plog.clean().segments_rewritten == 0  # too young
+    clock.advance(1000)
+    assert plog.clean().segments_rewritten == 1
+    assert records_of(plog) == [(1, b"a", b"2")]
+    plog.close()
+
+
+def test_idempotent_fields_survive_rebatching(tmp_path: object) -> None:
+    clock = ManualClock()
+    plog = PartitionLog.open(str(tmp_path), CFG, clock, fsync_enabled=False)
+    b = BatchBuilder(producer_id=5, producer_epoch=1, base_sequence=10)
+    for k in (b"a", b"b", b"b", b"c", b"b"):  # keeps offsets 0, 3, 4
+        b.append(clock.wall_ms(), k, b"v")
+    plog.append_as_leader(b.seal(), 3)
+    plog.roll()
+    plog.clean()
+    from dmq.log import validate_batches
+
+    hs = validate_batches(plog.read(0, 10_000))
+    assert [(h.base_offset, h.base_sequence, h.producer_id, h.partition_leader_epoch)
+            for h in hs] == [(0, 10, 5, 3), (3, 13, 5, 3)]
+    assert [h.record_count for h in hs] == [1, 2]
+    plog.close()
+
+
+def crash_during_clean(tmp_path: object, fail_at_replace: int) -> tuple[str, list, list]:
+    """Make the cleaner die at its n-th os.replace; returns (path, before, after-clean)."""
+    import dmq.log.cleaner as cleaner
+
+    path = str(tmp_path)
+    clock = ManualClock()
+    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+    ts = clock.wall_ms()
+    for i in range(30):
+        plog.append_as_leader(build_batch([(b"k%d" % (i % 3), b"v%d" % i)], ts), 1)
+    plog.roll()
+    before = records_of(plog)
+    model = Model()
+    for off, k, v in before:
+        model.append(off, [(k, v)], ts)
+    model.clean(plog.segments[-1].base_offset, clock.wall_ms(), CFG.delete_retention_ms)
+    calls = [0]
+    real = os.replace
+
+    def failing(src: str, dst: str) -> None:
+        calls[0] += 1
+        if calls[0] == fail_at_replace:
+            raise OSError("simulated crash")
+        real(src, dst)
+
+    cleaner.os.replace = failing  # type: ignore[assignment]
+    try:
+        with pytest.raises(OSError):
+            plog.clean()
+    finally:
+        cleaner.os.replace = real  # type: ignore[assignment]
+    plog.abandon()
+    return path, before, model.expected()
+
+
+def test_crash_before_commit_point_leaves_cleaned_file_which_is_swept(tmp_path: object) -> None:
+    path, before, _ = crash_during_clean(tmp_path, 1)
+    assert any(n.endswith(".cleaned") for n in os.listdir(path))
+    plog = PartitionLog.open(path, CFG, ManualClock(), fsync_enabled=False)
+    assert not any(n.endswith((".cleaned", ".swap")) for n in os.listdir(path))
+    assert records_of(plog) == before
+    check_log_consistent(plog)
+    plog.close()
+
+
+def test_crash_after_commit_point_finishes_the_swap(tmp_path: object) -> None:
+    path, before, after = crash_during_clean(tmp_path, 2)
+    assert any(n.endswith(".swap") for n in os.listdir(path))
+    plog = PartitionLog.open(path, CFG, ManualClock(), fsync_enabled=False)
+    assert not any(n.endswith((".cleaned", ".swap")) for n in os.listdir(path))
+    # the first segment was swapped in, the rest not yet cleaned: nothing newest is lost
+    got = records_of(plog)
+    assert set(after) <= set(got) <= set(before) and got != before
+    check_log_consistent(plog)
+    plog.clean()
+    assert records_of(plog) == after
+    check_log_consistent(plog)
+    plog.close()
+
+
+def test_half_written_cleaned_file_is_ignored(tmp_path: object) -> None:
+    path = str(tmp_path)
+    plog = PartitionLog.open(path, CFG, ManualClock(), fsync_enabled=False)
+    for i in range(20):
+        plog.append_as_leader(build_batch([(b"k", b"%d" % i)]), 1)
+    before = records_of(plog)
+    plog.abandon()
+    with open(os.path.join(path, "00000000000000000000.log.cleaned"), "wb") as f:
+        f.write(os.urandom(100))
+    plog = PartitionLog.open(path, CFG, ManualClock(), fsync_enabled=False)
+    assert records_of(plog) == before
+    plog.close()
