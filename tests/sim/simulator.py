@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import msgpack
 
 from dmq.raft.core import NotLeaderError, ProposalDroppedError, RaftConfig, RaftCore, Ready, Role
-from dmq.raft.messages import Entry, Message, Snapshot, message_from_wire
+from dmq.raft.messages import Entry, Message, Snapshot, VoteResponse, message_from_wire
 from dmq.raft.storage import MemoryStorage
 from dmq.types import NodeId
 
@@ -58,6 +58,10 @@ class FaultProfile:
     crash_rate: float = 0.004  # chance per tick that some live node crashes
     torn_persist: float = 0.002  # chance per Ready of crashing in the middle of persisting
     crash_after_ready: float = 0.001  # chance per Ready of crashing right after sending it
+    # Crash points: chance of crashing right after a Ready that granted a vote, or
+    # that advanced a leader's commit index (where durability bugs show).
+    crash_after_vote: float = 0.0
+    crash_after_commit: float = 0.0
     down_ticks: tuple[int, int] = (5, 60)
     propose_rate: float = 0.3
     read_rate: float = 0.05
@@ -332,9 +336,24 @@ class Simulation:
                 self.pending_reads.pop(request_id)
             core.advance(rd)
             self._check_after_ready(node, rd)
-            if self.faults_on and self.rng.random() < self.faults.crash_after_ready:
+            if self.faults_on and self._crash_point(core, rd):
                 self._crash(node)
                 return
+
+    def _crash_point(self, core: RaftCore, rd: Ready) -> bool:
+        f, rng = self.faults, self.rng
+        if rng.random() < f.crash_after_ready:
+            return True
+        hs = rd.hard_state
+        if hs is None:
+            return False
+        if f.crash_after_vote and hs.vote not in (0, core.id) and any(
+                isinstance(m, VoteResponse) and m.granted and not m.pre_vote
+                for m in rd.messages):
+            return rng.random() < f.crash_after_vote
+        if f.crash_after_commit and core.role == Role.LEADER and hs.commit > core.log.snap_index:
+            return rng.random() < f.crash_after_commit
+        return False
 
     def _persist(self, node: SimNode, rd: Ready) -> None:
         storage = node.storage
@@ -491,7 +510,13 @@ STORM = FaultProfile(loss=0.1, duplicate=0.1, max_delay_ticks=10, crash_rate=0.0
                      one_way_rate=0.01, transfer_rate=0.01)
 FLAKY_LINKS = FaultProfile(loss=0.2, duplicate=0.05, max_delay_ticks=6, crash_rate=0.002,
                            partition_rate=0.02, one_way_rate=0.03, partition_ticks=(5, 40))
-PROFILES = (DEFAULT, STORM, CALM, FLAKY_LINKS)
+# Crash right after acting, restart fast, partitions that cut messages in flight:
+# the conditions that expose unpersisted votes and Figure-8 style commits.
+HUNTER = FaultProfile(loss=0.05, duplicate=0.1, max_delay_ticks=10, crash_rate=0.03,
+                      down_ticks=(1, 4), crash_after_ready=0.03, torn_persist=0.02,
+                      partition_rate=0.02, partition_ticks=(3, 30), crash_after_vote=0.5,
+                      crash_after_commit=0.02)
+PROFILES = (DEFAULT, STORM, CALM, FLAKY_LINKS, HUNTER)
 
 
 def config_for_seed(seed: int, steps: int = 2000) -> SimConfig:
@@ -510,9 +535,19 @@ def config_for_seed(seed: int, steps: int = 2000) -> SimConfig:
         max_inflight_appends=variant.choice((1, 4, 16) if per_append >= 8 else (4, 16)),
         snapshot_chunk_bytes=variant.choice((7, 16, 1 << 20)),
         wire_roundtrip=variant.random() < 0.1,
+        pre_vote=variant.random() < 0.8,
+        check_quorum=variant.random() < 0.9,
         faults=variant.choice(PROFILES),
     )
 
 
+def hunting_config(seed: int, steps: int = 2000) -> SimConfig:
+    """The configuration the mutation tests hunt with: three voters (a split vote then
+    hinges on one voter), one entry per append (so an old-term entry can be acked
+    alone), the HUNTER fault profile, PreVote on for odd seeds."""
+    return SimConfig(nodes=3, steps=steps, max_entries_per_append=1, max_inflight_appends=1,
+                     pre_vote=seed % 2 == 1, faults=HUNTER, heartbeat_ticks=1)
+
+
 __all__ = ["FaultProfile", "SimConfig", "Simulation", "Violation", "run_seed",
-           "config_for_seed", "replace"]
+           "config_for_seed", "hunting_config", "replace"]
