@@ -1,0 +1,343 @@
+"""The consumer group APIs on a controller: the asyncio shell around `GroupCoordinator`.
+
+`register_group_handlers(server, host)` registers CONSUMER_GROUP_HEARTBEAT,
+OFFSET_COMMIT, OFFSET_FETCH, LIST_GROUPS, DESCRIBE_GROUPS, DELETE_GROUPS and
+RESET_OFFSETS on a controller's `ProtocolServer`. Only the active controller answers;
+the others raise NOT_CONTROLLER naming the leader (the client's `ControllerChannel`
+follows that hint).
+
+What it needs from the controller service is the small `GroupHost` protocol:
+the applied `MetadataState`, whether (and in which term) this node is the active
+controller, the leader hint, settings, and `propose(records)`, which must resolve once
+the records are committed *and applied here* (so an OffsetFetch after an
+OffsetCommit reads it) and raise a `DmqError` otherwise. `active_term()` must return a
+term only once the state machine has applied everything of earlier terms (KRaft's
+rule), or committed offsets could be read stale after a failover.
+
+A fresh `GroupCoordinator` is made whenever this node starts a new term as the active
+controller: membership is soft state, rebuilt by the members' next heartbeats
+(see the coordinator's failover window). Committed offsets are in the state machine.
+
+Offset commits are batched: commits arriving while a proposal is in flight go into the
+next Raft entry together (group commit), so many consumers cost one entry per round
+trip. One timer (the injected clock's `call_later`) drives session expiry and offsets
+retention; the only task this module starts is the batch proposer, owned here and
+stopped by `close()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from dmq.clock import Cancellable, Clock
+from dmq.controller.group_coordinator import (
+    EMPTY,
+    NO_OFFSET,
+    GroupCoordinator,
+    owned_from_wire,
+)
+from dmq.controller.planner import Planner
+from dmq.controller.records import Record
+from dmq.controller.state import MetadataState
+from dmq.protocol.api import ApiKey
+from dmq.protocol.errors import (
+    DmqError,
+    ErrorCode,
+    NotControllerError,
+    RequestTimedOutError,
+)
+from dmq.protocol.server import RequestContext
+
+log = logging.getLogger("dmq.controller.group_service")
+
+MAX_PENDING_COMMITS = 10_000
+COMMIT_TIMEOUT_MS = 15_000
+RETENTION_CHECK_MS = 60_000
+
+
+class GroupHost(Protocol):
+    """What the group service needs from the controller service."""
+
+    clock: Clock
+
+    @property
+    def state(self) -> MetadataState: ...
+
+    def active_term(self) -> int | None:
+        """The Raft term while this node is the active controller and caught up."""
+        ...
+
+    def leader_hint(self) -> tuple[int, str, int] | None: ...
+
+    def setting(self, key: str) -> Any: ...
+
+    def propose(self, records: list[Record]) -> Awaitable[Any]: ...
+
+
+class _StateTopics:
+    """TopicsView over the applied metadata state."""
+
+    def __init__(self, state: Callable[[], MetadataState]) -> None:
+        self._state = state
+        self._version = -1
+        self._counts: dict[str, int] = {}
+
+    def metadata_version(self) -> int:
+        return self._state().version
+
+    def partition_counts(self) -> Mapping[str, int]:
+        st = self._state()
+        if st.version != self._version:
+            self._counts = {name: len(t.partitions) for name, t in st.topics.items()}
+            self._version = st.version
+        return self._counts
+
+
+def live_offsets(state: MetadataState, group: str
+                 ) -> dict[tuple[str, int], tuple[int, str | None, int]]:
+    """A group's committed offsets, without deletion tombstones."""
+    return {tp: v for tp, v in state.offsets.get(group, {}).items() if v[0] != NO_OFFSET}
+
+
+class GroupService:
+    def __init__(self, host: GroupHost) -> None:
+        self.host = host
+        self.topics = _StateTopics(lambda: host.state)
+        self._coordinator: GroupCoordinator | None = None
+        self._term: int | None = None
+        self._pending: list[tuple[list[Record], asyncio.Future[None]]] = []
+        self._proposer: asyncio.Task[None] | None = None
+        self._timer: Cancellable | None = None
+        self._retention_due_ms = 0
+        self._closed = False
+        self.entries_proposed = 0
+        self.commits_proposed = 0
+
+    # ---- leadership --------------------------------------------------------------
+    def coordinator(self) -> GroupCoordinator:
+        """The coordinator of the current term; NOT_CONTROLLER on a follower."""
+        term = self.host.active_term()
+        if term is None:
+            self._coordinator = None
+            self._term = None
+            raise NotControllerError("group coordinator is the active controller",
+                                     leader=self.host.leader_hint())
+        if self._coordinator is None or term != self._term:
+            session_ms = int(self.host.setting("group.session.timeout.ms"))
+            self._coordinator = GroupCoordinator(
+                self.host.clock, self.topics,
+                heartbeat_interval_ms=int(self.host.setting("group.heartbeat.interval.ms")),
+                adopt_window_ms=session_ms,
+                hold_groups={g for g in self.host.state.offsets
+                             if live_offsets(self.host.state, g)})
+            self._term = term
+            log.info("group coordinator active for term %d (%d groups with offsets)", term,
+                     len(self._coordinator.hold_groups))
+            self._arm_timer()
+        return self._coordinator
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None or self._closed:
+            return
+        delay = 1000 if self._coordinator is None else min(1000, self._coordinator.next_poll_ms())
+        self._timer = self.host.clock.call_later(max(50, delay), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        try:
+            coord = self.coordinator()
+        except NotControllerError:
+            return  # re-armed by the next request that finds this node active
+        try:
+            coord.poll()
+            now = self.host.clock.monotonic_ms()
+            if now >= self._retention_due_ms:
+                self._retention_due_ms = now + RETENTION_CHECK_MS
+                records = coord.expired_offsets(
+                    self.host.state.offsets, self.host.clock.wall_ms(),
+                    int(self.host.setting("offsets.retention.ms")))
+                if records:
+                    log.info("expiring offsets of %d empty groups", len(records))
+                    self._enqueue(records).add_done_callback(_log_failure)
+        except Exception:
+            log.exception("group coordinator poll failed")
+        self._arm_timer()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._proposer is not None:
+            self._proposer.cancel()
+            await asyncio.gather(self._proposer, return_exceptions=True)
+        for _, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(NotControllerError("controller shutting down"))
+        self._pending.clear()
+
+    # ---- batched proposals --------------------------------------------------------
+    def _enqueue(self, records: list[Record]) -> asyncio.Future[None]:
+        if len(self._pending) >= MAX_PENDING_COMMITS:
+            raise RequestTimedOutError("too many offset commits waiting for the quorum")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((records, fut))
+        if self._proposer is None or self._proposer.done():
+            self._proposer = asyncio.get_running_loop().create_task(self._propose_loop())
+        return fut
+
+    async def _propose_loop(self) -> None:
+        while self._pending and not self._closed:
+            batch, self._pending = self._pending, []
+            records = [r for recs, _ in batch for r in recs]
+            try:
+                await asyncio.wait_for(self.host.propose(records), COMMIT_TIMEOUT_MS / 1000)
+            except Exception as exc:  # every waiter learns the outcome
+                err: BaseException = exc
+                if isinstance(exc, TimeoutError):
+                    err = RequestTimedOutError("offset commit not replicated in time")
+                elif not isinstance(exc, DmqError):
+                    log.exception("proposing %d group records failed", len(records))
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            self.entries_proposed += 1
+            self.commits_proposed += len(batch)
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    # ---- handlers -----------------------------------------------------------------
+    def heartbeat(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        coord = self.coordinator()
+        res = coord.heartbeat(
+            body["group_id"], body["member_id"], body["member_epoch"],
+            instance_id=body["instance_id"],
+            rebalance_timeout_ms=body["rebalance_timeout_ms"],
+            session_timeout_ms=body["session_timeout_ms"], topics=body["topics"],
+            pattern=body["pattern"], owned=owned_from_wire(body["owned"]),
+            assignor=body["assignor"], client_id=ctx.header.client_id or "",
+            host=ctx.peer.rpartition(":")[0])
+        self._arm_timer()
+        return res.to_body()
+
+    async def offset_commit(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        coord = self.coordinator()
+        group = body["group_id"]
+        coord.validate_commit(group, body["member_id"], body["member_epoch"])
+        records, results = _plan_commit(self.host.state, group, body["topics"],
+                                        self.host.clock.wall_ms())
+        if records:
+            await self._enqueue(records)
+        return {"topics": results}
+
+    def offset_fetch(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        self.coordinator()
+        committed = live_offsets(self.host.state, body["group_id"])
+        wanted = body["topics"]
+        if wanted is None:
+            by_topic: dict[str, list[int]] = {}
+            for topic, p in sorted(committed):
+                by_topic.setdefault(topic, []).append(p)
+            wanted = sorted(by_topic.items())
+        out = []
+        for topic, parts in wanted:
+            rows = []
+            for p in parts:
+                offset, metadata, _ = committed.get((topic, p), (NO_OFFSET, None, 0))
+                rows.append([p, offset, metadata, 0])
+            out.append([topic, rows])
+        return {"topics": out}
+
+    def list_groups(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        coord = self.coordinator()
+        groups = {g["group_id"]: g for g in coord.list_groups()}
+        for group in self.host.state.offsets:
+            if group not in groups and live_offsets(self.host.state, group):
+                groups[group] = {"group_id": group, "state": EMPTY, "members": 0}
+        return {"groups": [groups[g] for g in sorted(groups)]}
+
+    def describe_groups(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        coord = self.coordinator()
+        out = []
+        for group in body["groups"]:
+            desc = coord.describe(group)
+            if desc is None:
+                if live_offsets(self.host.state, group):
+                    desc = {"group_id": group, "error": 0, "state": EMPTY, "epoch": 0,
+                            "assignor": "uniform", "members": []}
+                else:
+                    desc = {"group_id": group, "error": int(ErrorCode.GROUP_ID_NOT_FOUND),
+                            "state": "Dead", "epoch": 0, "assignor": "", "members": []}
+            out.append(desc)
+        return {"groups": out}
+
+    async def delete_groups(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        coord = self.coordinator()
+        out = []
+        for group in body["groups"]:
+            try:
+                records = coord.delete_group(group, live_offsets(self.host.state, group),
+                                             self.host.clock.wall_ms())
+                if records:
+                    await self._enqueue(records)
+                out.append({"group_id": group, "error": 0, "msg": None})
+            except DmqError as exc:
+                out.append({"group_id": group, "error": int(exc.code), "msg": exc.message})
+        return {"groups": out}
+
+    async def reset_offsets(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        coord = self.coordinator()
+        group = body["group_id"]
+        coord.check_empty(group)
+        topics = [[t, [[p, o, None] for p, o in parts]] for t, parts in body["topics"]]
+        records, results = _plan_commit(self.host.state, group, topics,
+                                        self.host.clock.wall_ms())
+        if records and not body["dry_run"]:
+            await self._enqueue(records)
+        wanted = {(t, p): o for t, parts in body["topics"] for p, o in parts}
+        return {"topics": [[t, [[p, wanted[(t, p)], err] for p, err in rows]]
+                           for t, rows in results]}
+
+
+def _plan_commit(state: MetadataState, group: str, topics: list[list[Any]], commit_ms: int
+                 ) -> tuple[list[Record], list[list[Any]]]:
+    """Records for a commit and the per-partition results, by the planner's rules
+    (unknown partition, negative offset)."""
+    return Planner(state, _no_settings).commit_offsets(group, topics, commit_ms)
+
+
+def _no_settings(key: str) -> Any:
+    raise AssertionError(f"commit_offsets reads no setting ({key})")
+
+
+def _log_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("group records not proposed: %s", fut.exception())
+
+
+def register_group_handlers(server: Any, host: GroupHost) -> GroupService:
+    """Register the group APIs on `server`; the caller closes the returned service."""
+    svc = GroupService(host)
+    server.register(ApiKey.CONSUMER_GROUP_HEARTBEAT, svc.heartbeat)
+    server.register(ApiKey.OFFSET_COMMIT, svc.offset_commit)
+    server.register(ApiKey.OFFSET_FETCH, svc.offset_fetch)
+    server.register(ApiKey.LIST_GROUPS, svc.list_groups)
+    server.register(ApiKey.DESCRIBE_GROUPS, svc.describe_groups)
+    server.register(ApiKey.DELETE_GROUPS, svc.delete_groups)
+    server.register(ApiKey.RESET_OFFSETS, svc.reset_offsets)
+    return svc
+
+
+__all__ = [
+    "GroupHost",
+    "GroupService",
+    "live_offsets",
+    "register_group_handlers",
+]
