@@ -1,0 +1,206 @@
+"""`Admin`: the administrative client (topics, configs, cluster status).
+
+    async with Admin("127.0.0.1:9091,127.0.0.1:9092") as admin:
+        await admin.create_topic("orders", partitions=6, replication_factor=3)
+        print(await admin.describe_cluster())
+
+Any controller or broker address works as bootstrap: the active controller is found by
+`dmq.controller.discovery` and followed across failovers. Writes go to the active
+controller; reads too, so an admin sees its own writes. Per-topic failures come back as
+typed exceptions (`dmq.protocol.errors`) in the result maps, or are raised by the
+single-topic helpers. Self-contained: it needs only the protocol and discovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from dmq.controller.discovery import ControllerChannel, parse_bootstrap
+from dmq.controller.image import MetadataImage, TopicInfo, image_from_metadata
+from dmq.protocol.api import ApiKey
+from dmq.protocol.connection import request_once
+from dmq.protocol.errors import DmqError, ErrorCode, error_for
+
+DEFAULT_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class NewTopic:
+    name: str
+    partitions: int = -1  # -1: the cluster's num.partitions
+    replication_factor: int = -1  # -1: the cluster's default.replication.factor
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicResult:
+    name: str
+    error: DmqError | None
+    topic_id: str | None = None
+
+    def raise_for_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _error(row: dict[str, Any]) -> DmqError | None:
+    code = row.get("error", 0)
+    return None if not code else error_for(code, row.get("msg"))
+
+
+class Admin:
+    def __init__(self, bootstrap: str | list[str], *, client_id: str = "dmq-admin",
+                 request_timeout_ms: int = DEFAULT_TIMEOUT_MS,
+                 rng: random.Random | None = None) -> None:
+        self.addresses = parse_bootstrap(bootstrap)
+        self.client_id = client_id
+        self.request_timeout_ms = request_timeout_ms
+        self._channel = ControllerChannel(self.addresses, client_id=client_id,
+                                          rng=rng or random.Random())
+
+    async def __aenter__(self) -> Admin:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _request(self, key: ApiKey, body: dict[str, Any],
+                       timeout_ms: int | None = None) -> Any:
+        return await self._channel.request(key, body, timeout_ms or self.request_timeout_ms)
+
+    # topics -----------------------------------------------------------------------------
+    async def create_topics(self, topics: list[NewTopic], *, validate_only: bool = False,
+                            timeout_ms: int | None = None) -> dict[str, TopicResult]:
+        body = {"topics": [{"name": t.name, "partitions": t.partitions,
+                            "replication_factor": t.replication_factor,
+                            "configs": dict(t.configs)} for t in topics],
+                "validate_only": validate_only,
+                "timeout_ms": timeout_ms or self.request_timeout_ms}
+        resp = await self._request(ApiKey.CREATE_TOPICS, body, timeout_ms)
+        return {r["name"]: TopicResult(r["name"], _error(r), r.get("id"))
+                for r in resp["topics"]}
+
+    async def create_topic(self, name: str, partitions: int = -1, replication_factor: int = -1,
+                           configs: dict[str, str] | None = None) -> str:
+        """Create one topic; returns its id or raises the error."""
+        res = (await self.create_topics([NewTopic(name, partitions, replication_factor,
+                                                  dict(configs or {}))]))[name]
+        res.raise_for_error()
+        assert res.topic_id is not None
+        return res.topic_id
+
+    async def delete_topics(self, names: list[str], *,
+                            timeout_ms: int | None = None) -> dict[str, DmqError | None]:
+        resp = await self._request(ApiKey.DELETE_TOPICS, {
+            "topics": list(names), "timeout_ms": timeout_ms or self.request_timeout_ms},
+            timeout_ms)
+        return {r["name"]: _error(r) for r in resp["topics"]}
+
+    async def create_partitions(self, counts: dict[str, int], *, validate_only: bool = False,
+                                timeout_ms: int | None = None) -> dict[str, DmqError | None]:
+        """Grow topics to the given total partition counts."""
+        resp = await self._request(ApiKey.CREATE_PARTITIONS, {
+            "topics": [{"name": n, "count": c} for n, c in counts.items()],
+            "validate_only": validate_only,
+            "timeout_ms": timeout_ms or self.request_timeout_ms}, timeout_ms)
+        return {r["name"]: _error(r) for r in resp["topics"]}
+
+    async def metadata(self, topics: list[str] | None = None, *,
+                       allow_auto_create: bool = False) -> MetadataImage:
+        """The active controller's view. Unknown named topics are left out of the image."""
+        resp = await self._request(ApiKey.METADATA, {"topics": topics,
+                                                     "allow_auto_create": allow_auto_create})
+        return image_from_metadata(resp)
+
+    async def list_topics(self) -> list[str]:
+        return sorted((await self.metadata(None)).topics)
+
+    async def describe_topics(self, names: list[str] | None = None) -> dict[str, TopicInfo]:
+        """Partitions with leader, replicas and ISR, plus the topic's explicit configs.
+        Raises UNKNOWN_TOPIC_OR_PARTITION if a named topic does not exist."""
+        resp = await self._request(ApiKey.METADATA, {"topics": names})
+        for t in resp["topics"]:
+            if t.get("error") and t["error"] != ErrorCode.LEADER_NOT_AVAILABLE:
+                raise error_for(t["error"], f"topic {t['name']!r}: "
+                                f"{ErrorCode(t['error']).name.lower()}")
+        image = image_from_metadata(resp)
+        if not image.topics:
+            return {}
+        cfg = await self._request(ApiKey.DESCRIBE_CONFIGS, {"topics": sorted(image.topics)})
+        overrides = {r["name"]: r.get("overrides", {}) for r in cfg["topics"] if not r["error"]}
+        return {name: TopicInfo(t.name, t.topic_id, t.partitions, overrides.get(name, {}))
+                for name, t in sorted(image.topics.items())}
+
+    # configs ----------------------------------------------------------------------------
+    async def describe_configs(self, names: list[str]) -> dict[str, dict[str, str]]:
+        """Effective configs (explicit values over cluster defaults) per topic."""
+        resp = await self._request(ApiKey.DESCRIBE_CONFIGS, {"topics": list(names)})
+        out = {}
+        for r in resp["topics"]:
+            err = _error(r)
+            if err is not None:
+                raise err
+            out[r["name"]] = dict(r["configs"])
+        return out
+
+    async def alter_configs(self, changes: dict[str, dict[str, str | None]], *,
+                            validate_only: bool = False) -> dict[str, DmqError | None]:
+        """Set (value) or reset to the default (None) topic configs, per topic."""
+        resp = await self._request(ApiKey.ALTER_CONFIGS, {
+            "topics": [{"name": n, "configs": dict(c)} for n, c in changes.items()],
+            "validate_only": validate_only})
+        return {r["name"]: _error(r) for r in resp["topics"]}
+
+    # cluster ----------------------------------------------------------------------------
+    async def describe_cluster(self, timeout_ms: int = 5000) -> dict[str, Any]:
+        """Controller id and term, each controller's Raft status, brokers with state and
+        last heartbeat (see DESCRIBE_CLUSTER in dmq/protocol/api.py). Asks the active
+        controller; with no active controller, the first controller that answers."""
+        try:
+            return dict(await self._channel.request(ApiKey.DESCRIBE_CLUSTER, {}, timeout_ms))
+        except DmqError as first:
+            for host, port in self.addresses:
+                try:
+                    return dict(await request_once(host, port, ApiKey.DESCRIBE_CLUSTER, {},
+                                                   timeout_ms=min(timeout_ms, 2000),
+                                                   client_id=self.client_id))
+                except DmqError:
+                    continue
+            raise first
+
+    async def cluster_status(self, timeout_ms: int = 5000) -> dict[str, Any]:
+        """`describe_cluster` in the shape of `dmq cluster status --json`."""
+        d = await self.describe_cluster(timeout_ms)
+        return {
+            "controller_id": d["controller_id"], "controller_term": d["controller_term"],
+            "metadata_version": d["metadata_version"],
+            "controllers": [{k: c[k] for k in ("node_id", "role", "term", "commit_index",
+                                               "last_applied")} for c in d["controllers"]],
+            "brokers": [{k: b[k] for k in ("broker_id", "host", "port", "state",
+                                           "last_heartbeat_ms_ago")} for b in d["brokers"]],
+        }
+
+    async def wait_for_controller(self, timeout_ms: int = 10_000) -> dict[str, Any]:
+        """Wait until an active controller answers; returns describe_cluster()."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while True:
+            try:
+                d = await self.describe_cluster(timeout_ms=1000)
+                if d.get("controller_id", -1) >= 0:
+                    return d
+            except DmqError:
+                pass
+            if loop.time() > deadline:
+                raise error_for(ErrorCode.NOT_CONTROLLER,
+                                f"no active controller after {timeout_ms} ms")
+            await asyncio.sleep(0.1)
+
+
+__all__ = ["Admin", "NewTopic", "TopicResult"]

@@ -1,0 +1,234 @@
+"""Finding and talking to the active controller, for brokers and clients.
+
+`find_controller` asks every known address in parallel with a Metadata request for no
+topics (every controller and every broker answers it) and takes the first answer that
+names the controller with its address; when none does, it retries with exponential
+backoff and jitter until its deadline.
+
+`ControllerChannel` keeps one connection to the active controller and routes requests
+to it: an answer NOT_CONTROLLER naming the leader re-routes to that leader at once; a
+lost connection or an answer without a hint re-runs discovery. Every await has a
+timeout and the whole request is bounded by its `timeout_ms`.
+
+Owns no background task; it never imports anything above `dmq.protocol`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from dmq.protocol.api import ApiKey
+from dmq.protocol.connection import Connection
+from dmq.protocol.errors import (
+    DmqError,
+    ErrorCode,
+    NetworkError,
+    NotControllerError,
+    RequestTimedOutError,
+)
+
+log = logging.getLogger("dmq.controller.discovery")
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerAddress:
+    node_id: int
+    host: str
+    port: int
+    term: int = -1
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_bootstrap(bootstrap: str | list[str] | tuple[str, ...]) -> list[tuple[str, int]]:
+    """"h:p,h:p" or ["h:p", ...] -> [(h, p), ...] (duplicates dropped, order kept)."""
+    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
+    out: list[tuple[str, int]] = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"bootstrap address must be HOST:PORT, got {item!r}")
+        addr = (host, int(port))
+        if addr not in out:
+            out.append(addr)
+    if not out:
+        raise ValueError("no bootstrap address given")
+    return out
+
+
+async def probe(host: str, port: int, timeout_ms: int,
+                client_id: str = "dmq-discovery") -> ControllerAddress | None:
+    """Ask one node who the controller is; None when it does not know or is down."""
+    try:
+        conn = await Connection.open(host, port, connect_timeout_ms=timeout_ms,
+                                     client_id=client_id)
+    except DmqError:
+        return None
+    try:
+        body = await conn.request(ApiKey.METADATA, {"topics": []}, timeout_ms=timeout_ms)
+    except DmqError as exc:
+        if exc.leader is not None:
+            return ControllerAddress(*exc.leader)
+        return None
+    finally:
+        await conn.close()
+    ctl = body.get("controller") if isinstance(body, dict) else None
+    if isinstance(ctl, list) and len(ctl) == 3 and ctl[0] >= 0:
+        return ControllerAddress(int(ctl[0]), str(ctl[1]), int(ctl[2]),
+                                 int(body.get("controller_term", -1)))
+    return None
+
+
+def backoff_ms(attempt: int, initial_ms: int, max_ms: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter in [base/2, base]."""
+    base = min(max_ms, initial_ms * (2 ** min(attempt, 20)))
+    return base / 2 + rng.random() * base / 2
+
+
+async def find_controller(addresses: list[tuple[str, int]], timeout_ms: int = 10_000, *,
+                          probe_timeout_ms: int = 1000, initial_backoff_ms: int = 50,
+                          max_backoff_ms: int = 1000, rng: random.Random | None = None,
+                          client_id: str = "dmq-discovery") -> ControllerAddress:
+    """The active controller as named by the first node that knows it."""
+    rng = rng or random.Random()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_ms / 1000
+    attempt = 0
+    while True:
+        remaining_ms = int((deadline - loop.time()) * 1000)
+        tasks = [asyncio.ensure_future(probe(h, p, max(1, min(probe_timeout_ms, remaining_ms)),
+                                             client_id)) for h, p in addresses]
+        found: ControllerAddress | None = None
+        try:
+            for fut in asyncio.as_completed(tasks):
+                result = await fut
+                if result is not None:
+                    found = result
+                    break
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if found is not None:
+            return found
+        delay = backoff_ms(attempt, initial_backoff_ms, max_backoff_ms, rng) / 1000
+        attempt += 1
+        if loop.time() + delay >= deadline:
+            raise NotControllerError(
+                f"no active controller found via {', '.join(f'{h}:{p}' for h, p in addresses)} "
+                f"within {timeout_ms} ms")
+        await asyncio.sleep(delay)
+
+
+class ControllerChannel:
+    """Requests to the active controller, following it across failovers."""
+
+    def __init__(self, addresses: list[tuple[str, int]], *, client_id: str = "dmq",
+                 rng: random.Random | None = None, discovery_timeout_ms: int = 5000,
+                 max_hops: int = 5) -> None:
+        self.addresses = list(addresses)
+        self.client_id = client_id
+        self.rng = rng or random.Random()
+        self.discovery_timeout_ms = discovery_timeout_ms
+        self.max_hops = max_hops
+        self.controller: ControllerAddress | None = None
+        self._conn: Connection | None = None
+        self._lock = asyncio.Lock()
+
+    def set_controller(self, ctl: ControllerAddress) -> None:
+        """Switch to a controller learnt elsewhere (a ControllerChanged notice)."""
+        if self.controller != ctl:
+            if self.controller is None or (ctl.node_id, ctl.host, ctl.port) != (
+                    self.controller.node_id, self.controller.host, self.controller.port):
+                self._drop()
+            self.controller = ctl
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            asyncio.ensure_future(conn.close())
+
+    def invalidate(self) -> None:
+        self._drop()
+        self.controller = None
+
+    async def _connection(self, timeout_ms: int) -> Connection:
+        async with self._lock:
+            if self._conn is not None and not self._conn.closed:
+                return self._conn
+            if self.controller is None:
+                self.controller = await find_controller(
+                    self.addresses, min(timeout_ms, self.discovery_timeout_ms), rng=self.rng,
+                    client_id=self.client_id)
+            ctl = self.controller
+            try:
+                self._conn = await Connection.open(ctl.host, ctl.port, client_id=self.client_id,
+                                                   connect_timeout_ms=min(timeout_ms, 2000))
+            except DmqError:
+                self.controller = None
+                raise
+            return self._conn
+
+    async def request(self, api_key: ApiKey, body: Any, timeout_ms: int = 10_000) -> Any:
+        """Send to the active controller; retry retriable errors until `timeout_ms`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        attempt = 0
+        last: DmqError | None = None
+        while True:
+            remaining_ms = int((deadline - loop.time()) * 1000)
+            if remaining_ms <= 0:
+                if last is not None:
+                    raise last
+                raise RequestTimedOutError(f"{api_key.name}: no answer in {timeout_ms} ms")
+            target = self.controller
+            try:
+                conn = await self._connection(remaining_ms)
+                target = self.controller
+                return await conn.request(api_key, body, timeout_ms=remaining_ms)
+            except DmqError as exc:
+                last = exc
+                if self.controller is not None and self.controller != target:
+                    continue  # switched to a new controller meanwhile: go there now
+                if exc.code is ErrorCode.NOT_CONTROLLER and exc.leader is not None \
+                        and attempt < self.max_hops:
+                    ctl = ControllerAddress(*exc.leader)
+                    if self.controller is None or ctl.node_id != self.controller.node_id:
+                        self.set_controller(ctl)
+                        attempt += 1
+                        continue
+                if isinstance(exc, NetworkError) or exc.code in (
+                        ErrorCode.NOT_CONTROLLER, ErrorCode.REQUEST_TIMED_OUT):
+                    self.invalidate()
+                elif not exc.retriable:
+                    raise
+            delay = backoff_ms(attempt, 50, 1000, self.rng) / 1000
+            attempt += 1
+            if loop.time() + delay >= deadline:
+                assert last is not None
+                raise last
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+
+__all__ = [
+    "ControllerAddress",
+    "ControllerChannel",
+    "backoff_ms",
+    "find_controller",
+    "parse_bootstrap",
+    "probe",
+]

@@ -1,0 +1,127 @@
+"""Controller discovery and routing over real loopback sockets: parallel probes, the
+first answer naming a leader wins, NOT_CONTROLLER hints re-route, lost controllers are
+re-discovered. The 'nodes' here are protocol servers with scripted answers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from dmq.controller.discovery import (
+    ControllerAddress,
+    ControllerChannel,
+    backoff_ms,
+    find_controller,
+    parse_bootstrap,
+)
+from dmq.protocol.api import ApiKey
+from dmq.protocol.errors import NotControllerError
+from dmq.protocol.server import ProtocolServer, RequestContext
+from tests.support.procs import free_ports
+
+
+class Node:
+    """A fake node: answers METADATA naming `leader`, and CREATE_TOPICS only if it is
+    the leader (else NOT_CONTROLLER with a hint)."""
+
+    def __init__(self, node_id: int, delay_s: float = 0.0) -> None:
+        self.node_id = node_id
+        self.delay_s = delay_s
+        self.leader: ControllerAddress | None = None
+        self.hits = 0
+        self.server = ProtocolServer(host="127.0.0.1", port=0, node_id=node_id)
+        self.server.register(ApiKey.METADATA, self.metadata)
+        self.server.register(ApiKey.CREATE_TOPICS, self.write)
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.server.bound_port)
+
+    async def metadata(self, ctx: RequestContext, body: Any) -> Any:
+        await asyncio.sleep(self.delay_s)
+        out: dict[str, Any] = {"controller_id": -1, "version": 0, "brokers": [], "topics": []}
+        if self.leader is not None:
+            out["controller_id"] = self.leader.node_id
+            out["controller"] = [self.leader.node_id, self.leader.host, self.leader.port]
+        return out
+
+    async def write(self, ctx: RequestContext, body: Any) -> Any:
+        self.hits += 1
+        if self.leader is None or self.leader.node_id != self.node_id:
+            hint = None if self.leader is None else (self.leader.node_id, self.leader.host,
+                                                     self.leader.port)
+            raise NotControllerError("not me", leader=hint)
+        return {"topics": [], "by": self.node_id}
+
+
+@pytest.fixture
+async def nodes() -> Any:
+    ns = [Node(1), Node(2), Node(3)]
+    for n in ns:
+        await n.server.start()
+    yield ns
+    for n in ns:
+        await n.server.close(100)
+
+
+def _lead(nodes: list[Node], leader: Node | None, told: list[Node] | None = None) -> None:
+    addr = None if leader is None else ControllerAddress(leader.node_id, *leader.addr)
+    for n in told if told is not None else nodes:
+        n.leader = addr
+
+
+def test_parse_bootstrap() -> None:
+    assert parse_bootstrap("a:1, b:2,a:1") == [("a", 1), ("b", 2)]
+    assert parse_bootstrap(["[::1]:5"]) == [("[::1]", 5)]
+    for bad in ("", "a", "a:b", ":1"):
+        with pytest.raises(ValueError):
+            parse_bootstrap(bad)
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    rng = random.Random(1)
+    values = [backoff_ms(a, 50, 1000, rng) for a in range(10)]
+    assert 25 <= values[0] <= 50 and all(500 <= v <= 1000 for v in values[5:])
+
+
+async def test_first_answer_naming_a_leader_wins(nodes: list[Node]) -> None:
+    nodes[0].delay_s = 0.5  # slow and knows the leader
+    _lead(nodes, nodes[1], told=[nodes[0], nodes[2]])
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    found = await find_controller([n.addr for n in nodes], 3000)
+    assert found.node_id == 2 and loop.time() - t0 < 0.4
+    # dead addresses are skipped
+    dead = [("127.0.0.1", p) for p in free_ports(2)]
+    assert (await find_controller([*dead, nodes[2].addr], 3000)).node_id == 2
+
+
+async def test_no_leader_backs_off_then_fails(nodes: list[Node]) -> None:
+    with pytest.raises(NotControllerError):
+        await find_controller([n.addr for n in nodes], 300)
+
+
+async def test_channel_follows_hints_and_failover(nodes: list[Node]) -> None:
+    _lead(nodes, nodes[0])
+    ch = ControllerChannel([n.addr for n in nodes])
+    try:
+        assert (await ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 3000))["by"] == 1
+        # leadership moves: the old leader answers NOT_CONTROLLER naming node 3
+        _lead(nodes, nodes[2])
+        assert (await ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 3000))["by"] == 3
+        assert ch.controller is not None and ch.controller.node_id == 3
+        # the leader goes away: discovery finds the next one
+        await nodes[2].server.close(100)
+        _lead(nodes, nodes[1], told=nodes[:2])
+        assert (await ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 5000))["by"] == 2
+        # a pushed notice switches at once
+        ch.set_controller(ControllerAddress(1, *nodes[0].addr, 9))
+        _lead(nodes, nodes[0], told=nodes[:2])
+        hits = nodes[1].hits
+        assert (await ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 3000))["by"] == 1
+        assert nodes[1].hits == hits
+    finally:
+        await ch.close()
