@@ -47,6 +47,7 @@ from dmq.protocol.errors import (
     DmqError,
     ErrorCode,
     NotControllerError,
+    RaftNotReadyError,
     RequestTimedOutError,
 )
 from dmq.protocol.server import RequestContext
@@ -70,7 +71,10 @@ class GroupHost(Protocol):
         """The Raft term while this node is the active controller and caught up."""
         ...
 
-    def leader_hint(self) -> tuple[int, str, int] | None: ...
+    def not_active_error(self) -> DmqError:
+        """What to answer when `active_term()` is None (NOT_CONTROLLER naming the
+        leader, or a retriable not-ready error on a leader still catching up)."""
+        ...
 
     def setting(self, key: str) -> Any: ...
 
@@ -123,8 +127,7 @@ class GroupService:
         if term is None:
             self._coordinator = None
             self._term = None
-            raise NotControllerError("group coordinator is the active controller",
-                                     leader=self.host.leader_hint())
+            raise self.host.not_active_error()
         if self._coordinator is None or term != self._term:
             session_ms = int(self.host.setting("group.session.timeout.ms"))
             self._coordinator = GroupCoordinator(
@@ -322,8 +325,45 @@ def _log_failure(fut: asyncio.Future[None]) -> None:
         log.warning("group records not proposed: %s", fut.exception())
 
 
-def register_group_handlers(server: Any, host: GroupHost) -> GroupService:
-    """Register the group APIs on `server`; the caller closes the returned service."""
+class ControllerGroupHost:
+    """`GroupHost` over a `dmq.controller.service.ControllerService`, through its
+    public surface only: `state`, `clock`, `config`, `raft.status()`, `is_active`,
+    `leader_hint()` and `mutate()` (serialized with every other controller write)."""
+
+    def __init__(self, controller: Any) -> None:
+        self.controller = controller
+        self.clock: Clock = controller.clock
+
+    @property
+    def state(self) -> MetadataState:
+        return self.controller.state  # type: ignore[no-any-return]
+
+    def active_term(self) -> int | None:
+        if not self.controller.is_active:
+            return None
+        return int(self.controller.raft.status()["term"])
+
+    def not_active_error(self) -> DmqError:
+        if self.controller.raft.status()["role"] == "LEADER":
+            return RaftNotReadyError("controller was just elected and is catching up")
+        return NotControllerError("the group coordinator is the active controller",
+                                  leader=self.controller.leader_hint())
+
+    def setting(self, key: str) -> Any:
+        return self.controller.config.get(key)
+
+    async def propose(self, records: list[Record]) -> None:
+        await self.controller.mutate(lambda: (records, None))
+
+
+def register_group_handlers(server: Any, controller: Any = None, *,
+                            host: GroupHost | None = None) -> GroupService:
+    """Register the group APIs on `server` for a `ControllerService` (or any
+    `GroupHost`). The returned service stops by itself when the node stops leading;
+    `close()` stops it for good."""
+    if host is None:
+        assert controller is not None, "register_group_handlers needs a controller or host"
+        host = ControllerGroupHost(controller)
     svc = GroupService(host)
     server.register(ApiKey.CONSUMER_GROUP_HEARTBEAT, svc.heartbeat)
     server.register(ApiKey.OFFSET_COMMIT, svc.offset_commit)
@@ -336,6 +376,7 @@ def register_group_handlers(server: Any, host: GroupHost) -> GroupService:
 
 
 __all__ = [
+    "ControllerGroupHost",
     "GroupHost",
     "GroupService",
     "live_offsets",

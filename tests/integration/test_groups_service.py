@@ -42,8 +42,8 @@ class FakeHost:
     def active_term(self) -> int | None:
         return self.term
 
-    def leader_hint(self) -> tuple[int, str, int] | None:
-        return (2, "127.0.0.1", 9)
+    def not_active_error(self) -> Exception:
+        return NotControllerError("not me", leader=(2, "127.0.0.1", 9))
 
     def setting(self, key: str) -> Any:
         return SETTINGS[key].default
@@ -58,7 +58,7 @@ class FakeHost:
 async def node():
     host = FakeHost()
     server = ProtocolServer(host="127.0.0.1", port=0, node_id=1)
-    svc = register_group_handlers(server, host)
+    svc = register_group_handlers(server, host=host)
     await server.start()
     conn = await Connection.open("127.0.0.1", server.bound_port, client_id="test-client")
     yield host, conn, svc
