@@ -689,7 +689,9 @@ class PartitionLog:
         self._log_end_offset = segs[-1].next_offset
         self._log_start_offset = min(max(log_start, segs[0].base_offset), self._log_end_offset)
         self._recovery_point = self._log_end_offset
-        self.epoch_cache.truncate_from_end(self._log_end_offset)
+        # An epoch may legitimately start at the log end (its batches were all deleted
+        # by a log start move); only a recovery that cut data invalidates such an entry.
+        self.epoch_cache.truncate_from_end(self._log_end_offset + (0 if cut else 1))
         self._latest_epoch = self.epoch_cache.latest_epoch
         self.epoch_cache.truncate_from_start(self._log_start_offset)
         self._latest_epoch = self.epoch_cache.latest_epoch
