@@ -39,7 +39,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 from crc32c import crc32c
 
 from dmq.log.codecs import CODEC_NONE, compress, decompress
@@ -127,7 +127,7 @@ def read_header(buf: Buffer, position: int = 0) -> BatchHeader:
     """Unpack the header at `position` without any check beyond there being 61 bytes."""
     if len(buf) - position < HEADER_SIZE:
         raise CorruptRecordError(f"truncated batch header at position {position}")
-    return BatchHeader(*HEADER_STRUCT.unpack_from(buf, position), position)
+    return BatchHeader._make((*HEADER_STRUCT.unpack_from(buf, position), position))
 
 
 def check_header(h: BatchHeader, available: int) -> None:
@@ -165,7 +165,7 @@ def validate_raw(mv: memoryview) -> list[tuple[int, ...]]:
         end = pos + t[1] + LOG_OVERHEAD
         if (t[3] != MAGIC or t[1] < MIN_BATCH_LENGTH or end > size or t[12] < 1
                 or t[6] < t[12] - 1 or t[5] & ~ATTR_KNOWN_MASK):
-            check_header(BatchHeader(*t, pos), size - pos)  # raises with the precise reason
+            check_header(BatchHeader._make((*t, pos)), size - pos)  # raises with the precise reason
         if crc32c(mv[pos + CRC_START : end]) != t[4]:
             raise CorruptRecordError(f"CRC mismatch in batch at position {pos}")
         out.append((*t, pos))
@@ -181,7 +181,7 @@ def validate_batches(buf: Buffer) -> list[BatchHeader]:
     decoded.
     """
     mv = buf if isinstance(buf, memoryview) else memoryview(buf)
-    return [BatchHeader(*t) for t in validate_raw(mv)]
+    return [BatchHeader._make(t) for t in validate_raw(mv)]
 
 
 def iter_headers(buf: Buffer) -> Iterator[BatchHeader]:
@@ -190,7 +190,7 @@ def iter_headers(buf: Buffer) -> Iterator[BatchHeader]:
     unpack = HEADER_STRUCT.unpack_from
     pos = 0
     while size - pos >= HEADER_SIZE:
-        h = BatchHeader(*unpack(buf, pos), pos)
+        h = BatchHeader._make((*unpack(buf, pos), pos))
         end = pos + h.batch_length + LOG_OVERHEAD
         if h.batch_length < MIN_BATCH_LENGTH or end > size:
             return

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     pass
 
 try:  # optional dependency (extra "compression")
-    import lz4.frame as _lz4f
+    import lz4.frame as _lz4f  # type: ignore[import-untyped]
 
     _compressors[CODEC_LZ4] = _lz4f.compress
     _decompressors[CODEC_LZ4] = _lz4f.decompress

@@ -173,7 +173,7 @@ class LogSegment:
                 buf_start, rel = pos, 0
                 if len(buf) < HEADER_SIZE:
                     return  # torn header
-            h = BatchHeader(*unpack(buf, rel), pos)
+            h = BatchHeader._make((*unpack(buf, rel), pos))
             size = h.batch_length + LOG_OVERHEAD
             if h.magic != MAGIC or h.batch_length < MIN_BATCH_LENGTH:
                 if result is not None:

@@ -152,6 +152,8 @@ class LogMachine(RuleBasedStateMachine):
             assert self.plog.end_offset_for_epoch(latest) == (latest, self.leo)
 
 
-LogMachine.TestCase.settings = settings(LOG_SETTINGS, max_examples=int(os.environ.get('DMQ_LOG_SM_EXAMPLES', '100')),
+# DMQ_LOG_SM_EXAMPLES=1000 for a longer hunt; the default keeps the suite fast.
+_EXAMPLES = int(os.environ.get("DMQ_LOG_SM_EXAMPLES", "100"))
+LogMachine.TestCase.settings = settings(LOG_SETTINGS, max_examples=_EXAMPLES,
                                         stateful_step_count=30)
 TestLogMachine = LogMachine.TestCase
