@@ -45,6 +45,9 @@ HW_CHECKPOINT_INTERVAL_MS = 1000
 LOG_HOUSEKEEPING_INTERVAL_MS = 5000
 ALTER_PARTITION_TIMEOUT_MS = 5000
 ALTER_PARTITION_RETRY_MS = 200
+# A log on disk whose topic is absent from the image is deleted only after this long:
+# the first images after a restart may still be catching up with the controller.
+STRAY_LOG_GRACE_MS = 10_000
 
 
 def log_config_for(config: ClusterConfig, topic_configs: dict[str, str]) -> LogConfig:
@@ -100,6 +103,7 @@ class ReplicaManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: dict[str, Cancellable] = {}
         self._running = False
+        self._first_image_ms: int | None = None
         self.stats_isr_shrinks = 0
         self.stats_isr_expands = 0
 
@@ -210,7 +214,8 @@ class ReplicaManager:
 
     def apply_image(self, image: MetadataImage) -> None:
         """Become leader or follower of every partition assigned here; drop the rest."""
-        first = self.image is None
+        if self._first_image_ms is None:
+            self._first_image_ms = self.clock.monotonic_ms()
         self.image = image
         mine: set[tuple[str, int]] = set()
         for topic in image.topics.values():
@@ -245,7 +250,7 @@ class ReplicaManager:
                         self.fetchers.add_partition(part, leader, force=changed)
         for tp in [tp for tp in self.partitions if tp not in mine]:
             self._delete_partition(tp)
-        if first:
+        if self._loaded:
             self._drop_stray_logs(image)
 
     def _create_partition(self, topic: TopicInfo, p: int) -> Partition:
@@ -284,10 +289,19 @@ class ReplicaManager:
         self._remove_dir(Path(part.log.directory))
 
     def _drop_stray_logs(self, image: MetadataImage) -> None:
-        """Logs on disk for partitions the first image does not assign here."""
-        for tp, (plog, _) in list(self._loaded.items()):
-            info = image.partition(*tp)
-            if info is None or self.broker_id not in info.replicas:
+        """Delete logs on disk that the image does not assign here: at once when the
+        topic exists (re-created under a new id, or the partition is someone else's),
+        after `STRAY_LOG_GRACE_MS` when the topic is absent (it was deleted while this
+        broker was down, or the image has not caught up yet)."""
+        assert self._first_image_ms is not None
+        settled = self.clock.monotonic_ms() - self._first_image_ms >= STRAY_LOG_GRACE_MS
+        for tp, (plog, topic_id) in list(self._loaded.items()):
+            topic = image.topics.get(tp[0])
+            if topic is None and not settled:
+                continue
+            info = topic.partitions.get(tp[1]) if topic is not None else None
+            if (topic is None or info is None or self.broker_id not in info.replicas
+                    or topic_id not in ("", topic.topic_id)):
                 log.info("broker=%d %s-%d: stray log (not assigned here); deleting",
                          self.broker_id, *tp)
                 del self._loaded[tp]
@@ -403,6 +417,8 @@ class ReplicaManager:
             log.warning("broker=%d cannot write HW checkpoint: %s", self.broker_id, exc)
 
     def _housekeeping(self) -> None:
+        if self._loaded and self.image is not None:
+            self._drop_stray_logs(self.image)
         for part in list(self.partitions.values()):
             plog = part.log
             try:

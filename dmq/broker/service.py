@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dmq.broker")
 
-CONTROLLED_SHUTDOWN_TIMEOUT_MS = 10_000
+MIN_CONTROLLED_SHUTDOWN_MS = 2000
 
 
 class BrokerService:
@@ -78,7 +78,12 @@ class BrokerService:
     async def stop(self) -> None:
         if self._started:
             try:
-                await self.lifecycle.controlled_shutdown(CONTROLLED_SHUTDOWN_TIMEOUT_MS)
+                # bounded by the node's shutdown grace: without a controller we still exit
+                timeout_ms = max(int(self.config.get("shutdown.grace.ms")),
+                                 MIN_CONTROLLED_SHUTDOWN_MS)
+                if not await self.lifecycle.controlled_shutdown(timeout_ms):
+                    log.warning("broker=%d leadership not moved away in %d ms; stopping anyway",
+                                self.broker_id, timeout_ms)
             except (DmqError, OSError, TimeoutError) as exc:
                 log.warning("broker=%d controlled shutdown incomplete: %s", self.broker_id, exc)
         self._started = False

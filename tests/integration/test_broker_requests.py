@@ -231,3 +231,30 @@ async def test_restart_recovers_log_and_hw(single, crash: bool) -> None:
 def test_header_layout_is_what_the_tests_assume() -> None:
     data = batch([b"a"])
     assert struct.unpack_from(">b", data, 16)[0] == 2
+
+
+async def test_logs_of_topics_deleted_or_recreated_while_down(single, monkeypatch) -> None:
+    import dmq.broker.replica_manager as rm
+
+    ctl, b = single
+    conn = await b.connect()
+    assert (await produce(conn, "t", 0, batch([b"old"] * 3)))[1] == 0
+    ctl.create_topic("gone", [[1]])
+    assert (await produce(conn, "gone", 0, batch([b"x"])))[1] == 0
+    await conn.close()
+    await b.stop()
+    parts = b.root / "b1" / "partitions"
+    # while the broker is down: "t" is deleted and re-created (new id), "gone" is deleted
+    ctl.delete_topic("t")
+    ctl.delete_topic("gone")
+    ctl.create_topic("t", [[1], [1]])
+    await b.start()
+    assert b.partition("t").log_end_offset == 0  # the new topic's log, not the old one
+    assert (parts / "gone-0").exists()  # absent topic: kept during the grace period
+    monkeypatch.setattr(rm, "STRAY_LOG_GRACE_MS", 0)
+    b.replicas.apply_image(ctl.image)
+    for _ in range(100):
+        if not any(p.name.startswith("gone-0") for p in parts.iterdir()):
+            break
+        await asyncio.sleep(0.02)
+    assert not any(p.name.startswith("gone-0") for p in parts.iterdir())
