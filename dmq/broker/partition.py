@@ -111,6 +111,7 @@ class Partition:
         self.replicas: tuple[int, ...] = ()
         self.isr: tuple[int, ...] = ()
         self.pending_isr: tuple[int, ...] | None = None
+        self.isr_retry_at_ms = 0  # no new proposal before this (after a refusal)
         self.min_insync_replicas = 1
         self.leader_epoch_start_offset = 0
         self.high_watermark = min(max(high_watermark, log_.log_start_offset), log_.log_end_offset)
@@ -300,7 +301,8 @@ class Partition:
 
     def isr_expansion(self) -> tuple[int, ...] | None:
         """A new ISR adding caught-up followers, or None (also while a proposal is pending)."""
-        if not self.is_leader or self.pending_isr is not None:
+        if (not self.is_leader or self.pending_isr is not None
+                or self._now_ms() < self.isr_retry_at_ms):
             return None
         add = [b for b, st in self.followers.items()
                if b not in self.isr and st.log_end_offset >= self.high_watermark
@@ -311,9 +313,9 @@ class Partition:
 
     def isr_shrink(self, lag_time_max_ms: int) -> tuple[int, ...] | None:
         """A new ISR without followers lagging longer than `lag_time_max_ms`, or None."""
-        if not self.is_leader or self.pending_isr is not None:
-            return None
         now = self._now_ms()
+        if not self.is_leader or self.pending_isr is not None or now < self.isr_retry_at_ms:
+            return None
         out = [b for b in self.isr if b != self.broker_id and (
             (st := self.followers.get(b)) is None or now - st.last_caught_up_ms > lag_time_max_ms)]
         if not out:
@@ -338,8 +340,10 @@ class Partition:
         self.maybe_advance_high_watermark()
         self._complete_acks()
 
-    def clear_pending_isr(self) -> None:
+    def clear_pending_isr(self, retry_after_ms: int = 0) -> None:
+        """The proposal failed or was refused: forget it, propose again after a pause."""
         self.pending_isr = None
+        self.isr_retry_at_ms = self._now_ms() + retry_after_ms
 
     # ------------------------------------------------------------------ follower side
 

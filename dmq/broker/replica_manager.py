@@ -45,6 +45,7 @@ HW_CHECKPOINT_INTERVAL_MS = 1000
 LOG_HOUSEKEEPING_INTERVAL_MS = 5000
 ALTER_PARTITION_TIMEOUT_MS = 5000
 ALTER_PARTITION_RETRY_MS = 200
+ALTER_PARTITION_REFUSED_RETRY_MS = 500
 # A log on disk whose topic is absent from the image is deleted only after this long:
 # the first images after a restart may still be catching up with the controller.
 STRAY_LOG_GRACE_MS = 10_000
@@ -370,7 +371,7 @@ class ReplicaManager:
                             exc)
                 for part, _, _, isr in batch.values():
                     if part.pending_isr == isr:
-                        part.clear_pending_isr()
+                        part.clear_pending_isr(ALTER_PARTITION_RETRY_MS)
                 await asyncio.sleep(ALTER_PARTITION_RETRY_MS / 1000)
                 continue
             self._apply_alter_response(batch, resp)
@@ -389,12 +390,12 @@ class ReplicaManager:
                 if err == ErrorCode.NONE:
                     part.apply_isr(leader_epoch, partition_epoch, tuple(isr))
                 else:
-                    log.info("broker=%d %s: AlterPartition refused: %s", self.broker_id,
-                             part.name, _code_name(err))
-                    part.clear_pending_isr()
+                    log.info("broker=%d %s: AlterPartition %s refused: %s", self.broker_id,
+                             part.name, list(entry[3]), _code_name(err))
+                    part.clear_pending_isr(ALTER_PARTITION_REFUSED_RETRY_MS)
         for tp, entry in batch.items():
             if tp not in answered:
-                entry[0].clear_pending_isr()
+                entry[0].clear_pending_isr(ALTER_PARTITION_RETRY_MS)
 
     # ------------------------------------------------------------------ checkpoints
 
