@@ -4,15 +4,9 @@ schemas, commit batching through `propose`, fencing answers, NOT_CONTROLLER."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
-from dmq.clock import SystemClock
-from dmq.config import SETTINGS
-from dmq.controller.group_service import register_group_handlers
-from dmq.controller.records import CreateTopic, records_to_wire
-from dmq.controller.state import MetadataState
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
@@ -21,45 +15,13 @@ from dmq.protocol.errors import (
     StaleMemberEpochError,
     UnknownMemberIdError,
 )
-from dmq.protocol.server import ProtocolServer
-
-
-class FakeHost:
-    """A single always-active controller whose proposals apply at once."""
-
-    def __init__(self) -> None:
-        self.clock = SystemClock()
-        self.state = MetadataState()
-        self.term: int | None = 1
-        self.index = 0
-        self.proposals: list[list[Any]] = []
-        self.apply([CreateTopic("t", "id-t", {}, tuple((101,) for _ in range(6)))])
-
-    def apply(self, records: list[Any]) -> None:
-        self.index += 1
-        self.state.apply_entry(self.index, records_to_wire(records))
-
-    def active_term(self) -> int | None:
-        return self.term
-
-    def not_active_error(self) -> Exception:
-        return NotControllerError("not me", leader=(2, "127.0.0.1", 9))
-
-    def setting(self, key: str) -> Any:
-        return SETTINGS[key].default
-
-    async def propose(self, records: list[Any]) -> None:
-        await asyncio.sleep(0.005)  # a quorum round trip
-        self.proposals.append(records)
-        self.apply(records)
+from tests.unit.groups.fake_host import FakeHost, start_fake_controller
 
 
 @pytest.fixture
 async def node():
     host = FakeHost()
-    server = ProtocolServer(host="127.0.0.1", port=0, node_id=1)
-    svc = register_group_handlers(server, host=host)
-    await server.start()
+    server, svc = await start_fake_controller(host)
     conn = await Connection.open("127.0.0.1", server.bound_port, client_id="test-client")
     yield host, conn, svc
     await conn.close()

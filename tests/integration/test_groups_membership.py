@@ -1,0 +1,182 @@
+"""GroupMembership (the consumer side) against the real group handlers on loopback:
+joins, cooperative rebalances with only-what-changed callbacks, commit before revoke,
+leave on close, fencing and rejoin, max_poll_interval."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+
+import pytest
+
+from dmq.client.group import GroupMembership, RebalanceListener
+from tests.unit.groups.fake_host import FakeHost, start_fake_controller
+
+TP = tuple[str, int]
+
+
+class FakeConsumer:
+    """Positions advance as if records were consumed; records the callbacks."""
+
+    def __init__(self) -> None:
+        self.positions: dict[TP, int] = {}
+        self.started: list[dict[TP, int | None]] = []
+        self.stopped: list[set[TP]] = []
+
+    def start_partitions(self, committed: Mapping[TP, int | None]) -> None:
+        self.started.append(dict(committed))
+        for tp, off in committed.items():
+            self.positions[tp] = off or 0
+
+    def stop_partitions(self, tps: Iterable[TP]) -> None:
+        tps = set(tps)
+        self.stopped.append(tps)
+        for tp in tps:
+            self.positions.pop(tp, None)
+
+    def consumed_positions(self, tps: Iterable[TP]) -> dict[TP, int]:
+        return {tp: self.positions[tp] for tp in tps if tp in self.positions}
+
+    def consume(self, n: int = 1) -> None:
+        for tp in self.positions:
+            self.positions[tp] += n
+
+
+class Recorder(RebalanceListener):
+    def __init__(self) -> None:
+        self.revoked: list[set[TP]] = []
+        self.assigned: list[set[TP]] = []
+        self.lost: list[set[TP]] = []
+
+    async def on_partitions_revoked(self, revoked):
+        self.revoked.append(revoked)
+
+    def on_partitions_assigned(self, assigned):
+        self.assigned.append(assigned)
+
+    def on_partitions_lost(self, lost):
+        self.lost.append(lost)
+
+
+@pytest.fixture
+async def controller():
+    host = FakeHost({"t": 6}, group_heartbeat_interval_ms=100)
+    server, svc = await start_fake_controller(host)
+    yield host, [("127.0.0.1", server.bound_port)]
+    await svc.close()
+    await server.close()
+
+
+def member(addr, **kw):
+    consumer = FakeConsumer()
+    listener = Recorder()
+    kw.setdefault("topics", ["t"])
+    m = GroupMembership(addr, "g", consumer, listener=listener, heartbeat_interval_ms=100,
+                        auto_commit_interval_ms=200, session_timeout_ms=2000, **kw)
+    m.start()
+    return m, consumer, listener
+
+
+async def until(pred, timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not pred():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def disjoint(*ms: GroupMembership) -> bool:
+    seen: set[TP] = set()
+    for m in ms:
+        if seen & m.owned:
+            return False
+        seen |= m.owned
+    return True
+
+
+async def test_two_then_three_members_with_commit_before_revoke(controller) -> None:
+    host, addr = controller
+    a, ca, la = member(addr)
+    assert await a.wait_for_assignment(5000)
+    await until(lambda: len(a.owned) == 6)
+    b, cb, lb = member(addr)
+    await until(lambda: len(a.owned) == 3 and len(b.owned) == 3)
+    assert disjoint(a, b)
+    ca.consume(5)
+    cb.consume(7)
+    before_a, before_b = set(a.owned), set(b.owned)
+    la.revoked.clear()
+    lb.revoked.clear()
+    c, cc, lc = member(addr)
+    await until(lambda: sorted(len(m.owned) for m in (a, b, c)) == [2, 2, 2])
+    assert disjoint(a, b, c)
+    revoked = set().union(*la.revoked, *lb.revoked)
+    assert len(revoked) == 2 and lc.assigned and set().union(*lc.assigned) == revoked
+    # the moved partitions were committed before being revoked, and c starts there
+    for tp in revoked:
+        want = 5 if tp in before_a else 7
+        assert cc.started[-1].get(tp, cc.started[0].get(tp)) == want or any(
+            s.get(tp) == want for s in cc.started)
+    assert a.owned <= before_a and b.owned <= before_b
+    for m in (a, b, c):
+        await m.close()
+
+
+async def test_close_leaves_and_the_other_member_takes_over(controller) -> None:
+    _, addr = controller
+    a, ca, la = member(addr)
+    b, cb, lb = member(addr)
+    await until(lambda: len(a.owned) == 3 and len(b.owned) == 3)
+    cb.consume(4)
+    b_parts = set(b.owned)
+    await b.close()
+    assert lb.revoked and set().union(*lb.revoked) == b_parts
+    await until(lambda: len(a.owned) == 6)
+    committed = await a.fetch_committed(b_parts)
+    assert all(v == 4 for v in committed.values())
+    assert all(ca.positions[tp] == 4 for tp in b_parts)
+    await a.close()
+
+
+async def test_auto_commit_and_manual_commit(controller) -> None:
+    _, addr = controller
+    a, ca, _ = member(addr)
+    await until(lambda: len(a.owned) == 6)
+    ca.consume(3)
+    await until(lambda: a._committed.get(("t", 0)) == 3)
+    done = await a.commit({("t", 0): 9, ("t", 99): 1})
+    assert done == {("t", 0): 9}  # a partition we do not own is not committed
+    assert (await a.fetch_committed([("t", 0)]))[("t", 0)] == 9
+    await a.close()
+
+
+async def test_fenced_member_loses_partitions_and_rejoins(controller) -> None:
+    host, addr = controller
+    a, ca, la = member(addr)
+    await until(lambda: len(a.owned) == 6)
+    old_id = a.member_id
+    host.term = 2  # a failover: the fresh coordinator adopts the member, keeps partitions
+    await asyncio.sleep(0.3)
+    assert a.member_id == old_id and len(a.owned) == 6 and not la.lost
+    # a wrong epoch gets FENCED_MEMBER_EPOCH: partitions lost, the member rejoins
+    a.member_epoch += 5
+    await until(lambda: bool(la.lost))
+    await until(lambda: len(a.owned) == 6)
+    await a.close()
+
+
+async def test_max_poll_interval_leaves_until_the_next_poll(controller) -> None:
+    _, addr = controller
+    a, ca, la = member(addr, max_poll_interval_ms=300)
+    b, cb, lb = member(addr)
+    await until(lambda: len(a.owned) == 3 and len(b.owned) == 3)
+    # a's application stops polling; b keeps polling
+    for _ in range(30):
+        b.note_poll()
+        await asyncio.sleep(0.02)
+    await until(lambda: len(b.owned) == 6 and not a.owned)
+    assert la.lost
+    a.note_poll()
+    await until(lambda: len(a.owned) == 3)
+    await a.close()
+    await b.close()
