@@ -11,4 +11,8 @@ if TYPE_CHECKING:
 
 def build_services(node: Node) -> list[Service]:
     services: list[Service] = []
+    if "broker" in node.spec.roles:
+        from dmq.broker.service import BrokerService
+
+        services.append(BrokerService(node))
     return services
