@@ -1,0 +1,460 @@
+"""`RaftNode`: the asyncio driver around `RaftCore`.
+
+It owns the tick timer (from an injected `Clock`), the transport (the native protocol:
+one `Connection` per peer for sending, handlers on the node's `ProtocolServer` for
+receiving), the storage, and the apply loop into a `StateMachine`. It holds no Raft
+logic: every decision is the core's.
+
+One task, the pump, is the only code that touches the core and the storage. Inputs
+(ticks, peer messages, proposals, reads, transfers) are queued and woken into it; the
+pump steps them into the core, then drains Ready batches following the core's contract:
+persist (fsync, in a worker thread so the loop keeps serving) -> send -> restore
+snapshot / apply committed entries -> resolve waiters -> `advance()`. Nothing reaches
+the core between `ready()` and `advance()` because only the pump calls either.
+
+Sending never blocks the pump: each peer has a bounded outbox drained by its sender
+task; when it overflows the oldest messages are dropped (Raft retransmits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dmq.clock import Cancellable, Clock
+from dmq.protocol.api import ApiKey
+from dmq.protocol.connection import Connection
+from dmq.protocol.errors import (
+    DmqError,
+    InvalidRequestError,
+    NodeShuttingDownError,
+    RequestTimedOutError,
+)
+from dmq.protocol.server import ProtocolServer, RequestContext
+from dmq.raft.core import (
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftConfig,
+    RaftCore,
+    RaftError,
+    Ready,
+    Role,
+)
+from dmq.raft.messages import (
+    NO_NODE,
+    AppendRequest,
+    Entry,
+    HeartbeatRequest,
+    MalformedMessageError,
+    Message,
+    Snapshot,
+    SnapshotRequest,
+    TimeoutNow,
+    VoteRequest,
+    message_from_wire,
+)
+from dmq.raft.storage import RaftStorage
+from dmq.types import NodeId, RaftIndex
+
+log = logging.getLogger("dmq.raft.node")
+
+RAFT_KEYS = (ApiKey.RAFT_REQUEST_VOTE, ApiKey.RAFT_APPEND_ENTRIES, ApiKey.RAFT_INSTALL_SNAPSHOT,
+             ApiKey.RAFT_TIMEOUT_NOW, ApiKey.RAFT_MESSAGE)
+
+
+class StateMachine(Protocol):
+    def apply(self, entries: Sequence[Entry]) -> None: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, snapshot: Snapshot) -> None: ...
+
+
+class ProposalOutcomeUnknownError(RaftError):
+    """The entry's slot was covered by a snapshot from the leader before we saw it."""
+
+
+@dataclass(frozen=True)
+class RaftNodeConfig:
+    node_id: NodeId
+    peers: dict[NodeId, tuple[str, int]]  # every other voter's address
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    snapshot_interval_entries: int = 10_000
+    max_outbox_messages: int = 4096
+    connect_timeout_ms: int = 1000
+    max_pending_inputs: int = 100_000
+    persist_in_thread: bool = True
+    core_options: dict[str, Any] = field(default_factory=dict)  # extra RaftConfig fields
+
+    def raft_config(self) -> RaftConfig:
+        voters = tuple(sorted((self.node_id, *self.peers)))
+        return RaftConfig(node_id=self.node_id, voters=voters,
+                          election_ticks=self.election_ticks,
+                          heartbeat_ticks=self.heartbeat_ticks, **self.core_options)
+
+
+def _api_key_of(m: Message) -> ApiKey:
+    if isinstance(m, (AppendRequest, HeartbeatRequest)):
+        return ApiKey.RAFT_APPEND_ENTRIES
+    if isinstance(m, VoteRequest):
+        return ApiKey.RAFT_REQUEST_VOTE
+    if isinstance(m, SnapshotRequest):
+        return ApiKey.RAFT_INSTALL_SNAPSHOT
+    if isinstance(m, TimeoutNow):
+        return ApiKey.RAFT_TIMEOUT_NOW
+    return ApiKey.RAFT_MESSAGE
+
+
+class _PeerSender:
+    """A bounded outbox to one peer and the task that drains it over one connection."""
+
+    def __init__(self, node: RaftNode, peer: NodeId, address: tuple[str, int]) -> None:
+        self.node = node
+        self.peer = peer
+        self.host, self.port = address
+        self.outbox: deque[Message] = deque()
+        self.wake = asyncio.Event()
+        self.conn: Connection | None = None
+        self.dropped = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def push(self, m: Message) -> None:
+        if len(self.outbox) >= self.node.config.max_outbox_messages:
+            self.outbox.popleft()
+            self.dropped += 1
+        self.outbox.append(m)
+        self.wake.set()
+
+    async def run(self) -> None:
+        backoff_ms = self.node.config.tick_ms
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.conn is None or self.conn.closed:
+                try:
+                    self.conn = await Connection.open(
+                        self.host, self.port, client_id=f"raft-{self.node.config.node_id}",
+                        connect_timeout_ms=self.node.config.connect_timeout_ms)
+                except DmqError as exc:
+                    # The peer is down: drop what we hold, Raft will resend what matters.
+                    log.debug("node=%s cannot reach peer %s: %s", self.node.config.node_id,
+                              self.peer, exc)
+                    self.dropped += len(self.outbox)
+                    self.outbox.clear()
+                    await asyncio.sleep(backoff_ms / 1000)
+                    continue
+            conn, me = self.conn, self.node.config.node_id
+            try:
+                while self.outbox:
+                    m = self.outbox.popleft()
+                    # Replies travel as messages of their own; the {} answer is ignored.
+                    conn.send_oneway(_api_key_of(m), {"from": me, "msg": m.to_wire()})
+            except DmqError:
+                self.outbox.clear()
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.conn is not None:
+            await self.conn.close()
+
+
+class RaftNode:
+    def __init__(self, config: RaftNodeConfig, storage: RaftStorage,
+                 state_machine: StateMachine, clock: Clock, rng: random.Random) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.storage = storage
+        self.sm = state_machine
+        self.clock = clock
+        self.rng = rng
+        self.core: RaftCore | None = None
+        self._inputs: deque[tuple[str, Any, Any]] = deque()
+        self._wake: asyncio.Event | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._timer: Cancellable | None = None
+        self._senders: dict[NodeId, _PeerSender] = {}
+        self._waiters: dict[int, tuple[int, asyncio.Future[RaftIndex]]] = {}
+        self._reads: dict[int, asyncio.Future[RaftIndex]] = {}
+        self._read_waits: list[tuple[int, asyncio.Future[RaftIndex]]] = []
+        self._role_changed: asyncio.Event | None = None
+        self._next_read_id = 0
+        self._stopping = False
+        self.stats = {"readies": 0, "persisted_entries": 0, "applied": 0, "sent": 0,
+                      "received": 0, "malformed": 0}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def register(self, server: ProtocolServer) -> None:
+        """Serve the Raft API keys on `server` (call before the server starts)."""
+        for key in RAFT_KEYS:
+            server.register(key, self._handle_message)
+
+    async def start(self) -> None:
+        state = self.storage.load()
+        applied = 0
+        if state.snapshot is not None:
+            self.sm.restore(state.snapshot)
+            applied = state.snapshot.index
+        self.core = RaftCore(self.config.raft_config(), state, self.rng, applied=applied)
+        self._wake = asyncio.Event()
+        self._role_changed = asyncio.Event()
+        for peer, address in self.config.peers.items():
+            sender = _PeerSender(self, peer, address)
+            sender.task = asyncio.create_task(sender.run(), name=f"raft-{self.id}-to-{peer}")
+            self._senders[peer] = sender
+        self._pump_task = asyncio.create_task(self._pump(), name=f"raft-{self.id}-pump")
+        self._pump_task.add_done_callback(self._pump_done)
+        self._schedule_tick()
+        log.info("node=%s raft started: term %s, last index %s, commit %s", self.id,
+                 self.core.term, self.core.log.last_index(), self.core.commit)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            await asyncio.gather(self._pump_task, return_exceptions=True)
+        for sender in self._senders.values():
+            await sender.close()
+        self._fail_all(NodeShuttingDownError("raft node stopped"))
+
+    def _pump_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("node=%s raft pump died", self.id, exc_info=task.exception())
+            self._fail_all(NodeShuttingDownError("raft pump failed"))
+
+    def _schedule_tick(self) -> None:
+        if not self._stopping:
+            self._timer = self.clock.call_later(self.config.tick_ms, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self._push(("tick", None, None))
+        self._schedule_tick()
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def _push(self, item: tuple[str, Any, Any]) -> None:
+        if len(self._inputs) >= self.config.max_pending_inputs and item[0] == "msg":
+            return  # overloaded: drop peer messages (Raft resends), never local requests
+        self._inputs.append(item)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _handle_message(self, ctx: RequestContext, body: Any) -> Any:
+        try:
+            m = message_from_wire(body["msg"])
+        except MalformedMessageError as exc:
+            self.stats["malformed"] += 1
+            raise InvalidRequestError(f"bad raft message: {exc}") from None
+        if m.src != body["from"] or m.dst != self.id:
+            raise InvalidRequestError("raft message not from its sender or not for this node")
+        self.stats["received"] += 1
+        self._push(("msg", m, None))
+        return {}
+
+    async def propose(self, data: bytes, timeout_ms: int = 10_000) -> RaftIndex:
+        """Replicate `data`; returns its index once committed and applied here.
+
+        Raises NotLeaderError (with the leader id) or ProposalDroppedError at once,
+        ProposalDroppedError if another leader overwrote it, RequestTimedOutError."""
+        fut = self._future()
+        self._push(("propose", data, fut))
+        return await self._wait(fut, timeout_ms, "proposal")
+
+    async def read_index(self, timeout_ms: int = 5_000) -> RaftIndex:
+        """A linearizable read point: once this returns, the state machine has applied
+        every write committed before the call."""
+        fut = self._future()
+        self._push(("read", None, fut))
+        return await self._wait(fut, timeout_ms, "read index")
+
+    async def transfer_leadership(self, target: NodeId | None = None,
+                                  timeout_ms: int | None = None) -> NodeId:
+        """Hand leadership to `target` (default: the most caught-up peer); returns the
+        new leader's id. Used for graceful shutdown."""
+        if timeout_ms is None:
+            timeout_ms = self.config.tick_ms * self.config.election_ticks * 2
+        fut = self._future()
+        self._push(("transfer", target, fut))
+        await self._wait(fut, timeout_ms, "leadership transfer")
+        core = self.core
+        assert core is not None and self._role_changed is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while not (core.role != Role.LEADER and core.leader_id != NO_NODE):
+            self._role_changed.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise RequestTimedOutError(
+                    f"leadership transfer did not finish in {timeout_ms} ms")
+            try:
+                await asyncio.wait_for(self._role_changed.wait(), remaining)
+            except TimeoutError:
+                pass
+        return core.leader_id
+
+    def handle_status(self, ctx: RequestContext, body: Any) -> Any:
+        """A RAFT_STATUS handler, for whoever serves that key."""
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        assert core is not None, "not started"
+        st = core.status()
+        return {
+            "node_id": st.node_id, "role": st.role.name, "term": st.term,
+            "leader_id": st.leader_id, "commit_index": st.commit_index,
+            "last_applied": st.applied_index, "last_log_index": st.last_index,
+            "snapshot_index": st.snapshot_index,
+            "peers": {int(p): int(m) for p, m in st.match_index.items()},
+        }
+
+    def _future(self) -> asyncio.Future[RaftIndex]:
+        if self._stopping or self.core is None:
+            raise NodeShuttingDownError("raft node is not running")
+        return asyncio.get_running_loop().create_future()
+
+    async def _wait(self, fut: asyncio.Future[RaftIndex], timeout_ms: int,
+                    what: str) -> RaftIndex:
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_ms / 1000)
+        except TimeoutError:
+            raise RequestTimedOutError(f"{what} not done in {timeout_ms} ms") from None
+
+    # -- the pump -----------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        assert self._wake is not None and self.core is not None
+        core = self.core
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            inputs, self._inputs = self._inputs, deque()
+            for kind, arg, fut in inputs:
+                self._feed(core, kind, arg, fut)
+            while core.has_ready():
+                rd = core.ready()
+                await self._handle_ready(core, rd)
+                core.advance(rd)
+                self._after_advance(core)
+
+    def _feed(self, core: RaftCore, kind: str, arg: Any, fut: Any) -> None:
+        if kind == "msg":
+            core.step(arg)
+        elif kind == "tick":
+            core.tick()
+        elif fut.done():
+            return  # the caller gave up already
+        elif kind == "propose":
+            try:
+                term, index = core.propose(arg)
+            except RaftError as exc:
+                fut.set_exception(exc)
+                return
+            self._waiters[index] = (term, fut)
+        elif kind == "read":
+            if core.role != Role.LEADER:
+                fut.set_exception(NotLeaderError(core.leader_id))
+                return
+            self._next_read_id += 1
+            self._reads[self._next_read_id] = fut
+            core.read_index(self._next_read_id)
+        elif kind == "transfer":
+            try:
+                core.transfer_leadership(arg if arg is not None else self._best_peer(core))
+            except (RaftError, ValueError) as exc:
+                fut.set_exception(exc)
+                return
+            fut.set_result(RaftIndex(0))
+
+    @staticmethod
+    def _best_peer(core: RaftCore) -> NodeId:
+        matches = core.status().match_index
+        peers = [p for p in core.peers]
+        assert peers, "a single-node cluster has nobody to transfer to"
+        return max(peers, key=lambda p: matches.get(p, 0))
+
+    async def _handle_ready(self, core: RaftCore, rd: Ready) -> None:
+        self.stats["readies"] += 1
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            if self.config.persist_in_thread:
+                await asyncio.to_thread(self.storage.persist, rd.hard_state, rd.entries,
+                                        rd.snapshot)
+            else:
+                self.storage.persist(rd.hard_state, rd.entries, rd.snapshot)
+            self.stats["persisted_entries"] += len(rd.entries)
+        for m in rd.messages:
+            sender = self._senders.get(m.dst)
+            if sender is not None:
+                sender.push(m)
+                self.stats["sent"] += 1
+        if rd.snapshot is not None:
+            self.sm.restore(rd.snapshot)
+            for index in [i for i in self._waiters if i <= rd.snapshot.index]:
+                _, fut = self._waiters.pop(index)
+                if not fut.done():
+                    fut.set_exception(ProposalOutcomeUnknownError(
+                        f"entry {index} was covered by a snapshot from the leader"))
+        if rd.committed_entries:
+            self.sm.apply(rd.committed_entries)
+            self.stats["applied"] += len(rd.committed_entries)
+            for entry in rd.committed_entries:
+                waiter = self._waiters.pop(entry.index, None)
+                if waiter is not None and not waiter[1].done():
+                    if waiter[0] == entry.term:
+                        waiter[1].set_result(entry.index)
+                    else:
+                        waiter[1].set_exception(ProposalDroppedError(
+                            f"entry {entry.index} was replaced by a newer leader's"))
+        for rs in rd.read_states:
+            read = self._reads.pop(rs.request_id, None)
+            if read is not None:
+                self._read_waits.append((rs.index, read))
+        for request_id in rd.dropped_reads:
+            read = self._reads.pop(request_id, None)
+            if read is not None and not read.done():
+                read.set_exception(NotLeaderError(core.leader_id))
+        if rd.soft_state is not None:
+            assert self._role_changed is not None
+            self._role_changed.set()
+            log.info("node=%s raft role %s term %s leader %s", self.id, rd.soft_state.role.name,
+                     core.term, rd.soft_state.leader_id)
+
+    def _after_advance(self, core: RaftCore) -> None:
+        applied = core.applied
+        if self._read_waits:
+            still = []
+            for index, fut in self._read_waits:
+                if index <= applied:
+                    if not fut.done():
+                        fut.set_result(RaftIndex(index))
+                else:
+                    still.append((index, fut))
+            self._read_waits = still
+        if applied - core.log.snap_index >= self.config.snapshot_interval_entries:
+            snapshot = core.compact(applied, self.sm.snapshot())
+            # Synchronous: the pump is the only storage user and compaction is rare.
+            self.storage.compact(snapshot)
+            log.info("node=%s raft snapshot at %s (%d bytes)", self.id, snapshot.index,
+                     len(snapshot.data))
+
+    def _fail_all(self, exc: Exception) -> None:
+        futures = [f for _, f in self._waiters.values()] + list(self._reads.values()) + [
+            f for _, f in self._read_waits]
+        futures += [f for kind, _, f in self._inputs if f is not None]
+        self._waiters.clear()
+        self._reads.clear()
+        self._read_waits = []
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(exc)

@@ -1,0 +1,223 @@
+"""RaftNode in one process: three nodes on ephemeral loopback ports, real files, real
+protocol, system clock with short ticks."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from dmq.clock import SystemClock
+from dmq.protocol.server import ProtocolServer
+from dmq.raft import Entry, FileStorage, NotLeaderError, Snapshot
+from dmq.raft.node import RaftNode, RaftNodeConfig
+from dmq.types import NodeId
+
+TICK_MS = 10
+
+
+class KV:
+    """A minimal key-value state machine: entry data is b"key=value"."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+        self.applied = 0
+        self.restored_from: int | None = None
+
+    def apply(self, entries: Sequence[Entry]) -> None:
+        for e in entries:
+            if e.data:
+                k, _, v = e.data.decode().partition("=")
+                self.data[k] = v
+            self.applied = e.index
+
+    def snapshot(self) -> bytes:
+        return msgpack.packb([self.applied, self.data])  # type: ignore[no-any-return]
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self.applied, self.data = msgpack.unpackb(snapshot.data)
+        self.restored_from = snapshot.index
+
+
+class Harness:
+    def __init__(self, tmp: Path, size: int = 3, snapshot_interval: int = 10_000) -> None:
+        self.tmp = tmp
+        self.ids = [NodeId(i) for i in range(1, size + 1)]
+        self.snapshot_interval = snapshot_interval
+        self.ports: dict[NodeId, int] = {}
+        self.servers: dict[NodeId, ProtocolServer] = {}
+        self.nodes: dict[NodeId, RaftNode] = {}
+        self.sms: dict[NodeId, KV] = {}
+        self.storages: dict[NodeId, FileStorage] = {}
+
+    async def start_all(self) -> None:
+        for i in self.ids:
+            server = ProtocolServer(host="127.0.0.1", port=self.ports.get(i, 0), node_id=i)
+            await server.start()
+            self.servers[i] = server
+            self.ports[i] = server.bound_port
+        for i in self.ids:
+            await self._start_node(i)
+
+    async def _start_node(self, i: NodeId) -> None:
+        peers = {p: ("127.0.0.1", self.ports[p]) for p in self.ids if p != i}
+        config = RaftNodeConfig(node_id=i, peers=peers, tick_ms=TICK_MS, election_ticks=10,
+                                heartbeat_ticks=2, snapshot_interval_entries=self.snapshot_interval)
+        storage = FileStorage(str(self.tmp / f"node{i}"))
+        sm = KV()
+        node = RaftNode(config, storage, sm, SystemClock(), random.Random(i))
+        node.register(self.servers[i])
+        await node.start()
+        self.nodes[i], self.sms[i], self.storages[i] = node, sm, storage
+
+    async def stop(self, i: NodeId) -> None:
+        await self.nodes.pop(i).stop()
+        await self.servers.pop(i).close(grace_ms=100)
+        self.storages.pop(i).close()
+
+    async def restart(self, i: NodeId) -> None:
+        server = ProtocolServer(host="127.0.0.1", port=self.ports[i], node_id=i)
+        await server.start()
+        self.servers[i] = server
+        await self._start_node(i)
+
+    async def stop_all(self) -> None:
+        for i in list(self.nodes):
+            await self.stop(i)
+
+    async def leader(self, timeout_s: float = 5.0, not_: NodeId | None = None) -> RaftNode:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            leaders = [n for i, n in self.nodes.items()
+                       if n.status()["role"] == "LEADER" and i != not_]
+            if len(leaders) == 1:
+                return leaders[0]
+            await asyncio.sleep(TICK_MS / 1000)
+        raise AssertionError("no single leader elected")
+
+    async def wait_applied(self, index: int, nodes: Sequence[NodeId] | None = None,
+                           timeout_s: float = 5.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        for i in nodes or list(self.nodes):
+            while self.nodes[i].status()["last_applied"] < index:
+                assert asyncio.get_running_loop().time() < deadline, (i, index)
+                await asyncio.sleep(TICK_MS / 1000)
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_elect_replicate_read_and_refuse_on_followers(tmp_path: Path) -> None:
+    async def main() -> None:
+        h = Harness(tmp_path)
+        await h.start_all()
+        try:
+            leader = await h.leader()
+            index = await leader.propose(b"a=1")
+            await h.wait_applied(index)
+            assert all(sm.data == {"a": "1"} for sm in h.sms.values())
+            read = await leader.read_index()
+            assert read >= index
+            follower = next(n for n in h.nodes.values() if n is not leader)
+            with pytest.raises(NotLeaderError) as err:
+                await follower.propose(b"b=2")
+            assert err.value.leader_id == leader.id
+            with pytest.raises(NotLeaderError):
+                await follower.read_index()
+            results = await asyncio.gather(*(leader.propose(b"k%d=%d" % (i, i))
+                                             for i in range(200)))
+            assert len(set(results)) == 200
+            await h.wait_applied(max(results))
+            assert all(len(sm.data) == 201 for sm in h.sms.values())
+            st = leader.status()
+            assert st["role"] == "LEADER" and st["commit_index"] >= max(results)
+            assert set(st["peers"]) == {1, 2, 3}
+        finally:
+            await h.stop_all()
+
+    run(main())
+
+
+def test_leader_failover_and_catch_up(tmp_path: Path) -> None:
+    async def main() -> None:
+        h = Harness(tmp_path)
+        await h.start_all()
+        try:
+            old = await h.leader()
+            await old.propose(b"before=1")
+            old_id = old.id
+            await h.stop(old_id)
+            new = await h.leader(not_=old_id)
+            assert new.id != old_id
+            index = await new.propose(b"after=2")
+            await h.restart(old_id)
+            await h.wait_applied(index)
+            assert h.sms[old_id].data == {"before": "1", "after": "2"}
+        finally:
+            await h.stop_all()
+
+    run(main())
+
+
+def test_leadership_transfer(tmp_path: Path) -> None:
+    async def main() -> None:
+        h = Harness(tmp_path)
+        await h.start_all()
+        try:
+            leader = await h.leader()
+            await leader.propose(b"x=1")
+            target = next(i for i in h.ids if i != leader.id)
+            assert await leader.transfer_leadership(target) == target
+            assert (await h.leader()).id == target
+        finally:
+            await h.stop_all()
+
+    run(main())
+
+
+def test_lagging_node_catches_up_by_snapshot(tmp_path: Path) -> None:
+    async def main() -> None:
+        h = Harness(tmp_path, snapshot_interval=50)
+        await h.start_all()
+        try:
+            leader = await h.leader()
+            down = next(i for i in h.ids if i != leader.id)
+            await h.stop(down)
+            last = 0
+            for batch in range(6):
+                last = max(await asyncio.gather(*(leader.propose(b"k%d=%d" % (batch * 50 + i, i))
+                                                  for i in range(50))))
+            assert leader.status()["snapshot_index"] > 0
+            await h.restart(down)
+            await h.wait_applied(last, [down])
+            assert h.sms[down].restored_from is not None
+            assert h.sms[down].data == h.sms[leader.id].data
+        finally:
+            await h.stop_all()
+
+    run(main())
+
+
+def test_full_cluster_restart_keeps_committed_entries(tmp_path: Path) -> None:
+    async def main() -> None:
+        h = Harness(tmp_path)
+        await h.start_all()
+        leader = await h.leader()
+        index = await leader.propose(b"precious=yes")
+        await h.stop_all()
+        await asyncio.sleep(0.05)
+        for i in h.ids:
+            await h.restart(i)
+        try:
+            leader = await h.leader()
+            await h.wait_applied(index)
+            assert all(sm.data == {"precious": "yes"} for sm in h.sms.values())
+        finally:
+            await h.stop_all()
+
+    run(main())
