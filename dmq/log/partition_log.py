@@ -38,9 +38,14 @@ from crc32c import crc32c
 
 from dmq.clock import Clock, SystemClock
 from dmq.log.batch import (
+    ATTR_KNOWN_MASK,
     ATTR_TIMESTAMP_TYPE,
     CRC_START,
+    HEADER_SIZE,
+    HEADER_STRUCT,
     LOG_OVERHEAD,
+    MAGIC,
+    MIN_BATCH_LENGTH,
     STAMP_STRUCT,
     BatchHeader,
     Buffer,
@@ -71,6 +76,7 @@ META_FILE = "meta.checkpoint"
 _MAX_RELATIVE_OFFSET = 0xFFFFFFFF
 _READ_PREFIX = struct.Struct(">qi11xi")  # base, length, last_offset_delta
 _STAMP_PACK = STAMP_STRUCT.pack
+_HEADER_UNPACK = HEADER_STRUCT.unpack_from
 _new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 
 
@@ -171,6 +177,65 @@ class PartitionLog:
         original batch's offsets come back with `duplicate=True` (Kafka's behaviour).
         """
         mv = buf if type(buf) is memoryview else memoryview(buf)
+        size = len(mv)
+        if size >= HEADER_SIZE and not self._log_append_time:
+            t = _HEADER_UNPACK(mv, 0)
+            if t[1] + LOG_OVERHEAD == size:
+                return self._append_one_as_leader(mv, t, size, leader_epoch)
+        return self._append_many_as_leader(mv, leader_epoch)
+
+    def _append_one_as_leader(self, mv: memoryview, t: tuple[int, ...], size: int,
+                              leader_epoch: int) -> LogAppendInfo:
+        """The common case, one batch per call, with everything inlined (hot path)."""
+        if (t[3] != MAGIC or t[1] < MIN_BATCH_LENGTH or t[12] < 1 or t[6] < t[12] - 1
+                or t[5] & ~ATTR_KNOWN_MASK):
+            validate_raw(mv)  # raises with the precise reason
+        if crc32c(mv[CRC_START:]) != t[4]:
+            raise CorruptRecordError("CRC mismatch in batch at position 0")
+        if size > self._max_message_bytes:
+            raise RecordTooLargeError(f"batch of {size} bytes > {self._max_message_bytes}")
+        with self._lock:
+            if self._closed:
+                raise LogClosedError(f"log {self.directory} is closed")
+            base = self._log_end_offset
+            if t[9] >= 0:
+                dup = self._check_producer(t, {})
+                if dup is not None:
+                    return dup
+            nxt = base + t[6] + 1
+            seg = self._segments[-1]
+            idx = seg.index
+            if seg.size_bytes and (
+                    seg.size_bytes + size > self._segment_bytes
+                    or nxt - seg.base_offset > _MAX_RELATIVE_OFFSET
+                    or len(idx._offsets) + 1 >= idx.capacity_entries  # noqa: SLF001
+                    or (seg.first_append_ms is not None
+                        and self.clock.monotonic_ms() - seg.first_append_ms
+                        >= self._segment_ms)):
+                seg = self._roll(base)
+            elif nxt - seg.base_offset > _MAX_RELATIVE_OFFSET:
+                seg = self._roll(base)
+            try:
+                seg.append((_STAMP_PACK(base, t[1], leader_epoch), mv[16:]), size,
+                           (base, 0, size, t[8]), nxt)
+            except OSError as exc:
+                self._closed = True
+                raise LogStorageError(f"append to {seg.path} failed: {exc}") from exc
+            if seg.first_append_ms is None:
+                seg.first_append_ms = self.clock.monotonic_ms()
+            self._log_end_offset = nxt
+            if leader_epoch > self._latest_epoch:
+                self.epoch_cache.assign(leader_epoch, base)
+                self._latest_epoch = self.epoch_cache.latest_epoch
+            if t[9] >= 0:
+                self.producer_state.update(t[9], t[10], t[11], (t[11] + t[6]) & 0x7FFFFFFF,
+                                           base, nxt - 1, t[8])
+            self._unflushed_messages += t[12]
+            if self._flush_messages is not None or self._flush_ms is not None:
+                self._maybe_flush_after_append()
+            return _new_tuple(LogAppendInfo, (base, nxt - 1, t[8], -1, t[12], size, False))
+
+    def _append_many_as_leader(self, mv: memoryview, leader_epoch: int) -> LogAppendInfo:
         raw = validate_raw(mv)
         max_bytes = self._max_message_bytes
         stamp = _STAMP_PACK
@@ -333,49 +398,63 @@ class PartitionLog:
             n = len(segs)
             while i < n:
                 seg = segs[i]
-                h = seg.find(offset)
-                if h is None:
-                    i += 1
-                    continue
-                return self._read_from(seg, h, max_bytes, limit, min_one_batch)
+                if (seg.read_hint_offset == offset
+                        and seg.read_hint_position < seg.size_bytes):
+                    start = seg.read_hint_position  # a sequential reader: no header lookup
+                else:
+                    h = seg.find(offset)
+                    if h is None:
+                        i += 1
+                        continue
+                    start = h.position
+                return self._read_from(seg, start, max_bytes, limit, min_one_batch)
             return memoryview(b"")
 
-    def _read_from(self, seg: LogSegment, h: BatchHeader, max_bytes: int, limit: int,
+    def _read_from(self, seg: LogSegment, start: int, max_bytes: int, limit: int,
                    min_one_batch: bool) -> memoryview:
-        first_size = h.batch_length + LOG_OVERHEAD
-        if h.base_offset + h.last_offset_delta >= limit:
-            return memoryview(b"")
-        if first_size > max_bytes and not min_one_batch:
-            return memoryview(b"")
-        start = h.position
-        want = min(max(max_bytes, first_size), seg.size_bytes - start)
+        """Read from the batch starting at `start` and cut to whole batches < `limit`."""
+        want = min(max_bytes if max_bytes > HEADER_SIZE else HEADER_SIZE,
+                   seg.size_bytes - start)
         try:
             data = seg.read(start, want)
+            got = len(data)
+            if got < HEADER_SIZE:
+                raise LogStorageError(f"short read of {seg.path} at {start}")
+            base, length, delta = _READ_PREFIX.unpack_from(data, 0)
+            first_size = length + LOG_OVERHEAD
+            if base + delta >= limit or (first_size > max_bytes and not min_one_batch):
+                return memoryview(b"")
+            if first_size > got:  # the first batch alone is larger than max_bytes
+                data = seg.read(start, first_size)
+                got = len(data)
+                if got < first_size:
+                    raise LogStorageError(f"short read of {seg.path} at {start}")
         except OSError as exc:
             raise LogStorageError(f"read of {seg.path} failed: {exc}") from exc
-        got = len(data)
-        if got < first_size:  # the file shrank underneath us: treat as storage failure
-            raise LogStorageError(f"short read of {seg.path} at {start}")
         end_abs = start + got
-        if got == seg.size_bytes - start and limit >= seg.next_offset:
-            return memoryview(data)  # whole tail of the segment: all whole batches
+        if end_abs == seg.size_bytes and limit >= seg.next_offset:
+            seg.read_hint_offset, seg.read_hint_position = seg.next_offset, end_abs
+            return memoryview(data)  # the whole tail of the segment: all whole batches
         # Jump close to the cut with the index, then walk the remaining few headers.
         e_off, e_pos = seg.index.floor_by_position(end_abs)
         if e_off >= limit:
             e_off, e_pos = seg.index.lookup(limit - 1)
-        pos = e_pos - start if e_pos > start else 0
         cut = first_size
-        unpack = _READ_PREFIX.unpack_from
-        if pos < cut:
-            pos = cut
-        elif pos > cut:
+        next_offset = base + delta + 1
+        pos = e_pos - start
+        if pos > cut:
             cut = pos  # the batch at an index point below the cut is whole and < limit
+            next_offset = e_off
+        unpack = _READ_PREFIX.unpack_from
+        pos = cut
         while got - pos >= 27:
             base, length, delta = unpack(data, pos)
             nxt = pos + length + LOG_OVERHEAD
             if nxt > got or base + delta >= limit:
                 break
             cut = pos = nxt
+            next_offset = base + delta + 1
+        seg.read_hint_offset, seg.read_hint_position = next_offset, start + cut
         mv = memoryview(data)
         return mv if cut == got else mv[:cut]
 
@@ -684,6 +763,8 @@ class PartitionLog:
             prev_next = seg.next_offset
         if not segs[-1].active:
             segs[-1].make_active()
+        if segs[-1].size_bytes:  # segment_ms counts from when this process saw it
+            segs[-1].first_append_ms = self.clock.monotonic_ms()
         self._segments = segs
         self._bases = [s.base_offset for s in segs]
         self._log_end_offset = segs[-1].next_offset

@@ -31,7 +31,8 @@ log = logging.getLogger("dmq.log")
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIMEINDEX_SUFFIX = ".timeindex"
-_SCAN_CHUNK_BYTES = 1 << 20
+_SCAN_CHUNK_BYTES = 1 << 20  # recovery: whole batches are needed for the CRC
+_WALK_CHUNK_BYTES = 8192  # header-only walks: about one index interval of headers
 
 
 def segment_name(base_offset: int) -> str:
@@ -77,6 +78,9 @@ class LogSegment:
         self.first_append_ms: int | None = None
         self.bytes_since_index = 0
         self.unflushed = False
+        # Where the last read stopped: a sequential reader's next offset starts there.
+        self.read_hint_offset = -1
+        self.read_hint_position = 0
 
     # ---------------------------------------------------------------- loading
 
@@ -116,6 +120,7 @@ class LogSegment:
         base offset is not below the previous batch's next offset (or `expected_base`).
         """
         res = ScanResult()
+        self.read_hint_offset = -1
         prev_next = self.base_offset if expected_base is None else max(
             expected_base, self.base_offset)
         self.index.reopen_writable(0)
@@ -166,10 +171,11 @@ class LogSegment:
         pos = position
         buf = b""
         buf_start = pos
+        chunk = _SCAN_CHUNK_BYTES if check_crc else _WALK_CHUNK_BYTES
         while pos < file_end:
             rel = pos - buf_start
             if len(buf) - rel < HEADER_SIZE:
-                buf = os.pread(fd, min(_SCAN_CHUNK_BYTES, file_end - pos), pos)
+                buf = os.pread(fd, min(chunk, file_end - pos), pos)
                 buf_start, rel = pos, 0
                 if len(buf) < HEADER_SIZE:
                     return  # torn header
@@ -225,7 +231,7 @@ class LogSegment:
         per batch, for index maintenance.
         """
         start = self.size_bytes
-        written = os.writev(self.fd, iov)
+        written = os.writev(self.fd, iov)  # one syscall; the stamped prefix + the rest
         if written != size_bytes:  # short write: undo so the file holds whole batches
             os.ftruncate(self.fd, start)
             raise OSError(f"short write to {self.path}: {written} of {size_bytes} bytes")
@@ -280,6 +286,7 @@ class LogSegment:
 
     def truncate_to(self, offset: int) -> int:
         """Remove batches whose last offset >= `offset`; returns bytes removed."""
+        self.read_hint_offset = -1
         h = self.find(offset)
         if h is None:
             return 0
