@@ -252,7 +252,7 @@ class GroupMembership:
         # coordinator moving, not ready, unreachable, or our static instance id still
         # held by our previous incarnation: back off and try again
         log.debug("group=%s heartbeat failed (%s), retry %d", self.group_id, exc, failures)
-        return min(self.heartbeat_interval_ms, 50 * 2 ** min(failures, 5))
+        return int(min(self.heartbeat_interval_ms, 50 * 2 ** min(failures, 5)))
 
     def _check_poll_interval(self) -> bool:
         if self._poll_expired or self.member_epoch <= 0:

@@ -114,10 +114,11 @@ def _rebalance(members: Mapping[str, MemberSpec], owned: dict[str, set[TopicPart
             for heavy in heavy_first:
                 if counts[heavy] <= counts[light] + 1:
                     break
-                topic = next((t for t in sorted(by_topic[heavy])
+                found = next((t for t in sorted(by_topic[heavy])
                               if t in light_topics and by_topic[heavy][t]), None)
-                if topic is None:
+                if found is None:
                     continue
+                topic = found
                 partition = by_topic[heavy][topic].pop()
                 if not by_topic[heavy][topic]:
                     del by_topic[heavy][topic]
