@@ -1,0 +1,147 @@
+"""The producer's record accumulator: per-partition queues of batches being filled,
+waiting to be sent, or waiting to be retried, and the per-record handles.
+
+Owns: `ProducerBatch` (one `BatchBuilder` from `dmq.log.batch`, one future, its
+sequence numbers once assigned), `PartitionQueue` (the batches of one partition in
+send order and its next sequence number), and `RecordHandle` (what `send` returns:
+the batch and the record's index in it, nothing else).
+
+Hot-path contract: appending a record creates no future, no task and no callback;
+it appends one small list to the open batch. The batch's single future resolves to
+its base offset and every handle derives its record's offset from it.
+
+A batch is *sealed* (encoded to bytes, sequence numbers fixed) the first time it is
+drained for sending and is resent byte for byte on retry, so the broker can
+deduplicate it. Retried batches go back to the front of their queue in sequence
+order; while a partition has a batch waiting for retry it sends one request at a time,
+which keeps records in order across retries (Kafka's rule with idempotence).
+
+Never imports the network: the sender in `producer.py` does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Generator
+from typing import Any
+
+from dmq.client.records import RecordMetadata
+from dmq.log.batch import BatchBuilder
+
+
+class ProducerBatch:
+    __slots__ = ("attempts", "base_sequence", "builder", "created_ms", "future", "partition",
+                 "queue", "reserved_bytes", "retry_at_ms", "sealed", "topic")
+
+    def __init__(self, queue: PartitionQueue, builder: BatchBuilder, now_ms: int,
+                 future: asyncio.Future[int]) -> None:
+        self.queue = queue
+        self.topic = queue.topic
+        self.partition = queue.partition
+        self.builder = builder
+        self.created_ms = now_ms
+        self.future = future
+        self.sealed: bytes | None = None
+        self.attempts = 0
+        self.retry_at_ms = 0
+        self.base_sequence = -1
+        self.reserved_bytes = 0
+
+    @property
+    def record_count(self) -> int:
+        return self.builder.record_count
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.sealed) if self.sealed is not None else self.builder.estimated_size_bytes
+
+    def seal(self, producer_id: int, producer_epoch: int, base_sequence: int) -> bytes:
+        b = self.builder
+        b.producer_id = producer_id
+        b.producer_epoch = producer_epoch
+        b.base_sequence = base_sequence
+        self.base_sequence = base_sequence
+        self.sealed = b.seal()
+        return self.sealed
+
+    def __repr__(self) -> str:
+        return (f"ProducerBatch({self.topic}-{self.partition} records={self.record_count} "
+                f"seq={self.base_sequence} attempts={self.attempts})")
+
+
+class PartitionQueue:
+    """Batches of one partition in send order; the last may still be filling (`open`)."""
+
+    __slots__ = ("batches", "in_flight", "next_sequence", "open", "partition", "topic")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.batches: deque[ProducerBatch] = deque()
+        self.open: ProducerBatch | None = None
+        self.in_flight = 0
+        self.next_sequence = 0
+
+    @property
+    def retrying(self) -> bool:
+        """A batch that was sent before is waiting at the front for its retry."""
+        return bool(self.batches) and self.batches[0].sealed is not None
+
+    def requeue(self, batch: ProducerBatch) -> None:
+        """Put a sent batch back in front, in sequence order among sent batches."""
+        i = 0
+        batches = self.batches
+        while (i < len(batches) and batches[i].sealed is not None
+               and 0 <= batches[i].base_sequence < batch.base_sequence):
+            i += 1
+        batches.insert(i, batch)
+
+
+class RecordHandle:
+    """Awaitable result of `Producer.send`: resolves to `RecordMetadata`.
+
+    Holds only its batch, its index in the batch and its timestamp; the offset is the
+    batch's base offset plus the index.
+    """
+
+    __slots__ = ("_batch", "_index", "_timestamp")
+
+    def __init__(self, batch: ProducerBatch, index: int, timestamp: int) -> None:
+        self._batch = batch
+        self._index = index
+        self._timestamp = timestamp
+
+    def _metadata(self, base_offset: int) -> RecordMetadata:
+        b = self._batch
+        return RecordMetadata(b.topic, b.partition,
+                              base_offset + self._index if base_offset >= 0 else -1,
+                              self._timestamp)
+
+    def __await__(self) -> Generator[Any, None, RecordMetadata]:
+        fut = self._batch.future
+        if not fut.done():
+            yield from fut.__await__()
+        return self._metadata(fut.result())
+
+    def done(self) -> bool:
+        return self._batch.future.done()
+
+    def result(self) -> RecordMetadata:
+        """The metadata, or raise the send's error (`InvalidStateError` if not done)."""
+        return self._metadata(self._batch.future.result())
+
+    def exception(self) -> BaseException | None:
+        return self._batch.future.exception()
+
+    def add_done_callback(self, fn: Callable[[RecordHandle], Any]) -> None:
+        """Call `fn(handle)` once the send completes (one callback per handle: use for
+        few records; the batch future itself carries no per-record state)."""
+        self._batch.future.add_done_callback(lambda _f: fn(self))
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "pending"
+        return f"<RecordHandle {self._batch.topic}-{self._batch.partition}#{self._index} {state}>"
+
+
+__all__ = ["PartitionQueue", "ProducerBatch", "RecordHandle"]

@@ -1,0 +1,637 @@
+"""The asyncio `Producer`: a public façade over the accumulator and one sender task.
+
+Usage::
+
+    async with Producer("127.0.0.1:9091") as p:
+        md = await p.send_and_wait("events", b"hello", key=b"user-1")
+        handle = await p.send("events", b"world")   # returns at once (or waits for
+        ...                                          # buffer space); the handle is
+        md = await handle                            # awaitable: RecordMetadata
+
+What it owns: partition choice (`dmq.client.partitioner`), appending records to the
+accumulator, buffer-memory backpressure, and the single background sender that
+drains ready batches per leader broker, keeps at most `max_in_flight` produce
+requests outstanding per broker, retries retriable failures with metadata refresh
+and backoff until `delivery_timeout_ms`, and resolves one future per batch.
+
+Idempotence (default with acks="all"): a producer id from the active controller
+(INIT_PRODUCER_ID), per-partition sequence numbers fixed when a batch is first sent,
+retried batches resent byte for byte so the broker drops duplicates, and order kept
+across retries (a partition with a batch awaiting retry sends one request at a
+time, earliest sequence first). A batch that fails for good after its sequence was
+fixed leaves a gap the broker would refuse forever; the producer then takes a new
+producer id once nothing is in flight and restarts every partition at sequence 0.
+
+Delivery guarantees, as in Kafka: an awaited handle that resolves was acknowledged
+per `acks`; one that raises may or may not have been written (a timeout cannot know).
+With idempotence a retried record is written at most once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from dmq.client.accumulator import PartitionQueue, ProducerBatch, RecordHandle
+from dmq.client.cluster import ClusterClient
+from dmq.client.errors import IllegalStateError, ProducerClosedError
+from dmq.client.partitioner import StickyPartitioner, partition_for_key
+from dmq.client.records import RecordMetadata, TopicPartition
+from dmq.clock import Clock, SystemClock
+from dmq.log.batch import HEADER_SIZE, BatchBuilder
+from dmq.log.codecs import CODEC_LZ4, CODEC_NONE, CODEC_ZSTD, codec_available
+from dmq.protocol.api import ApiKey
+from dmq.protocol.connection import Connection
+from dmq.protocol.errors import (
+    DmqError,
+    ErrorCode,
+    MessageTooLargeError,
+    NetworkError,
+    RequestTimedOutError,
+    UnknownTopicOrPartitionError,
+    error_for,
+)
+
+log = logging.getLogger("dmq.client.producer")
+
+COMPRESSION = {"none": CODEC_NONE, None: CODEC_NONE, "zstd": CODEC_ZSTD, "lz4": CODEC_LZ4}
+_RESET_NONE, _RESET_NEEDED, _RESET_RUNNING = 0, 1, 2
+_RECORD_OVERHEAD = 12  # msgpack array header, timestamp delta, nil markers (estimate)
+
+Serializer = Callable[[Any], bytes | None]
+
+
+def parse_acks(acks: int | str) -> int:
+    """0, 1, or -1/"all"; anything else is a ValueError."""
+    if acks in ("all", -1, "-1"):
+        return -1
+    if acks in (0, 1, "0", "1"):
+        return int(acks)
+    raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
+
+
+class Producer:
+    """Asynchronous producer. Start with `await start()` or `async with`."""
+
+    def __init__(self, bootstrap: str | Sequence[str], *, client_id: str = "dmq-producer",
+                 acks: int | str = "all", enable_idempotence: bool | None = None,
+                 linger_ms: int = 5, batch_size: int = 65_536,
+                 buffer_memory: int = 32 * 1024 * 1024, max_in_flight: int = 5,
+                 max_request_size: int = 1024 * 1024, compression_type: str | None = None,
+                 request_timeout_ms: int = 30_000, delivery_timeout_ms: int = 120_000,
+                 max_block_ms: int = 60_000, retry_backoff_ms: int = 100,
+                 retry_backoff_max_ms: int = 1_000,
+                 key_serializer: Serializer | None = None,
+                 value_serializer: Serializer | None = None,
+                 allow_auto_create_topics: bool = True,
+                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+        self.acks = parse_acks(acks)
+        if enable_idempotence is None:
+            enable_idempotence = self.acks == -1
+        if enable_idempotence and self.acks != -1:
+            raise ValueError("enable_idempotence requires acks='all'")
+        if enable_idempotence and not 1 <= max_in_flight <= 5:
+            raise ValueError("with idempotence max_in_flight must be 1..5 (the broker "
+                             "remembers the last 5 batches per producer)")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        if compression_type not in COMPRESSION:
+            raise ValueError(f"compression_type must be none, zstd or lz4, "
+                             f"got {compression_type!r}")
+        self.codec = COMPRESSION[compression_type]
+        if not codec_available(self.codec):
+            raise ValueError(f"compression {compression_type} needs its package installed "
+                             f"(pip install 'dmq[compression]')")
+        if linger_ms < 0 or batch_size < 1 or buffer_memory < batch_size:
+            raise ValueError("need linger_ms >= 0, batch_size >= 1, buffer_memory >= batch_size")
+        if delivery_timeout_ms < linger_ms + request_timeout_ms:
+            delivery_timeout_ms = linger_ms + request_timeout_ms
+        self.idempotent = enable_idempotence
+        self.linger_ms = linger_ms
+        self.batch_size = batch_size
+        self.buffer_memory = buffer_memory
+        self.max_in_flight = max_in_flight
+        self.max_request_size = max_request_size
+        self.request_timeout_ms = request_timeout_ms
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.max_block_ms = max_block_ms
+        self.key_serializer = key_serializer
+        self.value_serializer = value_serializer
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self.cluster = ClusterClient(bootstrap, client_id=client_id,
+                                     request_timeout_ms=request_timeout_ms,
+                                     retry_backoff_ms=retry_backoff_ms,
+                                     retry_backoff_max_ms=retry_backoff_max_ms,
+                                     allow_auto_create=allow_auto_create_topics,
+                                     rng=self._rng)
+        self._sticky = StickyPartitioner(self._rng)
+        self._queues: dict[str, dict[int, PartitionQueue]] = {}
+        self._pending_queues: set[PartitionQueue] = set()  # queues holding unsent batches
+        self._incomplete: set[ProducerBatch] = set()
+        self._buffered_bytes = 0
+        self._buffer_free: asyncio.Event | None = None
+        self._node_in_flight: dict[int, int] = {}
+        self._requests: set[asyncio.Task[None]] = set()
+        self._connecting: dict[int, asyncio.Task[None]] = {}
+        self._flushing = 0
+        self._producer_id = -1
+        self._producer_epoch = -1
+        self._reset_state = _RESET_NONE
+        self._sender: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._closing = False
+        self._closed = False
+        self._metadata_wanted = False
+        self._sent_any = False
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect (bootstrap metadata) and, with idempotence, get a producer id.
+        Raises `NetworkError` when no bootstrap node answers."""
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._buffer_free = asyncio.Event()
+        self._buffer_free.set()
+        try:
+            await self.cluster.refresh()
+            if self.idempotent:
+                await self._init_producer_id()
+        except BaseException:
+            await self.cluster.close()
+            raise
+        self._started = True
+        self._sender = self._loop.create_task(self._run_sender(), name="dmq-producer-sender")
+
+    async def _init_producer_id(self) -> None:
+        body = await self.cluster.controller_request(ApiKey.INIT_PRODUCER_ID, {})
+        self._producer_id = int(body["producer_id"])
+        self._producer_epoch = int(body["producer_epoch"])
+        log.debug("producer id %d epoch %d", self._producer_id, self._producer_epoch)
+
+    @property
+    def producer_id(self) -> int:
+        return self._producer_id
+
+    async def __aenter__(self) -> Producer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self, timeout_ms: int | None = None) -> None:
+        """Send everything accumulated, wait for the answers (bounded by the delivery
+        timeout, or `timeout_ms`), then close connections. Later sends raise
+        `ProducerClosedError`."""
+        if self._closed:
+            return
+        self._closing = True
+        if self._sender is not None:
+            self._flushing += 1
+            self._wakeup()
+            wait_s = (timeout_ms if timeout_ms is not None else self.delivery_timeout_ms) / 1000
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sender), wait_s)
+            except TimeoutError:
+                self._sender.cancel()
+                self._fail_all(RequestTimedOutError("producer closed before delivery"))
+            except Exception:
+                log.exception("producer sender failed")
+        self._closed = True
+        if self._requests:
+            await asyncio.wait(list(self._requests), timeout=1.0)
+        await self.cluster.close()
+
+    # ---- sending -----------------------------------------------------------------------
+    async def send(self, topic: str, value: Any = None, key: Any = None,
+                   partition: int | None = None,
+                   headers: Iterable[tuple[str, bytes]] | None = None,
+                   timestamp_ms: int | None = None) -> RecordHandle:
+        """Append a record; returns an awaitable handle (→ `RecordMetadata`).
+
+        Waits only for metadata of a topic seen for the first time and for buffer space
+        when `buffer_memory` is full (both bounded by `max_block_ms`).
+        """
+        if self._closing or not self._started:
+            if not self._started and not self._closing:
+                raise IllegalStateError("producer not started: use `async with` or start()")
+            raise ProducerClosedError("producer is closed")
+        if self.key_serializer is not None:
+            key = self.key_serializer(key)
+        if self.value_serializer is not None:
+            value = self.value_serializer(value)
+        hdrs = list(headers) if headers else None
+        size = _RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
+        if hdrs:
+            size += sum(len(k) + len(v) + 4 for k, v in hdrs)
+        if size + HEADER_SIZE > self.max_request_size:
+            raise MessageTooLargeError(f"record of {size} bytes is larger than "
+                                       f"max_request_size={self.max_request_size}")
+        if self._buffered_bytes + size > self.buffer_memory:
+            await self._wait_for_buffer(size)
+        parts = self._queues.get(topic)
+        if partition is None:
+            if parts is None or key is not None:
+                info = self.cluster.topic(topic)
+                if info is None:
+                    info = await self.cluster.wait_for_topic(topic, self.max_block_ms)
+                n = len(info.partitions)
+            else:
+                n = len(parts)
+            partition = partition_for_key(key, n) if key is not None else \
+                self._sticky.partition(topic, n)
+        elif parts is None or partition not in parts:
+            info = self.cluster.topic(topic) or await self.cluster.wait_for_topic(
+                topic, self.max_block_ms)
+            if not 0 <= partition < len(info.partitions):
+                raise UnknownTopicOrPartitionError(
+                    f"topic {topic!r} has {len(info.partitions)} partitions; no {partition}")
+        if parts is None:
+            info = self.cluster.topic(topic)
+            assert info is not None
+            parts = self._queues[topic] = {p.partition: PartitionQueue(topic, p.partition)
+                                           for p in info.partitions}
+        pq = parts.get(partition)
+        if pq is None:  # the topic grew since we built its queues
+            pq = parts[partition] = PartitionQueue(topic, partition)
+        ts = timestamp_ms if timestamp_ms is not None else self._clock.wall_ms()
+        batch = pq.open
+        if batch is None or batch.builder.estimated_size_bytes + size > self.batch_size:
+            full = batch is not None
+            batch = self._new_batch(pq)
+            if full and key is None:
+                self._sticky.on_new_batch(topic, partition, len(parts))
+            index = batch.builder.append(ts, key, value, hdrs)
+            batch.reserved_bytes += size
+            self._buffered_bytes += size
+            if full:
+                self._wakeup()
+                # let the sender ship the full batch now rather than after the burst
+                await asyncio.sleep(0)
+            return RecordHandle(batch, index, ts)
+        index = batch.builder.append(ts, key, value, hdrs)
+        batch.reserved_bytes += size
+        self._buffered_bytes += size
+        return RecordHandle(batch, index, ts)
+
+    async def send_and_wait(self, topic: str, value: Any = None, key: Any = None,
+                            partition: int | None = None,
+                            headers: Iterable[tuple[str, bytes]] | None = None,
+                            timestamp_ms: int | None = None) -> RecordMetadata:
+        """Send one record and wait for its acknowledgement."""
+        handle = await self.send(topic, value, key, partition, headers, timestamp_ms)
+        return await handle
+
+    async def flush(self, timeout_ms: int | None = None) -> None:
+        """Send everything accumulated now (ignoring linger) and wait until every batch
+        sent so far is answered. Errors stay with their handles."""
+        if not self._started:
+            return
+        pending = list(self._incomplete)
+        if not pending:
+            return
+        self._flushing += 1
+        self._wakeup()
+        try:
+            await asyncio.wait([b.future for b in pending],
+                               timeout=None if timeout_ms is None else timeout_ms / 1000)
+        finally:
+            self._flushing -= 1
+
+    async def partitions_for(self, topic: str) -> list[int]:
+        info = self.cluster.topic(topic) or await self.cluster.wait_for_topic(
+            topic, self.max_block_ms)
+        return [p.partition for p in info.partitions]
+
+    def _new_batch(self, pq: PartitionQueue) -> ProducerBatch:
+        loop = self._loop
+        assert loop is not None
+        batch = ProducerBatch(pq, BatchBuilder(self.codec), self._clock.monotonic_ms(),
+                              loop.create_future())
+        pq.batches.append(batch)
+        pq.open = batch
+        self._incomplete.add(batch)
+        if not self._pending_queues:
+            self._wakeup()  # the sender may be asleep with nothing to time
+        self._pending_queues.add(pq)
+        return batch
+
+    async def _wait_for_buffer(self, size: int) -> None:
+        assert self._buffer_free is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_block_ms / 1000
+        self._flushing += 1  # a full buffer should drain now, not after linger
+        self._wakeup()
+        try:
+            while self._buffered_bytes + size > self.buffer_memory and self._buffered_bytes:
+                self._buffer_free.clear()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise RequestTimedOutError(
+                        f"buffer_memory ({self.buffer_memory} bytes) still full after "
+                        f"max_block_ms={self.max_block_ms}")
+                try:
+                    await asyncio.wait_for(self._buffer_free.wait(), remaining)
+                except TimeoutError:
+                    pass
+                if self._closing:
+                    raise ProducerClosedError("producer is closed")
+        finally:
+            self._flushing -= 1
+
+    # ---- the sender --------------------------------------------------------------------
+    def _wakeup(self) -> None:
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _sleep(self, timeout_ms: float | None) -> None:
+        loop = self._loop
+        assert loop is not None
+        fut = self._wake = loop.create_future()
+        timer = None
+        if timeout_ms is not None:
+            timer = loop.call_later(max(0.0, timeout_ms) / 1000, self._wakeup)
+        try:
+            await fut
+        finally:
+            self._wake = None
+            if timer is not None:
+                timer.cancel()
+
+    async def _run_sender(self) -> None:
+        while True:
+            try:
+                self._sent_any = False
+                wait_ms = self._send_ready()
+                while self._sent_any:  # more may be ready with in-flight room left
+                    self._sent_any = False
+                    wait_ms = self._send_ready()
+            except Exception:
+                log.exception("producer sender step failed")
+                wait_ms = 100.0
+            if self._closing and not self._incomplete:
+                return
+            if self._metadata_wanted:
+                self._metadata_wanted = False
+                self.cluster.request_update()
+                wait_ms = min(wait_ms if wait_ms is not None else 1e9,
+                              float(self.cluster.retry_backoff_ms))
+            await self._sleep(wait_ms)
+
+    def _send_ready(self) -> float | None:
+        """One sender step: expire, pick ready batches per leader, send. Returns how long
+        the sender may sleep (ms) before something becomes ready on its own."""
+        now = self._clock.monotonic_ms()
+        linger = self.linger_ms
+        force = self._flushing > 0 or self._closing
+        wait_ms: float | None = None
+        by_node: dict[int, list[PartitionQueue]] = {}
+        done_queues = []
+        for pq in self._pending_queues:
+            batches = pq.batches
+            while batches and now - batches[0].created_ms >= self.delivery_timeout_ms:
+                b = batches.popleft()
+                if pq.open is b:
+                    pq.open = None
+                self._fail(b, RequestTimedOutError(
+                    f"{b.topic}-{b.partition}: {b.record_count} record(s) not delivered "
+                    f"within delivery_timeout_ms={self.delivery_timeout_ms}"))
+            if not batches:
+                done_queues.append(pq)
+                continue
+            first = batches[0]
+            if first.sealed is not None:
+                if pq.in_flight:
+                    continue  # retry mode: one request at a time for this partition
+                if first.retry_at_ms > now:
+                    wait_ms = _min(wait_ms, first.retry_at_ms - now)
+                    continue
+            elif not (force or first is not pq.open or
+                      first.builder.estimated_size_bytes >= self.batch_size):
+                due = first.created_ms + linger - now
+                if due > 0:
+                    wait_ms = _min(wait_ms, due)
+                    continue
+            if pq.in_flight >= self.max_in_flight:
+                continue
+            if first.sealed is None and self._reset_state:
+                continue  # new batches wait for the new producer id
+            leader, _epoch = self.cluster.leader_for(pq.topic, pq.partition)
+            if leader < 0:
+                self._metadata_wanted = True
+                continue
+            by_node.setdefault(leader, []).append(pq)
+        for pq in done_queues:
+            self._pending_queues.discard(pq)
+        for node, queues in by_node.items():
+            if self._node_in_flight.get(node, 0) >= self.max_in_flight:
+                continue
+            conn = self.cluster.cached_connection(node)
+            if conn is None:
+                self._maybe_connect(node)
+                continue
+            self._send_to(node, conn, queues, now)
+        if self._reset_state:
+            self._maybe_reset_producer_id()
+        return wait_ms
+
+    def _maybe_connect(self, node: int) -> None:
+        if node in self._connecting:
+            return
+
+        async def connect() -> None:
+            try:
+                await self.cluster.node_connection(node)
+            except DmqError as exc:
+                log.info("cannot connect to broker %d: %s", node, exc)
+                self._metadata_wanted = True
+                await asyncio.sleep(self.cluster.backoff_ms(1) / 1000)
+            finally:
+                self._connecting.pop(node, None)
+                self._wakeup()
+
+        assert self._loop is not None
+        self._connecting[node] = self._loop.create_task(connect())
+
+    def _send_to(self, node: int, conn: Connection, queues: list[PartitionQueue],
+                 now: int) -> None:
+        total = 0
+        topics: dict[str, list[list[Any]]] = {}
+        batches: list[ProducerBatch] = []
+        for pq in queues:
+            b = pq.batches[0]
+            if b.sealed is None:
+                size = b.builder.estimated_size_bytes
+                if batches and total + size > self.max_request_size:
+                    continue
+                seq = -1
+                if self.idempotent:
+                    seq = pq.next_sequence
+                    pq.next_sequence = (seq + b.record_count) & 0x7FFFFFFF
+                data = b.seal(self._producer_id, self._producer_epoch, seq)
+            else:
+                data = b.sealed
+                if batches and total + len(data) > self.max_request_size:
+                    continue
+            total += len(data)
+            pq.batches.popleft()
+            if pq.open is b:
+                pq.open = None
+            pq.in_flight += 1
+            b.attempts += 1
+            _epoch = self.cluster.leader_for(pq.topic, pq.partition)[1]
+            topics.setdefault(pq.topic, []).append([pq.partition, _epoch, data])
+            batches.append(b)
+        if not batches:
+            return
+        self._sent_any = True
+        body = {"acks": self.acks, "timeout_ms": self.request_timeout_ms,
+                "topics": [[t, ps] for t, ps in topics.items()]}
+        if self.acks == 0:
+            try:
+                conn.send_oneway(ApiKey.PRODUCE, body)
+            except DmqError as exc:
+                for b in batches:
+                    self._retry_or_fail(b, exc)
+                return
+            for b in batches:
+                self._complete(b, -1)
+            return
+        self._node_in_flight[node] = self._node_in_flight.get(node, 0) + 1
+        assert self._loop is not None
+        task = self._loop.create_task(self._produce(node, conn, body, batches))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def _produce(self, node: int, conn: Connection, body: dict[str, Any],
+                       batches: list[ProducerBatch]) -> None:
+        try:
+            resp = await conn.request(ApiKey.PRODUCE, body, timeout_ms=self.request_timeout_ms)
+        except DmqError as exc:
+            if exc.refresh_metadata or isinstance(exc, NetworkError):
+                self._metadata_wanted = True
+            for b in batches:
+                self._retry_or_fail(b, exc)
+        except Exception as exc:  # a bug; fail the batches rather than hang them
+            log.exception("produce to node %d failed", node)
+            for b in batches:
+                self._fail(b, exc)
+        else:
+            results: dict[tuple[str, int], list[Any]] = {}
+            for topic, parts in resp.get("topics", []):
+                for p in parts:
+                    results[(topic, p[0])] = p
+            for b in batches:
+                r = results.get((b.topic, b.partition))
+                if r is None:
+                    self._retry_or_fail(b, error_for(ErrorCode.UNKNOWN_SERVER_ERROR,
+                                                     "partition missing from produce response"))
+                elif r[1] == 0:
+                    self._complete(b, int(r[2]))
+                else:
+                    exc = error_for(r[1], r[4] if len(r) > 4 else None)
+                    if exc.refresh_metadata:
+                        self._metadata_wanted = True
+                    self._retry_or_fail(b, exc)
+        finally:
+            self._node_in_flight[node] -= 1
+            self._wakeup()
+
+    def _complete(self, b: ProducerBatch, base_offset: int) -> None:
+        b.queue.in_flight -= 1
+        self._release(b)
+        if not b.future.done():
+            b.future.set_result(base_offset)
+
+    def _retry_or_fail(self, b: ProducerBatch, exc: DmqError) -> None:
+        pq = b.queue
+        pq.in_flight -= 1
+        now = self._clock.monotonic_ms()
+        retriable = exc.retriable
+        if exc.code is ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER:
+            # an earlier batch of this partition failed and is being resent: our turn
+            # comes after it
+            retriable = pq.in_flight > 0 or pq.retrying
+        if retriable and now - b.created_ms < self.delivery_timeout_ms and not self._closed:
+            log.debug("retrying %r after %s", b, exc)
+            b.retry_at_ms = now + int(self.cluster.backoff_ms(b.attempts))
+            pq.requeue(b)
+            self._pending_queues.add(pq)
+        else:
+            self._fail(b, exc)
+
+    def _fail(self, b: ProducerBatch, exc: BaseException) -> None:
+        if b.base_sequence >= 0:
+            # its sequence range is now a gap the broker will never see filled
+            self._reset_state = self._reset_state or _RESET_NEEDED
+        self._release(b)
+        if not b.future.done():
+            b.future.set_exception(exc)
+            b.future.exception()  # mark retrieved: the owner of a handle may never await it
+
+    def _release(self, b: ProducerBatch) -> None:
+        self._incomplete.discard(b)
+        self._buffered_bytes -= b.reserved_bytes
+        b.reserved_bytes = 0
+        if self._buffer_free is not None and self._buffered_bytes <= self.buffer_memory:
+            self._buffer_free.set()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for pq in list(self._pending_queues):
+            while pq.batches:
+                self._fail(pq.batches.popleft(), exc)
+            pq.open = None
+        for b in list(self._incomplete):
+            self._fail(b, exc)
+
+    def _maybe_reset_producer_id(self) -> None:
+        """After a sequenced batch failed for good: once nothing is in flight or waiting
+        for retry, take a new producer id and restart every partition at sequence 0."""
+        if self._reset_state != _RESET_NEEDED:
+            return
+        if any(pq.in_flight or pq.retrying for pq in self._pending_queues) or \
+                any(self._node_in_flight.values()):
+            return
+        self._reset_state = _RESET_RUNNING
+
+        async def reset() -> None:
+            try:
+                await self._init_producer_id()
+                for parts in self._queues.values():
+                    for pq in parts.values():
+                        pq.next_sequence = 0
+                self._reset_state = _RESET_NONE
+            except DmqError as exc:
+                log.warning("cannot renew producer id: %s", exc)
+                self._reset_state = _RESET_NEEDED
+                await asyncio.sleep(self.cluster.backoff_ms(3) / 1000)
+            finally:
+                self._wakeup()
+
+        assert self._loop is not None
+        task = self._loop.create_task(reset())
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    # ---- introspection -----------------------------------------------------------------
+    @property
+    def buffered_bytes(self) -> int:
+        return self._buffered_bytes
+
+    def pending_partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(pq.topic, pq.partition) for pq in self._pending_queues]
+
+
+def _min(a: float | None, b: float) -> float:
+    return b if a is None or b < a else a
+
+
+__all__ = ["Producer", "RecordHandle", "parse_acks"]
