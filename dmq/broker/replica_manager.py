@@ -110,7 +110,7 @@ class ReplicaManager:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def load_logs(self, parallelism: int = 8) -> None:
+    async def load_logs(self, parallelism: int = 32) -> None:
         """Open (and recover) every partition log on disk, in worker threads."""
         self.partitions_dir.mkdir(parents=True, exist_ok=True)
         self._hw_loaded = self._hw_file.read()
