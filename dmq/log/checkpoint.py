@@ -26,22 +26,25 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes, sync: bool = True) -> None:
+    """Replace `path` with `data` atomically; `sync=False` skips the fsyncs (tests only)."""
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
+    if sync:
+        fsync_dir(os.path.dirname(path) or ".")
 
 
-def write_entries(path: str, entries: Iterable[Sequence[object]]) -> None:
+def write_entries(path: str, entries: Iterable[Sequence[object]], sync: bool = True) -> None:
     rows = [" ".join(str(f) for f in e) for e in entries]
     text = f"{VERSION}\n{len(rows)}\n" + "".join(r + "\n" for r in rows)
-    write_atomic(path, text.encode())
+    write_atomic(path, text.encode(), sync)
 
 
 def read_entries(path: str) -> list[list[str]] | None:

@@ -53,7 +53,7 @@ class CleanResult(NamedTuple):
     bytes_after: int
 
 
-def sweep_replacement_files(directory: str) -> None:
+def sweep_replacement_files(directory: str, sync: bool = True) -> None:
     """Undo unfinished cleans and finish committed ones (see the module docstring)."""
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
@@ -69,7 +69,8 @@ def sweep_replacement_files(directory: str) -> None:
                 except FileNotFoundError:
                     pass
             os.replace(path, stem + LOG_SUFFIX)
-    fsync_dir(directory)
+    if sync:
+        fsync_dir(directory)
 
 
 def _segment_batches(seg: LogSegment) -> Iterator[tuple[BatchHeader, bytes]]:
@@ -155,6 +156,7 @@ def _encode_run(h: BatchHeader, run: list[Record]) -> bytes:
 
 def _swap_in(plog: PartitionLog, old: LogSegment, batches: list[bytes]) -> LogSegment:
     directory = plog.directory
+    sync = plog.fsync_enabled
     log_path = old.path
     cleaned = log_path + CLEANED_SUFFIX
     swap = log_path + SWAP_SUFFIX
@@ -162,11 +164,13 @@ def _swap_in(plog: PartitionLog, old: LogSegment, batches: list[bytes]) -> LogSe
     try:
         if batches:
             os.writev(fd, batches)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(cleaned, swap)
-    fsync_dir(directory)  # commit point: from here the sweep finishes the swap
+    if sync:
+        fsync_dir(directory)  # commit point: from here the sweep finishes the swap
     old.index.close()
     old.time_index.close()
     os.close(old.fd)
@@ -177,7 +181,8 @@ def _swap_in(plog: PartitionLog, old: LogSegment, batches: list[bytes]) -> LogSe
         except FileNotFoundError:
             pass
     os.replace(swap, log_path)
-    fsync_dir(directory)
+    if sync:
+        fsync_dir(directory)
     cfg = plog.config
     new = LogSegment(directory, old.base_offset, cfg.segment_index_bytes,
                      cfg.index_interval_bytes, False, old.created_ms)

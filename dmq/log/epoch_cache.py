@@ -22,9 +22,10 @@ FILE_NAME = "leader-epoch-checkpoint"
 class LeaderEpochCache:
     """Sorted (epoch, start_offset) entries, persisted on every change (changes are rare)."""
 
-    def __init__(self, path: str, persist: bool = True) -> None:
+    def __init__(self, path: str, persist: bool = True, sync: bool = True) -> None:
         self.path = path
         self._persist = persist
+        self._sync = sync
         self._epochs: list[int] = []
         self._starts: list[int] = []
         rows = read_entries(path)
@@ -112,4 +113,4 @@ class LeaderEpochCache:
 
     def _flush(self) -> None:
         if self._persist:
-            write_entries(self.path, self.entries)
+            write_entries(self.path, self.entries, self._sync)

@@ -94,7 +94,11 @@ class LogAppendInfo(NamedTuple):
 
 
 class PartitionLog:
-    """One partition's log. Open with `PartitionLog.open(directory, config, clock)`."""
+    """One partition's log. Open with `PartitionLog.open(directory, config, clock)`.
+
+    `fsync_enabled=False` skips every fsync (data, checkpoints, folder): a process crash
+    is still recovered from, a power loss may not be. Meant for tests and tools.
+    """
 
     def __init__(self, directory: str, config: LogConfig | None = None,
                  clock: Clock | None = None, *, fsync_enabled: bool = True) -> None:
@@ -121,7 +125,8 @@ class PartitionLog:
         self._flush_ms = cfg.flush_ms
         self._log_append_time = cfg.message_timestamp_type == "LogAppendTime"
         os.makedirs(directory, exist_ok=True)
-        self.epoch_cache = LeaderEpochCache(os.path.join(directory, EPOCH_FILE))
+        self.epoch_cache = LeaderEpochCache(os.path.join(directory, EPOCH_FILE),
+                                            sync=fsync_enabled)
         self._latest_epoch = self.epoch_cache.latest_epoch
         self._load()
 
@@ -306,25 +311,36 @@ class PartitionLog:
             entries: list[int] = []
             records = 0
             max_ts = -1
+            max_epoch = -1
+            idempotent = False
             for t in raw:
-                if t[0] < expected:
+                base = t[0]
+                if base < expected:
                     raise UnexpectedAppendOffsetError(
-                        f"follower batch at offset {t[0]}, expected >= {expected}")
-                entries += (t[0], t[13], t[1] + LOG_OVERHEAD, t[8])
+                        f"follower batch at offset {base}, expected >= {expected}")
+                entries += (base, t[13], t[1] + LOG_OVERHEAD, t[8])
                 records += t[12]
                 if t[8] > max_ts:
                     max_ts = t[8]
-                expected = t[0] + t[6] + 1
+                if t[2] > max_epoch:
+                    max_epoch = t[2]
+                if t[9] >= 0:
+                    idempotent = True
+                expected = base + t[6] + 1
             first = raw[0][0]
             self._write([mv], len(mv), entries, first, expected)
-            cache = self.epoch_cache
-            for t in raw:
-                if t[2] > self._latest_epoch:
-                    cache.assign(t[2], t[0])
-                    self._latest_epoch = cache.latest_epoch
-                if t[9] >= 0:
-                    self.producer_state.update(t[9], t[10], t[11], (t[11] + t[6]) & 0x7FFFFFFF,
-                                               t[0], t[0] + t[6], t[8])
+            if max_epoch > self._latest_epoch:
+                cache = self.epoch_cache
+                for t in raw:
+                    if t[2] > self._latest_epoch:
+                        cache.assign(t[2], t[0])
+                        self._latest_epoch = cache.latest_epoch
+            if idempotent:
+                for t in raw:
+                    if t[9] >= 0:
+                        self.producer_state.update(t[9], t[10], t[11],
+                                                   (t[11] + t[6]) & 0x7FFFFFFF, t[0],
+                                                   t[0] + t[6], t[8])
             self._unflushed_messages += records
             if self._flush_messages is not None or self._flush_ms is not None:
                 self._maybe_flush_after_append()
@@ -705,7 +721,7 @@ class PartitionLog:
                 ("log_start_offset", self._log_start_offset),
                 ("clean_shutdown", 1 if clean else 0)]
         try:
-            write_entries(os.path.join(self.directory, META_FILE), rows)
+            write_entries(os.path.join(self.directory, META_FILE), rows, self.fsync_enabled)
         except OSError as exc:
             self._closed = True
             raise LogStorageError(f"checkpoint write failed: {exc}") from exc
@@ -715,7 +731,7 @@ class PartitionLog:
     def _load(self) -> None:
         from dmq.log.cleaner import sweep_replacement_files
 
-        sweep_replacement_files(self.directory)
+        sweep_replacement_files(self.directory, self.fsync_enabled)
         meta: dict[str, int] = {}
         for row in read_entries(os.path.join(self.directory, META_FILE)) or ():
             try:

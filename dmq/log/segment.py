@@ -251,9 +251,27 @@ class LogSegment:
                 self.max_timestamp = max_ts
                 self.offset_of_max_timestamp = base
         else:
+            # Many batches (follower fetches): the same logic with locals, no calls.
+            interval = self.index_interval_bytes
+            since = self.bytes_since_index
+            max_seen = self.max_timestamp
+            max_at = self.offset_of_max_timestamp
+            idx = self.index
             for i in range(0, len(entries), 4):
-                self._index_batch(entries[i], start + entries[i + 1], entries[i + 2],
-                                  entries[i + 3])
+                base, max_ts = entries[i], entries[i + 3]
+                if since > interval:
+                    idx.append(base, start + entries[i + 1])
+                    if max_ts > max_seen:
+                        self.time_index.maybe_append(max_ts, base)
+                    else:
+                        self.time_index.maybe_append(max_seen, max_at)
+                    since = 0
+                since += entries[i + 2]
+                if max_ts > max_seen:
+                    max_seen, max_at = max_ts, base
+            self.bytes_since_index = since
+            self.max_timestamp = max_seen
+            self.offset_of_max_timestamp = max_at
         self.size_bytes = start + size_bytes
         self.next_offset = next_offset
         self.unflushed = True
