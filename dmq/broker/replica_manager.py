@@ -432,6 +432,10 @@ class ReplicaManager:
 
     # ------------------------------------------------------------------ status
 
+    def has_movable_leadership(self) -> bool:
+        """True if some partition led here has another in-sync replica to take over."""
+        return any(p.is_leader and len(p.isr) > 1 for p in self.partitions.values())
+
     def info(self) -> dict[str, Any]:
         leaders = sum(1 for p in self.partitions.values() if p.is_leader)
         return {"partitions": len(self.partitions), "leaders": leaders,

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dmq.broker")
 
 MIN_CONTROLLED_SHUTDOWN_MS = 2000
+UNMOVABLE_SHUTDOWN_MS = 500
 
 
 class BrokerService:
@@ -78,9 +79,12 @@ class BrokerService:
     async def stop(self) -> None:
         if self._started:
             try:
-                # bounded by the node's shutdown grace: without a controller we still exit
+                # bounded by the node's shutdown grace: without a controller we still exit;
+                # leaderships with no other in-sync replica cannot move, so only announce
                 timeout_ms = max(int(self.config.get("shutdown.grace.ms")),
                                  MIN_CONTROLLED_SHUTDOWN_MS)
+                if not self.replicas.has_movable_leadership():
+                    timeout_ms = UNMOVABLE_SHUTDOWN_MS
                 if not await self.lifecycle.controlled_shutdown(timeout_ms):
                     log.warning("broker=%d leadership not moved away in %d ms; stopping anyway",
                                 self.broker_id, timeout_ms)
