@@ -1,0 +1,722 @@
+"""The asyncio `Consumer`: manual assignment, positions, prefetching fetches, decoding.
+
+Usage::
+
+    async with Consumer("127.0.0.1:9091", auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition("events", 0)])
+        async for record in c:
+            print(record.offset, record.value)
+
+What it owns: the assignment and each partition's state (position, pause flag,
+fetched-but-unread chunks), one background fetcher task that keeps at most one FETCH
+in flight per leader broker and up to `prefetch_fetches` undelivered responses per
+partition (so the next fetch is on the wire while the application works), position
+resets through LIST_OFFSETS, and decoding of records — which happens only in
+`getmany`/`getone`, in the caller's turn, a batch at a time.
+
+Where group subscription goes: `subscribe()` is the entry point the consumer-group
+work will fill in. It must only feed `_SubscriptionState.assign()` (plus
+committed-offset positions) from the coordinator's assignment; fetching, positions
+and decoding stay as they are. `commit`/`committed` belong to that work too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from dmq.client.cluster import ClusterClient
+from dmq.client.errors import ConsumerStoppedError, IllegalStateError, NoOffsetForPartitionError
+from dmq.client.records import ConsumerRecord, TopicPartition
+from dmq.log.batch import (
+    ATTR_CONTROL,
+    ATTR_TIMESTAMP_TYPE,
+    BatchHeader,
+    batch_crc_ok,
+    decode_records,
+    iter_headers,
+)
+from dmq.log.errors import CorruptRecordError, LogError
+from dmq.protocol.api import ApiKey
+from dmq.protocol.connection import Connection
+from dmq.protocol.errors import (
+    CorruptMessageError,
+    DmqError,
+    ErrorCode,
+    NetworkError,
+    OffsetOutOfRangeError,
+    RequestTimedOutError,
+    UnknownTopicOrPartitionError,
+    error_for,
+)
+
+log = logging.getLogger("dmq.client.consumer")
+
+Deserializer = Callable[[bytes | None], Any]
+EARLIEST = -2
+LATEST = -1
+
+
+class OffsetAndTimestamp(NamedTuple):
+    offset: int
+    timestamp: int
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """One partition's records bytes from one fetch, consumed batch by batch."""
+
+    data: bytes
+    headers: list[BatchHeader]
+    next_batch: int = 0
+    leftover: list[ConsumerRecord] = field(default_factory=list)
+    leftover_pos: int = 0
+
+
+@dataclass(slots=True)
+class _PartitionState:
+    tp: TopicPartition
+    position: int | None = None  # next offset to hand to the application
+    fetch_offset: int | None = None  # next offset to ask the broker for
+    reset: int | None = None  # EARLIEST/LATEST when the position must be looked up
+    paused: bool = False
+    generation: int = 0  # bumped by seek: answers to older fetches are dropped
+    chunks: deque[_Chunk] = field(default_factory=deque)
+    high_watermark: int = -1
+    log_start_offset: int = -1
+    backoff_until: float = 0.0
+    error: Exception | None = None
+
+
+class _SubscriptionState:
+    """The assigned partitions and their states. Group membership will call `assign`."""
+
+    def __init__(self) -> None:
+        self.states: dict[TopicPartition, _PartitionState] = {}
+
+    def assign(self, tps: Iterable[TopicPartition], default_reset: int | None) -> None:
+        wanted = list(dict.fromkeys(tps))
+        old = self.states
+        self.states = {tp: old.get(tp) or _PartitionState(tp, reset=default_reset)
+                       for tp in wanted}
+
+
+class Consumer:
+    """Asynchronous consumer. Start with `await start()` or `async with`."""
+
+    def __init__(self, bootstrap: str | Sequence[str], *, client_id: str = "dmq-consumer",
+                 group_id: str | None = None, auto_offset_reset: str = "latest",
+                 fetch_max_wait_ms: int = 500, fetch_min_bytes: int = 1,
+                 fetch_max_bytes: int = 50 * 1024 * 1024,
+                 max_partition_fetch_bytes: int = 1024 * 1024, prefetch_fetches: int = 2,
+                 max_poll_records: int | None = None, check_crcs: bool = True,
+                 request_timeout_ms: int = 30_000, retry_backoff_ms: int = 100,
+                 retry_backoff_max_ms: int = 1_000,
+                 key_deserializer: Deserializer | None = None,
+                 value_deserializer: Deserializer | None = None,
+                 rng: random.Random | None = None) -> None:
+        if auto_offset_reset not in ("earliest", "latest", "none"):
+            raise ValueError("auto_offset_reset must be earliest, latest or none")
+        if prefetch_fetches < 1:
+            raise ValueError("prefetch_fetches must be at least 1")
+        self.group_id = group_id
+        self.auto_offset_reset = auto_offset_reset
+        self._default_reset = {"earliest": EARLIEST, "latest": LATEST, "none": None}[
+            auto_offset_reset]
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.fetch_min_bytes = fetch_min_bytes
+        self.fetch_max_bytes = fetch_max_bytes
+        self.max_partition_fetch_bytes = max_partition_fetch_bytes
+        self.prefetch_fetches = prefetch_fetches
+        self.max_poll_records = max_poll_records
+        self.check_crcs = check_crcs
+        self.request_timeout_ms = request_timeout_ms
+        self.key_deserializer = key_deserializer
+        self.value_deserializer = value_deserializer
+        self.cluster = ClusterClient(bootstrap, client_id=client_id,
+                                     request_timeout_ms=request_timeout_ms,
+                                     retry_backoff_ms=retry_backoff_ms,
+                                     retry_backoff_max_ms=retry_backoff_max_ms, rng=rng)
+        self._sub = _SubscriptionState()
+        self._fetching: dict[int, asyncio.Task[None]] = {}
+        self._node_backoff: dict[int, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connecting: set[int] = set()
+        self._resetting = False
+        self._fetcher: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._data_ready: asyncio.Event | None = None
+        self._iter_buffer: deque[ConsumerRecord] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._closed = False
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Fetch bootstrap metadata; raises `NetworkError` when no node answers."""
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._data_ready = asyncio.Event()
+        try:
+            await self.cluster.refresh()
+        except BaseException:
+            await self.cluster.close()
+            raise
+        self._started = True
+        self._fetcher = self._loop.create_task(self._run_fetcher(), name="dmq-consumer-fetcher")
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._fetcher, *self._fetching.values(), *self._tasks) if t]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        if self._data_ready is not None:
+            self._data_ready.set()
+        await self.cluster.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConsumerStoppedError("consumer is closed")
+        if not self._started:
+            raise IllegalStateError("consumer not started: use `async with` or start()")
+
+    # ---- assignment ------------------------------------------------------------------
+    def assign(self, partitions: Iterable[TopicPartition | tuple[str, int]]) -> None:
+        """Consume exactly these partitions (replaces any earlier assignment). New
+        partitions start at `auto_offset_reset` unless `seek` says otherwise."""
+        tps = [TopicPartition(str(t), int(p)) for t, p in partitions]
+        self._sub.assign(tps, self._default_reset)
+        self.cluster.want_topics(tp.topic for tp in tps)
+        self._wakeup()
+
+    def subscribe(self, topics: Iterable[str], group_id: str | None = None) -> None:
+        """Group subscription with coordinator-side assignment: not built yet (arrives
+        with consumer groups). Use `assign`."""
+        raise NotImplementedError("group subscription is not available yet; use assign()")
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._sub.states)
+
+    async def partitions_for_topic(self, topic: str) -> list[int]:
+        info = self.cluster.topic(topic) or await self.cluster.wait_for_topic(
+            topic, self.request_timeout_ms)
+        return [p.partition for p in info.partitions]
+
+    async def topic_partitions(self, topic: str) -> list[TopicPartition]:
+        return [TopicPartition(topic, p) for p in await self.partitions_for_topic(topic)]
+
+    def _state(self, tp: TopicPartition | tuple[str, int]) -> _PartitionState:
+        st = self._sub.states.get(TopicPartition(*tp))
+        if st is None:
+            raise IllegalStateError(f"partition {tp[0]}-{tp[1]} is not assigned")
+        return st
+
+    # ---- positions ---------------------------------------------------------------------
+    def seek(self, tp: TopicPartition | tuple[str, int], offset: int) -> None:
+        """Next `getmany` for `tp` starts at `offset`; buffered data is dropped."""
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        st = self._state(tp)
+        self._set_position(st, offset)
+
+    def _set_position(self, st: _PartitionState, offset: int) -> None:
+        st.position = offset
+        st.fetch_offset = offset
+        st.reset = None
+        st.error = None
+        st.generation += 1
+        st.chunks.clear()
+        self._wakeup()
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        await self._seek_to(EARLIEST, tps)
+
+    async def seek_to_end(self, *tps: TopicPartition) -> None:
+        await self._seek_to(LATEST, tps)
+
+    async def _seek_to(self, which: int, tps: Sequence[TopicPartition]) -> None:
+        self._check_open()
+        targets = [self._state(tp) for tp in tps] if tps else list(self._sub.states.values())
+        offsets = await self._list_offsets({st.tp: which for st in targets})
+        for st in targets:
+            if self._sub.states.get(st.tp) is st:
+                self._set_position(st, offsets[st.tp][0])
+
+    async def position(self, tp: TopicPartition | tuple[str, int]) -> int:
+        """The offset of the next record `getmany` will return for `tp`."""
+        self._check_open()
+        st = self._state(tp)
+        if st.position is None:
+            await self._reset_positions([st])
+        if st.position is None:
+            raise NoOffsetForPartitionError(f"no position for {st.tp.topic}-{st.tp.partition}")
+        return st.position
+
+    def highwater(self, tp: TopicPartition | tuple[str, int]) -> int:
+        """High watermark seen in the last fetch (-1 before the first)."""
+        return self._state(tp).high_watermark
+
+    def last_stable_offset(self, tp: TopicPartition | tuple[str, int]) -> int:
+        return self.highwater(tp)
+
+    async def beginning_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        self._check_open()
+        res = await self._list_offsets({TopicPartition(*tp): EARLIEST for tp in tps})
+        return {tp: off for tp, (off, _ts) in res.items()}
+
+    async def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        self._check_open()
+        res = await self._list_offsets({TopicPartition(*tp): LATEST for tp in tps})
+        return {tp: off for tp, (off, _ts) in res.items()}
+
+    async def offsets_for_times(self, timestamps: dict[TopicPartition, int]
+                                ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        """First offset whose timestamp is >= the given ms, per partition (None: none)."""
+        self._check_open()
+        for ts in timestamps.values():
+            if ts < 0:
+                raise ValueError("timestamps must be >= 0")
+        res = await self._list_offsets({TopicPartition(*tp): ts for tp, ts in timestamps.items()})
+        return {tp: (OffsetAndTimestamp(off, ts) if off >= 0 else None)
+                for tp, (off, ts) in res.items()}
+
+    async def _list_offsets(self, query: dict[TopicPartition, int]
+                            ) -> dict[TopicPartition, tuple[int, int]]:
+        """LIST_OFFSETS to each partition's leader, retrying retriable errors with a
+        metadata refresh until `request_timeout_ms`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout_ms / 1000
+        self.cluster.want_topics(tp.topic for tp in query)
+        result: dict[TopicPartition, tuple[int, int]] = {}
+        todo = dict(query)
+        attempt = 0
+        last: Exception | None = None
+        while todo:
+            if attempt:
+                if loop.time() >= deadline:
+                    raise RequestTimedOutError(f"list offsets not answered in "
+                                               f"{self.request_timeout_ms} ms: {last}")
+                await asyncio.sleep(self.cluster.backoff_ms(attempt) / 1000)
+                await self.cluster.refresh(force=False)
+            attempt += 1
+            for tp in todo:
+                if self.cluster.topic(tp.topic) is None:
+                    await self.cluster.wait_for_topic(tp.topic, self.request_timeout_ms)
+            by_node: dict[int, dict[str, list[list[int]]]] = {}
+            for tp, ts in todo.items():
+                info = self.cluster.topic(tp.topic)
+                assert info is not None
+                if tp.partition >= len(info.partitions):
+                    raise UnknownTopicOrPartitionError(f"{tp.topic} has no partition "
+                                                       f"{tp.partition}")
+                leader, _epoch = self.cluster.leader_for(tp.topic, tp.partition)
+                if leader < 0:
+                    last = error_for(ErrorCode.LEADER_NOT_AVAILABLE, f"{tp.topic}-{tp.partition}")
+                    continue
+                by_node.setdefault(leader, {}).setdefault(tp.topic, []).append([tp.partition, ts])
+
+            async def ask(node: int, topics: dict[str, list[list[int]]]) -> Any:
+                conn = await self.cluster.node_connection(node)
+                return await conn.request(ApiKey.LIST_OFFSETS,
+                                          {"topics": [[t, ps] for t, ps in topics.items()]},
+                                          timeout_ms=self.request_timeout_ms)
+
+            answers = await asyncio.gather(*(ask(n, t) for n, t in by_node.items()),
+                                           return_exceptions=True)
+            for ans in answers:
+                if isinstance(ans, DmqError):
+                    if not ans.retriable:
+                        raise ans
+                    last = ans
+                    continue
+                if isinstance(ans, BaseException):
+                    raise ans
+                for topic, parts in ans["topics"]:
+                    for partition, err, ts, offset in parts:
+                        tp = TopicPartition(topic, partition)
+                        if err:
+                            exc = error_for(err, f"list offsets {topic}-{partition}")
+                            if not exc.retriable:
+                                raise exc
+                            last = exc
+                            continue
+                        if tp in todo:
+                            result[tp] = (int(offset), int(ts))
+                            del todo[tp]
+        return result
+
+    async def _reset_positions(self, states: list[_PartitionState]) -> None:
+        query = {}
+        for st in states:
+            if st.position is not None:
+                continue
+            if st.reset is None:
+                st.error = NoOffsetForPartitionError(
+                    f"no offset for {st.tp.topic}-{st.tp.partition} and "
+                    f"auto_offset_reset='none'; seek first")
+                continue
+            query[st.tp] = st.reset
+        if not query:
+            return
+        gens = {st.tp: st.generation for st in states}
+        offsets = await self._list_offsets(query)
+        for tp, (off, _ts) in offsets.items():
+            st = self._sub.states.get(tp)
+            if st is not None and st.generation == gens.get(tp) and st.position is None:
+                self._set_position(st, off)
+
+    # ---- pause / resume ----------------------------------------------------------------
+    def pause(self, *tps: TopicPartition) -> None:
+        """Stop fetching and returning records for these partitions (positions kept)."""
+        for tp in tps:
+            self._state(tp).paused = True
+
+    def resume(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self._state(tp).paused = False
+        self._wakeup()
+
+    def paused(self) -> set[TopicPartition]:
+        return {tp for tp, st in self._sub.states.items() if st.paused}
+
+    # ---- reading -----------------------------------------------------------------------
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None
+                      ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Records fetched so far, waiting up to `timeout_ms` for the first. Returns
+        {partition: [records in offset order]} (empty dict on timeout). Raises a fetch
+        error (e.g. `OffsetOutOfRangeError` with auto_offset_reset='none',
+        `CorruptMessageError` with check_crcs) for a partition that has one."""
+        self._check_open()
+        limit = max_records or self.max_poll_records or 1 << 62
+        wanted = [TopicPartition(*tp) for tp in partitions] if partitions else None
+        assert self._data_ready is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while True:
+            out = self._collect(wanted, limit)
+            if out or self._closed:
+                return out
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return out
+            self._data_ready.clear()
+            try:
+                await asyncio.wait_for(self._data_ready.wait(), remaining)
+            except TimeoutError:
+                return self._collect(wanted, limit)
+
+    def _collect(self, wanted: list[TopicPartition] | None, limit: int
+                 ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        out: dict[TopicPartition, list[ConsumerRecord]] = {}
+        states = self._sub.states
+        targets = [states[tp] for tp in wanted if tp in states] if wanted else states.values()
+        freed = False
+        for st in targets:
+            if st.error is not None:
+                exc, st.error = st.error, None
+                raise exc
+            if st.paused or not st.chunks:
+                continue
+            records = self._take(st, limit)
+            if len(st.chunks) < self.prefetch_fetches:
+                freed = True
+            if records:
+                out[st.tp] = records
+                limit -= len(records)
+                if limit <= 0:
+                    break
+        if freed:
+            self._wakeup()
+        return out
+
+    def _take(self, st: _PartitionState, limit: int) -> list[ConsumerRecord]:
+        out: list[ConsumerRecord] = []
+        position = st.position if st.position is not None else 0
+        chunks = st.chunks
+        while chunks and limit > 0:
+            ch = chunks[0]
+            if ch.leftover_pos < len(ch.leftover):
+                take = ch.leftover[ch.leftover_pos:ch.leftover_pos + limit]
+                ch.leftover_pos += len(take)
+                out.extend(take)
+                limit -= len(take)
+                position = take[-1].offset + 1
+                if ch.leftover_pos >= len(ch.leftover):
+                    position = max(position, ch.headers[ch.next_batch - 1].next_offset)
+                continue
+            if ch.next_batch >= len(ch.headers):
+                chunks.popleft()
+                continue
+            h = ch.headers[ch.next_batch]
+            ch.next_batch += 1
+            if h.last_offset < position or h.attributes & ATTR_CONTROL:
+                position = max(position, h.next_offset)
+                continue
+            if self.check_crcs and not batch_crc_ok(ch.data, h.position):
+                ch.next_batch -= 1
+                st.position = position
+                raise CorruptMessageError(
+                    f"{st.tp.topic}-{st.tp.partition}: batch at offset {h.base_offset} "
+                    f"failed its CRC-32C check")
+            records = self._decode(st.tp, ch.data, h, position)
+            if len(records) <= limit:
+                out.extend(records)
+                limit -= len(records)
+                position = h.next_offset
+            else:
+                out.extend(records[:limit])
+                ch.leftover = records
+                ch.leftover_pos = limit
+                position = records[limit - 1].offset + 1
+                limit = 0
+        st.position = position
+        return out
+
+    def _decode(self, tp: TopicPartition, data: bytes, h: BatchHeader,
+                position: int) -> list[ConsumerRecord]:
+        try:
+            raw = decode_records(data, h)
+        except (CorruptRecordError, LogError) as exc:
+            raise CorruptMessageError(f"{tp.topic}-{tp.partition}: {exc}") from exc
+        topic, partition = tp
+        ts_type = 1 if h.attributes & ATTR_TIMESTAMP_TYPE else 0
+        if ts_type:
+            lat = h.max_timestamp
+            raw = [r._replace(timestamp=lat) for r in raw]
+        kd, vd = self.key_deserializer, self.value_deserializer
+        new = ConsumerRecord
+        if kd is None and vd is None:
+            return [new(topic, partition, r[0], r[1], ts_type, r[2], r[3], r[4])
+                    for r in raw if r[0] >= position]
+        kd = kd or _identity
+        vd = vd or _identity
+        return [new(topic, partition, r[0], r[1], ts_type, kd(r[2]), vd(r[3]), r[4])
+                for r in raw if r[0] >= position]
+
+    async def getone(self, *partitions: TopicPartition) -> ConsumerRecord:
+        """The next record (waits as long as it takes)."""
+        if partitions:
+            while True:
+                got = await self.getmany(*partitions, timeout_ms=60_000, max_records=1)
+                for recs in got.values():
+                    return recs[0]
+        while not self._iter_buffer:
+            got = await self.getmany(timeout_ms=60_000, max_records=self.max_poll_records or 500)
+            if self._closed:
+                raise ConsumerStoppedError("consumer is closed")
+            for recs in got.values():
+                self._iter_buffer.extend(recs)
+        return self._iter_buffer.popleft()
+
+    def __aiter__(self) -> AsyncIterator[ConsumerRecord]:
+        return self
+
+    async def __anext__(self) -> ConsumerRecord:
+        try:
+            return await self.getone()
+        except ConsumerStoppedError:
+            raise StopAsyncIteration from None
+
+    # ---- the fetcher -------------------------------------------------------------------
+    def _wakeup(self) -> None:
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _run_fetcher(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            try:
+                wait_s = self._fetch_step(loop.time())
+            except Exception:
+                log.exception("consumer fetch step failed")
+                wait_s = 0.1
+            fut = self._wake = loop.create_future()
+            timer = loop.call_later(wait_s, self._wakeup) if wait_s is not None else None
+            try:
+                await fut
+            finally:
+                self._wake = None
+                if timer is not None:
+                    timer.cancel()
+
+    def _fetch_step(self, now: float) -> float | None:
+        wait_s: float | None = None
+        to_reset: list[_PartitionState] = []
+        by_node: dict[int, list[_PartitionState]] = {}
+        need_metadata = False
+        for st in self._sub.states.values():
+            if st.paused or st.error is not None:
+                continue
+            if st.position is None:
+                to_reset.append(st)
+                continue
+            if len(st.chunks) >= self.prefetch_fetches:
+                continue
+            if st.backoff_until > now:
+                wait_s = _min(wait_s, st.backoff_until - now)
+                continue
+            leader, _epoch = self.cluster.leader_for(*st.tp)
+            if leader < 0:
+                need_metadata = True
+                continue
+            by_node.setdefault(leader, []).append(st)
+        if need_metadata:
+            self.cluster.request_update()
+            wait_s = _min(wait_s, self.cluster.retry_backoff_ms / 1000)
+        if to_reset and not self._resetting:
+            self._resetting = True
+            self._spawn(self._reset_task(to_reset))
+        for node, states in by_node.items():
+            if node in self._fetching:
+                continue
+            until = self._node_backoff.get(node, 0.0)
+            if until > now:
+                wait_s = _min(wait_s, until - now)
+                continue
+            conn = self.cluster.cached_connection(node)
+            if conn is None:
+                if node not in self._connecting:
+                    self._connecting.add(node)
+                    self._spawn(self._connect(node))
+                continue
+            assert self._loop is not None
+            self._fetching[node] = self._loop.create_task(self._fetch(node, conn, states))
+        return wait_s
+
+    def _spawn(self, coro: Any) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, node: int) -> None:
+        try:
+            await self.cluster.node_connection(node)
+        except DmqError as exc:
+            log.info("cannot connect to broker %d: %s", node, exc)
+            self._node_backoff[node] = asyncio.get_running_loop().time() + \
+                self.cluster.backoff_ms(2) / 1000
+            self.cluster.request_update()
+        finally:
+            self._connecting.discard(node)
+            self._wakeup()
+
+    async def _reset_task(self, states: list[_PartitionState]) -> None:
+        try:
+            await self._reset_positions(states)
+        except DmqError as exc:
+            log.info("offset reset failed, will retry: %s", exc)
+            now = asyncio.get_running_loop().time()
+            for st in states:
+                st.backoff_until = now + self.cluster.backoff_ms(2) / 1000
+            await asyncio.sleep(self.cluster.backoff_ms(2) / 1000)
+        except Exception as exc:
+            for st in states:
+                st.error = exc
+            assert self._data_ready is not None
+            self._data_ready.set()
+        finally:
+            self._resetting = False
+            self._wakeup()
+
+    async def _fetch(self, node: int, conn: Connection, states: list[_PartitionState]) -> None:
+        topics: dict[str, list[list[int]]] = {}
+        sent: dict[TopicPartition, tuple[_PartitionState, int, int]] = {}
+        for st in states:
+            assert st.fetch_offset is not None
+            epoch = self.cluster.leader_for(*st.tp)[1]
+            topics.setdefault(st.tp.topic, []).append(
+                [st.tp.partition, st.fetch_offset, epoch, self.max_partition_fetch_bytes])
+            sent[st.tp] = (st, st.generation, st.fetch_offset)
+        body = {"max_wait_ms": self.fetch_max_wait_ms, "min_bytes": self.fetch_min_bytes,
+                "max_bytes": self.fetch_max_bytes,
+                "topics": [[t, ps] for t, ps in topics.items()]}
+        loop = asyncio.get_running_loop()
+        try:
+            resp = await conn.request(ApiKey.FETCH, body,
+                                      timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms)
+        except DmqError as exc:
+            if not isinstance(exc, NetworkError | RequestTimedOutError):
+                log.info("fetch from broker %d failed: %s", node, exc)
+            self._node_backoff[node] = loop.time() + self.cluster.backoff_ms(1) / 1000
+            self.cluster.request_update()
+            return
+        finally:
+            self._fetching.pop(node, None)
+            self._wakeup()
+        got_data = False
+        for topic, parts in resp.get("topics", []):
+            for partition, err, hw, log_start, _leo, records in parts:
+                entry = sent.get(TopicPartition(topic, partition))
+                if entry is None:
+                    continue
+                st, gen, offset = entry
+                if self._sub.states.get(st.tp) is not st or st.generation != gen:
+                    continue  # seeked or unassigned meanwhile
+                if err:
+                    got_data |= self._on_fetch_error(st, err, offset, loop.time())
+                    continue
+                st.high_watermark = hw
+                st.log_start_offset = log_start
+                if not records:
+                    continue
+                data = bytes(records)
+                headers = [h for h in iter_headers(data) if h.last_offset >= offset]
+                if not headers:
+                    continue
+                st.chunks.append(_Chunk(data, headers))
+                st.fetch_offset = headers[-1].next_offset
+                got_data = True
+        if got_data and self._data_ready is not None:
+            self._data_ready.set()
+
+    def _on_fetch_error(self, st: _PartitionState, code: int, offset: int, now: float) -> bool:
+        exc = error_for(code, f"fetch {st.tp.topic}-{st.tp.partition} at offset {offset}")
+        if isinstance(exc, OffsetOutOfRangeError):
+            if self._default_reset is None:
+                st.error = exc
+                return True
+            log.info("offset %d out of range for %s-%d; resetting to %s", offset, st.tp.topic,
+                     st.tp.partition, self.auto_offset_reset)
+            st.position = st.fetch_offset = None
+            st.reset = self._default_reset
+            st.chunks.clear()
+            st.generation += 1
+            return False
+        if exc.retriable:
+            if exc.refresh_metadata:
+                self.cluster.request_update()
+            st.backoff_until = now + self.cluster.backoff_ms(1) / 1000
+            return False
+        st.error = exc
+        return True
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _min(a: float | None, b: float) -> float:
+    return b if a is None or b < a else a
+
+
+__all__ = ["Consumer", "OffsetAndTimestamp"]
