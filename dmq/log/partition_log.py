@@ -701,6 +701,16 @@ class PartitionLog:
             finally:
                 self._closed = True
 
+    def delete(self) -> None:
+        """Close and remove the whole partition folder (topic deletion, reassignment)."""
+        import shutil
+
+        with self._lock:
+            for seg in self._segments:
+                seg.delete()
+            self._closed = True
+            shutil.rmtree(self.directory, ignore_errors=True)
+
     def abandon(self) -> None:
         """Close file handles without flushing or marking a clean shutdown (crash tests)."""
         with self._lock:
