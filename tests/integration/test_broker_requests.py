@@ -258,3 +258,16 @@ async def test_logs_of_topics_deleted_or_recreated_while_down(single, monkeypatc
             break
         await asyncio.sleep(0.02)
     assert not any(p.name.startswith("gone-0") for p in parts.iterdir())
+
+
+async def test_fetch_epoch_checks(single) -> None:
+    ctl, b = single
+    ctl.set_partition("t", 0, leader=1)  # epoch 1
+    conn = await b.connect()
+    assert (await produce(conn, "t", 0, batch([b"a"])))[1] == 0
+    assert (await fetch(conn, "t", 0, 0, epoch=0))[1] == ErrorCode.FENCED_LEADER_EPOCH
+    assert (await fetch(conn, "t", 0, 0, epoch=2))[1] == ErrorCode.UNKNOWN_LEADER_EPOCH
+    assert (await fetch(conn, "t", 0, 0, epoch=1))[1] == 0
+    # a broker that is not a replica may not fetch as one
+    assert (await fetch(conn, "t", 0, 0, replica_id=9))[1] == ErrorCode.NOT_LEADER_OR_FOLLOWER
+    await conn.close()
