@@ -51,7 +51,7 @@ from dmq.log.batch import (
     Buffer,
     validate_raw,
 )
-from dmq.log.checkpoint import fsync_dir, read_entries, write_entries
+from dmq.log.checkpoint import fsync_dir, write_entries
 from dmq.log.config import LogConfig
 from dmq.log.epoch_cache import FILE_NAME as EPOCH_FILE
 from dmq.log.epoch_cache import LeaderEpochCache
@@ -65,14 +65,14 @@ from dmq.log.errors import (
     UnexpectedAppendOffsetError,
 )
 from dmq.log.producer_state import ProducerStateManager
-from dmq.log.segment import LOG_SUFFIX, LogSegment
+from dmq.log.recovery import META_FILE, load_segments
+from dmq.log.segment import LogSegment
 
 if TYPE_CHECKING:
     from dmq.log.cleaner import CleanResult
 
 log = logging.getLogger("dmq.log")
 
-META_FILE = "meta.checkpoint"
 _MAX_RELATIVE_OFFSET = 0xFFFFFFFF
 _READ_PREFIX = struct.Struct(">qi11xi")  # base, length, last_offset_delta
 _STAMP_PACK = STAMP_STRUCT.pack
@@ -739,67 +739,19 @@ class PartitionLog:
     # ------------------------------------------------------------------ loading
 
     def _load(self) -> None:
-        from dmq.log.cleaner import sweep_replacement_files
-
-        sweep_replacement_files(self.directory, self.fsync_enabled)
-        meta: dict[str, int] = {}
-        for row in read_entries(os.path.join(self.directory, META_FILE)) or ():
-            try:
-                meta[row[0]] = int(row[1])
-            except (IndexError, ValueError):
-                meta = {}
-                break
-        clean = meta.get("clean_shutdown") == 1
-        recovery_point = meta.get("recovery_point", 0)
-        log_start = meta.get("log_start_offset", 0)
-        bases = sorted(_segment_bases(self.directory))
-        if not bases:
-            bases = [log_start]
-        segs: list[LogSegment] = []
-        prev_next: int | None = None
-        cut = False
-        for i, base in enumerate(bases):
-            if cut:
-                _delete_segment_files(self.directory, base)
-                continue
-            if prev_next is not None and base < prev_next:
-                log.error("segment %d overlaps the previous one ending at %d; cutting the rest",
-                          base, prev_next)
-                _delete_segment_files(self.directory, base)
-                cut = True
-                continue
-            active = i == len(bases) - 1
-            seg = self._new_segment(base, active)
-            next_base = bases[i + 1] if i + 1 < len(bases) else None
-            scan = not clean and (next_base is None or next_base > recovery_point)
-            if scan or not seg.load_trusted():
-                res = seg.recover(self.config.max_message_bytes, prev_next)
-                if res.corrupt_reason is not None or res.torn:
-                    cut = True
-                elif (next_base is not None and not self.config.compact
-                      and seg.next_offset != next_base):
-                    # Past the recovery point nothing but follower replication of a
-                    # compacted log leaves gaps; here a gap means lost data: cut after it.
-                    log.error("segment %s ends at %d but the next starts at %d; cutting the "
-                              "rest", seg.path, seg.next_offset, next_base)
-                    cut = True
-                if self.fsync_enabled:
-                    seg.flush()
-            segs.append(seg)
-            prev_next = seg.next_offset
-        if not segs[-1].active:
-            segs[-1].make_active()
+        loaded = load_segments(self.directory, self.config, self._new_segment,
+                               self.fsync_enabled)
+        segs = loaded.segments
         if segs[-1].size_bytes:  # segment_ms counts from when this process saw it
             segs[-1].first_append_ms = self.clock.monotonic_ms()
         self._segments = segs
         self._bases = [s.base_offset for s in segs]
         self._log_end_offset = segs[-1].next_offset
-        self._log_start_offset = min(max(log_start, segs[0].base_offset), self._log_end_offset)
+        self._log_start_offset = loaded.log_start_offset
         self._recovery_point = self._log_end_offset
         # An epoch may legitimately start at the log end (its batches were all deleted
         # by a log start move); only a recovery that cut data invalidates such an entry.
-        self.epoch_cache.truncate_from_end(self._log_end_offset + (0 if cut else 1))
-        self._latest_epoch = self.epoch_cache.latest_epoch
+        self.epoch_cache.truncate_from_end(self._log_end_offset + (0 if loaded.cut else 1))
         self.epoch_cache.truncate_from_start(self._log_start_offset)
         self._latest_epoch = self.epoch_cache.latest_epoch
         self.producer_state.rebuild(self._all_headers())
@@ -832,27 +784,6 @@ def _with_log_append_time(body: memoryview, now_ms: int) -> bytes:
     struct.pack_into(">q", b, 35 - 16, now_ms)
     struct.pack_into(">I", b, 1, crc32c(memoryview(b)[off:]))
     return bytes(b)
-
-
-def _segment_bases(directory: str) -> list[int]:
-    out = []
-    for name in os.listdir(directory):
-        if name.endswith(LOG_SUFFIX) and len(name) == 20 + len(LOG_SUFFIX):
-            try:
-                out.append(int(name[:20]))
-            except ValueError:
-                continue
-    return out
-
-
-def _delete_segment_files(directory: str, base: int) -> None:
-    from dmq.log.segment import INDEX_SUFFIX, TIMEINDEX_SUFFIX, segment_name
-
-    for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX):
-        try:
-            os.unlink(os.path.join(directory, segment_name(base) + suffix))
-        except FileNotFoundError:
-            pass
 
 
 __all__ = ["CorruptRecordError", "LogAppendInfo", "PartitionLog"]

@@ -10,7 +10,7 @@ import pytest
 
 from dmq.clock import ManualClock
 from dmq.log import LogConfig, PartitionLog, validate_batches
-from dmq.log.partition_log import META_FILE
+from dmq.log.recovery import META_FILE
 from tests.unit.log.helpers import batch, check_log_consistent, read_all
 
 CFG = LogConfig(segment_bytes=2048, index_interval_bytes=100, segment_index_bytes=512)

@@ -1,0 +1,106 @@
+"""Opening a partition folder: sweep, trust or scan each segment, cut after damage.
+
+Owns the decision of what survives a crash. Segments wholly before the recovery point
+of an unclean shutdown (or all of them after a clean one) are trusted if their indexes
+pass a sanity check; every other segment is scanned batch by batch (length, magic,
+CRC, offset order) and cut after its last valid batch. Once anything is cut, every
+later segment is deleted: nothing after damage is ever served. It must never decide
+offsets of new data or touch the leader-epoch and producer state (the log does).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import NamedTuple
+
+from dmq.log.checkpoint import read_entries
+from dmq.log.cleaner import sweep_replacement_files
+from dmq.log.config import LogConfig
+from dmq.log.segment import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, LogSegment, segment_name
+
+log = logging.getLogger("dmq.log")
+
+META_FILE = "meta.checkpoint"
+
+
+class LoadedSegments(NamedTuple):
+    segments: list[LogSegment]
+    log_start_offset: int
+    cut: bool  # recovery removed data (a torn tail, corruption or a gap)
+
+
+def read_meta(directory: str) -> dict[str, int]:
+    """recovery_point, log_start_offset, clean_shutdown; {} if missing or malformed."""
+    meta: dict[str, int] = {}
+    for row in read_entries(os.path.join(directory, META_FILE)) or ():
+        try:
+            meta[row[0]] = int(row[1])
+        except (IndexError, ValueError):
+            return {}
+    return meta
+
+
+def load_segments(directory: str, config: LogConfig,
+                  new_segment: Callable[[int, bool], LogSegment],
+                  fsync_enabled: bool) -> LoadedSegments:
+    sweep_replacement_files(directory, fsync_enabled)
+    meta = read_meta(directory)
+    clean = meta.get("clean_shutdown") == 1
+    recovery_point = meta.get("recovery_point", 0)
+    log_start = meta.get("log_start_offset", 0)
+    bases = sorted(segment_bases(directory)) or [log_start]
+    segs: list[LogSegment] = []
+    prev_next: int | None = None
+    cut = False
+    for i, base in enumerate(bases):
+        if cut:
+            delete_segment_files(directory, base)
+            continue
+        if prev_next is not None and base < prev_next:
+            log.error("segment %d overlaps the previous one ending at %d; cutting the rest",
+                      base, prev_next)
+            delete_segment_files(directory, base)
+            cut = True
+            continue
+        seg = new_segment(base, i == len(bases) - 1)
+        next_base = bases[i + 1] if i + 1 < len(bases) else None
+        scan = not clean and (next_base is None or next_base > recovery_point)
+        if scan or not seg.load_trusted():
+            res = seg.recover(config.max_message_bytes, prev_next)
+            if res.corrupt_reason is not None or res.torn:
+                cut = True
+            elif next_base is not None and not config.compact and seg.next_offset != next_base:
+                # Past the recovery point nothing but follower replication of a compacted
+                # log leaves gaps between segments; here a gap means lost data.
+                log.error("segment %s ends at %d but the next starts at %d; cutting the rest",
+                          seg.path, seg.next_offset, next_base)
+                cut = True
+            if fsync_enabled:
+                seg.flush()
+        segs.append(seg)
+        prev_next = seg.next_offset
+    if not segs[-1].active:
+        segs[-1].make_active()
+    end = segs[-1].next_offset
+    return LoadedSegments(segs, min(max(log_start, segs[0].base_offset), end), cut)
+
+
+def segment_bases(directory: str) -> list[int]:
+    out = []
+    for name in os.listdir(directory):
+        if name.endswith(LOG_SUFFIX) and len(name) == 20 + len(LOG_SUFFIX):
+            try:
+                out.append(int(name[:20]))
+            except ValueError:
+                continue
+    return out
+
+
+def delete_segment_files(directory: str, base: int) -> None:
+    for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX):
+        try:
+            os.unlink(os.path.join(directory, segment_name(base) + suffix))
+        except FileNotFoundError:
+            pass
