@@ -20,13 +20,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dmq.controller.discovery import ControllerChannel
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
     DmqError,
     ErrorCode,
     NetworkError,
-    NotControllerError,
     RequestTimedOutError,
     UnknownTopicOrPartitionError,
     error_for,
@@ -102,7 +102,7 @@ class ClusterClient:
         self._connecting: dict[tuple[str, int], asyncio.Future[Connection]] = {}
         self._refresh: asyncio.Future[None] | None = None
         self._last_refresh_ms = -1e18
-        self._controller_addr: tuple[str, int] | None = None
+        self.controller = ControllerChannel(self.bootstrap, client_id=client_id, rng=self._rng)
         self._closed = False
         self._bg: set[asyncio.Task[None]] = set()
 
@@ -186,46 +186,10 @@ class ClusterClient:
 
     async def controller_request(self, api_key: ApiKey, body: Any, *,
                                  timeout_ms: int | None = None) -> Any:
-        """Send to the active controller, following NOT_CONTROLLER leader hints and
-        backing off (with jitter) while no controller is elected."""
-        timeout = timeout_ms or self.request_timeout_ms
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout / 1000
-        attempt = 0
-        last: Exception | None = None
-        while True:
-            addrs = ([self._controller_addr] if self._controller_addr else []) + [
-                a for a in self.bootstrap if a != self._controller_addr]
-            for addr in addrs:
-                try:
-                    conn = await self.connection(addr)
-                    result = await conn.request(api_key, body, timeout_ms=timeout)
-                    self._controller_addr = addr
-                    return result
-                except NotControllerError as exc:
-                    last = exc
-                    if exc.leader is not None:
-                        hint = (str(exc.leader[1]), int(exc.leader[2]))
-                        try:
-                            conn = await self.connection(hint)
-                            result = await conn.request(api_key, body, timeout_ms=timeout)
-                            self._controller_addr = hint
-                            return result
-                        except DmqError as exc2:
-                            last = exc2
-                            if not exc2.retriable:
-                                raise
-                except DmqError as exc:
-                    last = exc
-                    if not exc.retriable and exc.code is not ErrorCode.UNKNOWN_API_KEY:
-                        raise
-                if self._controller_addr == addr:
-                    self._controller_addr = None
-            attempt += 1
-            if loop.time() >= deadline:
-                raise RequestTimedOutError(
-                    f"no active controller answered {api_key.name} in {timeout} ms: {last}")
-            await asyncio.sleep(self.backoff_ms(attempt) / 1000)
+        """Send to the active controller (found and followed by the controller layer's
+        `ControllerChannel`: parallel probes, NOT_CONTROLLER hints, backoff)."""
+        return await self.controller.request(api_key, body,
+                                             timeout_ms=timeout_ms or self.request_timeout_ms)
 
     def backoff_ms(self, attempt: int) -> float:
         """Exponential backoff with +-20% jitter, capped at `retry_backoff_max_ms`."""
@@ -353,7 +317,8 @@ class ClusterClient:
         for t in list(self._bg):
             t.cancel()
         conns, self._conns = list(self._conns.values()), {}
-        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        await asyncio.gather(self.controller.close(), *(c.close() for c in conns),
+                             return_exceptions=True)
 
 
 __all__ = ["ClusterClient", "PartitionInfo", "TopicInfo", "parse_bootstrap"]
