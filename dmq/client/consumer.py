@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 from dmq.client.cluster import ClusterClient
 from dmq.client.errors import ConsumerStoppedError, IllegalStateError, NoOffsetForPartitionError
+from dmq.client.group import GroupConfig, GroupMembership, RebalanceListener, subscribe_consumer
 from dmq.client.records import ConsumerRecord, TopicPartition
 from dmq.log.batch import (
     ATTR_CONTROL,
@@ -119,12 +120,15 @@ class Consumer:
                  retry_backoff_max_ms: int = 1_000,
                  key_deserializer: Deserializer | None = None,
                  value_deserializer: Deserializer | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, **group_settings: Any) -> None:
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise ValueError("auto_offset_reset must be earliest, latest or none")
         if prefetch_fetches < 1:
             raise ValueError("prefetch_fetches must be at least 1")
         self.group_id = group_id
+        # enable_auto_commit, auto_commit_interval_ms, session_timeout_ms, ...: GroupConfig
+        self.group_config = GroupConfig(**group_settings)
+        self._group: GroupMembership | None = None
         self.auto_offset_reset = auto_offset_reset
         self._default_reset = {"earliest": EARLIEST, "latest": LATEST, "none": None}[
             auto_offset_reset]
@@ -181,6 +185,8 @@ class Consumer:
     async def close(self) -> None:
         if self._closed:
             return
+        if self._group is not None:
+            await self._group.close()  # commit, revoke, leave: before fetching stops
         self._closed = True
         tasks = [t for t in (self._fetcher, *self._fetching.values(), *self._tasks) if t]
         for t in tasks:
@@ -206,10 +212,24 @@ class Consumer:
         self.cluster.want_topics(tp.topic for tp in tps)
         self._wakeup()
 
-    def subscribe(self, topics: Iterable[str], group_id: str | None = None) -> None:
-        """Group subscription with coordinator-side assignment: not built yet (arrives
-        with consumer groups). Use `assign`."""
-        raise NotImplementedError("group subscription is not available yet; use assign()")
+    def subscribe(self, topics: Iterable[str] = (), group_id: str | None = None, *,
+                  pattern: str | None = None, listener: RebalanceListener | None = None
+                  ) -> None:
+        """Join `group_id` (default: the consumer's) with coordinator-side assignment of
+        `topics` and/or topics matching `pattern`; see `dmq.client.group`."""
+        self._group = subscribe_consumer(self, topics, group_id or self.group_id, pattern,
+                                         listener, self.group_config)
+
+    async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        """Commit `offsets` (default: the consumed positions) for the subscribed group."""
+        if self._group is None:
+            raise IllegalStateError("commit() needs subscribe()")
+        await self._group.commit(offsets)
+
+    async def committed(self, tp: TopicPartition | tuple[str, int]) -> int | None:
+        if self._group is None:
+            raise IllegalStateError("committed() needs subscribe()")
+        return (await self._group.fetch_committed([tuple(tp)]))[tuple(tp)]  # type: ignore[index]
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._sub.states)
@@ -405,6 +425,8 @@ class Consumer:
         error (e.g. `OffsetOutOfRangeError` with auto_offset_reset='none',
         `CorruptMessageError` with check_crcs) for a partition that has one."""
         self._check_open()
+        if self._group is not None:
+            self._group.note_poll()
         limit = max_records or self.max_poll_records or 1 << 62
         wanted = [TopicPartition(*tp) for tp in partitions] if partitions else None
         assert self._data_ready is not None

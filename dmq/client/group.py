@@ -30,6 +30,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dmq.clock import Clock, SystemClock
@@ -168,7 +169,10 @@ class GroupMembership:
         self._wake.set()
 
     def note_poll(self) -> None:
-        """The application asked for records (resets the max.poll.interval clock)."""
+        """The application asked for records (resets the max.poll.interval clock;
+        the first poll starts the membership)."""
+        if self._task is None and not self._closing:
+            self.start()
         self._last_poll_ms = self.clock.monotonic_ms()
         if self._poll_expired:
             self._poll_expired = False
@@ -430,15 +434,103 @@ class GroupMembership:
             log.warning("group=%s auto-commit failed: %s", self.group_id, exc)
 
 
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """The group settings of a `Consumer` (Kafka's names, snake_case)."""
+
+    group_instance_id: str | None = None
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1000
+    rebalance_timeout_ms: int = 60_000
+    max_poll_interval_ms: int = 300_000
+    enable_auto_commit: bool = True
+    auto_commit_interval_ms: int = 5000
+    assignor: str | None = None
+
+
+class ConsumerPartitions:
+    """`PartitionsOwner` over a `dmq.client.consumer.Consumer`.
+
+    The consumer's records move from a partition's state into its iteration buffer
+    before the application sees them, so a partition's *consumed* position is the
+    offset of its first record still in that buffer, else the partition's position.
+    Stopping a partition drops its buffered records: nothing past the committed
+    position is delivered after a revocation."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+
+    def start_partitions(self, committed: Mapping[TopicPartition, int | None]) -> None:
+        from dmq.client.records import TopicPartition as TP
+
+        c = self.consumer
+        new = [TP(t, p) for t, p in committed]
+        c._sub.assign([*c._sub.states, *new], c._default_reset)
+        c.cluster.want_topics({tp.topic for tp in new})
+        for tp in new:
+            offset = committed[(tp.topic, tp.partition)]
+            if offset is not None:
+                c.seek(tp, offset)
+        c._wakeup()
+
+    def stop_partitions(self, tps: Iterable[TopicPartition]) -> None:
+        c = self.consumer
+        gone = {(t, p) for t, p in tps}
+        c._sub.assign([tp for tp in c._sub.states if (tp.topic, tp.partition) not in gone],
+                      c._default_reset)
+        if c._iter_buffer:
+            kept = [r for r in c._iter_buffer if (r.topic, r.partition) not in gone]
+            c._iter_buffer.clear()
+            c._iter_buffer.extend(kept)
+
+    def consumed_positions(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        c = self.consumer
+        wanted = {(t, p) for t, p in tps}
+        out: dict[TopicPartition, int] = {}
+        for tp, st in c._sub.states.items():
+            key = (tp.topic, tp.partition)
+            if key in wanted and st.position is not None:
+                out[key] = st.position
+        first_buffered: dict[TopicPartition, int] = {}
+        for r in c._iter_buffer:  # offset order within a partition
+            key = (r.topic, r.partition)
+            if key in wanted and key not in first_buffered:
+                first_buffered[key] = r.offset
+        out.update(first_buffered)
+        return out
+
+
+def subscribe_consumer(consumer: Any, topics: Iterable[str], group_id: str | None,
+                       pattern: str | None, listener: RebalanceListener | None,
+                       config: GroupConfig) -> GroupMembership:
+    """The membership behind `Consumer.subscribe`; it joins at the first poll."""
+    if not group_id:
+        raise ValueError("subscribe() needs a group_id (Consumer(group_id=...))")
+    return GroupMembership(
+        list(consumer.cluster.bootstrap), group_id, ConsumerPartitions(consumer),
+        topics=list(topics) if topics or pattern is None else None, pattern=pattern,
+        instance_id=config.group_instance_id, listener=listener,
+        session_timeout_ms=config.session_timeout_ms,
+        rebalance_timeout_ms=config.rebalance_timeout_ms,
+        heartbeat_interval_ms=config.heartbeat_interval_ms,
+        max_poll_interval_ms=config.max_poll_interval_ms,
+        enable_auto_commit=config.enable_auto_commit,
+        auto_commit_interval_ms=config.auto_commit_interval_ms, assignor=config.assignor,
+        client_id=consumer.cluster.client_id)
+
+
 def _log_callback_failure(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.error("rebalance callback failed", exc_info=fut.exception())
 
 
 __all__ = [
+    "ConsumerPartitions",
+    "GroupConfig",
     "GroupFatalError",
     "GroupMembership",
     "PartitionsOwner",
     "RebalanceListener",
     "TopicPartition",
+    "subscribe_consumer",
 ]
