@@ -35,6 +35,9 @@ class LogConfig:
     max_message_bytes: int = 1024 * 1024 + 12
     message_timestamp_type: str = "CreateTime"
     max_producer_batches: int = 5
+    # Producer state is rebuilt only from segments with data newer than this; older
+    # producers are forgotten (and accepted again at any sequence), as in Kafka.
+    producer_id_expiration_ms: int = 24 * 3600 * 1000
 
     def __post_init__(self) -> None:
         if self.segment_bytes < 64:

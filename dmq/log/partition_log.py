@@ -18,10 +18,16 @@ Folder layout::
     leader-epoch-checkpoint    epoch -> start offset
 
 Crash safety: data is written with one `writev` per append; flushes advance the
-recovery point; on open, segments holding data at or after the recovery point (all of
-them without a clean-shutdown flag... only those) are scanned batch by batch and cut
-after the last valid batch; later segments are deleted. File replacement by the
-cleaner goes through `.cleaned` -> `.swap` -> final, finished or undone by `_sweep`.
+recovery point; on open (`dmq.log.recovery`) the segments past the recovery point of an
+unclean shutdown are scanned batch by batch and cut after the last valid batch, and
+later segments are deleted. File replacement by the cleaner goes through `.cleaned` ->
+`.swap` -> final, finished or undone on open.
+
+Offsets and reads: `append_as_leader` assigns offsets from the log end; batches are
+atomic (truncation inside a batch removes the whole batch); `read` returns whole
+batches starting with the one containing the asked offset, bounded by `max_bytes`
+(at least one batch) and by `max_offset` (exclusive: only batches whose last offset is
+below it, so `read(..., max_offset=high_watermark)` never exposes uncommitted data).
 """
 
 from __future__ import annotations
@@ -628,8 +634,11 @@ class PartitionLog:
         self._write_meta(clean=False)
 
     def _all_headers(self) -> Iterator[BatchHeader]:
+        """Headers to rebuild producer state from: segments holding unexpired producers."""
+        horizon = self.clock.wall_ms() - self.config.producer_id_expiration_ms
         for seg in self._segments:
-            yield from seg.headers(0)
+            if seg.max_timestamp >= horizon or seg is self._segments[-1]:
+                yield from seg.headers(0)
 
     # ------------------------------------------------------------------ retention
 

@@ -275,3 +275,23 @@ def test_clean_reopen_does_not_scan_and_keeps_everything(tmp_path: object) -> No
     check_log_consistent(plog)
     assert list(iter_records(plog.read(0, 10)))[0].offset == 0
     plog.close()
+
+
+def test_expired_producers_are_forgotten_on_reload(tmp_path: object) -> None:
+    clock = ManualClock()
+    cfg = LogConfig(producer_id_expiration_ms=1000)
+    plog = open_log(tmp_path, cfg, clock)
+    plog.append_as_leader(batch(1, ts=clock.wall_ms(), producer_id=4, producer_epoch=0,
+                                base_sequence=0), 0)
+    plog.roll()
+    plog.append_as_leader(batch(1, ts=clock.wall_ms()), 0)
+    plog.close()
+    plog = open_log(tmp_path, cfg, clock)
+    with pytest.raises(OutOfOrderSequenceError):  # still known: a gap is refused
+        plog.append_as_leader(batch(1, producer_id=4, producer_epoch=0, base_sequence=9), 0)
+    plog.close()
+    clock.advance(5000)
+    plog = open_log(tmp_path, cfg, clock)
+    assert plog.producer_state.entry(4) is None
+    plog.append_as_leader(batch(1, producer_id=4, producer_epoch=0, base_sequence=9), 0)
+    plog.close()
