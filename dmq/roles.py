@@ -11,6 +11,10 @@ if TYPE_CHECKING:
 
 def build_services(node: Node) -> list[Service]:
     services: list[Service] = []
+    if "controller" in node.spec.roles:
+        from dmq.controller.service import ControllerService
+
+        services.append(ControllerService(node))
     if "broker" in node.spec.roles:
         from dmq.broker.service import BrokerService
 

@@ -191,7 +191,7 @@ class BrokerLifecycle:
         if was_fenced != self._fenced_by_controller:
             log.info("broker=%d is now %s", self.broker_id,
                      "FENCED" if self._fenced_by_controller else "unfenced")
-        return resp  # type: ignore[no-any-return]
+        return dict(resp)
 
     # metadata ---------------------------------------------------------------------------
     async def _metadata_loop(self) -> None:

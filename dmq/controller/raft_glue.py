@@ -1,0 +1,113 @@
+"""The controller's use of `dmq.raft.RaftNode`: build it from the cluster config, serve
+its API keys, and turn its local errors into wire errors.
+
+`RaftGlue` is the only controller module that knows the Raft driver's API. It proposes
+record batches (one entry each) and maps NotLeader to NOT_CONTROLLER naming the leader,
+dropped proposals to a retriable RAFT_NOT_READY, and unknown outcomes to
+REQUEST_TIMED_OUT (the write may or may not have happened; controller writes are
+planned against the state, so a retry is checked again).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+from dmq.clock import SystemClock
+from dmq.controller.records import Record, encode_batch
+from dmq.controller.state_machine import MetadataStateMachine
+from dmq.protocol.api import ApiKey
+from dmq.protocol.errors import (
+    DmqError,
+    NotControllerError,
+    RaftNotReadyError,
+    RequestTimedOutError,
+)
+from dmq.raft.core import NotLeaderError, RaftError
+from dmq.raft.node import RaftNode, RaftNodeConfig
+from dmq.raft.storage import FileStorage
+from dmq.types import NodeId
+
+if TYPE_CHECKING:
+    from dmq.node import Node
+
+log = logging.getLogger("dmq.controller.raft")
+
+
+class RaftGlue:
+    def __init__(self, node: Node, sm: MetadataStateMachine) -> None:
+        config = node.config
+        self.config = config
+        self.node_id = node.spec.node_id
+        peers = {NodeId(c.node_id): (c.host, c.port) for c in config.controllers
+                 if c.node_id != self.node_id}
+        self.raft_config = RaftNodeConfig(
+            node_id=NodeId(self.node_id), peers=peers,
+            tick_ms=int(config.get("raft.tick.ms")),
+            election_ticks=int(config.get("raft.election.timeout.ticks")),
+            heartbeat_ticks=int(config.get("raft.heartbeat.ticks")),
+            snapshot_interval_entries=int(config.get("raft.snapshot.interval.entries")))
+        self.storage_dir = node.spec.data_dir / "metadata-raft"
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = FileStorage(str(self.storage_dir))
+        self.raft = RaftNode(self.raft_config, self.storage, sm, SystemClock(), random.Random())
+        self.raft.register(node.server)
+        node.server.register(ApiKey.RAFT_STATUS, self._status)
+        self._started = False
+
+    async def _status(self, ctx: Any, body: Any) -> Any:
+        return self.status()
+
+    async def start(self) -> None:
+        await self.raft.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self.raft.stop()
+        self.storage.close()
+
+    def status(self) -> dict[str, Any]:
+        if not self._started:
+            return {"node_id": self.node_id, "role": "FOLLOWER", "term": -1, "leader_id": 0,
+                    "commit_index": -1, "last_applied": -1, "last_log_index": -1, "peers": {}}
+        return self.raft.status()
+
+    def leader_hint(self, leader_id: int) -> tuple[int, str, int] | None:
+        addr = self.config.node(leader_id) if leader_id > 0 else None
+        return (leader_id, addr.host, addr.port) if addr is not None else None
+
+    async def propose_records(self, records: list[Record], timeout_ms: int,
+                              barrier: bool = False) -> int:
+        """Propose one entry; its index once committed and applied here. An empty
+        batch is a barrier: once applied, so is everything committed before it."""
+        assert records or barrier
+        try:
+            return int(await self.raft.propose(encode_batch(records), timeout_ms))
+        except NotLeaderError as exc:
+            raise NotControllerError(f"controller {self.node_id} is not the leader",
+                                     leader=self.leader_hint(int(exc.leader_id))) from None
+        except DmqError:
+            raise
+        except RaftError as exc:
+            if type(exc).__name__ == "ProposalOutcomeUnknownError":
+                raise RequestTimedOutError(f"outcome of the metadata write unknown: {exc}") \
+                    from None
+            raise RaftNotReadyError(f"metadata write not accepted: {exc}") from None
+
+    async def maybe_transfer_leadership(self, timeout_ms: int | None = None) -> None:
+        """On a graceful stop, hand leadership to the most caught-up peer first."""
+        if not self._started or not self.raft_config.peers:
+            return
+        if self.raft.status()["role"] != "LEADER":
+            return
+        try:
+            new = await self.raft.transfer_leadership(None, timeout_ms)
+            log.info("controller=%d handed leadership to %d", self.node_id, new)
+        except (DmqError, RaftError, ValueError) as exc:
+            log.info("controller=%d leadership transfer failed: %s", self.node_id, exc)
+
+
+__all__ = ["RaftGlue"]

@@ -1,0 +1,572 @@
+"""`ControllerService`: the controller role of a node.
+
+Owns the metadata state machine, the Raft node that feeds it, and the controller's
+request handlers. Reads (Metadata, DescribeCluster, MetadataFetch, DescribeConfigs) are
+answered by every controller from its applied state. Writes are answered only by the
+*active* controller: the Raft leader once it has applied everything committed before
+its term. Others answer NOT_CONTROLLER naming the leader.
+
+Writes are serialized by one lock: plan against the applied state (`Planner`), propose
+the records as one Raft entry, wait until it is applied, answer from the new state. So a
+plan is always made against the state its records apply to.
+
+Background work, all owned here and stopped by `stop()`: the leadership watcher (on
+becoming active: a barrier entry, fresh broker sessions, ControllerChanged notices to
+every broker), the session checker (fences brokers whose session expired) and the
+preferred-leader balancer (`auto.leader.rebalance.enable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dmq.clock import Clock, SystemClock
+from dmq.controller.discovery import ControllerChannel
+from dmq.controller.image import FENCED, MetadataImage, metadata_body
+from dmq.controller.liveness import BrokerSessions
+from dmq.controller.planner import Planner
+from dmq.controller.raft_glue import RaftGlue
+from dmq.controller.records import ProducerIds, Record
+from dmq.controller.state_machine import MetadataStateMachine
+from dmq.controller.validation import effective_topic_configs, validate_topic_name
+from dmq.protocol.api import ApiKey
+from dmq.protocol.connection import request_once
+from dmq.protocol.errors import (
+    BrokerIdNotRegisteredError,
+    DmqError,
+    ErrorCode,
+    InvalidTopicError,
+    NotControllerError,
+    RaftNotReadyError,
+    RequestTimedOutError,
+    UnknownTopicOrPartitionError,
+)
+from dmq.protocol.server import RequestContext
+
+if TYPE_CHECKING:
+    from dmq.node import Node
+
+log = logging.getLogger("dmq.controller")
+
+T = TypeVar("T")
+
+
+MAX_FETCH_ENTRIES = 2000
+PREFERRED_LEADER_CHECK_MS = 30_000
+WRITE_TIMEOUT_MS = 10_000
+NOTICE_TIMEOUT_MS = 1000
+PEER_STATUS_TIMEOUT_MS = 500
+
+
+class ControllerService:
+    def __init__(self, node: Node, *, clock: Clock | None = None,
+                 rng: random.Random | None = None,
+                 preferred_leader_check_ms: int = PREFERRED_LEADER_CHECK_MS) -> None:
+        self.node = node
+        self.config = node.config
+        self.node_id = node.spec.node_id
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.preferred_leader_check_ms = preferred_leader_check_ms
+        self.sm = MetadataStateMachine()
+        self.state = self.sm.state
+        self.planner = Planner(self.state, self.config.get, self.rng)
+        self.sessions = BrokerSessions(self.clock,
+                                       int(self.config.get("broker.session.timeout.ms")))
+        self.raft = RaftGlue(node, self.sm)
+        self.sm.add_listener(self._on_applied)
+        self._applied = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._active_term = -1  # the term in which this node became the active controller
+        self._seen_term = -1
+        self._tasks: list[asyncio.Task[None]] = []
+        self._notice_tasks: set[asyncio.Task[Any]] = set()
+        self._forward = ControllerChannel(
+            [(c.host, c.port) for c in self.config.controllers if c.node_id != self.node_id],
+            client_id=f"controller-{self.node_id}", rng=self.rng) \
+            if len(self.config.controllers) > 1 else None
+        self._stopping = False
+        self.stats_writes = 0
+        self.stats_fenced = 0
+        self._register_handlers()
+        self.groups = self._register_groups()
+
+    # wiring -----------------------------------------------------------------------------
+    def _register_handlers(self) -> None:
+        server = self.node.server
+        handlers: dict[ApiKey, Callable[[RequestContext, Any], Any]] = {
+            ApiKey.METADATA: self.handle_metadata,
+            ApiKey.DESCRIBE_CLUSTER: self.handle_describe_cluster,
+            ApiKey.METADATA_FETCH: self.handle_metadata_fetch,
+            ApiKey.BROKER_REGISTRATION: self.handle_broker_registration,
+            ApiKey.BROKER_HEARTBEAT: self.handle_broker_heartbeat,
+            ApiKey.CONTROLLED_SHUTDOWN: self.handle_controlled_shutdown,
+            ApiKey.CREATE_TOPICS: self.handle_create_topics,
+            ApiKey.DELETE_TOPICS: self.handle_delete_topics,
+            ApiKey.CREATE_PARTITIONS: self.handle_create_partitions,
+            ApiKey.ALTER_PARTITION: self.handle_alter_partition,
+            ApiKey.ALLOCATE_PRODUCER_IDS: self.handle_allocate_producer_ids,
+            ApiKey.INIT_PRODUCER_ID: self.handle_init_producer_id,
+            ApiKey.DESCRIBE_CONFIGS: self.handle_describe_configs,
+            ApiKey.ALTER_CONFIGS: self.handle_alter_configs,
+        }
+        if "broker" in self.node.spec.roles:
+            # combined mode: the local broker's lifecycle takes the notices
+            handlers[ApiKey.CONTROLLER_CHANGED] = self.handle_controller_changed
+        for key, fn in handlers.items():
+            server.register(key, fn)
+
+    def _register_groups(self) -> Any:
+        """The group coordinator (dmq.controller.group_service) runs on the active
+        controller and writes offsets through `mutate`."""
+        try:
+            from dmq.controller.group_service import register_group_handlers
+        except ImportError:  # pragma: no cover - the groups layer is optional
+            return None
+        return register_group_handlers(self.node.server, self)
+
+    async def start(self) -> None:
+        await self.raft.start()
+        self._tasks.append(asyncio.create_task(self._watch_leadership(),
+                                               name=f"controller-{self.node_id}-watch"))
+        self._tasks.append(asyncio.create_task(self._check_sessions(),
+                                               name=f"controller-{self.node_id}-sessions"))
+        if self.config.get("auto.leader.rebalance.enable"):
+            self._tasks.append(asyncio.create_task(
+                self._balance_leaders(), name=f"controller-{self.node_id}-balance"))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for t in [*self._tasks, *self._notice_tasks]:
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._notice_tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.groups is not None:
+            await self.groups.close()
+        if self.is_active:
+            await self.raft.maybe_transfer_leadership()
+        if self._forward is not None:
+            await self._forward.close()
+        await self.raft.stop()
+
+    def info(self) -> dict[str, Any]:
+        st = self.raft.status()
+        return {"controller": {"node_id": self.node_id, "role": st["role"], "term": st["term"],
+                               "leader_id": st["leader_id"], "active": self.is_active,
+                               "metadata_version": self.state.version}}
+
+    # activity ---------------------------------------------------------------------------
+    @property
+    def is_active(self) -> bool:
+        st = self.raft.status()
+        return st["role"] == "LEADER" and st["term"] == self._active_term
+
+    def leader_hint(self) -> tuple[int, str, int] | None:
+        leader_id = self.raft.status()["leader_id"]
+        addr = self.config.node(leader_id) if leader_id > 0 else None
+        return (leader_id, addr.host, addr.port) if addr is not None else None
+
+    def _require_active(self) -> None:
+        if self.is_active:
+            return
+        st = self.raft.status()
+        if st["role"] == "LEADER":
+            raise RaftNotReadyError(f"controller {self.node_id} was just elected and is "
+                                    "catching up")
+        raise NotControllerError(f"controller {self.node_id} is not the active controller",
+                                 leader=self.leader_hint())
+
+    def image(self) -> MetadataImage:
+        st = self.raft.status()
+        leader = st["leader_id"] if st["leader_id"] > 0 else -1
+        addr = self.config.node(leader) if leader > 0 else None
+        return self.state.image(leader, st["term"] if leader > 0 else -1,
+                                (addr.host, addr.port) if addr is not None else None)
+
+    def _on_applied(self, version: int) -> None:
+        ev, self._applied = self._applied, asyncio.Event()
+        ev.set()
+
+    async def wait_version(self, version: int, timeout_ms: int) -> bool:
+        """Wait until the applied version passes `version`; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while self.state.version <= version:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._applied.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    # writes -----------------------------------------------------------------------------
+    async def write(self, records: list[Record], timeout_ms: int = WRITE_TIMEOUT_MS) -> int:
+        """Propose records as one entry and wait until applied. Caller holds the lock."""
+        if not records:
+            return self.state.version
+        self.stats_writes += 1
+        return await self.raft.propose_records(records, timeout_ms)
+
+    async def mutate(self, plan: Callable[[], tuple[list[Record], T]],
+                     timeout_ms: int = WRITE_TIMEOUT_MS) -> T:
+        """Plan against the applied state and write, serialized with all other writes.
+        Raises NOT_CONTROLLER (with the leader) unless this is the active controller."""
+        self._require_active()
+        try:
+            await asyncio.wait_for(self._write_lock.acquire(), timeout_ms / 1000)
+        except TimeoutError:
+            raise RequestTimedOutError("controller write queue is busy") from None
+        try:
+            self._require_active()
+            records, result = plan()
+            await self.write(records, timeout_ms)
+            return result
+        finally:
+            self._write_lock.release()
+
+    @staticmethod
+    def _plan(fn: Callable[..., list[Record]], *args: Any
+              ) -> Callable[[], tuple[list[Record], None]]:
+        """A plan for `mutate` from a planner method that only returns records."""
+        return lambda: (fn(*args), None)
+
+    # background -------------------------------------------------------------------------
+    async def _watch_leadership(self) -> None:
+        tick_s = max(0.01, int(self.config.get("raft.tick.ms")) / 1000)
+        while not self._stopping:
+            st = self.raft.status()
+            if st["role"] == "LEADER" and st["term"] != self._active_term \
+                    and st["term"] != self._seen_term:
+                self._seen_term = st["term"]
+                try:
+                    await self._activate(st["term"])
+                except DmqError as exc:
+                    log.warning("controller=%d could not become active in term %d: %s",
+                                self.node_id, st["term"], exc)
+                    self._seen_term = -1
+                except Exception:
+                    log.exception("controller=%d activation failed", self.node_id)
+                    self._seen_term = -1
+            await asyncio.sleep(tick_s)
+
+    async def _activate(self, term: int) -> None:
+        # a barrier entry: once applied, every entry of earlier terms is applied too
+        async with self._write_lock:
+            await self.raft.propose_records([], WRITE_TIMEOUT_MS, barrier=True)
+            self.sessions.reset(self.state.brokers)
+            self._active_term = term
+        log.info("controller=%d is the active controller (term %d, metadata version %d)",
+                 self.node_id, term, self.state.version)
+        self._push_controller_changed(term)
+
+    def _push_controller_changed(self, term: int) -> None:
+        me = self.config.node(self.node_id)
+        assert me is not None
+        body = {"controller_id": self.node_id, "term": term, "host": me.host, "port": me.port}
+        for b in list(self.state.brokers.values()):
+            if b.broker_id == self.node_id:
+                continue
+            task = asyncio.create_task(self._notify_broker(b.host, b.port, b.broker_id, body))
+            self._notice_tasks.add(task)
+            task.add_done_callback(self._notice_tasks.discard)
+
+    async def _notify_broker(self, host: str, port: int, broker_id: int,
+                             body: dict[str, Any]) -> None:
+        try:
+            await request_once(host, port, ApiKey.CONTROLLER_CHANGED, dict(body),
+                               timeout_ms=NOTICE_TIMEOUT_MS,
+                               client_id=f"controller-{self.node_id}")
+        except DmqError as exc:
+            log.debug("controller=%d ControllerChanged to broker %d failed: %s", self.node_id,
+                      broker_id, exc)
+
+    async def _check_sessions(self) -> None:
+        timeout = self.sessions.session_timeout_ms
+        period_s = max(0.02, min(timeout / 8, 250) / 1000)
+        while not self._stopping:
+            await asyncio.sleep(period_s)
+            if not self.is_active:
+                continue
+            live = [b.broker_id for b in self.state.brokers.values() if b.state != FENCED]
+            for broker_id in self.sessions.expired(live):
+                try:
+                    await self.mutate(self._plan(self.planner.fence_broker, broker_id))
+                    self.stats_fenced += 1
+                    log.warning("controller=%d fenced broker %d: no heartbeat for %d ms",
+                                self.node_id, broker_id, timeout)
+                except DmqError as exc:
+                    log.info("controller=%d fencing broker %d failed: %s", self.node_id,
+                             broker_id, exc)
+
+    async def _balance_leaders(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.preferred_leader_check_ms / 1000)
+            if not self.is_active:
+                continue
+            try:
+                def plan() -> tuple[list[Record], int]:
+                    recs = self.planner.preferred_leader_elections()
+                    return recs, len(recs)
+
+                n = await self.mutate(plan)
+                if n:
+                    log.info("controller=%d moved %d leaderships back to preferred replicas",
+                             self.node_id, n)
+            except DmqError as exc:
+                log.info("controller=%d preferred leader election failed: %s", self.node_id, exc)
+
+    # read handlers ----------------------------------------------------------------------
+    async def handle_metadata(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        topics = body["topics"]
+        image = self.image()
+        if topics and body["allow_auto_create"] and self.config.get("auto.create.topics.enable"):
+            unknown = [t for t in topics if t not in image.topics]
+            if unknown:
+                return await self._auto_create(body, unknown)
+        return metadata_body(image, topics)
+
+    async def _auto_create(self, body: dict[str, Any], unknown: list[str]) -> Any:
+        errors: dict[str, int] = {}
+        valid = []
+        for name in unknown:
+            try:
+                validate_topic_name(name)
+                valid.append(name)
+            except InvalidTopicError:
+                errors[name] = int(ErrorCode.INVALID_TOPIC)
+        if not self.is_active:
+            if self._forward is not None and valid:
+                try:
+                    return await self._forward.request(ApiKey.METADATA, body, timeout_ms=5000)
+                except DmqError as exc:
+                    log.info("controller=%d auto-create forward failed: %s", self.node_id, exc)
+            for name in valid:
+                errors[name] = int(ErrorCode.LEADER_NOT_AVAILABLE)
+            return metadata_body(self.image(), body["topics"], errors)
+        reqs = [{"name": n, "partitions": -1, "replication_factor": -1, "configs": {}}
+                for n in valid]
+        results = await self.mutate(lambda: self.planner.create_topics(reqs))
+        for r in results:
+            if r["error"] and r["error"] != ErrorCode.TOPIC_ALREADY_EXISTS:
+                errors[r["name"]] = r["error"]
+        return metadata_body(self.image(), body["topics"], errors)
+
+    async def handle_describe_cluster(self, ctx: RequestContext, body: Any) -> Any:
+        st = self.raft.status()
+        active = self.is_active
+        controllers = await asyncio.gather(*(self._controller_status(c.node_id, c.host, c.port)
+                                             for c in self.config.controllers))
+        brokers = [{"broker_id": b.broker_id, "host": b.host, "port": b.port, "rack": b.rack,
+                    "state": b.state, "broker_epoch": b.broker_epoch,
+                    "last_heartbeat_ms_ago": self.sessions.ms_since_heartbeat(b.broker_id)
+                    if active else -1}
+                   for _, b in sorted(self.state.brokers.items())]
+        return {"controller_id": st["leader_id"] if st["leader_id"] > 0 else -1,
+                "controller_term": st["term"], "metadata_version": self.state.version,
+                "controllers": list(controllers), "brokers": brokers, "active": active,
+                "answered_by": self.node_id}
+
+    async def _controller_status(self, node_id: int, host: str, port: int) -> dict[str, Any]:
+        row = {"node_id": node_id, "host": host, "port": port}
+        if node_id == self.node_id:
+            st = self.raft.status()
+        else:
+            try:
+                st = await request_once(host, port, ApiKey.RAFT_STATUS, {},
+                                        timeout_ms=PEER_STATUS_TIMEOUT_MS,
+                                        client_id=f"controller-{self.node_id}")
+            except DmqError:
+                return {**row, "role": "UNREACHABLE", "term": -1, "commit_index": -1,
+                        "last_applied": -1}
+        role = str(st.get("role", "UNREACHABLE")).upper()
+        if role == "PRE_CANDIDATE":
+            role = "CANDIDATE"
+        return {**row, "role": role, "term": st.get("term", -1),
+                "commit_index": st.get("commit_index", -1),
+                "last_applied": st.get("last_applied", -1)}
+
+    async def handle_metadata_fetch(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        version = body["version"]
+        max_wait_ms = max(0, min(int(body["max_wait_ms"]), 30_000))
+        if version >= self.state.version and max_wait_ms:
+            await self.wait_version(version, max_wait_ms)
+        image = self.image()
+        out: dict[str, Any] = {"controller_id": image.controller_id,
+                               "controller_term": image.controller_term}
+        if image.controller_address is not None:
+            out["controller"] = [image.controller_id, *image.controller_address]
+        recs = self.state.records_since(version, MAX_FETCH_ENTRIES) if version > 0 else None
+        if recs is None:
+            out["version"] = self.state.version
+            out["snapshot"] = self.state.to_snapshot(include_offsets=False)
+        else:
+            out["version"] = recs[-1][0] if len(recs) == MAX_FETCH_ENTRIES else self.state.version
+            out["records"] = recs
+        return out
+
+    async def handle_describe_configs(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        out = []
+        for name in body["topics"]:
+            t = self.state.topics.get(name)
+            if t is None:
+                out.append({"name": name, "error": int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
+                            "msg": f"topic {name!r} does not exist", "configs": {}})
+            else:
+                out.append({"name": name, "error": 0, "msg": None,
+                            "configs": effective_topic_configs(t.configs, self.config.get),
+                            "overrides": dict(t.configs)})
+        return {"topics": out}
+
+    # write handlers ---------------------------------------------------------------------
+    async def handle_broker_registration(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        bid = body["broker_id"]
+
+        def plan() -> tuple[list[Record], None]:
+            return self.planner.register_broker(bid, body["host"], body["port"], body["rack"],
+                                                body["incarnation_id"]), None
+
+        await self.mutate(plan)
+        self.sessions.touch(bid)
+        b = self.state.brokers[bid]
+        log.info("controller=%d broker %d registered at %s:%d epoch %d", self.node_id, bid,
+                 b.host, b.port, b.broker_epoch)
+        return {"broker_epoch": b.broker_epoch}
+
+    async def handle_broker_heartbeat(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        self._require_active()
+        bid, epoch = body["broker_id"], body["broker_epoch"]
+        self.planner.check_broker(bid, epoch)
+        self.sessions.touch(bid)
+        should_shutdown = False
+        b = self.state.brokers[bid]
+        if body["want_shutdown"]:
+            await self.mutate(lambda: (self.planner.controlled_shutdown(bid), None))
+            should_shutdown = self.planner.leaderships(bid) == 0
+        elif b.state == FENCED and not body["want_fence"] \
+                and body["metadata_version"] >= b.broker_epoch:
+            def plan() -> tuple[list[Record], None]:
+                self.planner.check_broker(bid, epoch)
+                return self.planner.unfence_broker(bid), None
+
+            await self.mutate(plan)
+            log.info("controller=%d broker %d unfenced (caught up to %d)", self.node_id, bid,
+                     body["metadata_version"])
+        b = self.state.brokers[bid]
+        return {"is_fenced": b.state == FENCED, "should_shutdown": should_shutdown,
+                "metadata_version": self.state.version}
+
+    async def handle_controlled_shutdown(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        bid, epoch = body["broker_id"], body["broker_epoch"]
+
+        def plan() -> tuple[list[Record], None]:
+            self.planner.check_broker(bid, epoch)
+            return self.planner.controlled_shutdown(bid), None
+
+        await self.mutate(plan)
+        left = self.planner.leaderships(bid)
+        log.info("controller=%d controlled shutdown of broker %d: %d leaderships left",
+                 self.node_id, bid, left)
+        return {"remaining_leaderships": left}
+
+    async def handle_create_topics(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        results = await self.mutate(
+            lambda: self.planner.create_topics(body["topics"], body["validate_only"]),
+            body["timeout_ms"])
+        return {"topics": results}
+
+    async def handle_delete_topics(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        results = await self.mutate(lambda: self.planner.delete_topics(body["topics"]),
+                                    body["timeout_ms"])
+        return {"topics": results}
+
+    async def handle_create_partitions(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        results = await self.mutate(
+            lambda: self.planner.create_partitions(body["topics"], body["validate_only"]),
+            body["timeout_ms"])
+        return {"topics": results}
+
+    async def handle_alter_configs(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        results = await self.mutate(
+            lambda: self.planner.alter_configs(body["topics"], body["validate_only"]))
+        # turning unclean election on can bring offline partitions back at once
+        for req in body["topics"]:
+            if not body["validate_only"] and req["name"] in self.state.topics and \
+                    req["configs"].get("unclean.leader.election.enable") == "true":
+                await self.mutate(self._plan(self.planner.elect_offline_leaders, (),
+                                             req["name"]))
+        return {"topics": results}
+
+    async def handle_alter_partition(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        bid, epoch = body["broker_id"], body["broker_epoch"]
+        results = await self.mutate(
+            lambda: self.planner.alter_partition(bid, epoch, body["topics"]))
+        out = []
+        for topic, parts in results:
+            t = self.state.topics.get(topic)
+            rows = []
+            for partition, error, _msg in parts:
+                p = None if t is None else t.partitions.get(partition)
+                if error or p is None:
+                    rows.append([partition, error or int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
+                                 -1, -1, [], -1])
+                else:
+                    rows.append([partition, 0, p.leader, p.leader_epoch, list(p.isr),
+                                 p.partition_epoch])
+            out.append([topic, rows])
+        return {"topics": out}
+
+    async def handle_allocate_producer_ids(self, ctx: RequestContext,
+                                           body: dict[str, Any]) -> Any:
+        bid, epoch = body["broker_id"], body["broker_epoch"]
+
+        def plan() -> tuple[list[Record], int]:
+            self.planner.check_broker(bid, epoch)
+            return self.planner.allocate_producer_ids(bid)
+
+        first = await self.mutate(plan)
+        return {"first_producer_id": first, "count": self.state.next_producer_id - first}
+
+    async def handle_init_producer_id(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        def plan() -> tuple[list[Record], int]:
+            first = self.state.next_producer_id
+            return [ProducerIds(-1, first + 1)], first
+
+        pid = await self.mutate(plan)
+        return {"producer_id": pid, "producer_epoch": 0}
+
+    async def handle_controller_changed(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        for svc in self.node.services:
+            lifecycle = getattr(svc, "lifecycle", None)
+            if lifecycle is not None and hasattr(lifecycle, "handle_controller_changed"):
+                lifecycle.handle_controller_changed(body)
+        return {}
+
+    # library API for other controller-side layers (group coordinator) -------------------
+    async def commit_offsets(self, group: str, offsets: list[list[Any]]) -> list[list[Any]]:
+        """Replicate committed offsets: [[topic, [[partition, offset, metadata]]]];
+        returns [[topic, [[partition, error]]]]."""
+        now = self.clock.wall_ms()
+        return await self.mutate(lambda: self.planner.commit_offsets(group, offsets, now))
+
+    def committed_offsets(self, group: str) -> dict[tuple[str, int], tuple[int, str | None, int]]:
+        return self.state.offsets_of(group)
+
+    def check_broker(self, broker_id: int, broker_epoch: int) -> None:
+        if broker_id not in self.state.brokers:
+            raise BrokerIdNotRegisteredError(f"broker {broker_id} is not registered")
+        self.planner.check_broker(broker_id, broker_epoch)
+
+    def topic(self, name: str) -> Any:
+        t = self.state.topics.get(name)
+        if t is None:
+            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+        return t
+
+
+__all__ = ["ControllerService"]
