@@ -31,6 +31,13 @@ is always either the old or the new one: term and vote are never lost.
 
 Every `persist()` returns only after fsync: that is what lets the driver send the
 messages of the same Ready afterwards.
+
+The commit index in the stored hard state is a lower bound. A change of term or vote
+is always written (and synced) before `persist()` returns; a change of the commit
+index alone is written only once it has moved `commit_write_interval` entries (and on
+`close()`), because each hard-state write costs three fsyncs and Raft needs no durable
+commit index for safety: after a restart a node learns the commit index again from
+the leader (or, alone, by committing its new term's no-op).
 """
 
 from __future__ import annotations
@@ -88,10 +95,17 @@ def _apply_snapshot_to_entries(entries: list[Entry], snapshot: Snapshot) -> list
     return entries[at + 1 :]
 
 
-class MemoryStorage:
-    """In-memory storage: everything persisted is "durable" until the object is dropped."""
+def _must_write(new: HardState, stored: HardState, interval: int) -> bool:
+    return (new.term != stored.term or new.vote != stored.vote
+            or new.commit - stored.commit >= interval)
 
-    def __init__(self) -> None:
+
+class MemoryStorage:
+    """In-memory storage: everything persisted is "durable" until the object is dropped.
+    `commit_write_interval` mimics FileStorage's lazy commit index (0: always stored)."""
+
+    def __init__(self, commit_write_interval: int = 0) -> None:
+        self.commit_write_interval = commit_write_interval
         self.hard_state = EMPTY_HARD_STATE
         self.snapshot: Snapshot | None = None
         self.entries: list[Entry] = []
@@ -115,7 +129,8 @@ class MemoryStorage:
             self.snapshot = snapshot
         if entries:
             self.append(entries)
-        if hard_state is not None:
+        if hard_state is not None and _must_write(hard_state, self.hard_state,
+                                                  self.commit_write_interval):
             self.hard_state = hard_state
 
     def append(self, entries: Sequence[Entry]) -> None:
@@ -164,15 +179,18 @@ def encode_record(entry: Entry) -> bytes:
 class FileStorage:
     """Raft storage in one directory; see the module docstring for the format."""
 
-    def __init__(self, directory: str, fsync: bool = True) -> None:
+    def __init__(self, directory: str, fsync: bool = True,
+                 commit_write_interval: int = 1000) -> None:
         self.directory = directory
         self._fsync = fsync
+        self.commit_write_interval = commit_write_interval
         os.makedirs(directory, exist_ok=True)
         for name in os.listdir(directory):
             if name.endswith(".tmp"):
                 os.unlink(os.path.join(directory, name))
         self._log_path = os.path.join(directory, LOG_NAME)
-        self.hard_state = self._load_hard_state()
+        self.hard_state = self._load_hard_state()  # what is on disk
+        self._latest_hard_state = self.hard_state  # may be ahead by its commit index
         self.snapshot = self._load_snapshot()
         entries, positions = self._recover_log()
         self.entries: list[Entry] = entries
@@ -186,6 +204,8 @@ class FileStorage:
                 self._rewrite_log(kept)
 
     def close(self) -> None:
+        if self._latest_hard_state != self.hard_state:
+            self._write_hard_state(self._latest_hard_state)
         self._log.close()
 
     # -- loading ------------------------------------------------------------------
@@ -266,10 +286,15 @@ class FileStorage:
             self._rewrite_log(_apply_snapshot_to_entries(self.entries, snapshot))
         if entries:
             self._append(entries)
-        if hard_state is not None and hard_state != self.hard_state:
-            _write_atomically(self.directory, HARD_STATE_NAME, msgpack.packb(
-                [hard_state.term, hard_state.vote, hard_state.commit]))
-            self.hard_state = hard_state
+        if hard_state is not None:
+            self._latest_hard_state = hard_state
+            if _must_write(hard_state, self.hard_state, self.commit_write_interval):
+                self._write_hard_state(hard_state)
+
+    def _write_hard_state(self, hard_state: HardState) -> None:
+        _write_atomically(self.directory, HARD_STATE_NAME, msgpack.packb(
+            [hard_state.term, hard_state.vote, hard_state.commit]))
+        self.hard_state = hard_state
 
     def compact(self, snapshot: Snapshot) -> None:
         self._save_snapshot(snapshot)

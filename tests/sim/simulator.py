@@ -81,6 +81,7 @@ class SimConfig:
     max_entries_per_append: int = 8
     max_inflight_appends: int = 4
     snapshot_chunk_bytes: int = 16
+    commit_write_interval: int = 0  # storage keeps the commit index lazily (see storage)
     pre_vote: bool = True
     check_quorum: bool = True
     wire_roundtrip: bool = False
@@ -96,9 +97,9 @@ class SimNode:
     __slots__ = ("id", "storage", "core", "down_until", "sm_index", "sm_hash", "seen_commit",
                  "restarts")
 
-    def __init__(self, node_id: NodeId) -> None:
+    def __init__(self, node_id: NodeId, commit_write_interval: int) -> None:
         self.id = node_id
-        self.storage = MemoryStorage()
+        self.storage = MemoryStorage(commit_write_interval)
         self.core: RaftCore | None = None
         self.down_until = 0
         self.sm_index = 0
@@ -117,7 +118,7 @@ class Simulation:
         self.core_factory = core_factory
         self.ids = [NodeId(i) for i in range(1, config.nodes + 1)]
         self.quorum = config.nodes // 2 + 1
-        self.nodes = {i: SimNode(i) for i in self.ids}
+        self.nodes = {i: SimNode(i, config.commit_write_interval) for i in self.ids}
         self.now = 0
         self._queue: list[tuple[int, int, Message]] = []
         self._seq = 0
@@ -544,6 +545,7 @@ def config_for_seed(seed: int, steps: int = 2000) -> SimConfig:
         max_inflight_appends=variant.choice((1, 4, 16) if per_append >= 8 else (4, 16)),
         snapshot_chunk_bytes=variant.choice((7, 16, 1 << 20)),
         wire_roundtrip=variant.random() < 0.1,
+        commit_write_interval=variant.choice((0, 0, 7)),
         pre_vote=variant.random() < 0.8,
         check_quorum=variant.random() < 0.9,
         faults=variant.choice(PROFILES),

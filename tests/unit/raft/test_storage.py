@@ -205,3 +205,19 @@ def test_full_cluster_restart_keeps_committed_entries(tmp_path: Path) -> None:
     for node in c.ids:
         assert b"precious" in [e.data for e in c.applied[node]]
         c.storage[node].close()  # type: ignore[attr-defined]
+
+
+def test_commit_alone_is_written_lazily_but_term_and_vote_at_once(tmp_path: Path) -> None:
+    s = FileStorage(str(tmp_path), commit_write_interval=10)
+    s.persist(hs(2, 1, 0), [entry(i, 2) for i in range(1, 30)], None)
+    s.persist(hs(2, 1, 5), [], None)  # commit moved by 5 < 10: not written yet
+    s.persist(hs(3, 0, 6), [], None)  # a new term: written at once, with the commit
+    s.persist(hs(3, 0, 9), [], None)
+    s2 = FileStorage(str(tmp_path))  # what a crash right now would find
+    assert s2.load().hard_state == hs(3, 0, 6)
+    s2.close()
+    s.persist(hs(3, 0, 16), [], None)  # moved by 10: written
+    assert FileStorage(str(tmp_path)).load().hard_state == hs(3, 0, 16)
+    s.persist(hs(3, 0, 17), [], None)
+    s.close()  # a clean close writes the latest
+    assert FileStorage(str(tmp_path)).load().hard_state == hs(3, 0, 17)
