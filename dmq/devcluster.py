@@ -151,11 +151,58 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("DMQ_DEV_DIR", "dmq-dev-data"))
 
 
-async def smoke_check(cluster: DevCluster) -> list[str]:
-    """Show the cluster working: each node's answer to ApiVersions."""
-    lines = []
-    for n in cluster.nodes:
-        body = await request_once(cluster.host, n.port, ApiKey.API_VERSIONS, {}, timeout_ms=3000)
-        lines.append(f"node {n.node_id} ({n.role}) on {cluster.host}:{n.port}: "
-                     f"{len(body['apis'])} APIs, version {body['version']}")
-    return lines
+SMOKE_TOPIC = "hello"
+SMOKE_MESSAGE = "hello from dmq"
+
+
+async def smoke_check(cluster: DevCluster, timeout_s: float = 30.0) -> list[str]:
+    """Prove a message goes through: create a topic (waiting for brokers to register),
+    produce one record with acks=all, consume it back. Returns the lines to print,
+    ending with example console-tool commands. Raises when any step fails."""
+    from dmq.client.admin import Admin
+    from dmq.client.consumer import Consumer
+    from dmq.client.producer import Producer
+    from dmq.client.records import TopicPartition
+    from dmq.protocol.errors import ErrorCode
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    rf = min(3, max(1, cluster.brokers))
+    async with Admin(cluster.bootstrap) as admin:
+        await admin.wait_for_controller(int(timeout_s * 1000))
+        while True:
+            try:
+                await admin.create_topic(SMOKE_TOPIC, 1, rf)
+                created = f"created topic {SMOKE_TOPIC!r} (1 partition, replication factor {rf})"
+                break
+            except DmqError as exc:
+                if exc.code is ErrorCode.TOPIC_ALREADY_EXISTS:
+                    created = f"topic {SMOKE_TOPIC!r} already exists"
+                    break
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)  # brokers still registering
+    remaining_ms = max(5000, int((deadline - loop.time()) * 1000))
+    async with Producer(cluster.bootstrap, max_block_ms=remaining_ms,
+                        request_timeout_ms=remaining_ms, linger_ms=0) as producer:
+        md = await producer.send_and_wait(SMOKE_TOPIC, SMOKE_MESSAGE.encode())
+    async with Consumer(cluster.bootstrap, request_timeout_ms=remaining_ms) as consumer:
+        tp = TopicPartition(SMOKE_TOPIC, md.partition)
+        consumer.assign([tp])
+        consumer.seek(tp, md.offset)
+        got = await consumer.getmany(timeout_ms=remaining_ms, max_records=1)
+    records = got.get(tp, [])
+    if not records or records[0].value != SMOKE_MESSAGE.encode():
+        raise RuntimeError(f"smoke check: produced {SMOKE_MESSAGE!r} at offset {md.offset} "
+                           f"but read back {records[:1]!r}")
+    r = records[0]
+    return [
+        created,
+        f"produced {SMOKE_MESSAGE!r} to {md.topic}-{md.partition} at offset {md.offset}",
+        f"consumed {r.value.decode()!r} from {r.topic}-{r.partition} at offset {r.offset}",
+        "try it:",
+        f"  echo 'my first message' | dmq-produce --bootstrap {cluster.bootstrap} "
+        f"--topic {SMOKE_TOPIC}",
+        f"  dmq-consume --bootstrap {cluster.bootstrap} --topic {SMOKE_TOPIC} "
+        f"--from-beginning",
+    ]

@@ -234,9 +234,11 @@ class Consumer:
     def assignment(self) -> set[TopicPartition]:
         return set(self._sub.states)
 
-    async def partitions_for_topic(self, topic: str) -> list[int]:
+    async def partitions_for_topic(self, topic: str, timeout_ms: int | None = None) -> list[int]:
+        """The topic's partition ids; waits up to `timeout_ms` (default the request
+        timeout) for it to appear, then raises `UnknownTopicOrPartitionError`."""
         info = self.cluster.topic(topic) or await self.cluster.wait_for_topic(
-            topic, self.request_timeout_ms)
+            topic, self.request_timeout_ms if timeout_ms is None else timeout_ms)
         return [p.partition for p in info.partitions]
 
     async def topic_partitions(self, topic: str) -> list[TopicPartition]:

@@ -1,0 +1,363 @@
+"""Console tools `dmq-produce` and `dmq-consume`, like Kafka's console producer and
+consumer. Thin: parse flags, call `dmq.client`, print.
+
+Both print errors as one line on stderr (`error: ...`) and exit non-zero: 1 for a
+cluster-side problem (no reachable node, unknown topic, a failed send), 2 for bad
+arguments, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import click
+
+from dmq.client.consumer import Consumer
+from dmq.client.errors import DmqError, IllegalStateError
+from dmq.client.producer import Producer
+from dmq.client.records import ConsumerRecord, TopicPartition
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class ToolError(Exception):
+    """A one-line reason to stop, with the exit code to use."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _run_tool(command: click.Command, argv: Sequence[str] | None) -> NoReturn:
+    """Run a click command with one-line errors and our exit codes."""
+    try:
+        command.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except click.exceptions.Exit as exc:  # --help
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except ToolError as exc:
+        if exc.code:
+            click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(0)
+
+
+def _run(coro: Any) -> Any:
+    _install_uvloop()
+    try:
+        return asyncio.run(coro)
+    except DmqError as exc:
+        raise ToolError(str(exc)) from None
+    except (ValueError, IllegalStateError, OSError) as exc:
+        raise ToolError(str(exc)) from None
+
+
+# ---- dmq-produce -----------------------------------------------------------------------
+def _parse_headers(items: Sequence[str]) -> list[tuple[str, bytes]]:
+    out = []
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise click.UsageError(f"--header expects KEY=VALUE, got {item!r}")
+        out.append((k, v.encode()))
+    return out
+
+
+class _Progress:
+    """A progress line on stderr, only on a terminal, at most every 0.5 s."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.last = self.start
+        self.shown = False
+
+    def maybe_show(self, records: int, nbytes: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.5:
+            return
+        self.last = now
+        rate = records / max(1e-9, now - self.start)
+        sys.stderr.write(f"\r{records:,} records, {nbytes / 1e6:,.1f} MB, {rate:,.0f} rec/s ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | None,
+                  headers: list[tuple[str, bytes]], read_chunk: Callable[[], bytes],
+                  partition: int | None = None, compression: str | None = None,
+                  linger_ms: int = 5, timeout_ms: int = 10_000,
+                  progress: bool = False, echo: Callable[[str], None] = print) -> tuple[int, int]:
+    """Send one record per input line; returns (records, value bytes)."""
+    loop = asyncio.get_running_loop()
+    records = 0
+    nbytes = 0
+    sep = key_separator.encode() if key_separator else None
+    bar = _Progress(progress)
+    started = time.monotonic()
+    failure: list[BaseException] = []
+
+    def on_done(h: Any) -> None:
+        if h.exception() is not None and not failure:
+            failure.append(h.exception())
+
+    async with Producer(bootstrap, acks=acks, linger_ms=linger_ms,
+                        compression_type=compression, max_block_ms=timeout_ms,
+                        request_timeout_ms=max(timeout_ms, 5000),
+                        delivery_timeout_ms=max(2 * timeout_ms, 30_000),
+                        client_id="dmq-produce") as producer:
+        parts = await producer.partitions_for(topic)
+        if partition is not None and partition not in parts:
+            raise ToolError(f"topic {topic!r} has no partition {partition} "
+                            f"(it has {len(parts)})")
+        pending = b""
+        line_no = 0
+        last = None
+        while True:
+            chunk = await loop.run_in_executor(None, read_chunk)
+            if not chunk:
+                lines = [pending] if pending else []
+                pending = b""
+            else:
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+            for line in lines:
+                line_no += 1
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                key = None
+                if sep is not None:
+                    key, found, value = line.partition(sep)
+                    if not found:
+                        raise ToolError(f"line {line_no} has no key separator {key_separator!r}")
+                else:
+                    value = line
+                last = await producer.send(topic, value, key=key, partition=partition,
+                                           headers=headers or None)
+                records += 1
+                nbytes += len(value)
+                if records & 0x3FF == 0:
+                    last.add_done_callback(on_done)
+                    if failure:
+                        raise ToolError(f"send failed: {failure[0]}")
+                    bar.maybe_show(records, nbytes)
+            if not chunk:
+                break
+            if last is not None and progress is False and records < 1024:
+                # interactive use: deliver each typed line now, and report its failure
+                await producer.flush()
+                try:
+                    await last
+                except DmqError as exc:
+                    raise ToolError(f"send failed: {exc}") from None
+        await producer.flush()
+        if last is not None:
+            try:
+                await last
+            except DmqError as exc:
+                raise ToolError(f"send failed: {exc}") from None
+        if failure:
+            raise ToolError(f"send failed: {failure[0]}")
+    bar.done()
+    elapsed = max(1e-9, time.monotonic() - started)
+    echo(f"produced {records:,} records ({nbytes:,} bytes) to {topic} in {elapsed:.2f} s: "
+         f"{records / elapsed:,.0f} records/s, {nbytes / elapsed / 1e6:,.2f} MB/s")
+    return records, nbytes
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--bootstrap", "-b", required=True, metavar="HOST:PORT[,...]",
+              help="any controllers or brokers of the cluster")
+@click.option("--topic", "-t", required=True)
+@click.option("--acks", type=click.Choice(["all", "1", "0"]), default="all", show_default=True)
+@click.option("--key-separator", default=None, metavar="SEP",
+              help="split each line into key SEP value")
+@click.option("--header", "headers", multiple=True, metavar="KEY=VALUE",
+              help="a header on every record (repeatable)")
+@click.option("--file", "path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="read lines from this file instead of stdin")
+@click.option("--partition", type=int, default=None, help="send every record to this partition")
+@click.option("--compression", type=click.Choice(["none", "zstd", "lz4"]), default="none",
+              show_default=True)
+@click.option("--linger-ms", type=int, default=5, show_default=True)
+@click.option("--timeout-ms", type=int, default=10_000, show_default=True,
+              help="how long to wait for metadata or buffer space")
+def _produce_command(bootstrap: str, topic: str, acks: str, key_separator: str | None,
+                     headers: tuple[str, ...], path: str | None, partition: int | None,
+                     compression: str, linger_ms: int, timeout_ms: int) -> None:
+    """Send one record per input line (stdin by default); print a summary."""
+    hdrs = _parse_headers(headers)
+    stream = open(path, "rb") if path else sys.stdin.buffer  # noqa: SIM115
+    show_progress = sys.stderr.isatty() and (path is not None or not sys.stdin.isatty())
+
+    def read_chunk() -> bytes:
+        return stream.read1(1 << 20)  # type: ignore[attr-defined, no-any-return]
+
+    try:
+        _run(produce(bootstrap, topic, acks, key_separator, hdrs, read_chunk, partition,
+                     None if compression == "none" else compression, linger_ms, timeout_ms,
+                     show_progress, echo=lambda s: click.echo(s, err=True)))
+    finally:
+        if path:
+            stream.close()
+
+
+def produce_main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of `dmq-produce`."""
+    _run_tool(_produce_command, argv)
+
+
+# ---- dmq-consume -----------------------------------------------------------------------
+def _text(data: bytes | None) -> str:
+    return "null" if data is None else data.decode(errors="replace")
+
+
+def _json_bytes(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode()}
+
+
+def format_record(r: ConsumerRecord, fmt: str) -> str:
+    if fmt == "value":
+        return _text(r.value)
+    if fmt == "key-value":
+        return f"{_text(r.key)}\t{_text(r.value)}"
+    return json.dumps({"topic": r.topic, "partition": r.partition, "offset": r.offset,
+                       "timestamp": r.timestamp, "key": _json_bytes(r.key),
+                       "value": _json_bytes(r.value),
+                       "headers": [[k, _json_bytes(v)] for k, v in r.headers]})
+
+
+async def consume(bootstrap: str, topic: str, from_beginning: bool, partition: int | None,
+                  offset: str | None, max_messages: int | None, timeout_ms: int | None,
+                  fmt: str, write: Callable[[str], None] = print,
+                  metadata_timeout_ms: int = 10_000) -> int:
+    """Print records as they arrive; returns how many were printed."""
+    reset = "earliest" if from_beginning else "latest"
+    count = 0
+    async with Consumer(bootstrap, auto_offset_reset=reset, client_id="dmq-consume",
+                        request_timeout_ms=metadata_timeout_ms) as consumer:
+        parts = await consumer.partitions_for_topic(topic, min(3000, metadata_timeout_ms))
+        if partition is not None:
+            if partition not in parts:
+                raise ToolError(f"topic {topic!r} has no partition {partition} "
+                                f"(it has {len(parts)})")
+            tps = [TopicPartition(topic, partition)]
+        else:
+            tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        if offset is not None:
+            if offset == "earliest":
+                await consumer.seek_to_beginning(*tps)
+            elif offset == "latest":
+                await consumer.seek_to_end(*tps)
+            else:
+                for tp in tps:
+                    consumer.seek(tp, int(offset))
+        else:
+            for tp in tps:  # resolve positions now, so records produced from here on count
+                await consumer.position(tp)
+        loop = asyncio.get_running_loop()
+        idle_deadline = None if timeout_ms is None else loop.time() + timeout_ms / 1000
+        while max_messages is None or count < max_messages:
+            wait_ms = 1000 if idle_deadline is None else max(
+                0, int((idle_deadline - loop.time()) * 1000))
+            got = await consumer.getmany(timeout_ms=wait_ms,
+                                         max_records=None if max_messages is None
+                                         else max_messages - count)
+            if not got:
+                if idle_deadline is not None and loop.time() >= idle_deadline:
+                    break
+                continue
+            lines = []
+            for records in got.values():
+                for r in records:
+                    lines.append(format_record(r, fmt))
+            count += len(lines)
+            write("\n".join(lines))
+            if timeout_ms is not None:
+                idle_deadline = loop.time() + timeout_ms / 1000
+    return count
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--bootstrap", "-b", required=True, metavar="HOST:PORT[,...]",
+              help="any controllers or brokers of the cluster")
+@click.option("--topic", "-t", required=True)
+@click.option("--group", default=None, help="consume as a member of this consumer group")
+@click.option("--from-beginning", is_flag=True, help="start at the earliest offset")
+@click.option("--partition", type=int, default=None, help="only this partition")
+@click.option("--offset", default=None, metavar="N|earliest|latest",
+              help="start offset (with --partition for a number)")
+@click.option("--max-messages", type=int, default=None, help="exit after this many records")
+@click.option("--timeout-ms", type=int, default=None,
+              help="exit when no record arrives for this long")
+@click.option("--format", "fmt", type=click.Choice(["value", "key-value", "json"]),
+              default="value", show_default=True)
+def _consume_command(bootstrap: str, topic: str, group: str | None, from_beginning: bool,
+                     partition: int | None, offset: str | None, max_messages: int | None,
+                     timeout_ms: int | None, fmt: str) -> None:
+    """Print the records of a topic as they arrive."""
+    if offset is not None and offset not in ("earliest", "latest"):
+        if not offset.isdigit():
+            raise click.UsageError(f"--offset must be a number, earliest or latest; "
+                                   f"got {offset!r}")
+        if partition is None:
+            raise click.UsageError("--offset N needs --partition")
+    if max_messages is not None and max_messages < 1:
+        raise click.UsageError("--max-messages must be at least 1")
+    if group is not None:
+        raise ToolError("--group: consumer-group subscription is not available in this "
+                        "build yet; use --partition/--offset or --from-beginning", EXIT_USAGE)
+
+    def write(text: str) -> None:
+        try:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise ToolError("output closed", 0) from None
+
+    count = _run(consume(bootstrap, topic, from_beginning, partition, offset, max_messages,
+                         timeout_ms, fmt, write))
+    click.echo(f"processed a total of {count} messages", err=True)
+
+
+def consume_main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of `dmq-consume`."""
+    _run_tool(_consume_command, argv)
+
+
+__all__ = ["consume", "consume_main", "format_record", "produce", "produce_main"]
