@@ -134,6 +134,22 @@ async def test_failover_broker_failure_and_return(cluster: Cluster) -> None:
     out = await asyncio.to_thread(dmq, "topics", "describe", "events", "--bootstrap",
                                   c.bootstrap)
     assert "retention.ms=60000" in out and out.count("\n") >= 13
+    await asyncio.to_thread(dmq, "topics", "create", "scratch", "--partitions", "1",
+                            "--bootstrap", c.bootstrap)
+    await asyncio.to_thread(dmq, "topics", "alter", "scratch", "--partitions", "3",
+                            "--config", "cleanup.policy=compact", "--bootstrap", c.bootstrap)
+    listed = await asyncio.to_thread(dmq, "topics", "list", "--bootstrap", c.bootstrap)
+    assert listed.split() == ["events", "scratch"]
+    described = json.loads(await asyncio.to_thread(
+        dmq, "topics", "describe", "scratch", "--json", "--bootstrap", c.bootstrap))
+    assert len(described["scratch"]["partitions"]) == 3
+    assert described["scratch"]["configs"] == {"cleanup.policy": "compact"}
+    await asyncio.to_thread(dmq, "topics", "delete", "scratch", "--bootstrap", c.bootstrap)
+    bad = subprocess.run([sys.executable, "-m", "dmq.cli", "topics", "create", "events",
+                          "--bootstrap", c.bootstrap], capture_output=True, text=True)
+    assert bad.returncode == 1 and "TOPIC_ALREADY_EXISTS" in bad.stderr
+    human = await asyncio.to_thread(dmq, "cluster", "status", "--bootstrap", c.bootstrap)
+    assert "LEADER" in human and human.count("ONLINE") == 3
 
     # kill -9 the active controller
     old = s["controller_id"]
