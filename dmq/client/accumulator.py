@@ -134,6 +134,12 @@ class RecordHandle:
     def exception(self) -> BaseException | None:
         return self._batch.future.exception()
 
+    @property
+    def batch_future(self) -> asyncio.Future[int]:
+        """The one future shared by every record of this handle's batch (resolves to the
+        batch's base offset). Tools that time deliveries hook it once per batch."""
+        return self._batch.future
+
     def add_done_callback(self, fn: Callable[[RecordHandle], Any]) -> None:
         """Call `fn(handle)` once the send completes (one callback per handle: use for
         few records; the batch future itself carries no per-record state)."""

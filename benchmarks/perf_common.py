@@ -1,0 +1,122 @@
+"""Shared pieces of produce_perf.py and consume_perf.py: flags for where the cluster is,
+starting a private `dmq dev` cluster (`--cluster dev`), topic creation, statistics,
+and the version banner. Not a test; nothing here asserts a speed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import platform
+import random
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from importlib import metadata
+from pathlib import Path
+
+from dmq.client.admin import Admin
+from dmq.devcluster import DevCluster
+from dmq.protocol.errors import DmqError, ErrorCode
+
+
+def add_cluster_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--bootstrap", help="HOST:PORT[,...] of a running cluster")
+    ap.add_argument("--cluster", choices=["dev"], help="start a private local cluster first")
+    ap.add_argument("--controllers", type=int, default=1, help="with --cluster dev")
+    ap.add_argument("--brokers", type=int, default=1,
+                    help="with --cluster dev (1+1: a single combined node)")
+    ap.add_argument("--topic", default="perf-test")
+    ap.add_argument("--partitions", type=int, default=1, help="when the topic is created")
+    ap.add_argument("--replication-factor", type=int, default=None,
+                    help="when the topic is created (default min(3, brokers))")
+
+
+def _free_base_port() -> int:
+    for _ in range(200):
+        base = random.randrange(20000, 60000, 100)
+        ports = [base + i for i in range(3)] + [base + 10 + i for i in range(5)]
+        try:
+            for p in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range found")
+
+
+@contextlib.asynccontextmanager
+async def cluster_from_args(args: argparse.Namespace) -> AsyncIterator[str]:
+    """Yields a bootstrap string; with --cluster dev, owns a private cluster."""
+    if args.cluster != "dev":
+        if not args.bootstrap:
+            sys.exit("error: give --bootstrap HOST:PORT or --cluster dev")
+        yield args.bootstrap
+        return
+    root = Path(tempfile.mkdtemp(prefix="dmq-perf-"))
+    cluster = DevCluster(root, args.controllers, args.brokers, _free_base_port(), quiet=True,
+                         echo=lambda s: None)
+    try:
+        await cluster.start()
+        yield cluster.bootstrap
+    finally:
+        await cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def ensure_topic(bootstrap: str, args: argparse.Namespace, timeout_s: float = 30) -> None:
+    rf = args.replication_factor or min(3, max(1, args.brokers))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with Admin(bootstrap) as admin:
+        await admin.wait_for_controller(int(timeout_s * 1000))
+        while True:
+            try:
+                await admin.create_topic(args.topic, args.partitions, rf)
+                return
+            except DmqError as exc:
+                if exc.code is ErrorCode.TOPIC_ALREADY_EXISTS:
+                    return
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
+def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
+    if not latencies_s:
+        return {}
+    xs = sorted(latencies_s)
+    n = len(xs)
+
+    def pct(p: float) -> float:
+        return xs[min(n - 1, int(p * n))] * 1000
+
+    return {"avg": statistics.fmean(xs) * 1000, "p50": pct(0.50), "p95": pct(0.95),
+            "p99": pct(0.99), "p99.9": pct(0.999), "max": xs[-1] * 1000}
+
+
+def format_latency(lat: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f} ms" for k, v in lat.items())
+
+
+def versions_banner() -> str:
+    parts = [f"Python {platform.python_version()}"]
+    for pkg in ("dmq", "msgpack", "crc32c", "uvloop", "zstandard", "lz4"):
+        try:
+            parts.append(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return "# " + ", ".join(parts)
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover
+        pass
