@@ -227,7 +227,8 @@ class BrokerLifecycle:
         if not self._caught_up.is_set():
             self._caught_up.set()
             self._heartbeat_now.set()
-        elif self._fenced_by_controller and self.state.version >= self._broker_epoch >= 0:
+        elif self._fenced_by_controller and self._broker_epoch >= 0 and \
+                self.state.version >= self.state.broker_changed_at.get(self.broker_id, 0):
             self._heartbeat_now.set()  # caught up: ask to be unfenced now, not next beat
 
     async def _publish(self) -> None:

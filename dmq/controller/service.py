@@ -449,7 +449,9 @@ class ControllerService:
             await self.mutate(lambda: (self.planner.controlled_shutdown(bid), None))
             should_shutdown = self.planner.leaderships(bid) == 0
         elif b.state == FENCED and not body["want_fence"] \
-                and body["metadata_version"] >= b.broker_epoch:
+                and body["metadata_version"] >= self.state.broker_changed_at.get(bid, 0):
+            # caught up: the broker has seen its own registration or fencing, and with it
+            # every leadership that moved away from it
             def plan() -> tuple[list[Record], None]:
                 self.planner.check_broker(bid, epoch)
                 return self.planner.unfence_broker(bid), None

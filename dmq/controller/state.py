@@ -13,7 +13,7 @@ published, so publishing (`image()`) only copies the two top-level dicts.
 Snapshot format (msgpack map, version 1)::
 
     {"v": 1, "version": last applied index,
-     "brokers": [[id, host, port, rack, epoch, state, incarnation_id], ...],
+     "brokers": [[id, host, port, rack, epoch, state, incarnation_id, changed_at], ...],
      "topics": [[name, topic_id, {configs},
                  [[partition, [replicas], leader, leader_epoch, [isr], partition_epoch]]]],
      "next_producer_id": int,
@@ -65,6 +65,9 @@ class MetadataState:
         self.version = 0
         self.brokers: dict[int, BrokerInfo] = {}
         self.incarnations: dict[int, str] = {}
+        # version of the entry that last changed each broker's registration or state: a
+        # fenced broker is unfenced only once it has seen that entry
+        self.broker_changed_at: dict[int, int] = {}
         self.topics: dict[str, TopicInfo] = {}
         self.topic_names_by_id: dict[str, str] = {}
         self.next_producer_id = FIRST_PRODUCER_ID
@@ -122,22 +125,25 @@ class MetadataState:
         r: RegisterBroker = rec
         self.brokers[r.broker_id] = BrokerInfo(r.broker_id, r.host, r.port, r.rack, index, FENCED)
         self.incarnations[r.broker_id] = r.incarnation_id
+        self.broker_changed_at[r.broker_id] = index
 
-    def _set_broker_state(self, broker_id: int, epoch: int, state: str, rec: Record) -> None:
+    def _set_broker_state(self, broker_id: int, epoch: int, state: str, rec: Record,
+                          index: int) -> None:
         b = self.brokers.get(broker_id)
         if b is None or b.broker_epoch != epoch:
             self._skip(rec, "unknown broker or stale broker epoch")
             return
         self.brokers[broker_id] = replace(b, state=state)
+        self.broker_changed_at[broker_id] = index
 
     def _fence_broker(self, rec: Any, index: int) -> None:
-        self._set_broker_state(rec.broker_id, rec.broker_epoch, FENCED, rec)
+        self._set_broker_state(rec.broker_id, rec.broker_epoch, FENCED, rec, index)
 
     def _unfence_broker(self, rec: Any, index: int) -> None:
-        self._set_broker_state(rec.broker_id, rec.broker_epoch, ONLINE, rec)
+        self._set_broker_state(rec.broker_id, rec.broker_epoch, ONLINE, rec, index)
 
     def _broker_shutting_down(self, rec: Any, index: int) -> None:
-        self._set_broker_state(rec.broker_id, rec.broker_epoch, SHUTTING_DOWN, rec)
+        self._set_broker_state(rec.broker_id, rec.broker_epoch, SHUTTING_DOWN, rec, index)
 
     def _create_topic(self, rec: Any, index: int) -> None:
         r: CreateTopic = rec
@@ -255,7 +261,8 @@ class MetadataState:
     # snapshot ---------------------------------------------------------------------------
     def to_snapshot(self, *, include_offsets: bool = True) -> dict[str, Any]:
         brokers = [[b.broker_id, b.host, b.port, b.rack, b.broker_epoch, b.state,
-                    self.incarnations.get(b.broker_id, "")]
+                    self.incarnations.get(b.broker_id, ""),
+                    self.broker_changed_at.get(b.broker_id, b.broker_epoch)]
                    for _, b in sorted(self.brokers.items())]
         topics = [[t.name, t.topic_id, dict(t.configs),
                    [[p.partition, list(p.replicas), p.leader, p.leader_epoch, list(p.isr),
@@ -276,9 +283,11 @@ class MetadataState:
         self.version = int(snap["version"])
         self.brokers = {}
         self.incarnations = {}
-        for bid, host, port, rack, epoch, state, inc in snap["brokers"]:
+        self.broker_changed_at = {}
+        for bid, host, port, rack, epoch, state, inc, changed_at in snap["brokers"]:
             self.brokers[bid] = BrokerInfo(bid, host, port, rack, epoch, state)
             self.incarnations[bid] = inc
+            self.broker_changed_at[bid] = changed_at
         self.topics = {}
         self.topic_names_by_id = {}
         for name, tid, configs, parts in snap["topics"]:

@@ -364,3 +364,38 @@ async def test_full_quorum_restart_keeps_everything(tmp_path: Path) -> None:
         await wait_for(lambda: set(_states(new).values()) == {ONLINE}, 5, "brokers ONLINE")
     finally:
         await c.stop()
+
+
+async def test_fenced_broker_that_heartbeats_again_is_unfenced(cluster: InProcCluster) -> None:
+    """A broker fenced while it was still alive (a long pause, a partition) comes back
+    by itself once it has seen its own fencing."""
+    ctl = await cluster.wait_active()
+    await wait_for(lambda: set(_states(ctl).values()) == {ONLINE}, 5, "brokers ONLINE")
+    await ctl.mutate(ctl._plan(ctl.planner.fence_broker, 103))
+    fenced_at = ctl.state.broker_changed_at[103]
+    assert ctl.state.brokers[103].state == FENCED
+    await wait_for(lambda: ctl.state.brokers[103].state == ONLINE, 3, "broker 103 unfenced")
+    assert ctl.state.broker_changed_at[103] > fenced_at
+    assert cluster.brokers[103].lifecycle.state.version >= fenced_at
+
+
+async def test_stale_controller_notice_is_ignored(cluster: InProcCluster) -> None:
+    ctl = await cluster.wait_active()
+    lc = cluster.brokers[101].lifecycle
+    await wait_for(lambda: lc.controller is not None and lc.controller.node_id == ctl.node_id,
+                   3, "broker following the controller")
+    term = ctl.raft.status()["term"]
+    other = next(c for c in cluster.config.controllers if c.node_id != ctl.node_id)
+    port = cluster.config.node(101).port
+    await request_once("127.0.0.1", port, ApiKey.CONTROLLER_CHANGED, {
+        "controller_id": other.node_id, "term": term - 1, "host": other.host,
+        "port": other.port})
+    assert lc.controller.node_id == ctl.node_id
+    # a newer term switches at once (here to a follower, which then names the leader)
+    await request_once("127.0.0.1", port, ApiKey.CONTROLLER_CHANGED, {
+        "controller_id": other.node_id, "term": term + 1, "host": other.host,
+        "port": other.port})
+    assert lc.controller.node_id == other.node_id
+    beats = lc.stats_heartbeats
+    await wait_for(lambda: lc.stats_heartbeats > beats + 1, 3, "heartbeats continuing")
+    assert lc.controller.node_id == ctl.node_id and not lc.is_fenced
