@@ -103,18 +103,23 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     # ---- metadata (every controller answers; brokers answer from their image) -----
     ApiKey.METADATA: Struct(optional={"topics": (_TOPIC_NAMES, None),
                                       "allow_auto_create": (BOOL, False)}),
-    # -> {"controller_id", "version", "brokers": [[id, host, port, rack]],
+    # -> {"controller_id", "controller_term", "controller": [id, host, port] (when known),
+    #     "version", "brokers": [[id, host, port, rack]] (ONLINE and SHUTTING_DOWN only),
     #     "topics": [{"name", "id", "error", "partitions":
     #                 [[partition, leader, leader_epoch, replicas, isr, error]]}]}
+    #    (built by dmq.controller.image.metadata_body on controllers and brokers alike)
     ApiKey.DESCRIBE_CLUSTER: Struct(),
     # -> {"controller_id", "controller_term", "metadata_version",
     #     "controllers": [{"node_id", "host", "port", "role", "term", "commit_index",
     #                      "last_applied"}],
     #     "brokers": [{"broker_id", "host", "port", "rack", "state", "broker_epoch",
-    #                  "last_heartbeat_ms_ago"}]}
+    #                  "last_heartbeat_ms_ago"}],  (-1: not seen by this controller)
+    #     "active": bool, "answered_by": node_id}
     ApiKey.METADATA_FETCH: Struct({"broker_id": INT, "version": INT},
                                   {"max_wait_ms": (INT, 500)}),
-    # -> {"version", "records": [...]} or {"version", "snapshot": {...}}
+    # -> {"version", "records": [[index, [record, ...]], ...]} or {"version", "snapshot": {...}}
+    #    plus "controller_id", "controller_term", "controller": [id, host, port]
+    #    (records and snapshot format: dmq/controller/records.py, dmq/controller/state.py)
 
     # ---- controller writes (active controller only; others: NOT_CONTROLLER + leader)
     ApiKey.BROKER_REGISTRATION: Struct(
@@ -131,7 +136,7 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
         {"topics": Array(Struct({"name": STR, "partitions": INT, "replication_factor": INT},
                                 {"configs": (_CONFIGS, dict)}), max_items=10_000)},
         {"timeout_ms": (INT, 30_000), "validate_only": (BOOL, False)}),
-    # -> {"topics": [{"name", "error", "msg", "id"}]}
+    # -> {"topics": [{"name", "error", "msg", "id", "partitions", "replication_factor"}]}
     ApiKey.DELETE_TOPICS: Struct({"topics": Array(STR, max_items=10_000)},
                                  {"timeout_ms": (INT, 30_000)}),
     # -> {"topics": [{"name", "error", "msg"}]}
@@ -150,7 +155,8 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.INIT_PRODUCER_ID: Struct(optional={"transactional_id": (Nullable(STR), None)}),
     # -> {"producer_id", "producer_epoch"}
     ApiKey.DESCRIBE_CONFIGS: Struct({"topics": Array(STR, max_items=10_000)}),
-    # -> {"topics": [{"name", "error", "msg", "configs": {k: v}}]}
+    # -> {"topics": [{"name", "error", "msg", "configs": {k: v} (effective),
+    #                 "overrides": {k: v} (set on the topic)}]}
     ApiKey.ALTER_CONFIGS: Struct(
         {"topics": Array(Struct({"name": STR, "configs": MapOf(STR, Nullable(STR))}))},
         {"validate_only": (BOOL, False)}),
