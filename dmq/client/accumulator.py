@@ -73,7 +73,8 @@ class ProducerBatch:
 class PartitionQueue:
     """Batches of one partition in send order; the last may still be filling (`open`)."""
 
-    __slots__ = ("batches", "in_flight", "next_sequence", "open", "partition", "topic")
+    __slots__ = ("batches", "confirmed", "in_flight", "next_sequence", "open", "partition",
+                 "topic")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
@@ -82,6 +83,10 @@ class PartitionQueue:
         self.open: ProducerBatch | None = None
         self.in_flight = 0
         self.next_sequence = 0
+        # an answer was received under the current producer id: the broker knows our
+        # sequence, so pipelining is safe (before that a broker accepts any first
+        # sequence, and a failed first batch would let the second one jump ahead)
+        self.confirmed = False
 
     @property
     def retrying(self) -> bool:

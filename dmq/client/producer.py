@@ -420,7 +420,7 @@ class Producer:
                 if due > 0:
                     wait_ms = _min(wait_ms, due)
                     continue
-            if pq.in_flight >= self.max_in_flight:
+            if pq.in_flight >= (self.max_in_flight if pq.confirmed else 1):
                 continue
             if first.sealed is None and self._reset_state:
                 continue  # new batches wait for the new producer id
@@ -547,6 +547,7 @@ class Producer:
 
     def _complete(self, b: ProducerBatch, base_offset: int) -> None:
         b.queue.in_flight -= 1
+        b.queue.confirmed = True
         self._release(b)
         if not b.future.done():
             b.future.set_result(base_offset)
@@ -608,6 +609,7 @@ class Producer:
                 for parts in self._queues.values():
                     for pq in parts.values():
                         pq.next_sequence = 0
+                        pq.confirmed = False
                 self._reset_state = _RESET_NONE
             except DmqError as exc:
                 log.warning("cannot renew producer id: %s", exc)

@@ -1,0 +1,259 @@
+"""Producer against in-process fake nodes that misbehave on purpose: lost responses,
+injected errors, leader moves, slow brokers. Every test checks what reached the log,
+not only what the handles said."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from dmq.client import Producer
+from dmq.client.errors import IllegalStateError, ProducerClosedError
+from dmq.client.partitioner import partition_for_key
+from dmq.client.serializers import json_serializer, str_serializer
+from dmq.log.batch import iter_headers
+from dmq.protocol.errors import (
+    ErrorCode,
+    MessageTooLargeError,
+    NetworkError,
+    RequestTimedOutError,
+    UnknownTopicOrPartitionError,
+)
+from tests.unit.client.fake_cluster import FakeCluster
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeCluster]:
+    c = await FakeCluster(2).start()
+    c.create_topic("t", 3)
+    yield c
+    await c.stop()
+
+
+async def test_send_and_wait_keyed_placement_and_idempotent_headers(fake: FakeCluster) -> None:
+    async with Producer(fake.bootstrap, linger_ms=0) as p:
+        assert p.idempotent and p.producer_id > 0
+        md = await p.send_and_wait("t", b"v", key=b"user-1", headers=[("h", b"1")],
+                                   timestamp_ms=1234)
+        assert md.partition == partition_for_key(b"user-1", 3) == 1
+        assert (md.topic, md.offset, md.timestamp) == ("t", 0, 1234)
+    data = fake.topics["t"][1].batches[0][3]
+    (h,) = list(iter_headers(data))
+    assert h.producer_id == p.producer_id and h.base_sequence == 0
+
+
+async def test_many_sends_batch_and_keep_per_partition_order(fake: FakeCluster) -> None:
+    async with Producer(fake.bootstrap, linger_ms=2, batch_size=2048) as p:
+        handles = [await p.send("t", b"%d" % i, key=b"k%d" % (i % 5)) for i in range(3000)]
+        mds = [await h for h in handles]
+    assert fake.produce_requests < 3000 / 5  # batched
+    for part in range(3):
+        values = [int(v) for _o, v in fake.records("t", part)]
+        assert values == sorted(values)
+        assert [m.offset for m in mds if m.partition == part] == list(range(len(values)))
+    assert sum(len(fake.records("t", i)) for i in range(3)) == 3000
+
+
+async def test_keyless_records_stick_to_one_partition_per_batch(fake: FakeCluster) -> None:
+    async with Producer(fake.bootstrap, linger_ms=50, batch_size=1 << 20) as p:
+        handles = [await p.send("t", b"x") for _ in range(50)]
+        await p.flush()
+    assert len({h.result().partition for h in handles}) == 1
+
+
+async def test_retriable_errors_are_retried_with_metadata_refresh(fake: FakeCluster) -> None:
+    failures = {"left": 3}
+
+    def hook(node: Any, body: Any) -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            return int(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+        return None
+
+    fake.produce_hook = hook
+    before = fake.metadata_requests
+    async with Producer(fake.bootstrap, linger_ms=0, retry_backoff_ms=10) as p:
+        md = await p.send_and_wait("t", b"once", partition=0)
+    assert md.offset == 0
+    assert fake.records("t", 0) == [(0, b"once")]
+    assert fake.metadata_requests > before
+
+
+async def test_lost_responses_are_retried_and_deduplicated(fake: FakeCluster) -> None:
+    """The broker appends but the answer never comes: the retry must not duplicate."""
+    state = {"n": 0}
+
+    def hook(node: Any, body: Any) -> Any:
+        state["n"] += 1
+        return "drop-after-append" if state["n"] <= 2 else None
+
+    fake.produce_hook = hook
+    async with Producer(fake.bootstrap, linger_ms=0, request_timeout_ms=300,
+                        retry_backoff_ms=10) as p:
+        md = await p.send_and_wait("t", b"exactly-once", partition=2)
+    assert fake.records("t", 2) == [(0, b"exactly-once")]
+    assert md.offset == 0
+
+
+async def test_order_kept_across_retries_with_several_in_flight(fake: FakeCluster) -> None:
+    """The first request fails after later ones were sent: the later ones get
+    OUT_OF_ORDER_SEQUENCE_NUMBER and everything is resent in sequence order."""
+    state = {"n": 0}
+
+    def hook(node: Any, body: Any) -> Any:
+        state["n"] += 1
+        return int(ErrorCode.REQUEST_TIMED_OUT) if state["n"] == 1 else None
+
+    fake.produce_hook = hook
+    fake.produce_delay_s = 0.005
+    async with Producer(fake.bootstrap, linger_ms=0, batch_size=200, max_in_flight=5,
+                        retry_backoff_ms=20) as p:
+        handles = [await p.send("t", b"%d" % i, partition=0) for i in range(300)]
+        results = await asyncio.gather(*(asyncio.ensure_future(_wait(h)) for h in handles))
+    assert all(isinstance(r, int) for r in results)
+    values = [int(v) for _o, v in fake.records("t", 0)]
+    assert values == list(range(300))
+    assert results == list(range(300))
+
+
+async def _wait(h: Any) -> Any:
+    try:
+        return (await h).offset
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+
+
+async def test_leader_move_mid_stream(fake: FakeCluster) -> None:
+    async with Producer(fake.bootstrap, linger_ms=1, retry_backoff_ms=10) as p:
+        first = [await p.send("t", b"a%d" % i, partition=0) for i in range(100)]
+        await p.flush()
+        fake.move_leader("t", 0, fake.nodes[1].node_id)
+        second = [await p.send("t", b"b%d" % i, partition=0) for i in range(100)]
+        mds = [await h for h in first + second]
+    assert [m.offset for m in mds] == list(range(200))
+    assert [v for _o, v in fake.records("t", 0)] == [b"a%d" % i for i in range(100)] + [
+        b"b%d" % i for i in range(100)]
+
+
+async def test_delivery_timeout_fails_the_handle_in_time(fake: FakeCluster) -> None:
+    fake.produce_hook = lambda node, body: "drop"
+    async with Producer(fake.bootstrap, linger_ms=0, request_timeout_ms=200,
+                        delivery_timeout_ms=600, retry_backoff_ms=10) as p:
+        t0 = time.monotonic()
+        with pytest.raises(RequestTimedOutError):
+            await p.send_and_wait("t", b"lost", partition=0)
+        assert time.monotonic() - t0 < 3
+        fake.produce_hook = None
+        # the failed batch left a sequence gap: the producer renews its id and goes on
+        old_pid = p.producer_id
+        md = await p.send_and_wait("t", b"after", partition=0)
+        assert p.producer_id != old_pid
+    assert fake.records("t", 0)[-1] == (md.offset, b"after")
+
+
+async def test_non_retriable_error_fails_only_its_batch(fake: FakeCluster) -> None:
+    state = {"n": 0}
+
+    def hook(node: Any, body: Any) -> Any:
+        state["n"] += 1
+        return int(ErrorCode.INVALID_RECORD) if state["n"] == 1 else None
+
+    fake.produce_hook = hook
+    async with Producer(fake.bootstrap, linger_ms=0) as p:
+        with pytest.raises(Exception) as info:
+            await p.send_and_wait("t", b"bad", partition=1)
+        assert getattr(info.value, "code", None) is ErrorCode.INVALID_RECORD
+        md = await p.send_and_wait("t", b"good", partition=1)
+    assert fake.records("t", 1) == [(md.offset, b"good")]
+
+
+async def test_buffer_memory_backpressure_bounds_buffered_bytes(fake: FakeCluster) -> None:
+    fake.produce_delay_s = 0.01
+    limit = 64 * 1024
+    peak = 0
+    async with Producer(fake.bootstrap, linger_ms=0, batch_size=4096,
+                        buffer_memory=limit) as p:
+        handles = []
+        for i in range(3000):
+            handles.append(await p.send("t", b"x" * 100, partition=i % 3))
+            peak = max(peak, p.buffered_bytes)
+        await asyncio.gather(*(_wait(h) for h in handles))
+        assert p.buffered_bytes == 0
+    assert peak <= limit
+    assert sum(len(fake.records("t", i)) for i in range(3)) == 3000
+
+
+async def test_acks_0_and_1_and_compression(fake: FakeCluster) -> None:
+    async with Producer(fake.bootstrap, acks=0, linger_ms=0) as p:
+        assert not p.idempotent
+        md = await p.send_and_wait("t", b"fire", partition=0)
+        assert md.offset == -1
+    for codec in ("zstd", "lz4"):
+        async with Producer(fake.bootstrap, acks=1, compression_type=codec) as p:
+            md = await p.send_and_wait("t", b"c" * 1000, partition=2)
+            assert md.offset >= 0
+    await asyncio.sleep(0.05)
+    assert fake.records("t", 0)[-1][1] == b"fire"
+    assert [v for _o, v in fake.records("t", 2)] == [b"c" * 1000] * 2
+
+
+async def test_serializers(fake: FakeCluster) -> None:
+    async with Producer(fake.bootstrap, key_serializer=str_serializer,
+                        value_serializer=json_serializer) as p:
+        md = await p.send_and_wait("t", {"a": 1}, key="user-1")
+    assert md.partition == 1
+    assert fake.records("t", 1) == [(0, b'{"a":1}')]
+
+
+async def test_bad_input_raises_clear_errors(fake: FakeCluster) -> None:
+    with pytest.raises(ValueError, match="acks"):
+        Producer(fake.bootstrap, acks=2)
+    with pytest.raises(ValueError, match="idempotence"):
+        Producer(fake.bootstrap, acks=1, enable_idempotence=True)
+    with pytest.raises(ValueError, match="bootstrap"):
+        Producer("nohostport")
+    p = Producer(fake.bootstrap)
+    with pytest.raises(IllegalStateError):
+        await p.send("t", b"x")
+    async with Producer(fake.bootstrap, max_request_size=1000, max_block_ms=300) as p:
+        with pytest.raises(MessageTooLargeError):
+            await p.send("t", b"x" * 2000)
+        with pytest.raises(UnknownTopicOrPartitionError):
+            await p.send("t", b"x", partition=7)
+    with pytest.raises(ProducerClosedError):
+        await p.send("t", b"x")
+
+
+async def test_unknown_topic_without_auto_create() -> None:
+    c = await FakeCluster(1, auto_create=False).start()
+    try:
+        async with Producer(c.bootstrap, max_block_ms=300) as p:
+            t0 = time.monotonic()
+            with pytest.raises(UnknownTopicOrPartitionError):
+                await p.send("missing", b"x")
+            assert time.monotonic() - t0 < 3
+    finally:
+        await c.stop()
+
+
+async def test_unreachable_bootstrap_fails_fast() -> None:
+    from tests.support.procs import free_ports
+
+    (port,) = free_ports(1)
+    t0 = time.monotonic()
+    with pytest.raises(NetworkError, match="no node reachable"):
+        async with Producer(f"127.0.0.1:{port}"):
+            pass
+    assert time.monotonic() - t0 < 5
+
+
+async def test_close_delivers_what_was_accumulated(fake: FakeCluster) -> None:
+    p = Producer(fake.bootstrap, linger_ms=10_000)
+    await p.start()
+    handles = [await p.send("t", b"%d" % i, partition=0) for i in range(10)]
+    await p.close()
+    assert [h.result().offset for h in handles] == list(range(10))
