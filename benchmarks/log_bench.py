@@ -1,19 +1,22 @@
 """Log engine micro-benchmark: PartitionLog vs raw os.write / os.pread in the same run.
 
 Measures, for 1 KiB, 16 KiB and 1 MiB batches:
-- append: `PartitionLog.append_as_leader(batch, epoch)` (validate header + CRC, stamp
-  offset and epoch, one writev, index maintenance) vs `os.write` of the same bytes to a
-  plain file;
-- sequential read: `PartitionLog.read(offset, max_bytes)` from offset 0 to the end vs
-  `os.pread` of exactly the same (position, length) ranges of a plain file;
+- leader append: `PartitionLog.append_as_leader(batch, epoch)`, one batch per call as the
+  broker's produce path calls it (validate header + CRC, stamp offset and epoch, one
+  writev, index upkeep) vs `os.write` of the same bytes to a plain file;
+- sequential read: `PartitionLog.read(offset, 1 MiB)` from offset 0 to the end vs
+  `os.pread` of exactly the same (position, length) ranges of a plain file, each result
+  held until the next read on both sides;
 - follower append: `PartitionLog.append_as_follower` of ~1 MiB fetch responses made of
   such batches (validate + CRC per batch, one writev per call) vs `os.write` of the same;
 - index lookup latency: `OffsetIndex.lookup` on a full 1 MiB index, random targets.
 
-Each figure is the median of --runs runs (default 5); runs alternate baseline and log.
-No fsync anywhere (the default flush policy): both sides measure the page cache path.
+Each figure is the median of --runs runs. Within a run the two sides of a comparison
+alternate which goes first, and `os.sync()` runs (untimed) before every timed write
+phase so both start with no dirty pages. No fsync inside the timed loops (the default
+flush policy): both sides measure the page-cache path.
 
-    .venv/bin/python benchmarks/log_bench.py [--total-mib 64] [--runs 5]
+    .venv/bin/python benchmarks/log_bench.py [--total-mib 32] [--runs 5]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,6 +40,8 @@ from dmq.log import BatchBuilder, LogConfig, PartitionLog, stamp_batch  # noqa: 
 from dmq.log.index import OffsetIndex  # noqa: E402
 
 READ_MAX_BYTES = 1 << 20
+FETCH_BYTES = 1 << 20
+LOG_CONFIG = LogConfig(segment_bytes=1 << 31, retention_ms=None)
 
 
 def make_batch(batch_bytes: int) -> bytes:
@@ -49,87 +55,112 @@ def make_batch(batch_bytes: int) -> bytes:
     return b.seal()
 
 
-def bench_append(batch: bytes, n: int, tmp: str) -> tuple[float, float, PartitionLog, str]:
-    """Returns (raw seconds, log seconds, the open log, the raw file path)."""
-    raw_path = os.path.join(tmp, "raw.bin")
-    fd = os.open(raw_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-    write = os.write
-    write(fd, batch)  # warm-up, as on the log side
+def timed(fn: Callable[[], None]) -> float:
+    os.sync()
     t0 = time.perf_counter()
-    for _ in range(n):
-        write(fd, batch)
-    raw_s = time.perf_counter() - t0
-    os.close(fd)
-    cfg = LogConfig(segment_bytes=1 << 31, retention_ms=None)
-    plog = PartitionLog.open(os.path.join(tmp, "log"), cfg, ManualClock())
-    append = plog.append_as_leader
-    append(batch, 1)  # warm-up: the first append of an epoch persists the epoch file
-    t0 = time.perf_counter()
-    for _ in range(n):
-        append(batch, 1)
-    log_s = time.perf_counter() - t0
-    return raw_s, log_s, plog, raw_path
+    fn()
+    return time.perf_counter() - t0
 
 
-def bench_follower(batch: bytes, n: int, tmp: str) -> tuple[float, float]:
-    """Follower appends of ~1 MiB fetch responses made of `batch`-sized batches."""
-    per = max(1, (1 << 20) // len(batch))
-    bufs = []
-    offset = 0
-    rpb = int.from_bytes(batch[57:61], "big")
-    for _ in range(max(1, n // per)):
-        buf = bytearray(batch * per)
-        for i in range(per):
-            stamp_batch(buf, i * len(batch), offset, 1)
-            offset += rpb
-        bufs.append(bytes(buf))
-    raw_path = os.path.join(tmp, "raw-f.bin")
-    fd = os.open(raw_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-    write = os.write
-    t0 = time.perf_counter()
-    for b in bufs:
-        write(fd, b)
-    raw_s = time.perf_counter() - t0
-    os.close(fd)
-    plog = PartitionLog.open(os.path.join(tmp, "flog"), LogConfig(segment_bytes=1 << 31),
-                             ManualClock())
-    append = plog.append_as_follower
-    t0 = time.perf_counter()
-    for b in bufs:
-        append(b)
-    log_s = time.perf_counter() - t0
-    plog.close()
+def raw_writer(path: str, bufs: list[bytes], first: bytes) -> Callable[[], None]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    os.write(fd, first)  # warm-up, as on the log side
+
+    def run() -> None:
+        write = os.write
+        for b in bufs:
+            write(fd, b)
+        os.close(fd)
+
+    return run
+
+
+def compare(raw: Callable[[], None], log: Callable[[], None], log_first: bool) -> tuple[
+        float, float]:
+    if log_first:
+        log_s = timed(log)
+        raw_s = timed(raw)
+    else:
+        raw_s = timed(raw)
+        log_s = timed(log)
     return raw_s, log_s
 
 
-def bench_read(plog: PartitionLog, raw_path: str, records_per_batch: int,
-               batch_size: int) -> tuple[float, float, int]:
+def run_once(batch: bytes, n: int, tmp: str, log_first: bool) -> dict[str, float]:
+    bsize = len(batch)
+    rpb = int.from_bytes(batch[57:61], "big")
+    out: dict[str, float] = {}
+    # leader append, one batch per call
+    plog = PartitionLog.open(os.path.join(tmp, "log"), LOG_CONFIG, ManualClock())
+    plog.append_as_leader(batch, 1)  # warm-up: the first append of an epoch writes a file
+
+    def log_append() -> None:
+        append = plog.append_as_leader
+        for _ in range(n):
+            append(batch, 1)
+
+    raw_path = os.path.join(tmp, "raw.bin")
+    raw_s, log_s = compare(raw_writer(raw_path, [batch] * n, batch), log_append, log_first)
+    out["append"], out["raw_write"] = n * bsize / log_s, n * bsize / raw_s
+    # sequential read of what was just written
     ranges: list[tuple[int, int]] = []
-    read = plog.read
-    end = plog.log_end_offset
-    offset = 0
-    pos = 0
-    total = 0
-    t0 = time.perf_counter()
-    offset = plog.read(0, READ_MAX_BYTES).nbytes and 0  # warm-up
-    while offset < end:
-        data = read(offset, READ_MAX_BYTES)
-        n = len(data)
-        ranges.append((pos, n))
-        pos += n
-        total += n
-        offset += (n // batch_size) * records_per_batch
-    log_s = time.perf_counter() - t0
+
+    def log_read() -> None:
+        read = plog.read
+        end = plog.log_end_offset
+        offset = pos = 0
+        while offset < end:
+            data = read(offset, READ_MAX_BYTES)
+            k = len(data)
+            ranges.append((pos, k))
+            pos += k
+            offset += (k // bsize) * rpb
+
+    log_read()  # records the ranges; timed again below
     fd = os.open(raw_path, os.O_RDONLY)
-    pread = os.pread
-    t0 = time.perf_counter()
-    data = b""
-    for p, n in ranges:
-        data = pread(fd, n, p)  # held until the next read, like the log side's result
-    del data
-    raw_s = time.perf_counter() - t0
+
+    def raw_read() -> None:
+        pread = os.pread
+        data = b""
+        for p, k in ranges:
+            data = pread(fd, k, p)  # held until the next read, like the log side
+        del data
+
+    total = sum(k for _, k in ranges)
+    ranges_copy = list(ranges)
+
+    def log_read_timed() -> None:
+        ranges.clear()
+        log_read()
+
+    raw_s, log_s = compare(raw_read, log_read_timed, log_first)
+    assert ranges == ranges_copy
     os.close(fd)
-    return raw_s, log_s, total
+    out["read"], out["raw_read"] = total / log_s, total / raw_s
+    plog.close()
+    # follower append of ~1 MiB fetch responses
+    per = max(1, FETCH_BYTES // bsize)
+    bufs = []
+    offset = 0
+    for _ in range(max(1, n // per)):
+        buf = bytearray(batch * per)
+        for i in range(per):
+            stamp_batch(buf, i * bsize, offset, 1)
+            offset += rpb
+        bufs.append(bytes(buf))
+    flog = PartitionLog.open(os.path.join(tmp, "flog"), LOG_CONFIG, ManualClock())
+
+    def log_follow() -> None:
+        append = flog.append_as_follower
+        for b in bufs:
+            append(b)
+
+    raw_s, log_s = compare(raw_writer(os.path.join(tmp, "raw-f.bin"), bufs, b""), log_follow,
+                           log_first)
+    fbytes = len(bufs) * per * bsize
+    out["follower"], out["raw_follower"] = fbytes / log_s, fbytes / raw_s
+    flog.close()
+    return out
 
 
 def bench_index(tmp: str) -> float:
@@ -152,51 +183,39 @@ def bench_index(tmp: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--total-mib", type=int, default=64, help="bytes appended per run")
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--total-mib", type=int, default=32, help="bytes appended per run")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", default=None, help="folder for the files (default: a tempdir)")
     args = ap.parse_args()
     print(f"python {platform.python_version()} ({platform.machine()}), msgpack "
           f"{version('msgpack')}, crc32c {version('crc32c')}, {os.cpu_count()} CPUs; "
-          f"{args.total_mib} MiB per run, median of {args.runs} runs, no fsync")
+          f"{args.total_mib} MiB per run, median of {args.runs} runs, no fsync in loops")
     print()
-    hdr = (f"| {'batch':>7} | {'append MB/s':>11} | {'raw write MB/s':>14} | {'ratio':>5} | "
-           f"{'batches/s':>9} | {'read MB/s':>9} | {'raw pread MB/s':>14} | {'ratio':>5} | "
-           f"{'follower MB/s':>13} | {'raw MB/s':>8} | {'ratio':>5} |")
-    print(hdr)
-    print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+    cols = ["batch", "append MB/s", "raw write MB/s", "ratio", "batches/s", "read MB/s",
+            "raw pread MB/s", "ratio", "follower MB/s", "raw write MB/s", "ratio"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
     for size in (1024, 16 * 1024, 1024 * 1024):
         batch = make_batch(size)
-        bsize = len(batch)
-        rpb = int.from_bytes(batch[57:61], "big")
-        n = max(1, (args.total_mib << 20) // bsize)
-        raw_w, log_w, raw_r, log_r, raw_f, log_f = [], [], [], [], [], []
-        for _ in range(args.runs):
+        n = max(1, (args.total_mib << 20) // len(batch))
+        samples: dict[str, list[float]] = {}
+        for run in range(args.runs):
             tmp = tempfile.mkdtemp(prefix="dmq-log-bench-", dir=args.dir)
             try:
-                rw, lw, plog, raw_path = bench_append(batch, n, tmp)
-                rr, lr, total = bench_read(plog, raw_path, rpb, bsize)
-                plog.close()
-                rf, lf = bench_follower(batch, n, tmp)
+                for k, v in run_once(batch, n, tmp, log_first=run % 2 == 1).items():
+                    samples.setdefault(k, []).append(v / 1e6)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            mb = n * bsize / 1e6
-            raw_w.append(mb / rw)
-            log_w.append(mb / lw)
-            raw_r.append(total / 1e6 / rr)
-            log_r.append(total / 1e6 / lr)
-            per = max(1, (1 << 20) // bsize)
-            fmb = max(1, n // per) * per * bsize / 1e6
-            raw_f.append(fmb / rf)
-            log_f.append(fmb / lf)
-        a, ra = statistics.median(log_w), statistics.median(raw_w)
-        r, rr_ = statistics.median(log_r), statistics.median(raw_r)
-        f, rf_ = statistics.median(log_f), statistics.median(raw_f)
+        m = {k: statistics.median(v) for k, v in samples.items()}
         label = f"{size // 1024} KiB" if size < 1 << 20 else "1 MiB"
-        print(f"| {label:>7} | {a:>11.0f} | {ra:>14.0f} | {a / ra:>5.2f} | "
-              f"{a * 1e6 / bsize:>9.0f} | {r:>9.0f} | {rr_:>14.0f} | {r / rr_:>5.2f} | "
-              f"{f:>13.0f} | {rf_:>8.0f} | {f / rf_:>5.2f} |")
+        cells = [label, f"{m['append']:.0f}", f"{m['raw_write']:.0f}",
+                 f"{m['append'] / m['raw_write']:.2f}", f"{m['append'] * 1e6 / len(batch):.0f}",
+                 f"{m['read']:.0f}", f"{m['raw_read']:.0f}", f"{m['read'] / m['raw_read']:.2f}",
+                 f"{m['follower']:.0f}", f"{m['raw_follower']:.0f}",
+                 f"{m['follower'] / m['raw_follower']:.2f}"]
+        print("| " + " | ".join(c.rjust(len(h)) for c, h in zip(cells, cols, strict=True))
+              + " |")
     tmp = tempfile.mkdtemp(prefix="dmq-log-bench-", dir=args.dir)
     try:
         us = bench_index(tmp)

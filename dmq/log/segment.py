@@ -64,6 +64,11 @@ class LogSegment:
         self.path = stem + LOG_SUFFIX
         self.index_path = stem + INDEX_SUFFIX
         self.timeindex_path = stem + TIMEINDEX_SUFFIX
+        if not os.path.exists(self.path):
+            # A new segment: index files left by a crash mid-delete describe old data.
+            for stale in (self.index_path, self.timeindex_path):
+                if os.path.exists(stale):
+                    os.unlink(stale)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self.size_bytes = os.fstat(self.fd).st_size
         self.active = active

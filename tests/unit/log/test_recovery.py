@@ -181,3 +181,28 @@ def test_reads_never_return_corrupt_batches_after_recovery(tmp_path: object) -> 
         data = plog.read(off, 333)
         off = validate_batches(data)[-1].next_offset
     plog.close()
+
+
+def test_stale_index_of_a_deleted_segment_is_not_reused(tmp_path: object) -> None:
+    path = str(tmp_path)
+    plog = reopen(path)
+    for i in range(40):
+        plog.append_as_leader(batch(2, seed=i), 1)
+    plog.close()
+    bases = sorted(int(n[:20]) for n in os.listdir(path) if n.endswith(".log"))
+    victim = bases[1]
+    # a crash between unlinking a .log and its indexes leaves orphans behind
+    os.unlink(os.path.join(path, f"{victim:020d}.log"))
+    for n in sorted(os.listdir(path)):
+        if n.endswith(".log") and int(n[:20]) > victim:
+            os.unlink(os.path.join(path, n))
+    plog = reopen(path)
+    assert plog.log_end_offset == victim
+    for i in range(40):  # re-creates a segment at the same base offset
+        plog.append_as_leader(batch(3, seed=i, value_size=7), 2)
+    check_log_consistent(plog)
+    plog.close()
+    plog = reopen(path)
+    check_log_consistent(plog)
+    assert len(read_all(plog)) == plog.log_end_offset
+    plog.close()
