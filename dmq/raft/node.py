@@ -181,6 +181,7 @@ class RaftNode:
         self._wake: asyncio.Event | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._timer: Cancellable | None = None
+        self._next_tick_ms = 0
         self._senders: dict[NodeId, _PeerSender] = {}
         self._waiters: dict[int, tuple[int, asyncio.Future[RaftIndex]]] = {}
         self._reads: dict[int, asyncio.Future[RaftIndex]] = {}
@@ -213,6 +214,7 @@ class RaftNode:
             self._senders[peer] = sender
         self._pump_task = asyncio.create_task(self._pump(), name=f"raft-{self.id}-pump")
         self._pump_task.add_done_callback(self._pump_done)
+        self._next_tick_ms = self.clock.monotonic_ms()
         self._schedule_tick()
         log.info("node=%s raft started: term %s, last index %s, commit %s", self.id,
                  self.core.term, self.core.log.last_index(), self.core.commit)
@@ -234,8 +236,13 @@ class RaftNode:
             self._fail_all(NodeShuttingDownError("raft pump failed"))
 
     def _schedule_tick(self) -> None:
-        if not self._stopping:
-            self._timer = self.clock.call_later(self.config.tick_ms, self._on_tick)
+        # Ticks are due at fixed times so a busy loop does not stretch the election
+        # timeout; after a stall we skip the missed ticks rather than burst them.
+        if self._stopping:
+            return
+        now = self.clock.monotonic_ms()
+        self._next_tick_ms = max(self._next_tick_ms + self.config.tick_ms, now)
+        self._timer = self.clock.call_later(self._next_tick_ms - now, self._on_tick)
 
     def _on_tick(self) -> None:
         self._push(("tick", None, None))
@@ -320,7 +327,8 @@ class RaftNode:
         }
 
     def _future(self) -> asyncio.Future[RaftIndex]:
-        if self._stopping or self.core is None:
+        if self._stopping or self.core is None or (
+                self._pump_task is not None and self._pump_task.done()):
             raise NodeShuttingDownError("raft node is not running")
         return asyncio.get_running_loop().create_future()
 
