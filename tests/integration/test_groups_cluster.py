@@ -22,12 +22,9 @@ from dmq.client.consumer import Consumer
 from dmq.client.group import RebalanceListener
 from dmq.client.producer import Producer
 from dmq.config import parse_config
-from dmq.controller.group_service import register_group_handlers
 from dmq.node import Node, resolve_node
 from dmq.protocol.api import ApiKey
 from tests.support.procs import free_ports
-
-pytest.importorskip("dmq.controller.service")  # the controller role, built in parallel
 
 SETTINGS = {"broker.session.timeout.ms": 3000, "broker.heartbeat.interval.ms": 200,
             "raft.tick.ms": 20, "auto.leader.rebalance.enable": False,
@@ -54,10 +51,7 @@ class Cluster:
                             self.root / f"node-{node_id}")
         node = Node(self.config, spec)
         await node.start()
-        if ApiKey.CONSUMER_GROUP_HEARTBEAT not in node.server._handlers:
-            # until the controller service registers the group handlers itself
-            ctl = next(s for s in node.services if type(s).__name__ == "ControllerService")
-            register_group_handlers(node.server, ctl)
+        assert ApiKey.CONSUMER_GROUP_HEARTBEAT in node.server._handlers
         self.nodes[node_id] = node
 
     async def stop_node(self, node_id: int) -> None:
