@@ -195,7 +195,10 @@ class FileStorage:
         entries, positions = self._recover_log()
         self.entries: list[Entry] = entries
         self._positions: list[int] = positions  # file offset of each entry's record
+        created = not os.path.exists(self._log_path)
         self._log = open(self._log_path, "ab")
+        if created:
+            _fsync_dir(directory)  # else synced appends could vanish with the file name
         if self.snapshot is not None:
             # A crash between writing a snapshot and rewriting the log leaves entries
             # the snapshot covers (or contradicts); drop them now.
