@@ -236,14 +236,16 @@ async def _scenario(procs: ProcessCluster, workers: list[Worker]) -> None:
 
         await until(all_consumed, 30, f"all {total} acknowledged records consumed")
 
-        def describe_json() -> dict[str, Any]:
+        def cli(*args: str) -> str:
             out = subprocess.run(
-                [sys.executable, "-m", "dmq.cli", "groups", "describe", "g", "--json",
-                 "--bootstrap", ",".join(f"127.0.0.1:{n.port}" for n in procs.nodes.values()
-                                         if n.alive)],
+                [sys.executable, "-m", "dmq.cli", *args, "--bootstrap",
+                 ",".join(f"127.0.0.1:{n.port}" for n in procs.nodes.values() if n.alive)],
                 cwd=REPO, capture_output=True, text=True, timeout=30)
             assert out.returncode == 0, out.stderr
-            return json.loads(out.stdout)  # type: ignore[no-any-return]
+            return out.stdout
+
+        def describe_json() -> dict[str, Any]:
+            return json.loads(cli("groups", "describe", "g", "--json"))  # type: ignore[no-any-return]
 
         async def lag_zero() -> dict[str, Any] | None:
             d = await asyncio.to_thread(describe_json)
@@ -262,6 +264,24 @@ async def _scenario(procs: ProcessCluster, workers: list[Worker]) -> None:
             w.wait(15)
         left = await until(lambda: members_empty(ga), 10, "an empty group")
         assert left
+
+        # ---- an empty group: exact lag, reset-offsets and delete through the CLI ----------
+        async with Producer(bootstrap) as p:
+            for i in range(50):
+                await p.send("events", f"late{i}".encode(), key=f"late{i}".encode())
+            await p.flush()
+        d = describe_json()
+        assert d["state"] == "Empty" and d["total_lag"] == 50
+        assert sum(p["log_end_offset"] for p in d["partitions"]) == total + 50
+        out = cli("groups", "reset-offsets", "g", "--topic", "events", "--to-earliest",
+                  "--dry-run")
+        assert "dry run" in out
+        assert describe_json()["total_lag"] == 50
+        cli("groups", "reset-offsets", "g", "--topic", "events", "--to-latest")
+        assert describe_json()["total_lag"] == 0
+        assert "g" in cli("groups", "list")
+        cli("groups", "delete", "g")
+        assert "g" not in cli("groups", "list").split()
     finally:
         stop_producing.set()
         watcher.cancel()
