@@ -41,7 +41,7 @@ from dmq.log.index import OffsetIndex  # noqa: E402
 
 READ_MAX_BYTES = 1 << 20
 FETCH_BYTES = 1 << 20
-LOG_CONFIG = LogConfig(segment_bytes=1 << 31, retention_ms=None)
+LOG_CONFIG = LogConfig(segment_bytes=(1 << 31) - 1, retention_ms=None)
 
 
 def make_batch(batch_bytes: int) -> bytes:

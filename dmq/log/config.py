@@ -40,8 +40,8 @@ class LogConfig:
     producer_id_expiration_ms: int = 24 * 3600 * 1000
 
     def __post_init__(self) -> None:
-        if self.segment_bytes < 64:
-            raise ValueError("segment_bytes must be >= 64")
+        if not 64 <= self.segment_bytes <= 2**31 - 1:  # index positions are u32
+            raise ValueError("segment_bytes must be in [64, 2**31 - 1]")
         if self.segment_ms <= 0:
             raise ValueError("segment_ms must be > 0")
         if self.segment_index_bytes < 16:

@@ -160,7 +160,7 @@ class OffsetIndex(_MappedFile):
         if offsets and (offset <= offsets[-1] or position <= self._positions[-1]):
             return  # never out of order; a later entry is as good
         if len(offsets) >= self.capacity_entries or not self.writable:
-            raise ValueError("offset index is full or read-only")
+            return  # full (the log rolls first); a sparser index is still correct
         offsets.append(offset)
         self._positions.append(position)
 

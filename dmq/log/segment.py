@@ -245,7 +245,8 @@ class LogSegment:
             base, max_ts = entries[0], entries[3]
             if self.bytes_since_index > self.index_interval_bytes:
                 idx = self.index
-                if not idx._offsets or base > idx._offsets[-1]:  # noqa: SLF001
+                if (not idx._offsets or base > idx._offsets[-1]) and len(  # noqa: SLF001
+                        idx._offsets) < idx.capacity_entries:  # noqa: SLF001
                     idx._offsets.append(base)  # noqa: SLF001
                     idx._positions.append(start)  # noqa: SLF001
                 if max_ts > self.max_timestamp:

@@ -22,7 +22,8 @@ def test_offset_checkpoint_file(tmp_path: object) -> None:
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"segment_bytes": 1}, {"cleanup_policy": "nope"}, {"flush_messages": 0},
+    {"segment_bytes": 1}, {"segment_bytes": 2**31}, {"cleanup_policy": "nope"},
+    {"flush_messages": 0},
     {"message_timestamp_type": "x"}, {"index_interval_bytes": -1}, {"max_message_bytes": 1},
 ])
 def test_config_validation(kwargs: dict) -> None:

@@ -295,3 +295,19 @@ def test_expired_producers_are_forgotten_on_reload(tmp_path: object) -> None:
     assert plog.producer_state.entry(4) is None
     plog.append_as_leader(batch(1, producer_id=4, producer_epoch=0, base_sequence=9), 0)
     plog.close()
+
+
+def test_one_append_with_more_batches_than_index_slots(tmp_path: object) -> None:
+    cfg = LogConfig(segment_index_bytes=16, index_interval_bytes=0)  # two index slots
+    plog = open_log(tmp_path, cfg)
+    buf = b"".join(batch(1, seed=i) for i in range(10))
+    info = plog.append_as_leader(buf, 0)
+    assert (info.base_offset, info.last_offset) == (0, 9)
+    plog.append_as_leader(batch(1), 0)
+    check_log_consistent(plog)
+    assert [o for o, _ in read_all(plog)] == list(range(11))
+    plog.close()
+    plog = open_log(tmp_path, cfg)
+    check_log_consistent(plog)
+    assert [o for o, _ in read_all(plog)] == list(range(11))
+    plog.close()
