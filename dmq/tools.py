@@ -264,21 +264,27 @@ def format_record(r: ConsumerRecord, fmt: str) -> str:
 async def consume(bootstrap: str, topic: str, from_beginning: bool, partition: int | None,
                   offset: str | None, max_messages: int | None, timeout_ms: int | None,
                   fmt: str, write: Callable[[str], None] = print,
-                  metadata_timeout_ms: int = 10_000) -> int:
-    """Print records as they arrive; returns how many were printed."""
+                  metadata_timeout_ms: int = 10_000, group: str | None = None) -> int:
+    """Print records as they arrive; returns how many were printed. With `group`, joins
+    that consumer group (committed offsets, coordinator-side assignment); otherwise
+    reads every partition (or one) by manual assignment."""
     reset = "earliest" if from_beginning else "latest"
     count = 0
     async with Consumer(bootstrap, auto_offset_reset=reset, client_id="dmq-consume",
-                        request_timeout_ms=metadata_timeout_ms) as consumer:
+                        request_timeout_ms=metadata_timeout_ms, group_id=group) as consumer:
         parts = await consumer.partitions_for_topic(topic, min(3000, metadata_timeout_ms))
-        if partition is not None:
+        if group is not None:
+            consumer.subscribe([topic])
+            tps = []
+        elif partition is not None:
             if partition not in parts:
                 raise ToolError(f"topic {topic!r} has no partition {partition} "
                                 f"(it has {len(parts)})")
             tps = [TopicPartition(topic, partition)]
         else:
             tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
+        if tps:
+            consumer.assign(tps)
         if offset is not None:
             if offset == "earliest":
                 await consumer.seek_to_beginning(*tps)
@@ -339,9 +345,8 @@ def _consume_command(bootstrap: str, topic: str, group: str | None, from_beginni
             raise click.UsageError("--offset N needs --partition")
     if max_messages is not None and max_messages < 1:
         raise click.UsageError("--max-messages must be at least 1")
-    if group is not None:
-        raise ToolError("--group: consumer-group subscription is not available in this "
-                        "build yet; use --partition/--offset or --from-beginning", EXIT_USAGE)
+    if group is not None and (partition is not None or offset is not None):
+        raise click.UsageError("--group cannot be combined with --partition/--offset")
 
     def write(text: str) -> None:
         try:
@@ -351,7 +356,7 @@ def _consume_command(bootstrap: str, topic: str, group: str | None, from_beginni
             raise ToolError("output closed", 0) from None
 
     count = _run(consume(bootstrap, topic, from_beginning, partition, offset, max_messages,
-                         timeout_ms, fmt, write))
+                         timeout_ms, fmt, write, group=group))
     click.echo(f"processed a total of {count} messages", err=True)
 
 
