@@ -130,11 +130,14 @@ class PartitionLog:
         self._flush_messages = cfg.flush_messages
         self._flush_ms = cfg.flush_ms
         self._log_append_time = cfg.message_timestamp_type == "LogAppendTime"
-        os.makedirs(directory, exist_ok=True)
-        self.epoch_cache = LeaderEpochCache(os.path.join(directory, EPOCH_FILE),
-                                            sync=fsync_enabled)
-        self._latest_epoch = self.epoch_cache.latest_epoch
-        self._load()
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self.epoch_cache = LeaderEpochCache(os.path.join(directory, EPOCH_FILE),
+                                                sync=fsync_enabled)
+            self._latest_epoch = self.epoch_cache.latest_epoch
+            self._load()
+        except OSError as exc:
+            raise LogStorageError(f"cannot open log {directory}: {exc}") from exc
 
     @classmethod
     def open(cls, directory: str, config: LogConfig | None = None,

@@ -73,3 +73,13 @@ def test_cleaner_thread_and_appends_interleave_safely(tmp_path: object) -> None:
     values = dict(read_all(plog))
     assert values[299] == b"v299"
     plog.close()
+
+
+def test_unopenable_folder_is_a_typed_error(tmp_path: object) -> None:
+    from dmq.log import LogStorageError
+
+    blocker = os.path.join(str(tmp_path), "file")
+    with open(blocker, "w") as f:
+        f.write("x")
+    with pytest.raises(LogStorageError):
+        PartitionLog.open(os.path.join(blocker, "p"), LogConfig(), ManualClock())
