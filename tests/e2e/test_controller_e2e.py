@@ -172,6 +172,10 @@ async def test_failover_broker_failure_and_return(cluster: Cluster) -> None:
           f"heartbeating to it after {followed_s * 1000:.0f} ms")
     d = await c.describe(new)
     assert d is not None and {b["state"] for b in d["brokers"]} == {ONLINE}
+    s2 = await status(c.bootstrap)
+    roles = {x["node_id"]: x["role"] for x in s2["controllers"]}
+    assert s2["controller_id"] == new and roles[old] == "UNREACHABLE" and roles[new] == "LEADER"
+    assert s2["controller_term"] > s["controller_term"]
     await asyncio.to_thread(c.procs.start, old)  # it rejoins as a follower
 
     # kill -9 a broker: fenced after the session timeout, its leaderships move in the ISR
