@@ -269,7 +269,8 @@ class BrokerLifecycle:
 
     async def controlled_shutdown(self, timeout_ms: int) -> bool:
         """Ask the controller to move every leadership away; True once none is left
-        (or the broker never registered), False when `timeout_ms` ran out first."""
+        (or the broker never registered), False when `timeout_ms` ran out first or the
+        leaderships left have no other in-sync replica to go to."""
         if self._broker_epoch < 0:
             return True
         loop = asyncio.get_running_loop()
@@ -288,6 +289,11 @@ class BrokerLifecycle:
                     log.info("broker=%d controlled shutdown: no leaderships left",
                              self.broker_id)
                     return True
+                if left == int(resp.get("unmovable_leaderships", -1)):
+                    # no other in-sync replica can take these: waiting will not help
+                    log.info("broker=%d controlled shutdown: %d leaderships have no other "
+                             "in-sync replica", self.broker_id, left)
+                    return False
                 log.info("broker=%d controlled shutdown: %d leaderships left", self.broker_id,
                          left)
             except DmqError as exc:

@@ -218,6 +218,12 @@ class Planner:
     def leaderships(self, broker_id: int) -> int:
         return sum(1 for p in self._all_partitions() if p.leader == broker_id)
 
+    def unmovable_leaderships(self, broker_id: int) -> int:
+        """Partitions the broker leads with no other ONLINE in-sync replica to take over."""
+        eligible = self._online(exclude=(broker_id,))
+        return sum(1 for p in self._all_partitions() if p.leader == broker_id
+                   and self.choose_leader(p, p.isr, eligible) == NO_LEADER)
+
     def preferred_leader_elections(self, max_changes: int = 1000) -> list[Record]:
         online = self._online()
         out: list[Record] = []

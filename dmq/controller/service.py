@@ -474,7 +474,8 @@ class ControllerService:
         left = self.planner.leaderships(bid)
         log.info("controller=%d controlled shutdown of broker %d: %d leaderships left",
                  self.node_id, bid, left)
-        return {"remaining_leaderships": left}
+        return {"remaining_leaderships": left,
+                "unmovable_leaderships": self.planner.unmovable_leaderships(bid)}
 
     async def handle_create_topics(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
         results = await self.mutate(

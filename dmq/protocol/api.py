@@ -131,7 +131,7 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
         {"want_fence": (BOOL, False), "want_shutdown": (BOOL, False)}),
     # -> {"is_fenced", "should_shutdown", "metadata_version"}
     ApiKey.CONTROLLED_SHUTDOWN: Struct({"broker_id": INT, "broker_epoch": INT}),
-    # -> {"remaining_leaderships": int}
+    # -> {"remaining_leaderships": int, "unmovable_leaderships": int (no other ISR member)}
     ApiKey.CREATE_TOPICS: Struct(
         {"topics": Array(Struct({"name": STR, "partitions": INT, "replication_factor": INT},
                                 {"configs": (_CONFIGS, dict)}), max_items=10_000)},

@@ -137,6 +137,7 @@ def test_controlled_shutdown_moves_leaders_and_leaves_isrs(h: Harness) -> None:
         assert p.leader != 102 and 102 not in p.isr
     solo_led = sum(1 for p in h.state.topics["solo"].partitions.values() if p.leader == 102)
     assert h.planner.leaderships(102) == solo_led
+    assert h.planner.unmovable_leaderships(102) == solo_led
     # shutting-down brokers never become leaders or new replicas
     h.commit(h.planner.fence_broker(101))
     for p in h.state.topics["t"].partitions.values():
