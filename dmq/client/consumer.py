@@ -32,7 +32,13 @@ from typing import Any, NamedTuple
 
 from dmq.client.cluster import ClusterClient
 from dmq.client.errors import ConsumerStoppedError, IllegalStateError, NoOffsetForPartitionError
-from dmq.client.group import GroupConfig, GroupMembership, RebalanceListener, subscribe_consumer
+from dmq.client.group import (
+    GroupConfig,
+    GroupMembership,
+    RebalanceListener,
+    offsets_of,
+    subscribe_consumer,
+)
 from dmq.client.records import ConsumerRecord, TopicPartition
 from dmq.log.batch import (
     ATTR_CONTROL,
@@ -221,15 +227,12 @@ class Consumer:
                                          listener, self.group_config)
 
     async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
-        """Commit `offsets` (default: the consumed positions) for the subscribed group."""
-        if self._group is None:
-            raise IllegalStateError("commit() needs subscribe()")
-        await self._group.commit(offsets)
+        """Commit `offsets` (default: the consumed positions) for the group."""
+        await offsets_of(self).commit(offsets)
 
     async def committed(self, tp: TopicPartition | tuple[str, int]) -> int | None:
-        if self._group is None:
-            raise IllegalStateError("committed() needs subscribe()")
-        return (await self._group.fetch_committed([tuple(tp)]))[tuple(tp)]  # type: ignore[index]
+        key = (tp[0], tp[1])
+        return (await offsets_of(self).fetch_committed([key]))[key]
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._sub.states)

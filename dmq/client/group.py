@@ -42,6 +42,7 @@ from dmq.protocol.errors import (
     FencedMemberEpochError,
     StaleMemberEpochError,
     UnknownMemberIdError,
+    error_for,
 )
 
 log = logging.getLogger("dmq.client.group")
@@ -371,15 +372,10 @@ class GroupMembership:
     # ---- offsets ---------------------------------------------------------------------------
     async def fetch_committed(self, tps: Iterable[TopicPartition]
                               ) -> dict[TopicPartition, int | None]:
-        wanted = _wire_owned(tps)
-        res = await self._request(ApiKey.OFFSET_FETCH, {"group_id": self.group_id,
-                                                        "topics": wanted},
-                                  timeout_ms=self.request_timeout_ms)
-        out: dict[TopicPartition, int | None] = {tp: None for tp in tps}
-        for topic, rows in res["topics"]:
-            for partition, offset, _metadata, _error in rows:
-                out[(topic, partition)] = offset if offset >= 0 else None
-        return out
+        async def request(key: ApiKey, body: dict[str, Any]) -> Any:
+            return await self._request(key, body, timeout_ms=self.request_timeout_ms)
+
+        return await _fetch_committed(request, self.group_id, tps)
 
     async def commit(self, offsets: Mapping[TopicPartition, int] | None = None,
                      metadata: str | None = None) -> dict[TopicPartition, int]:
@@ -500,6 +496,78 @@ class ConsumerPartitions:
         return out
 
 
+class GroupOffsets:
+    """A group's offsets from outside the group: what an `assign()` consumer with a
+    `group_id` (or a tool) commits and reads. Commits carry member "" and epoch -1, so
+    the coordinator accepts them only while the group has no members. Each call finds
+    the active controller afresh: this is for occasional commits, not a hot path."""
+
+    def __init__(self, addresses: Sequence[tuple[str, int]], group_id: str, *,
+                 client_id: str = "dmq-consumer", request_timeout_ms: int = 30_000,
+                 positions: Any = None) -> None:
+        self.addresses = list(addresses)
+        self.group_id = group_id
+        self.client_id = client_id
+        self.request_timeout_ms = request_timeout_ms
+        self.positions = positions  # () -> {tp: consumed position}, for commit(None)
+
+    async def _request(self, key: ApiKey, body: dict[str, Any]) -> Any:
+        channel = ControllerChannel(self.addresses, client_id=self.client_id)
+        try:
+            return await channel.request(key, body, timeout_ms=self.request_timeout_ms)
+        finally:
+            await channel.close()
+
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None,
+                     metadata: str | None = None) -> dict[TopicPartition, int]:
+        if offsets is None:
+            offsets = self.positions() if self.positions is not None else {}
+        todo = {(t, p): o for (t, p), o in offsets.items()}
+        if not todo:
+            return {}
+        res = await self._request(ApiKey.OFFSET_COMMIT, {
+            "group_id": self.group_id, "member_id": "", "member_epoch": LEAVE_EPOCH,
+            "topics": [[t, [[p, todo[(t, p)], metadata] for p in ps]]
+                       for t, ps in _wire_owned(todo)]})
+        done = {}
+        for topic, rows in res["topics"]:
+            for partition, error in rows:
+                if error:
+                    raise error_for(error, f"commit {topic}-{partition}")
+                done[(topic, partition)] = todo[(topic, partition)]
+        return done
+
+    async def fetch_committed(self, tps: Iterable[TopicPartition]
+                              ) -> dict[TopicPartition, int | None]:
+        return await _fetch_committed(self._request, self.group_id, tps)
+
+
+async def _fetch_committed(request: Any, group_id: str, tps: Iterable[TopicPartition]
+                           ) -> dict[TopicPartition, int | None]:
+    tps = [(t, p) for t, p in tps]
+    res = await request(ApiKey.OFFSET_FETCH, {"group_id": group_id,
+                                              "topics": _wire_owned(tps)})
+    out: dict[TopicPartition, int | None] = {tp: None for tp in tps}
+    for topic, rows in res["topics"]:
+        for partition, offset, _metadata, _error in rows:
+            out[(topic, partition)] = offset if offset >= 0 else None
+    return out
+
+
+def offsets_of(consumer: Any) -> GroupMembership | GroupOffsets:
+    """What `Consumer.commit`/`committed` talk to: the group membership after
+    `subscribe()`, else the consumer's `group_id` from outside the group."""
+    if consumer._group is not None:
+        return consumer._group  # type: ignore[no-any-return]
+    if not consumer.group_id:
+        raise ValueError("commit()/committed() need a group_id (Consumer(group_id=...))")
+    owner = ConsumerPartitions(consumer)
+    return GroupOffsets(list(consumer.cluster.bootstrap), consumer.group_id,
+                        client_id=consumer.cluster.client_id,
+                        positions=lambda: owner.consumed_positions(
+                            [(tp.topic, tp.partition) for tp in consumer.assignment()]))
+
+
 def subscribe_consumer(consumer: Any, topics: Iterable[str], group_id: str | None,
                        pattern: str | None, listener: RebalanceListener | None,
                        config: GroupConfig) -> GroupMembership:
@@ -528,9 +596,11 @@ __all__ = [
     "ConsumerPartitions",
     "GroupConfig",
     "GroupFatalError",
+    "GroupOffsets",
     "GroupMembership",
     "PartitionsOwner",
     "RebalanceListener",
     "TopicPartition",
+    "offsets_of",
     "subscribe_consumer",
 ]

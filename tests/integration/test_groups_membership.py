@@ -180,3 +180,19 @@ async def test_max_poll_interval_leaves_until_the_next_poll(controller) -> None:
     await until(lambda: len(a.owned) == 3)
     await a.close()
     await b.close()
+
+
+async def test_commits_from_outside_the_group_only_while_it_is_empty(controller) -> None:
+    from dmq.client.group import GroupOffsets
+    from dmq.protocol.errors import UnknownMemberIdError
+
+    _, addr = controller
+    outside = GroupOffsets(addr, "g")
+    assert await outside.commit({("t", 0): 4}) == {("t", 0): 4}
+    assert await outside.fetch_committed([("t", 0), ("t", 1)]) == {("t", 0): 4, ("t", 1): None}
+    a, ca, _ = member(addr)
+    await until(lambda: len(a.owned) == 6)
+    assert ca.positions[("t", 0)] == 4  # the member starts at the committed offset
+    with pytest.raises(UnknownMemberIdError):
+        await outside.commit({("t", 0): 5})
+    await a.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from dmq.client.consumer import Consumer
-from dmq.client.errors import IllegalStateError
 from dmq.client.group import ConsumerPartitions, GroupConfig
 from dmq.client.records import ConsumerRecord, TopicPartition
 
@@ -31,9 +30,9 @@ def test_start_stop_and_consumed_positions() -> None:
     assert [r.offset for r in c._iter_buffer] == [3]  # nothing of t-0 is delivered now
 
 
-async def test_commit_needs_subscribe() -> None:
+async def test_commit_and_subscribe_need_a_group_id() -> None:
     c = Consumer("127.0.0.1:1")
-    with pytest.raises(IllegalStateError):
+    with pytest.raises(ValueError):
         await c.commit()
     with pytest.raises(ValueError):
-        c.subscribe(["t"])  # no group id
+        c.subscribe(["t"])
