@@ -147,10 +147,12 @@ def check_header(h: BatchHeader, available: int) -> None:
         raise CorruptRecordError(f"unknown attribute bits {h.attributes:#x} at {h.position}")
 
 
-def validate_raw(mv: memoryview) -> list[tuple[int, ...]]:
+def validate_raw(mv: memoryview, check_crc: bool = True) -> list[tuple[int, ...]]:
     """`validate_batches` returning raw header tuples (the 13 fields, then the position).
 
-    The hot-path form used by `PartitionLog`: no NamedTuple per batch.
+    The hot-path form used by `PartitionLog`: no NamedTuple per batch. With
+    `check_crc=False` the caller must check CRCs itself (the log does it while writing
+    large appends, see `LogSegment.append_checked`).
     """
     size = len(mv)
     if size == 0:
@@ -165,8 +167,8 @@ def validate_raw(mv: memoryview) -> list[tuple[int, ...]]:
         end = pos + t[1] + LOG_OVERHEAD
         if (t[3] != MAGIC or t[1] < MIN_BATCH_LENGTH or end > size or t[12] < 1
                 or t[6] < t[12] - 1 or t[5] & ~ATTR_KNOWN_MASK):
-            check_header(BatchHeader._make((*t, pos)), size - pos)  # raises with the precise reason
-        if crc32c(mv[pos + CRC_START : end]) != t[4]:
+            check_header(BatchHeader._make((*t, pos)), size - pos)  # raises: the reason
+        if check_crc and crc32c(mv[pos + CRC_START : end]) != t[4]:
             raise CorruptRecordError(f"CRC mismatch in batch at position {pos}")
         out.append((*t, pos))
         pos = end

@@ -72,7 +72,7 @@ from dmq.log.errors import (
 )
 from dmq.log.producer_state import ProducerStateManager
 from dmq.log.recovery import META_FILE, load_segments
-from dmq.log.segment import LogSegment
+from dmq.log.segment import CHECKED_WRITE_CHUNK_BYTES, LogSegment
 
 if TYPE_CHECKING:
     from dmq.log.cleaner import CleanResult
@@ -204,7 +204,8 @@ class PartitionLog:
         if (t[3] != MAGIC or t[1] < MIN_BATCH_LENGTH or t[12] < 1 or t[6] < t[12] - 1
                 or t[5] & ~ATTR_KNOWN_MASK):
             validate_raw(mv)  # raises with the precise reason
-        if crc32c(mv[CRC_START:]) != t[4]:
+        checked_write = size >= CHECKED_WRITE_CHUNK_BYTES  # CRC checked while writing
+        if not checked_write and crc32c(mv[CRC_START:]) != t[4]:
             raise CorruptRecordError("CRC mismatch in batch at position 0")
         if size > self._max_message_bytes:
             raise RecordTooLargeError(f"batch of {size} bytes > {self._max_message_bytes}")
@@ -230,8 +231,12 @@ class PartitionLog:
             elif nxt - seg.base_offset > _MAX_RELATIVE_OFFSET:
                 seg = self._roll(base)
             try:
-                seg.append((_STAMP_PACK(base, t[1], leader_epoch), mv[16:]), size,
-                           (base, 0, size, t[8]), nxt)
+                if checked_write:
+                    seg.append_checked(_STAMP_PACK(base, t[1], leader_epoch), mv, [(*t, 0)],
+                                       (base, 0, size, t[8]), nxt)
+                else:
+                    seg.append((_STAMP_PACK(base, t[1], leader_epoch), mv[16:]), size,
+                               (base, 0, size, t[8]), nxt)
             except OSError as exc:
                 self._closed = True
                 raise LogStorageError(f"append to {seg.path} failed: {exc}") from exc
@@ -312,7 +317,8 @@ class PartitionLog:
         compacted leaders have them); otherwise `UnexpectedAppendOffsetError`.
         """
         mv = buf if type(buf) is memoryview else memoryview(buf)
-        raw = validate_raw(mv)
+        checked_write = len(mv) >= CHECKED_WRITE_CHUNK_BYTES  # CRCs checked while writing
+        raw = validate_raw(mv, check_crc=not checked_write)
         with self._lock:
             if self._closed:
                 raise LogClosedError(f"log {self.directory} is closed")
@@ -337,7 +343,7 @@ class PartitionLog:
                     idempotent = True
                 expected = base + t[6] + 1
             first = raw[0][0]
-            self._write([mv], len(mv), entries, first, expected)
+            self._write([mv], len(mv), entries, first, expected, raw if checked_write else None)
             if max_epoch > self._latest_epoch:
                 cache = self.epoch_cache
                 for t in raw:
@@ -372,7 +378,9 @@ class PartitionLog:
         return None
 
     def _write(self, iov: list[Buffer], total: int, entries: list[int], base_offset: int,
-               next_offset: int) -> None:
+               next_offset: int, unchecked: list[tuple[int, ...]] | None = None) -> None:
+        """Roll if needed and write; `unchecked`: batches of `iov[0]` whose CRCs are
+        checked while writing (follower appends of large buffers)."""
         seg = self._segments[-1]
         size = seg.size_bytes
         if (size + total > self._segment_bytes and size) or (
@@ -383,7 +391,12 @@ class PartitionLog:
                 and self.clock.monotonic_ms() - seg.first_append_ms >= self._segment_ms):
             seg = self._roll(base_offset)
         try:
-            seg.append(iov, total, entries, next_offset)
+            if unchecked is not None:
+                mv = iov[0]
+                assert isinstance(mv, memoryview)
+                seg.append_checked(b"", mv, unchecked, entries, next_offset)
+            else:
+                seg.append(iov, total, entries, next_offset)
         except OSError as exc:
             self._closed = True
             raise LogStorageError(f"append to {seg.path} failed: {exc}") from exc

@@ -311,3 +311,64 @@ def test_one_append_with_more_batches_than_index_slots(tmp_path: object) -> None
     check_log_consistent(plog)
     assert [o for o, _ in read_all(plog)] == list(range(11))
     plog.close()
+
+
+def _follower_buffer(sizes: list[int], first_offset: int = 0) -> tuple[bytes, list[int]]:
+    from dmq.log import stamp_batch
+
+    parts, bases, offset = [], [], first_offset
+    for i, size in enumerate(sizes):
+        b = bytearray(batch(1 + i % 3, seed=i, value_size=size))
+        stamp_batch(b, 0, offset, 1)
+        bases.append(offset)
+        offset += 1 + i % 3
+        parts.append(bytes(b))
+    return b"".join(parts), bases
+
+
+@pytest.mark.parametrize("flip_batch", [None, 0, 5, -1])
+def test_large_appends_check_crc_while_writing(tmp_path: object, flip_batch: int | None) -> None:
+    import random
+
+    from dmq.log.segment import CHECKED_WRITE_CHUNK_BYTES
+
+    rnd = random.Random(3)
+    sizes = [rnd.choice([10, 3000, 70_000, 300_000]) for _ in range(12)]
+    buf, bases = _follower_buffer(sizes)
+    assert len(buf) > 2 * CHECKED_WRITE_CHUNK_BYTES
+    plog = open_log(tmp_path, LogConfig(max_message_bytes=1 << 21))
+    plog.append_as_follower(_follower_buffer([5])[0])
+    size_before, end_before = plog.size_bytes, plog.log_end_offset
+    buf, bases = _follower_buffer(sizes, end_before)
+    if flip_batch is None:
+        plog.append_as_follower(buf)
+        got = validate_batches(plog.read(end_before, 1 << 24))
+        assert [h.base_offset for h in got] == bases
+    else:
+        headers = validate_batches(buf)
+        h = headers[flip_batch]
+        bad = bytearray(buf)
+        bad[h.position + h.size_bytes - 1] ^= 0x40
+        with pytest.raises(CorruptRecordError):
+            plog.append_as_follower(bytes(bad))
+        assert (plog.size_bytes, plog.log_end_offset) == (size_before, end_before)
+        plog.append_as_follower(buf)  # the log is still fine
+    check_log_consistent(plog)
+    plog.close()
+    plog = open_log(tmp_path, LogConfig(max_message_bytes=1 << 21))
+    check_log_consistent(plog)
+    plog.close()
+
+
+def test_large_leader_batch_with_bad_crc_writes_nothing(tmp_path: object) -> None:
+    plog = open_log(tmp_path, LogConfig(max_message_bytes=1 << 21))
+    big = batch(3, value_size=200_000)
+    plog.append_as_leader(big, 0)
+    bad = bytearray(big)
+    bad[len(bad) // 2] ^= 1
+    with pytest.raises(CorruptRecordError):
+        plog.append_as_leader(bytes(bad), 0)
+    assert plog.log_end_offset == 3 and plog.size_bytes == len(big)
+    assert plog.append_as_leader(big, 1).base_offset == 3
+    check_log_consistent(plog)
+    plog.close()
