@@ -196,3 +196,15 @@ async def test_commits_from_outside_the_group_only_while_it_is_empty(controller)
     with pytest.raises(UnknownMemberIdError):
         await outside.commit({("t", 0): 5})
     await a.close()
+
+
+async def test_long_processing_keeps_membership(controller) -> None:
+    _, addr = controller
+    a, ca, la = member(addr)  # session 2 s
+    await until(lambda: len(a.owned) == 6)
+    epoch = a.member_epoch
+    # the application processes one record for 3 s, longer than the session timeout,
+    # without polling: heartbeats go on in the background
+    await asyncio.sleep(3.0)
+    assert len(a.owned) == 6 and a.member_epoch == epoch and not la.lost
+    await a.close()
