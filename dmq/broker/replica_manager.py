@@ -366,15 +366,20 @@ class ReplicaManager:
             try:
                 resp = await self._controller_request(ApiKey.ALTER_PARTITION, body,
                                                       ALTER_PARTITION_TIMEOUT_MS)
-            except (DmqError, OSError, TimeoutError) as exc:
-                log.warning("broker=%d AlterPartition failed (%s); will retry", self.broker_id,
-                            exc)
+                self._apply_alter_response(batch, resp)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure
+                if isinstance(exc, (DmqError, OSError, TimeoutError)):
+                    log.warning("broker=%d AlterPartition failed (%s); will retry",
+                                self.broker_id, exc)
+                else:
+                    log.exception("broker=%d AlterPartition answer not understood",
+                                  self.broker_id)
                 for part, _, _, isr in batch.values():
                     if part.pending_isr == isr:
                         part.clear_pending_isr(ALTER_PARTITION_RETRY_MS)
                 await asyncio.sleep(ALTER_PARTITION_RETRY_MS / 1000)
-                continue
-            self._apply_alter_response(batch, resp)
 
     def _apply_alter_response(self, batch: dict[tuple[str, int], Any], resp: Any) -> None:
         answered: set[tuple[str, int]] = set()

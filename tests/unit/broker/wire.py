@@ -4,10 +4,11 @@ with the broker tests so every broker test helper lives in one folder."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,9 @@ class Wire:
             c._transport.abort()
 
     async def close(self) -> None:
-        for c in self.conns.values():
+        conns, self.conns = list(self.conns.values()), {}
+        for c in conns:
             await c.close()
-        self.conns.clear()
 
     async def controller(self, api: ApiKey, body: Any, timeout_ms: int = 10_000) -> Any:
         last: Exception | None = None
@@ -130,6 +131,16 @@ class Wire:
                 if rec.offset >= offset:
                     values.append(rec.value)
             offset = list(iter_headers(data))[-1].next_offset
+
+
+@contextlib.contextmanager
+def logs_on_failure(cluster: ProcessCluster) -> Iterator[None]:
+    """Print the nodes' logs when the block fails (pytest shows them with the failure)."""
+    try:
+        yield
+    except BaseException:
+        print(cluster.dump_logs())
+        raise
 
 
 def values_batch(values: list[bytes], pid: int = -1, seq: int = -1) -> bytes:
