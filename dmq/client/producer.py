@@ -121,6 +121,8 @@ class Producer:
         self.key_serializer = key_serializer
         self.value_serializer = value_serializer
         self._clock = clock or SystemClock()
+        self._wall_ms = self._clock.wall_ms
+        self._max_record_bytes = max_request_size - HEADER_SIZE
         self._rng = rng or random.Random()
         self.cluster = ClusterClient(bootstrap, client_id=client_id,
                                      request_timeout_ms=request_timeout_ms,
@@ -145,6 +147,7 @@ class Producer:
         self._wake: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
+        self._accepting = False  # started and not closing: the one flag `send` checks
         self._closing = False
         self._closed = False
         self._metadata_wanted = False
@@ -167,6 +170,7 @@ class Producer:
             await self.cluster.close()
             raise
         self._started = True
+        self._accepting = True
         self._sender = self._loop.create_task(self._run_sender(), name="dmq-producer-sender")
 
     async def _init_producer_id(self) -> None:
@@ -193,6 +197,7 @@ class Producer:
         if self._closed:
             return
         self._closing = True
+        self._accepting = False
         if self._sender is not None:
             self._flushing += 1
             self._wakeup()
@@ -219,67 +224,94 @@ class Producer:
         Waits only for metadata of a topic seen for the first time and for buffer space
         when `buffer_memory` is full (both bounded by `max_block_ms`).
         """
-        if self._closing or not self._started:
-            if not self._started and not self._closing:
-                raise IllegalStateError("producer not started: use `async with` or start()")
-            raise ProducerClosedError("producer is closed")
+        if not self._accepting:
+            if self._closing:
+                raise ProducerClosedError("producer is closed")
+            raise IllegalStateError("producer not started: use `async with` or start()")
         if self.key_serializer is not None:
             key = self.key_serializer(key)
         if self.value_serializer is not None:
             value = self.value_serializer(value)
-        hdrs = list(headers) if headers else None
         size = _RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
-        if hdrs:
-            size += sum(len(k) + len(v) + 4 for k, v in hdrs)
-        if size + HEADER_SIZE > self.max_request_size:
+        if headers:
+            hdrs: list[tuple[str, bytes]] | None = list(headers)
+            size += sum(len(k) + len(v) + 4 for k, v in hdrs)  # type: ignore[union-attr]
+        else:
+            hdrs = None
+        if size > self._max_record_bytes:
             raise MessageTooLargeError(f"record of {size} bytes is larger than "
                                        f"max_request_size={self.max_request_size}")
         if self._buffered_bytes + size > self.buffer_memory:
             await self._wait_for_buffer(size)
         parts = self._queues.get(topic)
-        if partition is None:
-            if parts is None or key is not None:
-                info = self.cluster.topic(topic)
-                if info is None:
-                    info = await self.cluster.wait_for_topic(topic, self.max_block_ms)
-                n = len(info.partitions)
-            else:
-                n = len(parts)
-            partition = partition_for_key(key, n) if key is not None else \
-                self._sticky.partition(topic, n)
-        elif parts is None or partition not in parts:
-            info = self.cluster.topic(topic) or await self.cluster.wait_for_topic(
-                topic, self.max_block_ms)
-            if not 0 <= partition < len(info.partitions):
-                raise UnknownTopicOrPartitionError(
-                    f"topic {topic!r} has {len(info.partitions)} partitions; no {partition}")
         if parts is None:
-            info = self.cluster.topic(topic)
-            assert info is not None
-            parts = self._queues[topic] = {p.partition: PartitionQueue(topic, p.partition)
-                                           for p in info.partitions}
+            parts = await self._topic_queues(topic)
+        sticky = False
+        if partition is None:
+            if key is None:
+                partition = self._sticky.partition(topic, len(parts))
+                sticky = True
+            else:
+                partition = partition_for_key(key, len(parts))
         pq = parts.get(partition)
-        if pq is None:  # the topic grew since we built its queues
-            pq = parts[partition] = PartitionQueue(topic, partition)
-        ts = timestamp_ms if timestamp_ms is not None else self._clock.wall_ms()
+        if pq is None:
+            pq = await self._grown_queue(topic, partition)
+        ts = timestamp_ms if timestamp_ms is not None else self._wall_ms()
         batch = pq.open
-        if batch is None or batch.builder.estimated_size_bytes + size > self.batch_size:
-            full = batch is not None
-            batch = self._new_batch(pq)
-            if full and key is None:
-                self._sticky.on_new_batch(topic, partition, len(parts))
+        if batch is not None and batch.reserved_bytes + size <= self.batch_size:
             index = batch.builder.append(ts, key, value, hdrs)
             batch.reserved_bytes += size
             self._buffered_bytes += size
-            if full:
-                self._wakeup()
-                # let the sender ship the full batch now rather than after the burst
-                await asyncio.sleep(0)
             return RecordHandle(batch, index, ts)
+        full = batch is not None
+        if full and sticky:
+            # KIP-480: a keyless record that would open a new batch moves the topic's
+            # sticky partition instead, so each batch fills before the next one starts
+            partition = self._sticky.on_new_batch(topic, partition, len(parts))
+            pq = parts.get(partition) or pq
+            batch = pq.open
+            if batch is not None and batch.reserved_bytes + size <= self.batch_size:
+                index = batch.builder.append(ts, key, value, hdrs)
+                batch.reserved_bytes += size
+                self._buffered_bytes += size
+                self._wakeup()
+                return RecordHandle(batch, index, ts)
+        batch = self._new_batch(pq)
         index = batch.builder.append(ts, key, value, hdrs)
         batch.reserved_bytes += size
         self._buffered_bytes += size
+        if full:
+            self._wakeup()
+            # let the sender ship the full batch now rather than after the burst
+            await asyncio.sleep(0)
         return RecordHandle(batch, index, ts)
+
+    async def _topic_queues(self, topic: str) -> dict[int, PartitionQueue]:
+        """The partition queues of a topic seen for the first time (waits for its
+        metadata up to `max_block_ms`). The partition count used for key hashing is
+        the one known here; a topic that grows is picked up for explicit partitions."""
+        info = self.cluster.topic(topic) or await self.cluster.wait_for_topic(
+            topic, self.max_block_ms)
+        parts = self._queues.get(topic)
+        if parts is None:
+            parts = self._queues[topic] = {p.partition: PartitionQueue(topic, p.partition)
+                                           for p in info.partitions}
+        return parts
+
+    async def _grown_queue(self, topic: str, partition: int) -> PartitionQueue:
+        info = self.cluster.topic(topic)
+        if info is None or partition >= len(info.partitions):
+            await self.cluster.refresh([topic])
+            info = self.cluster.topic(topic)
+        if info is None or not 0 <= partition < len(info.partitions):
+            n = len(info.partitions) if info is not None else 0
+            raise UnknownTopicOrPartitionError(
+                f"topic {topic!r} has {n} partitions; no partition {partition}")
+        parts = self._queues[topic]
+        pq = parts.get(partition)
+        if pq is None:
+            pq = parts[partition] = PartitionQueue(topic, partition)
+        return pq
 
     async def send_and_wait(self, topic: str, value: Any = None, key: Any = None,
                             partition: int | None = None,
@@ -415,7 +447,7 @@ class Producer:
                     wait_ms = _min(wait_ms, first.retry_at_ms - now)
                     continue
             elif not (force or first is not pq.open or
-                      first.builder.estimated_size_bytes >= self.batch_size):
+                      first.reserved_bytes >= self.batch_size):
                 due = first.created_ms + linger - now
                 if due > 0:
                     wait_ms = _min(wait_ms, due)
