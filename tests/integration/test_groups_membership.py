@@ -208,3 +208,21 @@ async def test_long_processing_keeps_membership(controller) -> None:
     await asyncio.sleep(3.0)
     assert len(a.owned) == 6 and a.member_epoch == epoch and not la.lost
     await a.close()
+
+
+async def test_static_member_restart_gets_its_partitions_back(controller) -> None:
+    _, addr = controller
+    a, ca, la = member(addr, instance_id="i-a")
+    b, cb, lb = member(addr, instance_id="i-b")
+    await until(lambda: len(a.owned) == 3 and len(b.owned) == 3)
+    a_parts = set(a.owned)
+    lb.revoked.clear()
+    lb.assigned.clear()
+    await a.close()  # leaves with epoch -2: its partitions wait for it
+    await asyncio.sleep(0.5)
+    assert len(b.owned) == 3
+    a2, ca2, la2 = member(addr, instance_id="i-a")
+    await until(lambda: a2.owned == a_parts)
+    assert not lb.revoked and not lb.assigned  # no rebalance at b
+    await a2.close()
+    await b.close()
