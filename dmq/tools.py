@@ -220,7 +220,7 @@ def _produce_command(bootstrap: str, topic: str, acks: str, key_separator: str |
     show_progress = sys.stderr.isatty() and (path is not None or not sys.stdin.isatty())
 
     def read_chunk() -> bytes:
-        return stream.read1(1 << 20)  # type: ignore[attr-defined, no-any-return]
+        return stream.read1(1 << 20)  # type: ignore[union-attr]
 
     try:
         _run(produce(bootstrap, topic, acks, key_separator, hdrs, read_chunk, partition,

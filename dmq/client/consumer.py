@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from msgpack import unpackb as _unpackb
+from msgpack import unpackb as _unpackb  # type: ignore[import-untyped]
 
 from dmq.client.cluster import ClusterClient
 from dmq.client.errors import ConsumerStoppedError, IllegalStateError, NoOffsetForPartitionError
@@ -408,9 +408,9 @@ class Consumer:
         gens = {st.tp: st.generation for st in states}
         offsets = await self._list_offsets(query)
         for tp, (off, _ts) in offsets.items():
-            st = self._sub.states.get(tp)
-            if st is not None and st.generation == gens.get(tp) and st.position is None:
-                self._set_position(st, off)
+            cur = self._sub.states.get(tp)
+            if cur is not None and cur.generation == gens.get(tp) and cur.position is None:
+                self._set_position(cur, off)
 
     # ---- pause / resume ----------------------------------------------------------------
     def pause(self, *tps: TopicPartition) -> None:

@@ -233,11 +233,10 @@ class Producer:
         if self.value_serializer is not None:
             value = self.value_serializer(value)
         size = _RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
+        hdrs: list[tuple[str, bytes]] | None = None
         if headers:
-            hdrs: list[tuple[str, bytes]] | None = list(headers)
-            size += sum(len(k) + len(v) + 4 for k, v in hdrs)  # type: ignore[union-attr]
-        else:
-            hdrs = None
+            hdrs = list(headers)
+            size += sum(len(k) + len(v) + 4 for k, v in hdrs)
         if size > self._max_record_bytes:
             raise MessageTooLargeError(f"record of {size} bytes is larger than "
                                        f"max_request_size={self.max_request_size}")
@@ -569,10 +568,10 @@ class Producer:
                 elif r[1] == 0:
                     self._complete(b, int(r[2]))
                 else:
-                    exc = error_for(r[1], r[4] if len(r) > 4 else None)
-                    if exc.refresh_metadata:
+                    err = error_for(r[1], r[4] if len(r) > 4 else None)
+                    if err.refresh_metadata:
                         self._metadata_wanted = True
-                    self._retry_or_fail(b, exc)
+                    self._retry_or_fail(b, err)
         finally:
             self._node_in_flight[node] -= 1
             self._wakeup()
