@@ -186,3 +186,23 @@ async def test_unknown_topic_and_closed_consumer(fake: FakeCluster) -> None:
     await c.close()
     with pytest.raises(IllegalStateError):
         await c.getmany()
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+async def test_compressed_batches_decode(codec: str) -> None:
+    c = await FakeCluster(1).start()
+    c.create_topic("z", 1)
+    try:
+        async with Producer(c.bootstrap, compression_type=codec, linger_ms=5) as p:
+            for i in range(500):
+                await p.send("z", b"value-%d" % i, key=b"k")
+            await p.flush()
+        async with Consumer(c.bootstrap, auto_offset_reset="earliest") as co:
+            tp = TopicPartition("z", 0)
+            co.assign([tp])
+            co.seek(tp, 123)
+            recs = await _drain(co, 500 - 123)
+        assert [r.value for r in recs] == [b"value-%d" % i for i in range(123, 500)]
+        assert all(r.key == b"k" for r in recs)
+    finally:
+        await c.stop()
