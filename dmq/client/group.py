@@ -154,6 +154,8 @@ class GroupMembership:
         self._wake = asyncio.Event()
         self._assigned_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reconciler: asyncio.Task[None] | None = None
+        self._target: set[TopicPartition] | None = None  # the coordinator's latest answer
         self._closing = False
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -193,9 +195,12 @@ class GroupMembership:
         if self._closing:
             return
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        reconciler = self._reconciler
+        self._stop_reconciling()
+        for task in (self._task, reconciler):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.member_epoch > 0:
             try:
                 await self._revoke(set(self.owned))
@@ -217,6 +222,7 @@ class GroupMembership:
         failures = 0
         while not self._closing:
             delay_ms = self.heartbeat_interval_ms
+            self._wake.clear()  # a wake-up during this heartbeat sends the next one at once
             try:
                 if self._check_poll_interval():
                     await self._leave_for_stale_poll()
@@ -234,7 +240,6 @@ class GroupMembership:
                 log.exception("group=%s heartbeat loop error", self.group_id)
                 delay_ms = min(5000, 100 * 2 ** min(failures, 6))
             if delay_ms > 0:
-                self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), delay_ms / 1000)
                 except TimeoutError:
@@ -304,20 +309,48 @@ class GroupMembership:
         if res.get("assignment") is None:
             return interval
         target = {(t, p) for t, ps in res["assignment"] for p in ps}
+        self._target = target
         if target == self.owned:
             self._assigned_event.set()
-            return interval
-        revoked = self.owned - target
-        added = target - self.owned
-        self.rebalances += 1
-        if revoked:
-            await self._revoke(revoked)
-        if added:
-            await self._assign(added)
-        self._assigned_event.set()
-        return 0  # tell the coordinator at once what we own now
+        elif self._reconciler is None or self._reconciler.done():
+            # reconcile beside the heartbeats: slow commits or callbacks do not stop them
+            self._reconciler = asyncio.get_running_loop().create_task(
+                self._reconcile(), name=f"dmq-group-{self.group_id}-reconcile")
+        return interval
 
     # ---- reconciliation ------------------------------------------------------------------
+    async def _reconcile(self) -> None:
+        """Move `owned` to the latest target: revoke first, then assign; then wake the
+        heartbeat loop so the coordinator learns at once."""
+        failures = 0
+        while not self._closing and self._target is not None and self._target != self.owned:
+            target = self._target
+            try:
+                revoked = self.owned - target
+                if revoked:
+                    await self._revoke(revoked)
+                added = target - self.owned
+                if added:
+                    await self._assign(added)
+                self.rebalances += 1
+                failures = 0
+            except DmqError as exc:
+                failures += 1
+                log.warning("group=%s reconciling failed (%s), retry %d", self.group_id, exc,
+                            failures)
+                await asyncio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)))
+            except Exception:
+                log.exception("group=%s reconciling failed", self.group_id)
+                await asyncio.sleep(1.0)
+            self._wake.set()
+        if self._target is not None and self._target == self.owned:
+            self._assigned_event.set()
+
+    def _stop_reconciling(self) -> None:
+        task, self._reconciler = self._reconciler, None
+        self._target = None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
     async def _revoke(self, revoked: set[TopicPartition]) -> None:
         if not revoked:
             return
@@ -356,6 +389,7 @@ class GroupMembership:
                  sorted(added)[:20])
 
     def _lose_partitions(self) -> None:
+        self._stop_reconciling()
         lost, self.owned = set(self.owned), set()
         self._committed.clear()
         self._assigned_event.clear()
