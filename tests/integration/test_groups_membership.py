@@ -226,3 +226,21 @@ async def test_static_member_restart_gets_its_partitions_back(controller) -> Non
     assert not lb.revoked and not lb.assigned  # no rebalance at b
     await a2.close()
     await b.close()
+
+
+async def test_slow_rebalance_callback_does_not_stop_heartbeats(controller) -> None:
+    _, addr = controller
+
+    class Slow(Recorder):
+        async def on_partitions_assigned(self, assigned):
+            await asyncio.sleep(3.0)  # longer than the 2 s session
+            self.assigned.append(assigned)
+
+    consumer = FakeConsumer()
+    slow = Slow()
+    a = GroupMembership(addr, "g", consumer, topics=["t"], listener=slow,
+                        heartbeat_interval_ms=100, session_timeout_ms=2000)
+    a.start()
+    await until(lambda: bool(slow.assigned), 6)
+    assert len(a.owned) == 6 and not slow.lost
+    await a.close()
