@@ -34,11 +34,13 @@ def partition_for_key(key: bytes, num_partitions: int) -> int:
 class StickyPartitioner:
     """Per-topic sticky choice for keyless records."""
 
-    __slots__ = ("_rng", "_sticky")
+    __slots__ = ("_rng", "_sticky", "current")
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
+        # topic -> its sticky partition; read directly by the producer's hot path
         self._sticky: dict[str, int] = {}
+        self.current = self._sticky
 
     def partition(self, topic: str, num_partitions: int) -> int:
         p = self._sticky.get(topic)

@@ -131,6 +131,7 @@ class Producer:
                                      allow_auto_create=allow_auto_create_topics,
                                      rng=self._rng)
         self._sticky = StickyPartitioner(self._rng)
+        self._sticky_current = self._sticky.current
         self._queues: dict[str, dict[int, PartitionQueue]] = {}
         self._pending_queues: set[PartitionQueue] = set()  # queues holding unsent batches
         self._incomplete: set[ProducerBatch] = set()
@@ -248,7 +249,9 @@ class Producer:
         sticky = False
         if partition is None:
             if key is None:
-                partition = self._sticky.partition(topic, len(parts))
+                partition = self._sticky_current.get(topic)
+                if partition is None or partition not in parts:
+                    partition = self._sticky.partition(topic, len(parts))
                 sticky = True
             else:
                 partition = partition_for_key(key, len(parts))
