@@ -7,7 +7,6 @@ the controllers of `--config`. Parse, call the library, print.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -16,27 +15,22 @@ from typing import Any, TypeVar
 
 import click
 
-from dmq.cli_admin import _common, _table, resolve_bootstrap
-from dmq.protocol.errors import DmqError
+from dmq.cli_admin import _common, _table
+from dmq.cli_admin import _run as _admin_run
 
 T = TypeVar("T")
 
 
 def _run(bootstrap: str | None, config_path: str | None, timeout_ms: int,
          fn: Callable[[Any], Awaitable[T]]) -> T:
+    """`dmq.cli_admin._run` with a `GroupAdmin` over its `Admin`."""
     from dmq.client.admin_groups import GroupAdmin
 
-    addrs = resolve_bootstrap(bootstrap, config_path)
-
-    async def go() -> T:
-        async with GroupAdmin(addrs, request_timeout_ms=timeout_ms) as ga:
+    async def with_groups(admin: Any) -> T:
+        async with GroupAdmin(admin) as ga:
             return await fn(ga)
 
-    try:
-        return asyncio.run(go())
-    except DmqError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    return _admin_run(bootstrap, config_path, timeout_ms, with_groups)
 
 
 def register(main: click.Group) -> None:

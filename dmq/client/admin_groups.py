@@ -84,10 +84,14 @@ class GroupDescription:
 
 
 class GroupAdmin:
-    def __init__(self, bootstrap: str | list[str], *, client_id: str = "dmq-admin",
+    def __init__(self, bootstrap: str | list[str] | Admin, *, client_id: str = "dmq-admin",
                  request_timeout_ms: int = 30_000) -> None:
-        self.admin = Admin(bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms)
-        self.request_timeout_ms = request_timeout_ms
+        """From bootstrap addresses, or on top of an open `Admin` (which stays the
+        caller's to close)."""
+        self._own_admin = not isinstance(bootstrap, Admin)
+        self.admin = bootstrap if isinstance(bootstrap, Admin) else Admin(
+            bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms)
+        self.request_timeout_ms = self.admin.request_timeout_ms
         self._channel = ControllerChannel(self.admin.addresses, client_id=client_id)
 
     async def __aenter__(self) -> GroupAdmin:
@@ -98,7 +102,8 @@ class GroupAdmin:
 
     async def close(self) -> None:
         await self._channel.close()
-        await self.admin.close()
+        if self._own_admin:
+            await self.admin.close()
 
     async def _request(self, key: ApiKey, body: dict[str, Any]) -> Any:
         return await self._channel.request(key, body, self.request_timeout_ms)
@@ -152,12 +157,8 @@ class GroupAdmin:
         (NON_EMPTY_GROUP otherwise). `to`: "earliest", "latest", or an offset (clamped
         to the log's range); by time: `reset_offsets_to_time`. Returns the new offsets
         (not written with `dry_run`)."""
-        image = await self.admin.metadata([topic])
-        if topic not in image.topics:
-            raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
-        tps = [(topic, p) for p in sorted(image.topics[topic].partitions)]
-        earliest = await self.list_offsets(tps, EARLIEST, image)
-        latest = await self.list_offsets(tps, LATEST, image)
+        tps, earliest = await self._topic_offsets(topic, EARLIEST)
+        latest = await self.list_offsets(tps, LATEST)
         targets: dict[TopicPartition, int] = {}
         for tp in tps:
             lo, hi = earliest.get(tp), latest.get(tp)
@@ -175,17 +176,22 @@ class GroupAdmin:
                                     dry_run: bool = False) -> dict[TopicPartition, int]:
         """Each partition to its first offset with a timestamp >= `timestamp_ms` (the
         log end offset when there is none)."""
-        image = await self.admin.metadata([topic])
-        if topic not in image.topics:
-            raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
-        tps = [(topic, p) for p in sorted(image.topics[topic].partitions)]
-        at = await self.list_offsets(tps, timestamp_ms, image)
-        latest = await self.list_offsets(tps, LATEST, image)
+        tps, at = await self._topic_offsets(topic, timestamp_ms)
+        latest = await self.list_offsets(tps, LATEST)
         targets = {}
         for tp in tps:
             off = at.get(tp)
             targets[tp] = off if off is not None and off >= 0 else latest.get(tp, 0) or 0
         return await self._write_reset(group_id, targets, dry_run)
+
+    async def _topic_offsets(self, topic: str, timestamp: int
+                             ) -> tuple[list[TopicPartition], dict[TopicPartition, int]]:
+        """Every partition of `topic` and its LIST_OFFSETS answer for `timestamp`."""
+        image = await self.admin.metadata([topic])
+        if topic not in image.topics:
+            raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
+        tps = [(topic, p) for p in sorted(image.topics[topic].partitions)]
+        return tps, await self.list_offsets(tps, timestamp, image)
 
     async def _write_reset(self, group_id: str, targets: dict[TopicPartition, int],
                            dry_run: bool) -> dict[TopicPartition, int]:

@@ -76,6 +76,12 @@ class Client:
         return self.coord.heartbeat(self.group, self.member_id, epoch)
 
 
+def join_and_settle(*clients) -> None:
+    for c in clients:
+        c.beat()
+    settle(clients)
+
+
 def settle(clients, rounds: int = 10) -> None:
     for _ in range(rounds):
         for c in clients:
@@ -127,9 +133,7 @@ def test_second_member_gets_half_only_after_the_first_revokes():
 def test_third_member_moves_only_two_partitions():
     _, _, coord = make()
     a, b = Client(coord), Client(coord)
-    a.beat()
-    b.beat()
-    settle([a, b])
+    join_and_settle(a, b)
     before = owners([a, b])
     a.revoked.clear()
     b.revoked.clear()
@@ -170,9 +174,7 @@ def test_no_partition_is_ever_held_twice_while_members_come_and_go():
 def test_session_timeout_fences_and_hands_partitions_over():
     clock, _, coord = make()
     a, b = Client(coord), Client(coord)
-    a.beat()
-    b.beat()
-    settle([a, b])
+    join_and_settle(a, b)
     assert len(b.owned) == 3
     for _ in range(12):  # b goes silent; a keeps heartbeating
         clock.advance(1000)
@@ -226,9 +228,7 @@ def test_wrong_epochs_are_fenced_and_lost_answers_tolerated():
 def test_leave_releases_partitions_at_once():
     _, _, coord = make()
     a, b = Client(coord), Client(coord)
-    a.beat()
-    b.beat()
-    settle([a, b])
+    join_and_settle(a, b)
     assert b.leave().member_epoch == -1
     a.beat()
     a.beat()
@@ -239,9 +239,7 @@ def test_static_member_restart_keeps_its_partitions_without_rebalance():
     clock, _, coord = make()
     a = Client(coord, instance_id="i-a")
     b = Client(coord, instance_id="i-b")
-    a.beat()
-    b.beat()
-    settle([a, b])
+    join_and_settle(a, b)
     epoch = coord.groups["g"].group_epoch
     b_parts = set(b.owned)
     b.leave(epoch=-2)
@@ -267,9 +265,7 @@ def test_departed_static_member_expires_after_its_session():
     clock, _, coord = make()
     a = Client(coord, instance_id="i-a")
     b = Client(coord, instance_id="i-b")
-    a.beat()
-    b.beat()
-    settle([a, b])
+    join_and_settle(a, b)
     b.leave(epoch=-2)
     for _ in range(11):
         clock.advance(1000)
@@ -282,9 +278,7 @@ def test_departed_static_member_expires_after_its_session():
 def test_partition_count_change_bumps_the_epoch_and_assigns_new_partitions():
     _, topics, coord = make()
     a, b = Client(coord), Client(coord)
-    a.beat()
-    b.beat()
-    settle([a, b])
+    join_and_settle(a, b)
     epoch = coord.groups["g"].group_epoch
     topics.set("t", 10)
     settle([a, b])
@@ -386,9 +380,7 @@ def test_offsets_of_empty_groups_expire_after_retention():
 def test_failover_adopts_members_and_holds_unclaimed_partitions():
     clock, _, old = make()
     a, b = Client(old), Client(old)
-    a.beat()
-    b.beat()
-    settle([a, b])
+    join_and_settle(a, b)
     # the controller fails over: a new coordinator knows nobody
     topics = Topics({"t": 6})
     new = GroupCoordinator(clock, topics, rng=random.Random(1), adopt_window_ms=10_000,
@@ -408,9 +400,7 @@ def test_failover_adopts_members_and_holds_unclaimed_partitions():
 def test_failover_hands_out_a_dead_members_partitions_after_the_window():
     clock, _, old = make()
     a, b = Client(old), Client(old)
-    a.beat()
-    b.beat()
-    settle([a, b])
+    join_and_settle(a, b)
     new = GroupCoordinator(clock, Topics({"t": 6}), adopt_window_ms=10_000,
                            hold_groups={"g"})
     a.coord = new
