@@ -14,10 +14,11 @@ partition (so the next fetch is on the wire while the application works), positi
 resets through LIST_OFFSETS, and decoding of records — which happens only in
 `getmany`/`getone`, in the caller's turn, a batch at a time.
 
-Where group subscription goes: `subscribe()` is the entry point the consumer-group
-work will fill in. It must only feed `_SubscriptionState.assign()` (plus
-committed-offset positions) from the coordinator's assignment; fetching, positions
-and decoding stay as they are. `commit`/`committed` belong to that work too.
+Group subscription: `subscribe()` hands membership to `dmq.client.group`
+(`GroupMembership`, with `ConsumerPartitions` as the bridge), which only feeds the
+coordinator's assignment and committed positions into `_SubscriptionState`; fetching,
+positions and decoding are the same as with `assign`. `commit`/`committed` go
+through that membership.
 """
 
 from __future__ import annotations
