@@ -407,3 +407,28 @@ async def test_stale_controller_notice_is_ignored(cluster: InProcCluster) -> Non
     beats = lc.stats_heartbeats
     await wait_for(lambda: lc.stats_heartbeats > beats + 1, 3, "heartbeats continuing")
     assert lc.controller.node_id == ctl.node_id and not lc.is_fenced
+
+
+async def test_lagging_controller_catches_up_from_a_snapshot(tmp_path: Path) -> None:
+    """With a small snapshot interval, a controller kept down while many changes commit
+    is brought back by an InstallSnapshot of the metadata state, and brokers fetching
+    from it get the same image."""
+    c = InProcCluster(tmp_path, settings={"raft.snapshot.interval.entries": 40})
+    try:
+        await c.start()
+        ctl = await c.wait_active()
+        await wait_for(lambda: set(_states(ctl).values()) == {ONLINE}, 5, "brokers ONLINE")
+        lagging = next(n for n in c.nodes if n != ctl.node_id)
+        await c.stop_controller(lagging)
+        async with Admin(c.bootstrap) as admin:
+            await admin.create_topic("s", 3, 3)
+            for i in range(120):
+                await admin.alter_configs({"s": {"retention.ms": str(1000 + i)}})
+        await c.start_controller(lagging)
+        back = c.controller(lagging)
+        await wait_for(lambda: back.state.version >= ctl.state.version, 10, "catching up")
+        assert back.state.to_snapshot() == ctl.state.to_snapshot()
+        assert back.state.topics["s"].configs == {"retention.ms": "1119"}
+        assert back.raft.status()["snapshot_index"] > 0
+    finally:
+        await c.stop()
