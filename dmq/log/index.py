@@ -107,6 +107,10 @@ class _MappedFile:
             self._mm.close()
             self._mm = None
 
+    def discard(self) -> None:
+        """Drop the mapping without copying pending entries in (crash simulation)."""
+        _MappedFile.close(self)
+
 
 class OffsetIndex(_MappedFile):
     """Sparse map of offset -> file position for one segment."""

@@ -510,18 +510,6 @@ class PartitionLog:
                     return max(h.base_offset, self._log_start_offset), h.max_timestamp
             return None
 
-    def batch_headers(self, start_offset: int = 0) -> Iterator[BatchHeader]:
-        """Headers (positions within their segment) of batches with last offset >= start."""
-        with self._lock:
-            segs = list(self._segments)
-        for seg in segs:
-            if seg.next_offset <= start_offset:
-                continue
-            h = seg.find(start_offset)
-            if h is None:
-                continue
-            yield from seg.headers(h.position)
-
     # ------------------------------------------------------------------ roll / flush
 
     def roll(self) -> LogSegment:
@@ -740,8 +728,8 @@ class PartitionLog:
         """Close file handles without flushing or marking a clean shutdown (crash tests)."""
         with self._lock:
             for seg in self._segments:
-                seg.index.close()
-                seg.time_index.close()
+                seg.index.discard()
+                seg.time_index.discard()
                 if seg.fd >= 0:
                     os.close(seg.fd)
                     seg.fd = -1
