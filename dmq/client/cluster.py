@@ -243,6 +243,14 @@ class ClusterClient:
             self._bg.add(task)
             task.add_done_callback(self._bg.discard)
 
+    def maybe_refresh_stale(self) -> None:
+        """Refresh in the background when the cache is older than `metadata_max_age_ms`
+        (picks up new partitions and moved leaders nobody has hit an error on yet)."""
+        now_ms = asyncio.get_running_loop().time() * 1000
+        if now_ms - self._last_refresh_ms > self.metadata_max_age_ms:
+            self._last_refresh_ms = now_ms  # one attempt per period
+            self.request_update()
+
     async def _quiet_refresh(self) -> None:
         try:
             await self.refresh(force=False)

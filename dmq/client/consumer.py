@@ -129,7 +129,7 @@ class Consumer:
                  max_partition_fetch_bytes: int = 1024 * 1024, prefetch_fetches: int = 2,
                  max_poll_records: int | None = None, check_crcs: bool = True,
                  request_timeout_ms: int = 30_000, retry_backoff_ms: int = 100,
-                 retry_backoff_max_ms: int = 1_000,
+                 retry_backoff_max_ms: int = 1_000, metadata_max_age_ms: int = 300_000,
                  key_deserializer: Deserializer | None = None,
                  value_deserializer: Deserializer | None = None,
                  rng: random.Random | None = None, **group_settings: Any) -> None:
@@ -157,7 +157,8 @@ class Consumer:
         self.cluster = ClusterClient(bootstrap, client_id=client_id,
                                      request_timeout_ms=request_timeout_ms,
                                      retry_backoff_ms=retry_backoff_ms,
-                                     retry_backoff_max_ms=retry_backoff_max_ms, rng=rng)
+                                     retry_backoff_max_ms=retry_backoff_max_ms,
+                                     metadata_max_age_ms=metadata_max_age_ms, rng=rng)
         self._sub = _SubscriptionState()
         self._fetching: dict[int, asyncio.Task[None]] = {}
         self._node_backoff: dict[int, float] = {}
@@ -608,6 +609,7 @@ class Consumer:
         loop = asyncio.get_running_loop()
         while not self._closed:
             try:
+                self.cluster.maybe_refresh_stale()
                 wait_s = self._fetch_step(loop.time())
             except Exception:
                 log.exception("consumer fetch step failed")

@@ -83,7 +83,7 @@ class Producer:
                  max_request_size: int = 1024 * 1024, compression_type: str | None = None,
                  request_timeout_ms: int = 30_000, delivery_timeout_ms: int = 120_000,
                  max_block_ms: int = 60_000, retry_backoff_ms: int = 100,
-                 retry_backoff_max_ms: int = 1_000,
+                 retry_backoff_max_ms: int = 1_000, metadata_max_age_ms: int = 300_000,
                  key_serializer: Serializer | None = None,
                  value_serializer: Serializer | None = None,
                  allow_auto_create_topics: bool = True,
@@ -128,6 +128,7 @@ class Producer:
                                      request_timeout_ms=request_timeout_ms,
                                      retry_backoff_ms=retry_backoff_ms,
                                      retry_backoff_max_ms=retry_backoff_max_ms,
+                                     metadata_max_age_ms=metadata_max_age_ms,
                                      allow_auto_create=allow_auto_create_topics,
                                      rng=self._rng)
         self._sticky = StickyPartitioner(self._rng)
@@ -413,6 +414,7 @@ class Producer:
                 wait_ms = 100.0
             if self._closing and not self._incomplete:
                 return
+            self.cluster.maybe_refresh_stale()
             if self._metadata_wanted:
                 self._metadata_wanted = False
                 self.cluster.request_update()
