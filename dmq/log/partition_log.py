@@ -629,6 +629,14 @@ class PartitionLog:
         self._after_truncate(offset)
 
     def _after_truncate(self, new_end: int) -> None:
+        if self.fsync_enabled:
+            # A truncation that a crash undid would bring a divergent tail back.
+            try:
+                self._segments[-1].flush()
+                fsync_dir(self.directory)
+            except OSError as exc:
+                self._closed = True
+                raise LogStorageError(f"truncation flush failed: {exc}") from exc
         self._log_end_offset = new_end
         self._log_start_offset = min(self._log_start_offset, new_end)
         self._recovery_point = min(self._recovery_point, new_end)
