@@ -186,7 +186,7 @@ def _swap_in(plog: PartitionLog, old: LogSegment, batches: list[bytes]) -> LogSe
     cfg = plog.config
     new = LogSegment(directory, old.base_offset, cfg.segment_index_bytes,
                      cfg.index_interval_bytes, False, old.created_ms)
-    res = new.recover(cfg.max_message_bytes, None)
+    res = new.recover(None)
     if res.corrupt_reason is not None or res.torn:  # we just wrote it: a bug or a bad disk
         raise LogError(f"cleaned segment {log_path} failed verification")
     plog.replace_segment(old, new)

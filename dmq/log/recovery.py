@@ -68,7 +68,7 @@ def load_segments(directory: str, config: LogConfig,
         next_base = bases[i + 1] if i + 1 < len(bases) else None
         scan = not clean and (next_base is None or next_base > recovery_point)
         if scan or not seg.load_trusted():
-            res = seg.recover(config.max_message_bytes, prev_next)
+            res = seg.recover(prev_next)
             if res.corrupt_reason is not None or res.torn:
                 cut = True
             elif next_base is not None and not config.compact and seg.next_offset != next_base:

@@ -122,11 +122,13 @@ class LogSegment:
         self.bytes_since_index = self.size_bytes - self.index.lookup(2**63 - 1)[1]
         return True
 
-    def recover(self, max_batch_bytes: int, expected_base: int | None) -> ScanResult:
+    def recover(self, expected_base: int | None) -> ScanResult:
         """Scan the whole file, keep the valid prefix, truncate the rest, rebuild indexes.
 
         A batch is valid when its length, magic, record count and CRC check out and its
         base offset is not below the previous batch's next offset (or `expected_base`).
+        Sizes are not checked against `max_message_bytes`: lowering that setting must
+        never make recovery cut data that was valid when written.
         """
         res = ScanResult()
         self.read_hint_offset = -1
@@ -142,9 +144,6 @@ class LogSegment:
         self.next_offset = self.base_offset
         for h in self._walk(0, check_crc=True, result=res):
             size = h.batch_length + LOG_OVERHEAD
-            if size > max_batch_bytes:
-                res.corrupt_reason = f"batch of {size} bytes exceeds the maximum"
-                break
             if h.base_offset < prev_next:
                 res.corrupt_reason = (
                     f"batch base offset {h.base_offset} does not follow {prev_next - 1}")
@@ -201,17 +200,33 @@ class LogSegment:
                     result.corrupt_reason = "inconsistent record count"
                 return
             if check_crc:
-                if rel + size > len(buf):
-                    buf = os.pread(fd, max(min(_SCAN_CHUNK_BYTES, file_end - pos), size), pos)
-                    buf_start, rel = pos, 0
-                    if len(buf) < size:
-                        return
-                if crc32c(memoryview(buf)[rel + CRC_START : rel + size]) != h.crc:
+                if size > _SCAN_CHUNK_BYTES:
+                    crc = self._crc_of_large_batch(pos, size)  # bounded memory
+                else:
+                    if rel + size > len(buf):
+                        buf = os.pread(fd, min(_SCAN_CHUNK_BYTES, file_end - pos), pos)
+                        buf_start, rel = pos, 0
+                        if len(buf) < size:
+                            return
+                    crc = crc32c(memoryview(buf)[rel + CRC_START : rel + size])
+                if crc != h.crc:
                     if result is not None:
                         result.corrupt_reason = "CRC mismatch"
                     return
             yield h
             pos += size
+
+    def _crc_of_large_batch(self, position: int, size: int) -> int:
+        crc = 0
+        pos = position + CRC_START
+        end = position + size
+        while pos < end:
+            data = os.pread(self.fd, min(_SCAN_CHUNK_BYTES, end - pos), pos)
+            if not data:
+                return -1  # the file shrank: never equal to a stored u32 CRC
+            crc = crc32c(data, crc)
+            pos += len(data)
+        return crc
 
     def headers(self, position: int = 0) -> Iterator[BatchHeader]:
         """Headers of the batches from `position` (a batch start) to the end, no CRC check."""

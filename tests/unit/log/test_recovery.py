@@ -206,3 +206,30 @@ def test_stale_index_of_a_deleted_segment_is_not_reused(tmp_path: object) -> Non
     check_log_consistent(plog)
     assert len(read_all(plog)) == plog.log_end_offset
     plog.close()
+
+
+def test_large_batches_recover_and_lower_max_message_bytes_cuts_nothing(
+        tmp_path: object) -> None:
+    path = str(tmp_path)
+    big_cfg = LogConfig(max_message_bytes=4 << 20)
+    plog = PartitionLog.open(path, big_cfg, ManualClock(), fsync_enabled=False)
+    for i in range(3):
+        plog.append_as_leader(batch(2, seed=i, value_size=1_500_000), 1)  # ~3 MB each
+    plog.append_as_leader(batch(1), 1)
+    plog.abandon()
+    small = LogConfig(max_message_bytes=1000)
+    plog = reopen(path, small)
+    assert plog.log_end_offset == 7
+    check_log_consistent(plog)
+    plog.abandon()
+    seg = last_segment(path)
+    size = os.path.getsize(seg)
+    with open(seg, "r+b") as f:  # flip a bit deep inside the third big batch
+        f.seek(size - 200_000)
+        b = f.read(1)[0]
+        f.seek(size - 200_000)
+        f.write(bytes([b ^ 4]))
+    plog = reopen(path, small)
+    assert plog.log_end_offset == 4
+    check_log_consistent(plog)
+    plog.close()
