@@ -275,3 +275,31 @@ def test_failover_time_with_a_500ms_election_timeout(tmp_path: Path) -> None:
     # this in-process run shares one loaded CPU, so it gets some slack.
     assert max(times) < 2.5
     assert sorted(times)[len(times) // 2] < 1.2
+
+
+def test_malformed_raft_messages_get_an_error_and_change_nothing(tmp_path: Path) -> None:
+    from dmq.protocol.api import ApiKey
+    from dmq.protocol.connection import Connection
+    from dmq.protocol.errors import InvalidRequestError
+
+    async def main() -> None:
+        h = Harness(tmp_path)
+        await h.start_all()
+        try:
+            leader = await h.leader()
+            term = leader.status()["term"]
+            conn = await Connection.open("127.0.0.1", h.ports[leader.id])
+            try:
+                for body in ({"from": 2, "msg": [3, 2, leader.id, 99, "junk"]},
+                             {"from": 2, "msg": [42]},
+                             {"from": 3, "msg": [9, 2, leader.id, 99]}):  # src != from
+                    with pytest.raises(InvalidRequestError):
+                        await conn.request(ApiKey.RAFT_APPEND_ENTRIES, body, timeout_ms=2000)
+            finally:
+                await conn.close()
+            assert leader.status()["term"] == term and leader.status()["role"] == "LEADER"
+            assert leader.stats["malformed"] == 2
+        finally:
+            await h.stop_all()
+
+    run(main())
