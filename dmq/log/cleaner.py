@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -32,7 +33,7 @@ from dmq.log.batch import (
     encode_batch,
 )
 from dmq.log.checkpoint import fsync_dir
-from dmq.log.errors import LogError
+from dmq.log.errors import LogClosedError, LogError
 from dmq.log.segment import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, LogSegment
 
 if TYPE_CHECKING:
@@ -98,6 +99,10 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None) -> CleanResult:
             cleanable.append(seg)
         if not cleanable:
             return CleanResult(0, 0, 0, 0, 0)
+        signature = tuple((s.base_offset, s.size_bytes) for s in cleanable)
+        last = plog.cleaner_state
+        if last is not None and last[0] == signature and not last[1]:
+            return CleanResult(0, 0, 0, 0, 0)  # nothing new closed, no tombstone pending
         latest: dict[Any, int] = {}
         for seg in cleanable:
             for h, data in _segment_batches(seg):
@@ -105,7 +110,8 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None) -> CleanResult:
                     if r.key is not None:
                         latest[r.key] = r.offset
         horizon = now - cfg.delete_retention_ms
-        kept_total = removed_total = before = after = rewritten = 0
+        kept_total = removed_total = before = after = rewritten = tombstones = 0
+        done: list[LogSegment] = []
         for seg in cleanable:
             out: list[bytes] = []
             changed = False
@@ -116,6 +122,7 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None) -> CleanResult:
                     and not (r.value is None and _record_ts(h, r) <= horizon))]
                 kept_total += len(keep)
                 removed_total += len(records) - len(keep)
+                tombstones += sum(1 for r in keep if r.value is None)
                 if len(keep) == len(records):
                     out.append(data)
                     continue
@@ -124,11 +131,76 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None) -> CleanResult:
             before += seg.size_bytes
             if not changed:
                 after += seg.size_bytes
+                done.append(seg)
                 continue
             new_seg = _swap_in(plog, seg, out)
             after += new_seg.size_bytes
             rewritten += 1
+            done.append(new_seg)
+        plog.cleaner_state = (tuple((s.base_offset, s.size_bytes) for s in done), tombstones)
         return CleanResult(rewritten, kept_total, removed_total, before, after)
+
+
+class LogCleaner:
+    """Owner of background compaction: one thread cleaning registered logs in turn.
+
+    `run_once()` is the whole job (tests and callers with their own scheduler use it);
+    `start()` runs it every `interval_ms` on a daemon thread until `stop()`. A failing
+    log is logged and skipped, never fatal to the others. Each clean holds that log's
+    lock, so appends to it wait while it runs.
+    """
+
+    def __init__(self, interval_ms: int = 15_000) -> None:
+        self.interval_ms = interval_ms
+        self._logs: dict[str, PartitionLog] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, plog: PartitionLog) -> None:
+        with self._lock:
+            self._logs[plog.directory] = plog
+
+    def remove(self, plog: PartitionLog) -> None:
+        with self._lock:
+            self._logs.pop(plog.directory, None)
+
+    def run_once(self, now_ms: int | None = None) -> dict[str, CleanResult]:
+        with self._lock:
+            logs = list(self._logs.values())
+        out: dict[str, CleanResult] = {}
+        for plog in logs:
+            if self._stop.is_set():
+                break
+            try:
+                res = plog.clean(now_ms)
+            except LogClosedError:
+                self.remove(plog)
+                continue
+            except Exception:  # one bad log must not stop the others
+                log.exception("cleaning %s failed", plog.directory)
+                continue
+            if res.segments_rewritten:
+                out[plog.directory] = res
+                log.info("cleaned %s: %s", plog.directory, res)
+        return out
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="dmq-log-cleaner",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_ms / 1000):
+            self.run_once()
 
 
 def _rebatch(h: BatchHeader, keep: list[Record]) -> Iterator[bytes]:

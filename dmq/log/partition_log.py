@@ -121,6 +121,9 @@ class PartitionLog:
         self._unflushed_messages = 0
         self._last_flush_ms = self.clock.monotonic_ms()
         self._closed = False
+        # (closed segments as (base, size), tombstones kept) after the last clean: lets
+        # the cleaner skip a log with nothing new to do.
+        self.cleaner_state: tuple[tuple[tuple[int, int], ...], int] | None = None
         self.producer_state = ProducerStateManager(self.config.max_producer_batches)
         # Hot-path copies of config fields (attribute lookups on a frozen dataclass).
         cfg = self.config

@@ -266,3 +266,35 @@ def test_follower_replicates_compacted_log_with_gaps(tmp_path: object) -> None:
     assert list(iter_records(leader.read(0, 100)))[0].offset == first
     leader.close()
     follower.close()
+
+
+def test_log_cleaner_owner_runs_and_skips_clean_logs(tmp_path: object) -> None:
+    from dmq.log import LogCleaner
+
+    clock = ManualClock()
+    logs = []
+    for name, policy in (("a", "compact"), ("b", "delete"), ("c", "compact,delete")):
+        cfg = LogConfig(cleanup_policy=policy)
+        plog = PartitionLog.open(os.path.join(str(tmp_path), name), cfg, clock,
+                                 fsync_enabled=False)
+        for i in range(10):
+            plog.append_as_leader(build_batch([(b"k", b"%d" % i)]), 1)
+        plog.roll()
+        logs.append(plog)
+    cleaner = LogCleaner(interval_ms=10)
+    for plog in logs:
+        cleaner.add(plog)
+    done = cleaner.run_once()
+    assert sorted(os.path.basename(d) for d in done) == ["a", "c"]
+    assert cleaner.run_once() == {}  # nothing new: skipped cheaply
+    logs[2].close()  # a closed log is dropped, not fatal
+    assert cleaner.run_once() == {}
+    logs[0].append_as_leader(build_batch([(b"k", b"new")]), 1)
+    logs[0].roll()
+    assert list(cleaner.run_once()) == [logs[0].directory]
+    assert records_of(logs[0]) == [(10, b"k", b"new")]
+    cleaner.start()  # the thread owner starts and stops cleanly (no timing asserted)
+    cleaner.stop()
+    assert cleaner._thread is None
+    for plog in logs[:2]:
+        plog.close()
