@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -112,6 +115,30 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+def _start_reader(read_chunk: Callable[[], bytes], loop: asyncio.AbstractEventLoop
+                  ) -> asyncio.Queue[bytes]:
+    """Read input on a daemon thread (a blocked terminal read must not keep the process
+    alive after Ctrl-C, as an executor thread would); at most 4 chunks wait in the
+    queue, so a fast file never outruns the producer. b"" marks the end."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+
+    def pump() -> None:
+        while True:
+            try:
+                chunk = read_chunk()
+            except (OSError, ValueError):
+                chunk = b""
+            try:
+                asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
+            except (RuntimeError, concurrent.futures.CancelledError):
+                return  # the loop is gone
+            if not chunk:
+                return
+
+    threading.Thread(target=pump, name="dmq-produce-stdin", daemon=True).start()
+    return queue
+
+
 async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | None,
                   headers: list[tuple[str, bytes]], read_chunk: Callable[[], bytes],
                   partition: int | None = None, compression: str | None = None,
@@ -130,6 +157,7 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
         if h.exception() is not None and not failure:
             failure.append(h.exception())
 
+    chunks = _start_reader(read_chunk, loop)
     async with Producer(bootstrap, acks=acks, linger_ms=linger_ms,
                         compression_type=compression, max_block_ms=timeout_ms,
                         request_timeout_ms=max(timeout_ms, 5000),
@@ -143,7 +171,7 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
         line_no = 0
         last = None
         while True:
-            chunk = await loop.run_in_executor(None, read_chunk)
+            chunk = await chunks.get()
             if not chunk:
                 lines = [pending] if pending else []
                 pending = b""
@@ -216,11 +244,13 @@ def _produce_command(bootstrap: str, topic: str, acks: str, key_separator: str |
                      compression: str, linger_ms: int, timeout_ms: int) -> None:
     """Send one record per input line (stdin by default); print a summary."""
     hdrs = _parse_headers(headers)
-    stream = open(path, "rb") if path else sys.stdin.buffer  # noqa: SIM115
+    fd = os.open(path, os.O_RDONLY) if path else sys.stdin.fileno()
     show_progress = sys.stderr.isatty() and (path is not None or not sys.stdin.isatty())
 
     def read_chunk() -> bytes:
-        return stream.read1(1 << 20)  # type: ignore[union-attr]
+        # os.read, not the buffered stdin object: a thread blocked inside a buffered
+        # read holds its lock, and the interpreter aborts at exit (Ctrl-C) over it
+        return os.read(fd, 1 << 20)
 
     try:
         _run(produce(bootstrap, topic, acks, key_separator, hdrs, read_chunk, partition,
@@ -228,7 +258,7 @@ def _produce_command(bootstrap: str, topic: str, acks: str, key_separator: str |
                      show_progress, echo=lambda s: click.echo(s, err=True)))
     finally:
         if path:
-            stream.close()
+            os.close(fd)
 
 
 def produce_main(argv: Sequence[str] | None = None) -> NoReturn:
