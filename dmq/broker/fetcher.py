@@ -70,6 +70,7 @@ class ReplicaFetcher:
         self._conn: Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._rotation = 0
         self.stats_fetches = 0
         self.stats_bytes = 0
 
@@ -230,6 +231,10 @@ class ReplicaFetcher:
         ready = self._ready()
         if not ready:
             return False
+        # Rotate the order: the leader fills the response in request order up to
+        # max_bytes, so a fixed order would starve the last partitions during catch-up.
+        self._rotation = (self._rotation + 1) % len(ready)
+        ready = ready[self._rotation:] + ready[:self._rotation]
         by_topic: dict[str, list[list[int]]] = {}
         sent: dict[tuple[str, int], tuple[FetchState, int]] = {}
         for tp, s in ready:
