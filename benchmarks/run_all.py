@@ -1,0 +1,698 @@
+"""The benchmark suite of issue 11: dmq and its Python-reachable peers (Redis Streams,
+NATS JetStream) on this machine in one invocation, one table.
+
+    .venv/bin/python benchmarks/run_all.py            # full: ~6-8 minutes
+    .venv/bin/python benchmarks/run_all.py --quick    # ~2 minutes, smaller counts
+    .venv/bin/python benchmarks/run_all.py --smoke    # dmq cases only, tiny counts (CI)
+    .venv/bin/python benchmarks/run_all.py --only produce-100B-acks1,consume-100B
+
+Every case runs `--runs` times (default 3) after one untimed warm-up; the table shows
+the run with the median records/s (its latencies belong to that run). `ratio` is
+dmq / peer for the same case measured in the same invocation. Every process started
+here (dmq nodes, redis-server, nats-server) binds 127.0.0.1, keeps its data in a
+temporary folder, and is stopped before the suite moves on, also on errors and
+timeouts; every run is bounded in records and in seconds.
+
+Cases (issue 11, item 2):
+  produce-100B-acks1      1 combined node, topic RF=1, 1 partition, acks=1   vs Redis XADD
+                          (pipelines of 1000) and NATS JetStream R1 (async publish)
+  produce-100B-acksall    3 brokers (+ controllers), RF=3, acks=all, idempotent
+                          vs NATS JetStream R3
+  produce-1KiB-acks1      as produce-100B-acks1 with 1 KiB values    vs Redis, NATS R1
+  consume-100B            read a filled topic from the beginning (CRC checked, every
+                          record decoded)   vs Redis XRANGE of 1000, NATS pull fetch of 1000
+  produce-100KiB-acks1    MB/s of 100 KiB records, RF=1   vs a raw Python asyncio (uvloop)
+                          TCP socket pair on 127.0.0.1 moving the same bytes in 100 KiB writes
+  e2e-10k/s-acksall       paced at 10,000 records/s, acks=all RF=3, linger 0: latency from
+                          send() to the consumer (same process) seeing the record
+  partitions-N            acks=1 RF=1 single node, records spread round-robin over N
+                          partitions (explicit partition per record), N = 1, 10, 100, 1000
+  rss-1000-idle           broker RSS (and CPU while idle) of each of 3 brokers hosting a
+                          1000-partition RF=3 topic, after it has been idle
+
+Latency columns: dmq produce = send() to acknowledgement, per record; Redis = one
+pipeline of 1000 XADDs, per pipeline; NATS = publish to its ack, per message;
+consume = time per getmany/fetch call. Nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import consume_perf  # noqa: E402
+import produce_perf  # noqa: E402
+from perf_common import percentiles_ms  # noqa: E402
+
+from dmq.client.admin import Admin  # noqa: E402
+from dmq.client.consumer import Consumer  # noqa: E402
+from dmq.client.producer import Producer  # noqa: E402
+from dmq.devcluster import DevCluster  # noqa: E402
+from dmq.protocol.errors import DmqError, ErrorCode  # noqa: E402
+
+# ---------------------------------------------------------------------------- sizes
+
+
+@dataclass(frozen=True)
+class Sizes:
+    produce_records: int       # dmq produce cases, 100 B
+    produce_1k_records: int
+    consume_records: int
+    big_records: int           # 100 KiB records per run
+    e2e_records: int           # at 10,000 records/s
+    partition_records: int
+    partition_counts: tuple[int, ...]
+    idle_partitions: int
+    idle_seconds: float
+    peer_records: int
+    peer_r3_records: int
+    peer_1k_records: int
+    runs: int
+    controllers: int           # controllers of the 3-broker cluster
+
+
+FULL = Sizes(1_000_000, 300_000, 1_000_000, 2_000, 100_000, 300_000, (1, 10, 100, 1000),
+             1000, 10.0, 200_000, 200_000, 200_000, 3, 3)
+QUICK = Sizes(300_000, 100_000, 300_000, 1_000, 30_000, 100_000, (1, 10, 100, 1000),
+              1000, 5.0, 100_000, 50_000, 50_000, 3, 1)
+SMOKE = Sizes(3_000, 1_000, 3_000, 20, 500, 2_000, (1, 10), 20, 1.0, 0, 0, 0, 1, 1)
+
+CASE_NAMES = ("produce-100B-acks1", "produce-100B-acksall", "produce-1KiB-acks1",
+              "consume-100B", "produce-100KiB-acks1", "e2e-10k/s-acksall", "partitions",
+              "rss-1000-idle")
+
+RUN_TIMEOUT_S = 180.0  # any single timed run
+BIG = 100 * 1024
+
+# ---------------------------------------------------------------------------- rows
+
+
+@dataclass
+class Row:
+    case: str
+    system: str
+    records_s: float = float("nan")
+    mb_s: float = float("nan")
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    p999_ms: float = float("nan")
+    note: str = ""
+    runs: list[float] = field(default_factory=list)  # records/s (or the value) of each run
+    is_dmq: bool = False
+    ratio: float = float("nan")
+
+
+def median_row(case: str, system: str, results: list[dict[str, float]], note: str = "",
+               key: str = "records_s") -> Row:
+    """The run with the median `key` (its latencies stay consistent with it)."""
+    ordered = sorted(results, key=lambda r: r[key])
+    m = ordered[len(ordered) // 2]
+    return Row(case, system, m.get("records_s", float("nan")), m.get("mb_s", float("nan")),
+               m.get("p50", float("nan")), m.get("p99", float("nan")),
+               m.get("p99.9", float("nan")), note, [r[key] for r in results], is_dmq=True)
+
+
+def _fmt(v: float, spec: str) -> str:
+    return "-" if v != v else format(v, spec)  # NaN -> "-"
+
+
+def print_table(rows: list[Row], out: Callable[[str], None] = print) -> None:
+    head = (f"{'case':<24}{'system':<30}{'records/s':>12}{'MB/s':>9}{'p50 ms':>9}"
+            f"{'p99 ms':>9}{'p99.9 ms':>10}{'dmq/peer':>10}  note")
+    out(head)
+    out("-" * len(head))
+    for r in rows:
+        out(f"{r.case:<24}{r.system:<30}{_fmt(r.records_s, ',.0f'):>12}{_fmt(r.mb_s, '.1f'):>9}"
+            f"{_fmt(r.p50_ms, '.2f'):>9}{_fmt(r.p99_ms, '.2f'):>9}{_fmt(r.p999_ms, '.2f'):>10}"
+            f"{_fmt(r.ratio, '.2f'):>10}  {r.note}")
+
+
+def fill_ratios(rows: list[Row]) -> None:
+    """dmq / peer on every peer row (by records/s, or MB/s for the MB/s cases)."""
+    for r in rows:
+        if r.is_dmq:
+            continue
+        mine = next((d for d in rows if d.is_dmq and d.case == r.case), None)
+        if mine is None:
+            continue
+        if r.case.startswith("produce-100KiB"):
+            r.ratio = mine.mb_s / r.mb_s if r.mb_s else float("nan")
+        else:
+            r.ratio = mine.records_s / r.records_s if r.records_s else float("nan")
+
+
+# ---------------------------------------------------------------------------- machine
+
+
+def _cmd_version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+        return out.strip().splitlines()[0] if out.strip() else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "not installed"
+
+
+def machine_banner() -> list[str]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
+        mem = f"{kb / 1024 / 1024:.1f} GiB"
+    pkgs = []
+    for pkg in ("dmq", "msgpack", "crc32c", "uvloop", "redis", "nats-py"):
+        try:
+            pkgs.append(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            pkgs.append(f"{pkg} -")
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    redis_bin = shutil.which("redis-server") or "/usr/bin/redis-server"
+    nats_bin = shutil.which("nats-server") or "nats-server"
+    return [
+        f"machine: {platform.node()}, {cpu}, {os.cpu_count()} CPUs, {mem} RAM, "
+        f"{platform.system()} {platform.release()}, load average {load}",
+        f"python {platform.python_version()} ({platform.machine()}), " + ", ".join(pkgs),
+        f"peers: {_cmd_version([redis_bin, '--version'])}; "
+        f"nats-server {_cmd_version([nats_bin, '--version'])}",
+    ]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _free_base_port() -> int:
+    for _ in range(200):
+        base = random.randrange(20000, 60000, 100)
+        ports = [base + i for i in range(3)] + [base + 10 + i for i in range(3)]
+        try:
+            for p in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range found")
+
+
+@contextlib.asynccontextmanager
+async def dev_cluster(controllers: int, brokers: int) -> Any:
+    root = Path(tempfile.mkdtemp(prefix="dmq-bench-"))
+    cluster = DevCluster(root, controllers, brokers, _free_base_port(), quiet=True,
+                         echo=lambda s: None)
+    try:
+        await cluster.start(timeout_s=60)
+        yield cluster
+    finally:
+        await cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int, rf: int,
+                       timeout_s: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with Admin(bootstrap) as admin:
+        await admin.wait_for_controller(int(timeout_s * 1000))
+        while True:
+            try:
+                await admin.create_topic(topic, partitions, rf)
+                break
+            except DmqError as exc:
+                if exc.code is ErrorCode.TOPIC_ALREADY_EXISTS:
+                    break
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)  # brokers still registering
+        # wait until every partition has a leader
+        while True:
+            info = (await admin.describe_topics([topic])).get(topic)
+            if info is not None and len(info.partitions) == partitions and all(
+                    p.leader >= 0 for p in info.partitions.values()):
+                return
+            if loop.time() > deadline:
+                raise TimeoutError(f"{topic}: leaders not elected after {timeout_s}s")
+            await asyncio.sleep(0.2)
+
+
+def perf_args(argv: list[str]) -> argparse.Namespace:
+    return produce_perf.parse_args(argv)
+
+
+async def bounded(coro: Awaitable[Any], what: str, timeout_s: float = RUN_TIMEOUT_S) -> Any:
+    try:
+        return await asyncio.wait_for(coro, timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"{what}: not done within {timeout_s:.0f}s") from None
+
+
+def log(msg: str) -> None:
+    print(f"# [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------- dmq cases
+
+
+async def produce_case(bootstrap: str, topic: str, n: int, size: int, acks: str, runs: int,
+                       case: str, system: str, batch_size: int = 65_536,
+                       linger_ms: int = 5) -> Row:
+    argv = ["--topic", topic, "--num-records", str(n), "--record-size", str(size),
+            "--acks", acks, "--batch-size", str(batch_size), "--linger-ms", str(linger_ms)]
+    args = perf_args(argv)
+    warm = perf_args(argv[:2] + ["--num-records", str(max(1, n // 5))] + argv[4:])
+    await bounded(produce_perf.run_produce(bootstrap, warm), f"{case} warm-up")
+    results = []
+    for i in range(runs):
+        r = await bounded(produce_perf.run_produce(bootstrap, args), case)
+        log(f"{case} run {i + 1}: {r['records_s']:,.0f} records/s, {r['mb_s']:.1f} MB/s"
+            + (f", {int(r['errors'])} errors" if r.get("errors") else ""))
+        results.append(r)
+    return median_row(case, system, results, f"{n:,} records x {runs} runs")
+
+
+async def consume_case(bootstrap: str, topic: str, n: int, runs: int, system: str) -> Row:
+    args = consume_perf.parse_args(["--topic", topic, "--num-records", str(n),
+                                    "--record-size", "100"])
+    async with Consumer(bootstrap) as probe:
+        tps = await probe.topic_partitions(topic)
+    await bounded(consume_perf.fill(bootstrap, args, tps, 0), "consume fill")
+    await bounded(consume_perf.run_once(bootstrap, args, tps), "consume warm-up")
+    results = []
+    for i in range(runs):
+        r = await bounded(consume_perf.run_once(bootstrap, args, tps), "consume")
+        log(f"consume run {i + 1}: {r['records_s']:,.0f} records/s, {r['mb_s']:.1f} MB/s")
+        results.append(r)
+    return median_row("consume-100B", system, results, f"{n:,} records from offset 0")
+
+
+async def loopback_once(total_bytes: int, chunk: int) -> dict[str, float]:
+    """Raw asyncio TCP on 127.0.0.1: one client writes `chunk`-byte buffers (awaiting
+    drain), one server protocol counts what arrives; timed until all has arrived."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    received = 0
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+            if received >= total_bytes and not done.done():
+                done.set_result(None)
+
+    server = await loop.create_server(Sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        buf = b"x" * chunk
+        t0 = time.perf_counter()
+        sent = 0
+        while sent < total_bytes:
+            writer.write(buf)
+            sent += chunk
+            await writer.drain()
+        await asyncio.wait_for(done, 60)
+        dt = time.perf_counter() - t0
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+    return {"records_s": total_bytes / chunk / dt, "mb_s": total_bytes / dt / 1e6}
+
+
+async def spread_once(bootstrap: str, topic: str, partitions: int, n: int,
+                      size: int) -> dict[str, float]:
+    """acks=1 produce with records spread round-robin over every partition."""
+    value = b"x" * size
+    perf = time.perf_counter
+    firsts: list[float] = []
+    lat: list[float] = []
+    async with Producer(bootstrap, acks=1, linger_ms=5, batch_size=65_536,
+                        enable_idempotence=False) as producer:
+        for p in range(partitions):  # metadata, connections, first batch per partition
+            await producer.send(topic, value, partition=p)
+        await producer.flush()
+        send = producer.send
+        last = None
+
+        def on_done(sent: float) -> Callable[[Any], None]:
+            return lambda _f: lat.append(perf() - sent)
+
+        start = perf()
+        for i in range(n):
+            h = await send(topic, value, partition=i % partitions)
+            f = h.batch_future
+            if f is not last:
+                last = f
+                firsts.append(perf())
+                f.add_done_callback(on_done(firsts[-1]))
+        await producer.flush()
+        elapsed = perf() - start
+    return {"records_s": n / elapsed, "mb_s": n * size / elapsed / 1e6,
+            **percentiles_ms(lat)}
+
+
+async def single_node_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> None:
+    if not wanted & {"produce-100B-acks1", "produce-1KiB-acks1", "consume-100B",
+                     "produce-100KiB-acks1", "partitions"}:
+        return
+    log("starting a 1-node dmq cluster (combined controller+broker)")
+    async with dev_cluster(1, 1) as cluster:
+        bs = cluster.bootstrap
+        if "produce-100B-acks1" in wanted:
+            await create_topic(bs, "p100", 1, 1)
+            rows.append(await produce_case(bs, "p100", sz.produce_records, 100, "1", sz.runs,
+                                           "produce-100B-acks1", "dmq 1 node RF=1"))
+        if "produce-1KiB-acks1" in wanted:
+            await create_topic(bs, "p1k", 1, 1)
+            rows.append(await produce_case(bs, "p1k", sz.produce_1k_records, 1024, "1",
+                                           sz.runs, "produce-1KiB-acks1", "dmq 1 node RF=1"))
+        if "consume-100B" in wanted:
+            await create_topic(bs, "c100", 1, 1)
+            rows.append(await consume_case(bs, "c100", sz.consume_records, sz.runs,
+                                           "dmq 1 node"))
+        if "produce-100KiB-acks1" in wanted:
+            await create_topic(bs, "p100k", 1, 1)
+            total = sz.big_records * BIG
+            raw = []
+            for _ in range(sz.runs):
+                raw.append(await bounded(loopback_once(total, BIG), "loopback"))
+            raw_row = median_row("produce-100KiB-acks1", "raw asyncio loopback (uvloop)",
+                                 raw, f"{total / 1e6:,.0f} MB in 100 KiB writes", key="mb_s")
+            raw_row.is_dmq = False
+            row = await produce_case(bs, "p100k", sz.big_records, BIG, "1", sz.runs,
+                                     "produce-100KiB-acks1", "dmq 1 node RF=1",
+                                     batch_size=1024 * 1024)
+            # MB/s is what this case is about: median by MB/s (same order as records/s)
+            rows.extend([row, raw_row])
+        if "partitions" in wanted:
+            for count in sz.partition_counts:
+                topic = f"parts-{count}"
+                await create_topic(bs, topic, count, 1)
+                await bounded(spread_once(bs, topic, count, max(count, sz.partition_records // 5),
+                                          100), f"partitions-{count} warm-up")
+                results = []
+                for i in range(sz.runs):
+                    r = await bounded(spread_once(bs, topic, count, sz.partition_records, 100),
+                                      f"partitions-{count}")
+                    log(f"partitions-{count} run {i + 1}: {r['records_s']:,.0f} records/s")
+                    results.append(r)
+                rows.append(median_row(f"partitions-{count}", "dmq 1 node RF=1 acks=1",
+                                       results, "round-robin over the partitions"))
+
+
+async def e2e_case(bootstrap: str, topic: str, n: int, runs: int) -> Row:
+    argv = ["--topic", topic, "--num-records", str(n), "--record-size", "100", "--acks",
+            "all", "--linger-ms", "0", "--throughput", "10000", "--mode", "e2e"]
+    args = perf_args(argv)
+    warm = perf_args(["--topic", topic, "--num-records", str(max(1, n // 10))] + argv[4:])
+    await bounded(produce_perf.run_e2e(bootstrap, warm), "e2e warm-up")
+    results = []
+    for i in range(runs):
+        r = await bounded(produce_perf.run_e2e(bootstrap, args), "e2e",
+                          timeout_s=RUN_TIMEOUT_S + n / 10_000)
+        log(f"e2e run {i + 1}: {r['records_s']:,.0f} records/s, p50 {r['p50']:.2f} ms, "
+            f"p99 {r['p99']:.2f} ms, p99.9 {r['p99.9']:.2f} ms")
+        results.append(r)
+    # the median run by p99 (the rate is fixed)
+    ordered = sorted(results, key=lambda r: r["p99"])
+    m = ordered[len(ordered) // 2]
+    return Row("e2e-10k/s-acksall", "dmq 3 brokers RF=3", m["records_s"], m["mb_s"], m["p50"],
+               m["p99"], m["p99.9"], f"{n:,} records at 10,000/s, linger 0, median of "
+               f"{runs} by p99", [r["p99"] for r in results], is_dmq=True)
+
+
+async def idle_rss_case(cluster: DevCluster, partitions: int, idle_s: float) -> list[Row]:
+    brokers = [n for n in cluster.nodes if "broker" in n.role and n.proc is not None]
+    before = {n.node_id: proc_rss_mb(n.proc.pid) for n in brokers}  # type: ignore[union-attr]
+    await create_topic(cluster.bootstrap, "idle", partitions, 3, timeout_s=120)
+    await asyncio.sleep(idle_s)  # let every follower settle into its long-poll
+    cpu0 = {n.node_id: proc_cpu_s(n.proc.pid) for n in brokers}  # type: ignore[union-attr]
+    await asyncio.sleep(idle_s)
+    rows = []
+    for n in brokers:
+        assert n.proc is not None
+        rss = proc_rss_mb(n.proc.pid)
+        cpu = (proc_cpu_s(n.proc.pid) - cpu0[n.node_id]) / idle_s * 100
+        rows.append(Row("rss-1000-idle" if partitions == 1000 else f"rss-{partitions}-idle",
+                        f"dmq broker {n.node_id}",
+                        note=f"RSS {rss:.0f} MB with {partitions} idle replicas (before "
+                             f"the topic: {before[n.node_id]:.0f} MB), idle CPU {cpu:.1f}%",
+                        runs=[rss], is_dmq=True))
+    return rows
+
+
+async def three_broker_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> None:
+    if not wanted & {"produce-100B-acksall", "e2e-10k/s-acksall", "rss-1000-idle"}:
+        return
+    log(f"starting a dmq cluster of {sz.controllers} controller(s) and 3 brokers")
+    async with dev_cluster(sz.controllers, 3) as cluster:
+        bs = cluster.bootstrap
+        if "produce-100B-acksall" in wanted:
+            await create_topic(bs, "r3", 1, 3)
+            rows.append(await produce_case(bs, "r3", sz.produce_records, 100, "all", sz.runs,
+                                           "produce-100B-acksall", "dmq 3 brokers RF=3"))
+        if "e2e-10k/s-acksall" in wanted:
+            await create_topic(bs, "e2e", 1, 3)
+            rows.append(await e2e_case(bs, "e2e", sz.e2e_records, sz.runs))
+        if "rss-1000-idle" in wanted:
+            rows.extend(await idle_rss_case(cluster, sz.idle_partitions, sz.idle_seconds))
+
+
+# ---------------------------------------------------------------------------- peers
+
+
+class CaseTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise CaseTimeout in the main thread after `seconds` (finally blocks still run,
+    so peer servers are stopped)."""
+    def on_alarm(_sig: int, _frame: Any) -> None:
+        raise CaseTimeout(f"not done within {seconds:.0f}s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _peer_row(case: str, r: Any, note: str) -> Row:
+    return Row(case, r.system, r.records_per_s, r.mb_per_s, r.pct(50), r.pct(99), r.pct(99.9),
+               note)
+
+
+def peer_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> None:
+    from benchmarks.peers import nats_jetstream, redis_streams
+
+    def attempt(label: str, fn: Callable[[], list[Any]]) -> list[Any]:
+        log(f"peer: {label}")
+        try:
+            with time_limit(RUN_TIMEOUT_S * 3):
+                return fn()
+        except Exception as exc:  # a missing or failing peer must not sink the suite
+            log(f"peer {label} failed: {type(exc).__name__}: {exc}")
+            rows.append(Row(label, "(peer failed)", note=f"{type(exc).__name__}: {exc}"))
+            return []
+
+    runs = sz.runs
+    if wanted & {"produce-100B-acks1", "consume-100B"}:
+        res = attempt("redis 100 B", lambda: redis_streams.run(sz.peer_records, 100, runs))
+        if res:
+            rows.append(_peer_row("produce-100B-acks1", res[0], "XADD, pipeline 1000, "
+                                  "appendfsync everysec; latency per pipeline"))
+            rows.append(_peer_row("consume-100B", res[1], "XRANGE count 1000"))
+        res = attempt("nats R1 100 B",
+                      lambda: nats_jetstream.run(sz.peer_records, 100, runs, 1))
+        if res:
+            rows.append(_peer_row("produce-100B-acks1", res[0], "file storage, async publish"))
+            rows.append(_peer_row("consume-100B", res[1], "pull fetch 1000, ack each"))
+    if "produce-1KiB-acks1" in wanted:
+        res = attempt("redis 1 KiB", lambda: redis_streams.run(sz.peer_1k_records, 1024, runs))
+        if res:
+            rows.append(_peer_row("produce-1KiB-acks1", res[0], "XADD, pipeline 1000"))
+        res = attempt("nats R1 1 KiB", lambda: nats_jetstream.run(
+            sz.peer_1k_records, 1024, runs, 1, with_consume=False))
+        if res:
+            rows.append(_peer_row("produce-1KiB-acks1", res[0], "file storage, async publish"))
+    if "produce-100B-acksall" in wanted:
+        res = attempt("nats R3 100 B", lambda: nats_jetstream.run(
+            sz.peer_r3_records, 100, runs, 3, with_consume=False))
+        if res:
+            rows.append(_peer_row("produce-100B-acksall", res[0],
+                                  "3 servers, stream R3, async publish"))
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def target_lines(rows: list[Row]) -> list[str]:
+    def dmq(case: str) -> Row | None:
+        return next((r for r in rows if r.is_dmq and r.case == case), None)
+
+    def peer(case: str, prefix: str) -> Row | None:
+        return next((r for r in rows if not r.is_dmq and r.case == case
+                     and r.system.startswith(prefix)), None)
+
+    out = []
+
+    def check(name: str, ok: bool | None, measured: str) -> None:
+        mark = "n/a" if ok is None else ("met" if ok else "NOT met")
+        out.append(f"  {name:<58} {mark:<8} {measured}")
+
+    r = dmq("produce-100B-acks1")
+    if r:
+        check("produce 100 B acks=1 RF=1 >= 2,000,000 records/s", r.records_s >= 2e6,
+              f"{r.records_s:,.0f}")
+        p = peer("produce-100B-acks1", "redis")
+        check(">= 10x Redis Streams XADD", (r.records_s / p.records_s >= 10) if p else None,
+              f"{r.records_s / p.records_s:.2f}x" if p else "no peer row")
+    r = dmq("produce-100B-acksall")
+    if r:
+        check("produce 100 B acks=all RF=3 >= 500,000 records/s", r.records_s >= 5e5,
+              f"{r.records_s:,.0f}")
+        p = peer("produce-100B-acksall", "nats")
+        check(">= 5x NATS JetStream R3", (r.records_s / p.records_s >= 5) if p else None,
+              f"{r.records_s / p.records_s:.2f}x" if p else "no peer row")
+    r = dmq("consume-100B")
+    if r:
+        check("consume 100 B >= 3,000,000 records/s", r.records_s >= 3e6, f"{r.records_s:,.0f}")
+    r = dmq("produce-100KiB-acks1")
+    p = next((x for x in rows if x.system.startswith("raw asyncio")), None)
+    if r and p:
+        check("100 KiB records >= 50% of raw asyncio loopback", r.mb_s >= 0.5 * p.mb_s,
+              f"{r.mb_s / p.mb_s:.0%} ({r.mb_s:,.0f} of {p.mb_s:,.0f} MB/s)")
+    r = dmq("e2e-10k/s-acksall")
+    if r:
+        check("e2e at 10,000/s acks=all RF=3: p99 < 3 ms", r.p99_ms < 3, f"{r.p99_ms:.2f} ms")
+        check("e2e at 10,000/s acks=all RF=3: p99.9 < 10 ms", r.p999_ms < 10,
+              f"{r.p999_ms:.2f} ms")
+    r10, r1000 = dmq("partitions-10"), dmq("partitions-1000")
+    if r10 and r1000:
+        check("1000 partitions >= half the throughput of 10",
+              r1000.records_s >= 0.5 * r10.records_s,
+              f"{r1000.records_s / r10.records_s:.2f} of partitions-10")
+    rss = [x.runs[0] for x in rows if x.case == "rss-1000-idle" and x.runs]
+    if rss:
+        check("broker RSS with 1000 idle partitions < 200 MB", max(rss) < 200,
+              f"max {max(rss):.0f} MB over {len(rss)} brokers")
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="a ~2-minute version")
+    mode.add_argument("--smoke", action="store_true",
+                      help="dmq cases only, tiny counts, 1 run (CI: checks it works)")
+    ap.add_argument("--runs", type=int, help="runs per case (default 3; smoke 1)")
+    ap.add_argument("--only", help="comma-separated case names: " + ", ".join(CASE_NAMES))
+    ap.add_argument("--no-peers", action="store_true", help="skip Redis and NATS")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sz = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.runs:
+        sz = Sizes(**{**sz.__dict__, "runs": args.runs})
+    wanted = set(CASE_NAMES) if not args.only else set(args.only.split(","))
+    unknown = wanted - set(CASE_NAMES)
+    if unknown:
+        print(f"unknown case(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        policy: Any = uvloop.EventLoopPolicy()
+        asyncio.set_event_loop_policy(policy)  # dmq nodes run on uvloop; so do all clients here
+        loop_name = f"uvloop {metadata.version('uvloop')}"
+    except ImportError:  # pragma: no cover
+        loop_name = "asyncio"
+    banner = machine_banner()
+    started = time.monotonic()
+    rows: list[Row] = []
+    asyncio.run(single_node_section(sz, wanted, rows))
+    asyncio.run(three_broker_section(sz, wanted, rows))
+    if not (args.smoke or args.no_peers):
+        peer_section(sz, wanted, rows)
+    order = {c: i for i, c in enumerate(CASE_NAMES)}
+
+    def case_key(r: Row) -> tuple[int, int, bool]:
+        base = r.case.split("-")[0] if r.case.startswith(("partitions-", "rss-")) else r.case
+        if r.case.startswith("partitions-"):
+            return (order["partitions"], int(r.case.split("-")[1]), not r.is_dmq)
+        if r.case.startswith("rss-"):
+            return (order["rss-1000-idle"], 0, not r.is_dmq)
+        return (order.get(base, 99), 0, not r.is_dmq)
+
+    rows.sort(key=case_key)
+    fill_ratios(rows)
+    elapsed = time.monotonic() - started
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    print()
+    print("dmq benchmark suite (benchmarks/run_all.py"
+          + (f" --{mode}" if mode != "full" else "") + ")")
+    for line in banner:
+        print(line)
+    print(f"event loop: {loop_name} for dmq nodes and every client; median of {sz.runs} "
+          f"run(s) per case after a warm-up; {mode} mode, {elapsed:.0f} s; load average "
+          f"at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print()
+    print_table(rows)
+    lines = target_lines(rows)
+    if lines:
+        print()
+        print("issue 11 targets (medians of this run):")
+        for line in lines:
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The benchmark suite works end to end: `benchmarks/run_all.py --smoke` starts real
+dmq clusters, runs every dmq case with tiny counts and prints its table. Checks the
+shape of the output and that the numbers are numbers; never how fast anything is."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+NUMBER = re.compile(r"^[0-9][0-9,]*(\.[0-9]+)?$")
+
+
+def test_run_all_smoke_prints_a_table_with_numbers() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=150, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "machine:" in out and "python " in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("case "))
+    for col in ("system", "records/s", "MB/s", "p50 ms", "p99 ms", "dmq/peer"):
+        assert col in lines[header]
+    rows = {}
+    for line in lines[header + 2:]:
+        if not line.strip():
+            break
+        fields = line.split()
+        rows.setdefault(fields[0], []).append(line)
+    for case in ("produce-100B-acks1", "produce-100B-acksall", "produce-1KiB-acks1",
+                 "consume-100B", "produce-100KiB-acks1", "e2e-10k/s-acksall",
+                 "partitions-1", "partitions-10"):
+        assert case in rows, f"{case} missing from:\n{out}"
+        dmq_row = next(r for r in rows[case] if " dmq " in f" {r} ")
+        # fixed-width columns: case 24, system 30, records/s 12, MB/s 9
+        records_s, mb_s = dmq_row[54:66].strip(), dmq_row[66:75].strip()
+        assert NUMBER.match(records_s) and NUMBER.match(mb_s), dmq_row
+        assert float(records_s.replace(",", "")) > 0, dmq_row
+    rss = [r for c, rs in rows.items() if c.startswith("rss-") for r in rs]
+    assert rss and all(re.search(r"RSS [0-9]+ MB", r) for r in rss), out
+    assert "issue 11 targets" in out
