@@ -210,3 +210,31 @@ async def test_leader_change_truncates_divergent_tail(cluster) -> None:
     assert row[1] == ErrorCode.NOT_LEADER_OR_FOLLOWER
     await conn1.close()
     await conn2.close()
+
+
+async def test_follower_catches_up_many_partitions(tmp_path: Path) -> None:
+    ctl = StandInController()
+    config = make_config(**{"replica.fetch.max.bytes": 64 * 1024})
+    brokers = [InProcBroker(i, tmp_path, ctl, config) for i in (1, 2)]
+    for b in brokers:
+        await b.start()
+    try:
+        ctl.create_topic("m", [[1, 2]] * 10)
+        await pause(brokers[1])
+        conn = await brokers[0].connect()
+        data = batch([b"y" * 1000] * 10)
+        for _ in range(20):
+            for p in range(10):
+                assert (await produce(conn, "m", p, data, acks=1))[1] == 0
+        await wait_for(lambda: ctl.partition("m", 9).isr == (1,), what="isr shrinks")
+        resume(brokers[1], ctl)
+        await wait_for(lambda: all(ctl.partition("m", p).isr == (1, 2) for p in range(10)),
+                       timeout_s=20, what="every partition back in sync")
+        for p in range(10):
+            leo = brokers[0].partition("m", p).log_end_offset
+            assert leo == 200
+            assert log_bytes(brokers[1], "m", p, leo) == log_bytes(brokers[0], "m", p, leo)
+        await conn.close()
+    finally:
+        for b in brokers:
+            await b.stop()
