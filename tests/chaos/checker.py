@@ -8,7 +8,7 @@ records its acknowledgements with the partition and offset the cluster gave.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 RecordId = tuple[str, int]
@@ -40,6 +40,7 @@ class FinalState:
     controller_leaders: int = 1
     brokers_not_online: list[int] = field(default_factory=list)
     partitions_without_full_isr: list[TopicPartition] = field(default_factory=list)
+    unreadable: list[TopicPartition] = field(default_factory=list)  # no leader answered
 
 
 def check(history: History, final: FinalState) -> dict[str, list[str]]:
@@ -101,6 +102,8 @@ def check(history: History, final: FinalState) -> dict[str, list[str]]:
     if final.partitions_without_full_isr:
         anomalies["cluster-state"].append(
             f"partitions without full ISR: {final.partitions_without_full_isr}")
+    if final.unreadable:
+        anomalies["cluster-state"].append(f"partitions unreadable: {final.unreadable}")
     return dict(anomalies)
 
 
@@ -108,7 +111,8 @@ def summary(history: History, faults: list[str], anomalies: dict[str, list[str]]
     lines = [
         f"ops attempted {history.attempted}, acked {len(history.acked)}, "
         f"failed {len(history.failed)}, indeterminate {len(history.indeterminate)}",
-        f"faults injected {len(faults)}: " + ", ".join(sorted(set(f.split()[0] for f in faults))),
+        f"faults injected {len(faults)}: " + ", ".join(
+            f"{k}={n}" for k, n in sorted(Counter(f.split()[0] for f in faults).items())),
         "anomalies: " + (", ".join(f"{k}={len(v)}" for k, v in sorted(anomalies.items()))
                          or "none"),
     ]

@@ -1,0 +1,236 @@
+"""A chaos cluster: real `dmq server` processes (3 controllers, 3 brokers), each node in
+its own group id so `LinkFaults` can cut links between nodes, plus what the nemesis and
+the final read-back need to look at it from outside: Raft roles, broker states,
+partition leaders and ISRs, a partition's records up to the HW from its leader, and a
+replica's bytes below the HW read from a copy of its folder.
+
+The test process keeps its own group id, so it is never cut off: it can always reach
+every node (a paused node still times out, of course). Every look is one request with
+a short timeout; nothing here waits without a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dmq.log.batch import iter_headers, iter_records
+from dmq.log.partition_log import PartitionLog
+from dmq.protocol.api import ApiKey
+from dmq.protocol.connection import request_once
+from dmq.protocol.errors import DmqError
+from tests.chaos.network import LinkFaults
+from tests.support.procs import ProcessCluster
+
+TopicPartition = tuple[str, int]
+LOOK_TIMEOUT_MS = 1500
+
+# Short timeouts so that a fault is noticed (and healed) within seconds.
+CHAOS_SETTINGS: dict[str, Any] = {
+    "broker.session.timeout.ms": 3000,
+    "broker.heartbeat.interval.ms": 300,
+    "replica.lag.time.max.ms": 2500,
+    "replica.fetch.wait.max.ms": 200,
+    "group.session.timeout.ms": 4000,
+    "group.heartbeat.interval.ms": 300,
+    "auto.leader.rebalance.enable": True,
+}
+SESSION_TIMEOUT_S = 4.0  # the longest session timeout above (pauses last longer)
+GID_BASE = 42000
+
+
+@dataclass
+class ClusterView:
+    """One look at the cluster from outside."""
+
+    raft: dict[int, dict[str, Any] | None] = field(default_factory=dict)  # None: no answer
+    brokers: dict[int, str] = field(default_factory=dict)  # broker id -> state
+    partitions: dict[TopicPartition, tuple[int, list[int], list[int]]] = field(
+        default_factory=dict)  # tp -> (leader, replicas, isr)
+
+    @property
+    def leaders(self) -> list[int]:
+        """Controllers that say they lead, in the highest term any of them reports."""
+        terms = [s["term"] for s in self.raft.values() if s]
+        top = max(terms, default=-1)
+        return [n for n, s in self.raft.items()
+                if s and str(s.get("role")).upper() == "LEADER" and s["term"] == top]
+
+    @property
+    def all_leaders(self) -> list[int]:
+        return [n for n, s in self.raft.items() if s and str(s.get("role")).upper() == "LEADER"]
+
+
+class ChaosCluster:
+    """Use as a context manager: processes killed, folder removed, iptables chain gone."""
+
+    def __init__(self, settings: dict[str, Any] | None = None, brokers: int = 3,
+                 controllers: int = 3) -> None:
+        gids = {i + 1: GID_BASE + i + 1 for i in range(controllers)}
+        gids.update({101 + i: GID_BASE + 101 + i for i in range(brokers)})
+        self.procs = ProcessCluster(controllers=controllers, brokers=brokers,
+                                    settings={**CHAOS_SETTINGS, **(settings or {})},
+                                    node_gids=gids)
+        self.gids = gids
+        self.links: LinkFaults | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------
+    def __enter__(self) -> ChaosCluster:
+        try:
+            self.links = LinkFaults(self.gids, {n: p.port for n, p in self.procs.nodes.items()})
+            self.procs.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.links is not None:
+                self.links.close()
+        finally:
+            self.procs.__exit__(*exc)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.procs.bootstrap
+
+    @property
+    def controller_ids(self) -> list[int]:
+        return self.procs.controller_ids
+
+    @property
+    def broker_ids(self) -> list[int]:
+        return self.procs.broker_ids
+
+    def port(self, node_id: int) -> int:
+        return self.procs.nodes[node_id].port
+
+    # ---- looking -------------------------------------------------------------------
+    async def ask(self, node_id: int, api: ApiKey, body: Any,
+                  timeout_ms: int = LOOK_TIMEOUT_MS) -> Any:
+        return await request_once("127.0.0.1", self.port(node_id), api, body,
+                                  timeout_ms=timeout_ms, client_id="chaos")
+
+    async def _maybe(self, node_id: int, api: ApiKey, body: Any) -> Any:
+        try:
+            return await self.ask(node_id, api, body)
+        except (DmqError, OSError):
+            return None
+
+    async def raft_statuses(self) -> dict[int, dict[str, Any] | None]:
+        ids = self.controller_ids
+        got = await asyncio.gather(*(self._maybe(c, ApiKey.RAFT_STATUS, {}) for c in ids))
+        return dict(zip(ids, got, strict=True))
+
+    async def controller_leader(self) -> int | None:
+        leaders = (ClusterView(raft=await self.raft_statuses())).leaders
+        return leaders[0] if len(leaders) == 1 else None
+
+    async def view(self, topic: str | None = None) -> ClusterView:
+        v = ClusterView(raft=await self.raft_statuses())
+        leaders = v.leaders
+        if len(leaders) != 1:
+            return v
+        leader = leaders[0]
+        desc = await self._maybe(leader, ApiKey.DESCRIBE_CLUSTER, {})
+        if desc:
+            v.brokers = {b["broker_id"]: b["state"] for b in desc["brokers"]}
+        if topic is not None:
+            md = await self._maybe(leader, ApiKey.METADATA, {"topics": [topic]})
+            if md:
+                for t in md["topics"]:
+                    for p, ldr, _epoch, replicas, isr, _err in t["partitions"]:
+                        v.partitions[(t["name"], p)] = (ldr, list(replicas), list(isr))
+        return v
+
+    @staticmethod
+    def problems(v: ClusterView, topic: str | None, partitions: int, rf: int) -> list[str]:
+        """What keeps this view from being a healthy cluster (empty: healthy)."""
+        out = []
+        if len(v.leaders) != 1 or len(v.all_leaders) != 1:
+            out.append(f"controller leaders {v.all_leaders} (raft {_roles(v)})")
+            return out
+        if len(v.brokers) < rf or any(s != "ONLINE" for s in v.brokers.values()):
+            out.append(f"brokers {v.brokers}")
+        if topic is not None:
+            if len(v.partitions) != partitions:
+                out.append(f"{len(v.partitions)}/{partitions} partitions known")
+            for tp, (leader, replicas, isr) in sorted(v.partitions.items()):
+                if leader < 0 or sorted(isr) != sorted(replicas) or len(replicas) != rf:
+                    out.append(f"{tp[0]}-{tp[1]} leader {leader} isr {isr} of {replicas}")
+        return out
+
+    async def wait_healthy(self, topic: str | None, partitions: int, rf: int,
+                           timeout_s: float) -> tuple[ClusterView, list[str]]:
+        """Poll until healthy or `timeout_s`; returns the last view and its problems."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            v = await self.view(topic)
+            probs = self.problems(v, topic, partitions, rf)
+            if not probs or time.monotonic() >= deadline:
+                return v, probs
+            await asyncio.sleep(0.25)
+
+    # ---- reading back --------------------------------------------------------------
+    async def read_partition(self, leader: int, tp: TopicPartition
+                             ) -> tuple[int, list[tuple[int, bytes | None, bytes | None]]]:
+        """(HW, [(offset, key, value)]) from the log start to the HW, from the leader."""
+        topic, p = tp
+        records: list[tuple[int, bytes | None, bytes | None]] = []
+        offset = 0
+        hw = -1
+        for _ in range(100_000):
+            resp = await self.ask(leader, ApiKey.FETCH, {
+                "max_wait_ms": 0, "min_bytes": 1, "max_bytes": 4 << 20,
+                "topics": [[topic, [[p, offset, -1, 4 << 20]]]]}, timeout_ms=10_000)
+            row = resp["topics"][0][1][0]
+            if row[1] != 0:
+                raise DmqError(f"fetch {topic}-{p}@{offset} from {leader}: error {row[1]}")
+            hw = row[2]
+            if offset == 0 and row[3] > 0:
+                offset = row[3]
+                continue
+            data = bytes(row[5])
+            if not data:
+                return hw, records
+            for rec in iter_records(data):
+                if rec.offset >= offset:
+                    records.append((rec.offset, rec.key, rec.value))
+            offset = list(iter_headers(data))[-1].next_offset
+        raise AssertionError(f"{topic}-{p}: read-back did not end")
+
+    def replica_bytes(self, broker: int, tp: TopicPartition, upto: int) -> bytes:
+        """A broker's replica bytes for offsets below `upto`, from a copy of its folder
+        (the broker keeps running; below the HW nothing changes under the copy)."""
+        src = self.procs.nodes[broker].data_dir / "partitions" / f"{tp[0]}-{tp[1]}"
+        tmp = Path(tempfile.mkdtemp(prefix="dmq-chaos-replica-"))
+        try:
+            shutil.copytree(src, tmp / "copy")
+            plog = PartitionLog.open(str(tmp / "copy"))
+            try:
+                out = []
+                offset = plog.log_start_offset
+                while offset < upto:
+                    data = bytes(plog.read(offset, 8 << 20, max_offset=upto))
+                    if not data:
+                        break
+                    out.append(data)
+                    offset = list(iter_headers(data))[-1].next_offset
+                return b"".join(out)
+            finally:
+                plog.close()
+        except FileNotFoundError:
+            return b""
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _roles(v: ClusterView) -> str:
+    return ", ".join(f"{n}:{s['role']}/t{s['term']}" if s else f"{n}:-"
+                     for n, s in sorted(v.raft.items()))
