@@ -207,6 +207,18 @@ def stamp_batch(buf: bytearray | memoryview, position: int, base_offset: int,
     _EPOCH_STRUCT.pack_into(buf, position + 12, partition_leader_epoch)
 
 
+def with_log_append_time(body: Buffer, now_ms: int) -> bytes:
+    """A batch's bytes from `magic` on (position 16), with the LogAppendTime bit and
+    `max_timestamp = now_ms` set and the CRC recomputed (the leader's LogAppendTime)."""
+    b = bytearray(body)
+    off = CRC_START - 16
+    attrs = struct.unpack_from(">h", b, off)[0] | ATTR_TIMESTAMP_TYPE
+    struct.pack_into(">h", b, off, attrs)
+    struct.pack_into(">q", b, 35 - 16, now_ms)
+    struct.pack_into(">I", b, 1, crc32c(memoryview(b)[off:]))
+    return bytes(b)
+
+
 def batch_crc_ok(buf: Buffer, position: int = 0) -> bool:
     h = read_header(buf, position)
     end = position + h.batch_length + LOG_OVERHEAD

@@ -45,7 +45,6 @@ from crc32c import crc32c
 from dmq.clock import Clock, SystemClock
 from dmq.log.batch import (
     ATTR_KNOWN_MASK,
-    ATTR_TIMESTAMP_TYPE,
     CRC_START,
     HEADER_SIZE,
     HEADER_STRUCT,
@@ -56,6 +55,7 @@ from dmq.log.batch import (
     BatchHeader,
     Buffer,
     validate_raw,
+    with_log_append_time,
 )
 from dmq.log.checkpoint import fsync_dir, write_entries
 from dmq.log.config import LogConfig
@@ -285,7 +285,7 @@ class PartitionLog:
                 pos = t[13]
                 iov.append(stamp(offset, length, leader_epoch))
                 if now_ms >= 0:
-                    iov.append(_with_log_append_time(mv[pos + 16 : pos + size], now_ms))
+                    iov.append(with_log_append_time(mv[pos + 16 : pos + size], now_ms))
                     ts = now_ms
                 else:
                     iov.append(mv[pos + 16 : pos + size])
@@ -797,17 +797,6 @@ class PartitionLog:
         """Swap a cleaned segment in (called by the cleaner with the lock held)."""
         i = self._segments.index(old)
         self._segments[i] = new
-
-
-def _with_log_append_time(body: memoryview, now_ms: int) -> bytes:
-    """Batch bytes from `magic` on, with LogAppendTime set and the CRC recomputed."""
-    b = bytearray(body)
-    off = CRC_START - 16
-    attrs = struct.unpack_from(">h", b, off)[0] | ATTR_TIMESTAMP_TYPE
-    struct.pack_into(">h", b, off, attrs)
-    struct.pack_into(">q", b, 35 - 16, now_ms)
-    struct.pack_into(">I", b, 1, crc32c(memoryview(b)[off:]))
-    return bytes(b)
 
 
 __all__ = ["CorruptRecordError", "LogAppendInfo", "PartitionLog"]
