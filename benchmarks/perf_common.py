@@ -18,9 +18,8 @@ from collections.abc import AsyncIterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from dmq.client.admin import Admin
 from dmq.devcluster import DevCluster
-from dmq.protocol.errors import DmqError, ErrorCode
+from dmq.devcluster import ensure_topic as ensure_topic_on
 
 
 def add_cluster_args(ap: argparse.ArgumentParser) -> None:
@@ -70,20 +69,7 @@ async def cluster_from_args(args: argparse.Namespace) -> AsyncIterator[str]:
 
 async def ensure_topic(bootstrap: str, args: argparse.Namespace, timeout_s: float = 30) -> None:
     rf = args.replication_factor or min(3, max(1, args.brokers))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    async with Admin(bootstrap) as admin:
-        await admin.wait_for_controller(int(timeout_s * 1000))
-        while True:
-            try:
-                await admin.create_topic(args.topic, args.partitions, rf)
-                return
-            except DmqError as exc:
-                if exc.code is ErrorCode.TOPIC_ALREADY_EXISTS:
-                    return
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
+    await ensure_topic_on(bootstrap, args.topic, args.partitions, rf, timeout_s)
 
 
 def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:

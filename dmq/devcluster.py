@@ -155,33 +155,45 @@ SMOKE_TOPIC = "hello"
 SMOKE_MESSAGE = "hello from dmq"
 
 
-async def smoke_check(cluster: DevCluster, timeout_s: float = 30.0) -> list[str]:
-    """Prove a message goes through: create a topic (waiting for brokers to register),
-    produce one record with acks=all, consume it back. Returns the lines to print,
-    ending with example console-tool commands. Raises when any step fails."""
+async def ensure_topic(bootstrap: str, name: str, partitions: int, replication_factor: int,
+                       timeout_s: float = 30.0) -> bool:
+    """Create a topic on a cluster that may still be starting: waits for the active
+    controller and retries while too few brokers have registered. True when created,
+    False when it already existed; raises the last error after `timeout_s`."""
     from dmq.client.admin import Admin
-    from dmq.client.consumer import Consumer
-    from dmq.client.producer import Producer
-    from dmq.client.records import TopicPartition
     from dmq.protocol.errors import ErrorCode
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    rf = min(3, max(1, cluster.brokers))
-    async with Admin(cluster.bootstrap) as admin:
+    async with Admin(bootstrap) as admin:
         await admin.wait_for_controller(int(timeout_s * 1000))
         while True:
             try:
-                await admin.create_topic(SMOKE_TOPIC, 1, rf)
-                created = f"created topic {SMOKE_TOPIC!r} (1 partition, replication factor {rf})"
-                break
+                await admin.create_topic(name, partitions, replication_factor)
+                return True
             except DmqError as exc:
                 if exc.code is ErrorCode.TOPIC_ALREADY_EXISTS:
-                    created = f"topic {SMOKE_TOPIC!r} already exists"
-                    break
+                    return False
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.2)  # brokers still registering
+
+
+async def smoke_check(cluster: DevCluster, timeout_s: float = 30.0) -> list[str]:
+    """Prove a message goes through: create a topic (waiting for brokers to register),
+    produce one record with acks=all, consume it back. Returns the lines to print,
+    ending with example console-tool commands. Raises when any step fails."""
+    from dmq.client.consumer import Consumer
+    from dmq.client.producer import Producer
+    from dmq.client.records import TopicPartition
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    rf = min(3, max(1, cluster.brokers))
+    if await ensure_topic(cluster.bootstrap, SMOKE_TOPIC, 1, rf, timeout_s):
+        created = f"created topic {SMOKE_TOPIC!r} (1 partition, replication factor {rf})"
+    else:
+        created = f"topic {SMOKE_TOPIC!r} already exists"
     remaining_ms = max(5000, int((deadline - loop.time()) * 1000))
     async with Producer(cluster.bootstrap, max_block_ms=remaining_ms,
                         request_timeout_ms=remaining_ms, linger_ms=0) as producer:

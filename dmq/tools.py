@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import json
 import os
 import sys
@@ -115,28 +114,37 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _start_reader(read_chunk: Callable[[], bytes], loop: asyncio.AbstractEventLoop
-                  ) -> asyncio.Queue[bytes]:
-    """Read input on a daemon thread (a blocked terminal read must not keep the process
-    alive after Ctrl-C, as an executor thread would); at most 4 chunks wait in the
-    queue, so a fast file never outruns the producer. b"" marks the end."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+class _InputReader:
+    """Reads input on a daemon thread (a blocked terminal read must not keep the process
+    alive after Ctrl-C, as an executor thread would). At most 4 chunks wait unread, so
+    a fast file never outruns the producer. An empty chunk marks the end."""
 
-    def pump() -> None:
+    def __init__(self, read_chunk: Callable[[], bytes], loop: asyncio.AbstractEventLoop
+                 ) -> None:
+        self._read = read_chunk
+        self._loop = loop
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._slots = threading.Semaphore(4)
+        threading.Thread(target=self._pump, name="dmq-produce-input", daemon=True).start()
+
+    def _pump(self) -> None:
         while True:
+            self._slots.acquire()
             try:
-                chunk = read_chunk()
+                chunk = self._read()
             except (OSError, ValueError):
                 chunk = b""
             try:
-                asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
-            except (RuntimeError, concurrent.futures.CancelledError):
-                return  # the loop is gone
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
+            except RuntimeError:
+                return  # the loop is closed: the tool is exiting
             if not chunk:
                 return
 
-    threading.Thread(target=pump, name="dmq-produce-stdin", daemon=True).start()
-    return queue
+    async def get(self) -> bytes:
+        chunk = await self._queue.get()
+        self._slots.release()
+        return chunk
 
 
 async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | None,
@@ -157,7 +165,6 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
         if h.exception() is not None and not failure:
             failure.append(h.exception())
 
-    chunks = _start_reader(read_chunk, loop)
     async with Producer(bootstrap, acks=acks, linger_ms=linger_ms,
                         compression_type=compression, max_block_ms=timeout_ms,
                         request_timeout_ms=max(timeout_ms, 5000),
@@ -167,11 +174,12 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
         if partition is not None and partition not in parts:
             raise ToolError(f"topic {topic!r} has no partition {partition} "
                             f"(it has {len(parts)})")
+        reader = _InputReader(read_chunk, loop)
         pending = b""
         line_no = 0
         last = None
         while True:
-            chunk = await chunks.get()
+            chunk = await reader.get()
             if not chunk:
                 lines = [pending] if pending else []
                 pending = b""

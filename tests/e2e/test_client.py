@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from dmq.client import Admin, Consumer, Producer, TopicPartition
+from dmq.client import Consumer, Producer, TopicPartition
 from dmq.client.partitioner import partition_for_key
-from dmq.protocol.errors import DmqError, ErrorCode, UnknownTopicOrPartitionError
+from dmq.devcluster import ensure_topic
+from dmq.protocol.errors import DmqError, UnknownTopicOrPartitionError
 from tests.support.procs import ProcessCluster
 
 pytestmark = pytest.mark.slow
@@ -22,19 +22,7 @@ pytestmark = pytest.mark.slow
 async def create_topic(bootstrap: str, name: str, partitions: int, rf: int,
                        timeout_s: float = 30) -> None:
     """Create a topic, waiting for the controller and for enough brokers to register."""
-    deadline = time.monotonic() + timeout_s
-    async with Admin(bootstrap) as admin:
-        await admin.wait_for_controller(int(timeout_s * 1000))
-        while True:
-            try:
-                await admin.create_topic(name, partitions, rf)
-                return
-            except DmqError as exc:
-                if exc.code is ErrorCode.TOPIC_ALREADY_EXISTS:
-                    return
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
+    await ensure_topic(bootstrap, name, partitions, rf, timeout_s)
 
 
 @pytest.fixture(scope="module")
