@@ -12,6 +12,7 @@ a short timeout; nothing here waits without a bound.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -41,7 +42,9 @@ CHAOS_SETTINGS: dict[str, Any] = {
     "auto.leader.rebalance.enable": True,
 }
 SESSION_TIMEOUT_S = 4.0  # the longest session timeout above (pauses last longer)
-GID_BASE = 42000
+# group ids of one run's nodes: distinct per test process, so rules of two runs going on
+# at once never match each other's nodes even if a port is reused
+GID_BASE = 42000 + (os.getpid() % 1000) * 1000
 
 
 @dataclass
