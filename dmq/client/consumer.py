@@ -465,11 +465,18 @@ class Consumer:
         freed = False
         for st in targets:
             if st.error is not None:
+                if out:
+                    break  # deliver what was taken; the error comes with the next call
                 exc, st.error = st.error, None
                 raise exc
             if st.paused or not st.chunks:
                 continue
-            records = self._take(st, limit)
+            try:
+                records = self._take(st, limit)
+            except CorruptMessageError:
+                if out:
+                    break  # raised again by the next call: the position stays on it
+                raise
             if len(st.chunks) < self.prefetch_fetches:
                 freed = True
             if records:
@@ -504,13 +511,20 @@ class Consumer:
             if h.last_offset < position or h.attributes & ATTR_CONTROL:
                 position = max(position, h.next_offset)
                 continue
-            if self.check_crcs and not batch_crc_ok(ch.data, h.position):
+            try:
+                if self.check_crcs and not batch_crc_ok(ch.data, h.position):
+                    raise CorruptMessageError(
+                        f"{st.tp.topic}-{st.tp.partition}: batch at offset {h.base_offset} "
+                        f"failed its CRC-32C check")
+                records = self._decode(st.tp, ch.data, h, position)
+            except CorruptMessageError:
+                # stay on the bad batch; records taken before it are returned first and
+                # the error is raised by the next call (a `seek` past it moves on)
                 ch.next_batch -= 1
                 st.position = position
-                raise CorruptMessageError(
-                    f"{st.tp.topic}-{st.tp.partition}: batch at offset {h.base_offset} "
-                    f"failed its CRC-32C check")
-            records = self._decode(st.tp, ch.data, h, position)
+                if out:
+                    return out
+                raise
             if len(records) <= limit:
                 out.extend(records)
                 limit -= len(records)
