@@ -742,6 +742,18 @@ class Consumer:
         finally:
             self._fetching.pop(node, None)
             self._wakeup()
+        try:
+            got_data = self._on_fetch_response(resp, sent, loop.time())
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            log.warning("malformed fetch response from broker %d: %s", node, exc)
+            self._node_backoff[node] = loop.time() + self.cluster.backoff_ms(2) / 1000
+            return
+        if got_data and self._data_ready is not None:
+            self._data_ready.set()
+
+    def _on_fetch_response(self, resp: Any,
+                           sent: dict[TopicPartition, tuple[_PartitionState, int, int]],
+                           now: float) -> bool:
         got_data = False
         for topic, parts in resp.get("topics", []):
             for partition, err, hw, log_start, _leo, records in parts:
@@ -752,7 +764,7 @@ class Consumer:
                 if self._sub.states.get(st.tp) is not st or st.generation != gen:
                     continue  # seeked or unassigned meanwhile
                 if err:
-                    got_data |= self._on_fetch_error(st, err, offset, loop.time())
+                    got_data |= self._on_fetch_error(st, err, offset, now)
                     continue
                 st.high_watermark = hw
                 st.log_start_offset = log_start
@@ -765,8 +777,7 @@ class Consumer:
                 st.chunks.append(_Chunk(data, headers))
                 st.fetch_offset = headers[-1].next_offset
                 got_data = True
-        if got_data and self._data_ready is not None:
-            self._data_ready.set()
+        return got_data
 
     def _on_fetch_error(self, st: _PartitionState, code: int, offset: int, now: float) -> bool:
         exc = error_for(code, f"fetch {st.tp.topic}-{st.tp.partition} at offset {offset}")
