@@ -272,6 +272,8 @@ async def _scenario(procs: ProcessCluster, workers: list[Worker]) -> None:
             await p.flush()
         d = describe_json()
         assert d["state"] == "Empty" and d["total_lag"] == 50
+        table = cli("groups", "describe", "g")
+        assert "total lag: 50" in table and "LOG-END" in table
         assert sum(p["log_end_offset"] for p in d["partitions"]) == total + 50
         out = cli("groups", "reset-offsets", "g", "--topic", "events", "--to-earliest",
                   "--dry-run")
