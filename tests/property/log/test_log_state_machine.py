@@ -153,7 +153,7 @@ class LogMachine(RuleBasedStateMachine):
 
 
 # DMQ_LOG_SM_EXAMPLES=1000 for a longer hunt; the default keeps the suite fast.
-_EXAMPLES = int(os.environ.get("DMQ_LOG_SM_EXAMPLES", "100"))
+_EXAMPLES = int(os.environ.get("DMQ_LOG_SM_EXAMPLES", "60"))
 LogMachine.TestCase.settings = settings(LOG_SETTINGS, max_examples=_EXAMPLES,
                                         stateful_step_count=30)
 TestLogMachine = LogMachine.TestCase
