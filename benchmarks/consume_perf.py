@@ -5,7 +5,8 @@
 
 Reads `--num-records` records from the beginning of the topic's partitions (every
 record decoded into a `ConsumerRecord`, CRCs checked unless `--no-check-crcs`) and
-prints records/s and MB/s per run and the median of `--runs`. When the topic holds
+prints records/s, MB/s and the consumer process's CPU time per record per run and
+the median of `--runs`. When the topic holds
 fewer records than asked, it is first filled with a producer (acks=1, not timed).
 """
 
@@ -77,6 +78,7 @@ async def run_once(bootstrap: str, args: argparse.Namespace,
         await consumer.seek_to_beginning(*tps)
         count = 0
         nbytes = 0
+        cpu0 = time.process_time()
         start = time.perf_counter()
         while count < n:
             got = await consumer.getmany(timeout_ms=5000, max_records=n - count)
@@ -87,7 +89,9 @@ async def run_once(bootstrap: str, args: argparse.Namespace,
                 for r in recs:
                     nbytes += len(r.value) if r.value else 0
         elapsed = time.perf_counter() - start
-    return {"records_s": count / elapsed, "mb_s": nbytes / elapsed / 1e6, "seconds": elapsed}
+        cpu = time.process_time() - cpu0
+    return {"records_s": count / elapsed, "mb_s": nbytes / elapsed / 1e6, "seconds": elapsed,
+            "cpu_us": cpu / count * 1e6}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -107,11 +111,12 @@ async def main(args: argparse.Namespace) -> None:
             r = await run_once(bootstrap, args, tps)
             runs.append(r)
             print(f"run {i + 1}: {r['records_s']:,.0f} records/s, {r['mb_s']:.2f} MB/s "
-                  f"({r['seconds']:.2f} s)", flush=True)
+                  f"({r['seconds']:.2f} s), client CPU {r['cpu_us']:.2f} us/record", flush=True)
         if args.runs > 1:
             print(f"median of {args.runs}: "
                   f"{statistics.median(r['records_s'] for r in runs):,.0f} records/s, "
-                  f"{statistics.median(r['mb_s'] for r in runs):.2f} MB/s")
+                  f"{statistics.median(r['mb_s'] for r in runs):.2f} MB/s, client CPU "
+                  f"{statistics.median(r['cpu_us'] for r in runs):.2f} us/record")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@
         --num-records 100000 --throughput 10000 --acks all --linger-ms 0
 
 Prints records/s, MB/s and latency avg/p50/p95/p99/p99.9/max per run and the median
-of `--runs` runs. Latency is send-to-ack (from the `send` call to the moment the
-record's batch is acknowledged; measured once per batch, no per-record callback), or
-with `--mode e2e` send-to-consume (a consumer in the same process reads the records
-back; each value starts with its send time). `--throughput N` paces sends at N
-records/s (-1: as fast as possible). `--cluster dev` starts a private local cluster
+of `--runs` runs, plus the producer process's CPU time per record (independent of how
+busy the machine is: 1e6 / that is what one free core could push). Latency is
+send-to-ack (from the `send` call to the moment the record's batch is acknowledged;
+measured once per batch, no per-record callback), or with `--mode e2e`
+send-to-consume (a consumer in the same process reads the records back; each value
+starts with its send time). `--throughput N` paces sends at N records/s (-1: as fast
+as possible). `--cluster dev` starts a private local cluster
 (`--brokers 1`: one combined node) and stops it afterwards.
 """
 
@@ -90,6 +92,7 @@ async def run_produce(bootstrap: str, args: argparse.Namespace) -> dict[str, flo
         await producer.send_and_wait(args.topic, value)  # metadata and connections warm
         rate = args.throughput
         last = None
+        cpu0 = time.process_time()
         start = perf()
         send = producer.send
         topic = args.topic
@@ -107,10 +110,11 @@ async def run_produce(bootstrap: str, args: argparse.Namespace) -> dict[str, flo
             batch_of[i] = len(futs) - 1
         await producer.flush()
         elapsed = perf() - start
+        cpu = time.process_time() - cpu0
         errors = sum(1 for f in futs if f.exception() is not None)
     lat = [done_at[batch_of[i]] - sent_at[i] for i in range(n)] if args.acks != "0" else []
     res = {"records_s": n / elapsed, "mb_s": n * args.record_size / elapsed / 1e6,
-           "errors": errors, **percentiles_ms(lat)}
+           "cpu_us": cpu / n * 1e6, "errors": errors, **percentiles_ms(lat)}
     return res
 
 
@@ -152,6 +156,7 @@ async def run_e2e(bootstrap: str, args: argparse.Namespace) -> dict[str, float]:
 def report(r: dict[str, float], label: str) -> str:
     lat = {k: v for k, v in r.items() if k in ("avg", "p50", "p95", "p99", "p99.9", "max")}
     return (f"{label}: {r['records_s']:,.0f} records/s, {r['mb_s']:.2f} MB/s"
+            + (f", client CPU {r['cpu_us']:.2f} us/record" if "cpu_us" in r else "")
             + (f", errors {int(r['errors'])}" if r.get("errors") else "")
             + (f"; latency {format_latency(lat)}" if lat else ""))
 
