@@ -191,7 +191,8 @@ class LogSegment:
             size = h.batch_length + LOG_OVERHEAD
             if h.magic != MAGIC or h.batch_length < MIN_BATCH_LENGTH:
                 if result is not None:
-                    result.corrupt_reason = f"bad magic {h.magic} or length {h.batch_length}"
+                    result.corrupt_reason = (f"bad magic {h.magic}" if h.magic != MAGIC
+                                             else f"bad batch_length {h.batch_length}")
                 return
             if pos + size > file_end:
                 return  # torn batch
