@@ -56,6 +56,12 @@ class LogStorageError(LogError):
     retriable = True
 
 
+class LogDiskFullError(LogStorageError):
+    """An append found the disk full (ENOSPC/EDQUOT). The segment undid the partial
+    write, so the log stays open: it refuses this append and takes the next one once
+    space returns."""
+
+
 class LogClosedError(LogError):
     """The log was closed (or failed) and accepts no more calls (KAFKA_STORAGE_ERROR)."""
 

@@ -32,6 +32,7 @@ below it, so `read(..., max_offset=high_watermark)` never exposes uncommitted da
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -64,6 +65,7 @@ from dmq.log.epoch_cache import LeaderEpochCache
 from dmq.log.errors import (
     CorruptRecordError,
     LogClosedError,
+    LogDiskFullError,
     LogStorageError,
     OffsetOutOfRangeError,
     OutOfOrderSequenceError,
@@ -241,8 +243,7 @@ class PartitionLog:
                     seg.append((_STAMP_PACK(base, t[1], leader_epoch), mv[16:]), size,
                                (base, 0, size, t[8]), nxt)
             except OSError as exc:
-                self._closed = True
-                raise LogStorageError(f"append to {seg.path} failed: {exc}") from exc
+                raise self._append_failed(seg.path, exc) from exc
             if seg.first_append_ms is None:
                 seg.first_append_ms = self.clock.monotonic_ms()
             self._log_end_offset = nxt
@@ -401,11 +402,19 @@ class PartitionLog:
             else:
                 seg.append(iov, total, entries, next_offset)
         except OSError as exc:
-            self._closed = True
-            raise LogStorageError(f"append to {seg.path} failed: {exc}") from exc
+            raise self._append_failed(seg.path, exc) from exc
         if seg.first_append_ms is None:
             seg.first_append_ms = self.clock.monotonic_ms()
         self._log_end_offset = next_offset
+
+    def _append_failed(self, path: str, exc: OSError) -> LogStorageError:
+        """The error for a failed segment append. The segment undoes partial writes, so
+        a full disk leaves the log consistent and open (the next append may succeed once
+        space returns); any other failure closes it."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return LogDiskFullError(f"disk full: append to {path} refused: {exc}")
+        self._closed = True
+        return LogStorageError(f"append to {path} failed: {exc}")
 
     def _maybe_flush_after_append(self) -> None:
         if self._flush_messages is not None and self._unflushed_messages >= self._flush_messages:

@@ -257,9 +257,19 @@ class LogSegment:
         """
         start = self.size_bytes
         written = os.writev(self.fd, iov)  # one syscall; the stamped prefix + the rest
-        if written != size_bytes:  # short write: undo so the file holds whole batches
-            os.ftruncate(self.fd, start)
-            raise OSError(f"short write to {self.path}: {written} of {size_bytes} bytes")
+        if written != size_bytes:
+            # a short write (full disk, signal): writing the rest either finishes it or
+            # fails with the real errno (ENOSPC); then undo so the file holds whole batches
+            try:
+                rest = memoryview(b"".join(iov))[written:]
+                while rest:
+                    n = os.write(self.fd, rest)
+                    if n <= 0:
+                        raise OSError(f"no progress writing {self.path}")
+                    rest = rest[n:]
+            except BaseException:
+                os.ftruncate(self.fd, start)
+                raise
         self._account(start, size_bytes, entries, next_offset)
 
     def _account(self, start: int, size_bytes: int, entries: Sequence[int],

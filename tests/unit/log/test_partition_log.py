@@ -372,3 +372,41 @@ def test_large_leader_batch_with_bad_crc_writes_nothing(tmp_path: object) -> Non
     assert plog.append_as_leader(big, 1).base_offset == 3
     check_log_consistent(plog)
     plog.close()
+
+
+def test_full_disk_refuses_an_append_and_the_log_stays_usable(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a short write on a full disk closed the log for good (every later
+    read and write failed until the broker restarted) and said only "short write"."""
+    import errno
+
+    import dmq.log.segment as segment_mod
+    from dmq.log import LogDiskFullError
+
+    plog = open_log(tmp_path, LogConfig())
+    plog.append_as_leader(batch(3), 1)
+    real_writev, real_write = os.writev, os.write
+
+    def short_writev(fd: int, iov: list[bytes]) -> int:  # the disk takes 10 bytes
+        return real_write(fd, bytes(b"".join(iov))[:10])
+
+    def full_write(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(segment_mod.os, "writev", short_writev)
+    monkeypatch.setattr(segment_mod.os, "write", full_write)
+    with pytest.raises(LogDiskFullError, match="No space left"):
+        plog.append_as_leader(batch(2), 1)
+    with pytest.raises(LogDiskFullError):
+        plog.append_as_follower(batch(2, base_offset=3, partition_leader_epoch=1))
+    assert plog.log_end_offset == 3
+    assert [o for o, _ in read_all(plog)] == [0, 1, 2]  # still readable, no torn bytes
+    monkeypatch.setattr(segment_mod.os, "writev", real_writev)
+    monkeypatch.setattr(segment_mod.os, "write", real_write)
+    info = plog.append_as_leader(batch(2), 1)  # space is back
+    assert (info.base_offset, plog.log_end_offset) == (3, 5)
+    check_log_consistent(plog)
+    plog.close()
+    reopened = open_log(tmp_path, LogConfig())
+    assert [o for o, _ in read_all(reopened)] == [0, 1, 2, 3, 4]
+    reopened.close()
