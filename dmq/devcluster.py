@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dmq.aio import wait_for
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError
@@ -133,13 +134,13 @@ class DevCluster:
             if n.proc is None:
                 continue
             try:
-                await asyncio.wait_for(n.proc.wait(), grace_s)
+                await wait_for(n.proc.wait(), grace_s)
             except TimeoutError:
                 n.proc.kill()
                 await n.proc.wait()
             if n.pump is not None:
                 try:
-                    await asyncio.wait_for(n.pump, 2)
+                    await wait_for(n.pump, 2)
                 except TimeoutError:
                     n.pump.cancel()
 

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from typing import Any
 
+from dmq.aio import wait_for
 from dmq.protocol.api import ApiKey
 from dmq.protocol.codec import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -98,9 +99,9 @@ class Connection:
                    max_in_flight=max_in_flight)
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(
+            await wait_for(
                 loop.create_connection(lambda: _ClientProtocol(conn), host, port),
-                timeout=connect_timeout_ms / 1000)
+                connect_timeout_ms / 1000)
         except TimeoutError:
             raise NetworkError(f"connect to {host}:{port} timed out after "
                                f"{connect_timeout_ms} ms") from None
@@ -153,7 +154,7 @@ class Connection:
                     f"({len(self._pending)} requests in flight)")
             self._room.clear()
             try:
-                await asyncio.wait_for(self._room.wait(), remaining)
+                await wait_for(self._room.wait(), remaining)
             except TimeoutError:
                 pass
 
@@ -197,7 +198,7 @@ class Connection:
         if self._transport is not None and not self._closed:
             self._transport.close()
             try:
-                await asyncio.wait_for(self._closed_event.wait(), 2.0)
+                await wait_for(self._closed_event.wait(), 2.0)
             except TimeoutError:
                 self._transport.abort()
         self._fail_all("connection closed by client")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
+from dmq.aio import wait_for
 from dmq.protocol.api import API_VERSION_RANGE, REQUEST_SCHEMAS, ApiKey
 from dmq.protocol.codec import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -309,7 +310,7 @@ class ProtocolServer:
         for conn in list(self._connections):
             conn.abort()
         try:
-            await asyncio.wait_for(self._server.wait_closed(), timeout=2.0)
+            await wait_for(self._server.wait_closed(), 2.0)
         except TimeoutError:
             log.warning("node=%s server did not close in time", self.node_id)
         self._server = None
