@@ -335,6 +335,8 @@ class PartitionLog:
             for t in raw:
                 base = t[0]
                 if base < expected:
+                    if checked_write:  # CRCs not checked yet: a flipped bit reads as this
+                        validate_raw(mv, check_crc=True)
                     raise UnexpectedAppendOffsetError(
                         f"follower batch at offset {base}, expected >= {expected}")
                 entries += (base, t[13], t[1] + LOG_OVERHEAD, t[8])

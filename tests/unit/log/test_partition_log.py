@@ -410,3 +410,26 @@ def test_full_disk_refuses_an_append_and_the_log_stays_usable(
     reopened = open_log(tmp_path, LogConfig())
     assert [o for o, _ in read_all(reopened)] == [0, 1, 2, 3, 4]
     reopened.close()
+
+
+def test_large_follower_append_with_a_flipped_offset_delta_is_corrupt(tmp_path: object) -> None:
+    """Regression (found by tests/property/log/test_checked_write_props.py): in a follower
+    append large enough to check CRCs while writing, a bit flipped in a batch's
+    last_offset_delta made the next batch look out of order, and the append failed with
+    UnexpectedAppendOffsetError instead of CorruptRecordError."""
+    from dmq.log import stamp_batch
+    from dmq.log.batch import build_batch
+    from dmq.log.segment import CHECKED_WRITE_CHUNK_BYTES
+
+    plog = open_log(tmp_path, LogConfig(max_message_bytes=1 << 21))
+    parts = []
+    for i, size in enumerate([0, CHECKED_WRITE_CHUNK_BYTES]):
+        b = bytearray(build_batch([(b"k", b"v" * size)]))
+        stamp_batch(b, 0, i, 1)
+        parts.append(bytes(b))
+    bad = bytearray(b"".join(parts))
+    bad[24] ^= 0x01  # last_offset_delta of the first batch (covered by its CRC)
+    with pytest.raises(CorruptRecordError):
+        plog.append_as_follower(bytes(bad))
+    assert (plog.log_end_offset, plog.size_bytes) == (0, 0)
+    plog.close()
