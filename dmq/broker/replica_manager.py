@@ -27,7 +27,7 @@ from dmq.broker.fetcher import FetcherManager
 from dmq.broker.partition import Partition
 from dmq.clock import Cancellable, Clock, SystemClock
 from dmq.config import ClusterConfig
-from dmq.controller.image import BrokerInfo, MetadataImage, TopicInfo
+from dmq.controller.image import BrokerInfo, MetadataImage, PartitionInfo, TopicInfo
 from dmq.log.checkpoint import OffsetCheckpointFile, read_entries, write_entries
 from dmq.log.config import LogConfig
 from dmq.log.partition_log import PartitionLog
@@ -101,6 +101,11 @@ class ReplicaManager:
         self._last_hw_written: dict[str, int] = {}
         self._alter_queue: dict[tuple[str, int], tuple[Partition, int, int, tuple[int, ...]]] = {}
         self._alter_wake = asyncio.Event()
+        self._creating: dict[tuple[str, int], str] = {}  # tp -> topic id, log being made
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._create_pool = ThreadPoolExecutor(max_workers=4,
+                                               thread_name_prefix=f"log-create-{broker_id}")
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: dict[str, Cancellable] = {}
         self._running = False
@@ -167,6 +172,7 @@ class ReplicaManager:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
+        await asyncio.to_thread(self._create_pool.shutdown, True)
         self._write_hw_checkpoint()
         for part in self.partitions.values():
             _close_quietly(part.log)
@@ -214,14 +220,18 @@ class ReplicaManager:
         return self.partitions.get((topic, partition))
 
     def apply_image(self, image: MetadataImage) -> None:
-        """Become leader or follower of every partition assigned here; drop the rest."""
+        """Become leader or follower of every partition assigned here; drop the rest.
+
+        A partition whose log is already open changes role at once. A new log is
+        created in a worker thread (creating thousands of logs costs seconds of fsyncs
+        and must not stall the event loop and its heartbeats); the partition takes its
+        role from the then-current image when the log is ready, and until then answers
+        NOT_LEADER_OR_FOLLOWER (retriable)."""
         if self._first_image_ms is None:
             self._first_image_ms = self.clock.monotonic_ms()
         self.image = image
         mine: set[tuple[str, int]] = set()
         for topic in image.topics.values():
-            min_isr = int(topic.configs.get("min.insync.replicas",
-                                            self.config.get("min.insync.replicas")))
             for p, info in topic.partitions.items():
                 if self.broker_id not in info.replicas:
                     continue
@@ -234,49 +244,107 @@ class ReplicaManager:
                     self._delete_partition(tp)
                     part = None
                 if part is None:
-                    part = self._create_partition(topic, p)
-                part.min_insync_replicas = min_isr
-                if info.leader == self.broker_id:
-                    if part.make_leader(info.leader_epoch, info.partition_epoch, info.replicas,
-                                        info.isr):
-                        self.fetchers.remove_partition(tp)
-                    self._maybe_expand_isr(part)
-                else:
-                    changed = part.make_follower(info.leader, info.leader_epoch,
-                                                 info.partition_epoch, info.replicas, info.isr)
-                    leader = image.brokers.get(info.leader) if info.leader >= 0 else None
-                    if leader is None:
-                        self.fetchers.remove_partition(tp)
-                    else:
-                        self.fetchers.add_partition(part, leader, force=changed)
+                    if tp in self._creating:
+                        continue  # takes its role from the image of the moment it is ready
+                    part = self._open_partition(topic, p)
+                    if part is None:
+                        continue
+                self._apply_role(part, topic, info, image)
         for tp in [tp for tp in self.partitions if tp not in mine]:
             self._delete_partition(tp)
         if self._loaded:
             self._drop_stray_logs(image)
 
-    def _create_partition(self, topic: TopicInfo, p: int) -> Partition:
+    def _apply_role(self, part: Partition, topic: TopicInfo, info: PartitionInfo,
+                    image: MetadataImage) -> None:
+        tp = (part.topic, part.partition)
+        part.min_insync_replicas = int(topic.configs.get(
+            "min.insync.replicas", self.config.get("min.insync.replicas")))
+        if info.leader == self.broker_id:
+            if part.make_leader(info.leader_epoch, info.partition_epoch, info.replicas,
+                                info.isr):
+                self.fetchers.remove_partition(tp)
+            self._maybe_expand_isr(part)
+        else:
+            changed = part.make_follower(info.leader, info.leader_epoch,
+                                         info.partition_epoch, info.replicas, info.isr)
+            leader = image.brokers.get(info.leader) if info.leader >= 0 else None
+            if leader is None:
+                self.fetchers.remove_partition(tp)
+            else:
+                self.fetchers.add_partition(part, leader, force=changed)
+
+    def _open_partition(self, topic: TopicInfo, p: int) -> Partition | None:
+        """The partition over a log loaded at startup, or None while a new log is made."""
         tp = (topic.name, p)
-        cfg = log_config_for(self.config, topic.configs)
-        loaded = self._loaded.pop(tp, None)
         path = self.partitions_dir / partition_dir_name(topic.name, p)
+        loaded = self._loaded.pop(tp, None)
         if loaded is not None and loaded[1] not in ("", topic.topic_id):
             log.info("broker=%d %s: log on disk belongs to topic id %s, not %s; replacing it",
                      self.broker_id, path.name, loaded[1], topic.topic_id)
             _close_quietly(loaded[0])
             self._remove_dir(path)
             loaded = None
-        if loaded is not None:
-            plog = loaded[0]
-            if plog.config != cfg:
-                plog.config = cfg
-        else:
-            plog = PartitionLog.open(str(path), cfg)
-        _write_topic_id(path, topic.topic_id)
-        hw = self._hw_loaded.get(path.name, 0)
-        part = Partition(topic.name, p, topic.topic_id, plog, self.broker_id,
+        if loaded is None:
+            self._start_creating(topic, p, path)
+            return None
+        plog = loaded[0]
+        cfg = log_config_for(self.config, topic.configs)
+        if plog.config != cfg:
+            plog.config = cfg
+        if loaded[1] != topic.topic_id:
+            _write_topic_id(path, topic.topic_id)
+        return self._add_partition(tp, topic.topic_id, plog)
+
+    def _add_partition(self, tp: tuple[str, int], topic_id: str,
+                       plog: PartitionLog) -> Partition:
+        hw = self._hw_loaded.get(partition_dir_name(*tp), 0)
+        part = Partition(tp[0], tp[1], topic_id, plog, self.broker_id,
                          self.clock.monotonic_ms, hw)
         self.partitions[tp] = part
         return part
+
+    def _start_creating(self, topic: TopicInfo, p: int, path: Path) -> None:
+        tp = (topic.name, p)
+        self._creating[tp] = topic.topic_id
+        self._idle.clear()
+        cfg = log_config_for(self.config, topic.configs)
+        fut = asyncio.get_running_loop().run_in_executor(
+            self._create_pool, _create_log, path, cfg, topic.topic_id)
+        fut.add_done_callback(lambda f: self._created(tp, topic.topic_id, f))
+
+    def _created(self, tp: tuple[str, int], topic_id: str,
+                 fut: asyncio.Future[PartitionLog]) -> None:
+        if self._creating.get(tp) == topic_id:
+            del self._creating[tp]
+        if not self._creating:
+            self._idle.set()
+        if fut.cancelled() or fut.exception() is not None:
+            log.error("broker=%d cannot create log for %s-%d: %s", self.broker_id, *tp,
+                      None if fut.cancelled() else fut.exception())
+            return
+        plog = fut.result()
+        if not self._running:
+            _close_quietly(plog)
+            return
+        image = self.image
+        topic = image.topics.get(tp[0]) if image is not None else None
+        info = topic.partitions.get(tp[1]) if topic is not None else None
+        if (image is None or topic is None or info is None or topic.topic_id != topic_id
+                or self.broker_id not in info.replicas or tp in self.partitions):
+            # deleted, re-created or moved while the log was being made
+            _close_quietly(plog)
+            self._remove_dir(Path(plog.directory))
+            if (topic is not None and info is not None and self.broker_id in info.replicas
+                    and tp not in self.partitions and tp not in self._creating):
+                self._start_creating(topic, tp[1], Path(plog.directory))
+            return
+        part = self._add_partition(tp, topic_id, plog)
+        self._apply_role(part, topic, info, image)
+
+    async def wait_idle(self, timeout_ms: int = 10_000) -> None:
+        """Wait until no partition log is being created (for tests and tools)."""
+        await asyncio.wait_for(self._idle.wait(), timeout_ms / 1000)
 
     def _delete_partition(self, tp: tuple[str, int]) -> None:
         part = self.partitions.pop(tp, None)
@@ -466,6 +534,13 @@ def _read_topic_id(path: Path) -> str:
         if len(row) >= 2 and row[0] == "topic_id":
             return row[1]
     return ""
+
+
+def _create_log(path: Path, config: LogConfig, topic_id: str) -> PartitionLog:
+    """Make a new partition log (worker thread: directory, checkpoints and their fsyncs)."""
+    plog = PartitionLog.open(str(path), config)
+    _write_topic_id(path, topic_id)
+    return plog
 
 
 def _write_topic_id(path: Path, topic_id: str) -> None:

@@ -22,7 +22,7 @@ async def _measure(tmp_path: Path, rf: int, rounds: int) -> list[float]:
     brokers = [InProcBroker(i + 1, tmp_path, ctl, make_config()) for i in range(rf)]
     for b in brokers:
         await b.start()
-    ctl.create_topic("t", [[b.broker_id for b in brokers]])
+    await ctl.create_topic("t", [[b.broker_id for b in brokers]])
     consumer = await brokers[0].connect()
     producer = await brokers[0].connect()
     data = batch([b"x" * 100])

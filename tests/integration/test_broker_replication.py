@@ -49,7 +49,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[StandInController, list
 
 async def test_acks_all_replicates_and_logs_are_identical(cluster) -> None:
     ctl, brokers = cluster
-    ctl.create_topic("t", [[1, 2, 3]], {"min.insync.replicas": "2"})
+    await ctl.create_topic("t", [[1, 2, 3]], {"min.insync.replicas": "2"})
     conn = await brokers[0].connect()
     offsets = []
     for i in range(20):
@@ -73,7 +73,7 @@ async def test_acks_all_replicates_and_logs_are_identical(cluster) -> None:
 
 async def test_consumer_never_sees_beyond_hw_and_long_poll_wakes(cluster) -> None:
     ctl, brokers = cluster
-    ctl.create_topic("t", [[1, 2, 3]])
+    await ctl.create_topic("t", [[1, 2, 3]])
     # followers stop following: HW stays put while the leader appends with acks=1
     await wait_for(lambda: brokers[1].partition("t") is not None)
     for b in brokers[1:]:
@@ -117,7 +117,7 @@ def resume(b: InProcBroker, ctl: StandInController) -> None:
 
 async def test_isr_shrinks_then_min_insync_refuses_then_expands(cluster) -> None:
     ctl, brokers = cluster
-    ctl.create_topic("t", [[1, 2, 3]], {"min.insync.replicas": "2"})
+    await ctl.create_topic("t", [[1, 2, 3]], {"min.insync.replicas": "2"})
     conn = await brokers[0].connect()
     assert (await produce(conn, "t", 0, batch([b"0"])))[1] == 0
     await pause(brokers[2])
@@ -154,7 +154,7 @@ async def test_isr_shrinks_then_min_insync_refuses_then_expands(cluster) -> None
 
 async def test_acks_all_times_out_while_isr_cannot_shrink(cluster) -> None:
     ctl, brokers = cluster
-    ctl.create_topic("t", [[1, 2]])
+    await ctl.create_topic("t", [[1, 2]])
     conn = await brokers[0].connect()
     assert (await produce(conn, "t", 0, batch([b"0"])))[1] == 0
     ctl.accept_alter = False  # no controller: the ISR cannot change
@@ -168,7 +168,7 @@ async def test_acks_all_times_out_while_isr_cannot_shrink(cluster) -> None:
 
 async def test_leader_change_truncates_divergent_tail(cluster) -> None:
     ctl, brokers = cluster
-    ctl.create_topic("t", [[1, 2, 3]])
+    await ctl.create_topic("t", [[1, 2, 3]])
     conn1 = await brokers[0].connect()
     for i in range(3):
         assert (await produce(conn1, "t", 0, batch([b"x%d" % i] * 2)))[1] == 0
@@ -219,7 +219,7 @@ async def test_follower_catches_up_many_partitions(tmp_path: Path) -> None:
     for b in brokers:
         await b.start()
     try:
-        ctl.create_topic("m", [[1, 2]] * 10)
+        await ctl.create_topic("m", [[1, 2]] * 10)
         await pause(brokers[1])
         conn = await brokers[0].connect()
         data = batch([b"y" * 1000] * 10)

@@ -30,7 +30,7 @@ async def single(tmp_path: Path) -> AsyncIterator[tuple[StandInController, InPro
     ctl = StandInController()
     b = InProcBroker(1, tmp_path, ctl, make_config())
     await b.start()
-    ctl.create_topic("t", [[1], [1]], {"max.message.bytes": "4096"})
+    await ctl.create_topic("t", [[1], [1]], {"max.message.bytes": "4096"})
     yield ctl, b
     if b.running:
         await b.stop()
@@ -239,7 +239,7 @@ async def test_logs_of_topics_deleted_or_recreated_while_down(single, monkeypatc
     ctl, b = single
     conn = await b.connect()
     assert (await produce(conn, "t", 0, batch([b"old"] * 3)))[1] == 0
-    ctl.create_topic("gone", [[1]])
+    await ctl.create_topic("gone", [[1]])
     assert (await produce(conn, "gone", 0, batch([b"x"])))[1] == 0
     await conn.close()
     await b.stop()
@@ -247,7 +247,7 @@ async def test_logs_of_topics_deleted_or_recreated_while_down(single, monkeypatc
     # while the broker is down: "t" is deleted and re-created (new id), "gone" is deleted
     ctl.delete_topic("t")
     ctl.delete_topic("gone")
-    ctl.create_topic("t", [[1], [1]])
+    await ctl.create_topic("t", [[1], [1]])
     await b.start()
     assert b.partition("t").log_end_offset == 0  # the new topic's log, not the old one
     assert (parts / "gone-0").exists()  # absent topic: kept during the grace period
@@ -271,3 +271,31 @@ async def test_fetch_epoch_checks(single) -> None:
     # a broker that is not a replica may not fetch as one
     assert (await fetch(conn, "t", 0, 0, replica_id=9))[1] == ErrorCode.NOT_LEADER_OR_FOLLOWER
     await conn.close()
+
+
+async def test_creating_many_partitions_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+    ctl = StandInController()
+    b = InProcBroker(1, tmp_path, ctl, make_config())
+    await b.start()
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            t0 = loop.time()
+            await asyncio.sleep(0.005)
+            lags.append(loop.time() - t0 - 0.005)
+
+    task = asyncio.create_task(ticker())
+    try:
+        await asyncio.sleep(0.05)
+        await ctl.create_topic("many", [[1]] * 500)
+        assert len(b.replicas.partitions) == 500
+        assert all(p.is_leader for p in b.replicas.partitions.values())
+    finally:
+        stop.set()
+        await task
+        await b.stop()
+    print(f"\n500 new partition logs: worst event-loop stall {max(lags) * 1000:.1f} ms")
+    assert max(lags) < 1.0  # was ~3 s when logs were made on the event loop

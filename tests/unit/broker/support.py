@@ -62,13 +62,20 @@ class StandInController:
         brokers[b.broker_id] = BrokerInfo(b.broker_id, "127.0.0.1", b.port, None, 1, "ONLINE")
         self._publish(brokers=brokers)
 
-    def create_topic(self, name: str, assignment: list[list[int]],
-                     configs: dict[str, str] | None = None) -> None:
+    async def create_topic(self, name: str, assignment: list[list[int]],
+                           configs: dict[str, str] | None = None) -> None:
+        """Publish the topic and wait until every broker has made its logs."""
         parts = {p: PartitionInfo(name, p, tuple(r), r[0], 0, tuple(r), 0)
                  for p, r in enumerate(assignment)}
         topics = dict(self.image.topics)
         topics[name] = TopicInfo(name, f"id-{name}-{self.image.version}", parts, configs or {})
         self._publish(topics=topics)
+        await self.settle()
+
+    async def settle(self) -> None:
+        for b in self.brokers.values():
+            if b.running:
+                await b.replicas.wait_idle()
 
     def delete_topic(self, name: str) -> None:
         topics = dict(self.image.topics)
@@ -158,6 +165,7 @@ class InProcBroker:
             self.replicas.apply_image(self.controller.image)
         else:
             self.controller.add_broker(self)
+        await self.replicas.wait_idle()
 
     async def stop(self) -> None:
         """A clean stop: logs closed."""

@@ -90,6 +90,22 @@ class Wire:
         await wait_until(created, timeout_s, f"topic {name} created")
         await wait_until(lambda: self.isr_full(name, partitions, rf), timeout_s,
                          f"{name}: leaders and full ISR")
+        await wait_until(lambda: self.leaders_serving(name), timeout_s,
+                         f"{name}: every leader serving")
+
+    async def leaders_serving(self, topic: str) -> bool:
+        """Every partition's leader answers for it (its log exists and it leads)."""
+        by_leader: dict[int, list[int]] = {}
+        for row in await self.partitions(topic):
+            by_leader.setdefault(row[1], []).append(row[0])
+        for leader, parts in by_leader.items():
+            if leader < 0:
+                return False
+            resp = await (await self.conn(leader)).request(ApiKey.LIST_OFFSETS, {
+                "topics": [[topic, [[p, -1] for p in parts]]]})
+            if any(r[1] != 0 for r in resp["topics"][0][1]):
+                return False
+        return True
 
     async def partitions(self, topic: str) -> list[list[Any]]:
         body = await self.controller(ApiKey.METADATA, {"topics": [topic]})
