@@ -224,6 +224,14 @@ class RaftNode:
         if self._timer is not None:
             self._timer.cancel()
         if self._pump_task is not None:
+            # Let the pump finish the Ready in hand (a persist in a worker thread cannot
+            # be cancelled, and the caller closes the storage next), then stop it.
+            assert self._wake is not None
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._pump_task), 5.0)
+            except TimeoutError:
+                log.warning("node=%s raft pump did not stop in time", self.id)
             self._pump_task.cancel()
             await asyncio.gather(self._pump_task, return_exceptions=True)
         for sender in self._senders.values():
@@ -344,9 +352,11 @@ class RaftNode:
     async def _pump(self) -> None:
         assert self._wake is not None and self.core is not None
         core = self.core
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                return
             inputs, self._inputs = self._inputs, deque()
             for kind, arg, fut in inputs:
                 self._feed(core, kind, arg, fut)
