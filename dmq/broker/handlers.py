@@ -153,15 +153,20 @@ class DataPlane:
             (topic, p, offset, epoch, pmax)
             for topic, parts in body["topics"] for p, offset, epoch, pmax in parts]
         if follower:
-            for topic, p, offset, epoch, _ in wanted:
-                part = self.replicas.get_partition(topic, p)
-                if part is not None and part.is_leader and epoch in (-1, part.leader_epoch):
-                    self.replicas.on_follower_fetch(part, replica_id, offset)
+            self._note_follower_fetch(wanted, replica_id)
         response, total, stop, parts = self._read(wanted, replica_id, body["max_bytes"])
         max_wait_ms = body["max_wait_ms"]
         if stop or total >= body["min_bytes"] or max_wait_ms <= 0 or not parts:
             return response
         return self._long_poll(wanted, replica_id, body, parts)
+
+    def _note_follower_fetch(self, wanted: list[tuple[str, int, int, int, int]],
+                             replica_id: int) -> None:
+        """A follower's fetch offsets are its log end offsets: tell the partitions."""
+        for topic, p, offset, epoch, _ in wanted:
+            part = self.replicas.get_partition(topic, p)
+            if part is not None and part.is_leader and epoch in (-1, part.leader_epoch):
+                self.replicas.on_follower_fetch(part, replica_id, offset)
 
     def _read(self, wanted: list[tuple[str, int, int, int, int]], replica_id: int,
               max_bytes: int) -> tuple[dict[str, Any], int, bool, list[Partition]]:
@@ -223,10 +228,7 @@ class DataPlane:
                 for part in parts:
                     part.remove_waiter(fut, follower)
             if follower:
-                for topic, p, offset, epoch, _ in wanted:
-                    part_ = self.replicas.get_partition(topic, p)
-                    if part_ is not None and part_.is_leader and epoch in (-1, part_.leader_epoch):
-                        self.replicas.on_follower_fetch(part_, replica_id, offset)
+                self._note_follower_fetch(wanted, replica_id)
             response, total, stop, parts = self._read(wanted, replica_id, body["max_bytes"])
             if stop or total >= min_bytes or self.clock.monotonic_ms() >= deadline or not parts:
                 return response

@@ -17,7 +17,8 @@ from dmq.broker.handlers import DataPlane
 from dmq.broker.replica_manager import ReplicaManager
 from dmq.config import ClusterConfig, NodeAddress
 from dmq.controller.image import BrokerInfo, MetadataImage, PartitionInfo, TopicInfo
-from dmq.log.batch import build_batch
+from dmq.log.batch import build_batch, iter_headers
+from dmq.log.partition_log import PartitionLog
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import ErrorCode, NotControllerError
@@ -208,17 +209,19 @@ async def fetch(conn: Connection, topic: str, p: int, offset: int, *, max_wait_m
     return list(resp["topics"][0][1][0])
 
 
-def log_bytes(broker: InProcBroker, topic: str, p: int, upto: int) -> bytes:
-    """The raw bytes of a replica's log for offsets < `upto` (whole batches)."""
-    plog = broker.partition(topic, p).log
+def bytes_below(plog: PartitionLog, upto: int) -> bytes:
+    """The raw bytes of a log's whole batches for offsets < `upto`."""
     out = []
     offset = plog.log_start_offset
     while offset < upto:
-        data = bytes(plog.read(offset, 1 << 20, max_offset=upto))
+        data = bytes(plog.read(offset, 8 << 20, max_offset=upto))
         if not data:
             break
         out.append(data)
-        from dmq.log.batch import iter_headers
-
         offset = list(iter_headers(data))[-1].next_offset
     return b"".join(out)
+
+
+def log_bytes(broker: InProcBroker, topic: str, p: int, upto: int) -> bytes:
+    """The raw bytes of an in-process replica for offsets < `upto`."""
+    return bytes_below(broker.partition(topic, p).log, upto)

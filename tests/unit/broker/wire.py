@@ -18,6 +18,7 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError
 from tests.support.procs import ProcessCluster
+from tests.unit.broker.support import bytes_below
 
 FAST: dict[str, Any] = {
     "broker.session.timeout.ms": 2000,
@@ -172,15 +173,9 @@ def replica_bytes(cluster: ProcessCluster, node_id: int, topic: str, p: int, upt
     try:
         shutil.copytree(src, tmp / "copy")
         plog = PartitionLog.open(str(tmp / "copy"))
-        out = []
-        offset = plog.log_start_offset
-        while offset < upto:
-            data = bytes(plog.read(offset, 8 << 20, max_offset=upto))
-            if not data:
-                break
-            out.append(data)
-            offset = list(iter_headers(data))[-1].next_offset
-        plog.close()
-        return b"".join(out)
+        try:
+            return bytes_below(plog, upto)
+        finally:
+            plog.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
