@@ -73,19 +73,22 @@ class ChaosCluster:
     """Use as a context manager: processes killed, folder removed, iptables chain gone."""
 
     def __init__(self, settings: dict[str, Any] | None = None, brokers: int = 3,
-                 controllers: int = 3) -> None:
+                 controllers: int = 3, link_faults: bool = True) -> None:
         gids = {i + 1: GID_BASE + i + 1 for i in range(controllers)}
         gids.update({101 + i: GID_BASE + 101 + i for i in range(brokers)})
         self.procs = ProcessCluster(controllers=controllers, brokers=brokers,
                                     settings={**CHAOS_SETTINGS, **(settings or {})},
                                     node_gids=gids)
         self.gids = gids
+        self.link_faults = link_faults
         self.links: LinkFaults | None = None
 
     # ---- lifecycle -----------------------------------------------------------------
     def __enter__(self) -> ChaosCluster:
         try:
-            self.links = LinkFaults(self.gids, {n: p.port for n, p in self.procs.nodes.items()})
+            if self.link_faults:
+                self.links = LinkFaults(self.gids,
+                                        {n: p.port for n, p in self.procs.nodes.items()})
             self.procs.start()
         except BaseException:
             self.__exit__(None, None, None)
@@ -181,13 +184,16 @@ class ChaosCluster:
             await asyncio.sleep(0.25)
 
     # ---- reading back --------------------------------------------------------------
-    async def read_partition(self, leader: int, tp: TopicPartition
+    async def read_partition(self, leader: int, tp: TopicPartition, settle_s: float = 10.0
                              ) -> tuple[int, list[tuple[int, bytes | None, bytes | None]]]:
-        """(HW, [(offset, key, value)]) from the log start to the HW, from the leader."""
+        """(HW, [(offset, key, value)]) from the log start to the HW, from the leader,
+        once the HW reached the leader's log end (or after `settle_s`): with no more
+        writes and the ISR caught up, everything the leader holds becomes committed."""
         topic, p = tp
         records: list[tuple[int, bytes | None, bytes | None]] = []
         offset = 0
         hw = -1
+        settle_until = time.monotonic() + settle_s
         for _ in range(100_000):
             resp = await self.ask(leader, ApiKey.FETCH, {
                 "max_wait_ms": 0, "min_bytes": 1, "max_bytes": 4 << 20,
@@ -195,6 +201,9 @@ class ChaosCluster:
             row = resp["topics"][0][1][0]
             if row[1] != 0:
                 raise DmqError(f"fetch {topic}-{p}@{offset} from {leader}: error {row[1]}")
+            if offset == 0 and hw < 0 and row[2] < row[4] and time.monotonic() < settle_until:
+                await asyncio.sleep(0.1)  # HW still below the log end: not settled yet
+                continue
             hw = row[2]
             if offset == 0 and row[3] > 0:
                 offset = row[3]

@@ -88,7 +88,8 @@ async def create_topic(cluster: ChaosCluster, topic: str, partitions: int, rf: i
 
 
 async def read_back(cluster: ChaosCluster, topic: str, partitions: int, rf: int,
-                    note: Any, settle_s: float = 60.0) -> FinalState:
+                    note: Any, settle_s: float = 60.0, replica_wait_s: float = 15.0
+                    ) -> FinalState:
     """Everything the healed cluster holds (call after the workload stopped)."""
     view, probs = await cluster.wait_healthy(topic, partitions, rf, settle_s)
     note("settled" if not probs else f"did not settle in {settle_s:.0f}s: {probs}")
@@ -113,7 +114,7 @@ async def read_back(cluster: ChaosCluster, topic: str, partitions: int, rf: int,
         replicas = view.partitions[tp][1]
         # followers learn the last HW with their next fetch: wait (bounded) until every
         # replica holds the leader's bytes below the HW, then keep what they hold
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + replica_wait_s
         while True:
             got = {b: await asyncio.to_thread(cluster.replica_bytes, b, tp, hw)
                    for b in replicas}
