@@ -33,7 +33,9 @@ Cases (issue 11, item 2):
 
 Latency columns: dmq produce = send() to acknowledgement, per record; Redis = one
 pipeline of 1000 XADDs, per pipeline; NATS = publish to its ack, per message;
-consume = time per getmany/fetch call. Nothing here asserts a speed.
+consume = time per getmany/fetch call. `cpu us/rec` = CPU time per record of the
+client process + of all dmq node processes together, over the run (on a shared machine
+it moves much less than records/s). Nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,6 +124,8 @@ class Row:
     runs: list[float] = field(default_factory=list)  # records/s (or the value) of each run
     is_dmq: bool = False
     ratio: float = float("nan")
+    client_us: float = float("nan")  # CPU time per record: this (client) process
+    nodes_us: float = float("nan")   # CPU time per record: every dmq node process together
 
 
 def median_row(case: str, system: str, results: list[dict[str, float]], note: str = "",
@@ -128,9 +133,11 @@ def median_row(case: str, system: str, results: list[dict[str, float]], note: st
     """The run with the median `key` (its latencies stay consistent with it)."""
     ordered = sorted(results, key=lambda r: r[key])
     m = ordered[len(ordered) // 2]
-    return Row(case, system, m.get("records_s", float("nan")), m.get("mb_s", float("nan")),
-               m.get("p50", float("nan")), m.get("p99", float("nan")),
-               m.get("p99.9", float("nan")), note, [r[key] for r in results], is_dmq=True)
+    nan = float("nan")
+    return Row(case, system, m.get("records_s", nan), m.get("mb_s", nan), m.get("p50", nan),
+               m.get("p99", nan), m.get("p99.9", nan), note, [r[key] for r in results],
+               is_dmq=True, client_us=statistics.median(r.get("client_us", nan) for r in results),
+               nodes_us=statistics.median(r.get("nodes_us", nan) for r in results))
 
 
 def _fmt(v: float, spec: str) -> str:
@@ -139,13 +146,15 @@ def _fmt(v: float, spec: str) -> str:
 
 def print_table(rows: list[Row], out: Callable[[str], None] = print) -> None:
     head = (f"{'case':<24}{'system':<30}{'records/s':>12}{'MB/s':>9}{'p50 ms':>9}"
-            f"{'p99 ms':>9}{'p99.9 ms':>10}{'dmq/peer':>10}  note")
+            f"{'p99 ms':>9}{'p99.9 ms':>10}{'dmq/peer':>10}{'cpu us/rec':>14}  note")
     out(head)
     out("-" * len(head))
     for r in rows:
+        cpu = "-" if r.client_us != r.client_us else (
+            f"{r.client_us:.2f}+{r.nodes_us:.2f}")
         out(f"{r.case:<24}{r.system:<30}{_fmt(r.records_s, ',.0f'):>12}{_fmt(r.mb_s, '.1f'):>9}"
             f"{_fmt(r.p50_ms, '.2f'):>9}{_fmt(r.p99_ms, '.2f'):>9}{_fmt(r.p999_ms, '.2f'):>10}"
-            f"{_fmt(r.ratio, '.2f'):>10}  {r.note}")
+            f"{_fmt(r.ratio, '.2f'):>10}{cpu:>14}  {r.note}")
 
 
 def fill_ratios(rows: list[Row]) -> None:
@@ -286,12 +295,42 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuMeter:
+    """CPU seconds of this process and of the cluster's node processes over one run,
+    per record: a figure that moves far less than records/s on a shared machine."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.client0 = time.process_time()
+        self.nodes0 = self._nodes()
+
+    def _nodes(self) -> float:
+        total = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += proc_cpu_s(pid)
+        return total
+
+    def per_record(self, records: int) -> dict[str, float]:
+        n = max(records, 1)
+        return {"client_us": (time.process_time() - self.client0) / n * 1e6,
+                "nodes_us": (self._nodes() - self.nodes0) / n * 1e6}
+
+
+async def measured(pids: list[int], records: int, coro: Awaitable[dict[str, float]], what: str,
+                   timeout_s: float = RUN_TIMEOUT_S) -> dict[str, float]:
+    meter = CpuMeter(pids)
+    r = await bounded(coro, what, timeout_s)
+    return {**r, **meter.per_record(records)}
+
+
 # ---------------------------------------------------------------------------- dmq cases
 
 
-async def produce_case(bootstrap: str, topic: str, n: int, size: int, acks: str, runs: int,
-                       case: str, system: str, batch_size: int = 65_536,
+async def produce_case(cluster: DevCluster, topic: str, n: int, size: int, acks: str,
+                       runs: int, case: str, system: str, batch_size: int = 65_536,
                        linger_ms: int = 5) -> Row:
+    bootstrap = cluster.bootstrap
     argv = ["--topic", topic, "--num-records", str(n), "--record-size", str(size),
             "--acks", acks, "--batch-size", str(batch_size), "--linger-ms", str(linger_ms)]
     args = perf_args(argv)
@@ -299,14 +338,16 @@ async def produce_case(bootstrap: str, topic: str, n: int, size: int, acks: str,
     await bounded(produce_perf.run_produce(bootstrap, warm), f"{case} warm-up")
     results = []
     for i in range(runs):
-        r = await bounded(produce_perf.run_produce(bootstrap, args), case)
-        log(f"{case} run {i + 1}: {r['records_s']:,.0f} records/s, {r['mb_s']:.1f} MB/s"
+        r = await measured(cluster.pids(), n, produce_perf.run_produce(bootstrap, args), case)
+        log(f"{case} run {i + 1}: {r['records_s']:,.0f} records/s, {r['mb_s']:.1f} MB/s, "
+            f"cpu us/record {r['client_us']:.2f} client + {r['nodes_us']:.2f} nodes"
             + (f", {int(r['errors'])} errors" if r.get("errors") else ""))
         results.append(r)
     return median_row(case, system, results, f"{n:,} records x {runs} runs")
 
 
-async def consume_case(bootstrap: str, topic: str, n: int, runs: int, system: str) -> Row:
+async def consume_case(cluster: DevCluster, topic: str, n: int, runs: int, system: str) -> Row:
+    bootstrap = cluster.bootstrap
     args = consume_perf.parse_args(["--topic", topic, "--num-records", str(n),
                                     "--record-size", "100"])
     async with Consumer(bootstrap) as probe:
@@ -315,8 +356,10 @@ async def consume_case(bootstrap: str, topic: str, n: int, runs: int, system: st
     await bounded(consume_perf.run_once(bootstrap, args, tps), "consume warm-up")
     results = []
     for i in range(runs):
-        r = await bounded(consume_perf.run_once(bootstrap, args, tps), "consume")
-        log(f"consume run {i + 1}: {r['records_s']:,.0f} records/s, {r['mb_s']:.1f} MB/s")
+        r = await measured(cluster.pids(), n, consume_perf.run_once(bootstrap, args, tps),
+                           "consume")
+        log(f"consume run {i + 1}: {r['records_s']:,.0f} records/s, {r['mb_s']:.1f} MB/s, "
+            f"cpu us/record {r['client_us']:.2f} client + {r['nodes_us']:.2f} nodes")
         results.append(r)
     return median_row("consume-100B", system, results, f"{n:,} records from offset 0")
 
@@ -396,15 +439,15 @@ async def single_node_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> N
         bs = cluster.bootstrap
         if "produce-100B-acks1" in wanted:
             await create_topic(bs, "p100", 1, 1)
-            rows.append(await produce_case(bs, "p100", sz.produce_records, 100, "1", sz.runs,
+            rows.append(await produce_case(cluster, "p100", sz.produce_records, 100, "1", sz.runs,
                                            "produce-100B-acks1", "dmq 1 node RF=1"))
         if "produce-1KiB-acks1" in wanted:
             await create_topic(bs, "p1k", 1, 1)
-            rows.append(await produce_case(bs, "p1k", sz.produce_1k_records, 1024, "1",
+            rows.append(await produce_case(cluster, "p1k", sz.produce_1k_records, 1024, "1",
                                            sz.runs, "produce-1KiB-acks1", "dmq 1 node RF=1"))
         if "consume-100B" in wanted:
             await create_topic(bs, "c100", 1, 1)
-            rows.append(await consume_case(bs, "c100", sz.consume_records, sz.runs,
+            rows.append(await consume_case(cluster, "c100", sz.consume_records, sz.runs,
                                            "dmq 1 node"))
         if "produce-100KiB-acks1" in wanted:
             await create_topic(bs, "p100k", 1, 1)
@@ -415,7 +458,7 @@ async def single_node_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> N
             raw_row = median_row("produce-100KiB-acks1", "raw asyncio loopback (uvloop)",
                                  raw, f"{total / 1e6:,.0f} MB in 100 KiB writes", key="mb_s")
             raw_row.is_dmq = False
-            row = await produce_case(bs, "p100k", sz.big_records, BIG, "1", sz.runs,
+            row = await produce_case(cluster, "p100k", sz.big_records, BIG, "1", sz.runs,
                                      "produce-100KiB-acks1", "dmq 1 node RF=1",
                                      batch_size=1024 * 1024)
             # MB/s is what this case is about: median by MB/s (same order as records/s)
@@ -428,15 +471,17 @@ async def single_node_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> N
                                           100), f"partitions-{count} warm-up")
                 results = []
                 for i in range(sz.runs):
-                    r = await bounded(spread_once(bs, topic, count, sz.partition_records, 100),
-                                      f"partitions-{count}")
+                    r = await measured(cluster.pids(), sz.partition_records,
+                                       spread_once(bs, topic, count, sz.partition_records, 100),
+                                       f"partitions-{count}")
                     log(f"partitions-{count} run {i + 1}: {r['records_s']:,.0f} records/s")
                     results.append(r)
                 rows.append(median_row(f"partitions-{count}", "dmq 1 node RF=1 acks=1",
                                        results, "round-robin over the partitions"))
 
 
-async def e2e_case(bootstrap: str, topic: str, n: int, runs: int) -> Row:
+async def e2e_case(cluster: DevCluster, topic: str, n: int, runs: int) -> Row:
+    bootstrap = cluster.bootstrap
     argv = ["--topic", topic, "--num-records", str(n), "--record-size", "100", "--acks",
             "all", "--linger-ms", "0", "--throughput", "10000", "--mode", "e2e"]
     args = perf_args(argv)
@@ -444,8 +489,8 @@ async def e2e_case(bootstrap: str, topic: str, n: int, runs: int) -> Row:
     await bounded(produce_perf.run_e2e(bootstrap, warm), "e2e warm-up")
     results = []
     for i in range(runs):
-        r = await bounded(produce_perf.run_e2e(bootstrap, args), "e2e",
-                          timeout_s=RUN_TIMEOUT_S + n / 10_000)
+        r = await measured(cluster.pids(), n, produce_perf.run_e2e(bootstrap, args), "e2e",
+                           timeout_s=RUN_TIMEOUT_S + n / 10_000)
         log(f"e2e run {i + 1}: {r['records_s']:,.0f} records/s, p50 {r['p50']:.2f} ms, "
             f"p99 {r['p99']:.2f} ms, p99.9 {r['p99.9']:.2f} ms")
         results.append(r)
@@ -454,7 +499,8 @@ async def e2e_case(bootstrap: str, topic: str, n: int, runs: int) -> Row:
     m = ordered[len(ordered) // 2]
     return Row("e2e-10k/s-acksall", "dmq 3 brokers RF=3", m["records_s"], m["mb_s"], m["p50"],
                m["p99"], m["p99.9"], f"{n:,} records at 10,000/s, linger 0, median of "
-               f"{runs} by p99", [r["p99"] for r in results], is_dmq=True)
+               f"{runs} by p99", [r["p99"] for r in results], is_dmq=True,
+               client_us=m["client_us"], nodes_us=m["nodes_us"])
 
 
 async def idle_rss_case(cluster: DevCluster, partitions: int, idle_s: float) -> list[Row]:
@@ -485,11 +531,11 @@ async def three_broker_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> 
         bs = cluster.bootstrap
         if "produce-100B-acksall" in wanted:
             await create_topic(bs, "r3", 1, 3)
-            rows.append(await produce_case(bs, "r3", sz.produce_records, 100, "all", sz.runs,
+            rows.append(await produce_case(cluster, "r3", sz.produce_records, 100, "all", sz.runs,
                                            "produce-100B-acksall", "dmq 3 brokers RF=3"))
         if "e2e-10k/s-acksall" in wanted:
             await create_topic(bs, "e2e", 1, 3)
-            rows.append(await e2e_case(bs, "e2e", sz.e2e_records, sz.runs))
+            rows.append(await e2e_case(cluster, "e2e", sz.e2e_records, sz.runs))
         if "rss-1000-idle" in wanted:
             rows.extend(await idle_rss_case(cluster, sz.idle_partitions, sz.idle_seconds))
 
@@ -684,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
           f"at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print()
     print_table(rows)
+    print("cpu us/rec: CPU time per record of the benchmark client process + all dmq node "
+          "processes together (load-independent, unlike records/s)")
     lines = target_lines(rows)
     if lines:
         print()
