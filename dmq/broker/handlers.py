@@ -155,10 +155,32 @@ class DataPlane:
         if follower:
             self._note_follower_fetch(wanted, replica_id)
         response, total, stop, parts = self._read(wanted, replica_id, body["max_bytes"])
-        max_wait_ms = body["max_wait_ms"]
-        if stop or total >= body["min_bytes"] or max_wait_ms <= 0 or not parts:
-            return response
-        return self._long_poll(wanted, replica_id, body, parts)
+        if (stop or total >= body["min_bytes"] or body["max_wait_ms"] <= 0 or not parts
+                or self._hw_news(parts, replica_id)):
+            return self._answer(response, parts, replica_id)
+        # Park now, before returning: the coroutine runs later, and a wake-up between
+        # now and then must not be missed.
+        return self._long_poll(wanted, replica_id, body, parts, self._park(parts, follower))
+
+    @staticmethod
+    def _park(parts: list[Partition], follower: bool) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for part in parts:
+            part.add_waiter(fut, follower)
+        return fut
+
+    @staticmethod
+    def _hw_news(parts: list[Partition], replica_id: int) -> bool:
+        """A follower has not been told the current HW of some partition yet."""
+        return replica_id >= 0 and any(p.hw_news_for(replica_id) for p in parts)
+
+    @staticmethod
+    def _answer(response: dict[str, Any], parts: list[Partition],
+                replica_id: int) -> dict[str, Any]:
+        if replica_id >= 0:
+            for p in parts:
+                p.note_hw_sent(replica_id)
+        return response
 
     def _note_follower_fetch(self, wanted: list[tuple[str, int, int, int, int]],
                              replica_id: int) -> None:
@@ -209,17 +231,15 @@ class DataPlane:
         return {"topics": [[t, r] for t, r in out.items()]}, total, errors, parts
 
     async def _long_poll(self, wanted: list[tuple[str, int, int, int, int]], replica_id: int,
-                         body: dict[str, Any], parts: list[Partition]) -> dict[str, Any]:
-        """Wait for data (followers: any append; consumers: a HW move) or `max_wait_ms`."""
+                         body: dict[str, Any], parts: list[Partition],
+                         fut: asyncio.Future[None]) -> dict[str, Any]:
+        """Wait for data or `max_wait_ms`. Consumers wake on HW moves; followers on appends
+        and on HW moves they have not been told of (so follower HWs track the leader's)."""
         follower = replica_id >= 0
-        loop = asyncio.get_running_loop()
         deadline = self.clock.monotonic_ms() + body["max_wait_ms"]
         min_bytes = body["min_bytes"]
         while True:
             remaining = deadline - self.clock.monotonic_ms()
-            fut: asyncio.Future[None] = loop.create_future()
-            for part in parts:
-                part.add_waiter(fut, follower)
             timer = self.clock.call_later(max(remaining, 0), _resolver(fut))
             try:
                 await fut
@@ -230,8 +250,10 @@ class DataPlane:
             if follower:
                 self._note_follower_fetch(wanted, replica_id)
             response, total, stop, parts = self._read(wanted, replica_id, body["max_bytes"])
-            if stop or total >= min_bytes or self.clock.monotonic_ms() >= deadline or not parts:
-                return response
+            if (stop or total >= min_bytes or self.clock.monotonic_ms() >= deadline
+                    or not parts or self._hw_news(parts, replica_id)):
+                return self._answer(response, parts, replica_id)
+            fut = self._park(parts, follower)
 
     # ------------------------------------------------------------------ offsets
 

@@ -50,13 +50,14 @@ class ReplicaState:
     """The leader's view of one follower."""
 
     __slots__ = ("broker_id", "last_caught_up_ms", "last_fetch_leader_leo", "last_fetch_ms",
-                 "log_end_offset")
+                 "last_sent_hw", "log_end_offset")
 
     def __init__(self, broker_id: int, now_ms: int) -> None:
         self.broker_id = broker_id
         self.log_end_offset = UNKNOWN_OFFSET
         self.last_fetch_ms = now_ms
         self.last_fetch_leader_leo = UNKNOWN_OFFSET
+        self.last_sent_hw = UNKNOWN_OFFSET  # the HW in the last fetch answer it got
         # An ISR member starts as caught up at election time, as in Kafka: it gets a
         # whole lag period to fetch before it can be dropped.
         self.last_caught_up_ms = now_ms
@@ -296,8 +297,18 @@ class Partition:
             return False
         self.high_watermark = new_hw
         self._wake(self._hw_waiters)
+        self._wake(self._data_waiters)  # followers learn the new HW without waiting
         self._complete_acks()
         return True
+
+    def hw_news_for(self, replica_id: int) -> bool:
+        st = self.followers.get(replica_id)
+        return st is not None and self.high_watermark > st.last_sent_hw
+
+    def note_hw_sent(self, replica_id: int) -> None:
+        st = self.followers.get(replica_id)
+        if st is not None:
+            st.last_sent_hw = self.high_watermark
 
     def isr_expansion(self) -> tuple[int, ...] | None:
         """A new ISR adding caught-up followers, or None (also while a proposal is pending)."""

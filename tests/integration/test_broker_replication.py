@@ -238,3 +238,25 @@ async def test_follower_catches_up_many_partitions(tmp_path: Path) -> None:
     finally:
         for b in brokers:
             await b.stop()
+
+
+async def test_followers_learn_the_hw_without_waiting_for_new_data(tmp_path: Path) -> None:
+    ctl = StandInController()
+    config = make_config(**{"replica.fetch.wait.max.ms": 5000})
+    brokers = [InProcBroker(i, tmp_path, ctl, config) for i in (1, 2, 3)]
+    for b in brokers:
+        await b.start()
+    try:
+        await ctl.create_topic("t", [[1, 2, 3]])
+        conn = await brokers[0].connect()
+        for i in range(3):
+            assert (await produce(conn, "t", 0, batch([b"%d" % i])))[1] == 0
+            t0 = time.monotonic()
+            await wait_for(lambda i=i: all(b.partition("t").high_watermark == i + 1
+                                           for b in brokers), timeout_s=2, what="follower HW")
+            # far below the 5 s long-poll: the HW move itself answers the parked fetches
+            assert time.monotonic() - t0 < 1.0
+        await conn.close()
+    finally:
+        for b in brokers:
+            await b.stop()

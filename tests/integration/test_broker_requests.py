@@ -299,3 +299,17 @@ async def test_creating_many_partitions_does_not_stall_the_event_loop(tmp_path: 
         await b.stop()
     print(f"\n500 new partition logs: worst event-loop stall {max(lags) * 1000:.1f} ms")
     assert max(lags) < 1.0  # was ~3 s when logs were made on the event loop
+
+
+async def test_long_poll_sees_data_arriving_before_its_task_starts(single) -> None:
+    """The server runs a returned coroutine later; an append in between must wake it."""
+    _, b = single
+    body = {"max_wait_ms": 5000, "min_bytes": 1, "max_bytes": 1 << 20, "replica_id": -1,
+            "broker_epoch": -1, "topics": [["t", [[0, 0, -1, 1 << 20]]]]}
+    pending = b.plane.fetch(None, body)
+    assert asyncio.iscoroutine(pending)
+    b.partition("t").append_as_leader(batch([b"now"]), 1)  # single replica: HW moves
+    t0 = asyncio.get_running_loop().time()
+    resp = await pending
+    assert asyncio.get_running_loop().time() - t0 < 1.0
+    assert [r.value for r in iter_records(resp["topics"][0][1][0][5])] == [b"now"]
