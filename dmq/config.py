@@ -47,10 +47,10 @@ SETTINGS: dict[str, Setting] = {
     "socket.send.buffer.high.bytes": Setting(
         64 * 1024 * 1024, "buffered response bytes after which a node stops reading"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
-    "raft.tick.ms": Setting(50, "length of one Raft tick"),
+    "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(
-        10, "election timeout in ticks (randomized in [t, 2t))"),
-    "raft.heartbeat.ticks": Setting(2, "leader heartbeat interval in ticks"),
+        50, "election timeout in ticks (randomized in [t, 2t))"),
+    "raft.heartbeat.ticks": Setting(10, "leader heartbeat interval in ticks"),
     "raft.snapshot.interval.entries": Setting(
         10_000, "applied entries between controller snapshots"),
     "broker.heartbeat.interval.ms": Setting(1000, "broker heartbeat interval"),

@@ -59,6 +59,7 @@ class ApiKey(IntEnum):
     RAFT_TIMEOUT_NOW = 1003
     RAFT_MESSAGE = 1004
     RAFT_STATUS = 1005
+    RAFT_PROPOSE = 1006
     METADATA_FETCH = 1010
     CONTROLLER_CHANGED = 1011
     RESET_OFFSETS = 1012
@@ -205,6 +206,10 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
         ApiKey.RAFT_REQUEST_VOTE, ApiKey.RAFT_APPEND_ENTRIES, ApiKey.RAFT_INSTALL_SNAPSHOT,
         ApiKey.RAFT_TIMEOUT_NOW, ApiKey.RAFT_MESSAGE)},
     ApiKey.RAFT_STATUS: Struct(),
+    # Propose an opaque entry to a bare Raft quorum (benchmarks/raft_bench.py and
+    # tests); `dmq server` does not serve it: metadata changes go through their own APIs.
+    ApiKey.RAFT_PROPOSE: Struct({"data": BYTES}),
+    # -> {"index"}
     # -> {"node_id", "role", "term", "leader_id", "commit_index", "last_applied",
     #     "last_log_index", "peers": {id: match_index}}
 }
