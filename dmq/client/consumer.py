@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 from msgpack import unpackb as _unpackb  # type: ignore[import-untyped]
 
+from dmq.aio import wait_for
 from dmq.client.cluster import ClusterClient
 from dmq.client.errors import ConsumerStoppedError, IllegalStateError, NoOffsetForPartitionError
 from dmq.client.group import (
@@ -453,7 +454,7 @@ class Consumer:
                 return out
             self._data_ready.clear()
             try:
-                await asyncio.wait_for(self._data_ready.wait(), remaining)
+                await wait_for(self._data_ready.wait(), remaining)
             except TimeoutError:
                 return self._collect(wanted, limit)
 

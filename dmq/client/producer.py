@@ -35,6 +35,7 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from dmq.aio import wait_for
 from dmq.client.accumulator import PartitionQueue, ProducerBatch, RecordHandle
 from dmq.client.cluster import ClusterClient
 from dmq.client.errors import IllegalStateError, ProducerClosedError
@@ -205,7 +206,7 @@ class Producer:
             self._wakeup()
             wait_s = (timeout_ms if timeout_ms is not None else self.delivery_timeout_ms) / 1000
             try:
-                await asyncio.wait_for(asyncio.shield(self._sender), wait_s)
+                await wait_for(asyncio.shield(self._sender), wait_s)
             except TimeoutError:
                 self._sender.cancel()
                 self._fail_all(RequestTimedOutError("producer closed before delivery"))
@@ -373,7 +374,7 @@ class Producer:
                         f"buffer_memory ({self.buffer_memory} bytes) still full after "
                         f"max_block_ms={self.max_block_ms}")
                 try:
-                    await asyncio.wait_for(self._buffer_free.wait(), remaining)
+                    await wait_for(self._buffer_free.wait(), remaining)
                 except TimeoutError:
                     pass
                 if self._closing:
