@@ -209,13 +209,12 @@ async def smoke_check(cluster: DevCluster, timeout_s: float = 30.0) -> list[str]
         raise RuntimeError(f"smoke check: produced {SMOKE_MESSAGE!r} at offset {md.offset} "
                            f"but read back {records[:1]!r}")
     r = records[0]
+    any_node = f"{cluster.host}:{cluster.nodes[0].port}"  # any one node bootstraps a client
     return [
         created,
         f"produced {SMOKE_MESSAGE!r} to {md.topic}-{md.partition} at offset {md.offset}",
         f"consumed {r.value.decode()!r} from {r.topic}-{r.partition} at offset {r.offset}",
         "try it:",
-        f"  echo 'my first message' | dmq-produce --bootstrap {cluster.bootstrap} "
-        f"--topic {SMOKE_TOPIC}",
-        f"  dmq-consume --bootstrap {cluster.bootstrap} --topic {SMOKE_TOPIC} "
-        f"--from-beginning",
+        f"  echo 'my first message' | dmq-produce --bootstrap {any_node} --topic {SMOKE_TOPIC}",
+        f"  dmq-consume --bootstrap {any_node} --topic {SMOKE_TOPIC} --from-beginning",
     ]
