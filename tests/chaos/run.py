@@ -185,6 +185,9 @@ async def run_chaos(seed: int, duration_s: float, *, kinds: list[str] | None = N
             await nemesis.heal()
             missing = await workload.wait_delivered(deliver_timeout_s)
             tl.note(f"group delivery: {missing} acked records undelivered")
+            if missing:
+                for line in await workload.describe():
+                    tl.note(line)
         finally:
             await workload.stop()
             await nemesis.heal()

@@ -26,7 +26,7 @@ from tests.support.procs import ProcessCluster
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
 TOPIC = "fuzz-target-7f3a"
-BUDGET_S = 20.0  # fuzzing time per node kind
+BUDGET_S = 15.0  # fuzzing time per node kind
 MAX_EXAMPLES = 1000
 BROKER_APIS = [ApiKey.PRODUCE] * 4 + [ApiKey.FETCH, ApiKey.LIST_OFFSETS,
                                       ApiKey.OFFSET_FOR_LEADER_EPOCH, ApiKey.METADATA,

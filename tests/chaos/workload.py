@@ -71,6 +71,8 @@ class Workload:
         self._pending: dict[RecordId, Any] = {}  # rid -> handle not yet resolved
         self.errors: dict[str, int] = {}
         self.consumer_errors: dict[str, int] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self.last_delivery: dict[str, float] = {}  # consumer -> monotonic time
 
     # ---- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -195,6 +197,7 @@ class Workload:
                                 heartbeat_interval_ms=500, request_timeout_ms=5000,
                                 fetch_max_wait_ms=300, metadata_max_age_ms=5000,
                                 rng=random.Random(self.rng.random()))
+            self.consumers[name] = consumer
             try:
                 await asyncio.wait_for(consumer.start(), 15)
                 consumer.subscribe([self.topic])
@@ -212,6 +215,8 @@ class Workload:
         while True:
             batches = await consumer.getmany(timeout_ms=300)
             nxt: dict[tuple[str, int], int] = {}
+            if batches:
+                self.last_delivery[name] = time.monotonic()
             for tp, records in batches.items():
                 for rec in records:
                     rid = parse_record(rec.value)
@@ -228,10 +233,39 @@ class Workload:
             for tp, offset in done.items():
                 self.history.commits[(key, tp)].append(offset)
 
+    async def describe(self) -> list[str]:
+        """The group as the coordinator and each consumer see it (for a timeline)."""
+        out = []
+        now = time.monotonic()
+        for name, c in sorted(self.consumers.items()):
+            g = c._group  # noqa: SLF001 - diagnostics only
+            member = (f"member {g.member_id[:8]} epoch {g.member_epoch} owned "
+                      f"{sorted(g.owned)}" if g is not None else "no membership")
+            positions = {f"{tp.topic}-{tp.partition}": st.position
+                         for tp, st in c._sub.states.items()}  # noqa: SLF001
+            idle = now - self.last_delivery.get(name, now)
+            out.append(f"consumer {name}: {member}; positions {positions}; "
+                       f"last delivery {idle:.1f}s ago")
+        leader = await self.cluster.controller_leader()
+        if leader is not None:
+            try:
+                body = await self.cluster.ask(leader, ApiKey.DESCRIBE_GROUPS,
+                                              {"groups": [self.group]})
+                out.append(f"coordinator {leader}: {body['groups']}")
+            except (DmqError, OSError) as exc:
+                out.append(f"coordinator {leader}: {exc!r}")
+        return out
+
     async def _poll_commits(self) -> None:
         tps = [[self.topic, list(range(self.partitions))]]
+        last_note = time.monotonic()
         while True:
             await asyncio.sleep(0.5)
+            if time.monotonic() - last_note > 10:
+                last_note = time.monotonic()
+                idle = {n: round(last_note - t, 1) for n, t in self.last_delivery.items()}
+                self.note(f"progress: acked {len(self.history.acked)}, delivered "
+                          f"{len(self.history.consumed)}, consumers idle for {idle}")
             leader = await self.cluster.controller_leader()
             if leader is None:
                 continue
