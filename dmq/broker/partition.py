@@ -297,7 +297,11 @@ class Partition:
             return False
         self.high_watermark = new_hw
         self._wake(self._hw_waiters)
-        self._wake(self._data_waiters)  # followers learn the new HW without waiting
+        if new_hw == self.log.log_end_offset:
+            # Everything is replicated: tell parked followers the HW now rather than at
+            # their next long-poll timeout. (Under load the HW trails the LEO and the
+            # next append carries it; waking them on every move would double fetches.)
+            self._wake(self._data_waiters)
         self._complete_acks()
         return True
 
