@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from dmq.aio import wait_for
 from dmq.clock import Clock, SystemClock
 from dmq.config import ClusterConfig
 from dmq.controller.discovery import ControllerAddress, ControllerChannel, backoff_ms
@@ -108,7 +109,7 @@ class BrokerLifecycle:
         controllers are not reachable by then the loops keep trying."""
         self._tasks.append(asyncio.create_task(self._run(), name=f"broker-{self.broker_id}"))
         try:
-            await asyncio.wait_for(self._caught_up.wait(), self.startup_timeout_ms / 1000)
+            await wait_for(self._caught_up.wait(), self.startup_timeout_ms / 1000)
         except TimeoutError:
             log.warning("broker=%d not registered with a controller after %d ms; still "
                         "trying", self.broker_id, self.startup_timeout_ms)
@@ -163,7 +164,7 @@ class BrokerLifecycle:
             self._heartbeat_now.clear()
             await self._heartbeat_once()
             try:
-                await asyncio.wait_for(self._heartbeat_now.wait(),
+                await wait_for(self._heartbeat_now.wait(),
                                        self.heartbeat_interval_ms / 1000)
             except TimeoutError:
                 pass

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dmq.aio import wait_for
 from dmq.clock import Clock, SystemClock
 from dmq.controller.discovery import ControllerChannel
 from dmq.protocol.api import ApiKey
@@ -185,7 +186,7 @@ class GroupMembership:
 
     async def wait_for_assignment(self, timeout_ms: int) -> bool:
         try:
-            await asyncio.wait_for(self._assigned_event.wait(), timeout_ms / 1000)
+            await wait_for(self._assigned_event.wait(), timeout_ms / 1000)
             return True
         except TimeoutError:
             return False
@@ -241,7 +242,7 @@ class GroupMembership:
                 delay_ms = min(5000, 100 * 2 ** min(failures, 6))
             if delay_ms > 0:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), delay_ms / 1000)
+                    await wait_for(self._wake.wait(), delay_ms / 1000)
                 except TimeoutError:
                     pass
 

@@ -32,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from dmq.aio import wait_for
 from dmq.clock import Cancellable, Clock
 from dmq.controller.group_coordinator import (
     EMPTY,
@@ -199,7 +200,7 @@ class GroupService:
             batch, self._pending = self._pending, []
             records = [r for recs, _ in batch for r in recs]
             try:
-                await asyncio.wait_for(self.host.propose(records), COMMIT_TIMEOUT_MS / 1000)
+                await wait_for(self.host.propose(records), COMMIT_TIMEOUT_MS / 1000)
             except Exception as exc:  # every waiter learns the outcome
                 err: BaseException = exc
                 if isinstance(exc, TimeoutError):

@@ -24,6 +24,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dmq.aio import wait_for
 from dmq.clock import Clock, SystemClock
 from dmq.controller.discovery import ControllerChannel
 from dmq.controller.image import FENCED, MetadataImage, metadata_body
@@ -200,7 +201,7 @@ class ControllerService:
             if remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._applied.wait(), remaining)
+                await wait_for(self._applied.wait(), remaining)
             except TimeoutError:
                 return False
         return True
@@ -219,7 +220,7 @@ class ControllerService:
         Raises NOT_CONTROLLER (with the leader) unless this is the active controller."""
         self._require_active()
         try:
-            await asyncio.wait_for(self._write_lock.acquire(), timeout_ms / 1000)
+            await wait_for(self._write_lock.acquire(), timeout_ms / 1000)
         except TimeoutError:
             raise RequestTimedOutError("controller write queue is busy") from None
         try:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from dmq.aio import wait_for
 from dmq.clock import Cancellable, Clock
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
@@ -229,7 +230,7 @@ class RaftNode:
             assert self._wake is not None
             self._wake.set()
             try:
-                await asyncio.wait_for(asyncio.shield(self._pump_task), 5.0)
+                await wait_for(asyncio.shield(self._pump_task), 5.0)
             except TimeoutError:
                 log.warning("node=%s raft pump did not stop in time", self.id)
             self._pump_task.cancel()
@@ -313,7 +314,7 @@ class RaftNode:
                 raise RequestTimedOutError(
                     f"leadership transfer did not finish in {timeout_ms} ms")
             try:
-                await asyncio.wait_for(self._role_changed.wait(), remaining)
+                await wait_for(self._role_changed.wait(), remaining)
             except TimeoutError:
                 pass
         return core.leader_id
@@ -343,7 +344,7 @@ class RaftNode:
     async def _wait(self, fut: asyncio.Future[RaftIndex], timeout_ms: int,
                     what: str) -> RaftIndex:
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout_ms / 1000)
+            return await wait_for(asyncio.shield(fut), timeout_ms / 1000)
         except TimeoutError:
             raise RequestTimedOutError(f"{what} not done in {timeout_ms} ms") from None
 
