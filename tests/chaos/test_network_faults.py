@@ -12,7 +12,7 @@ from tests.chaos.network import LinkFaults, available
 from tests.support.procs import ProcessCluster
 
 ok, why = available()
-pytestmark = pytest.mark.skipif(not ok, reason=why)
+pytestmark = [pytest.mark.chaos, pytest.mark.skipif(not ok, reason=why)]
 
 PROBE = """
 import asyncio, sys
