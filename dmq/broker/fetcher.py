@@ -19,6 +19,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from dmq.aio import wait_for
 from dmq.broker.errors import error_code_of
 from dmq.broker.partition import Partition
 from dmq.config import ClusterConfig
@@ -88,7 +89,7 @@ class ReplicaFetcher:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._task, 2.0)
+                await wait_for(self._task, 2.0)
 
     def add(self, partition: Partition) -> None:
         self.partitions[(partition.topic, partition.partition)] = FetchState(partition)
@@ -133,7 +134,7 @@ class ReplicaFetcher:
     async def _sleep(self, ms: int) -> None:
         self._changed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), max(ms, 1) / 1000)
+            await wait_for(self._changed.wait(), max(ms, 1) / 1000)
 
     def _next_ready_in_ms(self) -> int:
         now = self.clock.monotonic_ms()

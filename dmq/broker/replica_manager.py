@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from dmq.aio import wait_for
 from dmq.broker.fetcher import FetcherManager
 from dmq.broker.partition import Partition
 from dmq.clock import Cancellable, Clock, SystemClock
@@ -346,7 +347,7 @@ class ReplicaManager:
 
     async def wait_idle(self, timeout_ms: int = 10_000) -> None:
         """Wait until no partition log is being created (for tests and tools)."""
-        await asyncio.wait_for(self._idle.wait(), timeout_ms / 1000)
+        await wait_for(self._idle.wait(), timeout_ms / 1000)
 
     def _delete_partition(self, tp: tuple[str, int]) -> None:
         part = self.partitions.pop(tp, None)
