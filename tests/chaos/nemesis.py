@@ -9,8 +9,9 @@ Fault kinds (`KINDS`):
   directions; clients still reach it), then heal;
 - partition-controller-from-brokers: cut the active controller from every broker (not
   from the other controllers nor from clients), then heal;
-- rolling-restart: SIGTERM each broker in turn, restart it, and wait for full ISRs
-  before the next one (a controlled shutdown moves leadership first).
+- rolling-restart: SIGTERM each broker, then each controller, in turn; restart it and
+  wait for a healthy cluster (one controller leader, brokers ONLINE, full ISRs) before
+  the next one (a broker's controlled shutdown moves its leaderships first).
 
 Every fault appends to the timeline when it starts and ends; after healing, the
 nemesis waits (bounded) for the cluster to be healthy again before a quiet gap.
@@ -142,8 +143,9 @@ class Nemesis:
         await asyncio.sleep(hold)
 
     async def _rolling_restart(self, hold: float) -> None:
-        self._record("rolling-restart brokers " + ",".join(map(str, self.cluster.broker_ids)))
-        for b in self.cluster.broker_ids:
+        nodes = self.cluster.broker_ids + self.cluster.controller_ids
+        self._record("rolling-restart " + ",".join(map(str, nodes)))
+        for b in nodes:
             self.note(f"SIGTERM {b}")
             t0 = time.monotonic()
             try:
