@@ -126,14 +126,18 @@ def api_versions(bootstrap: str, timeout_ms: int) -> None:
 @click.option("--quiet", is_flag=True, help="write node logs to files instead of the terminal")
 @click.option("--check", is_flag=True,
               help="start, verify the cluster end to end, stop, and exit (0 when healthy)")
+@click.option("--http-base-port", type=int, default=None,
+              help="serve HTTP (/metrics, /healthz, REST) from this port, same offsets as "
+                   "--base-port (default: off)")
 def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int, quiet: bool,
-        check: bool) -> None:
+        check: bool, http_base_port: int | None) -> None:
     """Start a whole local cluster as child processes; Ctrl-C stops it."""
     from dmq.devcluster import DevCluster, default_data_dir, smoke_check
 
     _install_uvloop()
     cluster = DevCluster(Path(data_dir) if data_dir else default_data_dir(), controllers,
-                         brokers, base_port, quiet=quiet or check, echo=click.echo)
+                         brokers, base_port, quiet=quiet or check, echo=click.echo,
+                         http_base_port=http_base_port)
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -144,6 +148,10 @@ def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int, qu
             await cluster.start()
             click.echo(f"dmq dev: {len(cluster.nodes)} node(s) up, data in {cluster.data_dir}")
             click.echo(f"bootstrap: {cluster.bootstrap}")
+            if http_base_port is not None:
+                click.echo("http: " + ", ".join(
+                    f"node {n.node_id} http://{cluster.host}:{http_base_port + n.port - base_port}"
+                    for n in cluster.nodes))
             for line in await smoke_check(cluster):
                 click.echo(line)
             if check:

@@ -40,6 +40,7 @@ class DevCluster:
     base_port: int = 9091
     host: str = "127.0.0.1"
     quiet: bool = False
+    http_base_port: int | None = None  # HTTP (/metrics, REST) at the same offsets as ports
     settings: dict[str, object] = field(default_factory=dict)
     echo: Callable[[str], None] = print
     nodes: list[DevNode] = field(default_factory=list)
@@ -69,7 +70,10 @@ class DevCluster:
         for n in self.nodes:
             section = "controllers" if "controller" in n.role else "brokers"
             lines += [f"[[{section}]]", f"id = {n.node_id}", f'host = "{self.host}"',
-                      f"port = {n.port}", ""]
+                      f"port = {n.port}"]
+            if self.http_base_port is not None:
+                lines.append(f"http_port = {self.http_base_port + n.port - self.base_port}")
+            lines.append("")
         rf = min(3, max(1, self.brokers))
         settings: dict[str, object] = {"default.replication.factor": rf,
                                        "min.insync.replicas": min(2, rf), "num.partitions": 3}

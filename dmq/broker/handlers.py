@@ -174,12 +174,18 @@ class DataPlane:
         """A follower has not been told the current HW of some partition yet."""
         return replica_id >= 0 and any(p.hw_news_for(replica_id) for p in parts)
 
-    @staticmethod
-    def _answer(response: dict[str, Any], parts: list[Partition],
+    def _answer(self, response: dict[str, Any], parts: list[Partition],
                 replica_id: int) -> dict[str, Any]:
         if replica_id >= 0:
             for p in parts:
                 p.note_hw_sent(replica_id)
+        else:
+            for topic, rows in response["topics"]:
+                for row in rows:
+                    if row[5]:
+                        part = self.replicas.get_partition(topic, row[0])
+                        if part is not None:
+                            part.bytes_out += len(row[5])
         return response
 
     def _note_follower_fetch(self, wanted: list[tuple[str, int, int, int, int]],

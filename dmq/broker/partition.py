@@ -118,6 +118,10 @@ class Partition:
         self.high_watermark = min(max(high_watermark, log_.log_start_offset), log_.log_end_offset)
         self.followers: dict[int, ReplicaState] = {}
         self.deleted = False
+        # plain counters read by the metrics scrape (per batch, never per record)
+        self.bytes_in = 0
+        self.records_in = 0
+        self.bytes_out = 0
         # waiters
         self._data_waiters: set[Future[None]] = set()   # follower fetches: LEO moves
         self._hw_waiters: set[Future[None]] = set()     # consumer fetches: HW moves
@@ -239,6 +243,8 @@ class Partition:
                 f"{self.min_insync_replicas}")
         info = self.log.append_as_leader(records, self.leader_epoch)
         if not info.duplicate:
+            self.bytes_in += info.size_bytes
+            self.records_in += info.record_count
             self._wake(self._data_waiters)
             self.maybe_advance_high_watermark()
         return info

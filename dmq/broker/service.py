@@ -125,4 +125,45 @@ class BrokerService:
              [(lab, float(self.data_plane.stats_produce_requests))]),
             ("dmq_broker_fetch_requests", "counter", "fetch requests",
              [(lab, float(self.data_plane.stats_fetch_requests))]),
+            *self._partition_metrics(lab),
+        ]
+
+    def _partition_metrics(self, lab: dict[str, str]) -> list[Any]:
+        """Per topic and per partition figures, computed at scrape time from plain
+        counters the data path keeps (labels are bounded by the partitions hosted)."""
+        per_topic: dict[str, list[int]] = {}
+        size, segments, lag = [], [], []
+        offline = 0
+        image = self.replicas.image
+        for part in list(self.replicas.partitions.values()):
+            t = per_topic.setdefault(part.topic, [0, 0, 0])
+            t[0] += part.bytes_in
+            t[1] += part.records_in
+            t[2] += part.bytes_out
+            plab = {**lab, "topic": part.topic, "partition": str(part.partition)}
+            size.append((plab, float(part.log.size_bytes)))
+            segments.append((plab, float(part.log.segment_count)))
+            if part.is_leader:
+                leo = part.log_end_offset
+                for f in part.followers.values():
+                    behind = leo - f.log_end_offset if f.log_end_offset >= 0 else leo
+                    lag.append(({**plab, "follower": str(f.broker_id)}, float(max(0, behind))))
+            if image is not None:
+                info = image.partition(part.topic, part.partition)
+                if info is not None and info.leader < 0:
+                    offline += 1
+        topics = sorted(per_topic.items())
+        return [
+            ("dmq_broker_bytes_in", "counter", "record batch bytes appended as leader, by topic",
+             [({**lab, "topic": k}, float(v[0])) for k, v in topics]),
+            ("dmq_broker_records_in", "counter", "records appended as leader, by topic",
+             [({**lab, "topic": k}, float(v[1])) for k, v in topics]),
+            ("dmq_broker_bytes_out", "counter", "record bytes sent to consumers, by topic",
+             [({**lab, "topic": k}, float(v[2])) for k, v in topics]),
+            ("dmq_broker_offline_partitions", "gauge", "hosted partitions with no leader",
+             [(lab, float(offline))]),
+            ("dmq_log_size_bytes", "gauge", "bytes of each partition log", size),
+            ("dmq_log_segments", "gauge", "segments of each partition log", segments),
+            ("dmq_replication_lag_records", "gauge",
+             "leader log end offset minus each follower's, for partitions led here", lag),
         ]

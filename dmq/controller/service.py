@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -92,6 +93,9 @@ class ControllerService:
             if len(self.config.controllers) > 1 else None
         self._stopping = False
         self.stats_writes = 0
+        self.stats_write_seconds = 0.0
+        self.stats_leader_changes = 0
+        self._last_leader_seen = 0
         self.stats_fenced = 0
         self._register_handlers()
         self.groups = self._register_groups()
@@ -154,6 +158,42 @@ class ControllerService:
             await self._forward.close()
         await self.raft.stop()
 
+    def metrics(self) -> list[Any]:
+        """Read at scrape time (dmq.ops.metrics): no cost between scrapes."""
+        st = self.raft.status()
+        lab = {"node": str(self.node_id)}
+        by_state: dict[str, int] = {}
+        for b in self.state.brokers.values():
+            by_state[str(b.state)] = by_state.get(str(b.state), 0) + 1
+        out: list[Any] = [
+            ("dmq_controller_raft_role", "gauge", "1 for the role this controller is in",
+             [({**lab, "role": r}, 1.0 if st["role"] == r else 0.0)
+              for r in ("LEADER", "FOLLOWER", "CANDIDATE", "PRE_CANDIDATE")]),
+            ("dmq_controller_raft_term", "gauge", "current Raft term", [(lab, float(st["term"]))]),
+            ("dmq_controller_raft_commit_index", "gauge", "Raft commit index",
+             [(lab, float(st["commit_index"]))]),
+            ("dmq_controller_raft_last_applied", "gauge", "last Raft index applied",
+             [(lab, float(st["last_applied"]))]),
+            ("dmq_controller_leader_changes", "counter", "controller leader changes seen",
+             [(lab, float(self.stats_leader_changes))]),
+            ("dmq_controller_writes", "counter", "metadata writes proposed by this node",
+             [(lab, float(self.stats_writes))]),
+            ("dmq_controller_write_seconds", "counter",
+             "time from proposal to applied, summed over writes (divide by writes)",
+             [(lab, self.stats_write_seconds)]),
+            ("dmq_controller_metadata_version", "gauge", "last applied metadata version",
+             [(lab, float(self.state.version))]),
+            ("dmq_controller_brokers", "gauge", "registered brokers by state",
+             [({**lab, "state": k}, float(v)) for k, v in sorted(by_state.items())]),
+            ("dmq_controller_topics", "gauge", "topics", [(lab, float(len(self.state.topics)))]),
+        ]
+        coord = getattr(self.groups, "_coordinator", None) if self.groups is not None else None
+        if coord is not None and self.is_active():
+            out.append(("dmq_group_members", "gauge", "members of each consumer group",
+                        [({**lab, "group": g}, float(len(grp.members)))
+                         for g, grp in sorted(coord.groups.items())]))
+        return out
+
     def info(self) -> dict[str, Any]:
         st = self.raft.status()
         return {"controller": {"node_id": self.node_id, "role": st["role"], "term": st["term"],
@@ -212,7 +252,10 @@ class ControllerService:
         if not records:
             return self.state.version
         self.stats_writes += 1
-        return await self.raft.propose_records(records, timeout_ms)
+        t0 = time.perf_counter()
+        version = await self.raft.propose_records(records, timeout_ms)
+        self.stats_write_seconds += time.perf_counter() - t0
+        return version
 
     async def mutate(self, plan: Callable[[], tuple[list[Record], T]],
                      timeout_ms: int = WRITE_TIMEOUT_MS) -> T:
@@ -242,6 +285,10 @@ class ControllerService:
         tick_s = max(0.01, int(self.config.get("raft.tick.ms")) / 1000)
         while not self._stopping:
             st = self.raft.status()
+            if st["leader_id"] != self._last_leader_seen:
+                if st["leader_id"] > 0:
+                    self.stats_leader_changes += 1
+                self._last_leader_seen = st["leader_id"]
             if st["role"] == "LEADER" and st["term"] != self._active_term \
                     and st["term"] != self._seen_term:
                 self._seen_term = st["term"]

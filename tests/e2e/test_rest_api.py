@@ -12,6 +12,7 @@ import urllib.request
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.chaos.network import LinkFaults, available
 from tests.support.procs import ProcessCluster, wait_port
@@ -123,6 +124,28 @@ def test_rest_paths_on_a_live_cluster(cluster: ProcessCluster) -> None:
     assert body["highWatermark"] == offsets[-1] + 1
     assert http(hp[101], "/api/v1/storage/topics/nope/partitions/0", {"value": "x"})[0] == 404
     assert http(hp[101], "/api/v1/storage/topics/rest/partitions/x?offset=0")[0] == 400
+
+    # the metrics move as records flow, and parse as Prometheus text
+    def metric_sum(port: int, name: str, **labels: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        total = 0.0
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if smp.name == name and all(smp.labels.get(k) == v for k, v in labels.items()):
+                    total += smp.value
+        return total
+
+    records_in = sum(metric_sum(hp[b], "dmq_broker_records_in_total", topic="rest")
+                     for b in (101, 102))
+    assert records_in == 3
+    assert sum(metric_sum(hp[b], "dmq_broker_bytes_out_total", topic="rest")
+               for b in (101, 102)) > 0
+    assert metric_sum(hp[leader], "dmq_controller_raft_role", role="LEADER") == 1
+    assert metric_sum(hp[follower], "dmq_controller_raft_role", role="FOLLOWER") == 1
+    assert metric_sum(hp[leader], "dmq_controller_brokers", state="ONLINE") == 2
+    assert metric_sum(hp[leader], "dmq_controller_metadata_version") > 0
+    assert metric_sum(hp[101], "dmq_log_segments") >= 2
 
     status, rep, _ = http(hp[101], "/api/v1/storage/replication/status")
     assert status == 200 and rep["brokerId"] == 101
