@@ -158,6 +158,18 @@ class ControllerService:
             await self._forward.close()
         await self.raft.stop()
 
+    def ready(self) -> tuple[bool, str]:
+        """Ready when this controller is in a quorum with a known leader that has
+        committed in its term (the active controller itself, or a follower of it)."""
+        st = self.raft.status()
+        if st["term"] < 0:
+            return False, "starting"
+        if st["leader_id"] <= 0:
+            return False, f"no known controller leader (term {st['term']}, role {st['role']})"
+        if st["role"] == "LEADER" and not self.is_active:
+            return False, "elected, not yet active"
+        return True, ""
+
     def metrics(self) -> list[Any]:
         """Read at scrape time (dmq.ops.metrics): no cost between scrapes."""
         st = self.raft.status()
@@ -188,7 +200,7 @@ class ControllerService:
             ("dmq_controller_topics", "gauge", "topics", [(lab, float(len(self.state.topics)))]),
         ]
         coord = getattr(self.groups, "_coordinator", None) if self.groups is not None else None
-        if coord is not None and self.is_active():
+        if coord is not None and self.is_active:
             out.append(("dmq_group_members", "gauge", "members of each consumer group",
                         [({**lab, "group": g}, float(len(grp.members)))
                          for g, grp in sorted(coord.groups.items())]))

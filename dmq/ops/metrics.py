@@ -10,6 +10,7 @@ partitions, broker ids; never client ids or record keys.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,6 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode
+
+log = logging.getLogger("dmq.ops.metrics")
 
 # A role's sample: (name, kind "gauge"|"counter", help, [(labels, value), ...])
 Sample = tuple[str, str, str, list[tuple[dict[str, str], float]]]
@@ -34,7 +37,12 @@ class _RoleCollector:
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
         for source in self._sources():
-            for name, kind, doc, samples in source():
+            try:
+                produced = list(source())
+            except Exception:  # noqa: BLE001 - one broken source must not hide the rest
+                log.exception("metrics source %s failed", getattr(source, "__qualname__", source))
+                continue
+            for name, kind, doc, samples in produced:
                 fam = families.get(name)
                 if fam is None:
                     labels = sorted({k for lab, _ in samples for k in lab})

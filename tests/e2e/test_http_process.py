@@ -50,3 +50,16 @@ def test_health_and_metrics_endpoints() -> None:
         names = {f.name for f in text_string_to_metric_families(text.decode())}
         assert {"dmq_uptime_seconds", "dmq_open_connections",
                 "dmq_request_latency_seconds"} <= names
+
+
+def test_a_failing_metrics_source_does_not_break_the_scrape() -> None:
+    from dmq.ops.metrics import NodeMetrics
+
+    def broken() -> list:
+        raise RuntimeError("bug in a role")
+
+    def good() -> list:
+        return [("dmq_test_gauge", "gauge", "a test gauge", [({"node": "1"}, 7.0)])]
+
+    text = NodeMetrics(1, lambda: [broken, good]).render().decode()
+    assert 'dmq_test_gauge{node="1"} 7.0' in text

@@ -66,8 +66,8 @@ def test_rest_paths_on_a_live_cluster(cluster: ProcessCluster) -> None:
     hp = {nid: n.http_port for nid, n in cluster.nodes.items()}
     leader = wait_for(lambda: controller_id(hp[1]) if controller_id(hp[1]) > 0 else None,
                       what="a controller leader")
-    wait_for(lambda: all(http(hp[b], "/readyz")[0] == 200 for b in (101, 102)),
-             what="brokers ready")
+    wait_for(lambda: all(http(hp[n], "/readyz")[0] == 200 for n in (1, 2, 3, 101, 102)),
+             what="every node ready")
 
     status, body, _ = http(hp[leader], "/api/v1/metadata/controller")
     assert status == 200 and set(body) >= {"controllerId", "controllerUrl", "controllerTerm",
