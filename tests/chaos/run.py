@@ -193,6 +193,11 @@ async def run_chaos(seed: int, duration_s: float, *, kinds: list[str] | None = N
             await nemesis.heal()
         final = await read_back(cluster, TOPIC, PARTITIONS, RF, tl.note)
         anomalies = check(history, final)
+        if history.indeterminate:
+            present = {rid for recs in final.partitions.values() for _o, rid in recs}
+            notes.append(f"indeterminate records written after all: "
+                         f"{len(history.indeterminate & present)} of "
+                         f"{len(history.indeterminate)}")
         notes += [f"slow to heal: {u}" for u in nemesis.unhealthy_after]
         if workload.errors:
             notes.append(f"producer errors by type: {workload.errors}")
