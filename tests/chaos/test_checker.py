@@ -64,3 +64,11 @@ def test_each_anomaly_kind_is_reported() -> None:
     f.controller_leaders = 2
     f.brokers_not_online = [102]
     assert "cluster-state" in check(h, f)
+
+    h, f = clean()
+    f.partitions[TP] = [(0, ("p", 0)), (2, ("p", 1)), (1, ("p", 2))]
+    assert "offset-order" in check(h, f)
+
+    h, f = clean()
+    f.unreadable = [TP]
+    assert "cluster-state" in check(h, f)
