@@ -122,6 +122,9 @@ class Member:
     revoking: set[TopicPartition] = field(default_factory=set)
     revoke_deadline_ms: int = 0
     departed: bool = False  # a static member that left with epoch -2
+    # adopted after a failover from a heartbeat without a subscription ("nil: unchanged"
+    # means nothing to a coordinator that never saw the member join)
+    subscription_unknown: bool = False
 
 
 @dataclass(slots=True)
@@ -234,6 +237,14 @@ class GroupCoordinator:
         member.last_heartbeat_ms = now
         member.session_timeout_ms = session_timeout_ms
         member.rebalance_timeout_ms = rebalance_timeout_ms
+        if member.subscription_unknown:
+            if topics is None and pattern is None:
+                # an empty subscription would take everything away from it for good:
+                # keep what it claimed and answer epoch 0, so it rejoins with its topics
+                return HeartbeatResult(member.member_id, JOIN_EPOCH,
+                                       min(self.heartbeat_interval_ms, RECONCILING_HEARTBEAT_MS),
+                                       _by_topic(member.assigned))
+            member.subscription_unknown = False
         if topics is not None or pattern is not None:
             new_topics = frozenset(topics or ())
             if new_topics != member.topics or pattern != member.pattern:
@@ -302,7 +313,7 @@ class GroupCoordinator:
                     f"instance {instance_id} now belongs to another member")
             if self._in_adopt_window():
                 # a member of the previous coordinator: adopt it as a rejoin
-                member = Member(member_id, instance_id, "", "")
+                member = Member(member_id, instance_id, "", "", subscription_unknown=True)
                 group.members[member_id] = member
                 if instance_id is not None:
                     group.instances[instance_id] = member_id

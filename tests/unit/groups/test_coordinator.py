@@ -417,6 +417,45 @@ def test_failover_hands_out_a_dead_members_partitions_after_the_window():
         b.beat()
 
 
+class NilTopicsClient(Client):
+    """Like dmq.client.group: the subscription only on a join (epoch 0), else nil."""
+
+    def beat(self, **kw):
+        saved = self.topics
+        if self.epoch != 0:
+            self.topics = None
+        try:
+            return super().beat(**kw)
+        finally:
+            self.topics = saved
+
+
+@pytest.mark.parametrize("owning", [False, True])
+def test_member_adopted_without_its_subscription_rejoins_and_gets_partitions(owning):
+    """Regression (chaos run, seed 11): a member adopted by a new coordinator from a
+    heartbeat without topics (nil = unchanged, as the real client sends after joining)
+    was given an empty subscription: it stayed in the group with nothing assigned, for
+    good, and its partitions were never consumed again."""
+    clock, _, old = make()
+    a = NilTopicsClient(old)
+    if owning:
+        join_and_settle(a)
+        assert len(a.owned) == 6
+    else:
+        a.beat()  # joined; its partitions not handed out yet (e.g. held after a failover)
+        a.owned = set()
+    new = GroupCoordinator(clock, Topics({"t": 6}), adopt_window_ms=10_000, hold_groups={"g"})
+    a.coord = new
+    res = a.beat()
+    assert res.member_epoch == 0  # asked to rejoin: the client sends its topics next
+    assert len(a.owned) == (6 if owning else 0) and not a.revoked  # nothing taken away
+    for _ in range(12):
+        clock.advance(1000)
+        new.poll()
+        a.beat()
+    assert len(a.owned) == 6 and a.epoch > 0 and not a.revoked
+
+
 def test_bad_session_timeout_is_refused():
     _, _, coord = make()
     with pytest.raises(InvalidSessionTimeoutError):
