@@ -237,7 +237,10 @@ async def test_broker_failure_fences_and_moves_leaders_then_returns(
                        == FENCED, 1, "brokers seeing the fence")
     await cluster.brokers[102].restart()
     await wait_for(lambda: ctl.state.brokers[102].state == ONLINE, 5, "broker 102 back ONLINE")
-    assert not cluster.brokers[102].lifecycle.is_fenced
+    # the broker learns it is unfenced from the answer to its next heartbeat, which may
+    # arrive after the controller has applied the change
+    await wait_for(lambda: not cluster.brokers[102].lifecycle.is_fenced, 5,
+                   "broker 102 seeing itself unfenced")
     for p in ctl.state.topics["solo"].partitions.values():
         assert p.leader == p.replicas[0]  # offline partitions came back with their replica
 
