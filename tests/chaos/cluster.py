@@ -78,7 +78,7 @@ class ChaosCluster:
         gids.update({101 + i: GID_BASE + 101 + i for i in range(brokers)})
         self.procs = ProcessCluster(controllers=controllers, brokers=brokers,
                                     settings={**CHAOS_SETTINGS, **(settings or {})},
-                                    node_gids=gids)
+                                    node_gids=gids if link_faults else None)
         self.gids = gids
         self.link_faults = link_faults
         self.links: LinkFaults | None = None
