@@ -227,7 +227,14 @@ class MetadataState:
         r: OffsetCommit = rec
         group = self.offsets.setdefault(r.group, {})
         for topic, partition, offset, metadata in r.offsets:
-            group[(topic, partition)] = (offset, metadata, r.commit_ms)
+            if offset < 0:
+                # a deletion (group delete, offsets retention): drop the entry instead of
+                # keeping a tombstone in the state and every snapshot
+                group.pop((topic, partition), None)
+            else:
+                group[(topic, partition)] = (offset, metadata, r.commit_ms)
+        if not group:
+            del self.offsets[r.group]
 
     # reading ----------------------------------------------------------------------------
     def image(self, controller_id: int = NO_LEADER, controller_term: int = -1,

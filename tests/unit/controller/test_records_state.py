@@ -134,3 +134,13 @@ def test_state_machine_apply_snapshot_restore_and_listeners() -> None:
     assert other.state.to_snapshot() == sm.state.to_snapshot()
     other.restore(b"")
     assert other.state.version == 0 and not other.state.brokers
+
+
+def test_offset_deletion_removes_entries_and_empty_groups() -> None:
+    s = MetadataState()
+    _apply(s, 1, [OffsetCommit("g", 9, (("t", 0, 42, "m"), ("t", 1, 7, None)))])
+    _apply(s, 2, [OffsetCommit("g", 10, (("t", 0, -1, None),))])
+    assert s.offsets_of("g") == {("t", 1): (7, None, 9)}
+    _apply(s, 3, [OffsetCommit("g", 11, (("t", 1, -1, None),))])
+    assert "g" not in s.offsets  # no tombstones left in the state or its snapshots
+    assert "g" not in s.to_snapshot()["offsets"]
