@@ -295,7 +295,7 @@ class BatchBuilder:
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence
         self.timestamp_type = timestamp_type
-        self._records: list[list[Any]] = []
+        self._records: list[tuple[Any, ...]] = []
         self._base_ts = 0
         self._max_ts = -1
         self._size_bytes = HEADER_SIZE + 5
@@ -304,10 +304,15 @@ class BatchBuilder:
                headers: Sequence[tuple[str, bytes]] | None = None) -> int:
         """Add one record; returns its index (offset delta) within the batch."""
         records = self._records
-        if not records:
-            self._base_ts = timestamp_ms
-        self._max_ts = max(self._max_ts, timestamp_ms)
-        records.append([timestamp_ms - self._base_ts, key, value, headers or ()])
+        if records:
+            if timestamp_ms > self._max_ts:
+                self._max_ts = timestamp_ms
+            # a tuple, not a list: cheaper to build, and the garbage collector stops
+            # tracking it (it holds no containers), so a full accumulator costs no GC time
+            records.append((timestamp_ms - self._base_ts, key, value, headers or ()))
+        else:
+            self._base_ts = self._max_ts = timestamp_ms
+            records.append((0, key, value, headers or ()))
         self._size_bytes += 12 + (len(key) if key else 0) + (len(value) if value else 0)
         return len(records) - 1
 
