@@ -36,6 +36,7 @@ splitting batches into runs of consecutive kept records.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -336,6 +337,19 @@ class BatchBuilder:
                             partition_leader_epoch, len(records) - 1)
 
 
+_packers = threading.local()
+
+
+def _pack_records(records: Sequence[Sequence[Any]]) -> bytes:
+    """msgpack of the records array with this thread's reused Packer: `msgpack.packb`
+    builds a new Packer (and a fresh 1 MiB buffer whose pages fault in) per call."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    data: bytes = packer.pack(records)
+    return data
+
+
 def encode_batch(records: Sequence[Sequence[Any]], base_offset: int, base_timestamp: int,
                  max_timestamp: int, attributes: int = 0,
                  producer_id: int = NO_PRODUCER_ID, producer_epoch: int = NO_PRODUCER_EPOCH,
@@ -343,7 +357,7 @@ def encode_batch(records: Sequence[Sequence[Any]], base_offset: int, base_timest
                  partition_leader_epoch: int = NO_PARTITION_LEADER_EPOCH,
                  last_offset_delta: int | None = None) -> bytes:
     """Pack already-shaped records (`[ts_delta, key, value, headers]`) into one batch."""
-    payload = compress(attributes & ATTR_CODEC_MASK, msgpack.packb(records, use_bin_type=True))
+    payload = compress(attributes & ATTR_CODEC_MASK, _pack_records(records))
     if last_offset_delta is None:
         last_offset_delta = len(records) - 1
     tail = _TAIL_STRUCT.pack(attributes, last_offset_delta, base_timestamp, max_timestamp,
