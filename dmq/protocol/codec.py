@@ -33,50 +33,103 @@ def _unpackb(data: bytes | memoryview) -> Any:
 
 
 class FrameDecoder:
-    """Incremental decoder: `feed(chunk)` returns the whole payloads completed by it."""
+    """Incremental decoder: `feed(chunk)` returns the whole payloads completed by it.
 
-    __slots__ = ("_buf", "_need", "max_frame_bytes")
+    Copies: a frame that arrives whole inside one chunk is sliced out of it (one copy);
+    a frame split over chunks is gathered in a small buffer, except a large one
+    (>= `large_frame_bytes`), whose chunks are kept as they are and joined once when
+    it is complete, so a multi-MiB fetch response is copied once, not once per chunk.
+    """
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    __slots__ = ("_buf", "_have", "_need", "_parts", "large_frame_bytes", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 large_frame_bytes: int = 64 * 1024) -> None:
         if max_frame_bytes <= 0:
             raise ValueError("max_frame_bytes must be positive")
         self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()
-        self._need = -1  # body length of the frame being read, -1 while reading a header
+        self.large_frame_bytes = large_frame_bytes
+        self._buf = bytearray()  # a partial header or a partial small frame (with header)
+        self._parts: list[bytes | memoryview] | None = None  # a large frame's body so far
+        self._have = 0  # bytes in _parts
+        self._need = 0  # body length of the large frame in _parts
 
     @property
     def buffered_bytes(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + self._have
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        buf = self._buf
-        buf += data
         frames: list[bytes] = []
-        pos = 0
-        end = len(buf)
-        while True:
-            if self._need < 0:
-                if end - pos < 4:
-                    break
-                (n,) = LENGTH.unpack_from(buf, pos)
-                if n > self.max_frame_bytes:
-                    self._buf = bytearray()
-                    raise ProtocolViolation(
-                        f"frame of {n} bytes exceeds the limit of {self.max_frame_bytes}",
-                        ErrorCode.FRAME_TOO_LARGE)
-                if n == 0:
-                    self._buf = bytearray()
-                    raise ProtocolViolation("empty frame", ErrorCode.INVALID_REQUEST)
-                pos += 4
-                self._need = n
-            if end - pos < self._need:
-                break
-            frames.append(bytes(buf[pos:pos + self._need]))
-            pos += self._need
-            self._need = -1
-        if pos:
+        if self._parts is not None:
+            rest = self._gather(data, frames)
+            if rest is None:
+                return frames
+            data = rest
+        buf = self._buf
+        if buf:
+            buf += data
+            src: bytes | bytearray | memoryview = buf
+        else:
+            src = data
+        mv = memoryview(src)
+        try:
+            pos = self._split(mv, frames)
+        finally:
+            mv.release()
+        if src is buf:
             del buf[:pos]
+        elif pos < len(src):
+            buf += src[pos:]
         return frames
+
+    def _split(self, mv: memoryview, frames: list[bytes]) -> int:
+        """Cut whole frames out of `mv`; returns how far it got."""
+        pos = 0
+        end = len(mv)
+        while end - pos >= 4:
+            (n,) = LENGTH.unpack_from(mv, pos)
+            if n > self.max_frame_bytes:
+                self._reset()
+                raise ProtocolViolation(
+                    f"frame of {n} bytes exceeds the limit of {self.max_frame_bytes}",
+                    ErrorCode.FRAME_TOO_LARGE)
+            if n == 0:
+                self._reset()
+                raise ProtocolViolation("empty frame", ErrorCode.INVALID_REQUEST)
+            start = pos + 4
+            if end - start < n:
+                if n >= self.large_frame_bytes:
+                    self._parts = [bytes(mv[start:end])]
+                    self._have = end - start
+                    self._need = n
+                    return end
+                return pos
+            frames.append(bytes(mv[start:start + n]))
+            pos = start + n
+        return pos
+
+    def _gather(self, data: bytes | bytearray | memoryview, frames: list[bytes]
+                ) -> memoryview | None:
+        """Add a chunk to the large frame in progress; the rest of the chunk (or None)."""
+        parts = self._parts
+        assert parts is not None
+        missing = self._need - self._have
+        size = len(data)
+        if size < missing:
+            parts.append(data if isinstance(data, bytes) else bytes(data))
+            self._have += size
+            return None
+        mv = memoryview(data)
+        parts.append(mv[:missing])
+        frames.append(b"".join(parts))
+        self._parts = None
+        self._have = self._need = 0
+        return mv[missing:] if size > missing else None
+
+    def _reset(self) -> None:
+        self._buf = bytearray()
+        self._parts = None
+        self._have = self._need = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +153,29 @@ def encode_request(api_key: int, api_version: int, correlation_id: int, client_i
 def encode_response(correlation_id: int, error_code: int, body: Any) -> bytes:
     payload: bytes = _packb([correlation_id, error_code, body])
     return LENGTH.pack(len(payload)) + payload
+
+
+SPLIT_FRAME_BYTES = 32 * 1024
+
+
+def encode_request_parts(api_key: int, api_version: int, correlation_id: int, client_id: str,
+                         body: Any) -> tuple[bytes, ...]:
+    """`encode_request` as buffers for `transport.writelines`: a large payload (one
+    holding record batches) comes separately from its 4-byte length so it is not copied
+    once more to prepend them; a small frame comes as one buffer."""
+    payload: bytes = _packb([api_key, api_version, correlation_id, client_id, body])
+    if len(payload) < SPLIT_FRAME_BYTES:
+        return (LENGTH.pack(len(payload)) + payload,)
+    return LENGTH.pack(len(payload)), payload
+
+
+def encode_response_parts(correlation_id: int, error_code: int, body: Any
+                          ) -> tuple[bytes, ...]:
+    """`encode_response` as buffers for `transport.writelines` (see `encode_request_parts`)."""
+    payload: bytes = _packb([correlation_id, error_code, body])
+    if len(payload) < SPLIT_FRAME_BYTES:
+        return (LENGTH.pack(len(payload)) + payload,)
+    return LENGTH.pack(len(payload)), payload
 
 
 def _is_int(v: Any) -> bool:

@@ -22,7 +22,7 @@ from dmq.protocol.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameDecoder,
     decode_response,
-    encode_request,
+    encode_request_parts,
 )
 from dmq.protocol.errors import (
     DmqError,
@@ -135,12 +135,12 @@ class Connection:
             raise NetworkError(f"{self.address}: {self._close_reason}")
         cid = self._next_cid
         self._next_cid = (cid + 1) & 0x7FFFFFFF
-        frame = encode_request(int(api_key), version, cid, self.client_id, body)
+        frame = encode_request_parts(int(api_key), version, cid, self.client_id, body)
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[cid] = (fut, deadline, api_key, timeout_ms)
         if self._timer is None or deadline < self._timer_deadline:
             self._arm_timer(deadline)
-        transport.write(frame)
+        transport.writelines(frame)
         return await fut
 
     async def _wait_for_room(self, deadline: float, timeout_ms: int) -> None:
@@ -192,7 +192,8 @@ class Connection:
             raise NetworkError(f"{self.address}: {self._close_reason}")
         cid = self._next_cid
         self._next_cid = (cid + 1) & 0x7FFFFFFF
-        self._transport.write(encode_request(int(api_key), version, cid, self.client_id, body))
+        self._transport.writelines(
+            encode_request_parts(int(api_key), version, cid, self.client_id, body))
 
     async def close(self) -> None:
         if self._transport is not None and not self._closed:

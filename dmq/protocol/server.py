@@ -33,7 +33,7 @@ from dmq.protocol.codec import (
     FrameDecoder,
     RequestHeader,
     decode_request,
-    encode_response,
+    encode_response_parts,
 )
 from dmq.protocol.errors import DmqError, ErrorCode, ProtocolViolation, describe
 
@@ -244,12 +244,12 @@ class _ServerConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         try:
-            frame = encode_response(correlation_id, int(code), body)
+            frame = encode_response_parts(correlation_id, int(code), body)
         except Exception:
             log.exception("node=%s cannot encode response", self.server.node_id)
-            frame = encode_response(correlation_id, int(ErrorCode.UNKNOWN_SERVER_ERROR),
-                                    {"msg": "response could not be encoded"})
-        self.transport.write(frame)
+            frame = encode_response_parts(correlation_id, int(ErrorCode.UNKNOWN_SERVER_ERROR),
+                                          {"msg": "response could not be encoded"})
+        self.transport.writelines(frame)
 
 
 class ProtocolServer:
