@@ -23,6 +23,7 @@ from dmq.broker.partition import Partition, ProduceWaiter
 from dmq.controller.image import metadata_body
 from dmq.log.errors import LogError, OffsetOutOfRangeError
 from dmq.protocol.api import ApiKey
+from dmq.protocol.codec import VECTORED_MIN_BYTES, VectoredBody
 from dmq.protocol.errors import (
     DmqError,
     ErrorCode,
@@ -201,6 +202,7 @@ class DataPlane:
         """One pass over the asked partitions: (response, bytes, any error, partitions)."""
         follower = replica_id >= 0
         total = 0
+        big_bytes = 0
         errors = False
         parts: list[Partition] = []
         out: dict[str, list[list[Any]]] = {}
@@ -221,7 +223,10 @@ class DataPlane:
                 else:
                     data = plog.read(offset, max(limit, 1), None if follower else hw,
                                      min_one_batch=total == 0)
-                total += len(data)
+                size = len(data)
+                total += size
+                if size >= VECTORED_MIN_BYTES:
+                    big_bytes += size
                 parts.append(part)
                 rows.append([p, 0, hw, plog.log_start_offset, plog.log_end_offset, data])
             except OffsetOutOfRangeError as exc:
@@ -234,7 +239,13 @@ class DataPlane:
                 errors = True
                 hw = part.high_watermark if part is not None else -1
                 rows.append([p, int(error_code_of(exc)), hw, -1, -1, _EMPTY])
-        return {"topics": [[t, r] for t, r in out.items()]}, total, errors, parts
+        topics = [[t, r] for t, r in out.items()]
+        # Large record data goes to the socket by reference instead of being copied into
+        # the frame, when it outweighs the per-row cost of packing that way (~1 us a row).
+        # Safe because log reads are views of bytes from pread, never changed afterwards.
+        if big_bytes and big_bytes >= 1024 * len(wanted):
+            return VectoredBody(topics=topics), total, errors, parts
+        return {"topics": topics}, total, errors, parts
 
     async def _long_poll(self, wanted: list[tuple[str, int, int, int, int]], replica_id: int,
                          body: dict[str, Any], parts: list[Partition],

@@ -178,6 +178,76 @@ def encode_response_parts(correlation_id: int, error_code: int, body: Any
     return LENGTH.pack(len(payload)), payload
 
 
+VECTORED_MIN_BYTES = 64 * 1024  # msgpack writes buffers this large as bin 32
+_BIN32 = struct.Struct(">BI")
+_vpacker = msgpack.Packer(use_bin_type=True, autoreset=False)
+
+
+class VectoredBody(dict[str, Any]):
+    """A response body whose large bytes values (>= `VECTORED_MIN_BYTES`, e.g. the record
+    batches of a fetch) are written by reference rather than copied into the frame; see
+    `encode_response_vectored`. The buffers must never change afterwards (bytes, or
+    views of bytes). Otherwise an ordinary dict: packs and reads the same."""
+
+    __slots__ = ()
+
+
+def encode_response_vectored(correlation_id: int, error_code: int, body: Any
+                             ) -> list[bytes | memoryview]:
+    """The bytes of `encode_response` as buffers for `transport.writelines`, with every
+    large bytes value of `body` passed through uncopied (byte-identical once joined)."""
+    packer = _vpacker
+    parts: list[bytes | memoryview] = []
+    try:
+        packer.pack_array_header(3)
+        packer.pack(correlation_id)
+        packer.pack(error_code)
+        _pack_vectored(body, packer, parts)
+        parts.append(packer.bytes())
+    finally:
+        packer.reset()
+    size = 0
+    for part in parts:
+        size += part.nbytes if type(part) is memoryview else len(part)
+    parts.insert(0, LENGTH.pack(size))
+    return parts
+
+
+def _is_big(obj: Any) -> bool:
+    t = type(obj)
+    if t is bytes:
+        return len(obj) >= VECTORED_MIN_BYTES
+    return t is memoryview and obj.nbytes >= VECTORED_MIN_BYTES
+
+
+def _pack_vectored(obj: Any, packer: Any, parts: list[bytes | memoryview]) -> None:
+    t = type(obj)
+    if t is list or t is tuple:
+        for x in obj:
+            tx = type(x)
+            if tx is list or tx is tuple or tx is dict or tx is VectoredBody or _is_big(x):
+                break
+        else:
+            packer.pack(obj)  # no container and no large buffer inside: one call
+            return
+        packer.pack_array_header(len(obj))
+        for x in obj:
+            _pack_vectored(x, packer, parts)
+    elif t is dict or t is VectoredBody:
+        packer.pack_map_header(len(obj))
+        for k, v in obj.items():
+            packer.pack(k)
+            _pack_vectored(v, packer, parts)
+    elif _is_big(obj):
+        parts.append(packer.bytes())
+        packer.reset()
+        n = obj.nbytes if t is memoryview else len(obj)
+        parts.append(_BIN32.pack(0xC6, n))
+        parts.append(obj)
+    else:
+        packer.pack(obj)
+
+
 def _is_int(v: Any) -> bool:
     return type(v) is int
 

@@ -32,8 +32,10 @@ from dmq.protocol.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameDecoder,
     RequestHeader,
+    VectoredBody,
     decode_request,
     encode_response_parts,
+    encode_response_vectored,
 )
 from dmq.protocol.errors import DmqError, ErrorCode, ProtocolViolation, describe
 
@@ -244,7 +246,10 @@ class _ServerConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         try:
-            frame = encode_response_parts(correlation_id, int(code), body)
+            if type(body) is VectoredBody:
+                frame: Any = encode_response_vectored(correlation_id, int(code), body)
+            else:
+                frame = encode_response_parts(correlation_id, int(code), body)
         except Exception:
             log.exception("node=%s cannot encode response", self.server.node_id)
             frame = encode_response_parts(correlation_id, int(ErrorCode.UNKNOWN_SERVER_ERROR),
