@@ -647,7 +647,7 @@ def target_lines(rows: list[Row]) -> list[str]:
     p = next((x for x in rows if x.system.startswith("raw asyncio")), None)
     if r and p:
         check("100 KiB records >= 50% of raw asyncio loopback", r.mb_s >= 0.5 * p.mb_s,
-              f"{r.mb_s / p.mb_s:.0%} ({r.mb_s:,.0f} of {p.mb_s:,.0f} MB/s)")
+              f"{r.mb_s / p.mb_s:.1%} ({r.mb_s:,.0f} of {p.mb_s:,.0f} MB/s)")
     r = dmq("e2e-10k/s-acksall")
     if r:
         check("e2e at 10,000/s acks=all RF=3: p99 < 3 ms", r.p99_ms < 3, f"{r.p99_ms:.2f} ms")
