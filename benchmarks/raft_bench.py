@@ -6,7 +6,9 @@ Each worker process runs a `RaftNode` with file storage (fsync on) and a countin
 state machine, serving the Raft API keys and RAFT_PROPOSE. Measures committed
 proposals per second (100-byte entries) with 1 and with 100 proposals in flight, and
 the time from `kill -9` of the leader until a new leader commits a proposal, over
-`--trials` kills (the killed worker restarts and catches up between trials). Raft
+`--trials` kills (the killed worker restarts and catches up between trials); then a
+follower is kept down while `--snapshot-entries` are committed (past the 10,000-entry
+snapshot interval, so the leader compacts its log) and its catch-up by snapshot timed. Raft
 timing is the cluster default (dmq/config.py). Prints medians.
 """
 
@@ -208,6 +210,43 @@ async def wait_caught_up(q: Quorum) -> None:
     raise TimeoutError("restarted node did not catch up")
 
 
+async def snapshot_catchup(q: Quorum, entries: int) -> str:
+    """Keep a follower down while `entries` are committed (enough for the leader to
+    snapshot and compact its log), restart it, and time its catch-up by snapshot."""
+    leader = await find_leader(q)
+    follower = next(i for i in q.ports if i != leader)
+    before = await _status(q.ports[follower])
+    assert before is not None
+    q.kill(follower)
+    conn = await Connection.open("127.0.0.1", q.ports[leader])
+    per = entries // 100
+
+    async def one() -> None:
+        for _ in range(per):
+            await conn.request(ApiKey.RAFT_PROPOSE, {"data": ENTRY}, timeout_ms=10_000)
+
+    await asyncio.gather(*(one() for _ in range(100)))
+    await conn.close()
+    lead = await _status(q.ports[leader])
+    assert lead is not None
+    if lead["snapshot_index"] <= before["last_applied"]:
+        return (f"leader did not compact past the follower's position (snapshot "
+                f"{lead['snapshot_index']}, follower at {before['last_applied']})")
+    t0 = time.perf_counter()
+    q.start(follower)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        st = await _status(q.ports[follower])
+        if st and st["last_applied"] >= lead["commit_index"]:
+            took = time.perf_counter() - t0
+            via = "a snapshot" if st["snapshot_index"] >= lead["snapshot_index"] else "entries"
+            return (f"follower kept down for {entries} entries (leader snapshot at "
+                    f"{lead['snapshot_index']}, follower was at {before['last_applied']}) caught "
+                    f"up to {lead['commit_index']} by {via} in {took * 1000:.0f} ms after restart")
+        await asyncio.sleep(0.05)
+    raise TimeoutError("follower did not catch up within 60 s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--worker", type=int)
@@ -216,6 +255,8 @@ def main() -> None:
     ap.add_argument("--proposals", type=int, default=3000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--snapshot-entries", type=int, default=10_500,
+                    help="entries committed while a follower is down (0: skip that check)")
     ap.add_argument("--quick", action="store_true", help="tiny counts (smoke test)")
     args = ap.parse_args()
     import uvloop
@@ -226,7 +267,7 @@ def main() -> None:
         uvloop.run(worker(args.worker, ports, Path(args.dir)))
         return
     if args.quick:
-        args.proposals, args.runs, args.trials = 200, 1, 2
+        args.proposals, args.runs, args.trials, args.snapshot_entries = 200, 1, 2, 0
     root = Path(tempfile.mkdtemp(prefix="dmq-raft-bench-"))
     q = Quorum(root)
     try:
@@ -253,6 +294,8 @@ def main() -> None:
                   f"{statistics.median(ms):.0f} ms, p90 {ms[int(0.9 * (len(ms) - 1))]:.0f} ms, "
                   f"max {ms[-1]:.0f} ms, min {ms[0]:.0f} ms")
             print("  all: " + ", ".join(f"{t:.0f}" for t in ms))
+            if args.snapshot_entries:
+                print(await snapshot_catchup(q, args.snapshot_entries))
 
         asyncio.run(run_all())
     finally:
