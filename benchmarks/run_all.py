@@ -45,10 +45,8 @@ import asyncio
 import contextlib
 import os
 import platform
-import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,7 +64,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import consume_perf  # noqa: E402
 import produce_perf  # noqa: E402
-from perf_common import percentiles_ms  # noqa: E402
+from perf_common import _free_base_port, percentiles_ms  # noqa: E402
 
 from dmq.client.admin import Admin  # noqa: E402
 from dmq.client.consumer import Consumer  # noqa: E402
@@ -212,20 +210,6 @@ def machine_banner() -> list[str]:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _free_base_port() -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000, 100)
-        ports = [base + i for i in range(3)] + [base + 10 + i for i in range(3)]
-        try:
-            for p in ports:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range found")
 
 
 @contextlib.asynccontextmanager

@@ -27,6 +27,7 @@ from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError
 from tests.chaos.network import LinkFaults
 from tests.support.procs import ProcessCluster
+from tests.unit.broker.support import bytes_below
 
 TopicPartition = tuple[str, int]
 LOOK_TIMEOUT_MS = 1500
@@ -226,15 +227,7 @@ class ChaosCluster:
             shutil.copytree(src, tmp / "copy")
             plog = PartitionLog.open(str(tmp / "copy"))
             try:
-                out = []
-                offset = plog.log_start_offset
-                while offset < upto:
-                    data = bytes(plog.read(offset, 8 << 20, max_offset=upto))
-                    if not data:
-                        break
-                    out.append(data)
-                    offset = list(iter_headers(data))[-1].next_offset
-                return b"".join(out)
+                return bytes_below(plog, upto)
             finally:
                 plog.close()
         except FileNotFoundError:
