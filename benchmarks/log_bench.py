@@ -34,10 +34,13 @@ import time
 from collections.abc import Callable
 from importlib.metadata import version
 
+from crc32c import crc32c
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dmq.clock import ManualClock  # noqa: E402
 from dmq.log import BatchBuilder, LogConfig, PartitionLog, stamp_batch  # noqa: E402
+from dmq.log.batch import CRC_START  # noqa: E402
 from dmq.log.index import OffsetIndex  # noqa: E402
 
 READ_MAX_BYTES = 1 << 20
@@ -87,7 +90,38 @@ def compare(raw: Callable[[], None], log: Callable[[], None], log_first: bool) -
     return raw_s, log_s
 
 
-def run_once(batch: bytes, n: int, tmp: str, log_first: bool) -> dict[str, float]:
+def rotated(sides: dict[str, Callable[[], float]], rotation: int) -> dict[str, float]:
+    """Run each side once (it returns its seconds), starting with a different side on
+    each run so that none always meets the page cache in the same state."""
+    names = list(sides)
+    k = rotation % len(names)
+    return {name: sides[name]() for name in names[k:] + names[:k]}
+
+
+def crc_checked_writer(path: str, bufs: list[bytes], first: bytes,
+                       batch_bytes: int) -> Callable[[], None]:
+    """The floor: what any append must do with these bytes and nothing else. Checks the
+    CRC-32C of every batch (as the log does, from a memoryview slice), then writes the
+    buffer with one `os.write`; no offsets, stamping or index upkeep."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    os.write(fd, first)
+
+    def run() -> None:
+        write = os.write
+        for b in bufs:
+            mv = memoryview(b)
+            for pos in range(0, len(b), batch_bytes):
+                if crc32c(mv[pos + CRC_START : pos + batch_bytes]) != int.from_bytes(
+                        mv[pos + 17 : pos + 21]):
+                    raise AssertionError("CRC mismatch")
+            write(fd, b)
+        os.close(fd)
+
+    return run
+
+
+def run_once(batch: bytes, n: int, tmp: str, rotation: int) -> dict[str, float]:
+    log_first = rotation % 2 == 1
     bsize = len(batch)
     rpb = int.from_bytes(batch[57:61], "big")
     out: dict[str, float] = {}
@@ -101,8 +135,13 @@ def run_once(batch: bytes, n: int, tmp: str, log_first: bool) -> dict[str, float
             append(batch, 1)
 
     raw_path = os.path.join(tmp, "raw.bin")
-    raw_s, log_s = compare(raw_writer(raw_path, [batch] * n, batch), log_append, log_first)
-    out["append"], out["raw_write"] = n * bsize / log_s, n * bsize / raw_s
+    floor_path = os.path.join(tmp, "floor.bin")
+    secs = rotated({"append": lambda: timed(log_append),
+                    "raw_write": lambda: timed(raw_writer(raw_path, [batch] * n, batch)),
+                    "floor": lambda: timed(crc_checked_writer(floor_path, [batch] * n, batch,
+                                                              bsize))}, rotation)
+    out.update({k: n * bsize / v for k, v in secs.items()})
+    os.unlink(floor_path)
     # sequential read of what was just written
     ranges: list[tuple[int, int]] = []
 
@@ -166,20 +205,30 @@ def run_once(batch: bytes, n: int, tmp: str, log_first: bool) -> dict[str, float
 
     raw_fd = os.open(os.path.join(tmp, "raw-f.bin"),
                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-    raw_run = fed(lambda b: os.write(raw_fd, b))
-    log_run = fed(flog.append_as_follower)
-    os.sync()
-    if log_first:
-        log_s = log_run()
-        os.sync()
-        raw_s = raw_run()
-    else:
-        raw_s = raw_run()
-        os.sync()
-        log_s = log_run()
+    floor_fd = os.open(os.path.join(tmp, "floor-f.bin"),
+                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+
+    def floor_follower(b: bytes) -> None:
+        mv = memoryview(b)
+        for pos in range(0, len(b), bsize):
+            if crc32c(mv[pos + CRC_START : pos + bsize]) != int.from_bytes(
+                    mv[pos + 17 : pos + 21]):
+                raise AssertionError("CRC mismatch")
+        os.write(floor_fd, b)
+
+    def synced(run: Callable[[], float]) -> Callable[[], float]:
+        def go() -> float:
+            os.sync()
+            return run()
+        return go
+
+    secs = rotated({"follower": synced(fed(flog.append_as_follower)),
+                    "raw_follower": synced(fed(lambda b: os.write(raw_fd, b))),
+                    "floor_follower": synced(fed(floor_follower))}, rotation)
     os.close(raw_fd)
+    os.close(floor_fd)
     fbytes = len(bufs) * per * bsize
-    out["follower"], out["raw_follower"] = fbytes / log_s, fbytes / raw_s
+    out.update({k: fbytes / v for k, v in secs.items()})
     flog.close()
     return out
 
@@ -213,10 +262,14 @@ def main() -> None:
           f"{version('msgpack')}, crc32c {version('crc32c')}, {os.cpu_count()} CPUs; "
           f"{args.total_mib} MiB per run, median of {args.runs} runs, no fsync in loops")
     print()
-    cols = ["batch", "append MB/s", "raw write MB/s", "ratio", "batches/s", "read MB/s",
-            "raw pread MB/s", "ratio", "follower MB/s", "raw write MB/s", "ratio"]
+    cols = ["batch", "append MB/s", "raw write MB/s", "ratio", "floor", "batches/s",
+            "read MB/s", "raw pread MB/s", "ratio", "follower MB/s", "raw write MB/s", "ratio",
+            "floor"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
+    pairs = {"r_append": ("append", "raw_write"), "r_floor": ("floor", "raw_write"),
+             "r_read": ("read", "raw_read"), "r_follower": ("follower", "raw_follower"),
+             "r_floor_follower": ("floor_follower", "raw_follower")}
     for size in (1024, 16 * 1024, 1024 * 1024):
         batch = make_batch(size)
         n = max(1, (args.total_mib << 20) // len(batch))
@@ -224,17 +277,20 @@ def main() -> None:
         for run in range(args.runs):
             tmp = tempfile.mkdtemp(prefix="dmq-log-bench-", dir=args.dir)
             try:
-                for k, v in run_once(batch, n, tmp, log_first=run % 2 == 1).items():
-                    samples.setdefault(k, []).append(v / 1e6)
+                got = run_once(batch, n, tmp, rotation=run)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+            for k, v in got.items():
+                samples.setdefault(k, []).append(v / 1e6)
+            for k, (a, b) in pairs.items():  # ratios within a run, then their median
+                samples.setdefault(k, []).append(got[a] / got[b])
         m = {k: statistics.median(v) for k, v in samples.items()}
         label = f"{size // 1024} KiB" if size < 1 << 20 else "1 MiB"
-        cells = [label, f"{m['append']:.0f}", f"{m['raw_write']:.0f}",
-                 f"{m['append'] / m['raw_write']:.2f}", f"{m['append'] * 1e6 / len(batch):.0f}",
-                 f"{m['read']:.0f}", f"{m['raw_read']:.0f}", f"{m['read'] / m['raw_read']:.2f}",
-                 f"{m['follower']:.0f}", f"{m['raw_follower']:.0f}",
-                 f"{m['follower'] / m['raw_follower']:.2f}"]
+        cells = [label, f"{m['append']:.0f}", f"{m['raw_write']:.0f}", f"{m['r_append']:.2f}",
+                 f"{m['r_floor']:.2f}", f"{m['append'] * 1e6 / len(batch):.0f}",
+                 f"{m['read']:.0f}", f"{m['raw_read']:.0f}", f"{m['r_read']:.2f}",
+                 f"{m['follower']:.0f}", f"{m['raw_follower']:.0f}", f"{m['r_follower']:.2f}",
+                 f"{m['r_floor_follower']:.2f}"]
         print("| " + " | ".join(c.rjust(len(h)) for c, h in zip(cells, cols, strict=True))
               + " |")
     tmp = tempfile.mkdtemp(prefix="dmq-log-bench-", dir=args.dir)

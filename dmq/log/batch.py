@@ -152,8 +152,7 @@ def validate_raw(mv: memoryview, check_crc: bool = True) -> list[tuple[int, ...]
     """`validate_batches` returning raw header tuples (the 13 fields, then the position).
 
     The hot-path form used by `PartitionLog`: no NamedTuple per batch. With
-    `check_crc=False` the caller must check CRCs itself (the log does it while writing
-    large appends, see `LogSegment.append_checked`).
+    `check_crc=False` the caller must check CRCs itself.
     """
     size = len(mv)
     if size == 0:

@@ -39,6 +39,7 @@ import struct
 import threading
 from bisect import bisect_right
 from collections.abc import Iterator
+from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
 from crc32c import crc32c
@@ -74,7 +75,7 @@ from dmq.log.errors import (
 )
 from dmq.log.producer_state import ProducerStateManager
 from dmq.log.recovery import META_FILE, load_segments
-from dmq.log.segment import CHECKED_WRITE_CHUNK_BYTES, LogSegment
+from dmq.log.segment import LogSegment
 
 if TYPE_CHECKING:
     from dmq.log.cleaner import CleanResult
@@ -86,6 +87,8 @@ _READ_PREFIX = struct.Struct(">qi11xi")  # base, length, last_offset_delta
 _STAMP_PACK = STAMP_STRUCT.pack
 _HEADER_UNPACK = HEADER_STRUCT.unpack_from
 _new_tuple = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+# Fields of a raw header tuple (`validate_raw`), for C-speed folds over a fetch's batches.
+_EPOCH_OF, _MAX_TS_OF, _PRODUCER_OF, _RECORDS_OF = (itemgetter(i) for i in (2, 8, 9, 12))
 
 
 class LogAppendInfo(NamedTuple):
@@ -197,20 +200,16 @@ class PartitionLog:
         """
         mv = buf if type(buf) is memoryview else memoryview(buf)
         size = len(mv)
-        if size >= HEADER_SIZE and not self._log_append_time:
-            t = _HEADER_UNPACK(mv, 0)
-            if t[1] + LOG_OVERHEAD == size:
-                return self._append_one_as_leader(mv, t, size, leader_epoch)
-        return self._append_many_as_leader(mv, leader_epoch)
-
-    def _append_one_as_leader(self, mv: memoryview, t: tuple[int, ...], size: int,
-                              leader_epoch: int) -> LogAppendInfo:
-        """The common case, one batch per call, with everything inlined (hot path)."""
+        if size < HEADER_SIZE or self._log_append_time:
+            return self._append_many_as_leader(mv, leader_epoch)
+        t = _HEADER_UNPACK(mv, 0)
+        if t[1] + LOG_OVERHEAD != size:
+            return self._append_many_as_leader(mv, leader_epoch)
+        # One batch per call, the common case: everything inlined (the hot path).
         if (t[3] != MAGIC or t[1] < MIN_BATCH_LENGTH or t[12] < 1 or t[6] < t[12] - 1
                 or t[5] & ~ATTR_KNOWN_MASK):
             validate_raw(mv)  # raises with the precise reason
-        checked_write = size >= CHECKED_WRITE_CHUNK_BYTES  # CRC checked while writing
-        if not checked_write and crc32c(mv[CRC_START:]) != t[4]:
+        if crc32c(mv[CRC_START:]) != t[4]:
             raise CorruptRecordError("CRC mismatch in batch at position 0")
         if size > self._max_message_bytes:
             raise RecordTooLargeError(f"batch of {size} bytes > {self._max_message_bytes}")
@@ -224,24 +223,18 @@ class PartitionLog:
                     return dup
             nxt = base + t[6] + 1
             seg = self._segments[-1]
-            idx = seg.index
-            if seg.size_bytes and (
+            if nxt - seg.base_offset > _MAX_RELATIVE_OFFSET:
+                seg = self._roll(base)
+            elif seg.size_bytes and (
                     seg.size_bytes + size > self._segment_bytes
-                    or nxt - seg.base_offset > _MAX_RELATIVE_OFFSET
-                    or len(idx._offsets) + 1 >= idx.capacity_entries  # noqa: SLF001
+                    or len(seg.index._offsets) + 1 >= seg.index.capacity_entries  # noqa: SLF001
                     or (seg.first_append_ms is not None
                         and self.clock.monotonic_ms() - seg.first_append_ms
                         >= self._segment_ms)):
                 seg = self._roll(base)
-            elif nxt - seg.base_offset > _MAX_RELATIVE_OFFSET:
-                seg = self._roll(base)
             try:
-                if checked_write:
-                    seg.append_checked(_STAMP_PACK(base, t[1], leader_epoch), mv, [(*t, 0)],
-                                       (base, 0, size, t[8]), nxt)
-                else:
-                    seg.append((_STAMP_PACK(base, t[1], leader_epoch), mv[16:]), size,
-                               (base, 0, size, t[8]), nxt)
+                seg.append_batch(_STAMP_PACK(base, t[1], leader_epoch), mv[16:], size, base,
+                                 t[8], nxt)
             except OSError as exc:
                 raise self._append_failed(seg.path, exc) from exc
             if seg.first_append_ms is None:
@@ -321,51 +314,41 @@ class PartitionLog:
         compacted leaders have them); otherwise `UnexpectedAppendOffsetError`.
         """
         mv = buf if type(buf) is memoryview else memoryview(buf)
-        checked_write = len(mv) >= CHECKED_WRITE_CHUNK_BYTES  # CRCs checked while writing
-        raw = validate_raw(mv, check_crc=not checked_write)
+        raw = validate_raw(mv)
         with self._lock:
             if self._closed:
                 raise LogClosedError(f"log {self.directory} is closed")
-            expected = self._log_end_offset
-            entries: list[int] = []
-            records = 0
-            max_ts = -1
-            max_epoch = -1
-            idempotent = False
+            expected = first = self._log_end_offset
             for t in raw:
-                base = t[0]
-                if base < expected:
-                    if checked_write:  # CRCs not checked yet: a flipped bit reads as this
-                        validate_raw(mv, check_crc=True)
+                if t[0] < expected:
                     raise UnexpectedAppendOffsetError(
-                        f"follower batch at offset {base}, expected >= {expected}")
-                entries += (base, t[13], t[1] + LOG_OVERHEAD, t[8])
-                records += t[12]
-                if t[8] > max_ts:
-                    max_ts = t[8]
-                if t[2] > max_epoch:
-                    max_epoch = t[2]
-                if t[9] >= 0:
-                    idempotent = True
-                expected = base + t[6] + 1
+                        f"follower batch at offset {t[0]}, expected >= {expected}")
+                expected = t[0] + t[6] + 1
             first = raw[0][0]
-            self._write([mv], len(mv), entries, first, expected, raw if checked_write else None)
-            if max_epoch > self._latest_epoch:
+            seg = self._maybe_roll(len(mv), len(raw), first, expected)
+            try:
+                seg.append_stamped(mv, raw, expected)
+            except OSError as exc:
+                raise self._append_failed(seg.path, exc) from exc
+            self._after_write(seg, expected)
+            if max(map(_EPOCH_OF, raw)) > self._latest_epoch:
                 cache = self.epoch_cache
                 for t in raw:
                     if t[2] > self._latest_epoch:
                         cache.assign(t[2], t[0])
                         self._latest_epoch = cache.latest_epoch
-            if idempotent:
+            if max(map(_PRODUCER_OF, raw)) >= 0:
                 for t in raw:
                     if t[9] >= 0:
                         self.producer_state.update(t[9], t[10], t[11],
                                                    (t[11] + t[6]) & 0x7FFFFFFF, t[0],
                                                    t[0] + t[6], t[8])
+            records = sum(map(_RECORDS_OF, raw))
             self._unflushed_messages += records
             if self._flush_messages is not None or self._flush_ms is not None:
                 self._maybe_flush_after_append()
-            return LogAppendInfo(first, expected - 1, max_ts, -1, records, len(mv), False)
+            return LogAppendInfo(first, expected - 1, max(map(_MAX_TS_OF, raw)), -1, records,
+                                 len(mv), False)
 
     def _check_producer(self, t: tuple[int, ...],
                         pending: dict[int, tuple[int, int]]) -> LogAppendInfo | None:
@@ -384,27 +367,31 @@ class PartitionLog:
         return None
 
     def _write(self, iov: list[Buffer], total: int, entries: list[int], base_offset: int,
-               next_offset: int, unchecked: list[tuple[int, ...]] | None = None) -> None:
-        """Roll if needed and write; `unchecked`: batches of `iov[0]` whose CRCs are
-        checked while writing (follower appends of large buffers)."""
+               next_offset: int) -> None:
+        """Roll if needed and write the stamped, validated batches of `iov`."""
+        seg = self._maybe_roll(total, len(entries) // 4, base_offset, next_offset)
+        try:
+            seg.append(iov, total, entries, next_offset)
+        except OSError as exc:
+            raise self._append_failed(seg.path, exc) from exc
+        self._after_write(seg, next_offset)
+
+    def _maybe_roll(self, size: int, batches: int, base_offset: int,
+                    next_offset: int) -> LogSegment:
+        """The segment to write `size` bytes of `batches` batches starting at
+        `base_offset` to: the active one, or a new one if that one is full or old."""
         seg = self._segments[-1]
-        size = seg.size_bytes
-        if (size + total > self._segment_bytes and size) or (
+        used = seg.size_bytes
+        if (used + size > self._segment_bytes and used) or (
                 next_offset - 1 - seg.base_offset > _MAX_RELATIVE_OFFSET) or (
-                len(seg.index._offsets) + len(entries) // 4  # noqa: SLF001
-                >= seg.index.capacity_entries and size) or (
+                len(seg.index._offsets) + batches  # noqa: SLF001
+                >= seg.index.capacity_entries and used) or (
                 seg.first_append_ms is not None
                 and self.clock.monotonic_ms() - seg.first_append_ms >= self._segment_ms):
             seg = self._roll(base_offset)
-        try:
-            if unchecked is not None:
-                mv = iov[0]
-                assert isinstance(mv, memoryview)
-                seg.append_checked(b"", mv, unchecked, entries, next_offset)
-            else:
-                seg.append(iov, total, entries, next_offset)
-        except OSError as exc:
-            raise self._append_failed(seg.path, exc) from exc
+        return seg
+
+    def _after_write(self, seg: LogSegment, next_offset: int) -> None:
         if seg.first_append_ms is None:
             seg.first_append_ms = self.clock.monotonic_ms()
         self._log_end_offset = next_offset

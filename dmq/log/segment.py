@@ -24,7 +24,6 @@ from dmq.log.batch import (
     BatchHeader,
     Buffer,
 )
-from dmq.log.errors import CorruptRecordError
 from dmq.log.index import OffsetIndex, TimeIndex
 
 log = logging.getLogger("dmq.log")
@@ -34,9 +33,6 @@ INDEX_SUFFIX = ".index"
 TIMEINDEX_SUFFIX = ".timeindex"
 _SCAN_CHUNK_BYTES = 1 << 20  # recovery: whole batches are needed for the CRC
 _WALK_CHUNK_BYTES = 8192  # header-only walks: about one index interval of headers
-# Appends at least this large check CRCs chunk by chunk while writing, so each chunk
-# is read from memory once while it is in cache (CRC then copy) instead of twice.
-CHECKED_WRITE_CHUNK_BYTES = 256 * 1024
 
 
 def segment_name(base_offset: int) -> str:
@@ -258,119 +254,94 @@ class LogSegment:
         start = self.size_bytes
         written = os.writev(self.fd, iov)  # one syscall; the stamped prefix + the rest
         if written != size_bytes:
-            # a short write (full disk, signal): writing the rest either finishes it or
-            # fails with the real errno (ENOSPC); then undo so the file holds whole batches
-            try:
-                rest = memoryview(b"".join(iov))[written:]
-                while rest:
-                    n = os.write(self.fd, rest)
-                    if n <= 0:
-                        raise OSError(f"no progress writing {self.path}")
-                    rest = rest[n:]
-            except BaseException:
-                os.ftruncate(self.fd, start)
-                raise
+            self._finish_short_write(iov, written, start)
         self._account(start, size_bytes, entries, next_offset)
 
-    def _account(self, start: int, size_bytes: int, entries: Sequence[int],
-                 next_offset: int) -> None:
-        """Index upkeep and sizes after `size_bytes` were written at `start`."""
-        if len(entries) == 4:
-            # One batch, the common case: the body of _index_batch, inlined (hot path).
-            base, max_ts = entries[0], entries[3]
-            if self.bytes_since_index > self.index_interval_bytes:
-                idx = self.index
-                if (not idx._offsets or base > idx._offsets[-1]) and len(  # noqa: SLF001
-                        idx._offsets) < idx.capacity_entries:  # noqa: SLF001
-                    idx._offsets.append(base)  # noqa: SLF001
-                    idx._positions.append(start)  # noqa: SLF001
-                if max_ts > self.max_timestamp:
-                    self.time_index.maybe_append(max_ts, base)
-                self.bytes_since_index = 0
-            self.bytes_since_index += size_bytes
+    def append_batch(self, stamp: bytes, body: memoryview, size: int, base: int,
+                     max_ts: int, next_offset: int) -> None:
+        """`append` of one batch: its restamped first 16 bytes + the rest (the hot path:
+        one call, one `writev`, the index upkeep of `_account` inlined)."""
+        start = self.size_bytes
+        written = os.writev(self.fd, (stamp, body))
+        if written != size:
+            self._finish_short_write((stamp, body), written, start)
+        if self.bytes_since_index > self.index_interval_bytes:
+            idx = self.index
+            offsets = idx._offsets  # noqa: SLF001
+            if len(offsets) < idx.capacity_entries and (not offsets or base > offsets[-1]):
+                offsets.append(base)
+                idx._positions.append(start)  # noqa: SLF001
             if max_ts > self.max_timestamp:
                 self.max_timestamp = max_ts
                 self.offset_of_max_timestamp = base
+            stamps = self.time_index._timestamps  # noqa: SLF001
+            if not stamps or self.max_timestamp > stamps[-1]:
+                self.time_index.maybe_append(self.max_timestamp, self.offset_of_max_timestamp)
+            self.bytes_since_index = size
         else:
-            # Many batches (follower fetches): the same logic with locals, no calls.
-            interval = self.index_interval_bytes
-            since = self.bytes_since_index
-            max_seen = self.max_timestamp
-            max_at = self.offset_of_max_timestamp
-            idx = self.index
-            for i in range(0, len(entries), 4):
-                base, max_ts = entries[i], entries[i + 3]
-                if since > interval:
-                    idx.append(base, start + entries[i + 1])
-                    if max_ts > max_seen:
-                        self.time_index.maybe_append(max_ts, base)
-                    else:
-                        self.time_index.maybe_append(max_seen, max_at)
-                    since = 0
-                since += entries[i + 2]
-                if max_ts > max_seen:
-                    max_seen, max_at = max_ts, base
-            self.bytes_since_index = since
-            self.max_timestamp = max_seen
-            self.offset_of_max_timestamp = max_at
-        self.size_bytes = start + size_bytes
+            self.bytes_since_index += size
+            if max_ts > self.max_timestamp:
+                self.max_timestamp = max_ts
+                self.offset_of_max_timestamp = base
+        self.size_bytes = start + size
         self.next_offset = next_offset
         self.unflushed = True
 
-    def append_checked(self, head: bytes, mv: memoryview, raw: Sequence[tuple[int, ...]],
-                       entries: Sequence[int], next_offset: int) -> None:
-        """`append` for large buffers whose batch CRCs are not checked yet.
-
-        Writes `head` + `mv[len(head):]` in chunks, checking each batch's CRC over the
-        chunk just before writing it. On a mismatch the file is cut back to where the
-        append started and `CorruptRecordError` is raised: nothing was appended. (A crash
-        in between leaves a tail that recovery cuts at the bad batch.)
-        """
-        start = self.size_bytes
-        fd = self.fd
-        total = len(mv)
-        chunk = CHECKED_WRITE_CHUNK_BYTES
-        bi = 0
-        crc = 0
-        pos = 0
+    def _finish_short_write(self, iov: Sequence[Buffer], written: int, start: int) -> None:
+        """After a short write (full disk, signal): writing the rest either finishes it or
+        fails with the real errno (ENOSPC); then undo so the file holds whole batches."""
         try:
-            while pos < total:
-                cend = min(pos + chunk, total)
-                p = pos
-                while p < cend:
-                    t = raw[bi]
-                    bstart = t[13]
-                    bend = bstart + t[1] + LOG_OVERHEAD
-                    lo = bstart + CRC_START if bstart + CRC_START > p else p
-                    hi = bend if bend < cend else cend
-                    if hi > lo:
-                        crc = crc32c(mv[lo:hi], crc)
-                    if bend > cend:
-                        break
-                    if crc != t[4]:
-                        raise CorruptRecordError(f"CRC mismatch in batch at position {bstart}")
-                    crc = 0
-                    bi += 1
-                    p = bend
-                if pos == 0 and head:
-                    self._write_all([head, mv[len(head) : cend]], cend)
-                else:
-                    self._write_all([mv[pos:cend]], cend - pos)
-                pos = cend
-        except BaseException:
-            os.ftruncate(fd, start)
-            raise
-        self._account(start, total, entries, next_offset)
-
-    def _write_all(self, iov: list[Buffer], size: int) -> None:
-        written = os.writev(self.fd, iov)
-        if written < size:  # short writes happen on full disks and signals
             rest = memoryview(b"".join(iov))[written:]
             while rest:
                 n = os.write(self.fd, rest)
                 if n <= 0:
                     raise OSError(f"no progress writing {self.path}")
                 rest = rest[n:]
+        except BaseException:
+            os.ftruncate(self.fd, start)
+            raise
+
+    def append_stamped(self, mv: memoryview, raw: Sequence[tuple[int, ...]],
+                       next_offset: int) -> None:
+        """Write a follower's buffer of validated, stamped batches (`raw`: their header
+        tuples with positions, as `validate_raw` gives) with one `writev`."""
+        start = self.size_bytes
+        size = len(mv)
+        written = os.writev(self.fd, (mv,))
+        if written != size:
+            self._finish_short_write((mv,), written, start)
+        self._account(start, size, [x for t in raw for x in (t[0], t[13], t[1] + LOG_OVERHEAD,
+                                                             t[8])], next_offset)
+
+    def _account(self, start: int, size_bytes: int, entries: Sequence[int],
+                 next_offset: int) -> None:
+        """Index upkeep and sizes after `size_bytes` were written at `start`; `entries` is
+        flat: (base offset, position within the write, size, max timestamp) per batch."""
+        interval = self.index_interval_bytes
+        since = self.bytes_since_index
+        max_seen = self.max_timestamp
+        max_at = self.offset_of_max_timestamp
+        idx = self.index
+        offsets, positions, cap = idx._offsets, idx._positions, idx.capacity_entries  # noqa: SLF001
+        stamps = self.time_index._timestamps  # noqa: SLF001
+        for i in range(0, len(entries), 4):
+            base, max_ts = entries[i], entries[i + 3]
+            if max_ts > max_seen:
+                max_seen, max_at = max_ts, base
+            if since > interval:
+                if len(offsets) < cap and (not offsets or base > offsets[-1]):
+                    offsets.append(base)
+                    positions.append(start + entries[i + 1])
+                if not stamps or max_seen > stamps[-1]:
+                    self.time_index.maybe_append(max_seen, max_at)
+                since = 0
+            since += entries[i + 2]
+        self.bytes_since_index = since
+        self.max_timestamp = max_seen
+        self.offset_of_max_timestamp = max_at
+        self.size_bytes = start + size_bytes
+        self.next_offset = next_offset
+        self.unflushed = True
 
     # ---------------------------------------------------------------- reading
 

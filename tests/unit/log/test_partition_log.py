@@ -20,6 +20,8 @@ from dmq.log import (
 )
 from tests.unit.log.helpers import batch, check_log_consistent, read_all
 
+LARGE_APPEND_BYTES = 256 * 1024  # follower appends of several such batches per call
+
 SMALL = LogConfig(segment_bytes=1024, index_interval_bytes=128, segment_index_bytes=256)
 
 
@@ -327,15 +329,13 @@ def _follower_buffer(sizes: list[int], first_offset: int = 0) -> tuple[bytes, li
 
 
 @pytest.mark.parametrize("flip_batch", [None, 0, 5, -1])
-def test_large_appends_check_crc_while_writing(tmp_path: object, flip_batch: int | None) -> None:
+def test_large_follower_appends_check_every_crc(tmp_path: object, flip_batch: int | None) -> None:
     import random
-
-    from dmq.log.segment import CHECKED_WRITE_CHUNK_BYTES
 
     rnd = random.Random(3)
     sizes = [rnd.choice([10, 3000, 70_000, 300_000]) for _ in range(12)]
     buf, bases = _follower_buffer(sizes)
-    assert len(buf) > 2 * CHECKED_WRITE_CHUNK_BYTES
+    assert len(buf) > 2 * LARGE_APPEND_BYTES
     plog = open_log(tmp_path, LogConfig(max_message_bytes=1 << 21))
     plog.append_as_follower(_follower_buffer([5])[0])
     size_before, end_before = plog.size_bytes, plog.log_end_offset
@@ -413,17 +413,16 @@ def test_full_disk_refuses_an_append_and_the_log_stays_usable(
 
 
 def test_large_follower_append_with_a_flipped_offset_delta_is_corrupt(tmp_path: object) -> None:
-    """Regression (found by tests/property/log/test_checked_write_props.py): in a follower
-    append large enough to check CRCs while writing, a bit flipped in a batch's
-    last_offset_delta made the next batch look out of order, and the append failed with
-    UnexpectedAppendOffsetError instead of CorruptRecordError."""
+    """Regression (found by tests/property/log/test_large_follower_append_props.py): in a large
+    follower append, a bit flipped in a batch's last_offset_delta (covered by its CRC)
+    must fail as CorruptRecordError, not as UnexpectedAppendOffsetError because the next
+    batch looks out of order."""
     from dmq.log import stamp_batch
     from dmq.log.batch import build_batch
-    from dmq.log.segment import CHECKED_WRITE_CHUNK_BYTES
 
     plog = open_log(tmp_path, LogConfig(max_message_bytes=1 << 21))
     parts = []
-    for i, size in enumerate([0, CHECKED_WRITE_CHUNK_BYTES]):
+    for i, size in enumerate([0, LARGE_APPEND_BYTES]):
         b = bytearray(build_batch([(b"k", b"v" * size)]))
         stamp_batch(b, 0, i, 1)
         parts.append(bytes(b))

@@ -1,4 +1,4 @@
-"""Large follower appends check CRCs while writing: any flipped bit leaves the log as it was."""
+"""Large follower appends check every batch's CRC: any flipped bit leaves the log as it was."""
 
 from __future__ import annotations
 
