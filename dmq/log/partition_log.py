@@ -252,22 +252,19 @@ class PartitionLog:
             return _new_tuple(LogAppendInfo, (base, nxt - 1, t[8], -1, t[12], size, False))
 
     def _append_many_as_leader(self, mv: memoryview, leader_epoch: int) -> LogAppendInfo:
+        """Several batches in one call, or LogAppendTime: stamp a copy, then write it as
+        a follower's buffer is written."""
         raw = validate_raw(mv)
         max_bytes = self._max_message_bytes
-        stamp = _STAMP_PACK
         with self._lock:
             if self._closed:
                 raise LogClosedError(f"log {self.directory} is closed")
             base = offset = self._log_end_offset
             pending: dict[int, tuple[int, int]] | None = None
-            iov: list[Buffer] = []
-            entries: list[int] = []
-            total = records = 0
-            max_ts = -1
+            out = bytearray(mv)
             now_ms = self.clock.wall_ms() if self._log_append_time else -1
             for t in raw:
-                length = t[1]
-                size = length + LOG_OVERHEAD
+                size = t[1] + LOG_OVERHEAD
                 if size > max_bytes:
                     raise RecordTooLargeError(f"batch of {size} bytes > {max_bytes}")
                 if t[9] >= 0:
@@ -277,35 +274,25 @@ class PartitionLog:
                     if dup is not None:
                         return dup
                 pos = t[13]
-                iov.append(stamp(offset, length, leader_epoch))
+                STAMP_STRUCT.pack_into(out, pos, offset, t[1], leader_epoch)
                 if now_ms >= 0:
-                    iov.append(with_log_append_time(mv[pos + 16 : pos + size], now_ms))
-                    ts = now_ms
-                else:
-                    iov.append(mv[pos + 16 : pos + size])
-                    ts = t[8]
-                entries += (offset, total, size, ts)
-                total += size
-                records += t[12]
-                if ts > max_ts:
-                    max_ts = ts
+                    out[pos + 16 : pos + size] = with_log_append_time(
+                        out[pos + 16 : pos + size], now_ms)
                 offset += t[6] + 1
-            self._write(iov, total, entries, base, offset)
+            stamped_mv = memoryview(out)
+            stamped = validate_raw(stamped_mv, check_crc=False)  # headers as written
+            self._write_stamped(stamped_mv, stamped, offset)
             if leader_epoch > self._latest_epoch:
                 self.epoch_cache.assign(leader_epoch, base)
                 self._latest_epoch = self.epoch_cache.latest_epoch
             if pending is not None:
-                update = self.producer_state.update
-                for i, t in enumerate(raw):
-                    if t[9] >= 0:
-                        b_off = entries[4 * i]
-                        update(t[9], t[10], t[11], (t[11] + t[6]) & 0x7FFFFFFF, b_off,
-                               b_off + t[6], entries[4 * i + 3])
+                self._update_producers(stamped)
+            records = sum(map(_RECORDS_OF, stamped))
             self._unflushed_messages += records
             if self._flush_messages is not None or self._flush_ms is not None:
                 self._maybe_flush_after_append()
-            return _new_tuple(LogAppendInfo,
-                              (base, offset - 1, max_ts, now_ms, records, total, False))
+            return _new_tuple(LogAppendInfo, (base, offset - 1, max(map(_MAX_TS_OF, stamped)),
+                                              now_ms, records, len(out), False))
 
     def append_as_follower(self, buf: Buffer) -> LogAppendInfo:
         """Append batches copied from the leader, offsets and epochs already stamped.
@@ -318,19 +305,14 @@ class PartitionLog:
         with self._lock:
             if self._closed:
                 raise LogClosedError(f"log {self.directory} is closed")
-            expected = first = self._log_end_offset
+            expected = self._log_end_offset
             for t in raw:
                 if t[0] < expected:
                     raise UnexpectedAppendOffsetError(
                         f"follower batch at offset {t[0]}, expected >= {expected}")
                 expected = t[0] + t[6] + 1
             first = raw[0][0]
-            seg = self._maybe_roll(len(mv), len(raw), first, expected)
-            try:
-                seg.append_stamped(mv, raw, expected)
-            except OSError as exc:
-                raise self._append_failed(seg.path, exc) from exc
-            self._after_write(seg, expected)
+            self._write_stamped(mv, raw, expected)
             if max(map(_EPOCH_OF, raw)) > self._latest_epoch:
                 cache = self.epoch_cache
                 for t in raw:
@@ -338,17 +320,20 @@ class PartitionLog:
                         cache.assign(t[2], t[0])
                         self._latest_epoch = cache.latest_epoch
             if max(map(_PRODUCER_OF, raw)) >= 0:
-                for t in raw:
-                    if t[9] >= 0:
-                        self.producer_state.update(t[9], t[10], t[11],
-                                                   (t[11] + t[6]) & 0x7FFFFFFF, t[0],
-                                                   t[0] + t[6], t[8])
+                self._update_producers(raw)
             records = sum(map(_RECORDS_OF, raw))
             self._unflushed_messages += records
             if self._flush_messages is not None or self._flush_ms is not None:
                 self._maybe_flush_after_append()
             return LogAppendInfo(first, expected - 1, max(map(_MAX_TS_OF, raw)), -1, records,
                                  len(mv), False)
+
+    def _update_producers(self, raw: list[tuple[int, ...]]) -> None:
+        """Record the written batches (stamped header tuples) of idempotent producers."""
+        update = self.producer_state.update
+        for t in raw:
+            if t[9] >= 0:
+                update(t[9], t[10], t[11], (t[11] + t[6]) & 0x7FFFFFFF, t[0], t[0] + t[6], t[8])
 
     def _check_producer(self, t: tuple[int, ...],
                         pending: dict[int, tuple[int, int]]) -> LogAppendInfo | None:
@@ -366,32 +351,24 @@ class PartitionLog:
         pending[pid] = (epoch, last_seq)
         return None
 
-    def _write(self, iov: list[Buffer], total: int, entries: list[int], base_offset: int,
-               next_offset: int) -> None:
-        """Roll if needed and write the stamped, validated batches of `iov`."""
-        seg = self._maybe_roll(total, len(entries) // 4, base_offset, next_offset)
-        try:
-            seg.append(iov, total, entries, next_offset)
-        except OSError as exc:
-            raise self._append_failed(seg.path, exc) from exc
-        self._after_write(seg, next_offset)
-
-    def _maybe_roll(self, size: int, batches: int, base_offset: int,
-                    next_offset: int) -> LogSegment:
-        """The segment to write `size` bytes of `batches` batches starting at
-        `base_offset` to: the active one, or a new one if that one is full or old."""
+    def _write_stamped(self, mv: memoryview, raw: list[tuple[int, ...]],
+                       next_offset: int) -> None:
+        """Write validated, stamped batches (`raw`: their header tuples), rolling first
+        if the active segment is full or old."""
+        base = raw[0][0]
         seg = self._segments[-1]
         used = seg.size_bytes
-        if (used + size > self._segment_bytes and used) or (
+        if (used + len(mv) > self._segment_bytes and used) or (
                 next_offset - 1 - seg.base_offset > _MAX_RELATIVE_OFFSET) or (
-                len(seg.index._offsets) + batches  # noqa: SLF001
+                len(seg.index._offsets) + len(raw)  # noqa: SLF001
                 >= seg.index.capacity_entries and used) or (
                 seg.first_append_ms is not None
                 and self.clock.monotonic_ms() - seg.first_append_ms >= self._segment_ms):
-            seg = self._roll(base_offset)
-        return seg
-
-    def _after_write(self, seg: LogSegment, next_offset: int) -> None:
+            seg = self._roll(base)
+        try:
+            seg.append_stamped(mv, raw, next_offset)
+        except OSError as exc:
+            raise self._append_failed(seg.path, exc) from exc
         if seg.first_append_ms is None:
             seg.first_append_ms = self.clock.monotonic_ms()
         self._log_end_offset = next_offset

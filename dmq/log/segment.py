@@ -244,23 +244,10 @@ class LogSegment:
             self.max_timestamp = max_ts
             self.offset_of_max_timestamp = base_offset
 
-    def append(self, iov: Sequence[Buffer], size_bytes: int, entries: Sequence[int],
-               next_offset: int) -> None:
-        """Write stamped batches with one `writev`.
-
-        `entries` is flat: (base offset, position within this write, size, max timestamp)
-        per batch, for index maintenance.
-        """
-        start = self.size_bytes
-        written = os.writev(self.fd, iov)  # one syscall; the stamped prefix + the rest
-        if written != size_bytes:
-            self._finish_short_write(iov, written, start)
-        self._account(start, size_bytes, entries, next_offset)
-
     def append_batch(self, stamp: bytes, body: memoryview, size: int, base: int,
                      max_ts: int, next_offset: int) -> None:
-        """`append` of one batch: its restamped first 16 bytes + the rest (the hot path:
-        one call, one `writev`, the index upkeep of `_account` inlined)."""
+        """Write one batch, its restamped first 16 bytes + the rest, with one `writev`,
+        and keep the indexes (the leader's hot path)."""
         start = self.size_bytes
         written = os.writev(self.fd, (stamp, body))
         if written != size:
@@ -310,13 +297,6 @@ class LogSegment:
         written = os.writev(self.fd, (mv,))
         if written != size:
             self._finish_short_write((mv,), written, start)
-        self._account(start, size, [x for t in raw for x in (t[0], t[13], t[1] + LOG_OVERHEAD,
-                                                             t[8])], next_offset)
-
-    def _account(self, start: int, size_bytes: int, entries: Sequence[int],
-                 next_offset: int) -> None:
-        """Index upkeep and sizes after `size_bytes` were written at `start`; `entries` is
-        flat: (base offset, position within the write, size, max timestamp) per batch."""
         interval = self.index_interval_bytes
         since = self.bytes_since_index
         max_seen = self.max_timestamp
@@ -324,22 +304,21 @@ class LogSegment:
         idx = self.index
         offsets, positions, cap = idx._offsets, idx._positions, idx.capacity_entries  # noqa: SLF001
         stamps = self.time_index._timestamps  # noqa: SLF001
-        for i in range(0, len(entries), 4):
-            base, max_ts = entries[i], entries[i + 3]
-            if max_ts > max_seen:
-                max_seen, max_at = max_ts, base
+        for t in raw:
+            if t[8] > max_seen:
+                max_seen, max_at = t[8], t[0]
             if since > interval:
-                if len(offsets) < cap and (not offsets or base > offsets[-1]):
-                    offsets.append(base)
-                    positions.append(start + entries[i + 1])
+                if len(offsets) < cap and (not offsets or t[0] > offsets[-1]):
+                    offsets.append(t[0])
+                    positions.append(start + t[13])
                 if not stamps or max_seen > stamps[-1]:
                     self.time_index.maybe_append(max_seen, max_at)
                 since = 0
-            since += entries[i + 2]
+            since += t[1] + LOG_OVERHEAD
         self.bytes_since_index = since
         self.max_timestamp = max_seen
         self.offset_of_max_timestamp = max_at
-        self.size_bytes = start + size_bytes
+        self.size_bytes = start + size
         self.next_offset = next_offset
         self.unflushed = True
 

@@ -51,20 +51,25 @@ class LogMachine(RuleBasedStateMachine):
     def _batch_index(self, offset: int) -> int:
         return bisect_right(self.bases, offset) - 1
 
-    @rule(values=st.lists(st.binary(max_size=60), min_size=1, max_size=5), bump=st.booleans())
-    def append(self, values: list[bytes], bump: bool) -> None:
+    @rule(batches=st.lists(st.lists(st.binary(max_size=60), min_size=1, max_size=5),
+                           min_size=1, max_size=3), bump=st.booleans())
+    def append(self, batches: list[list[bytes]], bump: bool) -> None:
+        """One append call of one or more batches (several take the log's other path)."""
         if bump:
             self.epoch += 1
-        data = build_batch([(None, v) for v in values], timestamp_ms=self.clock.wall_ms())
+        data = b"".join(build_batch([(None, v) for v in values],
+                                    timestamp_ms=self.clock.wall_ms()) for values in batches)
         info = self.plog.append_as_leader(data, self.epoch)
-        assert (info.base_offset, info.last_offset) == (self.leo, self.leo + len(values) - 1)
+        n = sum(len(values) for values in batches)
+        assert (info.base_offset, info.last_offset) == (self.leo, self.leo + n - 1)
         if not self.epochs or self.epoch > self.epochs[-1][0]:
             while self.epochs and self.epochs[-1][1] >= self.leo:
                 self.epochs.pop()  # an epoch with no batch left is superseded
             self.epochs.append((self.epoch, self.leo))
-        self.bases.append(self.leo)
-        self.values.append(values)
-        self.leo += len(values)
+        for values in batches:
+            self.bases.append(self.leo)
+            self.values.append(values)
+            self.leo += len(values)
         self.clock.advance(10)
 
     @rule(data=st.data())

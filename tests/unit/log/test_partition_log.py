@@ -254,6 +254,35 @@ def test_log_append_time(tmp_path: object) -> None:
     plog.close()
 
 
+def test_several_batches_in_one_leader_append(tmp_path: object) -> None:
+    """The leader's other path (a copy stamped in place): offsets, epochs, LogAppendTime,
+    CRCs intact, producer state, and the same bytes after an unclean reopen."""
+    clock = ManualClock()
+    cfg = LogConfig(message_timestamp_type="LogAppendTime", index_interval_bytes=64)
+    plog = open_log(tmp_path, cfg, clock)
+    plog.append_as_leader(batch(2), 3)
+    data = (batch(3, ts=5, producer_id=7, producer_epoch=0, base_sequence=0)
+            + batch(1, ts=6) + batch(2, ts=7, producer_id=7, producer_epoch=0, base_sequence=3))
+    info = plog.append_as_leader(data, 4)
+    assert (info.base_offset, info.last_offset, info.record_count) == (2, 7, 6)
+    assert info.max_timestamp == info.log_append_time_ms == clock.wall_ms()
+    headers = validate_batches(plog.read(2, 1 << 20))  # checks every CRC
+    assert [(h.base_offset, h.partition_leader_epoch) for h in headers] == [
+        (2, 4), (5, 4), (6, 4)]
+    assert all(h.max_timestamp == clock.wall_ms() and h.attributes & 0x08 for h in headers)
+    assert plog.end_offset_for_epoch(3) == (3, 2)
+    dup = plog.append_as_leader(batch(2, producer_id=7, producer_epoch=0, base_sequence=3), 4)
+    assert dup.duplicate and (dup.base_offset, dup.last_offset) == (6, 7)
+    before = bytes(plog.read(0, 1 << 20))
+    check_log_consistent(plog)
+    plog.abandon()  # as a crash: no clean-shutdown marker, recovery scans the tail
+    plog = open_log(tmp_path, cfg, clock)
+    assert bytes(plog.read(0, 1 << 20)) == before
+    assert plog.append_as_leader(
+        batch(1, producer_id=7, producer_epoch=0, base_sequence=5), 4).base_offset == 8
+    plog.close()
+
+
 def test_offset_for_timestamp(tmp_path: object) -> None:
     plog = open_log(tmp_path)
     for i in range(30):
