@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import heapq
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 
 class Cancellable(Protocol):
@@ -52,7 +53,7 @@ class _ManualTimer:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def __lt__(self, other: "_ManualTimer") -> bool:
+    def __lt__(self, other: _ManualTimer) -> bool:
         return (self.due_ms, self.seq) < (other.due_ms, other.seq)
 
 

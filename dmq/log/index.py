@@ -98,6 +98,13 @@ class _MappedFile:
             os.close(fd)
         self.writable = True
 
+    def wipe(self) -> None:
+        """Empty the file and preallocate it again, all zero (before a rebuild from the
+        log: entries of a damaged file past the rebuilt ones must not survive)."""
+        _MappedFile.close(self)
+        os.truncate(self.path, 0)
+        self.reopen_writable(0)
+
     def flush(self) -> None:
         if self._mm is not None:
             self._mm.flush()
@@ -112,51 +119,119 @@ class _MappedFile:
         _MappedFile.close(self)
 
 
-class OffsetIndex(_MappedFile):
-    """Sparse map of offset -> file position for one segment."""
+class _SparseIndex(_MappedFile):
+    """Entries of two increasing columns, kept in `array`s (`_cols`) and copied into the
+    mapped file by `sync`. Subclasses name the columns and say which one is an offset
+    stored relative to the segment base, and which must strictly increase."""
 
-    entry_size = OFFSET_ENTRY_SIZE
+    _entry: struct.Struct
+    _typecodes: tuple[str, str]
+    _relative: int  # the column stored as (offset - base_offset) u32
+    _strict: tuple[bool, bool]  # a column that must strictly increase (else non-decreasing)
 
     def __init__(self, path: str, base_offset: int, max_bytes: int, writable: bool) -> None:
         super().__init__(path, max_bytes, writable)
         self.base_offset = base_offset
-        self._offsets = array("Q")
-        self._positions = array("Q")
+        self._cols = (array(self._typecodes[0]), array(self._typecodes[1]))
         self._synced = 0
+
+    def _encode(self, i: int) -> tuple[int, int]:
+        a, b = self._cols[0][i], self._cols[1][i]
+        return (a - self.base_offset, b) if self._relative == 0 else (a, b - self.base_offset)
 
     def load(self) -> bool:
         """Read entries from the file; False if they fail the sanity check (then rebuild)."""
-        self._offsets = array("Q")
-        self._positions = array("Q")
+        first, second = self._cols
+        del first[:], second[:]
+        self._synced = 0
         mm = self._mm
         if mm is None:
             return True
-        prev_rel = -1
-        prev_pos = -1
-        for i in range(len(mm) // OFFSET_ENTRY_SIZE):
-            rel, pos = _OFFSET_ENTRY.unpack_from(mm, i * OFFSET_ENTRY_SIZE)
-            if rel == 0 and pos == 0:
-                break  # preallocated zero tail (position 0 is never indexed)
-            if rel <= prev_rel or pos <= prev_pos:
+        size = self._entry.size
+        base = self.base_offset
+        strict0, strict1 = self._strict
+        prev0 = prev1 = -(2**63)
+        for i in range(len(mm) // size):
+            a, b = self._entry.unpack_from(mm, i * size)
+            if a == 0 and b == 0:
+                break  # preallocated zero tail (a real entry is never all zero)
+            if a < prev0 or b < prev1 or (strict0 and a == prev0) or (strict1 and b == prev1):
+                del first[:], second[:]
                 return False
-            self._offsets.append(self.base_offset + rel)
-            self._positions.append(pos)
-            prev_rel, prev_pos = rel, pos
-        self._synced = len(self._offsets)
+            first.append(a + base if self._relative == 0 else a)
+            second.append(b + base if self._relative == 1 else b)
+            prev0, prev1 = a, b
+        self._synced = len(first)
         return True
+
+    @property
+    def entries(self) -> int:
+        return len(self._cols[0])
+
+    @property
+    def is_full(self) -> bool:
+        return len(self._cols[0]) >= self.capacity_entries
+
+    def sync(self) -> None:
+        """Copy entries added since the last sync into the mapped file."""
+        mm = self._mm
+        n = len(self._cols[0])
+        if mm is None or self._synced >= n:
+            return
+        pack, size, encode = self._entry.pack_into, self._entry.size, self._encode
+        for i in range(self._synced, n):
+            pack(mm, i * size, *encode(i))
+        self._synced = n
+
+    def _truncate_entries(self, keep: int) -> None:
+        for col in self._cols:
+            del col[keep:]
+        if not self.writable:
+            self.reopen_writable(keep)
+        size = self._entry.size
+        if self._mm is not None and self._synced > keep:
+            self._mm[keep * size : self._synced * size] = bytes((self._synced - keep) * size)
+        self._synced = min(self._synced, keep)
+
+    def reset(self) -> None:
+        self._truncate_entries(0)
+
+    def wipe(self) -> None:
+        for col in self._cols:
+            del col[:]
+        self._synced = 0
+        super().wipe()
+
+    def flush(self) -> None:
+        self.sync()
+        super().flush()
+
+    def trim(self, entries: int | None = None) -> None:
+        self.sync()
+        super().trim(len(self._cols[0]) if entries is None else entries)
+
+    def close(self) -> None:
+        self.sync()
+        super().close()
+
+
+class OffsetIndex(_SparseIndex):
+    """Sparse map of offset -> file position for one segment."""
+
+    entry_size = OFFSET_ENTRY_SIZE
+    _entry = _OFFSET_ENTRY
+    _typecodes = ("Q", "Q")
+    _relative = 0
+    _strict = (True, True)
+
+    def __init__(self, path: str, base_offset: int, max_bytes: int, writable: bool) -> None:
+        super().__init__(path, base_offset, max_bytes, writable)
+        self._offsets, self._positions = self._cols  # the same arrays, named
 
     def sane_for(self, log_size_bytes: int, next_offset: int) -> bool:
         if self._positions and self._positions[-1] >= log_size_bytes:
             return False
         return not (self._offsets and self._offsets[-1] >= max(next_offset, self.base_offset + 1))
-
-    @property
-    def entries(self) -> int:
-        return len(self._offsets)
-
-    @property
-    def is_full(self) -> bool:
-        return len(self._offsets) >= self.capacity_entries
 
     def append(self, offset: int, position: int) -> None:
         """Add an entry (in memory until `sync`); offsets and positions must increase."""
@@ -167,18 +242,6 @@ class OffsetIndex(_MappedFile):
             return  # full (the log rolls first); a sparser index is still correct
         offsets.append(offset)
         self._positions.append(position)
-
-    def sync(self) -> None:
-        """Copy entries added since the last sync into the mapped file."""
-        mm = self._mm
-        n = len(self._offsets)
-        if mm is None or self._synced >= n:
-            return
-        base = self.base_offset
-        pack = _OFFSET_ENTRY.pack_into
-        for i in range(self._synced, n):
-            pack(mm, i * OFFSET_ENTRY_SIZE, self._offsets[i] - base, self._positions[i])
-        self._synced = n
 
     def lookup(self, offset: int) -> tuple[int, int]:
         """Largest entry with entry offset <= `offset` -> (offset, position); else (base, 0)."""
@@ -196,78 +259,24 @@ class OffsetIndex(_MappedFile):
 
     def truncate_to(self, offset: int) -> None:
         """Drop entries whose offset is >= `offset`."""
-        keep = bisect_left(self._offsets, offset)
-        self._truncate_entries(keep)
-
-    def _truncate_entries(self, keep: int) -> None:
-        del self._offsets[keep:]
-        del self._positions[keep:]
-        if not self.writable:
-            self.reopen_writable(keep)
-        if self._mm is not None and self._synced > keep:
-            end = keep * OFFSET_ENTRY_SIZE
-            self._mm[end : self._synced * OFFSET_ENTRY_SIZE] = bytes(
-                (self._synced - keep) * OFFSET_ENTRY_SIZE)
-        self._synced = min(self._synced, keep)
-
-    def flush(self) -> None:
-        self.sync()
-        super().flush()
-
-    def trim(self, entries: int | None = None) -> None:
-        self.sync()
-        super().trim(len(self._offsets) if entries is None else entries)
-
-    def close(self) -> None:
-        self.sync()
-        super().close()
-
-    def reset(self) -> None:
-        self._truncate_entries(0)
+        self._truncate_entries(bisect_left(self._offsets, offset))
 
 
-class TimeIndex(_MappedFile):
+class TimeIndex(_SparseIndex):
     """Sparse map of max timestamp so far -> offset for one segment."""
 
     entry_size = TIME_ENTRY_SIZE
+    _entry = _TIME_ENTRY
+    _typecodes = ("q", "Q")
+    _relative = 1
+    _strict = (True, False)
 
     def __init__(self, path: str, base_offset: int, max_bytes: int, writable: bool) -> None:
-        super().__init__(path, max_bytes, writable)
-        self.base_offset = base_offset
-        self._timestamps = array("q")
-        self._offsets = array("Q")
-        self._synced = 0
-
-    def load(self) -> bool:
-        self._timestamps = array("q")
-        self._offsets = array("Q")
-        mm = self._mm
-        if mm is None:
-            return True
-        prev_ts = -(2**63)
-        prev_rel = -1
-        for i in range(len(mm) // TIME_ENTRY_SIZE):
-            ts, rel = _TIME_ENTRY.unpack_from(mm, i * TIME_ENTRY_SIZE)
-            if ts == 0 and rel == 0:
-                break  # preallocated zero tail
-            if ts <= prev_ts or rel < prev_rel:
-                return False
-            self._timestamps.append(ts)
-            self._offsets.append(self.base_offset + rel)
-            prev_ts, prev_rel = ts, rel
-        self._synced = len(self._offsets)
-        return True
+        super().__init__(path, base_offset, max_bytes, writable)
+        self._timestamps, self._offsets = self._cols  # the same arrays, named
 
     def sane_for(self, next_offset: int) -> bool:
         return not (self._offsets and self._offsets[-1] >= max(next_offset, self.base_offset + 1))
-
-    @property
-    def entries(self) -> int:
-        return len(self._offsets)
-
-    @property
-    def is_full(self) -> bool:
-        return len(self._offsets) >= self.capacity_entries
 
     @property
     def last_entry(self) -> tuple[int, int] | None:
@@ -285,25 +294,6 @@ class TimeIndex(_MappedFile):
         ts.append(timestamp)
         self._offsets.append(offset)
 
-    def sync(self) -> None:
-        mm = self._mm
-        n = len(self._offsets)
-        if mm is None or self._synced >= n:
-            return
-        base = self.base_offset
-        pack = _TIME_ENTRY.pack_into
-        for i in range(self._synced, n):
-            pack(mm, i * TIME_ENTRY_SIZE, self._timestamps[i], self._offsets[i] - base)
-        self._synced = n
-
-    def flush(self) -> None:
-        self.sync()
-        super().flush()
-
-    def close(self) -> None:
-        self.sync()
-        super().close()
-
     def lookup(self, timestamp: int) -> int:
         """Offset from which to scan for the first batch with max timestamp >= `timestamp`.
 
@@ -316,20 +306,5 @@ class TimeIndex(_MappedFile):
         return self._offsets[i - 1]
 
     def truncate_to(self, offset: int) -> None:
-        keep = bisect_left(self._offsets, offset)
-        del self._timestamps[keep:]
-        del self._offsets[keep:]
-        if not self.writable:
-            self.reopen_writable(keep)
-        if self._mm is not None and self._synced > keep:
-            end = keep * TIME_ENTRY_SIZE
-            self._mm[end : self._synced * TIME_ENTRY_SIZE] = bytes(
-                (self._synced - keep) * TIME_ENTRY_SIZE)
-        self._synced = min(self._synced, keep)
-
-    def trim(self, entries: int | None = None) -> None:
-        self.sync()
-        super().trim(len(self._offsets) if entries is None else entries)
-
-    def reset(self) -> None:
-        self.truncate_to(-1)
+        """Drop entries whose offset is >= `offset`."""
+        self._truncate_entries(bisect_left(self._offsets, offset))

@@ -130,10 +130,8 @@ class LogSegment:
         self.read_hint_offset = -1
         prev_next = self.base_offset if expected_base is None else max(
             expected_base, self.base_offset)
-        self.index.reopen_writable(0)
-        self.time_index.reopen_writable(0)
-        self.index.reset()
-        self.time_index.reset()
+        self.index.wipe()
+        self.time_index.wipe()
         self.max_timestamp = -1
         self.offset_of_max_timestamp = self.base_offset
         self.bytes_since_index = 0

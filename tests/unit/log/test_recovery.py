@@ -157,6 +157,36 @@ def test_deleted_or_garbage_index_is_rebuilt(tmp_path: object, which: str) -> No
     plog.close()
 
 
+def test_rebuilt_index_keeps_nothing_of_the_damaged_file(tmp_path: object) -> None:
+    """A damaged active index is rebuilt into a wiped file: stale entries past the
+    rebuilt ones (which a later unclean open could take for real ones) are gone."""
+    import struct
+
+    path = str(tmp_path)
+    plog = PartitionLog.open(path, CFG, ManualClock(), fsync_enabled=False)
+    for i in range(6):
+        plog.append_as_leader(batch(2, seed=i), 1)
+    active = plog.segments[-1]
+    plog.close()
+    size = os.path.getsize(active.index_path)
+    garbage = bytearray(max(size, 4096))
+    struct.pack_into(">II", garbage, 0, 9, 9000)
+    struct.pack_into(">II", garbage, 8, 1, 10)  # decreasing: fails the sanity check
+    for k in range(2, len(garbage) // 8):
+        struct.pack_into(">II", garbage, 8 * k, 100 + k, 100_000 + k)  # plausible entries
+    with open(active.index_path, "wb") as f:
+        f.write(garbage)
+    plog = reopen(path)
+    seg = plog.segments[-1]
+    n = seg.index.entries
+    seg.index.flush()
+    with open(seg.index_path, "rb") as f:
+        content = f.read()
+    assert not any(content[8 * n :])
+    check_log_consistent(plog)
+    plog.close()
+
+
 def test_overlapping_or_stray_files_are_handled(tmp_path: object) -> None:
     path = str(tmp_path)
     batches = build(path, 40)
