@@ -73,6 +73,16 @@ SETTINGS: dict[str, Setting] = {
     "log.flush.messages": Setting(-1, "fsync after this many messages (-1: leave to the OS)"),
     "log.flush.ms": Setting(-1, "fsync at least this often (-1: leave to the OS)"),
     "log.cleanup.policy": Setting("delete", "delete, compact, or compact,delete"),
+    "log.retention.check.interval.ms": Setting(
+        5000, "how often a broker applies retention, time-based rolls and flush.ms"),
+    "log.cleaner.enable": Setting(True, "run the log cleaner (compaction) on brokers"),
+    "log.cleaner.backoff.ms": Setting(15_000, "pause between passes of the log cleaner"),
+    "log.cleaner.delete.retention.ms": Setting(
+        24 * 3600 * 1000, "tombstones of compacted topics kept this long"),
+    "log.cleaner.min.compaction.lag.ms": Setting(
+        0, "records younger than this are not compacted"),
+    "log.message.timestamp.type": Setting(
+        "CreateTime", "CreateTime (the producer's) or LogAppendTime (the broker's)"),
     "group.session.timeout.ms": Setting(10_000, "consumer fenced after this long silent"),
     "group.heartbeat.interval.ms": Setting(1000, "consumer heartbeat interval"),
     "offsets.retention.ms": Setting(7 * 24 * 3600 * 1000, "offsets of an empty group kept"),

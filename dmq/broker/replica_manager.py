@@ -30,6 +30,7 @@ from dmq.clock import Cancellable, Clock, SystemClock
 from dmq.config import ClusterConfig
 from dmq.controller.image import BrokerInfo, MetadataImage, PartitionInfo, TopicInfo
 from dmq.log.checkpoint import OffsetCheckpointFile, read_entries, write_entries
+from dmq.log.cleaner import LogCleaner
 from dmq.log.config import LogConfig
 from dmq.log.partition_log import PartitionLog
 from dmq.protocol.api import ApiKey
@@ -43,7 +44,6 @@ PARTITIONS_DIR = "partitions"
 HW_CHECKPOINT = "replication-offset-checkpoint"
 TOPIC_ID_FILE = "partition.metadata"
 HW_CHECKPOINT_INTERVAL_MS = 1000
-LOG_HOUSEKEEPING_INTERVAL_MS = 5000
 ALTER_PARTITION_TIMEOUT_MS = 5000
 ALTER_PARTITION_RETRY_MS = 200
 ALTER_PARTITION_REFUSED_RETRY_MS = 500
@@ -69,6 +69,10 @@ def log_config_for(config: ClusterConfig, topic_configs: dict[str, str]) -> LogC
         retention_ms=opt_int(get("retention.ms", "log.retention.ms")),
         retention_bytes=opt_int(get("retention.bytes", "log.retention.bytes")),
         cleanup_policy=str(get("cleanup.policy", "log.cleanup.policy")),
+        delete_retention_ms=int(get("delete.retention.ms", "log.cleaner.delete.retention.ms")),
+        min_compaction_lag_ms=int(get("min.compaction.lag.ms",
+                                      "log.cleaner.min.compaction.lag.ms")),
+        message_timestamp_type=str(get("message.timestamp.type", "log.message.timestamp.type")),
         flush_messages=opt_int(get("flush.messages", "log.flush.messages")),
         flush_ms=opt_int(get("flush.ms", "log.flush.ms")),
         max_message_bytes=int(get("max.message.bytes", "message.max.bytes")),
@@ -107,6 +111,9 @@ class ReplicaManager:
         self._idle.set()
         self._create_pool = ThreadPoolExecutor(max_workers=4,
                                                thread_name_prefix=f"log-create-{broker_id}")
+        # compaction of cleanup.policy=compact logs: one thread, logs registered by config
+        self.cleaner = LogCleaner(int(config.get("log.cleaner.backoff.ms"))) if config.get(
+            "log.cleaner.enable") else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: dict[str, Cancellable] = {}
         self._running = False
@@ -157,7 +164,10 @@ class ReplicaManager:
         self._spawn(self._alter_partition_loop(), "alter-partition")
         self._schedule(min(self.lag_time_max_ms // 2, 500), self._check_isr)
         self._schedule(HW_CHECKPOINT_INTERVAL_MS, self._checkpoint_hw_tick)
-        self._schedule(LOG_HOUSEKEEPING_INTERVAL_MS, self._housekeeping)
+        self._schedule(int(self.config.get("log.retention.check.interval.ms")),
+                       self._housekeeping)
+        if self.cleaner is not None:
+            self.cleaner.start()
 
     async def stop(self) -> None:
         """Stop fetchers and timers, answer parked requests, close logs cleanly."""
@@ -174,6 +184,8 @@ class ReplicaManager:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
         await asyncio.to_thread(self._create_pool.shutdown, True)
+        if self.cleaner is not None:
+            await asyncio.to_thread(self.cleaner.stop)  # finishes the log it is cleaning
         self._write_hw_checkpoint()
         logs = [p.log for p in self.partitions.values()] + [lg for lg, _ in self._loaded.values()]
         self._loaded.clear()
@@ -235,6 +247,7 @@ class ReplicaManager:
         self.image = image
         mine: set[tuple[str, int]] = set()
         for topic in image.topics.values():
+            cfg: LogConfig | None = None
             for p, info in topic.partitions.items():
                 if self.broker_id not in info.replicas:
                     continue
@@ -252,6 +265,12 @@ class ReplicaManager:
                     part = self._open_partition(topic, p)
                     if part is None:
                         continue
+                else:  # the topic's configs may have been altered
+                    if cfg is None:
+                        cfg = self._log_config(topic)
+                    if part.log.config != cfg:
+                        log.info("broker=%d %s: log config changed", self.broker_id, part.name)
+                        self._set_log_config(part.log, cfg)
                 self._apply_role(part, topic, info, image)
         for tp in [tp for tp in self.partitions if tp not in mine]:
             self._delete_partition(tp)
@@ -292,16 +311,35 @@ class ReplicaManager:
             self._start_creating(topic, p, path)
             return None
         plog = loaded[0]
-        cfg = log_config_for(self.config, topic.configs)
-        if plog.config != cfg:
-            plog.config = cfg
+        self._set_log_config(plog, self._log_config(topic))
         if loaded[1] != topic.topic_id:
             _write_topic_id(path, topic.topic_id)
         return self._add_partition(tp, topic.topic_id, plog)
 
+    def _log_config(self, topic: TopicInfo) -> LogConfig:
+        """The topic's log config; the cluster defaults if its configs do not make one
+        (the controller validates them, so that means a mismatch worth a loud log)."""
+        try:
+            return log_config_for(self.config, topic.configs)
+        except (ValueError, TypeError) as exc:
+            log.error("broker=%d topic %s: configs %s unusable (%s); using the defaults",
+                      self.broker_id, topic.name, topic.configs, exc)
+            return log_config_for(self.config, {})
+
+    def _set_log_config(self, plog: PartitionLog, cfg: LogConfig) -> None:
+        if plog.config != cfg:
+            plog.config = cfg
+        if self.cleaner is not None:
+            if cfg.compact:
+                self.cleaner.add(plog)
+            else:
+                self.cleaner.remove(plog)
+
     def _add_partition(self, tp: tuple[str, int], topic_id: str,
                        plog: PartitionLog) -> Partition:
         hw = self._hw_loaded.get(partition_dir_name(*tp), 0)
+        if self.cleaner is not None and plog.config.compact:
+            self.cleaner.add(plog)
         part = Partition(tp[0], tp[1], topic_id, plog, self.broker_id,
                          self.clock.monotonic_ms, hw)
         self.partitions[tp] = part
@@ -311,7 +349,7 @@ class ReplicaManager:
         tp = (topic.name, p)
         self._creating[tp] = topic.topic_id
         self._idle.clear()
-        cfg = log_config_for(self.config, topic.configs)
+        cfg = self._log_config(topic)
         fut = asyncio.get_running_loop().run_in_executor(
             self._create_pool, _create_log, path, cfg, topic.topic_id)
         fut.add_done_callback(lambda f: self._created(tp, topic.topic_id, f))
@@ -357,6 +395,8 @@ class ReplicaManager:
         part.deleted = True
         self.fetchers.remove_partition(tp)
         part.fail_waiters(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+        if self.cleaner is not None:
+            self.cleaner.remove(part.log)
         _discard(part.log)
         self._remove_dir(Path(part.log.directory))
 

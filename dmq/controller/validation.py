@@ -31,7 +31,8 @@ def validate_topic_name(name: str) -> None:
         raise InvalidTopicError(f"topic name {name!r} has characters outside [a-zA-Z0-9._-]")
 
 
-def _long(minimum: int, allow_minus_one: bool = False) -> Callable[[str], str]:
+def _long(minimum: int, allow_minus_one: bool = False,
+          maximum: int = 2**63 - 1) -> Callable[[str], str]:
     def check(value: str) -> str:
         try:
             n = int(value)
@@ -40,8 +41,16 @@ def _long(minimum: int, allow_minus_one: bool = False) -> Callable[[str], str]:
         if n < minimum and not (allow_minus_one and n == -1):
             extra = " or -1" if allow_minus_one else ""
             raise ValueError(f"must be at least {minimum}{extra}")
+        if n > maximum:
+            raise ValueError(f"must be at most {maximum}")
         return str(n)
     return check
+
+
+def _timestamp_type(value: str) -> str:
+    if value not in ("CreateTime", "LogAppendTime"):
+        raise ValueError("must be CreateTime or LogAppendTime")
+    return value
 
 
 def _bool(value: str) -> str:
@@ -64,11 +73,14 @@ TOPIC_CONFIG_CHECKS: dict[str, Callable[[str], str]] = {
     "unclean.leader.election.enable": _bool,
     "retention.ms": _long(0, allow_minus_one=True),
     "retention.bytes": _long(0, allow_minus_one=True),
-    "segment.bytes": _long(14),
+    # a segment holds at least one batch header; file positions in the index are u32
+    "segment.bytes": _long(64, maximum=2**31 - 1),
     "segment.ms": _long(1),
     "cleanup.policy": _cleanup_policy,
     "delete.retention.ms": _long(0),
-    "max.message.bytes": _long(0),
+    "min.compaction.lag.ms": _long(0),
+    "max.message.bytes": _long(61),  # a batch header is 61 bytes
+    "message.timestamp.type": _timestamp_type,
     "flush.messages": _long(1, allow_minus_one=True),
     "flush.ms": _long(0, allow_minus_one=True),
 }
@@ -82,8 +94,10 @@ TOPIC_CONFIG_DEFAULTS: dict[str, str | tuple[str, str]] = {
     "segment.bytes": "log.segment.bytes",
     "segment.ms": "log.segment.ms",
     "cleanup.policy": "log.cleanup.policy",
-    "delete.retention.ms": ("=", "86400000"),
+    "delete.retention.ms": "log.cleaner.delete.retention.ms",
+    "min.compaction.lag.ms": "log.cleaner.min.compaction.lag.ms",
     "max.message.bytes": "message.max.bytes",
+    "message.timestamp.type": "log.message.timestamp.type",
     "flush.messages": "log.flush.messages",
     "flush.ms": "log.flush.ms",
 }

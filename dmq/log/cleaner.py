@@ -26,11 +26,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dmq.log.batch import (
     ATTR_TIMESTAMP_TYPE,
+    HEADER_SIZE,
     LOG_OVERHEAD,
     BatchHeader,
     Record,
     decode_records,
     encode_batch,
+    read_header,
+    validate_batches,
 )
 from dmq.log.checkpoint import fsync_dir
 from dmq.log.errors import LogClosedError, LogError
@@ -74,26 +77,50 @@ def sweep_replacement_files(directory: str, sync: bool = True) -> None:
         fsync_dir(directory)
 
 
-def _segment_batches(seg: LogSegment) -> Iterator[tuple[BatchHeader, bytes]]:
-    for h in seg.headers(0):
-        size = h.batch_length + LOG_OVERHEAD
-        data = seg.read(h.position, size)
-        yield h._replace(position=0), data
+def _segment_batches(fd: int, size: int) -> Iterator[tuple[BatchHeader, bytes]]:
+    """The batches of a closed segment's first `size` bytes, read through `fd`."""
+    pos = 0
+    while pos < size:
+        head = os.pread(fd, HEADER_SIZE, pos)
+        if len(head) < HEADER_SIZE:
+            raise LogError(f"segment changed under the cleaner at position {pos}")
+        h = read_header(head, 0)
+        total = h.batch_length + LOG_OVERHEAD
+        data = head + os.pread(fd, total - HEADER_SIZE, pos + HEADER_SIZE)
+        if len(data) != total:
+            raise LogError(f"segment changed under the cleaner at position {pos}")
+        yield h, data
+        pos += total
 
 
 def _record_ts(h: BatchHeader, r: Record) -> int:
     return h.max_timestamp if h.attributes & ATTR_TIMESTAMP_TYPE else r.timestamp
 
 
+class _Rewrite(NamedTuple):
+    """A cleaned segment written to `<log>.cleaned`, waiting to be swapped in."""
+
+    segment: LogSegment
+    size_bytes: int  # of the old segment when it was read
+    cleaned_path: str
+    headers: list[BatchHeader]  # of the cleaned file, positions in it
+
+
 def clean_log(plog: PartitionLog, now_ms: int | None = None) -> CleanResult:
-    """Compact the closed segments of `plog` in place. Holds the log's lock throughout."""
+    """Compact the closed segments of `plog` in place.
+
+    The log's lock is held only to pick the segments and, at the end, to swap the
+    rewritten ones in: reading, decoding and writing `.cleaned` files happen without
+    it, so appends and reads of the partition go on meanwhile. Closed segments never
+    change in place; duplicated descriptors keep them readable if retention or a
+    truncation removes them meanwhile, and the swap checks they are still there as read.
+    """
     cfg = plog.config
     with plog._lock:  # noqa: SLF001 - the cleaner is the log's friend
         plog._check_open()  # noqa: SLF001
         now = plog.clock.wall_ms() if now_ms is None else now_ms
-        closed = plog.segments[:-1]
         cleanable: list[LogSegment] = []
-        for seg in closed:  # respect min_compaction_lag_ms: a prefix of closed segments
+        for seg in plog.segments[:-1]:  # min_compaction_lag_ms: a prefix of closed segments
             if seg.size_bytes and now - seg.max_timestamp < cfg.min_compaction_lag_ms:
                 break
             cleanable.append(seg)
@@ -103,19 +130,22 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None) -> CleanResult:
         last = plog.cleaner_state
         if last is not None and last[0] == signature and not last[1]:
             return CleanResult(0, 0, 0, 0, 0)  # nothing new closed, no tombstone pending
+        sizes = [s.size_bytes for s in cleanable]
+        fds = [os.dup(s.fd) for s in cleanable]
+    rewrites: list[_Rewrite] = []
+    try:
         latest: dict[Any, int] = {}
-        for seg in cleanable:
-            for h, data in _segment_batches(seg):
+        for fd, size in zip(fds, sizes, strict=True):
+            for h, data in _segment_batches(fd, size):
                 for r in decode_records(data, h):
                     if r.key is not None:
                         latest[r.key] = r.offset
         horizon = now - cfg.delete_retention_ms
-        kept_total = removed_total = before = after = rewritten = tombstones = 0
-        done: list[LogSegment] = []
-        for seg in cleanable:
+        kept_total = removed_total = before = after = tombstones = 0
+        for seg, fd, size in zip(cleanable, fds, sizes, strict=True):
             out: list[bytes] = []
             changed = False
-            for h, data in _segment_batches(seg):
+            for h, data in _segment_batches(fd, size):
                 records = decode_records(data, h)
                 keep = [r for r in records if r.key is None or (
                     latest[r.key] == r.offset
@@ -128,17 +158,55 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None) -> CleanResult:
                     continue
                 changed = True
                 out.extend(_rebatch(h, keep))
-            before += seg.size_bytes
+            before += size
             if not changed:
-                after += seg.size_bytes
-                done.append(seg)
+                after += size
                 continue
-            new_seg = _swap_in(plog, seg, out)
-            after += new_seg.size_bytes
-            rewritten += 1
-            done.append(new_seg)
-        plog.cleaner_state = (tuple((s.base_offset, s.size_bytes) for s in done), tombstones)
-        return CleanResult(rewritten, kept_total, removed_total, before, after)
+            rewrite = _write_cleaned(plog, seg, size, out)
+            rewrites.append(rewrite)
+            after += sum(h.batch_length + LOG_OVERHEAD for h in rewrite.headers)
+    except BaseException:
+        for rw in rewrites:
+            _unlink_quietly(rw.cleaned_path)
+        raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+    with plog._lock:  # noqa: SLF001
+        try:
+            plog._check_open()  # noqa: SLF001
+            current = {id(s): s.size_bytes for s in plog.segments[:-1] if not s.active}
+            still = [current.get(id(s)) == n for s, n in zip(cleanable, sizes, strict=True)]
+            if False in still[still.index(True) if True in still else len(still):]:
+                # a truncation cut into what was read: `latest` may name records that
+                # are gone, so nothing may be dropped on its word; try again next time
+                log.info("cleaning %s skipped: the log was truncated meanwhile",
+                         plog.directory)
+                for rw in rewrites:
+                    _unlink_quietly(rw.cleaned_path)
+                return CleanResult(0, 0, 0, 0, 0)
+            done = 0
+            for rw in rewrites:
+                if current.get(id(rw.segment)) == rw.size_bytes:  # else deleted by retention
+                    _swap_in(plog, rw)
+                    done += 1
+                else:
+                    _unlink_quietly(rw.cleaned_path)
+        except BaseException:
+            for rw in rewrites:
+                _unlink_quietly(rw.cleaned_path)
+            raise
+        last_base = cleanable[-1].base_offset
+        plog.cleaner_state = (tuple((s.base_offset, s.size_bytes) for s in plog.segments[:-1]
+                                    if s.base_offset <= last_base), tombstones)
+        return CleanResult(done, kept_total, removed_total, before, after)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class LogCleaner:
@@ -146,8 +214,8 @@ class LogCleaner:
 
     `run_once()` is the whole job (tests and callers with their own scheduler use it);
     `start()` runs it every `interval_ms` on a daemon thread until `stop()`. A failing
-    log is logged and skipped, never fatal to the others. Each clean holds that log's
-    lock, so appends to it wait while it runs.
+    log is logged and skipped, never fatal to the others. A clean holds that log's lock
+    only to pick segments and to swap rewritten ones in (see `clean_log`).
     """
 
     def __init__(self, interval_ms: int = 15_000) -> None:
@@ -226,21 +294,32 @@ def _encode_run(h: BatchHeader, run: list[Record]) -> bytes:
                         h.producer_epoch, seq, h.partition_leader_epoch)
 
 
-def _swap_in(plog: PartitionLog, old: LogSegment, batches: list[bytes]) -> LogSegment:
-    directory = plog.directory
-    sync = plog.fsync_enabled
-    log_path = old.path
-    cleaned = log_path + CLEANED_SUFFIX
-    swap = log_path + SWAP_SUFFIX
+def _write_cleaned(plog: PartitionLog, seg: LogSegment, size: int,
+                   batches: list[bytes]) -> _Rewrite:
+    """Write and fsync `<log>.cleaned` (no lock needed: nothing else uses that name)."""
+    cleaned = seg.path + CLEANED_SUFFIX
+    data = b"".join(batches)
+    headers = validate_batches(data) if data else []  # what we wrote, CRCs included
     fd = os.open(cleaned, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        if batches:
-            os.writev(fd, batches)
-        if sync:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if plog.fsync_enabled:
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(cleaned, swap)
+    return _Rewrite(seg, size, cleaned, headers)
+
+
+def _swap_in(plog: PartitionLog, rw: _Rewrite) -> LogSegment:
+    """Replace the old segment by its cleaned file (with the log's lock held)."""
+    old = rw.segment
+    directory = plog.directory
+    sync = plog.fsync_enabled
+    log_path = old.path
+    swap = log_path + SWAP_SUFFIX
+    os.replace(rw.cleaned_path, swap)
     if sync:
         fsync_dir(directory)  # commit point: from here the sweep finishes the swap
     old.index.close()
@@ -248,18 +327,16 @@ def _swap_in(plog: PartitionLog, old: LogSegment, batches: list[bytes]) -> LogSe
     os.close(old.fd)
     old.fd = -1
     for p in (old.index_path, old.timeindex_path):
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(p)
     os.replace(swap, log_path)
     if sync:
         fsync_dir(directory)
     cfg = plog.config
     new = LogSegment(directory, old.base_offset, cfg.segment_index_bytes,
                      cfg.index_interval_bytes, False, old.created_ms)
-    res = new.recover(None)
-    if res.corrupt_reason is not None or res.torn:  # we just wrote it: a bug or a bad disk
-        raise LogError(f"cleaned segment {log_path} failed verification")
+    if new.size_bytes != sum(h.batch_length + LOG_OVERHEAD for h in rw.headers):
+        raise LogError(f"cleaned segment {log_path} has the wrong size")
+    new.rebuild_indexes_from(rw.headers)
+    new.make_inactive()
     plog.replace_segment(old, new)
     return new

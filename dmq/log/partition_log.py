@@ -114,7 +114,7 @@ class PartitionLog:
     def __init__(self, directory: str, config: LogConfig | None = None,
                  clock: Clock | None = None, *, fsync_enabled: bool = True) -> None:
         self.directory = directory
-        self.config = config if config is not None else LogConfig()
+        self._config = config if config is not None else LogConfig()
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.fsync_enabled = fsync_enabled
         self._lock = threading.RLock()
@@ -129,15 +129,8 @@ class PartitionLog:
         # (closed segments as (base, size), tombstones kept) after the last clean: lets
         # the cleaner skip a log with nothing new to do.
         self.cleaner_state: tuple[tuple[tuple[int, int], ...], int] | None = None
-        self.producer_state = ProducerStateManager(self.config.max_producer_batches)
-        # Hot-path copies of config fields (attribute lookups on a frozen dataclass).
-        cfg = self.config
-        self._max_message_bytes = cfg.max_message_bytes
-        self._segment_bytes = cfg.segment_bytes
-        self._segment_ms = cfg.segment_ms
-        self._flush_messages = cfg.flush_messages
-        self._flush_ms = cfg.flush_ms
-        self._log_append_time = cfg.message_timestamp_type == "LogAppendTime"
+        self.producer_state = ProducerStateManager(self._config.max_producer_batches)
+        self._copy_config()
         try:
             os.makedirs(directory, exist_ok=True)
             self.epoch_cache = LeaderEpochCache(os.path.join(directory, EPOCH_FILE),
@@ -146,6 +139,27 @@ class PartitionLog:
             self._load()
         except OSError as exc:
             raise LogStorageError(f"cannot open log {directory}: {exc}") from exc
+
+    @property
+    def config(self) -> LogConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: LogConfig) -> None:
+        """A new config (the topic's configs were altered) applies from the next call."""
+        with self._lock:
+            self._config = config
+            self._copy_config()
+
+    def _copy_config(self) -> None:
+        """Hot-path copies of config fields (attribute lookups on a frozen dataclass)."""
+        cfg = self._config
+        self._max_message_bytes = cfg.max_message_bytes
+        self._segment_bytes = cfg.segment_bytes
+        self._segment_ms = cfg.segment_ms
+        self._flush_messages = cfg.flush_messages
+        self._flush_ms = cfg.flush_ms
+        self._log_append_time = cfg.message_timestamp_type == "LogAppendTime"
 
     @classmethod
     def open(cls, directory: str, config: LogConfig | None = None,

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from dmq.clock import ManualClock
-from dmq.log import LogConfig, PartitionLog, build_batch, iter_records
+from dmq.log import LogConfig, PartitionLog, build_batch, cleaner, iter_records
 from dmq.log.batch import BatchBuilder
 from tests.unit.log.helpers import check_log_consistent
 
@@ -165,7 +165,6 @@ def test_idempotent_fields_survive_rebatching(tmp_path: object) -> None:
 
 def crash_during_clean(tmp_path: object, fail_at_replace: int) -> tuple[str, list, list]:
     """Make the cleaner die at its n-th os.replace; returns (path, before, after-clean)."""
-    import dmq.log.cleaner as cleaner
 
     path = str(tmp_path)
     clock = ManualClock()
@@ -188,12 +187,15 @@ def crash_during_clean(tmp_path: object, fail_at_replace: int) -> tuple[str, lis
             raise OSError("simulated crash")
         real(src, dst)
 
+    real_unlink = cleaner._unlink_quietly  # noqa: SLF001
     cleaner.os.replace = failing  # type: ignore[assignment]
+    cleaner._unlink_quietly = lambda path: None  # a crash cleans nothing up  # noqa: SLF001
     try:
         with pytest.raises(OSError):
             plog.clean()
     finally:
         cleaner.os.replace = real  # type: ignore[assignment]
+        cleaner._unlink_quietly = real_unlink  # noqa: SLF001
     plog.abandon()
     return path, before, model.expected()
 
@@ -298,3 +300,103 @@ def test_log_cleaner_owner_runs_and_skips_clean_logs(tmp_path: object) -> None:
     assert cleaner._thread is None
     for plog in logs[:2]:
         plog.close()
+
+
+def _log_with_history(path: str, clock: ManualClock, n: int = 60) -> tuple[PartitionLog, Model]:
+    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+    model = Model()
+    ts = clock.wall_ms()
+    for i in range(n):
+        recs = [(b"k%d" % (i % 4), b"v%d" % i)]
+        info = plog.append_as_leader(build_batch(recs, timestamp_ms=ts), 1)
+        model.append(info.base_offset, recs, ts)
+    plog.roll()
+    assert plog.segment_count > 4
+    return plog, model
+
+
+def _during_write(monkeypatch: pytest.MonkeyPatch, action: object) -> None:
+    """Run `action` from another thread while the cleaner writes its first `.cleaned`."""
+    import threading
+
+    real = cleaner._write_cleaned  # noqa: SLF001
+    ran = [False]
+
+    def hooked(*args: object) -> object:
+        if not ran[0]:
+            ran[0] = True
+            t = threading.Thread(target=action)  # type: ignore[arg-type]
+            t.start()
+            t.join(10)
+            assert not t.is_alive(), "the log was locked while the cleaner rewrote segments"
+        return real(*args)
+
+    monkeypatch.setattr(cleaner, "_write_cleaned", hooked)
+
+
+def test_appends_and_reads_go_on_while_segments_are_rewritten(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock()
+    plog, model = _log_with_history(str(tmp_path), clock)
+    closed_end = plog.segments[-1].base_offset
+    seen: list[int] = []
+
+    def produce_and_read() -> None:
+        recs = [(b"k1", b"during")]
+        info = plog.append_as_leader(build_batch(recs, timestamp_ms=clock.wall_ms()), 1)
+        model.append(info.base_offset, recs, clock.wall_ms())
+        seen.append(len(plog.read(0, 10_000)))
+
+    _during_write(monkeypatch, produce_and_read)
+    res = plog.clean()
+    assert res.segments_rewritten > 0 and seen and seen[0] > 0
+    model.clean(closed_end, clock.wall_ms(), CFG.delete_retention_ms)
+    assert records_of(plog) == model.expected()
+    check_log_consistent(plog)
+    plog.close()
+
+
+def test_retention_during_a_clean_drops_only_what_it_deleted(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock()
+    plog, model = _log_with_history(str(tmp_path), clock)
+    closed_end = plog.segments[-1].base_offset
+    second = plog.segments[1].base_offset
+
+    def delete_first_segment() -> None:
+        assert plog.maybe_increment_log_start_offset(second)
+
+    _during_write(monkeypatch, delete_first_segment)
+    assert plog.clean().segments_rewritten > 0
+    model.present = {o for o in model.present if o >= second}
+    model.clean(closed_end, clock.wall_ms(), CFG.delete_retention_ms)
+    assert records_of(plog) == model.expected()
+    check_log_consistent(plog)
+    plog.close()
+
+
+def test_truncation_into_the_cleaned_range_cancels_the_clean(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The newest value of a key read by the cleaner is truncated away meanwhile: its
+    older values must survive, so nothing read before the truncation may be dropped."""
+    clock = ManualClock()
+    plog, model = _log_with_history(str(tmp_path), clock)
+    cut = plog.segments[-2].base_offset  # inside the closed range the cleaner reads
+
+    def truncate() -> None:
+        plog.truncate_to(cut)
+
+    _during_write(monkeypatch, truncate)
+    res = plog.clean()
+    assert res.segments_rewritten == 0
+    model.present = {o for o in model.present if o < cut}
+    assert records_of(plog) == model.expected()
+    assert not any(n.endswith((".cleaned", ".swap")) for n in os.listdir(str(tmp_path)))
+    check_log_consistent(plog)
+    monkeypatch.undo()
+    plog.roll()
+    closed_end = plog.segments[-1].base_offset
+    plog.clean()
+    model.clean(closed_end, clock.wall_ms(), CFG.delete_retention_ms)
+    assert records_of(plog) == model.expected()
+    plog.close()

@@ -1,0 +1,113 @@
+"""Topic configs reach the partition logs: at creation, after a restart, when altered
+on a running broker, and compaction of `cleanup.policy=compact` topics by the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from dmq.log.batch import build_batch, iter_records
+from dmq.protocol.errors import ErrorCode
+from tests.unit.broker.support import (
+    InProcBroker,
+    StandInController,
+    batch,
+    fetch,
+    make_config,
+    produce,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def set_topic_configs(ctl: StandInController, name: str, configs: dict[str, str]) -> None:
+    """What the controller publishes after ALTER_CONFIGS."""
+    topics = dict(ctl.image.topics)
+    topics[name] = dataclasses.replace(topics[name], configs=configs)
+    ctl._publish(topics=topics)  # noqa: SLF001
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[tuple[StandInController, InProcBroker]]:
+    ctl = StandInController()
+    b = InProcBroker(1, tmp_path, ctl, make_config(log_retention_check_interval_ms=50,
+                                                   log_cleaner_backoff_ms=50))
+    await b.start()
+    yield ctl, b
+    if b.running:
+        await b.stop()
+
+
+@pytest.mark.parametrize("crash", [False, True])
+async def test_topic_configs_survive_a_restart(broker, crash: bool) -> None:
+    ctl, b = broker
+    await ctl.create_topic("t", [[1]], {"max.message.bytes": "4096", "flush.messages": "1"})
+    conn = await b.connect()
+    big = batch([b"x" * 5000])
+    assert (await produce(conn, "t", 0, big))[1] == ErrorCode.MESSAGE_TOO_LARGE
+    await conn.close()
+    await (b.crash() if crash else b.stop())
+    await b.start()
+    plog = b.partition("t").log
+    assert plog.config.max_message_bytes == 4096 and plog.config.flush_messages == 1
+    conn = await b.connect()
+    assert (await produce(conn, "t", 0, big))[1] == ErrorCode.MESSAGE_TOO_LARGE
+    assert (await produce(conn, "t", 0, batch([b"ok"])))[1] == 0
+    assert plog.recovery_point == plog.log_end_offset  # flush.messages=1: fsynced at once
+    await conn.close()
+
+
+async def test_altered_configs_apply_to_open_logs(broker) -> None:
+    ctl, b = broker
+    await ctl.create_topic("t", [[1]], {"segment.bytes": "1024"})
+    conn = await b.connect()
+    for i in range(40):
+        assert (await produce(conn, "t", 0, batch([b"v%d" % i * 20])))[1] == 0
+    plog = b.partition("t").log
+    assert plog.segment_count > 3 and plog.log_start_offset == 0
+    big = batch([b"x" * 5000])
+    set_topic_configs(ctl, "t", {"segment.bytes": "1024", "max.message.bytes": "4096",
+                                 "retention.ms": "0"})
+    assert (await produce(conn, "t", 0, big))[1] == ErrorCode.MESSAGE_TOO_LARGE
+    for _ in range(100):  # the retention check runs every 50 ms here
+        if plog.segment_count == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert plog.segment_count == 1 and plog.log_start_offset > 0
+    row = await fetch(conn, "t", 0, plog.log_start_offset)
+    assert row[1] == 0
+    await conn.close()
+
+
+async def test_compacted_topic_is_cleaned_by_the_broker(broker) -> None:
+    ctl, b = broker
+    await ctl.create_topic("c", [[1]], {"cleanup.policy": "compact", "segment.bytes": "2048"})
+    conn = await b.connect()
+    newest: dict[bytes, bytes] = {}
+    for i in range(300):
+        key, value = b"k%d" % (i % 5), b"v%d" % i
+        newest[key] = value
+        data = build_batch([(key, value)], timestamp_ms=1_700_000_000_000 + i)
+        assert (await produce(conn, "c", 0, data))[1] == 0
+    plog = b.partition("c").log
+    before = plog.size_bytes
+    for _ in range(100):  # the cleaner runs every 50 ms here
+        if plog.size_bytes < before // 4:
+            break
+        await asyncio.sleep(0.05)
+    assert plog.size_bytes < before // 4
+    seen: dict[bytes, bytes] = {}
+    offset = 0
+    while offset < plog.log_end_offset:
+        row = await fetch(conn, "c", 0, offset)
+        records = [r for r in iter_records(row[5]) if r.offset >= offset]
+        for r in records:
+            seen[r.key] = r.value
+        offset = records[-1].offset + 1
+    assert seen == newest
+    assert plog.log_end_offset == 300  # offsets are kept
+    await conn.close()
