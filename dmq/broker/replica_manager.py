@@ -270,7 +270,8 @@ class ReplicaManager:
                         cfg = self._log_config(topic)
                     if part.log.config != cfg:
                         log.info("broker=%d %s: log config changed", self.broker_id, part.name)
-                        self._set_log_config(part.log, cfg)
+                        part.log.config = cfg
+                        self._register_for_cleaning(part)
                 self._apply_role(part, topic, info, image)
         for tp in [tp for tp in self.partitions if tp not in mine]:
             self._delete_partition(tp)
@@ -311,7 +312,9 @@ class ReplicaManager:
             self._start_creating(topic, p, path)
             return None
         plog = loaded[0]
-        self._set_log_config(plog, self._log_config(topic))
+        cfg = self._log_config(topic)
+        if plog.config != cfg:
+            plog.config = cfg
         if loaded[1] != topic.topic_id:
             _write_topic_id(path, topic.topic_id)
         return self._add_partition(tp, topic.topic_id, plog)
@@ -326,23 +329,22 @@ class ReplicaManager:
                       self.broker_id, topic.name, topic.configs, exc)
             return log_config_for(self.config, {})
 
-    def _set_log_config(self, plog: PartitionLog, cfg: LogConfig) -> None:
-        if plog.config != cfg:
-            plog.config = cfg
-        if self.cleaner is not None:
-            if cfg.compact:
-                self.cleaner.add(plog)
-            else:
-                self.cleaner.remove(plog)
+    def _register_for_cleaning(self, part: Partition) -> None:
+        """Compacted up to its high watermark by the cleaner thread, or not at all."""
+        if self.cleaner is None:
+            return
+        if part.log.config.compact:
+            self.cleaner.add(part.log, lambda: part.high_watermark)
+        else:
+            self.cleaner.remove(part.log)
 
     def _add_partition(self, tp: tuple[str, int], topic_id: str,
                        plog: PartitionLog) -> Partition:
         hw = self._hw_loaded.get(partition_dir_name(*tp), 0)
-        if self.cleaner is not None and plog.config.compact:
-            self.cleaner.add(plog)
         part = Partition(tp[0], tp[1], topic_id, plog, self.broker_id,
                          self.clock.monotonic_ms, hw)
         self.partitions[tp] = part
+        self._register_for_cleaning(part)
         return part
 
     def _start_creating(self, topic: TopicInfo, p: int, path: Path) -> None:

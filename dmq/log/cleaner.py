@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dmq.log.batch import (
@@ -106,8 +106,11 @@ class _Rewrite(NamedTuple):
     headers: list[BatchHeader]  # of the cleaned file, positions in it
 
 
-def clean_log(plog: PartitionLog, now_ms: int | None = None) -> CleanResult:
-    """Compact the closed segments of `plog` in place.
+def clean_log(plog: PartitionLog, now_ms: int | None = None,
+              max_offset: int | None = None) -> CleanResult:
+    """Compact the closed segments of `plog` in place, those wholly below `max_offset`
+    (the high watermark: a newer value that is not committed yet may still be truncated
+    away, and must not cost the committed one its place).
 
     The log's lock is held only to pick the segments and, at the end, to swap the
     rewritten ones in: reading, decoding and writing `.cleaned` files happen without
@@ -122,6 +125,8 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None) -> CleanResult:
         cleanable: list[LogSegment] = []
         for seg in plog.segments[:-1]:  # min_compaction_lag_ms: a prefix of closed segments
             if seg.size_bytes and now - seg.max_timestamp < cfg.min_compaction_lag_ms:
+                break
+            if max_offset is not None and seg.next_offset > max_offset:
                 break
             cleanable.append(seg)
         if not cleanable:
@@ -220,14 +225,15 @@ class LogCleaner:
 
     def __init__(self, interval_ms: int = 15_000) -> None:
         self.interval_ms = interval_ms
-        self._logs: dict[str, PartitionLog] = {}
+        self._logs: dict[str, tuple[PartitionLog, Callable[[], int] | None]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, plog: PartitionLog) -> None:
+    def add(self, plog: PartitionLog, upto: Callable[[], int] | None = None) -> None:
+        """Clean `plog` on every pass; `upto()` gives its high watermark (see `clean_log`)."""
         with self._lock:
-            self._logs[plog.directory] = plog
+            self._logs[plog.directory] = (plog, upto)
 
     def remove(self, plog: PartitionLog) -> None:
         with self._lock:
@@ -237,11 +243,11 @@ class LogCleaner:
         with self._lock:
             logs = list(self._logs.values())
         out: dict[str, CleanResult] = {}
-        for plog in logs:
+        for plog, upto in logs:
             if self._stop.is_set():
                 break
             try:
-                res = plog.clean(now_ms)
+                res = plog.clean(now_ms, None if upto is None else upto())
             except LogClosedError:
                 self.remove(plog)
                 continue

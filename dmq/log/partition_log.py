@@ -774,13 +774,14 @@ class PartitionLog:
 
     # ------------------------------------------------------------------ cleaner hooks
 
-    def clean(self, now_ms: int | None = None) -> CleanResult:
-        """Compact closed segments (no-op unless `cleanup_policy` includes compact)."""
+    def clean(self, now_ms: int | None = None, max_offset: int | None = None) -> CleanResult:
+        """Compact closed segments below `max_offset` (the high watermark; no-op unless
+        `cleanup_policy` includes compact)."""
         from dmq.log.cleaner import CleanResult, clean_log
 
         if not self.config.compact:
             return CleanResult(0, 0, 0, 0, 0)
-        return clean_log(self, now_ms)
+        return clean_log(self, now_ms, max_offset)
 
     def replace_segment(self, old: LogSegment, new: LogSegment) -> None:
         """Swap a cleaned segment in (called by the cleaner with the lock held)."""

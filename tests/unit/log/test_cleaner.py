@@ -400,3 +400,29 @@ def test_truncation_into_the_cleaned_range_cancels_the_clean(
     model.clean(closed_end, clock.wall_ms(), CFG.delete_retention_ms)
     assert records_of(plog) == model.expected()
     plog.close()
+
+
+def test_nothing_above_the_high_watermark_decides_what_is_dropped(tmp_path: object) -> None:
+    """A newer value of a key that is not committed yet may be truncated away (leader
+    change); the committed value it would supersede must still be there then."""
+    path = str(tmp_path)
+    clock = ManualClock()
+    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+    ts = clock.wall_ms()
+    for i in range(20):
+        plog.append_as_leader(build_batch([(b"k", b"committed-%d" % i)], ts), 1)
+    plog.roll()
+    hw = plog.log_end_offset
+    for i in range(20):
+        plog.append_as_leader(build_batch([(b"k", b"uncommitted-%d" % i)], ts), 1)
+    plog.roll()
+    plog.clean(max_offset=hw)
+    values = [v for _, k, v in records_of(plog) if k == b"k"]
+    assert b"committed-19" in values and values[-1] == b"uncommitted-19"
+    plog.truncate_to(hw)  # the uncommitted tail goes, as after a leader change
+    assert [v for _, _, v in records_of(plog)][-1] == b"committed-19"
+    plog.roll()
+    plog.clean(max_offset=plog.log_end_offset)
+    assert [v for _, _, v in records_of(plog)] == [b"committed-19"]
+    check_log_consistent(plog)
+    plog.close()
