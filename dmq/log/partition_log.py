@@ -755,8 +755,15 @@ class PartitionLog:
         loaded = load_segments(self.directory, self.config, self._new_segment,
                                self.fsync_enabled)
         segs = loaded.segments
-        if segs[-1].size_bytes:  # segment_ms counts from when this process saw it
-            segs[-1].first_append_ms = self.clock.monotonic_ms()
+        if segs[-1].size_bytes:
+            # segment_ms counts from the first batch's timestamp (Kafka's rolling-based
+            # timestamp), carried into this process's monotonic clock; a timestamp from
+            # the future counts as now. Restarts must not keep a quiet segment from ever
+            # rolling (and so from ever expiring).
+            first = next(segs[-1].headers(0), None)
+            age = 0 if first is None else self.clock.wall_ms() - first.max_timestamp
+            segs[-1].first_append_ms = self.clock.monotonic_ms() - min(
+                max(age, 0), self._segment_ms)
         self._segments = segs
         self._bases = [s.base_offset for s in segs]
         self._log_end_offset = segs[-1].next_offset

@@ -97,6 +97,23 @@ def test_rolls_by_size_and_time_and_reads_across_segments(tmp_path: object) -> N
     assert "00000000000000000000.log" in names and "meta.checkpoint" in names
 
 
+@pytest.mark.parametrize("age_ms", [0, 999, 1000, 5000, -3000])
+def test_segment_age_survives_a_restart(tmp_path: object, age_ms: int) -> None:
+    """The active segment's age counts from its first batch's timestamp, not from the
+    restart: a broker restarted more often than segment_ms still rolls (and expires)."""
+    clock = ManualClock()
+    cfg = LogConfig(segment_ms=1000)
+    plog = open_log(tmp_path, cfg, clock)
+    plog.append_as_leader(batch(1, ts=clock.wall_ms() - age_ms), 1)
+    plog.append_as_leader(batch(1, ts=clock.wall_ms()), 1)
+    plog.close()
+    plog = open_log(tmp_path, cfg, clock)
+    assert plog.maybe_roll_by_time() == (age_ms >= 1000)
+    clock.advance(1000)
+    assert plog.maybe_roll_by_time() == (age_ms < 1000)
+    plog.close()
+
+
 def test_follower_append(tmp_path: object) -> None:
     leader = open_log(os.path.join(str(tmp_path), "l"))
     follower = open_log(os.path.join(str(tmp_path), "f"))
