@@ -143,9 +143,10 @@ class ReplicaManager:
 
         def open_one(item: tuple[str, int, Path]) -> tuple[str, int, PartitionLog, str]:
             topic, p, path = item
-            topic_id = _read_topic_id(path)
-            cfg = log_config_for(self.config, {})
-            return topic, p, PartitionLog.open(str(path), cfg), topic_id
+            meta = _read_partition_metadata(path)
+            known = {k: v for k, v in meta.items() if k == "cleanup.policy"}
+            cfg = log_config_for(self.config, known)  # the rest comes with the image
+            return topic, p, PartitionLog.open(str(path), cfg), meta.get("topic_id", "")
 
         with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="log-load") as pool:
             results = await asyncio.gather(
@@ -272,6 +273,7 @@ class ReplicaManager:
                         log.info("broker=%d %s: log config changed", self.broker_id, part.name)
                         part.log.config = cfg
                         self._register_for_cleaning(part)
+                        self._record_cleanup_policy(part, cfg)
                 self._apply_role(part, topic, info, image)
         for tp in [tp for tp in self.partitions if tp not in mine]:
             self._delete_partition(tp)
@@ -315,8 +317,7 @@ class ReplicaManager:
         cfg = self._log_config(topic)
         if plog.config != cfg:
             plog.config = cfg
-        if loaded[1] != topic.topic_id:
-            _write_topic_id(path, topic.topic_id)
+        _write_partition_metadata(path, topic.topic_id, cfg.cleanup_policy)
         return self._add_partition(tp, topic.topic_id, plog)
 
     def _log_config(self, topic: TopicInfo) -> LogConfig:
@@ -328,6 +329,14 @@ class ReplicaManager:
             log.error("broker=%d topic %s: configs %s unusable (%s); using the defaults",
                       self.broker_id, topic.name, topic.configs, exc)
             return log_config_for(self.config, {})
+
+    def _record_cleanup_policy(self, part: Partition, cfg: LogConfig) -> None:
+        try:
+            _write_partition_metadata(Path(part.log.directory), part.topic_id,
+                                      cfg.cleanup_policy)
+        except OSError as exc:
+            log.warning("broker=%d %s: cannot write partition metadata: %s", self.broker_id,
+                        part.name, exc)
 
     def _register_for_cleaning(self, part: Partition) -> None:
         """Compacted up to its high watermark by the cleaner thread, or not at all."""
@@ -579,21 +588,22 @@ def _discard(plog: PartitionLog) -> None:
         plog.abandon()
 
 
-def _read_topic_id(path: Path) -> str:
-    rows = read_entries(str(path / TOPIC_ID_FILE))
-    for row in rows or ():
-        if len(row) >= 2 and row[0] == "topic_id":
-            return row[1]
-    return ""
+def _read_partition_metadata(path: Path) -> dict[str, str]:
+    """`partition.metadata`: the topic id, and the cleanup policy the log was last
+    opened with (a compacted log has gaps that recovery must know are not damage,
+    before the first metadata image says what the topic is)."""
+    return {row[0]: row[1] for row in read_entries(str(path / TOPIC_ID_FILE)) or ()
+            if len(row) >= 2}
 
 
 def _create_log(path: Path, config: LogConfig, topic_id: str) -> PartitionLog:
     """Make a new partition log (worker thread: directory, checkpoints and their fsyncs)."""
     plog = PartitionLog.open(str(path), config)
-    _write_topic_id(path, topic_id)
+    _write_partition_metadata(path, topic_id, config.cleanup_policy)
     return plog
 
 
-def _write_topic_id(path: Path, topic_id: str) -> None:
-    if _read_topic_id(path) != topic_id:
-        write_entries(str(path / TOPIC_ID_FILE), [("topic_id", topic_id)])
+def _write_partition_metadata(path: Path, topic_id: str, cleanup_policy: str) -> None:
+    rows = {"topic_id": topic_id, "cleanup.policy": cleanup_policy}
+    if _read_partition_metadata(path) != rows:
+        write_entries(str(path / TOPIC_ID_FILE), list(rows.items()))

@@ -71,9 +71,12 @@ def load_segments(directory: str, config: LogConfig,
             res = seg.recover(prev_next)
             if res.corrupt_reason is not None or res.torn:
                 cut = True
-            elif next_base is not None and not config.compact and seg.next_offset != next_base:
+            elif (scan and next_base is not None and not config.compact
+                  and seg.next_offset != next_base):
                 # Past the recovery point nothing but follower replication of a compacted
-                # log leaves gaps between segments; here a gap means lost data.
+                # log leaves gaps between segments; here a gap means lost data. (Before
+                # it, a segment is only rescanned for its indexes, and a cleaned segment
+                # may end before the next one starts.)
                 log.error("segment %s ends at %d but the next starts at %d; cutting the rest",
                           seg.path, seg.next_offset, next_base)
                 cut = True

@@ -111,3 +111,25 @@ async def test_compacted_topic_is_cleaned_by_the_broker(broker) -> None:
     assert seen == newest
     assert plog.log_end_offset == 300  # offsets are kept
     await conn.close()
+
+
+async def test_a_restarted_broker_knows_a_log_is_compacted_before_any_image(broker) -> None:
+    """Recovery runs before the first metadata image: the cleanup policy is kept beside
+    the log, so a compacted log's gaps are not taken for damage."""
+    from dmq.broker import replica_manager
+
+    ctl, b = broker
+    await ctl.create_topic("c", [[1]], {"cleanup.policy": "compact"})
+    path = Path(b.partition("c").log.directory)
+    assert replica_manager._read_partition_metadata(path)["cleanup.policy"] == "compact"  # noqa: SLF001
+    set_topic_configs(ctl, "c", {"cleanup.policy": "compact,delete"})
+    assert replica_manager._read_partition_metadata(path)["cleanup.policy"] == "compact,delete"  # noqa: SLF001
+    await b.crash()
+    rm = replica_manager.ReplicaManager(b.config, 1, b.root / "b1", ctl.requester(1),
+                                        lambda: 1)
+    await rm.load_logs()  # what a starting broker does before its first image
+    plog, topic_id = rm._loaded[("c", 0)]  # noqa: SLF001
+    try:
+        assert plog.config.cleanup_policy == "compact,delete" and topic_id
+    finally:
+        plog.close()
