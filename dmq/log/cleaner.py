@@ -1,19 +1,24 @@
 """Log compaction (`cleanup_policy=compact`) and the startup sweep of its files.
 
 Owns rewriting closed segments so that only the newest record per key survives,
-dropping tombstones (value None) older than `delete_retention_ms`, and the crash-safe
-file replacement protocol:
+dropping tombstones (value None) older than `delete_retention_ms`, merging runs of
+small cleaned segments into one (within `segment_bytes`, the index capacity and u32
+relative offsets), and the crash-safe file replacement protocol:
 
-1. write the cleaned segment to `<base>.log.cleaned` and fsync it;
-2. rename it to `<base>.log.swap` (the commit point) and fsync the folder;
-3. delete the old segment's `.index`/`.timeindex`, rename `.swap` over `.log`;
-4. rebuild the indexes from the new file.
+1. write the cleaned (merged) data to `<first base>.log.cleaned` and fsync it; for a
+   merge, also `<first base>.swap-end` holding the offset the merged segments end at;
+2. rename `.cleaned` to `<first base>.log.swap` (the commit point), fsync the folder;
+3. delete the old segments' files (the first one's indexes only), rename `.swap` over
+   `<first base>.log`, delete `.swap-end`;
+4. rebuild the indexes from the headers of what was written.
 
 `sweep_replacement_files` runs on every open: it deletes `.cleaned`, `.deleted` and
-`.tmp` leftovers (an unfinished clean loses nothing: the old segment is intact) and
-finishes steps 3-4 for any `.swap` (complete by construction). The cleaner never
-touches the active segment, keeps every offset (gaps are fine) and keeps keyless
-records. This is the only place besides clients that decodes records.
+`.tmp` leftovers (an unfinished clean loses nothing: the old segments are intact),
+finishes steps 3-4 for any `.swap` (complete by construction), deleting the segments
+that start inside a merge's range, and deletes `.swap-end` files with no `.swap`. The
+cleaner never touches the active segment or anything at or above the high watermark
+it is given, keeps every offset (gaps are fine) and keeps keyless records. This is the
+only place besides clients that decodes records.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from dmq.log.batch import (
 )
 from dmq.log.checkpoint import fsync_dir
 from dmq.log.errors import LogClosedError, LogError
+from dmq.log.index import TIME_ENTRY_SIZE
 from dmq.log.segment import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, LogSegment
 
 if TYPE_CHECKING:
@@ -47,6 +53,8 @@ log = logging.getLogger("dmq.log")
 CLEANED_SUFFIX = ".cleaned"
 SWAP_SUFFIX = ".swap"
 DELETED_SUFFIX = ".deleted"
+END_SUFFIX = ".swap-end"  # `<base>.swap-end`: where the segments merged into <base> ended
+_MAX_RELATIVE_OFFSET = 0xFFFFFFFF
 
 
 class CleanResult(NamedTuple):
@@ -59,7 +67,8 @@ class CleanResult(NamedTuple):
 
 def sweep_replacement_files(directory: str, sync: bool = True) -> None:
     """Undo unfinished cleans and finish committed ones (see the module docstring)."""
-    for name in sorted(os.listdir(directory)):
+    names = sorted(os.listdir(directory))
+    for name in names:
         path = os.path.join(directory, name)
         if name.endswith((CLEANED_SUFFIX, DELETED_SUFFIX, ".tmp")):
             log.warning("removing leftover %s", path)
@@ -67,14 +76,33 @@ def sweep_replacement_files(directory: str, sync: bool = True) -> None:
         elif name.endswith(LOG_SUFFIX + SWAP_SUFFIX):
             stem = path[: -len(LOG_SUFFIX + SWAP_SUFFIX)]
             log.warning("finishing interrupted segment swap %s", path)
+            end = _read_end(stem + END_SUFFIX)
+            if end is not None:  # a merge: the segments it replaced go too
+                base = int(os.path.basename(stem))
+                for other in names:
+                    if (other.endswith(LOG_SUFFIX) and len(other) == 20 + len(LOG_SUFFIX)
+                            and other[:20].isdigit() and base < int(other[:20]) < end):
+                        for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX):
+                            _unlink_quietly(os.path.join(directory, other[:20] + suffix))
             for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX):
-                try:
-                    os.unlink(stem + suffix)
-                except FileNotFoundError:
-                    pass
+                _unlink_quietly(stem + suffix)
             os.replace(path, stem + LOG_SUFFIX)
+            _unlink_quietly(stem + END_SUFFIX)
+    for name in names:  # an end file with no swap: a merge undone, or finished
+        if name.endswith(END_SUFFIX):
+            _unlink_quietly(os.path.join(directory, name))
     if sync:
         fsync_dir(directory)
+
+
+def _read_end(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return int(f.read().strip())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # written and fsynced before the commit point: cannot be torn
+        raise LogError(f"unreadable merge end file {path}") from None
 
 
 def _segment_batches(fd: int, size: int) -> Iterator[tuple[BatchHeader, bytes]]:
@@ -98,11 +126,12 @@ def _record_ts(h: BatchHeader, r: Record) -> int:
 
 
 class _Rewrite(NamedTuple):
-    """A cleaned segment written to `<log>.cleaned`, waiting to be swapped in."""
+    """Consecutive closed segments cleaned (and merged) into `<first>.log.cleaned`,
+    waiting to be swapped in."""
 
-    segment: LogSegment
-    size_bytes: int  # of the old segment when it was read
+    members: list[tuple[LogSegment, int]]  # each with its size when it was read
     cleaned_path: str
+    end_path: str | None  # `<first>.swap-end` when several segments are merged
     headers: list[BatchHeader]  # of the cleaned file, positions in it
 
 
@@ -136,7 +165,10 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
         if last is not None and last[0] == signature and not last[1]:
             return CleanResult(0, 0, 0, 0, 0)  # nothing new closed, no tombstone pending
         sizes = [s.size_bytes for s in cleanable]
+        nexts = [s.next_offset for s in cleanable]
         fds = [os.dup(s.fd) for s in cleanable]
+    # A merged segment must fit a segment, its indexes and u32 relative offsets.
+    max_batches = min(cfg.segment_index_bytes // TIME_ENTRY_SIZE, cfg.segment_index_bytes // 8)
     rewrites: list[_Rewrite] = []
     try:
         latest: dict[Any, int] = {}
@@ -147,7 +179,22 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
                         latest[r.key] = r.offset
         horizon = now - cfg.delete_retention_ms
         kept_total = removed_total = before = after = tombstones = 0
-        for seg, fd, size in zip(cleanable, fds, sizes, strict=True):
+        group: list[tuple[LogSegment, int]] = []
+        chunks: list[bytes] = []
+        group_bytes = group_batches = 0
+        group_changed = False
+        group_end = 0
+
+        def finish_group() -> None:
+            nonlocal after
+            if len(group) > 1 or group_changed:
+                rw = _write_cleaned(plog, list(group), chunks, group_end)
+                rewrites.append(rw)
+                after += sum(h.batch_length + LOG_OVERHEAD for h in rw.headers)
+            else:
+                after += sum(size for _, size in group)
+
+        for seg, fd, size, nxt in zip(cleanable, fds, sizes, nexts, strict=True):
             out: list[bytes] = []
             changed = False
             for h, data in _segment_batches(fd, size):
@@ -164,15 +211,23 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
                 changed = True
                 out.extend(_rebatch(h, keep))
             before += size
-            if not changed:
-                after += size
-                continue
-            rewrite = _write_cleaned(plog, seg, size, out)
-            rewrites.append(rewrite)
-            after += sum(h.batch_length + LOG_OVERHEAD for h in rewrite.headers)
+            out_bytes = sum(len(b) for b in out)
+            if group and (group_bytes + out_bytes > cfg.segment_bytes
+                          or group_batches + len(out) > max_batches
+                          or nxt - group[0][0].base_offset > _MAX_RELATIVE_OFFSET):
+                finish_group()
+                group, chunks = [], []
+                group_bytes = group_batches = 0
+                group_changed = False
+            group.append((seg, size))
+            chunks.extend(out)
+            group_bytes += out_bytes
+            group_batches += len(out)
+            group_changed = group_changed or changed
+            group_end = nxt
+        finish_group()
     except BaseException:
-        for rw in rewrites:
-            _unlink_quietly(rw.cleaned_path)
+        _discard_rewrites(rewrites)
         raise
     finally:
         for fd in fds:
@@ -187,24 +242,32 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
                 # are gone, so nothing may be dropped on its word; try again next time
                 log.info("cleaning %s skipped: the log was truncated meanwhile",
                          plog.directory)
-                for rw in rewrites:
-                    _unlink_quietly(rw.cleaned_path)
+                _discard_rewrites(rewrites)
                 return CleanResult(0, 0, 0, 0, 0)
             done = 0
+            complete = True
             for rw in rewrites:
-                if current.get(id(rw.segment)) == rw.size_bytes:  # else deleted by retention
+                if all(current.get(id(seg)) == size for seg, size in rw.members):
                     _swap_in(plog, rw)
-                    done += 1
-                else:
-                    _unlink_quietly(rw.cleaned_path)
+                    done += len(rw.members)
+                else:  # retention deleted some of them meanwhile: next time
+                    _discard_rewrites([rw])
+                    complete = False
         except BaseException:
-            for rw in rewrites:
-                _unlink_quietly(rw.cleaned_path)
+            _discard_rewrites(rewrites)
             raise
         last_base = cleanable[-1].base_offset
         plog.cleaner_state = (tuple((s.base_offset, s.size_bytes) for s in plog.segments[:-1]
-                                    if s.base_offset <= last_base), tombstones)
+                                    if s.base_offset <= last_base), tombstones) if complete \
+            else None
         return CleanResult(done, kept_total, removed_total, before, after)
+
+
+def _discard_rewrites(rewrites: list[_Rewrite]) -> None:
+    for rw in rewrites:
+        _unlink_quietly(rw.cleaned_path)
+        if rw.end_path is not None:
+            _unlink_quietly(rw.end_path)
 
 
 def _unlink_quietly(path: str) -> None:
@@ -300,49 +363,64 @@ def _encode_run(h: BatchHeader, run: list[Record]) -> bytes:
                         h.producer_epoch, seq, h.partition_leader_epoch)
 
 
-def _write_cleaned(plog: PartitionLog, seg: LogSegment, size: int,
-                   batches: list[bytes]) -> _Rewrite:
-    """Write and fsync `<log>.cleaned` (no lock needed: nothing else uses that name)."""
-    cleaned = seg.path + CLEANED_SUFFIX
+def _write_cleaned(plog: PartitionLog, members: list[tuple[LogSegment, int]],
+                   batches: list[bytes], end_offset: int) -> _Rewrite:
+    """Write and fsync `<first>.log.cleaned` and, when merging, `<first>.swap-end` (the
+    offset the merged segments end at, for the sweep). No lock needed: nothing else uses
+    these names."""
+    first = members[0][0]
+    cleaned = first.path + CLEANED_SUFFIX
     data = b"".join(batches)
     headers = validate_batches(data) if data else []  # what we wrote, CRCs included
-    fd = os.open(cleaned, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    _write_file(cleaned, data, plog.fsync_enabled)
+    end_path = None
+    if len(members) > 1:
+        end_path = first.path[: -len(LOG_SUFFIX)] + END_SUFFIX
+        _write_file(end_path, b"%d\n" % end_offset, plog.fsync_enabled)
+    return _Rewrite(members, cleaned, end_path, headers)
+
+
+def _write_file(path: str, data: bytes, sync: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        if plog.fsync_enabled:
+        if sync:
             os.fsync(fd)
     finally:
         os.close(fd)
-    return _Rewrite(seg, size, cleaned, headers)
 
 
 def _swap_in(plog: PartitionLog, rw: _Rewrite) -> LogSegment:
-    """Replace the old segment by its cleaned file (with the log's lock held)."""
-    old = rw.segment
+    """Replace the old segments by their cleaned file (with the log's lock held)."""
+    first = rw.members[0][0]
     directory = plog.directory
     sync = plog.fsync_enabled
-    log_path = old.path
+    log_path = first.path
     swap = log_path + SWAP_SUFFIX
     os.replace(rw.cleaned_path, swap)
     if sync:
         fsync_dir(directory)  # commit point: from here the sweep finishes the swap
-    old.index.close()
-    old.time_index.close()
-    os.close(old.fd)
-    old.fd = -1
-    for p in (old.index_path, old.timeindex_path):
-        _unlink_quietly(p)
+    for seg, _ in rw.members:
+        seg.index.discard()
+        seg.time_index.discard()
+        os.close(seg.fd)
+        seg.fd = -1
+        for p in (seg.index_path, seg.timeindex_path) if seg is first else (
+                seg.path, seg.index_path, seg.timeindex_path):
+            _unlink_quietly(p)
     os.replace(swap, log_path)
     if sync:
         fsync_dir(directory)
+    if rw.end_path is not None:
+        _unlink_quietly(rw.end_path)
     cfg = plog.config
-    new = LogSegment(directory, old.base_offset, cfg.segment_index_bytes,
-                     cfg.index_interval_bytes, False, old.created_ms)
+    new = LogSegment(directory, first.base_offset, cfg.segment_index_bytes,
+                     cfg.index_interval_bytes, False, first.created_ms)
     if new.size_bytes != sum(h.batch_length + LOG_OVERHEAD for h in rw.headers):
         raise LogError(f"cleaned segment {log_path} has the wrong size")
     new.rebuild_indexes_from(rw.headers)
     new.make_inactive()
-    plog.replace_segment(old, new)
+    plog.replace_segments([seg for seg, _ in rw.members], new)
     return new

@@ -790,10 +790,13 @@ class PartitionLog:
             return CleanResult(0, 0, 0, 0, 0)
         return clean_log(self, now_ms, max_offset)
 
-    def replace_segment(self, old: LogSegment, new: LogSegment) -> None:
-        """Swap a cleaned segment in (called by the cleaner with the lock held)."""
-        i = self._segments.index(old)
-        self._segments[i] = new
+    def replace_segments(self, old: list[LogSegment], new: LogSegment) -> None:
+        """Swap a cleaned segment in for consecutive old ones (called by the cleaner
+        with the lock held)."""
+        i = self._segments.index(old[0])
+        assert self._segments[i : i + len(old)] == old
+        self._segments[i : i + len(old)] = [new]
+        self._bases[i : i + len(old)] = [new.base_offset]
 
 
 __all__ = ["CorruptRecordError", "LogAppendInfo", "PartitionLog"]
