@@ -22,6 +22,11 @@ class ProducerClosedError(IllegalStateError):
     """`send` on a producer that is closing or closed."""
 
 
+class WouldBlockError(BufferError):
+    """`Producer.send_nowait` could not append without waiting (buffer full, or the
+    topic's metadata not known yet); `await send()` the record instead."""
+
+
 class ConsumerStoppedError(IllegalStateError):
     """A call on a consumer that has been closed."""
 
@@ -42,6 +47,7 @@ __all__ = [
     "IllegalStateError",
     "NoOffsetForPartitionError",
     "ProducerClosedError",
+    "WouldBlockError",
     "error_for",
     *WIRE_ERRORS,
 ]

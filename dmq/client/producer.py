@@ -38,7 +38,7 @@ from typing import Any
 from dmq.aio import wait_for
 from dmq.client.accumulator import PartitionQueue, ProducerBatch, RecordHandle
 from dmq.client.cluster import ClusterClient
-from dmq.client.errors import IllegalStateError, ProducerClosedError
+from dmq.client.errors import IllegalStateError, ProducerClosedError, WouldBlockError
 from dmq.client.partitioner import StickyPartitioner, partition_for_key
 from dmq.client.records import RecordMetadata, TopicPartition
 from dmq.clock import Clock, SystemClock
@@ -134,6 +134,7 @@ class Producer:
                                      rng=self._rng)
         self._sticky = StickyPartitioner(self._rng)
         self._sticky_current = self._sticky.current
+        self._batch_filled = False  # set by _append when a record closed a full batch
         self._queues: dict[str, dict[int, PartitionQueue]] = {}
         self._pending_queues: set[PartitionQueue] = set()  # queues holding unsent batches
         self._incomplete: set[ProducerBatch] = set()
@@ -227,6 +228,47 @@ class Producer:
         Waits only for metadata of a topic seen for the first time and for buffer space
         when `buffer_memory` is full (both bounded by `max_block_ms`).
         """
+        key, value, hdrs, size = self._prepare(key, value, headers)
+        handle = self._append(topic, key, value, partition, hdrs, size, timestamp_ms, True)
+        while handle is None:  # something to wait for first
+            if self._buffered_bytes + size > self.buffer_memory:
+                await self._wait_for_buffer(size)
+            parts = self._queues.get(topic)
+            if parts is None:
+                parts = await self._topic_queues(topic)
+            if partition is not None and partition not in parts:
+                await self._grown_queue(topic, partition)
+            handle = self._append(topic, key, value, partition, hdrs, size, timestamp_ms,
+                                  False)
+        if self._batch_filled:
+            self._batch_filled = False
+            # let the sender ship the full batch now rather than after the burst
+            await asyncio.sleep(0)
+        return handle
+
+    def send_nowait(self, topic: str, value: Any = None, key: Any = None,
+                    partition: int | None = None,
+                    headers: Iterable[tuple[str, bytes]] | None = None,
+                    timestamp_ms: int | None = None) -> RecordHandle:
+        """`send` for tight loops: the same append, without a coroutine per record.
+
+        Raises `WouldBlockError` (a `BufferError`) instead of waiting, when
+        `buffer_memory` is full or the topic's metadata is not known yet; then `await
+        send(...)` the record, which waits. Nothing is sent until the caller's loop
+        yields to the event loop (any `await` that suspends), so yield now and then.
+        """
+        key, value, hdrs, size = self._prepare(key, value, headers)
+        handle = self._append(topic, key, value, partition, hdrs, size, timestamp_ms, True)
+        if handle is None:
+            raise WouldBlockError(
+                f"cannot append to {topic!r} without waiting (buffer full or metadata not "
+                f"known yet): await send() instead")
+        self._batch_filled = False
+        return handle
+
+    def _prepare(self, key: Any, value: Any, headers: Iterable[tuple[str, bytes]] | None
+                 ) -> tuple[Any, Any, list[tuple[str, bytes]] | None, int]:
+        """Serialized key and value, headers as a list, and the record's size estimate."""
         if not self._accepting:
             if self._closing:
                 raise ProducerClosedError("producer is closed")
@@ -243,11 +285,19 @@ class Producer:
         if size > self._max_record_bytes:
             raise MessageTooLargeError(f"record of {size} bytes is larger than "
                                        f"max_request_size={self.max_request_size}")
-        if self._buffered_bytes + size > self.buffer_memory:
-            await self._wait_for_buffer(size)
+        return key, value, hdrs, size
+
+    def _append(self, topic: str, key: Any, value: Any, partition: int | None,
+                hdrs: list[tuple[str, bytes]] | None, size: int, timestamp_ms: int | None,
+                check_buffer: bool) -> RecordHandle | None:
+        """Append a prepared record to its partition's open batch (or a new one); None
+        when that needs waiting first (buffer space, topic metadata, a new partition).
+        Sets `_batch_filled` when a full batch was closed by this record."""
+        if check_buffer and self._buffered_bytes + size > self.buffer_memory:
+            return None
         parts = self._queues.get(topic)
         if parts is None:
-            parts = await self._topic_queues(topic)
+            return None
         sticky = False
         if partition is None:
             if key is None:
@@ -259,7 +309,7 @@ class Producer:
                 partition = partition_for_key(key, len(parts))
         pq = parts.get(partition)
         if pq is None:
-            pq = await self._grown_queue(topic, partition)
+            return None
         ts = timestamp_ms if timestamp_ms is not None else self._wall_ms()
         batch = pq.open
         if batch is not None and batch.reserved_bytes + size <= self.batch_size:
@@ -286,8 +336,7 @@ class Producer:
         self._buffered_bytes += size
         if full:
             self._wakeup()
-            # let the sender ship the full batch now rather than after the burst
-            await asyncio.sleep(0)
+            self._batch_filled = True
         return RecordHandle(batch, index, ts)
 
     async def _topic_queues(self, topic: str) -> dict[int, PartitionQueue]:

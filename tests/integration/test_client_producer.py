@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dmq.client import Producer
-from dmq.client.errors import IllegalStateError, ProducerClosedError
+from dmq.client.errors import IllegalStateError, ProducerClosedError, WouldBlockError
 from dmq.client.partitioner import partition_for_key
 from dmq.client.serializers import json_serializer, str_serializer
 from dmq.log.batch import iter_headers
@@ -56,6 +56,35 @@ async def test_many_sends_batch_and_keep_per_partition_order(fake: FakeCluster) 
         assert values == sorted(values)
         assert [m.offset for m in mds if m.partition == part] == list(range(len(values)))
     assert sum(len(fake.records("t", i)) for i in range(3)) == 3000
+
+
+async def test_send_nowait_appends_without_a_coroutine_and_says_when_it_would_block(
+        fake: FakeCluster) -> None:
+    async with Producer(fake.bootstrap, linger_ms=2, batch_size=4096,
+                        buffer_memory=32 * 1024) as p:
+        with pytest.raises(WouldBlockError) as info:
+            p.send_nowait("t", b"x", key=b"k")  # no metadata for "t" yet
+        assert isinstance(info.value, BufferError)
+        first = await p.send("t", b"-1", key=b"k0")
+        handles = [first]
+        blocked = 0
+        for i in range(5000):
+            value, key = b"%d" % i, b"k%d" % (i % 5)
+            try:
+                handles.append(p.send_nowait("t", value, key=key))
+            except WouldBlockError:  # buffer_memory full: wait for space the usual way
+                blocked += 1
+                handles.append(await p.send("t", value, key=key))
+            if i % 2500 == 0:
+                await asyncio.sleep(0)
+        mds = [await h for h in handles]
+    assert blocked > 0  # 2500 records of ~16 bytes overflow 32 KiB between yields
+    values = [int(v) for part in range(3) for _o, v in fake.records("t", part)]
+    assert sorted(values) == list(range(-1, 5000))
+    for part in range(3):
+        got = [int(v) for _o, v in fake.records("t", part)]
+        assert got == sorted(got)  # per-partition order kept across the fallbacks
+        assert [m.offset for m in mds if m.partition == part] == list(range(len(got)))
 
 
 async def test_keyless_records_stick_to_one_partition_per_batch(fake: FakeCluster) -> None:
