@@ -228,6 +228,8 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
         finish_group()
     except BaseException:
         _discard_rewrites(rewrites)
+        if plog.closed:  # closed (and maybe deleted) meanwhile: not a cleaning failure
+            raise LogClosedError(f"log {plog.directory} closed while cleaning") from None
         raise
     finally:
         for fd in fds:

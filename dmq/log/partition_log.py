@@ -185,6 +185,10 @@ class PartitionLog:
         return sum(s.size_bytes for s in self._segments)
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def segment_count(self) -> int:
         return len(self._segments)
 

@@ -559,3 +559,23 @@ def test_a_leftover_merge_end_file_is_removed(tmp_path: object) -> None:
     assert not any(n.endswith(".swap-end") for n in os.listdir(path))
     assert records_of(plog) == before
     plog.close()
+
+
+def test_a_log_closed_during_a_clean_ends_the_pass_quietly(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmq.log import LogClosedError
+
+    clock = ManualClock()
+    path = str(tmp_path)
+    plog, model = _log_with_history(path, clock)
+    _during_write(monkeypatch, plog.close)
+    with pytest.raises(LogClosedError):
+        plog.clean()
+    assert not any(n.endswith((".cleaned", ".swap", ".swap-end")) for n in os.listdir(path))
+    monkeypatch.undo()
+    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+    assert records_of(plog) == model.expected()  # nothing cleaned, nothing lost
+    plog.close()
+    cleaner_owner = cleaner.LogCleaner()
+    cleaner_owner.add(plog)
+    assert cleaner_owner.run_once() == {}  # a closed log is dropped, not an error
