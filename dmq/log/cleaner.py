@@ -5,20 +5,25 @@ dropping tombstones (value None) older than `delete_retention_ms`, merging runs 
 small cleaned segments into one (within `segment_bytes`, the index capacity and u32
 relative offsets), and the crash-safe file replacement protocol:
 
-1. write the cleaned (merged) data to `<first base>.log.cleaned` and fsync it; for a
-   merge, also `<first base>.swap-end` holding the offset the merged segments end at;
+1. write the cleaned (merged) data to `<first base>.log.cleaned` and
+   `<first base>.swap-end` (the offset the replaced segments end at), fsync both;
 2. rename `.cleaned` to `<first base>.log.swap` (the commit point), fsync the folder;
-3. delete the old segments' files (the first one's indexes only), rename `.swap` over
-   `<first base>.log`, delete `.swap-end`;
-4. rebuild the indexes from the headers of what was written.
+3. delete the old segments' files (indexes first; the first segment's `.log` stays),
+   rename `.swap` over `<first base>.log`, delete `.swap-end`;
+4. open the new segment, rebuild its indexes from the headers of what was written,
+   and only then replace the old segments in memory.
+
+A failure before the commit point removes that pass's files; after it, the log is
+failed (closed: reads and writes raise) and the files are left for the sweep.
 
 `sweep_replacement_files` runs on every open: it deletes `.cleaned`, `.deleted` and
 `.tmp` leftovers (an unfinished clean loses nothing: the old segments are intact),
-finishes steps 3-4 for any `.swap` (complete by construction), deleting the segments
-that start inside a merge's range, and deletes `.swap-end` files with no `.swap`. The
-cleaner never touches the active segment or anything at or above the high watermark
-it is given, keeps every offset (gaps are fine) and keeps keyless records. This is the
-only place besides clients that decodes records.
+finishes step 3 for any `.swap` (complete by construction), deleting the segments that
+start inside the range its `.swap-end` gives, and deletes `.swap-end` files with no
+`.swap` (a pass undone, or finished). The cleaner never touches the active segment or
+anything at or above the high watermark it is given, keeps every offset (gaps are
+fine) and keeps keyless records. This is the only place besides clients that decodes
+records.
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ from dmq.log.batch import (
     validate_batches,
 )
 from dmq.log.checkpoint import fsync_dir
-from dmq.log.errors import LogClosedError, LogError
-from dmq.log.index import TIME_ENTRY_SIZE
+from dmq.log.errors import LogClosedError, LogError, LogStorageError
+from dmq.log.index import OFFSET_ENTRY_SIZE
 from dmq.log.segment import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, LogSegment
 
 if TYPE_CHECKING:
@@ -131,21 +136,25 @@ class _Rewrite(NamedTuple):
 
     members: list[tuple[LogSegment, int]]  # each with its size when it was read
     cleaned_path: str
-    end_path: str | None  # `<first>.swap-end` when several segments are merged
+    end_path: str  # `<first>.swap-end`: where the replaced segments end
     headers: list[BatchHeader]  # of the cleaned file, positions in it
 
 
 def clean_log(plog: PartitionLog, now_ms: int | None = None,
-              max_offset: int | None = None) -> CleanResult:
+              max_offset: int | None = None,
+              cancelled: Callable[[], bool] | None = None) -> CleanResult:
     """Compact the closed segments of `plog` in place, those wholly below `max_offset`
     (the high watermark: a newer value that is not committed yet may still be truncated
     away, and must not cost the committed one its place).
 
-    The log's lock is held only to pick the segments and, at the end, to swap the
-    rewritten ones in: reading, decoding and writing `.cleaned` files happen without
-    it, so appends and reads of the partition go on meanwhile. Closed segments never
-    change in place; duplicated descriptors keep them readable if retention or a
-    truncation removes them meanwhile, and the swap checks they are still there as read.
+    The log's lock is held only to pick the segments and then, once per rewritten
+    group, to swap it in: reading, decoding and writing `.cleaned` files happen without
+    it, so appends and reads of the partition go on meanwhile. A closed segment changes
+    only by retention (it goes) or truncation (which may reopen, cut and refill it);
+    duplicated descriptors keep what was read readable, and the swap goes ahead only if
+    no truncation happened since the segments were picked and its segments are still
+    there as read. `cancelled()` (the cleaner stopping) abandons the pass between
+    segments.
     """
     cfg = plog.config
     with plog._lock:  # noqa: SLF001 - the cleaner is the log's friend
@@ -166,9 +175,11 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
             return CleanResult(0, 0, 0, 0, 0)  # nothing new closed, no tombstone pending
         sizes = [s.size_bytes for s in cleanable]
         nexts = [s.next_offset for s in cleanable]
+        truncations = plog.truncations
         fds = [os.dup(s.fd) for s in cleanable]
-    # A merged segment must fit a segment, its indexes and u32 relative offsets.
-    max_batches = min(cfg.segment_index_bytes // TIME_ENTRY_SIZE, cfg.segment_index_bytes // 8)
+    # A merged segment must fit a segment, its indexes (one entry per batch at most)
+    # and u32 relative offsets.
+    max_batches = cfg.segment_index_bytes // OFFSET_ENTRY_SIZE
     rewrites: list[_Rewrite] = []
     try:
         latest: dict[Any, int] = {}
@@ -195,6 +206,9 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
                 after += sum(size for _, size in group)
 
         for seg, fd, size, nxt in zip(cleanable, fds, sizes, nexts, strict=True):
+            if cancelled is not None and cancelled():
+                _discard_rewrites(rewrites)
+                return CleanResult(0, 0, 0, 0, 0)
             out: list[bytes] = []
             changed = False
             for h, data in _segment_batches(fd, size):
@@ -234,42 +248,55 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
     finally:
         for fd in fds:
             os.close(fd)
-    with plog._lock:  # noqa: SLF001
-        try:
-            plog._check_open()  # noqa: SLF001
-            current = {id(s): s.size_bytes for s in plog.segments[:-1] if not s.active}
-            still = [current.get(id(s)) == n for s, n in zip(cleanable, sizes, strict=True)]
-            if False in still[still.index(True) if True in still else len(still):]:
-                # a truncation cut into what was read: `latest` may name records that
-                # are gone, so nothing may be dropped on its word; try again next time
-                log.info("cleaning %s skipped: the log was truncated meanwhile",
-                         plog.directory)
-                _discard_rewrites(rewrites)
-                return CleanResult(0, 0, 0, 0, 0)
-            done = 0
-            complete = True
-            for rw in rewrites:
+    done = 0
+    complete = True
+    pending = list(rewrites)
+    try:
+        while pending:
+            rw = pending[0]
+            with plog._lock:  # noqa: SLF001 - one group per hold: the loop thread waits less
+                plog._check_open()  # noqa: SLF001
+                if plog.truncations != truncations:
+                    # a truncation since the segments were picked: `latest` may name
+                    # records that are gone (or were replaced by a new leader's), so
+                    # nothing may be dropped on its word; try again next time
+                    log.info("cleaning %s stopped: the log was truncated meanwhile",
+                             plog.directory)
+                    plog.cleaner_state = None
+                    return CleanResult(done, 0, 0, 0, 0)
+                current = {id(s): s.size_bytes for s in plog.segments[:-1] if not s.active}
                 if all(current.get(id(seg)) == size for seg, size in rw.members):
                     _swap_in(plog, rw)
                     done += len(rw.members)
                 else:  # retention deleted some of them meanwhile: next time
                     _discard_rewrites([rw])
                     complete = False
-        except BaseException:
-            _discard_rewrites(rewrites)
-            raise
+                pending.pop(0)
+    except _SwapCommitted as exc:
+        # the swap is on disk but not in memory: the log is failed (closed) and the
+        # open-time sweep finishes the swap; its files must stay
+        pending.pop(0)
+        raise LogStorageError(f"cleaning {plog.directory}: {exc.__cause__}") from exc.__cause__
+    finally:
+        _discard_rewrites(pending)  # the rewrites not committed
+    with plog._lock:  # noqa: SLF001
         last_base = cleanable[-1].base_offset
         plog.cleaner_state = (tuple((s.base_offset, s.size_bytes) for s in plog.segments[:-1]
                                     if s.base_offset <= last_base), tombstones) if complete \
             else None
-        return CleanResult(done, kept_total, removed_total, before, after)
+    return CleanResult(done, kept_total, removed_total, before, after)
+
+
+class _SwapCommitted(Exception):
+    """`_swap_in` failed after its commit point (cause attached)."""
 
 
 def _discard_rewrites(rewrites: list[_Rewrite]) -> None:
+    """Delete the files of rewrites that were not committed (their `.cleaned` was never
+    renamed to `.swap`); never call it for a committed one."""
     for rw in rewrites:
         _unlink_quietly(rw.cleaned_path)
-        if rw.end_path is not None:
-            _unlink_quietly(rw.end_path)
+        _unlink_quietly(rw.end_path)
 
 
 def _unlink_quietly(path: str) -> None:
@@ -301,8 +328,11 @@ class LogCleaner:
             self._logs[plog.directory] = (plog, upto)
 
     def remove(self, plog: PartitionLog) -> None:
+        """Stop cleaning `plog` (not a newer log registered for the same folder)."""
         with self._lock:
-            self._logs.pop(plog.directory, None)
+            entry = self._logs.get(plog.directory)
+            if entry is not None and entry[0] is plog:
+                del self._logs[plog.directory]
 
     def run_once(self, now_ms: int | None = None) -> dict[str, CleanResult]:
         with self._lock:
@@ -312,7 +342,7 @@ class LogCleaner:
             if self._stop.is_set():
                 break
             try:
-                res = plog.clean(now_ms, None if upto is None else upto())
+                res = plog.clean(now_ms, None if upto is None else upto(), self._stop.is_set)
             except LogClosedError:
                 self.remove(plog)
                 continue
@@ -367,18 +397,22 @@ def _encode_run(h: BatchHeader, run: list[Record]) -> bytes:
 
 def _write_cleaned(plog: PartitionLog, members: list[tuple[LogSegment, int]],
                    batches: list[bytes], end_offset: int) -> _Rewrite:
-    """Write and fsync `<first>.log.cleaned` and, when merging, `<first>.swap-end` (the
-    offset the merged segments end at, for the sweep). No lock needed: nothing else uses
-    these names."""
+    """Write and fsync `<first>.log.cleaned` and `<first>.swap-end` (the offset the
+    replaced segments end at, for the sweep: every swap carries its own, so an end file
+    left by an earlier failed pass is overwritten before this one commits). No lock
+    needed: nothing else uses these names. On failure both files are removed."""
     first = members[0][0]
     cleaned = first.path + CLEANED_SUFFIX
+    end_path = first.path[: -len(LOG_SUFFIX)] + END_SUFFIX
     data = b"".join(batches)
     headers = validate_batches(data) if data else []  # what we wrote, CRCs included
-    _write_file(cleaned, data, plog.fsync_enabled)
-    end_path = None
-    if len(members) > 1:
-        end_path = first.path[: -len(LOG_SUFFIX)] + END_SUFFIX
+    try:
+        _write_file(cleaned, data, plog.fsync_enabled)
         _write_file(end_path, b"%d\n" % end_offset, plog.fsync_enabled)
+    except BaseException:
+        _unlink_quietly(cleaned)
+        _unlink_quietly(end_path)
+        raise
     return _Rewrite(members, cleaned, end_path, headers)
 
 
@@ -395,34 +429,44 @@ def _write_file(path: str, data: bytes, sync: bool) -> None:
 
 
 def _swap_in(plog: PartitionLog, rw: _Rewrite) -> LogSegment:
-    """Replace the old segments by their cleaned file (with the log's lock held)."""
+    """Replace the old segments by their cleaned file (with the log's lock held).
+
+    On disk: commit (rename to `.swap`), delete the old segments' files, rename `.swap`
+    over `<first>.log`. In memory the old segments stay whole (their descriptors and
+    mappings still read the unlinked files) until the new one is open and indexed, so a
+    failure past the commit point leaves the log consistent in memory; it is then
+    failed (closed) and the open-time sweep finishes the swap on disk."""
     first = rw.members[0][0]
     directory = plog.directory
     sync = plog.fsync_enabled
     log_path = first.path
     swap = log_path + SWAP_SUFFIX
     os.replace(rw.cleaned_path, swap)
-    if sync:
-        fsync_dir(directory)  # commit point: from here the sweep finishes the swap
+    try:
+        if sync:
+            fsync_dir(directory)  # commit point: from here the sweep finishes the swap
+        for seg, _ in rw.members:
+            for p in (seg.index_path, seg.timeindex_path) if seg is first else (
+                    seg.index_path, seg.timeindex_path, seg.path):
+                _unlink_quietly(p)
+        os.replace(swap, log_path)
+        if sync:
+            fsync_dir(directory)
+        _unlink_quietly(rw.end_path)
+        cfg = plog.config
+        new = LogSegment(directory, first.base_offset, cfg.segment_index_bytes,
+                         cfg.index_interval_bytes, False, first.created_ms)
+        if new.size_bytes != sum(h.batch_length + LOG_OVERHEAD for h in rw.headers):
+            raise LogError(f"cleaned segment {log_path} has the wrong size")
+        new.rebuild_indexes_from(rw.headers)
+        new.make_inactive()
+    except BaseException as exc:
+        plog.fail(f"segment swap of {log_path} failed after its commit point: {exc}")
+        raise _SwapCommitted() from exc
+    plog.replace_segments([seg for seg, _ in rw.members], new)
     for seg, _ in rw.members:
         seg.index.discard()
         seg.time_index.discard()
         os.close(seg.fd)
         seg.fd = -1
-        for p in (seg.index_path, seg.timeindex_path) if seg is first else (
-                seg.path, seg.index_path, seg.timeindex_path):
-            _unlink_quietly(p)
-    os.replace(swap, log_path)
-    if sync:
-        fsync_dir(directory)
-    if rw.end_path is not None:
-        _unlink_quietly(rw.end_path)
-    cfg = plog.config
-    new = LogSegment(directory, first.base_offset, cfg.segment_index_bytes,
-                     cfg.index_interval_bytes, False, first.created_ms)
-    if new.size_bytes != sum(h.batch_length + LOG_OVERHEAD for h in rw.headers):
-        raise LogError(f"cleaned segment {log_path} has the wrong size")
-    new.rebuild_indexes_from(rw.headers)
-    new.make_inactive()
-    plog.replace_segments([seg for seg, _ in rw.members], new)
     return new

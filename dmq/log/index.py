@@ -290,7 +290,7 @@ class TimeIndex(_SparseIndex):
         if ts and (timestamp <= ts[-1] or offset < self._offsets[-1]):
             return
         if len(ts) >= self.capacity_entries or not self.writable:
-            return  # the segment rolls on a full offset index first; losing one is harmless
+            return  # sized like the offset index, whose fullness rolls the segment first
         ts.append(timestamp)
         self._offsets.append(offset)
 

@@ -38,7 +38,7 @@ import os
 import struct
 import threading
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -129,6 +129,7 @@ class PartitionLog:
         # (closed segments as (base, size), tombstones kept) after the last clean: lets
         # the cleaner skip a log with nothing new to do.
         self.cleaner_state: tuple[tuple[tuple[int, int], ...], int] | None = None
+        self.truncations = 0  # truncations so far (a closed segment may be reopened by one)
         self.producer_state = ProducerStateManager(self._config.max_producer_batches)
         self._copy_config()
         try:
@@ -625,6 +626,7 @@ class PartitionLog:
         self._after_truncate(offset)
 
     def _after_truncate(self, new_end: int) -> None:
+        self.truncations += 1  # the cleaner aborts a pass that began before this
         if self.fsync_enabled:
             # A truncation that a crash undid would bring a divergent tail back.
             try:
@@ -765,7 +767,8 @@ class PartitionLog:
             # the future counts as now. Restarts must not keep a quiet segment from ever
             # rolling (and so from ever expiring).
             first = next(segs[-1].headers(0), None)
-            age = 0 if first is None else self.clock.wall_ms() - first.max_timestamp
+            age = 0 if first is None or first.max_timestamp < 0 else (
+                self.clock.wall_ms() - first.max_timestamp)
             segs[-1].first_append_ms = self.clock.monotonic_ms() - min(
                 max(age, 0), self._segment_ms)
         self._segments = segs
@@ -785,14 +788,23 @@ class PartitionLog:
 
     # ------------------------------------------------------------------ cleaner hooks
 
-    def clean(self, now_ms: int | None = None, max_offset: int | None = None) -> CleanResult:
+    def clean(self, now_ms: int | None = None, max_offset: int | None = None,
+              cancelled: Callable[[], bool] | None = None) -> CleanResult:
         """Compact closed segments below `max_offset` (the high watermark; no-op unless
-        `cleanup_policy` includes compact)."""
+        `cleanup_policy` includes compact); see `dmq.log.cleaner.clean_log`."""
         from dmq.log.cleaner import CleanResult, clean_log
 
         if not self.config.compact:
             return CleanResult(0, 0, 0, 0, 0)
-        return clean_log(self, now_ms, max_offset)
+        return clean_log(self, now_ms, max_offset, cancelled)
+
+    def fail(self, reason: str) -> None:
+        """Close the log after a storage failure that left files in a state only a
+        reopen resolves (reads and writes then raise `LogClosedError`)."""
+        with self._lock:
+            if not self._closed:
+                log.error("log %s failed: %s", self.directory, reason)
+            self._closed = True
 
     def replace_segments(self, old: list[LogSegment], new: LogSegment) -> None:
         """Swap a cleaned segment in for consecutive old ones (called by the cleaner

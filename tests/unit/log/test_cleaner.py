@@ -9,7 +9,7 @@ import random
 import pytest
 
 from dmq.clock import ManualClock
-from dmq.log import LogConfig, PartitionLog, build_batch, cleaner, iter_records
+from dmq.log import LogConfig, LogStorageError, PartitionLog, build_batch, cleaner, iter_records
 from dmq.log.batch import BatchBuilder
 from tests.unit.log.helpers import check_log_consistent
 
@@ -192,7 +192,8 @@ def crash_during_clean(tmp_path: object, fail_at_replace: int) -> tuple[str, lis
     cleaner.os.replace = failing  # type: ignore[assignment]
     cleaner._unlink_quietly = lambda path: None  # a crash cleans nothing up  # noqa: SLF001
     try:
-        with pytest.raises(OSError):
+        # before the commit point the OSError itself; after it, the log is failed
+        with pytest.raises((OSError, LogStorageError)):
             plog.clean()
     finally:
         cleaner.os.replace = real  # type: ignore[assignment]
@@ -532,7 +533,7 @@ def test_crash_right_after_a_merge_commits_is_finished_on_open(
 
     monkeypatch.setattr(cleaner.os, "replace", replace)
     monkeypatch.setattr(cleaner, "_unlink_quietly", lambda p: None)  # a crash deletes nothing
-    with pytest.raises(OSError):
+    with pytest.raises(LogStorageError):
         plog.clean()
     monkeypatch.undo()
     names = os.listdir(path)
@@ -579,3 +580,153 @@ def test_a_log_closed_during_a_clean_ends_the_pass_quietly(
     cleaner_owner = cleaner.LogCleaner()
     cleaner_owner.add(plog)
     assert cleaner_owner.run_once() == {}  # a closed log is dropped, not an error
+
+
+def _merge_candidate(path: str, clock: ManualClock, fsync: bool) -> tuple[PartitionLog, Model]:
+    """Small compactable segments plus records in the active segment (after the range)."""
+    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=fsync)
+    model = Model()
+    ts = clock.wall_ms()
+    for i in range(120):
+        recs = [(b"k%d" % (i % 3), b"v%d" % i)]
+        model.append(plog.append_as_leader(build_batch(recs, ts), 1).base_offset, recs, ts)
+    plog.roll()
+    model.clean(plog.segments[-1].base_offset, clock.wall_ms(), CFG.delete_retention_ms)
+    for i in range(5):
+        recs = [(b"tail%d" % i, b"t")]
+        model.append(plog.append_as_leader(build_batch(recs, ts), 1).base_offset, recs, ts)
+    plog.flush()
+    return plog, model
+
+
+@pytest.mark.parametrize("where", ["fsync after commit", "rename over .log", "new segment"])
+def test_a_failure_after_the_commit_point_fails_the_log_and_reopening_finishes(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """I/O errors past the commit point: the committed swap's files stay (its end file
+    included), the log is failed (closed) rather than left with half-swapped segments,
+    and a reopen finishes the swap with nothing lost."""
+    import errno
+
+    from dmq.log import LogClosedError
+
+    clock = ManualClock()
+    path = str(tmp_path)
+    plog, model = _merge_candidate(path, clock, fsync=True)
+    calls = [0]
+
+    def eio(*args: object) -> None:
+        raise OSError(errno.EIO, f"simulated EIO ({where})")
+
+    if where == "fsync after commit":
+        monkeypatch.setattr(cleaner, "fsync_dir", eio)
+    elif where == "rename over .log":
+        real_replace = os.replace
+
+        def replace(src: str, dst: str) -> None:
+            calls[0] += 1
+            if calls[0] == 2:
+                eio()
+            real_replace(src, dst)
+
+        monkeypatch.setattr(cleaner.os, "replace", replace)
+    else:
+        monkeypatch.setattr(cleaner.LogSegment, "rebuild_indexes_from", eio)
+    with pytest.raises(LogStorageError):
+        plog.clean()
+    monkeypatch.undo()
+    assert plog.closed
+    with pytest.raises(LogClosedError):
+        plog.read(0, 1000)
+    plog.abandon()
+    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=True)
+    assert not any(n.endswith((".swap", ".swap-end", ".cleaned")) for n in os.listdir(path))
+    assert records_of(plog) == model.expected()
+    check_log_consistent(plog)
+    plog.close()
+
+
+def test_a_failed_write_of_the_cleaned_files_leaves_none_behind(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Else a stale `.swap-end` could be taken for a later pass's (deleting segments
+    that were never merged)."""
+    import errno
+
+    clock = ManualClock()
+    path = str(tmp_path)
+    plog, model = _merge_candidate(path, clock, fsync=True)
+    real = cleaner._write_file  # noqa: SLF001
+
+    def failing(p: str, data: bytes, sync: bool) -> None:
+        real(p, data, sync)
+        if p.endswith(".swap-end"):
+            raise OSError(errno.EIO, "simulated EIO on fsync")
+
+    monkeypatch.setattr(cleaner, "_write_file", failing)
+    with pytest.raises(OSError):
+        plog.clean()
+    monkeypatch.undo()
+    assert not any(n.endswith((".swap", ".swap-end", ".cleaned")) for n in os.listdir(path))
+    assert not plog.closed
+    plog.clean()
+    assert records_of(plog) == model.expected()
+    plog.close()
+
+
+def test_a_truncated_and_refilled_segment_is_not_swapped_back(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an unclean leader change a closed segment may be cut, refilled with a new
+    leader's batches of the same sizes and rolled again while the cleaner reads it: same
+    object, same size. The cleaner must not swap the old data back in."""
+    clock = ManualClock()
+    path = str(tmp_path)
+    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+    for i in range(60):
+        plog.append_as_leader(build_batch([(b"x%02d" % (i % 8), b"old-%03d" % i)],
+                                          clock.wall_ms()), 1)
+    plog.roll()
+    victim = plog.segments[-2]
+    size, base, nxt = victim.size_bytes, victim.base_offset, victim.next_offset
+
+    def unclean_leader_change() -> None:
+        plog.truncate_to(base + 1)
+        for off in range(base + 1, nxt):
+            plog.append_as_follower(build_batch([(b"x%02d" % (off % 8), b"NEW-%03d" % off)],
+                                                clock.wall_ms(), base_offset=off,
+                                                partition_leader_epoch=2))
+        assert victim.size_bytes == size
+        plog.roll()
+
+    _during_write(monkeypatch, unclean_leader_change)
+    plog.clean()
+    monkeypatch.undo()
+    values = {o: v for o, _, v in records_of(plog)}
+    assert [values[o] for o in range(base + 1, nxt)] == [b"NEW-%03d" % o
+                                                         for o in range(base + 1, nxt)]
+    check_log_consistent(plog)
+    plog.close()
+
+
+def test_cleaner_remove_leaves_a_newer_log_of_the_same_folder(tmp_path: object) -> None:
+    clock = ManualClock()
+    owner = cleaner.LogCleaner()
+    old = PartitionLog.open(str(tmp_path), CFG, clock, fsync_enabled=False)
+    owner.add(old)
+    old.close()
+    new = PartitionLog.open(str(tmp_path), CFG, clock, fsync_enabled=False)
+    owner.add(new)  # the partition re-created while a pass still held the old log
+    owner.remove(old)
+    assert [p for p, _ in owner._logs.values()] == [new]  # noqa: SLF001
+    new.close()
+
+
+def test_a_stopping_cleaner_abandons_its_pass(tmp_path: object) -> None:
+    clock = ManualClock()
+    path = str(tmp_path)
+    plog, model = _merge_candidate(path, clock, fsync=False)
+    before = records_of(plog)
+    res = plog.clean(cancelled=lambda: True)
+    assert res.segments_rewritten == 0 and records_of(plog) == before
+    assert not any(n.endswith((".swap", ".swap-end", ".cleaned")) for n in os.listdir(path))
+    plog.clean()
+    assert records_of(plog) == model.expected()
+    plog.close()

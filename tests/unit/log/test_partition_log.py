@@ -114,6 +114,34 @@ def test_segment_age_survives_a_restart(tmp_path: object, age_ms: int) -> None:
     plog.close()
 
 
+def test_a_segment_without_timestamps_is_not_rolled_by_a_restart(tmp_path: object) -> None:
+    clock = ManualClock()
+    cfg = LogConfig(segment_ms=1000)
+    plog = open_log(tmp_path, cfg, clock)
+    plog.append_as_leader(batch(1, ts=-1), 1)  # NO_TIMESTAMP
+    plog.close()
+    plog = open_log(tmp_path, cfg, clock)
+    assert not plog.maybe_roll_by_time()
+    plog.close()
+
+
+def test_a_full_time_index_never_drops_a_new_maximum(tmp_path: object) -> None:
+    """Time-index entries are larger than offset-index ones; both get as many slots, so
+    the roll on a full offset index comes before the time index could drop a maximum
+    (which a reopen would then miss)."""
+    clock = ManualClock()
+    cfg = LogConfig(index_interval_bytes=0, segment_index_bytes=96, retention_ms=50_000)
+    plog = open_log(tmp_path, cfg, clock)
+    for t in [1000 + i for i in range(9)] + [90_000, 1000, 1000]:
+        plog.append_as_leader(batch(1, ts=t), 1)
+    plog.roll()
+    plog.close()
+    plog = open_log(tmp_path, cfg, clock)
+    assert max(s.max_timestamp for s in plog.segments) == 90_000
+    assert plog.offset_for_timestamp(50_000) == (9, 90_000)
+    plog.close()
+
+
 def test_follower_append(tmp_path: object) -> None:
     leader = open_log(os.path.join(str(tmp_path), "l"))
     follower = open_log(os.path.join(str(tmp_path), "f"))
