@@ -450,20 +450,6 @@ class PartitionLog:
         """Read from the batch starting at `start` and cut to whole batches < `limit`."""
         want = min(max_bytes if max_bytes > HEADER_SIZE else HEADER_SIZE,
                    seg.size_bytes - start)
-        if want < seg.size_bytes - start:
-            # Not the tail: an index point inside the range is a batch start, so
-            # [start, that point) is whole batches, all below `limit` if the batch there
-            # starts at or below it. Read exactly that: no partial batch to cut off.
-            e_off, e_pos = seg.index.floor_by_position(start + want)
-            if e_pos > start and e_off <= limit:
-                try:
-                    data = seg.read(start, e_pos - start)
-                except OSError as exc:
-                    raise LogStorageError(f"read of {seg.path} failed: {exc}") from exc
-                if len(data) != e_pos - start:
-                    raise LogStorageError(f"short read of {seg.path} at {start}")
-                seg.read_hint_offset, seg.read_hint_position = e_off, e_pos
-                return memoryview(data)
         try:
             data = seg.read(start, want)
             got = len(data)
