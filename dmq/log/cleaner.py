@@ -87,7 +87,7 @@ def sweep_replacement_files(directory: str, sync: bool = True) -> None:
                 for other in names:
                     if (other.endswith(LOG_SUFFIX) and len(other) == 20 + len(LOG_SUFFIX)
                             and other[:20].isdigit() and base < int(other[:20]) < end):
-                        for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX):
+                        for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX, LOG_SUFFIX):
                             _unlink_quietly(os.path.join(directory, other[:20] + suffix))
             for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX):
                 _unlink_quietly(stem + suffix)
@@ -184,6 +184,8 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
     try:
         latest: dict[Any, int] = {}
         for fd, size in zip(fds, sizes, strict=True):
+            if cancelled is not None and cancelled():
+                return CleanResult(0, 0, 0, 0, 0)
             for h, data in _segment_batches(fd, size):
                 for r in decode_records(data, h):
                     if r.key is not None:
@@ -265,12 +267,13 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
                     plog.cleaner_state = None
                     return CleanResult(done, 0, 0, 0, 0)
                 current = {id(s): s.size_bytes for s in plog.segments[:-1] if not s.active}
-                if all(current.get(id(seg)) == size for seg, size in rw.members):
-                    _swap_in(plog, rw)
-                    done += len(rw.members)
-                else:  # retention deleted some of them meanwhile: next time
-                    _discard_rewrites([rw])
+                if not all(current.get(id(seg)) == size for seg, size in rw.members):
+                    # retention deleted some of them meanwhile: stop here. A later group
+                    # may drop a tombstone whose older values this one still holds.
                     complete = False
+                    break
+                _swap_in(plog, rw)
+                done += len(rw.members)
                 pending.pop(0)
     except _SwapCommitted as exc:
         # the swap is on disk but not in memory: the log is failed (closed) and the
@@ -442,6 +445,7 @@ def _swap_in(plog: PartitionLog, rw: _Rewrite) -> LogSegment:
     log_path = first.path
     swap = log_path + SWAP_SUFFIX
     os.replace(rw.cleaned_path, swap)
+    new: LogSegment | None = None
     try:
         if sync:
             fsync_dir(directory)  # commit point: from here the sweep finishes the swap
@@ -461,6 +465,10 @@ def _swap_in(plog: PartitionLog, rw: _Rewrite) -> LogSegment:
         new.rebuild_indexes_from(rw.headers)
         new.make_inactive()
     except BaseException as exc:
+        if new is not None:  # release what was opened; the sweep redoes it on reopen
+            new.index.discard()
+            new.time_index.discard()
+            os.close(new.fd)
         plog.fail(f"segment swap of {log_path} failed after its commit point: {exc}")
         raise _SwapCommitted() from exc
     plog.replace_segments([seg for seg, _ in rw.members], new)

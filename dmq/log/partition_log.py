@@ -130,6 +130,7 @@ class PartitionLog:
         # the cleaner skip a log with nothing new to do.
         self.cleaner_state: tuple[tuple[tuple[int, int], ...], int] | None = None
         self.truncations = 0  # truncations so far (a closed segment may be reopened by one)
+        self._failed = False  # closed by `fail`: files still open
         self.producer_state = ProducerStateManager(self._config.max_producer_batches)
         self._copy_config()
         try:
@@ -598,6 +599,7 @@ class PartitionLog:
             self._check_open()
             if offset >= self._log_end_offset:
                 return
+            self.truncations += 1  # before any change: the cleaner must see even a failed one
             if offset <= self._segments[0].base_offset:
                 self._truncate_fully(offset)
                 return
@@ -616,6 +618,7 @@ class PartitionLog:
             self._truncate_fully(offset)
 
     def _truncate_fully(self, offset: int) -> None:
+        self.truncations += 1
         for seg in self._segments:
             seg.delete()
         self._segments = [self._new_segment(offset, active=True)]
@@ -708,8 +711,13 @@ class PartitionLog:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Flush, trim the indexes and mark the shutdown clean (no scan on next open)."""
+        """Flush, trim the indexes and mark the shutdown clean (no scan on next open).
+        A failed log (see `fail`) only releases its files: its next open recovers."""
         with self._lock:
+            if self._failed:
+                self._failed = False
+                self._release_files()
+                return
             if self._closed:
                 return
             try:
@@ -732,6 +740,11 @@ class PartitionLog:
 
     def abandon(self) -> None:
         """Close file handles without flushing or marking a clean shutdown (crash tests)."""
+        with self._lock:
+            self._failed = False
+            self._release_files()
+
+    def _release_files(self) -> None:
         with self._lock:
             for seg in self._segments:
                 seg.index.discard()
@@ -800,10 +813,12 @@ class PartitionLog:
 
     def fail(self, reason: str) -> None:
         """Close the log after a storage failure that left files in a state only a
-        reopen resolves (reads and writes then raise `LogClosedError`)."""
+        reopen resolves (reads and writes then raise `LogClosedError`; `close()` then
+        releases the files without marking a clean shutdown)."""
         with self._lock:
             if not self._closed:
                 log.error("log %s failed: %s", self.directory, reason)
+                self._failed = True
             self._closed = True
 
     def replace_segments(self, old: list[LogSegment], new: LogSegment) -> None:

@@ -730,3 +730,76 @@ def test_a_stopping_cleaner_abandons_its_pass(tmp_path: object) -> None:
     plog.clean()
     assert records_of(plog) == model.expected()
     plog.close()
+
+
+def test_a_skipped_group_stops_the_pass_so_no_deleted_key_comes_back(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention takes the first segment of group 1 during a pass; group 2 would drop an
+    expired tombstone of K while group 1's other segment still holds an older K. The
+    pass must stop at the skipped group, or K comes back."""
+    cfg = LogConfig(segment_bytes=600, index_interval_bytes=64, cleanup_policy="compact",
+                    delete_retention_ms=1_000, segment_index_bytes=512)
+    plog = PartitionLog.open(str(tmp_path), cfg, ManualClock(), fsync_enabled=False)
+
+    def app(recs: list[tuple[bytes | None, bytes | None]]) -> None:
+        plog.append_as_leader(build_batch(recs, timestamp_ms=0), 1)
+
+    app([(None, b"a" * 100)])
+    plog.roll()                                          # A: keyless filler
+    app([(b"K", b"old")])
+    app([(None, b"b" * 50)])
+    plog.roll()                                          # B: K=old
+    app([(b"K", None)])
+    app([(None, b"c" * 400)])
+    plog.roll()                                          # C: tombstone of K
+    app([(None, b"d")])                                  # D: active
+
+    def keyed() -> list[tuple[int, bytes | None, bytes | None]]:
+        return [r for r in records_of(plog) if r[1] is not None]
+
+    real = cleaner._write_cleaned  # noqa: SLF001
+    fired: list[bool] = []
+
+    def hooked(*args: object) -> object:
+        if not fired:  # retention (or DeleteRecords) meanwhile
+            fired.append(plog.maybe_increment_log_start_offset(plog.segments[1].base_offset))
+        return real(*args)
+
+    monkeypatch.setattr(cleaner, "_write_cleaned", hooked)
+    plog.clean(now_ms=100_000)
+    monkeypatch.undo()
+    assert fired == [True]
+    k_values = [v for _, k, v in keyed() if k == b"K"]
+    assert not k_values or k_values[-1] is None  # K stays deleted (its tombstone last)
+    plog.clean(now_ms=100_000)
+    assert keyed() == []
+    plog.close()
+
+
+def test_a_failed_log_releases_its_files_on_close(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    clock = ManualClock()
+    path = str(tmp_path)
+    plog, model = _merge_candidate(path, clock, fsync=False)
+    plog.close()
+    baseline = open_fds()
+    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+
+    def eio(*args: object) -> None:
+        raise OSError(errno.EIO, "simulated EIO")
+
+    monkeypatch.setattr(cleaner.LogSegment, "rebuild_indexes_from", eio)
+    with pytest.raises(LogStorageError):
+        plog.clean()
+    monkeypatch.undo()
+    assert plog.closed
+    plog.close()
+    assert open_fds() == baseline
+    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+    assert records_of(plog) == model.expected()
+    plog.close()
