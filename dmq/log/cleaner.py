@@ -137,7 +137,7 @@ class _Rewrite(NamedTuple):
     members: list[tuple[LogSegment, int]]  # each with its size when it was read
     cleaned_path: str
     end_path: str  # `<first>.swap-end`: where the replaced segments end
-    headers: list[BatchHeader]  # of the cleaned file, positions in it
+    segment: LogSegment  # the replacement, open and indexed under `.cleaned` names
 
 
 def clean_log(plog: PartitionLog, now_ms: int | None = None,
@@ -203,7 +203,7 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
             if len(group) > 1 or group_changed:
                 rw = _write_cleaned(plog, list(group), chunks, group_end)
                 rewrites.append(rw)
-                after += sum(h.batch_length + LOG_OVERHEAD for h in rw.headers)
+                after += rw.segment.size_bytes
             else:
                 after += sum(size for _, size in group)
 
@@ -295,11 +295,13 @@ class _SwapCommitted(Exception):
 
 
 def _discard_rewrites(rewrites: list[_Rewrite]) -> None:
-    """Delete the files of rewrites that were not committed (their `.cleaned` was never
-    renamed to `.swap`); never call it for a committed one."""
+    """Close and delete the files of rewrites that were not committed (their `.cleaned`
+    was never renamed to `.swap`); never call it for a committed one."""
     for rw in rewrites:
-        _unlink_quietly(rw.cleaned_path)
-        _unlink_quietly(rw.end_path)
+        seg = rw.segment
+        _close_segment(seg)
+        for path in (rw.cleaned_path, rw.end_path, seg.index_path, seg.timeindex_path):
+            _unlink_quietly(path)
 
 
 def _unlink_quietly(path: str) -> None:
@@ -402,21 +404,44 @@ def _write_cleaned(plog: PartitionLog, members: list[tuple[LogSegment, int]],
                    batches: list[bytes], end_offset: int) -> _Rewrite:
     """Write and fsync `<first>.log.cleaned` and `<first>.swap-end` (the offset the
     replaced segments end at, for the sweep: every swap carries its own, so an end file
-    left by an earlier failed pass is overwritten before this one commits). No lock
-    needed: nothing else uses these names. On failure both files are removed."""
+    left by an earlier failed pass is overwritten before this one commits), and open the
+    replacement segment on them with its indexes built (`<first>.index.cleaned`, ...),
+    so the swap under the lock is renames only. No lock needed: nothing else uses these
+    names. On failure every file is removed."""
     first = members[0][0]
     cleaned = first.path + CLEANED_SUFFIX
     end_path = first.path[: -len(LOG_SUFFIX)] + END_SUFFIX
     data = b"".join(batches)
     headers = validate_batches(data) if data else []  # what we wrote, CRCs included
+    new: LogSegment | None = None
     try:
         _write_file(cleaned, data, plog.fsync_enabled)
         _write_file(end_path, b"%d\n" % end_offset, plog.fsync_enabled)
+        cfg = plog.config
+        new = LogSegment(plog.directory, first.base_offset, cfg.segment_index_bytes,
+                         cfg.index_interval_bytes, False, first.created_ms,
+                         name_suffix=CLEANED_SUFFIX)
+        if new.size_bytes != len(data):
+            raise LogError(f"cleaned segment {cleaned} has the wrong size")
+        new.rebuild_indexes_from(headers)
+        new.make_inactive()
     except BaseException:
-        _unlink_quietly(cleaned)
-        _unlink_quietly(end_path)
+        if new is not None:
+            _close_segment(new)
+        for path in (cleaned, end_path, first.index_path + CLEANED_SUFFIX,
+                     first.timeindex_path + CLEANED_SUFFIX):
+            _unlink_quietly(path)
         raise
-    return _Rewrite(members, cleaned, end_path, headers)
+    return _Rewrite(members, cleaned, end_path, new)
+
+
+def _close_segment(seg: LogSegment) -> None:
+    """Release a segment's descriptor and mappings without syncing anything."""
+    seg.index.discard()
+    seg.time_index.discard()
+    if seg.fd >= 0:
+        os.close(seg.fd)
+        seg.fd = -1
 
 
 def _write_file(path: str, data: bytes, sync: bool) -> None:
@@ -432,20 +457,21 @@ def _write_file(path: str, data: bytes, sync: bool) -> None:
 
 
 def _swap_in(plog: PartitionLog, rw: _Rewrite) -> LogSegment:
-    """Replace the old segments by their cleaned file (with the log's lock held).
+    """Replace the old segments by the cleaned one (with the log's lock held).
 
     On disk: commit (rename to `.swap`), delete the old segments' files, rename `.swap`
-    over `<first>.log`. In memory the old segments stay whole (their descriptors and
-    mappings still read the unlinked files) until the new one is open and indexed, so a
-    failure past the commit point leaves the log consistent in memory; it is then
-    failed (closed) and the open-time sweep finishes the swap on disk."""
+    over `<first>.log` and the replacement's indexes to their names. In memory the old
+    segments stay whole (their descriptors and mappings still read the unlinked files)
+    until the files are in place, so a failure past the commit point leaves the log
+    consistent in memory; it is then failed (closed) and the open-time sweep finishes
+    the swap on disk (indexes left under `.cleaned` names are dropped and rebuilt)."""
     first = rw.members[0][0]
+    new = rw.segment
     directory = plog.directory
     sync = plog.fsync_enabled
     log_path = first.path
     swap = log_path + SWAP_SUFFIX
     os.replace(rw.cleaned_path, swap)
-    new: LogSegment | None = None
     try:
         if sync:
             fsync_dir(directory)  # commit point: from here the sweep finishes the swap
@@ -454,27 +480,15 @@ def _swap_in(plog: PartitionLog, rw: _Rewrite) -> LogSegment:
                     seg.index_path, seg.timeindex_path, seg.path):
                 _unlink_quietly(p)
         os.replace(swap, log_path)
+        new.rename_files(None)
         if sync:
             fsync_dir(directory)
         _unlink_quietly(rw.end_path)
-        cfg = plog.config
-        new = LogSegment(directory, first.base_offset, cfg.segment_index_bytes,
-                         cfg.index_interval_bytes, False, first.created_ms)
-        if new.size_bytes != sum(h.batch_length + LOG_OVERHEAD for h in rw.headers):
-            raise LogError(f"cleaned segment {log_path} has the wrong size")
-        new.rebuild_indexes_from(rw.headers)
-        new.make_inactive()
     except BaseException as exc:
-        if new is not None:  # release what was opened; the sweep redoes it on reopen
-            new.index.discard()
-            new.time_index.discard()
-            os.close(new.fd)
+        _close_segment(new)
         plog.fail(f"segment swap of {log_path} failed after its commit point: {exc}")
         raise _SwapCommitted() from exc
     plog.replace_segments([seg for seg, _ in rw.members], new)
     for seg, _ in rw.members:
-        seg.index.discard()
-        seg.time_index.discard()
-        os.close(seg.fd)
-        seg.fd = -1
+        _close_segment(seg)
     return new

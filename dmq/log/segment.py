@@ -55,15 +55,19 @@ class LogSegment:
     """A segment file with its sparse indexes. Not thread-safe; the log serialises calls."""
 
     def __init__(self, directory: str, base_offset: int, index_max_bytes: int,
-                 index_interval_bytes: int, active: bool, created_ms: int) -> None:
+                 index_interval_bytes: int, active: bool, created_ms: int,
+                 name_suffix: str = "") -> None:
+        """`name_suffix` opens the files under temporary names (`<base>.log<suffix>`,
+        ...): the cleaner builds a replacement segment so, then `rename_files` gives it
+        the real names."""
         self.directory = directory
         self.base_offset = base_offset
         self.index_interval_bytes = index_interval_bytes
         self.index_max_bytes = index_max_bytes
         stem = os.path.join(directory, segment_name(base_offset))
-        self.path = stem + LOG_SUFFIX
-        self.index_path = stem + INDEX_SUFFIX
-        self.timeindex_path = stem + TIMEINDEX_SUFFIX
+        self.path = stem + LOG_SUFFIX + name_suffix
+        self.index_path = stem + INDEX_SUFFIX + name_suffix
+        self.timeindex_path = stem + TIMEINDEX_SUFFIX + name_suffix
         if not os.path.exists(self.path):
             # A new segment: index files left by a crash mid-delete describe old data.
             for stale in (self.index_path, self.timeindex_path):
@@ -381,6 +385,19 @@ class LogSegment:
         if self.size_bytes == 0:
             self.next_offset = self.base_offset
         return removed
+
+    def rename_files(self, log_path: str | None) -> None:
+        """Give the index files their real names (and the `.log`, unless `log_path` is
+        None: the caller renamed it); open descriptors and mappings stay valid."""
+        stem = os.path.join(self.directory, segment_name(self.base_offset))
+        for index, final in ((self.index, stem + INDEX_SUFFIX),
+                             (self.time_index, stem + TIMEINDEX_SUFFIX)):
+            os.replace(index.path, final)
+            index.path = final
+        self.index_path, self.timeindex_path = stem + INDEX_SUFFIX, stem + TIMEINDEX_SUFFIX
+        if log_path is not None:
+            os.replace(self.path, log_path)
+        self.path = stem + LOG_SUFFIX
 
     def make_inactive(self) -> None:
         """On roll: trim the preallocated indexes to their entries."""

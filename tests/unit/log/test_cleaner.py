@@ -599,7 +599,7 @@ def _merge_candidate(path: str, clock: ManualClock, fsync: bool) -> tuple[Partit
     return plog, model
 
 
-@pytest.mark.parametrize("where", ["fsync after commit", "rename over .log", "new segment"])
+@pytest.mark.parametrize("where", ["fsync after commit", "rename over .log", "index renames"])
 def test_a_failure_after_the_commit_point_fails_the_log_and_reopening_finishes(
         tmp_path: object, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """I/O errors past the commit point: the committed swap's files stay (its end file
@@ -630,7 +630,7 @@ def test_a_failure_after_the_commit_point_fails_the_log_and_reopening_finishes(
 
         monkeypatch.setattr(cleaner.os, "replace", replace)
     else:
-        monkeypatch.setattr(cleaner.LogSegment, "rebuild_indexes_from", eio)
+        monkeypatch.setattr(cleaner.LogSegment, "rename_files", eio)
     with pytest.raises(LogStorageError):
         plog.clean()
     monkeypatch.undo()
@@ -642,6 +642,28 @@ def test_a_failure_after_the_commit_point_fails_the_log_and_reopening_finishes(
     assert not any(n.endswith((".swap", ".swap-end", ".cleaned")) for n in os.listdir(path))
     assert records_of(plog) == model.expected()
     check_log_consistent(plog)
+    plog.close()
+
+
+def test_a_failure_building_the_replacement_leaves_nothing_behind(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    clock = ManualClock()
+    path = str(tmp_path)
+    plog, model = _merge_candidate(path, clock, fsync=False)
+
+    def eio(*args: object) -> None:
+        raise OSError(errno.EIO, "simulated EIO")
+
+    monkeypatch.setattr(cleaner.LogSegment, "rebuild_indexes_from", eio)
+    with pytest.raises(OSError):
+        plog.clean()
+    monkeypatch.undo()
+    assert not plog.closed
+    assert not any(n.endswith((".swap", ".swap-end", ".cleaned")) for n in os.listdir(path))
+    plog.clean()
+    assert records_of(plog) == model.expected()
     plog.close()
 
 
@@ -793,7 +815,7 @@ def test_a_failed_log_releases_its_files_on_close(
     def eio(*args: object) -> None:
         raise OSError(errno.EIO, "simulated EIO")
 
-    monkeypatch.setattr(cleaner.LogSegment, "rebuild_indexes_from", eio)
+    monkeypatch.setattr(cleaner.LogSegment, "rename_files", eio)
     with pytest.raises(LogStorageError):
         plog.clean()
     monkeypatch.undo()
