@@ -567,7 +567,9 @@ class ReplicaManager:
         leaders = sum(1 for p in self.partitions.values() if p.is_leader)
         return {"partitions": len(self.partitions), "leaders": leaders,
                 "under_replicated": sum(1 for p in self.partitions.values()
-                                        if p.is_leader and len(p.isr) < len(p.replicas))}
+                                        if p.is_leader and len(p.isr) < len(p.replicas)),
+                "failed_logs": sum(1 for p in self.partitions.values()
+                                   if p.log.failure is not None)}
 
 
 def _code_name(code: int) -> str:

@@ -352,7 +352,10 @@ class LogCleaner:
                 self.remove(plog)
                 continue
             except Exception:  # one bad log must not stop the others
-                log.exception("cleaning %s failed", plog.directory)
+                if plog.closed:  # failed (reported once by the log itself) or closed
+                    self.remove(plog)
+                else:
+                    log.exception("cleaning %s failed", plog.directory)
                 continue
             if res.segments_rewritten:
                 out[plog.directory] = res

@@ -67,6 +67,7 @@ from dmq.log.errors import (
     CorruptRecordError,
     LogClosedError,
     LogDiskFullError,
+    LogError,
     LogStorageError,
     OffsetOutOfRangeError,
     OutOfOrderSequenceError,
@@ -131,6 +132,7 @@ class PartitionLog:
         self.cleaner_state: tuple[tuple[tuple[int, int], ...], int] | None = None
         self.truncations = 0  # truncations so far (a closed segment may be reopened by one)
         self._failed = False  # closed by `fail`: files still open
+        self.failure: str | None = None  # why `fail` closed it
         self.producer_state = ProducerStateManager(self._config.max_producer_batches)
         self._copy_config()
         try:
@@ -235,7 +237,7 @@ class PartitionLog:
             raise RecordTooLargeError(f"batch of {size} bytes > {self._max_message_bytes}")
         with self._lock:
             if self._closed:
-                raise LogClosedError(f"log {self.directory} is closed")
+                raise self._closed_error()
             base = self._log_end_offset
             if t[9] >= 0:
                 dup = self._check_producer(t, {})
@@ -278,7 +280,7 @@ class PartitionLog:
         max_bytes = self._max_message_bytes
         with self._lock:
             if self._closed:
-                raise LogClosedError(f"log {self.directory} is closed")
+                raise self._closed_error()
             base = offset = self._log_end_offset
             pending: dict[int, tuple[int, int]] | None = None
             out = bytearray(mv)
@@ -324,7 +326,7 @@ class PartitionLog:
         raw = validate_raw(mv)
         with self._lock:
             if self._closed:
-                raise LogClosedError(f"log {self.directory} is closed")
+                raise self._closed_error()
             expected = self._log_end_offset
             for t in raw:
                 if t[0] < expected:
@@ -399,7 +401,7 @@ class PartitionLog:
         space returns); any other failure closes it."""
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return LogDiskFullError(f"disk full: append to {path} refused: {exc}")
-        self._closed = True
+        self.fail(f"append to {path} failed: {exc}")
         return LogStorageError(f"append to {path} failed: {exc}")
 
     def _maybe_flush_after_append(self) -> None:
@@ -756,7 +758,13 @@ class PartitionLog:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise LogClosedError(f"log {self.directory} is closed")
+            raise self._closed_error()
+
+    def _closed_error(self) -> LogError:
+        if self.failure is not None:  # the broker answers STORAGE_ERROR, not NOT_LEADER
+            return LogStorageError(f"log {self.directory} failed ({self.failure}); "
+                                   f"reopening it (a broker restart) recovers it")
+        return LogClosedError(f"log {self.directory} is closed")
 
     def _write_meta(self, clean: bool) -> None:
         rows = [("recovery_point", self._recovery_point),
@@ -813,12 +821,13 @@ class PartitionLog:
 
     def fail(self, reason: str) -> None:
         """Close the log after a storage failure that left files in a state only a
-        reopen resolves (reads and writes then raise `LogClosedError`; `close()` then
+        reopen resolves (reads and writes then raise `LogStorageError`; `close()` then
         releases the files without marking a clean shutdown)."""
         with self._lock:
             if not self._closed:
                 log.error("log %s failed: %s", self.directory, reason)
                 self._failed = True
+                self.failure = reason
             self._closed = True
 
     def replace_segments(self, old: list[LogSegment], new: LogSegment) -> None:

@@ -133,3 +133,15 @@ async def test_a_restarted_broker_knows_a_log_is_compacted_before_any_image(brok
         assert plog.config.cleanup_policy == "compact,delete" and topic_id
     finally:
         plog.close()
+
+
+async def test_a_failed_log_answers_storage_error_and_is_counted(broker) -> None:
+    ctl, b = broker
+    await ctl.create_topic("f", [[1]])
+    conn = await b.connect()
+    assert (await produce(conn, "f", 0, batch([b"before"])))[1] == 0
+    b.partition("f").log.fail("simulated: a segment swap failed after its commit point")
+    assert (await produce(conn, "f", 0, batch([b"after"])))[1] == ErrorCode.STORAGE_ERROR
+    assert (await fetch(conn, "f", 0, 0))[1] == ErrorCode.STORAGE_ERROR
+    assert b.replicas.info()["failed_logs"] == 1
+    await conn.close()

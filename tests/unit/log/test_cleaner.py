@@ -607,8 +607,6 @@ def test_a_failure_after_the_commit_point_fails_the_log_and_reopening_finishes(
     and a reopen finishes the swap with nothing lost."""
     import errno
 
-    from dmq.log import LogClosedError
-
     clock = ManualClock()
     path = str(tmp_path)
     plog, model = _merge_candidate(path, clock, fsync=True)
@@ -634,8 +632,8 @@ def test_a_failure_after_the_commit_point_fails_the_log_and_reopening_finishes(
     with pytest.raises(LogStorageError):
         plog.clean()
     monkeypatch.undo()
-    assert plog.closed
-    with pytest.raises(LogClosedError):
+    assert plog.closed and plog.failure is not None
+    with pytest.raises(LogStorageError, match="failed"):  # STORAGE_ERROR on the wire
         plog.read(0, 1000)
     plog.abandon()
     plog = PartitionLog.open(path, CFG, clock, fsync_enabled=True)
