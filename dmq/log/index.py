@@ -168,10 +168,6 @@ class _SparseIndex(_MappedFile):
     def entries(self) -> int:
         return len(self._cols[0])
 
-    @property
-    def is_full(self) -> bool:
-        return len(self._cols[0]) >= self.capacity_entries
-
     def sync(self) -> None:
         """Copy entries added since the last sync into the mapped file."""
         mm = self._mm

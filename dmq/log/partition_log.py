@@ -131,8 +131,7 @@ class PartitionLog:
         # the cleaner skip a log with nothing new to do.
         self.cleaner_state: tuple[tuple[tuple[int, int], ...], int] | None = None
         self.truncations = 0  # truncations so far (a closed segment may be reopened by one)
-        self._failed = False  # closed by `fail`: files still open
-        self.failure: str | None = None  # why `fail` closed it
+        self.failure: str | None = None  # why `fail` closed it (its files stay open)
         self.producer_state = ProducerStateManager(self._config.max_producer_batches)
         self._copy_config()
         try:
@@ -716,9 +715,8 @@ class PartitionLog:
         """Flush, trim the indexes and mark the shutdown clean (no scan on next open).
         A failed log (see `fail`) only releases its files: its next open recovers."""
         with self._lock:
-            if self._failed:
-                self._failed = False
-                self._release_files()
+            if self.failure is not None:
+                self.abandon()
                 return
             if self._closed:
                 return
@@ -741,12 +739,8 @@ class PartitionLog:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def abandon(self) -> None:
-        """Close file handles without flushing or marking a clean shutdown (crash tests)."""
-        with self._lock:
-            self._failed = False
-            self._release_files()
-
-    def _release_files(self) -> None:
+        """Close file handles without flushing or marking a clean shutdown (crash tests,
+        failed logs, logs about to be deleted). Idempotent."""
         with self._lock:
             for seg in self._segments:
                 seg.index.discard()
@@ -826,7 +820,6 @@ class PartitionLog:
         with self._lock:
             if not self._closed:
                 log.error("log %s failed: %s", self.directory, reason)
-                self._failed = True
                 self.failure = reason
             self._closed = True
 
