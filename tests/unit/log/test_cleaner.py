@@ -304,17 +304,32 @@ def test_log_cleaner_owner_runs_and_skips_clean_logs(tmp_path: object) -> None:
         plog.close()
 
 
-def _log_with_history(path: str, clock: ManualClock, n: int = 60) -> tuple[PartitionLog, Model]:
-    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+def _compactable(path: str, clock: ManualClock, *, n: int = 120, keys: int = 3,
+                 fsync: bool = False, tail: int = 0,
+                 clean_model: bool = True) -> tuple[PartitionLog, Model]:
+    """`n` records cycling over `keys` keys in small closed segments, then `tail`
+    records of other keys in the active segment. With `clean_model` the model already
+    says what a full clean of the closed range leaves."""
+    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=fsync)
     model = Model()
     ts = clock.wall_ms()
     for i in range(n):
-        recs = [(b"k%d" % (i % 4), b"v%d" % i)]
-        info = plog.append_as_leader(build_batch(recs, timestamp_ms=ts), 1)
-        model.append(info.base_offset, recs, ts)
+        recs = [(b"k%d" % (i % keys), b"v%d" % i)]
+        model.append(plog.append_as_leader(build_batch(recs, ts), 1).base_offset, recs, ts)
     plog.roll()
     assert plog.segment_count > 4
+    if clean_model:
+        model.clean(plog.segments[-1].base_offset, clock.wall_ms(), CFG.delete_retention_ms)
+    for i in range(tail):
+        recs = [(b"tail%d" % i, b"t")]
+        model.append(plog.append_as_leader(build_batch(recs, ts), 1).base_offset, recs, ts)
+    if tail:
+        plog.flush()
     return plog, model
+
+
+def _log_with_history(path: str, clock: ManualClock) -> tuple[PartitionLog, Model]:
+    return _compactable(path, clock, n=60, keys=4, clean_model=False)
 
 
 def _during_write(monkeypatch: pytest.MonkeyPatch, action: object) -> None:
@@ -466,22 +481,9 @@ def test_a_cleaned_segment_ending_in_a_gap_is_not_damage(tmp_path: object,
     plog.close()
 
 
-def _small_segments(path: str, clock: ManualClock) -> tuple[PartitionLog, Model]:
-    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
-    model = Model()
-    ts = clock.wall_ms()
-    for i in range(120):
-        recs = [(b"k%d" % (i % 3), b"v%d" % i)]
-        info = plog.append_as_leader(build_batch(recs, timestamp_ms=ts), 1)
-        model.append(info.base_offset, recs, ts)
-    plog.roll()
-    model.clean(plog.segments[-1].base_offset, clock.wall_ms(), CFG.delete_retention_ms)
-    return plog, model
-
-
 def test_small_cleaned_segments_are_merged(tmp_path: object) -> None:
     clock = ManualClock()
-    plog, model = _small_segments(str(tmp_path), clock)
+    plog, model = _compactable(str(tmp_path), clock)
     n = plog.segment_count
     assert n > 10
     plog.clean()
@@ -517,11 +519,7 @@ def test_crash_right_after_a_merge_commits_is_finished_on_open(
     the merged ones (else they would overlap the merged segment and recovery would cut)."""
     clock = ManualClock()
     path = str(tmp_path)
-    plog, model = _small_segments(path, clock)
-    for i in range(3):  # data past the merged range, in the active segment
-        recs = [(b"tail", b"t%d" % i)]
-        info = plog.append_as_leader(build_batch(recs, clock.wall_ms()), 1)
-        model.append(info.base_offset, recs, clock.wall_ms())
+    plog, model = _compactable(path, clock, tail=3)  # tail: data past the merged range
     calls = [0]
     real = os.replace
 
@@ -551,7 +549,7 @@ def test_crash_right_after_a_merge_commits_is_finished_on_open(
 def test_a_leftover_merge_end_file_is_removed(tmp_path: object) -> None:
     clock = ManualClock()
     path = str(tmp_path)
-    plog, _ = _small_segments(path, clock)
+    plog, _ = _compactable(path, clock)
     before = records_of(plog)
     plog.close()
     with open(os.path.join(path, "00000000000000000000.swap-end"), "w") as f:
@@ -582,23 +580,6 @@ def test_a_log_closed_during_a_clean_ends_the_pass_quietly(
     assert cleaner_owner.run_once() == {}  # a closed log is dropped, not an error
 
 
-def _merge_candidate(path: str, clock: ManualClock, fsync: bool) -> tuple[PartitionLog, Model]:
-    """Small compactable segments plus records in the active segment (after the range)."""
-    plog = PartitionLog.open(path, CFG, clock, fsync_enabled=fsync)
-    model = Model()
-    ts = clock.wall_ms()
-    for i in range(120):
-        recs = [(b"k%d" % (i % 3), b"v%d" % i)]
-        model.append(plog.append_as_leader(build_batch(recs, ts), 1).base_offset, recs, ts)
-    plog.roll()
-    model.clean(plog.segments[-1].base_offset, clock.wall_ms(), CFG.delete_retention_ms)
-    for i in range(5):
-        recs = [(b"tail%d" % i, b"t")]
-        model.append(plog.append_as_leader(build_batch(recs, ts), 1).base_offset, recs, ts)
-    plog.flush()
-    return plog, model
-
-
 @pytest.mark.parametrize("where", ["fsync after commit", "rename over .log", "index renames"])
 def test_a_failure_after_the_commit_point_fails_the_log_and_reopening_finishes(
         tmp_path: object, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
@@ -609,7 +590,7 @@ def test_a_failure_after_the_commit_point_fails_the_log_and_reopening_finishes(
 
     clock = ManualClock()
     path = str(tmp_path)
-    plog, model = _merge_candidate(path, clock, fsync=True)
+    plog, model = _compactable(path, clock, fsync=True, tail=5)
     calls = [0]
 
     def eio(*args: object) -> None:
@@ -649,7 +630,7 @@ def test_a_failure_building_the_replacement_leaves_nothing_behind(
 
     clock = ManualClock()
     path = str(tmp_path)
-    plog, model = _merge_candidate(path, clock, fsync=False)
+    plog, model = _compactable(path, clock, fsync=False, tail=5)
 
     def eio(*args: object) -> None:
         raise OSError(errno.EIO, "simulated EIO")
@@ -673,7 +654,7 @@ def test_a_failed_write_of_the_cleaned_files_leaves_none_behind(
 
     clock = ManualClock()
     path = str(tmp_path)
-    plog, model = _merge_candidate(path, clock, fsync=True)
+    plog, model = _compactable(path, clock, fsync=True, tail=5)
     real = cleaner._write_file  # noqa: SLF001
 
     def failing(p: str, data: bytes, sync: bool) -> None:
@@ -742,7 +723,7 @@ def test_cleaner_remove_leaves_a_newer_log_of_the_same_folder(tmp_path: object) 
 def test_a_stopping_cleaner_abandons_its_pass(tmp_path: object) -> None:
     clock = ManualClock()
     path = str(tmp_path)
-    plog, model = _merge_candidate(path, clock, fsync=False)
+    plog, model = _compactable(path, clock, fsync=False, tail=5)
     before = records_of(plog)
     res = plog.clean(cancelled=lambda: True)
     assert res.segments_rewritten == 0 and records_of(plog) == before
@@ -805,7 +786,7 @@ def test_a_failed_log_releases_its_files_on_close(
 
     clock = ManualClock()
     path = str(tmp_path)
-    plog, model = _merge_candidate(path, clock, fsync=False)
+    plog, model = _compactable(path, clock, fsync=False, tail=5)
     plog.close()
     baseline = open_fds()
     plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
