@@ -76,16 +76,26 @@ def test_bad_topic_names(name: str) -> None:
     ("cleanup.policy", "compact", "compact"), ("cleanup.policy", "delete, compact",
                                                "compact,delete"),
     ("delete.retention.ms", "0", "0"), ("max.message.bytes", "100", "100"),
-    ("flush.messages", "1", "1"), ("flush.ms", "-1", "-1")])
+    ("flush.messages", "1", "1"), ("flush.ms", "-1", "-1"),
+    ("segment.bytes", "64", "64"), ("segment.bytes", str(2**31 - 1), str(2**31 - 1)),
+    ("max.message.bytes", "61", "61"), ("min.compaction.lag.ms", "0", "0"),
+    ("message.timestamp.type", "LogAppendTime", "LogAppendTime")])
 def test_good_configs(key: str, value: str, normal: str) -> None:
     assert validate_topic_config(key, value) == normal
+    # whatever the controller accepts, a broker can open a log with
+    from dmq.broker.replica_manager import log_config_for
+    from tests.unit.broker.support import make_config
+
+    log_config_for(make_config(), {key: normal})
 
 
 @pytest.mark.parametrize("key,value", [
     ("nope", "1"), ("min.insync.replicas", "0"), ("min.insync.replicas", "x"),
     ("unclean.leader.election.enable", "yes"), ("retention.ms", "-2"),
     ("segment.bytes", "10"), ("cleanup.policy", "archive"), ("flush.messages", "0"),
-    ("segment.ms", "0")])
+    ("segment.ms", "0"), ("segment.bytes", "63"), ("segment.bytes", str(2**31)),
+    ("max.message.bytes", "60"), ("min.compaction.lag.ms", "-1"),
+    ("message.timestamp.type", "WallClock")])
 def test_bad_configs(key: str, value: str) -> None:
     with pytest.raises(InvalidConfigError) as info:
         validate_topic_config(key, value)
