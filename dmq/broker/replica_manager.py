@@ -45,6 +45,7 @@ HW_CHECKPOINT = "replication-offset-checkpoint"
 TOPIC_ID_FILE = "partition.metadata"
 HW_CHECKPOINT_INTERVAL_MS = 1000
 ALTER_PARTITION_TIMEOUT_MS = 5000
+CLEANER_STOP_TIMEOUT_S = 5.0  # a pass stops between segments; one segment may take long
 ALTER_PARTITION_RETRY_MS = 200
 ALTER_PARTITION_REFUSED_RETRY_MS = 500
 # A log on disk whose topic is absent from the image is deleted only after this long:
@@ -185,8 +186,10 @@ class ReplicaManager:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
         await asyncio.to_thread(self._create_pool.shutdown, True)
-        if self.cleaner is not None:
-            await asyncio.to_thread(self.cleaner.stop)  # finishes the log it is cleaning
+        if self.cleaner is not None and not await asyncio.to_thread(
+                self.cleaner.stop, CLEANER_STOP_TIMEOUT_S):
+            log.warning("broker=%d log cleaner still busy after %.0f s; closing logs anyway",
+                        self.broker_id, CLEANER_STOP_TIMEOUT_S)
         self._write_hw_checkpoint()
         logs = [p.log for p in self.partitions.values()] + [lg for lg, _ in self._loaded.values()]
         self._loaded.clear()

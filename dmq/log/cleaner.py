@@ -369,11 +369,17 @@ class LogCleaner:
                                             daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float | None = None) -> bool:
+        """Stop the thread; False if it is still busy after `timeout_s` (it then ends
+        its pass on its own: a log closed meanwhile makes the pass stop, and files it
+        leaves behind are swept on the next open)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                return False
             self._thread = None
+        return True
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_ms / 1000):

@@ -804,3 +804,36 @@ def test_a_failed_log_releases_its_files_on_close(
     plog = PartitionLog.open(path, CFG, clock, fsync_enabled=False)
     assert records_of(plog) == model.expected()
     plog.close()
+
+
+def test_stopping_a_busy_cleaner_is_bounded(tmp_path: object,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    clock = ManualClock()
+    plog, model = _compactable(str(tmp_path), clock)
+    entered, release = threading.Event(), threading.Event()
+    real = cleaner._segment_batches  # noqa: SLF001
+
+    def slow(fd: int, size: int):  # type: ignore[no-untyped-def]
+        entered.set()
+        release.wait(10)  # one very long segment
+        return real(fd, size)
+
+    monkeypatch.setattr(cleaner, "_segment_batches", slow)
+    owner = cleaner.LogCleaner(interval_ms=1)
+    owner.add(plog)
+    owner.start()
+    assert entered.wait(10)
+    t0 = time.monotonic()
+    assert owner.stop(timeout_s=0.2) is False
+    assert time.monotonic() - t0 < 2
+    plog.close()  # the pass then ends on the closed log, its files removed
+    release.set()
+    assert owner.stop(timeout_s=10) is True
+    assert not any(n.endswith((".cleaned", ".swap", ".swap-end"))
+                   for n in os.listdir(str(tmp_path)))
+    plog = PartitionLog.open(str(tmp_path), CFG, clock, fsync_enabled=False)
+    assert set(records_of(plog)) >= set(model.expected())
+    plog.close()
