@@ -646,10 +646,11 @@ def test_a_failure_building_the_replacement_leaves_nothing_behind(
     plog.close()
 
 
+@pytest.mark.parametrize("err", ["EIO", "ENOSPC"])
 def test_a_failed_write_of_the_cleaned_files_leaves_none_behind(
-        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch, err: str) -> None:
     """Else a stale `.swap-end` could be taken for a later pass's (deleting segments
-    that were never merged)."""
+    that were never merged). A full disk is the common case; the log stays open."""
     import errno
 
     clock = ManualClock()
@@ -660,7 +661,7 @@ def test_a_failed_write_of_the_cleaned_files_leaves_none_behind(
     def failing(p: str, data: bytes, sync: bool) -> None:
         real(p, data, sync)
         if p.endswith(".swap-end"):
-            raise OSError(errno.EIO, "simulated EIO on fsync")
+            raise OSError(getattr(errno, err), f"simulated {err}")
 
     monkeypatch.setattr(cleaner, "_write_file", failing)
     with pytest.raises(OSError):
@@ -837,3 +838,22 @@ def test_stopping_a_busy_cleaner_is_bounded(tmp_path: object,
     plog = PartitionLog.open(str(tmp_path), CFG, clock, fsync_enabled=False)
     assert set(records_of(plog)) >= set(model.expected())
     plog.close()
+
+
+def test_an_unreadable_merge_end_file_stops_the_open_with_a_clear_error(
+        tmp_path: object) -> None:
+    """A committed swap whose end file cannot be read: guessing which segments it
+    replaced could delete data, so the open refuses and says which file."""
+    from dmq.log import LogError
+
+    clock = ManualClock()
+    path = str(tmp_path)
+    plog, _ = _compactable(path, clock)
+    plog.close()
+    stem = os.path.join(path, "00000000000000000000")
+    os.rename(stem + ".log", stem + ".log.swap")
+    with open(stem + ".swap-end", "w") as f:
+        f.write("not a number\n")
+    with pytest.raises(LogError, match="swap-end"):
+        PartitionLog.open(path, CFG, clock, fsync_enabled=False)
+    assert os.path.exists(stem + ".log.swap")  # nothing touched
