@@ -41,6 +41,10 @@ from dmq.protocol.errors import DmqError, ErrorCode, ProtocolViolation, describe
 
 log = logging.getLogger("dmq.protocol.server")
 
+HTTP_METHOD_PREFIXES = frozenset({b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"OPTI",
+                                  b"PATC"})
+"""First 4 bytes of an HTTP/1.x request; as a frame length each is over 1 GB."""
+
 NO_RESPONSE: Any = object()
 """Returned by a handler that must not answer (produce with acks=0)."""
 
@@ -81,6 +85,9 @@ class _ServerConnection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self.closed = False
+        # until the first 4 bytes are in, an HTTP request may still be told from a frame
+        self._sniffing = server.http_handoff is not None
+        self._sniffed = b""
 
     # asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,6 +115,10 @@ class _ServerConnection(asyncio.Protocol):
         self._update_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._sniffing:
+            data = self._sniff(data)
+            if not data:
+                return
         try:
             frames = self.decoder.feed(data)
         except ProtocolViolation as exc:
@@ -116,6 +127,27 @@ class _ServerConnection(asyncio.Protocol):
         if frames:
             self.backlog.extend(frames)
             self._drain_backlog()
+
+    def _sniff(self, data: bytes) -> bytes:
+        """Tell an HTTP request from a frame by its first bytes: an HTTP method read as a
+        frame length is over a gigabyte, far past any frame limit, so the two never
+        overlap. An HTTP connection is handed to `server.http_handoff` with the bytes
+        read so far and leaves this server's books; returns the bytes to decode as
+        frames (empty while fewer than 4 bytes have arrived, or after a handoff)."""
+        data = self._sniffed + data
+        if len(data) < 4:
+            self._sniffed = data
+            return b""
+        self._sniffing = False
+        self._sniffed = b""
+        handoff = self.server.http_handoff
+        if handoff is None or data[:4] not in HTTP_METHOD_PREFIXES or self.transport is None:
+            return data
+        self.closed = True
+        self.server._connections.discard(self)
+        transport, self.transport = self.transport, None
+        handoff(transport, data)
+        return b""
 
     def _drain_backlog(self) -> None:
         limit = self.server.max_in_flight
@@ -275,6 +307,9 @@ class ProtocolServer:
         self._extra_info = extra_info
         # called once per answered request: (api key, error code, seconds in the handler)
         self.observer: Callable[[ApiKey, int, float], None] | None = None
+        # set before `start()` to serve HTTP on this port too: called with a connection
+        # whose first bytes are an HTTP method and those bytes; it owns the transport
+        self.http_handoff: Callable[[asyncio.Transport, bytes], None] | None = None
         self._handlers: dict[ApiKey, Handler] = {ApiKey.API_VERSIONS: self._api_versions}
         self._connections: set[_ServerConnection] = set()
         self._server: asyncio.base_events.Server | None = None

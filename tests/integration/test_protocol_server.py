@@ -189,3 +189,55 @@ async def test_client_bounds_its_in_flight_requests() -> None:
     finally:
         await conn.close()
         await server.close()
+
+
+class _OneShotHttp(asyncio.Protocol):
+    """Answers the first HTTP request it sees and closes: stands in for the HTTP server
+    a node hands its HTTP connections to."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if b"\r\n\r\n" in self.received and self.transport is not None:
+            line = self.received.split(b"\r\n", 1)[0]
+            self.transport.write(b"HTTP/1.0 200 OK\r\n\r\n" + line)
+            self.transport.close()
+
+
+async def test_http_on_the_frame_port_is_handed_off_and_frames_still_work() -> None:
+    server = await start_server()
+    handed: list[_OneShotHttp] = []
+
+    def handoff(transport: asyncio.Transport, first: bytes) -> None:
+        proto = _OneShotHttp()
+        handed.append(proto)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        proto.data_received(first)
+
+    server.http_handoff = handoff
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_port)
+        # the method arrives split across writes: the sniff waits for 4 bytes
+        writer.write(b"GE")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"T /api/v1/x HTTP/1.0\r\nHost: a\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer == b"HTTP/1.0 200 OK\r\n\r\nGET /api/v1/x HTTP/1.0"
+        assert len(handed) == 1
+        conn = await Connection.open("127.0.0.1", server.bound_port)
+        try:
+            assert await conn.request(ApiKey.METADATA, {"v": 1}) == {"echo": 1}
+        finally:
+            await conn.close()
+        assert len(handed) == 1
+    finally:
+        await server.close()
