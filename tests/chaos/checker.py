@@ -119,3 +119,30 @@ def summary(history: History, faults: list[str], anomalies: dict[str, list[str]]
     for kind, items in sorted(anomalies.items()):
         lines += [f"  {kind}: {item}" for item in items[:5]]
     return "\n".join(lines)
+
+
+HEAL_GRACE_S = 5.0
+"""Time a producer is given, after the cluster is seen healthy again, to find the new
+leaders and retry (a metadata refresh plus a backoff) before a failure counts."""
+
+
+def needless_failures(failures: list[tuple[RecordId, float, float, float, str]],
+                      windows: list[tuple[float, float | None]],
+                      grace_s: float = HEAL_GRACE_S) -> list[str]:
+    """Records that failed although every fault had healed in time to deliver them.
+
+    `failures`: (record, sent at, failed at, budget s, error) with monotonic times: the
+    producer had until `sent + budget` (its delivery timeout, or max_block for a refused
+    send). `windows`: (fault start, cluster healthy again or None for never). A failure
+    is excused only by a fault that began before its deadline and was not healed by
+    `grace_s` before it; any other failure (one surfaced early, or with no fault about)
+    is a request a retry would have answered."""
+    out = []
+    for rid, sent, failed, budget, err in failures:
+        deadline = sent + budget
+        excused = any(start < deadline and (end is None or end > deadline - grace_s)
+                      for start, end in windows)
+        if not excused:
+            out.append(f"{rid[0]}:{rid[1]} failed {failed - sent:.1f}s after send "
+                       f"(budget {budget:.0f}s): {err}")
+    return out

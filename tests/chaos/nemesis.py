@@ -48,6 +48,9 @@ class Nemesis:
         self.heal_timeout_s = heal_timeout_s
         self.faults: list[str] = []
         self.unhealthy_after: list[str] = []  # faults the cluster did not heal from in time
+        # (monotonic start, monotonic time the cluster was seen healthy again or None)
+        # per injected fault: what `needless_failures` holds failed records against
+        self.windows: list[tuple[float, float | None]] = []
         self._stopped: set[int] = set()
         self._killed: set[int] = set()
 
@@ -69,6 +72,7 @@ class Nemesis:
 
     async def inject(self, kind: str) -> None:
         hold = self.rng.uniform(*self.hold_s)
+        start = time.monotonic()
         try:
             await getattr(self, "_" + kind.replace("-", "_"))(hold)
         finally:
@@ -78,8 +82,10 @@ class Nemesis:
         if probs:
             self.unhealthy_after.append(f"{kind}: {probs}")
             self.note(f"not healthy {self.heal_timeout_s:.0f}s after {kind}: {probs}")
+            self.windows.append((start, None))
         else:
             self.note(f"healthy again after {kind}")
+            self.windows.append((start, time.monotonic()))
 
     async def heal(self) -> None:
         """Undo every fault: links, paused and killed processes."""

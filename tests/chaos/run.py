@@ -19,7 +19,7 @@ from typing import Any
 
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError
-from tests.chaos.checker import FinalState, History, check, summary
+from tests.chaos.checker import FinalState, History, check, needless_failures, summary
 from tests.chaos.cluster import ChaosCluster, ClusterView, TopicPartition
 from tests.chaos.nemesis import KINDS, Nemesis
 from tests.chaos.workload import Workload, parse_record
@@ -40,6 +40,8 @@ class ChaosResult:
     timeline: list[str]
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    # records that failed although every fault healed within the producer's budget
+    needless: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -51,6 +53,8 @@ class ChaosResult:
     def report(self, timeline_on_success: bool = False) -> str:
         lines = [f"chaos run seed {self.seed}: {self.elapsed_s:.0f}s",
                  summary(self.history, self.faults, self.anomalies)]
+        lines.append(f"failed although every fault healed in time: {len(self.needless)}")
+        lines += [f"  {n}" for n in self.needless[:20]]
         lines += [f"note: {n}" for n in self.notes]
         if not self.ok or timeline_on_success:
             lines.append(f"FAILED seed {self.seed}; timeline:" if not self.ok else "timeline:")
@@ -208,5 +212,6 @@ async def run_chaos(seed: int, duration_s: float, *, kinds: list[str] | None = N
             for n in cluster.procs.nodes.values():
                 tail = n.log_text()[-3000:]
                 tl.lines.append(f"===== node {n.node_id} log tail =====\n{tail}")
+        needless = needless_failures(workload.failures, nemesis.windows)
         return ChaosResult(seed, history, final, anomalies, nemesis.faults, tl.lines, notes,
-                           time.monotonic() - t0)
+                           time.monotonic() - t0, needless)

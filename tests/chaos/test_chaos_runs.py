@@ -22,3 +22,4 @@ async def test_every_fault_kind_nothing_acknowledged_lost(seed: int) -> None:
     assert result.fault_counts().keys() == set(KINDS), result.faults
     assert len(result.history.acked) > 1000, "the workload barely ran"
     assert result.ok, result.report()
+    assert not result.needless, result.report()

@@ -72,3 +72,21 @@ def test_each_anomaly_kind_is_reported() -> None:
     h, f = clean()
     f.unreadable = [TP]
     assert "cluster-state" in check(h, f)
+
+
+def test_needless_failures_are_those_a_healed_cluster_would_have_delivered() -> None:
+    from tests.chaos.checker import needless_failures
+
+    windows = [(100.0, 110.0), (200.0, None)]
+    failures = [
+        # sent during the first fault, deadline 130: healed at 110, well before: needless
+        (("p", 1), 105.0, 106.0, 25.0, "early NOT_CONTROLLER"),
+        # deadline 112 falls within the grace after healing at 110: excused
+        (("p", 2), 100.5, 112.0, 11.5, "timed out"),
+        # no fault anywhere near it: needless
+        (("p", 3), 150.0, 151.0, 30.0, "LEADER_NOT_AVAILABLE"),
+        # the second fault never healed: excused
+        (("p", 4), 195.0, 225.0, 30.0, "timed out"),
+    ]
+    got = needless_failures(failures, windows, grace_s=5.0)
+    assert [line.split()[0] for line in got] == ["p:1", "p:3"]

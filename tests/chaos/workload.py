@@ -40,6 +40,8 @@ from tests.chaos.cluster import ChaosCluster
 log = logging.getLogger("tests.chaos.workload")
 
 GROUP = "chaos-group"
+DELIVERY_TIMEOUT_MS = 30_000
+MAX_BLOCK_MS = 10_000
 
 
 def parse_record(value: bytes | None) -> RecordId | None:
@@ -69,6 +71,10 @@ class Workload:
         self.consuming = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[RecordId, Any] = {}  # rid -> handle not yet resolved
+        self._sent_at: dict[RecordId, float] = {}  # rid -> monotonic time of send()
+        # every record that did not get through: (rid, sent at, failed at, budget in s,
+        # error); the budget is the time the producer had to deliver or queue it
+        self.failures: list[tuple[RecordId, float, float, float, str]] = []
         self.errors: dict[str, int] = {}
         self.consumer_errors: dict[str, int] = {}
         self.consumers: dict[str, Consumer] = {}
@@ -104,8 +110,11 @@ class Workload:
         deadline = time.monotonic() + timeout_s
         while self._pending and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+        now = time.monotonic()
         for rid in self._pending:
             self.history.indeterminate.add(rid)
+            self.failures.append((rid, self._sent_at.pop(rid, now), now,
+                                  DELIVERY_TIMEOUT_MS / 1000, "unresolved when producing stopped"))
         if self._pending:
             self.note(f"{len(self._pending)} records unresolved when producing stopped")
 
@@ -131,8 +140,9 @@ class Workload:
     # ---- producers -----------------------------------------------------------------
     async def _produce(self, name: str) -> None:
         producer = Producer(self.cluster.bootstrap, client_id=f"chaos-{name}", acks="all",
-                            linger_ms=5, request_timeout_ms=5000, delivery_timeout_ms=30_000,
-                            max_block_ms=10_000, retry_backoff_max_ms=500,
+                            linger_ms=5, request_timeout_ms=5000,
+                            delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+                            max_block_ms=MAX_BLOCK_MS, retry_backoff_max_ms=500,
                             metadata_max_age_ms=5000,
                             rng=random.Random(self.rng.random()))
         for attempt in range(100):
@@ -152,13 +162,17 @@ class Workload:
                 rid = (name, seq)
                 value = f"{name}:{seq}".encode()
                 self.history.attempted += 1
+                sent_at = time.monotonic()
                 try:
                     handle = await producer.send(self.topic, value, key=name.encode(),
                                                  partition=seq % self.partitions)
                     self._pending[rid] = handle
+                    self._sent_at[rid] = sent_at
                 except (DmqError, IllegalStateError, TimeoutError) as exc:
                     self.history.failed.add(rid)
                     self._count(self.errors, exc)
+                    self.failures.append((rid, sent_at, time.monotonic(),
+                                          MAX_BLOCK_MS / 1000, repr(exc)))
                 seq += 1
                 await asyncio.sleep(interval)
         finally:
@@ -175,11 +189,14 @@ class Workload:
                 if not handle.done():
                     continue
                 del self._pending[rid]
+                sent_at = self._sent_at.pop(rid)
                 try:
                     md = handle.result()
                 except Exception as exc:  # noqa: BLE001 - every error is an outcome
                     self.history.indeterminate.add(rid)
                     self._count(self.errors, exc)
+                    self.failures.append((rid, sent_at, time.monotonic(),
+                                          DELIVERY_TIMEOUT_MS / 1000, repr(exc)))
                 else:
                     self.history.acked[rid] = ((md.topic, md.partition), md.offset)
 
