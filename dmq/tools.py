@@ -1,9 +1,12 @@
 """Console tools `dmq-produce` and `dmq-consume`, like Kafka's console producer and
 consumer. Thin: parse flags, call `dmq.client`, print.
 
-Both print errors as one line on stderr (`error: ...`) and exit non-zero: 1 for a
-cluster-side problem (no reachable node, unknown topic, a failed send), 2 for bad
-arguments, 130 on Ctrl-C.
+Both print errors as one line on stderr (`error: ...`), never a traceback, and exit
+non-zero: 1 for a cluster-side problem (no reachable node, unknown topic or partition,
+records not acknowledged), 2 for bad arguments, 130 on Ctrl-C.
+
+dmq-produce counts every record's outcome with one callback per batch (never per
+record: `DeliveryTally`), and reports how many records were not acknowledged.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, NoReturn
 
 import click
 
+from dmq.client.cluster import parse_bootstrap
 from dmq.client.consumer import Consumer
 from dmq.client.errors import DmqError, IllegalStateError
 from dmq.client.producer import Producer, RecordHandle
@@ -100,6 +104,14 @@ def _shown(raw: bytes) -> str:
         return repr(raw.decode())
     except UnicodeDecodeError:
         return repr(raw)
+
+
+def _check_bootstrap(bootstrap: str) -> None:
+    _utf8_text("--bootstrap", bootstrap)
+    try:
+        parse_bootstrap(bootstrap)
+    except ValueError as exc:
+        raise click.UsageError(f"--bootstrap: {exc}") from None
 
 
 def _parse_headers(items: Sequence[str]) -> list[tuple[str, bytes]]:
@@ -346,7 +358,7 @@ def _produce_command(bootstrap: str, topic: str, acks: str, key_separator: str |
     already sent, prints how many were not acknowledged and the first error, and exits
     with 1. Header values and key-separated keys are taken as the exact bytes given.
     """
-    _utf8_text("--bootstrap", bootstrap)
+    _check_bootstrap(bootstrap)
     _utf8_text("--topic", topic)
     if delivery_timeout_ms < linger_ms + request_timeout_ms:
         raise click.UsageError(
@@ -542,7 +554,7 @@ def _consume_command(bootstrap: str, topic: str, group: str | None, from_beginni
         raise click.UsageError("--max-messages must be at least 1")
     if group is not None and (partition is not None or offset is not None):
         raise click.UsageError("--group cannot be combined with --partition/--offset")
-    _utf8_text("--bootstrap", bootstrap)
+    _check_bootstrap(bootstrap)
     _utf8_text("--topic", topic)
     if group is not None:
         if not group:

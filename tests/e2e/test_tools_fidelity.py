@@ -192,8 +192,10 @@ def test_bad_input_gets_one_line_never_a_traceback(node: ProcessCluster) -> None
                        str(2**64)), 2, "--offset must be a number from 0 to")
     one_line_error(run("produce", "-b", b, "-t", "x", "--partition", "-1"), 2,
                    "--partition must be 0 or more")
-    one_line_error(run("produce", "-b", "127.0.0.1:99999", "-t", "x"), 1,
-                   "bad bootstrap address")
+    one_line_error(run("produce", "-b", "127.0.0.1:99999", "-t", "x"), 2,
+                   "--bootstrap: bad bootstrap address '127.0.0.1:99999'")
+    one_line_error(run("consume", "-b", "", "-t", "x"), 2,
+                   "--bootstrap: bootstrap needs at least one HOST:PORT")
 
 
 # ---- dmq-consume formats ---------------------------------------------------------------
