@@ -29,6 +29,7 @@ from dmq.client.consumer import Consumer
 from dmq.client.errors import DmqError, IllegalStateError
 from dmq.client.producer import Producer, RecordHandle
 from dmq.client.records import ConsumerRecord, TopicPartition
+from dmq.protocol.errors import RequestTimedOutError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -157,12 +158,24 @@ class DeliveryTally:
             if self.first_error is None:
                 self.first_error = exc
 
-    async def wait_all(self) -> None:
-        """Wait until every counted batch has completed and is tallied."""
+    async def wait_all(self, timeout_ms: int) -> None:
+        """Wait until every counted batch has completed and is tallied. The producer
+        completes each batch within its delivery timeout; a batch still open after
+        `timeout_ms` (which should exceed it) counts as failed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
         while self._pending:
-            done, _ = await asyncio.wait(list(self._pending))
+            done, _ = await asyncio.wait(list(self._pending),
+                                         timeout=max(0.0, deadline - loop.time()))
             for fut in done:
                 self._settle(fut)  # idempotent: a settled future is no longer pending
+            if not done and self._pending:
+                n = sum(self._pending.values())
+                self._pending.clear()  # their callbacks, if they ever run, add nothing
+                self.failed += n
+                if self.first_error is None:
+                    self.first_error = RequestTimedOutError(
+                        f"{n} record(s) had no outcome after {timeout_ms} ms")
 
 
 class _Progress:
@@ -253,6 +266,9 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
     bar = _Progress(progress)
     started = time.monotonic()
     tally = DeliveryTally()
+    # every batch completes within the delivery timeout (the producer expires it); the
+    # margin only matters if the producer itself failed
+    wait_ms = delivery_timeout_ms + request_timeout_ms + 5_000
 
     async with Producer(bootstrap, acks=acks, linger_ms=linger_ms,
                         compression_type=compression, max_block_ms=timeout_ms,
@@ -283,8 +299,8 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
                 if sep is not None:
                     key, found, value = line.partition(sep)
                     if not found:
-                        await producer.flush()
-                        await tally.wait_all()
+                        await producer.flush(wait_ms)
+                        await tally.wait_all(wait_ms)
                         sent = f"; {records:,} records before it were sent" if records else ""
                         if tally.failed:
                             sent += f", {tally.failed:,} of them not acknowledged"
@@ -305,12 +321,12 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
                 break
             if records and progress is False and records < 1024:
                 # interactive use: deliver each typed line now, and report its failure
-                await producer.flush()
-                await tally.wait_all()
+                await producer.flush(wait_ms)
+                await tally.wait_all(wait_ms)
                 if tally.failed:
                     stopped_early = True
-        await producer.flush()
-        await tally.wait_all()
+        await producer.flush(wait_ms)
+        await tally.wait_all(wait_ms)
     bar.done()
     if tally.failed:
         raise _not_acknowledged(tally, records, line_no, stopped_early)

@@ -90,7 +90,21 @@ async def test_tally_counts_every_record_of_every_batch() -> None:
     await asyncio.sleep(0)
     assert (tally.acknowledged, tally.failed) == (5, 3)
     loop.call_later(0.01, batches[2].future.set_result, 5)
-    await tally.wait_all()
+    await tally.wait_all(10_000)
     assert (tally.acknowledged, tally.failed, tally.first_error) == (9, 3, err)
     await asyncio.sleep(0)  # the batches' own callbacks run after wait_all settled them
     assert (tally.acknowledged, tally.failed) == (9, 3)
+
+
+async def test_tally_counts_a_batch_without_outcome_as_failed_after_its_bound() -> None:
+    loop = asyncio.get_running_loop()
+    b = ProducerBatch(PartitionQueue("t", 0), BatchBuilder(), 0, loop.create_future())
+    tally = DeliveryTally()
+    for _ in range(3):
+        tally.add(RecordHandle(b, b.builder.append(0, None, b"v"), 0))
+    await tally.wait_all(1)
+    assert (tally.acknowledged, tally.failed) == (0, 3)
+    assert "3 record(s) had no outcome after 1 ms" in str(tally.first_error)
+    b.future.set_result(0)  # too late: counted once, as failed
+    await asyncio.sleep(0)
+    assert (tally.acknowledged, tally.failed) == (0, 3)
