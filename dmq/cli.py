@@ -157,7 +157,19 @@ def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int, qu
             if check:
                 return 0
             click.echo("Ctrl-C stops the cluster.")
-            await stop.wait()
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                while not stop.is_set():
+                    died = asyncio.ensure_future(cluster.wait_for_exit())
+                    await asyncio.wait([stopping, died], return_when=asyncio.FIRST_COMPLETED)
+                    if not died.done():
+                        died.cancel()
+                    elif died.exception() is None:  # a node died: say why, keep the rest
+                        click.echo(f"error: {died.result().exit_report()}", err=True)
+                    else:  # no node left running
+                        return 1
+            finally:
+                stopping.cancel()
             return 0
         except Exception as exc:
             click.echo(f"error: {exc}", err=True)

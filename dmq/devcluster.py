@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import shutil
 import signal
 import sys
+import sysconfig
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,8 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError
 
+TAIL_LINES = 12  # log lines shown when a node exits unexpectedly
+
 
 @dataclass
 class DevNode:
@@ -30,6 +36,34 @@ class DevNode:
     port: int
     proc: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
+    log_path: Path | None = None  # --quiet: where its output goes
+    log_start: int = 0  # the log file's size when this run of the node started
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+
+    def last_lines(self) -> list[str]:
+        """The node's last output lines of this run (from its log file when quiet)."""
+        if self.log_path is None:
+            return list(self.recent)
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_start)
+                data = f.read()[-64 * 1024:]
+        except OSError as exc:
+            return [f"(cannot read {self.log_path}: {exc})"]
+        lines = data.decode(errors="replace").splitlines()
+        return [line.rstrip() for line in lines if line.strip()][-TAIL_LINES:]
+
+    def exit_report(self) -> str:
+        """Why it exited, as far as its output says: its return code and last lines."""
+        assert self.proc is not None
+        rc = self.proc.returncode
+        how = f"was killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with {rc}"
+        lines = self.last_lines()
+        where = f" ({self.log_path})" if self.log_path is not None else ""
+        if not lines:
+            return f"node {self.node_id} {how}; it wrote no output{where}"
+        return (f"node {self.node_id} {how}; its last output lines{where}:\n"
+                + "\n".join(f"  {line}" for line in lines))
 
 
 @dataclass
@@ -95,7 +129,9 @@ class DevCluster:
         args = [sys.executable, "-m", "dmq", "server", "--role", n.role, "--node-id",
                 str(n.node_id), "--config", str(self.config_path), "--data-dir", str(node_dir)]
         if self.quiet:
-            logf = open(self.data_dir / f"node-{n.node_id}.log", "ab")
+            n.log_path = self.data_dir / f"node-{n.node_id}.log"
+            logf = open(n.log_path, "ab")
+            n.log_start = logf.tell()
             n.proc = await asyncio.create_subprocess_exec(*args, stdout=logf,
                                                           stderr=asyncio.subprocess.STDOUT)
             logf.close()
@@ -111,7 +147,9 @@ class DevCluster:
             line = await n.proc.stdout.readline()
             if not line:
                 return
-            self.echo(prefix + line.decode(errors="replace").rstrip())
+            text = line.decode(errors="replace").rstrip()
+            n.recent.append(text)
+            self.echo(prefix + text)
 
     async def wait_healthy(self, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -119,7 +157,8 @@ class DevCluster:
         for n in self.nodes:
             while True:
                 if n.proc is not None and n.proc.returncode is not None:
-                    raise RuntimeError(f"node {n.node_id} exited with {n.proc.returncode}")
+                    await self._drain(n)
+                    raise RuntimeError(n.exit_report())
                 try:
                     await request_once(self.host, n.port, ApiKey.API_VERSIONS, {},
                                        timeout_ms=1000)
@@ -129,6 +168,30 @@ class DevCluster:
                         raise RuntimeError(f"node {n.node_id} not answering after "
                                            f"{timeout_s}s") from None
                     await asyncio.sleep(0.1)
+
+    async def _drain(self, n: DevNode) -> None:
+        """Let the pump print (and remember) what an exited node wrote last."""
+        if n.pump is not None:
+            try:
+                await wait_for(asyncio.shield(n.pump), 2)
+            except TimeoutError:
+                pass
+
+    async def wait_for_exit(self) -> DevNode:
+        """Return the first running node that exits (to report a death while running:
+        its `exit_report()` says why)."""
+        waits = {asyncio.ensure_future(n.proc.wait()): n for n in self.nodes
+                 if n.proc is not None and n.proc.returncode is None}
+        if not waits:
+            raise RuntimeError("no node is running")
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        node = waits[next(iter(done))]
+        await self._drain(node)
+        return node
 
     async def stop(self, grace_s: float = 10.0) -> None:
         for n in self.nodes:
@@ -214,11 +277,35 @@ async def smoke_check(cluster: DevCluster, timeout_s: float = 30.0) -> list[str]
                            f"but read back {records[:1]!r}")
     r = records[0]
     any_node = f"{cluster.host}:{cluster.nodes[0].port}"  # any one node bootstraps a client
+    produce_cmd = console_command("dmq-produce")
+    consume_cmd = console_command("dmq-consume")
     return [
         created,
         f"produced {SMOKE_MESSAGE!r} to {md.topic}-{md.partition} at offset {md.offset}",
         f"consumed {r.value.decode()!r} from {r.topic}-{r.partition} at offset {r.offset}",
         "try it:",
-        f"  echo 'my first message' | dmq-produce --bootstrap {any_node} --topic {SMOKE_TOPIC}",
-        f"  dmq-consume --bootstrap {any_node} --topic {SMOKE_TOPIC} --from-beginning",
+        f"  echo 'my first message' | {produce_cmd} --bootstrap {any_node} "
+        f"--topic {SMOKE_TOPIC}",
+        f"  {consume_cmd} --bootstrap {any_node} --topic {SMOKE_TOPIC} --from-beginning",
     ]
+
+
+def console_command(name: str) -> str:
+    """How to run this installation's console script `name` from the shell that started
+    this process: the bare name when that shell's PATH finds this very script, else
+    its absolute path, shell-quoted (after `.venv/bin/dmq dev` the scripts are in
+    `.venv/bin` but not on PATH, and the user's second terminal may be elsewhere)."""
+    folders = []
+    if sys.argv and sys.argv[0]:
+        folders.append(Path(os.path.abspath(sys.argv[0])).parent)  # the `dmq` that runs
+    folders.append(Path(os.path.abspath(sys.executable)).parent)
+    folders.append(Path(sysconfig.get_path("scripts")))
+    for folder in folders:
+        script = folder / name
+        if not (script.is_file() and os.access(script, os.X_OK)):
+            continue
+        found = shutil.which(name)
+        if found is not None and os.path.samefile(found, script):
+            return name
+        return shlex.quote(str(script))
+    return name  # not installed as a script here: the best guess is the bare name

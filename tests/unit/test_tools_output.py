@@ -1,0 +1,110 @@
+"""dmq-consume's output formats and dmq-produce's per-batch delivery tally: pure, no
+network (the tally is fed real `RecordHandle`s of real accumulator batches)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pytest
+
+from dmq.client.accumulator import PartitionQueue, ProducerBatch, RecordHandle
+from dmq.client.records import ConsumerRecord
+from dmq.log.batch import BatchBuilder
+from dmq.protocol.errors import RequestTimedOutError
+from dmq.tools import FORMATS, DeliveryTally, format_record
+
+
+def rec(key: object, value: object, headers: tuple[tuple[str, bytes], ...] = ()
+        ) -> ConsumerRecord:
+    return ConsumerRecord("t", 0, 7, 1_700_000_000_000, 0, key, value, headers)
+
+
+BINARY = bytes(range(256))
+
+
+@pytest.mark.parametrize("value", [b"", b"text", "h\u00e9llo".encode(), BINARY,
+                                   b"\xed\xa0\x80", None])
+def test_every_format_gives_one_line_and_json_round_trips(value: bytes | None) -> None:
+    r = rec(value, value, (("h", value or b""),))
+    for fmt in FORMATS:
+        line = format_record(r, fmt)
+        if fmt in ("text", "value", "key-value"):
+            continue  # the value itself may hold newlines in text form
+        assert "\n" not in line and line.isascii(), (fmt, line)
+    row = json.loads(format_record(r, "json"))
+
+    def back(x: object) -> bytes | None:
+        if x is None:
+            return None
+        if isinstance(x, dict):
+            assert list(x) == ["base64"]
+            return base64.b64decode(x["base64"])
+        assert isinstance(x, str)
+        return x.encode()
+
+    assert back(row["key"]) == value
+    assert back(row["value"]) == value
+    assert back(row["headers"][0][1]) == (value or b"")
+    assert (row["topic"], row["partition"], row["offset"]) == ("t", 0, 7)
+
+
+def test_hex_base64_text() -> None:
+    r = rec(b"k", b"\x00\xffA")
+    assert format_record(r, "hex") == "00ff41"
+    assert format_record(r, "base64") == "AP9B"
+    assert format_record(r, "text") == format_record(r, "value") == "\x00\ufffdA"
+    assert format_record(r, "key-value") == "k\t\x00\ufffdA"
+    n = rec(None, None)
+    assert [format_record(n, f) for f in ("text", "hex", "base64", "key-value")] == [
+        "null", "null", "null", "null\tnull"]
+    assert json.loads(format_record(n, "json"))["value"] is None
+
+
+def test_values_that_are_not_bytes_do_not_break_any_format() -> None:
+    """A record written by another client may hold text or another msgpack value."""
+    for value in ("str \udcff", 42, 1.5, True, ("a", 1), {"a": b"x"}):
+        r = rec(value, value, ((f"k{value!s}", b"v"),))
+        for fmt in FORMATS:
+            assert isinstance(format_record(r, fmt), str)
+        json.loads(format_record(r, "json"))
+
+
+async def test_tally_counts_every_record_of_every_batch() -> None:
+    """Three batches on three partitions, 5/3/4 records; the middle one fails: every
+    one of its records counts as failed, with one callback per batch."""
+    loop = asyncio.get_running_loop()
+    batches = [ProducerBatch(PartitionQueue("t", p), BatchBuilder(), 0, loop.create_future())
+               for p in range(3)]
+    tally = DeliveryTally()
+    counts = [5, 3, 4]
+    for i in range(max(counts)):  # records interleaved over the partitions
+        for b, n in zip(batches, counts, strict=True):
+            if i < n:
+                tally.add(RecordHandle(b, b.builder.append(0, None, b"v"), 0))
+    assert all(len(b.future._callbacks or ()) == 1 for b in batches)  # type: ignore[attr-defined]
+    batches[0].future.set_result(0)
+    err = RequestTimedOutError("t-1: not delivered")
+    batches[1].future.set_exception(err)
+    await asyncio.sleep(0)
+    assert (tally.acknowledged, tally.failed) == (5, 3)
+    loop.call_later(0.01, batches[2].future.set_result, 5)
+    await tally.wait_all(10_000)
+    assert (tally.acknowledged, tally.failed, tally.first_error) == (9, 3, err)
+    await asyncio.sleep(0)  # the batches' own callbacks run after wait_all settled them
+    assert (tally.acknowledged, tally.failed) == (9, 3)
+
+
+async def test_tally_counts_a_batch_without_outcome_as_failed_after_its_bound() -> None:
+    loop = asyncio.get_running_loop()
+    b = ProducerBatch(PartitionQueue("t", 0), BatchBuilder(), 0, loop.create_future())
+    tally = DeliveryTally()
+    for _ in range(3):
+        tally.add(RecordHandle(b, b.builder.append(0, None, b"v"), 0))
+    await tally.wait_all(1)
+    assert (tally.acknowledged, tally.failed) == (0, 3)
+    assert "3 record(s) had no outcome after 1 ms" in str(tally.first_error)
+    b.future.set_result(0)  # too late: counted once, as failed
+    await asyncio.sleep(0)
+    assert (tally.acknowledged, tally.failed) == (0, 3)
