@@ -50,6 +50,8 @@ SETTINGS: dict[str, Setting] = {
         1024, "unanswered requests after which a node stops reading a connection"),
     "socket.send.buffer.high.bytes": Setting(
         64 * 1024 * 1024, "buffered response bytes after which a node stops reading"),
+    "http.on.node.port": Setting(
+        True, "serve HTTP (REST, /metrics, /healthz) on the node's protocol port too"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
     "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(
