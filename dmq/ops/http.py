@@ -11,6 +11,7 @@ aiohttp's request handler to that transport. And, optionally, on a port of its o
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -22,6 +23,18 @@ from dmq.protocol.server import HTTP_METHOD_PREFIXES
 
 log = logging.getLogger("dmq.ops.http")
 
+MAX_HTTP_CONNECTIONS = 256
+"""HTTP connections a node keeps open at once; one handed over past this is answered
+503 and closed (aiohttp closes an idle one after its keep-alive timeout, 75 s)."""
+
+
+
+def _busy_response(limit: int) -> bytes:
+    body = json.dumps({"error": f"too many HTTP connections to this node (limit {limit})",
+                       "code": "BUSY"}).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
 Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 
@@ -29,8 +42,12 @@ class HttpServer:
     def __init__(self, host: str, port: int | None, node_id: int, *,
                  render_metrics: Callable[[], bytes],
                  readiness: Callable[[], tuple[bool, dict[str, Any]]],
-                 routes: Iterable[Route] = ()) -> None:
+                 routes: Iterable[Route] = (),
+                 max_connections: int = MAX_HTTP_CONNECTIONS) -> None:
         self.host = host
+        self.max_connections = max_connections
+        self._busy = _busy_response(max_connections)
+        self.refused_connections = 0
         self.port = port
         self.node_id = node_id
         self._render_metrics = render_metrics
@@ -72,7 +89,17 @@ class HttpServer:
         if runner is None or runner.server is None:  # not started yet, or stopping
             transport.close()
             return
-        proto = runner.server()
+        server = runner.server
+        if len(server.connections) >= self.max_connections:
+            self.refused_connections += 1
+            if self.refused_connections % 1000 == 1:  # a flood logs a line per thousand
+                log.warning("node=%s refused %d HTTP connection(s) so far: %d open is the "
+                            "limit", self.node_id, self.refused_connections,
+                            self.max_connections)
+            transport.write(self._busy)
+            transport.close()
+            return
+        proto = server()
         transport.set_protocol(proto)
         proto.connection_made(transport)
         proto.data_received(first)
