@@ -99,8 +99,9 @@ class DevCluster:
         return self.http_base_port + (index if index < controllers else 10 + index - controllers)
 
     def check_ports_free(self) -> None:
-        """Refuse to start when a port of the layout is taken, naming the port and the
-        node, rather than let that node die with a bind error among the others."""
+        """Refuse to start when ports of the layout are taken, naming each with its
+        node, rather than let those nodes die with a bind error among the others."""
+        taken = []
         for n in self.nodes:
             for port, what in ((n.port, "port"), (self.http_port(n), "HTTP port")):
                 if port is None:
@@ -110,11 +111,13 @@ class DevCluster:
                     try:
                         s.bind((self.host, port))
                     except OSError as exc:
-                        raise RuntimeError(
-                            f"{what} {port} of node {n.node_id} ({n.role}) on {self.host} is "
-                            f"not free ({exc.strerror}); stop what holds it (another "
-                            f"`dmq dev`?) or choose other ports with --base-port N (controllers "
-                            f"from N, brokers from N+10) or --broker-base-port M") from None
+                        taken.append(f"{what} {port} of node {n.node_id} ({n.role}): "
+                                     f"{exc.strerror}")
+        if taken:
+            raise RuntimeError(
+                f"ports not free on {self.host}: {'; '.join(taken)}. Stop what holds them "
+                f"(another `dmq dev`?) or choose other ports with --base-port N (controllers "
+                f"from N, brokers from N+10) or --broker-base-port M")
 
     async def start(self, timeout_s: float = 30.0) -> None:
         self.check_ports_free()

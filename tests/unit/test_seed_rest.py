@@ -126,5 +126,5 @@ def test_dev_refuses_a_taken_port_by_name(tmp_path: Path) -> None:
         port = holder.getsockname()[1]
         dev = DevCluster(tmp_path, 1, 2, 1, broker_base_port=port)
         dev.nodes[0].port = 0  # any free port for the controller
-        with pytest.raises(RuntimeError, match=f"port {port} of node 101 \\(broker\\)"):
+        with pytest.raises(RuntimeError, match=f"port {port} of node 101 \\(broker\\): "):
             dev.check_ports_free()
