@@ -121,23 +121,31 @@ def api_versions(bootstrap: str, timeout_ms: int) -> None:
 @click.option("--brokers", default=3, show_default=True, help="number of brokers")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="where node data and the generated config go (default ./dmq-dev-data)")
-@click.option("--base-port", default=9091, show_default=True,
-              help="controllers listen from here, brokers from base+10")
+@click.option("--base-port", default=None, type=int,
+              help="controllers listen from here (default 9091, the seed's layout)")
+@click.option("--broker-base-port", default=None, type=int,
+              help="brokers listen from here (default 8081 as in the seed; base+10 when "
+                   "--base-port is given)")
 @click.option("--quiet", is_flag=True, help="write node logs to files instead of the terminal")
 @click.option("--check", is_flag=True,
               help="start, verify the cluster end to end, stop, and exit (0 when healthy)")
 @click.option("--http-base-port", type=int, default=None,
               help="serve HTTP (/metrics, /healthz, REST) from this port, same offsets as "
                    "--base-port (default: off)")
-def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int, quiet: bool,
-        check: bool, http_base_port: int | None) -> None:
+def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int | None,
+        broker_base_port: int | None, quiet: bool, check: bool,
+        http_base_port: int | None) -> None:
     """Start a whole local cluster as child processes; Ctrl-C stops it."""
     from dmq.devcluster import DevCluster, default_data_dir, smoke_check
 
     _install_uvloop()
+    if base_port is None:
+        base_port = 9091
+        if broker_base_port is None:
+            broker_base_port = 8081
     cluster = DevCluster(Path(data_dir) if data_dir else default_data_dir(), controllers,
                          brokers, base_port, quiet=quiet or check, echo=click.echo,
-                         http_base_port=http_base_port)
+                         http_base_port=http_base_port, broker_base_port=broker_base_port)
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -150,7 +158,7 @@ def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int, qu
             click.echo(f"bootstrap: {cluster.bootstrap}")
             if http_base_port is not None:
                 click.echo("http: " + ", ".join(
-                    f"node {n.node_id} http://{cluster.host}:{http_base_port + n.port - base_port}"
+                    f"node {n.node_id} http://{cluster.host}:{cluster.http_port(n)}"
                     for n in cluster.nodes))
             for line in await smoke_check(cluster):
                 click.echo(line)

@@ -15,9 +15,13 @@ Native format (TOML)::
     [settings]
     "broker.session.timeout.ms" = 6000      # any key of SETTINGS below
 
-The seed's `services.json` (``{"metadata-services": [{"id", "host", "port"}...],
-"storage-services": [...]}``) is accepted as is. Every setting has a documented
-default in `SETTINGS`; a CLI flag `--set key=value` overrides the file.
+The seed's `services.json` is accepted as is: its lists ``metadata-services`` (the
+controllers) and ``storage-services`` (the brokers) of ``{"id", "host", "port",
+"url"}``, either wrapped in ``{"services": {...}}`` as the seed ships it or at the top
+level. A node's ``url`` must agree with its host and port; the seed's other sections
+(``controller``, ``metadata``) configure its own implementation and are ignored. Every
+setting has a documented default in `SETTINGS`; a CLI flag `--set key=value`
+overrides the file.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ SETTINGS: dict[str, Setting] = {
         1024, "unanswered requests after which a node stops reading a connection"),
     "socket.send.buffer.high.bytes": Setting(
         64 * 1024 * 1024, "buffered response bytes after which a node stops reading"),
+    "http.on.node.port": Setting(
+        True, "serve HTTP (REST, /metrics, /healthz) on the node's protocol port too"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
     "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(
@@ -187,13 +193,40 @@ def _nodes(raw: Any, where: str) -> tuple[NodeAddress, ...]:
             raise ConfigError(f"{where}[{i}]: needs integer id and port, got {item!r}") from None
         if not 0 < port < 65536:
             raise ConfigError(f"{where}[{i}]: port {port} out of range")
+        url = item.get("url")
+        if url is not None:
+            _check_url(url, host, port, f"{where}[{i}]")
         http = item.get("http_port", item.get("httpPort"))
         nodes.append(NodeAddress(node_id, host, port, item.get("rack"),
                                  int(http) if http is not None else None))
     return tuple(nodes)
 
 
+def _check_url(url: Any, host: str, port: int, where: str) -> None:
+    """The seed gives each node a `url` beside host and port; dmq serves HTTP on the
+    node's port, so the url must name that same port (a different one would say the
+    node is somewhere it is not)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str):
+        raise ConfigError(f"{where}: url must be a string, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        url_port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: bad url {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: url {url!r} must be http://HOST:PORT")
+    if url_port is not None and url_port != port:
+        raise ConfigError(f"{where}: url {url!r} names port {url_port} but the node's port "
+                          f"is {port}")
+
+
 def parse_config(data: dict[str, Any], source: str = "<memory>") -> ClusterConfig:
+    services = data.get("services")
+    if isinstance(services, dict) and ("metadata-services" in services
+                                       or "storage-services" in services):
+        data = {**data, **services}  # the seed's file as shipped: {"services": {...}, ...}
     if "metadata-services" in data or "storage-services" in data:
         controllers = _nodes(data.get("metadata-services"), f"{source}: metadata-services")
         brokers = _nodes(data.get("storage-services"), f"{source}: storage-services")

@@ -14,6 +14,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import sysconfig
 from collections import deque
@@ -71,10 +72,11 @@ class DevCluster:
     data_dir: Path
     controllers: int = 3
     brokers: int = 3
-    base_port: int = 9091
+    base_port: int = 9091  # controllers listen from here
     host: str = "127.0.0.1"
     quiet: bool = False
-    http_base_port: int | None = None  # HTTP (/metrics, REST) at the same offsets as ports
+    http_base_port: int | None = None  # a separate HTTP port per node, same offsets as ports
+    broker_base_port: int | None = None  # brokers listen from here (None: base_port + 10)
     settings: dict[str, object] = field(default_factory=dict)
     echo: Callable[[str], None] = print
     nodes: list[DevNode] = field(default_factory=list)
@@ -87,7 +89,9 @@ class DevCluster:
         else:
             self.nodes = [DevNode(i + 1, "controller", self.base_port + i)
                           for i in range(self.controllers)]
-            self.nodes += [DevNode(101 + i, "broker", self.base_port + 10 + i)
+            brokers_from = (self.broker_base_port if self.broker_base_port is not None
+                            else self.base_port + 10)
+            self.nodes += [DevNode(101 + i, "broker", brokers_from + i)
                            for i in range(self.brokers)]
 
     @property
@@ -105,8 +109,9 @@ class DevCluster:
             section = "controllers" if "controller" in n.role else "brokers"
             lines += [f"[[{section}]]", f"id = {n.node_id}", f'host = "{self.host}"',
                       f"port = {n.port}"]
-            if self.http_base_port is not None:
-                lines.append(f"http_port = {self.http_base_port + n.port - self.base_port}")
+            http_port = self.http_port(n)
+            if http_port is not None:
+                lines.append(f"http_port = {http_port}")
             lines.append("")
         rf = min(3, max(1, self.brokers))
         settings: dict[str, object] = {"default.replication.factor": rf,
@@ -118,7 +123,38 @@ class DevCluster:
             lines.append(f'"{k}" = {val}')
         self.config_path.write_text("\n".join(lines) + "\n")
 
+    def http_port(self, n: DevNode) -> int | None:
+        """The node's separate HTTP port: controllers from `http_base_port`, brokers from
+        `http_base_port + 10` (HTTP is served on every node's own port as well)."""
+        if self.http_base_port is None:
+            return None
+        index = self.nodes.index(n)
+        controllers = sum(1 for m in self.nodes if "controller" in m.role)
+        return self.http_base_port + (index if index < controllers else 10 + index - controllers)
+
+    def check_ports_free(self) -> None:
+        """Refuse to start when ports of the layout are taken, naming each with its
+        node, rather than let those nodes die with a bind error among the others."""
+        taken = []
+        for n in self.nodes:
+            for port, what in ((n.port, "port"), (self.http_port(n), "HTTP port")):
+                if port is None:
+                    continue
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        s.bind((self.host, port))
+                    except OSError as exc:
+                        taken.append(f"{what} {port} of node {n.node_id} ({n.role}): "
+                                     f"{exc.strerror}")
+        if taken:
+            raise RuntimeError(
+                f"ports not free on {self.host}: {'; '.join(taken)}. Stop what holds them "
+                f"(another `dmq dev`?) or choose other ports with --base-port N (controllers "
+                f"from N, brokers from N+10) or --broker-base-port M")
+
     async def start(self, timeout_s: float = 30.0) -> None:
+        self.check_ports_free()
         self.write_config()
         for n in self.nodes:
             await self._spawn(n)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dmq.config import ClusterConfig, ConfigError, NodeAddress
-from dmq.ops.http import HttpServer
+from dmq.ops.http import HttpServer, http_handoff
 from dmq.ops.metrics import NodeMetrics, Sample
 from dmq.ops.rest import RestApi
 from dmq.protocol.server import ProtocolServer
@@ -128,6 +128,15 @@ class Node:
     async def start(self) -> None:
         self.spec.data_dir.mkdir(parents=True, exist_ok=True)
         self._build_services()
+        self.rest = RestApi(self)
+        routes = self.rest.routes()
+        routes += [r for svc in self.services if hasattr(svc, "http_routes")
+                   for r in svc.http_routes()]
+        self.http = HttpServer(self.spec.address.host, self.spec.http_port,
+                               self.spec.node_id, render_metrics=self.metrics.render,
+                               readiness=self.readiness, routes=routes)
+        self.server.http_handoff = http_handoff(self.config, self.http)
+        await self.http.setup()  # HTTP on the node's port works from its first connection
         try:
             await self.server.start()
         except OSError as exc:
@@ -135,19 +144,11 @@ class Node:
                               f"{exc.strerror or exc}") from None
         for svc in self.services:
             await svc.start()
-        if self.spec.http_port is not None:
-            self.rest = RestApi(self)
-            routes = self.rest.routes()
-            routes += [r for svc in self.services if hasattr(svc, "http_routes")
-                       for r in svc.http_routes()]
-            self.http = HttpServer(self.spec.address.host, self.spec.http_port,
-                                   self.spec.node_id, render_metrics=self.metrics.render,
-                                   readiness=self.readiness, routes=routes)
-            try:
-                await self.http.start()
-            except OSError as exc:
-                raise ConfigError(f"cannot listen for HTTP on {self.spec.address.host}:"
-                                  f"{self.spec.http_port}: {exc.strerror or exc}") from None
+        try:
+            await self.http.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen for HTTP on {self.spec.address.host}:"
+                              f"{self.spec.http_port}: {exc.strerror or exc}") from None
         log.info("node %d started: roles=%s data_dir=%s pid=%d", self.spec.node_id,
                  ",".join(self.spec.roles), self.spec.data_dir, os.getpid())
 

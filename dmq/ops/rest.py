@@ -4,20 +4,32 @@ The handlers speak to their own node over the native protocol (one loopback
 connection), so the JSON is built from exactly what clients see: controller paths
 from DESCRIBE_CLUSTER / METADATA / RAFT_STATUS / CREATE_TOPICS, record paths from
 PRODUCE (acks=all, forwarded to the partition leader) and FETCH (up to the high
-watermark). Field names follow the seed (camelCase). Replication status reads the
-local broker's partitions directly.
+watermark). Field names and values follow the seed's README (camelCase; a broker's
+`status` is ONLINE or OFFLINE, `controllerUrl` a URL, a Raft `state` LEADER, FOLLOWER or
+CANDIDATE); dmq's own finer values are extra fields (`state`, `controllerAddress`,
+`raftRole`). Replication status reads the local broker's partitions directly.
+
+Every input is checked before it reaches the protocol: bodies are bounded in size
+(`MAX_BODY_BYTES`) and nesting (`MAX_JSON_DEPTH`), integers are range-checked, keys and
+values must be strings (or null), text must be valid Unicode. Each refusal is a 4xx
+JSON error naming the field and the limit. Records that the log cannot decode are
+reported with their offsets, never as a 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
+import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from dmq.log.batch import build_batch, iter_records
+from dmq.log.batch import batch_crc_ok, build_batch, decode_records, iter_headers
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, ErrorCode, NetworkError, NotControllerError
@@ -29,6 +41,118 @@ log = logging.getLogger("dmq.ops.rest")
 
 TIMEOUT_MS = 10_000
 MAX_LIMIT = 10_000
+LEADER_WAIT_S = 5.0
+_LEADER_MOVING = (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.LEADER_NOT_AVAILABLE)
+MAX_BODY_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 32
+I32_MAX = 2**31 - 1
+I64_MAX = 2**63 - 1
+REPLICATION_FACTOR_MAX = 2**15 - 1  # Kafka's int16
+
+
+class BadRequest(Exception):
+    """A request the REST layer refuses before any protocol call: status and reason."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _guarded(handler: Handler) -> Handler:
+    """The handler, with a `BadRequest` (and text that is not valid Unicode, wherever
+    it turns up, e.g. in a path) answered as its JSON 4xx error."""
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return _error(exc.status, str(exc), "INVALID_REQUEST")
+        except UnicodeEncodeError as exc:
+            return _error(400, f"text is not valid Unicode ({exc.reason}: "
+                               f"{exc.object[exc.start:exc.end]!r})", "INVALID_REQUEST")
+    return guarded
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, bounded in size and nesting."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BadRequest(f"body exceeds {MAX_BODY_BYTES} bytes", 413) from None
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequest(f"body exceeds {MAX_BODY_BYTES} bytes", 413)
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body must be JSON: {exc}") from None
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, walked without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        elif not isinstance(v, list):
+            continue
+        deepest = max(deepest, d)
+        if d > MAX_JSON_DEPTH:
+            return d
+        stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
+_JSON_KIND = {dict: "an object", list: "an array", bool: "a boolean", int: "a number",
+              float: "a number", type(None): "null"}
+
+
+def int_field(value: Any, name: str, lo: int, hi: int) -> int:
+    """An integer within [lo, hi] (JSON booleans are not integers)."""
+    if type(value) is not int:
+        raise BadRequest(f"{name} must be an integer, got {json.dumps(value)[:64]}")
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def int_param(text: str | None, name: str, lo: int, hi: int, default: int) -> int:
+    """An integer query or path parameter within [lo, hi]."""
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {text[:64]!r}") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be in [{lo}, {hi}], got {text[:64]}")
+    return value
+
+
+def text_field(value: Any, name: str, *, nullable: bool) -> bytes | None:
+    """A record key or value: a JSON string (stored as UTF-8) or, if allowed, null.
+    Any other JSON type is refused rather than stored as its Python repr."""
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string{' or null' if nullable else ''}, got "
+                         f"{_JSON_KIND.get(type(value), type(value).__name__)}")
+    try:
+        return value.encode()
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"{name} is not valid Unicode ({exc.reason} at character "
+                         f"{exc.start})") from None
 
 
 def _text(b: bytes | None) -> str | None:
@@ -77,6 +201,11 @@ class RestApi:
                 ("GET", "/api/v1/metadata/topics/{name}", self.topic),
                 ("POST", "/api/v1/metadata/topics", self.create_topic),
                 ("GET", "/api/v1/raft/status", self.raft_status),
+                # the seed's node-to-node endpoints: dmq does these over its protocol
+                ("POST", "/api/v1/metadata/brokers", self.internal),
+                ("POST", "/api/v1/metadata/heartbeat/{broker_id}", self.internal),
+                ("POST", "/api/v1/raft/request-vote", self.internal),
+                ("POST", "/api/v1/raft/append-entries", self.internal),
             ]
         if "broker" in roles:
             out += [
@@ -84,7 +213,7 @@ class RestApi:
                 ("POST", "/api/v1/storage/topics/{topic}/partitions/{partition}", self.produce),
                 ("GET", "/api/v1/storage/topics/{topic}/partitions/{partition}", self.fetch),
             ]
-        return out
+        return [(method, path, _guarded(handler)) for method, path, handler in out]
 
     async def close(self) -> None:
         for conn in self._conns.values():
@@ -105,12 +234,45 @@ class RestApi:
         result: dict[str, Any] = await self._call(ApiKey.DESCRIBE_CLUSTER, {})
         return result
 
+    async def _describe_active(self) -> dict[str, Any]:
+        """DESCRIBE_CLUSTER as the active controller answers it: only it knows when
+        each broker last heartbeated. Falls back to this node's answer."""
+        d = await self._describe()
+        if d.get("active"):
+            return d
+        for c in d.get("controllers", []):
+            if c.get("node_id") == d.get("controller_id"):
+                try:
+                    active: dict[str, Any] = await self._call(
+                        ApiKey.DESCRIBE_CLUSTER, {}, c["host"], c["port"])
+                except DmqError as exc:
+                    log.info("node=%d active controller not reachable for REST: %s",
+                             self.node.spec.node_id, exc)
+                    return d
+                return active
+        return d
+
     @staticmethod
     def _broker_json(b: dict[str, Any], now_ms: int) -> dict[str, Any]:
         ago = b.get("last_heartbeat_ms_ago")
         return {"brokerId": b["broker_id"], "host": b["host"], "port": b["port"],
-                "rack": b.get("rack"), "status": b["state"], "brokerEpoch": b.get("broker_epoch"),
+                "rack": b.get("rack"),
+                # the seed's two values; dmq's own (ONLINE/FENCED/SHUTTING_DOWN) in `state`
+                "status": "ONLINE" if b["state"] == "ONLINE" else "OFFLINE",
+                "state": b["state"], "brokerEpoch": b.get("broker_epoch"),
                 "lastHeartbeat": now_ms - ago if isinstance(ago, int) and ago >= 0 else None}
+
+    @staticmethod
+    def _controller_json(d: dict[str, Any]) -> dict[str, Any]:
+        cid = d.get("controller_id", -1)
+        url = address = None
+        for c in d.get("controllers", []):
+            if c.get("node_id") == cid:
+                address = f"{c['host']}:{c['port']}"
+                url = f"http://{address}"  # HTTP is served on the node's own port
+        return {"controllerId": cid, "controllerUrl": url, "controllerAddress": address,
+                "controllerTerm": d.get("controller_term"),
+                "timestamp": int(time.time() * 1000)}
 
     @staticmethod
     def _topic_json(t: dict[str, Any]) -> dict[str, Any]:
@@ -127,46 +289,42 @@ class RestApi:
             d = await self._describe()
         except DmqError as exc:
             return _from_dmq_error(exc)
-        cid = d.get("controller_id", -1)
-        url = None
-        for c in d.get("controllers", []):
-            if c.get("node_id") == cid:
-                url = f"{c['host']}:{c['port']}"
-        return web.json_response({"controllerId": cid, "controllerUrl": url,
-                                  "controllerTerm": d.get("controller_term"),
-                                  "timestamp": int(time.time() * 1000)})
+        return web.json_response(self._controller_json(d))
 
     async def cluster(self, request: web.Request) -> web.Response:
         try:
-            d = await self._describe()
+            d = await self._describe_active()
             md = await self._call(ApiKey.METADATA, {"topics": None})
         except DmqError as exc:
             return _from_dmq_error(exc)
         now_ms = int(time.time() * 1000)
         topics = [self._topic_json(t) for t in md.get("topics", []) if not t.get("error")]
+        controllers = d.get("controllers", [])
         return web.json_response({
             "version": d.get("metadata_version"), "controllerLeaderId": d.get("controller_id"),
             "controllerTerm": d.get("controller_term"),
             "brokers": [self._broker_json(b, now_ms) for b in d.get("brokers", [])],
             "topics": topics, "totalTopics": len(topics),
             "totalPartitions": sum(t["numPartitions"] for t in topics),
-            "controllers": d.get("controllers", []), "timestamp": now_ms})
+            "controllerInfo": self._controller_json(d),
+            "activeMetadataNodes": [
+                {"nodeId": c["node_id"], "host": c["host"], "port": c["port"],
+                 "url": f"http://{c['host']}:{c['port']}", "state": c.get("role")}
+                for c in controllers if c.get("role") != "UNREACHABLE"],
+            "controllers": controllers, "timestamp": now_ms})
 
     async def brokers(self, request: web.Request) -> web.Response:
         try:
-            d = await self._describe()
+            d = await self._describe_active()
         except DmqError as exc:
             return _from_dmq_error(exc)
         now_ms = int(time.time() * 1000)
         return web.json_response([self._broker_json(b, now_ms) for b in d.get("brokers", [])])
 
     async def broker(self, request: web.Request) -> web.Response:
+        broker_id = int_param(request.match_info["broker_id"], "broker id", 0, I32_MAX, 0)
         try:
-            broker_id = int(request.match_info["broker_id"])
-        except ValueError:
-            return _error(400, "broker id must be an integer")
-        try:
-            d = await self._describe()
+            d = await self._describe_active()
         except DmqError as exc:
             return _from_dmq_error(exc)
         for b in d.get("brokers", []):
@@ -195,29 +353,39 @@ class RestApi:
         return _error(404, f"topic {name!r} does not exist", "UNKNOWN_TOPIC_OR_PARTITION")
 
     async def create_topic(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "body must be JSON")
-        if not isinstance(body, dict):
-            return _error(400, "body must be a JSON object")
+        body = await json_body(request)
         name = body.get("topicName")
-        parts = body.get("numPartitions", 1)
-        rf = body.get("replicationFactor", 1)
-        if not isinstance(name, str) or type(parts) is not int or type(rf) is not int:
-            return _error(400, "topicName (string), numPartitions and replicationFactor "
-                               "(integers) are required")
+        if not isinstance(name, str):
+            raise BadRequest("topicName (a string) is required")
+        text_field(name, "topicName", nullable=False)
+        parts = int_field(body.get("numPartitions", 1), "numPartitions", 1, I32_MAX)
+        rf = int_field(body.get("replicationFactor", 1), "replicationFactor", 1,
+                       REPLICATION_FACTOR_MAX)
         configs = body.get("configs") or {}
         if not isinstance(configs, dict):
-            return _error(400, "configs must be an object of strings")
+            raise BadRequest("configs must be an object of strings")
+        for k, v in configs.items():
+            if not isinstance(v, str) and type(v) is not int:
+                raise BadRequest(f"config {k!r} must be a string or an integer, got "
+                                 f"{_JSON_KIND.get(type(v), type(v).__name__)}")
+            text_field(k, "config name", nullable=False)
+            text_field(str(v), f"config {k!r}", nullable=False)
+        req = {"topics": [{"name": name, "partitions": parts, "replication_factor": rf,
+                           "configs": {k: str(v) for k, v in configs.items()}}]}
         try:
-            result = await self._call(ApiKey.CREATE_TOPICS, {"topics": [
-                {"name": name, "partitions": parts, "replication_factor": rf,
-                 "configs": {str(k): str(v) for k, v in configs.items()}}]})
+            try:
+                result = await self._call(ApiKey.CREATE_TOPICS, req)
+            except NotControllerError as exc:
+                if not exc.leader:
+                    raise
+                # the seed answers 503 on a follower; its own quick start posts to any
+                # controller, so a follower hands the creation to the active one
+                result = await self._call(ApiKey.CREATE_TOPICS, req, exc.leader[1],
+                                          exc.leader[2])
         except NotControllerError as exc:
-            leader = f"{exc.leader[1]}:{exc.leader[2]}" if exc.leader else ""
-            return _error(503, "this controller is not the leader", exc.code.name,
-                          **{"X-Controller-Leader": leader})
+            headers = {"X-Controller-Leader": str(exc.leader[0])} if exc.leader else {}
+            return _error(503, "no active controller to create the topic", exc.code.name,
+                          **headers)
         except DmqError as exc:
             return _from_dmq_error(exc)
         (t,) = result["topics"]
@@ -233,10 +401,17 @@ class RestApi:
             return _from_dmq_error(exc)
         role = str(s.get("role", "")).upper()
         return web.json_response({
-            "nodeId": s.get("node_id"), "currentTerm": s.get("term"), "state": role,
+            "nodeId": s.get("node_id"), "currentTerm": s.get("term"),
+            "state": "CANDIDATE" if role == "PRE_CANDIDATE" else role, "raftRole": role,
             "isLeader": role == "LEADER", "leaderId": s.get("leader_id"),
             "commitIndex": s.get("commit_index"), "lastApplied": s.get("last_applied"),
             "lastLogIndex": s.get("last_log_index"), "peers": s.get("peers")})
+
+    async def internal(self, request: web.Request) -> web.Response:
+        return _error(501, f"{request.method} {request.path} is one of the seed's node-to-node "
+                           "endpoints; dmq brokers register, heartbeat and vote over the native "
+                           "protocol (start a broker with `dmq server --role broker`)",
+                      "UNSUPPORTED")
 
     # ---- broker paths -----------------------------------------------------------------
     def _replicas(self) -> Any:
@@ -272,57 +447,53 @@ class RestApi:
         return None
 
     @staticmethod
-    def _tp(request: web.Request) -> tuple[str, int] | web.Response:
-        try:
-            return request.match_info["topic"], int(request.match_info["partition"])
-        except ValueError:
-            return _error(400, "partition must be an integer")
+    def _tp(request: web.Request) -> tuple[str, int]:
+        topic = request.match_info["topic"]
+        text_field(topic, "topic", nullable=False)
+        return topic, int_param(request.match_info["partition"], "partition", 0, I32_MAX, 0)
 
     async def produce(self, request: web.Request) -> web.Response:
-        tp = self._tp(request)
-        if isinstance(tp, web.Response):
-            return tp
-        topic, partition = tp
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "body must be JSON with key and value")
-        if not isinstance(body, dict) or "value" not in body:
-            return _error(400, "body must be a JSON object with a value")
-        key, value = body.get("key"), body.get("value")
-        ts = body.get("timestamp", int(time.time() * 1000))
-        if type(ts) is not int:
-            return _error(400, "timestamp must be an integer (ms)")
-        batch = build_batch([(_encode(key), _encode(value))], timestamp_ms=ts)
-        try:
-            leader = await self._leader_of(topic, partition)
-            if leader is None:
-                return _error(404, f"{topic}-{partition} does not exist or has no leader",
-                              "UNKNOWN_TOPIC_OR_PARTITION")
-            result = await self._call(ApiKey.PRODUCE, {
-                "acks": -1, "timeout_ms": TIMEOUT_MS,
-                "topics": [[topic, [[partition, -1, batch]]]]}, *leader)
-        except DmqError as exc:
-            return _from_dmq_error(exc)
-        (_, parts), = result["topics"]
-        (_, error, base_offset, _, msg), = parts
-        if error:
-            return _from_dmq_error(_cls(error)(msg))
+        topic, partition = self._tp(request)
+        body = await json_body(request)
+        if "value" not in body:
+            raise BadRequest("body must be a JSON object with a value (and optional key, "
+                             "timestamp)")
+        key = text_field(body.get("key"), "key", nullable=True)
+        value = text_field(body["value"], "value", nullable=True)
+        ts = body.get("timestamp")
+        ts = int(time.time() * 1000) if ts is None else int_field(ts, "timestamp (ms)", 0,
+                                                                    I64_MAX)
+        batch = build_batch([(key, value)], timestamp_ms=ts)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEADER_WAIT_S
+        while True:
+            try:
+                leader = await self._leader_of(topic, partition)
+                if leader is None:
+                    return _error(404, f"{topic}-{partition} does not exist or has no leader",
+                                  "UNKNOWN_TOPIC_OR_PARTITION")
+                result = await self._call(ApiKey.PRODUCE, {
+                    "acks": -1, "timeout_ms": TIMEOUT_MS,
+                    "topics": [[topic, [[partition, -1, batch]]]]}, *leader)
+            except DmqError as exc:
+                return _from_dmq_error(exc)
+            (_, parts), = result["topics"]
+            (_, error, base_offset, _, msg), = parts
+            # refused before any append while leadership moves (or is still being taken
+            # up after a topic's creation): safe to send again, as a client would
+            if error in _LEADER_MOVING and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+                continue
+            if error:
+                return _from_dmq_error(_cls(error)(msg))
+            break
         return web.json_response({"topic": topic, "partition": partition, "offset": base_offset,
                                   "timestamp": ts})
 
     async def fetch(self, request: web.Request) -> web.Response:
-        tp = self._tp(request)
-        if isinstance(tp, web.Response):
-            return tp
-        topic, partition = tp
-        try:
-            offset = int(request.query.get("offset", "0"))
-            limit = min(MAX_LIMIT, int(request.query.get("limit", "100")))
-        except ValueError:
-            return _error(400, "offset and limit must be integers")
-        if offset < 0 or limit <= 0:
-            return _error(400, "offset must be >= 0 and limit > 0")
+        topic, partition = self._tp(request)
+        offset = int_param(request.query.get("offset"), "offset", 0, I64_MAX, 0)
+        limit = int_param(request.query.get("limit"), "limit", 1, MAX_LIMIT, 100)
         try:
             leader = await self._leader_of(topic, partition)
             if leader is None:
@@ -337,20 +508,49 @@ class RestApi:
         (_, error, hw, _log_start, _leo, records), = parts
         if error:
             return _from_dmq_error(_cls(error)())
-        out = []
-        for r in iter_records(records or b""):
-            if r.offset < offset or r.offset >= hw:
+        out, bad = records_json(records or b"", offset, hw, limit)
+        answer: dict[str, Any] = {"topic": topic, "partition": partition,
+                                  "highWatermark": hw, "records": out}
+        if bad is None:
+            return web.json_response(answer)
+        if out:  # the records before the undecodable ones, and what stopped the read
+            return web.json_response({**answer, "error": bad})
+        return web.json_response({**answer, **bad}, status=422)
+
+
+def records_json(buf: bytes | memoryview, offset: int, high_watermark: int, limit: int
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The records of a FETCH answer from `offset` below the high watermark, at most
+    `limit`, as JSON; and, when a batch cannot be decoded, what stopped the read: its
+    offsets, the reason and `nextOffset` (where reading can resume)."""
+    out: list[dict[str, Any]] = []
+    for h in iter_headers(buf):
+        last = h.base_offset + h.last_offset_delta
+        if last < offset:
+            continue
+        if h.base_offset >= high_watermark or len(out) >= limit:
+            break
+        try:
+            if not batch_crc_ok(buf, h.position):
+                raise ValueError("CRC mismatch")
+            decoded = []
+            for r in decode_records(buf, h):
+                if not (r.key is None or isinstance(r.key, bytes)) or not (
+                        r.value is None or isinstance(r.value, bytes)):
+                    raise ValueError(f"record {r.offset} has a key or value that is not bytes")
+                decoded.append(r)
+        except Exception as exc:  # noqa: BLE001 - any decode failure is this batch's problem
+            return out, {"error": f"records at offsets {h.base_offset}..{last} cannot be "
+                                  f"decoded: {exc}", "code": "CORRUPT_MESSAGE",
+                         "offset": h.base_offset, "lastOffset": last, "nextOffset": last + 1}
+        for r in decoded:
+            if r.offset < offset or r.offset >= high_watermark:
                 continue
             out.append({"offset": r.offset, "timestamp": r.timestamp, "key": _text(r.key),
                         "value": _text(r.value)})
             if len(out) >= limit:
                 break
-        return web.json_response({"topic": topic, "partition": partition, "highWatermark": hw,
-                                  "records": out})
-
-
-def _encode(v: Any) -> bytes | None:
-    return None if v is None else (v if isinstance(v, str) else str(v)).encode()
+    return out, None
 
 
 def _cls(code: int) -> type[DmqError]:
