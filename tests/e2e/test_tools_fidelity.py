@@ -18,7 +18,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -228,18 +227,18 @@ async def test_consume_formats_text_hex_base64_and_binary_json(node: ProcessClus
 
 # ---- dmq dev ----------------------------------------------------------------------------
 def test_dev_quiet_says_why_a_node_died(tmp_path: Path) -> None:
-    """A taken port: the node exits at once; --quiet must still show its reason."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "dmq", "dev", "--quiet", "--controllers",
-                            "1", "--brokers", "1", "--base-port", str(port), "--data-dir",
-                            str(tmp_path)], capture_output=True, timeout=60)
+    """A node that cannot start (its data folder is a file): it exits at once, and
+    --quiet must still show its reason. (A taken port is refused before any node
+    starts, naming the port: tests/e2e/test_seed_fidelity.py.)"""
+    (tmp_path / "node-1").write_text("not a folder")
+    (port,) = free_ports(1)
+    r = subprocess.run([sys.executable, "-m", "dmq", "dev", "--quiet", "--controllers",
+                        "1", "--brokers", "1", "--base-port", str(port), "--data-dir",
+                        str(tmp_path)], capture_output=True, timeout=60)
     err = r.stderr.decode()
     assert r.returncode == 1, err
-    assert "node 1 exited with 1; its last output lines" in err, err
-    assert "address already in use" in err, err
+    assert "node 1 exited with 2; its last output lines" in err, err
+    assert "is a file" in err, err
     assert str(tmp_path / "node-1.log") in err, err
 
 
