@@ -185,8 +185,8 @@ class _ServerConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # The peer will send nothing more. As in Kafka, that ends the connection: what
-        # was read but not dispatched and what is queued for the peer are dropped (a
-        # peer that half-closes and never reads must not pin its answers).
+        # was read but not dispatched and what is queued for the peer are dropped. (A
+        # connection not being read sees no end of stream; the idle sweep drops it.)
         self.drop()
         return None
 
@@ -196,6 +196,7 @@ class _ServerConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self.last_active = self.server._loop.time()  # the peer reads: not idle
         if self.backlog:
             self._drain_backlog()
         else:
