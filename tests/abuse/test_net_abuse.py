@@ -202,6 +202,7 @@ async def test_unread_fetch_responses_are_bounded_per_connection(
         # each connection: the response bound plus one answer (3 x 4 MiB); before the
         # fix every answer was queued: 2 x 60 x 12 MiB = 1.4 GiB
         bound = 2 * (SEND_HIGH + 3 * record) + 100 * MiB
+        print(f"\nunread fetches: broker RSS +{grown / MiB:.0f} MiB (bound {bound / MiB:.0f})")
         assert grown < bound, f"broker RSS grew {grown / MiB:.0f} MiB (bound {bound / MiB:.0f})"
     finally:
         for s in socks:  # close with unread data: RST, as the client did
@@ -262,6 +263,7 @@ async def test_partial_frames_are_held_within_the_request_budget(
         # one frame in progress always fits (100 MiB), the others wait unread; before
         # the fix all ten were buffered: ~900 MiB
         bound = 100 * MiB + BUDGET + 100 * MiB
+        print(f"\npartial frames: node RSS +{grown / MiB:.0f} MiB (bound {bound / MiB:.0f})")
         assert grown < bound, f"node RSS grew {grown / MiB:.0f} MiB (bound {bound / MiB:.0f})"
         assert sum(1 for n in sent if n < 0) >= 8, "the node kept reading past its budget"
         assert "waits to receive a 104857599-byte request" in pc.nodes[node].log_text()
@@ -288,6 +290,7 @@ async def test_connections_from_one_address_are_capped_and_idle_ones_closed(
             s.connect(("127.0.0.1", port))
             socks.append(s)
         settle(port)
+        print(f"\n{2 * PER_IP} connections from one address: +{open_fds(pid) - fds0} fds")
         assert open_fds(pid) - fds0 <= PER_IP + 10
         assert "connections open from 127.0.0.2 (max.connections.per.ip)" \
             in pc.nodes[node].log_text()
