@@ -52,6 +52,13 @@ SETTINGS: dict[str, Setting] = {
         64 * 1024 * 1024, "buffered response bytes after which a node stops reading"),
     "http.on.node.port": Setting(
         True, "serve HTTP (REST, /metrics, /healthz) on the node's protocol port too"),
+    "max.connections": Setting(4096, "open connections a node accepts; more are closed"),
+    "max.connections.per.ip": Setting(1024, "open connections a node accepts from one address"),
+    "connections.max.idle.ms": Setting(
+        600_000, "a connection silent this long with no request in flight is closed (-1: never)"),
+    "queued.max.request.bytes": Setting(
+        256 * 1024 * 1024, "node-wide memory for requests being received; past it, "
+        "connections wait unread"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
     "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(

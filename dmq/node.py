@@ -73,6 +73,16 @@ def resolve_node(config: ClusterConfig, node_id: int, roles: tuple[str, ...],
     return NodeSpec(node_id, roles, address, path, http_port)
 
 
+def cluster_node_roles(config: ClusterConfig) -> dict[int, frozenset[str]]:
+    """The roles each configured node may play, for the inter-node API checks. A
+    controller may also be a broker: a combined-mode node is listed only among the
+    controllers."""
+    roles = {n.node_id: frozenset({"controller", "broker"}) for n in config.controllers}
+    for n in config.brokers:
+        roles[n.node_id] = roles.get(n.node_id, frozenset()) | {"broker"}
+    return roles
+
+
 class Node:
     def __init__(self, config: ClusterConfig, spec: NodeSpec) -> None:
         self.config = config
@@ -82,7 +92,11 @@ class Node:
             max_frame_bytes=config.get("max.frame.bytes"),
             max_in_flight=config.get("max.in.flight.requests.per.connection"),
             max_buffered_bytes=config.get("socket.send.buffer.high.bytes"),
-            extra_info=self._info)
+            max_connections=config.get("max.connections"),
+            max_connections_per_ip=config.get("max.connections.per.ip"),
+            connections_max_idle_ms=config.get("connections.max.idle.ms"),
+            queued_max_request_bytes=config.get("queued.max.request.bytes"),
+            cluster_nodes=cluster_node_roles(config), extra_info=self._info)
         self.services: list[Service] = []
         self._stopped = asyncio.Event()
         self.metrics = NodeMetrics(spec.node_id, self._metric_sources)

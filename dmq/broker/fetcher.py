@@ -145,7 +145,8 @@ class ReplicaFetcher:
     async def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
             self._conn = await Connection.open(self.host, self.port,
-                                               client_id=f"replica-{self.broker_id}")
+                                               client_id=f"replica-{self.broker_id}",
+                                               node_id=self.broker_id)
         return self._conn
 
     async def _drop_connection(self) -> None:

@@ -63,7 +63,8 @@ class BrokerLifecycle:
         self.heartbeat_interval_ms = int(config.get("broker.heartbeat.interval.ms"))
         self.session_timeout_ms = int(config.get("broker.session.timeout.ms"))
         self.channel = ControllerChannel([(c.host, c.port) for c in config.controllers],
-                                         client_id=f"broker-{broker_id}", rng=self.rng)
+                                         client_id=f"broker-{broker_id}", rng=self.rng,
+                                         node_id=broker_id)
         self.state = MetadataState(keep_offsets=False)
         self._image: MetadataImage = EMPTY_IMAGE
         self._broker_epoch = -1

@@ -341,7 +341,7 @@ class ControllerService:
         try:
             await request_once(host, port, ApiKey.CONTROLLER_CHANGED, dict(body),
                                timeout_ms=NOTICE_TIMEOUT_MS,
-                               client_id=f"controller-{self.node_id}")
+                               client_id=f"controller-{self.node_id}", node_id=self.node_id)
         except DmqError as exc:
             log.debug("controller=%d ControllerChanged to broker %d failed: %s", self.node_id,
                       broker_id, exc)

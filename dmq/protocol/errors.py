@@ -37,6 +37,7 @@ class ErrorCode(IntEnum):
     INVALID_REQUIRED_ACKS = 21
     UNKNOWN_MEMBER_ID = 25
     INVALID_SESSION_TIMEOUT = 26
+    CLUSTER_AUTHORIZATION_FAILED = 31
     INVALID_TIMESTAMP = 32
     UNSUPPORTED_VERSION = 35
     TOPIC_ALREADY_EXISTS = 36
@@ -97,6 +98,8 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.INVALID_REQUIRED_ACKS: (False, False, "acks must be 0, 1 or -1 (all)"),
     ErrorCode.UNKNOWN_MEMBER_ID: (False, False, "unknown group member"),
     ErrorCode.INVALID_SESSION_TIMEOUT: (False, False, "invalid session timeout"),
+    ErrorCode.CLUSTER_AUTHORIZATION_FAILED: (
+        False, False, "inter-node request on a connection not identified as that node"),
     ErrorCode.INVALID_TIMESTAMP: (False, False, "invalid timestamp"),
     ErrorCode.UNSUPPORTED_VERSION: (False, False, "unsupported API version"),
     ErrorCode.TOPIC_ALREADY_EXISTS: (False, False, "topic already exists"),
@@ -199,6 +202,7 @@ NotEnoughReplicasAfterAppendError = _define(ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_
 InvalidRequiredAcksError = _define(ErrorCode.INVALID_REQUIRED_ACKS)
 UnknownMemberIdError = _define(ErrorCode.UNKNOWN_MEMBER_ID)
 InvalidSessionTimeoutError = _define(ErrorCode.INVALID_SESSION_TIMEOUT)
+ClusterAuthorizationFailedError = _define(ErrorCode.CLUSTER_AUTHORIZATION_FAILED)
 InvalidTimestampError = _define(ErrorCode.INVALID_TIMESTAMP)
 UnsupportedVersionError = _define(ErrorCode.UNSUPPORTED_VERSION)
 TopicAlreadyExistsError = _define(ErrorCode.TOPIC_ALREADY_EXISTS)

@@ -142,7 +142,8 @@ class _PeerSender:
                 try:
                     self.conn = await Connection.open(
                         self.host, self.port, client_id=f"raft-{self.node.config.node_id}",
-                        connect_timeout_ms=self.node.config.connect_timeout_ms)
+                        connect_timeout_ms=self.node.config.connect_timeout_ms,
+                        node_id=self.node.config.node_id)
                 except DmqError as exc:
                     # The peer is down: drop what we hold, Raft will resend what matters.
                     log.debug("node=%s cannot reach peer %s: %s", self.node.config.node_id,
