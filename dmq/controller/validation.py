@@ -15,7 +15,8 @@ from typing import Any
 from dmq.protocol.errors import InvalidConfigError, InvalidTopicError
 
 MAX_TOPIC_NAME_CHARS = 249
-_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
+# matched whole with fullmatch: a "$" would also match before a final newline ("nl\n")
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
 
 
 def validate_topic_name(name: str) -> None:
@@ -27,7 +28,7 @@ def validate_topic_name(name: str) -> None:
                                 f"{MAX_TOPIC_NAME_CHARS} allowed")
     if name in (".", ".."):
         raise InvalidTopicError(f"topic name cannot be {name!r}")
-    if not _TOPIC_NAME.match(name):
+    if not _TOPIC_NAME.fullmatch(name):
         raise InvalidTopicError(f"topic name {name!r} has characters outside [a-zA-Z0-9._-]")
 
 
