@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dmq.protocol.errors import InvalidConfigError, InvalidTopicError
@@ -142,8 +143,30 @@ def effective_topic_configs(configs: dict[str, str],
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionLimits:
+    """The bounds on partition creation (settings of `dmq.config.SETTINGS`), checked
+    before any placement work: a request past them is refused whole, a topic past them
+    gets its own error."""
+
+    per_topic: int
+    topics_per_request: int
+    per_request: int
+    per_cluster: int
+    replicas_per_broker: int
+
+    @classmethod
+    def from_settings(cls, get_setting: Callable[[str], Any]) -> PartitionLimits:
+        return cls(int(get_setting("max.partitions.per.topic")),
+                   int(get_setting("max.topics.per.request")),
+                   int(get_setting("max.partitions.per.request")),
+                   int(get_setting("max.partitions.per.cluster")),
+                   int(get_setting("max.partition.replicas.per.broker")))
+
+
 __all__ = [
     "MAX_TOPIC_NAME_CHARS",
+    "PartitionLimits",
     "TOPIC_CONFIG_CHECKS",
     "TOPIC_CONFIG_DEFAULTS",
     "default_topic_configs",
