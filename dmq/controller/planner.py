@@ -529,17 +529,24 @@ class Planner:
         first = self.state.next_producer_id
         return [ProducerIds(broker_id, first + count)], first
 
-    def commit_offsets(self, group: str, offsets: list[list[Any]], commit_ms: int
+    def commit_offsets(self, group: str, offsets: list[list[Any]], commit_ms: int,
+                       max_metadata_bytes: int | None = None
                        ) -> tuple[list[Record], list[list[Any]]]:
         """offsets: [[topic, [[partition, offset, metadata], ...]], ...]. Returns records
-        and [[topic, [[partition, error], ...]], ...]."""
+        and [[topic, [[partition, error], ...]], ...]. A metadata string longer than
+        `max_metadata_bytes` (UTF-8) is refused for its partition, as Kafka's
+        `offset.metadata.max.bytes` does."""
         accepted: list[tuple[str, int, int, str | None]] = []
         results = []
         for topic, parts in offsets:
             t = self.state.topics.get(topic)
             res = []
             for partition, offset, metadata in parts:
-                if t is None or partition not in t.partitions:
+                if max_metadata_bytes is not None and metadata is not None and (
+                        len(metadata) > max_metadata_bytes
+                        or len(metadata.encode()) > max_metadata_bytes):
+                    res.append([partition, int(ErrorCode.OFFSET_METADATA_TOO_LARGE)])
+                elif t is None or partition not in t.partitions:
                     res.append([partition, int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)])
                 elif offset < 0:
                     res.append([partition, int(ErrorCode.OFFSET_OUT_OF_RANGE)])
