@@ -105,6 +105,8 @@ class BrokerService:
             return False, "starting"
         if getattr(self.lifecycle, "is_fenced", True):
             return False, "fenced"
+        if self.replicas.image_error is not None:
+            return False, self.replicas.image_error
         return True, ""
 
     def metrics(self) -> list[Any]:
