@@ -126,6 +126,8 @@ class ReplicaManager:
         # applied), with the reason; retried with backoff while any is left
         self.failed_partitions: dict[tuple[str, int], str] = {}
         self.image_error: str | None = None  # set while the current image is not applied
+        # set by the broker while its metadata follower cannot apply what it fetched
+        self.metadata_error: str | None = None
         self._retry_timer: Cancellable | None = None
         self._retry_backoff_ms = UNAVAILABLE_RETRY_MIN_MS
         self.stats_isr_shrinks = 0
@@ -372,8 +374,9 @@ class ReplicaManager:
         """Raise for a partition this broker cannot serve now: its log is unavailable,
         or the current metadata image is not applied (the data plane calls this only
         while `degraded`)."""
-        if self.image_error is not None:
-            raise BrokerNotAvailableError(f"broker {self.broker_id}: {self.image_error}")
+        for error in (self.image_error, self.metadata_error):
+            if error is not None:
+                raise BrokerNotAvailableError(f"broker {self.broker_id}: {error}")
         reason = self.failed_partitions.get((topic, partition))
         if reason is not None:
             raise StorageError(f"{topic}-{partition}: log unavailable on broker "
@@ -381,7 +384,8 @@ class ReplicaManager:
 
     @property
     def degraded(self) -> bool:
-        return self.image_error is not None or bool(self.failed_partitions)
+        return (self.image_error is not None or self.metadata_error is not None
+                or bool(self.failed_partitions))
 
     def _apply_role(self, part: Partition, topic: TopicInfo, info: PartitionInfo,
                     image: MetadataImage) -> None:

@@ -46,6 +46,7 @@ class BrokerService:
                                        self.lifecycle.controller_request,
                                        lambda: int(self.lifecycle.broker_epoch),
                                        clock=self.clock)
+        self.lifecycle.on_metadata_error = self._metadata_error
         self.data_plane = DataPlane(self.replicas, self.lifecycle.controller_request,
                                     bool(self.config.get("auto.create.topics.enable")))
         # In combined mode the controller answers METADATA itself.
@@ -57,6 +58,9 @@ class BrokerService:
     def _controller_changed(self, ctx: Any, body: Any) -> Any:
         result = self.lifecycle.handle_controller_changed(body)
         return {} if result is None else result
+
+    def _metadata_error(self, error: str | None) -> None:
+        self.replicas.metadata_error = error  # not serving from a stale image meanwhile
 
     def _on_image(self, image: MetadataImage) -> None:
         if not self._started:
@@ -107,6 +111,8 @@ class BrokerService:
             return False, "fenced"
         if self.replicas.image_error is not None:
             return False, self.replicas.image_error
+        if self.replicas.metadata_error is not None:
+            return False, self.replicas.metadata_error
         return True, ""
 
     def metrics(self) -> list[Any]:

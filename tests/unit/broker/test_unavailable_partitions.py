@@ -134,3 +134,14 @@ async def test_image_that_cannot_be_applied_stops_serving_until_retried(
     await _until(lambda: rm.image_error is None)
     assert rm.get_partition("t", 0) is None
     assert await _produce_code(b, "t") == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+
+
+async def test_metadata_follower_error_stops_serving(
+        broker: tuple[StandInController, InProcBroker]) -> None:
+    """What BrokerService sets while its metadata follower cannot apply a fetch."""
+    ctl, b = broker
+    await ctl.create_topic("t", [[101]])
+    b.replicas.metadata_error = "metadata does not apply: ValueError()"
+    assert await _produce_code(b, "t") == ErrorCode.BROKER_NOT_AVAILABLE
+    b.replicas.metadata_error = None
+    assert await _produce_code(b, "t") == 0
