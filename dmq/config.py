@@ -99,6 +99,16 @@ SETTINGS: dict[str, Setting] = {
     "group.session.timeout.ms": Setting(10_000, "consumer fenced after this long silent"),
     "group.heartbeat.interval.ms": Setting(1000, "consumer heartbeat interval"),
     "offsets.retention.ms": Setting(7 * 24 * 3600 * 1000, "offsets of an empty group kept"),
+    # resource limits: what one request, one topic or one broker may take
+    "max.partitions.per.topic": Setting(10_000, "partitions one topic may have"),
+    "max.topics.per.request": Setting(1000, "topics one CreateTopics request may create"),
+    "max.partitions.per.request": Setting(
+        10_000, "partitions one CreateTopics/CreatePartitions request may add"),
+    "max.partitions.per.cluster": Setting(100_000, "partitions of all topics together"),
+    "max.partition.replicas.per.broker": Setting(
+        4000, "partition replicas one broker may host (each holds open file descriptors)"),
+    "offset.metadata.max.bytes": Setting(
+        4096, "largest metadata string of a committed offset (UTF-8 bytes)"),
 }
 
 

@@ -83,6 +83,24 @@ def cluster_node_roles(config: ClusterConfig) -> dict[int, frozenset[str]]:
     return roles
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: every partition replica holds
+    open descriptors, and a broker that runs out (EMFILE) can open no log, file or
+    connection. Returns (soft, hard) as they are afterwards."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return -1, -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+    return soft, hard
+
+
 class Node:
     def __init__(self, config: ClusterConfig, spec: NodeSpec) -> None:
         self.config = config
@@ -140,6 +158,8 @@ class Node:
         return info
 
     async def start(self) -> None:
+        soft, hard = raise_open_files_limit()
+        log.info("node %d: open files limit %d (soft), %d (hard)", self.spec.node_id, soft, hard)
         self.spec.data_dir.mkdir(parents=True, exist_ok=True)
         self._build_services()
         self.rest = RestApi(self)

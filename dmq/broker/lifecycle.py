@@ -79,6 +79,10 @@ class BrokerLifecycle:
         self._tasks: list[asyncio.Task[None]] = []
         self.stats_heartbeats = 0
         self.stats_images = 0
+        # set while fetched metadata does not apply (the broker is then not ready);
+        # `on_metadata_error` hears each change of it
+        self.metadata_error: str | None = None
+        self.on_metadata_error: Callable[[str | None], None] | None = None
 
     # public properties ----------------------------------------------------------------
     @property
@@ -209,8 +213,29 @@ class BrokerLifecycle:
                 await asyncio.sleep(backoff_ms(attempt, 50, 1000, self.rng) / 1000)
                 attempt += 1
                 continue
+            try:
+                await self._apply_fetch(resp)
+            except Exception as exc:  # noqa: BLE001 - the follower must outlive a bad fetch
+                # the local state may be half-changed: start over from a snapshot, and
+                # say so (the broker is not ready) until one applies
+                if self.metadata_error is None:
+                    log.exception("broker=%d metadata at version %d does not apply; "
+                                  "fetching a snapshot", self.broker_id, self.state.version)
+                self._set_metadata_error(f"metadata does not apply: {exc!r}")
+                self.state = MetadataState(keep_offsets=False)
+                await asyncio.sleep(backoff_ms(attempt, 100, 5000, self.rng) / 1000)
+                attempt += 1
+                continue
             attempt = 0
-            await self._apply_fetch(resp)
+            if self.metadata_error is not None:
+                log.info("broker=%d metadata applies again at version %d", self.broker_id,
+                         self.state.version)
+                self._set_metadata_error(None)
+
+    def _set_metadata_error(self, error: str | None) -> None:
+        self.metadata_error = error
+        if self.on_metadata_error is not None:
+            self.on_metadata_error(error)
 
     async def _apply_fetch(self, resp: dict[str, Any]) -> None:
         before = self.state.version

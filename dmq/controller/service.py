@@ -615,7 +615,8 @@ class ControllerService:
         """Replicate committed offsets: [[topic, [[partition, offset, metadata]]]];
         returns [[topic, [[partition, error]]]]."""
         now = self.clock.wall_ms()
-        return await self.mutate(lambda: self.planner.commit_offsets(group, offsets, now))
+        limit = int(self.config.get("offset.metadata.max.bytes"))
+        return await self.mutate(lambda: self.planner.commit_offsets(group, offsets, now, limit))
 
     def committed_offsets(self, group: str) -> dict[tuple[str, int], tuple[int, str | None, int]]:
         return self.state.offsets_of(group)
