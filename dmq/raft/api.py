@@ -10,6 +10,14 @@ from dataclasses import dataclass, field
 from dmq.raft.messages import NO_NODE, Entry, HardState, Message, Snapshot
 from dmq.types import NodeId, RaftIndex, Term
 
+TERM_CEILING = 2**62
+"""Above this term a node adopts only the next term (its own + 1) from a message.
+
+Below it Raft works as usual: any higher term is adopted. A forged or corrupt message
+with a huge term could otherwise move every node to a term from which no election can
+go on (the next term would not fit in the wire's 64 bits). With this rule a node's
+term stays under 2**62 + (elections held since), far below 2**63-1."""
+
 
 class Role(enum.IntEnum):
     FOLLOWER = 0
@@ -32,6 +40,11 @@ class ProposalDroppedError(RaftError):
     """The leader refuses the proposal for now (transfer in progress, too much uncommitted)."""
 
 
+class EntryTooLargeError(RaftError):
+    """The proposal is larger than one Raft entry may be (`max_entry_bytes`): followers
+    could not receive it. Not retriable."""
+
+
 @dataclass(frozen=True, slots=True)
 class RaftConfig:
     node_id: NodeId
@@ -42,6 +55,7 @@ class RaftConfig:
     check_quorum: bool = True
     max_entries_per_append: int = 256
     max_bytes_per_append: int = 1 << 20
+    max_entry_bytes: int = 100 << 20  # keep under the peers' frame limit
     max_inflight_appends: int = 16
     max_uncommitted_entries: int = 10_000
     max_apply_entries_per_ready: int = 4096

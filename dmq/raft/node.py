@@ -14,6 +14,18 @@ the core between `ready()` and `advance()` because only the pump calls either.
 
 Sending never blocks the pump: each peer has a bounded outbox drained by its sender
 task; when it overflows the oldest messages are dropped (Raft retransmits).
+
+Crash-only: the pump and the senders are essential. If one of them dies of an
+unexpected exception the node is no longer a working voter, so the owner's `on_fatal`
+hook is called (the process then exits and its supervisor restarts it from disk)
+instead of lingering half-alive.
+
+What a peer sends is checked before it reaches the core: the message shape and integer
+ranges (`message_from_wire`), and every entry of an append with `validate_entry`, so an
+entry the state machine could not apply is refused before it is appended anywhere.
+Proposals are bounded by `max_entry_bytes` (under the peers' frame limit) and fail at
+once when larger. When this node stops leading, every proposal it has not committed
+fails at once with NotLeaderError naming the new leader when known.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +50,7 @@ from dmq.protocol.errors import (
 )
 from dmq.protocol.server import ProtocolServer, RequestContext
 from dmq.raft.core import (
+    EntryTooLargeError,
     NotLeaderError,
     ProposalDroppedError,
     RaftConfig,
@@ -50,6 +63,7 @@ from dmq.raft.messages import (
     NO_NODE,
     AppendRequest,
     Entry,
+    EntryKind,
     HeartbeatRequest,
     MalformedMessageError,
     Message,
@@ -63,6 +77,12 @@ from dmq.raft.storage import RaftStorage
 from dmq.types import NodeId, RaftIndex
 
 log = logging.getLogger("dmq.raft.node")
+
+FRAME_OVERHEAD_BYTES = 64 * 1024
+"""Room left in a frame for the request header and an append's fields around its entries."""
+
+OnFatal = Callable[[str, BaseException], None]
+"""`on_fatal(what, exc)`: an essential task died; the owner ends the process."""
 
 RAFT_KEYS = (ApiKey.RAFT_REQUEST_VOTE, ApiKey.RAFT_APPEND_ENTRIES, ApiKey.RAFT_INSTALL_SNAPSHOT,
              ApiKey.RAFT_TIMEOUT_NOW, ApiKey.RAFT_MESSAGE)
@@ -92,13 +112,24 @@ class RaftNodeConfig:
     connect_timeout_ms: int = 1000
     max_pending_inputs: int = 100_000
     persist_in_thread: bool = True
+    # the peers' max.frame.bytes: no entry, append batch or snapshot chunk may exceed it
+    max_frame_bytes: int = 100 * 1024 * 1024
     core_options: dict[str, Any] = field(default_factory=dict)  # extra RaftConfig fields
+
+    @property
+    def max_entry_bytes(self) -> int:
+        return max(1, self.max_frame_bytes - FRAME_OVERHEAD_BYTES)
 
     def raft_config(self) -> RaftConfig:
         voters = tuple(sorted((self.node_id, *self.peers)))
+        limit = self.max_entry_bytes
+        options: dict[str, Any] = {"max_entry_bytes": limit,
+                                   "max_bytes_per_append": min(1 << 20, limit),
+                                   "snapshot_chunk_bytes": min(1 << 20, limit)}
+        options.update(self.core_options)
         return RaftConfig(node_id=self.node_id, voters=voters,
                           election_ticks=self.election_ticks,
-                          heartbeat_ticks=self.heartbeat_ticks, **self.core_options)
+                          heartbeat_ticks=self.heartbeat_ticks, **options)
 
 
 def _api_key_of(m: Message) -> ApiKey:
@@ -170,8 +201,16 @@ class _PeerSender:
 
 class RaftNode:
     def __init__(self, config: RaftNodeConfig, storage: RaftStorage,
-                 state_machine: StateMachine, clock: Clock, rng: random.Random) -> None:
+                 state_machine: StateMachine, clock: Clock, rng: random.Random, *,
+                 validate_entry: Callable[[bytes], str | None] | None = None,
+                 validate_snapshot: Callable[[bytes], str | None] | None = None,
+                 on_fatal: OnFatal | None = None) -> None:
+        """`validate_entry(data)` / `validate_snapshot(data)` say why the state machine
+        could not apply an entry / restore a snapshot a peer sent (None: it can)."""
         self.config = config
+        self.validate_entry = validate_entry
+        self.validate_snapshot = validate_snapshot
+        self.on_fatal = on_fatal
         self.id = config.node_id
         self.storage = storage
         self.sm = state_machine
@@ -191,7 +230,7 @@ class RaftNode:
         self._next_read_id = 0
         self._stopping = False
         self.stats = {"readies": 0, "persisted_entries": 0, "applied": 0, "sent": 0,
-                      "received": 0, "malformed": 0}
+                      "received": 0, "malformed": 0, "refused_entries": 0}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -206,15 +245,17 @@ class RaftNode:
         if state.snapshot is not None:
             self.sm.restore(state.snapshot)
             applied = state.snapshot.index
-        self.core = RaftCore(self.config.raft_config(), state, self.rng, applied=applied)
+        self.core = RaftCore(self.config.raft_config(), state, self.rng, applied=applied,
+                             validate_snapshot=self.validate_snapshot)
         self._wake = asyncio.Event()
         self._role_changed = asyncio.Event()
         for peer, address in self.config.peers.items():
             sender = _PeerSender(self, peer, address)
             sender.task = asyncio.create_task(sender.run(), name=f"raft-{self.id}-to-{peer}")
+            sender.task.add_done_callback(self._essential_done)
             self._senders[peer] = sender
         self._pump_task = asyncio.create_task(self._pump(), name=f"raft-{self.id}-pump")
-        self._pump_task.add_done_callback(self._pump_done)
+        self._pump_task.add_done_callback(self._essential_done)
         self._next_tick_ms = self.clock.monotonic_ms()
         self._schedule_tick()
         log.info("node=%s raft started: term %s, last index %s, commit %s", self.id,
@@ -239,10 +280,17 @@ class RaftNode:
             await sender.close()
         self._fail_all(NodeShuttingDownError("raft node stopped"))
 
-    def _pump_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.critical("node=%s raft pump died", self.id, exc_info=task.exception())
-            self._fail_all(NodeShuttingDownError("raft pump failed"))
+    def _essential_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        if exc is None:
+            exc = RuntimeError("returned while the node was running")
+        self._fail_all(NodeShuttingDownError(f"raft task {task.get_name()} failed"))
+        if self.on_fatal is not None:
+            self.on_fatal(f"raft task {task.get_name()}", exc)
+        else:
+            log.critical("node=%s raft task %s died", self.id, task.get_name(), exc_info=exc)
 
     def _schedule_tick(self) -> None:
         # Ticks are due at fixed times so a busy loop does not stretch the election
@@ -274,6 +322,18 @@ class RaftNode:
             raise InvalidRequestError(f"bad raft message: {exc}") from None
         if m.src != body["from"] or m.dst != self.id:
             raise InvalidRequestError("raft message not from its sender or not for this node")
+        if isinstance(m, AppendRequest) and self.validate_entry is not None:
+            for entry in m.entries:
+                why = self.validate_entry(entry.data) if entry.kind == EntryKind.NORMAL \
+                    else (None if not entry.data else "a no-op entry carries data")
+                if why is not None:
+                    self.stats["refused_entries"] += 1
+                    log.warning("node=%s refused an append from %s: entry %d (term %d) "
+                                "cannot be applied: %s", self.id, m.src, entry.index,
+                                entry.term, why)
+                    raise InvalidRequestError(
+                        f"raft entry {entry.index} refused, the state machine cannot apply "
+                        f"it: {why}")
         self.stats["received"] += 1
         self._push(("msg", m, None))
         return {}
@@ -281,8 +341,15 @@ class RaftNode:
     async def propose(self, data: bytes, timeout_ms: int = 10_000) -> RaftIndex:
         """Replicate `data`; returns its index once committed and applied here.
 
-        Raises NotLeaderError (with the leader id) or ProposalDroppedError at once,
-        ProposalDroppedError if another leader overwrote it, RequestTimedOutError."""
+        Raises EntryTooLargeError, NotLeaderError (with the leader id) or
+        ProposalDroppedError at once, NotLeaderError as soon as this node stops leading
+        before the entry commits, ProposalDroppedError if another leader overwrote it,
+        RequestTimedOutError."""
+        if len(data) > self.config.max_entry_bytes:
+            raise EntryTooLargeError(
+                f"a Raft entry of {len(data)} bytes exceeds the limit of "
+                f"{self.config.max_entry_bytes} bytes (max.frame.bytes less "
+                f"{FRAME_OVERHEAD_BYTES} bytes of framing): followers could not receive it")
         fut = self._future()
         self._push(("propose", data, fut))
         return await self._wait(fut, timeout_ms, "proposal")
@@ -339,7 +406,10 @@ class RaftNode:
         if self._stopping or self.core is None or (
                 self._pump_task is not None and self._pump_task.done()):
             raise NodeShuttingDownError("raft node is not running")
-        return asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[RaftIndex] = asyncio.get_running_loop().create_future()
+        # A caller that timed out no longer awaits it: its late failure is expected.
+        fut.add_done_callback(_consume_exception)
+        return fut
 
     async def _wait(self, fut: asyncio.Future[RaftIndex], timeout_ms: int,
                     what: str) -> RaftIndex:
@@ -446,6 +516,9 @@ class RaftNode:
         if rd.soft_state is not None:
             assert self._role_changed is not None
             self._role_changed.set()
+            if self._waiters and (rd.soft_state.role != Role.LEADER
+                                  or any(t != core.term for t, _ in self._waiters.values())):
+                self._fail_uncommitted(core, rd.soft_state.leader_id)
             log.info("node=%s raft role %s term %s leader %s", self.id, rd.soft_state.role.name,
                      core.term, rd.soft_state.leader_id)
 
@@ -467,6 +540,22 @@ class RaftNode:
             log.info("node=%s raft snapshot at %s (%d bytes)", self.id, snapshot.index,
                      len(snapshot.data))
 
+    def _fail_uncommitted(self, core: RaftCore, leader_id: NodeId) -> None:
+        """This node stopped leading (or leads a newer term): its pending proposals may
+        never commit, so their callers learn it now and retry at the new leader."""
+        leading = core.role == Role.LEADER
+        failed = 0
+        for index, (term, fut) in list(self._waiters.items()):
+            if leading and term == core.term:
+                continue
+            del self._waiters[index]
+            if not fut.done():
+                fut.set_exception(NotLeaderError(leader_id))
+                failed += 1
+        if failed:
+            log.info("node=%s no longer leads term %s: %d pending proposals failed "
+                     "(leader now %s)", self.id, core.term, failed, leader_id or "unknown")
+
     def _fail_all(self, exc: Exception) -> None:
         futures = [f for _, f in self._waiters.values()] + list(self._reads.values()) + [
             f for _, f in self._read_waits]
@@ -477,3 +566,8 @@ class RaftNode:
         for fut in futures:
             if not fut.done():
                 fut.set_exception(exc)
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
