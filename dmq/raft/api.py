@@ -10,13 +10,20 @@ from dataclasses import dataclass, field
 from dmq.raft.messages import NO_NODE, Entry, HardState, Message, Snapshot
 from dmq.types import NodeId, RaftIndex, Term
 
-TERM_CEILING = 2**62
-"""Above this term a node adopts only the next term (its own + 1) from a message.
+MAX_TERM_JUMP = 2**32
+"""The most one peer's message may raise a node's term; larger jumps need a quorum.
 
-Below it Raft works as usual: any higher term is adopted. A forged or corrupt message
-with a huge term could otherwise move every node to a term from which no election can
-go on (the next term would not fit in the wire's 64 bits). With this rule a node's
-term stays under 2**62 + (elections held since), far below 2**63-1."""
+Legitimate terms grow by one per election (PreVote keeps cut-off nodes from inflating
+theirs), so no real peer is ever 2**32 terms ahead of us unless we lag behind a whole
+quorum. A forged or corrupt message with a huge term could otherwise move every node to
+a term whose successor no longer fits in the wire's 64 bits, leaving the quorum unable
+to elect anyone, for good. So a larger jump is taken only once a quorum of distinct
+peers have shown such terms (we are the laggard then), to the smallest of them, and
+never past `MAX_FAR_TERM`; reaching the end of the 64-bit range that way would take
+over 2**30 further messages."""
+
+MAX_FAR_TERM = 2**62
+"""The highest term a node takes by a jump larger than `MAX_TERM_JUMP`."""
 
 
 class Role(enum.IntEnum):

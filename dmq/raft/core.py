@@ -34,7 +34,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from dmq.raft.api import (
-    TERM_CEILING,
+    MAX_FAR_TERM,
+    MAX_TERM_JUMP,
     EntryTooLargeError,
     NotLeaderError,
     PersistentState,
@@ -157,6 +158,7 @@ class RaftCore:
         self._randomized_timeout = 0
         self._validate_snapshot = validate_snapshot
         self.refused = 0  # peer messages dropped as impossible (see step, _on_snapshot)
+        self._far_terms: dict[NodeId, int] = {}  # peers far ahead: see MAX_TERM_JUMP
         self._tick: Callable[[], None] = self._tick_election
         self._handlers: dict[type, Callable[[Message], None]] = {}
         self._become_follower(self.term, NO_NODE)
@@ -168,10 +170,11 @@ class RaftCore:
 
     def step(self, m: Message) -> None:
         """Feed one message from a peer. Stale, foreign or misaddressed ones are ignored,
-        and so are messages whose term jumps past `TERM_CEILING` (counted in `refused`)."""
+        and so are messages raising our term by more than `MAX_TERM_JUMP` until a
+        quorum of peers show such terms (counted in `refused`)."""
         if m.dst != self.id or m.src == self.id or m.src not in self._peer_set:
             return
-        if m.term > TERM_CEILING and m.term > self.term + 1:
+        if m.term - self.term > MAX_TERM_JUMP and not self._maybe_catch_up_term(m):
             self.refused += 1
             return
         if m.term > self.term:
@@ -202,6 +205,18 @@ class RaftCore:
         handler = self._handlers.get(type(m))
         if handler is not None:
             handler(m)
+
+    def _maybe_catch_up_term(self, m: Message) -> bool:
+        """A far higher term is believed only from a quorum of distinct peers; then we
+        take the smallest of them (and can see m if it is within a jump of that)."""
+        if m.term <= MAX_FAR_TERM:
+            self._far_terms[m.src] = m.term
+        if len(self._far_terms) < self.quorum:
+            return False
+        floor = min(self._far_terms.values())
+        self._far_terms.clear()
+        self._become_follower(Term(floor), NO_NODE)
+        return m.term - self.term <= MAX_TERM_JUMP
 
     def propose(self, data: bytes) -> tuple[Term, RaftIndex]:
         """Append a client entry; returns (term, index) it will commit at if it commits."""
@@ -337,6 +352,7 @@ class RaftCore:
         if term != self.term:
             self.term = term
             self.vote = NO_NODE
+            self._far_terms.clear()
         self.leader_id = NO_NODE
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0

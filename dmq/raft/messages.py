@@ -30,7 +30,7 @@ Every integer read from the wire (ids, terms, indexes, offsets, sequence numbers
 lie in ``0..MAX_WIRE_INT`` (a signed 64-bit value); an append whose entries would get
 indexes past that bound is refused too. Anything else is a `MalformedMessageError`
 before it can touch Raft state. (The core adds its own rule on how far a term may jump,
-`dmq.raft.api.TERM_CEILING`, so that no node reaches a term it cannot leave.)
+`dmq.raft.api.MAX_TERM_JUMP`, so that no node reaches a term it cannot leave.)
 """
 
 from __future__ import annotations
