@@ -274,6 +274,8 @@ class RaftNode:
                 await wait_for(asyncio.shield(self._pump_task), 5.0)
             except TimeoutError:
                 log.warning("node=%s raft pump did not stop in time", self.id)
+            except Exception:  # its death was reported when it happened
+                pass
             self._pump_task.cancel()
             await asyncio.gather(self._pump_task, return_exceptions=True)
         for sender in self._senders.values():
