@@ -13,17 +13,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgpack
 import pytest
 
+from dmq.devcluster import ensure_topic
 from dmq.protocol.api import ApiKey
-from dmq.protocol.errors import ErrorCode
-from tests.abuse.support import assert_cluster_healthy, request_raw, write_canary
+from dmq.protocol.errors import ErrorCode, is_retriable
+from tests.abuse.support import assert_cluster_healthy, frame, request_raw, write_canary
 from tests.support.procs import ProcessCluster, wait_port
 
 pytestmark = pytest.mark.slow
@@ -147,6 +151,58 @@ def test_leader_that_loses_its_quorum_answers_waiting_writes_not_controller_at_o
 
         assert wait_for(init_producer, 10, "an active controller")[2]["producer_id"] >= 0
         assert "never retrieved" not in pc.nodes[leader].log_text()
+
+
+def _requests_in_one_write(port: int, requests: list[Any], timeout_s: float) -> list[Any]:
+    """Send every request frame in one write; the decoded responses, by correlation id."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+        s.sendall(b"".join(frame(r) for r in requests))
+        buf = b""
+        out: dict[int, Any] = {}
+        while len(out) < len(requests):
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            buf += chunk
+            while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+                n = struct.unpack(">I", buf[:4])[0]
+                resp = msgpack.unpackb(buf[4:4 + n], raw=False, strict_map_key=False)
+                out[resp[0]] = resp
+                buf = buf[4 + n:]
+    return [out.get(r[2]) for r in requests]
+
+
+def test_offset_commits_batched_past_the_frame_limit_force_no_failover() -> None:
+    # issue #25 item 8: concurrent commits with huge metadata were batched into one
+    # 141,557,914-byte Raft entry, the followers refused the frame ("exceeds the limit
+    # of 104857600") and an election followed. Scaled down: frames of at most 256 KiB,
+    # three commits of 100 KB metadata sent together (so batched into one entry).
+    limit = 256 * 1024
+    with ProcessCluster(controllers=3, brokers=1,
+                        settings={**SETTINGS, "max.frame.bytes": limit}) as pc:
+        pc.start()
+        asyncio.run(ensure_topic(pc.bootstrap, "offsets", 1, 1, timeout_s=30))
+        leader, _ = leader_and_follower(pc)
+        terms = controller_terms(pc)
+        commits = [[ApiKey.OFFSET_COMMIT, 0, corr, "abuse",
+                    {"group_id": f"g{corr}", "member_id": "", "member_epoch": -1,
+                     "topics": [["offsets", [[0, corr, "m" * 100_000]]]]}]
+                   for corr in (1, 2, 3)]
+        answers = _requests_in_one_write(pc.nodes[leader].port, commits, timeout_s=30)
+        assert all(a is not None for a in answers), answers
+        codes = sorted(a[1] for a in answers)
+        # an entry too large is never sent: its commits fail at once with an error that
+        # is not retriable and names the limit (a commit proposed alone may succeed)
+        assert all(c == 0 or not is_retriable(ErrorCode(c)) for c in codes), answers
+        refused = [a for a in answers if a[1] == ErrorCode.RECORD_LIST_TOO_LARGE]
+        assert all(f"exceeds the limit of {limit - 64 * 1024}" in a[2]["msg"]
+                   for a in refused)
+        assert controller_terms(pc) == terms  # no election
+        assert raft_status(pc.nodes[leader].port)["role"] == "LEADER"  # type: ignore[index]
+        small = [ApiKey.OFFSET_COMMIT, 0, 9, "abuse",
+                 {"group_id": "g9", "member_id": "", "member_epoch": -1,
+                  "topics": [["offsets", [[0, 5, "m"]]]]}]
+        assert request_raw(pc.nodes[leader].port, small)[1] == 0
 
 
 # A node whose Raft loop dies must end (crash-only). No request can kill the pump since
