@@ -176,7 +176,8 @@ def test_offset_commits_batched_past_the_frame_limit_force_no_failover() -> None
     # issue #25 item 8: concurrent commits with huge metadata were batched into one
     # 141,557,914-byte Raft entry, the followers refused the frame ("exceeds the limit
     # of 104857600") and an election followed. Scaled down: frames of at most 256 KiB,
-    # three commits of 100 KB metadata sent together (so batched into one entry).
+    # four commits of 100 KB metadata sent together (the first is proposed alone, the
+    # other three arrive while it is in flight and are batched into one entry).
     limit = 256 * 1024
     with ProcessCluster(controllers=3, brokers=1,
                         settings={**SETTINGS, "max.frame.bytes": limit}) as pc:
@@ -187,7 +188,7 @@ def test_offset_commits_batched_past_the_frame_limit_force_no_failover() -> None
         commits = [[ApiKey.OFFSET_COMMIT, 0, corr, "abuse",
                     {"group_id": f"g{corr}", "member_id": "", "member_epoch": -1,
                      "topics": [["offsets", [[0, corr, "m" * 100_000]]]]}]
-                   for corr in (1, 2, 3)]
+                   for corr in (1, 2, 3, 4)]
         answers = _requests_in_one_write(pc.nodes[leader].port, commits, timeout_s=30)
         assert all(a is not None for a in answers), answers
         codes = sorted(a[1] for a in answers)
