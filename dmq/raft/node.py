@@ -224,6 +224,7 @@ class RaftNode:
         self._next_tick_ms = 0
         self._senders: dict[NodeId, _PeerSender] = {}
         self._waiters: dict[int, tuple[int, asyncio.Future[RaftIndex]]] = {}
+        self._waiters_term = 0  # the term the newest waiter was proposed in
         self._reads: dict[int, asyncio.Future[RaftIndex]] = {}
         self._read_waits: list[tuple[int, asyncio.Future[RaftIndex]]] = []
         self._role_changed: asyncio.Event | None = None
@@ -453,6 +454,7 @@ class RaftNode:
                 fut.set_exception(exc)
                 return
             self._waiters[index] = (term, fut)
+            self._waiters_term = term
         elif kind == "read":
             if core.role != Role.LEADER:
                 fut.set_exception(NotLeaderError(core.leader_id))
@@ -496,6 +498,10 @@ class RaftNode:
                 if not fut.done():
                     fut.set_exception(ProposalOutcomeUnknownError(
                         f"entry {index} was covered by a snapshot from the leader"))
+        if self._waiters and (core.role != Role.LEADER or core.term != self._waiters_term):
+            # checked on every Ready: a step-down and a new term as leader may both
+            # happen between two Readies and leave the soft state looking unchanged
+            self._fail_uncommitted(core, core.leader_id)
         if rd.committed_entries:
             self.sm.apply(rd.committed_entries)
             self.stats["applied"] += len(rd.committed_entries)
@@ -518,9 +524,7 @@ class RaftNode:
         if rd.soft_state is not None:
             assert self._role_changed is not None
             self._role_changed.set()
-            if self._waiters and (rd.soft_state.role != Role.LEADER
-                                  or any(t != core.term for t, _ in self._waiters.values())):
-                self._fail_uncommitted(core, rd.soft_state.leader_id)
+
             log.info("node=%s raft role %s term %s leader %s", self.id, rd.soft_state.role.name,
                      core.term, rd.soft_state.leader_id)
 
@@ -548,8 +552,8 @@ class RaftNode:
         leading = core.role == Role.LEADER
         failed = 0
         for index, (term, fut) in list(self._waiters.items()):
-            if leading and term == core.term:
-                continue
+            if (leading and term == core.term) or index <= core.commit:
+                continue  # still ours, or committed: resolved once applied
             del self._waiters[index]
             if not fut.done():
                 fut.set_exception(NotLeaderError(leader_id))
