@@ -435,3 +435,42 @@ def test_a_dead_raft_pump_calls_on_fatal_instead_of_lingering(tmp_path: Path) ->
             await h.stop_all()
 
     run(main())
+
+
+def test_pending_proposals_fail_naming_the_leader_that_replaced_this_one(
+        tmp_path: Path) -> None:
+    # issue #24 item 1: the client should retry at the new leader within milliseconds
+    from dmq.protocol.api import ApiKey
+    from dmq.protocol.connection import Connection
+
+    async def main() -> None:
+        # a long election timeout, so CheckQuorum does not step the leader down first
+        h = Harness(tmp_path, election_ticks=300)
+        await h.start_all()
+        try:
+            leader = await h.leader(timeout_s=15)
+            await h.wait_applied(await leader.propose(b"a=1"))
+            others = [i for i in h.ids if i != leader.id]
+            await h.stop(others[1])
+            # the remaining follower stops answering: its server is closed, the node kept
+            await h.servers[others[0]].close(grace_ms=10)
+            pending = asyncio.ensure_future(leader.propose(b"b=2", timeout_ms=20_000))
+            await asyncio.sleep(0)
+            assert not pending.done()
+            # a heartbeat of a newer term from the other node: it won an election
+            term = leader.status()["term"]
+            conn = await Connection.open("127.0.0.1", h.ports[leader.id])
+            try:
+                await conn.request(ApiKey.RAFT_APPEND_ENTRIES,
+                                   {"from": others[0],
+                                    "msg": [5, others[0], leader.id, term + 1, 0, 0]},
+                                   timeout_ms=2000)
+            finally:
+                await conn.close()
+            with pytest.raises(NotLeaderError) as err:
+                await asyncio.wait_for(pending, 10)
+            assert err.value.leader_id == others[0]
+        finally:
+            await h.stop_all()
+
+    run(main())
