@@ -206,58 +206,81 @@ def test_offset_commits_batched_past_the_frame_limit_force_no_failover() -> None
         assert request_raw(pc.nodes[leader].port, small)[1] == 0
 
 
-# A node whose Raft loop dies must end (crash-only). No request can kill the pump since
-# the fixes above, so this probe runs a real `dmq server` whose metadata state machine
-# fails once a marker file exists (fault injection in the test's own launcher, not in
-# dmq).
+# A node whose essential task dies must end (crash-only). No request kills one since
+# the fixes above, so these probes run a real `dmq server` with a fault injected by the
+# test's own launcher (not by dmq) once a marker file exists: in the controller's
+# metadata state machine (under the Raft pump), or in the broker's metadata loop.
 _FAULTY_SERVER = """
 import os
 import sys
+from dmq.broker import lifecycle
 from dmq.controller import state_machine
 from dmq.cli import main
 
-real_apply = state_machine.MetadataStateMachine.apply
 marker = os.environ["DMQ_TEST_FAULT_MARKER"]
 
-def apply(self, entries):
-    if os.path.exists(marker):
-        raise RuntimeError("injected state machine fault")
-    real_apply(self, entries)
+def faulty(real):
+    def wrapper(*args, **kwargs):
+        if os.path.exists(marker):
+            raise RuntimeError("injected fault")
+        return real(*args, **kwargs)
+    return wrapper
 
-state_machine.MetadataStateMachine.apply = apply
+state_machine.MetadataStateMachine.apply = faulty(state_machine.MetadataStateMachine.apply)
+lifecycle.BrokerLifecycle._apply_fetch = faulty(lifecycle.BrokerLifecycle._apply_fetch)
 sys.argv[0] = "dmq"
 main()
 """
+
+
+def _start_faulty(pc: ProcessCluster, node_id: int) -> None:
+    node = pc.nodes[node_id]
+    logf = open(node.log_path, "ab")  # noqa: SIM115 - closed right after Popen
+    node.proc = subprocess.Popen(
+        [sys.executable, "-c", _FAULTY_SERVER, "server", "--role", node.role,
+         "--node-id", str(node_id), "--config", str(pc.config_path), "--data-dir",
+         str(node.data_dir)],
+        stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd(),
+             "DMQ_TEST_FAULT_MARKER": str(pc.root / f"fault-{node_id}")})
+    logf.close()
+    wait_port(node.port)
+
+
+def _assert_exits_with_one_critical_line(pc: ProcessCluster, node_id: int, task: str) -> None:
+    node = pc.nodes[node_id]
+    assert node.proc is not None
+    try:
+        rc = node.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"node {node_id} lingers with a dead {task}:\n{node.log_text()[-2000:]}")
+    text = node.log_text()
+    assert rc == 70, text[-2000:]
+    critical = [line for line in text.splitlines() if "CRITICAL" in line]
+    assert len(critical) == 1, critical
+    assert f"{task} died: RuntimeError: injected fault" in critical[0], critical
 
 
 def test_controller_whose_raft_loop_dies_exits_instead_of_lingering() -> None:
     # issue #25 item 2: after "CRITICAL raft pump died" the process stayed up, reported
     # LEADER and answered NODE_SHUTTING_DOWN until someone restarted it
     with ProcessCluster(controllers=1) as pc:
-        node = pc.nodes[1]
-        logf = open(node.log_path, "ab")  # noqa: SIM115 - closed right after Popen
-        node.proc = subprocess.Popen(
-            [sys.executable, "-c", _FAULTY_SERVER, "server", "--role", "controller",
-             "--node-id", "1", "--config", str(pc.config_path), "--data-dir",
-             str(node.data_dir)],
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": os.getcwd(),
-                 "DMQ_TEST_FAULT_MARKER": str(pc.root / "fault")})
-        logf.close()
-        wait_port(node.port)
-        wait_for(lambda: (raft_status(node.port) or {}).get("role") == "LEADER", 10,
+        _start_faulty(pc, 1)
+        wait_for(lambda: (raft_status(pc.nodes[1].port) or {}).get("role") == "LEADER", 10,
                  "the controller leads")
-        (pc.root / "fault").touch()
+        (pc.root / "fault-1").touch()
         # any metadata write now makes the state machine fail under the Raft pump
-        request_raw(node.port, [ApiKey.INIT_PRODUCER_ID, 0, 1, "abuse", {}], timeout_s=15)
-        try:
-            rc = node.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the controller lingers with a dead Raft loop:\n"
-                        + node.log_text()[-2000:])
-        text = node.log_text()
-        assert rc == 70, text[-2000:]
-        critical = [line for line in text.splitlines() if "CRITICAL" in line]
-        assert len(critical) == 1, critical
-        assert "raft task raft-1-pump died: RuntimeError: injected state machine fault" \
-            in critical[0]
+        request_raw(pc.nodes[1].port, [ApiKey.INIT_PRODUCER_ID, 0, 1, "abuse", {}],
+                    timeout_s=15)
+        _assert_exits_with_one_critical_line(pc, 1, "raft task raft-1-pump")
+
+
+def test_broker_whose_metadata_loop_dies_exits_instead_of_serving_blind() -> None:
+    with ProcessCluster(controllers=1, brokers=1, settings=SETTINGS) as pc:
+        pc.start(1)
+        _start_faulty(pc, 101)
+        asyncio.run(ensure_topic(pc.bootstrap, "before", 1, 1, timeout_s=30))
+        (pc.root / "fault-101").touch()
+        # the next metadata change reaches the broker's metadata loop, which now fails
+        asyncio.run(ensure_topic(pc.bootstrap, "after", 1, 1, timeout_s=30))
+        _assert_exits_with_one_critical_line(pc, 101, "broker task broker-101-metadata")
