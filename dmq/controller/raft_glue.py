@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from dmq.clock import SystemClock
-from dmq.controller.records import MalformedRecordError, Record, decode_batch_wire, encode_batch
+from dmq.controller.records import MalformedRecordError, Record, decode_batch, encode_batch
 from dmq.controller.state import MetadataState
 from dmq.controller.state_machine import MetadataStateMachine
 from dmq.protocol.api import ApiKey
@@ -128,11 +128,11 @@ class RaftGlue:
 
 def validate_entry(data: bytes) -> str | None:
     """Why a metadata Raft entry could not be applied (None: it can). Empty data is a
-    barrier; anything else must be a msgpack array of records."""
+    barrier; anything else must be a msgpack array of well-formed records."""
     if not data:
         return None
     try:
-        decode_batch_wire(data)
+        decode_batch(data)
     except MalformedRecordError as exc:
         return str(exc)
     return None

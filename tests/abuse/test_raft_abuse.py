@@ -113,6 +113,12 @@ def test_forged_append_with_an_entry_that_does_not_decode_is_refused(
                        [1001, 0, 1, "x", {"from": leader, "msg": forged}])
     assert resp is not None and resp[1] == ErrorCode.INVALID_REQUEST, resp
     assert "cannot apply it" in resp[2]["msg"] and "not msgpack" in resp[2]["msg"]
+    # msgpack, but not records: applying it would fail on every controller alike
+    forged[7] = [[term, 0, msgpack.packb([[99, "x"]])]]
+    resp = request_raw(pc.nodes[follower].port,
+                       [1001, 0, 2, "x", {"from": leader, "msg": forged}])
+    assert resp is not None and resp[1] == ErrorCode.INVALID_REQUEST, resp
+    assert "bad metadata record" in resp[2]["msg"]
     asyncio.run(assert_cluster_healthy(pc, canary))
     for i in pc.controller_ids:
         text = pc.nodes[i].log_text()
