@@ -79,7 +79,8 @@ from dmq.types import NodeId, RaftIndex
 log = logging.getLogger("dmq.raft.node")
 
 FRAME_OVERHEAD_BYTES = 64 * 1024
-"""Room left in a frame for the request header and an append's fields around its entries."""
+"""Room left in a frame for the request header and an append's fields around its entries
+(a quarter of the frame when frames are smaller than 256 KiB)."""
 
 OnFatal = Callable[[str, BaseException], None]
 """`on_fatal(what, exc)`: an essential task died; the owner ends the process."""
@@ -117,8 +118,12 @@ class RaftNodeConfig:
     core_options: dict[str, Any] = field(default_factory=dict)  # extra RaftConfig fields
 
     @property
+    def frame_overhead_bytes(self) -> int:
+        return min(FRAME_OVERHEAD_BYTES, self.max_frame_bytes // 4)
+
+    @property
     def max_entry_bytes(self) -> int:
-        return max(1, self.max_frame_bytes - FRAME_OVERHEAD_BYTES)
+        return max(1, self.max_frame_bytes - self.frame_overhead_bytes)
 
     def raft_config(self) -> RaftConfig:
         voters = tuple(sorted((self.node_id, *self.peers)))
@@ -352,7 +357,8 @@ class RaftNode:
             raise EntryTooLargeError(
                 f"a Raft entry of {len(data)} bytes exceeds the limit of "
                 f"{self.config.max_entry_bytes} bytes (max.frame.bytes less "
-                f"{FRAME_OVERHEAD_BYTES} bytes of framing): followers could not receive it")
+                f"{self.config.frame_overhead_bytes} bytes of framing): followers could not "
+                "receive it")
         fut = self._future()
         self._push(("propose", data, fut))
         return await self._wait(fut, timeout_ms, "proposal")
@@ -524,7 +530,6 @@ class RaftNode:
         if rd.soft_state is not None:
             assert self._role_changed is not None
             self._role_changed.set()
-
             log.info("node=%s raft role %s term %s leader %s", self.id, rd.soft_state.role.name,
                      core.term, rd.soft_state.leader_id)
 
