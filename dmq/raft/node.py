@@ -407,7 +407,7 @@ class RaftNode:
             "node_id": st.node_id, "role": st.role.name, "term": st.term,
             "leader_id": st.leader_id, "commit_index": st.commit_index,
             "last_applied": st.applied_index, "last_log_index": st.last_index,
-            "snapshot_index": st.snapshot_index,
+            "snapshot_index": st.snapshot_index, "refused_messages": core.refused,
             "peers": {int(p): int(m) for p, m in st.match_index.items()},
         }
 
@@ -438,8 +438,13 @@ class RaftNode:
             if self._stopping:
                 return
             inputs, self._inputs = self._inputs, deque()
+            refused = core.refused
             for kind, arg, fut in inputs:
                 self._feed(core, kind, arg, fut)
+            if core.refused != refused:
+                log.warning("node=%s dropped %d raft messages claiming impossible terms, "
+                            "entries or snapshots (%d so far)", self.id,
+                            core.refused - refused, core.refused)
             while core.has_ready():
                 rd = core.ready()
                 await self._handle_ready(core, rd)

@@ -94,6 +94,8 @@ def test_forged_heartbeat_with_a_term_past_64_bits_is_refused(
     resp = request_raw(port, [1004, 0, 2, "x",
                               {"from": leader, "msg": [5, leader, follower, 2**63 - 1, 0, 0]}])
     assert resp is not None and resp[1] == 0, resp
+    wait_for(lambda: (raft_status(port) or {}).get("refused_messages", 0) >= 1, 5,
+             "the follower's core refused the jump")
     asyncio.run(assert_cluster_healthy(pc, canary))
     terms = controller_terms(pc)
     assert all(0 < t < 2**32 for t in terms.values()), terms
