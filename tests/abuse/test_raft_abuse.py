@@ -64,7 +64,7 @@ def leader_and_follower(pc: ProcessCluster) -> tuple[int, int]:
                      if s is not None and s["role"] == "FOLLOWER" and s["leader_id"] == leaders[0]]
         return (leaders[0], followers[0]) if followers else None
 
-    return wait_for(find, 10, "one controller leader with a follower")  # type: ignore[no-any-return]
+    return wait_for(find, 10, "one controller leader with a follower")
 
 
 def controller_terms(pc: ProcessCluster) -> dict[int, int]:
