@@ -26,7 +26,7 @@ import inspect
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from dmq.aio import wait_for
@@ -49,7 +49,10 @@ class BrokerLifecycle:
     def __init__(self, config: ClusterConfig, broker_id: int, host: str, port: int,
                  rack: str | None, on_image: OnImage, clock: Clock | None = None,
                  rng: random.Random | None = None, incarnation_id: str | None = None,
-                 startup_timeout_ms: int = STARTUP_TIMEOUT_MS) -> None:
+                 startup_timeout_ms: int = STARTUP_TIMEOUT_MS,
+                 on_fatal: Callable[[str, BaseException], None] | None = None) -> None:
+        """`on_fatal(what, exc)` is called if the registration/heartbeat or metadata
+        loop dies: without them the broker serves blind (crash-only, see dmq.node)."""
         self.config = config
         self.broker_id = broker_id
         self.host = host
@@ -60,6 +63,7 @@ class BrokerLifecycle:
         self.rng = rng or random.Random()
         self.incarnation_id = incarnation_id or uuid.uuid4().hex
         self.startup_timeout_ms = startup_timeout_ms
+        self.on_fatal = on_fatal
         self.heartbeat_interval_ms = int(config.get("broker.heartbeat.interval.ms"))
         self.session_timeout_ms = int(config.get("broker.session.timeout.ms"))
         self.channel = ControllerChannel([(c.host, c.port) for c in config.controllers],
@@ -112,7 +116,7 @@ class BrokerLifecycle:
         """Register, load the first image, then heartbeat and long-poll in the
         background. Waits at most `startup_timeout_ms` for the first two steps; if the
         controllers are not reachable by then the loops keep trying."""
-        self._tasks.append(asyncio.create_task(self._run(), name=f"broker-{self.broker_id}"))
+        self._tasks.append(self._essential(self._run(), f"broker-{self.broker_id}"))
         try:
             await wait_for(self._caught_up.wait(), self.startup_timeout_ms / 1000)
         except TimeoutError:
@@ -137,10 +141,25 @@ class BrokerLifecycle:
             await asyncio.sleep(0.02)
         return True
 
+    def _essential(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._essential_done)
+        return task
+
+    def _essential_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception() or RuntimeError("returned while the broker ran")
+        if self.on_fatal is not None:
+            self.on_fatal(f"broker task {task.get_name()}", exc)
+        else:
+            log.critical("broker=%d task %s died", self.broker_id, task.get_name(),
+                         exc_info=exc)
+
     async def _run(self) -> None:
         await self._register()
-        self._tasks.append(asyncio.create_task(self._metadata_loop(),
-                                               name=f"broker-{self.broker_id}-metadata"))
+        self._tasks.append(self._essential(self._metadata_loop(),
+                                           f"broker-{self.broker_id}-metadata"))
         await self._heartbeat_loop()
 
     async def _register(self) -> None:

@@ -121,6 +121,9 @@ class ReplicaManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: dict[str, Cancellable] = {}
         self._running = False
+        # called if an essential task (ISR reporter, a replica fetcher) dies: the broker
+        # must end rather than serve with stale ISRs or followers that never catch up
+        self.on_fatal: Callable[[str, BaseException], None] | None = None
         self._first_image_ms: int | None = None
         # partitions assigned here that cannot be served (log not openable, role not
         # applied), with the reason; retried with backoff while any is left
@@ -174,7 +177,7 @@ class ReplicaManager:
 
     def start(self) -> None:
         self._running = True
-        self._spawn(self._alter_partition_loop(), "alter-partition")
+        self._spawn(self._alter_partition_loop(), "alter-partition", essential=True)
         self._schedule(min(self.lag_time_max_ms // 2, 500), self._check_isr)
         self._schedule(HW_CHECKPOINT_INTERVAL_MS, self._checkpoint_hw_tick)
         self._schedule(int(self.config.get("log.retention.check.interval.ms")),
@@ -213,17 +216,27 @@ class ReplicaManager:
             await asyncio.gather(*(loop.run_in_executor(pool, _close_quietly, lg)
                                    for lg in logs))
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str, essential: bool = False) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"broker-{self.broker_id}-{name}")
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
+            if essential and not t.cancelled() and self._running:
+                self.essential_task_died(t.get_name(), t.exception())
+            elif not t.cancelled() and t.exception() is not None:
                 log.error("broker=%d task %s failed", self.broker_id, name,
                           exc_info=t.exception())
 
         task.add_done_callback(done)
+
+    def essential_task_died(self, name: str, exc: BaseException | None) -> None:
+        """A task the broker cannot work without ended while running (crash-only)."""
+        err = exc if exc is not None else RuntimeError("returned while the broker ran")
+        if self.on_fatal is not None:
+            self.on_fatal(f"broker task {name}", err)
+        else:
+            log.critical("broker=%d task %s died", self.broker_id, name, exc_info=err)
 
     def _schedule(self, interval_ms: int, fn: Callable[[], None]) -> None:
         """Run `fn` every `interval_ms` on the injected clock until stopped."""

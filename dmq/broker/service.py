@@ -41,12 +41,14 @@ class BrokerService:
         self.clock = SystemClock()
         address = node.spec.address
         self.lifecycle = BrokerLifecycle(self.config, self.broker_id, address.host, address.port,
-                                         address.rack, on_image=self._on_image, clock=self.clock)
+                                         address.rack, on_image=self._on_image, clock=self.clock,
+                                         on_fatal=node.fatal)
         self.replicas = ReplicaManager(self.config, self.broker_id, node.spec.data_dir,
                                        self.lifecycle.controller_request,
                                        lambda: int(self.lifecycle.broker_epoch),
                                        clock=self.clock)
         self.lifecycle.on_metadata_error = self._metadata_error
+        self.replicas.on_fatal = node.fatal
         self.data_plane = DataPlane(self.replicas, self.lifecycle.controller_request,
                                     bool(self.config.get("auto.create.topics.enable")))
         # In combined mode the controller answers METADATA itself.

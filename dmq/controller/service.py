@@ -136,13 +136,15 @@ class ControllerService:
 
     async def start(self) -> None:
         await self.raft.start()
-        self._tasks.append(asyncio.create_task(self._watch_leadership(),
-                                               name=f"controller-{self.node_id}-watch"))
-        self._tasks.append(asyncio.create_task(self._check_sessions(),
-                                               name=f"controller-{self.node_id}-sessions"))
+        # essential: if one dies the node ends (crash-only, see dmq.node)
+        supervise = self.node.supervise
+        self._tasks.append(supervise(self._watch_leadership(),
+                                     f"controller-{self.node_id}-watch"))
+        self._tasks.append(supervise(self._check_sessions(),
+                                     f"controller-{self.node_id}-sessions"))
         if self.config.get("auto.leader.rebalance.enable"):
-            self._tasks.append(asyncio.create_task(
-                self._balance_leaders(), name=f"controller-{self.node_id}-balance"))
+            self._tasks.append(supervise(self._balance_leaders(),
+                                         f"controller-{self.node_id}-balance"))
 
     async def stop(self) -> None:
         self._stopping = True
