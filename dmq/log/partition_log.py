@@ -6,8 +6,10 @@ crash recovery on open, the leader-epoch cache and producer state. Compaction li
 `dmq.log.cleaner` and works through the hooks at the bottom of this class. The high
 watermark is NOT owned here (the broker owns it); `read(max_offset=hw)` bounds reads.
 
-It must never decode records on append, replicate or read paths: per batch work only
-(header unpack, CRC, stamping), bytes move with `writev`/`pread`. Calls are serialised
+It must never decode records into Python objects on replicate or read paths: per batch
+work only (header unpack, CRC, stamping), bytes move with `writev`/`pread`. A leader
+append also checks each client batch against its records (`check_client_batch`: one
+C-level unpack and a few C-level passes per batch, no per-record Python code). Calls are serialised
 by one lock so the cleaner may run in a worker thread; everything else is synchronous
 and meant to be called from the broker's event loop.
 
@@ -56,6 +58,7 @@ from dmq.log.batch import (
     STAMP_STRUCT,
     BatchHeader,
     Buffer,
+    check_client_batch,
     validate_raw,
     with_log_append_time,
 )
@@ -132,6 +135,8 @@ class PartitionLog:
         self.cleaner_state: tuple[tuple[tuple[int, int], ...], int] | None = None
         self.truncations = 0  # truncations so far (a closed segment may be reopened by one)
         self.failure: str | None = None  # why `fail` closed it (its files stay open)
+        # base offsets of stored batches that do not decode, reported once by the cleaner
+        self.undecodable_batches: set[int] = set()
         self.producer_state = ProducerStateManager(self._config.max_producer_batches)
         self._copy_config()
         try:
@@ -214,8 +219,10 @@ class PartitionLog:
     def append_as_leader(self, buf: Buffer, leader_epoch: int) -> LogAppendInfo:
         """Validate client batches, assign offsets from the log end, stamp `leader_epoch`.
 
-        Raises `CorruptRecordError` (length/magic/CRC), `RecordTooLargeError`,
-        `OutOfOrderSequenceError` or `InvalidProducerEpochError`; nothing is written then.
+        Raises `CorruptRecordError` (length/magic/CRC), `InvalidRecordError` (a header
+        that disagrees with the records, or records readers could not decode: see
+        `check_client_batch`), `RecordTooLargeError`, `OutOfOrderSequenceError` or
+        `InvalidProducerEpochError`; nothing is written then.
         If a batch duplicates a recent idempotent batch, nothing is written and the
         original batch's offsets come back with `duplicate=True` (Kafka's behaviour).
         """
@@ -234,6 +241,7 @@ class PartitionLog:
             raise CorruptRecordError("CRC mismatch in batch at position 0")
         if size > self._max_message_bytes:
             raise RecordTooLargeError(f"batch of {size} bytes > {self._max_message_bytes}")
+        check_client_batch(mv, (*t, 0))
         with self._lock:
             if self._closed:
                 raise self._closed_error()
@@ -277,6 +285,10 @@ class PartitionLog:
         a follower's buffer is written."""
         raw = validate_raw(mv)
         max_bytes = self._max_message_bytes
+        for t in raw:
+            if t[1] + LOG_OVERHEAD > max_bytes:
+                raise RecordTooLargeError(f"batch of {t[1] + LOG_OVERHEAD} bytes > {max_bytes}")
+            check_client_batch(mv, t)
         with self._lock:
             if self._closed:
                 raise self._closed_error()
@@ -286,8 +298,6 @@ class PartitionLog:
             now_ms = self.clock.wall_ms() if self._log_append_time else -1
             for t in raw:
                 size = t[1] + LOG_OVERHEAD
-                if size > max_bytes:
-                    raise RecordTooLargeError(f"batch of {size} bytes > {max_bytes}")
                 if t[9] >= 0:
                     if pending is None:
                         pending = {}
