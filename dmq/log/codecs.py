@@ -57,11 +57,17 @@ try:  # optional dependency (extra "compression")
     _compressors[CODEC_LZ4] = _lz4f.compress
 
     def _lz4_decompress(data: bytes, max_bytes: int) -> bytes:
+        # The output buffer is sized by max_length: the frame's size when it says it
+        # (our producers write it), else the bound. One byte more exposes a longer frame.
+        size = _lz4f.get_frame_info(data)["content_size"]  # 0: not in the header
+        if size > max_bytes:
+            raise ValueError(f"frame declares {size} bytes")
+        limit = size if size else max_bytes
         d = _lz4f.LZ4FrameDecompressor()
-        out: bytes = d.decompress(data, max_length=max_bytes + 1)
-        if len(out) > max_bytes or not d.eof:
-            raise ValueError("incomplete frame" if len(out) <= max_bytes
-                             else f"more than {max_bytes} bytes")
+        out: bytes = d.decompress(data, max_length=limit + 1)
+        if len(out) > limit or not d.eof or (size and len(out) != size):
+            raise ValueError(f"frame does not end within {limit} bytes" if len(out) > limit
+                             else "incomplete frame")
         return out
 
     _decompressors[CODEC_LZ4] = _lz4_decompress
