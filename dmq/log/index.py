@@ -15,12 +15,17 @@ one per `index_interval_bytes` of log, keyed by the base offset of the batch tha
 starts at that position. `.timeindex` entries are 12 bytes: timestamp i64 |
 relative offset u32, appended when a batch raises the segment's max timestamp at an
 index point. Both files are preallocated to `segment_index_bytes` while the segment is
-active and trimmed to their entries when it rolls or closes. Lookups bisect an
+active and trimmed to their entries when it rolls or closes. Preallocation reserves the
+blocks (`posix_fallocate`), never just the size: a store into a hole of a mapped file
+on a full disk is a SIGBUS that kills the process, a failed `posix_fallocate` is an
+`OSError` (ENOSPC) at open that the log reports. A file mapped writable is always
+fully allocated first, including one left sparse by an older version. Lookups bisect an
 in-memory `array` mirror of the entries, so they cost a few hundred nanoseconds.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -31,6 +36,23 @@ _OFFSET_ENTRY = struct.Struct(">II")
 _TIME_ENTRY = struct.Struct(">qI")
 OFFSET_ENTRY_SIZE = _OFFSET_ENTRY.size
 TIME_ENTRY_SIZE = _TIME_ENTRY.size
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Make `size` bytes of the file real blocks (and its size at least `size`). Where
+    the platform or file system cannot, the file is only extended (sparse), as before."""
+    if size <= 0:
+        return
+    fallocate = getattr(os, "posix_fallocate", None)  # Linux and the BSDs only
+    if fallocate is not None:
+        try:
+            fallocate(fd, 0, size)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    if os.fstat(fd).st_size < size:
+        os.ftruncate(fd, size)
 
 
 class _MappedFile:
@@ -46,10 +68,9 @@ class _MappedFile:
             self._file_bytes = os.fstat(fd).st_size
             self._mm: mmap.mmap | None = None
             if writable:
-                alloc = self._max_entries * self.entry_size
-                if self._file_bytes < alloc:
-                    os.ftruncate(fd, alloc)
-                self._file_bytes = max(self._file_bytes, alloc)
+                alloc = max(self._max_entries * self.entry_size, self._file_bytes)
+                _allocate(fd, alloc)
+                self._file_bytes = alloc
             if self._file_bytes > 0:
                 self._mm = mmap.mmap(fd, self._file_bytes)
         finally:
@@ -87,12 +108,12 @@ class _MappedFile:
         if self._mm is not None:
             self._mm.close()
             self._mm = None
-        alloc = max(max(self._max_entries, entries) * self.entry_size,
-                    os.path.getsize(self.path))
-        os.truncate(self.path, alloc)
-        self._file_bytes = alloc
         fd = os.open(self.path, os.O_RDWR)
         try:
+            alloc = max(max(self._max_entries, entries) * self.entry_size,
+                        os.fstat(fd).st_size)
+            _allocate(fd, alloc)
+            self._file_bytes = alloc
             self._mm = mmap.mmap(fd, alloc)
         finally:
             os.close(fd)

@@ -532,6 +532,10 @@ class PartitionLog:
         old = self._segments[-1]
         if old.size_bytes == 0 and old.base_offset == base_offset:
             return old
+        try:  # first: a failure (no room to preallocate its indexes) changes nothing
+            seg = self._new_segment(base_offset, active=True)
+        except OSError as exc:
+            raise self._append_failed(f"new segment {base_offset}", exc) from exc
         if old.size_bytes == 0:
             old.delete()
             self._segments.pop()
@@ -540,7 +544,6 @@ class PartitionLog:
             if self.fsync_enabled:
                 old.flush()
             old.make_inactive()
-        seg = self._new_segment(base_offset, active=True)
         self._segments.append(seg)
         self._bases.append(base_offset)
         if all(not s.unflushed for s in self._segments[:-1]) or not self.fsync_enabled:

@@ -78,13 +78,22 @@ class LogSegment:
         self.active = active
         self.indexes_existed = os.path.exists(self.index_path) and os.path.exists(
             self.timeindex_path)
-        self.index = OffsetIndex(self.index_path, base_offset, index_max_bytes, active)
-        # As many time-index slots as offset-index slots (its entries are 12 bytes, not 8):
-        # a time-index entry is only ever added with an offset-index entry, so the roll
-        # on a full offset index also keeps the time index from dropping a new maximum.
-        self.time_index = TimeIndex(self.timeindex_path, base_offset,
-                                    index_max_bytes // OFFSET_ENTRY_SIZE * TIME_ENTRY_SIZE,
-                                    active)
+        try:  # (a full disk fails the preallocation: release what is open)
+            self.index = OffsetIndex(self.index_path, base_offset, index_max_bytes, active)
+            try:
+                # As many time-index slots as offset-index slots (its entries are 12
+                # bytes, not 8): a time-index entry is only ever added with an
+                # offset-index entry, so the roll on a full offset index also keeps the
+                # time index from dropping a new maximum.
+                self.time_index = TimeIndex(
+                    self.timeindex_path, base_offset,
+                    index_max_bytes // OFFSET_ENTRY_SIZE * TIME_ENTRY_SIZE, active)
+            except BaseException:
+                self.index.discard()
+                raise
+        except BaseException:
+            os.close(self.fd)
+            raise
         self.next_offset = base_offset
         self.max_timestamp = -1
         self.offset_of_max_timestamp = base_offset
