@@ -468,7 +468,7 @@ def _write_cleaned(plog: PartitionLog, members: list[tuple[LogSegment, int]],
 
 
 def _close_segment(seg: LogSegment) -> None:
-    """Release a segment's descriptor and mappings without syncing anything."""
+    """Release a segment's descriptor without syncing anything."""
     seg.index.discard()
     seg.time_index.discard()
     if seg.fd >= 0:
@@ -493,8 +493,9 @@ def _swap_in(plog: PartitionLog, rw: _Rewrite) -> LogSegment:
 
     On disk: commit (rename to `.swap`), delete the old segments' files, rename `.swap`
     over `<first>.log` and the replacement's indexes to their names. In memory the old
-    segments stay whole (their descriptors and mappings still read the unlinked files)
-    until the files are in place, so a failure past the commit point leaves the log
+    segments stay whole (their descriptors still read the unlinked files, their indexes
+    are in memory) until the files are in place, so a failure past the commit point
+    leaves the log
     consistent in memory; it is then failed (closed) and the open-time sweep finishes
     the swap on disk (indexes left under `.cleaned` names are dropped and rebuilt)."""
     first = rw.members[0][0]

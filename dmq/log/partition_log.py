@@ -541,14 +541,18 @@ class PartitionLog:
             self._segments.pop()
             self._bases.pop()
         else:
-            if self.fsync_enabled:
-                old.flush()
-            old.make_inactive()
+            try:
+                if self.fsync_enabled:
+                    old.flush()
+                old.make_inactive()
+            except OSError as exc:
+                seg.delete()
+                raise self._append_failed(old.path, exc) from exc
         self._segments.append(seg)
         self._bases.append(base_offset)
         if all(not s.unflushed for s in self._segments[:-1]) or not self.fsync_enabled:
             self._recovery_point = max(self._recovery_point, base_offset)
-            self._write_meta(clean=False)
+            self._write_meta(clean=False, required=False)
         return seg
 
     def _new_segment(self, base_offset: int, active: bool) -> LogSegment:
@@ -738,6 +742,8 @@ class PartitionLog:
                 for seg in self._segments:
                     seg.close()
                 self._write_meta(clean=True)
+            except OSError as exc:
+                raise LogStorageError(f"close of {self.directory} failed: {exc}") from exc
             finally:
                 self._closed = True
 
@@ -773,13 +779,20 @@ class PartitionLog:
                                    f"reopening it (a broker restart) recovers it")
         return LogClosedError(f"log {self.directory} is closed")
 
-    def _write_meta(self, clean: bool) -> None:
+    def _write_meta(self, clean: bool, required: bool = True) -> None:
+        """Persist the meta checkpoint. Not `required` (a roll's recovery point: the old
+        file, replaced atomically or not at all, is only more conservative), a full disk
+        is logged and the log stays open; any other failure closes it."""
         rows = [("recovery_point", self._recovery_point),
                 ("log_start_offset", self._log_start_offset),
                 ("clean_shutdown", 1 if clean else 0)]
         try:
             write_entries(os.path.join(self.directory, META_FILE), rows, self.fsync_enabled)
         except OSError as exc:
+            if not required and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.warning("disk full: %s keeps its previous meta checkpoint: %s",
+                            self.directory, exc)
+                return
             self._closed = True
             raise LogStorageError(f"checkpoint write failed: {exc}") from exc
 

@@ -397,7 +397,7 @@ class LogSegment:
 
     def rename_files(self, log_path: str | None) -> None:
         """Give the index files their real names (and the `.log`, unless `log_path` is
-        None: the caller renamed it); open descriptors and mappings stay valid."""
+        None: the caller renamed it); the open descriptor stays valid."""
         stem = os.path.join(self.directory, segment_name(self.base_offset))
         for index, final in ((self.index, stem + INDEX_SUFFIX),
                              (self.time_index, stem + TIMEINDEX_SUFFIX)):

@@ -1,6 +1,6 @@
-"""Opening a log on a full disk fails with an error, never a SIGBUS (issue 25, item 10).
+"""A log on a full disk fails with an error, never a SIGBUS (issue 25, item 10).
 
-Index files are mapped; a store into (or, on tmpfs, any touch of) a hole of a mapped
+Index files were mapped: a store into (or, on tmpfs, any touch of) a hole of a mapped
 file on a full file system kills the process with SIGBUS. The log is reopened in a
 child process so that a SIGBUS shows as the child's exit status instead of killing the
 test run. Needs root for a small tmpfs; skipped with the reason otherwise.
@@ -115,9 +115,11 @@ def test_reopen_on_a_full_disk_is_an_error_not_a_sigbus(small_disk: str, clean: 
     assert r.returncode == 0 and "opened 20" in r.stdout, (r.stdout, r.stderr)
 
 
-def test_a_sparse_index_left_by_an_older_version_is_allocated_or_refused(
+def test_a_sparse_index_of_an_active_segment_on_a_full_disk(
         small_disk: str) -> None:
-    """An active segment's index preallocated sparse (ftruncate), then the disk filled."""
+    """The active segment's indexes are preallocated sparse; the disk fills; reopen,
+    flush and close write into the holes: errors at most (here none: a full disk only
+    keeps index entries in memory), never a signal."""
     path = _log_with_data(small_disk, clean=True)
     for name in os.listdir(path):
         if name.endswith((".index", ".timeindex")):
@@ -125,13 +127,15 @@ def test_a_sparse_index_left_by_an_older_version_is_allocated_or_refused(
     _fill(small_disk, 1)
     r = _reopen_in_child(path, "plog.flush(); plog.close()")
     assert r.returncode == 0, f"child died (rc {r.returncode}): {r.stderr[-2000:]}"
-    assert "refused:" in r.stdout, r.stdout
+    assert ("opened 20" in r.stdout or "refused:" in r.stdout
+            and "No space left on device" in r.stdout), r.stdout
 
 
 def test_a_roll_on_a_full_disk_refuses_the_append_and_the_log_stays_open(
         small_disk: str) -> None:
-    """The new segment's indexes cannot be preallocated: `LogDiskFullError`, nothing
-    changed, and the same append succeeds once space returns."""
+    """Rolling needs no space (sparse indexes, and the recovery point of the meta
+    checkpoint may stay behind); the append is refused as a full disk, the log stays
+    open, and the same append succeeds once space returns."""
     cfg = LogConfig(segment_bytes=1000, segment_index_bytes=256 * 1024)
     plog = PartitionLog.open(os.path.join(small_disk, "t-0"), cfg, fsync_enabled=False)
     data = build_batch([(b"k", b"v" * 200)], 1_700_000_000_000)
@@ -139,12 +143,15 @@ def test_a_roll_on_a_full_disk_refuses_the_append_and_the_log_stays_open(
         plog.append_as_leader(data, 1)
     while plog.segments[-1].size_bytes + len(data) <= cfg.segment_bytes:
         plog.append_as_leader(data, 1)  # the next append rolls
-    end, segments = plog.log_end_offset, plog.segment_count
+    end = plog.log_end_offset
     _fill(small_disk, 0)
     with pytest.raises(LogDiskFullError, match="No space left"):
         plog.append_as_leader(data, 1)
-    assert (plog.log_end_offset, plog.segment_count, plog.closed) == (end, segments, False)
+    assert (plog.log_end_offset, plog.closed) == (end, False)
     os.unlink(os.path.join(small_disk, "filler"))
     plog.append_as_leader(data, 1)
-    assert (plog.log_end_offset, plog.segment_count) == (end + 1, segments + 1)
+    assert plog.log_end_offset == end + 1
+    plog.close()
+    plog = PartitionLog.open(os.path.join(small_disk, "t-0"), cfg, fsync_enabled=False)
+    assert plog.log_end_offset == end + 1
     plog.close()
