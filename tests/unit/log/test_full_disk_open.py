@@ -84,9 +84,9 @@ def _reopen_in_child(path: str, extra: str = "") -> subprocess.CompletedProcess[
                           timeout=60, check=False)
 
 
-def _log_with_data(directory: str, clean: bool) -> str:
+def _log_with_data(directory: str, clean: bool, cfg: LogConfig = CFG) -> str:
     path = os.path.join(directory, "t-0")
-    plog = PartitionLog.open(path, CFG, fsync_enabled=False)
+    plog = PartitionLog.open(path, cfg, fsync_enabled=False)
     for i in range(20):
         plog.append_as_leader(build_batch([(b"k", b"v%d" % i)], 1_700_000_000_000), 1)
     if clean:
@@ -113,6 +113,18 @@ def test_reopen_on_a_full_disk_is_an_error_not_a_sigbus(small_disk: str, clean: 
     os.unlink(os.path.join(small_disk, "filler"))  # space returns: it opens, data intact
     r = _reopen_in_child(path)
     assert r.returncode == 0 and "opened 20" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_a_clean_reopen_with_empty_indexes_on_a_full_disk(small_disk: str) -> None:
+    """The issue's restart: a clean stop left the active segment's indexes trimmed to
+    nothing (no entry yet); reopened, they were grown back sparse and mapped, and the
+    first read of entry 0, a hole, faulted on the full tmpfs: SIGBUS (rc 135)."""
+    path = _log_with_data(small_disk, True, LogConfig(segment_index_bytes=256 * 1024))
+    _fill(small_disk, 0)
+    r = _reopen_in_child(path)
+    assert r.returncode == 0, f"child died (rc {r.returncode}): {r.stderr[-2000:]}"
+    assert ("opened 20" in r.stdout or "refused:" in r.stdout
+            and "No space left on device" in r.stdout), r.stdout
 
 
 def test_a_sparse_index_of_an_active_segment_on_a_full_disk(
