@@ -471,9 +471,7 @@ def _close_segment(seg: LogSegment) -> None:
     """Release a segment's descriptor without syncing anything."""
     seg.index.discard()
     seg.time_index.discard()
-    if seg.fd >= 0:
-        os.close(seg.fd)
-        seg.fd = -1
+    seg.close_fd()
 
 
 def _write_file(path: str, data: bytes, sync: bool) -> None:

@@ -40,6 +40,7 @@ import os
 import struct
 import threading
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
@@ -87,6 +88,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("dmq.log")
 
 _MAX_RELATIVE_OFFSET = 0xFFFFFFFF
+# Closed segments of one log that may hold an open `.log` descriptor at once (each read
+# of another one reopens it: one `open`, a few microseconds).
+MAX_IDLE_SEGMENT_FDS = 4
 _READ_PREFIX = struct.Struct(">qi11xi")  # base, length, last_offset_delta
 _STAMP_PACK = STAMP_STRUCT.pack
 _HEADER_UNPACK = HEADER_STRUCT.unpack_from
@@ -138,6 +142,9 @@ class PartitionLog:
         # base offsets of stored batches that do not decode, reported once by the cleaner
         self.undecodable_batches: set[int] = set()
         self.producer_state = ProducerStateManager(self._config.max_producer_batches)
+        # Closed segments whose `.log` descriptor a read reopened, oldest first: at most
+        # `MAX_IDLE_SEGMENT_FDS` hold one (a segment.bytes of 64 made one per segment).
+        self._reopened: OrderedDict[int, LogSegment] = OrderedDict()
         self._copy_config()
         try:
             os.makedirs(directory, exist_ok=True)
@@ -548,6 +555,7 @@ class PartitionLog:
             except OSError as exc:
                 seg.delete()
                 raise self._append_failed(old.path, exc) from exc
+            self._release_fd(old)
         self._segments.append(seg)
         self._bases.append(base_offset)
         if all(not s.unflushed for s in self._segments[:-1]) or not self.fsync_enabled:
@@ -557,8 +565,23 @@ class PartitionLog:
 
     def _new_segment(self, base_offset: int, active: bool) -> LogSegment:
         cfg = self.config
-        return LogSegment(self.directory, base_offset, cfg.segment_index_bytes,
-                          cfg.index_interval_bytes, active, self.clock.monotonic_ms())
+        seg = LogSegment(self.directory, base_offset, cfg.segment_index_bytes,
+                         cfg.index_interval_bytes, active, self.clock.monotonic_ms())
+        seg.on_reopen = self._on_segment_reopen
+        return seg
+
+    def _on_segment_reopen(self, seg: LogSegment) -> None:
+        """A closed segment reopened its descriptor: release the oldest such beyond the
+        bound (under the log's lock, like every use of a segment's descriptor)."""
+        reopened = self._reopened
+        reopened[id(seg)] = seg
+        while len(reopened) > MAX_IDLE_SEGMENT_FDS:
+            _, oldest = reopened.popitem(last=False)
+            oldest.release_fd()
+
+    def _release_fd(self, seg: LogSegment) -> None:
+        self._reopened.pop(id(seg), None)
+        seg.release_fd()
 
     def _flush_data(self) -> None:
         """fsync segments with unflushed data and move the recovery point (in memory)."""
@@ -764,9 +787,7 @@ class PartitionLog:
             for seg in self._segments:
                 seg.index.discard()
                 seg.time_index.discard()
-                if seg.fd >= 0:
-                    os.close(seg.fd)
-                    seg.fd = -1
+                seg.close_fd()
             self._closed = True
 
     def _check_open(self) -> None:
@@ -813,6 +834,8 @@ class PartitionLog:
             segs[-1].first_append_ms = self.clock.monotonic_ms() - min(
                 max(age, 0), self._segment_ms)
         self._segments = segs
+        for seg in segs[:-1]:  # closed segments hold no descriptor until read
+            self._release_fd(seg)
         self._bases = [s.base_offset for s in segs]
         self._log_end_offset = segs[-1].next_offset
         self._log_start_offset = loaded.log_start_offset
@@ -856,6 +879,10 @@ class PartitionLog:
         assert self._segments[i : i + len(old)] == old
         self._segments[i : i + len(old)] = [new]
         self._bases[i : i + len(old)] = [new.base_offset]
+        for seg in old:
+            self._reopened.pop(id(seg), None)
+        new.on_reopen = self._on_segment_reopen
+        self._release_fd(new)
 
 
 __all__ = ["CorruptRecordError", "LogAppendInfo", "PartitionLog"]
