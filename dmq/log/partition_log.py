@@ -19,6 +19,10 @@ Folder layout::
     meta.checkpoint            recovery_point, log_start_offset, clean_shutdown
     leader-epoch-checkpoint    epoch -> start offset
 
+Descriptors: the active segment keeps its `.log` open; a closed segment releases its
+descriptor and reopens it when read, and at most `MAX_IDLE_SEGMENT_FDS` closed segments
+of a log hold one at a time. Index files hold none (see `dmq.log.index`).
+
 Crash safety: data is written with one `writev` per append; flushes advance the
 recovery point; on open (`dmq.log.recovery`) the segments past the recovery point of an
 unclean shutdown are scanned batch by batch and cut after the last valid batch, and
