@@ -39,7 +39,7 @@ from dmq.aio import wait_for
 from dmq.client.accumulator import PartitionQueue, ProducerBatch, RecordHandle
 from dmq.client.cluster import ClusterClient
 from dmq.client.errors import IllegalStateError, ProducerClosedError, WouldBlockError
-from dmq.client.partitioner import StickyPartitioner, partition_for_key
+from dmq.client.partitioner import DEFAULT_PARTITIONER, KeyPartitioner, StickyPartitioner
 from dmq.client.records import RecordMetadata, TopicPartition
 from dmq.clock import Clock, SystemClock
 from dmq.log.batch import HEADER_SIZE, BatchBuilder
@@ -88,6 +88,7 @@ class Producer:
                  key_serializer: Serializer | None = None,
                  value_serializer: Serializer | None = None,
                  allow_auto_create_topics: bool = True,
+                 partitioner: str = DEFAULT_PARTITIONER,
                  clock: Clock | None = None, rng: random.Random | None = None) -> None:
         self.acks = parse_acks(acks)
         if enable_idempotence is None:
@@ -133,6 +134,8 @@ class Producer:
                                      allow_auto_create=allow_auto_create_topics,
                                      rng=self._rng)
         self._sticky = StickyPartitioner(self._rng)
+        self._keyed = KeyPartitioner(partitioner)
+        self._key_partition = self._keyed.partition
         self._sticky_current = self._sticky.current
         self._batch_filled = False  # set by _append when a record closed a full batch
         self._queues: dict[str, dict[int, PartitionQueue]] = {}
@@ -306,7 +309,7 @@ class Producer:
                     partition = self._sticky.partition(topic, len(parts))
                 sticky = True
             else:
-                partition = partition_for_key(key, len(parts))
+                partition = self._key_partition(key, len(parts))
         pq = parts.get(partition)
         if pq is None:
             return None

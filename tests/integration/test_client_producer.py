@@ -39,9 +39,9 @@ async def test_send_and_wait_keyed_placement_and_idempotent_headers(fake: FakeCl
         assert p.idempotent and p.producer_id > 0
         md = await p.send_and_wait("t", b"v", key=b"user-1", headers=[("h", b"1")],
                                    timestamp_ms=1234)
-        assert md.partition == partition_for_key(b"user-1", 3) == 1
+        assert md.partition == partition_for_key(b"user-1", 3) == 2  # murmur2, as Kafka
         assert (md.topic, md.offset, md.timestamp) == ("t", 0, 1234)
-    data = fake.topics["t"][1].batches[0][3]
+    data = fake.topics["t"][2].batches[0][3]
     (h,) = list(iter_headers(data))
     assert h.producer_id == p.producer_id and h.base_sequence == 0
 
@@ -234,8 +234,8 @@ async def test_serializers(fake: FakeCluster) -> None:
     async with Producer(fake.bootstrap, key_serializer=str_serializer,
                         value_serializer=json_serializer) as p:
         md = await p.send_and_wait("t", {"a": 1}, key="user-1")
-    assert md.partition == 1
-    assert fake.records("t", 1) == [(0, b'{"a":1}')]
+    assert md.partition == 2  # murmur2 of b"user-1", as Kafka
+    assert fake.records("t", 2) == [(0, b'{"a":1}')]
 
 
 async def test_bad_input_raises_clear_errors(fake: FakeCluster) -> None:
