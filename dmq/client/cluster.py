@@ -34,6 +34,10 @@ from dmq.protocol.errors import (
 
 log = logging.getLogger("dmq.client.cluster")
 
+# a controller request still unanswered after this long makes the client ask the other
+# nodes whether the controller moved (a paused controller never closes its connection)
+CONTROLLER_WATCH_AFTER_MS = 500
+
 
 def parse_bootstrap(bootstrap: str | Sequence[str] | Sequence[tuple[str, int]]
                     ) -> list[tuple[str, int]]:
@@ -102,7 +106,8 @@ class ClusterClient:
         self._connecting: dict[tuple[str, int], asyncio.Future[Connection]] = {}
         self._refresh: asyncio.Future[None] | None = None
         self._last_refresh_ms = -1e18
-        self.controller = ControllerChannel(self.bootstrap, client_id=client_id, rng=self._rng)
+        self.controller = ControllerChannel(self.bootstrap, client_id=client_id, rng=self._rng,
+                                            watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
         self._closed = False
         self._bg: set[asyncio.Task[None]] = set()
 
@@ -166,23 +171,33 @@ class ClusterClient:
 
     async def any_request(self, api_key: ApiKey, body: Any, *,
                           timeout_ms: int | None = None) -> Any:
-        """Send to the first node that answers, trying every known address once."""
+        """Send to the first node that answers, trying every known address once.
+
+        Any retriable error from one node (unreachable, timed out, restarting without
+        metadata yet, shutting down, fenced, ...) moves on to the next address: another
+        node may well answer. A non-retriable error is the answer and is raised. When
+        every node failed, the error names the last node's cause: a `NetworkError` when
+        none could be reached, else the last node's own error."""
         timeout = timeout_ms or self.request_timeout_ms
-        last: Exception | None = None
+        last: DmqError | None = None
+        last_addr = ""
+        tried = 0
         for addr in self._candidate_addresses():
+            tried += 1
             try:
                 conn = await self.connection(addr)
                 return await conn.request(api_key, body, timeout_ms=timeout)
-            except (NetworkError, RequestTimedOutError) as exc:
-                last = exc
             except DmqError as exc:
-                if exc.code in (ErrorCode.UNKNOWN_API_KEY, ErrorCode.RAFT_NOT_READY,
-                                ErrorCode.NODE_SHUTTING_DOWN, ErrorCode.BROKER_FENCED):
-                    last = exc
-                    continue
-                raise
+                if not (exc.retriable or exc.code is ErrorCode.UNKNOWN_API_KEY):
+                    raise
+                log.debug("%s to %s:%d failed, trying the next node: %s", api_key.name,
+                          addr[0], addr[1], exc)
+                last, last_addr = exc, f"{addr[0]}:{addr[1]}"
         addrs = ",".join(f"{h}:{p}" for h, p in self.bootstrap)
-        raise NetworkError(f"no node reachable (bootstrap {addrs}): {last}")
+        if last is None or isinstance(last, (NetworkError, RequestTimedOutError)):
+            raise NetworkError(f"no node reachable (bootstrap {addrs}): {last}")
+        raise error_for(last.code, f"no node could answer {api_key.name} ({tried} tried, "
+                                   f"bootstrap {addrs}); last, from {last_addr}: {last.message}")
 
     async def controller_request(self, api_key: ApiKey, body: Any, *,
                                  timeout_ms: int | None = None) -> Any:

