@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dmq.controller.discovery import ControllerChannel
+from dmq.controller.discovery import ControllerAddress, ControllerChannel
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
@@ -106,6 +106,7 @@ class ClusterClient:
         self._connecting: dict[tuple[str, int], asyncio.Future[Connection]] = {}
         self._refresh: asyncio.Future[None] | None = None
         self._last_refresh_ms = -1e18
+        self.refreshed_at_s = -1e18  # loop time of the last metadata answer applied
         self.controller = ControllerChannel(self.bootstrap, client_id=client_id, rng=self._rng,
                                             watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
         self._closed = False
@@ -241,6 +242,7 @@ class ClusterClient:
                 ApiKey.METADATA, {"topics": sorted(self._wanted_topics),
                                   "allow_auto_create": self.allow_auto_create})
             self.apply_metadata(body)
+            self.refreshed_at_s = loop.time()
             fut.set_result(None)
         except BaseException as exc:
             fut.set_exception(exc if isinstance(exc, Exception) else NetworkError("cancelled"))
@@ -278,6 +280,11 @@ class ClusterClient:
             return  # an older image than the one we hold (a lagging broker)
         self.metadata_version = version if version is not None else -1
         self.controller_id = body.get("controller_id", -1)
+        ctl = body.get("controller")
+        if isinstance(ctl, list) and len(ctl) == 3 and int(ctl[0]) >= 0:
+            # a newer controller named here: requests waiting on the old one move there
+            self.controller.maybe_switch(ControllerAddress(
+                int(ctl[0]), str(ctl[1]), int(ctl[2]), int(body.get("controller_term", -1))))
         self.brokers = {int(b[0]): (str(b[1]), int(b[2])) for b in body.get("brokers", [])}
         for t in body.get("topics", []):
             name = t["name"]
@@ -298,6 +305,21 @@ class ClusterClient:
         if info is None or info.error or not info.partitions:
             return None
         return info
+
+    def missing_reason(self, topic: str, partition: int) -> str | None:
+        """Why the cached metadata says `topic`-`partition` does not exist, or None (it
+        exists, or nothing is known about the topic yet)."""
+        info = self.topics.get(topic)
+        if info is None:
+            return None
+        n = len(info.partitions)
+        if not n:
+            if info.error in (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, ErrorCode.INVALID_TOPIC):
+                return f"topic {topic!r} does not exist"
+            return None
+        if not 0 <= partition < n:
+            return f"topic {topic!r} has {n} partition(s), numbered 0 to {n - 1}"
+        return None
 
     def leader_for(self, topic: str, partition: int) -> tuple[int, int]:
         """(leader node id, leader epoch) or (-1, -1) when unknown."""

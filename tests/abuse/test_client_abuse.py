@@ -10,20 +10,31 @@ bound except against the configured timeouts the fix is about.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dmq.client import Admin, Consumer, Producer, TopicPartition
 from dmq.client.cluster import ClusterClient
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
-from dmq.protocol.errors import DmqError, LeaderNotAvailableError
+from dmq.protocol.errors import (
+    DmqError,
+    ErrorCode,
+    LeaderNotAvailableError,
+    MessageTooLargeError,
+    RequestTimedOutError,
+    UnknownTopicOrPartitionError,
+)
 from tests.support.procs import ProcessCluster, free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -178,3 +189,157 @@ def test_cluster_status_against_a_closed_port_says_connection_refused() -> None:
     assert "Connection refused" in out.stderr, out.stderr
     assert f"127.0.0.1:{closed}" in out.stderr
     assert "NOT_CONTROLLER" not in out.stderr, out.stderr
+
+
+# ---- producer and consumer errors (issue 25 items 12 and 14) ------------------------
+
+@pytest.fixture(scope="module")
+def small() -> Iterator[ProcessCluster]:
+    with ProcessCluster(controllers=1, brokers=2) as pc:
+        pc.start()
+        yield pc
+
+
+async def _create(bootstrap: str, name: str, partitions: int, rf: int,
+                  configs: dict[str, str] | None = None) -> None:
+    """Create a topic once the brokers have registered (INVALID_REPLICATION_FACTOR
+    until then)."""
+    async with Admin(bootstrap) as admin:
+        await admin.wait_for_controller(20_000)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while True:
+            try:
+                await admin.create_topic(name, partitions, rf, configs)
+                return
+            except DmqError as exc:
+                if loop.time() > deadline or not (
+                        exc.retriable or exc.code is ErrorCode.INVALID_REPLICATION_FACTOR):
+                    raise
+                await asyncio.sleep(0.1)
+
+
+async def test_delivery_timeout_names_the_last_broker_error(small: ProcessCluster) -> None:
+    """NOT_ENOUGH_REPLICAS surfaced as a bare `REQUEST_TIMED_OUT ... not delivered`."""
+    await _create(small.bootstrap, "needs-two", 1, 1, {"min.insync.replicas": "2"})
+    async with Producer(small.bootstrap, linger_ms=0, request_timeout_ms=1000,
+                        delivery_timeout_ms=3000, retry_backoff_ms=50) as p:
+        with pytest.raises(RequestTimedOutError) as err:
+            await p.send_and_wait("needs-two", b"v")
+    text = str(err.value)
+    assert "delivery_timeout_ms=3000" in text
+    assert "last error: [NOT_ENOUGH_REPLICAS]" in text, text
+
+
+async def test_inconsistent_delivery_timeout_is_refused_not_silently_raised(
+        small: ProcessCluster, caplog: pytest.LogCaptureFixture) -> None:
+    """`delivery_timeout_ms=5000` was silently raised to 30005."""
+    with pytest.raises(ValueError, match="delivery_timeout_ms=5000 must be at least "
+                                         "linger_ms \\+ request_timeout_ms = 5 \\+ 30000"):
+        Producer(small.bootstrap, delivery_timeout_ms=5000)
+    # left at its default, it is raised to fit a long request timeout, and says so
+    with caplog.at_level("WARNING", logger="dmq.client.producer"):
+        p = Producer(small.bootstrap, request_timeout_ms=200_000)
+    assert p.delivery_timeout_ms == 200_005
+    assert "raised from its default 120000 to" in caplog.text
+
+
+async def test_record_that_can_never_be_sent_is_refused_at_once(small: ProcessCluster) -> None:
+    """A 101 MiB value was resent for 60 s and failed with NETWORK_EXCEPTION."""
+    await _create(small.bootstrap, "big", 1, 1)
+    async with Producer(small.bootstrap, max_request_size=200 * 1024 * 1024) as p:
+        with pytest.raises(MessageTooLargeError, match="max.frame.bytes=104857600"):
+            await p.send("big", b"x" * (101 * 1024 * 1024))
+        # within the frame but above the broker's message.max.bytes (8 MiB): the
+        # broker's MESSAGE_TOO_LARGE fails the send on its first answer, no retries
+        handle = await p.send("big", b"x" * (9 * 1024 * 1024))
+        with pytest.raises(MessageTooLargeError):
+            await asyncio.wait_for(handle, p.request_timeout_ms / 1000)
+    async with Producer(small.bootstrap) as p:
+        with pytest.raises(MessageTooLargeError, match="max_request_size=1048576"):
+            await p.send("big", b"x" * (2 * 1024 * 1024))
+
+
+async def test_consumer_of_a_partition_that_does_not_exist_raises(
+        small: ProcessCluster) -> None:
+    """Partition 99 of a 3-partition topic, partition -1, or a deleted topic: the
+    consumer returned nothing, silently, forever."""
+    b = small.bootstrap
+    await _create(b, "three", 3, 1)
+    await _create(b, "doomed", 1, 1)
+    async with Consumer(b, auto_offset_reset="earliest") as c:
+        with pytest.raises(UnknownTopicOrPartitionError, match="three--1"):
+            c.assign([TopicPartition("three", -1)])
+        c.assign([TopicPartition("three", 99)])
+        with pytest.raises(UnknownTopicOrPartitionError,
+                           match="three-99 does not exist: topic 'three' has 3 partition"):
+            await c.getmany(timeout_ms=c.request_timeout_ms)
+        c.assign([TopicPartition("never-created", 0)])
+        with pytest.raises(UnknownTopicOrPartitionError,
+                           match="never-created-0 does not exist: topic 'never-created' "
+                                 "does not exist"):
+            await c.getmany(timeout_ms=c.request_timeout_ms)
+        # an existing partition still reads normally
+        c.assign([TopicPartition("three", 0)])
+        assert await c.getmany(timeout_ms=200) == {}
+    async with Producer(b) as p:
+        await p.send_and_wait("doomed", b"before delete", partition=0)
+    async with Consumer(b, auto_offset_reset="earliest") as c:
+        tp = TopicPartition("doomed", 0)
+        c.assign([tp])
+        got = await c.getmany(timeout_ms=10_000)
+        assert [r.value for r in got[tp]] == [b"before delete"]
+        async with Admin(b) as admin:
+            errors = await admin.delete_topics(["doomed"])
+            assert errors["doomed"] is None
+        with pytest.raises(UnknownTopicOrPartitionError, match="doomed-0 does not exist"):
+            deadline = asyncio.get_running_loop().time() + c.request_timeout_ms / 1000
+            while asyncio.get_running_loop().time() < deadline:
+                assert await c.getmany(timeout_ms=1000) == {}
+
+
+def _tmpfs_works() -> str | None:
+    """None when `mount -t tmpfs` works here, else why not."""
+    if os.geteuid() != 0:
+        return "needs root to mount a tmpfs"
+    d = tempfile.mkdtemp(prefix="dmq-tmpfs-probe-")
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", d],
+                           capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            return f"mount -t tmpfs does not work here: {r.stderr.strip()}"
+        subprocess.run(["umount", d], check=False)
+        return None
+    finally:
+        os.rmdir(d)
+
+
+async def test_disk_full_is_named_by_the_producer_and_logged_by_the_broker() -> None:
+    """A disk-full STORAGE_ERROR surfaced as a bare delivery timeout, and the broker
+    wrote no log line about refusing the write."""
+    why = _tmpfs_works()
+    if why is not None:
+        pytest.skip(why)
+    with ProcessCluster(controllers=1, brokers=1) as pc:
+        data = pc.nodes[101].data_dir
+        data.mkdir(parents=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(data)],
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr
+        try:
+            pc.start()
+            await _create(pc.bootstrap, "full", 1, 1)
+            async with Producer(pc.bootstrap, linger_ms=0, request_timeout_ms=1000,
+                                delivery_timeout_ms=2000, retry_backoff_ms=50) as p:
+                with pytest.raises(RequestTimedOutError) as err:
+                    for i in range(400):  # 400 x 16 KB is well past 3 MB
+                        await p.send_and_wait("full", b"%06d" % i + b"x" * 16_000)
+            assert "last error: [STORAGE_ERROR]" in str(err.value), err.value
+            assert "No space left" in str(err.value), err.value
+            log_text = pc.nodes[101].log_text()
+            assert "refused with STORAGE_ERROR" in log_text, log_text[-3000:]
+            # one line per 10 s however many refusals (retries every 50 ms for 2 s)
+            assert log_text.count("refused with STORAGE_ERROR") == 1
+        finally:
+            pc.stop_all()
+            subprocess.run(["umount", "-l", str(data)], check=False)
