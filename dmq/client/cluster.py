@@ -342,7 +342,14 @@ class ClusterClient:
         deadline = loop.time() + timeout_ms / 1000
         attempt = 0
         while True:
-            await self.refresh([topic], force=attempt == 0)
+            try:
+                await self.refresh([topic], force=attempt == 0)
+            except DmqError as exc:
+                # no node could answer right now (restarting, unreachable): a retriable
+                # condition, retried until the deadline like a topic not there yet
+                if not exc.retriable or loop.time() >= deadline:
+                    raise
+                log.debug("metadata for %r not available yet: %s", topic, exc)
             info = self.topic(topic)
             if info is not None:
                 return info

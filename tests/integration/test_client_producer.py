@@ -18,6 +18,7 @@ from dmq.client.serializers import json_serializer, str_serializer
 from dmq.log.batch import iter_headers
 from dmq.protocol.errors import (
     ErrorCode,
+    LeaderNotAvailableError,
     MessageTooLargeError,
     NetworkError,
     RequestTimedOutError,
@@ -286,3 +287,21 @@ async def test_close_delivers_what_was_accumulated(fake: FakeCluster) -> None:
     handles = [await p.send("t", b"%d" % i, partition=0) for i in range(10)]
     await p.close()
     assert [h.result().offset for h in handles] == list(range(10))
+
+
+async def test_metadata_errors_are_retried_until_max_block_ms(fake: FakeCluster) -> None:
+    """A node without metadata yet (restarting) answers LEADER_NOT_AVAILABLE: a send to
+    a topic seen for the first time keeps asking until max_block_ms instead of raising
+    the retriable error at once."""
+    async with Producer(fake.bootstrap, linger_ms=0, max_block_ms=30_000) as p:
+        failures = {"left": 3}
+
+        def not_ready(node: Any, body: Any) -> None:
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise LeaderNotAvailableError("broker has no metadata yet")
+
+        fake.metadata_hook = not_ready
+        fake.create_topic("later", 1)
+        md = await p.send_and_wait("later", b"v")
+        assert failures["left"] == 0 and md.offset == 0
