@@ -686,7 +686,7 @@ class Producer:
         else:
             self._fail(b, exc)
 
-    def _expired(self, b: ProducerBatch) -> RequestTimedOutError:
+    def _expired(self, b: ProducerBatch) -> DmqError:
         """The error of a batch past its delivery timeout, naming the last error a
         broker answered it with (the cause an operator needs: NOT_ENOUGH_REPLICAS, a
         full disk, no leader, ...)."""
