@@ -161,6 +161,13 @@ async def find_controller(addresses: list[tuple[str, int]], timeout_ms: int = 10
         await asyncio.sleep(delay)
 
 
+def _gave_up(api_key: ApiKey, timeout_ms: int, last: DmqError) -> DmqError:
+    """The error of a request that ran out of time: the last error's code, naming the
+    whole time spent and the last cause (not just the last attempt's share of it)."""
+    return error_for(last.code, f"{api_key.name}: no answer in {timeout_ms} ms; last error: "
+                                f"{last.message}", leader=last.leader, data=last.data)
+
+
 class ControllerChannel:
     """Requests to the active controller, following it across failovers."""
 
@@ -269,8 +276,7 @@ class ControllerChannel:
             remaining_ms = int((deadline - loop.time()) * 1000)
             if remaining_ms <= 0:
                 if last is not None:
-                    raise error_for(last.code, f"{api_key.name}: no answer in {timeout_ms} ms; "
-                                               f"last error: {last.message}", leader=last.leader)
+                    raise _gave_up(api_key, timeout_ms, last)
                 raise RequestTimedOutError(f"{api_key.name}: no answer in {timeout_ms} ms")
             target = self.controller
             try:
@@ -311,8 +317,7 @@ class ControllerChannel:
             attempt += 1
             if loop.time() + delay >= deadline:
                 assert last is not None
-                raise error_for(last.code, f"{api_key.name}: no answer in {timeout_ms} ms; "
-                                           f"last error: {last.message}", leader=last.leader)
+                raise _gave_up(api_key, timeout_ms, last)
             await asyncio.sleep(delay)
 
     async def close(self) -> None:
