@@ -37,6 +37,8 @@ log = logging.getLogger("dmq.client.cluster")
 # a controller request still unanswered after this long makes the client ask the other
 # nodes whether the controller moved (a paused controller never closes its connection)
 CONTROLLER_WATCH_AFTER_MS = 500
+# a node silent this long on a request any node can answer: ask the next one as well
+NODE_HEDGE_AFTER_MS = 500
 
 
 def parse_bootstrap(bootstrap: str | Sequence[str] | Sequence[tuple[str, int]]
@@ -176,24 +178,57 @@ class ClusterClient:
 
         Any retriable error from one node (unreachable, timed out, restarting without
         metadata yet, shutting down, fenced, ...) moves on to the next address: another
-        node may well answer. A non-retriable error is the answer and is raised. When
-        every node failed, the error names the last node's cause: a `NetworkError` when
-        none could be reached, else the last node's own error."""
+        node may well answer. A node still silent after `NODE_HEDGE_AFTER_MS` (paused,
+        cut off: its connection stays open) gets company: the next address is asked
+        too, and the first answer wins, so one silent node never costs the whole
+        request timeout. For requests that are safe to repeat (METADATA). A
+        non-retriable error is the answer and is raised. When every node failed, the
+        error names the last node's cause: a `NetworkError` when none could be reached,
+        else the last node's own error."""
         timeout = timeout_ms or self.request_timeout_ms
+        loop = asyncio.get_running_loop()
+        candidates = iter(self._candidate_addresses())
+        asking: dict[asyncio.Task[Any], tuple[str, int]] = {}
         last: DmqError | None = None
         last_addr = ""
         tried = 0
-        for addr in self._candidate_addresses():
-            tried += 1
-            try:
-                conn = await self.connection(addr)
-                return await conn.request(api_key, body, timeout_ms=timeout)
-            except DmqError as exc:
-                if not (exc.retriable or exc.code is ErrorCode.UNKNOWN_API_KEY):
-                    raise
-                log.debug("%s to %s:%d failed, trying the next node: %s", api_key.name,
-                          addr[0], addr[1], exc)
-                last, last_addr = exc, f"{addr[0]}:{addr[1]}"
+
+        async def ask(addr: tuple[str, int]) -> Any:
+            conn = await self.connection(addr)
+            return await conn.request(api_key, body, timeout_ms=timeout)
+
+        def ask_next() -> None:
+            nonlocal tried
+            addr = next(candidates, None)
+            if addr is not None:
+                tried += 1
+                asking[loop.create_task(ask(addr))] = addr
+
+        ask_next()
+        try:
+            while asking:
+                done, _ = await asyncio.wait(asking, timeout=NODE_HEDGE_AFTER_MS / 1000,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    ask_next()  # the nodes asked so far are silent: ask one more
+                    continue
+                for task in done:
+                    addr = asking.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        return task.result()
+                    if not isinstance(exc, DmqError) or not (
+                            exc.retriable or exc.code is ErrorCode.UNKNOWN_API_KEY):
+                        raise exc
+                    log.debug("%s to %s:%d failed, trying the next node: %s", api_key.name,
+                              addr[0], addr[1], exc)
+                    last, last_addr = exc, f"{addr[0]}:{addr[1]}"
+                    ask_next()
+        finally:
+            for task in asking:
+                task.cancel()
+            if asking:
+                await asyncio.gather(*asking, return_exceptions=True)
         addrs = ",".join(f"{h}:{p}" for h, p in self.bootstrap)
         if last is None or isinstance(last, (NetworkError, RequestTimedOutError)):
             raise NetworkError(f"no node reachable (bootstrap {addrs}): {last}")

@@ -150,6 +150,43 @@ async def test_restarting_broker_without_metadata_moves_the_client_to_another_no
             pc.signal(ctl, signal.SIGCONT)
 
 
+async def test_metadata_from_a_paused_broker_is_asked_elsewhere_too() -> None:
+    """A paused node keeps its connection open: a metadata refresh sent to it waited the
+    whole request timeout before the next node was asked (a producer then could not
+    learn a new leader for that long). Now a silent node makes the client ask the next
+    one as well."""
+    request_timeout_ms = 20_000
+    with ProcessCluster(controllers=1, brokers=2) as pc:
+        pc.start()
+        paused, healthy = pc.broker_ids
+        order = f"127.0.0.1:{pc.nodes[paused].port},127.0.0.1:{pc.nodes[healthy].port}"
+        cluster = ClusterClient(order, rng=_InOrder(), request_timeout_ms=request_timeout_ms)
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while len(cluster.brokers) < 2:  # both brokers registered and fed metadata
+                assert loop.time() < deadline, "brokers never listed"
+                try:
+                    await cluster.refresh()
+                except DmqError as exc:  # no metadata on a broker yet
+                    assert exc.retriable, exc
+                    await asyncio.sleep(0.05)
+            await cluster.connection(("127.0.0.1", pc.nodes[paused].port))  # open: tried first
+            pc.signal(paused, signal.SIGSTOP)
+            try:
+                t0 = loop.time()
+                await cluster.refresh()
+                elapsed = loop.time() - t0
+            finally:
+                pc.signal(paused, signal.SIGCONT)
+            print(f"refresh answered in {elapsed:.2f} s with one node paused")
+            assert healthy in cluster.brokers
+            # not waited out: well before the paused node's request would have timed out
+            assert elapsed < request_timeout_ms / 1000 / 2
+        finally:
+            await cluster.close()
+
+
 def _free_base_port() -> int:
     """A base port with base..base+2 and base+10..base+12 free (dmq dev's layout)."""
     for _ in range(200):
