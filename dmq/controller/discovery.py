@@ -148,11 +148,10 @@ async def find_controller(addresses: list[tuple[str, int]], timeout_ms: int = 10
         delay = backoff_ms(attempt, initial_backoff_ms, max_backoff_ms, rng) / 1000
         attempt += 1
         if loop.time() + delay >= deadline:
-            reasons = [t.result()[1] for t in tasks if t.done() and not t.cancelled()]
+            whys = [t.result()[1] if t.done() and not t.cancelled() else None for t in tasks]
             causes = "; ".join(f"{h}:{p}: {why.message if why else 'no controller known'}"
-                               for (h, p), why in zip(
-                                   addresses, [t.result()[1] for t in tasks], strict=True))
-            if reasons and all(isinstance(r, NetworkError) for r in reasons):
+                               for (h, p), why in zip(addresses, whys, strict=True))
+            if whys and all(isinstance(why, NetworkError) for why in whys):
                 raise NetworkError(f"cannot reach any node to find the active controller: "
                                    f"{causes}")
             raise NotControllerError(
