@@ -8,7 +8,8 @@ Usage::
         ...                                          # buffer space); the handle is
         md = await handle                            # awaitable: RecordMetadata
 
-What it owns: partition choice (`dmq.client.partitioner`), appending records to the
+What it owns: partition choice (`dmq.client.partitioner`: keys placed as Kafka's default
+partitioner does, murmur2, or `partitioner="crc32c"`), appending records to the
 accumulator, buffer-memory backpressure, and the single background sender that
 drains ready batches per leader broker, keeps at most `max_in_flight` produce
 requests outstanding per broker, retries retriable failures with metadata refresh
@@ -24,7 +25,10 @@ producer id once nothing is in flight and restarts every partition at sequence 0
 
 Delivery guarantees, as in Kafka: an awaited handle that resolves was acknowledged
 per `acks`; one that raises may or may not have been written (a timeout cannot know).
-With idempotence a retried record is written at most once.
+With idempotence a retried record is written at most once. Retriable errors are
+retried until `delivery_timeout_ms`, never surfaced before; the timeout's error names
+the last error a broker answered. A record that can never be sent (above
+`max_request_size` or a node's frame limit) is refused by `send` at once.
 """
 
 from __future__ import annotations
