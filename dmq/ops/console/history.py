@@ -1,0 +1,242 @@
+"""The console's last hour: a ring of samples the node takes every few seconds.
+
+Every `SAMPLE_INTERVAL_S` the sampler reads each registered broker's `/metrics` over
+HTTP (the broker's HTTP port when the config gives one, else its own protocol port,
+which serves HTTP too) and keeps, per sample, the rates since the previous one: per
+broker and per topic, bytes in, records in and bytes out per second. It also keeps the
+total lag of up to `MAX_GROUPS` consumer groups, and the latest log size of every
+partition (from the partition leader's `dmq_log_size_bytes`).
+
+Bounded memory: the ring holds `RING_SAMPLES` samples (an hour at 5 s); each holds at
+most `MAX_TOPICS` topics, the brokers (at most `MAX_BROKERS`) and `MAX_GROUPS` groups,
+as 3 floats per topic or broker and one per group. At the caps that is about
+720 x (200 x 3 + 64 x 3 + 100) numbers: under 700 k Python floats in tuples, some
+30 MB in the worst case; a cluster of 3 brokers, 10 topics and 5 groups keeps about
+720 x 44 numbers, near 1.5 MB.
+
+The sampler runs only while someone looks: it starts with the first console request
+and stops after `IDLE_STOP_S` without one (its history stays until the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+if TYPE_CHECKING:
+    from dmq.ops.console import Console
+
+log = logging.getLogger("dmq.ops.console")
+
+SAMPLE_INTERVAL_S = 5.0
+RING_SAMPLES = 720  # an hour at SAMPLE_INTERVAL_S
+IDLE_STOP_S = 3600.0
+MAX_TOPICS = 200
+MAX_BROKERS = 64
+MAX_GROUPS = 100
+SCRAPE_TIMEOUT_S = 2.0
+MAX_SCRAPE_BYTES = 8 * 1024 * 1024
+
+_WANTED = ("dmq_broker_bytes_in_total", "dmq_broker_records_in_total",
+           "dmq_broker_bytes_out_total", "dmq_log_size_bytes")
+_LINE = re.compile(r'^([a-z_]+)\{([^}]*)\} (\S+)$')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The samples of the metric names the console reads, from Prometheus text."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {n: [] for n in _WANTED}
+    for line in text.splitlines():
+        if not line.startswith(_WANTED):
+            continue
+        m = _LINE.match(line)
+        if m is None or m.group(1) not in out:
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        out[m.group(1)].append((dict(_LABEL.findall(m.group(2))), value))
+    return out
+
+
+class Sampler:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.ring: deque[dict[str, Any]] = deque(maxlen=RING_SAMPLES)
+        self.group_ring: dict[str, deque[tuple[int, int]]] = {}
+        self.last_sample_ms: int | None = None
+        self._prev: dict[int, tuple[float, dict[tuple[str, str], float]]] = {}
+        self._sizes: dict[tuple[str, int], float] = {}
+        self._last_touch = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._first = asyncio.Event()
+
+    def touch(self) -> None:
+        """A console request: keep sampling (start if stopped)."""
+        self._last_touch = time.monotonic()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _run(self) -> None:
+        try:
+            while time.monotonic() - self._last_touch < IDLE_STOP_S:
+                started = time.monotonic()
+                try:
+                    await self.sample()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a failed sample is skipped
+                    log.info("console sample failed: %s", exc)
+                self._first.set()
+                await asyncio.sleep(max(0.5, SAMPLE_INTERVAL_S - (time.monotonic() - started)))
+        finally:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+
+    # ---- one sample ---------------------------------------------------------------
+    def _http_address(self, broker_id: int, host: str, port: int) -> tuple[str, int]:
+        addr = self.console.node.config.node(broker_id)
+        if addr is not None and addr.http_port:
+            return addr.host, addr.http_port
+        return host, port
+
+    async def _scrape(self, host: str, port: int) -> str:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S))
+        async with self._session.get(f"http://{host}:{port}/metrics") as resp:
+            if resp.status != 200:
+                raise OSError(f"/metrics answered {resp.status}")
+            raw = await resp.content.read(MAX_SCRAPE_BYTES)
+            return raw.decode(errors="replace")
+
+    async def sample(self) -> None:
+        image = await self.console.admin.metadata(None)
+        brokers = sorted(image.brokers.values(), key=lambda b: b.broker_id)[:MAX_BROKERS]
+        texts = await asyncio.gather(*(self._scrape(*self._http_address(b.broker_id, b.host,
+                                                                         b.port))
+                                       for b in brokers), return_exceptions=True)
+        now = time.monotonic()
+        per_broker: dict[str, tuple[float, float, float]] = {}
+        per_topic: dict[str, list[float]] = {}
+        sizes: dict[tuple[str, int], float] = {}
+        for b, text in zip(brokers, texts, strict=True):
+            if not isinstance(text, str):
+                self._prev.pop(b.broker_id, None)  # down: its next rates start afresh
+                continue
+            m = parse_metrics(text)
+            counters: dict[tuple[str, str], float] = {}
+            for name, short in (("dmq_broker_bytes_in_total", "bi"),
+                                ("dmq_broker_records_in_total", "ri"),
+                                ("dmq_broker_bytes_out_total", "bo")):
+                for lab, v in m[name]:
+                    counters[(short, lab.get("topic", ""))] = v
+            for lab, v in m["dmq_log_size_bytes"]:
+                try:
+                    tp = (lab["topic"], int(lab["partition"]))
+                except (KeyError, ValueError):
+                    continue
+                p = image.partition(*tp)
+                if p is not None and p.leader == b.broker_id:
+                    sizes[tp] = v
+            prev = self._prev.get(b.broker_id)
+            self._prev[b.broker_id] = (now, counters)
+            if prev is None:
+                continue
+            dt = max(0.001, now - prev[0])
+            tot = [0.0, 0.0, 0.0]
+            for (short, topic), v in counters.items():
+                rate = max(0.0, v - prev[1].get((short, topic), 0.0)) / dt
+                i = ("bi", "ri", "bo").index(short)
+                tot[i] += rate
+                if topic in per_topic or len(per_topic) < MAX_TOPICS:
+                    per_topic.setdefault(topic, [0.0, 0.0, 0.0])[i] += rate
+            per_broker[str(b.broker_id)] = (tot[0], tot[1], tot[2])
+        self._sizes = sizes
+        groups = await self._group_lags()
+        self.last_sample_ms = int(time.time() * 1000)
+        self.ring.append({"t": self.last_sample_ms, "brokers": per_broker,
+                          "topics": {k: tuple(v) for k, v in per_topic.items()},
+                          "groups": groups})
+
+    async def _group_lags(self) -> dict[str, int]:
+        listing = await self.console.groups.list_groups()
+        ids = sorted(g.group_id for g in listing)[:MAX_GROUPS]
+        out: dict[str, int] = {}
+        for gid in ids:
+            try:
+                d = await self.console.groups.describe_group(gid)
+            except Exception:  # noqa: BLE001 - a group that went away is left out
+                continue
+            out[gid] = d.total_lag
+            self.note_group(gid, d.total_lag)
+        return out
+
+    def note_group(self, gid: str, lag: int) -> None:
+        ring = self.group_ring.get(gid)
+        if ring is None:
+            if len(self.group_ring) >= MAX_GROUPS:
+                return
+            ring = self.group_ring[gid] = deque(maxlen=RING_SAMPLES)
+        now_ms = int(time.time() * 1000)
+        if ring and now_ms - ring[-1][0] < 1000:
+            ring[-1] = (now_ms, lag)
+        else:
+            ring.append((now_ms, lag))
+
+    # ---- reads ------------------------------------------------------------------------
+    def latest_topics(self) -> dict[str, dict[str, float]]:
+        if not self.ring:
+            return {}
+        return {t: {"bytesInPerSec": v[0], "recordsInPerSec": v[1], "bytesOutPerSec": v[2]}
+                for t, v in self.ring[-1]["topics"].items()}
+
+    def latest_group_lag(self) -> dict[str, int]:
+        return {g: r[-1][1] for g, r in self.group_ring.items() if r}
+
+    def topic_sizes(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (t, _), v in self._sizes.items():
+            out[t] = out.get(t, 0.0) + v
+        return out
+
+    def partition_sizes(self) -> dict[tuple[str, int], float]:
+        return dict(self._sizes)
+
+    def group_history(self, gid: str) -> list[list[int]]:
+        return [[t, lag] for t, lag in self.group_ring.get(gid, ())]
+
+    def series(self) -> dict[str, Any]:
+        """The ring as chart series: times, and per broker and per topic the three rates."""
+        times = [s["t"] for s in self.ring]
+        out: dict[str, Any] = {"times": times, "intervalSeconds": SAMPLE_INTERVAL_S,
+                               "brokers": {}, "topics": {}}
+        for kind in ("brokers", "topics"):
+            keys = sorted({k for s in self.ring for k in s[kind]})
+            for k in keys:
+                rows = [s[kind].get(k) for s in self.ring]
+                out[kind][k] = {
+                    "bytesIn": [r[0] if r else None for r in rows],
+                    "recordsIn": [r[1] if r else None for r in rows],
+                    "bytesOut": [r[2] if r else None for r in rows]}
+        return out
