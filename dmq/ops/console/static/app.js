@@ -377,7 +377,7 @@ async function pageMessages(params) {
         last.records.map((r) => h("tr", { "data-offset": r.offset },
           td(String(r.offset), 1), td(new Date(r.timestamp).toLocaleString()), td(show(decodeB64(r.key), how)),
           td(show(decodeB64(r.value), how)),
-          td(r.headers.length ? h("ul", {}, r.headers.map(([k, v]) => h("li", {}, `${k}: `, show(decodeB64(v), how)))) : h("span", { class: "muted" }, "–")))),
+          td(r.headers.length ? h("ul", {}, r.headers.map(([k, v]) => h("li", {}, `${k}: `, h("code", {}, show(decodeB64(v), how === "hex" ? "hex" : "text").textContent)))) : h("span", { class: "muted" }, "–")))),
         { label: "Records", empty: "No records in that range." }));
   };
   form.addEventListener("change", (ev) => { if (ev.target.name === "format") renderRecords(); });
