@@ -96,7 +96,8 @@ function submitForm(form, out, action) {
   });
 }
 
-function chart(canvasLabel, labels, datasets, yTitle) {
+// A line chart over time: each dataset's data is [[ms, value], ...] (value may be null).
+function chart(canvasLabel, datasets, yTitle) {
   const canvas = h("canvas", { role: "img", "aria-label": canvasLabel });
   const box = h("div", { class: "chart" }, canvas);
   if (typeof Chart === "undefined") {
@@ -108,12 +109,15 @@ function chart(canvasLabel, labels, datasets, yTitle) {
   const grid = dark ? "#30363d" : "#d0d7de";
   charts.push(new Chart(canvas, {
     type: "line",
-    data: { labels, datasets: datasets.map((d) => ({ ...d, pointRadius: 0, borderWidth: 2, spanGaps: true })) },
+    data: { datasets: datasets.map((d) => ({ ...d, data: d.data.map(([x, y]) => ({ x, y })), pointRadius: 2, borderWidth: 2, spanGaps: true })) },
     options: {
       animation: false, responsive: true, maintainAspectRatio: false,
-      plugins: { legend: { labels: { color: fg } }, title: { display: true, text: canvasLabel, color: fg } },
+      plugins: {
+        legend: { labels: { color: fg } }, title: { display: true, text: canvasLabel, color: fg },
+        tooltip: { callbacks: { title: (items) => (items.length ? fmtTime(items[0].parsed.x) : "") } },
+      },
       scales: {
-        x: { ticks: { color: fg, maxTicksLimit: 8 }, grid: { color: grid } },
+        x: { type: "linear", ticks: { color: fg, maxTicksLimit: 7, callback: (v) => fmtTime(v) }, grid: { color: grid } },
         y: { beginAtZero: true, title: { display: !!yTitle, text: yTitle, color: fg }, ticks: { color: fg }, grid: { color: grid } },
       },
     },
@@ -416,6 +420,10 @@ async function pageMessages(params) {
 }
 
 // ---- Consumer groups ------------------------------------------------------------------
+function groupCls(state) {
+  const s = String(state).toUpperCase();
+  return s === "STABLE" ? "ok" : s === "EMPTY" ? "" : s === "DEAD" ? "bad" : "warn";
+}
 async function pageGroups() {
   setTitle("Consumer groups");
   const list = h("div", {});
@@ -428,7 +436,7 @@ async function pageGroups() {
     }
     list.replaceChildren(table(["Group", "State", { label: "Members", num: 1 }, { label: "Total lag", num: 1 }],
       d.groups.map((g) => h("tr", { "data-group": g.id },
-        td(h("a", { href: `#/groups/${enc(g.id)}` }, g.id)), td(badge(g.state, g.state === "STABLE" ? "ok" : g.state === "EMPTY" ? "" : "warn")),
+        td(h("a", { href: `#/groups/${enc(g.id)}` }, g.id)), td(badge(g.state, groupCls(g.state))),
         td(fmtInt(g.members), 1), td(fmtInt(g.lag), 1))),
       { label: "Consumer groups", empty: "No consumer groups." }),
     h("p", { class: "muted" }, "Lag is sampled every 5 s while the console is open."));
@@ -470,7 +478,7 @@ async function pageGroup(gid) {
       rform.querySelector("#reset-topic").replaceChildren(...topics.map((t) => h("option", { value: t }, t)));
     }
     body.replaceChildren(
-      h("div", { class: "row" }, h("span", {}, "State ", badge(d.state, d.state === "STABLE" ? "ok" : "warn")),
+      h("div", { class: "row" }, h("span", {}, "State ", badge(d.state, groupCls(d.state))),
         h("span", {}, `epoch ${d.epoch}`), h("span", {}, `assignor ${d.assignor || "–"}`),
         h("span", { id: "total-lag" }, `total lag ${fmtInt(d.totalLag)}`)),
       h("h2", {}, "Members"),
@@ -484,8 +492,8 @@ async function pageGroup(gid) {
     charts.forEach((c) => c.destroy());
     charts = [];
     const hist = d.lagHistory || [];
-    lagBox.replaceChildren(chart(`Total lag of ${gid}`, hist.map(([t]) => fmtTime(t)),
-      [{ label: "lag (records)", data: hist.map(([, v]) => v), borderColor: PALETTE[0], backgroundColor: PALETTE[0] }], "records"));
+    lagBox.replaceChildren(chart(`Total lag of ${gid}`,
+      [{ label: "lag (records)", data: hist, borderColor: PALETTE[0], backgroundColor: PALETTE[0] }], "records"));
   };
   await render();
   every(5000, render);
@@ -504,23 +512,22 @@ async function pageThroughput() {
     }
     charts.forEach((c) => c.destroy());
     charts = [];
-    const labels = d.times.map(fmtTime);
     const sets = (group, metric) => Object.entries(group).map(([k, s], i) => ({
-      label: k, data: s[metric], borderColor: PALETTE[i % PALETTE.length], backgroundColor: PALETTE[i % PALETTE.length],
+      label: k, data: s[metric].map((v, j) => [d.times[j], v]), borderColor: PALETTE[i % PALETTE.length], backgroundColor: PALETTE[i % PALETTE.length],
     }));
     const brokerNames = Object.fromEntries(Object.entries(d.brokers).map(([k, v]) => [`broker ${k}`, v]));
     body.replaceChildren(
       d.times.length < 2 ? h("p", { class: "muted" }, "Collecting samples: the first rates appear after two samples (about 10 s).") : "",
       h("h2", {}, "Per broker"),
       h("div", { class: "charts" },
-        chart("Records/s in per broker", labels, sets(brokerNames, "recordsIn"), "records/s"),
-        chart("Bytes/s in per broker", labels, sets(brokerNames, "bytesIn"), "bytes/s"),
-        chart("Bytes/s out per broker", labels, sets(brokerNames, "bytesOut"), "bytes/s")),
+        chart("Records/s in per broker", sets(brokerNames, "recordsIn"), "records/s"),
+        chart("Bytes/s in per broker", sets(brokerNames, "bytesIn"), "bytes/s"),
+        chart("Bytes/s out per broker", sets(brokerNames, "bytesOut"), "bytes/s")),
       h("h2", {}, "Per topic"),
       h("div", { class: "charts" },
-        chart("Records/s in per topic", labels, sets(d.topics, "recordsIn"), "records/s"),
-        chart("Bytes/s in per topic", labels, sets(d.topics, "bytesIn"), "bytes/s"),
-        chart("Bytes/s out per topic", labels, sets(d.topics, "bytesOut"), "bytes/s")));
+        chart("Records/s in per topic", sets(d.topics, "recordsIn"), "records/s"),
+        chart("Bytes/s in per topic", sets(d.topics, "bytesIn"), "bytes/s"),
+        chart("Bytes/s out per topic", sets(d.topics, "bytesOut"), "bytes/s")));
   };
   await render();
   every(5000, render);
