@@ -510,7 +510,7 @@ class Console:
         if not gid.strip():
             raise BadRequest("group id is required")
         d = await self.groups.describe_group(gid)
-        self.sampler.note_group(gid, d.total_lag)
+        history = self.sampler.group_history(gid) + [[int(time.time() * 1000), d.total_lag]]
         return web.json_response({
             "id": d.group_id, "state": d.state, "epoch": d.epoch, "assignor": d.assignor,
             "members": [{"id": m.member_id, "instanceId": m.instance_id,
@@ -520,7 +520,7 @@ class Console:
             "partitions": [{"topic": p.topic, "partition": p.partition,
                             "committed": p.committed, "logEndOffset": p.log_end_offset,
                             "lag": p.lag, "owner": p.owner} for p in d.partitions],
-            "totalLag": d.total_lag, "lagHistory": self.sampler.group_history(gid)})
+            "totalLag": d.total_lag, "lagHistory": history})
 
     async def reset_group(self, request: web.Request) -> web.Response:
         gid = request.match_info["group"]

@@ -7,12 +7,12 @@ broker and per topic, bytes in, records in and bytes out per second. It also kee
 total lag of up to `MAX_GROUPS` consumer groups, and the latest log size of every
 partition (from the partition leader's `dmq_log_size_bytes`).
 
-Bounded memory: the ring holds `RING_SAMPLES` samples (an hour at 5 s); each holds at
-most `MAX_TOPICS` topics, the brokers (at most `MAX_BROKERS`) and `MAX_GROUPS` groups,
-as 3 floats per topic or broker and one per group. At the caps that is about
-720 x (200 x 3 + 64 x 3 + 100) numbers: under 700 k Python floats in tuples, some
-30 MB in the worst case; a cluster of 3 brokers, 10 topics and 5 groups keeps about
-720 x 44 numbers, near 1.5 MB.
+Bounded memory: the history is a `Ring` of `RING_SAMPLES` slots (an hour at 5 s) with
+one array of 8-byte floats per series, so it costs 720 x 8 bytes = 5.6 KiB per series
+whatever the values. Series: 3 per broker (at most `MAX_BROKERS`), 3 per topic (at most
+`MAX_TOPICS`) and one per group (at most `MAX_GROUPS`): at the caps 892 series, about
+5 MB; 3 brokers, 10 topics and 5 groups take 44 series, about 250 KB. A series that
+has had no value for an hour (a deleted topic, a broker gone) is dropped.
 
 The sampler runs only while someone looks: it starts with the first console request
 and stops after `IDLE_STOP_S` without one (its history stays until the next start).
@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
-from collections import deque
+from array import array
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -46,6 +47,9 @@ MAX_SCRAPE_BYTES = 8 * 1024 * 1024
 
 _WANTED = ("dmq_broker_bytes_in_total", "dmq_broker_records_in_total",
            "dmq_broker_bytes_out_total", "dmq_log_size_bytes")
+_METRICS = ("bytesIn", "recordsIn", "bytesOut")
+_NAMES = {"bytesIn": "bytesInPerSec", "recordsIn": "recordsInPerSec",
+          "bytesOut": "bytesOutPerSec"}
 _LINE = re.compile(r'^([a-z_]+)\{([^}]*)\} (\S+)$')
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -67,11 +71,65 @@ def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return out
 
 
+class Ring:
+    """Samples over time: a circular array of times and one circular array of floats
+    per series (NaN where a series had no value), at most `max_series` series."""
+
+    def __init__(self, size: int, max_series: int) -> None:
+        self.size = size
+        self.max_series = max_series
+        self.times = array("d", [0.0]) * size
+        self.series: dict[tuple[str, ...], array[float]] = {}
+        self._last: dict[tuple[str, ...], int] = {}  # sample number of the last value
+        self.count = 0  # samples appended so far
+
+    def append(self, t_ms: float, values: dict[tuple[str, ...], float]) -> None:
+        slot = self.count % self.size
+        self.times[slot] = t_ms
+        for arr in self.series.values():
+            arr[slot] = math.nan
+        for key, v in values.items():
+            arr = self.series.get(key)
+            if arr is None:
+                if len(self.series) >= self.max_series:
+                    continue
+                arr = self.series[key] = array("d", [math.nan]) * self.size
+            arr[slot] = v
+            self._last[key] = self.count
+        self.count += 1
+        for key in [k for k, n in self._last.items() if self.count - n > self.size]:
+            self.series.pop(key, None)
+            self._last.pop(key, None)
+
+    def _order(self) -> list[int]:
+        n = min(self.count, self.size)
+        first = self.count - n
+        return [(first + i) % self.size for i in range(n)]
+
+    def time_list(self) -> list[int]:
+        return [int(self.times[i]) for i in self._order()]
+
+    def values(self, key: tuple[str, ...]) -> list[float | None]:
+        arr = self.series.get(key)
+        if arr is None:
+            return [None] * min(self.count, self.size)
+        return [None if math.isnan(arr[i]) else arr[i] for i in self._order()]
+
+    def latest(self, key: tuple[str, ...]) -> float | None:
+        arr = self.series.get(key)
+        if arr is None or not self.count:
+            return None
+        v = arr[(self.count - 1) % self.size]
+        return None if math.isnan(v) else v
+
+    def keys(self, kind: str) -> list[tuple[str, ...]]:
+        return sorted(k for k in self.series if k[0] == kind)
+
+
 class Sampler:
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.ring: deque[dict[str, Any]] = deque(maxlen=RING_SAMPLES)
-        self.group_ring: dict[str, deque[tuple[int, int]]] = {}
+        self.ring = Ring(RING_SAMPLES, 3 * MAX_BROKERS + 3 * MAX_TOPICS + MAX_GROUPS)
         self.last_sample_ms: int | None = None
         self._prev: dict[int, tuple[float, dict[tuple[str, str], float]]] = {}
         self._sizes: dict[tuple[str, int], float] = {}
@@ -175,9 +233,14 @@ class Sampler:
         self._sizes = sizes
         groups = await self._group_lags()
         self.last_sample_ms = int(time.time() * 1000)
-        self.ring.append({"t": self.last_sample_ms, "brokers": per_broker,
-                          "topics": {k: tuple(v) for k, v in per_topic.items()},
-                          "groups": groups})
+        values: dict[tuple[str, ...], float] = {}
+        for kind, rows in (("b", per_broker), ("t", per_topic)):
+            for name, row in rows.items():
+                for metric, v in zip(_METRICS, row, strict=True):
+                    values[(kind, name, metric)] = v
+        for gid, lag in groups.items():
+            values[("g", gid)] = float(lag)
+        self.ring.append(self.last_sample_ms, values)
 
     async def _group_lags(self) -> dict[str, int]:
         listing = await self.console.groups.list_groups()
@@ -189,30 +252,23 @@ class Sampler:
             except Exception:  # noqa: BLE001 - a group that went away is left out
                 continue
             out[gid] = d.total_lag
-            self.note_group(gid, d.total_lag)
         return out
 
-    def note_group(self, gid: str, lag: int) -> None:
-        ring = self.group_ring.get(gid)
-        if ring is None:
-            if len(self.group_ring) >= MAX_GROUPS:
-                return
-            ring = self.group_ring[gid] = deque(maxlen=RING_SAMPLES)
-        now_ms = int(time.time() * 1000)
-        if ring and now_ms - ring[-1][0] < 1000:
-            ring[-1] = (now_ms, lag)
-        else:
-            ring.append((now_ms, lag))
-
     # ---- reads ------------------------------------------------------------------------
-    def latest_topics(self) -> dict[str, dict[str, float]]:
-        if not self.ring:
-            return {}
-        return {t: {"bytesInPerSec": v[0], "recordsInPerSec": v[1], "bytesOutPerSec": v[2]}
-                for t, v in self.ring[-1]["topics"].items()}
+    def latest_topics(self) -> dict[str, dict[str, float | None]]:
+        out: dict[str, dict[str, float | None]] = {}
+        for key in self.ring.keys("t"):
+            _, topic, metric = key
+            out.setdefault(topic, {})[_NAMES[metric]] = self.ring.latest(key)
+        return out
 
     def latest_group_lag(self) -> dict[str, int]:
-        return {g: r[-1][1] for g, r in self.group_ring.items() if r}
+        out = {}
+        for key in self.ring.keys("g"):
+            v = self.ring.latest(key)
+            if v is not None:
+                out[key[1]] = int(v)
+        return out
 
     def topic_sizes(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -224,19 +280,14 @@ class Sampler:
         return dict(self._sizes)
 
     def group_history(self, gid: str) -> list[list[int]]:
-        return [[t, lag] for t, lag in self.group_ring.get(gid, ())]
+        return [[t, int(v)] for t, v in zip(self.ring.time_list(), self.ring.values(("g", gid)),
+                                            strict=True) if v is not None]
 
     def series(self) -> dict[str, Any]:
         """The ring as chart series: times, and per broker and per topic the three rates."""
-        times = [s["t"] for s in self.ring]
-        out: dict[str, Any] = {"times": times, "intervalSeconds": SAMPLE_INTERVAL_S,
-                               "brokers": {}, "topics": {}}
-        for kind in ("brokers", "topics"):
-            keys = sorted({k for s in self.ring for k in s[kind]})
-            for k in keys:
-                rows = [s[kind].get(k) for s in self.ring]
-                out[kind][k] = {
-                    "bytesIn": [r[0] if r else None for r in rows],
-                    "recordsIn": [r[1] if r else None for r in rows],
-                    "bytesOut": [r[2] if r else None for r in rows]}
+        out: dict[str, Any] = {"times": self.ring.time_list(),
+                               "intervalSeconds": SAMPLE_INTERVAL_S, "brokers": {}, "topics": {}}
+        for kind, name in (("b", "brokers"), ("t", "topics")):
+            for key in self.ring.keys(kind):
+                out[name].setdefault(key[1], {})[key[2]] = self.ring.values(key)
         return out

@@ -496,7 +496,7 @@ async function pageGroup(gid) {
       [{ label: "lag (records)", data: hist, borderColor: PALETTE[0], backgroundColor: PALETTE[0] }], "records"));
   };
   await render();
-  every(5000, render);
+  every(2000, render);
 }
 
 // ---- Throughput -----------------------------------------------------------------------
