@@ -180,6 +180,36 @@ def test_create_topic_through_the_form_shows_in_dmq_topics_list(
     page.screenshot(path=str(shots / "topic.png"))
 
 
+def test_topic_page_forms_add_partitions_change_a_config_and_delete(
+        cluster: ProcessCluster, page: Page) -> None:
+    status, _ = _send(cluster.nodes[1].http_port, "POST", "/ui/api/topics",
+                      b'{"name": "web-doomed", "partitions": 1, "replicationFactor": 2}')
+    assert status == 201
+    goto(page, cluster, "topics/web-doomed")
+    page.fill("#add-partitions input[name=count]", "2")
+    page.click("#add-partitions button[type=submit]")
+    page.wait_for_selector(".msg.done >> text=web-doomed now has 2 partitions.")
+    page.wait_for_selector("table[aria-label='Partitions of web-doomed'] tbody tr >> nth=1")
+    page.fill("#alter-configs input[name=key]", "retention.ms")
+    page.fill("#alter-configs input[name=value]", "3600000")
+    page.click("#alter-configs button[type=submit]")
+    page.wait_for_selector(".msg.done >> text=retention.ms set to 3600000.")
+    r = _cli("topics", "describe", "web-doomed", "--bootstrap", cluster.bootstrap)
+    assert r.returncode == 0 and "3600000" in r.stdout, r.stdout + r.stderr
+    page.fill("#delete-topic input[name=confirm]", "web-doome")
+    page.click("#delete-topic button[type=submit]")
+    alert = page.wait_for_selector("#delete-topic + div .msg.error")
+    assert alert is not None and "exact name" in alert.inner_text()
+    page.fill("#delete-topic input[name=confirm]", "web-doomed")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete-topic button[type=submit]")
+    page.wait_for_selector("body[data-page='topics'] tr[data-topic]")
+    deadline = time.monotonic() + 10
+    while "web-doomed" in _cli("topics", "list", "--bootstrap", cluster.bootstrap).stdout:
+        assert time.monotonic() < deadline, "web-doomed still listed after its deletion"
+        time.sleep(0.2)
+
+
 def test_produce_through_the_form_shows_in_the_browser_and_dmq_consume(
         cluster: ProcessCluster, page: Page, shots: Path) -> None:
     status, _ = _send(cluster.nodes[1].http_port, "POST", "/ui/api/topics",
@@ -199,6 +229,9 @@ def test_produce_through_the_form_shows_in_the_browser_and_dmq_consume(
     page.wait_for_selector('#records pre >> text=/"qty": 2/')
     assert "source: console" in page.locator("#records tr[data-offset='0']").inner_text()
     page.screenshot(path=str(shots / "messages.png"))
+    status, d = _get(cluster.nodes[2].http_port,  # by time, through another node
+                     "/ui/api/topics/web-records/records?partition=0&mode=timestamp&timestamp=0")
+    assert status == 200 and [x["offset"] for x in d["records"]] == [0], d
     r = _tool("consume", "-b", cluster.bootstrap, "-t", "web-records", "--partition", "0",
               "--offset", "0", "--format", "json", "--max-messages", "1")
     assert r.returncode == 0, r.stderr
