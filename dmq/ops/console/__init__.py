@@ -61,7 +61,8 @@ _STATUS = {
     ErrorCode.INVALID_TOPIC: 400, ErrorCode.INVALID_PARTITIONS: 400,
     ErrorCode.INVALID_REPLICATION_FACTOR: 400, ErrorCode.INVALID_CONFIG: 400,
     ErrorCode.INVALID_REQUEST: 400, ErrorCode.MESSAGE_TOO_LARGE: 413,
-    ErrorCode.OFFSET_OUT_OF_RANGE: 416,
+    ErrorCode.OFFSET_OUT_OF_RANGE: 416, ErrorCode.GROUP_ID_NOT_FOUND: 404,
+    ErrorCode.NON_EMPTY_GROUP: 409,
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -89,12 +89,12 @@ class Ring:
         for arr in self.series.values():
             arr[slot] = math.nan
         for key, v in values.items():
-            arr = self.series.get(key)
-            if arr is None:
+            found = self.series.get(key)
+            if found is None:
                 if len(self.series) >= self.max_series:
                     continue
-                arr = self.series[key] = array("d", [math.nan]) * self.size
-            arr[slot] = v
+                found = self.series[key] = array("d", [math.nan]) * self.size
+            found[slot] = v
             self._last[key] = self.count
         self.count += 1
         for key in [k for k, n in self._last.items() if self.count - n > self.size]:
