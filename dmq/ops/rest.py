@@ -217,7 +217,7 @@ class RestApi:
         routes = [(method, path, _guarded(handler)) for method, path, handler in out]
         from dmq.ops.console import Console  # the web console at / and /ui/ (it uses this module)
 
-        self.console = Console(self.node)
+        self.console = Console(self.node.config, self.node.spec.node_id)
         return routes + self.console.routes()
 
     async def close(self) -> None:

@@ -39,7 +39,7 @@ from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, ErrorCode, NetworkError
 
 if TYPE_CHECKING:
-    from dmq.node import Node
+    from dmq.config import ClusterConfig
 
 log = logging.getLogger("dmq.ops.console")
 
@@ -148,9 +148,10 @@ def _b64(b: bytes | None) -> str | None:
 class Console:
     """The console's routes on one node."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.bootstrap = [f"{c.host}:{c.port}" for c in node.config.controllers]
+    def __init__(self, config: ClusterConfig, node_id: int) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.bootstrap = [f"{c.host}:{c.port}" for c in config.controllers]
         self.admin = Admin(self.bootstrap, client_id="dmq-console",
                            request_timeout_ms=TIMEOUT_MS)
         self.groups = GroupAdmin(self.admin, client_id="dmq-console")
@@ -255,7 +256,7 @@ class Console:
                         "active": c["node_id"] == d.get("controller_id")}
                        for c in d.get("controllers", [])]
         return web.json_response({
-            "nodeId": self.node.spec.node_id, "security": "off",
+            "nodeId": self.node_id, "security": "off",
             "controllerId": d.get("controller_id"), "controllerTerm": d.get("controller_term"),
             "metadataVersion": d.get("metadata_version"), "controllers": controllers,
             "brokers": brokers, "topics": len(image.topics),
@@ -488,7 +489,7 @@ class Console:
                 from dmq.client.producer import Producer
 
                 bootstrap = self.bootstrap + [f"{b.host}:{b.port}"
-                                              for b in self.node.config.brokers]
+                                              for b in self.config.brokers]
                 p = Producer(bootstrap, client_id="dmq-console", linger_ms=0,
                              allow_auto_create_topics=False, max_block_ms=TIMEOUT_MS,
                              delivery_timeout_ms=TIMEOUT_MS, request_timeout_ms=TIMEOUT_MS)
@@ -554,10 +555,4 @@ def _dmq_error(code: int) -> DmqError:
     return error_for(code)
 
 
-def console_routes(node: Node) -> tuple[Console, list[tuple[str, str, Handler]]]:
-    """The console of `node` and its routes, for the node's HTTP application."""
-    console = Console(node)
-    return console, console.routes()
-
-
-__all__ = ["Console", "console_routes"]
+__all__ = ["Console"]

@@ -173,7 +173,7 @@ class Sampler:
 
     # ---- one sample ---------------------------------------------------------------
     def _http_address(self, broker_id: int, host: str, port: int) -> tuple[str, int]:
-        addr = self.console.node.config.node(broker_id)
+        addr = self.console.config.node(broker_id)
         if addr is not None and addr.http_port:
             return addr.host, addr.http_port
         return host, port
