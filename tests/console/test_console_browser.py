@@ -210,6 +210,31 @@ def test_topic_page_forms_add_partitions_change_a_config_and_delete(
         time.sleep(0.2)
 
 
+def test_the_refresh_after_a_change_leaves_the_next_page_alone(
+        cluster: ProcessCluster, page: Page) -> None:
+    """A form that changed a topic rebuilds its page a moment later; a user who went on
+    to another page meanwhile must keep what they typed there (it used to be rebuilt,
+    and a half-filled produce form was sent empty)."""
+    pg = page.context.new_page()
+    try:
+        pg.set_default_timeout(WAIT_MS)
+        pg.clock.install()  # the page's timers run only when the test says so
+        goto(pg, cluster, "topics/web-orders")
+        pg.fill("#alter-configs input[name=key]", "retention.ms")
+        pg.fill("#alter-configs input[name=value]", "7200000")
+        pg.click("#alter-configs button[type=submit]")
+        pg.wait_for_selector(".msg.done >> text=retention.ms set to 7200000.")
+        goto(pg, cluster, "messages?topic=web-orders")
+        pg.fill("#produce-key", "typed")
+        pg.clock.run_for(2000)  # past the topic page's refresh
+        # a rebuild would be on screen once its request for the topics is answered:
+        # one more request, sent after it, is answered after it
+        pg.evaluate("fetch('/ui/api/topics').then((r) => r.json())")
+        assert pg.input_value("#produce-key") == "typed"
+    finally:
+        pg.close()
+
+
 def test_produce_through_the_form_shows_in_the_browser_and_dmq_consume(
         cluster: ProcessCluster, page: Page, shots: Path) -> None:
     status, _ = _send(cluster.nodes[1].http_port, "POST", "/ui/api/topics",
@@ -362,6 +387,10 @@ def test_keyboard_navigation_dark_theme_and_phone_width(
 
 def test_a_killed_broker_turns_red_within_the_session_timeout(
         cluster: ProcessCluster, page: Page, shots: Path) -> None:
+    # one replica per partition, spread over the brokers: 103's go offline with it
+    status, _ = _send(cluster.nodes[1].http_port, "POST", "/ui/api/topics",
+                      b'{"name": "web-solo", "partitions": 3, "replicationFactor": 1}')
+    assert status == 201
     goto(page, cluster, "cluster")
     page.wait_for_selector("tr[data-broker='103'][data-state='ONLINE']")
     cluster.kill(103)
@@ -370,4 +399,9 @@ def test_a_killed_broker_turns_red_within_the_session_timeout(
                            timeout=SESSION_TIMEOUT_MS + 4000)
     assert "offline" in page.locator("tr[data-broker='103']").inner_text()
     page.wait_for_selector("table[aria-label='Partitions needing attention'] tr.warn")
+    page.wait_for_selector(
+        "table[aria-label='Partitions needing attention'] tr.bad >> text=offline")
+    rows = page.locator("table[aria-label='Partitions needing attention'] tr.bad")
+    assert all(t.startswith("web-solo-") for t in rows.all_inner_texts()), \
+        rows.all_inner_texts()
     page.screenshot(path=str(shots / "cluster-broker-down.png"))

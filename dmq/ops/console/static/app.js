@@ -130,6 +130,13 @@ function setTitle(text) {
   document.title = `${text} · dmq console`;
 }
 
+// Rebuild the current page a moment after a change (the metadata takes that long to
+// reach every node), unless the user has gone to another page meanwhile.
+function refreshSoon() {
+  const mine = visit;
+  setTimeout(() => { if (mine === visit) route(); }, 800);
+}
+
 function every(ms, fn) {
   const mine = visit;
   const tick = async () => {
@@ -261,11 +268,13 @@ async function pageTopic(name) {
   const out = h("div", {});
   const body = h("div", {});
   main.replaceChildren(h("h1", {}, "Topic ", h("span", { class: "muted" }, name)), out, body);
+  const mine = visit;
   let d;
   try { d = await api("GET", `/ui/api/topics/${enc(name)}`); } catch (e) {
     message(out, `Cannot read topic ${name}: ${e.message}`, "error");
     return;
   }
+  if (mine !== visit) return;  // the user has moved on: leave their new page alone
   const parts = table(
     [{ label: "Partition", num: 1 }, "Leader", "Replicas", "ISR", { label: "Log start", num: 1 }, { label: "High watermark", num: 1 }, { label: "Size", num: 1 }, ""],
     d.partitions.map((p) => h("tr", { class: p.leader < 0 ? "bad" : p.isr.length < p.replicas.length ? "warn" : null },
@@ -287,7 +296,7 @@ async function pageTopic(name) {
     if (!key) throw new Error("config name is required");
     const value = fd.get("value").trim();
     await api("POST", `/ui/api/topics/${enc(name)}/configs`, { configs: { [key]: value === "" ? null : value } });
-    setTimeout(() => route(), 800);
+    refreshSoon();
     return value === "" ? `${key} is back to its default.` : `${key} set to ${value}.`;
   });
   const addOut = h("div", {});
@@ -296,7 +305,7 @@ async function pageTopic(name) {
     h("button", { type: "submit" }, "Add partitions"));
   submitForm(addForm, addOut, async (fd) => {
     const r = await api("POST", `/ui/api/topics/${enc(name)}/partitions`, { count: fd.get("count") });
-    setTimeout(() => route(), 800);
+    refreshSoon();
     return `${name} now has ${r.partitions} partitions.`;
   });
   const delOut = h("div", {});
@@ -350,9 +359,11 @@ async function pageMessages(params) {
   setTitle("Messages");
   let topics = [];
   const out = h("div", {});
+  const mine = visit;
   try { topics = (await api("GET", "/ui/api/topics")).topics; } catch (e) {
     message(out, `Cannot list topics: ${e.message}`, "error");
   }
+  if (mine !== visit) return;  // the user has moved on: leave their new page alone
   const topic = params.get("topic") || (topics[0] && topics[0].name) || "";
   const sel = h("select", { name: "topic", id: "msg-topic" },
     topics.map((t) => h("option", { value: t.name, selected: t.name === topic }, t.name)));
@@ -535,7 +546,8 @@ async function pageThroughput() {
 
 // ---- router ---------------------------------------------------------------------------
 async function route() {
-  visit++;
+  const mine = ++visit;
+  delete document.body.dataset.page;  // set again once this page is built
   clearTimeout(timer);
   charts.forEach((c) => c.destroy());
   charts = [];
@@ -560,9 +572,9 @@ async function route() {
   } catch (e) {
     main.replaceChildren(h("div", { class: "msg error", role: "alert" }, e.message));
   }
+  if (mine !== visit) return;
   live.textContent = `${document.title} loaded`;
   document.body.dataset.page = page;
-  document.body.dataset.ready = String(visit);
 }
 
 window.addEventListener("hashchange", () => { route(); main.focus(); });
