@@ -279,6 +279,15 @@ def test_group_lag_rises_while_stopped_and_reset_brings_it_down(
     page.wait_for_selector("#total-lag >> text=total lag 0")
     _produce(cluster, "web-lag", 30)  # the group is stopped: its lag rises
     page.wait_for_selector("#total-lag >> text=total lag 30")
+    deadline = time.monotonic() + 20
+    while True:  # the node's sampler (every 5 s) records the same lag for the graph
+        _, d = _get(port, "/ui/api/groups")
+        if [g["lag"] for g in d["groups"] if g["id"] == "web-g"] == [30]:
+            break
+        assert time.monotonic() < deadline, f"sampled lag never 30: {d}"
+        time.sleep(0.5)
+    _, d = _get(port, "/ui/api/groups/web-g")
+    assert [30] == [lag for _, lag in d["lagHistory"]][-1:]
     assert page.locator("canvas[aria-label='Total lag of web-g']").count() == 1
     page.screenshot(path=str(shots / "group.png"))
     r = _tool("consume", "-b", cluster.bootstrap, "-t", "web-lag", "--group", "web-g",

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from dmq.client.admin_groups import LATEST
+
 if TYPE_CHECKING:
     from dmq.ops.console import Console
 
@@ -243,15 +245,30 @@ class Sampler:
         self.ring.append(self.last_sample_ms, values)
 
     async def _group_lags(self) -> dict[str, int]:
-        listing = await self.console.groups.list_groups()
+        """Total lag of each group (at most `MAX_GROUPS`): the log end offset minus the
+        committed offset (0 when none), over every partition of the topics the group
+        has committed offsets for. One OFFSET_FETCH per group, then one METADATA and
+        one LIST_OFFSETS per leader for all of them together."""
+        groups = self.console.groups
+        listing = await groups.list_groups()
         ids = sorted(g.group_id for g in listing)[:MAX_GROUPS]
-        out: dict[str, int] = {}
+        committed: dict[str, dict[tuple[str, int], int]] = {}
         for gid in ids:
             try:
-                d = await self.console.groups.describe_group(gid)
+                committed[gid] = await groups.committed_offsets(gid)
             except Exception:  # noqa: BLE001 - a group that went away is left out
                 continue
-            out[gid] = d.total_lag
+        topics = sorted({t for offs in committed.values() for t, _ in offs})
+        if not topics:
+            return {gid: 0 for gid in committed}
+        image = await self.console.admin.metadata(topics)
+        tps = [(t, p) for t in topics if t in image.topics for p in image.topics[t].partitions]
+        ends = await groups.list_offsets(tps, LATEST, image)
+        out: dict[str, int] = {}
+        for gid, offs in committed.items():
+            mine = {t for t, _ in offs}
+            out[gid] = sum(max(0, end - offs.get(tp, 0)) for tp, end in ends.items()
+                           if tp[0] in mine)
         return out
 
     # ---- reads ------------------------------------------------------------------------
