@@ -150,6 +150,23 @@ def test_cluster_page_shows_controllers_brokers_and_that_security_is_off(
     page.screenshot(path=str(shots / "cluster-start.png"))
 
 
+def test_static_paths_serve_only_the_console_files(cluster: ProcessCluster) -> None:
+    port = cluster.nodes[1].http_port
+    for path, status, kind in [("/ui/app.js", 200, "text/javascript"),
+                               ("/ui/vendor/chart.js.LICENSE.md", 200, "text/markdown"),
+                               ("/ui/topics", 200, "text/html"),  # a page address
+                               ("/ui/nope.js", 404, None), ("/ui/%00.js", 400, None),
+                               ("/ui/..%2f__init__.py", 200, "text/html"),  # not the file
+                               ("/ui/api/nope", 404, None)]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+                got, ctype = r.status, r.headers["Content-Type"]
+        except urllib.error.HTTPError as e:
+            got, ctype = e.code, None
+        assert got == status, (path, got)
+        assert kind is None or ctype.startswith(kind), (path, ctype)
+
+
 def test_console_is_also_on_the_node_protocol_port(cluster: ProcessCluster) -> None:
     port = cluster.nodes[101].port  # a broker's own port hands HTTP over
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:

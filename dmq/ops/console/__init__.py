@@ -176,10 +176,9 @@ class Console:
             ("POST", "/ui/api/groups/{group}/reset", self.reset_group),
             ("GET", "/ui/api/throughput", self.throughput),
         ]
-        out = [(m, p, _answered(h)) for m, p, h in api]
-        out += [("GET", "/", self.index), ("GET", "/ui", self.index),
+        api += [("GET", "/", self.index), ("GET", "/ui", self.index),
                 ("GET", "/ui/", self.index), ("GET", "/ui/{path:.*}", self.static)]
-        return out
+        return [(m, p, _answered(h)) for m, p, h in api]
 
     async def close(self) -> None:
         await self.sampler.stop()
@@ -197,13 +196,15 @@ class Console:
         if path.startswith("api/"):
             return _err(404, f"no console endpoint {request.path}", "NOT_FOUND")
         parts = [p for p in path.split("/") if p]
+        if "\0" in path:
+            raise BadRequest("a path cannot hold a NUL character")
         if not parts or any(p in (".", "..") or p.startswith(".") for p in parts):
             return self._file("index.html")  # a page address: the single page app routes it
         return self._file(*parts)
 
     _TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css",
               "svg": "image/svg+xml", "png": "image/png", "txt": "text/plain",
-              "json": "application/json"}
+              "json": "application/json", "md": "text/markdown"}
 
     def _file(self, *parts: str) -> web.Response:
         node = self._static.joinpath(*parts)
