@@ -364,6 +364,23 @@ class RestApi:
                 return web.json_response(self._topic_json(t))
         return _error(404, f"topic {name!r} does not exist", "UNKNOWN_TOPIC_OR_PARTITION")
 
+    async def _maybe_wait_visible(self, name: str, timeout_s: float = 2.0) -> None:
+        """Read-your-writes on this node: the controller answered once the topic was
+        committed, but this node (a follower controller, a broker) learns of it with its
+        next metadata update; a GET that follows the POST here must not 404. Bounded:
+        after `timeout_s` the 201 goes out anyway."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            try:
+                md = await self._call(ApiKey.METADATA, {"topics": [name],
+                                                        "allow_auto_create": False})
+            except DmqError:
+                return
+            if any(t["name"] == name and not t.get("error") for t in md.get("topics", [])):
+                return
+            await asyncio.sleep(0.02)
+
     async def create_topic(self, request: web.Request) -> web.Response:
         body = await json_body(request)
         name = body.get("topicName")
@@ -403,6 +420,7 @@ class RestApi:
         (t,) = result["topics"]
         if t.get("error"):
             return _from_dmq_error(_cls(t["error"])(t.get("msg")))
+        await self._maybe_wait_visible(name)
         return web.json_response({"topicName": name, "topicId": t.get("id"),
                                   "numPartitions": parts, "replicationFactor": rf}, status=201)
 
