@@ -290,8 +290,8 @@ class _SparseIndex(_EntryFile):
         the entries stay in memory for the next sync."""
         self._store_failed = False
         n = len(self._cols[0])
-        if not self._open or self._synced >= n:
-            return
+        if not (self._open and self.writable) or self._synced >= n:
+            return  # (a trimmed file holds what it will hold)
         size = self._entry.size
         try:
             if self._map_at_least(n * size):
