@@ -16,25 +16,32 @@ being written). A closed segment's files hold exactly their entries.
 
 Writing: each entry goes to an in-memory `array` mirror (lookups bisect it: a few
 hundred nanoseconds) and, while the segment is active, is stored into the file's
-shared mapping at once, as Kafka's indexes are. The mapping only ever covers blocks
-that `posix_fallocate` has reserved: the file grows by doubling from one page up to
-`_GROW_CHUNK_BYTES` at a time, allocated first and mapped after, so no store and no
-read fault ever lands in a hole (on a full disk, or on tmpfs for any touch, a fault in
-a hole is a SIGBUS that kills the process). A failed allocation (ENOSPC) is an
-`OSError` instead: the entries stay in memory, a warning says so, and the next sync
-(flush, roll, close) tries again; the file keeps a prefix, which is still a correct
+shared mapping at once (one `pack_into` per entry, one entry per index interval of
+log, never per record), as Kafka's indexes are; `sync` (flush, roll, close) only
+copies entries a failed growth left behind, and `flush` is an `msync`. The mapping
+only ever covers blocks that `posix_fallocate` has reserved: the file grows by
+doubling from one page up to `_GROW_CHUNK_BYTES` at a time, allocated first and mapped
+after, so no store and no fault ever lands in a hole (on a full disk, or on tmpfs for
+any touch, a fault in a hole is a SIGBUS that kills the process; that is why the
+indexes were once written with `pwrite` only). A failed allocation (ENOSPC) is an
+`OSError` instead: the append goes on, the entries stay in memory, a warning says so,
+and the next sync tries again; the file keeps a prefix, which is still a correct
 (sparser) index. Nothing is reserved up front: a file is only as large as its entries
-rounded up to the next growth step (the log-wide cost of the old whole-file
-preallocation was `segment_index_bytes` per active segment and index).
+rounded up to the next growth step (preallocating the whole file reserved
+`segment_index_bytes` per index of every active segment).
 
-Not mapped: closed segments' indexes are loaded with `pread` at open and then served
-from the mirror alone; they hold no descriptor and no mapping (Python < 3.13 `mmap`
-duplicates the descriptor, so a mapping costs one: only the active segment's two
-indexes pay it). Every file is loaded with `pread`, never through a mapping, since an
-older version left active indexes sparse (holes). Index files whose blocks cannot be
-reserved (no `posix_fallocate` on the platform or file system), and indexes made
-writable only to be rebuilt or cut (recovery, cleaning, truncation of a closed
-segment), are written with one `pwrite` per sync instead.
+Allocated blocks are only enough on file systems that overwrite them in place (ext4,
+XFS, tmpfs: `_IN_PLACE_FS_TYPES`); elsewhere (btrfs, ZFS, NFS, overlayfs) a store into
+a mapped page may still need new space, so indexes there are never mapped: entries
+stay in memory until a sync writes them with one `pwrite`, which fails with ENOSPC
+instead. So are indexes made writable only to be rebuilt or cut (recovery, cleaning,
+truncation into a closed segment before it becomes the active one).
+
+Reading: every file is loaded with `pread`, never through a mapping (an older version
+left active indexes sparse, and a read fault in a hole of tmpfs is a SIGBUS too).
+Closed segments' indexes are then served from the mirror alone: no mapping and no
+descriptor. A mapping costs a descriptor before Python 3.13 (`mmap` keeps a duplicate),
+so a log holds two for its active segment's indexes and none for closed segments'.
 """
 
 from __future__ import annotations
@@ -67,6 +74,29 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NO_FALLOCATE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 # Python 3.13 can map without keeping a duplicate of the descriptor.
 _MMAP_KWARGS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+# `statfs` f_type of the file systems that overwrite allocated blocks in place, so that
+# a store into a mapped page of them never needs new space: ext2/3/4, XFS, tmpfs. On
+# copy-on-write ones (btrfs, ZFS, bcachefs) a store into a written page may need new
+# blocks and fault with SIGBUS on a full disk whatever was allocated; on network and
+# stacked ones (NFS, overlayfs) it is not known: those write with `pwrite`.
+_IN_PLACE_FS_TYPES = frozenset({0xEF53, 0x58465342, 0x01021994})
+_in_place_dirs: dict[str, bool] = {}
+
+
+def _overwrites_in_place(directory: str) -> bool:
+    """Whether `directory` is on a file system of `_IN_PLACE_FS_TYPES` (cached)."""
+    known = _in_place_dirs.get(directory)
+    if known is None:
+        known = False
+        if sys.platform == "linux" and hasattr(os, "posix_fallocate"):
+            import ctypes
+
+            buf = ctypes.create_string_buffer(256)  # struct statfs: f_type comes first
+            if ctypes.CDLL(None, use_errno=True).statfs(os.fsencode(directory), buf) == 0:
+                f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+                known = f_type in _IN_PLACE_FS_TYPES
+        _in_place_dirs[directory] = known
+    return known
 
 
 class _EntryFile:
@@ -89,7 +119,8 @@ class _EntryFile:
         self._mm: mmap.mmap | None = None
         self._mapped_bytes = 0
         self.writable = writable
-        self.mapped_writes = writable and hasattr(os, "posix_fallocate")
+        self._mappable = _overwrites_in_place(os.path.dirname(os.path.abspath(path)))
+        self.mapped_writes = writable and self._mappable
         self.capacity_entries = (max(self._max_entries, size // self.entry_size) if writable
                                  else size // self.entry_size)
         self._open = True
@@ -176,7 +207,7 @@ class _EntryFile:
         self.capacity_entries = max(self._max_entries, entries,
                                     os.path.getsize(self.path) // self.entry_size)
         self.writable = True
-        self.mapped_writes = mapped and hasattr(os, "posix_fallocate")
+        self.mapped_writes = mapped and self._mappable
         self._open = True
 
     def wipe(self) -> None:

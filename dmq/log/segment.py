@@ -82,7 +82,7 @@ class LogSegment:
         self.active = active
         self.indexes_existed = os.path.exists(self.index_path) and os.path.exists(
             self.timeindex_path)
-        try:  # (a full disk fails the preallocation: release what is open)
+        try:  # (an index file that cannot be opened: release what is open)
             self.index = OffsetIndex(self.index_path, base_offset, index_max_bytes, active)
             try:
                 # As many time-index slots as offset-index slots (its entries are 12
@@ -437,7 +437,7 @@ class LogSegment:
         self._fd_closed = True
 
     def make_inactive(self) -> None:
-        """On roll: trim the preallocated indexes to their entries."""
+        """On roll: unmap the indexes and trim them to their entries."""
         self.index.trim()
         self.time_index.trim()
         self.active = False
