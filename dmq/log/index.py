@@ -63,6 +63,8 @@ _OFFSET_ENTRY = struct.Struct(">II")
 _TIME_ENTRY = struct.Struct(">qI")
 OFFSET_ENTRY_SIZE = _OFFSET_ENTRY.size
 TIME_ENTRY_SIZE = _TIME_ENTRY.size
+_pack_offset_into = _OFFSET_ENTRY.pack_into
+_pack_time_into = _TIME_ENTRY.pack_into
 
 
 _READ_CHUNK_ENTRIES = 8192  # entries read per pread when loading
@@ -118,6 +120,9 @@ class _EntryFile:
             os.close(fd)
         self._mm: mmap.mmap | None = None
         self._mapped_bytes = 0
+        # Entries the append path may store straight into the mapping: the mapped ones,
+        # while no entry lags behind in memory only (else 0).
+        self._store_limit = 0
         self.writable = writable
         self._mappable = _overwrites_in_place(os.path.dirname(os.path.abspath(path)))
         self.mapped_writes = writable and self._mappable
@@ -125,10 +130,6 @@ class _EntryFile:
                                  else size // self.entry_size)
         self._open = True
         self._unflushed = False
-
-    @property
-    def _mapped_entries(self) -> int:
-        return self._mapped_bytes // self.entry_size
 
     def _map_at_least(self, nbytes: int) -> bool:
         """Make the mapping cover `nbytes`: allocate the blocks, then map them. False if
@@ -164,7 +165,7 @@ class _EntryFile:
         if self._mm is not None:
             self._mm.close()  # dirty pages stay in the page cache and are written back
             self._mm = None
-        self._mapped_bytes = 0
+        self._mapped_bytes = self._store_limit = 0
 
     def _pwrite(self, data: bytes, position: int) -> None:
         fd = os.open(self.path, os.O_WRONLY)
@@ -255,6 +256,7 @@ class _SparseIndex(_EntryFile):
         self.base_offset = base_offset
         self._cols = (array(self._typecodes[0]), array(self._typecodes[1]))
         self._synced = 0  # entries [0, _synced) are in the file
+        self._synced_at_flush = 0
         self._store_failed = False  # the mapping could not grow: wait for `sync`
 
     def _encode(self, i: int) -> tuple[int, int]:
@@ -303,13 +305,13 @@ class _SparseIndex(_EntryFile):
                 return  # written with `pwrite` by the next sync
         except OSError as exc:
             log.warning("index %s cannot grow (%s): %d entries stay in memory until the "
-                        "next flush", self.path, exc, n - self._synced)
+                        "next sync (flush, roll, close)", self.path, exc, n - self._synced)
             return
         mm = self._mm
         assert mm is not None
         mm[self._synced * size:n * size] = self._pack(self._synced, n)
         self._synced = n
-        self._unflushed = True
+        self._store_limit = self._mapped_bytes // size
         self._store_failed = False
 
     def sync(self) -> None:
@@ -329,7 +331,7 @@ class _SparseIndex(_EntryFile):
                 mm = self._mm
                 assert mm is not None
                 mm[self._synced * size:n * size] = self._pack(self._synced, n)
-                self._unflushed = True
+                self._store_limit = self._mapped_bytes // size
             else:
                 self._pwrite(self._pack(self._synced, n), self._synced * size)
         except OSError as exc:
@@ -354,6 +356,7 @@ class _SparseIndex(_EntryFile):
                 self._unmap()
                 os.truncate(self.path, keep * size)
         self._synced = min(self._synced, keep)
+        self._store_limit = self._mapped_bytes // size if self._synced == keep else 0
 
     def reset(self) -> None:
         self._truncate_entries(0)
@@ -366,6 +369,9 @@ class _SparseIndex(_EntryFile):
 
     def flush(self) -> None:
         self.sync()
+        if self._synced != self._synced_at_flush:  # (the append path stored entries)
+            self._unflushed = True
+            self._synced_at_flush = self._synced
         super().flush()
 
     def trim(self, entries: int | None = None) -> None:
@@ -409,11 +415,10 @@ class OffsetIndex(_SparseIndex):
             return  # full (the log rolls first); a sparser index is still correct
         offsets.append(offset)
         self._positions.append(position)
-        mm = self._mm
-        if mm is not None and self._synced == n and self._mapped_bytes >= (n + 1) * 8:
-            _OFFSET_ENTRY.pack_into(mm, n * 8, offset - self.base_offset, position)
+        if n < self._store_limit:  # (a positive limit implies a mapping)
+            _pack_offset_into(self._mm, n << 3,  # type: ignore[arg-type]
+                              offset - self.base_offset, position)
             self._synced = n + 1
-            self._unflushed = True
         elif self.mapped_writes and not self._store_failed:
             self._store_pending()
 
@@ -468,11 +473,10 @@ class TimeIndex(_SparseIndex):
             return  # sized like the offset index, whose fullness rolls the segment first
         ts.append(timestamp)
         self._offsets.append(offset)
-        mm = self._mm
-        if mm is not None and self._synced == n and self._mapped_bytes >= (n + 1) * 12:
-            _TIME_ENTRY.pack_into(mm, n * 12, timestamp, offset - self.base_offset)
+        if n < self._store_limit:  # (a positive limit implies a mapping)
+            _pack_time_into(self._mm, n * 12,  # type: ignore[arg-type]
+                            timestamp, offset - self.base_offset)
             self._synced = n + 1
-            self._unflushed = True
         elif self.mapped_writes and not self._store_failed:
             self._store_pending()
 
