@@ -97,6 +97,8 @@ def _overwrites_in_place(directory: str) -> bool:
             if ctypes.CDLL(None, use_errno=True).statfs(os.fsencode(directory), buf) == 0:
                 f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
                 known = f_type in _IN_PLACE_FS_TYPES
+        if len(_in_place_dirs) >= 4096:  # (partition folders come and go)
+            _in_place_dirs.clear()
         _in_place_dirs[directory] = known
     return known
 
