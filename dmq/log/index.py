@@ -1,41 +1,61 @@
-"""Sparse offset and time indexes of one segment, preallocated, read and written with
-`pread`/`pwrite`.
+"""Sparse offset and time indexes of one segment; the active segment's are memory-mapped
+over fully allocated blocks, never over a hole.
 
 Owns the `.index` and `.timeindex` files. Indexes are derived data: they can always
 be rebuilt from the `.log` file, so they are never fsynced on the append path and a
 failed sanity check on open just means "rebuild". This module must never read the
 `.log` file itself (the segment does that).
 
-Entries are appended to in-memory arrays on the append path and written to the file
-by `sync()` (on flush, roll and close) with one `pwrite`, so an append never touches
-the file. That is safe because indexes of segments past the recovery point are
-rebuilt on an unclean start anyway.
-
-The files are not mapped (they were, once): a store into a hole of a mapped file on a
-full disk, or on tmpfs any touch of one, is a SIGBUS that kills the process, where a
-`pwrite` fails with ENOSPC, an error the log reports. Nor do they keep a descriptor
-open: each sync opens, writes and closes (a few microseconds, on flush and roll only),
-so a segment costs one descriptor, its `.log`, and no memory mapping.
-
-`.index` entries are 8 bytes: relative offset u32 | file position u32 (big-endian),
-one per `index_interval_bytes` of log, keyed by the base offset of the batch that
-starts at that position. `.timeindex` entries are 12 bytes: timestamp i64 |
+Format: `.index` entries are 8 bytes: relative offset u32 | file position u32
+(big-endian), one per `index_interval_bytes` of log, keyed by the base offset of the
+batch that starts at that position. `.timeindex` entries are 12 bytes: timestamp i64 |
 relative offset u32, appended when a batch raises the segment's max timestamp at an
-index point. Both files are preallocated (sparse) to `segment_index_bytes` while the
-segment is active and trimmed to their entries when it rolls or closes; a reader stops
-at the first all-zero entry. Lookups bisect an in-memory `array` mirror of the
-entries, so they cost a few hundred nanoseconds.
+index point. A real entry is never all zero, so a reader stops at the first all-zero
+entry (the allocated tail of an active segment's file, or what a full disk kept from
+being written). A closed segment's files hold exactly their entries.
+
+Writing: each entry goes to an in-memory `array` mirror (lookups bisect it: a few
+hundred nanoseconds) and, while the segment is active, is stored into the file's
+shared mapping at once (one `pack_into` per entry, one entry per index interval of
+log, never per record), as Kafka's indexes are; `sync` (flush, roll, close) only
+copies entries a failed growth left behind, and `flush` is an `msync`. The mapping
+only ever covers blocks that `posix_fallocate` has reserved: the file grows by
+doubling from one page up to `_GROW_CHUNK_BYTES` at a time, allocated first and mapped
+after, so no store and no fault ever lands in a hole (on a full disk, or on tmpfs for
+any touch, a fault in a hole is a SIGBUS that kills the process; that is why the
+indexes were once written with `pwrite` only). A failed allocation (ENOSPC) is an
+`OSError` instead: the append goes on, the entries stay in memory, a warning says so,
+and the next sync tries again; the file keeps a prefix, which is still a correct
+(sparser) index. Nothing is reserved up front: a file is only as large as its entries
+rounded up to the next growth step (preallocating the whole file reserved
+`segment_index_bytes` per index of every active segment).
+
+Allocated blocks are only enough on file systems that overwrite them in place (ext4,
+XFS, tmpfs: `_IN_PLACE_FS_TYPES`); elsewhere (btrfs, ZFS, NFS, overlayfs) a store into
+a mapped page may still need new space, so indexes there are never mapped: entries
+stay in memory until a sync writes them with one `pwrite`, which fails with ENOSPC
+instead. So are indexes made writable only to be rebuilt or cut (recovery, cleaning,
+truncation into a closed segment before it becomes the active one).
+
+Reading: every file is loaded with `pread`, never through a mapping (an older version
+left active indexes sparse, and a read fault in a hole of tmpfs is a SIGBUS too).
+Closed segments' indexes are then served from the mirror alone: no mapping and no
+descriptor. A mapping costs a descriptor before Python 3.13 (`mmap` keeps a duplicate),
+so a log holds two for its active segment's indexes and none for closed segments'.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import struct
+import sys
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
+from typing import Any
 
 log = logging.getLogger("dmq.log")
 
@@ -43,14 +63,52 @@ _OFFSET_ENTRY = struct.Struct(">II")
 _TIME_ENTRY = struct.Struct(">qI")
 OFFSET_ENTRY_SIZE = _OFFSET_ENTRY.size
 TIME_ENTRY_SIZE = _TIME_ENTRY.size
+_pack_offset_into = _OFFSET_ENTRY.pack_into
+_pack_time_into = _TIME_ENTRY.pack_into
 
 
 _READ_CHUNK_ENTRIES = 8192  # entries read per pread when loading
+_PAGE_BYTES = mmap.PAGESIZE
+# The largest growth step of a mapped file: one allocation and remap per 64 KiB of
+# entries (8192 offset entries, about 32 MiB of log at the default interval).
+_GROW_CHUNK_BYTES = 64 * 1024
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NO_FALLOCATE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+# Python 3.13 can map without keeping a duplicate of the descriptor.
+_MMAP_KWARGS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+# `statfs` f_type of the file systems that overwrite allocated blocks in place, so that
+# a store into a mapped page of them never needs new space: ext2/3/4, XFS, tmpfs. On
+# copy-on-write ones (btrfs, ZFS, bcachefs) a store into a written page may need new
+# blocks and fault with SIGBUS on a full disk whatever was allocated; on network and
+# stacked ones (NFS, overlayfs) it is not known: those write with `pwrite`.
+_IN_PLACE_FS_TYPES = frozenset({0xEF53, 0x58465342, 0x01021994})
+_in_place_dirs: dict[str, bool] = {}
+
+
+def _overwrites_in_place(directory: str) -> bool:
+    """Whether `directory` is on a file system of `_IN_PLACE_FS_TYPES` (cached)."""
+    known = _in_place_dirs.get(directory)
+    if known is None:
+        known = False
+        if sys.platform == "linux" and hasattr(os, "posix_fallocate"):
+            import ctypes
+
+            buf = ctypes.create_string_buffer(256)  # struct statfs: f_type comes first
+            if ctypes.CDLL(None, use_errno=True).statfs(os.fsencode(directory), buf) == 0:
+                f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+                known = f_type in _IN_PLACE_FS_TYPES
+        if len(_in_place_dirs) >= 4096:  # (partition folders come and go)
+            _in_place_dirs.clear()
+        _in_place_dirs[directory] = known
+    return known
 
 
 class _EntryFile:
-    """A preallocated file of fixed-size entries; `capacity_entries` counts its slots.
-    Closed (`close`/`discard`), it writes nothing more until `reopen_writable`."""
+    """A file of fixed-size entries; `capacity_entries` counts the slots it may hold.
+
+    While `mapped_writes` (the active segment), `_mm` maps the first `_mapped_bytes` of
+    the file, all of them allocated. Closed (`close`/`discard`), it writes nothing more
+    until `reopen_writable`."""
 
     entry_size = 8
 
@@ -60,26 +118,56 @@ class _EntryFile:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
-            if writable:
-                alloc = self._max_entries * self.entry_size
-                if size < alloc:
-                    os.ftruncate(fd, alloc)
-                size = max(size, alloc)
         finally:
             os.close(fd)
-        self._file_bytes = size
+        self._mm: mmap.mmap | None = None
+        self._mapped_bytes = 0
+        # Entries the append path may store straight into the mapping: the mapped ones,
+        # while no entry lags behind in memory only (else 0).
+        self._store_limit = 0
         self.writable = writable
+        self._mappable = _overwrites_in_place(os.path.dirname(os.path.abspath(path)))
+        self.mapped_writes = writable and self._mappable
+        self.capacity_entries = (max(self._max_entries, size // self.entry_size) if writable
+                                 else size // self.entry_size)
         self._open = True
         self._unflushed = False
 
-    @property
-    def _file_bytes(self) -> int:
-        return self._size_bytes
+    def _map_at_least(self, nbytes: int) -> bool:
+        """Make the mapping cover `nbytes`: allocate the blocks, then map them. False if
+        the file system cannot reserve blocks (the file is then written with `pwrite`);
+        `OSError` (ENOSPC) if there is no room, the mapping unchanged."""
+        if nbytes <= self._mapped_bytes:
+            return True
+        if not self.mapped_writes:
+            return False
+        old = self._mapped_bytes
+        step = min(max(old, _PAGE_BYTES), _GROW_CHUNK_BYTES)
+        new = -(-max(nbytes, old + step) // _PAGE_BYTES) * _PAGE_BYTES
+        new = max(nbytes, min(new, self.capacity_entries * self.entry_size))
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            try:  # from `old`: a hole below it (a sparse older file) is allocated too
+                os.posix_fallocate(fd, old, new - old)
+            except OSError as exc:
+                if exc.errno not in _NO_FALLOCATE:
+                    raise
+                self._unmap()
+                self.mapped_writes = False
+                return False
+            mm = mmap.mmap(fd, new, **_MMAP_KWARGS)
+        finally:
+            os.close(fd)
+        if self._mm is not None:
+            self._mm.close()
+        self._mm, self._mapped_bytes = mm, new
+        return True
 
-    @_file_bytes.setter
-    def _file_bytes(self, value: int) -> None:
-        self._size_bytes = value
-        self.capacity_entries = value // self.entry_size
+    def _unmap(self) -> None:
+        if self._mm is not None:
+            self._mm.close()  # dirty pages stay in the page cache and are written back
+            self._mm = None
+        self._mapped_bytes = self._store_limit = 0
 
     def _pwrite(self, data: bytes, position: int) -> None:
         fd = os.open(self.path, os.O_WRONLY)
@@ -109,42 +197,49 @@ class _EntryFile:
             os.close(fd)
 
     def trim(self, entries: int) -> None:
-        """Shrink the file to exactly `entries` entries (on roll and close)."""
+        """Unmap and shrink the file to exactly `entries` entries (on roll and close)."""
+        self._unmap()
         size = entries * self.entry_size
         os.truncate(self.path, size)
-        self._file_bytes = size
-        self.writable = False
+        self.capacity_entries = entries
+        self.writable = self.mapped_writes = False
 
-    def reopen_writable(self, entries: int) -> None:
-        """Grow a trimmed file back to its preallocated size (after truncation)."""
-        alloc = max(max(self._max_entries, entries) * self.entry_size,
-                    os.path.getsize(self.path))
-        os.truncate(self.path, alloc)
-        self._file_bytes = alloc
+    def reopen_writable(self, entries: int, mapped: bool = True) -> None:
+        """Make a trimmed file writable again; `mapped` for the active segment (else its
+        entries are written with `pwrite` when synced). Nothing is allocated here."""
+        self.capacity_entries = max(self._max_entries, entries,
+                                    os.path.getsize(self.path) // self.entry_size)
         self.writable = True
+        self.mapped_writes = mapped and self._mappable
         self._open = True
 
     def wipe(self) -> None:
-        """Empty the file and preallocate it again, all zero (before a rebuild from the
-        log: entries of a damaged file past the rebuilt ones must not survive)."""
-        _EntryFile.close(self)
+        """Empty the file (before a rebuild from the log: entries of a damaged file past
+        the rebuilt ones must not survive)."""
+        mapped = self.mapped_writes
+        self._unmap()
         os.truncate(self.path, 0)
-        self.reopen_writable(0)
+        self.reopen_writable(0, mapped)
 
     def flush(self) -> None:
         if self._unflushed:
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if self._mm is not None:
+                self._mm.flush()
+            else:
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             self._unflushed = False
 
     def close(self) -> None:
+        self._unmap()
         self._open = False
 
     def discard(self) -> None:
-        """Stop without writing pending entries (crash simulation)."""
+        """Stop without writing pending entries (crash simulation; what was stored in
+        the mapping stays, as after a crash of the process)."""
         _EntryFile.close(self)
 
 
@@ -162,7 +257,9 @@ class _SparseIndex(_EntryFile):
         super().__init__(path, max_bytes, writable)
         self.base_offset = base_offset
         self._cols = (array(self._typecodes[0]), array(self._typecodes[1]))
-        self._synced = 0
+        self._synced = 0  # entries [0, _synced) are in the file
+        self._synced_at_flush = 0
+        self._store_failed = False  # the mapping could not grow: wait for `sync`
 
     def _encode(self, i: int) -> tuple[int, int]:
         a, b = self._cols[0][i], self._cols[1][i]
@@ -195,21 +292,52 @@ class _SparseIndex(_EntryFile):
     def entries(self) -> int:
         return len(self._cols[0])
 
+    def _pack(self, start: int, stop: int) -> bytes:
+        pack, encode = self._entry.pack, self._encode
+        return b"".join([pack(*encode(i)) for i in range(start, stop)])
+
+    def _store_pending(self) -> None:
+        """On the append path, once the mapping ran out: grow it and store the entries
+        not yet in the file. Any failure keeps them in memory until the next `sync`
+        (which reports what it cannot fix): an append never fails for its index."""
+        n, size = len(self._cols[0]), self._entry.size
+        self._store_failed = True
+        try:
+            if not self._map_at_least(n * size):
+                return  # written with `pwrite` by the next sync
+        except OSError as exc:
+            log.warning("index %s cannot grow (%s): %d entries stay in memory until the "
+                        "next sync (flush, roll, close)", self.path, exc, n - self._synced)
+            return
+        mm = self._mm
+        assert mm is not None
+        mm[self._synced * size:n * size] = self._pack(self._synced, n)
+        self._synced = n
+        self._store_limit = self._mapped_bytes // size
+        self._store_failed = False
+
     def sync(self) -> None:
-        """Write entries added since the last sync to the file (one `pwrite`).
+        """Write entries not yet in the file: into the mapping (grown first if needed),
+        or with one `pwrite` for a file that is not mapped.
 
         A full disk is not an error here: the file keeps the prefix it has (a sparser
         index is still a correct one, and the reader stops at the unwritten zeros) and
         the entries stay in memory for the next sync."""
+        self._store_failed = False
         n = len(self._cols[0])
-        if not self._open or self._synced >= n:
-            return
-        pack, encode = self._entry.pack, self._encode
-        data = b"".join([pack(*encode(i)) for i in range(self._synced, n)])
+        if not (self._open and self.writable) or self._synced >= n:
+            return  # (a trimmed file holds what it will hold)
+        size = self._entry.size
         try:
-            self._pwrite(data, self._synced * self._entry.size)
+            if self._map_at_least(n * size):
+                mm = self._mm
+                assert mm is not None
+                mm[self._synced * size:n * size] = self._pack(self._synced, n)
+                self._store_limit = self._mapped_bytes // size
+            else:
+                self._pwrite(self._pack(self._synced, n), self._synced * size)
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno not in _DISK_FULL:
                 raise
             log.warning("disk full: %d index entries of %s stay in memory only",
                         n - self._synced, self.path)
@@ -220,11 +348,17 @@ class _SparseIndex(_EntryFile):
         for col in self._cols:
             del col[keep:]
         if not self.writable:
-            self.reopen_writable(keep)
+            self.reopen_writable(keep, mapped=False)  # the segment makes itself active
         size = self._entry.size
         if self._open and self._synced > keep:
-            self._pwrite(bytes((self._synced - keep) * size), keep * size)
+            if self._mm is not None and self._synced * size <= self._mapped_bytes:
+                self._mm[keep * size:self._synced * size] = bytes((self._synced - keep) * size)
+                self._unflushed = True
+            else:  # not mapped: cutting the file needs no disk space
+                self._unmap()
+                os.truncate(self.path, keep * size)
         self._synced = min(self._synced, keep)
+        self._store_limit = self._mapped_bytes // size if self._synced == keep else 0
 
     def reset(self) -> None:
         self._truncate_entries(0)
@@ -237,11 +371,17 @@ class _SparseIndex(_EntryFile):
 
     def flush(self) -> None:
         self.sync()
+        if self._synced != self._synced_at_flush:  # (the append path stored entries)
+            self._unflushed = True
+            self._synced_at_flush = self._synced
         super().flush()
 
     def trim(self, entries: int | None = None) -> None:
+        """Sync, unmap and cut the file to its entries; those a full disk kept in memory
+        are not in the file, which stays free of holes (a sparser index)."""
         self.sync()
-        super().trim(len(self._cols[0]) if entries is None else entries)
+        n = len(self._cols[0]) if entries is None else entries
+        super().trim(min(n, self._synced))
 
     def close(self) -> None:
         self.sync()
@@ -267,14 +407,22 @@ class OffsetIndex(_SparseIndex):
         return not (self._offsets and self._offsets[-1] >= max(next_offset, self.base_offset + 1))
 
     def append(self, offset: int, position: int) -> None:
-        """Add an entry (in memory until `sync`); offsets and positions must increase."""
+        """Add an entry (stored in the mapping of an active segment's file, else in
+        memory until `sync`); offsets and positions must increase."""
         offsets = self._offsets
         if offsets and (offset <= offsets[-1] or position <= self._positions[-1]):
             return  # never out of order; a later entry is as good
-        if len(offsets) >= self.capacity_entries or not self.writable:
+        n = len(offsets)
+        if n >= self.capacity_entries or not self.writable:
             return  # full (the log rolls first); a sparser index is still correct
         offsets.append(offset)
         self._positions.append(position)
+        if n < self._store_limit:  # (a positive limit implies a mapping)
+            _pack_offset_into(self._mm, n << 3,  # type: ignore[arg-type]
+                              offset - self.base_offset, position)
+            self._synced = n + 1
+        elif self.mapped_writes and not self._store_failed:
+            self._store_pending()
 
     def lookup(self, offset: int) -> tuple[int, int]:
         """Largest entry with entry offset <= `offset` -> (offset, position); else (base, 0)."""
@@ -318,14 +466,21 @@ class TimeIndex(_SparseIndex):
         return self._timestamps[-1], self._offsets[-1]
 
     def maybe_append(self, timestamp: int, offset: int) -> None:
-        """Add an entry if `timestamp` is a new maximum (in memory until `sync`)."""
+        """Add an entry if `timestamp` is a new maximum (stored like `OffsetIndex.append`)."""
         ts = self._timestamps
         if ts and (timestamp <= ts[-1] or offset < self._offsets[-1]):
             return
-        if len(ts) >= self.capacity_entries or not self.writable:
+        n = len(ts)
+        if n >= self.capacity_entries or not self.writable:
             return  # sized like the offset index, whose fullness rolls the segment first
         ts.append(timestamp)
         self._offsets.append(offset)
+        if n < self._store_limit:  # (a positive limit implies a mapping)
+            _pack_time_into(self._mm, n * 12,  # type: ignore[arg-type]
+                            timestamp, offset - self.base_offset)
+            self._synced = n + 1
+        elif self.mapped_writes and not self._store_failed:
+            self._store_pending()
 
     def lookup(self, timestamp: int) -> int:
         """Offset from which to scan for the first batch with max timestamp >= `timestamp`.

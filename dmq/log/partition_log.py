@@ -21,7 +21,9 @@ Folder layout::
 
 Descriptors: the active segment keeps its `.log` open; a closed segment releases its
 descriptor and reopens it when read, and at most `MAX_IDLE_SEGMENT_FDS` closed segments
-of a log hold one at a time. Index files hold none (see `dmq.log.index`).
+of a log hold one at a time. Closed segments' index files hold none; the active
+segment's two memory-mapped indexes hold one each before Python 3.13 (see
+`dmq.log.index`).
 
 Crash safety: data is written with one `writev` per append; flushes advance the
 recovery point; on open (`dmq.log.recovery`) the segments past the recovery point of an
@@ -543,7 +545,7 @@ class PartitionLog:
         old = self._segments[-1]
         if old.size_bytes == 0 and old.base_offset == base_offset:
             return old
-        try:  # first: a failure (no room to preallocate its indexes) changes nothing
+        try:  # first: a failure (no room or descriptor for its files) changes nothing
             seg = self._new_segment(base_offset, active=True)
         except OSError as exc:
             raise self._append_failed(f"new segment {base_offset}", exc) from exc

@@ -82,7 +82,7 @@ class LogSegment:
         self.active = active
         self.indexes_existed = os.path.exists(self.index_path) and os.path.exists(
             self.timeindex_path)
-        try:  # (a full disk fails the preallocation: release what is open)
+        try:  # (an index file that cannot be opened: release what is open)
             self.index = OffsetIndex(self.index_path, base_offset, index_max_bytes, active)
             try:
                 # As many time-index slots as offset-index slots (its entries are 12
@@ -272,11 +272,7 @@ class LogSegment:
         if written != size:
             self._finish_short_write((stamp, body), written, start)
         if self.bytes_since_index > self.index_interval_bytes:
-            idx = self.index
-            offsets = idx._offsets  # noqa: SLF001
-            if len(offsets) < idx.capacity_entries and (not offsets or base > offsets[-1]):
-                offsets.append(base)
-                idx._positions.append(start)  # noqa: SLF001
+            self.index.append(base, start)
             if max_ts > self.max_timestamp:
                 self.max_timestamp = max_ts
                 self.offset_of_max_timestamp = base
@@ -320,16 +316,13 @@ class LogSegment:
         since = self.bytes_since_index
         max_seen = self.max_timestamp
         max_at = self.offset_of_max_timestamp
-        idx = self.index
-        offsets, positions, cap = idx._offsets, idx._positions, idx.capacity_entries  # noqa: SLF001
+        index_append = self.index.append
         stamps = self.time_index._timestamps  # noqa: SLF001
         for t in raw:
             if t[8] > max_seen:
                 max_seen, max_at = t[8], t[0]
             if since > interval:
-                if len(offsets) < cap and (not offsets or t[0] > offsets[-1]):
-                    offsets.append(t[0])
-                    positions.append(start + t[13])
+                index_append(t[0], start + t[13])
                 if not stamps or max_seen > stamps[-1]:
                     self.time_index.maybe_append(max_seen, max_at)
                 since = 0
@@ -444,7 +437,7 @@ class LogSegment:
         self._fd_closed = True
 
     def make_inactive(self) -> None:
-        """On roll: trim the preallocated indexes to their entries."""
+        """On roll: unmap the indexes and trim them to their entries."""
         self.index.trim()
         self.time_index.trim()
         self.active = False

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 
-from dmq.log.index import OffsetIndex, TimeIndex
+import pytest
+
+from dmq.log.index import OffsetIndex, TimeIndex, _in_place_dirs, _overwrites_in_place
 
 
 def test_offset_index_lookup_trim_reload(tmp_path: object) -> None:
@@ -60,4 +62,86 @@ def test_time_index(tmp_path: object) -> None:
     ti.close()
     again = TimeIndex(path, 0, 120, False)
     assert again.load() and again.last_entry == (200, 9)
+    again.close()
+
+
+def _first_hole(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE)
+    finally:
+        os.close(fd)
+
+
+def _mapped(path: str) -> bool:
+    with open("/proc/self/maps") as f:
+        return any(line.rstrip("\n").endswith(" " + path) for line in f)
+
+
+def test_an_active_index_grows_allocated_and_mapped_in_steps(tmp_path: object) -> None:
+    """Nothing is allocated before the first entry; the file then grows by doubling
+    from one page, each step allocated before it is mapped (no hole below the mapped
+    size), and trimming unmaps it and cuts it to its entries."""
+    path = os.path.join(os.path.realpath(str(tmp_path)), "g.index")
+    idx = OffsetIndex(path, 0, 1 << 20, True)
+    assert idx.capacity_entries == (1 << 20) // 8 and os.path.getsize(path) == 0
+    sizes = []
+    for i in range(1, 3000):
+        idx.append(i, i * 100)
+        if os.path.getsize(path) not in sizes:
+            sizes.append(os.path.getsize(path))
+            assert _first_hole(path) >= sizes[-1]  # all of it allocated
+    assert sizes == [4096, 8192, 16384, 32768]
+    assert _mapped(path) == _overwrites_in_place(os.path.dirname(path))
+    with open(path, "rb") as f:  # stored as appended, no sync needed
+        assert f.read(16) == bytes([0, 0, 0, 1, 0, 0, 0, 100, 0, 0, 0, 2, 0, 0, 0, 200])
+    idx.truncate_to(2000)  # zeroes the dropped entries in the mapping
+    idx.trim()
+    assert os.path.getsize(path) == 1999 * 8 and not _mapped(path)
+    idx.close()
+    again = OffsetIndex(path, 0, 1 << 20, False)
+    assert again.load() and again.entries == 1999 and again.lookup(10**6) == (1999, 199900)
+    again.close()
+
+
+def test_a_sparse_file_left_by_an_older_version_is_allocated_before_it_is_mapped(
+        tmp_path: object) -> None:
+    """An active index preallocated sparse (ftruncate to the full size): reopened
+    writable, it is read with pread; the first new entry allocates the holes of the
+    region it maps."""
+    path = os.path.join(os.path.realpath(str(tmp_path)), "s.index")
+    with open(path, "wb") as f:
+        f.write(b"".join(bytes([0, 0, 0, i, 0, 0, 0, i]) for i in range(1, 4)))
+    os.truncate(path, 256 * 1024)
+    idx = OffsetIndex(path, 0, 256 * 1024, True)
+    assert idx.load() and idx.entries == 3 and not _mapped(path)
+    for i in range(4, 1101):
+        idx.append(i, i)
+    # mapped: 16 KiB (1100 entries in 8800 bytes), its untouched pages allocated too
+    assert _first_hole(path) >= 16384
+    assert _mapped(path) == _overwrites_in_place(os.path.dirname(path))
+    idx.trim()
+    assert os.path.getsize(path) == 1100 * 8
+    idx.close()
+
+
+def test_an_index_on_a_file_system_that_does_not_overwrite_in_place_is_not_mapped(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(btrfs, ZFS, NFS, overlayfs: a store into a mapped page may need new blocks.)
+    Entries stay in memory and each sync writes them with one pwrite."""
+    directory = os.path.realpath(str(tmp_path))
+    monkeypatch.setitem(_in_place_dirs, directory, False)
+    path = os.path.join(directory, "p.index")
+    idx = OffsetIndex(path, 0, 1 << 20, True)
+    for i in range(1, 1001):
+        idx.append(i, i)
+    assert os.path.getsize(path) == 0 and not _mapped(path)
+    idx.flush()
+    assert os.path.getsize(path) == 8000 and not _mapped(path)
+    idx.truncate_to(501)
+    idx.trim()
+    assert os.path.getsize(path) == 500 * 8
+    idx.close()
+    again = OffsetIndex(path, 0, 1 << 20, False)
+    assert again.load() and again.entries == 500
     again.close()

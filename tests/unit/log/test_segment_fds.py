@@ -1,16 +1,20 @@
 """A log holds at most one `.log` descriptor for its active segment plus
 `MAX_IDLE_SEGMENT_FDS` for closed segments being read, whatever its segment count
 (issue 25, item 14: a topic with segment.bytes of 64 cost a descriptor per segment).
-Index files hold none. Counted in /proc/self/fd."""
+Closed segments' index files hold none; the active segment's two mapped indexes hold
+one each before Python 3.13 (`mmap` duplicates the descriptor). Counted in
+/proc/self/fd and /proc/self/maps."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 from dmq.clock import ManualClock
 from dmq.log import LogConfig, PartitionLog, build_batch
+from dmq.log.index import _overwrites_in_place
 from dmq.log.partition_log import MAX_IDLE_SEGMENT_FDS
 from tests.unit.log.helpers import check_log_consistent, read_all
 
@@ -18,6 +22,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
                                 reason="counts descriptors in /proc/self/fd")
 CFG = LogConfig(segment_bytes=64, cleanup_policy="compact", delete_retention_ms=0)
 BOUND = 1 + MAX_IDLE_SEGMENT_FDS
+ACTIVE_INDEX_FDS = 2 if sys.version_info < (3, 13) else 0
 
 
 def open_fds() -> int:
@@ -65,6 +70,58 @@ def test_truncation_retention_and_cleaning_work_on_released_segments(
     got = dict(read_all(plog))
     assert got[120] == b"after"
     assert open_fds() - before <= BOUND
+    check_log_consistent(plog)
+    plog.close()
+    assert open_fds() == before
+
+
+def index_files_held(directory: str) -> tuple[set[str], set[str]]:
+    """Index files of `directory` open as descriptors, and mapped."""
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # the listing's own descriptor, closed meanwhile
+    with open("/proc/self/maps") as f:
+        maps = {line.split(None, 5)[5].strip() for line in f if len(line.split()) == 6}
+    def ours(paths: set[str]) -> set[str]:
+        return {os.path.basename(p) for p in paths
+                if p.startswith(directory + "/") and p.endswith((".index", ".timeindex"))}
+    return ours(fds), ours(maps)
+
+
+def test_only_the_active_segments_indexes_are_mapped(tmp_path: object) -> None:
+    """Segments of several indexed batches each: the active segment's two indexes are
+    mapped (and stored into as entries come); no closed segment's index holds a
+    descriptor or a mapping, through rolls, reads, truncation and a reopen."""
+    cfg = LogConfig(segment_bytes=2000, index_interval_bytes=1)
+    directory = os.path.realpath(str(tmp_path))
+    mapped = _overwrites_in_place(directory)  # else written with pwrite, never mapped
+    before = open_fds()
+    plog = PartitionLog.open(directory, cfg, ManualClock(), fsync_enabled=False)
+    for i in range(600):
+        plog.append_as_leader(build_batch([(b"k", b"v%d" % i)], 1000 + i), 1)
+    assert plog.segment_count > 20 and plog.segments[0].index.entries > 10
+    active = plog.segments[-1]
+    names = {os.path.basename(active.index_path), os.path.basename(active.timeindex_path)}
+    fds, maps = index_files_held(directory)
+    assert maps == (names if mapped else set()) and fds <= maps and len(fds) <= ACTIVE_INDEX_FDS
+    assert open_fds() - before <= BOUND + ACTIVE_INDEX_FDS
+    assert [v for _, v in read_all(plog)] == [b"v%d" % i for i in range(600)]
+    plog.truncate_to(300)  # into a closed segment, which becomes the active one
+    plog.append_as_leader(build_batch([(b"k", b"a"), (b"k", b"b")], 5000), 1)
+    plog.append_as_leader(build_batch([(b"k", b"c")], 5001), 1)
+    active = plog.segments[-1]
+    names = {os.path.basename(active.index_path), os.path.basename(active.timeindex_path)}
+    fds, maps = index_files_held(directory)
+    assert maps == (names if mapped else set()) and fds <= maps
+    assert open_fds() - before <= BOUND + ACTIVE_INDEX_FDS
+    check_log_consistent(plog)
+    plog.close()
+    assert open_fds() == before and index_files_held(directory) == (set(), set())
+    plog = PartitionLog.open(directory, cfg, ManualClock(), fsync_enabled=False)
+    assert index_files_held(directory)[1] == set()  # mapped at the first new entry
     check_log_consistent(plog)
     plog.close()
     assert open_fds() == before
