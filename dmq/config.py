@@ -52,6 +52,8 @@ SETTINGS: dict[str, Setting] = {
         64 * 1024 * 1024, "buffered response bytes after which a node stops reading"),
     "http.on.node.port": Setting(
         True, "serve HTTP (REST, /metrics, /healthz) on the node's protocol port too"),
+    "kafka.port": Setting(
+        -1, "Kafka listener port of broker nodes (-1: off; 0: any free port)"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
     "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(

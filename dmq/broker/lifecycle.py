@@ -49,12 +49,14 @@ class BrokerLifecycle:
     def __init__(self, config: ClusterConfig, broker_id: int, host: str, port: int,
                  rack: str | None, on_image: OnImage, clock: Clock | None = None,
                  rng: random.Random | None = None, incarnation_id: str | None = None,
-                 startup_timeout_ms: int = STARTUP_TIMEOUT_MS) -> None:
+                 startup_timeout_ms: int = STARTUP_TIMEOUT_MS,
+                 kafka_address: tuple[str, int] | None = None) -> None:
         self.config = config
         self.broker_id = broker_id
         self.host = host
         self.port = port
         self.rack = rack
+        self.kafka_address = kafka_address  # advertised Kafka listener, set before start()
         self.on_image = on_image
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -143,6 +145,8 @@ class BrokerLifecycle:
         while not self._stopping:
             body = {"broker_id": self.broker_id, "host": self.host, "port": self.port,
                     "incarnation_id": self.incarnation_id, "rack": self.rack}
+            if self.kafka_address is not None:
+                body["kafka_host"], body["kafka_port"] = self.kafka_address
             try:
                 resp = await self.channel.request(ApiKey.BROKER_REGISTRATION, body,
                                                   timeout_ms=self.session_timeout_ms)
