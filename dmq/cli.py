@@ -151,7 +151,8 @@ def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int | N
             broker_base_port = 8081
     cluster = DevCluster(Path(data_dir) if data_dir else default_data_dir(), controllers,
                          brokers, base_port, quiet=quiet or check, echo=click.echo,
-                         http_base_port=http_base_port, broker_base_port=broker_base_port)
+                         http_base_port=http_base_port, broker_base_port=broker_base_port,
+                         kafka_base_port=base_port + 20)
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -162,6 +163,9 @@ def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int | N
             await cluster.start()
             click.echo(f"dmq dev: {len(cluster.nodes)} node(s) up, data in {cluster.data_dir}")
             click.echo(f"bootstrap: {cluster.bootstrap}")
+            if cluster.kafka_bootstrap is not None:
+                click.echo(f"Kafka clients: {cluster.kafka_bootstrap}  (e.g. kcat -b "
+                           f"{cluster.kafka_bootstrap} -L)")
             if http_base_port is not None:
                 click.echo("http: " + ", ".join(
                     f"node {n.node_id} http://{cluster.host}:{cluster.http_port(n)}"
