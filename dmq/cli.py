@@ -85,6 +85,7 @@ def server(role: str, node_id: int, config_path: str, data_dir: str | None, log_
     async def run() -> int:
         node = Node(config, spec)
         stop = asyncio.Event()
+        node.on_fatal = stop.set  # crash-only: an essential task died
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -95,10 +96,31 @@ def server(role: str, node_id: int, config_path: str, data_dir: str | None, log_
             await node.stop()
             return 1
         await stop.wait()
-        await node.stop()
-        return 0
+        if node.failure is None:
+            await node.stop()
+            return 0
+        return await _stop_failed_node(node)
 
     sys.exit(asyncio.run(run()))
+
+
+async def _stop_failed_node(node: Any) -> int:
+    """A node whose essential task died stops within a bound, then the process exits
+    with EXIT_FATAL; if even the stop hangs, the process ends at once."""
+    import os
+
+    from dmq.aio import wait_for
+    from dmq.node import EXIT_FATAL
+
+    try:
+        await wait_for(node.stop(), FATAL_STOP_TIMEOUT_S)
+    except Exception:  # exiting anyway; the reason is logged already
+        logging.shutdown()
+        os._exit(EXIT_FATAL)
+    return EXIT_FATAL
+
+
+FATAL_STOP_TIMEOUT_S = 10.0
 
 
 @main.command("api-versions")

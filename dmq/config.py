@@ -52,6 +52,13 @@ SETTINGS: dict[str, Setting] = {
         64 * 1024 * 1024, "buffered response bytes after which a node stops reading"),
     "http.on.node.port": Setting(
         True, "serve HTTP (REST, /metrics, /healthz) on the node's protocol port too"),
+    "max.connections": Setting(4096, "open connections a node accepts; more are closed"),
+    "max.connections.per.ip": Setting(1024, "open connections a node accepts from one address"),
+    "connections.max.idle.ms": Setting(
+        600_000, "a connection silent this long with no request in flight is closed (-1: never)"),
+    "queued.max.request.bytes": Setting(
+        256 * 1024 * 1024, "node-wide memory for requests being received; past it, "
+        "connections wait unread"),
     "kafka.port": Setting(
         -1, "Kafka listener port of broker nodes (-1: off; 0: any free port)"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
@@ -94,6 +101,16 @@ SETTINGS: dict[str, Setting] = {
     "group.session.timeout.ms": Setting(10_000, "consumer fenced after this long silent"),
     "group.heartbeat.interval.ms": Setting(1000, "consumer heartbeat interval"),
     "offsets.retention.ms": Setting(7 * 24 * 3600 * 1000, "offsets of an empty group kept"),
+    # resource limits: what one request, one topic or one broker may take
+    "max.partitions.per.topic": Setting(10_000, "partitions one topic may have"),
+    "max.topics.per.request": Setting(1000, "topics one CreateTopics request may create"),
+    "max.partitions.per.request": Setting(
+        10_000, "partitions one CreateTopics/CreatePartitions request may add"),
+    "max.partitions.per.cluster": Setting(100_000, "partitions of all topics together"),
+    "max.partition.replicas.per.broker": Setting(
+        4000, "partition replicas one broker may host (each holds open file descriptors)"),
+    "offset.metadata.max.bytes": Setting(
+        4096, "largest metadata string of a committed offset (UTF-8 bytes)"),
 }
 
 

@@ -4,6 +4,14 @@ A node is a controller (a Raft voter of the metadata quorum), a broker, or both
 (combined mode). This module composes the layers; it holds no protocol, log, Raft or
 replication logic of its own. Roles attach as `Service`s that register their handlers
 on the shared server and start and stop with the node.
+
+Crash-only supervision: a background task a role cannot work without (the Raft pump
+and senders, the broker's registration/heartbeat and metadata loops, the replica
+fetchers and the ISR reporter, the controller's leadership watcher...) is either
+created with `supervise()` or reports its death to `fatal()`. The node then logs one
+CRITICAL line and calls `on_fatal` (the `dmq server` command stops the node within a
+bound and exits with status 70, so its supervisor restarts it from disk) rather than
+living on half-working.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +34,7 @@ from dmq.protocol.server import ProtocolServer
 log = logging.getLogger("dmq.node")
 
 ROLES = ("controller", "broker")
+EXIT_FATAL = 70  # EX_SOFTWARE: an essential task died
 
 
 class Service(Protocol):
@@ -73,6 +82,34 @@ def resolve_node(config: ClusterConfig, node_id: int, roles: tuple[str, ...],
     return NodeSpec(node_id, roles, address, path, http_port)
 
 
+def cluster_node_roles(config: ClusterConfig) -> dict[int, frozenset[str]]:
+    """The roles each configured node may play, for the inter-node API checks. A
+    controller may also be a broker: a combined-mode node is listed only among the
+    controllers."""
+    roles = {n.node_id: frozenset({"controller", "broker"}) for n in config.controllers}
+    for n in config.brokers:
+        roles[n.node_id] = roles.get(n.node_id, frozenset()) | {"broker"}
+    return roles
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: every partition replica holds
+    open descriptors, and a broker that runs out (EMFILE) can open no log, file or
+    connection. Returns (soft, hard) as they are afterwards."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return -1, -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+    return soft, hard
+
+
 class Node:
     def __init__(self, config: ClusterConfig, spec: NodeSpec) -> None:
         self.config = config
@@ -82,7 +119,11 @@ class Node:
             max_frame_bytes=config.get("max.frame.bytes"),
             max_in_flight=config.get("max.in.flight.requests.per.connection"),
             max_buffered_bytes=config.get("socket.send.buffer.high.bytes"),
-            extra_info=self._info)
+            max_connections=config.get("max.connections"),
+            max_connections_per_ip=config.get("max.connections.per.ip"),
+            connections_max_idle_ms=config.get("connections.max.idle.ms"),
+            queued_max_request_bytes=config.get("queued.max.request.bytes"),
+            cluster_nodes=cluster_node_roles(config), extra_info=self._info)
         self.services: list[Service] = []
         self._stopped = asyncio.Event()
         self.metrics = NodeMetrics(spec.node_id, self._metric_sources)
@@ -90,6 +131,34 @@ class Node:
         self.http: HttpServer | None = None
         self.rest: RestApi | None = None
         self.started_monotonic = time.monotonic()
+        self.failure: str | None = None  # why an essential task died, once one has
+        self.on_fatal: Callable[[], None] | None = None
+        self._stopping = False
+
+    # crash-only supervision ----------------------------------------------------------
+
+    def fatal(self, what: str, exc: BaseException) -> None:
+        """An essential task died: record it, log it once, tell the owner to end us."""
+        if self.failure is not None or self._stopping:
+            return
+        self.failure = f"{what} died: {type(exc).__name__}: {exc}"[:500]
+        log.critical("node %d: %s; exiting", self.spec.node_id, self.failure, exc_info=exc)
+        if self.on_fatal is not None:
+            self.on_fatal()
+
+    def supervise(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run an essential task: if it raises (or returns while the node runs), the
+        node is failed with `fatal()`. Cancelling it is the normal way to stop it."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task.add_done_callback(self._essential_done)
+        return task
+
+    def _essential_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        self.fatal(f"task {task.get_name()}",
+                   exc if exc is not None else RuntimeError("returned while the node ran"))
 
     def _metric_sources(self) -> list[Callable[[], Iterable[Sample]]]:
         sources: list[Callable[[], Iterable[Sample]]] = [self._node_metrics]
@@ -126,6 +195,8 @@ class Node:
         return info
 
     async def start(self) -> None:
+        soft, hard = raise_open_files_limit()
+        log.info("node %d: open files limit %d (soft), %d (hard)", self.spec.node_id, soft, hard)
         self.spec.data_dir.mkdir(parents=True, exist_ok=True)
         self._build_services()
         self.rest = RestApi(self)
@@ -159,6 +230,7 @@ class Node:
         self.services = build_services(self)
 
     async def stop(self) -> None:
+        self._stopping = True
         log.info("node %d stopping", self.spec.node_id)
         if self.http is not None:
             await self.http.stop()

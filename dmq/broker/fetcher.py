@@ -80,6 +80,13 @@ class ReplicaFetcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"fetcher-{self.broker_id}-from-{self.leader_id}")
+        self._task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        # _run survives every error of a fetch; if it still ends while it should run,
+        # its partitions would never catch up: that is the broker's end (crash-only)
+        if not task.cancelled() and not self._stopping:
+            self.manager.essential_task_died(task.get_name(), task.exception())
 
     async def stop(self) -> None:
         self._stopping = True
@@ -145,7 +152,8 @@ class ReplicaFetcher:
     async def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
             self._conn = await Connection.open(self.host, self.port,
-                                               client_id=f"replica-{self.broker_id}")
+                                               client_id=f"replica-{self.broker_id}",
+                                               node_id=self.broker_id)
         return self._conn
 
     async def _drop_connection(self) -> None:

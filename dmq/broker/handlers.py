@@ -73,6 +73,8 @@ class DataPlane:
     # ------------------------------------------------------------------ lookup
 
     def _partition(self, topic: str, p: int) -> Partition:
+        if self.replicas.degraded:  # a log that cannot be opened, an image not applied
+            self.replicas.check_serving(topic, p)
         part = self.replicas.get_partition(topic, p)
         if part is not None and not part.deleted:
             return part

@@ -26,7 +26,7 @@ import inspect
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from dmq.aio import wait_for
@@ -50,7 +50,10 @@ class BrokerLifecycle:
                  rack: str | None, on_image: OnImage, clock: Clock | None = None,
                  rng: random.Random | None = None, incarnation_id: str | None = None,
                  startup_timeout_ms: int = STARTUP_TIMEOUT_MS,
+                 on_fatal: Callable[[str, BaseException], None] | None = None,
                  kafka_address: tuple[str, int] | None = None) -> None:
+        """`on_fatal(what, exc)` is called if the registration/heartbeat or metadata
+        loop dies: without them the broker serves blind (crash-only, see dmq.node)."""
         self.config = config
         self.broker_id = broker_id
         self.host = host
@@ -62,10 +65,12 @@ class BrokerLifecycle:
         self.rng = rng or random.Random()
         self.incarnation_id = incarnation_id or uuid.uuid4().hex
         self.startup_timeout_ms = startup_timeout_ms
+        self.on_fatal = on_fatal
         self.heartbeat_interval_ms = int(config.get("broker.heartbeat.interval.ms"))
         self.session_timeout_ms = int(config.get("broker.session.timeout.ms"))
         self.channel = ControllerChannel([(c.host, c.port) for c in config.controllers],
-                                         client_id=f"broker-{broker_id}", rng=self.rng)
+                                         client_id=f"broker-{broker_id}", rng=self.rng,
+                                         node_id=broker_id)
         self.state = MetadataState(keep_offsets=False)
         self._image: MetadataImage = EMPTY_IMAGE
         self._broker_epoch = -1
@@ -80,6 +85,10 @@ class BrokerLifecycle:
         self._tasks: list[asyncio.Task[None]] = []
         self.stats_heartbeats = 0
         self.stats_images = 0
+        # set while fetched metadata does not apply (the broker is then not ready);
+        # `on_metadata_error` hears each change of it
+        self.metadata_error: str | None = None
+        self.on_metadata_error: Callable[[str | None], None] | None = None
 
     # public properties ----------------------------------------------------------------
     @property
@@ -109,7 +118,7 @@ class BrokerLifecycle:
         """Register, load the first image, then heartbeat and long-poll in the
         background. Waits at most `startup_timeout_ms` for the first two steps; if the
         controllers are not reachable by then the loops keep trying."""
-        self._tasks.append(asyncio.create_task(self._run(), name=f"broker-{self.broker_id}"))
+        self._tasks.append(self._essential(self._run(), f"broker-{self.broker_id}"))
         try:
             await wait_for(self._caught_up.wait(), self.startup_timeout_ms / 1000)
         except TimeoutError:
@@ -134,10 +143,25 @@ class BrokerLifecycle:
             await asyncio.sleep(0.02)
         return True
 
+    def _essential(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._essential_done)
+        return task
+
+    def _essential_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception() or RuntimeError("returned while the broker ran")
+        if self.on_fatal is not None:
+            self.on_fatal(f"broker task {task.get_name()}", exc)
+        else:
+            log.critical("broker=%d task %s died", self.broker_id, task.get_name(),
+                         exc_info=exc)
+
     async def _run(self) -> None:
         await self._register()
-        self._tasks.append(asyncio.create_task(self._metadata_loop(),
-                                               name=f"broker-{self.broker_id}-metadata"))
+        self._tasks.append(self._essential(self._metadata_loop(),
+                                           f"broker-{self.broker_id}-metadata"))
         await self._heartbeat_loop()
 
     async def _register(self) -> None:
@@ -212,8 +236,29 @@ class BrokerLifecycle:
                 await asyncio.sleep(backoff_ms(attempt, 50, 1000, self.rng) / 1000)
                 attempt += 1
                 continue
+            try:
+                await self._apply_fetch(resp)
+            except Exception as exc:  # noqa: BLE001 - the follower must outlive a bad fetch
+                # the local state may be half-changed: start over from a snapshot, and
+                # say so (the broker is not ready) until one applies
+                if self.metadata_error is None:
+                    log.exception("broker=%d metadata at version %d does not apply; "
+                                  "fetching a snapshot", self.broker_id, self.state.version)
+                self._set_metadata_error(f"metadata does not apply: {exc!r}")
+                self.state = MetadataState(keep_offsets=False)
+                await asyncio.sleep(backoff_ms(attempt, 100, 5000, self.rng) / 1000)
+                attempt += 1
+                continue
             attempt = 0
-            await self._apply_fetch(resp)
+            if self.metadata_error is not None:
+                log.info("broker=%d metadata applies again at version %d", self.broker_id,
+                         self.state.version)
+                self._set_metadata_error(None)
+
+    def _set_metadata_error(self, error: str | None) -> None:
+        self.metadata_error = error
+        if self.on_metadata_error is not None:
+            self.on_metadata_error(error)
 
     async def _apply_fetch(self, resp: dict[str, Any]) -> None:
         before = self.state.version

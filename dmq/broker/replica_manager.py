@@ -34,7 +34,7 @@ from dmq.log.cleaner import LogCleaner
 from dmq.log.config import LogConfig
 from dmq.log.partition_log import PartitionLog
 from dmq.protocol.api import ApiKey
-from dmq.protocol.errors import DmqError, ErrorCode
+from dmq.protocol.errors import BrokerNotAvailableError, DmqError, ErrorCode, StorageError
 
 log = logging.getLogger("dmq.broker")
 
@@ -51,6 +51,9 @@ ALTER_PARTITION_REFUSED_RETRY_MS = 500
 # A log on disk whose topic is absent from the image is deleted only after this long:
 # the first images after a restart may still be catching up with the controller.
 STRAY_LOG_GRACE_MS = 10_000
+# retry of partitions whose log could not be opened (and of an image that did not apply)
+UNAVAILABLE_RETRY_MIN_MS = 500
+UNAVAILABLE_RETRY_MAX_MS = 16_000
 
 
 def log_config_for(config: ClusterConfig, topic_configs: dict[str, str]) -> LogConfig:
@@ -118,7 +121,18 @@ class ReplicaManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: dict[str, Cancellable] = {}
         self._running = False
+        # called if an essential task (ISR reporter, a replica fetcher) dies: the broker
+        # must end rather than serve with stale ISRs or followers that never catch up
+        self.on_fatal: Callable[[str, BaseException], None] | None = None
         self._first_image_ms: int | None = None
+        # partitions assigned here that cannot be served (log not openable, role not
+        # applied), with the reason; retried with backoff while any is left
+        self.failed_partitions: dict[tuple[str, int], str] = {}
+        self.image_error: str | None = None  # set while the current image is not applied
+        # set by the broker while its metadata follower cannot apply what it fetched
+        self.metadata_error: str | None = None
+        self._retry_timer: Cancellable | None = None
+        self._retry_backoff_ms = UNAVAILABLE_RETRY_MIN_MS
         self.stats_isr_shrinks = 0
         self.stats_isr_expands = 0
 
@@ -163,7 +177,7 @@ class ReplicaManager:
 
     def start(self) -> None:
         self._running = True
-        self._spawn(self._alter_partition_loop(), "alter-partition")
+        self._spawn(self._alter_partition_loop(), "alter-partition", essential=True)
         self._schedule(min(self.lag_time_max_ms // 2, 500), self._check_isr)
         self._schedule(HW_CHECKPOINT_INTERVAL_MS, self._checkpoint_hw_tick)
         self._schedule(int(self.config.get("log.retention.check.interval.ms")),
@@ -177,6 +191,9 @@ class ReplicaManager:
         for t in self._timers.values():
             t.cancel()
         self._timers.clear()
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         await self.fetchers.stop()
         for part in self.partitions.values():
             part.fail_waiters(ErrorCode.NOT_LEADER_OR_FOLLOWER)
@@ -199,17 +216,27 @@ class ReplicaManager:
             await asyncio.gather(*(loop.run_in_executor(pool, _close_quietly, lg)
                                    for lg in logs))
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str, essential: bool = False) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"broker-{self.broker_id}-{name}")
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
+            if essential and not t.cancelled() and self._running:
+                self.essential_task_died(t.get_name(), t.exception())
+            elif not t.cancelled() and t.exception() is not None:
                 log.error("broker=%d task %s failed", self.broker_id, name,
                           exc_info=t.exception())
 
         task.add_done_callback(done)
+
+    def essential_task_died(self, name: str, exc: BaseException | None) -> None:
+        """A task the broker cannot work without ended while running (crash-only)."""
+        err = exc if exc is not None else RuntimeError("returned while the broker ran")
+        if self.on_fatal is not None:
+            self.on_fatal(f"broker task {name}", err)
+        else:
+            log.critical("broker=%d task %s died", self.broker_id, name, exc_info=err)
 
     def _schedule(self, interval_ms: int, fn: Callable[[], None]) -> None:
         """Run `fn` every `interval_ms` on the injected clock until stopped."""
@@ -245,43 +272,133 @@ class ReplicaManager:
         created in a worker thread (creating thousands of logs costs seconds of fsyncs
         and must not stall the event loop and its heartbeats); the partition takes its
         role from the then-current image when the log is ready, and until then answers
-        NOT_LEADER_OR_FOLLOWER (retriable)."""
+        NOT_LEADER_OR_FOLLOWER (retriable).
+
+        A partition whose log cannot be opened or created, or whose role cannot be
+        applied (EMFILE, ENOSPC, ...), is isolated: it answers STORAGE_ERROR, the rest
+        of the image applies, and it is retried with backoff. If the image as a whole
+        cannot be applied, `image_error` says why: the broker is not ready and its data
+        plane refuses to serve from the older image until a retry succeeds."""
         if self._first_image_ms is None:
             self._first_image_ms = self.clock.monotonic_ms()
         self.image = image
+        try:
+            self._apply_image(image)
+        except Exception as exc:  # noqa: BLE001 - the broker must not serve blind
+            if self.image_error is None:
+                log.exception("broker=%d cannot apply metadata image %d; not serving until "
+                              "it applies", self.broker_id, image.version)
+            self.image_error = f"metadata image {image.version} not applied: {exc!r}"
+            self._arm_retry()
+            return
+        if self.image_error is not None:
+            log.info("broker=%d metadata image %d applied; serving again", self.broker_id,
+                     image.version)
+            self.image_error = None
+
+    def _apply_image(self, image: MetadataImage) -> None:
         mine: set[tuple[str, int]] = set()
         for topic in image.topics.values():
-            cfg: LogConfig | None = None
+            cfg: list[LogConfig] = []  # the topic's log config, made once when needed
             for p, info in topic.partitions.items():
                 if self.broker_id not in info.replicas:
                     continue
                 tp = (topic.name, p)
                 mine.add(tp)
-                part = self.partitions.get(tp)
-                if part is not None and part.topic_id != topic.topic_id:
-                    log.info("broker=%d %s-%d: topic re-created (id %s -> %s); dropping old log",
-                             self.broker_id, topic.name, p, part.topic_id, topic.topic_id)
-                    self._delete_partition(tp)
-                    part = None
-                if part is None:
-                    if tp in self._creating:
-                        continue  # takes its role from the image of the moment it is ready
-                    part = self._open_partition(topic, p)
-                    if part is None:
-                        continue
-                else:  # the topic's configs may have been altered
-                    if cfg is None:
-                        cfg = self._log_config(topic)
-                    if part.log.config != cfg:
-                        log.info("broker=%d %s: log config changed", self.broker_id, part.name)
-                        part.log.config = cfg
-                        self._register_for_cleaning(part)
-                        self._record_cleanup_policy(part, cfg)
-                self._apply_role(part, topic, info, image)
+                try:
+                    self._apply_partition(topic, p, info, image, cfg)
+                except Exception as exc:  # noqa: BLE001 - isolate this partition only
+                    self._partition_failed(tp, exc)
+        for tp in [tp for tp in self.failed_partitions if tp not in mine]:
+            del self.failed_partitions[tp]
         for tp in [tp for tp in self.partitions if tp not in mine]:
             self._delete_partition(tp)
         if self._loaded:
             self._drop_stray_logs(image)
+
+    def _apply_partition(self, topic: TopicInfo, p: int, info: PartitionInfo,
+                         image: MetadataImage, cfg: list[LogConfig]) -> None:
+        tp = (topic.name, p)
+        part = self.partitions.get(tp)
+        if part is not None and part.topic_id != topic.topic_id:
+            log.info("broker=%d %s-%d: topic re-created (id %s -> %s); dropping old log",
+                     self.broker_id, topic.name, p, part.topic_id, topic.topic_id)
+            self._delete_partition(tp)
+            part = None
+        if part is None:
+            if tp in self._creating:
+                return  # takes its role from the image of the moment it is ready
+            part = self._open_partition(topic, p)
+            if part is None:
+                return
+        else:  # the topic's configs may have been altered
+            if not cfg:
+                cfg.append(self._log_config(topic))
+            if part.log.config != cfg[0]:
+                log.info("broker=%d %s: log config changed", self.broker_id, part.name)
+                part.log.config = cfg[0]
+                self._register_for_cleaning(part)
+                self._record_cleanup_policy(part, cfg[0])
+        self._apply_role(part, topic, info, image)
+        self._partition_recovered(tp)
+
+    # ------------------------------------------------------------------ unavailable partitions
+
+    def _partition_failed(self, tp: tuple[str, int], exc: BaseException) -> None:
+        """Isolate a partition whose log cannot be opened or whose role cannot be
+        applied; it is retried with backoff. One log line per partition until it
+        recovers (thousands may fail together when descriptors run out)."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if tp not in self.failed_partitions:
+            log.error("broker=%d %s-%d unavailable (retrying): %s", self.broker_id, *tp, reason)
+        self.failed_partitions[tp] = reason
+        self._arm_retry()
+
+    def _partition_recovered(self, tp: tuple[str, int]) -> None:
+        if self.failed_partitions.pop(tp, None) is not None:
+            log.info("broker=%d %s-%d available again", self.broker_id, *tp)
+
+    def _arm_retry(self) -> None:
+        if self._retry_timer is not None or not self._running:
+            return
+        delay = self._retry_backoff_ms
+        self._retry_backoff_ms = min(self._retry_backoff_ms * 2, UNAVAILABLE_RETRY_MAX_MS)
+        self._retry_timer = self.clock.call_later(delay, self._retry_unavailable)
+
+    def _retry_unavailable(self) -> None:
+        self._retry_timer = None
+        if not self._running or self.image is None:
+            return
+        if self.image_error is None and not self.failed_partitions:
+            self._retry_backoff_ms = UNAVAILABLE_RETRY_MIN_MS
+            return
+        if self.failed_partitions:
+            log.warning("broker=%d retrying %d unavailable partitions (e.g. %s-%d: %s)",
+                        self.broker_id, len(self.failed_partitions),
+                        *next(iter(self.failed_partitions.items()))[0],
+                        next(iter(self.failed_partitions.values())))
+        self.apply_image(self.image)
+        if self.image_error is None and not self.failed_partitions and not self._creating:
+            self._retry_backoff_ms = UNAVAILABLE_RETRY_MIN_MS
+        else:
+            self._arm_retry()
+
+    def check_serving(self, topic: str, partition: int) -> None:
+        """Raise for a partition this broker cannot serve now: its log is unavailable,
+        or the current metadata image is not applied (the data plane calls this only
+        while `degraded`)."""
+        for error in (self.image_error, self.metadata_error):
+            if error is not None:
+                raise BrokerNotAvailableError(f"broker {self.broker_id}: {error}")
+        reason = self.failed_partitions.get((topic, partition))
+        if reason is not None:
+            raise StorageError(f"{topic}-{partition}: log unavailable on broker "
+                               f"{self.broker_id} ({reason}); retrying")
+
+    @property
+    def degraded(self) -> bool:
+        return (self.image_error is not None or self.metadata_error is not None
+                or bool(self.failed_partitions))
 
     def _apply_role(self, part: Partition, topic: TopicInfo, info: PartitionInfo,
                     image: MetadataImage) -> None:
@@ -320,7 +437,11 @@ class ReplicaManager:
         cfg = self._log_config(topic)
         if plog.config != cfg:
             plog.config = cfg
-        _write_partition_metadata(path, topic.topic_id, cfg.cleanup_policy)
+        try:
+            _write_partition_metadata(path, topic.topic_id, cfg.cleanup_policy)
+        except OSError:
+            self._loaded[tp] = loaded  # still open: the retry takes it from here
+            raise
         return self._add_partition(tp, topic.topic_id, plog)
 
     def _log_config(self, topic: TopicInfo) -> LogConfig:
@@ -375,8 +496,11 @@ class ReplicaManager:
         if not self._creating:
             self._idle.set()
         if fut.cancelled() or fut.exception() is not None:
-            log.error("broker=%d cannot create log for %s-%d: %s", self.broker_id, *tp,
-                      None if fut.cancelled() else fut.exception())
+            if fut.cancelled() or not self._running:
+                return
+            exc = fut.exception()
+            assert exc is not None
+            self._partition_failed(tp, exc)
             return
         plog = fut.result()
         if not self._running:
@@ -394,8 +518,13 @@ class ReplicaManager:
                     and tp not in self.partitions and tp not in self._creating):
                 self._start_creating(topic, tp[1], Path(plog.directory))
             return
-        part = self._add_partition(tp, topic_id, plog)
-        self._apply_role(part, topic, info, image)
+        try:
+            part = self._add_partition(tp, topic_id, plog)
+            self._apply_role(part, topic, info, image)
+        except Exception as exc:  # noqa: BLE001 - a done callback: isolate the partition
+            self._partition_failed(tp, exc)
+            return
+        self._partition_recovered(tp)
 
     async def wait_idle(self, timeout_ms: int = 10_000) -> None:
         """Wait until no partition log is being created (for tests and tools)."""
@@ -572,7 +701,9 @@ class ReplicaManager:
                 "under_replicated": sum(1 for p in self.partitions.values()
                                         if p.is_leader and len(p.isr) < len(p.replicas)),
                 "failed_logs": sum(1 for p in self.partitions.values()
-                                   if p.log.failure is not None)}
+                                   if p.log.failure is not None),
+                "unavailable_partitions": len(self.failed_partitions),
+                "image_error": self.image_error}
 
 
 def _code_name(code: int) -> str:

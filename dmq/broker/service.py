@@ -41,11 +41,14 @@ class BrokerService:
         self.clock = SystemClock()
         address = node.spec.address
         self.lifecycle = BrokerLifecycle(self.config, self.broker_id, address.host, address.port,
-                                         address.rack, on_image=self._on_image, clock=self.clock)
+                                         address.rack, on_image=self._on_image, clock=self.clock,
+                                         on_fatal=node.fatal)
         self.replicas = ReplicaManager(self.config, self.broker_id, node.spec.data_dir,
                                        self.lifecycle.controller_request,
                                        lambda: int(self.lifecycle.broker_epoch),
                                        clock=self.clock)
+        self.lifecycle.on_metadata_error = self._metadata_error
+        self.replicas.on_fatal = node.fatal
         self.data_plane = DataPlane(self.replicas, self.lifecycle.controller_request,
                                     bool(self.config.get("auto.create.topics.enable")))
         # In combined mode the controller answers METADATA itself.
@@ -57,6 +60,9 @@ class BrokerService:
     def _controller_changed(self, ctx: Any, body: Any) -> Any:
         result = self.lifecycle.handle_controller_changed(body)
         return {} if result is None else result
+
+    def _metadata_error(self, error: str | None) -> None:
+        self.replicas.metadata_error = error  # not serving from a stale image meanwhile
 
     def _on_image(self, image: MetadataImage) -> None:
         if not self._started:
@@ -105,6 +111,10 @@ class BrokerService:
             return False, "starting"
         if getattr(self.lifecycle, "is_fenced", True):
             return False, "fenced"
+        if self.replicas.image_error is not None:
+            return False, self.replicas.image_error
+        if self.replicas.metadata_error is not None:
+            return False, self.replicas.metadata_error
         return True, ""
 
     def metrics(self) -> list[Any]:
@@ -120,6 +130,9 @@ class BrokerService:
             ("dmq_broker_failed_logs", "gauge",
              "partition logs closed by a storage failure (served again after a restart)",
              [(lab, float(info["failed_logs"]))]),
+            ("dmq_broker_unavailable_partitions", "gauge",
+             "partitions assigned here whose log cannot be opened now (retried)",
+             [(lab, float(info["unavailable_partitions"]))]),
             ("dmq_broker_isr_shrinks", "counter", "ISR shrinks proposed",
              [(lab, float(self.replicas.stats_isr_shrinks))]),
             ("dmq_broker_isr_expands", "counter", "ISR expansions proposed",

@@ -134,9 +134,10 @@ class ControllerChannel:
 
     def __init__(self, addresses: list[tuple[str, int]], *, client_id: str = "dmq",
                  rng: random.Random | None = None, discovery_timeout_ms: int = 5000,
-                 max_hops: int = 5) -> None:
+                 max_hops: int = 5, node_id: int | None = None) -> None:
         self.addresses = list(addresses)
         self.client_id = client_id
+        self.node_id = node_id  # a cluster node's channel identifies as that node
         self.rng = rng or random.Random()
         self.discovery_timeout_ms = discovery_timeout_ms
         self.max_hops = max_hops
@@ -172,7 +173,8 @@ class ControllerChannel:
             ctl = self.controller
             try:
                 self._conn = await Connection.open(ctl.host, ctl.port, client_id=self.client_id,
-                                                   connect_timeout_ms=min(timeout_ms, 2000))
+                                                   connect_timeout_ms=min(timeout_ms, 2000),
+                                                   node_id=self.node_id)
             except DmqError:
                 self.controller = None
                 raise

@@ -63,6 +63,7 @@ from dmq.protocol.errors import (
     FencedInstanceIdError,
     FencedMemberEpochError,
     GroupIdNotFoundError,
+    InvalidGroupIdError,
     InvalidRequestError,
     InvalidSessionTimeoutError,
     NonEmptyGroupError,
@@ -93,6 +94,12 @@ M_AWAITING = "awaiting"  # epoch is current, some target partitions are still he
 MIN_SESSION_TIMEOUT_MS = 1000
 MAX_SESSION_TIMEOUT_MS = 3_600_000
 MAX_MEMBERS_PER_GROUP = 10_000
+# Lengths of the ids a client chooses: they are kept in memory per member and (group
+# ids) in every committed-offset record, so each has a bound (Kafka bounds none of
+# them below its 32,767-byte strings; 255 is far above any real name).
+MAX_GROUP_ID_CHARS = 255
+MAX_MEMBER_ID_CHARS = 255  # member ids and group instance ids
+MAX_CLIENT_ID_CHARS = 255
 RECONCILING_HEARTBEAT_MS = 200
 
 
@@ -179,6 +186,23 @@ def owned_from_wire(owned: list[list[Any]] | None) -> set[TopicPartition] | None
     return {(str(t), int(p)) for t, parts in owned for p in parts}
 
 
+def check_group_id(group_id: str) -> None:
+    if not group_id:
+        raise InvalidGroupIdError("group_id must not be empty")
+    if len(group_id) > MAX_GROUP_ID_CHARS:
+        raise InvalidGroupIdError(f"group_id is {len(group_id)} chars; at most "
+                                  f"{MAX_GROUP_ID_CHARS} allowed")
+
+
+def check_member_ids(member_id: str, instance_id: str | None = None,
+                     client_id: str = "") -> None:
+    for what, value, limit in (("member_id", member_id, MAX_MEMBER_ID_CHARS),
+                               ("instance_id", instance_id or "", MAX_MEMBER_ID_CHARS),
+                               ("client_id", client_id, MAX_CLIENT_ID_CHARS)):
+        if len(value) > limit:
+            raise InvalidRequestError(f"{what} is {len(value)} chars; at most {limit} allowed")
+
+
 class GroupCoordinator:
     def __init__(self, clock: Clock, topics: TopicsView, *,
                  heartbeat_interval_ms: int = 1000, rng: random.Random | None = None,
@@ -205,8 +229,8 @@ class GroupCoordinator:
                   assignor: str | None = None, client_id: str = "",
                   host: str = "") -> HeartbeatResult:
         """One ConsumerGroupHeartbeat. Raises a `DmqError` for the error answers."""
-        if not group_id:
-            raise InvalidRequestError("group_id must not be empty")
+        check_group_id(group_id)
+        check_member_ids(member_id, instance_id, client_id)
         if not MIN_SESSION_TIMEOUT_MS <= session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
             raise InvalidSessionTimeoutError(
                 f"session_timeout_ms must be in [{MIN_SESSION_TIMEOUT_MS}, "
@@ -577,6 +601,9 @@ __all__ = [
     "EMPTY",
     "JOIN_EPOCH",
     "LEAVE_EPOCH",
+    "MAX_CLIENT_ID_CHARS",
+    "MAX_GROUP_ID_CHARS",
+    "MAX_MEMBER_ID_CHARS",
     "NO_OFFSET",
     "RECONCILING",
     "STABLE",
@@ -586,6 +613,8 @@ __all__ = [
     "HeartbeatResult",
     "Member",
     "TopicsView",
+    "check_group_id",
+    "check_member_ids",
     "owned_from_wire",
     "tombstones",
 ]

@@ -38,15 +38,18 @@ from dmq.controller.group_coordinator import (
     EMPTY,
     NO_OFFSET,
     GroupCoordinator,
+    check_group_id,
+    check_member_ids,
     owned_from_wire,
 )
 from dmq.controller.planner import Planner
-from dmq.controller.records import Record
+from dmq.controller.records import OffsetCommit, Record
 from dmq.controller.state import MetadataState
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import (
     DmqError,
     ErrorCode,
+    InvalidRequestError,
     NotControllerError,
     RaftNotReadyError,
     RequestTimedOutError,
@@ -56,6 +59,12 @@ from dmq.protocol.server import RequestContext
 log = logging.getLogger("dmq.controller.group_service")
 
 MAX_PENDING_COMMITS = 10_000
+# partitions one OffsetCommit (or reset) may name: with `offset.metadata.max.bytes` this
+# bounds the Raft entry one commit makes
+MAX_COMMIT_PARTITIONS = 10_000
+# commits queued together go into one Raft entry up to about this many bytes; a larger
+# backlog is proposed as several entries (a follower refuses frames past max.frame.bytes)
+MAX_COMMIT_ENTRY_BYTES = 4 * 1024 * 1024
 COMMIT_TIMEOUT_MS = 15_000
 RETENTION_CHECK_MS = 60_000
 
@@ -195,9 +204,22 @@ class GroupService:
             self._proposer = asyncio.get_running_loop().create_task(self._propose_loop())
         return fut
 
+    def _take_batch(self) -> list[tuple[list[Record], asyncio.Future[None]]]:
+        """The oldest pending commits, as many as fit in `MAX_COMMIT_ENTRY_BYTES` (at
+        least one)."""
+        size = 0
+        n = 0
+        for recs, _ in self._pending:
+            size += sum(_estimated_bytes(r) for r in recs)
+            if n and size > MAX_COMMIT_ENTRY_BYTES:
+                break
+            n += 1
+        batch, self._pending = self._pending[:n], self._pending[n:]
+        return batch
+
     async def _propose_loop(self) -> None:
         while self._pending and not self._closed:
-            batch, self._pending = self._pending, []
+            batch = self._take_batch()
             records = [r for recs, _ in batch for r in recs]
             try:
                 await wait_for(self.host.propose(records), COMMIT_TIMEOUT_MS / 1000)
@@ -234,9 +256,11 @@ class GroupService:
     async def offset_commit(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         coord = self.coordinator()
         group = body["group_id"]
+        _check_commit(group, body["member_id"], body["topics"])
         coord.validate_commit(group, body["member_id"], body["member_epoch"])
         records, results = _plan_commit(self.host.state, group, body["topics"],
-                                        self.host.clock.wall_ms())
+                                        self.host.clock.wall_ms(),
+                                        int(self.host.setting("offset.metadata.max.bytes")))
         if records:
             await self._enqueue(records)
         return {"topics": results}
@@ -299,6 +323,7 @@ class GroupService:
     async def reset_offsets(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         coord = self.coordinator()
         group = body["group_id"]
+        _check_commit(group, "", body["topics"])
         coord.check_empty(group)
         topics = [[t, [[p, o, None] for p, o in parts]] for t, parts in body["topics"]]
         records, results = _plan_commit(self.host.state, group, topics,
@@ -310,11 +335,31 @@ class GroupService:
                            for t, rows in results]}
 
 
-def _plan_commit(state: MetadataState, group: str, topics: list[list[Any]], commit_ms: int
+def _check_commit(group: str, member_id: str, topics: list[list[Any]]) -> None:
+    """Refuse a commit whose ids or partition count pass the bounds, before any work."""
+    check_group_id(group)
+    check_member_ids(member_id)
+    count = sum(len(parts) for _, parts in topics)
+    if count > MAX_COMMIT_PARTITIONS:
+        raise InvalidRequestError(f"the commit names {count} partitions; at most "
+                                  f"{MAX_COMMIT_PARTITIONS} per request")
+
+
+def _estimated_bytes(record: Record) -> int:
+    """About the encoded size of a record (offset commits by their rows)."""
+    if isinstance(record, OffsetCommit):
+        return 32 + len(record.group) + sum(
+            24 + len(t) + (len(m) * 4 if m else 0) for t, _, _, m in record.offsets)
+    return 256
+
+
+def _plan_commit(state: MetadataState, group: str, topics: list[list[Any]], commit_ms: int,
+                 max_metadata_bytes: int | None = None
                  ) -> tuple[list[Record], list[list[Any]]]:
     """Records for a commit and the per-partition results, by the planner's rules
-    (unknown partition, negative offset)."""
-    return Planner(state, _no_settings).commit_offsets(group, topics, commit_ms)
+    (metadata too large, unknown partition, negative offset)."""
+    return Planner(state, _no_settings).commit_offsets(group, topics, commit_ms,
+                                                       max_metadata_bytes)
 
 
 def _no_settings(key: str) -> Any:

@@ -44,6 +44,7 @@ from dmq.controller.records import (
 from dmq.controller.state import MetadataState
 from dmq.controller.validation import (
     TOPIC_CONFIG_CHECKS,
+    PartitionLimits,
     validate_topic_config,
     validate_topic_name,
 )
@@ -58,13 +59,13 @@ from dmq.protocol.errors import (
     InvalidReplicationFactorError,
     InvalidRequestError,
     NotLeaderOrFollowerError,
+    PolicyViolationError,
     StaleBrokerEpochError,
     TopicAlreadyExistsError,
     UnknownLeaderEpochError,
     UnknownTopicOrPartitionError,
 )
 
-MAX_PARTITIONS_PER_TOPIC = 100_000
 PRODUCER_ID_BLOCK = 1000
 
 GetSetting = Callable[[str], Any]
@@ -82,6 +83,8 @@ class Planner:
         self.state = state
         self.get_setting = get_setting
         self.rng = rng or random.Random()
+        self._counts: dict[int, int] = {}
+        self._counts_key: tuple[int, int, int] | None = None
 
     # helpers ----------------------------------------------------------------------------
     def _online(self, exclude: Iterable[int] = (), include: Iterable[int] = ()) -> set[int]:
@@ -248,12 +251,91 @@ class Planner:
         return sorted((b.broker_id, b.rack) for b in self.state.brokers.values()
                       if b.state == ONLINE)
 
+    def _partition_count(self) -> int:
+        return sum(len(t.partitions) for t in self.state.topics.values())
+
+    def replica_counts(self) -> dict[int, int]:
+        """Partition replicas assigned to each broker id (computed once per metadata
+        version: a create request reads it, it does not walk every partition again)."""
+        key = (self.state.version, len(self.state.topics), self._partition_count())
+        if key != self._counts_key:
+            counts: dict[int, int] = {}
+            for p in self._all_partitions():
+                for r in p.replicas:
+                    counts[r] = counts.get(r, 0) + 1
+            self._counts, self._counts_key = counts, key
+        return dict(self._counts)
+
+    @staticmethod
+    def _request_error(topics: int, partitions: int,
+                       limits: PartitionLimits) -> DmqError | None:
+        """A request past the per-request bounds is refused whole, before placement."""
+        if topics > limits.topics_per_request:
+            return InvalidRequestError(
+                f"the request names {topics} topics; at most {limits.topics_per_request} "
+                f"per request (max.topics.per.request)")
+        if partitions > limits.per_request:
+            return InvalidRequestError(
+                f"the request adds {partitions} partitions; at most {limits.per_request} "
+                f"per request (max.partitions.per.request)")
+        return None
+
+    @staticmethod
+    def _check_cluster_room(name: str, partitions: int, cluster_total: int,
+                            limits: PartitionLimits) -> None:
+        if cluster_total + partitions > limits.per_cluster:
+            raise PolicyViolationError(
+                f"topic {name!r}: {partitions} more partitions would make "
+                f"{cluster_total + partitions} in the cluster; at most {limits.per_cluster} "
+                f"(max.partitions.per.cluster)")
+
+    @staticmethod
+    def _check_broker_room(name: str, partitions: int, rf: int, counts: dict[int, int],
+                           brokers: list[tuple[int, str | None]], limits: PartitionLimits,
+                           assignments: list[tuple[int, ...]] | None = None) -> None:
+        """Refuse when placing these replicas would put a broker past
+        `max.partition.replicas.per.broker`: before placement (not enough room on the
+        online brokers together), then on the placement itself."""
+        cap = limits.replicas_per_broker
+        room = sum(max(0, cap - counts.get(b, 0)) for b, _ in brokers)
+        if assignments is None:
+            over = partitions * rf > room
+            worst, total = -1, 0
+        else:
+            added: dict[int, int] = {}
+            for reps in assignments:
+                for r in reps:
+                    added[r] = added.get(r, 0) + 1
+            worst, total = max(((b, counts.get(b, 0) + n) for b, n in added.items()),
+                               key=lambda bn: bn[1], default=(-1, 0))
+            over = total > cap
+        if over:
+            where = f"broker {worst} would host {total}" if worst >= 0 else \
+                f"the {len(brokers)} online broker(s) have room for {room} more"
+            raise PolicyViolationError(
+                f"topic {name!r}: {partitions} partition(s) x {rf} replica(s) do not fit: "
+                f"{where}; at most {cap} partition replicas per broker "
+                f"(max.partition.replicas.per.broker)")
+        if assignments is not None:
+            for reps in assignments:
+                for r in reps:
+                    counts[r] = counts.get(r, 0) + 1
+
     def create_topics(self, topics: list[dict[str, Any]],
                       validate_only: bool = False) -> tuple[list[Record], list[dict[str, Any]]]:
         records: list[Record] = []
         results: list[dict[str, Any]] = []
         names = [t["name"] for t in topics]
         brokers = self._placement_brokers()
+        limits = PartitionLimits.from_settings(self.get_setting)
+        default_partitions = int(self.get_setting("num.partitions"))
+        asked = sum(max(0, default_partitions if t["partitions"] == -1 else t["partitions"])
+                    for t in topics)
+        refused = self._request_error(len(topics), asked, limits)
+        if refused is not None:
+            return [], [topic_result(name, refused, id=None) for name in names]
+        counts = self.replica_counts()
+        cluster_total = self._partition_count()
         for t in topics:
             name = t["name"]
             try:
@@ -264,11 +346,11 @@ class Planner:
                     raise TopicAlreadyExistsError(f"topic {name!r} already exists")
                 partitions = t["partitions"]
                 if partitions == -1:
-                    partitions = int(self.get_setting("num.partitions"))
-                if not 0 < partitions <= MAX_PARTITIONS_PER_TOPIC:
+                    partitions = default_partitions
+                if not 0 < partitions <= limits.per_topic:
                     raise InvalidPartitionsError(
-                        f"partitions must be between 1 and {MAX_PARTITIONS_PER_TOPIC}, got "
-                        f"{t['partitions']}")
+                        f"partitions must be between 1 and {limits.per_topic} "
+                        f"(max.partitions.per.topic), got {t['partitions']}")
                 rf = t["replication_factor"]
                 if rf == -1:
                     rf = int(self.get_setting("default.replication.factor"))
@@ -281,10 +363,15 @@ class Planner:
                         f"broker(s)")
                 configs = {k: validate_topic_config(k, v)
                            for k, v in (t.get("configs") or {}).items()}
+                self._check_cluster_room(name, partitions, cluster_total, limits)
+                self._check_broker_room(name, partitions, rf, counts, brokers, limits)
                 assignments = assign_replicas(brokers, partitions, rf, self.rng)
+                self._check_broker_room(name, partitions, rf, counts, brokers, limits,
+                                        assignments)
             except DmqError as exc:
                 results.append(topic_result(name, exc, id=None))
                 continue
+            cluster_total += partitions
             topic_id = self._new_topic_id()
             records.append(CreateTopic(name, topic_id, configs, tuple(assignments)))
             results.append(topic_result(name, id=topic_id, partitions=partitions,
@@ -313,6 +400,17 @@ class Planner:
         results = []
         brokers = self._placement_brokers()
         names = [t["name"] for t in topics]
+        limits = PartitionLimits.from_settings(self.get_setting)
+        asked = 0
+        for req in topics:
+            known = self.state.topics.get(req["name"])
+            if known is not None:
+                asked += max(0, req["count"] - len(known.partitions))
+        refused = self._request_error(len(topics), asked, limits)
+        if refused is not None:
+            return [], [topic_result(name, refused) for name in names]
+        counts = self.replica_counts()
+        cluster_total = self._partition_count()
         for req in topics:
             name = req["name"]
             try:
@@ -327,14 +425,21 @@ class Planner:
                     raise InvalidPartitionsError(
                         f"topic {name!r} has {current} partitions; the new count {count} must "
                         f"be larger")
-                if count > MAX_PARTITIONS_PER_TOPIC:
+                if count > limits.per_topic:
                     raise InvalidPartitionsError(
-                        f"at most {MAX_PARTITIONS_PER_TOPIC} partitions per topic")
-                assignments = assign_replicas(brokers, count - current, t.replication_factor,
-                                              self.rng, first_partition=current)
+                        f"at most {limits.per_topic} partitions per topic "
+                        f"(max.partitions.per.topic), got {count}")
+                added = count - current
+                rf = t.replication_factor
+                self._check_cluster_room(name, added, cluster_total, limits)
+                self._check_broker_room(name, added, rf, counts, brokers, limits)
+                assignments = assign_replicas(brokers, added, rf, self.rng,
+                                              first_partition=current)
+                self._check_broker_room(name, added, rf, counts, brokers, limits, assignments)
             except DmqError as exc:
                 results.append(topic_result(name, exc))
                 continue
+            cluster_total += added
             records.append(AddPartitions(name, t.topic_id, current, tuple(assignments)))
             results.append(topic_result(name))
         return ([] if validate_only else records), results
@@ -427,17 +532,24 @@ class Planner:
         first = self.state.next_producer_id
         return [ProducerIds(broker_id, first + count)], first
 
-    def commit_offsets(self, group: str, offsets: list[list[Any]], commit_ms: int
+    def commit_offsets(self, group: str, offsets: list[list[Any]], commit_ms: int,
+                       max_metadata_bytes: int | None = None
                        ) -> tuple[list[Record], list[list[Any]]]:
         """offsets: [[topic, [[partition, offset, metadata], ...]], ...]. Returns records
-        and [[topic, [[partition, error], ...]], ...]."""
+        and [[topic, [[partition, error], ...]], ...]. A metadata string longer than
+        `max_metadata_bytes` (UTF-8) is refused for its partition, as Kafka's
+        `offset.metadata.max.bytes` does."""
         accepted: list[tuple[str, int, int, str | None]] = []
         results = []
         for topic, parts in offsets:
             t = self.state.topics.get(topic)
             res = []
             for partition, offset, metadata in parts:
-                if t is None or partition not in t.partitions:
+                if max_metadata_bytes is not None and metadata is not None and (
+                        len(metadata) > max_metadata_bytes
+                        or len(metadata.encode()) > max_metadata_bytes):
+                    res.append([partition, int(ErrorCode.OFFSET_METADATA_TOO_LARGE)])
+                elif t is None or partition not in t.partitions:
                     res.append([partition, int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)])
                 elif offset < 0:
                     res.append([partition, int(ErrorCode.OFFSET_OUT_OF_RANGE)])
@@ -450,4 +562,4 @@ class Planner:
         return records, results
 
 
-__all__ = ["MAX_PARTITIONS_PER_TOPIC", "PRODUCER_ID_BLOCK", "Planner", "topic_result"]
+__all__ = ["PRODUCER_ID_BLOCK", "Planner", "topic_result"]

@@ -5,7 +5,14 @@ its API keys, and turn its local errors into wire errors.
 record batches (one entry each) and maps NotLeader to NOT_CONTROLLER naming the leader,
 dropped proposals to a retriable RAFT_NOT_READY, and unknown outcomes to
 REQUEST_TIMED_OUT (the write may or may not have happened; controller writes are
-planned against the state, so a retry is checked again).
+planned against the state, so a retry is checked again). A proposal larger than one
+Raft entry may be (max.frame.bytes less framing) is refused at once with the
+non-retriable RECORD_LIST_TOO_LARGE; when this controller stops leading, its pending
+proposals fail at once with NOT_CONTROLLER naming the new leader when known.
+
+It also tells the Raft driver what the metadata state machine can apply, so a peer's
+append with an entry that does not decode (or a snapshot that does not restore) is
+refused before it is stored, and that the node must end if a Raft task dies.
 """
 
 from __future__ import annotations
@@ -14,17 +21,21 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from dmq.clock import SystemClock
-from dmq.controller.records import Record, encode_batch
+from dmq.controller.records import MalformedRecordError, Record, decode_batch, encode_batch
+from dmq.controller.state import MetadataState
 from dmq.controller.state_machine import MetadataStateMachine
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import (
     DmqError,
     NotControllerError,
     RaftNotReadyError,
+    RecordListTooLargeError,
     RequestTimedOutError,
 )
-from dmq.raft.core import NotLeaderError, RaftError
+from dmq.raft.core import EntryTooLargeError, NotLeaderError, RaftError
 from dmq.raft.node import RaftNode, RaftNodeConfig
 from dmq.raft.storage import FileStorage
 from dmq.types import NodeId
@@ -47,11 +58,14 @@ class RaftGlue:
             tick_ms=int(config.get("raft.tick.ms")),
             election_ticks=int(config.get("raft.election.timeout.ticks")),
             heartbeat_ticks=int(config.get("raft.heartbeat.ticks")),
-            snapshot_interval_entries=int(config.get("raft.snapshot.interval.entries")))
+            snapshot_interval_entries=int(config.get("raft.snapshot.interval.entries")),
+            max_frame_bytes=int(config.get("max.frame.bytes")))
         self.storage_dir = node.spec.data_dir / "metadata-raft"
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.storage = FileStorage(str(self.storage_dir))
-        self.raft = RaftNode(self.raft_config, self.storage, sm, SystemClock(), random.Random())
+        self.raft = RaftNode(self.raft_config, self.storage, sm, SystemClock(), random.Random(),
+                             validate_entry=validate_entry,
+                             validate_snapshot=validate_snapshot, on_fatal=node.fatal)
         self.raft.register(node.server)
         node.server.register(ApiKey.RAFT_STATUS, self._status)
         self._started = False
@@ -89,6 +103,8 @@ class RaftGlue:
         except NotLeaderError as exc:
             raise NotControllerError(f"controller {self.node_id} is not the leader",
                                      leader=self.leader_hint(int(exc.leader_id))) from None
+        except EntryTooLargeError as exc:
+            raise RecordListTooLargeError(f"metadata write refused: {exc}") from None
         except DmqError:
             raise
         except RaftError as exc:
@@ -110,4 +126,28 @@ class RaftGlue:
             log.info("controller=%d leadership transfer failed: %s", self.node_id, exc)
 
 
-__all__ = ["RaftGlue"]
+def validate_entry(data: bytes) -> str | None:
+    """Why a metadata Raft entry could not be applied (None: it can). Empty data is a
+    barrier; anything else must be a msgpack array of well-formed records."""
+    if not data:
+        return None
+    try:
+        decode_batch(data)
+    except MalformedRecordError as exc:
+        return str(exc)
+    return None
+
+
+def validate_snapshot(data: bytes) -> str | None:
+    """Why a metadata snapshot could not be restored (None: it can), checked by
+    restoring it into a scratch state."""
+    if not data:
+        return None
+    try:
+        MetadataState().restore(msgpack.unpackb(data, raw=False, strict_map_key=False))
+    except Exception as exc:  # any failure here would fail the real restore too
+        return f"metadata snapshot does not restore: {type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+__all__ = ["RaftGlue", "validate_entry", "validate_snapshot"]

@@ -136,13 +136,15 @@ class ControllerService:
 
     async def start(self) -> None:
         await self.raft.start()
-        self._tasks.append(asyncio.create_task(self._watch_leadership(),
-                                               name=f"controller-{self.node_id}-watch"))
-        self._tasks.append(asyncio.create_task(self._check_sessions(),
-                                               name=f"controller-{self.node_id}-sessions"))
+        # essential: if one dies the node ends (crash-only, see dmq.node)
+        supervise = self.node.supervise
+        self._tasks.append(supervise(self._watch_leadership(),
+                                     f"controller-{self.node_id}-watch"))
+        self._tasks.append(supervise(self._check_sessions(),
+                                     f"controller-{self.node_id}-sessions"))
         if self.config.get("auto.leader.rebalance.enable"):
-            self._tasks.append(asyncio.create_task(
-                self._balance_leaders(), name=f"controller-{self.node_id}-balance"))
+            self._tasks.append(supervise(self._balance_leaders(),
+                                         f"controller-{self.node_id}-balance"))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -341,7 +343,7 @@ class ControllerService:
         try:
             await request_once(host, port, ApiKey.CONTROLLER_CHANGED, dict(body),
                                timeout_ms=NOTICE_TIMEOUT_MS,
-                               client_id=f"controller-{self.node_id}")
+                               client_id=f"controller-{self.node_id}", node_id=self.node_id)
         except DmqError as exc:
             log.debug("controller=%d ControllerChanged to broker %d failed: %s", self.node_id,
                       broker_id, exc)
@@ -616,7 +618,8 @@ class ControllerService:
         """Replicate committed offsets: [[topic, [[partition, offset, metadata]]]];
         returns [[topic, [[partition, error]]]]."""
         now = self.clock.wall_ms()
-        return await self.mutate(lambda: self.planner.commit_offsets(group, offsets, now))
+        limit = int(self.config.get("offset.metadata.max.bytes"))
+        return await self.mutate(lambda: self.planner.commit_offsets(group, offsets, now, limit))
 
     def committed_offsets(self, group: str) -> dict[tuple[str, int], tuple[int, str | None, int]]:
         return self.state.offsets_of(group)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dmq.protocol.errors import InvalidConfigError, InvalidTopicError
 
 MAX_TOPIC_NAME_CHARS = 249
-_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
+# matched whole with fullmatch: a "$" would also match before a final newline ("nl\n")
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
 
 
 def validate_topic_name(name: str) -> None:
@@ -27,7 +29,7 @@ def validate_topic_name(name: str) -> None:
                                 f"{MAX_TOPIC_NAME_CHARS} allowed")
     if name in (".", ".."):
         raise InvalidTopicError(f"topic name cannot be {name!r}")
-    if not _TOPIC_NAME.match(name):
+    if not _TOPIC_NAME.fullmatch(name):
         raise InvalidTopicError(f"topic name {name!r} has characters outside [a-zA-Z0-9._-]")
 
 
@@ -141,8 +143,30 @@ def effective_topic_configs(configs: dict[str, str],
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionLimits:
+    """The bounds on partition creation (settings of `dmq.config.SETTINGS`), checked
+    before any placement work: a request past them is refused whole, a topic past them
+    gets its own error."""
+
+    per_topic: int
+    topics_per_request: int
+    per_request: int
+    per_cluster: int
+    replicas_per_broker: int
+
+    @classmethod
+    def from_settings(cls, get_setting: Callable[[str], Any]) -> PartitionLimits:
+        return cls(int(get_setting("max.partitions.per.topic")),
+                   int(get_setting("max.topics.per.request")),
+                   int(get_setting("max.partitions.per.request")),
+                   int(get_setting("max.partitions.per.cluster")),
+                   int(get_setting("max.partition.replicas.per.broker")))
+
+
 __all__ = [
     "MAX_TOPIC_NAME_CHARS",
+    "PartitionLimits",
     "TOPIC_CONFIG_CHECKS",
     "TOPIC_CONFIG_DEFAULTS",
     "default_topic_configs",

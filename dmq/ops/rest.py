@@ -179,6 +179,11 @@ def _from_dmq_error(exc: DmqError) -> web.Response:
         ErrorCode.INVALID_REPLICATION_FACTOR: 400, ErrorCode.INVALID_CONFIG: 400,
         ErrorCode.INVALID_REQUEST: 400, ErrorCode.MESSAGE_TOO_LARGE: 413,
         ErrorCode.OFFSET_OUT_OF_RANGE: 416,
+        # refusals of what the request asks for (a limit, a policy): the client's to fix
+        ErrorCode.POLICY_VIOLATION: 400, ErrorCode.CORRUPT_MESSAGE: 400,
+        ErrorCode.INVALID_RECORD: 400, ErrorCode.RECORD_LIST_TOO_LARGE: 413,
+        ErrorCode.OFFSET_METADATA_TOO_LARGE: 400, ErrorCode.INVALID_GROUP_ID: 400,
+        ErrorCode.CLUSTER_AUTHORIZATION_FAILED: 403,
     }.get(exc.code, 503 if exc.retriable else 500)
     return _error(status, exc.message, exc.code.name)
 

@@ -10,6 +10,7 @@ validates each request body against `REQUEST_SCHEMAS[key]` before calling it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 
 from dmq.protocol.schema import (
@@ -63,6 +64,7 @@ class ApiKey(IntEnum):
     METADATA_FETCH = 1010
     CONTROLLER_CHANGED = 1011
     RESET_OFFSETS = 1012
+    NODE_HELLO = 1020
 
 
 # key -> (min_version, max_version) this build understands
@@ -208,12 +210,49 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
         ApiKey.RAFT_REQUEST_VOTE, ApiKey.RAFT_APPEND_ENTRIES, ApiKey.RAFT_INSTALL_SNAPSHOT,
         ApiKey.RAFT_TIMEOUT_NOW, ApiKey.RAFT_MESSAGE)},
     ApiKey.RAFT_STATUS: Struct(),
+    # (read-only, served to anyone like DESCRIBE_CLUSTER: operators and REST read it)
     # Propose an opaque entry to a bare Raft quorum (benchmarks/raft_bench.py and
     # tests); `dmq server` does not serve it: metadata changes go through their own APIs.
     ApiKey.RAFT_PROPOSE: Struct({"data": BYTES}),
     # -> {"index"}
     # -> {"node_id", "role", "term", "leader_id", "commit_index", "last_applied",
     #     "last_log_index", "peers": {id: match_index}}
+
+    # ---- identity of a node's connection (sent once, first, by inter-node clients) ----
+    # Claims that this connection comes from cluster node `node_id`. The server accepts
+    # only ids of its cluster configuration; how the claim is proven is the server's
+    # `NodeAuthenticator` (today: the claim is trusted; later credentials, as extra
+    # optional fields here, or the TLS peer certificate). An identity cannot change.
+    ApiKey.NODE_HELLO: Struct({"node_id": INT}),
+    # -> {"node_id": the answering node's id}
+}
+
+
+@dataclass(frozen=True, slots=True)
+class InterNode:
+    """An API that only cluster nodes may call: the connection must have identified
+    itself (NODE_HELLO) as a node that plays `role`, and the body field `sender` (when
+    set) must name that same node. `optional`: the API is served to everyone, and only
+    a body whose `sender` field is >= 0 speaks for a node (a replica's fetch)."""
+
+    role: str  # "controller" or "broker"
+    sender: str | None
+    optional: bool = False
+
+
+# Served only to connections identified as a configured node; the server refuses the
+# others with CLUSTER_AUTHORIZATION_FAILED before the handler runs.
+INTER_NODE_APIS: dict[ApiKey, InterNode] = {
+    **{key: InterNode("controller", "from") for key in (
+        ApiKey.RAFT_REQUEST_VOTE, ApiKey.RAFT_APPEND_ENTRIES, ApiKey.RAFT_INSTALL_SNAPSHOT,
+        ApiKey.RAFT_TIMEOUT_NOW, ApiKey.RAFT_MESSAGE)},
+    ApiKey.RAFT_PROPOSE: InterNode("controller", None),
+    ApiKey.CONTROLLER_CHANGED: InterNode("controller", "controller_id"),
+    **{key: InterNode("broker", "broker_id") for key in (
+        ApiKey.BROKER_REGISTRATION, ApiKey.BROKER_HEARTBEAT, ApiKey.CONTROLLED_SHUTDOWN,
+        ApiKey.ALTER_PARTITION, ApiKey.ALLOCATE_PRODUCER_IDS, ApiKey.METADATA_FETCH)},
+    ApiKey.FETCH: InterNode("broker", "replica_id", optional=True),
+    ApiKey.OFFSET_FOR_LEADER_EPOCH: InterNode("broker", "replica_id", optional=True),
 }
 
 # Helpers kept here so every layer spells common shapes the same way.
@@ -223,12 +262,14 @@ __all__ = [
     "API_VERSION_RANGE",
     "BOOL",
     "BYTES",
+    "INTER_NODE_APIS",
     "INT",
     "LEADER_HINT",
     "REQUEST_SCHEMAS",
     "STR",
     "ApiKey",
     "Array",
+    "InterNode",
     "Nullable",
     "Struct",
 ]

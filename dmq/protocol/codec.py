@@ -58,6 +58,13 @@ class FrameDecoder:
     def buffered_bytes(self) -> int:
         return len(self._buf) + self._have
 
+    @property
+    def pending_frame_bytes(self) -> int:
+        """The declared length of the large frame being gathered (0: none). A reader
+        that budgets memory reserves this once the frame starts; smaller partial frames
+        stay under `large_frame_bytes`."""
+        return self._need if self._parts is not None else 0
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         frames: list[bytes] = []
         if self._parts is not None:

@@ -7,6 +7,10 @@ drops, every pending request fails at once with `NetworkError`. In-flight reques
 are bounded by `max_in_flight`; a sender waits for a slot, and waits while the
 socket's write buffer is above its high-water mark.
 
+A connection opened with `node_id` is a cluster node's: its first request is NODE_HELLO
+naming that node, and `open` fails if the peer refuses it (the peer then refuses the
+inter-node APIs on it). Ordinary clients open without one.
+
 Error responses become exceptions here (one of the two places that maps codes).
 """
 
@@ -94,7 +98,8 @@ class Connection:
     @classmethod
     async def open(cls, host: str, port: int, *, client_id: str = "dmq",
                    connect_timeout_ms: int = 5000, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                   max_in_flight: int = 1024) -> Connection:
+                   max_in_flight: int = 1024, node_id: int | None = None) -> Connection:
+        """Connect; with `node_id`, identify as that cluster node before returning."""
         conn = cls(host, port, client_id=client_id, max_frame_bytes=max_frame_bytes,
                    max_in_flight=max_in_flight)
         loop = asyncio.get_running_loop()
@@ -107,6 +112,15 @@ class Connection:
                                f"{connect_timeout_ms} ms") from None
         except OSError as exc:
             raise NetworkError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        if node_id is not None:
+            try:
+                await conn.request(ApiKey.NODE_HELLO, {"node_id": node_id},
+                                   timeout_ms=connect_timeout_ms)
+            except DmqError as exc:
+                # UNKNOWN_API_KEY: a node of an older version, which checks no identity
+                if exc.code is not ErrorCode.UNKNOWN_API_KEY:
+                    await conn.close()
+                    raise
         return conn
 
     @property
@@ -252,9 +266,12 @@ class Connection:
 
 
 async def request_once(host: str, port: int, api_key: ApiKey | int, body: Any, *,
-                       timeout_ms: int = 5000, client_id: str = "dmq") -> Any:
-    """Open a connection, send one request, close. For tools and probes."""
-    conn = await Connection.open(host, port, connect_timeout_ms=timeout_ms, client_id=client_id)
+                       timeout_ms: int = 5000, client_id: str = "dmq",
+                       node_id: int | None = None) -> Any:
+    """Open a connection (as cluster node `node_id` if given), send one request,
+    close. For tools, probes and a node's one-off notices."""
+    conn = await Connection.open(host, port, connect_timeout_ms=timeout_ms, client_id=client_id,
+                                 node_id=node_id)
     try:
         return await conn.request(api_key, body, timeout_ms=timeout_ms)
     finally:

@@ -27,6 +27,7 @@ class ErrorCode(IntEnum):
     BROKER_NOT_AVAILABLE = 8
     REPLICA_NOT_AVAILABLE = 9
     MESSAGE_TOO_LARGE = 10
+    OFFSET_METADATA_TOO_LARGE = 12
     NETWORK_EXCEPTION = 13
     COORDINATOR_NOT_AVAILABLE = 15
     NOT_COORDINATOR = 16
@@ -35,8 +36,10 @@ class ErrorCode(IntEnum):
     NOT_ENOUGH_REPLICAS = 19
     NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20
     INVALID_REQUIRED_ACKS = 21
+    INVALID_GROUP_ID = 24
     UNKNOWN_MEMBER_ID = 25
     INVALID_SESSION_TIMEOUT = 26
+    CLUSTER_AUTHORIZATION_FAILED = 31
     INVALID_TIMESTAMP = 32
     UNSUPPORTED_VERSION = 35
     TOPIC_ALREADY_EXISTS = 36
@@ -87,6 +90,8 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.BROKER_NOT_AVAILABLE: (True, True, "broker not available"),
     ErrorCode.REPLICA_NOT_AVAILABLE: (True, True, "replica not available"),
     ErrorCode.MESSAGE_TOO_LARGE: (False, False, "record batch larger than the limit"),
+    ErrorCode.OFFSET_METADATA_TOO_LARGE: (False, False,
+                                          "committed offset metadata larger than the limit"),
     ErrorCode.NETWORK_EXCEPTION: (True, True, "connection failed or was closed"),
     ErrorCode.COORDINATOR_NOT_AVAILABLE: (True, True, "group coordinator not available"),
     ErrorCode.NOT_COORDINATOR: (True, True, "this node is not the group coordinator"),
@@ -95,8 +100,11 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.NOT_ENOUGH_REPLICAS: (True, False, "fewer in-sync replicas than min.insync.replicas"),
     ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND: (True, False, "ISR shrank after append"),
     ErrorCode.INVALID_REQUIRED_ACKS: (False, False, "acks must be 0, 1 or -1 (all)"),
+    ErrorCode.INVALID_GROUP_ID: (False, False, "group id is empty or too long"),
     ErrorCode.UNKNOWN_MEMBER_ID: (False, False, "unknown group member"),
     ErrorCode.INVALID_SESSION_TIMEOUT: (False, False, "invalid session timeout"),
+    ErrorCode.CLUSTER_AUTHORIZATION_FAILED: (
+        False, False, "inter-node request on a connection not identified as that node"),
     ErrorCode.INVALID_TIMESTAMP: (False, False, "invalid timestamp"),
     ErrorCode.UNSUPPORTED_VERSION: (False, False, "unsupported API version"),
     ErrorCode.TOPIC_ALREADY_EXISTS: (False, False, "topic already exists"),
@@ -189,6 +197,7 @@ RequestTimedOutError = _define(ErrorCode.REQUEST_TIMED_OUT)
 BrokerNotAvailableError = _define(ErrorCode.BROKER_NOT_AVAILABLE)
 ReplicaNotAvailableError = _define(ErrorCode.REPLICA_NOT_AVAILABLE)
 MessageTooLargeError = _define(ErrorCode.MESSAGE_TOO_LARGE)
+OffsetMetadataTooLargeError = _define(ErrorCode.OFFSET_METADATA_TOO_LARGE)
 NetworkError = _define(ErrorCode.NETWORK_EXCEPTION)
 CoordinatorNotAvailableError = _define(ErrorCode.COORDINATOR_NOT_AVAILABLE)
 NotCoordinatorError = _define(ErrorCode.NOT_COORDINATOR)
@@ -197,8 +206,10 @@ RecordListTooLargeError = _define(ErrorCode.RECORD_LIST_TOO_LARGE)
 NotEnoughReplicasError = _define(ErrorCode.NOT_ENOUGH_REPLICAS)
 NotEnoughReplicasAfterAppendError = _define(ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND)
 InvalidRequiredAcksError = _define(ErrorCode.INVALID_REQUIRED_ACKS)
+InvalidGroupIdError = _define(ErrorCode.INVALID_GROUP_ID)
 UnknownMemberIdError = _define(ErrorCode.UNKNOWN_MEMBER_ID)
 InvalidSessionTimeoutError = _define(ErrorCode.INVALID_SESSION_TIMEOUT)
+ClusterAuthorizationFailedError = _define(ErrorCode.CLUSTER_AUTHORIZATION_FAILED)
 InvalidTimestampError = _define(ErrorCode.INVALID_TIMESTAMP)
 UnsupportedVersionError = _define(ErrorCode.UNSUPPORTED_VERSION)
 TopicAlreadyExistsError = _define(ErrorCode.TOPIC_ALREADY_EXISTS)

@@ -10,8 +10,29 @@ Ownership and contract:
   out as handlers finish, possibly out of order; clients match them by correlation id.
 - Bad input never takes the node down. A request whose correlation id is readable gets
   an error response; otherwise the connection is closed. Either way one log line.
-- Backpressure: a connection stops being read while it has `max_in_flight` unanswered
-  requests or while its transport's write buffer is over the high-water mark.
+- Backpressure: a connection stops being read, and its read requests stop being
+  dispatched, while it has `max_in_flight` unanswered requests or while its transport's
+  write buffer (every queued response byte, by-reference parts of a `VectoredBody`
+  included) is over `max_buffered_bytes`; so a peer that pipelines requests and never
+  reads holds at most that much plus one response.
+- A closed connection drops what it holds: undispatched requests at once; queued
+  responses with the transport; a handler that finishes afterwards writes nothing.
+- Node-wide bounds: at most `max_connections` connections, `max_connections_per_ip` from
+  one address (a connection past either is closed at once, with a log line); a
+  connection with no request in flight and no bytes received for
+  `connections_max_idle_ms` is closed; request bytes being received are budgeted
+  (`queued_max_request_bytes`): a large frame reserves its declared length when it
+  starts, and a connection whose frame does not fit waits, unread, for others to
+  finish (first come, first served; one frame always fits). Smaller partial frames and
+  one socket read per connection are outside the budget.
+- Inter-node APIs (`INTER_NODE_APIS` in api.py) are served only on connections that
+  identified themselves (NODE_HELLO) as a node of `cluster_nodes` playing the API's
+  role, and whose body names that same node as its sender; others get
+  CLUSTER_AUTHORIZATION_FAILED. How a claim is proven is the `node_authenticator` hook,
+  the one piece that security (SASL, mTLS) replaces. Without `cluster_nodes` (a bare
+  server in tests or benchmarks) nothing is checked.
+- An HTTP connection handed off (`http_handoff`) leaves this server's books: it counted
+  against the connection caps while being told apart, and is the HTTP server's after.
 - Exceptions become error codes here and only here: a `DmqError` maps to its code, any
   other exception is logged with its traceback and answered UNKNOWN_SERVER_ERROR.
 """
@@ -21,13 +42,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Any
 
 from dmq.aio import wait_for
-from dmq.protocol.api import API_VERSION_RANGE, REQUEST_SCHEMAS, ApiKey
+from dmq.protocol.api import API_VERSION_RANGE, INTER_NODE_APIS, REQUEST_SCHEMAS, ApiKey, InterNode
 from dmq.protocol.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameDecoder,
@@ -37,7 +58,13 @@ from dmq.protocol.codec import (
     encode_response_parts,
     encode_response_vectored,
 )
-from dmq.protocol.errors import DmqError, ErrorCode, ProtocolViolation, describe
+from dmq.protocol.errors import (
+    ClusterAuthorizationFailedError,
+    DmqError,
+    ErrorCode,
+    ProtocolViolation,
+    describe,
+)
 
 log = logging.getLogger("dmq.protocol.server")
 
@@ -48,12 +75,50 @@ HTTP_METHOD_PREFIXES = frozenset({b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b
 NO_RESPONSE: Any = object()
 """Returned by a handler that must not answer (produce with acks=0)."""
 
+DEFAULT_MAX_CONNECTIONS = 4096
+DEFAULT_MAX_CONNECTIONS_PER_IP = 1024
+DEFAULT_CONNECTIONS_MAX_IDLE_MS = 600_000
+DEFAULT_QUEUED_MAX_REQUEST_BYTES = 256 * 1024 * 1024
+LOG_EVERY_S = 10.0  # one line per kind of refusal per this long, with a count
+
 
 @dataclass(slots=True)
 class RequestContext:
     header: RequestHeader
     peer: str
     connection: _ServerConnection
+    peer_node_id: int | None = None  # the cluster node this connection identified as
+
+
+NodeAuthenticator = Callable[[RequestContext, int, dict[str, Any]], None]
+"""Proves a connection's NODE_HELLO claim (context, claimed node id, hello body): returns
+when the claim holds, raises ClusterAuthorizationFailedError when not. The server has
+already checked that the id belongs to the cluster configuration; the default trusts
+the claim. Security (SASL, mTLS) replaces only this."""
+
+
+class _Limited:
+    """A log line per key at most every `LOG_EVERY_S`, saying how many were held back:
+    a flood of refused connections must not become a flood of log lines."""
+
+    __slots__ = ("_held", "_next")
+
+    def __init__(self) -> None:
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: Any) -> None:
+        now = monotonic()
+        if now < self._next.get(key, 0.0):
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        self._next[key] = now + LOG_EVERY_S
+        held = self._held.pop(key, 0)
+        if held:
+            log.warning(msg + " (and %d more like it in the last %.0f s)", *args, held,
+                        LOG_EVERY_S)
+        else:
+            log.warning(msg, *args)
 
 
 Handler = Callable[[RequestContext, Any], Any]
@@ -77,6 +142,12 @@ class _ServerConnection(asyncio.Protocol):
         self.decoder = FrameDecoder(server.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.peer_host = "?"
+        self.peer_node_id: int | None = None  # set by NODE_HELLO
+        self.last_active = 0.0  # loop time of the last bytes received
+        self.reserved_bytes = 0  # budget held by the large frame being received
+        self.in_books = False  # counted in the server's connection caps and budget
+        self.budget_blocked = False  # waiting for request-memory budget, unread
         self.in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
         # frames read but not yet dispatched because `max_in_flight` was reached; holds
@@ -95,16 +166,29 @@ class _ServerConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer_host = str(peer[0]) if peer else "?"
+        if not self.server._admit(self):
+            self.drop()
+            return
+        self.last_active = self.server._loop.time()
         transport.set_write_buffer_limits(high=self.server.max_buffered_bytes)
-        self.server._connections.add(self)
         log.debug("node=%s connection from %s", self.server.node_id, self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server._connections.discard(self)
+        self.backlog.clear()
+        self.server._forget(self)
         if self.decoder.buffered_bytes:
             log.info("node=%s peer=%s disconnected mid-frame (%d bytes dropped)",
                      self.server.node_id, self.peer, self.decoder.buffered_bytes)
+        self.decoder = FrameDecoder(1)  # drop the partial frame now, not with the object
+
+    def eof_received(self) -> bool | None:
+        # The peer will send nothing more. As in Kafka, that ends the connection: what
+        # was read but not dispatched and what is queued for the peer are dropped. (A
+        # connection not being read sees no end of stream; the idle sweep drops it.)
+        self.drop()
+        return None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -112,9 +196,17 @@ class _ServerConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._update_reading()
+        self.last_active = self.server._loop.time()  # the peer reads: not idle
+        if self.backlog:
+            self._drain_backlog()
+        else:
+            self._update_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        server = self.server
+        self.last_active = server._loop.time()
         if self._sniffing:
             data = self._sniff(data)
             if not data:
@@ -124,6 +216,8 @@ class _ServerConnection(asyncio.Protocol):
         except ProtocolViolation as exc:
             self._violation(exc)
             return
+        if self.decoder.pending_frame_bytes != self.reserved_bytes:
+            server._reserve(self)
         if frames:
             self.backlog.extend(frames)
             self._drain_backlog()
@@ -144,15 +238,17 @@ class _ServerConnection(asyncio.Protocol):
         if handoff is None or data[:4] not in HTTP_METHOD_PREFIXES or self.transport is None:
             return data
         self.closed = True
-        self.server._connections.discard(self)
+        self.server._forget(self)
         transport, self.transport = self.transport, None
         handoff(transport, data)
         return b""
 
     def _drain_backlog(self) -> None:
+        # Stops while the write buffer is over its bound: a response written by a
+        # handler below may pause writing at once, and the next request waits for room.
         limit = self.server.max_in_flight
         backlog = self.backlog
-        while backlog and self.in_flight < limit and not self.closed:
+        while backlog and self.in_flight < limit and not self.closed and not self._write_paused:
             self._dispatch(backlog.popleft())
         self._update_reading()
 
@@ -170,10 +266,17 @@ class _ServerConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def drop(self) -> None:
+        """Close now, discarding whatever is queued for the peer."""
+        self.closed = True
+        self.backlog.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
     def _update_reading(self) -> None:
         if self.transport is None or self.closed:
             return
-        want_pause = (self._write_paused or bool(self.backlog)
+        want_pause = (self._write_paused or bool(self.backlog) or self.budget_blocked
                       or self.in_flight >= self.server.max_in_flight)
         if want_pause and not self._read_paused:
             self._read_paused = True
@@ -220,7 +323,18 @@ class _ServerConnection(asyncio.Protocol):
         except ProtocolViolation as exc:
             self._violation(exc)
             return
-        ctx = RequestContext(header, self.peer, self)
+        ctx = RequestContext(header, self.peer, self, self.peer_node_id)
+        rule = INTER_NODE_APIS.get(key)
+        if rule is not None and server.cluster_nodes is not None:
+            refusal = self._refuse_inter_node(key, rule, body)
+            if refusal is not None:
+                server._limited.warning(f"internode:{self.peer_host}",
+                                        "node=%s peer=%s refused %s: %s", server.node_id,
+                                        self.peer, key.name, refusal)
+                self._write(cid, ErrorCode.CLUSTER_AUTHORIZATION_FAILED, {"msg": refusal})
+                if server.observer is not None:
+                    server.observer(key, int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED), 0.0)
+                return
         t0 = perf_counter()
         try:
             result = handler(ctx, body)
@@ -237,6 +351,23 @@ class _ServerConnection(asyncio.Protocol):
                 self._write(cid, ErrorCode.NONE, result)
             if server.observer is not None:
                 server.observer(key, 0, perf_counter() - t0)
+
+    def _refuse_inter_node(self, key: ApiKey, rule: InterNode, body: Any) -> str | None:
+        """Why this connection may not make this inter-node request (None: it may)."""
+        claimed = body[rule.sender] if rule.sender is not None else None
+        if rule.optional and (claimed is None or claimed < 0):
+            return None
+        me = self.peer_node_id
+        if me is None:
+            return (f"{key.name} is an inter-node API and this connection has not "
+                    f"identified itself as a node of the cluster (NODE_HELLO)")
+        roles = self.server.cluster_nodes.get(me, ()) if self.server.cluster_nodes else ()
+        if rule.role not in roles:
+            return f"{key.name} is for {rule.role}s and node {me} is not one"
+        if claimed is not None and claimed != me:
+            return (f"{key.name} speaks for node {claimed} ({rule.sender}) but this "
+                    f"connection identified itself as node {me}")
+        return None
 
     async def _run(self, coro: Coroutine[Any, Any, Any], cid: int, key: ApiKey,
                    t0: float) -> None:
@@ -275,7 +406,7 @@ class _ServerConnection(asyncio.Protocol):
             self.server.observer(key, int(code), perf_counter() - t0)
 
     def _write(self, correlation_id: int, code: int, body: Any) -> None:
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self.closed:
             return
         try:
             if type(body) is VectoredBody:
@@ -296,6 +427,11 @@ class ProtocolServer:
     def __init__(self, *, host: str, port: int, node_id: int | str = "?",
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, max_in_flight: int = 1024,
                  max_buffered_bytes: int = 64 * 1024 * 1024,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP,
+                 connections_max_idle_ms: int = DEFAULT_CONNECTIONS_MAX_IDLE_MS,
+                 queued_max_request_bytes: int = DEFAULT_QUEUED_MAX_REQUEST_BYTES,
+                 cluster_nodes: Mapping[int, frozenset[str]] | None = None,
                  extra_info: Callable[[], dict[str, Any]] | None = None) -> None:
         self.host = host
         self.port = port
@@ -303,14 +439,31 @@ class ProtocolServer:
         self.max_frame_bytes = max_frame_bytes
         self.max_in_flight = max_in_flight
         self.max_buffered_bytes = max_buffered_bytes
+        self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self.connections_max_idle_ms = connections_max_idle_ms
+        self.queued_max_request_bytes = queued_max_request_bytes
+        # node id -> roles it may play ("controller", "broker"); None: no checks
+        self.cluster_nodes = cluster_nodes
+        # proves a NODE_HELLO claim; None trusts it (see NodeAuthenticator)
+        self.node_authenticator: NodeAuthenticator | None = None
         self.stats_violations = 0
+        self.stats_refused_connections = 0
+        self.stats_idle_closed = 0
+        self.stats_budget_waits = 0
+        self.reserved_request_bytes = 0  # request-memory budget in use
+        self._per_ip: dict[str, int] = {}
+        self._budget_waiters: dict[_ServerConnection, None] = {}  # insertion-ordered
+        self._limited = _Limited()
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._extra_info = extra_info
         # called once per answered request: (api key, error code, seconds in the handler)
         self.observer: Callable[[ApiKey, int, float], None] | None = None
         # set before `start()` to serve HTTP on this port too: called with a connection
         # whose first bytes are an HTTP method and those bytes; it owns the transport
         self.http_handoff: Callable[[asyncio.Transport, bytes], None] | None = None
-        self._handlers: dict[ApiKey, Handler] = {ApiKey.API_VERSIONS: self._api_versions}
+        self._handlers: dict[ApiKey, Handler] = {ApiKey.API_VERSIONS: self._api_versions,
+                                                 ApiKey.NODE_HELLO: self._node_hello}
         self._connections: set[_ServerConnection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -333,13 +486,116 @@ class ProtocolServer:
         self._server = await self._loop.create_server(
             lambda: _ServerConnection(self), self.host, self.port, reuse_address=True,
             backlog=1024)
+        self._schedule_idle_sweep()
         log.info("node=%s listening on %s:%d", self.node_id, self.host, self.bound_port)
+
+    # connection books: caps, idle sweep, request-memory budget -------------------------
+    def _admit(self, conn: _ServerConnection) -> bool:
+        host = conn.peer_host
+        if len(self._connections) >= self.max_connections:
+            why = f"{len(self._connections)} connections open (max.connections)"
+        elif self._per_ip.get(host, 0) >= self.max_connections_per_ip:
+            why = (f"{self._per_ip[host]} connections open from {host} "
+                   f"(max.connections.per.ip)")
+        else:
+            self._connections.add(conn)
+            self._per_ip[host] = self._per_ip.get(host, 0) + 1
+            conn.in_books = True
+            return True
+        self.stats_refused_connections += 1
+        self._limited.warning(f"cap:{host}", "node=%s refused a connection from %s: %s",
+                              self.node_id, conn.peer, why)
+        return False
+
+    def _forget(self, conn: _ServerConnection) -> None:
+        """Take a closed or handed-off connection out of the books."""
+        if not conn.in_books:
+            return
+        conn.in_books = False
+        self._connections.discard(conn)
+        left = self._per_ip.get(conn.peer_host, 1) - 1
+        if left > 0:
+            self._per_ip[conn.peer_host] = left
+        else:
+            self._per_ip.pop(conn.peer_host, None)
+        self._budget_waiters.pop(conn, None)
+        conn.budget_blocked = False
+        self._release(conn)
+
+    def _reserve(self, conn: _ServerConnection) -> None:
+        """Match the connection's reservation to the large frame it is receiving: free
+        the old one, reserve the new one or make the connection wait, unread."""
+        self._release(conn)
+        want = conn.decoder.pending_frame_bytes
+        if not want or conn.budget_blocked:
+            return
+        if not self._budget_waiters and self._fits(want):
+            conn.reserved_bytes = want
+            self.reserved_request_bytes += want
+            return
+        conn.budget_blocked = True
+        self._budget_waiters[conn] = None
+        self.stats_budget_waits += 1
+        self._limited.warning(
+            "budget", "node=%s peer=%s waits to receive a %d-byte request: %d of "
+            "queued.max.request.bytes=%d are held by requests being received",
+            self.node_id, conn.peer, want, self.reserved_request_bytes,
+            self.queued_max_request_bytes)
+        conn._update_reading()
+
+    def _fits(self, size: int) -> bool:
+        # one frame always fits, so a budget below max.frame.bytes cannot wedge a node
+        used = self.reserved_request_bytes
+        return used == 0 or used + size <= self.queued_max_request_bytes
+
+    def _release(self, conn: _ServerConnection) -> None:
+        if not conn.reserved_bytes:
+            return
+        self.reserved_request_bytes -= conn.reserved_bytes
+        conn.reserved_bytes = 0
+        waiters = self._budget_waiters
+        while waiters:
+            first = next(iter(waiters))
+            want = first.decoder.pending_frame_bytes
+            if want and not self._fits(want):
+                break
+            del waiters[first]
+            first.budget_blocked = False
+            first.reserved_bytes = want
+            self.reserved_request_bytes += want
+            first._update_reading()
+
+    def _schedule_idle_sweep(self) -> None:
+        idle_s = self.connections_max_idle_ms / 1000
+        if idle_s <= 0:
+            return  # -1 or 0: never close idle connections
+        period_s = min(max(idle_s / 4, 0.01), 30.0)
+        self._idle_timer = self._loop.call_later(period_s, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        """Close connections with no request in flight and no bytes received for
+        `connections_max_idle_ms` (Kafka's connections.max.idle.ms)."""
+        self._idle_timer = None
+        cutoff = self._loop.time() - self.connections_max_idle_ms / 1000
+        idle = [c for c in self._connections if c.in_flight == 0 and c.last_active <= cutoff]
+        for conn in idle:
+            log.debug("node=%s peer=%s closed: idle", self.node_id, conn.peer)
+            conn.drop()
+        if idle:
+            self.stats_idle_closed += len(idle)
+            log.info("node=%s closed %d connections idle for %d ms (connections.max.idle.ms)",
+                     self.node_id, len(idle), self.connections_max_idle_ms)
+        if self._server is not None:
+            self._schedule_idle_sweep()
 
     async def close(self, grace_ms: int = 5000) -> None:
         """Stop accepting, let in-flight handlers finish (bounded), close connections."""
         if self._server is None:
             return
         self._server.close()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         pending = [t for c in self._connections for t in c.tasks]
         if pending:
             done, not_done = await asyncio.wait(pending, timeout=grace_ms / 1000)
@@ -354,6 +610,23 @@ class ProtocolServer:
         except TimeoutError:
             log.warning("node=%s server did not close in time", self.node_id)
         self._server = None
+
+    def _node_hello(self, ctx: RequestContext, body: Any) -> Any:
+        """Record which cluster node this connection comes from (see NODE_HELLO)."""
+        claimed = body["node_id"]
+        conn = ctx.connection
+        if conn.peer_node_id is not None and conn.peer_node_id != claimed:
+            raise ClusterAuthorizationFailedError(
+                f"this connection already identified itself as node {conn.peer_node_id}")
+        if self.cluster_nodes is not None and claimed not in self.cluster_nodes:
+            log.warning("node=%s peer=%s claims to be node %s, which the cluster "
+                        "configuration does not list", self.node_id, ctx.peer, claimed)
+            raise ClusterAuthorizationFailedError(
+                f"node {claimed} is not a node of this cluster's configuration")
+        if self.node_authenticator is not None:
+            self.node_authenticator(ctx, claimed, body)
+        conn.peer_node_id = claimed
+        return {"node_id": self.node_id}
 
     def _api_versions(self, ctx: RequestContext, body: Any) -> Any:
         from dmq import __version__

@@ -1,6 +1,7 @@
 """Raft consensus: the pure core, its durable storage (and later the asyncio driver)."""
 
 from dmq.raft.core import (
+    EntryTooLargeError,
     NotLeaderError,
     PersistentState,
     ProposalDroppedError,
@@ -37,6 +38,7 @@ from dmq.raft.storage import CorruptStorageError, FileStorage, MemoryStorage, Ra
 
 __all__ = [
     "NO_NODE", "AppendRequest", "AppendResponse", "CorruptStorageError", "Entry", "EntryKind",
+    "EntryTooLargeError",
     "FileStorage", "HardState", "HeartbeatRequest", "HeartbeatResponse",
     "MalformedMessageError", "MemoryStorage", "Message", "MessageType", "NotLeaderError",
     "PersistentState", "ProposalDroppedError", "RaftConfig", "RaftCore", "RaftError",

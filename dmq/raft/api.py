@@ -10,6 +10,21 @@ from dataclasses import dataclass, field
 from dmq.raft.messages import NO_NODE, Entry, HardState, Message, Snapshot
 from dmq.types import NodeId, RaftIndex, Term
 
+MAX_TERM_JUMP = 2**32
+"""The most one peer's message may raise a node's term; larger jumps need a quorum.
+
+Legitimate terms grow by one per election (PreVote keeps cut-off nodes from inflating
+theirs), so no real peer is ever 2**32 terms ahead of us unless we lag behind a whole
+quorum. A forged or corrupt message with a huge term could otherwise move every node to
+a term whose successor no longer fits in the wire's 64 bits, leaving the quorum unable
+to elect anyone, for good. So a larger jump is taken only once a quorum of distinct
+peers have shown such terms (we are the laggard then), to the smallest of them, and
+never past `MAX_FAR_TERM`; reaching the end of the 64-bit range that way would take
+over 2**30 further messages."""
+
+MAX_FAR_TERM = 2**62
+"""The highest term a node takes by a jump larger than `MAX_TERM_JUMP`."""
+
 
 class Role(enum.IntEnum):
     FOLLOWER = 0
@@ -32,6 +47,11 @@ class ProposalDroppedError(RaftError):
     """The leader refuses the proposal for now (transfer in progress, too much uncommitted)."""
 
 
+class EntryTooLargeError(RaftError):
+    """The proposal is larger than one Raft entry may be (`max_entry_bytes`): followers
+    could not receive it. Not retriable."""
+
+
 @dataclass(frozen=True, slots=True)
 class RaftConfig:
     node_id: NodeId
@@ -42,6 +62,7 @@ class RaftConfig:
     check_quorum: bool = True
     max_entries_per_append: int = 256
     max_bytes_per_append: int = 1 << 20
+    max_entry_bytes: int = 100 << 20  # keep under the peers' frame limit
     max_inflight_appends: int = 16
     max_uncommitted_entries: int = 10_000
     max_apply_entries_per_ready: int = 4096

@@ -34,6 +34,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from dmq.raft.api import (
+    MAX_FAR_TERM,
+    MAX_TERM_JUMP,
+    EntryTooLargeError,
     NotLeaderError,
     PersistentState,
     ProposalDroppedError,
@@ -67,8 +70,8 @@ from dmq.types import NodeId, RaftIndex, Term
 
 # The vocabulary lives in dmq.raft.api; it is re-exported here for convenience.
 __all__ = [
-    "NotLeaderError", "PersistentState", "ProposalDroppedError", "RaftConfig", "RaftCore",
-    "RaftError", "RaftStatus", "ReadState", "Ready", "Role", "SoftState",
+    "EntryTooLargeError", "NotLeaderError", "PersistentState", "ProposalDroppedError",
+    "RaftConfig", "RaftCore", "RaftError", "RaftStatus", "ReadState", "Ready", "Role", "SoftState",
 ]
 
 
@@ -116,7 +119,10 @@ class RaftCore:
         state: PersistentState,
         rng: random.Random,
         applied: int | None = None,
+        validate_snapshot: Callable[[bytes], str | None] | None = None,
     ) -> None:
+        """`validate_snapshot(data)` returns why a snapshot received from a leader cannot
+        be restored (None if it can); such a snapshot is dropped before it is kept."""
         self.config = config
         self.id = config.node_id
         self.peers = tuple(v for v in config.voters if v != self.id)
@@ -150,6 +156,9 @@ class RaftCore:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = 0
+        self._validate_snapshot = validate_snapshot
+        self.refused = 0  # peer messages dropped as impossible (see step, _on_snapshot)
+        self._far_terms: dict[NodeId, int] = {}  # peers far ahead: see MAX_TERM_JUMP
         self._tick: Callable[[], None] = self._tick_election
         self._handlers: dict[type, Callable[[Message], None]] = {}
         self._become_follower(self.term, NO_NODE)
@@ -160,8 +169,13 @@ class RaftCore:
         self._tick()
 
     def step(self, m: Message) -> None:
-        """Feed one message from a peer. Stale, foreign or misaddressed ones are ignored."""
+        """Feed one message from a peer. Stale, foreign or misaddressed ones are ignored,
+        and so are messages raising our term by more than `MAX_TERM_JUMP` until a
+        quorum of peers show such terms (counted in `refused`)."""
         if m.dst != self.id or m.src == self.id or m.src not in self._peer_set:
+            return
+        if m.term - self.term > MAX_TERM_JUMP and not self._maybe_catch_up_term(m):
+            self.refused += 1
             return
         if m.term > self.term:
             if isinstance(m, VoteRequest):
@@ -192,8 +206,24 @@ class RaftCore:
         if handler is not None:
             handler(m)
 
+    def _maybe_catch_up_term(self, m: Message) -> bool:
+        """A far higher term is believed only from a quorum of distinct peers; then we
+        take the smallest of them (and can see m if it is within a jump of that)."""
+        if m.term <= MAX_FAR_TERM:
+            self._far_terms[m.src] = m.term
+        if len(self._far_terms) < self.quorum:
+            return False
+        floor = min(self._far_terms.values())
+        self._far_terms.clear()
+        self._become_follower(Term(floor), NO_NODE)
+        return m.term - self.term <= MAX_TERM_JUMP
+
     def propose(self, data: bytes) -> tuple[Term, RaftIndex]:
         """Append a client entry; returns (term, index) it will commit at if it commits."""
+        if len(data) > self.config.max_entry_bytes:
+            raise EntryTooLargeError(
+                f"entry of {len(data)} bytes exceeds the limit of "
+                f"{self.config.max_entry_bytes} bytes")
         if self.role != Role.LEADER:
             raise NotLeaderError(self.leader_id)
         if self._transferee != NO_NODE:
@@ -322,6 +352,7 @@ class RaftCore:
         if term != self.term:
             self.term = term
             self.vote = NO_NODE
+            self._far_terms.clear()
         self.leader_id = NO_NODE
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -537,6 +568,10 @@ class RaftCore:
         snapshot = Snapshot(m.snap_index, m.snap_term, bytes(self._snap_buffer))
         self._snap_buffer = bytearray()
         self._snap_buffer_id = (0, 0)
+        if self._validate_snapshot is not None and \
+                self._validate_snapshot(snapshot.data) is not None:
+            self.refused += 1  # never keep a state we could not restore after a restart
+            return
         if self.log.term_at(snapshot.index) == snapshot.term:
             self._commit_to(snapshot.index)  # we hold the entries: no need to restore
         else:
@@ -640,6 +675,10 @@ class RaftCore:
         assert isinstance(m, AppendResponse)
         pr = self._progress[m.src]
         pr.recent_active = True
+        last = self.log.last_index()
+        if m.match_index > last or m.reject_index > last:
+            self.refused += 1  # claims entries we never sent: not an answer of ours
+            return
         if m.reject:
             if m.reject_index == 0 or pr.state == _PeerState.SNAPSHOT:
                 return
@@ -689,7 +728,7 @@ class RaftCore:
                 pr.inflight.popleft()  # free a slot so a lost append cannot stall us
             if pr.match < self.log.last_index():
                 self._send_append(m.src)
-        if self._reads and m.read_seq:
+        if self._reads and 0 < m.read_seq <= self._read_seq:
             self._ack_reads(m.src, m.read_seq)
 
     def _on_snapshot_response(self, m: Message) -> None:
@@ -703,7 +742,9 @@ class RaftCore:
             pr.become_replicate()
             self._send_append(m.src)
             return
-        pr.snap_offset = m.next_offset
+        snapshot = self.log.snapshot
+        assert snapshot is not None  # pr.snap_index came from it
+        pr.snap_offset = min(m.next_offset, len(snapshot.data))
         self._send_snapshot_chunk(m.src, pr)
 
     def _maybe_commit(self) -> bool:

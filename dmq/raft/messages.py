@@ -25,6 +25,12 @@ Wire form (all lists; ``type`` is a permanent `MessageType` number)::
     TIMEOUT_NOW        (no fields)
 
 An `Entry` on its own (used by storage) is ``[term, index, kind, data]``.
+
+Every integer read from the wire (ids, terms, indexes, offsets, sequence numbers) must
+lie in ``0..MAX_WIRE_INT`` (a signed 64-bit value); an append whose entries would get
+indexes past that bound is refused too. Anything else is a `MalformedMessageError`
+before it can touch Raft state. (The core adds its own rule on how far a term may jump,
+`dmq.raft.api.MAX_TERM_JUMP`, so that no node reaches a term it cannot leave.)
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from dmq.types import NodeId, RaftIndex, Term
 
 NO_NODE = NodeId(0)
 """Node ids start at 1; 0 means "nobody" (no vote, no known leader)."""
+
+MAX_WIRE_INT = 2**63 - 1
+"""The largest integer a Raft message may carry (i64, like Kafka's epochs and offsets)."""
 
 
 class MalformedMessageError(ValueError):
@@ -250,8 +259,9 @@ Message = (
 
 
 def _int(value: Any) -> int:
-    if type(value) is not int or value < 0:
-        raise MalformedMessageError(f"expected a non-negative int, got {value!r:.40}")
+    if type(value) is not int or not 0 <= value <= MAX_WIRE_INT:
+        raise MalformedMessageError(
+            f"expected an int in 0..2**63-1, got {value!r:.40}")
     return value
 
 
@@ -294,6 +304,8 @@ def _append_request(f: list[Any]) -> Message:
     raw = f[7]
     if not isinstance(raw, (list, tuple)):
         raise MalformedMessageError("entries must be a list")
+    if prev_index + len(raw) > MAX_WIRE_INT:
+        raise MalformedMessageError("entry indexes would pass 2**63-1")
     entries = []
     for i, item in enumerate(raw):
         if not isinstance(item, (list, tuple)) or len(item) != 3:

@@ -14,6 +14,18 @@ the core between `ready()` and `advance()` because only the pump calls either.
 
 Sending never blocks the pump: each peer has a bounded outbox drained by its sender
 task; when it overflows the oldest messages are dropped (Raft retransmits).
+
+Crash-only: the pump and the senders are essential. If one of them dies of an
+unexpected exception the node is no longer a working voter, so the owner's `on_fatal`
+hook is called (the process then exits and its supervisor restarts it from disk)
+instead of lingering half-alive.
+
+What a peer sends is checked before it reaches the core: the message shape and integer
+ranges (`message_from_wire`), and every entry of an append with `validate_entry`, so an
+entry the state machine could not apply is refused before it is appended anywhere.
+Proposals are bounded by `max_entry_bytes` (under the peers' frame limit) and fail at
+once when larger. When this node stops leading, every proposal it has not committed
+fails at once with NotLeaderError naming the new leader when known.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +50,7 @@ from dmq.protocol.errors import (
 )
 from dmq.protocol.server import ProtocolServer, RequestContext
 from dmq.raft.core import (
+    EntryTooLargeError,
     NotLeaderError,
     ProposalDroppedError,
     RaftConfig,
@@ -50,6 +63,7 @@ from dmq.raft.messages import (
     NO_NODE,
     AppendRequest,
     Entry,
+    EntryKind,
     HeartbeatRequest,
     MalformedMessageError,
     Message,
@@ -63,6 +77,13 @@ from dmq.raft.storage import RaftStorage
 from dmq.types import NodeId, RaftIndex
 
 log = logging.getLogger("dmq.raft.node")
+
+FRAME_OVERHEAD_BYTES = 64 * 1024
+"""Room left in a frame for the request header and an append's fields around its entries
+(a quarter of the frame when frames are smaller than 256 KiB)."""
+
+OnFatal = Callable[[str, BaseException], None]
+"""`on_fatal(what, exc)`: an essential task died; the owner ends the process."""
 
 RAFT_KEYS = (ApiKey.RAFT_REQUEST_VOTE, ApiKey.RAFT_APPEND_ENTRIES, ApiKey.RAFT_INSTALL_SNAPSHOT,
              ApiKey.RAFT_TIMEOUT_NOW, ApiKey.RAFT_MESSAGE)
@@ -92,13 +113,28 @@ class RaftNodeConfig:
     connect_timeout_ms: int = 1000
     max_pending_inputs: int = 100_000
     persist_in_thread: bool = True
+    # the peers' max.frame.bytes: no entry, append batch or snapshot chunk may exceed it
+    max_frame_bytes: int = 100 * 1024 * 1024
     core_options: dict[str, Any] = field(default_factory=dict)  # extra RaftConfig fields
+
+    @property
+    def frame_overhead_bytes(self) -> int:
+        return min(FRAME_OVERHEAD_BYTES, self.max_frame_bytes // 4)
+
+    @property
+    def max_entry_bytes(self) -> int:
+        return max(1, self.max_frame_bytes - self.frame_overhead_bytes)
 
     def raft_config(self) -> RaftConfig:
         voters = tuple(sorted((self.node_id, *self.peers)))
+        limit = self.max_entry_bytes
+        options: dict[str, Any] = {"max_entry_bytes": limit,
+                                   "max_bytes_per_append": min(1 << 20, limit),
+                                   "snapshot_chunk_bytes": min(1 << 20, limit)}
+        options.update(self.core_options)
         return RaftConfig(node_id=self.node_id, voters=voters,
                           election_ticks=self.election_ticks,
-                          heartbeat_ticks=self.heartbeat_ticks, **self.core_options)
+                          heartbeat_ticks=self.heartbeat_ticks, **options)
 
 
 def _api_key_of(m: Message) -> ApiKey:
@@ -142,7 +178,8 @@ class _PeerSender:
                 try:
                     self.conn = await Connection.open(
                         self.host, self.port, client_id=f"raft-{self.node.config.node_id}",
-                        connect_timeout_ms=self.node.config.connect_timeout_ms)
+                        connect_timeout_ms=self.node.config.connect_timeout_ms,
+                        node_id=self.node.config.node_id)
                 except DmqError as exc:
                     # The peer is down: drop what we hold, Raft will resend what matters.
                     log.debug("node=%s cannot reach peer %s: %s", self.node.config.node_id,
@@ -170,8 +207,16 @@ class _PeerSender:
 
 class RaftNode:
     def __init__(self, config: RaftNodeConfig, storage: RaftStorage,
-                 state_machine: StateMachine, clock: Clock, rng: random.Random) -> None:
+                 state_machine: StateMachine, clock: Clock, rng: random.Random, *,
+                 validate_entry: Callable[[bytes], str | None] | None = None,
+                 validate_snapshot: Callable[[bytes], str | None] | None = None,
+                 on_fatal: OnFatal | None = None) -> None:
+        """`validate_entry(data)` / `validate_snapshot(data)` say why the state machine
+        could not apply an entry / restore a snapshot a peer sent (None: it can)."""
         self.config = config
+        self.validate_entry = validate_entry
+        self.validate_snapshot = validate_snapshot
+        self.on_fatal = on_fatal
         self.id = config.node_id
         self.storage = storage
         self.sm = state_machine
@@ -185,13 +230,14 @@ class RaftNode:
         self._next_tick_ms = 0
         self._senders: dict[NodeId, _PeerSender] = {}
         self._waiters: dict[int, tuple[int, asyncio.Future[RaftIndex]]] = {}
+        self._waiters_term = 0  # the term the newest waiter was proposed in
         self._reads: dict[int, asyncio.Future[RaftIndex]] = {}
         self._read_waits: list[tuple[int, asyncio.Future[RaftIndex]]] = []
         self._role_changed: asyncio.Event | None = None
         self._next_read_id = 0
         self._stopping = False
         self.stats = {"readies": 0, "persisted_entries": 0, "applied": 0, "sent": 0,
-                      "received": 0, "malformed": 0}
+                      "received": 0, "malformed": 0, "refused_entries": 0}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -206,15 +252,17 @@ class RaftNode:
         if state.snapshot is not None:
             self.sm.restore(state.snapshot)
             applied = state.snapshot.index
-        self.core = RaftCore(self.config.raft_config(), state, self.rng, applied=applied)
+        self.core = RaftCore(self.config.raft_config(), state, self.rng, applied=applied,
+                             validate_snapshot=self.validate_snapshot)
         self._wake = asyncio.Event()
         self._role_changed = asyncio.Event()
         for peer, address in self.config.peers.items():
             sender = _PeerSender(self, peer, address)
             sender.task = asyncio.create_task(sender.run(), name=f"raft-{self.id}-to-{peer}")
+            sender.task.add_done_callback(self._essential_done)
             self._senders[peer] = sender
         self._pump_task = asyncio.create_task(self._pump(), name=f"raft-{self.id}-pump")
-        self._pump_task.add_done_callback(self._pump_done)
+        self._pump_task.add_done_callback(self._essential_done)
         self._next_tick_ms = self.clock.monotonic_ms()
         self._schedule_tick()
         log.info("node=%s raft started: term %s, last index %s, commit %s", self.id,
@@ -233,16 +281,25 @@ class RaftNode:
                 await wait_for(asyncio.shield(self._pump_task), 5.0)
             except TimeoutError:
                 log.warning("node=%s raft pump did not stop in time", self.id)
+            except Exception:  # its death was reported when it happened
+                pass
             self._pump_task.cancel()
             await asyncio.gather(self._pump_task, return_exceptions=True)
         for sender in self._senders.values():
             await sender.close()
         self._fail_all(NodeShuttingDownError("raft node stopped"))
 
-    def _pump_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.critical("node=%s raft pump died", self.id, exc_info=task.exception())
-            self._fail_all(NodeShuttingDownError("raft pump failed"))
+    def _essential_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        if exc is None:
+            exc = RuntimeError("returned while the node was running")
+        self._fail_all(NodeShuttingDownError(f"raft task {task.get_name()} failed"))
+        if self.on_fatal is not None:
+            self.on_fatal(f"raft task {task.get_name()}", exc)
+        else:
+            log.critical("node=%s raft task %s died", self.id, task.get_name(), exc_info=exc)
 
     def _schedule_tick(self) -> None:
         # Ticks are due at fixed times so a busy loop does not stretch the election
@@ -274,6 +331,18 @@ class RaftNode:
             raise InvalidRequestError(f"bad raft message: {exc}") from None
         if m.src != body["from"] or m.dst != self.id:
             raise InvalidRequestError("raft message not from its sender or not for this node")
+        if isinstance(m, AppendRequest) and self.validate_entry is not None:
+            for entry in m.entries:
+                why = self.validate_entry(entry.data) if entry.kind == EntryKind.NORMAL \
+                    else (None if not entry.data else "a no-op entry carries data")
+                if why is not None:
+                    self.stats["refused_entries"] += 1
+                    log.warning("node=%s refused an append from %s: entry %d (term %d) "
+                                "cannot be applied: %s", self.id, m.src, entry.index,
+                                entry.term, why)
+                    raise InvalidRequestError(
+                        f"raft entry {entry.index} refused, the state machine cannot apply "
+                        f"it: {why}")
         self.stats["received"] += 1
         self._push(("msg", m, None))
         return {}
@@ -281,8 +350,16 @@ class RaftNode:
     async def propose(self, data: bytes, timeout_ms: int = 10_000) -> RaftIndex:
         """Replicate `data`; returns its index once committed and applied here.
 
-        Raises NotLeaderError (with the leader id) or ProposalDroppedError at once,
-        ProposalDroppedError if another leader overwrote it, RequestTimedOutError."""
+        Raises EntryTooLargeError, NotLeaderError (with the leader id) or
+        ProposalDroppedError at once, NotLeaderError as soon as this node stops leading
+        before the entry commits, ProposalDroppedError if another leader overwrote it,
+        RequestTimedOutError."""
+        if len(data) > self.config.max_entry_bytes:
+            raise EntryTooLargeError(
+                f"a Raft entry of {len(data)} bytes exceeds the limit of "
+                f"{self.config.max_entry_bytes} bytes (max.frame.bytes less "
+                f"{self.config.frame_overhead_bytes} bytes of framing): followers could not "
+                "receive it")
         fut = self._future()
         self._push(("propose", data, fut))
         return await self._wait(fut, timeout_ms, "proposal")
@@ -331,7 +408,7 @@ class RaftNode:
             "node_id": st.node_id, "role": st.role.name, "term": st.term,
             "leader_id": st.leader_id, "commit_index": st.commit_index,
             "last_applied": st.applied_index, "last_log_index": st.last_index,
-            "snapshot_index": st.snapshot_index,
+            "snapshot_index": st.snapshot_index, "refused_messages": core.refused,
             "peers": {int(p): int(m) for p, m in st.match_index.items()},
         }
 
@@ -339,7 +416,10 @@ class RaftNode:
         if self._stopping or self.core is None or (
                 self._pump_task is not None and self._pump_task.done()):
             raise NodeShuttingDownError("raft node is not running")
-        return asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[RaftIndex] = asyncio.get_running_loop().create_future()
+        # A caller that timed out no longer awaits it: its late failure is expected.
+        fut.add_done_callback(_consume_exception)
+        return fut
 
     async def _wait(self, fut: asyncio.Future[RaftIndex], timeout_ms: int,
                     what: str) -> RaftIndex:
@@ -359,8 +439,13 @@ class RaftNode:
             if self._stopping:
                 return
             inputs, self._inputs = self._inputs, deque()
+            refused = core.refused
             for kind, arg, fut in inputs:
                 self._feed(core, kind, arg, fut)
+            if core.refused != refused:
+                log.warning("node=%s dropped %d raft messages claiming impossible terms, "
+                            "entries or snapshots (%d so far)", self.id,
+                            core.refused - refused, core.refused)
             while core.has_ready():
                 rd = core.ready()
                 await self._handle_ready(core, rd)
@@ -381,6 +466,7 @@ class RaftNode:
                 fut.set_exception(exc)
                 return
             self._waiters[index] = (term, fut)
+            self._waiters_term = term
         elif kind == "read":
             if core.role != Role.LEADER:
                 fut.set_exception(NotLeaderError(core.leader_id))
@@ -424,6 +510,10 @@ class RaftNode:
                 if not fut.done():
                     fut.set_exception(ProposalOutcomeUnknownError(
                         f"entry {index} was covered by a snapshot from the leader"))
+        if self._waiters and (core.role != Role.LEADER or core.term != self._waiters_term):
+            # checked on every Ready: a step-down and a new term as leader may both
+            # happen between two Readies and leave the soft state looking unchanged
+            self._fail_uncommitted(core, core.leader_id)
         if rd.committed_entries:
             self.sm.apply(rd.committed_entries)
             self.stats["applied"] += len(rd.committed_entries)
@@ -467,6 +557,22 @@ class RaftNode:
             log.info("node=%s raft snapshot at %s (%d bytes)", self.id, snapshot.index,
                      len(snapshot.data))
 
+    def _fail_uncommitted(self, core: RaftCore, leader_id: NodeId) -> None:
+        """This node stopped leading (or leads a newer term): its pending proposals may
+        never commit, so their callers learn it now and retry at the new leader."""
+        leading = core.role == Role.LEADER
+        failed = 0
+        for index, (term, fut) in list(self._waiters.items()):
+            if (leading and term == core.term) or index <= core.commit:
+                continue  # still ours, or committed: resolved once applied
+            del self._waiters[index]
+            if not fut.done():
+                fut.set_exception(NotLeaderError(leader_id))
+                failed += 1
+        if failed:
+            log.info("node=%s no longer leads term %s: %d pending proposals failed "
+                     "(leader now %s)", self.id, core.term, failed, leader_id or "unknown")
+
     def _fail_all(self, exc: Exception) -> None:
         futures = [f for _, f in self._waiters.values()] + list(self._reads.values()) + [
             f for _, f in self._read_waits]
@@ -477,3 +583,8 @@ class RaftNode:
         for fut in futures:
             if not fut.done():
                 fut.set_exception(exc)
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

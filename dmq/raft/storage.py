@@ -52,7 +52,7 @@ import crc32c
 import msgpack  # type: ignore[import-untyped]
 
 from dmq.raft.core import PersistentState
-from dmq.raft.messages import EMPTY_HARD_STATE, Entry, HardState, Snapshot
+from dmq.raft.messages import EMPTY_HARD_STATE, MAX_WIRE_INT, Entry, HardState, Snapshot
 from dmq.types import NodeId, RaftIndex, Term
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,12 @@ class FileStorage:
         if not os.path.exists(path):
             return EMPTY_HARD_STATE
         term, vote, commit = msgpack.unpackb(_read_checked(path))
+        if not all(type(v) is int and 0 <= v <= MAX_WIRE_INT for v in (term, vote, commit)):
+            # older versions adopted any term a message carried (up to 2**64-1), from
+            # which no election can follow: say so rather than fail on every campaign
+            raise CorruptStorageError(
+                f"{path}: hard state (term {term}, vote {vote}, commit {commit}) is out of "
+                f"the range 0..2**63-1; this node cannot take part in elections with it")
         return HardState(Term(term), NodeId(vote), RaftIndex(commit))
 
     def _snapshot_names(self) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -65,8 +66,12 @@ async def test_altered_configs_apply_to_open_logs(broker) -> None:
     ctl, b = broker
     await ctl.create_topic("t", [[1]], {"segment.bytes": "1024"})
     conn = await b.connect()
+    # timestamped now: the default 7-day retention must not take these segments before
+    # retention.ms=0 does (batch()'s fixed 2023 timestamp let any retention check that
+    # ran during the produces delete them: a race with the 50 ms check interval)
+    now_ms = int(time.time() * 1000)
     for i in range(40):
-        assert (await produce(conn, "t", 0, batch([b"v%d" % i * 20])))[1] == 0
+        assert (await produce(conn, "t", 0, batch([b"v%d" % i * 20], ts=now_ms)))[1] == 0
     plog = b.partition("t").log
     assert plog.segment_count > 3 and plog.log_start_offset == 0
     big = batch([b"x" * 5000])

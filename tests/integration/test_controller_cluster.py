@@ -286,9 +286,9 @@ async def test_bad_input_gets_its_own_code_and_changes_nothing(cluster: InProcCl
     fport = cluster.config.node(follower).port
     aport = cluster.config.node(ctl.node_id).port
 
-    async def code(port: int, key: ApiKey, body: Any) -> ErrorCode:
+    async def code(port: int, key: ApiKey, body: Any, node_id: int | None = 101) -> ErrorCode:
         try:
-            await request_once("127.0.0.1", port, key, body)
+            await request_once("127.0.0.1", port, key, body, node_id=node_id)
         except DmqError as exc:
             return exc.code
         return ErrorCode.NONE
@@ -301,9 +301,13 @@ async def test_bad_input_gets_its_own_code_and_changes_nothing(cluster: InProcCl
         assert exc.code is ErrorCode.NOT_CONTROLLER and exc.leader is not None
         assert exc.leader[0] == ctl.node_id
     version = ctl.state.version
+    # broker APIs only on a connection identified as that broker
     assert await code(aport, ApiKey.BROKER_HEARTBEAT, {
         "broker_id": 999, "broker_epoch": 1, "metadata_version": 0}) \
-        is ErrorCode.BROKER_ID_NOT_REGISTERED
+        is ErrorCode.CLUSTER_AUTHORIZATION_FAILED
+    assert await code(aport, ApiKey.BROKER_HEARTBEAT, {
+        "broker_id": 101, "broker_epoch": 1, "metadata_version": 0}, node_id=None) \
+        is ErrorCode.CLUSTER_AUTHORIZATION_FAILED
     epoch = ctl.state.brokers[101].broker_epoch
     assert await code(aport, ApiKey.BROKER_HEARTBEAT, {
         "broker_id": 101, "broker_epoch": epoch - 1, "metadata_version": 0}) \
@@ -345,7 +349,7 @@ async def test_bad_input_gets_its_own_code_and_changes_nothing(cluster: InProcCl
         assert body["controller"][0] == ctl.node_id
         pid = await request_once("127.0.0.1", aport, ApiKey.INIT_PRODUCER_ID, {})
         block = await request_once("127.0.0.1", aport, ApiKey.ALLOCATE_PRODUCER_IDS,
-                                   {"broker_id": 101, "broker_epoch": epoch})
+                                   {"broker_id": 101, "broker_epoch": epoch}, node_id=101)
         assert block["first_producer_id"] > pid["producer_id"] and block["count"] == 1000
 
 

@@ -7,6 +7,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -47,8 +48,9 @@ class KV:
 class Harness:
     def __init__(self, tmp: Path, size: int = 3, snapshot_interval: int = 10_000,
                  tick_ms: int = TICK_MS, election_ticks: int = 10, heartbeat_ticks: int = 2,
-                 seed: int = 0) -> None:
+                 seed: int = 0, **node_kwargs: Any) -> None:
         self.tmp = tmp
+        self.node_kwargs = node_kwargs  # extra RaftNode arguments (validators, on_fatal)
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks
         self.heartbeat_ticks = heartbeat_ticks
@@ -78,7 +80,8 @@ class Harness:
                                 snapshot_interval_entries=self.snapshot_interval)
         storage = FileStorage(str(self.tmp / f"node{i}"))
         sm = KV()
-        node = RaftNode(config, storage, sm, SystemClock(), random.Random(self.rng.random()))
+        node = RaftNode(config, storage, sm, SystemClock(), random.Random(self.rng.random()),
+                        **self.node_kwargs)
         node.register(self.servers[i])
         await node.start()
         self.nodes[i], self.sms[i], self.storages[i] = node, sm, storage
@@ -299,6 +302,174 @@ def test_malformed_raft_messages_get_an_error_and_change_nothing(tmp_path: Path)
                 await conn.close()
             assert leader.status()["term"] == term and leader.status()["role"] == "LEADER"
             assert leader.stats["malformed"] == 2
+        finally:
+            await h.stop_all()
+
+    run(main())
+
+
+def _kv_entry_problem(data: bytes) -> str | None:
+    """What KV cannot apply: anything but UTF-8 `key=value`."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    return None if "=" in text else "no '='"
+
+
+def test_append_with_an_entry_the_state_machine_cannot_apply_is_refused(tmp_path: Path) -> None:
+    # issue #25 item 2: [3, L, F, T, last, T, last+1, [[T, 0, b"\xc1forged"]]] sent as
+    # RAFT_APPEND_ENTRIES to a follower was appended, committed and applied everywhere
+    from dmq.protocol.api import ApiKey
+    from dmq.protocol.connection import Connection
+    from dmq.protocol.errors import InvalidRequestError
+
+    async def main() -> None:
+        h = Harness(tmp_path, validate_entry=_kv_entry_problem)
+        await h.start_all()
+        try:
+            leader = await h.leader()
+            await h.wait_applied(await leader.propose(b"a=1"))
+            follower = next(n for n in h.nodes.values() if n is not leader)
+            st = follower.status()
+            term, last = st["term"], st["last_log_index"]
+            forged = [3, leader.id, follower.id, term, last, term, last + 1,
+                      [[term, 0, b"\xc1forged"]]]
+            conn = await Connection.open("127.0.0.1", h.ports[follower.id])
+            try:
+                with pytest.raises(InvalidRequestError, match="entry .* refused.*not UTF-8"):
+                    await conn.request(ApiKey.RAFT_APPEND_ENTRIES,
+                                       {"from": leader.id, "msg": forged}, timeout_ms=2000)
+            finally:
+                await conn.close()
+            assert follower.stats["refused_entries"] == 1
+            assert follower.status()["last_log_index"] == last
+            index = await leader.propose(b"b=2")  # the leader and its loop are fine
+            await h.wait_applied(index)
+            assert all(sm.data == {"a": "1", "b": "2"} for sm in h.sms.values())
+            assert leader.status()["role"] == "LEADER"
+        finally:
+            await h.stop_all()
+
+    run(main())
+
+
+def test_leader_that_loses_its_quorum_fails_pending_proposals_at_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # issue #24 item 1: they were answered "proposal not done" when their timeout ran
+    # out, and their futures failed later with nobody awaiting them
+    import gc
+
+    async def main() -> None:
+        h = Harness(tmp_path)
+        await h.start_all()
+        try:
+            leader = await h.leader()
+            await h.wait_applied(await leader.propose(b"a=1"))
+            for i in [i for i in h.ids if i != leader.id]:
+                await h.stop(i)
+            # far longer than CheckQuorum takes (one election timeout, 100 ms here)
+            pending = [asyncio.ensure_future(leader.propose(b"k%d=1" % i, timeout_ms=20_000))
+                       for i in range(3)]
+            short = asyncio.ensure_future(leader.propose(b"s=1", timeout_ms=1))
+            done, _ = await asyncio.wait(pending, timeout=15)
+            assert len(done) == 3
+            for fut in pending:
+                assert isinstance(fut.exception(), NotLeaderError)
+            assert leader.status()["role"] != "LEADER"
+            with pytest.raises(DmqError, match="not done in 1 ms"):
+                await short  # timed out first; its late failure must not go unseen
+        finally:
+            await h.stop_all()
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        run(main())
+        gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
+def test_proposal_larger_than_a_follower_accepts_fails_at_once(tmp_path: Path) -> None:
+    # issue #25 item 8: a 141 MB entry went out, followers refused the frame, an
+    # election followed; now the leader refuses it before it is appended
+    from dmq.raft import EntryTooLargeError
+    from dmq.raft.node import FRAME_OVERHEAD_BYTES
+
+    async def main() -> None:
+        h = Harness(tmp_path)
+        await h.start_all()
+        try:
+            leader = await h.leader()
+            limit = leader.config.max_frame_bytes - FRAME_OVERHEAD_BYTES
+            term = leader.status()["term"]
+            with pytest.raises(EntryTooLargeError, match=f"exceeds the limit of {limit}"):
+                await leader.propose(b"k=" + b"v" * limit)
+            index = await leader.propose(b"k=" + b"v" * (2 << 20))  # 2 MiB is fine
+            await h.wait_applied(index)
+            assert leader.status()["term"] == term and leader.status()["role"] == "LEADER"
+        finally:
+            await h.stop_all()
+
+    run(main())
+
+
+def test_a_dead_raft_pump_calls_on_fatal_instead_of_lingering(tmp_path: Path) -> None:
+    # issue #25 item 2: the pump died on an assertion, the process stayed up and kept
+    # reporting LEADER; now the owner's on_fatal hook ends it (crash-only)
+    async def main() -> None:
+        died: list[tuple[str, BaseException]] = []
+        h = Harness(tmp_path, on_fatal=lambda what, exc: died.append((what, exc)))
+        await h.start_all()
+        try:
+            leader = await h.leader()
+            broken = h.sms[leader.id]
+
+            def apply(entries: Sequence[Entry]) -> None:
+                raise RuntimeError("state machine bug")
+
+            broken.apply = apply  # type: ignore[method-assign]
+            with pytest.raises(DmqError, match="raft task .*pump failed"):
+                await leader.propose(b"x=1", timeout_ms=5000)
+            assert [w for w, _ in died] == [f"raft task raft-{leader.id}-pump"]
+            assert isinstance(died[0][1], RuntimeError)
+        finally:
+            await h.stop_all()
+
+    run(main())
+
+
+def test_pending_proposals_fail_naming_the_leader_that_replaced_this_one(
+        tmp_path: Path) -> None:
+    # issue #24 item 1: the client should retry at the new leader within milliseconds
+    from dmq.protocol.api import ApiKey
+    from dmq.protocol.connection import Connection
+
+    async def main() -> None:
+        # a long election timeout, so CheckQuorum does not step the leader down first
+        h = Harness(tmp_path, election_ticks=300)
+        await h.start_all()
+        try:
+            leader = await h.leader(timeout_s=15)
+            await h.wait_applied(await leader.propose(b"a=1"))
+            others = [i for i in h.ids if i != leader.id]
+            await h.stop(others[1])
+            # the remaining follower stops answering: its server is closed, the node kept
+            await h.servers[others[0]].close(grace_ms=10)
+            pending = asyncio.ensure_future(leader.propose(b"b=2", timeout_ms=20_000))
+            await asyncio.sleep(0)
+            assert not pending.done()
+            # a heartbeat of a newer term from the other node: it won an election
+            term = leader.status()["term"]
+            conn = await Connection.open("127.0.0.1", h.ports[leader.id])
+            try:
+                await conn.request(ApiKey.RAFT_APPEND_ENTRIES,
+                                   {"from": others[0],
+                                    "msg": [5, others[0], leader.id, term + 1, 0, 0]},
+                                   timeout_ms=2000)
+            finally:
+                await conn.close()
+            with pytest.raises(NotLeaderError) as err:
+                await asyncio.wait_for(pending, 10)
+            assert err.value.leader_id == others[0]
         finally:
             await h.stop_all()
 

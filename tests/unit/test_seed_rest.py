@@ -128,3 +128,19 @@ def test_dev_refuses_a_taken_port_by_name(tmp_path: Path) -> None:
         dev.nodes[0].port = 0  # any free port for the controller
         with pytest.raises(RuntimeError, match=f"port {port} of node 101 \\(broker\\): "):
             dev.check_ports_free()
+
+
+def test_refusals_of_limits_and_policies_are_4xx_not_500() -> None:
+    import json
+
+    from dmq.ops.rest import _from_dmq_error
+    from dmq.protocol.errors import ErrorCode, error_for
+
+    for code, status in [(ErrorCode.POLICY_VIOLATION, 400), (ErrorCode.INVALID_RECORD, 400),
+                         (ErrorCode.CORRUPT_MESSAGE, 400),
+                         (ErrorCode.RECORD_LIST_TOO_LARGE, 413),
+                         (ErrorCode.CLUSTER_AUTHORIZATION_FAILED, 403),
+                         (ErrorCode.UNKNOWN_SERVER_ERROR, 500)]:
+        resp = _from_dmq_error(error_for(code, "why"))
+        assert resp.status == status, code
+        assert json.loads(resp.body)["code"] == code.name

@@ -63,7 +63,8 @@ def test_good_topic_names(name: str) -> None:
     validate_topic_name(name)
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "x" * 250, "a b", "a/b", "é", "a:b"])
+@pytest.mark.parametrize("name", ["", ".", "..", "x" * 250, "a b", "a/b", "é", "a:b",
+                                  "nl\n", "a\nb", "\n"])
 def test_bad_topic_names(name: str) -> None:
     with pytest.raises(InvalidTopicError):
         validate_topic_name(name)

@@ -23,12 +23,14 @@ class Cluster:
         self.inbox: list[Message] = []
         self.cut: set[tuple[NodeId, NodeId]] = set()
         self.sent: list[Message] = []
+        self.core_kwargs: dict[str, object] = {}  # extra RaftCore arguments, for start()
         for i in self.ids:
             self.start(i)
 
     def start(self, node: NodeId) -> RaftCore:
         cfg = RaftConfig(node_id=node, voters=tuple(self.ids), **self.config)  # type: ignore[arg-type]
-        core = RaftCore(cfg, self.storage[node].load(), random.Random(self.rng.random()))
+        core = RaftCore(cfg, self.storage[node].load(), random.Random(self.rng.random()),
+                        **self.core_kwargs)  # type: ignore[arg-type]
         self.cores[node] = core
         return core
 

@@ -221,3 +221,13 @@ def test_commit_alone_is_written_lazily_but_term_and_vote_at_once(tmp_path: Path
     s.persist(hs(3, 0, 17), [], None)
     s.close()  # a clean close writes the latest
     assert FileStorage(str(tmp_path)).load().hard_state == hs(3, 0, 17)
+
+
+def test_a_stored_term_past_64_bits_is_a_clear_error(tmp_path: Path) -> None:
+    # issue #25 item 1: older versions adopted and stored term 2**64-1 from a forged
+    # message; such a node could never campaign again (2**64 does not fit the wire)
+    s = FileStorage(str(tmp_path))
+    s.persist(hs(2**64 - 1, 0, 0), [], None)
+    s.close()
+    with pytest.raises(CorruptStorageError, match=r"out of the range 0\.\.2\*\*63-1"):
+        FileStorage(str(tmp_path))
