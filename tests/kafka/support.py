@@ -4,11 +4,16 @@ and a raw Kafka connection that puts exactly the bytes of a test on the wire."""
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,3 +121,49 @@ class KafkaConn:
             return True
         except TimeoutError:
             return False
+
+
+def free_block(offsets: tuple[int, ...]) -> int:
+    """A base port such that base + each offset is free right now (for `dmq dev`, whose
+    layout is fixed offsets from its base port)."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 60000)
+        try:
+            for off in offsets:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + off))
+            return base
+        except OSError:
+            continue
+    raise AssertionError("no free port block")
+
+
+def start_dev(tmp_path: Path, base: int, brokers: int,
+              timeout_s: float = 60.0) -> tuple[subprocess.Popen[str], list[str]]:
+    """`dmq dev` with one controller and `brokers` brokers from `base`; returns the
+    process and the lines it printed up to "Ctrl-C stops"."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dmq", "dev", "--controllers", "1", "--brokers", str(brokers),
+         "--base-port", str(base), "--quiet", "--data-dir", str(tmp_path / "dev")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("Ctrl-C stops"):
+            break
+    return proc, lines
+
+
+def stop_dev(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -3,57 +3,24 @@ works as printed."""
 
 from __future__ import annotations
 
-import random
 import re
 import shlex
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.kafka.support import needs_kcat
+from tests.kafka.support import free_block, needs_kcat, start_dev, stop_dev
 
 pytestmark = pytest.mark.slow
 
 
-def _free_block() -> int:
-    """A base port whose layout (controller at base, brokers at base+10.., Kafka at
-    base+20..) is free right now."""
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(20000, 60000)
-        try:
-            for port in (base, base + 10, base + 11, base + 20, base + 21):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise AssertionError("no free port block")
-
-
 @needs_kcat
 def test_dev_prints_a_kcat_command_that_works(tmp_path: Path) -> None:
-    base = _free_block()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dmq", "dev", "--controllers", "1", "--brokers", "2",
-         "--base-port", str(base), "--quiet", "--data-dir", str(tmp_path / "dev")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    base = free_block((0, 10, 11, 20, 21))
+    proc, lines = start_dev(tmp_path, base, brokers=2)
     try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("Ctrl-C stops"):
-                break
         kafka = [x for x in lines if x.startswith("Kafka clients:")]
         assert kafka, "".join(lines)
         assert kafka[0].split()[2] == f"127.0.0.1:{base + 20},127.0.0.1:{base + 21}"
@@ -65,9 +32,41 @@ def test_dev_prints_a_kcat_command_that_works(tmp_path: Path) -> None:
         assert f"broker 101 at 127.0.0.1:{base + 20}" in out
         assert f"broker 102 at 127.0.0.1:{base + 21}" in out
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_dev(proc)
+
+
+def _readme_kafka_blocks() -> tuple[list[str], str]:
+    """The kcat lines and the Python example of README's "Kafka clients" section."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Kafka clients", 1)[1].split("\n## ", 1)[0]
+    bash = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    python = section.split("```python\n", 1)[1].split("```", 1)[0]
+    return [line for line in bash.splitlines() if line.strip()], python
+
+
+@needs_kcat
+def test_readme_kafka_examples_work_as_printed(tmp_path: Path) -> None:
+    """The README's examples, run against `dmq dev` with only its ports moved (the
+    default layout 9111-9113 becomes base+20..base+22)."""
+    kcat_lines, python = _readme_kafka_blocks()
+    base = free_block((0, 10, 11, 12, 20, 21, 22))
+    proc, lines = start_dev(tmp_path, base, brokers=3)
+
+    def moved(text: str) -> str:
+        for i in range(3):
+            text = text.replace(f"127.0.0.1:{9111 + i}", f"127.0.0.1:{base + 20 + i}")
+        return text
+
+    try:
+        assert any(x.startswith("Ctrl-C stops") for x in lines), "".join(lines)
+        outputs = [subprocess.run(["bash", "-c", moved(line)], capture_output=True, text=True,
+                                  timeout=30, check=True).stdout for line in kcat_lines]
+        assert " 3 brokers:" in outputs[0]
+        # (auto-created with 3 partitions: the two keys may land in different ones)
+        got = sorted(line.rsplit(" (offset ", 1)[0] for line in outputs[2].splitlines())
+        assert got == ["k1 hello source=kcat", "k2 world source=kcat"]
+        out = subprocess.run([sys.executable, "-c", moved(python)], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        assert out.strip() == "b'id-1' b'paid' [('region', b'eu')]"
+    finally:
+        stop_dev(proc)
