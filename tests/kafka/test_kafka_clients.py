@@ -199,3 +199,96 @@ def test_answers_come_back_in_request_order(
         assert fetch["Responses"][0]["Partitions"][0]["ErrorCode"] == 0
         cid, _ = conn.receive("ApiVersions", 3)
         assert cid == versions_id
+
+
+def _records(seed: str, n: int) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+    rng = random.Random(seed)
+    return [(b"k%d" % i, rng.randbytes(rng.randrange(0, 200)),
+             [("h", rng.randbytes(rng.randrange(0, 8)))] if i % 2 else [])
+            for i in range(n)]
+
+
+def test_kafka_python_admin_produce_consume(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    kp = pytest.importorskip("kafka")
+    from kafka.admin import KafkaAdminClient
+    from kafka.admin import NewTopic as KpNewTopic
+
+    _, ports = cluster
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap(ports))
+    try:
+        created = admin.create_topics([KpNewTopic("kpy", 1, 3)])
+        assert [t["error_code"] for t in created["topics"]] == [0]
+        create_topic_wait = time.monotonic() + 20
+        while not _leader_ready(ports, "kpy") and time.monotonic() < create_topic_wait:
+            time.sleep(0.1)
+        records = _records("kafka-python", 2000)
+        producer = kp.KafkaProducer(bootstrap_servers=bootstrap(ports), acks="all",
+                                    compression_type="gzip")
+        for key, value, headers in records:
+            producer.send("kpy", key=key, value=value, headers=headers)
+        producer.flush(30)
+        producer.close()
+        consumer = kp.KafkaConsumer(bootstrap_servers=bootstrap(ports),
+                                    enable_auto_commit=False)
+        consumer.assign([kp.TopicPartition("kpy", 0)])
+        consumer.seek_to_beginning()
+        got: list[Any] = []
+        deadline = time.monotonic() + 30
+        while len(got) < len(records) and time.monotonic() < deadline:
+            for msgs in consumer.poll(timeout_ms=500).values():
+                got += [(m.key, m.value, list(m.headers)) for m in msgs]
+        consumer.close()
+        assert got == records
+        deleted = admin.delete_topics(["kpy"])
+        assert [t["error_code"] for t in deleted["topics"]] == [0]
+    finally:
+        admin.close()
+
+
+def _leader_ready(ports: dict[int, int], topic: str) -> bool:
+    with KafkaConn(next(iter(ports.values()))) as conn:
+        md = conn.request("Metadata", 12, {"Topics": [{"Name": topic}],
+                                            "AllowAutoTopicCreation": False})
+    t = md["Topics"][0]
+    return t["ErrorCode"] == 0 and all(
+        p["LeaderId"] >= 0 and _leader_serves(ports[p["LeaderId"]], topic, p["PartitionIndex"])
+        for p in t["Partitions"])
+
+
+def test_aiokafka_idempotent_produce_consume(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    aiokafka = pytest.importorskip("aiokafka")
+    import asyncio
+
+    _, ports = cluster
+    create_topic(ports, "aio", 1, 3)
+    records = _records("aiokafka", 2000)
+
+    async def run() -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+        producer = aiokafka.AIOKafkaProducer(bootstrap_servers=bootstrap(ports),
+                                             enable_idempotence=True, compression_type="gzip")
+        await producer.start()
+        try:
+            for key, value, headers in records:
+                await producer.send("aio", key=key, value=value, headers=headers)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap(ports),
+                                             enable_auto_commit=False)
+        await consumer.start()
+        got: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        try:
+            consumer.assign([aiokafka.TopicPartition("aio", 0)])
+            await consumer.seek_to_beginning()
+            deadline = time.monotonic() + 30
+            while len(got) < len(records) and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for msgs in batch.values():
+                    got += [(m.key, m.value, list(m.headers)) for m in msgs]
+        finally:
+            await consumer.stop()
+        return got
+
+    assert asyncio.run(run()) == records
