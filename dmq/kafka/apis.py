@@ -10,7 +10,8 @@ there, as KRaft brokers forward them; Metadata therefore names this broker as th
 "controller", so admin clients send those requests to a broker.
 
 Record batches pass through as bytes in both directions: a Kafka producer's batches
-are stored byte for byte, a fetch returns the stored bytes.
+are stored byte for byte, a fetch returns the stored bytes, except batches written by
+dmq's own client, which are converted to Kafka records (`dmq.kafka.records`).
 
 It must never decode records and never import the network layer.
 """
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from dmq.broker.errors import error_code_of, message_of
 from dmq.controller.image import FENCED, MetadataImage
+from dmq.kafka.records import is_dmq_native, kafka_view
 from dmq.kafka.server import NO_RESPONSE, Api
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
@@ -377,7 +379,7 @@ def _fetch_answer(result: dict[str, Any]) -> dict[str, Any]:
         {"Topic": topic, "Partitions": [
             {"PartitionIndex": p, "ErrorCode": kafka_code(err), "HighWatermark": hw,
              "LastStableOffset": hw, "LogStartOffset": start, "AbortedTransactions": None,
-             "PreferredReadReplica": -1, "Records": data}
+             "PreferredReadReplica": -1, "Records": kafka_view(data, is_dmq_native)}
             for p, err, hw, start, _leo, data in rows]}
         for topic, rows in result["topics"]]}
 

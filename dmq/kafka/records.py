@@ -41,6 +41,14 @@ from dmq.log.batch import (
 
 Buffer = bytes | bytearray | memoryview
 IsNative = Callable[[int], bool]
+# Attribute bit 7 marks a dmq-native batch (msgpack records); Kafka leaves bits 7-15
+# unused and clients never set them. (Bit 6 is Kafka's delete-horizon flag.)
+ATTR_DMQ_NATIVE = 0x80
+
+
+def is_dmq_native(attributes: int) -> bool:
+    return bool(attributes & ATTR_DMQ_NATIVE)
+
 _KEPT_ATTRIBUTES = ATTR_TIMESTAMP_TYPE | ATTR_TRANSACTIONAL | ATTR_CONTROL
 _CRC = struct.Struct(">I")
 
@@ -103,7 +111,8 @@ def native_to_kafka(buf: Buffer, header: BatchHeader) -> bytes:
     """The dmq-native batch at `header.position` rebuilt as a Kafka batch."""
     records = decode_records(buf, header)
     payload = encode_kafka_records(records, header.base_offset, header.base_timestamp)
-    attributes = header.attributes & _KEPT_ATTRIBUTES  # no codec: records uncompressed
+    # no codec (records uncompressed) and no dmq-native mark
+    attributes = header.attributes & _KEPT_ATTRIBUTES
     out = bytearray(HEADER_STRUCT.pack(
         header.base_offset, HEADER_SIZE - LOG_OVERHEAD + len(payload),
         header.partition_leader_epoch, 2, 0, attributes, header.last_offset_delta,
@@ -147,5 +156,5 @@ def kafka_view(data: Buffer, is_native: IsNative) -> Buffer | list[Buffer]:
     return parts
 
 
-__all__ = ["encode_kafka_records", "kafka_view", "native_to_kafka", "read_varint",
-           "write_varint"]
+__all__ = ["ATTR_DMQ_NATIVE", "encode_kafka_records", "is_dmq_native", "kafka_view",
+           "native_to_kafka", "read_varint", "write_varint"]
