@@ -25,7 +25,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dmq.broker.errors import error_code_of, message_of
+from dmq.config import SETTINGS
 from dmq.controller.image import FENCED, MetadataImage
+from dmq.controller.validation import effective_topic_configs
 from dmq.kafka.records import is_dmq_native, kafka_view
 from dmq.kafka.server import NO_RESPONSE, Api
 from dmq.protocol.api import ApiKey
@@ -43,6 +45,12 @@ log = logging.getLogger("dmq.kafka")
 INVALID_REQUEST = 42
 FETCH_SESSION_ID_NOT_FOUND = 70
 INVALID_FETCH_SESSION_EPOCH = 71
+UNSUPPORTED_ENDPOINT_TYPE = 119
+RESOURCE_TOPIC = 2
+RESOURCE_BROKER = 4
+CONFIG_SOURCE_DYNAMIC_TOPIC = 1
+CONFIG_SOURCE_STATIC_BROKER = 4
+CONFIG_SOURCE_DEFAULT = 5
 
 # dmq-only codes (1000+) mapped to the nearest Kafka code a Kafka client understands.
 _KAFKA_CODE = {
@@ -110,6 +118,10 @@ class KafkaApis:
             Api(19, "CreateTopics", 2, 7, self.create_topics),
             Api(20, "DeleteTopics", 1, 6, self.delete_topics),
             Api(22, "InitProducerId", 0, 4, self.init_producer_id),
+            Api(23, "OffsetForLeaderEpoch", 2, 4, self.offset_for_leader_epoch),
+            Api(32, "DescribeConfigs", 1, 4, self.describe_configs),
+            Api(37, "CreatePartitions", 0, 3, self.create_partitions),
+            Api(60, "DescribeCluster", 0, 1, self.describe_cluster),
         ]
 
     # ------------------------------------------------------------------ ApiVersions
@@ -359,6 +371,110 @@ class KafkaApis:
             return {"ErrorCode": code, "ProducerId": -1, "ProducerEpoch": -1}
         return {"ErrorCode": 0, "ProducerId": resp["producer_id"],
                 "ProducerEpoch": resp["producer_epoch"]}
+
+
+    # ------------------------------------------------------------------ more APIs
+
+    def offset_for_leader_epoch(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        topics = [[t["Topic"], [[p["Partition"], p.get("CurrentLeaderEpoch", -1),
+                                 p["LeaderEpoch"]] for p in t["Partitions"]]]
+                  for t in body["Topics"]]
+        result = self.data_plane.offset_for_leader_epoch(
+            None, {"topics": topics, "replica_id": -1})  # type: ignore[arg-type]
+        return {"Topics": [
+            {"Topic": topic, "Partitions": [
+                {"ErrorCode": kafka_code(err), "Partition": p, "LeaderEpoch": epoch,
+                 "EndOffset": end} for p, err, epoch, end in rows]}
+            for topic, rows in result["topics"]]}
+
+    def describe_configs(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        """Answered from this broker's image and the cluster settings (configs change
+        through dmq's admin API; Kafka's AlterConfigs is not served yet)."""
+        image = self._image()
+        out = []
+        for res in body["Resources"]:
+            rtype, name, keys = res["ResourceType"], res["ResourceName"], \
+                res["ConfigurationKeys"]
+            entry: dict[str, Any] = {"ErrorCode": 0, "ErrorMessage": None,
+                                     "ResourceType": rtype, "ResourceName": name,
+                                     "Configs": []}
+            if rtype == RESOURCE_TOPIC:
+                t = image.topics.get(name) if image is not None else None
+                if t is None:
+                    entry["ErrorCode"] = int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+                    entry["ErrorMessage"] = f"topic {name!r} does not exist"
+                else:
+                    for k, v in sorted(effective_topic_configs(t.configs,
+                                                               self.config.get).items()):
+                        source = (CONFIG_SOURCE_DYNAMIC_TOPIC if k in t.configs
+                                  else CONFIG_SOURCE_DEFAULT)
+                        entry["Configs"].append(_config_entry(k, v, source, False))
+            elif rtype == RESOURCE_BROKER and name in ("", str(self.broker_id)):
+                for k in sorted(SETTINGS):
+                    source = (CONFIG_SOURCE_STATIC_BROKER if k in self.config.settings
+                              else CONFIG_SOURCE_DEFAULT)
+                    entry["Configs"].append(_config_entry(k, self.config.get(k), source, True))
+            else:
+                entry["ErrorCode"] = INVALID_REQUEST
+                entry["ErrorMessage"] = (f"resource type {rtype} {name!r} not served (topics, "
+                                         f"and this broker as {self.broker_id})")
+            if keys is not None:
+                entry["Configs"] = [c for c in entry["Configs"] if c["Name"] in keys]
+            out.append(entry)
+        return {"Results": out}
+
+    def create_partitions(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._create_partitions(body)
+
+    async def _create_partitions(self, body: dict[str, Any]) -> dict[str, Any]:
+        results: dict[str, dict[str, Any]] = {}
+        request = []
+        for t in body["Topics"]:
+            if t.get("Assignments"):
+                results[t["Name"]] = {"Name": t["Name"], "ErrorCode": INVALID_REQUEST,
+                                      "ErrorMessage": "manual replica assignments are not "
+                                                      "supported"}
+            else:
+                request.append({"name": t["Name"], "count": t["Count"]})
+        timeout_ms = max(int(body["TimeoutMs"]), 0)
+        if request:
+            try:
+                resp = await self._controller_request(
+                    ApiKey.CREATE_PARTITIONS, {"topics": request, "timeout_ms": timeout_ms,
+                                               "validate_only": bool(body["ValidateOnly"])},
+                    timeout_ms + 5000)
+                for r in resp["topics"]:
+                    results[r["name"]] = {"Name": r["name"],
+                                          "ErrorCode": kafka_code(r.get("error", 0)),
+                                          "ErrorMessage": r.get("msg")}
+            except (DmqError, OSError, TimeoutError) as exc:
+                code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
+                    else int(ErrorCode.REQUEST_TIMED_OUT)
+                for r in request:
+                    results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
+                                          "ErrorMessage": message_of(exc)}
+        unknown = int(ErrorCode.UNKNOWN_SERVER_ERROR)
+        return {"Results": [results.get(t["Name"], {"Name": t["Name"], "ErrorCode": unknown})
+                            for t in body["Topics"]]}
+
+    def describe_cluster(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        if body.get("EndpointType", 1) != 1:
+            return {"ErrorCode": UNSUPPORTED_ENDPOINT_TYPE, "EndpointType": body["EndpointType"],
+                    "ErrorMessage": "only broker endpoints are described",
+                    "ClusterId": self.cluster_id, "ControllerId": -1, "Brokers": []}
+        md = self._metadata_answer(self._image(), [], set())
+        return {"ErrorCode": 0, "EndpointType": 1, "ClusterId": self.cluster_id,
+                "ControllerId": self.broker_id,
+                "Brokers": [{"BrokerId": b["NodeId"], "Host": b["Host"], "Port": b["Port"],
+                             "Rack": b["Rack"]} for b in md["Brokers"]],
+                "ClusterAuthorizedOperations": NO_AUTHORIZED_OPERATIONS}
+
+
+def _config_entry(name: str, value: Any, source: int, read_only: bool) -> dict[str, Any]:
+    text = value if isinstance(value, str) or value is None else (
+        str(value).lower() if isinstance(value, bool) else str(value))
+    return {"Name": name, "Value": text, "ReadOnly": read_only, "ConfigSource": source,
+            "IsSensitive": False, "Synonyms": [], "ConfigType": 0, "Documentation": None}
 
 
 async def _after(pending: Awaitable[Any], convert: Callable[[Any], Any]) -> Any:

@@ -292,3 +292,30 @@ def test_aiokafka_idempotent_produce_consume(
         return got
 
     assert asyncio.run(run()) == records
+
+
+def test_confluent_admin_partitions_configs_cluster(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    from confluent_kafka.admin import ConfigResource, NewPartitions
+
+    _, ports = cluster
+    admin = AdminClient({"bootstrap.servers": bootstrap(ports)})
+    create = admin.create_topics([NewTopic("adm", 1, 2, config={"retention.ms": "3600000"})],
+                                 operation_timeout=15)
+    create["adm"].result(20)
+    admin.create_partitions([NewPartitions("adm", 4)], operation_timeout=15)["adm"].result(20)
+    deadline = time.monotonic() + 20
+    while len(admin.list_topics("adm", timeout=5).topics["adm"].partitions) != 4:
+        assert time.monotonic() < deadline, "partitions never reached 4"
+        time.sleep(0.1)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, "adm")
+    configs = admin.describe_configs([resource])[resource].result(20)
+    assert configs["retention.ms"].value == "3600000"
+    assert configs["retention.ms"].source == 1  # DYNAMIC_TOPIC_CONFIG: set on the topic
+    assert configs["cleanup.policy"].is_default
+    missing = ConfigResource(ConfigResource.Type.TOPIC, "no-such-topic")
+    with pytest.raises(ck.KafkaException):
+        admin.describe_configs([missing])[missing].result(20)
+    described = admin.describe_cluster().result(20)
+    assert {n.id for n in described.nodes} == set(ports)
+    admin.delete_topics(["adm"], operation_timeout=15)["adm"].result(20)
