@@ -62,6 +62,7 @@ _KAFKA_CODE = {
 }
 
 NO_AUTHORIZED_OPERATIONS = -2147483648
+_NO_CONTEXT: Any = None  # the data plane's handlers do not read their request context
 ControllerRequest = Callable[[ApiKey, Any, int], Awaitable[Any]]
 
 
@@ -206,8 +207,8 @@ class KafkaApis:
         topics = [[t["Name"], [[p["Index"], -1, p["Records"] if p["Records"] is not None
                                 else b""] for p in t["PartitionData"]]]
                   for t in body["TopicData"]]
-        result = self.data_plane.produce(None, {"acks": acks, "timeout_ms": body["TimeoutMs"],
-                                                "topics": topics})  # type: ignore[arg-type]
+        result = self.data_plane.produce(
+            _NO_CONTEXT, {"acks": acks, "timeout_ms": body["TimeoutMs"], "topics": topics})
         if result is DMQ_NO_RESPONSE or acks == 0:
             return NO_RESPONSE
         if isinstance(result, dict):
@@ -239,7 +240,7 @@ class KafkaApis:
         request = {"replica_id": -1, "max_wait_ms": max(body["MaxWaitMs"], 0),
                    "min_bytes": body["MinBytes"], "max_bytes": body.get("MaxBytes", 0x7FFFFFFF),
                    "topics": topics}
-        result = self.data_plane.fetch(None, request)  # type: ignore[arg-type]
+        result = self.data_plane.fetch(_NO_CONTEXT, request)
         if isinstance(result, dict):
             return _fetch_answer(result)
         return _after(result, _fetch_answer)
@@ -257,7 +258,7 @@ class KafkaApis:
                     continue
                 rows.append([p["PartitionIndex"], p["Timestamp"]])
             topics.append([t["Name"], rows])
-        result = self.data_plane.list_offsets(None, {"topics": topics})  # type: ignore[arg-type]
+        result = self.data_plane.list_offsets(_NO_CONTEXT, {"topics": topics})
         out = []
         for (name, rows), t in zip(result["topics"], body["Topics"], strict=True):
             parts = [{"PartitionIndex": p, "ErrorCode": kafka_code(err), "Timestamp": ts,
@@ -380,7 +381,7 @@ class KafkaApis:
                                  p["LeaderEpoch"]] for p in t["Partitions"]]]
                   for t in body["Topics"]]
         result = self.data_plane.offset_for_leader_epoch(
-            None, {"topics": topics, "replica_id": -1})  # type: ignore[arg-type]
+            _NO_CONTEXT, {"topics": topics, "replica_id": -1})
         return {"Topics": [
             {"Topic": topic, "Partitions": [
                 {"ErrorCode": kafka_code(err), "Partition": p, "LeaderEpoch": epoch,
