@@ -14,6 +14,14 @@ with one log line; the node goes on serving everyone else. The one exception is
 ApiVersions of a version we do not know: it gets the v0-form UNSUPPORTED_VERSION
 answer listing our ranges, so that the client can retry with one we do.
 
+Bounds, the same settings as dmq's own listener but counted separately: at most
+`max_connections` connections and `max_connections_per_ip` from one address (one past
+either is closed at once, logged once per thousand); a connection with nothing in
+flight that sends nothing for `connections_max_idle_ms` is closed; a frame over
+`SMALL_FRAME_BYTES` reserves its declared size from the listener's request-memory
+budget (`queued_max_request_bytes`) before its body is read, and waits unread while
+the budget is spent (one frame always fits).
+
 It holds no broker logic: handlers come from `dmq.kafka.apis`.
 """
 
@@ -43,6 +51,7 @@ NO_RESPONSE: Any = object()
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
 _SIZE = struct.Struct(">i")
+SMALL_FRAME_BYTES = 64 * 1024
 
 Handler = Callable[[RequestHeader, dict[str, Any]], Any]
 
@@ -59,19 +68,50 @@ class Api:
     handler: Handler
 
 
+class ByteBudget:
+    """Request memory shared by the listener's connections: first come, first served;
+    a reservation always succeeds when nothing else is reserved."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._freed:
+            self.used -= n
+            self._freed.notify_all()
+
+
 class KafkaServer:
     def __init__(self, host: str, port: int, apis: list[Api], node_id: int,
-                 max_frame_bytes: int, max_in_flight: int = 256) -> None:
+                 max_frame_bytes: int, max_in_flight: int = 256,
+                 max_connections: int = 4096, max_connections_per_ip: int = 1024,
+                 connections_max_idle_ms: int = 600_000,
+                 queued_max_request_bytes: int = 256 * 1024 * 1024) -> None:
         self.host = host
         self.port = port
         self.node_id = node_id
         self.apis = {a.key: a for a in apis}
         self.max_frame_bytes = max_frame_bytes
         self.max_in_flight = max_in_flight
+        self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self.connections_max_idle_ms = connections_max_idle_ms
+        self._budget: ByteBudget | None = None
+        self._budget_limit = queued_max_request_bytes
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._per_ip: dict[str, int] = {}
         self.stats_violations = 0
         self.stats_requests = 0
+        self.stats_refused = 0
+        self.stats_idle_closed = 0
         for a in apis:
             spec = message_spec(a.name + "Request")
             assert spec.api_key == a.key
@@ -86,6 +126,7 @@ class KafkaServer:
                 for a in sorted(self.apis.values(), key=lambda a: a.key)]
 
     async def start(self) -> None:
+        self._budget = ByteBudget(self._budget_limit)
         self._server = await asyncio.start_server(self._accept, self.host, self.port,
                                                   reuse_address=True)
         sock = self._server.sockets[0]
@@ -106,31 +147,70 @@ class KafkaServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._conns.add(task)
         peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        why = None
+        if len(self._conns) >= self.max_connections:
+            why = f"{len(self._conns)} Kafka connections open (max.connections)"
+        elif self._per_ip.get(host, 0) >= self.max_connections_per_ip:
+            why = (f"{self._per_ip[host]} Kafka connections open from {host} "
+                   f"(max.connections.per.ip)")
+        if why is not None:
+            if self.stats_refused % 1000 == 0:
+                log.warning("node %d: Kafka connection from %s refused: %s (%d refused so "
+                            "far)", self.node_id, peer, why, self.stats_refused + 1)
+            self.stats_refused += 1
+            writer.close()
+            return
+        self._conns.add(task)
+        self._per_ip[host] = self._per_ip.get(host, 0) + 1
         try:
             await self._serve(reader, writer, peer)
         except asyncio.CancelledError:
             pass
+        except Exception:
+            self.stats_violations += 1
+            log.exception("node %d: Kafka connection from %s failed; closed", self.node_id, peer)
         finally:
             self._conns.discard(task)
+            left = self._per_ip[host] - 1
+            if left:
+                self._per_ip[host] = left
+            else:
+                del self._per_ip[host]
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      peer: Any) -> None:
         queue: asyncio.Queue[tuple[Any, str, int, int] | None] = asyncio.Queue(
             self.max_in_flight)
-        sender = asyncio.create_task(self._send_loop(queue, writer, peer))
+        inflight = [0]  # answers queued or being written
+        sender = asyncio.create_task(self._send_loop(queue, writer, peer, inflight))
+        idle_s = self.connections_max_idle_ms / 1000 if self.connections_max_idle_ms >= 0 \
+            else None
+        budget = self._budget
+        assert budget is not None
         try:
             while not sender.done():
-                head = await reader.readexactly(4)
+                head = await self._read_header(reader, idle_s, inflight)
+                if head is None:
+                    self.stats_idle_closed += 1
+                    return
                 (size,) = _SIZE.unpack(head)
                 if size < 8 or size > self.max_frame_bytes:
                     raise KafkaDecodeError(f"frame size {size} outside [8, "
-                                           f"{self.max_frame_bytes}] (kafka.max.frame.bytes)")
-                frame = await reader.readexactly(size)
-                item = self._dispatch(frame)
+                                           f"{self.max_frame_bytes}] (max.frame.bytes)")
+                reserved = size if size > SMALL_FRAME_BYTES else 0
+                if reserved:
+                    await budget.acquire(reserved)
+                try:
+                    frame = await reader.readexactly(size)
+                    item = self._dispatch(frame)
+                finally:
+                    if reserved:
+                        await budget.release(reserved)
                 if item is not None:
+                    inflight[0] += 1
                     await queue.put(item)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -140,6 +220,23 @@ class KafkaServer:
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
+
+    @staticmethod
+    async def _read_header(reader: asyncio.StreamReader, idle_s: float | None,
+                           inflight: list[int]) -> bytes | None:
+        """The next 4 size bytes, or None once the connection has been idle (nothing
+        received, nothing in flight) for a whole `idle_s` period."""
+        read = asyncio.ensure_future(reader.readexactly(4))
+        try:
+            while True:
+                done, _ = await asyncio.wait({read}, timeout=idle_s)
+                if done:
+                    return read.result()
+                if not inflight[0]:
+                    return None
+        finally:
+            if not read.done():
+                read.cancel()
 
     def _dispatch(self, frame: bytes) -> tuple[Any, str, int, int] | None:
         """Decode one request and start its handler: (answer or awaitable, message name,
@@ -167,7 +264,7 @@ class KafkaServer:
         return result, api.name, version, correlation_id
 
     async def _send_loop(self, queue: asyncio.Queue[tuple[Any, str, int, int] | None],
-                         writer: asyncio.StreamWriter, peer: Any) -> None:
+                         writer: asyncio.StreamWriter, peer: Any, inflight: list[int]) -> None:
         pending: Any = None
         try:
             while True:
@@ -180,6 +277,7 @@ class KafkaServer:
                 chunks = encode_response(name, version, correlation_id, body, vectored=True)
                 writer.writelines(chunks)
                 await writer.drain()
+                inflight[0] -= 1
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:

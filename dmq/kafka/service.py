@@ -32,7 +32,12 @@ class KafkaService:
                               lambda: broker.replicas.image, broker.lifecycle.controller_request)
         self.server = KafkaServer(node.spec.address.host, int(config.get("kafka.port")),
                                   self.apis.table(), node.spec.node_id,
-                                  max_frame_bytes=int(config.get("max.frame.bytes")))
+                                  max_frame_bytes=int(config.get("max.frame.bytes")),
+                                  max_connections=int(config.get("max.connections")),
+                                  max_connections_per_ip=int(config.get("max.connections.per.ip")),
+                                  connections_max_idle_ms=int(config.get("connections.max.idle.ms")),
+                                  queued_max_request_bytes=int(
+                                      config.get("queued.max.request.bytes")))
 
     async def start(self) -> None:
         try:
