@@ -8,8 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmq.kafka.records import kafka_view, native_to_kafka, read_varint, write_varint
-from dmq.log.batch import BatchBuilder, encode_batch, read_header
+from dmq.kafka.records import (
+    MAX_RECORDS_BYTES,
+    KafkaRecordsError,
+    decode_kafka_records,
+    encode_kafka_records,
+    kafka_view,
+    native_to_kafka,
+    read_varint,
+    write_varint,
+)
+from dmq.log.batch import BatchBuilder, Record, encode_batch, read_header
 
 default_records = pytest.importorskip("kafka.record.default_records")
 
@@ -78,3 +87,79 @@ def test_zigzag_varint_round_trip(value: int) -> None:
     out = bytearray()
     write_varint(out, value)
     assert read_varint(out, 0) == (value, len(out))
+
+
+# ---------------------------------------------------------------------------- Kafka records
+
+def _kafka_batch(codec: int, records: list, base_offset: int = 0) -> bytes:
+    builder = default_records.DefaultRecordBatchBuilder(
+        magic=2, compression_type=codec, is_transactional=False, producer_id=-1,
+        producer_epoch=-1, base_sequence=-1, batch_size=1 << 30)
+    for i, (ts, key, value, headers) in enumerate(records):
+        builder.append(i, timestamp=ts, key=key, value=value, headers=headers)
+    batch = bytearray(builder.build())
+    batch[0:8] = base_offset.to_bytes(8, "big")
+    return bytes(batch)
+
+
+@pytest.mark.parametrize("codec", [0, 1, 3, 4])  # none, gzip, lz4, zstd
+@settings(max_examples=40, deadline=None)
+@given(records=st.lists(st.tuples(st.integers(1, 2**40), _blob, _blob,
+                                  st.lists(st.tuples(st.text(max_size=8),
+                                                     st.one_of(st.none(), st.binary(max_size=8))),
+                                           max_size=3)),
+                        min_size=1, max_size=20),
+       base_offset=st.integers(0, 2**40))
+def test_kafka_batches_decode_to_their_records(codec: int, records: list,
+                                               base_offset: int) -> None:
+    batch = _kafka_batch(codec, records, base_offset)
+    got = decode_kafka_records(batch, read_header(batch))
+    assert [(r.offset, r.timestamp, r.key, r.value, list(r.headers)) for r in got] == [
+        (base_offset + i, ts, key, value, headers)
+        for i, (ts, key, value, headers) in enumerate(records)]
+
+
+def test_zstd_frame_without_content_size() -> None:
+    """Streaming encoders (librdkafka's, Java's) write zstd frames with no content size."""
+    import zstandard
+
+    recs = [Record(0, 5, b"k", b"v" * 1000, (("h", b"x"),)), Record(1, 6, None, b"w", ())]
+    raw = bytes(encode_kafka_records(recs, 0, 5))
+    cobj = zstandard.ZstdCompressor().compressobj()
+    payload = cobj.compress(raw) + cobj.flush()
+    assert zstandard.get_frame_parameters(payload).content_size == zstandard.CONTENTSIZE_UNKNOWN
+    batch = _with_payload(payload, codec=4, count=2, base_ts=5)
+    assert decode_kafka_records(batch, read_header(batch)) == recs
+
+
+def _with_payload(payload: bytes, codec: int, count: int, base_ts: int) -> bytes:
+    from crc32c import crc32c
+
+    from dmq.log.batch import HEADER_STRUCT
+
+    head = bytearray(HEADER_STRUCT.pack(0, 49 + len(payload), -1, 2, 0, codec, count - 1,
+                                        base_ts, base_ts, -1, -1, -1, count))
+    head += payload
+    head[17:21] = crc32c(bytes(head[21:])).to_bytes(4, "big")
+    return bytes(head)
+
+
+def test_decompression_bomb_is_refused() -> None:
+    import gzip
+
+    payload = gzip.compress(b"\0" * (MAX_RECORDS_BYTES + 1024))
+    batch = _with_payload(payload, codec=1, count=1, base_ts=0)
+    with pytest.raises(KafkaRecordsError, match="exceed 67108864 bytes"):
+        decode_kafka_records(batch, read_header(batch))
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=100), codec=st.sampled_from([0, 1, 2, 3, 4, 5]),
+       count=st.integers(1, 5))
+def test_garbage_records_raise_only_the_typed_error(payload: bytes, codec: int,
+                                                    count: int) -> None:
+    batch = _with_payload(payload, codec=codec, count=count, base_ts=0)
+    try:
+        decode_kafka_records(batch, read_header(batch))
+    except KafkaRecordsError:
+        pass
