@@ -10,7 +10,10 @@ Measures, for 1 KiB, 16 KiB and 1 MiB batches:
 - follower append: `PartitionLog.append_as_follower` of ~1 MiB fetch responses made of
   such batches (validate + CRC per batch) vs `os.write` of the same; each response is
   copied (untimed) just before the call on both sides, as if just read from a socket;
-- index lookup latency: `OffsetIndex.lookup` on a full 1 MiB index, random targets.
+- index lookup latency: `OffsetIndex.lookup` on a full 1 MiB index, random targets;
+- the leader's record check (`check_client_batch`, part of every leader append above):
+  its cost per batch and per record for a few record sizes and codecs, against the
+  CRC-32C of the same batch in the same run.
 
 Each figure is the median of --runs runs. Within a run the two sides of a comparison
 alternate which goes first, and `os.sync()` runs (untimed) before every timed write
@@ -40,7 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dmq.clock import ManualClock  # noqa: E402
 from dmq.log import BatchBuilder, LogConfig, PartitionLog, stamp_batch  # noqa: E402
-from dmq.log.batch import CRC_START  # noqa: E402
+from dmq.log.batch import CRC_START, check_client_batch, validate_raw  # noqa: E402
+from dmq.log.codecs import CODEC_LZ4, CODEC_NAMES, CODEC_NONE, CODEC_ZSTD  # noqa: E402
 from dmq.log.index import OffsetIndex  # noqa: E402
 
 READ_MAX_BYTES = 1 << 20
@@ -252,6 +256,41 @@ def bench_index(tmp: str) -> float:
     return statistics.median(samples) * 1e6
 
 
+def bench_record_check() -> list[str]:
+    """Rows of the record-check table: median of 5 timings of `check_client_batch` and
+    of `crc32c` over the same batch (`ratio` = check / CRC time)."""
+    rows = []
+    rnd = random.Random(3)
+    for codec in (CODEC_NONE, CODEC_ZSTD, CODEC_LZ4):
+        for value_bytes, count in ((100, 1), (100, 150), (1024, 15), (1024, 1000), (10, 5000)):
+            if codec != CODEC_NONE and count < 150:
+                continue
+            b = BatchBuilder(codec=codec)
+            for i in range(count):  # half random, half repeated: compressible, not trivially
+                half = value_bytes // 2
+                b.append(1_700_000_000_000 + i, b"key-%d" % (i % 100),
+                         rnd.randbytes(half) + bytes(value_bytes - half))
+            mv = memoryview(b.seal())
+            t = validate_raw(mv)[0]
+            reps = max(20, 200_000 // count)
+            check, crc = [], []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    check_client_batch(mv, t)
+                t1 = time.perf_counter()
+                for _ in range(reps):
+                    crc32c(mv[CRC_START:])
+                t2 = time.perf_counter()
+                check.append((t1 - t0) / reps)
+                crc.append((t2 - t1) / reps)
+            c = statistics.median(check)
+            rows.append(f"| {CODEC_NAMES[codec]:5} | {value_bytes:5} B | {count:5} | "
+                        f"{len(mv):8} | {c * 1e6:8.1f} | {c * 1e9 / count:6.0f} | "
+                        f"{c / statistics.median(crc):6.1f} |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--total-mib", type=int, default=32, help="bytes appended per run")
@@ -300,6 +339,14 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
     print(f"OffsetIndex.lookup, 131072 entries, random targets: median {us:.2f} us per lookup")
+    print()
+    print("Leader record check (check_client_batch), median of 5; ratio = check / CRC-32C "
+          "of the same batch")
+    print()
+    print("| codec | value   | records | batch B  | us/batch | ns/rec | ratio  |")
+    print("|-------|---------|---------|----------|----------|--------|--------|")
+    for row in bench_record_check():
+        print(row)
 
 
 if __name__ == "__main__":

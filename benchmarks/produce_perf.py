@@ -59,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compression", choices=["none", "zstd", "lz4"], default="none")
     ap.add_argument("--idempotence", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--mode", choices=["produce", "e2e"], default="produce")
+    ap.add_argument("--key-count", type=int, default=0,
+                    help="keyed records cycling over this many distinct keys (0: no key)")
+    ap.add_argument("--partitioner", choices=["default", "murmur2", "crc32c"],
+                    default="default", help="key placement (default: the producer's)")
     ap.add_argument("--runs", type=int, default=1, help="repeat and report the median")
     return ap.parse_args(argv)
 
@@ -78,6 +82,9 @@ async def run_produce(bootstrap: str, args: argparse.Namespace) -> dict[str, flo
     done_at: list[float] = []
     futs: list[asyncio.Future[int]] = []
     perf = time.perf_counter
+    keys: list[bytes | None] = ([b"key-%08d" % (i % args.key_count) for i in range(n)]
+                                if args.key_count > 0 else [None] * n)
+    extra = {} if args.partitioner == "default" else {"partitioner": args.partitioner}
 
     def on_batch(idx: int) -> object:
         def cb(_f: object) -> None:
@@ -87,8 +94,8 @@ async def run_produce(bootstrap: str, args: argparse.Namespace) -> dict[str, flo
     async with Producer(bootstrap, acks=args.acks, linger_ms=args.linger_ms,
                         batch_size=args.batch_size, max_in_flight=args.max_in_flight,
                         enable_idempotence=idem,
-                        compression_type=None if args.compression == "none" else args.compression
-                        ) as producer:
+                        compression_type=None if args.compression == "none" else args.compression,
+                        **extra) as producer:
         await producer.send_and_wait(args.topic, value)  # metadata and connections warm
         rate = args.throughput
         last = None
@@ -100,7 +107,7 @@ async def run_produce(bootstrap: str, args: argparse.Namespace) -> dict[str, flo
             if rate > 0:
                 await _pace(i, start, rate)
             sent_at[i] = perf()
-            h = await send(topic, value)
+            h = await send(topic, value, keys[i])
             f = h.batch_future
             if f is not last:
                 last = f
@@ -166,6 +173,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"# mode={args.mode} records={args.num_records} size={args.record_size} "
           f"acks={args.acks} batch_size={args.batch_size} linger_ms={args.linger_ms} "
           f"throughput={args.throughput} partitions={args.partitions} "
+          f"key_count={args.key_count} partitioner={args.partitioner} "
           f"cluster={args.cluster or args.bootstrap} brokers={args.brokers}", flush=True)
     async with cluster_from_args(args) as bootstrap:
         await ensure_topic(bootstrap, args)

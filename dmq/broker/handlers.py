@@ -15,6 +15,7 @@ partitions and one timer per request; there is no polling loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,8 @@ from dmq.protocol.server import NO_RESPONSE, RequestContext
 
 if TYPE_CHECKING:
     from dmq.broker.replica_manager import ReplicaManager
+
+log = logging.getLogger("dmq.broker.handlers")
 
 LATEST = -1
 EARLIEST = -2
@@ -61,6 +64,7 @@ class DataPlane:
         self._auto_create = auto_create
         self.stats_produce_requests = 0
         self.stats_fetch_requests = 0
+        self._storage_warned_ms = -1e18  # a refused write is logged at most every 10 s
 
     def register(self, server: Any, metadata: bool = True) -> None:
         server.register(ApiKey.PRODUCE, self.produce)
@@ -120,6 +124,12 @@ class DataPlane:
                 except (DmqError, LogError) as exc:
                     row[1] = int(error_code_of(exc))
                     row[4] = self._leader_msg(part, exc) if part is not None else message_of(exc)
+                    if row[1] == ErrorCode.STORAGE_ERROR and \
+                            self.clock.monotonic_ms() - self._storage_warned_ms >= 10_000:
+                        self._storage_warned_ms = self.clock.monotonic_ms()
+                        log.warning("broker=%d produce to %s-%d refused with STORAGE_ERROR: %s "
+                                    "(further refusals within 10 s not logged)",
+                                    self.replicas.broker_id, topic, p, row[4])
                 rows.append(row)
             out.append([topic, rows])
         if acks == 0:

@@ -31,8 +31,8 @@ from dmq.log.batch import BatchBuilder
 
 
 class ProducerBatch:
-    __slots__ = ("attempts", "base_sequence", "builder", "created_ms", "future", "partition",
-                 "queue", "reserved_bytes", "retry_at_ms", "sealed", "topic")
+    __slots__ = ("attempts", "base_sequence", "builder", "created_ms", "future", "last_error",
+                 "partition", "queue", "reserved_bytes", "retry_at_ms", "sealed", "topic")
 
     def __init__(self, queue: PartitionQueue, builder: BatchBuilder, now_ms: int,
                  future: asyncio.Future[int]) -> None:
@@ -47,6 +47,7 @@ class ProducerBatch:
         self.retry_at_ms = 0
         self.base_sequence = -1
         self.reserved_bytes = 0
+        self.last_error: BaseException | None = None  # the last failed attempt's error
 
     @property
     def record_count(self) -> int:

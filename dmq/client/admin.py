@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from dmq.client.cluster import CONTROLLER_WATCH_AFTER_MS
 from dmq.controller.discovery import ControllerChannel, parse_bootstrap
 from dmq.controller.image import MetadataImage, TopicInfo, image_from_metadata
 from dmq.protocol.api import ApiKey
@@ -59,7 +60,8 @@ class Admin:
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
         self._channel = ControllerChannel(self.addresses, client_id=client_id,
-                                          rng=rng or random.Random())
+                                          rng=rng or random.Random(),
+                                          watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
 
     async def __aenter__(self) -> Admin:
         return self

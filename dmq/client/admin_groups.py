@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dmq.client.admin import Admin
+from dmq.client.cluster import CONTROLLER_WATCH_AFTER_MS
 from dmq.controller.discovery import ControllerChannel
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
@@ -92,7 +93,8 @@ class GroupAdmin:
         self.admin = bootstrap if isinstance(bootstrap, Admin) else Admin(
             bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms)
         self.request_timeout_ms = self.admin.request_timeout_ms
-        self._channel = ControllerChannel(self.admin.addresses, client_id=client_id)
+        self._channel = ControllerChannel(self.admin.addresses, client_id=client_id,
+                                          watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
 
     async def __aenter__(self) -> GroupAdmin:
         return self

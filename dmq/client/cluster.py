@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dmq.controller.discovery import ControllerChannel
+from dmq.controller.discovery import ControllerAddress, ControllerChannel
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
@@ -33,6 +33,12 @@ from dmq.protocol.errors import (
 )
 
 log = logging.getLogger("dmq.client.cluster")
+
+# a controller request still unanswered after this long makes the client ask the other
+# nodes whether the controller moved (a paused controller never closes its connection)
+CONTROLLER_WATCH_AFTER_MS = 500
+# a node silent this long on a request any node can answer: ask the next one as well
+NODE_HEDGE_AFTER_MS = 500
 
 
 def parse_bootstrap(bootstrap: str | Sequence[str] | Sequence[tuple[str, int]]
@@ -102,7 +108,9 @@ class ClusterClient:
         self._connecting: dict[tuple[str, int], asyncio.Future[Connection]] = {}
         self._refresh: asyncio.Future[None] | None = None
         self._last_refresh_ms = -1e18
-        self.controller = ControllerChannel(self.bootstrap, client_id=client_id, rng=self._rng)
+        self.refreshed_at_s = -1e18  # loop time of the last metadata answer applied
+        self.controller = ControllerChannel(self.bootstrap, client_id=client_id, rng=self._rng,
+                                            watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
         self._closed = False
         self._bg: set[asyncio.Task[None]] = set()
 
@@ -166,23 +174,66 @@ class ClusterClient:
 
     async def any_request(self, api_key: ApiKey, body: Any, *,
                           timeout_ms: int | None = None) -> Any:
-        """Send to the first node that answers, trying every known address once."""
+        """Send to the first node that answers, trying every known address once.
+
+        Any retriable error from one node (unreachable, timed out, restarting without
+        metadata yet, shutting down, fenced, ...) moves on to the next address: another
+        node may well answer. A node still silent after `NODE_HEDGE_AFTER_MS` (paused,
+        cut off: its connection stays open) gets company: the next address is asked
+        too, and the first answer wins, so one silent node never costs the whole
+        request timeout. For requests that are safe to repeat (METADATA). A
+        non-retriable error is the answer and is raised. When every node failed, the
+        error names the last node's cause: a `NetworkError` when none could be reached,
+        else the last node's own error."""
         timeout = timeout_ms or self.request_timeout_ms
-        last: Exception | None = None
-        for addr in self._candidate_addresses():
-            try:
-                conn = await self.connection(addr)
-                return await conn.request(api_key, body, timeout_ms=timeout)
-            except (NetworkError, RequestTimedOutError) as exc:
-                last = exc
-            except DmqError as exc:
-                if exc.code in (ErrorCode.UNKNOWN_API_KEY, ErrorCode.RAFT_NOT_READY,
-                                ErrorCode.NODE_SHUTTING_DOWN, ErrorCode.BROKER_FENCED):
-                    last = exc
+        loop = asyncio.get_running_loop()
+        candidates = iter(self._candidate_addresses())
+        asking: dict[asyncio.Task[Any], tuple[str, int]] = {}
+        last: DmqError | None = None
+        last_addr = ""
+        tried = 0
+
+        async def ask(addr: tuple[str, int]) -> Any:
+            conn = await self.connection(addr)
+            return await conn.request(api_key, body, timeout_ms=timeout)
+
+        def ask_next() -> None:
+            nonlocal tried
+            addr = next(candidates, None)
+            if addr is not None:
+                tried += 1
+                asking[loop.create_task(ask(addr))] = addr
+
+        ask_next()
+        try:
+            while asking:
+                done, _ = await asyncio.wait(asking, timeout=NODE_HEDGE_AFTER_MS / 1000,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    ask_next()  # the nodes asked so far are silent: ask one more
                     continue
-                raise
+                for task in done:
+                    addr = asking.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        return task.result()
+                    if not isinstance(exc, DmqError) or not (
+                            exc.retriable or exc.code is ErrorCode.UNKNOWN_API_KEY):
+                        raise exc
+                    log.debug("%s to %s:%d failed, trying the next node: %s", api_key.name,
+                              addr[0], addr[1], exc)
+                    last, last_addr = exc, f"{addr[0]}:{addr[1]}"
+                    ask_next()
+        finally:
+            for task in asking:
+                task.cancel()
+            if asking:
+                await asyncio.gather(*asking, return_exceptions=True)
         addrs = ",".join(f"{h}:{p}" for h, p in self.bootstrap)
-        raise NetworkError(f"no node reachable (bootstrap {addrs}): {last}")
+        if last is None or isinstance(last, (NetworkError, RequestTimedOutError)):
+            raise NetworkError(f"no node reachable (bootstrap {addrs}): {last}")
+        raise error_for(last.code, f"no node could answer {api_key.name} ({tried} tried, "
+                                   f"bootstrap {addrs}); last, from {last_addr}: {last.message}")
 
     async def controller_request(self, api_key: ApiKey, body: Any, *,
                                  timeout_ms: int | None = None) -> Any:
@@ -226,6 +277,7 @@ class ClusterClient:
                 ApiKey.METADATA, {"topics": sorted(self._wanted_topics),
                                   "allow_auto_create": self.allow_auto_create})
             self.apply_metadata(body)
+            self.refreshed_at_s = loop.time()
             fut.set_result(None)
         except BaseException as exc:
             fut.set_exception(exc if isinstance(exc, Exception) else NetworkError("cancelled"))
@@ -263,6 +315,11 @@ class ClusterClient:
             return  # an older image than the one we hold (a lagging broker)
         self.metadata_version = version if version is not None else -1
         self.controller_id = body.get("controller_id", -1)
+        ctl = body.get("controller")
+        if isinstance(ctl, list) and len(ctl) == 3 and int(ctl[0]) >= 0:
+            # a newer controller named here: requests waiting on the old one move there
+            self.controller.maybe_switch(ControllerAddress(
+                int(ctl[0]), str(ctl[1]), int(ctl[2]), int(body.get("controller_term", -1))))
         self.brokers = {int(b[0]): (str(b[1]), int(b[2])) for b in body.get("brokers", [])}
         for t in body.get("topics", []):
             name = t["name"]
@@ -283,6 +340,21 @@ class ClusterClient:
         if info is None or info.error or not info.partitions:
             return None
         return info
+
+    def missing_reason(self, topic: str, partition: int) -> str | None:
+        """Why the cached metadata says `topic`-`partition` does not exist, or None (it
+        exists, or nothing is known about the topic yet)."""
+        info = self.topics.get(topic)
+        if info is None:
+            return None
+        n = len(info.partitions)
+        if not n:
+            if info.error in (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, ErrorCode.INVALID_TOPIC):
+                return f"topic {topic!r} does not exist"
+            return None
+        if not 0 <= partition < n:
+            return f"topic {topic!r} has {n} partition(s), numbered 0 to {n - 1}"
+        return None
 
     def leader_for(self, topic: str, partition: int) -> tuple[int, int]:
         """(leader node id, leader epoch) or (-1, -1) when unknown."""
@@ -305,7 +377,14 @@ class ClusterClient:
         deadline = loop.time() + timeout_ms / 1000
         attempt = 0
         while True:
-            await self.refresh([topic], force=attempt == 0)
+            try:
+                await self.refresh([topic], force=attempt == 0)
+            except DmqError as exc:
+                # no node could answer right now (restarting, unreachable): a retriable
+                # condition, retried until the deadline like a topic not there yet
+                if not exc.retriable or loop.time() >= deadline:
+                    raise
+                log.debug("metadata for %r not available yet: %s", topic, exc)
             info = self.topic(topic)
             if info is not None:
                 return info

@@ -105,6 +105,7 @@ class _PartitionState:
     log_start_offset: int = -1
     backoff_until: float = 0.0
     error: Exception | None = None
+    missing_since: float | None = None  # when metadata first said it does not exist
 
 
 class _SubscriptionState:
@@ -222,6 +223,11 @@ class Consumer:
         """Consume exactly these partitions (replaces any earlier assignment). New
         partitions start at `auto_offset_reset` unless `seek` says otherwise."""
         tps = [TopicPartition(str(t), int(p)) for t, p in partitions]
+        for tp in tps:
+            if tp.partition < 0:
+                raise UnknownTopicOrPartitionError(
+                    f"{tp.topic}-{tp.partition} does not exist: partitions are numbered "
+                    f"from 0")
         self._sub.assign(tps, self._default_reset)
         self.cluster.want_topics(tp.topic for tp in tps)
         self._wakeup()
@@ -646,6 +652,9 @@ class Consumer:
         for st in self._sub.states.values():
             if st.paused or st.error is not None:
                 continue
+            if not self._exists(st, now):
+                need_metadata = True
+                continue
             if st.position is None:
                 to_reset.append(st)
                 continue
@@ -681,6 +690,29 @@ class Consumer:
             assert self._loop is not None
             self._fetching[node] = self._loop.create_task(self._fetch(node, conn, states))
         return wait_s
+
+    def _exists(self, st: _PartitionState, now: float) -> bool:
+        """False while the partition's existence is unknown or denied by metadata. A
+        partition that metadata keeps denying for `retry_backoff_max_ms`, confirmed by
+        a metadata answer received that long after the first denial (a topic just
+        created may not have reached every broker yet), gets an
+        UNKNOWN_TOPIC_OR_PARTITION error that `getmany` raises, as Kafka's consumer
+        does, instead of silently returning nothing forever."""
+        cluster = self.cluster
+        if st.tp.topic not in cluster.topics:
+            return False  # asked for with the next metadata refresh
+        reason = cluster.missing_reason(*st.tp)
+        if reason is None:
+            st.missing_since = None
+            return True
+        if st.missing_since is None:
+            st.missing_since = now
+        elif cluster.refreshed_at_s - st.missing_since >= cluster.retry_backoff_max_ms / 1000:
+            st.error = UnknownTopicOrPartitionError(
+                f"{st.tp.topic}-{st.tp.partition} does not exist: {reason}")
+            if self._data_ready is not None:
+                self._data_ready.set()
+        return False
 
     def _spawn(self, coro: Any) -> None:
         assert self._loop is not None

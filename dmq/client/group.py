@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dmq.aio import wait_for
+from dmq.client.cluster import CONTROLLER_WATCH_AFTER_MS
 from dmq.clock import Clock, SystemClock
 from dmq.controller.discovery import ControllerChannel
 from dmq.protocol.api import ApiKey
@@ -124,7 +125,8 @@ class GroupMembership:
         # requests go to the active controller and follow it across failovers
         self._own_channel = not isinstance(controller, ControllerChannel)
         self.channel = controller if isinstance(controller, ControllerChannel) else \
-            ControllerChannel(list(controller), client_id=client_id)
+            ControllerChannel(list(controller), client_id=client_id,
+                              watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
         self.group_id = group_id
         self.owner = owner
         self.topics = sorted(set(topics or ()))
@@ -547,7 +549,8 @@ class GroupOffsets:
         self.positions = positions  # () -> {tp: consumed position}, for commit(None)
 
     async def _request(self, key: ApiKey, body: dict[str, Any]) -> Any:
-        channel = ControllerChannel(self.addresses, client_id=self.client_id)
+        channel = ControllerChannel(self.addresses, client_id=self.client_id,
+                                    watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
         try:
             return await channel.request(key, body, timeout_ms=self.request_timeout_ms)
         finally:

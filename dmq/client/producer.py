@@ -8,7 +8,8 @@ Usage::
         ...                                          # buffer space); the handle is
         md = await handle                            # awaitable: RecordMetadata
 
-What it owns: partition choice (`dmq.client.partitioner`), appending records to the
+What it owns: partition choice (`dmq.client.partitioner`: keys placed as Kafka's default
+partitioner does, murmur2, or `partitioner="crc32c"`), appending records to the
 accumulator, buffer-memory backpressure, and the single background sender that
 drains ready batches per leader broker, keeps at most `max_in_flight` produce
 requests outstanding per broker, retries retriable failures with metadata refresh
@@ -24,7 +25,10 @@ producer id once nothing is in flight and restarts every partition at sequence 0
 
 Delivery guarantees, as in Kafka: an awaited handle that resolves was acknowledged
 per `acks`; one that raises may or may not have been written (a timeout cannot know).
-With idempotence a retried record is written at most once.
+With idempotence a retried record is written at most once. Retriable errors are
+retried until `delivery_timeout_ms`, never surfaced before; the timeout's error names
+the last error a broker answered. A record that can never be sent (above
+`max_request_size` or a node's frame limit) is refused by `send` at once.
 """
 
 from __future__ import annotations
@@ -39,12 +43,13 @@ from dmq.aio import wait_for
 from dmq.client.accumulator import PartitionQueue, ProducerBatch, RecordHandle
 from dmq.client.cluster import ClusterClient
 from dmq.client.errors import IllegalStateError, ProducerClosedError, WouldBlockError
-from dmq.client.partitioner import StickyPartitioner, partition_for_key
+from dmq.client.partitioner import DEFAULT_PARTITIONER, KeyPartitioner, StickyPartitioner
 from dmq.client.records import RecordMetadata, TopicPartition
 from dmq.clock import Clock, SystemClock
 from dmq.log.batch import HEADER_SIZE, BatchBuilder
 from dmq.log.codecs import CODEC_LZ4, CODEC_NONE, CODEC_ZSTD, codec_available
 from dmq.protocol.api import ApiKey
+from dmq.protocol.codec import DEFAULT_MAX_FRAME_BYTES
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
     DmqError,
@@ -61,6 +66,8 @@ log = logging.getLogger("dmq.client.producer")
 COMPRESSION = {"none": CODEC_NONE, None: CODEC_NONE, "zstd": CODEC_ZSTD, "lz4": CODEC_LZ4}
 _RESET_NONE, _RESET_NEEDED, _RESET_RUNNING = 0, 1, 2
 _RECORD_OVERHEAD = 12  # msgpack array header, timestamp delta, nil markers (estimate)
+_REQUEST_OVERHEAD = 4096  # a produce request's frame beside its batch bytes (generous)
+DEFAULT_DELIVERY_TIMEOUT_MS = 120_000
 
 Serializer = Callable[[Any], bytes | None]
 
@@ -82,12 +89,13 @@ class Producer:
                  linger_ms: int = 5, batch_size: int = 65_536,
                  buffer_memory: int = 32 * 1024 * 1024, max_in_flight: int = 5,
                  max_request_size: int = 1024 * 1024, compression_type: str | None = None,
-                 request_timeout_ms: int = 30_000, delivery_timeout_ms: int = 120_000,
+                 request_timeout_ms: int = 30_000, delivery_timeout_ms: int | None = None,
                  max_block_ms: int = 60_000, retry_backoff_ms: int = 100,
                  retry_backoff_max_ms: int = 1_000, metadata_max_age_ms: int = 300_000,
                  key_serializer: Serializer | None = None,
                  value_serializer: Serializer | None = None,
                  allow_auto_create_topics: bool = True,
+                 partitioner: str = DEFAULT_PARTITIONER,
                  clock: Clock | None = None, rng: random.Random | None = None) -> None:
         self.acks = parse_acks(acks)
         if enable_idempotence is None:
@@ -108,8 +116,21 @@ class Producer:
                              f"(pip install 'dmq[compression]')")
         if linger_ms < 0 or batch_size < 1 or buffer_memory < batch_size:
             raise ValueError("need linger_ms >= 0, batch_size >= 1, buffer_memory >= batch_size")
-        if delivery_timeout_ms < linger_ms + request_timeout_ms:
-            delivery_timeout_ms = linger_ms + request_timeout_ms
+        if delivery_timeout_ms is None:
+            delivery_timeout_ms = DEFAULT_DELIVERY_TIMEOUT_MS
+            if delivery_timeout_ms < linger_ms + request_timeout_ms:
+                log.warning("delivery_timeout_ms raised from its default %d to linger_ms + "
+                            "request_timeout_ms = %d", delivery_timeout_ms,
+                            linger_ms + request_timeout_ms)
+                delivery_timeout_ms = linger_ms + request_timeout_ms
+        elif delivery_timeout_ms < linger_ms + request_timeout_ms:
+            # Kafka's producer refuses this combination too: a batch could expire before
+            # its first request was even answered
+            raise ValueError(f"delivery_timeout_ms={delivery_timeout_ms} must be at least "
+                             f"linger_ms + request_timeout_ms = {linger_ms} + "
+                             f"{request_timeout_ms} = {linger_ms + request_timeout_ms}")
+        if max_request_size < 1:
+            raise ValueError("max_request_size must be at least 1")
         self.idempotent = enable_idempotence
         self.linger_ms = linger_ms
         self.batch_size = batch_size
@@ -123,7 +144,17 @@ class Producer:
         self.value_serializer = value_serializer
         self._clock = clock or SystemClock()
         self._wall_ms = self._clock.wall_ms
-        self._max_record_bytes = max_request_size - HEADER_SIZE
+        # a record must fit one batch in one request frame: the smaller of what we may
+        # send (max_request_size) and what any node reads (max.frame.bytes, less room
+        # for the request envelope)
+        if max_request_size <= DEFAULT_MAX_FRAME_BYTES - _REQUEST_OVERHEAD:
+            self._record_limit = (max_request_size, f"max_request_size={max_request_size}")
+        else:
+            self._record_limit = (DEFAULT_MAX_FRAME_BYTES - _REQUEST_OVERHEAD,
+                                  f"the largest request a node accepts (max.frame.bytes="
+                                  f"{DEFAULT_MAX_FRAME_BYTES}, less {_REQUEST_OVERHEAD} bytes "
+                                  f"of request envelope)")
+        self._max_record_bytes = self._record_limit[0] - HEADER_SIZE
         self._rng = rng or random.Random()
         self.cluster = ClusterClient(bootstrap, client_id=client_id,
                                      request_timeout_ms=request_timeout_ms,
@@ -133,6 +164,8 @@ class Producer:
                                      allow_auto_create=allow_auto_create_topics,
                                      rng=self._rng)
         self._sticky = StickyPartitioner(self._rng)
+        self._keyed = KeyPartitioner(partitioner)
+        self._key_partition = self._keyed.partition
         self._sticky_current = self._sticky.current
         self._batch_filled = False  # set by _append when a record closed a full batch
         self._queues: dict[str, dict[int, PartitionQueue]] = {}
@@ -283,8 +316,9 @@ class Producer:
             hdrs = list(headers)
             size += sum(len(k) + len(v) + 4 for k, v in hdrs)
         if size > self._max_record_bytes:
-            raise MessageTooLargeError(f"record of {size} bytes is larger than "
-                                       f"max_request_size={self.max_request_size}")
+            raise MessageTooLargeError(f"record of {size} bytes can never be sent: the limit "
+                                       f"is {self._max_record_bytes} bytes, from "
+                                       f"{self._record_limit[1]}")
         return key, value, hdrs, size
 
     def _append(self, topic: str, key: Any, value: Any, partition: int | None,
@@ -306,7 +340,7 @@ class Producer:
                     partition = self._sticky.partition(topic, len(parts))
                 sticky = True
             else:
-                partition = partition_for_key(key, len(parts))
+                partition = self._key_partition(key, len(parts))
         pq = parts.get(partition)
         if pq is None:
             return None
@@ -487,9 +521,7 @@ class Producer:
                 b = batches.popleft()
                 if pq.open is b:
                     pq.open = None
-                self._fail(b, RequestTimedOutError(
-                    f"{b.topic}-{b.partition}: {b.record_count} record(s) not delivered "
-                    f"within delivery_timeout_ms={self.delivery_timeout_ms}"))
+                self._fail(b, self._expired(b))
             if not batches:
                 done_queues.append(pq)
                 continue
@@ -647,13 +679,28 @@ class Producer:
             # an earlier batch of this partition failed and is being resent: our turn
             # comes after it
             retriable = pq.in_flight > 0 or pq.retrying
+        b.last_error = exc
         if retriable and now - b.created_ms < self.delivery_timeout_ms and not self._closed:
             log.debug("retrying %r after %s", b, exc)
             b.retry_at_ms = now + int(self.cluster.backoff_ms(b.attempts))
             pq.requeue(b)
             self._pending_queues.add(pq)
+        elif retriable and not self._closed:
+            self._fail(b, self._expired(b))  # names `exc` as the last error
         else:
             self._fail(b, exc)
+
+    def _expired(self, b: ProducerBatch) -> DmqError:
+        """The error of a batch past its delivery timeout, naming the last error a
+        broker answered it with (the cause an operator needs: NOT_ENOUGH_REPLICAS, a
+        full disk, no leader, ...)."""
+        last = f"; last error: {b.last_error}" if b.last_error is not None else \
+            ("; never sent (no leader known for the partition, or no connection)"
+             if b.attempts == 0 else "")
+        return RequestTimedOutError(
+            f"{b.topic}-{b.partition}: {b.record_count} record(s) not delivered within "
+            f"delivery_timeout_ms={self.delivery_timeout_ms} after {b.attempts} "
+            f"attempt(s){last}")
 
     def _fail(self, b: ProducerBatch, exc: BaseException) -> None:
         if b.base_sequence >= 0:

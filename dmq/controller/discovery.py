@@ -10,6 +10,18 @@ to it: an answer NOT_CONTROLLER naming the leader re-routes to that leader at on
 lost connection or an answer without a hint re-runs discovery. Every await has a
 timeout and the whole request is bounded by its `timeout_ms`.
 
+A controller can also stop answering without closing its connection (paused, cut off
+by a partition): a request would then wait out its whole timeout although a new
+controller is active a second later. So a request still waiting after
+`watch_after_ms` (clients set it; brokers learn of a new controller by ControllerChanged
+pushes instead) asks every known address who the controller is, every
+`watch_interval_ms`, while it waits. When a node names another controller in a term
+at least as new (`maybe_switch`), the channel switches to it and re-sends the waiting
+request there. Requests to the controller are safe to repeat: reads, producer-id
+allocation (a repeat wastes one id) and idempotent writes; a repeated topic creation or
+deletion answers TOPIC_ALREADY_EXISTS / UNKNOWN_TOPIC_OR_PARTITION, as it would after
+a lost connection.
+
 Owns no background task; it never imports anything above `dmq.protocol`.
 """
 
@@ -29,6 +41,7 @@ from dmq.protocol.errors import (
     NetworkError,
     NotControllerError,
     RequestTimedOutError,
+    error_for,
 )
 
 log = logging.getLogger("dmq.controller.discovery")
@@ -68,24 +81,32 @@ def parse_bootstrap(bootstrap: str | list[str] | tuple[str, ...]) -> list[tuple[
 async def probe(host: str, port: int, timeout_ms: int,
                 client_id: str = "dmq-discovery") -> ControllerAddress | None:
     """Ask one node who the controller is; None when it does not know or is down."""
+    return (await _probe(host, port, timeout_ms, client_id))[0]
+
+
+async def _probe(host: str, port: int, timeout_ms: int, client_id: str
+                 ) -> tuple[ControllerAddress | None, DmqError | None]:
+    """`probe`, plus why it found nothing: the connect or request error (a
+    `NetworkError` when the node could not be reached at all), or None when the node
+    answered without knowing the controller."""
     try:
         conn = await Connection.open(host, port, connect_timeout_ms=timeout_ms,
                                      client_id=client_id)
-    except DmqError:
-        return None
+    except DmqError as exc:
+        return None, exc
     try:
         body = await conn.request(ApiKey.METADATA, {"topics": []}, timeout_ms=timeout_ms)
     except DmqError as exc:
         if exc.leader is not None:
-            return ControllerAddress(*exc.leader)
-        return None
+            return ControllerAddress(*exc.leader), None
+        return None, exc
     finally:
         await conn.close()
     ctl = body.get("controller") if isinstance(body, dict) else None
     if isinstance(ctl, list) and len(ctl) == 3 and ctl[0] >= 0:
         return ControllerAddress(int(ctl[0]), str(ctl[1]), int(ctl[2]),
-                                 int(body.get("controller_term", -1)))
-    return None
+                                 int(body.get("controller_term", -1))), None
+    return None, None
 
 
 def backoff_ms(attempt: int, initial_ms: int, max_ms: int, rng: random.Random) -> float:
@@ -98,19 +119,23 @@ async def find_controller(addresses: list[tuple[str, int]], timeout_ms: int = 10
                           probe_timeout_ms: int = 1000, initial_backoff_ms: int = 50,
                           max_backoff_ms: int = 1000, rng: random.Random | None = None,
                           client_id: str = "dmq-discovery") -> ControllerAddress:
-    """The active controller as named by the first node that knows it."""
+    """The active controller as named by the first node that knows it.
+
+    Raises, after `timeout_ms`, `NetworkError` when no address could be reached at all
+    (naming each one's cause, e.g. connection refused), else `NotControllerError`
+    (nodes answered, none knew an active controller)."""
     rng = rng or random.Random()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_ms / 1000
     attempt = 0
     while True:
         remaining_ms = int((deadline - loop.time()) * 1000)
-        tasks = [asyncio.ensure_future(probe(h, p, max(1, min(probe_timeout_ms, remaining_ms)),
-                                             client_id)) for h, p in addresses]
+        tasks = [asyncio.ensure_future(_probe(h, p, max(1, min(probe_timeout_ms, remaining_ms)),
+                                              client_id)) for h, p in addresses]
         found: ControllerAddress | None = None
         try:
             for fut in asyncio.as_completed(tasks):
-                result = await fut
+                result, _why = await fut
                 if result is not None:
                     found = result
                     break
@@ -123,10 +148,23 @@ async def find_controller(addresses: list[tuple[str, int]], timeout_ms: int = 10
         delay = backoff_ms(attempt, initial_backoff_ms, max_backoff_ms, rng) / 1000
         attempt += 1
         if loop.time() + delay >= deadline:
+            whys = [t.result()[1] if t.done() and not t.cancelled() else None for t in tasks]
+            causes = "; ".join(f"{h}:{p}: {why.message if why else 'no controller known'}"
+                               for (h, p), why in zip(addresses, whys, strict=True))
+            if whys and all(isinstance(why, NetworkError) for why in whys):
+                raise NetworkError(f"cannot reach any node to find the active controller: "
+                                   f"{causes}")
             raise NotControllerError(
                 f"no active controller found via {', '.join(f'{h}:{p}' for h, p in addresses)} "
-                f"within {timeout_ms} ms")
+                f"within {timeout_ms} ms ({causes})")
         await asyncio.sleep(delay)
+
+
+def _gave_up(api_key: ApiKey, timeout_ms: int, last: DmqError) -> DmqError:
+    """The error of a request that ran out of time: the last error's code, naming the
+    whole time spent and the last cause (not just the last attempt's share of it)."""
+    return error_for(last.code, f"{api_key.name}: no answer in {timeout_ms} ms; last error: "
+                                f"{last.message}", leader=last.leader, data=last.data)
 
 
 class ControllerChannel:
@@ -134,13 +172,16 @@ class ControllerChannel:
 
     def __init__(self, addresses: list[tuple[str, int]], *, client_id: str = "dmq",
                  rng: random.Random | None = None, discovery_timeout_ms: int = 5000,
-                 max_hops: int = 5, node_id: int | None = None) -> None:
+                 max_hops: int = 5, node_id: int | None = None,
+                 watch_after_ms: int | None = None, watch_interval_ms: int = 250) -> None:
         self.addresses = list(addresses)
         self.client_id = client_id
         self.node_id = node_id  # a cluster node's channel identifies as that node
         self.rng = rng or random.Random()
         self.discovery_timeout_ms = discovery_timeout_ms
         self.max_hops = max_hops
+        self.watch_after_ms = watch_after_ms
+        self.watch_interval_ms = watch_interval_ms
         self.controller: ControllerAddress | None = None
         self._conn: Connection | None = None
         self._lock = asyncio.Lock()
@@ -152,6 +193,52 @@ class ControllerChannel:
                     self.controller.node_id, self.controller.host, self.controller.port):
                 self._drop()
             self.controller = ctl
+
+    def maybe_switch(self, ctl: ControllerAddress) -> bool:
+        """Switch to `ctl`, named by some node as the active controller, when it is
+        another node than the current one and its term is not older (an unknown term,
+        -1, counts as not older). True when switched."""
+        cur = self.controller
+        if cur is None or ctl.node_id == cur.node_id:
+            return False
+        if cur.term >= 0 and 0 <= ctl.term < cur.term:
+            return False  # a lagging node naming an earlier controller
+        log.info("active controller moved from %d (term %d) to %d (term %d)", cur.node_id,
+                 cur.term, ctl.node_id, ctl.term)
+        self.set_controller(ctl)
+        return True
+
+    async def _watch(self, req: asyncio.Future[Any], target: ControllerAddress,
+                     deadline: float) -> bool:
+        """While `req` waits on `target`, ask every address who the controller is (each
+        on its own, every `watch_interval_ms`, so a paused node delays no other); True
+        as soon as one names a newer controller (the channel has switched to it), False
+        when `req` finished first or the deadline passed."""
+        loop = asyncio.get_running_loop()
+        switched: asyncio.Future[bool] = loop.create_future()
+
+        async def watch_one(host: str, port: int) -> None:
+            while not switched.done() and self.controller == target:
+                remaining_ms = int((deadline - loop.time()) * 1000)
+                if remaining_ms <= 0:
+                    return
+                found, _why = await _probe(host, port, max(1, min(1000, remaining_ms)),
+                                           self.client_id)
+                if found is not None and self.controller == target and \
+                        self.maybe_switch(found):
+                    switched.set_result(True)
+                    return
+                await asyncio.sleep(self.watch_interval_ms / 1000)
+
+        tasks = [asyncio.ensure_future(watch_one(h, p)) for h, p in self.addresses]
+        try:
+            await asyncio.wait([req, switched], timeout=max(0.0, deadline - loop.time()),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return switched.done() and not req.done()
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -190,13 +277,27 @@ class ControllerChannel:
             remaining_ms = int((deadline - loop.time()) * 1000)
             if remaining_ms <= 0:
                 if last is not None:
-                    raise last
+                    raise _gave_up(api_key, timeout_ms, last)
                 raise RequestTimedOutError(f"{api_key.name}: no answer in {timeout_ms} ms")
             target = self.controller
             try:
                 conn = await self._connection(remaining_ms)
                 target = self.controller
-                return await conn.request(api_key, body, timeout_ms=remaining_ms)
+                if self.watch_after_ms is None or target is None:
+                    return await conn.request(api_key, body, timeout_ms=remaining_ms)
+                req = asyncio.ensure_future(conn.request(api_key, body,
+                                                         timeout_ms=remaining_ms))
+                try:
+                    done, _ = await asyncio.wait([req], timeout=self.watch_after_ms / 1000)
+                    if not done and await self._watch(req, target, deadline):
+                        log.info("%s re-sent to the new controller %d", api_key.name,
+                                 self.controller.node_id if self.controller else -1)
+                        attempt += 1
+                        continue
+                    return await req
+                finally:
+                    if not req.done():
+                        req.cancel()
             except DmqError as exc:
                 last = exc
                 if self.controller is not None and self.controller != target:
@@ -217,7 +318,7 @@ class ControllerChannel:
             attempt += 1
             if loop.time() + delay >= deadline:
                 assert last is not None
-                raise last
+                raise _gave_up(api_key, timeout_ms, last)
             await asyncio.sleep(delay)
 
     async def close(self) -> None:

@@ -46,7 +46,13 @@ from dmq.log.batch import (
     validate_batches,
 )
 from dmq.log.checkpoint import fsync_dir
-from dmq.log.errors import LogClosedError, LogError, LogStorageError
+from dmq.log.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    LogClosedError,
+    LogError,
+    LogStorageError,
+)
 from dmq.log.index import OFFSET_ENTRY_SIZE
 from dmq.log.segment import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, LogSegment
 
@@ -126,6 +132,20 @@ def _segment_batches(fd: int, size: int) -> Iterator[tuple[BatchHeader, bytes]]:
         pos += total
 
 
+def _decoded(plog: PartitionLog, data: bytes, h: BatchHeader) -> list[Record] | None:
+    """The batch's records, or None for a batch that passed its CRC but does not decode
+    (stored before leaders checked records): the cleaner keeps such a batch whole and
+    says so once per batch, rather than failing every pass on it."""
+    try:
+        return decode_records(data, h)
+    except (CorruptRecordError, InvalidRecordError) as exc:  # incl. an unknown codec
+        if h.base_offset not in plog.undecodable_batches:
+            plog.undecodable_batches.add(h.base_offset)
+            log.warning("cleaning %s: keeping undecodable batch at offset %d as it is: %s",
+                        plog.directory, h.base_offset, exc)
+        return None
+
+
 def _record_ts(h: BatchHeader, r: Record) -> int:
     return h.max_timestamp if h.attributes & ATTR_TIMESTAMP_TYPE else r.timestamp
 
@@ -187,7 +207,7 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
             if cancelled is not None and cancelled():
                 return CleanResult(0, 0, 0, 0, 0)
             for h, data in _segment_batches(fd, size):
-                for r in decode_records(data, h):
+                for r in _decoded(plog, data, h) or ():
                     if r.key is not None:
                         latest[r.key] = r.offset
         horizon = now - cfg.delete_retention_ms
@@ -214,7 +234,10 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
             out: list[bytes] = []
             changed = False
             for h, data in _segment_batches(fd, size):
-                records = decode_records(data, h)
+                records = _decoded(plog, data, h)
+                if records is None:  # undecodable: kept as it is, its keys unknown
+                    out.append(data)
+                    continue
                 keep = [r for r in records if r.key is None or (
                     latest[r.key] == r.offset
                     and not (r.value is None and _record_ts(h, r) <= horizon))]
@@ -445,12 +468,10 @@ def _write_cleaned(plog: PartitionLog, members: list[tuple[LogSegment, int]],
 
 
 def _close_segment(seg: LogSegment) -> None:
-    """Release a segment's descriptor and mappings without syncing anything."""
+    """Release a segment's descriptor without syncing anything."""
     seg.index.discard()
     seg.time_index.discard()
-    if seg.fd >= 0:
-        os.close(seg.fd)
-        seg.fd = -1
+    seg.close_fd()
 
 
 def _write_file(path: str, data: bytes, sync: bool) -> None:
@@ -470,8 +491,9 @@ def _swap_in(plog: PartitionLog, rw: _Rewrite) -> LogSegment:
 
     On disk: commit (rename to `.swap`), delete the old segments' files, rename `.swap`
     over `<first>.log` and the replacement's indexes to their names. In memory the old
-    segments stay whole (their descriptors and mappings still read the unlinked files)
-    until the files are in place, so a failure past the commit point leaves the log
+    segments stay whole (their descriptors still read the unlinked files, their indexes
+    are in memory) until the files are in place, so a failure past the commit point
+    leaves the log
     consistent in memory; it is then failed (closed) and the open-time sweep finishes
     the swap on disk (indexes left under `.cleaned` names are dropped and rebuilt)."""
     first = rw.members[0][0]

@@ -1,31 +1,43 @@
-"""Sparse offset and time indexes of one segment, mmap'd and preallocated.
+"""Sparse offset and time indexes of one segment, preallocated, read and written with
+`pread`/`pwrite`.
 
 Owns the `.index` and `.timeindex` files. Indexes are derived data: they can always
 be rebuilt from the `.log` file, so they are never fsynced on the append path and a
 failed sanity check on open just means "rebuild". This module must never read the
 `.log` file itself (the segment does that).
 
-Entries are appended to in-memory arrays on the append path and copied into the
-mapping by `sync()` (on flush, roll and close), so an append never takes a page fault
-on a shared mapping (which can stall behind writeback). That is safe because indexes
-of segments past the recovery point are rebuilt on an unclean start anyway.
+Entries are appended to in-memory arrays on the append path and written to the file
+by `sync()` (on flush, roll and close) with one `pwrite`, so an append never touches
+the file. That is safe because indexes of segments past the recovery point are
+rebuilt on an unclean start anyway.
+
+The files are not mapped (they were, once): a store into a hole of a mapped file on a
+full disk, or on tmpfs any touch of one, is a SIGBUS that kills the process, where a
+`pwrite` fails with ENOSPC, an error the log reports. Nor do they keep a descriptor
+open: each sync opens, writes and closes (a few microseconds, on flush and roll only),
+so a segment costs one descriptor, its `.log`, and no memory mapping.
 
 `.index` entries are 8 bytes: relative offset u32 | file position u32 (big-endian),
 one per `index_interval_bytes` of log, keyed by the base offset of the batch that
 starts at that position. `.timeindex` entries are 12 bytes: timestamp i64 |
 relative offset u32, appended when a batch raises the segment's max timestamp at an
-index point. Both files are preallocated to `segment_index_bytes` while the segment is
-active and trimmed to their entries when it rolls or closes. Lookups bisect an
-in-memory `array` mirror of the entries, so they cost a few hundred nanoseconds.
+index point. Both files are preallocated (sparse) to `segment_index_bytes` while the
+segment is active and trimmed to their entries when it rolls or closes; a reader stops
+at the first all-zero entry. Lookups bisect an in-memory `array` mirror of the
+entries, so they cost a few hundred nanoseconds.
 """
 
 from __future__ import annotations
 
-import mmap
+import errno
+import logging
 import os
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
+
+log = logging.getLogger("dmq.log")
 
 _OFFSET_ENTRY = struct.Struct(">II")
 _TIME_ENTRY = struct.Struct(">qI")
@@ -33,8 +45,12 @@ OFFSET_ENTRY_SIZE = _OFFSET_ENTRY.size
 TIME_ENTRY_SIZE = _TIME_ENTRY.size
 
 
-class _MappedFile:
-    """A preallocated file mapped read-write; `entries` counts used slots."""
+_READ_CHUNK_ENTRIES = 8192  # entries read per pread when loading
+
+
+class _EntryFile:
+    """A preallocated file of fixed-size entries; `capacity_entries` counts its slots.
+    Closed (`close`/`discard`), it writes nothing more until `reopen_writable`."""
 
     entry_size = 8
 
@@ -43,18 +59,18 @@ class _MappedFile:
         self._max_entries = max(1, max_bytes // self.entry_size)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            self._file_bytes = os.fstat(fd).st_size
-            self._mm: mmap.mmap | None = None
+            size = os.fstat(fd).st_size
             if writable:
                 alloc = self._max_entries * self.entry_size
-                if self._file_bytes < alloc:
+                if size < alloc:
                     os.ftruncate(fd, alloc)
-                self._file_bytes = max(self._file_bytes, alloc)
-            if self._file_bytes > 0:
-                self._mm = mmap.mmap(fd, self._file_bytes)
+                size = max(size, alloc)
         finally:
             os.close(fd)
+        self._file_bytes = size
         self.writable = writable
+        self._open = True
+        self._unflushed = False
 
     @property
     def _file_bytes(self) -> int:
@@ -65,63 +81,76 @@ class _MappedFile:
         self._size_bytes = value
         self.capacity_entries = value // self.entry_size
 
+    def _pwrite(self, data: bytes, position: int) -> None:
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, position)
+                view, position = view[n:], position + n
+        finally:
+            os.close(fd)
+        self._unflushed = True
+
+    def _chunks(self) -> Iterator[bytes]:
+        """The file's bytes from the start, in whole entries, chunk by chunk."""
+        chunk = _READ_CHUNK_ENTRIES * self.entry_size
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            position = 0
+            while True:
+                data = os.pread(fd, chunk, position)
+                usable = len(data) - len(data) % self.entry_size
+                if usable <= 0:
+                    return
+                yield data[:usable] if usable < len(data) else data
+                position += usable
+        finally:
+            os.close(fd)
+
     def trim(self, entries: int) -> None:
         """Shrink the file to exactly `entries` entries (on roll and close)."""
         size = entries * self.entry_size
-        if self._mm is not None:
-            self._mm.flush()
-            self._mm.close()
-            self._mm = None
         os.truncate(self.path, size)
         self._file_bytes = size
-        if size > 0:
-            fd = os.open(self.path, os.O_RDWR)
-            try:
-                self._mm = mmap.mmap(fd, size)
-            finally:
-                os.close(fd)
         self.writable = False
 
     def reopen_writable(self, entries: int) -> None:
         """Grow a trimmed file back to its preallocated size (after truncation)."""
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
         alloc = max(max(self._max_entries, entries) * self.entry_size,
                     os.path.getsize(self.path))
         os.truncate(self.path, alloc)
         self._file_bytes = alloc
-        fd = os.open(self.path, os.O_RDWR)
-        try:
-            self._mm = mmap.mmap(fd, alloc)
-        finally:
-            os.close(fd)
         self.writable = True
+        self._open = True
 
     def wipe(self) -> None:
         """Empty the file and preallocate it again, all zero (before a rebuild from the
         log: entries of a damaged file past the rebuilt ones must not survive)."""
-        _MappedFile.close(self)
+        _EntryFile.close(self)
         os.truncate(self.path, 0)
         self.reopen_writable(0)
 
     def flush(self) -> None:
-        if self._mm is not None:
-            self._mm.flush()
+        if self._unflushed:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._unflushed = False
 
     def close(self) -> None:
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
+        self._open = False
 
     def discard(self) -> None:
-        """Drop the mapping without copying pending entries in (crash simulation)."""
-        _MappedFile.close(self)
+        """Stop without writing pending entries (crash simulation)."""
+        _EntryFile.close(self)
 
 
-class _SparseIndex(_MappedFile):
-    """Entries of two increasing columns, kept in `array`s (`_cols`) and copied into the
-    mapped file by `sync`. Subclasses name the columns and say which one is an offset
+class _SparseIndex(_EntryFile):
+    """Entries of two increasing columns, kept in `array`s (`_cols`) and written to the
+    file by `sync`. Subclasses name the columns and say which one is an offset
     stored relative to the segment base, and which must strictly increase."""
 
     _entry: struct.Struct
@@ -144,23 +173,21 @@ class _SparseIndex(_MappedFile):
         first, second = self._cols
         del first[:], second[:]
         self._synced = 0
-        mm = self._mm
-        if mm is None:
-            return True
-        size = self._entry.size
         base = self.base_offset
         strict0, strict1 = self._strict
         prev0 = prev1 = -(2**63)
-        for i in range(len(mm) // size):
-            a, b = self._entry.unpack_from(mm, i * size)
-            if a == 0 and b == 0:
-                break  # preallocated zero tail (a real entry is never all zero)
-            if a < prev0 or b < prev1 or (strict0 and a == prev0) or (strict1 and b == prev1):
-                del first[:], second[:]
-                return False
-            first.append(a + base if self._relative == 0 else a)
-            second.append(b + base if self._relative == 1 else b)
-            prev0, prev1 = a, b
+        for data in self._chunks():
+            for a, b in self._entry.iter_unpack(data):
+                if a == 0 and b == 0:
+                    self._synced = len(first)
+                    return True  # preallocated zero tail (a real entry is never all zero)
+                if (a < prev0 or b < prev1 or (strict0 and a == prev0)
+                        or (strict1 and b == prev1)):
+                    del first[:], second[:]
+                    return False
+                first.append(a + base if self._relative == 0 else a)
+                second.append(b + base if self._relative == 1 else b)
+                prev0, prev1 = a, b
         self._synced = len(first)
         return True
 
@@ -169,14 +196,24 @@ class _SparseIndex(_MappedFile):
         return len(self._cols[0])
 
     def sync(self) -> None:
-        """Copy entries added since the last sync into the mapped file."""
-        mm = self._mm
+        """Write entries added since the last sync to the file (one `pwrite`).
+
+        A full disk is not an error here: the file keeps the prefix it has (a sparser
+        index is still a correct one, and the reader stops at the unwritten zeros) and
+        the entries stay in memory for the next sync."""
         n = len(self._cols[0])
-        if mm is None or self._synced >= n:
+        if not self._open or self._synced >= n:
             return
-        pack, size, encode = self._entry.pack_into, self._entry.size, self._encode
-        for i in range(self._synced, n):
-            pack(mm, i * size, *encode(i))
+        pack, encode = self._entry.pack, self._encode
+        data = b"".join([pack(*encode(i)) for i in range(self._synced, n)])
+        try:
+            self._pwrite(data, self._synced * self._entry.size)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("disk full: %d index entries of %s stay in memory only",
+                        n - self._synced, self.path)
+            return
         self._synced = n
 
     def _truncate_entries(self, keep: int) -> None:
@@ -185,8 +222,8 @@ class _SparseIndex(_MappedFile):
         if not self.writable:
             self.reopen_writable(keep)
         size = self._entry.size
-        if self._mm is not None and self._synced > keep:
-            self._mm[keep * size : self._synced * size] = bytes((self._synced - keep) * size)
+        if self._open and self._synced > keep:
+            self._pwrite(bytes((self._synced - keep) * size), keep * size)
         self._synced = min(self._synced, keep)
 
     def reset(self) -> None:

@@ -6,8 +6,10 @@ crash recovery on open, the leader-epoch cache and producer state. Compaction li
 `dmq.log.cleaner` and works through the hooks at the bottom of this class. The high
 watermark is NOT owned here (the broker owns it); `read(max_offset=hw)` bounds reads.
 
-It must never decode records on append, replicate or read paths: per batch work only
-(header unpack, CRC, stamping), bytes move with `writev`/`pread`. Calls are serialised
+It must never decode records into Python objects on replicate or read paths: per batch
+work only (header unpack, CRC, stamping), bytes move with `writev`/`pread`. A leader
+append also checks each client batch against its records (`check_client_batch`: one
+C-level unpack and a few C-level passes per batch, no per-record Python code). Calls are serialised
 by one lock so the cleaner may run in a worker thread; everything else is synchronous
 and meant to be called from the broker's event loop.
 
@@ -16,6 +18,10 @@ Folder layout::
     00000000000000000000.log / .index / .timeindex   segments, named by base offset
     meta.checkpoint            recovery_point, log_start_offset, clean_shutdown
     leader-epoch-checkpoint    epoch -> start offset
+
+Descriptors: the active segment keeps its `.log` open; a closed segment releases its
+descriptor and reopens it when read, and at most `MAX_IDLE_SEGMENT_FDS` closed segments
+of a log hold one at a time. Index files hold none (see `dmq.log.index`).
 
 Crash safety: data is written with one `writev` per append; flushes advance the
 recovery point; on open (`dmq.log.recovery`) the segments past the recovery point of an
@@ -38,6 +44,7 @@ import os
 import struct
 import threading
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
@@ -56,6 +63,7 @@ from dmq.log.batch import (
     STAMP_STRUCT,
     BatchHeader,
     Buffer,
+    check_client_batch,
     validate_raw,
     with_log_append_time,
 )
@@ -84,6 +92,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("dmq.log")
 
 _MAX_RELATIVE_OFFSET = 0xFFFFFFFF
+# Closed segments of one log that may hold an open `.log` descriptor at once (each read
+# of another one reopens it: one `open`, a few microseconds).
+MAX_IDLE_SEGMENT_FDS = 4
 _READ_PREFIX = struct.Struct(">qi11xi")  # base, length, last_offset_delta
 _STAMP_PACK = STAMP_STRUCT.pack
 _HEADER_UNPACK = HEADER_STRUCT.unpack_from
@@ -132,7 +143,12 @@ class PartitionLog:
         self.cleaner_state: tuple[tuple[tuple[int, int], ...], int] | None = None
         self.truncations = 0  # truncations so far (a closed segment may be reopened by one)
         self.failure: str | None = None  # why `fail` closed it (its files stay open)
+        # base offsets of stored batches that do not decode, reported once by the cleaner
+        self.undecodable_batches: set[int] = set()
         self.producer_state = ProducerStateManager(self._config.max_producer_batches)
+        # Closed segments whose `.log` descriptor a read reopened, oldest first: at most
+        # `MAX_IDLE_SEGMENT_FDS` hold one (a segment.bytes of 64 made one per segment).
+        self._reopened: OrderedDict[int, LogSegment] = OrderedDict()
         self._copy_config()
         try:
             os.makedirs(directory, exist_ok=True)
@@ -214,8 +230,10 @@ class PartitionLog:
     def append_as_leader(self, buf: Buffer, leader_epoch: int) -> LogAppendInfo:
         """Validate client batches, assign offsets from the log end, stamp `leader_epoch`.
 
-        Raises `CorruptRecordError` (length/magic/CRC), `RecordTooLargeError`,
-        `OutOfOrderSequenceError` or `InvalidProducerEpochError`; nothing is written then.
+        Raises `CorruptRecordError` (length/magic/CRC), `InvalidRecordError` (a header
+        that disagrees with the records, or records readers could not decode: see
+        `check_client_batch`), `RecordTooLargeError`, `OutOfOrderSequenceError` or
+        `InvalidProducerEpochError`; nothing is written then.
         If a batch duplicates a recent idempotent batch, nothing is written and the
         original batch's offsets come back with `duplicate=True` (Kafka's behaviour).
         """
@@ -234,6 +252,7 @@ class PartitionLog:
             raise CorruptRecordError("CRC mismatch in batch at position 0")
         if size > self._max_message_bytes:
             raise RecordTooLargeError(f"batch of {size} bytes > {self._max_message_bytes}")
+        check_client_batch(mv, (*t, 0))
         with self._lock:
             if self._closed:
                 raise self._closed_error()
@@ -277,6 +296,10 @@ class PartitionLog:
         a follower's buffer is written."""
         raw = validate_raw(mv)
         max_bytes = self._max_message_bytes
+        for t in raw:
+            if t[1] + LOG_OVERHEAD > max_bytes:
+                raise RecordTooLargeError(f"batch of {t[1] + LOG_OVERHEAD} bytes > {max_bytes}")
+            check_client_batch(mv, t)
         with self._lock:
             if self._closed:
                 raise self._closed_error()
@@ -286,8 +309,6 @@ class PartitionLog:
             now_ms = self.clock.wall_ms() if self._log_append_time else -1
             for t in raw:
                 size = t[1] + LOG_OVERHEAD
-                if size > max_bytes:
-                    raise RecordTooLargeError(f"batch of {size} bytes > {max_bytes}")
                 if t[9] >= 0:
                     if pending is None:
                         pending = {}
@@ -522,26 +543,49 @@ class PartitionLog:
         old = self._segments[-1]
         if old.size_bytes == 0 and old.base_offset == base_offset:
             return old
+        try:  # first: a failure (no room to preallocate its indexes) changes nothing
+            seg = self._new_segment(base_offset, active=True)
+        except OSError as exc:
+            raise self._append_failed(f"new segment {base_offset}", exc) from exc
         if old.size_bytes == 0:
             old.delete()
             self._segments.pop()
             self._bases.pop()
         else:
-            if self.fsync_enabled:
-                old.flush()
-            old.make_inactive()
-        seg = self._new_segment(base_offset, active=True)
+            try:
+                if self.fsync_enabled:
+                    old.flush()
+                old.make_inactive()
+            except OSError as exc:
+                seg.delete()
+                raise self._append_failed(old.path, exc) from exc
+            self._release_fd(old)
         self._segments.append(seg)
         self._bases.append(base_offset)
         if all(not s.unflushed for s in self._segments[:-1]) or not self.fsync_enabled:
             self._recovery_point = max(self._recovery_point, base_offset)
-            self._write_meta(clean=False)
+            self._write_meta(clean=False, required=False)
         return seg
 
     def _new_segment(self, base_offset: int, active: bool) -> LogSegment:
         cfg = self.config
-        return LogSegment(self.directory, base_offset, cfg.segment_index_bytes,
-                          cfg.index_interval_bytes, active, self.clock.monotonic_ms())
+        seg = LogSegment(self.directory, base_offset, cfg.segment_index_bytes,
+                         cfg.index_interval_bytes, active, self.clock.monotonic_ms())
+        seg.on_reopen = self._on_segment_reopen
+        return seg
+
+    def _on_segment_reopen(self, seg: LogSegment) -> None:
+        """A closed segment reopened its descriptor: release the oldest such beyond the
+        bound (under the log's lock, like every use of a segment's descriptor)."""
+        reopened = self._reopened
+        reopened[id(seg)] = seg
+        while len(reopened) > MAX_IDLE_SEGMENT_FDS:
+            _, oldest = reopened.popitem(last=False)
+            oldest.release_fd()
+
+    def _release_fd(self, seg: LogSegment) -> None:
+        self._reopened.pop(id(seg), None)
+        seg.release_fd()
 
     def _flush_data(self) -> None:
         """fsync segments with unflushed data and move the recovery point (in memory)."""
@@ -725,6 +769,8 @@ class PartitionLog:
                 for seg in self._segments:
                     seg.close()
                 self._write_meta(clean=True)
+            except OSError as exc:
+                raise LogStorageError(f"close of {self.directory} failed: {exc}") from exc
             finally:
                 self._closed = True
 
@@ -745,9 +791,7 @@ class PartitionLog:
             for seg in self._segments:
                 seg.index.discard()
                 seg.time_index.discard()
-                if seg.fd >= 0:
-                    os.close(seg.fd)
-                    seg.fd = -1
+                seg.close_fd()
             self._closed = True
 
     def _check_open(self) -> None:
@@ -760,13 +804,20 @@ class PartitionLog:
                                    f"reopening it (a broker restart) recovers it")
         return LogClosedError(f"log {self.directory} is closed")
 
-    def _write_meta(self, clean: bool) -> None:
+    def _write_meta(self, clean: bool, required: bool = True) -> None:
+        """Persist the meta checkpoint. Not `required` (a roll's recovery point: the old
+        file, replaced atomically or not at all, is only more conservative), a full disk
+        is logged and the log stays open; any other failure closes it."""
         rows = [("recovery_point", self._recovery_point),
                 ("log_start_offset", self._log_start_offset),
                 ("clean_shutdown", 1 if clean else 0)]
         try:
             write_entries(os.path.join(self.directory, META_FILE), rows, self.fsync_enabled)
         except OSError as exc:
+            if not required and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.warning("disk full: %s keeps its previous meta checkpoint: %s",
+                            self.directory, exc)
+                return
             self._closed = True
             raise LogStorageError(f"checkpoint write failed: {exc}") from exc
 
@@ -787,6 +838,8 @@ class PartitionLog:
             segs[-1].first_append_ms = self.clock.monotonic_ms() - min(
                 max(age, 0), self._segment_ms)
         self._segments = segs
+        for seg in segs[:-1]:  # closed segments hold no descriptor until read
+            self._release_fd(seg)
         self._bases = [s.base_offset for s in segs]
         self._log_end_offset = segs[-1].next_offset
         self._log_start_offset = loaded.log_start_offset
@@ -830,6 +883,10 @@ class PartitionLog:
         assert self._segments[i : i + len(old)] == old
         self._segments[i : i + len(old)] = [new]
         self._bases[i : i + len(old)] = [new.base_offset]
+        for seg in old:
+            self._reopened.pop(id(seg), None)
+        new.on_reopen = self._on_segment_reopen
+        self._release_fd(new)
 
 
 __all__ = ["CorruptRecordError", "LogAppendInfo", "PartitionLog"]

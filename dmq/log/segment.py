@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from crc32c import crc32c
 
@@ -73,18 +73,31 @@ class LogSegment:
             for stale in (self.index_path, self.timeindex_path):
                 if os.path.exists(stale):
                     os.unlink(stale)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        self.size_bytes = os.fstat(self.fd).st_size
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd_closed = False
+        # Called after `fd` reopened a released descriptor (the log bounds how many an
+        # inactive segment of it may hold, see `release_fd`).
+        self.on_reopen: Callable[[LogSegment], None] | None = None
+        self.size_bytes = os.fstat(self._fd).st_size
         self.active = active
         self.indexes_existed = os.path.exists(self.index_path) and os.path.exists(
             self.timeindex_path)
-        self.index = OffsetIndex(self.index_path, base_offset, index_max_bytes, active)
-        # As many time-index slots as offset-index slots (its entries are 12 bytes, not 8):
-        # a time-index entry is only ever added with an offset-index entry, so the roll
-        # on a full offset index also keeps the time index from dropping a new maximum.
-        self.time_index = TimeIndex(self.timeindex_path, base_offset,
-                                    index_max_bytes // OFFSET_ENTRY_SIZE * TIME_ENTRY_SIZE,
-                                    active)
+        try:  # (a full disk fails the preallocation: release what is open)
+            self.index = OffsetIndex(self.index_path, base_offset, index_max_bytes, active)
+            try:
+                # As many time-index slots as offset-index slots (its entries are 12
+                # bytes, not 8): a time-index entry is only ever added with an
+                # offset-index entry, so the roll on a full offset index also keeps the
+                # time index from dropping a new maximum.
+                self.time_index = TimeIndex(
+                    self.timeindex_path, base_offset,
+                    index_max_bytes // OFFSET_ENTRY_SIZE * TIME_ENTRY_SIZE, active)
+            except BaseException:
+                self.index.discard()
+                raise
+        except BaseException:
+            os.close(self._fd)
+            raise
         self.next_offset = base_offset
         self.max_timestamp = -1
         self.offset_of_max_timestamp = base_offset
@@ -176,7 +189,6 @@ class LogSegment:
     def _walk(self, position: int, check_crc: bool,
               result: ScanResult | None) -> Iterator[BatchHeader]:
         """Yield headers of the file from `position`; stop (recording why) at a bad batch."""
-        fd = self.fd
         file_end = self.size_bytes
         unpack = HEADER_STRUCT.unpack_from
         pos = position
@@ -186,7 +198,7 @@ class LogSegment:
         while pos < file_end:
             rel = pos - buf_start
             if len(buf) - rel < HEADER_SIZE:
-                buf = os.pread(fd, min(chunk, file_end - pos), pos)
+                buf = os.pread(self.fd, min(chunk, file_end - pos), pos)
                 buf_start, rel = pos, 0
                 if len(buf) < HEADER_SIZE:
                     return  # torn header
@@ -208,7 +220,7 @@ class LogSegment:
                     crc = self._crc_of_large_batch(pos, size)  # bounded memory
                 else:
                     if rel + size > len(buf):
-                        buf = os.pread(fd, min(_SCAN_CHUNK_BYTES, file_end - pos), pos)
+                        buf = os.pread(self.fd, min(_SCAN_CHUNK_BYTES, file_end - pos), pos)
                         buf_start, rel = pos, 0
                         if len(buf) < size:
                             return
@@ -388,7 +400,7 @@ class LogSegment:
 
     def rename_files(self, log_path: str | None) -> None:
         """Give the index files their real names (and the `.log`, unless `log_path` is
-        None: the caller renamed it); open descriptors and mappings stay valid."""
+        None: the caller renamed it); the open descriptor stays valid."""
         stem = os.path.join(self.directory, segment_name(self.base_offset))
         for index, final in ((self.index, stem + INDEX_SUFFIX),
                              (self.time_index, stem + TIMEINDEX_SUFFIX)):
@@ -398,6 +410,38 @@ class LogSegment:
         if log_path is not None:
             os.replace(self.path, log_path)
         self.path = stem + LOG_SUFFIX
+
+    # ---------------------------------------------------------------- descriptor
+
+    @property
+    def fd(self) -> int:
+        """The `.log` file's descriptor, reopened here if `release_fd` closed it (a
+        generator must read it anew for each call: it may be released meanwhile).
+        After `close_fd` it is -1, and any use fails with EBADF."""
+        fd = self._fd
+        if fd < 0 and not self._fd_closed:
+            fd = self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            if self.on_reopen is not None:
+                self.on_reopen(self)
+        return fd
+
+    @property
+    def holds_fd(self) -> bool:
+        return self._fd >= 0
+
+    def release_fd(self) -> None:
+        """Close the descriptor of an inactive segment until its next use (a closed
+        segment is read rarely; one descriptor per segment would not scale)."""
+        if self._fd >= 0 and not self.active:
+            os.close(self._fd)
+            self._fd = -1
+
+    def close_fd(self) -> None:
+        """Close the descriptor for good (close, delete, abandon)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+        self._fd_closed = True
 
     def make_inactive(self) -> None:
         """On roll: trim the preallocated indexes to their entries."""
@@ -423,16 +467,12 @@ class LogSegment:
             self.time_index.trim()
         self.index.close()
         self.time_index.close()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.close_fd()
 
     def delete(self) -> None:
         self.index.close()
         self.time_index.close()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.close_fd()
         for p in (self.path, self.index_path, self.timeindex_path):
             try:
                 os.unlink(p)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from dmq.aio import wait_for
@@ -111,7 +112,9 @@ class Connection:
             raise NetworkError(f"connect to {host}:{port} timed out after "
                                f"{connect_timeout_ms} ms") from None
         except OSError as exc:
-            raise NetworkError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+            # asyncio's own text ("Connect call failed") hides the cause: name the errno
+            why = os.strerror(exc.errno) if exc.errno else (exc.strerror or exc)
+            raise NetworkError(f"cannot connect to {host}:{port}: {why}") from None
         if node_id is not None:
             try:
                 await conn.request(ApiKey.NODE_HELLO, {"node_id": node_id},

@@ -18,6 +18,7 @@ from dmq.client.serializers import json_serializer, str_serializer
 from dmq.log.batch import iter_headers
 from dmq.protocol.errors import (
     ErrorCode,
+    LeaderNotAvailableError,
     MessageTooLargeError,
     NetworkError,
     RequestTimedOutError,
@@ -39,9 +40,9 @@ async def test_send_and_wait_keyed_placement_and_idempotent_headers(fake: FakeCl
         assert p.idempotent and p.producer_id > 0
         md = await p.send_and_wait("t", b"v", key=b"user-1", headers=[("h", b"1")],
                                    timestamp_ms=1234)
-        assert md.partition == partition_for_key(b"user-1", 3) == 1
+        assert md.partition == partition_for_key(b"user-1", 3) == 2  # murmur2, as Kafka
         assert (md.topic, md.offset, md.timestamp) == ("t", 0, 1234)
-    data = fake.topics["t"][1].batches[0][3]
+    data = fake.topics["t"][2].batches[0][3]
     (h,) = list(iter_headers(data))
     assert h.producer_id == p.producer_id and h.base_sequence == 0
 
@@ -234,8 +235,8 @@ async def test_serializers(fake: FakeCluster) -> None:
     async with Producer(fake.bootstrap, key_serializer=str_serializer,
                         value_serializer=json_serializer) as p:
         md = await p.send_and_wait("t", {"a": 1}, key="user-1")
-    assert md.partition == 1
-    assert fake.records("t", 1) == [(0, b'{"a":1}')]
+    assert md.partition == 2  # murmur2 of b"user-1", as Kafka
+    assert fake.records("t", 2) == [(0, b'{"a":1}')]
 
 
 async def test_bad_input_raises_clear_errors(fake: FakeCluster) -> None:
@@ -286,3 +287,21 @@ async def test_close_delivers_what_was_accumulated(fake: FakeCluster) -> None:
     handles = [await p.send("t", b"%d" % i, partition=0) for i in range(10)]
     await p.close()
     assert [h.result().offset for h in handles] == list(range(10))
+
+
+async def test_metadata_errors_are_retried_until_max_block_ms(fake: FakeCluster) -> None:
+    """A node without metadata yet (restarting) answers LEADER_NOT_AVAILABLE: a send to
+    a topic seen for the first time keeps asking until max_block_ms instead of raising
+    the retriable error at once."""
+    async with Producer(fake.bootstrap, linger_ms=0, max_block_ms=30_000) as p:
+        failures = {"left": 3}
+
+        def not_ready(node: Any, body: Any) -> None:
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise LeaderNotAvailableError("broker has no metadata yet")
+
+        fake.metadata_hook = not_ready
+        fake.create_topic("later", 1)
+        md = await p.send_and_wait("later", b"v")
+        assert failures["left"] == 0 and md.offset == 0

@@ -86,6 +86,8 @@ class FakeNode:
     async def metadata(self, ctx: RequestContext, body: Any) -> Any:
         c = self.cluster
         c.metadata_requests += 1
+        if c.metadata_hook is not None:
+            c.metadata_hook(self, body)  # may raise the error to answer with
         names = body["topics"] if body["topics"] is not None else list(c.topics)
         topics = []
         for name in names:
@@ -228,6 +230,7 @@ class FakeCluster:
         self.produce_delay_s = 0.0
         self.corrupt_fetch = False
         self.produce_hook: Callable[[FakeNode, Any], Any] | None = None
+        self.metadata_hook: Callable[[FakeNode, Any], None] | None = None
         self.appended = asyncio.Event()
 
     @property

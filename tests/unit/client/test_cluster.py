@@ -49,3 +49,49 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
     for attempt, base in ((1, 100), (2, 200), (3, 400), (10, 1000)):
         for _ in range(20):
             assert 0.8 * base <= c.backoff_ms(attempt) <= 1.2 * base
+
+
+async def test_controller_switch_only_to_another_node_in_a_term_not_older() -> None:
+    from dmq.controller.discovery import ControllerAddress, ControllerChannel
+
+    ch = ControllerChannel([("127.0.0.1", 1)], watch_after_ms=500)
+    try:
+        assert not ch.maybe_switch(ControllerAddress(2, "h", 2, 5))  # none known: discovery
+        ch.set_controller(ControllerAddress(1, "h", 1, 5))
+        assert not ch.maybe_switch(ControllerAddress(1, "h", 1, 6))  # same node
+        assert not ch.maybe_switch(ControllerAddress(3, "h", 3, 4))  # a lagging node's view
+        assert ch.maybe_switch(ControllerAddress(2, "h", 2, 6))
+        assert ch.controller == ControllerAddress(2, "h", 2, 6)
+        ch.set_controller(ControllerAddress(3, "h", 3))  # from a hint: term unknown
+        assert ch.maybe_switch(ControllerAddress(1, "h", 1, 2))
+    finally:
+        await ch.close()
+
+
+async def test_metadata_naming_a_newer_controller_moves_the_channel() -> None:
+    from dmq.controller.discovery import ControllerAddress
+
+    c = ClusterClient("127.0.0.1:1")
+    try:
+        c.controller.set_controller(ControllerAddress(1, "127.0.0.1", 9001, 3))
+        c.apply_metadata({"version": 5, "controller_id": 2, "controller_term": 4,
+                          "controller": [2, "127.0.0.1", 9002], "brokers": [], "topics": []})
+        assert c.controller.controller == ControllerAddress(2, "127.0.0.1", 9002, 4)
+        c.apply_metadata({"version": 6, "controller_id": 1, "controller_term": 3,
+                          "controller": [1, "127.0.0.1", 9001], "brokers": [], "topics": []})
+        assert c.controller.controller is not None and c.controller.controller.node_id == 2
+    finally:
+        await c.close()
+
+
+def test_missing_reason_names_what_does_not_exist() -> None:
+    c = ClusterClient("127.0.0.1:1")
+    c.apply_metadata({"version": 1, "controller_id": -1, "brokers": [[101, "h", 1, None]],
+                      "topics": [
+                          {"name": "t", "id": "x", "error": 0, "partitions": [
+                              [i, 101, 0, [101], [101], 0] for i in range(3)]},
+                          {"name": "gone", "id": None, "error": 3, "partitions": []}]})
+    assert c.missing_reason("t", 2) is None
+    assert c.missing_reason("t", 99) == "topic 't' has 3 partition(s), numbered 0 to 2"
+    assert c.missing_reason("gone", 0) == "topic 'gone' does not exist"
+    assert c.missing_reason("unasked", 0) is None
