@@ -8,17 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmq.kafka.records import (
-    MAX_RECORDS_BYTES,
-    KafkaRecordsError,
+from dmq.kafka.records import kafka_view, native_to_kafka
+from dmq.log.batch import BatchBuilder, Record, encode_batch, read_header
+from dmq.log.codecs import MAX_UNCOMPRESSED_RECORDS_BYTES
+from dmq.log.errors import CorruptRecordError, UnsupportedCompressionError
+from dmq.log.kafka_records import (
     decode_kafka_records,
     encode_kafka_records,
-    kafka_view,
-    native_to_kafka,
     read_varint,
     write_varint,
 )
-from dmq.log.batch import BatchBuilder, Record, encode_batch, read_header
 
 default_records = pytest.importorskip("kafka.record.default_records")
 
@@ -147,9 +146,9 @@ def _with_payload(payload: bytes, codec: int, count: int, base_ts: int) -> bytes
 def test_decompression_bomb_is_refused() -> None:
     import gzip
 
-    payload = gzip.compress(b"\0" * (MAX_RECORDS_BYTES + 1024))
+    payload = gzip.compress(b"\0" * (MAX_UNCOMPRESSED_RECORDS_BYTES + 1024))
     batch = _with_payload(payload, codec=1, count=1, base_ts=0)
-    with pytest.raises(KafkaRecordsError, match="exceed 67108864 bytes"):
+    with pytest.raises(CorruptRecordError, match="at most 67108864 bytes"):
         decode_kafka_records(batch, read_header(batch))
 
 
@@ -161,5 +160,5 @@ def test_garbage_records_raise_only_the_typed_error(payload: bytes, codec: int,
     batch = _with_payload(payload, codec=codec, count=count, base_ts=0)
     try:
         decode_kafka_records(batch, read_header(batch))
-    except KafkaRecordsError:
+    except (CorruptRecordError, UnsupportedCompressionError):  # both typed LogErrors
         pass
