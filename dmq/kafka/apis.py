@@ -121,7 +121,9 @@ class KafkaApis:
             Api(22, "InitProducerId", 0, 4, self.init_producer_id),
             Api(23, "OffsetForLeaderEpoch", 2, 4, self.offset_for_leader_epoch),
             Api(32, "DescribeConfigs", 1, 4, self.describe_configs),
+            Api(33, "AlterConfigs", 0, 2, self.alter_configs),
             Api(37, "CreatePartitions", 0, 3, self.create_partitions),
+            Api(44, "IncrementalAlterConfigs", 0, 1, self.incremental_alter_configs),
             Api(60, "DescribeCluster", 0, 1, self.describe_cluster),
         ]
 
@@ -423,6 +425,80 @@ class KafkaApis:
                 entry["Configs"] = [c for c in entry["Configs"] if c["Name"] in keys]
             out.append(entry)
         return {"Results": out}
+
+    def alter_configs(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        """Kafka's AlterConfigs replaces a topic's whole set: a config it does not name
+        goes back to the cluster default."""
+        image = self._image()
+        changes: dict[str, dict[str, str | None]] = {}
+        for res in body["Resources"]:
+            if res["ResourceType"] != RESOURCE_TOPIC:
+                continue
+            t = image.topics.get(res["ResourceName"]) if image is not None else None
+            new: dict[str, str | None] = {k: None for k in (t.configs if t else {})}
+            new.update({c["Name"]: c["Value"] for c in res["Configs"]})
+            changes[res["ResourceName"]] = new
+        return self._alter(body, changes)
+
+    def incremental_alter_configs(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        """Operations 0 SET, 1 DELETE (back to the default), 2 APPEND and 3 SUBTRACT
+        (on list values such as cleanup.policy, from the effective value)."""
+        image = self._image()
+        changes: dict[str, dict[str, str | None]] = {}
+        refused: dict[str, str] = {}
+        for res in body["Resources"]:
+            if res["ResourceType"] != RESOURCE_TOPIC:
+                continue
+            t = image.topics.get(res["ResourceName"]) if image is not None else None
+            effective = effective_topic_configs(t.configs if t else {}, self.config.get)
+            new: dict[str, str | None] = {}
+            for c in res["Configs"]:
+                op, key, value = c["ConfigOperation"], c["Name"], c["Value"]
+                items = [x for x in str(new.get(key, effective.get(key)) or "").split(",") if x]
+                if op == 0:
+                    new[key] = value
+                elif op == 1:
+                    new[key] = None
+                elif op == 2:
+                    new[key] = ",".join(items + [v for v in (value or "").split(",")
+                                                 if v and v not in items])
+                elif op == 3:
+                    drop = set((value or "").split(","))
+                    new[key] = ",".join(x for x in items if x not in drop)
+                else:
+                    refused[res["ResourceName"]] = f"unknown config operation {op} on {key}"
+            changes[res["ResourceName"]] = new
+        return self._alter(body, changes, refused)
+
+    async def _alter(self, body: dict[str, Any], changes: dict[str, dict[str, str | None]],
+                     refused: dict[str, str] | None = None) -> dict[str, Any]:
+        results: dict[str, tuple[int, str | None]] = {
+            name: (INVALID_REQUEST, why) for name, why in (refused or {}).items()}
+        request: list[dict[str, Any]] = [{"name": n, "configs": c} for n, c in changes.items()
+                                         if n not in results]
+        if request:
+            try:
+                resp = await self._controller_request(
+                    ApiKey.ALTER_CONFIGS, {"topics": request,
+                                           "validate_only": bool(body["ValidateOnly"])}, 15_000)
+                for r in resp["topics"]:
+                    results[r["name"]] = (kafka_code(r.get("error", 0)), r.get("msg"))
+            except (DmqError, OSError, TimeoutError) as exc:
+                code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
+                    else int(ErrorCode.REQUEST_TIMED_OUT)
+                for r in request:
+                    results[r["name"]] = (code, message_of(exc))
+        out = []
+        for res in body["Resources"]:
+            name, rtype = res["ResourceName"], res["ResourceType"]
+            msg: str | None
+            if rtype != RESOURCE_TOPIC:
+                code, msg = INVALID_REQUEST, f"resource type {rtype}: only topic configs change"
+            else:
+                code, msg = results.get(name, (int(ErrorCode.UNKNOWN_SERVER_ERROR), None))
+            out.append({"ErrorCode": code, "ErrorMessage": msg, "ResourceType": rtype,
+                        "ResourceName": name})
+        return {"Responses": out}
 
     def create_partitions(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         return self._create_partitions(body)

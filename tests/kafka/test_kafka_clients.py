@@ -319,3 +319,44 @@ def test_confluent_admin_partitions_configs_cluster(
     described = admin.describe_cluster().result(20)
     assert {n.id for n in described.nodes} == set(ports)
     admin.delete_topics(["adm"], operation_timeout=15)["adm"].result(20)
+
+
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")
+def test_alter_configs_full_and_incremental(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    _, ports = cluster
+    admin = AdminClient({"bootstrap.servers": bootstrap(ports)})
+    admin.create_topics([NewTopic("cfg", 1, 1, config={"retention.ms": "1000000"})],
+                        operation_timeout=15)["cfg"].result(20)
+    res = ConfigResource(ConfigResource.Type.TOPIC, "cfg")
+
+    def current() -> dict[str, Any]:
+        return admin.describe_configs([res])[res].result(20)
+
+    # incremental: SET one, APPEND to a list, the other override stays
+    inc = ConfigResource(ConfigResource.Type.TOPIC, "cfg", incremental_configs=[
+        ConfigEntry("segment.ms", "600000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("cleanup.policy", "compact",
+                    incremental_operation=AlterConfigOpType.APPEND)])
+    admin.incremental_alter_configs([inc])[inc].result(20)
+    deadline = time.monotonic() + 20
+    while current()["segment.ms"].value != "600000":
+        assert time.monotonic() < deadline, "incremental change never seen"
+        time.sleep(0.1)
+    got = current()
+    assert set(got["cleanup.policy"].value.split(",")) == {"delete", "compact"}
+    assert got["retention.ms"].value == "1000000"
+    # full replacement: configs not named go back to their defaults
+    full = ConfigResource(ConfigResource.Type.TOPIC, "cfg", set_config={"segment.ms": "700000"})
+    admin.alter_configs([full])[full].result(20)
+    deadline = time.monotonic() + 20
+    while current()["segment.ms"].value != "700000":
+        assert time.monotonic() < deadline, "replacement never seen"
+        time.sleep(0.1)
+    got = current()
+    assert got["retention.ms"].is_default and got["cleanup.policy"].is_default
+    bad = ConfigResource(ConfigResource.Type.TOPIC, "cfg", set_config={"no.such": "1"})
+    with pytest.raises(ck.KafkaException):
+        admin.alter_configs([bad])[bad].result(20)
