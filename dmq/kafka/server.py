@@ -17,7 +17,8 @@ answer listing our ranges, so that the client can retry with one we do.
 Bounds, the same settings as dmq's own listener but counted separately: at most
 `max_connections` connections and `max_connections_per_ip` from one address (one past
 either is closed at once, logged once per thousand); a connection with nothing in
-flight that sends nothing for `connections_max_idle_ms` is closed; a frame over
+flight that sends nothing for `connections_max_idle_ms` is closed, and so is one whose
+frame body takes longer than that to arrive; a frame over
 `SMALL_FRAME_BYTES` reserves its declared size from the listener's request-memory
 budget (`queued_max_request_bytes`) before its body is read, and waits unread while
 the budget is spent (one frame always fits).
@@ -204,8 +205,12 @@ class KafkaServer:
                 if reserved:
                     await budget.acquire(reserved)
                 try:
-                    frame = await reader.readexactly(size)
+                    # a body that stalls for the idle time is dropped with its budget
+                    frame = await asyncio.wait_for(reader.readexactly(size), idle_s)
                     item = self._dispatch(frame)
+                except TimeoutError:
+                    self.stats_idle_closed += 1
+                    return
                 finally:
                     if reserved:
                         await budget.release(reserved)

@@ -4,6 +4,7 @@ connections, and the request-memory budget (unit)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -38,6 +39,17 @@ def test_connection_past_the_per_address_cap_is_closed(node: tuple[ProcessCluste
         for c in conns:
             c.sock.close()
     assert "max.connections.per.ip" in pc.nodes[1].log_text()
+    # the broker counts the closed ones down as it sees them end: wait for room again
+    deadline = time.monotonic() + 10
+    while True:
+        with KafkaConn(port, timeout_s=5) as probe:
+            try:
+                if probe.request("ApiVersions", 3, {})["ErrorCode"] == 0:
+                    break
+            except (AssertionError, OSError):  # refused: closed at once
+                pass
+        assert time.monotonic() < deadline, "closed connections never counted down"
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -62,3 +74,17 @@ async def test_byte_budget_waits_for_room_and_always_fits_one() -> None:
     await budget.release(500)
     await asyncio.wait_for(second, 5)
     assert budget.used == 10
+
+
+@pytest.mark.slow
+def test_a_stalled_frame_body_is_dropped(node: tuple[ProcessCluster, int]) -> None:
+    """A large frame reserves request memory; its sender stalling for the idle time
+    must not hold it: the connection is closed, and a full request still goes through."""
+    import struct
+
+    _, port = node
+    with KafkaConn(port, timeout_s=10) as stalled:
+        stalled.sock.sendall(struct.pack(">i", 1 << 20) + b"\0" * 100)  # 1 MiB promised
+        assert stalled.closed_by_peer()
+    with KafkaConn(port, timeout_s=10) as other:
+        assert other.request("ApiVersions", 3, {})["ErrorCode"] == 0
