@@ -1,5 +1,5 @@
 """`dmq dev` turns Kafka listeners on at base port + 20 and prints a kcat command that
-works as printed."""
+works as printed; so do the README's Kafka examples."""
 
 from __future__ import annotations
 
@@ -16,25 +16,6 @@ from tests.kafka.support import free_block, needs_kcat, start_dev, stop_dev
 pytestmark = pytest.mark.slow
 
 
-@needs_kcat
-def test_dev_prints_a_kcat_command_that_works(tmp_path: Path) -> None:
-    base = free_block((0, 10, 11, 20, 21))
-    proc, lines = start_dev(tmp_path, base, brokers=2)
-    try:
-        kafka = [x for x in lines if x.startswith("Kafka clients:")]
-        assert kafka, "".join(lines)
-        assert kafka[0].split()[2] == f"127.0.0.1:{base + 20},127.0.0.1:{base + 21}"
-        command = re.search(r"\(e\.g\. (kcat .*)\)", kafka[0])
-        assert command is not None
-        out = subprocess.run(shlex.split(command.group(1)), capture_output=True, text=True,
-                             timeout=30, check=True).stdout
-        assert " 2 brokers:" in out
-        assert f"broker 101 at 127.0.0.1:{base + 20}" in out
-        assert f"broker 102 at 127.0.0.1:{base + 21}" in out
-    finally:
-        stop_dev(proc)
-
-
 def _readme_kafka_blocks() -> tuple[list[str], str]:
     """The kcat lines and the Python example of README's "Kafka clients" section."""
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -45,9 +26,10 @@ def _readme_kafka_blocks() -> tuple[list[str], str]:
 
 
 @needs_kcat
-def test_readme_kafka_examples_work_as_printed(tmp_path: Path) -> None:
-    """The README's examples, run against `dmq dev` with only its ports moved (the
-    default layout 9111-9113 becomes base+20..base+22)."""
+def test_dev_kcat_hint_and_readme_examples_work_as_printed(tmp_path: Path) -> None:
+    """One `dmq dev` (1 controller, 3 brokers): the kcat command it prints, then the
+    README's examples with only their ports moved (the default layout's 9111-9113
+    become base+20..base+22)."""
     kcat_lines, python = _readme_kafka_blocks()
     base = free_block((0, 10, 11, 12, 20, 21, 22))
     proc, lines = start_dev(tmp_path, base, brokers=3)
@@ -58,7 +40,17 @@ def test_readme_kafka_examples_work_as_printed(tmp_path: Path) -> None:
         return text
 
     try:
-        assert any(x.startswith("Ctrl-C stops") for x in lines), "".join(lines)
+        kafka = [x for x in lines if x.startswith("Kafka clients:")]
+        assert kafka, "".join(lines)
+        assert kafka[0].split()[2] == ",".join(f"127.0.0.1:{base + 20 + i}" for i in range(3))
+        command = re.search(r"\(e\.g\. (kcat .*)\)", kafka[0])
+        assert command is not None
+        out = subprocess.run(shlex.split(command.group(1)), capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+        assert " 3 brokers:" in out
+        for i in range(3):
+            assert f"broker {101 + i} at 127.0.0.1:{base + 20 + i}" in out
+
         outputs = [subprocess.run(["bash", "-c", moved(line)], capture_output=True, text=True,
                                   timeout=30, check=True).stdout for line in kcat_lines]
         assert " 3 brokers:" in outputs[0]
