@@ -192,6 +192,7 @@ class RestApi:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._conns: dict[tuple[str, int], Connection] = {}
+        self.console: Any = None
 
     def routes(self) -> list[tuple[str, str, Any]]:
         roles = self.node.spec.roles
@@ -218,9 +219,15 @@ class RestApi:
                 ("POST", "/api/v1/storage/topics/{topic}/partitions/{partition}", self.produce),
                 ("GET", "/api/v1/storage/topics/{topic}/partitions/{partition}", self.fetch),
             ]
-        return [(method, path, _guarded(handler)) for method, path, handler in out]
+        routes = [(method, path, _guarded(handler)) for method, path, handler in out]
+        from dmq.ops.console import Console  # the web console at / and /ui/ (it uses this module)
+
+        self.console = Console(self.node.config, self.node.spec.node_id)
+        return routes + self.console.routes()
 
     async def close(self) -> None:
+        if self.console is not None:
+            await self.console.close()
         for conn in self._conns.values():
             await conn.close()
         self._conns.clear()

@@ -174,7 +174,7 @@ async def test_broker_out_of_descriptors_recovers_its_logs_without_a_new_image(
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
     # not idempotent: a producer id allocation is a metadata write, a new image
     async with Producer(cluster.bootstrap, acks="all", linger_ms=1, enable_idempotence=False,
-                        delivery_timeout_ms=30_000) as producer:
+                        delivery_timeout_ms=40_000) as producer:
         handles = [await producer.send("after", b"v%d" % p, partition=p) for p in range(3)]
         await producer.flush()
         for h in handles:
