@@ -61,13 +61,19 @@ def main() -> None:
 @click.option("--http-port", type=int, default=None,
               help="serve /metrics, /healthz, /readyz and status JSON on this port "
                    "(default: the node's http_port in the config, else off; 0: any free port)")
+@click.option("--kafka-port", type=int, default=None,
+              help="serve Kafka clients on this port (broker roles; same as "
+                   "--set kafka.port=N; default off)")
 def server(role: str, node_id: int, config_path: str, data_dir: str | None, log_level: str,
-           log_format: str, overrides: tuple[str, ...], http_port: int | None) -> None:
+           log_format: str, overrides: tuple[str, ...], http_port: int | None,
+           kafka_port: int | None) -> None:
     """Run one node until SIGTERM or SIGINT."""
     from dmq.logs import setup_logging
     from dmq.node import Node, parse_roles, resolve_node
 
     setup_logging(log_level, f"node-{node_id}", log_format)
+    if kafka_port is not None:
+        overrides = (*overrides, f"kafka.port={kafka_port}")
     try:
         config = _load(config_path, overrides)
         spec = resolve_node(config, node_id, parse_roles(role), data_dir, http_port)
@@ -167,7 +173,8 @@ def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int | N
             broker_base_port = 8081
     cluster = DevCluster(Path(data_dir) if data_dir else default_data_dir(), controllers,
                          brokers, base_port, quiet=quiet or check, echo=click.echo,
-                         http_base_port=http_base_port, broker_base_port=broker_base_port)
+                         http_base_port=http_base_port, broker_base_port=broker_base_port,
+                         kafka_base_port=base_port + 20)
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -178,6 +185,9 @@ def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int | N
             await cluster.start()
             click.echo(f"dmq dev: {len(cluster.nodes)} node(s) up, data in {cluster.data_dir}")
             click.echo(f"bootstrap: {cluster.bootstrap}")
+            if cluster.kafka_bootstrap is not None:
+                click.echo(f"Kafka clients: {cluster.kafka_bootstrap}  (e.g. kcat -b "
+                           f"{cluster.kafka_bootstrap} -L)")
             if http_base_port is not None:
                 click.echo("http: " + ", ".join(
                     f"node {n.node_id} http://{cluster.host}:{cluster.http_port(n)}"

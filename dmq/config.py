@@ -59,6 +59,8 @@ SETTINGS: dict[str, Setting] = {
     "queued.max.request.bytes": Setting(
         256 * 1024 * 1024, "node-wide memory for requests being received; past it, "
         "connections wait unread"),
+    "kafka.port": Setting(
+        -1, "Kafka listener port of broker nodes (-1: off; 0: any free port)"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
     "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(

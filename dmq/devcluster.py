@@ -77,6 +77,7 @@ class DevCluster:
     quiet: bool = False
     http_base_port: int | None = None  # a separate HTTP port per node, same offsets as ports
     broker_base_port: int | None = None  # brokers listen from here (None: base_port + 10)
+    kafka_base_port: int | None = None  # brokers' Kafka listeners from here (None: off)
     settings: dict[str, object] = field(default_factory=dict)
     echo: Callable[[str], None] = print
     nodes: list[DevNode] = field(default_factory=list)
@@ -132,12 +133,26 @@ class DevCluster:
         controllers = sum(1 for m in self.nodes if "controller" in m.role)
         return self.http_base_port + (index if index < controllers else 10 + index - controllers)
 
+    def kafka_port(self, n: DevNode) -> int | None:
+        """The Kafka listener port of a broker node: `kafka_base_port` + its index among
+        the brokers (None: not a broker, or Kafka listeners off)."""
+        if self.kafka_base_port is None or "broker" not in n.role:
+            return None
+        brokers = [m for m in self.nodes if "broker" in m.role]
+        return self.kafka_base_port + brokers.index(n)
+
+    @property
+    def kafka_bootstrap(self) -> str | None:
+        ports = [p for p in (self.kafka_port(n) for n in self.nodes) if p is not None]
+        return ",".join(f"{self.host}:{p}" for p in ports) if ports else None
+
     def check_ports_free(self) -> None:
         """Refuse to start when ports of the layout are taken, naming each with its
         node, rather than let those nodes die with a bind error among the others."""
         taken = []
         for n in self.nodes:
-            for port, what in ((n.port, "port"), (self.http_port(n), "HTTP port")):
+            for port, what in ((n.port, "port"), (self.http_port(n), "HTTP port"),
+                               (self.kafka_port(n), "Kafka port")):
                 if port is None:
                     continue
                 with socket.socket() as s:
@@ -164,6 +179,9 @@ class DevCluster:
         node_dir = self.data_dir / f"node-{n.node_id}"
         args = [sys.executable, "-m", "dmq", "server", "--role", n.role, "--node-id",
                 str(n.node_id), "--config", str(self.config_path), "--data-dir", str(node_dir)]
+        kafka_port = self.kafka_port(n)
+        if kafka_port is not None:
+            args += ["--kafka-port", str(kafka_port)]
         if self.quiet:
             n.log_path = self.data_dir / f"node-{n.node_id}.log"
             logf = open(n.log_path, "ab")

@@ -18,5 +18,11 @@ def build_services(node: Node) -> list[Service]:
     if "broker" in node.spec.roles:
         from dmq.broker.service import BrokerService
 
-        services.append(BrokerService(node))
+        broker = BrokerService(node)
+        if int(node.config.get("kafka.port")) >= 0:
+            from dmq.kafka.service import KafkaService
+
+            # before the broker: the listener's address goes into its registration
+            services.append(KafkaService(node, broker))
+        services.append(broker)
     return services

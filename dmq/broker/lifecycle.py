@@ -50,7 +50,8 @@ class BrokerLifecycle:
                  rack: str | None, on_image: OnImage, clock: Clock | None = None,
                  rng: random.Random | None = None, incarnation_id: str | None = None,
                  startup_timeout_ms: int = STARTUP_TIMEOUT_MS,
-                 on_fatal: Callable[[str, BaseException], None] | None = None) -> None:
+                 on_fatal: Callable[[str, BaseException], None] | None = None,
+                 kafka_address: tuple[str, int] | None = None) -> None:
         """`on_fatal(what, exc)` is called if the registration/heartbeat or metadata
         loop dies: without them the broker serves blind (crash-only, see dmq.node)."""
         self.config = config
@@ -58,6 +59,7 @@ class BrokerLifecycle:
         self.host = host
         self.port = port
         self.rack = rack
+        self.kafka_address = kafka_address  # advertised Kafka listener, set before start()
         self.on_image = on_image
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -167,6 +169,8 @@ class BrokerLifecycle:
         while not self._stopping:
             body = {"broker_id": self.broker_id, "host": self.host, "port": self.port,
                     "incarnation_id": self.incarnation_id, "rack": self.rack}
+            if self.kafka_address is not None:
+                body["kafka_host"], body["kafka_port"] = self.kafka_address
             try:
                 resp = await self.channel.request(ApiKey.BROKER_REGISTRATION, body,
                                                   timeout_ms=self.session_timeout_ms)

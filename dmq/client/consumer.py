@@ -47,6 +47,7 @@ from dmq.client.records import ConsumerRecord, TopicPartition
 from dmq.log.batch import (
     ATTR_CODEC_MASK,
     ATTR_CONTROL,
+    ATTR_DMQ_NATIVE,
     ATTR_TIMESTAMP_TYPE,
     HEADER_SIZE,
     BatchHeader,
@@ -553,7 +554,11 @@ class Consumer:
         build each ConsumerRecord in one step, ~0.26 us/record against ~0.78 us through
         `decode_records` + rewrap (which builds an intermediate `Record` per record).
         Anything unexpected falls back to `decode_records` for its precise error.
+        A batch without the dmq-native mark holds Kafka records (a Kafka client wrote
+        it through the Kafka listener): decoded by `decode_records`.
         """
+        if not h.attributes & ATTR_DMQ_NATIVE:
+            return self._decode_kafka(tp, data, h, position)
         start = h.position + HEADER_SIZE
         end = h.position + h.size_bytes
         try:
@@ -595,6 +600,19 @@ class Consumer:
         kd = kd or _identity
         vd = vd or _identity
         return [r._replace(key=kd(r.key), value=vd(r.value)) for r in out]
+
+    def _decode_kafka(self, tp: TopicPartition, data: bytes, h: BatchHeader,
+                      position: int) -> list[ConsumerRecord]:
+        try:
+            records = decode_records(data, h)
+        except (CorruptRecordError, LogError) as exc:
+            raise CorruptMessageError(f"{tp.topic}-{tp.partition}: {exc}") from exc
+        ts_type = 1 if h.attributes & ATTR_TIMESTAMP_TYPE else 0
+        kd = self.key_deserializer or _identity
+        vd = self.value_deserializer or _identity
+        return [ConsumerRecord(tp.topic, tp.partition, r.offset, r.timestamp, ts_type,
+                               kd(r.key), vd(r.value), r.headers)
+                for r in records if r.offset >= position]
 
     async def getone(self, *partitions: TopicPartition) -> ConsumerRecord:
         """The next record (waits as long as it takes)."""

@@ -34,6 +34,8 @@ class BrokerInfo:
     rack: str | None
     broker_epoch: int
     state: str  # "ONLINE" | "FENCED" | "SHUTTING_DOWN"
+    kafka_host: str | None = None  # the broker's advertised Kafka listener, if it runs one
+    kafka_port: int = -1
 
     @property
     def address(self) -> str:

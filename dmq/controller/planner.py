@@ -151,17 +151,20 @@ class Planner:
         return out
 
     def register_broker(self, broker_id: int, host: str, port: int, rack: str | None,
-                        incarnation_id: str) -> list[Record]:
+                        incarnation_id: str, kafka_host: str | None = None,
+                        kafka_port: int = -1) -> list[Record]:
         """A same-incarnation re-registration changes nothing; a new incarnation (the
         broker restarted) fences the old registration's leaderships first."""
         old = self.state.brokers.get(broker_id)
         if old is not None and self.state.incarnations.get(broker_id) == incarnation_id \
-                and (old.host, old.port, old.rack) == (host, port, rack):
+                and (old.host, old.port, old.rack, old.kafka_host, old.kafka_port) \
+                == (host, port, rack, kafka_host, kafka_port):
             return []
         out: list[Record] = []
         if old is not None:
             out += self._remove_broker(broker_id)
-        out.append(RegisterBroker(broker_id, host, port, rack, incarnation_id))
+        out.append(RegisterBroker(broker_id, host, port, rack, incarnation_id, kafka_host,
+                                  kafka_port))
         return out
 
     def fence_broker(self, broker_id: int) -> list[Record]:

@@ -9,6 +9,8 @@ One Raft entry carries one *batch* of records, applied atomically:
 ``type`` is a permanent `RecordType` number and fields are positional::
 
     REGISTER_BROKER      broker_id, host, port, rack|nil, incarnation_id
+                         [, kafka_host, kafka_port] (present only when the broker runs a
+                         Kafka listener)
                          (the broker epoch is the Raft index of the entry)
     FENCE_BROKER         broker_id, broker_epoch
     UNFENCE_BROKER       broker_id, broker_epoch
@@ -67,9 +69,14 @@ class RegisterBroker:
     port: int
     rack: str | None
     incarnation_id: str
+    kafka_host: str | None = None
+    kafka_port: int = -1
 
     def to_wire(self) -> list[Any]:
-        return [self.TYPE, self.broker_id, self.host, self.port, self.rack, self.incarnation_id]
+        wire = [self.TYPE, self.broker_id, self.host, self.port, self.rack, self.incarnation_id]
+        if self.kafka_port >= 0:
+            wire += [self.kafka_host, self.kafka_port]
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +204,8 @@ def _from_wire(obj: list[Any]) -> Record:
     t = RecordType(obj[0])
     f = obj[1:]
     if t is RecordType.REGISTER_BROKER:
+        if len(f) > 5:
+            return RegisterBroker(f[0], f[1], f[2], f[3], f[4], f[5], int(f[6]))
         return RegisterBroker(f[0], f[1], f[2], f[3], f[4])
     if t is RecordType.FENCE_BROKER:
         return FenceBroker(f[0], f[1])

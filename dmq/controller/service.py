@@ -491,7 +491,8 @@ class ControllerService:
 
         def plan() -> tuple[list[Record], None]:
             return self.planner.register_broker(bid, body["host"], body["port"], body["rack"],
-                                                body["incarnation_id"]), None
+                                                body["incarnation_id"], body["kafka_host"],
+                                                body["kafka_port"]), None
 
         await self.mutate(plan)
         self.sessions.touch(bid)

@@ -13,7 +13,8 @@ published, so publishing (`image()`) only copies the two top-level dicts.
 Snapshot format (msgpack map, version 1)::
 
     {"v": 1, "version": last applied index,
-     "brokers": [[id, host, port, rack, epoch, state, incarnation_id, changed_at], ...],
+     "brokers": [[id, host, port, rack, epoch, state, incarnation_id, changed_at
+                  [, kafka_host, kafka_port]], ...],
      "topics": [[name, topic_id, {configs},
                  [[partition, [replicas], leader, leader_epoch, [isr], partition_epoch]]]],
      "next_producer_id": int,
@@ -123,7 +124,8 @@ class MetadataState:
 
     def _register_broker(self, rec: Any, index: int) -> None:
         r: RegisterBroker = rec
-        self.brokers[r.broker_id] = BrokerInfo(r.broker_id, r.host, r.port, r.rack, index, FENCED)
+        self.brokers[r.broker_id] = BrokerInfo(r.broker_id, r.host, r.port, r.rack, index, FENCED,
+                                               r.kafka_host, r.kafka_port)
         self.incarnations[r.broker_id] = r.incarnation_id
         self.broker_changed_at[r.broker_id] = index
 
@@ -269,7 +271,8 @@ class MetadataState:
     def to_snapshot(self, *, include_offsets: bool = True) -> dict[str, Any]:
         brokers = [[b.broker_id, b.host, b.port, b.rack, b.broker_epoch, b.state,
                     self.incarnations.get(b.broker_id, ""),
-                    self.broker_changed_at.get(b.broker_id, b.broker_epoch)]
+                    self.broker_changed_at.get(b.broker_id, b.broker_epoch),
+                    *([b.kafka_host, b.kafka_port] if b.kafka_port >= 0 else [])]
                    for _, b in sorted(self.brokers.items())]
         topics = [[t.name, t.topic_id, dict(t.configs),
                    [[p.partition, list(p.replicas), p.leader, p.leader_epoch, list(p.isr),
@@ -291,8 +294,9 @@ class MetadataState:
         self.brokers = {}
         self.incarnations = {}
         self.broker_changed_at = {}
-        for bid, host, port, rack, epoch, state, inc, changed_at in snap["brokers"]:
-            self.brokers[bid] = BrokerInfo(bid, host, port, rack, epoch, state)
+        for bid, host, port, rack, epoch, state, inc, changed_at, *kafka in snap["brokers"]:
+            self.brokers[bid] = BrokerInfo(bid, host, port, rack, epoch, state,
+                                           *(kafka[:2] if len(kafka) >= 2 else ()))
             self.incarnations[bid] = inc
             self.broker_changed_at[bid] = changed_at
         self.topics = {}

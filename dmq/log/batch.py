@@ -20,24 +20,32 @@ Layout (all integers big-endian), modelled on Kafka's RecordBatch v2::
      51     2  producer_epoch          i16   -1 when not idempotent
      53     4  base_sequence           i32   -1 when not idempotent
      57     4  record_count            i32
-     61     .  records                       msgpack array, maybe compressed
+     61     .  records                       msgpack array or Kafka records, maybe compressed
 
-`attributes` bits: 0-2 compression codec (0 none, 1 zstd, 2 lz4), 3 timestamp type
-(0 CreateTime, 1 LogAppendTime), 4 transactional, 5 control; the rest are reserved
-and must be zero. The CRC starts at `attributes` so that `base_offset` and
-`partition_leader_epoch` can be rewritten in place by the leader without recomputing
-it (Kafka does the same). The records payload is one msgpack array of records, each
+`attributes` bits: 0-2 compression codec (Kafka's numbers: 0 none, 1 gzip, 2 snappy,
+3 lz4, 4 zstd), 3 timestamp type (0 CreateTime, 1 LogAppendTime), 4 transactional,
+5 control, 7 dmq-native records (`ATTR_DMQ_NATIVE`); the rest are reserved and must be
+zero (bit 6 is Kafka's delete horizon, unused here). The header is Kafka's RecordBatch
+v2 header, byte for byte, so a batch holds one of two record formats, told apart by
+bit 7 alone: set, the dmq-native msgpack records described below (every batch dmq's
+builder writes); clear, Kafka's varint records (`dmq.log.kafka_records`), as a Kafka
+client sent them through the Kafka listener, stored byte for byte. Data written
+before bit 7 existed has it clear and reads as Kafka records, which it is not: such a
+batch is a `CorruptRecordError` naming the cause (no migration). The CRC starts at
+`attributes` so that `base_offset` and `partition_leader_epoch` can be rewritten in
+place by the leader without recomputing it (Kafka does the same). The dmq-native
+records payload is one msgpack array of records, each
 `[timestamp_delta, key, value, headers]` where `headers` is an array of
 `[str key, bytes value]` pairs; the record at index i has offset `base_offset + i` and
 timestamp `base_timestamp + timestamp_delta`. Compaction keeps offsets exact by
 splitting batches into runs of consecutive kept records.
 
-What a leader stores, every reader must decode, so a client batch is checked against
-its contents before it is accepted (`check_client_batch`, Kafka's leader validates
-records too): the payload (decompressed, bounded by
-`codecs.MAX_UNCOMPRESSED_RECORDS_BYTES`) is exactly one msgpack array of
-`record_count` records, each `[int, bytes|nil, bytes|nil, array of [str, bytes|nil]
-pairs]`; `last_offset_delta == record_count - 1`; every
+What a leader stores, every reader must decode, so a dmq-native client batch is
+checked against its contents before it is accepted (`check_client_batch`, Kafka's
+leader validates records too; a Kafka-format batch gets the header checks only): the
+payload (decompressed, bounded by `codecs.MAX_UNCOMPRESSED_RECORDS_BYTES`) is exactly
+one msgpack array of `record_count` records, each `[int, bytes|nil, bytes|nil, array
+of [str, bytes|nil] pairs]`; `last_offset_delta == record_count - 1`; every
 record timestamp, `base_timestamp` and `max_timestamp` lie in [-1, 2^63-1] (-1: no
 timestamp, as in Kafka); and for
 CreateTime `max_timestamp` is the largest record timestamp. The check is one C-level
@@ -60,6 +68,7 @@ from crc32c import crc32c
 
 from dmq.log.codecs import CODEC_NONE, compress, decompress
 from dmq.log.errors import CorruptRecordError, InvalidRecordError
+from dmq.log.kafka_records import decode_kafka_records
 
 MAGIC = 2
 HEADER_STRUCT = struct.Struct(">qiibIhiqqqhii")
@@ -77,7 +86,8 @@ ATTR_CODEC_MASK = 0x07
 ATTR_TIMESTAMP_TYPE = 0x08
 ATTR_TRANSACTIONAL = 0x10
 ATTR_CONTROL = 0x20
-ATTR_KNOWN_MASK = 0x3F
+ATTR_DMQ_NATIVE = 0x80
+ATTR_KNOWN_MASK = 0xBF
 
 TIMESTAMP_CREATE_TIME = 0
 TIMESTAMP_LOG_APPEND_TIME = 1
@@ -322,6 +332,8 @@ def check_client_batch(mv: memoryview, t: Sequence[int]) -> None:
     The leader's check before storing it: what it accepts every reader decodes.
     """
     pos = t[13]
+    if not t[5] & ATTR_DMQ_NATIVE:
+        return  # Kafka records: stored as the Kafka client sent them, never decoded here
     if t[6] != t[12] - 1:
         raise InvalidRecordError(
             f"batch at position {pos}: last_offset_delta {t[6]} does not match "
@@ -346,8 +358,17 @@ def decode_records(buf: Buffer, header: BatchHeader | None = None) -> list[Recor
     """Decode the records of the batch starting at `header.position` (or 0).
 
     Per-record work: for clients and the cleaner only, never the broker's hot paths.
+    A batch without `ATTR_DMQ_NATIVE` holds Kafka records (`dmq.log.kafka_records`).
     """
     h = header if header is not None else read_header(buf, 0)
+    if not h.attributes & ATTR_DMQ_NATIVE:
+        try:
+            return decode_kafka_records(buf, h)
+        except CorruptRecordError as exc:
+            raise CorruptRecordError(
+                f"{exc} (a batch without the dmq-native mark, attribute bit 7, holds "
+                f"Kafka records; data written by dmq before that mark existed is not "
+                f"readable)") from None
     start = h.position + HEADER_SIZE
     end = h.position + h.batch_length + LOG_OVERHEAD
     if end > len(buf):
@@ -462,7 +483,9 @@ def encode_batch(records: Sequence[Sequence[Any]], base_offset: int, base_timest
                  base_sequence: int = NO_SEQUENCE,
                  partition_leader_epoch: int = NO_PARTITION_LEADER_EPOCH,
                  last_offset_delta: int | None = None) -> bytes:
-    """Pack already-shaped records (`[ts_delta, key, value, headers]`) into one batch."""
+    """Pack already-shaped records (`[ts_delta, key, value, headers]`) into one batch
+    (dmq-native: `ATTR_DMQ_NATIVE` is set whatever `attributes` says)."""
+    attributes |= ATTR_DMQ_NATIVE
     payload = compress(attributes & ATTR_CODEC_MASK, _pack_records(records))
     if last_offset_delta is None:
         last_offset_delta = len(records) - 1

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dmq.log.batch import (
+    ATTR_CODEC_MASK,
     ATTR_TIMESTAMP_TYPE,
     HEADER_SIZE,
     LOG_OVERHEAD,
@@ -46,6 +47,7 @@ from dmq.log.batch import (
     validate_batches,
 )
 from dmq.log.checkpoint import fsync_dir
+from dmq.log.codecs import codec_available
 from dmq.log.errors import (
     CorruptRecordError,
     InvalidRecordError,
@@ -428,7 +430,12 @@ def _encode_run(h: BatchHeader, run: list[Record]) -> bytes:
     seq = -1 if h.base_sequence < 0 else (h.base_sequence + delta) & 0x7FFFFFFF
     max_ts = h.max_timestamp if h.attributes & ATTR_TIMESTAMP_TYPE else max(
         r.timestamp for r in run)
-    return encode_batch(rows, run[0].offset, base_ts, max_ts, h.attributes, h.producer_id,
+    # a Kafka client's batch is rewritten dmq-native (encode_batch marks it), with its
+    # codec when this build can write it (snappy it cannot: then uncompressed)
+    attributes = h.attributes
+    if not codec_available(attributes & ATTR_CODEC_MASK):
+        attributes &= ~ATTR_CODEC_MASK
+    return encode_batch(rows, run[0].offset, base_ts, max_ts, attributes, h.producer_id,
                         h.producer_epoch, seq, h.partition_leader_epoch)
 
 

@@ -1,8 +1,11 @@
 """Compression codecs of the records payload.
 
 Owns the mapping between the 3 codec bits of a batch's `attributes` and the
-compress/decompress functions. zstd and lz4 are optional imports: a build without
-them can still move compressed batches, it only raises `UnsupportedCompressionError`
+compress/decompress functions. The numbers are Kafka's, for both record formats:
+1 gzip, 2 snappy, 3 lz4 (frame format), 4 zstd. gzip is always there (zlib); zstd and
+lz4 are optional imports, snappy decompression too (`cramjam` or `python-snappy`, for
+batches written by Kafka clients; dmq's producer does not offer it): a build without
+one can still move compressed batches, it only raises `UnsupportedCompressionError`
 when asked to build or decode one.
 
 Decompression is bounded: a payload that would inflate past
@@ -15,14 +18,19 @@ it stores decodes for every reader (bytes after the first frame are ignored by b
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Callable
 
 from dmq.log.errors import CorruptRecordError, UnsupportedCompressionError
 
 CODEC_NONE = 0
-CODEC_ZSTD = 1
-CODEC_LZ4 = 2
-CODEC_NAMES = {CODEC_NONE: "none", CODEC_ZSTD: "zstd", CODEC_LZ4: "lz4"}
+CODEC_GZIP = 1
+CODEC_SNAPPY = 2
+CODEC_LZ4 = 3
+CODEC_ZSTD = 4
+CODEC_NAMES = {CODEC_NONE: "none", CODEC_GZIP: "gzip", CODEC_SNAPPY: "snappy",
+               CODEC_LZ4: "lz4", CODEC_ZSTD: "zstd"}
 # The records of one batch, decompressed, may not exceed this (a decompression bomb
 # must not take a leader or a consumer down). A batch is at most a producer's
 # batch_size or one record, so 64 MiB leaves ample room.
@@ -31,6 +39,91 @@ MAX_UNCOMPRESSED_RECORDS_BYTES = 64 * 1024 * 1024
 _Fn = Callable[[bytes], bytes]
 _compressors: dict[int, _Fn] = {}
 _decompressors: dict[int, Callable[[bytes, int], bytes]] = {}
+
+
+def _gzip_compress(data: bytes) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+def _gzip_decompress(data: bytes, max_bytes: int) -> bytes:
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = d.decompress(data, max_bytes + 1)
+    if len(out) > max_bytes or d.unconsumed_tail:
+        raise ValueError(f"stream inflates past {max_bytes} bytes")
+    if not d.eof:
+        raise ValueError("incomplete gzip stream")
+    return out
+
+
+_compressors[CODEC_GZIP] = _gzip_compress
+_decompressors[CODEC_GZIP] = _gzip_decompress
+
+_snappy_raw: Callable[[bytes], bytes] | None = None
+try:  # optional: snappy batches come only from Kafka clients
+    import cramjam  # type: ignore[import-not-found]
+
+    def _cramjam_snappy(data: bytes) -> bytes:
+        return bytes(cramjam.snappy.decompress_raw(data))
+
+    _snappy_raw = _cramjam_snappy
+except ImportError:  # pragma: no cover - depends on the environment
+    try:
+        import snappy as _snappy  # type: ignore[import-not-found]
+
+        _snappy_raw = _snappy.decompress
+    except ImportError:
+        pass
+
+_XERIAL_MAGIC = b"\x82SNAPPY\x00"
+_BLOCK = struct.Struct(">i")
+
+def _snappy_length(block: bytes) -> int:
+    """The uncompressed length a raw snappy block declares (its leading uvarint)."""
+    value = shift = 0
+    for i in range(min(5, len(block))):
+        value |= (block[i] & 0x7F) << shift
+        if not block[i] & 0x80:
+            return value
+        shift += 7
+    raise ValueError("bad snappy length prefix")
+
+
+if _snappy_raw is not None:
+    _inner = _snappy_raw
+
+    def _raw(block: bytes, room: int) -> bytes:
+        n = _snappy_length(block)
+        if n > room:  # refused before the library allocates it
+            raise ValueError(f"snappy block declares {n} bytes, over the bound")
+        return _inner(block)
+
+    def _snappy_decompress(data: bytes, max_bytes: int) -> bytes:
+        """Raw snappy, or the xerial framing the Java client writes (magic, two
+        versions, then blocks of [i32 length, raw snappy])."""
+        pos = 0
+        if data[:8] != _XERIAL_MAGIC:
+            out = _raw(data, max_bytes)
+        else:
+            parts = []
+            total = 0
+            pos = 16
+            while pos < len(data):
+                if len(data) - pos < 4:
+                    raise ValueError("truncated xerial block length")
+                (n,) = _BLOCK.unpack_from(data, pos)
+                if n < 0 or n > len(data) - pos - 4:
+                    raise ValueError(f"xerial block of {n} bytes past the end")
+                part = _raw(data[pos + 4:pos + 4 + n], max_bytes - total)
+                total += len(part)
+                parts.append(part)
+                pos += 4 + n
+            out = b"".join(parts)
+        if len(out) > max_bytes:
+            raise ValueError(f"stream inflates past {max_bytes} bytes")
+        return out
+
+    _decompressors[CODEC_SNAPPY] = _snappy_decompress
 
 try:  # optional dependency (extra "compression")
     import zstandard as _zstd

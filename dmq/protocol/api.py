@@ -127,7 +127,9 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     # ---- controller writes (active controller only; others: NOT_CONTROLLER + leader)
     ApiKey.BROKER_REGISTRATION: Struct(
         {"broker_id": INT, "host": STR, "port": INT, "incarnation_id": STR},
-        {"rack": (Nullable(STR), None)}),
+        {"rack": (Nullable(STR), None),
+         # the broker's advertised Kafka listener (-1: it runs none)
+         "kafka_host": (Nullable(STR), None), "kafka_port": (INT, -1)}),
     # -> {"broker_epoch"}
     ApiKey.BROKER_HEARTBEAT: Struct(
         {"broker_id": INT, "broker_epoch": INT, "metadata_version": INT},

@@ -26,7 +26,7 @@ from crc32c import crc32c
 
 from dmq.client import Consumer, Producer, TopicPartition
 from dmq.devcluster import ensure_topic
-from dmq.log.batch import HEADER_STRUCT, LOG_OVERHEAD, build_batch
+from dmq.log.batch import ATTR_DMQ_NATIVE, HEADER_STRUCT, LOG_OVERHEAD, build_batch
 from dmq.log.codecs import CODEC_ZSTD, compress
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
@@ -42,9 +42,11 @@ TS = 1_700_000_000_000
 
 def raw_batch(payload: bytes, record_count: int, last_offset_delta: int | None = None,
               base_ts: int = TS, max_ts: int = TS, attributes: int = 0) -> bytes:
-    """A batch with a valid CRC around any payload and header values."""
+    """A dmq-native batch (the mark is added to `attributes`) with a valid CRC around
+    any payload and header values."""
     lod = record_count - 1 if last_offset_delta is None else last_offset_delta
     length = HEADER_STRUCT.size - LOG_OVERHEAD + len(payload)
+    attributes |= ATTR_DMQ_NATIVE
     head = bytearray(HEADER_STRUCT.pack(0, length, -1, 2, 0, attributes, lod, base_ts,
                                         max_ts, -1, -1, -1, record_count))
     body = bytes(head[21:]) + payload

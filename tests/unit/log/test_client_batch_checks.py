@@ -21,6 +21,7 @@ from dmq.log import (
     validate_batches,
 )
 from dmq.log.batch import (
+    ATTR_DMQ_NATIVE,
     ATTR_TIMESTAMP_TYPE,
     HEADER_STRUCT,
     LOG_OVERHEAD,
@@ -36,9 +37,11 @@ TS = 1_700_000_000_000
 def raw_batch(payload: bytes, record_count: int, last_offset_delta: int | None = None,
               base_ts: int = TS, max_ts: int = TS, attributes: int = 0,
               base_offset: int = 0, epoch: int = -1) -> bytes:
-    """A batch with a valid CRC around any records payload and any header values."""
+    """A dmq-native batch (the mark is added to `attributes`) with a valid CRC around
+    any records payload and any header values."""
     lod = record_count - 1 if last_offset_delta is None else last_offset_delta
     length = HEADER_STRUCT.size - LOG_OVERHEAD + len(payload)
+    attributes |= ATTR_DMQ_NATIVE
     head = bytearray(HEADER_STRUCT.pack(base_offset, length, epoch, 2, 0, attributes, lod,
                                         base_ts, max_ts, -1, -1, -1, record_count))
     body = bytes(head[21:]) + payload

@@ -1,0 +1,580 @@
+"""Kafka API handlers of a broker: Kafka requests in, calls on dmq's broker out.
+
+Owns the translation between Kafka's message shapes (dicts keyed by the field names
+of Kafka's definitions, see `dmq.kafka.codec`) and the broker's own entry points: the
+data path (`DataPlane.produce/fetch/list_offsets`, the same calls dmq's protocol
+makes, so produce validation, idempotence, acks and long polls behave alike) and the
+route to the active controller (`controller_request`, as dmq's brokers forward).
+Controller-only requests (CreateTopics, DeleteTopics, InitProducerId) are forwarded
+there, as KRaft brokers forward them; Metadata therefore names this broker as the
+"controller", so admin clients send those requests to a broker.
+
+Record batches pass through as bytes in both directions: a Kafka producer's batches
+are stored byte for byte, a fetch returns the stored bytes, except batches written by
+dmq's own client, which are converted to Kafka records (`dmq.kafka.records`).
+
+It must never decode records and never import the network layer.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from dmq.broker.errors import error_code_of, message_of
+from dmq.config import SETTINGS
+from dmq.controller.image import FENCED, MetadataImage
+from dmq.controller.validation import effective_topic_configs
+from dmq.kafka.records import is_dmq_native, kafka_view
+from dmq.kafka.server import NO_RESPONSE, Api
+from dmq.protocol.api import ApiKey
+from dmq.protocol.errors import DmqError, ErrorCode
+from dmq.protocol.server import NO_RESPONSE as DMQ_NO_RESPONSE
+
+if TYPE_CHECKING:
+    from dmq.broker.handlers import DataPlane
+    from dmq.config import ClusterConfig
+    from dmq.kafka.codec import RequestHeader
+
+log = logging.getLogger("dmq.kafka")
+
+# Kafka error codes used here that dmq's ErrorCode does not name.
+INVALID_REQUEST = 42
+FETCH_SESSION_ID_NOT_FOUND = 70
+INVALID_FETCH_SESSION_EPOCH = 71
+UNSUPPORTED_ENDPOINT_TYPE = 119
+RESOURCE_TOPIC = 2
+RESOURCE_BROKER = 4
+CONFIG_SOURCE_DYNAMIC_TOPIC = 1
+CONFIG_SOURCE_STATIC_BROKER = 4
+CONFIG_SOURCE_DEFAULT = 5
+
+# dmq-only codes (1000+) mapped to the nearest Kafka code a Kafka client understands.
+_KAFKA_CODE = {
+    ErrorCode.UNKNOWN_API_KEY: ErrorCode.UNSUPPORTED_VERSION,
+    ErrorCode.FRAME_TOO_LARGE: ErrorCode.MESSAGE_TOO_LARGE,
+    ErrorCode.NODE_SHUTTING_DOWN: ErrorCode.NOT_LEADER_OR_FOLLOWER,
+    ErrorCode.BROKER_FENCED: ErrorCode.NOT_LEADER_OR_FOLLOWER,
+    ErrorCode.RAFT_NOT_READY: ErrorCode.NOT_CONTROLLER,
+}
+
+NO_AUTHORIZED_OPERATIONS = -2147483648
+_NO_CONTEXT: Any = None  # the data plane's handlers do not read their request context
+ControllerRequest = Callable[[ApiKey, Any, int], Awaitable[Any]]
+
+
+def kafka_code(code: int) -> int:
+    """A dmq error code as a Kafka one: shared numbers are Kafka's already."""
+    if code >= 1000:
+        try:
+            return int(_KAFKA_CODE.get(ErrorCode(code), ErrorCode.UNKNOWN_SERVER_ERROR))
+        except ValueError:
+            return int(ErrorCode.UNKNOWN_SERVER_ERROR)
+    return code
+
+
+def cluster_id_of(config: ClusterConfig) -> str:
+    """Kafka clients want a cluster id (22 characters of base64, a UUID's). Derived
+    from the controller quorum's ids and addresses, so every node of a cluster gives
+    the same one and it survives restarts; it changes only if the quorum is
+    reconfigured."""
+    quorum = ",".join(f"{c.node_id}@{c.host}:{c.port}"
+                      for c in sorted(config.controllers, key=lambda c: c.node_id))
+    raw = uuid.uuid5(uuid.NAMESPACE_URL, "dmq:" + quorum).bytes
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def topic_uuid(topic_id: str) -> bytes:
+    try:
+        return uuid.UUID(topic_id).bytes
+    except ValueError:
+        return uuid.uuid5(uuid.NAMESPACE_URL, "dmq-topic:" + topic_id).bytes
+
+
+class KafkaApis:
+    """The handlers, bound to one broker's data plane and controller route."""
+
+    def __init__(self, config: ClusterConfig, broker_id: int, data_plane: DataPlane,
+                 image: Callable[[], MetadataImage | None],
+                 controller_request: ControllerRequest) -> None:
+        self.config = config
+        self.broker_id = broker_id
+        self.data_plane = data_plane
+        self._image = image
+        self._controller_request = controller_request
+        self.cluster_id = cluster_id_of(config)
+        self.auto_create = bool(config.get("auto.create.topics.enable"))
+        self.apis: list[Api] = []
+
+    def table(self) -> list[Api]:
+        return [
+            Api(0, "Produce", 3, 9, self.produce),
+            Api(1, "Fetch", 4, 12, self.fetch),
+            Api(2, "ListOffsets", 1, 7, self.list_offsets),
+            Api(3, "Metadata", 1, 12, self.metadata),
+            Api(18, "ApiVersions", 0, 3, self.api_versions),
+            Api(19, "CreateTopics", 2, 7, self.create_topics),
+            Api(20, "DeleteTopics", 1, 6, self.delete_topics),
+            Api(22, "InitProducerId", 0, 4, self.init_producer_id),
+            Api(23, "OffsetForLeaderEpoch", 2, 4, self.offset_for_leader_epoch),
+            Api(32, "DescribeConfigs", 1, 4, self.describe_configs),
+            Api(33, "AlterConfigs", 0, 2, self.alter_configs),
+            Api(37, "CreatePartitions", 0, 3, self.create_partitions),
+            Api(44, "IncrementalAlterConfigs", 0, 1, self.incremental_alter_configs),
+            Api(60, "DescribeCluster", 0, 1, self.describe_cluster),
+        ]
+
+    # ------------------------------------------------------------------ ApiVersions
+
+    def api_versions(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return {"ErrorCode": 0, "ApiKeys": [
+            {"ApiKey": a.key, "MinVersion": a.min_version, "MaxVersion": a.max_version}
+            for a in sorted(self.table(), key=lambda a: a.key)]}
+
+    # ------------------------------------------------------------------ Metadata
+
+    def metadata(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        image = self._image()
+        wanted = body.get("Topics")
+        names = None if wanted is None else [t["Name"] for t in wanted if t.get("Name")]
+        if (image is not None and names and body.get("AllowAutoTopicCreation", True)
+                and self.auto_create and any(n not in image.topics for n in names)):
+            return self._auto_create_then_answer(names)
+        return self._metadata_answer(image, names, set())
+
+    async def _auto_create_then_answer(self, names: list[str]) -> dict[str, Any]:
+        """dmq creates topics on the controller when a Metadata asks for them; answer
+        from this broker's image (LEADER_NOT_AVAILABLE until it has the topic: Kafka
+        clients retry that)."""
+        creating: set[str] = set()
+        try:
+            await self._controller_request(
+                ApiKey.METADATA, {"topics": names, "allow_auto_create": True}, 5000)
+            creating = set(names)
+        except (DmqError, OSError, TimeoutError) as exc:
+            log.info("broker=%d Kafka metadata: auto-creating %s failed: %s", self.broker_id,
+                     names, exc)
+        return self._metadata_answer(self._image(), names, creating)
+
+    def _metadata_answer(self, image: MetadataImage | None, names: list[str] | None,
+                         creating: set[str]) -> dict[str, Any]:
+        brokers: list[dict[str, Any]] = []
+        topics: list[dict[str, Any]] = []
+        if image is not None:
+            brokers = [{"NodeId": b.broker_id, "Host": b.kafka_host or b.host,
+                        "Port": b.kafka_port, "Rack": b.rack}
+                       for _, b in sorted(image.brokers.items())
+                       if b.state != FENCED and b.kafka_port >= 0]
+            for name in (sorted(image.topics) if names is None else names):
+                t = image.topics.get(name)
+                if t is None:
+                    code = (ErrorCode.LEADER_NOT_AVAILABLE if name in creating
+                            else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+                    topics.append({"ErrorCode": int(code), "Name": name, "Partitions": []})
+                    continue
+                parts = []
+                for p in sorted(t.partitions):
+                    pi = t.partitions[p]
+                    parts.append({
+                        "ErrorCode": 0 if pi.leader >= 0 else int(ErrorCode.LEADER_NOT_AVAILABLE),
+                        "PartitionIndex": p, "LeaderId": pi.leader,
+                        "LeaderEpoch": pi.leader_epoch, "ReplicaNodes": list(pi.replicas),
+                        "IsrNodes": list(pi.isr),
+                        "OfflineReplicas": [r for r in pi.replicas
+                                            if r not in image.brokers
+                                            or image.brokers[r].state == FENCED]})
+                topics.append({"ErrorCode": 0, "Name": name, "TopicId": topic_uuid(t.topic_id),
+                               "IsInternal": False, "Partitions": parts,
+                               "TopicAuthorizedOperations": NO_AUTHORIZED_OPERATIONS})
+        elif names:
+            topics = [{"ErrorCode": int(ErrorCode.LEADER_NOT_AVAILABLE), "Name": n,
+                       "Partitions": []} for n in names]
+        # Controller-only requests are forwarded by any broker: name ourselves.
+        return {"Brokers": brokers, "ClusterId": self.cluster_id, "ControllerId": self.broker_id,
+                "Topics": topics, "ClusterAuthorizedOperations": NO_AUTHORIZED_OPERATIONS}
+
+    # ------------------------------------------------------------------ Produce
+
+    def produce(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        acks = body["Acks"]
+        if body.get("TransactionalId") is not None:
+            return self._produce_refused(body, INVALID_REQUEST,
+                                         "transactions are not supported by dmq yet")
+        if acks not in (0, 1, -1):
+            return self._produce_refused(body, int(ErrorCode.INVALID_REQUIRED_ACKS),
+                                         f"acks must be 0, 1 or -1, got {acks}")
+        topics = [[t["Name"], [[p["Index"], -1, p["Records"] if p["Records"] is not None
+                                else b""] for p in t["PartitionData"]]]
+                  for t in body["TopicData"]]
+        result = self.data_plane.produce(
+            _NO_CONTEXT, {"acks": acks, "timeout_ms": body["TimeoutMs"], "topics": topics})
+        if result is DMQ_NO_RESPONSE or acks == 0:
+            return NO_RESPONSE
+        if isinstance(result, dict):
+            return _produce_answer(result)
+        return _after(result, _produce_answer)
+
+    @staticmethod
+    def _produce_refused(body: dict[str, Any], code: int, msg: str) -> Any:
+        if body["Acks"] == 0:
+            return NO_RESPONSE
+        return {"Responses": [
+            {"Name": t["Name"], "PartitionResponses": [
+                {"Index": p["Index"], "ErrorCode": code, "BaseOffset": -1,
+                 "LogAppendTimeMs": -1, "LogStartOffset": -1, "ErrorMessage": msg}
+                for p in t["PartitionData"]]} for t in body["TopicData"]]}
+
+    # ------------------------------------------------------------------ Fetch
+
+    def fetch(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        session_id = body.get("SessionId", 0)
+        session_epoch = body.get("SessionEpoch", -1)
+        if session_id != 0 or session_epoch not in (-1, 0):
+            # No incremental fetch sessions: a client that asks gets a full fetch next.
+            code = FETCH_SESSION_ID_NOT_FOUND if session_id else INVALID_FETCH_SESSION_EPOCH
+            return {"ErrorCode": code, "SessionId": 0, "Responses": []}
+        topics = [[t["Topic"], [[p["Partition"], p["FetchOffset"], p.get("CurrentLeaderEpoch", -1),
+                                 p["PartitionMaxBytes"]] for p in t["Partitions"]]]
+                  for t in body["Topics"]]
+        request = {"replica_id": -1, "max_wait_ms": max(body["MaxWaitMs"], 0),
+                   "min_bytes": body["MinBytes"], "max_bytes": body.get("MaxBytes", 0x7FFFFFFF),
+                   "topics": topics}
+        result = self.data_plane.fetch(_NO_CONTEXT, request)
+        if isinstance(result, dict):
+            return _fetch_answer(result)
+        return _after(result, _fetch_answer)
+
+    # ------------------------------------------------------------------ ListOffsets
+
+    def list_offsets(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        topics = []
+        refused: set[tuple[str, int]] = set()
+        for t in body["Topics"]:
+            rows = []
+            for p in t["Partitions"]:
+                if p["Timestamp"] < -2:  # -3 (max timestamp) and below: not supported
+                    refused.add((t["Name"], p["PartitionIndex"]))
+                    continue
+                rows.append([p["PartitionIndex"], p["Timestamp"]])
+            topics.append([t["Name"], rows])
+        result = self.data_plane.list_offsets(_NO_CONTEXT, {"topics": topics})
+        out = []
+        for (name, rows), t in zip(result["topics"], body["Topics"], strict=True):
+            parts = [{"PartitionIndex": p, "ErrorCode": kafka_code(err), "Timestamp": ts,
+                      "Offset": off, "LeaderEpoch": -1} for p, err, ts, off in rows]
+            parts += [{"PartitionIndex": p["PartitionIndex"], "ErrorCode": INVALID_REQUEST,
+                       "Timestamp": -1, "Offset": -1, "LeaderEpoch": -1}
+                      for p in t["Partitions"] if (name, p["PartitionIndex"]) in refused]
+            out.append({"Name": name, "Partitions": parts})
+        return {"Topics": out}
+
+    # ------------------------------------------------------------------ admin (forwarded)
+
+    def create_topics(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._create_topics(body)
+
+    async def _create_topics(self, body: dict[str, Any]) -> dict[str, Any]:
+        results: dict[str, dict[str, Any]] = {}
+        request = []
+        for t in body["Topics"]:
+            name = t["Name"]
+            if t.get("Assignments"):
+                results[name] = {"Name": name, "ErrorCode": INVALID_REQUEST,
+                                 "ErrorMessage": "manual replica assignments are not supported"}
+                continue
+            partitions = t["NumPartitions"]
+            rf = t["ReplicationFactor"]
+            request.append({
+                "name": name,
+                "partitions": partitions if partitions > 0 else
+                int(self.config.get("num.partitions")),
+                "replication_factor": rf if rf > 0 else
+                int(self.config.get("default.replication.factor")),
+                "configs": {c["Name"]: c["Value"] for c in t.get("Configs", [])
+                            if c["Value"] is not None}})
+        timeout_ms = max(int(body["TimeoutMs"]), 0)
+        if request:
+            try:
+                resp = await self._controller_request(
+                    ApiKey.CREATE_TOPICS, {"topics": request, "timeout_ms": timeout_ms,
+                                           "validate_only": bool(body["ValidateOnly"])},
+                    timeout_ms + 5000)
+                for r in resp["topics"]:
+                    results[r["name"]] = {
+                        "Name": r["name"], "ErrorCode": kafka_code(r.get("error", 0)),
+                        "ErrorMessage": r.get("msg"),
+                        "TopicId": topic_uuid(r["id"]) if r.get("id") else bytes(16),
+                        "NumPartitions": r.get("partitions", -1),
+                        "ReplicationFactor": r.get("replication_factor", -1),
+                        "Configs": None}
+            except (DmqError, OSError, TimeoutError) as exc:
+                code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
+                    else int(ErrorCode.REQUEST_TIMED_OUT)
+                for r in request:
+                    results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
+                                          "ErrorMessage": message_of(exc)}
+        unknown = int(ErrorCode.UNKNOWN_SERVER_ERROR)
+        return {"Topics": [results.get(t["Name"], {"Name": t["Name"], "ErrorCode": unknown})
+                           for t in body["Topics"]]}
+
+    def delete_topics(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._delete_topics(body)
+
+    async def _delete_topics(self, body: dict[str, Any]) -> dict[str, Any]:
+        names = list(body.get("TopicNames") or [])
+        by_id: dict[str, bytes] = {}
+        image = self._image()
+        for t in body.get("Topics") or []:
+            name = t.get("Name")
+            if name is None and image is not None:
+                for info in image.topics.values():
+                    if topic_uuid(info.topic_id) == t["TopicId"]:
+                        name = info.name
+            if name is None:
+                continue
+            names.append(name)
+            by_id[name] = t["TopicId"]
+        timeout_ms = max(int(body["TimeoutMs"]), 0)
+        out: list[dict[str, Any]] = []
+        if not names:
+            return {"Responses": out}
+        try:
+            resp = await self._controller_request(
+                ApiKey.DELETE_TOPICS, {"topics": names, "timeout_ms": timeout_ms},
+                timeout_ms + 5000)
+            for r in resp["topics"]:
+                out.append({"Name": r["name"], "TopicId": by_id.get(r["name"], bytes(16)),
+                            "ErrorCode": kafka_code(r.get("error", 0)),
+                            "ErrorMessage": r.get("msg")})
+        except (DmqError, OSError, TimeoutError) as exc:
+            code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
+                else int(ErrorCode.REQUEST_TIMED_OUT)
+            out = [{"Name": n, "TopicId": by_id.get(n, bytes(16)), "ErrorCode": code,
+                    "ErrorMessage": message_of(exc)} for n in names]
+        return {"Responses": out}
+
+    def init_producer_id(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        if body.get("TransactionalId") is not None:
+            return {"ErrorCode": INVALID_REQUEST, "ProducerId": -1, "ProducerEpoch": -1}
+        return self._init_producer_id()
+
+    async def _init_producer_id(self) -> dict[str, Any]:
+        """Producer ids come from the same allocator as dmq's producers' (a fresh id
+        also answers an epoch bump: its sequences start over)."""
+        try:
+            resp = await self._controller_request(ApiKey.INIT_PRODUCER_ID, {}, 10_000)
+        except (DmqError, OSError, TimeoutError) as exc:
+            code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
+                else int(ErrorCode.REQUEST_TIMED_OUT)
+            if code in (int(ErrorCode.NOT_CONTROLLER), int(ErrorCode.REQUEST_TIMED_OUT)):
+                code = int(ErrorCode.COORDINATOR_NOT_AVAILABLE)  # retriable for the client
+            return {"ErrorCode": code, "ProducerId": -1, "ProducerEpoch": -1}
+        return {"ErrorCode": 0, "ProducerId": resp["producer_id"],
+                "ProducerEpoch": resp["producer_epoch"]}
+
+
+    # ------------------------------------------------------------------ more APIs
+
+    def offset_for_leader_epoch(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        topics = [[t["Topic"], [[p["Partition"], p.get("CurrentLeaderEpoch", -1),
+                                 p["LeaderEpoch"]] for p in t["Partitions"]]]
+                  for t in body["Topics"]]
+        result = self.data_plane.offset_for_leader_epoch(
+            _NO_CONTEXT, {"topics": topics, "replica_id": -1})
+        return {"Topics": [
+            {"Topic": topic, "Partitions": [
+                {"ErrorCode": kafka_code(err), "Partition": p, "LeaderEpoch": epoch,
+                 "EndOffset": end} for p, err, epoch, end in rows]}
+            for topic, rows in result["topics"]]}
+
+    def describe_configs(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        """Answered from this broker's image and the cluster settings (configs change
+        through dmq's admin API; Kafka's AlterConfigs is not served yet)."""
+        image = self._image()
+        out = []
+        for res in body["Resources"]:
+            rtype, name, keys = res["ResourceType"], res["ResourceName"], \
+                res["ConfigurationKeys"]
+            entry: dict[str, Any] = {"ErrorCode": 0, "ErrorMessage": None,
+                                     "ResourceType": rtype, "ResourceName": name,
+                                     "Configs": []}
+            if rtype == RESOURCE_TOPIC:
+                t = image.topics.get(name) if image is not None else None
+                if t is None:
+                    entry["ErrorCode"] = int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+                    entry["ErrorMessage"] = f"topic {name!r} does not exist"
+                else:
+                    for k, v in sorted(effective_topic_configs(t.configs,
+                                                               self.config.get).items()):
+                        source = (CONFIG_SOURCE_DYNAMIC_TOPIC if k in t.configs
+                                  else CONFIG_SOURCE_DEFAULT)
+                        entry["Configs"].append(_config_entry(k, v, source, False))
+            elif rtype == RESOURCE_BROKER and name in ("", str(self.broker_id)):
+                for k in sorted(SETTINGS):
+                    source = (CONFIG_SOURCE_STATIC_BROKER if k in self.config.settings
+                              else CONFIG_SOURCE_DEFAULT)
+                    entry["Configs"].append(_config_entry(k, self.config.get(k), source, True))
+            else:
+                entry["ErrorCode"] = INVALID_REQUEST
+                entry["ErrorMessage"] = (f"resource type {rtype} {name!r} not served (topics, "
+                                         f"and this broker as {self.broker_id})")
+            if keys is not None:
+                entry["Configs"] = [c for c in entry["Configs"] if c["Name"] in keys]
+            out.append(entry)
+        return {"Results": out}
+
+    def alter_configs(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        """Kafka's AlterConfigs replaces a topic's whole set: a config it does not name
+        goes back to the cluster default."""
+        image = self._image()
+        changes: dict[str, dict[str, str | None]] = {}
+        for res in body["Resources"]:
+            if res["ResourceType"] != RESOURCE_TOPIC:
+                continue
+            t = image.topics.get(res["ResourceName"]) if image is not None else None
+            new: dict[str, str | None] = {k: None for k in (t.configs if t else {})}
+            new.update({c["Name"]: c["Value"] for c in res["Configs"]})
+            changes[res["ResourceName"]] = new
+        return self._alter(body, changes)
+
+    def incremental_alter_configs(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        """Operations 0 SET, 1 DELETE (back to the default), 2 APPEND and 3 SUBTRACT
+        (on list values such as cleanup.policy, from the effective value)."""
+        image = self._image()
+        changes: dict[str, dict[str, str | None]] = {}
+        refused: dict[str, str] = {}
+        for res in body["Resources"]:
+            if res["ResourceType"] != RESOURCE_TOPIC:
+                continue
+            t = image.topics.get(res["ResourceName"]) if image is not None else None
+            effective = effective_topic_configs(t.configs if t else {}, self.config.get)
+            new: dict[str, str | None] = {}
+            for c in res["Configs"]:
+                op, key, value = c["ConfigOperation"], c["Name"], c["Value"]
+                items = [x for x in str(new.get(key, effective.get(key)) or "").split(",") if x]
+                if op == 0:
+                    new[key] = value
+                elif op == 1:
+                    new[key] = None
+                elif op == 2:
+                    new[key] = ",".join(items + [v for v in (value or "").split(",")
+                                                 if v and v not in items])
+                elif op == 3:
+                    drop = set((value or "").split(","))
+                    new[key] = ",".join(x for x in items if x not in drop)
+                else:
+                    refused[res["ResourceName"]] = f"unknown config operation {op} on {key}"
+            changes[res["ResourceName"]] = new
+        return self._alter(body, changes, refused)
+
+    async def _alter(self, body: dict[str, Any], changes: dict[str, dict[str, str | None]],
+                     refused: dict[str, str] | None = None) -> dict[str, Any]:
+        results: dict[str, tuple[int, str | None]] = {
+            name: (INVALID_REQUEST, why) for name, why in (refused or {}).items()}
+        request: list[dict[str, Any]] = [{"name": n, "configs": c} for n, c in changes.items()
+                                         if n not in results]
+        if request:
+            try:
+                resp = await self._controller_request(
+                    ApiKey.ALTER_CONFIGS, {"topics": request,
+                                           "validate_only": bool(body["ValidateOnly"])}, 15_000)
+                for r in resp["topics"]:
+                    results[r["name"]] = (kafka_code(r.get("error", 0)), r.get("msg"))
+            except (DmqError, OSError, TimeoutError) as exc:
+                code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
+                    else int(ErrorCode.REQUEST_TIMED_OUT)
+                for r in request:
+                    results[r["name"]] = (code, message_of(exc))
+        out = []
+        for res in body["Resources"]:
+            name, rtype = res["ResourceName"], res["ResourceType"]
+            msg: str | None
+            if rtype != RESOURCE_TOPIC:
+                code, msg = INVALID_REQUEST, f"resource type {rtype}: only topic configs change"
+            else:
+                code, msg = results.get(name, (int(ErrorCode.UNKNOWN_SERVER_ERROR), None))
+            out.append({"ErrorCode": code, "ErrorMessage": msg, "ResourceType": rtype,
+                        "ResourceName": name})
+        return {"Responses": out}
+
+    def create_partitions(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._create_partitions(body)
+
+    async def _create_partitions(self, body: dict[str, Any]) -> dict[str, Any]:
+        results: dict[str, dict[str, Any]] = {}
+        request = []
+        for t in body["Topics"]:
+            if t.get("Assignments"):
+                results[t["Name"]] = {"Name": t["Name"], "ErrorCode": INVALID_REQUEST,
+                                      "ErrorMessage": "manual replica assignments are not "
+                                                      "supported"}
+            else:
+                request.append({"name": t["Name"], "count": t["Count"]})
+        timeout_ms = max(int(body["TimeoutMs"]), 0)
+        if request:
+            try:
+                resp = await self._controller_request(
+                    ApiKey.CREATE_PARTITIONS, {"topics": request, "timeout_ms": timeout_ms,
+                                               "validate_only": bool(body["ValidateOnly"])},
+                    timeout_ms + 5000)
+                for r in resp["topics"]:
+                    results[r["name"]] = {"Name": r["name"],
+                                          "ErrorCode": kafka_code(r.get("error", 0)),
+                                          "ErrorMessage": r.get("msg")}
+            except (DmqError, OSError, TimeoutError) as exc:
+                code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
+                    else int(ErrorCode.REQUEST_TIMED_OUT)
+                for r in request:
+                    results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
+                                          "ErrorMessage": message_of(exc)}
+        unknown = int(ErrorCode.UNKNOWN_SERVER_ERROR)
+        return {"Results": [results.get(t["Name"], {"Name": t["Name"], "ErrorCode": unknown})
+                            for t in body["Topics"]]}
+
+    def describe_cluster(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        if body.get("EndpointType", 1) != 1:
+            return {"ErrorCode": UNSUPPORTED_ENDPOINT_TYPE, "EndpointType": body["EndpointType"],
+                    "ErrorMessage": "only broker endpoints are described",
+                    "ClusterId": self.cluster_id, "ControllerId": -1, "Brokers": []}
+        md = self._metadata_answer(self._image(), [], set())
+        return {"ErrorCode": 0, "EndpointType": 1, "ClusterId": self.cluster_id,
+                "ControllerId": self.broker_id,
+                "Brokers": [{"BrokerId": b["NodeId"], "Host": b["Host"], "Port": b["Port"],
+                             "Rack": b["Rack"]} for b in md["Brokers"]],
+                "ClusterAuthorizedOperations": NO_AUTHORIZED_OPERATIONS}
+
+
+def _config_entry(name: str, value: Any, source: int, read_only: bool) -> dict[str, Any]:
+    text = value if isinstance(value, str) or value is None else (
+        str(value).lower() if isinstance(value, bool) else str(value))
+    return {"Name": name, "Value": text, "ReadOnly": read_only, "ConfigSource": source,
+            "IsSensitive": False, "Synonyms": [], "ConfigType": 0, "Documentation": None}
+
+
+async def _after(pending: Awaitable[Any], convert: Callable[[Any], Any]) -> Any:
+    return convert(await pending)
+
+
+def _produce_answer(result: dict[str, Any]) -> dict[str, Any]:
+    return {"Responses": [
+        {"Name": topic, "PartitionResponses": [
+            {"Index": p, "ErrorCode": kafka_code(err or 0), "BaseOffset": base,
+             "LogAppendTimeMs": -1, "LogStartOffset": start, "ErrorMessage": msg}
+            for p, err, base, start, msg in rows]}
+        for topic, rows in result["topics"]]}
+
+
+def _fetch_answer(result: dict[str, Any]) -> dict[str, Any]:
+    return {"ErrorCode": 0, "SessionId": 0, "Responses": [
+        {"Topic": topic, "Partitions": [
+            {"PartitionIndex": p, "ErrorCode": kafka_code(err), "HighWatermark": hw,
+             "LastStableOffset": hw, "LogStartOffset": start, "AbortedTransactions": None,
+             "PreferredReadReplica": -1, "Records": kafka_view(data, is_dmq_native)}
+            for p, err, hw, start, _leo, data in rows]}
+        for topic, rows in result["topics"]]}
+
+
+__all__ = ["KafkaApis", "cluster_id_of", "kafka_code", "topic_uuid"]

@@ -1,0 +1,90 @@
+"""Bounds of the Kafka listener on a live node: connections per address, idle
+connections, and the request-memory budget (unit)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dmq.kafka.server import ByteBudget
+from tests.kafka.support import KafkaConn, kafka_ports, wait_metadata_brokers
+from tests.support.procs import ProcessCluster
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[tuple[ProcessCluster, int]]:
+    with ProcessCluster(controllers=1, combined=True,
+                        settings={"kafka.port": 0, "max.connections.per.ip": 40,
+                                  "connections.max.idle.ms": 1500}) as pc:
+        pc.start()
+        port = kafka_ports(pc)[1]
+        wait_metadata_brokers(port, 1)
+        yield pc, port
+
+
+@pytest.mark.slow
+def test_connection_past_the_per_address_cap_is_closed(node: tuple[ProcessCluster, int]) -> None:
+    pc, port = node
+    conns = [KafkaConn(port, timeout_s=5) for _ in range(40)]
+    try:
+        for c in conns:  # every one is served (and so counted) before the next test
+            assert c.request("ApiVersions", 3, {})["ErrorCode"] == 0
+        with KafkaConn(port, timeout_s=5) as extra:
+            assert extra.closed_by_peer()
+        assert conns[0].request("ApiVersions", 3, {})["ErrorCode"] == 0
+    finally:
+        for c in conns:
+            c.sock.close()
+    assert "max.connections.per.ip" in pc.nodes[1].log_text()
+    # the broker counts the closed ones down as it sees them end: wait for room again
+    deadline = time.monotonic() + 10
+    while True:
+        with KafkaConn(port, timeout_s=5) as probe:
+            try:
+                if probe.request("ApiVersions", 3, {})["ErrorCode"] == 0:
+                    break
+            except (AssertionError, OSError):  # refused: closed at once
+                pass
+        assert time.monotonic() < deadline, "closed connections never counted down"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_idle_connection_is_closed_busy_one_is_not(node: tuple[ProcessCluster, int]) -> None:
+    _, port = node
+    with KafkaConn(port, timeout_s=10) as idle, KafkaConn(port, timeout_s=10) as busy:
+        assert idle.request("ApiVersions", 3, {})["ErrorCode"] == 0
+        # a long poll in flight for longer than the idle time: not idle
+        busy.send("Fetch", 11, {"MaxWaitMs": 2500, "MinBytes": 1, "SessionEpoch": -1,
+                                "Topics": []})
+        assert idle.closed_by_peer()
+        cid, _ = busy.receive("Fetch", 11)
+        assert cid == busy.correlation_id
+
+
+async def test_byte_budget_waits_for_room_and_always_fits_one() -> None:
+    budget = ByteBudget(100)
+    await budget.acquire(500)  # bigger than the limit: fits when nothing else is held
+    second = asyncio.ensure_future(budget.acquire(10))
+    await asyncio.sleep(0)
+    assert not second.done()
+    await budget.release(500)
+    await asyncio.wait_for(second, 5)
+    assert budget.used == 10
+
+
+@pytest.mark.slow
+def test_a_stalled_frame_body_is_dropped(node: tuple[ProcessCluster, int]) -> None:
+    """A large frame reserves request memory; its sender stalling for the idle time
+    must not hold it: the connection is closed, and a full request still goes through."""
+    import struct
+
+    _, port = node
+    with KafkaConn(port, timeout_s=10) as stalled:
+        stalled.sock.sendall(struct.pack(">i", 1 << 20) + b"\0" * 100)  # 1 MiB promised
+        assert stalled.closed_by_peer()
+    with KafkaConn(port, timeout_s=10) as other:
+        assert other.request("ApiVersions", 3, {})["ErrorCode"] == 0
