@@ -5,6 +5,7 @@ the cleaner's leftovers and torn tails; a format-2 folder is never touched again
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -85,7 +86,8 @@ def downgrade_folder(directory: str | Path) -> int:
                 n += 1
             f.seek(0)
             f.write(data)
-    os.unlink(os.path.join(directory, FORMAT_FILE))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, FORMAT_FILE))
     return n
 
 
