@@ -389,10 +389,12 @@ def test_crash_at_random_points_of_the_migration_then_reopen(tmp_path: Path) -> 
 
 # ---------------------------------------------------------------- rate
 
-def migration_rate(root: str, total_mib: int = 100, batch_kib: int = 16) -> str:
+def migration_rate(root: str, total_mib: int = 100, batch_kib: int = 16,
+                   cold: bool = False) -> str:
     """Build a `total_mib` format-1 log of `batch_kib` batches and time its migration
-    (fsync on). Run: .venv/bin/python -m tests.unit.log.test_format_migration"""
-    path = os.path.join(root, "bench-0")
+    (fsync on); `cold`: its pages dropped from the page cache first (as after a reboot).
+    Run: .venv/bin/python -m tests.unit.log.test_format_migration"""
+    path = os.path.join(root, f"bench-{int(cold)}")
     plog = PartitionLog.open(path, LogConfig(), ManualClock(), fsync_enabled=False)
     value = os.urandom(batch_kib * 1024 - 200)
     n = total_mib * 1024 // batch_kib
@@ -401,9 +403,15 @@ def migration_rate(root: str, total_mib: int = 100, batch_kib: int = 16) -> str:
     plog.close()
     downgrade_folder(path)
     os.sync()
+    if cold:
+        for name in os.listdir(path):
+            fd = os.open(os.path.join(path, name), os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
     res = ensure_current_format(path, sync=True)
     assert res is not None and res.batches == n
-    return (f"{res.batches} batches, {res.bytes / 2**20:.1f} MiB in {res.seconds:.2f} s: "
+    return (f"{'cold' if cold else 'warm'} page cache: {res.batches} batches, "
+            f"{res.bytes / 2**20:.1f} MiB in {res.seconds:.2f} s: "
             f"{res.bytes / 2**20 / res.seconds:.0f} MiB/s, "
             f"{res.batches / res.seconds:.0f} batches/s")
 
@@ -413,3 +421,4 @@ if __name__ == "__main__":
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", ".")) as d:
         print(migration_rate(d))
+        print(migration_rate(d, cold=True))
