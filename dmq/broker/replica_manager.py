@@ -174,6 +174,12 @@ class ReplicaManager:
             self._loaded[(res[0], res[1])] = (res[2], res[3])
         log.info("broker=%d loaded %d partition logs in %d ms", self.broker_id,
                  len(self._loaded), self.clock.monotonic_ms() - started)
+        migrated = [m for lg, _ in self._loaded.values()
+                    if (m := lg.migration) is not None and m.batches]
+        if migrated:
+            log.info("broker=%d migrated %d partition logs to record format 2 (%d batches, "
+                     "%.1f MiB); an older dmq cannot read them", self.broker_id, len(migrated),
+                     sum(m.batches for m in migrated), sum(m.bytes for m in migrated) / 2**20)
 
     def start(self) -> None:
         self._running = True

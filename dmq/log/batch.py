@@ -30,8 +30,9 @@ v2 header, byte for byte, so a batch holds one of two record formats, told apart
 bit 7 alone: set, the dmq-native msgpack records described below (every batch dmq's
 builder writes); clear, Kafka's varint records (`dmq.log.kafka_records`), as a Kafka
 client sent them through the Kafka listener, stored byte for byte. Data written
-before bit 7 existed has it clear and reads as Kafka records, which it is not: such a
-batch is a `CorruptRecordError` naming the cause (no migration). The CRC starts at
+before bit 7 existed has it clear and would read as Kafka records, which it is not
+(a `CorruptRecordError` naming the cause): a log opens through `dmq.log.migrate`, which
+marks such batches in place first. The CRC starts at
 `attributes` so that `base_offset` and `partition_leader_epoch` can be rewritten in
 place by the leader without recomputing it (Kafka does the same). The dmq-native
 records payload is one msgpack array of records, each

@@ -18,6 +18,7 @@ Folder layout::
     00000000000000000000.log / .index / .timeindex   segments, named by base offset
     meta.checkpoint            recovery_point, log_start_offset, clean_shutdown
     leader-epoch-checkpoint    epoch -> start offset
+    log-format                 record format version (`dmq.log.migrate`)
 
 Descriptors: the active segment keeps its `.log` open; a closed segment releases its
 descriptor and reopens it when read, and at most `MAX_IDLE_SEGMENT_FDS` closed segments
@@ -84,6 +85,7 @@ from dmq.log.errors import (
     RecordTooLargeError,
     UnexpectedAppendOffsetError,
 )
+from dmq.log.migrate import MigrationResult, ensure_current_format
 from dmq.log.producer_state import ProducerStateManager
 from dmq.log.recovery import META_FILE, load_segments
 from dmq.log.segment import LogSegment
@@ -826,6 +828,9 @@ class PartitionLog:
     # ------------------------------------------------------------------ loading
 
     def _load(self) -> None:
+        # before recovery, whose CRC checks need migrated batches (`dmq.log.migrate`)
+        self.migration: MigrationResult | None = ensure_current_format(
+            self.directory, self.fsync_enabled)
         loaded = load_segments(self.directory, self.config, self._new_segment,
                                self.fsync_enabled)
         segs = loaded.segments
