@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 from dmq.broker.errors import error_code_of, message_of
 from dmq.broker.partition import Partition, ProduceWaiter
 from dmq.controller.image import metadata_body
+from dmq.log.batch import all_dmq_native
 from dmq.log.errors import LogError, OffsetOutOfRangeError
 from dmq.protocol.api import ApiKey
 from dmq.protocol.codec import VECTORED_MIN_BYTES, VectoredBody
 from dmq.protocol.errors import (
     DmqError,
     ErrorCode,
+    InvalidRecordError,
     InvalidRequiredAcksError,
     LeaderNotAvailableError,
     NotLeaderOrFollowerError,
@@ -97,7 +99,10 @@ class DataPlane:
 
     # ------------------------------------------------------------------ produce
 
-    def produce(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+    def produce(self, ctx: RequestContext, body: dict[str, Any], *,
+                kafka_listener: bool = False) -> Any:
+        """dmq's PRODUCE; the Kafka listener's Produce too (`kafka_listener`), whose
+        batches hold Kafka records, where dmq's own protocol takes dmq-native ones only."""
         acks = body["acks"]
         if acks not in (0, 1, -1):
             raise InvalidRequiredAcksError(f"acks must be 0, 1 or -1, got {acks}")
@@ -112,6 +117,12 @@ class DataPlane:
                 try:
                     part = self._partition(topic, p)
                     part.check_leader(leader_epoch)
+                    if not kafka_listener and not all_dmq_native(records):
+                        raise InvalidRecordError(
+                            f"{topic}-{p}: a batch without the dmq-native mark (attribute "
+                            f"bit 7) on dmq's own protocol: a dmq client older than this "
+                            f"broker? Upgrade it; Kafka clients write through the Kafka "
+                            f"listener")
                     info = part.append_as_leader(records, acks)
                     row[2] = info.base_offset
                     row[3] = part.log.log_start_offset

@@ -210,7 +210,8 @@ class KafkaApis:
                                 else b""] for p in t["PartitionData"]]]
                   for t in body["TopicData"]]
         result = self.data_plane.produce(
-            _NO_CONTEXT, {"acks": acks, "timeout_ms": body["TimeoutMs"], "topics": topics})
+            _NO_CONTEXT, {"acks": acks, "timeout_ms": body["TimeoutMs"], "topics": topics},
+            kafka_listener=True)
         if result is DMQ_NO_RESPONSE or acks == 0:
             return NO_RESPONSE
         if isinstance(result, dict):

@@ -212,6 +212,22 @@ def validate_batches(buf: Buffer) -> list[BatchHeader]:
     return [BatchHeader._make(t) for t in validate_raw(mv)]
 
 
+def all_dmq_native(buf: Buffer) -> bool:
+    """True when every whole batch in `buf` carries `ATTR_DMQ_NATIVE`: what dmq's own
+    protocol accepts from a producer (one byte per batch; a malformed buffer is left to
+    the append's own checks)."""
+    size = len(buf)
+    pos = 0
+    while size - pos >= HEADER_SIZE:
+        if not buf[pos + 22] & ATTR_DMQ_NATIVE:
+            return False
+        batch_length = int.from_bytes(buf[pos + 8:pos + 12], "big", signed=True)
+        if batch_length < MIN_BATCH_LENGTH:
+            return True
+        pos += batch_length + LOG_OVERHEAD
+    return True
+
+
 def iter_headers(buf: Buffer) -> Iterator[BatchHeader]:
     """Yield headers of whole batches in `buf` without CRC checks; stop at a partial tail."""
     size = len(buf)
