@@ -10,13 +10,11 @@ bound except against the configured timeouts the fix is about.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from dmq.protocol.errors import (
     UnknownTopicOrPartitionError,
 )
 from tests.support.procs import ProcessCluster, free_ports
+from tests.support.tmpfs import mount_tmpfs, tmpfs_skip_reason
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -334,33 +333,16 @@ async def test_consumer_of_a_partition_that_does_not_exist_raises(
                 assert await c.getmany(timeout_ms=1000) == {}
 
 
-def _tmpfs_works() -> str | None:
-    """None when `mount -t tmpfs` works here, else why not."""
-    if os.geteuid() != 0:
-        return "needs root to mount a tmpfs"
-    d = tempfile.mkdtemp(prefix="dmq-tmpfs-probe-")
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", d],
-                           capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            return f"mount -t tmpfs does not work here: {r.stderr.strip()}"
-        subprocess.run(["umount", d], check=False)
-        return None
-    finally:
-        os.rmdir(d)
-
-
 async def test_disk_full_is_named_by_the_producer_and_logged_by_the_broker() -> None:
     """A disk-full STORAGE_ERROR surfaced as a bare delivery timeout, and the broker
     wrote no log line about refusing the write."""
-    why = _tmpfs_works()
+    why = tmpfs_skip_reason()
     if why is not None:
         pytest.skip(why)
     with ProcessCluster(controllers=1, brokers=1) as pc:
         data = pc.nodes[101].data_dir
         data.mkdir(parents=True)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(data)],
-                           capture_output=True, text=True, check=False)
+        r = mount_tmpfs(str(data), "3m")
         assert r.returncode == 0, r.stderr
         try:
             pc.start()

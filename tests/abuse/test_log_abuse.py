@@ -11,7 +11,6 @@ line); it must report the full disk and never die of a signal.
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import signal
 import struct
@@ -33,6 +32,7 @@ from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError, ErrorCode
 from tests.abuse.support import assert_cluster_healthy, write_canary
 from tests.support.procs import ProcessCluster
+from tests.support.tmpfs import fill, mount_tmpfs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -145,21 +145,8 @@ def _mount_tmpfs(path: str, size: str) -> str | None:
     """Mount a tmpfs of `size` on `path`; the reason it cannot, or None."""
     if os.geteuid() != 0:
         return "needs root to mount a small tmpfs"
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
-                       capture_output=True, text=True, check=False)
+    r = mount_tmpfs(path, size)
     return None if r.returncode == 0 else f"mount -t tmpfs failed: {r.stderr.strip()}"
-
-
-def _fill(directory: str, leave_pages: int) -> None:
-    path = os.path.join(directory, "filler")
-    with open(path, "wb", buffering=0) as f:
-        while True:
-            try:
-                f.write(b"\0" * 4096)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                break
-    os.truncate(path, os.path.getsize(path) - 4096 * leave_pages)
 
 
 @pytest.mark.parametrize(("stop_signal", "leave_pages"), [
@@ -186,7 +173,7 @@ def test_a_broker_restarted_on_a_full_disk_reports_it_and_never_dies_of_a_signal
 
             asyncio.run(write())
             pc.kill(101, stop_signal)
-            _fill(str(data), leave_pages)
+            fill(str(data), leave_pages)
             log_size = pc.nodes[101].log_path.stat().st_size
             pc.start(101, wait=False)
             proc = pc.nodes[101].proc

@@ -7,7 +7,6 @@ acknowledged is lost and nothing refused is in the log."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError, ErrorCode
 from tests.support.procs import ProcessCluster
+from tests.support.tmpfs import mount_tmpfs, tmpfs_skip_reason
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 
@@ -27,28 +27,8 @@ TOPIC = "disk"
 RECORD = b"x" * 16_000
 
 
-def _mount(path: str, size: str, remount: bool = False) -> subprocess.CompletedProcess[str]:
-    opts = f"remount,size={size}" if remount else f"size={size}"
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", path],
-                          capture_output=True, text=True, check=False)
-
-
-def _tmpfs_works() -> tuple[bool, str]:
-    if os.geteuid() != 0:
-        return False, "needs root to mount a tmpfs"
-    import tempfile
-    d = tempfile.mkdtemp(prefix="dmq-tmpfs-probe-")
-    try:
-        r = _mount(d, "1m")
-        if r.returncode != 0:
-            return False, f"mount -t tmpfs does not work here: {r.stderr.strip()}"
-        subprocess.run(["umount", d], check=False)
-        return True, ""
-    finally:
-        os.rmdir(d)
-
-
-ok, why = _tmpfs_works()
+why = tmpfs_skip_reason()
+ok = why is None
 
 
 @pytest.fixture
@@ -59,7 +39,7 @@ def small_disk_cluster() -> Iterator[ProcessCluster]:
             "broker.session.timeout.ms": 3000, "broker.heartbeat.interval.ms": 300}) as c:
         data = c.nodes[101].data_dir
         data.mkdir(parents=True)
-        r = _mount(str(data), "3m")
+        r = mount_tmpfs(str(data), "3m")
         assert r.returncode == 0, r.stderr
         try:
             c.start()
@@ -134,7 +114,7 @@ def test_full_disk_refuses_writes_serves_reads_and_recovers(
     assert [b["state"] for b in brokers] == ["ONLINE"], brokers
     assert read_all(c) == acked
     # space returns: writes are accepted again
-    r = _mount(str(c.nodes[101].data_dir), "16m", remount=True)
+    r = mount_tmpfs(str(c.nodes[101].data_dir), "16m", remount=True)
     assert r.returncode == 0, r.stderr
     deadline = time.monotonic() + 15
     while (row := produce(c, b"after-" + RECORD))[1] != 0:

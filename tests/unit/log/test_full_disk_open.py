@@ -9,7 +9,6 @@ for a small tmpfs; skipped with the reason otherwise.
 
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
 import sys
@@ -21,54 +20,25 @@ import pytest
 
 from dmq.log import LogConfig, PartitionLog, build_batch
 from dmq.log.errors import LogDiskFullError
+from tests.support.tmpfs import fill, mount_tmpfs, tmpfs_skip_reason
 from tests.unit.log.helpers import check_log_consistent, read_all
 
 CFG = LogConfig(segment_index_bytes=256 * 1024, index_interval_bytes=64)
 
 
-def _tmpfs_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to mount a small tmpfs"
-    d = tempfile.mkdtemp(prefix="dmq-tmpfs-probe-")
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", d],
-                           capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            return f"mount -t tmpfs does not work here: {r.stderr.strip()}"
-        subprocess.run(["umount", d], check=False)
-        return None
-    finally:
-        os.rmdir(d)
-
-
 @pytest.fixture
 def small_disk() -> Iterator[str]:
-    reason = _tmpfs_skip_reason()
+    reason = tmpfs_skip_reason()
     if reason is not None:
         pytest.skip(reason)
     d = tempfile.mkdtemp(prefix="dmq-full-disk-")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", d],
-                       capture_output=True, text=True, check=False)
+    r = mount_tmpfs(d, "2m")
     assert r.returncode == 0, r.stderr
     try:
         yield d
     finally:
         subprocess.run(["umount", "-l", d], check=False)
         os.rmdir(d)
-
-
-def _fill(directory: str, leave_pages: int) -> None:
-    """Write a filler file until the file system is full, then free `leave_pages` pages."""
-    path = os.path.join(directory, "filler")
-    with open(path, "wb", buffering=0) as f:
-        chunk = b"\0" * 4096
-        while True:
-            try:
-                f.write(chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                break
-    os.truncate(path, os.path.getsize(path) - 4096 * leave_pages)
 
 
 def _reopen_in_child(path: str, extra: str = "") -> subprocess.CompletedProcess[str]:
@@ -106,7 +76,7 @@ def test_reopen_on_a_full_disk_is_an_error_not_a_sigbus(small_disk: str, clean: 
     checkpoint took and gave back a page, then the rebuilt index's first store into
     its sparse preallocation found no page to fill the hole."""
     path = _log_with_data(small_disk, clean)
-    _fill(small_disk, free_pages)
+    fill(small_disk, free_pages)
     r = _reopen_in_child(path, "plog.flush(); plog.close()")
     assert r.returncode == 0, f"child died (rc {r.returncode}): {r.stderr[-2000:]}"
     # refused naming the full disk, or opened within blocks its indexes already held
@@ -122,7 +92,7 @@ def test_a_clean_reopen_with_empty_indexes_on_a_full_disk(small_disk: str) -> No
     nothing (no entry yet); reopened, they were grown back sparse and mapped, and the
     first read of entry 0, a hole, faulted on the full tmpfs: SIGBUS (rc 135)."""
     path = _log_with_data(small_disk, True, LogConfig(segment_index_bytes=256 * 1024))
-    _fill(small_disk, 0)
+    fill(small_disk, 0)
     r = _reopen_in_child(path)
     assert r.returncode == 0, f"child died (rc {r.returncode}): {r.stderr[-2000:]}"
     assert ("opened 20" in r.stdout or "refused:" in r.stdout
@@ -138,7 +108,7 @@ def test_a_sparse_index_of_an_active_segment_on_a_full_disk(
     for name in os.listdir(path):
         if name.endswith((".index", ".timeindex")):
             os.truncate(os.path.join(path, name), CFG.segment_index_bytes)  # a hole
-    _fill(small_disk, 1)
+    fill(small_disk, 1)
     r = _reopen_in_child(path, "plog.flush(); plog.close()")
     assert r.returncode == 0, f"child died (rc {r.returncode}): {r.stderr[-2000:]}"
     assert ("opened 20" in r.stdout or "refused:" in r.stdout
@@ -158,7 +128,7 @@ def test_a_roll_on_a_full_disk_refuses_the_append_and_the_log_stays_open(
     while plog.segments[-1].size_bytes + len(data) <= cfg.segment_bytes:
         plog.append_as_leader(data, 1)  # the next append rolls
     end = plog.log_end_offset
-    _fill(small_disk, 0)
+    fill(small_disk, 0)
     with pytest.raises(LogDiskFullError, match="No space left"):
         plog.append_as_leader(data, 1)
     assert (plog.log_end_offset, plog.closed) == (end, False)
