@@ -10,12 +10,14 @@ bytes of its reproduction on the wire, whatever the client library would refuse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -108,3 +110,12 @@ async def assert_cluster_healthy(pc: ProcessCluster, canary: list[bytes]) -> Non
     seen = await read_canary(pc.bootstrap)
     missing = set(canary) - seen
     assert not missing, f"{len(missing)} acknowledged canary records unreadable"
+
+
+@contextlib.contextmanager
+def canary_cluster(settings: dict[str, Any] | None = None
+                   ) -> Iterator[tuple[ProcessCluster, list[bytes]]]:
+    """A started 3-controller + 3-broker cluster and its acknowledged canary records."""
+    with ProcessCluster(controllers=3, brokers=3, settings=settings or {}) as pc:
+        pc.start()
+        yield pc, asyncio.run(write_canary(pc.bootstrap))

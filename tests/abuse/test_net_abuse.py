@@ -33,11 +33,11 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode
 from tests.abuse.support import (
     assert_cluster_healthy,
+    canary_cluster,
     cluster_status,
     frame,
     read_canary,
     request_raw,
-    write_canary,
 )
 from tests.abuse.wire import call, identify
 from tests.support.procs import ProcessCluster
@@ -56,10 +56,8 @@ DENIED = int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED)
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[ProcessCluster, list[bytes]]]:
-    with ProcessCluster(controllers=3, brokers=3, settings=SETTINGS) as pc:
-        pc.start()
-        canary = asyncio.run(write_canary(pc.bootstrap))
-        yield pc, canary
+    with canary_cluster(SETTINGS) as started:
+        yield started
 
 
 def rss_bytes(pid: int) -> int:

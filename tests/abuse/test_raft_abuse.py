@@ -27,7 +27,12 @@ import pytest
 from dmq.devcluster import ensure_topic
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode, is_retriable
-from tests.abuse.support import assert_cluster_healthy, frame, request_raw, write_canary
+from tests.abuse.support import (
+    assert_cluster_healthy,
+    canary_cluster,
+    frame,
+    request_raw,
+)
 from tests.abuse.wire import call, identify
 from tests.support.procs import ProcessCluster, wait_port
 
@@ -74,10 +79,8 @@ def controller_terms(pc: ProcessCluster) -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[ProcessCluster, list[bytes]]]:
-    with ProcessCluster(controllers=3, brokers=3, settings=SETTINGS) as pc:
-        pc.start()
-        canary = asyncio.run(write_canary(pc.bootstrap))
-        yield pc, canary
+    with canary_cluster(SETTINGS) as started:
+        yield started
 
 
 def request_as(port: int, node_id: int, obj: Any) -> Any:
