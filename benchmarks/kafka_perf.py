@@ -127,8 +127,8 @@ def produce_once(driver: str, bootstrap: str, topic: str, n: int, acks: str, dat
         dt, client = _run_client(
             ["kcat", "-P", "-b", bootstrap, "-t", topic, "-p", "0", "-z", "none", "-l",
              "-X", f"acks={acks}", "-X", "linger.ms=5", "-X", "batch.size=1000000",
-             "-X", "queue.buffering.max.messages=1000000",
-             "-X", "queue.buffering.max.kbytes=1048576", str(path)], timeout_s)
+             "-X", "queue.buffering.max.messages=2000000",
+             "-X", "queue.buffering.max.kbytes=2097151", str(path)], timeout_s)
     else:
         import confluent_kafka as ck
 
@@ -137,8 +137,8 @@ def produce_once(driver: str, bootstrap: str, topic: str, n: int, acks: str, dat
         producer = ck.Producer({"bootstrap.servers": bootstrap, "acks": acks,
                                 "linger.ms": 5, "batch.size": 1_000_000,
                                 "compression.type": "none",
-                                "queue.buffering.max.messages": 1_000_000,
-                                "queue.buffering.max.kbytes": 1_048_576})
+                                "queue.buffering.max.messages": 2_000_000,
+                                "queue.buffering.max.kbytes": 2_097_151})
         failed: list[str] = []
 
         def on_error(err: object, _msg: object) -> None:
