@@ -49,6 +49,11 @@ KAFKA_CASES = ("kafka-100B-acks1", "kafka-100B-acksall", "kafka-consume-100B")
 KAFKA_OFFSET = 20  # `dmq dev` puts the brokers' Kafka listeners at base port + 20
 RECORD = 100
 RUN_TIMEOUT_S = 120.0
+# librdkafka stops fetching for fetch.queue.backoff.ms / fetch.error.backoff.ms (1 s /
+# 500 ms) whenever its local queue passes queued.min.messages (100,000) or
+# queued.max.messages.kbytes (64 MiB): with the defaults a fast reader of 100 B records
+# spends most of its time in that backoff ("Fetch backoff for 1000ms: Local: Queue full").
+FETCH_QUEUE = ("queued.min.messages=10000000", "queued.max.messages.kbytes=2097151")
 
 
 def free_kafka_base_port() -> int:
@@ -180,7 +185,8 @@ def consume_once(driver: str, bootstrap: str, topic: str, n: int, data: Path,
         with open(out, "wb") as f:
             dt, client = _run_client(
                 ["kcat", "-C", "-b", bootstrap, "-t", topic, "-p", "0", "-o", "beginning",
-                 "-e", "-q", "-c", str(n), "-f", "%s\n"], timeout_s, stdout=f)
+                 "-e", "-q", "-c", str(n), "-f", "%s\n", *(f"-X{x}" for x in FETCH_QUEUE)],
+                timeout_s, stdout=f)
         got = out.stat().st_size // (RECORD + 1)
         out.unlink()
     else:
@@ -190,7 +196,8 @@ def consume_once(driver: str, bootstrap: str, topic: str, n: int, data: Path,
         t0 = time.perf_counter()
         consumer = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "kafka-perf",
                                 "enable.auto.commit": False, "fetch.max.bytes": 52_428_800,
-                                "max.partition.fetch.bytes": 10_485_760})
+                                "max.partition.fetch.bytes": 10_485_760,
+                                **dict(x.split("=") for x in FETCH_QUEUE)})
         consumer.assign([ck.TopicPartition(topic, 0, 0)])
         got = 0
         deadline = time.monotonic() + timeout_s
