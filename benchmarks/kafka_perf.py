@@ -15,7 +15,10 @@ Times are wall clock from the start of the client to its end (connection and met
 included). Every produce run is checked: the partition's end offset must have moved by
 exactly N. CPU per record is read from /proc for the dmq node processes and for
 redis-server, and from the rusage of the reaped client process (kcat,
-redis-benchmark), or this process's own CPU time for the confluent driver.
+redis-benchmark), or this process's own CPU time for the confluent driver. The note of
+each dmq row also gives how long the node processes were runnable but waiting for a CPU
+(schedstat), per second of the run: on a shared machine that, not the broker's own
+CPU, is what moves records/s.
 
 Redis: `redis-server` on 127.0.0.1 at a free port, no persistence (`--save ''
 --appendonly no`), started and stopped here by PID; `redis-benchmark -P 1000 -c 1 -n N
@@ -89,6 +92,18 @@ def pids_cpu_s(pids: list[int]) -> float:
     return total
 
 
+def pids_wait_s(pids: list[int]) -> float:
+    """Seconds the processes' threads spent runnable but waiting for a CPU
+    (/proc/PID/task/*/schedstat, second field; 0 where the kernel keeps no schedstats)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def driver_name(wanted: str) -> str:
     if wanted == "auto":
         return "kcat" if shutil.which("kcat") else "confluent"
@@ -126,7 +141,7 @@ def _run_client(cmd: list[str], timeout_s: float, stdout: object = subprocess.DE
 def produce_once(driver: str, bootstrap: str, topic: str, n: int, acks: str, data: Path,
                  node_pids: list[int], timeout_s: float = RUN_TIMEOUT_S) -> dict[str, float]:
     """Produce N records of 100 B to partition 0 of `topic` through the Kafka listener."""
-    b0 = pids_cpu_s(node_pids)
+    b0, w0 = pids_cpu_s(node_pids), pids_wait_s(node_pids)
     if driver == "kcat":
         path = records_file(data, n)
         dt, client = _run_client(
@@ -171,15 +186,16 @@ def produce_once(driver: str, bootstrap: str, topic: str, n: int, acks: str, dat
         client = time.process_time() - p0
         if left or failed:
             raise RuntimeError(f"{left} records not delivered; errors: {failed}")
-    nodes = pids_cpu_s(node_pids) - b0
+    nodes, wait = pids_cpu_s(node_pids) - b0, pids_wait_s(node_pids) - w0
     return {"records_s": n / dt, "mb_s": n * RECORD / dt / 1e6, "seconds": dt,
-            "client_us": client / n * 1e6, "nodes_us": nodes / n * 1e6}
+            "client_us": client / n * 1e6, "nodes_us": nodes / n * 1e6,
+            "nodes_wait": wait / dt}
 
 
 def consume_once(driver: str, bootstrap: str, topic: str, n: int, data: Path,
                  node_pids: list[int], timeout_s: float = RUN_TIMEOUT_S) -> dict[str, float]:
     """Read the first N records of partition 0 of `topic` (it holds at least N)."""
-    b0 = pids_cpu_s(node_pids)
+    b0, w0 = pids_cpu_s(node_pids), pids_wait_s(node_pids)
     if driver == "kcat":
         out = data / "consumed.txt"
         with open(out, "wb") as f:
@@ -212,9 +228,10 @@ def consume_once(driver: str, bootstrap: str, topic: str, n: int, data: Path,
         client = time.process_time() - p0
     if got != n:
         raise RuntimeError(f"consumed {got} records, expected {n}")
-    nodes = pids_cpu_s(node_pids) - b0
+    nodes, wait = pids_cpu_s(node_pids) - b0, pids_wait_s(node_pids) - w0
     return {"records_s": n / dt, "mb_s": n * RECORD / dt / 1e6, "seconds": dt,
-            "client_us": client / n * 1e6, "nodes_us": nodes / n * 1e6}
+            "client_us": client / n * 1e6, "nodes_us": nodes / n * 1e6,
+            "nodes_wait": wait / dt}
 
 
 # ---------------------------------------------------------------------------- redis

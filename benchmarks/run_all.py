@@ -570,10 +570,13 @@ async def kafka_produce_case(cluster: DevCluster, topic: str, n: int, acks: str,
     for i in range(runs):
         r = await once(n)
         log(f"{case} run {i + 1}: {r['records_s']:,.0f} records/s, {r['mb_s']:.1f} MB/s, "
-            f"cpu us/record {r['client_us']:.2f} {driver} + {r['nodes_us']:.2f} nodes")
+            f"cpu us/record {r['client_us']:.2f} {driver} + {r['nodes_us']:.2f} nodes; "
+            f"nodes waited for a CPU {r['nodes_wait']:.2f} s per s")
         results.append(r)
+    wait = statistics.median(r["nodes_wait"] for r in results)
     return median_row(case, system, results, f"{driver}, {n:,} records x {runs} runs, "
-                      f"acks={acks}, stored count checked")
+                      f"acks={acks}, stored count checked; nodes waited for a CPU "
+                      f"{wait:.2f} s/s")
 
 
 async def kafka_section(sz: Sizes, wanted: set[str], rows: list[Row], driver: str) -> None:
@@ -603,7 +606,8 @@ async def kafka_section(sz: Sizes, wanted: set[str], rows: list[Row], driver: st
                         r = kafka_perf.consume_once(driver, kb, "k100", n, data, cluster.pids())
                         log(f"kafka consume run {i + 1}: {r['records_s']:,.0f} records/s, "
                             f"cpu us/record {r['client_us']:.2f} {driver} + "
-                            f"{r['nodes_us']:.2f} nodes")
+                            f"{r['nodes_us']:.2f} nodes; nodes waited for a CPU "
+                            f"{r['nodes_wait']:.2f} s per s")
                         results.append(r)
                     rows.append(median_row("kafka-consume-100B", "dmq 1 node (Kafka)", results,
                                            f"{driver}, {n:,} records from offset 0, "
