@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -125,7 +126,7 @@ def records_file(folder: Path, n: int, size: int = RECORD) -> Path:
     return path
 
 
-def _run_client(cmd: list[str], timeout_s: float, stdout: object = subprocess.DEVNULL
+def _run_client(cmd: list[str], timeout_s: float, stdout: int | IO[Any] = subprocess.DEVNULL
                 ) -> tuple[float, float]:
     """Run a client to its end: (wall seconds, its CPU seconds from rusage)."""
     c0 = children_cpu_s()
