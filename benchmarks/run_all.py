@@ -1,7 +1,7 @@
 """The benchmark suite of issue 11: dmq and its Python-reachable peers (Redis Streams,
 NATS JetStream) on this machine in one invocation, one table.
 
-    .venv/bin/python benchmarks/run_all.py            # full: ~6-8 minutes
+    .venv/bin/python benchmarks/run_all.py            # full: ~7-9 minutes
     .venv/bin/python benchmarks/run_all.py --quick    # ~2 minutes, smaller counts
     .venv/bin/python benchmarks/run_all.py --smoke    # dmq cases only, tiny counts (CI)
     .venv/bin/python benchmarks/run_all.py --only produce-100B-acks1,consume-100B
@@ -547,9 +547,12 @@ async def three_broker_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> 
 
 async def end_offset(bootstrap: str, topic: str) -> int:
     """The end offset of partition 0 of `topic` (dmq's own client)."""
-    async with Consumer(bootstrap) as c:
-        tp = next(t for t in await c.topic_partitions(topic) if t.partition == 0)
-        return (await c.end_offsets([tp]))[tp]
+    async def ask() -> int:
+        async with Consumer(bootstrap) as c:
+            tp = next(t for t in await c.topic_partitions(topic) if t.partition == 0)
+            return (await c.end_offsets([tp]))[tp]
+
+    return int(await bounded(ask(), f"end offset of {topic}", 30))
 
 
 async def kafka_produce_case(cluster: DevCluster, topic: str, n: int, acks: str, runs: int,
