@@ -1,7 +1,7 @@
 """The benchmark suite of issue 11: dmq and its Python-reachable peers (Redis Streams,
 NATS JetStream) on this machine in one invocation, one table.
 
-    .venv/bin/python benchmarks/run_all.py            # full: ~6-8 minutes
+    .venv/bin/python benchmarks/run_all.py            # full: ~7-9 minutes
     .venv/bin/python benchmarks/run_all.py --quick    # ~2 minutes, smaller counts
     .venv/bin/python benchmarks/run_all.py --smoke    # dmq cases only, tiny counts (CI)
     .venv/bin/python benchmarks/run_all.py --only produce-100B-acks1,consume-100B
@@ -30,6 +30,16 @@ Cases (issue 11, item 2):
                           latency from the first record of each batch to its ack
   rss-1000-idle           broker RSS (and CPU while idle) of each of 3 brokers hosting a
                           1000-partition RF=3 topic, after it has been idle
+
+Kafka-client cases (issue 17; drivers and checks in kafka_perf.py):
+  kafka-100B-acks1        librdkafka (kcat -P, or confluent-kafka) into a 1-node cluster's
+                          Kafka listener, RF=1, acks=1   vs `redis-benchmark -P 1000 -c 1
+                          XADD` against a redis-server without persistence
+  kafka-100B-acksall      the same into 1 controller + 3 brokers, RF=3, acks=all
+  kafka-consume-100B      librdkafka (kcat -C -e) reading the filled RF=1 topic from
+                          offset 0   vs `redis-benchmark -P 1 -c 1 XRANGE s - + COUNT 1000`
+  For these rows `cpu us/rec` is the client process (kcat, redis-benchmark) + the
+  server processes (dmq nodes, redis-server).
 
 Latency columns: dmq produce = send() to acknowledgement, per record; Redis = one
 pipeline of 1000 XADDs, per pipeline; NATS = publish to its ack, per message;
@@ -63,6 +73,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import consume_perf  # noqa: E402
+import kafka_perf  # noqa: E402
 import produce_perf  # noqa: E402
 from perf_common import _free_base_port, percentiles_ms  # noqa: E402
 
@@ -91,17 +102,21 @@ class Sizes:
     peer_1k_records: int
     runs: int
     controllers: int           # controllers of the 3-broker cluster
+    kafka_records: int = 0     # kafka-100B-acks1 (and kafka-consume-100B) per run
+    kafka_r3_records: int = 0  # kafka-100B-acksall per run
+    redis_records: int = 0     # redis-benchmark XADD requests per run
 
 
 FULL = Sizes(1_000_000, 300_000, 1_000_000, 2_000, 100_000, 300_000, (1, 10, 100, 1000),
-             1000, 10.0, 200_000, 200_000, 200_000, 3, 3)
+             1000, 10.0, 200_000, 200_000, 200_000, 3, 3, 2_000_000, 1_000_000, 2_000_000)
 QUICK = Sizes(200_000, 50_000, 200_000, 500, 20_000, 50_000, (1, 10, 100, 1000),
-              1000, 3.0, 50_000, 30_000, 30_000, 3, 1)
-SMOKE = Sizes(3_000, 1_000, 3_000, 20, 500, 2_000, (1, 10), 20, 1.0, 0, 0, 0, 1, 1)
+              1000, 3.0, 50_000, 30_000, 30_000, 3, 1, 500_000, 300_000, 500_000)
+SMOKE = Sizes(3_000, 1_000, 3_000, 20, 500, 2_000, (1, 10), 20, 1.0, 0, 0, 0, 1, 1,
+              3_000, 2_000, 0)
 
 CASE_NAMES = ("produce-100B-acks1", "produce-100B-acksall", "produce-1KiB-acks1",
               "consume-100B", "produce-100KiB-acks1", "e2e-10k/s-acksall", "partitions",
-              "rss-1000-idle")
+              "rss-1000-idle", *kafka_perf.KAFKA_CASES)
 
 RUN_TIMEOUT_S = 180.0  # any single timed run
 BIG = 100 * 1024
@@ -213,10 +228,13 @@ def machine_banner() -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def dev_cluster(controllers: int, brokers: int) -> Any:
+async def dev_cluster(controllers: int, brokers: int, kafka: bool = False) -> Any:
+    """A private cluster; with `kafka`, brokers also listen for Kafka clients from base
+    port + 20 (as `dmq dev` does)."""
     root = Path(tempfile.mkdtemp(prefix="dmq-bench-"))
-    cluster = DevCluster(root, controllers, brokers, _free_base_port(), quiet=True,
-                         echo=lambda s: None)
+    base = kafka_perf.free_kafka_base_port() if kafka else _free_base_port()
+    cluster = DevCluster(root, controllers, brokers, base, quiet=True, echo=lambda s: None,
+                         kafka_base_port=base + kafka_perf.KAFKA_OFFSET if kafka else None)
     try:
         await cluster.start(timeout_s=60)
         yield cluster
@@ -524,6 +542,145 @@ async def three_broker_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> 
             rows.extend(await idle_rss_case(cluster, sz.idle_partitions, sz.idle_seconds))
 
 
+# ---------------------------------------------------------------------------- Kafka clients
+
+
+async def end_offset(bootstrap: str, topic: str) -> int:
+    """The end offset of partition 0 of `topic` (dmq's own client)."""
+    async def ask() -> int:
+        async with Consumer(bootstrap) as c:
+            tp = next(t for t in await c.topic_partitions(topic) if t.partition == 0)
+            return (await c.end_offsets([tp]))[tp]
+
+    return int(await bounded(ask(), f"end offset of {topic}", 30))
+
+
+async def kafka_produce_case(cluster: DevCluster, topic: str, n: int, acks: str, runs: int,
+                             case: str, system: str, driver: str, data: Path) -> Row:
+    kb = cluster.kafka_bootstrap
+    assert kb is not None
+
+    async def once(count: int) -> dict[str, float]:
+        before = await end_offset(cluster.bootstrap, topic)
+        r = kafka_perf.produce_once(driver, kb, topic, count, acks, data, cluster.pids())
+        stored = await end_offset(cluster.bootstrap, topic) - before
+        if stored != count:
+            raise RuntimeError(f"{case}: produced {count} records, the log grew by {stored}")
+        return r
+
+    await once(max(1, n // 5))  # warm-up
+    results = []
+    for i in range(runs):
+        r = await once(n)
+        log(f"{case} run {i + 1}: {r['records_s']:,.0f} records/s, {r['mb_s']:.1f} MB/s, "
+            f"cpu us/record {r['client_us']:.2f} {driver} + {r['nodes_us']:.2f} nodes; "
+            f"nodes waited for a CPU {r['nodes_wait']:.2f} s per s")
+        results.append(r)
+    wait = statistics.median(r["nodes_wait"] for r in results)
+    return median_row(case, system, results, f"{driver}, {n:,} records x {runs} runs, "
+                      f"acks={acks}, stored count checked; nodes waited for a CPU "
+                      f"{wait:.2f} s/s")
+
+
+async def kafka_section(sz: Sizes, wanted: set[str], rows: list[Row], driver: str) -> None:
+    if not wanted & set(kafka_perf.KAFKA_CASES):
+        return
+    data = Path(tempfile.mkdtemp(prefix="dmq-bench-kafka-"))
+    try:
+        if wanted & {"kafka-100B-acks1", "kafka-consume-100B"}:
+            log(f"starting a 1-node dmq cluster with a Kafka listener ({driver})")
+            async with dev_cluster(1, 1, kafka=True) as cluster:
+                await create_topic(cluster.bootstrap, "k100", 1, 1)
+                n = sz.kafka_records
+                if "kafka-100B-acks1" in wanted:
+                    rows.append(await kafka_produce_case(
+                        cluster, "k100", n, "1", sz.runs, "kafka-100B-acks1",
+                        "dmq 1 node RF=1 (Kafka)", driver, data))
+                if "kafka-consume-100B" in wanted:
+                    have = await end_offset(cluster.bootstrap, "k100")
+                    if have < n:
+                        kafka_perf.produce_once(driver, cluster.kafka_bootstrap or "", "k100",
+                                                n - have, "1", data, cluster.pids())
+                    kb = cluster.kafka_bootstrap or ""
+                    kafka_perf.consume_once(driver, kb, "k100", max(1, n // 5), data,
+                                            cluster.pids())  # warm-up
+                    results = []
+                    for i in range(sz.runs):
+                        r = kafka_perf.consume_once(driver, kb, "k100", n, data, cluster.pids())
+                        log(f"kafka consume run {i + 1}: {r['records_s']:,.0f} records/s, "
+                            f"cpu us/record {r['client_us']:.2f} {driver} + "
+                            f"{r['nodes_us']:.2f} nodes; nodes waited for a CPU "
+                            f"{r['nodes_wait']:.2f} s per s")
+                        results.append(r)
+                    rows.append(median_row("kafka-consume-100B", "dmq 1 node (Kafka)", results,
+                                           f"{driver}, {n:,} records from offset 0, "
+                                           "count checked"))
+        if "kafka-100B-acksall" in wanted:
+            log(f"starting 1 controller + 3 brokers with Kafka listeners ({driver})")
+            async with dev_cluster(1, 3, kafka=True) as cluster:
+                await create_topic(cluster.bootstrap, "k100r3", 1, 3)
+                rows.append(await kafka_produce_case(
+                    cluster, "k100r3", sz.kafka_r3_records, "all", sz.runs,
+                    "kafka-100B-acksall", "dmq 3 brokers RF=3 (Kafka)", driver, data))
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def redis_benchmark_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> None:
+    """redis-benchmark (C) against a redis-server without persistence: the peer rows of
+    the Kafka-client cases, in the same invocation."""
+    if not sz.redis_records or not wanted & {"kafka-100B-acks1", "kafka-consume-100B"}:
+        return
+    from benchmarks.peers.common import ensure_binary
+
+    log("peer: redis-benchmark")
+    value = "x" * 100
+    try:
+        server = ensure_binary("redis-server", "redis-server")
+        bench = ensure_binary("redis-benchmark", "redis-tools")
+        data = Path(tempfile.mkdtemp(prefix="dmq-bench-redis-"))
+        try:
+            with kafka_perf.redis_server(server, data) as (port, pid):
+                n = sz.redis_records
+                if "kafka-100B-acks1" in wanted:
+                    xadd = ["XADD", "s", "*", "f", value]
+                    kafka_perf.redis_once(bench, port, pid, max(1, n // 5), 1000, xadd)
+                    results = []
+                    for i in range(sz.runs):
+                        r = kafka_perf.redis_once(bench, port, pid, n, 1000, xadd)
+                        log(f"redis XADD run {i + 1}: {r['records_s']:,.0f} records/s, cpu "
+                            f"us/record {r['client_us']:.2f} + {r['nodes_us']:.2f} server")
+                        results.append(r)
+                    row = median_row("kafka-100B-acks1", "redis-benchmark XADD", results,
+                                     f"-P 1000 -c 1, {n:,} requests x {sz.runs} runs, no "
+                                     "persistence; latency per pipeline")
+                    row.is_dmq = False
+                    rows.append(row)
+                if "kafka-consume-100B" in wanted:
+                    if "kafka-100B-acks1" not in wanted:
+                        kafka_perf.redis_once(bench, port, pid, 1000, 1000,
+                                              ["XADD", "s", "*", "f", value])
+                    reqs = max(1, n // 1000)
+                    xrange = ["XRANGE", "s", "-", "+", "COUNT", "1000"]
+                    kafka_perf.redis_once(bench, port, pid, max(1, reqs // 5), 1, xrange, 1000)
+                    results = []
+                    for i in range(sz.runs):
+                        r = kafka_perf.redis_once(bench, port, pid, reqs, 1, xrange, 1000)
+                        log(f"redis XRANGE run {i + 1}: {r['records_s']:,.0f} records/s")
+                        results.append(r)
+                    row = median_row("kafka-consume-100B", "redis-benchmark XRANGE", results,
+                                     f"COUNT 1000, -P 1 -c 1, {reqs:,} requests x {sz.runs} "
+                                     "runs; records/s = requests/s x 1000")
+                    row.is_dmq = False
+                    rows.append(row)
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+    except Exception as exc:  # a missing or failing peer must not sink the suite
+        log(f"peer redis-benchmark failed: {type(exc).__name__}: {exc}")
+        rows.append(Row("kafka-100B-acks1", "(peer failed)",
+                        note=f"redis-benchmark: {type(exc).__name__}: {exc}"))
+
+
 # ---------------------------------------------------------------------------- peers
 
 
@@ -649,6 +806,25 @@ def target_lines(rows: list[Row]) -> list[str]:
     return out
 
 
+def kafka_target_lines(rows: list[Row]) -> list[str]:
+    """Issue 17: a C client producing 100 B acks=1 RF=1 through the Kafka listener."""
+    r = next((x for x in rows if x.is_dmq and x.case == "kafka-100B-acks1"), None)
+    if r is None:
+        return []
+    p = next((x for x in rows if not x.is_dmq and x.case == r.case
+              and x.system.startswith("redis")), None)
+    out = [f"  {'Kafka client, 100 B acks=1 RF=1 >= 2,000,000 records/s':<58} "
+           f"{'met' if r.records_s >= 2e6 else 'NOT met':<8} {r.records_s:,.0f} "
+           f"(broker {r.nodes_us:.2f} us CPU per record)"]
+    if p is None:
+        out.append(f"  {'>= 3x redis-benchmark XADD':<58} {'n/a':<8} no peer row")
+    else:
+        x = r.records_s / p.records_s
+        out.append(f"  {'>= 3x redis-benchmark XADD':<58} {'met' if x >= 3 else 'NOT met':<8} "
+                   f"{x:.2f}x")
+    return out
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -662,6 +838,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, help="runs per case (default 3; smoke 1)")
     ap.add_argument("--only", help="comma-separated case names: " + ", ".join(CASE_NAMES))
     ap.add_argument("--no-peers", action="store_true", help="skip Redis and NATS")
+    ap.add_argument("--kafka-driver", choices=["auto", "kcat", "confluent"], default="auto",
+                    help="librdkafka client of the kafka-* cases (auto: kcat if installed)")
     return ap.parse_args(argv)
 
 
@@ -688,8 +866,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     asyncio.run(single_node_section(sz, wanted, rows))
     asyncio.run(three_broker_section(sz, wanted, rows))
+    if wanted & set(kafka_perf.KAFKA_CASES):
+        driver = kafka_perf.driver_name(args.kafka_driver)
+        asyncio.run(kafka_section(sz, wanted, rows, driver))
     if not (args.smoke or args.no_peers):
         peer_section(sz, wanted, rows)
+        redis_benchmark_section(sz, wanted, rows)
     order = {c: i for i, c in enumerate(CASE_NAMES)}
 
     def case_key(r: Row) -> tuple[int, int, bool]:
@@ -720,6 +902,12 @@ def main(argv: list[str] | None = None) -> int:
     if lines:
         print()
         print("issue 11 targets (medians of this run):")
+        for line in lines:
+            print(line)
+    lines = kafka_target_lines(rows)
+    if lines:
+        print()
+        print("issue 17 targets (medians of this run):")
         for line in lines:
             print(line)
     return 0

@@ -45,3 +45,27 @@ def test_run_all_smoke_prints_a_table_with_numbers() -> None:
     rss = [r for c, rs in rows.items() if c.startswith("rss-") for r in rs]
     assert rss and all(re.search(r"RSS [0-9]+ MB", r) for r in rss), out
     assert "issue 11 targets" in out
+
+
+def test_kafka_cases_smoke_produce_and_consume_through_the_kafka_listener() -> None:
+    """The issue-17 cases: a librdkafka client (kcat if installed, else confluent-kafka)
+    produces to and consumes from a 1-node cluster's Kafka listener; each run checks
+    that the log grew by exactly the records sent and that every record came back."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke",
+                           "--only", "kafka-100B-acks1,kafka-consume-100B"],
+                          capture_output=True, text=True, timeout=90, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("case "))
+    rows = {line.split()[0]: line for line in lines[header + 2:] if " dmq " in line}
+    for case, note in (("kafka-100B-acks1", "stored count checked"),
+                       ("kafka-consume-100B", "count checked")):
+        assert case in rows, f"{case} missing from:\n{out}"
+        row = rows[case]
+        records_s, mb_s = row[54:66].strip(), row[66:75].strip()
+        assert NUMBER.match(records_s) and NUMBER.match(mb_s), row
+        assert float(records_s.replace(",", "")) > 0, row
+        assert re.search(r" [0-9]+\.[0-9]+\+[0-9]+\.[0-9]+ ", row), row  # cpu client+broker
+        assert note in row, row
+    assert "issue 17 targets" in out and "Kafka client, 100 B acks=1 RF=1" in out
