@@ -61,7 +61,7 @@ import gc
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 import msgpack  # type: ignore[import-untyped]
@@ -460,6 +460,31 @@ class BatchBuilder:
             records.append((0, key, value, headers or ()))
         self._size_bytes += 12 + (len(key) if key else 0) + (len(value) if value else 0)
         return len(records) - 1
+
+    def extend(self, timestamp_ms: int, keys: Sequence[bytes | None] | None,
+               values: Sequence[bytes | None],
+               headers: Sequence[tuple[str, bytes]] | None = None) -> int:
+        """Add `len(values)` records sharing one timestamp and one headers list (keys
+        None: every key is nil); returns the first one's index. The same records, and
+        so the same sealed bytes, as `append` called once per record, built by C-level
+        `zip`/`repeat`/`map` with no Python code per record."""
+        n = len(values)
+        records = self._records
+        first = len(records)
+        if records:
+            if timestamp_ms > self._max_ts:
+                self._max_ts = timestamp_ms
+            delta = timestamp_ms - self._base_ts
+        else:
+            self._base_ts = self._max_ts = timestamp_ms
+            delta = 0
+        records.extend(zip(repeat(delta, n), repeat(None, n) if keys is None else keys,
+                           values, repeat(headers or (), n), strict=True))
+        size = 12 * n + sum(map(len, filter(None, values)))
+        if keys is not None:
+            size += sum(map(len, filter(None, keys)))
+        self._size_bytes += size
+        return first
 
     @property
     def record_count(self) -> int:
