@@ -28,7 +28,11 @@ def runs(draw: Any, keyed: bool | None = None) -> list[tuple[Any, ...]]:
     out = []
     for _ in range(draw(st.integers(1, 5))):
         n = draw(st.integers(1, 12))
-        values = draw(st.lists(blob, min_size=n, max_size=n))
+        if draw(st.booleans()):  # one length: the builder's join path
+            size = draw(st.sampled_from([0, 1, 100, 255, 256, 70_000]))
+            values = [bytes([i % 256]) * size for i in range(n)]
+        else:
+            values = draw(st.lists(blob, min_size=n, max_size=n))
         has_keys = draw(st.booleans()) if keyed is None else keyed
         keys = (draw(st.lists(st.binary(min_size=1, max_size=8) if keyed else blob,
                               min_size=n, max_size=n)) if has_keys else None)
@@ -37,14 +41,20 @@ def runs(draw: Any, keyed: bool | None = None) -> list[tuple[Any, ...]]:
 
 
 @LOG_SETTINGS
-@given(runs(), st.sampled_from([CODEC_NONE, CODEC_ZSTD, CODEC_LZ4]))
+@given(runs(), st.sampled_from([CODEC_NONE, CODEC_ZSTD, CODEC_LZ4]), st.data())
 def test_extend_seals_the_bytes_of_appending_each_record(calls: list[tuple[Any, ...]],
-                                                         codec: int) -> None:
+                                                         codec: int, data: Any) -> None:
+    """Runs of `extend` (kept whole, or mixed with single `append`s, which turn them
+    into per-record tuples) seal to the bytes of one `append` per record."""
     one, bulk = BatchBuilder(codec, 7, 1, 3), BatchBuilder(codec, 7, 1, 3)
     for ts, keys, values, hs in calls:
         first = one.record_count
         for i, v in enumerate(values):
             one.append(ts, None if keys is None else keys[i], v, hs)
+        if data.draw(st.integers(0, 3)) == 0:  # now and then: per record on the bulk side
+            for i, v in enumerate(values):
+                assert bulk.append(ts, None if keys is None else keys[i], v, hs) == first + i
+            continue
         assert bulk.extend(ts, keys, values, hs) == first
     assert bulk.record_count == one.record_count
     assert bulk.estimated_size_bytes == one.estimated_size_bytes
