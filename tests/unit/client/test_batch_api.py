@@ -157,3 +157,18 @@ async def test_lost_responses_are_deduplicated_for_send_many(fake: FakeCluster) 
         mds = await (await p.send_many("t", [b"%d" % i for i in range(50)], partition=0))
     assert [(m.offset, m.count) for m in mds] == [(0, 50)]
     assert fake.records("t", 0) == [(i, b"%d" % i) for i in range(50)]
+
+
+async def test_dmq_produce_sends_whole_chunks_and_strips_crlf_across_chunk_ends(
+        fake: FakeCluster) -> None:
+    """`dmq-produce` without a key separator hands each input chunk to `send_many`:
+    lines split across chunks and a CR at a chunk's end still give the exact lines."""
+    from dmq.tools import produce
+
+    chunks = [b"one\r\ntw", b"o\r", b"\nthree\n" + b"x" * 10 + b"\n" * 3, b"last", b""]
+    out: list[str] = []
+    records, _nbytes = await produce(fake.bootstrap, "t", "1", None, [], lambda: chunks.pop(0),
+                                     partition=1, linger_ms=0, echo=out.append)
+    assert records == 7
+    assert [v for _o, v in fake.records("t", 1)] == [
+        b"one", b"two", b"three", b"x" * 10, b"", b"", b"last"]
