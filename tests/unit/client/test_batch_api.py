@@ -172,3 +172,26 @@ async def test_dmq_produce_sends_whole_chunks_and_strips_crlf_across_chunk_ends(
     assert records == 7
     assert [v for _o, v in fake.records("t", 1)] == [
         b"one", b"two", b"three", b"x" * 10, b"", b"", b"last"]
+
+
+async def test_send_many_keeps_order_and_sequences_across_retries(fake: FakeCluster) -> None:
+    """The first of several in-flight requests fails: every batch of the call is
+    resent in sequence order, nothing is duplicated, offsets follow call order."""
+    state = {"n": 0}
+
+    def hook(node: Any, body: Any) -> Any:
+        state["n"] += 1
+        return int(ErrorCode.REQUEST_TIMED_OUT) if state["n"] == 1 else None
+
+    fake.produce_hook = hook
+    fake.produce_delay_s = 0.005
+    async with Producer(fake.bootstrap, linger_ms=0, batch_size=200, max_in_flight=5,
+                        retry_backoff_ms=20) as p:
+        h = await p.send_many("t", [b"%d" % i for i in range(300)], partition=0)
+        mds = await h
+    assert len(h.segments) > 10
+    assert [int(v) for _o, v in fake.records("t", 0)] == list(range(300))
+    assert [(m.offset, list(m.positions)) for m in mds] == [
+        (m.offset, list(range(m.offset, m.offset + m.count))) for m in mds]
+    seqs = [h.base_sequence for *_x, d in fake.topics["t"][0].batches for h in iter_headers(d)]
+    assert seqs == sorted(seqs) and seqs[0] == 0
