@@ -117,7 +117,7 @@ async def run_produce_batch(bootstrap: str, args: argparse.Namespace) -> dict[st
                                 keys=None if keys is None else keys[i:i + m])
             for seg in h.segments:
                 f = seg.batch.future
-                segments.append((t, seg.count, f))
+                segments.append((t, seg.record_count, f))
                 if id(f) not in hooked:
                     hooked.add(id(f))
                     f.add_done_callback(on_done)

@@ -155,10 +155,10 @@ class DeliveryTally:
             fut = seg.batch.future
             n = pending.get(fut)
             if n is None:
-                pending[fut] = seg.count
+                pending[fut] = seg.record_count
                 fut.add_done_callback(self._settle)
             else:
-                pending[fut] = n + seg.count
+                pending[fut] = n + seg.record_count
 
     def _settle(self, fut: asyncio.Future[int]) -> None:
         n = self._pending.pop(fut, 0)
@@ -561,7 +561,7 @@ async def consume(bootstrap: str, topic: str, from_beginning: bool, partition: i
                     if idle_deadline is not None and loop.time() >= idle_deadline:
                         break
                     continue
-                lines = []
+                lines: list[str] = []
                 for values in got_values.values():
                     lines += map(value_only, values)
                 count += len(lines)

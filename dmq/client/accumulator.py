@@ -157,26 +157,27 @@ class RecordHandle:
 
 
 class BatchSegment(NamedTuple):
-    """What one `send_many` call put in one producer batch: `count` records of
-    `topic`-`partition` starting at `index` in the batch; `positions` are their places
+    """What one `send_many` call put in one producer batch: `record_count` records
+    starting at `first_index` in the batch; `positions` are their places
     in the call's `values` (a `range`, or a list when keys spread the call over
     partitions)."""
 
     batch: ProducerBatch
-    index: int
-    count: int
+    first_index: int
+    record_count: int
     positions: Sequence[int]
 
 
 class BatchMetadata(NamedTuple):
     """Where a run of acknowledged records of one `send_many` call landed: offsets
-    `offset` .. `offset + count - 1` of `topic`-`partition` (`offset` -1 with acks=0);
+    `offset` .. `offset + record_count - 1` of `topic`-`partition` (`offset` -1 with
+    acks=0);
     `positions` are the records' places in the call's `values`."""
 
     topic: str
     partition: int
     offset: int
-    count: int
+    record_count: int
     timestamp: int
     positions: Sequence[int]
 
@@ -200,12 +201,13 @@ class ManyHandle:
 
     @property
     def record_count(self) -> int:
-        return sum(s.count for s in self.segments)
+        return sum(s.record_count for s in self.segments)
 
     def _metadata(self, s: BatchSegment) -> BatchMetadata:
         base = s.batch.future.result()
         return BatchMetadata(s.batch.topic, s.batch.partition,
-                             base + s.index if base >= 0 else -1, s.count, self._timestamp,
+                             base + s.first_index if base >= 0 else -1, s.record_count,
+                             self._timestamp,
                              s.positions)
 
     def __await__(self) -> Generator[Any, None, list[BatchMetadata]]:

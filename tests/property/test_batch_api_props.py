@@ -1,6 +1,8 @@
 """Byte identity of the batch APIs: the same records through `BatchBuilder.extend` /
-`Producer.send_many` and through the per-record `append` / `send` give the
-same batch bytes."""
+`Producer.send_many_nowait` and through the per-record `append` / `send_nowait` give
+the same batch bytes. (`send_nowait`, not `await send()`: `send` yields to the sender
+after a batch fills, and whether the sender drained it first decides where the next
+keyless record sticks, a timing choice, not a format one.)"""
 
 from __future__ import annotations
 
@@ -68,14 +70,15 @@ async def _produce(calls: list[tuple[Any, ...]], partition: int | None, bulk: bo
     try:
         async with Producer(fake.bootstrap, linger_ms=10_000, batch_size=batch_size,
                             rng=random.Random(5)) as p:
+            await p.send_many("t", [])  # metadata known: nothing below waits or yields
             for ts, keys, values, hs in calls:
                 if bulk:
-                    await p.send_many("t", values, keys=keys, partition=partition,
+                    p.send_many_nowait("t", values, keys=keys, partition=partition,
                                        headers=hs, timestamp_ms=ts)
                 else:
                     for i, v in enumerate(values):
-                        await p.send("t", v, key=None if keys is None else keys[i],
-                                     partition=partition, headers=hs, timestamp_ms=ts)
+                        p.send_nowait("t", v, key=None if keys is None else keys[i],
+                                      partition=partition, headers=hs, timestamp_ms=ts)
             await p.flush()
         return {i: [d for *_x, d in part.batches] for i, part in enumerate(fake.topics["t"])}
     finally:

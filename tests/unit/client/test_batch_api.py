@@ -39,9 +39,9 @@ async def test_send_many_one_partition_splits_at_batch_size_in_order(fake: FakeC
     assert len(h.segments) > 10  # 17 bytes a record: ~60 records a batch
     assert all(isinstance(m, BatchMetadata) and m.partition == 2 and m.timestamp == 77
                for m in mds)
-    assert sum(m.count for m in mds) == 1000
+    assert sum(m.record_count for m in mds) == 1000
     assert [list(m.positions) for m in mds] == [
-        list(range(m.offset, m.offset + m.count)) for m in mds]
+        list(range(m.offset, m.offset + m.record_count)) for m in mds]
     assert fake.records("t", 2) == list(enumerate(values))
     # sequence numbers continue from batch to batch
     seqs = [(h.base_sequence, h.record_count)
@@ -76,7 +76,7 @@ async def test_send_many_nowait_appends_all_or_nothing(fake: FakeCluster) -> Non
         await h
         # larger than the whole buffer: send_many goes in parts as space frees up
         h = await p.send_many("t", [b"y" * 100] * 200, partition=1)
-        assert sum(m.count for m in await h) == 200
+        assert sum(m.record_count for m in await h) == 200
     assert len(fake.records("t", 1)) == 200
     with pytest.raises(ProducerClosedError):
         p.send_many_nowait("t", [b"z"], partition=0)
@@ -131,7 +131,7 @@ async def test_a_partition_without_leader_times_out_only_its_records(fake: FakeC
                         delivery_timeout_ms=600, retry_backoff_ms=20) as p:
         h0 = await p.send_many("t", [b"a", b"b"], partition=0)
         h2 = await p.send_many("t", [b"c", b"d"], partition=2)
-        assert [(m.offset, m.count) for m in await h2] == [(0, 2)]
+        assert [(m.offset, m.record_count) for m in await h2] == [(0, 2)]
         with pytest.raises(RequestTimedOutError, match="not delivered within"):
             await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(_wait(h0))), 10)
         assert isinstance(h0.results()[0], RequestTimedOutError)
@@ -155,7 +155,7 @@ async def test_lost_responses_are_deduplicated_for_send_many(fake: FakeCluster) 
     async with Producer(fake.bootstrap, linger_ms=0, request_timeout_ms=300,
                         delivery_timeout_ms=5000, retry_backoff_ms=20) as p:
         mds = await (await p.send_many("t", [b"%d" % i for i in range(50)], partition=0))
-    assert [(m.offset, m.count) for m in mds] == [(0, 50)]
+    assert [(m.offset, m.record_count) for m in mds] == [(0, 50)]
     assert fake.records("t", 0) == [(i, b"%d" % i) for i in range(50)]
 
 
@@ -192,6 +192,6 @@ async def test_send_many_keeps_order_and_sequences_across_retries(fake: FakeClus
     assert len(h.segments) > 10
     assert [int(v) for _o, v in fake.records("t", 0)] == list(range(300))
     assert [(m.offset, list(m.positions)) for m in mds] == [
-        (m.offset, list(range(m.offset, m.offset + m.count))) for m in mds]
+        (m.offset, list(range(m.offset, m.offset + m.record_count))) for m in mds]
     seqs = [h.base_sequence for *_x, d in fake.topics["t"][0].batches for h in iter_headers(d)]
     assert seqs == sorted(seqs) and seqs[0] == 0
