@@ -399,6 +399,9 @@ class Producer:
                                  list[tuple[str, bytes]] | None, list[int]]:
         """Serialized keys and values, the shared headers, and each record's size
         estimate (as `_prepare` makes it), checked against the record limit."""
+        if isinstance(values, (bytes, bytearray, memoryview, str)):
+            raise TypeError(f"send_many takes a sequence of values, not one "
+                            f"{type(values).__name__} value: send_many(topic, [value])")
         if self.value_serializer is not None:
             values = list(map(self.value_serializer, values))
         elif not isinstance(values, (list, tuple)):

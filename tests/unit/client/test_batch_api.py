@@ -88,6 +88,8 @@ async def test_send_many_refuses_bad_input_before_appending(fake: FakeCluster) -
             await p.send_many("t", [b"a", b"b" * 5000], partition=0)
         with pytest.raises(ValueError, match="2 keys for 3 values"):
             await p.send_many("t", [b"a", b"b", b"c"], keys=[b"k", b"l"])
+        with pytest.raises(TypeError, match="a sequence of values, not one bytes"):
+            await p.send_many("t", b"abc", partition=0)
         with pytest.raises(ValueError, match="keys must be all set"):
             await p.send_many("t", [b"a", b"b"], keys=[b"k", None])
         assert p.buffered_bytes == 0
