@@ -3,8 +3,10 @@
     python benchmarks/consume_perf.py --cluster dev --num-records 1000000 --record-size 100
     python benchmarks/consume_perf.py --bootstrap 127.0.0.1:9091 --topic t --num-records 100000
 
-Reads `--num-records` records from the beginning of the topic's partitions (every
-record decoded into a `ConsumerRecord`, CRCs checked unless `--no-check-crcs`) and
+Reads `--num-records` records from the beginning of the topic's partitions (`--api
+batch`, the default: `getmany_batches`, values only, no record object per record;
+`--api records`: `getmany`, every record decoded into a `ConsumerRecord`; CRCs
+checked unless `--no-check-crcs`) and
 prints records/s, MB/s and the consumer process's CPU time per record per run and
 the median of `--runs`. When the topic holds
 fewer records than asked, it is first filled with a producer (acks=1, not timed).
@@ -43,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fetch-max-bytes", type=int, default=50 * 1024 * 1024)
     ap.add_argument("--max-partition-fetch-bytes", type=int, default=4 * 1024 * 1024)
     ap.add_argument("--no-check-crcs", action="store_true")
+    ap.add_argument("--api", choices=["batch", "records"], default="batch")
     ap.add_argument("--runs", type=int, default=1, help="repeat and report the median")
     # accepted for symmetry with produce_perf (used only when filling the topic)
     ap.add_argument("--acks", default="1")
@@ -59,11 +62,12 @@ async def fill(bootstrap: str, args: argparse.Namespace, tps: list[TopicPartitio
         return
     print(f"# filling {args.topic} with {need:,} records of {args.record_size} bytes",
           flush=True)
-    value = b"x" * args.record_size
+    values = [b"x" * args.record_size] * 10_000
     async with Producer(bootstrap, acks=args.acks, batch_size=args.batch_size,
                         linger_ms=args.linger_ms) as producer:
-        for i in range(need):
-            await producer.send(args.topic, value, partition=tps[i % len(tps)].partition)
+        for i, start in enumerate(range(0, need, len(values))):
+            await producer.send_many(args.topic, values[:min(len(values), need - start)],
+                                     partition=tps[i % len(tps)].partition)
         await producer.flush()
 
 
@@ -80,6 +84,16 @@ async def run_once(bootstrap: str, args: argparse.Namespace,
         nbytes = 0
         cpu0 = time.process_time()
         start = time.perf_counter()
+        if args.api == "batch":
+            while count < n:
+                got = await consumer.getmany_batches(timeout_ms=5000, max_records=n - count)
+                if not got:
+                    raise SystemExit(f"stalled after {count} records")
+                for batches in got.values():
+                    for b in batches:
+                        values = b.values
+                        count += len(values)
+                        nbytes += sum(map(len, values))
         while count < n:
             got = await consumer.getmany(timeout_ms=5000, max_records=n - count)
             if not got:
@@ -96,7 +110,7 @@ async def run_once(bootstrap: str, args: argparse.Namespace,
 
 async def main(args: argparse.Namespace) -> None:
     print(versions_banner())
-    print(f"# records={args.num_records} partitions={args.partitions} "
+    print(f"# records={args.num_records} partitions={args.partitions} api={args.api} "
           f"check_crcs={not args.no_check_crcs} cluster={args.cluster or args.bootstrap}",
           flush=True)
     async with cluster_from_args(args) as bootstrap:

@@ -351,7 +351,7 @@ async def produce_case(cluster: DevCluster, topic: str, n: int, size: int, acks:
 async def consume_case(cluster: DevCluster, topic: str, n: int, runs: int, system: str) -> Row:
     bootstrap = cluster.bootstrap
     args = consume_perf.parse_args(["--topic", topic, "--num-records", str(n),
-                                    "--record-size", "100"])
+                                    "--record-size", "100", "--api", "records"])
     async with Consumer(bootstrap) as probe:
         tps = await probe.topic_partitions(topic)
     await bounded(consume_perf.fill(bootstrap, args, tps, 0), "consume fill")

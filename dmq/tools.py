@@ -27,7 +27,7 @@ import click
 from dmq.client.cluster import parse_bootstrap
 from dmq.client.consumer import Consumer
 from dmq.client.errors import DmqError, IllegalStateError
-from dmq.client.producer import Producer, RecordHandle
+from dmq.client.producer import ManyHandle, Producer, RecordHandle
 from dmq.client.records import ConsumerRecord, TopicPartition
 from dmq.protocol.errors import RequestTimedOutError
 
@@ -147,6 +147,18 @@ class DeliveryTally:
             fut.add_done_callback(self._settle)
         else:
             self._pending[fut] = n + 1
+
+    def add_many(self, handle: ManyHandle) -> None:
+        """Count the records of one `send_many` call (per batch segment)."""
+        pending = self._pending
+        for seg in handle.segments:
+            fut = seg.batch.future
+            n = pending.get(fut)
+            if n is None:
+                pending[fut] = seg.record_count
+                fut.add_done_callback(self._settle)
+            else:
+                pending[fut] = n + seg.record_count
 
     def _settle(self, fut: asyncio.Future[int]) -> None:
         n = self._pending.pop(fut, 0)
@@ -291,6 +303,19 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
             else:
                 lines = (pending + chunk).split(b"\n")
                 pending = lines.pop()
+            if sep is None and lines:
+                # no key: the whole chunk's lines in one `send_many` call
+                if b"\r" in chunk or lines[0].endswith(b"\r"):  # CRLF input
+                    lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+                tally.add_many(await producer.send_many(topic, lines, partition=partition,
+                                                        headers=headers or None))
+                line_no += len(lines)
+                records += len(lines)
+                nbytes += sum(map(len, lines))
+                if tally.failed:
+                    stopped_early = True
+                bar.maybe_show(records, nbytes)
+                lines = []
             for line in lines:
                 line_no += 1
                 if line.endswith(b"\r"):
@@ -476,6 +501,11 @@ _FORMATTERS: dict[str, Callable[[ConsumerRecord], str]] = {
 }
 
 
+# the formats that print the value alone: `dmq-consume` reads them by batch, values only
+_VALUE_FORMATTERS: dict[str, Callable[[Any], str]] = {
+    "text": _text, "value": _text, "hex": _hex, "base64": _base64}
+
+
 def format_record(r: ConsumerRecord, fmt: str) -> str:
     """One output line (without its newline) for a record; `fmt` is one of FORMATS.
     The line is ASCII for hex, base64 and json; text formats may hold any character."""
@@ -519,9 +549,26 @@ async def consume(bootstrap: str, topic: str, from_beginning: bool, partition: i
                 await consumer.position(tp)
         loop = asyncio.get_running_loop()
         idle_deadline = None if timeout_ms is None else loop.time() + timeout_ms / 1000
+        value_only = _VALUE_FORMATTERS.get(fmt)
         while max_messages is None or count < max_messages:
             wait_ms = 1000 if idle_deadline is None else max(
                 0, int((idle_deadline - loop.time()) * 1000))
+            if value_only is not None and max_messages is None:
+                # values only, no record object per record (with --max-messages the
+                # record path stops exactly at the limit: batches may go past it)
+                got_values = await consumer.getmany_values(timeout_ms=wait_ms)
+                if not got_values:
+                    if idle_deadline is not None and loop.time() >= idle_deadline:
+                        break
+                    continue
+                lines: list[str] = []
+                for values in got_values.values():
+                    lines += map(value_only, values)
+                count += len(lines)
+                write("\n".join(lines))
+                if timeout_ms is not None:
+                    idle_deadline = loop.time() + timeout_ms / 1000
+                continue
             got = await consumer.getmany(timeout_ms=wait_ms,
                                          max_records=None if max_messages is None
                                          else max_messages - count)

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Generator
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, NamedTuple
 
 from dmq.client.records import RecordMetadata
 from dmq.log.batch import BatchBuilder
@@ -156,4 +156,88 @@ class RecordHandle:
         return f"<RecordHandle {self._batch.topic}-{self._batch.partition}#{self._index} {state}>"
 
 
-__all__ = ["PartitionQueue", "ProducerBatch", "RecordHandle"]
+class BatchSegment(NamedTuple):
+    """What one `send_many` call put in one producer batch: `record_count` records
+    starting at `first_index` in the batch; `positions` are their places
+    in the call's `values` (a `range`, or a list when keys spread the call over
+    partitions)."""
+
+    batch: ProducerBatch
+    first_index: int
+    record_count: int
+    positions: Sequence[int]
+
+
+class BatchMetadata(NamedTuple):
+    """Where a run of acknowledged records of one `send_many` call landed: offsets
+    `offset` .. `offset + record_count - 1` of `topic`-`partition` (`offset` -1 with
+    acks=0);
+    `positions` are the records' places in the call's `values`."""
+
+    topic: str
+    partition: int
+    offset: int
+    record_count: int
+    timestamp: int
+    positions: Sequence[int]
+
+
+class ManyHandle:
+    """Awaitable result of `Producer.send_many`: one per call, whatever its size.
+
+    Holds one `BatchSegment` per producer batch the call's records went into (a few
+    per call; no object per record). Awaiting it waits for every segment's batch and
+    returns their `BatchMetadata` in call order, or raises the first failed batch's
+    error; `results()` then tells exactly which records failed (a failed batch fails
+    its own records only: the other segments may well be delivered).
+    """
+
+    __slots__ = ("_timestamp", "segments", "topic")
+
+    def __init__(self, topic: str, timestamp: int) -> None:
+        self.topic = topic
+        self._timestamp = timestamp
+        self.segments: list[BatchSegment] = []
+
+    @property
+    def record_count(self) -> int:
+        return sum(s.record_count for s in self.segments)
+
+    def _metadata(self, s: BatchSegment) -> BatchMetadata:
+        base = s.batch.future.result()
+        return BatchMetadata(s.batch.topic, s.batch.partition,
+                             base + s.first_index if base >= 0 else -1, s.record_count,
+                             self._timestamp,
+                             s.positions)
+
+    def __await__(self) -> Generator[Any, None, list[BatchMetadata]]:
+        for s in self.segments:
+            fut = s.batch.future
+            if not fut.done():
+                yield from fut.__await__()
+        return [self._metadata(s) for s in self.segments]
+
+    def done(self) -> bool:
+        return all(s.batch.future.done() for s in self.segments)
+
+    def results(self) -> list[BatchMetadata | BaseException]:
+        """Per segment (all must be done): its metadata, or its batch's error."""
+        out: list[BatchMetadata | BaseException] = []
+        for s in self.segments:
+            exc = s.batch.future.exception()
+            out.append(exc if exc is not None else self._metadata(s))
+        return out
+
+    @property
+    def batch_futures(self) -> list[asyncio.Future[int]]:
+        """The futures of the batches holding this call's records (one per segment;
+        a batch shared by two segments appears twice)."""
+        return [s.batch.future for s in self.segments]
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "pending"
+        return f"<ManyHandle {self.topic} records={self.record_count} {state}>"
+
+
+__all__ = ["BatchMetadata", "BatchSegment", "ManyHandle", "PartitionQueue", "ProducerBatch",
+           "RecordHandle"]

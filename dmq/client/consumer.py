@@ -27,8 +27,10 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from msgpack import unpackb as _unpackb  # type: ignore[import-untyped]
@@ -80,6 +82,91 @@ LATEST = -1
 class OffsetAndTimestamp(NamedTuple):
     offset: int
     timestamp: int
+
+
+class ConsumedBatch:
+    """The records of one stored batch handed out by `Consumer.getmany_batches`, from
+    the consumer's position on, built lazily: `values` is one C-level pass over the
+    unpacked records (`map(itemgetter(2), ...)`) and `ConsumerRecord`s are made only if
+    `records` is read. `next_offset` is what to commit once the batch is processed
+    (`Consumer.commit_batch`)."""
+
+    __slots__ = ("_built", "_raw", "_skip", "_ts_type", "_values", "base_timestamp",
+                 "count", "first_offset", "key_deserializer", "next_offset", "tp",
+                 "value_deserializer")
+
+    def __init__(self, tp: TopicPartition, first_offset: int, next_offset: int,
+                 raw: Sequence[Any] | None, skip: int, base_timestamp: int, ts_type: int,
+                 built: list[ConsumerRecord] | None, kd: Deserializer | None,
+                 vd: Deserializer | None) -> None:
+        self.tp = tp
+        self.first_offset = first_offset  # offset of the first record handed out
+        self.next_offset = next_offset
+        self._raw = raw  # unpacked dmq-native records, or None when `built`
+        self._skip = skip
+        self.base_timestamp = base_timestamp
+        self._ts_type = ts_type
+        self._built = built
+        self._values: list[Any] | None = None
+        self.key_deserializer = kd
+        self.value_deserializer = vd
+        self.count = len(built) if built is not None else len(raw or ()) - skip
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def values(self) -> list[Any]:
+        """The records' values (deserialized if the consumer has a value deserializer)."""
+        if self._values is None:
+            if self._built is not None:
+                self._values = list(map(_VALUE, self._built))
+            else:
+                raw = self._raw if not self._skip else self._raw[self._skip:]  # type: ignore[index]
+                try:
+                    self._values = list(map(_RAW_VALUE, raw))  # type: ignore[arg-type]
+                except (TypeError, IndexError) as exc:
+                    raise CorruptMessageError(
+                        f"{self.tp.topic}-{self.tp.partition}: malformed record in batch "
+                        f"at offset {self.first_offset - self._skip}: {exc}") from exc
+                if self.value_deserializer is not None:
+                    self._values = list(map(self.value_deserializer, self._values))
+        return self._values
+
+    @property
+    def records(self) -> list[ConsumerRecord]:
+        """`ConsumerRecord`s, as `getmany` hands them out (built on first use)."""
+        if self._built is None:
+            topic, partition = self.tp
+            base = self.first_offset - self._skip
+            make, cls, skip = tuple.__new__, ConsumerRecord, self._skip
+            bts, ts_type = self.base_timestamp, self._ts_type
+            try:
+                built = [make(cls, (topic, partition, base + i,
+                                    bts if ts_type else bts + r[0], ts_type,
+                                    r[1], r[2], r[3]))
+                         for i, r in enumerate(self._raw or ()) if i >= skip]
+            except (TypeError, IndexError) as exc:
+                raise CorruptMessageError(f"{topic}-{partition}: malformed record in batch "
+                                          f"at offset {base}: {exc}") from exc
+            kd, vd = self.key_deserializer, self.value_deserializer
+            if kd is not None or vd is not None:
+                kd = kd or _identity
+                vd = vd or _identity
+                built = [r._replace(key=kd(r.key), value=vd(r.value)) for r in built]
+            self._built = built
+        return self._built
+
+    def __iter__(self) -> Iterator[ConsumerRecord]:
+        return iter(self.records)
+
+    def __repr__(self) -> str:
+        return (f"<ConsumedBatch {self.tp.topic}-{self.tp.partition} "
+                f"[{self.first_offset}, {self.next_offset}) records={self.count}>")
+
+
+_VALUE = itemgetter(6)
+_RAW_VALUE = itemgetter(2)
 
 
 @dataclass(slots=True)
@@ -465,9 +552,11 @@ class Consumer:
             except TimeoutError:
                 return self._collect(wanted, limit)
 
-    def _collect(self, wanted: list[TopicPartition] | None, limit: int
-                 ) -> dict[TopicPartition, list[ConsumerRecord]]:
-        out: dict[TopicPartition, list[ConsumerRecord]] = {}
+    def _collect(self, wanted: list[TopicPartition] | None, limit: int,
+                 take: Callable[[_PartitionState, int], list[Any]] | None = None
+                 ) -> dict[TopicPartition, list[Any]]:
+        out: dict[TopicPartition, list[Any]] = {}
+        take = take or self._take
         states = self._sub.states
         targets = [states[tp] for tp in wanted if tp in states] if wanted else states.values()
         freed = False
@@ -480,7 +569,7 @@ class Consumer:
             if st.paused or not st.chunks:
                 continue
             try:
-                records = self._take(st, limit)
+                records = take(st, limit)
             except CorruptMessageError:
                 if out:
                     break  # raised again by the next call: the position stays on it
@@ -489,7 +578,7 @@ class Consumer:
                 freed = True
             if records:
                 out[st.tp] = records
-                limit -= len(records)
+                limit -= len(records) if take is self._take else sum(map(len, records))
                 if limit <= 0:
                     break
         if freed:
@@ -559,20 +648,7 @@ class Consumer:
         """
         if not h.attributes & ATTR_DMQ_NATIVE:
             return self._decode_kafka(tp, data, h, position)
-        start = h.position + HEADER_SIZE
-        end = h.position + h.size_bytes
-        try:
-            payload = decompress(h.attributes & ATTR_CODEC_MASK, memoryview(data)[start:end])
-            raw = _unpackb(payload, use_list=False, raw=False, strict_map_key=False)
-            if type(raw) is not tuple or len(raw) != h.record_count:
-                raise ValueError("record count")
-        except Exception:
-            try:
-                decode_records(data, h)
-            except (CorruptRecordError, LogError) as exc:
-                raise CorruptMessageError(f"{tp.topic}-{tp.partition}: {exc}") from exc
-            raise CorruptMessageError(f"{tp.topic}-{tp.partition}: undecodable batch at "
-                                      f"offset {h.base_offset}") from None
+        raw = self._unpack(tp, data, h)
         topic, partition = tp
         base = h.base_offset
         skip = position - base if position > base else 0
@@ -613,6 +689,144 @@ class Consumer:
         return [ConsumerRecord(tp.topic, tp.partition, r.offset, r.timestamp, ts_type,
                                kd(r.key), vd(r.value), r.headers)
                 for r in records if r.offset >= position]
+
+    # ---- the batch API ---------------------------------------------------------------
+    async def getmany_batches(self, *partitions: TopicPartition, timeout_ms: int = 0,
+                              max_records: int | None = None
+                              ) -> dict[TopicPartition, list[ConsumedBatch]]:
+        """`getmany` a stored batch at a time: {partition: [ConsumedBatch, ...]}, each
+        holding its records from the position on, decoded lazily (`values`, `records`).
+        Positions move past every batch handed out; `max_records` (default
+        `max_poll_records`) is honoured at batch granularity (whole batches, at least
+        one per call). Errors as `getmany`."""
+        self._check_open()
+        if self._group is not None:
+            self._group.note_poll()
+        limit = max_records or self.max_poll_records or 1 << 62
+        wanted = [TopicPartition(*tp) for tp in partitions] if partitions else None
+        assert self._data_ready is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while True:
+            out = self._collect(wanted, limit, self._take_batches)
+            if out or self._closed:
+                return out
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return out
+            self._data_ready.clear()
+            try:
+                await wait_for(self._data_ready.wait(), remaining)
+            except TimeoutError:
+                return self._collect(wanted, limit, self._take_batches)
+
+    async def getmany_values(self, *partitions: TopicPartition, timeout_ms: int = 0,
+                             max_records: int | None = None
+                             ) -> dict[TopicPartition, list[Any]]:
+        """{partition: [values in offset order]}: `getmany_batches` without building a
+        record object per record."""
+        got = await self.getmany_batches(*partitions, timeout_ms=timeout_ms,
+                                         max_records=max_records)
+        out: dict[TopicPartition, list[Any]] = {}
+        for tp, batches in got.items():
+            if len(batches) == 1:
+                out[tp] = batches[0].values
+            else:
+                out[tp] = list(chain.from_iterable(b.values for b in batches))
+        return out
+
+    async def values_batches(self, *partitions: TopicPartition,
+                             timeout_ms: int = 60_000) -> AsyncIterator[ConsumedBatch]:
+        """`async for batch in consumer.values_batches(): use(batch.values)`: every
+        stored batch as it arrives, until the consumer is closed."""
+        while not self._closed:
+            try:
+                got = await self.getmany_batches(*partitions, timeout_ms=timeout_ms)
+            except ConsumerStoppedError:
+                return
+            for batches in got.values():
+                for b in batches:
+                    yield b
+
+    async def commit_batch(self, *batches: ConsumedBatch) -> None:
+        """Commit the offsets after these batches (the last one per partition)."""
+        offsets: dict[TopicPartition, int] = {}
+        for b in batches:
+            offsets[b.tp] = max(offsets.get(b.tp, -1), b.next_offset)
+        await self.commit(offsets)
+
+    def _take_batches(self, st: _PartitionState, limit: int) -> list[ConsumedBatch]:
+        out: list[ConsumedBatch] = []
+        position = st.position if st.position is not None else 0
+        chunks = st.chunks
+        tp = st.tp
+        kd, vd = self.key_deserializer, self.value_deserializer
+        while chunks and limit > 0:
+            ch = chunks[0]
+            if ch.leftover_pos < len(ch.leftover):  # the rest of a batch `getmany` split
+                rest = ch.leftover[ch.leftover_pos:]
+                ch.leftover_pos = len(ch.leftover)
+                nxt = max(rest[-1].offset + 1, ch.headers[ch.next_batch - 1].next_offset)
+                out.append(ConsumedBatch(tp, rest[0].offset, nxt, None, 0, 0, 0, rest,
+                                         None, None))
+                limit -= len(rest)
+                position = nxt
+                continue
+            if ch.next_batch >= len(ch.headers):
+                chunks.popleft()
+                continue
+            h = ch.headers[ch.next_batch]
+            ch.next_batch += 1
+            if h.last_offset < position or h.attributes & ATTR_CONTROL:
+                position = max(position, h.next_offset)
+                continue
+            try:
+                if self.check_crcs and not batch_crc_ok(ch.data, h.position):
+                    raise CorruptMessageError(
+                        f"{tp.topic}-{tp.partition}: batch at offset {h.base_offset} "
+                        f"failed its CRC-32C check")
+                if h.attributes & ATTR_DMQ_NATIVE:
+                    raw = self._unpack(tp, ch.data, h)
+                    skip = position - h.base_offset if position > h.base_offset else 0
+                    ts_type = 1 if h.attributes & ATTR_TIMESTAMP_TYPE else 0
+                    b = ConsumedBatch(tp, h.base_offset + skip, h.next_offset, raw, skip,
+                                      h.max_timestamp if ts_type else h.base_timestamp,
+                                      ts_type, None, kd, vd)
+                else:
+                    recs = self._decode_kafka(tp, ch.data, h, position)
+                    b = ConsumedBatch(tp, recs[0].offset if recs else position,
+                                      h.next_offset, None, 0, 0, 0, recs, None, None)
+            except CorruptMessageError:
+                ch.next_batch -= 1  # stay on the bad batch, as `_take` does
+                st.position = position
+                if out:
+                    return out
+                raise
+            position = h.next_offset
+            if b.count:
+                out.append(b)
+                limit -= b.count
+        st.position = position
+        return out
+
+    def _unpack(self, tp: TopicPartition, data: bytes, h: BatchHeader) -> Any:
+        """The unpacked records array of a dmq-native batch (a tuple of `record_count`
+        records), or `CorruptMessageError` naming what is wrong."""
+        start = h.position + HEADER_SIZE
+        end = h.position + h.size_bytes
+        try:
+            payload = decompress(h.attributes & ATTR_CODEC_MASK, memoryview(data)[start:end])
+            raw = _unpackb(payload, use_list=False, raw=False, strict_map_key=False)
+            if type(raw) is not tuple or len(raw) != h.record_count:
+                raise ValueError("record count")
+        except Exception:
+            try:
+                decode_records(data, h)
+            except (CorruptRecordError, LogError) as exc:
+                raise CorruptMessageError(f"{tp.topic}-{tp.partition}: {exc}") from exc
+            raise CorruptMessageError(f"{tp.topic}-{tp.partition}: undecodable batch at "
+                                      f"offset {h.base_offset}") from None
+        return raw
 
     async def getone(self, *partitions: TopicPartition) -> ConsumerRecord:
         """The next record (waits as long as it takes)."""
@@ -860,4 +1074,4 @@ def _min(a: float | None, b: float) -> float:
     return b if a is None or b < a else a
 
 
-__all__ = ["Consumer", "OffsetAndTimestamp"]
+__all__ = ["ConsumedBatch", "Consumer", "OffsetAndTimestamp"]

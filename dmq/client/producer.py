@@ -36,11 +36,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate, repeat
+from operator import add
 from typing import Any
 
 from dmq.aio import wait_for
-from dmq.client.accumulator import PartitionQueue, ProducerBatch, RecordHandle
+from dmq.client.accumulator import (
+    BatchMetadata,
+    BatchSegment,
+    ManyHandle,
+    PartitionQueue,
+    ProducerBatch,
+    RecordHandle,
+)
 from dmq.client.cluster import ClusterClient
 from dmq.client.errors import IllegalStateError, ProducerClosedError, WouldBlockError
 from dmq.client.partitioner import DEFAULT_PARTITIONER, KeyPartitioner, StickyPartitioner
@@ -298,6 +308,210 @@ class Producer:
                 f"known yet): await send() instead")
         self._batch_filled = False
         return handle
+
+    # ---- the batch API -----------------------------------------------------------------
+    async def send_many(self, topic: str, values: Sequence[Any],
+                        keys: Sequence[Any] | None = None, partition: int | None = None,
+                        headers: Iterable[tuple[str, bytes]] | None = None,
+                        timestamp_ms: int | None = None) -> ManyHandle:
+        """Append many records in one call; returns one awaitable `ManyHandle`.
+
+        `values` (and `keys`, the same length, or None) are sequences; `headers` go on
+        every record; all records share one timestamp. Records are placed as `send`
+        places them (explicit `partition`, murmur2/crc32c of each key, or the sticky
+        partition, moved when a batch fills), split into batches of `batch_size`, and
+        kept in call order within each partition. No Python code runs per record
+        beyond the serializers (if any) and, for keys, the key partitioner: sizes,
+        splitting, grouping by partition and the batch's records are C-level
+        (`map`, `accumulate`, `bisect`, `sorted`, `zip`). Waits, like `send`, for
+        topic metadata and for `buffer_memory` space (a call larger than the free
+        buffer goes in parts as space frees up; each part is appended whole).
+        """
+        if not self._accepting:
+            self._check_accepting()
+        keys, values, hdrs, sizes = self._prepare_many(keys, values, headers)
+        parts = self._queues.get(topic)
+        if parts is None:
+            parts = await self._topic_queues(topic)
+        if partition is not None and partition not in parts:
+            await self._grown_queue(topic, partition)
+        ts = timestamp_ms if timestamp_ms is not None else self._wall_ms()
+        handle = ManyHandle(topic, ts)
+        cum = list(accumulate(sizes, initial=0))
+        n = len(values)
+        start = 0
+        while start < n:
+            if not self._accepting:
+                self._check_accepting()
+            free = self.buffer_memory - self._buffered_bytes
+            end = bisect_right(cum, cum[start] + free, start) - 1
+            if end <= start and self._buffered_bytes:
+                await self._wait_for_buffer(sizes[start])
+                continue
+            end = max(end, start + 1)
+            whole = start == 0 and end == n
+            self._append_many(topic, parts, None if keys is None else
+                              (keys if whole else keys[start:end]),
+                              values if whole else values[start:end],
+                              sizes if whole else sizes[start:end],
+                              partition, hdrs, ts, handle, start)
+            start = end
+            if self._batch_filled:
+                self._batch_filled = False
+                await asyncio.sleep(0)  # let the sender ship the full batches now
+        return handle
+
+    def send_many_nowait(self, topic: str, values: Sequence[Any],
+                         keys: Sequence[Any] | None = None, partition: int | None = None,
+                         headers: Iterable[tuple[str, bytes]] | None = None,
+                         timestamp_ms: int | None = None) -> ManyHandle:
+        """`send_many` without waiting, for tight loops: appends every record or none.
+
+        Raises `WouldBlockError` (nothing appended) when the records do not fit the
+        free `buffer_memory` or the topic's metadata (or the explicit partition) is not
+        known yet; then `await send_many(...)`, which waits. Nothing is sent until the
+        caller yields to the event loop.
+        """
+        if not self._accepting:
+            self._check_accepting()
+        keys, values, hdrs, sizes = self._prepare_many(keys, values, headers)
+        parts = self._queues.get(topic)
+        total = sum(sizes)
+        if parts is None or (partition is not None and partition not in parts) or \
+                self._buffered_bytes + total > self.buffer_memory:
+            raise WouldBlockError(
+                f"cannot append {len(values)} records to {topic!r} without waiting (buffer "
+                f"full or metadata not known yet): await send_many() instead")
+        ts = timestamp_ms if timestamp_ms is not None else self._wall_ms()
+        handle = ManyHandle(topic, ts)
+        self._append_many(topic, parts, keys, values, sizes, partition, hdrs, ts, handle, 0)
+        self._batch_filled = False
+        return handle
+
+    def _check_accepting(self) -> None:
+        if self._closing or self._closed:
+            raise ProducerClosedError("producer is closed")
+        raise IllegalStateError("producer not started: use `async with` or start()")
+
+    def _prepare_many(self, keys: Sequence[Any] | None, values: Sequence[Any],
+                      headers: Iterable[tuple[str, bytes]] | None
+                      ) -> tuple[Sequence[Any] | None, Sequence[Any],
+                                 list[tuple[str, bytes]] | None, list[int]]:
+        """Serialized keys and values, the shared headers, and each record's size
+        estimate (as `_prepare` makes it), checked against the record limit."""
+        if isinstance(values, (bytes, bytearray, memoryview, str)):
+            raise TypeError(f"send_many takes a sequence of values, not one "
+                            f"{type(values).__name__} value: send_many(topic, [value])")
+        if self.value_serializer is not None:
+            values = list(map(self.value_serializer, values))
+        elif not isinstance(values, (list, tuple)):
+            values = list(values)
+        n = len(values)
+        if keys is not None:
+            if self.key_serializer is not None:
+                keys = list(map(self.key_serializer, keys))
+            elif not isinstance(keys, (list, tuple)):
+                keys = list(keys)
+            if len(keys) != n:
+                raise ValueError(f"send_many: {len(keys)} keys for {n} values")
+        hdrs: list[tuple[str, bytes]] | None = None
+        overhead = _RECORD_OVERHEAD
+        if headers:
+            hdrs = list(headers)
+            overhead += sum(len(k) + len(v) + 4 for k, v in hdrs)
+        if None in values:  # tombstones: the only case with Python code per record
+            sizes = [overhead + (len(v) if v else 0) for v in values]
+        else:
+            sizes = list(map(add, map(len, values), repeat(overhead, n)))
+        if keys is not None:
+            if None in keys:
+                sizes = list(map(add, sizes, [len(k) if k else 0 for k in keys]))
+            else:
+                sizes = list(map(add, sizes, map(len, keys)))
+        if n and max(sizes) > self._max_record_bytes:
+            raise MessageTooLargeError(
+                f"a record of {max(sizes)} bytes can never be sent: the limit is "
+                f"{self._max_record_bytes} bytes, from {self._record_limit[1]}")
+        return keys, values, hdrs, sizes
+
+    def _append_many(self, topic: str, parts: dict[int, PartitionQueue],
+                     keys: Sequence[Any] | None, values: Sequence[Any], sizes: list[int],
+                     partition: int | None, hdrs: list[tuple[str, bytes]] | None, ts: int,
+                     handle: ManyHandle, offset: int) -> None:
+        """Append records already known to fit the buffer: to one partition, to the
+        sticky partition, or grouped by each key's partition (a stable C-level sort of
+        the positions by partition keeps call order within a partition)."""
+        n = len(values)
+        if not n:
+            return
+        if partition is not None:
+            self._fill(topic, parts, parts[partition], False, keys, values, sizes, hdrs, ts,
+                       handle, range(offset, offset + n))
+            return
+        if keys is None or None in keys:
+            if keys is not None:
+                raise ValueError("send_many: keys must be all set or keys=None (records "
+                                 "without a key go to the sticky partition)")
+            p = self._sticky_current.get(topic)
+            if p is None or p not in parts:
+                p = self._sticky.partition(topic, len(parts))
+            self._fill(topic, parts, parts[p], True, None, values, sizes, hdrs, ts, handle,
+                       range(offset, offset + n))
+            return
+        chosen = list(map(self._key_partition, keys, repeat(len(parts), n)))
+        distinct = set(chosen)
+        if len(distinct) == 1:
+            self._fill(topic, parts, parts[chosen[0]], False, keys, values, sizes, hdrs, ts,
+                       handle, range(offset, offset + n))
+            return
+        order = sorted(range(n), key=chosen.__getitem__)
+        by_part = sorted(chosen)
+        for p in sorted(distinct):
+            idx = order[bisect_left(by_part, p):bisect_right(by_part, p)]
+            self._fill(topic, parts, parts[p], False, list(map(keys.__getitem__, idx)),
+                       list(map(values.__getitem__, idx)), list(map(sizes.__getitem__, idx)),
+                       hdrs, ts, handle, list(map(add, idx, repeat(offset, len(idx))))
+                       if offset else idx)
+
+    def _fill(self, topic: str, parts: dict[int, PartitionQueue], pq: PartitionQueue,
+              sticky: bool, keys: Sequence[Any] | None, values: Sequence[Any],
+              sizes: list[int], hdrs: list[tuple[str, bytes]] | None, ts: int,
+              handle: ManyHandle, positions: Sequence[int]) -> None:
+        """Records of one partition into its open batch and new ones of `batch_size`
+        (Python work per batch, not per record)."""
+        n = len(values)
+        cum = list(accumulate(sizes, initial=0))
+        batch_size = self.batch_size
+        i = 0
+        while i < n:
+            batch = pq.open
+            if batch is None or batch.reserved_bytes + sizes[i] > batch_size:
+                full = batch is not None
+                if full and sticky:
+                    # KIP-480, as in `_append`: move the sticky partition on a full batch
+                    pq = parts.get(self._sticky.on_new_batch(topic, pq.partition,
+                                                             len(parts))) or pq
+                    batch = pq.open
+                if batch is None or batch.reserved_bytes + sizes[i] > batch_size:
+                    batch = self._new_batch(pq)
+                if full:
+                    self._wakeup()
+                    self._batch_filled = True
+            j = bisect_right(cum, cum[i] + batch_size - batch.reserved_bytes, i) - 1
+            if j <= i:
+                j = i + 1  # a new batch takes at least one record
+            elif j > n:
+                j = n
+            whole = i == 0 and j == n
+            index = batch.builder.extend(
+                ts, None if keys is None else (keys if whole else keys[i:j]),
+                values if whole else values[i:j], hdrs)
+            size = cum[j] - cum[i]
+            batch.reserved_bytes += size
+            self._buffered_bytes += size
+            handle.segments.append(BatchSegment(batch, index, j - i, positions[i:j]))
+            i = j
+
 
     def _prepare(self, key: Any, value: Any, headers: Iterable[tuple[str, bytes]] | None
                  ) -> tuple[Any, Any, list[tuple[str, bytes]] | None, int]:
@@ -769,4 +983,4 @@ def _min(a: float | None, b: float) -> float:
     return b if a is None or b < a else a
 
 
-__all__ = ["Producer", "RecordHandle", "parse_acks"]
+__all__ = ["BatchMetadata", "ManyHandle", "Producer", "RecordHandle", "parse_acks"]
