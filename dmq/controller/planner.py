@@ -34,6 +34,7 @@ from dmq.controller.records import (
     FenceBroker,
     OffsetCommit,
     PartitionChange,
+    PartitionReassign,
     ProducerIds,
     Record,
     RegisterBroker,
@@ -56,8 +57,10 @@ from dmq.protocol.errors import (
     FencedLeaderEpochError,
     InvalidConfigError,
     InvalidPartitionsError,
+    InvalidReplicaAssignmentError,
     InvalidReplicationFactorError,
     InvalidRequestError,
+    NoReassignmentInProgressError,
     NotLeaderOrFollowerError,
     PolicyViolationError,
     StaleBrokerEpochError,
@@ -242,6 +245,133 @@ class Planner:
                 if len(out) >= max_changes:
                     break
         return out
+
+    def elect_preferred_leaders(self, topic: str | None = None
+                                ) -> tuple[list[Record], list[list[Any]]]:
+        """Preferred leader election on demand (for one topic or all). Returns the
+        records and [[topic, partition, error code, message|nil], ...] for every
+        partition not led by its preferred replica (moved, or why not)."""
+        if topic is not None and topic not in self.state.topics:
+            raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
+        online = self._online()
+        records: list[Record] = []
+        results: list[list[Any]] = []
+        topics = [self.state.topics[topic]] if topic is not None else \
+            [t for _, t in sorted(self.state.topics.items())]
+        for t in topics:
+            for _, p in sorted(t.partitions.items()):
+                if not p.replicas or p.leader == p.replicas[0]:
+                    continue
+                pref = p.replicas[0]
+                if pref not in online or pref not in p.isr:
+                    results.append([p.topic, p.partition,
+                                    int(ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE),
+                                    f"preferred leader {pref} is not an online in-sync replica "
+                                    f"(isr {list(p.isr)})"])
+                    continue
+                records.append(PartitionChange(p.topic, p.partition, p.partition_epoch, pref))
+                results.append([p.topic, p.partition, 0, None])
+        return records, results
+
+    # reassignment (KIP-455) --------------------------------------------------------------
+    def _check_target(self, p: PartitionInfo, replicas: Any) -> tuple[int, ...]:
+        if not isinstance(replicas, (list, tuple)) or not replicas:
+            raise InvalidReplicaAssignmentError(
+                f"{p.topic}-{p.partition}: the target replica list must not be empty")
+        target = tuple(int(r) for r in replicas)
+        if len(set(target)) != len(target):
+            raise InvalidReplicaAssignmentError(
+                f"{p.topic}-{p.partition}: duplicate broker in target replicas {list(target)}")
+        unknown = [r for r in target if r not in self.state.brokers]
+        if unknown:
+            raise InvalidReplicaAssignmentError(
+                f"{p.topic}-{p.partition}: brokers {unknown} are not registered")
+        return target
+
+    def reassign_partitions(self, moves: list[list[Any]]
+                            ) -> tuple[list[Record], list[list[Any]]]:
+        """moves: [[topic, partition, [replica, ...] | nil (cancel)], ...]. Starts (or
+        replaces, or cancels) a reassignment per partition. Returns the records and
+        [[topic, partition, error code, message|nil], ...]."""
+        records: list[Record] = []
+        results: list[list[Any]] = []
+        seen: set[tuple[str, int]] = set()
+        for topic, partition, replicas in moves:
+            try:
+                t = self.state.topics.get(topic)
+                p = None if t is None else t.partitions.get(partition)
+                if p is None:
+                    raise UnknownTopicOrPartitionError(f"{topic}-{partition} does not exist")
+                if (topic, partition) in seen:
+                    raise InvalidRequestError(f"{topic}-{partition} is listed more than once")
+                seen.add((topic, partition))
+                rec = self._cancel_one(p) if replicas is None else \
+                    self._start_one(p, self._check_target(p, replicas))
+                if rec is not None:
+                    records.append(rec)
+                results.append([topic, partition, 0, None])
+            except DmqError as exc:
+                results.append([topic, partition, int(exc.code), exc.message])
+        return records, results
+
+    def _start_one(self, p: PartitionInfo, target: tuple[int, ...]) -> Record | None:
+        # a new target replaces one in progress: start again from the original replicas
+        # (those already added stay while they are in the new target)
+        base = p.original_replicas if (p.adding or p.removing) else p.replicas
+        current = tuple(dict.fromkeys((*base, *(r for r in p.adding if r in target))))
+        if target == p.replicas and not p.adding and not p.removing:
+            return None
+        replicas = tuple(dict.fromkeys((*target, *current)))
+        adding = tuple(r for r in target if r not in base)
+        removing = tuple(r for r in current if r not in target)
+        if not adding and not removing:
+            # only the order changes (the preferred leader): no data to move
+            return PartitionReassign(p.topic, p.partition, p.partition_epoch, target)
+        return PartitionReassign(p.topic, p.partition, p.partition_epoch, replicas, adding,
+                                 removing)
+
+    def _cancel_one(self, p: PartitionInfo) -> Record:
+        if not p.adding and not p.removing:
+            raise NoReassignmentInProgressError(
+                f"{p.topic}-{p.partition}: no reassignment in progress")
+        original = p.original_replicas
+        return self._finish(p, original)
+
+    def _finish(self, p: PartitionInfo, replicas: tuple[int, ...]) -> Record:
+        """The record ending a reassignment with `replicas`: leadership moves to an
+        online in-sync member of them if the leader is not one."""
+        isr = tuple(r for r in p.isr if r in replicas)
+        leader = NO_CHANGE
+        if p.leader not in replicas:
+            online = self._online()
+            chosen = next((r for r in replicas if r in isr and r in online), NO_LEADER)
+            leader = chosen
+            if not isr:
+                # nothing of the new set is in sync (e.g. a cancel before catch-up): the
+                # ISR keeps its last member out of the replica set only as a fact of
+                # the state, so keep the partition offline rather than lose data
+                isr = p.isr
+        return PartitionReassign(p.topic, p.partition, p.partition_epoch, replicas, (), (),
+                                 leader, isr or None)
+
+    def reassignment_steps(self) -> list[Record]:
+        """Complete every reassignment whose target replicas are all in the ISR and that
+        has an online in-sync leader to hand over to."""
+        online = self._online()
+        out: list[Record] = []
+        for p in self._all_partitions():
+            if not p.adding and not p.removing:
+                continue
+            target = p.target_replicas
+            if any(r not in p.isr for r in target):
+                continue
+            if p.leader not in target and not any(r in online for r in target):
+                continue
+            out.append(self._finish(p, target))
+        return out
+
+    def reassignments(self) -> list[PartitionInfo]:
+        return [p for p in self._all_partitions() if p.adding or p.removing]
 
     # topics ----------------------------------------------------------------------------
     def _new_topic_id(self) -> str:

@@ -47,6 +47,9 @@ class ApiKey(IntEnum):
     ALTER_CONFIGS = 33
     CREATE_PARTITIONS = 37
     DELETE_GROUPS = 42
+    ELECT_LEADERS = 43
+    ALTER_PARTITION_REASSIGNMENTS = 45
+    LIST_PARTITION_REASSIGNMENTS = 46
     ALTER_PARTITION = 56
     DESCRIBE_CLUSTER = 60
     BROKER_REGISTRATION = 62
@@ -166,6 +169,18 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
         {"topics": Array(Struct({"name": STR, "configs": MapOf(STR, Nullable(STR))}))},
         {"validate_only": (BOOL, False)}),
     # -> {"topics": [{"name", "error", "msg"}]}
+    ApiKey.ALTER_PARTITION_REASSIGNMENTS: Struct(
+        # [[topic, partition, [replica, ...] | nil (cancel)]]
+        {"partitions": Array(Tuple(STR, INT, Nullable(Array(INT, max_items=1000))),
+                             max_items=100_000)}),
+    # -> {"partitions": [[topic, partition, error, msg]]}
+    ApiKey.LIST_PARTITION_REASSIGNMENTS: Struct(
+        optional={"topics": (Nullable(Array(STR, max_items=10_000)), None)}),
+    # -> {"partitions": [[topic, partition, [replicas], [adding], [removing], leader,
+    #                     [isr]]]}
+    ApiKey.ELECT_LEADERS: Struct(optional={"topic": (Nullable(STR), None)}),
+    # -> {"partitions": [[topic, partition, error, msg]]} (only those not led by their
+    #    preferred replica before the election)
     ApiKey.CONTROLLER_CHANGED: Struct({"controller_id": INT, "term": INT, "host": STR,
                                        "port": INT}),
     # -> {}
