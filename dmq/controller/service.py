@@ -462,7 +462,13 @@ class ControllerService:
         return {"controller_id": st["leader_id"] if st["leader_id"] > 0 else -1,
                 "controller_term": st["term"], "metadata_version": self.state.version,
                 "controllers": list(controllers), "brokers": brokers, "active": active,
-                "answered_by": self.node_id}
+                "answered_by": self.node_id,
+                "reassignments": [
+                    {"topic": p.topic, "partition": p.partition, "replicas": list(p.replicas),
+                     "adding": list(p.adding), "removing": list(p.removing),
+                     "leader": p.leader, "isr": list(p.isr)}
+                    for p in sorted(self.planner.reassignments(),
+                                    key=lambda p: (p.topic, p.partition))]}
 
     async def _controller_status(self, node_id: int, host: str, port: int) -> dict[str, Any]:
         row = {"node_id": node_id, "host": host, "port": port}

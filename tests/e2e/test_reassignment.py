@@ -185,6 +185,10 @@ async def test_active_controller_killed_mid_reassignment_it_completes() -> None:
             moving = await admin.list_partition_reassignments()
             assert [(r["topic"], r["adding"], r["removing"]) for r in moving] == [
                 ("ha", [new], [info.replicas[0]])]
+            status = await asyncio.to_thread(_cli, pc, "cluster", "status")
+            assert "reassignments in progress:" in status.stdout, status.stdout
+            row = next(ln for ln in status.stdout.splitlines() if ln.startswith("ha-0"))
+            assert row.split()[2:4] == [str(new), str(info.replicas[0])], row
             active = (await admin.describe_cluster())["controller_id"]
             pc.kill(active, signal.SIGKILL)
             pc.start(new)
