@@ -6,7 +6,8 @@
   ID,...` prints a balanced plan for those topics over those brokers.
 - `partitions elect-leaders [--topic T]` moves leadership back to preferred replicas.
 - `brokers decommission ID` moves every replica off a broker (alive or dead) and waits
-  until it holds none.
+  until it holds none; `brokers unregister ID` then forgets it (refused while it hosts
+  replicas).
 
 The controller does the work (see dmq.controller.planner, "reassignment"); these
 commands parse, call, print.
@@ -264,3 +265,14 @@ def brokers_decommission(broker_id: int, wait_ms: int, bootstrap: str | None,
                    "see `dmq partitions reassign --verify` or run this again")
         sys.exit(1)
     click.echo(f"broker {broker_id} holds no partition replicas")
+
+
+@brokers.command("unregister")
+@click.argument("broker_id", type=int)
+@_common
+def brokers_unregister(broker_id: int, bootstrap: str | None, config_path: str | None,
+                       timeout_ms: int) -> None:
+    """Forget a broker that will never return (refused while it hosts replicas). A
+    broker that is still running registers again by itself."""
+    _run(bootstrap, config_path, timeout_ms, lambda a: a.unregister_broker(broker_id))
+    click.echo(f"broker {broker_id} unregistered")

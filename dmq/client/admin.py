@@ -214,6 +214,10 @@ class Admin:
         return {(t, p): (error_for(code, msg) if code else None)
                 for t, p, code, msg in resp["partitions"]}
 
+    async def unregister_broker(self, broker_id: int) -> None:
+        """Forget a broker that will never return (refused while it hosts replicas)."""
+        await self._request(ApiKey.UNREGISTER_BROKER, {"broker_id": broker_id})
+
     async def wait_for_controller(self, timeout_ms: int = 10_000) -> dict[str, Any]:
         """Wait until an active controller answers; returns describe_cluster()."""
         loop = asyncio.get_running_loop()

@@ -41,6 +41,7 @@ from dmq.controller.records import (
     RemoveTopic,
     TopicConfig,
     UnfenceBroker,
+    UnregisterBroker,
 )
 from dmq.controller.state import MetadataState
 from dmq.controller.validation import (
@@ -223,6 +224,21 @@ class Planner:
                 out.append(PartitionChange(p.topic, p.partition, p.partition_epoch, NO_CHANGE,
                                            others))
         return out
+
+    def unregister_broker(self, broker_id: int) -> list[Record]:
+        """Forget a broker that will never return. Refused while any partition lists
+        it as a replica (decommission it first): its data would be forgotten with it."""
+        b = self.state.brokers.get(broker_id)
+        if b is None:
+            raise BrokerIdNotRegisteredError(f"broker {broker_id} is not registered")
+        hosted = [f"{p.topic}-{p.partition}" for p in self._all_partitions()
+                  if broker_id in p.replicas]
+        if hosted:
+            raise InvalidRequestError(
+                f"broker {broker_id} still hosts {len(hosted)} partition replica(s) "
+                f"({', '.join(hosted[:5])}{', ...' if len(hosted) > 5 else ''}); "
+                f"decommission it first (dmq brokers decommission {broker_id})")
+        return [UnregisterBroker(broker_id, b.broker_epoch)]
 
     def leaderships(self, broker_id: int) -> int:
         return sum(1 for p in self._all_partitions() if p.leader == broker_id)

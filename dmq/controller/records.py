@@ -30,6 +30,8 @@ One Raft entry carries one *batch* of records, applied atomically:
                          Sets the replica set and the reassignment in progress (both
                          empty: none); the ISR is cut to the replicas. Epochs as for
                          PARTITION_CHANGE.
+    UNREGISTER_BROKER    broker_id, broker_epoch (forget a broker; skipped if it
+                         re-registered meanwhile)
 
 Records are applied deterministically by every controller and every broker image, so
 anything random (topic ids, placement) is chosen before proposing and written here.
@@ -61,6 +63,7 @@ class RecordType(IntEnum):
     PRODUCER_IDS = 10
     OFFSET_COMMIT = 11
     PARTITION_REASSIGN = 12
+    UNREGISTER_BROKER = 13
 
 
 class MalformedRecordError(ValueError):
@@ -218,9 +221,19 @@ class PartitionReassign:
                 None if self.isr is None else list(self.isr)]
 
 
+@dataclass(frozen=True, slots=True)
+class UnregisterBroker:
+    TYPE: ClassVar[RecordType] = RecordType.UNREGISTER_BROKER
+    broker_id: int
+    broker_epoch: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.broker_id, self.broker_epoch]
+
+
 Record = (RegisterBroker | FenceBroker | UnfenceBroker | BrokerShuttingDown | CreateTopic
           | AddPartitions | RemoveTopic | PartitionChange | TopicConfig | ProducerIds
-          | OffsetCommit | PartitionReassign)
+          | OffsetCommit | PartitionReassign | UnregisterBroker)
 
 
 def _tuples(rows: Any) -> tuple[tuple[int, ...], ...]:
@@ -258,6 +271,8 @@ def _from_wire(obj: list[Any]) -> Record:
         return PartitionReassign(f[0], int(f[1]), int(f[2]), tuple(int(x) for x in f[3]),
                                  tuple(int(x) for x in f[4]), tuple(int(x) for x in f[5]),
                                  int(f[6]), None if f[7] is None else tuple(f[7]))
+    if t is RecordType.UNREGISTER_BROKER:
+        return UnregisterBroker(int(f[0]), int(f[1]))
     raise AssertionError(t)  # pragma: no cover - every RecordType is handled above
 
 

@@ -123,6 +123,7 @@ class ControllerService:
             ApiKey.ALTER_PARTITION_REASSIGNMENTS: self.handle_alter_partition_reassignments,
             ApiKey.LIST_PARTITION_REASSIGNMENTS: self.handle_list_partition_reassignments,
             ApiKey.ELECT_LEADERS: self.handle_elect_leaders,
+            ApiKey.UNREGISTER_BROKER: self.handle_unregister_broker,
         }
         if "broker" in self.node.spec.roles:
             # combined mode: the local broker's lifecycle takes the notices
@@ -639,6 +640,12 @@ class ControllerService:
     async def handle_elect_leaders(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
         results = await self.mutate(lambda: self.planner.elect_preferred_leaders(body["topic"]))
         return {"partitions": results}
+
+    async def handle_unregister_broker(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        bid = body["broker_id"]
+        await self.mutate(self._plan(self.planner.unregister_broker, bid))
+        log.info("controller=%d broker %d unregistered", self.node_id, bid)
+        return {}
 
     async def handle_allocate_producer_ids(self, ctx: RequestContext,
                                            body: dict[str, Any]) -> Any:

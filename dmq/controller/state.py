@@ -98,6 +98,7 @@ class MetadataState:
             RecordType.PRODUCER_IDS: self._producer_ids,
             RecordType.OFFSET_COMMIT: self._offset_commit,
             RecordType.PARTITION_REASSIGN: self._partition_reassign,
+            RecordType.UNREGISTER_BROKER: self._unregister_broker,
         }
 
     # applying ---------------------------------------------------------------------------
@@ -141,6 +142,15 @@ class MetadataState:
             return
         self.brokers[broker_id] = replace(b, state=state)
         self.broker_changed_at[broker_id] = index
+
+    def _unregister_broker(self, rec: Any, index: int) -> None:
+        b = self.brokers.get(rec.broker_id)
+        if b is None or b.broker_epoch != rec.broker_epoch:
+            self._skip(rec, "unknown broker or stale broker epoch")
+            return
+        del self.brokers[rec.broker_id]
+        self.incarnations.pop(rec.broker_id, None)
+        self.broker_changed_at.pop(rec.broker_id, None)
 
     def _fence_broker(self, rec: Any, index: int) -> None:
         self._set_broker_state(rec.broker_id, rec.broker_epoch, FENCED, rec, index)

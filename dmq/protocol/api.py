@@ -54,6 +54,7 @@ class ApiKey(IntEnum):
     DESCRIBE_CLUSTER = 60
     BROKER_REGISTRATION = 62
     BROKER_HEARTBEAT = 63
+    UNREGISTER_BROKER = 64
     ALLOCATE_PRODUCER_IDS = 67
     CONSUMER_GROUP_HEARTBEAT = 68
     # dmq-only
@@ -178,6 +179,8 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
         optional={"topics": (Nullable(Array(STR, max_items=10_000)), None)}),
     # -> {"partitions": [[topic, partition, [replicas], [adding], [removing], leader,
     #                     [isr]]]}
+    ApiKey.UNREGISTER_BROKER: Struct({"broker_id": INT}),
+    # -> {} (an operator's request: forget a broker that hosts no replicas)
     ApiKey.ELECT_LEADERS: Struct(optional={"topic": (Nullable(STR), None)}),
     # -> {"partitions": [[topic, partition, error, msg]]} (only those not led by their
     #    preferred replica before the election)

@@ -235,6 +235,8 @@ async def test_decommission_dead_broker_restores_full_replication() -> None:
                            for x in d["brokers"])
 
             await wait_until(fenced, 30, f"broker {victim} fenced")
+            refused = await asyncio.to_thread(_cli, pc, "brokers", "unregister", str(victim))
+            assert refused.returncode == 1 and "still hosts" in refused.stderr, refused
             out = await asyncio.to_thread(_cli, pc, "brokers", "decommission", str(victim))
             assert out.returncode == 0, out.stdout + out.stderr
             assert f"broker {victim} holds no partition replicas" in out.stdout
@@ -248,3 +250,7 @@ async def test_decommission_dead_broker_restores_full_replication() -> None:
             await wait_until(fully_replicated, 30, "every partition back to 3 in-sync replicas")
             # nothing moves while nothing needs to
             assert await admin.list_partition_reassignments() == []
+            out = await asyncio.to_thread(_cli, pc, "brokers", "unregister", str(victim))
+            assert out.returncode == 0 and f"broker {victim} unregistered" in out.stdout, out
+            d = await admin.describe_cluster()
+            assert victim not in [x["broker_id"] for x in d["brokers"]]

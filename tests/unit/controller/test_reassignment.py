@@ -8,7 +8,7 @@ import pytest
 from dmq.controller.image import NO_LEADER
 from dmq.controller.records import PartitionReassign, decode_batch, encode_batch
 from dmq.controller.state import MetadataState
-from dmq.protocol.errors import ErrorCode
+from dmq.protocol.errors import DmqError, ErrorCode
 from tests.unit.controller.helpers import Harness
 
 
@@ -188,3 +188,22 @@ def test_elect_preferred_leaders_on_demand(h: Harness) -> None:
     assert h.state.topics["t"].partitions[0].leader == 101
     assert h.state.topics["u"].partitions[0].leader == 105
     assert h.state.topics["u"].partitions[0].leader != NO_LEADER
+
+
+def test_unregister_refused_while_hosting_then_forgets_the_broker(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    h.commit(h.planner.fence_broker(103))
+    with pytest.raises(DmqError) as err:
+        h.planner.unregister_broker(103)
+    assert err.value.code is ErrorCode.INVALID_REQUEST and "t-0" in err.value.message
+    h.commit(h.planner.reassign_partitions([["t", 0, [101, 102, 104]]])[0])
+    _expand(h, "t", 104)
+    h.commit(h.planner.reassignment_steps())
+    h.commit(h.planner.unregister_broker(103))
+    assert 103 not in h.state.brokers and 103 not in h.state.to_snapshot()["brokers"]
+    with pytest.raises(DmqError) as err:
+        h.planner.unregister_broker(103)
+    assert err.value.code is ErrorCode.BROKER_ID_NOT_REGISTERED
+    # it may come back as a new broker
+    h.add_broker(103)
+    assert h.state.brokers[103].state == "ONLINE"
