@@ -229,8 +229,8 @@ class Planner:
         """Forget a broker that will never return. Refused while any partition lists
         it as a replica (decommission it first): its data would be forgotten with it."""
         b = self.state.brokers.get(broker_id)
-        if b is None:
-            raise BrokerIdNotRegisteredError(f"broker {broker_id} is not registered")
+        if b is None:  # (BROKER_ID_NOT_REGISTERED is retriable: clients would wait)
+            raise InvalidRequestError(f"broker {broker_id} is not registered")
         hosted = [f"{p.topic}-{p.partition}" for p in self._all_partitions()
                   if broker_id in p.replicas]
         if hosted:
