@@ -250,17 +250,8 @@ class Planner:
                    and self.choose_leader(p, p.isr, eligible) == NO_LEADER)
 
     def preferred_leader_elections(self, max_changes: int = 1000) -> list[Record]:
-        online = self._online()
-        out: list[Record] = []
-        for p in self._all_partitions():
-            if not p.replicas:
-                continue
-            pref = p.replicas[0]
-            if p.leader != pref and pref in online and pref in p.isr:
-                out.append(PartitionChange(p.topic, p.partition, p.partition_epoch, pref, None))
-                if len(out) >= max_changes:
-                    break
-        return out
+        """The automatic balancer's step (`auto.leader.rebalance.enable`)."""
+        return self.elect_preferred_leaders()[0][:max_changes]
 
     def elect_preferred_leaders(self, topic: str | None = None
                                 ) -> tuple[list[Record], list[list[Any]]]:
@@ -312,6 +303,8 @@ class Planner:
         records: list[Record] = []
         results: list[list[Any]] = []
         seen: set[tuple[str, int]] = set()
+        counts = self.replica_counts()
+        cap = PartitionLimits.from_settings(self.get_setting).replicas_per_broker
         for topic, partition, replicas in moves:
             try:
                 t = self.state.topics.get(topic)
@@ -323,6 +316,15 @@ class Planner:
                 seen.add((topic, partition))
                 rec = self._cancel_one(p) if replicas is None else \
                     self._start_one(p, self._check_target(p, replicas))
+                if isinstance(rec, PartitionReassign):
+                    added = [r for r in rec.replicas if r not in p.replicas]
+                    full = [r for r in added if counts.get(r, 0) + 1 > cap]
+                    if full:
+                        raise PolicyViolationError(
+                            f"{topic}-{partition}: broker(s) {full} would host more than "
+                            f"{cap} partition replicas (max.partition.replicas.per.broker)")
+                    for r in added:
+                        counts[r] = counts.get(r, 0) + 1
                 if rec is not None:
                     records.append(rec)
                 results.append([topic, partition, 0, None])
@@ -351,6 +353,11 @@ class Planner:
             raise NoReassignmentInProgressError(
                 f"{p.topic}-{p.partition}: no reassignment in progress")
         original = p.original_replicas
+        if not any(r in p.isr for r in original):
+            raise InvalidRequestError(
+                f"{p.topic}-{p.partition}: cannot cancel: none of the original replicas "
+                f"{list(original)} is in sync (isr {list(p.isr)}); their data would be lost. "
+                f"Give a new target instead")
         return self._finish(p, original)
 
     def _finish(self, p: PartitionInfo, replicas: tuple[int, ...]) -> Record:
@@ -360,15 +367,9 @@ class Planner:
         leader = NO_CHANGE
         if p.leader not in replicas:
             online = self._online()
-            chosen = next((r for r in replicas if r in isr and r in online), NO_LEADER)
-            leader = chosen
-            if not isr:
-                # nothing of the new set is in sync (e.g. a cancel before catch-up): the
-                # ISR keeps its last member out of the replica set only as a fact of
-                # the state, so keep the partition offline rather than lose data
-                isr = p.isr
+            leader = next((r for r in replicas if r in isr and r in online), NO_LEADER)
         return PartitionReassign(p.topic, p.partition, p.partition_epoch, replicas, (), (),
-                                 leader, isr or None)
+                                 leader, isr)
 
     def reassignment_steps(self) -> list[Record]:
         """Complete every reassignment whose target replicas are all in the ISR and that

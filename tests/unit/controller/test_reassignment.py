@@ -208,3 +208,33 @@ def test_unregister_refused_while_hosting_then_forgets_the_broker(h: Harness) ->
     # it may come back as a new broker
     h.add_broker(103)
     assert h.state.brokers[103].state == "ONLINE"
+
+
+def test_reassignment_respects_the_per_broker_replica_limit(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    _place(h, "u", (102, 103, 105))
+    h.settings["max.partition.replicas.per.broker"] = 1
+    recs, res = h.planner.reassign_partitions([["t", 0, [104, 102, 103]],
+                                               ["u", 0, [104, 103, 105]]])
+    assert res[0] == ["t", 0, 0, None]
+    assert ErrorCode(res[1][2]) is ErrorCode.POLICY_VIOLATION
+    assert "[104]" in res[1][3] and "max.partition.replicas.per.broker" in res[1][3]
+    assert len(recs) == 1
+
+
+def test_cancel_refused_when_no_original_replica_is_in_sync(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])[0])
+    for b in (104, 105, 106):
+        _expand(h, "t", b)
+    # the old replicas fall out of the ISR before the step runs
+    for b in (101, 102, 103):
+        h.commit(h.planner.fence_broker(b))
+    p = h.state.topics["t"].partitions[0]
+    assert set(p.isr) == {104, 105, 106}
+    recs, res = h.planner.reassign_partitions([["t", 0, None]])
+    assert recs == [] and ErrorCode(res[0][2]) is ErrorCode.INVALID_REQUEST
+    assert "cannot cancel" in res[0][3]
+    h.commit(h.planner.reassignment_steps())
+    p = h.state.topics["t"].partitions[0]
+    assert p.replicas == (104, 105, 106) and p.leader == 104 and not p.removing
