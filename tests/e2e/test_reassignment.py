@@ -254,3 +254,35 @@ async def test_decommission_dead_broker_restores_full_replication() -> None:
             assert out.returncode == 0 and f"broker {victim} unregistered" in out.stdout, out
             d = await admin.describe_cluster()
             assert victim not in [x["broker_id"] for x in d["brokers"]]
+
+
+async def test_elect_leaders_moves_leadership_back_to_the_preferred_replica() -> None:
+    with ProcessCluster(controllers=1, brokers=3, settings=SETTINGS) as pc:
+        pc.start()
+        b = pc.bootstrap
+        await ensure_topic(b, "el", 1, 3, 30)
+        async with Admin(b) as admin:
+            await wait_until(lambda: _leader_known(admin, "el"), 30, "a leader for el-0")
+            await wait_until(lambda: _all_online(admin, pc.broker_ids), 30, "brokers online")
+            pref = (await _partition(admin, "el")).replicas[0]
+            pc.signal(pref, signal.SIGSTOP)  # fenced: leadership moves away
+
+            async def moved() -> bool:
+                return (await _partition(admin, "el")).leader not in (pref, -1)
+
+            try:
+                await wait_until(moved, 30, "leadership to move off the paused broker")
+            finally:
+                pc.signal(pref, signal.SIGCONT)
+
+            async def back_in_sync() -> bool:
+                return pref in (await _partition(admin, "el")).isr
+
+            await wait_until(back_in_sync, 30, f"broker {pref} back in the ISR")
+            assert (await _partition(admin, "el")).leader != pref  # no balancer in SETTINGS
+            out = await asyncio.to_thread(_cli, pc, "partitions", "elect-leaders", "--topic", "el")
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert out.stdout.strip() == "el-0: leader moved to the preferred replica"
+            assert (await _partition(admin, "el")).leader == pref
+            again = await asyncio.to_thread(_cli, pc, "partitions", "elect-leaders")
+            assert again.stdout.strip() == "every partition is led by its preferred replica"
