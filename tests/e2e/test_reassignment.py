@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,14 @@ def _now(fn: Any) -> Any:
     async def check() -> bool:
         return bool(fn())
     return check
+
+
+def _http_json(port: int, path: str) -> Any:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError) as exc:  # not listening yet: wait_until retries
+        raise OSError(f"GET {path}: {exc}") from exc
 
 
 def _cli(cluster: ProcessCluster, *args: str) -> subprocess.CompletedProcess[str]:
@@ -163,7 +172,7 @@ async def _leader_known(admin: Admin, topic: str) -> bool:
 
 
 async def test_active_controller_killed_mid_reassignment_it_completes() -> None:
-    with ProcessCluster(controllers=3, brokers=4, settings=SETTINGS) as pc:
+    with ProcessCluster(controllers=3, brokers=4, settings=SETTINGS, http=True) as pc:
         pc.start()
         b = pc.bootstrap
         await ensure_topic(b, "ha", 1, 3, 30)
@@ -189,6 +198,16 @@ async def test_active_controller_killed_mid_reassignment_it_completes() -> None:
             assert "reassignments in progress:" in status.stdout, status.stdout
             row = next(ln for ln in status.stdout.splitlines() if ln.startswith("ha-0"))
             assert row.split()[2:4] == [str(new), str(info.replicas[0])], row
+            # the HTTP cluster view (served by the controllers) lists it too
+            port = pc.nodes[pc.controller_ids[0]].http_port
+            assert port is not None
+
+            async def rest_lists_it() -> bool:
+                view = await asyncio.to_thread(_http_json, port, "/api/v1/metadata/cluster")
+                return [(r["topic"], r["adding"], r["removing"])
+                        for r in view["reassignments"]] == [("ha", [new], [info.replicas[0]])]
+
+            await wait_until(rest_lists_it, 30, "the REST cluster view")
             active = (await admin.describe_cluster())["controller_id"]
             pc.kill(active, signal.SIGKILL)
             pc.start(new)
