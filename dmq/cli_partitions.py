@@ -3,7 +3,7 @@
 - `partitions reassign --plan FILE` starts reassignments (JSON list of
   {"topic", "partition", "replicas"}); `--verify` says which are done, `--cancel` stops
   them (those of the plan, or all in progress), `--generate --topics T,... --brokers
-  ID,...` prints a balanced plan for those topics over those brokers.
+  ID,...` prints a balanced (rack-aware) plan for those topics over those brokers.
 - `partitions elect-leaders [--topic T]` moves leadership back to preferred replicas.
 - `brokers decommission ID` moves every replica off a broker (alive or dead) and waits
   until it holds none; `brokers unregister ID` then forgets it (refused while it hosts
@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
+import zlib
 from typing import Any
 
 import click
 
 from dmq.cli_admin import _common, _run
+from dmq.controller.placement import assign_replicas
+from dmq.protocol.errors import DmqError
 
 
 def register(main: click.Group) -> None:
@@ -70,23 +74,25 @@ def load_plan(path: str) -> list[tuple[str, int, list[int]]]:
     return out
 
 
-def generate_plan(current: dict[str, dict[int, tuple[int, ...]]], brokers: list[int]
-                  ) -> list[dict[str, Any]]:
-    """A balanced placement of the given topics' partitions over `brokers`: each keeps
-    its replication factor; replicas and preferred leaders go round-robin, each topic
-    starting where the last one ended (Kafka's layout)."""
-    brokers = sorted(set(brokers))
-    n = len(brokers)
+def generate_plan(current: dict[str, dict[int, tuple[int, ...]]],
+                  brokers: list[tuple[int, str | None]]) -> list[dict[str, Any]]:
+    """A balanced placement of the given topics' partitions over `brokers` ((id, rack)):
+    each partition keeps its replication factor; placement is the one new topics get
+    (dmq.controller.placement: preferred leaders and followers spread evenly, replicas
+    on distinct racks when every broker has one), from a start fixed per topic name so
+    the same input proposes the same plan."""
     out = []
-    start = 0
     for topic in sorted(current):
-        for p, reps in sorted(current[topic].items()):
-            rf = len(reps)
-            if rf > n:
-                raise click.UsageError(f"{topic}-{p} has {rf} replicas; only {n} brokers given")
-            out.append({"topic": topic, "partition": p,
-                        "replicas": [brokers[(start + j) % n] for j in range(rf)]})
-            start += 1
+        parts = current[topic]
+        by_rf: dict[int, list[tuple[int, ...]]] = {}
+        for rf in sorted({len(r) for r in parts.values()}):
+            try:
+                by_rf[rf] = assign_replicas(brokers, max(parts) + 1, rf,
+                                            random.Random(zlib.crc32(topic.encode())))
+            except DmqError as exc:
+                raise click.UsageError(f"topic {topic}: {exc.message}") from None
+        for p, reps in sorted(parts.items()):
+            out.append({"topic": topic, "partition": p, "replicas": list(by_rf[len(reps)][p])})
     return out
 
 
@@ -121,15 +127,23 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
             raise click.UsageError("--generate needs --topics and --brokers")
         ids = _ids(broker_list, "--brokers")
         names = [t for t in topics.split(",") if t]
-        described = _run(bootstrap, config_path, timeout_ms,
-                         lambda a: a.describe_topics(names))
+
+        async def describe(a: Any) -> tuple[Any, dict[int, str | None]]:
+            cluster = await a.describe_cluster()
+            return (await a.describe_topics(names),
+                    {b["broker_id"]: b.get("rack") for b in cluster["brokers"]})
+
+        described, racks = _run(bootstrap, config_path, timeout_ms, describe)
+        unknown = [b for b in ids if b not in racks]
+        if unknown:
+            raise click.UsageError(f"--brokers: {unknown} are not registered brokers")
         current = {n: {p.partition: p.replicas for p in t.partitions.values()}
                    for n, t in described.items()}
         click.echo("current:")
         click.echo(json.dumps([{"topic": n, "partition": p, "replicas": list(r)}
                                for n in sorted(current) for p, r in sorted(current[n].items())]))
         click.echo("proposed:")
-        click.echo(json.dumps(generate_plan(current, ids)))
+        click.echo(json.dumps(generate_plan(current, [(b, racks[b]) for b in ids])))
         return
     if cancel:
         async def do_cancel(a: Any) -> dict[tuple[str, int], Any]:

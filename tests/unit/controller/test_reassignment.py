@@ -238,3 +238,33 @@ def test_cancel_refused_when_no_original_replica_is_in_sync(h: Harness) -> None:
     h.commit(h.planner.reassignment_steps())
     p = h.state.topics["t"].partitions[0]
     assert p.replicas == (104, 105, 106) and p.leader == 104 and not p.removing
+
+
+def test_generated_plan_is_balanced_and_rack_aware() -> None:
+    from collections import Counter
+
+    from dmq.cli_partitions import generate_plan
+
+    cur = {"orders": {p: (1, 2, 3) for p in range(6)}, "audit": {0: (1, 2), 1: (2, 3)}}
+    brokers = [(101, "a"), (102, "a"), (103, "b"), (104, "b"), (105, "c"), (106, "c")]
+    plan = generate_plan(cur, brokers)
+    assert plan == generate_plan(cur, brokers)  # the same input proposes the same plan
+    rack = dict(brokers)
+    orders = [r["replicas"] for r in plan if r["topic"] == "orders"]
+    assert all(len({rack[b] for b in reps}) == 3 for reps in orders)
+    assert Counter(reps[0] for reps in orders) == Counter({b: 1 for b, _ in brokers})
+    assert Counter(b for reps in orders for b in reps) == Counter({b: 3 for b, _ in brokers})
+    assert [len(r["replicas"]) for r in plan if r["topic"] == "audit"] == [2, 2]
+
+
+def test_decommission_plan_replaces_only_the_broker_by_the_least_loaded() -> None:
+    from dmq.cli_partitions import decommission_plan
+
+    h = Harness()
+    for b in (101, 102, 103, 104, 105):
+        h.add_broker(b)
+    _place(h, "t", (101, 102, 103))
+    _place(h, "u", (103, 104, 101))
+    _place(h, "v", (102, 104, 105))
+    plan = decommission_plan(101, h.state.topics, [102, 103, 104, 105])
+    assert plan == [("t", 0, [105, 102, 103]), ("u", 0, [103, 104, 102])]
