@@ -345,8 +345,13 @@ class Planner:
         if not adding and not removing:
             # only the order changes (the preferred leader): no data to move
             return PartitionReassign(p.topic, p.partition, p.partition_epoch, target)
+        leader = NO_CHANGE
+        if p.leader != NO_LEADER and p.leader not in replicas:
+            # the leader was a replica being added that the new target drops
+            online = self._online()
+            leader = next((r for r in replicas if r in p.isr and r in online), NO_LEADER)
         return PartitionReassign(p.topic, p.partition, p.partition_epoch, replicas, adding,
-                                 removing)
+                                 removing, leader)
 
     def _cancel_one(self, p: PartitionInfo) -> Record:
         if not p.adding and not p.removing:

@@ -268,3 +268,15 @@ def test_decommission_plan_replaces_only_the_broker_by_the_least_loaded() -> Non
     _place(h, "v", (102, 104, 105))
     plan = decommission_plan(101, h.state.topics, [102, 103, 104, 105])
     assert plan == [("t", 0, [105, 102, 103]), ("u", 0, [103, 104, 102])]
+
+
+def test_new_target_dropping_the_leader_being_added_moves_leadership(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 102, 103]]])[0])
+    _expand(h, "t", 104)
+    h.commit(h.planner.elect_preferred_leaders("t")[0])  # 104 (target[0]) leads
+    assert h.state.topics["t"].partitions[0].leader == 104
+    h.commit(h.planner.reassign_partitions([["t", 0, [105, 102, 103]]])[0])
+    p = h.state.topics["t"].partitions[0]
+    assert 104 not in p.replicas and 104 not in p.isr
+    assert p.leader == 102 and p.adding == (105,) and p.removing == (101,)
