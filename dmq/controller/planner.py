@@ -15,6 +15,13 @@ Leadership rules (Kafka's, KRaft flavour):
 - an offline partition gets an out-of-sync leader (any ONLINE replica, ISR = [it]) only
   when `unclean.leader.election.enable` is on for its topic (or cluster-wide);
 - a leader change bumps the leader epoch; every change bumps the partition epoch.
+
+Reassignment (Kafka's KIP-455): starting one writes replicas = target + the old ones,
+with `adding` and `removing`; the leader adds the new replicas to the ISR as they catch
+up; once every target replica is in the ISR the active controller writes the target
+alone (ISR cut to it, leadership moved to an online in-sync target replica if the leader
+leaves). A cancel goes back to the original replicas. Brokers drop (and delete) the
+replicas they are no longer assigned.
 """
 
 from __future__ import annotations
