@@ -74,8 +74,9 @@ async def test_move_partition_to_three_other_brokers_under_producer_and_consumer
     with ProcessCluster(controllers=1, brokers=6, settings=SETTINGS) as pc:
         pc.start()
         b = pc.bootstrap
-        await ensure_topic(b, "mv", 1, 3, 30)
         async with Admin(b) as admin:
+            await wait_until(lambda: _all_online(admin, pc.broker_ids), 30, "brokers online")
+            await ensure_topic(b, "mv", 1, 3, 30)
             await wait_until(lambda: _leader_known(admin, "mv"), 30, "a leader for mv-0")
             old = list((await _partition(admin, "mv")).replicas)
             target = [x for x in pc.broker_ids if x not in old]
@@ -175,10 +176,10 @@ async def test_active_controller_killed_mid_reassignment_it_completes() -> None:
     with ProcessCluster(controllers=3, brokers=4, settings=SETTINGS, http=True) as pc:
         pc.start()
         b = pc.bootstrap
-        await ensure_topic(b, "ha", 1, 3, 30)
         async with Admin(b) as admin:
-            await wait_until(lambda: _leader_known(admin, "ha"), 30, "a leader for ha-0")
             await wait_until(lambda: _all_online(admin, pc.broker_ids), 30, "brokers online")
+            await ensure_topic(b, "ha", 1, 3, 30)
+            await wait_until(lambda: _leader_known(admin, "ha"), 30, "a leader for ha-0")
             async with Producer(b, acks="all") as p:
                 for i in range(200):
                     await p.send("ha", b"%d" % i, partition=0)
@@ -231,8 +232,9 @@ async def test_decommission_dead_broker_restores_full_replication() -> None:
     with ProcessCluster(controllers=1, brokers=4, settings=SETTINGS) as pc:
         pc.start()
         b = pc.bootstrap
-        await ensure_topic(b, "dc", 4, 3, 30)
         async with Admin(b) as admin:
+            await wait_until(lambda: _all_online(admin, pc.broker_ids), 30, "brokers online")
+            await ensure_topic(b, "dc", 4, 3, 30)
             async def all_led() -> bool:
                 try:
                     t = (await admin.describe_topics(["dc"]))["dc"]
@@ -241,9 +243,8 @@ async def test_decommission_dead_broker_restores_full_replication() -> None:
                 return all(p.leader >= 0 for p in t.partitions.values())
 
             await wait_until(all_led, 30, "leaders for dc")
-            await wait_until(lambda: _all_online(admin, pc.broker_ids), 30, "brokers online")
-            victim = pc.broker_ids[0]
             t = (await admin.describe_topics(["dc"]))["dc"]
+            victim = t.partitions[0].replicas[0]
             hosted = [p.partition for p in t.partitions.values() if victim in p.replicas]
             assert hosted
             pc.kill(victim, signal.SIGKILL)
@@ -279,10 +280,10 @@ async def test_elect_leaders_moves_leadership_back_to_the_preferred_replica() ->
     with ProcessCluster(controllers=1, brokers=3, settings=SETTINGS) as pc:
         pc.start()
         b = pc.bootstrap
-        await ensure_topic(b, "el", 1, 3, 30)
         async with Admin(b) as admin:
-            await wait_until(lambda: _leader_known(admin, "el"), 30, "a leader for el-0")
             await wait_until(lambda: _all_online(admin, pc.broker_ids), 30, "brokers online")
+            await ensure_topic(b, "el", 1, 3, 30)
+            await wait_until(lambda: _leader_known(admin, "el"), 30, "a leader for el-0")
             pref = (await _partition(admin, "el")).replicas[0]
             pc.signal(pref, signal.SIGSTOP)  # fenced: leadership moves away
 
