@@ -226,7 +226,7 @@ def _register_subcommands() -> None:
     """Admin command groups live in their own modules; each adds itself to `main`."""
     import importlib
 
-    for module in ("dmq.cli_admin", "dmq.cli_groups"):
+    for module in ("dmq.cli_admin", "dmq.cli_groups", "dmq.cli_partitions"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -99,8 +99,16 @@ def cluster() -> None:
 def cluster_status(bootstrap: str | None, config_path: str | None, timeout_ms: int,
                    as_json: bool) -> None:
     """Controller leader and term, each controller's Raft state, brokers and heartbeats."""
-    status = _run(bootstrap, config_path, timeout_ms,
-                  lambda a: a.cluster_status(timeout_ms=min(timeout_ms, 5000)))
+    async def go(a: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        status = await a.cluster_status(timeout_ms=min(timeout_ms, 5000))
+        if as_json:
+            return status, []
+        try:
+            return status, await a.list_partition_reassignments()
+        except DmqError:  # no active controller: the status above says so
+            return status, []
+
+    status, moving = _run(bootstrap, config_path, timeout_ms, go)
     if as_json:
         click.echo(json.dumps(status))
         return
@@ -116,6 +124,12 @@ def cluster_status(bootstrap: str | None, config_path: str | None, timeout_ms: i
         [b["broker_id"], f"{b['host']}:{b['port']}", b["state"],
          f"{b['last_heartbeat_ms_ago'] / 1000:.1f}s ago" if b["last_heartbeat_ms_ago"] >= 0
          else "-"] for b in status["brokers"]])
+    if moving:
+        click.echo("\nreassignments in progress:")
+        _table([["PARTITION", "REPLICAS", "ADDING", "REMOVING", "ISR"]] + [
+            [f"{r['topic']}-{r['partition']}", ",".join(map(str, r["replicas"])),
+             ",".join(map(str, r["adding"])), ",".join(map(str, r["removing"])),
+             ",".join(map(str, r["isr"]))] for r in moving])
 
 
 @click.group()

@@ -28,7 +28,7 @@ from dmq.broker.fetcher import FetcherManager
 from dmq.broker.partition import Partition
 from dmq.clock import Cancellable, Clock, SystemClock
 from dmq.config import ClusterConfig
-from dmq.controller.image import BrokerInfo, MetadataImage, PartitionInfo, TopicInfo
+from dmq.controller.image import ONLINE, BrokerInfo, MetadataImage, PartitionInfo, TopicInfo
 from dmq.log.checkpoint import OffsetCheckpointFile, read_entries, write_entries
 from dmq.log.cleaner import LogCleaner
 from dmq.log.config import LogConfig
@@ -590,6 +590,15 @@ class ReplicaManager:
     def _maybe_expand_isr(self, part: Partition) -> None:
         new_isr = part.isr_expansion()
         if new_isr is not None:
+            # only ONLINE brokers join (the controller refuses the others): a dead
+            # follower whose last fetch was caught up (an idle log) still looks in sync,
+            # and proposing it would hold back every live one, e.g. a replica being
+            # added by a reassignment
+            brokers = self.image.brokers if self.image is not None else {}
+            new_isr = tuple(b for b in new_isr if b in part.isr or (
+                (info := brokers.get(b)) is not None and info.state == ONLINE))
+            if new_isr == part.isr:
+                return
             self.stats_isr_expands += 1
             self._propose_isr(part, new_isr)
 

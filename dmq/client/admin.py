@@ -188,6 +188,36 @@ class Admin:
                                            "last_heartbeat_ms_ago")} for b in d["brokers"]],
         }
 
+    # partitions: reassignment (KIP-455) and preferred leaders ----------------------------
+    async def alter_partition_reassignments(
+            self, moves: list[tuple[str, int, list[int] | None]]) -> dict[tuple[str, int],
+                                                                         DmqError | None]:
+        """Start (replicas) or cancel (None) reassignments; the error per partition."""
+        resp = await self._request(ApiKey.ALTER_PARTITION_REASSIGNMENTS, {
+            "partitions": [[t, p, None if r is None else list(r)] for t, p, r in moves]})
+        return {(t, p): (error_for(code, msg) if code else None)
+                for t, p, code, msg in resp["partitions"]}
+
+    async def list_partition_reassignments(self, topics: list[str] | None = None
+                                           ) -> list[dict[str, Any]]:
+        """Reassignments in progress: topic, partition, replicas, adding, removing,
+        leader, isr."""
+        resp = await self._request(ApiKey.LIST_PARTITION_REASSIGNMENTS, {"topics": topics})
+        keys = ("topic", "partition", "replicas", "adding", "removing", "leader", "isr")
+        return [dict(zip(keys, row, strict=True)) for row in resp["partitions"]]
+
+    async def elect_leaders(self, topic: str | None = None
+                            ) -> dict[tuple[str, int], DmqError | None]:
+        """Preferred leader election; per partition that was not led by its preferred
+        replica: None (moved) or why not."""
+        resp = await self._request(ApiKey.ELECT_LEADERS, {"topic": topic})
+        return {(t, p): (error_for(code, msg) if code else None)
+                for t, p, code, msg in resp["partitions"]}
+
+    async def unregister_broker(self, broker_id: int) -> None:
+        """Forget a broker that will never return (refused while it hosts replicas)."""
+        await self._request(ApiKey.UNREGISTER_BROKER, {"broker_id": broker_id})
+
     async def wait_for_controller(self, timeout_ms: int = 10_000) -> dict[str, Any]:
         """Wait until an active controller answers; returns describe_cluster()."""
         loop = asyncio.get_running_loop()

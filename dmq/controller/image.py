@@ -51,6 +51,19 @@ class PartitionInfo:
     leader_epoch: int
     isr: tuple[int, ...]
     partition_epoch: int
+    # a reassignment in progress (KIP-455): replicas being added / to be removed
+    adding: tuple[int, ...] = ()
+    removing: tuple[int, ...] = ()
+
+    @property
+    def target_replicas(self) -> tuple[int, ...]:
+        """The replica set once the reassignment in progress (if any) completes."""
+        return tuple(r for r in self.replicas if r not in self.removing)
+
+    @property
+    def original_replicas(self) -> tuple[int, ...]:
+        """The replica set the reassignment in progress (if any) started from."""
+        return tuple(r for r in self.replicas if r not in self.adding)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,13 @@ Leadership rules (Kafka's, KRaft flavour):
 - an offline partition gets an out-of-sync leader (any ONLINE replica, ISR = [it]) only
   when `unclean.leader.election.enable` is on for its topic (or cluster-wide);
 - a leader change bumps the leader epoch; every change bumps the partition epoch.
+
+Reassignment (Kafka's KIP-455): starting one writes replicas = target + the old ones,
+with `adding` and `removing`; the leader adds the new replicas to the ISR as they catch
+up; once every target replica is in the ISR the active controller writes the target
+alone (ISR cut to it, leadership moved to an online in-sync target replica if the leader
+leaves). A cancel goes back to the original replicas. Brokers drop (and delete) the
+replicas they are no longer assigned.
 """
 
 from __future__ import annotations
@@ -34,12 +41,14 @@ from dmq.controller.records import (
     FenceBroker,
     OffsetCommit,
     PartitionChange,
+    PartitionReassign,
     ProducerIds,
     Record,
     RegisterBroker,
     RemoveTopic,
     TopicConfig,
     UnfenceBroker,
+    UnregisterBroker,
 )
 from dmq.controller.state import MetadataState
 from dmq.controller.validation import (
@@ -56,8 +65,10 @@ from dmq.protocol.errors import (
     FencedLeaderEpochError,
     InvalidConfigError,
     InvalidPartitionsError,
+    InvalidReplicaAssignmentError,
     InvalidReplicationFactorError,
     InvalidRequestError,
+    NoReassignmentInProgressError,
     NotLeaderOrFollowerError,
     PolicyViolationError,
     StaleBrokerEpochError,
@@ -221,6 +232,21 @@ class Planner:
                                            others))
         return out
 
+    def unregister_broker(self, broker_id: int) -> list[Record]:
+        """Forget a broker that will never return. Refused while any partition lists
+        it as a replica (decommission it first): its data would be forgotten with it."""
+        b = self.state.brokers.get(broker_id)
+        if b is None:  # (BROKER_ID_NOT_REGISTERED is retriable: clients would wait)
+            raise InvalidRequestError(f"broker {broker_id} is not registered")
+        hosted = [f"{p.topic}-{p.partition}" for p in self._all_partitions()
+                  if broker_id in p.replicas]
+        if hosted:
+            raise InvalidRequestError(
+                f"broker {broker_id} still hosts {len(hosted)} partition replica(s) "
+                f"({', '.join(hosted[:5])}{', ...' if len(hosted) > 5 else ''}); "
+                f"decommission it first (dmq brokers decommission {broker_id})")
+        return [UnregisterBroker(broker_id, b.broker_epoch)]
+
     def leaderships(self, broker_id: int) -> int:
         return sum(1 for p in self._all_partitions() if p.leader == broker_id)
 
@@ -231,17 +257,150 @@ class Planner:
                    and self.choose_leader(p, p.isr, eligible) == NO_LEADER)
 
     def preferred_leader_elections(self, max_changes: int = 1000) -> list[Record]:
+        """The automatic balancer's step (`auto.leader.rebalance.enable`)."""
+        return self.elect_preferred_leaders()[0][:max_changes]
+
+    def elect_preferred_leaders(self, topic: str | None = None
+                                ) -> tuple[list[Record], list[list[Any]]]:
+        """Preferred leader election on demand (for one topic or all). Returns the
+        records and [[topic, partition, error code, message|nil], ...] for every
+        partition not led by its preferred replica (moved, or why not)."""
+        if topic is not None and topic not in self.state.topics:
+            raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
+        online = self._online()
+        records: list[Record] = []
+        results: list[list[Any]] = []
+        topics = [self.state.topics[topic]] if topic is not None else \
+            [t for _, t in sorted(self.state.topics.items())]
+        for t in topics:
+            for _, p in sorted(t.partitions.items()):
+                if not p.replicas or p.leader == p.replicas[0]:
+                    continue
+                pref = p.replicas[0]
+                if pref not in online or pref not in p.isr:
+                    results.append([p.topic, p.partition,
+                                    int(ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE),
+                                    f"preferred leader {pref} is not an online in-sync replica "
+                                    f"(isr {list(p.isr)})"])
+                    continue
+                records.append(PartitionChange(p.topic, p.partition, p.partition_epoch, pref))
+                results.append([p.topic, p.partition, 0, None])
+        return records, results
+
+    # reassignment (KIP-455) --------------------------------------------------------------
+    def _check_target(self, p: PartitionInfo, replicas: Any) -> tuple[int, ...]:
+        if not isinstance(replicas, (list, tuple)) or not replicas:
+            raise InvalidReplicaAssignmentError(
+                f"{p.topic}-{p.partition}: the target replica list must not be empty")
+        target = tuple(int(r) for r in replicas)
+        if len(set(target)) != len(target):
+            raise InvalidReplicaAssignmentError(
+                f"{p.topic}-{p.partition}: duplicate broker in target replicas {list(target)}")
+        unknown = [r for r in target if r not in self.state.brokers]
+        if unknown:
+            raise InvalidReplicaAssignmentError(
+                f"{p.topic}-{p.partition}: brokers {unknown} are not registered")
+        return target
+
+    def reassign_partitions(self, moves: list[list[Any]]
+                            ) -> tuple[list[Record], list[list[Any]]]:
+        """moves: [[topic, partition, [replica, ...] | nil (cancel)], ...]. Starts (or
+        replaces, or cancels) a reassignment per partition. Returns the records and
+        [[topic, partition, error code, message|nil], ...]."""
+        records: list[Record] = []
+        results: list[list[Any]] = []
+        seen: set[tuple[str, int]] = set()
+        counts = self.replica_counts()
+        cap = PartitionLimits.from_settings(self.get_setting).replicas_per_broker
+        for topic, partition, replicas in moves:
+            try:
+                t = self.state.topics.get(topic)
+                p = None if t is None else t.partitions.get(partition)
+                if p is None:
+                    raise UnknownTopicOrPartitionError(f"{topic}-{partition} does not exist")
+                if (topic, partition) in seen:
+                    raise InvalidRequestError(f"{topic}-{partition} is listed more than once")
+                seen.add((topic, partition))
+                rec = self._cancel_one(p) if replicas is None else \
+                    self._start_one(p, self._check_target(p, replicas))
+                if isinstance(rec, PartitionReassign):
+                    added = [r for r in rec.replicas if r not in p.replicas]
+                    full = [r for r in added if counts.get(r, 0) + 1 > cap]
+                    if full:
+                        raise PolicyViolationError(
+                            f"{topic}-{partition}: broker(s) {full} would host more than "
+                            f"{cap} partition replicas (max.partition.replicas.per.broker)")
+                    for r in added:
+                        counts[r] = counts.get(r, 0) + 1
+                if rec is not None:
+                    records.append(rec)
+                results.append([topic, partition, 0, None])
+            except DmqError as exc:
+                results.append([topic, partition, int(exc.code), exc.message])
+        return records, results
+
+    def _start_one(self, p: PartitionInfo, target: tuple[int, ...]) -> Record | None:
+        # a new target replaces one in progress: start again from the original replicas
+        # (those already added stay while they are in the new target)
+        base = p.original_replicas if (p.adding or p.removing) else p.replicas
+        current = tuple(dict.fromkeys((*base, *(r for r in p.adding if r in target))))
+        if target == p.replicas and not p.adding and not p.removing:
+            return None
+        replicas = tuple(dict.fromkeys((*target, *current)))
+        adding = tuple(r for r in target if r not in base)
+        removing = tuple(r for r in current if r not in target)
+        if not adding and not removing:
+            # only the order changes (the preferred leader): no data to move
+            return PartitionReassign(p.topic, p.partition, p.partition_epoch, target)
+        leader = NO_CHANGE
+        if p.leader != NO_LEADER and p.leader not in replicas:
+            # the leader was a replica being added that the new target drops
+            online = self._online()
+            leader = next((r for r in replicas if r in p.isr and r in online), NO_LEADER)
+        return PartitionReassign(p.topic, p.partition, p.partition_epoch, replicas, adding,
+                                 removing, leader)
+
+    def _cancel_one(self, p: PartitionInfo) -> Record:
+        if not p.adding and not p.removing:
+            raise NoReassignmentInProgressError(
+                f"{p.topic}-{p.partition}: no reassignment in progress")
+        original = p.original_replicas
+        if not any(r in p.isr for r in original):
+            raise InvalidRequestError(
+                f"{p.topic}-{p.partition}: cannot cancel: none of the original replicas "
+                f"{list(original)} is in sync (isr {list(p.isr)}); their data would be lost. "
+                f"Give a new target instead")
+        return self._finish(p, original)
+
+    def _finish(self, p: PartitionInfo, replicas: tuple[int, ...]) -> Record:
+        """The record ending a reassignment with `replicas`: leadership moves to an
+        online in-sync member of them if the leader is not one."""
+        isr = tuple(r for r in p.isr if r in replicas)
+        leader = NO_CHANGE
+        if p.leader not in replicas:
+            online = self._online()
+            leader = next((r for r in replicas if r in isr and r in online), NO_LEADER)
+        return PartitionReassign(p.topic, p.partition, p.partition_epoch, replicas, (), (),
+                                 leader, isr)
+
+    def reassignment_steps(self) -> list[Record]:
+        """Complete every reassignment whose target replicas are all in the ISR and that
+        has an online in-sync leader to hand over to."""
         online = self._online()
         out: list[Record] = []
         for p in self._all_partitions():
-            if not p.replicas:
+            if not p.adding and not p.removing:
                 continue
-            pref = p.replicas[0]
-            if p.leader != pref and pref in online and pref in p.isr:
-                out.append(PartitionChange(p.topic, p.partition, p.partition_epoch, pref, None))
-                if len(out) >= max_changes:
-                    break
+            target = p.target_replicas
+            if any(r not in p.isr for r in target):
+                continue
+            if p.leader not in target and not any(r in online for r in target):
+                continue
+            out.append(self._finish(p, target))
         return out
+
+    def reassignments(self) -> list[PartitionInfo]:
+        return [p for p in self._all_partitions() if p.adding or p.removing]
 
     # topics ----------------------------------------------------------------------------
     def _new_topic_id(self) -> str:

@@ -25,6 +25,13 @@ One Raft entry carries one *batch* of records, applied atomically:
     TOPIC_CONFIG         name, key, value|nil (nil: back to the cluster default)
     PRODUCER_IDS         broker_id, next_producer_id (end of the block just handed out)
     OFFSET_COMMIT        group, commit_ms, [[topic, partition, offset, metadata|nil], ...]
+    PARTITION_REASSIGN   topic, partition, expected_partition_epoch, [replica, ...],
+                         [adding, ...], [removing, ...], leader (-2: unchanged), isr|nil.
+                         Sets the replica set and the reassignment in progress (both
+                         empty: none); the ISR is cut to the replicas. Epochs as for
+                         PARTITION_CHANGE.
+    UNREGISTER_BROKER    broker_id, broker_epoch (forget a broker; skipped if it
+                         re-registered meanwhile)
 
 Records are applied deterministically by every controller and every broker image, so
 anything random (topic ids, placement) is chosen before proposing and written here.
@@ -55,6 +62,8 @@ class RecordType(IntEnum):
     TOPIC_CONFIG = 9
     PRODUCER_IDS = 10
     OFFSET_COMMIT = 11
+    PARTITION_REASSIGN = 12
+    UNREGISTER_BROKER = 13
 
 
 class MalformedRecordError(ValueError):
@@ -191,9 +200,40 @@ class OffsetCommit:
         return [self.TYPE, self.group, self.commit_ms, [list(o) for o in self.offsets]]
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionReassign:
+    """One step of a reassignment (KIP-455): start (replicas = target + old, adding =
+    target - old, removing = old - target), complete (replicas = target, nothing adding
+    or removing) or cancel (replicas = the original set)."""
+    TYPE: ClassVar[RecordType] = RecordType.PARTITION_REASSIGN
+    topic: str
+    partition: int
+    partition_epoch: int  # the epoch this change was planned against
+    replicas: tuple[int, ...]
+    adding: tuple[int, ...] = ()
+    removing: tuple[int, ...] = ()
+    leader: int = NO_CHANGE
+    isr: tuple[int, ...] | None = None
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.topic, self.partition, self.partition_epoch,
+                list(self.replicas), list(self.adding), list(self.removing), self.leader,
+                None if self.isr is None else list(self.isr)]
+
+
+@dataclass(frozen=True, slots=True)
+class UnregisterBroker:
+    TYPE: ClassVar[RecordType] = RecordType.UNREGISTER_BROKER
+    broker_id: int
+    broker_epoch: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.broker_id, self.broker_epoch]
+
+
 Record = (RegisterBroker | FenceBroker | UnfenceBroker | BrokerShuttingDown | CreateTopic
           | AddPartitions | RemoveTopic | PartitionChange | TopicConfig | ProducerIds
-          | OffsetCommit)
+          | OffsetCommit | PartitionReassign | UnregisterBroker)
 
 
 def _tuples(rows: Any) -> tuple[tuple[int, ...], ...]:
@@ -227,6 +267,12 @@ def _from_wire(obj: list[Any]) -> Record:
         return ProducerIds(f[0], f[1])
     if t is RecordType.OFFSET_COMMIT:
         return OffsetCommit(f[0], f[1], tuple((o[0], o[1], o[2], o[3]) for o in f[2]))
+    if t is RecordType.PARTITION_REASSIGN:
+        return PartitionReassign(f[0], int(f[1]), int(f[2]), tuple(int(x) for x in f[3]),
+                                 tuple(int(x) for x in f[4]), tuple(int(x) for x in f[5]),
+                                 int(f[6]), None if f[7] is None else tuple(f[7]))
+    if t is RecordType.UNREGISTER_BROKER:
+        return UnregisterBroker(int(f[0]), int(f[1]))
     raise AssertionError(t)  # pragma: no cover - every RecordType is handled above
 
 

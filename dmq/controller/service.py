@@ -12,8 +12,9 @@ plan is always made against the state its records apply to.
 
 Background work, all owned here and stopped by `stop()`: the leadership watcher (on
 becoming active: a barrier entry, fresh broker sessions, ControllerChanged notices to
-every broker), the session checker (fences brokers whose session expired) and the
-preferred-leader balancer (`auto.leader.rebalance.enable`).
+every broker), the session checker (fences brokers whose session expired), the
+preferred-leader balancer (`auto.leader.rebalance.enable`) and the reassignment driver
+(completes a partition reassignment once its target replicas are all in the ISR).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ PREFERRED_LEADER_CHECK_MS = 30_000
 WRITE_TIMEOUT_MS = 10_000
 NOTICE_TIMEOUT_MS = 1000
 PEER_STATUS_TIMEOUT_MS = 500
+REASSIGNMENT_CHECK_MS = 100
 
 
 class ControllerService:
@@ -118,6 +120,10 @@ class ControllerService:
             ApiKey.INIT_PRODUCER_ID: self.handle_init_producer_id,
             ApiKey.DESCRIBE_CONFIGS: self.handle_describe_configs,
             ApiKey.ALTER_CONFIGS: self.handle_alter_configs,
+            ApiKey.ALTER_PARTITION_REASSIGNMENTS: self.handle_alter_partition_reassignments,
+            ApiKey.LIST_PARTITION_REASSIGNMENTS: self.handle_list_partition_reassignments,
+            ApiKey.ELECT_LEADERS: self.handle_elect_leaders,
+            ApiKey.UNREGISTER_BROKER: self.handle_unregister_broker,
         }
         if "broker" in self.node.spec.roles:
             # combined mode: the local broker's lifecycle takes the notices
@@ -142,6 +148,8 @@ class ControllerService:
                                      f"controller-{self.node_id}-watch"))
         self._tasks.append(supervise(self._check_sessions(),
                                      f"controller-{self.node_id}-sessions"))
+        self._tasks.append(supervise(self._drive_reassignments(),
+                                     f"controller-{self.node_id}-reassign"))
         if self.config.get("auto.leader.rebalance.enable"):
             self._tasks.append(supervise(self._balance_leaders(),
                                          f"controller-{self.node_id}-balance"))
@@ -383,6 +391,29 @@ class ControllerService:
             except DmqError as exc:
                 log.info("controller=%d preferred leader election failed: %s", self.node_id, exc)
 
+    async def _drive_reassignments(self) -> None:
+        """On the active controller: complete reassignments whose target replicas have
+        all caught up. Everything it needs is in the applied state, so a new active
+        controller carries on where the last one stopped."""
+        checked = -1
+        while not self._stopping:
+            await asyncio.sleep(REASSIGNMENT_CHECK_MS / 1000)
+            if not self.is_active or self.state.version == checked:
+                continue
+            checked = self.state.version
+            try:
+                def plan() -> tuple[list[Record], int]:
+                    recs = self.planner.reassignment_steps()
+                    return recs, len(recs)
+
+                n = await self.mutate(plan)
+                if n:
+                    log.info("controller=%d completed %d partition reassignment(s)",
+                             self.node_id, n)
+            except DmqError as exc:
+                checked = -1
+                log.info("controller=%d reassignment step failed: %s", self.node_id, exc)
+
     # read handlers ----------------------------------------------------------------------
     async def handle_metadata(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
         topics = body["topics"]
@@ -432,7 +463,13 @@ class ControllerService:
         return {"controller_id": st["leader_id"] if st["leader_id"] > 0 else -1,
                 "controller_term": st["term"], "metadata_version": self.state.version,
                 "controllers": list(controllers), "brokers": brokers, "active": active,
-                "answered_by": self.node_id}
+                "answered_by": self.node_id,
+                "reassignments": [
+                    {"topic": p.topic, "partition": p.partition, "replicas": list(p.replicas),
+                     "adding": list(p.adding), "removing": list(p.removing),
+                     "leader": p.leader, "isr": list(p.isr)}
+                    for p in sorted(self.planner.reassignments(),
+                                    key=lambda p: (p.topic, p.partition))]}
 
     async def _controller_status(self, node_id: int, host: str, port: int) -> dict[str, Any]:
         row = {"node_id": node_id, "host": host, "port": port}
@@ -586,6 +623,29 @@ class ControllerService:
                                  p.partition_epoch])
             out.append([topic, rows])
         return {"topics": out}
+
+    async def handle_alter_partition_reassignments(self, ctx: RequestContext,
+                                                   body: dict[str, Any]) -> Any:
+        results = await self.mutate(lambda: self.planner.reassign_partitions(body["partitions"]))
+        return {"partitions": results}
+
+    async def handle_list_partition_reassignments(self, ctx: RequestContext,
+                                                  body: dict[str, Any]) -> Any:
+        topics = set(body["topics"]) if body["topics"] is not None else None
+        rows = [[p.topic, p.partition, list(p.replicas), list(p.adding), list(p.removing),
+                 p.leader, list(p.isr)]
+                for p in self.planner.reassignments() if topics is None or p.topic in topics]
+        return {"partitions": sorted(rows, key=lambda r: (r[0], r[1]))}
+
+    async def handle_elect_leaders(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        results = await self.mutate(lambda: self.planner.elect_preferred_leaders(body["topic"]))
+        return {"partitions": results}
+
+    async def handle_unregister_broker(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        bid = body["broker_id"]
+        await self.mutate(self._plan(self.planner.unregister_broker, bid))
+        log.info("controller=%d broker %d unregistered", self.node_id, bid)
+        return {}
 
     async def handle_allocate_producer_ids(self, ctx: RequestContext,
                                            body: dict[str, Any]) -> Any:

@@ -16,7 +16,9 @@ Snapshot format (msgpack map, version 1)::
      "brokers": [[id, host, port, rack, epoch, state, incarnation_id, changed_at
                   [, kafka_host, kafka_port]], ...],
      "topics": [[name, topic_id, {configs},
-                 [[partition, [replicas], leader, leader_epoch, [isr], partition_epoch]]]],
+                 [[partition, [replicas], leader, leader_epoch, [isr], partition_epoch
+                   [, [adding], [removing]] (only while a reassignment is in progress)
+                  ]]]],
      "next_producer_id": int,
      "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]}}
 
@@ -46,6 +48,7 @@ from dmq.controller.records import (
     CreateTopic,
     OffsetCommit,
     PartitionChange,
+    PartitionReassign,
     ProducerIds,
     Record,
     RecordType,
@@ -94,6 +97,8 @@ class MetadataState:
             RecordType.TOPIC_CONFIG: self._topic_config,
             RecordType.PRODUCER_IDS: self._producer_ids,
             RecordType.OFFSET_COMMIT: self._offset_commit,
+            RecordType.PARTITION_REASSIGN: self._partition_reassign,
+            RecordType.UNREGISTER_BROKER: self._unregister_broker,
         }
 
     # applying ---------------------------------------------------------------------------
@@ -137,6 +142,15 @@ class MetadataState:
             return
         self.brokers[broker_id] = replace(b, state=state)
         self.broker_changed_at[broker_id] = index
+
+    def _unregister_broker(self, rec: Any, index: int) -> None:
+        b = self.brokers.get(rec.broker_id)
+        if b is None or b.broker_epoch != rec.broker_epoch:
+            self._skip(rec, "unknown broker or stale broker epoch")
+            return
+        del self.brokers[rec.broker_id]
+        self.incarnations.pop(rec.broker_id, None)
+        self.broker_changed_at.pop(rec.broker_id, None)
 
     def _fence_broker(self, rec: Any, index: int) -> None:
         self._set_broker_state(rec.broker_id, rec.broker_epoch, FENCED, rec, index)
@@ -201,7 +215,27 @@ class MetadataState:
         leader_epoch = p.leader_epoch + 1 if leader != p.leader else p.leader_epoch
         isr = p.isr if r.isr is None else r.isr
         self._own_partitions(t)[r.partition] = PartitionInfo(
-            p.topic, p.partition, p.replicas, leader, leader_epoch, isr, p.partition_epoch + 1)
+            p.topic, p.partition, p.replicas, leader, leader_epoch, isr, p.partition_epoch + 1,
+            p.adding, p.removing)
+
+    def _partition_reassign(self, rec: Any, index: int) -> None:
+        r: PartitionReassign = rec
+        t = self.topics.get(r.topic)
+        p = None if t is None else t.partitions.get(r.partition)
+        if t is None or p is None:
+            self._skip(rec, "unknown partition")
+            return
+        if p.partition_epoch != r.partition_epoch:
+            self._skip(rec, f"partition epoch is {p.partition_epoch}")
+            return
+        leader = p.leader if r.leader == NO_CHANGE else r.leader
+        leader_epoch = p.leader_epoch + 1 if leader != p.leader else p.leader_epoch
+        isr = tuple(b for b in (p.isr if r.isr is None else r.isr) if b in r.replicas)
+        if not isr:  # the ISR never becomes empty (see the planner)
+            isr = p.isr
+        self._own_partitions(t)[r.partition] = PartitionInfo(
+            p.topic, p.partition, r.replicas, leader, leader_epoch, isr, p.partition_epoch + 1,
+            r.adding, r.removing)
 
     def _topic_config(self, rec: Any, index: int) -> None:
         r: TopicConfig = rec
@@ -276,7 +310,9 @@ class MetadataState:
                    for _, b in sorted(self.brokers.items())]
         topics = [[t.name, t.topic_id, dict(t.configs),
                    [[p.partition, list(p.replicas), p.leader, p.leader_epoch, list(p.isr),
-                     p.partition_epoch] for _, p in sorted(t.partitions.items())]]
+                     p.partition_epoch, *([list(p.adding), list(p.removing)]
+                                          if p.adding or p.removing else [])]
+                    for _, p in sorted(t.partitions.items())]]
                   for _, t in sorted(self.topics.items())]
         snap: dict[str, Any] = {"v": SNAPSHOT_FORMAT, "version": self.version,
                                 "brokers": brokers, "topics": topics,
@@ -302,8 +338,9 @@ class MetadataState:
         self.topics = {}
         self.topic_names_by_id = {}
         for name, tid, configs, parts in snap["topics"]:
-            pmap = {p: PartitionInfo(name, p, tuple(reps), leader, le, tuple(isr), pe)
-                    for p, reps, leader, le, isr, pe in parts}
+            pmap = {p: PartitionInfo(name, p, tuple(reps), leader, le, tuple(isr), pe,
+                                     *((tuple(mv[0]), tuple(mv[1])) if mv else ()))
+                    for p, reps, leader, le, isr, pe, *mv in parts}
             self.topics[name] = TopicInfo(name, tid, pmap, dict(configs))
             self.topic_names_by_id[tid] = name
         self.next_producer_id = int(snap["next_producer_id"])

@@ -323,7 +323,9 @@ class RestApi:
                 {"nodeId": c["node_id"], "host": c["host"], "port": c["port"],
                  "url": f"http://{c['host']}:{c['port']}", "state": c.get("role")}
                 for c in controllers if c.get("role") != "UNREACHABLE"],
-            "controllers": controllers, "timestamp": now_ms})
+            "controllers": controllers, "timestamp": now_ms,
+            # partition reassignments in progress (dmq partitions reassign)
+            "reassignments": d.get("reassignments", [])})
 
     async def brokers(self, request: web.Request) -> web.Response:
         try:

@@ -47,10 +47,14 @@ class ApiKey(IntEnum):
     ALTER_CONFIGS = 33
     CREATE_PARTITIONS = 37
     DELETE_GROUPS = 42
+    ELECT_LEADERS = 43
+    ALTER_PARTITION_REASSIGNMENTS = 45
+    LIST_PARTITION_REASSIGNMENTS = 46
     ALTER_PARTITION = 56
     DESCRIBE_CLUSTER = 60
     BROKER_REGISTRATION = 62
     BROKER_HEARTBEAT = 63
+    UNREGISTER_BROKER = 64
     ALLOCATE_PRODUCER_IDS = 67
     CONSUMER_GROUP_HEARTBEAT = 68
     # dmq-only
@@ -166,6 +170,20 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
         {"topics": Array(Struct({"name": STR, "configs": MapOf(STR, Nullable(STR))}))},
         {"validate_only": (BOOL, False)}),
     # -> {"topics": [{"name", "error", "msg"}]}
+    ApiKey.ALTER_PARTITION_REASSIGNMENTS: Struct(
+        # [[topic, partition, [replica, ...] | nil (cancel)]]
+        {"partitions": Array(Tuple(STR, INT, Nullable(Array(INT, max_items=1000))),
+                             max_items=100_000)}),
+    # -> {"partitions": [[topic, partition, error, msg]]}
+    ApiKey.LIST_PARTITION_REASSIGNMENTS: Struct(
+        optional={"topics": (Nullable(Array(STR, max_items=10_000)), None)}),
+    # -> {"partitions": [[topic, partition, [replicas], [adding], [removing], leader,
+    #                     [isr]]]}
+    ApiKey.UNREGISTER_BROKER: Struct({"broker_id": INT}),
+    # -> {} (an operator's request: forget a broker that hosts no replicas)
+    ApiKey.ELECT_LEADERS: Struct(optional={"topic": (Nullable(STR), None)}),
+    # -> {"partitions": [[topic, partition, error, msg]]} (only those not led by their
+    #    preferred replica before the election)
     ApiKey.CONTROLLER_CHANGED: Struct({"controller_id": INT, "term": INT, "host": STR,
                                        "port": INT}),
     # -> {}

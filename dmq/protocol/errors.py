@@ -61,7 +61,9 @@ class ErrorCode(IntEnum):
     UNKNOWN_LEADER_EPOCH = 75
     STALE_BROKER_EPOCH = 77
     OFFSET_NOT_AVAILABLE = 78
+    PREFERRED_LEADER_NOT_AVAILABLE = 80
     FENCED_INSTANCE_ID = 82
+    NO_REASSIGNMENT_IN_PROGRESS = 85
     INVALID_RECORD = 87
     UNKNOWN_TOPIC_ID = 100
     BROKER_ID_NOT_REGISTERED = 102
@@ -127,6 +129,9 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.STALE_BROKER_EPOCH: (False, False, "stale broker epoch"),
     ErrorCode.OFFSET_NOT_AVAILABLE: (True, True, "offset not available yet"),
     ErrorCode.FENCED_INSTANCE_ID: (False, False, "static member was fenced"),
+    ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE: (
+        True, False, "the preferred leader is not an online in-sync replica"),
+    ErrorCode.NO_REASSIGNMENT_IN_PROGRESS: (False, False, "no reassignment in progress"),
     ErrorCode.INVALID_RECORD: (False, False, "invalid record"),
     ErrorCode.UNKNOWN_TOPIC_ID: (True, True, "unknown topic id"),
     ErrorCode.BROKER_ID_NOT_REGISTERED: (True, False, "broker is not registered"),
@@ -232,6 +237,8 @@ UnknownLeaderEpochError = _define(ErrorCode.UNKNOWN_LEADER_EPOCH)
 StaleBrokerEpochError = _define(ErrorCode.STALE_BROKER_EPOCH)
 OffsetNotAvailableError = _define(ErrorCode.OFFSET_NOT_AVAILABLE)
 FencedInstanceIdError = _define(ErrorCode.FENCED_INSTANCE_ID)
+PreferredLeaderNotAvailableError = _define(ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE)
+NoReassignmentInProgressError = _define(ErrorCode.NO_REASSIGNMENT_IN_PROGRESS)
 InvalidRecordError = _define(ErrorCode.INVALID_RECORD)
 UnknownTopicIdError = _define(ErrorCode.UNKNOWN_TOPIC_ID)
 BrokerIdNotRegisteredError = _define(ErrorCode.BROKER_ID_NOT_REGISTERED)

@@ -1,0 +1,292 @@
+"""`dmq partitions ...` and `dmq brokers ...`: day-2 operations over the Admin library.
+
+- `partitions reassign --plan FILE` starts reassignments (JSON list of
+  {"topic", "partition", "replicas"}); `--verify` says which are done, `--cancel` stops
+  them (those of the plan, or all in progress), `--generate --topics T,... --brokers
+  ID,...` prints a balanced (rack-aware) plan for those topics over those brokers.
+- `partitions elect-leaders [--topic T]` moves leadership back to preferred replicas.
+- `brokers decommission ID` moves every replica off a broker (alive or dead) and waits
+  until it holds none; `brokers unregister ID` then forgets it (refused while it hosts
+  replicas).
+
+The controller does the work (see dmq.controller.planner, "reassignment"); these
+commands parse, call, print.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import zlib
+from typing import Any
+
+import click
+
+from dmq.cli_admin import _common, _run
+from dmq.controller.placement import assign_replicas
+from dmq.protocol.errors import DmqError
+
+
+def register(main: click.Group) -> None:
+    main.add_command(partitions)
+    main.add_command(brokers)
+
+
+def _ids(text: str, what: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.UsageError(f"{what}: expected comma-separated broker ids, got {text!r}"
+                               ) from None
+    if not out:
+        raise click.UsageError(f"{what}: no broker ids given")
+    return out
+
+
+def load_plan(path: str) -> list[tuple[str, int, list[int]]]:
+    """A plan file: [{"topic": str, "partition": int, "replicas": [int, ...]}, ...]
+    (also accepted: {"partitions": [...]}, the form `--generate` prints)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise click.UsageError(f"cannot read plan {path}: {exc}") from None
+    if isinstance(data, dict):
+        data = data.get("partitions")
+    if not isinstance(data, list):
+        raise click.UsageError(f"plan {path}: expected a JSON list of "
+                               '{"topic", "partition", "replicas"}')
+    out = []
+    for i, row in enumerate(data):
+        try:
+            topic, partition, replicas = row["topic"], row["partition"], row["replicas"]
+            if not (isinstance(topic, str) and isinstance(partition, int)
+                    and isinstance(replicas, list)
+                    and all(isinstance(r, int) for r in replicas)):
+                raise TypeError
+        except (KeyError, TypeError):
+            raise click.UsageError(
+                f"plan {path}: entry {i} must be {{\"topic\": str, \"partition\": int, "
+                f"\"replicas\": [int, ...]}}, got {row!r:.200}") from None
+        out.append((topic, partition, replicas))
+    return out
+
+
+def generate_plan(current: dict[str, dict[int, tuple[int, ...]]],
+                  brokers: list[tuple[int, str | None]]) -> list[dict[str, Any]]:
+    """A balanced placement of the given topics' partitions over `brokers` ((id, rack)):
+    each partition keeps its replication factor; placement is the one new topics get
+    (dmq.controller.placement: preferred leaders and followers spread evenly, replicas
+    on distinct racks when every broker has one), from a start fixed per topic name so
+    the same input proposes the same plan."""
+    out = []
+    for topic in sorted(current):
+        parts = current[topic]
+        by_rf: dict[int, list[tuple[int, ...]]] = {}
+        for rf in sorted({len(r) for r in parts.values()}):
+            try:
+                by_rf[rf] = assign_replicas(brokers, max(parts) + 1, rf,
+                                            random.Random(zlib.crc32(topic.encode())))
+            except DmqError as exc:
+                raise click.UsageError(f"topic {topic}: {exc.message}") from None
+        for p, reps in sorted(parts.items()):
+            out.append({"topic": topic, "partition": p, "replicas": list(by_rf[len(reps)][p])})
+    return out
+
+
+@click.group()
+def partitions() -> None:
+    """Reassign partitions and elect preferred leaders."""
+
+
+@partitions.command("reassign")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
+              help="JSON list of {topic, partition, replicas}")
+@click.option("--generate", is_flag=True, help="print a balanced plan (needs --topics, "
+                                                "--brokers); changes nothing")
+@click.option("--topics", default=None, help="with --generate: comma-separated topics")
+@click.option("--brokers", "broker_list", default=None,
+              help="with --generate: comma-separated target broker ids")
+@click.option("--verify", is_flag=True, help="say which reassignments of the plan are done")
+@click.option("--cancel", is_flag=True,
+              help="cancel the plan's reassignments (every one in progress without --plan)")
+@_common
+def partitions_reassign(plan_path: str | None, generate: bool, topics: str | None,
+                        broker_list: str | None, verify: bool, cancel: bool,
+                        bootstrap: str | None, config_path: str | None,
+                        timeout_ms: int) -> None:
+    """Move partitions to new replica sets, through the controller: new replicas are
+    added and catch up, leadership moves if the leader leaves, old replicas are dropped
+    (their logs deleted)."""
+    if sum((generate, verify, cancel)) > 1:
+        raise click.UsageError("give at most one of --generate, --verify, --cancel")
+    if generate:
+        if not topics or not broker_list:
+            raise click.UsageError("--generate needs --topics and --brokers")
+        ids = _ids(broker_list, "--brokers")
+        names = [t for t in topics.split(",") if t]
+
+        async def describe(a: Any) -> tuple[Any, dict[int, str | None]]:
+            cluster = await a.describe_cluster()
+            return (await a.describe_topics(names),
+                    {b["broker_id"]: b.get("rack") for b in cluster["brokers"]})
+
+        described, racks = _run(bootstrap, config_path, timeout_ms, describe)
+        unknown = [b for b in ids if b not in racks]
+        if unknown:
+            raise click.UsageError(f"--brokers: {unknown} are not registered brokers")
+        current = {n: {p.partition: p.replicas for p in t.partitions.values()}
+                   for n, t in described.items()}
+        click.echo("current:")
+        click.echo(json.dumps([{"topic": n, "partition": p, "replicas": list(r)}
+                               for n in sorted(current) for p, r in sorted(current[n].items())]))
+        click.echo("proposed:")
+        click.echo(json.dumps(generate_plan(current, [(b, racks[b]) for b in ids])))
+        return
+    if cancel:
+        async def do_cancel(a: Any) -> dict[tuple[str, int], Any]:
+            if plan_path is not None:
+                keys = [(t, p) for t, p, _ in load_plan(plan_path)]
+            else:
+                keys = [(r["topic"], r["partition"])
+                        for r in await a.list_partition_reassignments()]
+            if not keys:
+                return {}
+            return dict(await a.alter_partition_reassignments([(t, p, None) for t, p in keys]))
+
+        res = _run(bootstrap, config_path, timeout_ms, do_cancel)
+        if not res:
+            click.echo("no reassignment in progress")
+        for (t, p), err in sorted(res.items()):
+            click.echo(f"{t}-{p}: " + ("cancelled" if err is None else f"error: {err}"))
+        sys.exit(1 if any(e is not None for e in res.values()) else 0)
+    if plan_path is None:
+        raise click.UsageError("give --plan FILE (or --generate, or --cancel)")
+    plan = load_plan(plan_path)
+    if verify:
+        async def do_verify(a: Any) -> tuple[Any, Any]:
+            names = sorted({t for t, _, _ in plan})
+            return (await a.describe_topics(names),
+                    await a.list_partition_reassignments(names))
+
+        described, moving = _run(bootstrap, config_path, timeout_ms, do_verify)
+        busy = {(r["topic"], r["partition"]): r for r in moving}
+        pending = 0
+        for t, p, target in plan:
+            info = described.get(t).partitions.get(p) if t in described else None
+            if info is None:
+                line, pending = "does not exist", pending + 1
+            elif (t, p) in busy:
+                r = busy[(t, p)]
+                line = (f"in progress (adding {r['adding']}, removing {r['removing']}, "
+                        f"isr {r['isr']})")
+                pending += 1
+            elif list(info.replicas) == target:
+                line = f"complete (replicas {list(info.replicas)}, isr {list(info.isr)})"
+            else:
+                line = f"not started or replaced: replicas are {list(info.replicas)}"
+                pending += 1
+            click.echo(f"{t}-{p}: {line}")
+        sys.exit(1 if pending else 0)
+    res = _run(bootstrap, config_path, timeout_ms,
+               lambda a: a.alter_partition_reassignments(plan))
+    for (t, p), err in sorted(res.items()):
+        click.echo(f"{t}-{p}: " + ("reassignment started" if err is None else f"error: {err}"))
+    sys.exit(1 if any(e is not None for e in res.values()) else 0)
+
+
+@partitions.command("elect-leaders")
+@click.option("--topic", default=None, help="only this topic (default: every topic)")
+@_common
+def partitions_elect_leaders(topic: str | None, bootstrap: str | None,
+                             config_path: str | None, timeout_ms: int) -> None:
+    """Move each partition's leadership to its preferred (first) replica when that
+    replica is online and in sync."""
+    res = _run(bootstrap, config_path, timeout_ms, lambda a: a.elect_leaders(topic))
+    if not res:
+        click.echo("every partition is led by its preferred replica")
+    for (t, p), err in sorted(res.items()):
+        click.echo(f"{t}-{p}: " + ("leader moved to the preferred replica" if err is None
+                                   else f"not moved: {err}"))
+
+
+@click.group()
+def brokers() -> None:
+    """Day-2 operations on brokers."""
+
+
+def decommission_plan(broker_id: int, topics: dict[str, Any], online: list[int]
+                      ) -> list[tuple[str, int, list[int]]]:
+    """Replace `broker_id` in every replica set holding it by the online broker with the
+    fewest replicas that the partition does not already use."""
+    load = {b: 0 for b in online if b != broker_id}
+    for t in topics.values():
+        for p in t.partitions.values():
+            for r in p.replicas:
+                if r in load:
+                    load[r] += 1
+    plan = []
+    for name in sorted(topics):
+        for pn, p in sorted(topics[name].partitions.items()):
+            if broker_id not in p.replicas:
+                continue
+            spare = [b for b in sorted(load, key=lambda b: (load[b], b)) if b not in p.replicas]
+            if not spare:
+                raise click.UsageError(
+                    f"{name}-{pn}: no online broker outside replicas {list(p.replicas)} "
+                    f"to take broker {broker_id}'s replica")
+            load[spare[0]] += 1
+            plan.append((name, pn, [spare[0] if r == broker_id else r for r in p.replicas]))
+    return plan
+
+
+@brokers.command("decommission")
+@click.argument("broker_id", type=int)
+@click.option("--wait-ms", default=120_000, show_default=True,
+              help="wait this long for the broker to hold nothing (0: do not wait)")
+@_common
+def brokers_decommission(broker_id: int, wait_ms: int, bootstrap: str | None,
+                         config_path: str | None, timeout_ms: int) -> None:
+    """Move every replica off a broker (alive or dead) by reassignments, then wait until
+    it holds none."""
+    async def go(a: Any) -> tuple[list[Any], dict[Any, Any], int]:
+        cluster = await a.describe_cluster()
+        online = [b["broker_id"] for b in cluster["brokers"] if b["state"] == "ONLINE"]
+        if broker_id not in [b["broker_id"] for b in cluster["brokers"]]:
+            raise click.UsageError(f"broker {broker_id} is not registered")
+        topics = await a.describe_topics()
+        plan = decommission_plan(broker_id, topics, online)
+        res = await a.alter_partition_reassignments(plan) if plan else {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000
+        while True:
+            topics = await a.describe_topics()
+            left = sum(1 for t in topics.values() for p in t.partitions.values()
+                       if broker_id in p.replicas)
+            if left == 0 or loop.time() >= deadline:
+                return plan, res, left
+            await asyncio.sleep(0.2)
+
+    plan, res, left = _run(bootstrap, config_path, timeout_ms + wait_ms, go)
+    for (t, p), err in sorted(res.items()):
+        if err is not None:
+            click.echo(f"{t}-{p}: error: {err}")
+    click.echo(f"broker {broker_id}: {len(plan)} partition replica(s) reassigned")
+    if left:
+        click.echo(f"broker {broker_id} still holds {left} partition replica(s); "
+                   "see `dmq partitions reassign --verify` or run this again")
+        sys.exit(1)
+    click.echo(f"broker {broker_id} holds no partition replicas")
+
+
+@brokers.command("unregister")
+@click.argument("broker_id", type=int)
+@_common
+def brokers_unregister(broker_id: int, bootstrap: str | None, config_path: str | None,
+                       timeout_ms: int) -> None:
+    """Forget a broker that will never return (refused while it hosts replicas). A
+    broker that is still running registers again by itself."""
+    _run(bootstrap, config_path, timeout_ms, lambda a: a.unregister_broker(broker_id))
+    click.echo(f"broker {broker_id} unregistered")

@@ -1,0 +1,282 @@
+"""Partition reassignment (KIP-455) and preferred leader election on demand, as planner
+decisions applied to the metadata state."""
+
+from __future__ import annotations
+
+import pytest
+
+from dmq.controller.image import NO_LEADER
+from dmq.controller.records import PartitionReassign, decode_batch, encode_batch
+from dmq.controller.state import MetadataState
+from dmq.protocol.errors import DmqError, ErrorCode
+from tests.unit.controller.helpers import Harness
+
+
+@pytest.fixture
+def h() -> Harness:
+    h = Harness()
+    for b in (101, 102, 103, 104, 105, 106):
+        h.add_broker(b)
+    return h
+
+
+def _place(h: Harness, name: str, replicas: tuple[int, ...]) -> None:
+    """A one-partition topic on exactly `replicas` (via a reassignment of order only
+    when placement chose another set)."""
+    h.create(name, 1, len(replicas))
+    p = h.state.topics[name].partitions[0]
+    if p.replicas != replicas:
+        recs, _ = h.planner.reassign_partitions([[name, 0, list(replicas)]])
+        h.commit(recs)
+        h.commit(h.planner.reassignment_steps())
+        for r in replicas:  # the new replicas catch up
+            p = h.state.topics[name].partitions[0]
+            if r not in p.isr:
+                _expand(h, name, r)
+        h.commit(h.planner.reassignment_steps())
+        h.commit(h.planner.elect_preferred_leaders(name)[0])
+    p = h.state.topics[name].partitions[0]
+    assert p.replicas == replicas and not p.adding and not p.removing
+    assert p.leader == replicas[0] and set(p.isr) == set(replicas)
+
+
+def _expand(h: Harness, topic: str, broker: int) -> None:
+    """The leader reports `broker` caught up (AlterPartition)."""
+    p = h.state.topics[topic].partitions[0]
+    recs, res = h.planner.alter_partition(
+        p.leader, h.state.brokers[p.leader].broker_epoch,
+        [[topic, [[0, p.leader_epoch, p.partition_epoch, sorted((*p.isr, broker))]]]])
+    assert res[0][1][0][1] == 0, res
+    h.commit(recs)
+
+
+def test_move_to_three_other_brokers_adds_catches_up_moves_leader_then_drops(
+        h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    before = h.state.topics["t"].partitions[0]
+    recs, res = h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])
+    assert res == [["t", 0, 0, None]]
+    h.commit(recs)
+    p = h.state.topics["t"].partitions[0]
+    assert p.replicas == (104, 105, 106, 101, 102, 103)
+    assert p.adding == (104, 105, 106) and p.removing == (101, 102, 103)
+    assert p.leader == 101 and p.leader_epoch == before.leader_epoch
+    assert p.target_replicas == (104, 105, 106) and p.original_replicas == (101, 102, 103)
+    # nothing completes until every target replica is in the ISR
+    for b in (104, 105):
+        _expand(h, "t", b)
+        assert h.planner.reassignment_steps() == []
+    _expand(h, "t", 106)
+    steps = h.planner.reassignment_steps()
+    assert len(steps) == 1
+    h.commit(steps)
+    p = h.state.topics["t"].partitions[0]
+    assert p.replicas == (104, 105, 106) and p.isr == (104, 105, 106)
+    assert not p.adding and not p.removing
+    assert p.leader == 104 and p.leader_epoch == before.leader_epoch + 1
+    assert h.planner.reassignments() == [] and h.planner.reassignment_steps() == []
+
+
+def test_reassignment_survives_snapshot_and_replay_on_another_controller(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    recs, _ = h.planner.reassign_partitions([["t", 0, [101, 104, 105]]])
+    index = h.commit(recs)
+    # the wire form round-trips
+    assert decode_batch(encode_batch(recs)) == recs
+    # a controller restored from a snapshot taken mid-reassignment plans the same step
+    other = MetadataState()
+    other.restore(h.state.to_snapshot())
+    assert other.topics["t"].partitions[0] == h.state.topics["t"].partitions[0]
+    assert other.version == index
+    # a snapshot without a reassignment keeps the six-field partition rows
+    other2 = Harness()
+    other2.state.restore(h.state.to_snapshot())
+    for b in (104, 105):
+        _expand(h, "t", b)
+        _expand(other2, "t", b)
+    assert h.planner.reassignment_steps() == other2.planner.reassignment_steps() != []
+
+
+def test_cancel_restores_the_original_replicas(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])[0])
+    _expand(h, "t", 104)
+    recs, res = h.planner.reassign_partitions([["t", 0, None]])
+    assert res == [["t", 0, 0, None]]
+    h.commit(recs)
+    p = h.state.topics["t"].partitions[0]
+    assert p.replicas == (101, 102, 103) and p.isr == (101, 102, 103)
+    assert not p.adding and not p.removing and p.leader == 101
+
+
+def test_new_target_replaces_the_one_in_progress(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])[0])
+    _expand(h, "t", 104)
+    h.commit(h.planner.reassign_partitions([["t", 0, [101, 102, 104]]])[0])
+    p = h.state.topics["t"].partitions[0]
+    assert p.target_replicas == (101, 102, 104) and p.original_replicas == (101, 102, 103)
+    assert 105 not in p.replicas and 106 not in p.replicas
+    h.commit(h.planner.reassignment_steps())
+    p = h.state.topics["t"].partitions[0]
+    assert p.replicas == (101, 102, 104) and p.leader == 101 and not p.removing
+
+
+def test_leader_offline_partition_completes_onto_a_live_target(h: Harness) -> None:
+    """A dead broker's partition: its replica is dropped, the others keep the data."""
+    _place(h, "t", (101, 102, 103))
+    h.commit(h.planner.fence_broker(101))
+    p = h.state.topics["t"].partitions[0]
+    assert p.leader == 102 and p.isr == (102, 103)
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 102, 103]]])[0])
+    _expand(h, "t", 104)
+    h.commit(h.planner.reassignment_steps())
+    p = h.state.topics["t"].partitions[0]
+    assert p.replicas == (104, 102, 103) and set(p.isr) == {102, 103, 104}
+    assert p.leader == 102  # the leader stays: it is in the target
+
+
+def test_bad_reassignments_get_their_own_code_and_change_nothing(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    before = h.state.to_snapshot()
+    res = []
+    recs: list = []
+    for move in (["nope", 0, [101]], ["t", 7, [101]], ["t", 0, []], ["t", 0, [101, 101]],
+                 ["t", 0, [101, 999]]):
+        r, one = h.planner.reassign_partitions([move])
+        recs += r
+        res += one
+    codes = [ErrorCode(r[2]) for r in res]
+    assert codes == [ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                     ErrorCode.UNKNOWN_TOPIC_OR_PARTITION] + [
+        ErrorCode.INVALID_REPLICA_ASSIGNMENT] * 3
+    assert "999" in res[4][3] and "empty" in res[2][3] and "duplicate" in res[3][3]
+    _, twice = h.planner.reassign_partitions([["t", 0, [104]], ["t", 0, [105]]])
+    assert ErrorCode(twice[1][2]) is ErrorCode.INVALID_REQUEST
+    recs2, res2 = h.planner.reassign_partitions([["t", 0, None]])
+    assert ErrorCode(res2[0][2]) is ErrorCode.NO_REASSIGNMENT_IN_PROGRESS
+    assert recs == recs2 == [] and h.state.to_snapshot() == before
+    # the same target as today is a no-op
+    assert h.planner.reassign_partitions([["t", 0, [101, 102, 103]]]) == (
+        [], [["t", 0, 0, None]])
+
+
+def test_stale_reassign_record_is_skipped(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    p = h.state.topics["t"].partitions[0]
+    skipped = h.state.skipped_records
+    h.commit([PartitionReassign("t", 0, p.partition_epoch - 1, (104,))])
+    assert h.state.skipped_records == skipped + 1
+    assert h.state.topics["t"].partitions[0] == p
+
+
+def test_elect_preferred_leaders_on_demand(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    _place(h, "u", (104, 105, 106))
+    h.commit(h.planner.fence_broker(101))
+    h.commit(h.planner.fence_broker(104))
+    recs, res = h.planner.elect_preferred_leaders()
+    assert recs == [] and [ErrorCode(r[2]) for r in res] == [
+        ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE] * 2
+    h.commit(h.planner.unfence_broker(101))
+    h.commit(h.planner.unfence_broker(104))
+    for t, b in (("t", 101), ("u", 104)):
+        _expand(h, t, b)
+    recs, res = h.planner.elect_preferred_leaders("t")
+    assert res == [["t", 0, 0, None]]
+    h.commit(recs)
+    assert h.state.topics["t"].partitions[0].leader == 101
+    assert h.state.topics["u"].partitions[0].leader == 105
+    assert h.state.topics["u"].partitions[0].leader != NO_LEADER
+
+
+def test_unregister_refused_while_hosting_then_forgets_the_broker(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    h.commit(h.planner.fence_broker(103))
+    with pytest.raises(DmqError) as err:
+        h.planner.unregister_broker(103)
+    assert err.value.code is ErrorCode.INVALID_REQUEST and "t-0" in err.value.message
+    h.commit(h.planner.reassign_partitions([["t", 0, [101, 102, 104]]])[0])
+    _expand(h, "t", 104)
+    h.commit(h.planner.reassignment_steps())
+    h.commit(h.planner.unregister_broker(103))
+    assert 103 not in h.state.brokers and 103 not in h.state.to_snapshot()["brokers"]
+    with pytest.raises(DmqError) as err:
+        h.planner.unregister_broker(103)
+    assert err.value.code is ErrorCode.INVALID_REQUEST
+    assert "not registered" in err.value.message
+    # it may come back as a new broker
+    h.add_broker(103)
+    assert h.state.brokers[103].state == "ONLINE"
+
+
+def test_reassignment_respects_the_per_broker_replica_limit(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    _place(h, "u", (102, 103, 105))
+    h.settings["max.partition.replicas.per.broker"] = 1
+    recs, res = h.planner.reassign_partitions([["t", 0, [104, 102, 103]],
+                                               ["u", 0, [104, 103, 105]]])
+    assert res[0] == ["t", 0, 0, None]
+    assert ErrorCode(res[1][2]) is ErrorCode.POLICY_VIOLATION
+    assert "[104]" in res[1][3] and "max.partition.replicas.per.broker" in res[1][3]
+    assert len(recs) == 1
+
+
+def test_cancel_refused_when_no_original_replica_is_in_sync(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])[0])
+    for b in (104, 105, 106):
+        _expand(h, "t", b)
+    # the old replicas fall out of the ISR before the step runs
+    for b in (101, 102, 103):
+        h.commit(h.planner.fence_broker(b))
+    p = h.state.topics["t"].partitions[0]
+    assert set(p.isr) == {104, 105, 106}
+    recs, res = h.planner.reassign_partitions([["t", 0, None]])
+    assert recs == [] and ErrorCode(res[0][2]) is ErrorCode.INVALID_REQUEST
+    assert "cannot cancel" in res[0][3]
+    h.commit(h.planner.reassignment_steps())
+    p = h.state.topics["t"].partitions[0]
+    assert p.replicas == (104, 105, 106) and p.leader == 104 and not p.removing
+
+
+def test_generated_plan_is_balanced_and_rack_aware() -> None:
+    from collections import Counter
+
+    from dmq.cli_partitions import generate_plan
+
+    cur = {"orders": {p: (1, 2, 3) for p in range(6)}, "audit": {0: (1, 2), 1: (2, 3)}}
+    brokers = [(101, "a"), (102, "a"), (103, "b"), (104, "b"), (105, "c"), (106, "c")]
+    plan = generate_plan(cur, brokers)
+    assert plan == generate_plan(cur, brokers)  # the same input proposes the same plan
+    rack = dict(brokers)
+    orders = [r["replicas"] for r in plan if r["topic"] == "orders"]
+    assert all(len({rack[b] for b in reps}) == 3 for reps in orders)
+    assert Counter(reps[0] for reps in orders) == Counter({b: 1 for b, _ in brokers})
+    assert Counter(b for reps in orders for b in reps) == Counter({b: 3 for b, _ in brokers})
+    assert [len(r["replicas"]) for r in plan if r["topic"] == "audit"] == [2, 2]
+
+
+def test_decommission_plan_replaces_only_the_broker_by_the_least_loaded() -> None:
+    from dmq.cli_partitions import decommission_plan
+
+    h = Harness()
+    for b in (101, 102, 103, 104, 105):
+        h.add_broker(b)
+    _place(h, "t", (101, 102, 103))
+    _place(h, "u", (103, 104, 101))
+    _place(h, "v", (102, 104, 105))
+    plan = decommission_plan(101, h.state.topics, [102, 103, 104, 105])
+    assert plan == [("t", 0, [105, 102, 103]), ("u", 0, [103, 104, 102])]
+
+
+def test_new_target_dropping_the_leader_being_added_moves_leadership(h: Harness) -> None:
+    _place(h, "t", (101, 102, 103))
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 102, 103]]])[0])
+    _expand(h, "t", 104)
+    h.commit(h.planner.elect_preferred_leaders("t")[0])  # 104 (target[0]) leads
+    assert h.state.topics["t"].partitions[0].leader == 104
+    h.commit(h.planner.reassign_partitions([["t", 0, [105, 102, 103]]])[0])
+    p = h.state.topics["t"].partitions[0]
+    assert 104 not in p.replicas and 104 not in p.isr
+    assert p.leader == 102 and p.adding == (105,) and p.removing == (101,)
