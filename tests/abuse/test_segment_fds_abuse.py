@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from dmq.client import Consumer, Producer, TopicPartition
+from dmq.devcluster import ensure_topic
 from tests.support.procs import ProcessCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -35,6 +36,8 @@ def _fds(pc: ProcessCluster, node_id: int) -> int:
 
 
 async def test_tiny_segments_cost_no_descriptor_each(cluster: ProcessCluster) -> None:
+    # waits until the broker has registered (the CLI below would not)
+    await ensure_topic(cluster.bootstrap, "ready", 1, 1)
     out = subprocess.run(
         [sys.executable, "-m", "dmq.cli", "topics", "create", "tiny", "--partitions", "1",
          "--replication-factor", "1", "--config", "segment.bytes=64", "--bootstrap",
