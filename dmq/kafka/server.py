@@ -107,6 +107,7 @@ class KafkaServer:
         self._budget: ByteBudget | None = None
         self._budget_limit = queued_max_request_bytes
         self._server: asyncio.Server | None = None
+        self.ssl: Any = None  # an ssl.SSLContext set before `start()`: TLS only
         self._conns: set[asyncio.Task[None]] = set()
         self._per_ip: dict[str, int] = {}
         self.stats_violations = 0
@@ -128,8 +129,9 @@ class KafkaServer:
 
     async def start(self) -> None:
         self._budget = ByteBudget(self._budget_limit)
-        self._server = await asyncio.start_server(self._accept, self.host, self.port,
-                                                  reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, reuse_address=True, ssl=self.ssl,
+            ssl_handshake_timeout=10.0 if self.ssl is not None else None)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("node %d: Kafka listener on %s:%d", self.node_id, self.host, self.port)

@@ -38,6 +38,7 @@ class KafkaService:
                                   connections_max_idle_ms=int(config.get("connections.max.idle.ms")),
                                   queued_max_request_bytes=int(
                                       config.get("queued.max.request.bytes")))
+        self.server.ssl = node.server.ssl  # TLS on this listener too when the node has it
 
     async def start(self) -> None:
         try:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl as _ssl
+from contextvars import ContextVar
 from typing import Any
 
 from dmq.aio import wait_for
@@ -41,6 +43,10 @@ from dmq.protocol.errors import (
 log = logging.getLogger("dmq.protocol.connection")
 
 DEFAULT_REQUEST_TIMEOUT_MS = 30_000
+
+DEFAULT_TLS: ContextVar[_ssl.SSLContext | None] = ContextVar("dmq_default_tls", default=None)
+"""The TLS context of connections opened without `ssl=`: a TLS node sets it for its
+own links; a client sets it with `dmq.security.tls.client_tls`. None: plaintext."""
 
 
 def _leader_hint(body: Any) -> tuple[int, str, int] | None:
@@ -99,18 +105,25 @@ class Connection:
     @classmethod
     async def open(cls, host: str, port: int, *, client_id: str = "dmq",
                    connect_timeout_ms: int = 5000, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                   max_in_flight: int = 1024, node_id: int | None = None) -> Connection:
-        """Connect; with `node_id`, identify as that cluster node before returning."""
+                   max_in_flight: int = 1024, node_id: int | None = None,
+                   ssl: _ssl.SSLContext | None = None) -> Connection:
+        """Connect (over TLS with `ssl`, or `DEFAULT_TLS` when set); with `node_id`,
+        identify as that cluster node before returning."""
         conn = cls(host, port, client_id=client_id, max_frame_bytes=max_frame_bytes,
                    max_in_flight=max_in_flight)
         loop = asyncio.get_running_loop()
+        tls = ssl if ssl is not None else DEFAULT_TLS.get()
         try:
             await wait_for(
-                loop.create_connection(lambda: _ClientProtocol(conn), host, port),
+                loop.create_connection(lambda: _ClientProtocol(conn), host, port, ssl=tls),
                 connect_timeout_ms / 1000)
         except TimeoutError:
             raise NetworkError(f"connect to {host}:{port} timed out after "
                                f"{connect_timeout_ms} ms") from None
+        except _ssl.SSLError as exc:
+            raise NetworkError(f"TLS handshake with {host}:{port} failed: "
+                               f"{getattr(exc, 'verify_message', None) or exc.reason or exc}"
+                               ) from None
         except OSError as exc:
             # asyncio's own text ("Connect call failed") hides the cause: name the errno
             why = os.strerror(exc.errno) if exc.errno else (exc.strerror or exc)

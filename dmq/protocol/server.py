@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ DEFAULT_MAX_CONNECTIONS = 4096
 DEFAULT_MAX_CONNECTIONS_PER_IP = 1024
 DEFAULT_CONNECTIONS_MAX_IDLE_MS = 600_000
 DEFAULT_QUEUED_MAX_REQUEST_BYTES = 256 * 1024 * 1024
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a connection that has not finished its handshake by then is closed
 LOG_EVERY_S = 10.0  # one line per kind of refusal per this long, with a count
 
 
@@ -144,6 +146,7 @@ class _ServerConnection(asyncio.Protocol):
         self.peer = "?"
         self.peer_host = "?"
         self.peer_node_id: int | None = None  # set by NODE_HELLO
+        self.peer_cert: dict[str, Any] | None = None  # the client certificate (mTLS)
         self.last_active = 0.0  # loop time of the last bytes received
         self.reserved_bytes = 0  # budget held by the large frame being received
         self.in_books = False  # counted in the server's connection caps and budget
@@ -170,6 +173,8 @@ class _ServerConnection(asyncio.Protocol):
         if not self.server._admit(self):
             self.drop()
             return
+        if self.server.ssl is not None:
+            self.peer_cert = transport.get_extra_info("peercert") or None
         self.last_active = self.server._loop.time()
         transport.set_write_buffer_limits(high=self.server.max_buffered_bytes)
         log.debug("node=%s connection from %s", self.server.node_id, self.peer)
@@ -462,6 +467,9 @@ class ProtocolServer:
         # set before `start()` to serve HTTP on this port too: called with a connection
         # whose first bytes are an HTTP method and those bytes; it owns the transport
         self.http_handoff: Callable[[asyncio.Transport, bytes], None] | None = None
+        # set before `start()` to serve TLS only (dmq.security.tls); HTTP handed off
+        # from a TLS connection is HTTPS
+        self.ssl: ssl.SSLContext | None = None
         self._handlers: dict[ApiKey, Handler] = {ApiKey.API_VERSIONS: self._api_versions,
                                                  ApiKey.NODE_HELLO: self._node_hello}
         self._connections: set[_ServerConnection] = set()
@@ -485,7 +493,8 @@ class ProtocolServer:
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(
             lambda: _ServerConnection(self), self.host, self.port, reuse_address=True,
-            backlog=1024)
+            backlog=1024, ssl=self.ssl,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if self.ssl is not None else None)
         self._schedule_idle_sweep()
         log.info("node=%s listening on %s:%d", self.node_id, self.host, self.bound_port)
 

@@ -1,0 +1,1 @@
+"""Security: TLS on every listener and inter-node link (`dmq.security.tls`)."""
