@@ -31,7 +31,7 @@ from dmq.ops.metrics import NodeMetrics, Sample
 from dmq.ops.rest import RestApi
 from dmq.protocol.connection import DEFAULT_TLS
 from dmq.protocol.server import ProtocolServer
-from dmq.security.tls import TlsSettings
+from dmq.security.tls import REFUSALS, TlsSettings
 
 log = logging.getLogger("dmq.node")
 
@@ -204,6 +204,7 @@ class Node:
         if self.tls is not None:
             # every listener serves TLS; every link this node opens is a TLS client
             self.server.ssl = self.tls.server_context()
+            REFUSALS.node = self.spec.node_id
             self.server.node_authenticator = self.tls.node_authenticator()
             DEFAULT_TLS.set(self.tls.node_client_context())
         self._build_services()

@@ -99,6 +99,8 @@ class Connection:
         self._writable.set()
         self._closed = False
         self._close_reason: str = "connection closed"
+        self._tls = False  # opened over TLS
+        self._answered = False  # some bytes came back from the server
         self._loop = asyncio.get_running_loop()
         self._closed_event = asyncio.Event()
 
@@ -113,6 +115,7 @@ class Connection:
                    max_in_flight=max_in_flight)
         loop = asyncio.get_running_loop()
         tls = ssl if ssl is not None else DEFAULT_TLS.get()
+        conn._tls = tls is not None
         try:
             await wait_for(
                 loop.create_connection(lambda: _ClientProtocol(conn), host, port, ssl=tls),
@@ -236,6 +239,7 @@ class Connection:
 
     # callbacks -----------------------------------------------------------------------
     def _on_data(self, data: bytes) -> None:
+        self._answered = True
         try:
             frames = self._decoder.feed(data)
             for payload in frames:
@@ -265,6 +269,14 @@ class Connection:
         self._closed = True
         if exc is not None and self._close_reason == "connection closed":
             self._close_reason = f"connection lost: {exc}"
+        elif self._close_reason == "connection closed" and not self._answered and self._pending:
+            # a TLS listener closes a plaintext connection, and a TLS 1.3 server one
+            # without an acceptable client certificate, without a word
+            self._close_reason = (
+                "connection closed by the server before it answered (after the TLS "
+                "handshake: does the listener require a client certificate signed by its "
+                "CA?)" if self._tls else "connection closed by the server before it "
+                "answered (does the listener require TLS? connect with ssl=)")
         self._writable.set()
         self._room.set()
         self._closed_event.set()

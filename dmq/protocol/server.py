@@ -173,9 +173,9 @@ class _ServerConnection(asyncio.Protocol):
         if not self.server._admit(self):
             self.drop()
             return
+        self.last_active = self.server._loop.time()
         if self.server.ssl is not None:
             self.peer_cert = transport.get_extra_info("peercert") or None
-        self.last_active = self.server._loop.time()
         transport.set_write_buffer_limits(high=self.server.max_buffered_bytes)
         log.debug("node=%s connection from %s", self.server.node_id, self.peer)
 

@@ -21,7 +21,9 @@ connection it and the tasks it starts there open uses it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,62 @@ from dmq.config import ClusterConfig, ConfigError
 from dmq.protocol.connection import DEFAULT_TLS
 from dmq.protocol.errors import ClusterAuthorizationFailedError
 
+log = logging.getLogger("dmq.security.tls")
+
 CLIENT_AUTH = ("none", "requested", "required")
+LOG_EVERY_S = 10.0
+_PLAINTEXT = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNEXPECTED_RECORD",
+              "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL")
+
+
+def handshake_failure(exc: ssl.SSLError) -> str:
+    """Why a server-side TLS handshake failed, in words a log reader can act on."""
+    reason = exc.reason or ""
+    text = getattr(exc, "verify_message", None) or reason or str(exc)
+    if reason in _PLAINTEXT:
+        return f"{text} (a plaintext client on a TLS listener?)"
+    if "CERTIFICATE" in reason:
+        return f"{text} (client certificate missing or not signed by ssl.ca.location)"
+    return text
+
+
+class _Refusals:
+    """One log line per `LOG_EVERY_S` for failed handshakes, with a count."""
+
+    def __init__(self) -> None:
+        self.node: int | str = "?"
+        self.total = 0
+        self._held = 0
+        self._next = 0.0
+
+    def note(self, exc: ssl.SSLError) -> None:
+        self.total += 1
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        self._next = now + LOG_EVERY_S
+        held, self._held = self._held, 0
+        more = f" (and {held} more in the last {LOG_EVERY_S:.0f} s)" if held else ""
+        log.warning("node=%s refused a connection: TLS handshake failed: %s%s", self.node,
+                    handshake_failure(exc), more)
+
+
+REFUSALS = _Refusals()
+"""Failed server-side handshakes of this process (a node runs one per process)."""
+
+
+class _ServerSSLObject(ssl.SSLObject):
+    """Logs failed handshakes: asyncio's TLS servers (and uvloop's) drop them silently."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            REFUSALS.note(exc)
+            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +135,7 @@ class TlsSettings:
         _load_chain(ctx, self.certfile, self.keyfile)
         ctx.verify_mode = {"none": ssl.CERT_NONE, "requested": ssl.CERT_OPTIONAL,
                            "required": ssl.CERT_REQUIRED}[self.client_auth]
+        ctx.sslobject_class = _ServerSSLObject
         return ctx
 
     def node_client_context(self) -> ssl.SSLContext:

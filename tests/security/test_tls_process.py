@@ -20,6 +20,7 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, NetworkError
 from dmq.security.tls import client_context, client_tls
+from tests.kafka.support import kafka_ports
 from tests.security.certs import CA
 from tests.support.procs import ProcessCluster
 from tests.unit.broker.wire import FAST, logs_on_failure
@@ -43,7 +44,7 @@ def tls_cluster(pki: tuple[CA, CA]) -> Iterator[ProcessCluster]:
     settings = {**FAST, "ssl.certificate.location": str(ca.dir / "node-{id}.pem"),
                 "ssl.key.location": str(ca.dir / "node-{id}.key"),
                 "ssl.ca.location": str(ca.cafile), "ssl.client.auth": "required",
-                "default.replication.factor": 3, "min.insync.replicas": 2}
+                "default.replication.factor": 3, "min.insync.replicas": 2, "kafka.port": 0}
     with ProcessCluster(controllers=3, combined=True, settings=settings, http=True) as pc:
         pc.start()
         yield pc
@@ -80,20 +81,22 @@ async def test_tls_cluster_replicates_and_serves_clients(tls_cluster: ProcessClu
             finally:
                 await conn.close()
             assert st, n.node_id
-    # the separate HTTP port serves HTTPS with the node's certificate
+    # the separate HTTP port, and HTTP on the node port, serve HTTPS with the node's
+    # certificate
     ctx = alice(ca)
     for n in pc.nodes.values():
-        with urllib.request.urlopen(f"https://127.0.0.1:{n.http_port}/healthz", context=ctx,
-                                    timeout=10) as r:
-            assert json.loads(r.read())["nodeId"] == n.node_id
+        for port in (n.http_port, n.port):
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx,
+                                        timeout=10) as r:
+                assert json.loads(r.read())["nodeId"] == n.node_id
 
 
 async def test_plaintext_and_foreign_clients_are_refused(tls_cluster: ProcessCluster,
                                                          pki: tuple[CA, CA]) -> None:
     ca, other = pki
     port = tls_cluster.nodes[1].port
-    # plaintext on a TLS port
-    with pytest.raises(NetworkError):
+    # plaintext on a TLS port: the client is told, the node logs why
+    with pytest.raises(NetworkError, match="does the listener require TLS"):
         conn = await Connection.open("127.0.0.1", port, connect_timeout_ms=3000)
         try:
             await conn.request(ApiKey.API_VERSIONS, {}, timeout_ms=3000)
@@ -106,7 +109,7 @@ async def test_plaintext_and_foreign_clients_are_refused(tls_cluster: ProcessClu
     other_cert = other.issue("mallory")
     for bad in (client_context(str(ca.cafile), str(other_cert[0]), str(other_cert[1])),
                 client_context(str(ca.cafile))):
-        with pytest.raises(NetworkError):
+        with pytest.raises(NetworkError, match="require a client certificate"):
             conn = await Connection.open("127.0.0.1", port, ssl=bad, connect_timeout_ms=3000)
             try:
                 await conn.request(ApiKey.API_VERSIONS, {}, timeout_ms=3000)
@@ -119,6 +122,10 @@ async def test_plaintext_and_foreign_clients_are_refused(tls_cluster: ProcessClu
     finally:
         await conn.close()
     assert body["node_id"] == 1
+    log_text = tls_cluster.nodes[1].log_text()
+    assert ("refused a connection: TLS handshake failed: WRONG_VERSION_NUMBER (a plaintext "
+            "client on a TLS listener?)") in log_text
+    assert tls_cluster.nodes[1].alive
 
 
 async def test_a_node_certificate_proves_only_its_own_id(tls_cluster: ProcessCluster,
@@ -134,3 +141,40 @@ async def test_a_node_certificate_proves_only_its_own_id(tls_cluster: ProcessClu
         await Connection.open("127.0.0.1", port, ssl=alice(ca), node_id=2)
 
 
+
+
+def test_kafka_clients_over_tls(tls_cluster: ProcessCluster, pki: tuple[CA, CA]) -> None:
+    ck = pytest.importorskip("confluent_kafka")
+    from confluent_kafka.admin import AdminClient
+    ca, other = pki
+    ports = kafka_ports(tls_cluster)
+    conf = {"bootstrap.servers": ",".join(f"127.0.0.1:{p}" for p in ports.values()),
+            "security.protocol": "SSL", "ssl.ca.location": str(ca.cafile),
+            "ssl.certificate.location": str(ca.dir / "alice.pem"),
+            "ssl.key.location": str(ca.dir / "alice.key")}
+    with logs_on_failure(tls_cluster):
+        p = ck.Producer({**conf, "acks": "all", "message.timeout.ms": 30_000})
+        errors: list[object] = []
+        for i in range(10):
+            p.produce("kafka-tls", b"k%d" % i,
+                      on_delivery=lambda err, _m: errors.append(err) if err else None)
+        assert p.flush(40) == 0 and not errors, errors
+        c = ck.Consumer({**conf, "group.id": "unused", "enable.auto.commit": False})
+        c.assign([ck.TopicPartition("kafka-tls", 0, 0)])
+        got: list[bytes] = []
+        deadline = 40
+        while len(got) < 10 and deadline > 0:
+            m = c.poll(1.0)
+            deadline -= 1
+            if m is not None and m.error() is None:
+                got.append(m.value())
+        c.close()
+        assert got == [b"k%d" % i for i in range(10)]
+    # a plaintext Kafka client on the TLS listener gets nothing and the listener lives
+    port = ports[1]
+    plain = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}",
+                                  "socket.timeout.ms": 2000})
+    with pytest.raises(ck.KafkaException):
+        plain.list_topics(timeout=3)
+    md = AdminClient(conf).list_topics(timeout=10)
+    assert "kafka-tls" in md.topics
