@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from dmq.config import ClusterConfig, ConfigError
+from dmq.security.certs import CA
 from dmq.security.tls import TlsSettings, common_name, principal
-from tests.security.certs import CA
 
 
 def _config(settings: dict[str, str] | None = None) -> ClusterConfig:

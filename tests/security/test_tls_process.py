@@ -19,9 +19,9 @@ from dmq.devcluster import ensure_topic
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, NetworkError
+from dmq.security.certs import CA
 from dmq.security.tls import client_context, client_tls
 from tests.kafka.support import kafka_ports
-from tests.security.certs import CA
 from tests.support.procs import ProcessCluster
 from tests.unit.broker.wire import FAST, logs_on_failure
 
