@@ -76,6 +76,13 @@ SETTINGS: dict[str, Setting] = {
     "ssl.node.cn.format": Setting(
         "node-{id}", "under mTLS, the certificate common name a node must have to "
         "identify as node {id}"),
+    "sasl.enabled.mechanisms": Setting(
+        "", "SASL mechanisms the Kafka listener requires (SCRAM-SHA-256, SCRAM-SHA-512, "
+        "PLAIN; empty: no authentication)"),
+    "sasl.credentials.file": Setting(
+        "", "JSON file of users' salted SCRAM credentials (python -m dmq.security.scram)"),
+    "sasl.plain.allow.plaintext": Setting(
+        False, "offer PLAIN on a listener without TLS (passwords in the clear)"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
     "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(
