@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from dmq.security.certs import CA
 from dmq.security.scram import CredentialStore, make_credential
 from tests.kafka.support import KafkaConn, kafka_ports
+from tests.security.test_scram import client_final
 from tests.support.procs import ProcessCluster
 
 ck = pytest.importorskip("confluent_kafka")
@@ -112,6 +114,24 @@ def test_raw_sasl_exchange_exactly_as_kafka(plain_node: tuple[ProcessCluster, in
     with KafkaConn(port) as c:  # a request before authentication: closed
         c.send("Metadata", 12, {"Topics": None})
         assert c.sock.recv(1) == b""
+
+
+def test_handshake_v0_then_raw_scram_tokens(plain_node: tuple[ProcessCluster, int]) -> None:
+    """SaslHandshake v0: the SCRAM messages follow as raw size-prefixed tokens, without
+    Kafka headers; then ordinary requests are served."""
+    _pc, port = plain_node
+    with KafkaConn(port) as c:
+        assert c.request("SaslHandshake", 0, {"Mechanism": "SCRAM-SHA-256"})["ErrorCode"] == 0
+        bare = "n=alice,r=raw0nonce"
+        first = b"n,,%s" % bare.encode()
+        c.sock.sendall(struct.pack(">i", len(first)) + first)
+        server_first = c.read_frame()
+        assert server_first is not None and server_first.startswith(b"r=raw0nonce")
+        final, want = client_final("SCRAM-SHA-256", "alice-secret", bare, server_first.decode())
+        c.sock.sendall(struct.pack(">i", len(final)) + final.encode())
+        assert c.read_frame() == want.encode()
+        md = c.request("Metadata", 12, {"Topics": None})  # served: authenticated
+        assert md["ClusterId"]
 
 
 @pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed")
