@@ -81,6 +81,9 @@ SETTINGS: dict[str, Setting] = {
         "PLAIN; empty: no authentication)"),
     "sasl.credentials.file": Setting(
         "", "JSON file of users' salted SCRAM credentials (python -m dmq.security.scram)"),
+    "sasl.protocol.listener": Setting(
+        False, "require SASL on dmq's own protocol port too (needs TLS with client "
+        "certificates: nodes prove themselves by certificate)"),
     "sasl.plain.allow.plaintext": Setting(
         False, "offer PLAIN on a listener without TLS (passwords in the clear)"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),

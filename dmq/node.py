@@ -31,7 +31,8 @@ from dmq.ops.metrics import NodeMetrics, Sample
 from dmq.ops.rest import RestApi
 from dmq.protocol.connection import DEFAULT_TLS
 from dmq.protocol.server import ProtocolServer
-from dmq.security.tls import REFUSALS, TlsSettings
+from dmq.security.sasl import SaslAuthority
+from dmq.security.tls import REFUSALS, TlsSettings, certificate_principal
 
 log = logging.getLogger("dmq.node")
 
@@ -207,6 +208,17 @@ class Node:
             REFUSALS.node = self.spec.node_id
             self.server.node_authenticator = self.tls.node_authenticator()
             DEFAULT_TLS.set(self.tls.node_client_context())
+        if self.config.get("sasl.protocol.listener"):
+            # clients authenticate with SASL; nodes (and their tools) by certificate
+            if self.tls is None or self.tls.client_auth == "none":
+                raise ConfigError("sasl.protocol.listener needs TLS with ssl.client.auth "
+                                  "requested or required: nodes prove themselves to each "
+                                  "other by certificate")
+            self.server.sasl = SaslAuthority.from_config(self.config, self.spec.node_id)
+            if self.server.sasl is None:
+                raise ConfigError("sasl.protocol.listener needs sasl.enabled.mechanisms")
+            self.server.certificate_principal = certificate_principal(
+                self.tls.node_cn_format, cluster_node_roles(self.config))
         self._build_services()
         self.rest = RestApi(self)
         routes = self.rest.routes()
@@ -216,7 +228,9 @@ class Node:
                                self.spec.node_id, render_metrics=self.metrics.render,
                                readiness=self.readiness, routes=routes)
         self.http.ssl_context = self.server.ssl
-        self.server.http_handoff = http_handoff(self.config, self.http)
+        # HTTP is not authenticated: a SASL port serves frames only
+        self.server.http_handoff = None if self.server.sasl is not None \
+            else http_handoff(self.config, self.http)
         await self.http.setup()  # HTTP on the node's port works from its first connection
         try:
             await self.server.start()

@@ -48,6 +48,10 @@ DEFAULT_TLS: ContextVar[_ssl.SSLContext | None] = ContextVar("dmq_default_tls", 
 """The TLS context of connections opened without `ssl=`: a TLS node sets it for its
 own links; a client sets it with `dmq.security.tls.client_tls`. None: plaintext."""
 
+DEFAULT_SASL: ContextVar[Any] = ContextVar("dmq_default_sasl", default=None)
+"""The SASL credentials (`dmq.security.sasl.SaslCredentials`) connections opened
+without `sasl=` authenticate with; set by `dmq.security.sasl.client_sasl`."""
+
 
 def _leader_hint(body: Any) -> tuple[int, str, int] | None:
     if isinstance(body, dict):
@@ -108,9 +112,10 @@ class Connection:
     async def open(cls, host: str, port: int, *, client_id: str = "dmq",
                    connect_timeout_ms: int = 5000, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                    max_in_flight: int = 1024, node_id: int | None = None,
-                   ssl: _ssl.SSLContext | None = None) -> Connection:
-        """Connect (over TLS with `ssl`, or `DEFAULT_TLS` when set); with `node_id`,
-        identify as that cluster node before returning."""
+                   ssl: _ssl.SSLContext | None = None, sasl: Any = None) -> Connection:
+        """Connect (over TLS with `ssl`, or `DEFAULT_TLS` when set), authenticate with
+        `sasl` (or `DEFAULT_SASL`) when given; with `node_id`, identify as that cluster
+        node before returning."""
         conn = cls(host, port, client_id=client_id, max_frame_bytes=max_frame_bytes,
                    max_in_flight=max_in_flight)
         loop = asyncio.get_running_loop()
@@ -131,6 +136,13 @@ class Connection:
             # asyncio's own text ("Connect call failed") hides the cause: name the errno
             why = os.strerror(exc.errno) if exc.errno else (exc.strerror or exc)
             raise NetworkError(f"cannot connect to {host}:{port}: {why}") from None
+        creds = sasl if sasl is not None else DEFAULT_SASL.get()
+        if creds is not None:
+            try:
+                await creds.authenticate(conn, connect_timeout_ms)
+            except BaseException:
+                await conn.close()
+                raise
         if node_id is not None:
             try:
                 await conn.request(ApiKey.NODE_HELLO, {"node_id": node_id},

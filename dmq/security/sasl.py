@@ -11,11 +11,15 @@ that doubles with each consecutive failure from that address (up to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from dmq.config import ClusterConfig, ConfigError
+from dmq.protocol.connection import DEFAULT_SASL
 from dmq.security.scram import (
     MECHANISMS,
     SCRAM_HASHES,
@@ -154,3 +158,52 @@ class SaslSession:
             log.info("node=%s %s authenticated as %s (%s)", self.authority.node_id,
                      self.peer_host, self.principal, self.mechanism)
         return answer
+
+
+@dataclass(frozen=True)
+class SaslCredentials:
+    """A dmq client's SASL identity: pass as `sasl=` to `Connection.open`, or run the
+    client inside `client_sasl(...)`."""
+
+    mechanism: str
+    username: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise ValueError(f"sasl mechanism {self.mechanism!r}: one of "
+                             f"{', '.join(MECHANISMS)}")
+
+    async def authenticate(self, conn: Any, timeout_ms: int) -> None:
+        from dmq.protocol.api import ApiKey
+        from dmq.protocol.errors import SaslAuthenticationFailedError
+        from dmq.security.scram import ScramClient
+
+        await conn.request(ApiKey.SASL_HANDSHAKE, {"mechanism": self.mechanism},
+                           timeout_ms=timeout_ms)
+        if self.mechanism == "PLAIN":
+            token = f"\0{self.username}\0{self.password}".encode()
+            await conn.request(ApiKey.SASL_AUTHENTICATE, {"auth_bytes": token},
+                               timeout_ms=timeout_ms)
+            return
+        client = ScramClient(self.mechanism, self.username, self.password)
+        try:
+            first = await conn.request(ApiKey.SASL_AUTHENTICATE,
+                                       {"auth_bytes": client.first()}, timeout_ms=timeout_ms)
+            final = await conn.request(
+                ApiKey.SASL_AUTHENTICATE,
+                {"auth_bytes": client.final(bytes(first["auth_bytes"]))}, timeout_ms=timeout_ms)
+            client.verify(bytes(final["auth_bytes"]))
+        except AuthenticationFailed as exc:
+            raise SaslAuthenticationFailedError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def client_sasl(credentials: SaslCredentials | None) -> Iterator[None]:
+    """Connections opened inside this block (and by tasks started in it) authenticate
+    with `credentials`."""
+    token = DEFAULT_SASL.set(credentials)
+    try:
+        yield
+    finally:
+        DEFAULT_SASL.reset(token)

@@ -317,3 +317,49 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+class ScramClient:
+    """The client side of one SCRAM exchange (for dmq's own clients)."""
+
+    def __init__(self, mechanism: str, user: str, password: str) -> None:
+        self.mechanism = mechanism
+        self.hash = SCRAM_HASHES[mechanism]
+        self.user = user
+        self.password = password
+        self.nonce = secrets.token_urlsafe(24)
+        self._bare = ""
+        self._server_signature = b""
+
+    def first(self) -> bytes:
+        name = self.user.replace("=", "=3D").replace(",", "=2C")
+        self._bare = f"n={name},r={self.nonce}"
+        return f"n,,{self._bare}".encode()
+
+    def final(self, server_first: bytes) -> bytes:
+        text = server_first.decode()
+        attrs = _attrs(text, "server-first message")
+        nonce, salt, iterations = attrs.get("r", ""), attrs.get("s", ""), attrs.get("i", "0")
+        if not nonce.startswith(self.nonce) or len(nonce) == len(self.nonce):
+            raise AuthenticationFailed("the server's SCRAM nonce does not extend ours")
+        if not iterations.isdigit() or int(iterations) < MIN_ITERATIONS:
+            raise AuthenticationFailed(f"the server asks for {iterations} SCRAM iterations "
+                                       f"(at least {MIN_ITERATIONS})")
+        salted = hashlib.pbkdf2_hmac(self.hash, self.password.encode(),
+                                     base64.b64decode(salt), int(iterations))
+        client_key = hmac.new(salted, b"Client Key", self.hash).digest()
+        stored = hashlib.new(self.hash, client_key).digest()
+        without_proof = f"c=biws,r={nonce}"
+        auth = f"{self._bare},{text},{without_proof}".encode()
+        proof = bytes(a ^ b for a, b in zip(
+            client_key, hmac.new(stored, auth, self.hash).digest(), strict=True))
+        server_key = hmac.new(salted, b"Server Key", self.hash).digest()
+        self._server_signature = hmac.new(server_key, auth, self.hash).digest()
+        return f"{without_proof},p={_b64(proof)}".encode()
+
+    def verify(self, server_final: bytes) -> None:
+        """The server proved it knows the credential (mutual authentication)."""
+        want = b"v=" + base64.b64encode(self._server_signature)
+        if not hmac.compare_digest(server_final, want):
+            raise AuthenticationFailed("the server's SCRAM signature is wrong: it does not "
+                                       "hold this user's credential")

@@ -145,9 +145,10 @@ class TlsSettings:
                               check_hostname=self.check_hostname)
 
     def node_authenticator(self) -> Any:
-        """A `ProtocolServer.node_authenticator`: under mTLS, the certificate must name
-        the node claimed; otherwise None (the claim is trusted, as without TLS)."""
-        if self.client_auth != "required":
+        """A `ProtocolServer.node_authenticator`: with client certificates (required or
+        requested), the certificate must name the node claimed; otherwise None (the
+        claim is trusted, as without TLS)."""
+        if self.client_auth == "none":
             return None
         fmt = self.node_cn_format
 
@@ -160,6 +161,18 @@ class TlsSettings:
                     f"(CN={want} expected, ssl.node.cn.format)")
 
         return check
+
+
+def certificate_principal(fmt: str, node_ids: Any) -> Any:
+    """A `ProtocolServer.certificate_principal`: "node:<id>" for a certificate whose
+    common name is `fmt` with the id of a node in `node_ids`, else None."""
+    names = {fmt.format(id=n): n for n in node_ids}
+
+    def principal_of(cert: dict[str, Any] | None) -> str | None:
+        node = names.get(common_name(cert) or "")
+        return None if node is None else f"node:{node}"
+
+    return principal_of
 
 
 def _load_chain(ctx: ssl.SSLContext, certfile: str, keyfile: str | None) -> None:
