@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from dmq.security.certs import CA
 from dmq.security.sasl import SaslCredentials, client_sasl
 from dmq.security.scram import CredentialStore, make_credential
 from dmq.security.tls import client_context, client_tls
+from tests.e2e.test_tools import run
 from tests.support.procs import ProcessCluster
 from tests.unit.broker.wire import FAST, logs_on_failure
 
@@ -87,3 +89,27 @@ async def test_refusals(secure: tuple[ProcessCluster, CA]) -> None:
     assert pc.nodes[1].alive
 
 
+
+
+def test_console_tools_with_command_config(secure: tuple[ProcessCluster, CA],
+                                           tmp_path: Path) -> None:
+    pc, ca = secure
+    good = tmp_path / "client.properties"
+    good.write_text(f"# Kafka client properties\nsecurity.protocol=SASL_SSL\n"
+                    f"ssl.ca.location={ca.cafile}\nsasl.mechanism=SCRAM-SHA-512\n"
+                    f"sasl.username=alice\nsasl.password=alice-secret\n")
+    r = run("produce", "-b", pc.bootstrap, "-t", "tools-authed", "--command-config", str(good),
+            stdin=b"x1\nx2\n")
+    assert r.returncode == 0, r.stderr
+    r = run("consume", "-b", pc.bootstrap, "-t", "tools-authed", "--from-beginning",
+            "--max-messages", "2", "--timeout-ms", "20000", "--command-config", str(good))
+    assert r.returncode == 0 and r.stdout.split() == [b"x1", b"x2"], r.stderr
+    bad = tmp_path / "bad.properties"
+    bad.write_text(good.read_text().replace("alice-secret", "wrong"))
+    r = run("produce", "-b", pc.bootstrap, "-t", "tools-authed", "--command-config", str(bad),
+            stdin=b"x3\n")
+    assert r.returncode != 0 and b"authentication failed for 'alice'" in r.stderr, r.stderr
+    typo = tmp_path / "typo.properties"
+    typo.write_text("security.protocl=SSL\n")
+    r = run("consume", "-b", pc.bootstrap, "-t", "x", "--command-config", str(typo))
+    assert r.returncode != 0 and b"unknown property security.protocl" in r.stderr, r.stderr
