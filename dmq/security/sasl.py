@@ -81,21 +81,25 @@ class SaslAuthority:
         return SaslSession(self, peer_host, tls)
 
     # failure books -------------------------------------------------------------------
-    def failure_delay(self, host: str) -> float:
-        """How long to hold the answer to a failed attempt from `host` (this one
-        included)."""
+    def _entry(self, host: str) -> _Failures:
         f = self._failures.get(host)
         if f is None:
             if len(self._failures) >= MAX_TRACKED_ADDRESSES:
-                self._failures.pop(next(iter(self._failures)))
+                self._failures.pop(next(iter(self._failures)))  # the oldest address
             f = self._failures[host] = _Failures()
+        return f
+
+    def failure_delay(self, host: str) -> float:
+        """How long to hold the answer to a failed attempt from `host` (this one
+        included)."""
+        f = self._entry(host)
         f.count += 1
         f.last = time.monotonic()
         return min(FIRST_FAILURE_DELAY_S * 2 ** (f.count - 1), MAX_FAILURE_DELAY_S)
 
     def note_failure(self, host: str, user: str | None, why: str) -> None:
         self.stats_failures += 1
-        f = self._failures.get(host) or _Failures()
+        f = self._entry(host)
         now = time.monotonic()
         if now < f.next_log:
             f.held += 1
