@@ -61,6 +61,31 @@ SETTINGS: dict[str, Setting] = {
         "connections wait unread"),
     "kafka.port": Setting(
         -1, "Kafka listener port of broker nodes (-1: off; 0: any free port)"),
+    "ssl.certificate.location": Setting(
+        "", "PEM certificate of this node: when set, every listener and inter-node link "
+        "is TLS"),
+    "ssl.key.location": Setting("", "PEM private key of the certificate (empty: in the "
+                                "certificate file)"),
+    "ssl.ca.location": Setting("", "PEM CA bundle peers and clients are verified against"),
+    "ssl.client.auth": Setting(
+        "none", "client certificates: none, requested or required (mTLS; a node must "
+        "then prove its id)"),
+    "ssl.endpoint.identification.algorithm": Setting(
+        "https", "https: a node checks a peer's certificate names the host it dialled; "
+        "empty: no check"),
+    "ssl.node.cn.format": Setting(
+        "node-{id}", "under mTLS, the certificate common name a node must have to "
+        "identify as node {id}"),
+    "sasl.enabled.mechanisms": Setting(
+        "", "SASL mechanisms the Kafka listener requires (SCRAM-SHA-256, SCRAM-SHA-512, "
+        "PLAIN; empty: no authentication)"),
+    "sasl.credentials.file": Setting(
+        "", "JSON file of users' salted SCRAM credentials (python -m dmq.security.scram)"),
+    "sasl.protocol.listener": Setting(
+        False, "require SASL on dmq's own protocol port too (needs TLS with client "
+        "certificates: nodes prove themselves by certificate)"),
+    "sasl.plain.allow.plaintext": Setting(
+        False, "offer PLAIN on a listener without TLS (passwords in the clear)"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
     "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(

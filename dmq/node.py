@@ -29,7 +29,10 @@ from dmq.config import ClusterConfig, ConfigError, NodeAddress
 from dmq.ops.http import HttpServer, http_handoff
 from dmq.ops.metrics import NodeMetrics, Sample
 from dmq.ops.rest import RestApi
+from dmq.protocol.connection import DEFAULT_TLS
 from dmq.protocol.server import ProtocolServer
+from dmq.security.sasl import SaslAuthority
+from dmq.security.tls import REFUSALS, TlsSettings, certificate_principal
 
 log = logging.getLogger("dmq.node")
 
@@ -124,6 +127,7 @@ class Node:
             connections_max_idle_ms=config.get("connections.max.idle.ms"),
             queued_max_request_bytes=config.get("queued.max.request.bytes"),
             cluster_nodes=cluster_node_roles(config), extra_info=self._info)
+        self.tls = TlsSettings.from_config(config, spec.node_id)  # None: plaintext everywhere
         self.services: list[Service] = []
         self._stopped = asyncio.Event()
         self.metrics = NodeMetrics(spec.node_id, self._metric_sources)
@@ -198,6 +202,23 @@ class Node:
         soft, hard = raise_open_files_limit()
         log.info("node %d: open files limit %d (soft), %d (hard)", self.spec.node_id, soft, hard)
         self.spec.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.tls is not None:
+            # every listener serves TLS; every link this node opens is a TLS client
+            self.server.ssl = self.tls.server_context()
+            REFUSALS.node = self.spec.node_id
+            self.server.node_authenticator = self.tls.node_authenticator()
+            DEFAULT_TLS.set(self.tls.node_client_context())
+        if self.config.get("sasl.protocol.listener"):
+            # clients authenticate with SASL; nodes (and their tools) by certificate
+            if self.tls is None or self.tls.client_auth == "none":
+                raise ConfigError("sasl.protocol.listener needs TLS with ssl.client.auth "
+                                  "requested or required: nodes prove themselves to each "
+                                  "other by certificate")
+            self.server.sasl = SaslAuthority.from_config(self.config, self.spec.node_id)
+            if self.server.sasl is None:
+                raise ConfigError("sasl.protocol.listener needs sasl.enabled.mechanisms")
+            self.server.certificate_principal = certificate_principal(
+                self.tls.node_cn_format, cluster_node_roles(self.config))
         self._build_services()
         self.rest = RestApi(self)
         routes = self.rest.routes()
@@ -206,7 +227,10 @@ class Node:
         self.http = HttpServer(self.spec.address.host, self.spec.http_port,
                                self.spec.node_id, render_metrics=self.metrics.render,
                                readiness=self.readiness, routes=routes)
-        self.server.http_handoff = http_handoff(self.config, self.http)
+        self.http.ssl_context = self.server.ssl
+        # HTTP is not authenticated: a SASL port serves frames only
+        self.server.http_handoff = None if self.server.sasl is not None \
+            else http_handoff(self.config, self.http)
         await self.http.setup()  # HTTP on the node's port works from its first connection
         try:
             await self.server.start()

@@ -108,6 +108,8 @@ class KafkaApis:
         self.cluster_id = cluster_id_of(config)
         self.auto_create = bool(config.get("auto.create.topics.enable"))
         self.apis: list[Api] = []
+        # (key, min, max) of APIs the listener answers itself (SASL), for ApiVersions
+        self.listener_apis: list[tuple[int, int, int]] = []
 
     def table(self) -> list[Api]:
         return [
@@ -130,9 +132,10 @@ class KafkaApis:
     # ------------------------------------------------------------------ ApiVersions
 
     def api_versions(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        keys = [(a.key, a.min_version, a.max_version) for a in self.table()]
+        keys += self.listener_apis
         return {"ErrorCode": 0, "ApiKeys": [
-            {"ApiKey": a.key, "MinVersion": a.min_version, "MaxVersion": a.max_version}
-            for a in sorted(self.table(), key=lambda a: a.key)]}
+            {"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, lo, hi in sorted(keys)]}
 
     # ------------------------------------------------------------------ Metadata
 

@@ -51,8 +51,17 @@ log = logging.getLogger("dmq.kafka")
 NO_RESPONSE: Any = object()
 API_VERSIONS_KEY = 18
 UNSUPPORTED_VERSION = 35
+SASL_HANDSHAKE_KEY = 17
+SASL_AUTHENTICATE_KEY = 36
+# served by the listener itself when it requires SASL: (message name, versions)
+SASL_APIS = {SASL_HANDSHAKE_KEY: ("SaslHandshake", 0, 1),
+             SASL_AUTHENTICATE_KEY: ("SaslAuthenticate", 0, 2)}
+UNSUPPORTED_SASL_MECHANISM = 33
+ILLEGAL_SASL_STATE = 34
+SASL_AUTHENTICATION_FAILED = 58
 _SIZE = struct.Struct(">i")
 SMALL_FRAME_BYTES = 64 * 1024
+SASL_CLOSE_WAIT_S = 10.0  # the failure answer's (delayed) write, before closing
 
 Handler = Callable[[RequestHeader, dict[str, Any]], Any]
 
@@ -107,6 +116,10 @@ class KafkaServer:
         self._budget: ByteBudget | None = None
         self._budget_limit = queued_max_request_bytes
         self._server: asyncio.Server | None = None
+        self.ssl: Any = None  # an ssl.SSLContext set before `start()`: TLS only
+        # a dmq.security.sasl.SaslAuthority set before `start()`: every connection must
+        # authenticate (SaslHandshake + SaslAuthenticate) before any request but those
+        self.sasl: Any = None
         self._conns: set[asyncio.Task[None]] = set()
         self._per_ip: dict[str, int] = {}
         self.stats_violations = 0
@@ -123,13 +136,21 @@ class KafkaServer:
         return len(self._conns)
 
     def api_ranges(self) -> list[dict[str, int]]:
-        return [{"ApiKey": a.key, "MinVersion": a.min_version, "MaxVersion": a.max_version}
-                for a in sorted(self.apis.values(), key=lambda a: a.key)]
+        keys = [(a.key, a.min_version, a.max_version) for a in self.apis.values()]
+        keys += self.listener_apis()
+        return [{"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, lo, hi in sorted(keys)]
+
+    def listener_apis(self) -> list[tuple[int, int, int]]:
+        """(key, min, max) of the APIs this listener serves itself (SASL when on)."""
+        if self.sasl is None:
+            return []
+        return [(k, lo, hi) for k, (_name, lo, hi) in SASL_APIS.items()]
 
     async def start(self) -> None:
         self._budget = ByteBudget(self._budget_limit)
-        self._server = await asyncio.start_server(self._accept, self.host, self.port,
-                                                  reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, reuse_address=True, ssl=self.ssl,
+            ssl_handshake_timeout=10.0 if self.ssl is not None else None)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("node %d: Kafka listener on %s:%d", self.node_id, self.host, self.port)
@@ -165,8 +186,10 @@ class KafkaServer:
             return
         self._conns.add(task)
         self._per_ip[host] = self._per_ip.get(host, 0) + 1
+        session = self.sasl.session(host, self.ssl is not None) if self.sasl is not None \
+            else None
         try:
-            await self._serve(reader, writer, peer)
+            await self._serve(reader, writer, peer, session)
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -182,7 +205,7 @@ class KafkaServer:
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     peer: Any) -> None:
+                     peer: Any, session: Any = None) -> None:
         queue: asyncio.Queue[tuple[Any, str, int, int] | None] = asyncio.Queue(
             self.max_in_flight)
         inflight = [0]  # answers queued or being written
@@ -207,7 +230,10 @@ class KafkaServer:
                 try:
                     # a body that stalls for the idle time is dropped with its budget
                     frame = await asyncio.wait_for(reader.readexactly(size), idle_s)
-                    item = self._dispatch(frame)
+                    if session is not None and session.raw:
+                        item = self._sasl_raw(session, frame)  # after SaslHandshake v0
+                    else:
+                        item = self._dispatch(frame, session)
                 except TimeoutError:
                     self.stats_idle_closed += 1
                     return
@@ -217,6 +243,11 @@ class KafkaServer:
                 if item is not None:
                     inflight[0] += 1
                     await queue.put(item)
+                if session is not None and session.failed:
+                    # as Kafka: the failure is answered, then the connection closed
+                    await queue.put(None)
+                    await asyncio.wait({sender}, timeout=SASL_CLOSE_WAIT_S)
+                    return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except KafkaDecodeError as exc:
@@ -243,13 +274,18 @@ class KafkaServer:
             if not read.done():
                 read.cancel()
 
-    def _dispatch(self, frame: bytes) -> tuple[Any, str, int, int] | None:
+    def _dispatch(self, frame: bytes, session: Any = None) -> tuple[Any, str, int, int] | None:
         """Decode one request and start its handler: (answer or awaitable, message name,
         version, correlation id), or None when no answer is due."""
         api_key, version, correlation_id = peek_request_header(frame)
+        if session is not None and api_key in SASL_APIS:
+            return self._dispatch_sasl(frame, session, api_key, version, correlation_id)
         api = self.apis.get(api_key)
         if api is None:
             raise KafkaDecodeError(f"unknown API key {api_key}")
+        if session is not None and not session.authenticated and api_key != API_VERSIONS_KEY:
+            raise KafkaDecodeError(f"{api.name} before SASL authentication (this listener "
+                                   f"requires SaslHandshake + SaslAuthenticate first)")
         if not api.min_version <= version <= api.max_version:
             if api_key == API_VERSIONS_KEY:
                 body = {"ErrorCode": UNSUPPORTED_VERSION, "ApiKeys": self.api_ranges()}
@@ -268,6 +304,60 @@ class KafkaServer:
             result = asyncio.ensure_future(result)
         return result, api.name, version, correlation_id
 
+    def _dispatch_sasl(self, frame: bytes, session: Any, api_key: int, version: int,
+                       correlation_id: int) -> tuple[Any, str, int, int]:
+        from dmq.security.scram import AuthenticationFailed
+
+        name, lo, hi = SASL_APIS[api_key]
+        if not lo <= version <= hi:
+            raise KafkaDecodeError(f"{name} v{version} outside the supported {lo}-{hi}")
+        r = Reader(frame)
+        read_request_header(r, message_spec(name + "Request").is_flexible(version))
+        body = decode_request_body(name, version, r)
+        self.stats_requests += 1
+        if api_key == SASL_HANDSHAKE_KEY:
+            if session.authenticated:
+                session.failed = True
+                return ({"ErrorCode": ILLEGAL_SASL_STATE, "Mechanisms": []}, name, version,
+                        correlation_id)
+            ok, offered = session.handshake(body["Mechanism"])
+            if not ok:
+                session.failed = True
+                session.authority.note_failure(session.peer_host, None,
+                                               f"mechanism {body['Mechanism']!r} not offered "
+                                               f"(offered: {', '.join(offered)})")
+            session.raw = ok and version == 0  # v0: raw SASL tokens follow, unframed
+            code = 0 if ok else UNSUPPORTED_SASL_MECHANISM
+            return {"ErrorCode": code, "Mechanisms": offered}, name, version, correlation_id
+        if session.authenticated or session.exchange is None:
+            session.failed = True
+            return ({"ErrorCode": ILLEGAL_SASL_STATE, "ErrorMessage": "SaslAuthenticate "
+                     "without a SaslHandshake, or after authentication", "AuthBytes": b""},
+                    name, version, correlation_id)
+        try:
+            token = session.authenticate(bytes(body["AuthBytes"]))
+        except AuthenticationFailed as exc:
+            answer = {"ErrorCode": SASL_AUTHENTICATION_FAILED,
+                      "ErrorMessage": f"Authentication failed: {exc}", "AuthBytes": b""}
+            delay = session.authority.failure_delay(session.peer_host)
+            return (asyncio.ensure_future(_after(delay, answer)), name, version,
+                    correlation_id)
+        return ({"ErrorCode": 0, "ErrorMessage": None, "AuthBytes": token,
+                 "SessionLifetimeMs": 0}, name, version, correlation_id)
+
+    def _sasl_raw(self, session: Any, frame: bytes) -> tuple[Any, str, int, int] | None:
+        """One raw SASL token after SaslHandshake v0: the answer goes back as a raw
+        size-prefixed token; a failure closes the connection without one, as Kafka."""
+        from dmq.security.scram import AuthenticationFailed
+
+        try:
+            token = session.authenticate(frame)
+        except AuthenticationFailed:
+            return None
+        if session.authenticated:
+            session.raw = False
+        return _SIZE.pack(len(token)) + token, "", 0, 0
+
     async def _send_loop(self, queue: asyncio.Queue[tuple[Any, str, int, int] | None],
                          writer: asyncio.StreamWriter, peer: Any, inflight: list[int]) -> None:
         pending: Any = None
@@ -279,8 +369,11 @@ class KafkaServer:
                 pending, name, version, correlation_id = item
                 body = await pending if isinstance(pending, asyncio.Future) else pending
                 pending = None
-                chunks = encode_response(name, version, correlation_id, body, vectored=True)
-                writer.writelines(chunks)
+                if name:
+                    chunks = encode_response(name, version, correlation_id, body, vectored=True)
+                    writer.writelines(chunks)
+                else:
+                    writer.write(body)  # a raw SASL token (SaslHandshake v0)
                 await writer.drain()
                 inflight[0] -= 1
         except (ConnectionError, asyncio.CancelledError):
@@ -296,6 +389,11 @@ class KafkaServer:
                 if left is not None and isinstance(left[0], asyncio.Future):
                     left[0].cancel()
             writer.close()
+
+
+async def _after(delay_s: float, answer: Any) -> Any:
+    await asyncio.sleep(delay_s)
+    return answer
 
 
 __all__ = ["NO_RESPONSE", "Api", "KafkaServer"]

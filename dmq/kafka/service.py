@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from dmq.config import ConfigError
 from dmq.kafka.apis import KafkaApis
 from dmq.kafka.server import KafkaServer
+from dmq.security.sasl import SaslAuthority
 
 if TYPE_CHECKING:
     from dmq.broker.service import BrokerService
@@ -38,6 +39,9 @@ class KafkaService:
                                   connections_max_idle_ms=int(config.get("connections.max.idle.ms")),
                                   queued_max_request_bytes=int(
                                       config.get("queued.max.request.bytes")))
+        self.server.ssl = node.server.ssl  # TLS on this listener too when the node has it
+        self.server.sasl = SaslAuthority.from_config(config, node.spec.node_id)
+        self.apis.listener_apis = self.server.listener_apis()
 
     async def start(self) -> None:
         try:

@@ -59,6 +59,7 @@ class HttpServer:
         for method, path, handler in routes:
             self._app.router.add_route(method, path, handler)
         self._runner: web.AppRunner | None = None
+        self.ssl_context: Any = None  # an ssl.SSLContext set before `start()`: HTTPS
         self.bound_port = 0
 
     async def setup(self) -> None:
@@ -73,7 +74,8 @@ class HttpServer:
         if self.port is None:
             return
         assert self._runner is not None
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True,
+                           ssl_context=self.ssl_context)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

@@ -69,6 +69,8 @@ class ApiKey(IntEnum):
     CONTROLLER_CHANGED = 1011
     RESET_OFFSETS = 1012
     NODE_HELLO = 1020
+    SASL_HANDSHAKE = 1021
+    SASL_AUTHENTICATE = 1022
 
 
 # key -> (min_version, max_version) this build understands
@@ -243,6 +245,14 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     # optional fields here, or the TLS peer certificate). An identity cannot change.
     ApiKey.NODE_HELLO: Struct({"node_id": INT}),
     # -> {"node_id": the answering node's id}
+
+    # ---- SASL authentication (served when the listener requires it: dmq.security) ----
+    # As Kafka's SaslHandshake v1 / SaslAuthenticate: the mechanism, then the
+    # mechanism's messages one request each (SCRAM: two; PLAIN: one).
+    ApiKey.SASL_HANDSHAKE: Struct({"mechanism": STR}),
+    # -> {"mechanisms": [offered]}; UNSUPPORTED_SASL_MECHANISM names the offered ones
+    ApiKey.SASL_AUTHENTICATE: Struct({"auth_bytes": BYTES}),
+    # -> {"auth_bytes"}; SASL_AUTHENTICATION_FAILED, then the connection is closed
 }
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl as _ssl
+from contextvars import ContextVar
 from typing import Any
 
 from dmq.aio import wait_for
@@ -41,6 +43,14 @@ from dmq.protocol.errors import (
 log = logging.getLogger("dmq.protocol.connection")
 
 DEFAULT_REQUEST_TIMEOUT_MS = 30_000
+
+DEFAULT_TLS: ContextVar[_ssl.SSLContext | None] = ContextVar("dmq_default_tls", default=None)
+"""The TLS context of connections opened without `ssl=`: a TLS node sets it for its
+own links; a client sets it with `dmq.security.tls.client_tls`. None: plaintext."""
+
+DEFAULT_SASL: ContextVar[Any] = ContextVar("dmq_default_sasl", default=None)
+"""The SASL credentials (`dmq.security.sasl.SaslCredentials`) connections opened
+without `sasl=` authenticate with; set by `dmq.security.sasl.client_sasl`."""
 
 
 def _leader_hint(body: Any) -> tuple[int, str, int] | None:
@@ -93,28 +103,46 @@ class Connection:
         self._writable.set()
         self._closed = False
         self._close_reason: str = "connection closed"
+        self._tls = False  # opened over TLS
+        self._answered = False  # some bytes came back from the server
         self._loop = asyncio.get_running_loop()
         self._closed_event = asyncio.Event()
 
     @classmethod
     async def open(cls, host: str, port: int, *, client_id: str = "dmq",
                    connect_timeout_ms: int = 5000, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                   max_in_flight: int = 1024, node_id: int | None = None) -> Connection:
-        """Connect; with `node_id`, identify as that cluster node before returning."""
+                   max_in_flight: int = 1024, node_id: int | None = None,
+                   ssl: _ssl.SSLContext | None = None, sasl: Any = None) -> Connection:
+        """Connect (over TLS with `ssl`, or `DEFAULT_TLS` when set), authenticate with
+        `sasl` (or `DEFAULT_SASL`) when given; with `node_id`, identify as that cluster
+        node before returning."""
         conn = cls(host, port, client_id=client_id, max_frame_bytes=max_frame_bytes,
                    max_in_flight=max_in_flight)
         loop = asyncio.get_running_loop()
+        tls = ssl if ssl is not None else DEFAULT_TLS.get()
+        conn._tls = tls is not None
         try:
             await wait_for(
-                loop.create_connection(lambda: _ClientProtocol(conn), host, port),
+                loop.create_connection(lambda: _ClientProtocol(conn), host, port, ssl=tls),
                 connect_timeout_ms / 1000)
         except TimeoutError:
             raise NetworkError(f"connect to {host}:{port} timed out after "
                                f"{connect_timeout_ms} ms") from None
+        except _ssl.SSLError as exc:
+            raise NetworkError(f"TLS handshake with {host}:{port} failed: "
+                               f"{getattr(exc, 'verify_message', None) or exc.reason or exc}"
+                               ) from None
         except OSError as exc:
             # asyncio's own text ("Connect call failed") hides the cause: name the errno
             why = os.strerror(exc.errno) if exc.errno else (exc.strerror or exc)
             raise NetworkError(f"cannot connect to {host}:{port}: {why}") from None
+        creds = sasl if sasl is not None else DEFAULT_SASL.get()
+        if creds is not None:
+            try:
+                await creds.authenticate(conn, connect_timeout_ms)
+            except BaseException:
+                await conn.close()
+                raise
         if node_id is not None:
             try:
                 await conn.request(ApiKey.NODE_HELLO, {"node_id": node_id},
@@ -223,6 +251,7 @@ class Connection:
 
     # callbacks -----------------------------------------------------------------------
     def _on_data(self, data: bytes) -> None:
+        self._answered = True
         try:
             frames = self._decoder.feed(data)
             for payload in frames:
@@ -252,6 +281,14 @@ class Connection:
         self._closed = True
         if exc is not None and self._close_reason == "connection closed":
             self._close_reason = f"connection lost: {exc}"
+        elif self._close_reason == "connection closed" and not self._answered and self._pending:
+            # a TLS listener closes a plaintext connection, and a TLS 1.3 server one
+            # without an acceptable client certificate, without a word
+            self._close_reason = (
+                "connection closed by the server before it answered (after the TLS "
+                "handshake: does the listener require a client certificate signed by its "
+                "CA?)" if self._tls else "connection closed by the server before it "
+                "answered (does the listener require TLS? connect with ssl=)")
         self._writable.set()
         self._room.set()
         self._closed_event.set()

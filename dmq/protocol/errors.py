@@ -41,6 +41,8 @@ class ErrorCode(IntEnum):
     INVALID_SESSION_TIMEOUT = 26
     CLUSTER_AUTHORIZATION_FAILED = 31
     INVALID_TIMESTAMP = 32
+    UNSUPPORTED_SASL_MECHANISM = 33
+    ILLEGAL_SASL_STATE = 34
     UNSUPPORTED_VERSION = 35
     TOPIC_ALREADY_EXISTS = 36
     INVALID_PARTITIONS = 37
@@ -54,6 +56,7 @@ class ErrorCode(IntEnum):
     DUPLICATE_SEQUENCE_NUMBER = 46
     INVALID_PRODUCER_EPOCH = 47
     STORAGE_ERROR = 56
+    SASL_AUTHENTICATION_FAILED = 58
     UNKNOWN_PRODUCER_ID = 59
     NON_EMPTY_GROUP = 68
     GROUP_ID_NOT_FOUND = 69
@@ -108,6 +111,9 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.CLUSTER_AUTHORIZATION_FAILED: (
         False, False, "inter-node request on a connection not identified as that node"),
     ErrorCode.INVALID_TIMESTAMP: (False, False, "invalid timestamp"),
+    ErrorCode.UNSUPPORTED_SASL_MECHANISM: (False, False, "SASL mechanism not offered"),
+    ErrorCode.ILLEGAL_SASL_STATE: (False, False, "SASL request out of order"),
+    ErrorCode.SASL_AUTHENTICATION_FAILED: (False, False, "SASL authentication failed"),
     ErrorCode.UNSUPPORTED_VERSION: (False, False, "unsupported API version"),
     ErrorCode.TOPIC_ALREADY_EXISTS: (False, False, "topic already exists"),
     ErrorCode.INVALID_PARTITIONS: (False, False, "invalid number of partitions"),
@@ -216,6 +222,9 @@ UnknownMemberIdError = _define(ErrorCode.UNKNOWN_MEMBER_ID)
 InvalidSessionTimeoutError = _define(ErrorCode.INVALID_SESSION_TIMEOUT)
 ClusterAuthorizationFailedError = _define(ErrorCode.CLUSTER_AUTHORIZATION_FAILED)
 InvalidTimestampError = _define(ErrorCode.INVALID_TIMESTAMP)
+UnsupportedSaslMechanismError = _define(ErrorCode.UNSUPPORTED_SASL_MECHANISM)
+IllegalSaslStateError = _define(ErrorCode.ILLEGAL_SASL_STATE)
+SaslAuthenticationFailedError = _define(ErrorCode.SASL_AUTHENTICATION_FAILED)
 UnsupportedVersionError = _define(ErrorCode.UNSUPPORTED_VERSION)
 TopicAlreadyExistsError = _define(ErrorCode.TOPIC_ALREADY_EXISTS)
 InvalidPartitionsError = _define(ErrorCode.INVALID_PARTITIONS)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -62,7 +63,10 @@ from dmq.protocol.errors import (
     ClusterAuthorizationFailedError,
     DmqError,
     ErrorCode,
+    IllegalSaslStateError,
     ProtocolViolation,
+    SaslAuthenticationFailedError,
+    UnsupportedSaslMechanismError,
     describe,
 )
 
@@ -79,7 +83,11 @@ DEFAULT_MAX_CONNECTIONS = 4096
 DEFAULT_MAX_CONNECTIONS_PER_IP = 1024
 DEFAULT_CONNECTIONS_MAX_IDLE_MS = 600_000
 DEFAULT_QUEUED_MAX_REQUEST_BYTES = 256 * 1024 * 1024
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a connection that has not finished its handshake by then is closed
 LOG_EVERY_S = 10.0  # one line per kind of refusal per this long, with a count
+# what a connection may ask before it has authenticated, when the listener requires it
+_BEFORE_AUTHENTICATION = frozenset({ApiKey.API_VERSIONS, ApiKey.SASL_HANDSHAKE,
+                                    ApiKey.SASL_AUTHENTICATE})
 
 
 @dataclass(slots=True)
@@ -144,6 +152,11 @@ class _ServerConnection(asyncio.Protocol):
         self.peer = "?"
         self.peer_host = "?"
         self.peer_node_id: int | None = None  # set by NODE_HELLO
+        self.peer_cert: dict[str, Any] | None = None  # the client certificate (mTLS)
+        # who this connection has proven to be: "User:<name>" after SASL, "node:<id>"
+        # for a node's certificate; None until then (checked only with `server.sasl`)
+        self.principal: str | None = None
+        self.sasl_session: Any = None
         self.last_active = 0.0  # loop time of the last bytes received
         self.reserved_bytes = 0  # budget held by the large frame being received
         self.in_books = False  # counted in the server's connection caps and budget
@@ -171,6 +184,10 @@ class _ServerConnection(asyncio.Protocol):
             self.drop()
             return
         self.last_active = self.server._loop.time()
+        if self.server.ssl is not None:
+            self.peer_cert = transport.get_extra_info("peercert") or None
+            if self.server.certificate_principal is not None:
+                self.principal = self.server.certificate_principal(self.peer_cert)
         transport.set_write_buffer_limits(high=self.server.max_buffered_bytes)
         log.debug("node=%s connection from %s", self.server.node_id, self.peer)
 
@@ -323,6 +340,10 @@ class _ServerConnection(asyncio.Protocol):
         except ProtocolViolation as exc:
             self._violation(exc)
             return
+        if (server.sasl is not None and self.principal is None
+                and key not in _BEFORE_AUTHENTICATION):
+            self._refuse_unauthenticated(cid, key)
+            return
         ctx = RequestContext(header, self.peer, self, self.peer_node_id)
         rule = INTER_NODE_APIS.get(key)
         if rule is not None and server.cluster_nodes is not None:
@@ -351,6 +372,16 @@ class _ServerConnection(asyncio.Protocol):
                 self._write(cid, ErrorCode.NONE, result)
             if server.observer is not None:
                 server.observer(key, 0, perf_counter() - t0)
+
+    def _refuse_unauthenticated(self, cid: int, key: ApiKey) -> None:
+        """As Kafka: a request before authentication ends the connection (after one
+        answer saying why)."""
+        why = (f"{key.name} before SASL authentication: this listener requires "
+               f"SASL_HANDSHAKE and SASL_AUTHENTICATE first")
+        self.server._limited.warning(f"unauth:{self.peer_host}", "node=%s peer=%s refused "
+                                     "%s", self.server.node_id, self.peer, why)
+        self._write(cid, ErrorCode.SASL_AUTHENTICATION_FAILED, {"msg": why})
+        self.abort()
 
     def _refuse_inter_node(self, key: ApiKey, rule: InterNode, body: Any) -> str | None:
         """Why this connection may not make this inter-node request (None: it may)."""
@@ -462,6 +493,14 @@ class ProtocolServer:
         # set before `start()` to serve HTTP on this port too: called with a connection
         # whose first bytes are an HTTP method and those bytes; it owns the transport
         self.http_handoff: Callable[[asyncio.Transport, bytes], None] | None = None
+        # set before `start()` to serve TLS only (dmq.security.tls); HTTP handed off
+        # from a TLS connection is HTTPS
+        self.ssl: ssl.SSLContext | None = None
+        # set before `start()` to require SASL (a dmq.security.sasl.SaslAuthority): a
+        # connection must authenticate before any request but ApiVersions; one whose
+        # certificate `certificate_principal` names (a node's) needs not
+        self.sasl: Any = None
+        self.certificate_principal: Callable[[dict[str, Any] | None], str | None] | None = None
         self._handlers: dict[ApiKey, Handler] = {ApiKey.API_VERSIONS: self._api_versions,
                                                  ApiKey.NODE_HELLO: self._node_hello}
         self._connections: set[_ServerConnection] = set()
@@ -482,10 +521,14 @@ class ProtocolServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
+        if self.sasl is not None:
+            self._handlers[ApiKey.SASL_HANDSHAKE] = self._sasl_handshake
+            self._handlers[ApiKey.SASL_AUTHENTICATE] = self._sasl_authenticate
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(
             lambda: _ServerConnection(self), self.host, self.port, reuse_address=True,
-            backlog=1024)
+            backlog=1024, ssl=self.ssl,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if self.ssl is not None else None)
         self._schedule_idle_sweep()
         log.info("node=%s listening on %s:%d", self.node_id, self.host, self.bound_port)
 
@@ -627,6 +670,44 @@ class ProtocolServer:
             self.node_authenticator(ctx, claimed, body)
         conn.peer_node_id = claimed
         return {"node_id": self.node_id}
+
+    def _sasl_handshake(self, ctx: RequestContext, body: Any) -> Any:
+        conn = ctx.connection
+        if conn.principal is not None or conn.sasl_session is not None:
+            conn.server._loop.call_soon(conn.abort)
+            raise IllegalSaslStateError("SASL_HANDSHAKE after authentication or twice")
+        conn.sasl_session = self.sasl.session(conn.peer_host, self.ssl is not None)
+        ok, offered = conn.sasl_session.handshake(body["mechanism"])
+        if not ok:
+            conn.sasl_session = None
+            raise UnsupportedSaslMechanismError(
+                f"SASL mechanism {body['mechanism']!r} is not offered here (offered: "
+                f"{', '.join(offered) or 'none'})")
+        return {"mechanisms": offered}
+
+    def _sasl_authenticate(self, ctx: RequestContext, body: Any) -> Any:
+        from dmq.security.scram import AuthenticationFailed
+
+        conn = ctx.connection
+        session = conn.sasl_session
+        if session is None or conn.principal is not None:
+            self._loop.call_soon(conn.abort)
+            raise IllegalSaslStateError("SASL_AUTHENTICATE without a SASL_HANDSHAKE first, "
+                                        "or after authentication")
+        try:
+            token = session.authenticate(bytes(body["auth_bytes"]))
+        except AuthenticationFailed as exc:
+            return self._sasl_failed(conn, f"Authentication failed: {exc}",
+                                     self.sasl.failure_delay(conn.peer_host))
+        if session.authenticated:
+            conn.principal = session.principal
+        return {"auth_bytes": token}
+
+    async def _sasl_failed(self, conn: _ServerConnection, msg: str, delay_s: float) -> Any:
+        # the answer waits (throttling guessing), then the connection closes after it
+        await asyncio.sleep(delay_s)
+        self._loop.call_soon(conn.abort)
+        raise SaslAuthenticationFailedError(msg)
 
     def _api_versions(self, ctx: RequestContext, body: Any) -> Any:
         from dmq import __version__
