@@ -1,0 +1,207 @@
+"""Kafka's group APIs on a broker's Kafka listener: FindCoordinator, OffsetCommit and
+OffsetFetch.
+
+Where the coordinator lives: dmq's group coordinator (and the committed offsets, in
+the Raft-replicated metadata state) is on the active controller. A broker answers
+FindCoordinator with *itself* and forwards the group requests it then receives to the
+active controller over the broker's controller route (`controller_request`, the path
+dmq's brokers already forward admin requests on, following controller failovers), as
+KRaft brokers forward to their controller. Kafka clients therefore need no
+route to a controller, and a controller failover is invisible to them except as a
+retriable error.
+
+When the controller cannot be reached (no quorum, failover, timeout), a request is
+answered COORDINATOR_NOT_AVAILABLE, never held: Kafka clients take that as "find the
+coordinator again" and retry. A broker that is not registered (no metadata yet, or
+fenced) answers FindCoordinator COORDINATOR_NOT_AVAILABLE itself.
+
+Offsets committed here are the same offsets dmq's own consumers commit (same group,
+same store), so `dmq groups describe` shows Kafka clients' groups and their lag. A
+commit from outside a group's membership (member id "" and generation -1: a consumer
+with `assign()`, or an admin tool) is accepted while the group has no members, as
+dmq's coordinator rules.
+
+It never imports the network layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from dmq.broker.errors import error_code_of, message_of
+from dmq.controller.image import FENCED, MetadataImage
+from dmq.kafka.server import Api
+from dmq.protocol.api import ApiKey
+from dmq.protocol.errors import DmqError, ErrorCode
+
+if TYPE_CHECKING:
+    from dmq.kafka.codec import RequestHeader
+
+log = logging.getLogger("dmq.kafka.groups")
+
+KEY_TYPE_GROUP = 0
+INVALID_REQUEST = 42
+NO_OFFSET = -1
+COMMIT_TIMEOUT_MS = 15_000
+FETCH_TIMEOUT_MS = 5_000
+
+# Answers meaning "the coordinator cannot be reached now": Kafka clients re-discover
+# the coordinator on COORDINATOR_NOT_AVAILABLE and retry.
+_UNREACHABLE = {int(ErrorCode.NOT_CONTROLLER), int(ErrorCode.RAFT_NOT_READY),
+                int(ErrorCode.REQUEST_TIMED_OUT), int(ErrorCode.NODE_SHUTTING_DOWN),
+                int(ErrorCode.NOT_COORDINATOR)}
+
+ControllerRequest = Callable[[ApiKey, Any, int], Awaitable[Any]]
+
+
+def group_error_code(exc: BaseException) -> int:
+    """A failed forward as the Kafka error code a group client acts on."""
+    if not isinstance(exc, DmqError):
+        return int(ErrorCode.COORDINATOR_NOT_AVAILABLE)  # OSError, TimeoutError
+    code = int(error_code_of(exc))
+    if code in _UNREACHABLE:
+        return int(ErrorCode.COORDINATOR_NOT_AVAILABLE)
+    return kafka_code(code)
+
+
+def kafka_code(code: int) -> int:
+    from dmq.kafka.apis import kafka_code as to_kafka  # apis builds on this module
+
+    return to_kafka(code)
+
+
+class GroupApis:
+    """The group handlers of a broker's Kafka listener, a part of `KafkaApis`: they use
+    its broker id, metadata image and controller route."""
+
+    broker_id: int
+    _image: Callable[[], MetadataImage | None]
+    _controller_request: ControllerRequest
+
+    def group_table(self) -> list[Api]:
+        return [
+            Api(8, "OffsetCommit", 2, 9, self.offset_commit),
+            Api(9, "OffsetFetch", 1, 9, self.offset_fetch),
+            Api(10, "FindCoordinator", 0, 4, self.find_coordinator),
+        ]
+
+    # ------------------------------------------------------------------ FindCoordinator
+
+    def find_coordinator(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        version = header.api_version
+        keys = body["CoordinatorKeys"] if version >= 4 else [body["Key"]]
+        key_type = body.get("KeyType", KEY_TYPE_GROUP)
+        me = self._self_endpoint()
+        rows = []
+        for key in keys:
+            if key_type != KEY_TYPE_GROUP:
+                rows.append(_coordinator(key, INVALID_REQUEST,
+                                         f"key type {key_type}: only group coordinators "
+                                         "(key type 0) are served; dmq has no transactions"))
+            elif me is None:
+                rows.append(_coordinator(key, int(ErrorCode.COORDINATOR_NOT_AVAILABLE),
+                                         "this broker is not registered with the controller "
+                                         "yet"))
+            else:
+                rows.append({"Key": key, "NodeId": self.broker_id, "Host": me[0],
+                             "Port": me[1], "ErrorCode": 0, "ErrorMessage": None})
+        if version >= 4:
+            return {"ThrottleTimeMs": 0, "Coordinators": rows}
+        row = rows[0]
+        return {"ThrottleTimeMs": 0, "ErrorCode": row["ErrorCode"],
+                "ErrorMessage": row["ErrorMessage"], "NodeId": row["NodeId"],
+                "Host": row["Host"], "Port": row["Port"]}
+
+    def _self_endpoint(self) -> tuple[str, int] | None:
+        image = self._image()
+        me = None if image is None else image.brokers.get(self.broker_id)
+        if me is None or me.state == FENCED or me.kafka_port < 0:
+            return None
+        return me.kafka_host or me.host, me.kafka_port
+
+    # ------------------------------------------------------------------ OffsetCommit
+
+    def offset_commit(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._offset_commit(body)
+
+    async def _offset_commit(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = {
+            "group_id": body["GroupId"], "member_id": body.get("MemberId") or "",
+            "member_epoch": body.get("GenerationIdOrMemberEpoch", -1),
+            "topics": [[t["Name"], [[p["PartitionIndex"], p["CommittedOffset"],
+                                     p.get("CommittedMetadata")] for p in t["Partitions"]]]
+                       for t in body["Topics"]]}
+        errors: dict[tuple[str, int], int] = {}
+        failed: int | None = None
+        try:
+            resp = await self._controller_request(ApiKey.OFFSET_COMMIT, request,
+                                                  COMMIT_TIMEOUT_MS)
+            for topic, rows in resp["topics"]:
+                for p, err in rows:
+                    errors[(topic, p)] = kafka_code(err or 0)
+        except (DmqError, OSError, TimeoutError) as exc:
+            failed = group_error_code(exc)
+            log.info("broker=%d Kafka OffsetCommit of group %r failed: %s", self.broker_id,
+                     body["GroupId"], message_of(exc))
+        unknown = int(ErrorCode.UNKNOWN_SERVER_ERROR)
+        return {"ThrottleTimeMs": 0, "Topics": [
+            {"Name": t["Name"], "Partitions": [
+                {"PartitionIndex": p["PartitionIndex"],
+                 "ErrorCode": failed if failed is not None
+                 else errors.get((t["Name"], p["PartitionIndex"]), unknown)}
+                for p in t["Partitions"]]}
+            for t in body["Topics"]]}
+
+    # ------------------------------------------------------------------ OffsetFetch
+
+    def offset_fetch(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._offset_fetch(header.api_version, body)
+
+    async def _offset_fetch(self, version: int, body: dict[str, Any]) -> dict[str, Any]:
+        if version >= 8:
+            groups = [await self._fetch_group(g["GroupId"], g["Topics"])
+                      for g in body["Groups"]]
+            return {"ThrottleTimeMs": 0, "Groups": groups}
+        group = await self._fetch_group(body["GroupId"], body["Topics"])
+        code = group["ErrorCode"]
+        if version < 2 and code:
+            # v0-1 have no top-level error: every asked-for partition carries it
+            for t in group["Topics"]:
+                for p in t["Partitions"]:
+                    p["ErrorCode"] = code
+        return {"ThrottleTimeMs": 0, "Topics": group["Topics"], "ErrorCode": code}
+
+    async def _fetch_group(self, group: str, topics: list[dict[str, Any]] | None
+                           ) -> dict[str, Any]:
+        wanted = None if topics is None else [[t["Name"], list(t["PartitionIndexes"])]
+                                              for t in topics]
+        try:
+            resp = await self._controller_request(
+                ApiKey.OFFSET_FETCH, {"group_id": group, "topics": wanted}, FETCH_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            log.info("broker=%d Kafka OffsetFetch of group %r failed: %s", self.broker_id,
+                     group, message_of(exc))
+            return {"GroupId": group, "ErrorCode": group_error_code(exc), "Topics": [
+                {"Name": name, "Partitions": [_fetched(p, NO_OFFSET, None, 0)
+                                              for p in parts]}
+                for name, parts in (wanted or [])]}
+        return {"GroupId": group, "ErrorCode": 0, "Topics": [
+            {"Name": topic, "Partitions": [_fetched(p, offset, metadata, kafka_code(err or 0))
+                                           for p, offset, metadata, err in rows]}
+            for topic, rows in resp["topics"]]}
+
+
+def _fetched(partition: int, offset: int, metadata: str | None, code: int) -> dict[str, Any]:
+    return {"PartitionIndex": partition, "CommittedOffset": offset,
+            "CommittedLeaderEpoch": -1, "Metadata": "" if metadata is None else metadata,
+            "ErrorCode": code}
+
+
+def _coordinator(key: str, code: int, msg: str) -> dict[str, Any]:
+    return {"Key": key, "NodeId": -1, "Host": "", "Port": -1, "ErrorCode": code,
+            "ErrorMessage": msg}
+
+
+__all__ = ["GroupApis", "group_error_code"]
