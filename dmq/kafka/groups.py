@@ -1,5 +1,6 @@
-"""Kafka's group APIs on a broker's Kafka listener: FindCoordinator, OffsetCommit and
-OffsetFetch.
+"""Kafka's group APIs on a broker's Kafka listener: FindCoordinator, OffsetCommit,
+OffsetFetch and the classic group protocol (JoinGroup, SyncGroup, Heartbeat,
+LeaveGroup; the coordinator is `dmq.controller.classic_groups`).
 
 Where the coordinator lives: dmq's group coordinator (and the committed offsets, in
 the Raft-replicated metadata state) is on the active controller. A broker answers
@@ -46,6 +47,8 @@ INVALID_REQUEST = 42
 NO_OFFSET = -1
 COMMIT_TIMEOUT_MS = 15_000
 FETCH_TIMEOUT_MS = 5_000
+SYNC_TIMEOUT_MS = 60_000  # a follower's SyncGroup waits for the leader's assignment
+JOIN_SLACK_MS = 5_000  # a JoinGroup waits up to its rebalance timeout, plus this
 
 # Answers meaning "the coordinator cannot be reached now": Kafka clients re-discover
 # the coordinator on COORDINATOR_NOT_AVAILABLE and retry.
@@ -85,6 +88,10 @@ class GroupApis:
             Api(8, "OffsetCommit", 2, 9, self.offset_commit),
             Api(9, "OffsetFetch", 1, 9, self.offset_fetch),
             Api(10, "FindCoordinator", 0, 4, self.find_coordinator),
+            Api(11, "JoinGroup", 2, 9, self.join_group),
+            Api(12, "Heartbeat", 0, 4, self.heartbeat),
+            Api(13, "LeaveGroup", 0, 5, self.leave_group),
+            Api(14, "SyncGroup", 0, 5, self.sync_group),
         ]
 
     # ------------------------------------------------------------------ FindCoordinator
@@ -191,6 +198,97 @@ class GroupApis:
             {"Name": topic, "Partitions": [_fetched(p, offset, metadata, kafka_code(err or 0))
                                            for p, offset, metadata, err in rows]}
             for topic, rows in resp["topics"]]}
+
+
+    # ------------------------------------------------------------------ classic groups
+
+    async def _forward(self, key: ApiKey, request: dict[str, Any], timeout_ms: int
+                       ) -> dict[str, Any] | int:
+        """The controller's answer, or the Kafka error code of a failed forward."""
+        try:
+            answer: dict[str, Any] = await self._controller_request(key, request, timeout_ms)
+            return answer
+        except (DmqError, OSError, TimeoutError) as exc:
+            log.info("broker=%d Kafka %s of group %r failed: %s", self.broker_id, key.name,
+                     request["group_id"], message_of(exc))
+            return group_error_code(exc)
+
+    def join_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._join_group(header, body)
+
+    async def _join_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+        rebalance_ms = body.get("RebalanceTimeoutMs", -1)
+        if rebalance_ms < 0:
+            rebalance_ms = body["SessionTimeoutMs"]
+        request = {"group_id": body["GroupId"], "member_id": body["MemberId"],
+                   "session_timeout_ms": body["SessionTimeoutMs"],
+                   "rebalance_timeout_ms": rebalance_ms,
+                   "protocol_type": body["ProtocolType"],
+                   "protocols": [[p["Name"], bytes(p["Metadata"])] for p in body["Protocols"]],
+                   "instance_id": body.get("GroupInstanceId"),
+                   "require_known_member_id": header.api_version >= 4,
+                   "client_id": header.client_id or ""}
+        answer = await self._forward(ApiKey.JOIN_GROUP, request,
+                                     max(rebalance_ms, 0) + JOIN_SLACK_MS)
+        if isinstance(answer, int):
+            return {"ThrottleTimeMs": 0, "ErrorCode": answer, "GenerationId": -1,
+                    "ProtocolType": None, "ProtocolName": None, "Leader": "",
+                    "SkipAssignment": False, "MemberId": body["MemberId"], "Members": []}
+        return {"ThrottleTimeMs": 0, "ErrorCode": answer["error"],
+                "GenerationId": answer["generation"], "ProtocolType": answer["protocol_type"],
+                "ProtocolName": answer["protocol_name"] if header.api_version >= 7
+                else answer["protocol_name"] or "",
+                "Leader": answer["leader"], "SkipAssignment": False,
+                "MemberId": answer["member_id"],
+                "Members": [{"MemberId": m, "GroupInstanceId": i, "Metadata": meta}
+                            for m, i, meta in answer["members"]]}
+
+    def sync_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._sync_group(header, body)
+
+    async def _sync_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+        request = {"group_id": body["GroupId"], "generation": body["GenerationId"],
+                   "member_id": body["MemberId"], "instance_id": body.get("GroupInstanceId"),
+                   "protocol_type": body.get("ProtocolType"),
+                   "protocol_name": body.get("ProtocolName"),
+                   "assignments": [[a["MemberId"], bytes(a["Assignment"])]
+                                   for a in body["Assignments"]]}
+        answer = await self._forward(ApiKey.SYNC_GROUP, request, SYNC_TIMEOUT_MS)
+        if isinstance(answer, int):
+            return {"ThrottleTimeMs": 0, "ErrorCode": answer, "ProtocolType": None,
+                    "ProtocolName": None, "Assignment": b""}
+        return {"ThrottleTimeMs": 0, "ErrorCode": answer["error"],
+                "ProtocolType": answer["protocol_type"], "ProtocolName": answer["protocol_name"],
+                "Assignment": answer["assignment"]}
+
+    def heartbeat(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._heartbeat(body)
+
+    async def _heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await self._forward(ApiKey.HEARTBEAT, {
+            "group_id": body["GroupId"], "generation": body["GenerationId"],
+            "member_id": body["MemberId"], "instance_id": body.get("GroupInstanceId")},
+            FETCH_TIMEOUT_MS)
+        code = answer if isinstance(answer, int) else answer["error"]
+        return {"ThrottleTimeMs": 0, "ErrorCode": code}
+
+    def leave_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._leave_group(header.api_version, body)
+
+    async def _leave_group(self, version: int, body: dict[str, Any]) -> dict[str, Any]:
+        members = ([[body["MemberId"], None]] if version < 3 else
+                   [[m["MemberId"], m.get("GroupInstanceId")] for m in body["Members"]])
+        answer = await self._forward(ApiKey.LEAVE_GROUP, {"group_id": body["GroupId"],
+                                                          "members": members},
+                                     FETCH_TIMEOUT_MS)
+        if isinstance(answer, int):
+            return {"ThrottleTimeMs": 0, "ErrorCode": answer, "Members": []}
+        rows = answer["members"]
+        code = answer["error"]
+        if version < 3 and rows and rows[0][2]:
+            code = rows[0][2]  # v0-2 leave one member: its error is the answer's
+        return {"ThrottleTimeMs": 0, "ErrorCode": code, "Members": [
+            {"MemberId": m, "GroupInstanceId": i, "ErrorCode": err} for m, i, err in rows]}
 
 
 def _fetched(partition: int, offset: int, metadata: str | None, code: int) -> dict[str, Any]:

@@ -1,0 +1,232 @@
+"""Kafka's classic group protocol against real `dmq server` processes on loopback:
+confluent-kafka consumers in one group split a topic's partitions, consume every
+record once and commit (visible in `dmq groups describe`); a member leaving moves its
+partitions; kafka-python's group consumer; an opaque-protocol group whose leader's
+bytes go back exactly through raw JoinGroup/SyncGroup frames; the classic errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.kafka.support import KafkaConn, kafka_ports, wait_metadata_brokers
+from tests.kafka.test_groups_offsets import dmq_cli
+from tests.kafka.test_kafka_clients import bootstrap, create_topic
+from tests.support.procs import ProcessCluster
+
+ck = pytest.importorskip("confluent_kafka")
+
+pytestmark = pytest.mark.slow
+
+ILLEGAL_GENERATION = 22
+UNKNOWN_MEMBER_ID = 25
+REBALANCE_IN_PROGRESS = 27
+MEMBER_ID_REQUIRED = 79
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
+    with ProcessCluster(controllers=1, brokers=2, combined=True,
+                        settings={"kafka.port": 0}) as pc:
+        pc.start()
+        ports = kafka_ports(pc)
+        wait_metadata_brokers(ports[1], 3)
+        yield pc, ports
+
+
+def produce(ports: dict[int, int], topic: str, count: int, partitions: int) -> None:
+    producer = ck.Producer({"bootstrap.servers": bootstrap(ports), "acks": "all"})
+    for i in range(count):
+        producer.produce(topic, value=b"%d" % i, partition=i % partitions)
+    assert producer.flush(20) == 0
+
+
+class Member:
+    """One confluent-kafka group consumer polling on its own thread."""
+
+    def __init__(self, ports: dict[int, int], group: str, topic: str) -> None:
+        self.consumer = ck.Consumer({
+            "bootstrap.servers": bootstrap(ports), "group.id": group,
+            "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "session.timeout.ms": 6000, "heartbeat.interval.ms": 300,
+            "partition.assignment.strategy": "range"})
+        self.records: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+        self.owned: set[int] = set()
+        # the callbacks run on the polling thread (librdkafka calls from another thread
+        # could wait on that one)
+        self.consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            msg = self.consumer.poll(0.1)
+            if msg is not None and msg.error() is None:
+                with self.lock:
+                    self.records.append((msg.partition(), msg.offset()))
+                self.consumer.commit(message=msg, asynchronous=False)
+        self.consumer.close()
+
+    def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
+        with self.lock:
+            self.owned = {tp.partition for tp in partitions}
+
+    def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
+        with self.lock:
+            self.owned = set()
+
+    def assignment(self) -> set[int]:
+        with self.lock:
+            return set(self.owned)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(15)
+
+
+def wait_until(cond: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_three_confluent_consumers_split_six_partitions(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    pc, ports = cluster
+    create_topic(ports, "six", 6, 2)
+    produce(ports, "six", 60, 6)
+    members = [Member(ports, "trio", "six") for _ in range(3)]
+    try:
+        def split() -> bool:
+            owned = [m.assignment() for m in members]
+            return all(len(o) == 2 for o in owned) and set().union(*owned) == set(range(6))
+        wait_until(split, 30, "three members owning two partitions each")
+
+        def all_read() -> bool:
+            return sum(len(m.records) for m in members) >= 60
+        wait_until(all_read, 30, "every record consumed")
+        seen = [r for m in members for r in m.records]
+        assert sorted(seen) == sorted({(p, o) for p in range(6) for o in range(10)})
+
+        def committed() -> bool:
+            d = json.loads(dmq_cli(pc, "groups", "describe", "trio", "--json"))
+            return [(p["partition"], p["committed"]) for p in d["partitions"]] == [
+                (p, 10) for p in range(6)]
+        wait_until(committed, 20, "commits of offset 10 on every partition")
+        d = json.loads(dmq_cli(pc, "groups", "describe", "trio", "--json"))
+        assert d["total_lag"] == 0 and len(d["members"]) == 3
+        assert sorted(p for m in d["members"] for _, p in m["assignment"]) == \
+            list(range(6))
+
+        # one member leaves: the other two take over its partitions
+        gone = members.pop()
+        gone.close()
+
+        def two_left() -> bool:
+            owned = [m.assignment() for m in members]
+            return all(len(o) == 3 for o in owned) and set().union(*owned) == set(range(6))
+        wait_until(two_left, 30, "two members owning three partitions each")
+        produce(ports, "six", 12, 6)
+        wait_until(lambda: sum(len(m.records) for m in members) + len(gone.records) >= 72,
+                   30, "the new records consumed by the remaining two")
+        seen = [r for m in [*members, gone] for r in m.records]
+        assert len(seen) == len(set(seen)) == 72
+    finally:
+        for m in members:
+            m.close()
+
+
+def _join(conn: KafkaConn, member_id: str, meta: bytes, version: int = 9) -> dict[str, Any]:
+    return conn.request("JoinGroup", version, {
+        "GroupId": "opaque", "SessionTimeoutMs": 10_000, "RebalanceTimeoutMs": 10_000,
+        "MemberId": member_id, "GroupInstanceId": None, "ProtocolType": "connect",
+        "Protocols": [{"Name": "sessioned", "Metadata": meta}], "Reason": None})
+
+
+def test_opaque_protocol_group_round_trips_the_leaders_bytes(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    _, ports = cluster
+    meta = bytes(range(256)) * 3
+    assignment = b"\x00\xffleader's opaque assignment\x00" + bytes(range(255, -1, -1))
+    with KafkaConn(ports[101]) as conn:
+        a = _join(conn, "", meta)
+        assert a["ErrorCode"] == MEMBER_ID_REQUIRED and a["MemberId"]
+        mid = a["MemberId"]
+        a = _join(conn, mid, meta)
+        assert a["ErrorCode"] == 0 and a["Leader"] == mid and a["ProtocolType"] == "connect"
+        assert a["ProtocolName"] == "sessioned"
+        assert [(m["MemberId"], m["Metadata"]) for m in a["Members"]] == [(mid, meta)]
+        gen = a["GenerationId"]
+        s = conn.request("SyncGroup", 5, {
+            "GroupId": "opaque", "GenerationId": gen, "MemberId": mid,
+            "GroupInstanceId": None, "ProtocolType": "connect", "ProtocolName": "sessioned",
+            "Assignments": [{"MemberId": mid, "Assignment": assignment}]})
+        assert (s["ErrorCode"], s["Assignment"]) == (0, assignment)
+        # a stable member's SyncGroup again: the same bytes
+        s = conn.request("SyncGroup", 3, {"GroupId": "opaque", "GenerationId": gen,
+                                          "MemberId": mid, "GroupInstanceId": None,
+                                          "Assignments": []})
+        assert (s["ErrorCode"], s["Assignment"]) == (0, assignment)
+        h = conn.request("Heartbeat", 4, {"GroupId": "opaque", "GenerationId": gen,
+                                          "MemberId": mid, "GroupInstanceId": None})
+        assert h["ErrorCode"] == 0
+        h = conn.request("Heartbeat", 0, {"GroupId": "opaque", "GenerationId": gen - 1,
+                                          "MemberId": mid})
+        assert h["ErrorCode"] == ILLEGAL_GENERATION
+        h = conn.request("Heartbeat", 2, {"GroupId": "opaque", "GenerationId": gen,
+                                          "MemberId": "stranger"})
+        assert h["ErrorCode"] == UNKNOWN_MEMBER_ID
+        # a commit with a stale generation is fenced; with the current one it lands
+        c = conn.request("OffsetCommit", 8, {
+            "GroupId": "opaque", "GenerationIdOrMemberEpoch": gen - 1, "MemberId": mid,
+            "GroupInstanceId": None, "Topics": []})
+        assert c["Topics"] == []
+        l_ = conn.request("LeaveGroup", 5, {"GroupId": "opaque", "Members": [
+            {"MemberId": mid, "GroupInstanceId": None, "Reason": None}]})
+        assert l_["ErrorCode"] == 0 and l_["Members"][0]["ErrorCode"] == 0
+        h = conn.request("Heartbeat", 4, {"GroupId": "opaque", "GenerationId": gen,
+                                          "MemberId": mid, "GroupInstanceId": None})
+        assert h["ErrorCode"] == UNKNOWN_MEMBER_ID
+
+
+def test_second_member_joining_rebalances_the_first(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    _, ports = cluster
+    with KafkaConn(ports[101]) as c1, KafkaConn(ports[102]) as c2:
+        m1 = _join(c1, "", b"one")["MemberId"]
+        first = _join(c1, m1, b"one")
+        assert first["ErrorCode"] == 0
+        gen = first["GenerationId"]
+        m2 = _join(c2, "", b"two")["MemberId"]
+        # the second join waits for the first member to rejoin: send it, then heartbeat
+        c2.send("JoinGroup", 9, {
+            "GroupId": "opaque", "SessionTimeoutMs": 10_000, "RebalanceTimeoutMs": 10_000,
+            "MemberId": m2, "GroupInstanceId": None, "ProtocolType": "connect",
+            "Protocols": [{"Name": "sessioned", "Metadata": b"two"}], "Reason": None})
+        deadline = time.monotonic() + 10
+        code = 0
+        while code != REBALANCE_IN_PROGRESS and time.monotonic() < deadline:
+            code = c1.request("Heartbeat", 4, {"GroupId": "opaque", "GenerationId": gen,
+                                               "MemberId": m1,
+                                               "GroupInstanceId": None})["ErrorCode"]
+        assert code == REBALANCE_IN_PROGRESS
+        again = _join(c1, m1, b"one")
+        _, second = c2.receive("JoinGroup", 9)
+        assert again["GenerationId"] == second["GenerationId"] == gen + 1
+        assert again["Leader"] == m1 and sorted(
+            (m["MemberId"], m["Metadata"]) for m in again["Members"]) == sorted(
+            [(m1, b"one"), (m2, b"two")])
+        assert second["Members"] == []
+        for conn, mid in ((c1, m1), (c2, m2)):
+            conn.request("LeaveGroup", 3, {"GroupId": "opaque", "Members": [
+                {"MemberId": mid, "GroupInstanceId": None}]})
