@@ -57,6 +57,7 @@ from dmq.protocol.errors import (
     ErrorCode,
     GroupIdNotFoundError,
     InvalidRequestError,
+    NonEmptyGroupError,
     NotControllerError,
     RaftNotReadyError,
     RequestTimedOutError,
@@ -315,7 +316,8 @@ class GroupService:
         for cg in (self._classic.groups.values() if self._classic is not None else ()):
             if cg.members and cg.group_id not in groups:
                 groups[cg.group_id] = {"group_id": cg.group_id, "state": cg.state,
-                                       "members": len(cg.members)}
+                                       "members": len(cg.members), "type": "classic",
+                                       "protocol_type": cg.protocol_type or ""}
         for group in self.host.state.offsets:
             if group not in groups and live_offsets(self.host.state, group):
                 groups[group] = {"group_id": group, "state": EMPTY, "members": 0}
@@ -343,12 +345,16 @@ class GroupService:
         if cg is None or not cg.members:
             return None
         return {"group_id": group, "error": 0, "state": cg.state, "epoch": cg.generation,
-                "assignor": cg.protocol_name or "", "members": [
+                "assignor": cg.protocol_name or "", "type": "classic",
+                "protocol_type": cg.protocol_type or "", "members": [
                     {"member_id": m.member_id, "instance_id": m.instance_id,
                      "member_epoch": cg.generation, "client_id": m.client_id,
                      "host": m.host,
                      "assignment": decode_consumer_assignment(m.assignment)
-                     if cg.protocol_type == "consumer" else []}
+                     if cg.protocol_type == "consumer" else [],
+                     "metadata": next((b for n, b in m.protocols if n == cg.protocol_name),
+                                      b""),
+                     "assignment_bytes": m.assignment}
                     for m in cg.members.values()]}
 
     # ---- Kafka's classic group protocol -------------------------------------------
@@ -419,6 +425,8 @@ class GroupService:
         out = []
         for group in body["groups"]:
             try:
+                if self._classic is not None and self._classic.has_members(group):
+                    raise NonEmptyGroupError(f"group {group} has classic-protocol members")
                 records = coord.delete_group(group, live_offsets(self.host.state, group),
                                              self.host.clock.wall_ms())
                 if records:

@@ -28,6 +28,7 @@ It never imports the network layer.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,9 @@ class GroupApis:
             Api(12, "Heartbeat", 0, 4, self.heartbeat),
             Api(13, "LeaveGroup", 0, 5, self.leave_group),
             Api(14, "SyncGroup", 0, 5, self.sync_group),
+            Api(15, "DescribeGroups", 0, 5, self.describe_groups),
+            Api(16, "ListGroups", 0, 5, self.list_groups),
+            Api(42, "DeleteGroups", 0, 2, self.delete_groups),
         ]
 
     # ------------------------------------------------------------------ FindCoordinator
@@ -289,6 +293,101 @@ class GroupApis:
             code = rows[0][2]  # v0-2 leave one member: its error is the answer's
         return {"ThrottleTimeMs": 0, "ErrorCode": code, "Members": [
             {"MemberId": m, "GroupInstanceId": i, "ErrorCode": err} for m, i, err in rows]}
+
+    # ------------------------------------------------------------------ admin
+
+    def list_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._list_groups(body)
+
+    async def _list_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            answer = await self._controller_request(ApiKey.LIST_GROUPS, {}, FETCH_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            return {"ThrottleTimeMs": 0, "ErrorCode": group_error_code(exc), "Groups": []}
+        states = {x.lower() for x in body.get("StatesFilter") or []}
+        types = {x.lower() for x in body.get("TypesFilter") or []}
+        out = []
+        for g in answer["groups"]:
+            gtype = g.get("type", "consumer")
+            if (states and g["state"].lower() not in states) or (
+                    types and gtype not in types):
+                continue
+            out.append({"GroupId": g["group_id"],
+                        "ProtocolType": g.get("protocol_type", "consumer"),
+                        "GroupState": g["state"], "GroupType": gtype})
+        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "Groups": out}
+
+    def describe_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._describe_groups(body)
+
+    async def _describe_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+        names = list(body["Groups"])
+        try:
+            answer = await self._controller_request(ApiKey.DESCRIBE_GROUPS,
+                                                    {"groups": names}, FETCH_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            code = group_error_code(exc)
+            return {"ThrottleTimeMs": 0, "Groups": [_described(n, code, "", "", "", [])
+                                                    for n in names]}
+        out = []
+        for g in answer["groups"]:
+            code = g["error"]
+            if code == int(ErrorCode.GROUP_ID_NOT_FOUND):
+                # before v6 Kafka answers an unknown group as state Dead, no error
+                out.append(_described(g["group_id"], 0, "Dead", "", "", []))
+                continue
+            if code:
+                out.append(_described(g["group_id"], kafka_code(code), "", "", "", []))
+                continue
+            classic = g.get("type") == "classic"
+            members = [{"MemberId": m["member_id"], "GroupInstanceId": m.get("instance_id"),
+                        "ClientId": m.get("client_id") or "", "ClientHost": m.get("host") or "",
+                        "MemberMetadata": m.get("metadata", b"") if classic else b"",
+                        "MemberAssignment": m.get("assignment_bytes", b"") if classic
+                        else consumer_assignment(m.get("assignment") or [])}
+                       for m in g["members"]]
+            out.append(_described(g["group_id"], 0, g["state"],
+                                  g.get("protocol_type", "consumer"),
+                                  g.get("assignor") or "", members))
+        return {"ThrottleTimeMs": 0, "Groups": out}
+
+    def delete_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._delete_groups(body)
+
+    async def _delete_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+        names = list(body["GroupsNames"])
+        try:
+            answer = await self._controller_request(ApiKey.DELETE_GROUPS, {"groups": names},
+                                                    COMMIT_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            code = group_error_code(exc)
+            return {"ThrottleTimeMs": 0, "Results": [{"GroupId": n, "ErrorCode": code}
+                                                     for n in names]}
+        return {"ThrottleTimeMs": 0, "Results": [
+            {"GroupId": g["group_id"], "ErrorCode": kafka_code(g["error"])}
+            for g in answer["groups"]]}
+
+
+def consumer_assignment(assignment: list[list[Any]]) -> bytes:
+    """Kafka's ConsumerProtocolAssignment v0 bytes for [[topic, partition]] or
+    [[topic, [partitions]]] rows (how DescribeGroups shows a dmq consumer's share)."""
+    by_topic: dict[str, list[int]] = {}
+    for topic, parts in assignment:
+        by_topic.setdefault(topic, []).extend(parts if isinstance(parts, list) else [parts])
+    out = bytearray(struct.pack(">hi", 0, len(by_topic)))
+    for topic, parts in sorted(by_topic.items()):
+        raw = topic.encode()
+        out += struct.pack(f">h{len(raw)}si{len(parts)}i", len(raw), raw, len(parts),
+                           *sorted(parts))
+    out += struct.pack(">i", -1)  # no user data
+    return bytes(out)
+
+
+def _described(group: str, code: int, state: str, ptype: str, pdata: str,
+               members: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"ErrorCode": code, "ErrorMessage": None, "GroupId": group, "GroupState": state,
+            "ProtocolType": ptype, "ProtocolData": pdata, "Members": members,
+            "AuthorizedOperations": -2147483648}
 
 
 def _fetched(partition: int, offset: int, metadata: str | None, code: int) -> dict[str, Any]:

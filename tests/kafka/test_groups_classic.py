@@ -230,3 +230,54 @@ def test_second_member_joining_rebalances_the_first(
         for conn, mid in ((c1, m1), (c2, m2)):
             conn.request("LeaveGroup", 3, {"GroupId": "opaque", "Members": [
                 {"MemberId": mid, "GroupInstanceId": None}]})
+
+
+def test_list_describe_delete_groups(cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    _, ports = cluster
+    create_topic(ports, "adm", 1, 1)
+    meta, assignment = b"\x01member-meta", b"\x02leader-bytes"
+    with KafkaConn(ports[102]) as conn:
+        body = {"GroupId": "adm-g", "SessionTimeoutMs": 10_000, "RebalanceTimeoutMs": 10_000,
+                "MemberId": "", "GroupInstanceId": "inst-1", "ProtocolType": "connect",
+                "Protocols": [{"Name": "p1", "Metadata": meta}], "Reason": None}
+        a = conn.request("JoinGroup", 9, body)  # static: no MEMBER_ID_REQUIRED round
+        assert a["ErrorCode"] == 0 and a["MemberId"].startswith("inst-1-")
+        mid, gen = a["MemberId"], a["GenerationId"]
+        s = conn.request("SyncGroup", 5, {
+            "GroupId": "adm-g", "GenerationId": gen, "MemberId": mid,
+            "GroupInstanceId": "inst-1", "ProtocolType": "connect", "ProtocolName": "p1",
+            "Assignments": [{"MemberId": mid, "Assignment": assignment}]})
+        assert s["ErrorCode"] == 0
+        c = conn.request("OffsetCommit", 8, {
+            "GroupId": "adm-g", "GenerationIdOrMemberEpoch": gen, "MemberId": mid,
+            "GroupInstanceId": "inst-1", "Topics": [{"Name": "adm", "Partitions": [
+                {"PartitionIndex": 0, "CommittedOffset": 0, "CommittedLeaderEpoch": -1,
+                 "CommittedMetadata": None}]}]})
+        assert c["Topics"][0]["Partitions"][0]["ErrorCode"] == 0
+
+        listed = conn.request("ListGroups", 5, {"StatesFilter": [], "TypesFilter": []})
+        assert {"GroupId": "adm-g", "ProtocolType": "connect", "GroupState": "Stable",
+                "GroupType": "classic"} in listed["Groups"]
+        listed = conn.request("ListGroups", 4, {"StatesFilter": ["Empty"]})
+        assert "adm-g" not in [g["GroupId"] for g in listed["Groups"]]
+        d = conn.request("DescribeGroups", 5, {"Groups": ["adm-g", "no-such-group"],
+                                               "IncludeAuthorizedOperations": False})
+        g, missing = d["Groups"]
+        assert (g["ErrorCode"], g["GroupState"], g["ProtocolType"], g["ProtocolData"]) == (
+            0, "Stable", "connect", "p1")
+        assert [(m["MemberId"], m["GroupInstanceId"], m["MemberMetadata"],
+                 m["MemberAssignment"]) for m in g["Members"]] == [
+            (mid, "inst-1", meta, assignment)]
+        assert (missing["ErrorCode"], missing["GroupState"]) == (0, "Dead")
+
+        r = conn.request("DeleteGroups", 2, {"GroupsNames": ["adm-g"]})
+        assert r["Results"] == [{"GroupId": "adm-g", "ErrorCode": 68}]  # NON_EMPTY_GROUP
+        left = conn.request("LeaveGroup", 4, {"GroupId": "adm-g", "Members": [
+            {"MemberId": "", "GroupInstanceId": "inst-1"}]})
+        assert left["Members"][0]["ErrorCode"] == 0
+        r = conn.request("DeleteGroups", 2, {"GroupsNames": ["adm-g", "no-such-group"]})
+        assert r["Results"] == [{"GroupId": "adm-g", "ErrorCode": 0},
+                                {"GroupId": "no-such-group", "ErrorCode": 69}]
+        f = conn.request("OffsetFetch", 7, {"GroupId": "adm-g", "Topics": None,
+                                            "RequireStable": False})
+        assert f["Topics"] == []
