@@ -281,3 +281,58 @@ def test_list_describe_delete_groups(cluster: tuple[ProcessCluster, dict[int, in
         f = conn.request("OffsetFetch", 7, {"GroupId": "adm-g", "Topics": None,
                                             "RequireStable": False})
         assert f["Topics"] == []
+
+
+def test_kafka_python_group_consumer(cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    kafka = pytest.importorskip("kafka")
+    pc, ports = cluster
+    create_topic(ports, "kp", 2, 2)
+    produce(ports, "kp", 8, 2)
+    consumer = kafka.KafkaConsumer(
+        "kp", bootstrap_servers=bootstrap(ports).split(","), group_id="kp-group",
+        auto_offset_reset="earliest", enable_auto_commit=False,
+        session_timeout_ms=6000, heartbeat_interval_ms=300, consumer_timeout_ms=500)
+    try:
+        got: list[tuple[int, int]] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 8 and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                got += [(r.partition, r.offset) for r in batch]
+        assert sorted(got) == [(p, o) for p in range(2) for o in range(4)]
+        consumer.commit()
+        assert {tp.partition for tp in consumer.assignment()} == {0, 1}
+    finally:
+        consumer.close()
+    d = json.loads(dmq_cli(pc, "groups", "describe", "kp-group", "--json"))
+    assert [(p["partition"], p["committed"]) for p in d["partitions"]] == [(0, 4), (1, 4)]
+
+
+def test_aiokafka_group_consumer(cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    aiokafka = pytest.importorskip("aiokafka")
+    import asyncio
+
+    pc, ports = cluster
+    create_topic(ports, "aio", 2, 2)
+    produce(ports, "aio", 6, 2)
+
+    async def consume() -> list[tuple[int, int]]:
+        consumer = aiokafka.AIOKafkaConsumer(
+            "aio", bootstrap_servers=bootstrap(ports), group_id="aio-group",
+            auto_offset_reset="earliest", enable_auto_commit=False,
+            session_timeout_ms=6000, heartbeat_interval_ms=300)
+        await consumer.start()
+        try:
+            got: list[tuple[int, int]] = []
+            async with asyncio.timeout(30):
+                while len(got) < 6:
+                    for batch in (await consumer.getmany(timeout_ms=200)).values():
+                        got += [(r.partition, r.offset) for r in batch]
+            await consumer.commit()
+            return got
+        finally:
+            await consumer.stop()
+
+    got = asyncio.run(consume())
+    assert sorted(got) == [(p, o) for p in range(2) for o in range(3)]
+    d = json.loads(dmq_cli(pc, "groups", "describe", "aio-group", "--json"))
+    assert [(p["partition"], p["committed"]) for p in d["partitions"]] == [(0, 3), (1, 3)]
