@@ -276,13 +276,13 @@ class ClassicGroups:
     def sync(self, body: dict[str, Any]) -> dict[str, Any] | asyncio.Future[dict[str, Any]]:
         g = self.groups.get(body["group_id"])
         mid = body["member_id"]
+        iid = body.get("instance_id")
+        if g is not None and iid is not None and g.static.get(iid) not in (None, mid):
+            return _sync_answer(g, FENCED_INSTANCE_ID, b"")
         m = None if g is None else g.members.get(mid)
         if g is None or m is None:
             return {"error": UNKNOWN_MEMBER_ID, "protocol_type": None, "protocol_name": None,
                     "assignment": b""}
-        iid = body.get("instance_id")
-        if iid is not None and g.static.get(iid) != mid:
-            return _sync_answer(g, FENCED_INSTANCE_ID, b"")
         if body["generation"] != g.generation:
             return _sync_answer(g, ILLEGAL_GENERATION, b"")
         if ((body.get("protocol_type") not in (None, g.protocol_type))
@@ -311,12 +311,12 @@ class ClassicGroups:
     def heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
         g = self.groups.get(body["group_id"])
         mid = body["member_id"]
+        iid = body.get("instance_id")
+        if g is not None and iid is not None and g.static.get(iid) not in (None, mid):
+            return {"error": FENCED_INSTANCE_ID}  # an older incarnation of a static member
         m = None if g is None else g.members.get(mid)
         if g is None or m is None:
             return {"error": UNKNOWN_MEMBER_ID}
-        iid = body.get("instance_id")
-        if iid is not None and g.static.get(iid) != mid:
-            return {"error": FENCED_INSTANCE_ID}
         if body["generation"] != g.generation:
             return {"error": ILLEGAL_GENERATION}
         m.last_seen_ms = self.clock.monotonic_ms()

@@ -336,3 +336,95 @@ def test_aiokafka_group_consumer(cluster: tuple[ProcessCluster, dict[int, int]])
     assert sorted(got) == [(p, o) for p in range(2) for o in range(3)]
     d = json.loads(dmq_cli(pc, "groups", "describe", "aio-group", "--json"))
     assert [(p["partition"], p["committed"]) for p in d["partitions"]] == [(0, 3), (1, 3)]
+
+
+FENCED_INSTANCE_ID = 82
+
+
+def _static_join(conn: KafkaConn, group: str, instance: str, member_id: str = "",
+                 session_ms: int = 10_000) -> dict[str, Any]:
+    return conn.request("JoinGroup", 9, {
+        "GroupId": group, "SessionTimeoutMs": session_ms, "RebalanceTimeoutMs": 10_000,
+        "MemberId": member_id, "GroupInstanceId": instance, "ProtocolType": "consumer",
+        "Protocols": [{"Name": "range", "Metadata": instance.encode()}], "Reason": None})
+
+
+def _heartbeat(conn: KafkaConn, group: str, gen: int, mid: str,
+               instance: str | None = None) -> int:
+    return int(conn.request("Heartbeat", 4, {"GroupId": group, "GenerationId": gen,
+                                             "MemberId": mid,
+                                             "GroupInstanceId": instance})["ErrorCode"])
+
+
+def test_static_member_restart_gets_its_assignment_back_without_rebalance(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    _, ports = cluster
+    with KafkaConn(ports[101]) as ca, KafkaConn(ports[102]) as cb:
+        # both join one generation (the initial delay gathers them)
+        cb.send("JoinGroup", 9, {
+            "GroupId": "static", "SessionTimeoutMs": 10_000, "RebalanceTimeoutMs": 10_000,
+            "MemberId": "", "GroupInstanceId": "b", "ProtocolType": "consumer",
+            "Protocols": [{"Name": "range", "Metadata": b"b"}], "Reason": None})
+        a = _static_join(ca, "static", "a")
+        _, b = cb.receive("JoinGroup", 9)
+        assert a["ErrorCode"] == b["ErrorCode"] == 0
+        assert a["GenerationId"] == b["GenerationId"]
+        gen = a["GenerationId"]
+        leader, follower = (a, b) if a["Leader"] == a["MemberId"] else (b, a)
+        lconn, fconn = (ca, cb) if leader is a else (cb, ca)
+        finst = "b" if follower is b else "a"
+        shares = {leader["MemberId"]: b"leader-share", follower["MemberId"]: b"follower-share"}
+        fconn.send("SyncGroup", 5, {"GroupId": "static", "GenerationId": gen,
+                                    "MemberId": follower["MemberId"],
+                                    "GroupInstanceId": finst, "ProtocolType": "consumer",
+                                    "ProtocolName": "range", "Assignments": []})
+        s = lconn.request("SyncGroup", 5, {
+            "GroupId": "static", "GenerationId": gen, "MemberId": leader["MemberId"],
+            "GroupInstanceId": "a" if finst == "b" else "b", "ProtocolType": "consumer",
+            "ProtocolName": "range",
+            "Assignments": [{"MemberId": m, "Assignment": v} for m, v in shares.items()]})
+        assert s["Assignment"] == b"leader-share"
+        _, fs = fconn.receive("SyncGroup", 5)
+        assert fs["Assignment"] == b"follower-share"
+
+    # the follower "restarts": a new connection, no member id, the same instance id
+    with KafkaConn(ports[101]) as again, KafkaConn(ports[102]) as lconn2:
+        r = _static_join(again, "static", finst)
+        assert r["ErrorCode"] == 0 and r["GenerationId"] == gen and r["Members"] == []
+        assert r["MemberId"] != follower["MemberId"]
+        s = again.request("SyncGroup", 5, {"GroupId": "static", "GenerationId": gen,
+                                           "MemberId": r["MemberId"], "GroupInstanceId": finst,
+                                           "ProtocolType": "consumer", "ProtocolName": "range",
+                                           "Assignments": []})
+        assert (s["ErrorCode"], s["Assignment"]) == (0, b"follower-share")
+        # no rebalance for the leader; the old incarnation is fenced
+        linst = "a" if finst == "b" else "b"
+        assert _heartbeat(lconn2, "static", gen, leader["MemberId"], linst) == 0
+        assert _heartbeat(lconn2, "static", gen, follower["MemberId"], finst) == \
+            FENCED_INSTANCE_ID
+
+
+def test_silent_member_is_dropped_after_its_session_timeout(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    _, ports = cluster
+    with KafkaConn(ports[101]) as c1, KafkaConn(ports[102]) as c2:
+        c2.send("JoinGroup", 9, {
+            "GroupId": "silent", "SessionTimeoutMs": 1000, "RebalanceTimeoutMs": 1000,
+            "MemberId": "", "GroupInstanceId": "quiet", "ProtocolType": "consumer",
+            "Protocols": [{"Name": "range", "Metadata": b""}], "Reason": None})
+        a = _static_join(c1, "silent", "loud", session_ms=10_000)
+        _, b = c2.receive("JoinGroup", 9)
+        gen = a["GenerationId"]
+        assert b["GenerationId"] == gen
+        # "quiet" never heartbeats: within its 1 s session it is dropped and "loud" is
+        # told to rejoin
+        deadline = time.monotonic() + 10
+        code = 0
+        while code == 0 and time.monotonic() < deadline:
+            code = _heartbeat(c1, "silent", gen, a["MemberId"], "loud")
+            time.sleep(0.1)
+        assert code == REBALANCE_IN_PROGRESS
+        r = _static_join(c1, "silent", "loud", member_id=a["MemberId"])
+        assert r["GenerationId"] == gen + 1 and [m["MemberId"] for m in r["Members"]] == [
+            a["MemberId"]]
+        assert _heartbeat(c2, "silent", gen, b["MemberId"], "quiet") == UNKNOWN_MEMBER_ID
