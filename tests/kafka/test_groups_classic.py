@@ -428,3 +428,27 @@ def test_silent_member_is_dropped_after_its_session_timeout(
         assert r["GenerationId"] == gen + 1 and [m["MemberId"] for m in r["Members"]] == [
             a["MemberId"]]
         assert _heartbeat(c2, "silent", gen, b["MemberId"], "quiet") == UNKNOWN_MEMBER_ID
+
+
+def test_readme_three_member_example_works_as_printed(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    """README's "Consumer groups" example, with only its bootstrap ports moved."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pc, ports = cluster
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("Three confluent-kafka consumers in one group", 1)[1]
+    example, rest = section.split("```python\n", 1)[1].split("```", 1)
+    printed = rest.split("```\n", 1)[1].split("```", 1)[0]
+    for i, port in enumerate(sorted(ports.values())):
+        example = example.replace(f"127.0.0.1:{9111 + i}", f"127.0.0.1:{port}")
+    out = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True,
+                         timeout=90, check=True).stdout
+    assert out.splitlines()[-1] == printed.splitlines()[-1] == "60 records, 60 distinct"
+    owns = [line for line in out.splitlines() if " owns " in line]
+    assert {line.split()[0] for line in owns} == {"worker-0", "worker-1", "worker-2"}
+    d = json.loads(dmq_cli(pc, "groups", "describe", "workers", "--json"))
+    assert [(p["partition"], p["committed"]) for p in d["partitions"]] == [
+        (p, 10) for p in range(6)]
