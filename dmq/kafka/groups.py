@@ -46,7 +46,7 @@ log = logging.getLogger("dmq.kafka.groups")
 KEY_TYPE_GROUP = 0
 INVALID_REQUEST = 42
 NO_OFFSET = -1
-COMMIT_TIMEOUT_MS = 15_000
+COMMIT_TIMEOUT_MS = 10_000  # the controller route retries failovers up to this long
 FETCH_TIMEOUT_MS = 5_000
 SYNC_TIMEOUT_MS = 60_000  # a follower's SyncGroup waits for the leader's assignment
 JOIN_SLACK_MS = 5_000  # a JoinGroup waits up to its rebalance timeout, plus this
@@ -55,7 +55,8 @@ JOIN_SLACK_MS = 5_000  # a JoinGroup waits up to its rebalance timeout, plus thi
 # the coordinator on COORDINATOR_NOT_AVAILABLE and retry.
 _UNREACHABLE = {int(ErrorCode.NOT_CONTROLLER), int(ErrorCode.RAFT_NOT_READY),
                 int(ErrorCode.REQUEST_TIMED_OUT), int(ErrorCode.NODE_SHUTTING_DOWN),
-                int(ErrorCode.NOT_COORDINATOR)}
+                int(ErrorCode.NOT_COORDINATOR), int(ErrorCode.NETWORK_EXCEPTION),
+                int(ErrorCode.BROKER_NOT_AVAILABLE), int(ErrorCode.COORDINATOR_NOT_AVAILABLE)}
 
 ControllerRequest = Callable[[ApiKey, Any, int], Awaitable[Any]]
 
