@@ -154,7 +154,9 @@ class ClassicGroups:
         if not others:
             g.protocol_type = ptype
         now = self.clock.monotonic_ms()
-        rebalance_ms = max(body["rebalance_timeout_ms"], session)
+        rebalance_ms = body["rebalance_timeout_ms"]
+        if rebalance_ms <= 0:
+            rebalance_ms = session
         if iid is not None and mid == "":
             old_id = g.static.get(iid)
             new_id = f"{iid}-{uuid.uuid4()}"

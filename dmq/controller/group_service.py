@@ -183,8 +183,12 @@ class GroupService:
             now = self.host.clock.monotonic_ms()
             if now >= self._retention_due_ms:
                 self._retention_due_ms = now + RETENTION_CHECK_MS
+                offsets = self.host.state.offsets
+                if self._classic is not None:  # a classic group with members keeps them
+                    offsets = {g: o for g, o in offsets.items()
+                               if not self._classic.has_members(g)}
                 records = coord.expired_offsets(
-                    self.host.state.offsets, self.host.clock.wall_ms(),
+                    offsets, self.host.clock.wall_ms(),
                     int(self.host.setting("offsets.retention.ms")))
                 if records:
                     log.info("expiring offsets of %d empty groups", len(records))
