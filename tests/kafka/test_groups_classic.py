@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.kafka.support import KafkaConn, kafka_ports, wait_metadata_brokers
+from tests.kafka.support import KafkaConn, kafka_ports, needs_kcat, wait_metadata_brokers
 from tests.kafka.test_groups_offsets import dmq_cli
 from tests.kafka.test_kafka_clients import bootstrap, create_topic
 from tests.support.procs import ProcessCluster
@@ -452,3 +452,18 @@ def test_readme_three_member_example_works_as_printed(
     d = json.loads(dmq_cli(pc, "groups", "describe", "workers", "--json"))
     assert [(p["partition"], p["committed"]) for p in d["partitions"]] == [
         (p, 10) for p in range(6)]
+
+
+@needs_kcat
+def test_kcat_balanced_consumer(cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    import subprocess
+
+    _, ports = cluster
+    create_topic(ports, "kc", 2, 2)
+    produce(ports, "kc", 6, 2)
+    out = subprocess.run(
+        ["kcat", "-b", bootstrap(ports), "-G", "kcat-group", "-X",
+         "auto.offset.reset=earliest", "-X", "session.timeout.ms=6000", "-e", "-q",
+         "-f", "%p %o %s\n", "kc"], capture_output=True, text=True, timeout=60, check=True)
+    got = sorted(tuple(int(x) for x in line.split()) for line in out.stdout.splitlines())
+    assert got == sorted((i % 2, i // 2, i) for i in range(6))
