@@ -147,9 +147,13 @@ class ClassicGroups:
         if g is None:
             g = self.groups[gid] = ClassicGroup(gid)
         others = [m for m in g.members.values() if m.member_id != mid]
-        if not protocols or (others and (g.protocol_type != ptype or not (
-                {n for n, _ in protocols}
-                & set.intersection(*({n for n, _ in m.protocols} for m in others))))):
+        theirs: set[str] = set()
+        if others:
+            theirs = {n for n, _ in others[0].protocols}
+            for m in others[1:]:
+                theirs &= {n for n, _ in m.protocols}
+        if not protocols or (others and (g.protocol_type != ptype
+                                         or not {n for n, _ in protocols} & theirs)):
             return _join_error(INCONSISTENT_GROUP_PROTOCOL, mid)
         if not others:
             g.protocol_type = ptype
@@ -256,7 +260,10 @@ class ClassicGroups:
 
     def _choose_protocol(self, g: ClassicGroup) -> str:
         """Kafka's rule: each member votes for its most preferred protocol all support."""
-        common = set.intersection(*({n for n, _ in m.protocols} for m in g.members.values()))
+        members = list(g.members.values())
+        common = {n for n, _ in members[0].protocols}
+        for m in members[1:]:
+            common &= {n for n, _ in m.protocols}
         votes: dict[str, int] = {}
         for m in g.members.values():
             pick = next(n for n, _ in m.protocols if n in common)

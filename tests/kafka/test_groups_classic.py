@@ -49,12 +49,14 @@ def produce(ports: dict[int, int], topic: str, count: int, partitions: int) -> N
 class Member:
     """One confluent-kafka group consumer polling on its own thread."""
 
-    def __init__(self, ports: dict[int, int], group: str, topic: str) -> None:
+    def __init__(self, ports: dict[int, int], group: str, topic: str,
+                 strategy: str = "range") -> None:
         self.consumer = ck.Consumer({
             "bootstrap.servers": bootstrap(ports), "group.id": group,
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
             "session.timeout.ms": 6000, "heartbeat.interval.ms": 300,
-            "partition.assignment.strategy": "range"})
+            "partition.assignment.strategy": strategy})
+        self.cooperative = strategy == "cooperative-sticky"
         self.records: list[tuple[int, int]] = []
         self.lock = threading.Lock()
         self.owned: set[int] = set()
@@ -75,12 +77,14 @@ class Member:
         self.consumer.close()
 
     def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
-        with self.lock:
-            self.owned = {tp.partition for tp in partitions}
+        with self.lock:  # cooperative: partitions added; eager: the whole assignment
+            got = {tp.partition for tp in partitions}
+            self.owned = self.owned | got if self.cooperative else got
 
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
         with self.lock:
-            self.owned = set()
+            self.owned = self.owned - {tp.partition for tp in partitions} \
+                if self.cooperative else set()
 
     def assignment(self) -> set[int]:
         with self.lock:
@@ -100,12 +104,14 @@ def wait_until(cond: Any, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
 def test_three_confluent_consumers_split_six_partitions(
-        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+        cluster: tuple[ProcessCluster, dict[int, int]], strategy: str) -> None:
     pc, ports = cluster
-    create_topic(ports, "six", 6, 2)
-    produce(ports, "six", 60, 6)
-    members = [Member(ports, "trio", "six") for _ in range(3)]
+    topic, group = f"six-{strategy}", f"trio-{strategy}"
+    create_topic(ports, topic, 6, 2)
+    produce(ports, topic, 60, 6)
+    members = [Member(ports, group, topic, strategy) for _ in range(3)]
     try:
         def split() -> bool:
             owned = [m.assignment() for m in members]
@@ -119,11 +125,11 @@ def test_three_confluent_consumers_split_six_partitions(
         assert sorted(seen) == sorted({(p, o) for p in range(6) for o in range(10)})
 
         def committed() -> bool:
-            d = json.loads(dmq_cli(pc, "groups", "describe", "trio", "--json"))
+            d = json.loads(dmq_cli(pc, "groups", "describe", group, "--json"))
             return [(p["partition"], p["committed"]) for p in d["partitions"]] == [
                 (p, 10) for p in range(6)]
         wait_until(committed, 20, "commits of offset 10 on every partition")
-        d = json.loads(dmq_cli(pc, "groups", "describe", "trio", "--json"))
+        d = json.loads(dmq_cli(pc, "groups", "describe", group, "--json"))
         assert d["total_lag"] == 0 and len(d["members"]) == 3
         assert sorted(p for m in d["members"] for _, p in m["assignment"]) == \
             list(range(6))
@@ -136,7 +142,7 @@ def test_three_confluent_consumers_split_six_partitions(
             owned = [m.assignment() for m in members]
             return all(len(o) == 3 for o in owned) and set().union(*owned) == set(range(6))
         wait_until(two_left, 30, "two members owning three partitions each")
-        produce(ports, "six", 12, 6)
+        produce(ports, topic, 12, 6)
         wait_until(lambda: sum(len(m.records) for m in members) + len(gone.records) >= 72,
                    30, "the new records consumed by the remaining two")
         seen = [r for m in [*members, gone] for r in m.records]
