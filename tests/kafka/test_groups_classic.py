@@ -473,3 +473,80 @@ def test_kcat_balanced_consumer(cluster: tuple[ProcessCluster, dict[int, int]]) 
          "-f", "%p %o %s\n", "kc"], capture_output=True, text=True, timeout=60, check=True)
     got = sorted(tuple(int(x) for x in line.split()) for line in out.stdout.splitlines())
     assert got == sorted((i % 2, i // 2, i) for i in range(6))
+
+
+_MEMBER_SCRIPT = """
+import sys
+import confluent_kafka as ck
+c = ck.Consumer({"bootstrap.servers": sys.argv[1], "group.id": sys.argv[2],
+                 "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                 "session.timeout.ms": 6000, "heartbeat.interval.ms": 300,
+                 "partition.assignment.strategy": "range"})
+c.subscribe([sys.argv[3]], on_assign=lambda _c, ps: print(
+    "A", ",".join(str(p.partition) for p in ps), flush=True))
+while True:
+    m = c.poll(0.1)
+    if m is not None and m.error() is None:
+        print("R", m.partition(), m.offset(), flush=True)
+        c.commit(message=m, asynchronous=False)
+        print("C", m.partition(), m.offset() + 1, flush=True)
+"""
+
+
+def test_sigkilled_member_partitions_move_after_its_session_timeout(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    _, ports = cluster
+    create_topic(ports, "killed", 6, 2)
+    produce(ports, "killed", 30, 6)
+    procs = [subprocess.Popen([sys.executable, "-c", _MEMBER_SCRIPT, bootstrap(ports),
+                               "kill-group", "killed"], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True) for _ in range(3)]
+    lines: list[list[str]] = [[] for _ in procs]
+
+    def reader(i: int) -> None:
+        assert procs[i].stdout is not None
+        for line in procs[i].stdout:
+            lines[i].append(line.split("\n")[0])
+
+    threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+
+    def owned(i: int) -> set[int]:
+        last = [x for x in list(lines[i]) if x.startswith("A")]
+        return {int(p) for p in last[-1][2:].split(",") if p} if last else set()
+
+    def reads(i: int) -> list[tuple[int, int]]:
+        return [(int(x.split()[1]), int(x.split()[2])) for x in list(lines[i])
+                if x.startswith("R ")]
+    try:
+        wait_until(lambda: all(len(owned(i)) == 2 for i in range(3))
+                   and sum(len(reads(i)) for i in range(3)) >= 30, 30,
+                   "three members, two partitions each, 30 records read")
+        victim = 2
+        victim_parts = owned(victim)
+        os.killpg(procs[victim].pid, signal.SIGKILL)
+        procs[victim].wait(10)
+        # no LeaveGroup: the partitions move once its 6 s session has run out
+        wait_until(lambda: len(owned(0)) == len(owned(1)) == 3, 30,
+                   "the survivors owning three partitions each")
+        produce(ports, "killed", 12, 6)
+        wait_until(lambda: sum(len(reads(i)) for i in range(3)) >= 42, 30,
+                   "the new records read")
+        everything = [r for i in range(3) for r in reads(i)]
+        assert set(everything) == {(p, o) for p in range(6) for o in range(7)}
+        committed = {int(x.split()[1]): int(x.split()[2]) for x in lines[victim]
+                     if x.startswith("C ")}
+        twice = {r for r in everything if everything.count(r) > 1}
+        # read twice only past the victim's last commit on its own partitions
+        assert all(p in victim_parts and o >= committed.get(p, 0) for p, o in twice)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
