@@ -185,6 +185,8 @@ class ClassicGroups:
         elif mid == "":
             mid = f"{body.get('client_id') or 'member'}-{uuid.uuid4()}"
             if body.get("require_known_member_id"):
+                if len(g.pending) + len(g.members) >= MAX_MEMBERS_PER_GROUP:
+                    return _join_error(GROUP_MAX_SIZE_REACHED, "")
                 g.pending[mid] = now + session
                 return _join_error(MEMBER_ID_REQUIRED, mid)
         elif mid not in g.members and mid not in g.pending:

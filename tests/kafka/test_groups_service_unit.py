@@ -129,3 +129,33 @@ def test_a_new_term_answers_waiting_members_not_coordinator() -> None:
         finally:
             await svc.close()
     asyncio.run(run())
+
+
+def test_member_ids_handed_out_unjoined_are_bounded_per_group() -> None:
+    async def run() -> None:
+        from dmq.controller import classic_groups
+
+        svc = GroupService(FakeHost())
+        try:
+            body = join_body("crowd") | {"require_known_member_id": True}
+            limit = classic_groups.MAX_MEMBERS_PER_GROUP
+            codes = [(await svc.join_group(CTX, dict(body)))["error"]
+                     for _ in range(limit + 1)]
+            assert codes[:limit] == [classic_groups.MEMBER_ID_REQUIRED] * limit
+            assert codes[limit] == classic_groups.GROUP_MAX_SIZE_REACHED
+        finally:
+            await svc.close()
+    asyncio.run(run())
+
+
+def test_join_group_v2_style_without_member_id_required() -> None:
+    async def run() -> None:
+        svc = GroupService(FakeHost())
+        try:
+            answer = await svc.join_group(CTX, join_body("old"))
+            assert answer["error"] == 0 and answer["member_id"].startswith("c-")
+            assert answer["leader"] == answer["member_id"]
+            assert answer["members"] == [[answer["member_id"], None, b"m"]]
+        finally:
+            await svc.close()
+    asyncio.run(run())
