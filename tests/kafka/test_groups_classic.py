@@ -60,6 +60,7 @@ class Member:
         self.records: list[tuple[int, int]] = []
         self.lock = threading.Lock()
         self.owned: set[int] = set()
+        self.commit_errors: list[int] = []
         # the callbacks run on the polling thread (librdkafka calls from another thread
         # could wait on that one)
         self.consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked)
@@ -73,7 +74,10 @@ class Member:
             if msg is not None and msg.error() is None:
                 with self.lock:
                     self.records.append((msg.partition(), msg.offset()))
-                self.consumer.commit(message=msg, asynchronous=False)
+                try:
+                    self.consumer.commit(message=msg, asynchronous=False)
+                except ck.KafkaException as exc:  # e.g. fenced by a rebalance: re-read
+                    self.commit_errors.append(exc.args[0].code())
         self.consumer.close()
 
     def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
