@@ -34,6 +34,12 @@ from typing import Any, Protocol
 
 from dmq.aio import wait_for
 from dmq.clock import Cancellable, Clock
+from dmq.controller.classic_groups import (
+    INCONSISTENT_GROUP_PROTOCOL,
+    NONE,
+    ClassicGroups,
+    decode_consumer_assignment,
+)
 from dmq.controller.group_coordinator import (
     EMPTY,
     NO_OFFSET,
@@ -49,7 +55,9 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import (
     DmqError,
     ErrorCode,
+    GroupIdNotFoundError,
     InvalidRequestError,
+    NonEmptyGroupError,
     NotControllerError,
     RaftNotReadyError,
     RequestTimedOutError,
@@ -67,6 +75,7 @@ MAX_COMMIT_PARTITIONS = 10_000
 MAX_COMMIT_ENTRY_BYTES = 4 * 1024 * 1024
 COMMIT_TIMEOUT_MS = 15_000
 RETENTION_CHECK_MS = 60_000
+CLASSIC_POLL_MS = 100  # session timeouts and rebalance deadlines of classic groups
 
 
 class GroupHost(Protocol):
@@ -127,6 +136,9 @@ class GroupService:
         self._timer: Cancellable | None = None
         self._retention_due_ms = 0
         self._closed = False
+        self._classic: ClassicGroups | None = None
+        self._classic_term: int | None = None
+        self._classic_timer: Cancellable | None = None
         self.entries_proposed = 0
         self.commits_proposed = 0
 
@@ -171,8 +183,12 @@ class GroupService:
             now = self.host.clock.monotonic_ms()
             if now >= self._retention_due_ms:
                 self._retention_due_ms = now + RETENTION_CHECK_MS
+                offsets = self.host.state.offsets
+                if self._classic is not None:  # a classic group with members keeps them
+                    offsets = {g: o for g, o in offsets.items()
+                               if not self._classic.has_members(g)}
                 records = coord.expired_offsets(
-                    self.host.state.offsets, self.host.clock.wall_ms(),
+                    offsets, self.host.clock.wall_ms(),
                     int(self.host.setting("offsets.retention.ms")))
                 if records:
                     log.info("expiring offsets of %d empty groups", len(records))
@@ -183,6 +199,12 @@ class GroupService:
 
     async def close(self) -> None:
         self._closed = True
+        if self._classic_timer is not None:
+            self._classic_timer.cancel()
+            self._classic_timer = None
+        if self._classic is not None:
+            self._classic.close()
+            self._classic = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -242,6 +264,9 @@ class GroupService:
     # ---- handlers -----------------------------------------------------------------
     def heartbeat(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         coord = self.coordinator()
+        if self._classic is not None and self._classic.has_members(body["group_id"]):
+            raise GroupIdNotFoundError(f"group {body['group_id']} is a classic-protocol "
+                                       "group (Kafka JoinGroup members)")
         res = coord.heartbeat(
             body["group_id"], body["member_id"], body["member_epoch"],
             instance_id=body["instance_id"],
@@ -257,7 +282,13 @@ class GroupService:
         coord = self.coordinator()
         group = body["group_id"]
         _check_commit(group, body["member_id"], body["topics"])
-        coord.validate_commit(group, body["member_id"], body["member_epoch"])
+        classic = None if self._classic is None else self._classic.commit_error(
+            group, body["member_id"], body["member_epoch"])
+        if classic is not None and classic != NONE:
+            return {"topics": [[t, [[p, classic] for p, _, _ in parts]]
+                               for t, parts in body["topics"]]}
+        if classic is None:
+            coord.validate_commit(group, body["member_id"], body["member_epoch"])
         records, results = _plan_commit(self.host.state, group, body["topics"],
                                         self.host.clock.wall_ms(),
                                         int(self.host.setting("offset.metadata.max.bytes")))
@@ -286,6 +317,11 @@ class GroupService:
     def list_groups(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         coord = self.coordinator()
         groups = {g["group_id"]: g for g in coord.list_groups()}
+        for cg in (self._classic.groups.values() if self._classic is not None else ()):
+            if cg.members and cg.group_id not in groups:
+                groups[cg.group_id] = {"group_id": cg.group_id, "state": cg.state,
+                                       "members": len(cg.members), "type": "classic",
+                                       "protocol_type": cg.protocol_type or ""}
         for group in self.host.state.offsets:
             if group not in groups and live_offsets(self.host.state, group):
                 groups[group] = {"group_id": group, "state": EMPTY, "members": 0}
@@ -297,6 +333,8 @@ class GroupService:
         for group in body["groups"]:
             desc = coord.describe(group)
             if desc is None:
+                desc = self._describe_classic(group)
+            if desc is None:
                 if live_offsets(self.host.state, group):
                     desc = {"group_id": group, "error": 0, "state": EMPTY, "epoch": 0,
                             "assignor": "uniform", "members": []}
@@ -306,11 +344,93 @@ class GroupService:
             out.append(desc)
         return {"groups": out}
 
+    def _describe_classic(self, group: str) -> dict[str, Any] | None:
+        cg = None if self._classic is None else self._classic.describe(group)
+        if cg is None or not cg.members:
+            return None
+        return {"group_id": group, "error": 0, "state": cg.state, "epoch": cg.generation,
+                "assignor": cg.protocol_name or "", "type": "classic",
+                "protocol_type": cg.protocol_type or "", "members": [
+                    {"member_id": m.member_id, "instance_id": m.instance_id,
+                     "member_epoch": cg.generation, "client_id": m.client_id,
+                     "host": m.host,
+                     "assignment": decode_consumer_assignment(m.assignment)
+                     if cg.protocol_type == "consumer" else [],
+                     "metadata": next((b for n, b in m.protocols if n == cg.protocol_name),
+                                      b""),
+                     "assignment_bytes": m.assignment}
+                    for m in cg.members.values()]}
+
+    # ---- Kafka's classic group protocol -------------------------------------------
+    def classic(self) -> ClassicGroups:
+        """The classic groups of the current term; NOT_CONTROLLER on a follower."""
+        term = self.host.active_term()
+        if term is None or term != self._classic_term:
+            if self._classic is not None:
+                self._classic.close()
+            self._classic = None
+            self._classic_term = None
+        if term is None:
+            raise self.host.not_active_error()
+        if self._classic is None:
+            self._classic = ClassicGroups(self.host.clock)
+            self._classic_term = term
+        self._arm_classic_timer()
+        return self._classic
+
+    def _arm_classic_timer(self) -> None:
+        if self._classic_timer is None and not self._closed:
+            self._classic_timer = self.host.clock.call_later(CLASSIC_POLL_MS,
+                                                             self._on_classic_timer)
+
+    def _on_classic_timer(self) -> None:
+        self._classic_timer = None
+        if self._closed or self._classic is None:
+            return
+        if self.host.active_term() != self._classic_term:
+            self._classic.close()
+            self._classic = None
+            return
+        try:
+            self._classic.poll()
+        except Exception:
+            log.exception("classic group poll failed")
+        if self._classic.groups:
+            self._arm_classic_timer()
+
+    async def join_group(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        coord = self.coordinator()
+        check_group_id(body["group_id"])
+        classic = self.classic()
+        native = coord.groups.get(body["group_id"])
+        if native is not None and native.members:
+            return {"error": INCONSISTENT_GROUP_PROTOCOL, "generation": -1,
+                    "protocol_type": None, "protocol_name": None, "leader": "",
+                    "member_id": body["member_id"], "members": []}
+        answer = classic.join(body)
+        if isinstance(answer, dict):
+            return answer
+        return await answer
+
+    async def sync_group(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        answer = self.classic().sync(body)
+        if isinstance(answer, dict):
+            return answer
+        return await answer
+
+    def classic_heartbeat(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        return self.classic().heartbeat(body)
+
+    def leave_group(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        return self.classic().leave(body)
+
     async def delete_groups(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         coord = self.coordinator()
         out = []
         for group in body["groups"]:
             try:
+                if self._classic is not None and self._classic.has_members(group):
+                    raise NonEmptyGroupError(f"group {group} has classic-protocol members")
                 records = coord.delete_group(group, live_offsets(self.host.state, group),
                                              self.host.clock.wall_ms())
                 if records:
@@ -418,6 +538,10 @@ def register_group_handlers(server: Any, controller: Any = None, *,
     server.register(ApiKey.DESCRIBE_GROUPS, svc.describe_groups)
     server.register(ApiKey.DELETE_GROUPS, svc.delete_groups)
     server.register(ApiKey.RESET_OFFSETS, svc.reset_offsets)
+    server.register(ApiKey.JOIN_GROUP, svc.join_group)
+    server.register(ApiKey.SYNC_GROUP, svc.sync_group)
+    server.register(ApiKey.HEARTBEAT, svc.classic_heartbeat)
+    server.register(ApiKey.LEAVE_GROUP, svc.leave_group)
     return svc
 
 

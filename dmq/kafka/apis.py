@@ -28,6 +28,7 @@ from dmq.broker.errors import error_code_of, message_of
 from dmq.config import SETTINGS
 from dmq.controller.image import FENCED, MetadataImage
 from dmq.controller.validation import effective_topic_configs
+from dmq.kafka.groups import GroupApis
 from dmq.kafka.records import is_dmq_native, kafka_view
 from dmq.kafka.server import NO_RESPONSE, Api
 from dmq.protocol.api import ApiKey
@@ -94,7 +95,7 @@ def topic_uuid(topic_id: str) -> bytes:
         return uuid.uuid5(uuid.NAMESPACE_URL, "dmq-topic:" + topic_id).bytes
 
 
-class KafkaApis:
+class KafkaApis(GroupApis):
     """The handlers, bound to one broker's data plane and controller route."""
 
     def __init__(self, config: ClusterConfig, broker_id: int, data_plane: DataPlane,
@@ -127,6 +128,7 @@ class KafkaApis:
             Api(37, "CreatePartitions", 0, 3, self.create_partitions),
             Api(44, "IncrementalAlterConfigs", 0, 1, self.incremental_alter_configs),
             Api(60, "DescribeCluster", 0, 1, self.describe_cluster),
+            *self.group_table(),
         ]
 
     # ------------------------------------------------------------------ ApiVersions

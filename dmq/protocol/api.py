@@ -36,6 +36,11 @@ class ApiKey(IntEnum):
     CONTROLLED_SHUTDOWN = 7
     OFFSET_COMMIT = 8
     OFFSET_FETCH = 9
+    # Kafka's classic group protocol, forwarded by brokers' Kafka listeners
+    JOIN_GROUP = 11
+    HEARTBEAT = 12
+    LEAVE_GROUP = 13
+    SYNC_GROUP = 14
     DESCRIBE_GROUPS = 15
     LIST_GROUPS = 16
     API_VERSIONS = 18
@@ -209,6 +214,28 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.OFFSET_FETCH: Struct({"group_id": STR},
                                 {"topics": (Nullable(Array(Tuple(STR, Array(INT)))), None)}),
     # -> {"topics": [[topic, [[partition, offset, metadata, error]]]]}
+    # Kafka's classic group protocol (errors are in the answers, Kafka's numbers)
+    ApiKey.JOIN_GROUP: Struct(
+        {"group_id": STR, "member_id": STR, "session_timeout_ms": INT,
+         "rebalance_timeout_ms": INT, "protocol_type": STR,
+         # [[protocol name, opaque metadata]] in the member's order of preference
+         "protocols": Array(Tuple(STR, BYTES), max_items=100)},
+        {"instance_id": (Nullable(STR), None), "require_known_member_id": (BOOL, False),
+         "client_id": (STR, ""), "host": (STR, "")}),
+    # -> {"error", "generation", "protocol_type", "protocol_name", "leader", "member_id",
+    #     "members": [[member_id, instance_id, metadata]] (the leader only)}
+    ApiKey.SYNC_GROUP: Struct(
+        {"group_id": STR, "generation": INT, "member_id": STR,
+         "assignments": Array(Tuple(STR, BYTES), max_items=10_000)},
+        {"instance_id": (Nullable(STR), None), "protocol_type": (Nullable(STR), None),
+         "protocol_name": (Nullable(STR), None)}),
+    # -> {"error", "protocol_type", "protocol_name", "assignment": bytes}
+    ApiKey.HEARTBEAT: Struct({"group_id": STR, "generation": INT, "member_id": STR},
+                             {"instance_id": (Nullable(STR), None)}),
+    # -> {"error"}
+    ApiKey.LEAVE_GROUP: Struct(
+        {"group_id": STR, "members": Array(Tuple(STR, Nullable(STR)), max_items=10_000)}),
+    # -> {"error", "members": [[member_id, instance_id, error]]}
     ApiKey.LIST_GROUPS: Struct(),
     # -> {"groups": [{"group_id", "state", "members"}]}
     ApiKey.DESCRIBE_GROUPS: Struct({"groups": Array(STR)}),

@@ -1,0 +1,405 @@
+"""Kafka's group APIs on a broker's Kafka listener: FindCoordinator, OffsetCommit,
+OffsetFetch and the classic group protocol (JoinGroup, SyncGroup, Heartbeat,
+LeaveGroup; the coordinator is `dmq.controller.classic_groups`).
+
+Where the coordinator lives: dmq's group coordinator (and the committed offsets, in
+the Raft-replicated metadata state) is on the active controller. A broker answers
+FindCoordinator with *itself* and forwards the group requests it then receives to the
+active controller over the broker's controller route (`controller_request`, the path
+dmq's brokers already forward admin requests on, following controller failovers), as
+KRaft brokers forward to their controller. Kafka clients therefore need no
+route to a controller, and a controller failover is invisible to them except as a
+retriable error.
+
+When the controller cannot be reached (no quorum, failover, timeout), a request is
+answered COORDINATOR_NOT_AVAILABLE, never held: Kafka clients take that as "find the
+coordinator again" and retry. A broker that is not registered (no metadata yet, or
+fenced) answers FindCoordinator COORDINATOR_NOT_AVAILABLE itself.
+
+Offsets committed here are the same offsets dmq's own consumers commit (same group,
+same store), so `dmq groups describe` shows Kafka clients' groups and their lag. A
+commit from outside a group's membership (member id "" and generation -1: a consumer
+with `assign()`, or an admin tool) is accepted while the group has no members, as
+dmq's coordinator rules.
+
+It never imports the network layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from dmq.broker.errors import error_code_of, message_of
+from dmq.controller.image import FENCED, MetadataImage
+from dmq.kafka.server import Api
+from dmq.protocol.api import ApiKey
+from dmq.protocol.errors import DmqError, ErrorCode
+
+if TYPE_CHECKING:
+    from dmq.kafka.codec import RequestHeader
+
+log = logging.getLogger("dmq.kafka.groups")
+
+KEY_TYPE_GROUP = 0
+INVALID_REQUEST = 42
+NO_OFFSET = -1
+COMMIT_TIMEOUT_MS = 10_000  # the controller route retries failovers up to this long
+FETCH_TIMEOUT_MS = 5_000
+SYNC_TIMEOUT_MS = 60_000  # a follower's SyncGroup waits for the leader's assignment
+JOIN_SLACK_MS = 5_000  # a JoinGroup waits up to its rebalance timeout, plus this
+
+# Answers meaning "the coordinator cannot be reached now": Kafka clients re-discover
+# the coordinator on COORDINATOR_NOT_AVAILABLE and retry.
+_UNREACHABLE = {int(ErrorCode.NOT_CONTROLLER), int(ErrorCode.RAFT_NOT_READY),
+                int(ErrorCode.REQUEST_TIMED_OUT), int(ErrorCode.NODE_SHUTTING_DOWN),
+                int(ErrorCode.NOT_COORDINATOR), int(ErrorCode.NETWORK_EXCEPTION),
+                int(ErrorCode.BROKER_NOT_AVAILABLE), int(ErrorCode.COORDINATOR_NOT_AVAILABLE)}
+
+ControllerRequest = Callable[[ApiKey, Any, int], Awaitable[Any]]
+
+
+def group_error_code(exc: BaseException) -> int:
+    """A failed forward as the Kafka error code a group client acts on."""
+    if not isinstance(exc, DmqError):
+        return int(ErrorCode.COORDINATOR_NOT_AVAILABLE)  # OSError, TimeoutError
+    code = int(error_code_of(exc))
+    if code in _UNREACHABLE:
+        return int(ErrorCode.COORDINATOR_NOT_AVAILABLE)
+    return kafka_code(code)
+
+
+def kafka_code(code: int) -> int:
+    from dmq.kafka.apis import kafka_code as to_kafka  # apis builds on this module
+
+    return to_kafka(code)
+
+
+class GroupApis:
+    """The group handlers of a broker's Kafka listener, a part of `KafkaApis`: they use
+    its broker id, metadata image and controller route."""
+
+    broker_id: int
+    _image: Callable[[], MetadataImage | None]
+    _controller_request: ControllerRequest
+
+    def group_table(self) -> list[Api]:
+        return [
+            Api(8, "OffsetCommit", 2, 9, self.offset_commit),
+            Api(9, "OffsetFetch", 1, 9, self.offset_fetch),
+            Api(10, "FindCoordinator", 0, 4, self.find_coordinator),
+            Api(11, "JoinGroup", 2, 9, self.join_group),
+            Api(12, "Heartbeat", 0, 4, self.heartbeat),
+            Api(13, "LeaveGroup", 0, 5, self.leave_group),
+            Api(14, "SyncGroup", 0, 5, self.sync_group),
+            Api(15, "DescribeGroups", 0, 5, self.describe_groups),
+            Api(16, "ListGroups", 0, 5, self.list_groups),
+            Api(42, "DeleteGroups", 0, 2, self.delete_groups),
+        ]
+
+    # ------------------------------------------------------------------ FindCoordinator
+
+    def find_coordinator(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        version = header.api_version
+        keys = body["CoordinatorKeys"] if version >= 4 else [body["Key"]]
+        key_type = body.get("KeyType", KEY_TYPE_GROUP)
+        me = self._self_endpoint()
+        rows = []
+        for key in keys:
+            if key_type != KEY_TYPE_GROUP:
+                rows.append(_coordinator(key, INVALID_REQUEST,
+                                         f"key type {key_type}: only group coordinators "
+                                         "(key type 0) are served; dmq has no transactions"))
+            elif me is None:
+                rows.append(_coordinator(key, int(ErrorCode.COORDINATOR_NOT_AVAILABLE),
+                                         "this broker is not registered with the controller "
+                                         "yet"))
+            else:
+                rows.append({"Key": key, "NodeId": self.broker_id, "Host": me[0],
+                             "Port": me[1], "ErrorCode": 0, "ErrorMessage": None})
+        if version >= 4:
+            return {"ThrottleTimeMs": 0, "Coordinators": rows}
+        row = rows[0]
+        return {"ThrottleTimeMs": 0, "ErrorCode": row["ErrorCode"],
+                "ErrorMessage": row["ErrorMessage"], "NodeId": row["NodeId"],
+                "Host": row["Host"], "Port": row["Port"]}
+
+    def _self_endpoint(self) -> tuple[str, int] | None:
+        image = self._image()
+        me = None if image is None else image.brokers.get(self.broker_id)
+        if me is None or me.state == FENCED or me.kafka_port < 0:
+            return None
+        return me.kafka_host or me.host, me.kafka_port
+
+    # ------------------------------------------------------------------ OffsetCommit
+
+    def offset_commit(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._offset_commit(body)
+
+    async def _offset_commit(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = {
+            "group_id": body["GroupId"], "member_id": body.get("MemberId") or "",
+            "member_epoch": body.get("GenerationIdOrMemberEpoch", -1),
+            "topics": [[t["Name"], [[p["PartitionIndex"], p["CommittedOffset"],
+                                     p.get("CommittedMetadata")] for p in t["Partitions"]]]
+                       for t in body["Topics"]]}
+        errors: dict[tuple[str, int], int] = {}
+        failed: int | None = None
+        try:
+            resp = await self._controller_request(ApiKey.OFFSET_COMMIT, request,
+                                                  COMMIT_TIMEOUT_MS)
+            for topic, rows in resp["topics"]:
+                for p, err in rows:
+                    errors[(topic, p)] = kafka_code(err or 0)
+        except (DmqError, OSError, TimeoutError) as exc:
+            failed = group_error_code(exc)
+            log.info("broker=%d Kafka OffsetCommit of group %r failed: %s", self.broker_id,
+                     body["GroupId"], message_of(exc))
+        unknown = int(ErrorCode.UNKNOWN_SERVER_ERROR)
+        return {"ThrottleTimeMs": 0, "Topics": [
+            {"Name": t["Name"], "Partitions": [
+                {"PartitionIndex": p["PartitionIndex"],
+                 "ErrorCode": failed if failed is not None
+                 else errors.get((t["Name"], p["PartitionIndex"]), unknown)}
+                for p in t["Partitions"]]}
+            for t in body["Topics"]]}
+
+    # ------------------------------------------------------------------ OffsetFetch
+
+    def offset_fetch(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._offset_fetch(header.api_version, body)
+
+    async def _offset_fetch(self, version: int, body: dict[str, Any]) -> dict[str, Any]:
+        if version >= 8:
+            groups = [await self._fetch_group(g["GroupId"], g["Topics"])
+                      for g in body["Groups"]]
+            return {"ThrottleTimeMs": 0, "Groups": groups}
+        group = await self._fetch_group(body["GroupId"], body["Topics"])
+        code = group["ErrorCode"]
+        if version < 2 and code:
+            # v0-1 have no top-level error: every asked-for partition carries it
+            for t in group["Topics"]:
+                for p in t["Partitions"]:
+                    p["ErrorCode"] = code
+        return {"ThrottleTimeMs": 0, "Topics": group["Topics"], "ErrorCode": code}
+
+    async def _fetch_group(self, group: str, topics: list[dict[str, Any]] | None
+                           ) -> dict[str, Any]:
+        wanted = None if topics is None else [[t["Name"], list(t["PartitionIndexes"])]
+                                              for t in topics]
+        try:
+            resp = await self._controller_request(
+                ApiKey.OFFSET_FETCH, {"group_id": group, "topics": wanted}, FETCH_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            log.info("broker=%d Kafka OffsetFetch of group %r failed: %s", self.broker_id,
+                     group, message_of(exc))
+            return {"GroupId": group, "ErrorCode": group_error_code(exc), "Topics": [
+                {"Name": name, "Partitions": [_fetched(p, NO_OFFSET, None, 0)
+                                              for p in parts]}
+                for name, parts in (wanted or [])]}
+        return {"GroupId": group, "ErrorCode": 0, "Topics": [
+            {"Name": topic, "Partitions": [_fetched(p, offset, metadata, kafka_code(err or 0))
+                                           for p, offset, metadata, err in rows]}
+            for topic, rows in resp["topics"]]}
+
+
+    # ------------------------------------------------------------------ classic groups
+
+    async def _forward(self, key: ApiKey, request: dict[str, Any], timeout_ms: int
+                       ) -> dict[str, Any] | int:
+        """The controller's answer, or the Kafka error code of a failed forward."""
+        try:
+            answer: dict[str, Any] = await self._controller_request(key, request, timeout_ms)
+            return answer
+        except (DmqError, OSError, TimeoutError) as exc:
+            log.info("broker=%d Kafka %s of group %r failed: %s", self.broker_id, key.name,
+                     request["group_id"], message_of(exc))
+            return group_error_code(exc)
+
+    def join_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._join_group(header, body)
+
+    async def _join_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+        rebalance_ms = body.get("RebalanceTimeoutMs", -1)
+        if rebalance_ms < 0:
+            rebalance_ms = body["SessionTimeoutMs"]
+        request = {"group_id": body["GroupId"], "member_id": body["MemberId"],
+                   "session_timeout_ms": body["SessionTimeoutMs"],
+                   "rebalance_timeout_ms": rebalance_ms,
+                   "protocol_type": body["ProtocolType"],
+                   "protocols": [[p["Name"], bytes(p["Metadata"])] for p in body["Protocols"]],
+                   "instance_id": body.get("GroupInstanceId"),
+                   "require_known_member_id": header.api_version >= 4,
+                   "client_id": header.client_id or ""}
+        answer = await self._forward(ApiKey.JOIN_GROUP, request,
+                                     max(rebalance_ms, 0) + JOIN_SLACK_MS)
+        if isinstance(answer, int):
+            return {"ThrottleTimeMs": 0, "ErrorCode": answer, "GenerationId": -1,
+                    "ProtocolType": None, "ProtocolName": None, "Leader": "",
+                    "SkipAssignment": False, "MemberId": body["MemberId"], "Members": []}
+        return {"ThrottleTimeMs": 0, "ErrorCode": answer["error"],
+                "GenerationId": answer["generation"], "ProtocolType": answer["protocol_type"],
+                "ProtocolName": answer["protocol_name"] if header.api_version >= 7
+                else answer["protocol_name"] or "",
+                "Leader": answer["leader"], "SkipAssignment": False,
+                "MemberId": answer["member_id"],
+                "Members": [{"MemberId": m, "GroupInstanceId": i, "Metadata": meta}
+                            for m, i, meta in answer["members"]]}
+
+    def sync_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._sync_group(header, body)
+
+    async def _sync_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+        request = {"group_id": body["GroupId"], "generation": body["GenerationId"],
+                   "member_id": body["MemberId"], "instance_id": body.get("GroupInstanceId"),
+                   "protocol_type": body.get("ProtocolType"),
+                   "protocol_name": body.get("ProtocolName"),
+                   "assignments": [[a["MemberId"], bytes(a["Assignment"])]
+                                   for a in body["Assignments"]]}
+        answer = await self._forward(ApiKey.SYNC_GROUP, request, SYNC_TIMEOUT_MS)
+        if isinstance(answer, int):
+            return {"ThrottleTimeMs": 0, "ErrorCode": answer, "ProtocolType": None,
+                    "ProtocolName": None, "Assignment": b""}
+        return {"ThrottleTimeMs": 0, "ErrorCode": answer["error"],
+                "ProtocolType": answer["protocol_type"], "ProtocolName": answer["protocol_name"],
+                "Assignment": answer["assignment"]}
+
+    def heartbeat(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._heartbeat(body)
+
+    async def _heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await self._forward(ApiKey.HEARTBEAT, {
+            "group_id": body["GroupId"], "generation": body["GenerationId"],
+            "member_id": body["MemberId"], "instance_id": body.get("GroupInstanceId")},
+            FETCH_TIMEOUT_MS)
+        code = answer if isinstance(answer, int) else answer["error"]
+        return {"ThrottleTimeMs": 0, "ErrorCode": code}
+
+    def leave_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._leave_group(header.api_version, body)
+
+    async def _leave_group(self, version: int, body: dict[str, Any]) -> dict[str, Any]:
+        members = ([[body["MemberId"], None]] if version < 3 else
+                   [[m["MemberId"], m.get("GroupInstanceId")] for m in body["Members"]])
+        answer = await self._forward(ApiKey.LEAVE_GROUP, {"group_id": body["GroupId"],
+                                                          "members": members},
+                                     FETCH_TIMEOUT_MS)
+        if isinstance(answer, int):
+            return {"ThrottleTimeMs": 0, "ErrorCode": answer, "Members": []}
+        rows = answer["members"]
+        code = answer["error"]
+        if version < 3 and rows and rows[0][2]:
+            code = rows[0][2]  # v0-2 leave one member: its error is the answer's
+        return {"ThrottleTimeMs": 0, "ErrorCode": code, "Members": [
+            {"MemberId": m, "GroupInstanceId": i, "ErrorCode": err} for m, i, err in rows]}
+
+    # ------------------------------------------------------------------ admin
+
+    def list_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._list_groups(body)
+
+    async def _list_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            answer = await self._controller_request(ApiKey.LIST_GROUPS, {}, FETCH_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            return {"ThrottleTimeMs": 0, "ErrorCode": group_error_code(exc), "Groups": []}
+        states = {x.lower() for x in body.get("StatesFilter") or []}
+        types = {x.lower() for x in body.get("TypesFilter") or []}
+        out = []
+        for g in answer["groups"]:
+            gtype = g.get("type", "consumer")
+            if (states and g["state"].lower() not in states) or (
+                    types and gtype not in types):
+                continue
+            out.append({"GroupId": g["group_id"],
+                        "ProtocolType": g.get("protocol_type", "consumer"),
+                        "GroupState": g["state"], "GroupType": gtype})
+        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "Groups": out}
+
+    def describe_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._describe_groups(body)
+
+    async def _describe_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+        names = list(body["Groups"])
+        try:
+            answer = await self._controller_request(ApiKey.DESCRIBE_GROUPS,
+                                                    {"groups": names}, FETCH_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            code = group_error_code(exc)
+            return {"ThrottleTimeMs": 0, "Groups": [_described(n, code, "", "", "", [])
+                                                    for n in names]}
+        out = []
+        for g in answer["groups"]:
+            code = g["error"]
+            if code == int(ErrorCode.GROUP_ID_NOT_FOUND):
+                # before v6 Kafka answers an unknown group as state Dead, no error
+                out.append(_described(g["group_id"], 0, "Dead", "", "", []))
+                continue
+            if code:
+                out.append(_described(g["group_id"], kafka_code(code), "", "", "", []))
+                continue
+            classic = g.get("type") == "classic"
+            members = [{"MemberId": m["member_id"], "GroupInstanceId": m.get("instance_id"),
+                        "ClientId": m.get("client_id") or "", "ClientHost": m.get("host") or "",
+                        "MemberMetadata": m.get("metadata", b"") if classic else b"",
+                        "MemberAssignment": m.get("assignment_bytes", b"") if classic
+                        else consumer_assignment(m.get("assignment") or [])}
+                       for m in g["members"]]
+            out.append(_described(g["group_id"], 0, g["state"],
+                                  g.get("protocol_type", "consumer"),
+                                  g.get("assignor") or "", members))
+        return {"ThrottleTimeMs": 0, "Groups": out}
+
+    def delete_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        return self._delete_groups(body)
+
+    async def _delete_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+        names = list(body["GroupsNames"])
+        try:
+            answer = await self._controller_request(ApiKey.DELETE_GROUPS, {"groups": names},
+                                                    COMMIT_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            code = group_error_code(exc)
+            return {"ThrottleTimeMs": 0, "Results": [{"GroupId": n, "ErrorCode": code}
+                                                     for n in names]}
+        return {"ThrottleTimeMs": 0, "Results": [
+            {"GroupId": g["group_id"], "ErrorCode": kafka_code(g["error"])}
+            for g in answer["groups"]]}
+
+
+def consumer_assignment(assignment: list[list[Any]]) -> bytes:
+    """Kafka's ConsumerProtocolAssignment v0 bytes for [[topic, partition]] or
+    [[topic, [partitions]]] rows (how DescribeGroups shows a dmq consumer's share)."""
+    by_topic: dict[str, list[int]] = {}
+    for topic, parts in assignment:
+        by_topic.setdefault(topic, []).extend(parts if isinstance(parts, list) else [parts])
+    out = bytearray(struct.pack(">hi", 0, len(by_topic)))
+    for topic, parts in sorted(by_topic.items()):
+        raw = topic.encode()
+        out += struct.pack(f">h{len(raw)}si{len(parts)}i", len(raw), raw, len(parts),
+                           *sorted(parts))
+    out += struct.pack(">i", -1)  # no user data
+    return bytes(out)
+
+
+def _described(group: str, code: int, state: str, ptype: str, pdata: str,
+               members: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"ErrorCode": code, "ErrorMessage": None, "GroupId": group, "GroupState": state,
+            "ProtocolType": ptype, "ProtocolData": pdata, "Members": members,
+            "AuthorizedOperations": -2147483648}
+
+
+def _fetched(partition: int, offset: int, metadata: str | None, code: int) -> dict[str, Any]:
+    return {"PartitionIndex": partition, "CommittedOffset": offset,
+            "CommittedLeaderEpoch": -1, "Metadata": "" if metadata is None else metadata,
+            "ErrorCode": code}
+
+
+def _coordinator(key: str, code: int, msg: str) -> dict[str, Any]:
+    return {"Key": key, "NodeId": -1, "Host": "", "Port": -1, "ErrorCode": code,
+            "ErrorMessage": msg}
+
+
+__all__ = ["GroupApis", "group_error_code"]

@@ -1,0 +1,78 @@
+"""Group requests while the active controller cannot be reached: a broker's Kafka
+listener answers COORDINATOR_NOT_AVAILABLE (Kafka clients then look the coordinator up
+again and retry) instead of holding the request, and serves again once a controller
+is back, with the committed offsets intact. Real `dmq server` processes: one
+controller, one broker."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kafka.support import KafkaConn, kafka_ports, wait_metadata_brokers
+from tests.support.procs import ProcessCluster
+
+pytestmark = pytest.mark.slow
+
+COORDINATOR_NOT_AVAILABLE = 15
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
+    with ProcessCluster(controllers=1, brokers=1, settings={"kafka.port": 0}) as pc:
+        pc.start()
+        ports = kafka_ports(pc)
+        wait_metadata_brokers(next(iter(ports.values())), 1)
+        yield pc, ports
+
+
+def _commit(conn: KafkaConn, offset: int) -> int:
+    a = conn.request("OffsetCommit", 8, {
+        "GroupId": "g", "GenerationIdOrMemberEpoch": -1, "MemberId": "",
+        "GroupInstanceId": None, "Topics": [{"Name": "t", "Partitions": [
+            {"PartitionIndex": 0, "CommittedOffset": offset, "CommittedLeaderEpoch": -1,
+             "CommittedMetadata": None}]}]})
+    return int(a["Topics"][0]["Partitions"][0]["ErrorCode"])
+
+
+def test_group_requests_answer_coordinator_not_available_without_a_controller(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    pc, ports = cluster
+    port = next(iter(ports.values()))
+    controller = pc.controller_ids[0]
+    # each answer comes once the broker's controller route gives up (it retries a
+    # failover up to 10 s for a commit, 5 s otherwise): bounded, never held
+    with KafkaConn(port, timeout_s=30) as conn:
+        # the topic: auto-created by a Metadata request
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            md = conn.request("Metadata", 12, {"Topics": [{"Name": "t"}],
+                                               "AllowAutoTopicCreation": True})
+            if md["Topics"][0]["ErrorCode"] == 0:
+                break
+            time.sleep(0.1)
+        assert _commit(conn, 5) == 0
+
+        pc.kill(controller, signal.SIGKILL)
+        assert _commit(conn, 6) == COORDINATOR_NOT_AVAILABLE
+        f = conn.request("OffsetFetch", 8, {"Groups": [
+            {"GroupId": "g", "Topics": None}], "RequireStable": False})
+        assert f["Groups"][0]["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
+        h = conn.request("Heartbeat", 4, {"GroupId": "g2", "GenerationId": 1,
+                                          "MemberId": "m", "GroupInstanceId": None})
+        assert h["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
+
+        # the controller restarts: commits are served again and the old one survived
+        pc.start(controller)
+        deadline = time.monotonic() + 30
+        code = COORDINATOR_NOT_AVAILABLE
+        while code != 0 and time.monotonic() < deadline:
+            code = _commit(conn, 7)
+        assert code == 0
+        f = conn.request("OffsetFetch", 8, {"Groups": [
+            {"GroupId": "g", "Topics": None}], "RequireStable": False})
+        assert [p["CommittedOffset"] for t in f["Groups"][0]["Topics"]
+                for p in t["Partitions"]] == [7]
