@@ -152,7 +152,16 @@ def test_leader_that_loses_its_quorum_answers_waiting_writes_not_controller_at_o
     # "proposal not done in 10000 ms" ten seconds after it had stepped down
     with ProcessCluster(controllers=3) as pc:
         pc.start()
-        leader, _ = leader_and_follower(pc)
+
+        def active_leader() -> int | None:
+            # a Raft leader is an active controller only once an entry of its term has
+            # committed: stopping the followers before that would leave it answering
+            # "not active yet" instead of stepping down with its proposals
+            leader, _ = leader_and_follower(pc)
+            r = request_raw(pc.nodes[leader].port, [ApiKey.INIT_PRODUCER_ID, 0, 6, "a", {}])
+            return leader if r is not None and r[1] == 0 else None
+
+        leader = wait_for(active_leader, 15, "an active controller")
         followers = [i for i in pc.controller_ids if i != leader]
         for i in followers:
             pc.signal(i, signal.SIGSTOP)
