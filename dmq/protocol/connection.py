@@ -279,16 +279,22 @@ class Connection:
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        if exc is not None and self._close_reason == "connection closed":
-            self._close_reason = f"connection lost: {exc}"
-        elif self._close_reason == "connection closed" and not self._answered and self._pending:
+        refused_unanswered = (self._close_reason == "connection closed" and not self._answered
+                              and self._pending
+                              and (exc is None or isinstance(exc, ConnectionResetError)))
+        if refused_unanswered:
             # a TLS listener closes a plaintext connection, and a TLS 1.3 server one
-            # without an acceptable client certificate, without a word
+            # without an acceptable client certificate, without a word (a close or, when
+            # our request was still unread, a reset)
             self._close_reason = (
                 "connection closed by the server before it answered (after the TLS "
                 "handshake: does the listener require a client certificate signed by its "
                 "CA?)" if self._tls else "connection closed by the server before it "
                 "answered (does the listener require TLS? connect with ssl=)")
+            if exc is not None:
+                self._close_reason += f": {exc}"
+        elif exc is not None and self._close_reason == "connection closed":
+            self._close_reason = f"connection lost: {exc}"
         self._writable.set()
         self._room.set()
         self._closed_event.set()
