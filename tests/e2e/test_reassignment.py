@@ -80,7 +80,10 @@ async def test_move_partition_to_three_other_brokers_under_producer_and_consumer
             await wait_until(lambda: _leader_known(admin, "mv"), 30, "a leader for mv-0")
             old = list((await _partition(admin, "mv")).replicas)
             target = [x for x in pc.broker_ids if x not in old]
-            assert len(target) == 3 and all(_dirs(pc, x, "mv") for x in old)
+            assert len(target) == 3
+            # a leader being known does not mean every replica has made its folder yet
+            await wait_until(_now(lambda: all(_dirs(pc, x, "mv") for x in old)), 30,
+                             "mv-0 folders on the old replicas")
 
             acked: dict[int, int] = {}
             stop = asyncio.Event()
