@@ -17,6 +17,7 @@ Ownership and contract:
   reads holds at most that much plus one response.
 - A closed connection drops what it holds: undispatched requests at once; queued
   responses with the transport; a handler that finishes afterwards writes nothing.
+  The server owns every handler task, so `close` also ends those of closed connections.
 - Node-wide bounds: at most `max_connections` connections, `max_connections_per_ip` from
   one address (a connection past either is closed at once, with a log line); a
   connection with no request in flight and no bytes received for
@@ -162,7 +163,6 @@ class _ServerConnection(asyncio.Protocol):
         self.in_books = False  # counted in the server's connection caps and budget
         self.budget_blocked = False  # waiting for request-memory budget, unread
         self.in_flight = 0
-        self.tasks: set[asyncio.Task[None]] = set()
         # frames read but not yet dispatched because `max_in_flight` was reached; holds
         # at most what one socket read delivered, since reading pauses while non-empty
         self.backlog: deque[bytes] = deque()
@@ -365,8 +365,8 @@ class _ServerConnection(asyncio.Protocol):
         if isinstance(result, Coroutine):
             self.in_flight += 1
             task = server._loop.create_task(self._run(result, cid, key, t0))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            server._tasks.add(task)
+            task.add_done_callback(server._tasks.discard)
         else:
             if result is not NO_RESPONSE:
                 self._write(cid, ErrorCode.NONE, result)
@@ -504,6 +504,9 @@ class ProtocolServer:
         self._handlers: dict[ApiKey, Handler] = {ApiKey.API_VERSIONS: self._api_versions,
                                                  ApiKey.NODE_HELLO: self._node_hello}
         self._connections: set[_ServerConnection] = set()
+        # every handler task, its connection open or not: `close` waits for them
+        # (bounded) and cancels the rest; a closed connection leaves its own running
+        self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
@@ -639,7 +642,7 @@ class ProtocolServer:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        pending = [t for c in self._connections for t in c.tasks]
+        pending = list(self._tasks)
         if pending:
             done, not_done = await asyncio.wait(pending, timeout=grace_ms / 1000)
             for t in not_done:

@@ -453,6 +453,30 @@ async def test_closed_connection_drops_its_queue_and_late_answers() -> None:
         await server.close()
 
 
+async def test_server_close_ends_handlers_of_connections_already_closed() -> None:
+    server = await start_server()
+    ended: list[str] = []
+    running = asyncio.Event()
+
+    async def stuck(ctx: RequestContext, body: Any) -> Any:
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append("cancelled")
+
+    server.register(ApiKey.FETCH, stuck)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_port)
+    writer.write(_pipelined_fetches(1))
+    await writer.drain()
+    await asyncio.wait_for(running.wait(), 5)
+    writer.close()
+    await until(lambda: server.connection_count == 0, "connection forgotten")
+    # the connection is gone, its handler is not: closing the server ends it
+    await server.close(grace_ms=50)
+    assert ended == ["cancelled"]
+
+
 async def test_peer_that_never_reads_is_dropped_when_idle() -> None:
     """Its answers wait (bounded) while it sends nothing; once it has been silent for the
     idle time, it goes with everything queued for it, half-closed or not."""
