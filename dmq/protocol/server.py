@@ -108,9 +108,13 @@ the claim. Security (SASL, mTLS) replaces only this."""
 
 class _Limited:
     """A log line per key at most every `LOG_EVERY_S`, saying how many were held back:
-    a flood of refused connections must not become a flood of log lines."""
+    a flood of refused connections must not become a flood of log lines. Keys name
+    peer addresses, so at most `MAX_KEYS` are kept: past that, keys whose period is
+    over are forgotten, and while all are still in theirs, new keys share one."""
 
     __slots__ = ("_held", "_next")
+    MAX_KEYS = 4096
+    OVERFLOW = "*"
 
     def __init__(self) -> None:
         self._next: dict[str, float] = {}
@@ -118,6 +122,12 @@ class _Limited:
 
     def warning(self, key: str, msg: str, *args: Any) -> None:
         now = monotonic()
+        if key not in self._next and len(self._next) >= self.MAX_KEYS:
+            for k in [k for k, t in self._next.items() if t <= now]:
+                del self._next[k]
+                self._held.pop(k, None)
+            if len(self._next) >= self.MAX_KEYS:
+                key = self.OVERFLOW
         if now < self._next.get(key, 0.0):
             self._held[key] = self._held.get(key, 0) + 1
             return

@@ -67,3 +67,27 @@ def test_cluster_node_roles(layout: str) -> None:
     assert roles[1] == roles[2] == frozenset({"controller", "broker"})
     assert roles.get(101) == (frozenset({"broker"}) if layout == "split" else None)
     assert 999 not in roles
+
+
+def test_refusal_log_limiter_keeps_a_bounded_number_of_addresses(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A flood of refusals from ever new addresses neither grows the limiter's books
+    without bound nor logs a line per address."""
+    from dmq.protocol import server
+
+    now = [1000.0]
+    monkeypatch.setattr(server, "monotonic", lambda: now[0])
+    limited = server._Limited()
+    cap = server._Limited.MAX_KEYS
+    with caplog.at_level("WARNING", logger="dmq.protocol.server"):
+        for i in range(3 * cap):
+            limited.warning(f"cap:10.0.{i // 256}.{i % 256}", "refused %s", i)
+    assert len(limited._next) <= cap + 1 and len(limited._held) <= cap + 1
+    assert len(caplog.records) == cap + 1  # then one line for all the others
+    # once their period is over, the old addresses make room for new ones
+    now[0] += server.LOG_EVERY_S
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dmq.protocol.server"):
+        for i in range(10):
+            limited.warning(f"cap:10.9.0.{i}", "refused %s", i)
+    assert len(caplog.records) == 10 and len(limited._next) <= cap + 1
