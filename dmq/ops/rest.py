@@ -238,7 +238,13 @@ class RestApi:
         conn = self._conns.get(addr)
         if conn is None or conn.closed:
             conn = await Connection.open(*addr, client_id="dmq-rest")
-            self._conns[addr] = conn
+            other = self._conns.get(addr)
+            if other is not None and not other.closed:
+                # a concurrent request opened one meanwhile: use it, close this one
+                await conn.close()
+                conn = other
+            else:
+                self._conns[addr] = conn
         return await conn.request(key, body, timeout_ms=TIMEOUT_MS)
 
     # ---- controller paths -------------------------------------------------------------

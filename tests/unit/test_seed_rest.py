@@ -145,3 +145,38 @@ def test_refusals_of_limits_and_policies_are_4xx_not_500() -> None:
         resp = _from_dmq_error(error_for(code, "why"))
         assert resp.status == status, code
         assert json.loads(resp.body)["code"] == code.name
+
+
+async def test_concurrent_requests_share_one_connection_per_node(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests that find no connection at once each open one; all but one are closed
+    again, not left open (to the node's idle timeout) and forgotten."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from dmq.ops import rest
+
+    opened: list[SimpleNamespace] = []
+
+    class FakeConnection(SimpleNamespace):
+        @classmethod
+        async def open(cls, host: str, port: int, **kw: object) -> FakeConnection:
+            await asyncio.sleep(0.01)
+            conn = cls(closed=False)
+            opened.append(conn)
+            return conn
+
+        async def close(self) -> None:
+            self.closed = True
+
+        async def request(self, key: object, body: object, **kw: object) -> object:
+            return id(self)
+
+    monkeypatch.setattr(rest, "Connection", FakeConnection)
+    node = SimpleNamespace(spec=SimpleNamespace(address=SimpleNamespace(host="h", port=1)))
+    api = rest.RestApi(node)  # type: ignore[arg-type]
+    answers = await asyncio.gather(*(api._call(rest.ApiKey.METADATA, {}) for _ in range(5)))
+    (kept,) = [c for c in opened if not c.closed]
+    assert set(answers) == {id(kept)} and api._conns == {("h", 1): kept}
+    await api.close()
+    assert all(c.closed for c in opened)
