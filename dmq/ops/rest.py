@@ -171,6 +171,11 @@ def _error(status: int, message: str, code: str | None = None, **headers: str) -
     return web.json_response(body, status=status, headers=headers or None)
 
 
+def _no_leader(topic: str, partition: int) -> web.Response:
+    return _error(404, f"{topic}-{partition} does not exist or has no leader",
+                  "UNKNOWN_TOPIC_OR_PARTITION")
+
+
 def _from_dmq_error(exc: DmqError) -> web.Response:
     status = {
         ErrorCode.UNKNOWN_TOPIC_OR_PARTITION: 404,
@@ -508,8 +513,7 @@ class RestApi:
             try:
                 leader = await self._leader_of(topic, partition)
                 if leader is None:
-                    return _error(404, f"{topic}-{partition} does not exist or has no leader",
-                                  "UNKNOWN_TOPIC_OR_PARTITION")
+                    return _no_leader(topic, partition)
                 result = await self._call(ApiKey.PRODUCE, {
                     "acks": -1, "timeout_ms": TIMEOUT_MS,
                     "topics": [[topic, [[partition, -1, batch]]]]}, *leader)
@@ -535,8 +539,7 @@ class RestApi:
         try:
             leader = await self._leader_of(topic, partition)
             if leader is None:
-                return _error(404, f"{topic}-{partition} does not exist or has no leader",
-                              "UNKNOWN_TOPIC_OR_PARTITION")
+                return _no_leader(topic, partition)
             result = await self._call(ApiKey.FETCH, {
                 "max_wait_ms": 0, "min_bytes": 0, "max_bytes": 4 * 1024 * 1024,
                 "topics": [[topic, [[partition, offset, -1, 4 * 1024 * 1024]]]]}, *leader)
