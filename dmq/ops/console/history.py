@@ -138,7 +138,6 @@ class Sampler:
         self._last_touch = 0.0
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._first = asyncio.Event()
 
     def touch(self) -> None:
         """A console request: keep sampling (start if stopped)."""
@@ -166,7 +165,6 @@ class Sampler:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a failed sample is skipped
                     log.info("console sample failed: %s", exc)
-                self._first.set()
                 await asyncio.sleep(max(0.5, SAMPLE_INTERVAL_S - (time.monotonic() - started)))
         finally:
             if self._session is not None:
