@@ -17,7 +17,6 @@ the bound is a generous multiple of the configured limits, never a time.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import struct
@@ -41,6 +40,7 @@ from tests.abuse.support import (
 )
 from tests.abuse.wire import call, identify
 from tests.support.procs import ProcessCluster
+from tests.support.waits import until
 
 pytestmark = pytest.mark.slow
 
@@ -214,11 +214,7 @@ async def test_unread_fetch_responses_are_bounded_per_connection(
 
 
 async def _until(cond: Any, what: str, timeout_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
+    await until(cond, what, timeout_s, poll_s=0.05)
 
 
 # ---- item 9 ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dmq.protocol.errors import (
     RequestTimedOutError,
 )
 from dmq.protocol.server import NO_RESPONSE, ProtocolServer, RequestContext
+from tests.support.waits import until
 
 
 async def start_server(**kw: Any) -> ProtocolServer:
@@ -249,15 +250,6 @@ async def test_http_on_the_frame_port_is_handed_off_and_frames_still_work() -> N
 
 
 # ---- node-wide bounds: connection caps, idle close, request budget, response bound ----
-
-async def until(cond: Any, what: str, timeout_s: float = 5.0) -> None:
-    """Wait for a condition, polling, up to a deadline (no fixed sleep to synchronise)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
 
 async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
     try:
