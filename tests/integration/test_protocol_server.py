@@ -363,6 +363,43 @@ async def test_request_memory_budget_holds_partial_frames_back() -> None:
         await server.close()
 
 
+async def test_a_peer_leaving_mid_frame_hands_its_budget_to_the_next_waiting() -> None:
+    """The budget held by a large frame in progress goes back when its peer goes away
+    (end of stream or reset), not only when the frame completes or the idle sweep runs."""
+    server = await start_server(queued_max_request_bytes=1 << 20)
+    frame = encode_request(ApiKey.METADATA, 0, 7, "t", {"v": "big", "pad": b"x" * (600 << 10)})
+    size = len(frame) - 4
+    half = len(frame) // 2
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for how in ("eof", "reset"):
+            _, w1 = await asyncio.open_connection("127.0.0.1", server.bound_port)
+            r2, w2 = await asyncio.open_connection("127.0.0.1", server.bound_port)
+            writers += [w1, w2]
+            w1.write(frame[:half])
+            await until(lambda: server.reserved_request_bytes == size, "first reservation")
+            w2.write(frame[:half])
+            await until(lambda: server._budget_waiters, "second connection waiting")
+            if how == "eof":
+                w1.write_eof()
+            else:
+                sock = w1.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                w1.close()
+            # the waiting one gets the budget at once and is served
+            await until(lambda: not server._budget_waiters, f"budget handed on ({how})")
+            assert server.reserved_request_bytes == size
+            w2.write(frame[half:])
+            assert (await _read_response(r2))[:3] == (7, 0, {"echo": "big"})
+            await until(lambda: server.reserved_request_bytes == 0, "budget released")
+            w2.close()
+            await until(lambda: server.connection_count == 0, "both gone")
+    finally:
+        for w in writers:
+            w.close()
+        await server.close()
+
+
 BIG = bytes(4 << 20)
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from dmq.client import Consumer, Producer, TopicPartition
 from dmq.devcluster import ensure_topic
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
@@ -23,6 +22,7 @@ from dmq.security.sasl import SaslCredentials, client_sasl
 from dmq.security.scram import CredentialStore, make_credential
 from dmq.security.tls import client_context, client_tls
 from tests.e2e.test_tools import run
+from tests.security.support import produce_then_consume
 from tests.support.procs import ProcessCluster
 from tests.unit.broker.wire import FAST, logs_on_failure
 
@@ -54,18 +54,9 @@ async def test_scram_client_produces_and_consumes(secure: tuple[ProcessCluster, 
     alice = SaslCredentials("SCRAM-SHA-512", "alice", "alice-secret")
     with logs_on_failure(pc), client_tls(client_context(str(ca.cafile))), client_sasl(alice):
         await ensure_topic(pc.bootstrap, "authed", 1, 3, 60)
-        async with Producer(pc.bootstrap, acks=-1, linger_ms=0) as p:
-            for i in range(10):
-                await p.send_and_wait("authed", b"a%d" % i)
-        async with Consumer(pc.bootstrap, auto_offset_reset="earliest") as c:
-            tp = TopicPartition("authed", 0)
-            c.assign([tp])
-            got: list[bytes] = []
-            while len(got) < 10:
-                batch = await c.getmany(timeout_ms=10_000)
-                assert batch, f"stalled after {len(got)}"
-                got += [r.value for r in batch[tp]]
-    assert got == [b"a%d" % i for i in range(10)]
+        values = [b"a%d" % i for i in range(10)]
+        got = await produce_then_consume(pc.bootstrap, "authed", values)
+    assert got == values
 
 
 async def test_refusals(secure: tuple[ProcessCluster, CA]) -> None:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from dmq.client import Consumer, Producer, TopicPartition
 from dmq.devcluster import ensure_topic
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
@@ -22,6 +21,7 @@ from dmq.protocol.errors import DmqError, NetworkError
 from dmq.security.certs import CA
 from dmq.security.tls import client_context, client_tls
 from tests.kafka.support import kafka_ports
+from tests.security.support import produce_then_consume
 from tests.support.procs import ProcessCluster
 from tests.unit.broker.wire import FAST, logs_on_failure
 
@@ -60,18 +60,8 @@ async def test_tls_cluster_replicates_and_serves_clients(tls_cluster: ProcessClu
     pc = tls_cluster
     with logs_on_failure(pc), client_tls(alice(ca)):
         await ensure_topic(pc.bootstrap, "secure", 1, 3, 60)  # Raft commits it over TLS
-        async with Producer(pc.bootstrap, acks=-1, linger_ms=0) as p:
-            for i in range(20):
-                await p.send_and_wait("secure", b"v%d" % i)
-        async with Consumer(pc.bootstrap, auto_offset_reset="earliest") as c:
-            tp = TopicPartition("secure", 0)
-            c.assign([tp])
-            got: list[bytes] = []
-            while len(got) < 20:
-                batch = await c.getmany(timeout_ms=10_000)
-                assert batch, f"stalled after {len(got)} records"
-                got += [r.value for r in batch[tp]]
-        assert got == [b"v%d" % i for i in range(20)]
+        values = [b"v%d" % i for i in range(20)]
+        assert await produce_then_consume(pc.bootstrap, "secure", values) == values
         # acks=all with min.insync.replicas=2 succeeded: followers fetched over TLS.
         # Every replica holds the records (the REST replication view of each node)
         for n in pc.nodes.values():
