@@ -1,0 +1,23 @@
+"""What the security process tests share."""
+
+from __future__ import annotations
+
+from dmq.client import Consumer, Producer, TopicPartition
+
+
+async def produce_then_consume(bootstrap: str, topic: str, values: list[bytes]) -> list[bytes]:
+    """Send `values` one by one (acks=all) to partition 0 of `topic`, then read that
+    partition from the start until as many records came back; return what was read.
+    Connections use the TLS and SASL defaults in force (`client_tls`, `client_sasl`)."""
+    async with Producer(bootstrap, acks=-1, linger_ms=0) as p:
+        for v in values:
+            await p.send_and_wait(topic, v)
+    async with Consumer(bootstrap, auto_offset_reset="earliest") as c:
+        tp = TopicPartition(topic, 0)
+        c.assign([tp])
+        got: list[bytes] = []
+        while len(got) < len(values):
+            batch = await c.getmany(timeout_ms=10_000)
+            assert batch, f"stalled after {len(got)} records"
+            got += [r.value for r in batch[tp]]
+    return got
