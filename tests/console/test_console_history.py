@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import tracemalloc
+
+import pytest
 
 from dmq.ops.console.history import (
     MAX_BROKERS,
@@ -69,3 +73,31 @@ def test_parse_metrics_reads_the_console_counters_only() -> None:
     assert m["dmq_broker_records_in_total"][0][1] == 7.0
     assert m["dmq_log_size_bytes"] == [({"node": "101", "partition": "0", "topic": "a"}, 99.0)]
     assert m["dmq_broker_bytes_out_total"] == []
+
+
+async def test_sampler_runs_while_looked_at_and_its_task_ends_with_stop_or_idleness(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmq.ops.console import history
+
+    samples: list[float] = []
+
+    async def sample() -> None:
+        samples.append(time.monotonic())
+
+    monkeypatch.setattr(history, "IDLE_STOP_S", 0.3)
+    monkeypatch.setattr(history, "SAMPLE_INTERVAL_S", 0.1)  # then it sleeps its 0.5 s floor
+    sampler = history.Sampler(None)  # type: ignore[arg-type]
+    monkeypatch.setattr(sampler, "sample", sample)
+    sampler.touch()
+    task = sampler._task
+    assert task is not None
+    sampler.touch()  # a second request keeps the one task
+    assert sampler._task is task
+    await asyncio.wait_for(asyncio.shield(task), 5)  # nobody looked for IDLE_STOP_S: it ends
+    assert len(samples) == 1 and sampler._session is None
+    sampler.touch()  # the next look starts it again
+    restarted = sampler._task
+    assert restarted is not None and restarted is not task
+    await asyncio.sleep(0.05)
+    await sampler.stop()  # the console's close: cancelled and awaited
+    assert restarted.done() and sampler._task is None and len(samples) == 2
