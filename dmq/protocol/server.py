@@ -50,6 +50,7 @@ from time import monotonic, perf_counter
 from typing import Any
 
 from dmq.aio import wait_for
+from dmq.config import SETTINGS
 from dmq.protocol.api import API_VERSION_RANGE, INTER_NODE_APIS, REQUEST_SCHEMAS, ApiKey, InterNode
 from dmq.protocol.codec import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -80,10 +81,11 @@ HTTP_METHOD_PREFIXES = frozenset({b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b
 NO_RESPONSE: Any = object()
 """Returned by a handler that must not answer (produce with acks=0)."""
 
-DEFAULT_MAX_CONNECTIONS = 4096
-DEFAULT_MAX_CONNECTIONS_PER_IP = 1024
-DEFAULT_CONNECTIONS_MAX_IDLE_MS = 600_000
-DEFAULT_QUEUED_MAX_REQUEST_BYTES = 256 * 1024 * 1024
+# the node settings' defaults (dmq.config.SETTINGS), for servers built without a config
+DEFAULT_MAX_CONNECTIONS: int = SETTINGS["max.connections"].default
+DEFAULT_MAX_CONNECTIONS_PER_IP: int = SETTINGS["max.connections.per.ip"].default
+DEFAULT_CONNECTIONS_MAX_IDLE_MS: int = SETTINGS["connections.max.idle.ms"].default
+DEFAULT_QUEUED_MAX_REQUEST_BYTES: int = SETTINGS["queued.max.request.bytes"].default
 TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a connection that has not finished its handshake by then is closed
 LOG_EVERY_S = 10.0  # one line per kind of refusal per this long, with a count
 # what a connection may ask before it has authenticated, when the listener requires it
