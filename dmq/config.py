@@ -18,7 +18,8 @@ Native format (TOML)::
 The seed's `services.json` is accepted as is: its lists ``metadata-services`` (the
 controllers) and ``storage-services`` (the brokers) of ``{"id", "host", "port",
 "url"}``, either wrapped in ``{"services": {...}}`` as the seed ships it or at the top
-level. A node's ``url`` must agree with its host and port; the seed's other sections
+level. A node's ``url`` must be http(s) and name its port (its host may be another
+name for the same machine); the seed's other sections
 (``controller``, ``metadata``) configure its own implementation and are ignored. Every
 setting has a documented default in `SETTINGS`; a CLI flag `--set key=value`
 overrides the file.
