@@ -108,17 +108,18 @@ already checked that the id belongs to the cluster configuration; the default tr
 the claim. Security (SASL, mTLS) replaces only this."""
 
 
-class _Limited:
+class LogLimiter:
     """A log line per key at most every `LOG_EVERY_S`, saying how many were held back:
     a flood of refused connections must not become a flood of log lines. Keys name
     peer addresses, so at most `MAX_KEYS` are kept: past that, keys whose period is
     over are forgotten, and while all are still in theirs, new keys share one."""
 
-    __slots__ = ("_held", "_next")
+    __slots__ = ("_held", "_log", "_next")
     MAX_KEYS = 4096
     OVERFLOW = "*"
 
-    def __init__(self) -> None:
+    def __init__(self, logger: logging.Logger = log) -> None:
+        self._log = logger
         self._next: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
@@ -136,10 +137,10 @@ class _Limited:
         self._next[key] = now + LOG_EVERY_S
         held = self._held.pop(key, 0)
         if held:
-            log.warning(msg + " (and %d more like it in the last %.0f s)", *args, held,
-                        LOG_EVERY_S)
+            self._log.warning(msg + " (and %d more like it in the last %.0f s)", *args, held,
+                              LOG_EVERY_S)
         else:
-            log.warning(msg, *args)
+            self._log.warning(msg, *args)
 
 
 Handler = Callable[[RequestContext, Any], Any]
@@ -497,7 +498,7 @@ class ProtocolServer:
         self.reserved_request_bytes = 0  # request-memory budget in use
         self._per_ip: dict[str, int] = {}
         self._budget_waiters: dict[_ServerConnection, None] = {}  # insertion-ordered
-        self._limited = _Limited()
+        self._limited = LogLimiter()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._extra_info = extra_info
         # called once per answered request: (api key, error code, seconds in the handler)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +31,11 @@ from typing import Any
 from dmq.config import ClusterConfig, ConfigError
 from dmq.protocol.connection import DEFAULT_TLS
 from dmq.protocol.errors import ClusterAuthorizationFailedError
+from dmq.protocol.server import LogLimiter
 
 log = logging.getLogger("dmq.security.tls")
 
 CLIENT_AUTH = ("none", "requested", "required")
-LOG_EVERY_S = 10.0
 _PLAINTEXT = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNEXPECTED_RECORD",
               "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL")
 
@@ -53,25 +52,17 @@ def handshake_failure(exc: ssl.SSLError) -> str:
 
 
 class _Refusals:
-    """One log line per `LOG_EVERY_S` for failed handshakes, with a count."""
+    """Failed handshakes: a count, and a log line per `LogLimiter` period."""
 
     def __init__(self) -> None:
         self.node: int | str = "?"
         self.total = 0
-        self._held = 0
-        self._next = 0.0
+        self._log = LogLimiter(log)
 
     def note(self, exc: ssl.SSLError) -> None:
         self.total += 1
-        now = time.monotonic()
-        if now < self._next:
-            self._held += 1
-            return
-        self._next = now + LOG_EVERY_S
-        held, self._held = self._held, 0
-        more = f" (and {held} more in the last {LOG_EVERY_S:.0f} s)" if held else ""
-        log.warning("node=%s refused a connection: TLS handshake failed: %s%s", self.node,
-                    handshake_failure(exc), more)
+        self._log.warning("handshake", "node=%s refused a connection: TLS handshake failed: "
+                          "%s", self.node, handshake_failure(exc))
 
 
 REFUSALS = _Refusals()

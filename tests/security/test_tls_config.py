@@ -46,3 +46,20 @@ def test_principal_is_the_certificate_subject() -> None:
     assert common_name(cert) == "alice"
     assert principal(cert) == "User:O=dmq-test,CN=alice"
     assert principal(None) is None
+
+
+def test_failed_handshakes_are_counted_and_logged_once_per_period(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from dmq.security.tls import _Refusals
+
+    refusals = _Refusals()
+    refusals.node = 7
+    exc = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    exc.reason = "WRONG_VERSION_NUMBER"
+    with caplog.at_level("WARNING", logger="dmq.security.tls"):
+        for _ in range(5):
+            refusals.note(exc)
+    assert refusals.total == 5
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("node=7 refused a connection: TLS handshake failed: ")
+    assert "a plaintext client on a TLS listener?" in line

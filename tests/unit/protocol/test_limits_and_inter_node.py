@@ -77,8 +77,8 @@ def test_refusal_log_limiter_keeps_a_bounded_number_of_addresses(
 
     now = [1000.0]
     monkeypatch.setattr(server, "monotonic", lambda: now[0])
-    limited = server._Limited()
-    cap = server._Limited.MAX_KEYS
+    limited = server.LogLimiter()
+    cap = server.LogLimiter.MAX_KEYS
     with caplog.at_level("WARNING", logger="dmq.protocol.server"):
         for i in range(3 * cap):
             limited.warning(f"cap:10.0.{i // 256}.{i % 256}", "refused %s", i)
