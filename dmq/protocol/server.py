@@ -143,6 +143,41 @@ class LogLimiter:
             self._log.warning(msg, *args)
 
 
+class ConnectionCaps:
+    """Kafka's max.connections and max.connections.per.ip: the open connections in all
+    and from each address. `admit` counts a new one in or names the cap it would pass;
+    `release` counts it out (an address leaves the books with its last connection)."""
+
+    __slots__ = ("_per_ip", "max_connections", "max_per_ip", "open")
+
+    def __init__(self, max_connections: int, max_per_ip: int) -> None:
+        self.max_connections = max_connections
+        self.max_per_ip = max_per_ip
+        self.open = 0
+        self._per_ip: dict[str, int] = {}
+
+    def admit(self, host: str) -> str | None:
+        """None when the connection from `host` is counted in, else why it is refused."""
+        if self.open >= self.max_connections:
+            return f"{self.open} connections open (max.connections)"
+        n = self._per_ip.get(host, 0)
+        if n >= self.max_per_ip:
+            return f"{n} connections open from {host} (max.connections.per.ip)"
+        self._per_ip[host] = n + 1
+        self.open += 1
+        return None
+
+    def release(self, host: str) -> None:
+        n = self._per_ip.get(host, 0)
+        if not n:
+            return
+        self.open -= 1
+        if n > 1:
+            self._per_ip[host] = n - 1
+        else:
+            del self._per_ip[host]
+
+
 Handler = Callable[[RequestContext, Any], Any]
 """A handler returns the response body, `NO_RESPONSE`, or a coroutine producing either.
 Plain functions answer without a task (the fast path); `async def` handlers run as one
@@ -483,8 +518,7 @@ class ProtocolServer:
         self.max_frame_bytes = max_frame_bytes
         self.max_in_flight = max_in_flight
         self.max_buffered_bytes = max_buffered_bytes
-        self.max_connections = max_connections
-        self.max_connections_per_ip = max_connections_per_ip
+        self.caps = ConnectionCaps(max_connections, max_connections_per_ip)
         self.connections_max_idle_ms = connections_max_idle_ms
         self.queued_max_request_bytes = queued_max_request_bytes
         # node id -> roles it may play ("controller", "broker"); None: no checks
@@ -496,7 +530,6 @@ class ProtocolServer:
         self.stats_idle_closed = 0
         self.stats_budget_waits = 0
         self.reserved_request_bytes = 0  # request-memory budget in use
-        self._per_ip: dict[str, int] = {}
         self._budget_waiters: dict[_ServerConnection, None] = {}  # insertion-ordered
         self._limited = LogLimiter()
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -528,6 +561,14 @@ class ProtocolServer:
         self._handlers[key] = handler
 
     @property
+    def max_connections(self) -> int:
+        return self.caps.max_connections
+
+    @property
+    def max_connections_per_ip(self) -> int:
+        return self.caps.max_per_ip
+
+    @property
     def connection_count(self) -> int:
         return len(self._connections)
 
@@ -550,20 +591,14 @@ class ProtocolServer:
 
     # connection books: caps, idle sweep, request-memory budget -------------------------
     def _admit(self, conn: _ServerConnection) -> bool:
-        host = conn.peer_host
-        if len(self._connections) >= self.max_connections:
-            why = f"{len(self._connections)} connections open (max.connections)"
-        elif self._per_ip.get(host, 0) >= self.max_connections_per_ip:
-            why = (f"{self._per_ip[host]} connections open from {host} "
-                   f"(max.connections.per.ip)")
-        else:
+        why = self.caps.admit(conn.peer_host)
+        if why is None:
             self._connections.add(conn)
-            self._per_ip[host] = self._per_ip.get(host, 0) + 1
             conn.in_books = True
             return True
         self.stats_refused_connections += 1
-        self._limited.warning(f"cap:{host}", "node=%s refused a connection from %s: %s",
-                              self.node_id, conn.peer, why)
+        self._limited.warning(f"cap:{conn.peer_host}", "node=%s refused a connection from "
+                              "%s: %s", self.node_id, conn.peer, why)
         return False
 
     def _forget(self, conn: _ServerConnection) -> None:
@@ -572,11 +607,7 @@ class ProtocolServer:
             return
         conn.in_books = False
         self._connections.discard(conn)
-        left = self._per_ip.get(conn.peer_host, 1) - 1
-        if left > 0:
-            self._per_ip[conn.peer_host] = left
-        else:
-            self._per_ip.pop(conn.peer_host, None)
+        self.caps.release(conn.peer_host)
         self._budget_waiters.pop(conn, None)
         conn.budget_blocked = False
         self._release(conn)

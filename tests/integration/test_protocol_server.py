@@ -238,7 +238,7 @@ async def test_http_on_the_frame_port_is_handed_off_and_frames_still_work() -> N
         assert answer == b"HTTP/1.0 200 OK\r\n\r\nGET /api/v1/x HTTP/1.0"
         assert len(handed) == 1
         # a handed-off connection has left the books (caps, budget)
-        assert server.connection_count == 0 and not server._per_ip
+        assert server.connection_count == 0 == server.caps.open and not server.caps._per_ip
         conn = await Connection.open("127.0.0.1", server.bound_port)
         try:
             assert await conn.request(ApiKey.METADATA, {"v": 1}) == {"echo": 1}

@@ -91,3 +91,18 @@ def test_refusal_log_limiter_keeps_a_bounded_number_of_addresses(
         for i in range(10):
             limited.warning(f"cap:10.9.0.{i}", "refused %s", i)
     assert len(caplog.records) == 10 and len(limited._next) <= cap + 1
+
+
+def test_connection_caps_count_in_all_and_per_address() -> None:
+    from dmq.protocol.server import ConnectionCaps
+
+    caps = ConnectionCaps(max_connections=3, max_per_ip=2)
+    assert caps.admit("a") is None and caps.admit("a") is None
+    assert caps.admit("a") == "2 connections open from a (max.connections.per.ip)"
+    assert caps.admit("b") is None
+    assert caps.admit("c") == "3 connections open (max.connections)"
+    caps.release("a")
+    assert caps.admit("c") is None and caps.open == 3
+    for host in ("a", "b", "c", "never-admitted"):
+        caps.release(host)
+    assert caps.open == 0 and not caps._per_ip  # no address stays in the books
