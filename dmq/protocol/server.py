@@ -737,10 +737,12 @@ class ProtocolServer:
 
         conn = ctx.connection
         session = conn.sasl_session
-        if session is None or conn.principal is not None:
+        if session is None or conn.principal is not None or session.failed:
+            # after a failure too: a pipelined attempt is not checked (the failure delay
+            # holds answers, not checks; PLAIN would hash each guess)
             self._loop.call_soon(conn.abort)
             raise IllegalSaslStateError("SASL_AUTHENTICATE without a SASL_HANDSHAKE first, "
-                                        "or after authentication")
+                                        "after authentication or after a failed attempt")
         try:
             token = session.authenticate(bytes(body["auth_bytes"]))
         except AuthenticationFailed as exc:

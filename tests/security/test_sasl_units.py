@@ -83,3 +83,38 @@ def test_command_config_files(tmp_path: Path) -> None:
         p.write_text(text)
         with pytest.raises(ClientConfigError, match=error):
             load(p)
+
+
+async def test_one_failed_attempt_per_connection_is_checked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attempts pipelined behind a failed one are refused unchecked: the failure delay
+    throttles answers, so checking each (PLAIN hashes the password) would let one
+    connection try a thousand passwords per delay."""
+    import asyncio
+
+    from dmq.protocol.api import ApiKey
+    from dmq.protocol.codec import FrameDecoder, decode_response, encode_request
+    from dmq.protocol.errors import ErrorCode
+    from dmq.protocol.server import ProtocolServer
+
+    monkeypatch.setattr("dmq.security.sasl.FIRST_FAILURE_DELAY_S", 0.05)
+    auth = SaslAuthority(("PLAIN",), authority().store, allow_plain_without_tls=True)
+    server = ProtocolServer(host="127.0.0.1", port=0, node_id=1)
+    server.sasl = auth
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_port)
+        writer.write(encode_request(ApiKey.SASL_HANDSHAKE, 0, 1, "t", {"mechanism": "PLAIN"}))
+        for cid in range(2, 12):
+            writer.write(encode_request(ApiKey.SASL_AUTHENTICATE, 0, cid, "t",
+                                        {"auth_bytes": b"\0alice\0guess-%d" % cid}))
+        await writer.drain()
+        dec, got = FrameDecoder(1 << 20), []
+        while data := await asyncio.wait_for(reader.read(65536), 5):
+            got += [decode_response(f)[:2] for f in dec.feed(data)]
+        writer.close()
+        assert got[0] == (1, ErrorCode.NONE)
+        assert all(code != ErrorCode.NONE for _, code in got[1:])
+        assert auth.stats_failures == 1
+    finally:
+        await server.close()
