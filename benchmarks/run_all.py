@@ -75,12 +75,12 @@ sys.path.insert(0, str(HERE.parent))
 import consume_perf  # noqa: E402
 import kafka_perf  # noqa: E402
 import produce_perf  # noqa: E402
-from perf_common import _free_base_port, percentiles_ms  # noqa: E402
+from perf_common import percentiles_ms  # noqa: E402
 
 from dmq.client.admin import Admin  # noqa: E402
 from dmq.client.consumer import Consumer  # noqa: E402
 from dmq.client.producer import Producer  # noqa: E402
-from dmq.devcluster import DevCluster  # noqa: E402
+from dmq.devcluster import KAFKA_PORT_OFFSET, DevCluster, free_base_port  # noqa: E402
 from dmq.protocol.errors import DmqError, ErrorCode  # noqa: E402
 
 # ---------------------------------------------------------------------------- sizes
@@ -232,9 +232,9 @@ async def dev_cluster(controllers: int, brokers: int, kafka: bool = False) -> An
     """A private cluster; with `kafka`, brokers also listen for Kafka clients from base
     port + 20 (as `dmq dev` does)."""
     root = Path(tempfile.mkdtemp(prefix="dmq-bench-"))
-    base = kafka_perf.free_kafka_base_port() if kafka else _free_base_port()
+    base = free_base_port(controllers, brokers, kafka)
     cluster = DevCluster(root, controllers, brokers, base, quiet=True, echo=lambda s: None,
-                         kafka_base_port=base + kafka_perf.KAFKA_OFFSET if kafka else None)
+                         kafka_base_port=base + KAFKA_PORT_OFFSET if kafka else None)
     try:
         await cluster.start(timeout_s=60)
         yield cluster

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -28,6 +29,7 @@ from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError
 
 TAIL_LINES = 12  # log lines shown when a node exits unexpectedly
+KAFKA_PORT_OFFSET = 20  # `dmq dev`: the brokers' Kafka listeners from base port + 20
 
 
 @dataclass
@@ -146,9 +148,9 @@ class DevCluster:
         ports = [p for p in (self.kafka_port(n) for n in self.nodes) if p is not None]
         return ",".join(f"{self.host}:{p}" for p in ports) if ports else None
 
-    def check_ports_free(self) -> None:
-        """Refuse to start when ports of the layout are taken, naming each with its
-        node, rather than let those nodes die with a bind error among the others."""
+    def taken_ports(self) -> list[str]:
+        """Every port of the layout (node, HTTP and Kafka ports) that cannot be bound on
+        `host` now, each named with its node."""
         taken = []
         for n in self.nodes:
             for port, what in ((n.port, "port"), (self.http_port(n), "HTTP port"),
@@ -162,6 +164,12 @@ class DevCluster:
                     except OSError as exc:
                         taken.append(f"{what} {port} of node {n.node_id} ({n.role}): "
                                      f"{exc.strerror}")
+        return taken
+
+    def check_ports_free(self) -> None:
+        """Refuse to start when ports of the layout are taken, naming each with its
+        node, rather than let those nodes die with a bind error among the others."""
+        taken = self.taken_ports()
         if taken:
             raise RuntimeError(
                 f"ports not free on {self.host}: {'; '.join(taken)}. Stop what holds them "
@@ -267,6 +275,21 @@ class DevCluster:
 
     def pids(self) -> list[int]:
         return [n.proc.pid for n in self.nodes if n.proc is not None]
+
+
+def free_base_port(controllers: int = 3, brokers: int = 3, kafka: bool = False,
+                   host: str = "127.0.0.1") -> int:
+    """A base port (a multiple of 100 from 20000) at which every port of a
+    `DevCluster(controllers, brokers, base)` is free, and with `kafka` its brokers' Kafka
+    listeners at base + KAFKA_PORT_OFFSET as well (`dmq dev --base-port base` has them):
+    for tests and benchmarks that start dev clusters beside whatever else runs here."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000, 100)
+        layout = DevCluster(Path(), controllers, brokers, base, host=host,
+                            kafka_base_port=base + KAFKA_PORT_OFFSET if kafka else None)
+        if not layout.taken_ports():
+            return base
+    raise RuntimeError("no free port range found")
 
 
 def default_data_dir() -> Path:

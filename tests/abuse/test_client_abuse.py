@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 
 from dmq.client import Admin, Consumer, Producer, TopicPartition
 from dmq.client.cluster import ClusterClient
+from dmq.devcluster import free_base_port
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import (
@@ -186,24 +186,10 @@ async def test_metadata_from_a_paused_broker_is_asked_elsewhere_too() -> None:
             await cluster.close()
 
 
-def _free_base_port() -> int:
-    """A base port with base..base+2 and base+10..base+12 free (dmq dev's layout)."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000, 100)
-        try:
-            for p in [base + i for i in range(3)] + [base + 10 + i for i in range(3)]:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range found")
-
-
 def test_dev_check_twice_on_the_same_data_folder(tmp_path: Path) -> None:
     """Issue 25 item 11: `dmq dev` could not restart on its existing data folder
     (`error: [LEADER_NOT_AVAILABLE] broker has no metadata yet`, then it stopped)."""
-    base = _free_base_port()
+    base = free_base_port(3, 3, kafka=True)  # `dmq dev`'s default shape
     for run in (1, 2):
         out = subprocess.run(
             [sys.executable, "-m", "dmq.cli", "dev", "--check", "--data-dir", str(tmp_path),
