@@ -80,8 +80,12 @@ from perf_common import percentiles_ms  # noqa: E402
 from dmq.client.admin import Admin  # noqa: E402
 from dmq.client.consumer import Consumer  # noqa: E402
 from dmq.client.producer import Producer  # noqa: E402
-from dmq.devcluster import KAFKA_PORT_OFFSET, DevCluster, free_base_port  # noqa: E402
-from dmq.protocol.errors import DmqError, ErrorCode  # noqa: E402
+from dmq.devcluster import (  # noqa: E402
+    KAFKA_PORT_OFFSET,
+    DevCluster,
+    ensure_topic,
+    free_base_port,
+)
 
 # ---------------------------------------------------------------------------- sizes
 
@@ -245,21 +249,11 @@ async def dev_cluster(controllers: int, brokers: int, kafka: bool = False) -> An
 
 async def create_topic(bootstrap: str, topic: str, partitions: int, rf: int,
                        timeout_s: float = 60) -> None:
+    """Create the topic (unless it exists) and wait until every partition has a leader."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    await ensure_topic(bootstrap, topic, partitions, rf, timeout_s)
     async with Admin(bootstrap) as admin:
-        await admin.wait_for_controller(int(timeout_s * 1000))
-        while True:
-            try:
-                await admin.create_topic(topic, partitions, rf)
-                break
-            except DmqError as exc:
-                if exc.code is ErrorCode.TOPIC_ALREADY_EXISTS:
-                    break
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.2)  # brokers still registering
-        # wait until every partition has a leader
         while True:
             info = (await admin.describe_topics([topic])).get(topic)
             if info is not None and len(info.partitions) == partitions and all(

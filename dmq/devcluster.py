@@ -301,10 +301,11 @@ SMOKE_MESSAGE = "hello from dmq"
 
 
 async def ensure_topic(bootstrap: str, name: str, partitions: int, replication_factor: int,
-                       timeout_s: float = 30.0) -> bool:
-    """Create a topic on a cluster that may still be starting: waits for the active
-    controller and retries while too few brokers have registered. True when created,
-    False when it already existed; raises the last error after `timeout_s`."""
+                       timeout_s: float = 30.0, configs: dict[str, str] | None = None) -> bool:
+    """Create a topic (with `configs`) on a cluster that may still be starting: waits
+    for the active controller and retries while too few brokers have registered. True
+    when created, False when it already existed; raises the last error after
+    `timeout_s`."""
     from dmq.client.admin import Admin
     from dmq.protocol.errors import ErrorCode
 
@@ -314,7 +315,7 @@ async def ensure_topic(bootstrap: str, name: str, partitions: int, replication_f
         await admin.wait_for_controller(int(timeout_s * 1000))
         while True:
             try:
-                await admin.create_topic(name, partitions, replication_factor)
+                await admin.create_topic(name, partitions, replication_factor, configs)
                 return True
             except DmqError as exc:
                 if exc.code is ErrorCode.TOPIC_ALREADY_EXISTS:

@@ -22,12 +22,11 @@ import pytest
 
 from dmq.client import Admin, Consumer, Producer, TopicPartition
 from dmq.client.cluster import ClusterClient
-from dmq.devcluster import free_base_port
+from dmq.devcluster import ensure_topic, free_base_port
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import (
     DmqError,
-    ErrorCode,
     LeaderNotAvailableError,
     MessageTooLargeError,
     RequestTimedOutError,
@@ -221,28 +220,10 @@ def small() -> Iterator[ProcessCluster]:
         yield pc
 
 
-async def _create(bootstrap: str, name: str, partitions: int, rf: int,
-                  configs: dict[str, str] | None = None) -> None:
-    """Create a topic once the brokers have registered (INVALID_REPLICATION_FACTOR
-    until then)."""
-    async with Admin(bootstrap) as admin:
-        await admin.wait_for_controller(20_000)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while True:
-            try:
-                await admin.create_topic(name, partitions, rf, configs)
-                return
-            except DmqError as exc:
-                if loop.time() > deadline or not (
-                        exc.retriable or exc.code is ErrorCode.INVALID_REPLICATION_FACTOR):
-                    raise
-                await asyncio.sleep(0.1)
-
-
 async def test_delivery_timeout_names_the_last_broker_error(small: ProcessCluster) -> None:
     """NOT_ENOUGH_REPLICAS surfaced as a bare `REQUEST_TIMED_OUT ... not delivered`."""
-    await _create(small.bootstrap, "needs-two", 1, 1, {"min.insync.replicas": "2"})
+    await ensure_topic(small.bootstrap, "needs-two", 1, 1,
+                       configs={"min.insync.replicas": "2"})
     async with Producer(small.bootstrap, linger_ms=0, request_timeout_ms=1000,
                         delivery_timeout_ms=3000, retry_backoff_ms=50) as p:
         with pytest.raises(RequestTimedOutError) as err:
@@ -267,7 +248,7 @@ async def test_inconsistent_delivery_timeout_is_refused_not_silently_raised(
 
 async def test_record_that_can_never_be_sent_is_refused_at_once(small: ProcessCluster) -> None:
     """A 101 MiB value was resent for 60 s and failed with NETWORK_EXCEPTION."""
-    await _create(small.bootstrap, "big", 1, 1)
+    await ensure_topic(small.bootstrap, "big", 1, 1)
     async with Producer(small.bootstrap, max_request_size=200 * 1024 * 1024) as p:
         with pytest.raises(MessageTooLargeError, match="max.frame.bytes=104857600"):
             await p.send("big", b"x" * (101 * 1024 * 1024))
@@ -286,8 +267,8 @@ async def test_consumer_of_a_partition_that_does_not_exist_raises(
     """Partition 99 of a 3-partition topic, partition -1, or a deleted topic: the
     consumer returned nothing, silently, forever."""
     b = small.bootstrap
-    await _create(b, "three", 3, 1)
-    await _create(b, "doomed", 1, 1)
+    await ensure_topic(b, "three", 3, 1)
+    await ensure_topic(b, "doomed", 1, 1)
     async with Consumer(b, auto_offset_reset="earliest") as c:
         with pytest.raises(UnknownTopicOrPartitionError, match="three--1"):
             c.assign([TopicPartition("three", -1)])
@@ -332,7 +313,7 @@ async def test_disk_full_is_named_by_the_producer_and_logged_by_the_broker() -> 
         assert r.returncode == 0, r.stderr
         try:
             pc.start()
-            await _create(pc.bootstrap, "full", 1, 1)
+            await ensure_topic(pc.bootstrap, "full", 1, 1)
             async with Producer(pc.bootstrap, linger_ms=0, request_timeout_ms=1000,
                                 delivery_timeout_ms=2000, retry_backoff_ms=50) as p:
                 with pytest.raises(RequestTimedOutError) as err:
