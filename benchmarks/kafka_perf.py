@@ -220,12 +220,6 @@ def consume_once(driver: str, bootstrap: str, topic: str, n: int, data: Path,
 # ---------------------------------------------------------------------------- redis
 
 
-def redis_binaries() -> tuple[str, str] | None:
-    server = shutil.which("redis-server") or shutil.which("/usr/sbin/redis-server")
-    bench = shutil.which("redis-benchmark")
-    return (server, bench) if server and bench else None
-
-
 @contextlib.contextmanager
 def redis_server(server: str, folder: Path) -> Iterator[tuple[int, int]]:
     """(port, pid) of a redis-server on 127.0.0.1 with no persistence; stopped by PID."""
