@@ -206,15 +206,18 @@ async def run_e2e(bootstrap: str, args: argparse.Namespace) -> dict[str, float]:
                         latencies.append(now - _TS.unpack_from(r.value)[0])
 
         reader = asyncio.ensure_future(consume())
-        start = perf()
-        rate = args.throughput
-        for i in range(n):
-            if rate > 0:
-                await _pace(i, start, rate)
-            await producer.send(args.topic, _TS.pack(perf()) + pad)
-        await producer.flush()
-        await asyncio.wait_for(reader, 60)
-        elapsed = perf() - start
+        try:
+            start = perf()
+            rate = args.throughput
+            for i in range(n):
+                if rate > 0:
+                    await _pace(i, start, rate)
+                await producer.send(args.topic, _TS.pack(perf()) + pad)
+            await producer.flush()
+            await asyncio.wait_for(reader, 60)
+            elapsed = perf() - start
+        finally:
+            reader.cancel()  # a failed send must not leave it reading
     return {"records_s": n / elapsed, "mb_s": n * args.record_size / elapsed / 1e6,
             "errors": 0, **percentiles_ms(latencies)}
 
