@@ -33,7 +33,7 @@ from dmq.protocol.errors import (
     UnknownTopicOrPartitionError,
 )
 from tests.support.procs import ProcessCluster, free_ports
-from tests.support.tmpfs import mount_tmpfs, tmpfs_skip_reason
+from tests.support.tmpfs import tmpfs_data_dir, tmpfs_skip_reason
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -306,25 +306,17 @@ async def test_disk_full_is_named_by_the_producer_and_logged_by_the_broker() -> 
     why = tmpfs_skip_reason()
     if why is not None:
         pytest.skip(why)
-    with ProcessCluster(controllers=1, brokers=1) as pc:
-        data = pc.nodes[101].data_dir
-        data.mkdir(parents=True)
-        r = mount_tmpfs(str(data), "3m")
-        assert r.returncode == 0, r.stderr
-        try:
-            pc.start()
-            await ensure_topic(pc.bootstrap, "full", 1, 1)
-            async with Producer(pc.bootstrap, linger_ms=0, request_timeout_ms=1000,
-                                delivery_timeout_ms=2000, retry_backoff_ms=50) as p:
-                with pytest.raises(RequestTimedOutError) as err:
-                    for i in range(400):  # 400 x 16 KB is well past 3 MB
-                        await p.send_and_wait("full", b"%06d" % i + b"x" * 16_000)
-            assert "last error: [STORAGE_ERROR]" in str(err.value), err.value
-            assert "No space left" in str(err.value), err.value
-            log_text = pc.nodes[101].log_text()
-            assert "refused with STORAGE_ERROR" in log_text, log_text[-3000:]
-            # one line per 10 s however many refusals (retries every 50 ms for 2 s)
-            assert log_text.count("refused with STORAGE_ERROR") == 1
-        finally:
-            pc.stop_all()
-            subprocess.run(["umount", "-l", str(data)], check=False)
+    with ProcessCluster(controllers=1, brokers=1) as pc, tmpfs_data_dir(pc, 101, "3m"):
+        pc.start()
+        await ensure_topic(pc.bootstrap, "full", 1, 1)
+        async with Producer(pc.bootstrap, linger_ms=0, request_timeout_ms=1000,
+                            delivery_timeout_ms=2000, retry_backoff_ms=50) as p:
+            with pytest.raises(RequestTimedOutError) as err:
+                for i in range(400):  # 400 x 16 KB is well past 3 MB
+                    await p.send_and_wait("full", b"%06d" % i + b"x" * 16_000)
+        assert "last error: [STORAGE_ERROR]" in str(err.value), err.value
+        assert "No space left" in str(err.value), err.value
+        log_text = pc.nodes[101].log_text()
+        assert "refused with STORAGE_ERROR" in log_text, log_text[-3000:]
+        # one line per 10 s however many refusals (retries every 50 ms for 2 s)
+        assert log_text.count("refused with STORAGE_ERROR") == 1
