@@ -25,6 +25,7 @@ import msgpack
 from dmq.client import Consumer, Producer, TopicPartition
 from dmq.devcluster import ensure_topic
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import wait_until
 
 CANARY_TOPIC = "canary"
 
@@ -88,20 +89,23 @@ async def read_canary(bootstrap: str, topic: str = CANARY_TOPIC,
 
 def cluster_status(pc: ProcessCluster, timeout_s: float = 10.0) -> dict[str, Any]:
     """`dmq cluster status --json` until it names an active controller, or raise."""
-    deadline = time.monotonic() + timeout_s
     last = ""
-    while time.monotonic() < deadline:
+
+    def status() -> dict[str, Any] | None:
+        nonlocal last
         out = subprocess.run(
             [sys.executable, "-m", "dmq.cli", "cluster", "status", "--bootstrap", pc.bootstrap,
              "--json", "--timeout-ms", "3000"],
             capture_output=True, text=True, timeout=30)
         last = out.stdout + out.stderr
         if out.returncode == 0:
-            status = json.loads(out.stdout)
-            if status.get("controller_id", -1) >= 0:
-                return status
-        time.sleep(0.2)
-    raise AssertionError(f"no active controller within {timeout_s} s: {last}")
+            st = json.loads(out.stdout)
+            if st.get("controller_id", -1) >= 0:
+                return dict(st)
+        return None
+
+    return wait_until(status, timeout_s, lambda: f"an active controller; last output: {last}",
+                      interval_s=0.2)
 
 
 async def assert_cluster_healthy(pc: ProcessCluster, canary: list[bytes]) -> None:

@@ -34,6 +34,7 @@ from dmq.protocol.errors import (
 )
 from tests.support.procs import ProcessCluster, free_ports
 from tests.support.tmpfs import tmpfs_data_dir, tmpfs_skip_reason
+from tests.support.waiting import async_wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -50,14 +51,27 @@ async def _leader(pc: ProcessCluster, among: list[int], deadline_s: float,
                   newer_than: int = -1) -> tuple[int, int]:
     """(leader id, term) once one of `among` reports itself LEADER in a term above
     `newer_than`; the time it was first seen is when the test observed the election."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + deadline_s
-    while loop.time() < deadline:
+    async def find() -> tuple[int, int] | None:
         for st in await asyncio.gather(*(_raft_status(pc, n) for n in among)):
             if st and str(st.get("role", "")).upper() == "LEADER" and st["term"] > newer_than:
                 return int(st["node_id"]) if "node_id" in st else -1, int(st["term"])
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no leader among {among} within {deadline_s} s")
+        return None
+
+    return await async_wait_until(find, deadline_s, f"a leader among {among}", interval_s=0.02)
+
+
+async def _lists_brokers(cluster: ClusterClient, n: int, retriable_ok: bool = False) -> bool:
+    """Refresh metadata; True once it names `n` brokers. With `retriable_ok` a
+    retriable error counts as "not yet" (any other fails the test)."""
+    if len(cluster.brokers) >= n:
+        return True
+    try:
+        await cluster.refresh()
+    except DmqError as exc:
+        if not (retriable_ok and exc.retriable):
+            raise
+        return False
+    return len(cluster.brokers) >= n
 
 
 async def test_request_waiting_on_a_paused_controller_is_resent_to_the_new_one() -> None:
@@ -116,14 +130,10 @@ async def test_restarting_broker_without_metadata_moves_the_client_to_another_no
         boot = f"127.0.0.1:{pc.nodes[healthy].port}"
         cluster = ClusterClient(boot)
         try:
-            # the healthy broker has its metadata image (it names both brokers)
-            deadline = asyncio.get_running_loop().time() + 20
-            while len(cluster.brokers) < 2:
-                assert asyncio.get_running_loop().time() < deadline, "brokers never listed"
-                try:
-                    await cluster.refresh()
-                except LeaderNotAvailableError:  # not registered and fed metadata yet
-                    await asyncio.sleep(0.05)
+            # the healthy broker has its metadata image (it names both brokers); until
+            # registered and fed metadata, LEADER_NOT_AVAILABLE
+            await async_wait_until(lambda: _lists_brokers(cluster, 2), 20, "both brokers listed",
+                                   ignore=(LeaderNotAvailableError,))
         finally:
             await cluster.close()
         # the restarted broker cannot get metadata while the controller is paused
@@ -161,14 +171,9 @@ async def test_metadata_from_a_paused_broker_is_asked_elsewhere_too() -> None:
         cluster = ClusterClient(order, rng=_InOrder(), request_timeout_ms=request_timeout_ms)
         try:
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20
-            while len(cluster.brokers) < 2:  # both brokers registered and fed metadata
-                assert loop.time() < deadline, "brokers never listed"
-                try:
-                    await cluster.refresh()
-                except DmqError as exc:  # no metadata on a broker yet
-                    assert exc.retriable, exc
-                    await asyncio.sleep(0.05)
+            # both brokers registered and fed metadata (until then a retriable error)
+            await async_wait_until(lambda: _lists_brokers(cluster, 2, retriable_ok=True), 20,
+                                   "both brokers listed")
             await cluster.connection(("127.0.0.1", pc.nodes[paused].port))  # open: tried first
             pc.signal(paused, signal.SIGSTOP)
             try:
