@@ -32,7 +32,7 @@ from dmq.protocol.errors import (
     RequestTimedOutError,
     UnknownTopicOrPartitionError,
 )
-from tests.support.procs import ProcessCluster, free_ports
+from tests.support.procs import ProcessCluster, free_ports, run_group
 from tests.support.tmpfs import tmpfs_data_dir, tmpfs_skip_reason
 from tests.support.waiting import async_wait_until
 
@@ -195,9 +195,9 @@ def test_dev_check_twice_on_the_same_data_folder(tmp_path: Path) -> None:
     (`error: [LEADER_NOT_AVAILABLE] broker has no metadata yet`, then it stopped)."""
     base = free_base_port(3, 3, kafka=True)  # `dmq dev`'s default shape
     for run in (1, 2):
-        out = subprocess.run(
+        out = run_group(
             [sys.executable, "-m", "dmq.cli", "dev", "--check", "--data-dir", str(tmp_path),
-             "--base-port", str(base)], capture_output=True, text=True, timeout=100)
+             "--base-port", str(base)], timeout=100, text=True)
         assert out.returncode == 0, f"run {run}: {out.stdout[-2000:]}{out.stderr[-2000:]}"
         assert f"at offset {run - 1}" in out.stdout, out.stdout
 
