@@ -32,16 +32,10 @@ from dmq.client.producer import Producer
 from dmq.client.records import TopicPartition
 from tests.e2e.test_client import create_topic
 from tests.support.procs import ProcessCluster, free_ports
+from tests.support.tools import run_tool as run
 from tests.support.waiting import async_wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def run(tool: str, *args: str | bytes, stdin: bytes = b"", timeout: float = 60
-        ) -> subprocess.CompletedProcess[bytes]:
-    code = f"import sys; from dmq.tools import {tool}_main; {tool}_main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *args], input=stdin,
-                          capture_output=True, timeout=timeout)
 
 
 def one_line_error(r: subprocess.CompletedProcess[bytes], code: int, text: str) -> None:
