@@ -35,25 +35,42 @@ def frame(obj: Any) -> bytes:
     return struct.pack(">I", len(payload)) + payload
 
 
+def read_frame(sock: socket.socket) -> Any:
+    """The next response frame on `sock`, decoded; None when the node closed (or reset)
+    the connection."""
+    head = _read_exactly(sock, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    body = _read_exactly(sock, n)
+    return None if body is None else msgpack.unpackb(body, raw=False, strict_map_key=False)
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
+    chunks: list[bytes] = []
+    while n:
+        try:
+            chunk = sock.recv(min(n, 1 << 20))
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def call(sock: socket.socket, obj: Any) -> Any:
+    """Send one request frame (any shape) on `sock`; its decoded response."""
+    sock.sendall(frame(obj))
+    return read_frame(sock)
+
+
 def request_raw(port: int, obj: Any, timeout_s: float = 5.0, host: str = "127.0.0.1") -> Any:
-    """Send one request frame and return the decoded response, or None when the node
-    closed the connection without answering."""
+    """Send one request frame on a new connection and return the decoded response, or
+    None when the node closed the connection without answering."""
     with socket.create_connection((host, port), timeout=timeout_s) as s:
-        s.sendall(frame(obj))
-        head = b""
-        while len(head) < 4:
-            chunk = s.recv(4 - len(head))
-            if not chunk:
-                return None
-            head += chunk
-        (n,) = struct.unpack(">I", head)
-        body = b""
-        while len(body) < n:
-            chunk = s.recv(min(1 << 20, n - len(body)))
-            if not chunk:
-                return None
-            body += chunk
-        return msgpack.unpackb(body, raw=False, strict_map_key=False)
+        return call(s, obj)
 
 
 async def write_canary(bootstrap: str, n: int = 50, topic: str = CANARY_TOPIC) -> list[bytes]:
