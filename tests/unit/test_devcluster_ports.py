@@ -28,15 +28,23 @@ def _bases(monkeypatch: pytest.MonkeyPatch, *bases: int) -> None:
     monkeypatch.setattr(devcluster.random, "randrange", lambda *_a: next(it))
 
 
+def _free_bases(count: int) -> list[int]:
+    """Bases (multiples of 100) whose ports base..base + 22 are all free right now."""
+    found = []
+    for base in range(40000, 60000, 100):
+        if not any(_held_now(p) for p in range(base, base + KAFKA_PORT_OFFSET + 3)):
+            found.append(base)
+            if len(found) == count:
+                return found
+    pytest.skip("no free port ranges here")
+
+
 @pytest.mark.parametrize("offset", [0, 2, 10, 12, KAFKA_PORT_OFFSET, KAFKA_PORT_OFFSET + 2])
 def test_a_base_with_any_port_of_the_layout_taken_is_passed_over(
         monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
-    first, second = 40100, 40300
+    first, second = _free_bases(2)
     holder = _held(first + offset)
     try:
-        for p in range(second, second + KAFKA_PORT_OFFSET + 3):
-            if _held_now(p):
-                pytest.skip(f"port {p} in use here")
         _bases(monkeypatch, first, second)
         assert free_base_port(3, 3, kafka=True) == second
     finally:
@@ -45,12 +53,9 @@ def test_a_base_with_any_port_of_the_layout_taken_is_passed_over(
 
 
 def test_kafka_ports_are_not_checked_without_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
-    base = 40500
+    (base,) = _free_bases(1)
     holder = _held(base + KAFKA_PORT_OFFSET)
     try:
-        for p in [*range(base, base + 3), *range(base + 10, base + 13)]:
-            if _held_now(p):
-                pytest.skip(f"port {p} in use here")
         _bases(monkeypatch, base)
         assert free_base_port(3, 3) == base
     finally:
