@@ -150,7 +150,8 @@ def api_versions(bootstrap: str, timeout_ms: int) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="where node data and the generated config go (default ./dmq-dev-data)")
 @click.option("--base-port", default=None, type=int,
-              help="controllers listen from here (default 9091, the seed's layout)")
+              help="controllers listen from here (default 9091, the seed's layout); the "
+                   "brokers' Kafka listeners from here + 20")
 @click.option("--broker-base-port", default=None, type=int,
               help="brokers listen from here (default 8081 as in the seed; base+10 when "
                    "--base-port is given)")

@@ -174,7 +174,8 @@ class DevCluster:
             raise RuntimeError(
                 f"ports not free on {self.host}: {'; '.join(taken)}. Stop what holds them "
                 f"(another `dmq dev`?) or choose other ports with --base-port N (controllers "
-                f"from N, brokers from N+10) or --broker-base-port M")
+                f"from N, brokers from N+10, their Kafka listeners from "
+                f"N+{KAFKA_PORT_OFFSET}) or --broker-base-port M")
 
     async def start(self, timeout_s: float = 30.0) -> None:
         self.check_ports_free()
