@@ -193,11 +193,10 @@ class DevCluster:
             args += ["--kafka-port", str(kafka_port)]
         if self.quiet:
             n.log_path = self.data_dir / f"node-{n.node_id}.log"
-            logf = open(n.log_path, "ab")
-            n.log_start = logf.tell()
-            n.proc = await asyncio.create_subprocess_exec(*args, stdout=logf,
-                                                          stderr=asyncio.subprocess.STDOUT)
-            logf.close()
+            with open(n.log_path, "ab") as logf:  # the child keeps its own copy
+                n.log_start = logf.tell()
+                n.proc = await asyncio.create_subprocess_exec(*args, stdout=logf,
+                                                              stderr=asyncio.subprocess.STDOUT)
         else:
             n.proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
                                                           stderr=asyncio.subprocess.STDOUT)
