@@ -47,10 +47,7 @@ from typing import IO, Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from perf_common import _free_base_port  # noqa: E402
-
 KAFKA_CASES = ("kafka-100B-acks1", "kafka-100B-acksall", "kafka-consume-100B")
-KAFKA_OFFSET = 20  # `dmq dev` puts the brokers' Kafka listeners at base port + 20
 RECORD = 100
 RUN_TIMEOUT_S = 120.0
 # librdkafka stops fetching for fetch.queue.backoff.ms / fetch.error.backoff.ms (1 s /
@@ -58,21 +55,6 @@ RUN_TIMEOUT_S = 120.0
 # queued.max.messages.kbytes (64 MiB): with the defaults a fast reader of 100 B records
 # spends most of its time in that backoff ("Fetch backoff for 1000ms: Local: Queue full").
 FETCH_QUEUE = ("queued.min.messages=10000000", "queued.max.messages.kbytes=2097151")
-
-
-def free_kafka_base_port() -> int:
-    """A base port whose dmq ports (base+0..2, +10..14) and Kafka ports (+20..22) are
-    all free on 127.0.0.1."""
-    for _ in range(50):
-        base = _free_base_port()
-        try:
-            for p in range(base + KAFKA_OFFSET, base + KAFKA_OFFSET + 3):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range found")
 
 
 def children_cpu_s() -> float:
@@ -236,12 +218,6 @@ def consume_once(driver: str, bootstrap: str, topic: str, n: int, data: Path,
 
 
 # ---------------------------------------------------------------------------- redis
-
-
-def redis_binaries() -> tuple[str, str] | None:
-    server = shutil.which("redis-server") or shutil.which("/usr/sbin/redis-server")
-    bench = shutil.which("redis-benchmark")
-    return (server, bench) if server and bench else None
 
 
 @contextlib.contextmanager

@@ -8,9 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import platform
-import random
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -18,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from dmq.devcluster import DevCluster
+from dmq.devcluster import DevCluster, free_base_port
 from dmq.devcluster import ensure_topic as ensure_topic_on
 
 
@@ -34,20 +32,6 @@ def add_cluster_args(ap: argparse.ArgumentParser) -> None:
                     help="when the topic is created (default min(3, brokers))")
 
 
-def _free_base_port() -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000, 100)
-        ports = [base + i for i in range(3)] + [base + 10 + i for i in range(5)]
-        try:
-            for p in ports:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range found")
-
-
 @contextlib.asynccontextmanager
 async def cluster_from_args(args: argparse.Namespace) -> AsyncIterator[str]:
     """Yields a bootstrap string; with --cluster dev, owns a private cluster."""
@@ -57,7 +41,8 @@ async def cluster_from_args(args: argparse.Namespace) -> AsyncIterator[str]:
         yield args.bootstrap
         return
     root = Path(tempfile.mkdtemp(prefix="dmq-perf-"))
-    cluster = DevCluster(root, args.controllers, args.brokers, _free_base_port(), quiet=True,
+    base = free_base_port(args.controllers, args.brokers)
+    cluster = DevCluster(root, args.controllers, args.brokers, base, quiet=True,
                          echo=lambda s: None)
     try:
         await cluster.start()

@@ -78,28 +78,33 @@ async def _pace(i: int, start: float, rate: float) -> None:
         await asyncio.sleep(ahead)
 
 
+def _producer(bootstrap: str, args: argparse.Namespace) -> Producer:
+    """The producer the flags describe (acks, batching, idempotence, compression,
+    partitioner)."""
+    extra = {} if args.partitioner == "default" else {"partitioner": args.partitioner}
+    return Producer(bootstrap, acks=args.acks, linger_ms=args.linger_ms,
+                    batch_size=args.batch_size, max_in_flight=args.max_in_flight,
+                    enable_idempotence={"auto": None, "on": True, "off": False}[args.idempotence],
+                    compression_type=None if args.compression == "none" else args.compression,
+                    **extra)
+
+
 async def run_produce_batch(bootstrap: str, args: argparse.Namespace) -> dict[str, float]:
     """`send_many` of `--chunk` records a call; latency measured once per batch, from
     the call that appended its records to its acknowledgement."""
     n = args.num_records
     chunk = max(1, args.chunk)
     value = b"x" * args.record_size
-    idem = {"auto": None, "on": True, "off": False}[args.idempotence]
     perf = time.perf_counter
     keys = ([b"key-%08d" % (i % args.key_count) for i in range(n)]
             if args.key_count > 0 else None)
-    extra = {} if args.partitioner == "default" else {"partitioner": args.partitioner}
     segments: list[tuple[float, int, asyncio.Future[int]]] = []
     done_at: dict[int, float] = {}
 
     def on_done(f: asyncio.Future[int]) -> None:
         done_at[id(f)] = perf()
 
-    async with Producer(bootstrap, acks=args.acks, linger_ms=args.linger_ms,
-                        batch_size=args.batch_size, max_in_flight=args.max_in_flight,
-                        enable_idempotence=idem,
-                        compression_type=None if args.compression == "none" else args.compression,
-                        **extra) as producer:
+    async with _producer(bootstrap, args) as producer:
         await producer.send_and_wait(args.topic, value)  # metadata and connections warm
         rate = args.throughput
         values = [value] * chunk
@@ -136,7 +141,6 @@ async def run_produce_batch(bootstrap: str, args: argparse.Namespace) -> dict[st
 async def run_produce(bootstrap: str, args: argparse.Namespace) -> dict[str, float]:
     n = args.num_records
     value = b"x" * args.record_size
-    idem = {"auto": None, "on": True, "off": False}[args.idempotence]
     sent_at = [0.0] * n
     batch_of = [0] * n
     done_at: list[float] = []
@@ -144,18 +148,13 @@ async def run_produce(bootstrap: str, args: argparse.Namespace) -> dict[str, flo
     perf = time.perf_counter
     keys: list[bytes | None] = ([b"key-%08d" % (i % args.key_count) for i in range(n)]
                                 if args.key_count > 0 else [None] * n)
-    extra = {} if args.partitioner == "default" else {"partitioner": args.partitioner}
 
     def on_batch(idx: int) -> object:
         def cb(_f: object) -> None:
             done_at[idx] = perf()
         return cb
 
-    async with Producer(bootstrap, acks=args.acks, linger_ms=args.linger_ms,
-                        batch_size=args.batch_size, max_in_flight=args.max_in_flight,
-                        enable_idempotence=idem,
-                        compression_type=None if args.compression == "none" else args.compression,
-                        **extra) as producer:
+    async with _producer(bootstrap, args) as producer:
         await producer.send_and_wait(args.topic, value)  # metadata and connections warm
         rate = args.throughput
         last = None
@@ -207,15 +206,18 @@ async def run_e2e(bootstrap: str, args: argparse.Namespace) -> dict[str, float]:
                         latencies.append(now - _TS.unpack_from(r.value)[0])
 
         reader = asyncio.ensure_future(consume())
-        start = perf()
-        rate = args.throughput
-        for i in range(n):
-            if rate > 0:
-                await _pace(i, start, rate)
-            await producer.send(args.topic, _TS.pack(perf()) + pad)
-        await producer.flush()
-        await asyncio.wait_for(reader, 60)
-        elapsed = perf() - start
+        try:
+            start = perf()
+            rate = args.throughput
+            for i in range(n):
+                if rate > 0:
+                    await _pace(i, start, rate)
+                await producer.send(args.topic, _TS.pack(perf()) + pad)
+            await producer.flush()
+            await asyncio.wait_for(reader, 60)
+            elapsed = perf() - start
+        finally:
+            reader.cancel()  # a failed send must not leave it reading
     return {"records_s": n / elapsed, "mb_s": n * args.record_size / elapsed / 1e6,
             "errors": 0, **percentiles_ms(latencies)}
 

@@ -75,13 +75,17 @@ sys.path.insert(0, str(HERE.parent))
 import consume_perf  # noqa: E402
 import kafka_perf  # noqa: E402
 import produce_perf  # noqa: E402
-from perf_common import _free_base_port, percentiles_ms  # noqa: E402
+from perf_common import percentiles_ms  # noqa: E402
 
 from dmq.client.admin import Admin  # noqa: E402
 from dmq.client.consumer import Consumer  # noqa: E402
 from dmq.client.producer import Producer  # noqa: E402
-from dmq.devcluster import DevCluster  # noqa: E402
-from dmq.protocol.errors import DmqError, ErrorCode  # noqa: E402
+from dmq.devcluster import (  # noqa: E402
+    KAFKA_PORT_OFFSET,
+    DevCluster,
+    ensure_topic,
+    free_base_port,
+)
 
 # ---------------------------------------------------------------------------- sizes
 
@@ -232,9 +236,9 @@ async def dev_cluster(controllers: int, brokers: int, kafka: bool = False) -> An
     """A private cluster; with `kafka`, brokers also listen for Kafka clients from base
     port + 20 (as `dmq dev` does)."""
     root = Path(tempfile.mkdtemp(prefix="dmq-bench-"))
-    base = kafka_perf.free_kafka_base_port() if kafka else _free_base_port()
+    base = free_base_port(controllers, brokers, kafka)
     cluster = DevCluster(root, controllers, brokers, base, quiet=True, echo=lambda s: None,
-                         kafka_base_port=base + kafka_perf.KAFKA_OFFSET if kafka else None)
+                         kafka_base_port=base + KAFKA_PORT_OFFSET if kafka else None)
     try:
         await cluster.start(timeout_s=60)
         yield cluster
@@ -245,21 +249,11 @@ async def dev_cluster(controllers: int, brokers: int, kafka: bool = False) -> An
 
 async def create_topic(bootstrap: str, topic: str, partitions: int, rf: int,
                        timeout_s: float = 60) -> None:
+    """Create the topic (unless it exists) and wait until every partition has a leader."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    await ensure_topic(bootstrap, topic, partitions, rf, timeout_s)
     async with Admin(bootstrap) as admin:
-        await admin.wait_for_controller(int(timeout_s * 1000))
-        while True:
-            try:
-                await admin.create_topic(topic, partitions, rf)
-                break
-            except DmqError as exc:
-                if exc.code is ErrorCode.TOPIC_ALREADY_EXISTS:
-                    break
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.2)  # brokers still registering
-        # wait until every partition has a leader
         while True:
             info = (await admin.describe_topics([topic])).get(topic)
             if info is not None and len(info.partitions) == partitions and all(
@@ -545,6 +539,19 @@ async def three_broker_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> 
 # ---------------------------------------------------------------------------- Kafka clients
 
 
+def timed_runs(label: str, once: Callable[[int], dict[str, float]], n: int, runs: int,
+               describe: Callable[[dict[str, float]], str]) -> list[dict[str, float]]:
+    """A warm-up `once(n // 5)`, then `runs` timed `once(n)`, each logged as
+    `<label> run <i>: <describe(result)>`."""
+    once(max(1, n // 5))
+    results = []
+    for i in range(runs):
+        r = once(n)
+        log(f"{label} run {i + 1}: {describe(r)}")
+        results.append(r)
+    return results
+
+
 async def end_offset(bootstrap: str, topic: str) -> int:
     """The end offset of partition 0 of `topic` (dmq's own client)."""
     async def ask() -> int:
@@ -602,16 +609,14 @@ async def kafka_section(sz: Sizes, wanted: set[str], rows: list[Row], driver: st
                         kafka_perf.produce_once(driver, cluster.kafka_bootstrap or "", "k100",
                                                 n - have, "1", data, cluster.pids())
                     kb = cluster.kafka_bootstrap or ""
-                    kafka_perf.consume_once(driver, kb, "k100", max(1, n // 5), data,
-                                            cluster.pids())  # warm-up
-                    results = []
-                    for i in range(sz.runs):
-                        r = kafka_perf.consume_once(driver, kb, "k100", n, data, cluster.pids())
-                        log(f"kafka consume run {i + 1}: {r['records_s']:,.0f} records/s, "
-                            f"cpu us/record {r['client_us']:.2f} {driver} + "
-                            f"{r['nodes_us']:.2f} nodes; nodes waited for a CPU "
-                            f"{r['nodes_wait']:.2f} s per s")
-                        results.append(r)
+                    results = timed_runs(
+                        "kafka consume",
+                        lambda count: kafka_perf.consume_once(driver, kb, "k100", count, data,
+                                                              cluster.pids()),
+                        n, sz.runs,
+                        lambda r: f"{r['records_s']:,.0f} records/s, cpu us/record "
+                                  f"{r['client_us']:.2f} {driver} + {r['nodes_us']:.2f} "
+                                  f"nodes; nodes waited for a CPU {r['nodes_wait']:.2f} s per s")
                     rows.append(median_row("kafka-consume-100B", "dmq 1 node (Kafka)", results,
                                            f"{driver}, {n:,} records from offset 0, "
                                            "count checked"))
@@ -644,13 +649,12 @@ def redis_benchmark_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> Non
                 n = sz.redis_records
                 if "kafka-100B-acks1" in wanted:
                     xadd = ["XADD", "s", "*", "f", value]
-                    kafka_perf.redis_once(bench, port, pid, max(1, n // 5), 1000, xadd)
-                    results = []
-                    for i in range(sz.runs):
-                        r = kafka_perf.redis_once(bench, port, pid, n, 1000, xadd)
-                        log(f"redis XADD run {i + 1}: {r['records_s']:,.0f} records/s, cpu "
-                            f"us/record {r['client_us']:.2f} + {r['nodes_us']:.2f} server")
-                        results.append(r)
+                    results = timed_runs(
+                        "redis XADD",
+                        lambda count: kafka_perf.redis_once(bench, port, pid, count, 1000, xadd),
+                        n, sz.runs,
+                        lambda r: f"{r['records_s']:,.0f} records/s, cpu us/record "
+                                  f"{r['client_us']:.2f} + {r['nodes_us']:.2f} server")
                     row = median_row("kafka-100B-acks1", "redis-benchmark XADD", results,
                                      f"-P 1000 -c 1, {n:,} requests x {sz.runs} runs, no "
                                      "persistence; latency per pipeline")
@@ -662,12 +666,11 @@ def redis_benchmark_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> Non
                                               ["XADD", "s", "*", "f", value])
                     reqs = max(1, n // 1000)
                     xrange = ["XRANGE", "s", "-", "+", "COUNT", "1000"]
-                    kafka_perf.redis_once(bench, port, pid, max(1, reqs // 5), 1, xrange, 1000)
-                    results = []
-                    for i in range(sz.runs):
-                        r = kafka_perf.redis_once(bench, port, pid, reqs, 1, xrange, 1000)
-                        log(f"redis XRANGE run {i + 1}: {r['records_s']:,.0f} records/s")
-                        results.append(r)
+                    results = timed_runs(
+                        "redis XRANGE",
+                        lambda count: kafka_perf.redis_once(bench, port, pid, count, 1, xrange,
+                                                            1000),
+                        reqs, sz.runs, lambda r: f"{r['records_s']:,.0f} records/s")
                     row = median_row("kafka-consume-100B", "redis-benchmark XRANGE", results,
                                      f"COUNT 1000, -P 1 -c 1, {reqs:,} requests x {sz.runs} "
                                      "runs; records/s = requests/s x 1000")

@@ -150,7 +150,8 @@ def api_versions(bootstrap: str, timeout_ms: int) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="where node data and the generated config go (default ./dmq-dev-data)")
 @click.option("--base-port", default=None, type=int,
-              help="controllers listen from here (default 9091, the seed's layout)")
+              help="controllers listen from here (default 9091, the seed's layout); the "
+                   "brokers' Kafka listeners from here + 20")
 @click.option("--broker-base-port", default=None, type=int,
               help="brokers listen from here (default 8081 as in the seed; base+10 when "
                    "--base-port is given)")
@@ -164,7 +165,7 @@ def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int | N
         broker_base_port: int | None, quiet: bool, check: bool,
         http_base_port: int | None) -> None:
     """Start a whole local cluster as child processes; Ctrl-C stops it."""
-    from dmq.devcluster import DevCluster, default_data_dir, smoke_check
+    from dmq.devcluster import KAFKA_PORT_OFFSET, DevCluster, default_data_dir, smoke_check
 
     _install_uvloop()
     if base_port is None:
@@ -174,7 +175,7 @@ def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int | N
     cluster = DevCluster(Path(data_dir) if data_dir else default_data_dir(), controllers,
                          brokers, base_port, quiet=quiet or check, echo=click.echo,
                          http_base_port=http_base_port, broker_base_port=broker_base_port,
-                         kafka_base_port=base_port + 20)
+                         kafka_base_port=base_port + KAFKA_PORT_OFFSET)
 
     async def run() -> int:
         stop = asyncio.Event()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -28,6 +29,7 @@ from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError
 
 TAIL_LINES = 12  # log lines shown when a node exits unexpectedly
+KAFKA_PORT_OFFSET = 20  # `dmq dev`: the brokers' Kafka listeners from base port + 20
 
 
 @dataclass
@@ -146,9 +148,9 @@ class DevCluster:
         ports = [p for p in (self.kafka_port(n) for n in self.nodes) if p is not None]
         return ",".join(f"{self.host}:{p}" for p in ports) if ports else None
 
-    def check_ports_free(self) -> None:
-        """Refuse to start when ports of the layout are taken, naming each with its
-        node, rather than let those nodes die with a bind error among the others."""
+    def taken_ports(self) -> list[str]:
+        """Every port of the layout (node, HTTP and Kafka ports) that cannot be bound on
+        `host` now, each named with its node."""
         taken = []
         for n in self.nodes:
             for port, what in ((n.port, "port"), (self.http_port(n), "HTTP port"),
@@ -162,11 +164,18 @@ class DevCluster:
                     except OSError as exc:
                         taken.append(f"{what} {port} of node {n.node_id} ({n.role}): "
                                      f"{exc.strerror}")
+        return taken
+
+    def check_ports_free(self) -> None:
+        """Refuse to start when ports of the layout are taken, naming each with its
+        node, rather than let those nodes die with a bind error among the others."""
+        taken = self.taken_ports()
         if taken:
             raise RuntimeError(
                 f"ports not free on {self.host}: {'; '.join(taken)}. Stop what holds them "
                 f"(another `dmq dev`?) or choose other ports with --base-port N (controllers "
-                f"from N, brokers from N+10) or --broker-base-port M")
+                f"from N, brokers from N+10, their Kafka listeners from "
+                f"N+{KAFKA_PORT_OFFSET}) or --broker-base-port M")
 
     async def start(self, timeout_s: float = 30.0) -> None:
         self.check_ports_free()
@@ -184,11 +193,10 @@ class DevCluster:
             args += ["--kafka-port", str(kafka_port)]
         if self.quiet:
             n.log_path = self.data_dir / f"node-{n.node_id}.log"
-            logf = open(n.log_path, "ab")
-            n.log_start = logf.tell()
-            n.proc = await asyncio.create_subprocess_exec(*args, stdout=logf,
-                                                          stderr=asyncio.subprocess.STDOUT)
-            logf.close()
+            with open(n.log_path, "ab") as logf:  # the child keeps its own copy
+                n.log_start = logf.tell()
+                n.proc = await asyncio.create_subprocess_exec(*args, stdout=logf,
+                                                              stderr=asyncio.subprocess.STDOUT)
         else:
             n.proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
                                                           stderr=asyncio.subprocess.STDOUT)
@@ -269,6 +277,21 @@ class DevCluster:
         return [n.proc.pid for n in self.nodes if n.proc is not None]
 
 
+def free_base_port(controllers: int = 3, brokers: int = 3, kafka: bool = False,
+                   host: str = "127.0.0.1") -> int:
+    """A base port (a multiple of 100 from 20000) at which every port of a
+    `DevCluster(controllers, brokers, base)` is free, and with `kafka` its brokers' Kafka
+    listeners at base + KAFKA_PORT_OFFSET as well (`dmq dev --base-port base` has them):
+    for tests and benchmarks that start dev clusters beside whatever else runs here."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000, 100)
+        layout = DevCluster(Path(), controllers, brokers, base, host=host,
+                            kafka_base_port=base + KAFKA_PORT_OFFSET if kafka else None)
+        if not layout.taken_ports():
+            return base
+    raise RuntimeError("no free port range found")
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("DMQ_DEV_DIR", "dmq-dev-data"))
 
@@ -278,10 +301,11 @@ SMOKE_MESSAGE = "hello from dmq"
 
 
 async def ensure_topic(bootstrap: str, name: str, partitions: int, replication_factor: int,
-                       timeout_s: float = 30.0) -> bool:
-    """Create a topic on a cluster that may still be starting: waits for the active
-    controller and retries while too few brokers have registered. True when created,
-    False when it already existed; raises the last error after `timeout_s`."""
+                       timeout_s: float = 30.0, configs: dict[str, str] | None = None) -> bool:
+    """Create a topic (with `configs`) on a cluster that may still be starting: waits
+    for the active controller and retries while too few brokers have registered. True
+    when created, False when it already existed; raises the last error after
+    `timeout_s`."""
     from dmq.client.admin import Admin
     from dmq.protocol.errors import ErrorCode
 
@@ -291,7 +315,7 @@ async def ensure_topic(bootstrap: str, name: str, partitions: int, replication_f
         await admin.wait_for_controller(int(timeout_s * 1000))
         while True:
             try:
-                await admin.create_topic(name, partitions, replication_factor)
+                await admin.create_topic(name, partitions, replication_factor, configs)
                 return True
             except DmqError as exc:
                 if exc.code is ErrorCode.TOPIC_ALREADY_EXISTS:

@@ -25,6 +25,7 @@ import msgpack
 from dmq.client import Consumer, Producer, TopicPartition
 from dmq.devcluster import ensure_topic
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import wait_until
 
 CANARY_TOPIC = "canary"
 
@@ -34,25 +35,42 @@ def frame(obj: Any) -> bytes:
     return struct.pack(">I", len(payload)) + payload
 
 
+def read_frame(sock: socket.socket) -> Any:
+    """The next response frame on `sock`, decoded; None when the node closed (or reset)
+    the connection."""
+    head = _read_exactly(sock, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    body = _read_exactly(sock, n)
+    return None if body is None else msgpack.unpackb(body, raw=False, strict_map_key=False)
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
+    chunks: list[bytes] = []
+    while n:
+        try:
+            chunk = sock.recv(min(n, 1 << 20))
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def call(sock: socket.socket, obj: Any) -> Any:
+    """Send one request frame (any shape) on `sock`; its decoded response."""
+    sock.sendall(frame(obj))
+    return read_frame(sock)
+
+
 def request_raw(port: int, obj: Any, timeout_s: float = 5.0, host: str = "127.0.0.1") -> Any:
-    """Send one request frame and return the decoded response, or None when the node
-    closed the connection without answering."""
+    """Send one request frame on a new connection and return the decoded response, or
+    None when the node closed the connection without answering."""
     with socket.create_connection((host, port), timeout=timeout_s) as s:
-        s.sendall(frame(obj))
-        head = b""
-        while len(head) < 4:
-            chunk = s.recv(4 - len(head))
-            if not chunk:
-                return None
-            head += chunk
-        (n,) = struct.unpack(">I", head)
-        body = b""
-        while len(body) < n:
-            chunk = s.recv(min(1 << 20, n - len(body)))
-            if not chunk:
-                return None
-            body += chunk
-        return msgpack.unpackb(body, raw=False, strict_map_key=False)
+        return call(s, obj)
 
 
 async def write_canary(bootstrap: str, n: int = 50, topic: str = CANARY_TOPIC) -> list[bytes]:
@@ -88,20 +106,23 @@ async def read_canary(bootstrap: str, topic: str = CANARY_TOPIC,
 
 def cluster_status(pc: ProcessCluster, timeout_s: float = 10.0) -> dict[str, Any]:
     """`dmq cluster status --json` until it names an active controller, or raise."""
-    deadline = time.monotonic() + timeout_s
     last = ""
-    while time.monotonic() < deadline:
+
+    def status() -> dict[str, Any] | None:
+        nonlocal last
         out = subprocess.run(
             [sys.executable, "-m", "dmq.cli", "cluster", "status", "--bootstrap", pc.bootstrap,
              "--json", "--timeout-ms", "3000"],
             capture_output=True, text=True, timeout=30)
         last = out.stdout + out.stderr
         if out.returncode == 0:
-            status = json.loads(out.stdout)
-            if status.get("controller_id", -1) >= 0:
-                return status
-        time.sleep(0.2)
-    raise AssertionError(f"no active controller within {timeout_s} s: {last}")
+            st = json.loads(out.stdout)
+            if st.get("controller_id", -1) >= 0:
+                return dict(st)
+        return None
+
+    return wait_until(status, timeout_s, lambda: f"an active controller; last output: {last}",
+                      interval_s=0.2)
 
 
 async def assert_cluster_healthy(pc: ProcessCluster, canary: list[bytes]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,18 +22,19 @@ import pytest
 
 from dmq.client import Admin, Consumer, Producer, TopicPartition
 from dmq.client.cluster import ClusterClient
+from dmq.devcluster import ensure_topic, free_base_port
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import (
     DmqError,
-    ErrorCode,
     LeaderNotAvailableError,
     MessageTooLargeError,
     RequestTimedOutError,
     UnknownTopicOrPartitionError,
 )
-from tests.support.procs import ProcessCluster, free_ports
-from tests.support.tmpfs import mount_tmpfs, tmpfs_skip_reason
+from tests.support.procs import ProcessCluster, free_ports, run_group
+from tests.support.tmpfs import tmpfs_data_dir, tmpfs_skip_reason
+from tests.support.waiting import async_wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -51,14 +51,27 @@ async def _leader(pc: ProcessCluster, among: list[int], deadline_s: float,
                   newer_than: int = -1) -> tuple[int, int]:
     """(leader id, term) once one of `among` reports itself LEADER in a term above
     `newer_than`; the time it was first seen is when the test observed the election."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + deadline_s
-    while loop.time() < deadline:
+    async def find() -> tuple[int, int] | None:
         for st in await asyncio.gather(*(_raft_status(pc, n) for n in among)):
             if st and str(st.get("role", "")).upper() == "LEADER" and st["term"] > newer_than:
                 return int(st["node_id"]) if "node_id" in st else -1, int(st["term"])
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no leader among {among} within {deadline_s} s")
+        return None
+
+    return await async_wait_until(find, deadline_s, f"a leader among {among}", interval_s=0.02)
+
+
+async def _lists_brokers(cluster: ClusterClient, n: int, retriable_ok: bool = False) -> bool:
+    """Refresh metadata; True once it names `n` brokers. With `retriable_ok` a
+    retriable error counts as "not yet" (any other fails the test)."""
+    if len(cluster.brokers) >= n:
+        return True
+    try:
+        await cluster.refresh()
+    except DmqError as exc:
+        if not (retriable_ok and exc.retriable):
+            raise
+        return False
+    return len(cluster.brokers) >= n
 
 
 async def test_request_waiting_on_a_paused_controller_is_resent_to_the_new_one() -> None:
@@ -117,14 +130,10 @@ async def test_restarting_broker_without_metadata_moves_the_client_to_another_no
         boot = f"127.0.0.1:{pc.nodes[healthy].port}"
         cluster = ClusterClient(boot)
         try:
-            # the healthy broker has its metadata image (it names both brokers)
-            deadline = asyncio.get_running_loop().time() + 20
-            while len(cluster.brokers) < 2:
-                assert asyncio.get_running_loop().time() < deadline, "brokers never listed"
-                try:
-                    await cluster.refresh()
-                except LeaderNotAvailableError:  # not registered and fed metadata yet
-                    await asyncio.sleep(0.05)
+            # the healthy broker has its metadata image (it names both brokers); until
+            # registered and fed metadata, LEADER_NOT_AVAILABLE
+            await async_wait_until(lambda: _lists_brokers(cluster, 2), 20, "both brokers listed",
+                                   ignore=(LeaderNotAvailableError,))
         finally:
             await cluster.close()
         # the restarted broker cannot get metadata while the controller is paused
@@ -162,14 +171,9 @@ async def test_metadata_from_a_paused_broker_is_asked_elsewhere_too() -> None:
         cluster = ClusterClient(order, rng=_InOrder(), request_timeout_ms=request_timeout_ms)
         try:
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20
-            while len(cluster.brokers) < 2:  # both brokers registered and fed metadata
-                assert loop.time() < deadline, "brokers never listed"
-                try:
-                    await cluster.refresh()
-                except DmqError as exc:  # no metadata on a broker yet
-                    assert exc.retriable, exc
-                    await asyncio.sleep(0.05)
+            # both brokers registered and fed metadata (until then a retriable error)
+            await async_wait_until(lambda: _lists_brokers(cluster, 2, retriable_ok=True), 20,
+                                   "both brokers listed")
             await cluster.connection(("127.0.0.1", pc.nodes[paused].port))  # open: tried first
             pc.signal(paused, signal.SIGSTOP)
             try:
@@ -186,28 +190,14 @@ async def test_metadata_from_a_paused_broker_is_asked_elsewhere_too() -> None:
             await cluster.close()
 
 
-def _free_base_port() -> int:
-    """A base port with base..base+2 and base+10..base+12 free (dmq dev's layout)."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000, 100)
-        try:
-            for p in [base + i for i in range(3)] + [base + 10 + i for i in range(3)]:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range found")
-
-
 def test_dev_check_twice_on_the_same_data_folder(tmp_path: Path) -> None:
     """Issue 25 item 11: `dmq dev` could not restart on its existing data folder
     (`error: [LEADER_NOT_AVAILABLE] broker has no metadata yet`, then it stopped)."""
-    base = _free_base_port()
+    base = free_base_port(3, 3, kafka=True)  # `dmq dev`'s default shape
     for run in (1, 2):
-        out = subprocess.run(
+        out = run_group(
             [sys.executable, "-m", "dmq.cli", "dev", "--check", "--data-dir", str(tmp_path),
-             "--base-port", str(base)], capture_output=True, text=True, timeout=100)
+             "--base-port", str(base)], timeout=100, text=True)
         assert out.returncode == 0, f"run {run}: {out.stdout[-2000:]}{out.stderr[-2000:]}"
         assert f"at offset {run - 1}" in out.stdout, out.stdout
 
@@ -235,28 +225,10 @@ def small() -> Iterator[ProcessCluster]:
         yield pc
 
 
-async def _create(bootstrap: str, name: str, partitions: int, rf: int,
-                  configs: dict[str, str] | None = None) -> None:
-    """Create a topic once the brokers have registered (INVALID_REPLICATION_FACTOR
-    until then)."""
-    async with Admin(bootstrap) as admin:
-        await admin.wait_for_controller(20_000)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while True:
-            try:
-                await admin.create_topic(name, partitions, rf, configs)
-                return
-            except DmqError as exc:
-                if loop.time() > deadline or not (
-                        exc.retriable or exc.code is ErrorCode.INVALID_REPLICATION_FACTOR):
-                    raise
-                await asyncio.sleep(0.1)
-
-
 async def test_delivery_timeout_names_the_last_broker_error(small: ProcessCluster) -> None:
     """NOT_ENOUGH_REPLICAS surfaced as a bare `REQUEST_TIMED_OUT ... not delivered`."""
-    await _create(small.bootstrap, "needs-two", 1, 1, {"min.insync.replicas": "2"})
+    await ensure_topic(small.bootstrap, "needs-two", 1, 1,
+                       configs={"min.insync.replicas": "2"})
     async with Producer(small.bootstrap, linger_ms=0, request_timeout_ms=1000,
                         delivery_timeout_ms=3000, retry_backoff_ms=50) as p:
         with pytest.raises(RequestTimedOutError) as err:
@@ -281,7 +253,7 @@ async def test_inconsistent_delivery_timeout_is_refused_not_silently_raised(
 
 async def test_record_that_can_never_be_sent_is_refused_at_once(small: ProcessCluster) -> None:
     """A 101 MiB value was resent for 60 s and failed with NETWORK_EXCEPTION."""
-    await _create(small.bootstrap, "big", 1, 1)
+    await ensure_topic(small.bootstrap, "big", 1, 1)
     async with Producer(small.bootstrap, max_request_size=200 * 1024 * 1024) as p:
         with pytest.raises(MessageTooLargeError, match="max.frame.bytes=104857600"):
             await p.send("big", b"x" * (101 * 1024 * 1024))
@@ -300,8 +272,8 @@ async def test_consumer_of_a_partition_that_does_not_exist_raises(
     """Partition 99 of a 3-partition topic, partition -1, or a deleted topic: the
     consumer returned nothing, silently, forever."""
     b = small.bootstrap
-    await _create(b, "three", 3, 1)
-    await _create(b, "doomed", 1, 1)
+    await ensure_topic(b, "three", 3, 1)
+    await ensure_topic(b, "doomed", 1, 1)
     async with Consumer(b, auto_offset_reset="earliest") as c:
         with pytest.raises(UnknownTopicOrPartitionError, match="three--1"):
             c.assign([TopicPartition("three", -1)])
@@ -339,25 +311,17 @@ async def test_disk_full_is_named_by_the_producer_and_logged_by_the_broker() -> 
     why = tmpfs_skip_reason()
     if why is not None:
         pytest.skip(why)
-    with ProcessCluster(controllers=1, brokers=1) as pc:
-        data = pc.nodes[101].data_dir
-        data.mkdir(parents=True)
-        r = mount_tmpfs(str(data), "3m")
-        assert r.returncode == 0, r.stderr
-        try:
-            pc.start()
-            await _create(pc.bootstrap, "full", 1, 1)
-            async with Producer(pc.bootstrap, linger_ms=0, request_timeout_ms=1000,
-                                delivery_timeout_ms=2000, retry_backoff_ms=50) as p:
-                with pytest.raises(RequestTimedOutError) as err:
-                    for i in range(400):  # 400 x 16 KB is well past 3 MB
-                        await p.send_and_wait("full", b"%06d" % i + b"x" * 16_000)
-            assert "last error: [STORAGE_ERROR]" in str(err.value), err.value
-            assert "No space left" in str(err.value), err.value
-            log_text = pc.nodes[101].log_text()
-            assert "refused with STORAGE_ERROR" in log_text, log_text[-3000:]
-            # one line per 10 s however many refusals (retries every 50 ms for 2 s)
-            assert log_text.count("refused with STORAGE_ERROR") == 1
-        finally:
-            pc.stop_all()
-            subprocess.run(["umount", "-l", str(data)], check=False)
+    with ProcessCluster(controllers=1, brokers=1) as pc, tmpfs_data_dir(pc, 101, "3m"):
+        pc.start()
+        await ensure_topic(pc.bootstrap, "full", 1, 1)
+        async with Producer(pc.bootstrap, linger_ms=0, request_timeout_ms=1000,
+                            delivery_timeout_ms=2000, retry_backoff_ms=50) as p:
+            with pytest.raises(RequestTimedOutError) as err:
+                for i in range(400):  # 400 x 16 KB is well past 3 MB
+                    await p.send_and_wait("full", b"%06d" % i + b"x" * 16_000)
+        assert "last error: [STORAGE_ERROR]" in str(err.value), err.value
+        assert "No space left" in str(err.value), err.value
+        log_text = pc.nodes[101].log_text()
+        assert "refused with STORAGE_ERROR" in log_text, log_text[-3000:]
+        # one line per 10 s however many refusals (retries every 50 ms for 2 s)
+        assert log_text.count("refused with STORAGE_ERROR") == 1

@@ -1,48 +1,16 @@
 """Raw-socket helpers for probes that speak as a cluster node or hold connections open:
-`identify` sends NODE_HELLO so a probe can pose as a configured node, `call` sends a
-request frame on an open socket and reads its answer.
+`identify` sends NODE_HELLO so a probe can pose as a configured node; `call` (from
+support.py) sends a request frame on an open socket and reads its answer.
 """
 
 from __future__ import annotations
 
 import socket
-import struct
-from typing import Any
-
-import msgpack
 
 from dmq.protocol.api import ApiKey
-from tests.abuse.support import frame
+from tests.abuse.support import call
 
-
-def read_frame(sock: socket.socket) -> Any:
-    """The next response frame on `sock`, decoded; None when the node closed it."""
-    head = _read_exactly(sock, 4)
-    if head is None:
-        return None
-    (n,) = struct.unpack(">I", head)
-    body = _read_exactly(sock, n)
-    return None if body is None else msgpack.unpackb(body, raw=False, strict_map_key=False)
-
-
-def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
-    chunks: list[bytes] = []
-    while n:
-        try:
-            chunk = sock.recv(min(n, 1 << 20))
-        except ConnectionResetError:
-            return None
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def call(sock: socket.socket, obj: Any) -> Any:
-    """Send one request frame (any shape) on `sock`; its decoded response."""
-    sock.sendall(frame(obj))
-    return read_frame(sock)
+__all__ = ["call", "identify"]
 
 
 def identify(sock_or_port: socket.socket | int, node_id: int, *, host: str = "127.0.0.1",

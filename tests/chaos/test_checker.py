@@ -3,6 +3,8 @@ Demonstrations against a deliberately broken real cluster live with the chaos ru
 
 from __future__ import annotations
 
+import pytest
+
 from tests.chaos.checker import FinalState, History, check
 
 TP = ("t", 0)
@@ -90,3 +92,22 @@ def test_needless_failures_are_those_a_healed_cluster_would_have_delivered() -> 
     ]
     got = needless_failures(failures, windows, grace_s=5.0)
     assert [line.split()[0] for line in got] == ["p:1", "p:3"]
+
+
+@pytest.mark.parametrize(("window", "needless"), [
+    (None, True),                # no fault at all
+    ((10.0, 12.0), True),        # healed more than the grace before the deadline (40)
+    ((10.0, 35.0), True),        # healed exactly the grace before it: time enough
+    ((10.0, 35.5), False),       # healed within the grace
+    ((10.0, None), False),       # never healed
+    ((39.0, None), False),       # began before the deadline, never healed
+    ((40.0, None), True),        # began at the deadline: the record had failed already
+    ((0.0, 50.0), False),        # began before the send, healed after the deadline
+])
+def test_needless_failures_one_fault_window_each_branch(
+        window: tuple[float, float | None] | None, needless: bool) -> None:
+    from tests.chaos.checker import needless_failures
+
+    failure = (("p", 7), 10.0, 11.0, 30.0, "err")  # deadline 40
+    got = needless_failures([failure], [window] if window else [], grace_s=5.0)
+    assert got == (["p:7 failed 1.0s after send (budget 30s): err"] if needless else [])

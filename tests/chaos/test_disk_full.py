@@ -7,7 +7,6 @@ acknowledged is lost and nothing refused is in the log."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,8 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError, ErrorCode
 from tests.support.procs import ProcessCluster
-from tests.support.tmpfs import mount_tmpfs, tmpfs_skip_reason
+from tests.support.tmpfs import mount_tmpfs, tmpfs_data_dir, tmpfs_skip_reason
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 
@@ -37,16 +37,9 @@ def small_disk_cluster() -> Iterator[ProcessCluster]:
         pytest.skip(why)
     with ProcessCluster(controllers=1, brokers=1, settings={
             "broker.session.timeout.ms": 3000, "broker.heartbeat.interval.ms": 300}) as c:
-        data = c.nodes[101].data_dir
-        data.mkdir(parents=True)
-        r = mount_tmpfs(str(data), "3m")
-        assert r.returncode == 0, r.stderr
-        try:
+        with tmpfs_data_dir(c, 101, "3m"):
             c.start()
             yield c
-        finally:
-            c.stop_all()
-            subprocess.run(["umount", "-l", str(data)], check=False)
 
 
 def ask(c: ProcessCluster, node: int, api: ApiKey, body: Any, timeout_ms: int = 5000) -> Any:
@@ -82,17 +75,13 @@ def value(i: int) -> bytes:
 def test_full_disk_refuses_writes_serves_reads_and_recovers(
         small_disk_cluster: ProcessCluster) -> None:
     c = small_disk_cluster
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            r = ask(c, 1, ApiKey.CREATE_TOPICS, {"topics": [
-                {"name": TOPIC, "partitions": 1, "replication_factor": 1}]})["topics"][0]
-            if r["error"] in (0, 36) and produce(c, value(0))[1] == 0:
-                break
-        except DmqError:
-            pass
-        assert time.monotonic() < deadline, "topic never writable"
-        time.sleep(0.2)
+
+    def writable() -> bool:
+        r = ask(c, 1, ApiKey.CREATE_TOPICS, {"topics": [
+            {"name": TOPIC, "partitions": 1, "replication_factor": 1}]})["topics"][0]
+        return r["error"] in (0, 36) and produce(c, value(0))[1] == 0
+
+    wait_until(writable, 30, "topic writable", interval_s=0.2, ignore=(DmqError,))
     acked, refused = [value(0)], []
     for i in range(1, 400):  # 400 x 16 KB is well past 3 MB
         row = produce(c, value(i))

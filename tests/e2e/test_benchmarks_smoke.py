@@ -5,11 +5,12 @@ shape of the output and that the numbers are numbers; never how fast anything is
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.procs import run_group
 
 pytestmark = pytest.mark.slow
 
@@ -18,8 +19,8 @@ NUMBER = re.compile(r"^[0-9][0-9,]*(\.[0-9]+)?$")
 
 
 def test_run_all_smoke_prints_a_table_with_numbers() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke"],
-                          capture_output=True, text=True, timeout=150, cwd=ROOT)
+    proc = run_group([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke"],
+                     timeout=150, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "machine:" in out and "python " in out
@@ -51,9 +52,9 @@ def test_kafka_cases_smoke_produce_and_consume_through_the_kafka_listener() -> N
     """The issue-17 cases: a librdkafka client (kcat if installed, else confluent-kafka)
     produces to and consumes from a 1-node cluster's Kafka listener; each run checks
     that the log grew by exactly the records sent and that every record came back."""
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke",
-                           "--only", "kafka-100B-acks1,kafka-consume-100B"],
-                          capture_output=True, text=True, timeout=90, cwd=ROOT)
+    proc = run_group([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke",
+                      "--only", "kafka-100B-acks1,kafka-consume-100B"],
+                     timeout=90, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     lines = out.splitlines()

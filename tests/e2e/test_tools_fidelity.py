@@ -11,7 +11,6 @@ bytes, exit codes and what is printed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import queue
@@ -33,15 +32,10 @@ from dmq.client.producer import Producer
 from dmq.client.records import TopicPartition
 from tests.e2e.test_client import create_topic
 from tests.support.procs import ProcessCluster, free_ports
+from tests.support.tools import run_tool as run
+from tests.support.waiting import async_wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def run(tool: str, *args: str | bytes, stdin: bytes = b"", timeout: float = 60
-        ) -> subprocess.CompletedProcess[bytes]:
-    code = f"import sys; from dmq.tools import {tool}_main; {tool}_main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *args], input=stdin,
-                          capture_output=True, timeout=timeout)
 
 
 def one_line_error(r: subprocess.CompletedProcess[bytes], code: int, text: str) -> None:
@@ -62,14 +56,16 @@ def node() -> Iterator[ProcessCluster]:
 
 # ---- dmq-produce: every record's outcome counts ---------------------------------------
 async def _wait_brokers(bootstrap: str, n: int, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
     async with Admin(bootstrap) as admin:
-        while True:
+        status: dict = {}
+
+        async def online() -> bool:
+            nonlocal status
             status = await admin.cluster_status()
-            if sum(b["state"] == "ONLINE" for b in status["brokers"]) >= n:
-                return
-            assert time.monotonic() < deadline, status
-            await asyncio.sleep(0.1)
+            return sum(b["state"] == "ONLINE" for b in status["brokers"]) >= n
+
+        await async_wait_until(online, timeout_s, lambda: f"{n} brokers ONLINE: {status}",
+                               interval_s=0.1)
 
 
 async def _leaders(bootstrap: str, topic: str) -> dict[int, int]:

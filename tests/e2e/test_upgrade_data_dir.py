@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 
 from dmq.client import Consumer, Producer, TopicPartition
-from dmq.client.admin import Admin
+from dmq.devcluster import ensure_topic
 from dmq.log.batch import ATTR_DMQ_NATIVE, decode_records, iter_headers
 from dmq.log.errors import LogError
 from dmq.log.migrate import CURRENT_FORMAT, read_format
-from dmq.protocol.errors import DmqError, ErrorCode
 from tests.support.procs import ProcessCluster
 from tests.unit.log.test_format_migration import downgrade_folder
 
@@ -30,23 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 TOPICS = {"up-none": ({}, None), "up-zstd": ({}, "zstd"), "up-lz4": ({}, "lz4"),
           "up-compact": ({"cleanup.policy": "compact"}, "zstd")}
 PER_PARTITION = 300
-
-
-async def _create(bootstrap: str, name: str, configs: dict[str, str]) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    async with Admin(bootstrap) as admin:
-        await admin.wait_for_controller(30_000)
-        while True:
-            try:
-                await admin.create_topic(name, 2, 1, configs)
-                return
-            except DmqError as exc:
-                if exc.code is ErrorCode.TOPIC_ALREADY_EXISTS:
-                    return
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.2)  # the broker is still registering
 
 
 async def _consume_all(bootstrap: str, topic: str, ends: dict[int, int]) -> list[tuple]:
@@ -74,7 +56,7 @@ async def test_broker_migrates_a_previous_format_data_folder_and_serves_it() -> 
         b = pc.bootstrap
         written: dict[str, list[tuple]] = {}
         for topic, (configs, compression) in TOPICS.items():
-            await _create(b, topic, configs)
+            await ensure_topic(b, topic, 2, 1, 30, configs)
             async with Producer(b, linger_ms=5, compression_type=compression) as p:
                 sent = []
                 for i in range(PER_PARTITION * 2):

@@ -49,6 +49,42 @@ def wait_port(port: int, timeout_s: float = 15.0, host: str = "127.0.0.1") -> No
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
 
 
+def run_group(cmd: list[str], timeout: float, text: bool = False,
+              **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """`subprocess.run(cmd, capture_output=True, timeout=timeout, ...)` for a command
+    that starts processes of its own (`dmq dev`, benchmarks/run_all.py): it runs in a
+    new session, and whatever of that session is still alive when it exits, or when it
+    is killed at the timeout, is killed with it (by its process group, the child's
+    PID). Output goes through temporary files, so a leftover process holding the
+    command's stdout cannot keep the call waiting."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True, **kwargs)
+
+        def captured(f: Any) -> Any:
+            f.seek(0)
+            data = f.read()
+            return data.decode(errors="replace") if text else data
+
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            _kill_group(proc.pid)
+            proc.wait()
+            exc.output, exc.stderr = captured(out), captured(err)
+            raise
+        finally:
+            _kill_group(proc.pid)
+            proc.wait()
+        return subprocess.CompletedProcess(cmd, proc.returncode, captured(out), captured(err))
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:  # nothing left in it
+        pass
+
+
 def toml_config(controllers: list[tuple[int, int]], brokers: list[tuple[int, int]],
                 settings: dict[str, Any] | None = None) -> str:
     lines: list[str] = []

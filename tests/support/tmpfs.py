@@ -3,10 +3,17 @@ one, and filling a file system up to a few free pages."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.support.procs import ProcessCluster
 
 
 def mount_tmpfs(path: str, size: str, remount: bool = False) -> subprocess.CompletedProcess[str]:
@@ -28,6 +35,21 @@ def tmpfs_skip_reason() -> str | None:
         return None
     finally:
         os.rmdir(d)
+
+
+@contextlib.contextmanager
+def tmpfs_data_dir(pc: ProcessCluster, node_id: int, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of `size` as a not yet started node's data folder; on the way out
+    stop every node of `pc`, then unmount it (lazily: a file may still be open)."""
+    data = pc.nodes[node_id].data_dir
+    data.mkdir(parents=True)
+    r = mount_tmpfs(str(data), size)
+    assert r.returncode == 0, r.stderr
+    try:
+        yield data
+    finally:
+        pc.stop_all()
+        subprocess.run(["umount", "-l", str(data)], check=False)
 
 
 def fill(directory: str, leave_pages: int) -> None:
