@@ -40,7 +40,7 @@ from tests.abuse.support import (
 )
 from tests.abuse.wire import call, identify
 from tests.support.procs import ProcessCluster
-from tests.support.waits import until
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.slow
 

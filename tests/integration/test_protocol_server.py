@@ -22,7 +22,7 @@ from dmq.protocol.errors import (
     RequestTimedOutError,
 )
 from dmq.protocol.server import NO_RESPONSE, ProtocolServer, RequestContext
-from tests.support.waits import until
+from tests.support.waiting import until
 
 
 async def start_server(**kw: Any) -> ProtocolServer:

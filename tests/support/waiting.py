@@ -1,7 +1,8 @@
 """Waiting on a condition with a deadline, for tests: `wait_until` (a plain predicate,
 sleeps between tries) and `async_wait_until` (a predicate that may be a coroutine
 function; awaits between tries). Both return the predicate's first true value, and
-raise AssertionError naming what was awaited and the last value or error seen."""
+raise AssertionError naming what was awaited and the last value or error seen.
+`until(cond, what)` is the short form the in-process server tests use."""
 
 from __future__ import annotations
 
@@ -60,3 +61,9 @@ async def async_wait_until(pred: Callable[[], Awaitable[T] | T], timeout_s: floa
         if loop.time() >= deadline:
             raise _timed_out(timeout_s, what, last)
         await asyncio.sleep(interval_s)
+
+
+async def until(cond: Callable[[], object], what: str, timeout_s: float = 5.0,
+                poll_s: float = 0.01) -> None:
+    """Return once `cond()` is true; fail naming `what` after `timeout_s`."""
+    await async_wait_until(cond, timeout_s, what, interval_s=poll_s)
