@@ -125,3 +125,31 @@ def test_only_the_active_segments_indexes_are_mapped(tmp_path: object) -> None:
     check_log_consistent(plog)
     plog.close()
     assert open_fds() == before
+
+
+def test_a_released_segment_that_cannot_be_reopened_is_a_storage_error(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors (EMFILE) when a read reopens a closed segment: the fetch gets a
+    `LogStorageError` (STORAGE_ERROR to the client), never a bare OSError, and the same
+    reads work once descriptors are free again."""
+    import errno
+
+    from dmq.log.errors import LogStorageError
+
+    plog = many_segments(str(tmp_path), n=20)
+    real_open = os.open
+
+    def no_descriptors(path: str, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(".log"):
+            raise OSError(errno.EMFILE, "Too many open files", path)
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_descriptors)
+    with pytest.raises(LogStorageError, match="Too many open files"):
+        plog.read(3, 1000)
+    with pytest.raises(LogStorageError, match="Too many open files"):
+        plog.offset_for_timestamp(1005)
+    monkeypatch.setattr(os, "open", real_open)
+    assert [v for _, v in read_all(plog)] == [b"v%d" % i for i in range(20)]
+    assert plog.offset_for_timestamp(1005) == (5, 1005)
+    plog.close()
