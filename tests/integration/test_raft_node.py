@@ -109,7 +109,13 @@ class Harness:
             if len(leaders) == 1:
                 return leaders[0]
             await asyncio.sleep(TICK_MS / 1000)
-        raise AssertionError("no single leader elected")
+        # each node's view, so that a failure says whether votes were split, a node was
+        # stuck in another term, or a pump had stopped
+        views = {int(i): {k: n.status()[k] for k in ("role", "term", "leader_id",
+                                                     "last_log_index", "refused_messages")}
+                 | {"pump_done": n._pump_task is not None and n._pump_task.done()}
+                 for i, n in self.nodes.items()}
+        raise AssertionError(f"no single leader elected in {timeout_s} s: {views}")
 
     async def wait_applied(self, index: int, nodes: Sequence[NodeId] | None = None,
                            timeout_s: float = 5.0) -> None:
