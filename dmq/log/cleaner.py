@@ -198,7 +198,14 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
         sizes = [s.size_bytes for s in cleanable]
         nexts = [s.next_offset for s in cleanable]
         truncations = plog.truncations
-        fds = [os.dup(s.fd) for s in cleanable]
+        fds: list[int] = []
+        try:
+            for s in cleanable:
+                fds.append(os.dup(s.fd))
+        except BaseException:  # (EMFILE): release the duplicates made so far
+            for fd in fds:
+                os.close(fd)
+            raise
     # A merged segment must fit a segment, its indexes (one entry per batch at most)
     # and u32 relative offsets.
     max_batches = cfg.segment_index_bytes // OFFSET_ENTRY_SIZE

@@ -153,3 +153,36 @@ def test_a_released_segment_that_cannot_be_reopened_is_a_storage_error(
     assert [v for _, v in read_all(plog)] == [b"v%d" % i for i in range(20)]
     assert plog.offset_for_timestamp(1005) == (5, 1005)
     plog.close()
+
+
+def test_a_cleaning_pass_out_of_descriptors_leaks_none(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cleaner duplicates the descriptor of each segment it will read; EMFILE part
+    way through must close the duplicates already made (each failed pass leaked them,
+    so running out of descriptors fed itself), and the next pass cleans as usual."""
+    import errno
+
+    before = open_fds()
+    plog = many_segments(str(tmp_path), n=40)
+    held = open_fds()
+    real_dup = os.dup
+    calls = [0]
+
+    def dup_until_emfile(fd: int) -> int:
+        calls[0] += 1
+        if calls[0] > 10:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_dup(fd)
+
+    monkeypatch.setattr(os, "dup", dup_until_emfile)
+    with pytest.raises(OSError, match="Too many open files"):
+        plog.clean(now_ms=10_000, max_offset=plog.log_end_offset)
+    assert calls[0] == 11
+    assert open_fds() <= held + MAX_IDLE_SEGMENT_FDS  # reopened closed segments only
+    monkeypatch.setattr(os, "dup", real_dup)
+    res = plog.clean(now_ms=10_000, max_offset=plog.log_end_offset)
+    assert res.segments_rewritten > 0
+    assert [v for _, v in read_all(plog)][-7:] == [b"v%d" % i for i in range(33, 40)]
+    check_log_consistent(plog)
+    plog.close()
+    assert open_fds() == before
