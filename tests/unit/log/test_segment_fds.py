@@ -186,3 +186,55 @@ def test_a_cleaning_pass_out_of_descriptors_leaks_none(
     check_log_consistent(plog)
     plog.close()
     assert open_fds() == before
+
+
+def test_a_cleaning_pass_holds_one_duplicate_descriptor_at_a_time(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compaction pass over 200 one-batch segments (segment.bytes=64) used to hold a
+    duplicate descriptor of every segment for the whole pass."""
+    from dmq.log import cleaner
+
+    plog = many_segments(str(tmp_path))
+    baseline = open_fds()
+    peak = [0]
+    real = cleaner._segment_batches
+
+    def counting(fd: int, size: int) -> object:
+        peak[0] = max(peak[0], open_fds() - baseline)
+        return real(fd, size)
+
+    monkeypatch.setattr(cleaner, "_segment_batches", counting)
+    res = plog.clean(now_ms=10_000, max_offset=plog.log_end_offset)
+    assert res.segments_rewritten > 0
+    assert 1 <= peak[0] <= 1 + MAX_IDLE_SEGMENT_FDS, peak  # one duplicate, a few reopened
+    assert [v for _, v in read_all(plog)][-7:] == [b"v%d" % i for i in range(193, 200)]
+    check_log_consistent(plog)
+    plog.close()
+
+
+def test_cleaned_segments_waiting_to_be_swapped_in_hold_no_descriptor(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every segment keeps a record and loses one, and none can merge (segment.bytes=64):
+    one replacement per segment waits for the swap; each held its `.log` open."""
+    from dmq.log import cleaner
+
+    plog = PartitionLog.open(str(tmp_path), CFG, ManualClock(), fsync_enabled=False)
+    for i in range(100):
+        plog.append_as_leader(build_batch([(b"u%d" % i, b"x"), (b"k", b"v%d" % i)],
+                                          1000 + i), 1)
+    baseline = open_fds()
+    at_swap: list[int] = []
+    real = cleaner._swap_in
+
+    def swap_in(p: PartitionLog, rw: object) -> object:
+        at_swap.append(open_fds() - baseline)
+        return real(p, rw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cleaner, "_swap_in", swap_in)
+    res = plog.clean(now_ms=10_000, max_offset=plog.log_end_offset)
+    assert res.segments_rewritten >= 90 and len(at_swap) >= 90
+    assert max(at_swap) <= 1 + MAX_IDLE_SEGMENT_FDS, at_swap[:3]
+    got = dict(read_all(plog))
+    assert [got[o] for o in sorted(got) if got[o] == b"x"] == [b"x"] * 100
+    check_log_consistent(plog)
+    plog.close()
