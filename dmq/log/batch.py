@@ -219,13 +219,17 @@ def all_dmq_native(buf: Buffer) -> bool:
     size = len(buf)
     pos = 0
     while size - pos >= HEADER_SIZE:
-        if not buf[pos + 22] & ATTR_DMQ_NATIVE:
+        batch_length, attributes_low = _LENGTH_AND_MARK(buf, pos)
+        if not attributes_low & ATTR_DMQ_NATIVE:
             return False
-        batch_length = int.from_bytes(buf[pos + 8:pos + 12], "big", signed=True)
         if batch_length < MIN_BATCH_LENGTH:
             return True
         pos += batch_length + LOG_OVERHEAD
     return True
+
+
+# batch_length (position 8) and the low byte of attributes (position 22) in one unpack
+_LENGTH_AND_MARK = struct.Struct(">8xi10xB").unpack_from
 
 
 def iter_headers(buf: Buffer) -> Iterator[BatchHeader]:

@@ -148,6 +148,19 @@ def _decoded(plog: PartitionLog, data: bytes, h: BatchHeader) -> list[Record] | 
         return None
 
 
+def _dup_as_picked(plog: PartitionLog, seg: LogSegment, truncations: int) -> int | None:
+    """A duplicate of `seg`'s descriptor, for reading it without the log's lock, or None
+    if the segment is no longer as the pass picked it (retention deleted it, or a
+    truncation may have cut and refilled it: the pass ends, the next one starts over).
+    One segment at a time: a pass over thousands of closed segments (segment.bytes of
+    a few bytes) holds one duplicate, not one per segment."""
+    with plog._lock:  # noqa: SLF001
+        plog._check_open()  # noqa: SLF001
+        if plog.truncations != truncations or seg.fd_closed:
+            return None
+        return os.dup(seg.fd)
+
+
 def _record_ts(h: BatchHeader, r: Record) -> int:
     return h.max_timestamp if h.attributes & ATTR_TIMESTAMP_TYPE else r.timestamp
 
@@ -169,12 +182,14 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
     (the high watermark: a newer value that is not committed yet may still be truncated
     away, and must not cost the committed one its place).
 
-    The log's lock is held only to pick the segments and then, once per rewritten
-    group, to swap it in: reading, decoding and writing `.cleaned` files happen without
+    The log's lock is held only to pick the segments, to duplicate each one's
+    descriptor as it is read (one at a time, `_dup_as_picked`), and once per rewritten
+    group to swap it in: reading, decoding and writing `.cleaned` files happen without
     it, so appends and reads of the partition go on meanwhile. A closed segment changes
     only by retention (it goes) or truncation (which may reopen, cut and refill it);
-    duplicated descriptors keep what was read readable, and the swap goes ahead only if
-    no truncation happened since the segments were picked and its segments are still
+    a duplicated descriptor keeps what is being read readable, a segment gone or
+    truncated before it is read ends the pass, and the swap goes ahead only if no
+    truncation happened since the segments were picked and its segments are still
     there as read. `cancelled()` (the cleaner stopping) abandons the pass between
     segments.
     """
@@ -198,20 +213,25 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
         sizes = [s.size_bytes for s in cleanable]
         nexts = [s.next_offset for s in cleanable]
         truncations = plog.truncations
-        fds = [os.dup(s.fd) for s in cleanable]
     # A merged segment must fit a segment, its indexes (one entry per batch at most)
     # and u32 relative offsets.
     max_batches = cfg.segment_index_bytes // OFFSET_ENTRY_SIZE
     rewrites: list[_Rewrite] = []
     try:
         latest: dict[Any, int] = {}
-        for fd, size in zip(fds, sizes, strict=True):
+        for seg, size in zip(cleanable, sizes, strict=True):
             if cancelled is not None and cancelled():
                 return CleanResult(0, 0, 0, 0, 0)
-            for h, data in _segment_batches(fd, size):
-                for r in _decoded(plog, data, h) or ():
-                    if r.key is not None:
-                        latest[r.key] = r.offset
+            fd = _dup_as_picked(plog, seg, truncations)
+            if fd is None:
+                return CleanResult(0, 0, 0, 0, 0)
+            try:
+                for h, data in _segment_batches(fd, size):
+                    for r in _decoded(plog, data, h) or ():
+                        if r.key is not None:
+                            latest[r.key] = r.offset
+            finally:
+                os.close(fd)
         horizon = now - cfg.delete_retention_ms
         kept_total = removed_total = before = after = tombstones = 0
         group: list[tuple[LogSegment, int]] = []
@@ -229,28 +249,33 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
             else:
                 after += sum(size for _, size in group)
 
-        for seg, fd, size, nxt in zip(cleanable, fds, sizes, nexts, strict=True):
-            if cancelled is not None and cancelled():
+        for seg, size, nxt in zip(cleanable, sizes, nexts, strict=True):
+            fd = None if cancelled is not None and cancelled() else _dup_as_picked(
+                plog, seg, truncations)
+            if fd is None:
                 _discard_rewrites(rewrites)
                 return CleanResult(0, 0, 0, 0, 0)
             out: list[bytes] = []
             changed = False
-            for h, data in _segment_batches(fd, size):
-                records = _decoded(plog, data, h)
-                if records is None:  # undecodable: kept as it is, its keys unknown
-                    out.append(data)
-                    continue
-                keep = [r for r in records if r.key is None or (
-                    latest[r.key] == r.offset
-                    and not (r.value is None and _record_ts(h, r) <= horizon))]
-                kept_total += len(keep)
-                removed_total += len(records) - len(keep)
-                tombstones += sum(1 for r in keep if r.value is None)
-                if len(keep) == len(records):
-                    out.append(data)
-                    continue
-                changed = True
-                out.extend(_rebatch(h, keep))
+            try:
+                for h, data in _segment_batches(fd, size):
+                    records = _decoded(plog, data, h)
+                    if records is None:  # undecodable: kept as it is, its keys unknown
+                        out.append(data)
+                        continue
+                    keep = [r for r in records if r.key is None or (
+                        latest[r.key] == r.offset
+                        and not (r.value is None and _record_ts(h, r) <= horizon))]
+                    kept_total += len(keep)
+                    removed_total += len(records) - len(keep)
+                    tombstones += sum(1 for r in keep if r.value is None)
+                    if len(keep) == len(records):
+                        out.append(data)
+                        continue
+                    changed = True
+                    out.extend(_rebatch(h, keep))
+            finally:
+                os.close(fd)
             before += size
             out_bytes = sum(len(b) for b in out)
             if group and (group_bytes + out_bytes > cfg.segment_bytes
@@ -272,9 +297,6 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
         if plog.closed:  # closed (and maybe deleted) meanwhile: not a cleaning failure
             raise LogClosedError(f"log {plog.directory} closed while cleaning") from None
         raise
-    finally:
-        for fd in fds:
-            os.close(fd)
     done = 0
     complete = True
     pending = list(rewrites)
@@ -464,6 +486,7 @@ def _write_cleaned(plog: PartitionLog, members: list[tuple[LogSegment, int]],
             raise LogError(f"cleaned segment {cleaned} has the wrong size")
         new.rebuild_indexes_from(headers)
         new.make_inactive()
+        new.release_fd()  # reopened on use: a pass may leave many rewrites pending
     except BaseException:
         if new is not None:
             _close_segment(new)

@@ -60,6 +60,7 @@ from dmq.log.checkpoint import read_entries, write_entries
 from dmq.log.cleaner import sweep_replacement_files
 from dmq.log.codecs import CODEC_LZ4, CODEC_NONE, CODEC_ZSTD
 from dmq.log.errors import LogStorageError
+from dmq.log.recovery import segment_bases
 from dmq.log.segment import LOG_SUFFIX, segment_name
 
 log = logging.getLogger("dmq.log")
@@ -120,10 +121,10 @@ def ensure_current_format(directory: str, sync: bool = True) -> MigrationResult 
             f"{CURRENT_FORMAT}: it was written by a newer version")
     t0 = time.monotonic()
     try:
-        bases = _segment_bases(directory)
+        bases = sorted(segment_bases(directory))
         if bases:  # (a new folder has nothing to sweep: a `.swap` comes with its `.log`)
             sweep_replacement_files(directory, sync)
-            bases = _segment_bases(directory)
+            bases = sorted(segment_bases(directory))
     except OSError as exc:
         raise LogStorageError(f"cannot migrate log {directory} to record format "
                               f"{CURRENT_FORMAT}: {exc}") from exc
@@ -153,12 +154,6 @@ def ensure_current_format(directory: str, sync: bool = True) -> MigrationResult 
                  directory, CURRENT_FORMAT, batches, already, damaged, len(bases),
                  size / 2**20, res.seconds * 1000)
     return res
-
-
-def _segment_bases(directory: str) -> list[int]:
-    return sorted(int(n[:20]) for n in os.listdir(directory)
-                  if n.endswith(LOG_SUFFIX) and len(n) == 20 + len(LOG_SUFFIX)
-                  and n[:20].isdigit())
 
 
 def migrate_segment(path: str, sync: bool = True) -> tuple[int, int, int, int]:

@@ -464,7 +464,10 @@ class PartitionLog:
                         and seg.read_hint_position < seg.size_bytes):
                     start = seg.read_hint_position  # a sequential reader: no header lookup
                 else:
-                    h = seg.find(offset)
+                    try:  # (a closed segment may reopen its descriptor here)
+                        h = seg.find(offset)
+                    except OSError as exc:
+                        raise LogStorageError(f"read of {seg.path} failed: {exc}") from exc
                     if h is None:
                         i += 1
                         continue
@@ -529,7 +532,10 @@ class PartitionLog:
         with self._lock:
             self._check_open()
             for seg in self._segments:
-                h = seg.find_by_timestamp(timestamp_ms)
+                try:
+                    h = seg.find_by_timestamp(timestamp_ms)
+                except OSError as exc:
+                    raise LogStorageError(f"read of {seg.path} failed: {exc}") from exc
                 if h is not None:
                     return max(h.base_offset, self._log_start_offset), h.max_timestamp
             return None

@@ -419,6 +419,11 @@ class LogSegment:
         return fd
 
     @property
+    def fd_closed(self) -> bool:
+        """True once `close_fd` ran: the segment was closed, deleted or abandoned."""
+        return self._fd_closed
+
+    @property
     def holds_fd(self) -> bool:
         return self._fd >= 0
 

@@ -101,6 +101,13 @@ class Harness:
         for i in list(self.nodes):
             await self.stop(i)
 
+    async def __aenter__(self) -> Harness:
+        await self.start_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_all()
+
     async def leader(self, timeout_s: float = 5.0, not_: NodeId | None = None) -> RaftNode:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while asyncio.get_running_loop().time() < deadline:
@@ -109,7 +116,13 @@ class Harness:
             if len(leaders) == 1:
                 return leaders[0]
             await asyncio.sleep(TICK_MS / 1000)
-        raise AssertionError("no single leader elected")
+        # each node's view, so that a failure says whether votes were split, a node was
+        # stuck in another term, or a pump had stopped
+        views = {int(i): {k: n.status()[k] for k in ("role", "term", "leader_id",
+                                                     "last_log_index", "refused_messages")}
+                 | {"pump_done": n._pump_task is not None and n._pump_task.done()}
+                 for i, n in self.nodes.items()}
+        raise AssertionError(f"no single leader elected in {timeout_s} s: {views}")
 
     async def wait_applied(self, index: int, nodes: Sequence[NodeId] | None = None,
                            timeout_s: float = 5.0) -> None:
@@ -126,9 +139,7 @@ def run(coro: object) -> None:
 
 def test_elect_replicate_read_and_refuse_on_followers(tmp_path: Path) -> None:
     async def main() -> None:
-        h = Harness(tmp_path)
-        await h.start_all()
-        try:
+        async with Harness(tmp_path) as h:
             leader = await h.leader()
             index = await leader.propose(b"a=1")
             await h.wait_applied(index)
@@ -149,17 +160,13 @@ def test_elect_replicate_read_and_refuse_on_followers(tmp_path: Path) -> None:
             st = leader.status()
             assert st["role"] == "LEADER" and st["commit_index"] >= max(results)
             assert set(st["peers"]) == {1, 2, 3}
-        finally:
-            await h.stop_all()
 
     run(main())
 
 
 def test_leader_failover_and_catch_up(tmp_path: Path) -> None:
     async def main() -> None:
-        h = Harness(tmp_path)
-        await h.start_all()
-        try:
+        async with Harness(tmp_path) as h:
             old = await h.leader()
             await old.propose(b"before=1")
             old_id = old.id
@@ -170,33 +177,25 @@ def test_leader_failover_and_catch_up(tmp_path: Path) -> None:
             await h.restart(old_id)
             await h.wait_applied(index)
             assert h.sms[old_id].data == {"before": "1", "after": "2"}
-        finally:
-            await h.stop_all()
 
     run(main())
 
 
 def test_leadership_transfer(tmp_path: Path) -> None:
     async def main() -> None:
-        h = Harness(tmp_path)
-        await h.start_all()
-        try:
+        async with Harness(tmp_path) as h:
             leader = await h.leader()
             await leader.propose(b"x=1")
             target = next(i for i in h.ids if i != leader.id)
             assert await leader.transfer_leadership(target) == target
             assert (await h.leader()).id == target
-        finally:
-            await h.stop_all()
 
     run(main())
 
 
 def test_lagging_node_catches_up_by_snapshot(tmp_path: Path) -> None:
     async def main() -> None:
-        h = Harness(tmp_path, snapshot_interval=50)
-        await h.start_all()
-        try:
+        async with Harness(tmp_path, snapshot_interval=50) as h:
             leader = await h.leader()
             down = next(i for i in h.ids if i != leader.id)
             await h.stop(down)
@@ -209,8 +208,6 @@ def test_lagging_node_catches_up_by_snapshot(tmp_path: Path) -> None:
             await h.wait_applied(last, [down])
             assert h.sms[down].restored_from is not None
             assert h.sms[down].data == h.sms[leader.id].data
-        finally:
-            await h.stop_all()
 
     run(main())
 
@@ -241,11 +238,9 @@ def failover_times(tmp_path: Path, trials: int, tick_ms: int, election_ticks: in
     until a new leader has committed a proposal, `trials` times."""
 
     async def main() -> list[float]:
-        h = Harness(tmp_path, tick_ms=tick_ms, election_ticks=election_ticks,
-                    heartbeat_ticks=heartbeat_ticks, seed=seed)
-        await h.start_all()
         times = []
-        try:
+        async with Harness(tmp_path, tick_ms=tick_ms, election_ticks=election_ticks,
+                           heartbeat_ticks=heartbeat_ticks, seed=seed) as h:
             for _ in range(trials):
                 leader = await h.leader()
                 await leader.propose(b"warm=1")
@@ -262,8 +257,6 @@ def failover_times(tmp_path: Path, trials: int, tick_ms: int, election_ticks: in
                         continue
                 times.append(loop.time() - t0)
                 await h.restart(old)
-        finally:
-            await h.stop_all()
         return times
 
     return asyncio.run(main())
@@ -286,9 +279,7 @@ def test_malformed_raft_messages_get_an_error_and_change_nothing(tmp_path: Path)
     from dmq.protocol.errors import InvalidRequestError
 
     async def main() -> None:
-        h = Harness(tmp_path)
-        await h.start_all()
-        try:
+        async with Harness(tmp_path) as h:
             leader = await h.leader()
             term = leader.status()["term"]
             conn = await Connection.open("127.0.0.1", h.ports[leader.id])
@@ -302,8 +293,6 @@ def test_malformed_raft_messages_get_an_error_and_change_nothing(tmp_path: Path)
                 await conn.close()
             assert leader.status()["term"] == term and leader.status()["role"] == "LEADER"
             assert leader.stats["malformed"] == 2
-        finally:
-            await h.stop_all()
 
     run(main())
 
@@ -325,9 +314,7 @@ def test_append_with_an_entry_the_state_machine_cannot_apply_is_refused(tmp_path
     from dmq.protocol.errors import InvalidRequestError
 
     async def main() -> None:
-        h = Harness(tmp_path, validate_entry=_kv_entry_problem)
-        await h.start_all()
-        try:
+        async with Harness(tmp_path, validate_entry=_kv_entry_problem) as h:
             leader = await h.leader()
             await h.wait_applied(await leader.propose(b"a=1"))
             follower = next(n for n in h.nodes.values() if n is not leader)
@@ -348,8 +335,6 @@ def test_append_with_an_entry_the_state_machine_cannot_apply_is_refused(tmp_path
             await h.wait_applied(index)
             assert all(sm.data == {"a": "1", "b": "2"} for sm in h.sms.values())
             assert leader.status()["role"] == "LEADER"
-        finally:
-            await h.stop_all()
 
     run(main())
 
@@ -361,9 +346,7 @@ def test_leader_that_loses_its_quorum_fails_pending_proposals_at_once(
     import gc
 
     async def main() -> None:
-        h = Harness(tmp_path)
-        await h.start_all()
-        try:
+        async with Harness(tmp_path) as h:
             leader = await h.leader()
             await h.wait_applied(await leader.propose(b"a=1"))
             for i in [i for i in h.ids if i != leader.id]:
@@ -379,8 +362,6 @@ def test_leader_that_loses_its_quorum_fails_pending_proposals_at_once(
             assert leader.status()["role"] != "LEADER"
             with pytest.raises(DmqError, match="not done in 1 ms"):
                 await short  # timed out first; its late failure must not go unseen
-        finally:
-            await h.stop_all()
 
     with caplog.at_level("ERROR", logger="asyncio"):
         run(main())
@@ -395,9 +376,7 @@ def test_proposal_larger_than_a_follower_accepts_fails_at_once(tmp_path: Path) -
     from dmq.raft.node import FRAME_OVERHEAD_BYTES
 
     async def main() -> None:
-        h = Harness(tmp_path)
-        await h.start_all()
-        try:
+        async with Harness(tmp_path) as h:
             leader = await h.leader()
             limit = leader.config.max_frame_bytes - FRAME_OVERHEAD_BYTES
             term = leader.status()["term"]
@@ -406,8 +385,6 @@ def test_proposal_larger_than_a_follower_accepts_fails_at_once(tmp_path: Path) -
             index = await leader.propose(b"k=" + b"v" * (2 << 20))  # 2 MiB is fine
             await h.wait_applied(index)
             assert leader.status()["term"] == term and leader.status()["role"] == "LEADER"
-        finally:
-            await h.stop_all()
 
     run(main())
 
@@ -417,9 +394,7 @@ def test_a_dead_raft_pump_calls_on_fatal_instead_of_lingering(tmp_path: Path) ->
     # reporting LEADER; now the owner's on_fatal hook ends it (crash-only)
     async def main() -> None:
         died: list[tuple[str, BaseException]] = []
-        h = Harness(tmp_path, on_fatal=lambda what, exc: died.append((what, exc)))
-        await h.start_all()
-        try:
+        async with Harness(tmp_path, on_fatal=lambda what, exc: died.append((what, exc))) as h:
             leader = await h.leader()
             broken = h.sms[leader.id]
 
@@ -431,8 +406,6 @@ def test_a_dead_raft_pump_calls_on_fatal_instead_of_lingering(tmp_path: Path) ->
                 await leader.propose(b"x=1", timeout_ms=5000)
             assert [w for w, _ in died] == [f"raft task raft-{leader.id}-pump"]
             assert isinstance(died[0][1], RuntimeError)
-        finally:
-            await h.stop_all()
 
     run(main())
 
@@ -445,9 +418,7 @@ def test_pending_proposals_fail_naming_the_leader_that_replaced_this_one(
 
     async def main() -> None:
         # a long election timeout, so CheckQuorum does not step the leader down first
-        h = Harness(tmp_path, election_ticks=300)
-        await h.start_all()
-        try:
+        async with Harness(tmp_path, election_ticks=300) as h:
             leader = await h.leader(timeout_s=15)
             await h.wait_applied(await leader.propose(b"a=1"))
             others = [i for i in h.ids if i != leader.id]
@@ -470,7 +441,5 @@ def test_pending_proposals_fail_naming_the_leader_that_replaced_this_one(
             with pytest.raises(NotLeaderError) as err:
                 await asyncio.wait_for(pending, 10)
             assert err.value.leader_id == others[0]
-        finally:
-            await h.stop_all()
 
     run(main())

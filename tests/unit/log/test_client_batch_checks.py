@@ -210,3 +210,24 @@ def test_the_cleaner_keeps_an_undecodable_batch_logs_it_once_and_compacts_the_re
     assert bad_offset in kept
     assert len(kept) < 21
     plog.close()
+
+
+def test_all_dmq_native_reads_the_mark_of_every_batch() -> None:
+    """The produce handler's per-batch test of dmq's own protocol: bytes or memoryview,
+    one batch or many; a partial tail or a bad length is left to the append's checks."""
+    from dmq.log.batch import HEADER_SIZE, all_dmq_native
+
+    native = build_batch([(b"k", b"v")], 1000)
+    unmarked = bytearray(native)
+    unmarked[22] &= ~ATTR_DMQ_NATIVE & 0xFF  # the mark is in the attributes' low byte
+    unmarked = bytes(unmarked)
+    bad_length = bytearray(native)
+    struct.pack_into(">i", bad_length, 8, 3)
+    for wrap in (bytes, memoryview):
+        assert all_dmq_native(wrap(native))
+        assert all_dmq_native(wrap(native * 5))
+        assert not all_dmq_native(wrap(unmarked))
+        assert not all_dmq_native(wrap(native * 3 + unmarked + native))
+        assert all_dmq_native(wrap(native * 2 + native[:HEADER_SIZE - 1]))  # partial tail
+        assert all_dmq_native(wrap(bytes(bad_length) + unmarked))  # stops at a bad length
+        assert all_dmq_native(wrap(b""))

@@ -125,3 +125,116 @@ def test_only_the_active_segments_indexes_are_mapped(tmp_path: object) -> None:
     check_log_consistent(plog)
     plog.close()
     assert open_fds() == before
+
+
+def test_a_released_segment_that_cannot_be_reopened_is_a_storage_error(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors (EMFILE) when a read reopens a closed segment: the fetch gets a
+    `LogStorageError` (STORAGE_ERROR to the client), never a bare OSError, and the same
+    reads work once descriptors are free again."""
+    import errno
+
+    from dmq.log.errors import LogStorageError
+
+    plog = many_segments(str(tmp_path), n=20)
+    real_open = os.open
+
+    def no_descriptors(path: str, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(".log"):
+            raise OSError(errno.EMFILE, "Too many open files", path)
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_descriptors)
+    with pytest.raises(LogStorageError, match="Too many open files"):
+        plog.read(3, 1000)
+    with pytest.raises(LogStorageError, match="Too many open files"):
+        plog.offset_for_timestamp(1005)
+    monkeypatch.setattr(os, "open", real_open)
+    assert [v for _, v in read_all(plog)] == [b"v%d" % i for i in range(20)]
+    assert plog.offset_for_timestamp(1005) == (5, 1005)
+    plog.close()
+
+
+def test_a_cleaning_pass_out_of_descriptors_leaks_none(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cleaner duplicates the descriptor of each segment it will read; EMFILE part
+    way through must close the duplicates already made (each failed pass leaked them,
+    so running out of descriptors fed itself), and the next pass cleans as usual."""
+    import errno
+
+    before = open_fds()
+    plog = many_segments(str(tmp_path), n=40)
+    held = open_fds()
+    real_dup = os.dup
+    calls = [0]
+
+    def dup_until_emfile(fd: int) -> int:
+        calls[0] += 1
+        if calls[0] > 10:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_dup(fd)
+
+    monkeypatch.setattr(os, "dup", dup_until_emfile)
+    with pytest.raises(OSError, match="Too many open files"):
+        plog.clean(now_ms=10_000, max_offset=plog.log_end_offset)
+    assert calls[0] == 11
+    assert open_fds() <= held + MAX_IDLE_SEGMENT_FDS  # reopened closed segments only
+    monkeypatch.setattr(os, "dup", real_dup)
+    res = plog.clean(now_ms=10_000, max_offset=plog.log_end_offset)
+    assert res.segments_rewritten > 0
+    assert [v for _, v in read_all(plog)][-7:] == [b"v%d" % i for i in range(33, 40)]
+    check_log_consistent(plog)
+    plog.close()
+    assert open_fds() == before
+
+
+def test_a_cleaning_pass_holds_one_duplicate_descriptor_at_a_time(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compaction pass over 200 one-batch segments (segment.bytes=64) used to hold a
+    duplicate descriptor of every segment for the whole pass."""
+    from dmq.log import cleaner
+
+    plog = many_segments(str(tmp_path))
+    baseline = open_fds()
+    peak = [0]
+    real = cleaner._segment_batches
+
+    def counting(fd: int, size: int) -> object:
+        peak[0] = max(peak[0], open_fds() - baseline)
+        return real(fd, size)
+
+    monkeypatch.setattr(cleaner, "_segment_batches", counting)
+    res = plog.clean(now_ms=10_000, max_offset=plog.log_end_offset)
+    assert res.segments_rewritten > 0
+    assert 1 <= peak[0] <= 1 + MAX_IDLE_SEGMENT_FDS, peak  # one duplicate, a few reopened
+    assert [v for _, v in read_all(plog)][-7:] == [b"v%d" % i for i in range(193, 200)]
+    check_log_consistent(plog)
+    plog.close()
+
+
+def test_cleaned_segments_waiting_to_be_swapped_in_hold_no_descriptor(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every segment keeps a record and loses one, and none can merge (segment.bytes=64):
+    one replacement per segment waits for the swap; each held its `.log` open."""
+    from dmq.log import cleaner
+
+    plog = PartitionLog.open(str(tmp_path), CFG, ManualClock(), fsync_enabled=False)
+    for i in range(100):
+        plog.append_as_leader(build_batch([(b"u%d" % i, b"x"), (b"k", b"v%d" % i)],
+                                          1000 + i), 1)
+    baseline = open_fds()
+    at_swap: list[int] = []
+    real = cleaner._swap_in
+
+    def swap_in(p: PartitionLog, rw: object) -> object:
+        at_swap.append(open_fds() - baseline)
+        return real(p, rw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cleaner, "_swap_in", swap_in)
+    res = plog.clean(now_ms=10_000, max_offset=plog.log_end_offset)
+    assert res.segments_rewritten >= 90 and len(at_swap) >= 90
+    assert max(at_swap) <= 1 + MAX_IDLE_SEGMENT_FDS, at_swap[:3]
+    got = dict(read_all(plog))
+    assert [got[o] for o in sorted(got) if got[o] == b"x"] == [b"x"] * 100
+    check_log_consistent(plog)
+    plog.close()
