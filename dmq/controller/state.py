@@ -201,16 +201,26 @@ class MetadataState:
             self._owned.add(t.name)
         return t.partitions
 
-    def _partition_change(self, rec: Any, index: int) -> None:
-        r: PartitionChange = rec
-        t = self.topics.get(r.topic)
-        p = None if t is None else t.partitions.get(r.partition)
+    def _partition_to_change(self, rec: PartitionChange | PartitionReassign
+                             ) -> tuple[TopicInfo, PartitionInfo] | None:
+        """The topic and partition a change applies to; None (the record skipped) when
+        the partition is unknown or its epoch is not the one the change was planned at."""
+        t = self.topics.get(rec.topic)
+        p = None if t is None else t.partitions.get(rec.partition)
         if t is None or p is None:
             self._skip(rec, "unknown partition")
-            return
-        if p.partition_epoch != r.partition_epoch:
+            return None
+        if p.partition_epoch != rec.partition_epoch:
             self._skip(rec, f"partition epoch is {p.partition_epoch}")
+            return None
+        return t, p
+
+    def _partition_change(self, rec: Any, index: int) -> None:
+        r: PartitionChange = rec
+        found = self._partition_to_change(r)
+        if found is None:
             return
+        t, p = found
         leader = p.leader if r.leader == NO_CHANGE else r.leader
         leader_epoch = p.leader_epoch + 1 if leader != p.leader else p.leader_epoch
         isr = p.isr if r.isr is None else r.isr
@@ -220,14 +230,10 @@ class MetadataState:
 
     def _partition_reassign(self, rec: Any, index: int) -> None:
         r: PartitionReassign = rec
-        t = self.topics.get(r.topic)
-        p = None if t is None else t.partitions.get(r.partition)
-        if t is None or p is None:
-            self._skip(rec, "unknown partition")
+        found = self._partition_to_change(r)
+        if found is None:
             return
-        if p.partition_epoch != r.partition_epoch:
-            self._skip(rec, f"partition epoch is {p.partition_epoch}")
-            return
+        t, p = found
         leader = p.leader if r.leader == NO_CHANGE else r.leader
         leader_epoch = p.leader_epoch + 1 if leader != p.leader else p.leader_epoch
         isr = tuple(b for b in (p.isr if r.isr is None else r.isr) if b in r.replicas)
