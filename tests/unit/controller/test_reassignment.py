@@ -222,6 +222,22 @@ def test_reassignment_respects_the_per_broker_replica_limit(h: Harness) -> None:
     assert len(recs) == 1
 
 
+def test_replica_counts_follow_each_reassignment_step(h: Harness) -> None:
+    """The per-broker counts the limits read are cached per metadata version: a
+    reassignment changes them without changing how many topics or partitions exist."""
+    _place(h, "t", (101, 102, 103))
+    assert h.planner.replica_counts() == {101: 1, 102: 1, 103: 1}
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])[0])
+    assert h.planner.replica_counts() == {b: 1 for b in (101, 102, 103, 104, 105, 106)}
+    for b in (104, 105, 106):
+        _expand(h, "t", b)
+    h.commit(h.planner.reassignment_steps())
+    assert h.planner.replica_counts() == {104: 1, 105: 1, 106: 1}
+    # a caller's changes to the answer do not reach the cache
+    h.planner.replica_counts()[104] = 99
+    assert h.planner.replica_counts()[104] == 1
+
+
 def test_cancel_refused_when_no_original_replica_is_in_sync(h: Harness) -> None:
     _place(h, "t", (101, 102, 103))
     h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])[0])
