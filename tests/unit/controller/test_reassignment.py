@@ -3,12 +3,17 @@ decisions applied to the metadata state."""
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
+from click.testing import CliRunner
 
 from dmq.controller.image import NO_LEADER
 from dmq.controller.records import PartitionReassign, decode_batch, encode_batch
 from dmq.controller.state import MetadataState
-from dmq.protocol.errors import DmqError, ErrorCode
+from dmq.protocol.errors import DmqError, ErrorCode, PolicyViolationError
 from tests.unit.controller.helpers import Harness
 
 
@@ -296,3 +301,35 @@ def test_new_target_dropping_the_leader_being_added_moves_leadership(h: Harness)
     p = h.state.topics["t"].partitions[0]
     assert 104 not in p.replicas and 104 not in p.isr
     assert p.leader == 102 and p.adding == (105,) and p.removing == (101,)
+
+
+def test_decommission_does_not_wait_when_a_move_is_refused(monkeypatch: Any) -> None:
+    """A refused reassignment leaves its replica on the broker, so waiting for the broker
+    to empty could only run out its whole --wait-ms: the command answers at once."""
+    import dmq.cli_partitions as cli
+
+    topics = {"t": SimpleNamespace(partitions={
+        0: SimpleNamespace(replicas=(101, 102)), 1: SimpleNamespace(replicas=(101, 103))})}
+
+    class FakeAdmin:
+        async def describe_cluster(self) -> dict[str, Any]:
+            return {"brokers": [{"broker_id": b, "state": "ONLINE"}
+                                for b in (101, 102, 103, 104)]}
+
+        async def describe_topics(self) -> dict[str, Any]:
+            return topics
+
+        async def alter_partition_reassignments(self, plan: Any) -> dict[Any, Any]:
+            return {("t", 0): None, ("t", 1): PolicyViolationError("broker 104 is full")}
+
+    def run(bootstrap: Any, config_path: Any, timeout_ms: int, fn: Any) -> Any:
+        import asyncio
+        return asyncio.run(fn(FakeAdmin()))
+
+    monkeypatch.setattr(cli, "_run", run)
+    started = time.monotonic()
+    out = CliRunner().invoke(cli.brokers, ["decommission", "101", "--wait-ms", "5000"])
+    assert time.monotonic() - started < 3, "waited for a move that was refused"
+    assert out.exit_code == 1, out.output
+    assert "t-1: error: " in out.output and "broker 104 is full" in out.output
+    assert "broker 101 still holds 2 partition replica(s)" in out.output
