@@ -319,6 +319,9 @@ def test_decommission_does_not_wait_when_a_move_is_refused(monkeypatch: Any) -> 
         async def describe_topics(self) -> dict[str, Any]:
             return topics
 
+        async def list_partition_reassignments(self) -> list[dict[str, Any]]:
+            return []
+
         async def alter_partition_reassignments(self, plan: Any) -> dict[Any, Any]:
             return {("t", 0): None, ("t", 1): PolicyViolationError("broker 104 is full")}
 
@@ -333,3 +336,21 @@ def test_decommission_does_not_wait_when_a_move_is_refused(monkeypatch: Any) -> 
     assert out.exit_code == 1, out.output
     assert "t-1: error: " in out.output and "broker 104 is full" in out.output
     assert "broker 101 still holds 2 partition replica(s)" in out.output
+
+
+def test_decommission_plan_during_a_reassignment_keeps_its_replication_factor(
+        h: Harness) -> None:
+    """A partition moving (replicas = target + old) gets the target in progress with the
+    broker replaced, not the whole listed set; one already dropping the broker is left."""
+    from dmq.cli_partitions import decommission_plan
+
+    h.add_broker(107)
+    _place(h, "t", (101, 102, 103))
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])[0])
+    p = h.state.topics["t"].partitions[0]
+    assert p.replicas == (104, 105, 106, 101, 102, 103)
+    removing = {("t", 0): list(p.removing)}
+    online = [101, 102, 103, 104, 105, 106, 107]
+    assert decommission_plan(105, h.state.topics, online, removing) == [
+        ("t", 0, [104, 107, 106])]
+    assert decommission_plan(102, h.state.topics, online, removing) == []
