@@ -559,6 +559,9 @@ class ControllerService:
             await self.mutate(plan)
             log.info("controller=%d broker %d unfenced (caught up to %d)", self.node_id, bid,
                      body["metadata_version"])
+        # a write above waited: the broker may have been unregistered (or registered
+        # again) meanwhile, which the broker answers by registering again
+        self.planner.check_broker(bid, epoch)
         b = self.state.brokers[bid]
         return {"is_fenced": b.state == FENCED, "should_shutdown": should_shutdown,
                 "metadata_version": self.state.version}
