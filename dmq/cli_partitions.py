@@ -128,16 +128,21 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
         ids = _ids(broker_list, "--brokers")
         names = [t for t in topics.split(",") if t]
 
-        async def describe(a: Any) -> tuple[Any, dict[int, str | None]]:
+        async def describe(a: Any) -> tuple[Any, dict[int, str | None], Any]:
             cluster = await a.describe_cluster()
             return (await a.describe_topics(names),
-                    {b["broker_id"]: b.get("rack") for b in cluster["brokers"]})
+                    {b["broker_id"]: b.get("rack") for b in cluster["brokers"]},
+                    await a.list_partition_reassignments(names))
 
-        described, racks = _run(bootstrap, config_path, timeout_ms, describe)
+        described, racks, moving = _run(bootstrap, config_path, timeout_ms, describe)
         unknown = [b for b in ids if b not in racks]
         if unknown:
             raise click.UsageError(f"--brokers: {unknown} are not registered brokers")
-        current = {n: {p.partition: p.replicas for p in t.partitions.values()}
+        # a partition being reassigned lists its old replicas too: its size is the target's
+        removing = {(r["topic"], r["partition"]): r["removing"] for r in moving}
+        current = {n: {p.partition: tuple(r for r in p.replicas
+                                          if r not in removing.get((n, p.partition), ()))
+                       for p in t.partitions.values()}
                    for n, t in described.items()}
         click.echo("current:")
         click.echo(json.dumps([{"topic": n, "partition": p, "replicas": list(r)}

@@ -354,3 +354,38 @@ def test_decommission_plan_during_a_reassignment_keeps_its_replication_factor(
     assert decommission_plan(105, h.state.topics, online, removing) == [
         ("t", 0, [104, 107, 106])]
     assert decommission_plan(102, h.state.topics, online, removing) == []
+
+
+def test_generate_during_a_reassignment_keeps_the_replication_factor(monkeypatch: Any) -> None:
+    """`partitions reassign --generate` sizes a moving partition's new replica set by
+    the target in progress, not by the listed set (which includes the replicas leaving)."""
+    import json
+
+    import dmq.cli_partitions as cli
+
+    topics = {"t": SimpleNamespace(partitions={
+        0: SimpleNamespace(partition=0, replicas=(104, 105, 101, 102)),
+        1: SimpleNamespace(partition=1, replicas=(101, 102))})}
+
+    class FakeAdmin:
+        async def describe_cluster(self) -> dict[str, Any]:
+            return {"brokers": [{"broker_id": b, "rack": None} for b in (101, 102, 103, 104)]}
+
+        async def describe_topics(self, names: list[str]) -> dict[str, Any]:
+            return topics
+
+        async def list_partition_reassignments(self, names: list[str]) -> list[Any]:
+            return [{"topic": "t", "partition": 0, "replicas": [104, 105, 101, 102],
+                     "adding": [104, 105], "removing": [101, 102], "leader": 101,
+                     "isr": [101, 102]}]
+
+    def run(bootstrap: Any, config_path: Any, timeout_ms: int, fn: Any) -> Any:
+        import asyncio
+        return asyncio.run(fn(FakeAdmin()))
+
+    monkeypatch.setattr(cli, "_run", run)
+    out = CliRunner().invoke(cli.partitions, ["reassign", "--generate", "--topics", "t",
+                                              "--brokers", "101,102,103,104"])
+    assert out.exit_code == 0, out.output
+    proposed = json.loads(out.output.split("proposed:\n", 1)[1])
+    assert [len(r["replicas"]) for r in proposed] == [2, 2]
