@@ -93,13 +93,16 @@ def test_reassignment_survives_snapshot_and_replay_on_another_controller(h: Harn
     other.restore(h.state.to_snapshot())
     assert other.topics["t"].partitions[0] == h.state.topics["t"].partitions[0]
     assert other.version == index
-    # a snapshot without a reassignment keeps the six-field partition rows
+    assert len(h.state.to_snapshot()["topics"][0][3][0]) == 8  # + [adding], [removing]
     other2 = Harness()
     other2.state.restore(h.state.to_snapshot())
     for b in (104, 105):
         _expand(h, "t", b)
         _expand(other2, "t", b)
     assert h.planner.reassignment_steps() == other2.planner.reassignment_steps() != []
+    # once it completes, the partition row is back to its six fields (the old format)
+    h.commit(h.planner.reassignment_steps())
+    assert len(h.state.to_snapshot()["topics"][0][3][0]) == 6
 
 
 def test_cancel_restores_the_original_replicas(h: Harness) -> None:
