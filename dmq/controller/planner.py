@@ -388,9 +388,7 @@ class Planner:
         has an online in-sync leader to hand over to."""
         online = self._online()
         out: list[Record] = []
-        for p in self._all_partitions():
-            if not p.adding and not p.removing:
-                continue
+        for p in self.reassignments():
             target = p.target_replicas
             if any(r not in p.isr for r in target):
                 continue
@@ -400,7 +398,8 @@ class Planner:
         return out
 
     def reassignments(self) -> list[PartitionInfo]:
-        return [p for p in self._all_partitions() if p.adding or p.removing]
+        """The partitions with a reassignment in progress, by topic and partition."""
+        return [self.state.topics[t].partitions[p] for t, p in sorted(self.state.reassigning)]
 
     # topics ----------------------------------------------------------------------------
     def _new_topic_id(self) -> str:

@@ -74,6 +74,9 @@ class MetadataState:
         self.broker_changed_at: dict[int, int] = {}
         self.topics: dict[str, TopicInfo] = {}
         self.topic_names_by_id: dict[str, str] = {}
+        # partitions with a reassignment in progress (adding or removing replicas): the
+        # controller checks these often, so it does not walk every partition to find them
+        self.reassigning: set[tuple[str, int]] = set()
         self.next_producer_id = FIRST_PRODUCER_ID
         # group -> (topic, partition) -> (offset, metadata, commit_ms)
         self.offsets: dict[str, dict[tuple[str, int], tuple[int, str | None, int]]] = {}
@@ -192,6 +195,8 @@ class MetadataState:
         del self.topics[r.name]
         self.topic_names_by_id.pop(r.topic_id, None)
         self._owned.discard(r.name)
+        for p in t.partitions:
+            self.reassigning.discard((r.name, p))
 
     def _own_partitions(self, t: TopicInfo) -> dict[int, PartitionInfo]:
         """The topic's partition dict, copied first if a published image shares it."""
@@ -242,6 +247,10 @@ class MetadataState:
         self._own_partitions(t)[r.partition] = PartitionInfo(
             p.topic, p.partition, r.replicas, leader, leader_epoch, isr, p.partition_epoch + 1,
             r.adding, r.removing)
+        if r.adding or r.removing:
+            self.reassigning.add((r.topic, r.partition))
+        else:
+            self.reassigning.discard((r.topic, r.partition))
 
     def _topic_config(self, rec: Any, index: int) -> None:
         r: TopicConfig = rec
@@ -349,6 +358,8 @@ class MetadataState:
                     for p, reps, leader, le, isr, pe, *mv in parts}
             self.topics[name] = TopicInfo(name, tid, pmap, dict(configs))
             self.topic_names_by_id[tid] = name
+        self.reassigning = {(p.topic, p.partition) for t in self.topics.values()
+                            for p in t.partitions.values() if p.adding or p.removing}
         self.next_producer_id = int(snap["next_producer_id"])
         self.offsets = {}
         if self.keep_offsets:

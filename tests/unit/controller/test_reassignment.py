@@ -392,3 +392,25 @@ def test_generate_during_a_reassignment_keeps_the_replication_factor(monkeypatch
     assert out.exit_code == 0, out.output
     proposed = json.loads(out.output.split("proposed:\n", 1)[1])
     assert [len(r["replicas"]) for r in proposed] == [2, 2]
+
+
+def test_topic_deleted_mid_reassignment_leaves_nothing_to_drive(h: Harness) -> None:
+    """The controller finds reassignments in progress through an index kept with the
+    partitions: a topic deleted (or re-created) mid-move is not in it, and a restored
+    snapshot rebuilds it."""
+    _place(h, "t", (101, 102, 103))
+    _place(h, "u", (101, 102, 103))
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]],
+                                            ["u", 0, [104, 105, 106]]])[0])
+    assert h.state.reassigning == {("t", 0), ("u", 0)}
+    other = MetadataState()
+    other.restore(h.state.to_snapshot())
+    assert other.reassigning == {("t", 0), ("u", 0)}
+    h.commit(h.planner.delete_topics(["t"])[0])
+    assert [(p.topic, p.partition) for p in h.planner.reassignments()] == [("u", 0)]
+    h.create("t", 1, 3)
+    assert h.state.reassigning == {("u", 0)}
+    for b in (104, 105, 106):
+        _expand(h, "u", b)
+    h.commit(h.planner.reassignment_steps())
+    assert h.state.reassigning == set() and h.planner.reassignment_steps() == []
