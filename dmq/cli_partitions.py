@@ -128,16 +128,21 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
         ids = _ids(broker_list, "--brokers")
         names = [t for t in topics.split(",") if t]
 
-        async def describe(a: Any) -> tuple[Any, dict[int, str | None]]:
+        async def describe(a: Any) -> tuple[Any, dict[int, str | None], Any]:
             cluster = await a.describe_cluster()
             return (await a.describe_topics(names),
-                    {b["broker_id"]: b.get("rack") for b in cluster["brokers"]})
+                    {b["broker_id"]: b.get("rack") for b in cluster["brokers"]},
+                    await a.list_partition_reassignments(names))
 
-        described, racks = _run(bootstrap, config_path, timeout_ms, describe)
+        described, racks, moving = _run(bootstrap, config_path, timeout_ms, describe)
         unknown = [b for b in ids if b not in racks]
         if unknown:
             raise click.UsageError(f"--brokers: {unknown} are not registered brokers")
-        current = {n: {p.partition: p.replicas for p in t.partitions.values()}
+        # a partition being reassigned lists its old replicas too: its size is the target's
+        removing = {(r["topic"], r["partition"]): r["removing"] for r in moving}
+        current = {n: {p.partition: tuple(r for r in p.replicas
+                                          if r not in removing.get((n, p.partition), ()))
+                       for p in t.partitions.values()}
                    for n, t in described.items()}
         click.echo("current:")
         click.echo(json.dumps([{"topic": n, "partition": p, "replicas": list(r)}
@@ -217,10 +222,16 @@ def brokers() -> None:
     """Day-2 operations on brokers."""
 
 
-def decommission_plan(broker_id: int, topics: dict[str, Any], online: list[int]
+def decommission_plan(broker_id: int, topics: dict[str, Any], online: list[int],
+                      removing: dict[tuple[str, int], list[int]] | None = None
                       ) -> list[tuple[str, int, list[int]]]:
     """Replace `broker_id` in every replica set holding it by the online broker with the
-    fewest replicas that the partition does not already use."""
+    fewest replicas that the partition does not already use. `removing` names, per
+    partition with a reassignment in progress, the replicas it is dropping: the new
+    target is the one in progress with the broker replaced (the listed replicas include
+    those being dropped, which must not become part of the target), and a partition
+    already dropping the broker needs no new move."""
+    removing = removing or {}
     load = {b: 0 for b in online if b != broker_id}
     for t in topics.values():
         for p in t.partitions.values():
@@ -230,7 +241,9 @@ def decommission_plan(broker_id: int, topics: dict[str, Any], online: list[int]
     plan = []
     for name in sorted(topics):
         for pn, p in sorted(topics[name].partitions.items()):
-            if broker_id not in p.replicas:
+            dropping = removing.get((name, pn), ())
+            target = [r for r in p.replicas if r not in dropping]
+            if broker_id not in target:
                 continue
             spare = [b for b in sorted(load, key=lambda b: (load[b], b)) if b not in p.replicas]
             if not spare:
@@ -238,7 +251,7 @@ def decommission_plan(broker_id: int, topics: dict[str, Any], online: list[int]
                     f"{name}-{pn}: no online broker outside replicas {list(p.replicas)} "
                     f"to take broker {broker_id}'s replica")
             load[spare[0]] += 1
-            plan.append((name, pn, [spare[0] if r == broker_id else r for r in p.replicas]))
+            plan.append((name, pn, [spare[0] if r == broker_id else r for r in target]))
     return plan
 
 
@@ -257,10 +270,14 @@ def brokers_decommission(broker_id: int, wait_ms: int, bootstrap: str | None,
         if broker_id not in [b["broker_id"] for b in cluster["brokers"]]:
             raise click.UsageError(f"broker {broker_id} is not registered")
         topics = await a.describe_topics()
-        plan = decommission_plan(broker_id, topics, online)
+        removing = {(r["topic"], r["partition"]): r["removing"]
+                    for r in await a.list_partition_reassignments()}
+        plan = decommission_plan(broker_id, topics, online, removing)
         res = await a.alter_partition_reassignments(plan) if plan else {}
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_ms / 1000
+        # a refused move leaves its replica on the broker: waiting could not end well
+        refused = any(err is not None for err in res.values())
+        deadline = loop.time() + (0 if refused else wait_ms / 1000)
         while True:
             topics = await a.describe_topics()
             left = sum(1 for t in topics.values() for p in t.partitions.values()

@@ -95,7 +95,7 @@ class Planner:
         self.get_setting = get_setting
         self.rng = rng or random.Random()
         self._counts: dict[int, int] = {}
-        self._counts_key: tuple[int, int, int] | None = None
+        self._counts_version = -1  # the metadata version `_counts` was computed at
 
     # helpers ----------------------------------------------------------------------------
     def _online(self, exclude: Iterable[int] = (), include: Iterable[int] = ()) -> set[int]:
@@ -388,9 +388,7 @@ class Planner:
         has an online in-sync leader to hand over to."""
         online = self._online()
         out: list[Record] = []
-        for p in self._all_partitions():
-            if not p.adding and not p.removing:
-                continue
+        for p in self.reassignments():
             target = p.target_replicas
             if any(r not in p.isr for r in target):
                 continue
@@ -400,7 +398,8 @@ class Planner:
         return out
 
     def reassignments(self) -> list[PartitionInfo]:
-        return [p for p in self._all_partitions() if p.adding or p.removing]
+        """The partitions with a reassignment in progress, by topic and partition."""
+        return [self.state.topics[t].partitions[p] for t, p in sorted(self.state.reassigning)]
 
     # topics ----------------------------------------------------------------------------
     def _new_topic_id(self) -> str:
@@ -415,14 +414,15 @@ class Planner:
 
     def replica_counts(self) -> dict[int, int]:
         """Partition replicas assigned to each broker id (computed once per metadata
-        version: a create request reads it, it does not walk every partition again)."""
-        key = (self.state.version, len(self.state.topics), self._partition_count())
-        if key != self._counts_key:
+        version: a create request reads it, it does not walk every partition again).
+        Every applied entry advances the version, so the version alone says whether the
+        counts are current (a count of topics or partitions would miss a reassignment)."""
+        if self.state.version != self._counts_version:
             counts: dict[int, int] = {}
             for p in self._all_partitions():
                 for r in p.replicas:
                     counts[r] = counts.get(r, 0) + 1
-            self._counts, self._counts_key = counts, key
+            self._counts, self._counts_version = counts, self.state.version
         return dict(self._counts)
 
     @staticmethod

@@ -302,6 +302,14 @@ class ControllerService:
         """A plan for `mutate` from a planner method that only returns records."""
         return lambda: (fn(*args), None)
 
+    async def _write_planned(self, fn: Callable[[], list[Record]]) -> int:
+        """`mutate` with a planner method that only returns records; how many it wrote."""
+        def plan() -> tuple[list[Record], int]:
+            recs = fn()
+            return recs, len(recs)
+
+        return await self.mutate(plan)
+
     # background -------------------------------------------------------------------------
     async def _watch_leadership(self) -> None:
         tick_s = max(0.01, int(self.config.get("raft.tick.ms")) / 1000)
@@ -380,11 +388,7 @@ class ControllerService:
             if not self.is_active:
                 continue
             try:
-                def plan() -> tuple[list[Record], int]:
-                    recs = self.planner.preferred_leader_elections()
-                    return recs, len(recs)
-
-                n = await self.mutate(plan)
+                n = await self._write_planned(self.planner.preferred_leader_elections)
                 if n:
                     log.info("controller=%d moved %d leaderships back to preferred replicas",
                              self.node_id, n)
@@ -402,11 +406,7 @@ class ControllerService:
                 continue
             checked = self.state.version
             try:
-                def plan() -> tuple[list[Record], int]:
-                    recs = self.planner.reassignment_steps()
-                    return recs, len(recs)
-
-                n = await self.mutate(plan)
+                n = await self._write_planned(self.planner.reassignment_steps)
                 if n:
                     log.info("controller=%d completed %d partition reassignment(s)",
                              self.node_id, n)
@@ -559,6 +559,9 @@ class ControllerService:
             await self.mutate(plan)
             log.info("controller=%d broker %d unfenced (caught up to %d)", self.node_id, bid,
                      body["metadata_version"])
+        # a write above waited: the broker may have been unregistered (or registered
+        # again) meanwhile, which the broker answers by registering again
+        self.planner.check_broker(bid, epoch)
         b = self.state.brokers[bid]
         return {"is_fenced": b.state == FENCED, "should_shutdown": should_shutdown,
                 "metadata_version": self.state.version}

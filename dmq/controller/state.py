@@ -74,6 +74,9 @@ class MetadataState:
         self.broker_changed_at: dict[int, int] = {}
         self.topics: dict[str, TopicInfo] = {}
         self.topic_names_by_id: dict[str, str] = {}
+        # partitions with a reassignment in progress (adding or removing replicas): the
+        # controller checks these often, so it does not walk every partition to find them
+        self.reassigning: set[tuple[str, int]] = set()
         self.next_producer_id = FIRST_PRODUCER_ID
         # group -> (topic, partition) -> (offset, metadata, commit_ms)
         self.offsets: dict[str, dict[tuple[str, int], tuple[int, str | None, int]]] = {}
@@ -192,6 +195,8 @@ class MetadataState:
         del self.topics[r.name]
         self.topic_names_by_id.pop(r.topic_id, None)
         self._owned.discard(r.name)
+        for p in t.partitions:
+            self.reassigning.discard((r.name, p))
 
     def _own_partitions(self, t: TopicInfo) -> dict[int, PartitionInfo]:
         """The topic's partition dict, copied first if a published image shares it."""
@@ -201,16 +206,26 @@ class MetadataState:
             self._owned.add(t.name)
         return t.partitions
 
-    def _partition_change(self, rec: Any, index: int) -> None:
-        r: PartitionChange = rec
-        t = self.topics.get(r.topic)
-        p = None if t is None else t.partitions.get(r.partition)
+    def _partition_to_change(self, rec: PartitionChange | PartitionReassign
+                             ) -> tuple[TopicInfo, PartitionInfo] | None:
+        """The topic and partition a change applies to; None (the record skipped) when
+        the partition is unknown or its epoch is not the one the change was planned at."""
+        t = self.topics.get(rec.topic)
+        p = None if t is None else t.partitions.get(rec.partition)
         if t is None or p is None:
             self._skip(rec, "unknown partition")
-            return
-        if p.partition_epoch != r.partition_epoch:
+            return None
+        if p.partition_epoch != rec.partition_epoch:
             self._skip(rec, f"partition epoch is {p.partition_epoch}")
+            return None
+        return t, p
+
+    def _partition_change(self, rec: Any, index: int) -> None:
+        r: PartitionChange = rec
+        found = self._partition_to_change(r)
+        if found is None:
             return
+        t, p = found
         leader = p.leader if r.leader == NO_CHANGE else r.leader
         leader_epoch = p.leader_epoch + 1 if leader != p.leader else p.leader_epoch
         isr = p.isr if r.isr is None else r.isr
@@ -220,14 +235,10 @@ class MetadataState:
 
     def _partition_reassign(self, rec: Any, index: int) -> None:
         r: PartitionReassign = rec
-        t = self.topics.get(r.topic)
-        p = None if t is None else t.partitions.get(r.partition)
-        if t is None or p is None:
-            self._skip(rec, "unknown partition")
+        found = self._partition_to_change(r)
+        if found is None:
             return
-        if p.partition_epoch != r.partition_epoch:
-            self._skip(rec, f"partition epoch is {p.partition_epoch}")
-            return
+        t, p = found
         leader = p.leader if r.leader == NO_CHANGE else r.leader
         leader_epoch = p.leader_epoch + 1 if leader != p.leader else p.leader_epoch
         isr = tuple(b for b in (p.isr if r.isr is None else r.isr) if b in r.replicas)
@@ -236,6 +247,10 @@ class MetadataState:
         self._own_partitions(t)[r.partition] = PartitionInfo(
             p.topic, p.partition, r.replicas, leader, leader_epoch, isr, p.partition_epoch + 1,
             r.adding, r.removing)
+        if r.adding or r.removing:
+            self.reassigning.add((r.topic, r.partition))
+        else:
+            self.reassigning.discard((r.topic, r.partition))
 
     def _topic_config(self, rec: Any, index: int) -> None:
         r: TopicConfig = rec
@@ -343,6 +358,8 @@ class MetadataState:
                     for p, reps, leader, le, isr, pe, *mv in parts}
             self.topics[name] = TopicInfo(name, tid, pmap, dict(configs))
             self.topic_names_by_id[tid] = name
+        self.reassigning = {(p.topic, p.partition) for t in self.topics.values()
+                            for p in t.partitions.values() if p.adding or p.removing}
         self.next_producer_id = int(snap["next_producer_id"])
         self.offsets = {}
         if self.keep_offsets:

@@ -75,9 +75,7 @@ async def test_move_partition_to_three_other_brokers_under_producer_and_consumer
         pc.start()
         b = pc.bootstrap
         async with Admin(b) as admin:
-            await wait_until(lambda: _all_online(admin, pc.broker_ids), 30, "brokers online")
-            await ensure_topic(b, "mv", 1, 3, 30)
-            await wait_until(lambda: _leader_known(admin, "mv"), 30, "a leader for mv-0")
+            await _topic_led(pc, admin, "mv", 1)
             old = list((await _partition(admin, "mv")).replicas)
             target = [x for x in pc.broker_ids if x not in old]
             assert len(target) == 3
@@ -168,11 +166,21 @@ async def _all_online(admin: Admin, ids: list[int]) -> bool:
     return sorted(x["broker_id"] for x in d["brokers"] if x["state"] == "ONLINE") == ids
 
 
-async def _leader_known(admin: Admin, topic: str) -> bool:
-    try:
-        return (await _partition(admin, topic)).leader >= 0
-    except DmqError:
-        return False
+async def _topic_led(pc: ProcessCluster, admin: Admin, topic: str, partitions: int) -> None:
+    """Every broker online (so placement may use any of them), then the topic created
+    with 3 replicas and a leader for each partition."""
+    await wait_until(lambda: _all_online(admin, pc.broker_ids), 30, "brokers online")
+    await ensure_topic(pc.bootstrap, topic, partitions, 3, 30)
+
+    async def all_led() -> bool:
+        try:
+            t = (await admin.describe_topics([topic]))[topic]
+        except DmqError:
+            return False
+        return len(t.partitions) == partitions and all(
+            p.leader >= 0 for p in t.partitions.values())
+
+    await wait_until(all_led, 30, f"a leader for each partition of {topic}")
 
 
 async def test_active_controller_killed_mid_reassignment_it_completes() -> None:
@@ -180,9 +188,7 @@ async def test_active_controller_killed_mid_reassignment_it_completes() -> None:
         pc.start()
         b = pc.bootstrap
         async with Admin(b) as admin:
-            await wait_until(lambda: _all_online(admin, pc.broker_ids), 30, "brokers online")
-            await ensure_topic(b, "ha", 1, 3, 30)
-            await wait_until(lambda: _leader_known(admin, "ha"), 30, "a leader for ha-0")
+            await _topic_led(pc, admin, "ha", 1)
             async with Producer(b, acks="all") as p:
                 for i in range(200):
                     await p.send("ha", b"%d" % i, partition=0)
@@ -236,16 +242,7 @@ async def test_decommission_dead_broker_restores_full_replication() -> None:
         pc.start()
         b = pc.bootstrap
         async with Admin(b) as admin:
-            await wait_until(lambda: _all_online(admin, pc.broker_ids), 30, "brokers online")
-            await ensure_topic(b, "dc", 4, 3, 30)
-            async def all_led() -> bool:
-                try:
-                    t = (await admin.describe_topics(["dc"]))["dc"]
-                except DmqError:
-                    return False
-                return all(p.leader >= 0 for p in t.partitions.values())
-
-            await wait_until(all_led, 30, "leaders for dc")
+            await _topic_led(pc, admin, "dc", 4)
             t = (await admin.describe_topics(["dc"]))["dc"]
             victim = t.partitions[0].replicas[0]
             hosted = [p.partition for p in t.partitions.values() if victim in p.replicas]
@@ -284,9 +281,7 @@ async def test_elect_leaders_moves_leadership_back_to_the_preferred_replica() ->
         pc.start()
         b = pc.bootstrap
         async with Admin(b) as admin:
-            await wait_until(lambda: _all_online(admin, pc.broker_ids), 30, "brokers online")
-            await ensure_topic(b, "el", 1, 3, 30)
-            await wait_until(lambda: _leader_known(admin, "el"), 30, "a leader for el-0")
+            await _topic_led(pc, admin, "el", 1)
             pref = (await _partition(admin, "el")).replicas[0]
             pc.signal(pref, signal.SIGSTOP)  # fenced: leadership moves away
 

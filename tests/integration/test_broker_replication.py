@@ -19,32 +19,18 @@ from tests.unit.broker.support import (
     batch,
     fetch,
     log_bytes,
-    make_config,
     produce,
+    started_brokers,
+    wait_for,
 )
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def wait_for(cond, timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[tuple[StandInController, list[InProcBroker]]]:
-    ctl = StandInController()
-    config = make_config()
-    brokers = [InProcBroker(i, tmp_path, ctl, config) for i in (1, 2, 3)]
-    for b in brokers:
-        await b.start()
-    yield ctl, brokers
-    for b in brokers:
-        if b.running:
-            await b.stop()
+    async with started_brokers(tmp_path, (1, 2, 3)) as started:
+        yield started
 
 
 async def test_acks_all_replicates_and_logs_are_identical(cluster) -> None:
@@ -213,12 +199,8 @@ async def test_leader_change_truncates_divergent_tail(cluster) -> None:
 
 
 async def test_follower_catches_up_many_partitions(tmp_path: Path) -> None:
-    ctl = StandInController()
-    config = make_config(**{"replica.fetch.max.bytes": 64 * 1024})
-    brokers = [InProcBroker(i, tmp_path, ctl, config) for i in (1, 2)]
-    for b in brokers:
-        await b.start()
-    try:
+    settings = {"replica.fetch.max.bytes": 64 * 1024}
+    async with started_brokers(tmp_path, (1, 2), **settings) as (ctl, brokers):
         await ctl.create_topic("m", [[1, 2]] * 10)
         await pause(brokers[1])
         conn = await brokers[0].connect()
@@ -235,18 +217,11 @@ async def test_follower_catches_up_many_partitions(tmp_path: Path) -> None:
             assert leo == 200
             assert log_bytes(brokers[1], "m", p, leo) == log_bytes(brokers[0], "m", p, leo)
         await conn.close()
-    finally:
-        for b in brokers:
-            await b.stop()
 
 
 async def test_followers_learn_the_hw_without_waiting_for_new_data(tmp_path: Path) -> None:
-    ctl = StandInController()
-    config = make_config(**{"replica.fetch.wait.max.ms": 5000})
-    brokers = [InProcBroker(i, tmp_path, ctl, config) for i in (1, 2, 3)]
-    for b in brokers:
-        await b.start()
-    try:
+    settings = {"replica.fetch.wait.max.ms": 5000}
+    async with started_brokers(tmp_path, (1, 2, 3), **settings) as (ctl, brokers):
         await ctl.create_topic("t", [[1, 2, 3]])
         conn = await brokers[0].connect()
         for i in range(3):
@@ -257,6 +232,3 @@ async def test_followers_learn_the_hw_without_waiting_for_new_data(tmp_path: Pat
             # far below the 5 s long-poll: the HW move itself answers the parked fetches
             assert time.monotonic() - t0 < 1.0
         await conn.close()
-    finally:
-        for b in brokers:
-            await b.stop()

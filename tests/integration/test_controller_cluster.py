@@ -439,3 +439,30 @@ async def test_lagging_controller_catches_up_from_a_snapshot(tmp_path: Path) -> 
         assert back.raft.status()["snapshot_index"] > 0
     finally:
         await c.stop()
+
+
+async def test_heartbeat_of_a_broker_unregistered_meanwhile_is_refused_and_it_returns(
+        cluster: InProcCluster) -> None:
+    """A heartbeat whose write (here a controlled shutdown) lets an unregistration of
+    its broker apply first answers BROKER_ID_NOT_REGISTERED (not an internal error), and
+    the broker, still running, registers again by itself."""
+    ctl = await cluster.wait_active()
+    await wait_for(lambda: set(_states(ctl).values()) == {ONLINE}, 5, "brokers ONLINE")
+    epoch = ctl.state.brokers[103].broker_epoch
+    write = ctl.mutate
+
+    async def write_then_unregister(plan: Any, *args: Any) -> Any:
+        out = await write(plan, *args)
+        ctl.mutate = write
+        await write(ctl._plan(ctl.planner.unregister_broker, 103))
+        return out
+
+    ctl.mutate = write_then_unregister
+    with pytest.raises(DmqError) as err:
+        await ctl.handle_broker_heartbeat(None, {
+            "broker_id": 103, "broker_epoch": epoch, "metadata_version": ctl.state.version,
+            "want_shutdown": True, "want_fence": False})
+    assert err.value.code is ErrorCode.BROKER_ID_NOT_REGISTERED
+    await wait_for(lambda: 103 in ctl.state.brokers and ctl.state.brokers[103].state == ONLINE
+                   and ctl.state.brokers[103].broker_epoch > epoch, 5,
+                   "broker 103 registered again")

@@ -7,10 +7,8 @@ ISR."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,33 +19,18 @@ from tests.unit.broker.support import (
     StandInController,
     batch,
     log_bytes,
-    make_config,
     produce,
+    started_brokers,
+    wait_for,
 )
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0,
-                   what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[tuple[StandInController, list[InProcBroker]]]:
-    ctl = StandInController()
-    config = make_config()
-    brokers = [InProcBroker(i, tmp_path, ctl, config) for i in (1, 2, 3, 4)]
-    for b in brokers:
-        await b.start()
-    yield ctl, brokers
-    for b in brokers:
-        if b.running:
-            await b.stop()
+    async with started_brokers(tmp_path, (1, 2, 3, 4)) as started:
+        yield started
 
 
 async def test_added_replica_catches_up_and_the_dropped_leader_deletes_its_log(

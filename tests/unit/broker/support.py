@@ -9,7 +9,11 @@ controller is exercised by the real-process tests.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +229,31 @@ def bytes_below(plog: PartitionLog, upto: int) -> bytes:
 def log_bytes(broker: InProcBroker, topic: str, p: int, upto: int) -> bytes:
     """The raw bytes of an in-process replica for offsets < `upto`."""
     return bytes_below(broker.partition(topic, p).log, upto)
+
+
+async def wait_for(cond: Callable[[], Any], timeout_s: float = 10.0,
+                   what: str = "condition") -> None:
+    """Poll a synchronous condition every 10 ms until it holds."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def started_brokers(tmp_path: Path, ids: tuple[int, ...], **settings: Any
+                          ) -> AsyncIterator[tuple[StandInController, list[InProcBroker]]]:
+    """A stand-in controller and started in-process brokers `ids` (`make_config` with
+    `settings`); those still running are stopped on exit."""
+    ctl = StandInController()
+    config = make_config(**settings)
+    brokers = [InProcBroker(i, tmp_path, ctl, config) for i in ids]
+    for b in brokers:
+        await b.start()
+    try:
+        yield ctl, brokers
+    finally:
+        for b in brokers:
+            if b.running:
+                await b.stop()

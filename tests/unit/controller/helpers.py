@@ -25,6 +25,10 @@ class Harness:
     def commit(self, records: list[Record]) -> int:
         index = self.state.version + 1
         self.state.apply_entry(index, records_to_wire(records))
+        # the index of reassignments in progress matches the partitions themselves
+        assert self.state.reassigning == {
+            (p.topic, p.partition) for t in self.state.topics.values()
+            for p in t.partitions.values() if p.adding or p.removing}
         return index
 
     def add_broker(self, broker_id: int, rack: str | None = None, online: bool = True) -> int:

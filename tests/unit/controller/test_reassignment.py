@@ -3,12 +3,17 @@ decisions applied to the metadata state."""
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
+from click.testing import CliRunner
 
 from dmq.controller.image import NO_LEADER
 from dmq.controller.records import PartitionReassign, decode_batch, encode_batch
 from dmq.controller.state import MetadataState
-from dmq.protocol.errors import DmqError, ErrorCode
+from dmq.protocol.errors import DmqError, ErrorCode, PolicyViolationError
 from tests.unit.controller.helpers import Harness
 
 
@@ -88,13 +93,16 @@ def test_reassignment_survives_snapshot_and_replay_on_another_controller(h: Harn
     other.restore(h.state.to_snapshot())
     assert other.topics["t"].partitions[0] == h.state.topics["t"].partitions[0]
     assert other.version == index
-    # a snapshot without a reassignment keeps the six-field partition rows
+    assert len(h.state.to_snapshot()["topics"][0][3][0]) == 8  # + [adding], [removing]
     other2 = Harness()
     other2.state.restore(h.state.to_snapshot())
     for b in (104, 105):
         _expand(h, "t", b)
         _expand(other2, "t", b)
     assert h.planner.reassignment_steps() == other2.planner.reassignment_steps() != []
+    # once it completes, the partition row is back to its six fields (the old format)
+    h.commit(h.planner.reassignment_steps())
+    assert len(h.state.to_snapshot()["topics"][0][3][0]) == 6
 
 
 def test_cancel_restores_the_original_replicas(h: Harness) -> None:
@@ -222,6 +230,22 @@ def test_reassignment_respects_the_per_broker_replica_limit(h: Harness) -> None:
     assert len(recs) == 1
 
 
+def test_replica_counts_follow_each_reassignment_step(h: Harness) -> None:
+    """The per-broker counts the limits read are cached per metadata version: a
+    reassignment changes them without changing how many topics or partitions exist."""
+    _place(h, "t", (101, 102, 103))
+    assert h.planner.replica_counts() == {101: 1, 102: 1, 103: 1}
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])[0])
+    assert h.planner.replica_counts() == {b: 1 for b in (101, 102, 103, 104, 105, 106)}
+    for b in (104, 105, 106):
+        _expand(h, "t", b)
+    h.commit(h.planner.reassignment_steps())
+    assert h.planner.replica_counts() == {104: 1, 105: 1, 106: 1}
+    # a caller's changes to the answer do not reach the cache
+    h.planner.replica_counts()[104] = 99
+    assert h.planner.replica_counts()[104] == 1
+
+
 def test_cancel_refused_when_no_original_replica_is_in_sync(h: Harness) -> None:
     _place(h, "t", (101, 102, 103))
     h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])[0])
@@ -280,3 +304,113 @@ def test_new_target_dropping_the_leader_being_added_moves_leadership(h: Harness)
     p = h.state.topics["t"].partitions[0]
     assert 104 not in p.replicas and 104 not in p.isr
     assert p.leader == 102 and p.adding == (105,) and p.removing == (101,)
+
+
+def test_decommission_does_not_wait_when_a_move_is_refused(monkeypatch: Any) -> None:
+    """A refused reassignment leaves its replica on the broker, so waiting for the broker
+    to empty could only run out its whole --wait-ms: the command answers at once."""
+    import dmq.cli_partitions as cli
+
+    topics = {"t": SimpleNamespace(partitions={
+        0: SimpleNamespace(replicas=(101, 102)), 1: SimpleNamespace(replicas=(101, 103))})}
+
+    class FakeAdmin:
+        async def describe_cluster(self) -> dict[str, Any]:
+            return {"brokers": [{"broker_id": b, "state": "ONLINE"}
+                                for b in (101, 102, 103, 104)]}
+
+        async def describe_topics(self) -> dict[str, Any]:
+            return topics
+
+        async def list_partition_reassignments(self) -> list[dict[str, Any]]:
+            return []
+
+        async def alter_partition_reassignments(self, plan: Any) -> dict[Any, Any]:
+            return {("t", 0): None, ("t", 1): PolicyViolationError("broker 104 is full")}
+
+    def run(bootstrap: Any, config_path: Any, timeout_ms: int, fn: Any) -> Any:
+        import asyncio
+        return asyncio.run(fn(FakeAdmin()))
+
+    monkeypatch.setattr(cli, "_run", run)
+    started = time.monotonic()
+    out = CliRunner().invoke(cli.brokers, ["decommission", "101", "--wait-ms", "5000"])
+    assert time.monotonic() - started < 3, "waited for a move that was refused"
+    assert out.exit_code == 1, out.output
+    assert "t-1: error: " in out.output and "broker 104 is full" in out.output
+    assert "broker 101 still holds 2 partition replica(s)" in out.output
+
+
+def test_decommission_plan_during_a_reassignment_keeps_its_replication_factor(
+        h: Harness) -> None:
+    """A partition moving (replicas = target + old) gets the target in progress with the
+    broker replaced, not the whole listed set; one already dropping the broker is left."""
+    from dmq.cli_partitions import decommission_plan
+
+    h.add_broker(107)
+    _place(h, "t", (101, 102, 103))
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])[0])
+    p = h.state.topics["t"].partitions[0]
+    assert p.replicas == (104, 105, 106, 101, 102, 103)
+    removing = {("t", 0): list(p.removing)}
+    online = [101, 102, 103, 104, 105, 106, 107]
+    assert decommission_plan(105, h.state.topics, online, removing) == [
+        ("t", 0, [104, 107, 106])]
+    assert decommission_plan(102, h.state.topics, online, removing) == []
+
+
+def test_generate_during_a_reassignment_keeps_the_replication_factor(monkeypatch: Any) -> None:
+    """`partitions reassign --generate` sizes a moving partition's new replica set by
+    the target in progress, not by the listed set (which includes the replicas leaving)."""
+    import json
+
+    import dmq.cli_partitions as cli
+
+    topics = {"t": SimpleNamespace(partitions={
+        0: SimpleNamespace(partition=0, replicas=(104, 105, 101, 102)),
+        1: SimpleNamespace(partition=1, replicas=(101, 102))})}
+
+    class FakeAdmin:
+        async def describe_cluster(self) -> dict[str, Any]:
+            return {"brokers": [{"broker_id": b, "rack": None} for b in (101, 102, 103, 104)]}
+
+        async def describe_topics(self, names: list[str]) -> dict[str, Any]:
+            return topics
+
+        async def list_partition_reassignments(self, names: list[str]) -> list[Any]:
+            return [{"topic": "t", "partition": 0, "replicas": [104, 105, 101, 102],
+                     "adding": [104, 105], "removing": [101, 102], "leader": 101,
+                     "isr": [101, 102]}]
+
+    def run(bootstrap: Any, config_path: Any, timeout_ms: int, fn: Any) -> Any:
+        import asyncio
+        return asyncio.run(fn(FakeAdmin()))
+
+    monkeypatch.setattr(cli, "_run", run)
+    out = CliRunner().invoke(cli.partitions, ["reassign", "--generate", "--topics", "t",
+                                              "--brokers", "101,102,103,104"])
+    assert out.exit_code == 0, out.output
+    proposed = json.loads(out.output.split("proposed:\n", 1)[1])
+    assert [len(r["replicas"]) for r in proposed] == [2, 2]
+
+
+def test_topic_deleted_mid_reassignment_leaves_nothing_to_drive(h: Harness) -> None:
+    """The controller finds reassignments in progress through an index kept with the
+    partitions: a topic deleted (or re-created) mid-move is not in it, and a restored
+    snapshot rebuilds it."""
+    _place(h, "t", (101, 102, 103))
+    _place(h, "u", (101, 102, 103))
+    h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]],
+                                            ["u", 0, [104, 105, 106]]])[0])
+    assert h.state.reassigning == {("t", 0), ("u", 0)}
+    other = MetadataState()
+    other.restore(h.state.to_snapshot())
+    assert other.reassigning == {("t", 0), ("u", 0)}
+    h.commit(h.planner.delete_topics(["t"])[0])
+    assert [(p.topic, p.partition) for p in h.planner.reassignments()] == [("u", 0)]
+    h.create("t", 1, 3)
+    assert h.state.reassigning == {("u", 0)}
+    for b in (104, 105, 106):
+        _expand(h, "u", b)
+    h.commit(h.planner.reassignment_steps())
+    assert h.state.reassigning == set() and h.planner.reassignment_steps() == []

@@ -15,11 +15,13 @@ from dmq.controller.records import (
     MalformedRecordError,
     OffsetCommit,
     PartitionChange,
+    PartitionReassign,
     ProducerIds,
     RegisterBroker,
     RemoveTopic,
     TopicConfig,
     UnfenceBroker,
+    UnregisterBroker,
     decode_batch,
     decode_batch_wire,
     encode_batch,
@@ -35,6 +37,10 @@ ALL = [
     PartitionChange("t", 0, 3, NO_CHANGE, (1,)), PartitionChange("t", 0, 3, 2, None),
     TopicConfig("t", "k", None), TopicConfig("t", "k", "v"), ProducerIds(1, 2000),
     OffsetCommit("g", 123, (("t", 0, 5, None), ("t", 1, 6, "md"))),
+    RegisterBroker(3, "h", 3, None, "inc3", "kh", 9092),
+    PartitionReassign("t", 0, 4, (3, 1, 2), (3,), (2,)),
+    PartitionReassign("t", 0, 5, (3, 1), (), (), 3, (3, 1)),
+    UnregisterBroker(2, 7),
 ]
 
 
@@ -113,6 +119,43 @@ def test_snapshot_restore_round_trip() -> None:
     assert "offsets" not in s.to_snapshot(include_offsets=False)
     with pytest.raises(ValueError):
         r.restore({"v": 99})
+
+
+def test_snapshot_restore_keeps_reassignments_and_kafka_listeners() -> None:
+    """The fields added to broker and partition rows survive a snapshot in its wire form
+    (msgpack), and a broker forgotten by UNREGISTER_BROKER stays forgotten."""
+    s = MetadataState()
+    _apply(s, 1, [RegisterBroker(1, "h", 11, None, "a", "kh", 9092),
+                  RegisterBroker(2, "h", 12, None, "b"), RegisterBroker(3, "h", 13, None, "c")])
+    _apply(s, 2, [CreateTopic("t", "tid", {}, ((1, 2), (1, 2)))])
+    _apply(s, 3, [PartitionReassign("t", 0, 0, (3, 1, 2), (3,), (2,)),
+                  PartitionReassign("t", 1, 0, (1, 3), (), (), NO_CHANGE, None)])
+    _apply(s, 4, [UnregisterBroker(2, 1)])
+    snap = msgpack.unpackb(msgpack.packb(s.to_snapshot()), strict_map_key=False)
+    r = MetadataState()
+    r.restore(snap)
+    assert r.to_snapshot() == s.to_snapshot()
+    assert r.brokers == s.brokers and 2 not in r.brokers
+    assert (r.brokers[1].kafka_host, r.brokers[1].kafka_port) == ("kh", 9092)
+    moving, done = r.topics["t"].partitions[0], r.topics["t"].partitions[1]
+    assert moving == s.topics["t"].partitions[0]
+    assert (moving.replicas, moving.adding, moving.removing) == ((3, 1, 2), (3,), (2,))
+    assert (done.replicas, done.adding, done.removing, done.isr) == ((1, 3), (), (), (1,))
+
+
+def test_unregister_is_skipped_for_a_broker_that_registered_again() -> None:
+    """UNREGISTER_BROKER names the broker epoch it was planned at: a broker that came
+    back (registered again, a new epoch) before the record applied is kept, and an id
+    not registered at all is skipped."""
+    s = MetadataState()
+    _apply(s, 1, [RegisterBroker(1, "h", 11, None, "a")])
+    planned = UnregisterBroker(1, s.brokers[1].broker_epoch)
+    _apply(s, 2, [RegisterBroker(1, "h", 11, None, "a2")])  # it came back
+    _apply(s, 3, [planned, UnregisterBroker(9, 1)])
+    assert s.skipped_records == 2
+    assert s.brokers[1].broker_epoch == 2 and s.incarnations[1] == "a2"
+    _apply(s, 4, [UnregisterBroker(1, 2)])
+    assert 1 not in s.brokers and 1 not in s.incarnations and 1 not in s.broker_changed_at
 
 
 class _E:
