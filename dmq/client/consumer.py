@@ -531,6 +531,11 @@ class Consumer:
         {partition: [records in offset order]} (empty dict on timeout). Raises a fetch
         error (e.g. `OffsetOutOfRangeError` with auto_offset_reset='none',
         `CorruptMessageError` with check_crcs) for a partition that has one."""
+        return await self._poll(partitions, timeout_ms, max_records, False)
+
+    async def _poll(self, partitions: Sequence[TopicPartition], timeout_ms: int,
+                    max_records: int | None, batches: bool) -> dict[TopicPartition, list[Any]]:
+        """`getmany` (records) or `getmany_batches` (`ConsumedBatch`es)."""
         self._check_open()
         if self._group is not None:
             self._group.note_poll()
@@ -540,7 +545,7 @@ class Consumer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
         while True:
-            out = self._collect(wanted, limit)
+            out = self._collect(wanted, limit, batches)
             if out or self._closed:
                 return out
             remaining = deadline - loop.time()
@@ -550,13 +555,14 @@ class Consumer:
             try:
                 await wait_for(self._data_ready.wait(), remaining)
             except TimeoutError:
-                return self._collect(wanted, limit)
+                return self._collect(wanted, limit, batches)
 
     def _collect(self, wanted: list[TopicPartition] | None, limit: int,
-                 take: Callable[[_PartitionState, int], list[Any]] | None = None
-                 ) -> dict[TopicPartition, list[Any]]:
+                 batches: bool = False) -> dict[TopicPartition, list[Any]]:
+        """Up to `limit` records from the fetched chunks: lists of records, or of
+        `ConsumedBatch`es (whole batches, counted by their records) with `batches`."""
         out: dict[TopicPartition, list[Any]] = {}
-        take = take or self._take
+        take = self._take_batches if batches else self._take
         states = self._sub.states
         targets = [states[tp] for tp in wanted if tp in states] if wanted else states.values()
         freed = False
@@ -578,7 +584,7 @@ class Consumer:
                 freed = True
             if records:
                 out[st.tp] = records
-                limit -= len(records) if take is self._take else sum(map(len, records))
+                limit -= sum(map(len, records)) if batches else len(records)
                 if limit <= 0:
                     break
         if freed:
@@ -699,26 +705,7 @@ class Consumer:
         Positions move past every batch handed out; `max_records` (default
         `max_poll_records`) is honoured at batch granularity (whole batches, at least
         one per call). Errors as `getmany`."""
-        self._check_open()
-        if self._group is not None:
-            self._group.note_poll()
-        limit = max_records or self.max_poll_records or 1 << 62
-        wanted = [TopicPartition(*tp) for tp in partitions] if partitions else None
-        assert self._data_ready is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
-        while True:
-            out = self._collect(wanted, limit, self._take_batches)
-            if out or self._closed:
-                return out
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return out
-            self._data_ready.clear()
-            try:
-                await wait_for(self._data_ready.wait(), remaining)
-            except TimeoutError:
-                return self._collect(wanted, limit, self._take_batches)
+        return await self._poll(partitions, timeout_ms, max_records, True)
 
     async def getmany_values(self, *partitions: TopicPartition, timeout_ms: int = 0,
                              max_records: int | None = None
