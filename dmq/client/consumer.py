@@ -137,24 +137,9 @@ class ConsumedBatch:
     def records(self) -> list[ConsumerRecord]:
         """`ConsumerRecord`s, as `getmany` hands them out (built on first use)."""
         if self._built is None:
-            topic, partition = self.tp
-            base = self.first_offset - self._skip
-            make, cls, skip = tuple.__new__, ConsumerRecord, self._skip
-            bts, ts_type = self.base_timestamp, self._ts_type
-            try:
-                built = [make(cls, (topic, partition, base + i,
-                                    bts if ts_type else bts + r[0], ts_type,
-                                    r[1], r[2], r[3]))
-                         for i, r in enumerate(self._raw or ()) if i >= skip]
-            except (TypeError, IndexError) as exc:
-                raise CorruptMessageError(f"{topic}-{partition}: malformed record in batch "
-                                          f"at offset {base}: {exc}") from exc
-            kd, vd = self.key_deserializer, self.value_deserializer
-            if kd is not None or vd is not None:
-                kd = kd or _identity
-                vd = vd or _identity
-                built = [r._replace(key=kd(r.key), value=vd(r.value)) for r in built]
-            self._built = built
+            self._built = _build_records(self.tp, self.first_offset - self._skip, self._skip,
+                                         self._raw or (), self._ts_type, self.base_timestamp,
+                                         self.key_deserializer, self.value_deserializer)
         return self._built
 
     def __iter__(self) -> Iterator[ConsumerRecord]:
@@ -167,6 +152,38 @@ class ConsumedBatch:
 
 _VALUE = itemgetter(6)
 _RAW_VALUE = itemgetter(2)
+
+
+def _build_records(tp: TopicPartition, base: int, skip: int, raw: Sequence[Any], ts_type: int,
+                   ts: int, kd: Deserializer | None, vd: Deserializer | None
+                   ) -> list[ConsumerRecord]:
+    """ConsumerRecords of one unpacked dmq-native batch (`raw`, based at offset `base`)
+    from its `skip`-th record on; `ts` is the batch's base timestamp (each record adds its
+    delta) or, with `ts_type` 1 (log append time), every record's timestamp.
+
+    Each ConsumerRecord is built in one step, ~0.26 us/record against ~0.78 us through
+    `decode_records` + rewrap (which builds an intermediate `Record` per record)."""
+    topic, partition = tp
+    make = tuple.__new__
+    cls = ConsumerRecord
+    try:
+        if ts_type:
+            out = [make(cls, (topic, partition, base + i, ts, 1, r[1], r[2], r[3]))
+                   for i, r in enumerate(raw) if i >= skip]
+        elif skip:
+            out = [make(cls, (topic, partition, base + i, ts + r[0], 0, r[1], r[2], r[3]))
+                   for i, r in enumerate(raw) if i >= skip]
+        else:
+            out = [make(cls, (topic, partition, base + i, ts + r[0], 0, r[1], r[2], r[3]))
+                   for i, r in enumerate(raw)]
+    except (TypeError, IndexError) as exc:
+        raise CorruptMessageError(f"{topic}-{partition}: malformed record in batch at offset "
+                                  f"{base}: {exc}") from exc
+    if kd is None and vd is None:
+        return out
+    kd = kd or _identity
+    vd = vd or _identity
+    return [r._replace(key=kd(r.key), value=vd(r.value)) for r in out]
 
 
 @dataclass(slots=True)
@@ -655,33 +672,13 @@ class Consumer:
         if not h.attributes & ATTR_DMQ_NATIVE:
             return self._decode_kafka(tp, data, h, position)
         raw = self._unpack(tp, data, h)
-        topic, partition = tp
         base = h.base_offset
-        skip = position - base if position > base else 0
-        ts_type = 1 if h.attributes & ATTR_TIMESTAMP_TYPE else 0
-        bts = h.base_timestamp
-        make = tuple.__new__
-        cls = ConsumerRecord
-        kd, vd = self.key_deserializer, self.value_deserializer
-        try:
-            if ts_type:
-                lat = h.max_timestamp
-                out = [make(cls, (topic, partition, base + i, lat, 1, r[1], r[2], r[3]))
-                       for i, r in enumerate(raw) if i >= skip]
-            elif skip:
-                out = [make(cls, (topic, partition, base + i, bts + r[0], 0, r[1], r[2], r[3]))
-                       for i, r in enumerate(raw) if i >= skip]
-            else:
-                out = [make(cls, (topic, partition, base + i, bts + r[0], 0, r[1], r[2], r[3]))
-                       for i, r in enumerate(raw)]
-        except (TypeError, IndexError) as exc:
-            raise CorruptMessageError(f"{tp.topic}-{tp.partition}: malformed record in batch "
-                                      f"at offset {base}: {exc}") from exc
-        if kd is None and vd is None:
-            return out
-        kd = kd or _identity
-        vd = vd or _identity
-        return [r._replace(key=kd(r.key), value=vd(r.value)) for r in out]
+        if h.attributes & ATTR_TIMESTAMP_TYPE:
+            ts_type, ts = 1, h.max_timestamp
+        else:
+            ts_type, ts = 0, h.base_timestamp
+        return _build_records(tp, base, position - base if position > base else 0, raw,
+                              ts_type, ts, self.key_deserializer, self.value_deserializer)
 
     def _decode_kafka(self, tp: TopicPartition, data: bytes, h: BatchHeader,
                       position: int) -> list[ConsumerRecord]:
