@@ -89,6 +89,14 @@ def _security(path: str | None) -> Any:
         raise click.UsageError(str(exc)) from None
 
 
+_COMMAND_CONFIG = click.option(
+    "--command-config", "command_config", type=click.Path(dir_okay=False, exists=True),
+    default=None, metavar="FILE",
+    help="client security as Kafka client properties (security.protocol, ssl.ca.location, "
+         "ssl.certificate.location, ssl.key.location, sasl.mechanism, sasl.username, "
+         "sasl.password)")
+
+
 def _run(coro: Any, security: Any = None) -> Any:
     _install_uvloop()
     try:
@@ -152,25 +160,20 @@ class DeliveryTally:
         self.first_error: BaseException | None = None
 
     def add(self, handle: RecordHandle) -> None:
-        fut = handle.batch_future
-        n = self._pending.get(fut)
-        if n is None:
-            self._pending[fut] = 1
-            fut.add_done_callback(self._settle)
-        else:
-            self._pending[fut] = n + 1
+        self._count(handle.batch_future, 1)
 
     def add_many(self, handle: ManyHandle) -> None:
         """Count the records of one `send_many` call (per batch segment)."""
-        pending = self._pending
         for seg in handle.segments:
-            fut = seg.batch.future
-            n = pending.get(fut)
-            if n is None:
-                pending[fut] = seg.record_count
-                fut.add_done_callback(self._settle)
-            else:
-                pending[fut] = n + seg.record_count
+            self._count(seg.batch.future, seg.record_count)
+
+    def _count(self, fut: asyncio.Future[int], records: int) -> None:
+        n = self._pending.get(fut)
+        if n is None:
+            self._pending[fut] = records
+            fut.add_done_callback(self._settle)
+        else:
+            self._pending[fut] = n + records
 
     def _settle(self, fut: asyncio.Future[int]) -> None:
         n = self._pending.pop(fut, 0)
@@ -400,11 +403,7 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
               show_default=True,
               help="how long a record may take from send to acknowledgement, retries "
                    "included; must be at least --linger-ms + --request-timeout-ms")
-@click.option("--command-config", "command_config", type=click.Path(dir_okay=False, exists=True),
-              default=None, metavar="FILE",
-              help="client security as Kafka client properties (security.protocol, "
-                   "ssl.ca.location, ssl.certificate.location, ssl.key.location, "
-                   "sasl.mechanism, sasl.username, sasl.password)")
+@_COMMAND_CONFIG
 def _produce_command(bootstrap: str, topic: str, acks: str, key_separator: str | None,
                      headers: tuple[str, ...], path: str | None, partition: int | None,
                      compression: str, linger_ms: int, timeout_ms: int,
@@ -622,11 +621,7 @@ async def consume(bootstrap: str, topic: str, from_beginning: bool, partition: i
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
               show_default=True,
               help="text (alias value), key-value, hex, base64 or json; see below")
-@click.option("--command-config", "command_config", type=click.Path(dir_okay=False, exists=True),
-              default=None, metavar="FILE",
-              help="client security as Kafka client properties (security.protocol, "
-                   "ssl.ca.location, ssl.certificate.location, ssl.key.location, "
-                   "sasl.mechanism, sasl.username, sasl.password)")
+@_COMMAND_CONFIG
 def _consume_command(bootstrap: str, topic: str, group: str | None, from_beginning: bool,
                      partition: int | None, offset: str | None, max_messages: int | None,
                      timeout_ms: int | None, fmt: str, command_config: str | None = None) -> None:

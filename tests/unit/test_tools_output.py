@@ -9,7 +9,13 @@ import json
 
 import pytest
 
-from dmq.client.accumulator import PartitionQueue, ProducerBatch, RecordHandle
+from dmq.client.accumulator import (
+    BatchSegment,
+    ManyHandle,
+    PartitionQueue,
+    ProducerBatch,
+    RecordHandle,
+)
 from dmq.client.records import ConsumerRecord
 from dmq.log.batch import BatchBuilder
 from dmq.protocol.errors import RequestTimedOutError
@@ -108,3 +114,23 @@ async def test_tally_counts_a_batch_without_outcome_as_failed_after_its_bound() 
     b.future.set_result(0)  # too late: counted once, as failed
     await asyncio.sleep(0)
     assert (tally.acknowledged, tally.failed) == (0, 3)
+
+
+async def test_tally_counts_send_many_segments_per_batch() -> None:
+    """`add_many` counts each segment's records; segments of two calls sharing one batch
+    (and a `send` record in it) make one callback for that batch."""
+    loop = asyncio.get_running_loop()
+    b0, b1 = (ProducerBatch(PartitionQueue("t", p), BatchBuilder(), 0, loop.create_future())
+              for p in range(2))
+    first, second = ManyHandle("t", 0), ManyHandle("t", 0)
+    first.segments += [BatchSegment(b0, 0, 4, range(4)), BatchSegment(b1, 0, 2, range(4, 6))]
+    second.segments.append(BatchSegment(b1, 2, 3, range(3)))
+    tally = DeliveryTally()
+    tally.add_many(first)
+    tally.add_many(second)
+    tally.add(RecordHandle(b1, b1.builder.append(0, None, b"v"), 0))
+    assert len(b0.future._callbacks or ()) == len(b1.future._callbacks or ()) == 1  # type: ignore[attr-defined]
+    b0.future.set_result(0)
+    b1.future.set_exception(RequestTimedOutError("t-1: not delivered"))
+    await tally.wait_all(10_000)
+    assert (tally.acknowledged, tally.failed) == (4, 6)
