@@ -251,6 +251,17 @@ class FakeCluster:
                              for i in range(partitions)]
         self.version += 1
 
+    def answer_first_produces(self, verdict: Any, count: int = 1) -> None:
+        """The next `count` produce requests get `verdict` (as a `produce_hook` returns
+        it: "drop", "drop-after-append", an error code or a DmqError); later ones are
+        answered normally."""
+        start = self.produce_requests
+
+        def hook(node: FakeNode, body: Any) -> Any:
+            return verdict if self.produce_requests - start <= count else None
+
+        self.produce_hook = hook
+
     def move_leader(self, topic: str, partition: int, node_id: int) -> None:
         p = self.topics[topic][partition]
         p.leader = node_id

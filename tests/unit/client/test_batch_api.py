@@ -147,13 +147,7 @@ async def _wait(h: Any) -> Any:
 async def test_lost_responses_are_deduplicated_for_send_many(fake: FakeCluster) -> None:
     """The first answer is lost after the append: the batch is resent with the same
     sequence and the broker keeps one copy (idempotence through the batch API)."""
-    state = {"n": 0}
-
-    def hook(node: Any, body: Any) -> Any:
-        state["n"] += 1
-        return "drop-after-append" if state["n"] == 1 else None
-
-    fake.produce_hook = hook
+    fake.answer_first_produces("drop-after-append")
     async with Producer(fake.bootstrap, linger_ms=0, request_timeout_ms=300,
                         delivery_timeout_ms=5000, retry_backoff_ms=20) as p:
         mds = await (await p.send_many("t", [b"%d" % i for i in range(50)], partition=0))
@@ -179,13 +173,7 @@ async def test_dmq_produce_sends_whole_chunks_and_strips_crlf_across_chunk_ends(
 async def test_send_many_keeps_order_and_sequences_across_retries(fake: FakeCluster) -> None:
     """The first of several in-flight requests fails: every batch of the call is
     resent in sequence order, nothing is duplicated, offsets follow call order."""
-    state = {"n": 0}
-
-    def hook(node: Any, body: Any) -> Any:
-        state["n"] += 1
-        return int(ErrorCode.REQUEST_TIMED_OUT) if state["n"] == 1 else None
-
-    fake.produce_hook = hook
+    fake.answer_first_produces(int(ErrorCode.REQUEST_TIMED_OUT))
     fake.produce_delay_s = 0.005
     async with Producer(fake.bootstrap, linger_ms=0, batch_size=200, max_in_flight=5,
                         retry_backoff_ms=20) as p:
