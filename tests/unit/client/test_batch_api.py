@@ -96,6 +96,21 @@ async def test_send_many_refuses_bad_input_before_appending(fake: FakeCluster) -
     assert _delivered(fake) == {0: [], 1: [], 2: []}
 
 
+async def test_send_many_larger_than_the_buffer_refuses_a_missing_key_before_appending(
+        fake: FakeCluster) -> None:
+    """A call larger than `buffer_memory` goes in parts: a key missing from its last
+    part is refused before the first part is appended (no record of it is sent)."""
+    values = [b"%04d" % i for i in range(400)]
+    keys: list[bytes | None] = [b"k%d" % i for i in range(399)] + [None]
+    async with Producer(fake.bootstrap, linger_ms=0, batch_size=1024,
+                        buffer_memory=2048) as p:
+        with pytest.raises(ValueError, match="keys must be all set"):
+            await p.send_many("t", values, keys=keys)
+        assert p.buffered_bytes == 0
+        await p.flush()
+    assert _delivered(fake) == {0: [], 1: [], 2: []}
+
+
 async def test_a_refused_batch_fails_exactly_its_records(fake: FakeCluster) -> None:
     """Partition 1's batches are refused (INVALID_RECORD, not retriable): its segments
     fail, the other partitions' records are delivered and reported as such."""
