@@ -32,16 +32,10 @@ from dmq.client.consumer import Consumer
 from dmq.client.producer import Producer
 from dmq.client.records import TopicPartition
 from tests.e2e.test_client import create_topic
+from tests.e2e.test_tools import run
 from tests.support.procs import ProcessCluster, free_ports
 
 pytestmark = pytest.mark.slow
-
-
-def run(tool: str, *args: str | bytes, stdin: bytes = b"", timeout: float = 60
-        ) -> subprocess.CompletedProcess[bytes]:
-    code = f"import sys; from dmq.tools import {tool}_main; {tool}_main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *args], input=stdin,
-                          capture_output=True, timeout=timeout)
 
 
 def one_line_error(r: subprocess.CompletedProcess[bytes], code: int, text: str) -> None:
