@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any, NoReturn
 
 import click
@@ -264,6 +265,9 @@ class _InputReader:
         return chunk
 
 
+_KEY, _SEPARATOR, _VALUE = itemgetter(0), itemgetter(1), itemgetter(2)  # of bytes.partition
+
+
 def _not_acknowledged(tally: DeliveryTally, records: int, line_no: int,
                       stopped_early: bool) -> ToolError:
     failed = tally.failed
@@ -318,45 +322,39 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
             else:
                 lines = (pending + chunk).split(b"\n")
                 pending = lines.pop()
-            if sep is None and lines:
-                # no key: the whole chunk's lines in one `send_many` call
+            if lines:
+                # the whole chunk's lines in one `send_many` call
                 if b"\r" in chunk or lines[0].endswith(b"\r"):  # CRLF input
                     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
-                tally.add_many(await producer.send_many(topic, lines, partition=partition,
-                                                        headers=headers or None))
-                line_no += len(lines)
-                records += len(lines)
-                nbytes += sum(map(len, lines))
+                keys = values = None
+                bad = -1
+                if sep is not None:
+                    split = [ln.partition(sep) for ln in lines]
+                    found = list(map(_SEPARATOR, split))
+                    if b"" in found:  # a line without the separator: send the lines before it
+                        bad = found.index(b"")
+                        split = split[:bad]
+                    keys = list(map(_KEY, split))
+                    values = list(map(_VALUE, split))
+                else:
+                    values = lines
+                if values:
+                    tally.add_many(await producer.send_many(
+                        topic, values, keys=keys, partition=partition, headers=headers or None))
+                    line_no += len(values)
+                    records += len(values)
+                    nbytes += sum(map(len, values))
+                if bad >= 0:
+                    await producer.flush(wait_ms)
+                    await tally.wait_all(wait_ms)
+                    sent = f"; {records:,} records before it were sent" if records else ""
+                    if tally.failed:
+                        sent += f", {tally.failed:,} of them not acknowledged"
+                    raise ToolError(f"line {line_no + 1} has no key separator "
+                                    f"{_shown(sep)}{sent}")  # type: ignore[arg-type]
                 if tally.failed:
                     stopped_early = True
                 bar.maybe_show(records, nbytes)
-                lines = []
-            for line in lines:
-                line_no += 1
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                key = None
-                if sep is not None:
-                    key, found, value = line.partition(sep)
-                    if not found:
-                        await producer.flush(wait_ms)
-                        await tally.wait_all(wait_ms)
-                        sent = f"; {records:,} records before it were sent" if records else ""
-                        if tally.failed:
-                            sent += f", {tally.failed:,} of them not acknowledged"
-                        raise ToolError(f"line {line_no} has no key separator "
-                                        f"{_shown(sep)}{sent}")
-                else:
-                    value = line
-                tally.add(await producer.send(topic, value, key=key, partition=partition,
-                                              headers=headers or None))
-                records += 1
-                nbytes += len(value)
-                if records & 0x3FF == 0:
-                    if tally.failed:
-                        stopped_early = True
-                        break
-                    bar.maybe_show(records, nbytes)
             if not chunk:
                 break
             if records and progress is False and records < 1024:

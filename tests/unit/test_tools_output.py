@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -16,10 +17,12 @@ from dmq.client.accumulator import (
     ProducerBatch,
     RecordHandle,
 )
+from dmq.client.partitioner import partition_for_key
 from dmq.client.records import ConsumerRecord
 from dmq.log.batch import BatchBuilder
 from dmq.protocol.errors import RequestTimedOutError
-from dmq.tools import FORMATS, DeliveryTally, format_record
+from dmq.tools import FORMATS, DeliveryTally, ToolError, format_record, produce
+from tests.unit.client.fake_cluster import FakeCluster
 
 
 def rec(key: object, value: object, headers: tuple[tuple[str, bytes], ...] = ()
@@ -134,3 +137,33 @@ async def test_tally_counts_send_many_segments_per_batch() -> None:
     b1.future.set_exception(RequestTimedOutError("t-1: not delivered"))
     await tally.wait_all(10_000)
     assert (tally.acknowledged, tally.failed) == (4, 6)
+
+
+def _chunks(*chunks: bytes) -> Callable[[], bytes]:
+    it = iter(chunks)
+    return lambda: next(it, b"")
+
+
+async def test_produce_keyed_lines_place_keys_and_stop_at_a_line_without_separator() -> None:
+    """Keyed lines land where their keys place them, in order; a line without the
+    separator stops the tool there, after the lines before it were delivered."""
+    fake = await FakeCluster(1).start()
+    fake.create_topic("t", 3)
+    try:
+        keys = [b"k%d" % i for i in range(40)]
+        text = b"".join(b"%s:v%d\r\n" % (k, i) for i, k in enumerate(keys))
+        records, _ = await produce(fake.bootstrap, "t", "all", ":", [("h", b"1")],
+                                   _chunks(text[:101], text[101:]), echo=lambda s: None)
+        assert records == 40
+        placed: dict[int, list[bytes]] = {p: [] for p in range(3)}
+        for i, k in enumerate(keys):
+            placed[partition_for_key(k, 3)].append(b"v%d" % i)
+        assert {p: [v for _o, v in fake.records("t", p)] for p in range(3)} == placed
+        with pytest.raises(ToolError, match="line 3 has no key separator ':'; 2 records "
+                                            "before it were sent"):
+            await produce(fake.bootstrap, "t", "all", ":", [], _chunks(b"a:x\nb:y\nbad\nc:z\n"),
+                          echo=lambda s: None)
+        assert [v for p in range(3) for _o, v in fake.records("t", p)].count(b"z") == 0
+        assert sum(len(fake.records("t", p)) for p in range(3)) == 42
+    finally:
+        await fake.stop()
