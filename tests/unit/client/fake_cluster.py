@@ -10,7 +10,7 @@ layer's own `ProducerStateManager`. It is not a broker: no replication, no disk.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,10 @@ class FakeNode:
         c = self.cluster
         c.metadata_requests += 1
         if c.metadata_hook is not None:
-            c.metadata_hook(self, body)  # may raise the error to answer with
+            # may raise the error to answer with, or return an awaitable to wait for first
+            pause = c.metadata_hook(self, body)
+            if pause is not None:
+                await pause
         names = body["topics"] if body["topics"] is not None else list(c.topics)
         topics = []
         for name in names:
@@ -230,7 +233,7 @@ class FakeCluster:
         self.produce_delay_s = 0.0
         self.corrupt_fetch = False
         self.produce_hook: Callable[[FakeNode, Any], Any] | None = None
-        self.metadata_hook: Callable[[FakeNode, Any], None] | None = None
+        self.metadata_hook: Callable[[FakeNode, Any], Awaitable[None] | None] | None = None
         self.appended = asyncio.Event()
 
     @property
