@@ -326,6 +326,11 @@ class Producer:
         (`map`, `accumulate`, `bisect`, `sorted`, `zip`). Waits, like `send`, for
         topic metadata and for `buffer_memory` space (a call larger than the free
         buffer goes in parts as space frees up; each part is appended whole).
+
+        When such a wait fails after some parts were appended (no space within
+        `max_block_ms`, the producer closing), those records are sent as usual: the
+        error's `handle` attribute is the `ManyHandle` of the records appended so far
+        (its segments' positions say which), so their outcome is not lost.
         """
         if not self._accepting:
             self._check_accepting()
@@ -341,12 +346,17 @@ class Producer:
         n = len(values)
         start = 0
         while start < n:
-            if not self._accepting:
-                self._check_accepting()
             free = self.buffer_memory - self._buffered_bytes
             end = bisect_right(cum, cum[start] + free, start) - 1
-            if end <= start and self._buffered_bytes:
-                await self._wait_for_buffer(sizes[start])
+            if not self._accepting or (end <= start and self._buffered_bytes):
+                try:
+                    if not self._accepting:
+                        self._check_accepting()
+                    await self._wait_for_buffer(sizes[start])
+                except Exception as exc:
+                    if handle.segments:
+                        exc.handle = handle  # type: ignore[attr-defined]
+                    raise
                 continue
             end = max(end, start + 1)
             whole = start == 0 and end == n

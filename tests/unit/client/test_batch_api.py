@@ -200,3 +200,22 @@ async def test_send_many_keeps_order_and_sequences_across_retries(fake: FakeClus
         (m.offset, list(range(m.offset, m.offset + m.record_count))) for m in mds]
     seqs = [h.base_sequence for *_x, d in fake.topics["t"][0].batches for h in iter_headers(d)]
     assert seqs == sorted(seqs) and seqs[0] == 0
+
+
+async def test_send_many_failing_after_a_part_was_appended_hands_out_that_part(
+        fake: FakeCluster) -> None:
+    """A call larger than the buffer waits for space between parts; when that wait
+    fails (max_block_ms), the error carries the handle of the records already appended:
+    they are delivered, and the handle says which they are."""
+    fake.produce_delay_s = 1.0  # the buffer stays full well past max_block_ms
+    values = [b"%04d" % i for i in range(400)]
+    async with Producer(fake.bootstrap, linger_ms=0, batch_size=1024, buffer_memory=2048,
+                        max_block_ms=100) as p:
+        with pytest.raises(RequestTimedOutError, match="max_block_ms=100") as err:
+            await p.send_many("t", values, partition=1)
+        handle = err.value.handle  # type: ignore[attr-defined]
+        sent = handle.record_count
+        assert 0 < sent < 400
+        mds = await handle
+    assert [i for m in mds for i in m.positions] == list(range(sent))
+    assert [v for _o, v in fake.records("t", 1)] == values[:sent]
