@@ -146,3 +146,28 @@ async def test_any_request_asks_past_a_silent_node_and_raises_what_all_nodes_sai
     finally:
         await c.close()
         await fake.stop()
+
+
+async def test_stale_metadata_is_refreshed_in_the_background() -> None:
+    """Older than metadata_max_age_ms, the cache is refreshed by maybe_refresh_stale
+    (new partitions show up without an error to provoke it), once per period."""
+    fake = await FakeCluster(1).start()
+    fake.create_topic("t", 1)
+    c = ClusterClient(fake.bootstrap, metadata_max_age_ms=200)
+    try:
+        await c.refresh(["t"])
+        assert len(c.topics["t"].partitions) == 1
+        fake.create_topic("t", 3)
+        asked = fake.metadata_requests
+        c.maybe_refresh_stale()  # young: nothing asked
+        await asyncio.sleep(0.05)
+        assert fake.metadata_requests == asked
+        await asyncio.sleep(0.2)
+        for _ in range(5):
+            c.maybe_refresh_stale()
+        await asyncio.sleep(0.05)
+        assert len(c.topics["t"].partitions) == 3
+        assert fake.metadata_requests == asked + 1
+    finally:
+        await c.close()
+        await fake.stop()
