@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any, NoReturn
 
 import click
@@ -89,6 +90,14 @@ def _security(path: str | None) -> Any:
         raise click.UsageError(str(exc)) from None
 
 
+_COMMAND_CONFIG = click.option(
+    "--command-config", "command_config", type=click.Path(dir_okay=False, exists=True),
+    default=None, metavar="FILE",
+    help="client security as Kafka client properties (security.protocol, ssl.ca.location, "
+         "ssl.certificate.location, ssl.key.location, sasl.mechanism, sasl.username, "
+         "sasl.password)")
+
+
 def _run(coro: Any, security: Any = None) -> Any:
     _install_uvloop()
     try:
@@ -152,25 +161,20 @@ class DeliveryTally:
         self.first_error: BaseException | None = None
 
     def add(self, handle: RecordHandle) -> None:
-        fut = handle.batch_future
-        n = self._pending.get(fut)
-        if n is None:
-            self._pending[fut] = 1
-            fut.add_done_callback(self._settle)
-        else:
-            self._pending[fut] = n + 1
+        self._count(handle.batch_future, 1)
 
     def add_many(self, handle: ManyHandle) -> None:
         """Count the records of one `send_many` call (per batch segment)."""
-        pending = self._pending
         for seg in handle.segments:
-            fut = seg.batch.future
-            n = pending.get(fut)
-            if n is None:
-                pending[fut] = seg.record_count
-                fut.add_done_callback(self._settle)
-            else:
-                pending[fut] = n + seg.record_count
+            self._count(seg.batch.future, seg.record_count)
+
+    def _count(self, fut: asyncio.Future[int], records: int) -> None:
+        n = self._pending.get(fut)
+        if n is None:
+            self._pending[fut] = records
+            fut.add_done_callback(self._settle)
+        else:
+            self._pending[fut] = n + records
 
     def _settle(self, fut: asyncio.Future[int]) -> None:
         n = self._pending.pop(fut, 0)
@@ -261,6 +265,9 @@ class _InputReader:
         return chunk
 
 
+_KEY, _SEPARATOR, _VALUE = itemgetter(0), itemgetter(1), itemgetter(2)  # of bytes.partition
+
+
 def _not_acknowledged(tally: DeliveryTally, records: int, line_no: int,
                       stopped_early: bool) -> ToolError:
     failed = tally.failed
@@ -315,45 +322,39 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
             else:
                 lines = (pending + chunk).split(b"\n")
                 pending = lines.pop()
-            if sep is None and lines:
-                # no key: the whole chunk's lines in one `send_many` call
+            if lines:
+                # the whole chunk's lines in one `send_many` call
                 if b"\r" in chunk or lines[0].endswith(b"\r"):  # CRLF input
                     lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
-                tally.add_many(await producer.send_many(topic, lines, partition=partition,
-                                                        headers=headers or None))
-                line_no += len(lines)
-                records += len(lines)
-                nbytes += sum(map(len, lines))
+                keys = values = None
+                bad = -1
+                if sep is not None:
+                    split = [ln.partition(sep) for ln in lines]
+                    found = list(map(_SEPARATOR, split))
+                    if b"" in found:  # a line without the separator: send the lines before it
+                        bad = found.index(b"")
+                        split = split[:bad]
+                    keys = list(map(_KEY, split))
+                    values = list(map(_VALUE, split))
+                else:
+                    values = lines
+                if values:
+                    tally.add_many(await producer.send_many(
+                        topic, values, keys=keys, partition=partition, headers=headers or None))
+                    line_no += len(values)
+                    records += len(values)
+                    nbytes += sum(map(len, values))
+                if bad >= 0:
+                    await producer.flush(wait_ms)
+                    await tally.wait_all(wait_ms)
+                    sent = f"; {records:,} records before it were sent" if records else ""
+                    if tally.failed:
+                        sent += f", {tally.failed:,} of them not acknowledged"
+                    raise ToolError(f"line {line_no + 1} has no key separator "
+                                    f"{_shown(sep)}{sent}")  # type: ignore[arg-type]
                 if tally.failed:
                     stopped_early = True
                 bar.maybe_show(records, nbytes)
-                lines = []
-            for line in lines:
-                line_no += 1
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                key = None
-                if sep is not None:
-                    key, found, value = line.partition(sep)
-                    if not found:
-                        await producer.flush(wait_ms)
-                        await tally.wait_all(wait_ms)
-                        sent = f"; {records:,} records before it were sent" if records else ""
-                        if tally.failed:
-                            sent += f", {tally.failed:,} of them not acknowledged"
-                        raise ToolError(f"line {line_no} has no key separator "
-                                        f"{_shown(sep)}{sent}")
-                else:
-                    value = line
-                tally.add(await producer.send(topic, value, key=key, partition=partition,
-                                              headers=headers or None))
-                records += 1
-                nbytes += len(value)
-                if records & 0x3FF == 0:
-                    if tally.failed:
-                        stopped_early = True
-                        break
-                    bar.maybe_show(records, nbytes)
             if not chunk:
                 break
             if records and progress is False and records < 1024:
@@ -400,11 +401,7 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
               show_default=True,
               help="how long a record may take from send to acknowledgement, retries "
                    "included; must be at least --linger-ms + --request-timeout-ms")
-@click.option("--command-config", "command_config", type=click.Path(dir_okay=False, exists=True),
-              default=None, metavar="FILE",
-              help="client security as Kafka client properties (security.protocol, "
-                   "ssl.ca.location, ssl.certificate.location, ssl.key.location, "
-                   "sasl.mechanism, sasl.username, sasl.password)")
+@_COMMAND_CONFIG
 def _produce_command(bootstrap: str, topic: str, acks: str, key_separator: str | None,
                      headers: tuple[str, ...], path: str | None, partition: int | None,
                      compression: str, linger_ms: int, timeout_ms: int,
@@ -622,11 +619,7 @@ async def consume(bootstrap: str, topic: str, from_beginning: bool, partition: i
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
               show_default=True,
               help="text (alias value), key-value, hex, base64 or json; see below")
-@click.option("--command-config", "command_config", type=click.Path(dir_okay=False, exists=True),
-              default=None, metavar="FILE",
-              help="client security as Kafka client properties (security.protocol, "
-                   "ssl.ca.location, ssl.certificate.location, ssl.key.location, "
-                   "sasl.mechanism, sasl.username, sasl.password)")
+@_COMMAND_CONFIG
 def _consume_command(bootstrap: str, topic: str, group: str | None, from_beginning: bool,
                      partition: int | None, offset: str | None, max_messages: int | None,
                      timeout_ms: int | None, fmt: str, command_config: str | None = None) -> None:

@@ -297,10 +297,10 @@ class ClusterClient:
 
     def maybe_refresh_stale(self) -> None:
         """Refresh in the background when the cache is older than `metadata_max_age_ms`
-        (picks up new partitions and moved leaders nobody has hit an error on yet)."""
+        (picks up new partitions and moved leaders nobody has hit an error on yet). One
+        attempt per period: every attempt, answered or not, restarts the age."""
         now_ms = asyncio.get_running_loop().time() * 1000
         if now_ms - self._last_refresh_ms > self.metadata_max_age_ms:
-            self._last_refresh_ms = now_ms  # one attempt per period
             self.request_update()
 
     async def _quiet_refresh(self) -> None:

@@ -137,24 +137,9 @@ class ConsumedBatch:
     def records(self) -> list[ConsumerRecord]:
         """`ConsumerRecord`s, as `getmany` hands them out (built on first use)."""
         if self._built is None:
-            topic, partition = self.tp
-            base = self.first_offset - self._skip
-            make, cls, skip = tuple.__new__, ConsumerRecord, self._skip
-            bts, ts_type = self.base_timestamp, self._ts_type
-            try:
-                built = [make(cls, (topic, partition, base + i,
-                                    bts if ts_type else bts + r[0], ts_type,
-                                    r[1], r[2], r[3]))
-                         for i, r in enumerate(self._raw or ()) if i >= skip]
-            except (TypeError, IndexError) as exc:
-                raise CorruptMessageError(f"{topic}-{partition}: malformed record in batch "
-                                          f"at offset {base}: {exc}") from exc
-            kd, vd = self.key_deserializer, self.value_deserializer
-            if kd is not None or vd is not None:
-                kd = kd or _identity
-                vd = vd or _identity
-                built = [r._replace(key=kd(r.key), value=vd(r.value)) for r in built]
-            self._built = built
+            self._built = _build_records(self.tp, self.first_offset - self._skip, self._skip,
+                                         self._raw or (), self._ts_type, self.base_timestamp,
+                                         self.key_deserializer, self.value_deserializer)
         return self._built
 
     def __iter__(self) -> Iterator[ConsumerRecord]:
@@ -167,6 +152,38 @@ class ConsumedBatch:
 
 _VALUE = itemgetter(6)
 _RAW_VALUE = itemgetter(2)
+
+
+def _build_records(tp: TopicPartition, base: int, skip: int, raw: Sequence[Any], ts_type: int,
+                   ts: int, kd: Deserializer | None, vd: Deserializer | None
+                   ) -> list[ConsumerRecord]:
+    """ConsumerRecords of one unpacked dmq-native batch (`raw`, based at offset `base`)
+    from its `skip`-th record on; `ts` is the batch's base timestamp (each record adds its
+    delta) or, with `ts_type` 1 (log append time), every record's timestamp.
+
+    Each ConsumerRecord is built in one step, ~0.26 us/record against ~0.78 us through
+    `decode_records` + rewrap (which builds an intermediate `Record` per record)."""
+    topic, partition = tp
+    make = tuple.__new__
+    cls = ConsumerRecord
+    try:
+        if ts_type:
+            out = [make(cls, (topic, partition, base + i, ts, 1, r[1], r[2], r[3]))
+                   for i, r in enumerate(raw) if i >= skip]
+        elif skip:
+            out = [make(cls, (topic, partition, base + i, ts + r[0], 0, r[1], r[2], r[3]))
+                   for i, r in enumerate(raw) if i >= skip]
+        else:
+            out = [make(cls, (topic, partition, base + i, ts + r[0], 0, r[1], r[2], r[3]))
+                   for i, r in enumerate(raw)]
+    except (TypeError, IndexError) as exc:
+        raise CorruptMessageError(f"{topic}-{partition}: malformed record in batch at offset "
+                                  f"{base}: {exc}") from exc
+    if kd is None and vd is None:
+        return out
+    kd = kd or _identity
+    vd = vd or _identity
+    return [r._replace(key=kd(r.key), value=vd(r.value)) for r in out]
 
 
 @dataclass(slots=True)
@@ -531,6 +548,11 @@ class Consumer:
         {partition: [records in offset order]} (empty dict on timeout). Raises a fetch
         error (e.g. `OffsetOutOfRangeError` with auto_offset_reset='none',
         `CorruptMessageError` with check_crcs) for a partition that has one."""
+        return await self._poll(partitions, timeout_ms, max_records, False)
+
+    async def _poll(self, partitions: Sequence[TopicPartition], timeout_ms: int,
+                    max_records: int | None, batches: bool) -> dict[TopicPartition, list[Any]]:
+        """`getmany` (records) or `getmany_batches` (`ConsumedBatch`es)."""
         self._check_open()
         if self._group is not None:
             self._group.note_poll()
@@ -540,7 +562,7 @@ class Consumer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
         while True:
-            out = self._collect(wanted, limit)
+            out = self._collect(wanted, limit, batches)
             if out or self._closed:
                 return out
             remaining = deadline - loop.time()
@@ -550,13 +572,14 @@ class Consumer:
             try:
                 await wait_for(self._data_ready.wait(), remaining)
             except TimeoutError:
-                return self._collect(wanted, limit)
+                return self._collect(wanted, limit, batches)
 
     def _collect(self, wanted: list[TopicPartition] | None, limit: int,
-                 take: Callable[[_PartitionState, int], list[Any]] | None = None
-                 ) -> dict[TopicPartition, list[Any]]:
+                 batches: bool = False) -> dict[TopicPartition, list[Any]]:
+        """Up to `limit` records from the fetched chunks: lists of records, or of
+        `ConsumedBatch`es (whole batches, counted by their records) with `batches`."""
         out: dict[TopicPartition, list[Any]] = {}
-        take = take or self._take
+        take = self._take_batches if batches else self._take
         states = self._sub.states
         targets = [states[tp] for tp in wanted if tp in states] if wanted else states.values()
         freed = False
@@ -578,7 +601,7 @@ class Consumer:
                 freed = True
             if records:
                 out[st.tp] = records
-                limit -= len(records) if take is self._take else sum(map(len, records))
+                limit -= sum(map(len, records)) if batches else len(records)
                 if limit <= 0:
                     break
         if freed:
@@ -649,33 +672,13 @@ class Consumer:
         if not h.attributes & ATTR_DMQ_NATIVE:
             return self._decode_kafka(tp, data, h, position)
         raw = self._unpack(tp, data, h)
-        topic, partition = tp
         base = h.base_offset
-        skip = position - base if position > base else 0
-        ts_type = 1 if h.attributes & ATTR_TIMESTAMP_TYPE else 0
-        bts = h.base_timestamp
-        make = tuple.__new__
-        cls = ConsumerRecord
-        kd, vd = self.key_deserializer, self.value_deserializer
-        try:
-            if ts_type:
-                lat = h.max_timestamp
-                out = [make(cls, (topic, partition, base + i, lat, 1, r[1], r[2], r[3]))
-                       for i, r in enumerate(raw) if i >= skip]
-            elif skip:
-                out = [make(cls, (topic, partition, base + i, bts + r[0], 0, r[1], r[2], r[3]))
-                       for i, r in enumerate(raw) if i >= skip]
-            else:
-                out = [make(cls, (topic, partition, base + i, bts + r[0], 0, r[1], r[2], r[3]))
-                       for i, r in enumerate(raw)]
-        except (TypeError, IndexError) as exc:
-            raise CorruptMessageError(f"{tp.topic}-{tp.partition}: malformed record in batch "
-                                      f"at offset {base}: {exc}") from exc
-        if kd is None and vd is None:
-            return out
-        kd = kd or _identity
-        vd = vd or _identity
-        return [r._replace(key=kd(r.key), value=vd(r.value)) for r in out]
+        if h.attributes & ATTR_TIMESTAMP_TYPE:
+            ts_type, ts = 1, h.max_timestamp
+        else:
+            ts_type, ts = 0, h.base_timestamp
+        return _build_records(tp, base, position - base if position > base else 0, raw,
+                              ts_type, ts, self.key_deserializer, self.value_deserializer)
 
     def _decode_kafka(self, tp: TopicPartition, data: bytes, h: BatchHeader,
                       position: int) -> list[ConsumerRecord]:
@@ -699,26 +702,7 @@ class Consumer:
         Positions move past every batch handed out; `max_records` (default
         `max_poll_records`) is honoured at batch granularity (whole batches, at least
         one per call). Errors as `getmany`."""
-        self._check_open()
-        if self._group is not None:
-            self._group.note_poll()
-        limit = max_records or self.max_poll_records or 1 << 62
-        wanted = [TopicPartition(*tp) for tp in partitions] if partitions else None
-        assert self._data_ready is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
-        while True:
-            out = self._collect(wanted, limit, self._take_batches)
-            if out or self._closed:
-                return out
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return out
-            self._data_ready.clear()
-            try:
-                await wait_for(self._data_ready.wait(), remaining)
-            except TimeoutError:
-                return self._collect(wanted, limit, self._take_batches)
+        return await self._poll(partitions, timeout_ms, max_records, True)
 
     async def getmany_values(self, *partitions: TopicPartition, timeout_ms: int = 0,
                              max_records: int | None = None

@@ -101,30 +101,41 @@ def _key_bytes(key: bytes) -> bytes:
 
 class KeyPartitioner:
     """Keyed placement with a bounded cache of key hashes (murmur2) for the producer's
-    hot path. The cache holds at most `cache_size` keys and is emptied when full: a
-    bound on memory without per-lookup bookkeeping."""
+    hot path. The cache holds at most `cache_size` keys of at most `cache_bytes` in all
+    (a key may be as large as a request) and is emptied when either is reached: a bound
+    on memory without per-lookup bookkeeping (only a miss counts bytes). A key larger
+    than `cache_bytes` is hashed each time."""
 
-    __slots__ = ("_cache", "cache_size", "name")
+    __slots__ = ("_cache", "_cached_bytes", "cache_bytes", "cache_size", "name")
 
-    def __init__(self, partitioner: str = DEFAULT_PARTITIONER, cache_size: int = 4096) -> None:
+    def __init__(self, partitioner: str = DEFAULT_PARTITIONER, cache_size: int = 4096,
+                 cache_bytes: int = 1 << 20) -> None:
         if partitioner not in PARTITIONERS:
             raise ValueError(f"partitioner must be one of {', '.join(PARTITIONERS)}, "
                              f"got {partitioner!r}")
         self.name = partitioner
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
         self._cache: dict[bytes, int] = {}
+        self._cached_bytes = 0
 
     def partition(self, key: bytes, num_partitions: int) -> int:
-        h = self._cache.get(key) if type(key) is bytes else None
+        if type(key) is not bytes:
+            key = _key_bytes(key)  # bytearray, memoryview: cached as their bytes
+        h = self._cache.get(key)
         if h is None:
-            key = _key_bytes(key)
             if self.name == "crc32c":
                 return crc32c(key) % num_partitions  # C speed: nothing to cache
             h = murmur2(key) & 0x7FFFFFFF
-            cache = self._cache
-            if len(cache) >= self.cache_size:
-                cache.clear()
-            cache[key] = h
+            size = len(key)
+            if size <= self.cache_bytes:
+                cache = self._cache
+                if len(cache) >= self.cache_size or \
+                        self._cached_bytes + size > self.cache_bytes:
+                    cache.clear()
+                    self._cached_bytes = 0
+                cache[key] = h
+                self._cached_bytes += size
         return h % num_partitions
 
 

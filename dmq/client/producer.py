@@ -326,10 +326,15 @@ class Producer:
         (`map`, `accumulate`, `bisect`, `sorted`, `zip`). Waits, like `send`, for
         topic metadata and for `buffer_memory` space (a call larger than the free
         buffer goes in parts as space frees up; each part is appended whole).
+
+        When such a wait fails after some parts were appended (no space within
+        `max_block_ms`, the producer closing), those records are sent as usual: the
+        error's `handle` attribute is the `ManyHandle` of the records appended so far
+        (its segments' positions say which), so their outcome is not lost.
         """
         if not self._accepting:
             self._check_accepting()
-        keys, values, hdrs, sizes = self._prepare_many(keys, values, headers)
+        keys, values, hdrs, sizes = self._prepare_many(keys, values, headers, partition)
         parts = self._queues.get(topic)
         if parts is None:
             parts = await self._topic_queues(topic)
@@ -341,12 +346,17 @@ class Producer:
         n = len(values)
         start = 0
         while start < n:
-            if not self._accepting:
-                self._check_accepting()
             free = self.buffer_memory - self._buffered_bytes
             end = bisect_right(cum, cum[start] + free, start) - 1
-            if end <= start and self._buffered_bytes:
-                await self._wait_for_buffer(sizes[start])
+            if not self._accepting or (end <= start and self._buffered_bytes):
+                try:
+                    if not self._accepting:
+                        self._check_accepting()
+                    await self._wait_for_buffer(sizes[start])
+                except Exception as exc:
+                    if handle.segments:
+                        exc.handle = handle  # type: ignore[attr-defined]
+                    raise
                 continue
             end = max(end, start + 1)
             whole = start == 0 and end == n
@@ -374,7 +384,7 @@ class Producer:
         """
         if not self._accepting:
             self._check_accepting()
-        keys, values, hdrs, sizes = self._prepare_many(keys, values, headers)
+        keys, values, hdrs, sizes = self._prepare_many(keys, values, headers, partition)
         parts = self._queues.get(topic)
         total = sum(sizes)
         if parts is None or (partition is not None and partition not in parts) or \
@@ -394,11 +404,13 @@ class Producer:
         raise IllegalStateError("producer not started: use `async with` or start()")
 
     def _prepare_many(self, keys: Sequence[Any] | None, values: Sequence[Any],
-                      headers: Iterable[tuple[str, bytes]] | None
+                      headers: Iterable[tuple[str, bytes]] | None, partition: int | None
                       ) -> tuple[Sequence[Any] | None, Sequence[Any],
                                  list[tuple[str, bytes]] | None, list[int]]:
         """Serialized keys and values, the shared headers, and each record's size
-        estimate (as `_prepare` makes it), checked against the record limit."""
+        estimate (as `_prepare` makes it), checked against the record limit; keys must
+        be all set unless `partition` places the records. Every check is made here,
+        before any record of the call is appended."""
         if isinstance(values, (bytes, bytearray, memoryview, str)):
             raise TypeError(f"send_many takes a sequence of values, not one "
                             f"{type(values).__name__} value: send_many(topic, [value])")
@@ -425,6 +437,9 @@ class Producer:
             sizes = list(map(add, map(len, values), repeat(overhead, n)))
         if keys is not None:
             if None in keys:
+                if partition is None:
+                    raise ValueError("send_many: keys must be all set or keys=None (records "
+                                     "without a key go to the sticky partition)")
                 sizes = list(map(add, sizes, [len(k) if k else 0 for k in keys]))
             else:
                 sizes = list(map(add, sizes, map(len, keys)))
@@ -448,10 +463,7 @@ class Producer:
             self._fill(topic, parts, parts[partition], False, keys, values, sizes, hdrs, ts,
                        handle, range(offset, offset + n))
             return
-        if keys is None or None in keys:
-            if keys is not None:
-                raise ValueError("send_many: keys must be all set or keys=None (records "
-                                 "without a key go to the sticky partition)")
+        if keys is None:
             p = self._sticky_current.get(topic)
             if p is None or p not in parts:
                 p = self._sticky.partition(topic, len(parts))

@@ -22,7 +22,9 @@ allocation (a repeat wastes one id) and idempotent writes; a repeated topic crea
 deletion answers TOPIC_ALREADY_EXISTS / UNKNOWN_TOPIC_OR_PARTITION, as it would after
 a lost connection.
 
-Owns no background task; it never imports anything above `dmq.protocol`.
+Owns no background task: what a request starts (probes, a request left for a new
+controller) ends with it, and `close` waits for dropped connections to close. It never
+imports anything above `dmq.protocol`.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ class ControllerChannel:
         self.watch_interval_ms = watch_interval_ms
         self.controller: ControllerAddress | None = None
         self._conn: Connection | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # dropped connections closing
         self._lock = asyncio.Lock()
 
     def set_controller(self, ctl: ControllerAddress) -> None:
@@ -243,7 +246,9 @@ class ControllerChannel:
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.closed:
-            asyncio.ensure_future(conn.close())
+            task = asyncio.ensure_future(conn.close())  # bounded: Connection.close
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def invalidate(self) -> None:
         self._drop()
@@ -296,8 +301,9 @@ class ControllerChannel:
                         continue
                     return await req
                 finally:
-                    if not req.done():
+                    if not req.done():  # abandoned for a new controller, or cancelled
                         req.cancel()
+                        await asyncio.gather(req, return_exceptions=True)
             except DmqError as exc:
                 last = exc
                 if self.controller is not None and self.controller != target:
@@ -325,6 +331,8 @@ class ControllerChannel:
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 __all__ = [

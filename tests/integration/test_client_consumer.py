@@ -212,3 +212,25 @@ async def test_compressed_batches_decode(codec: str) -> None:
         assert all(r.key == b"k" for r in recs)
     finally:
         await c.stop()
+
+
+async def test_assigned_partition_that_does_not_exist_raises_once_metadata_agrees(
+        fake: FakeCluster) -> None:
+    """Partition 7 of a 2-partition topic: getmany keeps returning the partitions that
+    exist, then raises UNKNOWN_TOPIC_OR_PARTITION naming the count once metadata has
+    denied it for retry_backoff_max_ms; a negative partition is refused at assign."""
+    t7 = TopicPartition("t", 7)
+    async with Consumer(fake.bootstrap, auto_offset_reset="earliest",
+                        retry_backoff_max_ms=200, metadata_max_age_ms=100) as c:
+        with pytest.raises(UnknownTopicOrPartitionError, match="numbered from 0"):
+            c.assign([TopicPartition("t", -1)])
+        c.assign([T0, t7])
+        got: list = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        with pytest.raises(UnknownTopicOrPartitionError,
+                           match=r"t-7 does not exist: topic 't' has 2 partition\(s\)"):
+            while loop.time() < deadline:
+                for recs in (await c.getmany(timeout_ms=500)).values():
+                    got.extend(recs)
+        assert got and [r.offset for r in got] == list(range(len(got)))  # partition 0 read

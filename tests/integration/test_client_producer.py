@@ -115,13 +115,7 @@ async def test_retriable_errors_are_retried_with_metadata_refresh(fake: FakeClus
 
 async def test_lost_responses_are_retried_and_deduplicated(fake: FakeCluster) -> None:
     """The broker appends but the answer never comes: the retry must not duplicate."""
-    state = {"n": 0}
-
-    def hook(node: Any, body: Any) -> Any:
-        state["n"] += 1
-        return "drop-after-append" if state["n"] <= 2 else None
-
-    fake.produce_hook = hook
+    fake.answer_first_produces("drop-after-append", 2)
     async with Producer(fake.bootstrap, linger_ms=0, request_timeout_ms=300,
                         retry_backoff_ms=10) as p:
         md = await p.send_and_wait("t", b"exactly-once", partition=2)
@@ -132,13 +126,7 @@ async def test_lost_responses_are_retried_and_deduplicated(fake: FakeCluster) ->
 async def test_order_kept_across_retries_with_several_in_flight(fake: FakeCluster) -> None:
     """The first request fails after later ones were sent: the later ones get
     OUT_OF_ORDER_SEQUENCE_NUMBER and everything is resent in sequence order."""
-    state = {"n": 0}
-
-    def hook(node: Any, body: Any) -> Any:
-        state["n"] += 1
-        return int(ErrorCode.REQUEST_TIMED_OUT) if state["n"] == 1 else None
-
-    fake.produce_hook = hook
+    fake.answer_first_produces(int(ErrorCode.REQUEST_TIMED_OUT))
     fake.produce_delay_s = 0.005
     async with Producer(fake.bootstrap, linger_ms=0, batch_size=200, max_in_flight=5,
                         retry_backoff_ms=20) as p:
@@ -186,13 +174,7 @@ async def test_delivery_timeout_fails_the_handle_in_time(fake: FakeCluster) -> N
 
 
 async def test_non_retriable_error_fails_only_its_batch(fake: FakeCluster) -> None:
-    state = {"n": 0}
-
-    def hook(node: Any, body: Any) -> Any:
-        state["n"] += 1
-        return int(ErrorCode.INVALID_RECORD) if state["n"] == 1 else None
-
-    fake.produce_hook = hook
+    fake.answer_first_produces(int(ErrorCode.INVALID_RECORD))
     async with Producer(fake.bootstrap, linger_ms=0) as p:
         with pytest.raises(Exception) as info:
             await p.send_and_wait("t", b"bad", partition=1)

@@ -30,6 +30,7 @@ class Node:
     def __init__(self, node_id: int, delay_s: float = 0.0) -> None:
         self.node_id = node_id
         self.delay_s = delay_s
+        self.silent = False  # a paused controller: writes are never answered
         self.leader: ControllerAddress | None = None
         self.hits = 0
         self.server = ProtocolServer(host="127.0.0.1", port=0, node_id=node_id)
@@ -50,6 +51,8 @@ class Node:
 
     async def write(self, ctx: RequestContext, body: Any) -> Any:
         self.hits += 1
+        if self.silent:
+            await asyncio.sleep(3600)
         if self.leader is None or self.leader.node_id != self.node_id:
             hint = None if self.leader is None else (self.leader.node_id, self.leader.host,
                                                      self.leader.port)
@@ -125,3 +128,42 @@ async def test_channel_follows_hints_and_failover(nodes: list[Node]) -> None:
         assert nodes[1].hits == hits
     finally:
         await ch.close()
+
+
+def _client_tasks() -> set[asyncio.Task[Any]]:
+    """Tasks other than this one and the fake nodes' own (their servers' connections and
+    handlers)."""
+    def servers(t: asyncio.Task[Any]) -> bool:
+        code = getattr(t.get_coro(), "cr_code", None)
+        return code is not None and code.co_filename.endswith(("server.py", __file__))
+    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()
+            and not servers(t)}
+
+
+async def test_channel_watch_leaves_a_silent_controller_and_owns_its_tasks(
+        nodes: list[Node]) -> None:
+    """The controller stops answering with its connection open: after `watch_after_ms`
+    the channel asks the other nodes, switches to the controller they name and re-sends
+    there, long before the request's timeout. Nothing it started outlives the request
+    and `close`: probes, the abandoned request, the old connection's close."""
+    _lead(nodes, nodes[0])
+    ch = ControllerChannel([n.addr for n in nodes], watch_after_ms=100, watch_interval_ms=50)
+    before = _client_tasks()
+    try:
+        assert (await ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 3000))["by"] == 1
+        nodes[0].silent = True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        req = asyncio.ensure_future(ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 10_000))
+        await asyncio.sleep(0.3)
+        assert not req.done()
+        _lead(nodes, nodes[1])
+        assert (await req)["by"] == 2
+        assert loop.time() - started < 3
+        assert ch.controller is not None and ch.controller.node_id == 2
+        assert _client_tasks() - before == set()
+        # a switch drops the open connection: `close` still waits for it to be closed
+        ch.set_controller(ControllerAddress(3, *nodes[2].addr))
+    finally:
+        await ch.close()
+    assert _client_tasks() - before == set()

@@ -6,14 +6,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 
 import pytest
 
-from dmq.client.accumulator import PartitionQueue, ProducerBatch, RecordHandle
+from dmq.client.accumulator import (
+    BatchSegment,
+    ManyHandle,
+    PartitionQueue,
+    ProducerBatch,
+    RecordHandle,
+)
+from dmq.client.partitioner import partition_for_key
 from dmq.client.records import ConsumerRecord
 from dmq.log.batch import BatchBuilder
 from dmq.protocol.errors import RequestTimedOutError
-from dmq.tools import FORMATS, DeliveryTally, format_record
+from dmq.tools import FORMATS, DeliveryTally, ToolError, format_record, produce
+from tests.unit.client.fake_cluster import FakeCluster
 
 
 def rec(key: object, value: object, headers: tuple[tuple[str, bytes], ...] = ()
@@ -108,3 +117,53 @@ async def test_tally_counts_a_batch_without_outcome_as_failed_after_its_bound() 
     b.future.set_result(0)  # too late: counted once, as failed
     await asyncio.sleep(0)
     assert (tally.acknowledged, tally.failed) == (0, 3)
+
+
+async def test_tally_counts_send_many_segments_per_batch() -> None:
+    """`add_many` counts each segment's records; segments of two calls sharing one batch
+    (and a `send` record in it) make one callback for that batch."""
+    loop = asyncio.get_running_loop()
+    b0, b1 = (ProducerBatch(PartitionQueue("t", p), BatchBuilder(), 0, loop.create_future())
+              for p in range(2))
+    first, second = ManyHandle("t", 0), ManyHandle("t", 0)
+    first.segments += [BatchSegment(b0, 0, 4, range(4)), BatchSegment(b1, 0, 2, range(4, 6))]
+    second.segments.append(BatchSegment(b1, 2, 3, range(3)))
+    tally = DeliveryTally()
+    tally.add_many(first)
+    tally.add_many(second)
+    tally.add(RecordHandle(b1, b1.builder.append(0, None, b"v"), 0))
+    assert len(b0.future._callbacks or ()) == len(b1.future._callbacks or ()) == 1  # type: ignore[attr-defined]
+    b0.future.set_result(0)
+    b1.future.set_exception(RequestTimedOutError("t-1: not delivered"))
+    await tally.wait_all(10_000)
+    assert (tally.acknowledged, tally.failed) == (4, 6)
+
+
+def _chunks(*chunks: bytes) -> Callable[[], bytes]:
+    it = iter(chunks)
+    return lambda: next(it, b"")
+
+
+async def test_produce_keyed_lines_place_keys_and_stop_at_a_line_without_separator() -> None:
+    """Keyed lines land where their keys place them, in order; a line without the
+    separator stops the tool there, after the lines before it were delivered."""
+    fake = await FakeCluster(1).start()
+    fake.create_topic("t", 3)
+    try:
+        keys = [b"k%d" % i for i in range(40)]
+        text = b"".join(b"%s:v%d\r\n" % (k, i) for i, k in enumerate(keys))
+        records, _ = await produce(fake.bootstrap, "t", "all", ":", [("h", b"1")],
+                                   _chunks(text[:101], text[101:]), echo=lambda s: None)
+        assert records == 40
+        placed: dict[int, list[bytes]] = {p: [] for p in range(3)}
+        for i, k in enumerate(keys):
+            placed[partition_for_key(k, 3)].append(b"v%d" % i)
+        assert {p: [v for _o, v in fake.records("t", p)] for p in range(3)} == placed
+        with pytest.raises(ToolError, match="line 3 has no key separator ':'; 2 records "
+                                            "before it were sent"):
+            await produce(fake.bootstrap, "t", "all", ":", [], _chunks(b"a:x\nb:y\nbad\nc:z\n"),
+                          echo=lambda s: None)
+        assert [v for p in range(3) for _o, v in fake.records("t", p)].count(b"z") == 0
+        assert sum(len(fake.records("t", p)) for p in range(3)) == 42
+    finally:
+        await fake.stop()

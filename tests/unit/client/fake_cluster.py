@@ -10,7 +10,7 @@ layer's own `ProducerStateManager`. It is not a broker: no replication, no disk.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,10 @@ class FakeNode:
         c = self.cluster
         c.metadata_requests += 1
         if c.metadata_hook is not None:
-            c.metadata_hook(self, body)  # may raise the error to answer with
+            # may raise the error to answer with, or return an awaitable to wait for first
+            pause = c.metadata_hook(self, body)
+            if pause is not None:
+                await pause
         names = body["topics"] if body["topics"] is not None else list(c.topics)
         topics = []
         for name in names:
@@ -230,7 +233,7 @@ class FakeCluster:
         self.produce_delay_s = 0.0
         self.corrupt_fetch = False
         self.produce_hook: Callable[[FakeNode, Any], Any] | None = None
-        self.metadata_hook: Callable[[FakeNode, Any], None] | None = None
+        self.metadata_hook: Callable[[FakeNode, Any], Awaitable[None] | None] | None = None
         self.appended = asyncio.Event()
 
     @property
@@ -250,6 +253,17 @@ class FakeCluster:
         self.topics[name] = [FakePartition(self.nodes[i % len(self.nodes)].node_id)
                              for i in range(partitions)]
         self.version += 1
+
+    def answer_first_produces(self, verdict: Any, count: int = 1) -> None:
+        """The next `count` produce requests get `verdict` (as a `produce_hook` returns
+        it: "drop", "drop-after-append", an error code or a DmqError); later ones are
+        answered normally."""
+        start = self.produce_requests
+
+        def hook(node: FakeNode, body: Any) -> Any:
+            return verdict if self.produce_requests - start <= count else None
+
+        self.produce_hook = hook
 
     def move_leader(self, topic: str, partition: int, node_id: int) -> None:
         p = self.topics[topic][partition]

@@ -96,6 +96,21 @@ async def test_send_many_refuses_bad_input_before_appending(fake: FakeCluster) -
     assert _delivered(fake) == {0: [], 1: [], 2: []}
 
 
+async def test_send_many_larger_than_the_buffer_refuses_a_missing_key_before_appending(
+        fake: FakeCluster) -> None:
+    """A call larger than `buffer_memory` goes in parts: a key missing from its last
+    part is refused before the first part is appended (no record of it is sent)."""
+    values = [b"%04d" % i for i in range(400)]
+    keys: list[bytes | None] = [b"k%d" % i for i in range(399)] + [None]
+    async with Producer(fake.bootstrap, linger_ms=0, batch_size=1024,
+                        buffer_memory=2048) as p:
+        with pytest.raises(ValueError, match="keys must be all set"):
+            await p.send_many("t", values, keys=keys)
+        assert p.buffered_bytes == 0
+        await p.flush()
+    assert _delivered(fake) == {0: [], 1: [], 2: []}
+
+
 async def test_a_refused_batch_fails_exactly_its_records(fake: FakeCluster) -> None:
     """Partition 1's batches are refused (INVALID_RECORD, not retriable): its segments
     fail, the other partitions' records are delivered and reported as such."""
@@ -147,13 +162,7 @@ async def _wait(h: Any) -> Any:
 async def test_lost_responses_are_deduplicated_for_send_many(fake: FakeCluster) -> None:
     """The first answer is lost after the append: the batch is resent with the same
     sequence and the broker keeps one copy (idempotence through the batch API)."""
-    state = {"n": 0}
-
-    def hook(node: Any, body: Any) -> Any:
-        state["n"] += 1
-        return "drop-after-append" if state["n"] == 1 else None
-
-    fake.produce_hook = hook
+    fake.answer_first_produces("drop-after-append")
     async with Producer(fake.bootstrap, linger_ms=0, request_timeout_ms=300,
                         delivery_timeout_ms=5000, retry_backoff_ms=20) as p:
         mds = await (await p.send_many("t", [b"%d" % i for i in range(50)], partition=0))
@@ -179,13 +188,7 @@ async def test_dmq_produce_sends_whole_chunks_and_strips_crlf_across_chunk_ends(
 async def test_send_many_keeps_order_and_sequences_across_retries(fake: FakeCluster) -> None:
     """The first of several in-flight requests fails: every batch of the call is
     resent in sequence order, nothing is duplicated, offsets follow call order."""
-    state = {"n": 0}
-
-    def hook(node: Any, body: Any) -> Any:
-        state["n"] += 1
-        return int(ErrorCode.REQUEST_TIMED_OUT) if state["n"] == 1 else None
-
-    fake.produce_hook = hook
+    fake.answer_first_produces(int(ErrorCode.REQUEST_TIMED_OUT))
     fake.produce_delay_s = 0.005
     async with Producer(fake.bootstrap, linger_ms=0, batch_size=200, max_in_flight=5,
                         retry_backoff_ms=20) as p:
@@ -197,3 +200,22 @@ async def test_send_many_keeps_order_and_sequences_across_retries(fake: FakeClus
         (m.offset, list(range(m.offset, m.offset + m.record_count))) for m in mds]
     seqs = [h.base_sequence for *_x, d in fake.topics["t"][0].batches for h in iter_headers(d)]
     assert seqs == sorted(seqs) and seqs[0] == 0
+
+
+async def test_send_many_failing_after_a_part_was_appended_hands_out_that_part(
+        fake: FakeCluster) -> None:
+    """A call larger than the buffer waits for space between parts; when that wait
+    fails (max_block_ms), the error carries the handle of the records already appended:
+    they are delivered, and the handle says which they are."""
+    fake.produce_delay_s = 1.0  # the buffer stays full well past max_block_ms
+    values = [b"%04d" % i for i in range(400)]
+    async with Producer(fake.bootstrap, linger_ms=0, batch_size=1024, buffer_memory=2048,
+                        max_block_ms=100) as p:
+        with pytest.raises(RequestTimedOutError, match="max_block_ms=100") as err:
+            await p.send_many("t", values, partition=1)
+        handle = err.value.handle  # type: ignore[attr-defined]
+        sent = handle.record_count
+        assert 0 < sent < 400
+        mds = await handle
+    assert [i for m in mds for i in m.positions] == list(range(sent))
+    assert [v for _o, v in fake.records("t", 1)] == values[:sent]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from dmq.client.cluster import ClusterClient, parse_bootstrap
+from dmq.protocol.api import ApiKey
+from dmq.protocol.errors import DmqError, ErrorCode, error_for
+from tests.unit.client.fake_cluster import FakeCluster
 
 
 def test_parse_bootstrap_forms() -> None:
@@ -95,3 +101,73 @@ def test_missing_reason_names_what_does_not_exist() -> None:
     assert c.missing_reason("t", 99) == "topic 't' has 3 partition(s), numbered 0 to 2"
     assert c.missing_reason("gone", 0) == "topic 'gone' does not exist"
     assert c.missing_reason("unasked", 0) is None
+
+
+async def test_any_request_asks_past_a_silent_node_and_raises_what_all_nodes_said() -> None:
+    """The first node asked never answers (its connection stays open): the next one is
+    asked after NODE_HEDGE_AFTER_MS and its answer wins, long before the request
+    timeout, and the call leaves no task behind. When every node answers a retriable
+    error, the error keeps its code and says so; a non-retriable one is the answer."""
+    fake = await FakeCluster(2).start()
+    silent: list[Any] = []
+
+    def hook(node: Any, body: Any) -> Any:
+        if not silent:
+            silent.append(node)
+        return asyncio.sleep(3600) if node is silent[0] else None
+
+    fake.metadata_hook = hook
+    c = ClusterClient(fake.bootstrap, request_timeout_ms=10_000)
+    loop = asyncio.get_running_loop()
+    try:
+        before = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+        started = loop.time()
+        body = await c.any_request(ApiKey.METADATA, {"topics": [], "allow_auto_create": False})
+        assert loop.time() - started < 5
+        assert {b[0] for b in body["brokers"]} == {101, 102}
+        assert {t for t in asyncio.all_tasks() if t is not asyncio.current_task()
+                and "any_request" in repr(t.get_coro())} - before == set()
+
+        def not_ready(node: Any, body: Any) -> None:
+            raise error_for(ErrorCode.RAFT_NOT_READY, "restarting")
+
+        fake.metadata_hook = not_ready
+        with pytest.raises(DmqError, match="no node could answer METADATA") as err:
+            await c.any_request(ApiKey.METADATA, {"topics": [], "allow_auto_create": False})
+        assert err.value.code is ErrorCode.RAFT_NOT_READY
+
+        def refused(node: Any, body: Any) -> None:
+            raise error_for(ErrorCode.INVALID_REQUEST, "no")
+
+        fake.metadata_hook = refused
+        with pytest.raises(DmqError) as err:
+            await c.any_request(ApiKey.METADATA, {"topics": [], "allow_auto_create": False})
+        assert err.value.code is ErrorCode.INVALID_REQUEST
+    finally:
+        await c.close()
+        await fake.stop()
+
+
+async def test_stale_metadata_is_refreshed_in_the_background() -> None:
+    """Older than metadata_max_age_ms, the cache is refreshed by maybe_refresh_stale
+    (new partitions show up without an error to provoke it), once per period."""
+    fake = await FakeCluster(1).start()
+    fake.create_topic("t", 1)
+    c = ClusterClient(fake.bootstrap, metadata_max_age_ms=200)
+    try:
+        await c.refresh(["t"])
+        assert len(c.topics["t"].partitions) == 1
+        fake.create_topic("t", 3)
+        asked = fake.metadata_requests
+        c.maybe_refresh_stale()  # young: nothing asked
+        await asyncio.sleep(0.05)
+        assert fake.metadata_requests == asked
+        await asyncio.sleep(0.2)
+        for _ in range(5):
+            c.maybe_refresh_stale()
+        await asyncio.sleep(0.05)
+        assert len(c.topics["t"].partitions) == 3
+        assert fake.metadata_requests == asked + 1
+    finally:
+        await c.close()
+        await fake.stop()

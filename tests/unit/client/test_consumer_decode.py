@@ -91,3 +91,20 @@ def test_paused_partitions_return_nothing() -> None:
     c = _consumer(_batches((0, 2)), position=0)
     c.pause(TP)
     assert c._collect(None, 100) == {}
+
+
+@pytest.mark.parametrize("batches", [False, True])
+def test_max_records_counts_records_across_partitions(batches: bool) -> None:
+    """`max_records` is a count of records: 3 + 3 records of two partitions fit a limit
+    of 10 in one call (a batch of `getmany_batches` counts as its records)."""
+    c = _consumer(_batches((0, 3)), position=0)
+    tp1 = TopicPartition("t", 1)
+    st = _PartitionState(tp1, position=0, fetch_offset=0)
+    data = _batches((0, 3))
+    st.chunks.append(_Chunk(data, list(iter_headers(data))))
+    c._sub.states[tp1] = st
+    out = c._collect(None, 10, batches)
+    if batches:
+        out = {tp: [r for b in bs for r in b.records] for tp, bs in out.items()}
+    assert {tp: _offsets(recs) for tp, recs in out.items()} == {TP: [0, 1, 2],
+                                                                 tp1: [0, 1, 2]}

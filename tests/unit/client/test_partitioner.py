@@ -82,6 +82,23 @@ def test_key_cache_is_bounded_and_gives_the_same_answers() -> None:
         kp.partition("user-1", 3)  # type: ignore[arg-type]
 
 
+def test_key_cache_is_bounded_in_bytes_too() -> None:
+    """Keys may be up to a request in size: the cache holds at most `cache_bytes` of
+    them (a count bound alone would keep thousands of large keys alive), and a key
+    larger than that is hashed without being kept."""
+    kp = KeyPartitioner(cache_size=4096, cache_bytes=64 * 1024)
+    keys = [bytes([i]) * 16_384 for i in range(40)]
+    for rnd in range(2):
+        for key in keys:
+            assert kp.partition(key, 7) == murmur2_partition(key, 7), (rnd, key[:1])
+            assert sum(map(len, kp._cache)) <= 64 * 1024
+    huge = b"h" * (65 * 1024)
+    assert kp.partition(huge, 7) == murmur2_partition(huge, 7)
+    assert huge not in kp._cache
+    assert kp.partition(b"small", 7) == murmur2_partition(b"small", 7)
+    assert b"small" in kp._cache
+
+
 def test_same_key_same_partition_and_spread() -> None:
     counts = [0] * 8
     for i in range(8000):
