@@ -77,6 +77,14 @@ def kafka_code(code: int) -> int:
     return code
 
 
+def forward_error_code(exc: DmqError | OSError | TimeoutError) -> int:
+    """The Kafka code of a request forwarded to the controller that failed: the
+    controller's error, or REQUEST_TIMED_OUT when it could not be reached."""
+    if isinstance(exc, DmqError):
+        return kafka_code(int(error_code_of(exc)))
+    return int(ErrorCode.REQUEST_TIMED_OUT)
+
+
 def cluster_id_of(config: ClusterConfig) -> str:
     """Kafka clients want a cluster id (22 characters of base64, a UUID's). Derived
     from the controller quorum's ids and addresses, so every node of a cluster gives
@@ -317,8 +325,7 @@ class KafkaApis(GroupApis):
                         "ReplicationFactor": r.get("replication_factor", -1),
                         "Configs": None}
             except (DmqError, OSError, TimeoutError) as exc:
-                code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
-                    else int(ErrorCode.REQUEST_TIMED_OUT)
+                code = forward_error_code(exc)
                 for r in request:
                     results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
                                           "ErrorMessage": message_of(exc)}
@@ -356,8 +363,7 @@ class KafkaApis(GroupApis):
                             "ErrorCode": kafka_code(r.get("error", 0)),
                             "ErrorMessage": r.get("msg")})
         except (DmqError, OSError, TimeoutError) as exc:
-            code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
-                else int(ErrorCode.REQUEST_TIMED_OUT)
+            code = forward_error_code(exc)
             out = [{"Name": n, "TopicId": by_id.get(n, bytes(16)), "ErrorCode": code,
                     "ErrorMessage": message_of(exc)} for n in names]
         return {"Responses": out}
@@ -373,8 +379,7 @@ class KafkaApis(GroupApis):
         try:
             resp = await self._controller_request(ApiKey.INIT_PRODUCER_ID, {}, 10_000)
         except (DmqError, OSError, TimeoutError) as exc:
-            code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
-                else int(ErrorCode.REQUEST_TIMED_OUT)
+            code = forward_error_code(exc)
             if code in (int(ErrorCode.NOT_CONTROLLER), int(ErrorCode.REQUEST_TIMED_OUT)):
                 code = int(ErrorCode.COORDINATOR_NOT_AVAILABLE)  # retriable for the client
             return {"ErrorCode": code, "ProducerId": -1, "ProducerEpoch": -1}
@@ -490,8 +495,7 @@ class KafkaApis(GroupApis):
                 for r in resp["topics"]:
                     results[r["name"]] = (kafka_code(r.get("error", 0)), r.get("msg"))
             except (DmqError, OSError, TimeoutError) as exc:
-                code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
-                    else int(ErrorCode.REQUEST_TIMED_OUT)
+                code = forward_error_code(exc)
                 for r in request:
                     results[r["name"]] = (code, message_of(exc))
         out = []
@@ -531,8 +535,7 @@ class KafkaApis(GroupApis):
                                           "ErrorCode": kafka_code(r.get("error", 0)),
                                           "ErrorMessage": r.get("msg")}
             except (DmqError, OSError, TimeoutError) as exc:
-                code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
-                    else int(ErrorCode.REQUEST_TIMED_OUT)
+                code = forward_error_code(exc)
                 for r in request:
                     results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
                                           "ErrorMessage": message_of(exc)}
