@@ -30,7 +30,7 @@ from dmq.controller.image import FENCED, MetadataImage
 from dmq.controller.validation import effective_topic_configs
 from dmq.kafka.groups import GroupApis
 from dmq.kafka.records import is_dmq_native, kafka_view
-from dmq.kafka.server import NO_RESPONSE, Api
+from dmq.kafka.server import NO_RESPONSE, Api, api_ranges
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
 from dmq.protocol.server import NO_RESPONSE as DMQ_NO_RESPONSE
@@ -142,10 +142,7 @@ class KafkaApis(GroupApis):
     # ------------------------------------------------------------------ ApiVersions
 
     def api_versions(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        keys = [(a.key, a.min_version, a.max_version) for a in self.table()]
-        keys += self.listener_apis
-        return {"ErrorCode": 0, "ApiKeys": [
-            {"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, lo, hi in sorted(keys)]}
+        return {"ErrorCode": 0, "ApiKeys": api_ranges(self.table(), self.listener_apis)}
 
     # ------------------------------------------------------------------ Metadata
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,14 @@ class Api:
     min_version: int
     max_version: int
     handler: Handler
+
+
+def api_ranges(apis: Iterable[Api], listener_apis: Iterable[tuple[int, int, int]]
+               ) -> list[dict[str, int]]:
+    """ApiVersions' ApiKeys rows: the handlers' windows and the listener's own (SASL)."""
+    keys = [(a.key, a.min_version, a.max_version) for a in apis]
+    keys += listener_apis
+    return [{"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, lo, hi in sorted(keys)]
 
 
 class ByteBudget:
@@ -136,9 +144,7 @@ class KafkaServer:
         return len(self._conns)
 
     def api_ranges(self) -> list[dict[str, int]]:
-        keys = [(a.key, a.min_version, a.max_version) for a in self.apis.values()]
-        keys += self.listener_apis()
-        return [{"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, lo, hi in sorted(keys)]
+        return api_ranges(self.apis.values(), self.listener_apis())
 
     def listener_apis(self) -> list[tuple[int, int, int]]:
         """(key, min, max) of the APIs this listener serves itself (SASL when on)."""
