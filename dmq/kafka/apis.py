@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from dmq.aio import wait_for
 from dmq.broker.errors import error_code_of, message_of
 from dmq.config import SETTINGS
 from dmq.controller.image import FENCED, MetadataImage
@@ -63,6 +64,7 @@ _KAFKA_CODE = {
 }
 
 NO_AUTHORIZED_OPERATIONS = -2147483648
+ROUTE_SLACK_S = 0.25  # past a forward's own deadline, before `bounded` ends it
 _NO_CONTEXT: Any = None  # the data plane's handlers do not read their request context
 ControllerRequest = Callable[[ApiKey, Any, int], Awaitable[Any]]
 
@@ -83,6 +85,16 @@ def forward_error_code(exc: DmqError | OSError | TimeoutError) -> int:
     if isinstance(exc, DmqError):
         return kafka_code(int(error_code_of(exc)))
     return int(ErrorCode.REQUEST_TIMED_OUT)
+
+
+def bounded(request: ControllerRequest) -> ControllerRequest:
+    """`request` with each call ended (TimeoutError) once its `timeout_ms` has passed.
+    The route's own deadline does not cover waiting for its connection, which another
+    caller may hold while it looks for a controller for up to its own, longer,
+    timeout; a Kafka client must be answered within the bound each handler chose."""
+    async def call(key: ApiKey, body: Any, timeout_ms: int) -> Any:
+        return await wait_for(request(key, body, timeout_ms), timeout_ms / 1000 + ROUTE_SLACK_S)
+    return call
 
 
 def cluster_id_of(config: ClusterConfig) -> str:
@@ -113,7 +125,7 @@ class KafkaApis(GroupApis):
         self.broker_id = broker_id
         self.data_plane = data_plane
         self._image = image
-        self._controller_request = controller_request
+        self._controller_request = bounded(controller_request)
         self.cluster_id = cluster_id_of(config)
         self.auto_create = bool(config.get("auto.create.topics.enable"))
         self.apis: list[Api] = []

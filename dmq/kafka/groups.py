@@ -46,8 +46,14 @@ log = logging.getLogger("dmq.kafka.groups")
 KEY_TYPE_GROUP = 0
 INVALID_REQUEST = 42
 NO_OFFSET = -1
-COMMIT_TIMEOUT_MS = 10_000  # the controller route retries failovers up to this long
-FETCH_TIMEOUT_MS = 5_000
+# How long the controller route may retry (following a failover) before a group
+# request is answered COORDINATOR_NOT_AVAILABLE. A commit, offset fetch, heartbeat or
+# leave from a group member: 3 s covers an election (0.5-1 s at the default Raft ticks)
+# and the route finding the new controller; past that the client does better to look
+# the coordinator up again and retry, as it does on that answer (a commit is
+# idempotent), than to wait: a held heartbeat delays the member's next one.
+GROUP_ROUTE_TIMEOUT_MS = 3_000
+DELETE_TIMEOUT_MS = 10_000  # DeleteGroups: an admin's Raft write, no member waiting
 SYNC_TIMEOUT_MS = 60_000  # a follower's SyncGroup waits for the leader's assignment
 JOIN_SLACK_MS = 5_000  # a JoinGroup waits up to its rebalance timeout, plus this
 
@@ -149,7 +155,7 @@ class GroupApis:
         failed: int | None = None
         try:
             resp = await self._controller_request(ApiKey.OFFSET_COMMIT, request,
-                                                  COMMIT_TIMEOUT_MS)
+                                                  GROUP_ROUTE_TIMEOUT_MS)
             for topic, rows in resp["topics"]:
                 for p, err in rows:
                     errors[(topic, p)] = kafka_code(err or 0)
@@ -191,7 +197,8 @@ class GroupApis:
                                               for t in topics]
         try:
             resp = await self._controller_request(
-                ApiKey.OFFSET_FETCH, {"group_id": group, "topics": wanted}, FETCH_TIMEOUT_MS)
+                ApiKey.OFFSET_FETCH, {"group_id": group, "topics": wanted},
+                GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             log.info("broker=%d Kafka OffsetFetch of group %r failed: %s", self.broker_id,
                      group, message_of(exc))
@@ -273,7 +280,7 @@ class GroupApis:
         answer = await self._forward(ApiKey.HEARTBEAT, {
             "group_id": body["GroupId"], "generation": body["GenerationId"],
             "member_id": body["MemberId"], "instance_id": body.get("GroupInstanceId")},
-            FETCH_TIMEOUT_MS)
+            GROUP_ROUTE_TIMEOUT_MS)
         code = answer if isinstance(answer, int) else answer["error"]
         return {"ThrottleTimeMs": 0, "ErrorCode": code}
 
@@ -285,7 +292,7 @@ class GroupApis:
                    [[m["MemberId"], m.get("GroupInstanceId")] for m in body["Members"]])
         answer = await self._forward(ApiKey.LEAVE_GROUP, {"group_id": body["GroupId"],
                                                           "members": members},
-                                     FETCH_TIMEOUT_MS)
+                                     GROUP_ROUTE_TIMEOUT_MS)
         if isinstance(answer, int):
             return {"ThrottleTimeMs": 0, "ErrorCode": answer, "Members": []}
         rows = answer["members"]
@@ -302,7 +309,8 @@ class GroupApis:
 
     async def _list_groups(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            answer = await self._controller_request(ApiKey.LIST_GROUPS, {}, FETCH_TIMEOUT_MS)
+            answer = await self._controller_request(ApiKey.LIST_GROUPS, {},
+                                                    GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             return {"ThrottleTimeMs": 0, "ErrorCode": group_error_code(exc), "Groups": []}
         states = {x.lower() for x in body.get("StatesFilter") or []}
@@ -325,7 +333,7 @@ class GroupApis:
         names = list(body["Groups"])
         try:
             answer = await self._controller_request(ApiKey.DESCRIBE_GROUPS,
-                                                    {"groups": names}, FETCH_TIMEOUT_MS)
+                                                    {"groups": names}, GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             code = group_error_code(exc)
             return {"ThrottleTimeMs": 0, "Groups": [_described(n, code, "", "", "", [])
@@ -359,7 +367,7 @@ class GroupApis:
         names = list(body["GroupsNames"])
         try:
             answer = await self._controller_request(ApiKey.DELETE_GROUPS, {"groups": names},
-                                                    COMMIT_TIMEOUT_MS)
+                                                    DELETE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             code = group_error_code(exc)
             return {"ThrottleTimeMs": 0, "Results": [{"GroupId": n, "ErrorCode": code}
