@@ -21,7 +21,9 @@ flight that sends nothing for `connections_max_idle_ms` is closed, and so is one
 frame body takes longer than that to arrive; a frame over
 `SMALL_FRAME_BYTES` reserves its declared size from the listener's request-memory
 budget (`queued_max_request_bytes`) before its body is read, and waits unread while
-the budget is spent (one frame always fits).
+the budget is spent (one frame always fits). A connection whose peer takes no byte of
+its answers for `connections_max_idle_ms` is closed too (a client that never reads):
+with answers stuck it would otherwise never count as idle.
 
 It holds no broker logic: handlers come from `dmq.kafka.apis`.
 """
@@ -215,9 +217,9 @@ class KafkaServer:
         queue: asyncio.Queue[tuple[Any, str, int, int] | None] = asyncio.Queue(
             self.max_in_flight)
         inflight = [0]  # answers queued or being written
-        sender = asyncio.create_task(self._send_loop(queue, writer, peer, inflight))
         idle_s = self.connections_max_idle_ms / 1000 if self.connections_max_idle_ms >= 0 \
             else None
+        sender = asyncio.create_task(self._send_loop(queue, writer, peer, inflight, idle_s))
         budget = self._budget
         assert budget is not None
         try:
@@ -365,7 +367,8 @@ class KafkaServer:
         return _SIZE.pack(len(token)) + token, "", 0, 0
 
     async def _send_loop(self, queue: asyncio.Queue[tuple[Any, str, int, int] | None],
-                         writer: asyncio.StreamWriter, peer: Any, inflight: list[int]) -> None:
+                         writer: asyncio.StreamWriter, peer: Any, inflight: list[int],
+                         idle_s: float | None) -> None:
         pending: Any = None
         try:
             while True:
@@ -380,7 +383,15 @@ class KafkaServer:
                     writer.writelines(chunks)
                 else:
                     writer.write(body)  # a raw SASL token (SaslHandshake v0)
-                await writer.drain()
+                if not await _drained(writer, idle_s):
+                    # a client that stops reading: its answers would wait forever (and
+                    # keep the connection counted busy, never idle)
+                    self.stats_idle_closed += 1
+                    log.info("node %d: Kafka connection from %s closed: no answer bytes "
+                             "taken for %.1f s (connections.max.idle.ms)", self.node_id,
+                             peer, idle_s)
+                    writer.transport.abort()  # close() would wait to flush
+                    return
                 inflight[0] -= 1
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -395,6 +406,20 @@ class KafkaServer:
                 if left is not None and isinstance(left[0], asyncio.Future):
                     left[0].cancel()
             writer.close()
+
+
+async def _drained(writer: asyncio.StreamWriter, idle_s: float | None) -> bool:
+    """Wait for the write buffer to drain; False once the peer has taken no byte of it
+    for `idle_s` (None: wait as long as it takes)."""
+    transport = writer.transport
+    while True:
+        left = transport.get_write_buffer_size()
+        try:
+            await asyncio.wait_for(writer.drain(), idle_s)
+            return True
+        except TimeoutError:
+            if transport.get_write_buffer_size() >= left:
+                return False
 
 
 async def _after(delay_s: float, answer: Any) -> Any:

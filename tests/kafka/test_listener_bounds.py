@@ -88,3 +88,42 @@ def test_a_stalled_frame_body_is_dropped(node: tuple[ProcessCluster, int]) -> No
         assert stalled.closed_by_peer()
     with KafkaConn(port, timeout_s=10) as other:
         assert other.request("ApiVersions", 3, {})["ErrorCode"] == 0
+
+
+async def test_a_client_that_never_reads_is_closed_after_the_idle_time() -> None:
+    """Its answers cannot be written, so the connection never counts as idle: the
+    listener closes it once no answer byte has been taken for the idle time."""
+    import socket
+
+    from dmq.kafka.codec import encode_request
+    from dmq.kafka.server import Api, KafkaServer
+
+    big = {"ErrorCode": 0, "SessionId": 0, "Responses": [{"Topic": "t", "Partitions": [
+        {"PartitionIndex": 0, "ErrorCode": 0, "HighWatermark": 0, "LastStableOffset": 0,
+         "LogStartOffset": 0, "AbortedTransactions": None, "PreferredReadReplica": -1,
+         "Records": b"x" * (1 << 20)}]}]}
+    server = KafkaServer("127.0.0.1", 0, [Api(1, "Fetch", 4, 12, lambda h, b: big)], 1,
+                         max_frame_bytes=1 << 20, connections_max_idle_ms=500)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        request = {"ReplicaId": -1, "MaxWaitMs": 0, "MinBytes": 0, "MaxBytes": 1 << 30,
+                   "IsolationLevel": 0, "SessionId": 0, "SessionEpoch": -1, "Topics": [],
+                   "ForgottenTopicsData": [], "RackId": ""}
+        for cid in range(32):  # 32 MiB of answers, never read
+            await loop.sock_sendall(sock, encode_request("Fetch", 11, cid, "t", request))
+        deadline = loop.time() + 15
+        while not server.stats_requests and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert server.connection_count == 1
+        while server.connection_count and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert server.connection_count == 0, "a never-reading client held its connection"
+        assert (server.stats_idle_closed, server.stats_violations) == (1, 0)
+    finally:
+        sock.close()
+        await server.close()
