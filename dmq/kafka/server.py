@@ -17,8 +17,8 @@ answer listing our ranges, so that the client can retry with one we do.
 Bounds, the same settings as dmq's own listener but counted separately: at most
 `max_connections` connections and `max_connections_per_ip` from one address (one past
 either is closed at once, logged once per thousand); a connection with nothing in
-flight that sends nothing for `connections_max_idle_ms` is closed, and so is one whose
-frame body takes longer than that to arrive; a frame over
+flight that sends nothing for `connections_max_idle_ms` (-1 or 0: never) is closed,
+and so is one whose frame body takes longer than that to arrive; a frame over
 `SMALL_FRAME_BYTES` reserves its declared size from the listener's request-memory
 budget (`queued_max_request_bytes`) before its body is read, and waits unread while
 the budget is spent (one frame always fits). A connection whose peer takes no byte of
@@ -217,7 +217,7 @@ class KafkaServer:
         queue: asyncio.Queue[tuple[Any, str, int, int] | None] = asyncio.Queue(
             self.max_in_flight)
         inflight = [0]  # answers queued or being written
-        idle_s = self.connections_max_idle_ms / 1000 if self.connections_max_idle_ms >= 0 \
+        idle_s = self.connections_max_idle_ms / 1000 if self.connections_max_idle_ms > 0 \
             else None
         sender = asyncio.create_task(self._send_loop(queue, writer, peer, inflight, idle_s))
         budget = self._budget

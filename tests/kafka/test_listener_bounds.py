@@ -127,3 +127,24 @@ async def test_a_client_that_never_reads_is_closed_after_the_idle_time() -> None
     finally:
         sock.close()
         await server.close()
+
+
+async def test_idle_time_zero_never_closes_as_on_dmqs_listener() -> None:
+    from dmq.kafka.codec import decode_response, encode_request
+    from dmq.kafka.server import Api, KafkaServer
+
+    server = KafkaServer("127.0.0.1", 0, [Api(18, "ApiVersions", 0, 3, lambda h, b: {
+        "ErrorCode": 0, "ApiKeys": server.api_ranges()})], 1, max_frame_bytes=1 << 20,
+                         connections_max_idle_ms=0)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        await asyncio.sleep(0.3)
+        writer.write(encode_request("ApiVersions", 3, 7, "t", {
+            "ClientSoftwareName": "t", "ClientSoftwareVersion": "1"}))
+        size = int.from_bytes(await asyncio.wait_for(reader.readexactly(4), 5), "big")
+        cid, body = decode_response("ApiVersions", 3, await reader.readexactly(size))
+        assert (cid, body["ErrorCode"]) == (7, 0)
+        writer.close()
+    finally:
+        await server.close()
