@@ -250,7 +250,11 @@ class KafkaServer:
                         await budget.release(reserved)
                 if item is not None:
                     inflight[0] += 1
-                    await queue.put(item)
+                    try:
+                        await queue.put(item)
+                    except BaseException:
+                        _cancel_answer(item)  # its handler was started: owned here
+                        raise
                 if session is not None and session.failed:
                     # as Kafka: the failure is answered, then the connection closed
                     await queue.put(None)
@@ -264,6 +268,7 @@ class KafkaServer:
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
+            _cancel_queued(queue)  # put after the sender had emptied the queue
 
     @staticmethod
     async def _read_header(reader: asyncio.StreamReader, idle_s: float | None,
@@ -401,11 +406,19 @@ class KafkaServer:
         finally:
             if isinstance(pending, asyncio.Future):
                 pending.cancel()
-            while not queue.empty():
-                left = queue.get_nowait()
-                if left is not None and isinstance(left[0], asyncio.Future):
-                    left[0].cancel()
+            _cancel_queued(queue)
             writer.close()
+
+
+def _cancel_answer(item: tuple[Any, str, int, int] | None) -> None:
+    if item is not None and isinstance(item[0], asyncio.Future):
+        item[0].cancel()
+
+
+def _cancel_queued(queue: asyncio.Queue[tuple[Any, str, int, int] | None]) -> None:
+    """Cancel the handlers of answers that will not be sent."""
+    while not queue.empty():
+        _cancel_answer(queue.get_nowait())
 
 
 async def _drained(writer: asyncio.StreamWriter, idle_s: float | None) -> bool:

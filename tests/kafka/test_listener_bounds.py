@@ -148,3 +148,39 @@ async def test_idle_time_zero_never_closes_as_on_dmqs_listener() -> None:
         writer.close()
     finally:
         await server.close()
+
+
+async def test_closing_cancels_every_started_handler() -> None:
+    """Handlers still running when the listener closes are cancelled, including the
+    one whose answer was waiting for room in the full answer queue."""
+    from dmq.kafka.codec import encode_request
+    from dmq.kafka.server import Api, KafkaServer
+
+    started: list[asyncio.Future[None]] = []
+
+    async def hang() -> dict[str, object]:
+        fut = asyncio.get_running_loop().create_future()
+        started.append(fut)
+        await fut
+        raise AssertionError("never answered")
+
+    server = KafkaServer("127.0.0.1", 0, [Api(18, "ApiVersions", 0, 3, lambda h, b: hang())],
+                         1, max_frame_bytes=1 << 20, max_in_flight=1)
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        # one being awaited by the writer, one queued, one waiting for queue room
+        for cid in range(3):
+            writer.write(encode_request("ApiVersions", 3, cid, "t", {
+                "ClientSoftwareName": "t", "ClientSoftwareVersion": "1"}))
+        deadline = asyncio.get_running_loop().time() + 5
+        while server.stats_requests < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert server.stats_requests == 3 and len(started) == 3
+        await server.close()
+        await asyncio.sleep(0)
+        assert [f.cancelled() for f in started] == [True, True, True]
+    finally:
+        writer.close()
+        await server.close()
