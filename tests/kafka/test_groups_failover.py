@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.kafka.support import kafka_ports, wait_metadata_brokers
+from tests.kafka.support import kafka_cluster
 from tests.kafka.test_groups_classic import Member, produce, wait_until
 from tests.kafka.test_groups_offsets import REPO
 from tests.kafka.test_kafka_clients import create_topic
@@ -49,10 +49,7 @@ def committed(pc: ProcessCluster, group: str) -> list[object]:
 
 
 def test_group_survives_a_controller_failover() -> None:
-    with ProcessCluster(controllers=3, brokers=2, settings={"kafka.port": 0}) as pc:
-        pc.start()
-        ports = kafka_ports(pc)
-        wait_metadata_brokers(next(iter(ports.values())), 2)
+    with kafka_cluster(controllers=3, brokers=2) as (pc, ports):
         create_topic(ports, "fo", 4, 2)
         produce(ports, "fo", 20, 4)
         members = [Member(ports, "fo-group", "fo") for _ in range(2)]

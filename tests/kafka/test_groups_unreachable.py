@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from dmq.kafka.groups import GROUP_ROUTE_TIMEOUT_MS
-from tests.kafka.support import KafkaConn, kafka_ports, wait_metadata_brokers
+from tests.kafka.support import KafkaConn, kafka_cluster
 from tests.support.procs import ProcessCluster
 
 pytestmark = pytest.mark.slow
@@ -23,11 +23,8 @@ COORDINATOR_NOT_AVAILABLE = 15
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
-    with ProcessCluster(controllers=1, brokers=1, settings={"kafka.port": 0}) as pc:
-        pc.start()
-        ports = kafka_ports(pc)
-        wait_metadata_brokers(next(iter(ports.values())), 1)
-        yield pc, ports
+    with kafka_cluster(brokers=1) as c:
+        yield c
 
 
 def _commit(conn: KafkaConn, offset: int) -> int:

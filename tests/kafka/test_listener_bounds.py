@@ -10,19 +10,15 @@ from collections.abc import Iterator
 import pytest
 
 from dmq.kafka.server import ByteBudget
-from tests.kafka.support import KafkaConn, kafka_ports, wait_metadata_brokers
+from tests.kafka.support import KafkaConn, kafka_cluster
 from tests.support.procs import ProcessCluster
 
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[tuple[ProcessCluster, int]]:
-    with ProcessCluster(controllers=1, combined=True,
-                        settings={"kafka.port": 0, "max.connections.per.ip": 40,
-                                  "connections.max.idle.ms": 1500}) as pc:
-        pc.start()
-        port = kafka_ports(pc)[1]
-        wait_metadata_brokers(port, 1)
-        yield pc, port
+    with kafka_cluster(combined=True, settings={"max.connections.per.ip": 40,
+                                                "connections.max.idle.ms": 1500}) as (pc, ports):
+        yield pc, ports[1]
 
 
 @pytest.mark.slow
