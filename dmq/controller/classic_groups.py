@@ -70,8 +70,10 @@ STABLE = "Stable"
 # keeps JoinGroups naming ever new group ids from growing the controller's memory
 # without end: each group holds at most MAX_MEMBERS_PER_GROUP members and ids). A join
 # that would start one more is answered COORDINATOR_NOT_AVAILABLE, which clients retry;
-# a group is dropped once it has neither members nor handed-out member ids.
-MAX_CLASSIC_GROUPS = 100_000
+# a group is dropped once it has neither members nor handed-out member ids. `poll`
+# walks every group each CLASSIC_POLL_MS (100 ms): about 8 ms at this bound (one
+# member each), so the bound also keeps the controller's loop mostly free.
+MAX_CLASSIC_GROUPS = 10_000
 
 # a group that was empty waits this long for more members before its first generation
 # (Kafka's group.initial.rebalance.delay.ms is 3 s; members starting together then get
