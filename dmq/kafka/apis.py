@@ -296,17 +296,13 @@ class KafkaApis(GroupApis):
 
     # ------------------------------------------------------------------ admin (forwarded)
 
-    def create_topics(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._create_topics(body)
-
-    async def _create_topics(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_topics(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         results: dict[str, dict[str, Any]] = {}
         request = []
         for t in body["Topics"]:
             name = t["Name"]
             if t.get("Assignments"):
-                results[name] = {"Name": name, "ErrorCode": INVALID_REQUEST,
-                                 "ErrorMessage": "manual replica assignments are not supported"}
+                results[name] = _no_manual_assignments(name)
                 continue
             partitions = t["NumPartitions"]
             rf = t["ReplicationFactor"]
@@ -318,29 +314,38 @@ class KafkaApis(GroupApis):
                 int(self.config.get("default.replication.factor")),
                 "configs": {c["Name"]: c["Value"] for c in t.get("Configs", [])
                             if c["Value"] is not None}})
+
+        def row(r: dict[str, Any]) -> dict[str, Any]:
+            return {"Name": r["name"], "ErrorCode": kafka_code(r.get("error", 0)),
+                    "ErrorMessage": r.get("msg"),
+                    "TopicId": topic_uuid(r["id"]) if r.get("id") else bytes(16),
+                    "NumPartitions": r.get("partitions", -1),
+                    "ReplicationFactor": r.get("replication_factor", -1), "Configs": None}
+
+        await self._forward_topics(ApiKey.CREATE_TOPICS, body, request, results, row)
+        return {"Topics": _per_topic(body, results)}
+
+    async def _forward_topics(self, key: ApiKey, body: dict[str, Any],
+                              request: list[dict[str, Any]],
+                              results: dict[str, dict[str, Any]],
+                              row: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """CreateTopics and CreatePartitions: forward the `request` rows with the body's
+        TimeoutMs and ValidateOnly; each answered topic's `row` goes into `results`, or
+        on failure each asked topic gets the error."""
+        if not request:
+            return
         timeout_ms = max(int(body["TimeoutMs"]), 0)
-        if request:
-            try:
-                resp = await self._controller_request(
-                    ApiKey.CREATE_TOPICS, {"topics": request, "timeout_ms": timeout_ms,
-                                           "validate_only": bool(body["ValidateOnly"])},
-                    timeout_ms + 5000)
-                for r in resp["topics"]:
-                    results[r["name"]] = {
-                        "Name": r["name"], "ErrorCode": kafka_code(r.get("error", 0)),
-                        "ErrorMessage": r.get("msg"),
-                        "TopicId": topic_uuid(r["id"]) if r.get("id") else bytes(16),
-                        "NumPartitions": r.get("partitions", -1),
-                        "ReplicationFactor": r.get("replication_factor", -1),
-                        "Configs": None}
-            except (DmqError, OSError, TimeoutError) as exc:
-                code = forward_error_code(exc)
-                for r in request:
-                    results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
-                                          "ErrorMessage": message_of(exc)}
-        unknown = int(ErrorCode.UNKNOWN_SERVER_ERROR)
-        return {"Topics": [results.get(t["Name"], {"Name": t["Name"], "ErrorCode": unknown})
-                           for t in body["Topics"]]}
+        try:
+            resp = await self._controller_request(
+                key, {"topics": request, "timeout_ms": timeout_ms,
+                      "validate_only": bool(body["ValidateOnly"])}, timeout_ms + 5000)
+            for r in resp["topics"]:
+                results[r["name"]] = row(r)
+        except (DmqError, OSError, TimeoutError) as exc:
+            code = forward_error_code(exc)
+            for r in request:
+                results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
+                                      "ErrorMessage": message_of(exc)}
 
     def delete_topics(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         return self._delete_topics(body)
@@ -519,38 +524,21 @@ class KafkaApis(GroupApis):
                         "ResourceName": name})
         return {"Responses": out}
 
-    def create_partitions(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._create_partitions(body)
-
-    async def _create_partitions(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_partitions(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         results: dict[str, dict[str, Any]] = {}
         request = []
         for t in body["Topics"]:
             if t.get("Assignments"):
-                results[t["Name"]] = {"Name": t["Name"], "ErrorCode": INVALID_REQUEST,
-                                      "ErrorMessage": "manual replica assignments are not "
-                                                      "supported"}
+                results[t["Name"]] = _no_manual_assignments(t["Name"])
             else:
                 request.append({"name": t["Name"], "count": t["Count"]})
-        timeout_ms = max(int(body["TimeoutMs"]), 0)
-        if request:
-            try:
-                resp = await self._controller_request(
-                    ApiKey.CREATE_PARTITIONS, {"topics": request, "timeout_ms": timeout_ms,
-                                               "validate_only": bool(body["ValidateOnly"])},
-                    timeout_ms + 5000)
-                for r in resp["topics"]:
-                    results[r["name"]] = {"Name": r["name"],
-                                          "ErrorCode": kafka_code(r.get("error", 0)),
-                                          "ErrorMessage": r.get("msg")}
-            except (DmqError, OSError, TimeoutError) as exc:
-                code = forward_error_code(exc)
-                for r in request:
-                    results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
-                                          "ErrorMessage": message_of(exc)}
-        unknown = int(ErrorCode.UNKNOWN_SERVER_ERROR)
-        return {"Results": [results.get(t["Name"], {"Name": t["Name"], "ErrorCode": unknown})
-                            for t in body["Topics"]]}
+
+        def row(r: dict[str, Any]) -> dict[str, Any]:
+            return {"Name": r["name"], "ErrorCode": kafka_code(r.get("error", 0)),
+                    "ErrorMessage": r.get("msg")}
+
+        await self._forward_topics(ApiKey.CREATE_PARTITIONS, body, request, results, row)
+        return {"Results": _per_topic(body, results)}
 
     def describe_cluster(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         if body.get("EndpointType", 1) != 1:
@@ -563,6 +551,20 @@ class KafkaApis(GroupApis):
                 "Brokers": [{"BrokerId": b["NodeId"], "Host": b["Host"], "Port": b["Port"],
                              "Rack": b["Rack"]} for b in md["Brokers"]],
                 "ClusterAuthorizedOperations": NO_AUTHORIZED_OPERATIONS}
+
+
+def _no_manual_assignments(name: str) -> dict[str, Any]:
+    return {"Name": name, "ErrorCode": INVALID_REQUEST,
+            "ErrorMessage": "manual replica assignments are not supported"}
+
+
+def _per_topic(body: dict[str, Any], results: dict[str, dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """A row per asked topic, in the request's order (UNKNOWN_SERVER_ERROR for one the
+    controller did not answer)."""
+    unknown = int(ErrorCode.UNKNOWN_SERVER_ERROR)
+    return [results.get(t["Name"], {"Name": t["Name"], "ErrorCode": unknown})
+            for t in body["Topics"]]
 
 
 def _config_entry(name: str, value: Any, source: int, read_only: bool) -> dict[str, Any]:
