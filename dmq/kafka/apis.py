@@ -347,10 +347,7 @@ class KafkaApis(GroupApis):
                 results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
                                       "ErrorMessage": message_of(exc)}
 
-    def delete_topics(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._delete_topics(body)
-
-    async def _delete_topics(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def delete_topics(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         names = list(body.get("TopicNames") or [])
         by_id: dict[str, bytes] = {}
         image = self._image()

@@ -141,10 +141,7 @@ class GroupApis:
 
     # ------------------------------------------------------------------ OffsetCommit
 
-    def offset_commit(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._offset_commit(body)
-
-    async def _offset_commit(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def offset_commit(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         request = {
             "group_id": body["GroupId"], "member_id": body.get("MemberId") or "",
             "member_epoch": body.get("GenerationIdOrMemberEpoch", -1),
@@ -174,10 +171,8 @@ class GroupApis:
 
     # ------------------------------------------------------------------ OffsetFetch
 
-    def offset_fetch(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._offset_fetch(header.api_version, body)
-
-    async def _offset_fetch(self, version: int, body: dict[str, Any]) -> dict[str, Any]:
+    async def offset_fetch(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+        version = header.api_version
         if version >= 8:
             groups = [await self._fetch_group(g["GroupId"], g["Topics"])
                       for g in body["Groups"]]
@@ -225,10 +220,7 @@ class GroupApis:
                      request["group_id"], message_of(exc))
             return group_error_code(exc)
 
-    def join_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._join_group(header, body)
-
-    async def _join_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+    async def join_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         rebalance_ms = body.get("RebalanceTimeoutMs", -1)
         if rebalance_ms < 0:
             rebalance_ms = body["SessionTimeoutMs"]
@@ -255,10 +247,7 @@ class GroupApis:
                 "Members": [{"MemberId": m, "GroupInstanceId": i, "Metadata": meta}
                             for m, i, meta in answer["members"]]}
 
-    def sync_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._sync_group(header, body)
-
-    async def _sync_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+    async def sync_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         request = {"group_id": body["GroupId"], "generation": body["GenerationId"],
                    "member_id": body["MemberId"], "instance_id": body.get("GroupInstanceId"),
                    "protocol_type": body.get("ProtocolType"),
@@ -273,10 +262,7 @@ class GroupApis:
                 "ProtocolType": answer["protocol_type"], "ProtocolName": answer["protocol_name"],
                 "Assignment": answer["assignment"]}
 
-    def heartbeat(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._heartbeat(body)
-
-    async def _heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def heartbeat(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         answer = await self._forward(ApiKey.HEARTBEAT, {
             "group_id": body["GroupId"], "generation": body["GenerationId"],
             "member_id": body["MemberId"], "instance_id": body.get("GroupInstanceId")},
@@ -284,10 +270,8 @@ class GroupApis:
         code = answer if isinstance(answer, int) else answer["error"]
         return {"ThrottleTimeMs": 0, "ErrorCode": code}
 
-    def leave_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._leave_group(header.api_version, body)
-
-    async def _leave_group(self, version: int, body: dict[str, Any]) -> dict[str, Any]:
+    async def leave_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+        version = header.api_version
         members = ([[body["MemberId"], None]] if version < 3 else
                    [[m["MemberId"], m.get("GroupInstanceId")] for m in body["Members"]])
         answer = await self._forward(ApiKey.LEAVE_GROUP, {"group_id": body["GroupId"],
@@ -304,10 +288,7 @@ class GroupApis:
 
     # ------------------------------------------------------------------ admin
 
-    def list_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._list_groups(body)
-
-    async def _list_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def list_groups(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         try:
             answer = await self._controller_request(ApiKey.LIST_GROUPS, {},
                                                     GROUP_ROUTE_TIMEOUT_MS)
@@ -326,10 +307,7 @@ class GroupApis:
                         "GroupState": g["state"], "GroupType": gtype})
         return {"ThrottleTimeMs": 0, "ErrorCode": 0, "Groups": out}
 
-    def describe_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._describe_groups(body)
-
-    async def _describe_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def describe_groups(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         names = list(body["Groups"])
         try:
             answer = await self._controller_request(ApiKey.DESCRIBE_GROUPS,
@@ -360,10 +338,7 @@ class GroupApis:
                                   g.get("assignor") or "", members))
         return {"ThrottleTimeMs": 0, "Groups": out}
 
-    def delete_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._delete_groups(body)
-
-    async def _delete_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def delete_groups(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         names = list(body["GroupsNames"])
         try:
             answer = await self._controller_request(ApiKey.DELETE_GROUPS, {"groups": names},
