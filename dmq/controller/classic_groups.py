@@ -50,6 +50,7 @@ log = logging.getLogger("dmq.controller.classic_groups")
 # Kafka's codes (the ones dmq's ErrorCode does not name are only ever in answers here)
 NONE = 0
 NOT_COORDINATOR = int(ErrorCode.NOT_COORDINATOR)
+COORDINATOR_NOT_AVAILABLE = int(ErrorCode.COORDINATOR_NOT_AVAILABLE)
 ILLEGAL_GENERATION = 22
 INCONSISTENT_GROUP_PROTOCOL = 23
 INVALID_GROUP_ID = int(ErrorCode.INVALID_GROUP_ID)
@@ -64,6 +65,15 @@ EMPTY = "Empty"
 PREPARING = "PreparingRebalance"
 COMPLETING = "CompletingRebalance"
 STABLE = "Stable"
+
+# Classic groups one coordinator holds at once (Kafka sets no such bound; this one
+# keeps JoinGroups naming ever new group ids from growing the controller's memory
+# without end: each group holds at most MAX_MEMBERS_PER_GROUP members and ids). A join
+# that would start one more is answered COORDINATOR_NOT_AVAILABLE, which clients retry;
+# a group is dropped once it has neither members nor handed-out member ids. `poll`
+# walks every group each CLASSIC_POLL_MS (100 ms): about 8 ms at this bound (one
+# member each), so the bound also keeps the controller's loop mostly free.
+MAX_CLASSIC_GROUPS = 10_000
 
 # a group that was empty waits this long for more members before its first generation
 # (Kafka's group.initial.rebalance.delay.ms is 3 s; members starting together then get
@@ -145,6 +155,10 @@ class ClassicGroups:
             return _join_error(INVALID_SESSION_TIMEOUT, mid)
         g = self.groups.get(gid)
         if g is None:
+            if len(self.groups) >= MAX_CLASSIC_GROUPS:
+                log.warning("classic group %s refused: %d classic groups held "
+                            "(MAX_CLASSIC_GROUPS)", gid, len(self.groups))
+                return _join_error(COORDINATOR_NOT_AVAILABLE, mid)
             g = self.groups[gid] = ClassicGroup(gid)
         others = [m for m in g.members.values() if m.member_id != mid]
         theirs: set[str] = set()
@@ -172,13 +186,9 @@ class ClassicGroups:
                 g.members[new_id] = old
                 if g.leader == old_id:
                     g.leader = new_id
-                unchanged = old.protocols == protocols
-                old.protocols, old.last_seen_ms = protocols, now
-                old.session_timeout_ms, old.rebalance_timeout_ms = session, rebalance_ms
-                if g.state == STABLE and unchanged and g.leader != new_id:
-                    # a restarted static member: its assignment, no rebalance
-                    return self._join_answer(g, old, with_members=False)
-                return self._join_and_wait(g, old, now)
+                # a restarted static member: its assignment, without a rebalance when
+                # nothing changed
+                return self._rejoin(g, old, protocols, session, rebalance_ms, now)
             mid = new_id
         elif iid is not None and g.static.get(iid) not in (None, mid):
             return _join_error(FENCED_INSTANCE_ID, mid)
@@ -201,12 +211,20 @@ class ClassicGroups:
                 rebalance_ms, protocols, now)
             if iid is not None:
                 g.static[iid] = mid
-        else:
-            unchanged = member.protocols == protocols
-            member.protocols, member.last_seen_ms = protocols, now
-            member.session_timeout_ms, member.rebalance_timeout_ms = session, rebalance_ms
-            if g.state == STABLE and unchanged and g.leader != mid:
-                return self._join_answer(g, member, with_members=False)
+            return self._join_and_wait(g, member, now)
+        return self._rejoin(g, member, protocols, session, rebalance_ms, now)
+
+    def _rejoin(self, g: ClassicGroup, member: ClassicMember,
+                protocols: list[tuple[str, bytes]], session: int, rebalance_ms: int, now: int
+                ) -> dict[str, Any] | asyncio.Future[dict[str, Any]]:
+        """A known member joins again: in a stable group, with the same protocols and
+        not as the leader, it is answered its current generation at once; else a
+        rebalance."""
+        unchanged = member.protocols == protocols
+        member.protocols, member.last_seen_ms = protocols, now
+        member.session_timeout_ms, member.rebalance_timeout_ms = session, rebalance_ms
+        if g.state == STABLE and unchanged and g.leader != member.member_id:
+            return self._join_answer(g, member, with_members=False)
         return self._join_and_wait(g, member, now)
 
     def _join_and_wait(self, g: ClassicGroup, member: ClassicMember, now: int
@@ -448,4 +466,5 @@ def _sync_answer(g: ClassicGroup, code: int, assignment: bytes) -> dict[str, Any
             "assignment": assignment}
 
 
-__all__ = ["ClassicGroup", "ClassicGroups", "ClassicMember", "decode_consumer_assignment"]
+__all__ = ["MAX_CLASSIC_GROUPS", "ClassicGroup", "ClassicGroups", "ClassicMember",
+           "decode_consumer_assignment"]

@@ -24,13 +24,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from dmq.aio import wait_for
 from dmq.broker.errors import error_code_of, message_of
 from dmq.config import SETTINGS
 from dmq.controller.image import FENCED, MetadataImage
 from dmq.controller.validation import effective_topic_configs
 from dmq.kafka.groups import GroupApis
 from dmq.kafka.records import is_dmq_native, kafka_view
-from dmq.kafka.server import NO_RESPONSE, Api
+from dmq.kafka.server import NO_RESPONSE, Api, api_ranges
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
 from dmq.protocol.server import NO_RESPONSE as DMQ_NO_RESPONSE
@@ -63,6 +64,7 @@ _KAFKA_CODE = {
 }
 
 NO_AUTHORIZED_OPERATIONS = -2147483648
+ROUTE_SLACK_S = 0.25  # past a forward's own deadline, before `bounded` ends it
 _NO_CONTEXT: Any = None  # the data plane's handlers do not read their request context
 ControllerRequest = Callable[[ApiKey, Any, int], Awaitable[Any]]
 
@@ -75,6 +77,24 @@ def kafka_code(code: int) -> int:
         except ValueError:
             return int(ErrorCode.UNKNOWN_SERVER_ERROR)
     return code
+
+
+def forward_error_code(exc: DmqError | OSError | TimeoutError) -> int:
+    """The Kafka code of a request forwarded to the controller that failed: the
+    controller's error, or REQUEST_TIMED_OUT when it could not be reached."""
+    if isinstance(exc, DmqError):
+        return kafka_code(int(error_code_of(exc)))
+    return int(ErrorCode.REQUEST_TIMED_OUT)
+
+
+def bounded(request: ControllerRequest) -> ControllerRequest:
+    """`request` with each call ended (TimeoutError) once its `timeout_ms` has passed.
+    The route's own deadline does not cover waiting for its connection, which another
+    caller may hold while it looks for a controller for up to its own, longer,
+    timeout; a Kafka client must be answered within the bound each handler chose."""
+    async def call(key: ApiKey, body: Any, timeout_ms: int) -> Any:
+        return await wait_for(request(key, body, timeout_ms), timeout_ms / 1000 + ROUTE_SLACK_S)
+    return call
 
 
 def cluster_id_of(config: ClusterConfig) -> str:
@@ -105,7 +125,7 @@ class KafkaApis(GroupApis):
         self.broker_id = broker_id
         self.data_plane = data_plane
         self._image = image
-        self._controller_request = controller_request
+        self._controller_request = bounded(controller_request)
         self.cluster_id = cluster_id_of(config)
         self.auto_create = bool(config.get("auto.create.topics.enable"))
         self.apis: list[Api] = []
@@ -134,10 +154,7 @@ class KafkaApis(GroupApis):
     # ------------------------------------------------------------------ ApiVersions
 
     def api_versions(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        keys = [(a.key, a.min_version, a.max_version) for a in self.table()]
-        keys += self.listener_apis
-        return {"ErrorCode": 0, "ApiKeys": [
-            {"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, lo, hi in sorted(keys)]}
+        return {"ErrorCode": 0, "ApiKeys": api_ranges(self.table(), self.listener_apis)}
 
     # ------------------------------------------------------------------ Metadata
 
@@ -279,17 +296,13 @@ class KafkaApis(GroupApis):
 
     # ------------------------------------------------------------------ admin (forwarded)
 
-    def create_topics(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._create_topics(body)
-
-    async def _create_topics(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_topics(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         results: dict[str, dict[str, Any]] = {}
         request = []
         for t in body["Topics"]:
             name = t["Name"]
             if t.get("Assignments"):
-                results[name] = {"Name": name, "ErrorCode": INVALID_REQUEST,
-                                 "ErrorMessage": "manual replica assignments are not supported"}
+                results[name] = _no_manual_assignments(name)
                 continue
             partitions = t["NumPartitions"]
             rf = t["ReplicationFactor"]
@@ -301,35 +314,40 @@ class KafkaApis(GroupApis):
                 int(self.config.get("default.replication.factor")),
                 "configs": {c["Name"]: c["Value"] for c in t.get("Configs", [])
                             if c["Value"] is not None}})
+
+        def row(r: dict[str, Any]) -> dict[str, Any]:
+            return {"Name": r["name"], "ErrorCode": kafka_code(r.get("error", 0)),
+                    "ErrorMessage": r.get("msg"),
+                    "TopicId": topic_uuid(r["id"]) if r.get("id") else bytes(16),
+                    "NumPartitions": r.get("partitions", -1),
+                    "ReplicationFactor": r.get("replication_factor", -1), "Configs": None}
+
+        await self._forward_topics(ApiKey.CREATE_TOPICS, body, request, results, row)
+        return {"Topics": _per_topic(body, results)}
+
+    async def _forward_topics(self, key: ApiKey, body: dict[str, Any],
+                              request: list[dict[str, Any]],
+                              results: dict[str, dict[str, Any]],
+                              row: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """CreateTopics and CreatePartitions: forward the `request` rows with the body's
+        TimeoutMs and ValidateOnly; each answered topic's `row` goes into `results`, or
+        on failure each asked topic gets the error."""
+        if not request:
+            return
         timeout_ms = max(int(body["TimeoutMs"]), 0)
-        if request:
-            try:
-                resp = await self._controller_request(
-                    ApiKey.CREATE_TOPICS, {"topics": request, "timeout_ms": timeout_ms,
-                                           "validate_only": bool(body["ValidateOnly"])},
-                    timeout_ms + 5000)
-                for r in resp["topics"]:
-                    results[r["name"]] = {
-                        "Name": r["name"], "ErrorCode": kafka_code(r.get("error", 0)),
-                        "ErrorMessage": r.get("msg"),
-                        "TopicId": topic_uuid(r["id"]) if r.get("id") else bytes(16),
-                        "NumPartitions": r.get("partitions", -1),
-                        "ReplicationFactor": r.get("replication_factor", -1),
-                        "Configs": None}
-            except (DmqError, OSError, TimeoutError) as exc:
-                code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
-                    else int(ErrorCode.REQUEST_TIMED_OUT)
-                for r in request:
-                    results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
-                                          "ErrorMessage": message_of(exc)}
-        unknown = int(ErrorCode.UNKNOWN_SERVER_ERROR)
-        return {"Topics": [results.get(t["Name"], {"Name": t["Name"], "ErrorCode": unknown})
-                           for t in body["Topics"]]}
+        try:
+            resp = await self._controller_request(
+                key, {"topics": request, "timeout_ms": timeout_ms,
+                      "validate_only": bool(body["ValidateOnly"])}, timeout_ms + 5000)
+            for r in resp["topics"]:
+                results[r["name"]] = row(r)
+        except (DmqError, OSError, TimeoutError) as exc:
+            code = forward_error_code(exc)
+            for r in request:
+                results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
+                                      "ErrorMessage": message_of(exc)}
 
-    def delete_topics(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._delete_topics(body)
-
-    async def _delete_topics(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def delete_topics(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         names = list(body.get("TopicNames") or [])
         by_id: dict[str, bytes] = {}
         image = self._image()
@@ -356,8 +374,7 @@ class KafkaApis(GroupApis):
                             "ErrorCode": kafka_code(r.get("error", 0)),
                             "ErrorMessage": r.get("msg")})
         except (DmqError, OSError, TimeoutError) as exc:
-            code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
-                else int(ErrorCode.REQUEST_TIMED_OUT)
+            code = forward_error_code(exc)
             out = [{"Name": n, "TopicId": by_id.get(n, bytes(16)), "ErrorCode": code,
                     "ErrorMessage": message_of(exc)} for n in names]
         return {"Responses": out}
@@ -373,8 +390,7 @@ class KafkaApis(GroupApis):
         try:
             resp = await self._controller_request(ApiKey.INIT_PRODUCER_ID, {}, 10_000)
         except (DmqError, OSError, TimeoutError) as exc:
-            code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
-                else int(ErrorCode.REQUEST_TIMED_OUT)
+            code = forward_error_code(exc)
             if code in (int(ErrorCode.NOT_CONTROLLER), int(ErrorCode.REQUEST_TIMED_OUT)):
                 code = int(ErrorCode.COORDINATOR_NOT_AVAILABLE)  # retriable for the client
             return {"ErrorCode": code, "ProducerId": -1, "ProducerEpoch": -1}
@@ -490,8 +506,7 @@ class KafkaApis(GroupApis):
                 for r in resp["topics"]:
                     results[r["name"]] = (kafka_code(r.get("error", 0)), r.get("msg"))
             except (DmqError, OSError, TimeoutError) as exc:
-                code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
-                    else int(ErrorCode.REQUEST_TIMED_OUT)
+                code = forward_error_code(exc)
                 for r in request:
                     results[r["name"]] = (code, message_of(exc))
         out = []
@@ -506,39 +521,21 @@ class KafkaApis(GroupApis):
                         "ResourceName": name})
         return {"Responses": out}
 
-    def create_partitions(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._create_partitions(body)
-
-    async def _create_partitions(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_partitions(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         results: dict[str, dict[str, Any]] = {}
         request = []
         for t in body["Topics"]:
             if t.get("Assignments"):
-                results[t["Name"]] = {"Name": t["Name"], "ErrorCode": INVALID_REQUEST,
-                                      "ErrorMessage": "manual replica assignments are not "
-                                                      "supported"}
+                results[t["Name"]] = _no_manual_assignments(t["Name"])
             else:
                 request.append({"name": t["Name"], "count": t["Count"]})
-        timeout_ms = max(int(body["TimeoutMs"]), 0)
-        if request:
-            try:
-                resp = await self._controller_request(
-                    ApiKey.CREATE_PARTITIONS, {"topics": request, "timeout_ms": timeout_ms,
-                                               "validate_only": bool(body["ValidateOnly"])},
-                    timeout_ms + 5000)
-                for r in resp["topics"]:
-                    results[r["name"]] = {"Name": r["name"],
-                                          "ErrorCode": kafka_code(r.get("error", 0)),
-                                          "ErrorMessage": r.get("msg")}
-            except (DmqError, OSError, TimeoutError) as exc:
-                code = kafka_code(int(error_code_of(exc))) if isinstance(exc, DmqError) \
-                    else int(ErrorCode.REQUEST_TIMED_OUT)
-                for r in request:
-                    results[r["name"]] = {"Name": r["name"], "ErrorCode": code,
-                                          "ErrorMessage": message_of(exc)}
-        unknown = int(ErrorCode.UNKNOWN_SERVER_ERROR)
-        return {"Results": [results.get(t["Name"], {"Name": t["Name"], "ErrorCode": unknown})
-                            for t in body["Topics"]]}
+
+        def row(r: dict[str, Any]) -> dict[str, Any]:
+            return {"Name": r["name"], "ErrorCode": kafka_code(r.get("error", 0)),
+                    "ErrorMessage": r.get("msg")}
+
+        await self._forward_topics(ApiKey.CREATE_PARTITIONS, body, request, results, row)
+        return {"Results": _per_topic(body, results)}
 
     def describe_cluster(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         if body.get("EndpointType", 1) != 1:
@@ -551,6 +548,20 @@ class KafkaApis(GroupApis):
                 "Brokers": [{"BrokerId": b["NodeId"], "Host": b["Host"], "Port": b["Port"],
                              "Rack": b["Rack"]} for b in md["Brokers"]],
                 "ClusterAuthorizedOperations": NO_AUTHORIZED_OPERATIONS}
+
+
+def _no_manual_assignments(name: str) -> dict[str, Any]:
+    return {"Name": name, "ErrorCode": INVALID_REQUEST,
+            "ErrorMessage": "manual replica assignments are not supported"}
+
+
+def _per_topic(body: dict[str, Any], results: dict[str, dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """A row per asked topic, in the request's order (UNKNOWN_SERVER_ERROR for one the
+    controller did not answer)."""
+    unknown = int(ErrorCode.UNKNOWN_SERVER_ERROR)
+    return [results.get(t["Name"], {"Name": t["Name"], "ErrorCode": unknown})
+            for t in body["Topics"]]
 
 
 def _config_entry(name: str, value: Any, source: int, read_only: bool) -> dict[str, Any]:

@@ -12,7 +12,7 @@ plain dicts keyed by the definition's field names, first letter capitalized (`"T
 Wire rules implemented (Kafka protocol guide, KIP-482 for flexible versions):
 
 * frame: i32 big-endian size N, then N bytes; N is checked against a limit before any
-  byte of the body is buffered (`FrameSplitter`).
+  byte of the body is buffered (by the listener, `dmq.kafka.server`).
 * request header v1: api_key i16, api_version i16, correlation_id i32, client_id
   nullable string (i16 length); v2 adds tagged fields. v2 is used by flexible
   request versions.
@@ -38,7 +38,6 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-DEFAULT_MAX_FRAME_BYTES = 100 * 1024 * 1024
 MAX_VARINT_BYTES = 5
 
 
@@ -579,42 +578,7 @@ def decode_response(name: str, version: int, frame: bytes | bytearray | memoryvi
     return correlation_id, body
 
 
-# ---------------------------------------------------------------------------- framing
-
-class FrameSplitter:
-    """Cuts a byte stream into frames. A size over `max_frame_bytes` or below the
-    8 bytes every request header starts with raises at once, before buffering."""
-
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        self._buf += data
-        frames: list[bytes] = []
-        buf = self._buf
-        pos = 0
-        while len(buf) - pos >= 4:
-            (size,) = _I32.unpack_from(buf, pos)
-            if size < _REQ_HEADER.size or size > self.max_frame_bytes:
-                raise KafkaDecodeError(f"frame size {size} outside [{_REQ_HEADER.size}, "
-                                       f"{self.max_frame_bytes}] (kafka.max.frame.bytes)")
-            if len(buf) - pos - 4 < size:
-                break
-            frames.append(bytes(buf[pos + 4:pos + 4 + size]))
-            pos += 4 + size
-        if pos:
-            del buf[:pos]
-        return frames
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-
 __all__ = [
-    "DEFAULT_MAX_FRAME_BYTES",
-    "FrameSplitter",
     "KafkaDecodeError",
     "KafkaEncodeError",
     "Reader",

@@ -46,8 +46,14 @@ log = logging.getLogger("dmq.kafka.groups")
 KEY_TYPE_GROUP = 0
 INVALID_REQUEST = 42
 NO_OFFSET = -1
-COMMIT_TIMEOUT_MS = 10_000  # the controller route retries failovers up to this long
-FETCH_TIMEOUT_MS = 5_000
+# How long the controller route may retry (following a failover) before a group
+# request is answered COORDINATOR_NOT_AVAILABLE. A commit, offset fetch, heartbeat or
+# leave from a group member: 3 s covers an election (0.5-1 s at the default Raft ticks)
+# and the route finding the new controller; past that the client does better to look
+# the coordinator up again and retry, as it does on that answer (a commit is
+# idempotent), than to wait: a held heartbeat delays the member's next one.
+GROUP_ROUTE_TIMEOUT_MS = 3_000
+DELETE_TIMEOUT_MS = 10_000  # DeleteGroups: an admin's Raft write, no member waiting
 SYNC_TIMEOUT_MS = 60_000  # a follower's SyncGroup waits for the leader's assignment
 JOIN_SLACK_MS = 5_000  # a JoinGroup waits up to its rebalance timeout, plus this
 
@@ -135,10 +141,7 @@ class GroupApis:
 
     # ------------------------------------------------------------------ OffsetCommit
 
-    def offset_commit(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._offset_commit(body)
-
-    async def _offset_commit(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def offset_commit(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         request = {
             "group_id": body["GroupId"], "member_id": body.get("MemberId") or "",
             "member_epoch": body.get("GenerationIdOrMemberEpoch", -1),
@@ -149,7 +152,7 @@ class GroupApis:
         failed: int | None = None
         try:
             resp = await self._controller_request(ApiKey.OFFSET_COMMIT, request,
-                                                  COMMIT_TIMEOUT_MS)
+                                                  GROUP_ROUTE_TIMEOUT_MS)
             for topic, rows in resp["topics"]:
                 for p, err in rows:
                     errors[(topic, p)] = kafka_code(err or 0)
@@ -168,10 +171,8 @@ class GroupApis:
 
     # ------------------------------------------------------------------ OffsetFetch
 
-    def offset_fetch(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._offset_fetch(header.api_version, body)
-
-    async def _offset_fetch(self, version: int, body: dict[str, Any]) -> dict[str, Any]:
+    async def offset_fetch(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+        version = header.api_version
         if version >= 8:
             groups = [await self._fetch_group(g["GroupId"], g["Topics"])
                       for g in body["Groups"]]
@@ -191,7 +192,8 @@ class GroupApis:
                                               for t in topics]
         try:
             resp = await self._controller_request(
-                ApiKey.OFFSET_FETCH, {"group_id": group, "topics": wanted}, FETCH_TIMEOUT_MS)
+                ApiKey.OFFSET_FETCH, {"group_id": group, "topics": wanted},
+                GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             log.info("broker=%d Kafka OffsetFetch of group %r failed: %s", self.broker_id,
                      group, message_of(exc))
@@ -218,10 +220,7 @@ class GroupApis:
                      request["group_id"], message_of(exc))
             return group_error_code(exc)
 
-    def join_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._join_group(header, body)
-
-    async def _join_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+    async def join_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         rebalance_ms = body.get("RebalanceTimeoutMs", -1)
         if rebalance_ms < 0:
             rebalance_ms = body["SessionTimeoutMs"]
@@ -248,10 +247,7 @@ class GroupApis:
                 "Members": [{"MemberId": m, "GroupInstanceId": i, "Metadata": meta}
                             for m, i, meta in answer["members"]]}
 
-    def sync_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._sync_group(header, body)
-
-    async def _sync_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+    async def sync_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         request = {"group_id": body["GroupId"], "generation": body["GenerationId"],
                    "member_id": body["MemberId"], "instance_id": body.get("GroupInstanceId"),
                    "protocol_type": body.get("ProtocolType"),
@@ -266,26 +262,21 @@ class GroupApis:
                 "ProtocolType": answer["protocol_type"], "ProtocolName": answer["protocol_name"],
                 "Assignment": answer["assignment"]}
 
-    def heartbeat(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._heartbeat(body)
-
-    async def _heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def heartbeat(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         answer = await self._forward(ApiKey.HEARTBEAT, {
             "group_id": body["GroupId"], "generation": body["GenerationId"],
             "member_id": body["MemberId"], "instance_id": body.get("GroupInstanceId")},
-            FETCH_TIMEOUT_MS)
+            GROUP_ROUTE_TIMEOUT_MS)
         code = answer if isinstance(answer, int) else answer["error"]
         return {"ThrottleTimeMs": 0, "ErrorCode": code}
 
-    def leave_group(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._leave_group(header.api_version, body)
-
-    async def _leave_group(self, version: int, body: dict[str, Any]) -> dict[str, Any]:
+    async def leave_group(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+        version = header.api_version
         members = ([[body["MemberId"], None]] if version < 3 else
                    [[m["MemberId"], m.get("GroupInstanceId")] for m in body["Members"]])
         answer = await self._forward(ApiKey.LEAVE_GROUP, {"group_id": body["GroupId"],
                                                           "members": members},
-                                     FETCH_TIMEOUT_MS)
+                                     GROUP_ROUTE_TIMEOUT_MS)
         if isinstance(answer, int):
             return {"ThrottleTimeMs": 0, "ErrorCode": answer, "Members": []}
         rows = answer["members"]
@@ -297,12 +288,10 @@ class GroupApis:
 
     # ------------------------------------------------------------------ admin
 
-    def list_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._list_groups(body)
-
-    async def _list_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def list_groups(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            answer = await self._controller_request(ApiKey.LIST_GROUPS, {}, FETCH_TIMEOUT_MS)
+            answer = await self._controller_request(ApiKey.LIST_GROUPS, {},
+                                                    GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             return {"ThrottleTimeMs": 0, "ErrorCode": group_error_code(exc), "Groups": []}
         states = {x.lower() for x in body.get("StatesFilter") or []}
@@ -318,14 +307,11 @@ class GroupApis:
                         "GroupState": g["state"], "GroupType": gtype})
         return {"ThrottleTimeMs": 0, "ErrorCode": 0, "Groups": out}
 
-    def describe_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._describe_groups(body)
-
-    async def _describe_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def describe_groups(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         names = list(body["Groups"])
         try:
             answer = await self._controller_request(ApiKey.DESCRIBE_GROUPS,
-                                                    {"groups": names}, FETCH_TIMEOUT_MS)
+                                                    {"groups": names}, GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             code = group_error_code(exc)
             return {"ThrottleTimeMs": 0, "Groups": [_described(n, code, "", "", "", [])
@@ -352,14 +338,11 @@ class GroupApis:
                                   g.get("assignor") or "", members))
         return {"ThrottleTimeMs": 0, "Groups": out}
 
-    def delete_groups(self, header: RequestHeader, body: dict[str, Any]) -> Any:
-        return self._delete_groups(body)
-
-    async def _delete_groups(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def delete_groups(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         names = list(body["GroupsNames"])
         try:
             answer = await self._controller_request(ApiKey.DELETE_GROUPS, {"groups": names},
-                                                    COMMIT_TIMEOUT_MS)
+                                                    DELETE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             code = group_error_code(exc)
             return {"ThrottleTimeMs": 0, "Results": [{"GroupId": n, "ErrorCode": code}

@@ -7,9 +7,10 @@ byte); what differs is the records section: dmq-native batches (attribute bit 7,
 Kafka fetch only needs work for batches that dmq's own client wrote: those are rebuilt
 here as Kafka batches (same offsets, timestamps, producer fields and flags, records
 uncompressed, CRC-32C recomputed), like Kafka's down-conversion. This costs
-per-record Python work (about 2 us a record of 100 bytes) and runs only on the Kafka
-fetch path, only for marked batches; every other batch is passed through as the same
-bytes.
+per-record work (about 3.5 us a record of 100 bytes: decoding the msgpack array, then
+writing the varint records) and runs only on the Kafka fetch path, only for marked
+batches; every other batch is passed through as the same bytes (one header read per
+batch, under 1 us).
 
 It never imports asyncio and touches no file.
 """

@@ -17,11 +17,13 @@ answer listing our ranges, so that the client can retry with one we do.
 Bounds, the same settings as dmq's own listener but counted separately: at most
 `max_connections` connections and `max_connections_per_ip` from one address (one past
 either is closed at once, logged once per thousand); a connection with nothing in
-flight that sends nothing for `connections_max_idle_ms` is closed, and so is one whose
-frame body takes longer than that to arrive; a frame over
+flight that sends nothing for `connections_max_idle_ms` (-1 or 0: never) is closed,
+and so is one whose frame body takes longer than that to arrive; a frame over
 `SMALL_FRAME_BYTES` reserves its declared size from the listener's request-memory
 budget (`queued_max_request_bytes`) before its body is read, and waits unread while
-the budget is spent (one frame always fits).
+the budget is spent (one frame always fits). A connection whose peer takes no byte of
+its answers for `connections_max_idle_ms` is closed too (a client that never reads):
+with answers stuck it would otherwise never count as idle.
 
 It holds no broker logic: handlers come from `dmq.kafka.apis`.
 """
@@ -31,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +78,14 @@ class Api:
     min_version: int
     max_version: int
     handler: Handler
+
+
+def api_ranges(apis: Iterable[Api], listener_apis: Iterable[tuple[int, int, int]]
+               ) -> list[dict[str, int]]:
+    """ApiVersions' ApiKeys rows: the handlers' windows and the listener's own (SASL)."""
+    keys = [(a.key, a.min_version, a.max_version) for a in apis]
+    keys += listener_apis
+    return [{"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, lo, hi in sorted(keys)]
 
 
 class ByteBudget:
@@ -136,9 +146,7 @@ class KafkaServer:
         return len(self._conns)
 
     def api_ranges(self) -> list[dict[str, int]]:
-        keys = [(a.key, a.min_version, a.max_version) for a in self.apis.values()]
-        keys += self.listener_apis()
-        return [{"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, lo, hi in sorted(keys)]
+        return api_ranges(self.apis.values(), self.listener_apis())
 
     def listener_apis(self) -> list[tuple[int, int, int]]:
         """(key, min, max) of the APIs this listener serves itself (SASL when on)."""
@@ -209,9 +217,9 @@ class KafkaServer:
         queue: asyncio.Queue[tuple[Any, str, int, int] | None] = asyncio.Queue(
             self.max_in_flight)
         inflight = [0]  # answers queued or being written
-        sender = asyncio.create_task(self._send_loop(queue, writer, peer, inflight))
-        idle_s = self.connections_max_idle_ms / 1000 if self.connections_max_idle_ms >= 0 \
+        idle_s = self.connections_max_idle_ms / 1000 if self.connections_max_idle_ms > 0 \
             else None
+        sender = asyncio.create_task(self._send_loop(queue, writer, peer, inflight, idle_s))
         budget = self._budget
         assert budget is not None
         try:
@@ -242,7 +250,11 @@ class KafkaServer:
                         await budget.release(reserved)
                 if item is not None:
                     inflight[0] += 1
-                    await queue.put(item)
+                    try:
+                        await queue.put(item)
+                    except BaseException:
+                        _cancel_answer(item)  # its handler was started: owned here
+                        raise
                 if session is not None and session.failed:
                     # as Kafka: the failure is answered, then the connection closed
                     await queue.put(None)
@@ -256,6 +268,7 @@ class KafkaServer:
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
+            _cancel_queued(queue)  # put after the sender had emptied the queue
 
     @staticmethod
     async def _read_header(reader: asyncio.StreamReader, idle_s: float | None,
@@ -359,7 +372,8 @@ class KafkaServer:
         return _SIZE.pack(len(token)) + token, "", 0, 0
 
     async def _send_loop(self, queue: asyncio.Queue[tuple[Any, str, int, int] | None],
-                         writer: asyncio.StreamWriter, peer: Any, inflight: list[int]) -> None:
+                         writer: asyncio.StreamWriter, peer: Any, inflight: list[int],
+                         idle_s: float | None) -> None:
         pending: Any = None
         try:
             while True:
@@ -374,7 +388,15 @@ class KafkaServer:
                     writer.writelines(chunks)
                 else:
                     writer.write(body)  # a raw SASL token (SaslHandshake v0)
-                await writer.drain()
+                if not await _drained(writer, idle_s):
+                    # a client that stops reading: its answers would wait forever (and
+                    # keep the connection counted busy, never idle)
+                    self.stats_idle_closed += 1
+                    log.info("node %d: Kafka connection from %s closed: no answer bytes "
+                             "taken for %.1f s (connections.max.idle.ms)", self.node_id,
+                             peer, idle_s)
+                    writer.transport.abort()  # close() would wait to flush
+                    return
                 inflight[0] -= 1
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -384,11 +406,33 @@ class KafkaServer:
         finally:
             if isinstance(pending, asyncio.Future):
                 pending.cancel()
-            while not queue.empty():
-                left = queue.get_nowait()
-                if left is not None and isinstance(left[0], asyncio.Future):
-                    left[0].cancel()
+            _cancel_queued(queue)
             writer.close()
+
+
+def _cancel_answer(item: tuple[Any, str, int, int] | None) -> None:
+    if item is not None and isinstance(item[0], asyncio.Future):
+        item[0].cancel()
+
+
+def _cancel_queued(queue: asyncio.Queue[tuple[Any, str, int, int] | None]) -> None:
+    """Cancel the handlers of answers that will not be sent."""
+    while not queue.empty():
+        _cancel_answer(queue.get_nowait())
+
+
+async def _drained(writer: asyncio.StreamWriter, idle_s: float | None) -> bool:
+    """Wait for the write buffer to drain; False once the peer has taken no byte of it
+    for `idle_s` (None: wait as long as it takes)."""
+    transport = writer.transport
+    while True:
+        left = transport.get_write_buffer_size()
+        try:
+            await asyncio.wait_for(writer.drain(), idle_s)
+            return True
+        except TimeoutError:
+            if transport.get_write_buffer_size() >= left:
+                return False
 
 
 async def _after(delay_s: float, answer: Any) -> Any:

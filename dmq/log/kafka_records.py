@@ -57,32 +57,54 @@ def read_varint(buf: Buffer, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def _zigzag_bytes(value: int) -> bytes:
+    out = bytearray()
+    write_varint(out, value)
+    return bytes(out)
+
+
+# the varints of -8192..8191 (one or two bytes), looked up instead of computed: the
+# lengths and deltas of nearly every record fall in it
+_SMALL = 8192
+_SMALL_VARINTS = [_zigzag_bytes(v) for v in range(-_SMALL, _SMALL)]
+
+
+def _varint(value: int) -> bytes:
+    if -_SMALL <= value < _SMALL:
+        return _SMALL_VARINTS[value + _SMALL]
+    return _zigzag_bytes(value)
+
+
 def encode_kafka_records(records: Sequence[Record], base_offset: int,
                          base_timestamp: int) -> bytearray:
     out = bytearray()
-    body = bytearray()
+    small, table, big = _SMALL, _SMALL_VARINTS, _zigzag_bytes
+    null = table[small - 1]
     for r in records:
-        body.clear()
-        body.append(0)  # record attributes: unused
-        write_varint(body, r.timestamp - base_timestamp)
-        write_varint(body, r.offset - base_offset)
-        for blob in (r.key, r.value):
-            if blob is None:
-                write_varint(body, -1)
-            else:
-                write_varint(body, len(blob))
-                body += blob
-        write_varint(body, len(r.headers))
-        for hkey, hvalue in r.headers:
+        key, value, headers = r.key, r.value, r.headers
+        ts, off = r.timestamp - base_timestamp, r.offset - base_offset
+        parts = [b"\0",  # record attributes: unused
+                 table[ts + small] if -small <= ts < small else big(ts),
+                 table[off + small] if 0 <= off < small else big(off)]
+        if key is None:
+            parts.append(null)
+        else:
+            n = len(key)
+            parts += (table[n + small] if n < small else big(n), key)
+        if value is None:
+            parts.append(null)
+        else:
+            n = len(value)
+            parts += (table[n + small] if n < small else big(n), value)
+        parts.append(table[len(headers) + small] if len(headers) < small
+                     else big(len(headers)))
+        for hkey, hvalue in headers:
             kb = hkey.encode("utf-8")
-            write_varint(body, len(kb))
-            body += kb
-            if hvalue is None:
-                write_varint(body, -1)
-            else:
-                write_varint(body, len(hvalue))
-                body += hvalue
-        write_varint(out, len(body))
+            parts += (_varint(len(kb)), kb,
+                      null if hvalue is None else _varint(len(hvalue)), hvalue or b"")
+        body = b"".join(parts)
+        n = len(body)
+        out += table[n + small] if n < small else big(n)
         out += body
     return out
 

@@ -14,14 +14,17 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from dmq.kafka.codec import decode_response, encode_request
 from tests.support.procs import ProcessCluster
 
+T = TypeVar("T")
 _LISTENER = re.compile(r"node (\d+): Kafka listener on [\d.]+:(\d+)")
 
 needs_kcat = pytest.mark.skipif(shutil.which("kcat") is None,
@@ -59,6 +62,42 @@ def wait_metadata_brokers(port: int, count: int, timeout_s: float = 20.0) -> dic
             pass
         time.sleep(0.1)
     raise AssertionError(f"Metadata never named {count} brokers: {body}")
+
+
+@contextmanager
+def kafka_cluster(controllers: int = 1, brokers: int = 0, combined: bool = False,
+                  settings: dict[str, Any] | None = None
+                  ) -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
+    """A started cluster whose brokers run Kafka listeners: (cluster, node id -> Kafka
+    port), once a Kafka Metadata answer names every broker."""
+    with ProcessCluster(controllers=controllers, brokers=brokers, combined=combined,
+                        settings={"kafka.port": 0, **(settings or {})}) as pc:
+        pc.start()
+        ports = kafka_ports(pc)
+        wait_metadata_brokers(next(iter(ports.values())), len(ports))
+        yield pc, ports
+
+
+def consume_partition(port: int, topic: str, count: int, convert: Callable[[Any], T],
+                      timeout_s: float = 30.0) -> list[T]:
+    """`convert` of each record of partition 0 of `topic` from offset 0, read by a
+    confluent-kafka consumer (no group) until `count` arrived or `timeout_s` passed."""
+    import confluent_kafka as ck
+
+    consumer = ck.Consumer({"bootstrap.servers": f"127.0.0.1:{port}", "group.id": "unused",
+                            "enable.auto.commit": False})
+    consumer.assign([ck.TopicPartition(topic, 0, 0)])
+    got: list[T] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None:
+                assert msg.error() is None, msg.error()
+                got.append(convert(msg))
+    finally:
+        consumer.close()
+    return got
 
 
 class KafkaConn:

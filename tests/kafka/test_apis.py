@@ -60,3 +60,42 @@ def test_transactional_init_producer_id_is_refused() -> None:
 
 def test_describe_cluster_of_controllers_is_unsupported() -> None:
     assert apis().describe_cluster(HEADER, {"EndpointType": 2})["ErrorCode"] == 119
+
+
+async def test_forwarded_topic_requests_answer_every_topic_asked() -> None:
+    """CreateTopics and CreatePartitions: a manual assignment is refused, a topic the
+    controller did not answer is UNKNOWN_SERVER_ERROR, an unreachable controller is
+    REQUEST_TIMED_OUT for each forwarded topic, and the rows keep the request's order."""
+    asked: list[Any] = []
+
+    async def answers_a(key: Any, body: Any, timeout_ms: int) -> Any:
+        asked.append((key, body, timeout_ms))
+        return {"topics": [{"name": "a", "error": 0, "partitions": 3}]}
+
+    async def unreachable(key: Any, body: Any, timeout_ms: int) -> Any:
+        raise TimeoutError
+
+    config = ClusterConfig((NodeAddress(1, "c", 1),), ())
+    k = KafkaApis(config, 7, None, lambda: EMPTY_IMAGE, answers_a)  # type: ignore[arg-type]
+    create = {"Topics": [
+        {"Name": "m", "Assignments": [{"PartitionIndex": 0, "BrokerIds": [1]}]},
+        {"Name": "b", "NumPartitions": 1, "ReplicationFactor": 1, "Configs": []},
+        {"Name": "a", "NumPartitions": 3, "ReplicationFactor": 1, "Configs": []}],
+        "TimeoutMs": 100, "ValidateOnly": False}
+    got = await k.create_topics(HEADER, create)
+    assert [(t["Name"], t["ErrorCode"]) for t in got["Topics"]] == [
+        ("m", 42), ("b", int(ErrorCode.UNKNOWN_SERVER_ERROR)), ("a", 0)]
+    assert got["Topics"][2]["NumPartitions"] == 3
+    assert [r["name"] for r in asked[0][1]["topics"]] == ["b", "a"]
+    assert asked[0][1]["timeout_ms"] == 100 and asked[0][2] == 5100
+    grow = {"Topics": [{"Name": "a", "Count": 4, "Assignments": None}], "TimeoutMs": 0,
+            "ValidateOnly": True}
+    got = await k.create_partitions(HEADER, grow)
+    assert got["Results"] == [{"Name": "a", "ErrorCode": 0, "ErrorMessage": None}]
+    assert asked[1][1] == {"topics": [{"name": "a", "count": 4}], "timeout_ms": 0,
+                           "validate_only": True}
+    down = KafkaApis(config, 7, None, lambda: EMPTY_IMAGE, unreachable)  # type: ignore[arg-type]
+    for answer, rows in ((await down.create_topics(HEADER, create), "Topics"),
+                         (await down.create_partitions(HEADER, grow), "Results")):
+        codes = {t["Name"]: t["ErrorCode"] for t in answer[rows]}
+        assert all(c == int(ErrorCode.REQUEST_TIMED_OUT) for n, c in codes.items() if n != "m")

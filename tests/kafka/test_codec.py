@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from dmq.kafka.apis import KafkaApis
 from dmq.kafka.codec import (
     FieldPlan,
-    FrameSplitter,
     KafkaDecodeError,
     Reader,
     StructPlan,
@@ -186,27 +185,6 @@ def test_vectored_fetch_response_is_byte_identical(value: dict[str, Any]) -> Non
 
 
 # ---------------------------------------------------------------------------- framing
-
-@settings(max_examples=100, deadline=None)
-@given(sizes=st.lists(st.integers(8, 300), min_size=1, max_size=6), data=st.data())
-def test_frame_splitter_split_anywhere(sizes: list[int], data: st.DataObject) -> None:
-    frames = [bytes([i]) * n for i, n in enumerate(sizes)]
-    stream = b"".join(struct.pack(">i", len(f)) + f for f in frames)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
-    splitter = FrameSplitter(1000)
-    got: list[bytes] = []
-    prev = 0
-    for cut in [*cuts, len(stream)]:
-        got += splitter.feed(stream[prev:cut])
-        prev = cut
-    assert got == frames and splitter.buffered == 0
-
-
-@pytest.mark.parametrize("size", [-1, -(2 ** 31), 0, 7, 1001, 2 ** 31 - 1])
-def test_frame_size_out_of_bounds_is_refused_before_buffering(size: int) -> None:
-    with pytest.raises(KafkaDecodeError, match=r"frame size .* outside \[8, 1000\]"):
-        FrameSplitter(1000).feed(struct.pack(">i", size))
-
 
 # ---------------------------------------------------------------------------- bounds
 

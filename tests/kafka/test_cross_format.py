@@ -15,7 +15,7 @@ import pytest
 
 from dmq.client import Consumer, Producer, TopicPartition
 from dmq.devcluster import ensure_topic
-from tests.kafka.support import kafka_ports, needs_kcat, wait_metadata_brokers
+from tests.kafka.support import consume_partition, kafka_cluster, needs_kcat
 from tests.support.procs import ProcessCluster
 
 ck = pytest.importorskip("confluent_kafka")
@@ -26,11 +26,8 @@ T0 = 1_700_000_000_000
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[tuple[ProcessCluster, int]]:
-    with ProcessCluster(controllers=1, combined=True, settings={"kafka.port": 0}) as pc:
-        pc.start()
-        port = kafka_ports(pc)[1]
-        wait_metadata_brokers(port, 1)
-        yield pc, port
+    with kafka_cluster(combined=True) as (pc, ports):
+        yield pc, ports[1]
 
 
 def _records(seed: str, n: int) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]],
@@ -72,20 +69,8 @@ def test_dmq_produce_confluent_consume(node: tuple[ProcessCluster, int],
     topic = f"from-dmq-{compression}"
     records = _records(topic, 2000)
     asyncio.run(_dmq_produce(pc.bootstrap, topic, records, compression))
-    consumer = ck.Consumer({"bootstrap.servers": f"127.0.0.1:{port}", "group.id": "unused",
-                            "enable.auto.commit": False})
-    consumer.assign([ck.TopicPartition(topic, 0, 0)])
-    got: list[Any] = []
-    deadline = time.monotonic() + 30
-    try:
-        while len(got) < len(records) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None:
-                assert msg.error() is None, msg.error()
-                got.append((msg.key(), msg.value(), msg.headers() or [],
-                            msg.timestamp()[1]))
-    finally:
-        consumer.close()
+    got = consume_partition(port, topic, len(records), lambda m: (
+        m.key(), m.value(), m.headers() or [], m.timestamp()[1]))
     assert got == [(k, v, h, ts) for k, v, h, ts in records]
 
 

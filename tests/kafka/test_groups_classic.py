@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.kafka.support import KafkaConn, kafka_ports, needs_kcat, wait_metadata_brokers
+from tests.kafka.support import KafkaConn, kafka_cluster, needs_kcat
 from tests.kafka.test_groups_offsets import dmq_cli
 from tests.kafka.test_kafka_clients import bootstrap, create_topic
 from tests.support.procs import ProcessCluster
@@ -31,12 +31,8 @@ MEMBER_ID_REQUIRED = 79
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
-    with ProcessCluster(controllers=1, brokers=2, combined=True,
-                        settings={"kafka.port": 0}) as pc:
-        pc.start()
-        ports = kafka_ports(pc)
-        wait_metadata_brokers(ports[1], 3)
-        yield pc, ports
+    with kafka_cluster(brokers=2, combined=True) as c:
+        yield c
 
 
 def produce(ports: dict[int, int], topic: str, count: int, partitions: int) -> None:
@@ -351,12 +347,21 @@ def test_aiokafka_group_consumer(cluster: tuple[ProcessCluster, dict[int, int]])
 FENCED_INSTANCE_ID = 82
 
 
+def _static_join_body(group: str, instance: str, member_id: str = "",
+                      session_ms: int = 10_000, rebalance_ms: int = 10_000,
+                      metadata: bytes | None = None) -> dict[str, Any]:
+    """JoinGroup v9 of a static member (metadata: its instance id unless given)."""
+    return {"GroupId": group, "SessionTimeoutMs": session_ms,
+            "RebalanceTimeoutMs": rebalance_ms, "MemberId": member_id,
+            "GroupInstanceId": instance, "ProtocolType": "consumer",
+            "Protocols": [{"Name": "range", "Metadata": instance.encode()
+                           if metadata is None else metadata}], "Reason": None}
+
+
 def _static_join(conn: KafkaConn, group: str, instance: str, member_id: str = "",
                  session_ms: int = 10_000) -> dict[str, Any]:
-    return conn.request("JoinGroup", 9, {
-        "GroupId": group, "SessionTimeoutMs": session_ms, "RebalanceTimeoutMs": 10_000,
-        "MemberId": member_id, "GroupInstanceId": instance, "ProtocolType": "consumer",
-        "Protocols": [{"Name": "range", "Metadata": instance.encode()}], "Reason": None})
+    return conn.request("JoinGroup", 9, _static_join_body(group, instance, member_id,
+                                                          session_ms))
 
 
 def _heartbeat(conn: KafkaConn, group: str, gen: int, mid: str,
@@ -371,10 +376,7 @@ def test_static_member_restart_gets_its_assignment_back_without_rebalance(
     _, ports = cluster
     with KafkaConn(ports[101]) as ca, KafkaConn(ports[102]) as cb:
         # both join one generation (the initial delay gathers them)
-        cb.send("JoinGroup", 9, {
-            "GroupId": "static", "SessionTimeoutMs": 10_000, "RebalanceTimeoutMs": 10_000,
-            "MemberId": "", "GroupInstanceId": "b", "ProtocolType": "consumer",
-            "Protocols": [{"Name": "range", "Metadata": b"b"}], "Reason": None})
+        cb.send("JoinGroup", 9, _static_join_body("static", "b"))
         a = _static_join(ca, "static", "a")
         _, b = cb.receive("JoinGroup", 9)
         assert a["ErrorCode"] == b["ErrorCode"] == 0
@@ -418,10 +420,8 @@ def test_silent_member_is_dropped_after_its_session_timeout(
         cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
     _, ports = cluster
     with KafkaConn(ports[101]) as c1, KafkaConn(ports[102]) as c2:
-        c2.send("JoinGroup", 9, {
-            "GroupId": "silent", "SessionTimeoutMs": 1000, "RebalanceTimeoutMs": 1000,
-            "MemberId": "", "GroupInstanceId": "quiet", "ProtocolType": "consumer",
-            "Protocols": [{"Name": "range", "Metadata": b""}], "Reason": None})
+        c2.send("JoinGroup", 9, _static_join_body("silent", "quiet", session_ms=1000,
+                                                  rebalance_ms=1000, metadata=b""))
         a = _static_join(c1, "silent", "loud", session_ms=10_000)
         _, b = c2.receive("JoinGroup", 9)
         gen = a["GenerationId"]

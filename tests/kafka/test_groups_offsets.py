@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kafka.support import KafkaConn, kafka_ports, wait_metadata_brokers
+from tests.kafka.support import KafkaConn, kafka_cluster
 from tests.kafka.test_kafka_clients import bootstrap, create_topic
 from tests.support.procs import ProcessCluster
 
@@ -32,12 +32,8 @@ UNKNOWN_MEMBER_ID = 25
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
-    with ProcessCluster(controllers=1, brokers=2, combined=True,
-                        settings={"kafka.port": 0}) as pc:
-        pc.start()
-        ports = kafka_ports(pc)
-        wait_metadata_brokers(ports[1], 3)
-        yield pc, ports
+    with kafka_cluster(brokers=2, combined=True) as c:
+        yield c
 
 
 def dmq_cli(pc: ProcessCluster, *args: str) -> str:

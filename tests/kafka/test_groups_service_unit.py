@@ -148,6 +148,28 @@ def test_member_ids_handed_out_unjoined_are_bounded_per_group() -> None:
     asyncio.run(run())
 
 
+def test_classic_groups_held_at_once_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmq.controller import classic_groups
+
+    monkeypatch.setattr(classic_groups, "MAX_CLASSIC_GROUPS", 3)
+
+    async def run() -> None:
+        svc = GroupService(FakeHost())
+        try:
+            asked = [(await svc.join_group(CTX, join_body(f"g{i}") | {
+                "require_known_member_id": True}))["error"] for i in range(4)]
+            assert asked == [classic_groups.MEMBER_ID_REQUIRED] * 3 + [
+                classic_groups.COORDINATOR_NOT_AVAILABLE]
+            assert sorted(svc.classic().groups) == ["g0", "g1", "g2"]
+            # a group already held is served as before
+            again = await svc.join_group(CTX, join_body("g0") | {
+                "require_known_member_id": True})
+            assert again["error"] == classic_groups.MEMBER_ID_REQUIRED
+        finally:
+            await svc.close()
+    asyncio.run(run())
+
+
 def test_join_group_v2_style_without_member_id_required() -> None:
     async def run() -> None:
         svc = GroupService(FakeHost())

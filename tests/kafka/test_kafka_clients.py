@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.kafka.support import KafkaConn, kafka_ports, needs_kcat, wait_metadata_brokers
+from tests.kafka.support import KafkaConn, kafka_cluster, needs_kcat
 from tests.support.procs import ProcessCluster
 
 ck = pytest.importorskip("confluent_kafka")
@@ -25,12 +25,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
-    with ProcessCluster(controllers=1, brokers=2, combined=True,
-                        settings={"kafka.port": 0}) as pc:
-        pc.start()
-        ports = kafka_ports(pc)
-        wait_metadata_brokers(ports[1], 3)
-        yield pc, ports
+    with kafka_cluster(brokers=2, combined=True) as c:
+        yield c
 
 
 def bootstrap(ports: dict[int, int]) -> str:
@@ -335,26 +331,26 @@ def test_alter_configs_full_and_incremental(
     def current() -> dict[str, Any]:
         return admin.describe_configs([res])[res].result(20)
 
+    def seen(segment_ms: str, why: str) -> None:
+        deadline = time.monotonic() + 20
+        while current()["segment.ms"].value != segment_ms:
+            assert time.monotonic() < deadline, why
+            time.sleep(0.1)
+
     # incremental: SET one, APPEND to a list, the other override stays
     inc = ConfigResource(ConfigResource.Type.TOPIC, "cfg", incremental_configs=[
         ConfigEntry("segment.ms", "600000", incremental_operation=AlterConfigOpType.SET),
         ConfigEntry("cleanup.policy", "compact",
                     incremental_operation=AlterConfigOpType.APPEND)])
     admin.incremental_alter_configs([inc])[inc].result(20)
-    deadline = time.monotonic() + 20
-    while current()["segment.ms"].value != "600000":
-        assert time.monotonic() < deadline, "incremental change never seen"
-        time.sleep(0.1)
+    seen("600000", "incremental change never seen")
     got = current()
     assert set(got["cleanup.policy"].value.split(",")) == {"delete", "compact"}
     assert got["retention.ms"].value == "1000000"
     # full replacement: configs not named go back to their defaults
     full = ConfigResource(ConfigResource.Type.TOPIC, "cfg", set_config={"segment.ms": "700000"})
     admin.alter_configs([full])[full].result(20)
-    deadline = time.monotonic() + 20
-    while current()["segment.ms"].value != "700000":
-        assert time.monotonic() < deadline, "replacement never seen"
-        time.sleep(0.1)
+    seen("700000", "replacement never seen")
     got = current()
     assert got["retention.ms"].is_default and got["cleanup.policy"].is_default
     bad = ConfigResource(ConfigResource.Type.TOPIC, "cfg", set_config={"no.such": "1"})

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.kafka.support import KafkaConn, kafka_ports, wait_metadata_brokers
-from tests.support.procs import ProcessCluster
+from tests.kafka.support import KafkaConn, consume_partition, kafka_cluster
 
 ck = pytest.importorskip("confluent_kafka")
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
@@ -27,12 +26,9 @@ def _leader(port: int, topic: str) -> int:
 
 
 def test_idempotent_acks_all_survives_leader_kill() -> None:
-    with ProcessCluster(controllers=1, brokers=3, settings={
-            "kafka.port": 0, "broker.session.timeout.ms": 2000,
-            "broker.heartbeat.interval.ms": 300, "min.insync.replicas": 2}) as pc:
-        pc.start()
-        ports = kafka_ports(pc)
-        wait_metadata_brokers(ports[101], 3)
+    with kafka_cluster(brokers=3, settings={
+            "broker.session.timeout.ms": 2000, "broker.heartbeat.interval.ms": 300,
+            "min.insync.replicas": 2}) as (pc, ports):
         bootstrap = ",".join(f"127.0.0.1:{p}" for p in ports.values())
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic("fo", 1, 3)], operation_timeout=15)["fo"].result(20)
@@ -79,18 +75,6 @@ def test_idempotent_acks_all_survives_leader_kill() -> None:
         assert producer.flush(90) == 0, "records left unacknowledged"
         assert not failed, failed[:3]
         survivor = next(p for nid, p in ports.items() if nid != killed)
-        consumer = ck.Consumer({"bootstrap.servers": f"127.0.0.1:{survivor}",
-                                "group.id": "unused", "enable.auto.commit": False})
-        consumer.assign([ck.TopicPartition("fo", 0, 0)])
-        got: list[int] = []
-        deadline = time.monotonic() + 30
-        try:
-            while len(got) < len(acked) and time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
-                if msg is not None:
-                    assert msg.error() is None, msg.error()
-                    got.append(int(msg.value()))
-        finally:
-            consumer.close()
+        got = consume_partition(survivor, "fo", len(acked), lambda m: int(m.value()))
         assert sorted(acked) == list(range(n))
         assert got == list(range(n)), "records lost, duplicated or reordered"

@@ -10,19 +10,15 @@ from collections.abc import Iterator
 import pytest
 
 from dmq.kafka.server import ByteBudget
-from tests.kafka.support import KafkaConn, kafka_ports, wait_metadata_brokers
+from tests.kafka.support import KafkaConn, kafka_cluster
 from tests.support.procs import ProcessCluster
 
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[tuple[ProcessCluster, int]]:
-    with ProcessCluster(controllers=1, combined=True,
-                        settings={"kafka.port": 0, "max.connections.per.ip": 40,
-                                  "connections.max.idle.ms": 1500}) as pc:
-        pc.start()
-        port = kafka_ports(pc)[1]
-        wait_metadata_brokers(port, 1)
-        yield pc, port
+    with kafka_cluster(combined=True, settings={"max.connections.per.ip": 40,
+                                                "connections.max.idle.ms": 1500}) as (pc, ports):
+        yield pc, ports[1]
 
 
 @pytest.mark.slow
@@ -88,3 +84,99 @@ def test_a_stalled_frame_body_is_dropped(node: tuple[ProcessCluster, int]) -> No
         assert stalled.closed_by_peer()
     with KafkaConn(port, timeout_s=10) as other:
         assert other.request("ApiVersions", 3, {})["ErrorCode"] == 0
+
+
+async def test_a_client_that_never_reads_is_closed_after_the_idle_time() -> None:
+    """Its answers cannot be written, so the connection never counts as idle: the
+    listener closes it once no answer byte has been taken for the idle time."""
+    import socket
+
+    from dmq.kafka.codec import encode_request
+    from dmq.kafka.server import Api, KafkaServer
+
+    big = {"ErrorCode": 0, "SessionId": 0, "Responses": [{"Topic": "t", "Partitions": [
+        {"PartitionIndex": 0, "ErrorCode": 0, "HighWatermark": 0, "LastStableOffset": 0,
+         "LogStartOffset": 0, "AbortedTransactions": None, "PreferredReadReplica": -1,
+         "Records": b"x" * (1 << 20)}]}]}
+    server = KafkaServer("127.0.0.1", 0, [Api(1, "Fetch", 4, 12, lambda h, b: big)], 1,
+                         max_frame_bytes=1 << 20, connections_max_idle_ms=500)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        request = {"ReplicaId": -1, "MaxWaitMs": 0, "MinBytes": 0, "MaxBytes": 1 << 30,
+                   "IsolationLevel": 0, "SessionId": 0, "SessionEpoch": -1, "Topics": [],
+                   "ForgottenTopicsData": [], "RackId": ""}
+        for cid in range(32):  # 32 MiB of answers, never read
+            await loop.sock_sendall(sock, encode_request("Fetch", 11, cid, "t", request))
+        deadline = loop.time() + 15
+        while not server.stats_requests and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert server.connection_count == 1
+        while server.connection_count and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert server.connection_count == 0, "a never-reading client held its connection"
+        assert (server.stats_idle_closed, server.stats_violations) == (1, 0)
+    finally:
+        sock.close()
+        await server.close()
+
+
+async def test_idle_time_zero_never_closes_as_on_dmqs_listener() -> None:
+    from dmq.kafka.codec import decode_response, encode_request
+    from dmq.kafka.server import Api, KafkaServer
+
+    server = KafkaServer("127.0.0.1", 0, [Api(18, "ApiVersions", 0, 3, lambda h, b: {
+        "ErrorCode": 0, "ApiKeys": server.api_ranges()})], 1, max_frame_bytes=1 << 20,
+                         connections_max_idle_ms=0)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        await asyncio.sleep(0.3)
+        writer.write(encode_request("ApiVersions", 3, 7, "t", {
+            "ClientSoftwareName": "t", "ClientSoftwareVersion": "1"}))
+        size = int.from_bytes(await asyncio.wait_for(reader.readexactly(4), 5), "big")
+        cid, body = decode_response("ApiVersions", 3, await reader.readexactly(size))
+        assert (cid, body["ErrorCode"]) == (7, 0)
+        writer.close()
+    finally:
+        await server.close()
+
+
+async def test_closing_cancels_every_started_handler() -> None:
+    """Handlers still running when the listener closes are cancelled, including the
+    one whose answer was waiting for room in the full answer queue."""
+    from dmq.kafka.codec import encode_request
+    from dmq.kafka.server import Api, KafkaServer
+
+    started: list[asyncio.Future[None]] = []
+
+    async def hang() -> dict[str, object]:
+        fut = asyncio.get_running_loop().create_future()
+        started.append(fut)
+        await fut
+        raise AssertionError("never answered")
+
+    server = KafkaServer("127.0.0.1", 0, [Api(18, "ApiVersions", 0, 3, lambda h, b: hang())],
+                         1, max_frame_bytes=1 << 20, max_in_flight=1)
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        # one being awaited by the writer, one queued, one waiting for queue room
+        for cid in range(3):
+            writer.write(encode_request("ApiVersions", 3, cid, "t", {
+                "ClientSoftwareName": "t", "ClientSoftwareVersion": "1"}))
+        deadline = asyncio.get_running_loop().time() + 5
+        while server.stats_requests < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert server.stats_requests == 3 and len(started) == 3
+        await server.close()
+        await asyncio.sleep(0)
+        assert [f.cancelled() for f in started] == [True, True, True]
+    finally:
+        writer.close()
+        await server.close()

@@ -14,7 +14,7 @@ import pytest
 
 from dmq.client import Admin
 from dmq.kafka.codec import encode_request
-from tests.kafka.support import KafkaConn, kafka_ports, wait_metadata_brokers
+from tests.kafka.support import KafkaConn, kafka_cluster
 from tests.support.procs import ProcessCluster
 
 pytestmark = pytest.mark.slow
@@ -22,11 +22,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[tuple[ProcessCluster, int]]:
-    with ProcessCluster(controllers=1, combined=True, settings={"kafka.port": 0}) as pc:
-        pc.start()
-        port = kafka_ports(pc)[1]
-        wait_metadata_brokers(port, 1)
-        yield pc, port
+    with kafka_cluster(combined=True) as (pc, ports):
+        yield pc, ports[1]
 
 
 def _metadata_v12() -> bytes:
