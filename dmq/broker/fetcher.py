@@ -23,8 +23,8 @@ from dmq.aio import wait_for
 from dmq.broker.errors import error_code_of
 from dmq.broker.partition import Partition
 from dmq.config import ClusterConfig
-from dmq.controller.image import BrokerInfo
 from dmq.log.errors import LogError
+from dmq.metadata.image import BrokerInfo
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, ErrorCode

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from dmq.broker.errors import error_code_of, message_of
 from dmq.broker.partition import Partition, ProduceWaiter
-from dmq.controller.image import metadata_body
 from dmq.log.batch import all_dmq_native
 from dmq.log.errors import LogError, OffsetOutOfRangeError
+from dmq.metadata.image import metadata_body
 from dmq.protocol.api import ApiKey
 from dmq.protocol.codec import VECTORED_MIN_BYTES, VectoredBody
 from dmq.protocol.errors import (

@@ -32,9 +32,9 @@ from typing import Any
 from dmq.aio import wait_for
 from dmq.clock import Clock, SystemClock
 from dmq.config import ClusterConfig
-from dmq.controller.discovery import ControllerAddress, ControllerChannel, backoff_ms
-from dmq.controller.image import EMPTY_IMAGE, MetadataImage
-from dmq.controller.state import MetadataState
+from dmq.metadata.discovery import ControllerAddress, ControllerChannel, backoff_ms
+from dmq.metadata.image import EMPTY_IMAGE, MetadataImage
+from dmq.metadata.state import MetadataState
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
 

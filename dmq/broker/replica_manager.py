@@ -28,11 +28,11 @@ from dmq.broker.fetcher import FetcherManager
 from dmq.broker.partition import Partition
 from dmq.clock import Cancellable, Clock, SystemClock
 from dmq.config import ClusterConfig
-from dmq.controller.image import ONLINE, BrokerInfo, MetadataImage, PartitionInfo, TopicInfo
 from dmq.log.checkpoint import OffsetCheckpointFile, read_entries, write_entries
 from dmq.log.cleaner import LogCleaner
 from dmq.log.config import LogConfig
 from dmq.log.partition_log import PartitionLog
+from dmq.metadata.image import ONLINE, BrokerInfo, MetadataImage, PartitionInfo, TopicInfo
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import BrokerNotAvailableError, DmqError, ErrorCode, StorageError
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from dmq.broker.handlers import DataPlane
 from dmq.broker.replica_manager import ReplicaManager
 from dmq.clock import SystemClock
-from dmq.controller.image import MetadataImage
+from dmq.metadata.image import MetadataImage
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError
 

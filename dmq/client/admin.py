@@ -5,7 +5,7 @@
         print(await admin.describe_cluster())
 
 Any controller or broker address works as bootstrap: the active controller is found by
-`dmq.controller.discovery` and followed across failovers. Writes go to the active
+`dmq.metadata.discovery` and followed across failovers. Writes go to the active
 controller; reads too, so an admin sees its own writes. Per-topic failures come back as
 typed exceptions (`dmq.protocol.errors`) in the result maps, or are raised by the
 single-topic helpers. Self-contained: it needs only the protocol and discovery.
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dmq.client.cluster import CONTROLLER_WATCH_AFTER_MS
-from dmq.controller.discovery import ControllerChannel, parse_bootstrap
-from dmq.controller.image import MetadataImage, TopicInfo, image_from_metadata
+from dmq.metadata.discovery import ControllerChannel, parse_bootstrap
+from dmq.metadata.image import MetadataImage, TopicInfo, image_from_metadata
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError, ErrorCode, error_for

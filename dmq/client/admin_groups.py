@@ -22,7 +22,7 @@ from typing import Any
 
 from dmq.client.admin import Admin
 from dmq.client.cluster import CONTROLLER_WATCH_AFTER_MS
-from dmq.controller.discovery import ControllerChannel
+from dmq.metadata.discovery import ControllerChannel
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dmq.controller.discovery import ControllerAddress, ControllerChannel
+from dmq.metadata.discovery import ControllerAddress, ControllerChannel
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from dmq.aio import wait_for
 from dmq.client.cluster import CONTROLLER_WATCH_AFTER_MS
 from dmq.clock import Clock, SystemClock
-from dmq.controller.discovery import ControllerChannel
+from dmq.metadata.discovery import ControllerChannel
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import (
     DmqError,

@@ -58,7 +58,7 @@ from typing import Any, Protocol
 
 from dmq.clock import Clock
 from dmq.controller.assignor import MemberSpec, TopicPartition, get_assignor
-from dmq.controller.records import OffsetCommit, Record
+from dmq.metadata.records import OffsetCommit, Record
 from dmq.protocol.errors import (
     FencedInstanceIdError,
     FencedMemberEpochError,

@@ -49,8 +49,8 @@ from dmq.controller.group_coordinator import (
     owned_from_wire,
 )
 from dmq.controller.planner import Planner
-from dmq.controller.records import OffsetCommit, Record
-from dmq.controller.state import MetadataState
+from dmq.metadata.records import OffsetCommit, Record
+from dmq.metadata.state import MetadataState
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import (
     DmqError,

@@ -31,9 +31,15 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dmq.controller.image import FENCED, NO_LEADER, ONLINE, SHUTTING_DOWN, PartitionInfo
 from dmq.controller.placement import assign_replicas
-from dmq.controller.records import (
+from dmq.controller.validation import (
+    TOPIC_CONFIG_CHECKS,
+    PartitionLimits,
+    validate_topic_config,
+    validate_topic_name,
+)
+from dmq.metadata.image import FENCED, NO_LEADER, ONLINE, SHUTTING_DOWN, PartitionInfo
+from dmq.metadata.records import (
     NO_CHANGE,
     AddPartitions,
     BrokerShuttingDown,
@@ -50,13 +56,7 @@ from dmq.controller.records import (
     UnfenceBroker,
     UnregisterBroker,
 )
-from dmq.controller.state import MetadataState
-from dmq.controller.validation import (
-    TOPIC_CONFIG_CHECKS,
-    PartitionLimits,
-    validate_topic_config,
-    validate_topic_name,
-)
+from dmq.metadata.state import MetadataState
 from dmq.protocol.errors import (
     BrokerFencedError,
     BrokerIdNotRegisteredError,

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from dmq.clock import SystemClock
-from dmq.controller.records import MalformedRecordError, Record, decode_batch, encode_batch
-from dmq.controller.state import MetadataState
 from dmq.controller.state_machine import MetadataStateMachine
+from dmq.metadata.records import MalformedRecordError, Record, decode_batch, encode_batch
+from dmq.metadata.state import MetadataState
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import (
     DmqError,

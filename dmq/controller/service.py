@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dmq.aio import wait_for
 from dmq.clock import Clock, SystemClock
-from dmq.controller.discovery import ControllerChannel
-from dmq.controller.image import FENCED, MetadataImage, metadata_body
 from dmq.controller.liveness import BrokerSessions
 from dmq.controller.planner import Planner
 from dmq.controller.raft_glue import RaftGlue
-from dmq.controller.records import ProducerIds, Record
 from dmq.controller.state_machine import MetadataStateMachine
 from dmq.controller.validation import effective_topic_configs, validate_topic_name
+from dmq.metadata.discovery import ControllerChannel
+from dmq.metadata.image import FENCED, MetadataImage, metadata_body
+from dmq.metadata.records import ProducerIds, Record
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import (

@@ -2,7 +2,7 @@
 
 `MetadataStateMachine` is what `dmq.raft` applies committed entries to
 (`apply(entries)`, `snapshot()`, `restore(snapshot)`). Each entry's data is one batch
-of metadata records (`dmq.controller.records`); no-op entries only move the version.
+of metadata records (`dmq.metadata.records`); no-op entries only move the version.
 After each apply it calls its listeners (the controller service wakes MetadataFetch
 long-polls and publishes the new image). It never does I/O and never imports asyncio.
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import msgpack
 
-from dmq.controller.records import MalformedRecordError, decode_batch_wire
-from dmq.controller.state import MetadataState
+from dmq.metadata.records import MalformedRecordError, decode_batch_wire
+from dmq.metadata.state import MetadataState
 
 log = logging.getLogger("dmq.controller.state_machine")
 

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 from dmq.aio import wait_for
 from dmq.broker.errors import error_code_of, message_of
 from dmq.config import SETTINGS
-from dmq.controller.image import FENCED, MetadataImage
 from dmq.controller.validation import effective_topic_configs
 from dmq.kafka.groups import GroupApis
 from dmq.kafka.records import is_dmq_native, kafka_view
 from dmq.kafka.server import NO_RESPONSE, Api, api_ranges
+from dmq.metadata.image import FENCED, MetadataImage
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
 from dmq.protocol.server import NO_RESPONSE as DMQ_NO_RESPONSE

@@ -33,8 +33,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dmq.broker.errors import error_code_of, message_of
-from dmq.controller.image import FENCED, MetadataImage
 from dmq.kafka.server import Api
+from dmq.metadata.image import FENCED, MetadataImage
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
 

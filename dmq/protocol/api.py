@@ -121,7 +121,7 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     #     "version", "brokers": [[id, host, port, rack]] (ONLINE and SHUTTING_DOWN only),
     #     "topics": [{"name", "id", "error", "partitions":
     #                 [[partition, leader, leader_epoch, replicas, isr, error]]}]}
-    #    (built by dmq.controller.image.metadata_body on controllers and brokers alike)
+    #    (built by dmq.metadata.image.metadata_body on controllers and brokers alike)
     ApiKey.DESCRIBE_CLUSTER: Struct(),
     # -> {"controller_id", "controller_term", "metadata_version",
     #     "controllers": [{"node_id", "host", "port", "role", "term", "commit_index",
@@ -133,7 +133,7 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
                                   {"max_wait_ms": (INT, 500)}),
     # -> {"version", "records": [[index, [record, ...]], ...]} or {"version", "snapshot": {...}}
     #    plus "controller_id", "controller_term", "controller": [id, host, port]
-    #    (records and snapshot format: dmq/controller/records.py, dmq/controller/state.py)
+    #    (records and snapshot format: dmq/metadata/records.py, dmq/metadata/state.py)
 
     # ---- controller writes (active controller only; others: NOT_CONTROLLER + leader)
     ApiKey.BROKER_REGISTRATION: Struct(

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dmq.client.admin import Admin
-from dmq.controller.image import FENCED, ONLINE
+from dmq.metadata.image import FENCED, ONLINE
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError

@@ -24,7 +24,7 @@ import pytest
 
 from dmq.client.admin import Admin
 from dmq.config import load_config
-from dmq.controller.image import FENCED, ONLINE
+from dmq.metadata.image import FENCED, ONLINE
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError

@@ -12,16 +12,9 @@ import pytest
 
 from tests.e2e.test_client import create_topic
 from tests.support.procs import ProcessCluster, free_ports
+from tests.support.tools import run_tool as run
 
 pytestmark = pytest.mark.slow
-
-
-def run(tool: str, *args: str | bytes, stdin: bytes = b"", timeout: float = 60
-        ) -> subprocess.CompletedProcess[bytes]:
-    """Run `dmq-<tool> ARGS` in a fresh interpreter (argv may hold raw bytes)."""
-    code = f"import sys; from dmq.tools import {tool}_main; {tool}_main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *args], input=stdin,
-                          capture_output=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

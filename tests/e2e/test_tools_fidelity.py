@@ -31,7 +31,6 @@ from dmq.client.consumer import Consumer
 from dmq.client.producer import Producer
 from dmq.client.records import TopicPartition
 from tests.e2e.test_client import create_topic
-from tests.e2e.test_tools import run
 from tests.support.procs import ProcessCluster, free_ports
 from tests.support.tools import run_tool as run
 from tests.support.waiting import async_wait_until

@@ -18,7 +18,7 @@ import pytest
 from dmq.broker.lifecycle import BrokerLifecycle
 from dmq.client.admin import Admin, NewTopic
 from dmq.config import ClusterConfig, parse_config
-from dmq.controller.image import FENCED, NO_LEADER, ONLINE, MetadataImage
+from dmq.metadata.image import FENCED, NO_LEADER, ONLINE, MetadataImage
 from dmq.node import Node, resolve_node
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once

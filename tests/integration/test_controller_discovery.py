@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dmq.controller.discovery import (
+from dmq.metadata.discovery import (
     ControllerAddress,
     ControllerChannel,
     backoff_ms,

@@ -16,8 +16,8 @@ import pytest
 from dmq.broker.lifecycle import BrokerLifecycle
 from dmq.client.admin import Admin
 from dmq.config import parse_config
-from dmq.controller.image import MetadataImage
-from dmq.controller.state import MetadataState
+from dmq.metadata.image import MetadataImage
+from dmq.metadata.state import MetadataState
 from dmq.node import Node, resolve_node
 from tests.support.procs import free_ports
 

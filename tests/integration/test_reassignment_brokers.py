@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dmq.controller.image import FENCED
+from dmq.metadata.image import FENCED
 from tests.unit.broker.support import (
     InProcBroker,
     StandInController,

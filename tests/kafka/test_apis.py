@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from dmq.config import ClusterConfig, NodeAddress
-from dmq.controller.image import EMPTY_IMAGE
 from dmq.kafka.apis import KafkaApis, kafka_code
 from dmq.kafka.codec import RequestHeader
 from dmq.kafka.server import NO_RESPONSE
+from dmq.metadata.image import EMPTY_IMAGE
 from dmq.protocol.errors import ErrorCode
 
 HEADER = RequestHeader(0, 9, 1, "t")

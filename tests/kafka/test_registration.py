@@ -7,11 +7,11 @@ from __future__ import annotations
 import random
 
 from dmq.config import SETTINGS, ClusterConfig, NodeAddress
-from dmq.controller.image import ONLINE
 from dmq.controller.planner import Planner
-from dmq.controller.records import RegisterBroker, UnfenceBroker, decode_batch, encode_batch
-from dmq.controller.state import MetadataState
 from dmq.kafka.apis import KafkaApis, cluster_id_of
+from dmq.metadata.image import ONLINE
+from dmq.metadata.records import RegisterBroker, UnfenceBroker, decode_batch, encode_batch
+from dmq.metadata.state import MetadataState
 
 
 def test_register_broker_with_kafka_address_round_trips() -> None:

@@ -20,9 +20,9 @@ from typing import Any
 from dmq.broker.handlers import DataPlane
 from dmq.broker.replica_manager import ReplicaManager
 from dmq.config import ClusterConfig, NodeAddress
-from dmq.controller.image import BrokerInfo, MetadataImage, PartitionInfo, TopicInfo
 from dmq.log.batch import build_batch, iter_headers
 from dmq.log.partition_log import PartitionLog
+from dmq.metadata.image import BrokerInfo, MetadataImage, PartitionInfo, TopicInfo
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import ErrorCode, NotControllerError

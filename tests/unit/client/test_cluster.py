@@ -58,7 +58,7 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
 
 
 async def test_controller_switch_only_to_another_node_in_a_term_not_older() -> None:
-    from dmq.controller.discovery import ControllerAddress, ControllerChannel
+    from dmq.metadata.discovery import ControllerAddress, ControllerChannel
 
     ch = ControllerChannel([("127.0.0.1", 1)], watch_after_ms=500)
     try:
@@ -75,7 +75,7 @@ async def test_controller_switch_only_to_another_node_in_a_term_not_older() -> N
 
 
 async def test_metadata_naming_a_newer_controller_moves_the_channel() -> None:
-    from dmq.controller.discovery import ControllerAddress
+    from dmq.metadata.discovery import ControllerAddress
 
     c = ClusterClient("127.0.0.1:1")
     try:

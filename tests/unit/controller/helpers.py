@@ -7,8 +7,8 @@ from typing import Any
 
 from dmq.config import SETTINGS
 from dmq.controller.planner import Planner
-from dmq.controller.records import Record, records_to_wire
-from dmq.controller.state import MetadataState
+from dmq.metadata.records import Record, records_to_wire
+from dmq.metadata.state import MetadataState
 
 
 class Harness:

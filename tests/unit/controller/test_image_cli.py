@@ -9,7 +9,7 @@ import click
 import pytest
 
 from dmq.cli_admin import resolve_bootstrap
-from dmq.controller.image import FENCED, image_from_metadata, metadata_body
+from dmq.metadata.image import FENCED, image_from_metadata, metadata_body
 from dmq.protocol.errors import ErrorCode
 from tests.unit.controller.helpers import Harness
 

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from dmq.controller.image import FENCED, NO_LEADER, ONLINE, SHUTTING_DOWN
 from dmq.controller.placement import assign_replicas
+from dmq.metadata.image import FENCED, NO_LEADER, ONLINE, SHUTTING_DOWN
 from dmq.protocol.errors import (
     BrokerIdNotRegisteredError,
     ErrorCode,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmq.controller.image import FENCED, NO_LEADER, ONLINE
-from dmq.controller.state import MetadataState
+from dmq.metadata.image import FENCED, NO_LEADER, ONLINE
+from dmq.metadata.state import MetadataState
 from tests.unit.controller.helpers import Harness
 
 BROKERS = (1, 2, 3, 4)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from dmq.controller.image import NO_LEADER
-from dmq.controller.records import PartitionReassign, decode_batch, encode_batch
-from dmq.controller.state import MetadataState
+from dmq.metadata.image import NO_LEADER
+from dmq.metadata.records import PartitionReassign, decode_batch, encode_batch
+from dmq.metadata.state import MetadataState
 from dmq.protocol.errors import DmqError, ErrorCode, PolicyViolationError
 from tests.unit.controller.helpers import Harness
 

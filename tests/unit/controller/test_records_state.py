@@ -5,8 +5,9 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from dmq.controller.image import FENCED, NO_LEADER, ONLINE
-from dmq.controller.records import (
+from dmq.controller.state_machine import MetadataStateMachine
+from dmq.metadata.image import FENCED, NO_LEADER, ONLINE
+from dmq.metadata.records import (
     NO_CHANGE,
     AddPartitions,
     BrokerShuttingDown,
@@ -26,8 +27,7 @@ from dmq.controller.records import (
     decode_batch_wire,
     encode_batch,
 )
-from dmq.controller.state import MetadataState
-from dmq.controller.state_machine import MetadataStateMachine
+from dmq.metadata.state import MetadataState
 
 ALL = [
     RegisterBroker(1, "h", 1, None, "inc"), RegisterBroker(2, "h", 2, "r1", "inc2"),

@@ -9,8 +9,8 @@ from typing import Any
 from dmq.clock import SystemClock
 from dmq.config import SETTINGS
 from dmq.controller.group_service import GroupService, register_group_handlers
-from dmq.controller.records import CreateTopic, records_to_wire
-from dmq.controller.state import MetadataState
+from dmq.metadata.records import CreateTopic, records_to_wire
+from dmq.metadata.state import MetadataState
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import NotControllerError
 from dmq.protocol.server import ProtocolServer

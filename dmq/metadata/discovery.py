@@ -46,7 +46,7 @@ from dmq.protocol.errors import (
     error_for,
 )
 
-log = logging.getLogger("dmq.controller.discovery")
+log = logging.getLogger("dmq.metadata.discovery")
 
 
 @dataclass(frozen=True, slots=True)

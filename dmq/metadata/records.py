@@ -2,7 +2,7 @@
 
 This module owns the record types and their wire form. It never does I/O and never
 decides anything: the planner (`dmq.controller.planner`) chooses records, the state
-(`dmq.controller.state`) applies them.
+(`dmq.metadata.state`) applies them.
 
 One Raft entry carries one *batch* of records, applied atomically:
 ``msgpack([record, ...])``. A record is a msgpack array ``[type, *fields]`` where

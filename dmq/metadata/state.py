@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from dmq.controller.image import (
+from dmq.metadata.image import (
     FENCED,
     NO_LEADER,
     ONLINE,
@@ -42,7 +42,7 @@ from dmq.controller.image import (
     PartitionInfo,
     TopicInfo,
 )
-from dmq.controller.records import (
+from dmq.metadata.records import (
     NO_CHANGE,
     AddPartitions,
     CreateTopic,
@@ -58,7 +58,7 @@ from dmq.controller.records import (
     record_from_wire,
 )
 
-log = logging.getLogger("dmq.controller.state")
+log = logging.getLogger("dmq.metadata.state")
 
 SNAPSHOT_FORMAT = 1
 FIRST_PRODUCER_ID = 1000
