@@ -95,7 +95,10 @@ class SaslAuthority:
         f = self._entry(host)
         f.count += 1
         f.last = time.monotonic()
-        return min(FIRST_FAILURE_DELAY_S * 2 ** (f.count - 1), MAX_FAILURE_DELAY_S)
+        # the exponent is capped first: 2.0 ** 1100 overflows, and the cap is reached
+        # long before 30 doublings anyway
+        delay: float = FIRST_FAILURE_DELAY_S * 2.0 ** min(f.count - 1, 30)
+        return min(delay, MAX_FAILURE_DELAY_S)
 
     def note_failure(self, host: str, user: str | None, why: str) -> None:
         self.stats_failures += 1

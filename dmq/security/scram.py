@@ -310,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"no user {args.user!r} in {args.file}")
         store.save(args.file)
     else:
-        for user, mechs in sorted(store.users.items()):
-            print(user, ",".join(sorted(mechs)))
+        for user, creds in sorted(store.users.items()):
+            print(user, ",".join(sorted(creds)))
     return 0
 
 

@@ -29,6 +29,14 @@ def test_failure_delay_doubles_per_address_and_success_clears_it() -> None:
     assert auth.failure_delay("10.0.0.1") == 0.1
 
 
+def test_failure_delay_stays_capped_after_thousands_of_failures() -> None:
+    """The doubling is bounded before it is computed: 2 ** 1100 as a float overflowed, so
+    an address that kept failing made every later attempt from it an internal error."""
+    auth = authority()
+    delays = [auth.failure_delay("10.0.0.1") for _ in range(1500)]
+    assert delays[-1] == MAX_FAILURE_DELAY_S
+
+
 def test_failed_attempts_are_logged_once_per_address_period(
         caplog: pytest.LogCaptureFixture) -> None:
     auth = authority()
