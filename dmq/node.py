@@ -31,13 +31,13 @@ from typing import Any
 from dmq.clock import Clock, SystemClock
 from dmq.config import ClusterConfig, ConfigError
 from dmq.ops.http import HttpServer, http_handoff
-from dmq.ops.metrics import NodeMetrics, Sample
+from dmq.ops.metrics import NodeMetrics
 from dmq.protocol.connection import DEFAULT_TLS
 from dmq.protocol.server import ProtocolServer
 from dmq.roles import build_services
 from dmq.security.sasl import SaslAuthority
 from dmq.security.tls import REFUSALS, TlsSettings, certificate_principal
-from dmq.services import NodeSpec, Service, ServiceContext
+from dmq.services import NodeSpec, Sample, Service, ServiceContext
 
 log = logging.getLogger("dmq.node")
 

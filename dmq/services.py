@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,9 +27,14 @@ from dmq.clock import Clock
 from dmq.config import ClusterConfig, NodeAddress
 
 if TYPE_CHECKING:
-    from dmq.ops.http import Route
-    from dmq.ops.metrics import Sample
+    from aiohttp import web
+
     from dmq.protocol.server import ProtocolServer
+
+# A metrics sample: (name, kind "gauge"|"counter", help, [(labels, value), ...])
+Sample = tuple[str, str, str, list[tuple[dict[str, str], float]]]
+# An HTTP route: (method, path, aiohttp handler)
+Route = tuple[str, str, "Callable[[web.Request], Awaitable[web.StreamResponse]]"]
 
 
 @dataclass(frozen=True)
@@ -88,4 +93,4 @@ class Service:
         return []
 
 
-__all__ = ["NodeSpec", "Service", "ServiceContext"]
+__all__ = ["NodeSpec", "Route", "Sample", "Service", "ServiceContext"]

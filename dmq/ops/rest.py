@@ -24,8 +24,8 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -36,7 +36,6 @@ from dmq.protocol.errors import DmqError, ErrorCode, NetworkError, NotController
 from dmq.services import Service
 
 if TYPE_CHECKING:
-    from dmq.broker.replica_manager import ReplicaManager
     from dmq.services import NodeSpec
 
 log = logging.getLogger("dmq.ops.rest")
@@ -195,11 +194,18 @@ def _from_dmq_error(exc: DmqError) -> web.Response:
     return _error(status, exc.message, exc.code.name)
 
 
+class Replicas(Protocol):
+    """What replication status reads of the local broker's replica manager."""
+
+    @property
+    def partitions(self) -> Mapping[tuple[str, int], Any]: ...
+
+
 class RestApi(Service):
     """The REST paths of one node. `replicas` is the local broker's (None on a node
     without the broker role): replication status reads it directly."""
 
-    def __init__(self, spec: NodeSpec, replicas: ReplicaManager | None = None) -> None:
+    def __init__(self, spec: NodeSpec, replicas: Replicas | None = None) -> None:
         self.spec = spec
         self.replicas = replicas
         self._conns: dict[tuple[str, int], Connection] = {}
