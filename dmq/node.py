@@ -246,3 +246,7 @@ class Node:
         await self.server.close(self.config.get("shutdown.grace.ms"))
         log.info("node %d stopped", self.spec.node_id)
         self._stopped.set()
+
+
+__all__ = ["EXIT_FATAL", "ROLES", "Node", "NodeSpec", "cluster_node_roles", "parse_roles",
+           "raise_open_files_limit", "resolve_node"]
