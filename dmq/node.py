@@ -2,8 +2,11 @@
 
 A node is a controller (a Raft voter of the metadata quorum), a broker, or both
 (combined mode). This module composes the layers; it holds no protocol, log, Raft or
-replication logic of its own. Roles attach as `Service`s that register their handlers
-on the shared server and start and stop with the node.
+replication logic of its own. Its services (the roles, the Kafka listener, the REST
+paths, the web console) are `dmq.services.Service`s that `dmq.roles` builds from the
+node's `ServiceContext` (config, spec, protocol server, clock, random source,
+supervision): they register their handlers on the shared server and start and stop
+with the node, and never see the node itself.
 
 Crash-only supervision: a background task a role cannot work without (the Raft pump
 and senders, the broker's registration/heartbeat and metadata loops, the replica
@@ -19,46 +22,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from dmq.config import ClusterConfig, ConfigError, NodeAddress
+from dmq.clock import Clock, SystemClock
+from dmq.config import ClusterConfig, ConfigError
 from dmq.ops.http import HttpServer, http_handoff
-from dmq.ops.metrics import NodeMetrics, Sample
-from dmq.ops.rest import RestApi
+from dmq.ops.metrics import NodeMetrics
 from dmq.protocol.connection import DEFAULT_TLS
 from dmq.protocol.server import ProtocolServer
+from dmq.roles import build_services
 from dmq.security.sasl import SaslAuthority
 from dmq.security.tls import REFUSALS, TlsSettings, certificate_principal
+from dmq.services import NodeSpec, Sample, Service, ServiceContext
 
 log = logging.getLogger("dmq.node")
 
 ROLES = ("controller", "broker")
 EXIT_FATAL = 70  # EX_SOFTWARE: an essential task died
-
-
-class Service(Protocol):
-    """A role of the node. Optional hooks, found with getattr: `metrics() -> Iterable[
-    Sample]` (read at scrape time), `ready() -> (bool, reason)`, `http_routes() ->
-    [(method, path, aiohttp handler)]`."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def info(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    node_id: int
-    roles: tuple[str, ...]
-    address: NodeAddress
-    data_dir: Path
-    http_port: int | None = None  # None: no HTTP listener; 0: an ephemeral port
 
 
 def parse_roles(text: str) -> tuple[str, ...]:
@@ -114,9 +98,12 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 
 class Node:
-    def __init__(self, config: ClusterConfig, spec: NodeSpec) -> None:
+    def __init__(self, config: ClusterConfig, spec: NodeSpec, *, clock: Clock | None = None,
+                 rng: random.Random | None = None) -> None:
         self.config = config
         self.spec = spec
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.rng = rng if rng is not None else random.Random()
         self.server = ProtocolServer(
             host=spec.address.host, port=spec.address.port, node_id=spec.node_id,
             max_frame_bytes=config.get("max.frame.bytes"),
@@ -133,7 +120,6 @@ class Node:
         self.metrics = NodeMetrics(spec.node_id, self._metric_sources)
         self.server.observer = self.metrics.observe_request
         self.http: HttpServer | None = None
-        self.rest: RestApi | None = None
         self.started_monotonic = time.monotonic()
         self.failure: str | None = None  # why an essential task died, once one has
         self.on_fatal: Callable[[], None] | None = None
@@ -166,7 +152,7 @@ class Node:
 
     def _metric_sources(self) -> list[Callable[[], Iterable[Sample]]]:
         sources: list[Callable[[], Iterable[Sample]]] = [self._node_metrics]
-        sources += [svc.metrics for svc in self.services if hasattr(svc, "metrics")]
+        sources += [svc.metrics for svc in self.services]
         return sources
 
     def _node_metrics(self) -> Iterable[Sample]:
@@ -184,10 +170,7 @@ class Node:
         """Ready when every role says so; the reasons of those that do not."""
         reasons: dict[str, Any] = {}
         for svc in self.services:
-            check = getattr(svc, "ready", None)
-            if check is None:
-                continue
-            ok, why = check()
+            ok, why = svc.ready()
             if not ok:
                 reasons[type(svc).__name__] = why
         return (not reasons, {"reasons": reasons} if reasons else {})
@@ -219,11 +202,8 @@ class Node:
                 raise ConfigError("sasl.protocol.listener needs sasl.enabled.mechanisms")
             self.server.certificate_principal = certificate_principal(
                 self.tls.node_cn_format, cluster_node_roles(self.config))
-        self._build_services()
-        self.rest = RestApi(self)
-        routes = self.rest.routes()
-        routes += [r for svc in self.services if hasattr(svc, "http_routes")
-                   for r in svc.http_routes()]
+        self.services = build_services(self.context())
+        routes = [r for svc in self.services for r in svc.http_routes()]
         self.http = HttpServer(self.spec.address.host, self.spec.http_port,
                                self.spec.node_id, render_metrics=self.metrics.render,
                                readiness=self.readiness, routes=routes)
@@ -247,19 +227,17 @@ class Node:
         log.info("node %d started: roles=%s data_dir=%s pid=%d", self.spec.node_id,
                  ",".join(self.spec.roles), self.spec.data_dir, os.getpid())
 
-    def _build_services(self) -> None:
-        """Attach the role services. Each role module registers its own handlers."""
-        from dmq.roles import build_services
-
-        self.services = build_services(self)
+    def context(self) -> ServiceContext:
+        """What the node's services may use of it (see dmq.services)."""
+        return ServiceContext(config=self.config, spec=self.spec, server=self.server,
+                              clock=self.clock, rng=self.rng, supervise=self.supervise,
+                              fatal=self.fatal)
 
     async def stop(self) -> None:
         self._stopping = True
         log.info("node %d stopping", self.spec.node_id)
         if self.http is not None:
             await self.http.stop()
-            if self.rest is not None:
-                await self.rest.close()
         for svc in reversed(self.services):
             try:
                 await svc.stop()
@@ -268,3 +246,7 @@ class Node:
         await self.server.close(self.config.get("shutdown.grace.ms"))
         log.info("node %d stopped", self.spec.node_id)
         self._stopped.set()
+
+
+__all__ = ["EXIT_FATAL", "ROLES", "Node", "NodeSpec", "cluster_node_roles", "parse_roles",
+           "raise_open_files_limit", "resolve_node"]

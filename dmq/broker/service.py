@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from dmq.broker.handlers import DataPlane
 from dmq.broker.replica_manager import ReplicaManager
-from dmq.clock import SystemClock
 from dmq.metadata.image import MetadataImage
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError
+from dmq.services import Service
 
 if TYPE_CHECKING:
-    from dmq.node import Node
+    from dmq.services import ServiceContext
 
 log = logging.getLogger("dmq.broker")
 
@@ -31,30 +31,29 @@ MIN_CONTROLLED_SHUTDOWN_MS = 2000
 UNMOVABLE_SHUTDOWN_MS = 500
 
 
-class BrokerService:
-    def __init__(self, node: Node) -> None:
+class BrokerService(Service):
+    def __init__(self, ctx: ServiceContext) -> None:
         from dmq.broker.lifecycle import BrokerLifecycle
 
-        self.node = node
-        self.config = node.config
-        self.broker_id = node.spec.node_id
-        self.clock = SystemClock()
-        address = node.spec.address
+        self.config = ctx.config
+        self.broker_id = ctx.node_id
+        self.clock = ctx.clock
+        address = ctx.spec.address
         self.lifecycle = BrokerLifecycle(self.config, self.broker_id, address.host, address.port,
                                          address.rack, on_image=self._on_image, clock=self.clock,
-                                         on_fatal=node.fatal)
-        self.replicas = ReplicaManager(self.config, self.broker_id, node.spec.data_dir,
+                                         rng=ctx.rng, on_fatal=ctx.fatal)
+        self.replicas = ReplicaManager(self.config, self.broker_id, ctx.spec.data_dir,
                                        self.lifecycle.controller_request,
                                        lambda: int(self.lifecycle.broker_epoch),
                                        clock=self.clock)
         self.lifecycle.on_metadata_error = self._metadata_error
-        self.replicas.on_fatal = node.fatal
+        self.replicas.on_fatal = ctx.fatal
         self.data_plane = DataPlane(self.replicas, self.lifecycle.controller_request,
                                     bool(self.config.get("auto.create.topics.enable")))
         # In combined mode the controller answers METADATA itself.
-        self.data_plane.register(node.server, metadata="controller" not in node.spec.roles)
-        if "controller" not in node.spec.roles:
-            node.server.register(ApiKey.CONTROLLER_CHANGED, self._controller_changed)
+        self.data_plane.register(ctx.server, metadata="controller" not in ctx.spec.roles)
+        if "controller" not in ctx.spec.roles:
+            ctx.server.register(ApiKey.CONTROLLER_CHANGED, self._controller_changed)
         self._started = False
 
     def _controller_changed(self, ctx: Any, body: Any) -> Any:
@@ -78,9 +77,8 @@ class BrokerService:
         self.replicas.start()
         self._started = True
         await self.lifecycle.start()
-        image = getattr(self.lifecycle, "image", None)
-        if image is not None and self.replicas.image is None:
-            self._on_image(image)
+        if self.replicas.image is None:
+            self._on_image(self.lifecycle.image)
 
     async def stop(self) -> None:
         if self._started:
@@ -102,14 +100,14 @@ class BrokerService:
 
     def info(self) -> dict[str, Any]:
         return {"broker": {"broker_id": self.broker_id,
-                           "broker_epoch": getattr(self.lifecycle, "broker_epoch", -1),
-                           "fenced": getattr(self.lifecycle, "is_fenced", True),
+                           "broker_epoch": self.lifecycle.broker_epoch,
+                           "fenced": self.lifecycle.is_fenced,
                            **self.replicas.info()}}
 
     def ready(self) -> tuple[bool, str]:
         if not self._started:
             return False, "starting"
-        if getattr(self.lifecycle, "is_fenced", True):
+        if self.lifecycle.is_fenced:
             return False, "fenced"
         if self.replicas.image_error is not None:
             return False, self.replicas.image_error

@@ -18,12 +18,10 @@ refused before it is stored, and that the node must end if a Raft task dies.
 from __future__ import annotations
 
 import logging
-import random
 from typing import TYPE_CHECKING, Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
-from dmq.clock import SystemClock
 from dmq.controller.state_machine import MetadataStateMachine
 from dmq.metadata.records import MalformedRecordError, Record, decode_batch, encode_batch
 from dmq.metadata.state import MetadataState
@@ -41,16 +39,16 @@ from dmq.raft.storage import FileStorage
 from dmq.types import NodeId
 
 if TYPE_CHECKING:
-    from dmq.node import Node
+    from dmq.services import ServiceContext
 
 log = logging.getLogger("dmq.controller.raft")
 
 
 class RaftGlue:
-    def __init__(self, node: Node, sm: MetadataStateMachine) -> None:
-        config = node.config
+    def __init__(self, ctx: ServiceContext, sm: MetadataStateMachine) -> None:
+        config = ctx.config
         self.config = config
-        self.node_id = node.spec.node_id
+        self.node_id = ctx.node_id
         peers = {NodeId(c.node_id): (c.host, c.port) for c in config.controllers
                  if c.node_id != self.node_id}
         self.raft_config = RaftNodeConfig(
@@ -60,14 +58,14 @@ class RaftGlue:
             heartbeat_ticks=int(config.get("raft.heartbeat.ticks")),
             snapshot_interval_entries=int(config.get("raft.snapshot.interval.entries")),
             max_frame_bytes=int(config.get("max.frame.bytes")))
-        self.storage_dir = node.spec.data_dir / "metadata-raft"
+        self.storage_dir = ctx.spec.data_dir / "metadata-raft"
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.storage = FileStorage(str(self.storage_dir))
-        self.raft = RaftNode(self.raft_config, self.storage, sm, SystemClock(), random.Random(),
+        self.raft = RaftNode(self.raft_config, self.storage, sm, ctx.clock, ctx.rng,
                              validate_entry=validate_entry,
-                             validate_snapshot=validate_snapshot, on_fatal=node.fatal)
-        self.raft.register(node.server)
-        node.server.register(ApiKey.RAFT_STATUS, self._status)
+                             validate_snapshot=validate_snapshot, on_fatal=ctx.fatal)
+        self.raft.register(ctx.server)
+        ctx.server.register(ApiKey.RAFT_STATUS, self._status)
         self._started = False
 
     async def _status(self, ctx: Any, body: Any) -> Any:

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dmq.aio import wait_for
-from dmq.clock import Clock, SystemClock
 from dmq.controller.liveness import BrokerSessions
 from dmq.controller.planner import Planner
 from dmq.controller.raft_glue import RaftGlue
@@ -49,9 +47,10 @@ from dmq.protocol.errors import (
     UnknownTopicOrPartitionError,
 )
 from dmq.protocol.server import RequestContext
+from dmq.services import Service
 
 if TYPE_CHECKING:
-    from dmq.node import Node
+    from dmq.services import ServiceContext
 
 log = logging.getLogger("dmq.controller")
 
@@ -66,22 +65,26 @@ PEER_STATUS_TIMEOUT_MS = 500
 REASSIGNMENT_CHECK_MS = 100
 
 
-class ControllerService:
-    def __init__(self, node: Node, *, clock: Clock | None = None,
-                 rng: random.Random | None = None,
+class ControllerService(Service):
+    def __init__(self, ctx: ServiceContext, *,
                  preferred_leader_check_ms: int = PREFERRED_LEADER_CHECK_MS) -> None:
-        self.node = node
-        self.config = node.config
-        self.node_id = node.spec.node_id
-        self.clock = clock or SystemClock()
-        self.rng = rng or random.Random()
+        self.config = ctx.config
+        self.node_id = ctx.node_id
+        self.roles = ctx.spec.roles
+        self.server = ctx.server
+        self.clock = ctx.clock
+        self.rng = ctx.rng
+        self._supervise = ctx.supervise
+        # combined mode: the local broker's lifecycle takes CONTROLLER_CHANGED notices
+        # (wired by dmq.roles)
+        self.controller_changed_listeners: list[Callable[[dict[str, Any]], object]] = []
         self.preferred_leader_check_ms = preferred_leader_check_ms
         self.sm = MetadataStateMachine()
         self.state = self.sm.state
         self.planner = Planner(self.state, self.config.get, self.rng)
         self.sessions = BrokerSessions(self.clock,
                                        int(self.config.get("broker.session.timeout.ms")))
-        self.raft = RaftGlue(node, self.sm)
+        self.raft = RaftGlue(ctx, self.sm)
         self.sm.add_listener(self._on_applied)
         self._applied = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -104,7 +107,7 @@ class ControllerService:
 
     # wiring -----------------------------------------------------------------------------
     def _register_handlers(self) -> None:
-        server = self.node.server
+        server = self.server
         handlers: dict[ApiKey, Callable[[RequestContext, Any], Any]] = {
             ApiKey.METADATA: self.handle_metadata,
             ApiKey.DESCRIBE_CLUSTER: self.handle_describe_cluster,
@@ -125,7 +128,7 @@ class ControllerService:
             ApiKey.ELECT_LEADERS: self.handle_elect_leaders,
             ApiKey.UNREGISTER_BROKER: self.handle_unregister_broker,
         }
-        if "broker" in self.node.spec.roles:
+        if "broker" in self.roles:
             # combined mode: the local broker's lifecycle takes the notices
             handlers[ApiKey.CONTROLLER_CHANGED] = self.handle_controller_changed
         for key, fn in handlers.items():
@@ -138,12 +141,12 @@ class ControllerService:
             from dmq.controller.group_service import register_group_handlers
         except ImportError:  # pragma: no cover - the groups layer is optional
             return None
-        return register_group_handlers(self.node.server, self)
+        return register_group_handlers(self.server, self)
 
     async def start(self) -> None:
         await self.raft.start()
         # essential: if one dies the node ends (crash-only, see dmq.node)
-        supervise = self.node.supervise
+        supervise = self._supervise
         self._tasks.append(supervise(self._watch_leadership(),
                                      f"controller-{self.node_id}-watch"))
         self._tasks.append(supervise(self._check_sessions(),
@@ -226,7 +229,7 @@ class ControllerService:
     @property
     def is_active(self) -> bool:
         st = self.raft.status()
-        return st["role"] == "LEADER" and st["term"] == self._active_term
+        return bool(st["role"] == "LEADER" and st["term"] == self._active_term)
 
     def leader_hint(self) -> tuple[int, str, int] | None:
         leader_id = self.raft.status()["leader_id"]
@@ -670,10 +673,8 @@ class ControllerService:
         return {"producer_id": pid, "producer_epoch": 0}
 
     async def handle_controller_changed(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
-        for svc in self.node.services:
-            lifecycle = getattr(svc, "lifecycle", None)
-            if lifecycle is not None and hasattr(lifecycle, "handle_controller_changed"):
-                lifecycle.handle_controller_changed(body)
+        for listener in self.controller_changed_listeners:
+            listener(body)
         return {}
 
     # library API for other controller-side layers (group coordinator) -------------------

@@ -28,6 +28,7 @@ from dmq.aio import wait_for
 from dmq.broker.errors import error_code_of, message_of
 from dmq.config import SETTINGS
 from dmq.controller.validation import effective_topic_configs
+from dmq.kafka.errors import kafka_code
 from dmq.kafka.groups import GroupApis
 from dmq.kafka.records import is_dmq_native, kafka_view
 from dmq.kafka.server import NO_RESPONSE, Api, api_ranges
@@ -54,29 +55,10 @@ CONFIG_SOURCE_DYNAMIC_TOPIC = 1
 CONFIG_SOURCE_STATIC_BROKER = 4
 CONFIG_SOURCE_DEFAULT = 5
 
-# dmq-only codes (1000+) mapped to the nearest Kafka code a Kafka client understands.
-_KAFKA_CODE = {
-    ErrorCode.UNKNOWN_API_KEY: ErrorCode.UNSUPPORTED_VERSION,
-    ErrorCode.FRAME_TOO_LARGE: ErrorCode.MESSAGE_TOO_LARGE,
-    ErrorCode.NODE_SHUTTING_DOWN: ErrorCode.NOT_LEADER_OR_FOLLOWER,
-    ErrorCode.BROKER_FENCED: ErrorCode.NOT_LEADER_OR_FOLLOWER,
-    ErrorCode.RAFT_NOT_READY: ErrorCode.NOT_CONTROLLER,
-}
-
 NO_AUTHORIZED_OPERATIONS = -2147483648
 ROUTE_SLACK_S = 0.25  # past a forward's own deadline, before `bounded` ends it
 _NO_CONTEXT: Any = None  # the data plane's handlers do not read their request context
 ControllerRequest = Callable[[ApiKey, Any, int], Awaitable[Any]]
-
-
-def kafka_code(code: int) -> int:
-    """A dmq error code as a Kafka one: shared numbers are Kafka's already."""
-    if code >= 1000:
-        try:
-            return int(_KAFKA_CODE.get(ErrorCode(code), ErrorCode.UNKNOWN_SERVER_ERROR))
-        except ValueError:
-            return int(ErrorCode.UNKNOWN_SERVER_ERROR)
-    return code
 
 
 def forward_error_code(exc: DmqError | OSError | TimeoutError) -> int:

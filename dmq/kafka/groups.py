@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dmq.broker.errors import error_code_of, message_of
+from dmq.kafka.errors import kafka_code
 from dmq.kafka.server import Api
 from dmq.metadata.image import FENCED, MetadataImage
 from dmq.protocol.api import ApiKey
@@ -75,12 +76,6 @@ def group_error_code(exc: BaseException) -> int:
     if code in _UNREACHABLE:
         return int(ErrorCode.COORDINATOR_NOT_AVAILABLE)
     return kafka_code(code)
-
-
-def kafka_code(code: int) -> int:
-    from dmq.kafka.apis import kafka_code as to_kafka  # apis builds on this module
-
-    return to_kafka(code)
 
 
 class GroupApis:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
 from dmq.config import ClusterConfig
 from dmq.protocol.server import HTTP_METHOD_PREFIXES
+from dmq.services import Route
 
 log = logging.getLogger("dmq.ops.http")
 
@@ -34,8 +35,6 @@ def _busy_response(limit: int) -> bytes:
                        "code": "BUSY"}).encode()
     return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-
-Route = tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 
 
 class HttpServer:

@@ -20,11 +20,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode
+from dmq.services import Sample
 
 log = logging.getLogger("dmq.ops.metrics")
-
-# A role's sample: (name, kind "gauge"|"counter", help, [(labels, value), ...])
-Sample = tuple[str, str, str, list[tuple[dict[str, str], float]]]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0, 30.0)

@@ -24,8 +24,8 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -33,9 +33,10 @@ from dmq.log.batch import batch_crc_ok, build_batch, decode_records, iter_header
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, ErrorCode, NetworkError, NotControllerError
+from dmq.services import Service
 
 if TYPE_CHECKING:
-    from dmq.node import Node
+    from dmq.services import NodeSpec
 
 log = logging.getLogger("dmq.ops.rest")
 
@@ -193,14 +194,30 @@ def _from_dmq_error(exc: DmqError) -> web.Response:
     return _error(status, exc.message, exc.code.name)
 
 
-class RestApi:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+class Replicas(Protocol):
+    """What replication status reads of the local broker's replica manager."""
+
+    @property
+    def partitions(self) -> Mapping[tuple[str, int], Any]: ...
+
+
+class RestApi(Service):
+    """The REST paths of one node. `replicas` is the local broker's (None on a node
+    without the broker role): replication status reads it directly."""
+
+    def __init__(self, spec: NodeSpec, replicas: Replicas | None = None) -> None:
+        self.spec = spec
+        self.replicas = replicas
         self._conns: dict[tuple[str, int], Connection] = {}
-        self.console: Any = None
+
+    def http_routes(self) -> list[tuple[str, str, Any]]:
+        return self.routes()
+
+    async def stop(self) -> None:
+        await self.close()
 
     def routes(self) -> list[tuple[str, str, Any]]:
-        roles = self.node.spec.roles
+        roles = self.spec.roles
         out: list[tuple[str, str, Any]] = []
         if "controller" in roles:
             out += [
@@ -224,22 +241,16 @@ class RestApi:
                 ("POST", "/api/v1/storage/topics/{topic}/partitions/{partition}", self.produce),
                 ("GET", "/api/v1/storage/topics/{topic}/partitions/{partition}", self.fetch),
             ]
-        routes = [(method, path, _guarded(handler)) for method, path, handler in out]
-        from dmq.ops.console import Console  # the web console at / and /ui/ (it uses this module)
-
-        self.console = Console(self.node.config, self.node.spec.node_id)
-        return routes + self.console.routes()
+        return [(method, path, _guarded(handler)) for method, path, handler in out]
 
     async def close(self) -> None:
-        if self.console is not None:
-            await self.console.close()
         for conn in self._conns.values():
             await conn.close()
         self._conns.clear()
 
     async def _call(self, key: ApiKey, body: Any, host: str | None = None,
                     port: int | None = None) -> Any:
-        addr = (host or self.node.spec.address.host, port or self.node.spec.address.port)
+        addr = (host or self.spec.address.host, port or self.spec.address.port)
         conn = self._conns.get(addr)
         if conn is None or conn.closed:
             conn = await Connection.open(*addr, client_id="dmq-rest")
@@ -270,7 +281,7 @@ class RestApi:
                         ApiKey.DESCRIBE_CLUSTER, {}, c["host"], c["port"])
                 except DmqError as exc:
                     log.info("node=%d active controller not reachable for REST: %s",
-                             self.node.spec.node_id, exc)
+                             self.spec.node_id, exc)
                     return d
                 return active
         return d
@@ -457,14 +468,8 @@ class RestApi:
                       "UNSUPPORTED")
 
     # ---- broker paths -----------------------------------------------------------------
-    def _replicas(self) -> Any:
-        for svc in self.node.services:
-            if hasattr(svc, "replicas"):
-                return svc.replicas
-        return None
-
     async def replication_status(self, request: web.Request) -> web.Response:
-        replicas = self._replicas()
+        replicas = self.replicas
         if replicas is None:
             return _error(503, "broker not started")
         out = []
@@ -476,7 +481,7 @@ class RestApi:
                         "highWatermark": i["high_watermark"], "logEndOffset": i["log_end_offset"],
                         "logStartOffset": i["log_start_offset"]})
         out.sort(key=lambda r: (r["topic"], r["partition"]))
-        return web.json_response({"brokerId": self.node.spec.node_id, "partitions": out})
+        return web.json_response({"brokerId": self.spec.node_id, "partitions": out})
 
     async def _leader_of(self, topic: str, partition: int) -> tuple[str, int] | None:
         md = await self._call(ApiKey.METADATA, {"topics": [topic], "allow_auto_create": False})

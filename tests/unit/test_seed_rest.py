@@ -173,8 +173,8 @@ async def test_concurrent_requests_share_one_connection_per_node(
             return id(self)
 
     monkeypatch.setattr(rest, "Connection", FakeConnection)
-    node = SimpleNamespace(spec=SimpleNamespace(address=SimpleNamespace(host="h", port=1)))
-    api = rest.RestApi(node)  # type: ignore[arg-type]
+    spec = SimpleNamespace(address=SimpleNamespace(host="h", port=1))
+    api = rest.RestApi(spec)  # type: ignore[arg-type]
     answers = await asyncio.gather(*(api._call(rest.ApiKey.METADATA, {}) for _ in range(5)))
     (kept,) = [c for c in opened if not c.closed]
     assert set(answers) == {id(kept)} and api._conns == {("h", 1): kept}

@@ -37,6 +37,7 @@ from dmq.ops.rest import BadRequest, int_field, int_param, json_body
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, ErrorCode, NetworkError
+from dmq.services import Service
 
 if TYPE_CHECKING:
     from dmq.config import ClusterConfig
@@ -145,8 +146,9 @@ def _b64(b: bytes | None) -> str | None:
     return None if b is None else base64.b64encode(b).decode()
 
 
-class Console:
-    """The console's routes on one node."""
+class Console(Service):
+    """The console's routes on one node: a service of every node, after the REST
+    paths (its `/` and `/ui/{path}` routes come last)."""
 
     def __init__(self, config: ClusterConfig, node_id: int) -> None:
         self.config = config
@@ -179,6 +181,12 @@ class Console:
         api += [("GET", "/", self.index), ("GET", "/ui", self.index),
                 ("GET", "/ui/", self.index), ("GET", "/ui/{path:.*}", self.static)]
         return [(m, p, _answered(h)) for m, p, h in api]
+
+    def http_routes(self) -> list[tuple[str, str, Handler]]:
+        return self.routes()
+
+    async def stop(self) -> None:
+        await self.close()
 
     async def close(self) -> None:
         await self.sampler.stop()

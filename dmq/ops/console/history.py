@@ -27,14 +27,16 @@ import math
 import re
 import time
 from array import array
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
 from dmq.client.admin_groups import LATEST
 
 if TYPE_CHECKING:
-    from dmq.ops.console import Console
+    from dmq.client.admin import Admin
+    from dmq.client.admin_groups import GroupAdmin
+    from dmq.config import ClusterConfig
 
 log = logging.getLogger("dmq.ops.console")
 
@@ -128,8 +130,16 @@ class Ring:
         return sorted(k for k in self.series if k[0] == kind)
 
 
+class ClusterReader(Protocol):
+    """What the sampler reads the cluster with: the console's config and clients."""
+
+    config: ClusterConfig
+    admin: Admin
+    groups: GroupAdmin
+
+
 class Sampler:
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: ClusterReader) -> None:
         self.console = console
         self.ring = Ring(RING_SAMPLES, 3 * MAX_BROKERS + 3 * MAX_TOPICS + MAX_GROUPS)
         self.last_sample_ms: int | None = None
