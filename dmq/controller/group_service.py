@@ -164,6 +164,14 @@ class GroupService:
             self._arm_timer()
         return self._coordinator
 
+    def member_counts(self) -> dict[str, int] | None:
+        """Members of each dmq-protocol group of the current term's coordinator; None
+        before a coordinator exists (a follower, or no group request yet this term)."""
+        coord = self._coordinator
+        if coord is None:
+            return None
+        return {g: len(grp.members) for g, grp in coord.groups.items()}
+
     def _arm_timer(self) -> None:
         if self._timer is not None or self._closed:
             return

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dmq.aio import wait_for
+from dmq.controller.group_service import GroupService, register_group_handlers
 from dmq.controller.liveness import BrokerSessions
 from dmq.controller.planner import Planner
 from dmq.controller.raft_glue import RaftGlue
@@ -134,13 +135,9 @@ class ControllerService(Service):
         for key, fn in handlers.items():
             server.register(key, fn)
 
-    def _register_groups(self) -> Any:
+    def _register_groups(self) -> GroupService:
         """The group coordinator (dmq.controller.group_service) runs on the active
         controller and writes offsets through `mutate`."""
-        try:
-            from dmq.controller.group_service import register_group_handlers
-        except ImportError:  # pragma: no cover - the groups layer is optional
-            return None
         return register_group_handlers(self.server, self)
 
     async def start(self) -> None:
@@ -163,8 +160,7 @@ class ControllerService(Service):
             t.cancel()
         await asyncio.gather(*self._tasks, *self._notice_tasks, return_exceptions=True)
         self._tasks.clear()
-        if self.groups is not None:
-            await self.groups.close()
+        await self.groups.close()
         if self.is_active:
             await self.raft.maybe_transfer_leadership()
         if self._forward is not None:
@@ -212,11 +208,10 @@ class ControllerService(Service):
              [({**lab, "state": k}, float(v)) for k, v in sorted(by_state.items())]),
             ("dmq_controller_topics", "gauge", "topics", [(lab, float(len(self.state.topics)))]),
         ]
-        coord = getattr(self.groups, "_coordinator", None) if self.groups is not None else None
-        if coord is not None and self.is_active:
+        sizes = self.groups.member_counts()
+        if sizes is not None and self.is_active:
             out.append(("dmq_group_members", "gauge", "members of each consumer group",
-                        [({**lab, "group": g}, float(len(grp.members)))
-                         for g, grp in sorted(coord.groups.items())]))
+                        [({**lab, "group": g}, float(n)) for g, n in sorted(sizes.items())]))
         return out
 
     def info(self) -> dict[str, Any]:
