@@ -67,7 +67,8 @@ def nodes_of(config: ClusterConfig, only: Sequence[int] = ()) -> list[LaunchedNo
             continue
         address = config.node(node_id)
         assert address is not None
-        out.append(LaunchedNode(node_id, ",".join(sorted(r)), address.host, address.port))
+        role = ",".join(x for x in ("controller", "broker") if x in r)
+        out.append(LaunchedNode(node_id, role, address.host, address.port))
     return out
 
 
