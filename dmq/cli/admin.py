@@ -14,12 +14,17 @@ from typing import Any
 import click
 
 from dmq.cli.common import admin_options, parse_configs, run_admin, table
+from dmq.cli.launch import cluster_start, cluster_stop
 from dmq.protocol.errors import DmqError
 
 
 @click.group()
 def cluster() -> None:
     """Cluster status; start and stop the nodes of a config locally."""
+
+
+cluster.add_command(cluster_start)
+cluster.add_command(cluster_stop)
 
 
 @cluster.command("status")
