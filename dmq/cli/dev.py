@@ -59,6 +59,19 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+def log_tail(path: Path, start: int = 0) -> list[str]:
+    """The last non-blank lines (at most TAIL_LINES) a node wrote to its log file since
+    byte `start` (the file's size when that run of the node began)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read()[-64 * 1024:]
+    except OSError as exc:
+        return [f"(cannot read {path}: {exc})"]
+    lines = data.decode(errors="replace").splitlines()
+    return [line.rstrip() for line in lines if line.strip()][-TAIL_LINES:]
+
+
 @dataclass
 class DevNode:
     node_id: int
@@ -74,14 +87,7 @@ class DevNode:
         """The node's last output lines of this run (from its log file when quiet)."""
         if self.log_path is None:
             return list(self.recent)
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self.log_start)
-                data = f.read()[-64 * 1024:]
-        except OSError as exc:
-            return [f"(cannot read {self.log_path}: {exc})"]
-        lines = data.decode(errors="replace").splitlines()
-        return [line.rstrip() for line in lines if line.strip()][-TAIL_LINES:]
+        return log_tail(self.log_path, self.log_start)
 
     def exit_report(self) -> str:
         """Why it exited, as far as its output says: its return code and last lines."""

@@ -8,8 +8,9 @@ brokers), without a terminal per node.
 data in `DATA_DIR/node-<id>` and its pid in `DATA_DIR/node-<id>.pid`; it waits until
 each answers ApiVersions and returns, the nodes keep running. A node listed in both
 lists, or every controller of a config that lists no broker, runs in combined mode.
-`stop` sends SIGTERM to the nodes of the pid files, waits for them to exit (SIGKILL
-after the grace period) and removes the pid files. A pid file whose process is gone,
+`stop` sends SIGTERM to the nodes of the pid files, the brokers first and the
+controllers once the brokers are gone, waits for each to exit (SIGKILL after the grace
+period) and removes the pid files. A pid file whose process is gone,
 or is no longer that dmq node (its pid reused), is stale: it is removed, nothing is
 signalled.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 import click
 
 from dmq.cli.common import fail, install_uvloop
+from dmq.cli.dev import log_tail
 from dmq.config import ClusterConfig, ConfigError, load_config
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
@@ -36,7 +38,6 @@ from dmq.protocol.errors import DmqError
 
 DEFAULT_CONFIG = "config/services.json"
 DEFAULT_DATA_DIR = "dmq-data"
-LOG_TAIL_LINES = 12
 
 
 @dataclass(frozen=True)
@@ -105,23 +106,22 @@ def _is_node_process(pid: int, node_id: int) -> bool:
     return b"server" in args and b"--node-id" in args and str(node_id).encode() in args
 
 
+def _role(pid: int) -> str:
+    """The `--role` of a running `dmq server` ("" when it cannot be read)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    i = args.index(b"--role") if b"--role" in args else -2
+    return args[i + 1].decode(errors="replace") if 0 <= i < len(args) - 1 else ""
+
+
 def _state(pid: int) -> str:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
     return stat.rpartition(")")[2].split()[0]
-
-
-def _tail(path: Path, start: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            lines = f.read()[-64 * 1024:].decode(errors="replace").splitlines()
-    except OSError as exc:
-        return f"  (cannot read {path}: {exc})"
-    kept = [f"  {line.rstrip()}" for line in lines if line.strip()]
-    return "\n".join(kept[-LOG_TAIL_LINES:])
 
 
 async def start_nodes(config_path: Path, data_dir: Path, only: Sequence[int] = (),
@@ -175,7 +175,7 @@ async def _wait_answering(started: list[tuple[LaunchedNode, subprocess.Popen[byt
                 how = f"was killed by signal {-rc}" if rc < 0 else f"exited with {rc}"
                 log = log_path(data_dir, n.node_id)
                 raise RuntimeError(f"node {n.node_id} {how}; its last output lines ({log}):\n"
-                                   + _tail(log, start))
+                                   + "\n".join(f"  {line}" for line in log_tail(log, start)))
             try:
                 await request_once(n.host, n.port, ApiKey.API_VERSIONS, {}, timeout_ms=1000)
                 break
@@ -242,9 +242,13 @@ def stop_nodes(data_dir: Path, only: Sequence[int] = (), grace_s: float = 10.0,
             pid_path(data_dir, node_id).unlink(missing_ok=True)
         else:
             targets.append((node_id, pid))
-    stop_processes(targets, grace_s, echo)
-    for node_id, _ in targets:
-        pid_path(data_dir, node_id).unlink(missing_ok=True)
+    # brokers first, as Kafka stops a cluster: their controlled shutdown (moving their
+    # leaderships away) needs the controller, which then stops last
+    brokers = [t for t in targets if _role(t[1]) == "broker"]
+    for wave in (brokers, [t for t in targets if t not in brokers]):
+        stop_processes(wave, grace_s, echo)
+        for node_id, _ in wave:
+            pid_path(data_dir, node_id).unlink(missing_ok=True)
     return len(targets)
 
 

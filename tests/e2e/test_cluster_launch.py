@@ -105,6 +105,8 @@ def test_cluster_start_and_stop_the_nodes_of_a_services_json(
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert f"stopped node 1 (pid {pids[1]})" in stop.stdout, stop.stdout
     assert f"stopped node 101 (pid {pids[101]})" in stop.stdout, stop.stdout
+    # the broker first: its controlled shutdown needs the controller
+    assert stop.stdout.index("stopped node 101") < stop.stdout.index("stopped node 1 ")
     wait_until(lambda: not any(_running(p) for p in pids.values()), 10, "nodes gone")
     assert not list(data.glob("*.pid"))
 
