@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from dmq.devcluster import DevCluster, free_base_port
-from dmq.devcluster import ensure_topic as ensure_topic_on
+from dmq.cli.dev import DevCluster, free_base_port
+from dmq.cli.dev import ensure_topic as ensure_topic_on
 
 
 def add_cluster_args(ap: argparse.ArgumentParser) -> None:

@@ -77,15 +77,15 @@ import kafka_perf  # noqa: E402
 import produce_perf  # noqa: E402
 from perf_common import percentiles_ms  # noqa: E402
 
-from dmq.client.admin import Admin  # noqa: E402
-from dmq.client.consumer import Consumer  # noqa: E402
-from dmq.client.producer import Producer  # noqa: E402
-from dmq.devcluster import (  # noqa: E402
+from dmq.cli.dev import (  # noqa: E402
     KAFKA_PORT_OFFSET,
     DevCluster,
     ensure_topic,
     free_base_port,
 )
+from dmq.client.admin import Admin  # noqa: E402
+from dmq.client.consumer import Consumer  # noqa: E402
+from dmq.client.producer import Producer  # noqa: E402
 
 # ---------------------------------------------------------------------------- sizes
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import msgpack
 
+from dmq.cli.dev import ensure_topic
 from dmq.client import Consumer, Producer, TopicPartition
-from dmq.devcluster import ensure_topic
 from tests.support.procs import ProcessCluster
 from tests.support.waiting import wait_until
 

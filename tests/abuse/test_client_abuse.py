@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from dmq.cli.dev import ensure_topic, free_base_port
 from dmq.client import Admin, Consumer, Producer, TopicPartition
 from dmq.client.cluster import ClusterClient
-from dmq.devcluster import ensure_topic, free_base_port
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import (

@@ -23,8 +23,8 @@ import msgpack
 import pytest
 from crc32c import crc32c
 
+from dmq.cli.dev import ensure_topic
 from dmq.client import Consumer, Producer, TopicPartition
-from dmq.devcluster import ensure_topic
 from dmq.log.batch import ATTR_DMQ_NATIVE, HEADER_STRUCT, LOG_OVERHEAD, build_batch
 from dmq.log.codecs import CODEC_ZSTD, compress
 from dmq.protocol.api import ApiKey

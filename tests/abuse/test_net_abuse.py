@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
+from dmq.cli.dev import ensure_topic
 from dmq.client import Admin, Producer
-from dmq.devcluster import ensure_topic
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode
 from tests.abuse.support import (

@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from dmq.devcluster import ensure_topic
+from dmq.cli.dev import ensure_topic
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode, is_retriable
 from tests.abuse.support import (

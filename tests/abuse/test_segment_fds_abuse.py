@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from dmq.cli.dev import ensure_topic
 from dmq.client import Consumer, Producer, TopicPartition
-from dmq.devcluster import ensure_topic
 from tests.support.procs import ProcessCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

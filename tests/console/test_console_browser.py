@@ -69,7 +69,7 @@ def _cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 
 
 def _tool(tool: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    code = f"import sys; from dmq.tools import {tool}_main; {tool}_main(sys.argv[1:])"
+    code = f"import sys; from dmq.cli.tools import {tool}_main; {tool}_main(sys.argv[1:])"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                           text=True, timeout=timeout)
 
@@ -322,7 +322,7 @@ def test_group_lag_rises_while_stopped_and_reset_brings_it_down(
 
 
 def _produce(cluster: ProcessCluster, topic: str, n: int) -> None:
-    code = ("import sys; from dmq.tools import produce_main; produce_main(sys.argv[1:])")
+    code = ("import sys; from dmq.cli.tools import produce_main; produce_main(sys.argv[1:])")
     r = subprocess.run([sys.executable, "-c", code, "-b", cluster.bootstrap, "-t", topic],
                        input="".join(f"v{i}\n" for i in range(n)), capture_output=True,
                        text=True, timeout=30)

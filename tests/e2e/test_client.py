@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from dmq.cli.dev import ensure_topic
 from dmq.client import Consumer, Producer, TopicPartition
 from dmq.client.partitioner import partition_for_key
-from dmq.devcluster import ensure_topic
 from dmq.protocol.errors import DmqError, UnknownTopicOrPartitionError
 from tests.support.procs import ProcessCluster
 

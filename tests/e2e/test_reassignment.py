@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from dmq.cli.dev import ensure_topic
 from dmq.client import Consumer, Producer, TopicPartition
 from dmq.client.admin import Admin
-from dmq.devcluster import ensure_topic
 from dmq.protocol.errors import DmqError
 from tests.support.procs import ProcessCluster
 from tests.unit.broker.wire import FAST, wait_until

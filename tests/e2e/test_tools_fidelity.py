@@ -26,12 +26,13 @@ from pathlib import Path
 
 import pytest
 
+from dmq.cli.dev import free_base_port
 from dmq.client.admin import Admin
 from dmq.client.consumer import Consumer
 from dmq.client.producer import Producer
 from dmq.client.records import TopicPartition
 from tests.e2e.test_client import create_topic
-from tests.support.procs import ProcessCluster, free_ports
+from tests.support.procs import ProcessCluster
 from tests.support.tools import run_tool as run
 from tests.support.waiting import async_wait_until
 
@@ -227,7 +228,7 @@ def test_dev_quiet_says_why_a_node_died(tmp_path: Path) -> None:
     --quiet must still show its reason. (A taken port is refused before any node
     starts, naming the port: tests/e2e/test_seed_fidelity.py.)"""
     (tmp_path / "node-1").write_text("not a folder")
-    (port,) = free_ports(1)
+    port = free_base_port(1, 1, kafka=True)  # the node and its Kafka port at +20
     r = subprocess.run([sys.executable, "-m", "dmq", "dev", "--quiet", "--controllers",
                         "1", "--brokers", "1", "--base-port", str(port), "--data-dir",
                         str(tmp_path)], capture_output=True, timeout=60)
@@ -258,7 +259,7 @@ def test_dev_try_it_lines_run_as_printed_without_the_venv_on_path(tmp_path: Path
     dmq = _venv_script("dmq")
     env = dict(os.environ, PATH=_path_without(dmq.parent))
     assert shutil.which("dmq-produce", path=env["PATH"]) is None
-    (port,) = free_ports(1)
+    port = free_base_port(1, 1, kafka=True)  # the node and its Kafka port at +20
     proc = subprocess.Popen([str(dmq), "dev", "--quiet", "--controllers", "1", "--brokers",
                              "1", "--base-port", str(port), "--data-dir", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from dmq.cli.dev import ensure_topic
 from dmq.client import Consumer, Producer, TopicPartition
-from dmq.devcluster import ensure_topic
 from dmq.log.batch import ATTR_DMQ_NATIVE, decode_records, iter_headers
 from dmq.log.errors import LogError
 from dmq.log.migrate import CURRENT_FORMAT, read_format

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from dmq.cli.dev import ensure_topic
 from dmq.client import Consumer, Producer, TopicPartition
-from dmq.devcluster import ensure_topic
 from tests.kafka.support import consume_partition, kafka_cluster, needs_kcat
 from tests.support.procs import ProcessCluster
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dmq.devcluster import ensure_topic
+from dmq.cli.dev import ensure_topic
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import SaslAuthenticationFailedError

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dmq.devcluster import ensure_topic
+from dmq.cli.dev import ensure_topic
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, NetworkError

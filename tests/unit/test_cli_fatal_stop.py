@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from dmq import cli
+from dmq.cli import server
 from dmq.node import EXIT_FATAL
 
 
@@ -30,7 +30,7 @@ class _Node:
 
 def test_a_failed_node_that_stops_exits_with_exit_fatal() -> None:
     node = _Node("stops")
-    assert asyncio.run(cli._stop_failed_node(node)) == EXIT_FATAL == 70
+    assert asyncio.run(server._stop_failed_node(node)) == EXIT_FATAL == 70
     assert node.stopped
 
 
@@ -38,10 +38,10 @@ def test_a_failed_node_that_stops_exits_with_exit_fatal() -> None:
 def test_a_failed_node_whose_stop_hangs_or_fails_ends_the_process_at_once(
         how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     exits: list[int] = []
-    monkeypatch.setattr(cli, "FATAL_STOP_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(server, "FATAL_STOP_TIMEOUT_S", 0.05)
     monkeypatch.setattr(os, "_exit", exits.append)  # the real one would end pytest
     monkeypatch.setattr(logging, "shutdown", lambda: None)
     t0 = time.monotonic()
-    assert asyncio.run(cli._stop_failed_node(_Node(how))) == EXIT_FATAL
+    assert asyncio.run(server._stop_failed_node(_Node(how))) == EXIT_FATAL
     assert exits == [EXIT_FATAL]  # the process ends there, without waiting any longer
     assert time.monotonic() - t0 < 2

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from dmq import devcluster
-from dmq.devcluster import KAFKA_PORT_OFFSET, free_base_port
+from dmq.cli import dev
+from dmq.cli.dev import KAFKA_PORT_OFFSET, free_base_port
 
 
 def _held(port: int) -> socket.socket | None:
@@ -25,7 +25,7 @@ def _held(port: int) -> socket.socket | None:
 
 def _bases(monkeypatch: pytest.MonkeyPatch, *bases: int) -> None:
     it: Iterator[int] = iter(bases)
-    monkeypatch.setattr(devcluster.random, "randrange", lambda *_a: next(it))
+    monkeypatch.setattr(dev.random, "randrange", lambda *_a: next(it))
 
 
 def _free_bases(count: int) -> list[int]:

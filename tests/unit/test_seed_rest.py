@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from crc32c import crc32c
 
-from dmq.devcluster import DevCluster
+from dmq.cli.dev import DevCluster
 from dmq.log.batch import HEADER_SIZE, build_batch, encode_batch
 from dmq.ops.rest import (
     MAX_JSON_DEPTH,

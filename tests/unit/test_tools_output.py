@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from dmq.cli.tools import FORMATS, DeliveryTally, ToolError, format_record, produce
 from dmq.client.accumulator import (
     BatchSegment,
     ManyHandle,
@@ -21,7 +22,6 @@ from dmq.client.partitioner import partition_for_key
 from dmq.client.records import ConsumerRecord
 from dmq.log.batch import BatchBuilder
 from dmq.protocol.errors import RequestTimedOutError
-from dmq.tools import FORMATS, DeliveryTally, ToolError, format_record, produce
 from tests.unit.client.fake_cluster import FakeCluster
 
 

@@ -174,7 +174,7 @@ async def test_dmq_produce_sends_whole_chunks_and_strips_crlf_across_chunk_ends(
         fake: FakeCluster) -> None:
     """`dmq-produce` without a key separator hands each input chunk to `send_many`:
     lines split across chunks and a CR at a chunk's end still give the exact lines."""
-    from dmq.tools import produce
+    from dmq.cli.tools import produce
 
     chunks = [b"one\r\ntw", b"o\r", b"\nthree\n" + b"x" * 10 + b"\n" * 3, b"last", b""]
     out: list[str] = []

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import pytest
 
-from dmq.cli_admin import resolve_bootstrap
+from dmq.cli.common import resolve_bootstrap
 from dmq.metadata.image import FENCED, image_from_metadata, metadata_body
 from dmq.protocol.errors import ErrorCode
 from tests.unit.controller.helpers import Harness

@@ -267,7 +267,7 @@ def test_cancel_refused_when_no_original_replica_is_in_sync(h: Harness) -> None:
 def test_generated_plan_is_balanced_and_rack_aware() -> None:
     from collections import Counter
 
-    from dmq.cli_partitions import generate_plan
+    from dmq.cli.partitions import generate_plan
 
     cur = {"orders": {p: (1, 2, 3) for p in range(6)}, "audit": {0: (1, 2), 1: (2, 3)}}
     brokers = [(101, "a"), (102, "a"), (103, "b"), (104, "b"), (105, "c"), (106, "c")]
@@ -282,7 +282,7 @@ def test_generated_plan_is_balanced_and_rack_aware() -> None:
 
 
 def test_decommission_plan_replaces_only_the_broker_by_the_least_loaded() -> None:
-    from dmq.cli_partitions import decommission_plan
+    from dmq.cli.partitions import decommission_plan
 
     h = Harness()
     for b in (101, 102, 103, 104, 105):
@@ -309,7 +309,7 @@ def test_new_target_dropping_the_leader_being_added_moves_leadership(h: Harness)
 def test_decommission_does_not_wait_when_a_move_is_refused(monkeypatch: Any) -> None:
     """A refused reassignment leaves its replica on the broker, so waiting for the broker
     to empty could only run out its whole --wait-ms: the command answers at once."""
-    import dmq.cli_partitions as cli
+    import dmq.cli.partitions as cli
 
     topics = {"t": SimpleNamespace(partitions={
         0: SimpleNamespace(replicas=(101, 102)), 1: SimpleNamespace(replicas=(101, 103))})}
@@ -332,7 +332,7 @@ def test_decommission_does_not_wait_when_a_move_is_refused(monkeypatch: Any) -> 
         import asyncio
         return asyncio.run(fn(FakeAdmin()))
 
-    monkeypatch.setattr(cli, "_run", run)
+    monkeypatch.setattr(cli, "run_admin", run)
     started = time.monotonic()
     out = CliRunner().invoke(cli.brokers, ["decommission", "101", "--wait-ms", "5000"])
     assert time.monotonic() - started < 3, "waited for a move that was refused"
@@ -345,7 +345,7 @@ def test_decommission_plan_during_a_reassignment_keeps_its_replication_factor(
         h: Harness) -> None:
     """A partition moving (replicas = target + old) gets the target in progress with the
     broker replaced, not the whole listed set; one already dropping the broker is left."""
-    from dmq.cli_partitions import decommission_plan
+    from dmq.cli.partitions import decommission_plan
 
     h.add_broker(107)
     _place(h, "t", (101, 102, 103))
@@ -364,7 +364,7 @@ def test_generate_during_a_reassignment_keeps_the_replication_factor(monkeypatch
     the target in progress, not by the listed set (which includes the replicas leaving)."""
     import json
 
-    import dmq.cli_partitions as cli
+    import dmq.cli.partitions as cli
 
     topics = {"t": SimpleNamespace(partitions={
         0: SimpleNamespace(partition=0, replicas=(104, 105, 101, 102)),
@@ -386,7 +386,7 @@ def test_generate_during_a_reassignment_keeps_the_replication_factor(monkeypatch
         import asyncio
         return asyncio.run(fn(FakeAdmin()))
 
-    monkeypatch.setattr(cli, "_run", run)
+    monkeypatch.setattr(cli, "run_admin", run)
     out = CliRunner().invoke(cli.partitions, ["reassign", "--generate", "--topics", "t",
                                               "--brokers", "101,102,103,104"])
     assert out.exit_code == 0, out.output

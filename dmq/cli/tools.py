@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 import click
 
+from dmq.cli.common import install_uvloop
 from dmq.client.cluster import parse_bootstrap
 from dmq.client.consumer import Consumer
 from dmq.client.errors import DmqError, IllegalStateError
@@ -44,15 +45,6 @@ class ToolError(Exception):
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _install_uvloop() -> None:
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def _run_tool(command: click.Command, argv: Sequence[str] | None) -> NoReturn:
@@ -99,7 +91,7 @@ _COMMAND_CONFIG = click.option(
 
 
 def _run(coro: Any, security: Any = None) -> Any:
-    _install_uvloop()
+    install_uvloop()
     try:
         return asyncio.run(coro if security is None else security.run(coro))
     except DmqError as exc:

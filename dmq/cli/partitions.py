@@ -24,14 +24,9 @@ from typing import Any
 
 import click
 
-from dmq.cli_admin import _common, _run
+from dmq.cli.common import admin_options, run_admin
 from dmq.controller.placement import assign_replicas
 from dmq.protocol.errors import DmqError
-
-
-def register(main: click.Group) -> None:
-    main.add_command(partitions)
-    main.add_command(brokers)
 
 
 def _ids(text: str, what: str) -> list[int]:
@@ -112,7 +107,7 @@ def partitions() -> None:
 @click.option("--verify", is_flag=True, help="say which reassignments of the plan are done")
 @click.option("--cancel", is_flag=True,
               help="cancel the plan's reassignments (every one in progress without --plan)")
-@_common
+@admin_options
 def partitions_reassign(plan_path: str | None, generate: bool, topics: str | None,
                         broker_list: str | None, verify: bool, cancel: bool,
                         bootstrap: str | None, config_path: str | None,
@@ -134,7 +129,7 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
                     {b["broker_id"]: b.get("rack") for b in cluster["brokers"]},
                     await a.list_partition_reassignments(names))
 
-        described, racks, moving = _run(bootstrap, config_path, timeout_ms, describe)
+        described, racks, moving = run_admin(bootstrap, config_path, timeout_ms, describe)
         unknown = [b for b in ids if b not in racks]
         if unknown:
             raise click.UsageError(f"--brokers: {unknown} are not registered brokers")
@@ -161,7 +156,7 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
                 return {}
             return dict(await a.alter_partition_reassignments([(t, p, None) for t, p in keys]))
 
-        res = _run(bootstrap, config_path, timeout_ms, do_cancel)
+        res = run_admin(bootstrap, config_path, timeout_ms, do_cancel)
         if not res:
             click.echo("no reassignment in progress")
         for (t, p), err in sorted(res.items()):
@@ -176,7 +171,7 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
             return (await a.describe_topics(names),
                     await a.list_partition_reassignments(names))
 
-        described, moving = _run(bootstrap, config_path, timeout_ms, do_verify)
+        described, moving = run_admin(bootstrap, config_path, timeout_ms, do_verify)
         busy = {(r["topic"], r["partition"]): r for r in moving}
         pending = 0
         for t, p, target in plan:
@@ -195,8 +190,8 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
                 pending += 1
             click.echo(f"{t}-{p}: {line}")
         sys.exit(1 if pending else 0)
-    res = _run(bootstrap, config_path, timeout_ms,
-               lambda a: a.alter_partition_reassignments(plan))
+    res = run_admin(bootstrap, config_path, timeout_ms,
+                    lambda a: a.alter_partition_reassignments(plan))
     for (t, p), err in sorted(res.items()):
         click.echo(f"{t}-{p}: " + ("reassignment started" if err is None else f"error: {err}"))
     sys.exit(1 if any(e is not None for e in res.values()) else 0)
@@ -204,12 +199,12 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
 
 @partitions.command("elect-leaders")
 @click.option("--topic", default=None, help="only this topic (default: every topic)")
-@_common
+@admin_options
 def partitions_elect_leaders(topic: str | None, bootstrap: str | None,
                              config_path: str | None, timeout_ms: int) -> None:
     """Move each partition's leadership to its preferred (first) replica when that
     replica is online and in sync."""
-    res = _run(bootstrap, config_path, timeout_ms, lambda a: a.elect_leaders(topic))
+    res = run_admin(bootstrap, config_path, timeout_ms, lambda a: a.elect_leaders(topic))
     if not res:
         click.echo("every partition is led by its preferred replica")
     for (t, p), err in sorted(res.items()):
@@ -259,7 +254,7 @@ def decommission_plan(broker_id: int, topics: dict[str, Any], online: list[int],
 @click.argument("broker_id", type=int)
 @click.option("--wait-ms", default=120_000, show_default=True,
               help="wait this long for the broker to hold nothing (0: do not wait)")
-@_common
+@admin_options
 def brokers_decommission(broker_id: int, wait_ms: int, bootstrap: str | None,
                          config_path: str | None, timeout_ms: int) -> None:
     """Move every replica off a broker (alive or dead) by reassignments, then wait until
@@ -286,7 +281,7 @@ def brokers_decommission(broker_id: int, wait_ms: int, bootstrap: str | None,
                 return plan, res, left
             await asyncio.sleep(0.2)
 
-    plan, res, left = _run(bootstrap, config_path, timeout_ms + wait_ms, go)
+    plan, res, left = run_admin(bootstrap, config_path, timeout_ms + wait_ms, go)
     for (t, p), err in sorted(res.items()):
         if err is not None:
             click.echo(f"{t}-{p}: error: {err}")
@@ -300,10 +295,10 @@ def brokers_decommission(broker_id: int, wait_ms: int, bootstrap: str | None,
 
 @brokers.command("unregister")
 @click.argument("broker_id", type=int)
-@_common
+@admin_options
 def brokers_unregister(broker_id: int, bootstrap: str | None, config_path: str | None,
                        timeout_ms: int) -> None:
     """Forget a broker that will never return (refused while it hosts replicas). A
     broker that is still running registers again by itself."""
-    _run(bootstrap, config_path, timeout_ms, lambda a: a.unregister_broker(broker_id))
+    run_admin(bootstrap, config_path, timeout_ms, lambda a: a.unregister_broker(broker_id))
     click.echo(f"broker {broker_id} unregistered")

@@ -4,12 +4,14 @@ Writes a config into the data folder, starts every node with `dmq server`, waits
 each answers ApiVersions, streams the nodes' log lines prefixed with their id (or sends
 them to files), and stops every child cleanly (SIGTERM, then SIGKILL after a grace
 period) when asked to stop. With one controller and one broker it runs a single
-combined-mode node.
+combined-mode node. On Linux the nodes also get SIGTERM from the kernel when the
+`dmq dev` process dies without stopping them (SIGKILL, a crash): no node outlives it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import random
 import shlex
@@ -23,13 +25,51 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
+
 from dmq.aio import wait_for
+from dmq.cli.common import install_uvloop
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError
 
 TAIL_LINES = 12  # log lines shown when a node exits unexpectedly
 KAFKA_PORT_OFFSET = 20  # `dmq dev`: the brokers' Kafka listeners from base port + 20
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a child gets when its parent dies
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get SIGTERM when the process that starts it
+    dies (Linux `prctl(PR_SET_PDEATHSIG)`; the setting survives exec), or None where
+    that does not exist. A child whose parent died before the call exits at once."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def log_tail(path: Path, start: int = 0) -> list[str]:
+    """The last non-blank lines (at most TAIL_LINES) a node wrote to its log file since
+    byte `start` (the file's size when that run of the node began)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read()[-64 * 1024:]
+    except OSError as exc:
+        return [f"(cannot read {path}: {exc})"]
+    lines = data.decode(errors="replace").splitlines()
+    return [line.rstrip() for line in lines if line.strip()][-TAIL_LINES:]
 
 
 @dataclass
@@ -47,14 +87,7 @@ class DevNode:
         """The node's last output lines of this run (from its log file when quiet)."""
         if self.log_path is None:
             return list(self.recent)
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self.log_start)
-                data = f.read()[-64 * 1024:]
-        except OSError as exc:
-            return [f"(cannot read {self.log_path}: {exc})"]
-        lines = data.decode(errors="replace").splitlines()
-        return [line.rstrip() for line in lines if line.strip()][-TAIL_LINES:]
+        return log_tail(self.log_path, self.log_start)
 
     def exit_report(self) -> str:
         """Why it exited, as far as its output says: its return code and last lines."""
@@ -195,11 +228,13 @@ class DevCluster:
             n.log_path = self.data_dir / f"node-{n.node_id}.log"
             with open(n.log_path, "ab") as logf:  # the child keeps its own copy
                 n.log_start = logf.tell()
-                n.proc = await asyncio.create_subprocess_exec(*args, stdout=logf,
-                                                              stderr=asyncio.subprocess.STDOUT)
+                n.proc = await asyncio.create_subprocess_exec(
+                    *args, stdout=logf, stderr=asyncio.subprocess.STDOUT,
+                    preexec_fn=die_with_parent())
         else:
-            n.proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                          stderr=asyncio.subprocess.STDOUT)
+            n.proc = await asyncio.create_subprocess_exec(
+                *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=die_with_parent())
             n.pump = asyncio.create_task(self._pump(n))
 
     async def _pump(self, n: DevNode) -> None:
@@ -387,3 +422,80 @@ def console_command(name: str) -> str:
             return name
         return shlex.quote(str(script))
     return name  # not installed as a script here: the best guess is the bare name
+
+
+@click.command()
+@click.option("--controllers", default=3, show_default=True, help="number of controllers")
+@click.option("--brokers", default=3, show_default=True, help="number of brokers")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="where node data and the generated config go (default ./dmq-dev-data)")
+@click.option("--base-port", default=None, type=int,
+              help="controllers listen from here (default 9091, the seed's layout); the "
+                   "brokers' Kafka listeners from here + 20")
+@click.option("--broker-base-port", default=None, type=int,
+              help="brokers listen from here (default 8081 as in the seed; base+10 when "
+                   "--base-port is given)")
+@click.option("--quiet", is_flag=True, help="write node logs to files instead of the terminal")
+@click.option("--check", is_flag=True,
+              help="start, verify the cluster end to end, stop, and exit (0 when healthy)")
+@click.option("--http-base-port", type=int, default=None,
+              help="serve HTTP (/metrics, /healthz, REST) from this port, same offsets as "
+                   "--base-port (default: off)")
+def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int | None,
+        broker_base_port: int | None, quiet: bool, check: bool,
+        http_base_port: int | None) -> None:
+    """Start a whole local cluster as child processes; Ctrl-C stops it."""
+    install_uvloop()
+    if base_port is None:
+        base_port = 9091
+        if broker_base_port is None:
+            broker_base_port = 8081
+    cluster = DevCluster(Path(data_dir) if data_dir else default_data_dir(), controllers,
+                         brokers, base_port, quiet=quiet or check, echo=click.echo,
+                         http_base_port=http_base_port, broker_base_port=broker_base_port,
+                         kafka_base_port=base_port + KAFKA_PORT_OFFSET)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await cluster.start()
+            click.echo(f"dmq dev: {len(cluster.nodes)} node(s) up, data in {cluster.data_dir}")
+            click.echo(f"bootstrap: {cluster.bootstrap}")
+            if cluster.kafka_bootstrap is not None:
+                click.echo(f"Kafka clients: {cluster.kafka_bootstrap}  (e.g. kcat -b "
+                           f"{cluster.kafka_bootstrap} -L)")
+            if http_base_port is not None:
+                click.echo("http: " + ", ".join(
+                    f"node {n.node_id} http://{cluster.host}:{cluster.http_port(n)}"
+                    for n in cluster.nodes))
+            for line in await smoke_check(cluster):
+                click.echo(line)
+            if check:
+                return 0
+            click.echo("Ctrl-C stops the cluster.")
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                while not stop.is_set():
+                    died = asyncio.ensure_future(cluster.wait_for_exit())
+                    await asyncio.wait([stopping, died], return_when=asyncio.FIRST_COMPLETED)
+                    if not died.done():
+                        died.cancel()
+                    elif died.exception() is None:  # a node died: say why, keep the rest
+                        click.echo(f"error: {died.result().exit_report()}", err=True)
+                    else:  # no node left running
+                        return 1
+            finally:
+                stopping.cancel()
+            return 0
+        except Exception as exc:
+            click.echo(f"error: {exc}", err=True)
+            return 1
+        finally:
+            click.echo("stopping the cluster...")
+            await cluster.stop()
+            click.echo("stopped.")
+
+    sys.exit(asyncio.run(run()))

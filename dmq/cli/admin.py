@@ -7,94 +7,28 @@ that file exists) are used. Parse, call the library, print; no logic of their ow
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from dmq.config import ConfigError, load_config, parse_override
+from dmq.cli.common import admin_options, parse_configs, run_admin, table
+from dmq.cli.launch import cluster_start, cluster_stop
 from dmq.protocol.errors import DmqError
-
-T = TypeVar("T")
-DEFAULT_CONFIG = "config/cluster.toml"
-
-
-def resolve_bootstrap(bootstrap: str | None, config_path: str | None) -> str:
-    if bootstrap:
-        return bootstrap
-    path = config_path or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
-    if path is None:
-        raise click.UsageError(f"give --bootstrap HOST:PORT or --config (no {DEFAULT_CONFIG} "
-                               "here)")
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    return ",".join(c.address for c in config.controllers)
-
-
-def _run(bootstrap: str | None, config_path: str | None, timeout_ms: int,
-         fn: Callable[[Any], Awaitable[T]]) -> T:
-    from dmq.client.admin import Admin
-
-    addrs = resolve_bootstrap(bootstrap, config_path)
-
-    async def go() -> T:
-        async with Admin(addrs, request_timeout_ms=timeout_ms) as admin:
-            return await fn(admin)
-
-    try:
-        return asyncio.run(go())
-    except DmqError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def _common(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--timeout-ms", default=30_000, show_default=True,
-                     help="overall time limit of the request")(f)
-    f = click.option("--config", "--config-file", "config_path",
-                     type=click.Path(dir_okay=False), default=None,
-                     help=f"cluster config whose controllers are the default bootstrap "
-                          f"(default {DEFAULT_CONFIG} if present)")(f)
-    f = click.option("--bootstrap", default=None, metavar="HOST:PORT[,HOST:PORT...]",
-                     help="any controller or broker addresses")(f)
-    return f
-
-
-def _configs(pairs: tuple[str, ...]) -> dict[str, str]:
-    try:
-        return dict(parse_override(p) for p in pairs)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def _table(rows: list[list[Any]]) -> None:
-    if not rows:
-        return
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def register(main: click.Group) -> None:
-    main.add_command(cluster)
-    main.add_command(topics)
 
 
 @click.group()
 def cluster() -> None:
-    """Cluster status."""
+    """Cluster status; start and stop the nodes of a config locally."""
+
+
+cluster.add_command(cluster_start)
+cluster.add_command(cluster_stop)
 
 
 @cluster.command("status")
-@_common
+@admin_options
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (for scripts)")
 def cluster_status(bootstrap: str | None, config_path: str | None, timeout_ms: int,
                    as_json: bool) -> None:
@@ -108,7 +42,7 @@ def cluster_status(bootstrap: str | None, config_path: str | None, timeout_ms: i
         except DmqError:  # no active controller: the status above says so
             return status, []
 
-    status, moving = _run(bootstrap, config_path, timeout_ms, go)
+    status, moving = run_admin(bootstrap, config_path, timeout_ms, go)
     if as_json:
         click.echo(json.dumps(status))
         return
@@ -116,17 +50,17 @@ def cluster_status(bootstrap: str | None, config_path: str | None, timeout_ms: i
     click.echo(f"controller: {ctl if ctl >= 0 else 'none'}  term: {status['controller_term']}  "
                f"metadata version: {status['metadata_version']}")
     click.echo("\ncontrollers:")
-    _table([["ID", "ROLE", "TERM", "COMMIT", "APPLIED"]] + [
+    table([["ID", "ROLE", "TERM", "COMMIT", "APPLIED"]] + [
         [c["node_id"], c["role"], c["term"], c["commit_index"], c["last_applied"]]
         for c in status["controllers"]])
     click.echo("\nbrokers:")
-    _table([["ID", "ADDRESS", "STATE", "LAST HEARTBEAT"]] + [
+    table([["ID", "ADDRESS", "STATE", "LAST HEARTBEAT"]] + [
         [b["broker_id"], f"{b['host']}:{b['port']}", b["state"],
          f"{b['last_heartbeat_ms_ago'] / 1000:.1f}s ago" if b["last_heartbeat_ms_ago"] >= 0
          else "-"] for b in status["brokers"]])
     if moving:
         click.echo("\nreassignments in progress:")
-        _table([["PARTITION", "REPLICAS", "ADDING", "REMOVING", "ISR"]] + [
+        table([["PARTITION", "REPLICAS", "ADDING", "REMOVING", "ISR"]] + [
             [f"{r['topic']}-{r['partition']}", ",".join(map(str, r["replicas"])),
              ",".join(map(str, r["adding"])), ",".join(map(str, r["removing"])),
              ",".join(map(str, r["isr"]))] for r in moving])
@@ -150,29 +84,29 @@ def topics() -> None:
 def topics_create(name: str, partitions: int, replication_factor: int, configs: tuple[str, ...],
                   config_path: str | None, bootstrap: str | None, timeout_ms: int) -> None:
     """Create a topic."""
-    cfg = _configs(configs)
-    topic_id = _run(bootstrap, config_path, timeout_ms,
-                    lambda a: a.create_topic(name, partitions, replication_factor, cfg))
+    cfg = parse_configs(configs)
+    topic_id = run_admin(bootstrap, config_path, timeout_ms,
+                         lambda a: a.create_topic(name, partitions, replication_factor, cfg))
     click.echo(f"created topic {name} ({topic_id})")
 
 
 @topics.command("list")
-@_common
+@admin_options
 def topics_list(bootstrap: str | None, config_path: str | None, timeout_ms: int) -> None:
     """List topic names."""
-    for name in _run(bootstrap, config_path, timeout_ms, lambda a: a.list_topics()):
+    for name in run_admin(bootstrap, config_path, timeout_ms, lambda a: a.list_topics()):
         click.echo(name)
 
 
 @topics.command("describe")
 @click.argument("names", nargs=-1)
-@_common
+@admin_options
 @click.option("--json", "as_json", is_flag=True)
 def topics_describe(names: tuple[str, ...], bootstrap: str | None, config_path: str | None,
                     timeout_ms: int, as_json: bool) -> None:
     """Partitions with leader, replicas and ISR (every topic when none is named)."""
-    described = _run(bootstrap, config_path, timeout_ms,
-                     lambda a: a.describe_topics(list(names) or None))
+    described = run_admin(bootstrap, config_path, timeout_ms,
+                          lambda a: a.describe_topics(list(names) or None))
     if as_json:
         click.echo(json.dumps({n: {"id": t.topic_id, "configs": t.configs, "partitions": [
             {"partition": p.partition, "leader": p.leader, "leader_epoch": p.leader_epoch,
@@ -184,7 +118,7 @@ def topics_describe(names: tuple[str, ...], bootstrap: str | None, config_path: 
         click.echo(f"topic: {name}  id: {t.topic_id}  partitions: {len(t.partitions)}  "
                    f"replication factor: {t.replication_factor}"
                    + (f"  configs: {cfg}" if cfg else ""))
-        _table([["  PARTITION", "LEADER", "REPLICAS", "ISR"]] + [
+        table([["  PARTITION", "LEADER", "REPLICAS", "ISR"]] + [
             [f"  {p.partition}", p.leader if p.leader >= 0 else "none",
              ",".join(map(str, p.replicas)), ",".join(map(str, p.isr))]
             for _, p in sorted(t.partitions.items())])
@@ -192,11 +126,11 @@ def topics_describe(names: tuple[str, ...], bootstrap: str | None, config_path: 
 
 @topics.command("delete")
 @click.argument("name")
-@_common
+@admin_options
 def topics_delete(name: str, bootstrap: str | None, config_path: str | None,
                   timeout_ms: int) -> None:
     """Delete a topic."""
-    errors = _run(bootstrap, config_path, timeout_ms, lambda a: a.delete_topics([name]))
+    errors = run_admin(bootstrap, config_path, timeout_ms, lambda a: a.delete_topics([name]))
     if errors.get(name) is not None:
         click.echo(f"error: {errors[name]}", err=True)
         sys.exit(1)
@@ -218,7 +152,7 @@ def topics_alter(name: str, partitions: int | None, configs: tuple[str, ...],
     if partitions is None and not configs:
         raise click.UsageError("give --partitions N and/or --config KEY=VALUE")
     changes: dict[str, str | None] = {k: (v if v != "" else None)
-                                      for k, v in _configs(configs).items()}
+                                      for k, v in parse_configs(configs).items()}
 
     async def go(admin: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -228,7 +162,7 @@ def topics_alter(name: str, partitions: int | None, configs: tuple[str, ...],
             out["configs"] = (await admin.alter_configs({name: changes}))[name]
         return out
 
-    results = _run(bootstrap, config_path, timeout_ms, go)
+    results = run_admin(bootstrap, config_path, timeout_ms, go)
     failed = False
     for what, err in results.items():
         if err is not None:

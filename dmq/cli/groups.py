@@ -15,26 +15,21 @@ from typing import Any, TypeVar
 
 import click
 
-from dmq.cli_admin import _common, _table
-from dmq.cli_admin import _run as _admin_run
+from dmq.cli.common import admin_options, run_admin, table
 
 T = TypeVar("T")
 
 
 def _run(bootstrap: str | None, config_path: str | None, timeout_ms: int,
          fn: Callable[[Any], Awaitable[T]]) -> T:
-    """`dmq.cli_admin._run` with a `GroupAdmin` over its `Admin`."""
+    """`dmq.cli.common.run_admin` with a `GroupAdmin` over its `Admin`."""
     from dmq.client.admin_groups import GroupAdmin
 
     async def with_groups(admin: Any) -> T:
         async with GroupAdmin(admin) as ga:
             return await fn(ga)
 
-    return _admin_run(bootstrap, config_path, timeout_ms, with_groups)
-
-
-def register(main: click.Group) -> None:
-    main.add_command(groups)
+    return run_admin(bootstrap, config_path, timeout_ms, with_groups)
 
 
 @click.group()
@@ -43,7 +38,7 @@ def groups() -> None:
 
 
 @groups.command("list")
-@_common
+@admin_options
 @click.option("--json", "as_json", is_flag=True)
 def groups_list(bootstrap: str | None, config_path: str | None, timeout_ms: int,
                 as_json: bool) -> None:
@@ -53,13 +48,13 @@ def groups_list(bootstrap: str | None, config_path: str | None, timeout_ms: int,
         click.echo(json.dumps([{"group_id": g.group_id, "state": g.state,
                                 "members": g.members} for g in listing]))
         return
-    _table([["GROUP", "STATE", "MEMBERS"]] + [[g.group_id, g.state, g.members]
+    table([["GROUP", "STATE", "MEMBERS"]] + [[g.group_id, g.state, g.members]
                                                for g in listing])
 
 
 @groups.command("describe")
 @click.argument("group_id")
-@_common
+@admin_options
 @click.option("--json", "as_json", is_flag=True)
 def groups_describe(group_id: str, bootstrap: str | None, config_path: str | None,
                     timeout_ms: int, as_json: bool) -> None:
@@ -80,7 +75,7 @@ def groups_describe(group_id: str, bootstrap: str | None, config_path: str | Non
     click.echo(f"group: {d.group_id}  state: {d.state}  epoch: {d.epoch}  "
                f"assignor: {d.assignor}  members: {len(d.members)}  total lag: {d.total_lag}")
     clients = {m.member_id: m for m in d.members}
-    _table([["TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG", "MEMBER", "CLIENT", "HOST"]]
+    table([["TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG", "MEMBER", "CLIENT", "HOST"]]
            + [[p.topic, p.partition, "-" if p.committed is None else p.committed,
                "-" if p.log_end_offset is None else p.log_end_offset,
                "-" if p.lag is None else p.lag, p.owner or "-",
@@ -98,7 +93,7 @@ def groups_describe(group_id: str, bootstrap: str | None, config_path: str | Non
 @click.option("--to-datetime", default=None, metavar="ISO",
               help="e.g. 2026-11-26T05:00:00 (local time unless it has an offset)")
 @click.option("--dry-run", is_flag=True, help="show the new offsets, change nothing")
-@_common
+@admin_options
 def groups_reset_offsets(group_id: str, topic: str, to_earliest: bool, to_latest: bool,
                          to_offset: int | None, to_datetime: str | None, dry_run: bool,
                          bootstrap: str | None, config_path: str | None,
@@ -122,7 +117,7 @@ def groups_reset_offsets(group_id: str, topic: str, to_earliest: bool, to_latest
             int(to_offset)  # type: ignore[arg-type]
         result = _run(bootstrap, config_path, timeout_ms,
                       lambda ga: ga.reset_offsets(group_id, topic, to=to, dry_run=dry_run))
-    _table([["TOPIC", "PARTITION", "NEW-OFFSET"]] + [[t, p, o] for (t, p), o in
+    table([["TOPIC", "PARTITION", "NEW-OFFSET"]] + [[t, p, o] for (t, p), o in
                                                       sorted(result.items())])
     click.echo("(dry run: nothing changed)" if dry_run else
                f"reset {len(result)} partitions of group {group_id}")
@@ -130,7 +125,7 @@ def groups_reset_offsets(group_id: str, topic: str, to_earliest: bool, to_latest
 
 @groups.command("delete")
 @click.argument("group_ids", nargs=-1, required=True)
-@_common
+@admin_options
 def groups_delete(group_ids: tuple[str, ...], bootstrap: str | None, config_path: str | None,
                   timeout_ms: int) -> None:
     """Delete empty groups and their committed offsets."""

@@ -1,0 +1,3 @@
+from dmq.cli import main
+
+main()

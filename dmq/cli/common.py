@@ -1,0 +1,106 @@
+"""Helpers shared by the `dmq` commands and the console tools: where the cluster is
+(bootstrap resolution), running one admin call, the common admin options, table output,
+error exits, and installing uvloop (entry points only, never the library).
+
+Everything here is public and used from several modules of `dmq.cli`; a helper used by
+one module stays private in that module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from dmq.config import ConfigError, load_config, parse_override
+from dmq.protocol.errors import DmqError
+
+T = TypeVar("T")
+DEFAULT_CONFIG = "config/cluster.toml"
+
+
+def install_uvloop() -> None:
+    """Run asyncio on uvloop in this process (called by entry points before
+    `asyncio.run`)."""
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover - uvloop is a hard dependency
+        pass
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print `error: message` on stderr and exit with `code`."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def resolve_bootstrap(bootstrap: str | None, config_path: str | None) -> str:
+    """`--bootstrap` as given, else the controllers of `--config` (default
+    `config/cluster.toml` when that file exists)."""
+    if bootstrap:
+        return bootstrap
+    path = config_path or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    if path is None:
+        raise click.UsageError(f"give --bootstrap HOST:PORT or --config (no {DEFAULT_CONFIG} "
+                               "here)")
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    return ",".join(c.address for c in config.controllers)
+
+
+def run_admin(bootstrap: str | None, config_path: str | None, timeout_ms: int,
+              fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `fn(admin)` with an `Admin` on the resolved bootstrap; a cluster-side error
+    becomes `error: ...` and exit 1, a bad argument a usage error."""
+    from dmq.client.admin import Admin
+
+    addrs = resolve_bootstrap(bootstrap, config_path)
+
+    async def go() -> T:
+        async with Admin(addrs, request_timeout_ms=timeout_ms) as admin:
+            return await fn(admin)
+
+    try:
+        return asyncio.run(go())
+    except DmqError as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def admin_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of every admin command: --bootstrap, --config, --timeout-ms."""
+    f = click.option("--timeout-ms", default=30_000, show_default=True,
+                     help="overall time limit of the request")(f)
+    f = click.option("--config", "--config-file", "config_path",
+                     type=click.Path(dir_okay=False), default=None,
+                     help=f"cluster config whose controllers are the default bootstrap "
+                          f"(default {DEFAULT_CONFIG} if present)")(f)
+    f = click.option("--bootstrap", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+                     help="any controller or broker addresses")(f)
+    return f
+
+
+def parse_configs(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`KEY=VALUE` options as a dict; a malformed one is a usage error."""
+    try:
+        return dict(parse_override(p) for p in pairs)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def table(rows: list[list[Any]]) -> None:
+    """Print rows as left-aligned columns (the first row is the header)."""
+    if not rows:
+        return
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
