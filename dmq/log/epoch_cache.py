@@ -1,9 +1,9 @@
 """Leader-epoch cache: epoch -> first offset written in that epoch (Kafka's KIP-101).
 
-Owns the `leader-epoch-checkpoint` file of one partition and the queries followers
-use to find where their log diverges from a new leader's. Entries only grow in both
-epoch and start offset; truncation of the log calls the truncation hooks here. It
-must never read the log itself.
+Keeps the `leader-epoch-checkpoint` file of one partition and answers the queries
+followers use to find where their log diverges from a new leader's. Entries only grow
+in both epoch and start offset; truncation of the log calls the truncation hooks
+here. It never reads the log itself.
 """
 
 from __future__ import annotations

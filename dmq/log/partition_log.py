@@ -1,17 +1,18 @@
 """`PartitionLog`: the replicated log of one partition, a folder of segments.
 
-Owns offsets (log start, log end, recovery point), appends from leaders and
-followers, reads of whole batches, rolling, truncation, retention, the flush policy,
-crash recovery on open, the leader-epoch cache and producer state. Compaction lives in
-`dmq.log.cleaner` and works through the hooks at the bottom of this class. The high
-watermark is NOT owned here (the broker owns it); `read(max_offset=hw)` bounds reads.
+Keeps the offsets (log start, log end, recovery point); appends from leaders and
+followers, reads whole batches, rolls, truncates, applies retention and the flush
+policy, recovers on open, and keeps the leader-epoch cache and producer state.
+Compaction lives in `dmq.log.cleaner` and works through the cleaner hooks at the
+bottom of this class (`dmq.log.cleaner.CleanableLog`). The high watermark is kept by
+the broker, not here; `read(max_offset=hw)` bounds reads.
 
-It must never decode records into Python objects on replicate or read paths: per batch
+It decodes no record into Python objects on replicate or read paths: per batch
 work only (header unpack, CRC, stamping), bytes move with `writev`/`pread`. A leader
 append also checks each client batch against its records (`check_client_batch`: one
-C-level unpack and a few C-level passes per batch, no per-record Python code). Calls are serialised
-by one lock so the cleaner may run in a worker thread; everything else is synchronous
-and meant to be called from the broker's event loop.
+C-level unpack and a few C-level passes per batch, no per-record Python code). Calls
+are serialised by one lock so the cleaner may run in a worker thread (`locked()`);
+everything else is synchronous and meant to be called from the broker's event loop.
 
 Folder layout::
 
@@ -30,7 +31,7 @@ Crash safety: data is written with one `writev` per append; flushes advance the
 recovery point; on open (`dmq.log.recovery`) the segments past the recovery point of an
 unclean shutdown are scanned batch by batch and cut after the last valid batch, and
 later segments are deleted. File replacement by the cleaner goes through `.cleaned` ->
-`.swap` -> final, finished or undone on open.
+`.swap` -> final, finished or undone on open (`dmq.log.recovery`).
 
 Offsets and reads: `append_as_leader` assigns offsets from the log end; batches are
 atomic (truncation inside a batch removes the whole batch); `read` returns whole
