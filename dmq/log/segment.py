@@ -424,10 +424,6 @@ class LogSegment:
         """True once `close_fd` ran: the segment was closed, deleted or abandoned."""
         return self._fd_closed
 
-    @property
-    def holds_fd(self) -> bool:
-        return self._fd >= 0
-
     def release_fd(self) -> None:
         """Close the descriptor of an inactive segment until its next use (a closed
         segment is read rarely; one descriptor per segment would not scale)."""
