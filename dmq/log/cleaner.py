@@ -97,8 +97,8 @@ class CleanableLog(Protocol):
     - `cleaner_state` and `undecodable_batches`: what the cleaner remembers of the log
       between passes (the last pass's segments and pending tombstones, to skip a log
       with nothing new; base offsets of batches reported as undecodable, to say so once);
-    - `clean(...)`: one pass if the log is compacted (`clean_log` otherwise), for
-      `LogCleaner`.
+    - `clean(...)`: what `LogCleaner` calls: `clean_log` if the log's cleanup policy
+      includes compact, else nothing.
     """
 
     @property
