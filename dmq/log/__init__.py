@@ -18,7 +18,7 @@ from dmq.log.batch import (
     validate_batches,
 )
 from dmq.log.checkpoint import OffsetCheckpointFile
-from dmq.log.cleaner import CleanResult, LogCleaner, clean_log
+from dmq.log.cleaner import CleanableLog, CleanResult, LogCleaner, clean_log
 from dmq.log.codecs import CODEC_LZ4, CODEC_NONE, CODEC_ZSTD, codec_available
 from dmq.log.config import LogConfig
 from dmq.log.epoch_cache import UNDEFINED_EPOCH, UNDEFINED_OFFSET, LeaderEpochCache
@@ -51,6 +51,7 @@ __all__ = [
     "BatchHeader",
     "BatchMetadata",
     "CleanResult",
+    "CleanableLog",
     "CorruptRecordError",
     "InvalidProducerEpochError",
     "InvalidRecordError",

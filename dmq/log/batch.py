@@ -1,8 +1,11 @@
 """Record batch format: layout, builder, zero-copy header reader, in-place stamping.
 
-This module owns the on-disk and on-wire bytes of a record batch. The broker uses it
+This module defines the on-disk and on-wire bytes of a record batch. The broker uses it
 to validate and stamp batches without ever decoding records; clients use the builder
-and `decode_records`. It must never import asyncio or touch files.
+and `decode_records`. It never imports asyncio or touches files. The header's
+constants and the `BatchHeader`/`Record` types are defined in `dmq.log.batch_header`
+(for `dmq.log.kafka_records`, which decodes Kafka-format records for this module) and
+are importable from here too.
 
 Layout (all integers big-endian), modelled on Kafka's RecordBatch v2::
 
@@ -62,92 +65,44 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 from itertools import chain, repeat
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 from crc32c import crc32c
 
+from dmq.log.batch_header import (
+    ATTR_CODEC_MASK,
+    ATTR_CONTROL,
+    ATTR_DMQ_NATIVE,
+    ATTR_KNOWN_MASK,
+    ATTR_TIMESTAMP_TYPE,
+    ATTR_TRANSACTIONAL,
+    CRC_START,
+    HEADER_SIZE,
+    HEADER_STRUCT,
+    LOG_OVERHEAD,
+    MAGIC,
+    MIN_BATCH_LENGTH,
+    NO_PARTITION_LEADER_EPOCH,
+    NO_PRODUCER_EPOCH,
+    NO_PRODUCER_ID,
+    NO_SEQUENCE,
+    BatchHeader,
+    Buffer,
+    Record,
+)
 from dmq.log.codecs import CODEC_NONE, compress, decompress
 from dmq.log.errors import CorruptRecordError, InvalidRecordError
 from dmq.log.kafka_records import decode_kafka_records
 
-MAGIC = 2
-HEADER_STRUCT = struct.Struct(">qiibIhiqqqhii")
-HEADER_SIZE = HEADER_STRUCT.size  # 61
-LOG_OVERHEAD = 12  # base_offset + batch_length: bytes not counted by batch_length
-MIN_BATCH_LENGTH = HEADER_SIZE - LOG_OVERHEAD
-CRC_START = 21
 STAMP_STRUCT = struct.Struct(">qii")  # base_offset, batch_length, partition_leader_epoch
 _OFFSET_STRUCT = struct.Struct(">q")
 _EPOCH_STRUCT = struct.Struct(">i")
 _PREFIX_STRUCT = struct.Struct(">qiib")  # base_offset, batch_length, epoch, magic
 _TAIL_STRUCT = struct.Struct(">hiqqqhii")  # attributes .. record_count
 
-ATTR_CODEC_MASK = 0x07
-ATTR_TIMESTAMP_TYPE = 0x08
-ATTR_TRANSACTIONAL = 0x10
-ATTR_CONTROL = 0x20
-ATTR_DMQ_NATIVE = 0x80
-ATTR_KNOWN_MASK = 0xBF
-
 TIMESTAMP_CREATE_TIME = 0
 TIMESTAMP_LOG_APPEND_TIME = 1
-
-NO_PRODUCER_ID = -1
-NO_PRODUCER_EPOCH = -1
-NO_SEQUENCE = -1
-NO_PARTITION_LEADER_EPOCH = -1
-
-Buffer = bytes | bytearray | memoryview
-
-
-class BatchHeader(NamedTuple):
-    """The 61-byte header of one batch, plus where it starts in the scanned buffer."""
-
-    base_offset: int
-    batch_length: int
-    partition_leader_epoch: int
-    magic: int
-    crc: int
-    attributes: int
-    last_offset_delta: int
-    base_timestamp: int
-    max_timestamp: int
-    producer_id: int
-    producer_epoch: int
-    base_sequence: int
-    record_count: int
-    position: int
-
-    @property
-    def size_bytes(self) -> int:
-        return self.batch_length + LOG_OVERHEAD
-
-    @property
-    def last_offset(self) -> int:
-        return self.base_offset + self.last_offset_delta
-
-    @property
-    def next_offset(self) -> int:
-        return self.base_offset + self.last_offset_delta + 1
-
-    @property
-    def codec(self) -> int:
-        return self.attributes & ATTR_CODEC_MASK
-
-    @property
-    def last_sequence(self) -> int:
-        if self.base_sequence < 0:
-            return NO_SEQUENCE
-        return (self.base_sequence + self.last_offset_delta) & 0x7FFFFFFF
-
-
-class Record(NamedTuple):
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
 
 
 def read_header(buf: Buffer, position: int = 0) -> BatchHeader:
@@ -627,3 +582,15 @@ def build_batch(records: Sequence[tuple[bytes | None, bytes | None]], timestamp_
     for key, value in records:
         b.append(timestamp_ms, key, value)
     return b.seal(base_offset, partition_leader_epoch)
+
+
+# with the header's names from `dmq.log.batch_header`, defined apart for `kafka_records`
+__all__ = ["ATTR_CODEC_MASK", "ATTR_CONTROL", "ATTR_DMQ_NATIVE", "ATTR_KNOWN_MASK",
+           "ATTR_TIMESTAMP_TYPE", "ATTR_TRANSACTIONAL", "BatchBuilder", "BatchHeader", "Buffer",
+           "CRC_START", "HEADER_SIZE", "HEADER_STRUCT", "LOG_OVERHEAD", "MAGIC",
+           "MIN_BATCH_LENGTH", "NO_PARTITION_LEADER_EPOCH", "NO_PRODUCER_EPOCH", "NO_PRODUCER_ID",
+           "NO_SEQUENCE", "Record", "STAMP_STRUCT", "TIMESTAMP_CREATE_TIME",
+           "TIMESTAMP_LOG_APPEND_TIME", "all_dmq_native", "batch_crc_ok", "build_batch",
+           "check_client_batch", "check_header", "decode_records", "encode_batch", "iter_headers",
+           "iter_records", "read_header", "stamp_batch", "unpack_records", "validate_batches",
+           "validate_raw", "with_log_append_time"]

@@ -1,8 +1,9 @@
 """Small checkpoint files written atomically (temp file, fsync, rename, fsync dir).
 
-Owns the text format of the log's checkpoint files: the per-partition `meta`
-checkpoint (recovery point, log start offset, clean-shutdown flag), the leader-epoch
-file, and a generic `OffsetCheckpointFile` the broker may use for high watermarks.
+Reads and writes the text format of the log's checkpoint files: the per-partition
+`meta` checkpoint (recovery point, log start offset, clean-shutdown flag), the
+leader-epoch file, and a generic `OffsetCheckpointFile` the broker may use for high
+watermarks.
 Format: a version line `0`, an entry-count line, then one entry per line with
 space-separated fields (Kafka's format). Fields are printable ASCII without spaces:
 `write_entries` refuses any other field (it would split or hide a row), and

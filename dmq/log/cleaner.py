@@ -1,9 +1,9 @@
-"""Log compaction (`cleanup_policy=compact`) and the startup sweep of its files.
+"""Log compaction (`cleanup_policy=compact`): rewriting closed segments.
 
-Owns rewriting closed segments so that only the newest record per key survives,
-dropping tombstones (value None) older than `delete_retention_ms`, merging runs of
-small cleaned segments into one (within `segment_bytes`, the index capacity and u32
-relative offsets), and the crash-safe file replacement protocol:
+Rewrites closed segments so that only the newest record per key survives, drops
+tombstones (value None) older than `delete_retention_ms`, merges runs of small cleaned
+segments into one (within `segment_bytes`, the index capacity and u32 relative
+offsets), and replaces the files crash-safely:
 
 1. write the cleaned (merged) data to `<first base>.log.cleaned` and
    `<first base>.swap-end` (the offset the replaced segments end at), fsync both;
@@ -14,16 +14,14 @@ relative offsets), and the crash-safe file replacement protocol:
    and only then replace the old segments in memory.
 
 A failure before the commit point removes that pass's files; after it, the log is
-failed (closed: reads and writes raise) and the files are left for the sweep.
+failed (closed: reads and writes raise) and the files are left for the next open:
+`dmq.log.recovery.sweep_replacement_files` finishes a committed swap and undoes an
+unfinished one. The cleaner never touches the active segment or anything at or above
+the high watermark it is given, keeps every offset (gaps are fine) and keeps keyless
+records. This is the only place besides clients that decodes records.
 
-`sweep_replacement_files` runs on every open: it deletes `.cleaned`, `.deleted` and
-`.tmp` leftovers (an unfinished clean loses nothing: the old segments are intact),
-finishes step 3 for any `.swap` (complete by construction), deleting the segments that
-start inside the range its `.swap-end` gives, and deletes `.swap-end` files with no
-`.swap` (a pass undone, or finished). The cleaner never touches the active segment or
-anything at or above the high watermark it is given, keeps every offset (gaps are
-fine) and keeps keyless records. This is the only place besides clients that decodes
-records.
+The cleaner works on a log through `CleanableLog`, the part of `PartitionLog`'s public
+interface meant for it (see there); it never imports the log's module.
 """
 
 from __future__ import annotations
@@ -32,8 +30,11 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
 
+from dmq.clock import Clock
 from dmq.log.batch import (
     ATTR_CODEC_MASK,
     ATTR_TIMESTAMP_TYPE,
@@ -48,6 +49,7 @@ from dmq.log.batch import (
 )
 from dmq.log.checkpoint import fsync_dir
 from dmq.log.codecs import codec_available
+from dmq.log.config import LogConfig
 from dmq.log.errors import (
     CorruptRecordError,
     InvalidRecordError,
@@ -56,17 +58,11 @@ from dmq.log.errors import (
     LogStorageError,
 )
 from dmq.log.index import OFFSET_ENTRY_SIZE
-from dmq.log.segment import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, LogSegment
-
-if TYPE_CHECKING:
-    from dmq.log.partition_log import PartitionLog
+from dmq.log.recovery import CLEANED_SUFFIX, END_SUFFIX, SWAP_SUFFIX, unlink_quietly
+from dmq.log.segment import LOG_SUFFIX, LogSegment
 
 log = logging.getLogger("dmq.log")
 
-CLEANED_SUFFIX = ".cleaned"
-SWAP_SUFFIX = ".swap"
-DELETED_SUFFIX = ".deleted"
-END_SUFFIX = ".swap-end"  # `<base>.swap-end`: where the segments merged into <base> ended
 _MAX_RELATIVE_OFFSET = 0xFFFFFFFF
 
 
@@ -78,44 +74,57 @@ class CleanResult(NamedTuple):
     bytes_after: int
 
 
-def sweep_replacement_files(directory: str, sync: bool = True) -> None:
-    """Undo unfinished cleans and finish committed ones (see the module docstring)."""
-    names = sorted(os.listdir(directory))
-    for name in names:
-        path = os.path.join(directory, name)
-        if name.endswith((CLEANED_SUFFIX, DELETED_SUFFIX, ".tmp")):
-            log.warning("removing leftover %s", path)
-            os.unlink(path)
-        elif name.endswith(LOG_SUFFIX + SWAP_SUFFIX):
-            stem = path[: -len(LOG_SUFFIX + SWAP_SUFFIX)]
-            log.warning("finishing interrupted segment swap %s", path)
-            end = _read_end(stem + END_SUFFIX)
-            if end is not None:  # a merge: the segments it replaced go too
-                base = int(os.path.basename(stem))
-                for other in names:
-                    if (other.endswith(LOG_SUFFIX) and len(other) == 20 + len(LOG_SUFFIX)
-                            and other[:20].isdigit() and base < int(other[:20]) < end):
-                        for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX, LOG_SUFFIX):
-                            _unlink_quietly(os.path.join(directory, other[:20] + suffix))
-            for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX):
-                _unlink_quietly(stem + suffix)
-            os.replace(path, stem + LOG_SUFFIX)
-            _unlink_quietly(stem + END_SUFFIX)
-    for name in names:  # an end file with no swap: a merge undone, or finished
-        if name.endswith(END_SUFFIX):
-            _unlink_quietly(os.path.join(directory, name))
-    if sync:
-        fsync_dir(directory)
+_NOTHING = CleanResult(0, 0, 0, 0, 0)
 
 
-def _read_end(path: str) -> int | None:
-    try:
-        with open(path, "rb") as f:
-            return int(f.read().strip())
-    except FileNotFoundError:
-        return None
-    except ValueError:  # written and fsynced before the commit point: cannot be torn
-        raise LogError(f"unreadable merge end file {path}") from None
+class CleanableLog(Protocol):
+    """What compaction uses of a log; `PartitionLog` implements it.
+
+    - `directory`, `config`, `clock`, `fsync_enabled`: where the files are, the
+      settings, time and whether to fsync;
+    - `segments`: a snapshot of the segments, oldest first (the last is active);
+    - `locked(check_open=True)`: a context holding the log's lock (appends, reads,
+      truncation and retention wait meanwhile), raising the log's closed error on
+      entry if `check_open` and the log is closed. Every use of a segment's descriptor
+      and every change of the segment list happens in it;
+    - `truncations`: a counter that grows with every truncation (a closed segment
+      changes only by truncation, which may cut and refill it, or by retention, which
+      deletes it);
+    - `replace_segments(old, new)` (in `locked()`): swap a cleaned segment, whose files
+      are in place, in for consecutive old ones;
+    - `fail(reason)`: close the log after a storage failure only a reopen resolves;
+    - `closed`: whether it is closed (or failed);
+    - `cleaner_state` and `undecodable_batches`: what the cleaner remembers of the log
+      between passes (the last pass's segments and pending tombstones, to skip a log
+      with nothing new; base offsets of batches reported as undecodable, to say so once);
+    - `clean(...)`: what `LogCleaner` calls: `clean_log` if the log's cleanup policy
+      includes compact, else nothing.
+    """
+
+    @property
+    def directory(self) -> str: ...
+    @property
+    def config(self) -> LogConfig: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def fsync_enabled(self) -> bool: ...
+    @property
+    def segments(self) -> list[LogSegment]: ...
+    @property
+    def truncations(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def undecodable_batches(self) -> set[int]: ...
+
+    cleaner_state: tuple[tuple[tuple[int, int], ...], int] | None
+
+    def locked(self, check_open: bool = True) -> AbstractContextManager[None]: ...
+    def replace_segments(self, old: list[LogSegment], new: LogSegment) -> None: ...
+    def fail(self, reason: str) -> None: ...
+    def clean(self, now_ms: int | None = None, max_offset: int | None = None,
+              cancelled: Callable[[], bool] | None = None) -> CleanResult: ...
 
 
 def _segment_batches(fd: int, size: int) -> Iterator[tuple[BatchHeader, bytes]]:
@@ -134,7 +143,7 @@ def _segment_batches(fd: int, size: int) -> Iterator[tuple[BatchHeader, bytes]]:
         pos += total
 
 
-def _decoded(plog: PartitionLog, data: bytes, h: BatchHeader) -> list[Record] | None:
+def _decoded(plog: CleanableLog, data: bytes, h: BatchHeader) -> list[Record] | None:
     """The batch's records, or None for a batch that passed its CRC but does not decode
     (stored before leaders checked records): the cleaner keeps such a batch whole and
     says so once per batch, rather than failing every pass on it."""
@@ -148,14 +157,13 @@ def _decoded(plog: PartitionLog, data: bytes, h: BatchHeader) -> list[Record] | 
         return None
 
 
-def _dup_as_picked(plog: PartitionLog, seg: LogSegment, truncations: int) -> int | None:
+def _dup_as_picked(plog: CleanableLog, seg: LogSegment, truncations: int) -> int | None:
     """A duplicate of `seg`'s descriptor, for reading it without the log's lock, or None
     if the segment is no longer as the pass picked it (retention deleted it, or a
     truncation may have cut and refilled it: the pass ends, the next one starts over).
     One segment at a time: a pass over thousands of closed segments (segment.bytes of
     a few bytes) holds one duplicate, not one per segment."""
-    with plog._lock:  # noqa: SLF001
-        plog._check_open()  # noqa: SLF001
+    with plog.locked():
         if plog.truncations != truncations or seg.fd_closed:
             return None
         return os.dup(seg.fd)
@@ -175,7 +183,59 @@ class _Rewrite(NamedTuple):
     segment: LogSegment  # the replacement, open and indexed under `.cleaned` names
 
 
-def clean_log(plog: PartitionLog, now_ms: int | None = None,
+class _Picked(NamedTuple):
+    """The closed segments a pass cleans, as they were when it picked them."""
+
+    segments: list[LogSegment]
+    sizes: list[int]
+    next_offsets: list[int]
+    truncations: int  # the log's count when they were picked
+    now: int  # wall clock ms
+
+
+@dataclass
+class _Totals:
+    kept: int = 0  # records
+    removed: int = 0
+    tombstones: int = 0  # kept
+    before: int = 0  # bytes
+    after: int = 0
+
+
+@dataclass
+class _Group:
+    """Consecutive cleaned segments to be written as one: within a segment's bytes and
+    index capacity, and u32 relative offsets from the first one's base."""
+
+    members: list[tuple[LogSegment, int]] = field(default_factory=list)  # with sizes read
+    batches: list[bytes] = field(default_factory=list)
+    size: int = 0
+    changed: bool = False  # a record of some member was removed
+    end: int = 0  # the last member's next offset
+
+    def fits(self, batches: list[bytes], size: int, next_offset: int, max_size: int,
+             max_batches: int) -> bool:
+        return not self.members or (
+            self.size + size <= max_size
+            and len(self.batches) + len(batches) <= max_batches
+            and next_offset - self.members[0][0].base_offset <= _MAX_RELATIVE_OFFSET)
+
+    def add(self, seg: LogSegment, seg_size: int, next_offset: int, batches: list[bytes],
+            size: int, changed: bool) -> None:
+        self.members.append((seg, seg_size))
+        self.batches.extend(batches)
+        self.size += size
+        self.changed = self.changed or changed
+        self.end = next_offset
+
+
+class _Swapped(NamedTuple):
+    segments: int  # old segments replaced
+    complete: bool  # every rewrite swapped in
+    truncated: bool  # stopped by a truncation since the pick
+
+
+def clean_log(plog: CleanableLog, now_ms: int | None = None,
               max_offset: int | None = None,
               cancelled: Callable[[], bool] | None = None) -> CleanResult:
     """Compact the closed segments of `plog` in place, those wholly below `max_offset`
@@ -192,133 +252,169 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
     truncation happened since the segments were picked and its segments are still
     there as read. `cancelled()` (the cleaner stopping) abandons the pass between
     segments.
+
+    Steps: `_pick` the segments; `_latest_offsets` reads them once for the newest
+    offset of each key; `_write_groups` reads them again, keeps what survives and
+    writes each group of segments that changed (or merge) to `.cleaned` files;
+    `_swap_in_groups` swaps those in one group at a time; `_remember` notes what the
+    pass saw, so that the next one may skip a log with nothing new.
     """
+    picked = _pick(plog, now_ms, max_offset)
+    if picked is None:
+        return _NOTHING
+    rewrites: list[_Rewrite] = []
+    try:
+        latest = _latest_offsets(plog, picked, cancelled)
+        totals = None if latest is None else _write_groups(plog, picked, latest, rewrites,
+                                                          cancelled)
+    except BaseException:
+        _discard_rewrites(rewrites)
+        if plog.closed:  # closed (and maybe deleted) meanwhile: not a cleaning failure
+            raise LogClosedError(f"log {plog.directory} closed while cleaning") from None
+        raise
+    if totals is None:  # cancelled, or a segment no longer as picked
+        _discard_rewrites(rewrites)
+        return _NOTHING
+    swapped = _swap_in_groups(plog, picked.truncations, rewrites)
+    if swapped.truncated:
+        return CleanResult(swapped.segments, 0, 0, 0, 0)
+    _remember(plog, picked, totals.tombstones, swapped.complete)
+    return CleanResult(swapped.segments, totals.kept, totals.removed, totals.before,
+                       totals.after)
+
+
+def _pick(plog: CleanableLog, now_ms: int | None, max_offset: int | None) -> _Picked | None:
+    """The closed segments to clean: a prefix, each older than `min_compaction_lag_ms`
+    and wholly below `max_offset`; None if there are none, or if they are as the last
+    pass left them and it kept no tombstone (nothing new to do)."""
     cfg = plog.config
-    with plog._lock:  # noqa: SLF001 - the cleaner is the log's friend
-        plog._check_open()  # noqa: SLF001
+    with plog.locked():
         now = plog.clock.wall_ms() if now_ms is None else now_ms
         cleanable: list[LogSegment] = []
-        for seg in plog.segments[:-1]:  # min_compaction_lag_ms: a prefix of closed segments
+        for seg in plog.segments[:-1]:
             if seg.size_bytes and now - seg.max_timestamp < cfg.min_compaction_lag_ms:
                 break
             if max_offset is not None and seg.next_offset > max_offset:
                 break
             cleanable.append(seg)
         if not cleanable:
-            return CleanResult(0, 0, 0, 0, 0)
+            return None
         signature = tuple((s.base_offset, s.size_bytes) for s in cleanable)
         last = plog.cleaner_state
         if last is not None and last[0] == signature and not last[1]:
-            return CleanResult(0, 0, 0, 0, 0)  # nothing new closed, no tombstone pending
-        sizes = [s.size_bytes for s in cleanable]
-        nexts = [s.next_offset for s in cleanable]
-        truncations = plog.truncations
-    # A merged segment must fit a segment, its indexes (one entry per batch at most)
-    # and u32 relative offsets.
-    max_batches = cfg.segment_index_bytes // OFFSET_ENTRY_SIZE
-    rewrites: list[_Rewrite] = []
-    try:
-        latest: dict[Any, int] = {}
-        for seg, size in zip(cleanable, sizes, strict=True):
-            if cancelled is not None and cancelled():
-                return CleanResult(0, 0, 0, 0, 0)
-            fd = _dup_as_picked(plog, seg, truncations)
-            if fd is None:
-                return CleanResult(0, 0, 0, 0, 0)
-            try:
-                for h, data in _segment_batches(fd, size):
-                    for r in _decoded(plog, data, h) or ():
-                        if r.key is not None:
-                            latest[r.key] = r.offset
-            finally:
-                os.close(fd)
-        horizon = now - cfg.delete_retention_ms
-        kept_total = removed_total = before = after = tombstones = 0
-        group: list[tuple[LogSegment, int]] = []
-        chunks: list[bytes] = []
-        group_bytes = group_batches = 0
-        group_changed = False
-        group_end = 0
+            return None
+        return _Picked(cleanable, [s.size_bytes for s in cleanable],
+                       [s.next_offset for s in cleanable], plog.truncations, now)
 
-        def finish_group() -> None:
-            nonlocal after
-            if len(group) > 1 or group_changed:
-                rw = _write_cleaned(plog, list(group), chunks, group_end)
-                rewrites.append(rw)
-                after += rw.segment.size_bytes
-            else:
-                after += sum(size for _, size in group)
 
-        for seg, size, nxt in zip(cleanable, sizes, nexts, strict=True):
-            fd = None if cancelled is not None and cancelled() else _dup_as_picked(
-                plog, seg, truncations)
-            if fd is None:
-                _discard_rewrites(rewrites)
-                return CleanResult(0, 0, 0, 0, 0)
-            out: list[bytes] = []
-            changed = False
-            try:
-                for h, data in _segment_batches(fd, size):
-                    records = _decoded(plog, data, h)
-                    if records is None:  # undecodable: kept as it is, its keys unknown
-                        out.append(data)
-                        continue
-                    keep = [r for r in records if r.key is None or (
-                        latest[r.key] == r.offset
-                        and not (r.value is None and _record_ts(h, r) <= horizon))]
-                    kept_total += len(keep)
-                    removed_total += len(records) - len(keep)
-                    tombstones += sum(1 for r in keep if r.value is None)
-                    if len(keep) == len(records):
-                        out.append(data)
-                        continue
-                    changed = True
-                    out.extend(_rebatch(h, keep))
-            finally:
-                os.close(fd)
-            before += size
-            out_bytes = sum(len(b) for b in out)
-            if group and (group_bytes + out_bytes > cfg.segment_bytes
-                          or group_batches + len(out) > max_batches
-                          or nxt - group[0][0].base_offset > _MAX_RELATIVE_OFFSET):
-                finish_group()
-                group, chunks = [], []
-                group_bytes = group_batches = 0
-                group_changed = False
-            group.append((seg, size))
-            chunks.extend(out)
-            group_bytes += out_bytes
-            group_batches += len(out)
-            group_changed = group_changed or changed
-            group_end = nxt
-        finish_group()
-    except BaseException:
-        _discard_rewrites(rewrites)
-        if plog.closed:  # closed (and maybe deleted) meanwhile: not a cleaning failure
-            raise LogClosedError(f"log {plog.directory} closed while cleaning") from None
-        raise
+def _latest_offsets(plog: CleanableLog, picked: _Picked,
+                    cancelled: Callable[[], bool] | None) -> dict[Any, int] | None:
+    """The newest offset of each key in the picked segments; None if the pass ends."""
+    latest: dict[Any, int] = {}
+    for seg, size in zip(picked.segments, picked.sizes, strict=True):
+        if cancelled is not None and cancelled():
+            return None
+        fd = _dup_as_picked(plog, seg, picked.truncations)
+        if fd is None:
+            return None
+        try:
+            for h, data in _segment_batches(fd, size):
+                for r in _decoded(plog, data, h) or ():
+                    if r.key is not None:
+                        latest[r.key] = r.offset
+        finally:
+            os.close(fd)
+    return latest
+
+
+def _write_groups(plog: CleanableLog, picked: _Picked, latest: dict[Any, int],
+                  rewrites: list[_Rewrite],
+                  cancelled: Callable[[], bool] | None) -> _Totals | None:
+    """Clean each picked segment and group consecutive ones (see `_Group`); a group of
+    several segments, or of one that changed, is written as a `_Rewrite` appended to
+    `rewrites`. None if the pass ends (the caller discards `rewrites`)."""
+    cfg = plog.config
+    max_batches = cfg.segment_index_bytes // OFFSET_ENTRY_SIZE  # one index entry each
+    horizon = picked.now - cfg.delete_retention_ms
+    totals = _Totals()
+    group = _Group()
+    for seg, size, nxt in zip(picked.segments, picked.sizes, picked.next_offsets,
+                              strict=True):
+        fd = None if cancelled is not None and cancelled() else _dup_as_picked(
+            plog, seg, picked.truncations)
+        if fd is None:
+            return None
+        try:
+            out, changed = _clean_segment(plog, fd, size, latest, horizon, totals)
+        finally:
+            os.close(fd)
+        totals.before += size
+        out_bytes = sum(len(b) for b in out)
+        if not group.fits(out, out_bytes, nxt, cfg.segment_bytes, max_batches):
+            totals.after += _write_group(plog, group, rewrites)
+            group = _Group()
+        group.add(seg, size, nxt, out, out_bytes, changed)
+    totals.after += _write_group(plog, group, rewrites)
+    return totals
+
+
+def _clean_segment(plog: CleanableLog, fd: int, size: int, latest: dict[Any, int],
+                   horizon: int, totals: _Totals) -> tuple[list[bytes], bool]:
+    """The batches of one segment with what survives (records not newest for their key
+    and tombstones at or before `horizon` go), and whether anything went. Unchanged
+    batches are kept as they are, changed ones rebuilt (`_rebatch`)."""
+    out: list[bytes] = []
+    changed = False
+    for h, data in _segment_batches(fd, size):
+        records = _decoded(plog, data, h)
+        if records is None:  # undecodable: kept as it is, its keys unknown
+            out.append(data)
+            continue
+        keep = [r for r in records if r.key is None or (
+            latest[r.key] == r.offset
+            and not (r.value is None and _record_ts(h, r) <= horizon))]
+        totals.kept += len(keep)
+        totals.removed += len(records) - len(keep)
+        totals.tombstones += sum(1 for r in keep if r.value is None)
+        if len(keep) == len(records):
+            out.append(data)
+            continue
+        changed = True
+        out.extend(_rebatch(h, keep))
+    return out, changed
+
+
+def _write_group(plog: CleanableLog, group: _Group, rewrites: list[_Rewrite]) -> int:
+    """Write the group if it merges or changed anything; its bytes after cleaning."""
+    if len(group.members) > 1 or group.changed:
+        rw = _write_cleaned(plog, group.members, group.batches, group.end)
+        rewrites.append(rw)
+        return rw.segment.size_bytes
+    return sum(size for _, size in group.members)
+
+
+def _swap_in_groups(plog: CleanableLog, truncations: int,
+                    rewrites: list[_Rewrite]) -> _Swapped:
+    """Swap the rewrites in, in order, one per hold of the log's lock (the loop thread
+    waits less). Stops at a truncation since the pick (`latest` may name records that
+    are gone, or were replaced by a new leader's: nothing may be dropped on its word;
+    the log's cleaner state is forgotten and the next pass tries again), or at a group
+    some of whose segments retention deleted (a later group may drop a tombstone whose
+    older values this one still holds). The rewrites not swapped in are discarded."""
     done = 0
-    complete = True
     pending = list(rewrites)
     try:
         while pending:
             rw = pending[0]
-            with plog._lock:  # noqa: SLF001 - one group per hold: the loop thread waits less
-                plog._check_open()  # noqa: SLF001
+            with plog.locked():
                 if plog.truncations != truncations:
-                    # a truncation since the segments were picked: `latest` may name
-                    # records that are gone (or were replaced by a new leader's), so
-                    # nothing may be dropped on its word; try again next time
                     log.info("cleaning %s stopped: the log was truncated meanwhile",
                              plog.directory)
                     plog.cleaner_state = None
-                    return CleanResult(done, 0, 0, 0, 0)
+                    return _Swapped(done, False, True)
                 current = {id(s): s.size_bytes for s in plog.segments[:-1] if not s.active}
                 if not all(current.get(id(seg)) == size for seg, size in rw.members):
-                    # retention deleted some of them meanwhile: stop here. A later group
-                    # may drop a tombstone whose older values this one still holds.
-                    complete = False
-                    break
+                    return _Swapped(done, False, False)
                 _swap_in(plog, rw)
                 done += len(rw.members)
                 pending.pop(0)
@@ -329,12 +425,17 @@ def clean_log(plog: PartitionLog, now_ms: int | None = None,
         raise LogStorageError(f"cleaning {plog.directory}: {exc.__cause__}") from exc.__cause__
     finally:
         _discard_rewrites(pending)  # the rewrites not committed
-    with plog._lock:  # noqa: SLF001
-        last_base = cleanable[-1].base_offset
+    return _Swapped(done, True, False)
+
+
+def _remember(plog: CleanableLog, picked: _Picked, tombstones: int, complete: bool) -> None:
+    """Note the closed segments up to the last one picked, as they are now, and the
+    tombstones kept, for `_pick` of the next pass; after an incomplete pass, nothing."""
+    with plog.locked(check_open=False):
+        last_base = picked.segments[-1].base_offset
         plog.cleaner_state = (tuple((s.base_offset, s.size_bytes) for s in plog.segments[:-1]
                                     if s.base_offset <= last_base), tombstones) if complete \
             else None
-    return CleanResult(done, kept_total, removed_total, before, after)
 
 
 class _SwapCommitted(Exception):
@@ -348,18 +449,11 @@ def _discard_rewrites(rewrites: list[_Rewrite]) -> None:
         seg = rw.segment
         _close_segment(seg)
         for path in (rw.cleaned_path, rw.end_path, seg.index_path, seg.timeindex_path):
-            _unlink_quietly(path)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+            unlink_quietly(path)
 
 
 class LogCleaner:
-    """Owner of background compaction: one thread cleaning registered logs in turn.
+    """Background compaction: one thread cleaning registered logs in turn.
 
     `run_once()` is the whole job (tests and callers with their own scheduler use it);
     `start()` runs it every `interval_ms` on a daemon thread until `stop()`. A failing
@@ -369,17 +463,17 @@ class LogCleaner:
 
     def __init__(self, interval_ms: int = 15_000) -> None:
         self.interval_ms = interval_ms
-        self._logs: dict[str, tuple[PartitionLog, Callable[[], int] | None]] = {}
+        self._logs: dict[str, tuple[CleanableLog, Callable[[], int] | None]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, plog: PartitionLog, upto: Callable[[], int] | None = None) -> None:
+    def add(self, plog: CleanableLog, upto: Callable[[], int] | None = None) -> None:
         """Clean `plog` on every pass; `upto()` gives its high watermark (see `clean_log`)."""
         with self._lock:
             self._logs[plog.directory] = (plog, upto)
 
-    def remove(self, plog: PartitionLog) -> None:
+    def remove(self, plog: CleanableLog) -> None:
         """Stop cleaning `plog` (not a newer log registered for the same folder)."""
         with self._lock:
             entry = self._logs.get(plog.directory)
@@ -461,7 +555,7 @@ def _encode_run(h: BatchHeader, run: list[Record]) -> bytes:
                         h.producer_epoch, seq, h.partition_leader_epoch)
 
 
-def _write_cleaned(plog: PartitionLog, members: list[tuple[LogSegment, int]],
+def _write_cleaned(plog: CleanableLog, members: list[tuple[LogSegment, int]],
                    batches: list[bytes], end_offset: int) -> _Rewrite:
     """Write and fsync `<first>.log.cleaned` and `<first>.swap-end` (the offset the
     replaced segments end at, for the sweep: every swap carries its own, so an end file
@@ -492,7 +586,7 @@ def _write_cleaned(plog: PartitionLog, members: list[tuple[LogSegment, int]],
             _close_segment(new)
         for path in (cleaned, end_path, first.index_path + CLEANED_SUFFIX,
                      first.timeindex_path + CLEANED_SUFFIX):
-            _unlink_quietly(path)
+            unlink_quietly(path)
         raise
     return _Rewrite(members, cleaned, end_path, new)
 
@@ -516,7 +610,7 @@ def _write_file(path: str, data: bytes, sync: bool) -> None:
         os.close(fd)
 
 
-def _swap_in(plog: PartitionLog, rw: _Rewrite) -> LogSegment:
+def _swap_in(plog: CleanableLog, rw: _Rewrite) -> LogSegment:
     """Replace the old segments by the cleaned one (with the log's lock held).
 
     On disk: commit (rename to `.swap`), delete the old segments' files, rename `.swap`
@@ -539,12 +633,12 @@ def _swap_in(plog: PartitionLog, rw: _Rewrite) -> LogSegment:
         for seg, _ in rw.members:
             for p in (seg.index_path, seg.timeindex_path) if seg is first else (
                     seg.index_path, seg.timeindex_path, seg.path):
-                _unlink_quietly(p)
+                unlink_quietly(p)
         os.replace(swap, log_path)
         new.rename_files(None)
         if sync:
             fsync_dir(directory)
-        _unlink_quietly(rw.end_path)
+        unlink_quietly(rw.end_path)
     except BaseException as exc:
         _close_segment(new)
         plog.fail(f"segment swap of {log_path} failed after its commit point: {exc}")

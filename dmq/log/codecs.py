@@ -1,12 +1,12 @@
 """Compression codecs of the records payload.
 
-Owns the mapping between the 3 codec bits of a batch's `attributes` and the
-compress/decompress functions. The numbers are Kafka's, for both record formats:
-1 gzip, 2 snappy, 3 lz4 (frame format), 4 zstd. gzip is always there (zlib); zstd and
-lz4 are optional imports, snappy decompression too (`cramjam` or `python-snappy`, for
-batches written by Kafka clients; dmq's producer does not offer it): a build without
-one can still move compressed batches, it only raises `UnsupportedCompressionError`
-when asked to build or decode one.
+Maps the 3 codec bits of a batch's `attributes` to compress/decompress functions.
+The numbers are Kafka's, for both record formats: 1 gzip, 2 snappy, 3 lz4 (frame
+format), 4 zstd. gzip is always there (zlib); zstd and lz4 are optional imports,
+snappy decompression too (`cramjam` or `python-snappy`, for batches written by Kafka
+clients; dmq's producer does not offer it): a build without one can still move
+compressed batches, it only raises `UnsupportedCompressionError` when asked to build
+or decode one.
 
 Decompression is bounded: a payload that would inflate past
 `MAX_UNCOMPRESSED_RECORDS_BYTES` (or whose frame header claims so) is a

@@ -1,8 +1,7 @@
 """`LogConfig`: per-partition log settings, Kafka's topic configs in snake_case.
 
-Owns the names, units and defaults of every log setting and their validation. It
-must never read files or environment variables; the broker builds it from topic
-configs.
+Defines the names, units and defaults of every log setting and validates them. It
+reads no file or environment variable; the broker builds it from topic configs.
 """
 
 from __future__ import annotations

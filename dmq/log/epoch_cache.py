@@ -1,9 +1,9 @@
 """Leader-epoch cache: epoch -> first offset written in that epoch (Kafka's KIP-101).
 
-Owns the `leader-epoch-checkpoint` file of one partition and the queries followers
-use to find where their log diverges from a new leader's. Entries only grow in both
-epoch and start offset; truncation of the log calls the truncation hooks here. It
-must never read the log itself.
+Keeps the `leader-epoch-checkpoint` file of one partition and answers the queries
+followers use to find where their log diverges from a new leader's. Entries only grow
+in both epoch and start offset; truncation of the log calls the truncation hooks
+here. It never reads the log itself.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ FILE_NAME = "leader-epoch-checkpoint"
 class LeaderEpochCache:
     """Sorted (epoch, start_offset) entries, persisted on every change (changes are rare)."""
 
-    def __init__(self, path: str, persist: bool = True, sync: bool = True) -> None:
+    def __init__(self, path: str, sync: bool = True) -> None:
         self.path = path
-        self._persist = persist
         self._sync = sync
         self._epochs: list[int] = []
         self._starts: list[int] = []
@@ -49,10 +48,6 @@ class LeaderEpochCache:
     @property
     def latest_epoch(self) -> int:
         return self._epochs[-1] if self._epochs else UNDEFINED_EPOCH
-
-    @property
-    def earliest_entry(self) -> tuple[int, int] | None:
-        return (self._epochs[0], self._starts[0]) if self._epochs else None
 
     def assign(self, epoch: int, start_offset: int) -> None:
         """Record that `epoch` starts at `start_offset`; a no-op unless the epoch is new."""
@@ -112,5 +107,4 @@ class LeaderEpochCache:
         self._flush()
 
     def _flush(self) -> None:
-        if self._persist:
-            write_entries(self.path, self.entries, self._sync)
+        write_entries(self.path, self.entries, self._sync)

@@ -1,10 +1,10 @@
 """Typed errors raised by the log layer.
 
-This module owns the exception classes of `dmq.log`. It must never know about wire
-error codes: the protocol layer maps these classes to its permanent `ErrorCode`
-numbers (the intended mapping is written next to each class). Corrupt input,
-bad offsets and misbehaving producers are operating errors and always surface as one
-of these classes, never as a crash, an `AssertionError` or a bare `struct.error`.
+The exception classes of `dmq.log`. They carry no wire error codes: the protocol
+layer maps these classes to its permanent `ErrorCode` numbers (the intended mapping is
+written next to each class). Corrupt input, bad offsets and misbehaving producers are
+operating errors and always surface as one of these classes, never as a crash, an
+`AssertionError` or a bare `struct.error`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Sparse offset and time indexes of one segment; the active segment's are memory-mapped
 over fully allocated blocks, never over a hole.
 
-Owns the `.index` and `.timeindex` files. Indexes are derived data: they can always
-be rebuilt from the `.log` file, so they are never fsynced on the append path and a
-failed sanity check on open just means "rebuild". This module must never read the
-`.log` file itself (the segment does that).
+Reads and writes the `.index` and `.timeindex` files. Indexes are derived data: they
+can always be rebuilt from the `.log` file, so they are never fsynced on the append
+path and a failed sanity check on open just means "rebuild". This module never reads
+the `.log` file itself (the segment does that).
 
 Format: `.index` entries are 8 bytes: relative offset u32 | file position u32
 (big-endian), one per `index_interval_bytes` of log, keyed by the base offset of the

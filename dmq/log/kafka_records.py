@@ -18,19 +18,20 @@ asyncio and touches no file.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dmq.log.batch_header import (
+    ATTR_CODEC_MASK,
+    ATTR_CONTROL,
+    ATTR_TIMESTAMP_TYPE,
+    HEADER_SIZE,
+    LOG_OVERHEAD,
+    BatchHeader,
+    Buffer,
+    Record,
+)
 from dmq.log.codecs import decompress
 from dmq.log.errors import CorruptRecordError
-
-if TYPE_CHECKING:
-    from dmq.log.batch import BatchHeader, Buffer, Record
-
-_CODEC_MASK = 0x07
-_TIMESTAMP_TYPE = 0x08
-_CONTROL = 0x20
-_HEADER_SIZE = 61
-_LOG_OVERHEAD = 12
 
 
 def write_varint(out: bytearray, value: int) -> None:
@@ -113,15 +114,15 @@ def decode_kafka_records(buf: Buffer, header: BatchHeader) -> list[Record]:
     """The records of the Kafka batch at `header.position`; `CorruptRecordError` names
     the problem. A control batch (a transaction marker) has none for a reader."""
     mv = buf if isinstance(buf, memoryview) else memoryview(buf)
-    start = header.position + _HEADER_SIZE
-    end = header.position + header.batch_length + _LOG_OVERHEAD
+    start = header.position + HEADER_SIZE
+    end = header.position + header.batch_length + LOG_OVERHEAD
     if end > len(mv):
         raise CorruptRecordError(f"truncated batch at position {header.position}")
-    if header.attributes & _CONTROL:
+    if header.attributes & ATTR_CONTROL:
         return []
-    payload = decompress(header.attributes & _CODEC_MASK, mv[start:end])
+    payload = decompress(header.attributes & ATTR_CODEC_MASK, mv[start:end])
     try:
-        return _parse(payload, header, bool(header.attributes & _TIMESTAMP_TYPE))
+        return _parse(payload, header, bool(header.attributes & ATTR_TIMESTAMP_TYPE))
     except (ValueError, IndexError, UnicodeDecodeError) as exc:
         raise CorruptRecordError(
             f"undecodable Kafka records in batch at {header.position} (offset "
@@ -129,8 +130,6 @@ def decode_kafka_records(buf: Buffer, header: BatchHeader) -> list[Record]:
 
 
 def _parse(payload: Buffer, h: BatchHeader, log_append: bool) -> list[Record]:
-    from dmq.log.batch import Record
-
     out: list[Record] = []
     pos = 0
     size = len(payload)

@@ -11,8 +11,9 @@ gets the file before its first append, so a format-2 log always has it.
 
 `ensure_current_format` runs first thing when a `PartitionLog` opens, before recovery:
 
-1. the cleaner's open-time sweep (`sweep_replacement_files`), so only final `.log`
-   files are left (a `.swap` is finished into its `.log`, `.cleaned` deleted);
+1. recovery's sweep of compaction files (`dmq.log.recovery.sweep_replacement_files`),
+   so only final `.log` files are left (a `.swap` is finished into its `.log`,
+   `.cleaned` deleted);
 2. every batch of every segment, walked by its length fields, gets the mark set and
    its codec mapped (1 -> 4, 2 -> 3), and its CRC-32C recomputed (it covers the
    attributes): the 4 CRC bytes and the 2 attribute bytes are adjacent (positions
@@ -57,10 +58,9 @@ from dmq.log.batch import (
     MIN_BATCH_LENGTH,
 )
 from dmq.log.checkpoint import read_entries, write_entries
-from dmq.log.cleaner import sweep_replacement_files
 from dmq.log.codecs import CODEC_LZ4, CODEC_NONE, CODEC_ZSTD
 from dmq.log.errors import LogStorageError
-from dmq.log.recovery import segment_bases
+from dmq.log.recovery import segment_bases, sweep_replacement_files
 from dmq.log.segment import LOG_SUFFIX, segment_name
 
 log = logging.getLogger("dmq.log")

@@ -1,17 +1,18 @@
 """`PartitionLog`: the replicated log of one partition, a folder of segments.
 
-Owns offsets (log start, log end, recovery point), appends from leaders and
-followers, reads of whole batches, rolling, truncation, retention, the flush policy,
-crash recovery on open, the leader-epoch cache and producer state. Compaction lives in
-`dmq.log.cleaner` and works through the hooks at the bottom of this class. The high
-watermark is NOT owned here (the broker owns it); `read(max_offset=hw)` bounds reads.
+Keeps the offsets (log start, log end, recovery point); appends from leaders and
+followers, reads whole batches, rolls, truncates, applies retention and the flush
+policy, recovers on open, and keeps the leader-epoch cache and producer state.
+Compaction lives in `dmq.log.cleaner` and works through the cleaner hooks at the
+bottom of this class (`dmq.log.cleaner.CleanableLog`). The high watermark is kept by
+the broker, not here; `read(max_offset=hw)` bounds reads.
 
-It must never decode records into Python objects on replicate or read paths: per batch
+It decodes no record into Python objects on replicate or read paths: per batch
 work only (header unpack, CRC, stamping), bytes move with `writev`/`pread`. A leader
 append also checks each client batch against its records (`check_client_batch`: one
-C-level unpack and a few C-level passes per batch, no per-record Python code). Calls are serialised
-by one lock so the cleaner may run in a worker thread; everything else is synchronous
-and meant to be called from the broker's event loop.
+C-level unpack and a few C-level passes per batch, no per-record Python code). Calls
+are serialised by one lock so the cleaner may run in a worker thread (`locked()`);
+everything else is synchronous and meant to be called from the broker's event loop.
 
 Folder layout::
 
@@ -30,7 +31,7 @@ Crash safety: data is written with one `writev` per append; flushes advance the
 recovery point; on open (`dmq.log.recovery`) the segments past the recovery point of an
 unclean shutdown are scanned batch by batch and cut after the last valid batch, and
 later segments are deleted. File replacement by the cleaner goes through `.cleaned` ->
-`.swap` -> final, finished or undone on open.
+`.swap` -> final, finished or undone on open (`dmq.log.recovery`).
 
 Offsets and reads: `append_as_leader` assigns offsets from the log end; batches are
 atomic (truncation inside a batch removes the whole batch); `read` returns whole
@@ -49,8 +50,9 @@ import threading
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from operator import itemgetter
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from crc32c import crc32c
 
@@ -71,6 +73,7 @@ from dmq.log.batch import (
     with_log_append_time,
 )
 from dmq.log.checkpoint import fsync_dir, write_entries
+from dmq.log.cleaner import CleanResult, clean_log
 from dmq.log.config import LogConfig
 from dmq.log.epoch_cache import FILE_NAME as EPOCH_FILE
 from dmq.log.epoch_cache import LeaderEpochCache
@@ -89,9 +92,6 @@ from dmq.log.migrate import MigrationResult, ensure_current_format
 from dmq.log.producer_state import ProducerStateManager
 from dmq.log.recovery import META_FILE, load_segments
 from dmq.log.segment import LogSegment
-
-if TYPE_CHECKING:
-    from dmq.log.cleaner import CleanResult
 
 log = logging.getLogger("dmq.log")
 
@@ -868,13 +868,25 @@ class PartitionLog:
             fsync_dir(self.directory)
 
     # ------------------------------------------------------------------ cleaner hooks
+    # With `directory`, `config`, `clock`, `fsync_enabled`, `segments`, `closed`,
+    # `truncations`, `cleaner_state` and `undecodable_batches`, these make up
+    # `dmq.log.cleaner.CleanableLog`: all the cleaner uses of the log.
+
+    @contextmanager
+    def locked(self, check_open: bool = True) -> Iterator[None]:
+        """Hold the log's lock (every other call waits); if `check_open`, raise the
+        closed (or failed) log's error first. For the cleaner: only it works on a log
+        from another thread, and every use of a segment's descriptor and every change
+        of the segment list must be under the lock."""
+        with self._lock:
+            if check_open and self._closed:
+                raise self._closed_error()
+            yield
 
     def clean(self, now_ms: int | None = None, max_offset: int | None = None,
               cancelled: Callable[[], bool] | None = None) -> CleanResult:
         """Compact closed segments below `max_offset` (the high watermark; no-op unless
         `cleanup_policy` includes compact); see `dmq.log.cleaner.clean_log`."""
-        from dmq.log.cleaner import CleanResult, clean_log
-
         if not self.config.compact:
             return CleanResult(0, 0, 0, 0, 0)
         return clean_log(self, now_ms, max_offset, cancelled)
@@ -890,8 +902,8 @@ class PartitionLog:
             self._closed = True
 
     def replace_segments(self, old: list[LogSegment], new: LogSegment) -> None:
-        """Swap a cleaned segment in for consecutive old ones (called by the cleaner
-        with the lock held)."""
+        """Swap a cleaned segment, its files in place, in for consecutive old ones (by
+        the cleaner, in `locked()`)."""
         i = self._segments.index(old[0])
         assert self._segments[i : i + len(old)] == old
         self._segments[i : i + len(old)] = [new]

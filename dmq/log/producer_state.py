@@ -1,9 +1,9 @@
 """Idempotent-producer state: the last batches of each producer id.
 
-Owns the rules that turn (producer id, epoch, sequence) into "append", "duplicate of
+Applies the rules that turn (producer id, epoch, sequence) into "append", "duplicate of
 an earlier batch" or an error, in the spirit of Kafka's ProducerStateManager. The
 state is rebuilt from batch headers when the log opens or truncates, so it has no
-file of its own. It must never read files or decode records.
+file of its own. It reads no file and decodes no record.
 
 Rules for a batch with producer_id >= 0 (sequences wrap from 2**31-1 to 0):
 - unknown producer id: accepted at any sequence (state may have been lost to

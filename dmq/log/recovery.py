@@ -1,11 +1,18 @@
 """Opening a partition folder: sweep, trust or scan each segment, cut after damage.
 
-Owns the decision of what survives a crash. Segments wholly before the recovery point
-of an unclean shutdown (or all of them after a clean one) are trusted if their indexes
-pass a sanity check; every other segment is scanned batch by batch (length, magic,
-CRC, offset order) and cut after its last valid batch. Once anything is cut, every
-later segment is deleted: nothing after damage is ever served. It must never decide
-offsets of new data or touch the leader-epoch and producer state (the log does).
+Decides what survives a crash. First `sweep_replacement_files` finishes or undoes
+the file replacements of a compaction pass the crash interrupted (the protocol is in
+`dmq.log.cleaner`; the names of its files are defined here): it deletes `.cleaned`,
+`.deleted` and `.tmp` leftovers (an unfinished clean loses nothing: the old segments
+are intact), finishes any `.swap` (complete by construction: it is the commit point),
+deleting the segments that start inside the range its `.swap-end` gives, and deletes
+`.swap-end` files with no `.swap` (a pass undone, or finished). Then segments wholly
+before the recovery point of an unclean shutdown (or all of them after a clean one) are
+trusted if their indexes pass a sanity check; every other segment is scanned batch by
+batch (length, magic, CRC, offset order) and cut after its last valid batch. Once
+anything is cut, every later segment is deleted: nothing after damage is ever served.
+It never decides offsets of new data and leaves the leader-epoch and producer state to
+the log.
 """
 
 from __future__ import annotations
@@ -15,14 +22,19 @@ import os
 from collections.abc import Callable
 from typing import NamedTuple
 
-from dmq.log.checkpoint import read_entries
-from dmq.log.cleaner import sweep_replacement_files
+from dmq.log.checkpoint import fsync_dir, read_entries
 from dmq.log.config import LogConfig
+from dmq.log.errors import LogError
 from dmq.log.segment import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, LogSegment, segment_name
 
 log = logging.getLogger("dmq.log")
 
 META_FILE = "meta.checkpoint"
+# The files of a segment replacement by the cleaner (`dmq.log.cleaner`), swept on open.
+CLEANED_SUFFIX = ".cleaned"  # `<base>.log.cleaned` (and its indexes): being written
+SWAP_SUFFIX = ".swap"  # `<base>.log.swap`: written and committed, to be renamed over `.log`
+DELETED_SUFFIX = ".deleted"
+END_SUFFIX = ".swap-end"  # `<base>.swap-end`: where the segments merged into <base> ended
 
 
 class LoadedSegments(NamedTuple):
@@ -103,7 +115,52 @@ def segment_bases(directory: str) -> list[int]:
 
 def delete_segment_files(directory: str, base: int) -> None:
     for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX):
-        try:
-            os.unlink(os.path.join(directory, segment_name(base) + suffix))
-        except FileNotFoundError:
-            pass
+        unlink_quietly(os.path.join(directory, segment_name(base) + suffix))
+
+
+def sweep_replacement_files(directory: str, sync: bool = True) -> None:
+    """Undo unfinished cleans and finish committed ones (see the module docstring)."""
+    names = sorted(os.listdir(directory))
+    for name in names:
+        path = os.path.join(directory, name)
+        if name.endswith((CLEANED_SUFFIX, DELETED_SUFFIX, ".tmp")):
+            log.warning("removing leftover %s", path)
+            os.unlink(path)
+        elif name.endswith(LOG_SUFFIX + SWAP_SUFFIX):
+            stem = path[: -len(LOG_SUFFIX + SWAP_SUFFIX)]
+            log.warning("finishing interrupted segment swap %s", path)
+            end = _read_end(stem + END_SUFFIX)
+            if end is not None:  # a merge: the segments it replaced go too
+                base = int(os.path.basename(stem))
+                for other in names:
+                    if (other.endswith(LOG_SUFFIX) and len(other) == 20 + len(LOG_SUFFIX)
+                            and other[:20].isdigit() and base < int(other[:20]) < end):
+                        for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX, LOG_SUFFIX):
+                            unlink_quietly(os.path.join(directory, other[:20] + suffix))
+            for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX):
+                unlink_quietly(stem + suffix)
+            os.replace(path, stem + LOG_SUFFIX)
+            unlink_quietly(stem + END_SUFFIX)
+    for name in names:  # an end file with no swap: a merge undone, or finished
+        if name.endswith(END_SUFFIX):
+            unlink_quietly(os.path.join(directory, name))
+    if sync:
+        fsync_dir(directory)
+
+
+def _read_end(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return int(f.read().strip())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # written and fsynced before the commit point: cannot be torn
+        raise LogError(f"unreadable merge end file {path}") from None
+
+
+def unlink_quietly(path: str) -> None:
+    """Delete `path` if it exists."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

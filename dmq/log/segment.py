@@ -1,9 +1,10 @@
 """One log segment: a `.log` file of whole batches plus its two indexes.
 
-Owns the files `<base_offset:020d>.log/.index/.timeindex` of one segment: appending
-already-stamped batches, positional reads of whole batches, scanning batch headers,
-crash recovery of the file (length, magic, CRC, offset order) and truncation. It must
-never decode records, pick offsets or decide when to roll: `PartitionLog` does that.
+Works on the files `<base_offset:020d>.log/.index/.timeindex` of one segment:
+appends already-stamped batches, reads whole batches by position, scans batch
+headers, recovers the file after a crash (length, magic, CRC, offset order) and
+truncates it. It decodes no record, picks no offset and does not decide when to
+roll: `PartitionLog` does that.
 """
 
 from __future__ import annotations
@@ -422,10 +423,6 @@ class LogSegment:
     def fd_closed(self) -> bool:
         """True once `close_fd` ran: the segment was closed, deleted or abandoned."""
         return self._fd_closed
-
-    @property
-    def holds_fd(self) -> bool:
-        return self._fd >= 0
 
     def release_fd(self) -> None:
         """Close the descriptor of an inactive segment until its next use (a closed

@@ -188,16 +188,16 @@ def crash_during_clean(tmp_path: object, fail_at_replace: int) -> tuple[str, lis
             raise OSError("simulated crash")
         real(src, dst)
 
-    real_unlink = cleaner._unlink_quietly  # noqa: SLF001
+    real_unlink = cleaner.unlink_quietly
     cleaner.os.replace = failing  # type: ignore[assignment]
-    cleaner._unlink_quietly = lambda path: None  # a crash cleans nothing up  # noqa: SLF001
+    cleaner.unlink_quietly = lambda path: None  # a crash cleans nothing up
     try:
         # before the commit point the OSError itself; after it, the log is failed
         with pytest.raises((OSError, LogStorageError)):
             plog.clean()
     finally:
         cleaner.os.replace = real  # type: ignore[assignment]
-        cleaner._unlink_quietly = real_unlink  # noqa: SLF001
+        cleaner.unlink_quietly = real_unlink
     plog.abandon()
     return path, before, model.expected()
 
@@ -530,7 +530,7 @@ def test_crash_right_after_a_merge_commits_is_finished_on_open(
         real(src, dst)
 
     monkeypatch.setattr(cleaner.os, "replace", replace)
-    monkeypatch.setattr(cleaner, "_unlink_quietly", lambda p: None)  # a crash deletes nothing
+    monkeypatch.setattr(cleaner, "unlink_quietly", lambda p: None)  # a crash deletes nothing
     with pytest.raises(LogStorageError):
         plog.clean()
     monkeypatch.undo()
