@@ -188,6 +188,7 @@ class ControllerChannel:
         self._conn: Connection | None = None
         self._closing: set[asyncio.Task[None]] = set()  # dropped connections closing
         self._lock = asyncio.Lock()
+        self._told = asyncio.Event()  # set_controller was called (cuts discovery short)
 
     def set_controller(self, ctl: ControllerAddress) -> None:
         """Switch to a controller learnt elsewhere (a ControllerChanged notice)."""
@@ -196,6 +197,7 @@ class ControllerChannel:
                     self.controller.node_id, self.controller.host, self.controller.port):
                 self._drop()
             self.controller = ctl
+            self._told.set()
 
     def maybe_switch(self, ctl: ControllerAddress) -> bool:
         """Switch to `ctl`, named by some node as the active controller, when it is
@@ -259,9 +261,7 @@ class ControllerChannel:
             if self._conn is not None and not self._conn.closed:
                 return self._conn
             if self.controller is None:
-                self.controller = await find_controller(
-                    self.addresses, min(timeout_ms, self.discovery_timeout_ms), rng=self.rng,
-                    client_id=self.client_id)
+                self.controller = await self._discover(timeout_ms)
             ctl = self.controller
             try:
                 self._conn = await Connection.open(ctl.host, ctl.port, client_id=self.client_id,
@@ -271,6 +271,27 @@ class ControllerChannel:
                 self.controller = None
                 raise
             return self._conn
+
+    async def _discover(self, timeout_ms: int) -> ControllerAddress:
+        """`find_controller`, cut short when `set_controller` names the controller
+        meanwhile (a new controller's ControllerChanged notice comes while discovery is
+        backing off between rounds of probes that found none)."""
+        self._told.clear()
+        find = asyncio.ensure_future(find_controller(
+            self.addresses, min(timeout_ms, self.discovery_timeout_ms), rng=self.rng,
+            client_id=self.client_id))
+        told = asyncio.ensure_future(self._told.wait())
+        try:
+            await asyncio.wait([find, told], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (find, told):
+                t.cancel()
+            await asyncio.gather(find, told, return_exceptions=True)
+        if told.done() and not told.cancelled() and self.controller is not None:
+            return self.controller
+        if find.cancelled():  # told, then invalidated again before we looked
+            raise NotControllerError("controller discovery interrupted; retrying")
+        return find.result()
 
     async def request(self, api_key: ApiKey, body: Any, timeout_ms: int = 10_000) -> Any:
         """Send to the active controller; retry retriable errors until `timeout_ms`."""
