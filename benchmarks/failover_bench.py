@@ -25,6 +25,10 @@ Per kill it reports:
   send -> ack gaps; compare with `quiet`, the longest gap in the `--pause` seconds of
   steady production just before the kill).
 
+With `--steady S`, before the kills, the producer runs S seconds without faults and
+the run counts Raft elections meanwhile (term changes and "raft role" lines in the
+controllers' logs): the spurious-election check of the timeouts.
+
 Nothing here asserts a speed. The figures depend on `raft.tick.ms`,
 `raft.election.timeout.ticks` and `raft.leader.loss.ticks` (pass `--setting k=v` to try
 others).
@@ -230,6 +234,48 @@ def breakdown(cluster: ProcessCluster, k: Kill, active_wall: float) -> None:
         k.brokers_s = max(s for s in seen if s is not None) - act_t
 
 
+async def raft_terms(cluster: ProcessCluster) -> dict[int, int]:
+    terms = {}
+    for cid in cluster.controller_ids:
+        conn = await open_conn(cluster.nodes[cid].port)
+        if conn is None:
+            continue
+        try:
+            body = await conn.request(ApiKey.RAFT_STATUS, {}, timeout_ms=1000)
+            terms[cid] = int(body["term"])
+        except DmqError:
+            pass
+        finally:
+            await conn.close()
+    return terms
+
+
+def role_lines(cluster: ProcessCluster, t0: float, t1: float) -> list[str]:
+    out = []
+    for cid in cluster.controller_ids:
+        text = cluster.nodes[cid].log_path.read_text(errors="replace")
+        for line in text.splitlines():
+            t = _log_time(line)
+            if t is not None and t0 <= t <= t1 and "raft role" in line:
+                out.append(line)
+    return out
+
+
+async def steady(cluster: ProcessCluster, acks: Acks, seconds: float) -> str:
+    """Produce for `seconds` without faults; how many elections happened meanwhile."""
+    before = await raft_terms(cluster)
+    n0, t0 = len(acks.times), time.time()
+    await asyncio.sleep(seconds)
+    t1 = time.time()
+    after = await raft_terms(cluster)
+    lines = role_lines(cluster, t0, t1)
+    batches = len(acks.times) - n0
+    return (f"steady load: {seconds:.0f} s of acks=all production without faults "
+            f"({batches * CHUNK / (t1 - t0):,.0f} records/s, longest gap between acks "
+            f"{acks.longest_gap(t0, t1) * 1000:.0f} ms): raft terms {before} -> {after}, "
+            f"{len(lines)} role changes" + "".join(f"\n    {x}" for x in lines))
+
+
 async def run(args: argparse.Namespace) -> list[Kill]:
     settings: dict[str, Any] = {}
     for kv in args.setting:
@@ -244,6 +290,9 @@ async def run(args: argparse.Namespace) -> list[Kill]:
         stop = asyncio.Event()
         producer = asyncio.ensure_future(produce(cluster.bootstrap, acks, stop))
         try:
+            if args.steady:
+                await settled(cluster, cid)
+                print(await steady(cluster, acks, args.steady), flush=True)
             for i in range(args.kills):
                 await settled(cluster, cid)
                 await asyncio.sleep(args.pause)
@@ -304,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--pause", type=float, default=2.0,
                     help="seconds of steady production before each kill")
+    ap.add_argument("--steady", type=float, default=0.0, metavar="S",
+                    help="first produce S seconds without faults and count elections")
     ap.add_argument("--quick", action="store_true", help="3 kills, short pauses")
     ap.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                     help="cluster setting for every node (repeatable)")
