@@ -60,7 +60,7 @@ class RaftConfig:
     heartbeat_ticks: int = 1
     pre_vote: bool = True
     check_quorum: bool = True
-    # after `leader_unreachable()`: campaign after a random 1..N ticks (0: ignore it)
+    # after `leader_unreachable()`: campaign within N ticks of our turn (0: ignore it)
     leader_loss_ticks: int = 0
     max_entries_per_append: int = 256
     max_bytes_per_append: int = 1 << 20

@@ -157,6 +157,7 @@ class RaftCore:
         self._heartbeat_elapsed = 0
         self._randomized_timeout = 0
         self._hasty_ticks = 0  # ticks left of short election timeouts (leader_unreachable)
+        self._hasty_rank = 0  # our turn among the voters left (leader_unreachable)
         self._validate_snapshot = validate_snapshot
         self.refused = 0  # peer messages dropped as impossible (see step, _on_snapshot)
         self._far_terms: dict[NodeId, int] = {}  # peers far ahead: see MAX_TERM_JUMP
@@ -262,8 +263,12 @@ class RaftCore:
     def leader_unreachable(self) -> None:
         """The driver saw the link to the leader this node follows go down (its
         connection closed: the leader's process most likely died). Stop honouring that
-        leader's lease and, for one election timeout, campaign after a random
-        1..`leader_loss_ticks` ticks instead of a whole randomized election timeout.
+        leader's lease and, for one election timeout, campaign within
+        `leader_loss_ticks` of its turn instead of after a whole randomized election
+        timeout. The voters left take turns by id (the lowest campaigns in ticks
+        1..N, the next in N+1..2N, ...): they all learn of the loss at the same moment,
+        and random delays that close together would split the vote whenever one round
+        of PreVote and vote takes longer than their difference.
 
         Safe against a live leader: the campaign starts with PreVote, which the leader
         ignores and every follower that still hears it refuses (its lease), so a
@@ -273,6 +278,8 @@ class RaftCore:
         if self.config.leader_loss_ticks <= 0 or self.role != Role.FOLLOWER \
                 or self.leader_id == NO_NODE:
             return
+        left = sorted(v for v in self.config.voters if v != self.leader_id)
+        self._hasty_rank = left.index(self.id)
         self.leader_id = NO_NODE
         self._hasty_ticks = self.config.election_ticks
         self._election_elapsed = 0
@@ -449,10 +456,11 @@ class RaftCore:
 
     def _election_timeout(self) -> int:
         """Ticks without a leader before campaigning: randomized in [election_ticks,
-        2*election_ticks), or in [1, leader_loss_ticks] shortly after the leader's link
-        went down (`leader_unreachable`)."""
+        2*election_ticks), or, shortly after the leader's link went down
+        (`leader_unreachable`), in our turn's [1, leader_loss_ticks] + rank * that."""
         if self._hasty_ticks > 0:
-            return 1 + self._rng.randrange(self.config.leader_loss_ticks)
+            n = self.config.leader_loss_ticks
+            return 1 + self._hasty_rank * n + self._rng.randrange(n)
         return self.config.election_ticks + self._rng.randrange(self.config.election_ticks)
 
     def _tick_election(self) -> None:

@@ -12,6 +12,11 @@ persist (fsync, in a worker thread so the loop keeps serving) -> send -> restore
 snapshot / apply committed entries -> resolve waiters -> `advance()`. Nothing reaches
 the core between `ready()` and `advance()` because only the pump calls either.
 
+Once a tick the pump also looks at the connection to the leader this node follows:
+when it has closed (a killed leader's connections close at once), the core hears of it
+(`RaftCore.leader_unreachable`) and campaigns within a few ticks rather than after a
+whole election timeout.
+
 Sending never blocks the pump: each peer has a bounded outbox drained by its sender
 task; when it overflows the oldest messages are dropped (Raft retransmits).
 
@@ -108,8 +113,8 @@ class RaftNodeConfig:
     tick_ms: int = 50
     election_ticks: int = 10
     heartbeat_ticks: int = 2
-    # campaign 1..N ticks after the connection to the leader closes (0: wait the
-    # election timeout); see RaftCore.leader_unreachable
+    # campaign within N ticks of its turn once the connection to the leader closes
+    # (0: wait the election timeout); see RaftCore.leader_unreachable
     leader_loss_ticks: int = 0
     snapshot_interval_entries: int = 10_000
     max_outbox_messages: int = 4096
