@@ -45,6 +45,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -276,7 +277,7 @@ async def steady(cluster: ProcessCluster, acks: Acks, seconds: float) -> str:
             f"{len(lines)} role changes" + "".join(f"\n    {x}" for x in lines))
 
 
-async def run(args: argparse.Namespace) -> list[Kill]:
+async def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> list[Kill]:
     settings: dict[str, Any] = {}
     for kv in args.setting:
         key, _, val = kv.partition("=")
@@ -292,7 +293,7 @@ async def run(args: argparse.Namespace) -> list[Kill]:
         try:
             if args.steady:
                 await settled(cluster, cid)
-                print(await steady(cluster, acks, args.steady), flush=True)
+                echo(await steady(cluster, acks, args.steady))
             for i in range(args.kills):
                 await settled(cluster, cid)
                 await asyncio.sleep(args.pause)
@@ -308,12 +309,11 @@ async def run(args: argparse.Namespace) -> list[Kill]:
                 k.quiet_stall_s = acks.longest_gap(k.killed_at - args.pause, k.killed_at)
                 breakdown(cluster, k, active_wall)
                 kills.append(k)
-                print(f"kill {i + 1}: controller {k.victim} -> {new} (term {term}) active "
+                echo(f"kill {i + 1}: controller {k.victim} -> {new} (term {term}) active "
                       f"after {k.active_s * 1000:.0f} ms [detect {k.detect_s * 1000:.0f}, "
                       f"elect {k.elect_s * 1000:.0f}, activate {k.activate_s * 1000:.0f}; "
                       f"brokers switched {k.brokers_s * 1000:.0f} ms later]; producer stall "
-                      f"{k.stall_s * 1000:.0f} ms (quiet {k.quiet_stall_s * 1000:.0f} ms)",
-                      flush=True)
+                     f"{k.stall_s * 1000:.0f} ms (quiet {k.quiet_stall_s * 1000:.0f} ms)")
                 cluster.start(k.victim)
                 cid = new
             if producer.done():
@@ -322,8 +322,8 @@ async def run(args: argparse.Namespace) -> list[Kill]:
             stop.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer, 40)
-        print(f"producer: {len(acks.times)} batches of {CHUNK} acknowledged, "
-              f"{acks.errors} failed")
+        echo(f"producer: {len(acks.times)} batches of {CHUNK} acknowledged, "
+             f"{acks.errors} failed")
     return kills
 
 
@@ -345,6 +345,22 @@ def summary(kills: list[Kill]) -> list[str]:
         f"  longest producer stall:                    {ms([k.stall_s for k in kills])} "
         f"(quiet: {ms([k.quiet_stall_s for k in kills])})",
     ]
+
+
+def run_all_case(kills: int, echo: Callable[[str], None]) -> tuple[str, list[float]]:
+    """The `failover` case of benchmarks/run_all.py: its note and the kill -> active
+    seconds of each kill."""
+    args = argparse.Namespace(kills=kills, pause=1.0, setting=[], steady=0.0)
+    done = asyncio.run(run(args, echo))
+
+    def ms(xs: list[float]) -> str:
+        xs = [x * 1000 for x in xs if x == x]
+        return f"{statistics.median(xs):.0f}/{max(xs):.0f} ms" if xs else "n/a"
+
+    note = (f"kill -9 of the active controller -> new one active, median/max of "
+            f"{len(done)}: {ms([k.active_s for k in done])}; longest acks=all produce stall "
+            f"{ms([k.stall_s for k in done])}")
+    return note, [k.active_s for k in done]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
           f"{os.cpu_count()} cpus", flush=True)
-    kills = asyncio.run(run(args))
+    kills = asyncio.run(run(args, lambda line: print(line, flush=True)))
     for line in summary(kills):
         print(line)
     return 0
