@@ -30,7 +30,7 @@ the run counts Raft elections meanwhile (term changes and "raft role" lines in t
 controllers' logs): the spurious-election check of the timeouts.
 
 Nothing here asserts a speed. The figures depend on `raft.tick.ms`,
-`raft.election.timeout.ticks` and `raft.leader.loss.ticks` (pass `--setting k=v` to try
+`raft.election.timeout.ticks` and `raft.leader.loss.timeout.ticks` (pass `--setting k=v` to try
 others).
 """
 

@@ -116,7 +116,7 @@ async def _probe(host: str, port: int, timeout_ms: int, client_id: str
 
 def backoff_ms(attempt: int, initial_ms: int, max_ms: int, rng: random.Random) -> float:
     """Exponential backoff with full jitter in [base/2, base]."""
-    base = min(max_ms, initial_ms * (2 ** min(attempt, 20)))
+    base = min(max_ms, initial_ms * (1 << min(attempt, 20)))
     return base / 2 + rng.random() * base / 2
 
 
@@ -286,8 +286,9 @@ class ControllerChannel:
             self.addresses, min(timeout_ms, self.discovery_timeout_ms), rng=self.rng,
             client_id=self.client_id))
         told = self._told_future()
+        either: list[asyncio.Future[Any]] = [find, told]
         try:
-            await asyncio.wait([find, told], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._told.discard(told)
             told.cancel()
