@@ -28,6 +28,8 @@ Cases (issue 11, item 2):
   partitions-N            acks=1 RF=1 single node, records spread round-robin over N
                           partitions (explicit partition per record), N = 1, 10, 100, 1000;
                           latency from the first record of each batch to its ack
+  failover                kill -9 of the active controller, 10 times (benchmarks/failover_bench.py;
+                          not in --smoke)
   rss-1000-idle           broker RSS (and CPU while idle) of each of 3 brokers hosting a
                           1000-partition RF=3 topic, after it has been idle
 
@@ -73,6 +75,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import consume_perf  # noqa: E402
+import failover_bench  # noqa: E402
 import kafka_perf  # noqa: E402
 import produce_perf  # noqa: E402
 from perf_common import percentiles_ms  # noqa: E402
@@ -120,7 +123,7 @@ SMOKE = Sizes(3_000, 1_000, 3_000, 20, 500, 2_000, (1, 10), 20, 1.0, 0, 0, 0, 1,
 
 CASE_NAMES = ("produce-100B-acks1", "produce-100B-acksall", "produce-1KiB-acks1",
               "consume-100B", "produce-100KiB-acks1", "e2e-10k/s-acksall", "partitions",
-              "rss-1000-idle", *kafka_perf.KAFKA_CASES)
+              "rss-1000-idle", "failover", *kafka_perf.KAFKA_CASES)
 
 RUN_TIMEOUT_S = 180.0  # any single timed run
 BIG = 100 * 1024
@@ -869,6 +872,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     asyncio.run(single_node_section(sz, wanted, rows))
     asyncio.run(three_broker_section(sz, wanted, rows))
+    if "failover" in wanted and not args.smoke:
+        note, runs = failover_bench.run_all_case(5 if args.quick else 10, log)
+        rows.append(Row("failover", "dmq 3 controllers, 3 brokers", note=note, runs=runs,
+                        is_dmq=True))
     if wanted & set(kafka_perf.KAFKA_CASES):
         driver = kafka_perf.driver_name(args.kafka_driver)
         asyncio.run(kafka_section(sz, wanted, rows, driver))

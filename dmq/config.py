@@ -92,6 +92,10 @@ SETTINGS: dict[str, Setting] = {
     "raft.election.timeout.ticks": Setting(
         50, "election timeout in ticks (randomized in [t, 2t))"),
     "raft.heartbeat.ticks": Setting(10, "leader heartbeat interval in ticks"),
+    "raft.leader.loss.timeout.ticks": Setting(
+        10, "when a follower's connection to the leader closes (its process died), it "
+        "campaigns within N ticks of its turn (voters left take turns by id) instead of "
+        "after the election timeout (0: off; at most the election timeout)"),
     "raft.snapshot.interval.entries": Setting(
         10_000, "applied entries between controller snapshots"),
     "broker.heartbeat.interval.ms": Setting(1000, "broker heartbeat interval"),

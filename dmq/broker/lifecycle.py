@@ -78,6 +78,7 @@ class BrokerLifecycle:
         self._should_shutdown = False
         self._last_heartbeat_ok_ms: int | None = None
         self._controller_term = -1
+        self._heartbeat_controller = -1  # the controller that answered the last heartbeat
         self._registered = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._heartbeat_now = asyncio.Event()
@@ -217,6 +218,11 @@ class BrokerLifecycle:
         self._fenced_by_controller = bool(resp["is_fenced"])
         self._should_shutdown = bool(resp.get("should_shutdown"))
         self._last_heartbeat_ok_ms = self.clock.monotonic_ms()
+        ctl = self.channel.controller
+        if ctl is not None and ctl.node_id != self._heartbeat_controller:
+            self._heartbeat_controller = ctl.node_id
+            log.info("broker=%d heartbeat answered by controller %d (term %d)", self.broker_id,
+                     ctl.node_id, self._controller_term)
         if was_fenced != self._fenced_by_controller:
             log.info("broker=%d is now %s", self.broker_id,
                      "FENCED" if self._fenced_by_controller else "unfenced")

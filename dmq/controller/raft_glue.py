@@ -56,6 +56,7 @@ class RaftGlue:
             tick_ms=int(config.get("raft.tick.ms")),
             election_ticks=int(config.get("raft.election.timeout.ticks")),
             heartbeat_ticks=int(config.get("raft.heartbeat.ticks")),
+            leader_loss_ticks=int(config.get("raft.leader.loss.timeout.ticks")),
             snapshot_interval_entries=int(config.get("raft.snapshot.interval.entries")),
             max_frame_bytes=int(config.get("max.frame.bytes")))
         self.storage_dir = ctx.spec.data_dir / "metadata-raft"

@@ -8,7 +8,10 @@ backoff and jitter until its deadline.
 `ControllerChannel` keeps one connection to the active controller and routes requests
 to it: an answer NOT_CONTROLLER naming the leader re-routes to that leader at once; a
 lost connection or an answer without a hint re-runs discovery. Every await has a
-timeout and the whole request is bounded by its `timeout_ms`.
+timeout and the whole request is bounded by its `timeout_ms` A controller named from
+elsewhere (`set_controller`: a ControllerChanged notice) ends a discovery or a retry's
+backoff in progress, so a broker reaches a new controller as soon as it announces
+itself.
 
 A controller can also stop answering without closing its connection (paused, cut off
 by a partition): a request would then wait out its whole timeout although a new
@@ -113,7 +116,7 @@ async def _probe(host: str, port: int, timeout_ms: int, client_id: str
 
 def backoff_ms(attempt: int, initial_ms: int, max_ms: int, rng: random.Random) -> float:
     """Exponential backoff with full jitter in [base/2, base]."""
-    base = min(max_ms, initial_ms * (2 ** min(attempt, 20)))
+    base = min(max_ms, initial_ms * (1 << min(attempt, 20)))
     return base / 2 + rng.random() * base / 2
 
 
@@ -188,6 +191,8 @@ class ControllerChannel:
         self._conn: Connection | None = None
         self._closing: set[asyncio.Task[None]] = set()  # dropped connections closing
         self._lock = asyncio.Lock()
+        # resolved by set_controller: waits it cuts short (discovery, retry backoff)
+        self._told: set[asyncio.Future[None]] = set()
 
     def set_controller(self, ctl: ControllerAddress) -> None:
         """Switch to a controller learnt elsewhere (a ControllerChanged notice)."""
@@ -196,6 +201,9 @@ class ControllerChannel:
                     self.controller.node_id, self.controller.host, self.controller.port):
                 self._drop()
             self.controller = ctl
+            for fut in self._told:
+                if not fut.done():
+                    fut.set_result(None)
 
     def maybe_switch(self, ctl: ControllerAddress) -> bool:
         """Switch to `ctl`, named by some node as the active controller, when it is
@@ -259,9 +267,7 @@ class ControllerChannel:
             if self._conn is not None and not self._conn.closed:
                 return self._conn
             if self.controller is None:
-                self.controller = await find_controller(
-                    self.addresses, min(timeout_ms, self.discovery_timeout_ms), rng=self.rng,
-                    client_id=self.client_id)
+                self.controller = await self._discover(timeout_ms)
             ctl = self.controller
             try:
                 self._conn = await Connection.open(ctl.host, ctl.port, client_id=self.client_id,
@@ -271,6 +277,43 @@ class ControllerChannel:
                 self.controller = None
                 raise
             return self._conn
+
+    async def _discover(self, timeout_ms: int) -> ControllerAddress:
+        """`find_controller`, cut short when `set_controller` names the controller
+        meanwhile (a new controller's ControllerChanged notice comes while discovery is
+        backing off between rounds of probes that found none)."""
+        find = asyncio.ensure_future(find_controller(
+            self.addresses, min(timeout_ms, self.discovery_timeout_ms), rng=self.rng,
+            client_id=self.client_id))
+        told = self._told_future()
+        either: list[asyncio.Future[Any]] = [find, told]
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._told.discard(told)
+            told.cancel()
+            find.cancel()
+            await asyncio.gather(find, return_exceptions=True)
+        if told.done() and not told.cancelled() and self.controller is not None:
+            return self.controller
+        if find.cancelled():  # told, then invalidated again before we looked
+            raise NotControllerError("controller discovery interrupted; retrying")
+        return find.result()
+
+    def _told_future(self) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._told.add(fut)
+        return fut
+
+    async def _backoff(self, delay_s: float) -> None:
+        """Sleep `delay_s` before a retry, less if `set_controller` names a controller
+        meanwhile: the retry then goes there at once."""
+        told = self._told_future()
+        try:
+            await asyncio.wait([told], timeout=delay_s)
+        finally:
+            self._told.discard(told)
+            told.cancel()
 
     async def request(self, api_key: ApiKey, body: Any, timeout_ms: int = 10_000) -> Any:
         """Send to the active controller; retry retriable errors until `timeout_ms`."""
@@ -325,7 +368,7 @@ class ControllerChannel:
             if loop.time() + delay >= deadline:
                 assert last is not None
                 raise _gave_up(api_key, timeout_ms, last)
-            await asyncio.sleep(delay)
+            await self._backoff(delay)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -60,6 +60,8 @@ class RaftConfig:
     heartbeat_ticks: int = 1
     pre_vote: bool = True
     check_quorum: bool = True
+    # after `leader_unreachable()`: campaign within N ticks of our turn (0: ignore it)
+    leader_loss_ticks: int = 0
     max_entries_per_append: int = 256
     max_bytes_per_append: int = 1 << 20
     max_entry_bytes: int = 100 << 20  # keep under the peers' frame limit
@@ -76,6 +78,8 @@ class RaftConfig:
             raise ValueError("duplicate voter ids")
         if not 0 < self.heartbeat_ticks < self.election_ticks:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks")
+        if not 0 <= self.leader_loss_ticks <= self.election_ticks:
+            raise ValueError("need 0 <= leader_loss_ticks <= election_ticks")
         if min(self.max_entries_per_append, self.max_inflight_appends,
                self.snapshot_chunk_bytes, self.max_apply_entries_per_ready) < 1:
             raise ValueError("limits must be positive")

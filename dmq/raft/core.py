@@ -156,6 +156,8 @@ class RaftCore:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = 0
+        self._hasty_ticks = 0  # ticks left of short election timeouts (leader_unreachable)
+        self._hasty_rank = 0  # our turn among the voters left (leader_unreachable)
         self._validate_snapshot = validate_snapshot
         self.refused = 0  # peer messages dropped as impossible (see step, _on_snapshot)
         self._far_terms: dict[NodeId, int] = {}  # peers far ahead: see MAX_TERM_JUMP
@@ -258,6 +260,31 @@ class RaftCore:
         else:
             self._send_append(target)
 
+    def leader_unreachable(self) -> None:
+        """The driver saw the link to the leader this node follows go down (its
+        connection closed: the leader's process most likely died). Stop honouring that
+        leader's lease and, for one election timeout, campaign within
+        `leader_loss_ticks` of its turn instead of after a whole randomized election
+        timeout. The voters left take turns by id (the lowest campaigns in ticks
+        1..N, the next in N+1..2N, ...): they all learn of the loss at the same moment,
+        and random delays that close together would split the vote whenever one round
+        of PreVote and vote takes longer than their difference.
+
+        Safe against a live leader: the campaign starts with PreVote, which the leader
+        ignores and every follower that still hears it refuses (its lease), so a
+        connection that closed for another reason costs a few messages, never a term.
+        Ignored when off (`leader_loss_ticks` 0), when not a follower, or when no leader
+        is known."""
+        if self.config.leader_loss_ticks <= 0 or self.role != Role.FOLLOWER \
+                or self.leader_id == NO_NODE:
+            return
+        left = sorted(v for v in self.config.voters if v != self.leader_id)
+        self._hasty_rank = left.index(self.id)
+        self.leader_id = NO_NODE
+        self._hasty_ticks = self.config.election_ticks
+        self._election_elapsed = 0
+        self._randomized_timeout = self._election_timeout()
+
     def campaign(self) -> None:
         """Start an election now (tests, or a driver that knows better)."""
         if self.role != Role.LEADER:
@@ -356,9 +383,7 @@ class RaftCore:
         self.leader_id = NO_NODE
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
-        self._randomized_timeout = (
-            self.config.election_ticks + self._rng.randrange(self.config.election_ticks)
-        )
+        self._randomized_timeout = self._election_timeout()
         self._votes = {}
         self._transferee = NO_NODE
         self._needs_bcast = False
@@ -429,8 +454,23 @@ class RaftCore:
 
     # -- ticks ----------------------------------------------------------------------
 
+    def _election_timeout(self) -> int:
+        """Ticks without a leader before campaigning: randomized in [election_ticks,
+        2*election_ticks), or, shortly after the leader's link went down
+        (`leader_unreachable`), in our turn's [1, leader_loss_ticks] + rank * that."""
+        if self._hasty_ticks > 0:
+            n = self.config.leader_loss_ticks
+            return 1 + self._hasty_rank * n + self._rng.randrange(n)
+        return self.config.election_ticks + self._rng.randrange(self.config.election_ticks)
+
     def _tick_election(self) -> None:
         self._election_elapsed += 1
+        if self._hasty_ticks > 0:
+            if self.leader_id != NO_NODE:  # a leader again: back to full timeouts
+                self._hasty_ticks = 0
+                self._randomized_timeout = self._election_timeout()
+            else:
+                self._hasty_ticks -= 1
         if self._election_elapsed >= self._randomized_timeout:
             self._start_campaign(transfer=False)
 

@@ -12,6 +12,11 @@ persist (fsync, in a worker thread so the loop keeps serving) -> send -> restore
 snapshot / apply committed entries -> resolve waiters -> `advance()`. Nothing reaches
 the core between `ready()` and `advance()` because only the pump calls either.
 
+Once a tick the pump also looks at the connection to the leader this node follows:
+when it has closed (a killed leader's connections close at once), the core hears of it
+(`RaftCore.leader_unreachable`) and campaigns within a few ticks rather than after a
+whole election timeout.
+
 Sending never blocks the pump: each peer has a bounded outbox drained by its sender
 task; when it overflows the oldest messages are dropped (Raft retransmits).
 
@@ -108,6 +113,9 @@ class RaftNodeConfig:
     tick_ms: int = 50
     election_ticks: int = 10
     heartbeat_ticks: int = 2
+    # campaign within N ticks of its turn once the connection to the leader closes
+    # (0: wait the election timeout); see RaftCore.leader_unreachable
+    leader_loss_ticks: int = 0
     snapshot_interval_entries: int = 10_000
     max_outbox_messages: int = 4096
     connect_timeout_ms: int = 1000
@@ -134,7 +142,8 @@ class RaftNodeConfig:
         options.update(self.core_options)
         return RaftConfig(node_id=self.node_id, voters=voters,
                           election_ticks=self.election_ticks,
-                          heartbeat_ticks=self.heartbeat_ticks, **options)
+                          heartbeat_ticks=self.heartbeat_ticks,
+                          leader_loss_ticks=self.leader_loss_ticks, **options)
 
 
 def _api_key_of(m: Message) -> ApiKey:
@@ -236,8 +245,14 @@ class RaftNode:
         self._role_changed: asyncio.Event | None = None
         self._next_read_id = 0
         self._stopping = False
+        # the leader followed and its connection, last seen open (see _watch_leader_link)
+        self._leader_link: tuple[NodeId, Connection] | None = None
+        self._feeders: dict[str, Callable[[RaftCore, Any, Any], None]] = {
+            "msg": self._feed_msg, "tick": self._feed_tick, "propose": self._feed_propose,
+            "read": self._feed_read, "transfer": self._feed_transfer}
         self.stats = {"readies": 0, "persisted_entries": 0, "applied": 0, "sent": 0,
-                      "received": 0, "malformed": 0, "refused_entries": 0}
+                      "received": 0, "malformed": 0, "refused_entries": 0,
+                      "leader_links_lost": 0}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -396,10 +411,6 @@ class RaftNode:
                 pass
         return core.leader_id
 
-    def handle_status(self, ctx: RequestContext, body: Any) -> Any:
-        """A RAFT_STATUS handler, for whoever serves that key."""
-        return self.status()
-
     def status(self) -> dict[str, Any]:
         core = self.core
         assert core is not None, "not started"
@@ -453,34 +464,64 @@ class RaftNode:
                 self._after_advance(core)
 
     def _feed(self, core: RaftCore, kind: str, arg: Any, fut: Any) -> None:
-        if kind == "msg":
-            core.step(arg)
-        elif kind == "tick":
-            core.tick()
-        elif fut.done():
+        if fut is not None and fut.done():
             return  # the caller gave up already
-        elif kind == "propose":
-            try:
-                term, index = core.propose(arg)
-            except RaftError as exc:
-                fut.set_exception(exc)
-                return
-            self._waiters[index] = (term, fut)
-            self._waiters_term = term
-        elif kind == "read":
-            if core.role != Role.LEADER:
-                fut.set_exception(NotLeaderError(core.leader_id))
-                return
-            self._next_read_id += 1
-            self._reads[self._next_read_id] = fut
-            core.read_index(self._next_read_id)
-        elif kind == "transfer":
-            try:
-                core.transfer_leadership(arg if arg is not None else self._best_peer(core))
-            except (RaftError, ValueError) as exc:
-                fut.set_exception(exc)
-                return
-            fut.set_result(RaftIndex(0))
+        self._feeders[kind](core, arg, fut)
+
+    def _feed_msg(self, core: RaftCore, m: Message, fut: None) -> None:
+        core.step(m)
+
+    def _feed_tick(self, core: RaftCore, arg: None, fut: None) -> None:
+        core.tick()
+        self._watch_leader_link(core)
+
+    def _feed_propose(self, core: RaftCore, data: bytes,
+                      fut: asyncio.Future[RaftIndex]) -> None:
+        try:
+            term, index = core.propose(data)
+        except RaftError as exc:
+            fut.set_exception(exc)
+            return
+        self._waiters[index] = (term, fut)
+        self._waiters_term = term
+
+    def _feed_read(self, core: RaftCore, arg: None, fut: asyncio.Future[RaftIndex]) -> None:
+        if core.role != Role.LEADER:
+            fut.set_exception(NotLeaderError(core.leader_id))
+            return
+        self._next_read_id += 1
+        self._reads[self._next_read_id] = fut
+        core.read_index(self._next_read_id)
+
+    def _feed_transfer(self, core: RaftCore, target: NodeId | None,
+                       fut: asyncio.Future[RaftIndex]) -> None:
+        try:
+            core.transfer_leadership(target if target is not None else self._best_peer(core))
+        except (RaftError, ValueError) as exc:
+            fut.set_exception(exc)
+            return
+        fut.set_result(RaftIndex(0))
+
+    def _watch_leader_link(self, core: RaftCore) -> None:
+        """Once per tick: when the connection to the leader this node follows, seen
+        open while following it, has closed (a killed leader's connections close at
+        once), tell the core, which then campaigns after a few ticks instead of a whole
+        election timeout (`RaftCore.leader_unreachable`)."""
+        leader = core.leader_id
+        sender = self._senders.get(leader) if core.role == Role.FOLLOWER else None
+        conn = sender.conn if sender is not None else None
+        if conn is None:
+            if sender is None:
+                self._leader_link = None
+            return
+        if not conn.closed:
+            self._leader_link = (leader, conn)
+        elif self._leader_link == (leader, conn):
+            self._leader_link = None
+            self.stats["leader_links_lost"] += 1
+            log.info("node=%s connection to leader %s closed: campaigning early if it "
+                     "stays silent", self.id, leader)
+            core.leader_unreachable()
 
     @staticmethod
     def _best_peer(core: RaftCore) -> NodeId:

@@ -167,3 +167,43 @@ async def test_channel_watch_leaves_a_silent_controller_and_owns_its_tasks(
     finally:
         await ch.close()
     assert _client_tasks() - before == set()
+
+
+async def test_a_pushed_controller_cuts_a_discovery_in_progress_short(
+        nodes: list[Node]) -> None:
+    """No node names a controller to probes (the new one answers them too late), so the
+    request sits in discovery backing off; a ControllerChanged notice
+    (`set_controller`) must end that discovery and route the request at once, not
+    leave it probing until its time runs out."""
+    _lead(nodes, nodes[0], told=[nodes[0]])
+    nodes[0].delay_s = 5.0  # its METADATA answers come after every probe gave up
+    ch = ControllerChannel([n.addr for n in nodes], discovery_timeout_ms=5000)
+    try:
+        req = asyncio.ensure_future(ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 3000))
+        await asyncio.sleep(0.3)  # in discovery: rounds of probes, then backoff
+        assert not req.done()
+        ch.set_controller(ControllerAddress(1, *nodes[0].addr, 2))
+        assert (await req)["by"] == 1
+    finally:
+        await ch.close()
+
+
+async def test_a_pushed_controller_ends_a_retry_backoff_at_once(
+        nodes: list[Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Discovery failed and the request backs off before trying again (made a minute
+    here): a ControllerChanged notice names the controller meanwhile, and the request
+    goes there at once instead of sleeping out its backoff."""
+    import dmq.metadata.discovery as discovery
+
+    monkeypatch.setattr(discovery, "backoff_ms", lambda *a: 60_000.0)
+    _lead(nodes, nodes[0], told=[nodes[0]])
+    nodes[0].delay_s = 5.0  # no probe gets its answer in time
+    ch = ControllerChannel([n.addr for n in nodes], discovery_timeout_ms=1)
+    try:
+        req = asyncio.ensure_future(ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 120_000))
+        await asyncio.sleep(0.3)  # discovery gave up at once: the request is backing off
+        assert not req.done()
+        ch.set_controller(ControllerAddress(1, *nodes[0].addr, 2))
+        assert (await asyncio.wait_for(req, 10))["by"] == 1
+    finally:
+        await ch.close()

@@ -4,6 +4,7 @@ protocol, system clock with short ticks."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,8 +49,11 @@ class KV:
 class Harness:
     def __init__(self, tmp: Path, size: int = 3, snapshot_interval: int = 10_000,
                  tick_ms: int = TICK_MS, election_ticks: int = 10, heartbeat_ticks: int = 2,
-                 seed: int = 0, **node_kwargs: Any) -> None:
+                 seed: int = 0,
+                 node_configs: dict[NodeId, dict[str, Any]] | None = None,
+                 **node_kwargs: Any) -> None:
         self.tmp = tmp
+        self.node_configs = node_configs or {}  # RaftNodeConfig fields of single nodes
         self.node_kwargs = node_kwargs  # extra RaftNode arguments (validators, on_fatal)
         self.tick_ms = tick_ms
         self.election_ticks = election_ticks
@@ -78,6 +82,7 @@ class Harness:
                                 election_ticks=self.election_ticks,
                                 heartbeat_ticks=self.heartbeat_ticks,
                                 snapshot_interval_entries=self.snapshot_interval)
+        config = dataclasses.replace(config, **self.node_configs.get(i, {}))
         storage = FileStorage(str(self.tmp / f"node{i}"))
         sm = KV()
         node = RaftNode(config, storage, sm, SystemClock(), random.Random(self.rng.random()),
@@ -441,5 +446,66 @@ def test_pending_proposals_fail_naming_the_leader_that_replaced_this_one(
             with pytest.raises(NotLeaderError) as err:
                 await asyncio.wait_for(pending, 10)
             assert err.value.leader_id == others[0]
+
+    run(main())
+
+
+def _slow_followers(leader_loss_ticks: int) -> dict[NodeId, dict[str, Any]]:
+    """Node 1 times out fast and so leads first; nodes 2 and 3 wait 10-20 s of silence
+    before an ordinary election, so only the leader-loss path elects them sooner."""
+    slow = {"election_ticks": 1000, "heartbeat_ticks": 2,
+            "leader_loss_ticks": leader_loss_ticks}
+    return {NodeId(1): {"election_ticks": 20, "heartbeat_ticks": 10}, NodeId(2): slow,
+            NodeId(3): slow}
+
+
+def test_followers_campaign_at_once_when_the_leaders_connection_closes(
+        tmp_path: Path) -> None:
+    # Stopping node 1 closes its connections, as a kill -9 does. Its followers' election
+    # timeout is 10-20 s; they elect one of themselves within the 8 s wait only because
+    # the closed connection tells them the leader is gone.
+    async def main() -> None:
+        async with Harness(tmp_path, node_configs=_slow_followers(5)) as h:
+            first = await h.leader()
+            assert first.id == 1
+            index = await first.propose(b"before=1")
+            await h.wait_applied(index)
+            await h.stop(NodeId(1))
+            new = await h.leader(timeout_s=8.0)
+            assert new.id in (2, 3)
+            assert all(h.nodes[i].stats["leader_links_lost"] == 1 for i in (2, 3))
+            await h.wait_applied(await new.propose(b"after=2"))
+            assert h.sms[new.id].data == {"before": "1", "after": "2"}
+
+    run(main())
+
+
+def test_a_closed_connection_to_a_live_leader_disrupts_nothing(tmp_path: Path) -> None:
+    # A follower's link to a live leader closes (it reconnects at its next answer): it
+    # stops counting on the leader and campaigns within a few ticks, but PreVote is
+    # refused by the leader and by the other follower, which still hears it: no new
+    # term, the same leader.
+    async def main() -> None:
+        async with Harness(tmp_path, node_configs=_slow_followers(2)) as h:
+            leader = await h.leader()
+            term = leader.status()["term"]
+            follower = h.nodes[NodeId(3)]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5.0
+            while follower.stats["leader_links_lost"] < 3:
+                # the leader heartbeats every 100 ms: the follower's tick sees the closed
+                # connection before its next answer reopens it, most of the time
+                sender = follower._senders[leader.id]
+                conn = sender.conn
+                if conn is not None and not conn.closed:
+                    await conn.close()
+                assert loop.time() < deadline, "closed connections went unnoticed"
+                await asyncio.sleep(0.05)
+            while follower.status()["leader_id"] != leader.id:
+                assert loop.time() < deadline, follower.status()
+                await asyncio.sleep(TICK_MS / 1000)
+            assert all(n.status()["term"] == term for n in h.nodes.values())
+            assert (await h.leader()).id == leader.id
+            await h.wait_applied(await leader.propose(b"still=1"))
 
     run(main())

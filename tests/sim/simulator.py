@@ -85,6 +85,12 @@ class SimConfig:
     pre_vote: bool = True
     check_quorum: bool = True
     wire_roundtrip: bool = False
+    # RaftConfig.leader_loss_ticks; when on, a crash tells the crashed leader's followers
+    # (as the driver's closed connection does), and `leader_loss_noise` is the chance per
+    # tick that some live node is told so about whoever it follows (a link that closed
+    # under a live leader)
+    leader_loss_ticks: int = 0
+    leader_loss_noise: float = 0.0
     faults: FaultProfile = FaultProfile()
 
 
@@ -138,7 +144,7 @@ class Simulation:
         self.liveness_target: tuple[int, int] | None = None
         self.liveness_done_at: int | None = None
         self.stats = {"delivered": 0, "commits": 0, "elections": 0, "crashes": 0,
-                      "snapshots_installed": 0, "reads": 0, "torn": 0}
+                      "snapshots_installed": 0, "reads": 0, "torn": 0, "leader_loss_hints": 0}
         for node in self.nodes.values():
             self._start(node)
 
@@ -188,6 +194,7 @@ class Simulation:
             max_inflight_appends=cfg.max_inflight_appends,
             snapshot_chunk_bytes=cfg.snapshot_chunk_bytes,
             pre_vote=cfg.pre_vote, check_quorum=cfg.check_quorum,
+            leader_loss_ticks=cfg.leader_loss_ticks,
         )
         state = node.storage.load()
         node.core = self.core_factory(raft_cfg, state, random.Random(self.rng.getrandbits(64)))
@@ -203,6 +210,10 @@ class Simulation:
         node.down_until = self.now + self.rng.randint(lo, hi)
         node.restarts += 1
         self.stats["crashes"] += 1
+        if self.cfg.leader_loss_ticks:
+            for other in self.nodes.values():
+                if other.core is not None and other.core.leader_id == node.id:
+                    other.core.leader_unreachable()
 
     # -- faults -------------------------------------------------------------------
 
@@ -223,6 +234,11 @@ class Simulation:
         if rng.random() < f.one_way_rate and len(self.ids) > 1:
             a, b = rng.sample(self.ids, 2)
             self._block(frozenset([(a, b)]))
+        if self.cfg.leader_loss_ticks and rng.random() < self.cfg.leader_loss_noise:
+            live = [n for n in self.nodes.values() if n.core is not None]
+            if live:
+                rng.choice(live).core.leader_unreachable()  # type: ignore[union-attr]
+                self.stats["leader_loss_hints"] += 1
 
     def _block(self, links: frozenset[tuple[NodeId, NodeId]]) -> None:
         lo, hi = self.faults.partition_ticks
@@ -536,6 +552,9 @@ def config_for_seed(seed: int, steps: int = 2000) -> SimConfig:
         return hunting_config(seed, steps)
     variant = random.Random(seed ^ 0x5EED)
     per_append = variant.choice((1, 2, 8, 64))
+    # a generator of its own, so the variants above stay what they were per seed
+    loss = random.Random(seed ^ 0x1EAD)
+    leader_loss_ticks = loss.choice((0, 1, 3, 10))
     return SimConfig(
         nodes=variant.choice((3, 3, 5, 5, 1)),
         steps=steps,
@@ -549,6 +568,8 @@ def config_for_seed(seed: int, steps: int = 2000) -> SimConfig:
         pre_vote=variant.random() < 0.8,
         check_quorum=variant.random() < 0.9,
         faults=variant.choice(PROFILES),
+        leader_loss_ticks=leader_loss_ticks,
+        leader_loss_noise=loss.choice((0.0, 0.01, 0.05)),
     )
 
 

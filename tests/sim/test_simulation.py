@@ -34,7 +34,8 @@ def test_faults_really_happen() -> None:
         sim = run_seed(seed, config_for_seed(seed, CI_STEPS))
         for key, value in sim.stats.items():
             totals[key] = totals.get(key, 0) + value
-    for key in ("crashes", "torn", "snapshots_installed", "reads", "elections", "commits"):
+    for key in ("crashes", "torn", "snapshots_installed", "reads", "elections", "commits",
+                "leader_loss_hints"):
         assert totals[key] > 0, (key, totals)
 
 
