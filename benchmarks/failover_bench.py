@@ -54,8 +54,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from dmq.cli.dev import ensure_topic  # noqa: E402
 from dmq.client.producer import Producer  # noqa: E402
-from dmq.devcluster import ensure_topic  # noqa: E402
 from dmq.protocol.api import ApiKey  # noqa: E402
 from dmq.protocol.connection import Connection  # noqa: E402
 from dmq.protocol.errors import DmqError  # noqa: E402
