@@ -51,6 +51,7 @@ from typing import Protocol
 import crc32c
 import msgpack  # type: ignore[import-untyped]
 
+from dmq.log.checkpoint import fsync_dir
 from dmq.raft.core import PersistentState
 from dmq.raft.messages import EMPTY_HARD_STATE, MAX_WIRE_INT, Entry, HardState, Snapshot
 from dmq.types import NodeId, RaftIndex, Term
@@ -145,14 +146,6 @@ class MemoryStorage:
         self.snapshot = snapshot
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomically(directory: str, name: str, payload: bytes) -> None:
     tmp = os.path.join(directory, name + ".tmp")
     with open(tmp, "wb") as f:
@@ -160,7 +153,7 @@ def _write_atomically(directory: str, name: str, payload: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, os.path.join(directory, name))
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _read_checked(path: str) -> bytes:
@@ -198,7 +191,7 @@ class FileStorage:
         created = not os.path.exists(self._log_path)
         self._log = open(self._log_path, "ab")
         if created:
-            _fsync_dir(directory)  # else synced appends could vanish with the file name
+            fsync_dir(directory)  # else synced appends could vanish with the file name
         if self.snapshot is not None:
             # A crash between writing a snapshot and rewriting the log leaves entries
             # the snapshot covers (or contradicts); drop them now.
@@ -358,7 +351,7 @@ class FileStorage:
             self._sync(f.fileno())
         self._log.close()
         os.replace(tmp, self._log_path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._log = open(self._log_path, "ab")
         self.entries = list(entries)
         self._positions = positions
