@@ -199,6 +199,31 @@ def _diff(old: MetadataImage, new: MetadataImage) -> ImageChanges:
     return ImageChanges(topics, brokers)
 
 
+# Metadata answer rows per partition dict. An image's dicts never change once it is
+# published (a MetadataState copies a topic's dict before changing it again), so the
+# rows of a topic are built once per version of that topic, not once per request: a
+# client asking for a 10,000-partition topic costs a lookup. The entry holds its dict,
+# so the id cannot be reused while cached.
+_ROWS_CACHE_MAX = 64
+_rows_cache: dict[int, tuple[dict[int, PartitionInfo], list[list[Any]]]] = {}
+
+
+def _partition_rows(partitions: dict[int, PartitionInfo]) -> list[list[Any]]:
+    hit = _rows_cache.get(id(partitions))
+    if hit is not None and hit[0] is partitions:
+        return hit[1]
+    rows = []
+    for p in sorted(partitions):
+        pi = partitions[p]
+        err = ErrorCode.NONE if pi.leader >= 0 else ErrorCode.LEADER_NOT_AVAILABLE
+        rows.append([p, pi.leader, pi.leader_epoch, list(pi.replicas), list(pi.isr), int(err)])
+    if len(partitions) >= 100:  # small topics cost less to build than to keep
+        if len(_rows_cache) >= _ROWS_CACHE_MAX:
+            _rows_cache.clear()
+        _rows_cache[id(partitions)] = (partitions, rows)
+    return rows
+
+
 def metadata_body(image: MetadataImage, topics: Iterable[str] | None,
                   topic_errors: dict[str, int] | None = None) -> dict[str, Any]:
     """The answer to a Metadata request (see dmq/protocol/api.py). `topics` None means
@@ -216,13 +241,8 @@ def metadata_body(image: MetadataImage, topics: Iterable[str] | None,
                                "error": int(errors.get(
                                    name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))})
             continue
-        parts = []
-        for p in sorted(t.partitions):
-            pi = t.partitions[p]
-            err = ErrorCode.NONE if pi.leader >= 0 else ErrorCode.LEADER_NOT_AVAILABLE
-            parts.append([p, pi.leader, pi.leader_epoch, list(pi.replicas), list(pi.isr),
-                          int(err)])
-        out_topics.append({"name": name, "id": t.topic_id, "error": 0, "partitions": parts})
+        out_topics.append({"name": name, "id": t.topic_id, "error": 0,
+                           "partitions": _partition_rows(t.partitions)})
     brokers = [[b.broker_id, b.host, b.port, b.rack] for _, b in sorted(image.brokers.items())
                if b.state != FENCED]
     body: dict[str, Any] = {"controller_id": image.controller_id, "version": image.version,

@@ -10,7 +10,7 @@ import gc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmq.metadata.image import ImageChanges, MetadataImage, image_changes
+from dmq.metadata.image import ImageChanges, MetadataImage, image_changes, metadata_body
 from dmq.metadata.records import NO_CHANGE, PartitionChange
 from dmq.metadata.state import MetadataState
 from tests.unit.controller.helpers import Harness
@@ -188,3 +188,31 @@ def test_changes_are_not_used_for_another_base_and_keep_no_image_alive() -> None
     gc.collect()
     assert c.changes is not None and c.changes._base is not None
     assert c.changes._base() is None  # the previous image is not kept alive by c
+
+
+def test_metadata_answer_rows_built_once_per_version_of_a_topic() -> None:
+    """A Metadata answer for a big topic reuses the rows built for the same version of
+    that topic (nothing walks its partitions per request) and never serves stale rows."""
+    from dmq.metadata import image as image_module
+
+    def fresh(img: MetadataImage) -> dict:
+        image_module._rows_cache.clear()
+        return metadata_body(img, None)
+
+    h = big_topic(2000)
+    h.create("small", 3, 1)
+    img = h.state.image()
+    first = metadata_body(img, ["big"])
+    again = metadata_body(img, ["big"])
+    assert again["topics"][0]["partitions"] is first["topics"][0]["partitions"]
+    p = h.state.topics["big"].partitions[5]
+    h.commit([PartitionChange("big", 5, p.partition_epoch, NO_CHANGE, (p.leader,))])
+    h.commit(h.planner.fence_broker(3))
+    img2 = h.state.image()
+    body = metadata_body(img2, None)
+    assert body["topics"][0]["partitions"][5][4] == [p.leader]
+    assert body == fresh(img2)
+    assert metadata_body(img, ["big"]) == first  # the older image still answers as it did
+    h.commit(h.planner.unfence_broker(3))
+    img3 = h.state.image()
+    assert metadata_body(img3, None) == fresh(img3)
