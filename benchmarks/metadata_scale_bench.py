@@ -127,9 +127,13 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
                 d = await admin.describe_cluster()
                 b = next(b for b in d["brokers"] if b["broker_id"] == v)
                 return int(b["broker_epoch"]), str(b["state"])
+
+            async def metadata_version() -> int:
+                return int((await admin.describe_cluster())["metadata_version"])
             for i in range(args.restarts):
                 row: dict[str, float] = {}
                 old_epoch = (await epoch_of(victim))[0]
+                version0 = await metadata_version()
                 cluster.kill(victim, signal.SIGTERM if args.clean else signal.SIGKILL)
                 t0 = time.monotonic()
                 cluster.start(victim, wait=False)
@@ -153,6 +157,8 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
                     return all(v in p.isr for p in t.partitions.values())
                 await until("replicas back in the ISR", back_in_sync, args.phase_timeout, 0.2)
                 row["in_sync_s"] = time.monotonic() - t0
+                # metadata entries the restart took (each one a new image on every broker)
+                row["entries"] = await metadata_version() - version0
                 row["broker_rss_mb"] = rss_mb(cluster.nodes[victim].proc.pid)  # type: ignore[union-attr]
                 out["restarts"].append(row)
                 print(f"restart {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()),
@@ -262,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         vals = [r[key] for r in rs]
         print(f"  restart ({'SIGTERM' if args.clean else 'kill -9'}) to {label}: median "
               f"{statistics.median(vals):.2f} s, max {max(vals):.2f} s")
+    print(f"  metadata entries per restart: {[int(r['entries']) for r in rs]}")
     print(f"  controller RSS {out['controller_rss_before_mb']:.0f} -> "
           f"{out['controller_rss_mb']:.0f} MB, controller CPU {out['controller_cpu_s']:.1f} s; "
           f"broker RSS {out['broker_rss_mb']} MB")
