@@ -11,9 +11,12 @@ Reports, with real `dmq server` processes (tests/support/procs.py `ProcessCluste
 
 And in-process (`--inproc`, no servers): the controller's costs of the same topic and
 of single changes after it (plan, encode, apply, image, Metadata answer, snapshot), the
-figures that say whether anything is O(all partitions) per record.
+figures that say whether anything is O(all partitions) per record; `--broker-apply`:
+one broker's event-loop time applying an image (one change; a fence moving leaderships
+to it).
 
     .venv/bin/python benchmarks/metadata_scale_bench.py --inproc
+    .venv/bin/python benchmarks/metadata_scale_bench.py --broker-apply   # ~1 min: 10,000 logs
     .venv/bin/python benchmarks/metadata_scale_bench.py               # 10,000 partitions
     .venv/bin/python benchmarks/metadata_scale_bench.py --partitions 2000 --restarts 2
 
@@ -216,6 +219,7 @@ def inproc(partitions: int) -> None:
     timed("apply the entry", lambda: state.apply_entry(state.version + 1, wire))
     img = timed("publish the image", lambda: state.image(1, 1, ("127.0.0.1", 1)))
     timed("Metadata answer (every topic)", lambda: metadata_body(img, None))
+    timed("the same answer again (same version)", lambda: metadata_body(img, None))
     snap = timed("snapshot (to_snapshot + msgpack)",
                  lambda: msgpack.packb(state.to_snapshot(), use_bin_type=True))
     print(f"  (entry {len(data):,} bytes, snapshot {len(snap):,} bytes)")
@@ -243,6 +247,72 @@ def inproc(partitions: int) -> None:
     timed("replica counts (placement limits)", planner.replica_counts)
 
 
+async def broker_apply(partitions: int) -> None:
+    """One broker's `ReplicaManager.apply_image` (in process, real logs in a temporary
+    folder): the event-loop time of an image after one partition change, and of the
+    image fencing another broker (its leaderships move here)."""
+    import logging
+    import shutil
+    import tempfile
+
+    from dmq.broker.replica_manager import ReplicaManager
+    from dmq.config import SETTINGS, ClusterConfig, NodeAddress
+    from dmq.controller.planner import Planner
+    from dmq.metadata.records import NO_CHANGE, PartitionChange, Record, records_to_wire
+    from dmq.metadata.state import MetadataState
+    from dmq.protocol.errors import NotControllerError
+
+    logging.disable(logging.WARNING)
+    settings = {"max.partition.replicas.per.broker": max(4000, partitions),
+                "max.partitions.per.topic": max(10_000, partitions),
+                "max.partitions.per.request": max(10_000, partitions)}
+    state = MetadataState(history_entries=100)
+    planner = Planner(state, lambda k: settings.get(k, SETTINGS[k].default), random.Random(7))
+
+    def commit(recs: list[Record]) -> None:
+        state.apply_entry(state.version + 1, records_to_wire(recs))
+
+    for b in (1, 2, 3):
+        commit(planner.register_broker(b, "127.0.0.1", 9, None, f"inc-{b}"))
+        commit(planner.unfence_broker(b))
+    commit(planner.create_topics([{"name": TOPIC, "partitions": partitions,
+                                   "replication_factor": 3, "configs": {}}])[0])
+
+    async def no_controller(*_: Any) -> Any:
+        raise NotControllerError("no controller here")
+
+    root = Path(tempfile.mkdtemp(prefix="dmq-bench-"))
+    try:
+        rm = ReplicaManager(ClusterConfig((NodeAddress(9, "127.0.0.1", 9),), (), {}), 1,
+                            root, no_controller, lambda: 1)
+        await rm.load_logs()
+        rm.start()
+        t0 = time.perf_counter()
+        rm.apply_image(state.image())
+        await rm.wait_idle(600_000)
+        print(f"broker 1, {len(rm.partitions)} replicas: first image (logs created) "
+              f"{time.perf_counter() - t0:.1f} s")
+        times = []
+        for i in range(20):
+            p = state.topics[TOPIC].partitions[i]
+            commit([PartitionChange(TOPIC, i, p.partition_epoch, NO_CHANGE, p.isr)])
+            img = state.image()
+            t0 = time.perf_counter()
+            rm.apply_image(img)
+            times.append(time.perf_counter() - t0)
+        print(f"  image after one partition change: {statistics.median(times) * 1000:.3f} ms "
+              f"(median of 20)")
+        commit(planner.fence_broker(2))
+        moved = sum(1 for p in state.topics[TOPIC].partitions.values() if p.leader == 1)
+        t0 = time.perf_counter()
+        rm.apply_image(state.image())
+        print(f"  image fencing broker 2 ({moved} leaderships here now): "
+              f"{time.perf_counter() - t0:.2f} s")
+        await rm.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--partitions", type=int, default=10_000)
@@ -251,9 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clean", action="store_true", help="restart with SIGTERM, not kill -9")
     ap.add_argument("--phase-timeout", type=float, default=120.0)
     ap.add_argument("--inproc", action="store_true", help="in-process controller costs only")
+    ap.add_argument("--broker-apply", action="store_true",
+                    help="in-process: one broker applying images (creates the logs)")
     args = ap.parse_args(argv)
-    if args.inproc:
-        inproc(args.partitions)
+    if args.inproc or args.broker_apply:
+        if args.inproc:
+            inproc(args.partitions)
+        if args.broker_apply:
+            asyncio.run(broker_apply(args.partitions))
         return 0
     out = asyncio.run(scale_run(args))
     print(f"{out['partitions']} partitions RF=3 on 3 brokers, {args.controllers} controller(s)")
