@@ -147,7 +147,7 @@ class MetadataState:
                                                r.kafka_host, r.kafka_port)
         self.incarnations[r.broker_id] = r.incarnation_id
         self.broker_changed_at[r.broker_id] = index
-        self._changed_brokers.add(r.broker_id)
+        self._broker_changed(r.broker_id)
 
     def _set_broker_state(self, broker_id: int, epoch: int, state: str, rec: Record,
                           index: int) -> None:
@@ -157,7 +157,7 @@ class MetadataState:
             return
         self.brokers[broker_id] = replace(b, state=state)
         self.broker_changed_at[broker_id] = index
-        self._changed_brokers.add(broker_id)
+        self._broker_changed(broker_id)
 
     def _unregister_broker(self, rec: Any, index: int) -> None:
         b = self.brokers.get(rec.broker_id)
@@ -167,7 +167,7 @@ class MetadataState:
         del self.brokers[rec.broker_id]
         self.incarnations.pop(rec.broker_id, None)
         self.broker_changed_at.pop(rec.broker_id, None)
-        self._changed_brokers.add(rec.broker_id)
+        self._broker_changed(rec.broker_id)
 
     def _fence_broker(self, rec: Any, index: int) -> None:
         self._set_broker_state(rec.broker_id, rec.broker_epoch, FENCED, rec, index)
@@ -188,7 +188,7 @@ class MetadataState:
         self.topics[r.name] = TopicInfo(r.name, r.topic_id, parts, dict(r.configs))
         self.topic_names_by_id[r.topic_id] = r.name
         self._owned.add(r.name)
-        self._changed_topics[r.name] = None
+        self._topic_changed(r.name)
 
     def _add_partitions(self, rec: Any, index: int) -> None:
         r: AddPartitions = rec
@@ -211,11 +211,36 @@ class MetadataState:
         del self.topics[r.name]
         self.topic_names_by_id.pop(r.topic_id, None)
         self._owned.discard(r.name)
-        self._changed_topics[r.name] = None
+        self._topic_changed(r.name)
         for p in t.partitions:
             self.reassigning.discard((r.name, p))
 
+    # what changed since the last published image --------------------------------------
+    def _tracking(self) -> bool:
+        """Changes are kept only while the image they would start from is alive: when
+        nobody holds it (a controller's images, read and dropped), no reader can use
+        them, and a state that publishes no more keeps nothing growing."""
+        base = self._changes_base
+        if base is None:
+            return False
+        if base() is None:
+            self._changes_base = None
+            self._changed_topics = {}
+            self._changed_brokers = set()
+            return False
+        return True
+
+    def _broker_changed(self, broker_id: int) -> None:
+        if self._tracking():
+            self._changed_brokers.add(broker_id)
+
+    def _topic_changed(self, topic: str) -> None:
+        if self._tracking():
+            self._changed_topics[topic] = None
+
     def _changed(self, topic: str, partition: int) -> None:
+        if not self._tracking():
+            return
         if topic not in self._changed_topics:
             self._changed_topics[topic] = {partition}
         else:
@@ -291,7 +316,7 @@ class MetadataState:
         else:
             configs[r.key] = r.value
         self.topics[r.name] = replace(t, configs=configs)
-        self._changed_topics[r.name] = None
+        self._topic_changed(r.name)
 
     def _producer_ids(self, rec: Any, index: int) -> None:
         r: ProducerIds = rec

@@ -216,3 +216,20 @@ def test_metadata_answer_rows_built_once_per_version_of_a_topic() -> None:
     h.commit(h.planner.unfence_broker(3))
     img3 = h.state.image()
     assert metadata_body(img3, None) == fresh(img3)
+
+
+def test_changes_are_kept_only_while_their_base_image_is_held() -> None:
+    """A state whose images nobody holds (a controller's, read and dropped) keeps no
+    changes growing: topics created and deleted by the thousand leave nothing behind."""
+    h = big_topic(10)
+    h.state.image()  # published, then dropped
+    gc.collect()
+    for i in range(2000):
+        h.create(f"tmp{i}", 1, 1)
+        h.commit(h.planner.delete_topics([f"tmp{i}"])[0])
+    assert h.state._changed_topics == {} and h.state._changed_brokers == set()
+    img = h.state.image()
+    assert img.changes is None  # readers compare instead
+    h.create("kept", 1, 1)
+    assert dict(h.state.image().changes.topics) == {"kept": None}  # type: ignore[union-attr]
+    assert img is not None
