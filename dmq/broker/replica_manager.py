@@ -327,7 +327,7 @@ class ReplicaManager:
                     parts = frozenset((*(old_topic.partitions if old_topic else ()),
                                        *(topic.partitions if topic else ())))
                 cfg: list[LogConfig] = []
-                for p in parts:
+                for p in sorted(parts):  # in partition order, as a whole walk goes
                     tp = (name, p)
                     info = topic.partitions.get(p) if topic is not None else None
                     if topic is None or info is None or self.broker_id not in info.replicas:
