@@ -32,7 +32,14 @@ from dmq.log.checkpoint import OffsetCheckpointFile, read_entries, write_entries
 from dmq.log.cleaner import LogCleaner
 from dmq.log.config import LogConfig
 from dmq.log.partition_log import PartitionLog
-from dmq.metadata.image import ONLINE, BrokerInfo, MetadataImage, PartitionInfo, TopicInfo
+from dmq.metadata.image import (
+    ONLINE,
+    BrokerInfo,
+    MetadataImage,
+    PartitionInfo,
+    TopicInfo,
+    image_changes,
+)
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import BrokerNotAvailableError, DmqError, ErrorCode, StorageError
 
@@ -102,6 +109,7 @@ class ReplicaManager:
         self._broker_epoch = broker_epoch
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.image: MetadataImage | None = None
+        self._applied_image: MetadataImage | None = None  # the last one applied whole
         self.lag_time_max_ms = int(config.get("replica.lag.time.max.ms"))
         self.fetchers = FetcherManager(self, config)
         self._loaded: dict[tuple[str, int], tuple[PartitionLog, str]] = {}
@@ -303,6 +311,38 @@ class ReplicaManager:
             self.image_error = None
 
     def _apply_image(self, image: MetadataImage) -> None:
+        """Only the partitions that changed since the image applied before, when that
+        one applied whole and no partition awaits a retry; every partition otherwise
+        (also when a broker changed: followers fetch from the leader's address, and
+        only ONLINE brokers join an ISR)."""
+        prev, self._applied_image = self._applied_image, None
+        changes = None if self.failed_partitions else image_changes(prev, image)
+        if changes is None or changes.brokers:
+            self._apply_all(image)
+        else:
+            assert prev is not None
+            for name, parts in changes.topics.items():
+                old_topic, topic = prev.topics.get(name), image.topics.get(name)
+                if parts is None:
+                    parts = frozenset((*(old_topic.partitions if old_topic else ()),
+                                       *(topic.partitions if topic else ())))
+                cfg: list[LogConfig] = []
+                for p in sorted(parts):  # in partition order, as a whole walk goes
+                    tp = (name, p)
+                    info = topic.partitions.get(p) if topic is not None else None
+                    if topic is None or info is None or self.broker_id not in info.replicas:
+                        self.failed_partitions.pop(tp, None)
+                        self._delete_partition(tp)
+                        continue
+                    try:
+                        self._apply_partition(topic, p, info, image, cfg)
+                    except Exception as exc:  # noqa: BLE001 - isolate this partition only
+                        self._partition_failed(tp, exc)
+            if self._loaded:
+                self._drop_stray_logs(image)
+        self._applied_image = image
+
+    def _apply_all(self, image: MetadataImage) -> None:
         mine: set[tuple[str, int]] = set()
         for topic in image.topics.values():
             cfg: list[LogConfig] = []  # the topic's log config, made once when needed

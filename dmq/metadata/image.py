@@ -6,6 +6,11 @@ keep an image as long as it likes, it never changes under it. An image is cheap 
 publish because unchanged `TopicInfo` objects are shared between versions (only the
 dicts of brokers and topics are copied).
 
+An image published by a `MetadataState` carries what changed since the image that
+state published before it (`ImageChanges`, Kafka's metadata delta): a reader that
+applied that previous image walks only the changed partitions (`image_changes`), not
+every partition of the cluster, on each metadata change.
+
 This module also owns the wire form of a Metadata answer (`metadata_body`), so that
 controllers and brokers answer it identically, and its parsing (`image_from_metadata`)
 for clients.
@@ -13,7 +18,8 @@ for clients.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +86,38 @@ class TopicInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageChanges:
+    """What changed from one image to the next: every partition that differs is in
+    `topics` (a partition changed and changed back may be listed too).
+
+    topics: topic name -> the partition numbers that changed, or None when the whole
+    topic may have changed (created, deleted, re-created, its configs altered).
+    brokers: ids of brokers registered, unregistered, or whose state changed.
+    """
+    topics: Mapping[str, frozenset[int] | None]
+    brokers: frozenset[int]
+    # the image these changes start from (weak: an image must not keep the chain of
+    # every image before it alive) and the dicts of the image they lead to
+    _base: weakref.ref[MetadataImage] | None = field(default=None, compare=False,
+                                                     repr=False)
+    _topics_of: dict[str, TopicInfo] | None = field(default=None, compare=False, repr=False)
+    _brokers_of: dict[int, BrokerInfo] | None = field(default=None, compare=False,
+                                                      repr=False)
+
+    @property
+    def empty(self) -> bool:
+        return not self.topics and not self.brokers
+
+    def leads_from(self, old: MetadataImage, new: MetadataImage) -> bool:
+        """True if these are exactly the changes from `old` to `new`."""
+        return (self._base is not None and self._base() is old
+                and self._topics_of is new.topics and self._brokers_of is new.brokers)
+
+
+NO_CHANGES = ImageChanges({}, frozenset())
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class MetadataImage:
     version: int  # Raft index of the last applied metadata entry
     controller_id: int  # -1: unknown
@@ -87,6 +125,9 @@ class MetadataImage:
     topics: dict[str, TopicInfo]
     controller_term: int = -1
     controller_address: tuple[str, int] | None = field(default=None)
+    # set by MetadataState: the changes since the image it published before this one
+    # (read them with `image_changes`, which checks that they apply)
+    changes: ImageChanges | None = field(default=None, compare=False, repr=False)
 
     def partition(self, topic: str, p: int) -> PartitionInfo | None:
         t = self.topics.get(topic)
@@ -119,6 +160,70 @@ class MetadataImage:
 EMPTY_IMAGE = MetadataImage(0, NO_LEADER, {}, {})
 
 
+def image_changes(old: MetadataImage | None, new: MetadataImage) -> ImageChanges | None:
+    """What changed from `old` to `new`; None when `old` is None (everything is new).
+
+    The changes `new` carries when they start from `old` (the usual case: each image
+    of a `MetadataState` after the one before it), costing nothing; otherwise a
+    comparison of the two images that skips every topic and partition object they
+    share (a state shares unchanged ones between versions), so it walks only the
+    topics that changed."""
+    if old is None:
+        return None
+    if new is old:
+        return NO_CHANGES
+    ch = new.changes
+    if ch is not None and ch.leads_from(old, new):
+        return ch
+    return _diff(old, new)
+
+
+def _diff(old: MetadataImage, new: MetadataImage) -> ImageChanges:
+    brokers = frozenset(b for b in old.brokers.keys() | new.brokers.keys()
+                        if old.brokers.get(b) != new.brokers.get(b))
+    topics: dict[str, frozenset[int] | None] = {}
+    for name in old.topics.keys() | new.topics.keys():
+        ot, nt = old.topics.get(name), new.topics.get(name)
+        if ot is nt:
+            continue
+        if ot is None or nt is None or ot.topic_id != nt.topic_id or ot.configs != nt.configs:
+            topics[name] = None
+            continue
+        op, np_ = ot.partitions, nt.partitions
+        if op is np_:
+            continue
+        parts = frozenset(p for p in op.keys() | np_.keys()
+                          if (a := op.get(p)) is not (b := np_.get(p)) and a != b)
+        if parts:
+            topics[name] = parts
+    return ImageChanges(topics, brokers)
+
+
+# Metadata answer rows per partition dict. An image's dicts never change once it is
+# published (a MetadataState copies a topic's dict before changing it again), so the
+# rows of a topic are built once per version of that topic, not once per request: a
+# client asking for a 10,000-partition topic costs a lookup. The entry holds its dict,
+# so the id cannot be reused while cached.
+_ROWS_CACHE_MAX = 64
+_rows_cache: dict[int, tuple[dict[int, PartitionInfo], list[list[Any]]]] = {}
+
+
+def _partition_rows(partitions: dict[int, PartitionInfo]) -> list[list[Any]]:
+    hit = _rows_cache.get(id(partitions))
+    if hit is not None and hit[0] is partitions:
+        return hit[1]
+    rows = []
+    for p in sorted(partitions):
+        pi = partitions[p]
+        err = ErrorCode.NONE if pi.leader >= 0 else ErrorCode.LEADER_NOT_AVAILABLE
+        rows.append([p, pi.leader, pi.leader_epoch, list(pi.replicas), list(pi.isr), int(err)])
+    if len(partitions) >= 100:  # small topics cost less to build than to keep
+        if len(_rows_cache) >= _ROWS_CACHE_MAX:
+            _rows_cache.clear()
+        _rows_cache[id(partitions)] = (partitions, rows)
+    return rows
+
+
 def metadata_body(image: MetadataImage, topics: Iterable[str] | None,
                   topic_errors: dict[str, int] | None = None) -> dict[str, Any]:
     """The answer to a Metadata request (see dmq/protocol/api.py). `topics` None means
@@ -136,13 +241,8 @@ def metadata_body(image: MetadataImage, topics: Iterable[str] | None,
                                "error": int(errors.get(
                                    name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))})
             continue
-        parts = []
-        for p in sorted(t.partitions):
-            pi = t.partitions[p]
-            err = ErrorCode.NONE if pi.leader >= 0 else ErrorCode.LEADER_NOT_AVAILABLE
-            parts.append([p, pi.leader, pi.leader_epoch, list(pi.replicas), list(pi.isr),
-                          int(err)])
-        out_topics.append({"name": name, "id": t.topic_id, "error": 0, "partitions": parts})
+        out_topics.append({"name": name, "id": t.topic_id, "error": 0,
+                           "partitions": _partition_rows(t.partitions)})
     brokers = [[b.broker_id, b.host, b.port, b.rack] for _, b in sorted(image.brokers.items())
                if b.state != FENCED]
     body: dict[str, Any] = {"controller_id": image.controller_id, "version": image.version,
@@ -176,13 +276,16 @@ __all__ = [
     "BROKER_STATES",
     "EMPTY_IMAGE",
     "FENCED",
+    "NO_CHANGES",
     "NO_LEADER",
     "ONLINE",
     "SHUTTING_DOWN",
     "BrokerInfo",
+    "ImageChanges",
     "MetadataImage",
     "PartitionInfo",
     "TopicInfo",
+    "image_changes",
     "image_from_metadata",
     "metadata_body",
 ]

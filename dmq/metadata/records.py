@@ -289,7 +289,8 @@ def records_to_wire(records: list[Record] | tuple[Record, ...]) -> list[list[Any
 
 def encode_batch(records: list[Record] | tuple[Record, ...]) -> bytes:
     """The data of one Raft entry."""
-    return msgpack.packb(records_to_wire(records), use_bin_type=True)
+    data: bytes = msgpack.packb(records_to_wire(records), use_bin_type=True)
+    return data
 
 
 def decode_batch_wire(data: bytes) -> list[list[Any]]:

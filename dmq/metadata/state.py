@@ -10,6 +10,10 @@ Copy-on-write: brokers and topics are stored as the frozen `image` classes. A to
 partition dict is copied the first time an entry changes it after an image was
 published, so publishing (`image()`) only copies the two top-level dicts.
 
+Each published image carries the changes since the image published before it
+(`ImageChanges`): the partitions and brokers the applied records touched, so that a
+broker applies only those to its replicas.
+
 Snapshot format (msgpack map, version 1)::
 
     {"v": 1, "version": last applied index,
@@ -28,6 +32,7 @@ Snapshot format (msgpack map, version 1)::
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import deque
 from dataclasses import replace
 from typing import Any
@@ -38,6 +43,7 @@ from dmq.metadata.image import (
     ONLINE,
     SHUTTING_DOWN,
     BrokerInfo,
+    ImageChanges,
     MetadataImage,
     PartitionInfo,
     TopicInfo,
@@ -88,6 +94,11 @@ class MetadataState:
         self.history_floor = 0  # deltas are available for versions >= this
         self._owned: set[str] = set()  # topics whose partition dict no image shares yet
         self._image: MetadataImage | None = None
+        # what changed since the last published image (see ImageChanges); the base is
+        # None after a restore: the next image has no changes to offer (all is new)
+        self._changed_topics: dict[str, set[int] | None] = {}
+        self._changed_brokers: set[int] = set()
+        self._changes_base: weakref.ref[MetadataImage] | None = None
         self._apply = {
             RecordType.REGISTER_BROKER: self._register_broker,
             RecordType.FENCE_BROKER: self._fence_broker,
@@ -136,6 +147,7 @@ class MetadataState:
                                                r.kafka_host, r.kafka_port)
         self.incarnations[r.broker_id] = r.incarnation_id
         self.broker_changed_at[r.broker_id] = index
+        self._broker_changed(r.broker_id)
 
     def _set_broker_state(self, broker_id: int, epoch: int, state: str, rec: Record,
                           index: int) -> None:
@@ -145,6 +157,7 @@ class MetadataState:
             return
         self.brokers[broker_id] = replace(b, state=state)
         self.broker_changed_at[broker_id] = index
+        self._broker_changed(broker_id)
 
     def _unregister_broker(self, rec: Any, index: int) -> None:
         b = self.brokers.get(rec.broker_id)
@@ -154,6 +167,7 @@ class MetadataState:
         del self.brokers[rec.broker_id]
         self.incarnations.pop(rec.broker_id, None)
         self.broker_changed_at.pop(rec.broker_id, None)
+        self._broker_changed(rec.broker_id)
 
     def _fence_broker(self, rec: Any, index: int) -> None:
         self._set_broker_state(rec.broker_id, rec.broker_epoch, FENCED, rec, index)
@@ -174,6 +188,7 @@ class MetadataState:
         self.topics[r.name] = TopicInfo(r.name, r.topic_id, parts, dict(r.configs))
         self.topic_names_by_id[r.topic_id] = r.name
         self._owned.add(r.name)
+        self._topic_changed(r.name)
 
     def _add_partitions(self, rec: Any, index: int) -> None:
         r: AddPartitions = rec
@@ -185,6 +200,7 @@ class MetadataState:
         for i, reps in enumerate(r.assignments):
             p = r.first_partition + i
             parts[p] = PartitionInfo(r.name, p, reps, reps[0] if reps else NO_LEADER, 0, reps, 0)
+            self._changed(r.name, p)
 
     def _remove_topic(self, rec: Any, index: int) -> None:
         r: RemoveTopic = rec
@@ -195,8 +211,42 @@ class MetadataState:
         del self.topics[r.name]
         self.topic_names_by_id.pop(r.topic_id, None)
         self._owned.discard(r.name)
+        self._topic_changed(r.name)
         for p in t.partitions:
             self.reassigning.discard((r.name, p))
+
+    # what changed since the last published image --------------------------------------
+    def _tracking(self) -> bool:
+        """Changes are kept only while the image they would start from is alive: when
+        nobody holds it (a controller's images, read and dropped), no reader can use
+        them, and a state that publishes no more keeps nothing growing."""
+        base = self._changes_base
+        if base is None:
+            return False
+        if base() is None:
+            self._changes_base = None
+            self._changed_topics = {}
+            self._changed_brokers = set()
+            return False
+        return True
+
+    def _broker_changed(self, broker_id: int) -> None:
+        if self._tracking():
+            self._changed_brokers.add(broker_id)
+
+    def _topic_changed(self, topic: str) -> None:
+        if self._tracking():
+            self._changed_topics[topic] = None
+
+    def _changed(self, topic: str, partition: int) -> None:
+        if not self._tracking():
+            return
+        if topic not in self._changed_topics:
+            self._changed_topics[topic] = {partition}
+        else:
+            parts = self._changed_topics[topic]
+            if parts is not None:  # None: the whole topic changed already
+                parts.add(partition)
 
     def _own_partitions(self, t: TopicInfo) -> dict[int, PartitionInfo]:
         """The topic's partition dict, copied first if a published image shares it."""
@@ -232,6 +282,7 @@ class MetadataState:
         self._own_partitions(t)[r.partition] = PartitionInfo(
             p.topic, p.partition, p.replicas, leader, leader_epoch, isr, p.partition_epoch + 1,
             p.adding, p.removing)
+        self._changed(r.topic, r.partition)
 
     def _partition_reassign(self, rec: Any, index: int) -> None:
         r: PartitionReassign = rec
@@ -247,6 +298,7 @@ class MetadataState:
         self._own_partitions(t)[r.partition] = PartitionInfo(
             p.topic, p.partition, r.replicas, leader, leader_epoch, isr, p.partition_epoch + 1,
             r.adding, r.removing)
+        self._changed(r.topic, r.partition)
         if r.adding or r.removing:
             self.reassigning.add((r.topic, r.partition))
         else:
@@ -264,6 +316,7 @@ class MetadataState:
         else:
             configs[r.key] = r.value
         self.topics[r.name] = replace(t, configs=configs)
+        self._topic_changed(r.name)
 
     def _producer_ids(self, rec: Any, index: int) -> None:
         r: ProducerIds = rec
@@ -294,9 +347,19 @@ class MetadataState:
         if (img is None or img.controller_id != controller_id
                 or img.controller_term != controller_term
                 or img.controller_address != controller_address):
-            img = MetadataImage(self.version, controller_id, dict(self.brokers),
-                                dict(self.topics), controller_term, controller_address)
+            brokers, topics = dict(self.brokers), dict(self.topics)
+            changes = None
+            if self._changes_base is not None:
+                changes = ImageChanges(
+                    {t: None if ps is None else frozenset(ps)
+                     for t, ps in self._changed_topics.items()},
+                    frozenset(self._changed_brokers), self._changes_base, topics, brokers)
+            img = MetadataImage(self.version, controller_id, brokers, topics, controller_term,
+                                controller_address, changes)
             self._owned.clear()
+            self._changed_topics = {}
+            self._changed_brokers = set()
+            self._changes_base = weakref.ref(img)
             self._image = img
         return img
 
@@ -369,6 +432,9 @@ class MetadataState:
         self.history_floor = self.version
         self._owned = set(self.topics)
         self._image = None
+        self._changed_topics = {}
+        self._changed_brokers = set()
+        self._changes_base = None
 
 
 __all__ = ["FIRST_PRODUCER_ID", "MetadataState"]
