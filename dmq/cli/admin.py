@@ -48,7 +48,8 @@ def cluster_status(bootstrap: str | None, config_path: str | None, timeout_ms: i
         return
     ctl = status["controller_id"]
     click.echo(f"controller: {ctl if ctl >= 0 else 'none'}  term: {status['controller_term']}  "
-               f"metadata version: {status['metadata_version']}")
+               f"metadata version: {status['metadata_version']}  "
+               f"cluster id: {status.get('cluster_id') or '-'}")
     click.echo("\ncontrollers:")
     table([["ID", "ROLE", "TERM", "COMMIT", "APPLIED"]] + [
         [c["node_id"], c["role"], c["term"], c["commit_index"], c["last_applied"]]

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dmq.aio import wait_for
+from dmq.controller.cluster_id import new_cluster_id
 from dmq.controller.group_service import GroupService, register_group_handlers
 from dmq.controller.liveness import BrokerSessions
 from dmq.controller.planner import Planner
@@ -34,7 +35,7 @@ from dmq.controller.state_machine import MetadataStateMachine
 from dmq.controller.validation import effective_topic_configs, validate_topic_name
 from dmq.metadata.discovery import ControllerChannel
 from dmq.metadata.image import FENCED, MetadataImage, metadata_body
-from dmq.metadata.records import ProducerIds, Record
+from dmq.metadata.records import ClusterId, ProducerIds, Record
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import (
@@ -335,6 +336,10 @@ class ControllerService(Service):
         # a barrier entry: once applied, every entry of earlier terms is applied too
         async with self._write_lock:
             await self.raft.propose_records([], WRITE_TIMEOUT_MS, barrier=True)
+            if self.state.cluster_id is None:
+                # the cluster's first active controller names it, once (see new_cluster_id)
+                await self.raft.propose_records(
+                    [ClusterId(new_cluster_id(self.state, self.config))], WRITE_TIMEOUT_MS)
             self.sessions.reset(self.state.brokers)
             self._active_term = term
         log.info("controller=%d is the active controller (term %d, metadata version %d)",
@@ -460,6 +465,7 @@ class ControllerService(Service):
                    for _, b in sorted(self.state.brokers.items())]
         return {"controller_id": st["leader_id"] if st["leader_id"] > 0 else -1,
                 "controller_term": st["term"], "metadata_version": self.state.version,
+                "cluster_id": self.state.cluster_id,
                 "controllers": list(controllers), "brokers": brokers, "active": active,
                 "answered_by": self.node_id,
                 "reassignments": [

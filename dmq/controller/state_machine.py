@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from dmq.metadata.records import MalformedRecordError, decode_batch_wire
 from dmq.metadata.state import MetadataState
@@ -71,7 +71,8 @@ class MetadataStateMachine:
             self._notify()
 
     def snapshot(self) -> bytes:
-        return msgpack.packb(self.state.to_snapshot(), use_bin_type=True)
+        data: bytes = msgpack.packb(self.state.to_snapshot(), use_bin_type=True)
+        return data
 
     def restore(self, snapshot: Any) -> None:
         """From snapshot bytes, or an object with `.data` (a Raft `Snapshot`). Empty

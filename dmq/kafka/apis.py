@@ -18,7 +18,6 @@ It must never decode records and never import the network layer.
 
 from __future__ import annotations
 
-import base64
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from dmq.aio import wait_for
 from dmq.broker.errors import error_code_of, message_of
 from dmq.config import SETTINGS
+from dmq.controller.cluster_id import quorum_cluster_id
 from dmq.controller.validation import effective_topic_configs
 from dmq.kafka.errors import kafka_code
 from dmq.kafka.groups import GroupApis
@@ -79,17 +79,6 @@ def bounded(request: ControllerRequest) -> ControllerRequest:
     return call
 
 
-def cluster_id_of(config: ClusterConfig) -> str:
-    """Kafka clients want a cluster id (22 characters of base64, a UUID's). Derived
-    from the controller quorum's ids and addresses, so every node of a cluster gives
-    the same one and it survives restarts; it changes only if the quorum is
-    reconfigured."""
-    quorum = ",".join(f"{c.node_id}@{c.host}:{c.port}"
-                      for c in sorted(config.controllers, key=lambda c: c.node_id))
-    raw = uuid.uuid5(uuid.NAMESPACE_URL, "dmq:" + quorum).bytes
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def topic_uuid(topic_id: str) -> bytes:
     try:
         return uuid.UUID(topic_id).bytes
@@ -108,11 +97,21 @@ class KafkaApis(GroupApis):
         self.data_plane = data_plane
         self._image = image
         self._controller_request = bounded(controller_request)
-        self.cluster_id = cluster_id_of(config)
+        self._quorum_cluster_id = quorum_cluster_id(config)
         self.auto_create = bool(config.get("auto.create.topics.enable"))
         self.apis: list[Api] = []
         # (key, min, max) of APIs the listener answers itself (SASL), for ApiVersions
         self.listener_apis: list[tuple[int, int, int]] = []
+
+    @property
+    def cluster_id(self) -> str:
+        """The id kept in the metadata log (dmq.controller.cluster_id); until this
+        broker's image has it, the quorum-derived id the first controller will keep
+        for a cluster that existed before ids were kept."""
+        image = self._image()
+        if image is not None and image.cluster_id is not None:
+            return image.cluster_id
+        return self._quorum_cluster_id
 
     def table(self) -> list[Api]:
         return [
@@ -576,4 +575,4 @@ def _fetch_answer(result: dict[str, Any]) -> dict[str, Any]:
         for topic, rows in result["topics"]]}
 
 
-__all__ = ["KafkaApis", "cluster_id_of", "kafka_code", "topic_uuid"]
+__all__ = ["KafkaApis", "kafka_code", "topic_uuid"]

@@ -128,6 +128,9 @@ class MetadataImage:
     # set by MetadataState: the changes since the image it published before this one
     # (read them with `image_changes`, which checks that they apply)
     changes: ImageChanges | None = field(default=None, compare=False, repr=False)
+    # the cluster's id, kept in Raft metadata from the first active controller on;
+    # None before that record (and in images built from a Metadata answer without it)
+    cluster_id: str | None = None
 
     def partition(self, topic: str, p: int) -> PartitionInfo | None:
         t = self.topics.get(topic)
@@ -250,6 +253,8 @@ def metadata_body(image: MetadataImage, topics: Iterable[str] | None,
                             "controller_term": image.controller_term}
     if image.controller_address is not None and image.controller_id >= 0:
         body["controller"] = [image.controller_id, *image.controller_address]
+    if image.cluster_id is not None:
+        body["cluster_id"] = image.cluster_id
     return body
 
 
@@ -269,7 +274,8 @@ def image_from_metadata(body: dict[str, Any]) -> MetadataImage:
     ctl = body.get("controller")
     return MetadataImage(int(body.get("version", 0)), int(body.get("controller_id", -1)),
                          brokers, topics, int(body.get("controller_term", -1)),
-                         (ctl[1], int(ctl[2])) if ctl else None)
+                         (ctl[1], int(ctl[2])) if ctl else None,
+                         cluster_id=body.get("cluster_id") or None)
 
 
 __all__ = [

@@ -32,6 +32,8 @@ One Raft entry carries one *batch* of records, applied atomically:
                          PARTITION_CHANGE.
     UNREGISTER_BROKER    broker_id, broker_epoch (forget a broker; skipped if it
                          re-registered meanwhile)
+    CLUSTER_ID           cluster_id (written once, by the first active controller of a
+                         cluster; a later one is skipped: the first stays for good)
 
 Records are applied deterministically by every controller and every broker image, so
 anything random (topic ids, placement) is chosen before proposing and written here.
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 NO_CHANGE = -2
 """PARTITION_CHANGE leader value meaning "keep the current leader"."""
@@ -64,6 +66,7 @@ class RecordType(IntEnum):
     OFFSET_COMMIT = 11
     PARTITION_REASSIGN = 12
     UNREGISTER_BROKER = 13
+    CLUSTER_ID = 14
 
 
 class MalformedRecordError(ValueError):
@@ -231,9 +234,18 @@ class UnregisterBroker:
         return [self.TYPE, self.broker_id, self.broker_epoch]
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterId:
+    TYPE: ClassVar[RecordType] = RecordType.CLUSTER_ID
+    cluster_id: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.cluster_id]
+
+
 Record = (RegisterBroker | FenceBroker | UnfenceBroker | BrokerShuttingDown | CreateTopic
           | AddPartitions | RemoveTopic | PartitionChange | TopicConfig | ProducerIds
-          | OffsetCommit | PartitionReassign | UnregisterBroker)
+          | OffsetCommit | PartitionReassign | UnregisterBroker | ClusterId)
 
 
 def _tuples(rows: Any) -> tuple[tuple[int, ...], ...]:
@@ -273,6 +285,10 @@ def _from_wire(obj: list[Any]) -> Record:
                                  int(f[6]), None if f[7] is None else tuple(f[7]))
     if t is RecordType.UNREGISTER_BROKER:
         return UnregisterBroker(int(f[0]), int(f[1]))
+    if t is RecordType.CLUSTER_ID:
+        if not isinstance(f[0], str) or not f[0]:
+            raise ValueError("cluster id must be a non-empty string")
+        return ClusterId(f[0])
     raise AssertionError(t)  # pragma: no cover - every RecordType is handled above
 
 

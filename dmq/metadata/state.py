@@ -24,6 +24,7 @@ Snapshot format (msgpack map, version 1)::
                    [, [adding], [removing]] (only while a reassignment is in progress)
                   ]]]],
      "next_producer_id": int,
+     "cluster_id": str (absent until the CLUSTER_ID record),
      "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]}}
 
 "offsets" is absent in the broker-facing snapshot of MetadataFetch.
@@ -51,6 +52,7 @@ from dmq.metadata.image import (
 from dmq.metadata.records import (
     NO_CHANGE,
     AddPartitions,
+    ClusterId,
     CreateTopic,
     OffsetCommit,
     PartitionChange,
@@ -84,6 +86,7 @@ class MetadataState:
         # controller checks these often, so it does not walk every partition to find them
         self.reassigning: set[tuple[str, int]] = set()
         self.next_producer_id = FIRST_PRODUCER_ID
+        self.cluster_id: str | None = None  # set once, by the CLUSTER_ID record
         # group -> (topic, partition) -> (offset, metadata, commit_ms)
         self.offsets: dict[str, dict[tuple[str, int], tuple[int, str | None, int]]] = {}
         self.keep_offsets = keep_offsets
@@ -113,6 +116,7 @@ class MetadataState:
             RecordType.OFFSET_COMMIT: self._offset_commit,
             RecordType.PARTITION_REASSIGN: self._partition_reassign,
             RecordType.UNREGISTER_BROKER: self._unregister_broker,
+            RecordType.CLUSTER_ID: self._cluster_id,
         }
 
     # applying ---------------------------------------------------------------------------
@@ -318,6 +322,14 @@ class MetadataState:
         self.topics[r.name] = replace(t, configs=configs)
         self._topic_changed(r.name)
 
+    def _cluster_id(self, rec: Any, index: int) -> None:
+        r: ClusterId = rec
+        if self.cluster_id is not None:
+            if r.cluster_id != self.cluster_id:
+                self._skip(rec, f"the cluster id is {self.cluster_id} for good")
+            return
+        self.cluster_id = r.cluster_id
+
     def _producer_ids(self, rec: Any, index: int) -> None:
         r: ProducerIds = rec
         if r.next_producer_id <= self.next_producer_id:
@@ -355,7 +367,7 @@ class MetadataState:
                      for t, ps in self._changed_topics.items()},
                     frozenset(self._changed_brokers), self._changes_base, topics, brokers)
             img = MetadataImage(self.version, controller_id, brokers, topics, controller_term,
-                                controller_address, changes)
+                                controller_address, changes, self.cluster_id)
             self._owned.clear()
             self._changed_topics = {}
             self._changed_brokers = set()
@@ -395,6 +407,8 @@ class MetadataState:
         snap: dict[str, Any] = {"v": SNAPSHOT_FORMAT, "version": self.version,
                                 "brokers": brokers, "topics": topics,
                                 "next_producer_id": self.next_producer_id}
+        if self.cluster_id is not None:
+            snap["cluster_id"] = self.cluster_id
         if include_offsets:
             snap["offsets"] = {g: [[t, p, o, md, ts] for (t, p), (o, md, ts) in sorted(
                 offs.items())] for g, offs in sorted(self.offsets.items())}
@@ -424,6 +438,8 @@ class MetadataState:
         self.reassigning = {(p.topic, p.partition) for t in self.topics.values()
                             for p in t.partitions.values() if p.adding or p.removing}
         self.next_producer_id = int(snap["next_producer_id"])
+        cluster_id = snap.get("cluster_id")
+        self.cluster_id = cluster_id if isinstance(cluster_id, str) and cluster_id else None
         self.offsets = {}
         if self.keep_offsets:
             for g, rows in snap.get("offsets", {}).items():

@@ -11,6 +11,7 @@ from dmq.metadata.records import (
     NO_CHANGE,
     AddPartitions,
     BrokerShuttingDown,
+    ClusterId,
     CreateTopic,
     FenceBroker,
     MalformedRecordError,
@@ -18,6 +19,7 @@ from dmq.metadata.records import (
     PartitionChange,
     PartitionReassign,
     ProducerIds,
+    RecordType,
     RegisterBroker,
     RemoveTopic,
     TopicConfig,
@@ -41,11 +43,13 @@ ALL = [
     PartitionReassign("t", 0, 4, (3, 1, 2), (3,), (2,)),
     PartitionReassign("t", 0, 5, (3, 1), (), (), 3, (3, 1)),
     UnregisterBroker(2, 7),
+    ClusterId("AAAAAAAAAAAAAAAAAAAAAA"),
 ]
 
 
 def test_every_record_round_trips() -> None:
     assert decode_batch(encode_batch(ALL)) == ALL
+    assert {r.TYPE for r in ALL} == set(RecordType)  # a sample of every type
 
 
 def test_malformed_entries_are_typed_errors() -> None:
