@@ -33,6 +33,7 @@ from dmq.protocol.errors import (
     InvalidRequiredAcksError,
     LeaderNotAvailableError,
     NotLeaderOrFollowerError,
+    PolicyViolationError,
     UnknownTopicOrPartitionError,
 )
 from dmq.protocol.server import NO_RESPONSE, RequestContext
@@ -73,6 +74,7 @@ class DataPlane:
         server.register(ApiKey.FETCH, self.fetch)
         server.register(ApiKey.LIST_OFFSETS, self.list_offsets)
         server.register(ApiKey.OFFSET_FOR_LEADER_EPOCH, self.offset_for_leader_epoch)
+        server.register(ApiKey.DELETE_RECORDS, self.delete_records)
         if metadata:
             server.register(ApiKey.METADATA, self.metadata)
 
@@ -318,6 +320,36 @@ class DataPlane:
                             rows.append([p, 0, found[1], found[0]])
                 except (DmqError, LogError) as exc:
                     rows.append([p, int(error_code_of(exc)), -1, -1])
+            out.append([topic, rows])
+        return {"topics": out}
+
+    def delete_records(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        """Move each partition's log start up to the offset given (-1: the high
+        watermark), as Kafka's DeleteRecords: on the leader, whole segments below it
+        are deleted; followers follow the leader's log start on their next fetch. An
+        offset past the high watermark is OFFSET_OUT_OF_RANGE; a topic without
+        cleanup.policy delete is POLICY_VIOLATION. Answers [partition, error, low
+        watermark] with the leader's new log start."""
+        out = []
+        for topic, parts in body["topics"]:
+            rows = []
+            for p, offset in parts:
+                try:
+                    part = self._partition(topic, p)
+                    part.check_leader(-1)
+                    if not part.log.config.delete:
+                        raise PolicyViolationError(
+                            f"{topic} has cleanup.policy compact: records are not deleted "
+                            "by offset")
+                    hw = part.high_watermark
+                    target = hw if offset == LATEST else offset
+                    if target < 0 or target > hw:
+                        raise OffsetOutOfRangeError(
+                            f"{topic}-{p}: {offset} is outside [0, {hw}] (the high watermark)")
+                    part.log.maybe_increment_log_start_offset(target)
+                    rows.append([p, 0, part.log.log_start_offset])
+                except (DmqError, LogError) as exc:
+                    rows.append([p, int(error_code_of(exc)), -1])
             out.append([topic, rows])
         return {"topics": out}
 

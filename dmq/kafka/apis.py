@@ -119,6 +119,7 @@ class KafkaApis(GroupApis):
             Api(1, "Fetch", 4, 12, self.fetch),
             Api(2, "ListOffsets", 1, 7, self.list_offsets),
             Api(3, "Metadata", 1, 12, self.metadata),
+            Api(21, "DeleteRecords", 0, 2, self.delete_records),
             Api(18, "ApiVersions", 0, 3, self.api_versions),
             Api(19, "CreateTopics", 2, 7, self.create_topics),
             Api(20, "DeleteTopics", 1, 6, self.delete_topics),
@@ -274,6 +275,19 @@ class KafkaApis(GroupApis):
                       for p in t["Partitions"] if (name, p["PartitionIndex"]) in refused]
             out.append({"Name": name, "Partitions": parts})
         return {"Topics": out}
+
+    def delete_records(self, header: RequestHeader, body: dict[str, Any]) -> Any:
+        """Sent by clients to each partition's leader (offset -1: the high watermark).
+        The answer comes once the leader's log start moved; followers follow it on
+        their next fetch (Kafka also waits for them, up to TimeoutMs)."""
+        topics = [[t["Name"], [[p["PartitionIndex"], p["Offset"]] for p in t["Partitions"]]]
+                  for t in body["Topics"]]
+        result = self.data_plane.delete_records(_NO_CONTEXT, {"topics": topics})
+        return {"ThrottleTimeMs": 0, "Topics": [
+            {"Name": name, "Partitions": [
+                {"PartitionIndex": p, "LowWatermark": low, "ErrorCode": kafka_code(err)}
+                for p, err, low in rows]}
+            for name, rows in result["topics"]]}
 
     # ------------------------------------------------------------------ admin (forwarded)
 

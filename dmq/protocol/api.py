@@ -46,6 +46,7 @@ class ApiKey(IntEnum):
     API_VERSIONS = 18
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
+    DELETE_RECORDS = 21
     INIT_PRODUCER_ID = 22
     OFFSET_FOR_LEADER_EPOCH = 23
     DESCRIBE_CONFIGS = 32
@@ -113,6 +114,10 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
         {"topics": Array(Tuple(STR, Array(Tuple(INT, INT, INT))))},
         {"replica_id": (INT, -1)}),
     # -> {"topics": [[topic, [[partition, error, leader_epoch, end_offset]]]]}
+    ApiKey.DELETE_RECORDS: Struct(
+        # [[topic, [[partition, offset]]]]; offset -1 = the high watermark
+        {"topics": Array(Tuple(STR, Array(Tuple(INT, INT))))}),
+    # -> {"topics": [[topic, [[partition, error, low_watermark]]]]} (partition leaders only)
 
     # ---- metadata (every controller answers; brokers answer from their image) -----
     ApiKey.METADATA: Struct(optional={"topics": (_TOPIC_NAMES, None),
