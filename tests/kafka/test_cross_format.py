@@ -74,7 +74,7 @@ def test_dmq_produce_confluent_consume(node: tuple[ProcessCluster, int],
     assert got == [(k, v, h, ts) for k, v, h, ts in records]
 
 
-@pytest.mark.parametrize("compression", ["none", "gzip", "lz4", "zstd"])
+@pytest.mark.parametrize("compression", ["none", "gzip", "snappy", "lz4", "zstd"])
 def test_confluent_produce_dmq_consume(node: tuple[ProcessCluster, int],
                                        compression: str) -> None:
     pc, port = node
