@@ -35,6 +35,7 @@ from dmq.ops.metrics import NodeMetrics
 from dmq.protocol.connection import DEFAULT_TLS
 from dmq.protocol.server import ProtocolServer
 from dmq.roles import build_services
+from dmq.security.http_auth import HttpBasicAuth
 from dmq.security.sasl import SaslAuthority
 from dmq.security.tls import REFUSALS, TlsSettings, certificate_principal
 from dmq.services import NodeSpec, Sample, Service, ServiceContext
@@ -204,11 +205,17 @@ class Node:
                 self.tls.node_cn_format, cluster_node_roles(self.config))
         self.services = build_services(self.context())
         routes = [r for svc in self.services for r in svc.http_routes()]
+        # with SASL users configured, HTTP asks for them too (Basic; see http_auth)
+        users = self.server.sasl or SaslAuthority.from_config(self.config, self.spec.node_id)
+        self.http_auth = HttpBasicAuth(users) if users is not None else None
         self.http = HttpServer(self.spec.address.host, self.spec.http_port,
                                self.spec.node_id, render_metrics=self.metrics.render,
-                               readiness=self.readiness, routes=routes)
+                               readiness=self.readiness, routes=routes,
+                               middlewares=[self.http_auth.middleware] if self.http_auth
+                               else [])
         self.http.ssl_context = self.server.ssl
-        # HTTP is not authenticated: a SASL port serves frames only
+        # a SASL port serves frames only (its HTTP would need the login as well: use the
+        # HTTP port)
         self.server.http_handoff = None if self.server.sasl is not None \
             else http_handoff(self.config, self.http)
         await self.http.setup()  # HTTP on the node's port works from its first connection

@@ -61,7 +61,7 @@ _decompressors[CODEC_GZIP] = _gzip_decompress
 
 _snappy_raw: Callable[[bytes], bytes] | None = None
 try:  # optional: snappy batches come only from Kafka clients
-    import cramjam  # type: ignore[import-not-found]
+    import cramjam  # type: ignore[import-not-found, unused-ignore]
 
     def _cramjam_snappy(data: bytes) -> bytes:
         return bytes(cramjam.snappy.decompress_raw(data))

@@ -42,7 +42,8 @@ class HttpServer:
                  render_metrics: Callable[[], bytes],
                  readiness: Callable[[], tuple[bool, dict[str, Any]]],
                  routes: Iterable[Route] = (),
-                 max_connections: int = MAX_HTTP_CONNECTIONS) -> None:
+                 max_connections: int = MAX_HTTP_CONNECTIONS,
+                 middlewares: Iterable[Any] = ()) -> None:
         self.host = host
         self.max_connections = max_connections
         self._busy = _busy_response(max_connections)
@@ -51,7 +52,9 @@ class HttpServer:
         self.node_id = node_id
         self._render_metrics = render_metrics
         self._readiness = readiness
-        self._app = web.Application(client_max_size=1024 * 1024)
+        # middlewares: e.g. dmq.security.http_auth's login check when SASL users exist
+        self._app = web.Application(client_max_size=1024 * 1024,
+                                    middlewares=list(middlewares))
         self._app.router.add_get("/metrics", self._metrics)
         self._app.router.add_get("/healthz", self._healthz)
         self._app.router.add_get("/readyz", self._readyz)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import random
 
 from dmq.config import SETTINGS, ClusterConfig, NodeAddress
-from dmq.controller.planner import Planner
 from dmq.controller.cluster_id import new_cluster_id, quorum_cluster_id
+from dmq.controller.planner import Planner
 from dmq.kafka.apis import KafkaApis
 from dmq.metadata.image import ONLINE
 from dmq.metadata.records import (
