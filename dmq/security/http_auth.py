@@ -10,7 +10,9 @@ PBKDF2 of the stored iterations (milliseconds): it runs in a worker thread, a bo
 number at a time, and a success is remembered for a minute (by a hash of the
 credentials, a bounded number of entries). Failures go through the node's SASL failure
 books: logged once per address per period and answered after the growing delay.
-`/healthz` and `/readyz` stay open, for probes.
+`/healthz`, `/readyz` and `/metrics` stay open: probes and Prometheus scrape them,
+and nodes read each other's `/metrics` for the console's graphs (the metrics name
+topics and groups, never records).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from aiohttp import web
 
 from dmq.security.sasl import SaslAuthority
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 PRINCIPAL: web.RequestKey[str] = web.RequestKey("principal", str)
 """Where a handler finds the logged-in user (`request[PRINCIPAL]`, `User:<name>`)."""
 REALM = 'Basic realm="dmq", charset="UTF-8"'
