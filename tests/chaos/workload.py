@@ -30,7 +30,7 @@ from typing import Any
 
 from dmq.client.consumer import Consumer
 from dmq.client.errors import IllegalStateError
-from dmq.client.group import offsets_of
+from dmq.client.consumer import offsets_of
 from dmq.client.producer import Producer
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError
