@@ -111,6 +111,14 @@ class ManualClock:
         finally:
             timer.cancel()
 
+    def next_due_ms(self) -> int | None:
+        """When the earliest timer still pending fires (None: no timer): a test that
+        drives time advances to it."""
+        timers = self._timers
+        while timers and timers[0].cancelled:
+            heapq.heappop(timers)
+        return timers[0].due_ms if timers else None
+
     def advance(self, delta_ms: int) -> None:
         """Move time forward, firing due timers in order."""
         target = self._now_ms + delta_ms

@@ -210,6 +210,7 @@ class ClusterClient:
         ask_next()
         try:
             while asking:
+                # network time, as the connection's request timeouts: not the clock
                 done, _ = await asyncio.wait(asking, timeout=NODE_HEDGE_AFTER_MS / 1000,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if not done:
@@ -240,8 +241,9 @@ class ClusterClient:
 
     async def controller_request(self, api_key: ApiKey, body: Any, *,
                                  timeout_ms: int | None = None) -> Any:
-        """Send to the active controller (found and followed by the controller layer's
-        `ControllerChannel`: parallel probes, NOT_CONTROLLER hints, backoff)."""
+        """Send to the active controller (found and followed by
+        `dmq.metadata.discovery.ControllerChannel`: parallel probes, NOT_CONTROLLER
+        hints, backoff)."""
         return await self.controller.request(api_key, body,
                                              timeout_ms=timeout_ms or self.request_timeout_ms)
 
