@@ -155,12 +155,14 @@ async def wait_for_ms(clock: Clock, aw: Awaitable[T], timeout_ms: float | None) 
         finally:
             timer.cancel()
         if not fut.done():
+            # not awaited: awaiting could swallow a cancellation of the caller arriving
+            # meanwhile (the trap dmq.aio.wait_for avoids)
             fut.cancel()
-            try:
-                await fut
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # finished with an error while being cancelled
-                pass
+            fut.add_done_callback(_retrieve)
             raise TimeoutError(f"not done within {timeout_ms} ms")
     return fut.result()
+
+
+def _retrieve(fut: Any) -> None:
+    if not fut.cancelled():
+        fut.exception()  # an error it ended with while being cancelled is not reported
