@@ -138,6 +138,11 @@ async def wait_for_ms(clock: Clock, aw: Awaitable[T], timeout_ms: float | None) 
 
     if timeout_ms is None:
         return await aw
+    if isinstance(clock, SystemClock):
+        # the loop's own timer is this clock: no task, as cheap as asyncio.timeout
+        # (which, unlike asyncio.wait_for in 3.11, never swallows a cancellation)
+        async with asyncio.timeout(max(0.0, timeout_ms) / 1000):
+            return await aw
     fut = asyncio.ensure_future(aw)
     if not fut.done():
         expired: asyncio.Future[None] = asyncio.get_running_loop().create_future()

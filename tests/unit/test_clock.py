@@ -107,3 +107,17 @@ async def test_wait_for_ms_passes_on_errors_and_outer_cancellation() -> None:
         await outer
     assert inner.cancelled()
     assert clock.next_due_ms() is None
+
+
+async def test_wait_for_ms_on_the_system_clock_is_the_loops_timeout() -> None:
+    clock = SystemClock()
+    with pytest.raises(TimeoutError):
+        await wait_for_ms(clock, asyncio.Event().wait(), 10)
+    assert await wait_for_ms(clock, asyncio.sleep(0, result=5), 1000) == 5
+    inner = asyncio.get_running_loop().create_future()
+    outer = asyncio.create_task(wait_for_ms(clock, inner, 60_000))
+    await asyncio.sleep(0)
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert inner.cancelled()
