@@ -1,8 +1,8 @@
 """dmq.client: the asyncio client library (Producer, Consumer, Admin).
 
 Public names are re-exported here; the modules hold the logic. `Admin` lives in
-`dmq.client.admin` (the controller layer's work) and is imported lazily so the
-producer and consumer work without it.
+`dmq.client.admin` and is imported lazily so the producer and consumer work without
+it.
 """
 
 from __future__ import annotations

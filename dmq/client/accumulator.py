@@ -1,7 +1,9 @@
 """The producer's record accumulator: per-partition queues of batches being filled,
 waiting to be sent, or waiting to be retried, and the per-record handles.
 
-Owns: `ProducerBatch` (one `BatchBuilder` from `dmq.log.batch`, one future, its
+Owns: `RecordAccumulator` (the queues of every partition, the set of queues holding
+unsent batches, the batches not yet answered, and the `buffer_memory` they hold),
+`ProducerBatch` (one `BatchBuilder` from `dmq.log.batch`, one future, its
 sequence numbers once assigned), `PartitionQueue` (the batches of one partition in
 send order and its next sequence number), and `RecordHandle` (what `send` returns:
 the batch and the record's index in it, nothing else).
@@ -16,7 +18,8 @@ deduplicate it. Retried batches go back to the front of their queue in sequence
 order; while a partition has a batch waiting for retry it sends one request at a time,
 which keeps records in order across retries (Kafka's rule with idempotence).
 
-Never imports the network: the sender in `producer.py` does the I/O.
+The `Producer` façade appends records here; the `Sender` (`sender.py`) drains the
+queues and resolves the batches. Never imports the network: the sender does the I/O.
 """
 
 from __future__ import annotations
@@ -102,6 +105,64 @@ class PartitionQueue:
                and 0 <= batches[i].base_sequence < batch.base_sequence):
             i += 1
         batches.insert(i, batch)
+
+
+class RecordAccumulator:
+    """The batches a producer holds, by partition, and the buffer memory they take.
+
+    `queues` maps topic -> partition -> `PartitionQueue`; `pending` is the set of
+    queues with batches not yet sent (what the sender scans); `incomplete` the batches
+    not yet answered. `buffered_bytes` counts the reserved size of every unanswered
+    batch; `release` gives it back and wakes writers waiting for space. `flushing` (a
+    count of callers waiting for a flush) and `closing` make every batch ready at once.
+    `wakeup` is the sender's: called when a queue first gets a batch to send."""
+
+    __slots__ = ("buffer_free", "buffer_memory", "buffered_bytes", "closing", "codec",
+                 "flushing", "incomplete", "loop", "pending", "queues", "wakeup")
+
+    def __init__(self, codec: int, buffer_memory: int) -> None:
+        self.codec = codec
+        self.buffer_memory = buffer_memory
+        self.queues: dict[str, dict[int, PartitionQueue]] = {}
+        self.pending: set[PartitionQueue] = set()
+        self.incomplete: set[ProducerBatch] = set()
+        self.buffered_bytes = 0
+        self.flushing = 0
+        self.closing = False
+        self.buffer_free: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.wakeup: Callable[[], None] = _nothing
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.buffer_free = asyncio.Event()
+        self.buffer_free.set()
+
+    def new_batch(self, pq: PartitionQueue, now_ms: int) -> ProducerBatch:
+        """Open a new batch at the end of `pq` (the sender is woken if it had nothing
+        to send)."""
+        loop = self.loop
+        assert loop is not None
+        batch = ProducerBatch(pq, BatchBuilder(self.codec), now_ms, loop.create_future())
+        pq.batches.append(batch)
+        pq.open = batch
+        self.incomplete.add(batch)
+        if not self.pending:
+            self.wakeup()  # the sender may be asleep with nothing to time
+        self.pending.add(pq)
+        return batch
+
+    def release(self, b: ProducerBatch) -> None:
+        """`b` is answered (or failed for good): free its buffer memory."""
+        self.incomplete.discard(b)
+        self.buffered_bytes -= b.reserved_bytes
+        b.reserved_bytes = 0
+        if self.buffer_free is not None and self.buffered_bytes <= self.buffer_memory:
+            self.buffer_free.set()
+
+
+def _nothing() -> None:
+    return None
 
 
 class RecordHandle:
@@ -240,4 +301,4 @@ class ManyHandle:
 
 
 __all__ = ["BatchMetadata", "BatchSegment", "ManyHandle", "PartitionQueue", "ProducerBatch",
-           "RecordHandle"]
+           "RecordAccumulator", "RecordHandle"]

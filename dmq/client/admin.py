@@ -13,12 +13,12 @@ single-topic helpers. Self-contained: it needs only the protocol and discovery.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from dmq.client.cluster import CONTROLLER_WATCH_AFTER_MS
+from dmq.clock import Clock, SystemClock
 from dmq.metadata.discovery import ControllerChannel, parse_bootstrap
 from dmq.metadata.image import MetadataImage, TopicInfo, image_from_metadata
 from dmq.protocol.api import ApiKey
@@ -55,10 +55,11 @@ def _error(row: dict[str, Any]) -> DmqError | None:
 class Admin:
     def __init__(self, bootstrap: str | list[str], *, client_id: str = "dmq-admin",
                  request_timeout_ms: int = DEFAULT_TIMEOUT_MS,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, clock: Clock | None = None) -> None:
         self.addresses = parse_bootstrap(bootstrap)
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
+        self._clock = clock or SystemClock()
         self._channel = ControllerChannel(self.addresses, client_id=client_id,
                                           rng=rng or random.Random(),
                                           watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
@@ -220,8 +221,8 @@ class Admin:
 
     async def wait_for_controller(self, timeout_ms: int = 10_000) -> dict[str, Any]:
         """Wait until an active controller answers; returns describe_cluster()."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
+        clock = self._clock
+        deadline = clock.monotonic_ms() + timeout_ms
         while True:
             try:
                 d = await self.describe_cluster(timeout_ms=1000)
@@ -229,10 +230,10 @@ class Admin:
                     return d
             except DmqError:
                 pass
-            if loop.time() > deadline:
+            if clock.monotonic_ms() > deadline:
                 raise error_for(ErrorCode.NOT_CONTROLLER,
                                 f"no active controller after {timeout_ms} ms")
-            await asyncio.sleep(0.1)
+            await clock.sleep(100)
 
 
 __all__ = ["Admin", "NewTopic", "TopicResult"]

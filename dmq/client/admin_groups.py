@@ -22,6 +22,7 @@ from typing import Any
 
 from dmq.client.admin import Admin
 from dmq.client.cluster import CONTROLLER_WATCH_AFTER_MS
+from dmq.client.records import PartitionKey
 from dmq.metadata.discovery import ControllerChannel
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
@@ -35,7 +36,6 @@ from dmq.protocol.errors import (
 
 EARLIEST = -2
 LATEST = -1
-TopicPartition = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class MemberDescription:
     member_epoch: int
     client_id: str
     host: str
-    assignment: frozenset[TopicPartition]
+    assignment: frozenset[PartitionKey]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ class GroupAdmin:
         res = await self._request(ApiKey.LIST_GROUPS, {})
         return [GroupListing(g["group_id"], g["state"], g["members"]) for g in res["groups"]]
 
-    async def committed_offsets(self, group_id: str) -> dict[TopicPartition, int]:
+    async def committed_offsets(self, group_id: str) -> dict[PartitionKey, int]:
         res = await self._request(ApiKey.OFFSET_FETCH, {"group_id": group_id})
         return {(t, p): off for t, rows in res["topics"] for p, off, _md, err in rows
                 if not err and off >= 0}
@@ -154,14 +154,14 @@ class GroupAdmin:
                 for g in res["groups"]}
 
     async def reset_offsets(self, group_id: str, topic: str, *, to: str | int,
-                            dry_run: bool = False) -> dict[TopicPartition, int]:
+                            dry_run: bool = False) -> dict[PartitionKey, int]:
         """Set the committed offsets of every partition of `topic` for an empty group
         (NON_EMPTY_GROUP otherwise). `to`: "earliest", "latest", or an offset (clamped
         to the log's range); by time: `reset_offsets_to_time`. Returns the new offsets
         (not written with `dry_run`)."""
         tps, earliest = await self._topic_offsets(topic, EARLIEST)
         latest = await self.list_offsets(tps, LATEST)
-        targets: dict[TopicPartition, int] = {}
+        targets: dict[PartitionKey, int] = {}
         for tp in tps:
             lo, hi = earliest.get(tp), latest.get(tp)
             if lo is None or hi is None:
@@ -175,7 +175,7 @@ class GroupAdmin:
         return await self._write_reset(group_id, targets, dry_run)
 
     async def reset_offsets_to_time(self, group_id: str, topic: str, timestamp_ms: int, *,
-                                    dry_run: bool = False) -> dict[TopicPartition, int]:
+                                    dry_run: bool = False) -> dict[PartitionKey, int]:
         """Each partition to its first offset with a timestamp >= `timestamp_ms` (the
         log end offset when there is none)."""
         tps, at = await self._topic_offsets(topic, timestamp_ms)
@@ -187,7 +187,7 @@ class GroupAdmin:
         return await self._write_reset(group_id, targets, dry_run)
 
     async def _topic_offsets(self, topic: str, timestamp: int
-                             ) -> tuple[list[TopicPartition], dict[TopicPartition, int]]:
+                             ) -> tuple[list[PartitionKey], dict[PartitionKey, int]]:
         """Every partition of `topic` and its LIST_OFFSETS answer for `timestamp`."""
         image = await self.admin.metadata([topic])
         if topic not in image.topics:
@@ -195,8 +195,8 @@ class GroupAdmin:
         tps = [(topic, p) for p in sorted(image.topics[topic].partitions)]
         return tps, await self.list_offsets(tps, timestamp, image)
 
-    async def _write_reset(self, group_id: str, targets: dict[TopicPartition, int],
-                           dry_run: bool) -> dict[TopicPartition, int]:
+    async def _write_reset(self, group_id: str, targets: dict[PartitionKey, int],
+                           dry_run: bool) -> dict[PartitionKey, int]:
         by_topic: dict[str, list[list[int]]] = {}
         for (t, p), off in sorted(targets.items()):
             by_topic.setdefault(t, []).append([p, off])
@@ -212,13 +212,13 @@ class GroupAdmin:
         return out
 
     # ---- log offsets ----------------------------------------------------------------
-    async def list_offsets(self, tps: list[TopicPartition], timestamp: int,
-                           image: Any = None) -> dict[TopicPartition, int]:
+    async def list_offsets(self, tps: list[PartitionKey], timestamp: int,
+                           image: Any = None) -> dict[PartitionKey, int]:
         """LIST_OFFSETS (-1 latest, -2 earliest, else by time) from each leader; a
         partition whose leader cannot answer is left out."""
         if image is None:
             image = await self.admin.metadata(sorted({t for t, _ in tps}))
-        by_leader: dict[int, list[TopicPartition]] = {}
+        by_leader: dict[int, list[PartitionKey]] = {}
         for t, p in tps:
             info = image.partition(t, p)
             if info is not None and info.leader >= 0 and info.leader in image.brokers:
@@ -226,14 +226,14 @@ class GroupAdmin:
         results = await asyncio.gather(*(
             self._list_offsets_from(image.brokers[leader], group, timestamp)
             for leader, group in by_leader.items()), return_exceptions=True)
-        out: dict[TopicPartition, int] = {}
+        out: dict[PartitionKey, int] = {}
         for r in results:
             if isinstance(r, dict):
                 out.update(r)
         return out
 
-    async def _list_offsets_from(self, broker: Any, tps: list[TopicPartition],
-                                 timestamp: int) -> dict[TopicPartition, int]:
+    async def _list_offsets_from(self, broker: Any, tps: list[PartitionKey],
+                                 timestamp: int) -> dict[PartitionKey, int]:
         by_topic: dict[str, list[list[int]]] = {}
         for t, p in tps:
             by_topic.setdefault(t, []).append([p, timestamp])

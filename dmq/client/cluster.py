@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dmq.clock import Clock, SystemClock
 from dmq.metadata.discovery import ControllerAddress, ControllerChannel
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
@@ -89,7 +90,8 @@ class ClusterClient:
                  client_id: str = "dmq-client", request_timeout_ms: int = 30_000,
                  connect_timeout_ms: int = 5_000, retry_backoff_ms: int = 100,
                  retry_backoff_max_ms: int = 1_000, metadata_max_age_ms: int = 300_000,
-                 allow_auto_create: bool = False, rng: random.Random | None = None) -> None:
+                 allow_auto_create: bool = False, rng: random.Random | None = None,
+                 clock: Clock | None = None) -> None:
         self.bootstrap = parse_bootstrap(bootstrap)
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
@@ -99,6 +101,7 @@ class ClusterClient:
         self.metadata_max_age_ms = metadata_max_age_ms
         self.allow_auto_create = allow_auto_create
         self._rng = rng or random.Random()
+        self.clock = clock or SystemClock()
         self.brokers: dict[int, tuple[str, int]] = {}
         self.topics: dict[str, TopicInfo] = {}
         self.controller_id = -1
@@ -107,8 +110,8 @@ class ClusterClient:
         self._conns: dict[tuple[str, int], Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Future[Connection]] = {}
         self._refresh: asyncio.Future[None] | None = None
-        self._last_refresh_ms = -1e18
-        self.refreshed_at_s = -1e18  # loop time of the last metadata answer applied
+        self._last_refresh_ms = -1 << 62
+        self.refreshed_at_ms = -1 << 62  # clock time of the last metadata answer applied
         self.controller = ControllerChannel(self.bootstrap, client_id=client_id, rng=self._rng,
                                             watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
         self._closed = False
@@ -207,6 +210,7 @@ class ClusterClient:
         ask_next()
         try:
             while asking:
+                # network time, as the connection's request timeouts: not the clock
                 done, _ = await asyncio.wait(asking, timeout=NODE_HEDGE_AFTER_MS / 1000,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if not done:
@@ -237,14 +241,16 @@ class ClusterClient:
 
     async def controller_request(self, api_key: ApiKey, body: Any, *,
                                  timeout_ms: int | None = None) -> Any:
-        """Send to the active controller (found and followed by the controller layer's
-        `ControllerChannel`: parallel probes, NOT_CONTROLLER hints, backoff)."""
+        """Send to the active controller (found and followed by
+        `dmq.metadata.discovery.ControllerChannel`: parallel probes, NOT_CONTROLLER
+        hints, backoff)."""
         return await self.controller.request(api_key, body,
                                              timeout_ms=timeout_ms or self.request_timeout_ms)
 
     def backoff_ms(self, attempt: int) -> float:
         """Exponential backoff with +-20% jitter, capped at `retry_backoff_max_ms`."""
-        base = min(self.retry_backoff_max_ms, self.retry_backoff_ms * (2 ** max(0, attempt - 1)))
+        base: float = min(self.retry_backoff_max_ms,
+                          self.retry_backoff_ms * (2 ** max(0, attempt - 1)))
         return base * (0.8 + 0.4 * self._rng.random())
 
     # ---- metadata ----------------------------------------------------------------------
@@ -262,11 +268,11 @@ class ClusterClient:
         if self._refresh is not None:
             await asyncio.shield(self._refresh)
             return
-        age_ms = loop.time() * 1000 - self._last_refresh_ms
+        age_ms = self.clock.monotonic_ms() - self._last_refresh_ms
         if not force and age_ms < self.retry_backoff_ms:
             return
         if age_ms < self.retry_backoff_ms:
-            await asyncio.sleep((self.retry_backoff_ms - age_ms) / 1000)
+            await self.clock.sleep(self.retry_backoff_ms - age_ms)
             if self._refresh is not None:
                 await asyncio.shield(self._refresh)
                 return
@@ -277,14 +283,14 @@ class ClusterClient:
                 ApiKey.METADATA, {"topics": sorted(self._wanted_topics),
                                   "allow_auto_create": self.allow_auto_create})
             self.apply_metadata(body)
-            self.refreshed_at_s = loop.time()
+            self.refreshed_at_ms = self.clock.monotonic_ms()
             fut.set_result(None)
         except BaseException as exc:
             fut.set_exception(exc if isinstance(exc, Exception) else NetworkError("cancelled"))
             fut.exception()
             raise
         finally:
-            self._last_refresh_ms = loop.time() * 1000
+            self._last_refresh_ms = self.clock.monotonic_ms()
             self._refresh = None
 
     def request_update(self) -> None:
@@ -299,8 +305,7 @@ class ClusterClient:
         """Refresh in the background when the cache is older than `metadata_max_age_ms`
         (picks up new partitions and moved leaders nobody has hit an error on yet). One
         attempt per period: every attempt, answered or not, restarts the age."""
-        now_ms = asyncio.get_running_loop().time() * 1000
-        if now_ms - self._last_refresh_ms > self.metadata_max_age_ms:
+        if self.clock.monotonic_ms() - self._last_refresh_ms > self.metadata_max_age_ms:
             self.request_update()
 
     async def _quiet_refresh(self) -> None:
@@ -373,8 +378,8 @@ class ClusterClient:
         if info is not None:
             return info
         self._wanted_topics.add(topic)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
+        clock = self.clock
+        deadline = clock.monotonic_ms() + timeout_ms
         attempt = 0
         while True:
             try:
@@ -382,22 +387,22 @@ class ClusterClient:
             except DmqError as exc:
                 # no node could answer right now (restarting, unreachable): a retriable
                 # condition, retried until the deadline like a topic not there yet
-                if not exc.retriable or loop.time() >= deadline:
+                if not exc.retriable or clock.monotonic_ms() >= deadline:
                     raise
                 log.debug("metadata for %r not available yet: %s", topic, exc)
             info = self.topic(topic)
             if info is not None:
                 return info
             attempt += 1
-            if loop.time() >= deadline:
+            if clock.monotonic_ms() >= deadline:
                 known = self.topics.get(topic)
                 if known is not None and known.error:
                     raise error_for(known.error, f"topic {topic!r}: "
                                     f"{ErrorCode(known.error).name.lower()}")
                 raise UnknownTopicOrPartitionError(
                     f"topic {topic!r} not present in metadata after {timeout_ms} ms")
-            await asyncio.sleep(min(self.backoff_ms(attempt),
-                                    max(0.0, deadline - loop.time()) * 1000) / 1000)
+            await clock.sleep(min(self.backoff_ms(attempt),
+                                  max(0, deadline - clock.monotonic_ms())))
 
     async def close(self) -> None:
         self._closed = True

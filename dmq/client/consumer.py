@@ -15,19 +15,24 @@ resets through LIST_OFFSETS, and decoding of records — which happens only in
 `getmany`/`getone`, in the caller's turn, a batch at a time.
 
 Group subscription: `subscribe()` hands membership to `dmq.client.group`
-(`GroupMembership`, with `ConsumerPartitions` as the bridge), which only feeds the
-coordinator's assignment and committed positions into `_SubscriptionState`; fetching,
-positions and decoding are the same as with `assign`. `commit`/`committed` go
-through that membership.
+(`GroupMembership`), which reaches the consumer only through the `PartitionsOwner`
+methods the consumer implements (`start_partitions`, `stop_partitions`,
+`consumed_positions`): they feed the coordinator's assignment and committed positions
+into `_SubscriptionState`; fetching, positions and decoding are the same as with
+`assign`. `commit`/`committed` go through that membership.
+
+Time (backoffs, the fetcher's waits, poll timeouts, metadata age) comes from the
+injected `clock`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
@@ -35,17 +40,16 @@ from typing import Any, NamedTuple
 
 from msgpack import unpackb as _unpackb  # type: ignore[import-untyped]
 
-from dmq.aio import wait_for
 from dmq.client.cluster import ClusterClient
 from dmq.client.errors import ConsumerStoppedError, IllegalStateError, NoOffsetForPartitionError
 from dmq.client.group import (
     GroupConfig,
     GroupMembership,
+    GroupOffsets,
     RebalanceListener,
-    offsets_of,
-    subscribe_consumer,
 )
-from dmq.client.records import ConsumerRecord, TopicPartition
+from dmq.client.records import ConsumerRecord, PartitionKey, TopicPartition
+from dmq.clock import Clock, wait_for_ms
 from dmq.log.batch import (
     ATTR_CODEC_MASK,
     ATTR_CONTROL,
@@ -208,9 +212,9 @@ class _PartitionState:
     chunks: deque[_Chunk] = field(default_factory=deque)
     high_watermark: int = -1
     log_start_offset: int = -1
-    backoff_until: float = 0.0
+    backoff_until_ms: float = 0.0  # clock time before which not to fetch again
     error: Exception | None = None
-    missing_since: float | None = None  # when metadata first said it does not exist
+    missing_since_ms: int | None = None  # when metadata first said it does not exist
 
 
 class _SubscriptionState:
@@ -227,7 +231,9 @@ class _SubscriptionState:
 
 
 class Consumer:
-    """Asynchronous consumer. Start with `await start()` or `async with`."""
+    """Asynchronous consumer. Start with `await start()` or `async with`.
+
+    Implements `dmq.client.group.PartitionsOwner` for its group membership."""
 
     def __init__(self, bootstrap: str | Sequence[str], *, client_id: str = "dmq-consumer",
                  group_id: str | None = None, auto_offset_reset: str = "latest",
@@ -239,7 +245,8 @@ class Consumer:
                  retry_backoff_max_ms: int = 1_000, metadata_max_age_ms: int = 300_000,
                  key_deserializer: Deserializer | None = None,
                  value_deserializer: Deserializer | None = None,
-                 rng: random.Random | None = None, **group_settings: Any) -> None:
+                 rng: random.Random | None = None, clock: Clock | None = None,
+                 **group_settings: Any) -> None:
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise ValueError("auto_offset_reset must be earliest, latest or none")
         if prefetch_fetches < 1:
@@ -265,7 +272,9 @@ class Consumer:
                                      request_timeout_ms=request_timeout_ms,
                                      retry_backoff_ms=retry_backoff_ms,
                                      retry_backoff_max_ms=retry_backoff_max_ms,
-                                     metadata_max_age_ms=metadata_max_age_ms, rng=rng)
+                                     metadata_max_age_ms=metadata_max_age_ms, rng=rng,
+                                     clock=clock)
+        self._clock = self.cluster.clock
         self._sub = _SubscriptionState()
         self._fetching: dict[int, asyncio.Task[None]] = {}
         self._node_backoff: dict[int, float] = {}
@@ -342,16 +351,87 @@ class Consumer:
                   ) -> None:
         """Join `group_id` (default: the consumer's) with coordinator-side assignment of
         `topics` and/or topics matching `pattern`; see `dmq.client.group`."""
-        self._group = subscribe_consumer(self, topics, group_id or self.group_id, pattern,
-                                         listener, self.group_config)
+        group_id = group_id or self.group_id
+        if not group_id:
+            raise ValueError("subscribe() needs a group_id (Consumer(group_id=...))")
+        config = self.group_config
+        # joins at the first poll
+        self._group = GroupMembership(
+            list(self.cluster.bootstrap), group_id, self,
+            topics=list(topics) if topics or pattern is None else None, pattern=pattern,
+            instance_id=config.group_instance_id, listener=listener,
+            session_timeout_ms=config.session_timeout_ms,
+            rebalance_timeout_ms=config.rebalance_timeout_ms,
+            heartbeat_interval_ms=config.heartbeat_interval_ms,
+            max_poll_interval_ms=config.max_poll_interval_ms,
+            enable_auto_commit=config.enable_auto_commit,
+            auto_commit_interval_ms=config.auto_commit_interval_ms, assignor=config.assignor,
+            client_id=self.cluster.client_id, clock=self._clock)
 
-    async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
         """Commit `offsets` (default: the consumed positions) for the group."""
-        await offsets_of(self).commit(offsets)
+        await self._offsets().commit(
+            None if offsets is None else {(tp[0], tp[1]): o for tp, o in offsets.items()})
 
     async def committed(self, tp: TopicPartition | tuple[str, int]) -> int | None:
         key = (tp[0], tp[1])
-        return (await offsets_of(self).fetch_committed([key]))[key]
+        return (await self._offsets().fetch_committed([key]))[key]
+
+    def _offsets(self) -> GroupMembership | GroupOffsets:
+        """What `commit`/`committed` talk to: the group membership after `subscribe()`,
+        else the consumer's `group_id` from outside the group."""
+        if self._group is not None:
+            return self._group
+        if not self.group_id:
+            raise ValueError("commit()/committed() need a group_id (Consumer(group_id=...))")
+        return GroupOffsets(list(self.cluster.bootstrap), self.group_id,
+                            client_id=self.cluster.client_id,
+                            positions=lambda: self.consumed_positions(self.assignment()))
+
+    # ---- PartitionsOwner: what group membership changes ---------------------------------
+    # A partition's records move from its state into `_iter_buffer` before the
+    # application sees them, so its *consumed* position is the offset of its first record
+    # still in that buffer, else the partition's position. Stopping a partition drops its
+    # buffered records: nothing past the committed position is delivered after a
+    # revocation.
+    def start_partitions(self, committed: Mapping[PartitionKey, int | None]) -> None:
+        """Add these partitions to the assignment, at their committed offsets (None:
+        `auto_offset_reset`)."""
+        new = [TopicPartition(t, p) for t, p in committed]
+        self._sub.assign([*self._sub.states, *new], self._default_reset)
+        self.cluster.want_topics({tp.topic for tp in new})
+        for tp in new:
+            offset = committed[(tp.topic, tp.partition)]
+            if offset is not None:
+                self.seek(tp, offset)
+        self._wakeup()
+
+    def stop_partitions(self, tps: Iterable[PartitionKey]) -> None:
+        """Drop these partitions from the assignment and their records not yet
+        delivered."""
+        gone = {(t, p) for t, p in tps}
+        self._sub.assign([tp for tp in self._sub.states if (tp.topic, tp.partition) not in gone],
+                         self._default_reset)
+        if self._iter_buffer:
+            kept = [r for r in self._iter_buffer if (r.topic, r.partition) not in gone]
+            self._iter_buffer.clear()
+            self._iter_buffer.extend(kept)
+
+    def consumed_positions(self, tps: Iterable[PartitionKey]) -> dict[PartitionKey, int]:
+        """The next offset to deliver of each of `tps` that has a position."""
+        wanted = {(t, p) for t, p in tps}
+        out: dict[PartitionKey, int] = {}
+        for tp, st in self._sub.states.items():
+            key = (tp.topic, tp.partition)
+            if key in wanted and st.position is not None:
+                out[key] = st.position
+        first_buffered: dict[PartitionKey, int] = {}
+        for r in self._iter_buffer:  # offset order within a partition
+            key = (r.topic, r.partition)
+            if key in wanted and key not in first_buffered:
+                first_buffered[key] = r.offset
+        out.update(first_buffered)
+        return out
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._sub.states)
@@ -445,8 +525,8 @@ class Consumer:
                             ) -> dict[TopicPartition, tuple[int, int]]:
         """LIST_OFFSETS to each partition's leader, retrying retriable errors with a
         metadata refresh until `request_timeout_ms`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout_ms / 1000
+        clock = self._clock
+        deadline = clock.monotonic_ms() + self.request_timeout_ms
         self.cluster.want_topics(tp.topic for tp in query)
         result: dict[TopicPartition, tuple[int, int]] = {}
         todo = dict(query)
@@ -454,10 +534,10 @@ class Consumer:
         last: Exception | None = None
         while todo:
             if attempt:
-                if loop.time() >= deadline:
+                if clock.monotonic_ms() >= deadline:
                     raise RequestTimedOutError(f"list offsets not answered in "
                                                f"{self.request_timeout_ms} ms: {last}")
-                await asyncio.sleep(self.cluster.backoff_ms(attempt) / 1000)
+                await clock.sleep(self.cluster.backoff_ms(attempt))
                 await self.cluster.refresh(force=False)
             attempt += 1
             for tp in todo:
@@ -559,18 +639,18 @@ class Consumer:
         limit = max_records or self.max_poll_records or 1 << 62
         wanted = [TopicPartition(*tp) for tp in partitions] if partitions else None
         assert self._data_ready is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
+        clock = self._clock
+        deadline = clock.monotonic_ms() + timeout_ms
         while True:
             out = self._collect(wanted, limit, batches)
             if out or self._closed:
                 return out
-            remaining = deadline - loop.time()
+            remaining = deadline - clock.monotonic_ms()
             if remaining <= 0:
                 return out
             self._data_ready.clear()
             try:
-                await wait_for(self._data_ready.wait(), remaining)
+                await wait_for_ms(clock, self._data_ready.wait(), remaining)
             except TimeoutError:
                 return self._collect(wanted, limit, batches)
 
@@ -844,15 +924,17 @@ class Consumer:
 
     async def _run_fetcher(self) -> None:
         loop = asyncio.get_running_loop()
+        clock = self._clock
         while not self._closed:
             try:
                 self.cluster.maybe_refresh_stale()
-                wait_s = self._fetch_step(loop.time())
+                wait_ms = self._fetch_step(clock.monotonic_ms())
             except Exception:
                 log.exception("consumer fetch step failed")
-                wait_s = 0.1
+                wait_ms = 100.0
             fut = self._wake = loop.create_future()
-            timer = loop.call_later(wait_s, self._wakeup) if wait_s is not None else None
+            timer = clock.call_later(max(0, math.ceil(wait_ms)), self._wakeup) \
+                if wait_ms is not None else None
             try:
                 await fut
             finally:
@@ -860,8 +942,10 @@ class Consumer:
                 if timer is not None:
                     timer.cancel()
 
-    def _fetch_step(self, now: float) -> float | None:
-        wait_s: float | None = None
+    def _fetch_step(self, now: int) -> float | None:
+        """One fetcher step at clock time `now` (ms); returns how long (ms) the fetcher
+        may sleep before something is due on its own (None: until woken)."""
+        wait_ms: float | None = None
         to_reset: list[_PartitionState] = []
         by_node: dict[int, list[_PartitionState]] = {}
         need_metadata = False
@@ -876,8 +960,8 @@ class Consumer:
                 continue
             if len(st.chunks) >= self.prefetch_fetches:
                 continue
-            if st.backoff_until > now:
-                wait_s = _min(wait_s, st.backoff_until - now)
+            if st.backoff_until_ms > now:
+                wait_ms = _min(wait_ms, st.backoff_until_ms - now)
                 continue
             leader, _epoch = self.cluster.leader_for(*st.tp)
             if leader < 0:
@@ -886,7 +970,7 @@ class Consumer:
             by_node.setdefault(leader, []).append(st)
         if need_metadata:
             self.cluster.request_update()
-            wait_s = _min(wait_s, self.cluster.retry_backoff_ms / 1000)
+            wait_ms = _min(wait_ms, self.cluster.retry_backoff_ms)
         if to_reset and not self._resetting:
             self._resetting = True
             self._spawn(self._reset_task(to_reset))
@@ -895,7 +979,7 @@ class Consumer:
                 continue
             until = self._node_backoff.get(node, 0.0)
             if until > now:
-                wait_s = _min(wait_s, until - now)
+                wait_ms = _min(wait_ms, until - now)
                 continue
             conn = self.cluster.cached_connection(node)
             if conn is None:
@@ -905,9 +989,9 @@ class Consumer:
                 continue
             assert self._loop is not None
             self._fetching[node] = self._loop.create_task(self._fetch(node, conn, states))
-        return wait_s
+        return wait_ms
 
-    def _exists(self, st: _PartitionState, now: float) -> bool:
+    def _exists(self, st: _PartitionState, now: int) -> bool:
         """False while the partition's existence is unknown or denied by metadata. A
         partition that metadata keeps denying for `retry_backoff_max_ms`, confirmed by
         a metadata answer received that long after the first denial (a topic just
@@ -919,11 +1003,11 @@ class Consumer:
             return False  # asked for with the next metadata refresh
         reason = cluster.missing_reason(*st.tp)
         if reason is None:
-            st.missing_since = None
+            st.missing_since_ms = None
             return True
-        if st.missing_since is None:
-            st.missing_since = now
-        elif cluster.refreshed_at_s - st.missing_since >= cluster.retry_backoff_max_ms / 1000:
+        if st.missing_since_ms is None:
+            st.missing_since_ms = now
+        elif cluster.refreshed_at_ms - st.missing_since_ms >= cluster.retry_backoff_max_ms:
             st.error = UnknownTopicOrPartitionError(
                 f"{st.tp.topic}-{st.tp.partition} does not exist: {reason}")
             if self._data_ready is not None:
@@ -941,8 +1025,7 @@ class Consumer:
             await self.cluster.node_connection(node)
         except DmqError as exc:
             log.info("cannot connect to broker %d: %s", node, exc)
-            self._node_backoff[node] = asyncio.get_running_loop().time() + \
-                self.cluster.backoff_ms(2) / 1000
+            self._node_backoff[node] = self._clock.monotonic_ms() + self.cluster.backoff_ms(2)
             self.cluster.request_update()
         finally:
             self._connecting.discard(node)
@@ -953,10 +1036,10 @@ class Consumer:
             await self._reset_positions(states)
         except DmqError as exc:
             log.info("offset reset failed, will retry: %s", exc)
-            now = asyncio.get_running_loop().time()
+            now = self._clock.monotonic_ms()
             for st in states:
-                st.backoff_until = now + self.cluster.backoff_ms(2) / 1000
-            await asyncio.sleep(self.cluster.backoff_ms(2) / 1000)
+                st.backoff_until_ms = now + self.cluster.backoff_ms(2)
+            await self._clock.sleep(self.cluster.backoff_ms(2))
         except Exception as exc:
             for st in states:
                 st.error = exc
@@ -978,31 +1061,31 @@ class Consumer:
         body = {"max_wait_ms": self.fetch_max_wait_ms, "min_bytes": self.fetch_min_bytes,
                 "max_bytes": self.fetch_max_bytes,
                 "topics": [[t, ps] for t, ps in topics.items()]}
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         try:
             resp = await conn.request(ApiKey.FETCH, body,
                                       timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms)
         except DmqError as exc:
             if not isinstance(exc, NetworkError | RequestTimedOutError):
                 log.info("fetch from broker %d failed: %s", node, exc)
-            self._node_backoff[node] = loop.time() + self.cluster.backoff_ms(1) / 1000
+            self._node_backoff[node] = clock.monotonic_ms() + self.cluster.backoff_ms(1)
             self.cluster.request_update()
             return
         finally:
             self._fetching.pop(node, None)
             self._wakeup()
         try:
-            got_data = self._on_fetch_response(resp, sent, loop.time())
+            got_data = self._on_fetch_response(resp, sent, clock.monotonic_ms())
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             log.warning("malformed fetch response from broker %d: %s", node, exc)
-            self._node_backoff[node] = loop.time() + self.cluster.backoff_ms(2) / 1000
+            self._node_backoff[node] = clock.monotonic_ms() + self.cluster.backoff_ms(2)
             return
         if got_data and self._data_ready is not None:
             self._data_ready.set()
 
     def _on_fetch_response(self, resp: Any,
                            sent: dict[TopicPartition, tuple[_PartitionState, int, int]],
-                           now: float) -> bool:
+                           now: int) -> bool:
         got_data = False
         for topic, parts in resp.get("topics", []):
             for partition, err, hw, log_start, _leo, records in parts:
@@ -1028,7 +1111,7 @@ class Consumer:
                 got_data = True
         return got_data
 
-    def _on_fetch_error(self, st: _PartitionState, code: int, offset: int, now: float) -> bool:
+    def _on_fetch_error(self, st: _PartitionState, code: int, offset: int, now: int) -> bool:
         exc = error_for(code, f"fetch {st.tp.topic}-{st.tp.partition} at offset {offset}")
         if isinstance(exc, OffsetOutOfRangeError):
             if self._default_reset is None:
@@ -1044,7 +1127,7 @@ class Consumer:
         if exc.retriable:
             if exc.refresh_metadata:
                 self.cluster.request_update()
-            st.backoff_until = now + self.cluster.backoff_ms(1) / 1000
+            st.backoff_until_ms = now + self.cluster.backoff_ms(1)
             return False
         st.error = exc
         return True
@@ -1058,4 +1141,11 @@ def _min(a: float | None, b: float) -> float:
     return b if a is None or b < a else a
 
 
-__all__ = ["ConsumedBatch", "Consumer", "OffsetAndTimestamp"]
+def offsets_of(consumer: Consumer) -> GroupMembership | GroupOffsets:
+    """What `consumer.commit`/`committed` talk to (its group membership after
+    `subscribe()`, else its `group_id` from outside the group); its `commit` returns
+    what was committed."""
+    return consumer._offsets()
+
+
+__all__ = ["ConsumedBatch", "Consumer", "OffsetAndTimestamp", "offsets_of"]

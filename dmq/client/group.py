@@ -20,8 +20,11 @@ It speaks the KIP-848-style protocol of `dmq.controller.group_coordinator`:
   (its partitions are lost) and rejoins at the next poll.
 
 The consumer plugs in through `PartitionsOwner` (start/stop fetching partitions, the
-consumed positions). Every request has a timeout; commits are serialized so that they
-reach the coordinator, and so the Raft log, in order.
+consumed positions), which `dmq.client.consumer.Consumer` implements; the membership
+never touches the consumer's state otherwise. Every request has a timeout; commits are
+serialized so that they reach the coordinator, and so the Raft log, in order. Time
+(heartbeat intervals, backoffs, the poll and auto-commit intervals) comes from the
+injected clock.
 """
 
 from __future__ import annotations
@@ -29,13 +32,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dmq.aio import wait_for
 from dmq.client.cluster import CONTROLLER_WATCH_AFTER_MS
-from dmq.clock import Clock, SystemClock
+from dmq.client.records import PartitionKey
+from dmq.clock import Clock, SystemClock, wait_for_ms
 from dmq.metadata.discovery import ControllerChannel
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import (
@@ -49,8 +52,6 @@ from dmq.protocol.errors import (
 
 log = logging.getLogger("dmq.client.group")
 
-TopicPartition = tuple[str, int]
-
 JOIN_EPOCH = 0
 LEAVE_EPOCH = -1
 STATIC_LEAVE_EPOCH = -2
@@ -60,17 +61,17 @@ _FATAL = (ErrorCode.FENCED_INSTANCE_ID, ErrorCode.INVALID_REQUEST,
 
 
 class PartitionsOwner(Protocol):
-    """What the membership manager needs from the consumer."""
+    """What the membership manager needs from the consumer (`Consumer` implements it)."""
 
-    def start_partitions(self, committed: Mapping[TopicPartition, int | None]) -> None:
+    def start_partitions(self, committed: Mapping[PartitionKey, int | None]) -> None:
         """Begin fetching these partitions; None: no committed offset (reset policy)."""
         ...
 
-    def stop_partitions(self, tps: Iterable[TopicPartition]) -> None:
+    def stop_partitions(self, tps: Iterable[PartitionKey]) -> None:
         """Stop fetching and delivering these partitions; drop their buffered records."""
         ...
 
-    def consumed_positions(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    def consumed_positions(self, tps: Iterable[PartitionKey]) -> dict[PartitionKey, int]:
         """The next offset to deliver for each partition that has a position."""
         ...
 
@@ -78,13 +79,13 @@ class PartitionsOwner(Protocol):
 class RebalanceListener:
     """Override what you need; methods may be plain or `async def`."""
 
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> Any:
+    def on_partitions_revoked(self, revoked: set[PartitionKey]) -> Any:
         return None
 
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> Any:
+    def on_partitions_assigned(self, assigned: set[PartitionKey]) -> Any:
         return None
 
-    def on_partitions_lost(self, lost: set[TopicPartition]) -> Any:
+    def on_partitions_lost(self, lost: set[PartitionKey]) -> Any:
         """Partitions taken away without a chance to commit (fenced, session lost).
         Defaults to `on_partitions_revoked`, as in Kafka."""
         return self.on_partitions_revoked(lost)
@@ -95,14 +96,14 @@ class GroupFatalError(DmqError):
     subscription is invalid); raised by the consumer's next poll."""
 
 
-def _wire_owned(tps: Iterable[TopicPartition]) -> list[list[Any]]:
+def _wire_owned(tps: Iterable[PartitionKey]) -> list[list[Any]]:
     by_topic: dict[str, list[int]] = {}
     for t, p in sorted(tps):
         by_topic.setdefault(t, []).append(p)
     return [[t, ps] for t, ps in sorted(by_topic.items())]
 
 
-async def _call(fn: Any, arg: set[TopicPartition]) -> None:
+async def _call(fn: Any, arg: set[PartitionKey]) -> None:
     result = fn(arg)
     if inspect.isawaitable(result):
         await result
@@ -145,20 +146,20 @@ class GroupMembership:
 
         self.member_id = ""
         self.member_epoch = JOIN_EPOCH
-        self.owned: set[TopicPartition] = set()
+        self.owned: set[PartitionKey] = set()
         self.fatal_error: DmqError | None = None
         self.rebalances = 0  # assignment changes applied (for tests and metrics)
         self._send_subscription = True
         self._last_poll_ms = self.clock.monotonic_ms()
         self._poll_expired = False
         self._next_commit_ms = self.clock.monotonic_ms() + auto_commit_interval_ms
-        self._committed: dict[TopicPartition, int] = {}  # last offsets we committed
+        self._committed: dict[PartitionKey, int] = {}  # last offsets we committed
         self._commit_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._assigned_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reconciler: asyncio.Task[None] | None = None
-        self._target: set[TopicPartition] | None = None  # the coordinator's latest answer
+        self._target: set[PartitionKey] | None = None  # the coordinator's latest answer
         self._closing = False
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -188,7 +189,7 @@ class GroupMembership:
 
     async def wait_for_assignment(self, timeout_ms: int) -> bool:
         try:
-            await wait_for(self._assigned_event.wait(), timeout_ms / 1000)
+            await wait_for_ms(self.clock, self._assigned_event.wait(), timeout_ms)
             return True
         except TimeoutError:
             return False
@@ -244,7 +245,7 @@ class GroupMembership:
                 delay_ms = min(5000, 100 * 2 ** min(failures, 6))
             if delay_ms > 0:
                 try:
-                    await wait_for(self._wake.wait(), delay_ms / 1000)
+                    await wait_for_ms(self.clock, self._wake.wait(), delay_ms)
                 except TimeoutError:
                     pass
 
@@ -341,10 +342,10 @@ class GroupMembership:
                 failures += 1
                 log.warning("group=%s reconciling failed (%s), retry %d", self.group_id, exc,
                             failures)
-                await asyncio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)))
+                await self.clock.sleep(min(1000, 50 * 2 ** min(failures, 5)))
             except Exception:
                 log.exception("group=%s reconciling failed", self.group_id)
-                await asyncio.sleep(1.0)
+                await self.clock.sleep(1000)
             self._wake.set()
         if self._target is not None and self._target == self.owned:
             self._assigned_event.set()
@@ -354,7 +355,7 @@ class GroupMembership:
         self._target = None
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
-    async def _revoke(self, revoked: set[TopicPartition]) -> None:
+    async def _revoke(self, revoked: set[PartitionKey]) -> None:
         if not revoked:
             return
         # positions read and delivery stopped with no await between: nothing more is
@@ -377,7 +378,7 @@ class GroupMembership:
         log.info("group=%s revoked %d partitions: %s", self.group_id, len(revoked),
                  sorted(revoked)[:20])
 
-    async def _assign(self, added: set[TopicPartition]) -> None:
+    async def _assign(self, added: set[PartitionKey]) -> None:
         committed = await self.fetch_committed(added)
         self.owned |= added
         for tp, offset in committed.items():
@@ -407,15 +408,15 @@ class GroupMembership:
             log.exception("group=%s on_partitions_lost failed", self.group_id)
 
     # ---- offsets ---------------------------------------------------------------------------
-    async def fetch_committed(self, tps: Iterable[TopicPartition]
-                              ) -> dict[TopicPartition, int | None]:
+    async def fetch_committed(self, tps: Iterable[PartitionKey]
+                              ) -> dict[PartitionKey, int | None]:
         async def request(key: ApiKey, body: dict[str, Any]) -> Any:
             return await self._request(key, body, timeout_ms=self.request_timeout_ms)
 
         return await _fetch_committed(request, self.group_id, tps)
 
-    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None,
-                     metadata: str | None = None) -> dict[TopicPartition, int]:
+    async def commit(self, offsets: Mapping[PartitionKey, int] | None = None,
+                     metadata: str | None = None) -> dict[PartitionKey, int]:
         """Commit `offsets` (default: consumed positions of every owned partition).
         Only partitions this member owns are committed; unchanged ones are skipped.
         Returns what was committed. Raises the coordinator's error (e.g.
@@ -440,10 +441,10 @@ class GroupMembership:
                     # our epoch just moved with a heartbeat answer: retry with the new one
                     if attempt == 2:
                         raise
-                    await asyncio.sleep(0.05)
+                    await self.clock.sleep(50)
                 except (UnknownMemberIdError, FencedMemberEpochError):
                     raise
-            done: dict[TopicPartition, int] = {}
+            done: dict[PartitionKey, int] = {}
             for topic, rows in res["topics"]:
                 for partition, error in rows:
                     if error == 0:
@@ -481,58 +482,6 @@ class GroupConfig:
     assignor: str | None = None
 
 
-class ConsumerPartitions:
-    """`PartitionsOwner` over a `dmq.client.consumer.Consumer`.
-
-    The consumer's records move from a partition's state into its iteration buffer
-    before the application sees them, so a partition's *consumed* position is the
-    offset of its first record still in that buffer, else the partition's position.
-    Stopping a partition drops its buffered records: nothing past the committed
-    position is delivered after a revocation."""
-
-    def __init__(self, consumer: Any) -> None:
-        self.consumer = consumer
-
-    def start_partitions(self, committed: Mapping[TopicPartition, int | None]) -> None:
-        from dmq.client.records import TopicPartition as TP
-
-        c = self.consumer
-        new = [TP(t, p) for t, p in committed]
-        c._sub.assign([*c._sub.states, *new], c._default_reset)
-        c.cluster.want_topics({tp.topic for tp in new})
-        for tp in new:
-            offset = committed[(tp.topic, tp.partition)]
-            if offset is not None:
-                c.seek(tp, offset)
-        c._wakeup()
-
-    def stop_partitions(self, tps: Iterable[TopicPartition]) -> None:
-        c = self.consumer
-        gone = {(t, p) for t, p in tps}
-        c._sub.assign([tp for tp in c._sub.states if (tp.topic, tp.partition) not in gone],
-                      c._default_reset)
-        if c._iter_buffer:
-            kept = [r for r in c._iter_buffer if (r.topic, r.partition) not in gone]
-            c._iter_buffer.clear()
-            c._iter_buffer.extend(kept)
-
-    def consumed_positions(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        c = self.consumer
-        wanted = {(t, p) for t, p in tps}
-        out: dict[TopicPartition, int] = {}
-        for tp, st in c._sub.states.items():
-            key = (tp.topic, tp.partition)
-            if key in wanted and st.position is not None:
-                out[key] = st.position
-        first_buffered: dict[TopicPartition, int] = {}
-        for r in c._iter_buffer:  # offset order within a partition
-            key = (r.topic, r.partition)
-            if key in wanted and key not in first_buffered:
-                first_buffered[key] = r.offset
-        out.update(first_buffered)
-        return out
-
-
 class GroupOffsets:
     """A group's offsets from outside the group: what an `assign()` consumer with a
     `group_id` (or a tool) commits and reads. Commits carry member "" and epoch -1, so
@@ -541,7 +490,8 @@ class GroupOffsets:
 
     def __init__(self, addresses: Sequence[tuple[str, int]], group_id: str, *,
                  client_id: str = "dmq-consumer", request_timeout_ms: int = 30_000,
-                 positions: Any = None) -> None:
+                 positions: Callable[[], Mapping[PartitionKey, int]] | None = None
+                 ) -> None:
         self.addresses = list(addresses)
         self.group_id = group_id
         self.client_id = client_id
@@ -556,8 +506,8 @@ class GroupOffsets:
         finally:
             await channel.close()
 
-    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None,
-                     metadata: str | None = None) -> dict[TopicPartition, int]:
+    async def commit(self, offsets: Mapping[PartitionKey, int] | None = None,
+                     metadata: str | None = None) -> dict[PartitionKey, int]:
         if offsets is None:
             offsets = self.positions() if self.positions is not None else {}
         todo = {(t, p): o for (t, p), o in offsets.items()}
@@ -575,54 +525,22 @@ class GroupOffsets:
                 done[(topic, partition)] = todo[(topic, partition)]
         return done
 
-    async def fetch_committed(self, tps: Iterable[TopicPartition]
-                              ) -> dict[TopicPartition, int | None]:
+    async def fetch_committed(self, tps: Iterable[PartitionKey]
+                              ) -> dict[PartitionKey, int | None]:
         return await _fetch_committed(self._request, self.group_id, tps)
 
 
-async def _fetch_committed(request: Any, group_id: str, tps: Iterable[TopicPartition]
-                           ) -> dict[TopicPartition, int | None]:
+async def _fetch_committed(request: Callable[[ApiKey, dict[str, Any]], Awaitable[Any]],
+                           group_id: str, tps: Iterable[PartitionKey]
+                           ) -> dict[PartitionKey, int | None]:
     tps = [(t, p) for t, p in tps]
     res = await request(ApiKey.OFFSET_FETCH, {"group_id": group_id,
                                               "topics": _wire_owned(tps)})
-    out: dict[TopicPartition, int | None] = {tp: None for tp in tps}
+    out: dict[PartitionKey, int | None] = {tp: None for tp in tps}
     for topic, rows in res["topics"]:
         for partition, offset, _metadata, _error in rows:
             out[(topic, partition)] = offset if offset >= 0 else None
     return out
-
-
-def offsets_of(consumer: Any) -> GroupMembership | GroupOffsets:
-    """What `Consumer.commit`/`committed` talk to: the group membership after
-    `subscribe()`, else the consumer's `group_id` from outside the group."""
-    if consumer._group is not None:
-        return consumer._group  # type: ignore[no-any-return]
-    if not consumer.group_id:
-        raise ValueError("commit()/committed() need a group_id (Consumer(group_id=...))")
-    owner = ConsumerPartitions(consumer)
-    return GroupOffsets(list(consumer.cluster.bootstrap), consumer.group_id,
-                        client_id=consumer.cluster.client_id,
-                        positions=lambda: owner.consumed_positions(
-                            [(tp.topic, tp.partition) for tp in consumer.assignment()]))
-
-
-def subscribe_consumer(consumer: Any, topics: Iterable[str], group_id: str | None,
-                       pattern: str | None, listener: RebalanceListener | None,
-                       config: GroupConfig) -> GroupMembership:
-    """The membership behind `Consumer.subscribe`; it joins at the first poll."""
-    if not group_id:
-        raise ValueError("subscribe() needs a group_id (Consumer(group_id=...))")
-    return GroupMembership(
-        list(consumer.cluster.bootstrap), group_id, ConsumerPartitions(consumer),
-        topics=list(topics) if topics or pattern is None else None, pattern=pattern,
-        instance_id=config.group_instance_id, listener=listener,
-        session_timeout_ms=config.session_timeout_ms,
-        rebalance_timeout_ms=config.rebalance_timeout_ms,
-        heartbeat_interval_ms=config.heartbeat_interval_ms,
-        max_poll_interval_ms=config.max_poll_interval_ms,
-        enable_auto_commit=config.enable_auto_commit,
-        auto_commit_interval_ms=config.auto_commit_interval_ms, assignor=config.assignor,
-        client_id=consumer.cluster.client_id)
 
 
 def _log_callback_failure(fut: asyncio.Future[Any]) -> None:
@@ -631,14 +549,10 @@ def _log_callback_failure(fut: asyncio.Future[Any]) -> None:
 
 
 __all__ = [
-    "ConsumerPartitions",
     "GroupConfig",
     "GroupFatalError",
-    "GroupOffsets",
     "GroupMembership",
+    "GroupOffsets",
     "PartitionsOwner",
     "RebalanceListener",
-    "TopicPartition",
-    "offsets_of",
-    "subscribe_consumer",
 ]

@@ -8,12 +8,14 @@ Usage::
         ...                                          # buffer space); the handle is
         md = await handle                            # awaitable: RecordMetadata
 
-What it owns: partition choice (`dmq.client.partitioner`: keys placed as Kafka's default
-partitioner does, murmur2, or `partitioner="crc32c"`), appending records to the
-accumulator, buffer-memory backpressure, and the single background sender that
-drains ready batches per leader broker, keeps at most `max_in_flight` produce
-requests outstanding per broker, retries retriable failures with metadata refresh
-and backoff until `delivery_timeout_ms`, and resolves one future per batch.
+What it owns: the public API, settings checks, serialization, partition choice
+(`dmq.client.partitioner`: keys placed as Kafka's default partitioner does, murmur2,
+or `partitioner="crc32c"`), appending records to the `RecordAccumulator`
+(`accumulator.py`) and buffer-memory backpressure. The `Sender` (`sender.py`), one
+background task, drains ready batches per leader broker, keeps at most
+`max_in_flight` produce requests outstanding per broker, retries retriable failures
+with metadata refresh and backoff until `delivery_timeout_ms`, resolves one future
+per batch and renews the producer id (below). Time comes from the injected clock.
 
 Idempotence (default with acks="all"): a producer id from the active controller
 (INIT_PRODUCER_ID), per-partition sequence numbers fixed when a batch is first sent,
@@ -42,39 +44,32 @@ from itertools import accumulate, repeat
 from operator import add
 from typing import Any
 
-from dmq.aio import wait_for
 from dmq.client.accumulator import (
     BatchMetadata,
     BatchSegment,
     ManyHandle,
     PartitionQueue,
-    ProducerBatch,
+    RecordAccumulator,
     RecordHandle,
 )
 from dmq.client.cluster import ClusterClient
 from dmq.client.errors import IllegalStateError, ProducerClosedError, WouldBlockError
 from dmq.client.partitioner import DEFAULT_PARTITIONER, KeyPartitioner, StickyPartitioner
 from dmq.client.records import RecordMetadata, TopicPartition
-from dmq.clock import Clock, SystemClock
-from dmq.log.batch import HEADER_SIZE, BatchBuilder
+from dmq.client.sender import Sender
+from dmq.clock import Clock, SystemClock, wait_for_ms
+from dmq.log.batch import HEADER_SIZE
 from dmq.log.codecs import CODEC_LZ4, CODEC_NONE, CODEC_ZSTD, codec_available
-from dmq.protocol.api import ApiKey
 from dmq.protocol.codec import DEFAULT_MAX_FRAME_BYTES
-from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
-    DmqError,
-    ErrorCode,
     MessageTooLargeError,
-    NetworkError,
     RequestTimedOutError,
     UnknownTopicOrPartitionError,
-    error_for,
 )
 
 log = logging.getLogger("dmq.client.producer")
 
 COMPRESSION = {"none": CODEC_NONE, None: CODEC_NONE, "zstd": CODEC_ZSTD, "lz4": CODEC_LZ4}
-_RESET_NONE, _RESET_NEEDED, _RESET_RUNNING = 0, 1, 2
 _RECORD_OVERHEAD = 12  # msgpack array header, timestamp delta, nil markers (estimate)
 _REQUEST_OVERHEAD = 4096  # a produce request's frame beside its batch bytes (generous)
 DEFAULT_DELIVERY_TIMEOUT_MS = 120_000
@@ -172,33 +167,25 @@ class Producer:
                                      retry_backoff_max_ms=retry_backoff_max_ms,
                                      metadata_max_age_ms=metadata_max_age_ms,
                                      allow_auto_create=allow_auto_create_topics,
-                                     rng=self._rng)
+                                     rng=self._rng, clock=self._clock)
         self._sticky = StickyPartitioner(self._rng)
         self._keyed = KeyPartitioner(partitioner)
         self._key_partition = self._keyed.partition
         self._sticky_current = self._sticky.current
         self._batch_filled = False  # set by _append when a record closed a full batch
-        self._queues: dict[str, dict[int, PartitionQueue]] = {}
-        self._pending_queues: set[PartitionQueue] = set()  # queues holding unsent batches
-        self._incomplete: set[ProducerBatch] = set()
-        self._buffered_bytes = 0
-        self._buffer_free: asyncio.Event | None = None
-        self._node_in_flight: dict[int, int] = {}
-        self._requests: set[asyncio.Task[None]] = set()
-        self._connecting: dict[int, asyncio.Task[None]] = {}
-        self._flushing = 0
-        self._producer_id = -1
-        self._producer_epoch = -1
-        self._reset_state = _RESET_NONE
-        self._sender: asyncio.Task[None] | None = None
-        self._wake: asyncio.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._acc = RecordAccumulator(self.codec, buffer_memory)
+        self._queues = self._acc.queues  # the same dict, one lookup less per record
+        self._sender = Sender(self._acc, self.cluster, self._clock, acks=self.acks,
+                              idempotent=enable_idempotence, linger_ms=linger_ms,
+                              batch_size=batch_size, max_in_flight=max_in_flight,
+                              max_request_size=max_request_size,
+                              request_timeout_ms=request_timeout_ms,
+                              delivery_timeout_ms=delivery_timeout_ms)
+        self._wakeup = self._acc.wakeup = self._sender.wakeup
         self._started = False
         self._accepting = False  # started and not closing: the one flag `send` checks
         self._closing = False
         self._closed = False
-        self._metadata_wanted = False
-        self._sent_any = False
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -206,29 +193,21 @@ class Producer:
         Raises `NetworkError` when no bootstrap node answers."""
         if self._started:
             return
-        self._loop = asyncio.get_running_loop()
-        self._buffer_free = asyncio.Event()
-        self._buffer_free.set()
+        self._acc.start()
         try:
             await self.cluster.refresh()
             if self.idempotent:
-                await self._init_producer_id()
+                await self._sender.init_producer_id()
         except BaseException:
             await self.cluster.close()
             raise
         self._started = True
         self._accepting = True
-        self._sender = self._loop.create_task(self._run_sender(), name="dmq-producer-sender")
-
-    async def _init_producer_id(self) -> None:
-        body = await self.cluster.controller_request(ApiKey.INIT_PRODUCER_ID, {})
-        self._producer_id = int(body["producer_id"])
-        self._producer_epoch = int(body["producer_epoch"])
-        log.debug("producer id %d epoch %d", self._producer_id, self._producer_epoch)
+        self._sender.start()
 
     @property
     def producer_id(self) -> int:
-        return self._producer_id
+        return self._sender.producer_id
 
     async def __aenter__(self) -> Producer:
         await self.start()
@@ -243,22 +222,11 @@ class Producer:
         `ProducerClosedError`."""
         if self._closed:
             return
-        self._closing = True
+        self._closing = self._acc.closing = True
         self._accepting = False
-        if self._sender is not None:
-            self._flushing += 1
-            self._wakeup()
-            wait_s = (timeout_ms if timeout_ms is not None else self.delivery_timeout_ms) / 1000
-            try:
-                await wait_for(asyncio.shield(self._sender), wait_s)
-            except TimeoutError:
-                self._sender.cancel()
-                self._fail_all(RequestTimedOutError("producer closed before delivery"))
-            except Exception:
-                log.exception("producer sender failed")
+        await self._sender.close(timeout_ms if timeout_ms is not None
+                                 else self.delivery_timeout_ms)
         self._closed = True
-        if self._requests:
-            await asyncio.wait(list(self._requests), timeout=1.0)
         await self.cluster.close()
 
     # ---- sending -----------------------------------------------------------------------
@@ -274,7 +242,7 @@ class Producer:
         key, value, hdrs, size = self._prepare(key, value, headers)
         handle = self._append(topic, key, value, partition, hdrs, size, timestamp_ms, True)
         while handle is None:  # something to wait for first
-            if self._buffered_bytes + size > self.buffer_memory:
+            if self._acc.buffered_bytes + size > self.buffer_memory:
                 await self._wait_for_buffer(size)
             parts = self._queues.get(topic)
             if parts is None:
@@ -346,9 +314,9 @@ class Producer:
         n = len(values)
         start = 0
         while start < n:
-            free = self.buffer_memory - self._buffered_bytes
+            free = self.buffer_memory - self._acc.buffered_bytes
             end = bisect_right(cum, cum[start] + free, start) - 1
-            if not self._accepting or (end <= start and self._buffered_bytes):
+            if not self._accepting or (end <= start and self._acc.buffered_bytes):
                 try:
                     if not self._accepting:
                         self._check_accepting()
@@ -388,7 +356,7 @@ class Producer:
         parts = self._queues.get(topic)
         total = sum(sizes)
         if parts is None or (partition is not None and partition not in parts) or \
-                self._buffered_bytes + total > self.buffer_memory:
+                self._acc.buffered_bytes + total > self.buffer_memory:
             raise WouldBlockError(
                 f"cannot append {len(values)} records to {topic!r} without waiting (buffer "
                 f"full or metadata not known yet): await send_many() instead")
@@ -505,7 +473,7 @@ class Producer:
                                                              len(parts))) or pq
                     batch = pq.open
                 if batch is None or batch.reserved_bytes + sizes[i] > batch_size:
-                    batch = self._new_batch(pq)
+                    batch = self._acc.new_batch(pq, self._clock.monotonic_ms())
                 if full:
                     self._wakeup()
                     self._batch_filled = True
@@ -520,7 +488,7 @@ class Producer:
                 values if whole else values[i:j], hdrs)
             size = cum[j] - cum[i]
             batch.reserved_bytes += size
-            self._buffered_bytes += size
+            self._acc.buffered_bytes += size
             handle.segments.append(BatchSegment(batch, index, j - i, positions[i:j]))
             i = j
 
@@ -553,7 +521,8 @@ class Producer:
         """Append a prepared record to its partition's open batch (or a new one); None
         when that needs waiting first (buffer space, topic metadata, a new partition).
         Sets `_batch_filled` when a full batch was closed by this record."""
-        if check_buffer and self._buffered_bytes + size > self.buffer_memory:
+        acc = self._acc
+        if check_buffer and acc.buffered_bytes + size > self.buffer_memory:
             return None
         parts = self._queues.get(topic)
         if parts is None:
@@ -575,7 +544,7 @@ class Producer:
         if batch is not None and batch.reserved_bytes + size <= self.batch_size:
             index = batch.builder.append(ts, key, value, hdrs)
             batch.reserved_bytes += size
-            self._buffered_bytes += size
+            acc.buffered_bytes += size
             return RecordHandle(batch, index, ts)
         full = batch is not None
         if full and sticky:
@@ -587,13 +556,13 @@ class Producer:
             if batch is not None and batch.reserved_bytes + size <= self.batch_size:
                 index = batch.builder.append(ts, key, value, hdrs)
                 batch.reserved_bytes += size
-                self._buffered_bytes += size
+                acc.buffered_bytes += size
                 self._wakeup()
                 return RecordHandle(batch, index, ts)
-        batch = self._new_batch(pq)
+        batch = acc.new_batch(pq, self._clock.monotonic_ms())
         index = batch.builder.append(ts, key, value, hdrs)
         batch.reserved_bytes += size
-        self._buffered_bytes += size
+        acc.buffered_bytes += size
         if full:
             self._wakeup()
             self._batch_filled = True
@@ -639,360 +608,55 @@ class Producer:
         sent so far is answered. Errors stay with their handles."""
         if not self._started:
             return
-        pending = list(self._incomplete)
+        pending = list(self._acc.incomplete)
         if not pending:
             return
-        self._flushing += 1
+        self._acc.flushing += 1
         self._wakeup()
         try:
-            await asyncio.wait([b.future for b in pending],
-                               timeout=None if timeout_ms is None else timeout_ms / 1000)
+            await wait_for_ms(self._clock, asyncio.wait([b.future for b in pending]),
+                              timeout_ms)
+        except TimeoutError:
+            pass  # errors and late answers stay with their handles
         finally:
-            self._flushing -= 1
+            self._acc.flushing -= 1
 
     async def partitions_for(self, topic: str) -> list[int]:
         info = self.cluster.topic(topic) or await self.cluster.wait_for_topic(
             topic, self.max_block_ms)
         return [p.partition for p in info.partitions]
 
-    def _new_batch(self, pq: PartitionQueue) -> ProducerBatch:
-        loop = self._loop
-        assert loop is not None
-        batch = ProducerBatch(pq, BatchBuilder(self.codec), self._clock.monotonic_ms(),
-                              loop.create_future())
-        pq.batches.append(batch)
-        pq.open = batch
-        self._incomplete.add(batch)
-        if not self._pending_queues:
-            self._wakeup()  # the sender may be asleep with nothing to time
-        self._pending_queues.add(pq)
-        return batch
-
     async def _wait_for_buffer(self, size: int) -> None:
-        assert self._buffer_free is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_block_ms / 1000
-        self._flushing += 1  # a full buffer should drain now, not after linger
+        acc = self._acc
+        assert acc.buffer_free is not None
+        clock = self._clock
+        deadline = clock.monotonic_ms() + self.max_block_ms
+        acc.flushing += 1  # a full buffer should drain now, not after linger
         self._wakeup()
         try:
-            while self._buffered_bytes + size > self.buffer_memory and self._buffered_bytes:
-                self._buffer_free.clear()
-                remaining = deadline - loop.time()
+            while acc.buffered_bytes + size > self.buffer_memory and acc.buffered_bytes:
+                acc.buffer_free.clear()
+                remaining = deadline - clock.monotonic_ms()
                 if remaining <= 0:
                     raise RequestTimedOutError(
                         f"buffer_memory ({self.buffer_memory} bytes) still full after "
                         f"max_block_ms={self.max_block_ms}")
                 try:
-                    await wait_for(self._buffer_free.wait(), remaining)
+                    await wait_for_ms(clock, acc.buffer_free.wait(), remaining)
                 except TimeoutError:
                     pass
                 if self._closing:
                     raise ProducerClosedError("producer is closed")
         finally:
-            self._flushing -= 1
-
-    # ---- the sender --------------------------------------------------------------------
-    def _wakeup(self) -> None:
-        w = self._wake
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def _sleep(self, timeout_ms: float | None) -> None:
-        loop = self._loop
-        assert loop is not None
-        fut = self._wake = loop.create_future()
-        timer = None
-        if timeout_ms is not None:
-            timer = loop.call_later(max(0.0, timeout_ms) / 1000, self._wakeup)
-        try:
-            await fut
-        finally:
-            self._wake = None
-            if timer is not None:
-                timer.cancel()
-
-    async def _run_sender(self) -> None:
-        while True:
-            try:
-                self._sent_any = False
-                wait_ms = self._send_ready()
-                while self._sent_any:  # more may be ready with in-flight room left
-                    self._sent_any = False
-                    wait_ms = self._send_ready()
-            except Exception:
-                log.exception("producer sender step failed")
-                wait_ms = 100.0
-            if self._closing and not self._incomplete:
-                return
-            self.cluster.maybe_refresh_stale()
-            if self._metadata_wanted:
-                self._metadata_wanted = False
-                self.cluster.request_update()
-                wait_ms = min(wait_ms if wait_ms is not None else 1e9,
-                              float(self.cluster.retry_backoff_ms))
-            await self._sleep(wait_ms)
-
-    def _send_ready(self) -> float | None:
-        """One sender step: expire, pick ready batches per leader, send. Returns how long
-        the sender may sleep (ms) before something becomes ready on its own."""
-        now = self._clock.monotonic_ms()
-        linger = self.linger_ms
-        force = self._flushing > 0 or self._closing
-        wait_ms: float | None = None
-        by_node: dict[int, list[PartitionQueue]] = {}
-        done_queues = []
-        for pq in self._pending_queues:
-            batches = pq.batches
-            while batches and now - batches[0].created_ms >= self.delivery_timeout_ms:
-                b = batches.popleft()
-                if pq.open is b:
-                    pq.open = None
-                self._fail(b, self._expired(b))
-            if not batches:
-                done_queues.append(pq)
-                continue
-            first = batches[0]
-            if first.sealed is not None:
-                if pq.in_flight:
-                    continue  # retry mode: one request at a time for this partition
-                if first.retry_at_ms > now:
-                    wait_ms = _min(wait_ms, first.retry_at_ms - now)
-                    continue
-            elif not (force or first is not pq.open or
-                      first.reserved_bytes >= self.batch_size):
-                due = first.created_ms + linger - now
-                if due > 0:
-                    wait_ms = _min(wait_ms, due)
-                    continue
-            if pq.in_flight >= (self.max_in_flight if pq.confirmed else 1):
-                continue
-            if first.sealed is None and self._reset_state:
-                continue  # new batches wait for the new producer id
-            leader, _epoch = self.cluster.leader_for(pq.topic, pq.partition)
-            if leader < 0:
-                self._metadata_wanted = True
-                continue
-            by_node.setdefault(leader, []).append(pq)
-        for pq in done_queues:
-            self._pending_queues.discard(pq)
-        for node, queues in by_node.items():
-            if self._node_in_flight.get(node, 0) >= self.max_in_flight:
-                continue
-            conn = self.cluster.cached_connection(node)
-            if conn is None:
-                self._maybe_connect(node)
-                continue
-            self._send_to(node, conn, queues, now)
-        if self._reset_state:
-            self._maybe_reset_producer_id()
-        return wait_ms
-
-    def _maybe_connect(self, node: int) -> None:
-        if node in self._connecting:
-            return
-
-        async def connect() -> None:
-            try:
-                await self.cluster.node_connection(node)
-            except DmqError as exc:
-                log.info("cannot connect to broker %d: %s", node, exc)
-                self._metadata_wanted = True
-                await asyncio.sleep(self.cluster.backoff_ms(1) / 1000)
-            finally:
-                self._connecting.pop(node, None)
-                self._wakeup()
-
-        assert self._loop is not None
-        self._connecting[node] = self._loop.create_task(connect())
-
-    def _send_to(self, node: int, conn: Connection, queues: list[PartitionQueue],
-                 now: int) -> None:
-        total = 0
-        topics: dict[str, list[list[Any]]] = {}
-        batches: list[ProducerBatch] = []
-        for pq in queues:
-            b = pq.batches[0]
-            if b.sealed is None:
-                size = b.builder.estimated_size_bytes
-                if batches and total + size > self.max_request_size:
-                    continue
-                seq = -1
-                if self.idempotent:
-                    seq = pq.next_sequence
-                    pq.next_sequence = (seq + b.record_count) & 0x7FFFFFFF
-                data = b.seal(self._producer_id, self._producer_epoch, seq)
-            else:
-                data = b.sealed
-                if batches and total + len(data) > self.max_request_size:
-                    continue
-            total += len(data)
-            pq.batches.popleft()
-            if pq.open is b:
-                pq.open = None
-            pq.in_flight += 1
-            b.attempts += 1
-            _epoch = self.cluster.leader_for(pq.topic, pq.partition)[1]
-            topics.setdefault(pq.topic, []).append([pq.partition, _epoch, data])
-            batches.append(b)
-        if not batches:
-            return
-        self._sent_any = True
-        body = {"acks": self.acks, "timeout_ms": self.request_timeout_ms,
-                "topics": [[t, ps] for t, ps in topics.items()]}
-        if self.acks == 0:
-            try:
-                conn.send_oneway(ApiKey.PRODUCE, body)
-            except DmqError as exc:
-                for b in batches:
-                    self._retry_or_fail(b, exc)
-                return
-            for b in batches:
-                self._complete(b, -1)
-            return
-        self._node_in_flight[node] = self._node_in_flight.get(node, 0) + 1
-        assert self._loop is not None
-        task = self._loop.create_task(self._produce(node, conn, body, batches))
-        self._requests.add(task)
-        task.add_done_callback(self._requests.discard)
-
-    async def _produce(self, node: int, conn: Connection, body: dict[str, Any],
-                       batches: list[ProducerBatch]) -> None:
-        try:
-            resp = await conn.request(ApiKey.PRODUCE, body, timeout_ms=self.request_timeout_ms)
-        except DmqError as exc:
-            if exc.refresh_metadata or isinstance(exc, NetworkError):
-                self._metadata_wanted = True
-            for b in batches:
-                self._retry_or_fail(b, exc)
-        except Exception as exc:  # a bug; fail the batches rather than hang them
-            log.exception("produce to node %d failed", node)
-            for b in batches:
-                self._fail(b, exc)
-        else:
-            results: dict[tuple[str, int], list[Any]] = {}
-            for topic, parts in resp.get("topics", []):
-                for p in parts:
-                    results[(topic, p[0])] = p
-            for b in batches:
-                r = results.get((b.topic, b.partition))
-                if r is None:
-                    self._retry_or_fail(b, error_for(ErrorCode.UNKNOWN_SERVER_ERROR,
-                                                     "partition missing from produce response"))
-                elif r[1] == 0:
-                    self._complete(b, int(r[2]))
-                else:
-                    err = error_for(r[1], r[4] if len(r) > 4 else None)
-                    if err.refresh_metadata:
-                        self._metadata_wanted = True
-                    self._retry_or_fail(b, err)
-        finally:
-            self._node_in_flight[node] -= 1
-            self._wakeup()
-
-    def _complete(self, b: ProducerBatch, base_offset: int) -> None:
-        b.queue.in_flight -= 1
-        b.queue.confirmed = True
-        self._release(b)
-        if not b.future.done():
-            b.future.set_result(base_offset)
-
-    def _retry_or_fail(self, b: ProducerBatch, exc: DmqError) -> None:
-        pq = b.queue
-        pq.in_flight -= 1
-        now = self._clock.monotonic_ms()
-        retriable = exc.retriable
-        if exc.code is ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER:
-            # an earlier batch of this partition failed and is being resent: our turn
-            # comes after it
-            retriable = pq.in_flight > 0 or pq.retrying
-        b.last_error = exc
-        if retriable and now - b.created_ms < self.delivery_timeout_ms and not self._closed:
-            log.debug("retrying %r after %s", b, exc)
-            b.retry_at_ms = now + int(self.cluster.backoff_ms(b.attempts))
-            pq.requeue(b)
-            self._pending_queues.add(pq)
-        elif retriable and not self._closed:
-            self._fail(b, self._expired(b))  # names `exc` as the last error
-        else:
-            self._fail(b, exc)
-
-    def _expired(self, b: ProducerBatch) -> DmqError:
-        """The error of a batch past its delivery timeout, naming the last error a
-        broker answered it with (the cause an operator needs: NOT_ENOUGH_REPLICAS, a
-        full disk, no leader, ...)."""
-        last = f"; last error: {b.last_error}" if b.last_error is not None else \
-            ("; never sent (no leader known for the partition, or no connection)"
-             if b.attempts == 0 else "")
-        return RequestTimedOutError(
-            f"{b.topic}-{b.partition}: {b.record_count} record(s) not delivered within "
-            f"delivery_timeout_ms={self.delivery_timeout_ms} after {b.attempts} "
-            f"attempt(s){last}")
-
-    def _fail(self, b: ProducerBatch, exc: BaseException) -> None:
-        if b.base_sequence >= 0:
-            # its sequence range is now a gap the broker will never see filled
-            self._reset_state = self._reset_state or _RESET_NEEDED
-        self._release(b)
-        if not b.future.done():
-            b.future.set_exception(exc)
-            b.future.exception()  # mark retrieved: the owner of a handle may never await it
-
-    def _release(self, b: ProducerBatch) -> None:
-        self._incomplete.discard(b)
-        self._buffered_bytes -= b.reserved_bytes
-        b.reserved_bytes = 0
-        if self._buffer_free is not None and self._buffered_bytes <= self.buffer_memory:
-            self._buffer_free.set()
-
-    def _fail_all(self, exc: BaseException) -> None:
-        for pq in list(self._pending_queues):
-            while pq.batches:
-                self._fail(pq.batches.popleft(), exc)
-            pq.open = None
-        for b in list(self._incomplete):
-            self._fail(b, exc)
-
-    def _maybe_reset_producer_id(self) -> None:
-        """After a sequenced batch failed for good: once nothing is in flight or waiting
-        for retry, take a new producer id and restart every partition at sequence 0."""
-        if self._reset_state != _RESET_NEEDED:
-            return
-        if any(pq.in_flight or pq.retrying for pq in self._pending_queues) or \
-                any(self._node_in_flight.values()):
-            return
-        self._reset_state = _RESET_RUNNING
-
-        async def reset() -> None:
-            try:
-                await self._init_producer_id()
-                for parts in self._queues.values():
-                    for pq in parts.values():
-                        pq.next_sequence = 0
-                        pq.confirmed = False
-                self._reset_state = _RESET_NONE
-            except DmqError as exc:
-                log.warning("cannot renew producer id: %s", exc)
-                self._reset_state = _RESET_NEEDED
-                await asyncio.sleep(self.cluster.backoff_ms(3) / 1000)
-            finally:
-                self._wakeup()
-
-        assert self._loop is not None
-        task = self._loop.create_task(reset())
-        self._requests.add(task)
-        task.add_done_callback(self._requests.discard)
+            acc.flushing -= 1
 
     # ---- introspection -----------------------------------------------------------------
     @property
     def buffered_bytes(self) -> int:
-        return self._buffered_bytes
+        return self._acc.buffered_bytes
 
     def pending_partitions(self) -> list[TopicPartition]:
-        return [TopicPartition(pq.topic, pq.partition) for pq in self._pending_queues]
-
-
-def _min(a: float | None, b: float) -> float:
-    return b if a is None or b < a else a
+        return [TopicPartition(pq.topic, pq.partition) for pq in self._acc.pending]
 
 
 __all__ = ["BatchMetadata", "ManyHandle", "Producer", "RecordHandle", "parse_acks"]

@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+PartitionKey = tuple[str, int]
+"""A (topic, partition) pair as a plain tuple: the key of the group and admin offset
+maps. Any `TopicPartition` is one (it is a tuple), so either may be passed in."""
+
 
 class TopicPartition(NamedTuple):
+    """A partition of a topic, as users name it (`consumer.assign([TopicPartition(...)])`)."""
+
     topic: str
     partition: int
 
@@ -43,4 +49,4 @@ class ConsumerRecord(NamedTuple):
         return TopicPartition(self.topic, self.partition)
 
 
-__all__ = ["ConsumerRecord", "RecordMetadata", "TopicPartition"]
+__all__ = ["ConsumerRecord", "PartitionKey", "RecordMetadata", "TopicPartition"]

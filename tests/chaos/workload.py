@@ -28,9 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dmq.client.consumer import Consumer
+from dmq.client.consumer import Consumer, offsets_of
 from dmq.client.errors import IllegalStateError
-from dmq.client.group import offsets_of
 from dmq.client.producer import Producer
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError

@@ -15,6 +15,7 @@ from dmq.client import Consumer, Producer, TopicPartition
 from dmq.client.partitioner import partition_for_key
 from dmq.protocol.errors import DmqError, UnknownTopicOrPartitionError
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import async_wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -111,19 +112,20 @@ async def test_leader_kill_during_send_burst_loses_and_duplicates_nothing() -> N
         results: list[int | BaseException] = []
         async with Producer(b, linger_ms=1, batch_size=4096, request_timeout_ms=5000,
                             delivery_timeout_ms=60_000, retry_backoff_ms=50) as p:
-            leader = -1
-            for _ in range(100):  # the first metadata may predate the election
+
+            async def leader_known() -> bool:  # the first metadata may predate the election
                 await p.cluster.refresh(["burst"])
-                leader = p.cluster.leader_for("burst", 0)[0]
-                if leader >= 0:
-                    break
-                await asyncio.sleep(0.1)
+                return p.cluster.leader_for("burst", 0)[0] >= 0
+
+            await async_wait_until(leader_known, 10, "a leader of burst-0", interval_s=0.1)
+            leader = p.cluster.leader_for("burst", 0)[0]
             assert leader in pc.broker_ids
             handles = []
             for i in range(n):
                 handles.append(await p.send("burst", b"%d" % i))
                 if i == n // 3:
-                    await asyncio.sleep(0.05)  # some batches in flight
+                    # some batches answered, the rest on their way
+                    await async_wait_until(handles[0].done, 10, "a first acknowledgement")
                     pc.kill(leader, signal.SIGKILL)
                 if i % 200 == 0:
                     await asyncio.sleep(0.01)

@@ -11,11 +11,13 @@ import pytest
 from dmq.client import Consumer, Producer, TopicPartition
 from dmq.client.errors import IllegalStateError, NoOffsetForPartitionError
 from dmq.client.serializers import str_deserializer
+from dmq.clock import ManualClock
 from dmq.protocol.errors import (
     CorruptMessageError,
     OffsetOutOfRangeError,
     UnknownTopicOrPartitionError,
 )
+from tests.support.waiting import until
 from tests.unit.client.fake_cluster import FakeCluster
 
 T0 = TopicPartition("t", 0)
@@ -126,11 +128,10 @@ async def test_prefetch_keeps_a_fetch_ahead(fake: FakeCluster) -> None:
                         max_partition_fetch_bytes=200, fetch_max_wait_ms=50) as c:
         c.assign([T0])
         await _drain(c, 5, T0)
-        await asyncio.sleep(0.2)
-        before = fake.fetch_requests
         st = c._sub.states[T0]
-        assert len(st.chunks) >= 1  # fetched while we were not asking
-        assert before >= 2
+        # fetched while we were not asking
+        await until(lambda: len(st.chunks) >= 1 and fake.fetch_requests >= 2,
+                    "a fetch ahead of the application")
 
 
 async def test_corrupt_batch_is_detected_when_checking_crcs(fake: FakeCluster) -> None:
@@ -234,3 +235,28 @@ async def test_assigned_partition_that_does_not_exist_raises_once_metadata_agree
                 for recs in (await c.getmany(timeout_ms=500)).values():
                     got.extend(recs)
         assert got and [r.offset for r in got] == list(range(len(got)))  # partition 0 read
+
+
+async def test_getmany_waits_timeout_ms_of_the_consumers_clock(fake: FakeCluster) -> None:
+    """getmany's timeout_ms is time of the consumer's clock: with nothing to read it
+    returns {} once the clock has moved timeout_ms on, and not before (however many
+    fetches come back empty meanwhile)."""
+    clock = ManualClock()
+    async with Consumer(fake.bootstrap, auto_offset_reset="latest", fetch_max_wait_ms=20,
+                        clock=clock) as c:
+        c.assign([T0])
+        # metadata and the offset reset go at the pace of the consumer's backoffs
+        while c.highwater(T0) < 0:
+            await until(lambda: c.highwater(T0) >= 0 or clock.next_due_ms() is not None,
+                        "the consumer waiting on its clock")
+            due = clock.next_due_ms()
+            if c.highwater(T0) < 0 and due is not None:
+                clock.advance(due - clock.monotonic_ms())
+        task = asyncio.ensure_future(c.getmany(timeout_ms=1000))
+        await asyncio.sleep(0)  # the poll has started waiting
+        clock.advance(999)
+        fetches = fake.fetch_requests
+        await until(lambda: fake.fetch_requests >= fetches + 3, "empty fetches")
+        assert not task.done()
+        clock.advance(1)
+        assert await asyncio.wait_for(task, 10) == {}

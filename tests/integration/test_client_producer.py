@@ -1,11 +1,11 @@
 """Producer against in-process fake nodes that misbehave on purpose: lost responses,
 injected errors, leader moves, slow brokers. Every test checks what reached the log,
-not only what the handles said."""
+not only what the handles said. Tests about time (linger, delivery and blocking
+timeouts) run the producer on a `ManualClock` and move time themselves."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +15,7 @@ from dmq.client import Producer
 from dmq.client.errors import IllegalStateError, ProducerClosedError, WouldBlockError
 from dmq.client.partitioner import partition_for_key
 from dmq.client.serializers import json_serializer, str_serializer
+from dmq.clock import ManualClock
 from dmq.log.batch import iter_headers
 from dmq.protocol.errors import (
     ErrorCode,
@@ -24,7 +25,21 @@ from dmq.protocol.errors import (
     RequestTimedOutError,
     UnknownTopicOrPartitionError,
 )
+from tests.support.waiting import until
 from tests.unit.client.fake_cluster import FakeCluster
+
+
+async def drive(clock: ManualClock, aw: Any, what: str) -> Any:
+    """Await `aw`, advancing `clock` from timer to timer whenever the code under test
+    waits on it (e.g. the metadata backoff of a topic's first `send`)."""
+    task = asyncio.ensure_future(aw)
+    while not task.done():
+        await until(lambda: task.done() or clock.next_due_ms() is not None, what, 10)
+        due = clock.next_due_ms()
+        if not task.done() and due is not None:
+            clock.advance(due - clock.monotonic_ms())
+        await asyncio.sleep(0)
+    return task.result()
 
 
 @pytest.fixture
@@ -158,16 +173,26 @@ async def test_leader_move_mid_stream(fake: FakeCluster) -> None:
 
 
 async def test_delivery_timeout_fails_the_handle_in_time(fake: FakeCluster) -> None:
+    """A batch whose answers are lost is retried until the producer's clock passes
+    delivery_timeout_ms, then fails naming the last error: not before, and no later
+    than the next retry would have been."""
     fake.produce_hook = lambda node, body: "drop"
+    clock = ManualClock()
     async with Producer(fake.bootstrap, linger_ms=0, request_timeout_ms=200,
-                        delivery_timeout_ms=600, retry_backoff_ms=10) as p:
-        t0 = time.monotonic()
-        with pytest.raises(RequestTimedOutError):
-            await p.send_and_wait("t", b"lost", partition=0)
-        assert time.monotonic() - t0 < 3
+                        delivery_timeout_ms=600, retry_backoff_ms=10,
+                        retry_backoff_max_ms=50, clock=clock) as p:
+        handle = await drive(clock, p.send("t", b"lost", partition=0), "metadata of t")
+        expires = clock.monotonic_ms() + 600
+        old_pid = p.producer_id
+        # lost requests time out (200 ms of the connection's own time) and are retried
+        # after a backoff on the producer's clock
+        await drive(clock, _wait(handle), "the delivery timeout")
+        assert expires <= clock.monotonic_ms() <= expires + 60
+        assert fake.produce_requests >= 2  # retried meanwhile
+        err = handle.exception()
+        assert isinstance(err, RequestTimedOutError) and "last error" in str(err), err
         fake.produce_hook = None
         # the failed batch left a sequence gap: the producer renews its id and goes on
-        old_pid = p.producer_id
         md = await p.send_and_wait("t", b"after", partition=0)
         assert p.producer_id != old_pid
     assert fake.records("t", 0)[-1] == (md.offset, b"after")
@@ -208,7 +233,7 @@ async def test_acks_0_and_1_and_compression(fake: FakeCluster) -> None:
         async with Producer(fake.bootstrap, acks=1, compression_type=codec) as p:
             md = await p.send_and_wait("t", b"c" * 1000, partition=2)
             assert md.offset >= 0
-    await asyncio.sleep(0.05)
+    await until(lambda: fake.records("t", 0), "the acks=0 record in the log")
     assert fake.records("t", 0)[-1][1] == b"fire"
     assert [v for _o, v in fake.records("t", 2)] == [b"c" * 1000] * 2
 
@@ -241,26 +266,51 @@ async def test_bad_input_raises_clear_errors(fake: FakeCluster) -> None:
 
 
 async def test_unknown_topic_without_auto_create() -> None:
+    """`send` to a topic that never appears gives up after max_block_ms of the
+    producer's clock, asking for metadata again meanwhile."""
     c = await FakeCluster(1, auto_create=False).start()
+    clock = ManualClock()
     try:
-        async with Producer(c.bootstrap, max_block_ms=300) as p:
-            t0 = time.monotonic()
-            with pytest.raises(UnknownTopicOrPartitionError):
-                await p.send("missing", b"x")
-            assert time.monotonic() - t0 < 3
+        async with Producer(c.bootstrap, max_block_ms=300, retry_backoff_max_ms=200,
+                            clock=clock) as p:
+            asked = c.metadata_requests
+            with pytest.raises(UnknownTopicOrPartitionError, match="missing"):
+                await drive(clock, p.send("missing", b"x"), "send to a missing topic")
+            assert 300 <= clock.monotonic_ms() < 300 + 200
+            assert c.metadata_requests >= asked + 2
     finally:
         await c.stop()
 
 
 async def test_unreachable_bootstrap_fails_fast() -> None:
+    """No node reachable: `start` raises at once, without waiting on the clock (which
+    never moves here)."""
     from tests.support.procs import free_ports
 
     (port,) = free_ports(1)
-    t0 = time.monotonic()
     with pytest.raises(NetworkError, match="no node reachable"):
-        async with Producer(f"127.0.0.1:{port}"):
-            pass
-    assert time.monotonic() - t0 < 5
+        await asyncio.wait_for(Producer(f"127.0.0.1:{port}", clock=ManualClock()).start(), 30)
+
+
+async def test_linger_holds_a_batch_until_the_clock_reaches_linger_ms(fake: FakeCluster
+                                                                      ) -> None:
+    """A batch that is not full is sent when it has lingered linger_ms on the producer's
+    clock: the sender's timer is set for exactly then, and nothing is sent earlier."""
+    clock = ManualClock()
+    async with Producer(fake.bootstrap, linger_ms=1000, clock=clock) as p:
+        before = fake.produce_requests
+        handles = [await drive(clock, p.send("t", b"0", partition=0), "metadata of t")]
+        due = clock.monotonic_ms() + 1000
+        handles += [await p.send("t", b"%d" % i, partition=0) for i in (1, 2)]
+        await until(lambda: clock.next_due_ms() == due, "the sender's linger timer")
+        clock.advance(999)
+        await asyncio.sleep(0)
+        assert clock.next_due_ms() == due and fake.produce_requests == before
+        assert not any(h.done() for h in handles)
+        clock.advance(1)
+        offsets = await asyncio.wait_for(asyncio.gather(*(_wait(h) for h in handles)), 10)
+        assert offsets == [0, 1, 2]
+        assert fake.produce_requests == before + 1  # one batch
 
 
 async def test_close_delivers_what_was_accumulated(fake: FakeCluster) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 import pytest
 
 from dmq.client.group import GroupMembership, RebalanceListener
+from dmq.clock import ManualClock
 from tests.unit.groups.fake_host import FakeHost, start_fake_controller
 
 TP = tuple[str, int]
@@ -165,19 +166,37 @@ async def test_fenced_member_loses_partitions_and_rejoins(controller) -> None:
     await a.close()
 
 
-async def test_max_poll_interval_leaves_until_the_next_poll(controller) -> None:
-    _, addr = controller
-    a, ca, la = member(addr, max_poll_interval_ms=300)
-    b, cb, lb = member(addr)
-    await until(lambda: len(a.owned) == 3 and len(b.owned) == 3)
-    # a's application stops polling; b keeps polling
-    for _ in range(30):
-        b.note_poll()
+async def run_member_clock(clock: ManualClock, m: GroupMembership, pred, *,
+                           poll: bool) -> None:
+    """Until `pred()`: move `m`'s clock one heartbeat interval at a time (its heartbeats
+    and poll-interval checks run on it), the application polling meanwhile if `poll`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not pred():
+        assert loop.time() < deadline, "condition not reached in time"
+        if poll:
+            m.note_poll()
+        clock.advance(m.heartbeat_interval_ms)
         await asyncio.sleep(0.02)
-    await until(lambda: len(b.owned) == 6 and not a.owned)
-    assert la.lost
+
+
+async def test_max_poll_interval_leaves_until_the_next_poll(controller) -> None:
+    """max_poll_interval_ms is time of the member's clock: a member whose application
+    stops polling leaves once its clock passes the interval, and comes back at the next
+    poll."""
+    _, addr = controller
+    clock = ManualClock()
+    a, ca, la = member(addr, max_poll_interval_ms=300, clock=clock)
+    b, cb, lb = member(addr)
+    await run_member_clock(clock, a, lambda: len(a.owned) == 3 and len(b.owned) == 3,
+                           poll=True)
+    assert not la.lost
+    # a's application stops polling: once a's clock passes 300 ms, a leaves
+    stopped_at = clock.monotonic_ms()
+    await run_member_clock(clock, a, lambda: len(b.owned) == 6 and not a.owned, poll=False)
+    assert la.lost and clock.monotonic_ms() - stopped_at > 300
     a.note_poll()
-    await until(lambda: len(a.owned) == 3)
+    await run_member_clock(clock, a, lambda: len(a.owned) == 3, poll=True)
     await a.close()
     await b.close()
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from dmq.client.cluster import ClusterClient, parse_bootstrap
+from dmq.clock import ManualClock
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode, error_for
 from tests.unit.client.fake_cluster import FakeCluster
@@ -117,13 +118,12 @@ async def test_any_request_asks_past_a_silent_node_and_raises_what_all_nodes_sai
         return asyncio.sleep(3600) if node is silent[0] else None
 
     fake.metadata_hook = hook
-    c = ClusterClient(fake.bootstrap, request_timeout_ms=10_000)
-    loop = asyncio.get_running_loop()
+    c = ClusterClient(fake.bootstrap, request_timeout_ms=120_000)
     try:
         before = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
-        started = loop.time()
-        body = await c.any_request(ApiKey.METADATA, {"topics": [], "allow_auto_create": False})
-        assert loop.time() - started < 5
+        # the deadline is far below the request timeout: only the hedge can answer
+        body = await asyncio.wait_for(
+            c.any_request(ApiKey.METADATA, {"topics": [], "allow_auto_create": False}), 30)
         assert {b[0] for b in body["brokers"]} == {101, 102}
         assert {t for t in asyncio.all_tasks() if t is not asyncio.current_task()
                 and "any_request" in repr(t.get_coro())} - before == set()
@@ -149,25 +149,39 @@ async def test_any_request_asks_past_a_silent_node_and_raises_what_all_nodes_sai
 
 
 async def test_stale_metadata_is_refreshed_in_the_background() -> None:
-    """Older than metadata_max_age_ms, the cache is refreshed by maybe_refresh_stale
-    (new partitions show up without an error to provoke it), once per period."""
+    """Older than metadata_max_age_ms of the client's clock, the cache is refreshed by
+    maybe_refresh_stale (new partitions show up without an error to provoke it), once
+    per period."""
     fake = await FakeCluster(1).start()
     fake.create_topic("t", 1)
-    c = ClusterClient(fake.bootstrap, metadata_max_age_ms=200)
+    clock = ManualClock()
+    c = ClusterClient(fake.bootstrap, metadata_max_age_ms=200, clock=clock)
+
+    async def background_refresh() -> None:
+        assert c._bg  # noqa: SLF001 - the refresh it started
+        await asyncio.wait_for(asyncio.gather(*c._bg), 10)  # noqa: SLF001
+
     try:
         await c.refresh(["t"])
         assert len(c.topics["t"].partitions) == 1
         fake.create_topic("t", 3)
         asked = fake.metadata_requests
-        c.maybe_refresh_stale()  # young: nothing asked
-        await asyncio.sleep(0.05)
-        assert fake.metadata_requests == asked
-        await asyncio.sleep(0.2)
+        clock.advance(200)
+        c.maybe_refresh_stale()  # exactly max age, not older: nothing asked
+        assert not c._bg  # noqa: SLF001
+        clock.advance(1)
         for _ in range(5):
             c.maybe_refresh_stale()
-        await asyncio.sleep(0.05)
+        await background_refresh()
         assert len(c.topics["t"].partitions) == 3
         assert fake.metadata_requests == asked + 1
+        clock.advance(200)  # the next period starts at that refresh
+        c.maybe_refresh_stale()
+        assert not c._bg  # noqa: SLF001
+        clock.advance(1)
+        c.maybe_refresh_stale()
+        await background_refresh()
+        assert fake.metadata_requests == asked + 2
     finally:
         await c.close()
         await fake.stop()

@@ -1,11 +1,12 @@
-"""ConsumerPartitions: the consumer's consumed positions and revocation, without I/O."""
+"""The consumer as its group membership sees it (`PartitionsOwner`): consumed positions
+and revocation, without I/O."""
 
 from __future__ import annotations
 
 import pytest
 
 from dmq.client.consumer import Consumer
-from dmq.client.group import ConsumerPartitions, GroupConfig
+from dmq.client.group import GroupConfig, PartitionsOwner
 from dmq.client.records import ConsumerRecord, TopicPartition
 
 
@@ -17,7 +18,7 @@ def test_start_stop_and_consumed_positions() -> None:
     c = Consumer("127.0.0.1:1", group_id="g", enable_auto_commit=False,
                  session_timeout_ms=3000)
     assert c.group_config == GroupConfig(enable_auto_commit=False, session_timeout_ms=3000)
-    owner = ConsumerPartitions(c)
+    owner: PartitionsOwner = c
     owner.start_partitions({("t", 0): 5, ("t", 1): None})
     assert c.assignment() == {TopicPartition("t", 0), TopicPartition("t", 1)}
     assert owner.consumed_positions([("t", 0), ("t", 1)]) == {("t", 0): 5}
