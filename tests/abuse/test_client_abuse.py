@@ -4,7 +4,8 @@ never be delivered or never be sent, and consumers of partitions that do not exi
 
 Each test starts the smallest real cluster that reproduces its report; none sleeps to
 synchronise (they wait on conditions with a deadline) and none asserts a wall-clock
-bound except against the configured timeouts the fix is about.
+bound: where a fix is about not waiting out a timeout, the timeout is made far longer
+than the bounded wait for the answer, so only the fixed behaviour can meet it.
 """
 
 from __future__ import annotations
