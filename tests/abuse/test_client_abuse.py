@@ -111,8 +111,9 @@ async def test_request_waiting_on_a_paused_controller_is_resent_to_the_new_one(
             print(f"election observed {elected_at - sent_at:.2f} s after the send; answered "
                   f"{done_at - elected_at:.2f} s after the election (request timeout "
                   f"{request_timeout_ms} ms)")
-            # not waited out: the channel's watch saw the new controller and re-sent
-            assert "INIT_PRODUCER_ID re-sent to the new controller" in caplog.text
+            # not waited out: the channel learnt of the new controller while the request
+            # waited (its watch) and moved the request there
+            assert f"active controller moved from {old.node_id} " in caplog.text
         finally:
             for n in ids:
                 pc.signal(n, signal.SIGCONT)
