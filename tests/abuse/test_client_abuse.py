@@ -4,12 +4,14 @@ never be delivered or never be sent, and consumers of partitions that do not exi
 
 Each test starts the smallest real cluster that reproduces its report; none sleeps to
 synchronise (they wait on conditions with a deadline) and none asserts a wall-clock
-bound except against the configured timeouts the fix is about.
+bound: where a fix is about not waiting out a timeout, the timeout is made far longer
+than the bounded wait for the answer, so only the fixed behaviour can meet it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import signal
 import subprocess
@@ -74,11 +76,15 @@ async def _lists_brokers(cluster: ClusterClient, n: int, retriable_ok: bool = Fa
     return len(cluster.brokers) >= n
 
 
-async def test_request_waiting_on_a_paused_controller_is_resent_to_the_new_one() -> None:
+async def test_request_waiting_on_a_paused_controller_is_resent_to_the_new_one(
+        caplog: pytest.LogCaptureFixture) -> None:
     """Issue 24 item 2: INIT_PRODUCER_ID in flight to a controller that is then
     SIGSTOPped waited out its whole timeout although a new controller was active 0.6 s
     later. Now the client notices the new controller and re-sends there."""
-    request_timeout_ms = 20_000
+    caplog.set_level(logging.INFO, logger="dmq.metadata.discovery")
+    # far longer than the wait for the answer below: a request that waits it out
+    # cannot be answered in time
+    request_timeout_ms = 120_000
     with ProcessCluster(controllers=3) as pc:
         pc.start()
         ids = pc.controller_ids
@@ -97,7 +103,7 @@ async def test_request_waiting_on_a_paused_controller_is_resent_to_the_new_one()
             others = [n for n in ids if n != old.node_id]
             await _leader(pc, others, 15, newer_than=old_term)
             elected_at = loop.time()
-            body = await asyncio.wait_for(request, request_timeout_ms / 1000)
+            body = await asyncio.wait_for(request, 30)
             done_at = loop.time()
             new = cluster.controller.controller
             assert body["producer_id"] >= 0
@@ -105,8 +111,9 @@ async def test_request_waiting_on_a_paused_controller_is_resent_to_the_new_one()
             print(f"election observed {elected_at - sent_at:.2f} s after the send; answered "
                   f"{done_at - elected_at:.2f} s after the election (request timeout "
                   f"{request_timeout_ms} ms)")
-            # not waited out: answered long before the request timeout would have fired
-            assert done_at - sent_at < request_timeout_ms / 1000 / 2
+            # not waited out: the channel learnt of the new controller while the request
+            # waited (its watch) and moved the request there
+            assert f"active controller moved from {old.node_id} " in caplog.text
         finally:
             for n in ids:
                 pc.signal(n, signal.SIGCONT)
@@ -163,7 +170,9 @@ async def test_metadata_from_a_paused_broker_is_asked_elsewhere_too() -> None:
     whole request timeout before the next node was asked (a producer then could not
     learn a new leader for that long). Now a silent node makes the client ask the next
     one as well."""
-    request_timeout_ms = 20_000
+    # far longer than the wait for the refresh below: a refresh that waits on the paused
+    # node for its request timeout cannot end in time
+    request_timeout_ms = 120_000
     with ProcessCluster(controllers=1, brokers=2) as pc:
         pc.start()
         paused, healthy = pc.broker_ids
@@ -178,14 +187,12 @@ async def test_metadata_from_a_paused_broker_is_asked_elsewhere_too() -> None:
             pc.signal(paused, signal.SIGSTOP)
             try:
                 t0 = loop.time()
-                await cluster.refresh()
+                await asyncio.wait_for(cluster.refresh(), 20)
                 elapsed = loop.time() - t0
             finally:
                 pc.signal(paused, signal.SIGCONT)
             print(f"refresh answered in {elapsed:.2f} s with one node paused")
-            assert healthy in cluster.brokers
-            # not waited out: well before the paused node's request would have timed out
-            assert elapsed < request_timeout_ms / 1000 / 2
+            assert healthy in cluster.brokers  # answered by the next node meanwhile
         finally:
             await cluster.close()
 

@@ -40,6 +40,7 @@ from tests.abuse.support import (
     write_canary,
 )
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import async_wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -89,16 +90,16 @@ def _dmq(pc: ProcessCluster, *args: str) -> subprocess.CompletedProcess[str]:
 
 async def _wait_log(pc: ProcessCluster, node_id: int, pattern: str,
                     timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not re.search(pattern, pc.nodes[node_id].log_text()):
-        assert time.monotonic() < deadline, f"node {node_id} never logged {pattern!r}"
-        await asyncio.sleep(0.1)
+    await async_wait_until(lambda: re.search(pattern, pc.nodes[node_id].log_text()),
+                           timeout_s, f"node {node_id} logging {pattern!r}", interval_s=0.1)
 
 
 def _wait_metadata_quiet(pc: ProcessCluster, quiet_s: float = 2.0,
                          timeout_s: float = 20.0) -> None:
     """Until the controller's metadata version has not moved for `quiet_s` (brokers
-    long-poll it, so by then each has fetched and applied the last image)."""
+    long-poll it, so by then each has fetched and applied the last image). A quiet
+    window by design: which writes follow a change is the controller's business, so
+    there is no last one to wait for by name."""
     deadline = time.monotonic() + timeout_s
     last, since = -1, time.monotonic()
     while time.monotonic() < deadline:

@@ -17,8 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -35,6 +34,7 @@ from tests.abuse.support import (
 )
 from tests.abuse.wire import call, identify
 from tests.support.procs import ProcessCluster, wait_port
+from tests.support.waiting import wait_until as wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,16 +48,6 @@ def raft_status(port: int) -> dict[str, Any] | None:
     except OSError:
         return None
     return resp[2] if resp is not None and resp[1] == 0 else None
-
-
-def wait_for(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 def leader_and_follower(pc: ProcessCluster) -> tuple[int, int]:

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.support.procs import ProcessCluster, wait_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -88,14 +88,12 @@ def cluster() -> Iterator[ProcessCluster]:
             assert n.http_port is not None
             wait_port(n.http_port)
         port = pc.nodes[1].http_port
-        deadline = time.monotonic() + 30
-        while True:  # every broker registered and a controller active
+        def up() -> bool:  # every broker registered and a controller active
             status, d = _get(port, "/ui/api/overview")
-            if status == 200 and d["controllerId"] >= 0 and sum(
-                    b["state"] == "ONLINE" for b in d["brokers"]) == 3:
-                break
-            assert time.monotonic() < deadline, f"cluster not up: {status} {d}"
-            time.sleep(0.2)
+            return status == 200 and d["controllerId"] >= 0 and sum(
+                b["state"] == "ONLINE" for b in d["brokers"]) == 3
+
+        wait_until(up, 30, "the cluster up", interval_s=0.2)
         yield pc
 
 
@@ -221,10 +219,9 @@ def test_topic_page_forms_add_partitions_change_a_config_and_delete(
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#delete-topic button[type=submit]")
     page.wait_for_selector("body[data-page='topics'] tr[data-topic]")
-    deadline = time.monotonic() + 10
-    while "web-doomed" in _cli("topics", "list", "--bootstrap", cluster.bootstrap).stdout:
-        assert time.monotonic() < deadline, "web-doomed still listed after its deletion"
-        time.sleep(0.2)
+    wait_until(lambda: "web-doomed" not in _cli("topics", "list", "--bootstrap",
+                                                cluster.bootstrap).stdout,
+               10, "web-doomed no longer listed after its deletion", interval_s=0.2)
 
 
 def test_the_refresh_after_a_change_leaves_the_next_page_alone(
@@ -296,13 +293,10 @@ def test_group_lag_rises_while_stopped_and_reset_brings_it_down(
     page.wait_for_selector("#total-lag >> text=total lag 0")
     _produce(cluster, "web-lag", 30)  # the group is stopped: its lag rises
     page.wait_for_selector("#total-lag >> text=total lag 30")
-    deadline = time.monotonic() + 20
-    while True:  # the node's sampler (every 5 s) records the same lag for the graph
-        _, d = _get(port, "/ui/api/groups")
-        if [g["lag"] for g in d["groups"] if g["id"] == "web-g"] == [30]:
-            break
-        assert time.monotonic() < deadline, f"sampled lag never 30: {d}"
-        time.sleep(0.5)
+    # the node's sampler (every 5 s) records the same lag for the graph
+    wait_until(lambda: [g["lag"] for g in _get(port, "/ui/api/groups")[1]["groups"]
+                        if g["id"] == "web-g"] == [30], 20, "a sampled lag of 30",
+               interval_s=0.5)
     _, d = _get(port, "/ui/api/groups/web-g")
     assert [30] == [lag for _, lag in d["lagHistory"]][-1:]
     assert page.locator("canvas[aria-label='Total lag of web-g']").count() == 1
@@ -333,15 +327,16 @@ def test_throughput_page_draws_rates_from_the_brokers(
         cluster: ProcessCluster, page: Page, shots: Path) -> None:
     port = cluster.nodes[1].http_port
     goto(page, cluster, "throughput")  # starts this node's sampler if it was not running
-    deadline = time.monotonic() + 45
-    while True:  # produce until a sample has seen records arrive
+    def sampled() -> bool:  # produce until a sample has seen records arrive
         _produce(cluster, "web-lag", 200)
         _, d = _get(port, "/ui/api/throughput")
         seen = [v for v in d["topics"].get("web-lag", {}).get("recordsIn", []) if v]
-        if len(seen) >= (4 if os.environ.get("DMQ_CONSOLE_SHOTS") else 1):
-            break  # (pictures for the README wait for a few points of a line)
-        assert time.monotonic() < deadline, f"no rate sampled: {d}"
-        time.sleep(1)
+        # (pictures for the README wait for a few points of a line)
+        return len(seen) >= (4 if os.environ.get("DMQ_CONSOLE_SHOTS") else 1)
+
+    # 200 records a try, a second apart: the producing is the workload, the sampled rate
+    # its effect
+    wait_until(sampled, 45, "a rate sampled", interval_s=1)
     goto(page, cluster, "throughput")
     page.wait_for_selector("canvas[aria-label='Records/s in per topic']")
     assert page.locator("canvas").count() == 6

@@ -16,6 +16,7 @@ from dmq.ops.console.history import (
     Ring,
     parse_metrics,
 )
+from tests.support.waiting import until
 
 
 def test_ring_keeps_the_last_samples_in_order_with_gaps() -> None:
@@ -98,6 +99,6 @@ async def test_sampler_runs_while_looked_at_and_its_task_ends_with_stop_or_idlen
     sampler.touch()  # the next look starts it again
     restarted = sampler._task
     assert restarted is not None and restarted is not task
-    await asyncio.sleep(0.05)
+    await until(lambda: len(samples) == 2, "the restarted sampler's first sample")
     await sampler.stop()  # the console's close: cancelled and awaited
     assert restarted.done() and sampler._task is None and len(samples) == 2

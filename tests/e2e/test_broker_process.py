@@ -132,9 +132,15 @@ async def test_no_acked_loss_when_leader_killed(c3) -> None:
     task = asyncio.create_task(producer())
     try:
         await _failover(cluster, wire, old_leader, old_epoch, acked)
-        # the killed broker comes back while writes go on, truncates and catches up
+        # the killed broker comes back while writes go on, truncates, catches up and
+        # rejoins the ISR; writes go on with it there
+        n = len(acked)
         cluster.start(old_leader)
-        await asyncio.sleep(2)
+        await wait_until(lambda: wire.isr_full("fo", 1, 3), 45, "old leader back in the ISR")
+        assert len(acked) > n, "no write acknowledged while the old leader came back"
+        n = len(acked)
+        await wait_until(lambda: _ready(len(acked) > n + 20), 20,
+                         "writes acked with the old leader back in the ISR")
     finally:
         stop.set()
         await task
@@ -197,8 +203,10 @@ async def test_consumer_never_sees_records_lost_in_failover(c3) -> None:
     for f in followers:
         cluster.signal(f, signal.SIGSTOP)
     try:
-        # let the paused followers' parked fetches expire (replica.fetch.wait.max.ms), so
-        # no fetch is waiting on the leader to carry the next records to them
+        # let the paused followers' parked fetches expire (replica.fetch.wait.max.ms, 200
+        # ms here), so no fetch is waiting on the leader to carry the next records to
+        # them. A window, not a condition: a node shows no parked fetches from outside.
+        # Too short a window fails the test (a follower gets the records), never passes it
         await asyncio.sleep(0.4)
         for i in range(5):
             row = await wire.produce(leader, "hw", 0, values_batch([b"unreplicated-%d" % i]),
@@ -242,7 +250,14 @@ async def test_idempotent_retry_after_dropped_connection_and_sigterm(c3) -> None
         ["idem", [[0, -1, values_batch([b"i%d" % k for k in range(10)], pid=77, seq=0)]]]]}
     conn.send_oneway(ApiKey.PRODUCE, payload)
     wire.drop(leader)  # the answer is lost with the connection
-    await asyncio.sleep(0.2)
+    # the first attempt is in the log (replicated: readable below the HW) before the
+    # retry, so the retry is answered as a duplicate, not written
+    expected = [b"i%d" % k for k in range(10)]
+
+    async def written() -> bool:
+        return await wire.read_all(leader, "idem") == expected
+
+    await wait_until(written, 10, "the first attempt written")
     resp = await (await wire.conn(leader)).request(ApiKey.PRODUCE, payload)
     assert resp["topics"][0][1][0][1:3] == [0, 0]
     assert await wire.read_all(leader, "idem") == [b"i%d" % k for k in range(10)]

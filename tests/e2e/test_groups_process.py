@@ -32,6 +32,7 @@ from dmq.client.admin_groups import GroupAdmin
 from dmq.client.producer import Producer
 from dmq.protocol.errors import DmqError
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import async_wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -64,6 +65,15 @@ class Worker:
                 out.append((int(parts[1]), int(parts[2]), parts[3]))
         return out
 
+    def owned(self) -> set[int]:
+        """The partitions it owns by its own callbacks (assigned, less revoked)."""
+        out: set[int] = set()
+        for line in self.lines():
+            if line[:2] in ("A ", "V "):
+                parts = {int(p) for p in line[2:].split(",") if p}
+                out = out | parts if line[0] == "A" else out - parts
+        return out
+
     def revoked(self) -> list[set[int]]:
         return [{int(p) for p in line[2:].split(",") if p} for line in self.lines()
                 if line.startswith("V ")]
@@ -81,17 +91,7 @@ class Worker:
 
 
 async def until(pred: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            value = await pred()
-        except DmqError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    return await async_wait_until(pred, timeout_s, what, ignore=(DmqError,))
 
 
 async def test_consumer_groups_end_to_end() -> None:
@@ -175,8 +175,15 @@ async def _scenario(procs: ProcessCluster, workers: list[Worker]) -> None:
             ok = len(m) == n and sorted(len(v) for v in m.values()) == sizes
             return m if ok else None
 
+        async def settled(n: int, sizes: list[int]) -> bool:
+            d = await ga.describe_group("g", with_lag=False)
+            m = {m.client_id: {p for _, p in m.assignment} for m in d.members}
+            return d.state == "Stable" and len(m) == n and sorted(
+                len(v) for v in m.values()) == sizes and all(
+                w.owned() == m.get(w.name) for w in workers)
+
         await until(lambda: split(2, [3, 3]), 30, "3/3")
-        await asyncio.sleep(1.0)
+        await until(lambda: settled(2, [3, 3]), 30, "3/3 settled")
         revoked_before = sum(len(r) for w in workers for r in w.revoked())
 
         # ---- a third joins: 2/2/2, only the moved partitions revoked ---------------------
@@ -184,9 +191,20 @@ async def _scenario(procs: ProcessCluster, workers: list[Worker]) -> None:
         t_join = time.monotonic()
         await until(lambda: split(3, [2, 2, 2]), 20, "2/2/2")
         print(f"\nthird member: 2/2/2 after {time.monotonic() - t_join:.2f}s")
-        await asyncio.sleep(1.5)
+        # every revocation of this rebalance is in before they are counted: the group is
+        # stable and each member's own callbacks left it owning what the coordinator says
+        await until(lambda: settled(3, [2, 2, 2]), 20, "2/2/2 settled")
         revoked_now = sum(len(r) for w in workers for r in w.revoked())
         assert revoked_now - revoked_before == 2, "only the two moved partitions are revoked"
+
+        def consumed() -> Counter[int]:
+            return Counter(p for w in workers for p, _o, _v in w.records())
+
+        # a record more on every partition: one re-read from an earlier offset would
+        # deliver its records again before it
+        at_settle = consumed()
+        await until(lambda: all(consumed()[p] > at_settle[p] for p in range(6)), 20,
+                    "a record more consumed on every partition")
         seen = Counter((p, o) for w in workers for p, o, _ in w.records())
         twice = [k for k, v in seen.items() if v > 1]
         assert not twice, f"clean rebalances consumed records twice: {twice[:10]}"

@@ -14,6 +14,7 @@ from dmq.client.admin import Admin
 from dmq.client.admin_groups import GroupAdmin
 from dmq.client.consumer import Consumer
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import async_wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -28,11 +29,11 @@ async def test_fifty_consumers_on_five_hundred_partitions() -> None:
             await asyncio.to_thread(procs.start, n.node_id)
         bootstrap = procs.bootstrap
         async with Admin(bootstrap) as admin:
-            deadline = time.monotonic() + 20
-            while [b["state"] for b in (await admin.describe_cluster())["brokers"]] \
-                    != ["ONLINE"] * 3:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+            async def online() -> bool:
+                return [b["state"] for b in (await admin.describe_cluster())["brokers"]] \
+                    == ["ONLINE"] * 3
+
+            await async_wait_until(online, 20, "3 brokers ONLINE", interval_s=0.1)
             await admin.create_topic("wide", 500, 1)
         consumers: list[Consumer] = []
         polls: list[asyncio.Task[None]] = []
@@ -61,9 +62,7 @@ async def test_fifty_consumers_on_five_hundred_partitions() -> None:
 
         async def wait_stable(n: int, limit_s: float) -> float:
             t0 = time.monotonic()
-            while not await stable(n):
-                assert time.monotonic() - t0 < limit_s, f"{n} members not stable"
-                await asyncio.sleep(0.05)
+            await async_wait_until(lambda: stable(n), limit_s, f"{n} members stable")
             return time.monotonic() - t0
 
         ga = GroupAdmin(bootstrap)

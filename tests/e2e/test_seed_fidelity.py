@@ -30,6 +30,7 @@ import pytest
 
 from dmq.log.batch import HEADER_SIZE, encode_batch
 from tests.support.procs import ProcessCluster, free_ports
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -87,17 +88,8 @@ def http(port: int, path: str, body: Any = None, method: str | None = None,
 
 
 def wait_for(fn: Any, timeout_s: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            last = exc
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+    return wait_until(fn, timeout_s, what, interval_s=0.1,
+                      ignore=(OSError, KeyError, ValueError, TypeError))
 
 
 def curl(command: str, ports: dict[str, int]) -> tuple[int, Any]:

@@ -3,7 +3,6 @@ on a running broker, and compaction of `cleanup.policy=compact` topics by the br
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +12,7 @@ import pytest
 
 from dmq.log.batch import build_batch, iter_records
 from dmq.protocol.errors import ErrorCode
+from tests.support.waiting import until
 from tests.unit.broker.support import (
     InProcBroker,
     StandInController,
@@ -78,11 +78,9 @@ async def test_altered_configs_apply_to_open_logs(broker) -> None:
     set_topic_configs(ctl, "t", {"segment.bytes": "1024", "max.message.bytes": "4096",
                                  "retention.ms": "0"})
     assert (await produce(conn, "t", 0, big))[1] == ErrorCode.MESSAGE_TOO_LARGE
-    for _ in range(100):  # the retention check runs every 50 ms here
-        if plog.segment_count == 1:
-            break
-        await asyncio.sleep(0.05)
-    assert plog.segment_count == 1 and plog.log_start_offset > 0
+    # the retention check runs every 50 ms here
+    await until(lambda: plog.segment_count == 1, "retention.ms=0 leaving one segment")
+    assert plog.log_start_offset > 0
     row = await fetch(conn, "t", 0, plog.log_start_offset)
     assert row[1] == 0
     await conn.close()
@@ -100,11 +98,8 @@ async def test_compacted_topic_is_cleaned_by_the_broker(broker) -> None:
         assert (await produce(conn, "c", 0, data))[1] == 0
     plog = b.partition("c").log
     before = plog.size_bytes
-    for _ in range(100):  # the cleaner runs every 50 ms here
-        if plog.size_bytes < before // 4:
-            break
-        await asyncio.sleep(0.05)
-    assert plog.size_bytes < before // 4
+    # the cleaner runs every 50 ms here
+    await until(lambda: plog.size_bytes < before // 4, "the cleaner compacting the log")
     seen: dict[bytes, bytes] = {}
     offset = 0
     while offset < plog.log_end_offset:

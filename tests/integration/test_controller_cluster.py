@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,14 @@ from dmq.broker.lifecycle import BrokerLifecycle
 from dmq.client.admin import Admin, NewTopic
 from dmq.config import ClusterConfig, parse_config
 from dmq.metadata.image import FENCED, NO_LEADER, ONLINE, MetadataImage
+from dmq.metadata.records import CreateTopic
 from dmq.node import Node, resolve_node
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError, ErrorCode
 from dmq.protocol.server import ProtocolServer
 from tests.support.procs import free_ports
+from tests.support.waiting import async_wait_until as wait_for
 
 SETTINGS = {"broker.session.timeout.ms": 1500, "broker.heartbeat.interval.ms": 200,
             "raft.tick.ms": 20, "auto.leader.rebalance.enable": False,
@@ -122,17 +124,6 @@ class InProcCluster:
             await self.stop_controller(node_id)
 
 
-async def wait_for(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[InProcCluster]:
     c = InProcCluster(tmp_path)
@@ -164,7 +155,7 @@ async def test_brokers_register_and_metadata_propagates(cluster: InProcCluster) 
         version = ctl.state.version
         lags = []
         for b in cluster.brokers.values():
-            await wait_for(lambda b=b: b.lifecycle.image.version >= version, 1.0,
+            await wait_for(lambda b=b: b.lifecycle.image.version >= version, 5,
                            f"broker {b.broker_id} catching up")
             seen = next(ts for ts, img in b.images if img.version >= version)
             lags.append(seen - t0)
@@ -199,7 +190,6 @@ async def test_controller_failover_brokers_follow(cluster: InProcCluster) -> Non
     followed = time.monotonic() - t0
     print(f"\nfailover: new controller after {elected * 1000:.0f} ms, brokers following after "
           f"{followed * 1000:.0f} ms")
-    assert followed < 3
     assert set(_states(new).values()) == {ONLINE}
     # writes work on the new controller
     async with Admin(cluster.bootstrap) as admin:
@@ -234,7 +224,7 @@ async def test_broker_failure_fences_and_moves_leaders_then_returns(
     # the others saw it too
     for bid in (101, 103):
         await wait_for(lambda bid=bid: cluster.brokers[bid].lifecycle.image.brokers[102].state
-                       == FENCED, 1, "brokers seeing the fence")
+                       == FENCED, 5, "brokers seeing the fence")
     await cluster.brokers[102].restart()
     await wait_for(lambda: ctl.state.brokers[102].state == ONLINE, 5, "broker 102 back ONLINE")
     # the broker learns it is unfenced from the answer to its next heartbeat, which may
@@ -258,25 +248,39 @@ async def test_controlled_shutdown_moves_leadership(cluster: InProcCluster) -> N
         await admin.create_topic("solo", 3, 1)
     lc = cluster.brokers[102].lifecycle
     if any(p.leader == 102 for p in ctl.state.topics["solo"].partitions.values()):
-        t0 = time.monotonic()
+        sent: list[ApiKey] = []
+        request = lc.channel.request
+
+        async def counted(api_key: ApiKey, body: Any, timeout_ms: int = 10_000) -> Any:
+            sent.append(api_key)
+            return await request(api_key, body, timeout_ms)
+
+        lc.channel.request = counted  # type: ignore[method-assign]
         assert not await lc.controlled_shutdown(5000)
-        assert time.monotonic() - t0 < 1
+        # one answer naming only unmovable leaderships ends it: not asked again every
+        # 200 ms until the 5 s are over
+        assert sent.count(ApiKey.CONTROLLED_SHUTDOWN) == 1
 
 
 async def test_thousand_partitions_created_fast_and_spread(cluster: InProcCluster) -> None:
     ctl = await cluster.wait_active()
     await wait_for(lambda: set(_states(ctl).values()) == {ONLINE}, 5, "brokers ONLINE")
     async with Admin(cluster.bootstrap) as admin:
+        before = ctl.state.version
         t0 = time.monotonic()
         await admin.create_topic("big", 1000, 3)
         took = time.monotonic() - t0
         print(f"\n1000 partitions x RF 3 created in {took * 1000:.0f} ms")
-        assert took < 5
+    # created as one record in one Raft entry, not an entry (a quorum round) per partition
+    entries = [recs for _, recs in ctl.state.records_since(before, 1 << 20) or ()
+               if any(r[0] == CreateTopic.TYPE and r[1] == "big" for r in recs)]
+    assert [[len(r[4]) for r in recs if r[0] == CreateTopic.TYPE] for recs in entries] == [
+        [1000]]
     leaders = Counter(p.leader for p in ctl.state.topics["big"].partitions.values())
     assert set(leaders) == {101, 102, 103}
     assert max(leaders.values()) - min(leaders.values()) <= 1
     for b in cluster.brokers.values():
-        await wait_for(lambda b=b: "big" in b.lifecycle.image.topics, 2, "brokers see it")
+        await wait_for(lambda b=b: "big" in b.lifecycle.image.topics, 5, "brokers see it")
 
 
 async def test_bad_input_gets_its_own_code_and_changes_nothing(cluster: InProcCluster) -> None:

@@ -21,18 +21,20 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import NotControllerError
 from dmq.protocol.server import ProtocolServer, RequestContext
 from tests.support.procs import free_ports
+from tests.support.waiting import until
 
 
 class Node:
     """A fake node: answers METADATA naming `leader`, and CREATE_TOPICS only if it is
     the leader (else NOT_CONTROLLER with a hint)."""
 
-    def __init__(self, node_id: int, delay_s: float = 0.0) -> None:
+    def __init__(self, node_id: int) -> None:
         self.node_id = node_id
-        self.delay_s = delay_s
+        self.hold: asyncio.Event | None = None  # METADATA answers wait for it when set
         self.silent = False  # a paused controller: writes are never answered
         self.leader: ControllerAddress | None = None
         self.hits = 0
+        self.probes = 0  # METADATA requests answered
         self.server = ProtocolServer(host="127.0.0.1", port=0, node_id=node_id)
         self.server.register(ApiKey.METADATA, self.metadata)
         self.server.register(ApiKey.CREATE_TOPICS, self.write)
@@ -42,17 +44,19 @@ class Node:
         return ("127.0.0.1", self.server.bound_port)
 
     async def metadata(self, ctx: RequestContext, body: Any) -> Any:
-        await asyncio.sleep(self.delay_s)
+        if self.hold is not None:
+            await self.hold.wait()
         out: dict[str, Any] = {"controller_id": -1, "version": 0, "brokers": [], "topics": []}
         if self.leader is not None:
             out["controller_id"] = self.leader.node_id
             out["controller"] = [self.leader.node_id, self.leader.host, self.leader.port]
+        self.probes += 1
         return out
 
     async def write(self, ctx: RequestContext, body: Any) -> Any:
         self.hits += 1
         if self.silent:
-            await asyncio.sleep(3600)
+            await asyncio.get_running_loop().create_future()  # never answered
         if self.leader is None or self.leader.node_id != self.node_id:
             hint = None if self.leader is None else (self.leader.node_id, self.leader.host,
                                                      self.leader.port)
@@ -91,12 +95,13 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
 
 
 async def test_first_answer_naming_a_leader_wins(nodes: list[Node]) -> None:
-    nodes[0].delay_s = 0.5  # slow and knows the leader
+    nodes[0].hold = asyncio.Event()  # slow (answers once the test lets it) and knows the leader
     _lead(nodes, nodes[1], told=[nodes[0], nodes[2]])
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    found = await find_controller([n.addr for n in nodes], 3000)
-    assert found.node_id == 2 and loop.time() - t0 < 0.4
+    # node 1 answers only once the search has ended: a search that waited for every
+    # answer would wait out its minute, and the 10 s bound fails it
+    found = await asyncio.wait_for(find_controller([n.addr for n in nodes], 60_000), 10)
+    assert found.node_id == 2 and nodes[0].probes == 0
+    nodes[0].hold.set()
     # dead addresses are skipped
     dead = [("127.0.0.1", p) for p in free_ports(2)]
     assert (await find_controller([*dead, nodes[2].addr], 3000)).node_id == 2
@@ -152,14 +157,17 @@ async def test_channel_watch_leaves_a_silent_controller_and_owns_its_tasks(
     try:
         assert (await ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 3000))["by"] == 1
         nodes[0].silent = True
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        probed = [n.probes for n in nodes]
         req = asyncio.ensure_future(ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 10_000))
-        await asyncio.sleep(0.3)
-        assert not req.done()
+        # the watch asks every node, twice over, and all still name node 1: it stays
+        await until(lambda: all(n.probes >= p + 2 for n, p in zip(nodes, probed, strict=True)),
+                    "the channel's watch asking every node twice")
+        assert not req.done() and nodes[0].hits == 2 and nodes[1].hits == 0
         _lead(nodes, nodes[1])
+        # re-sent to node 2 once a node names it: answered, not timed out (the 10 s of the
+        # request would end in RequestTimedOutError)
         assert (await req)["by"] == 2
-        assert loop.time() - started < 3
+        assert nodes[1].hits == 1
         assert ch.controller is not None and ch.controller.node_id == 2
         assert _client_tasks() - before == set()
         # a switch drops the open connection: `close` still waits for it to be closed

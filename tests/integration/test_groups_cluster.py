@@ -8,7 +8,6 @@ survive an active-controller failover; describe shows lag."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from dmq.config import parse_config
 from dmq.node import Node, resolve_node
 from dmq.protocol.api import ApiKey
 from tests.support.procs import free_ports
+from tests.support.waiting import async_wait_until
 
 SETTINGS = {"broker.session.timeout.ms": 3000, "broker.heartbeat.interval.ms": 200,
             "raft.tick.ms": 20, "auto.leader.rebalance.enable": False,
@@ -66,11 +66,7 @@ class Cluster:
 
 
 async def until(pred: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
+    await async_wait_until(pred, timeout_s, what, interval_s=0.02)
 
 
 @pytest.fixture
@@ -80,11 +76,11 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         await asyncio.gather(*(c.start_node(nid) for nid in (1, 2, 3)))
         await until(lambda: c.active_id() is not None, 10, "an active controller")
         async with Admin(c.bootstrap) as admin:
-            deadline = time.monotonic() + 15
-            while len([b for b in (await admin.describe_cluster())["brokers"]
-                       if b["state"] == "ONLINE"]) < 3:
-                assert time.monotonic() < deadline, "brokers not ONLINE"
-                await asyncio.sleep(0.1)
+            async def online() -> bool:
+                return len([b for b in (await admin.describe_cluster())["brokers"]
+                            if b["state"] == "ONLINE"]) >= 3
+
+            await async_wait_until(online, 15, "brokers ONLINE", interval_s=0.1)
             await admin.create_topic("events", 6, 3)
         yield c
     finally:
@@ -171,7 +167,12 @@ async def test_rebalances_move_only_what_must_move_and_nothing_twice(cluster: Cl
     await produce(cluster.bootstrap, 300, 600)
     await until(lambda: len(a.owned) + len(b.owned) == 6, 15, "takeover after leave")
     await until(lambda: len(seen) == 900, 15, "900 records consumed")
-    await asyncio.sleep(0.5)
+    # one more record on each partition: a partition re-read from an earlier offset
+    # would deliver its records again before this one
+    async with Producer(cluster.bootstrap) as p:
+        for h in [await p.send("events", b"last", partition=i) for i in range(6)]:
+            await h
+    await until(lambda: len(seen) == 906, 15, "the last record of each partition consumed")
     twice = {k: v for k, v in seen.items() if v > 1}
     assert not twice, f"consumed twice in clean rebalances: {sorted(twice)[:10]}"
     async with GroupAdmin(cluster.bootstrap) as ga:
@@ -188,10 +189,7 @@ async def _lag_zero(ga: GroupAdmin) -> bool:
 
 
 async def until_async(pred: Any, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await pred():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.1)
+    await async_wait_until(pred, timeout_s, "condition", interval_s=0.1)
 
 
 async def test_committed_offsets_survive_controller_failover(cluster: Cluster) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from dmq.client.group import GroupMembership, RebalanceListener
 from dmq.clock import ManualClock
-from tests.unit.groups.fake_host import FakeHost, start_fake_controller
+from tests.support.waiting import async_wait_until
+from tests.unit.groups.fake_host import FakeHost, Heartbeat, start_fake_controller
 
 TP = tuple[str, int]
 
@@ -79,11 +80,20 @@ def member(addr, **kw):
 
 
 async def until(pred, timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not pred():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+    await async_wait_until(pred, timeout_s, "condition", interval_s=0.02)
+
+
+def answered(host: FakeHost, since: int, member_id: str | None = None) -> list[Heartbeat]:
+    """The heartbeats answered (or refused) after the first `since`, of one member."""
+    return [h for h in host.heartbeats[since:]
+            if member_id is None or h.request.get("member_id") == member_id]
+
+
+def assigned_count(h: Heartbeat) -> int | None:
+    """How many partitions an answer assigns (None: unchanged, or an error)."""
+    if h.answer is None or h.answer.get("assignment") is None:
+        return None
+    return sum(len(ps) for _, ps in h.answer["assignment"])
 
 
 def disjoint(*ms: GroupMembership) -> bool:
@@ -156,8 +166,12 @@ async def test_fenced_member_loses_partitions_and_rejoins(controller) -> None:
     a, ca, la = member(addr)
     await until(lambda: len(a.owned) == 6)
     old_id = a.member_id
+    since = len(host.heartbeats)
     host.term = 2  # a failover: the fresh coordinator adopts the member, keeps partitions
-    await asyncio.sleep(0.3)
+    # two heartbeats answered by it: the second was sent after a handled the first answer
+    await until(lambda: len([h for h in answered(host, since) if h.term == 2]) >= 2)
+    assert all(h.error is None and h.answer is not None and h.answer["member_id"] == old_id
+               and assigned_count(h) in (None, 6) for h in answered(host, since))
     assert a.member_id == old_id and len(a.owned) == 6 and not la.lost
     # a wrong epoch gets FENCED_MEMBER_EPOCH: partitions lost, the member rejoins
     a.member_epoch += 5
@@ -218,19 +232,23 @@ async def test_commits_from_outside_the_group_only_while_it_is_empty(controller)
 
 
 async def test_long_processing_keeps_membership(controller) -> None:
-    _, addr = controller
+    host, addr = controller
     a, ca, la = member(addr)  # session 2 s
     await until(lambda: len(a.owned) == 6)
     epoch = a.member_epoch
+    since = len(host.heartbeats)
     # the application processes one record for 3 s, longer than the session timeout,
-    # without polling: heartbeats go on in the background
+    # without polling: heartbeats go on in the background (the 3 s are the scenario,
+    # not a wait for something to happen)
     await asyncio.sleep(3.0)
     assert len(a.owned) == 6 and a.member_epoch == epoch and not la.lost
+    beats = answered(host, since, a.member_id)
+    assert len(beats) >= 10 and all(h.error is None for h in beats)
     await a.close()
 
 
 async def test_static_member_restart_gets_its_partitions_back(controller) -> None:
-    _, addr = controller
+    host, addr = controller
     a, ca, la = member(addr, instance_id="i-a")
     b, cb, lb = member(addr, instance_id="i-b")
     await until(lambda: len(a.owned) == 3 and len(b.owned) == 3)
@@ -238,7 +256,11 @@ async def test_static_member_restart_gets_its_partitions_back(controller) -> Non
     lb.revoked.clear()
     lb.assigned.clear()
     await a.close()  # leaves with epoch -2: its partitions wait for it
-    await asyncio.sleep(0.5)
+    since = len(host.heartbeats)
+    # two of b's heartbeats answered after the leave: a rebalance would reach b in them
+    await until(lambda: len(answered(host, since, b.member_id)) >= 2)
+    assert [assigned_count(h) for h in answered(host, since, b.member_id)
+            if assigned_count(h) not in (None, 3)] == []
     assert len(b.owned) == 3
     a2, ca2, la2 = member(addr, instance_id="i-a")
     await until(lambda: a2.owned == a_parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections import Counter
 from typing import Any
 
 import msgpack
@@ -25,13 +26,22 @@ from dmq.protocol.server import NO_RESPONSE, ProtocolServer, RequestContext
 from tests.support.waiting import until
 
 
-async def start_server(**kw: Any) -> ProtocolServer:
-    server = ProtocolServer(host="127.0.0.1", port=0, node_id="t", **kw)
+class EchoServer(ProtocolServer):
+    """The server under test, with what its echo handler has seen: `waiting[n]` requests
+    are held at gate n."""
+
+    waiting: Counter[int]
+
+
+async def start_server(**kw: Any) -> EchoServer:
+    server = EchoServer(host="127.0.0.1", port=0, node_id="t", **kw)
+    server.waiting = Counter()
     gates: dict[int, asyncio.Event] = {}
 
     async def echo(ctx: RequestContext, body: Any) -> Any:
         if "wait" in body:
             gate = gates.setdefault(body["wait"], asyncio.Event())
+            server.waiting[body["wait"]] += 1
             await gate.wait()
         if "release" in body:
             gates.setdefault(body["release"], asyncio.Event()).set()
@@ -53,7 +63,7 @@ async def test_multiplexed_out_of_order_responses() -> None:
     conn = await Connection.open("127.0.0.1", server.bound_port)
     try:
         slow = asyncio.ensure_future(conn.request(ApiKey.METADATA, {"wait": 1, "v": "slow"}))
-        await asyncio.sleep(0.01)
+        await until(lambda: server.waiting[1] == 1, "the slow request in its handler")
         fast = await conn.request(ApiKey.METADATA, {"v": "fast"})
         assert fast == {"echo": "fast"}
         assert not slow.done()  # the slow one did not block the fast one
@@ -99,7 +109,7 @@ async def test_timeout_then_connection_drop_fails_pending() -> None:
             await conn.request(ApiKey.METADATA, {"silent": True}, timeout_ms=50)
         pending = [asyncio.ensure_future(conn.request(ApiKey.METADATA, {"wait": 2}))
                    for _ in range(10)]
-        await asyncio.sleep(0.05)
+        await until(lambda: server.waiting[2] == 10, "ten requests in their handler")
         for c in list(server._connections):
             c.abort()
         for p in pending:
@@ -109,7 +119,7 @@ async def test_timeout_then_connection_drop_fails_pending() -> None:
             await conn.request(ApiKey.METADATA, {"v": 1})
     finally:
         await conn.close()
-        await server.close()
+        await server.close(100)  # the ten handlers still wait at their gate
 
 
 async def test_connect_refused_is_a_network_error() -> None:
@@ -127,9 +137,16 @@ async def test_server_stops_reading_past_the_in_flight_bound() -> None:
         for cid in range(10):
             writer.write(encode_request(ApiKey.METADATA, 0, cid, "t", {"wait": 3}))
         await writer.drain()
-        await asyncio.sleep(0.1)
+
+        def stopped_reading() -> bool:
+            # once it stops reading at the bound nothing more is dispatched until an
+            # answer: the state seen here does not move on later
+            return any(c.in_flight >= 4 and c.transport is not None
+                       and not c.transport.is_reading() for c in server._connections)
+
+        await until(stopped_reading, "the server to stop reading")
         (conn,) = server._connections
-        assert conn.in_flight == 4  # the rest stays unread in the socket
+        assert conn.in_flight == 4 == server.waiting[3]  # the rest stays unread in the socket
         writer.write(b"")
         # release: a second connection opens the gate; all ten complete
         other = await Connection.open("127.0.0.1", server.bound_port)
@@ -181,7 +198,7 @@ async def test_client_bounds_its_in_flight_requests() -> None:
     try:
         waiting = [asyncio.ensure_future(conn.request(ApiKey.METADATA, {"wait": 4}))
                    for _ in range(5)]
-        await asyncio.sleep(0.05)
+        await until(lambda: server.waiting[4] >= 3, "three requests in their handler")
         assert conn.in_flight == 3  # two senders wait for room
         with pytest.raises(RequestTimedOutError, match="no room"):
             await conn.request(ApiKey.METADATA, {"v": 1}, timeout_ms=50)
@@ -231,7 +248,8 @@ async def test_http_on_the_frame_port_is_handed_off_and_frames_still_work() -> N
         # the method arrives split across writes: the sniff waits for 4 bytes
         writer.write(b"GE")
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await until(lambda: any(c._sniffed == b"GE" for c in server._connections),
+                    "the first two bytes read on their own")
         writer.write(b"T /api/v1/x HTTP/1.0\r\nHost: a\r\n\r\n")
         answer = await asyncio.wait_for(reader.read(), 5)
         writer.close()

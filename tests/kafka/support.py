@@ -23,6 +23,7 @@ import pytest
 
 from dmq.kafka.codec import decode_response, encode_request
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import wait_until
 
 T = TypeVar("T")
 _LISTENER = re.compile(r"node (\d+): Kafka listener on [\d.]+:(\d+)")
@@ -34,34 +35,29 @@ needs_kcat = pytest.mark.skipif(shutil.which("kcat") is None,
 
 def kafka_ports(pc: ProcessCluster, timeout_s: float = 20.0) -> dict[int, int]:
     """node id -> Kafka port of every broker node, from their logs."""
-    deadline = time.monotonic() + timeout_s
     want = set(pc.broker_ids)
-    while True:
-        found: dict[int, int] = {}
+    found: dict[int, int] = {}
+
+    def listening() -> dict[int, int] | None:
+        found.clear()
         for nid in want:
             for m in _LISTENER.finditer(pc.nodes[nid].log_text()):
                 found[int(m.group(1))] = int(m.group(2))
-        if set(found) == want:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Kafka listeners not up: {found}\n{pc.dump_logs()}")
-        time.sleep(0.05)
+        return dict(found) if set(found) == want else None
+
+    return wait_until(listening, timeout_s,
+                      lambda: f"Kafka listeners up: {found}\n{pc.dump_logs()}")
 
 
 def wait_metadata_brokers(port: int, count: int, timeout_s: float = 20.0) -> dict[str, Any]:
     """Wait until a Kafka Metadata answer names `count` brokers; return it."""
-    deadline = time.monotonic() + timeout_s
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        try:
-            with KafkaConn(port) as conn:
-                body = conn.request("Metadata", 12, {"Topics": None})
-            if len(body["Brokers"]) == count:
-                return body
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"Metadata never named {count} brokers: {body}")
+    def answer() -> dict[str, Any] | None:
+        with KafkaConn(port) as conn:
+            body: dict[str, Any] = conn.request("Metadata", 12, {"Topics": None})
+        return body if len(body["Brokers"]) == count else None
+
+    return wait_until(answer, timeout_s, f"Metadata naming {count} brokers", interval_s=0.1,
+                      ignore=(OSError,))
 
 
 @contextmanager

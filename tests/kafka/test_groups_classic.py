@@ -18,6 +18,7 @@ from tests.kafka.support import KafkaConn, kafka_cluster, needs_kcat
 from tests.kafka.test_groups_offsets import dmq_cli
 from tests.kafka.test_kafka_clients import bootstrap, create_topic
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import wait_until
 
 ck = pytest.importorskip("confluent_kafka")
 
@@ -93,15 +94,6 @@ class Member:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(15)
-
-
-def wait_until(cond: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
@@ -219,13 +211,10 @@ def test_second_member_joining_rebalances_the_first(
             "GroupId": "opaque", "SessionTimeoutMs": 10_000, "RebalanceTimeoutMs": 10_000,
             "MemberId": m2, "GroupInstanceId": None, "ProtocolType": "connect",
             "Protocols": [{"Name": "sessioned", "Metadata": b"two"}], "Reason": None})
-        deadline = time.monotonic() + 10
-        code = 0
-        while code != REBALANCE_IN_PROGRESS and time.monotonic() < deadline:
-            code = c1.request("Heartbeat", 4, {"GroupId": "opaque", "GenerationId": gen,
-                                               "MemberId": m1,
-                                               "GroupInstanceId": None})["ErrorCode"]
-        assert code == REBALANCE_IN_PROGRESS
+        wait_until(lambda: c1.request("Heartbeat", 4, {
+            "GroupId": "opaque", "GenerationId": gen, "MemberId": m1,
+            "GroupInstanceId": None})["ErrorCode"] == REBALANCE_IN_PROGRESS, 10,
+            "the first member told to rejoin")
         again = _join(c1, m1, b"one")
         _, second = c2.receive("JoinGroup", 9)
         assert again["GenerationId"] == second["GenerationId"] == gen + 1
@@ -428,11 +417,8 @@ def test_silent_member_is_dropped_after_its_session_timeout(
         assert b["GenerationId"] == gen
         # "quiet" never heartbeats: within its 1 s session it is dropped and "loud" is
         # told to rejoin
-        deadline = time.monotonic() + 10
-        code = 0
-        while code == 0 and time.monotonic() < deadline:
-            code = _heartbeat(c1, "silent", gen, a["MemberId"], "loud")
-            time.sleep(0.1)
+        code = wait_until(lambda: _heartbeat(c1, "silent", gen, a["MemberId"], "loud"), 10,
+                          "an answer other than NONE to loud's heartbeats", interval_s=0.1)
         assert code == REBALANCE_IN_PROGRESS
         r = _static_join(c1, "silent", "loud", member_id=a["MemberId"])
         assert r["GenerationId"] == gen + 1 and [m["MemberId"] for m in r["Members"]] == [

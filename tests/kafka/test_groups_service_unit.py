@@ -19,6 +19,7 @@ from dmq.controller.classic_groups import (
 )
 from dmq.controller.group_service import GroupService, live_offsets
 from dmq.protocol.errors import GroupIdNotFoundError
+from tests.support.waiting import until
 from tests.unit.groups.fake_host import FakeHost
 
 CTX: Any = SimpleNamespace(header=SimpleNamespace(client_id="c"), peer="127.0.0.1:1")
@@ -73,13 +74,13 @@ def test_classic_group_with_members_keeps_offsets_past_retention() -> None:
                     "group_id": group, "member_id": member, "member_epoch": epoch,
                     "topics": [["t", [[0, 3, None]]]]})
                 assert out == {"topics": [["t", [[0, 0]]]]}
-            await asyncio.sleep(0.01)
+            committed_ms = host.clock.wall_ms()
+            await until(lambda: host.clock.wall_ms() > committed_ms + 1,
+                        "both commits past their 1 ms retention")
             svc._retention_due_ms = 0
             svc._on_timer()
-            for _ in range(200):
-                if not svc._pending and (svc._proposer is None or svc._proposer.done()):
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: not svc._pending and (
+                svc._proposer is None or svc._proposer.done()), "the expiry proposed")
             assert not live_offsets(host.state, "idle")  # expired
             assert live_offsets(host.state, "busy")[("t", 0)][0] == 3
         finally:
@@ -117,7 +118,13 @@ def test_a_new_term_answers_waiting_members_not_coordinator() -> None:
         try:
             first = await svc.join_group(CTX, join_body("g", rebalance_ms=60_000))
             waiting = asyncio.ensure_future(svc.join_group(CTX, join_body("g")))
-            await asyncio.sleep(0.05)
+
+            def parked() -> bool:
+                group = svc.classic().groups.get("g")
+                return group is not None and len(group.members) == 2 and any(
+                    m.join is not None and not m.join.done() for m in group.members.values())
+
+            await until(parked, "the second join parked in the group")
             assert not waiting.done()  # waits for the first member to rejoin
             old: ClassicGroups = svc.classic()
             host.term = 2

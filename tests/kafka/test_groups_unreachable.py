@@ -15,6 +15,7 @@ import pytest
 from dmq.kafka.groups import GROUP_ROUTE_TIMEOUT_MS
 from tests.kafka.support import KafkaConn, kafka_cluster
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,20 +46,18 @@ def test_group_requests_answer_coordinator_not_available_without_a_controller(
     # failover up to GROUP_ROUTE_TIMEOUT_MS): bounded, never held
     with KafkaConn(port, timeout_s=30) as conn:
         # the topic: auto-created by a Metadata request
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            md = conn.request("Metadata", 12, {"Topics": [{"Name": "t"}],
-                                               "AllowAutoTopicCreation": True})
-            if md["Topics"][0]["ErrorCode"] == 0:
-                break
-            time.sleep(0.1)
+        wait_until(lambda: conn.request("Metadata", 12, {
+            "Topics": [{"Name": "t"}], "AllowAutoTopicCreation": True})["Topics"][0][
+                "ErrorCode"] == 0, 20, "topic t created", interval_s=0.1)
         assert _commit(conn, 5) == 0
 
         pc.kill(controller, signal.SIGKILL)
         t0 = time.monotonic()
         assert _commit(conn, 6) == COORDINATOR_NOT_AVAILABLE
-        # answered once the route's bound ran out (slack for a loaded machine)
-        assert time.monotonic() - t0 < GROUP_ROUTE_TIMEOUT_MS / 1000 + 4
+        # answered once the route's bound ran out, not held: the bound is the feature
+        # here, so it stays, as a generous sanity bound (10 s of slack for a loaded
+        # machine; a held request waits for the 30 s of the connection's timeout)
+        assert time.monotonic() - t0 < GROUP_ROUTE_TIMEOUT_MS / 1000 + 10
         f = conn.request("OffsetFetch", 8, {"Groups": [
             {"GroupId": "g", "Topics": None}], "RequireStable": False})
         assert f["Groups"][0]["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
@@ -68,11 +67,8 @@ def test_group_requests_answer_coordinator_not_available_without_a_controller(
 
         # the controller restarts: commits are served again and the old one survived
         pc.start(controller)
-        deadline = time.monotonic() + 30
-        code = COORDINATOR_NOT_AVAILABLE
-        while code != 0 and time.monotonic() < deadline:
-            code = _commit(conn, 7)
-        assert code == 0
+        wait_until(lambda: _commit(conn, 7) == 0, 30, "a commit served again",
+                   interval_s=0)
         f = conn.request("OffsetFetch", 8, {"Groups": [
             {"GroupId": "g", "Topics": None}], "RequireStable": False})
         assert [p["CommittedOffset"] for t in f["Groups"][0]["Topics"]

@@ -16,6 +16,7 @@ import pytest
 
 from tests.kafka.support import KafkaConn, kafka_cluster, needs_kcat
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import wait_until
 
 ck = pytest.importorskip("confluent_kafka")
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
@@ -38,24 +39,20 @@ def create_topic(ports: dict[int, int], name: str, partitions: int, rf: int) -> 
     futures = admin.create_topics([NewTopic(name, partitions, rf)], operation_timeout=15)
     futures[name].result(20)
     # wait until every broker's image has leaders for it (Kafka clients retry anyway)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        ready = True
+    def ready() -> bool:
+        ok = True
         for port in ports.values():
             with KafkaConn(port) as conn:
                 md = conn.request("Metadata", 12, {"Topics": [{"Name": name}],
                                                     "AllowAutoTopicCreation": False})
             t = md["Topics"][0]
-            ready &= t["ErrorCode"] == 0 and len(t["Partitions"]) == partitions and all(
+            ok &= t["ErrorCode"] == 0 and len(t["Partitions"]) == partitions and all(
                 p["LeaderId"] >= 0 for p in t["Partitions"])
-        if ready:
-            # and every leader serves its partition (its log is opened after the image)
-            ready = all(_leader_serves(ports[p["LeaderId"]], name, p["PartitionIndex"])
-                        for p in t["Partitions"])
-        if ready:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"topic {name} never got leaders on every broker")
+        # and every leader serves its partition (its log is opened after the image)
+        return ok and all(_leader_serves(ports[p["LeaderId"]], name, p["PartitionIndex"])
+                          for p in t["Partitions"])
+
+    wait_until(ready, 20, f"topic {name} with leaders on every broker", interval_s=0.1)
 
 
 def _leader_serves(port: int, topic: str, partition: int) -> bool:
@@ -215,9 +212,8 @@ def test_kafka_python_admin_produce_consume(
     try:
         created = admin.create_topics([KpNewTopic("kpy", 1, 3)])
         assert [t["error_code"] for t in created["topics"]] == [0]
-        create_topic_wait = time.monotonic() + 20
-        while not _leader_ready(ports, "kpy") and time.monotonic() < create_topic_wait:
-            time.sleep(0.1)
+        wait_until(lambda: _leader_ready(ports, "kpy"), 20, "a leader for kpy",
+                   interval_s=0.1)
         records = _records("kafka-python", 2000)
         producer = kp.KafkaProducer(bootstrap_servers=bootstrap(ports), acks="all",
                                     compression_type="gzip")
@@ -300,10 +296,8 @@ def test_confluent_admin_partitions_configs_cluster(
                                  operation_timeout=15)
     create["adm"].result(20)
     admin.create_partitions([NewPartitions("adm", 4)], operation_timeout=15)["adm"].result(20)
-    deadline = time.monotonic() + 20
-    while len(admin.list_topics("adm", timeout=5).topics["adm"].partitions) != 4:
-        assert time.monotonic() < deadline, "partitions never reached 4"
-        time.sleep(0.1)
+    wait_until(lambda: len(admin.list_topics("adm", timeout=5).topics["adm"].partitions) == 4,
+               20, "adm with 4 partitions", interval_s=0.1)
     resource = ConfigResource(ConfigResource.Type.TOPIC, "adm")
     configs = admin.describe_configs([resource])[resource].result(20)
     assert configs["retention.ms"].value == "3600000"
@@ -332,10 +326,8 @@ def test_alter_configs_full_and_incremental(
         return admin.describe_configs([res])[res].result(20)
 
     def seen(segment_ms: str, why: str) -> None:
-        deadline = time.monotonic() + 20
-        while current()["segment.ms"].value != segment_ms:
-            assert time.monotonic() < deadline, why
-            time.sleep(0.1)
+        wait_until(lambda: current()["segment.ms"].value == segment_ms, 20, why,
+                   interval_s=0.1)
 
     # incremental: SET one, APPEND to a list, the other override stays
     inc = ConfigResource(ConfigResource.Type.TOPIC, "cfg", incremental_configs=[

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.kafka.support import KafkaConn, consume_partition, kafka_cluster
+from tests.support.waiting import wait_until
 
 ck = pytest.importorskip("confluent_kafka")
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
@@ -32,10 +33,8 @@ def test_idempotent_acks_all_survives_leader_kill() -> None:
         bootstrap = ",".join(f"127.0.0.1:{p}" for p in ports.values())
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic("fo", 1, 3)], operation_timeout=15)["fo"].result(20)
-        deadline = time.monotonic() + 20
-        while _leader(ports[101], "fo") < 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: _leader(ports[101], "fo") >= 0, 20, "a leader for fo",
+                   interval_s=0.1)
 
         acked: list[int] = []
         failed: list[Any] = []

@@ -4,7 +4,6 @@ connections, and the request-memory budget (unit)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from dmq.kafka.server import ByteBudget
 from tests.kafka.support import KafkaConn, kafka_cluster
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import async_wait_until, until, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +36,13 @@ def test_connection_past_the_per_address_cap_is_closed(node: tuple[ProcessCluste
             c.sock.close()
     assert "max.connections.per.ip" in pc.nodes[1].log_text()
     # the broker counts the closed ones down as it sees them end: wait for room again
-    deadline = time.monotonic() + 10
-    while True:
+    def served() -> bool:
         with KafkaConn(port, timeout_s=5) as probe:
-            try:
-                if probe.request("ApiVersions", 3, {})["ErrorCode"] == 0:
-                    break
-            except (AssertionError, OSError):  # refused: closed at once
-                pass
-        assert time.monotonic() < deadline, "closed connections never counted down"
-        time.sleep(0.05)
+            return probe.request("ApiVersions", 3, {})["ErrorCode"] == 0
+
+    # (AssertionError, OSError: refused, closed at once)
+    wait_until(served, 10, "closed connections counted down", interval_s=0.05,
+               ignore=(AssertionError, OSError))
 
 
 @pytest.mark.slow
@@ -65,7 +62,7 @@ async def test_byte_budget_waits_for_room_and_always_fits_one() -> None:
     budget = ByteBudget(100)
     await budget.acquire(500)  # bigger than the limit: fits when nothing else is held
     second = asyncio.ensure_future(budget.acquire(10))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop step: an acquire that does not wait is done
     assert not second.done()
     await budget.release(500)
     await asyncio.wait_for(second, 5)
@@ -112,13 +109,11 @@ async def test_a_client_that_never_reads_is_closed_after_the_idle_time() -> None
                    "ForgottenTopicsData": [], "RackId": ""}
         for cid in range(32):  # 32 MiB of answers, never read
             await loop.sock_sendall(sock, encode_request("Fetch", 11, cid, "t", request))
-        deadline = loop.time() + 15
-        while not server.stats_requests and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        await async_wait_until(lambda: server.stats_requests, 15, "a request read",
+                               interval_s=0.01)
         assert server.connection_count == 1
-        while server.connection_count and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        assert server.connection_count == 0, "a never-reading client held its connection"
+        await async_wait_until(lambda: server.connection_count == 0, 15,
+                               "a never-reading client's connection closed")
         assert (server.stats_idle_closed, server.stats_violations) == (1, 0)
     finally:
         sock.close()
@@ -135,7 +130,10 @@ async def test_idle_time_zero_never_closes_as_on_dmqs_listener() -> None:
     await server.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        # a stretch of idleness: 0 means never, so no event marks the close not
+        # happening; a 0 read as a 0 s idle time closes at the first read, well within
         await asyncio.sleep(0.3)
+        assert server.stats_idle_closed == 0
         writer.write(encode_request("ApiVersions", 3, 7, "t", {
             "ClientSoftwareName": "t", "ClientSoftwareVersion": "1"}))
         size = int.from_bytes(await asyncio.wait_for(reader.readexactly(4), 5), "big")
@@ -169,13 +167,10 @@ async def test_closing_cancels_every_started_handler() -> None:
         for cid in range(3):
             writer.write(encode_request("ApiVersions", 3, cid, "t", {
                 "ClientSoftwareName": "t", "ClientSoftwareVersion": "1"}))
-        deadline = asyncio.get_running_loop().time() + 5
-        while server.stats_requests < 3 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
-        assert server.stats_requests == 3 and len(started) == 3
+        await until(lambda: server.stats_requests == 3 and len(started) == 3,
+                    "three requests read and their handlers started")
         await server.close()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop step: the cancellations land
         assert [f.cancelled() for f in started] == [True, True, True]
     finally:
         writer.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +15,7 @@ from dmq.client import Admin
 from dmq.kafka.codec import encode_request
 from tests.kafka.support import KafkaConn, kafka_cluster
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -85,10 +85,10 @@ def test_violation_is_logged_once_per_connection(node: tuple[ProcessCluster, int
     with KafkaConn(port, timeout_s=3) as bad:
         bad.sock.sendall(struct.pack(">i", 10) + struct.pack(">hhih", 999, 0, 1, -1))
         assert bad.closed_by_peer()
-    deadline = time.monotonic() + 5
-    text = pc.nodes[1].log_text()
-    while text.count("Kafka connection from") == before and time.monotonic() < deadline:
-        time.sleep(0.02)
+    def logged() -> str | None:
         text = pc.nodes[1].log_text()
+        return text if text.count("Kafka connection from") > before else None
+
+    text = wait_until(logged, 5, "the violation logged", interval_s=0.02)
     assert text.count("Kafka connection from") == before + 1
     assert "unknown API key 999" in text

@@ -14,10 +14,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.waiting import wait_until
 
 
 def _drop_to_gid(gid: int) -> None:
@@ -39,14 +40,15 @@ def free_ports(n: int) -> list[int]:
 
 
 def wait_port(port: int, timeout_s: float = 15.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
+    def listening() -> bool:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+
+    try:
+        wait_until(listening, timeout_s, f"{host}:{port} listening", interval_s=0.02,
+                   ignore=(OSError,))
+    except AssertionError:
+        raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s") from None
 
 
 def run_group(cmd: list[str], timeout: float, text: bool = False,

@@ -6,28 +6,26 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 
 from tests.support.procs import run_group
+from tests.support.waiting import wait_until
 
 
 def _gone(pid: int, timeout_s: float = 5) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def gone() -> bool:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
         try:  # a killed child of ours stays a zombie until reaped (here: by init)
             with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
         except OSError:
             return True
-        time.sleep(0.05)
-    return False
+
+    return wait_until(gone, timeout_s, f"process {pid} gone")
 
 
 def test_what_the_command_left_running_is_killed_when_it_exits() -> None:

@@ -4,6 +4,7 @@ at once, served by a real ProtocolServer on an ephemeral port."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from dmq.clock import SystemClock
@@ -12,13 +13,25 @@ from dmq.controller.group_service import GroupService, register_group_handlers
 from dmq.metadata.records import CreateTopic, records_to_wire
 from dmq.metadata.state import MetadataState
 from dmq.protocol.api import ApiKey
-from dmq.protocol.errors import NotControllerError
+from dmq.protocol.errors import DmqError, NotControllerError
 from dmq.protocol.server import ProtocolServer
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A ConsumerGroupHeartbeat the fake controller answered: the coordinator's term
+    then, the request and the answer (or the error it raised)."""
+
+    term: int | None
+    request: dict[str, Any]
+    answer: dict[str, Any] | None
+    error: DmqError | None = None
 
 
 class FakeHost:
     def __init__(self, topics: dict[str, int] | None = None, **settings: Any) -> None:
         self.clock = SystemClock()
+        self.heartbeats: list[Heartbeat] = []  # answered by `start_fake_controller`'s server
         self.state = MetadataState()
         self.term: int | None = 1
         self.index = 0
@@ -49,6 +62,17 @@ class FakeHost:
 async def start_fake_controller(host: FakeHost) -> tuple[ProtocolServer, GroupService]:
     server = ProtocolServer(host="127.0.0.1", port=0, node_id=1)
     svc = register_group_handlers(server, host=host)
+
+    def heartbeat(ctx: Any, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            answer = svc.heartbeat(ctx, body)
+        except DmqError as exc:
+            host.heartbeats.append(Heartbeat(host.term, body, None, exc))
+            raise
+        host.heartbeats.append(Heartbeat(host.term, body, answer))
+        return answer
+
+    server._handlers[ApiKey.CONSUMER_GROUP_HEARTBEAT] = heartbeat  # noqa: SLF001
 
     def metadata(ctx: Any, body: Any) -> Any:
         return {"controller": [1, "127.0.0.1", server.bound_port], "controller_term": 1,
