@@ -184,11 +184,12 @@ async def test_a_pushed_controller_cuts_a_discovery_in_progress_short(
     (`set_controller`) must end that discovery and route the request at once, not
     leave it probing until its time runs out."""
     _lead(nodes, nodes[0], told=[nodes[0]])
-    nodes[0].delay_s = 5.0  # its METADATA answers come after every probe gave up
+    nodes[0].hold = asyncio.Event()  # its METADATA answers never come
     ch = ControllerChannel([n.addr for n in nodes], discovery_timeout_ms=5000)
     try:
         req = asyncio.ensure_future(ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 3000))
-        await asyncio.sleep(0.3)  # in discovery: rounds of probes, then backoff
+        # in discovery: the other nodes answered probes naming no controller
+        await until(lambda: nodes[1].probes >= 1 and nodes[2].probes >= 1, "probes answered")
         assert not req.done()
         ch.set_controller(ControllerAddress(1, *nodes[0].addr, 2))
         assert (await req)["by"] == 1
@@ -205,11 +206,12 @@ async def test_a_pushed_controller_ends_a_retry_backoff_at_once(
 
     monkeypatch.setattr(discovery, "backoff_ms", lambda *a: 60_000.0)
     _lead(nodes, nodes[0], told=[nodes[0]])
-    nodes[0].delay_s = 5.0  # no probe gets its answer in time
+    nodes[0].hold = asyncio.Event()  # no probe gets its answer in time
     ch = ControllerChannel([n.addr for n in nodes], discovery_timeout_ms=1)
     try:
         req = asyncio.ensure_future(ch.request(ApiKey.CREATE_TOPICS, {"topics": []}, 120_000))
-        await asyncio.sleep(0.3)  # discovery gave up at once: the request is backing off
+        # discovery gave up at once (its probes reached the nodes): the request backs off
+        await until(lambda: nodes[1].probes >= 1 and nodes[2].probes >= 1, "probes answered")
         assert not req.done()
         ch.set_controller(ControllerAddress(1, *nodes[0].addr, 2))
         assert (await asyncio.wait_for(req, 10))["by"] == 1
