@@ -28,7 +28,7 @@ from dmq.metadata.image import FENCED, ONLINE
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError
-from tests.integration.test_controller_cluster import FakeBroker
+from tests.support.fake_broker import FakeBroker
 from tests.support.procs import ProcessCluster
 from tests.support.waiting import async_wait_until
 

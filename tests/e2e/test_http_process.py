@@ -9,8 +9,8 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from dmq.protocol.api import ApiKey
-from tests.e2e.test_node_process import _api_versions_ok
 from tests.support.procs import ProcessCluster, wait_port
+from tests.support.raw_frames import api_versions_ok
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -44,7 +44,7 @@ def test_health_and_metrics_endpoints() -> None:
         assert status in (200, 503) and "ready" in json.loads(body)
         before = _api_versions_count(node.http_port)
         for _ in range(3):
-            assert _api_versions_ok(node.port)
+            assert api_versions_ok(node.port)
         assert _api_versions_count(node.http_port) == before + 3
         _, text = _get(node.http_port, "/metrics")
         names = {f.name for f in text_string_to_metric_families(text.decode())}

@@ -16,32 +16,7 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.codec import FrameDecoder, decode_response, encode_request
 from dmq.protocol.errors import ErrorCode
 from tests.support.procs import ProcessCluster, free_ports
-
-
-def _roundtrip(port: int, data: bytes, timeout: float = 3.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        chunks = []
-        s.settimeout(timeout)
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                dec = FrameDecoder()
-                if dec.feed(b"".join(chunks)):
-                    break
-        except TimeoutError:
-            pass
-        return b"".join(chunks)
-
-
-def _api_versions_ok(port: int) -> bool:
-    out = _roundtrip(port, encode_request(ApiKey.API_VERSIONS, 0, 1, "t", {}))
-    (frame,) = FrameDecoder().feed(out)
-    cid, code, body = decode_response(frame)
-    return cid == 1 and code == 0 and [int(ApiKey.API_VERSIONS), 0, 0] in body["apis"]
+from tests.support.raw_frames import api_versions_ok, roundtrip
 
 
 def _error_code(out: bytes) -> tuple[int, int]:
@@ -59,26 +34,26 @@ def node():
 
 def test_node_survives_bad_input_and_exits_cleanly(node: ProcessCluster) -> None:
     port = node.nodes[1].port
-    assert _api_versions_ok(port)
+    assert api_versions_ok(port)
 
     # a length prefix above the limit: connection closed
-    assert _roundtrip(port, struct.pack(">I", (1 << 20) + 1)) == b""
+    assert roundtrip(port, struct.pack(">I", (1 << 20) + 1)) == b""
     # a length of 0: connection closed
-    assert _roundtrip(port, struct.pack(">I", 0)) == b""
+    assert roundtrip(port, struct.pack(">I", 0)) == b""
     # bytes that are not msgpack: connection closed
-    assert _roundtrip(port, struct.pack(">I", 4) + b"\xc1\xc1\xc1\xc1") == b""
+    assert roundtrip(port, struct.pack(">I", 4) + b"\xc1\xc1\xc1\xc1") == b""
     # msgpack of the wrong shape, correlation id readable: error response
     payload = msgpack.packb([18, 0, 77, "t"])
-    assert _error_code(_roundtrip(port, struct.pack(">I", len(payload)) + payload)) == (
+    assert _error_code(roundtrip(port, struct.pack(">I", len(payload)) + payload)) == (
         77, ErrorCode.INVALID_REQUEST)
     # a body of the wrong type
-    assert _error_code(_roundtrip(port, encode_request(ApiKey.API_VERSIONS, 0, 5, "t", 12))) == (
+    assert _error_code(roundtrip(port, encode_request(ApiKey.API_VERSIONS, 0, 5, "t", 12))) == (
         5, ErrorCode.INVALID_REQUEST)
     # an unknown API key
-    assert _error_code(_roundtrip(port, encode_request(4242, 0, 9, "t", {}))) == (
+    assert _error_code(roundtrip(port, encode_request(4242, 0, 9, "t", {}))) == (
         9, ErrorCode.UNKNOWN_API_KEY)
     # an unsupported version
-    assert _error_code(_roundtrip(port, encode_request(ApiKey.API_VERSIONS, 99, 10, "t", {}))) == (
+    assert _error_code(roundtrip(port, encode_request(ApiKey.API_VERSIONS, 99, 10, "t", {}))) == (
         10, ErrorCode.UNSUPPORTED_VERSION)
     # a frame cut off mid-way, then a disconnect
     frame = encode_request(ApiKey.API_VERSIONS, 0, 11, "t", {"client_software": "x" * 100})
@@ -89,7 +64,7 @@ def test_node_survives_bad_input_and_exits_cleanly(node: ProcessCluster) -> None
         s = socket.create_connection(("127.0.0.1", port))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
-    assert _api_versions_ok(port)
+    assert api_versions_ok(port)
     assert node.nodes[1].alive
 
     node.signal(1, signal.SIGTERM)
@@ -136,7 +111,7 @@ def test_seed_services_json_is_accepted(tmp_path) -> None:
         from tests.support.procs import wait_port
 
         wait_port(port)
-        assert _api_versions_ok(port)
+        assert api_versions_ok(port)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
     finally:

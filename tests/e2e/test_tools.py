@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.test_client import create_topic
+from dmq.cli.dev import ensure_topic
 from tests.support.procs import ProcessCluster, free_ports
 from tests.support.tools import run_tool as run
 
@@ -27,7 +27,7 @@ def node() -> Iterator[ProcessCluster]:
 
 async def test_produce_then_consume_lines_keys_headers(node: ProcessCluster) -> None:
     b = node.bootstrap
-    await create_topic(b, "lines", 1, 1)
+    await ensure_topic(b, "lines", 1, 1)
     r = run("produce", "--bootstrap", b, "--topic", "lines", stdin=b"one\ntwo\nthree\n")
     assert r.returncode == 0, r.stderr
     assert b"produced 3 records" in r.stderr
@@ -54,7 +54,7 @@ async def test_produce_from_file_and_group_consume(node: ProcessCluster, tmp_pat
     from pathlib import Path
 
     b = node.bootstrap
-    await create_topic(b, "filed", 2, 1)
+    await ensure_topic(b, "filed", 2, 1)
     path = Path(str(tmp_path)) / "in.txt"
     path.write_text("".join(f"line {i}\n" for i in range(1000)))
     r = run("produce", "-b", b, "-t", "filed", "--file", str(path))

@@ -26,12 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from dmq.cli.dev import free_base_port
+from dmq.cli.dev import ensure_topic, free_base_port
 from dmq.client.admin import Admin
 from dmq.client.consumer import Consumer
 from dmq.client.producer import Producer
 from dmq.client.records import TopicPartition
-from tests.e2e.test_client import create_topic
 from tests.support.procs import ProcessCluster
 from tests.support.tools import run_tool as run
 from tests.support.waiting import async_wait_until
@@ -118,7 +117,7 @@ async def test_produce_counts_records_of_partitions_whose_leader_is_dead() -> No
         pc.start()
         b = pc.bootstrap
         await _wait_brokers(b, 2)
-        await create_topic(b, "split", 4, 1)
+        await ensure_topic(b, "split", 4, 1)
         leaders = await _leaders(b, "split")
         dead = leaders[0]
         live_parts = [p for p, lead in leaders.items() if lead != dead]
@@ -162,7 +161,7 @@ def test_produce_timeouts_are_separate_and_checked(node: ProcessCluster) -> None
 async def test_non_utf8_header_value_and_key_separator_are_taken_as_bytes(
         node: ProcessCluster) -> None:
     b = node.bootstrap
-    await create_topic(b, "rawargs", 1, 1)
+    await ensure_topic(b, "rawargs", 1, 1)
     r = run("produce", "-b", b, "-t", "rawargs", "--header", b"h=\xff\xfe",
             "--key-separator", b"\xff", stdin=b"k\xffv\n")
     assert r.returncode == 0, r.stderr
@@ -197,7 +196,7 @@ def test_bad_input_gets_one_line_never_a_traceback(node: ProcessCluster) -> None
 # ---- dmq-consume formats ---------------------------------------------------------------
 async def test_consume_formats_text_hex_base64_and_binary_json(node: ProcessCluster) -> None:
     b = node.bootstrap
-    await create_topic(b, "formats", 1, 1)
+    await ensure_topic(b, "formats", 1, 1)
     values = [b"plain", b"\x00\xff\x80bin", "h\u00e9llo".encode(), None]
     async with Producer(b) as producer:
         for i, v in enumerate(values):

@@ -17,8 +17,8 @@ from dmq.protocol.errors import (
     OffsetOutOfRangeError,
     UnknownTopicOrPartitionError,
 )
+from tests.support.fake_cluster import FakeCluster
 from tests.support.waiting import until
-from tests.unit.client.fake_cluster import FakeCluster
 
 T0 = TopicPartition("t", 0)
 T1 = TopicPartition("t", 1)

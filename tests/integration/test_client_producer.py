@@ -25,8 +25,8 @@ from dmq.protocol.errors import (
     RequestTimedOutError,
     UnknownTopicOrPartitionError,
 )
+from tests.support.fake_cluster import FakeCluster
 from tests.support.waiting import until
-from tests.unit.client.fake_cluster import FakeCluster
 
 
 async def drive(clock: ManualClock, aw: Any, what: str) -> Any:

@@ -15,58 +15,21 @@ from typing import Any
 
 import pytest
 
-from dmq.broker.lifecycle import BrokerLifecycle
 from dmq.client.admin import Admin, NewTopic
-from dmq.config import ClusterConfig, parse_config
-from dmq.metadata.image import FENCED, NO_LEADER, ONLINE, MetadataImage
+from dmq.config import parse_config
+from dmq.metadata.image import FENCED, NO_LEADER, ONLINE
 from dmq.metadata.records import CreateTopic
 from dmq.node import Node, resolve_node
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError, ErrorCode
-from dmq.protocol.server import ProtocolServer
+from tests.support.fake_broker import FakeBroker
 from tests.support.procs import free_ports
 from tests.support.waiting import async_wait_until as wait_for
 
 SETTINGS = {"broker.session.timeout.ms": 1500, "broker.heartbeat.interval.ms": 200,
             "raft.tick.ms": 20, "auto.leader.rebalance.enable": False,
             "default.replication.factor": 3, "num.partitions": 2}
-
-
-class FakeBroker:
-    """A broker's lifecycle plus a server that takes ControllerChanged notices."""
-
-    def __init__(self, config: ClusterConfig, broker_id: int) -> None:
-        addr = config.node(broker_id)
-        assert addr is not None
-        self.config = config
-        self.broker_id = broker_id
-        self.images: list[tuple[float, MetadataImage]] = []
-        self.server = ProtocolServer(host=addr.host, port=addr.port, node_id=broker_id)
-        self.lifecycle = self._new_lifecycle()
-        self.server.register(ApiKey.CONTROLLER_CHANGED, self._changed)
-
-    def _new_lifecycle(self) -> BrokerLifecycle:
-        addr = self.config.node(self.broker_id)
-        assert addr is not None
-        return BrokerLifecycle(self.config, self.broker_id, addr.host, addr.port, None,
-                               on_image=lambda img: self.images.append((time.monotonic(), img)))
-
-    async def _changed(self, ctx: Any, body: Any) -> Any:
-        return self.lifecycle.handle_controller_changed(body)
-
-    async def start(self) -> None:
-        await self.server.start()
-        await self.lifecycle.start()
-
-    async def kill(self) -> None:
-        """Stop heartbeating without a controlled shutdown (like kill -9)."""
-        await self.lifecycle.stop()
-        await self.server.close(100)
-
-    async def restart(self) -> None:
-        self.lifecycle = self._new_lifecycle()
-        await self.start()
 
 
 class InProcCluster:

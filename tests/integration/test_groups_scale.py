@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from dmq.client.group import GroupMembership
-from tests.integration.test_groups_membership import FakeConsumer
+from tests.support.fake_consumer import FakeConsumer
 from tests.unit.groups.fake_host import FakeHost, start_fake_controller
 
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.kafka.clients import bootstrap, create_topic
 from tests.kafka.support import KafkaConn, kafka_cluster
-from tests.kafka.test_kafka_clients import bootstrap, create_topic
 from tests.support.procs import ProcessCluster
 from tests.support.waiting import wait_until
 

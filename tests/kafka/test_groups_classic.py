@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.kafka.clients import Member, bootstrap, create_topic, dmq_cli, produce
 from tests.kafka.support import KafkaConn, kafka_cluster, needs_kcat
-from tests.kafka.test_groups_offsets import dmq_cli
-from tests.kafka.test_kafka_clients import bootstrap, create_topic
 from tests.support.procs import ProcessCluster
 from tests.support.waiting import wait_until
 
@@ -34,66 +33,6 @@ MEMBER_ID_REQUIRED = 79
 def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
     with kafka_cluster(brokers=2, combined=True) as c:
         yield c
-
-
-def produce(ports: dict[int, int], topic: str, count: int, partitions: int) -> None:
-    producer = ck.Producer({"bootstrap.servers": bootstrap(ports), "acks": "all"})
-    for i in range(count):
-        producer.produce(topic, value=b"%d" % i, partition=i % partitions)
-    assert producer.flush(20) == 0
-
-
-class Member:
-    """One confluent-kafka group consumer polling on its own thread."""
-
-    def __init__(self, ports: dict[int, int], group: str, topic: str,
-                 strategy: str = "range") -> None:
-        self.consumer = ck.Consumer({
-            "bootstrap.servers": bootstrap(ports), "group.id": group,
-            "auto.offset.reset": "earliest", "enable.auto.commit": False,
-            "session.timeout.ms": 6000, "heartbeat.interval.ms": 300,
-            "partition.assignment.strategy": strategy})
-        self.cooperative = strategy == "cooperative-sticky"
-        self.records: list[tuple[int, int]] = []
-        self.lock = threading.Lock()
-        self.owned: set[int] = set()
-        self.commit_errors: list[int] = []
-        # the callbacks run on the polling thread (librdkafka calls from another thread
-        # could wait on that one)
-        self.consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            msg = self.consumer.poll(0.1)
-            if msg is not None and msg.error() is None:
-                with self.lock:
-                    self.records.append((msg.partition(), msg.offset()))
-                try:
-                    self.consumer.commit(message=msg, asynchronous=False)
-                except ck.KafkaException as exc:  # e.g. fenced by a rebalance: re-read
-                    self.commit_errors.append(exc.args[0].code())
-        self.consumer.close()
-
-    def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
-        with self.lock:  # cooperative: partitions added; eager: the whole assignment
-            got = {tp.partition for tp in partitions}
-            self.owned = self.owned | got if self.cooperative else got
-
-    def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
-        with self.lock:
-            self.owned = self.owned - {tp.partition for tp in partitions} \
-                if self.cooperative else set()
-
-    def assignment(self) -> set[int]:
-        with self.lock:
-            return set(self.owned)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(15)
 
 
 @pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])

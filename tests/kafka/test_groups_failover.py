@@ -13,10 +13,8 @@ import sys
 
 import pytest
 
+from tests.kafka.clients import REPO, Member, create_topic, produce, wait_until
 from tests.kafka.support import kafka_cluster
-from tests.kafka.test_groups_classic import Member, produce, wait_until
-from tests.kafka.test_groups_offsets import REPO
-from tests.kafka.test_kafka_clients import create_topic
 from tests.support.procs import ProcessCluster
 
 pytest.importorskip("confluent_kafka")

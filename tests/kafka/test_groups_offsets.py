@@ -7,23 +7,19 @@ commits `dmq groups describe` then shows with their lag."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.kafka.clients import bootstrap, create_topic, dmq_cli
 from tests.kafka.support import KafkaConn, kafka_cluster
-from tests.kafka.test_kafka_clients import bootstrap, create_topic
 from tests.support.procs import ProcessCluster
 
 ck = pytest.importorskip("confluent_kafka")
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 COORDINATOR_NOT_AVAILABLE = 15
 INVALID_REQUEST = 42
 UNKNOWN_TOPIC_OR_PARTITION = 3
@@ -34,14 +30,6 @@ UNKNOWN_MEMBER_ID = 25
 def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
     with kafka_cluster(brokers=2, combined=True) as c:
         yield c
-
-
-def dmq_cli(pc: ProcessCluster, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "dmq.cli", *args, "--bootstrap",
-                          pc.bootstrap], cwd=REPO, capture_output=True, text=True,
-                         timeout=30)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 def test_find_coordinator_names_the_broker_asked_in_every_version(

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.kafka.clients import bootstrap, create_topic, leader_serves
 from tests.kafka.support import KafkaConn, kafka_cluster, needs_kcat
 from tests.support.procs import ProcessCluster
 from tests.support.waiting import wait_until
@@ -28,38 +29,6 @@ pytestmark = pytest.mark.slow
 def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
     with kafka_cluster(brokers=2, combined=True) as c:
         yield c
-
-
-def bootstrap(ports: dict[int, int]) -> str:
-    return ",".join(f"127.0.0.1:{p}" for p in ports.values())
-
-
-def create_topic(ports: dict[int, int], name: str, partitions: int, rf: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap(ports)})
-    futures = admin.create_topics([NewTopic(name, partitions, rf)], operation_timeout=15)
-    futures[name].result(20)
-    # wait until every broker's image has leaders for it (Kafka clients retry anyway)
-    def ready() -> bool:
-        ok = True
-        for port in ports.values():
-            with KafkaConn(port) as conn:
-                md = conn.request("Metadata", 12, {"Topics": [{"Name": name}],
-                                                    "AllowAutoTopicCreation": False})
-            t = md["Topics"][0]
-            ok &= t["ErrorCode"] == 0 and len(t["Partitions"]) == partitions and all(
-                p["LeaderId"] >= 0 for p in t["Partitions"])
-        # and every leader serves its partition (its log is opened after the image)
-        return ok and all(_leader_serves(ports[p["LeaderId"]], name, p["PartitionIndex"])
-                          for p in t["Partitions"])
-
-    wait_until(ready, 20, f"topic {name} with leaders on every broker", interval_s=0.1)
-
-
-def _leader_serves(port: int, topic: str, partition: int) -> bool:
-    with KafkaConn(port) as conn:
-        answer = conn.request("ListOffsets", 7, {"ReplicaId": -1, "Topics": [
-            {"Name": topic, "Partitions": [{"PartitionIndex": partition, "Timestamp": -1}]}]})
-    return bool(answer["Topics"][0]["Partitions"][0]["ErrorCode"] == 0)
 
 
 @needs_kcat
@@ -244,7 +213,7 @@ def _leader_ready(ports: dict[int, int], topic: str) -> bool:
                                             "AllowAutoTopicCreation": False})
     t = md["Topics"][0]
     return t["ErrorCode"] == 0 and all(
-        p["LeaderId"] >= 0 and _leader_serves(ports[p["LeaderId"]], topic, p["PartitionIndex"])
+        p["LeaderId"] >= 0 and leader_serves(ports[p["LeaderId"]], topic, p["PartitionIndex"])
         for p in t["Partitions"])
 
 

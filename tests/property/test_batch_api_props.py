@@ -17,7 +17,7 @@ from dmq.client import Producer
 from dmq.log.batch import BatchBuilder
 from dmq.log.codecs import CODEC_LZ4, CODEC_NONE, CODEC_ZSTD
 from tests.property.log._settings import LOG_SETTINGS
-from tests.unit.client.fake_cluster import FakeCluster
+from tests.support.fake_cluster import FakeCluster
 
 blob = st.one_of(st.none(), st.binary(max_size=48))
 headers = st.one_of(st.none(), st.lists(st.tuples(st.text(max_size=6), st.binary(max_size=6)),

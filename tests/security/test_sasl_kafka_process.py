@@ -18,8 +18,8 @@ import pytest
 from dmq.security.certs import CA
 from dmq.security.scram import CredentialStore, make_credential
 from tests.kafka.support import KafkaConn, kafka_ports
-from tests.security.test_scram import client_final
 from tests.support.procs import ProcessCluster
+from tests.support.scram_client import client_final
 
 ck = pytest.importorskip("confluent_kafka")
 from confluent_kafka.admin import AdminClient  # noqa: E402

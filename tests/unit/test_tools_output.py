@@ -22,7 +22,7 @@ from dmq.client.partitioner import partition_for_key
 from dmq.client.records import ConsumerRecord
 from dmq.log.batch import BatchBuilder
 from dmq.protocol.errors import RequestTimedOutError
-from tests.unit.client.fake_cluster import FakeCluster
+from tests.support.fake_cluster import FakeCluster
 
 
 def rec(key: object, value: object, headers: tuple[tuple[str, bytes], ...] = ()

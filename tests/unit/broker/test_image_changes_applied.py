@@ -16,8 +16,7 @@ from dmq.metadata.image import MetadataImage
 from dmq.metadata.records import NO_CHANGE, PartitionChange
 from dmq.protocol.errors import NotControllerError
 from tests.unit.broker.support import make_config
-from tests.unit.controller.helpers import Harness
-from tests.unit.controller.test_planner_properties import BROKERS, apply_op
+from tests.unit.controller.helpers import BROKERS, Harness, apply_op
 
 ME = BROKERS[0]
 

@@ -16,7 +16,7 @@ from dmq.client.errors import ProducerClosedError, WouldBlockError
 from dmq.client.partitioner import partition_for_key
 from dmq.log.batch import iter_headers
 from dmq.protocol.errors import ErrorCode, MessageTooLargeError, RequestTimedOutError
-from tests.unit.client.fake_cluster import FakeCluster
+from tests.support.fake_cluster import FakeCluster
 
 
 @pytest.fixture

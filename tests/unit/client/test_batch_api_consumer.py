@@ -13,7 +13,7 @@ from dmq.client import Consumer, Producer, TopicPartition
 from dmq.client.consumer import ConsumedBatch
 from dmq.client.serializers import str_deserializer
 from dmq.protocol.errors import CorruptMessageError
-from tests.unit.client.fake_cluster import FakeCluster
+from tests.support.fake_cluster import FakeCluster
 
 T0 = TopicPartition("t", 0)
 

@@ -11,7 +11,7 @@ from dmq.client.cluster import ClusterClient, parse_bootstrap
 from dmq.clock import ManualClock
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode, error_for
-from tests.unit.client.fake_cluster import FakeCluster
+from tests.support.fake_cluster import FakeCluster
 
 
 def test_parse_bootstrap_forms() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from dmq.config import SETTINGS
 from dmq.controller.planner import Planner
+from dmq.metadata.image import FENCED, NO_LEADER, ONLINE
 from dmq.metadata.records import Record, records_to_wire
 from dmq.metadata.state import MetadataState
 
@@ -44,3 +45,51 @@ class Harness:
               "configs": configs}])
         self.commit(recs)
         return results[0]
+
+
+BROKERS = (1, 2, 3, 4)
+
+
+def apply_op(h: Harness, op: str, a: int, b: int) -> None:
+    s, pl = h.state, h.planner
+    broker = BROKERS[a]
+    names = sorted(s.topics)
+    if op == "create":
+        recs, _ = pl.create_topics([{"name": f"t{b}", "partitions": 1 + b % 4,
+                                     "replication_factor": 1 + a % 3, "configs": {}}])
+        h.commit(recs)
+    elif op == "fence":
+        h.commit(pl.fence_broker(broker))
+    elif op == "return":
+        if s.brokers[broker].state == FENCED:
+            h.commit(pl.register_broker(broker, "h", broker, None, f"i{s.version}"))
+            h.commit(pl.unfence_broker(broker))
+    elif op == "shutdown":
+        h.commit(pl.controlled_shutdown(broker))
+    elif op in ("shrink", "expand") and names:
+        t = s.topics[names[b % len(names)]]
+        p = t.partitions[a % len(t.partitions)]
+        if p.leader == NO_LEADER:
+            return
+        if op == "shrink":
+            isr = [p.leader]
+        else:
+            isr = [r for r in p.replicas if r == p.leader or r in p.isr
+                   or s.brokers[r].state == ONLINE]
+        recs, _ = pl.alter_partition(p.leader, s.brokers[p.leader].broker_epoch,
+                                     [[t.name, [[p.partition, p.leader_epoch,
+                                                 p.partition_epoch, isr]]]])
+        h.commit(recs)
+    elif op == "prefer":
+        h.commit(pl.preferred_leader_elections())
+    elif op == "grow" and names:
+        name = names[b % len(names)]
+        h.commit(pl.create_partitions([{"name": name,
+                                        "count": len(s.topics[name].partitions) + 1}])[0])
+    elif op == "delete" and names:
+        h.commit(pl.delete_topics([names[b % len(names)]])[0])
+    elif op == "unclean" and names:
+        name = names[b % len(names)]
+        h.commit(pl.alter_configs([{"name": name, "configs": {
+            "unclean.leader.election.enable": "true"}}])[0])
+        h.commit(pl.elect_offline_leaders(topic=name))

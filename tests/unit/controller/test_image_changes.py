@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from dmq.metadata.image import ImageChanges, MetadataImage, image_changes, metadata_body
 from dmq.metadata.records import NO_CHANGE, PartitionChange
 from dmq.metadata.state import MetadataState
-from tests.unit.controller.helpers import Harness
-from tests.unit.controller.test_planner_properties import BROKERS, apply_op
+from tests.unit.controller.helpers import BROKERS, Harness, apply_op
 
 OPS = st.lists(st.tuples(st.sampled_from(["create", "fence", "return", "shutdown", "shrink",
                                           "expand", "prefer", "grow", "delete", "unclean",

@@ -6,11 +6,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmq.metadata.image import FENCED, NO_LEADER, ONLINE
+from dmq.metadata.image import FENCED, NO_LEADER
 from dmq.metadata.state import MetadataState
-from tests.unit.controller.helpers import Harness
+from tests.unit.controller.helpers import BROKERS, Harness, apply_op
 
-BROKERS = (1, 2, 3, 4)
 OPS = st.lists(st.tuples(st.sampled_from(["create", "fence", "return", "shutdown", "shrink",
                                           "expand", "prefer", "grow", "delete", "unclean"]),
                          st.integers(0, 3), st.integers(0, 7)), max_size=40)
@@ -25,51 +24,6 @@ def check_invariants(h: Harness) -> None:
             if p.leader != NO_LEADER:
                 assert p.leader in p.isr, f"leader outside ISR {p}"
                 assert s.brokers[p.leader].state != FENCED, f"fenced leader {p}"
-
-
-def apply_op(h: Harness, op: str, a: int, b: int) -> None:
-    s, pl = h.state, h.planner
-    broker = BROKERS[a]
-    names = sorted(s.topics)
-    if op == "create":
-        recs, _ = pl.create_topics([{"name": f"t{b}", "partitions": 1 + b % 4,
-                                     "replication_factor": 1 + a % 3, "configs": {}}])
-        h.commit(recs)
-    elif op == "fence":
-        h.commit(pl.fence_broker(broker))
-    elif op == "return":
-        if s.brokers[broker].state == FENCED:
-            h.commit(pl.register_broker(broker, "h", broker, None, f"i{s.version}"))
-            h.commit(pl.unfence_broker(broker))
-    elif op == "shutdown":
-        h.commit(pl.controlled_shutdown(broker))
-    elif op in ("shrink", "expand") and names:
-        t = s.topics[names[b % len(names)]]
-        p = t.partitions[a % len(t.partitions)]
-        if p.leader == NO_LEADER:
-            return
-        if op == "shrink":
-            isr = [p.leader]
-        else:
-            isr = [r for r in p.replicas if r == p.leader or r in p.isr
-                   or s.brokers[r].state == ONLINE]
-        recs, _ = pl.alter_partition(p.leader, s.brokers[p.leader].broker_epoch,
-                                     [[t.name, [[p.partition, p.leader_epoch,
-                                                 p.partition_epoch, isr]]]])
-        h.commit(recs)
-    elif op == "prefer":
-        h.commit(pl.preferred_leader_elections())
-    elif op == "grow" and names:
-        name = names[b % len(names)]
-        h.commit(pl.create_partitions([{"name": name,
-                                        "count": len(s.topics[name].partitions) + 1}])[0])
-    elif op == "delete" and names:
-        h.commit(pl.delete_topics([names[b % len(names)]])[0])
-    elif op == "unclean" and names:
-        name = names[b % len(names)]
-        h.commit(pl.alter_configs([{"name": name, "configs": {
-            "unclean.leader.election.enable": "true"}}])[0])
-        h.commit(pl.elect_offline_leaders(topic=name))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
