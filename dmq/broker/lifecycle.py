@@ -177,7 +177,7 @@ class BrokerLifecycle:
                                                   timeout_ms=self.session_timeout_ms)
             except DmqError as exc:
                 log.info("broker=%d registration failed (%s); retrying", self.broker_id, exc)
-                await asyncio.sleep(backoff_ms(attempt, 100, 2000, self.rng) / 1000)
+                await self.clock.sleep(backoff_ms(attempt, 100, 2000, self.rng))
                 attempt += 1
                 continue
             self._broker_epoch = int(resp["broker_epoch"])
@@ -239,7 +239,7 @@ class BrokerLifecycle:
                                                   timeout_ms=FETCH_MAX_WAIT_MS + 3000)
             except DmqError as exc:
                 log.info("broker=%d metadata fetch failed: %s", self.broker_id, exc)
-                await asyncio.sleep(backoff_ms(attempt, 50, 1000, self.rng) / 1000)
+                await self.clock.sleep(backoff_ms(attempt, 50, 1000, self.rng))
                 attempt += 1
                 continue
             try:
@@ -252,7 +252,7 @@ class BrokerLifecycle:
                                   "fetching a snapshot", self.broker_id, self.state.version)
                 self._set_metadata_error(f"metadata does not apply: {exc!r}")
                 self.state = MetadataState(keep_offsets=False)
-                await asyncio.sleep(backoff_ms(attempt, 100, 5000, self.rng) / 1000)
+                await self.clock.sleep(backoff_ms(attempt, 100, 5000, self.rng))
                 attempt += 1
                 continue
             attempt = 0

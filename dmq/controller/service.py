@@ -330,7 +330,7 @@ class ControllerService(Service):
                 except Exception:
                     log.exception("controller=%d activation failed", self.node_id)
                     self._seen_term = -1
-            await asyncio.sleep(tick_s)
+            await self.clock.sleep(tick_s * 1000)
 
     async def _activate(self, term: int) -> None:
         # a barrier entry: once applied, every entry of earlier terms is applied too
@@ -369,9 +369,9 @@ class ControllerService(Service):
 
     async def _check_sessions(self) -> None:
         timeout = self.sessions.session_timeout_ms
-        period_s = max(0.02, min(timeout / 8, 250) / 1000)
+        period_ms = max(20.0, min(timeout / 8, 250))
         while not self._stopping:
-            await asyncio.sleep(period_s)
+            await self.clock.sleep(period_ms)
             if not self.is_active:
                 continue
             live = [b.broker_id for b in self.state.brokers.values() if b.state != FENCED]
@@ -387,7 +387,7 @@ class ControllerService(Service):
 
     async def _balance_leaders(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(self.preferred_leader_check_ms / 1000)
+            await self.clock.sleep(self.preferred_leader_check_ms)
             if not self.is_active:
                 continue
             try:
@@ -404,7 +404,7 @@ class ControllerService(Service):
         controller carries on where the last one stopped."""
         checked = -1
         while not self._stopping:
-            await asyncio.sleep(REASSIGNMENT_CHECK_MS / 1000)
+            await self.clock.sleep(REASSIGNMENT_CHECK_MS)
             if not self.is_active or self.state.version == checked:
                 continue
             checked = self.state.version
