@@ -114,7 +114,7 @@ async def metrics(host: str, port: int) -> dict[str, float]:
     try:
         writer.write(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
                      .encode())
-        data = await asyncio.wait_for(reader.read(), 10)
+        data = await asyncio.wait_for(reader.read(), 30)
     finally:
         writer.close()
     out: dict[str, float] = {}
@@ -136,8 +136,11 @@ async def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
     base = free_base_port(args.controllers, 3)
     profile_out = root / "profile.json"
     cluster = DevCluster(root, args.controllers, 3, base, quiet=True, echo=lambda s: None,
-                         settings={k: _value(v) for k, v in
-                                   (s.split("=", 1) for s in args.setting)})
+                         settings={
+                             # RF=3 on 3 brokers: every broker hosts every partition
+                             "max.partition.replicas.per.broker": max(4000, args.partitions),
+                             **{k: _value(v) for k, v in
+                                (s.split("=", 1) for s in args.setting)}})
     if args.profile:
         spawn = cluster._spawn
         first = next(n for n in cluster.nodes if n.role == "broker")
@@ -181,7 +184,10 @@ async def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
         # every broker hosts every partition (RF=3 on 3 brokers), its log created and
         # its role applied, and leads nothing under-replicated
         while time.monotonic() - t0 < args.timeout:
-            gauges = [await metrics(cluster.host, n.port) for n in brokers]
+            try:
+                gauges = [await metrics(cluster.host, n.port) for n in brokers]
+            except (OSError, TimeoutError):
+                continue  # a broker too busy creating logs to answer in time
             if all(g.get("dmq_broker_partitions") == args.partitions
                    and g.get("dmq_broker_under_replicated_partitions") == 0 for g in gauges):
                 isr_s = time.monotonic() - t0

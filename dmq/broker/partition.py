@@ -94,6 +94,13 @@ class ReplicaState:
                 return t
         return self.last_caught_up_ms
 
+    def last_heard_ms(self) -> int:
+        """When it last fetched this partition (its session's requests count)."""
+        e = self.session_entry
+        if e is not None and e.active:
+            return max(self.last_fetch_ms, int(e.session.last_request_ms))
+        return self.last_fetch_ms
+
 
 class ProduceWaiter:
     """One acks=all produce request waiting on the high watermark of its partitions.
@@ -389,14 +396,17 @@ class Partition:
         if st is not None:
             st.last_sent_hw = self.high_watermark
 
-    def isr_expansion(self) -> tuple[int, ...] | None:
-        """A new ISR adding caught-up followers, or None (also while a proposal is pending)."""
-        if (not self.is_leader or self.pending_isr is not None
-                or self._now_ms() < self.isr_retry_at_ms):
+    def isr_expansion(self, lag_time_max_ms: int | None = None) -> tuple[int, ...] | None:
+        """A new ISR adding caught-up followers, or None (also while a proposal is pending).
+        With `lag_time_max_ms`, only followers that fetched within that time: a follower
+        that went silent at the end of an idle log looks caught up forever."""
+        now = self._now_ms()
+        if not self.is_leader or self.pending_isr is not None or now < self.isr_retry_at_ms:
             return None
         add = [b for b, st in self.followers.items()
                if b not in self.isr and st.log_end_offset >= self.high_watermark
-               and st.log_end_offset >= self.leader_epoch_start_offset]
+               and st.log_end_offset >= self.leader_epoch_start_offset
+               and (lag_time_max_ms is None or now - st.last_heard_ms() <= lag_time_max_ms)]
         if not add:
             return None
         return tuple(sorted((*self.isr, *add)))

@@ -621,7 +621,7 @@ class ReplicaManager:
         self._hw_dirty = True
 
     def _maybe_expand_isr(self, part: Partition) -> None:
-        new_isr = part.isr_expansion()
+        new_isr = part.isr_expansion(self.lag_time_max_ms)
         if new_isr is not None:
             # only ONLINE brokers join (the controller refuses the others): a dead
             # follower whose last fetch was caught up (an idle log) still looks in sync,
