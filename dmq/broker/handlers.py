@@ -184,7 +184,7 @@ class DataPlane:
         if follower:
             self.stats_replica_fetch_requests += 1
             self.stats_replica_fetch_partitions += sum(len(parts) for _, parts in body["topics"])
-            if body["session_id"] >= 0:
+            if body.get("session_id", -1) >= 0:
                 return self._session_fetch(body, replica_id)
         wanted: list[tuple[str, int, int, int, int]] = [
             (topic, p, offset, epoch, pmax)
