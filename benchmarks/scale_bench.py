@@ -108,24 +108,11 @@ def _profiled_server(out: str, seconds: float, argv: list[str]) -> None:
 # ---------------------------------------------------------------------------- cluster
 
 
-async def metrics(host: str, port: int) -> dict[str, float]:
-    """The node's unlabelled-by-topic gauges from GET /metrics (one value per name)."""
-    reader, writer = await asyncio.open_connection(host, port)
+def _count_dirs(path: Path) -> int:
     try:
-        writer.write(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-                     .encode())
-        data = await asyncio.wait_for(reader.read(), 30)
-    finally:
-        writer.close()
-    out: dict[str, float] = {}
-    for line in data.decode(errors="replace").splitlines():
-        if line.startswith("dmq_broker_"):
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            try:
-                out[name] = float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                pass
-    return out
+        return sum(1 for e in os.scandir(path) if e.is_dir() and not e.name.endswith("-delete"))
+    except OSError:
+        return 0
 
 
 async def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
@@ -181,20 +168,23 @@ async def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
                 await asyncio.sleep(0.2)
             else:
                 raise TimeoutError(f"leaders not elected after {args.timeout}s")
-        # every broker hosts every partition (RF=3 on 3 brokers), its log created and
-        # its role applied, and leads nothing under-replicated
-        while time.monotonic() - t0 < args.timeout:
-            try:
-                gauges = [await metrics(cluster.host, n.port) for n in brokers]
-            except (OSError, TimeoutError):
-                continue  # a broker too busy creating logs to answer in time
-            if all(g.get("dmq_broker_partitions") == args.partitions
-                   and g.get("dmq_broker_under_replicated_partitions") == 0 for g in gauges):
-                isr_s = time.monotonic() - t0
-                break
-            await asyncio.sleep(0.2)
-        else:
-            raise TimeoutError(f"replicas not all created and in sync after {args.timeout}s")
+        # every broker hosts every partition (RF=3 on 3 brokers): done when each has
+        # made every log (counted on disk: asking the brokers, e.g. their /metrics with
+        # a line per partition, would load them while they work) and the controller
+        # has every ISR full
+        async with Admin(cluster.bootstrap) as admin:
+            while time.monotonic() - t0 < args.timeout:
+                made = [_count_dirs(root / f"node-{n.node_id}" / "partitions") for n in brokers]
+                if all(m >= args.partitions for m in made):
+                    info = (await admin.describe_topics(["scale"])).get("scale")
+                    if info is not None and all(len(p.isr) == 3 and p.leader >= 0
+                                                for p in info.partitions.values()):
+                        isr_s = time.monotonic() - t0
+                        break
+                await asyncio.sleep(1.0)
+            else:
+                raise TimeoutError(f"replicas not all created and in sync after "
+                                   f"{args.timeout}s")
         await asyncio.sleep(args.settle)
         if args.profile:
             Path(str(profile_out) + ".start").touch()

@@ -328,7 +328,8 @@ class ReplicaFetcher:
             forgotten: list[Key] = []
             known = wanted
         else:
-            known = dict(self._known)
+            # changed in place: a failed request resets the session anyway
+            known = self._known
             listed = []
             forgotten = []
             for tp in self._pending:
@@ -343,7 +344,6 @@ class ReplicaFetcher:
                     listed.append((tp, w))
             if not known and not forgotten:
                 self._pending = set()
-                self._known = known
                 return False
         by_topic: dict[str, list[list[int]]] = {}
         for tp, (offset, epoch, _) in listed:
@@ -351,7 +351,11 @@ class ReplicaFetcher:
         gone: dict[str, list[int]] = {}
         for tp in forgotten:
             gone.setdefault(tp[0], []).append(tp[1])
-        body = {"replica_id": self.broker_id, "max_wait_ms": self.max_wait_ms, "min_bytes": 1,
+        # a partition waiting out an error backoff is fetched again when it ends, not
+        # when a long-poll over the others happens to end
+        wait_ms = min(self.max_wait_ms, self._next_ready_in_ms()) if self._delayed \
+            else self.max_wait_ms
+        body = {"replica_id": self.broker_id, "max_wait_ms": wait_ms, "min_bytes": 1,
                 "max_bytes": self.max_bytes, "topics": [[t, r] for t, r in by_topic.items()],
                 "session_id": self._session_id,
                 "session_epoch": 0 if full else self._session_epoch + 1,

@@ -765,7 +765,8 @@ class ReplicaManager:
             plog = part.log
             try:
                 plog.maybe_roll_by_time()
-                plog.maybe_flush()
+                if plog.config.flush_ms is not None:
+                    plog.maybe_flush()
                 start = plog.log_start_offset
                 plog.delete_old_segments()
                 if plog.log_start_offset != start:
