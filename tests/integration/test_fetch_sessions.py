@@ -164,9 +164,14 @@ async def test_leader_that_keeps_no_sessions_gets_full_fetches(tmp_path: Path) -
         await wait_for(lambda: in_sync(ctl, brokers, "t", 5), what="replicated")
         assert brokers[0].replicas.fetch_sessions.sessions == {}
         r0, l0 = counter.snapshot()
+        shrinks0 = brokers[0].replicas.stats_isr_shrinks
         await wait_for(lambda: counter.requests >= r0 + 3, what="more fetches")
         r1, l1 = counter.snapshot()
         assert l1 - l0 >= 5 * (r1 - r0)  # every request lists every partition
+        # idle past replica.lag.time.max.ms (1.5 s): full fetches keep the ISR as before
+        await asyncio.sleep(WINDOW_S)
+        assert brokers[0].replicas.stats_isr_shrinks == shrinks0
+        assert in_sync(ctl, brokers, "t", 5)
         await conn.close()
 
 
