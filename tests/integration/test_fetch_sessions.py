@@ -202,3 +202,24 @@ async def test_session_errors_are_in_the_answer_body(tmp_path: Path) -> None:
                                                  "session_epoch": 2, "topics": []})
         assert resp["error"] == ErrorCode.FETCH_SESSION_ID_NOT_FOUND
         await conn.close()
+
+
+async def test_hw_checkpoint_is_built_only_after_a_hw_moved(tmp_path: Path) -> None:
+    async def body(ctl: StandInController, brokers: list[InProcBroker], conn: Any) -> None:
+        replicas = brokers[0].replicas
+        builds = []
+        inner = replicas._hw_offsets
+
+        def counting() -> dict[str, int]:
+            builds.append(1)
+            return inner()
+
+        replicas._hw_offsets = counting  # type: ignore[method-assign]
+        await asyncio.sleep(1.2)  # a tick may still write the last HW move
+        builds.clear()
+        await asyncio.sleep(2.5)  # two ticks of the 1 s checkpoint, nothing moved
+        assert builds == []
+        assert (await produce(conn, "t", 0, batch([b"more"]), acks=-1))[1] == 0
+        await wait_for(lambda: builds, what="a checkpoint after the HW moved")
+
+    await settled_cluster(tmp_path, 20, body)
