@@ -8,6 +8,16 @@ partition after a leader change it asks OFFSET_FOR_LEADER_EPOCH for the end offs
 its latest epoch and truncates the divergent tail (KIP-101, with KIP-279's loop when
 the leader does not know that epoch).
 
+Fetches go through an incremental fetch session (KIP-227, leader side in
+`dmq.broker.fetch_session`): the first request lists every partition and opens the
+session; later ones list only partitions whose fetch offset or leader epoch changed
+(and those to forget), and the leader answers only partitions with news, as soon as
+one has some or when the wait ends. So an idle fetcher costs one small request per
+`replica.fetch.wait.max.ms` whatever the number of partitions, and the fetcher itself
+only looks at partitions that changed (`_pending`). Any failure of a request, an
+unknown session or an epoch out of sequence falls back to a full request; a leader
+that answers without a session id (an older dmq) is sent full requests throughout.
+
 It must never decide roles: the replica manager adds and removes partitions as images
 arrive. A response for a partition that was removed or re-added meanwhile is dropped.
 """
@@ -17,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from dmq.aio import wait_for
 from dmq.broker.errors import error_code_of
 from dmq.broker.partition import Partition
+from dmq.clock import Clock
 from dmq.config import ClusterConfig
 from dmq.log.errors import LogError
 from dmq.metadata.image import BrokerInfo
@@ -29,8 +41,10 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, ErrorCode
 
-if TYPE_CHECKING:
-    from dmq.broker.replica_manager import ReplicaManager
+# spawn(coroutine, name): run a task owned by the broker
+Spawn = Callable[[Coroutine[Any, Any, None], str], None]
+# on_fatal(task name, exception): an essential task ended while the broker runs
+OnFatal = Callable[[str, BaseException | None], None]
 
 log = logging.getLogger("dmq.broker.fetcher")
 
@@ -53,26 +67,40 @@ class FetchState:
         self.delayed_until_ms = 0
 
 
+Key = tuple[str, int]
+
+
 class ReplicaFetcher:
     """Pulls every partition this broker follows on one leader broker."""
 
-    def __init__(self, manager: ReplicaManager, leader: BrokerInfo,
-                 config: ClusterConfig) -> None:
-        self.manager = manager
-        self.broker_id = manager.broker_id
+    def __init__(self, broker_id: int, clock: Clock, leader: BrokerInfo, config: ClusterConfig,
+                 on_fatal: OnFatal) -> None:
+        self.broker_id = broker_id
         self.leader_id = leader.broker_id
         self.host = leader.host
         self.port = leader.port
-        self.clock = manager.clock
+        self.clock = clock
+        self._on_fatal = on_fatal
         self.max_wait_ms = int(config.get("replica.fetch.wait.max.ms"))
         self.max_bytes = int(config.get("replica.fetch.max.bytes"))
-        self.partitions: dict[tuple[str, int], FetchState] = {}
+        self.partitions: dict[Key, FetchState] = {}
         self._changed = asyncio.Event()
         self._conn: Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._rotation = 0
+        # partitions that may differ from what the leader's session holds for them
+        self._pending: set[Key] = set()
+        self._truncating: set[Key] = set()
+        self._delayed: set[Key] = set()
+        # the session: its id (0: none, the next request is full), its epoch, and per
+        # partition what the leader knows (fetch offset, leader epoch, the state sent)
+        self._session_id = 0
+        self._session_epoch = 0
+        self._known: dict[Key, tuple[int, int, FetchState]] = {}
         self.stats_fetches = 0
+        self.stats_full_fetches = 0
+        self.stats_partitions_sent = 0  # partition entries listed or forgotten in requests
         self.stats_bytes = 0
 
     # ------------------------------------------------------------------ control
@@ -86,7 +114,7 @@ class ReplicaFetcher:
         # _run survives every error of a fetch; if it still ends while it should run,
         # its partitions would never catch up: that is the broker's end (crash-only)
         if not task.cancelled() and not self._stopping:
-            self.manager.essential_task_died(task.get_name(), task.exception())
+            self._on_fatal(task.get_name(), task.exception())
 
     async def stop(self) -> None:
         self._stopping = True
@@ -99,24 +127,48 @@ class ReplicaFetcher:
                 await wait_for(self._task, 2.0)
 
     def add(self, partition: Partition) -> None:
-        self.partitions[(partition.topic, partition.partition)] = FetchState(partition)
+        tp = (partition.topic, partition.partition)
+        self.partitions[tp] = FetchState(partition)
+        self._truncating.add(tp)
+        self._delayed.discard(tp)
+        self._pending.add(tp)
         self._changed.set()
 
-    def remove(self, tp: tuple[str, int]) -> None:
-        self.partitions.pop(tp, None)
+    def remove(self, tp: Key) -> None:
+        if self.partitions.pop(tp, None) is not None:
+            self._truncating.discard(tp)
+            self._delayed.discard(tp)
+            self._pending.add(tp)  # the leader's session forgets it with the next request
+
+    def _set_truncating(self, tp: Key, state: FetchState) -> None:
+        state.truncating = True
+        self._truncating.add(tp)
+        self._pending.add(tp)
+
+    def _delay(self, tp: Key, state: FetchState, until_ms: int) -> None:
+        state.delayed_until_ms = until_ms
+        self._delayed.add(tp)
+        self._pending.add(tp)
+
+    def _reset_session(self) -> None:
+        """The next request is a full one, opening a new session."""
+        self._session_id = 0
+        self._session_epoch = 0
+        self._known = {}
+        self._pending = set(self.partitions)
 
     # ------------------------------------------------------------------ loop
 
     async def _run(self) -> None:
         backoff_ms = RETRY_BACKOFF_MS
         while not self._stopping:
-            if not self.partitions:
+            if not self.partitions and not self._known:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
             try:
                 conn = await self._connection()
-                if any(s.truncating for s in self.partitions.values()):
+                if self._truncating:
                     await self._truncate(conn)
                 sent = await self._fetch(conn)
                 backoff_ms = RETRY_BACKOFF_MS
@@ -145,12 +197,15 @@ class ReplicaFetcher:
 
     def _next_ready_in_ms(self) -> int:
         now = self.clock.monotonic_ms()
-        if not self.partitions:
+        waits = [s.delayed_until_ms for tp in self._delayed
+                 if (s := self.partitions.get(tp)) is not None]
+        if not waits:
             return MAX_BACKOFF_MS
-        return max(1, min(s.delayed_until_ms for s in self.partitions.values()) - now)
+        return max(1, min(waits) - now)
 
     async def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
+            self._reset_session()
             self._conn = await Connection.open(self.host, self.port,
                                                client_id=f"replica-{self.broker_id}",
                                                node_id=self.broker_id)
@@ -158,14 +213,27 @@ class ReplicaFetcher:
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
+        self._reset_session()
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    def _ready(self) -> list[tuple[tuple[str, int], FetchState]]:
+    def _release_delays(self) -> None:
+        """Partitions whose delay is over are fetched again."""
+        if not self._delayed:
+            return
         now = self.clock.monotonic_ms()
-        return [(tp, s) for tp, s in self.partitions.items()
-                if not s.truncating and s.delayed_until_ms <= now]
+        for tp in [tp for tp in self._delayed
+                   if (s := self.partitions.get(tp)) is None or s.delayed_until_ms <= now]:
+            self._delayed.discard(tp)
+            self._pending.add(tp)
+
+    def _wanted(self, tp: Key) -> tuple[int, int, FetchState] | None:
+        """What the leader should fetch for `tp` now, or None (not fetched)."""
+        s = self.partitions.get(tp)
+        if s is None or s.truncating or tp in self._delayed:
+            return None
+        return (s.partition.log.log_end_offset, s.leader_epoch, s)
 
     # ------------------------------------------------------------------ truncation
 
@@ -173,18 +241,18 @@ class ReplicaFetcher:
         """OffsetForLeaderEpoch for every partition that just got a new leader."""
         for _ in range(MAX_TRUNCATION_ROUNDS):
             now = self.clock.monotonic_ms()
-            todo = [(tp, s) for tp, s in self.partitions.items()
-                    if s.truncating and s.delayed_until_ms <= now]
+            todo = [(tp, s) for tp in self._truncating
+                    if (s := self.partitions.get(tp)) is not None and s.delayed_until_ms <= now]
             if not todo:
                 return
-            asked: dict[tuple[str, int], tuple[FetchState, int]] = {}
+            asked: dict[Key, tuple[FetchState, int]] = {}
             by_topic: dict[str, list[list[int]]] = {}
             for tp, s in todo:
                 plog = s.partition.log
                 epoch = plog.latest_epoch
                 if epoch < 0:
                     # Nothing written under any epoch: nothing can diverge.
-                    s.truncating = False
+                    self._truncated(tp, s)
                     continue
                 asked[tp] = (s, epoch)
                 by_topic.setdefault(tp[0], []).append([tp[1], s.leader_epoch, epoch])
@@ -202,12 +270,19 @@ class ReplicaFetcher:
                         continue
                     state, asked_epoch = entry
                     if err != ErrorCode.NONE:
-                        self._on_partition_error(state, err)
+                        self._on_partition_error((topic, p), state, err)
                         continue
                     again |= self._apply_epoch_answer(state, asked_epoch, leader_epoch,
                                                       end_offset)
+                    if not state.truncating:
+                        self._truncated((topic, p), state)
             if not again:
                 return
+
+    def _truncated(self, tp: Key, state: FetchState) -> None:
+        state.truncating = False
+        self._truncating.discard(tp)
+        self._pending.add(tp)
 
     def _apply_epoch_answer(self, state: FetchState, asked_epoch: int, leader_epoch: int,
                             end_offset: int) -> bool:
@@ -237,38 +312,104 @@ class ReplicaFetcher:
     # ------------------------------------------------------------------ fetch
 
     async def _fetch(self, conn: Connection) -> bool:
-        ready = self._ready()
-        if not ready:
-            return False
-        # Rotate the order: the leader fills the response in request order up to
-        # max_bytes, so a fixed order would starve the last partitions during catch-up.
-        self._rotation = (self._rotation + 1) % len(ready)
-        ready = ready[self._rotation:] + ready[:self._rotation]
+        """One FETCH: full (a new session, or the leader keeps none) or incremental.
+        False if there was nothing to fetch."""
+        self._release_delays()
+        full = self._session_id == 0
+        if full:
+            wanted = {tp: w for tp in self.partitions if (w := self._wanted(tp)) is not None}
+            if not wanted:
+                return False
+            items = list(wanted.items())
+            # Rotate the order: the leader fills the response in request order up to
+            # max_bytes, so a fixed order would starve the last partitions during catch-up.
+            self._rotation = (self._rotation + 1) % len(items)
+            listed = items[self._rotation:] + items[:self._rotation]
+            forgotten: list[Key] = []
+            known = wanted
+        else:
+            # changed in place: a failed request resets the session anyway
+            known = self._known
+            listed = []
+            forgotten = []
+            for tp in self._pending:
+                w = self._wanted(tp)
+                old = known.get(tp)
+                if w is None:
+                    if old is not None:
+                        del known[tp]
+                        forgotten.append(tp)
+                elif old is None or old[0] != w[0] or old[1] != w[1] or old[2] is not w[2]:
+                    known[tp] = w
+                    listed.append((tp, w))
+            if not known and not forgotten:
+                self._pending = set()
+                return False
         by_topic: dict[str, list[list[int]]] = {}
-        sent: dict[tuple[str, int], tuple[FetchState, int]] = {}
-        for tp, s in ready:
-            offset = s.partition.log.log_end_offset
-            sent[tp] = (s, offset)
-            by_topic.setdefault(tp[0], []).append([tp[1], offset, s.leader_epoch,
-                                                   self.max_bytes])
-        body = {"replica_id": self.broker_id, "max_wait_ms": self.max_wait_ms, "min_bytes": 1,
-                "max_bytes": self.max_bytes, "topics": [[t, r] for t, r in by_topic.items()]}
-        resp = await conn.request(ApiKey.FETCH, body,
-                                  timeout_ms=self.max_wait_ms + REQUEST_MARGIN_MS)
+        for tp, (offset, epoch, _) in listed:
+            by_topic.setdefault(tp[0], []).append([tp[1], offset, epoch, self.max_bytes])
+        gone: dict[str, list[int]] = {}
+        for tp in forgotten:
+            gone.setdefault(tp[0], []).append(tp[1])
+        # a partition waiting out an error backoff is fetched again when it ends, not
+        # when a long-poll over the others happens to end
+        wait_ms = min(self.max_wait_ms, self._next_ready_in_ms()) if self._delayed \
+            else self.max_wait_ms
+        body = {"replica_id": self.broker_id, "max_wait_ms": wait_ms, "min_bytes": 1,
+                "max_bytes": self.max_bytes, "topics": [[t, r] for t, r in by_topic.items()],
+                "session_id": self._session_id,
+                "session_epoch": 0 if full else self._session_epoch + 1,
+                "forgotten": [[t, ps] for t, ps in gone.items()]}
+        self.stats_partitions_sent += len(listed) + len(forgotten)
+        pending, self._pending = self._pending, set()
+        try:
+            resp = await conn.request(ApiKey.FETCH, body,
+                                      timeout_ms=self.max_wait_ms + REQUEST_MARGIN_MS)
+        except BaseException:
+            self._pending |= pending
+            raise
         self.stats_fetches += 1
+        if full:
+            self.stats_full_fetches += 1
+        err = resp.get("error", 0)
+        if err:
+            # the leader lost the session (restarted, evicted it) or we are out of step
+            log.info("broker=%d fetcher from %d: session %d: %s; sending a full fetch",
+                     self.broker_id, self.leader_id, self._session_id, _code_name(err))
+            self._reset_session()
+            return True
+        session_id = resp.get("session_id", 0)
+        if full:
+            self._session_epoch = 0
+        else:
+            self._session_epoch += 1
+        if session_id and (full or session_id == self._session_id):
+            self._session_id = session_id
+            self._known = known
+        else:
+            # no session (a leader that keeps none): every request is a full one
+            self._session_id = 0
+            self._known = {}
+        self._apply_response(resp, known)
+        return True
+
+    def _apply_response(self, resp: Any, known: dict[Key, tuple[int, int, FetchState]]) -> None:
         for topic, rows in resp["topics"]:
             for p, err, hw, log_start, leo, records in rows:
-                entry = sent.get((topic, p))
+                tp = (topic, p)
+                entry = known.get(tp)
                 if entry is None:
                     continue
-                state, offset = entry
-                if self.partitions.get((topic, p)) is not state or state.truncating:
+                offset, _, state = entry
+                if self.partitions.get(tp) is not state or state.truncating:
                     continue  # removed or re-added while the fetch was in flight
                 part = state.partition
                 if part.log.log_end_offset != offset:
+                    self._pending.add(tp)  # tell the leader where we are
                     continue
                 if err != ErrorCode.NONE:
-                    self._on_partition_error(state, err, leader_leo=leo, leader_start=log_start)
+                    self._on_partition_error(tp, state, err, leader_leo=leo,
+                                             leader_start=log_start)
                     continue
                 try:
                     part.append_as_follower(records, hw, log_start)
@@ -276,16 +417,18 @@ class ReplicaFetcher:
                     code = error_code_of(exc)
                     log.warning("broker=%d %s: follower append at %d failed: %s (%s)",
                                 self.broker_id, part.name, offset, exc, code.name)
-                    state.truncating = True
-                    state.delayed_until_ms = self.clock.monotonic_ms() + RETRY_BACKOFF_MS
+                    self._set_truncating(tp, state)
+                    self._delay(tp, state, self.clock.monotonic_ms() + RETRY_BACKOFF_MS)
                     continue
-                self.stats_bytes += len(records)
-        return True
+                if len(records):
+                    self.stats_bytes += len(records)
+                    self._pending.add(tp)
 
-    def _on_partition_error(self, state: FetchState, err: int, leader_leo: int = -1,
+    def _on_partition_error(self, tp: Key, state: FetchState, err: int, leader_leo: int = -1,
                             leader_start: int = -1) -> None:
         part = state.partition
         now = self.clock.monotonic_ms()
+        self._pending.add(tp)
         if err == ErrorCode.OFFSET_OUT_OF_RANGE:
             leo = part.log.log_end_offset
             if leader_leo >= 0 and leo > leader_leo:
@@ -294,13 +437,13 @@ class ReplicaFetcher:
             elif leader_start > leo:
                 part.truncate_fully_and_start_at(leader_start)
             else:
-                state.delayed_until_ms = now + RETRY_BACKOFF_MS
+                self._delay(tp, state, now + RETRY_BACKOFF_MS)
             return
         if err == ErrorCode.FENCED_LEADER_EPOCH:
             # Our image is older than the leader's: wait for the image to re-add us.
-            state.delayed_until_ms = now + FENCED_BACKOFF_MS
+            self._delay(tp, state, now + FENCED_BACKOFF_MS)
             return
-        state.delayed_until_ms = now + RETRY_BACKOFF_MS
+        self._delay(tp, state, now + RETRY_BACKOFF_MS)
         if err not in (ErrorCode.UNKNOWN_LEADER_EPOCH, ErrorCode.NOT_LEADER_OR_FOLLOWER,
                        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION):
             log.info("broker=%d %s: fetch error %s from leader %d", self.broker_id, part.name,
@@ -308,11 +451,17 @@ class ReplicaFetcher:
 
 
 class FetcherManager:
-    """The fetchers of one broker, one per source leader broker."""
+    """The fetchers of one broker, one per source leader broker. It is handed what it
+    needs of the broker (its id, clock, a way to run a task it owns, and whom to tell
+    when a fetcher dies), not the replica manager itself."""
 
-    def __init__(self, manager: ReplicaManager, config: ClusterConfig) -> None:
-        self.manager = manager
+    def __init__(self, broker_id: int, clock: Clock, config: ClusterConfig, spawn: Spawn,
+                 on_fatal: OnFatal) -> None:
+        self.broker_id = broker_id
+        self.clock = clock
         self.config = config
+        self._spawn = spawn
+        self._on_fatal = on_fatal
         self.fetchers: dict[int, ReplicaFetcher] = {}
         self._owner: dict[tuple[str, int], int] = {}
 
@@ -334,7 +483,8 @@ class FetcherManager:
                 return
         self.remove_partition(tp)
         if fetcher is None:
-            fetcher = ReplicaFetcher(self.manager, leader, self.config)
+            fetcher = ReplicaFetcher(self.broker_id, self.clock, leader, self.config,
+                                     self._on_fatal)
             self.fetchers[leader.broker_id] = fetcher
             fetcher.start()
         fetcher.add(partition)
@@ -353,7 +503,7 @@ class FetcherManager:
     def _retire(self, leader_id: int) -> None:
         fetcher = self.fetchers.pop(leader_id, None)
         if fetcher is not None:
-            self.manager._spawn(fetcher.stop(), f"stop-fetcher-{leader_id}")
+            self._spawn(fetcher.stop(), f"stop-fetcher-{leader_id}")
 
     async def stop(self) -> None:
         fetchers, self.fetchers = list(self.fetchers.values()), {}

@@ -10,6 +10,10 @@ produce order on a connection is kept.
 It must never decode records: a produce validates headers and CRCs and stamps
 offsets (in `dmq.log`), a fetch moves bytes. Waiting uses futures completed by the
 partitions and one timer per request; there is no polling loop.
+
+A replica fetcher's FETCH may belong to a fetch session (`dmq.broker.fetch_session`):
+then the request lists only what changed, the answer only what is new, and the long
+poll waits on the session, which its partitions mark when they have news.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dmq.broker.errors import error_code_of, message_of
+from dmq.broker.fetch_session import FetchSession, SessionPartition
 from dmq.broker.partition import Partition, ProduceWaiter
 from dmq.log.batch import all_dmq_native
 from dmq.log.errors import LogError, OffsetOutOfRangeError
@@ -67,6 +72,9 @@ class DataPlane:
         self._auto_create = auto_create
         self.stats_produce_requests = 0
         self.stats_fetch_requests = 0
+        # replica fetches, and the partitions they listed (a session lists changes only)
+        self.stats_replica_fetch_requests = 0
+        self.stats_replica_fetch_partitions = 0
         self._storage_warned_ms = -1e18  # a refused write is logged at most every 10 s
 
     def register(self, server: Any, metadata: bool = True) -> None:
@@ -175,6 +183,11 @@ class DataPlane:
         self.stats_fetch_requests += 1
         replica_id = body["replica_id"]
         follower = replica_id >= 0
+        if follower:
+            self.stats_replica_fetch_requests += 1
+            self.stats_replica_fetch_partitions += sum(len(parts) for _, parts in body["topics"])
+            if body.get("session_id", -1) >= 0:
+                return self._session_fetch(body, replica_id)
         wanted: list[tuple[str, int, int, int, int]] = [
             (topic, p, offset, epoch, pmax)
             for topic, parts in body["topics"] for p, offset, epoch, pmax in parts]
@@ -296,6 +309,142 @@ class DataPlane:
                     or not parts or self._hw_news(parts, replica_id)):
                 return self._answer(response, parts, replica_id)
             fut = self._park(parts, follower)
+
+    # ------------------------------------------------------------------ fetch sessions
+
+    def _session_fetch(self, body: dict[str, Any], replica_id: int) -> Any:
+        """A replica fetch in a session: apply what it lists and forgets, then answer the
+        partitions with news (its listed ones and those marked since the last answer),
+        or wait on the session for news until `max_wait_ms`."""
+        cache = self.replicas.fetch_sessions
+        now = self.clock.monotonic_ms()
+        session_id = body["session_id"]
+        if session_id == 0:
+            session = cache.create(replica_id, now)
+        else:
+            found = cache.get(session_id)
+            if found is None or found.replica_id != replica_id:
+                return {"topics": [], "session_id": 0,
+                        "error": int(ErrorCode.FETCH_SESSION_ID_NOT_FOUND)}
+            if body["session_epoch"] != found.epoch + 1:
+                cache.remove(found)
+                return {"topics": [], "session_id": 0,
+                        "error": int(ErrorCode.INVALID_FETCH_SESSION_EPOCH)}
+            session = found
+            session.epoch += 1
+        session.last_request_ms = now
+        session.quiet_reported = False
+        session.max_wait_ms = max(body["max_wait_ms"], 0)
+        if session.waiter is not None and not session.waiter.done():
+            session.waiter.set_result(None)  # an older request of the session: superseded
+        session.waiter = None
+        for topic, ps in body["forgotten"]:
+            for p in ps:
+                session.forget((topic, p))
+        listed: list[tuple[str, int]] = []
+        for topic, parts in body["topics"]:
+            for p, offset, epoch, pmax in parts:
+                key = (topic, p)
+                old = session.partitions.get(key)
+                entry = SessionPartition(session, offset, epoch, pmax)
+                if old is not None:
+                    old.active = False
+                    entry.hw, entry.log_start = old.hw, old.log_start
+                session.partitions[key] = entry
+                listed.append(key)
+                part = self.replicas.get_partition(topic, p)
+                if part is not None and not part.deleted:
+                    session.watch(key, part)
+                    if part.is_leader and epoch in (-1, part.leader_epoch):
+                        self.replicas.on_follower_fetch(part, replica_id, offset, entry)
+        candidates = session.dirty
+        session.dirty = {}
+        candidates.update(dict.fromkeys(listed))
+        topics, total, news = self._read_session(session, candidates, replica_id,
+                                                 body["max_bytes"])
+        if news or session.max_wait_ms <= 0:
+            return self._session_answer(session, topics, total)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        session.waiter = fut
+        return self._session_poll(session, fut, body["max_bytes"], now + session.max_wait_ms)
+
+    async def _session_poll(self, session: FetchSession, fut: asyncio.Future[None],
+                            max_bytes: int, deadline: int) -> Any:
+        while True:
+            timer = self.clock.call_later(max(deadline - self.clock.monotonic_ms(), 0),
+                                          _resolver(fut))
+            try:
+                await fut
+            finally:
+                timer.cancel()
+            if session.waiter is not fut or not session.alive:
+                # superseded by a newer request of the session, or the session ended:
+                # whoever sent this one no longer reads the answer
+                return {"topics": [], "session_id": session.id}
+            candidates = session.dirty
+            session.dirty = {}
+            topics, total, news = self._read_session(session, candidates, session.replica_id,
+                                                     max_bytes)
+            if news or self.clock.monotonic_ms() >= deadline:
+                session.waiter = None
+                return self._session_answer(session, topics, total)
+            fut = asyncio.get_running_loop().create_future()
+            session.waiter = fut
+
+    @staticmethod
+    def _session_answer(session: FetchSession, topics: list[list[Any]], total: int) -> Any:
+        if total >= VECTORED_MIN_BYTES:
+            return VectoredBody(topics=topics, session_id=session.id)
+        return {"topics": topics, "session_id": session.id}
+
+    def _read_session(self, session: FetchSession, candidates: dict[tuple[str, int], None],
+                      replica_id: int, max_bytes: int) -> tuple[list[list[Any]], int, bool]:
+        """Rows for the candidates with news: records, an error, or a high watermark or
+        log start offset the follower was not sent yet. A partition left without room
+        in `max_bytes` stays marked for the next answer."""
+        total = 0
+        out: dict[str, list[list[Any]]] = {}
+        entries = session.partitions
+        for key in candidates:
+            entry = entries.get(key)
+            if entry is None:
+                continue
+            topic, p = key
+            part: Partition | None = None
+            try:
+                part = self._partition(topic, p)
+                part.check_leader(entry.epoch)
+                if replica_id not in part.replicas:
+                    raise NotLeaderOrFollowerError(
+                        f"{part.name}: broker {replica_id} is not a replica")
+                plog = part.log
+                hw = part.high_watermark
+                start = plog.log_start_offset
+                leo = plog.log_end_offset
+                data: Any = _EMPTY
+                if entry.offset != leo:
+                    limit = min(entry.max_bytes, max_bytes - total)
+                    if limit > 0 or total == 0:
+                        data = plog.read(entry.offset, max(limit, 1), None,
+                                         min_one_batch=total == 0)
+                size = len(data)
+                if not size and entry.offset < leo:
+                    session.dirty[key] = None  # no room left in this answer: the next one
+                if not size and hw == entry.hw and start == entry.log_start:
+                    continue
+                entry.hw = hw
+                entry.log_start = start
+                total += size
+                row = [p, 0, hw, start, leo, data]
+            except OffsetOutOfRangeError:
+                assert part is not None
+                row = [p, int(ErrorCode.OFFSET_OUT_OF_RANGE), part.high_watermark,
+                       part.log.log_start_offset, part.log.log_end_offset, _EMPTY]
+            except (DmqError, LogError) as exc:
+                row = [p, int(error_code_of(exc)),
+                       part.high_watermark if part is not None else -1, -1, -1, _EMPTY]
+            out.setdefault(topic, []).append(row)
+        return [[t, r] for t, r in out.items()], total, bool(out)
 
     # ------------------------------------------------------------------ offsets
 

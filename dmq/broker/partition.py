@@ -14,12 +14,20 @@ Rules (Kafka's ReplicationUtils / Partition.scala, simplified):
   of a fetch; `last_caught_up_ms` is the last moment it was. ISR members not caught up
   for `replica.lag.time.max.ms` are proposed for removal; a non-member whose LEO reaches
   the HW (and the start of the current leader epoch) is proposed for addition.
+- A follower fetching through a fetch session (dmq.broker.fetch_session) lists a
+  partition only when its fetch offset changes; every request of the session counts as
+  a fetch of the others at their last offsets, so such a follower is caught up as of
+  the session's last request while its offset is the leader's LEO (credited lazily:
+  nothing walks the partitions of an idle session).
 - One ISR proposal in flight at a time. The accepted ISR changes only when the
   controller accepts (AlterPartition answer or a newer image).
 - min.insync.replicas is checked against the accepted ISR before appending.
 
 It never touches sockets or timers: the replica manager sends AlterPartition, runs the
 timers and hands in the time. Waiters are futures completed here, never awaited here.
+Events the replica manager tracks (a partition whose ISR may need a look, a high
+watermark that moved) go to its `listener`; news for followers' fetch sessions to the
+sessions in `watchers`.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import heapq
 import logging
 from asyncio import Future
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from dmq.log.batch import Buffer
 from dmq.log.partition_log import LogAppendInfo, PartitionLog
@@ -46,11 +54,21 @@ NO_LEADER = -1
 UNKNOWN_OFFSET = -1
 
 
+class PartitionListener(Protocol):
+    """What the replica manager wants to hear of a partition."""
+
+    def watch_isr(self, part: Partition) -> None:
+        """The ISR of `part` may need a look (appends, role and ISR changes)."""
+
+    def hw_moved(self, part: Partition) -> None:
+        """The high watermark of `part` changed (the checkpoint is due)."""
+
+
 class ReplicaState:
     """The leader's view of one follower."""
 
     __slots__ = ("broker_id", "last_caught_up_ms", "last_fetch_leader_leo", "last_fetch_ms",
-                 "last_sent_hw", "log_end_offset")
+                 "last_sent_hw", "log_end_offset", "session_entry")
 
     def __init__(self, broker_id: int, now_ms: int) -> None:
         self.broker_id = broker_id
@@ -61,6 +79,27 @@ class ReplicaState:
         # An ISR member starts as caught up at election time, as in Kafka: it gets a
         # whole lag period to fetch before it can be dropped.
         self.last_caught_up_ms = now_ms
+        # its fetch session's entry for this partition (a SessionPartition), when the
+        # last fetch listing this partition came through a session
+        self.session_entry: Any = None
+
+    def caught_up_ms(self, leader_leo: int) -> int:
+        """`last_caught_up_ms`, with the credit of its fetch session: every request of
+        the session fetches this partition at `log_end_offset`, caught up while that is
+        the leader's LEO (which only grows: it was at each of those requests)."""
+        e = self.session_entry
+        if e is not None and e.active and self.log_end_offset >= leader_leo:
+            t: int = e.session.last_request_ms
+            if t > self.last_caught_up_ms:
+                return t
+        return self.last_caught_up_ms
+
+    def last_heard_ms(self) -> int:
+        """When it last fetched this partition (its session's requests count)."""
+        e = self.session_entry
+        if e is not None and e.active:
+            return max(self.last_fetch_ms, int(e.session.last_request_ms))
+        return self.last_fetch_ms
 
 
 class ProduceWaiter:
@@ -118,6 +157,9 @@ class Partition:
         self.high_watermark = min(max(high_watermark, log_.log_start_offset), log_.log_end_offset)
         self.followers: dict[int, ReplicaState] = {}
         self.deleted = False
+        self.listener: PartitionListener | None = None
+        # follower broker id -> its fetch session (FetchSession.mark(key, wake))
+        self.watchers: dict[int, Any] = {}
         # plain counters read by the metrics scrape (per batch, never per record)
         self.bytes_in = 0
         self.records_in = 0
@@ -188,6 +230,8 @@ class Partition:
                     del self.followers[b]
         self.maybe_advance_high_watermark()
         self._complete_acks()
+        if self.listener is not None:
+            self.listener.watch_isr(self)
         return new_term
 
     def make_follower(self, leader_id: int, leader_epoch: int, partition_epoch: int,
@@ -218,6 +262,7 @@ class Partition:
             waiter.complete_row(row, error)
         self._wake(self._data_waiters)
         self._wake(self._hw_waiters)
+        self._tell_sessions(True)
 
     # ------------------------------------------------------------------ checks
 
@@ -241,11 +286,23 @@ class Partition:
             raise NotEnoughReplicasError(
                 f"{self.name}: isr {list(self.isr)} smaller than min.insync.replicas "
                 f"{self.min_insync_replicas}")
+        followers = self.followers
+        if followers:
+            # followers caught up until now stop being so: keep the credit their fetch
+            # sessions gave them up to this moment
+            leo = self.log.log_end_offset
+            for st in followers.values():
+                if st.session_entry is not None:
+                    st.last_caught_up_ms = st.caught_up_ms(leo)
         info = self.log.append_as_leader(records, self.leader_epoch)
         if not info.duplicate:
             self.bytes_in += info.size_bytes
             self.records_in += info.record_count
             self._wake(self._data_waiters)
+            if self.watchers:
+                self._tell_sessions(True)
+            if self.listener is not None:
+                self.listener.watch_isr(self)
             self.maybe_advance_high_watermark()
         return info
 
@@ -270,11 +327,14 @@ class Partition:
 
     # ------------------------------------------------------------------ leader: followers
 
-    def update_follower_fetch(self, replica_id: int, fetch_offset: int) -> bool:
-        """Record a follower fetch at `fetch_offset` (its LEO). Returns True if the HW moved."""
+    def update_follower_fetch(self, replica_id: int, fetch_offset: int,
+                              session_entry: Any = None) -> bool:
+        """Record a follower fetch at `fetch_offset` (its LEO), through the fetch session
+        entry `session_entry` if any. Returns True if the HW moved."""
         st = self.followers.get(replica_id)
         if st is None:
             return False
+        st.session_entry = session_entry
         now = self._now_ms()
         leo = self.log.log_end_offset
         if fetch_offset >= leo:
@@ -303,13 +363,29 @@ class Partition:
             return False
         self.high_watermark = new_hw
         self._wake(self._hw_waiters)
-        if new_hw == self.log.log_end_offset:
+        caught_up = new_hw == self.log.log_end_offset
+        if caught_up:
             # Everything is replicated: tell parked followers the HW now rather than at
             # their next long-poll timeout. (Under load the HW trails the LEO and the
             # next append carries it; waking them on every move would double fetches.)
             self._wake(self._data_waiters)
+        if self.watchers:
+            self._tell_sessions(caught_up)
+        if self.listener is not None:
+            self.listener.hw_moved(self)
         self._complete_acks()
         return True
+
+    def _tell_sessions(self, wake: bool) -> None:
+        """News for the followers' fetch sessions (`wake`: answer a parked one now)."""
+        if self.watchers:
+            key = (self.topic, self.partition)
+            for session in list(self.watchers.values()):
+                session.mark(key, wake)
+
+    def note_log_start_moved(self) -> None:
+        """Retention moved the log start: followers learn it with their next answer."""
+        self._tell_sessions(False)
 
     def hw_news_for(self, replica_id: int) -> bool:
         st = self.followers.get(replica_id)
@@ -320,14 +396,17 @@ class Partition:
         if st is not None:
             st.last_sent_hw = self.high_watermark
 
-    def isr_expansion(self) -> tuple[int, ...] | None:
-        """A new ISR adding caught-up followers, or None (also while a proposal is pending)."""
-        if (not self.is_leader or self.pending_isr is not None
-                or self._now_ms() < self.isr_retry_at_ms):
+    def isr_expansion(self, lag_time_max_ms: int | None = None) -> tuple[int, ...] | None:
+        """A new ISR adding caught-up followers, or None (also while a proposal is pending).
+        With `lag_time_max_ms`, only followers that fetched within that time: a follower
+        that went silent at the end of an idle log looks caught up forever."""
+        now = self._now_ms()
+        if not self.is_leader or self.pending_isr is not None or now < self.isr_retry_at_ms:
             return None
         add = [b for b, st in self.followers.items()
                if b not in self.isr and st.log_end_offset >= self.high_watermark
-               and st.log_end_offset >= self.leader_epoch_start_offset]
+               and st.log_end_offset >= self.leader_epoch_start_offset
+               and (lag_time_max_ms is None or now - st.last_heard_ms() <= lag_time_max_ms)]
         if not add:
             return None
         return tuple(sorted((*self.isr, *add)))
@@ -337,11 +416,34 @@ class Partition:
         now = self._now_ms()
         if not self.is_leader or self.pending_isr is not None or now < self.isr_retry_at_ms:
             return None
+        leo = self.log.log_end_offset
         out = [b for b in self.isr if b != self.broker_id and (
-            (st := self.followers.get(b)) is None or now - st.last_caught_up_ms > lag_time_max_ms)]
+            (st := self.followers.get(b)) is None
+            or now - st.caught_up_ms(leo) > lag_time_max_ms)]
         if not out:
             return None
         return tuple(b for b in self.isr if b not in out)
+
+    def isr_settled(self, now_ms: int, grace_ms: int) -> bool:
+        """True if nothing but an event can change this ISR: every ISR follower fetches
+        through a live fetch session that requested within its long-poll + `grace_ms`
+        and is at our LEO (so its credit grows with every request), no proposal is in
+        flight, and no follower outside the ISR has caught up (it would be added)."""
+        if not self.is_leader:
+            return True
+        if self.pending_isr is not None:
+            return False
+        leo = self.log.log_end_offset
+        for b, st in self.followers.items():
+            e = st.session_entry
+            live = (e is not None and e.active and now_ms - e.session.last_request_ms
+                    <= e.session.max_wait_ms + grace_ms)
+            if b in self.isr:
+                if not live or st.log_end_offset < leo:
+                    return False
+            elif live and st.log_end_offset >= self.high_watermark:
+                return False
+        return all(b == self.broker_id or b in self.followers for b in self.isr)
 
     def propose_isr(self, new_isr: tuple[int, ...]) -> None:
         self.pending_isr = new_isr
@@ -360,11 +462,15 @@ class Partition:
                      list(old), list(self.isr), partition_epoch)
         self.maybe_advance_high_watermark()
         self._complete_acks()
+        if self.listener is not None:
+            self.listener.watch_isr(self)
 
     def clear_pending_isr(self, retry_after_ms: int = 0) -> None:
         """The proposal failed or was refused: forget it, propose again after a pause."""
         self.pending_isr = None
         self.isr_retry_at_ms = self._now_ms() + retry_after_ms
+        if self.listener is not None:
+            self.listener.watch_isr(self)
 
     # ------------------------------------------------------------------ follower side
 
@@ -380,6 +486,8 @@ class Partition:
         if new_hw > self.high_watermark:
             self.high_watermark = new_hw
             self._wake(self._hw_waiters)
+            if self.listener is not None:
+                self.listener.hw_moved(self)
         if self.log.log_start_offset < leader_log_start <= leo:
             self.log.maybe_increment_log_start_offset(leader_log_start)
 
@@ -390,11 +498,15 @@ class Partition:
             self.log.truncate_to(offset)
         if self.high_watermark > self.log.log_end_offset:
             self.high_watermark = self.log.log_end_offset
+            if self.listener is not None:
+                self.listener.hw_moved(self)
 
     def truncate_fully_and_start_at(self, offset: int) -> None:
         log.info("broker=%d %s: log restarts at %d", self.broker_id, self.name, offset)
         self.log.truncate_fully_and_start_at(offset)
         self.high_watermark = offset
+        if self.listener is not None:
+            self.listener.hw_moved(self)
 
     # ------------------------------------------------------------------ waiters
 

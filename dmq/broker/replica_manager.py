@@ -3,9 +3,15 @@
 Owns: the partition logs under `<data_dir>/partitions/<topic>-<partition>/` (opened
 and recovered before the broker registers, created on assignment, deleted when their
 topic goes), the role of each partition at its leader epoch (from metadata images),
-the follower fetchers (through `FetcherManager`), ISR maintenance and the
-AlterPartition requests that report ISR changes to the controller, the high-watermark
-checkpoint file, and periodic log housekeeping (retention, time flush, time roll).
+the follower fetchers (through `FetcherManager`), the leader side of the followers'
+fetch sessions (`FetchSessionCache`), ISR maintenance and the AlterPartition requests
+that report ISR changes to the controller, the high-watermark checkpoint file, and
+periodic log housekeeping (retention, time flush, time roll).
+
+Idle work follows what changes, not what exists: the ISR check looks only at the
+partitions an event put on its watch list (appends, role and ISR changes, a follower's
+fetch session gone quiet or closed) until they settle, plus a slow sweep of every
+partition as a safety net; the HW checkpoint is written only after a HW moved.
 
 It must never decide leadership (the controller does) and never change an ISR on its
 own: a proposal is sent, and applied only when the controller accepts it.
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dmq.aio import wait_for
+from dmq.broker.fetch_session import FetchSessionCache, SessionPartition
 from dmq.broker.fetcher import FetcherManager
 from dmq.broker.partition import Partition
 from dmq.clock import Cancellable, Clock, SystemClock
@@ -51,6 +58,11 @@ PARTITIONS_DIR = "partitions"
 HW_CHECKPOINT = "replication-offset-checkpoint"
 TOPIC_ID_FILE = "partition.metadata"
 HW_CHECKPOINT_INTERVAL_MS = 1000
+# every partition's ISR is looked at this often whatever the events (a safety net)
+ISR_SWEEP_INTERVAL_MS = 5000
+# a follower's fetch session silent this long past its long-poll: its partitions are
+# watched again by the ISR check (the follower may be gone)
+SESSION_QUIET_GRACE_MS = 1000
 ALTER_PARTITION_TIMEOUT_MS = 5000
 CLEANER_STOP_TIMEOUT_S = 5.0  # a pass stops between segments; one segment may take long
 ALTER_PARTITION_RETRY_MS = 200
@@ -111,7 +123,11 @@ class ReplicaManager:
         self.image: MetadataImage | None = None
         self._applied_image: MetadataImage | None = None  # the last one applied whole
         self.lag_time_max_ms = int(config.get("replica.lag.time.max.ms"))
-        self.fetchers = FetcherManager(self, config)
+        self.fetchers = FetcherManager(broker_id, self.clock, config, self._spawn,
+                                       self.essential_task_died)
+        self.fetch_sessions = FetchSessionCache()
+        self._isr_watch: set[Partition] = set()
+        self._hw_dirty = True
         self._loaded: dict[tuple[str, int], tuple[PartitionLog, str]] = {}
         self._hw_file = OffsetCheckpointFile(str(self.data_dir / HW_CHECKPOINT))
         self._hw_loaded: dict[str, int] = {}
@@ -193,6 +209,8 @@ class ReplicaManager:
         self._running = True
         self._spawn(self._alter_partition_loop(), "alter-partition", essential=True)
         self._schedule(min(self.lag_time_max_ms // 2, 500), self._check_isr)
+        self._schedule(max(ISR_SWEEP_INTERVAL_MS, min(self.lag_time_max_ms // 2, 500)),
+                       self._sweep_isr)
         self._schedule(HW_CHECKPOINT_INTERVAL_MS, self._checkpoint_hw_tick)
         self._schedule(int(self.config.get("log.retention.check.interval.ms")),
                        self._housekeeping)
@@ -209,6 +227,7 @@ class ReplicaManager:
             self._retry_timer.cancel()
             self._retry_timer = None
         await self.fetchers.stop()
+        self.fetch_sessions.clear()
         for part in self.partitions.values():
             part.fail_waiters(ErrorCode.NOT_LEADER_OR_FOLLOWER)
         self._alter_wake.set()
@@ -522,7 +541,9 @@ class ReplicaManager:
         hw = self._hw_loaded.get(partition_dir_name(*tp), 0)
         part = Partition(tp[0], tp[1], topic_id, plog, self.broker_id,
                          self.clock.monotonic_ms, hw)
+        part.listener = self
         self.partitions[tp] = part
+        self._hw_dirty = True
         self._register_for_cleaning(part)
         return part
 
@@ -582,6 +603,8 @@ class ReplicaManager:
             return
         log.info("broker=%d %s: replica removed; deleting its log", self.broker_id, part.name)
         part.deleted = True
+        self._hw_dirty = True
+        self._isr_watch.discard(part)
         self.fetchers.remove_partition(tp)
         part.fail_waiters(ErrorCode.NOT_LEADER_OR_FOLLOWER)
         if self.cleaner is not None:
@@ -623,12 +646,22 @@ class ReplicaManager:
 
     # ------------------------------------------------------------------ ISR
 
-    def on_follower_fetch(self, part: Partition, replica_id: int, fetch_offset: int) -> None:
-        part.update_follower_fetch(replica_id, fetch_offset)
+    def on_follower_fetch(self, part: Partition, replica_id: int, fetch_offset: int,
+                          session_entry: SessionPartition | None = None) -> None:
+        part.update_follower_fetch(replica_id, fetch_offset, session_entry)
         self._maybe_expand_isr(part)
+        if part.followers:
+            self._isr_watch.add(part)
+
+    # PartitionListener
+    def watch_isr(self, part: Partition) -> None:
+        self._isr_watch.add(part)
+
+    def hw_moved(self, part: Partition) -> None:
+        self._hw_dirty = True
 
     def _maybe_expand_isr(self, part: Partition) -> None:
-        new_isr = part.isr_expansion()
+        new_isr = part.isr_expansion(self.lag_time_max_ms)
         if new_isr is not None:
             # only ONLINE brokers join (the controller refuses the others): a dead
             # follower whose last fetch was caught up (an idle log) still looks in sync,
@@ -643,14 +676,45 @@ class ReplicaManager:
             self._propose_isr(part, new_isr)
 
     def _check_isr(self) -> None:
+        """The ISR check of the partitions on the watch list; those that settled leave it
+        (`Partition.isr_settled`: only an event can change their ISR now)."""
+        now = self.clock.monotonic_ms()
+        sessions = self.fetch_sessions
+        keys = sessions.closed_keys
+        for s in sessions.gone_quiet(now, SESSION_QUIET_GRACE_MS):
+            keys.extend(s.partitions)
+        if keys:
+            sessions.closed_keys = []
+            for key in keys:
+                part = self.partitions.get(key)
+                if part is not None:
+                    self._isr_watch.add(part)
+        if not self._isr_watch:
+            return
+        watch, self._isr_watch = self._isr_watch, set()
+        for part in watch:
+            if part.deleted or not part.is_leader:
+                continue
+            self._check_one_isr(part)
+            if not part.isr_settled(now, SESSION_QUIET_GRACE_MS):
+                self._isr_watch.add(part)
+
+    def _sweep_isr(self) -> None:
+        """Every partition, now and then: whatever an event may have missed."""
         for part in self.partitions.values():
-            new_isr = part.isr_shrink(self.lag_time_max_ms)
-            if new_isr is not None:
-                self.stats_isr_shrinks += 1
-                log.info("broker=%d %s: followers %s lag more than %d ms; proposing isr %s",
-                         self.broker_id, part.name, sorted(set(part.isr) - set(new_isr)),
-                         self.lag_time_max_ms, list(new_isr))
-                self._propose_isr(part, new_isr)
+            if part.is_leader:
+                self._check_one_isr(part)
+
+    def _check_one_isr(self, part: Partition) -> None:
+        new_isr = part.isr_shrink(self.lag_time_max_ms)
+        if new_isr is not None:
+            self.stats_isr_shrinks += 1
+            log.info("broker=%d %s: followers %s lag more than %d ms; proposing isr %s",
+                     self.broker_id, part.name, sorted(set(part.isr) - set(new_isr)),
+                     self.lag_time_max_ms, list(new_isr))
+            self._propose_isr(part, new_isr)
+        else:
+            self._maybe_expand_isr(part)
 
     def _propose_isr(self, part: Partition, new_isr: tuple[int, ...]) -> None:
         part.propose_isr(new_isr)
@@ -714,6 +778,9 @@ class ReplicaManager:
     # ------------------------------------------------------------------ checkpoints
 
     def _checkpoint_hw_tick(self) -> None:
+        if not self._hw_dirty:
+            return
+        self._hw_dirty = False
         offsets = self._hw_offsets()
         if offsets != self._last_hw_written:
             self._last_hw_written = offsets
@@ -738,8 +805,12 @@ class ReplicaManager:
             plog = part.log
             try:
                 plog.maybe_roll_by_time()
-                plog.maybe_flush()
+                if plog.config.flush_ms is not None:
+                    plog.maybe_flush()
+                start = plog.log_start_offset
                 plog.delete_old_segments()
+                if plog.log_start_offset != start:
+                    part.note_log_start_moved()
             except Exception as exc:  # noqa: BLE001 - one bad log must not stop the others
                 log.warning("broker=%d %s housekeeping failed: %s", self.broker_id, part.name,
                             exc)

@@ -102,9 +102,23 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
         {"max_wait_ms": INT, "min_bytes": INT, "max_bytes": INT,
          # [[topic, [[partition, fetch_offset, current_leader_epoch, partition_max_bytes]]]]
          "topics": Array(Tuple(STR, Array(Tuple(INT, INT, INT, INT))))},
-        {"replica_id": (INT, -1), "broker_epoch": (INT, -1)}),
+        {"replica_id": (INT, -1), "broker_epoch": (INT, -1),
+         # Incremental fetch sessions of replica fetchers (KIP-227), ignored for
+         # consumers: session_id -1 = no session (every request lists every partition);
+         # 0 with session_epoch 0 = a full request that opens a session; an id the
+         # leader gave, with the previous epoch + 1 = an incremental request, which lists
+         # only partitions whose fetch offset or leader epoch changed and names in
+         # `forgotten` those the follower stopped fetching ([[topic, [partition]]]).
+         # A leader that does not know these fields answers every request in full and
+         # sends no session_id back: the follower then keeps sending full requests.
+         "session_id": (INT, -1), "session_epoch": (INT, -1),
+         "forgotten": (Array(Tuple(STR, Array(INT))), list)}),
     # -> {"topics": [[topic, [[partition, error, high_watermark, log_start_offset,
     #                          log_end_offset, records: bytes]]]]}
+    #    plus, when the request had a session_id >= 0: "session_id" (0: no session was
+    #    opened) and "error" (FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH:
+    #    send a full request). A session response holds only partitions with records,
+    #    an error, or a high watermark or log start offset not sent before.
     ApiKey.LIST_OFFSETS: Struct(
         # timestamp -1 = latest, -2 = earliest, else first offset with ts >= timestamp
         {"topics": Array(Tuple(STR, Array(Tuple(INT, INT))))}),

@@ -60,6 +60,8 @@ class ErrorCode(IntEnum):
     UNKNOWN_PRODUCER_ID = 59
     NON_EMPTY_GROUP = 68
     GROUP_ID_NOT_FOUND = 69
+    FETCH_SESSION_ID_NOT_FOUND = 70
+    INVALID_FETCH_SESSION_EPOCH = 71
     FENCED_LEADER_EPOCH = 74
     UNKNOWN_LEADER_EPOCH = 75
     STALE_BROKER_EPOCH = 77
@@ -129,6 +131,12 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.STORAGE_ERROR: (True, True, "storage error on the broker"),
     ErrorCode.UNKNOWN_PRODUCER_ID: (False, False, "unknown producer id"),
     ErrorCode.NON_EMPTY_GROUP: (False, False, "group has active members"),
+    ErrorCode.FETCH_SESSION_ID_NOT_FOUND: (True, False,
+                                           "fetch session unknown to the leader (evicted, or "
+                                           "the leader restarted): send a full fetch"),
+    ErrorCode.INVALID_FETCH_SESSION_EPOCH: (True, False,
+                                            "fetch session epoch out of sequence: send a full "
+                                            "fetch"),
     ErrorCode.GROUP_ID_NOT_FOUND: (False, False, "group not found"),
     ErrorCode.FENCED_LEADER_EPOCH: (True, True, "leader epoch is older than the replica's"),
     ErrorCode.UNKNOWN_LEADER_EPOCH: (True, True, "leader epoch is newer than the replica's"),
@@ -241,6 +249,8 @@ StorageError = _define(ErrorCode.STORAGE_ERROR)
 UnknownProducerIdError = _define(ErrorCode.UNKNOWN_PRODUCER_ID)
 NonEmptyGroupError = _define(ErrorCode.NON_EMPTY_GROUP)
 GroupIdNotFoundError = _define(ErrorCode.GROUP_ID_NOT_FOUND)
+FetchSessionIdNotFoundError = _define(ErrorCode.FETCH_SESSION_ID_NOT_FOUND)
+InvalidFetchSessionEpochError = _define(ErrorCode.INVALID_FETCH_SESSION_EPOCH)
 FencedLeaderEpochError = _define(ErrorCode.FENCED_LEADER_EPOCH)
 UnknownLeaderEpochError = _define(ErrorCode.UNKNOWN_LEADER_EPOCH)
 StaleBrokerEpochError = _define(ErrorCode.STALE_BROKER_EPOCH)

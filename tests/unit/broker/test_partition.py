@@ -126,3 +126,46 @@ def test_new_leader_epoch_recorded_in_epoch_cache(part: Partition) -> None:
     part.make_leader(2, 2, (1, 2, 3), (1, 2, 3))
     assert part.log.epoch_cache.entries == [(0, 0), (2, 3)]
     assert part.log.end_offset_for_epoch(0) == (0, 3)
+
+
+def test_session_requests_keep_an_idle_follower_caught_up_until_the_log_moves(
+        part: Partition, clock: ManualClock) -> None:
+    """A follower in a fetch session names a partition only when its offset changes;
+    each request of the session counts as a fetch at that offset (issue 23)."""
+    from dmq.broker.fetch_session import FetchSessionCache, SessionPartition
+
+    cache = FetchSessionCache()
+    s2, s3 = cache.create(2, clock.monotonic_ms()), cache.create(3, clock.monotonic_ms())
+    part.append_as_leader(batch([b"a"]), 1)
+    part.update_follower_fetch(2, 1, SessionPartition(s2, 1, 0, 1 << 20))
+    part.update_follower_fetch(3, 1, SessionPartition(s3, 1, 0, 1 << 20))
+    assert part.high_watermark == 1
+    for _ in range(5):  # idle: the sessions' requests list nothing
+        clock.advance(1000)
+        s2.last_request_ms = s3.last_request_ms = clock.monotonic_ms()
+    assert part.isr_shrink(1500) is None
+    assert part.isr_settled(clock.monotonic_ms(), 1000)
+    # follower 3's session goes quiet: its credit stops at its last request
+    clock.advance(1000)
+    s2.last_request_ms = clock.monotonic_ms()
+    assert not part.isr_settled(clock.monotonic_ms(), 500)
+    assert part.isr_shrink(1500) is None
+    clock.advance(1000)
+    s2.last_request_ms = clock.monotonic_ms()
+    assert part.isr_shrink(1500) == (1, 2)
+    # an append: follower 2 is no longer at the LEO, its credit ends at its last request
+    t_append = clock.monotonic_ms()
+    part.append_as_leader(batch([b"b"]), 1)
+    clock.advance(1000)
+    s2.last_request_ms = clock.monotonic_ms()
+    assert part.followers[2].caught_up_ms(part.log_end_offset) == t_append
+    # a closed session gives no credit at all
+    s2.close()
+    clock.advance(1000)
+    assert part.followers[2].caught_up_ms(part.log_end_offset) == t_append
+    # and a silent follower at the end of an idle log is not proposed back
+    part.apply_isr(0, 1, (1, 2))
+    part.update_follower_fetch(3, 2)
+    assert part.isr_expansion(1500) == (1, 2, 3)
+    clock.advance(2000)
+    assert part.isr_expansion(1500) is None
