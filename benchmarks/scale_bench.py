@@ -1,6 +1,6 @@
 """Idle cost of many partitions: RSS and CPU of 3 brokers hosting an N-partition RF=3 topic.
 
-Starts a private cluster (real `dmq server` processes, `dmq.devcluster.DevCluster`, one
+Starts a private cluster (real `dmq server` processes, `dmq.cli.dev.DevCluster`, one
 controller by default), measures each broker's RSS, creates one topic of N partitions
 with replication factor 3 and times it (until every partition has a leader, and until
 every ISR is full), lets the cluster settle, then reads each broker's CPU time from
@@ -116,8 +116,8 @@ def _count_dirs(path: Path) -> int:
 
 
 async def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
+    from dmq.cli.dev import DevCluster, ensure_topic, free_base_port
     from dmq.client.admin import Admin
-    from dmq.devcluster import DevCluster, ensure_topic, free_base_port
 
     root = Path(tempfile.mkdtemp(prefix="dmq-scale-"))
     base = free_base_port(args.controllers, 3)
