@@ -495,7 +495,8 @@ class DataPlane:
                     if target < 0 or target > hw:
                         raise OffsetOutOfRangeError(
                             f"{topic}-{p}: {offset} is outside [0, {hw}] (the high watermark)")
-                    part.log.maybe_increment_log_start_offset(target)
+                    if part.log.maybe_increment_log_start_offset(target):
+                        part.note_log_start_moved()  # followers' fetch sessions hear it
                     rows.append([p, 0, part.log.log_start_offset])
                 except (DmqError, LogError) as exc:
                     rows.append([p, int(error_code_of(exc)), -1])
