@@ -2,8 +2,6 @@
 
 from typing import NewType
 
-Offset = NewType("Offset", int)
-Epoch = NewType("Epoch", int)
 NodeId = NewType("NodeId", int)
 Term = NewType("Term", int)
 RaftIndex = NewType("RaftIndex", int)

@@ -135,15 +135,6 @@ class BrokerLifecycle:
         self._tasks.clear()
         await self.channel.close()
 
-    async def wait_unfenced(self, timeout_ms: int) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
-        while self.is_fenced:
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
-
     def _essential(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._essential_done)

@@ -140,24 +140,10 @@ class MetadataImage:
         t = self.topics.get(topic)
         return None if t is None else t.configs.get(key)
 
-    def live_brokers(self) -> list[BrokerInfo]:
-        """Brokers that may lead partitions (ONLINE), by id."""
-        return [b for _, b in sorted(self.brokers.items()) if b.state == ONLINE]
-
-    def partitions_led_by(self, broker_id: int) -> list[PartitionInfo]:
-        return [p for t in self.topics.values() for p in t.partitions.values()
-                if p.leader == broker_id]
-
     def partitions_of(self, broker_id: int) -> list[PartitionInfo]:
         """Every partition with a replica on the broker."""
         return [p for t in self.topics.values() for p in t.partitions.values()
                 if broker_id in p.replicas]
-
-    def topic_by_id(self, topic_id: str) -> TopicInfo | None:
-        for t in self.topics.values():
-            if t.topic_id == topic_id:
-                return t
-        return None
 
 
 EMPTY_IMAGE = MetadataImage(0, NO_LEADER, {}, {})

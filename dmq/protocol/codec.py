@@ -147,10 +147,6 @@ class RequestHeader:
     client_id: str
 
 
-def encode_frame(payload: bytes) -> bytes:
-    return LENGTH.pack(len(payload)) + payload
-
-
 def encode_request(api_key: int, api_version: int, correlation_id: int, client_id: str,
                    body: Any) -> bytes:
     payload: bytes = _packb([api_key, api_version, correlation_id, client_id, body])
