@@ -2,9 +2,10 @@
 
 Public names only; the logic lives in the modules:
 `partition` (one replica's replication state), `replica_manager` (all replicas, driven
-by metadata images), `fetcher` (follower pull replication), `handlers` (the data-path
-requests), `service` (the broker role of a node), `lifecycle` (registration and
-metadata, owned by the controller layer's engineer).
+by metadata images), `fetcher` (follower pull replication), `fetch_session` (the
+leader's incremental fetch sessions), `handlers` (the data-path requests), `service`
+(the broker role of a node), `lifecycle` (registration with the controller, heartbeats
+and the metadata the broker follows).
 """
 
 from dmq.broker.handlers import DataPlane
