@@ -312,14 +312,30 @@ class DevCluster:
         return [n.proc.pid for n in self.nodes if n.proc is not None]
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    """The range the kernel picks outgoing connections' local ports from (Linux's
+    default where it cannot be read)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_base_port(controllers: int = 3, brokers: int = 3, kafka: bool = False,
                    host: str = "127.0.0.1") -> int:
     """A base port (a multiple of 100 from 20000) at which every port of a
     `DevCluster(controllers, brokers, base)` is free, and with `kafka` its brokers' Kafka
     listeners at base + KAFKA_PORT_OFFSET as well (`dmq dev --base-port base` has them):
-    for tests and benchmarks that start dev clusters beside whatever else runs here."""
+    for tests and benchmarks that start dev clusters beside whatever else runs here.
+
+    The range stays below the kernel's ephemeral ports: a port in it that is free now
+    can be taken as the local port of any outgoing connection (the cluster's own nodes
+    connecting to each other while the later ones start) before its node binds it."""
+    low, _ = ephemeral_port_range()
+    top = low - 100 if low >= 21000 else 60000
     for _ in range(200):
-        base = random.randrange(20000, 60000, 100)
+        base = random.randrange(20000, top, 100)
         layout = DevCluster(Path(), controllers, brokers, base, host=host,
                             kafka_base_port=base + KAFKA_PORT_OFFSET if kafka else None)
         if not layout.taken_ports():

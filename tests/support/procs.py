@@ -8,6 +8,7 @@ its folder, even when the test fails.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmq.cli.dev import ephemeral_port_range
 from tests.support.waiting import wait_until
 
 
@@ -27,12 +29,25 @@ def _drop_to_gid(gid: int) -> None:
 
 
 def free_ports(n: int) -> list[int]:
-    socks = []
+    """`n` distinct ports free on 127.0.0.1 now, below the kernel's ephemeral range: a
+    port the kernel hands out (bind to 0) is one it may also give any outgoing
+    connection as its local port before the test's server binds it."""
+    low, _ = ephemeral_port_range()
+    top = low if low > 11000 else 65535
+    socks: list[socket.socket] = []
     try:
-        for _ in range(n):
+        for _ in range(n * 100):
+            if len(socks) == n:
+                break
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", random.randrange(10000, top)))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
+        if len(socks) < n:
+            raise RuntimeError(f"no {n} free ports found below {top}")
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
