@@ -203,11 +203,13 @@ class CheckpointFlusher:
     `interval_s`, all the caches changed since the last pass in that pass (each once,
     so the work of a pass is bounded by the number of logs). A failed write is logged;
     the cache stays dirty and its log's next checkpoint (flush, roll, close) writes it
-    or fails with the error. The thread starts with the first scheduled cache; `stop`
-    ends it after a last pass."""
+    or fails with the error. The thread starts with the first scheduled cache (unless
+    not `autostart`: then only `run_once` flushes, as tests that crash in between do);
+    `stop` ends it after a last pass."""
 
-    def __init__(self, interval_s: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(self, interval_s: float = FLUSH_INTERVAL_S, autostart: bool = True) -> None:
         self.interval_s = interval_s
+        self.autostart = autostart
         self._pending: dict[int, LeaderEpochCache] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -217,7 +219,7 @@ class CheckpointFlusher:
     def schedule(self, cache: LeaderEpochCache) -> None:
         with self._lock:
             self._pending[id(cache)] = cache
-            if self._thread is None and not self._stop.is_set():
+            if self._thread is None and self.autostart and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="dmq-epoch-checkpoint-flusher")
                 self._thread.start()

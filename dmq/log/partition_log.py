@@ -810,6 +810,7 @@ class PartitionLog:
                 self._flush_data()
                 for seg in self._segments:
                     seg.close()
+                self.epoch_cache.flush()  # a clean open trusts the whole file
                 self._write_meta(clean=True)
             except OSError as exc:
                 raise LogStorageError(f"close of {self.directory} failed: {exc}") from exc
@@ -940,12 +941,13 @@ class PartitionLog:
         cache = self.epoch_cache
         cache.defer_writes(True)
         try:
+            rebuild_from: int | None = None
             if not cache.file_intact:
                 if cache.entries or any(s.size_bytes for s in self._segments):
                     log.info("%s: rebuilding the leader epoch cache from the log",
                              self.directory)
-                cache.rebuild([])
-                rebuild_from: int | None = self._segments[0].base_offset
+                    cache.rebuild([])
+                    rebuild_from = self._segments[0].base_offset
             elif loaded.clean:
                 rebuild_from = None
             else:
