@@ -31,7 +31,12 @@ Crash safety: data is written with one `writev` per append; flushes advance the
 recovery point; on open (`dmq.log.recovery`) the segments past the recovery point of an
 unclean shutdown are scanned batch by batch and cut after the last valid batch, and
 later segments are deleted. File replacement by the cleaner goes through `.cleaned` ->
-`.swap` -> final, finished or undone on open (`dmq.log.recovery`).
+`.swap` -> final, finished or undone on open (`dmq.log.recovery`). Opening a log that
+needs no repair does no fsync: the meta checkpoint is written only when its rows change,
+and a log opened after a clean shutdown stays marked clean on disk until its first
+change, which first writes it unclean (`_mark_unclean`). The leader-epoch checkpoint is
+written in the background and made durable before each meta checkpoint; an unclean open
+takes the epochs past the recovery point from the batch headers (`dmq.log.epoch_cache`).
 
 Offsets and reads: `append_as_leader` assigns offsets from the log end; batches are
 atomic (truncation inside a batch removes the whole batch); `read` returns whole
