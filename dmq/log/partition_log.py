@@ -934,7 +934,11 @@ class PartitionLog:
             self._clean_on_disk = True
         else:
             self._write_meta(clean=False)
-        self.epoch_cache.schedule_flush()
+        if not self.epoch_cache.file_intact:
+            # (entries re-assigned from the tail need no write now: the next meta
+            # checkpoint writes them first, and until then an open assigns them again;
+            # a restart after a crash leaves the flusher no pass over every log)
+            self.epoch_cache.schedule_flush()
 
     def _load_epochs(self, loaded: LoadedSegments) -> None:
         """Make the leader-epoch cache agree with the loaded log (writes deferred: the
