@@ -8,6 +8,7 @@ by exactly the changes made since the last `run_once` or log flush.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from dmq.clock import ManualClock
-from dmq.log import LogConfig, PartitionLog
+from dmq.log import LogConfig, PartitionLog, partition_log
 from dmq.log.checkpoint import read_entries
 from dmq.log.epoch_cache import FILE_NAME, CheckpointFlusher
+from dmq.log.errors import LogDiskFullError
 from dmq.log.recovery import META_FILE, read_meta
 from tests.unit.log.helpers import batch, read_all
 
@@ -260,3 +262,26 @@ def test_first_change_after_clean_open_marks_it_unclean_before_writing(
     assert reopened.latest_epoch == 1
     reopened.close()
 
+
+
+def test_full_disk_at_the_first_change_after_clean_open_writes_nothing(
+        tmp_path: Path, flusher: CheckpointFlusher, monkeypatch: pytest.MonkeyPatch) -> None:
+    plog = _open(tmp_path, flusher)
+    _write_epochs(plog, [1])
+    plog.close()
+    plog = _open(tmp_path, flusher)
+    good = read_all(plog)
+
+    def no_space(*args: object, **kw: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(partition_log, "write_entries", no_space)
+    with pytest.raises(LogDiskFullError):
+        plog.append_as_leader(batch(seed=3), 2)
+    assert not plog.closed
+    assert read_all(plog) == good and plog.latest_epoch == 1
+    assert read_meta(str(tmp_path))["clean_shutdown"] == 1
+    monkeypatch.undo()
+    plog.append_as_leader(batch(seed=3), 2)  # space is back
+    assert read_meta(str(tmp_path))["clean_shutdown"] == 0
+    plog.close()
