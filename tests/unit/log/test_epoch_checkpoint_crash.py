@@ -285,3 +285,28 @@ def test_full_disk_at_the_first_change_after_clean_open_writes_nothing(
     plog.append_as_leader(batch(seed=3), 2)  # space is back
     assert read_meta(str(tmp_path))["clean_shutdown"] == 0
     plog.close()
+
+
+def test_unclean_open_fsyncs_scanned_closed_segments_and_keeps_the_active_one_unflushed(
+        tmp_path: Path, flusher: CheckpointFlusher, fsyncs: list[int]) -> None:
+    """A crash that left the recovery point before the last segment (between a roll's
+    segment flush and its meta write): the open scans the later segments, fsyncs the
+    closed ones it scanned, and moves the recovery point only up to the active one."""
+    plog = _open(tmp_path, flusher)
+    _write_epochs(plog, [1] * 12)
+    assert plog.segment_count >= 3
+    data, active_base = read_all(plog), plog.segments[-1].base_offset
+    plog.abandon()
+    (tmp_path / META_FILE).write_text("0\n3\nrecovery_point 0\nlog_start_offset 0\n"
+                                      "clean_shutdown 0\n")
+    fsyncs.clear()
+    reopened = _open(tmp_path, flusher)
+    closed = reopened.segment_count - 1
+    assert len(fsyncs) >= closed  # each closed segment's data (plus its indexes, the meta)
+    assert read_meta(str(tmp_path))["recovery_point"] == active_base
+    assert reopened.recovery_point == active_base
+    assert reopened.segments[-1].unflushed
+    assert read_all(reopened) == data
+    reopened.flush()
+    assert read_meta(str(tmp_path))["recovery_point"] == reopened.log_end_offset
+    reopened.close()
