@@ -932,8 +932,10 @@ class PartitionLog:
             # Left clean on disk until the first change (`_mark_unclean`): an open of an
             # unchanged log writes nothing.
             self._clean_on_disk = True
-        else:
-            self._write_meta(clean=False)
+        elif self._meta_on_disk != self._meta_rows(clean=False):
+            self._write_meta(clean=False)  # (its folder fsync also keeps a new segment)
+        elif loaded.created and self.fsync_enabled:
+            fsync_dir(self.directory)
         if not self.epoch_cache.file_intact:
             # (entries re-assigned from the tail need no write now: the next meta
             # checkpoint writes them first, and until then an open assigns them again;

@@ -44,7 +44,7 @@ class LoadedSegments(NamedTuple):
     clean: bool  # the meta checkpoint recorded a clean shutdown
     recovery_point: int  # the meta checkpoint's (0 without one)
     meta: dict[str, int]  # the meta checkpoint as read ({} if missing or malformed)
-    created: bool  # the folder had no segment: its first one was created
+    created: bool  # the folder had no segment: its first one was created (not fsynced)
 
 
 def read_meta(directory: str) -> dict[str, int]:
@@ -107,8 +107,8 @@ def load_segments(directory: str, config: LogConfig,
         seg.unflushed = True
         if fsync_enabled and (cut or seg is not segs[-1]):
             seg.flush()
-    if fsync_enabled and (cut or not found):
-        fsync_dir(directory)  # segments deleted after a cut, or the first one created
+    if fsync_enabled and cut:
+        fsync_dir(directory)  # the segments deleted after the cut
     end = segs[-1].next_offset
     return LoadedSegments(segs, min(max(log_start, segs[0].base_offset), end), cut, clean,
                           recovery_point, meta, not found)
