@@ -35,7 +35,8 @@ FILE_NAME = "leader-epoch-checkpoint"
 
 
 # Seconds between the background flusher's passes: the longest a new entry waits for its
-# fsync (a power loss within it loses nothing the open cannot rebuild from the log).
+# fsync (a crash before it loses only entries of epochs with no batch yet: the open
+# rebuilds the others from the log, and the next leadership assigns a new epoch anyway).
 FLUSH_INTERVAL_S = 1.0
 
 
