@@ -10,13 +10,16 @@ partition leader epoch, so the entries of the log's tail can be rebuilt from the
 headers, and `PartitionLog` does so on an unclean open from its recovery point. Hence,
 with a `CheckpointFlusher`:
 - additions (`assign`, a new leadership or the first batch of an epoch) and moves of the
-  start (`truncate_from_start`) change memory only; the flusher writes and fsyncs the
-  file in the background, many partitions per pass;
+  start (`truncate_from_start`) change memory only; the flusher writes the file in the
+  background (atomically, without fsync: it survives a process crash), many partitions
+  per pass;
 - removals at the end (`truncate_from_end`, `clear`: the log was truncated) are written
   and fsynced before they return, so entries of truncated-away data never come back;
-- `flush()` makes the file current; the log calls it before each meta checkpoint, so
-  entries starting below a durable recovery point are always durable (the open trusts
-  them and rebuilds only the rest).
+- `flush()` makes the file current and durable; the log calls it before each meta
+  checkpoint (flush, roll, truncation, retention, close), so entries starting below a
+  durable recovery point are always durable (the open trusts them and rebuilds only
+  the rest). Those calls already fsync; the flusher's passes stay off the disk's queue,
+  which thousands of new leaderships at once would otherwise fill.
 Without a flusher every change is written and fsynced at once.
 """
 
@@ -34,9 +37,9 @@ UNDEFINED_OFFSET = -1
 FILE_NAME = "leader-epoch-checkpoint"
 
 
-# Seconds between the background flusher's passes: the longest a new entry waits for its
-# fsync (a crash before it loses only entries of epochs with no batch yet: the open
-# rebuilds the others from the log, and the next leadership assigns a new epoch anyway).
+# Seconds between the background flusher's passes: the longest a new entry waits to be
+# written (a crash before it loses only entries of epochs with no batch yet: the open
+# rebuilds the others from the log, and the next leadership assigns its epoch again).
 FLUSH_INTERVAL_S = 1.0
 
 
@@ -54,7 +57,8 @@ class LeaderEpochCache:
         self._starts: list[int] = []
         self._file_lock = threading.Lock()  # one write of the file at a time
         self._version = 0  # changes so far
-        self._written_version = 0  # the version the file holds, fsynced if `sync`
+        self._written_version = 0  # the version the file holds (maybe not fsynced)
+        self._synced_version = 0  # the version the file holds fsynced (if `sync`)
         self._snapshot: tuple[int, tuple[tuple[int, int], ...]] = (0, ())
         self._discarded = False
         self._deferred = False
@@ -154,7 +158,7 @@ class LeaderEpochCache:
     @property
     def dirty(self) -> bool:
         """True while the file (or its fsync) lags the entries."""
-        return self._written_version != self._version
+        return self._synced_version != self._version
 
     @property
     def version(self) -> int:
@@ -179,17 +183,27 @@ class LeaderEpochCache:
         """Have the flusher (or, without one, this call) write the file if it lags."""
         if self._flusher is None:
             self.flush()
-        elif self.dirty:
+        elif self._written_version != self._version:
             self._flusher.schedule(self)
 
     def flush(self) -> None:
-        """Write (and fsync, if `sync`) the entries unless the file already holds them.
-        Thread-safe against the owner's changes. Raises OSError."""
+        """Write and fsync (if `sync`) the entries unless the file already holds them
+        durably. Thread-safe against the owner's changes. Raises OSError."""
+        with self._file_lock:
+            version, entries = self._snapshot
+            if self._discarded or version == self._synced_version:
+                return
+            write_entries(self.path, entries, self._sync)
+            self._written_version = self._synced_version = version
+
+    def write_back(self) -> None:
+        """Write the entries without fsync unless the file already holds them (the
+        flusher's call). Thread-safe against the owner's changes. Raises OSError."""
         with self._file_lock:
             version, entries = self._snapshot
             if self._discarded or version == self._written_version:
                 return
-            write_entries(self.path, entries, self._sync)
+            write_entries(self.path, entries, sync=False)
             self._written_version = version
 
     def discard(self) -> None:
@@ -200,13 +214,13 @@ class LeaderEpochCache:
 
 
 class CheckpointFlusher:
-    """Writes and fsyncs the files of changed leader-epoch caches in one thread, every
-    `interval_s`, all the caches changed since the last pass in that pass (each once,
-    so the work of a pass is bounded by the number of logs). A failed write is logged;
-    the cache stays dirty and its log's next checkpoint (flush, roll, close) writes it
-    or fails with the error. The thread starts with the first scheduled cache (unless
-    not `autostart`: then only `run_once` flushes, as tests that crash in between do);
-    `stop` ends it after a last pass."""
+    """Writes the files of changed leader-epoch caches in one thread, every `interval_s`,
+    all the caches changed since the last pass in that pass (each once, so the work of a
+    pass is bounded by the number of logs), without fsync: the log's next checkpoint
+    makes them durable (`LeaderEpochCache.flush`). A failed write is logged; the cache
+    stays dirty and that checkpoint writes it or fails with the error. The thread starts
+    with the first scheduled cache (unless not `autostart`: then only `run_once` writes,
+    as tests that crash in between do); `stop` ends it after a last pass."""
 
     def __init__(self, interval_s: float = FLUSH_INTERVAL_S, autostart: bool = True) -> None:
         self.interval_s = interval_s
@@ -236,7 +250,7 @@ class CheckpointFlusher:
             self._pending.clear()
         for cache in batch:
             try:
-                cache.flush()
+                cache.write_back()
             except OSError as exc:
                 log.warning("cannot write leader epoch checkpoint %s: %s", cache.path, exc)
         self.passes += 1
