@@ -15,12 +15,19 @@ Measures, for 1 KiB, 16 KiB and 1 MiB batches:
   its cost per batch and per record for a few record sizes and codecs, against the
   CRC-32C of the same batch in the same run.
 
+`--open-logs N` instead measures opening N small logs (one 1 KiB batch each, fsync on,
+one after another in this process as a broker's loader thread would): after a clean
+stop (`close`) and after an unclean one (a new leader epoch and one more batch, then
+`abandon`, as `kill -9` leaves them), the median of --runs runs each. `os.sync()` runs
+(untimed) before each timed open.
+
 Each figure is the median of --runs runs. Within a run the two sides of a comparison
 alternate which goes first, and `os.sync()` runs (untimed) before every timed write
 phase so both start with no dirty pages. No fsync inside the timed loops (the default
 flush policy): both sides measure the page-cache path.
 
     .venv/bin/python benchmarks/log_bench.py [--total-mib 32] [--runs 5]
+    .venv/bin/python benchmarks/log_bench.py --open-logs 10000 --runs 3
 """
 
 from __future__ import annotations
@@ -291,12 +298,52 @@ def bench_record_check() -> list[str]:
     return rows
 
 
+def bench_open_logs(n: int, runs: int, base_dir: str | None) -> None:
+    tmp = tempfile.mkdtemp(prefix="dmq-log-bench-", dir=base_dir)
+    batch = make_batch(1024)
+    dirs = [os.path.join(tmp, f"t-{i}") for i in range(n)]
+    try:
+        for d in dirs:
+            plog = PartitionLog.open(d, LOG_CONFIG)
+            plog.append_as_leader(batch, 1)
+            plog.close()
+        clean: list[float] = []
+        unclean: list[float] = []
+        for run in range(runs):
+            os.sync()
+            t0 = time.perf_counter()
+            logs = [PartitionLog.open(d, LOG_CONFIG) for d in dirs]
+            clean.append(time.perf_counter() - t0)
+            for plog in logs:  # a new leadership writes, then the process dies
+                plog.append_as_leader(batch, 2 + run)
+                plog.abandon()
+            os.sync()
+            t0 = time.perf_counter()
+            logs = [PartitionLog.open(d, LOG_CONFIG) for d in dirs]
+            unclean.append(time.perf_counter() - t0)
+            for plog in logs:
+                plog.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for label, xs in (("a clean stop", clean), ("an unclean stop", unclean)):
+        med = statistics.median(xs)
+        print(f"open {n} logs after {label}: median {med:.2f} s ({med / n * 1e6:.0f} us "
+              f"per log), runs {', '.join(f'{x:.2f}' for x in xs)} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--total-mib", type=int, default=32, help="bytes appended per run")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", default=None, help="folder for the files (default: a tempdir)")
+    ap.add_argument("--open-logs", type=int, default=0, metavar="N",
+                    help="only measure opening N small logs (clean and unclean stop)")
     args = ap.parse_args()
+    if args.open_logs:
+        print(f"python {platform.python_version()}, {os.cpu_count()} CPUs; opening "
+              f"{args.open_logs} logs, median of {args.runs} runs, fsync on")
+        bench_open_logs(args.open_logs, args.runs, args.dir)
+        return
     print(f"python {platform.python_version()} ({platform.machine()}), msgpack "
           f"{version('msgpack')}, crc32c {version('crc32c')}, {os.cpu_count()} CPUs; "
           f"{args.total_mib} MiB per run, median of {args.runs} runs, no fsync in loops")

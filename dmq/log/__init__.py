@@ -21,7 +21,12 @@ from dmq.log.checkpoint import OffsetCheckpointFile
 from dmq.log.cleaner import CleanableLog, CleanResult, LogCleaner, clean_log
 from dmq.log.codecs import CODEC_LZ4, CODEC_NONE, CODEC_ZSTD, codec_available
 from dmq.log.config import LogConfig
-from dmq.log.epoch_cache import UNDEFINED_EPOCH, UNDEFINED_OFFSET, LeaderEpochCache
+from dmq.log.epoch_cache import (
+    UNDEFINED_EPOCH,
+    UNDEFINED_OFFSET,
+    CheckpointFlusher,
+    LeaderEpochCache,
+)
 from dmq.log.errors import (
     CorruptRecordError,
     InvalidProducerEpochError,
@@ -55,6 +60,7 @@ __all__ = [
     "CorruptRecordError",
     "InvalidProducerEpochError",
     "InvalidRecordError",
+    "CheckpointFlusher",
     "LeaderEpochCache",
     "LogAppendInfo",
     "LogCleaner",

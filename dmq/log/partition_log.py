@@ -31,7 +31,12 @@ Crash safety: data is written with one `writev` per append; flushes advance the
 recovery point; on open (`dmq.log.recovery`) the segments past the recovery point of an
 unclean shutdown are scanned batch by batch and cut after the last valid batch, and
 later segments are deleted. File replacement by the cleaner goes through `.cleaned` ->
-`.swap` -> final, finished or undone on open (`dmq.log.recovery`).
+`.swap` -> final, finished or undone on open (`dmq.log.recovery`). Opening a log that
+needs no repair does no fsync: the meta checkpoint is written only when its rows change,
+and a log opened after a clean shutdown stays marked clean on disk until its first
+change, which first writes it unclean (`_mark_unclean`). The leader-epoch checkpoint is
+written in the background and made durable before each meta checkpoint; an unclean open
+takes the epochs past the recovery point from the batch headers (`dmq.log.epoch_cache`).
 
 Offsets and reads: `append_as_leader` assigns offsets from the log end; batches are
 atomic (truncation inside a batch removes the whole batch); `read` returns whole
@@ -76,7 +81,12 @@ from dmq.log.checkpoint import fsync_dir, write_entries
 from dmq.log.cleaner import CleanResult, clean_log
 from dmq.log.config import LogConfig
 from dmq.log.epoch_cache import FILE_NAME as EPOCH_FILE
-from dmq.log.epoch_cache import LeaderEpochCache
+from dmq.log.epoch_cache import (
+    UNDEFINED_EPOCH,
+    CheckpointFlusher,
+    LeaderEpochCache,
+    default_flusher,
+)
 from dmq.log.errors import (
     CorruptRecordError,
     LogClosedError,
@@ -90,7 +100,7 @@ from dmq.log.errors import (
 )
 from dmq.log.migrate import MigrationResult, ensure_current_format
 from dmq.log.producer_state import ProducerStateManager
-from dmq.log.recovery import META_FILE, load_segments
+from dmq.log.recovery import META_FILE, LoadedSegments, load_segments
 from dmq.log.segment import LogSegment
 
 log = logging.getLogger("dmq.log")
@@ -125,10 +135,13 @@ class PartitionLog:
 
     `fsync_enabled=False` skips every fsync (data, checkpoints, folder): a process crash
     is still recovered from, a power loss may not be. Meant for tests and tools.
+    `epoch_flusher` writes the leader-epoch checkpoint in the background (default: the
+    process's shared one, `dmq.log.epoch_cache.default_flusher`).
     """
 
     def __init__(self, directory: str, config: LogConfig | None = None,
-                 clock: Clock | None = None, *, fsync_enabled: bool = True) -> None:
+                 clock: Clock | None = None, *, fsync_enabled: bool = True,
+                 epoch_flusher: CheckpointFlusher | None = None) -> None:
         self.directory = directory
         self._config = config if config is not None else LogConfig()
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -142,6 +155,11 @@ class PartitionLog:
         self._unflushed_messages = 0
         self._last_flush_ms = self.clock.monotonic_ms()
         self._closed = False
+        # The meta checkpoint's rows as last read or written (None: unknown), so that a
+        # write that would change nothing is skipped; and whether it says clean shutdown
+        # (then the first change of the log writes it unclean first: `_mark_unclean`).
+        self._meta_on_disk: tuple[tuple[str, int], ...] | None = None
+        self._clean_on_disk = False
         # (closed segments as (base, size), tombstones kept) after the last clean: lets
         # the cleaner skip a log with nothing new to do.
         self.cleaner_state: tuple[tuple[tuple[int, int], ...], int] | None = None
@@ -156,8 +174,9 @@ class PartitionLog:
         self._copy_config()
         try:
             os.makedirs(directory, exist_ok=True)
-            self.epoch_cache = LeaderEpochCache(os.path.join(directory, EPOCH_FILE),
-                                                sync=fsync_enabled)
+            self.epoch_cache = LeaderEpochCache(
+                os.path.join(directory, EPOCH_FILE), sync=fsync_enabled,
+                flusher=epoch_flusher if epoch_flusher is not None else default_flusher())
             self._latest_epoch = self.epoch_cache.latest_epoch
             self._load()
         except OSError as exc:
@@ -186,8 +205,10 @@ class PartitionLog:
 
     @classmethod
     def open(cls, directory: str, config: LogConfig | None = None,
-             clock: Clock | None = None, *, fsync_enabled: bool = True) -> PartitionLog:
-        return cls(directory, config, clock, fsync_enabled=fsync_enabled)
+             clock: Clock | None = None, *, fsync_enabled: bool = True,
+             epoch_flusher: CheckpointFlusher | None = None) -> PartitionLog:
+        return cls(directory, config, clock, fsync_enabled=fsync_enabled,
+                   epoch_flusher=epoch_flusher)
 
     # ------------------------------------------------------------------ properties
 
@@ -260,6 +281,8 @@ class PartitionLog:
         with self._lock:
             if self._closed:
                 raise self._closed_error()
+            if self._clean_on_disk:
+                self._mark_unclean()
             base = self._log_end_offset
             if t[9] >= 0:
                 dup = self._check_producer(t, {})
@@ -307,6 +330,8 @@ class PartitionLog:
         with self._lock:
             if self._closed:
                 raise self._closed_error()
+            if self._clean_on_disk:
+                self._mark_unclean()
             base = offset = self._log_end_offset
             pending: dict[int, tuple[int, int]] | None = None
             out = bytearray(mv)
@@ -351,6 +376,8 @@ class PartitionLog:
         with self._lock:
             if self._closed:
                 raise self._closed_error()
+            if self._clean_on_disk:
+                self._mark_unclean()
             expected = self._log_end_offset
             for t in raw:
                 if t[0] < expected:
@@ -550,6 +577,8 @@ class PartitionLog:
             return self._roll(self._log_end_offset)
 
     def _roll(self, base_offset: int) -> LogSegment:
+        if self._clean_on_disk:
+            self._mark_unclean()
         old = self._segments[-1]
         if old.size_bytes == 0 and old.base_offset == base_offset:
             return old
@@ -654,6 +683,8 @@ class PartitionLog:
             self._check_open()
             if offset >= self._log_end_offset:
                 return
+            if self._clean_on_disk:
+                self._mark_unclean()
             self.truncations += 1  # before any change: the cleaner must see even a failed one
             if offset <= self._segments[0].base_offset:
                 self._truncate_fully(offset)
@@ -673,6 +704,8 @@ class PartitionLog:
             self._truncate_fully(offset)
 
     def _truncate_fully(self, offset: int) -> None:
+        if self._clean_on_disk:
+            self._mark_unclean()
         self.truncations += 1
         for seg in self._segments:
             seg.delete()
@@ -719,6 +752,8 @@ class PartitionLog:
             if offset > self._log_end_offset:
                 raise OffsetOutOfRangeError(
                     f"log start {offset} beyond log end {self._log_end_offset}")
+            if self._clean_on_disk:
+                self._mark_unclean()
             self._log_start_offset = offset
             while len(self._segments) > 1 and self._segments[1].base_offset <= offset:
                 self._delete_oldest_segment()
@@ -758,6 +793,8 @@ class PartitionLog:
             return deleted
 
     def _delete_oldest_segment(self) -> None:
+        if self._clean_on_disk:
+            self._mark_unclean()
         seg = self._segments.pop(0)
         self._bases.pop(0)
         seg.delete()
@@ -778,6 +815,7 @@ class PartitionLog:
                 self._flush_data()
                 for seg in self._segments:
                     seg.close()
+                self.epoch_cache.flush()  # a clean open trusts the whole file
                 self._write_meta(clean=True)
             except OSError as exc:
                 raise LogStorageError(f"close of {self.directory} failed: {exc}") from exc
@@ -789,6 +827,7 @@ class PartitionLog:
         import shutil
 
         with self._lock:
+            self.epoch_cache.discard()
             for seg in self._segments:
                 seg.delete()
             self._closed = True
@@ -798,6 +837,7 @@ class PartitionLog:
         """Close file handles without flushing or marking a clean shutdown (crash tests,
         failed logs, logs about to be deleted). Idempotent."""
         with self._lock:
+            self.epoch_cache.discard()  # nothing is written after a crash
             for seg in self._segments:
                 seg.index.discard()
                 seg.time_index.discard()
@@ -814,14 +854,23 @@ class PartitionLog:
                                    f"reopening it (a broker restart) recovers it")
         return LogClosedError(f"log {self.directory} is closed")
 
-    def _write_meta(self, clean: bool, required: bool = True) -> None:
-        """Persist the meta checkpoint. Not `required` (a roll's recovery point: the old
-        file, replaced atomically or not at all, is only more conservative), a full disk
-        is logged and the log stays open; any other failure closes it."""
-        rows = [("recovery_point", self._recovery_point),
+    def _meta_rows(self, clean: bool) -> tuple[tuple[str, int], ...]:
+        return (("recovery_point", self._recovery_point),
                 ("log_start_offset", self._log_start_offset),
-                ("clean_shutdown", 1 if clean else 0)]
+                ("clean_shutdown", 1 if clean else 0))
+
+    def _write_meta(self, clean: bool, required: bool = True) -> None:
+        """Persist the meta checkpoint, unless the file already holds these rows. The
+        leader-epoch file is made durable first: the next open trusts its entries below
+        the recovery point written here. Not `required` (a roll's recovery point: the
+        old file, replaced atomically or not at all, is only more conservative), a full
+        disk is logged and the log stays open; any other failure closes it."""
+        rows = self._meta_rows(clean)
+        if rows == self._meta_on_disk:
+            return
         try:
+            self.epoch_cache.flush()
+            self._meta_on_disk = None  # unknown until the write succeeds
             write_entries(os.path.join(self.directory, META_FILE), rows, self.fsync_enabled)
         except OSError as exc:
             if not required and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -830,6 +879,18 @@ class PartitionLog:
                 return
             self._closed = True
             raise LogStorageError(f"checkpoint write failed: {exc}") from exc
+        self._meta_on_disk = rows
+        self._clean_on_disk = clean
+
+    def _mark_unclean(self) -> None:
+        """Before the first change of a log opened after a clean shutdown: write the meta
+        checkpoint unclean (an open trusts a clean log's tail without a scan, so a crash
+        after this change must not find it clean). A full disk raises
+        `LogDiskFullError` and changes nothing; any other failure closes the log."""
+        self._write_meta(clean=False, required=False)
+        if self._clean_on_disk:  # not written: the disk is full
+            raise LogDiskFullError(f"disk full: {self.directory} cannot record that it "
+                                   f"is open for writing; nothing was changed")
 
     # ------------------------------------------------------------------ loading
 
@@ -851,21 +912,87 @@ class PartitionLog:
             segs[-1].first_append_ms = self.clock.monotonic_ms() - min(
                 max(age, 0), self._segment_ms)
         self._segments = segs
+        self._bases = [s.base_offset for s in segs]
+        end = self._log_end_offset = segs[-1].next_offset
+        self._log_start_offset = loaded.log_start_offset
+        if loaded.clean or loaded.cut:  # (a cut: recovery fsynced what it repaired)
+            self._recovery_point = end
+        else:
+            # Nothing cut: the active segment was scanned but not fsynced (it is marked
+            # unflushed); everything before it is durable. The next flush moves it on.
+            self._recovery_point = max(min(loaded.recovery_point, end), segs[-1].base_offset)
+        self._load_epochs(loaded)
         for seg in segs[:-1]:  # closed segments hold no descriptor until read
             self._release_fd(seg)
-        self._bases = [s.base_offset for s in segs]
-        self._log_end_offset = segs[-1].next_offset
-        self._log_start_offset = loaded.log_start_offset
-        self._recovery_point = self._log_end_offset
-        # An epoch may legitimately start at the log end (its batches were all deleted
-        # by a log start move); only a recovery that cut data invalidates such an entry.
-        self.epoch_cache.truncate_from_end(self._log_end_offset + (0 if loaded.cut else 1))
-        self.epoch_cache.truncate_from_start(self._log_start_offset)
-        self._latest_epoch = self.epoch_cache.latest_epoch
         self.producer_state.rebuild(self._all_headers())
-        self._write_meta(clean=False)
-        if self.fsync_enabled:
+        meta = loaded.meta
+        if len(meta) == 3:
+            self._meta_on_disk = tuple((k, meta.get(k, -1)) for k, _ in self._meta_rows(False))
+        if loaded.clean and self._meta_on_disk == self._meta_rows(clean=True):
+            # Left clean on disk until the first change (`_mark_unclean`): an open of an
+            # unchanged log writes nothing.
+            self._clean_on_disk = True
+        elif self._meta_on_disk != self._meta_rows(clean=False):
+            self._write_meta(clean=False)  # (its folder fsync also keeps a new segment)
+        elif loaded.created and self.fsync_enabled:
             fsync_dir(self.directory)
+        if not self.epoch_cache.file_intact:
+            # (entries re-assigned from the tail need no write now: the next meta
+            # checkpoint writes them first, and until then an open assigns them again;
+            # a restart after a crash leaves the flusher no pass over every log)
+            self.epoch_cache.schedule_flush()
+
+    def _load_epochs(self, loaded: LoadedSegments) -> None:
+        """Make the leader-epoch cache agree with the loaded log (writes deferred: the
+        caller's meta write or the flusher writes the file). The file is trusted below
+        the recovery point of the meta checkpoint (it was fsynced before that was
+        written) and after a clean shutdown; from the recovery point on, the epochs of
+        the batch headers are assigned again, and everything is rebuilt from them if the
+        file is missing or damaged."""
+        cache = self.epoch_cache
+        cache.defer_writes(True)
+        try:
+            rebuild_from: int | None = None
+            if not cache.file_intact:
+                if cache.entries or any(s.size_bytes for s in self._segments):
+                    log.info("%s: rebuilding the leader epoch cache from the log",
+                             self.directory)
+                    cache.rebuild([])
+                    rebuild_from = self._segments[0].base_offset
+            elif loaded.clean:
+                rebuild_from = None
+            else:
+                # Truncations were fsynced before they returned, so the file holds no
+                # entry of truncated-away data; it may lack the latest additions, which
+                # the headers give back (an epoch with batches replaces, as `assign`
+                # does, the entries starting at or after its first batch).
+                rebuild_from = min(loaded.recovery_point, self._log_end_offset)
+            if rebuild_from is not None:
+                for epoch, start in self._epochs_in_log(rebuild_from):
+                    cache.assign(epoch, start)
+            # An epoch may legitimately start at the log end (its batches were all
+            # deleted by a log start move); only a recovery that cut data invalidates
+            # such an entry.
+            cache.truncate_from_end(self._log_end_offset + (0 if loaded.cut else 1))
+            cache.truncate_from_start(self._log_start_offset)
+        finally:
+            cache.defer_writes(False)
+        self._latest_epoch = cache.latest_epoch
+
+    def _epochs_in_log(self, offset: int) -> Iterator[tuple[int, int]]:
+        """(epoch, first offset) of each epoch rise in the batch headers of batches that
+        end at or after `offset` (no CRC check: recovery checked the unflushed part)."""
+        latest = UNDEFINED_EPOCH
+        for seg in self._segments:
+            if seg.next_offset <= offset or seg.size_bytes == 0:
+                continue
+            position = seg.index.lookup(offset)[1] if offset > seg.base_offset else 0
+            for h in seg.headers(position):
+                if h.base_offset + h.last_offset_delta < offset:
+                    continue
+                if h.partition_leader_epoch > latest:
+                    latest = h.partition_leader_epoch
+                    yield latest, h.base_offset
 
     # ------------------------------------------------------------------ cleaner hooks
     # With `directory`, `config`, `clock`, `fsync_enabled`, `segments`, `closed`,
@@ -889,6 +1016,9 @@ class PartitionLog:
         `cleanup_policy` includes compact); see `dmq.log.cleaner.clean_log`."""
         if not self.config.compact:
             return CleanResult(0, 0, 0, 0, 0)
+        with self._lock:
+            if self._clean_on_disk and not self._closed:
+                self._mark_unclean()
         return clean_log(self, now_ms, max_offset, cancelled)
 
     def fail(self, reason: str) -> None:

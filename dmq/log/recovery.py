@@ -41,6 +41,10 @@ class LoadedSegments(NamedTuple):
     segments: list[LogSegment]
     log_start_offset: int
     cut: bool  # recovery removed data (a torn tail, corruption or a gap)
+    clean: bool  # the meta checkpoint recorded a clean shutdown
+    recovery_point: int  # the meta checkpoint's (0 without one)
+    meta: dict[str, int]  # the meta checkpoint as read ({} if missing or malformed)
+    created: bool  # the folder had no segment: its first one was created (not fsynced)
 
 
 def read_meta(directory: str) -> dict[str, int]:
@@ -62,8 +66,10 @@ def load_segments(directory: str, config: LogConfig,
     clean = meta.get("clean_shutdown") == 1
     recovery_point = meta.get("recovery_point", 0)
     log_start = meta.get("log_start_offset", 0)
-    bases = sorted(segment_bases(directory)) or [log_start]
+    found = sorted(segment_bases(directory))
+    bases = found or [log_start]
     segs: list[LogSegment] = []
+    recovered: list[LogSegment] = []
     prev_next: int | None = None
     cut = False
     for i, base in enumerate(bases):
@@ -92,14 +98,20 @@ def load_segments(directory: str, config: LogConfig,
                 log.error("segment %s ends at %d but the next starts at %d; cutting the rest",
                           seg.path, seg.next_offset, next_base)
                 cut = True
-            if fsync_enabled:
-                seg.flush()
+            recovered.append(seg)
         segs.append(seg)
         prev_next = seg.next_offset
     if not segs[-1].active:
         segs[-1].make_active()
+    for seg in recovered:
+        seg.unflushed = True
+        if fsync_enabled and (cut or seg is not segs[-1]):
+            seg.flush()
+    if fsync_enabled and cut:
+        fsync_dir(directory)  # the segments deleted after the cut
     end = segs[-1].next_offset
-    return LoadedSegments(segs, min(max(log_start, segs[0].base_offset), end), cut)
+    return LoadedSegments(segs, min(max(log_start, segs[0].base_offset), end), cut, clean,
+                          recovery_point, meta, not found)
 
 
 def segment_bases(directory: str) -> list[int]:
@@ -119,14 +131,18 @@ def delete_segment_files(directory: str, base: int) -> None:
 
 
 def sweep_replacement_files(directory: str, sync: bool = True) -> None:
-    """Undo unfinished cleans and finish committed ones (see the module docstring)."""
+    """Undo unfinished cleans and finish committed ones (see the module docstring); the
+    folder is fsynced if anything was removed or renamed."""
     names = sorted(os.listdir(directory))
+    changed = False
     for name in names:
         path = os.path.join(directory, name)
         if name.endswith((CLEANED_SUFFIX, DELETED_SUFFIX, ".tmp")):
             log.warning("removing leftover %s", path)
             os.unlink(path)
+            changed = True
         elif name.endswith(LOG_SUFFIX + SWAP_SUFFIX):
+            changed = True
             stem = path[: -len(LOG_SUFFIX + SWAP_SUFFIX)]
             log.warning("finishing interrupted segment swap %s", path)
             end = _read_end(stem + END_SUFFIX)
@@ -144,7 +160,8 @@ def sweep_replacement_files(directory: str, sync: bool = True) -> None:
     for name in names:  # an end file with no swap: a merge undone, or finished
         if name.endswith(END_SUFFIX):
             unlink_quietly(os.path.join(directory, name))
-    if sync:
+            changed = True
+    if sync and changed:
         fsync_dir(directory)
 
 
