@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dmq.protocol.api import ApiKey
-from tests.unit.broker.support import InProcBroker, StandInController, batch, make_config
+from tests.support.inproc_broker import InProcBroker, StandInController, batch, make_config
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,7 +13,7 @@ import pytest
 
 from dmq.log.batch import iter_records
 from dmq.protocol.errors import ErrorCode
-from tests.unit.broker.support import (
+from tests.support.inproc_broker import (
     InProcBroker,
     StandInController,
     batch,

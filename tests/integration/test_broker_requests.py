@@ -13,7 +13,7 @@ import pytest
 from dmq.log.batch import iter_headers, iter_records
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode, InvalidRequiredAcksError
-from tests.unit.broker.support import (
+from tests.support.inproc_broker import (
     InProcBroker,
     StandInController,
     batch,

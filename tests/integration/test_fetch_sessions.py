@@ -16,7 +16,7 @@ import pytest
 
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode
-from tests.unit.broker.support import (
+from tests.support.inproc_broker import (
     InProcBroker,
     StandInController,
     batch,

@@ -16,7 +16,7 @@ import pytest
 
 import dmq.broker.replica_manager as rm_module
 from dmq.protocol.errors import ErrorCode
-from tests.unit.broker.support import (
+from tests.support.inproc_broker import (
     InProcBroker,
     StandInController,
     batch,

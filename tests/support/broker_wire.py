@@ -1,5 +1,5 @@
-"""Wire-protocol helpers for the broker's real-process tests (no dmq.client); kept
-with the broker tests so every broker test helper lives in one folder."""
+"""Wire-protocol helpers for the broker's real-process tests (no dmq.client); used by
+the e2e, security and chaos tests too, so they live with the shared test support."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from dmq.log.partition_log import PartitionLog
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError
+from tests.support.inproc_broker import bytes_below
 from tests.support.procs import ProcessCluster
-from tests.unit.broker.support import bytes_below
 
 FAST: dict[str, Any] = {
     "broker.session.timeout.ms": 2000,
