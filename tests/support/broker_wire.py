@@ -19,6 +19,7 @@ from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError
 from tests.support.inproc_broker import bytes_below
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import async_wait_until
 
 FAST: dict[str, Any] = {
     "broker.session.timeout.ms": 2000,
@@ -30,16 +31,9 @@ FAST: dict[str, Any] = {
 
 
 async def wait_until(pred: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if await pred():
-                return
-        except (DmqError, OSError) as exc:
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last})")
+    """`async_wait_until` of an awaited predicate; a protocol or socket error counts
+    as "not yet" (the node may be starting or restarting)."""
+    await async_wait_until(pred, timeout_s, what, ignore=(DmqError, OSError))
 
 
 class Wire:
@@ -77,7 +71,7 @@ class Wire:
                     last = exc
                     if not exc.retriable:
                         raise
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # backoff before asking the controllers again
         raise AssertionError(f"no controller answered {api.name}: {last}")
 
     async def create_topic(self, name: str, partitions: int, rf: int,
