@@ -26,8 +26,8 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError
 from tests.chaos.network import LinkFaults
+from tests.support.inproc_broker import bytes_below
 from tests.support.procs import ProcessCluster
-from tests.unit.broker.support import bytes_below
 
 TopicPartition = tuple[str, int]
 LOOK_TIMEOUT_MS = 1500

@@ -17,8 +17,7 @@ import pytest
 
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
-from tests.support.procs import ProcessCluster
-from tests.unit.broker.wire import (
+from tests.support.broker_wire import (
     FAST,
     Wire,
     logs_on_failure,
@@ -26,6 +25,7 @@ from tests.unit.broker.wire import (
     values_batch,
     wait_until,
 )
+from tests.support.procs import ProcessCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -16,8 +16,8 @@ import pytest
 
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
+from tests.support.broker_wire import FAST, Wire, values_batch, wait_until
 from tests.support.procs import ProcessCluster
-from tests.unit.broker.wire import FAST, Wire, values_batch, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -20,8 +20,8 @@ from dmq.cli.dev import ensure_topic
 from dmq.client import Consumer, Producer, TopicPartition
 from dmq.client.admin import Admin
 from dmq.protocol.errors import DmqError
+from tests.support.broker_wire import FAST, wait_until
 from tests.support.procs import ProcessCluster
-from tests.unit.broker.wire import FAST, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -1,6 +1,7 @@
 """Long-poll fetch wake latency, in one process over real sockets: a consumer parked
-in FETCH (max_wait 5 s) must be answered as soon as a produce moves the HW. The
-median is printed (pytest -s) for the notes; the bound asserted is generous."""
+in FETCH (max_wait 60 s) must be answered by the produce's HW move, not its max wait:
+each answer is awaited with a 10 s deadline. The latencies are printed (pytest -s) for
+the notes, not asserted."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from dmq.protocol.api import ApiKey
-from tests.unit.broker.support import InProcBroker, StandInController, batch, make_config
+from tests.support.inproc_broker import InProcBroker, StandInController, batch, make_config
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,6 +25,7 @@ async def _measure(tmp_path: Path, rf: int, rounds: int) -> list[float]:
     for b in brokers:
         await b.start()
     await ctl.create_topic("t", [[b.broker_id for b in brokers]])
+    leader = brokers[0].partition("t")
     consumer = await brokers[0].connect()
     producer = await brokers[0].connect()
     data = batch([b"x" * 100])
@@ -31,14 +34,15 @@ async def _measure(tmp_path: Path, rf: int, rounds: int) -> list[float]:
         offset = 0
         for _ in range(rounds):
             fetch = asyncio.ensure_future(consumer.request(ApiKey.FETCH, {
-                "max_wait_ms": 5000, "min_bytes": 1, "max_bytes": 1 << 20,
-                "topics": [["t", [[0, offset, -1, 1 << 20]]]]}, timeout_ms=10_000))
-            await asyncio.sleep(0.005)  # the fetch is parked
+                "max_wait_ms": 60_000, "min_bytes": 1, "max_bytes": 1 << 20,
+                "topics": [["t", [[0, offset, -1, 1 << 20]]]]}, timeout_ms=70_000))
+            await until(lambda: leader._hw_waiters, "the fetch is parked")
             assert not fetch.done()
             t0 = time.perf_counter()
             await producer.request(ApiKey.PRODUCE, {"acks": 1, "timeout_ms": 5000,
                                                     "topics": [["t", [[0, -1, data]]]]})
-            resp = await fetch
+            # a deadline far below the fetch's max wait: the HW move must answer it
+            resp = await asyncio.wait_for(fetch, 10)
             lat.append((time.perf_counter() - t0) * 1000)
             row = resp["topics"][0][1][0]
             assert row[1] == 0 and len(row[5]) > 0
@@ -57,7 +61,6 @@ async def test_long_poll_wakes_on_append_rf1(tmp_path: Path) -> None:
     p99 = sorted(lat)[98]
     print(f"\nlong-poll wake, RF=1 (produce sent -> parked fetch answered): "
           f"p50 {p50:.2f} ms, p99 {p99:.2f} ms")
-    assert p50 < 20
 
 
 async def test_long_poll_wakes_on_hw_move_rf3(tmp_path: Path) -> None:
@@ -65,4 +68,3 @@ async def test_long_poll_wakes_on_hw_move_rf3(tmp_path: Path) -> None:
     p50 = statistics.median(lat)
     print(f"\nlong-poll wake, RF=3 (produce sent -> replicated -> HW -> fetch answered): "
           f"p50 {p50:.2f} ms, max {max(lat):.2f} ms")
-    assert p50 < 50

@@ -7,13 +7,14 @@ import asyncio
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dmq.log.batch import iter_headers, iter_records
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode, InvalidRequiredAcksError
-from tests.unit.broker.support import (
+from tests.support.inproc_broker import (
     InProcBroker,
     StandInController,
     batch,
@@ -21,6 +22,7 @@ from tests.unit.broker.support import (
     make_config,
     produce,
 )
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -113,7 +115,7 @@ async def test_idempotent_retry_after_dropped_connection(single) -> None:
     # send, then drop the connection before reading the answer
     conn.send_oneway(ApiKey.PRODUCE, payload)
     await conn.close()
-    await asyncio.sleep(0.05)
+    await until(lambda: b.partition("t").log_end_offset == 10, "the first send is appended")
     conn = await b.connect()
     resp = await conn.request(ApiKey.PRODUCE, payload)
     row = resp["topics"][0][1][0]
@@ -199,11 +201,8 @@ async def test_topic_deletion_removes_logs(single) -> None:
     assert path.exists()
     ctl.delete_topic("t")
     assert b.partition("t") is None
-    for _ in range(100):
-        if not any(p.name.startswith("t-0") for p in path.parent.iterdir()):
-            break
-        await asyncio.sleep(0.02)
-    assert not any(p.name.startswith("t-0") for p in path.parent.iterdir())
+    await until(lambda: not any(p.name.startswith("t-0") for p in path.parent.iterdir()),
+                "the deleted topic's log is removed")
     assert (await produce(conn, "t", 0, batch([b"x"])))[1] == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
     await conn.close()
 
@@ -260,11 +259,8 @@ async def test_logs_of_topics_deleted_or_recreated_while_down(single, monkeypatc
     assert (parts / "gone-0").exists()  # absent topic: kept during the grace period
     monkeypatch.setattr(rm, "STRAY_LOG_GRACE_MS", 0)
     b.replicas.apply_image(ctl.image)
-    for _ in range(100):
-        if not any(p.name.startswith("gone-0") for p in parts.iterdir()):
-            break
-        await asyncio.sleep(0.02)
-    assert not any(p.name.startswith("gone-0") for p in parts.iterdir())
+    await until(lambda: not any(p.name.startswith("gone-0") for p in parts.iterdir()),
+                "the stray log is removed after its grace period")
 
 
 async def test_fetch_epoch_checks(single) -> None:
@@ -280,7 +276,20 @@ async def test_fetch_epoch_checks(single) -> None:
     await conn.close()
 
 
-async def test_creating_many_partitions_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+async def test_creating_many_partitions_does_not_stall_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import dmq.broker.replica_manager as rm
+
+    created_on: list[int] = []
+    real_create_log = rm._create_log
+
+    def recording_create_log(*args: Any) -> Any:
+        created_on.append(threading.get_ident())
+        return real_create_log(*args)
+
+    monkeypatch.setattr(rm, "_create_log", recording_create_log)
     ctl = StandInController()
     b = InProcBroker(1, tmp_path, ctl, make_config())
     await b.start()
@@ -291,12 +300,12 @@ async def test_creating_many_partitions_does_not_stall_the_event_loop(tmp_path: 
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             t0 = loop.time()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # the pace of the stall measurement
             lags.append(loop.time() - t0 - 0.005)
 
     task = asyncio.create_task(ticker())
     try:
-        await asyncio.sleep(0.05)
+        await until(lambda: lags, "the ticker runs")
         await ctl.create_topic("many", [[1]] * 500)
         assert len(b.replicas.partitions) == 500
         assert all(p.is_leader for p in b.replicas.partitions.values())
@@ -304,8 +313,10 @@ async def test_creating_many_partitions_does_not_stall_the_event_loop(tmp_path: 
         stop.set()
         await task
         await b.stop()
+    # the stall figure is printed, not asserted; what keeps the loop free (it stalled
+    # ~3 s when the logs were made on it) is that every log is made off its thread
     print(f"\n500 new partition logs: worst event-loop stall {max(lags) * 1000:.1f} ms")
-    assert max(lags) < 1.0  # was ~3 s when logs were made on the event loop
+    assert len(created_on) == 500 and threading.get_ident() not in created_on
 
 
 async def test_long_poll_sees_data_arriving_before_its_task_starts(single) -> None:

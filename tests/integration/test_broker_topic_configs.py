@@ -12,8 +12,7 @@ import pytest
 
 from dmq.log.batch import build_batch, iter_records
 from dmq.protocol.errors import ErrorCode
-from tests.support.waiting import until
-from tests.unit.broker.support import (
+from tests.support.inproc_broker import (
     InProcBroker,
     StandInController,
     batch,
@@ -21,6 +20,7 @@ from tests.unit.broker.support import (
     make_config,
     produce,
 )
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 

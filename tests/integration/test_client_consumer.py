@@ -252,8 +252,10 @@ async def test_getmany_waits_timeout_ms_of_the_consumers_clock(fake: FakeCluster
             due = clock.next_due_ms()
             if c.highwater(T0) < 0 and due is not None:
                 clock.advance(due - clock.monotonic_ms())
+        polled_at = clock.monotonic_ms()
         task = asyncio.ensure_future(c.getmany(timeout_ms=1000))
-        await asyncio.sleep(0)  # the poll has started waiting
+        await until(lambda: clock.next_due_ms() == polled_at + 1000,
+                    "the poll waiting on its timeout")
         clock.advance(999)
         fetches = fake.fetch_requests
         await until(lambda: fake.fetch_requests >= fetches + 3, "empty fetches")

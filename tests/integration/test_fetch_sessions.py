@@ -16,7 +16,7 @@ import pytest
 
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode
-from tests.unit.broker.support import (
+from tests.support.inproc_broker import (
     InProcBroker,
     StandInController,
     batch,
@@ -100,7 +100,9 @@ async def test_idle_follower_requests_are_bounded_whatever_the_partition_count(
     async def body(ctl: StandInController, brokers: list[InProcBroker], conn: Any) -> None:
         counter = FetchCounter(brokers[0])
         shrinks0 = brokers[0].replicas.stats_isr_shrinks
-        await asyncio.sleep(0.3)  # a long-poll or two, so the window starts settled
+        start = counter.requests
+        await wait_for(lambda: counter.requests >= start + 2,
+                       what="two idle long-polls, so the window starts settled")
         r0, l0 = counter.snapshot()
         await asyncio.sleep(WINDOW_S)  # the measurement window
         r1, l1 = counter.snapshot()
@@ -169,7 +171,7 @@ async def test_leader_that_keeps_no_sessions_gets_full_fetches(tmp_path: Path) -
         r1, l1 = counter.snapshot()
         assert l1 - l0 >= 5 * (r1 - r0)  # every request lists every partition
         # idle past replica.lag.time.max.ms (1.5 s): full fetches keep the ISR as before
-        await asyncio.sleep(WINDOW_S)
+        await asyncio.sleep(WINDOW_S)  # the idle span is what the test is about
         assert brokers[0].replicas.stats_isr_shrinks == shrinks0
         assert in_sync(ctl, brokers, "t", 5)
         await conn.close()
@@ -215,9 +217,21 @@ async def test_hw_checkpoint_is_built_only_after_a_hw_moved(tmp_path: Path) -> N
             return inner()
 
         replicas._hw_offsets = counting  # type: ignore[method-assign]
-        await asyncio.sleep(1.2)  # a tick may still write the last HW move
+
+        def ticks(n: int) -> Callable[[], bool]:
+            """True once the 1 s checkpoint timer has run `n` more times (each run
+            schedules the next under the same name)."""
+            seen = [replicas._timers["_checkpoint_hw_tick"]]
+
+            def ran() -> bool:
+                if replicas._timers["_checkpoint_hw_tick"] is not seen[-1]:
+                    seen.append(replicas._timers["_checkpoint_hw_tick"])
+                return len(seen) > n
+            return ran
+
+        await wait_for(ticks(1), what="a checkpoint tick (it may write the last HW move)")
         builds.clear()
-        await asyncio.sleep(2.5)  # two ticks of the 1 s checkpoint, nothing moved
+        await wait_for(ticks(2), what="two checkpoint ticks, nothing moved")
         assert builds == []
         assert (await produce(conn, "t", 0, batch([b"more"]), acks=-1))[1] == 0
         await wait_for(lambda: builds, what="a checkpoint after the HW moved")

@@ -157,14 +157,15 @@ async def run_member_clock(clock: ManualClock, m: GroupMembership, pred, *,
                            poll: bool) -> None:
     """Until `pred()`: move `m`'s clock one heartbeat interval at a time (its heartbeats
     and poll-interval checks run on it), the application polling meanwhile if `poll`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not pred():
-        assert loop.time() < deadline, "condition not reached in time"
+    def step() -> bool:
+        if pred():
+            return True
         if poll:
             m.note_poll()
         clock.advance(m.heartbeat_interval_ms)
-        await asyncio.sleep(0.02)
+        return False
+
+    await async_wait_until(step, 10, "condition", interval_s=0.02)
 
 
 async def test_max_poll_interval_leaves_until_the_next_poll(controller) -> None:

@@ -8,6 +8,7 @@ import time
 
 from dmq.client.group import GroupMembership
 from tests.support.fake_consumer import FakeConsumer
+from tests.support.waiting import async_wait_until
 from tests.unit.groups.fake_host import FakeHost, start_fake_controller
 
 
@@ -36,10 +37,9 @@ async def test_fifty_members_on_five_hundred_partitions_stabilize_after_a_join()
             for m in members)
 
     async def wait_stable(limit_s: float) -> float:
+        """The time the group took to stabilize (printed, not asserted: a bounded wait)."""
         t0 = time.perf_counter()
-        while not stable():
-            assert time.perf_counter() - t0 < limit_s, "group did not stabilize"
-            await asyncio.sleep(0.01)
+        await async_wait_until(stable, limit_s, "group stable", interval_s=0.01)
         return time.perf_counter() - t0
 
     try:
@@ -51,7 +51,6 @@ async def test_fifty_members_on_five_hundred_partitions_stabilize_after_a_join()
         print(f"\n50 members/500 partitions: initial {initial:.2f}s, "
               f"stable {after_join:.2f}s after the 51st joined, "
               f"{svc._coordinator.assignments_computed} assignments computed")
-        assert after_join < 5
     finally:
         await asyncio.gather(*(m.close() for m in members))
         await svc.close()

@@ -5,8 +5,6 @@ the broker went on serving its last image, blind to every later change."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,13 +18,11 @@ from dmq.metadata.image import MetadataImage
 from dmq.metadata.state import MetadataState
 from dmq.node import Node, resolve_node
 from tests.support.procs import free_ports
+from tests.support.waiting import until
 
 
 async def _until(cond: Callable[[], Any], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+    await until(cond, "condition", timeout_s)
 
 
 @pytest.fixture

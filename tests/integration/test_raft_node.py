@@ -19,6 +19,7 @@ from dmq.protocol.server import ProtocolServer
 from dmq.raft import Entry, FileStorage, NotLeaderError, Snapshot
 from dmq.raft.node import RaftNode, RaftNodeConfig
 from dmq.types import NodeId
+from tests.support.waiting import async_wait_until, until
 
 TICK_MS = 10
 
@@ -114,28 +115,31 @@ class Harness:
         await self.stop_all()
 
     async def leader(self, timeout_s: float = 5.0, not_: NodeId | None = None) -> RaftNode:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while asyncio.get_running_loop().time() < deadline:
+        def single_leader() -> RaftNode | None:
             leaders = [n for i, n in self.nodes.items()
                        if n.status()["role"] == "LEADER" and i != not_]
-            if len(leaders) == 1:
-                return leaders[0]
-            await asyncio.sleep(TICK_MS / 1000)
-        # each node's view, so that a failure says whether votes were split, a node was
-        # stuck in another term, or a pump had stopped
-        views = {int(i): {k: n.status()[k] for k in ("role", "term", "leader_id",
+            return leaders[0] if len(leaders) == 1 else None
+
+        def views() -> str:
+            # each node's view, so that a failure says whether votes were split, a node
+            # was stuck in another term, or a pump had stopped
+            return "a single leader elected: " + repr(
+                {int(i): {k: n.status()[k] for k in ("role", "term", "leader_id",
                                                      "last_log_index", "refused_messages")}
                  | {"pump_done": n._pump_task is not None and n._pump_task.done()}
-                 for i, n in self.nodes.items()}
-        raise AssertionError(f"no single leader elected in {timeout_s} s: {views}")
+                 for i, n in self.nodes.items()})
+
+        return await async_wait_until(single_leader, timeout_s, views,
+                                      interval_s=TICK_MS / 1000)
 
     async def wait_applied(self, index: int, nodes: Sequence[NodeId] | None = None,
                            timeout_s: float = 5.0) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        for i in nodes or list(self.nodes):
-            while self.nodes[i].status()["last_applied"] < index:
-                assert asyncio.get_running_loop().time() < deadline, (i, index)
-                await asyncio.sleep(TICK_MS / 1000)
+        await async_wait_until(
+            lambda: all(self.nodes[i].status()["last_applied"] >= index
+                        for i in nodes or list(self.nodes)),
+            timeout_s, lambda: f"index {index} applied: " + repr(
+                {int(i): self.nodes[i].status()["last_applied"] for i in nodes or self.nodes}),
+            interval_s=TICK_MS / 1000)
 
 
 def run(coro: object) -> None:
@@ -224,7 +228,6 @@ def test_full_cluster_restart_keeps_committed_entries(tmp_path: Path) -> None:
         leader = await h.leader()
         index = await leader.propose(b"precious=yes")
         await h.stop_all()
-        await asyncio.sleep(0.05)
         for i in h.ids:
             await h.restart(i)
         try:
@@ -430,8 +433,10 @@ def test_pending_proposals_fail_naming_the_leader_that_replaced_this_one(
             await h.stop(others[1])
             # the remaining follower stops answering: its server is closed, the node kept
             await h.servers[others[0]].close(grace_ms=10)
+            last = leader.status()["last_log_index"]
             pending = asyncio.ensure_future(leader.propose(b"b=2", timeout_ms=20_000))
-            await asyncio.sleep(0)
+            await until(lambda: leader.status()["last_log_index"] > last,
+                        "the proposal is in the leader's log")
             assert not pending.done()
             # a heartbeat of a newer term from the other node: it won an election
             term = leader.status()["term"]
@@ -490,20 +495,22 @@ def test_a_closed_connection_to_a_live_leader_disrupts_nothing(tmp_path: Path) -
             leader = await h.leader()
             term = leader.status()["term"]
             follower = h.nodes[NodeId(3)]
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 5.0
-            while follower.stats["leader_links_lost"] < 3:
+
+            async def close_link_until_three_noticed() -> bool:
                 # the leader heartbeats every 100 ms: the follower's tick sees the closed
                 # connection before its next answer reopens it, most of the time
-                sender = follower._senders[leader.id]
-                conn = sender.conn
+                if follower.stats["leader_links_lost"] >= 3:
+                    return True
+                conn = follower._senders[leader.id].conn
                 if conn is not None and not conn.closed:
                     await conn.close()
-                assert loop.time() < deadline, "closed connections went unnoticed"
-                await asyncio.sleep(0.05)
-            while follower.status()["leader_id"] != leader.id:
-                assert loop.time() < deadline, follower.status()
-                await asyncio.sleep(TICK_MS / 1000)
+                return False
+
+            await async_wait_until(close_link_until_three_noticed, 5.0,
+                                   "closed connections noticed", interval_s=0.05)
+            await async_wait_until(lambda: follower.status()["leader_id"] == leader.id,
+                                   5.0, lambda: f"the leader followed: {follower.status()}",
+                                   interval_s=TICK_MS / 1000)
             assert all(n.status()["term"] == term for n in h.nodes.values())
             assert (await h.leader()).id == leader.id
             await h.wait_applied(await leader.propose(b"still=1"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dmq.metadata.image import FENCED
-from tests.unit.broker.support import (
+from tests.support.inproc_broker import (
     InProcBroker,
     StandInController,
     batch,

@@ -22,9 +22,9 @@ from dmq.security.sasl import SaslCredentials, client_sasl
 from dmq.security.scram import CredentialStore, make_credential
 from dmq.security.tls import client_context, client_tls
 from tests.security.support import produce_then_consume
+from tests.support.broker_wire import FAST, logs_on_failure
 from tests.support.procs import ProcessCluster
 from tests.support.tools import run_tool as run
-from tests.unit.broker.wire import FAST, logs_on_failure
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

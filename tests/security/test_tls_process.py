@@ -22,8 +22,8 @@ from dmq.security.certs import CA
 from dmq.security.tls import client_context, client_tls
 from tests.kafka.support import kafka_ports
 from tests.security.support import produce_then_consume
+from tests.support.broker_wire import FAST, logs_on_failure
 from tests.support.procs import ProcessCluster
-from tests.unit.broker.wire import FAST, logs_on_failure
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

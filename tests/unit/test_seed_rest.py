@@ -152,16 +152,25 @@ async def test_concurrent_requests_share_one_connection_per_node(
     """Requests that find no connection at once each open one; all but one are closed
     again, not left open (to the node's idle timeout) and forgotten."""
     import asyncio
+    import contextlib
     from types import SimpleNamespace
 
     from dmq.ops import rest
 
     opened: list[SimpleNamespace] = []
+    opening: list[int] = []
+    all_opening = asyncio.Event()
 
     class FakeConnection(SimpleNamespace):
         @classmethod
         async def open(cls, host: str, port: int, **kw: object) -> FakeConnection:
-            await asyncio.sleep(0.01)
+            # no open finishes before all five requests are opening one (bounded, so a
+            # client that opened one at a time would fail the assertions, not hang)
+            opening.append(1)
+            if len(opening) == 5:
+                all_opening.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_opening.wait(), 5)
             conn = cls(closed=False)
             opened.append(conn)
             return conn

@@ -15,7 +15,7 @@ from dmq.broker.replica_manager import ReplicaManager
 from dmq.metadata.image import MetadataImage
 from dmq.metadata.records import NO_CHANGE, PartitionChange
 from dmq.protocol.errors import NotControllerError
-from tests.unit.broker.support import make_config
+from tests.support.inproc_broker import make_config
 from tests.unit.controller.helpers import BROKERS, Harness, apply_op
 
 ME = BROKERS[0]

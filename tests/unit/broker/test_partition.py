@@ -18,7 +18,7 @@ from dmq.protocol.errors import (
     NotLeaderOrFollowerError,
     UnknownLeaderEpochError,
 )
-from tests.unit.broker.support import batch
+from tests.support.inproc_broker import batch
 
 
 @pytest.fixture

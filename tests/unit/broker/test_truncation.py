@@ -11,7 +11,7 @@ from dmq.broker.fetcher import FetchState, ReplicaFetcher
 from dmq.broker.partition import Partition
 from dmq.clock import ManualClock
 from dmq.log.partition_log import PartitionLog
-from tests.unit.broker.support import batch
+from tests.support.inproc_broker import batch
 
 
 def follower_with_epochs(tmp_path: Path, epochs: list[tuple[int, int]]) -> Partition:

@@ -5,9 +5,7 @@ older one until a retry succeeds."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,13 +14,14 @@ import pytest
 
 import dmq.broker.replica_manager as rm_module
 from dmq.protocol.errors import ErrorCode
-from tests.unit.broker.support import (
+from tests.support.inproc_broker import (
     InProcBroker,
     StandInController,
     batch,
     make_config,
     produce,
 )
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -36,10 +35,7 @@ async def broker(tmp_path: Path) -> AsyncIterator[tuple[StandInController, InPro
 
 
 async def _until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+    await until(cond, "condition", timeout_s)
 
 
 async def _produce_code(b: InProcBroker, topic: str, p: int = 0) -> int:

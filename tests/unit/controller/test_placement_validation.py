@@ -85,7 +85,7 @@ def test_good_configs(key: str, value: str, normal: str) -> None:
     assert validate_topic_config(key, value) == normal
     # whatever the controller accepts, a broker can open a log with
     from dmq.broker.replica_manager import log_config_for
-    from tests.unit.broker.support import make_config
+    from tests.support.inproc_broker import make_config
 
     log_config_for(make_config(), {key: normal})
 

@@ -9,9 +9,7 @@ controller is exercised by the real-process tests.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +25,7 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import ErrorCode, NotControllerError
 from dmq.protocol.server import ProtocolServer
+from tests.support.waiting import async_wait_until
 
 FAST_SETTINGS: dict[str, Any] = {
     "replica.lag.time.max.ms": 1500,
@@ -234,11 +233,7 @@ def log_bytes(broker: InProcBroker, topic: str, p: int, upto: int) -> bytes:
 async def wait_for(cond: Callable[[], Any], timeout_s: float = 10.0,
                    what: str = "condition") -> None:
     """Poll a synchronous condition every 10 ms until it holds."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+    await async_wait_until(cond, timeout_s, what, interval_s=0.01)
 
 
 @asynccontextmanager

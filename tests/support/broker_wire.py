@@ -1,5 +1,5 @@
-"""Wire-protocol helpers for the broker's real-process tests (no dmq.client); kept
-with the broker tests so every broker test helper lives in one folder."""
+"""Wire-protocol helpers for the broker's real-process tests (no dmq.client); used by
+the e2e, security and chaos tests too, so they live with the shared test support."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from dmq.log.partition_log import PartitionLog
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError
+from tests.support.inproc_broker import bytes_below
 from tests.support.procs import ProcessCluster
-from tests.unit.broker.support import bytes_below
+from tests.support.waiting import async_wait_until
 
 FAST: dict[str, Any] = {
     "broker.session.timeout.ms": 2000,
@@ -30,16 +31,9 @@ FAST: dict[str, Any] = {
 
 
 async def wait_until(pred: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if await pred():
-                return
-        except (DmqError, OSError) as exc:
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last})")
+    """`async_wait_until` of an awaited predicate; a protocol or socket error counts
+    as "not yet" (the node may be starting or restarting)."""
+    await async_wait_until(pred, timeout_s, what, ignore=(DmqError, OSError))
 
 
 class Wire:
@@ -77,7 +71,7 @@ class Wire:
                     last = exc
                     if not exc.retriable:
                         raise
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # backoff before asking the controllers again
         raise AssertionError(f"no controller answered {api.name}: {last}")
 
     async def create_topic(self, name: str, partitions: int, rf: int,
