@@ -21,8 +21,8 @@ from dmq.client import Consumer, Producer, TopicPartition
 from dmq.log.batch import ATTR_DMQ_NATIVE, decode_records, iter_headers
 from dmq.log.errors import LogError
 from dmq.log.migrate import CURRENT_FORMAT, read_format
+from tests.support.old_format import downgrade_folder
 from tests.support.procs import ProcessCluster
-from tests.unit.log.test_format_migration import downgrade_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

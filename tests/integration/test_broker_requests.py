@@ -52,7 +52,7 @@ async def test_batch_validation_and_request_errors(single) -> None:
     assert (await produce(conn, "t", 0, b""))[1] == ErrorCode.CORRUPT_MESSAGE
     # a batch of the previous record format (no dmq-native mark), as a dmq client older
     # than the broker sends it: stored, it would read as Kafka records nobody can decode
-    from tests.unit.log.test_format_migration import old_batch
+    from tests.support.old_format import old_batch
     row = await produce(conn, "t", 0, old_batch([(None, b"a")]))
     assert row[1] == ErrorCode.INVALID_RECORD and "dmq-native mark" in row[4], row
     row = await produce(conn, "t", 0, good + old_batch([(None, b"a")]))

@@ -21,8 +21,8 @@ import pytest
 from dmq.clock import ManualClock
 from dmq.log import LogConfig, PartitionLog, build_batch, cleaner
 from dmq.log import segment as segment_module
+from tests.support.log_records import records_of
 from tests.unit.log.helpers import check_log_consistent
-from tests.unit.log.test_cleaner import records_of
 
 CFG = LogConfig(segment_bytes=700, index_interval_bytes=64, cleanup_policy="compact",
                 delete_retention_ms=1_000, segment_index_bytes=512)

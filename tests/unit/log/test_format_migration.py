@@ -5,12 +5,10 @@ the cleaner's leftovers and torn tails; a format-2 folder is never touched again
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import random
 import shutil
-import struct
 import time
 import types
 from collections.abc import Callable
@@ -38,9 +36,9 @@ from dmq.log.migrate import (
     CURRENT_FORMAT,
     FORMAT_FILE,
     ensure_current_format,
-    old_attributes,
     read_format,
 )
+from tests.support.old_format import downgrade_folder, old_batch
 from tests.unit.log.helpers import check_log_consistent
 
 CODECS = [pytest.param(CODEC_NONE, id="none"),
@@ -59,43 +57,6 @@ PREVIOUS_ENCODER_BATCH = bytes.fromhex(
 
 
 # ---------------------------------------------------------------- format-1 helpers
-
-def downgrade_batch(b: bytearray | memoryview, pos: int = 0) -> None:
-    """Turn the dmq-native batch at `pos` into what record format 1 wrote: mark cleared,
-    codec number mapped back (4 zstd -> 1, 3 lz4 -> 2), CRC recomputed."""
-    h = read_header(b, pos)
-    old = old_attributes(h.attributes)
-    assert old is not None, f"not a dmq-native batch: attributes {h.attributes:#x}"
-    struct.pack_into(">h", b, pos + 21, old)
-    end = pos + h.batch_length + 12
-    struct.pack_into(">I", b, pos + 17, crc32c(bytes(b[pos + 21:end])))
-
-
-def downgrade_folder(directory: str | Path) -> int:
-    """Rewrite a format-2 partition folder of dmq-native batches into the previous
-    format (as the previous dmq left it: no `log-format` file); returns the batches."""
-    n = 0
-    for name in sorted(os.listdir(directory)):
-        if not name.endswith(".log"):
-            continue
-        path = os.path.join(directory, name)
-        with open(path, "r+b") as f:
-            data = bytearray(f.read())
-            for h in list(iter_headers(data)):
-                downgrade_batch(data, h.position)
-                n += 1
-            f.seek(0)
-            f.write(data)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(directory, FORMAT_FILE))
-    return n
-
-
-def old_batch(records: list[tuple[bytes | None, bytes | None]], codec: int = CODEC_NONE,
-              **kw: Any) -> bytes:
-    b = bytearray(build_batch(records, codec=codec, **kw))
-    downgrade_batch(b)
-    return bytes(b)
 
 
 def all_records(plog: PartitionLog) -> list[Record]:
