@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dmq.log.batch import iter_headers, iter_records
-from dmq.log.partition_log import PartitionLog
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError
 from tests.chaos.network import LinkFaults
-from tests.support.inproc_broker import bytes_below
+from tests.support.broker_wire import replica_bytes
 from tests.support.procs import ProcessCluster
 
 TopicPartition = tuple[str, int]
@@ -220,20 +216,12 @@ class ChaosCluster:
 
     def replica_bytes(self, broker: int, tp: TopicPartition, upto: int) -> bytes:
         """A broker's replica bytes for offsets below `upto`, from a copy of its folder
-        (the broker keeps running; below the HW nothing changes under the copy)."""
-        src = self.procs.nodes[broker].data_dir / "partitions" / f"{tp[0]}-{tp[1]}"
-        tmp = Path(tempfile.mkdtemp(prefix="dmq-chaos-replica-"))
+        (the broker keeps running; below the HW nothing changes under the copy); empty
+        when the broker holds no folder for it."""
         try:
-            shutil.copytree(src, tmp / "copy")
-            plog = PartitionLog.open(str(tmp / "copy"))
-            try:
-                return bytes_below(plog, upto)
-            finally:
-                plog.close()
+            return replica_bytes(self.procs, broker, tp[0], tp[1], upto)
         except FileNotFoundError:
             return b""
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _roles(v: ClusterView) -> str:
