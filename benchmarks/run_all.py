@@ -78,7 +78,7 @@ import consume_perf  # noqa: E402
 import failover_bench  # noqa: E402
 import kafka_perf  # noqa: E402
 import produce_perf  # noqa: E402
-from perf_common import percentiles_ms  # noqa: E402
+from perf_common import percentiles_ms, proc_cpu_s, proc_rss_mb  # noqa: E402
 
 from dmq.cli.dev import (  # noqa: E402
     KAFKA_PORT_OFFSET,
@@ -280,18 +280,6 @@ async def bounded(coro: Awaitable[Any], what: str, timeout_s: float = RUN_TIMEOU
 
 def log(msg: str) -> None:
     print(f"# [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:

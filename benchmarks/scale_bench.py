@@ -32,19 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perf_common import proc_cpu_s, proc_rss_mb
+
 SAMPLE_INTERVAL_S = 0.002
-
-
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _value(text: str) -> object:
