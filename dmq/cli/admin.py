@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from dmq.cli.common import admin_options, parse_configs, run_admin, table
+from dmq.cli.common import admin_options, parse_configs, report_each, run_admin, table
 from dmq.cli.launch import cluster_start, cluster_stop
 from dmq.protocol.errors import DmqError
 
@@ -163,13 +163,6 @@ def topics_alter(name: str, partitions: int | None, configs: tuple[str, ...],
             out["configs"] = (await admin.alter_configs({name: changes}))[name]
         return out
 
-    results = run_admin(bootstrap, config_path, timeout_ms, go)
-    failed = False
-    for what, err in results.items():
-        if err is not None:
-            click.echo(f"error ({what}): {err}", err=True)
-            failed = True
-        else:
-            click.echo(f"altered {what} of topic {name}")
-    if failed:
-        sys.exit(1)
+    report_each(run_admin(bootstrap, config_path, timeout_ms, go),
+                lambda what: f"altered {what} of topic {name}",
+                lambda what, err: f"error ({what}): {err}")

@@ -97,6 +97,21 @@ def parse_configs(pairs: tuple[str, ...]) -> dict[str, str]:
         raise click.UsageError(str(exc)) from None
 
 
+def report_each(results: dict[str, Any], done: Callable[[str], str],
+                error: Callable[[str, Any], str]) -> None:
+    """One line per result: `done(name)` on stdout for a None error, `error(name, err)`
+    on stderr otherwise; exit 1 after them when any failed."""
+    failed = False
+    for name, err in results.items():
+        if err is not None:
+            click.echo(error(name, err), err=True)
+            failed = True
+        else:
+            click.echo(done(name))
+    if failed:
+        sys.exit(1)
+
+
 def table(rows: list[list[Any]]) -> None:
     """Print rows as left-aligned columns (the first row is the header)."""
     if not rows:

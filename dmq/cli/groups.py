@@ -8,14 +8,13 @@ the controllers of `--config`. Parse, call the library, print.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 
-from dmq.cli.common import admin_options, run_admin, table
+from dmq.cli.common import admin_options, report_each, run_admin, table
 
 T = TypeVar("T")
 
@@ -129,13 +128,6 @@ def groups_reset_offsets(group_id: str, topic: str, to_earliest: bool, to_latest
 def groups_delete(group_ids: tuple[str, ...], bootstrap: str | None, config_path: str | None,
                   timeout_ms: int) -> None:
     """Delete empty groups and their committed offsets."""
-    errors = _run(bootstrap, config_path, timeout_ms, lambda ga: ga.delete_groups(list(group_ids)))
-    failed = False
-    for g, err in errors.items():
-        if err is not None:
-            click.echo(f"error: group {g}: {err}", err=True)
-            failed = True
-        else:
-            click.echo(f"deleted group {g}")
-    if failed:
-        sys.exit(1)
+    report_each(_run(bootstrap, config_path, timeout_ms,
+                     lambda ga: ga.delete_groups(list(group_ids))),
+                lambda g: f"deleted group {g}", lambda g, err: f"error: group {g}: {err}")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from dmq.cli import COMMANDS, main
@@ -39,3 +40,17 @@ def test_the_console_tools_do_not_load_the_other_commands() -> None:
     others = {m for m, _ in COMMANDS.values()}
     assert not others & set(loaded), sorted(others & set(loaded))
     assert not [m for m in loaded if m.startswith(("dmq.controller", "dmq.node", "dmq.broker"))]
+
+
+def test_report_each_prints_every_result_then_fails_on_any_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from dmq.cli.common import report_each
+
+    report_each({"a": None}, lambda n: f"done {n}", lambda n, e: f"error {n}: {e}")
+    assert capsys.readouterr().out == "done a\n"
+    with pytest.raises(SystemExit) as exit_:
+        report_each({"a": "boom", "b": None}, lambda n: f"done {n}",
+                    lambda n, e: f"error {n}: {e}")
+    out = capsys.readouterr()
+    assert exit_.value.code == 1
+    assert (out.out, out.err) == ("done b\n", "error a: boom\n")
