@@ -280,8 +280,7 @@ class MetadataState:
         if found is None:
             return
         t, p = found
-        leader = p.leader if r.leader == NO_CHANGE else r.leader
-        leader_epoch = p.leader_epoch + 1 if leader != p.leader else p.leader_epoch
+        leader, leader_epoch = _leader_after(p, r.leader)
         isr = p.isr if r.isr is None else r.isr
         self._own_partitions(t)[r.partition] = PartitionInfo(
             p.topic, p.partition, p.replicas, leader, leader_epoch, isr, p.partition_epoch + 1,
@@ -294,8 +293,7 @@ class MetadataState:
         if found is None:
             return
         t, p = found
-        leader = p.leader if r.leader == NO_CHANGE else r.leader
-        leader_epoch = p.leader_epoch + 1 if leader != p.leader else p.leader_epoch
+        leader, leader_epoch = _leader_after(p, r.leader)
         isr = tuple(b for b in (p.isr if r.isr is None else r.isr) if b in r.replicas)
         if not isr:  # the ISR never becomes empty (see the planner)
             isr = p.isr
@@ -451,6 +449,14 @@ class MetadataState:
         self._changed_topics = {}
         self._changed_brokers = set()
         self._changes_base = None
+
+
+def _leader_after(p: PartitionInfo, leader: int) -> tuple[int, int]:
+    """(leader, leader epoch) of `p` once a record names `leader` (NO_CHANGE: keep the
+    current one): the leader epoch moves only when the leader does."""
+    if leader == NO_CHANGE or leader == p.leader:
+        return p.leader, p.leader_epoch
+    return leader, p.leader_epoch + 1
 
 
 __all__ = ["FIRST_PRODUCER_ID", "MetadataState"]
