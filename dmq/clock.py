@@ -168,6 +168,34 @@ async def wait_for_ms(clock: Clock, aw: Awaitable[T], timeout_ms: float | None) 
     return fut.result()
 
 
+class Waker:
+    """What a background loop sleeps on between its steps: `sleep` returns once `wake`
+    is called or `timeout_ms` of the clock's time has passed (None: only when woken).
+    A wake while nothing sleeps is not kept: the loop's next step sees the work."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._fut: Any = None
+
+    def wake(self) -> None:
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def sleep(self, timeout_ms: float | None) -> None:
+        import asyncio
+
+        fut = self._fut = asyncio.get_running_loop().create_future()
+        timer = None if timeout_ms is None else \
+            self.clock.call_later(max(0, math.ceil(timeout_ms)), self.wake)
+        try:
+            await fut
+        finally:
+            self._fut = None
+            if timer is not None:
+                timer.cancel()
+
+
 def _retrieve(fut: Any) -> None:
     if not fut.cancelled():
         fut.exception()  # an error it ended with while being cancelled is not reported

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -49,7 +48,7 @@ from dmq.client.group import (
     RebalanceListener,
 )
 from dmq.client.records import ConsumerRecord, PartitionKey, TopicPartition
-from dmq.clock import Clock, wait_for_ms
+from dmq.clock import Clock, Waker, wait_for_ms
 from dmq.log.batch import (
     ATTR_CODEC_MASK,
     ATTR_CONTROL,
@@ -282,7 +281,7 @@ class Consumer:
         self._connecting: set[int] = set()
         self._resetting = False
         self._fetcher: asyncio.Task[None] | None = None
-        self._wake: asyncio.Future[None] | None = None
+        self._waker = Waker(self._clock)
         self._data_ready: asyncio.Event | None = None
         self._iter_buffer: deque[ConsumerRecord] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -918,12 +917,9 @@ class Consumer:
 
     # ---- the fetcher -------------------------------------------------------------------
     def _wakeup(self) -> None:
-        w = self._wake
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._waker.wake()
 
     async def _run_fetcher(self) -> None:
-        loop = asyncio.get_running_loop()
         clock = self._clock
         while not self._closed:
             try:
@@ -932,15 +928,7 @@ class Consumer:
             except Exception:
                 log.exception("consumer fetch step failed")
                 wait_ms = 100.0
-            fut = self._wake = loop.create_future()
-            timer = clock.call_later(max(0, math.ceil(wait_ms)), self._wakeup) \
-                if wait_ms is not None else None
-            try:
-                await fut
-            finally:
-                self._wake = None
-                if timer is not None:
-                    timer.cancel()
+            await self._waker.sleep(wait_ms)
 
     def _fetch_step(self, now: int) -> float | None:
         """One fetcher step at clock time `now` (ms); returns how long (ms) the fetcher

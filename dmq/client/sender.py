@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from typing import Any
 
 from dmq.client.accumulator import PartitionQueue, ProducerBatch, RecordAccumulator
 from dmq.client.cluster import ClusterClient
-from dmq.clock import Cancellable, Clock, wait_for_ms
+from dmq.clock import Clock, Waker, wait_for_ms
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
@@ -63,7 +62,7 @@ class Sender:
         self._requests: set[asyncio.Task[None]] = set()
         self._connecting: dict[int, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Future[None] | None = None
+        self._waker = Waker(clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False  # after close: failures are final, nothing is retried
         self._metadata_wanted = False
@@ -99,23 +98,7 @@ class Sender:
             await asyncio.wait(list(self._requests), timeout=1.0)
 
     def wakeup(self) -> None:
-        w = self._wake
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def _sleep(self, timeout_ms: float | None) -> None:
-        loop = self._loop
-        assert loop is not None
-        fut = self._wake = loop.create_future()
-        timer: Cancellable | None = None
-        if timeout_ms is not None:
-            timer = self.clock.call_later(max(0, math.ceil(timeout_ms)), self.wakeup)
-        try:
-            await fut
-        finally:
-            self._wake = None
-            if timer is not None:
-                timer.cancel()
+        self._waker.wake()
 
     async def _run(self) -> None:
         acc = self.acc
@@ -137,7 +120,7 @@ class Sender:
                 self.cluster.request_update()
                 wait_ms = min(wait_ms if wait_ms is not None else 1e9,
                               float(self.cluster.retry_backoff_ms))
-            await self._sleep(wait_ms)
+            await self._waker.sleep(wait_ms)
 
     # ---- draining ----------------------------------------------------------------------
     def _send_ready(self) -> float | None:

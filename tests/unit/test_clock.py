@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from dmq.clock import Clock, ManualClock, SystemClock, wait_for_ms
+from dmq.clock import Clock, ManualClock, SystemClock, Waker, wait_for_ms
 
 
 async def test_manual_sleep_wakes_when_advance_reaches_it() -> None:
@@ -121,3 +121,22 @@ async def test_wait_for_ms_on_the_system_clock_is_the_loops_timeout() -> None:
     with pytest.raises(asyncio.CancelledError):
         await outer
     assert inner.cancelled()
+
+
+async def test_waker_sleeps_until_woken_or_its_clock_passes_the_timeout() -> None:
+    clock = ManualClock()
+    waker = Waker(clock)
+    waker.wake()  # nobody sleeps: not kept
+    woken = asyncio.ensure_future(waker.sleep(None))
+    await asyncio.sleep(0)
+    assert not woken.done()
+    waker.wake()
+    await asyncio.wait_for(woken, 5)
+    timed = asyncio.ensure_future(waker.sleep(50))
+    await asyncio.sleep(0)
+    clock.advance(49)
+    await asyncio.sleep(0)
+    assert not timed.done()
+    clock.advance(1)
+    await asyncio.wait_for(timed, 5)
+    assert clock.next_due_ms() is None  # the timer of a finished sleep is gone
