@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
 from tests.kafka.clients import bootstrap, create_topic
-from tests.kafka.support import KafkaConn, kafka_cluster
+from tests.kafka.support import KafkaConn
 from tests.support.procs import ProcessCluster
 from tests.support.waiting import wait_until
 
@@ -21,12 +20,6 @@ from confluent_kafka import KafkaException, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
-    with kafka_cluster(brokers=2, combined=True) as c:
-        yield c
 
 
 def _produce(ports: dict[int, int], topic: str, partitions: int, per_partition: int) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.kafka.clients import Member, bootstrap, create_topic, dmq_cli, produce
-from tests.kafka.support import KafkaConn, kafka_cluster, needs_kcat
+from tests.kafka.support import KafkaConn, needs_kcat
 from tests.support.procs import ProcessCluster
 from tests.support.waiting import wait_until
 
@@ -27,12 +26,6 @@ ILLEGAL_GENERATION = 22
 UNKNOWN_MEMBER_ID = 25
 REBALANCE_IN_PROGRESS = 27
 MEMBER_ID_REQUIRED = 79
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
-    with kafka_cluster(brokers=2, combined=True) as c:
-        yield c
 
 
 @pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from tests.kafka.clients import bootstrap, create_topic, dmq_cli
-from tests.kafka.support import KafkaConn, kafka_cluster
+from tests.kafka.support import KafkaConn
 from tests.support.procs import ProcessCluster
 
 ck = pytest.importorskip("confluent_kafka")
@@ -24,12 +23,6 @@ COORDINATOR_NOT_AVAILABLE = 15
 INVALID_REQUEST = 42
 UNKNOWN_TOPIC_OR_PARTITION = 3
 UNKNOWN_MEMBER_ID = 25
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
-    with kafka_cluster(brokers=2, combined=True) as c:
-        yield c
 
 
 def test_find_coordinator_names_the_broker_asked_in_every_version(

@@ -9,13 +9,12 @@ import json
 import random
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.kafka.clients import bootstrap, create_topic, leader_serves
-from tests.kafka.support import KafkaConn, kafka_cluster, needs_kcat
+from tests.kafka.support import KafkaConn, needs_kcat
 from tests.support.procs import ProcessCluster
 from tests.support.waiting import wait_until
 
@@ -23,12 +22,6 @@ ck = pytest.importorskip("confluent_kafka")
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[ProcessCluster, dict[int, int]]]:
-    with kafka_cluster(brokers=2, combined=True) as c:
-        yield c
 
 
 @needs_kcat
