@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import signal
 import statistics
@@ -40,25 +39,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from perf_common import proc_cpu_s as cpu_s  # noqa: E402
+from perf_common import proc_rss_mb as rss_mb  # noqa: E402
+
 from dmq.client.admin import Admin  # noqa: E402
 from dmq.client.producer import Producer  # noqa: E402
 from tests.support.procs import ProcessCluster, wait_port  # noqa: E402
 
 TOPIC = "big"
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def until(what: str, check: Callable[[], Awaitable[bool]], timeout_s: float,
@@ -173,12 +161,25 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _planner(partitions: int, history_entries: int) -> tuple[Any, Any]:
+    """A metadata state and a planner whose per-broker and per-topic limits admit
+    `partitions` partitions of RF 3 on 3 brokers."""
+    from dmq.config import SETTINGS
+    from dmq.controller.planner import Planner
+    from dmq.metadata.state import MetadataState
+
+    settings = {"max.partition.replicas.per.broker": max(4000, partitions),
+                "max.partitions.per.topic": max(10_000, partitions),
+                "max.partitions.per.request": max(10_000, partitions)}
+    state = MetadataState(history_entries=history_entries)
+    planner = Planner(state, lambda k: settings.get(k, SETTINGS[k].default), random.Random(7))
+    return state, planner
+
+
 def inproc(partitions: int) -> None:
     """The controller's own costs, no servers, no sockets."""
     import msgpack
 
-    from dmq.config import SETTINGS
-    from dmq.controller.planner import Planner
     from dmq.metadata.image import metadata_body
     from dmq.metadata.records import (
         NO_CHANGE,
@@ -189,11 +190,7 @@ def inproc(partitions: int) -> None:
     )
     from dmq.metadata.state import MetadataState
 
-    settings = {"max.partition.replicas.per.broker": max(4000, partitions),
-                "max.partitions.per.topic": max(10_000, partitions),
-                "max.partitions.per.request": max(10_000, partitions)}
-    state = MetadataState(history_entries=10_000)
-    planner = Planner(state, lambda k: settings.get(k, SETTINGS[k].default), random.Random(7))
+    state, planner = _planner(partitions, history_entries=10_000)
 
     def commit(recs: list[Record]) -> None:
         state.apply_entry(state.version + 1, decode_batch_wire(encode_batch(recs)))
@@ -257,18 +254,12 @@ async def broker_apply(partitions: int) -> None:
     import tempfile
 
     from dmq.broker.replica_manager import ReplicaManager
-    from dmq.config import SETTINGS, ClusterConfig, NodeAddress
-    from dmq.controller.planner import Planner
+    from dmq.config import ClusterConfig, NodeAddress
     from dmq.metadata.records import NO_CHANGE, PartitionChange, Record, records_to_wire
-    from dmq.metadata.state import MetadataState
     from dmq.protocol.errors import NotControllerError
 
     logging.disable(logging.WARNING)
-    settings = {"max.partition.replicas.per.broker": max(4000, partitions),
-                "max.partitions.per.topic": max(10_000, partitions),
-                "max.partitions.per.request": max(10_000, partitions)}
-    state = MetadataState(history_entries=100)
-    planner = Planner(state, lambda k: settings.get(k, SETTINGS[k].default), random.Random(7))
+    state, planner = _planner(partitions, history_entries=100)
 
     def commit(recs: list[Record]) -> None:
         state.apply_entry(state.version + 1, records_to_wire(recs))
