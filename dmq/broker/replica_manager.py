@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -38,6 +39,7 @@ from dmq.config import ClusterConfig
 from dmq.log.checkpoint import OffsetCheckpointFile, read_entries, write_entries
 from dmq.log.cleaner import LogCleaner
 from dmq.log.config import LogConfig
+from dmq.log.epoch_cache import CheckpointFlusher
 from dmq.log.partition_log import PartitionLog
 from dmq.metadata.image import (
     ONLINE,
@@ -139,6 +141,9 @@ class ReplicaManager:
         self._idle.set()
         self._create_pool = ThreadPoolExecutor(max_workers=4,
                                                thread_name_prefix=f"log-create-{broker_id}")
+        # writes the logs' leader-epoch checkpoints in the background (one thread, ended
+        # by `stop`)
+        self.epoch_flusher = CheckpointFlusher()
         # compaction of cleanup.policy=compact logs: one thread, logs registered by config
         self.cleaner = LogCleaner(int(config.get("log.cleaner.backoff.ms"))) if config.get(
             "log.cleaner.enable") else None
@@ -185,7 +190,8 @@ class ReplicaManager:
             meta = _read_partition_metadata(path)
             known = {k: v for k, v in meta.items() if k == "cleanup.policy"}
             cfg = log_config_for(self.config, known)  # the rest comes with the image
-            return topic, p, PartitionLog.open(str(path), cfg), meta.get("topic_id", "")
+            return topic, p, PartitionLog.open(str(path), cfg, epoch_flusher=self.epoch_flusher), \
+                meta.get("topic_id", "")
 
         with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="log-load") as pool:
             results = await asyncio.gather(
@@ -248,6 +254,10 @@ class ReplicaManager:
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(pool, _close_quietly, lg)
                                    for lg in logs))
+        # closed logs wrote their own epoch files; the flusher's thread ends here
+        if not await asyncio.to_thread(self.epoch_flusher.stop, CLEANER_STOP_TIMEOUT_S):
+            log.warning("broker=%d leader-epoch flusher still busy after %.0f s",
+                        self.broker_id, CLEANER_STOP_TIMEOUT_S)
 
     def _spawn(self, coro: Any, name: str, essential: bool = False) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"broker-{self.broker_id}-{name}")
@@ -553,7 +563,8 @@ class ReplicaManager:
         self._idle.clear()
         cfg = self._log_config(topic)
         fut = asyncio.get_running_loop().run_in_executor(
-            self._create_pool, _create_log, path, cfg, topic.topic_id)
+            self._create_pool, functools.partial(_create_log, epoch_flusher=self.epoch_flusher),
+            path, cfg, topic.topic_id)
         fut.add_done_callback(lambda f: self._created(tp, topic.topic_id, f))
 
     def _created(self, tp: tuple[str, int], topic_id: str,
@@ -858,9 +869,10 @@ def _read_partition_metadata(path: Path) -> dict[str, str]:
             if len(row) >= 2}
 
 
-def _create_log(path: Path, config: LogConfig, topic_id: str) -> PartitionLog:
+def _create_log(path: Path, config: LogConfig, topic_id: str, *,
+                epoch_flusher: CheckpointFlusher | None = None) -> PartitionLog:
     """Make a new partition log (worker thread: directory, checkpoints and their fsyncs)."""
-    plog = PartitionLog.open(str(path), config)
+    plog = PartitionLog.open(str(path), config, epoch_flusher=epoch_flusher)
     _write_partition_metadata(path, topic_id, config.cleanup_policy)
     return plog
 

@@ -285,9 +285,9 @@ async def test_creating_many_partitions_does_not_stall_the_event_loop(
     created_on: list[int] = []
     real_create_log = rm._create_log
 
-    def recording_create_log(*args: Any) -> Any:
+    def recording_create_log(*args: Any, **kw: Any) -> Any:
         created_on.append(threading.get_ident())
-        return real_create_log(*args)
+        return real_create_log(*args, **kw)
 
     monkeypatch.setattr(rm, "_create_log", recording_create_log)
     ctl = StandInController()

@@ -53,10 +53,10 @@ async def test_log_that_cannot_be_created_is_isolated_and_retried(
     real = rm_module._create_log
     full = {"on": True}
 
-    def create(path: Path, config: Any, topic_id: str) -> Any:
+    def create(path: Path, config: Any, topic_id: str, **kw: Any) -> Any:
         if full["on"] and path.name.startswith("bad-"):
             raise OSError(errno.EMFILE, "Too many open files", str(path))
-        return real(path, config, topic_id)
+        return real(path, config, topic_id, **kw)
 
     monkeypatch.setattr(rm_module, "_create_log", create)
     await ctl.create_topic("bad", [[101], [101]])
@@ -141,3 +141,21 @@ async def test_metadata_follower_error_stops_serving(
     assert await _produce_code(b, "t") == ErrorCode.BROKER_NOT_AVAILABLE
     b.replicas.metadata_error = None
     assert await _produce_code(b, "t") == 0
+
+
+async def test_the_broker_owns_its_epoch_flusher_and_ends_it_on_stop(
+        broker: tuple[StandInController, InProcBroker]) -> None:
+    """Its logs write their leader-epoch checkpoints through the replica manager's own
+    flusher, whose thread `stop` ends (none is left running per broker)."""
+    ctl, b = broker
+    await ctl.create_topic("flushed", [[101]])
+    rm = b.replicas
+    await _until(lambda: ("flushed", 0) in rm.partitions)
+    plog = rm.partitions[("flushed", 0)].log
+    assert plog.epoch_cache._flusher is rm.epoch_flusher
+    # the new leadership's epoch was handed to the flusher, whose thread started
+    await _until(lambda: rm.epoch_flusher._thread is not None)
+    thread = rm.epoch_flusher._thread
+    assert thread is not None and thread.is_alive()
+    await b.stop()
+    assert not thread.is_alive()
