@@ -120,6 +120,8 @@ SETTINGS: dict[str, Setting] = {
     "log.cleanup.policy": Setting("delete", "delete, compact, or compact,delete"),
     "log.retention.check.interval.ms": Setting(
         5000, "how often a broker applies retention, time-based rolls and flush.ms"),
+    "num.recovery.threads.per.data.dir": Setting(
+        1, "threads a starting broker opens (and recovers) its partition logs with"),
     "log.cleaner.enable": Setting(True, "run the log cleaner (compaction) on brokers"),
     "log.cleaner.backoff.ms": Setting(15_000, "pause between passes of the log cleaner"),
     "log.cleaner.delete.retention.ms": Setting(
