@@ -19,7 +19,6 @@ It must never decode records and never import the network layer.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from dmq.kafka.errors import kafka_code
 from dmq.kafka.groups import GroupApis
 from dmq.kafka.records import is_dmq_native, kafka_view
 from dmq.kafka.server import NO_RESPONSE, Api, api_ranges
+from dmq.kafka.topic_ids import TopicNames, topic_uuid
 from dmq.metadata.image import FENCED, MetadataImage
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
@@ -79,13 +79,6 @@ def bounded(request: ControllerRequest) -> ControllerRequest:
     return call
 
 
-def topic_uuid(topic_id: str) -> bytes:
-    try:
-        return uuid.UUID(topic_id).bytes
-    except ValueError:
-        return uuid.uuid5(uuid.NAMESPACE_URL, "dmq-topic:" + topic_id).bytes
-
-
 class KafkaApis(GroupApis):
     """The handlers, bound to one broker's data plane and controller route."""
 
@@ -97,6 +90,7 @@ class KafkaApis(GroupApis):
         self.data_plane = data_plane
         self._image = image
         self._controller_request = bounded(controller_request)
+        self.topic_names = TopicNames()
         self._quorum_cluster_id = quorum_cluster_id(config)
         self.auto_create = bool(config.get("auto.create.topics.enable"))
         self.apis: list[Api] = []
