@@ -141,7 +141,24 @@ class KafkaApis(GroupApis):
         if (image is not None and names and body.get("AllowAutoTopicCreation", True)
                 and self.auto_create and any(n not in image.topics for n in names)):
             return self._auto_create_then_answer(names)
-        return self._metadata_answer(image, names, set())
+        unknown_ids: list[bytes] = []
+        if wanted is not None and image is not None:
+            # v10+: topics asked for by id (a KIP-848 consumer learns its assignment
+            # by topic id)
+            by_id = self.topic_names.lookup(image)
+            for t in wanted:
+                tid = bytes(t.get("TopicId") or bytes(16))
+                if t.get("Name") or tid == bytes(16):
+                    continue
+                if tid in by_id:
+                    assert names is not None
+                    names.append(by_id[tid])
+                else:
+                    unknown_ids.append(tid)
+        answer = self._metadata_answer(image, names, set())
+        answer["Topics"] += [{"ErrorCode": int(ErrorCode.UNKNOWN_TOPIC_ID), "Name": None if header.api_version >= 12 else "",
+                              "TopicId": tid, "Partitions": []} for tid in unknown_ids]
+        return answer
 
     async def _auto_create_then_answer(self, names: list[str]) -> dict[str, Any]:
         """dmq creates topics on the controller when a Metadata asks for them; answer
