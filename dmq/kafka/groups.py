@@ -31,7 +31,9 @@ group. Topics travel by Kafka topic id (`dmq.kafka.topic_ids`, the ids Metadata
 answers give): owned partitions are mapped to names through this broker's image, and
 the assignment to ids the coordinator names in its answer. As Kafka's coordinator does,
 the assignment is sent only when it (or the member epoch) changed, or on a full request
-(joining, or every field set after an error). Such members commit with their member
+(joining, or every field set after an error). After a controller failover the new
+coordinator knows no member: a Kafka member's next heartbeat is answered
+FENCED_MEMBER_EPOCH, and it rejoins (its subscription travels only with a join). Such members commit with their member
 epoch in OffsetCommit's GenerationIdOrMemberEpoch. A group is of one kind at a time: a
 JoinGroup into a group with consumer-protocol members is answered
 INCONSISTENT_GROUP_PROTOCOL, a ConsumerGroupHeartbeat into a classic group with members
@@ -271,6 +273,12 @@ class GroupApis:
             log.info("broker=%d Kafka ConsumerGroupHeartbeat of group %r failed: %s",
                      self.broker_id, body["GroupId"], message_of(exc))
             return _heartbeat_error(group_error_code(exc), message_of(exc))
+        if epoch > 0 and answer["member_epoch"] == 0:
+            # a coordinator new since a failover adopted the member but never saw its
+            # subscription (a Kafka consumer sends it only when it changes): Kafka's
+            # answer that makes it rejoin with everything
+            return _heartbeat_error(int(ErrorCode.FENCED_MEMBER_EPOCH),
+                                    "the group coordinator moved: rejoin the group")
         full = epoch == 0 or (body["RebalanceTimeoutMs"] != -1 and parts is not None
                               and (names is not None or regex is not None))
         assignment = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import threading
 import time
 import uuid
@@ -382,3 +383,34 @@ def test_describe_consumer_groups(cluster: tuple[ProcessCluster, dict[int, int]]
         assert group in listed
     finally:
         member.close()
+
+
+def test_consumer_protocol_group_survives_a_controller_failover() -> None:
+    from tests.kafka.support import kafka_cluster
+    from tests.kafka.test_groups_failover import active_controller, committed
+
+    with kafka_cluster(controllers=3, brokers=2) as (pc, ports):
+        topic, group = "kip848-fo", "kip848-fo"
+        create_topic(ports, topic, 4, 2)
+        produce(ports, topic, 20, 4)
+        members = [ConsumerMember(ports, group, topic) for _ in range(2)]
+
+        def seen() -> set[tuple[int, int]]:
+            return {r for m in members for r in m.read()}
+        try:
+            wait_until(lambda: len(seen()) >= 20, 30, "the first 20 records read")
+            wait_until(lambda: committed(pc, group) == [(p, 5) for p in range(4)], 30,
+                       "commits at 5")
+            pc.kill(active_controller(pc), signal.SIGKILL)
+            produce(ports, topic, 8, 4)
+            wait_until(lambda: len(seen()) >= 28, 60,
+                       "the next 8 records read after the failover")
+            assert seen() == {(p, o) for p in range(4) for o in range(7)}
+            wait_until(lambda: committed(pc, group) == [(p, 7) for p in range(4)], 30,
+                       "commits at 7 on the new controller")
+            wait_until(lambda: _split(members, 4), 30,
+                       lambda: f"the group owning every partition again: "
+                               f"{[m.assignment() for m in members]}")
+        finally:
+            for m in members:
+                m.close()
