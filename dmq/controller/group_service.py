@@ -299,7 +299,7 @@ class GroupService:
         if body.get("topic_ids") and res.assignment:
             ids = {t: self.host.state.topics[t].topic_id for t in res.assignment
                    if t in self.host.state.topics}
-            answer["topic_ids"] = sorted(ids.items())
+            answer["topic_ids"] = [[t, i] for t, i in sorted(ids.items())]
         return answer
 
     async def offset_commit(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
