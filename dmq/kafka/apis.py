@@ -156,7 +156,8 @@ class KafkaApis(GroupApis):
                 else:
                     unknown_ids.append(tid)
         answer = self._metadata_answer(image, names, set())
-        answer["Topics"] += [{"ErrorCode": int(ErrorCode.UNKNOWN_TOPIC_ID), "Name": None if header.api_version >= 12 else "",
+        no_name = None if header.api_version >= 12 else ""  # nullable from v12
+        answer["Topics"] += [{"ErrorCode": int(ErrorCode.UNKNOWN_TOPIC_ID), "Name": no_name,
                               "TopicId": tid, "Partitions": []} for tid in unknown_ids]
         return answer
 

@@ -33,12 +33,12 @@ the assignment to ids the coordinator names in its answer. As Kafka's coordinato
 the assignment is sent only when it (or the member epoch) changed, or on a full request
 (joining, or every field set after an error). After a controller failover the new
 coordinator knows no member: a Kafka member's next heartbeat is answered
-FENCED_MEMBER_EPOCH, and it rejoins (its subscription travels only with a join). Such members commit with their member
-epoch in OffsetCommit's GenerationIdOrMemberEpoch. A group is of one kind at a time: a
-JoinGroup into a group with consumer-protocol members is answered
-INCONSISTENT_GROUP_PROTOCOL, a ConsumerGroupHeartbeat into a classic group with members
-GROUP_ID_NOT_FOUND (Kafka's answer when it does not convert the group), and
-ConsumerGroupDescribe of a classic group GROUP_ID_NOT_FOUND too.
+FENCED_MEMBER_EPOCH, and it rejoins (its subscription travels only with a join). Such
+members commit with their member epoch in OffsetCommit's GenerationIdOrMemberEpoch. A
+group is of one kind at a time: a JoinGroup into a group with consumer-protocol members
+is answered INCONSISTENT_GROUP_PROTOCOL, a ConsumerGroupHeartbeat into a classic group
+with members GROUP_ID_NOT_FOUND (Kafka's answer when it does not convert the group),
+and ConsumerGroupDescribe of a classic group GROUP_ID_NOT_FOUND too.
 
 It never imports the network layer.
 """

@@ -339,8 +339,7 @@ def test_heartbeat_errors(cluster: tuple[ProcessCluster, dict[int, int]]) -> Non
         # v0: the coordinator names the member
         v0 = _heartbeat(conn, "kip848-err-v0", "", 0, topics=[topic], version=0)
         assert v0["ErrorCode"] == 0 and v0["MemberId"]
-        for m, e in ((member, epoch), (v0["MemberId"], v0["MemberEpoch"])):
-            group = "kip848-err" if m == member else "kip848-err-v0"
+        for group, m in (("kip848-err", member), ("kip848-err-v0", v0["MemberId"])):
             assert _heartbeat(conn, group, m, -1)["ErrorCode"] == 0
         versions = {k["ApiKey"]: (k["MinVersion"], k["MaxVersion"])
                     for k in conn.request("ApiVersions", 3, {

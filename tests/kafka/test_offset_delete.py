@@ -134,3 +134,18 @@ def test_subscribed_topic_is_refused_until_the_member_leaves(
         return all(p["ErrorCode"] == 0 for t in again["Topics"] for p in t["Partitions"])
     wait_until(deleted, 20, "the offsets deleted once the member left")
     assert _fetched(port, group, {sub: [0, 1]}) == {(sub, 0): -1, (sub, 1): -1}
+
+
+def test_dmq_cli_deletes_offsets_over_dmqs_protocol(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    pc, ports = cluster
+    create_topic(ports, "od-cli", 2, 2)
+    create_topic(ports, "od-cli-keep", 1, 2)
+    group = "od-cli"
+    _commit(ports, group, {("od-cli", 0): 2, ("od-cli", 1): 3, ("od-cli-keep", 0): 4})
+    out = dmq_cli(pc, "groups", "delete-offsets", group, "--topic", "od-cli")
+    assert out.splitlines() == ["deleted the committed offset of od-cli-0",
+                                "deleted the committed offset of od-cli-1"]
+    d = json.loads(dmq_cli(pc, "groups", "describe", group, "--json"))
+    assert [(x["topic"], x["partition"], x["committed"]) for x in d["partitions"]] == [
+        ("od-cli-keep", 0, 4)]
