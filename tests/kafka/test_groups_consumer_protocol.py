@@ -167,7 +167,8 @@ def test_consumer_protocol_members_split_move_and_keep_offsets(
         wait_until(lambda: sum(len(m.read()) for m in members) >= 40, 30,
                    "every record consumed")
         seen = [r for m in members for r in m.read()]
-        assert sorted(seen) == sorted((p, o) for p in range(4) for o in range(10))
+        assert sorted(set(seen)) == sorted((p, o) for p in range(4) for o in range(10))
+        assert len(seen) == len(set(seen)) or any(m.commit_errors for m in members)
 
         def lag_zero() -> bool:
             d = _committed(pc, group)
