@@ -46,6 +46,7 @@ It never imports the network layer.
 from __future__ import annotations
 
 import logging
+import re
 import struct
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,7 @@ log = logging.getLogger("dmq.kafka.groups")
 
 KEY_TYPE_GROUP = 0
 INVALID_REQUEST = 42
+INVALID_REGULAR_EXPRESSION = 130
 GROUP_ID_NOT_FOUND = int(ErrorCode.GROUP_ID_NOT_FOUND)
 MEMBER_TYPE_CONSUMER = 1  # ConsumerGroupDescribe v1's MemberType of a KIP-848 member
 NO_OFFSET = -1
@@ -254,6 +256,12 @@ class GroupApis:
         invalid = heartbeat_request_error(header.api_version, body)
         if invalid is not None:
             return _heartbeat_error(INVALID_REQUEST, invalid)
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                return _heartbeat_error(INVALID_REGULAR_EXPRESSION,
+                                        f"SubscribedTopicRegex {regex!r}: {exc}")
         owned = None
         if parts is not None:
             by_id = self.topic_names.lookup(self._image())

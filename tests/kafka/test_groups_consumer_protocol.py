@@ -35,6 +35,7 @@ INVALID_REQUEST = 42
 GROUP_ID_NOT_FOUND = 69
 FENCED_MEMBER_EPOCH = 110
 UNSUPPORTED_ASSIGNOR = 112
+INVALID_REGULAR_EXPRESSION = 130
 
 
 class ConsumerMember:
@@ -417,3 +418,25 @@ def test_consumer_protocol_group_survives_a_controller_failover() -> None:
         finally:
             for m in members:
                 m.close()
+
+
+def test_regex_subscription(cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    _pc, ports = cluster
+    for name in ("kip848-re-a", "kip848-re-b", "kip848-other"):
+        create_topic(ports, name, 2, 1)
+    consumer = ck.Consumer({"bootstrap.servers": bootstrap(ports), "group.id": "kip848-re",
+                            "group.protocol": "consumer", "auto.offset.reset": "earliest"})
+    consumer.subscribe(["^kip848-re-.*"])
+    try:
+        def assigned() -> set[tuple[str, int]]:
+            consumer.poll(0.1)
+            return {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        wait_until(lambda: assigned() == {(t, p) for t in ("kip848-re-a", "kip848-re-b")
+                                          for p in (0, 1)}, 30,
+                   lambda: f"the matching topics' partitions: {assigned()}")
+    finally:
+        consumer.close()
+    with KafkaConn(next(iter(ports.values()))) as conn:
+        bad = _heartbeat(conn, "kip848-re-bad", str(uuid.uuid4()), 0,
+                         SubscribedTopicRegex="(unclosed")
+        assert bad["ErrorCode"] == INVALID_REGULAR_EXPRESSION, bad
