@@ -34,6 +34,7 @@ UNKNOWN_MEMBER_ID = 25
 INVALID_REQUEST = 42
 GROUP_ID_NOT_FOUND = 69
 FENCED_MEMBER_EPOCH = 110
+UNRELEASED_INSTANCE_ID = 111
 UNSUPPORTED_ASSIGNOR = 112
 INVALID_REGULAR_EXPRESSION = 130
 
@@ -341,6 +342,18 @@ def test_heartbeat_errors(cluster: tuple[ProcessCluster, dict[int, int]]) -> Non
             "TopicPartitions": []})
         assert bad["ErrorCode"] == INVALID_REQUEST and "RebalanceTimeoutMs" in \
             bad["ErrorMessage"]
+        # static members: an instance id held by a live member is not released;
+        # after its static leave (-2) the new member takes its place and epoch
+        x, y = str(uuid.uuid4()), str(uuid.uuid4())
+        first = _heartbeat(conn, "kip848-static", x, 0, topics=[topic], InstanceId="i-1")
+        assert first["ErrorCode"] == 0
+        held = _heartbeat(conn, "kip848-static", y, 0, topics=[topic], InstanceId="i-1")
+        assert held["ErrorCode"] == UNRELEASED_INSTANCE_ID, held
+        assert _heartbeat(conn, "kip848-static", x, -2, InstanceId="i-1")["ErrorCode"] == 0
+        back = _heartbeat(conn, "kip848-static", y, 0, topics=[topic], InstanceId="i-1")
+        assert back["ErrorCode"] == 0 and back["MemberEpoch"] == first["MemberEpoch"]
+        assert back["Assignment"] == first["Assignment"]
+        assert _heartbeat(conn, "kip848-static", y, -1)["ErrorCode"] == 0
         # v0: the coordinator names the member
         v0 = _heartbeat(conn, "kip848-err-v0", "", 0, topics=[topic], version=0)
         assert v0["ErrorCode"] == 0 and v0["MemberId"]
