@@ -12,7 +12,6 @@ import asyncio
 import json
 import signal
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -218,8 +217,8 @@ def test_consumer_protocol_members_split_move_and_keep_offsets(
     late = ConsumerMember(ports, group, topic)
     try:
         wait_until(lambda: len(late.read()) >= 8, 30, "the records after the commits")
-        time.sleep(0.5)  # a record read past the commits would show up by now
-        assert sorted(late.read()) == sorted((p, o) for p in range(4) for o in (16, 17))
+        # a partition read from before its commit would show its older records first
+        assert sorted(late.read()[:8]) == sorted((p, o) for p in range(4) for o in (16, 17))
     finally:
         late.close()
 
