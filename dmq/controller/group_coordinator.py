@@ -175,8 +175,9 @@ class HeartbeatResult:
     member_epoch: int
     heartbeat_interval_ms: int
     assignment: dict[str, list[int]] | None
-    # the assignment or epoch differs from what the member had before this heartbeat
-    # (Kafka's coordinator sends the assignment only then, or on a full request)
+    # the assignment or epoch differs from what the member had before this heartbeat,
+    # or from what it last said it owns (an answer lost on the way is sent again):
+    # Kafka's coordinator sends the assignment only then, or on a full request
     changed: bool = True
 
     def to_body(self) -> dict[str, Any]:
@@ -307,7 +308,8 @@ class GroupCoordinator:
         # in a fraction of the heartbeat interval
         interval = self.heartbeat_interval_ms if member.state == M_STABLE else \
             min(self.heartbeat_interval_ms, RECONCILING_HEARTBEAT_MS)
-        changed = before != (member.member_epoch, frozenset(member.assigned))
+        changed = before != (member.member_epoch, frozenset(member.assigned)) or (
+            owned is not None and owned != member.assigned)
         return HeartbeatResult(member.member_id, member.member_epoch, interval,
                                _by_topic(member.assigned), changed or member_epoch == JOIN_EPOCH)
 

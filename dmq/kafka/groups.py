@@ -31,9 +31,10 @@ group. Topics travel by Kafka topic id (`dmq.kafka.topic_ids`, the ids Metadata
 answers give): owned partitions are mapped to names through this broker's image, and
 the assignment to ids the coordinator names in its answer. As Kafka's coordinator does,
 the assignment is sent only when it (or the member epoch) changed, or on a full request
-(joining, or every field set after an error). After a controller failover the new
-coordinator knows no member: a Kafka member's next heartbeat is answered
-FENCED_MEMBER_EPOCH, and it rejoins (its subscription travels only with a join). Such
+(joining, or every field set after an error); and again while the partitions the member
+last reported differ from it (an answer lost on the way is not lost for good). After a
+controller failover the new coordinator knows no member: a Kafka member's next heartbeat
+is answered FENCED_MEMBER_EPOCH, and it rejoins (its subscription travels only with a join). Such
 members commit with their member epoch in OffsetCommit's GenerationIdOrMemberEpoch. A
 group is of one kind at a time: a JoinGroup into a group with consumer-protocol members
 is answered INCONSISTENT_GROUP_PROTOCOL, a ConsumerGroupHeartbeat into a classic group

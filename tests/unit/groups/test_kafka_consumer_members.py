@@ -112,8 +112,11 @@ def test_service_takes_the_forwarded_client_and_answers_topic_ids() -> None:
             assert (member.client_id, member.host) == ("rdkafka", "10.0.0.5")
             assert member.session_timeout_ms == 7000  # the coordinator's setting
             assert member.rebalance_timeout_ms == 30_000
-            steady = svc.heartbeat(CTX, forwarded("g", "m1", answer["member_epoch"]))
-            assert not steady["changed"] and member.rebalance_timeout_ms == 30_000
+            epoch = answer["member_epoch"]
+            acked = svc.heartbeat(CTX, forwarded("g", "m1", epoch, owned=[["t", [0, 1]]]))
+            steady = svc.heartbeat(CTX, forwarded("g", "m1", epoch))
+            assert not acked["changed"] and not steady["changed"]
+            assert member.rebalance_timeout_ms == 30_000
         finally:
             await svc.close()
     asyncio.run(run())
@@ -139,3 +142,16 @@ def test_offset_delete_refuses_subscribed_topics() -> None:
         finally:
             await svc.close()
     asyncio.run(run())
+
+
+def test_assignment_is_sent_again_until_the_member_owns_it() -> None:
+    _clock, coord = coordinator()
+    a = coord.heartbeat("g", "a", 0, topics=["t"], owned=set())
+    # the answer was lost: the member still says it owns nothing
+    again = coord.heartbeat("g", "a", a.member_epoch, owned=set())
+    assert again.changed and again.assignment == {"t": [0, 1, 2, 3]}
+    nil = coord.heartbeat("g", "a", a.member_epoch)  # nil: still the empty set
+    assert nil.changed
+    acked = coord.heartbeat("g", "a", a.member_epoch, owned={("t", p) for p in range(4)})
+    assert not acked.changed
+    assert not coord.heartbeat("g", "a", a.member_epoch).changed
