@@ -19,7 +19,6 @@ It must never decode records and never import the network layer.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from dmq.kafka.errors import kafka_code
 from dmq.kafka.groups import GroupApis
 from dmq.kafka.records import is_dmq_native, kafka_view
 from dmq.kafka.server import NO_RESPONSE, Api, api_ranges
+from dmq.kafka.topic_ids import TopicNames, topic_uuid
 from dmq.metadata.image import FENCED, MetadataImage
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
@@ -79,13 +79,6 @@ def bounded(request: ControllerRequest) -> ControllerRequest:
     return call
 
 
-def topic_uuid(topic_id: str) -> bytes:
-    try:
-        return uuid.UUID(topic_id).bytes
-    except ValueError:
-        return uuid.uuid5(uuid.NAMESPACE_URL, "dmq-topic:" + topic_id).bytes
-
-
 class KafkaApis(GroupApis):
     """The handlers, bound to one broker's data plane and controller route."""
 
@@ -97,6 +90,7 @@ class KafkaApis(GroupApis):
         self.data_plane = data_plane
         self._image = image
         self._controller_request = bounded(controller_request)
+        self.topic_names = TopicNames()
         self._quorum_cluster_id = quorum_cluster_id(config)
         self.auto_create = bool(config.get("auto.create.topics.enable"))
         self.apis: list[Api] = []
@@ -147,7 +141,25 @@ class KafkaApis(GroupApis):
         if (image is not None and names and body.get("AllowAutoTopicCreation", True)
                 and self.auto_create and any(n not in image.topics for n in names)):
             return self._auto_create_then_answer(names)
-        return self._metadata_answer(image, names, set())
+        unknown_ids: list[bytes] = []
+        if wanted is not None and image is not None:
+            # v10+: topics asked for by id (a KIP-848 consumer learns its assignment
+            # by topic id)
+            by_id = self.topic_names.lookup(image)
+            for t in wanted:
+                tid = bytes(t.get("TopicId") or bytes(16))
+                if t.get("Name") or tid == bytes(16):
+                    continue
+                if tid in by_id:
+                    assert names is not None
+                    names.append(by_id[tid])
+                else:
+                    unknown_ids.append(tid)
+        answer = self._metadata_answer(image, names, set())
+        no_name = None if header.api_version >= 12 else ""  # nullable from v12
+        answer["Topics"] += [{"ErrorCode": int(ErrorCode.UNKNOWN_TOPIC_ID), "Name": no_name,
+                              "TopicId": tid, "Partitions": []} for tid in unknown_ids]
+        return answer
 
     async def _auto_create_then_answer(self, names: list[str]) -> dict[str, Any]:
         """dmq creates topics on the controller when a Metadata asks for them; answer

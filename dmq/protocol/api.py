@@ -56,6 +56,7 @@ class ApiKey(IntEnum):
     ELECT_LEADERS = 43
     ALTER_PARTITION_REASSIGNMENTS = 45
     LIST_PARTITION_REASSIGNMENTS = 46
+    OFFSET_DELETE = 47
     ALTER_PARTITION = 56
     DESCRIBE_CLUSTER = 60
     BROKER_REGISTRATION = 62
@@ -222,9 +223,16 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
          "topics": (Nullable(Array(STR)), None), "pattern": (Nullable(STR), None),
          # [[topic, [partition, ...]]]; nil = unchanged since the last heartbeat
          "owned": (Nullable(Array(Tuple(STR, Array(INT)))), None),
-         "assignor": (Nullable(STR), None)}),
+         "assignor": (Nullable(STR), None),
+         # set by a Kafka listener forwarding its client's ConsumerGroupHeartbeat: the
+         # client's id and host ("": this connection's), -1 timeouts (rebalance:
+         # unchanged; session: the coordinator's group.session.timeout.ms), and
+         # topic_ids (answer with the topic ids of the assignment)
+         "client_id": (STR, ""), "host": (STR, ""), "topic_ids": (BOOL, False)}),
     # -> {"member_id", "member_epoch", "heartbeat_interval_ms",
-    #     "assignment": [[topic, [partition, ...]]] | nil}
+    #     "assignment": [[topic, [partition, ...]]] | nil,
+    #     "changed": the epoch or assignment moved with this heartbeat,
+    #     "topic_ids": [[topic, topic id]] (when asked)}
     ApiKey.OFFSET_COMMIT: Struct(
         {"group_id": STR, "member_id": STR, "member_epoch": INT,
          # [[topic, [[partition, offset, metadata]]]]
@@ -233,6 +241,10 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.OFFSET_FETCH: Struct({"group_id": STR},
                                 {"topics": (Nullable(Array(Tuple(STR, Array(INT)))), None)}),
     # -> {"topics": [[topic, [[partition, offset, metadata, error]]]]}
+    ApiKey.OFFSET_DELETE: Struct(
+        {"group_id": STR, "topics": Array(Tuple(STR, Array(INT)), max_items=10_000)}),
+    # -> {"error", "topics": [[topic, [[partition, error]]]]} (GROUP_SUBSCRIBED_TO_TOPIC
+    #    for a topic a member of the group consumes; GROUP_ID_NOT_FOUND raised)
     # Kafka's classic group protocol (errors are in the answers, Kafka's numbers)
     ApiKey.JOIN_GROUP: Struct(
         {"group_id": STR, "member_id": STR, "session_timeout_ms": INT,
@@ -259,8 +271,9 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     # -> {"groups": [{"group_id", "state", "members"}]}
     ApiKey.DESCRIBE_GROUPS: Struct({"groups": Array(STR)}),
     # -> {"groups": [{"group_id", "error", "state", "epoch", "assignor",
-    #                 "members": [{"member_id", "instance_id", "member_epoch", "client_id",
-    #                              "host", "assignment": [[topic, [p...]]]}]}]}
+    #                 "assignment_epoch", "members": [{"member_id", "instance_id",
+    #                 "member_epoch", "client_id", "host", "assignment": [[topic, [p...]]],
+    #                 "topics", "pattern", "target": [[topic, [p...]]]}]}]}
     ApiKey.DELETE_GROUPS: Struct({"groups": Array(STR)}),
     # -> {"groups": [{"group_id", "error", "msg"}]}
     ApiKey.RESET_OFFSETS: Struct(
