@@ -25,9 +25,18 @@ Snapshot format (msgpack map, version 1)::
                   ]]]],
      "next_producer_id": int,
      "cluster_id": str (absent until the CLUSTER_ID record),
-     "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]}}
+     "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]},
+     "users": [[user, [[mechanism, salt, iterations, stored_key, server_key], ...]]]
+              ([] for a deleted user; absent when there are none),
+     "revoked_tokens": [[token_id, expires_ms], ...] (absent when there are none)}
 
-"offsets" is absent in the broker-facing snapshot of MetadataFetch.
+"offsets" is absent in the broker-facing snapshot of MetadataFetch; users and revoked
+tokens are in both (brokers check logins and tokens themselves).
+
+Users: `users` maps a name to its credentials by mechanism (the USER_SCRAM_CREDENTIAL
+records themselves); an empty map is a deleted user. The dict is replaced, never
+changed in place, on each user record, so an image shares it at no cost (user changes
+are rare); likewise `revoked_tokens` (token id -> expiry in ms).
 """
 
 from __future__ import annotations
@@ -62,7 +71,10 @@ from dmq.metadata.records import (
     RecordType,
     RegisterBroker,
     RemoveTopic,
+    RemoveUserScramCredential,
+    RevokeToken,
     TopicConfig,
+    UserScramCredential,
     record_from_wire,
 )
 
@@ -90,6 +102,9 @@ class MetadataState:
         # group -> (topic, partition) -> (offset, metadata, commit_ms)
         self.offsets: dict[str, dict[tuple[str, int], tuple[int, str | None, int]]] = {}
         self.keep_offsets = keep_offsets
+        # users and revoked HTTP tokens (see the module doc: replaced, never changed)
+        self.users: dict[str, dict[str, UserScramCredential]] = {}
+        self.revoked_tokens: dict[str, int] = {}
         self.skipped_records = 0
         # recent entries for MetadataFetch deltas: (index, wire records)
         self.history: deque[tuple[int, list[list[Any]]]] = deque(maxlen=history_entries or 1)
@@ -118,6 +133,11 @@ class MetadataState:
             RecordType.UNREGISTER_BROKER: self._unregister_broker,
             RecordType.CLUSTER_ID: self._cluster_id,
         }
+        self._apply.update({
+            RecordType.USER_SCRAM_CREDENTIAL: self._user_scram_credential,
+            RecordType.REMOVE_USER_SCRAM_CREDENTIAL: self._remove_user_scram_credential,
+            RecordType.REVOKE_TOKEN: self._revoke_token,
+        })
 
     # applying ---------------------------------------------------------------------------
     def apply_entry(self, index: int, wire_records: list[list[Any]]) -> None:
@@ -350,6 +370,26 @@ class MetadataState:
         if not group:
             del self.offsets[r.group]
 
+    # users and HTTP tokens ----------------------------------------------------------------
+    def _user_scram_credential(self, rec: Any, index: int) -> None:
+        r: UserScramCredential = rec
+        creds = dict(self.users.get(r.user, {}))
+        creds[r.mechanism] = r
+        self.users = {**self.users, r.user: creds}
+
+    def _remove_user_scram_credential(self, rec: Any, index: int) -> None:
+        r: RemoveUserScramCredential = rec
+        creds = dict(self.users.get(r.user, {}))
+        creds.pop(r.mechanism, None)
+        self.users = {**self.users, r.user: creds}  # empty: deleted (kept as such)
+
+    def _revoke_token(self, rec: Any, index: int) -> None:
+        r: RevokeToken = rec
+        revoked = {t: exp for t, exp in self.revoked_tokens.items() if exp > r.now_ms}
+        if r.expires_ms > r.now_ms:
+            revoked[r.token_id] = r.expires_ms
+        self.revoked_tokens = revoked
+
     # reading ----------------------------------------------------------------------------
     def image(self, controller_id: int = NO_LEADER, controller_term: int = -1,
               controller_address: tuple[str, int] | None = None) -> MetadataImage:
@@ -365,7 +405,8 @@ class MetadataState:
                      for t, ps in self._changed_topics.items()},
                     frozenset(self._changed_brokers), self._changes_base, topics, brokers)
             img = MetadataImage(self.version, controller_id, brokers, topics, controller_term,
-                                controller_address, changes, self.cluster_id)
+                                controller_address, changes, self.cluster_id,
+                                users=self.users, revoked_tokens=self.revoked_tokens)
             self._owned.clear()
             self._changed_topics = {}
             self._changed_brokers = set()
@@ -407,6 +448,12 @@ class MetadataState:
                                 "next_producer_id": self.next_producer_id}
         if self.cluster_id is not None:
             snap["cluster_id"] = self.cluster_id
+        if self.users:
+            snap["users"] = [[u, [[m, c.salt, c.iterations, c.stored_key, c.server_key]
+                                  for m, c in sorted(creds.items())]]
+                             for u, creds in sorted(self.users.items())]
+        if self.revoked_tokens:
+            snap["revoked_tokens"] = [[t, exp] for t, exp in sorted(self.revoked_tokens.items())]
         if include_offsets:
             snap["offsets"] = {g: [[t, p, o, md, ts] for (t, p), (o, md, ts) in sorted(
                 offs.items())] for g, offs in sorted(self.offsets.items())}
@@ -438,6 +485,10 @@ class MetadataState:
         self.next_producer_id = int(snap["next_producer_id"])
         cluster_id = snap.get("cluster_id")
         self.cluster_id = cluster_id if isinstance(cluster_id, str) and cluster_id else None
+        self.users = {u: {m: UserScramCredential(u, m, salt, int(it), sk, vk)
+                          for m, salt, it, sk, vk in creds}
+                      for u, creds in snap.get("users", [])}
+        self.revoked_tokens = {t: int(exp) for t, exp in snap.get("revoked_tokens", [])}
         self.offsets = {}
         if self.keep_offsets:
             for g, rows in snap.get("offsets", {}).items():

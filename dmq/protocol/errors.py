@@ -75,6 +75,10 @@ class ErrorCode(IntEnum):
     FENCED_MEMBER_EPOCH = 110
     UNRELEASED_INSTANCE_ID = 111
     STALE_MEMBER_EPOCH = 113
+    # users (AlterUserScramCredentials)
+    RESOURCE_NOT_FOUND = 91
+    DUPLICATE_RESOURCE = 92
+    UNACCEPTABLE_CREDENTIAL = 93
     # dmq-only codes
     UNKNOWN_API_KEY = 1000
     FRAME_TOO_LARGE = 1001
@@ -152,6 +156,9 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.FENCED_MEMBER_EPOCH: (False, False, "member epoch is fenced"),
     ErrorCode.UNRELEASED_INSTANCE_ID: (False, False, "static instance id still in use"),
     ErrorCode.STALE_MEMBER_EPOCH: (False, False, "stale member epoch"),
+    ErrorCode.RESOURCE_NOT_FOUND: (False, False, "no such resource (user credential)"),
+    ErrorCode.DUPLICATE_RESOURCE: (False, False, "resource named twice in one request"),
+    ErrorCode.UNACCEPTABLE_CREDENTIAL: (False, False, "credential refused"),
     ErrorCode.UNKNOWN_API_KEY: (False, False, "unknown API key"),
     ErrorCode.FRAME_TOO_LARGE: (False, False, "frame larger than the configured limit"),
     ErrorCode.NODE_SHUTTING_DOWN: (True, True, "node is shutting down"),
@@ -264,6 +271,9 @@ BrokerIdNotRegisteredError = _define(ErrorCode.BROKER_ID_NOT_REGISTERED)
 FencedMemberEpochError = _define(ErrorCode.FENCED_MEMBER_EPOCH)
 UnreleasedInstanceIdError = _define(ErrorCode.UNRELEASED_INSTANCE_ID)
 StaleMemberEpochError = _define(ErrorCode.STALE_MEMBER_EPOCH)
+ResourceNotFoundError = _define(ErrorCode.RESOURCE_NOT_FOUND)
+DuplicateResourceError = _define(ErrorCode.DUPLICATE_RESOURCE)
+UnacceptableCredentialError = _define(ErrorCode.UNACCEPTABLE_CREDENTIAL)
 UnknownApiKeyError = _define(ErrorCode.UNKNOWN_API_KEY)
 FrameTooLargeError = _define(ErrorCode.FRAME_TOO_LARGE)
 NodeShuttingDownError = _define(ErrorCode.NODE_SHUTTING_DOWN)
