@@ -158,9 +158,11 @@ class HttpBasicAuth:
         issuer = self._issuer()
         self._require_tls(request, "passwords")
         host = request.remote or "?"
-        raw = await request.content.read(MAX_LOGIN_BODY + 1)
-        if len(raw) > MAX_LOGIN_BODY:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_LOGIN_BODY, actual_size=len(raw),
+        size = request.content_length
+        raw = b"" if size is not None and size > MAX_LOGIN_BODY else await request.read()
+        if len(raw) > MAX_LOGIN_BODY or (size is not None and size > MAX_LOGIN_BODY):
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_LOGIN_BODY,
+                                                actual_size=size or len(raw),
                                                 text=f"login body over {MAX_LOGIN_BODY} "
                                                      "bytes")
         try:

@@ -117,6 +117,8 @@ async def test_wrong_password_and_bad_tokens_are_401(setup: Setup) -> None:
         assert status == 401
         assert (await _login(port, "mallory", "pw-123456"))[0] == 401
         assert (await _call(port, "POST", "/api/v1/auth/login", body={"username": 1}))[0] == 400
+        big = {"username": "alice", "password": "x" * 10_000}
+        assert (await _call(port, "POST", "/api/v1/auth/login", body=big))[0] == 413
         token = (await _login(port, "alice", "pw-123456"))[1]["token"]
         head, payload, sig = token.split(".")
         claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
