@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from dmq.metadata.records import Record, RevokeToken
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode, InvalidRequestError, PolicyViolationError
-from dmq.security.users import UserDirectory, plan_alter
+from dmq.security.users import UserDirectory, audit_alter, plan_alter
 
 if TYPE_CHECKING:
     from dmq.protocol.server import RequestContext
@@ -62,9 +62,10 @@ class UserApis:
         who = _who(ctx)
 
         def plan() -> tuple[list[Record], list[tuple[str, int, str | None]]]:
-            return plan_alter(self.directory, deletions, upsertions, who)
+            return plan_alter(self.directory, deletions, upsertions)
 
         results = await self.controller.mutate(plan)
+        audit_alter(deletions, upsertions, results, who)
         return {"results": [list(r) for r in results]}
 
     async def handle_revoke_token(self, ctx: RequestContext, body: dict[str, Any]) -> Any:

@@ -147,13 +147,13 @@ UNSUPPORTED_SASL_MECHANISM = int(ErrorCode.UNSUPPORTED_SASL_MECHANISM)
 
 
 def plan_alter(directory: UserDirectory, deletions: list[tuple[str, str]],
-               upsertions: list[tuple[str, str, int, bytes, bytes]], by: str
+               upsertions: list[tuple[str, str, int, bytes, bytes]]
                ) -> tuple[list[Record], list[tuple[str, int, str | None]]]:
     """The records of one AlterUserScramCredentials request, and a result per user
     named ([user, error code, message]). A user named twice for the same mechanism is
     refused (DUPLICATE_RESOURCE); a user refused in part is not changed at all. A user
     known only from the bootstrap file is first copied into the metadata whole, so a
-    change to one of its mechanisms keeps the others. `by` names who asked (audit)."""
+    change to one of its mechanisms keeps the others."""
     per_user: dict[str, list[tuple[str, str, tuple[int, bytes, bytes] | None]]] = {}
     for user, mech in deletions:
         per_user.setdefault(user, []).append(("delete", mech, None))
@@ -169,10 +169,23 @@ def plan_alter(directory: UserDirectory, deletions: list[tuple[str, str]],
             continue
         records += recs
         results.append((user, 0, None))
-        for kind, mech, _ in ops:
-            audit.info("user %s: %s %s credential by %s", user,
-                       "set" if kind == "upsert" else "removed", mech, by)
     return records, results
+
+
+def audit_alter(deletions: list[tuple[str, str]],
+                upsertions: list[tuple[str, str, int, bytes, bytes]],
+                results: list[tuple[str, int, str | None]], by: str) -> None:
+    """One `dmq.audit` line per credential changed (once written), and per user refused."""
+    for user, code, msg in results:
+        if code:
+            audit.info("user %s: change by %s refused: %s", user, by, msg)
+            continue
+        for u, mech, *_ in upsertions:
+            if u == user:
+                audit.info("user %s: set %s credential by %s", user, mech, by)
+        for u, mech in deletions:
+            if u == user:
+                audit.info("user %s: removed %s credential by %s", user, mech, by)
 
 
 def _plan_user(directory: UserDirectory, user: str,
@@ -234,4 +247,4 @@ def user_directory(config: ClusterConfig) -> UserDirectory | None:
 
 
 __all__ = ["MECHANISM_NAMES", "MECHANISM_NUMBERS", "UserDirectory", "UsersView",
-           "derive", "plan_alter", "salted_password", "user_directory"]
+           "audit_alter", "derive", "plan_alter", "salted_password", "user_directory"]

@@ -47,6 +47,7 @@ from confluent_kafka.admin import (  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 MECH = "SCRAM-SHA-512"
+BROKER_PATH = "/api/v1/storage/replication/status"  # a REST path of brokers
 
 
 class Secure:
@@ -72,9 +73,10 @@ class Secure:
              "--command-config", str(self.properties("admin", "admin-secret"))],
             input=stdin, capture_output=True, timeout=60)
 
-    async def dmq_login(self, user: str, password: str) -> None:
-        """Open an authenticated connection to the broker and ask it something."""
-        conn = await Connection.open("127.0.0.1", self.broker.port, ssl=self.tls,
+    async def dmq_login(self, user: str, password: str, node_id: int = 101) -> None:
+        """Open an authenticated connection to a node (the broker by default) and ask
+        it something."""
+        conn = await Connection.open("127.0.0.1", self.pc.nodes[node_id].port, ssl=self.tls,
                                      sasl=SaslCredentials(MECH, user, password))
         try:
             await conn.request(ApiKey.METADATA, {"topics": []})
@@ -115,9 +117,9 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
         yield Secure(pc, ca, root)
 
 
-async def _refused(s: Secure, user: str, password: str) -> bool:
+async def _refused(s: Secure, user: str, password: str, node_id: int = 101) -> bool:
     try:
-        await s.dmq_login(user, password)
+        await s.dmq_login(user, password, node_id)
     except SaslAuthenticationFailedError:
         return True
     return False
@@ -156,9 +158,9 @@ async def test_cli_user_lifecycle_on_every_listener(secure: Secure) -> None:
         assert s.broker.alive and s.controller.alive
 
 
-async def _ok(s: Secure, user: str, password: str) -> bool:
+async def _ok(s: Secure, user: str, password: str, node_id: int = 101) -> bool:
     try:
-        await s.dmq_login(user, password)
+        await s.dmq_login(user, password, node_id)
     except SaslAuthenticationFailedError:
         return False
     return True
@@ -177,6 +179,7 @@ def test_confluent_admin_client_alters_and_describes(secure: Secure) -> None:
     assert [(i.mechanism, i.iterations) for i in infos] == [(ScramMechanism.SCRAM_SHA_512, 8192)]
     wait_until(lambda: s.kafka_login("carol", "carol-pw"), 30, "carol logs in on Kafka")
     assert asyncio.run(_ok(s, "carol", "carol-pw"))
+    assert asyncio.run(_ok(s, "carol", "carol-pw", node_id=1))  # made through the broker
     futures = admin.alter_user_scram_credentials([UserScramCredentialDeletion(
         "carol", ScramMechanism.SCRAM_SHA_512)])
     for f in futures.values():
@@ -217,7 +220,7 @@ async def test_token_from_one_node_works_on_the_other_until_logout(secure: Secur
         assert status == 200, fresh
         status, out = await _http(s, bport, "POST", "/api/v1/auth/logout", token)
         assert status == 200, out
-        assert (await _http(s, bport, "GET", "/api/v1/metadata/brokers", token))[0] == 401
+        assert (await _http(s, bport, "GET", BROKER_PATH, token))[0] == 401
         deadline = time.monotonic() + 20
         while (await _http(s, cport, "GET", "/api/v1/metadata/brokers", token))[0] != 401:
             assert time.monotonic() < deadline, "the controller still takes the revoked token"
@@ -225,3 +228,27 @@ async def test_token_from_one_node_works_on_the_other_until_logout(secure: Secur
         assert (await _http(s, cport, "GET", "/api/v1/metadata/brokers", fresh["token"]))[0] == 200
         assert "HTTP token login failed for 'admin'" in s.broker.log_text()
         assert f"HTTP token {out['revoked']} revoked by" in s.controller.log_text()
+        # and the other way: logout on the controller, refused by the broker
+        status, body = await _http(s, cport, "POST", "/api/v1/auth/login",
+                                   body={"username": "admin", "password": "admin-secret"})
+        assert status == 200, body
+        second = body["token"]
+        assert (await _http(s, bport, "GET", BROKER_PATH, second))[0] == 200
+        assert (await _http(s, cport, "POST", "/api/v1/auth/logout", second))[0] == 200
+        deadline = time.monotonic() + 20
+        while (await _http(s, bport, "GET", BROKER_PATH, second))[0] != 401:
+            assert time.monotonic() < deadline, "the broker still takes the revoked token"
+            await asyncio.sleep(0.1)
+
+
+async def test_users_survive_a_controller_restart(secure: Secure) -> None:
+    s = secure
+    with logs_on_failure(s.pc):
+        assert s.users_cli("create", "erin", "--password", "erin-pw").returncode == 0
+        assert s.users_cli("create", "frank", "--password", "frank-pw").returncode == 0
+        assert s.users_cli("delete", "frank").returncode == 0
+        s.pc.kill(1)
+        s.pc.start(1)
+        await async_wait_until(lambda: _ok(s, "erin", "erin-pw", node_id=1), 30,
+                               "erin logs in on the restarted controller")
+        assert await _refused(s, "frank", "frank-pw", node_id=1)

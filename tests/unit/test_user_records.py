@@ -123,8 +123,7 @@ def test_plan_alter_derives_keys_and_adopts_a_file_user_whole() -> None:
     users = UserDirectory(CredentialStore({"carol": both}), lambda: st)
     salt = b"s" * 16
     salted = salted_password("SCRAM-SHA-256", "new-pw", salt, 4096)
-    recs, results = plan_alter(users, [], [("carol", "SCRAM-SHA-256", 4096, salt, salted)],
-                               "test")
+    recs, results = plan_alter(users, [], [("carol", "SCRAM-SHA-256", 4096, salt, salted)])
     assert results == [("carol", 0, None)]
     _apply(st, *recs)
     assert set(st.users["carol"]) == {"SCRAM-SHA-256", "SCRAM-SHA-512"}  # 512 kept
@@ -144,6 +143,6 @@ def test_plan_alter_derives_keys_and_adopts_a_file_user_whole() -> None:
 def test_plan_alter_refusals(deletions: list[tuple[str, str]],
                              upsertions: list[tuple[str, str, int, bytes, bytes]],
                              code: ErrorCode) -> None:
-    recs, results = plan_alter(UserDirectory(), deletions, upsertions, "test")
+    recs, results = plan_alter(UserDirectory(), deletions, upsertions)
     assert recs == []
     assert [(u, c) for u, c, _ in results] == [(results[0][0], int(code))]
