@@ -73,8 +73,8 @@ def _wire_users(ctx: ServiceContext, controller: ControllerService | None,
         replicas, lifecycle = broker.replicas, broker.lifecycle
         users.source = lambda: replicas.image
 
-        async def revoke(token_id: str, expires_ms: int, who: str) -> None:
-            body: dict[str, Any] = {"token_id": token_id, "expires_ms": expires_ms}
+        async def revoke(token: str, who: str) -> None:
+            body: dict[str, Any] = {"token": token}
             await lifecycle.controller_request(ApiKey.REVOKE_TOKEN, body, 10_000)
 
         users.revoke_token = revoke

@@ -290,10 +290,11 @@ class Admin:
         if err is not None:
             raise err
 
-    async def revoke_token(self, token_id: str, expires_ms: int) -> None:
-        """Refuse an HTTP token from now on, on every node (see dmq.security.tokens)."""
-        await self._request(ApiKey.REVOKE_TOKEN, {"token_id": token_id,
-                                                  "expires_ms": expires_ms})
+    async def revoke_token(self, token: str) -> str:
+        """Refuse an HTTP token from now on, on every node (see dmq.security.tokens);
+        returns its id."""
+        resp = await self._request(ApiKey.REVOKE_TOKEN, {"token": token})
+        return str(resp["token_id"])
 
 
 __all__ = ["Admin", "NewTopic", "TopicResult"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from dmq.metadata.records import Record, RevokeToken
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import ErrorCode, InvalidRequestError, PolicyViolationError
+from dmq.security.tokens import TokenInvalid, TokenIssuer, TokenUnavailable
 from dmq.security.users import UserDirectory, audit_alter, plan_alter
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 audit = logging.getLogger("dmq.audit")
 
 MAX_REVOKED_TOKENS = 100_000
-TTL_SLACK_MS = 60_000
 
 
 def _who(ctx: RequestContext) -> str:
@@ -37,7 +37,7 @@ class UserApis:
         `mutate`, `is_active` and its route to the other controllers)."""
         self.controller = controller
         self.directory = directory
-        self.max_ttl_ms = int(controller.config.get("http.token.ttl.ms"))
+        self.tokens = TokenIssuer.from_config(controller.config, directory)
 
     def register(self, server: Any) -> None:
         server.register(ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS, self.handle_describe)
@@ -69,19 +69,19 @@ class UserApis:
         return {"results": [list(r) for r in results]}
 
     async def handle_revoke_token(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
-        await self.revoke(body["token_id"], body["expires_ms"], _who(ctx))
-        return {}
+        return {"token_id": await self.revoke(body["token"], _who(ctx))}
 
-    async def revoke(self, token_id: str, expires_ms: int, who: str) -> None:
-        """Write the revocation (active controller only)."""
+    async def revoke(self, token: str, who: str) -> str:
+        """Verify the token and write its revocation (active controller only); its id."""
+        self.controller._require_active()
+        try:
+            claims = self.tokens.verify(token)
+        except (TokenInvalid, TokenUnavailable) as exc:
+            raise InvalidRequestError(f"token not revoked: {exc}") from None
+        token_id, expires_ms = claims.token_id, claims.expires_ms
         now = self.controller.clock.wall_ms()
-        if not token_id or len(token_id) > 64:
-            raise InvalidRequestError("token id must be 1 to 64 characters")
-        if expires_ms > now + self.max_ttl_ms + TTL_SLACK_MS:
-            raise InvalidRequestError(f"token expiry {expires_ms} is beyond the longest "
-                                      f"token lifetime (http.token.ttl.ms)")
         if expires_ms <= now:
-            return  # expired already: refused anyway
+            return token_id  # expired already: refused anyway
         if len(self.controller.state.revoked_tokens) >= MAX_REVOKED_TOKENS:
             raise PolicyViolationError(f"{MAX_REVOKED_TOKENS} tokens are revoked and not yet "
                                        "expired: try again later")
@@ -90,17 +90,17 @@ class UserApis:
             return [RevokeToken(token_id, expires_ms, now)], None
 
         await self.controller.mutate(plan)
-        audit.info("HTTP token %s revoked by %s", token_id, who)
+        audit.info("HTTP token %s of User:%s revoked by %s", token_id, claims.user, who)
+        return token_id
 
-    async def revoke_anywhere(self, token_id: str, expires_ms: int, who: str) -> None:
+    async def revoke_anywhere(self, token: str, who: str) -> None:
         """Revoke from this node: here when this is the active controller, else through
         the active one."""
         c = self.controller
         if c.is_active or c._forward is None:
-            await self.revoke(token_id, expires_ms, who)
+            await self.revoke(token, who)
             return
-        await c._forward.request(ApiKey.REVOKE_TOKEN, {"token_id": token_id,
-                                                       "expires_ms": expires_ms}, 10_000)
+        await c._forward.request(ApiKey.REVOKE_TOKEN, {"token": token}, 10_000)
 
 
 def register_user_handlers(server: Any, controller: Any,

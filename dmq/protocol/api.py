@@ -284,8 +284,9 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
                   "upsertions": (Array(Tuple(STR, STR, INT, BYTES, BYTES), max_items=10_000),
                                  list)}),
     # -> {"results": [[user, error, msg]]} (one per user named)
-    ApiKey.REVOKE_TOKEN: Struct({"token_id": STR, "expires_ms": INT}),
-    # -> {} (the HTTP token is refused by every node once its node has the record)
+    ApiKey.REVOKE_TOKEN: Struct({"token": STR}),
+    # -> {"token_id"}: the HTTP token (verified by the controller: only a valid token
+    #    can be revoked) is refused by every node once its metadata has the record
 
     # ---- Raft transport between controllers ------------------------------------------
     # A Raft message in its wire form (a list, see dmq/raft), sent under the key of its

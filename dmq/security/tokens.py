@@ -14,9 +14,11 @@ every node).
 Claims: `sub` (user), `iat`, `exp` (`http.token.ttl.ms` later), `jti` (a random id),
 `iss` "dmq". `POST /api/v1/auth/refresh` with a valid token returns a new one (the old
 one stays valid until it expires or is revoked); `POST /api/v1/auth/logout` revokes the
-presented token: a REVOKE_TOKEN record (id and expiry) through the active controller,
-so every node refuses it once its metadata has the record (one metadata round trip;
-the node that answered the logout refuses it at once). Revocations are dropped from the
+presented token: the node sends the token to the active controller, which verifies it
+(only a holder of a valid token can revoke it, so nobody can fill the set with made-up
+ids) and writes a REVOKE_TOKEN record (its id and expiry); every node refuses it once
+its metadata has the record (one metadata round trip; the node that answered the
+logout refuses it at once). Revocations are dropped from the
 metadata once the token has expired, so the set stays bounded.
 
 PyJWT is an optional dependency (the `security` extra): without it the login answers
@@ -32,7 +34,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,8 @@ KEY_LABEL = b"dmq http token"
 MAX_TOKEN_BYTES = 4096
 MAX_LOCAL_REVOKED = 10_000
 
-Revoke = Callable[[str, int, str], Awaitable[None]]
-"""(token id, expiry ms, who) -> written through the active controller."""
+Revoke = Callable[[str, str], Awaitable[None]]
+"""(token, who) -> revoked through the active controller."""
 
 
 class TokenUnavailable(Exception):
@@ -64,6 +66,7 @@ class TokenClaims:
     user: str
     token_id: str
     expires_ms: int
+    token: str = field(default="", repr=False)  # the token itself, once verified
 
 
 def _jwt() -> Any:
@@ -144,13 +147,13 @@ class TokenIssuer:
         token_id = str(claims["jti"])
         if token_id in self._revoked_here or self.users.is_revoked(token_id):
             raise TokenInvalid("token revoked: log in again")
-        return TokenClaims(user, token_id, int(float(claims["exp"]) * 1000))
+        return TokenClaims(user, token_id, int(float(claims["exp"]) * 1000), token)
 
     async def logout(self, claims: TokenClaims, who: str) -> None:
         """Revoke the token everywhere (through the active controller), and here at once."""
         if self.revoke is None:
             raise TokenUnavailable("this node cannot reach a controller to revoke tokens")
-        await self.revoke(claims.token_id, claims.expires_ms, who)
+        await self.revoke(claims.token, who)
         self._revoked_here[claims.token_id] = claims.expires_ms
         now_ms = int(time.time() * 1000)
         while self._revoked_here and (len(self._revoked_here) > MAX_LOCAL_REVOKED

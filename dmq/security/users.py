@@ -73,9 +73,9 @@ class UserDirectory:
         # the node's metadata; set by the composition root (dmq.roles) once the roles
         # exist; None (or returning None): the file alone
         self.source = source
-        # writes an HTTP token revocation through the active controller (token id,
-        # expiry ms, who); set by the composition root too
-        self.revoke_token: Callable[[str, int, str], Awaitable[None]] | None = None
+        # revokes an HTTP token through the active controller (the token, who asks);
+        # set by the composition root too
+        self.revoke_token: Callable[[str, str], Awaitable[None]] | None = None
 
     def view(self) -> UsersView | None:
         return self.source() if self.source is not None else None

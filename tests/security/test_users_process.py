@@ -23,7 +23,7 @@ import pytest
 
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
-from dmq.protocol.errors import SaslAuthenticationFailedError
+from dmq.protocol.errors import InvalidRequestError, SaslAuthenticationFailedError
 from dmq.security.certs import CA
 from dmq.security.sasl import SaslCredentials
 from dmq.security.scram import CredentialStore, make_credential
@@ -227,7 +227,8 @@ async def test_token_from_one_node_works_on_the_other_until_logout(secure: Secur
             await asyncio.sleep(0.1)
         assert (await _http(s, cport, "GET", "/api/v1/metadata/brokers", fresh["token"]))[0] == 200
         assert "HTTP token login failed for 'admin'" in s.broker.log_text()
-        assert f"HTTP token {out['revoked']} revoked by" in s.controller.log_text()
+        assert f"HTTP token {out['revoked']} of User:admin revoked by" in \
+            s.controller.log_text()
         # and the other way: logout on the controller, refused by the broker
         status, body = await _http(s, cport, "POST", "/api/v1/auth/login",
                                    body={"username": "admin", "password": "admin-secret"})
@@ -239,6 +240,20 @@ async def test_token_from_one_node_works_on_the_other_until_logout(secure: Secur
         while (await _http(s, bport, "GET", BROKER_PATH, second))[0] != 401:
             assert time.monotonic() < deadline, "the broker still takes the revoked token"
             await asyncio.sleep(0.1)
+
+
+async def test_only_a_valid_token_can_be_revoked(secure: Secure) -> None:
+    """RevokeToken carries the token, which the controller verifies: made-up or
+    tampered tokens cannot fill the revocation set."""
+    s = secure
+    conn = await Connection.open("127.0.0.1", s.controller.port, ssl=s.tls,
+                                 sasl=SaslCredentials(MECH, "admin", "admin-secret"))
+    try:
+        for bogus in ("x.y.z", "not a token"):
+            with pytest.raises(InvalidRequestError, match="token not revoked"):
+                await conn.request(ApiKey.REVOKE_TOKEN, {"token": bogus})
+    finally:
+        await conn.close()
 
 
 async def test_users_survive_a_controller_restart(secure: Secure) -> None:
