@@ -107,7 +107,7 @@ class ControllerService(Service):
         self.stats_fenced = 0
         self._register_handlers()
         self.groups = self._register_groups()
-        self.users = register_user_handlers(self.server, self, ctx.users)
+        self.users = register_user_handlers(self.server, self, ctx.users, self._forward)
 
     # wiring -----------------------------------------------------------------------------
     def _register_handlers(self) -> None:

@@ -10,32 +10,61 @@ change is logged on `dmq.audit` with who asked.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dmq.metadata.records import Record, RevokeToken
 from dmq.protocol.api import ApiKey
-from dmq.protocol.errors import ErrorCode, InvalidRequestError, PolicyViolationError
+from dmq.protocol.errors import (
+    ErrorCode,
+    InvalidRequestError,
+    NotControllerError,
+    PolicyViolationError,
+)
 from dmq.security.tokens import TokenInvalid, TokenIssuer, TokenUnavailable
 from dmq.security.users import UserDirectory, audit_alter, plan_alter
 
 if TYPE_CHECKING:
+    from dmq.clock import Clock
+    from dmq.config import ClusterConfig
+    from dmq.metadata.discovery import ControllerChannel
+    from dmq.metadata.state import MetadataState
     from dmq.protocol.server import RequestContext
 
 audit = logging.getLogger("dmq.audit")
+T = TypeVar("T")
 
 MAX_REVOKED_TOKENS = 100_000
 
 
+class UserHost(Protocol):
+    """What these APIs use of the controller (a ControllerService)."""
+
+    config: ClusterConfig
+    clock: Clock
+    state: MetadataState
+
+    @property
+    def is_active(self) -> bool: ...
+
+    def leader_hint(self) -> tuple[int, str, int] | None: ...
+
+    async def mutate(self, plan: Callable[[], tuple[list[Record], T]],
+                     timeout_ms: int = ...) -> T:
+        """Plan against the applied state, write, return the plan's result."""
+        ...
+
+
 def _who(ctx: RequestContext) -> str:
-    principal = getattr(ctx.connection, "principal", None)
-    return f"{principal or 'anonymous'} from {ctx.peer}"
+    return f"{ctx.connection.principal or 'anonymous'} from {ctx.peer}"
 
 
 class UserApis:
-    def __init__(self, controller: Any, directory: UserDirectory) -> None:
-        """`controller`: the node's ControllerService (its state, clock, config,
-        `mutate`, `is_active` and its route to the other controllers)."""
+    def __init__(self, controller: UserHost, directory: UserDirectory,
+                 forward: ControllerChannel | None = None) -> None:
+        """`forward`: the route to the other controllers (None: there are none)."""
         self.controller = controller
+        self.forward = forward
         self.directory = directory
         self.tokens = TokenIssuer.from_config(controller.config, directory)
 
@@ -73,7 +102,9 @@ class UserApis:
 
     async def revoke(self, token: str, who: str) -> str:
         """Verify the token and write its revocation (active controller only); its id."""
-        self.controller._require_active()
+        if not self.controller.is_active:
+            raise NotControllerError("not the active controller",
+                                     leader=self.controller.leader_hint())
         try:
             claims = self.tokens.verify(token)
         except (TokenInvalid, TokenUnavailable) as exc:
@@ -96,16 +127,16 @@ class UserApis:
     async def revoke_anywhere(self, token: str, who: str) -> None:
         """Revoke from this node: here when this is the active controller, else through
         the active one."""
-        c = self.controller
-        if c.is_active or c._forward is None:
+        if self.controller.is_active or self.forward is None:
             await self.revoke(token, who)
             return
-        await c._forward.request(ApiKey.REVOKE_TOKEN, {"token": token}, 10_000)
+        await self.forward.request(ApiKey.REVOKE_TOKEN, {"token": token}, 10_000)
 
 
-def register_user_handlers(server: Any, controller: Any,
-                           directory: UserDirectory | None) -> UserApis:
-    apis = UserApis(controller, directory if directory is not None else UserDirectory())
+def register_user_handlers(server: Any, controller: UserHost, directory: UserDirectory | None,
+                           forward: ControllerChannel | None) -> UserApis:
+    apis = UserApis(controller, directory if directory is not None else UserDirectory(),
+                    forward)
     if apis.directory.source is None:
         state = controller.state
         apis.directory.source = lambda: state
