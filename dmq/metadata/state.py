@@ -34,9 +34,10 @@ Snapshot format (msgpack map, version 1)::
 tokens are in both (brokers check logins and tokens themselves).
 
 Users: `users` maps a name to its credentials by mechanism (the USER_SCRAM_CREDENTIAL
-records themselves); an empty map is a deleted user. The dict is replaced, never
-changed in place, on each user record, so an image shares it at no cost (user changes
-are rare); likewise `revoked_tokens` (token id -> expiry in ms).
+records themselves); an empty map is a deleted user. Like a topic's partitions, the
+dict is copied the first time an entry changes it after an image shared it (so a
+published image never sees it change, and an entry of many user records copies it
+once); likewise `revoked_tokens` (token id -> expiry in ms).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class MetadataState:
         # users and revoked HTTP tokens (see the module doc: replaced, never changed)
         self.users: dict[str, dict[str, UserScramCredential]] = {}
         self.revoked_tokens: dict[str, int] = {}
+        self._users_shared = False  # an image holds `users` / `revoked_tokens`
         self.skipped_records = 0
         # recent entries for MetadataFetch deltas: (index, wire records)
         self.history: deque[tuple[int, list[list[Any]]]] = deque(maxlen=history_entries or 1)
@@ -371,24 +373,33 @@ class MetadataState:
             del self.offsets[r.group]
 
     # users and HTTP tokens ----------------------------------------------------------------
+    def _own_users(self) -> None:
+        """Copy the users and revocations first if a published image shares them."""
+        if self._users_shared:
+            self.users = dict(self.users)
+            self.revoked_tokens = dict(self.revoked_tokens)
+            self._users_shared = False
+
     def _user_scram_credential(self, rec: Any, index: int) -> None:
         r: UserScramCredential = rec
-        creds = dict(self.users.get(r.user, {}))
-        creds[r.mechanism] = r
-        self.users = {**self.users, r.user: creds}
+        self._own_users()
+        self.users[r.user] = {**self.users.get(r.user, {}), r.mechanism: r}
 
     def _remove_user_scram_credential(self, rec: Any, index: int) -> None:
         r: RemoveUserScramCredential = rec
-        creds = dict(self.users.get(r.user, {}))
-        creds.pop(r.mechanism, None)
-        self.users = {**self.users, r.user: creds}  # empty: deleted (kept as such)
+        self._own_users()
+        # an empty map: deleted, and kept as such
+        self.users[r.user] = {m: c for m, c in self.users.get(r.user, {}).items()
+                              if m != r.mechanism}
 
     def _revoke_token(self, rec: Any, index: int) -> None:
         r: RevokeToken = rec
-        revoked = {t: exp for t, exp in self.revoked_tokens.items() if exp > r.now_ms}
+        self._own_users()
+        revoked = self.revoked_tokens
+        for token_id in [t for t, exp in revoked.items() if exp <= r.now_ms]:
+            del revoked[token_id]
         if r.expires_ms > r.now_ms:
             revoked[r.token_id] = r.expires_ms
-        self.revoked_tokens = revoked
 
     # reading ----------------------------------------------------------------------------
     def image(self, controller_id: int = NO_LEADER, controller_term: int = -1,
@@ -407,6 +418,7 @@ class MetadataState:
             img = MetadataImage(self.version, controller_id, brokers, topics, controller_term,
                                 controller_address, changes, self.cluster_id,
                                 users=self.users, revoked_tokens=self.revoked_tokens)
+            self._users_shared = True
             self._owned.clear()
             self._changed_topics = {}
             self._changed_brokers = set()
@@ -489,6 +501,7 @@ class MetadataState:
                           for m, salt, it, sk, vk in creds}
                       for u, creds in snap.get("users", [])}
         self.revoked_tokens = {t: int(exp) for t, exp in snap.get("revoked_tokens", [])}
+        self._users_shared = False
         self.offsets = {}
         if self.keep_offsets:
             for g, rows in snap.get("offsets", {}).items():

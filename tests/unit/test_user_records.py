@@ -50,10 +50,11 @@ def test_state_sets_removes_and_remembers_deleted_users() -> None:
     st = MetadataState()
     a256, a512 = _cred("alice", "pw"), _cred("alice", "pw", "SCRAM-SHA-512")
     _apply(st, a256, a512)
-    before = st.users
+    before = st.image()
     _apply(st, RemoveUserScramCredential("alice", "SCRAM-SHA-256"))
     assert st.users["alice"] == {"SCRAM-SHA-512": a512}
-    assert before["alice"] == {"SCRAM-SHA-256": a256, "SCRAM-SHA-512": a512}  # not changed
+    # a published image never sees a change
+    assert before.users["alice"] == {"SCRAM-SHA-256": a256, "SCRAM-SHA-512": a512}
     _apply(st, RemoveUserScramCredential("alice", "SCRAM-SHA-512"))
     assert st.users == {"alice": {}}  # deleted, and remembered as such
 
@@ -62,10 +63,12 @@ def test_revocations_are_dropped_once_expired() -> None:
     st = MetadataState()
     _apply(st, RevokeToken("a", 5_000, 1_000), RevokeToken("b", 9_000, 2_000))
     assert st.revoked_tokens == {"a": 5_000, "b": 9_000}
+    img = st.image()
     _apply(st, RevokeToken("c", 20_000, 6_000))  # written at 6 s: "a" expired at 5 s
     assert st.revoked_tokens == {"b": 9_000, "c": 20_000}
     _apply(st, RevokeToken("d", 100, 6_500))  # expired already: not kept
     assert "d" not in st.revoked_tokens
+    assert img.revoked_tokens == {"a": 5_000, "b": 9_000}  # the published image's
 
 
 @pytest.mark.parametrize("include_offsets", [True, False])
