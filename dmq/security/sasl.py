@@ -1,8 +1,9 @@
 """SASL sessions for a listener: which mechanisms are offered, one exchange per
 connection, and the per-address throttle on failed attempts.
 
-Settings: `sasl.enabled.mechanisms` (empty: no authentication), the users in
-`sasl.credentials.file` (see `dmq.security.scram`), and PLAIN offered only on a TLS
+Settings: `sasl.enabled.mechanisms` (empty: no authentication), the users (kept in the
+metadata, with `sasl.credentials.file` as the bootstrap source: see
+`dmq.security.users` and `dmq.security.scram`), and PLAIN offered only on a TLS
 listener unless `sasl.plain.allow.plaintext` is true. A failed attempt is logged
 (one line per address per `LOG_EVERY_S`, with a count) and answered after a delay
 that doubles with each consecutive failure from that address (up to
