@@ -32,6 +32,7 @@ from dmq.controller.liveness import BrokerSessions
 from dmq.controller.planner import Planner
 from dmq.controller.raft_glue import RaftGlue
 from dmq.controller.state_machine import MetadataStateMachine
+from dmq.controller.users import register_user_handlers
 from dmq.controller.validation import effective_topic_configs, validate_topic_name
 from dmq.metadata.discovery import ControllerChannel
 from dmq.metadata.image import FENCED, MetadataImage, metadata_body
@@ -106,6 +107,7 @@ class ControllerService(Service):
         self.stats_fenced = 0
         self._register_handlers()
         self.groups = self._register_groups()
+        self.users = register_user_handlers(self.server, self, ctx.users, self._forward)
 
     # wiring -----------------------------------------------------------------------------
     def _register_handlers(self) -> None:

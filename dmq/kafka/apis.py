@@ -36,6 +36,7 @@ from dmq.metadata.image import FENCED, MetadataImage
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
 from dmq.protocol.server import NO_RESPONSE as DMQ_NO_RESPONSE
+from dmq.security.users import MECHANISM_NAMES, MECHANISM_NUMBERS
 
 if TYPE_CHECKING:
     from dmq.broker.handlers import DataPlane
@@ -125,7 +126,64 @@ class KafkaApis(GroupApis):
             Api(44, "IncrementalAlterConfigs", 0, 1, self.incremental_alter_configs),
             Api(60, "DescribeCluster", 0, 1, self.describe_cluster),
             *self.group_table(),
+            *self.user_table(),
         ]
+
+    # ------------------------------------------------------------------ users (KIP-554)
+
+    def user_table(self) -> list[Api]:
+        return [
+            Api(50, "DescribeUserScramCredentials", 0, 0, self.describe_user_scram_credentials),
+            Api(51, "AlterUserScramCredentials", 0, 0, self.alter_user_scram_credentials),
+        ]
+
+    async def describe_user_scram_credentials(self, header: RequestHeader,
+                                              body: dict[str, Any]) -> Any:
+        wanted = body.get("Users")
+        names = [u["Name"] for u in wanted] if wanted else None
+        try:
+            resp = await self._controller_request(
+                ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS, {"users": names}, 15_000)
+        except (DmqError, OSError, TimeoutError) as exc:
+            return {"ErrorCode": forward_error_code(exc), "ErrorMessage": message_of(exc),
+                    "Results": []}
+        return {"ErrorCode": 0, "ErrorMessage": None, "Results": [
+            {"User": user, "ErrorCode": kafka_code(code), "ErrorMessage": msg,
+             "CredentialInfos": [{"Mechanism": MECHANISM_NUMBERS.get(m, 0), "Iterations": i}
+                                 for m, i in creds]}
+            for user, code, msg, creds in resp["results"]]}
+
+    async def alter_user_scram_credentials(self, header: RequestHeader,
+                                           body: dict[str, Any]) -> Any:
+        unknown: dict[str, str] = {}
+
+        def mech(user: str, n: int) -> str:
+            name = MECHANISM_NAMES.get(n)
+            if name is None:
+                unknown[user] = f"unknown SCRAM mechanism {n}"
+                return ""
+            return name
+
+        deletions = [[d["Name"], mech(d["Name"], d["Mechanism"])] for d in body["Deletions"]]
+        upsertions = [[u["Name"], mech(u["Name"], u["Mechanism"]), u["Iterations"],
+                       bytes(u["Salt"] or b""), bytes(u["SaltedPassword"] or b"")]
+                      for u in body["Upsertions"]]
+        results: dict[str, tuple[int, str | None]] = {
+            user: (int(ErrorCode.UNSUPPORTED_SASL_MECHANISM), why)
+            for user, why in unknown.items()}
+        request = {"deletions": [d for d in deletions if d[0] not in results],
+                   "upsertions": [u for u in upsertions if u[0] not in results]}
+        if request["deletions"] or request["upsertions"]:
+            try:
+                resp = await self._controller_request(
+                    ApiKey.ALTER_USER_SCRAM_CREDENTIALS, request, 15_000)
+                for user, code, msg in resp["results"]:
+                    results[user] = (kafka_code(code), msg)
+            except (DmqError, OSError, TimeoutError) as exc:
+                for row in [*request["deletions"], *request["upsertions"]]:
+                    results[row[0]] = (forward_error_code(exc), message_of(exc))
+        return {"Results": [{"User": user, "ErrorCode": code, "ErrorMessage": msg}
+                            for user, (code, msg) in results.items()]}
 
     # ------------------------------------------------------------------ ApiVersions
 

@@ -64,6 +64,10 @@ class ApiKey(IntEnum):
     UNREGISTER_BROKER = 64
     ALLOCATE_PRODUCER_IDS = 67
     CONSUMER_GROUP_HEARTBEAT = 68
+    # users and HTTP tokens (active controller)
+    REVOKE_TOKEN = 40  # Kafka's ExpireDelegationToken number: the nearest counterpart
+    DESCRIBE_USER_SCRAM_CREDENTIALS = 50
+    ALTER_USER_SCRAM_CREDENTIALS = 51
     # dmq-only
     RAFT_REQUEST_VOTE = 1000
     RAFT_APPEND_ENTRIES = 1001
@@ -280,6 +284,22 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
         {"group_id": STR, "topics": Array(Tuple(STR, Array(Tuple(INT, INT))))},
         {"dry_run": (BOOL, False)}),
     # -> {"topics": [[topic, [[partition, offset, error]]]]}
+
+    # ---- users and HTTP tokens (active controller; dmq.security.users) -------------
+    ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS: Struct(
+        optional={"users": (Nullable(Array(STR, max_items=10_000)), None)}),
+    # -> {"results": [[user, error, msg, [[mechanism, iterations], ...]]]} (nil: every
+    #    user that can log in, from the metadata and the controller's bootstrap file)
+    ApiKey.ALTER_USER_SCRAM_CREDENTIALS: Struct(
+        optional={"deletions": (Array(Tuple(STR, STR), max_items=10_000), list),
+                  # [[user, mechanism, iterations, salt, salted password]]: the salted
+                  # password is PBKDF2(password, salt, iterations), never the password
+                  "upsertions": (Array(Tuple(STR, STR, INT, BYTES, BYTES), max_items=10_000),
+                                 list)}),
+    # -> {"results": [[user, error, msg]]} (one per user named)
+    ApiKey.REVOKE_TOKEN: Struct({"token": STR}),
+    # -> {"token_id"}: the HTTP token (verified by the controller: only a valid token
+    #    can be revoked) is refused by every node once its metadata has the record
 
     # ---- Raft transport between controllers ------------------------------------------
     # A Raft message in its wire form (a list, see dmq/raft), sent under the key of its

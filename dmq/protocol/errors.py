@@ -78,6 +78,10 @@ class ErrorCode(IntEnum):
     UNRELEASED_INSTANCE_ID = 111
     UNSUPPORTED_ASSIGNOR = 112
     STALE_MEMBER_EPOCH = 113
+    # users (AlterUserScramCredentials)
+    RESOURCE_NOT_FOUND = 91
+    DUPLICATE_RESOURCE = 92
+    UNACCEPTABLE_CREDENTIAL = 93
     # dmq-only codes
     UNKNOWN_API_KEY = 1000
     FRAME_TOO_LARGE = 1001
@@ -159,6 +163,9 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.UNRELEASED_INSTANCE_ID: (False, False, "static instance id still in use"),
     ErrorCode.UNSUPPORTED_ASSIGNOR: (False, False, "unknown server-side assignor"),
     ErrorCode.STALE_MEMBER_EPOCH: (False, False, "stale member epoch"),
+    ErrorCode.RESOURCE_NOT_FOUND: (False, False, "no such resource (user credential)"),
+    ErrorCode.DUPLICATE_RESOURCE: (False, False, "resource named twice in one request"),
+    ErrorCode.UNACCEPTABLE_CREDENTIAL: (False, False, "credential refused"),
     ErrorCode.UNKNOWN_API_KEY: (False, False, "unknown API key"),
     ErrorCode.FRAME_TOO_LARGE: (False, False, "frame larger than the configured limit"),
     ErrorCode.NODE_SHUTTING_DOWN: (True, True, "node is shutting down"),
@@ -274,6 +281,9 @@ FencedMemberEpochError = _define(ErrorCode.FENCED_MEMBER_EPOCH)
 UnreleasedInstanceIdError = _define(ErrorCode.UNRELEASED_INSTANCE_ID)
 UnsupportedAssignorError = _define(ErrorCode.UNSUPPORTED_ASSIGNOR)
 StaleMemberEpochError = _define(ErrorCode.STALE_MEMBER_EPOCH)
+ResourceNotFoundError = _define(ErrorCode.RESOURCE_NOT_FOUND)
+DuplicateResourceError = _define(ErrorCode.DUPLICATE_RESOURCE)
+UnacceptableCredentialError = _define(ErrorCode.UNACCEPTABLE_CREDENTIAL)
 UnknownApiKeyError = _define(ErrorCode.UNKNOWN_API_KEY)
 FrameTooLargeError = _define(ErrorCode.FRAME_TOO_LARGE)
 NodeShuttingDownError = _define(ErrorCode.NODE_SHUTTING_DOWN)

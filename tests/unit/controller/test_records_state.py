@@ -22,9 +22,12 @@ from dmq.metadata.records import (
     RecordType,
     RegisterBroker,
     RemoveTopic,
+    RemoveUserScramCredential,
+    RevokeToken,
     TopicConfig,
     UnfenceBroker,
     UnregisterBroker,
+    UserScramCredential,
     decode_batch,
     decode_batch_wire,
     encode_batch,
@@ -44,6 +47,12 @@ ALL = [
     PartitionReassign("t", 0, 5, (3, 1), (), (), 3, (3, 1)),
     UnregisterBroker(2, 7),
     ClusterId("AAAAAAAAAAAAAAAAAAAAAA"),
+]
+# users and HTTP tokens
+ALL += [
+    UserScramCredential("alice", "SCRAM-SHA-256", b"salt" * 4, 4096, b"k" * 32, b"v" * 32),
+    RemoveUserScramCredential("alice", "SCRAM-SHA-512"),
+    RevokeToken("token-id", 2_000, 1_000),
 ]
 
 
