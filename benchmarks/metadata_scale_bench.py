@@ -151,10 +151,19 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
                 await produce_all(bs, n, "all", args.phase_timeout)
                 row["produce_all_s"] = time.monotonic() - t0
 
-                async def back_in_sync(v: int = victim) -> bool:
+                behind: list[int] = []
+
+                async def back_in_sync(v: int = victim, behind: list[int] = behind) -> bool:
                     t = (await admin.metadata([TOPIC])).topics[TOPIC]
-                    return all(v in p.isr for p in t.partitions.values())
-                await until("replicas back in the ISR", back_in_sync, args.phase_timeout, 0.2)
+                    behind[:] = [p for p, i in t.partitions.items() if v not in i.isr]
+                    return not behind
+                try:
+                    await until("replicas back in the ISR", back_in_sync, args.phase_timeout,
+                                0.2)
+                except TimeoutError as exc:
+                    raise TimeoutError(f"{exc}: {len(behind)} of {n} partitions without broker "
+                                       f"{victim} in the ISR (e.g. {behind[:5]}); its log: "
+                                       f"{cluster.nodes[victim].log_path}") from None
                 row["in_sync_s"] = time.monotonic() - t0
                 # metadata entries the restart took (each one a new image on every broker)
                 row["entries"] = await metadata_version() - version0
