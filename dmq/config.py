@@ -87,6 +87,10 @@ SETTINGS: dict[str, Setting] = {
         "certificates: nodes prove themselves by certificate)"),
     "sasl.plain.allow.plaintext": Setting(
         False, "offer PLAIN on a listener without TLS (passwords in the clear)"),
+    "authorizer.enabled": Setting(
+        False, "enforce the ACLs kept in the metadata: a request no ACL allows is refused"),
+    "authorizer.super.users": Setting(
+        "", "principals allowed everything, ';'-separated (e.g. User:admin;User:ops)"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
     "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(
