@@ -34,6 +34,10 @@ One Raft entry carries one *batch* of records, applied atomically:
                          re-registered meanwhile)
     CLUSTER_ID           cluster_id (written once, by the first active controller of a
                          cluster; a later one is skipped: the first stays for good)
+    ACCESS_CONTROL_ENTRY resource_type, resource_name, pattern_type, principal, host,
+                         operation, permission (an ACL; values and meaning:
+                         dmq.security.acl; one already present is skipped)
+    REMOVE_ACCESS_CONTROL_ENTRY  the same seven fields (skipped if absent)
 
 Records are applied deterministically by every controller and every broker image, so
 anything random (topic ids, placement) is chosen before proposing and written here.
@@ -67,6 +71,8 @@ class RecordType(IntEnum):
     PARTITION_REASSIGN = 12
     UNREGISTER_BROKER = 13
     CLUSTER_ID = 14
+    ACCESS_CONTROL_ENTRY = 15
+    REMOVE_ACCESS_CONTROL_ENTRY = 16
 
 
 class MalformedRecordError(ValueError):
@@ -243,9 +249,47 @@ class ClusterId:
         return [self.TYPE, self.cluster_id]
 
 
+@dataclass(frozen=True, slots=True)
+class AccessControlEntry:
+    """One ACL, as kept in the metadata (strings as `dmq.security.acl` spells them;
+    that module validates them before a record is written)."""
+    TYPE: ClassVar[RecordType] = RecordType.ACCESS_CONTROL_ENTRY
+    resource_type: str  # topic | group | cluster | transactional_id
+    resource_name: str  # "*" (literal): every resource of the type
+    pattern_type: str  # literal | prefixed
+    principal: str  # User:<name> | User:*
+    host: str
+    operation: str  # Read, Write, ... All
+    permission: str  # allow | deny
+
+    def fields(self) -> list[str]:
+        return [self.resource_type, self.resource_name, self.pattern_type, self.principal,
+                self.host, self.operation, self.permission]
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, *self.fields()]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveAccessControlEntry:
+    TYPE: ClassVar[RecordType] = RecordType.REMOVE_ACCESS_CONTROL_ENTRY
+    entry: AccessControlEntry
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, *self.entry.fields()]
+
+
+def acl_entry(fields: Any) -> AccessControlEntry:
+    """An entry from its seven wire fields (strings)."""
+    if len(fields) != 7 or not all(isinstance(f, str) for f in fields):
+        raise ValueError("an ACL is seven strings")
+    return AccessControlEntry(*fields)
+
+
 Record = (RegisterBroker | FenceBroker | UnfenceBroker | BrokerShuttingDown | CreateTopic
           | AddPartitions | RemoveTopic | PartitionChange | TopicConfig | ProducerIds
-          | OffsetCommit | PartitionReassign | UnregisterBroker | ClusterId)
+          | OffsetCommit | PartitionReassign | UnregisterBroker | ClusterId | AccessControlEntry
+          | RemoveAccessControlEntry)
 
 
 def _tuples(rows: Any) -> tuple[tuple[int, ...], ...]:
@@ -289,6 +333,10 @@ def _from_wire(obj: list[Any]) -> Record:
         if not isinstance(f[0], str) or not f[0]:
             raise ValueError("cluster id must be a non-empty string")
         return ClusterId(f[0])
+    if t is RecordType.ACCESS_CONTROL_ENTRY:
+        return acl_entry(f)
+    if t is RecordType.REMOVE_ACCESS_CONTROL_ENTRY:
+        return RemoveAccessControlEntry(acl_entry(f))
     raise AssertionError(t)  # pragma: no cover - every RecordType is handled above
 
 

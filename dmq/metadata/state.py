@@ -25,9 +25,11 @@ Snapshot format (msgpack map, version 1)::
                   ]]]],
      "next_producer_id": int,
      "cluster_id": str (absent until the CLUSTER_ID record),
-     "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]}}
+     "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]},
+     "acls": [[resource_type, resource_name, pattern_type, principal, host, operation,
+               permission], ...] (absent while there is none)}
 
-"offsets" is absent in the broker-facing snapshot of MetadataFetch.
+"offsets" is absent in the broker-facing snapshot of MetadataFetch; "acls" is in both.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from dmq.metadata.image import (
 )
 from dmq.metadata.records import (
     NO_CHANGE,
+    AccessControlEntry,
     AddPartitions,
     ClusterId,
     CreateTopic,
@@ -61,8 +64,10 @@ from dmq.metadata.records import (
     Record,
     RecordType,
     RegisterBroker,
+    RemoveAccessControlEntry,
     RemoveTopic,
     TopicConfig,
+    acl_entry,
     record_from_wire,
 )
 
@@ -90,6 +95,8 @@ class MetadataState:
         # group -> (topic, partition) -> (offset, metadata, commit_ms)
         self.offsets: dict[str, dict[tuple[str, int], tuple[int, str | None, int]]] = {}
         self.keep_offsets = keep_offsets
+        # every ACL; replaced (never changed in place) so images share it by identity
+        self.acls: frozenset[AccessControlEntry] = frozenset()
         self.skipped_records = 0
         # recent entries for MetadataFetch deltas: (index, wire records)
         self.history: deque[tuple[int, list[list[Any]]]] = deque(maxlen=history_entries or 1)
@@ -101,6 +108,7 @@ class MetadataState:
         # None after a restore: the next image has no changes to offer (all is new)
         self._changed_topics: dict[str, set[int] | None] = {}
         self._changed_brokers: set[int] = set()
+        self._changed_acls = False
         self._changes_base: weakref.ref[MetadataImage] | None = None
         self._apply = {
             RecordType.REGISTER_BROKER: self._register_broker,
@@ -117,6 +125,8 @@ class MetadataState:
             RecordType.PARTITION_REASSIGN: self._partition_reassign,
             RecordType.UNREGISTER_BROKER: self._unregister_broker,
             RecordType.CLUSTER_ID: self._cluster_id,
+            RecordType.ACCESS_CONTROL_ENTRY: self._add_acl,
+            RecordType.REMOVE_ACCESS_CONTROL_ENTRY: self._remove_acl,
         }
 
     # applying ---------------------------------------------------------------------------
@@ -231,6 +241,7 @@ class MetadataState:
             self._changes_base = None
             self._changed_topics = {}
             self._changed_brokers = set()
+            self._changed_acls = False
             return False
         return True
 
@@ -328,6 +339,26 @@ class MetadataState:
             return
         self.cluster_id = r.cluster_id
 
+    def _add_acl(self, rec: Any, index: int) -> None:
+        r: AccessControlEntry = rec
+        if r in self.acls:
+            self._skip(rec, "the ACL exists")
+            return
+        self.acls = self.acls | {r}
+        self._acls_changed()
+
+    def _remove_acl(self, rec: Any, index: int) -> None:
+        r: RemoveAccessControlEntry = rec
+        if r.entry not in self.acls:
+            self._skip(rec, "no such ACL")
+            return
+        self.acls = self.acls - {r.entry}
+        self._acls_changed()
+
+    def _acls_changed(self) -> None:
+        if self._tracking():
+            self._changed_acls = True
+
     def _producer_ids(self, rec: Any, index: int) -> None:
         r: ProducerIds = rec
         if r.next_producer_id <= self.next_producer_id:
@@ -363,12 +394,14 @@ class MetadataState:
                 changes = ImageChanges(
                     {t: None if ps is None else frozenset(ps)
                      for t, ps in self._changed_topics.items()},
-                    frozenset(self._changed_brokers), self._changes_base, topics, brokers)
+                    frozenset(self._changed_brokers), self._changes_base, topics, brokers,
+                    self._changed_acls)
             img = MetadataImage(self.version, controller_id, brokers, topics, controller_term,
-                                controller_address, changes, self.cluster_id)
+                                controller_address, changes, self.cluster_id, self.acls)
             self._owned.clear()
             self._changed_topics = {}
             self._changed_brokers = set()
+            self._changed_acls = False
             self._changes_base = weakref.ref(img)
             self._image = img
         return img
@@ -407,6 +440,8 @@ class MetadataState:
                                 "next_producer_id": self.next_producer_id}
         if self.cluster_id is not None:
             snap["cluster_id"] = self.cluster_id
+        if self.acls:
+            snap["acls"] = sorted(e.fields() for e in self.acls)
         if include_offsets:
             snap["offsets"] = {g: [[t, p, o, md, ts] for (t, p), (o, md, ts) in sorted(
                 offs.items())] for g, offs in sorted(self.offsets.items())}
@@ -438,6 +473,7 @@ class MetadataState:
         self.next_producer_id = int(snap["next_producer_id"])
         cluster_id = snap.get("cluster_id")
         self.cluster_id = cluster_id if isinstance(cluster_id, str) and cluster_id else None
+        self.acls = frozenset(acl_entry(f) for f in snap.get("acls", ()))
         self.offsets = {}
         if self.keep_offsets:
             for g, rows in snap.get("offsets", {}).items():
@@ -448,6 +484,7 @@ class MetadataState:
         self._image = None
         self._changed_topics = {}
         self._changed_brokers = set()
+        self._changed_acls = False
         self._changes_base = None
 
 

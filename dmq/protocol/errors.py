@@ -57,7 +57,6 @@ class ErrorCode(IntEnum):
     OUT_OF_ORDER_SEQUENCE_NUMBER = 45
     DUPLICATE_SEQUENCE_NUMBER = 46
     INVALID_PRODUCER_EPOCH = 47
-    SECURITY_DISABLED = 54
     STORAGE_ERROR = 56
     SASL_AUTHENTICATION_FAILED = 58
     UNKNOWN_PRODUCER_ID = 59
@@ -134,8 +133,6 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER: (False, False, "producer sequence gap"),
     ErrorCode.DUPLICATE_SEQUENCE_NUMBER: (False, False, "duplicate producer sequence"),
     ErrorCode.INVALID_PRODUCER_EPOCH: (False, False, "producer epoch is fenced"),
-    ErrorCode.SECURITY_DISABLED: (False, False,
-                                  "no authorizer is configured (authorizer.enabled)"),
     ErrorCode.STORAGE_ERROR: (True, True, "storage error on the broker"),
     ErrorCode.UNKNOWN_PRODUCER_ID: (False, False, "unknown producer id"),
     ErrorCode.NON_EMPTY_GROUP: (False, False, "group has active members"),
@@ -255,7 +252,6 @@ PolicyViolationError = _define(ErrorCode.POLICY_VIOLATION)
 OutOfOrderSequenceNumberError = _define(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
 DuplicateSequenceNumberError = _define(ErrorCode.DUPLICATE_SEQUENCE_NUMBER)
 InvalidProducerEpochError = _define(ErrorCode.INVALID_PRODUCER_EPOCH)
-SecurityDisabledError = _define(ErrorCode.SECURITY_DISABLED)
 StorageError = _define(ErrorCode.STORAGE_ERROR)
 UnknownProducerIdError = _define(ErrorCode.UNKNOWN_PRODUCER_ID)
 NonEmptyGroupError = _define(ErrorCode.NON_EMPTY_GROUP)
