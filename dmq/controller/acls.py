@@ -28,10 +28,10 @@ from dmq.security.acl import (
     AclFilter,
     Authorizer,
     audit_change,
+    connection_principal,
     entry_from_wire,
     entry_to_wire,
     filter_from_wire,
-    connection_principal,
 )
 
 Mutate = Callable[[Callable[[], tuple[list[Record], Any]]], Awaitable[Any]]

@@ -225,8 +225,8 @@ def metadata_body(image: MetadataImage, topics: Iterable[str] | None,
     every topic; a named topic that is unknown gets UNKNOWN_TOPIC_OR_PARTITION unless
     `topic_errors` names another code for it (e.g. LEADER_NOT_AVAILABLE while it is
     being auto-created); a topic `topic_errors` names is answered with that error even
-    when it exists (TOPIC_AUTHORIZATION_FAILED). Only ONLINE and SHUTTING_DOWN brokers are listed: a client
-    never needs a fenced broker's address."""
+    when it exists (TOPIC_AUTHORIZATION_FAILED). Only ONLINE and SHUTTING_DOWN brokers
+    are listed: a client never needs a fenced broker's address."""
     errors = topic_errors or {}
     names = sorted(image.topics) if topics is None else list(dict.fromkeys(topics))
     out_topics: list[dict[str, Any]] = []
