@@ -162,7 +162,7 @@ class AclApis:
             elif failed is not None:
                 out.append({"ErrorCode": failed[0], "ErrorMessage": failed[1]})
             else:
-                answer = next(it, [int(ErrorCode.UNKNOWN_SERVER_ERROR), None])
+                answer: list[Any] = next(it, [int(ErrorCode.UNKNOWN_SERVER_ERROR), None])
                 out.append({"ErrorCode": kafka_code(int(answer[0])), "ErrorMessage": answer[1]})
         return {"ThrottleTimeMs": 0, "Results": out}
 
