@@ -2,9 +2,9 @@
 
 The commands live by subject: `server` (run a node, api-versions), `admin` (cluster
 status, topics), `groups`, `acls` (ACLs and role grants), `partitions` (partitions and
-brokers), `dev` (a local cluster as child processes), `launch` (cluster start/stop in the background); `tools`
-holds the separate console tools `dmq-produce` and `dmq-consume`; `common` the helpers
-they share. Each command parses, calls the library, prints.
+brokers), `dev` (a local cluster as child processes), `launch` (cluster start/stop in
+the background); `tools` holds the separate console tools `dmq-produce` and
+`dmq-consume`; `common` the helpers they share. Each command parses, calls the library, prints.
 
 A command's module is imported when that command is looked up, not here: importing
 `dmq.cli.tools` (the console tools' entry points) runs this file, and must not load
