@@ -47,8 +47,10 @@ class ControllerAcls:
         self.authorizer = authorizer
         self.node_id = node_id
 
-    async def create(self, principal: str, wire_acls: list[dict[str, Any]]) -> Any:
-        """-> {"results": [[error, msg]]}, one per ACL asked for."""
+    async def create(self, principal: str, wire_acls: list[dict[str, Any]],
+                     requester: str | None = None) -> Any:
+        """-> {"results": [[error, msg]]}, one per ACL asked for. `requester` names who
+        asked in the audit line (default: `principal`)."""
         self.authorizer.require_cluster(principal, ALTER, "CreateAcls")
         results: list[list[Any]] = []
         wanted: list[AccessControlEntry] = []
@@ -65,7 +67,7 @@ class ControllerAcls:
             return list(new), new
 
         added = await self._mutate(plan)
-        audit_change(self.node_id, principal, "added", added)
+        audit_change(self.node_id, requester or principal, "added", added)
         return {"results": results}
 
     def describe(self, principal: str, body: dict[str, Any]) -> Any:
@@ -74,7 +76,8 @@ class ControllerAcls:
         return {"acls": [entry_to_wire(e) for e in sorted(
             (e for e in self._acls() if f.matches(e)), key=lambda e: e.fields())]}
 
-    async def delete(self, principal: str, wire_filters: list[dict[str, Any]]) -> Any:
+    async def delete(self, principal: str, wire_filters: list[dict[str, Any]],
+                     requester: str | None = None) -> Any:
         """-> {"results": [{"error", "msg", "acls": [removed...]}]}, one per filter."""
         self.authorizer.require_cluster(principal, ALTER, "DeleteAcls")
         filters: list[AclFilter | AclError] = []
@@ -96,7 +99,7 @@ class ControllerAcls:
             return records, per_filter
 
         removed = await self._mutate(plan)
-        audit_change(self.node_id, principal, "removed",
+        audit_change(self.node_id, requester or principal, "removed",
                      dict.fromkeys(e for hits in removed for e in hits))
         out = []
         for f, hits in zip(filters, removed, strict=True):

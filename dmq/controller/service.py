@@ -62,6 +62,7 @@ from dmq.security.acl import (
     WRITE,
     Authorizer,
     connection_principal,
+    is_node,
 )
 from dmq.services import Service
 
@@ -755,13 +756,15 @@ class ControllerService(Service):
         return {"producer_id": pid, "producer_epoch": 0}
 
     async def handle_create_acls(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
-        return await self.acls.create(connection_principal(ctx.connection), body["acls"])
+        return await self.acls.create(connection_principal(ctx.connection), body["acls"],
+                                      _requester(ctx, body))
 
     async def handle_describe_acls(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
         return self.acls.describe(connection_principal(ctx.connection), body)
 
     async def handle_delete_acls(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
-        return await self.acls.delete(connection_principal(ctx.connection), body["filters"])
+        return await self.acls.delete(connection_principal(ctx.connection), body["filters"],
+                                      _requester(ctx, body))
 
     async def handle_controller_changed(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
         for listener in self.controller_changed_listeners:
@@ -789,6 +792,15 @@ class ControllerService(Service):
         if t is None:
             raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
         return t
+
+
+def _requester(ctx: RequestContext, body: dict[str, Any]) -> str:
+    """Who asks: the connection's principal, or, for a node forwarding a Kafka client's
+    request (which it authorized), "<client> via <node>" (for the audit line)."""
+    who = connection_principal(ctx.connection)
+    if is_node(who) and body.get("principal"):
+        return f"{body['principal']} (via {who})"
+    return who
 
 
 def _refused(name: str, principal: str, operation: str) -> dict[str, Any]:

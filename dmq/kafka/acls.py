@@ -119,7 +119,7 @@ class AclApis:
                 resources.setdefault((e.resource_type, e.resource_name, e.pattern_type),
                                      []).append(_kafka_acl(e))
         return {"ThrottleTimeMs": 0, "ErrorCode": 0, "ErrorMessage": None, "Resources": [
-            {"ResourceType": KAFKA_RESOURCE_TYPES[rtype], "ResourceName": name,
+            {"Type": KAFKA_RESOURCE_TYPES[rtype], "Name": name,
              "PatternType": KAFKA_PATTERN_TYPES[ptype], "Acls": acls}
             for (rtype, name, ptype), acls in resources.items()]}
 
@@ -148,8 +148,9 @@ class AclApis:
         answers: list[list[Any]] = []
         if wanted:
             try:
-                resp = await self._controller_request(ApiKey.CREATE_ACLS, {"acls": wanted},
-                                                      ACL_TIMEOUT_MS)
+                resp = await self._controller_request(
+                    ApiKey.CREATE_ACLS, {"acls": wanted, "principal": header.principal},
+                    ACL_TIMEOUT_MS)
                 answers = resp["results"]
             except (DmqError, OSError, TimeoutError) as exc:
                 failed = (kafka_code(int(exc.code)) if isinstance(exc, DmqError)
@@ -184,8 +185,9 @@ class AclApis:
         failed: tuple[int, str] | None = None
         if good:
             try:
-                resp = await self._controller_request(ApiKey.DELETE_ACLS, {"filters": good},
-                                                      ACL_TIMEOUT_MS)
+                resp = await self._controller_request(
+                    ApiKey.DELETE_ACLS, {"filters": good, "principal": header.principal},
+                    ACL_TIMEOUT_MS)
                 answers = resp["results"]
             except (DmqError, OSError, TimeoutError) as exc:
                 failed = (kafka_code(int(exc.code)) if isinstance(exc, DmqError)

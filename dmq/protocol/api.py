@@ -229,11 +229,15 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     # "pattern_type": literal|prefixed, "principal": "User:<name>"|"User:*", "host": "*",
     # "operation": Read|Write|...|All, "permission": allow|deny}; a filter has the same
     # keys, each nil (or absent) for any, and pattern_type may be "match".
-    ApiKey.CREATE_ACLS: Struct({"acls": Array(_ACL, max_items=10_000)}),
+    # "principal" (optional, from nodes only): whom a broker's Kafka listener forwards
+    # the request for, named in the controller's audit line
+    ApiKey.CREATE_ACLS: Struct({"acls": Array(_ACL, max_items=10_000)},
+                               {"principal": (Nullable(STR), None)}),
     # -> {"results": [[error, msg]]} (one per ACL, in order)
     ApiKey.DESCRIBE_ACLS: _ACL_FILTER,
     # -> {"acls": [acl, ...]} (answered from the controller's applied state)
-    ApiKey.DELETE_ACLS: Struct({"filters": Array(_ACL_FILTER, max_items=1000)}),
+    ApiKey.DELETE_ACLS: Struct({"filters": Array(_ACL_FILTER, max_items=1000)},
+                               {"principal": (Nullable(STR), None)}),
     # -> {"results": [{"error", "msg", "acls": [acl, ...] (those removed)}]}
 
     # ---- consumer groups (coordinator = active controller) -------------------------
