@@ -53,6 +53,7 @@ from dmq.protocol.server import RequestContext
 from dmq.security.acl import (
     ALTER,
     ALTER_CONFIGS,
+    CREATE,
     DELETE,
     DESCRIBE,
     DESCRIBE_CONFIGS,
@@ -623,10 +624,10 @@ class ControllerService(Service):
         principal = connection_principal(ctx.connection)
         allowed, refused = self._split(
             body["topics"], lambda t: self.authorizer.may_create_topic(
-                principal, t["name"], "CreateTopics"), principal, "Create")
+                principal, t["name"], "CreateTopics"), principal, CREATE)
         results = await self.mutate(
             lambda: self.planner.create_topics(allowed, body["validate_only"]),
-            body["timeout_ms"]) if allowed else []
+            body["timeout_ms"])
         return {"topics": refused + results}
 
     async def handle_delete_topics(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
@@ -635,7 +636,7 @@ class ControllerService(Service):
             body["topics"], lambda t: self.authorizer.check(principal, DELETE, TOPIC, t,
                                                             "DeleteTopics"), principal, DELETE)
         results = await self.mutate(lambda: self.planner.delete_topics(allowed),
-                                    body["timeout_ms"]) if allowed else []
+                                    body["timeout_ms"])
         return {"topics": refused + results}
 
     async def handle_create_partitions(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
@@ -646,7 +647,7 @@ class ControllerService(Service):
             principal, ALTER)
         results = await self.mutate(
             lambda: self.planner.create_partitions(allowed, body["validate_only"]),
-            body["timeout_ms"]) if allowed else []
+            body["timeout_ms"])
         return {"topics": refused + results}
 
     @staticmethod
