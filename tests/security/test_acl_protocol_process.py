@@ -2,7 +2,8 @@
 TLS, client certificates requested, SASL on the protocol port and `authorizer.enabled`.
 The nodes still form the cluster (registration, Raft, replication with RF=2: nodes are
 superusers by certificate); an admin superuser grants roles; a producer-only principal
-may write but not read or delete; a consumer may not write; Metadata lists only the
+may write but not read or delete; a consumer may not write, commits only for its
+group and topics; Metadata lists only the
 topics a principal may Describe; a revocation reaches a live connection; refusals and
 ACL changes are audit lines."""
 
@@ -18,7 +19,11 @@ from dmq.client import Producer
 from dmq.client.admin import Admin
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
-from dmq.protocol.errors import ErrorCode, TopicAuthorizationFailedError
+from dmq.protocol.errors import (
+    ErrorCode,
+    GroupAuthorizationFailedError,
+    TopicAuthorizationFailedError,
+)
 from dmq.security.acl import AclFilter
 from dmq.security.certs import CA
 from dmq.security.sasl import SaslCredentials, client_sasl
@@ -115,6 +120,24 @@ async def test_roles_enforced_on_dmq_protocol(secure: tuple[ProcessCluster, CA])
             assert rows[0][1][0][1] == 0 and rows[0][1][0][5]
             rows = (await bob.request(ApiKey.PRODUCE, produce_body("orders")))["topics"]
             assert rows[0][1][0][1] == REFUSED
+            # groups (at the controller): bob commits for billing on orders, not on a
+            # topic he may not read; alice may not use the group at all
+            cb = await Connection.open("127.0.0.1", pc.nodes[1].port, sasl=creds("bob"))
+            try:
+                commit = {"group_id": "billing", "member_id": "", "member_epoch": -1,
+                          "topics": [["orders", [[0, 1, None]]], ["secret", [[0, 1, None]]]]}
+                rows = dict((await cb.request(ApiKey.OFFSET_COMMIT, commit))["topics"])
+                assert rows == {"orders": [[0, 0]], "secret": [[0, REFUSED]]}
+            finally:
+                await cb.close()
+            ca_ = await Connection.open("127.0.0.1", pc.nodes[1].port, sasl=creds("alice"))
+            try:
+                with pytest.raises(GroupAuthorizationFailedError):
+                    await ca_.request(ApiKey.OFFSET_COMMIT, commit)
+                listed = await ca_.request(ApiKey.LIST_GROUPS, {})
+                assert listed["groups"] == []
+            finally:
+                await ca_.close()
             # alice deleting the topic at the controller: refused in its row
             with client_sasl(creds("alice")):
                 async with Admin(ctl) as a:
