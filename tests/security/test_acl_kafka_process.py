@@ -105,6 +105,10 @@ def test_acls_through_the_kafka_admin_client_and_enforcement(
                 codes.add(m.error().code())
                 break
         assert ck.KafkaError.TOPIC_AUTHORIZATION_FAILED in codes
+        # no ACL on the group: committing is GROUP_AUTHORIZATION_FAILED
+        with pytest.raises(ck.KafkaException) as refusal:
+            cons.commit(offsets=[ck.TopicPartition("orders", 0, 1)], asynchronous=False)
+        assert refusal.value.args[0].code() == ck.KafkaError.GROUP_AUTHORIZATION_FAILED
     finally:
         cons.close()
     # Metadata shows alice only what she may Describe
