@@ -112,8 +112,9 @@ class ControllerService(Service):
         self._notice_tasks: set[asyncio.Task[Any]] = set()
         self._forward = ControllerChannel(
             [(c.host, c.port) for c in self.config.controllers if c.node_id != self.node_id],
-            client_id=f"controller-{self.node_id}", rng=self.rng) \
-            if len(self.config.controllers) > 1 else None
+            client_id=f"controller-{self.node_id}", rng=self.rng,
+            node_id=self.node_id) \
+            if len(self.config.controllers) > 1 else None  # as a node: ACLs (auto-create)
         self._stopping = False
         self.stats_writes = 0
         self.stats_write_seconds = 0.0
