@@ -125,6 +125,10 @@ class GroupApis:
                 rows.append(_coordinator(key, INVALID_REQUEST,
                                          f"key type {key_type}: only group coordinators "
                                          "(key type 0) are served; dmq has no transactions"))
+            elif not self._group_allowed(header, DESCRIBE, key, "FindCoordinator"):
+                rows.append(_coordinator(key, int(ErrorCode.GROUP_AUTHORIZATION_FAILED),
+                                         f"{header.principal} may not Describe group "
+                                         f"{key!r}"))
             elif me is None:
                 rows.append(_coordinator(key, int(ErrorCode.COORDINATOR_NOT_AVAILABLE),
                                          "this broker is not registered with the controller "
