@@ -246,3 +246,18 @@ def test_decisions_match_the_rules(entries: frozenset[AccessControlEntry],
         for principal, op, name in asks:
             assert a.allowed(principal, op, TOPIC, name) == _reference(entries, principal, op,
                                                                        name)
+
+
+def test_kafka_filters_translate_kafkas_numbers() -> None:
+    from dmq.kafka.acls import kafka_filter
+
+    any_ = {"ResourceTypeFilter": 1, "ResourceNameFilter": None, "PatternTypeFilter": 1,
+            "PrincipalFilter": None, "HostFilter": None, "Operation": 1, "PermissionType": 1}
+    assert kafka_filter(any_) == AclFilter()
+    f = kafka_filter({**any_, "ResourceTypeFilter": 2, "ResourceNameFilter": "orders.eu",
+                      "PatternTypeFilter": 2, "Operation": 3, "PermissionType": 3})
+    assert f == AclFilter(TOPIC, "orders.eu", "match", None, None, READ, "allow")
+    assert f.matches(allow(READ, "orders.", pattern="prefixed"))
+    assert kafka_filter({**any_, "PatternTypeFilter": 4}).pattern_type == "prefixed"
+    with pytest.raises(AclError, match="resource type 7 is not supported"):
+        kafka_filter({**any_, "ResourceTypeFilter": 7})  # USER (delegation tokens)
