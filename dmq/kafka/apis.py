@@ -491,6 +491,11 @@ class KafkaApis(GroupApis, AclApis):
                         source = (CONFIG_SOURCE_DYNAMIC_TOPIC if k in t.configs
                                   else CONFIG_SOURCE_DEFAULT)
                         entry["Configs"].append(_config_entry(k, v, source, False))
+            elif rtype == RESOURCE_BROKER and self.authorizer is not None and \
+                    not self.authorizer.check(header.principal, DESCRIBE_CONFIGS, "cluster",
+                                              CLUSTER_NAME, "DescribeConfigs"):
+                entry["ErrorCode"] = int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED)
+                entry["ErrorMessage"] = f"{header.principal} may not DescribeConfigs the cluster"
             elif rtype == RESOURCE_BROKER and name in ("", str(self.broker_id)):
                 for k in sorted(SETTINGS):
                     source = (CONFIG_SOURCE_STATIC_BROKER if k in self.config.settings
