@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 from dmq.broker.errors import error_code_of, message_of
 from dmq.broker.fetch_session import FetchSession, SessionPartition
 from dmq.broker.partition import Partition, ProduceWaiter
-from dmq.log.batch import all_dmq_native
+from dmq.log.batch import all_dmq_native, any_producer_id
 from dmq.log.errors import LogError, OffsetOutOfRangeError
 from dmq.metadata.image import metadata_body
 from dmq.protocol.api import ApiKey
 from dmq.protocol.codec import VECTORED_MIN_BYTES, VectoredBody
 from dmq.protocol.errors import (
+    ClusterAuthorizationFailedError,
     DmqError,
     ErrorCode,
     InvalidRecordError,
@@ -43,8 +44,11 @@ from dmq.protocol.errors import (
 )
 from dmq.protocol.server import NO_RESPONSE, RequestContext
 from dmq.security.acl import (
+    CLUSTER,
+    CLUSTER_NAME,
     DELETE,
     DESCRIBE,
+    IDEMPOTENT_WRITE,
     READ,
     TOPIC,
     WRITE,
@@ -73,6 +77,7 @@ def _resolver(fut: asyncio.Future[None]) -> Callable[[], None]:
 _TOPIC_REFUSED = int(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
 _NO_TOPICS: set[str] = set()
 _EXEMPT = "node:checked"  # a request part the ACLs were already checked for
+_UNRESOLVED = "?"  # `_refused`: find the subject
 
 
 class DataPlane:
@@ -130,17 +135,31 @@ class DataPlane:
             return principal
         return connection_principal(ctx.connection if ctx is not None else None)
 
-    def _refused(self, ctx: RequestContext | None, principal: str | None,
-                 topics: list[list[Any]], operation: str, api: str) -> set[str]:
-        """The topics of a request the principal may not `operation` (one check per
-        topic, cached by the authorizer; nothing at all without an authorizer)."""
+    def _subject(self, ctx: RequestContext | None, principal: str | None) -> str | None:
+        """The principal whose requests are checked; None when nothing is (no
+        authorizer, a superuser, a node)."""
         authz = self.authorizer
         if authz is None or not authz.enabled:
-            return _NO_TOPICS
+            return None
         who = self._principal(ctx, principal)
-        if authz.exempt(who):
+        return None if authz.exempt(who) else who
+
+    def _refused(self, ctx: RequestContext | None, principal: str | None,
+                 topics: list[list[Any]], operation: str, api: str,
+                 who: str | None = _UNRESOLVED) -> set[str]:
+        """The topics of a request the principal may not `operation` (one check per
+        topic, cached by the authorizer; nothing at all without an authorizer)."""
+        if who == _UNRESOLVED:
+            who = self._subject(ctx, principal)
+        authz = self.authorizer
+        if who is None or authz is None:
             return _NO_TOPICS
         return {t for t, _ in topics if not authz.check(who, operation, TOPIC, t, api)}
+
+    def _may_write_idempotently(self, who: str | None) -> bool:
+        authz = self.authorizer
+        return who is None or authz is None or authz.check(
+            who, IDEMPOTENT_WRITE, CLUSTER, CLUSTER_NAME, "Produce")
 
     # ------------------------------------------------------------------ produce
 
@@ -155,7 +174,10 @@ class DataPlane:
         self.stats_produce_requests += 1
         waiter: ProduceWaiter | None = None
         out: list[list[Any]] = []
-        refused = self._refused(ctx, principal, body["topics"], WRITE, "Produce")
+        who = self._subject(ctx, principal)
+        refused = self._refused(ctx, principal, body["topics"], WRITE, "Produce", who)
+        # batches naming a producer id need IdempotentWrite on the cluster (checked once)
+        idempotent_ok: bool | None = True if who is None else None
         for topic, parts in body["topics"]:
             if refused and topic in refused:
                 out.append([topic, [[p, _TOPIC_REFUSED, -1, -1, f"not authorized to Write "
@@ -168,6 +190,13 @@ class DataPlane:
                 try:
                     part = self._partition(topic, p)
                     part.check_leader(leader_epoch)
+                    if idempotent_ok is not True and any_producer_id(records):
+                        if idempotent_ok is None:
+                            idempotent_ok = self._may_write_idempotently(who)
+                        if not idempotent_ok:
+                            raise ClusterAuthorizationFailedError(
+                                f"{who} may not IdempotentWrite on the cluster (a batch "
+                                f"names a producer id)")
                     if not kafka_listener and not all_dmq_native(records):
                         raise InvalidRecordError(
                             f"{topic}-{p}: a batch without the dmq-native mark (attribute "

@@ -17,6 +17,7 @@ import pytest
 from dmq.cli.dev import ensure_topic
 from dmq.client import Producer
 from dmq.client.admin import Admin
+from dmq.log.batch import encode_batch
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
@@ -24,7 +25,7 @@ from dmq.protocol.errors import (
     GroupAuthorizationFailedError,
     TopicAuthorizationFailedError,
 )
-from dmq.security.acl import AclFilter
+from dmq.security.acl import AclFilter, make_entry
 from dmq.security.certs import CA
 from dmq.security.sasl import SaslCredentials, client_sasl
 from dmq.security.scram import CredentialStore, make_credential
@@ -36,7 +37,8 @@ from tests.support.waiting import async_wait_until
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 MECH = "SCRAM-SHA-256"
-USERS = {"admin": "admin-secret", "alice": "alice-secret", "bob": "bob-secret"}
+USERS = {"admin": "admin-secret", "alice": "alice-secret", "bob": "bob-secret",
+         "carol": "carol-secret"}
 REFUSED = int(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
 
 
@@ -87,12 +89,17 @@ async def test_roles_enforced_on_dmq_protocol(secure: tuple[ProcessCluster, CA])
             async with Admin(ctl) as admin:
                 await admin.grant_role("producer", "User:alice", "orders")
                 await admin.grant_role("consumer", "User:bob", "orders", "billing")
+                # carol may write, but not as an idempotent producer
+                assert await admin.create_acls([
+                    make_entry("topic", "orders", "User:carol", op)
+                    for op in ("Write", "Describe")]) == [None, None]
                 listed = await admin.describe_acls(AclFilter(principal="User:alice"))
                 assert {(e.operation, e.resource_name) for e in listed} == {
                     ("Write", "orders"), ("Describe", "orders"),
                     ("IdempotentWrite", "kafka-cluster")}
                 alice = await leader_connection(pc, admin, "orders", "alice")
                 bob = await leader_connection(pc, admin, "orders", "bob")
+                carol = await leader_connection(pc, admin, "orders", "carol")
         try:
             # alice writes (idempotent producer: IdempotentWrite on the cluster)...
             with client_sasl(creds("alice")):
@@ -138,6 +145,14 @@ async def test_roles_enforced_on_dmq_protocol(secure: tuple[ProcessCluster, CA])
                 assert listed["groups"] == []
             finally:
                 await ca_.close()
+            # a batch naming a producer id needs IdempotentWrite on the cluster
+            for pid, code in ((5000, int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED)), (-1, 0)):
+                batch = encode_batch([[0, None, b"c", []]], 0, 0, 0, producer_id=pid,
+                                     producer_epoch=0 if pid >= 0 else -1,
+                                     base_sequence=0 if pid >= 0 else -1)
+                body = {"acks": 1, "timeout_ms": 5000, "topics": [["orders", [[0, -1, batch]]]]}
+                rows = (await carol.request(ApiKey.PRODUCE, body))["topics"]
+                assert rows[0][1][0][1] == code, rows
             # alice deleting the topic at the controller: refused in its row
             with client_sasl(creds("alice")):
                 async with Admin(ctl) as a:
@@ -160,6 +175,7 @@ async def test_roles_enforced_on_dmq_protocol(secure: tuple[ProcessCluster, CA])
         finally:
             await alice.close()
             await bob.close()
+            await carol.close()
         # the replicated topic is in sync on both brokers (replica fetches pass)
         with client_sasl(creds("admin")):
             async with Admin(ctl) as admin:

@@ -261,3 +261,14 @@ def test_kafka_filters_translate_kafkas_numbers() -> None:
     assert kafka_filter({**any_, "PatternTypeFilter": 4}).pattern_type == "prefixed"
     with pytest.raises(AclError, match="resource type 7 is not supported"):
         kafka_filter({**any_, "ResourceTypeFilter": 7})  # USER (delegation tokens)
+
+
+def test_any_producer_id_looks_at_every_batch_header() -> None:
+    from dmq.log.batch import any_producer_id, encode_batch
+
+    plain = encode_batch([[0, None, b"a", []]], 0, 0, 0)
+    idem = encode_batch([[0, None, b"b", []]], 0, 0, 0, producer_id=7, producer_epoch=0,
+                        base_sequence=0)
+    assert not any_producer_id(plain) and not any_producer_id(plain + plain)
+    assert any_producer_id(idem) and any_producer_id(plain + idem)
+    assert not any_producer_id(b"") and not any_producer_id(plain[:20])
