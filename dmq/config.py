@@ -92,6 +92,10 @@ SETTINGS: dict[str, Setting] = {
     "http.token.secret": Setting(
         "", "file of a secret mixed into HTTP token signing keys (same on every node; "
         "empty: keys come from the users' credentials alone)"),
+    "authorizer.enabled": Setting(
+        False, "enforce the ACLs kept in the metadata: a request no ACL allows is refused"),
+    "authorizer.super.users": Setting(
+        "", "principals allowed everything, ';'-separated (e.g. User:admin;User:ops)"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
     "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(

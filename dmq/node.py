@@ -210,6 +210,13 @@ class Node:
                 raise ConfigError("sasl.protocol.listener needs sasl.enabled.mechanisms")
             self.server.certificate_principal = certificate_principal(
                 self.tls.node_cn_format, cluster_node_roles(self.config))
+        if self.config.get("authorizer.enabled") and (self.tls is None
+                                                      or self.tls.client_auth == "none"):
+            log.warning("node %d: authorizer.enabled without client certificates: on dmq's "
+                        "protocol port a connection's NODE_HELLO claim is trusted and a node "
+                        "is not subject to ACLs, so the ACLs bind there only with "
+                        "ssl.client.auth requested or required (the Kafka listener is not "
+                        "affected)", self.spec.node_id)
         self.services = build_services(self.context())
         routes = [r for svc in self.services for r in svc.http_routes()]
         # with SASL users configured, HTTP asks for them too (Basic; see http_auth)

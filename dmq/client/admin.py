@@ -1,4 +1,4 @@
-"""`Admin`: the administrative client (topics, configs, cluster status).
+"""`Admin`: the administrative client (topics, configs, cluster status, ACLs).
 
     async with Admin("127.0.0.1:9091,127.0.0.1:9092") as admin:
         await admin.create_topic("orders", partitions=6, replication_factor=3)
@@ -24,6 +24,15 @@ from dmq.metadata.image import MetadataImage, TopicInfo, image_from_metadata
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError, ErrorCode, error_for
+from dmq.security.acl import (
+    WILDCARD,
+    AccessControlEntry,
+    AclFilter,
+    entry_from_wire,
+    entry_to_wire,
+    filter_to_wire,
+    role_entries,
+)
 
 DEFAULT_TIMEOUT_MS = 30_000
 DEFAULT_SCRAM_ITERATIONS = 8192
@@ -220,6 +229,49 @@ class Admin:
     async def unregister_broker(self, broker_id: int) -> None:
         """Forget a broker that will never return (refused while it hosts replicas)."""
         await self._request(ApiKey.UNREGISTER_BROKER, {"broker_id": broker_id})
+
+    # ACLs (dmq.security.acl) ------------------------------------------------------------
+    async def create_acls(self, acls: list[AccessControlEntry]) -> list[DmqError | None]:
+        """Add ACLs (one already present is no change); per ACL, None or its error."""
+        resp = await self._request(ApiKey.CREATE_ACLS,
+                                   {"acls": [entry_to_wire(e) for e in acls]})
+        return [error_for(code, msg) if code else None for code, msg in resp["results"]]
+
+    async def describe_acls(self, acl_filter: AclFilter | None = None
+                            ) -> list[AccessControlEntry]:
+        """The ACLs the filter matches (every ACL without one)."""
+        resp = await self._request(ApiKey.DESCRIBE_ACLS,
+                                   filter_to_wire(acl_filter or AclFilter()))
+        return [entry_from_wire(a) for a in resp["acls"]]
+
+    async def delete_acls(self, filters: list[AclFilter]) -> list[AccessControlEntry]:
+        """Remove every ACL a filter matches; returns those removed (raises the first
+        filter's error, if any)."""
+        resp = await self._request(ApiKey.DELETE_ACLS,
+                                   {"filters": [filter_to_wire(f) for f in filters]})
+        removed: list[AccessControlEntry] = []
+        for r in resp["results"]:
+            if r["error"]:
+                raise error_for(r["error"], r["msg"])
+            removed += [entry_from_wire(a) for a in r["acls"]]
+        return removed
+
+    async def grant_role(self, role: str, principal: str, topic: str = WILDCARD,
+                         group: str = WILDCARD, prefixed: bool = False
+                         ) -> list[AccessControlEntry]:
+        """Add the ACLs a role stands for (`dmq.security.acl.role_entries`)."""
+        entries = role_entries(role, principal, topic, group, prefixed)
+        for err in await self.create_acls(entries):
+            if err is not None:
+                raise err
+        return entries
+
+    async def revoke_role(self, role: str, principal: str, topic: str = WILDCARD,
+                          group: str = WILDCARD, prefixed: bool = False
+                          ) -> list[AccessControlEntry]:
+        """Remove exactly the ACLs `grant_role` with the same arguments adds."""
+        entries = role_entries(role, principal, topic, group, prefixed)
+        return await self.delete_acls([AclFilter(*e.fields()) for e in entries])
 
     async def wait_for_controller(self, timeout_ms: int = 10_000) -> dict[str, Any]:
         """Wait until an active controller answers; returns describe_cluster()."""

@@ -593,26 +593,32 @@ class ControllerGroupHost:
 
 
 def register_group_handlers(server: Any, controller: Any = None, *,
-                            host: GroupHost | None = None) -> GroupService:
+                            host: GroupHost | None = None,
+                            guard: Callable[[ApiKey, Any], Any] | None = None) -> GroupService:
     """Register the group APIs on `server` for a `ControllerService` (or any
-    `GroupHost`). The returned service stops by itself when the node stops leading;
-    `close()` stops it for good."""
+    `GroupHost`), each through `guard(key, handler)` when given (the ACL check). The
+    returned service stops by itself when the node stops leading; `close()` stops it
+    for good."""
     if host is None:
         assert controller is not None, "register_group_handlers needs a controller or host"
         host = ControllerGroupHost(controller)
     svc = GroupService(host)
-    server.register(ApiKey.CONSUMER_GROUP_HEARTBEAT, svc.heartbeat)
-    server.register(ApiKey.OFFSET_COMMIT, svc.offset_commit)
-    server.register(ApiKey.OFFSET_FETCH, svc.offset_fetch)
-    server.register(ApiKey.OFFSET_DELETE, svc.offset_delete)
-    server.register(ApiKey.LIST_GROUPS, svc.list_groups)
-    server.register(ApiKey.DESCRIBE_GROUPS, svc.describe_groups)
-    server.register(ApiKey.DELETE_GROUPS, svc.delete_groups)
-    server.register(ApiKey.RESET_OFFSETS, svc.reset_offsets)
-    server.register(ApiKey.JOIN_GROUP, svc.join_group)
-    server.register(ApiKey.SYNC_GROUP, svc.sync_group)
-    server.register(ApiKey.HEARTBEAT, svc.classic_heartbeat)
-    server.register(ApiKey.LEAVE_GROUP, svc.leave_group)
+    handlers: dict[ApiKey, Any] = {
+        ApiKey.CONSUMER_GROUP_HEARTBEAT: svc.heartbeat,
+        ApiKey.OFFSET_COMMIT: svc.offset_commit,
+        ApiKey.OFFSET_FETCH: svc.offset_fetch,
+        ApiKey.OFFSET_DELETE: svc.offset_delete,
+        ApiKey.LIST_GROUPS: svc.list_groups,
+        ApiKey.DESCRIBE_GROUPS: svc.describe_groups,
+        ApiKey.DELETE_GROUPS: svc.delete_groups,
+        ApiKey.RESET_OFFSETS: svc.reset_offsets,
+        ApiKey.JOIN_GROUP: svc.join_group,
+        ApiKey.SYNC_GROUP: svc.sync_group,
+        ApiKey.HEARTBEAT: svc.classic_heartbeat,
+        ApiKey.LEAVE_GROUP: svc.leave_group,
+    }
+    for key, handler in handlers.items():
+        server.register(key, handler if guard is None else guard(key, handler))
     return svc
 
 

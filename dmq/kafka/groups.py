@@ -58,7 +58,8 @@ from dmq.kafka.server import Api
 from dmq.kafka.topic_ids import TopicNames, topic_uuid
 from dmq.metadata.image import FENCED, MetadataImage
 from dmq.protocol.api import ApiKey
-from dmq.protocol.errors import DmqError, ErrorCode
+from dmq.protocol.errors import DmqError, ErrorCode, GroupAuthorizationFailedError
+from dmq.security.acl import DELETE, DESCRIBE, GROUP, READ, TOPIC, Authorizer
 
 if TYPE_CHECKING:
     from dmq.kafka.codec import RequestHeader
@@ -111,6 +112,17 @@ class GroupApis:
     _controller_request: ControllerRequest
     topic_names: TopicNames
 
+    @property
+    def authorizer(self) -> Authorizer | None:  # the data plane's (KafkaApis)
+        raise NotImplementedError
+
+    def _group_allowed(self, header: RequestHeader, operation: str, group: str,
+                       api: str) -> bool:
+        """The controller hears this broker (a node) forward, not the client: the
+        group's ACLs are checked here."""
+        authz = self.authorizer
+        return authz is None or authz.check(header.principal, operation, GROUP, group, api)
+
     def group_table(self) -> list[Api]:
         return [
             Api(8, "OffsetCommit", 2, 9, self.offset_commit),
@@ -141,6 +153,10 @@ class GroupApis:
                 rows.append(_coordinator(key, INVALID_REQUEST,
                                          f"key type {key_type}: only group coordinators "
                                          "(key type 0) are served; dmq has no transactions"))
+            elif not self._group_allowed(header, DESCRIBE, key, "FindCoordinator"):
+                rows.append(_coordinator(key, int(ErrorCode.GROUP_AUTHORIZATION_FAILED),
+                                         f"{header.principal} may not Describe group "
+                                         f"{key!r}"))
             elif me is None:
                 rows.append(_coordinator(key, int(ErrorCode.COORDINATOR_NOT_AVAILABLE),
                                          "this broker is not registered with the controller "
@@ -165,20 +181,32 @@ class GroupApis:
     # ------------------------------------------------------------------ OffsetCommit
 
     async def offset_commit(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+        authz = self.authorizer
+        denied = {t["Name"] for t in body["Topics"] if authz is not None and not authz.check(
+            header.principal, READ, TOPIC, t["Name"], "OffsetCommit")}
         request = {
             "group_id": body["GroupId"], "member_id": body.get("MemberId") or "",
             "member_epoch": body.get("GenerationIdOrMemberEpoch", -1),
             "topics": [[t["Name"], [[p["PartitionIndex"], p["CommittedOffset"],
                                      p.get("CommittedMetadata")] for p in t["Partitions"]]]
-                       for t in body["Topics"]]}
-        errors: dict[tuple[str, int], int] = {}
+                       for t in body["Topics"] if t["Name"] not in denied]}
+        errors: dict[tuple[str, int], int] = {
+            (t["Name"], p["PartitionIndex"]): int(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
+            for t in body["Topics"] if t["Name"] in denied for p in t["Partitions"]}
         failed: int | None = None
+        if not self._group_allowed(header, READ, body["GroupId"], "OffsetCommit"):
+            failed = int(ErrorCode.GROUP_AUTHORIZATION_FAILED)
+            request["topics"] = []
         try:
+            if not request["topics"]:
+                raise _NothingToAsk
             resp = await self._controller_request(ApiKey.OFFSET_COMMIT, request,
                                                   GROUP_ROUTE_TIMEOUT_MS)
             for topic, rows in resp["topics"]:
                 for p, err in rows:
                     errors[(topic, p)] = kafka_code(err or 0)
+        except _NothingToAsk:
+            pass
         except (DmqError, OSError, TimeoutError) as exc:
             failed = group_error_code(exc)
             log.info("broker=%d Kafka OffsetCommit of group %r failed: %s", self.broker_id,
@@ -197,10 +225,10 @@ class GroupApis:
     async def offset_fetch(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         version = header.api_version
         if version >= 8:
-            groups = [await self._fetch_group(g["GroupId"], g["Topics"])
+            groups = [await self._fetch_group(header, g["GroupId"], g["Topics"])
                       for g in body["Groups"]]
             return {"ThrottleTimeMs": 0, "Groups": groups}
-        group = await self._fetch_group(body["GroupId"], body["Topics"])
+        group = await self._fetch_group(header, body["GroupId"], body["Topics"])
         code = group["ErrorCode"]
         if version < 2 and code:
             # v0-1 have no top-level error: every asked-for partition carries it
@@ -209,11 +237,14 @@ class GroupApis:
                     p["ErrorCode"] = code
         return {"ThrottleTimeMs": 0, "Topics": group["Topics"], "ErrorCode": code}
 
-    async def _fetch_group(self, group: str, topics: list[dict[str, Any]] | None
-                           ) -> dict[str, Any]:
+    async def _fetch_group(self, header: RequestHeader, group: str,
+                           topics: list[dict[str, Any]] | None) -> dict[str, Any]:
         wanted = None if topics is None else [[t["Name"], list(t["PartitionIndexes"])]
                                               for t in topics]
         try:
+            if not self._group_allowed(header, DESCRIBE, group, "OffsetFetch"):
+                raise GroupAuthorizationFailedError(f"{header.principal} may not Describe "
+                                                    f"group {group!r}")
             resp = await self._controller_request(
                 ApiKey.OFFSET_FETCH, {"group_id": group, "topics": wanted},
                 GROUP_ROUTE_TIMEOUT_MS)
@@ -350,9 +381,12 @@ class GroupApis:
 
     # ------------------------------------------------------------------ classic groups
 
-    async def _forward(self, key: ApiKey, request: dict[str, Any], timeout_ms: int
-                       ) -> dict[str, Any] | int:
-        """The controller's answer, or the Kafka error code of a failed forward."""
+    async def _forward(self, header: RequestHeader, key: ApiKey, request: dict[str, Any],
+                       timeout_ms: int) -> dict[str, Any] | int:
+        """The controller's answer, or the Kafka error code of a failed forward (or of
+        a member the group's ACLs refuse: Read on the group)."""
+        if not self._group_allowed(header, READ, request["group_id"], key.name):
+            return int(ErrorCode.GROUP_AUTHORIZATION_FAILED)
         try:
             answer: dict[str, Any] = await self._controller_request(key, request, timeout_ms)
             return answer
@@ -373,7 +407,7 @@ class GroupApis:
                    "instance_id": body.get("GroupInstanceId"),
                    "require_known_member_id": header.api_version >= 4,
                    "client_id": header.client_id or ""}
-        answer = await self._forward(ApiKey.JOIN_GROUP, request,
+        answer = await self._forward(header, ApiKey.JOIN_GROUP, request,
                                      max(rebalance_ms, 0) + JOIN_SLACK_MS)
         if isinstance(answer, int):
             return {"ThrottleTimeMs": 0, "ErrorCode": answer, "GenerationId": -1,
@@ -395,7 +429,7 @@ class GroupApis:
                    "protocol_name": body.get("ProtocolName"),
                    "assignments": [[a["MemberId"], bytes(a["Assignment"])]
                                    for a in body["Assignments"]]}
-        answer = await self._forward(ApiKey.SYNC_GROUP, request, SYNC_TIMEOUT_MS)
+        answer = await self._forward(header, ApiKey.SYNC_GROUP, request, SYNC_TIMEOUT_MS)
         if isinstance(answer, int):
             return {"ThrottleTimeMs": 0, "ErrorCode": answer, "ProtocolType": None,
                     "ProtocolName": None, "Assignment": b""}
@@ -404,7 +438,7 @@ class GroupApis:
                 "Assignment": answer["assignment"]}
 
     async def heartbeat(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
-        answer = await self._forward(ApiKey.HEARTBEAT, {
+        answer = await self._forward(header, ApiKey.HEARTBEAT, {
             "group_id": body["GroupId"], "generation": body["GenerationId"],
             "member_id": body["MemberId"], "instance_id": body.get("GroupInstanceId")},
             GROUP_ROUTE_TIMEOUT_MS)
@@ -415,7 +449,7 @@ class GroupApis:
         version = header.api_version
         members = ([[body["MemberId"], None]] if version < 3 else
                    [[m["MemberId"], m.get("GroupInstanceId")] for m in body["Members"]])
-        answer = await self._forward(ApiKey.LEAVE_GROUP, {"group_id": body["GroupId"],
+        answer = await self._forward(header, ApiKey.LEAVE_GROUP, {"group_id": body["GroupId"],
                                                           "members": members},
                                      GROUP_ROUTE_TIMEOUT_MS)
         if isinstance(answer, int):
@@ -435,6 +469,9 @@ class GroupApis:
                                                     GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             return {"ThrottleTimeMs": 0, "ErrorCode": group_error_code(exc), "Groups": []}
+        answer["groups"] = [g for g in answer["groups"] if self.authorizer is None
+                            or self.authorizer.allowed(header.principal, DESCRIBE, GROUP,
+                                                       g["group_id"])]
         states = {x.lower() for x in body.get("StatesFilter") or []}
         types = {x.lower() for x in body.get("TypesFilter") or []}
         out = []
@@ -449,15 +486,20 @@ class GroupApis:
         return {"ThrottleTimeMs": 0, "ErrorCode": 0, "Groups": out}
 
     async def describe_groups(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
-        names = list(body["Groups"])
+        names = [n for n in body["Groups"]
+                 if self._group_allowed(header, DESCRIBE, n, "DescribeGroups")]
+        refused = [_described(n, int(ErrorCode.GROUP_AUTHORIZATION_FAILED), "", "", "", [])
+                   for n in body["Groups"] if n not in names]
+        if not names:
+            return {"ThrottleTimeMs": 0, "Groups": refused}
         try:
             answer = await self._controller_request(ApiKey.DESCRIBE_GROUPS,
                                                     {"groups": names}, GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             code = group_error_code(exc)
-            return {"ThrottleTimeMs": 0, "Groups": [_described(n, code, "", "", "", [])
-                                                    for n in names]}
-        out = []
+            return {"ThrottleTimeMs": 0, "Groups": refused + [
+                _described(n, code, "", "", "", []) for n in names]}
+        out = refused
         for g in answer["groups"]:
             code = g["error"]
             if code == int(ErrorCode.GROUP_ID_NOT_FOUND):
@@ -480,17 +522,26 @@ class GroupApis:
         return {"ThrottleTimeMs": 0, "Groups": out}
 
     async def delete_groups(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
-        names = list(body["GroupsNames"])
+        names = [n for n in body["GroupsNames"]
+                 if self._group_allowed(header, DELETE, n, "DeleteGroups")]
+        refused = [{"GroupId": n, "ErrorCode": int(ErrorCode.GROUP_AUTHORIZATION_FAILED)}
+                   for n in body["GroupsNames"] if n not in names]
+        if not names:
+            return {"ThrottleTimeMs": 0, "Results": refused}
         try:
             answer = await self._controller_request(ApiKey.DELETE_GROUPS, {"groups": names},
                                                     DELETE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             code = group_error_code(exc)
-            return {"ThrottleTimeMs": 0, "Results": [{"GroupId": n, "ErrorCode": code}
-                                                     for n in names]}
-        return {"ThrottleTimeMs": 0, "Results": [
+            return {"ThrottleTimeMs": 0, "Results": refused + [
+                {"GroupId": n, "ErrorCode": code} for n in names]}
+        return {"ThrottleTimeMs": 0, "Results": refused + [
             {"GroupId": g["group_id"], "ErrorCode": kafka_code(g["error"])}
             for g in answer["groups"]]}
+
+
+class _NothingToAsk(Exception):
+    """Every topic of a commit was refused: no forward."""
 
 
 def consumer_assignment(assignment: list[list[Any]]) -> bytes:

@@ -34,7 +34,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dmq.kafka.codec import (
@@ -47,6 +47,8 @@ from dmq.kafka.codec import (
     peek_request_header,
     read_request_header,
 )
+from dmq.security.acl import ANONYMOUS
+from dmq.security.tls import principal as certificate_principal
 
 log = logging.getLogger("dmq.kafka")
 
@@ -196,8 +198,10 @@ class KafkaServer:
         self._per_ip[host] = self._per_ip.get(host, 0) + 1
         session = self.sasl.session(host, self.ssl is not None) if self.sasl is not None \
             else None
+        # the principal without SASL: the client certificate's subject (mTLS), if any
+        principal = certificate_principal(writer.get_extra_info("peercert")) or ANONYMOUS
         try:
-            await self._serve(reader, writer, peer, session)
+            await self._serve(reader, writer, peer, session, principal)
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -213,7 +217,7 @@ class KafkaServer:
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     peer: Any, session: Any = None) -> None:
+                     peer: Any, session: Any = None, principal: str = ANONYMOUS) -> None:
         queue: asyncio.Queue[tuple[Any, str, int, int] | None] = asyncio.Queue(
             self.max_in_flight)
         inflight = [0]  # answers queued or being written
@@ -241,7 +245,7 @@ class KafkaServer:
                     if session is not None and session.raw:
                         item = self._sasl_raw(session, frame)  # after SaslHandshake v0
                     else:
-                        item = self._dispatch(frame, session)
+                        item = self._dispatch(frame, session, principal)
                 except TimeoutError:
                     self.stats_idle_closed += 1
                     return
@@ -287,7 +291,8 @@ class KafkaServer:
             if not read.done():
                 read.cancel()
 
-    def _dispatch(self, frame: bytes, session: Any = None) -> tuple[Any, str, int, int] | None:
+    def _dispatch(self, frame: bytes, session: Any = None, principal: str = ANONYMOUS
+                  ) -> tuple[Any, str, int, int] | None:
         """Decode one request and start its handler: (answer or awaitable, message name,
         version, correlation id), or None when no answer is due."""
         api_key, version, correlation_id = peek_request_header(frame)
@@ -308,6 +313,10 @@ class KafkaServer:
         flexible = message_spec(api.name + "Request").is_flexible(version)
         r = Reader(frame)
         header = read_request_header(r, flexible)
+        if session is not None and session.principal is not None:
+            principal = session.principal
+        if principal != ANONYMOUS:
+            header = replace(header, principal=principal)
         body = decode_request_body(api.name, version, r)
         self.stats_requests += 1
         result = api.handler(header, body)

@@ -34,6 +34,10 @@ One Raft entry carries one *batch* of records, applied atomically:
                          re-registered meanwhile)
     CLUSTER_ID           cluster_id (written once, by the first active controller of a
                          cluster; a later one is skipped: the first stays for good)
+    ACCESS_CONTROL_ENTRY resource_type, resource_name, pattern_type, principal, host,
+                         operation, permission (an ACL; values and meaning:
+                         dmq.security.acl; one already present is skipped)
+    REMOVE_ACCESS_CONTROL_ENTRY  the same seven fields (skipped if absent)
 
   Users and HTTP tokens (dmq.security.users, dmq.security.tokens):
 
@@ -83,6 +87,8 @@ class RecordType(IntEnum):
     USER_SCRAM_CREDENTIAL = 17
     REMOVE_USER_SCRAM_CREDENTIAL = 18
     REVOKE_TOKEN = 19
+    ACCESS_CONTROL_ENTRY = 15
+    REMOVE_ACCESS_CONTROL_ENTRY = 16
 
 
 class MalformedRecordError(ValueError):
@@ -309,12 +315,48 @@ def _user_record(t: RecordType, f: list[Any]) -> Record | None:
     if t is RecordType.REVOKE_TOKEN:
         return RevokeToken(str(f[0]), int(f[1]), int(f[2]))
     return None
+@dataclass(frozen=True, slots=True)
+class AccessControlEntry:
+    """One ACL, as kept in the metadata (strings as `dmq.security.acl` spells them;
+    that module validates them before a record is written)."""
+    TYPE: ClassVar[RecordType] = RecordType.ACCESS_CONTROL_ENTRY
+    resource_type: str  # topic | group | cluster | transactional_id
+    resource_name: str  # "*" (literal): every resource of the type
+    pattern_type: str  # literal | prefixed
+    principal: str  # User:<name> | User:*
+    host: str
+    operation: str  # Read, Write, ... All
+    permission: str  # allow | deny
+
+    def fields(self) -> list[str]:
+        return [self.resource_type, self.resource_name, self.pattern_type, self.principal,
+                self.host, self.operation, self.permission]
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, *self.fields()]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveAccessControlEntry:
+    TYPE: ClassVar[RecordType] = RecordType.REMOVE_ACCESS_CONTROL_ENTRY
+    entry: AccessControlEntry
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, *self.entry.fields()]
+
+
+def acl_entry(fields: Any) -> AccessControlEntry:
+    """An entry from its seven wire fields (strings)."""
+    if len(fields) != 7 or not all(isinstance(f, str) for f in fields):
+        raise ValueError("an ACL is seven strings")
+    return AccessControlEntry(*fields)
 
 
 Record = (RegisterBroker | FenceBroker | UnfenceBroker | BrokerShuttingDown | CreateTopic
           | AddPartitions | RemoveTopic | PartitionChange | TopicConfig | ProducerIds
           | OffsetCommit | PartitionReassign | UnregisterBroker | ClusterId
-          | UserScramCredential | RemoveUserScramCredential | RevokeToken)
+          | UserScramCredential | RemoveUserScramCredential | RevokeToken | AccessControlEntry
+          | RemoveAccessControlEntry)
 
 
 def _tuples(rows: Any) -> tuple[tuple[int, ...], ...]:
@@ -361,6 +403,10 @@ def _from_wire(obj: list[Any]) -> Record:
     user_record = _user_record(t, f)
     if user_record is not None:
         return user_record
+    if t is RecordType.ACCESS_CONTROL_ENTRY:
+        return acl_entry(f)
+    if t is RecordType.REMOVE_ACCESS_CONTROL_ENTRY:
+        return RemoveAccessControlEntry(acl_entry(f))
     raise AssertionError(t)  # pragma: no cover - every RecordType is handled above
 
 

@@ -38,6 +38,10 @@ records themselves); an empty map is a deleted user. Like a topic's partitions, 
 dict is copied the first time an entry changes it after an image shared it (so a
 published image never sees it change, and an entry of many user records copies it
 once); likewise `revoked_tokens` (token id -> expiry in ms).
+     "acls": [[resource_type, resource_name, pattern_type, principal, host, operation,
+               permission], ...] (absent while there is none)}
+
+"offsets" is absent in the broker-facing snapshot of MetadataFetch; "acls" is in both.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from dmq.metadata.image import (
 )
 from dmq.metadata.records import (
     NO_CHANGE,
+    AccessControlEntry,
     AddPartitions,
     ClusterId,
     CreateTopic,
@@ -71,11 +76,13 @@ from dmq.metadata.records import (
     Record,
     RecordType,
     RegisterBroker,
+    RemoveAccessControlEntry,
     RemoveTopic,
     RemoveUserScramCredential,
     RevokeToken,
     TopicConfig,
     UserScramCredential,
+    acl_entry,
     record_from_wire,
 )
 
@@ -107,6 +114,8 @@ class MetadataState:
         self.users: dict[str, dict[str, UserScramCredential]] = {}
         self.revoked_tokens: dict[str, int] = {}
         self._users_shared = False  # an image holds `users` / `revoked_tokens`
+        # every ACL; replaced (never changed in place) so images share it by identity
+        self.acls: frozenset[AccessControlEntry] = frozenset()
         self.skipped_records = 0
         # recent entries for MetadataFetch deltas: (index, wire records)
         self.history: deque[tuple[int, list[list[Any]]]] = deque(maxlen=history_entries or 1)
@@ -118,6 +127,7 @@ class MetadataState:
         # None after a restore: the next image has no changes to offer (all is new)
         self._changed_topics: dict[str, set[int] | None] = {}
         self._changed_brokers: set[int] = set()
+        self._changed_acls = False
         self._changes_base: weakref.ref[MetadataImage] | None = None
         self._apply = {
             RecordType.REGISTER_BROKER: self._register_broker,
@@ -134,6 +144,8 @@ class MetadataState:
             RecordType.PARTITION_REASSIGN: self._partition_reassign,
             RecordType.UNREGISTER_BROKER: self._unregister_broker,
             RecordType.CLUSTER_ID: self._cluster_id,
+            RecordType.ACCESS_CONTROL_ENTRY: self._add_acl,
+            RecordType.REMOVE_ACCESS_CONTROL_ENTRY: self._remove_acl,
         }
         self._apply.update({
             RecordType.USER_SCRAM_CREDENTIAL: self._user_scram_credential,
@@ -253,6 +265,7 @@ class MetadataState:
             self._changes_base = None
             self._changed_topics = {}
             self._changed_brokers = set()
+            self._changed_acls = False
             return False
         return True
 
@@ -350,6 +363,26 @@ class MetadataState:
             return
         self.cluster_id = r.cluster_id
 
+    def _add_acl(self, rec: Any, index: int) -> None:
+        r: AccessControlEntry = rec
+        if r in self.acls:
+            self._skip(rec, "the ACL exists")
+            return
+        self.acls = self.acls | {r}
+        self._acls_changed()
+
+    def _remove_acl(self, rec: Any, index: int) -> None:
+        r: RemoveAccessControlEntry = rec
+        if r.entry not in self.acls:
+            self._skip(rec, "no such ACL")
+            return
+        self.acls = self.acls - {r.entry}
+        self._acls_changed()
+
+    def _acls_changed(self) -> None:
+        if self._tracking():
+            self._changed_acls = True
+
     def _producer_ids(self, rec: Any, index: int) -> None:
         r: ProducerIds = rec
         if r.next_producer_id <= self.next_producer_id:
@@ -414,14 +447,17 @@ class MetadataState:
                 changes = ImageChanges(
                     {t: None if ps is None else frozenset(ps)
                      for t, ps in self._changed_topics.items()},
-                    frozenset(self._changed_brokers), self._changes_base, topics, brokers)
+                    frozenset(self._changed_brokers), self._changes_base, topics, brokers,
+                    self._changed_acls)
             img = MetadataImage(self.version, controller_id, brokers, topics, controller_term,
                                 controller_address, changes, self.cluster_id,
-                                users=self.users, revoked_tokens=self.revoked_tokens)
+                                acls=self.acls, users=self.users,
+                                revoked_tokens=self.revoked_tokens)
             self._users_shared = True
             self._owned.clear()
             self._changed_topics = {}
             self._changed_brokers = set()
+            self._changed_acls = False
             self._changes_base = weakref.ref(img)
             self._image = img
         return img
@@ -466,6 +502,8 @@ class MetadataState:
                              for u, creds in sorted(self.users.items())]
         if self.revoked_tokens:
             snap["revoked_tokens"] = [[t, exp] for t, exp in sorted(self.revoked_tokens.items())]
+        if self.acls:
+            snap["acls"] = sorted(e.fields() for e in self.acls)
         if include_offsets:
             snap["offsets"] = {g: [[t, p, o, md, ts] for (t, p), (o, md, ts) in sorted(
                 offs.items())] for g, offs in sorted(self.offsets.items())}
@@ -502,6 +540,7 @@ class MetadataState:
                       for u, creds in snap.get("users", [])}
         self.revoked_tokens = {t: int(exp) for t, exp in snap.get("revoked_tokens", [])}
         self._users_shared = False
+        self.acls = frozenset(acl_entry(f) for f in snap.get("acls", ()))
         self.offsets = {}
         if self.keep_offsets:
             for g, rows in snap.get("offsets", {}).items():
@@ -512,6 +551,7 @@ class MetadataState:
         self._image = None
         self._changed_topics = {}
         self._changed_brokers = set()
+        self._changed_acls = False
         self._changes_base = None
 
 

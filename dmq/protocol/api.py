@@ -49,6 +49,9 @@ class ApiKey(IntEnum):
     DELETE_RECORDS = 21
     INIT_PRODUCER_ID = 22
     OFFSET_FOR_LEADER_EPOCH = 23
+    DESCRIBE_ACLS = 29
+    CREATE_ACLS = 30
+    DELETE_ACLS = 31
     DESCRIBE_CONFIGS = 32
     ALTER_CONFIGS = 33
     CREATE_PARTITIONS = 37
@@ -92,6 +95,13 @@ API_VERSION_RANGE: dict[ApiKey, tuple[int, int]] = {key: (0, 0) for key in ApiKe
 # request on the hot path. Responses are documented here and built by the handlers.
 _CONFIGS = MapOf(STR, STR)
 _TOPIC_NAMES = Nullable(Array(STR, max_items=100_000))
+_ACL = Struct({"resource_type": STR, "resource_name": STR, "principal": STR,
+               "operation": STR},
+              {"pattern_type": (STR, "literal"), "host": (STR, "*"),
+               "permission": (STR, "allow")})
+_ACL_FILTER = Struct(optional={k: (Nullable(STR), None) for k in (
+    "resource_type", "resource_name", "pattern_type", "principal", "host", "operation",
+    "permission")})
 
 REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.API_VERSIONS: Struct(optional={"client_software": (STR, "")}),
@@ -218,6 +228,22 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.CONTROLLER_CHANGED: Struct({"controller_id": INT, "term": INT, "host": STR,
                                        "port": INT}),
     # -> {}
+
+    # ---- ACLs (dmq.security.acl; kept in the metadata by the active controller) -----
+    # An ACL is {"resource_type": topic|group|cluster|transactional_id, "resource_name",
+    # "pattern_type": literal|prefixed, "principal": "User:<name>"|"User:*", "host": "*",
+    # "operation": Read|Write|...|All, "permission": allow|deny}; a filter has the same
+    # keys, each nil (or absent) for any, and pattern_type may be "match".
+    # "principal" (optional, from nodes only): whom a broker's Kafka listener forwards
+    # the request for, named in the controller's audit line
+    ApiKey.CREATE_ACLS: Struct({"acls": Array(_ACL, max_items=10_000)},
+                               {"principal": (Nullable(STR), None)}),
+    # -> {"results": [[error, msg]]} (one per ACL, in order)
+    ApiKey.DESCRIBE_ACLS: _ACL_FILTER,
+    # -> {"acls": [acl, ...]} (answered from the controller's applied state)
+    ApiKey.DELETE_ACLS: Struct({"filters": Array(_ACL_FILTER, max_items=1000)},
+                               {"principal": (Nullable(STR), None)}),
+    # -> {"results": [{"error", "msg", "acls": [acl, ...] (those removed)}]}
 
     # ---- consumer groups (coordinator = active controller) -------------------------
     ApiKey.CONSUMER_GROUP_HEARTBEAT: Struct(

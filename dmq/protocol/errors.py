@@ -39,6 +39,8 @@ class ErrorCode(IntEnum):
     INVALID_GROUP_ID = 24
     UNKNOWN_MEMBER_ID = 25
     INVALID_SESSION_TIMEOUT = 26
+    TOPIC_AUTHORIZATION_FAILED = 29
+    GROUP_AUTHORIZATION_FAILED = 30
     CLUSTER_AUTHORIZATION_FAILED = 31
     INVALID_TIMESTAMP = 32
     UNSUPPORTED_SASL_MECHANISM = 33
@@ -117,8 +119,11 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.INVALID_GROUP_ID: (False, False, "group id is empty or too long"),
     ErrorCode.UNKNOWN_MEMBER_ID: (False, False, "unknown group member"),
     ErrorCode.INVALID_SESSION_TIMEOUT: (False, False, "invalid session timeout"),
+    ErrorCode.TOPIC_AUTHORIZATION_FAILED: (False, False, "not authorized to access the topic"),
+    ErrorCode.GROUP_AUTHORIZATION_FAILED: (False, False, "not authorized to access the group"),
     ErrorCode.CLUSTER_AUTHORIZATION_FAILED: (
-        False, False, "inter-node request on a connection not identified as that node"),
+        False, False, "not authorized for a cluster operation (or an inter-node request on "
+        "a connection not identified as that node)"),
     ErrorCode.INVALID_TIMESTAMP: (False, False, "invalid timestamp"),
     ErrorCode.UNSUPPORTED_SASL_MECHANISM: (False, False, "SASL mechanism not offered"),
     ErrorCode.ILLEGAL_SASL_STATE: (False, False, "SASL request out of order"),
@@ -242,6 +247,8 @@ InvalidRequiredAcksError = _define(ErrorCode.INVALID_REQUIRED_ACKS)
 InvalidGroupIdError = _define(ErrorCode.INVALID_GROUP_ID)
 UnknownMemberIdError = _define(ErrorCode.UNKNOWN_MEMBER_ID)
 InvalidSessionTimeoutError = _define(ErrorCode.INVALID_SESSION_TIMEOUT)
+TopicAuthorizationFailedError = _define(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
+GroupAuthorizationFailedError = _define(ErrorCode.GROUP_AUTHORIZATION_FAILED)
 ClusterAuthorizationFailedError = _define(ErrorCode.CLUSTER_AUTHORIZATION_FAILED)
 InvalidTimestampError = _define(ErrorCode.INVALID_TIMESTAMP)
 UnsupportedSaslMechanismError = _define(ErrorCode.UNSUPPORTED_SASL_MECHANISM)

@@ -9,6 +9,7 @@ from dmq.controller.state_machine import MetadataStateMachine
 from dmq.metadata.image import FENCED, NO_LEADER, ONLINE
 from dmq.metadata.records import (
     NO_CHANGE,
+    AccessControlEntry,
     AddPartitions,
     BrokerShuttingDown,
     ClusterId,
@@ -21,6 +22,7 @@ from dmq.metadata.records import (
     ProducerIds,
     RecordType,
     RegisterBroker,
+    RemoveAccessControlEntry,
     RemoveTopic,
     RemoveUserScramCredential,
     RevokeToken,
@@ -47,6 +49,9 @@ ALL = [
     PartitionReassign("t", 0, 5, (3, 1), (), (), 3, (3, 1)),
     UnregisterBroker(2, 7),
     ClusterId("AAAAAAAAAAAAAAAAAAAAAA"),
+    AccessControlEntry("topic", "t", "literal", "User:a", "*", "Read", "allow"),
+    RemoveAccessControlEntry(AccessControlEntry("group", "g", "prefixed", "User:*", "*",
+                                                "Read", "deny")),
 ]
 # users and HTTP tokens
 ALL += [
