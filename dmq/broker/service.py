@@ -47,6 +47,7 @@ class BrokerService(Service):
                                        lambda: int(self.lifecycle.broker_epoch),
                                        clock=self.clock)
         self.lifecycle.on_metadata_error = self._metadata_error
+        self.lifecycle.reassignment_progress = self.replicas.reassignment_progress
         self.replicas.on_fatal = ctx.fatal
         self.data_plane = DataPlane(self.replicas, self.lifecycle.controller_request,
                                     bool(self.config.get("auto.create.topics.enable")))

@@ -131,6 +131,9 @@ class MetadataImage:
     # the cluster's id, kept in Raft metadata from the first active controller on;
     # None before that record (and in images built from a Metadata answer without it)
     cluster_id: str | None = None
+    # cluster-wide dynamic broker configs (DYNAMIC_CONFIG records: key -> value), over
+    # the static settings of the config file; never changed in place
+    dynamic_configs: Mapping[str, str] = field(default_factory=dict)
 
     def partition(self, topic: str, p: int) -> PartitionInfo | None:
         t = self.topics.get(topic)

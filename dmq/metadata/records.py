@@ -34,6 +34,10 @@ One Raft entry carries one *batch* of records, applied atomically:
                          re-registered meanwhile)
     CLUSTER_ID           cluster_id (written once, by the first active controller of a
                          cluster; a later one is skipped: the first stays for good)
+    DYNAMIC_CONFIG       key, value|nil: a cluster-wide dynamic broker config (Kafka's
+                         broker configs set with --entity-default), e.g.
+                         follower.replication.throttled.rate; nil: back to the static
+                         setting of the config file
 
 Records are applied deterministically by every controller and every broker image, so
 anything random (topic ids, placement) is chosen before proposing and written here.
@@ -67,6 +71,7 @@ class RecordType(IntEnum):
     PARTITION_REASSIGN = 12
     UNREGISTER_BROKER = 13
     CLUSTER_ID = 14
+    DYNAMIC_CONFIG = 20
 
 
 class MalformedRecordError(ValueError):
@@ -243,9 +248,19 @@ class ClusterId:
         return [self.TYPE, self.cluster_id]
 
 
+@dataclass(frozen=True, slots=True)
+class DynamicConfig:
+    TYPE: ClassVar[RecordType] = RecordType.DYNAMIC_CONFIG
+    key: str
+    value: str | None
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.key, self.value]
+
+
 Record = (RegisterBroker | FenceBroker | UnfenceBroker | BrokerShuttingDown | CreateTopic
           | AddPartitions | RemoveTopic | PartitionChange | TopicConfig | ProducerIds
-          | OffsetCommit | PartitionReassign | UnregisterBroker | ClusterId)
+          | OffsetCommit | PartitionReassign | UnregisterBroker | ClusterId | DynamicConfig)
 
 
 def _tuples(rows: Any) -> tuple[tuple[int, ...], ...]:
@@ -289,6 +304,10 @@ def _from_wire(obj: list[Any]) -> Record:
         if not isinstance(f[0], str) or not f[0]:
             raise ValueError("cluster id must be a non-empty string")
         return ClusterId(f[0])
+    if t is RecordType.DYNAMIC_CONFIG:
+        if not isinstance(f[0], str) or not (f[1] is None or isinstance(f[1], str)):
+            raise ValueError("a dynamic config is a string key and a string value or nil")
+        return DynamicConfig(f[0], f[1])
     raise AssertionError(t)  # pragma: no cover - every RecordType is handled above
 
 

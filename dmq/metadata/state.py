@@ -25,6 +25,7 @@ Snapshot format (msgpack map, version 1)::
                   ]]]],
      "next_producer_id": int,
      "cluster_id": str (absent until the CLUSTER_ID record),
+     "dynamic_configs": {key: value} (absent while none is set),
      "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]}}
 
 "offsets" is absent in the broker-facing snapshot of MetadataFetch.
@@ -54,6 +55,7 @@ from dmq.metadata.records import (
     AddPartitions,
     ClusterId,
     CreateTopic,
+    DynamicConfig,
     OffsetCommit,
     PartitionChange,
     PartitionReassign,
@@ -87,6 +89,9 @@ class MetadataState:
         self.reassigning: set[tuple[str, int]] = set()
         self.next_producer_id = FIRST_PRODUCER_ID
         self.cluster_id: str | None = None  # set once, by the CLUSTER_ID record
+        # cluster-wide dynamic broker configs (DYNAMIC_CONFIG): replaced, never changed
+        # in place, so an image shares the dict
+        self.dynamic_configs: dict[str, str] = {}
         # group -> (topic, partition) -> (offset, metadata, commit_ms)
         self.offsets: dict[str, dict[tuple[str, int], tuple[int, str | None, int]]] = {}
         self.keep_offsets = keep_offsets
@@ -117,6 +122,7 @@ class MetadataState:
             RecordType.PARTITION_REASSIGN: self._partition_reassign,
             RecordType.UNREGISTER_BROKER: self._unregister_broker,
             RecordType.CLUSTER_ID: self._cluster_id,
+            RecordType.DYNAMIC_CONFIG: self._dynamic_config,
         }
 
     # applying ---------------------------------------------------------------------------
@@ -328,6 +334,15 @@ class MetadataState:
             return
         self.cluster_id = r.cluster_id
 
+    def _dynamic_config(self, rec: Any, index: int) -> None:
+        r: DynamicConfig = rec
+        configs = dict(self.dynamic_configs)
+        if r.value is None:
+            configs.pop(r.key, None)
+        else:
+            configs[r.key] = r.value
+        self.dynamic_configs = configs
+
     def _producer_ids(self, rec: Any, index: int) -> None:
         r: ProducerIds = rec
         if r.next_producer_id <= self.next_producer_id:
@@ -365,7 +380,8 @@ class MetadataState:
                      for t, ps in self._changed_topics.items()},
                     frozenset(self._changed_brokers), self._changes_base, topics, brokers)
             img = MetadataImage(self.version, controller_id, brokers, topics, controller_term,
-                                controller_address, changes, self.cluster_id)
+                                controller_address, changes, self.cluster_id,
+                                self.dynamic_configs)
             self._owned.clear()
             self._changed_topics = {}
             self._changed_brokers = set()
@@ -407,6 +423,8 @@ class MetadataState:
                                 "next_producer_id": self.next_producer_id}
         if self.cluster_id is not None:
             snap["cluster_id"] = self.cluster_id
+        if self.dynamic_configs:
+            snap["dynamic_configs"] = dict(self.dynamic_configs)
         if include_offsets:
             snap["offsets"] = {g: [[t, p, o, md, ts] for (t, p), (o, md, ts) in sorted(
                 offs.items())] for g, offs in sorted(self.offsets.items())}
@@ -438,6 +456,8 @@ class MetadataState:
         self.next_producer_id = int(snap["next_producer_id"])
         cluster_id = snap.get("cluster_id")
         self.cluster_id = cluster_id if isinstance(cluster_id, str) and cluster_id else None
+        self.dynamic_configs = {str(k): str(v)
+                                for k, v in (snap.get("dynamic_configs") or {}).items()}
         self.offsets = {}
         if self.keep_offsets:
             for g, rows in snap.get("offsets", {}).items():
