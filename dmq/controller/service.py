@@ -533,7 +533,7 @@ class ControllerService(Service):
                 out.append({"name": name, "error": 0, "msg": None,
                             "configs": effective_topic_configs(t.configs, self.config.get),
                             "overrides": dict(t.configs)})
-        if body["dynamic"]:
+        if body.get("dynamic"):
             overrides = dict(self.state.dynamic_configs)
             return {"topics": out, "dynamic": {
                 "configs": {k: overrides.get(k, str(self.config.get(k)))
@@ -562,8 +562,9 @@ class ControllerService(Service):
         bid, epoch = body["broker_id"], body["broker_epoch"]
         self.planner.check_broker(bid, epoch)
         self.sessions.touch(bid)
-        if body["reassigning"] is not None:
-            self._reassign_progress[bid] = {(t, p): n for t, p, n in body["reassigning"]}
+        report = body.get("reassigning")
+        if report is not None:
+            self._reassign_progress[bid] = {(t, p): n for t, p, n in report}
         should_shutdown = False
         b = self.state.brokers[bid]
         if body["want_shutdown"]:
@@ -619,7 +620,7 @@ class ControllerService(Service):
         return {"topics": results}
 
     async def handle_alter_configs(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
-        dynamic = body["dynamic"]
+        dynamic = body.get("dynamic")
         dynamic_result = None
         if dynamic is not None:
             dynamic_result = await self.mutate(
