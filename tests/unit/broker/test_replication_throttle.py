@@ -94,6 +94,7 @@ async def test_fetcher_takes_a_quantum_for_throttled_partitions_only(tmp_path: P
     assert await f._fetch(conn)
     assert _listed(conn.bodies[-1]) == {"adding": (0, 10_000), "insync": (0, MAX_FETCH)}
     assert adding.log_end_offset == 1
+    assert throttle.stats_throttled_bytes == adding.log.size_bytes
     # the bucket is empty: the throttled partition leaves the session, the long-poll
     # ends when the bucket holds a quantum again; the in-sync one copies 50 KB at once
     conn.answer = {"topics": [["insync", [_data(in_sync, 50_000)]]]}
