@@ -381,7 +381,7 @@ class MetadataState:
                     frozenset(self._changed_brokers), self._changes_base, topics, brokers)
             img = MetadataImage(self.version, controller_id, brokers, topics, controller_term,
                                 controller_address, changes, self.cluster_id,
-                                self.dynamic_configs)
+                                dynamic_configs=self.dynamic_configs)
             self._owned.clear()
             self._changed_topics = {}
             self._changed_brokers = set()
