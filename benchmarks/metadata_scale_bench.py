@@ -79,7 +79,7 @@ async def produce_all(bootstrap: str, partitions: int, acks: str, timeout_s: flo
 
 async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
     n = args.partitions
-    settings = {"max.partition.replicas.per.broker": max(4000, n),
+    settings = {"max.partition.replicas.per.broker": max(4000, n + 100),  # + the 10-partition topic
                 "max.partitions.per.topic": max(10_000, n),
                 "max.partitions.per.request": max(10_000, n)}
     out: dict[str, Any] = {"partitions": n, "restarts": []}

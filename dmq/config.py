@@ -87,6 +87,11 @@ SETTINGS: dict[str, Setting] = {
         "certificates: nodes prove themselves by certificate)"),
     "sasl.plain.allow.plaintext": Setting(
         False, "offer PLAIN on a listener without TLS (passwords in the clear)"),
+    "http.token.ttl.ms": Setting(
+        3_600_000, "lifetime of an HTTP bearer token (POST /api/v1/auth/login)"),
+    "http.token.secret": Setting(
+        "", "file of a secret mixed into HTTP token signing keys (same on every node; "
+        "empty: keys come from the users' credentials alone)"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
     "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "partitions": ("dmq.cli.partitions", "partitions"),
     "brokers": ("dmq.cli.partitions", "brokers"),
     "dev": ("dmq.cli.dev", "dev"),
+    "users": ("dmq.cli.users", "users"),
 }
 
 

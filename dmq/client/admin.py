@@ -26,6 +26,8 @@ from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError, ErrorCode, error_for
 
 DEFAULT_TIMEOUT_MS = 30_000
+DEFAULT_SCRAM_ITERATIONS = 8192
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +260,65 @@ class Admin:
                 raise error_for(ErrorCode.NOT_CONTROLLER,
                                 f"no active controller after {timeout_ms} ms")
             await clock.sleep(100)
+
+    # users (SCRAM credentials kept in the metadata; see dmq.security.users) -------------
+    async def describe_user_scram_credentials(self, users: list[str] | None = None
+                                              ) -> dict[str, list[tuple[str, int]]]:
+        """user -> [(mechanism, iterations)] of every user that can log in (or of the
+        named ones: an unknown one raises RESOURCE_NOT_FOUND)."""
+        resp = await self._request(ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS, {"users": users})
+        out: dict[str, list[tuple[str, int]]] = {}
+        for user, code, msg, creds in resp["results"]:
+            if code:
+                raise error_for(code, msg)
+            out[user] = [(m, int(i)) for m, i in creds]
+        return out
+
+    async def alter_user_scram_credentials(
+            self, upsertions: list[tuple[str, str, str]] | None = None,
+            deletions: list[tuple[str, str]] | None = None, *,
+            iterations: int = DEFAULT_SCRAM_ITERATIONS) -> dict[str, DmqError | None]:
+        """Set (user, mechanism, password) credentials and remove (user, mechanism)
+        ones. The password never leaves this process: a random salt and the salted
+        password (PBKDF2) are sent, as with Kafka's AlterUserScramCredentials. Result:
+        user -> None or its error (a user refused in part is not changed)."""
+        import secrets
+
+        from dmq.security.users import salted_password
+
+        ups = []
+        for user, mech, password in upsertions or []:
+            if not password:
+                raise ValueError(f"user {user!r}: empty password")
+            salt = secrets.token_bytes(24)
+            ups.append([user, mech, iterations, salt,
+                        salted_password(mech, password, salt, iterations)])
+        resp = await self._request(ApiKey.ALTER_USER_SCRAM_CREDENTIALS, {
+            "upsertions": ups, "deletions": [list(d) for d in deletions or []]})
+        return {user: (None if not code else error_for(code, msg))
+                for user, code, msg in resp["results"]}
+
+    async def set_user_password(self, user: str, password: str,
+                                mechanisms: tuple[str, ...] = SCRAM_MECHANISMS) -> None:
+        """Create the user or change its password (every mechanism in `mechanisms`)."""
+        err = (await self.alter_user_scram_credentials(
+            [(user, m, password) for m in mechanisms]))[user]
+        if err is not None:
+            raise err
+
+    async def delete_user(self, user: str) -> None:
+        """Remove every credential of the user: it can no longer log in anywhere."""
+        creds = (await self.describe_user_scram_credentials([user]))[user]
+        err = (await self.alter_user_scram_credentials(
+            deletions=[(user, m) for m, _ in creds])).get(user)
+        if err is not None:
+            raise err
+
+    async def revoke_token(self, token: str) -> str:
+        """Refuse an HTTP token from now on, on every node (see dmq.security.tokens);
+        returns its id."""
+        resp = await self._request(ApiKey.REVOKE_TOKEN, {"token": token})
+        return str(resp["token_id"])
 
 
 __all__ = ["Admin", "NewTopic", "TopicResult"]

@@ -32,6 +32,7 @@ from dmq.controller.liveness import BrokerSessions
 from dmq.controller.planner import Planner
 from dmq.controller.raft_glue import RaftGlue
 from dmq.controller.state_machine import MetadataStateMachine
+from dmq.controller.users import register_user_handlers
 from dmq.controller.validation import (
     DYNAMIC_CONFIG_CHECKS,
     effective_topic_configs,
@@ -114,6 +115,7 @@ class ControllerService(Service):
         self._reassign_progress: dict[int, dict[tuple[str, int], int]] = {}
         self._register_handlers()
         self.groups = self._register_groups()
+        self.users = register_user_handlers(self.server, self, ctx.users, self._forward)
 
     # wiring -----------------------------------------------------------------------------
     def _register_handlers(self) -> None:

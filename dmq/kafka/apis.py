@@ -19,7 +19,6 @@ It must never decode records and never import the network layer.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +31,12 @@ from dmq.kafka.errors import kafka_code
 from dmq.kafka.groups import GroupApis
 from dmq.kafka.records import is_dmq_native, kafka_view
 from dmq.kafka.server import NO_RESPONSE, Api, api_ranges
+from dmq.kafka.topic_ids import TopicNames, topic_uuid
 from dmq.metadata.image import FENCED, MetadataImage
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
 from dmq.protocol.server import NO_RESPONSE as DMQ_NO_RESPONSE
+from dmq.security.users import MECHANISM_NAMES, MECHANISM_NUMBERS
 
 if TYPE_CHECKING:
     from dmq.broker.handlers import DataPlane
@@ -79,13 +80,6 @@ def bounded(request: ControllerRequest) -> ControllerRequest:
     return call
 
 
-def topic_uuid(topic_id: str) -> bytes:
-    try:
-        return uuid.UUID(topic_id).bytes
-    except ValueError:
-        return uuid.uuid5(uuid.NAMESPACE_URL, "dmq-topic:" + topic_id).bytes
-
-
 class KafkaApis(GroupApis):
     """The handlers, bound to one broker's data plane and controller route."""
 
@@ -97,6 +91,7 @@ class KafkaApis(GroupApis):
         self.data_plane = data_plane
         self._image = image
         self._controller_request = bounded(controller_request)
+        self.topic_names = TopicNames()
         self._quorum_cluster_id = quorum_cluster_id(config)
         self.auto_create = bool(config.get("auto.create.topics.enable"))
         self.apis: list[Api] = []
@@ -131,7 +126,64 @@ class KafkaApis(GroupApis):
             Api(44, "IncrementalAlterConfigs", 0, 1, self.incremental_alter_configs),
             Api(60, "DescribeCluster", 0, 1, self.describe_cluster),
             *self.group_table(),
+            *self.user_table(),
         ]
+
+    # ------------------------------------------------------------------ users (KIP-554)
+
+    def user_table(self) -> list[Api]:
+        return [
+            Api(50, "DescribeUserScramCredentials", 0, 0, self.describe_user_scram_credentials),
+            Api(51, "AlterUserScramCredentials", 0, 0, self.alter_user_scram_credentials),
+        ]
+
+    async def describe_user_scram_credentials(self, header: RequestHeader,
+                                              body: dict[str, Any]) -> Any:
+        wanted = body.get("Users")
+        names = [u["Name"] for u in wanted] if wanted else None
+        try:
+            resp = await self._controller_request(
+                ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS, {"users": names}, 15_000)
+        except (DmqError, OSError, TimeoutError) as exc:
+            return {"ErrorCode": forward_error_code(exc), "ErrorMessage": message_of(exc),
+                    "Results": []}
+        return {"ErrorCode": 0, "ErrorMessage": None, "Results": [
+            {"User": user, "ErrorCode": kafka_code(code), "ErrorMessage": msg,
+             "CredentialInfos": [{"Mechanism": MECHANISM_NUMBERS.get(m, 0), "Iterations": i}
+                                 for m, i in creds]}
+            for user, code, msg, creds in resp["results"]]}
+
+    async def alter_user_scram_credentials(self, header: RequestHeader,
+                                           body: dict[str, Any]) -> Any:
+        unknown: dict[str, str] = {}
+
+        def mech(user: str, n: int) -> str:
+            name = MECHANISM_NAMES.get(n)
+            if name is None:
+                unknown[user] = f"unknown SCRAM mechanism {n}"
+                return ""
+            return name
+
+        deletions = [[d["Name"], mech(d["Name"], d["Mechanism"])] for d in body["Deletions"]]
+        upsertions = [[u["Name"], mech(u["Name"], u["Mechanism"]), u["Iterations"],
+                       bytes(u["Salt"] or b""), bytes(u["SaltedPassword"] or b"")]
+                      for u in body["Upsertions"]]
+        results: dict[str, tuple[int, str | None]] = {
+            user: (int(ErrorCode.UNSUPPORTED_SASL_MECHANISM), why)
+            for user, why in unknown.items()}
+        request = {"deletions": [d for d in deletions if d[0] not in results],
+                   "upsertions": [u for u in upsertions if u[0] not in results]}
+        if request["deletions"] or request["upsertions"]:
+            try:
+                resp = await self._controller_request(
+                    ApiKey.ALTER_USER_SCRAM_CREDENTIALS, request, 15_000)
+                for user, code, msg in resp["results"]:
+                    results[user] = (kafka_code(code), msg)
+            except (DmqError, OSError, TimeoutError) as exc:
+                for row in [*request["deletions"], *request["upsertions"]]:
+                    results[row[0]] = (forward_error_code(exc), message_of(exc))
+        return {"Results": [{"User": user, "ErrorCode": code, "ErrorMessage": msg}
+                            for user, (code, msg) in results.items()]}
 
     # ------------------------------------------------------------------ ApiVersions
 
@@ -147,7 +199,25 @@ class KafkaApis(GroupApis):
         if (image is not None and names and body.get("AllowAutoTopicCreation", True)
                 and self.auto_create and any(n not in image.topics for n in names)):
             return self._auto_create_then_answer(names)
-        return self._metadata_answer(image, names, set())
+        unknown_ids: list[bytes] = []
+        if wanted is not None and image is not None:
+            # v10+: topics asked for by id (a KIP-848 consumer learns its assignment
+            # by topic id)
+            by_id = self.topic_names.lookup(image)
+            for t in wanted:
+                tid = bytes(t.get("TopicId") or bytes(16))
+                if t.get("Name") or tid == bytes(16):
+                    continue
+                if tid in by_id:
+                    assert names is not None
+                    names.append(by_id[tid])
+                else:
+                    unknown_ids.append(tid)
+        answer = self._metadata_answer(image, names, set())
+        no_name = None if header.api_version >= 12 else ""  # nullable from v12
+        answer["Topics"] += [{"ErrorCode": int(ErrorCode.UNKNOWN_TOPIC_ID), "Name": no_name,
+                              "TopicId": tid, "Partitions": []} for tid in unknown_ids]
+        return answer
 
     async def _auto_create_then_answer(self, names: list[str]) -> dict[str, Any]:
         """dmq creates topics on the controller when a Metadata asks for them; answer

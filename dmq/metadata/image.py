@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dmq.metadata.records import UserScramCredential
 from dmq.protocol.errors import ErrorCode
 
 ONLINE = "ONLINE"
@@ -131,6 +132,11 @@ class MetadataImage:
     # the cluster's id, kept in Raft metadata from the first active controller on;
     # None before that record (and in images built from a Metadata answer without it)
     cluster_id: str | None = None
+    # users (name -> mechanism -> credential; an empty map: deleted) and revoked HTTP
+    # tokens (id -> expiry ms), shared with the state that published the image: it
+    # replaces these dicts on a change, never changes them (dmq.metadata.state)
+    users: Mapping[str, Mapping[str, UserScramCredential]] = field(default_factory=dict)
+    revoked_tokens: Mapping[str, int] = field(default_factory=dict)
     # cluster-wide dynamic broker configs (DYNAMIC_CONFIG records: key -> value), over
     # the static settings of the config file; never changed in place
     dynamic_configs: Mapping[str, str] = field(default_factory=dict)

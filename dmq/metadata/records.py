@@ -39,6 +39,18 @@ One Raft entry carries one *batch* of records, applied atomically:
                          follower.replication.throttled.rate; nil: back to the static
                          setting of the config file
 
+  Users and HTTP tokens (dmq.security.users, dmq.security.tokens):
+
+    USER_SCRAM_CREDENTIAL        user, mechanism, salt, iterations, stored_key, server_key
+                                 (sets the user's credential for that mechanism; never
+                                 a password)
+    REMOVE_USER_SCRAM_CREDENTIAL user, mechanism (a user left with none is kept as
+                                 deleted: it no longer logs in, and a user of the
+                                 bootstrap credentials file of that name is not revived)
+    REVOKE_TOKEN                 token_id, expires_ms, now_ms (an HTTP token refused from
+                                 now on; revocations that expired by `now_ms`, the
+                                 writing controller's clock, are forgotten)
+
 Records are applied deterministically by every controller and every broker image, so
 anything random (topic ids, placement) is chosen before proposing and written here.
 Numbers are permanent; add new types at the end.
@@ -71,6 +83,10 @@ class RecordType(IntEnum):
     PARTITION_REASSIGN = 12
     UNREGISTER_BROKER = 13
     CLUSTER_ID = 14
+    # users and HTTP tokens
+    USER_SCRAM_CREDENTIAL = 17
+    REMOVE_USER_SCRAM_CREDENTIAL = 18
+    REVOKE_TOKEN = 19
     DYNAMIC_CONFIG = 20
 
 
@@ -248,6 +264,58 @@ class ClusterId:
         return [self.TYPE, self.cluster_id]
 
 
+# users and HTTP tokens ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserScramCredential:
+    TYPE: ClassVar[RecordType] = RecordType.USER_SCRAM_CREDENTIAL
+    user: str
+    mechanism: str
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.user, self.mechanism, self.salt, self.iterations,
+                self.stored_key, self.server_key]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveUserScramCredential:
+    TYPE: ClassVar[RecordType] = RecordType.REMOVE_USER_SCRAM_CREDENTIAL
+    user: str
+    mechanism: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.user, self.mechanism]
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeToken:
+    TYPE: ClassVar[RecordType] = RecordType.REVOKE_TOKEN
+    token_id: str
+    expires_ms: int
+    now_ms: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.token_id, self.expires_ms, self.now_ms]
+
+
+def _user_record(t: RecordType, f: list[Any]) -> Record | None:
+    """The users and tokens records (None: another type)."""
+    if t is RecordType.USER_SCRAM_CREDENTIAL:
+        if not all(isinstance(x, bytes) for x in (f[2], f[4], f[5])):
+            raise ValueError("salt, stored_key and server_key must be bytes")
+        return UserScramCredential(str(f[0]), str(f[1]), f[2], int(f[3]), f[4], f[5])
+    if t is RecordType.REMOVE_USER_SCRAM_CREDENTIAL:
+        return RemoveUserScramCredential(str(f[0]), str(f[1]))
+    if t is RecordType.REVOKE_TOKEN:
+        return RevokeToken(str(f[0]), int(f[1]), int(f[2]))
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class DynamicConfig:
     TYPE: ClassVar[RecordType] = RecordType.DYNAMIC_CONFIG
@@ -260,7 +328,8 @@ class DynamicConfig:
 
 Record = (RegisterBroker | FenceBroker | UnfenceBroker | BrokerShuttingDown | CreateTopic
           | AddPartitions | RemoveTopic | PartitionChange | TopicConfig | ProducerIds
-          | OffsetCommit | PartitionReassign | UnregisterBroker | ClusterId | DynamicConfig)
+          | OffsetCommit | PartitionReassign | UnregisterBroker | ClusterId
+          | UserScramCredential | RemoveUserScramCredential | RevokeToken | DynamicConfig)
 
 
 def _tuples(rows: Any) -> tuple[tuple[int, ...], ...]:
@@ -308,6 +377,9 @@ def _from_wire(obj: list[Any]) -> Record:
         if not isinstance(f[0], str) or not (f[1] is None or isinstance(f[1], str)):
             raise ValueError("a dynamic config is a string key and a string value or nil")
         return DynamicConfig(f[0], f[1])
+    user_record = _user_record(t, f)
+    if user_record is not None:
+        return user_record
     raise AssertionError(t)  # pragma: no cover - every RecordType is handled above
 
 

@@ -25,10 +25,20 @@ Snapshot format (msgpack map, version 1)::
                   ]]]],
      "next_producer_id": int,
      "cluster_id": str (absent until the CLUSTER_ID record),
-     "dynamic_configs": {key: value} (absent while none is set),
-     "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]}}
+     "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]},
+     "users": [[user, [[mechanism, salt, iterations, stored_key, server_key], ...]]]
+              ([] for a deleted user; absent when there are none),
+     "revoked_tokens": [[token_id, expires_ms], ...] (absent when there are none),
+     "dynamic_configs": {key: value} (absent while none is set)}
 
-"offsets" is absent in the broker-facing snapshot of MetadataFetch.
+"offsets" is absent in the broker-facing snapshot of MetadataFetch; users and revoked
+tokens are in both (brokers check logins and tokens themselves).
+
+Users: `users` maps a name to its credentials by mechanism (the USER_SCRAM_CREDENTIAL
+records themselves); an empty map is a deleted user. Like a topic's partitions, the
+dict is copied the first time an entry changes it after an image shared it (so a
+published image never sees it change, and an entry of many user records copies it
+once); likewise `revoked_tokens` (token id -> expiry in ms).
 """
 
 from __future__ import annotations
@@ -64,7 +74,10 @@ from dmq.metadata.records import (
     RecordType,
     RegisterBroker,
     RemoveTopic,
+    RemoveUserScramCredential,
+    RevokeToken,
     TopicConfig,
+    UserScramCredential,
     record_from_wire,
 )
 
@@ -95,6 +108,10 @@ class MetadataState:
         # group -> (topic, partition) -> (offset, metadata, commit_ms)
         self.offsets: dict[str, dict[tuple[str, int], tuple[int, str | None, int]]] = {}
         self.keep_offsets = keep_offsets
+        # users and revoked HTTP tokens (see the module doc: replaced, never changed)
+        self.users: dict[str, dict[str, UserScramCredential]] = {}
+        self.revoked_tokens: dict[str, int] = {}
+        self._users_shared = False  # an image holds `users` / `revoked_tokens`
         self.skipped_records = 0
         # recent entries for MetadataFetch deltas: (index, wire records)
         self.history: deque[tuple[int, list[list[Any]]]] = deque(maxlen=history_entries or 1)
@@ -124,6 +141,11 @@ class MetadataState:
             RecordType.CLUSTER_ID: self._cluster_id,
             RecordType.DYNAMIC_CONFIG: self._dynamic_config,
         }
+        self._apply.update({
+            RecordType.USER_SCRAM_CREDENTIAL: self._user_scram_credential,
+            RecordType.REMOVE_USER_SCRAM_CREDENTIAL: self._remove_user_scram_credential,
+            RecordType.REVOKE_TOKEN: self._revoke_token,
+        })
 
     # applying ---------------------------------------------------------------------------
     def apply_entry(self, index: int, wire_records: list[list[Any]]) -> None:
@@ -365,6 +387,35 @@ class MetadataState:
         if not group:
             del self.offsets[r.group]
 
+    # users and HTTP tokens ----------------------------------------------------------------
+    def _own_users(self) -> None:
+        """Copy the users and revocations first if a published image shares them."""
+        if self._users_shared:
+            self.users = dict(self.users)
+            self.revoked_tokens = dict(self.revoked_tokens)
+            self._users_shared = False
+
+    def _user_scram_credential(self, rec: Any, index: int) -> None:
+        r: UserScramCredential = rec
+        self._own_users()
+        self.users[r.user] = {**self.users.get(r.user, {}), r.mechanism: r}
+
+    def _remove_user_scram_credential(self, rec: Any, index: int) -> None:
+        r: RemoveUserScramCredential = rec
+        self._own_users()
+        # an empty map: deleted, and kept as such
+        self.users[r.user] = {m: c for m, c in self.users.get(r.user, {}).items()
+                              if m != r.mechanism}
+
+    def _revoke_token(self, rec: Any, index: int) -> None:
+        r: RevokeToken = rec
+        self._own_users()
+        revoked = self.revoked_tokens
+        for token_id in [t for t, exp in revoked.items() if exp <= r.now_ms]:
+            del revoked[token_id]
+        if r.expires_ms > r.now_ms:
+            revoked[r.token_id] = r.expires_ms
+
     # reading ----------------------------------------------------------------------------
     def image(self, controller_id: int = NO_LEADER, controller_term: int = -1,
               controller_address: tuple[str, int] | None = None) -> MetadataImage:
@@ -381,7 +432,9 @@ class MetadataState:
                     frozenset(self._changed_brokers), self._changes_base, topics, brokers)
             img = MetadataImage(self.version, controller_id, brokers, topics, controller_term,
                                 controller_address, changes, self.cluster_id,
+                                users=self.users, revoked_tokens=self.revoked_tokens,
                                 dynamic_configs=self.dynamic_configs)
+            self._users_shared = True
             self._owned.clear()
             self._changed_topics = {}
             self._changed_brokers = set()
@@ -423,6 +476,12 @@ class MetadataState:
                                 "next_producer_id": self.next_producer_id}
         if self.cluster_id is not None:
             snap["cluster_id"] = self.cluster_id
+        if self.users:
+            snap["users"] = [[u, [[m, c.salt, c.iterations, c.stored_key, c.server_key]
+                                  for m, c in sorted(creds.items())]]
+                             for u, creds in sorted(self.users.items())]
+        if self.revoked_tokens:
+            snap["revoked_tokens"] = [[t, exp] for t, exp in sorted(self.revoked_tokens.items())]
         if self.dynamic_configs:
             snap["dynamic_configs"] = dict(self.dynamic_configs)
         if include_offsets:
@@ -456,6 +515,11 @@ class MetadataState:
         self.next_producer_id = int(snap["next_producer_id"])
         cluster_id = snap.get("cluster_id")
         self.cluster_id = cluster_id if isinstance(cluster_id, str) and cluster_id else None
+        self.users = {u: {m: UserScramCredential(u, m, salt, int(it), sk, vk)
+                          for m, salt, it, sk, vk in creds}
+                      for u, creds in snap.get("users", [])}
+        self.revoked_tokens = {t: int(exp) for t, exp in snap.get("revoked_tokens", [])}
+        self._users_shared = False
         self.dynamic_configs = {str(k): str(v)
                                 for k, v in (snap.get("dynamic_configs") or {}).items()}
         self.offsets = {}

@@ -67,14 +67,21 @@ class ErrorCode(IntEnum):
     STALE_BROKER_EPOCH = 77
     OFFSET_NOT_AVAILABLE = 78
     PREFERRED_LEADER_NOT_AVAILABLE = 80
+    GROUP_MAX_SIZE_REACHED = 81
     FENCED_INSTANCE_ID = 82
     NO_REASSIGNMENT_IN_PROGRESS = 85
+    GROUP_SUBSCRIBED_TO_TOPIC = 86
     INVALID_RECORD = 87
     UNKNOWN_TOPIC_ID = 100
     BROKER_ID_NOT_REGISTERED = 102
     FENCED_MEMBER_EPOCH = 110
     UNRELEASED_INSTANCE_ID = 111
+    UNSUPPORTED_ASSIGNOR = 112
     STALE_MEMBER_EPOCH = 113
+    # users (AlterUserScramCredentials)
+    RESOURCE_NOT_FOUND = 91
+    DUPLICATE_RESOURCE = 92
+    UNACCEPTABLE_CREDENTIAL = 93
     # dmq-only codes
     UNKNOWN_API_KEY = 1000
     FRAME_TOO_LARGE = 1001
@@ -145,13 +152,20 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.FENCED_INSTANCE_ID: (False, False, "static member was fenced"),
     ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE: (
         True, False, "the preferred leader is not an online in-sync replica"),
+    ErrorCode.GROUP_MAX_SIZE_REACHED: (False, False, "group has the most members allowed"),
     ErrorCode.NO_REASSIGNMENT_IN_PROGRESS: (False, False, "no reassignment in progress"),
+    ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC: (False, False,
+                                          "the group is subscribed to the topic"),
     ErrorCode.INVALID_RECORD: (False, False, "invalid record"),
     ErrorCode.UNKNOWN_TOPIC_ID: (True, True, "unknown topic id"),
     ErrorCode.BROKER_ID_NOT_REGISTERED: (True, False, "broker is not registered"),
     ErrorCode.FENCED_MEMBER_EPOCH: (False, False, "member epoch is fenced"),
     ErrorCode.UNRELEASED_INSTANCE_ID: (False, False, "static instance id still in use"),
+    ErrorCode.UNSUPPORTED_ASSIGNOR: (False, False, "unknown server-side assignor"),
     ErrorCode.STALE_MEMBER_EPOCH: (False, False, "stale member epoch"),
+    ErrorCode.RESOURCE_NOT_FOUND: (False, False, "no such resource (user credential)"),
+    ErrorCode.DUPLICATE_RESOURCE: (False, False, "resource named twice in one request"),
+    ErrorCode.UNACCEPTABLE_CREDENTIAL: (False, False, "credential refused"),
     ErrorCode.UNKNOWN_API_KEY: (False, False, "unknown API key"),
     ErrorCode.FRAME_TOO_LARGE: (False, False, "frame larger than the configured limit"),
     ErrorCode.NODE_SHUTTING_DOWN: (True, True, "node is shutting down"),
@@ -257,13 +271,19 @@ StaleBrokerEpochError = _define(ErrorCode.STALE_BROKER_EPOCH)
 OffsetNotAvailableError = _define(ErrorCode.OFFSET_NOT_AVAILABLE)
 FencedInstanceIdError = _define(ErrorCode.FENCED_INSTANCE_ID)
 PreferredLeaderNotAvailableError = _define(ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE)
+GroupMaxSizeReachedError = _define(ErrorCode.GROUP_MAX_SIZE_REACHED)
 NoReassignmentInProgressError = _define(ErrorCode.NO_REASSIGNMENT_IN_PROGRESS)
+GroupSubscribedToTopicError = _define(ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC)
 InvalidRecordError = _define(ErrorCode.INVALID_RECORD)
 UnknownTopicIdError = _define(ErrorCode.UNKNOWN_TOPIC_ID)
 BrokerIdNotRegisteredError = _define(ErrorCode.BROKER_ID_NOT_REGISTERED)
 FencedMemberEpochError = _define(ErrorCode.FENCED_MEMBER_EPOCH)
 UnreleasedInstanceIdError = _define(ErrorCode.UNRELEASED_INSTANCE_ID)
+UnsupportedAssignorError = _define(ErrorCode.UNSUPPORTED_ASSIGNOR)
 StaleMemberEpochError = _define(ErrorCode.STALE_MEMBER_EPOCH)
+ResourceNotFoundError = _define(ErrorCode.RESOURCE_NOT_FOUND)
+DuplicateResourceError = _define(ErrorCode.DUPLICATE_RESOURCE)
+UnacceptableCredentialError = _define(ErrorCode.UNACCEPTABLE_CREDENTIAL)
 UnknownApiKeyError = _define(ErrorCode.UNKNOWN_API_KEY)
 FrameTooLargeError = _define(ErrorCode.FRAME_TOO_LARGE)
 NodeShuttingDownError = _define(ErrorCode.NODE_SHUTTING_DOWN)

@@ -23,9 +23,12 @@ from dmq.metadata.records import (
     RecordType,
     RegisterBroker,
     RemoveTopic,
+    RemoveUserScramCredential,
+    RevokeToken,
     TopicConfig,
     UnfenceBroker,
     UnregisterBroker,
+    UserScramCredential,
     decode_batch,
     decode_batch_wire,
     encode_batch,
@@ -47,6 +50,12 @@ ALL = [
     ClusterId("AAAAAAAAAAAAAAAAAAAAAA"),
     DynamicConfig("follower.replication.throttled.rate", "1000"),
     DynamicConfig("follower.replication.throttled.rate", None),
+]
+# users and HTTP tokens
+ALL += [
+    UserScramCredential("alice", "SCRAM-SHA-256", b"salt" * 4, 4096, b"k" * 32, b"v" * 32),
+    RemoveUserScramCredential("alice", "SCRAM-SHA-512"),
+    RevokeToken("token-id", 2_000, 1_000),
 ]
 
 
