@@ -48,6 +48,21 @@ def _cli(pc: ProcessCluster, *args: str) -> subprocess.CompletedProcess[str]:
                            pc.bootstrap], capture_output=True, text=True, timeout=60)
 
 
+def _now(fn: Any) -> Any:
+    """A synchronous condition for `wait_until`."""
+    async def check() -> bool:
+        return bool(fn())
+    return check
+
+
+def _http_json(port: int, path: str) -> Any:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError) as exc:  # not listening yet: wait_until retries
+        raise OSError(f"GET {path}: {exc}") from exc
+
+
 async def _placed(admin: Admin, moves: list[tuple[str, int, list[int]]]) -> None:
     """Put empty partitions where the test wants them (a reassignment with no data)."""
     res = await admin.alter_partition_reassignments(moves)
@@ -169,20 +184,6 @@ async def test_throttled_catch_up_runs_at_the_throttle_and_spares_in_sync_follow
             free_rate = total1 / (samples[-1][0] - t0)
             print(f"unthrottled catch-up {free_rate / 1e6:.2f} MB/s (from the request on)")
             assert free_rate > 1.2 * THROTTLE, free_rate
-
-
-def _now(fn: Any) -> Any:
-    async def check() -> bool:
-        return bool(fn())
-    return check
-
-
-def _http_json(port: int, path: str) -> Any:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return json.loads(r.read())
-    except (OSError, ValueError) as exc:  # not listening yet: wait_until retries
-        raise OSError(f"GET {path}: {exc}") from exc
 
 
 async def test_progress_bytes_left_in_cli_api_and_http_then_cancel_removes_throttle(
