@@ -18,6 +18,12 @@ only looks at partitions that changed (`_pending`). Any failure of a request, an
 unknown session or an epoch out of sequence falls back to a full request; a leader
 that answers without a session id (an older dmq) is sent full requests throughout.
 
+Replicas being added by a reassignment and not yet in sync are *throttled*: their
+fetches share the broker's `ReplicationThrottle` (`follower.replication.throttled.rate`,
+see `dmq.broker.throttle`): such a partition is listed only when the bucket holds a
+quantum, with the quantum as its size limit, and is left out of the session
+(`_held`) while the bucket refills. In-sync partitions never wait for it.
+
 It must never decide roles: the replica manager adds and removes partitions as images
 arrive. A response for a partition that was removed or re-added meanwhile is dropped.
 """
@@ -33,6 +39,7 @@ from typing import Any
 from dmq.aio import wait_for
 from dmq.broker.errors import error_code_of
 from dmq.broker.partition import Partition
+from dmq.broker.throttle import ReplicationThrottle
 from dmq.clock import Clock
 from dmq.config import ClusterConfig
 from dmq.log.errors import LogError
@@ -58,13 +65,16 @@ MAX_TRUNCATION_ROUNDS = 8
 class FetchState:
     """One followed partition inside a fetcher."""
 
-    __slots__ = ("delayed_until_ms", "leader_epoch", "partition", "truncating")
+    __slots__ = ("delayed_until_ms", "leader_epoch", "partition", "reserved", "throttled",
+                 "truncating")
 
-    def __init__(self, partition: Partition) -> None:
+    def __init__(self, partition: Partition, throttled: bool = False) -> None:
         self.partition = partition
         self.leader_epoch = partition.leader_epoch
         self.truncating = True
         self.delayed_until_ms = 0
+        self.throttled = throttled  # a replica being added, not in sync yet
+        self.reserved = 0  # bytes of the throttle this partition's session entry holds
 
 
 Key = tuple[str, int]
@@ -74,7 +84,7 @@ class ReplicaFetcher:
     """Pulls every partition this broker follows on one leader broker."""
 
     def __init__(self, broker_id: int, clock: Clock, leader: BrokerInfo, config: ClusterConfig,
-                 on_fatal: OnFatal) -> None:
+                 on_fatal: OnFatal, throttle: ReplicationThrottle | None = None) -> None:
         self.broker_id = broker_id
         self.leader_id = leader.broker_id
         self.host = leader.host
@@ -83,6 +93,8 @@ class ReplicaFetcher:
         self._on_fatal = on_fatal
         self.max_wait_ms = int(config.get("replica.fetch.wait.max.ms"))
         self.max_bytes = int(config.get("replica.fetch.max.bytes"))
+        self.throttle = throttle if throttle is not None else ReplicationThrottle(
+            clock.monotonic_ms, self.max_bytes)
         self.partitions: dict[Key, FetchState] = {}
         self._changed = asyncio.Event()
         self._conn: Connection | None = None
@@ -93,6 +105,8 @@ class ReplicaFetcher:
         self._pending: set[Key] = set()
         self._truncating: set[Key] = set()
         self._delayed: set[Key] = set()
+        # throttled partitions left out of fetches until the throttle's bucket refills
+        self._held: set[Key] = set()
         # the session: its id (0: none, the next request is full), its epoch, and per
         # partition what the leader knows (fetch offset, leader epoch, the state sent)
         self._session_id = 0
@@ -126,19 +140,49 @@ class ReplicaFetcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await wait_for(self._task, 2.0)
 
-    def add(self, partition: Partition) -> None:
+    def add(self, partition: Partition, throttled: bool = False) -> None:
         tp = (partition.topic, partition.partition)
-        self.partitions[tp] = FetchState(partition)
+        old = self.partitions.get(tp)
+        if old is not None:
+            self._settle(old, 0)
+        self.partitions[tp] = FetchState(partition, throttled)
         self._truncating.add(tp)
         self._delayed.discard(tp)
+        self._held.discard(tp)
         self._pending.add(tp)
         self._changed.set()
 
     def remove(self, tp: Key) -> None:
-        if self.partitions.pop(tp, None) is not None:
+        state = self.partitions.pop(tp, None)
+        if state is not None:
+            self._settle(state, 0)
             self._truncating.discard(tp)
             self._delayed.discard(tp)
+            self._held.discard(tp)
             self._pending.add(tp)  # the leader's session forgets it with the next request
+
+    def set_throttled(self, tp: Key, throttled: bool) -> None:
+        """The partition's replica here became (or stopped being) one being added."""
+        s = self.partitions.get(tp)
+        if s is None or s.throttled == throttled:
+            return
+        s.throttled = throttled
+        self._settle(s, 0)
+        self._held.discard(tp)
+        self._pending.add(tp)
+        self._changed.set()
+
+    def throttle_changed(self) -> None:
+        """The rate changed: partitions held for the bucket are looked at again."""
+        if self._held:
+            self._pending |= self._held
+            self._held = set()
+            self._changed.set()
+
+    def _settle(self, state: FetchState, used: int) -> None:
+        if state.reserved:
+            self.throttle.settle(state.reserved, used)
+            state.reserved = 0
 
     def _set_truncating(self, tp: Key, state: FetchState) -> None:
         state.truncating = True
@@ -156,6 +200,9 @@ class ReplicaFetcher:
         self._session_epoch = 0
         self._known = {}
         self._pending = set(self.partitions)
+        self._held = set()
+        for s in self.partitions.values():
+            self._settle(s, 0)
 
     # ------------------------------------------------------------------ loop
 
@@ -199,6 +246,8 @@ class ReplicaFetcher:
         now = self.clock.monotonic_ms()
         waits = [s.delayed_until_ms for tp in self._delayed
                  if (s := self.partitions.get(tp)) is not None]
+        if self._held:
+            waits.append(now + self.throttle.wait_ms())
         if not waits:
             return MAX_BACKOFF_MS
         return max(1, min(waits) - now)
@@ -228,10 +277,19 @@ class ReplicaFetcher:
             self._delayed.discard(tp)
             self._pending.add(tp)
 
+    def _release_held(self) -> None:
+        """Throttled partitions are fetched again once the bucket holds a quantum."""
+        if self._held and self.throttle.ready():
+            self._pending |= self._held
+            self._held = set()
+
     def _wanted(self, tp: Key) -> tuple[int, int, FetchState] | None:
         """What the leader should fetch for `tp` now, or None (not fetched)."""
         s = self.partitions.get(tp)
         if s is None or s.truncating or tp in self._delayed:
+            return None
+        if s.throttled and not s.reserved and not self.throttle.ready():
+            self._held.add(tp)
             return None
         return (s.partition.log.log_end_offset, s.leader_epoch, s)
 
@@ -315,6 +373,7 @@ class ReplicaFetcher:
         """One FETCH: full (a new session, or the leader keeps none) or incremental.
         False if there was nothing to fetch."""
         self._release_delays()
+        self._release_held()
         full = self._session_id == 0
         if full:
             wanted = {tp: w for tp in self.partitions if (w := self._wanted(tp)) is not None}
@@ -339,22 +398,29 @@ class ReplicaFetcher:
                     if old is not None:
                         del known[tp]
                         forgotten.append(tp)
+                        self._settle(old[2], 0)
                 elif old is None or old[0] != w[0] or old[1] != w[1] or old[2] is not w[2]:
                     known[tp] = w
                     listed.append((tp, w))
             if not known and not forgotten:
                 self._pending = set()
                 return False
+        fresh = [st for _, (_, _, st) in listed if st.throttled and not st.reserved]
+        if fresh and self.throttle.enabled:
+            share = self.throttle.reserve(len(fresh))
+            for st in fresh:
+                st.reserved = share
         by_topic: dict[str, list[list[int]]] = {}
-        for tp, (offset, epoch, _) in listed:
-            by_topic.setdefault(tp[0], []).append([tp[1], offset, epoch, self.max_bytes])
+        for tp, (offset, epoch, st) in listed:
+            by_topic.setdefault(tp[0], []).append(
+                [tp[1], offset, epoch, st.reserved or self.max_bytes])
         gone: dict[str, list[int]] = {}
         for tp in forgotten:
             gone.setdefault(tp[0], []).append(tp[1])
         # a partition waiting out an error backoff is fetched again when it ends, not
         # when a long-poll over the others happens to end
-        wait_ms = min(self.max_wait_ms, self._next_ready_in_ms()) if self._delayed \
-            else self.max_wait_ms
+        wait_ms = min(self.max_wait_ms, self._next_ready_in_ms()) \
+            if self._delayed or self._held else self.max_wait_ms
         body = {"replica_id": self.broker_id, "max_wait_ms": wait_ms, "min_bytes": 1,
                 "max_bytes": self.max_bytes, "topics": [[t, r] for t, r in by_topic.items()],
                 "session_id": self._session_id,
@@ -403,6 +469,8 @@ class ReplicaFetcher:
                 offset, _, state = entry
                 if self.partitions.get(tp) is not state or state.truncating:
                     continue  # removed or re-added while the fetch was in flight
+                if state.reserved and (len(records) or err != ErrorCode.NONE):
+                    self._settle(state, len(records))
                 part = state.partition
                 if part.log.log_end_offset != offset:
                     self._pending.add(tp)  # tell the leader where we are
@@ -464,8 +532,22 @@ class FetcherManager:
         self._on_fatal = on_fatal
         self.fetchers: dict[int, ReplicaFetcher] = {}
         self._owner: dict[tuple[str, int], int] = {}
+        # one bucket for every fetcher: the rate is the broker's
+        self.throttle = ReplicationThrottle(clock.monotonic_ms,
+                                            int(config.get("replica.fetch.max.bytes")))
+        self.set_throttle_rate(int(config.get("follower.replication.throttled.rate")))
 
-    def add_partition(self, partition: Partition, leader: BrokerInfo, force: bool) -> None:
+    def set_throttle_rate(self, rate: int) -> None:
+        """`follower.replication.throttled.rate` in bytes/s (<= 0: no limit)."""
+        if max(rate, 0) != self.throttle.rate:
+            self.throttle.set_rate(rate)
+            for f in self.fetchers.values():
+                f.throttle_changed()
+
+    def add_partition(self, partition: Partition, leader: BrokerInfo, force: bool,
+                      throttled: bool = False) -> None:
+        """Follow `partition` on `leader`; `throttled`: it is a replica being added by a
+        reassignment, not in sync yet (its catch-up takes the throttle)."""
         tp = (partition.topic, partition.partition)
         fetcher = self.fetchers.get(leader.broker_id)
         if fetcher is not None and (fetcher.host, fetcher.port) != (leader.host, leader.port):
@@ -475,19 +557,21 @@ class FetcherManager:
             for s in moved:
                 self._owner.pop((s.partition.topic, s.partition.partition), None)
                 if (s.partition.topic, s.partition.partition) != tp:
-                    self.add_partition(s.partition, leader, force=True)
+                    self.add_partition(s.partition, leader, force=True,
+                                       throttled=s.throttled)
         owner = self._owner.get(tp)
         if owner == leader.broker_id and not force and fetcher is not None:
             state = fetcher.partitions.get(tp)
             if state is not None and state.leader_epoch == partition.leader_epoch:
+                fetcher.set_throttled(tp, throttled)
                 return
         self.remove_partition(tp)
         if fetcher is None:
             fetcher = ReplicaFetcher(self.broker_id, self.clock, leader, self.config,
-                                     self._on_fatal)
+                                     self._on_fatal, self.throttle)
             self.fetchers[leader.broker_id] = fetcher
             fetcher.start()
-        fetcher.add(partition)
+        fetcher.add(partition, throttled)
         self._owner[tp] = leader.broker_id
 
     def remove_partition(self, tp: tuple[str, int]) -> None:

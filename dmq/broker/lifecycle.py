@@ -90,6 +90,9 @@ class BrokerLifecycle:
         # `on_metadata_error` hears each change of it
         self.metadata_error: str | None = None
         self.on_metadata_error: Callable[[str | None], None] | None = None
+        # [[topic, partition, bytes left]] of reassignments led here, sent with each
+        # heartbeat (wired by the broker service to its replica manager)
+        self.reassignment_progress: Callable[[], list[list[Any]]] | None = None
 
     # public properties ----------------------------------------------------------------
     @property
@@ -190,8 +193,12 @@ class BrokerLifecycle:
                 pass
 
     async def _heartbeat_once(self, want_shutdown: bool = False) -> dict[str, Any] | None:
-        body = {"broker_id": self.broker_id, "broker_epoch": self._broker_epoch,
-                "metadata_version": self.state.version, "want_shutdown": want_shutdown}
+        body: dict[str, Any] = {"broker_id": self.broker_id,
+                                "broker_epoch": self._broker_epoch,
+                                "metadata_version": self.state.version,
+                                "want_shutdown": want_shutdown}
+        if self.reassignment_progress is not None:
+            body["reassigning"] = self.reassignment_progress()
         try:
             resp = await self.channel.request(
                 ApiKey.BROKER_HEARTBEAT, body,

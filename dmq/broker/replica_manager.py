@@ -164,6 +164,10 @@ class ReplicaManager:
         self._retry_backoff_ms = UNAVAILABLE_RETRY_MIN_MS
         self.stats_isr_shrinks = 0
         self.stats_isr_expands = 0
+        # partitions led here with a reassignment in progress -> the replicas being added
+        # (their catch-up is what `reassignment_progress` reports)
+        self._led_reassigning: dict[tuple[str, int], tuple[int, ...]] = {}
+        self._throttle_setting = int(config.get("follower.replication.throttled.rate"))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -330,6 +334,7 @@ class ReplicaManager:
         if self._first_image_ms is None:
             self._first_image_ms = self.clock.monotonic_ms()
         self.image = image
+        self._apply_throttle(image)
         try:
             self._apply_image(image)
         except Exception as exc:  # noqa: BLE001 - the broker must not serve blind
@@ -343,6 +348,18 @@ class ReplicaManager:
             log.info("broker=%d metadata image %d applied; serving again", self.broker_id,
                      image.version)
             self.image_error = None
+
+    def _apply_throttle(self, image: MetadataImage) -> None:
+        """`follower.replication.throttled.rate`: the cluster-wide dynamic value if one
+        is set, else the static setting."""
+        raw = image.dynamic_configs.get("follower.replication.throttled.rate")
+        try:
+            rate = int(raw) if raw is not None else self._throttle_setting
+        except ValueError:
+            log.error("broker=%d follower.replication.throttled.rate=%r unusable; using "
+                      "the setting", self.broker_id, raw)
+            rate = self._throttle_setting
+        self.fetchers.set_throttle_rate(rate)
 
     def _apply_image(self, image: MetadataImage) -> None:
         """Only the partitions that changed since the image applied before, when that
@@ -485,6 +502,10 @@ class ReplicaManager:
         tp = (part.topic, part.partition)
         part.min_insync_replicas = int(topic.configs.get(
             "min.insync.replicas", self.config.get("min.insync.replicas")))
+        if info.leader == self.broker_id and info.adding:
+            self._led_reassigning[tp] = info.adding
+        else:
+            self._led_reassigning.pop(tp, None)
         if info.leader == self.broker_id:
             if part.make_leader(info.leader_epoch, info.partition_epoch, info.replicas,
                                 info.isr):
@@ -497,7 +518,9 @@ class ReplicaManager:
             if leader is None:
                 self.fetchers.remove_partition(tp)
             else:
-                self.fetchers.add_partition(part, leader, force=changed)
+                # a replica being added and not in sync yet catches up under the throttle
+                throttled = self.broker_id in info.adding and self.broker_id not in info.isr
+                self.fetchers.add_partition(part, leader, force=changed, throttled=throttled)
 
     def _open_partition(self, topic: TopicInfo, p: int) -> Partition | None:
         """The partition over a log loaded at startup, or None while a new log is made."""
@@ -620,6 +643,7 @@ class ReplicaManager:
         log.info("broker=%d %s: replica removed; deleting its log", self.broker_id, part.name)
         part.deleted = True
         self._hw_dirty = True
+        self._led_reassigning.pop(tp, None)
         self._isr_watch.discard(part)
         self.fetchers.remove_partition(tp)
         part.fail_waiters(ErrorCode.NOT_LEADER_OR_FOLLOWER)
@@ -832,6 +856,23 @@ class ReplicaManager:
                             exc)
 
     # ------------------------------------------------------------------ status
+
+    def reassignment_progress(self) -> list[list[Any]]:
+        """[[topic, partition, bytes left]] for the partitions led here that are being
+        reassigned: the bytes of the log past each adding replica's last fetch offset,
+        summed (the whole log for one that has not fetched yet). From the offset index,
+        no disk read; sent with each heartbeat, the controller serves it."""
+        out: list[list[Any]] = []
+        for tp, adding in self._led_reassigning.items():
+            part = self.partitions.get(tp)
+            if part is None or not part.is_leader:
+                continue
+            left = 0
+            for b in adding:
+                st = part.followers.get(b)
+                left += part.log.bytes_from(st.log_end_offset if st is not None else -1)
+            out.append([tp[0], tp[1], left])
+        return out
 
     def has_movable_leadership(self) -> bool:
         """True if some partition led here has another in-sync replica to take over."""

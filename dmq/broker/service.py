@@ -49,6 +49,7 @@ class BrokerService(Service):
                                        lambda: int(self.lifecycle.broker_epoch),
                                        clock=self.clock)
         self.lifecycle.on_metadata_error = self._metadata_error
+        self.lifecycle.reassignment_progress = self.replicas.reassignment_progress
         self.replicas.on_fatal = ctx.fatal
         self.data_plane = DataPlane(self.replicas, self.lifecycle.controller_request,
                                     bool(self.config.get("auto.create.topics.enable")))
@@ -143,6 +144,12 @@ class BrokerService(Service):
              [(lab, float(self.replicas.stats_isr_shrinks))]),
             ("dmq_broker_isr_expands", "counter", "ISR expansions proposed",
              [(lab, float(self.replicas.stats_isr_expands))]),
+            ("dmq_broker_replication_throttled_rate", "gauge",
+             "follower.replication.throttled.rate in force, bytes/s (0: no limit)",
+             [(lab, float(self.replicas.fetchers.throttle.rate))]),
+            ("dmq_broker_replication_throttled_bytes", "counter",
+             "bytes fetched for replicas being added by a reassignment (throttled)",
+             [(lab, float(self.replicas.fetchers.throttle.stats_throttled_bytes))]),
             ("dmq_broker_produce_requests", "counter", "produce requests",
              [(lab, float(self.data_plane.stats_produce_requests))]),
             ("dmq_broker_fetch_requests", "counter", "fetch requests",

@@ -61,10 +61,11 @@ def cluster_status(bootstrap: str | None, config_path: str | None, timeout_ms: i
          else "-"] for b in status["brokers"]])
     if moving:
         click.echo("\nreassignments in progress:")
-        table([["PARTITION", "REPLICAS", "ADDING", "REMOVING", "ISR"]] + [
+        table([["PARTITION", "REPLICAS", "ADDING", "REMOVING", "ISR", "BYTES LEFT"]] + [
             [f"{r['topic']}-{r['partition']}", ",".join(map(str, r["replicas"])),
              ",".join(map(str, r["adding"])), ",".join(map(str, r["removing"])),
-             ",".join(map(str, r["isr"]))] for r in moving])
+             ",".join(map(str, r["isr"])),
+             r["bytes_left"] if r.get("bytes_left", -1) >= 0 else "?"] for r in moving])
 
 
 @click.group()

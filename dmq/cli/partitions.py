@@ -1,9 +1,13 @@
 """`dmq partitions ...` and `dmq brokers ...`: day-2 operations over the Admin library.
 
 - `partitions reassign --plan FILE` starts reassignments (JSON list of
-  {"topic", "partition", "replicas"}); `--verify` says which are done, `--cancel` stops
-  them (those of the plan, or all in progress), `--generate --topics T,... --brokers
-  ID,...` prints a balanced (rack-aware) plan for those topics over those brokers.
+  {"topic", "partition", "replicas"}); `--throttle BYTES_PER_S` first sets the
+  cluster-wide dynamic config `follower.replication.throttled.rate` (each broker copies
+  at most that many bytes/s for its replicas being added); `--verify` says which are
+  done and, once no reassignment is left in progress, removes the throttle (as Kafka's
+  tool does), `--cancel` stops them (those of the plan, or all in progress) and removes
+  the throttle likewise, `--generate --topics T,... --brokers ID,...` prints a balanced
+  (rack-aware) plan for those topics over those brokers.
 - `partitions elect-leaders [--topic T]` moves leadership back to preferred replicas.
 - `brokers decommission ID` moves every replica off a broker (alive or dead) and waits
   until it holds none; `brokers unregister ID` then forgets it (refused while it hosts
@@ -27,6 +31,8 @@ import click
 from dmq.cli.common import admin_options, run_admin
 from dmq.controller.placement import assign_replicas
 from dmq.protocol.errors import DmqError
+
+THROTTLE_KEY = "follower.replication.throttled.rate"
 
 
 def _ids(text: str, what: str) -> list[int]:
@@ -107,16 +113,21 @@ def partitions() -> None:
 @click.option("--verify", is_flag=True, help="say which reassignments of the plan are done")
 @click.option("--cancel", is_flag=True,
               help="cancel the plan's reassignments (every one in progress without --plan)")
+@click.option("--throttle", type=click.IntRange(min=1), default=None, metavar="BYTES_PER_S",
+              help="with --plan: limit each broker's copying for replicas being added to "
+                   "this many bytes/s (removed by --verify once all are done)")
 @admin_options
 def partitions_reassign(plan_path: str | None, generate: bool, topics: str | None,
                         broker_list: str | None, verify: bool, cancel: bool,
-                        bootstrap: str | None, config_path: str | None,
+                        throttle: int | None, bootstrap: str | None, config_path: str | None,
                         timeout_ms: int) -> None:
     """Move partitions to new replica sets, through the controller: new replicas are
     added and catch up, leadership moves if the leader leaves, old replicas are dropped
     (their logs deleted)."""
     if sum((generate, verify, cancel)) > 1:
         raise click.UsageError("give at most one of --generate, --verify, --cancel")
+    if throttle is not None and (generate or verify or cancel):
+        raise click.UsageError("--throttle goes with --plan alone (starting reassignments)")
     if generate:
         if not topics or not broker_list:
             raise click.UsageError("--generate needs --topics and --brokers")
@@ -146,32 +157,40 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
         click.echo(json.dumps(generate_plan(current, [(b, racks[b]) for b in ids])))
         return
     if cancel:
-        async def do_cancel(a: Any) -> dict[tuple[str, int], Any]:
+        async def do_cancel(a: Any) -> tuple[dict[tuple[str, int], Any], str | None]:
             if plan_path is not None:
                 keys = [(t, p) for t, p, _ in load_plan(plan_path)]
             else:
                 keys = [(r["topic"], r["partition"])
                         for r in await a.list_partition_reassignments()]
-            if not keys:
-                return {}
-            return dict(await a.alter_partition_reassignments([(t, p, None) for t, p in keys]))
+            res: dict[tuple[str, int], Any] = {}
+            if keys:
+                res = dict(await a.alter_partition_reassignments([(t, p, None)
+                                                                  for t, p in keys]))
+            return res, await _maybe_remove_throttle(a)
 
-        res = run_admin(bootstrap, config_path, timeout_ms, do_cancel)
+        res, note = run_admin(bootstrap, config_path, timeout_ms, do_cancel)
         if not res:
             click.echo("no reassignment in progress")
         for (t, p), err in sorted(res.items()):
             click.echo(f"{t}-{p}: " + ("cancelled" if err is None else f"error: {err}"))
+        if note:
+            click.echo(note)
         sys.exit(1 if any(e is not None for e in res.values()) else 0)
     if plan_path is None:
         raise click.UsageError("give --plan FILE (or --generate, or --cancel)")
     plan = load_plan(plan_path)
     if verify:
-        async def do_verify(a: Any) -> tuple[Any, Any]:
+        async def do_verify(a: Any) -> tuple[Any, Any, str | None]:
             names = sorted({t for t, _, _ in plan})
-            return (await a.describe_topics(names),
-                    await a.list_partition_reassignments(names))
+            described = await a.describe_topics(names)
+            moving = await a.list_partition_reassignments(names)
+            done = not moving and all(
+                t in described and (info := described[t].partitions.get(p)) is not None
+                and list(info.replicas) == target for t, p, target in plan)
+            return described, moving, (await _maybe_remove_throttle(a)) if done else None
 
-        described, moving = run_admin(bootstrap, config_path, timeout_ms, do_verify)
+        described, moving, note = run_admin(bootstrap, config_path, timeout_ms, do_verify)
         busy = {(r["topic"], r["partition"]): r for r in moving}
         pending = 0
         for t, p, target in plan:
@@ -180,8 +199,10 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
                 line, pending = "does not exist", pending + 1
             elif (t, p) in busy:
                 r = busy[(t, p)]
+                left = r.get("bytes_left", -1)
                 line = (f"in progress (adding {r['adding']}, removing {r['removing']}, "
-                        f"isr {r['isr']})")
+                        f"isr {r['isr']}, "
+                        f"{'bytes left unknown' if left < 0 else f'{left} bytes left'})")
                 pending += 1
             elif list(info.replicas) == target:
                 line = f"complete (replicas {list(info.replicas)}, isr {list(info.isr)})"
@@ -189,12 +210,36 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
                 line = f"not started or replaced: replicas are {list(info.replicas)}"
                 pending += 1
             click.echo(f"{t}-{p}: {line}")
+        if note:
+            click.echo(note)
         sys.exit(1 if pending else 0)
-    res = run_admin(bootstrap, config_path, timeout_ms,
-                    lambda a: a.alter_partition_reassignments(plan))
+
+    async def start(a: Any) -> Any:
+        if throttle is not None:
+            # before the moves: the new replicas start copying at once
+            await a.alter_dynamic_configs({THROTTLE_KEY: str(throttle)})
+        return await a.alter_partition_reassignments(plan)
+
+    res = run_admin(bootstrap, config_path, timeout_ms, start)
+    if throttle is not None:
+        click.echo(f"throttle: {THROTTLE_KEY}={throttle} bytes/s per broker for replicas "
+                   "being added (`--verify` removes it once all are done)")
     for (t, p), err in sorted(res.items()):
         click.echo(f"{t}-{p}: " + ("reassignment started" if err is None else f"error: {err}"))
     sys.exit(1 if any(e is not None for e in res.values()) else 0)
+
+
+async def _maybe_remove_throttle(a: Any) -> str | None:
+    """Remove the reassignment throttle once no reassignment is left in progress in the
+    cluster (it is cluster-wide: another one may still be copying under it). What was
+    done, or None when no throttle is set."""
+    if THROTTLE_KEY not in await a.describe_dynamic_configs(overrides_only=True):
+        return None
+    left = await a.list_partition_reassignments()
+    if left:
+        return f"throttle kept: {len(left)} reassignment(s) still in progress"
+    await a.alter_dynamic_configs({THROTTLE_KEY: None})
+    return "throttle removed"
 
 
 @partitions.command("elect-leaders")

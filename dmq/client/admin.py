@@ -171,6 +171,23 @@ class Admin:
             "validate_only": validate_only})
         return {r["name"]: _error(r) for r in resp["topics"]}
 
+    async def describe_dynamic_configs(self, overrides_only: bool = False) -> dict[str, str]:
+        """The cluster-wide dynamic broker configs in effect (a set value, else the
+        static setting), e.g. follower.replication.throttled.rate; with
+        `overrides_only`, only those set."""
+        resp = await self._request(ApiKey.DESCRIBE_CONFIGS, {"topics": [], "dynamic": True})
+        return dict(resp["dynamic"]["overrides" if overrides_only else "configs"])
+
+    async def alter_dynamic_configs(self, changes: dict[str, str | None], *,
+                                    validate_only: bool = False) -> None:
+        """Set (value) or reset to the static setting (None) cluster-wide dynamic broker
+        configs; raises the error of a refused change (nothing is changed then)."""
+        resp = await self._request(ApiKey.ALTER_CONFIGS, {
+            "topics": [], "dynamic": dict(changes), "validate_only": validate_only})
+        err = _error(resp["dynamic"])
+        if err is not None:
+            raise err
+
     # cluster ----------------------------------------------------------------------------
     async def describe_cluster(self, timeout_ms: int = 5000) -> dict[str, Any]:
         """Controller id and term, each controller's Raft status, brokers with state and
@@ -213,10 +230,17 @@ class Admin:
     async def list_partition_reassignments(self, topics: list[str] | None = None
                                            ) -> list[dict[str, Any]]:
         """Reassignments in progress: topic, partition, replicas, adding, removing,
-        leader, isr."""
+        leader, isr, bytes_left (what the adding replicas still have to copy, as the
+        leader last reported it; -1: not known yet)."""
         resp = await self._request(ApiKey.LIST_PARTITION_REASSIGNMENTS, {"topics": topics})
-        keys = ("topic", "partition", "replicas", "adding", "removing", "leader", "isr")
-        return [dict(zip(keys, row, strict=True)) for row in resp["partitions"]]
+        keys = ("topic", "partition", "replicas", "adding", "removing", "leader", "isr",
+                "bytes_left")
+        out = []
+        for row in resp["partitions"]:
+            r = dict(zip(keys, row, strict=False))
+            r.setdefault("bytes_left", -1)  # an older controller does not say
+            out.append(r)
+        return out
 
     async def elect_leaders(self, topic: str | None = None
                             ) -> dict[tuple[str, int], DmqError | None]:

@@ -35,6 +35,7 @@ from dmq.controller.placement import assign_replicas
 from dmq.controller.validation import (
     TOPIC_CONFIG_CHECKS,
     PartitionLimits,
+    validate_dynamic_config,
     validate_topic_config,
     validate_topic_name,
 )
@@ -44,6 +45,7 @@ from dmq.metadata.records import (
     AddPartitions,
     BrokerShuttingDown,
     CreateTopic,
+    DynamicConfig,
     FenceBroker,
     OffsetCommit,
     PartitionChange,
@@ -626,6 +628,18 @@ class Planner:
             records += recs
             results.append(topic_result(name))
         return ([] if validate_only else records), results
+
+    def alter_dynamic_configs(self, configs: dict[str, str | None],
+                              validate_only: bool = False
+                              ) -> tuple[list[Record], dict[str, Any]]:
+        """Cluster-wide dynamic broker configs: set (value) or back to the static setting
+        (None). All or nothing: one bad key refuses the lot."""
+        try:
+            records: list[Record] = [DynamicConfig(k, validate_dynamic_config(k, v))
+                                     for k, v in sorted(configs.items())]
+        except DmqError as exc:
+            return [], {"error": int(exc.code), "msg": exc.message}
+        return ([] if validate_only else records), {"error": 0, "msg": None}
 
     # partitions -------------------------------------------------------------------------
     def alter_partition(self, broker_id: int, broker_epoch: int,

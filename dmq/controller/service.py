@@ -34,9 +34,13 @@ from dmq.controller.planner import Planner
 from dmq.controller.raft_glue import RaftGlue
 from dmq.controller.state_machine import MetadataStateMachine
 from dmq.controller.users import register_user_handlers
-from dmq.controller.validation import effective_topic_configs, validate_topic_name
+from dmq.controller.validation import (
+    DYNAMIC_CONFIG_CHECKS,
+    effective_topic_configs,
+    validate_topic_name,
+)
 from dmq.metadata.discovery import ControllerChannel
-from dmq.metadata.image import FENCED, MetadataImage, metadata_body
+from dmq.metadata.image import FENCED, MetadataImage, PartitionInfo, metadata_body
 from dmq.metadata.records import ClusterId, ProducerIds, Record
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
@@ -127,6 +131,10 @@ class ControllerService(Service):
                                                  self.node_id)
         self.acls = ControllerAcls(lambda: self.state.acls, self.mutate, self.authorizer,
                                    self.node_id)
+        # reassignment progress as partition leaders report it in their heartbeats:
+        # broker id -> (topic, partition) -> bytes left (kept in memory only: a new
+        # active controller knows it after one heartbeat)
+        self._reassign_progress: dict[int, dict[tuple[str, int], int]] = {}
         self._register_handlers()
         self.groups = self._register_groups()
         self.users = register_user_handlers(self.server, self, ctx.users, self._forward)
@@ -506,7 +514,8 @@ class ControllerService(Service):
                 "reassignments": [
                     {"topic": p.topic, "partition": p.partition, "replicas": list(p.replicas),
                      "adding": list(p.adding), "removing": list(p.removing),
-                     "leader": p.leader, "isr": list(p.isr)}
+                     "leader": p.leader, "isr": list(p.isr),
+                     "bytes_left": self.reassignment_bytes_left(p)}
                     for p in sorted(self.planner.reassignments(),
                                     key=lambda p: (p.topic, p.partition))]}
 
@@ -563,6 +572,13 @@ class ControllerService(Service):
                 out.append({"name": name, "error": 0, "msg": None,
                             "configs": effective_topic_configs(t.configs, self.config.get),
                             "overrides": dict(t.configs)})
+        if body.get("dynamic"):
+            self.authorizer.require_cluster(principal, DESCRIBE_CONFIGS, "DescribeConfigs")
+            overrides = dict(self.state.dynamic_configs)
+            return {"topics": out, "dynamic": {
+                "configs": {k: overrides.get(k, str(self.config.get(k)))
+                            for k in sorted(DYNAMIC_CONFIG_CHECKS)},
+                "overrides": overrides}}
         return {"topics": out}
 
     # write handlers ---------------------------------------------------------------------
@@ -586,6 +602,9 @@ class ControllerService(Service):
         bid, epoch = body["broker_id"], body["broker_epoch"]
         self.planner.check_broker(bid, epoch)
         self.sessions.touch(bid)
+        report = body.get("reassigning")
+        if report is not None:
+            self._reassign_progress[bid] = {(t, p): n for t, p, n in report}
         should_shutdown = False
         b = self.state.brokers[bid]
         if body["want_shutdown"]:
@@ -669,6 +688,12 @@ class ControllerService(Service):
 
     async def handle_alter_configs(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
         principal = connection_principal(ctx.connection)
+        dynamic = body.get("dynamic")
+        dynamic_result = None
+        if dynamic is not None:  # cluster-wide broker configs: AlterConfigs on the cluster
+            self.authorizer.require_cluster(principal, ALTER_CONFIGS, "AlterConfigs")
+            dynamic_result = await self.mutate(
+                lambda: self.planner.alter_dynamic_configs(dynamic, body["validate_only"]))
         allowed, refused = self._split(
             body["topics"], lambda t: self.authorizer.check(
                 principal, ALTER_CONFIGS, TOPIC, t["name"], "AlterConfigs"),
@@ -682,6 +707,8 @@ class ControllerService(Service):
                     req["configs"].get("unclean.leader.election.enable") == "true":
                 await self.mutate(self._plan(self.planner.elect_offline_leaders, (),
                                              req["name"]))
+        if dynamic_result is not None:
+            return {"topics": results, "dynamic": dynamic_result}
         return {"topics": results}
 
     async def handle_alter_partition(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
@@ -716,9 +743,14 @@ class ControllerService(Service):
                                         "ListPartitionReassignments")
         topics = set(body["topics"]) if body["topics"] is not None else None
         rows = [[p.topic, p.partition, list(p.replicas), list(p.adding), list(p.removing),
-                 p.leader, list(p.isr)]
+                 p.leader, list(p.isr), self.reassignment_bytes_left(p)]
                 for p in self.planner.reassignments() if topics is None or p.topic in topics]
         return {"partitions": sorted(rows, key=lambda r: (r[0], r[1]))}
+
+    def reassignment_bytes_left(self, p: PartitionInfo) -> int:
+        """Bytes the adding replicas of `p` still have to copy, as its leader last
+        reported them (-1: not reported yet, e.g. just after a controller change)."""
+        return self._reassign_progress.get(p.leader, {}).get((p.topic, p.partition), -1)
 
     async def handle_elect_leaders(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
         self.authorizer.require_cluster(connection_principal(ctx.connection), ALTER,

@@ -120,6 +120,31 @@ def validate_topic_config(key: str, value: str) -> str:
         raise InvalidConfigError(f"{key}={value!r}: {exc}") from None
 
 
+# Cluster-wide dynamic broker configs (DYNAMIC_CONFIG records): key -> value checker.
+# Each overrides the static setting of the same name (dmq.config.SETTINGS) on every
+# broker, read from the metadata image, without a restart.
+DYNAMIC_CONFIG_CHECKS: dict[str, Callable[[str], str]] = {
+    # bytes/s a broker's fetchers copy for replicas being added by a reassignment
+    "follower.replication.throttled.rate": _long(1),
+}
+
+
+def validate_dynamic_config(key: str, value: str | None) -> str | None:
+    """The normalised value (None: back to the static setting), or InvalidConfigError."""
+    check = DYNAMIC_CONFIG_CHECKS.get(key)
+    if check is None:
+        raise InvalidConfigError(f"unknown dynamic broker config {key!r}; known: "
+                                 f"{', '.join(sorted(DYNAMIC_CONFIG_CHECKS))}")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidConfigError(f"{key}: value must be a string")
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise InvalidConfigError(f"{key}={value!r}: {exc}") from None
+
+
 def validate_topic_configs(configs: dict[str, str]) -> dict[str, str]:
     return {k: validate_topic_config(k, v) for k, v in configs.items()}
 
@@ -165,12 +190,14 @@ class PartitionLimits:
 
 
 __all__ = [
+    "DYNAMIC_CONFIG_CHECKS",
     "MAX_TOPIC_NAME_CHARS",
     "PartitionLimits",
     "TOPIC_CONFIG_CHECKS",
     "TOPIC_CONFIG_DEFAULTS",
     "default_topic_configs",
     "effective_topic_configs",
+    "validate_dynamic_config",
     "validate_topic_config",
     "validate_topic_configs",
     "validate_topic_name",

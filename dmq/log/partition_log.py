@@ -502,6 +502,21 @@ class PartitionLog:
                 return self._read_from(seg, start, max_bytes, limit, min_one_batch)
             return memoryview(b"")
 
+    def bytes_from(self, offset: int) -> int:
+        """Bytes of the log from `offset` to its end (the whole log for an offset below
+        its start or unknown, -1): from the offset index entry at or before `offset`, so
+        at most `index.interval.bytes` more than exact. No disk read."""
+        with self._lock:
+            if self._closed or offset >= self._log_end_offset:
+                return 0
+            segs = self._segments
+            if offset <= self._log_start_offset:
+                return sum(seg.size_bytes for seg in segs)
+            i = max(0, bisect_right(self._bases, offset) - 1)
+            first = segs[i]
+            position = first.index.lookup(offset)[1]
+            return first.size_bytes - position + sum(seg.size_bytes for seg in segs[i + 1:])
+
     def _read_from(self, seg: LogSegment, start: int, max_bytes: int, limit: int,
                    min_one_batch: bool) -> memoryview:
         """Read from the batch starting at `start` and cut to whole batches < `limit`."""

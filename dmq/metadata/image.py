@@ -142,6 +142,9 @@ class MetadataImage:
     # every ACL (dmq.security.acl enforces them); the same frozenset object from one
     # image to the next while the set does not change, so readers may cache by identity
     acls: frozenset[AccessControlEntry] = frozenset()
+    # cluster-wide dynamic broker configs (DYNAMIC_CONFIG records: key -> value), over
+    # the static settings of the config file; never changed in place
+    dynamic_configs: Mapping[str, str] = field(default_factory=dict)
 
     def partition(self, topic: str, p: int) -> PartitionInfo | None:
         t = self.topics.get(topic)

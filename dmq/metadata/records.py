@@ -38,6 +38,10 @@ One Raft entry carries one *batch* of records, applied atomically:
                          operation, permission (an ACL; values and meaning:
                          dmq.security.acl; one already present is skipped)
     REMOVE_ACCESS_CONTROL_ENTRY  the same seven fields (skipped if absent)
+    DYNAMIC_CONFIG       key, value|nil: a cluster-wide dynamic broker config (Kafka's
+                         broker configs set with --entity-default), e.g.
+                         follower.replication.throttled.rate; nil: back to the static
+                         setting of the config file
 
   Users and HTTP tokens (dmq.security.users, dmq.security.tokens):
 
@@ -89,6 +93,7 @@ class RecordType(IntEnum):
     REVOKE_TOKEN = 19
     ACCESS_CONTROL_ENTRY = 15
     REMOVE_ACCESS_CONTROL_ENTRY = 16
+    DYNAMIC_CONFIG = 20
 
 
 class MalformedRecordError(ValueError):
@@ -352,11 +357,21 @@ def acl_entry(fields: Any) -> AccessControlEntry:
     return AccessControlEntry(*fields)
 
 
+@dataclass(frozen=True, slots=True)
+class DynamicConfig:
+    TYPE: ClassVar[RecordType] = RecordType.DYNAMIC_CONFIG
+    key: str
+    value: str | None
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.key, self.value]
+
+
 Record = (RegisterBroker | FenceBroker | UnfenceBroker | BrokerShuttingDown | CreateTopic
           | AddPartitions | RemoveTopic | PartitionChange | TopicConfig | ProducerIds
           | OffsetCommit | PartitionReassign | UnregisterBroker | ClusterId
           | UserScramCredential | RemoveUserScramCredential | RevokeToken | AccessControlEntry
-          | RemoveAccessControlEntry)
+          | RemoveAccessControlEntry | DynamicConfig)
 
 
 def _tuples(rows: Any) -> tuple[tuple[int, ...], ...]:
@@ -400,6 +415,10 @@ def _from_wire(obj: list[Any]) -> Record:
         if not isinstance(f[0], str) or not f[0]:
             raise ValueError("cluster id must be a non-empty string")
         return ClusterId(f[0])
+    if t is RecordType.DYNAMIC_CONFIG:
+        if not isinstance(f[0], str) or not (f[1] is None or isinstance(f[1], str)):
+            raise ValueError("a dynamic config is a string key and a string value or nil")
+        return DynamicConfig(f[0], f[1])
     user_record = _user_record(t, f)
     if user_record is not None:
         return user_record

@@ -28,7 +28,8 @@ Snapshot format (msgpack map, version 1)::
      "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]},
      "users": [[user, [[mechanism, salt, iterations, stored_key, server_key], ...]]]
               ([] for a deleted user; absent when there are none),
-     "revoked_tokens": [[token_id, expires_ms], ...] (absent when there are none)}
+     "revoked_tokens": [[token_id, expires_ms], ...] (absent when there are none),
+     "dynamic_configs": {key: value} (absent while none is set)}
 
 "offsets" is absent in the broker-facing snapshot of MetadataFetch; users and revoked
 tokens are in both (brokers check logins and tokens themselves).
@@ -69,6 +70,7 @@ from dmq.metadata.records import (
     AddPartitions,
     ClusterId,
     CreateTopic,
+    DynamicConfig,
     OffsetCommit,
     PartitionChange,
     PartitionReassign,
@@ -107,6 +109,9 @@ class MetadataState:
         self.reassigning: set[tuple[str, int]] = set()
         self.next_producer_id = FIRST_PRODUCER_ID
         self.cluster_id: str | None = None  # set once, by the CLUSTER_ID record
+        # cluster-wide dynamic broker configs (DYNAMIC_CONFIG): replaced, never changed
+        # in place, so an image shares the dict
+        self.dynamic_configs: dict[str, str] = {}
         # group -> (topic, partition) -> (offset, metadata, commit_ms)
         self.offsets: dict[str, dict[tuple[str, int], tuple[int, str | None, int]]] = {}
         self.keep_offsets = keep_offsets
@@ -146,6 +151,7 @@ class MetadataState:
             RecordType.CLUSTER_ID: self._cluster_id,
             RecordType.ACCESS_CONTROL_ENTRY: self._add_acl,
             RecordType.REMOVE_ACCESS_CONTROL_ENTRY: self._remove_acl,
+            RecordType.DYNAMIC_CONFIG: self._dynamic_config,
         }
         self._apply.update({
             RecordType.USER_SCRAM_CREDENTIAL: self._user_scram_credential,
@@ -382,6 +388,14 @@ class MetadataState:
     def _acls_changed(self) -> None:
         if self._tracking():
             self._changed_acls = True
+    def _dynamic_config(self, rec: Any, index: int) -> None:
+        r: DynamicConfig = rec
+        configs = dict(self.dynamic_configs)
+        if r.value is None:
+            configs.pop(r.key, None)
+        else:
+            configs[r.key] = r.value
+        self.dynamic_configs = configs
 
     def _producer_ids(self, rec: Any, index: int) -> None:
         r: ProducerIds = rec
@@ -452,7 +466,8 @@ class MetadataState:
             img = MetadataImage(self.version, controller_id, brokers, topics, controller_term,
                                 controller_address, changes, self.cluster_id,
                                 acls=self.acls, users=self.users,
-                                revoked_tokens=self.revoked_tokens)
+                                revoked_tokens=self.revoked_tokens,
+                                dynamic_configs=self.dynamic_configs)
             self._users_shared = True
             self._owned.clear()
             self._changed_topics = {}
@@ -504,6 +519,8 @@ class MetadataState:
             snap["revoked_tokens"] = [[t, exp] for t, exp in sorted(self.revoked_tokens.items())]
         if self.acls:
             snap["acls"] = sorted(e.fields() for e in self.acls)
+        if self.dynamic_configs:
+            snap["dynamic_configs"] = dict(self.dynamic_configs)
         if include_offsets:
             snap["offsets"] = {g: [[t, p, o, md, ts] for (t, p), (o, md, ts) in sorted(
                 offs.items())] for g, offs in sorted(self.offsets.items())}
@@ -541,6 +558,8 @@ class MetadataState:
         self.revoked_tokens = {t: int(exp) for t, exp in snap.get("revoked_tokens", [])}
         self._users_shared = False
         self.acls = frozenset(acl_entry(f) for f in snap.get("acls", ()))
+        self.dynamic_configs = {str(k): str(v)
+                                for k, v in (snap.get("dynamic_configs") or {}).items()}
         self.offsets = {}
         if self.keep_offsets:
             for g, rows in snap.get("offsets", {}).items():

@@ -178,7 +178,11 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     # -> {"broker_epoch"}
     ApiKey.BROKER_HEARTBEAT: Struct(
         {"broker_id": INT, "broker_epoch": INT, "metadata_version": INT},
-        {"want_fence": (BOOL, False), "want_shutdown": (BOOL, False)}),
+        {"want_fence": (BOOL, False), "want_shutdown": (BOOL, False),
+         # progress of the reassignments of partitions it leads: [[topic, partition,
+         # bytes left]] (bytes of its log past each adding replica's fetch offset,
+         # summed); nil: not reported
+         "reassigning": (Nullable(Array(Tuple(STR, INT, INT), max_items=100_000)), None)}),
     # -> {"is_fenced", "should_shutdown", "metadata_version"}
     ApiKey.CONTROLLED_SHUTDOWN: Struct({"broker_id": INT, "broker_epoch": INT}),
     # -> {"remaining_leaderships": int, "unmovable_leaderships": int (no other ISR member)}
@@ -204,13 +208,20 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     # -> {"first_producer_id", "count"}
     ApiKey.INIT_PRODUCER_ID: Struct(optional={"transactional_id": (Nullable(STR), None)}),
     # -> {"producer_id", "producer_epoch"}
-    ApiKey.DESCRIBE_CONFIGS: Struct({"topics": Array(STR, max_items=10_000)}),
+    ApiKey.DESCRIBE_CONFIGS: Struct({"topics": Array(STR, max_items=10_000)},
+                                    {"dynamic": (BOOL, False)}),
     # -> {"topics": [{"name", "error", "msg", "configs": {k: v} (effective),
     #                 "overrides": {k: v} (set on the topic)}]}
+    #    plus, when "dynamic" was asked: "dynamic": {"configs": {k: v} (effective: set,
+    #    else the static setting), "overrides": {k: v} (set)} (cluster-wide dynamic
+    #    broker configs, see DYNAMIC_CONFIG in dmq/metadata/records.py)
     ApiKey.ALTER_CONFIGS: Struct(
         {"topics": Array(Struct({"name": STR, "configs": MapOf(STR, Nullable(STR))}))},
-        {"validate_only": (BOOL, False)}),
-    # -> {"topics": [{"name", "error", "msg"}]}
+        {"validate_only": (BOOL, False),
+         # cluster-wide dynamic broker configs: {key: value | nil (back to the setting)}
+         "dynamic": (Nullable(MapOf(STR, Nullable(STR))), None)}),
+    # -> {"topics": [{"name", "error", "msg"}]} plus "dynamic": {"error", "msg"} when
+    #    dynamic configs were given
     ApiKey.ALTER_PARTITION_REASSIGNMENTS: Struct(
         # [[topic, partition, [replica, ...] | nil (cancel)]]
         {"partitions": Array(Tuple(STR, INT, Nullable(Array(INT, max_items=1000))),
@@ -219,7 +230,8 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.LIST_PARTITION_REASSIGNMENTS: Struct(
         optional={"topics": (Nullable(Array(STR, max_items=10_000)), None)}),
     # -> {"partitions": [[topic, partition, [replicas], [adding], [removing], leader,
-    #                     [isr]]]}
+    #                     [isr], bytes_left]]} (bytes_left: as the leader last reported
+    #    in its heartbeat, -1 not known yet)
     ApiKey.UNREGISTER_BROKER: Struct({"broker_id": INT}),
     # -> {} (an operator's request: forget a broker that hosts no replicas)
     ApiKey.ELECT_LEADERS: Struct(optional={"topic": (Nullable(STR), None)}),

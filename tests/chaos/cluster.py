@@ -1,8 +1,9 @@
-"""A chaos cluster: real `dmq server` processes (3 controllers, 3 brokers), each node in
-its own group id so `LinkFaults` can cut links between nodes, plus what the nemesis and
-the final read-back need to look at it from outside: Raft roles, broker states,
-partition leaders and ISRs, a partition's records up to the HW from its leader, and a
-replica's bytes below the HW read from a copy of its folder.
+"""A chaos cluster: real `dmq server` processes (3 controllers, 3 brokers by default;
+`run_chaos` uses 4 brokers), each node in its own group id so `LinkFaults` can cut
+links between nodes, plus what the nemesis and the final read-back need to look at it
+from outside: Raft roles, broker states, partition leaders and ISRs, a partition's
+records up to the HW from its leader, and a replica's bytes below the HW read from a
+copy of its folder.
 
 The test process keeps its own group id, so it is never cut off: it can always reach
 every node (a paused node still times out, of course). Every look is one request with

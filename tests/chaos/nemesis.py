@@ -11,7 +11,12 @@ Fault kinds (`KINDS`):
   from the other controllers nor from clients), then heal;
 - rolling-restart: SIGTERM each broker, then each controller, in turn; restart it and
   wait for a healthy cluster (one controller leader, brokers ONLINE, full ISRs) before
-  the next one (a broker's controlled shutdown moves its leaderships first).
+  the next one (a broker's controlled shutdown moves its leaderships first);
+- reassign: move a random partition of the workload topic to another replica set of
+  the same size (one replica swapped for a broker outside the set, so data is copied;
+  only the order changes when every broker holds it already), under a replication
+  throttle (`follower.replication.throttled.rate`) of `REASSIGN_THROTTLE` bytes/s;
+  healed once the reassignment completed (the throttle removed then).
 
 Every fault appends to the timeline when it starts and ends; after healing, the
 nemesis waits (bounded) for the cluster to be healthy again before a quiet gap.
@@ -25,11 +30,17 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
+from dmq.protocol.api import ApiKey
+from dmq.protocol.errors import DmqError
 from tests.chaos.cluster import SESSION_TIMEOUT_S, ChaosCluster
 
 KINDS = ["kill-broker", "kill-controller-leader", "pause", "partition-node",
-         "partition-controller-from-brokers", "rolling-restart"]
+         "partition-controller-from-brokers", "rolling-restart", "reassign"]
+# well above the workload's produce rate per partition, so the moved replica catches up
+REASSIGN_THROTTLE = 200_000
+THROTTLE_KEY = "follower.replication.throttled.rate"
 
 
 class Nemesis:
@@ -165,6 +176,61 @@ class Nemesis:
                                                        self.heal_timeout_s)
             if probs:
                 self.note(f"rolling restart: not healthy after restarting {b}: {probs}")
+
+    async def _reassign(self, hold: float) -> None:
+        p = self.rng.randrange(self.partitions)
+        brokers = self.cluster.broker_ids
+        replicas = await self._replicas(p)
+        spare = [b for b in brokers if b not in replicas]
+        if spare and replicas:
+            out, new = self.rng.choice(replicas), self.rng.choice(spare)
+            target = [new if r == out else r for r in replicas]
+        else:  # every broker holds it (or it is unknown now): a new order, no copy
+            target = list(replicas or self.rng.sample(brokers, self.rf))
+            self.rng.shuffle(target)
+        self._record(f"reassign {self.topic}-{p} {replicas} -> {target}")
+        try:
+            await self._to_controller(ApiKey.ALTER_CONFIGS, {
+                "topics": [], "dynamic": {THROTTLE_KEY: str(REASSIGN_THROTTLE)}})
+            resp = await self._to_controller(ApiKey.ALTER_PARTITION_REASSIGNMENTS,
+                                             {"partitions": [[self.topic, p, target]]})
+            [[_t, _p, code, msg]] = resp["partitions"]
+            if code:
+                self.note(f"reassign {self.topic}-{p} refused: {code} {msg}")
+                return
+            # healed = the move completed: nothing in progress, the target in place
+            deadline = time.monotonic() + self.heal_timeout_s
+            while time.monotonic() < deadline:
+                moving = await self._to_controller(ApiKey.LIST_PARTITION_REASSIGNMENTS,
+                                                   {"topics": [self.topic]})
+                if not moving["partitions"] and await self._replicas(p) == target:
+                    self.note(f"reassign {self.topic}-{p} complete")
+                    return
+                await asyncio.sleep(0.25)
+            self.unhealthy_after.append(f"reassign: {self.topic}-{p} still moving after "
+                                        f"{self.heal_timeout_s:.0f}s")
+        finally:
+            try:
+                await self._to_controller(ApiKey.ALTER_CONFIGS,
+                                          {"topics": [], "dynamic": {THROTTLE_KEY: None}})
+            except (DmqError, OSError) as exc:
+                self.note(f"throttle not removed: {exc}")
+
+    async def _replicas(self, p: int) -> list[int]:
+        view = await self.cluster.view(self.topic)
+        return view.partitions.get((self.topic, p), (-1, [], []))[1]
+
+    async def _to_controller(self, api: ApiKey, body: dict[str, Any]) -> Any:
+        """A request to the active controller, retried (bounded) across a failover."""
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                return await self.cluster.ask(await self._controller_leader(), api, body,
+                                              timeout_ms=5000)
+            except (DmqError, OSError):
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.3)
 
     async def _controller_leader(self) -> int:
         deadline = time.monotonic() + 20

@@ -153,14 +153,15 @@ async def _read_from_leader(cluster: ChaosCluster, view: ClusterView, tp: TopicP
 
 async def run_chaos(seed: int, duration_s: float, *, kinds: list[str] | None = None,
                     rate_per_s: float = 150.0, settings: dict[str, Any] | None = None,
-                    min_faults: int | None = None, deliver_timeout_s: float = 60.0
-                    ) -> ChaosResult:
+                    min_faults: int | None = None, deliver_timeout_s: float = 60.0,
+                    brokers: int = 4) -> ChaosResult:
     rng = random.Random(seed)
     tl = Timeline()
     history = History()
     t0 = time.monotonic()
     notes: list[str] = []
-    with ChaosCluster(settings) as cluster:
+    # a fourth broker: a reassignment of an RF 3 partition has somewhere to move to
+    with ChaosCluster(settings, brokers=brokers) as cluster:
         tl.note(f"cluster up: {cluster.bootstrap}")
         _, probs = await cluster.wait_healthy(None, PARTITIONS, RF, 60)
         if probs:

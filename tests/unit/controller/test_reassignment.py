@@ -416,3 +416,19 @@ def test_topic_deleted_mid_reassignment_leaves_nothing_to_drive(h: Harness) -> N
         _expand(h, "u", b)
     h.commit(h.planner.reassignment_steps())
     assert h.state.reassigning == set() and h.planner.reassignment_steps() == []
+
+
+def test_dynamic_configs_validated_all_or_nothing(h: Harness) -> None:
+    key = "follower.replication.throttled.rate"
+    recs, res = h.planner.alter_dynamic_configs({key: " 1000 "})
+    assert res == {"error": 0, "msg": None}
+    h.commit(recs)
+    assert h.state.dynamic_configs == {key: "1000"}
+    for bad, why in (({key: "0"}, "must be at least 1"), ({key: "fast"}, "integer"),
+                     ({key: None, "bogus.rate": "1"}, "unknown dynamic broker config")):
+        recs, res = h.planner.alter_dynamic_configs(bad)
+        assert recs == [] and res["error"] == ErrorCode.INVALID_CONFIG and why in res["msg"]
+    recs, res = h.planner.alter_dynamic_configs({key: "5"}, validate_only=True)
+    assert recs == [] and res["error"] == 0
+    h.commit(h.planner.alter_dynamic_configs({key: None})[0])
+    assert h.state.dynamic_configs == {}

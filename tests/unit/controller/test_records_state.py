@@ -14,6 +14,7 @@ from dmq.metadata.records import (
     BrokerShuttingDown,
     ClusterId,
     CreateTopic,
+    DynamicConfig,
     FenceBroker,
     MalformedRecordError,
     OffsetCommit,
@@ -52,6 +53,8 @@ ALL = [
     AccessControlEntry("topic", "t", "literal", "User:a", "*", "Read", "allow"),
     RemoveAccessControlEntry(AccessControlEntry("group", "g", "prefixed", "User:*", "*",
                                                 "Read", "deny")),
+    DynamicConfig("follower.replication.throttled.rate", "1000"),
+    DynamicConfig("follower.replication.throttled.rate", None),
 ]
 # users and HTTP tokens
 ALL += [
@@ -159,6 +162,24 @@ def test_snapshot_restore_keeps_reassignments_and_kafka_listeners() -> None:
     assert moving == s.topics["t"].partitions[0]
     assert (moving.replicas, moving.adding, moving.removing) == ((3, 1, 2), (3,), (2,))
     assert (done.replicas, done.adding, done.removing, done.isr) == ((1, 3), (), (), (1,))
+
+
+def test_dynamic_configs_apply_reach_the_image_and_survive_a_snapshot() -> None:
+    s = MetadataState()
+    key = "follower.replication.throttled.rate"
+    _apply(s, 1, [DynamicConfig(key, "1000")])
+    img = s.image()
+    assert img.dynamic_configs == {key: "1000"}
+    snap = msgpack.unpackb(msgpack.packb(s.to_snapshot()), strict_map_key=False)
+    assert snap["dynamic_configs"] == {key: "1000"}
+    r = MetadataState()
+    r.restore(snap)
+    assert r.image().dynamic_configs == {key: "1000"}
+    _apply(s, 2, [DynamicConfig(key, None)])
+    assert s.image().dynamic_configs == {} and "dynamic_configs" not in s.to_snapshot()
+    assert img.dynamic_configs == {key: "1000"}  # a published image never changes
+    with pytest.raises(MalformedRecordError):
+        decode_batch(msgpack.packb([[int(RecordType.DYNAMIC_CONFIG), 5, "x"]]))
 
 
 def test_unregister_is_skipped_for_a_broker_that_registered_again() -> None:

@@ -97,6 +97,34 @@ def test_rolls_by_size_and_time_and_reads_across_segments(tmp_path: object) -> N
     assert "00000000000000000000.log" in names and "meta.checkpoint" in names
 
 
+def test_bytes_from_counts_the_log_past_an_offset_from_the_index(tmp_path: object) -> None:
+    """What a reassignment's adding replica still has to copy: exact at batch starts
+    that the index holds, at most `index.interval.bytes` over elsewhere."""
+    plog = open_log(tmp_path)  # 1 KB segments, an index entry every 128 bytes
+    for i in range(30):
+        plog.append_as_leader(batch(2, seed=i), 1)
+    assert plog.segment_count > 3
+    total = plog.size_bytes
+    assert plog.bytes_from(-1) == plog.bytes_from(0) == total
+    assert plog.bytes_from(plog.log_end_offset) == 0
+    for offset in range(plog.log_end_offset):
+        exact = sum(len(d) for d in _read_to_end(plog, offset))
+        assert exact <= plog.bytes_from(offset) <= exact + 128 + len(batch(2))
+    plog.close()
+    assert plog.bytes_from(0) == 0
+
+
+def _read_to_end(plog: PartitionLog, offset: int) -> list[memoryview]:
+    """The log from the batch holding `offset` on (a read stops at a segment end)."""
+    out = []
+    while offset < plog.log_end_offset:
+        data = plog.read(offset, 10**9)
+        out.append(data)
+        last = validate_batches(data)[-1]
+        offset = last.base_offset + last.last_offset_delta + 1
+    return out
+
+
 @pytest.mark.parametrize("age_ms", [0, 999, 1000, 5000, -3000])
 def test_segment_age_survives_a_restart(tmp_path: object, age_ms: int) -> None:
     """The active segment's age counts from its first batch's timestamp, not from the
