@@ -1,12 +1,18 @@
 """The Kafka listener: a TCP server that speaks Kafka's framing and headers.
 
 Owns connections, frame bounds, request dispatch and answer order. Each connection
-has one reader (frames in, requests decoded and handed to their handler in arrival
-order) and one writer that sends answers strictly in request order, as every Kafka
-client expects, even when a later request (a produce) is answered before an earlier
-one (a long-poll fetch). A handler returns a body, an awaitable of one, or
-`NO_RESPONSE` (acks=0 produce). At most `max_in_flight` answers wait per connection;
-the reader stops reading past that.
+is an asyncio.BufferedProtocol (frames in, requests decoded and handed to their
+handler in arrival order) with one writer task that sends answers strictly in request
+order, as every Kafka client expects, even when a later request (a produce) is
+answered before an earlier one (a long-poll fetch). A handler returns a body, an
+awaitable of one, or `NO_RESPONSE` (acks=0 produce). At most `max_in_flight` answers
+wait per connection; past that, reading pauses until the writer takes one.
+
+Reading copies as little as it can: the transport reads into the listener's one
+scratch buffer; a frame found whole there is copied out once; a frame that goes on
+past the read gets a buffer of exactly its declared size, and the rest of its body is
+read into it in place, so a produce batch reaches the log as a read-only slice of the
+request (no stream buffer to append to and copy out of).
 
 A malformed frame (a size out of bounds, a truncated header, bytes that do not
 decode), an unknown API key or a version outside our window closes that connection

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -125,3 +126,31 @@ def test_kafka_python_delete_records(cluster: tuple[ProcessCluster, dict[int, in
         admin.close()
     assert {tp.partition: r["low_watermark"] for tp, r in result.items()} == {0: 25}
     assert _log_starts(ports, "dr-kp", 0) == [25]
+
+
+def test_delete_records_sent_to_a_follower_is_refused(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    """Each follower answers NOT_LEADER_OR_FOLLOWER and moves nothing; the leader
+    then does it."""
+    _, ports = cluster
+    create_topic(ports, "dr-follower", 1, 3)
+    _produce(ports, "dr-follower", 1, 10)
+    with KafkaConn(next(iter(ports.values()))) as conn:
+        md = conn.request("Metadata", 12, {"Topics": [{"Name": "dr-follower"}]})
+    leader = md["Topics"][0]["Partitions"][0]["LeaderId"]
+    request = {"Topics": [{"Name": "dr-follower", "Partitions": [
+        {"PartitionIndex": 0, "Offset": 5}]}], "TimeoutMs": 5000}
+
+    def ask(node: int) -> dict[str, Any]:
+        with KafkaConn(ports[node]) as conn:
+            row: dict[str, Any] = conn.request("DeleteRecords", 2, request)[
+                "Topics"][0]["Partitions"][0]
+        return row
+
+    followers = [n for n in ports if n != leader]
+    assert len(followers) == 2
+    for node in followers:
+        assert ask(node) == {"PartitionIndex": 0, "LowWatermark": -1,
+                             "ErrorCode": 6}  # NOT_LEADER_OR_FOLLOWER
+    assert _log_starts(ports, "dr-follower", 0) == [0]
+    assert ask(leader) == {"PartitionIndex": 0, "LowWatermark": 5, "ErrorCode": 0}
