@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from dmq.protocol.errors import (
     UnknownTopicOrPartitionError,
 )
 from tests.support.procs import ProcessCluster
+from tests.support.replicas import replica_log_starts
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -51,18 +51,6 @@ def _fill(pc: ProcessCluster, topic: str, partitions: int, per_partition: int) -
     asyncio.run(go())
 
 
-def _replica_log_starts(pc: ProcessCluster, topic: str, partition: int) -> list[int]:
-    """Each replica's log start, from every node's REST replication status."""
-    starts = []
-    for nid in pc.broker_ids:
-        url = f"http://127.0.0.1:{pc.nodes[nid].port}/api/v1/storage/replication/status"
-        with urllib.request.urlopen(url, timeout=5) as res:
-            rows = json.load(res)["partitions"]
-        starts += [r["logStartOffset"] for r in rows
-                   if r["topic"] == topic and r["partition"] == partition]
-    return sorted(starts)
-
-
 def _leader(pc: ProcessCluster, topic: str, partition: int) -> int:
     async def go() -> int:
         async with Admin(pc.bootstrap) as admin:
@@ -82,7 +70,7 @@ def test_delete_records_moves_every_replicas_log_start(pc: ProcessCluster) -> No
         return {tp: (r.low_watermark, r.error) for tp, r in res.items()}
 
     assert asyncio.run(delete()) == {("drd", 0): (40, None), ("drd", 1): (100, None)}
-    wait_until(lambda: _replica_log_starts(pc, "drd", 0) == [40, 40, 40], 20,
+    wait_until(lambda: replica_log_starts(pc, "drd", 0) == [40, 40, 40], 20,
                "every replica's log start at 40 (the followers follow the leader's)")
 
     async def read_from_zero() -> list[tuple[int, bytes]]:

@@ -5,8 +5,6 @@ past the high watermark and a compacted topic are refused."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from typing import Any
 
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from tests.kafka.clients import bootstrap, create_topic
 from tests.kafka.support import KafkaConn
 from tests.support.procs import ProcessCluster
+from tests.support.replicas import replica_log_starts
 from tests.support.waiting import wait_until
 
 ck = pytest.importorskip("confluent_kafka")
@@ -47,19 +46,6 @@ def _log_starts(ports: dict[int, int], topic: str, partition: int) -> list[int]:
     return starts
 
 
-def _replica_log_starts(pc: ProcessCluster, topic: str, partition: int) -> list[int]:
-    """The log start of each replica of the partition, from every broker's REST
-    replication status (served on the node port)."""
-    starts = []
-    for nid in pc.broker_ids:
-        url = f"http://127.0.0.1:{pc.nodes[nid].port}/api/v1/storage/replication/status"
-        with urllib.request.urlopen(url, timeout=5) as res:
-            rows = json.load(res)["partitions"]
-        starts += [r["logStartOffset"] for r in rows
-                   if r["topic"] == topic and r["partition"] == partition]
-    return sorted(starts)
-
-
 def test_delete_records_moves_the_log_start(
         cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
     pc, ports = cluster
@@ -72,7 +58,7 @@ def test_delete_records_moves_the_log_start(
     assert lows == {0: 40, 1: 100}
     assert _log_starts(ports, "dr", 0) == [40]  # answered by the leader alone
     # the followers move their log start on their next fetch
-    wait_until(lambda: _replica_log_starts(pc, "dr", 0) == [40, 40, 40], 20,
+    wait_until(lambda: replica_log_starts(pc, "dr", 0) == [40, 40, 40], 20,
                "every replica's log start at 40")
 
     consumer = ck.Consumer({"bootstrap.servers": bootstrap(ports), "group.id": "dr-read",
