@@ -267,6 +267,9 @@ class _KafkaConnection(asyncio.BufferedProtocol):
         self.receiving_since = None
         try:
             self._handle(view.toreadonly())
+        except Exception as exc:
+            self._failed(exc)
+            return
         finally:
             if reserved:
                 budget = self.server._budget
@@ -304,17 +307,8 @@ class _KafkaConnection(asyncio.BufferedProtocol):
                 self.have = end - start
                 self.receiving_since = self.loop.time()
                 pos = end
-        except KafkaDecodeError as exc:
-            self.server.stats_violations += 1
-            log.warning("node %d: Kafka connection from %s closed: %s", server.node_id,
-                        self.peer, exc)
-            self._close()
-            return
-        except Exception:
-            self.server.stats_violations += 1
-            log.exception("node %d: Kafka connection from %s failed; closed", server.node_id,
-                          self.peer)
-            self._close()
+        except Exception as exc:
+            self._failed(exc)
             return
         self.rest = bytes(data[pos:end]) if pos < end else b""
         if self._blocked() or (self.frame is None and not self.rest):
@@ -322,6 +316,19 @@ class _KafkaConnection(asyncio.BufferedProtocol):
         elif self.receiving_since is None:
             self.receiving_since = self.loop.time()
         self._update_reading()
+
+    def _failed(self, exc: Exception) -> None:
+        """A malformed frame (or a handler that raised): one log line, and this
+        connection closes."""
+        server = self.server
+        server.stats_violations += 1
+        if isinstance(exc, KafkaDecodeError):
+            log.warning("node %d: Kafka connection from %s closed: %s", server.node_id,
+                        self.peer, exc)
+        else:
+            log.error("node %d: Kafka connection from %s failed; closed", server.node_id,
+                      self.peer, exc_info=exc)
+        self._close()
 
     def _reserve(self, size: int) -> bool:
         """Request memory for a large frame: True when reserved; else reading pauses

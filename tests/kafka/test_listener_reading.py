@@ -169,3 +169,28 @@ def test_the_same_on_uvloop() -> None:
         runner.run(test_frames_split_anywhere_come_out_whole_and_in_order())
         runner.run(test_reading_pauses_while_answers_wait_and_they_stay_in_order())
         runner.run(test_a_large_frame_waits_unread_for_request_memory())
+
+
+async def test_a_malformed_frame_received_in_place_closes_with_one_log_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A frame too long for one read that does not decode: counted, logged once by
+    the listener, that connection closed; the next connection is served."""
+    import struct
+
+    bad = struct.pack(">ihhih", 300_000, 999, 0, 1, -1) + b"\0" * (300_000 - 10)
+    async with _listener(lambda h, b: {"Responses": []}) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(bad)
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the listener
+        finally:
+            writer.close()
+        assert server.stats_violations == 1
+        lines = [r for r in caplog.records if "Kafka connection from" in r.getMessage()]
+        assert len(lines) == 1 and "unknown API key 999" in lines[0].getMessage()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(_versions(3))
+            assert await _answers(reader, ["ApiVersions"]) == [3]
+        finally:
+            writer.close()
