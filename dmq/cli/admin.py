@@ -69,7 +69,7 @@ def cluster_status(bootstrap: str | None, config_path: str | None, timeout_ms: i
 
 @click.group()
 def topics() -> None:
-    """Create, list, describe, alter and delete topics."""
+    """Create, list, describe, alter and delete topics; delete records below an offset."""
 
 
 @topics.command("create")
