@@ -10,6 +10,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,12 +41,13 @@ def _records_of(body: dict[str, Any]) -> Any:
 @asynccontextmanager
 async def _listener(produce: Callable[[Any, dict[str, Any]], Any],
                     versions: Callable[[Any, dict[str, Any]], Any] | None = None,
-                    **kw: Any) -> AsyncIterator[KafkaServer]:
+                    ssl: Any = None, **kw: Any) -> AsyncIterator[KafkaServer]:
     answer = {"ErrorCode": 0, "ApiKeys": []}
     server = KafkaServer("127.0.0.1", 0, [
         Api(0, "Produce", 3, 9, produce),
         Api(18, "ApiVersions", 0, 3, versions or (lambda h, b: answer))], 1,
         max_frame_bytes=8 << 20, **kw)
+    server.ssl = ssl
     await server.start()
     try:
         yield server
@@ -65,6 +67,10 @@ async def _answers(reader: asyncio.StreamReader, names: list[str]) -> list[int]:
 
 
 async def test_frames_split_anywhere_come_out_whole_and_in_order() -> None:
+    await _split_frames()
+
+
+async def _split_frames(server_ssl: Any = None, client_ssl: Any = None) -> None:
     rng = random.Random(5)
     sizes = [10, 300_000, 20_000, 70_000, 0, 1_000_000, 64 * 1024, 5]
     payloads = [rng.randbytes(n) for n in sizes]
@@ -80,8 +86,9 @@ async def test_frames_split_anywhere_come_out_whole_and_in_order() -> None:
     for i, data in enumerate(payloads):
         stream += _produce(2 * i, data) + _versions(2 * i + 1)
         names += ["Produce", "ApiVersions"]
-    async with _listener(produce) as server:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    async with _listener(produce, ssl=server_ssl) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port,
+                                                       ssl=client_ssl)
         try:
             pos = 0
             while pos < len(stream):  # pieces of 1 byte up to several frames
@@ -159,6 +166,23 @@ async def test_a_large_frame_waits_unread_for_request_memory() -> None:
         finally:
             w1.close()
             w2.close()
+
+
+def test_frames_split_anywhere_over_tls(tmp_path: Path) -> None:
+    """TLS transports (asyncio's and uvloop's) hand the decrypted bytes to
+    get_buffer/buffer_updated too."""
+    from dmq.security.certs import CA
+    from dmq.security.tls import TlsSettings, client_context
+
+    ca = CA(tmp_path)
+    ca.issue("node-1")
+    tls = TlsSettings(str(tmp_path / "node-1.pem"), str(tmp_path / "node-1.key"),
+                      str(ca.cafile))
+    client = client_context(str(ca.cafile), check_hostname=False)
+    uvloop = pytest.importorskip("uvloop")
+    for factory in (asyncio.new_event_loop, uvloop.new_event_loop):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_split_frames(tls.server_context(), client))
 
 
 def test_the_same_on_uvloop() -> None:
