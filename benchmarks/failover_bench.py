@@ -55,6 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from dmq.cli.dev import ensure_topic  # noqa: E402
+from dmq.client.admin import Admin  # noqa: E402
 from dmq.client.producer import Producer  # noqa: E402
 from dmq.protocol.api import ApiKey  # noqa: E402
 from dmq.protocol.connection import Connection  # noqa: E402
@@ -262,19 +263,35 @@ def role_lines(cluster: ProcessCluster, t0: float, t1: float) -> list[str]:
     return out
 
 
+async def partition_states(bootstrap: str) -> dict[int, tuple[int, int, tuple[int, ...]]]:
+    """partition -> (leader, leader epoch, ISR) of the benchmark topic."""
+    async with Admin(bootstrap) as admin:
+        t = (await admin.metadata([TOPIC])).topics[TOPIC]
+        return {p: (i.leader, i.leader_epoch, tuple(sorted(i.isr)))
+                for p, i in t.partitions.items()}
+
+
 async def steady(cluster: ProcessCluster, acks: Acks, seconds: float) -> str:
-    """Produce for `seconds` without faults; how many elections happened meanwhile."""
+    """Produce for `seconds` without faults; how many controller elections and partition
+    leader or ISR changes happened meanwhile."""
     before = await raft_terms(cluster)
+    parts0 = await partition_states(cluster.bootstrap)
     n0, t0 = len(acks.times), time.time()
     await asyncio.sleep(seconds)
     t1 = time.time()
     after = await raft_terms(cluster)
+    parts1 = await partition_states(cluster.bootstrap)
     lines = role_lines(cluster, t0, t1)
     batches = len(acks.times) - n0
+    moved = {p: (parts0[p], parts1.get(p)) for p in parts0 if parts0[p] != parts1.get(p)}
     return (f"steady load: {seconds:.0f} s of acks=all production without faults "
             f"({batches * CHUNK / (t1 - t0):,.0f} records/s, longest gap between acks "
             f"{acks.longest_gap(t0, t1) * 1000:.0f} ms): raft terms {before} -> {after}, "
-            f"{len(lines)} role changes" + "".join(f"\n    {x}" for x in lines))
+            f"{len(lines)} role changes; partitions whose leader, leader epoch or ISR "
+            f"changed: {len(moved)} of {len(parts0)}"
+            + "".join(f"\n    partition {p}: (leader, epoch, ISR) {a} -> {b}"
+                      for p, (a, b) in moved.items())
+            + "".join(f"\n    {x}" for x in lines))
 
 
 async def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> list[Kill]:

@@ -41,12 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from perf_common import proc_cpu_s as cpu_s  # noqa: E402
 from perf_common import proc_rss_mb as rss_mb  # noqa: E402
+from perf_common import spread_once  # noqa: E402
 
 from dmq.client.admin import Admin  # noqa: E402
 from dmq.client.producer import Producer  # noqa: E402
 from tests.support.procs import ProcessCluster, wait_port  # noqa: E402
 
 TOPIC = "big"
+SMALL = "ten"  # the 10-partition topic the round-robin figure is compared with
 
 
 async def until(what: str, check: Callable[[], Awaitable[bool]], timeout_s: float,
@@ -77,7 +79,7 @@ async def produce_all(bootstrap: str, partitions: int, acks: str, timeout_s: flo
 
 async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
     n = args.partitions
-    settings = {"max.partition.replicas.per.broker": max(4000, n),
+    settings = {"max.partition.replicas.per.broker": max(4000, n + 100),  # + the 10-partition topic
                 "max.partitions.per.topic": max(10_000, n),
                 "max.partitions.per.request": max(10_000, n)}
     out: dict[str, Any] = {"partitions": n, "restarts": []}
@@ -112,6 +114,12 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
             await until("every ISR full", all_in_sync, args.phase_timeout, 0.2)
             out["create_in_sync_s"] = time.monotonic() - t0
 
+            broker_pids = {b: cluster.nodes[b].proc.pid for b in brokers}  # type: ignore[union-attr]
+            if args.idle > 0:
+                out.update(await idle_window(broker_pids, args.settle, args.idle))
+            if args.spread > 0:
+                out.update(await spread_compare(bs, admin, n, args.spread, args.spread_runs))
+
             victim = brokers[-1]
 
             async def epoch_of(v: int) -> tuple[int, str]:
@@ -143,10 +151,19 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
                 await produce_all(bs, n, "all", args.phase_timeout)
                 row["produce_all_s"] = time.monotonic() - t0
 
-                async def back_in_sync(v: int = victim) -> bool:
+                behind: list[int] = []
+
+                async def back_in_sync(v: int = victim, behind: list[int] = behind) -> bool:
                     t = (await admin.metadata([TOPIC])).topics[TOPIC]
-                    return all(v in p.isr for p in t.partitions.values())
-                await until("replicas back in the ISR", back_in_sync, args.phase_timeout, 0.2)
+                    behind[:] = [p for p, i in t.partitions.items() if v not in i.isr]
+                    return not behind
+                try:
+                    await until("replicas back in the ISR", back_in_sync, args.phase_timeout,
+                                0.2)
+                except TimeoutError as exc:
+                    raise TimeoutError(f"{exc}: {len(behind)} of {n} partitions without broker "
+                                       f"{victim} in the ISR (e.g. {behind[:5]}); its log: "
+                                       f"{cluster.nodes[victim].log_path}") from None
                 row["in_sync_s"] = time.monotonic() - t0
                 # metadata entries the restart took (each one a new image on every broker)
                 row["entries"] = await metadata_version() - version0
@@ -159,6 +176,42 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
             out["broker_rss_mb"] = {b: round(rss_mb(cluster.nodes[b].proc.pid))  # type: ignore[union-attr]
                                     for b in brokers}
     return out
+
+
+async def idle_window(pids: dict[int, int], settle_s: float, idle_s: float) -> dict[str, Any]:
+    """Each broker's CPU (% of a core) over `idle_s` after `settle_s`, and its RSS."""
+    await asyncio.sleep(settle_s)
+    cpu0 = {b: cpu_s(p) for b, p in pids.items()}
+    t0 = time.monotonic()
+    await asyncio.sleep(idle_s)
+    wall = time.monotonic() - t0
+    return {"idle_cpu_pct": {b: (cpu_s(p) - cpu0[b]) / wall * 100 for b, p in pids.items()},
+            "idle_rss_mb": {b: rss_mb(p) for b, p in pids.items()}}
+
+
+async def spread_compare(bootstrap: str, admin: Admin, partitions: int, records: int,
+                         runs: int) -> dict[str, Any]:
+    """acks=1 100 B records round-robin over the big topic's partitions and over a
+    10-partition RF=3 topic of the same cluster, alternating, `runs` times each."""
+    await admin.create_topic(SMALL, 10, 3)
+
+    async def small_led() -> bool:
+        t = (await admin.metadata([SMALL])).topics.get(SMALL)
+        return t is not None and len(t.partitions) == 10 and all(
+            p.leader >= 0 for p in t.partitions.values())
+    await until("the 10-partition topic led", small_led, 60)
+    big: list[float] = []
+    small: list[float] = []
+    # a warm-up of each: metadata, connections, a first batch on every partition
+    await spread_once(bootstrap, TOPIC, partitions, partitions, 100)
+    await spread_once(bootstrap, SMALL, 10, 10_000, 100)
+    for _ in range(runs):
+        big.append((await spread_once(bootstrap, TOPIC, partitions, records, 100))["records_s"])
+        small.append((await spread_once(bootstrap, SMALL, 10, records, 100))["records_s"])
+        print(f"round-robin over {partitions}: {big[-1]:,.0f} records/s, over 10: "
+              f"{small[-1]:,.0f} records/s", flush=True)
+    return {"spread_big": big, "spread_small": small,
+            "spread_ratio": statistics.median(big) / statistics.median(small)}
 
 
 def _planner(partitions: int, history_entries: int) -> tuple[Any, Any]:
@@ -325,6 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restarts", type=int, default=1)
     ap.add_argument("--clean", action="store_true", help="restart with SIGTERM, not kill -9")
     ap.add_argument("--phase-timeout", type=float, default=120.0)
+    ap.add_argument("--idle", type=float, default=0.0,
+                    help="after the create: seconds of idle brokers (CPU and RSS)")
+    ap.add_argument("--settle", type=float, default=10.0,
+                    help="seconds between full ISRs and the idle window")
+    ap.add_argument("--spread", type=int, default=0, metavar="N",
+                    help="after the create: N records round-robin over the partitions, "
+                         "against a 10-partition topic")
+    ap.add_argument("--spread-runs", type=int, default=3)
     ap.add_argument("--inproc", action="store_true", help="in-process controller costs only")
     ap.add_argument("--broker-apply", action="store_true",
                     help="in-process: one broker applying images (creates the logs)")
@@ -340,6 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  create: answered {out['create_answered_s']:.2f} s, every partition led "
           f"{out['create_led_s']:.2f} s, a record on every partition {out['create_serving_s']:.2f}"
           f" s, every ISR full {out['create_in_sync_s']:.2f} s")
+    if "idle_cpu_pct" in out:
+        print("  idle: " + ", ".join(
+            f"broker {b} CPU {out['idle_cpu_pct'][b]:.1f}% RSS {out['idle_rss_mb'][b]:.0f} MB"
+            for b in sorted(out["idle_cpu_pct"])))
+    if "spread_ratio" in out:
+        print(f"  round-robin acks=1 100 B: over {out['partitions']} partitions median "
+              f"{statistics.median(out['spread_big']):,.0f} records/s, over 10 "
+              f"{statistics.median(out['spread_small']):,.0f}: ratio {out['spread_ratio']:.2f}")
     rs = out["restarts"]
     for key, label in (("port_s", "listening"), ("registered_s", "registered"),
                        ("unfenced_s", "unfenced"),

@@ -13,9 +13,11 @@ import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from dmq.cli.dev import DevCluster, free_base_port
 from dmq.cli.dev import ensure_topic as ensure_topic_on
@@ -106,3 +108,35 @@ def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def spread_once(bootstrap: str, topic: str, partitions: int, n: int,
+                      size: int) -> dict[str, float]:
+    """acks=1 produce with records spread round-robin over every partition."""
+    value = b"x" * size
+    perf = time.perf_counter
+    lat: list[float] = []
+    from dmq.client.producer import Producer
+
+    async with Producer(bootstrap, acks=1, linger_ms=5, batch_size=65_536,
+                        enable_idempotence=False) as producer:
+        for p in range(partitions):  # metadata, connections, first batch per partition
+            await producer.send(topic, value, partition=p)
+        await producer.flush()
+        send = producer.send
+        seen: set[asyncio.Future[int]] = set()  # round-robin: batches interleave
+
+        def on_done(sent: float) -> Callable[[Any], None]:
+            return lambda _f: lat.append(perf() - sent)
+
+        start = perf()
+        for i in range(n):
+            h = await send(topic, value, partition=i % partitions)
+            f = h.batch_future
+            if f not in seen:
+                seen.add(f)
+                f.add_done_callback(on_done(perf()))
+        await producer.flush()
+        elapsed = perf() - start
+    return {"records_s": n / elapsed, "mb_s": n * size / elapsed / 1e6,
+            **percentiles_ms(lat)}

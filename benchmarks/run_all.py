@@ -32,6 +32,12 @@ Cases (issue 11, item 2):
                           not in --smoke)
   rss-1000-idle           broker RSS (and CPU while idle) of each of 3 brokers hosting a
                           1000-partition RF=3 topic, after it has been idle
+  scale                   (issue 23; benchmarks/metadata_scale_bench.py; not in --smoke;
+                          ~5-8 minutes) one 10,000-partition RF=3 topic on 3 brokers (2,000
+                          with --quick): creation time, idle CPU and RSS per broker, acks=1
+                          round-robin over it against 10 partitions of the same cluster, and
+                          broker kill -9 restarts until an acks=all record reaches every
+                          partition
 
 Kafka-client cases (issue 17; drivers and checks in kafka_perf.py):
   kafka-100B-acks1        librdkafka (kcat -P, or confluent-kafka) into a 1-node cluster's
@@ -77,8 +83,9 @@ sys.path.insert(0, str(HERE.parent))
 import consume_perf  # noqa: E402
 import failover_bench  # noqa: E402
 import kafka_perf  # noqa: E402
+import metadata_scale_bench  # noqa: E402
 import produce_perf  # noqa: E402
-from perf_common import percentiles_ms, proc_cpu_s, proc_rss_mb  # noqa: E402
+from perf_common import proc_cpu_s, proc_rss_mb, spread_once  # noqa: E402
 
 from dmq.cli.dev import (  # noqa: E402
     KAFKA_PORT_OFFSET,
@@ -88,7 +95,6 @@ from dmq.cli.dev import (  # noqa: E402
 )
 from dmq.client.admin import Admin  # noqa: E402
 from dmq.client.consumer import Consumer  # noqa: E402
-from dmq.client.producer import Producer  # noqa: E402
 
 # ---------------------------------------------------------------------------- sizes
 
@@ -123,7 +129,7 @@ SMOKE = Sizes(3_000, 1_000, 3_000, 20, 500, 2_000, (1, 10), 20, 1.0, 0, 0, 0, 1,
 
 CASE_NAMES = ("produce-100B-acks1", "produce-100B-acksall", "produce-1KiB-acks1",
               "consume-100B", "produce-100KiB-acks1", "e2e-10k/s-acksall", "partitions",
-              "rss-1000-idle", "failover", *kafka_perf.KAFKA_CASES)
+              "rss-1000-idle", "failover", "scale", *kafka_perf.KAFKA_CASES)
 
 RUN_TIMEOUT_S = 180.0  # any single timed run
 BIG = 100 * 1024
@@ -385,36 +391,6 @@ async def loopback_once(total_bytes: int, chunk: int) -> dict[str, float]:
         server.close()
         await server.wait_closed()
     return {"records_s": total_bytes / chunk / dt, "mb_s": total_bytes / dt / 1e6}
-
-
-async def spread_once(bootstrap: str, topic: str, partitions: int, n: int,
-                      size: int) -> dict[str, float]:
-    """acks=1 produce with records spread round-robin over every partition."""
-    value = b"x" * size
-    perf = time.perf_counter
-    lat: list[float] = []
-    async with Producer(bootstrap, acks=1, linger_ms=5, batch_size=65_536,
-                        enable_idempotence=False) as producer:
-        for p in range(partitions):  # metadata, connections, first batch per partition
-            await producer.send(topic, value, partition=p)
-        await producer.flush()
-        send = producer.send
-        seen: set[asyncio.Future[int]] = set()  # round-robin: batches interleave
-
-        def on_done(sent: float) -> Callable[[Any], None]:
-            return lambda _f: lat.append(perf() - sent)
-
-        start = perf()
-        for i in range(n):
-            h = await send(topic, value, partition=i % partitions)
-            f = h.batch_future
-            if f not in seen:
-                seen.add(f)
-                f.add_done_callback(on_done(perf()))
-        await producer.flush()
-        elapsed = perf() - start
-    return {"records_s": n / elapsed, "mb_s": n * size / elapsed / 1e6,
-            **percentiles_ms(lat)}
 
 
 async def single_node_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> None:
@@ -744,6 +720,80 @@ def peer_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> None:
                                   "3 servers, stream R3, async publish"))
 
 
+# ---------------------------------------------------------------------------- scale
+
+
+def scale_rows(quick: bool, runs: int) -> list[Row]:
+    """Issue 23 at scale (`metadata_scale_bench.scale_run`): one RF=3 topic of 10,000
+    partitions (2,000 with --quick) on 3 brokers and 1 controller: its creation, the
+    brokers' idle CPU and RSS, acks=1 round-robin throughput over it against a
+    10-partition topic of the same cluster, and kill -9 broker restarts."""
+    n = 2_000 if quick else 10_000
+    args = argparse.Namespace(partitions=n, controllers=1, restarts=1 if quick else 2,
+                              clean=False, phase_timeout=240.0, idle=5.0 if quick else 20.0,
+                              settle=3.0 if quick else 10.0,
+                              spread=200_000 if quick else 1_000_000, spread_runs=runs)
+    out = asyncio.run(asyncio.wait_for(metadata_scale_bench.scale_run(args), 1800))
+    case = f"scale-{n}"
+    rows = [Row(case, "dmq create (3 brokers RF=3)", runs=[out["create_in_sync_s"]],
+                is_dmq=True,
+                note=f"CreateTopics answered {out['create_answered_s']:.1f} s, every partition "
+                     f"led {out['create_led_s']:.1f} s, a record on every partition "
+                     f"{out['create_serving_s']:.1f} s, every ISR full "
+                     f"{out['create_in_sync_s']:.1f} s")]
+    for b in sorted(out["idle_cpu_pct"]):
+        rows.append(Row(case, f"dmq broker {b} idle", runs=[out["idle_rss_mb"][b]], is_dmq=True,
+                        note=f"RSS {out['idle_rss_mb'][b]:.0f} MB, idle CPU "
+                             f"{out['idle_cpu_pct'][b]:.1f}% of a core"))
+    big, small = statistics.median(out["spread_big"]), statistics.median(out["spread_small"])
+    rows.append(Row(case, f"dmq round-robin over {n}", records_s=big, mb_s=big * 100 / 1e6,
+                    runs=out["spread_big"], is_dmq=True,
+                    note=f"acks=1 100 B; over 10 partitions of the same cluster "
+                         f"{small:,.0f} records/s: ratio {out['spread_ratio']:.2f}"))
+    rs = out["restarts"]
+
+    def mm(key: str) -> str:
+        vals = [r[key] for r in rs]
+        return f"{statistics.median(vals):.1f}/{max(vals):.1f} s"
+    rows.append(Row(case, "dmq broker restart (kill -9)", is_dmq=True,
+                    runs=[r["produce_all_s"] for r in rs],
+                    note=f"median/max of {len(rs)}: registered {mm('registered_s')}, unfenced "
+                         f"{mm('unfenced_s')}, an acks=all record on every partition "
+                         f"{mm('produce_all_s')}, its replicas all in the ISR "
+                         f"{mm('in_sync_s')}"))
+    return rows
+
+
+def scale_target_lines(rows: list[Row]) -> list[str]:
+    """Issue 23's targets, from the scale and failover rows of this run."""
+    out: list[str] = []
+
+    def check(name: str, ok: bool, measured: str) -> None:
+        out.append(f"  {name:<58} {'met' if ok else 'NOT met':<8} {measured}")
+
+    idle = [r for r in rows if r.case.startswith("scale-") and r.system.endswith(" idle")]
+    if idle:
+        rss = max(r.runs[0] for r in idle)
+        cpu = max(float(r.note.rsplit("CPU ", 1)[1].split("%")[0]) for r in idle)
+        check("broker RSS < 300 MB (10,000 RF=3 partitions)", rss < 300, f"max {rss:.0f} MB")
+        check("idle CPU < 5% of a core per broker", cpu < 5, f"max {cpu:.1f}%")
+    rr = next((r for r in rows if r.system.startswith("dmq round-robin over")), None)
+    if rr:
+        ratio = float(rr.note.rsplit("ratio ", 1)[1])
+        check("round-robin over them >= 50% of 10 partitions", ratio >= 0.5, f"{ratio:.2f}")
+    rs = next((r for r in rows if r.system == "dmq broker restart (kill -9)"), None)
+    if rs and rs.runs:
+        worst = max(rs.runs)
+        check("broker restart serving again < 10 s", worst < 10,
+              f"max {worst:.1f} s (an acks=all record on every partition)")
+    fo = next((r for r in rows if r.case == "failover"), None)
+    if fo and fo.runs:
+        med, top = statistics.median(fo.runs), max(fo.runs)
+        check("controller failover median <= 0.5 s", med <= 0.5, f"{med * 1000:.0f} ms")
+        check("controller failover max <= 1 s", top <= 1.0, f"{top * 1000:.0f} ms")
+    return out
+
+
 # ---------------------------------------------------------------------------- targets
 
 
@@ -864,6 +914,8 @@ def main(argv: list[str] | None = None) -> int:
         note, runs = failover_bench.run_all_case(5 if args.quick else 10, log)
         rows.append(Row("failover", "dmq 3 controllers, 3 brokers", note=note, runs=runs,
                         is_dmq=True))
+    if "scale" in wanted and not args.smoke:
+        rows.extend(scale_rows(args.quick, sz.runs))
     if wanted & set(kafka_perf.KAFKA_CASES):
         driver = kafka_perf.driver_name(args.kafka_driver)
         asyncio.run(kafka_section(sz, wanted, rows, driver))
@@ -878,6 +930,8 @@ def main(argv: list[str] | None = None) -> int:
             return (order["partitions"], int(r.case.split("-")[1]), not r.is_dmq)
         if r.case.startswith("rss-"):
             return (order["rss-1000-idle"], 0, not r.is_dmq)
+        if r.case.startswith("scale-"):
+            return (order["scale"], 0, False)
         return (order.get(base, 99), 0, not r.is_dmq)
 
     rows.sort(key=case_key)
@@ -900,6 +954,12 @@ def main(argv: list[str] | None = None) -> int:
     if lines:
         print()
         print("issue 11 targets (medians of this run):")
+        for line in lines:
+            print(line)
+    lines = scale_target_lines(rows)
+    if lines:
+        print()
+        print("issue 23 targets (this run):")
         for line in lines:
             print(line)
     lines = kafka_target_lines(rows)

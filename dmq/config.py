@@ -87,6 +87,15 @@ SETTINGS: dict[str, Setting] = {
         "certificates: nodes prove themselves by certificate)"),
     "sasl.plain.allow.plaintext": Setting(
         False, "offer PLAIN on a listener without TLS (passwords in the clear)"),
+    "http.token.ttl.ms": Setting(
+        3_600_000, "lifetime of an HTTP bearer token (POST /api/v1/auth/login)"),
+    "http.token.secret": Setting(
+        "", "file of a secret mixed into HTTP token signing keys (same on every node; "
+        "empty: keys come from the users' credentials alone)"),
+    "authorizer.enabled": Setting(
+        False, "enforce the ACLs kept in the metadata: a request no ACL allows is refused"),
+    "authorizer.super.users": Setting(
+        "", "principals allowed everything, ';'-separated (e.g. User:admin;User:ops)"),
     "shutdown.grace.ms": Setting(5000, "time given to in-flight requests on shutdown"),
     "raft.tick.ms": Setting(10, "length of one Raft tick"),
     "raft.election.timeout.ticks": Setting(
@@ -120,6 +129,8 @@ SETTINGS: dict[str, Setting] = {
     "log.cleanup.policy": Setting("delete", "delete, compact, or compact,delete"),
     "log.retention.check.interval.ms": Setting(
         5000, "how often a broker applies retention, time-based rolls and flush.ms"),
+    "num.recovery.threads.per.data.dir": Setting(
+        1, "threads a starting broker opens (and recovers) its partition logs with"),
     "log.cleaner.enable": Setting(True, "run the log cleaner (compaction) on brokers"),
     "log.cleaner.backoff.ms": Setting(15_000, "pause between passes of the log cleaner"),
     "log.cleaner.delete.retention.ms": Setting(

@@ -38,6 +38,8 @@ from dmq.roles import build_services
 from dmq.security.http_auth import HttpBasicAuth
 from dmq.security.sasl import SaslAuthority
 from dmq.security.tls import REFUSALS, TlsSettings, certificate_principal
+from dmq.security.tokens import TokenIssuer
+from dmq.security.users import UserDirectory, user_directory
 from dmq.services import NodeSpec, Sample, Service, ServiceContext
 
 log = logging.getLogger("dmq.node")
@@ -125,6 +127,9 @@ class Node:
         self.failure: str | None = None  # why an essential task died, once one has
         self.on_fatal: Callable[[], None] | None = None
         self._stopping = False
+        # the users every login is checked against: the metadata's, then the bootstrap
+        # file's (dmq.security.users); None when SASL is off
+        self.users: UserDirectory | None = None
 
     # crash-only supervision ----------------------------------------------------------
 
@@ -192,22 +197,38 @@ class Node:
             REFUSALS.node = self.spec.node_id
             self.server.node_authenticator = self.tls.node_authenticator()
             DEFAULT_TLS.set(self.tls.node_client_context())
+        self.users = user_directory(self.config)
         if self.config.get("sasl.protocol.listener"):
             # clients authenticate with SASL; nodes (and their tools) by certificate
             if self.tls is None or self.tls.client_auth == "none":
                 raise ConfigError("sasl.protocol.listener needs TLS with ssl.client.auth "
                                   "requested or required: nodes prove themselves to each "
                                   "other by certificate")
-            self.server.sasl = SaslAuthority.from_config(self.config, self.spec.node_id)
+            self.server.sasl = SaslAuthority.from_config(self.config, self.spec.node_id,
+                                                         self.users)
             if self.server.sasl is None:
                 raise ConfigError("sasl.protocol.listener needs sasl.enabled.mechanisms")
             self.server.certificate_principal = certificate_principal(
                 self.tls.node_cn_format, cluster_node_roles(self.config))
+        if self.config.get("authorizer.enabled") and (self.tls is None
+                                                      or self.tls.client_auth == "none"):
+            log.warning("node %d: authorizer.enabled without client certificates: on dmq's "
+                        "protocol port a connection's NODE_HELLO claim is trusted and a node "
+                        "is not subject to ACLs, so the ACLs bind there only with "
+                        "ssl.client.auth requested or required (the Kafka listener is not "
+                        "affected)", self.spec.node_id)
         self.services = build_services(self.context())
         routes = [r for svc in self.services for r in svc.http_routes()]
         # with SASL users configured, HTTP asks for them too (Basic; see http_auth)
-        users = self.server.sasl or SaslAuthority.from_config(self.config, self.spec.node_id)
-        self.http_auth = HttpBasicAuth(users) if users is not None else None
+        # (and bearer tokens: dmq.security.tokens)
+        users = self.server.sasl or SaslAuthority.from_config(self.config, self.spec.node_id,
+                                                              self.users)
+        self.http_auth = None
+        if users is not None and self.users is not None:
+            tokens = TokenIssuer.from_config(self.config, self.users)
+            tokens.revoke = self.users.revoke_token
+            self.http_auth = HttpBasicAuth(users, tokens)
+            routes += self.http_auth.routes()
         self.http = HttpServer(self.spec.address.host, self.spec.http_port,
                                self.spec.node_id, render_metrics=self.metrics.render,
                                readiness=self.readiness, routes=routes,
@@ -238,7 +259,7 @@ class Node:
         """What the node's services may use of it (see dmq.services)."""
         return ServiceContext(config=self.config, spec=self.spec, server=self.server,
                               clock=self.clock, rng=self.rng, supervise=self.supervise,
-                              fatal=self.fatal)
+                              fatal=self.fatal, users=self.users)
 
     async def stop(self) -> None:
         self._stopping = True

@@ -9,7 +9,13 @@ logic of any role.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from dmq.services import Service, ServiceContext
+
+if TYPE_CHECKING:
+    from dmq.broker.service import BrokerService
+    from dmq.controller.service import ControllerService
 
 
 def build_services(ctx: ServiceContext) -> list[Service]:
@@ -38,6 +44,7 @@ def build_services(ctx: ServiceContext) -> list[Service]:
         # combined mode: the controller answers CONTROLLER_CHANGED for the local broker
         controller.controller_changed_listeners.append(
             broker.lifecycle.handle_controller_changed)
+    _wire_users(ctx, controller, broker)
 
     from dmq.ops.console import Console
     from dmq.ops.rest import RestApi
@@ -46,3 +53,28 @@ def build_services(ctx: ServiceContext) -> list[Service]:
     services.append(RestApi(ctx.spec, broker.replicas if broker is not None else None))
     services.append(Console(ctx.config, ctx.node_id))
     return services
+
+
+def _wire_users(ctx: ServiceContext, controller: ControllerService | None,
+                broker: BrokerService | None) -> None:
+    """Logins look users up in this node's metadata: a controller's applied state
+    (set by the controller itself), else the broker's image; token revocations go to
+    the active controller: from the controller role when there is one (forwarded by it
+    when it is not active), else through the broker's route."""
+    users = ctx.users
+    if users is None:
+        return
+    if controller is not None:
+        users.revoke_token = controller.users.revoke_anywhere
+        return
+    if broker is not None:
+        from dmq.protocol.api import ApiKey
+
+        replicas, lifecycle = broker.replicas, broker.lifecycle
+        users.source = lambda: replicas.image
+
+        async def revoke(token: str, who: str) -> None:
+            body: dict[str, Any] = {"token": token}
+            await lifecycle.controller_request(ApiKey.REVOKE_TOKEN, body, 10_000)
+
+        users.revoke_token = revoke

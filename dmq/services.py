@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from dmq.protocol.server import ProtocolServer
+    from dmq.security.users import UserDirectory
 
 # A metrics sample: (name, kind "gauge"|"counter", help, [(labels, value), ...])
 Sample = tuple[str, str, str, list[tuple[dict[str, str], float]]]
@@ -59,6 +60,9 @@ class ServiceContext:
     supervise: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
     # an essential part died: fatal(what, exc) ends the node
     fatal: Callable[[str, BaseException], None]
+    # the users logins are checked against (None: SASL is off): the node's SASL
+    # listeners and HTTP share it; the composition root points it at the metadata
+    users: UserDirectory | None = None
 
     @property
     def node_id(self) -> int:

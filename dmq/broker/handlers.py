@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 from dmq.broker.errors import error_code_of, message_of
 from dmq.broker.fetch_session import FetchSession, SessionPartition
 from dmq.broker.partition import Partition, ProduceWaiter
-from dmq.log.batch import all_dmq_native
+from dmq.log.batch import all_dmq_native, any_producer_id
 from dmq.log.errors import LogError, OffsetOutOfRangeError
 from dmq.metadata.image import metadata_body
 from dmq.protocol.api import ApiKey
 from dmq.protocol.codec import VECTORED_MIN_BYTES, VectoredBody
 from dmq.protocol.errors import (
+    ClusterAuthorizationFailedError,
     DmqError,
     ErrorCode,
     InvalidRecordError,
@@ -42,6 +43,18 @@ from dmq.protocol.errors import (
     UnknownTopicOrPartitionError,
 )
 from dmq.protocol.server import NO_RESPONSE, RequestContext
+from dmq.security.acl import (
+    CLUSTER,
+    CLUSTER_NAME,
+    DELETE,
+    DESCRIBE,
+    IDEMPOTENT_WRITE,
+    READ,
+    TOPIC,
+    WRITE,
+    Authorizer,
+    connection_principal,
+)
 
 if TYPE_CHECKING:
     from dmq.broker.replica_manager import ReplicaManager
@@ -61,6 +74,12 @@ def _resolver(fut: asyncio.Future[None]) -> Callable[[], None]:
     return resolve
 
 
+_TOPIC_REFUSED = int(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
+_NO_TOPICS: set[str] = set()
+_EXEMPT = "node:checked"  # a request part the ACLs were already checked for
+_UNRESOLVED = "?"  # `_refused`: find the subject
+
+
 class DataPlane:
     """The handlers, bound to one replica manager."""
 
@@ -76,6 +95,8 @@ class DataPlane:
         self.stats_replica_fetch_requests = 0
         self.stats_replica_fetch_partitions = 0
         self._storage_warned_ms = -1e18  # a refused write is logged at most every 10 s
+        # ACLs (dmq.security.acl), from the broker's image; None: everything allowed
+        self.authorizer: Authorizer | None = None
 
     def register(self, server: Any, metadata: bool = True) -> None:
         server.register(ApiKey.PRODUCE, self.produce)
@@ -107,19 +128,61 @@ class DataPlane:
             return f"{part.name}: {self.replicas.leader_hint(part.leader_id)}"
         return message_of(exc)
 
+    # ------------------------------------------------------------------ ACLs
+
+    def _principal(self, ctx: RequestContext | None, principal: str | None) -> str:
+        if principal is not None:  # the Kafka listener's connection's
+            return principal
+        return connection_principal(ctx.connection if ctx is not None else None)
+
+    def _subject(self, ctx: RequestContext | None, principal: str | None) -> str | None:
+        """The principal whose requests are checked; None when nothing is (no
+        authorizer, a superuser, a node)."""
+        authz = self.authorizer
+        if authz is None or not authz.enabled:
+            return None
+        who = self._principal(ctx, principal)
+        return None if authz.exempt(who) else who
+
+    def _refused(self, ctx: RequestContext | None, principal: str | None,
+                 topics: list[list[Any]], operation: str, api: str,
+                 who: str | None = _UNRESOLVED) -> set[str]:
+        """The topics of a request the principal may not `operation` (one check per
+        topic, cached by the authorizer; nothing at all without an authorizer)."""
+        if who == _UNRESOLVED:
+            who = self._subject(ctx, principal)
+        authz = self.authorizer
+        if who is None or authz is None:
+            return _NO_TOPICS
+        return {t for t, _ in topics if not authz.check(who, operation, TOPIC, t, api)}
+
+    def _may_write_idempotently(self, who: str | None) -> bool:
+        authz = self.authorizer
+        return who is None or authz is None or authz.check(
+            who, IDEMPOTENT_WRITE, CLUSTER, CLUSTER_NAME, "Produce")
+
     # ------------------------------------------------------------------ produce
 
-    def produce(self, ctx: RequestContext, body: dict[str, Any], *,
-                kafka_listener: bool = False) -> Any:
-        """dmq's PRODUCE; the Kafka listener's Produce too (`kafka_listener`), whose
-        batches hold Kafka records, where dmq's own protocol takes dmq-native ones only."""
+    def produce(self, ctx: RequestContext | None, body: dict[str, Any], *,
+                kafka_listener: bool = False, principal: str | None = None) -> Any:
+        """dmq's PRODUCE; the Kafka listener's Produce too (`kafka_listener`, with the
+        connection's `principal`), whose batches hold Kafka records, where dmq's own
+        protocol takes dmq-native ones only."""
         acks = body["acks"]
         if acks not in (0, 1, -1):
             raise InvalidRequiredAcksError(f"acks must be 0, 1 or -1, got {acks}")
         self.stats_produce_requests += 1
         waiter: ProduceWaiter | None = None
         out: list[list[Any]] = []
+        who = self._subject(ctx, principal)
+        refused = self._refused(ctx, principal, body["topics"], WRITE, "Produce", who)
+        # batches naming a producer id need IdempotentWrite on the cluster (checked once)
+        idempotent_ok: bool | None = True if who is None else None
         for topic, parts in body["topics"]:
+            if refused and topic in refused:
+                out.append([topic, [[p, _TOPIC_REFUSED, -1, -1, f"not authorized to Write "
+                                     f"topic {topic!r}"] for p, _, _ in parts]])
+                continue
             rows: list[list[Any]] = []
             for p, leader_epoch, records in parts:
                 row: list[Any] = [p, 0, -1, -1, None]
@@ -127,6 +190,13 @@ class DataPlane:
                 try:
                     part = self._partition(topic, p)
                     part.check_leader(leader_epoch)
+                    if idempotent_ok is not True and any_producer_id(records):
+                        if idempotent_ok is None:
+                            idempotent_ok = self._may_write_idempotently(who)
+                        if not idempotent_ok:
+                            raise ClusterAuthorizationFailedError(
+                                f"{who} may not IdempotentWrite on the cluster (a batch "
+                                f"names a producer id)")
                     if not kafka_listener and not all_dmq_native(records):
                         raise InvalidRecordError(
                             f"{topic}-{p}: a batch without the dmq-native mark (attribute "
@@ -179,10 +249,15 @@ class DataPlane:
 
     # ------------------------------------------------------------------ fetch
 
-    def fetch(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
-        self.stats_fetch_requests += 1
+    def fetch(self, ctx: RequestContext | None, body: dict[str, Any], *,
+              principal: str | None = None) -> Any:
         replica_id = body["replica_id"]
         follower = replica_id >= 0
+        if not follower:  # a replica's fetch comes from a node (INTER_NODE_APIS)
+            refused = self._refused(ctx, principal, body["topics"], READ, "Fetch")
+            if refused:
+                return self._fetch_some(ctx, body, refused)
+        self.stats_fetch_requests += 1
         if follower:
             self.stats_replica_fetch_requests += 1
             self.stats_replica_fetch_partitions += sum(len(parts) for _, parts in body["topics"])
@@ -200,6 +275,27 @@ class DataPlane:
         # Park now, before returning: the coroutine runs later, and a wake-up between
         # now and then must not be missed.
         return self._long_poll(wanted, replica_id, body, parts, self._park(parts, follower))
+
+    def _fetch_some(self, ctx: RequestContext | None, body: dict[str, Any],
+                    refused: set[str]) -> Any:
+        """A consumer's fetch naming topics it may not Read: those are answered
+        TOPIC_AUTHORIZATION_FAILED, the others as usual."""
+        denied = [[t, [[p[0], _TOPIC_REFUSED, -1, -1, -1, _EMPTY] for p in parts]]
+                  for t, parts in body["topics"] if t in refused]
+        rest = [tp for tp in body["topics"] if tp[0] not in refused]
+        if not rest:
+            return {"topics": denied}
+        result = self.fetch(ctx, {**body, "topics": rest}, principal=_EXEMPT)
+        if isinstance(result, dict):
+            result["topics"] = list(result["topics"]) + denied
+            return result
+
+        async def later() -> Any:
+            answer = await result
+            answer["topics"] = list(answer["topics"]) + denied
+            return answer
+
+        return later()
 
     @staticmethod
     def _park(parts: list[Partition], follower: bool) -> asyncio.Future[None]:
@@ -448,9 +544,14 @@ class DataPlane:
 
     # ------------------------------------------------------------------ offsets
 
-    def list_offsets(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+    def list_offsets(self, ctx: RequestContext | None, body: dict[str, Any], *,
+                     principal: str | None = None) -> Any:
         out = []
+        refused = self._refused(ctx, principal, body["topics"], DESCRIBE, "ListOffsets")
         for topic, parts in body["topics"]:
+            if refused and topic in refused:
+                out.append([topic, [[p, _TOPIC_REFUSED, -1, -1] for p, _ in parts]])
+                continue
             rows = []
             for p, timestamp in parts:
                 try:
@@ -472,7 +573,8 @@ class DataPlane:
             out.append([topic, rows])
         return {"topics": out}
 
-    def delete_records(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+    def delete_records(self, ctx: RequestContext | None, body: dict[str, Any], *,
+                       principal: str | None = None) -> Any:
         """Move each partition's log start up to the offset given (-1: the high
         watermark), as Kafka's DeleteRecords: on the leader, whole segments below it
         are deleted; followers follow the leader's log start on their next fetch. An
@@ -480,7 +582,11 @@ class DataPlane:
         cleanup.policy delete is POLICY_VIOLATION. Answers [partition, error, low
         watermark] with the leader's new log start."""
         out = []
+        refused = self._refused(ctx, principal, body["topics"], DELETE, "DeleteRecords")
         for topic, parts in body["topics"]:
+            if refused and topic in refused:
+                out.append([topic, [[p, _TOPIC_REFUSED, -1] for p, _ in parts]])
+                continue
             rows = []
             for p, offset in parts:
                 try:
@@ -503,9 +609,15 @@ class DataPlane:
             out.append([topic, rows])
         return {"topics": out}
 
-    def offset_for_leader_epoch(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+    def offset_for_leader_epoch(self, ctx: RequestContext | None, body: dict[str, Any], *,
+                                principal: str | None = None) -> Any:
         out = []
+        refused = self._refused(ctx, principal, body["topics"], DESCRIBE,
+                                "OffsetForLeaderEpoch")
         for topic, parts in body["topics"]:
+            if refused and topic in refused:
+                out.append([topic, [[p, _TOPIC_REFUSED, -1, -1] for p, _, _ in parts]])
+                continue
             rows = []
             for p, current_epoch, epoch in parts:
                 try:
@@ -525,11 +637,21 @@ class DataPlane:
         topics = body.get("topics")
         if image is None:
             raise LeaderNotAvailableError("broker has no metadata yet")
-        unknown = [t for t in topics or () if t not in image.topics]
+        refused: dict[str, int] = {}
+        authz = self.authorizer
+        who = connection_principal(ctx.connection) if authz is not None else ""
+        if authz is not None:
+            topics, refused = authz.metadata_view(who, topics, image.topics)
+        unknown = [t for t in topics or () if t not in image.topics and t not in refused]
         if (unknown and body.get("allow_auto_create") and self._auto_create
                 and self._controller_request is not None):
-            return self._forward_metadata(body)
-        return metadata_body(image, topics)
+            # the controller hears this broker (a node) ask, not the client: check here
+            cannot = {t: _TOPIC_REFUSED for t in unknown if authz is not None
+                      and not authz.may_create_topic(who, t, "Metadata")}
+            if not cannot:
+                return self._forward_metadata(body)
+            refused |= cannot
+        return metadata_body(image, topics, refused)
 
     async def _forward_metadata(self, body: dict[str, Any]) -> Any:
         """Auto-creation happens on the controller; ask it, answer with its view."""

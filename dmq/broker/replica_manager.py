@@ -167,8 +167,13 @@ class ReplicaManager:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def load_logs(self, parallelism: int = 32) -> None:
-        """Open (and recover) every partition log on disk, in worker threads."""
+    async def load_logs(self, parallelism: int | None = None) -> None:
+        """Open (and recover) every partition log on disk, in worker threads
+        (`num.recovery.threads.per.data.dir`, default one: the opening is mostly
+        interpreter work, and threads contending for it made 10,000 logs take 7.6 s
+        with 32 against 3.3 s with one)."""
+        if parallelism is None:
+            parallelism = max(1, int(self.config.get("num.recovery.threads.per.data.dir")))
         self.partitions_dir.mkdir(parents=True, exist_ok=True)
         self._hw_loaded = self._hw_file.read()
         found: list[tuple[str, int, Path]] = []

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 from dmq.broker.handlers import DataPlane
 from dmq.broker.replica_manager import ReplicaManager
 from dmq.metadata.image import MetadataImage
+from dmq.metadata.records import AccessControlEntry
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError
+from dmq.security.acl import Authorizer
 from dmq.services import Service
 
 if TYPE_CHECKING:
@@ -50,11 +52,17 @@ class BrokerService(Service):
         self.replicas.on_fatal = ctx.fatal
         self.data_plane = DataPlane(self.replicas, self.lifecycle.controller_request,
                                     bool(self.config.get("auto.create.topics.enable")))
+        authorizer = Authorizer.from_config(self.config, self._acls, self.broker_id)
+        self.data_plane.authorizer = authorizer if authorizer.enabled else None
         # In combined mode the controller answers METADATA itself.
         self.data_plane.register(ctx.server, metadata="controller" not in ctx.spec.roles)
         if "controller" not in ctx.spec.roles:
             ctx.server.register(ApiKey.CONTROLLER_CHANGED, self._controller_changed)
         self._started = False
+
+    def _acls(self) -> frozenset[AccessControlEntry]:
+        image = self.replicas.image
+        return image.acls if image is not None else frozenset()
 
     def _controller_changed(self, ctx: Any, body: Any) -> Any:
         result = self.lifecycle.handle_controller_changed(body)

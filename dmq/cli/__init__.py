@@ -1,10 +1,10 @@
 """The `dmq` command: its click group and the registration of every subcommand.
 
 The commands live by subject: `server` (run a node, api-versions), `admin` (cluster
-status, topics), `groups`, `partitions` (partitions and brokers), `dev` (a local
-cluster as child processes), `launch` (cluster start/stop in the background); `tools`
-holds the separate console tools `dmq-produce` and `dmq-consume`; `common` the helpers
-they share. Each command parses, calls the library, prints.
+status, topics), `groups`, `acls` (ACLs and role grants), `partitions` (partitions and
+brokers), `dev` (a local cluster as child processes), `launch` (cluster start/stop in
+the background); `tools` holds the separate console tools `dmq-produce` and
+`dmq-consume`; `common` the helpers they share. Each command parses, calls the library, prints.
 
 A command's module is imported when that command is looked up, not here: importing
 `dmq.cli.tools` (the console tools' entry points) runs this file, and must not load
@@ -24,9 +24,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("dmq.cli.admin", "cluster"),
     "topics": ("dmq.cli.admin", "topics"),
     "groups": ("dmq.cli.groups", "groups"),
+    "acls": ("dmq.cli.acls", "acls"),
+    "roles": ("dmq.cli.acls", "roles"),
     "partitions": ("dmq.cli.partitions", "partitions"),
     "brokers": ("dmq.cli.partitions", "brokers"),
     "dev": ("dmq.cli.dev", "dev"),
+    "users": ("dmq.cli.users", "users"),
 }
 
 

@@ -1,4 +1,4 @@
-"""`dmq groups list|describe|reset-offsets|delete`: thin wrappers over
+"""`dmq groups list|describe|reset-offsets|delete-offsets|delete`: thin wrappers over
 `dmq.client.admin_groups.GroupAdmin` (like kafka-consumer-groups.sh).
 
 Bootstrap as in `dmq topics`: `--bootstrap HOST:PORT,...` (any controller or broker) or
@@ -120,6 +120,29 @@ def groups_reset_offsets(group_id: str, topic: str, to_earliest: bool, to_latest
                                                       sorted(result.items())])
     click.echo("(dry run: nothing changed)" if dry_run else
                f"reset {len(result)} partitions of group {group_id}")
+
+
+@groups.command("delete-offsets")
+@click.argument("group_id")
+@click.option("--topic", required=True)
+@click.option("--partition", "partitions", type=int, multiple=True,
+              help="repeatable; default: every partition with a committed offset")
+@admin_options
+def groups_delete_offsets(group_id: str, topic: str, partitions: tuple[int, ...],
+                          bootstrap: str | None, config_path: str | None,
+                          timeout_ms: int) -> None:
+    """Delete a group's committed offsets of a topic it is not subscribed to."""
+    async def delete(ga: Any) -> dict[str, Any]:
+        wanted = list(partitions)
+        if not wanted:
+            desc = await ga.describe_group(group_id)
+            wanted = [p.partition for p in desc.partitions
+                      if p.topic == topic and p.committed is not None]
+        result = await ga.delete_offsets(group_id, [(topic, p) for p in wanted])
+        return {f"{t}-{p}": err for (t, p), err in sorted(result.items())}
+    report_each(_run(bootstrap, config_path, timeout_ms, delete),
+                lambda tp: f"deleted the committed offset of {tp}",
+                lambda tp, err: f"error: {tp}: {err}")
 
 
 @groups.command("delete")

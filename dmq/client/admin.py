@@ -1,4 +1,4 @@
-"""`Admin`: the administrative client (topics, configs, cluster status).
+"""`Admin`: the administrative client (topics, configs, cluster status, ACLs).
 
     async with Admin("127.0.0.1:9091,127.0.0.1:9092") as admin:
         await admin.create_topic("orders", partitions=6, replication_factor=3)
@@ -25,8 +25,19 @@ from dmq.metadata.image import MetadataImage, TopicInfo, image_from_metadata
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
 from dmq.protocol.errors import DmqError, ErrorCode, error_for
+from dmq.security.acl import (
+    WILDCARD,
+    AccessControlEntry,
+    AclFilter,
+    entry_from_wire,
+    entry_to_wire,
+    filter_to_wire,
+    role_entries,
+)
 
 DEFAULT_TIMEOUT_MS = 30_000
+DEFAULT_SCRAM_ITERATIONS = 8192
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +306,49 @@ class Admin:
         """Forget a broker that will never return (refused while it hosts replicas)."""
         await self._request(ApiKey.UNREGISTER_BROKER, {"broker_id": broker_id})
 
+    # ACLs (dmq.security.acl) ------------------------------------------------------------
+    async def create_acls(self, acls: list[AccessControlEntry]) -> list[DmqError | None]:
+        """Add ACLs (one already present is no change); per ACL, None or its error."""
+        resp = await self._request(ApiKey.CREATE_ACLS,
+                                   {"acls": [entry_to_wire(e) for e in acls]})
+        return [error_for(code, msg) if code else None for code, msg in resp["results"]]
+
+    async def describe_acls(self, acl_filter: AclFilter | None = None
+                            ) -> list[AccessControlEntry]:
+        """The ACLs the filter matches (every ACL without one)."""
+        resp = await self._request(ApiKey.DESCRIBE_ACLS,
+                                   filter_to_wire(acl_filter or AclFilter()))
+        return [entry_from_wire(a) for a in resp["acls"]]
+
+    async def delete_acls(self, filters: list[AclFilter]) -> list[AccessControlEntry]:
+        """Remove every ACL a filter matches; returns those removed (raises the first
+        filter's error, if any)."""
+        resp = await self._request(ApiKey.DELETE_ACLS,
+                                   {"filters": [filter_to_wire(f) for f in filters]})
+        removed: list[AccessControlEntry] = []
+        for r in resp["results"]:
+            if r["error"]:
+                raise error_for(r["error"], r["msg"])
+            removed += [entry_from_wire(a) for a in r["acls"]]
+        return removed
+
+    async def grant_role(self, role: str, principal: str, topic: str = WILDCARD,
+                         group: str = WILDCARD, prefixed: bool = False
+                         ) -> list[AccessControlEntry]:
+        """Add the ACLs a role stands for (`dmq.security.acl.role_entries`)."""
+        entries = role_entries(role, principal, topic, group, prefixed)
+        for err in await self.create_acls(entries):
+            if err is not None:
+                raise err
+        return entries
+
+    async def revoke_role(self, role: str, principal: str, topic: str = WILDCARD,
+                          group: str = WILDCARD, prefixed: bool = False
+                          ) -> list[AccessControlEntry]:
+        """Remove exactly the ACLs `grant_role` with the same arguments adds."""
+        entries = role_entries(role, principal, topic, group, prefixed)
+        return await self.delete_acls([AclFilter(*e.fields()) for e in entries])
+
     async def wait_for_controller(self, timeout_ms: int = 10_000) -> dict[str, Any]:
         """Wait until an active controller answers; returns describe_cluster()."""
         clock = self._clock
@@ -310,6 +364,65 @@ class Admin:
                 raise error_for(ErrorCode.NOT_CONTROLLER,
                                 f"no active controller after {timeout_ms} ms")
             await clock.sleep(100)
+
+    # users (SCRAM credentials kept in the metadata; see dmq.security.users) -------------
+    async def describe_user_scram_credentials(self, users: list[str] | None = None
+                                              ) -> dict[str, list[tuple[str, int]]]:
+        """user -> [(mechanism, iterations)] of every user that can log in (or of the
+        named ones: an unknown one raises RESOURCE_NOT_FOUND)."""
+        resp = await self._request(ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS, {"users": users})
+        out: dict[str, list[tuple[str, int]]] = {}
+        for user, code, msg, creds in resp["results"]:
+            if code:
+                raise error_for(code, msg)
+            out[user] = [(m, int(i)) for m, i in creds]
+        return out
+
+    async def alter_user_scram_credentials(
+            self, upsertions: list[tuple[str, str, str]] | None = None,
+            deletions: list[tuple[str, str]] | None = None, *,
+            iterations: int = DEFAULT_SCRAM_ITERATIONS) -> dict[str, DmqError | None]:
+        """Set (user, mechanism, password) credentials and remove (user, mechanism)
+        ones. The password never leaves this process: a random salt and the salted
+        password (PBKDF2) are sent, as with Kafka's AlterUserScramCredentials. Result:
+        user -> None or its error (a user refused in part is not changed)."""
+        import secrets
+
+        from dmq.security.users import salted_password
+
+        ups = []
+        for user, mech, password in upsertions or []:
+            if not password:
+                raise ValueError(f"user {user!r}: empty password")
+            salt = secrets.token_bytes(24)
+            ups.append([user, mech, iterations, salt,
+                        salted_password(mech, password, salt, iterations)])
+        resp = await self._request(ApiKey.ALTER_USER_SCRAM_CREDENTIALS, {
+            "upsertions": ups, "deletions": [list(d) for d in deletions or []]})
+        return {user: (None if not code else error_for(code, msg))
+                for user, code, msg in resp["results"]}
+
+    async def set_user_password(self, user: str, password: str,
+                                mechanisms: tuple[str, ...] = SCRAM_MECHANISMS) -> None:
+        """Create the user or change its password (every mechanism in `mechanisms`)."""
+        err = (await self.alter_user_scram_credentials(
+            [(user, m, password) for m in mechanisms]))[user]
+        if err is not None:
+            raise err
+
+    async def delete_user(self, user: str) -> None:
+        """Remove every credential of the user: it can no longer log in anywhere."""
+        creds = (await self.describe_user_scram_credentials([user]))[user]
+        err = (await self.alter_user_scram_credentials(
+            deletions=[(user, m) for m, _ in creds])).get(user)
+        if err is not None:
+            raise err
+
+    async def revoke_token(self, token: str) -> str:
+        """Refuse an HTTP token from now on, on every node (see dmq.security.tokens);
+        returns its id."""
+        resp = await self._request(ApiKey.REVOKE_TOKEN, {"token": token})
+        return str(resp["token_id"])
 
 
 __all__ = ["Admin", "DeletedRecords", "NewTopic", "TopicResult"]

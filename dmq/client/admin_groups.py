@@ -153,6 +153,20 @@ class GroupAdmin:
         return {g["group_id"]: (error_for(g["error"], g.get("msg")) if g["error"] else None)
                 for g in res["groups"]}
 
+    async def delete_offsets(self, group_id: str, partitions: list[PartitionKey]
+                             ) -> dict[PartitionKey, DmqError | None]:
+        """Delete the group's committed offsets of `partitions` (Kafka's OffsetDelete):
+        per partition None, or the error (GROUP_SUBSCRIBED_TO_TOPIC while a member of
+        the group consumes the topic; UNKNOWN_TOPIC_OR_PARTITION). GROUP_ID_NOT_FOUND is
+        raised for a group without offsets or members."""
+        by_topic: dict[str, list[int]] = {}
+        for t, p in partitions:
+            by_topic.setdefault(t, []).append(p)
+        res = await self._request(ApiKey.OFFSET_DELETE, {
+            "group_id": group_id, "topics": [[t, ps] for t, ps in sorted(by_topic.items())]})
+        return {(t, p): (error_for(err) if err else None)
+                for t, rows in res["topics"] for p, err in rows}
+
     async def reset_offsets(self, group_id: str, topic: str, *, to: str | int,
                             dry_run: bool = False) -> dict[PartitionKey, int]:
         """Set the committed offsets of every partition of `topic` for an empty group

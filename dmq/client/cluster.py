@@ -393,6 +393,11 @@ class ClusterClient:
             info = self.topic(topic)
             if info is not None:
                 return info
+            known = self.topics.get(topic)
+            if known is not None and known.error == ErrorCode.TOPIC_AUTHORIZATION_FAILED:
+                # the ACLs will not change by waiting: say so now
+                raise error_for(known.error, f"topic {topic!r}: not authorized to "
+                                             f"describe it")
             attempt += 1
             if clock.monotonic_ms() >= deadline:
                 known = self.topics.get(topic)

@@ -57,12 +57,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dmq.clock import Clock
-from dmq.controller.assignor import MemberSpec, TopicPartition, get_assignor
+from dmq.controller.assignor import (
+    MemberSpec,
+    TopicPartition,
+    UnknownAssignorError,
+    get_assignor,
+)
 from dmq.metadata.records import OffsetCommit, Record
 from dmq.protocol.errors import (
     FencedInstanceIdError,
     FencedMemberEpochError,
     GroupIdNotFoundError,
+    GroupMaxSizeReachedError,
     InvalidGroupIdError,
     InvalidRequestError,
     InvalidSessionTimeoutError,
@@ -70,6 +76,7 @@ from dmq.protocol.errors import (
     StaleMemberEpochError,
     UnknownMemberIdError,
     UnreleasedInstanceIdError,
+    UnsupportedAssignorError,
 )
 
 log = logging.getLogger("dmq.controller.groups")
@@ -132,6 +139,9 @@ class Member:
     # adopted after a failover from a heartbeat without a subscription ("nil: unchanged"
     # means nothing to a coordinator that never saw the member join)
     subscription_unknown: bool = False
+    # the partitions the member last said it owns: a heartbeat without `owned` (nil:
+    # unchanged, as Kafka's consumers send it once reconciled) means these
+    owned: set[TopicPartition] | None = None
 
 
 @dataclass(slots=True)
@@ -165,12 +175,17 @@ class HeartbeatResult:
     member_epoch: int
     heartbeat_interval_ms: int
     assignment: dict[str, list[int]] | None
+    # the assignment or epoch differs from what the member had before this heartbeat,
+    # or from what it last said it owns (an answer lost on the way is sent again):
+    # Kafka's coordinator sends the assignment only then, or on a full request
+    changed: bool = True
 
     def to_body(self) -> dict[str, Any]:
         return {"member_id": self.member_id, "member_epoch": self.member_epoch,
                 "heartbeat_interval_ms": self.heartbeat_interval_ms,
                 "assignment": None if self.assignment is None else
-                [[t, ps] for t, ps in sorted(self.assignment.items())]}
+                [[t, ps] for t, ps in sorted(self.assignment.items())],
+                "changed": self.changed}
 
 
 def _by_topic(tps: Iterable[TopicPartition]) -> dict[str, list[int]]:
@@ -223,12 +238,13 @@ class GroupCoordinator:
 
     # ---- membership ----------------------------------------------------------------
     def heartbeat(self, group_id: str, member_id: str, member_epoch: int, *,
-                  instance_id: str | None = None, rebalance_timeout_ms: int = 60_000,
+                  instance_id: str | None = None, rebalance_timeout_ms: int | None = 60_000,
                   session_timeout_ms: int = 10_000, topics: list[str] | None = None,
                   pattern: str | None = None, owned: set[TopicPartition] | None = None,
                   assignor: str | None = None, client_id: str = "",
                   host: str = "") -> HeartbeatResult:
-        """One ConsumerGroupHeartbeat. Raises a `DmqError` for the error answers."""
+        """One ConsumerGroupHeartbeat. Raises a `DmqError` for the error answers.
+        `rebalance_timeout_ms` None and `owned` None: unchanged since the last one."""
         check_group_id(group_id)
         check_member_ids(member_id, instance_id, client_id)
         if not MIN_SESSION_TIMEOUT_MS <= session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
@@ -241,7 +257,10 @@ class GroupCoordinator:
             except re.error as exc:
                 raise InvalidRequestError(f"bad subscription pattern: {exc}") from None
         if assignor is not None:
-            get_assignor(assignor)  # an unknown name fails before any state changes
+            try:  # an unknown name fails before any state changes
+                get_assignor(assignor)
+            except UnknownAssignorError as exc:
+                raise UnsupportedAssignorError(str(exc)) from None
         now = self.clock.monotonic_ms()
 
         if member_epoch in (LEAVE_EPOCH, STATIC_LEAVE_EPOCH):
@@ -258,9 +277,15 @@ class GroupCoordinator:
             member = self._join(group, member_id, instance_id, client_id, host, owned, now)
         else:
             member = self._existing(group, member_id, member_epoch, instance_id, owned, now)
+        before = (member.member_epoch, frozenset(member.assigned))
+        if owned is None:
+            owned = member.owned
+        else:
+            member.owned = owned
         member.last_heartbeat_ms = now
         member.session_timeout_ms = session_timeout_ms
-        member.rebalance_timeout_ms = rebalance_timeout_ms
+        if rebalance_timeout_ms is not None:
+            member.rebalance_timeout_ms = rebalance_timeout_ms
         if member.subscription_unknown:
             if topics is None and pattern is None:
                 # an empty subscription would take everything away from it for good:
@@ -283,8 +308,10 @@ class GroupCoordinator:
         # in a fraction of the heartbeat interval
         interval = self.heartbeat_interval_ms if member.state == M_STABLE else \
             min(self.heartbeat_interval_ms, RECONCILING_HEARTBEAT_MS)
+        changed = before != (member.member_epoch, frozenset(member.assigned)) or (
+            owned is not None and owned != member.assigned)
         return HeartbeatResult(member.member_id, member.member_epoch, interval,
-                               _by_topic(member.assigned))
+                               _by_topic(member.assigned), changed or member_epoch == JOIN_EPOCH)
 
     def _new_member_id(self) -> str:
         return f"{self.rng.getrandbits(128):032x}"
@@ -292,7 +319,8 @@ class GroupCoordinator:
     def _join(self, group: Group, member_id: str, instance_id: str | None, client_id: str,
               host: str, owned: set[TopicPartition] | None, now: int) -> Member:
         if len(group.members) >= MAX_MEMBERS_PER_GROUP:
-            raise InvalidRequestError(f"group {group.group_id} has too many members")
+            raise GroupMaxSizeReachedError(f"group {group.group_id} has "
+                                           f"{MAX_MEMBERS_PER_GROUP} members, the most allowed")
         if instance_id is not None and instance_id in group.instances:
             old = group.members[group.instances[instance_id]]
             if not old.departed and old.member_id != member_id:
@@ -578,12 +606,26 @@ class GroupCoordinator:
         return {
             "group_id": group_id, "error": 0, "state": group.state(),
             "epoch": group.group_epoch, "assignor": group.assignor or "uniform",
+            "assignment_epoch": group.assignment_epoch,
             "members": [{"member_id": m.member_id, "instance_id": m.instance_id,
                          "member_epoch": m.member_epoch, "client_id": m.client_id,
-                         "host": m.host,
-                         "assignment": [[t, ps] for t, ps in _by_topic(m.assigned).items()]}
+                         "host": m.host, "topics": sorted(m.topics), "pattern": m.pattern,
+                         "assignment": [[t, ps] for t, ps in _by_topic(m.assigned).items()],
+                         "target": [[t, ps] for t, ps in _by_topic(
+                             group.target.get(m.member_id, frozenset())).items()]}
                         for _, m in sorted(group.members.items())],
         }
+
+    def subscribed_topics(self, group_id: str, topics: Iterable[str]) -> set[str]:
+        """Which of `topics` a member of the group subscribes to (by name or pattern)."""
+        group = self.groups.get(group_id)
+        if group is None or not group.members:
+            return set()
+        counts = {t: 1 for t in topics}
+        out: set[str] = set()
+        for m in group.members.values():
+            out |= self._resolved_topics(m, counts) & counts.keys()
+        return out
 
     def list_groups(self) -> list[dict[str, Any]]:
         return [{"group_id": g.group_id, "state": g.state(), "members": len(g.members)}

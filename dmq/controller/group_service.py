@@ -1,8 +1,9 @@
 """The consumer group APIs on a controller: the asyncio shell around `GroupCoordinator`.
 
 `register_group_handlers(server, host)` registers CONSUMER_GROUP_HEARTBEAT,
-OFFSET_COMMIT, OFFSET_FETCH, LIST_GROUPS, DESCRIBE_GROUPS, DELETE_GROUPS and
-RESET_OFFSETS on a controller's `ProtocolServer`. Only the active controller answers;
+OFFSET_COMMIT, OFFSET_FETCH, OFFSET_DELETE, LIST_GROUPS, DESCRIBE_GROUPS, DELETE_GROUPS
+and RESET_OFFSETS (and Kafka's classic JoinGroup/SyncGroup/Heartbeat/LeaveGroup) on a
+controller's `ProtocolServer`. Only the active controller answers;
 the others raise NOT_CONTROLLER naming the leader (the client's `ControllerChannel`
 follows that hint).
 
@@ -37,6 +38,7 @@ from dmq.clock import Cancellable, Clock
 from dmq.controller.classic_groups import (
     INCONSISTENT_GROUP_PROTOCOL,
     NONE,
+    ClassicGroup,
     ClassicGroups,
     decode_consumer_assignment,
 )
@@ -47,6 +49,7 @@ from dmq.controller.group_coordinator import (
     check_group_id,
     check_member_ids,
     owned_from_wire,
+    tombstones,
 )
 from dmq.controller.planner import Planner
 from dmq.metadata.records import OffsetCommit, Record
@@ -275,16 +278,29 @@ class GroupService:
         if self._classic is not None and self._classic.has_members(body["group_id"]):
             raise GroupIdNotFoundError(f"group {body['group_id']} is a classic-protocol "
                                        "group (Kafka JoinGroup members)")
+        # a Kafka listener forwards its client's heartbeat: it names the client, sends
+        # -1 for "rebalance timeout unchanged" and -1 for "the coordinator's session
+        # timeout" (Kafka's consumers have none of their own in this protocol)
+        rebalance_ms = body["rebalance_timeout_ms"]
+        session_ms = body["session_timeout_ms"]
+        if session_ms < 0:
+            session_ms = int(self.host.setting("group.session.timeout.ms"))
         res = coord.heartbeat(
             body["group_id"], body["member_id"], body["member_epoch"],
             instance_id=body["instance_id"],
-            rebalance_timeout_ms=body["rebalance_timeout_ms"],
-            session_timeout_ms=body["session_timeout_ms"], topics=body["topics"],
+            rebalance_timeout_ms=rebalance_ms if rebalance_ms >= 0 else None,
+            session_timeout_ms=session_ms, topics=body["topics"],
             pattern=body["pattern"], owned=owned_from_wire(body["owned"]),
-            assignor=body["assignor"], client_id=ctx.header.client_id or "",
-            host=ctx.peer.rpartition(":")[0])
+            assignor=body["assignor"],
+            client_id=body.get("client_id") or ctx.header.client_id or "",
+            host=body.get("host") or ctx.peer.rpartition(":")[0])
         self._arm_timer()
-        return res.to_body()
+        answer = res.to_body()
+        if body.get("topic_ids") and res.assignment:
+            ids = {t: self.host.state.topics[t].topic_id for t in res.assignment
+                   if t in self.host.state.topics}
+            answer["topic_ids"] = [[t, i] for t, i in sorted(ids.items())]
+        return answer
 
     async def offset_commit(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         coord = self.coordinator()
@@ -321,6 +337,39 @@ class GroupService:
                 rows.append([p, offset, metadata, 0])
             out.append([topic, rows])
         return {"topics": out}
+
+    async def offset_delete(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        """Kafka's OffsetDelete: remove a group's committed offsets of some partitions;
+        a topic the group subscribes to is refused (GROUP_SUBSCRIBED_TO_TOPIC)."""
+        coord = self.coordinator()
+        group = body["group_id"]
+        _check_commit(group, "", [[t, parts] for t, parts in body["topics"]])
+        committed = live_offsets(self.host.state, group)
+        native = coord.groups.get(group)
+        classic = None if self._classic is None else self._classic.describe(group)
+        if not committed and (native is None or not native.members) and (
+                classic is None or not classic.members):
+            raise GroupIdNotFoundError(f"group {group} does not exist")
+        names = [t for t, _ in body["topics"]]
+        subscribed = coord.subscribed_topics(group, names)
+        if classic is not None and classic.members:
+            subscribed |= _classic_topics(classic, names)
+        known = self.host.state.topics
+        results: list[list[Any]] = []
+        doomed: list[tuple[str, int]] = []
+        for topic, parts in body["topics"]:
+            if topic in subscribed:
+                code = int(ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC)
+            elif topic not in known:
+                code = int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+            else:
+                code = 0
+                doomed += [(topic, p) for p in parts if (topic, p) in committed]
+            results.append([topic, [[p, code] for p in parts]])
+        records = tombstones(group, sorted(set(doomed)), self.host.clock.wall_ms())
+        if records:
+            await self._enqueue(records)
+        return {"error": 0, "topics": results}
 
     def list_groups(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         coord = self.coordinator()
@@ -473,6 +522,19 @@ def _check_commit(group: str, member_id: str, topics: list[list[Any]]) -> None:
                                   f"{MAX_COMMIT_PARTITIONS} per request")
 
 
+def _classic_topics(group: ClassicGroup, names: list[str]) -> set[str]:
+    """The topics among `names` a classic group with members consumes: those in its
+    members' consumer-protocol assignments; all of them for another protocol type, or
+    while a member has no assignment yet (Kafka's rule: unknown counts as subscribed)."""
+    if group.protocol_type != "consumer" or any(not m.assignment
+                                                for m in group.members.values()):
+        return set(names)
+    out: set[str] = set()
+    for m in group.members.values():
+        out |= {t for t, _ in decode_consumer_assignment(m.assignment)}
+    return out & set(names)
+
+
 def _estimated_bytes(record: Record) -> int:
     """About the encoded size of a record (offset commits by their rows)."""
     if isinstance(record, OffsetCommit):
@@ -531,25 +593,32 @@ class ControllerGroupHost:
 
 
 def register_group_handlers(server: Any, controller: Any = None, *,
-                            host: GroupHost | None = None) -> GroupService:
+                            host: GroupHost | None = None,
+                            guard: Callable[[ApiKey, Any], Any] | None = None) -> GroupService:
     """Register the group APIs on `server` for a `ControllerService` (or any
-    `GroupHost`). The returned service stops by itself when the node stops leading;
-    `close()` stops it for good."""
+    `GroupHost`), each through `guard(key, handler)` when given (the ACL check). The
+    returned service stops by itself when the node stops leading; `close()` stops it
+    for good."""
     if host is None:
         assert controller is not None, "register_group_handlers needs a controller or host"
         host = ControllerGroupHost(controller)
     svc = GroupService(host)
-    server.register(ApiKey.CONSUMER_GROUP_HEARTBEAT, svc.heartbeat)
-    server.register(ApiKey.OFFSET_COMMIT, svc.offset_commit)
-    server.register(ApiKey.OFFSET_FETCH, svc.offset_fetch)
-    server.register(ApiKey.LIST_GROUPS, svc.list_groups)
-    server.register(ApiKey.DESCRIBE_GROUPS, svc.describe_groups)
-    server.register(ApiKey.DELETE_GROUPS, svc.delete_groups)
-    server.register(ApiKey.RESET_OFFSETS, svc.reset_offsets)
-    server.register(ApiKey.JOIN_GROUP, svc.join_group)
-    server.register(ApiKey.SYNC_GROUP, svc.sync_group)
-    server.register(ApiKey.HEARTBEAT, svc.classic_heartbeat)
-    server.register(ApiKey.LEAVE_GROUP, svc.leave_group)
+    handlers: dict[ApiKey, Any] = {
+        ApiKey.CONSUMER_GROUP_HEARTBEAT: svc.heartbeat,
+        ApiKey.OFFSET_COMMIT: svc.offset_commit,
+        ApiKey.OFFSET_FETCH: svc.offset_fetch,
+        ApiKey.OFFSET_DELETE: svc.offset_delete,
+        ApiKey.LIST_GROUPS: svc.list_groups,
+        ApiKey.DESCRIBE_GROUPS: svc.describe_groups,
+        ApiKey.DELETE_GROUPS: svc.delete_groups,
+        ApiKey.RESET_OFFSETS: svc.reset_offsets,
+        ApiKey.JOIN_GROUP: svc.join_group,
+        ApiKey.SYNC_GROUP: svc.sync_group,
+        ApiKey.HEARTBEAT: svc.classic_heartbeat,
+        ApiKey.LEAVE_GROUP: svc.leave_group,
+    }
+    for key, handler in handlers.items():
+        server.register(key, handler if guard is None else guard(key, handler))
     return svc
 
 

@@ -26,12 +26,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dmq.aio import wait_for
+from dmq.controller.acls import ControllerAcls, guard_group_handler
 from dmq.controller.cluster_id import new_cluster_id
 from dmq.controller.group_service import GroupService, register_group_handlers
 from dmq.controller.liveness import BrokerSessions
 from dmq.controller.planner import Planner
 from dmq.controller.raft_glue import RaftGlue
 from dmq.controller.state_machine import MetadataStateMachine
+from dmq.controller.users import register_user_handlers
 from dmq.controller.validation import effective_topic_configs, validate_topic_name
 from dmq.metadata.discovery import ControllerChannel
 from dmq.metadata.image import FENCED, MetadataImage, metadata_body
@@ -49,6 +51,21 @@ from dmq.protocol.errors import (
     UnknownTopicOrPartitionError,
 )
 from dmq.protocol.server import RequestContext
+from dmq.security.acl import (
+    ALTER,
+    ALTER_CONFIGS,
+    CREATE,
+    DELETE,
+    DESCRIBE,
+    DESCRIBE_CONFIGS,
+    IDEMPOTENT_WRITE,
+    TOPIC,
+    TRANSACTIONAL_ID,
+    WRITE,
+    Authorizer,
+    connection_principal,
+    is_node,
+)
 from dmq.services import Service
 
 if TYPE_CHECKING:
@@ -96,16 +113,23 @@ class ControllerService(Service):
         self._notice_tasks: set[asyncio.Task[Any]] = set()
         self._forward = ControllerChannel(
             [(c.host, c.port) for c in self.config.controllers if c.node_id != self.node_id],
-            client_id=f"controller-{self.node_id}", rng=self.rng) \
-            if len(self.config.controllers) > 1 else None
+            client_id=f"controller-{self.node_id}", rng=self.rng,
+            node_id=self.node_id) \
+            if len(self.config.controllers) > 1 else None  # as a node: ACLs (auto-create)
         self._stopping = False
         self.stats_writes = 0
         self.stats_write_seconds = 0.0
         self.stats_leader_changes = 0
         self._last_leader_seen = 0
         self.stats_fenced = 0
+        # ACLs are enforced from this controller's applied state (dmq.security.acl)
+        self.authorizer = Authorizer.from_config(self.config, lambda: self.state.acls,
+                                                 self.node_id)
+        self.acls = ControllerAcls(lambda: self.state.acls, self.mutate, self.authorizer,
+                                   self.node_id)
         self._register_handlers()
         self.groups = self._register_groups()
+        self.users = register_user_handlers(self.server, self, ctx.users, self._forward)
 
     # wiring -----------------------------------------------------------------------------
     def _register_handlers(self) -> None:
@@ -129,6 +153,9 @@ class ControllerService(Service):
             ApiKey.LIST_PARTITION_REASSIGNMENTS: self.handle_list_partition_reassignments,
             ApiKey.ELECT_LEADERS: self.handle_elect_leaders,
             ApiKey.UNREGISTER_BROKER: self.handle_unregister_broker,
+            ApiKey.CREATE_ACLS: self.handle_create_acls,
+            ApiKey.DESCRIBE_ACLS: self.handle_describe_acls,
+            ApiKey.DELETE_ACLS: self.handle_delete_acls,
         }
         if "broker" in self.roles:
             # combined mode: the local broker's lifecycle takes the notices
@@ -139,7 +166,10 @@ class ControllerService(Service):
     def _register_groups(self) -> GroupService:
         """The group coordinator (dmq.controller.group_service) runs on the active
         controller and writes offsets through `mutate`."""
-        return register_group_handlers(self.server, self)
+        authorizer = self.authorizer
+        guard = None if not authorizer.enabled else \
+            (lambda key, fn: guard_group_handler(key, fn, authorizer))
+        return register_group_handlers(self.server, self, guard=guard)
 
     async def start(self) -> None:
         await self.raft.start()
@@ -419,18 +449,23 @@ class ControllerService(Service):
 
     # read handlers ----------------------------------------------------------------------
     async def handle_metadata(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
-        topics = body["topics"]
         image = self.image()
+        principal = connection_principal(ctx.connection)
+        topics, refused = self.authorizer.metadata_view(principal, body["topics"], image.topics)
         if topics and body["allow_auto_create"] and self.config.get("auto.create.topics.enable"):
-            unknown = [t for t in topics if t not in image.topics]
+            unknown = [t for t in topics if t not in image.topics and t not in refused]
             if unknown:
-                return await self._auto_create(body, unknown)
-        return metadata_body(image, topics)
+                return await self._auto_create(body, unknown, principal, refused)
+        return metadata_body(image, topics, refused)
 
-    async def _auto_create(self, body: dict[str, Any], unknown: list[str]) -> Any:
-        errors: dict[str, int] = {}
+    async def _auto_create(self, body: dict[str, Any], unknown: list[str], principal: str,
+                           refused: dict[str, int]) -> Any:
+        errors: dict[str, int] = dict(refused)
         valid = []
         for name in unknown:
+            if not self.authorizer.may_create_topic(principal, name, "Metadata"):
+                errors[name] = int(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
+                continue
             try:
                 validate_topic_name(name)
                 valid.append(name)
@@ -515,9 +550,13 @@ class ControllerService(Service):
 
     async def handle_describe_configs(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
         out = []
+        principal = connection_principal(ctx.connection)
         for name in body["topics"]:
             t = self.state.topics.get(name)
-            if t is None:
+            if not self.authorizer.check(principal, DESCRIBE_CONFIGS, TOPIC, name,
+                                         "DescribeConfigs"):
+                out.append(_refused(name, principal, DESCRIBE_CONFIGS) | {"configs": {}})
+            elif t is None:
                 out.append({"name": name, "error": int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
                             "msg": f"topic {name!r} does not exist", "configs": {}})
             else:
@@ -585,24 +624,57 @@ class ControllerService(Service):
                 "unmovable_leaderships": self.planner.unmovable_leaderships(bid)}
 
     async def handle_create_topics(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        principal = connection_principal(ctx.connection)
+        allowed, refused = self._split(
+            body["topics"], lambda t: self.authorizer.may_create_topic(
+                principal, t["name"], "CreateTopics"), principal, CREATE)
         results = await self.mutate(
-            lambda: self.planner.create_topics(body["topics"], body["validate_only"]),
+            lambda: self.planner.create_topics(allowed, body["validate_only"]),
             body["timeout_ms"])
-        return {"topics": results}
+        return {"topics": refused + results}
 
     async def handle_delete_topics(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
-        results = await self.mutate(lambda: self.planner.delete_topics(body["topics"]),
+        principal = connection_principal(ctx.connection)
+        allowed, refused = self._split(
+            body["topics"], lambda t: self.authorizer.check(principal, DELETE, TOPIC, t,
+                                                            "DeleteTopics"), principal, DELETE)
+        results = await self.mutate(lambda: self.planner.delete_topics(allowed),
                                     body["timeout_ms"])
-        return {"topics": results}
+        return {"topics": refused + results}
 
     async def handle_create_partitions(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        principal = connection_principal(ctx.connection)
+        allowed, refused = self._split(
+            body["topics"], lambda t: self.authorizer.check(principal, ALTER, TOPIC, t["name"],
+                                                            "CreatePartitions"),
+            principal, ALTER)
         results = await self.mutate(
-            lambda: self.planner.create_partitions(body["topics"], body["validate_only"]),
+            lambda: self.planner.create_partitions(allowed, body["validate_only"]),
             body["timeout_ms"])
-        return {"topics": results}
+        return {"topics": refused + results}
+
+    @staticmethod
+    def _split(items: list[Any], may: Callable[[Any], bool], principal: str, operation: str
+               ) -> tuple[list[Any], list[dict[str, Any]]]:
+        """(the items of a per-topic request the principal may act on, the answer rows
+        of those it may not)."""
+        allowed, refused = [], []
+        for item in items:
+            if may(item):
+                allowed.append(item)
+            else:
+                name = item if isinstance(item, str) else item["name"]
+                refused.append(_refused(name, principal, operation))
+        return allowed, refused
 
     async def handle_alter_configs(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
-        results = await self.mutate(
+        principal = connection_principal(ctx.connection)
+        allowed, refused = self._split(
+            body["topics"], lambda t: self.authorizer.check(
+                principal, ALTER_CONFIGS, TOPIC, t["name"], "AlterConfigs"),
+            principal, ALTER_CONFIGS)
+        body = {**body, "topics": allowed}
+        results = refused + await self.mutate(
             lambda: self.planner.alter_configs(body["topics"], body["validate_only"]))
         # turning unclean election on can bring offline partitions back at once
         for req in body["topics"]:
@@ -633,11 +705,15 @@ class ControllerService(Service):
 
     async def handle_alter_partition_reassignments(self, ctx: RequestContext,
                                                    body: dict[str, Any]) -> Any:
+        self.authorizer.require_cluster(connection_principal(ctx.connection), ALTER,
+                                        "AlterPartitionReassignments")
         results = await self.mutate(lambda: self.planner.reassign_partitions(body["partitions"]))
         return {"partitions": results}
 
     async def handle_list_partition_reassignments(self, ctx: RequestContext,
                                                   body: dict[str, Any]) -> Any:
+        self.authorizer.require_cluster(connection_principal(ctx.connection), DESCRIBE,
+                                        "ListPartitionReassignments")
         topics = set(body["topics"]) if body["topics"] is not None else None
         rows = [[p.topic, p.partition, list(p.replicas), list(p.adding), list(p.removing),
                  p.leader, list(p.isr)]
@@ -645,10 +721,14 @@ class ControllerService(Service):
         return {"partitions": sorted(rows, key=lambda r: (r[0], r[1]))}
 
     async def handle_elect_leaders(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        self.authorizer.require_cluster(connection_principal(ctx.connection), ALTER,
+                                        "ElectLeaders")
         results = await self.mutate(lambda: self.planner.elect_preferred_leaders(body["topic"]))
         return {"partitions": results}
 
     async def handle_unregister_broker(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        self.authorizer.require_cluster(connection_principal(ctx.connection), ALTER,
+                                        "UnregisterBroker")
         bid = body["broker_id"]
         await self.mutate(self._plan(self.planner.unregister_broker, bid))
         log.info("controller=%d broker %d unregistered", self.node_id, bid)
@@ -666,12 +746,29 @@ class ControllerService(Service):
         return {"first_producer_id": first, "count": self.state.next_producer_id - first}
 
     async def handle_init_producer_id(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        principal = connection_principal(ctx.connection)
+        txn = body["transactional_id"]
+        if txn is not None:
+            self.authorizer.require(principal, WRITE, TRANSACTIONAL_ID, txn, "InitProducerId")
+        else:
+            self.authorizer.require_cluster(principal, IDEMPOTENT_WRITE, "InitProducerId")
         def plan() -> tuple[list[Record], int]:
             first = self.state.next_producer_id
             return [ProducerIds(-1, first + 1)], first
 
         pid = await self.mutate(plan)
         return {"producer_id": pid, "producer_epoch": 0}
+
+    async def handle_create_acls(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        return await self.acls.create(connection_principal(ctx.connection), body["acls"],
+                                      _requester(ctx, body))
+
+    async def handle_describe_acls(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        return self.acls.describe(connection_principal(ctx.connection), body)
+
+    async def handle_delete_acls(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
+        return await self.acls.delete(connection_principal(ctx.connection), body["filters"],
+                                      _requester(ctx, body))
 
     async def handle_controller_changed(self, ctx: RequestContext, body: dict[str, Any]) -> Any:
         for listener in self.controller_changed_listeners:
@@ -699,6 +796,20 @@ class ControllerService(Service):
         if t is None:
             raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
         return t
+
+
+def _requester(ctx: RequestContext, body: dict[str, Any]) -> str:
+    """Who asks: the connection's principal, or, for a node forwarding a Kafka client's
+    request (which it authorized), "<client> via <node>" (for the audit line)."""
+    who = connection_principal(ctx.connection)
+    if is_node(who) and body.get("principal"):
+        return f"{body['principal']} (via {who})"
+    return who
+
+
+def _refused(name: str, principal: str, operation: str) -> dict[str, Any]:
+    return {"name": name, "error": int(ErrorCode.TOPIC_AUTHORIZATION_FAILED),
+            "msg": f"{principal} may not {operation} topic {name!r}"}
 
 
 __all__ = ["ControllerService"]

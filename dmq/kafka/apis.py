@@ -19,7 +19,6 @@ It must never decode records and never import the network layer.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,14 +27,28 @@ from dmq.broker.errors import error_code_of, message_of
 from dmq.config import SETTINGS
 from dmq.controller.cluster_id import quorum_cluster_id
 from dmq.controller.validation import effective_topic_configs
+from dmq.kafka.acls import AclApis
 from dmq.kafka.errors import kafka_code
 from dmq.kafka.groups import GroupApis
 from dmq.kafka.records import is_dmq_native, kafka_view
 from dmq.kafka.server import NO_RESPONSE, Api, api_ranges
+from dmq.kafka.topic_ids import TopicNames, topic_uuid
 from dmq.metadata.image import FENCED, MetadataImage
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
 from dmq.protocol.server import NO_RESPONSE as DMQ_NO_RESPONSE
+from dmq.security.acl import (
+    ALTER,
+    ALTER_CONFIGS,
+    CLUSTER_NAME,
+    CREATE,
+    DELETE,
+    DESCRIBE_CONFIGS,
+    IDEMPOTENT_WRITE,
+    TOPIC,
+    Authorizer,
+)
+from dmq.security.users import MECHANISM_NAMES, MECHANISM_NUMBERS
 
 if TYPE_CHECKING:
     from dmq.broker.handlers import DataPlane
@@ -79,14 +92,7 @@ def bounded(request: ControllerRequest) -> ControllerRequest:
     return call
 
 
-def topic_uuid(topic_id: str) -> bytes:
-    try:
-        return uuid.UUID(topic_id).bytes
-    except ValueError:
-        return uuid.uuid5(uuid.NAMESPACE_URL, "dmq-topic:" + topic_id).bytes
-
-
-class KafkaApis(GroupApis):
+class KafkaApis(GroupApis, AclApis):
     """The handlers, bound to one broker's data plane and controller route."""
 
     def __init__(self, config: ClusterConfig, broker_id: int, data_plane: DataPlane,
@@ -97,6 +103,7 @@ class KafkaApis(GroupApis):
         self.data_plane = data_plane
         self._image = image
         self._controller_request = bounded(controller_request)
+        self.topic_names = TopicNames()
         self._quorum_cluster_id = quorum_cluster_id(config)
         self.auto_create = bool(config.get("auto.create.topics.enable"))
         self.apis: list[Api] = []
@@ -131,7 +138,80 @@ class KafkaApis(GroupApis):
             Api(44, "IncrementalAlterConfigs", 0, 1, self.incremental_alter_configs),
             Api(60, "DescribeCluster", 0, 1, self.describe_cluster),
             *self.group_table(),
+            *self.user_table(),
+            *self.acl_table(),
         ]
+
+    # ------------------------------------------------------------------ users (KIP-554)
+
+    def user_table(self) -> list[Api]:
+        return [
+            Api(50, "DescribeUserScramCredentials", 0, 0, self.describe_user_scram_credentials),
+            Api(51, "AlterUserScramCredentials", 0, 0, self.alter_user_scram_credentials),
+        ]
+
+    async def describe_user_scram_credentials(self, header: RequestHeader,
+                                              body: dict[str, Any]) -> Any:
+        wanted = body.get("Users")
+        names = [u["Name"] for u in wanted] if wanted else None
+        try:
+            resp = await self._controller_request(
+                ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS, {"users": names}, 15_000)
+        except (DmqError, OSError, TimeoutError) as exc:
+            return {"ErrorCode": forward_error_code(exc), "ErrorMessage": message_of(exc),
+                    "Results": []}
+        return {"ErrorCode": 0, "ErrorMessage": None, "Results": [
+            {"User": user, "ErrorCode": kafka_code(code), "ErrorMessage": msg,
+             "CredentialInfos": [{"Mechanism": MECHANISM_NUMBERS.get(m, 0), "Iterations": i}
+                                 for m, i in creds]}
+            for user, code, msg, creds in resp["results"]]}
+
+    async def alter_user_scram_credentials(self, header: RequestHeader,
+                                           body: dict[str, Any]) -> Any:
+        unknown: dict[str, str] = {}
+
+        def mech(user: str, n: int) -> str:
+            name = MECHANISM_NAMES.get(n)
+            if name is None:
+                unknown[user] = f"unknown SCRAM mechanism {n}"
+                return ""
+            return name
+
+        deletions = [[d["Name"], mech(d["Name"], d["Mechanism"])] for d in body["Deletions"]]
+        upsertions = [[u["Name"], mech(u["Name"], u["Mechanism"]), u["Iterations"],
+                       bytes(u["Salt"] or b""), bytes(u["SaltedPassword"] or b"")]
+                      for u in body["Upsertions"]]
+        results: dict[str, tuple[int, str | None]] = {
+            user: (int(ErrorCode.UNSUPPORTED_SASL_MECHANISM), why)
+            for user, why in unknown.items()}
+        request = {"deletions": [d for d in deletions if d[0] not in results],
+                   "upsertions": [u for u in upsertions if u[0] not in results]}
+        if request["deletions"] or request["upsertions"]:
+            try:
+                resp = await self._controller_request(
+                    ApiKey.ALTER_USER_SCRAM_CREDENTIALS, request, 15_000)
+                for user, code, msg in resp["results"]:
+                    results[user] = (kafka_code(code), msg)
+            except (DmqError, OSError, TimeoutError) as exc:
+                for row in [*request["deletions"], *request["upsertions"]]:
+                    results[row[0]] = (forward_error_code(exc), message_of(exc))
+        return {"Results": [{"User": user, "ErrorCode": code, "ErrorMessage": msg}
+                            for user, (code, msg) in results.items()]}
+
+    # ------------------------------------------------------------------ ACLs
+
+    @property
+    def authorizer(self) -> Authorizer | None:
+        """The broker's (its data plane's: both answer from the same image)."""
+        return getattr(self.data_plane, "authorizer", None)  # no data plane in some tests
+
+    def _may(self, header: RequestHeader, operation: str, topic: str, api: str) -> bool:
+        authz = self.authorizer
+        return authz is None or authz.check(header.principal, operation, TOPIC, topic, api)
+
+    def _may_create(self, header: RequestHeader, topic: str) -> bool:
+        authz = self.authorizer
+        return authz is None or authz.may_create_topic(header.principal, topic, "CreateTopics")
 
     # ------------------------------------------------------------------ ApiVersions
 
@@ -144,27 +224,59 @@ class KafkaApis(GroupApis):
         image = self._image()
         wanted = body.get("Topics")
         names = None if wanted is None else [t["Name"] for t in wanted if t.get("Name")]
+        unknown_ids: list[bytes] = []
+        if wanted is not None and image is not None:
+            # v10+: topics asked for by id (a KIP-848 consumer learns its assignment
+            # by topic id)
+            by_id = self.topic_names.lookup(image)
+            for t in wanted:
+                tid = bytes(t.get("TopicId") or bytes(16))
+                if t.get("Name") or tid == bytes(16):
+                    continue
+                if tid in by_id:
+                    assert names is not None
+                    names.append(by_id[tid])
+                else:
+                    unknown_ids.append(tid)
+        refused: dict[str, int] = {}
+        authz = self.authorizer
+        if authz is not None:
+            names, refused = authz.metadata_view(header.principal, names,
+                                                 image.topics if image is not None else ())
         if (image is not None and names and body.get("AllowAutoTopicCreation", True)
-                and self.auto_create and any(n not in image.topics for n in names)):
-            return self._auto_create_then_answer(names)
-        return self._metadata_answer(image, names, set())
+                and self.auto_create):
+            unknown = [n for n in names if n not in image.topics and n not in refused]
+            # the controller hears this broker (a node) ask, not the client: check here
+            refused |= {n: int(ErrorCode.TOPIC_AUTHORIZATION_FAILED) for n in unknown
+                        if authz is not None
+                        and not authz.may_create_topic(header.principal, n, "Metadata")}
+            unknown = [n for n in unknown if n not in refused]
+            if unknown:
+                return self._auto_create_then_answer(names, unknown, refused)
+        answer = self._metadata_answer(image, names, set(), refused)
+        no_name = None if header.api_version >= 12 else ""  # nullable from v12
+        answer["Topics"] += [{"ErrorCode": int(ErrorCode.UNKNOWN_TOPIC_ID), "Name": no_name,
+                              "TopicId": tid, "Partitions": []} for tid in unknown_ids]
+        return answer
 
-    async def _auto_create_then_answer(self, names: list[str]) -> dict[str, Any]:
+    async def _auto_create_then_answer(self, names: list[str], unknown: list[str],
+                                       refused: dict[str, int]) -> dict[str, Any]:
         """dmq creates topics on the controller when a Metadata asks for them; answer
         from this broker's image (LEADER_NOT_AVAILABLE until it has the topic: Kafka
         clients retry that)."""
         creating: set[str] = set()
         try:
             await self._controller_request(
-                ApiKey.METADATA, {"topics": names, "allow_auto_create": True}, 5000)
-            creating = set(names)
+                ApiKey.METADATA, {"topics": unknown, "allow_auto_create": True}, 5000)
+            creating = set(unknown)
         except (DmqError, OSError, TimeoutError) as exc:
             log.info("broker=%d Kafka metadata: auto-creating %s failed: %s", self.broker_id,
-                     names, exc)
-        return self._metadata_answer(self._image(), names, creating)
+                     unknown, exc)
+        return self._metadata_answer(self._image(), names, creating, refused)
 
     def _metadata_answer(self, image: MetadataImage | None, names: list[str] | None,
-                         creating: set[str]) -> dict[str, Any]:
+                         creating: set[str], refused: dict[str, int] | None = None
+                         ) -> dict[str, Any]:
         brokers: list[dict[str, Any]] = []
         topics: list[dict[str, Any]] = []
         if image is not None:
@@ -174,6 +286,9 @@ class KafkaApis(GroupApis):
                        if b.state != FENCED and b.kafka_port >= 0]
             for name in (sorted(image.topics) if names is None else names):
                 t = image.topics.get(name)
+                if refused and name in refused:
+                    topics.append({"ErrorCode": refused[name], "Name": name, "Partitions": []})
+                    continue
                 if t is None:
                     code = (ErrorCode.LEADER_NOT_AVAILABLE if name in creating
                             else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
@@ -215,7 +330,7 @@ class KafkaApis(GroupApis):
                   for t in body["TopicData"]]
         result = self.data_plane.produce(
             _NO_CONTEXT, {"acks": acks, "timeout_ms": body["TimeoutMs"], "topics": topics},
-            kafka_listener=True)
+            kafka_listener=True, principal=header.principal)
         if result is DMQ_NO_RESPONSE or acks == 0:
             return NO_RESPONSE
         if isinstance(result, dict):
@@ -247,7 +362,7 @@ class KafkaApis(GroupApis):
         request = {"replica_id": -1, "max_wait_ms": max(body["MaxWaitMs"], 0),
                    "min_bytes": body["MinBytes"], "max_bytes": body.get("MaxBytes", 0x7FFFFFFF),
                    "topics": topics}
-        result = self.data_plane.fetch(_NO_CONTEXT, request)
+        result = self.data_plane.fetch(_NO_CONTEXT, request, principal=header.principal)
         if isinstance(result, dict):
             return _fetch_answer(result)
         return _after(result, _fetch_answer)
@@ -265,7 +380,8 @@ class KafkaApis(GroupApis):
                     continue
                 rows.append([p["PartitionIndex"], p["Timestamp"]])
             topics.append([t["Name"], rows])
-        result = self.data_plane.list_offsets(_NO_CONTEXT, {"topics": topics})
+        result = self.data_plane.list_offsets(_NO_CONTEXT, {"topics": topics},
+                                              principal=header.principal)
         out = []
         for (name, rows), t in zip(result["topics"], body["Topics"], strict=True):
             parts = [{"PartitionIndex": p, "ErrorCode": kafka_code(err), "Timestamp": ts,
@@ -282,7 +398,8 @@ class KafkaApis(GroupApis):
         their next fetch (Kafka also waits for them, up to TimeoutMs)."""
         topics = [[t["Name"], [[p["PartitionIndex"], p["Offset"]] for p in t["Partitions"]]]
                   for t in body["Topics"]]
-        result = self.data_plane.delete_records(_NO_CONTEXT, {"topics": topics})
+        result = self.data_plane.delete_records(_NO_CONTEXT, {"topics": topics},
+                                                principal=header.principal)
         return {"ThrottleTimeMs": 0, "Topics": [
             {"Name": name, "Partitions": [
                 {"PartitionIndex": p, "LowWatermark": low, "ErrorCode": kafka_code(err)}
@@ -298,6 +415,9 @@ class KafkaApis(GroupApis):
             name = t["Name"]
             if t.get("Assignments"):
                 results[name] = _no_manual_assignments(name)
+                continue
+            if not self._may_create(header, name):
+                results[name] = _refused(name, header.principal, CREATE)
                 continue
             partitions = t["NumPartitions"]
             rf = t["ReplicationFactor"]
@@ -358,6 +478,10 @@ class KafkaApis(GroupApis):
             by_id[name] = t["TopicId"]
         timeout_ms = max(int(body["TimeoutMs"]), 0)
         out: list[dict[str, Any]] = []
+        for name in [n for n in names if not self._may(header, DELETE, n, "DeleteTopics")]:
+            names.remove(name)
+            out.append({**_refused(name, header.principal, DELETE),
+                        "TopicId": by_id.get(name, bytes(16))})
         if not names:
             return {"Responses": out}
         try:
@@ -370,13 +494,18 @@ class KafkaApis(GroupApis):
                             "ErrorMessage": r.get("msg")})
         except (DmqError, OSError, TimeoutError) as exc:
             code = forward_error_code(exc)
-            out = [{"Name": n, "TopicId": by_id.get(n, bytes(16)), "ErrorCode": code,
-                    "ErrorMessage": message_of(exc)} for n in names]
+            out += [{"Name": n, "TopicId": by_id.get(n, bytes(16)), "ErrorCode": code,
+                     "ErrorMessage": message_of(exc)} for n in names]
         return {"Responses": out}
 
     def init_producer_id(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         if body.get("TransactionalId") is not None:
             return {"ErrorCode": INVALID_REQUEST, "ProducerId": -1, "ProducerEpoch": -1}
+        authz = self.authorizer
+        if authz is not None and not authz.check(header.principal, IDEMPOTENT_WRITE,
+                                                 "cluster", CLUSTER_NAME, "InitProducerId"):
+            return {"ErrorCode": int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED), "ProducerId": -1,
+                    "ProducerEpoch": -1}
         return self._init_producer_id()
 
     async def _init_producer_id(self) -> dict[str, Any]:
@@ -400,7 +529,7 @@ class KafkaApis(GroupApis):
                                  p["LeaderEpoch"]] for p in t["Partitions"]]]
                   for t in body["Topics"]]
         result = self.data_plane.offset_for_leader_epoch(
-            _NO_CONTEXT, {"topics": topics, "replica_id": -1})
+            _NO_CONTEXT, {"topics": topics, "replica_id": -1}, principal=header.principal)
         return {"Topics": [
             {"Topic": topic, "Partitions": [
                 {"ErrorCode": kafka_code(err), "Partition": p, "LeaderEpoch": epoch,
@@ -420,7 +549,10 @@ class KafkaApis(GroupApis):
                                      "Configs": []}
             if rtype == RESOURCE_TOPIC:
                 t = image.topics.get(name) if image is not None else None
-                if t is None:
+                if not self._may(header, DESCRIBE_CONFIGS, name, "DescribeConfigs"):
+                    entry["ErrorCode"] = int(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
+                    entry["ErrorMessage"] = f"{header.principal} may not DescribeConfigs {name!r}"
+                elif t is None:
                     entry["ErrorCode"] = int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
                     entry["ErrorMessage"] = f"topic {name!r} does not exist"
                 else:
@@ -429,6 +561,11 @@ class KafkaApis(GroupApis):
                         source = (CONFIG_SOURCE_DYNAMIC_TOPIC if k in t.configs
                                   else CONFIG_SOURCE_DEFAULT)
                         entry["Configs"].append(_config_entry(k, v, source, False))
+            elif rtype == RESOURCE_BROKER and self.authorizer is not None and \
+                    not self.authorizer.check(header.principal, DESCRIBE_CONFIGS, "cluster",
+                                              CLUSTER_NAME, "DescribeConfigs"):
+                entry["ErrorCode"] = int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED)
+                entry["ErrorMessage"] = f"{header.principal} may not DescribeConfigs the cluster"
             elif rtype == RESOURCE_BROKER and name in ("", str(self.broker_id)):
                 for k in sorted(SETTINGS):
                     source = (CONFIG_SOURCE_STATIC_BROKER if k in self.config.settings
@@ -455,14 +592,14 @@ class KafkaApis(GroupApis):
             new: dict[str, str | None] = {k: None for k in (t.configs if t else {})}
             new.update({c["Name"]: c["Value"] for c in res["Configs"]})
             changes[res["ResourceName"]] = new
-        return self._alter(body, changes)
+        return self._alter(body, changes, self._alter_refused(header, changes))
 
     def incremental_alter_configs(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         """Operations 0 SET, 1 DELETE (back to the default), 2 APPEND and 3 SUBTRACT
         (on list values such as cleanup.policy, from the effective value)."""
         image = self._image()
         changes: dict[str, dict[str, str | None]] = {}
-        refused: dict[str, str] = {}
+        refused: dict[str, Any] = {}
         for res in body["Resources"]:
             if res["ResourceType"] != RESOURCE_TOPIC:
                 continue
@@ -485,12 +622,19 @@ class KafkaApis(GroupApis):
                 else:
                     refused[res["ResourceName"]] = f"unknown config operation {op} on {key}"
             changes[res["ResourceName"]] = new
-        return self._alter(body, changes, refused)
+        return self._alter(body, changes, refused | self._alter_refused(header, changes))
+
+    def _alter_refused(self, header: RequestHeader, changes: dict[str, Any]
+                       ) -> dict[str, Any]:
+        return {n: (int(ErrorCode.TOPIC_AUTHORIZATION_FAILED),
+                    f"{header.principal} may not AlterConfigs {n!r}")
+                for n in changes if not self._may(header, ALTER_CONFIGS, n, "AlterConfigs")}
 
     async def _alter(self, body: dict[str, Any], changes: dict[str, dict[str, str | None]],
-                     refused: dict[str, str] | None = None) -> dict[str, Any]:
+                     refused: dict[str, Any] | None = None) -> dict[str, Any]:
         results: dict[str, tuple[int, str | None]] = {
-            name: (INVALID_REQUEST, why) for name, why in (refused or {}).items()}
+            name: why if isinstance(why, tuple) else (INVALID_REQUEST, why)
+            for name, why in (refused or {}).items()}
         request: list[dict[str, Any]] = [{"name": n, "configs": c} for n, c in changes.items()
                                          if n not in results]
         if request:
@@ -522,6 +666,8 @@ class KafkaApis(GroupApis):
         for t in body["Topics"]:
             if t.get("Assignments"):
                 results[t["Name"]] = _no_manual_assignments(t["Name"])
+            elif not self._may(header, ALTER, t["Name"], "CreatePartitions"):
+                results[t["Name"]] = _refused(t["Name"], header.principal, ALTER)
             else:
                 request.append({"name": t["Name"], "count": t["Count"]})
 
@@ -543,6 +689,11 @@ class KafkaApis(GroupApis):
                 "Brokers": [{"BrokerId": b["NodeId"], "Host": b["Host"], "Port": b["Port"],
                              "Rack": b["Rack"]} for b in md["Brokers"]],
                 "ClusterAuthorizedOperations": NO_AUTHORIZED_OPERATIONS}
+
+
+def _refused(name: str, principal: str, operation: str) -> dict[str, Any]:
+    return {"Name": name, "ErrorCode": int(ErrorCode.TOPIC_AUTHORIZATION_FAILED),
+            "ErrorMessage": f"{principal} may not {operation} topic {name!r}"}
 
 
 def _no_manual_assignments(name: str) -> dict[str, Any]:

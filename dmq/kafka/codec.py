@@ -492,6 +492,8 @@ class RequestHeader:
     api_version: int
     correlation_id: int
     client_id: str | None
+    # who sent it (dmq.security.acl): set by the server from the connection, not read
+    principal: str = "User:ANONYMOUS"
 
 
 def peek_request_header(body: bytes | bytearray | memoryview) -> tuple[int, int, int]:

@@ -1,6 +1,8 @@
 """Kafka's group APIs on a broker's Kafka listener: FindCoordinator, OffsetCommit,
-OffsetFetch and the classic group protocol (JoinGroup, SyncGroup, Heartbeat,
-LeaveGroup; the coordinator is `dmq.controller.classic_groups`).
+OffsetFetch, OffsetDelete, the classic group protocol (JoinGroup, SyncGroup, Heartbeat,
+LeaveGroup; the coordinator is `dmq.controller.classic_groups`) and the consumer group
+protocol of KIP-848 (ConsumerGroupHeartbeat, ConsumerGroupDescribe; the coordinator is
+dmq's own, `dmq.controller.group_coordinator`, which dmq's clients use too).
 
 Where the coordinator lives: dmq's group coordinator (and the committed offsets, in
 the Raft-replicated metadata state) is on the active controller. A broker answers
@@ -22,12 +24,30 @@ commit from outside a group's membership (member id "" and generation -1: a cons
 with `assign()`, or an admin tool) is accepted while the group has no members, as
 dmq's coordinator rules.
 
+KIP-848 members: a ConsumerGroupHeartbeat becomes dmq's CONSUMER_GROUP_HEARTBEAT (the
+same member epochs, server-side assignment and revoke-before-reassign reconciliation),
+so Kafka consumers with `group.protocol=consumer` and dmq's own consumers can share one
+group. Topics travel by Kafka topic id (`dmq.kafka.topic_ids`, the ids Metadata
+answers give): owned partitions are mapped to names through this broker's image, and
+the assignment to ids the coordinator names in its answer. As Kafka's coordinator does,
+the assignment is sent only when it (or the member epoch) changed, or on a full request
+(joining, or every field set after an error); and again while the partitions the member
+last reported differ from it (an answer lost on the way is not lost for good). After a
+controller failover the new coordinator knows no member: a Kafka member's next heartbeat
+is answered FENCED_MEMBER_EPOCH, and it rejoins (its subscription travels only with a join). Such
+members commit with their member epoch in OffsetCommit's GenerationIdOrMemberEpoch. A
+group is of one kind at a time: a JoinGroup into a group with consumer-protocol members
+is answered INCONSISTENT_GROUP_PROTOCOL, a ConsumerGroupHeartbeat into a classic group
+with members GROUP_ID_NOT_FOUND (Kafka's answer when it does not convert the group),
+and ConsumerGroupDescribe of a classic group GROUP_ID_NOT_FOUND too.
+
 It never imports the network layer.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import struct
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -35,9 +55,11 @@ from typing import TYPE_CHECKING, Any
 from dmq.broker.errors import error_code_of, message_of
 from dmq.kafka.errors import kafka_code
 from dmq.kafka.server import Api
+from dmq.kafka.topic_ids import TopicNames, topic_uuid
 from dmq.metadata.image import FENCED, MetadataImage
 from dmq.protocol.api import ApiKey
-from dmq.protocol.errors import DmqError, ErrorCode
+from dmq.protocol.errors import DmqError, ErrorCode, GroupAuthorizationFailedError
+from dmq.security.acl import DELETE, DESCRIBE, GROUP, READ, TOPIC, Authorizer
 
 if TYPE_CHECKING:
     from dmq.kafka.codec import RequestHeader
@@ -46,6 +68,9 @@ log = logging.getLogger("dmq.kafka.groups")
 
 KEY_TYPE_GROUP = 0
 INVALID_REQUEST = 42
+INVALID_REGULAR_EXPRESSION = 130
+GROUP_ID_NOT_FOUND = int(ErrorCode.GROUP_ID_NOT_FOUND)
+MEMBER_TYPE_CONSUMER = 1  # ConsumerGroupDescribe v1's MemberType of a KIP-848 member
 NO_OFFSET = -1
 # How long the controller route may retry (following a failover) before a group
 # request is answered COORDINATOR_NOT_AVAILABLE. A commit, offset fetch, heartbeat or
@@ -85,6 +110,18 @@ class GroupApis:
     broker_id: int
     _image: Callable[[], MetadataImage | None]
     _controller_request: ControllerRequest
+    topic_names: TopicNames
+
+    @property
+    def authorizer(self) -> Authorizer | None:  # the data plane's (KafkaApis)
+        raise NotImplementedError
+
+    def _group_allowed(self, header: RequestHeader, operation: str, group: str,
+                       api: str) -> bool:
+        """The controller hears this broker (a node) forward, not the client: the
+        group's ACLs are checked here."""
+        authz = self.authorizer
+        return authz is None or authz.check(header.principal, operation, GROUP, group, api)
 
     def group_table(self) -> list[Api]:
         return [
@@ -98,6 +135,9 @@ class GroupApis:
             Api(15, "DescribeGroups", 0, 5, self.describe_groups),
             Api(16, "ListGroups", 0, 5, self.list_groups),
             Api(42, "DeleteGroups", 0, 2, self.delete_groups),
+            Api(47, "OffsetDelete", 0, 0, self.offset_delete),
+            Api(68, "ConsumerGroupHeartbeat", 0, 1, self.consumer_group_heartbeat),
+            Api(69, "ConsumerGroupDescribe", 0, 1, self.consumer_group_describe),
         ]
 
     # ------------------------------------------------------------------ FindCoordinator
@@ -113,6 +153,10 @@ class GroupApis:
                 rows.append(_coordinator(key, INVALID_REQUEST,
                                          f"key type {key_type}: only group coordinators "
                                          "(key type 0) are served; dmq has no transactions"))
+            elif not self._group_allowed(header, DESCRIBE, key, "FindCoordinator"):
+                rows.append(_coordinator(key, int(ErrorCode.GROUP_AUTHORIZATION_FAILED),
+                                         f"{header.principal} may not Describe group "
+                                         f"{key!r}"))
             elif me is None:
                 rows.append(_coordinator(key, int(ErrorCode.COORDINATOR_NOT_AVAILABLE),
                                          "this broker is not registered with the controller "
@@ -137,20 +181,32 @@ class GroupApis:
     # ------------------------------------------------------------------ OffsetCommit
 
     async def offset_commit(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+        authz = self.authorizer
+        denied = {t["Name"] for t in body["Topics"] if authz is not None and not authz.check(
+            header.principal, READ, TOPIC, t["Name"], "OffsetCommit")}
         request = {
             "group_id": body["GroupId"], "member_id": body.get("MemberId") or "",
             "member_epoch": body.get("GenerationIdOrMemberEpoch", -1),
             "topics": [[t["Name"], [[p["PartitionIndex"], p["CommittedOffset"],
                                      p.get("CommittedMetadata")] for p in t["Partitions"]]]
-                       for t in body["Topics"]]}
-        errors: dict[tuple[str, int], int] = {}
+                       for t in body["Topics"] if t["Name"] not in denied]}
+        errors: dict[tuple[str, int], int] = {
+            (t["Name"], p["PartitionIndex"]): int(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
+            for t in body["Topics"] if t["Name"] in denied for p in t["Partitions"]}
         failed: int | None = None
+        if not self._group_allowed(header, READ, body["GroupId"], "OffsetCommit"):
+            failed = int(ErrorCode.GROUP_AUTHORIZATION_FAILED)
+            request["topics"] = []
         try:
+            if not request["topics"]:
+                raise _NothingToAsk
             resp = await self._controller_request(ApiKey.OFFSET_COMMIT, request,
                                                   GROUP_ROUTE_TIMEOUT_MS)
             for topic, rows in resp["topics"]:
                 for p, err in rows:
                     errors[(topic, p)] = kafka_code(err or 0)
+        except _NothingToAsk:
+            pass
         except (DmqError, OSError, TimeoutError) as exc:
             failed = group_error_code(exc)
             log.info("broker=%d Kafka OffsetCommit of group %r failed: %s", self.broker_id,
@@ -169,10 +225,10 @@ class GroupApis:
     async def offset_fetch(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
         version = header.api_version
         if version >= 8:
-            groups = [await self._fetch_group(g["GroupId"], g["Topics"])
+            groups = [await self._fetch_group(header, g["GroupId"], g["Topics"])
                       for g in body["Groups"]]
             return {"ThrottleTimeMs": 0, "Groups": groups}
-        group = await self._fetch_group(body["GroupId"], body["Topics"])
+        group = await self._fetch_group(header, body["GroupId"], body["Topics"])
         code = group["ErrorCode"]
         if version < 2 and code:
             # v0-1 have no top-level error: every asked-for partition carries it
@@ -181,11 +237,14 @@ class GroupApis:
                     p["ErrorCode"] = code
         return {"ThrottleTimeMs": 0, "Topics": group["Topics"], "ErrorCode": code}
 
-    async def _fetch_group(self, group: str, topics: list[dict[str, Any]] | None
-                           ) -> dict[str, Any]:
+    async def _fetch_group(self, header: RequestHeader, group: str,
+                           topics: list[dict[str, Any]] | None) -> dict[str, Any]:
         wanted = None if topics is None else [[t["Name"], list(t["PartitionIndexes"])]
                                               for t in topics]
         try:
+            if not self._group_allowed(header, DESCRIBE, group, "OffsetFetch"):
+                raise GroupAuthorizationFailedError(f"{header.principal} may not Describe "
+                                                    f"group {group!r}")
             resp = await self._controller_request(
                 ApiKey.OFFSET_FETCH, {"group_id": group, "topics": wanted},
                 GROUP_ROUTE_TIMEOUT_MS)
@@ -201,12 +260,133 @@ class GroupApis:
                                            for p, offset, metadata, err in rows]}
             for topic, rows in resp["topics"]]}
 
+    # ------------------------------------------------------------------ OffsetDelete
+
+    async def offset_delete(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
+        request = {"group_id": body["GroupId"],
+                   "topics": [[t["Name"], [p["PartitionIndex"] for p in t["Partitions"]]]
+                              for t in body["Topics"]]}
+        try:
+            answer = await self._controller_request(ApiKey.OFFSET_DELETE, request,
+                                                    DELETE_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            log.info("broker=%d Kafka OffsetDelete of group %r failed: %s", self.broker_id,
+                     body["GroupId"], message_of(exc))
+            return {"ErrorCode": group_error_code(exc), "ThrottleTimeMs": 0, "Topics": []}
+        return {"ErrorCode": kafka_code(answer["error"]), "ThrottleTimeMs": 0, "Topics": [
+            {"Name": topic, "Partitions": [{"PartitionIndex": p, "ErrorCode": kafka_code(err)}
+                                           for p, err in rows]}
+            for topic, rows in answer["topics"]]}
+
+    # ------------------------------------------------------------------ KIP-848 groups
+
+    async def consumer_group_heartbeat(self, header: RequestHeader, body: dict[str, Any]
+                                       ) -> dict[str, Any]:
+        epoch = body["MemberEpoch"]
+        regex = body.get("SubscribedTopicRegex")
+        names, parts = body["SubscribedTopicNames"], body["TopicPartitions"]
+        invalid = heartbeat_request_error(header.api_version, body)
+        if invalid is not None:
+            return _heartbeat_error(INVALID_REQUEST, invalid)
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                return _heartbeat_error(INVALID_REGULAR_EXPRESSION,
+                                        f"SubscribedTopicRegex {regex!r}: {exc}")
+        owned = None
+        if parts is not None:
+            by_id = self.topic_names.lookup(self._image())
+            # a topic unknown here (deleted) is owned by nobody any more
+            owned = [[by_id[bytes(tp["TopicId"])], list(tp["Partitions"])]
+                     for tp in parts if bytes(tp["TopicId"]) in by_id]
+        request = {"group_id": body["GroupId"], "member_id": body["MemberId"],
+                   "member_epoch": epoch, "instance_id": body["InstanceId"],
+                   "rebalance_timeout_ms": body["RebalanceTimeoutMs"],
+                   "session_timeout_ms": -1, "topics": names, "pattern": regex,
+                   "owned": owned, "assignor": body["ServerAssignor"],
+                   "client_id": header.client_id or "", "topic_ids": True}
+        try:
+            answer = await self._controller_request(ApiKey.CONSUMER_GROUP_HEARTBEAT, request,
+                                                    GROUP_ROUTE_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            log.info("broker=%d Kafka ConsumerGroupHeartbeat of group %r failed: %s",
+                     self.broker_id, body["GroupId"], message_of(exc))
+            return _heartbeat_error(group_error_code(exc), message_of(exc))
+        if epoch > 0 and answer["member_epoch"] == 0:
+            # a coordinator new since a failover adopted the member but never saw its
+            # subscription (a Kafka consumer sends it only when it changes): Kafka's
+            # answer that makes it rejoin with everything
+            return _heartbeat_error(int(ErrorCode.FENCED_MEMBER_EPOCH),
+                                    "the group coordinator moved: rejoin the group")
+        full = epoch == 0 or (body["RebalanceTimeoutMs"] != -1 and parts is not None
+                              and (names is not None or regex is not None))
+        assignment = None
+        if answer["assignment"] is not None and (full or answer.get("changed", True)):
+            ids = dict(answer.get("topic_ids") or [])
+            assignment = {"TopicPartitions": [
+                {"TopicId": topic_uuid(ids[t]), "Partitions": ps}
+                for t, ps in answer["assignment"] if t in ids]}
+        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "ErrorMessage": None,
+                "MemberId": answer["member_id"], "MemberEpoch": answer["member_epoch"],
+                "HeartbeatIntervalMs": answer["heartbeat_interval_ms"],
+                "Assignment": assignment}
+
+    async def consumer_group_describe(self, header: RequestHeader, body: dict[str, Any]
+                                      ) -> dict[str, Any]:
+        names = list(body["GroupIds"])
+        try:
+            answer = await self._controller_request(ApiKey.DESCRIBE_GROUPS,
+                                                    {"groups": names}, GROUP_ROUTE_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            code, msg = group_error_code(exc), message_of(exc)
+            return {"ThrottleTimeMs": 0, "Groups": [_consumer_group(n, code, msg)
+                                                    for n in names]}
+        image = self._image()
+        topics = {} if image is None else image.topics
+
+        def parts(rows: list[list[Any]]) -> dict[str, Any]:
+            return {"TopicPartitions": [
+                {"TopicId": topic_uuid(topics[t].topic_id) if t in topics else bytes(16),
+                 "TopicName": t, "Partitions": sorted(ps)} for t, ps in rows]}
+
+        out = []
+        for g in answer["groups"]:
+            group = g["group_id"]
+            if g["error"] == GROUP_ID_NOT_FOUND:
+                out.append(_consumer_group(group, GROUP_ID_NOT_FOUND,
+                                           f"Group {group} not found."))
+            elif g["error"]:
+                out.append(_consumer_group(group, kafka_code(g["error"]), None))
+            elif g.get("type") == "classic":
+                out.append(_consumer_group(group, GROUP_ID_NOT_FOUND,
+                                           f"Group {group} is not a consumer group."))
+            else:
+                out.append({
+                    **_consumer_group(group, 0, None), "GroupState": g["state"],
+                    "GroupEpoch": g["epoch"],
+                    "AssignmentEpoch": g.get("assignment_epoch", g["epoch"]),
+                    "AssignorName": g["assignor"], "Members": [
+                        {"MemberId": m["member_id"], "InstanceId": m.get("instance_id"),
+                         "RackId": None, "MemberEpoch": m["member_epoch"],
+                         "ClientId": m.get("client_id") or "",
+                         "ClientHost": m.get("host") or "",
+                         "SubscribedTopicNames": list(m.get("topics") or []),
+                         "SubscribedTopicRegex": m.get("pattern"),
+                         "Assignment": parts(m.get("assignment") or []),
+                         "TargetAssignment": parts(m.get("target") or []),
+                         "MemberType": MEMBER_TYPE_CONSUMER}
+                        for m in g["members"]]})
+        return {"ThrottleTimeMs": 0, "Groups": out}
 
     # ------------------------------------------------------------------ classic groups
 
-    async def _forward(self, key: ApiKey, request: dict[str, Any], timeout_ms: int
-                       ) -> dict[str, Any] | int:
-        """The controller's answer, or the Kafka error code of a failed forward."""
+    async def _forward(self, header: RequestHeader, key: ApiKey, request: dict[str, Any],
+                       timeout_ms: int) -> dict[str, Any] | int:
+        """The controller's answer, or the Kafka error code of a failed forward (or of
+        a member the group's ACLs refuse: Read on the group)."""
+        if not self._group_allowed(header, READ, request["group_id"], key.name):
+            return int(ErrorCode.GROUP_AUTHORIZATION_FAILED)
         try:
             answer: dict[str, Any] = await self._controller_request(key, request, timeout_ms)
             return answer
@@ -227,7 +407,7 @@ class GroupApis:
                    "instance_id": body.get("GroupInstanceId"),
                    "require_known_member_id": header.api_version >= 4,
                    "client_id": header.client_id or ""}
-        answer = await self._forward(ApiKey.JOIN_GROUP, request,
+        answer = await self._forward(header, ApiKey.JOIN_GROUP, request,
                                      max(rebalance_ms, 0) + JOIN_SLACK_MS)
         if isinstance(answer, int):
             return {"ThrottleTimeMs": 0, "ErrorCode": answer, "GenerationId": -1,
@@ -249,7 +429,7 @@ class GroupApis:
                    "protocol_name": body.get("ProtocolName"),
                    "assignments": [[a["MemberId"], bytes(a["Assignment"])]
                                    for a in body["Assignments"]]}
-        answer = await self._forward(ApiKey.SYNC_GROUP, request, SYNC_TIMEOUT_MS)
+        answer = await self._forward(header, ApiKey.SYNC_GROUP, request, SYNC_TIMEOUT_MS)
         if isinstance(answer, int):
             return {"ThrottleTimeMs": 0, "ErrorCode": answer, "ProtocolType": None,
                     "ProtocolName": None, "Assignment": b""}
@@ -258,7 +438,7 @@ class GroupApis:
                 "Assignment": answer["assignment"]}
 
     async def heartbeat(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
-        answer = await self._forward(ApiKey.HEARTBEAT, {
+        answer = await self._forward(header, ApiKey.HEARTBEAT, {
             "group_id": body["GroupId"], "generation": body["GenerationId"],
             "member_id": body["MemberId"], "instance_id": body.get("GroupInstanceId")},
             GROUP_ROUTE_TIMEOUT_MS)
@@ -269,7 +449,7 @@ class GroupApis:
         version = header.api_version
         members = ([[body["MemberId"], None]] if version < 3 else
                    [[m["MemberId"], m.get("GroupInstanceId")] for m in body["Members"]])
-        answer = await self._forward(ApiKey.LEAVE_GROUP, {"group_id": body["GroupId"],
+        answer = await self._forward(header, ApiKey.LEAVE_GROUP, {"group_id": body["GroupId"],
                                                           "members": members},
                                      GROUP_ROUTE_TIMEOUT_MS)
         if isinstance(answer, int):
@@ -289,6 +469,9 @@ class GroupApis:
                                                     GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             return {"ThrottleTimeMs": 0, "ErrorCode": group_error_code(exc), "Groups": []}
+        answer["groups"] = [g for g in answer["groups"] if self.authorizer is None
+                            or self.authorizer.allowed(header.principal, DESCRIBE, GROUP,
+                                                       g["group_id"])]
         states = {x.lower() for x in body.get("StatesFilter") or []}
         types = {x.lower() for x in body.get("TypesFilter") or []}
         out = []
@@ -303,15 +486,20 @@ class GroupApis:
         return {"ThrottleTimeMs": 0, "ErrorCode": 0, "Groups": out}
 
     async def describe_groups(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
-        names = list(body["Groups"])
+        names = [n for n in body["Groups"]
+                 if self._group_allowed(header, DESCRIBE, n, "DescribeGroups")]
+        refused = [_described(n, int(ErrorCode.GROUP_AUTHORIZATION_FAILED), "", "", "", [])
+                   for n in body["Groups"] if n not in names]
+        if not names:
+            return {"ThrottleTimeMs": 0, "Groups": refused}
         try:
             answer = await self._controller_request(ApiKey.DESCRIBE_GROUPS,
                                                     {"groups": names}, GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             code = group_error_code(exc)
-            return {"ThrottleTimeMs": 0, "Groups": [_described(n, code, "", "", "", [])
-                                                    for n in names]}
-        out = []
+            return {"ThrottleTimeMs": 0, "Groups": refused + [
+                _described(n, code, "", "", "", []) for n in names]}
+        out = refused
         for g in answer["groups"]:
             code = g["error"]
             if code == int(ErrorCode.GROUP_ID_NOT_FOUND):
@@ -334,17 +522,26 @@ class GroupApis:
         return {"ThrottleTimeMs": 0, "Groups": out}
 
     async def delete_groups(self, header: RequestHeader, body: dict[str, Any]) -> dict[str, Any]:
-        names = list(body["GroupsNames"])
+        names = [n for n in body["GroupsNames"]
+                 if self._group_allowed(header, DELETE, n, "DeleteGroups")]
+        refused = [{"GroupId": n, "ErrorCode": int(ErrorCode.GROUP_AUTHORIZATION_FAILED)}
+                   for n in body["GroupsNames"] if n not in names]
+        if not names:
+            return {"ThrottleTimeMs": 0, "Results": refused}
         try:
             answer = await self._controller_request(ApiKey.DELETE_GROUPS, {"groups": names},
                                                     DELETE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             code = group_error_code(exc)
-            return {"ThrottleTimeMs": 0, "Results": [{"GroupId": n, "ErrorCode": code}
-                                                     for n in names]}
-        return {"ThrottleTimeMs": 0, "Results": [
+            return {"ThrottleTimeMs": 0, "Results": refused + [
+                {"GroupId": n, "ErrorCode": code} for n in names]}
+        return {"ThrottleTimeMs": 0, "Results": refused + [
             {"GroupId": g["group_id"], "ErrorCode": kafka_code(g["error"])}
             for g in answer["groups"]]}
+
+
+class _NothingToAsk(Exception):
+    """Every topic of a commit was refused: no forward."""
 
 
 def consumer_assignment(assignment: list[list[Any]]) -> bytes:
@@ -360,6 +557,38 @@ def consumer_assignment(assignment: list[list[Any]]) -> bytes:
                            *sorted(parts))
     out += struct.pack(">i", -1)  # no user data
     return bytes(out)
+
+
+def heartbeat_request_error(version: int, body: dict[str, Any]) -> str | None:
+    """Why a ConsumerGroupHeartbeat is invalid (Kafka's request checks), or None."""
+    epoch, member = body["MemberEpoch"], body["MemberId"]
+    if not body["GroupId"]:
+        return "GroupId can't be empty."
+    if (version >= 1 or epoch != 0) and not member:
+        return "MemberId can't be empty."
+    if epoch < -2:
+        return f"MemberEpoch is {epoch}: -2, -1, 0 or a positive epoch expected."
+    if epoch == -2 and body["InstanceId"] is None:
+        return "InstanceId can't be null when leaving as a static member (epoch -2)."
+    if epoch == 0:
+        if body["RebalanceTimeoutMs"] == -1:
+            return "RebalanceTimeoutMs must be provided in first request."
+        if body["TopicPartitions"]:
+            return "TopicPartitions must be empty when (re-)joining."
+        if body["SubscribedTopicNames"] is None and body.get("SubscribedTopicRegex") is None:
+            return "SubscribedTopicNames or SubscribedTopicRegex must be set in first request."
+    return None
+
+
+def _heartbeat_error(code: int, msg: str | None) -> dict[str, Any]:
+    return {"ThrottleTimeMs": 0, "ErrorCode": code, "ErrorMessage": msg, "MemberId": None,
+            "MemberEpoch": 0, "HeartbeatIntervalMs": 0, "Assignment": None}
+
+
+def _consumer_group(group: str, code: int, msg: str | None) -> dict[str, Any]:
+    return {"ErrorCode": code, "ErrorMessage": msg, "GroupId": group, "GroupState": "",
+            "GroupEpoch": 0, "AssignmentEpoch": 0, "AssignorName": "", "Members": [],
+            "AuthorizedOperations": -2147483648}
 
 
 def _described(group: str, code: int, state: str, ptype: str, pdata: str,
@@ -380,4 +609,4 @@ def _coordinator(key: str, code: int, msg: str) -> dict[str, Any]:
             "ErrorMessage": msg}
 
 
-__all__ = ["GroupApis", "group_error_code"]
+__all__ = ["GroupApis", "group_error_code", "heartbeat_request_error"]

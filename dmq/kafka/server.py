@@ -41,7 +41,7 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dmq.kafka.codec import (
@@ -55,6 +55,8 @@ from dmq.kafka.codec import (
     read_request_header,
 )
 from dmq.protocol.server import ConnectionCaps
+from dmq.security.acl import ANONYMOUS
+from dmq.security.tls import principal as certificate_principal
 
 log = logging.getLogger("dmq.kafka")
 
@@ -175,6 +177,7 @@ class _KafkaConnection(asyncio.BufferedProtocol):
         self.peer: Any = None
         self.host = "?"
         self.session: Any = None
+        self.principal = ANONYMOUS
         self.closed = False
         self.stop = False  # dispatch no more frames (SASL failure, closing)
         self.queue: asyncio.Queue[Item | None] = asyncio.Queue(server.max_in_flight)
@@ -207,6 +210,9 @@ class _KafkaConnection(asyncio.BufferedProtocol):
             return
         if server.sasl is not None:
             self.session = server.sasl.session(self.host, server.ssl is not None)
+        # the principal without SASL: the client certificate's subject (mTLS), if any
+        self.principal = certificate_principal(transport.get_extra_info("peercert")) \
+            or ANONYMOUS
         self.sender = self.loop.create_task(self._send_loop())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -367,7 +373,7 @@ class _KafkaConnection(asyncio.BufferedProtocol):
         if session is not None and session.raw:
             item = server._sasl_raw(session, bytes(frame))  # after SaslHandshake v0
         else:
-            item = server._dispatch(frame, session)
+            item = server._dispatch(frame, session, self.principal)
         if item is not None:
             self.inflight += 1
             self._answer(item)
@@ -625,7 +631,8 @@ class KafkaServer:
         if self._server is not None:
             self._schedule_sweep()
 
-    def _dispatch(self, frame: bytes | memoryview, session: Any = None
+    def _dispatch(self, frame: bytes | memoryview, session: Any = None,
+                  principal: str = ANONYMOUS
                   ) -> tuple[Any, str, int, int] | None:
         """Decode one request and start its handler: (answer or awaitable, message name,
         version, correlation id), or None when no answer is due."""
@@ -647,6 +654,10 @@ class KafkaServer:
         flexible = message_spec(api.name + "Request").is_flexible(version)
         r = Reader(frame)
         header = read_request_header(r, flexible)
+        if session is not None and session.principal is not None:
+            principal = session.principal
+        if principal != ANONYMOUS:
+            header = replace(header, principal=principal)
         body = decode_request_body(api.name, version, r)
         self.stats_requests += 1
         result = api.handler(header, body)

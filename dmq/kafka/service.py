@@ -46,7 +46,7 @@ class KafkaService(Service):
                                   queued_max_request_bytes=int(
                                       config.get("queued.max.request.bytes")))
         self.server.ssl = ctx.server.ssl  # TLS on this listener too when the node has it
-        self.server.sasl = SaslAuthority.from_config(config, ctx.node_id)
+        self.server.sasl = SaslAuthority.from_config(config, ctx.node_id, ctx.users)
         self.apis.listener_apis = self.server.listener_apis()
 
     async def start(self) -> None:

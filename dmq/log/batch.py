@@ -187,6 +187,25 @@ def all_dmq_native(buf: Buffer) -> bool:
 _LENGTH_AND_MARK = struct.Struct(">8xi10xB").unpack_from
 
 
+def any_producer_id(buf: Buffer) -> bool:
+    """True when a whole batch in `buf` names a producer id (an idempotent producer's:
+    what an ACL check of IdempotentWrite looks at; one unpack per batch)."""
+    size = len(buf)
+    pos = 0
+    while size - pos >= HEADER_SIZE:
+        batch_length, producer_id = _LENGTH_AND_PRODUCER(buf, pos)
+        if producer_id != NO_PRODUCER_ID:
+            return True
+        if batch_length < MIN_BATCH_LENGTH:
+            return False
+        pos += batch_length + LOG_OVERHEAD
+    return False
+
+
+# batch_length (position 8) and producer_id (position 43) in one unpack
+_LENGTH_AND_PRODUCER = struct.Struct(">8xi31xq").unpack_from
+
+
 def iter_headers(buf: Buffer) -> Iterator[BatchHeader]:
     """Yield headers of whole batches in `buf` without CRC checks; stop at a partial tail."""
     size = len(buf)

@@ -82,24 +82,36 @@ _MMAP_KWARGS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13)
 # blocks and fault with SIGBUS on a full disk whatever was allocated; on network and
 # stacked ones (NFS, overlayfs) it is not known: those write with `pwrite`.
 _IN_PLACE_FS_TYPES = frozenset({0xEF53, 0x58465342, 0x01021994})
-_in_place_dirs: dict[str, bool] = {}
+_in_place_devices: dict[int, bool] = {}
+_libc: Any = None
+
+
+def _statfs_type(directory: str) -> int | None:
+    """f_type of statfs(2) for `directory` (None if it cannot be read)."""
+    global _libc
+    import ctypes
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)  # once: each CDLL builds classes
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type comes first
+    if _libc.statfs(os.fsencode(directory), buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
 def _overwrites_in_place(directory: str) -> bool:
-    """Whether `directory` is on a file system of `_IN_PLACE_FS_TYPES` (cached)."""
-    known = _in_place_dirs.get(directory)
+    """Whether `directory` is on a file system of `_IN_PLACE_FS_TYPES` (cached per
+    device: a broker's thousands of partition folders share one or a few)."""
+    if sys.platform != "linux" or not hasattr(os, "posix_fallocate"):
+        return False
+    try:
+        device = os.stat(directory).st_dev
+    except OSError:
+        return False
+    known = _in_place_devices.get(device)
     if known is None:
-        known = False
-        if sys.platform == "linux" and hasattr(os, "posix_fallocate"):
-            import ctypes
-
-            buf = ctypes.create_string_buffer(256)  # struct statfs: f_type comes first
-            if ctypes.CDLL(None, use_errno=True).statfs(os.fsencode(directory), buf) == 0:
-                f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
-                known = f_type in _IN_PLACE_FS_TYPES
-        if len(_in_place_dirs) >= 4096:  # (partition folders come and go)
-            _in_place_dirs.clear()
-        _in_place_dirs[directory] = known
+        known = _statfs_type(directory) in _IN_PLACE_FS_TYPES
+        _in_place_devices[device] = known
     return known
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dmq.metadata.records import AccessControlEntry, UserScramCredential
 from dmq.protocol.errors import ErrorCode
 
 ONLINE = "ONLINE"
@@ -93,6 +94,7 @@ class ImageChanges:
     topics: topic name -> the partition numbers that changed, or None when the whole
     topic may have changed (created, deleted, re-created, its configs altered).
     brokers: ids of brokers registered, unregistered, or whose state changed.
+    acls: whether the ACL set changed.
     """
     topics: Mapping[str, frozenset[int] | None]
     brokers: frozenset[int]
@@ -103,10 +105,11 @@ class ImageChanges:
     _topics_of: dict[str, TopicInfo] | None = field(default=None, compare=False, repr=False)
     _brokers_of: dict[int, BrokerInfo] | None = field(default=None, compare=False,
                                                       repr=False)
+    acls: bool = False
 
     @property
     def empty(self) -> bool:
-        return not self.topics and not self.brokers
+        return not self.topics and not self.brokers and not self.acls
 
     def leads_from(self, old: MetadataImage, new: MetadataImage) -> bool:
         """True if these are exactly the changes from `old` to `new`."""
@@ -131,6 +134,14 @@ class MetadataImage:
     # the cluster's id, kept in Raft metadata from the first active controller on;
     # None before that record (and in images built from a Metadata answer without it)
     cluster_id: str | None = None
+    # users (name -> mechanism -> credential; an empty map: deleted) and revoked HTTP
+    # tokens (id -> expiry ms), shared with the state that published the image: it
+    # replaces these dicts on a change, never changes them (dmq.metadata.state)
+    users: Mapping[str, Mapping[str, UserScramCredential]] = field(default_factory=dict)
+    revoked_tokens: Mapping[str, int] = field(default_factory=dict)
+    # every ACL (dmq.security.acl enforces them); the same frozenset object from one
+    # image to the next while the set does not change, so readers may cache by identity
+    acls: frozenset[AccessControlEntry] = frozenset()
 
     def partition(self, topic: str, p: int) -> PartitionInfo | None:
         t = self.topics.get(topic)
@@ -185,7 +196,7 @@ def _diff(old: MetadataImage, new: MetadataImage) -> ImageChanges:
                           if (a := op.get(p)) is not (b := np_.get(p)) and a != b)
         if parts:
             topics[name] = parts
-    return ImageChanges(topics, brokers)
+    return ImageChanges(topics, brokers, acls=old.acls != new.acls)
 
 
 # Metadata answer rows per partition dict. An image's dicts never change once it is
@@ -218,14 +229,15 @@ def metadata_body(image: MetadataImage, topics: Iterable[str] | None,
     """The answer to a Metadata request (see dmq/protocol/api.py). `topics` None means
     every topic; a named topic that is unknown gets UNKNOWN_TOPIC_OR_PARTITION unless
     `topic_errors` names another code for it (e.g. LEADER_NOT_AVAILABLE while it is
-    being auto-created). Only ONLINE and SHUTTING_DOWN brokers are listed: a client
-    never needs a fenced broker's address."""
+    being auto-created); a topic `topic_errors` names is answered with that error even
+    when it exists (TOPIC_AUTHORIZATION_FAILED). Only ONLINE and SHUTTING_DOWN brokers
+    are listed: a client never needs a fenced broker's address."""
     errors = topic_errors or {}
     names = sorted(image.topics) if topics is None else list(dict.fromkeys(topics))
     out_topics: list[dict[str, Any]] = []
     for name in names:
         t = image.topics.get(name)
-        if t is None:
+        if t is None or name in errors:
             out_topics.append({"name": name, "id": None, "partitions": [],
                                "error": int(errors.get(
                                    name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))})

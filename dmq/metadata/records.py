@@ -34,6 +34,22 @@ One Raft entry carries one *batch* of records, applied atomically:
                          re-registered meanwhile)
     CLUSTER_ID           cluster_id (written once, by the first active controller of a
                          cluster; a later one is skipped: the first stays for good)
+    ACCESS_CONTROL_ENTRY resource_type, resource_name, pattern_type, principal, host,
+                         operation, permission (an ACL; values and meaning:
+                         dmq.security.acl; one already present is skipped)
+    REMOVE_ACCESS_CONTROL_ENTRY  the same seven fields (skipped if absent)
+
+  Users and HTTP tokens (dmq.security.users, dmq.security.tokens):
+
+    USER_SCRAM_CREDENTIAL        user, mechanism, salt, iterations, stored_key, server_key
+                                 (sets the user's credential for that mechanism; never
+                                 a password)
+    REMOVE_USER_SCRAM_CREDENTIAL user, mechanism (a user left with none is kept as
+                                 deleted: it no longer logs in, and a user of the
+                                 bootstrap credentials file of that name is not revived)
+    REVOKE_TOKEN                 token_id, expires_ms, now_ms (an HTTP token refused from
+                                 now on; revocations that expired by `now_ms`, the
+                                 writing controller's clock, are forgotten)
 
 Records are applied deterministically by every controller and every broker image, so
 anything random (topic ids, placement) is chosen before proposing and written here.
@@ -67,6 +83,12 @@ class RecordType(IntEnum):
     PARTITION_REASSIGN = 12
     UNREGISTER_BROKER = 13
     CLUSTER_ID = 14
+    # users and HTTP tokens
+    USER_SCRAM_CREDENTIAL = 17
+    REMOVE_USER_SCRAM_CREDENTIAL = 18
+    REVOKE_TOKEN = 19
+    ACCESS_CONTROL_ENTRY = 15
+    REMOVE_ACCESS_CONTROL_ENTRY = 16
 
 
 class MalformedRecordError(ValueError):
@@ -243,9 +265,98 @@ class ClusterId:
         return [self.TYPE, self.cluster_id]
 
 
+# users and HTTP tokens ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserScramCredential:
+    TYPE: ClassVar[RecordType] = RecordType.USER_SCRAM_CREDENTIAL
+    user: str
+    mechanism: str
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.user, self.mechanism, self.salt, self.iterations,
+                self.stored_key, self.server_key]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveUserScramCredential:
+    TYPE: ClassVar[RecordType] = RecordType.REMOVE_USER_SCRAM_CREDENTIAL
+    user: str
+    mechanism: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.user, self.mechanism]
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeToken:
+    TYPE: ClassVar[RecordType] = RecordType.REVOKE_TOKEN
+    token_id: str
+    expires_ms: int
+    now_ms: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, self.token_id, self.expires_ms, self.now_ms]
+
+
+def _user_record(t: RecordType, f: list[Any]) -> Record | None:
+    """The users and tokens records (None: another type)."""
+    if t is RecordType.USER_SCRAM_CREDENTIAL:
+        if not all(isinstance(x, bytes) for x in (f[2], f[4], f[5])):
+            raise ValueError("salt, stored_key and server_key must be bytes")
+        return UserScramCredential(str(f[0]), str(f[1]), f[2], int(f[3]), f[4], f[5])
+    if t is RecordType.REMOVE_USER_SCRAM_CREDENTIAL:
+        return RemoveUserScramCredential(str(f[0]), str(f[1]))
+    if t is RecordType.REVOKE_TOKEN:
+        return RevokeToken(str(f[0]), int(f[1]), int(f[2]))
+    return None
+@dataclass(frozen=True, slots=True)
+class AccessControlEntry:
+    """One ACL, as kept in the metadata (strings as `dmq.security.acl` spells them;
+    that module validates them before a record is written)."""
+    TYPE: ClassVar[RecordType] = RecordType.ACCESS_CONTROL_ENTRY
+    resource_type: str  # topic | group | cluster | transactional_id
+    resource_name: str  # "*" (literal): every resource of the type
+    pattern_type: str  # literal | prefixed
+    principal: str  # User:<name> | User:*
+    host: str
+    operation: str  # Read, Write, ... All
+    permission: str  # allow | deny
+
+    def fields(self) -> list[str]:
+        return [self.resource_type, self.resource_name, self.pattern_type, self.principal,
+                self.host, self.operation, self.permission]
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, *self.fields()]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveAccessControlEntry:
+    TYPE: ClassVar[RecordType] = RecordType.REMOVE_ACCESS_CONTROL_ENTRY
+    entry: AccessControlEntry
+
+    def to_wire(self) -> list[Any]:
+        return [self.TYPE, *self.entry.fields()]
+
+
+def acl_entry(fields: Any) -> AccessControlEntry:
+    """An entry from its seven wire fields (strings)."""
+    if len(fields) != 7 or not all(isinstance(f, str) for f in fields):
+        raise ValueError("an ACL is seven strings")
+    return AccessControlEntry(*fields)
+
+
 Record = (RegisterBroker | FenceBroker | UnfenceBroker | BrokerShuttingDown | CreateTopic
           | AddPartitions | RemoveTopic | PartitionChange | TopicConfig | ProducerIds
-          | OffsetCommit | PartitionReassign | UnregisterBroker | ClusterId)
+          | OffsetCommit | PartitionReassign | UnregisterBroker | ClusterId
+          | UserScramCredential | RemoveUserScramCredential | RevokeToken | AccessControlEntry
+          | RemoveAccessControlEntry)
 
 
 def _tuples(rows: Any) -> tuple[tuple[int, ...], ...]:
@@ -289,6 +400,13 @@ def _from_wire(obj: list[Any]) -> Record:
         if not isinstance(f[0], str) or not f[0]:
             raise ValueError("cluster id must be a non-empty string")
         return ClusterId(f[0])
+    user_record = _user_record(t, f)
+    if user_record is not None:
+        return user_record
+    if t is RecordType.ACCESS_CONTROL_ENTRY:
+        return acl_entry(f)
+    if t is RecordType.REMOVE_ACCESS_CONTROL_ENTRY:
+        return RemoveAccessControlEntry(acl_entry(f))
     raise AssertionError(t)  # pragma: no cover - every RecordType is handled above
 
 

@@ -25,9 +25,23 @@ Snapshot format (msgpack map, version 1)::
                   ]]]],
      "next_producer_id": int,
      "cluster_id": str (absent until the CLUSTER_ID record),
-     "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]}}
+     "offsets": {group: [[topic, partition, offset, metadata, commit_ms], ...]},
+     "users": [[user, [[mechanism, salt, iterations, stored_key, server_key], ...]]]
+              ([] for a deleted user; absent when there are none),
+     "revoked_tokens": [[token_id, expires_ms], ...] (absent when there are none)}
 
-"offsets" is absent in the broker-facing snapshot of MetadataFetch.
+"offsets" is absent in the broker-facing snapshot of MetadataFetch; users and revoked
+tokens are in both (brokers check logins and tokens themselves).
+
+Users: `users` maps a name to its credentials by mechanism (the USER_SCRAM_CREDENTIAL
+records themselves); an empty map is a deleted user. Like a topic's partitions, the
+dict is copied the first time an entry changes it after an image shared it (so a
+published image never sees it change, and an entry of many user records copies it
+once); likewise `revoked_tokens` (token id -> expiry in ms).
+     "acls": [[resource_type, resource_name, pattern_type, principal, host, operation,
+               permission], ...] (absent while there is none)}
+
+"offsets" is absent in the broker-facing snapshot of MetadataFetch; "acls" is in both.
 """
 
 from __future__ import annotations
@@ -51,6 +65,7 @@ from dmq.metadata.image import (
 )
 from dmq.metadata.records import (
     NO_CHANGE,
+    AccessControlEntry,
     AddPartitions,
     ClusterId,
     CreateTopic,
@@ -61,8 +76,13 @@ from dmq.metadata.records import (
     Record,
     RecordType,
     RegisterBroker,
+    RemoveAccessControlEntry,
     RemoveTopic,
+    RemoveUserScramCredential,
+    RevokeToken,
     TopicConfig,
+    UserScramCredential,
+    acl_entry,
     record_from_wire,
 )
 
@@ -90,6 +110,12 @@ class MetadataState:
         # group -> (topic, partition) -> (offset, metadata, commit_ms)
         self.offsets: dict[str, dict[tuple[str, int], tuple[int, str | None, int]]] = {}
         self.keep_offsets = keep_offsets
+        # users and revoked HTTP tokens (see the module doc: replaced, never changed)
+        self.users: dict[str, dict[str, UserScramCredential]] = {}
+        self.revoked_tokens: dict[str, int] = {}
+        self._users_shared = False  # an image holds `users` / `revoked_tokens`
+        # every ACL; replaced (never changed in place) so images share it by identity
+        self.acls: frozenset[AccessControlEntry] = frozenset()
         self.skipped_records = 0
         # recent entries for MetadataFetch deltas: (index, wire records)
         self.history: deque[tuple[int, list[list[Any]]]] = deque(maxlen=history_entries or 1)
@@ -101,6 +127,7 @@ class MetadataState:
         # None after a restore: the next image has no changes to offer (all is new)
         self._changed_topics: dict[str, set[int] | None] = {}
         self._changed_brokers: set[int] = set()
+        self._changed_acls = False
         self._changes_base: weakref.ref[MetadataImage] | None = None
         self._apply = {
             RecordType.REGISTER_BROKER: self._register_broker,
@@ -117,7 +144,14 @@ class MetadataState:
             RecordType.PARTITION_REASSIGN: self._partition_reassign,
             RecordType.UNREGISTER_BROKER: self._unregister_broker,
             RecordType.CLUSTER_ID: self._cluster_id,
+            RecordType.ACCESS_CONTROL_ENTRY: self._add_acl,
+            RecordType.REMOVE_ACCESS_CONTROL_ENTRY: self._remove_acl,
         }
+        self._apply.update({
+            RecordType.USER_SCRAM_CREDENTIAL: self._user_scram_credential,
+            RecordType.REMOVE_USER_SCRAM_CREDENTIAL: self._remove_user_scram_credential,
+            RecordType.REVOKE_TOKEN: self._revoke_token,
+        })
 
     # applying ---------------------------------------------------------------------------
     def apply_entry(self, index: int, wire_records: list[list[Any]]) -> None:
@@ -231,6 +265,7 @@ class MetadataState:
             self._changes_base = None
             self._changed_topics = {}
             self._changed_brokers = set()
+            self._changed_acls = False
             return False
         return True
 
@@ -328,6 +363,26 @@ class MetadataState:
             return
         self.cluster_id = r.cluster_id
 
+    def _add_acl(self, rec: Any, index: int) -> None:
+        r: AccessControlEntry = rec
+        if r in self.acls:
+            self._skip(rec, "the ACL exists")
+            return
+        self.acls = self.acls | {r}
+        self._acls_changed()
+
+    def _remove_acl(self, rec: Any, index: int) -> None:
+        r: RemoveAccessControlEntry = rec
+        if r.entry not in self.acls:
+            self._skip(rec, "no such ACL")
+            return
+        self.acls = self.acls - {r.entry}
+        self._acls_changed()
+
+    def _acls_changed(self) -> None:
+        if self._tracking():
+            self._changed_acls = True
+
     def _producer_ids(self, rec: Any, index: int) -> None:
         r: ProducerIds = rec
         if r.next_producer_id <= self.next_producer_id:
@@ -350,6 +405,35 @@ class MetadataState:
         if not group:
             del self.offsets[r.group]
 
+    # users and HTTP tokens ----------------------------------------------------------------
+    def _own_users(self) -> None:
+        """Copy the users and revocations first if a published image shares them."""
+        if self._users_shared:
+            self.users = dict(self.users)
+            self.revoked_tokens = dict(self.revoked_tokens)
+            self._users_shared = False
+
+    def _user_scram_credential(self, rec: Any, index: int) -> None:
+        r: UserScramCredential = rec
+        self._own_users()
+        self.users[r.user] = {**self.users.get(r.user, {}), r.mechanism: r}
+
+    def _remove_user_scram_credential(self, rec: Any, index: int) -> None:
+        r: RemoveUserScramCredential = rec
+        self._own_users()
+        # an empty map: deleted, and kept as such
+        self.users[r.user] = {m: c for m, c in self.users.get(r.user, {}).items()
+                              if m != r.mechanism}
+
+    def _revoke_token(self, rec: Any, index: int) -> None:
+        r: RevokeToken = rec
+        self._own_users()
+        revoked = self.revoked_tokens
+        for token_id in [t for t, exp in revoked.items() if exp <= r.now_ms]:
+            del revoked[token_id]
+        if r.expires_ms > r.now_ms:
+            revoked[r.token_id] = r.expires_ms
+
     # reading ----------------------------------------------------------------------------
     def image(self, controller_id: int = NO_LEADER, controller_term: int = -1,
               controller_address: tuple[str, int] | None = None) -> MetadataImage:
@@ -363,12 +447,17 @@ class MetadataState:
                 changes = ImageChanges(
                     {t: None if ps is None else frozenset(ps)
                      for t, ps in self._changed_topics.items()},
-                    frozenset(self._changed_brokers), self._changes_base, topics, brokers)
+                    frozenset(self._changed_brokers), self._changes_base, topics, brokers,
+                    self._changed_acls)
             img = MetadataImage(self.version, controller_id, brokers, topics, controller_term,
-                                controller_address, changes, self.cluster_id)
+                                controller_address, changes, self.cluster_id,
+                                acls=self.acls, users=self.users,
+                                revoked_tokens=self.revoked_tokens)
+            self._users_shared = True
             self._owned.clear()
             self._changed_topics = {}
             self._changed_brokers = set()
+            self._changed_acls = False
             self._changes_base = weakref.ref(img)
             self._image = img
         return img
@@ -407,6 +496,14 @@ class MetadataState:
                                 "next_producer_id": self.next_producer_id}
         if self.cluster_id is not None:
             snap["cluster_id"] = self.cluster_id
+        if self.users:
+            snap["users"] = [[u, [[m, c.salt, c.iterations, c.stored_key, c.server_key]
+                                  for m, c in sorted(creds.items())]]
+                             for u, creds in sorted(self.users.items())]
+        if self.revoked_tokens:
+            snap["revoked_tokens"] = [[t, exp] for t, exp in sorted(self.revoked_tokens.items())]
+        if self.acls:
+            snap["acls"] = sorted(e.fields() for e in self.acls)
         if include_offsets:
             snap["offsets"] = {g: [[t, p, o, md, ts] for (t, p), (o, md, ts) in sorted(
                 offs.items())] for g, offs in sorted(self.offsets.items())}
@@ -438,6 +535,12 @@ class MetadataState:
         self.next_producer_id = int(snap["next_producer_id"])
         cluster_id = snap.get("cluster_id")
         self.cluster_id = cluster_id if isinstance(cluster_id, str) and cluster_id else None
+        self.users = {u: {m: UserScramCredential(u, m, salt, int(it), sk, vk)
+                          for m, salt, it, sk, vk in creds}
+                      for u, creds in snap.get("users", [])}
+        self.revoked_tokens = {t: int(exp) for t, exp in snap.get("revoked_tokens", [])}
+        self._users_shared = False
+        self.acls = frozenset(acl_entry(f) for f in snap.get("acls", ()))
         self.offsets = {}
         if self.keep_offsets:
             for g, rows in snap.get("offsets", {}).items():
@@ -448,6 +551,7 @@ class MetadataState:
         self._image = None
         self._changed_topics = {}
         self._changed_brokers = set()
+        self._changed_acls = False
         self._changes_base = None
 
 

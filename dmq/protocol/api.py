@@ -49,6 +49,9 @@ class ApiKey(IntEnum):
     DELETE_RECORDS = 21
     INIT_PRODUCER_ID = 22
     OFFSET_FOR_LEADER_EPOCH = 23
+    DESCRIBE_ACLS = 29
+    CREATE_ACLS = 30
+    DELETE_ACLS = 31
     DESCRIBE_CONFIGS = 32
     ALTER_CONFIGS = 33
     CREATE_PARTITIONS = 37
@@ -56,6 +59,7 @@ class ApiKey(IntEnum):
     ELECT_LEADERS = 43
     ALTER_PARTITION_REASSIGNMENTS = 45
     LIST_PARTITION_REASSIGNMENTS = 46
+    OFFSET_DELETE = 47
     ALTER_PARTITION = 56
     DESCRIBE_CLUSTER = 60
     BROKER_REGISTRATION = 62
@@ -63,6 +67,10 @@ class ApiKey(IntEnum):
     UNREGISTER_BROKER = 64
     ALLOCATE_PRODUCER_IDS = 67
     CONSUMER_GROUP_HEARTBEAT = 68
+    # users and HTTP tokens (active controller)
+    REVOKE_TOKEN = 40  # Kafka's ExpireDelegationToken number: the nearest counterpart
+    DESCRIBE_USER_SCRAM_CREDENTIALS = 50
+    ALTER_USER_SCRAM_CREDENTIALS = 51
     # dmq-only
     RAFT_REQUEST_VOTE = 1000
     RAFT_APPEND_ENTRIES = 1001
@@ -87,6 +95,13 @@ API_VERSION_RANGE: dict[ApiKey, tuple[int, int]] = {key: (0, 0) for key in ApiKe
 # request on the hot path. Responses are documented here and built by the handlers.
 _CONFIGS = MapOf(STR, STR)
 _TOPIC_NAMES = Nullable(Array(STR, max_items=100_000))
+_ACL = Struct({"resource_type": STR, "resource_name": STR, "principal": STR,
+               "operation": STR},
+              {"pattern_type": (STR, "literal"), "host": (STR, "*"),
+               "permission": (STR, "allow")})
+_ACL_FILTER = Struct(optional={k: (Nullable(STR), None) for k in (
+    "resource_type", "resource_name", "pattern_type", "principal", "host", "operation",
+    "permission")})
 
 REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.API_VERSIONS: Struct(optional={"client_software": (STR, "")}),
@@ -214,6 +229,22 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
                                        "port": INT}),
     # -> {}
 
+    # ---- ACLs (dmq.security.acl; kept in the metadata by the active controller) -----
+    # An ACL is {"resource_type": topic|group|cluster|transactional_id, "resource_name",
+    # "pattern_type": literal|prefixed, "principal": "User:<name>"|"User:*", "host": "*",
+    # "operation": Read|Write|...|All, "permission": allow|deny}; a filter has the same
+    # keys, each nil (or absent) for any, and pattern_type may be "match".
+    # "principal" (optional, from nodes only): whom a broker's Kafka listener forwards
+    # the request for, named in the controller's audit line
+    ApiKey.CREATE_ACLS: Struct({"acls": Array(_ACL, max_items=10_000)},
+                               {"principal": (Nullable(STR), None)}),
+    # -> {"results": [[error, msg]]} (one per ACL, in order)
+    ApiKey.DESCRIBE_ACLS: _ACL_FILTER,
+    # -> {"acls": [acl, ...]} (answered from the controller's applied state)
+    ApiKey.DELETE_ACLS: Struct({"filters": Array(_ACL_FILTER, max_items=1000)},
+                               {"principal": (Nullable(STR), None)}),
+    # -> {"results": [{"error", "msg", "acls": [acl, ...] (those removed)}]}
+
     # ---- consumer groups (coordinator = active controller) -------------------------
     ApiKey.CONSUMER_GROUP_HEARTBEAT: Struct(
         {"group_id": STR, "member_id": STR, "member_epoch": INT},
@@ -222,9 +253,16 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
          "topics": (Nullable(Array(STR)), None), "pattern": (Nullable(STR), None),
          # [[topic, [partition, ...]]]; nil = unchanged since the last heartbeat
          "owned": (Nullable(Array(Tuple(STR, Array(INT)))), None),
-         "assignor": (Nullable(STR), None)}),
+         "assignor": (Nullable(STR), None),
+         # set by a Kafka listener forwarding its client's ConsumerGroupHeartbeat: the
+         # client's id and host ("": this connection's), -1 timeouts (rebalance:
+         # unchanged; session: the coordinator's group.session.timeout.ms), and
+         # topic_ids (answer with the topic ids of the assignment)
+         "client_id": (STR, ""), "host": (STR, ""), "topic_ids": (BOOL, False)}),
     # -> {"member_id", "member_epoch", "heartbeat_interval_ms",
-    #     "assignment": [[topic, [partition, ...]]] | nil}
+    #     "assignment": [[topic, [partition, ...]]] | nil,
+    #     "changed": the epoch or assignment moved with this heartbeat,
+    #     "topic_ids": [[topic, topic id]] (when asked)}
     ApiKey.OFFSET_COMMIT: Struct(
         {"group_id": STR, "member_id": STR, "member_epoch": INT,
          # [[topic, [[partition, offset, metadata]]]]
@@ -233,6 +271,10 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.OFFSET_FETCH: Struct({"group_id": STR},
                                 {"topics": (Nullable(Array(Tuple(STR, Array(INT)))), None)}),
     # -> {"topics": [[topic, [[partition, offset, metadata, error]]]]}
+    ApiKey.OFFSET_DELETE: Struct(
+        {"group_id": STR, "topics": Array(Tuple(STR, Array(INT)), max_items=10_000)}),
+    # -> {"error", "topics": [[topic, [[partition, error]]]]} (GROUP_SUBSCRIBED_TO_TOPIC
+    #    for a topic a member of the group consumes; GROUP_ID_NOT_FOUND raised)
     # Kafka's classic group protocol (errors are in the answers, Kafka's numbers)
     ApiKey.JOIN_GROUP: Struct(
         {"group_id": STR, "member_id": STR, "session_timeout_ms": INT,
@@ -259,14 +301,31 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     # -> {"groups": [{"group_id", "state", "members"}]}
     ApiKey.DESCRIBE_GROUPS: Struct({"groups": Array(STR)}),
     # -> {"groups": [{"group_id", "error", "state", "epoch", "assignor",
-    #                 "members": [{"member_id", "instance_id", "member_epoch", "client_id",
-    #                              "host", "assignment": [[topic, [p...]]]}]}]}
+    #                 "assignment_epoch", "members": [{"member_id", "instance_id",
+    #                 "member_epoch", "client_id", "host", "assignment": [[topic, [p...]]],
+    #                 "topics", "pattern", "target": [[topic, [p...]]]}]}]}
     ApiKey.DELETE_GROUPS: Struct({"groups": Array(STR)}),
     # -> {"groups": [{"group_id", "error", "msg"}]}
     ApiKey.RESET_OFFSETS: Struct(
         {"group_id": STR, "topics": Array(Tuple(STR, Array(Tuple(INT, INT))))},
         {"dry_run": (BOOL, False)}),
     # -> {"topics": [[topic, [[partition, offset, error]]]]}
+
+    # ---- users and HTTP tokens (active controller; dmq.security.users) -------------
+    ApiKey.DESCRIBE_USER_SCRAM_CREDENTIALS: Struct(
+        optional={"users": (Nullable(Array(STR, max_items=10_000)), None)}),
+    # -> {"results": [[user, error, msg, [[mechanism, iterations], ...]]]} (nil: every
+    #    user that can log in, from the metadata and the controller's bootstrap file)
+    ApiKey.ALTER_USER_SCRAM_CREDENTIALS: Struct(
+        optional={"deletions": (Array(Tuple(STR, STR), max_items=10_000), list),
+                  # [[user, mechanism, iterations, salt, salted password]]: the salted
+                  # password is PBKDF2(password, salt, iterations), never the password
+                  "upsertions": (Array(Tuple(STR, STR, INT, BYTES, BYTES), max_items=10_000),
+                                 list)}),
+    # -> {"results": [[user, error, msg]]} (one per user named)
+    ApiKey.REVOKE_TOKEN: Struct({"token": STR}),
+    # -> {"token_id"}: the HTTP token (verified by the controller: only a valid token
+    #    can be revoked) is refused by every node once its metadata has the record
 
     # ---- Raft transport between controllers ------------------------------------------
     # A Raft message in its wire form (a list, see dmq/raft), sent under the key of its

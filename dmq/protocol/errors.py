@@ -39,6 +39,8 @@ class ErrorCode(IntEnum):
     INVALID_GROUP_ID = 24
     UNKNOWN_MEMBER_ID = 25
     INVALID_SESSION_TIMEOUT = 26
+    TOPIC_AUTHORIZATION_FAILED = 29
+    GROUP_AUTHORIZATION_FAILED = 30
     CLUSTER_AUTHORIZATION_FAILED = 31
     INVALID_TIMESTAMP = 32
     UNSUPPORTED_SASL_MECHANISM = 33
@@ -67,14 +69,21 @@ class ErrorCode(IntEnum):
     STALE_BROKER_EPOCH = 77
     OFFSET_NOT_AVAILABLE = 78
     PREFERRED_LEADER_NOT_AVAILABLE = 80
+    GROUP_MAX_SIZE_REACHED = 81
     FENCED_INSTANCE_ID = 82
     NO_REASSIGNMENT_IN_PROGRESS = 85
+    GROUP_SUBSCRIBED_TO_TOPIC = 86
     INVALID_RECORD = 87
     UNKNOWN_TOPIC_ID = 100
     BROKER_ID_NOT_REGISTERED = 102
     FENCED_MEMBER_EPOCH = 110
     UNRELEASED_INSTANCE_ID = 111
+    UNSUPPORTED_ASSIGNOR = 112
     STALE_MEMBER_EPOCH = 113
+    # users (AlterUserScramCredentials)
+    RESOURCE_NOT_FOUND = 91
+    DUPLICATE_RESOURCE = 92
+    UNACCEPTABLE_CREDENTIAL = 93
     # dmq-only codes
     UNKNOWN_API_KEY = 1000
     FRAME_TOO_LARGE = 1001
@@ -110,8 +119,11 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.INVALID_GROUP_ID: (False, False, "group id is empty or too long"),
     ErrorCode.UNKNOWN_MEMBER_ID: (False, False, "unknown group member"),
     ErrorCode.INVALID_SESSION_TIMEOUT: (False, False, "invalid session timeout"),
+    ErrorCode.TOPIC_AUTHORIZATION_FAILED: (False, False, "not authorized to access the topic"),
+    ErrorCode.GROUP_AUTHORIZATION_FAILED: (False, False, "not authorized to access the group"),
     ErrorCode.CLUSTER_AUTHORIZATION_FAILED: (
-        False, False, "inter-node request on a connection not identified as that node"),
+        False, False, "not authorized for a cluster operation (or an inter-node request on "
+        "a connection not identified as that node)"),
     ErrorCode.INVALID_TIMESTAMP: (False, False, "invalid timestamp"),
     ErrorCode.UNSUPPORTED_SASL_MECHANISM: (False, False, "SASL mechanism not offered"),
     ErrorCode.ILLEGAL_SASL_STATE: (False, False, "SASL request out of order"),
@@ -145,13 +157,20 @@ _INFO: dict[ErrorCode, tuple[bool, bool, str]] = {
     ErrorCode.FENCED_INSTANCE_ID: (False, False, "static member was fenced"),
     ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE: (
         True, False, "the preferred leader is not an online in-sync replica"),
+    ErrorCode.GROUP_MAX_SIZE_REACHED: (False, False, "group has the most members allowed"),
     ErrorCode.NO_REASSIGNMENT_IN_PROGRESS: (False, False, "no reassignment in progress"),
+    ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC: (False, False,
+                                          "the group is subscribed to the topic"),
     ErrorCode.INVALID_RECORD: (False, False, "invalid record"),
     ErrorCode.UNKNOWN_TOPIC_ID: (True, True, "unknown topic id"),
     ErrorCode.BROKER_ID_NOT_REGISTERED: (True, False, "broker is not registered"),
     ErrorCode.FENCED_MEMBER_EPOCH: (False, False, "member epoch is fenced"),
     ErrorCode.UNRELEASED_INSTANCE_ID: (False, False, "static instance id still in use"),
+    ErrorCode.UNSUPPORTED_ASSIGNOR: (False, False, "unknown server-side assignor"),
     ErrorCode.STALE_MEMBER_EPOCH: (False, False, "stale member epoch"),
+    ErrorCode.RESOURCE_NOT_FOUND: (False, False, "no such resource (user credential)"),
+    ErrorCode.DUPLICATE_RESOURCE: (False, False, "resource named twice in one request"),
+    ErrorCode.UNACCEPTABLE_CREDENTIAL: (False, False, "credential refused"),
     ErrorCode.UNKNOWN_API_KEY: (False, False, "unknown API key"),
     ErrorCode.FRAME_TOO_LARGE: (False, False, "frame larger than the configured limit"),
     ErrorCode.NODE_SHUTTING_DOWN: (True, True, "node is shutting down"),
@@ -228,6 +247,8 @@ InvalidRequiredAcksError = _define(ErrorCode.INVALID_REQUIRED_ACKS)
 InvalidGroupIdError = _define(ErrorCode.INVALID_GROUP_ID)
 UnknownMemberIdError = _define(ErrorCode.UNKNOWN_MEMBER_ID)
 InvalidSessionTimeoutError = _define(ErrorCode.INVALID_SESSION_TIMEOUT)
+TopicAuthorizationFailedError = _define(ErrorCode.TOPIC_AUTHORIZATION_FAILED)
+GroupAuthorizationFailedError = _define(ErrorCode.GROUP_AUTHORIZATION_FAILED)
 ClusterAuthorizationFailedError = _define(ErrorCode.CLUSTER_AUTHORIZATION_FAILED)
 InvalidTimestampError = _define(ErrorCode.INVALID_TIMESTAMP)
 UnsupportedSaslMechanismError = _define(ErrorCode.UNSUPPORTED_SASL_MECHANISM)
@@ -257,13 +278,19 @@ StaleBrokerEpochError = _define(ErrorCode.STALE_BROKER_EPOCH)
 OffsetNotAvailableError = _define(ErrorCode.OFFSET_NOT_AVAILABLE)
 FencedInstanceIdError = _define(ErrorCode.FENCED_INSTANCE_ID)
 PreferredLeaderNotAvailableError = _define(ErrorCode.PREFERRED_LEADER_NOT_AVAILABLE)
+GroupMaxSizeReachedError = _define(ErrorCode.GROUP_MAX_SIZE_REACHED)
 NoReassignmentInProgressError = _define(ErrorCode.NO_REASSIGNMENT_IN_PROGRESS)
+GroupSubscribedToTopicError = _define(ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC)
 InvalidRecordError = _define(ErrorCode.INVALID_RECORD)
 UnknownTopicIdError = _define(ErrorCode.UNKNOWN_TOPIC_ID)
 BrokerIdNotRegisteredError = _define(ErrorCode.BROKER_ID_NOT_REGISTERED)
 FencedMemberEpochError = _define(ErrorCode.FENCED_MEMBER_EPOCH)
 UnreleasedInstanceIdError = _define(ErrorCode.UNRELEASED_INSTANCE_ID)
+UnsupportedAssignorError = _define(ErrorCode.UNSUPPORTED_ASSIGNOR)
 StaleMemberEpochError = _define(ErrorCode.STALE_MEMBER_EPOCH)
+ResourceNotFoundError = _define(ErrorCode.RESOURCE_NOT_FOUND)
+DuplicateResourceError = _define(ErrorCode.DUPLICATE_RESOURCE)
+UnacceptableCredentialError = _define(ErrorCode.UNACCEPTABLE_CREDENTIAL)
 UnknownApiKeyError = _define(ErrorCode.UNKNOWN_API_KEY)
 FrameTooLargeError = _define(ErrorCode.FRAME_TOO_LARGE)
 NodeShuttingDownError = _define(ErrorCode.NODE_SHUTTING_DOWN)

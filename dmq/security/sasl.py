@@ -1,8 +1,9 @@
 """SASL sessions for a listener: which mechanisms are offered, one exchange per
 connection, and the per-address throttle on failed attempts.
 
-Settings: `sasl.enabled.mechanisms` (empty: no authentication), the users in
-`sasl.credentials.file` (see `dmq.security.scram`), and PLAIN offered only on a TLS
+Settings: `sasl.enabled.mechanisms` (empty: no authentication), the users (kept in the
+metadata, with `sasl.credentials.file` as the bootstrap source: see
+`dmq.security.users` and `dmq.security.scram`), and PLAIN offered only on a TLS
 listener unless `sasl.plain.allow.plaintext` is true. A failed attempt is logged
 (one line per address per `LOG_EVERY_S`, with a count) and answered after a delay
 that doubles with each consecutive failure from that address (up to
@@ -24,10 +25,12 @@ from dmq.security.scram import (
     MECHANISMS,
     SCRAM_HASHES,
     AuthenticationFailed,
+    Credentials,
     CredentialStore,
     PlainServer,
     ScramServer,
 )
+from dmq.security.users import UserDirectory
 
 log = logging.getLogger("dmq.security.sasl")
 
@@ -50,14 +53,17 @@ class SaslAuthority:
     """The node's SASL configuration and failure books, shared by its connections."""
 
     mechanisms: tuple[str, ...]
-    store: CredentialStore
+    store: Credentials
     allow_plain_without_tls: bool = False
     node_id: int | str = "?"
     _failures: dict[str, _Failures] = field(default_factory=dict)
     stats_failures: int = 0
 
     @classmethod
-    def from_config(cls, config: ClusterConfig, node_id: int) -> SaslAuthority | None:
+    def from_config(cls, config: ClusterConfig, node_id: int,
+                    users: UserDirectory | None = None) -> SaslAuthority | None:
+        """None when SASL is off. `users`: the node's directory (the metadata's users,
+        then the file's); without it, the file's users alone."""
         raw = config.get("sasl.enabled.mechanisms")
         mechs = tuple(m.strip().upper() for m in raw.split(",") if m.strip())
         if not mechs:
@@ -70,8 +76,8 @@ class SaslAuthority:
         if not path:
             raise ConfigError("sasl.enabled.mechanisms is set but sasl.credentials.file is "
                               "not: the users come from that file")
-        return cls(mechs, CredentialStore.load(path),
-                   bool(config.get("sasl.plain.allow.plaintext")), node_id)
+        store = users if users is not None else UserDirectory(CredentialStore.load(path))
+        return cls(mechs, store, bool(config.get("sasl.plain.allow.plaintext")), node_id)
 
     def offered(self, tls: bool) -> list[str]:
         return [m for m in self.mechanisms

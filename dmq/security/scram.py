@@ -27,7 +27,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dmq.config import ConfigError
 
@@ -100,6 +100,15 @@ def make_credential(password: str, mechanism: str = "SCRAM-SHA-256",
 
 Lookup = Callable[[str, str], "ScramCredential | None"]
 """(user, mechanism) -> that user's credential for it, or None."""
+
+
+class Credentials(Protocol):
+    """Where logins are checked: a `CredentialStore`, or a node's
+    `dmq.security.users.UserDirectory` (the metadata's users, then the file's)."""
+
+    def lookup(self, user: str, mechanism: str) -> ScramCredential | None: ...
+
+    def any_credential(self, user: str) -> ScramCredential | None: ...
 
 
 class CredentialStore:
@@ -252,7 +261,7 @@ class PlainServer:
 
     mechanism = "PLAIN"
 
-    def __init__(self, store: CredentialStore) -> None:
+    def __init__(self, store: Credentials) -> None:
         self.store = store
         self.user: str | None = None
         self.done = False

@@ -81,6 +81,7 @@ def templates(topic: str) -> dict[ApiKey, Any]:
         ApiKey.OFFSET_COMMIT: {"group_id": "fz", "member_id": "m", "member_epoch": 3,
                                "topics": [[topic, [[0, 5, None]]]]},
         ApiKey.OFFSET_FETCH: {"group_id": "fz", "topics": [[topic, [0]]]},
+        ApiKey.OFFSET_DELETE: {"group_id": "fz", "topics": [[topic, [0]]]},
         ApiKey.LIST_GROUPS: {},
         ApiKey.DESCRIBE_GROUPS: {"groups": ["fz"]},
         ApiKey.DELETE_GROUPS: {"groups": ["no-such-group"]},

@@ -19,8 +19,16 @@ NUMBER = re.compile(r"^[0-9][0-9,]*(\.[0-9]+)?$")
 
 
 def test_run_all_smoke_prints_a_table_with_numbers() -> None:
-    proc = run_group([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke"],
-                     timeout=150, text=True, cwd=ROOT)
+    # every case but the Kafka-client ones (the next test runs those)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from kafka_perf import KAFKA_CASES
+        from run_all import CASE_NAMES
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    cases = ",".join(c for c in CASE_NAMES if c not in KAFKA_CASES)
+    proc = run_group([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--smoke",
+                      "--only", cases], timeout=150, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "machine:" in out and "python " in out

@@ -72,7 +72,8 @@ def test_compose_cluster_starts_locally(tmp_path: Path) -> None:
     config = tmp_path / "local.toml"
     config.write_text(toml_config(ctl, brk, {"default.replication.factor": 3,
                                             "min.insync.replicas": 2}))
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[subprocess.Popen[bytes]] = []  # controllers first: stopped last
+    services = dict(sorted(services.items(), key=lambda kv: _opt(kv[1], "--role") != "controller"))
     try:
         for name, cmd in services.items():
             args = [a.replace("/app/config/docker-cluster.toml", str(config))
@@ -89,10 +90,10 @@ def test_compose_cluster_starts_locally(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         assert '"node_id": 101' in out.stdout, shlex.quote(out.stdout)
     finally:
-        for p in procs:
+        # the brokers first, then the controllers (a broker's controlled shutdown needs one)
+        for p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -64,6 +64,17 @@ def test_group_requests_answer_coordinator_not_available_without_a_controller(
         h = conn.request("Heartbeat", 4, {"GroupId": "g2", "GenerationId": 1,
                                           "MemberId": "m", "GroupInstanceId": None})
         assert h["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
+        # the consumer group protocol (KIP-848) and OffsetDelete alike
+        cgh = conn.request("ConsumerGroupHeartbeat", 1, {
+            "GroupId": "g3", "MemberId": "m", "MemberEpoch": 0, "RebalanceTimeoutMs": 5000,
+            "SubscribedTopicNames": ["t"], "TopicPartitions": []})
+        assert cgh["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
+        cgd = conn.request("ConsumerGroupDescribe", 1, {
+            "GroupIds": ["g3"], "IncludeAuthorizedOperations": False})
+        assert cgd["Groups"][0]["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
+        od = conn.request("OffsetDelete", 0, {"GroupId": "g", "Topics": [
+            {"Name": "t", "Partitions": [{"PartitionIndex": 0}]}]})
+        assert od["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
 
         # the controller restarts: commits are served again and the old one survived
         pc.start(controller)

@@ -83,7 +83,7 @@ def test_wrong_password_or_unknown_user_fails(plain_node: tuple[ProcessCluster, 
     pc, port = plain_node
     admin = AdminClient(conf(port, "SCRAM-SHA-256", user, password))
     with pytest.raises(ck.KafkaException) as err:
-        admin.list_topics(timeout=5)
+        admin.list_topics(timeout=2)
     # librdkafka reports the broker's SASL_AUTHENTICATION_FAILED as _AUTHENTICATION
     # (or only in its log, when the list times out); the node logs the failed attempt
     # (once per address per 10 s: the other test's line may stand for this one)

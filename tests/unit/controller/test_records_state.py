@@ -9,6 +9,7 @@ from dmq.controller.state_machine import MetadataStateMachine
 from dmq.metadata.image import FENCED, NO_LEADER, ONLINE
 from dmq.metadata.records import (
     NO_CHANGE,
+    AccessControlEntry,
     AddPartitions,
     BrokerShuttingDown,
     ClusterId,
@@ -21,10 +22,14 @@ from dmq.metadata.records import (
     ProducerIds,
     RecordType,
     RegisterBroker,
+    RemoveAccessControlEntry,
     RemoveTopic,
+    RemoveUserScramCredential,
+    RevokeToken,
     TopicConfig,
     UnfenceBroker,
     UnregisterBroker,
+    UserScramCredential,
     decode_batch,
     decode_batch_wire,
     encode_batch,
@@ -44,6 +49,15 @@ ALL = [
     PartitionReassign("t", 0, 5, (3, 1), (), (), 3, (3, 1)),
     UnregisterBroker(2, 7),
     ClusterId("AAAAAAAAAAAAAAAAAAAAAA"),
+    AccessControlEntry("topic", "t", "literal", "User:a", "*", "Read", "allow"),
+    RemoveAccessControlEntry(AccessControlEntry("group", "g", "prefixed", "User:*", "*",
+                                                "Read", "deny")),
+]
+# users and HTTP tokens
+ALL += [
+    UserScramCredential("alice", "SCRAM-SHA-256", b"salt" * 4, 4096, b"k" * 32, b"v" * 32),
+    RemoveUserScramCredential("alice", "SCRAM-SHA-512"),
+    RevokeToken("token-id", 2_000, 1_000),
 ]
 
 

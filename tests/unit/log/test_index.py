@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from dmq.log.index import OffsetIndex, TimeIndex, _in_place_dirs, _overwrites_in_place
+from dmq.log.index import OffsetIndex, TimeIndex, _in_place_devices, _overwrites_in_place
 
 
 def test_offset_index_lookup_trim_reload(tmp_path: object) -> None:
@@ -130,7 +130,7 @@ def test_an_index_on_a_file_system_that_does_not_overwrite_in_place_is_not_mappe
     """(btrfs, ZFS, NFS, overlayfs: a store into a mapped page may need new blocks.)
     Entries stay in memory and each sync writes them with one pwrite."""
     directory = os.path.realpath(str(tmp_path))
-    monkeypatch.setitem(_in_place_dirs, directory, False)
+    monkeypatch.setitem(_in_place_devices, os.stat(directory).st_dev, False)
     path = os.path.join(directory, "p.index")
     idx = OffsetIndex(path, 0, 1 << 20, True)
     for i in range(1, 1001):
