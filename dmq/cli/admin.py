@@ -70,7 +70,7 @@ def cluster_status(bootstrap: str | None, config_path: str | None, timeout_ms: i
 
 @click.group()
 def topics() -> None:
-    """Create, list, describe, alter and delete topics."""
+    """Create, list, describe, alter and delete topics; delete records below an offset."""
 
 
 @topics.command("create")
@@ -167,3 +167,59 @@ def topics_alter(name: str, partitions: int | None, configs: tuple[str, ...],
     report_each(run_admin(bootstrap, config_path, timeout_ms, go),
                 lambda what: f"altered {what} of topic {name}",
                 lambda what, err: f"error ({what}): {err}")
+
+
+@topics.command("delete-records")
+@click.option("--topic", default=None, help="with --partition and --before-offset")
+@click.option("--partition", type=int, default=None)
+@click.option("--before-offset", type=int, default=None,
+              help="delete the records below this offset (-1: every record, up to the "
+                   "high watermark)")
+@click.option("--offset-json-file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help='kafka-delete-records.sh\'s file: {"partitions": [{"topic": '
+                                 '"T", "partition": P, "offset": N}, ...], "version": 1}')
+@admin_options
+def topics_delete_records(topic: str | None, partition: int | None, before_offset: int | None,
+                          offset_json_file: str | None, bootstrap: str | None,
+                          config_path: str | None, timeout_ms: int) -> None:
+    """Move partitions' log start up to an offset (Kafka's DeleteRecords)."""
+    before = _delete_records_targets(topic, partition, before_offset, offset_json_file)
+    results = run_admin(bootstrap, config_path, timeout_ms,
+                        lambda a: a.delete_records(before, timeout_ms=timeout_ms))
+    failed = False
+    for (t, p), res in sorted(results.items()):
+        if res.error is not None:
+            failed = True
+            click.echo(f"error: {t}-{p}: {res.error}", err=True)
+        else:
+            click.echo(f"{t}-{p}: log start (low watermark) {res.low_watermark}")
+    if failed:
+        sys.exit(1)
+
+
+def _delete_records_targets(topic: str | None, partition: int | None,
+                            before_offset: int | None,
+                            offset_json_file: str | None) -> dict[tuple[str, int], int]:
+    flags = (topic, partition, before_offset)
+    if offset_json_file is not None:
+        if any(f is not None for f in flags):
+            raise click.UsageError("give --offset-json-file or --topic/--partition/"
+                                   "--before-offset, not both")
+        try:
+            with open(offset_json_file) as f:
+                rows = json.load(f)["partitions"]
+            before = {(str(r["topic"]), int(r["partition"])): int(r["offset"]) for r in rows}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise click.UsageError(f"{offset_json_file}: not a delete-records offsets file "
+                                   f'({{"partitions": [{{"topic", "partition", "offset"}}]}}): '
+                                   f"{exc}") from None
+        if not before:
+            raise click.UsageError(f"{offset_json_file}: no partitions listed")
+        return before
+    if topic is None or partition is None or before_offset is None:
+        raise click.UsageError("give --topic, --partition and --before-offset (or "
+                               "--offset-json-file)")
+    if before_offset < -1:
+        raise click.UsageError(f"--before-offset {before_offset}: an offset >= 0, or -1 for "
+                               "the high watermark")
+    return {(topic, partition): before_offset}

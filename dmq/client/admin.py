@@ -13,6 +13,7 @@ single-topic helpers. Self-contained: it needs only the protocol and discovery.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,22 @@ class TopicResult:
     def raise_for_error(self) -> None:
         if self.error is not None:
             raise self.error
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedRecords:
+    """One partition's answer to `delete_records`: its new log start (the low
+    watermark), or why it did not move."""
+
+    low_watermark: int
+    error: DmqError | None = None
+
+    def raise_for_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+DELETE_RECORDS_ATTEMPTS = 3  # rounds for partitions whose leader moved or is missing
 
 
 def _error(row: dict[str, Any]) -> DmqError | None:
@@ -150,6 +167,65 @@ class Admin:
         overrides = {r["name"]: r.get("overrides", {}) for r in cfg["topics"] if not r["error"]}
         return {name: TopicInfo(t.name, t.topic_id, t.partitions, overrides.get(name, {}))
                 for name, t in sorted(image.topics.items())}
+
+    async def delete_records(self, before: dict[tuple[str, int], int], *,
+                             timeout_ms: int | None = None
+                             ) -> dict[tuple[str, int], DeletedRecords]:
+        """Delete the records below an offset (-1: the high watermark) of each
+        partition, as Kafka's deleteRecords: the partition's log start moves up to it,
+        on its leader at once and on followers with their next fetch. Sent to each
+        partition's leader; a partition whose leader moved or is not known yet is asked
+        again after a metadata refresh (up to `DELETE_RECORDS_ATTEMPTS` rounds). An
+        offset past the high watermark is OFFSET_OUT_OF_RANGE, a compacted topic
+        POLICY_VIOLATION, a missing partition UNKNOWN_TOPIC_OR_PARTITION."""
+        timeout = timeout_ms or self.request_timeout_ms
+        out: dict[tuple[str, int], DeletedRecords] = {}
+        todo = dict(before)
+        for attempt in range(DELETE_RECORDS_ATTEMPTS):
+            if attempt:
+                await self._clock.sleep(100 * attempt)
+            image = await self.metadata(sorted({t for t, _ in todo}))
+            by_leader: dict[int, list[tuple[str, int]]] = {}
+            for (t, p) in todo:
+                info = image.partition(t, p)
+                if info is None:
+                    out[(t, p)] = DeletedRecords(-1, error_for(
+                        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{t}-{p} does not exist"))
+                elif info.leader < 0 or info.leader not in image.brokers:
+                    out[(t, p)] = DeletedRecords(-1, error_for(
+                        ErrorCode.LEADER_NOT_AVAILABLE, f"{t}-{p} has no leader"))
+                else:
+                    by_leader.setdefault(info.leader, []).append((t, p))
+            answers = await asyncio.gather(*(
+                self._delete_records_at(image.brokers[leader], tps, todo, timeout)
+                for leader, tps in by_leader.items()), return_exceptions=True)
+            for (_, tps), answer in zip(by_leader.items(), answers, strict=True):
+                if isinstance(answer, DmqError):
+                    answer = {tp: DeletedRecords(-1, answer) for tp in tps}
+                elif isinstance(answer, BaseException):
+                    raise answer
+                out.update(answer)
+            todo = {tp: todo[tp] for tp in todo
+                    if (err := out[tp].error) is not None and err.refresh_metadata
+                    and err.retriable}
+            if not todo:
+                break
+        return out
+
+    async def _delete_records_at(self, broker: Any, tps: list[tuple[str, int]],
+                                 before: dict[tuple[str, int], int], timeout_ms: int
+                                 ) -> dict[tuple[str, int], DeletedRecords]:
+        by_topic: dict[str, list[list[int]]] = {}
+        for t, p in tps:
+            by_topic.setdefault(t, []).append([p, before[(t, p)]])
+        res = await request_once(broker.host, broker.port, ApiKey.DELETE_RECORDS,
+                                 {"topics": [[t, rows] for t, rows in by_topic.items()]},
+                                 timeout_ms=timeout_ms, client_id=self.client_id)
+        out = {}
+        for t, rows in res["topics"]:
+            for p, err, low in rows:
+                out[(t, p)] = DeletedRecords(low, error_for(err, f"{t}-{p}") if err else None)
+        return out
 
     # configs ----------------------------------------------------------------------------
     async def describe_configs(self, names: list[str]) -> dict[str, dict[str, str]]:
@@ -373,4 +449,4 @@ class Admin:
         return str(resp["token_id"])
 
 
-__all__ = ["Admin", "NewTopic", "TopicResult"]
+__all__ = ["Admin", "DeletedRecords", "NewTopic", "TopicResult"]

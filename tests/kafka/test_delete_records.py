@@ -5,14 +5,14 @@ past the high watermark and a compacted topic are refused."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
+from typing import Any
 
 import pytest
 
 from tests.kafka.clients import bootstrap, create_topic
 from tests.kafka.support import KafkaConn
 from tests.support.procs import ProcessCluster
+from tests.support.replicas import replica_log_starts
 from tests.support.waiting import wait_until
 
 ck = pytest.importorskip("confluent_kafka")
@@ -46,19 +46,6 @@ def _log_starts(ports: dict[int, int], topic: str, partition: int) -> list[int]:
     return starts
 
 
-def _replica_log_starts(pc: ProcessCluster, topic: str, partition: int) -> list[int]:
-    """The log start of each replica of the partition, from every broker's REST
-    replication status (served on the node port)."""
-    starts = []
-    for nid in pc.broker_ids:
-        url = f"http://127.0.0.1:{pc.nodes[nid].port}/api/v1/storage/replication/status"
-        with urllib.request.urlopen(url, timeout=5) as res:
-            rows = json.load(res)["partitions"]
-        starts += [r["logStartOffset"] for r in rows
-                   if r["topic"] == topic and r["partition"] == partition]
-    return sorted(starts)
-
-
 def test_delete_records_moves_the_log_start(
         cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
     pc, ports = cluster
@@ -71,7 +58,7 @@ def test_delete_records_moves_the_log_start(
     assert lows == {0: 40, 1: 100}
     assert _log_starts(ports, "dr", 0) == [40]  # answered by the leader alone
     # the followers move their log start on their next fetch
-    wait_until(lambda: _replica_log_starts(pc, "dr", 0) == [40, 40, 40], 20,
+    wait_until(lambda: replica_log_starts(pc, "dr", 0) == [40, 40, 40], 20,
                "every replica's log start at 40")
 
     consumer = ck.Consumer({"bootstrap.servers": bootstrap(ports), "group.id": "dr-read",
@@ -125,3 +112,31 @@ def test_kafka_python_delete_records(cluster: tuple[ProcessCluster, dict[int, in
         admin.close()
     assert {tp.partition: r["low_watermark"] for tp, r in result.items()} == {0: 25}
     assert _log_starts(ports, "dr-kp", 0) == [25]
+
+
+def test_delete_records_sent_to_a_follower_is_refused(
+        cluster: tuple[ProcessCluster, dict[int, int]]) -> None:
+    """Each follower answers NOT_LEADER_OR_FOLLOWER and moves nothing; the leader
+    then does it."""
+    _, ports = cluster
+    create_topic(ports, "dr-follower", 1, 3)
+    _produce(ports, "dr-follower", 1, 10)
+    with KafkaConn(next(iter(ports.values()))) as conn:
+        md = conn.request("Metadata", 12, {"Topics": [{"Name": "dr-follower"}]})
+    leader = md["Topics"][0]["Partitions"][0]["LeaderId"]
+    request = {"Topics": [{"Name": "dr-follower", "Partitions": [
+        {"PartitionIndex": 0, "Offset": 5}]}], "TimeoutMs": 5000}
+
+    def ask(node: int) -> dict[str, Any]:
+        with KafkaConn(ports[node]) as conn:
+            row: dict[str, Any] = conn.request("DeleteRecords", 2, request)[
+                "Topics"][0]["Partitions"][0]
+        return row
+
+    followers = [n for n in ports if n != leader]
+    assert len(followers) == 2
+    for node in followers:
+        assert ask(node) == {"PartitionIndex": 0, "LowWatermark": -1,
+                             "ErrorCode": 6}  # NOT_LEADER_OR_FOLLOWER
+    assert _log_starts(ports, "dr-follower", 0) == [0]
+    assert ask(leader) == {"PartitionIndex": 0, "LowWatermark": 5, "ErrorCode": 0}
