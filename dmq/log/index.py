@@ -41,7 +41,9 @@ Reading: every file is loaded with `pread`, never through a mapping (an older ve
 left active indexes sparse, and a read fault in a hole of tmpfs is a SIGBUS too).
 Closed segments' indexes are then served from the mirror alone: no mapping and no
 descriptor. A mapping costs a descriptor before Python 3.13 (`mmap` keeps a duplicate),
-so a log holds two for its active segment's indexes and none for closed segments'.
+so a log holds two for its active segment's indexes and none for closed segments'; such
+mappings are rationed to a quarter of the open files limit, and active indexes past it
+are written with `pwrite` (see `_take_mapping`).
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ import errno
 import logging
 import mmap
 import os
+import resource
 import struct
 import sys
+import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
@@ -76,6 +80,45 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NO_FALLOCATE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 # Python 3.13 can map without keeping a duplicate of the descriptor.
 _MMAP_KWARGS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+# Before it, every mapping holds a descriptor, so mappings are rationed: at most a
+# quarter of the open files limit at once (`_mapping_budget`); an active index past the
+# budget is written with `pwrite` at each sync instead, as on file systems that do not
+# overwrite in place. (Unrationed, 10,000 partitions held 30,000 descriptors, past a
+# 20,000 limit: logs then failed to open after a restart.)
+_MAPPINGS_HOLD_FDS = not _MMAP_KWARGS
+_mappings_lock = threading.Lock()
+_mappings_held = 0
+_budget_warned = False
+
+
+def _mapping_budget() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 30 if soft == resource.RLIM_INFINITY else soft // 4
+
+
+def _take_mapping(path: str) -> bool:
+    """Count one more mapping that holds a descriptor; False past the budget."""
+    global _mappings_held, _budget_warned
+    if not _MAPPINGS_HOLD_FDS:
+        return True
+    with _mappings_lock:
+        budget = _mapping_budget()
+        if _mappings_held >= budget:
+            if not _budget_warned:
+                _budget_warned = True
+                log.warning("%d index mappings hold a descriptor each (Python < 3.13), a "
+                            "quarter of the open files limit: %s and further active indexes "
+                            "are written with pwrite at each sync", _mappings_held, path)
+            return False
+        _mappings_held += 1
+        return True
+
+
+def _give_back_mapping() -> None:
+    global _mappings_held
+    if _MAPPINGS_HOLD_FDS:
+        with _mappings_lock:
+            _mappings_held -= 1
 # `statfs` f_type of the file systems that overwrite allocated blocks in place, so that
 # a store into a mapped page of them never needs new space: ext2/3/4, XFS, tmpfs. On
 # copy-on-write ones (btrfs, ZFS, bcachefs) a store into a written page may need new
@@ -153,6 +196,9 @@ class _EntryFile:
             return True
         if not self.mapped_writes:
             return False
+        if self._mm is None and not _take_mapping(self.path):
+            self.mapped_writes = False
+            return False
         old = self._mapped_bytes
         step = min(max(old, _PAGE_BYTES), _GROW_CHUNK_BYTES)
         new = -(-max(nbytes, old + step) // _PAGE_BYTES) * _PAGE_BYTES
@@ -161,13 +207,15 @@ class _EntryFile:
         try:
             try:  # from `old`: a hole below it (a sparse older file) is allocated too
                 os.posix_fallocate(fd, old, new - old)
+                mm = mmap.mmap(fd, new, **_MMAP_KWARGS)
             except OSError as exc:
+                if self._mm is None:
+                    _give_back_mapping()  # taken above for this first mapping
                 if exc.errno not in _NO_FALLOCATE:
                     raise
                 self._unmap()
                 self.mapped_writes = False
                 return False
-            mm = mmap.mmap(fd, new, **_MMAP_KWARGS)
         finally:
             os.close(fd)
         if self._mm is not None:
@@ -179,6 +227,7 @@ class _EntryFile:
         if self._mm is not None:
             self._mm.close()  # dirty pages stay in the page cache and are written back
             self._mm = None
+            _give_back_mapping()
         self._mapped_bytes = self._store_limit = 0
 
     def _pwrite(self, data: bytes, position: int) -> None:

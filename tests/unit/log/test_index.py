@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+import dmq.log.index as index_module
 from dmq.log.index import OffsetIndex, TimeIndex, _in_place_devices, _overwrites_in_place
 
 
@@ -145,3 +146,40 @@ def test_an_index_on_a_file_system_that_does_not_overwrite_in_place_is_not_mappe
     again = OffsetIndex(path, 0, 1 << 20, False)
     assert again.load() and again.entries == 500
     again.close()
+
+
+@pytest.mark.skipif(not index_module._MAPPINGS_HOLD_FDS,
+                    reason="from Python 3.13 a mapping holds no descriptor: not rationed")
+def test_mappings_past_the_descriptor_budget_write_with_pwrite(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before Python 3.13 each mapping keeps a duplicate descriptor: at most a quarter of
+    the open files limit are mapped (10,000 partitions held 30,000 descriptors, past a
+    20,000 limit, and their logs failed to open after a restart). An index past the
+    budget is written with pwrite at its syncs and reads back the same."""
+    directory = os.path.realpath(str(tmp_path))
+    if not _overwrites_in_place(directory):
+        pytest.skip("indexes on this file system are never mapped")
+    held = index_module._mappings_held
+    monkeypatch.setattr(index_module, "_mapping_budget", lambda: held + 1)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    first = OffsetIndex(os.path.join(directory, "a.index"), 0, 1 << 20, True)
+    second = OffsetIndex(os.path.join(directory, "b.index"), 0, 1 << 20, True)
+    for i in range(1, 101):
+        first.append(i, i * 10)
+        second.append(i, i * 10)
+    second.sync()
+    assert _mapped(first.path) and not _mapped(second.path)
+    assert first.mapped_writes and not second.mapped_writes
+    assert os.path.getsize(second.path) == 100 * 8  # the sync's pwrite
+    assert len(os.listdir("/proc/self/fd")) == fds_before + 1  # the one mapping's
+    first.close()
+    assert index_module._mappings_held == held  # given back
+    third = OffsetIndex(os.path.join(directory, "c.index"), 0, 1 << 20, True)
+    third.append(1, 10)
+    assert _mapped(third.path)  # room again
+    for idx in (second, third):
+        idx.close()
+    again = OffsetIndex(second.path, 0, 1 << 20, False)
+    assert again.load() and again.entries == 100 and again.lookup(50) == (50, 500)
+    again.close()
+    assert index_module._mappings_held == held
