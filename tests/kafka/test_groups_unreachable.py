@@ -58,23 +58,33 @@ def test_group_requests_answer_coordinator_not_available_without_a_controller(
         # here, so it stays, as a generous sanity bound (10 s of slack for a loaded
         # machine; a held request waits for the 30 s of the connection's timeout)
         assert time.monotonic() - t0 < GROUP_ROUTE_TIMEOUT_MS / 1000 + 10
-        f = conn.request("OffsetFetch", 8, {"Groups": [
-            {"GroupId": "g", "Topics": None}], "RequireStable": False})
-        assert f["Groups"][0]["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
-        h = conn.request("Heartbeat", 4, {"GroupId": "g2", "GenerationId": 1,
-                                          "MemberId": "m", "GroupInstanceId": None})
-        assert h["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
-        # the consumer group protocol (KIP-848) and OffsetDelete alike
-        cgh = conn.request("ConsumerGroupHeartbeat", 1, {
-            "GroupId": "g3", "MemberId": "m", "MemberEpoch": 0, "RebalanceTimeoutMs": 5000,
-            "SubscribedTopicNames": ["t"], "TopicPartitions": []})
-        assert cgh["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
-        cgd = conn.request("ConsumerGroupDescribe", 1, {
-            "GroupIds": ["g3"], "IncludeAuthorizedOperations": False})
-        assert cgd["Groups"][0]["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
-        od = conn.request("OffsetDelete", 0, {"GroupId": "g", "Topics": [
-            {"Name": "t", "Partitions": [{"PartitionIndex": 0}]}]})
-        assert od["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
+        # the other group requests, the consumer group protocol (KIP-848) and
+        # OffsetDelete alike: sent together (each waits out its route's bound; the
+        # answers come back in request order)
+        requests = [
+            ("OffsetFetch", 8, {"Groups": [{"GroupId": "g", "Topics": None}],
+                                "RequireStable": False}),
+            ("Heartbeat", 4, {"GroupId": "g2", "GenerationId": 1, "MemberId": "m",
+                              "GroupInstanceId": None}),
+            ("ConsumerGroupHeartbeat", 1, {
+                "GroupId": "g3", "MemberId": "m", "MemberEpoch": 0,
+                "RebalanceTimeoutMs": 5000, "SubscribedTopicNames": ["t"],
+                "TopicPartitions": []}),
+            ("ConsumerGroupDescribe", 1, {"GroupIds": ["g3"],
+                                          "IncludeAuthorizedOperations": False}),
+            ("OffsetDelete", 0, {"GroupId": "g", "Topics": [
+                {"Name": "t", "Partitions": [{"PartitionIndex": 0}]}]})]
+        sent = [conn.send(name, version, body) for name, version, body in requests]
+        answers = {}
+        for cid, (name, version, _body) in zip(sent, requests, strict=True):
+            got, answers[name] = conn.receive(name, version)
+            assert got == cid
+        assert answers["OffsetFetch"]["Groups"][0]["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
+        assert answers["Heartbeat"]["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
+        assert answers["ConsumerGroupHeartbeat"]["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
+        assert answers["ConsumerGroupDescribe"]["Groups"][0]["ErrorCode"] == \
+            COORDINATOR_NOT_AVAILABLE
+        assert answers["OffsetDelete"]["ErrorCode"] == COORDINATOR_NOT_AVAILABLE
 
         # the controller restarts: commits are served again and the old one survived
         pc.start(controller)
