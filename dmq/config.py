@@ -85,6 +85,9 @@ SETTINGS: dict[str, Setting] = {
     "sasl.protocol.listener": Setting(
         False, "require SASL on dmq's own protocol port too (needs TLS with client "
         "certificates: nodes prove themselves by certificate)"),
+    "sasl.failure.delay.max.ms": Setting(
+        5000, "longest hold of the answer to a failed authentication (it doubles from 100 ms "
+        "per failure from one address)"),
     "sasl.plain.allow.plaintext": Setting(
         False, "offer PLAIN on a listener without TLS (passwords in the clear)"),
     "http.token.ttl.ms": Setting(

@@ -7,7 +7,7 @@ metadata, with `sasl.credentials.file` as the bootstrap source: see
 listener unless `sasl.plain.allow.plaintext` is true. A failed attempt is logged
 (one line per address per `LOG_EVERY_S`, with a count) and answered after a delay
 that doubles with each consecutive failure from that address (up to
-`MAX_FAILURE_DELAY_S`); a success clears it.
+`sasl.failure.delay.max.ms`, `MAX_FAILURE_DELAY_S` by default); a success clears it.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class SaslAuthority:
     store: Credentials
     allow_plain_without_tls: bool = False
     node_id: int | str = "?"
+    max_failure_delay_s: float = MAX_FAILURE_DELAY_S
     _failures: dict[str, _Failures] = field(default_factory=dict)
     stats_failures: int = 0
 
@@ -77,7 +78,8 @@ class SaslAuthority:
             raise ConfigError("sasl.enabled.mechanisms is set but sasl.credentials.file is "
                               "not: the users come from that file")
         store = users if users is not None else UserDirectory(CredentialStore.load(path))
-        return cls(mechs, store, bool(config.get("sasl.plain.allow.plaintext")), node_id)
+        return cls(mechs, store, bool(config.get("sasl.plain.allow.plaintext")), node_id,
+                   int(config.get("sasl.failure.delay.max.ms")) / 1000)
 
     def offered(self, tls: bool) -> list[str]:
         return [m for m in self.mechanisms
@@ -104,7 +106,7 @@ class SaslAuthority:
         # the exponent is capped first: 2.0 ** 1100 overflows, and the cap is reached
         # long before 30 doublings anyway
         delay: float = FIRST_FAILURE_DELAY_S * 2.0 ** min(f.count - 1, 30)
-        return min(delay, MAX_FAILURE_DELAY_S)
+        return min(delay, self.max_failure_delay_s)
 
     def note_failure(self, host: str, user: str | None, why: str) -> None:
         self.stats_failures += 1

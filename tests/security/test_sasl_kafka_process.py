@@ -37,7 +37,9 @@ def users_file(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def plain_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessCluster, int]]:
     users = users_file(tmp_path_factory.mktemp("sasl") / "users.json")
+    # (the refusals this module provokes come from one address: a short hold)
     settings = {"kafka.port": 0, "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
+                "sasl.failure.delay.max.ms": 300,
                 "sasl.credentials.file": str(users)}
     with ProcessCluster(controllers=1, combined=True, settings=settings) as pc:
         pc.start()

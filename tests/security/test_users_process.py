@@ -111,7 +111,9 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
                 "ssl.ca.location": str(ca.cafile), "ssl.client.auth": "requested",
                 "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512",
                 "sasl.credentials.file": str(users), "sasl.protocol.listener": True,
-                "kafka.port": 0, "default.replication.factor": 1}
+                "kafka.port": 0, "default.replication.factor": 1,
+                # the refusals this module provokes come from one address: a short hold
+                "sasl.failure.delay.max.ms": 300}
     with ProcessCluster(controllers=1, brokers=1, http=True, settings=settings) as pc:
         pc.start()
         yield Secure(pc, ca, root)
