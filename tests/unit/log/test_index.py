@@ -183,3 +183,32 @@ def test_mappings_past_the_descriptor_budget_write_with_pwrite(
     assert again.load() and again.entries == 100 and again.lookup(50) == (50, 500)
     again.close()
     assert index_module._mappings_held == held
+
+
+def test_a_wiped_index_keeps_no_stale_entry_whether_or_not_it_is_closed(
+        tmp_path: object) -> None:
+    """`wipe` (before a rebuild after a crash) zeroes a small file in place rather than
+    truncating it: the rebuilt entries are all a reader finds, after a trim (a roll cuts
+    the file to them) and without one (the zeros end the entries)."""
+    for trimmed in (True, False):
+        path = os.path.join(str(tmp_path), f"w-{trimmed}.index")
+        idx = OffsetIndex(path, 0, 1 << 20, True)
+        for i in range(1, 11):
+            idx.append(i * 10, i * 100)
+        idx.trim()
+        idx.close()
+        assert os.path.getsize(path) == 10 * 8
+        w = OffsetIndex(path, 0, 1 << 20, True)
+        assert w.load() and w.entries == 10
+        w.wipe()
+        assert w.entries == 0
+        for i in range(1, 4):
+            w.append(i * 7, i * 50)
+        w.sync()
+        if trimmed:  # as a roll does
+            w.trim()
+            assert os.path.getsize(path) == 3 * 8
+        r = OffsetIndex(path, 0, 1 << 20, False)
+        assert r.load() and r.entries == 3 and r.lookup(10**9) == (21, 150)
+        r.close()
+        w.close()
