@@ -313,11 +313,13 @@ class Connection:
 
 async def request_once(host: str, port: int, api_key: ApiKey | int, body: Any, *,
                        timeout_ms: int = 5000, client_id: str = "dmq",
-                       node_id: int | None = None) -> Any:
-    """Open a connection (as cluster node `node_id` if given), send one request,
-    close. For tools, probes and a node's one-off notices."""
+                       node_id: int | None = None, ssl: _ssl.SSLContext | None = None,
+                       sasl: Any = None) -> Any:
+    """Open a connection (as cluster node `node_id` if given; over `ssl`, authenticated
+    with `sasl`, as `Connection.open`), send one request, close. For tools, probes and a
+    node's one-off notices."""
     conn = await Connection.open(host, port, connect_timeout_ms=timeout_ms, client_id=client_id,
-                                 node_id=node_id)
+                                 node_id=node_id, ssl=ssl, sasl=sasl)
     try:
         return await conn.request(api_key, body, timeout_ms=timeout_ms)
     finally:
