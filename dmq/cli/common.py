@@ -75,9 +75,22 @@ def run_admin(bootstrap: str | None, config_path: str | None, timeout_ms: int,
     try:
         return asyncio.run(go())
     except DmqError as exc:
-        fail(str(exc))
+        fail(error_text(exc))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def error_text(exc: DmqError) -> str:
+    """A cluster-side error as one line; when the cluster refused a client that ran
+    without security settings, how to give them."""
+    from dmq.metadata.discovery import refused
+    from dmq.protocol.connection import DEFAULT_SASL, DEFAULT_TLS
+
+    text = str(exc)
+    if refused(exc) and DEFAULT_TLS.get() is None and DEFAULT_SASL.get() is None:
+        text += (f" (a secured cluster: give its client properties with --command-config "
+                 f"FILE or ${COMMAND_CONFIG_ENV})")
+    return text
 
 
 def load_security(path: str | None) -> Any:

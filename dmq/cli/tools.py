@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import click
 
-from dmq.cli.common import command_config_option, install_uvloop
+from dmq.cli.common import command_config_option, error_text, install_uvloop
 from dmq.client.cluster import parse_bootstrap
 from dmq.client.consumer import Consumer
 from dmq.client.errors import DmqError, IllegalStateError
@@ -77,7 +77,7 @@ def _run(coro: Any) -> Any:
     try:
         return asyncio.run(coro)
     except DmqError as exc:
-        raise ToolError(str(exc)) from None
+        raise ToolError(error_text(exc)) from None
     except (ValueError, IllegalStateError, OSError) as exc:
         raise ToolError(str(exc)) from None
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dmq.protocol.api import ApiKey
-from dmq.protocol.connection import Connection
+from dmq.protocol.connection import TLS_REQUIRED_HINT, Connection
 from dmq.protocol.errors import (
     DmqError,
     ErrorCode,
@@ -50,6 +50,23 @@ from dmq.protocol.errors import (
 )
 
 log = logging.getLogger("dmq.metadata.discovery")
+
+# a node refused this client's credentials: asking again cannot change the answer
+SASL_REFUSALS = frozenset({ErrorCode.SASL_AUTHENTICATION_FAILED,
+                           ErrorCode.UNSUPPORTED_SASL_MECHANISM, ErrorCode.ILLEGAL_SASL_STATE})
+
+
+def refused(exc: DmqError) -> bool:
+    """The node refused this client as it is: its SASL login (or the lack of one), or
+    its plaintext connection to a TLS listener. Retrying does not help; the client's
+    security settings must change."""
+    return exc.code in SASL_REFUSALS or (isinstance(exc, NetworkError)
+                                         and TLS_REQUIRED_HINT in exc.message)
+
+
+# the `data` of the NetworkError `find_controller` gives up with when every node closed
+# this client's plaintext connections unanswered, round after round (TLS listeners)
+PLAINTEXT_REFUSED = "plaintext refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +161,7 @@ async def find_controller(addresses: list[tuple[str, int]], timeout_ms: int = 10
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_ms / 1000
     attempt = 0
+    refused_rounds = 0
     while True:
         remaining_ms = int((deadline - loop.time()) * 1000)
         tasks = [asyncio.ensure_future(_probe(h, p, max(1, min(probe_timeout_ms, remaining_ms)),
@@ -161,6 +179,24 @@ async def find_controller(addresses: list[tuple[str, int]], timeout_ms: int = 10
             await asyncio.gather(*tasks, return_exceptions=True)
         if found is not None:
             return found
+        refusals = [t.result()[1] for t in tasks if t.done() and not t.cancelled()]
+        if len(refusals) == len(tasks) and all(w is not None and refused(w) for w in refusals):
+            # every node refused this client: say so now, not after `timeout_ms` (a
+            # plaintext refusal twice in a row: a node closing connections while it
+            # stops looks the same once)
+            refused_rounds += 1
+            if refused_rounds >= 2 or all(w is not None and w.code in SASL_REFUSALS
+                                          for w in refusals):
+                first = refusals[0]
+                assert first is not None
+                causes = "; ".join(
+                    w.message if w and w.message.startswith(f"{h}:{p}") else
+                    f"{h}:{p}: {w.message if w else ''}"
+                    for (h, p), w in zip(addresses, refusals, strict=True))
+                raise error_for(first.code, causes, data=None if first.code in SASL_REFUSALS
+                                else PLAINTEXT_REFUSED)
+        else:
+            refused_rounds = 0
         delay = backoff_ms(attempt, initial_backoff_ms, max_backoff_ms, rng) / 1000
         attempt += 1
         if loop.time() + delay >= deadline:
@@ -363,6 +399,8 @@ class ControllerChannel:
                         await asyncio.gather(req, return_exceptions=True)
             except DmqError as exc:
                 last = exc
+                if exc.data == PLAINTEXT_REFUSED or exc.code in SASL_REFUSALS:
+                    raise  # the client's security settings are wrong: no retry helps
                 if self.controller is not None and self.controller != target:
                     continue  # switched to a new controller meanwhile: go there now
                 if exc.code is ErrorCode.NOT_CONTROLLER and exc.leader is not None \
@@ -399,4 +437,5 @@ __all__ = [
     "find_controller",
     "parse_bootstrap",
     "probe",
+    "refused",
 ]
