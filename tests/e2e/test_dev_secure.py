@@ -1,0 +1,191 @@
+"""`dmq dev --secure`: TLS everywhere, SASL logins and ACLs, and every command it prints
+works as printed: `dmq topics list`, dmq-produce and dmq-consume with the generated
+admin.properties, the kcat line (when kcat is installed) and the curl line (when curl
+is). A client without credentials is refused at once with one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kafka.support import free_block
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT_S = 60.0
+
+
+class SecureDev:
+    def __init__(self, proc: subprocess.Popen[str], lines: list[str], data_dir: Path,
+                 base: int) -> None:
+        self.proc = proc
+        self.lines = lines
+        self.data_dir = data_dir
+        self.base = base
+
+    def command(self, program: str, sub: str | None = None) -> str:
+        """The printed line running `program` (its last pipeline stage; the program's
+        path may be absolute) with first argument `sub` when given."""
+        for line in self.lines:
+            text = line.strip()
+            stage = text.split("|")[-1].strip()
+            words = shlex.split(stage) if stage else []
+            if words and Path(words[0]).name == program and (sub is None
+                                                             or words[1:2] == [sub]):
+                return text
+        raise AssertionError(f"no printed {program} command in:\n{''.join(self.lines)}")
+
+
+@pytest.fixture(scope="module")
+def secure_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureDev]:
+    data_dir = tmp_path_factory.mktemp("secure") / "dev"
+    base = free_block((0, 20, 30))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dmq", "dev", "--secure", "--controllers", "1", "--brokers",
+         "1", "--base-port", str(base), "--quiet", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("Ctrl-C stops"):
+            break
+    try:
+        assert lines and lines[-1].startswith("Ctrl-C stops"), "".join(lines)
+        yield SecureDev(proc, lines, data_dir, base)
+    finally:
+        proc.send_signal(signal.SIGTERM)  # stops its nodes, brokers first
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def _run(line: str, stdin: str | None = None, timeout: float = 60
+         ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(shlex.split(line), input=stdin, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_admin_properties_is_private_and_holds_the_printed_password(
+        secure_dev: SecureDev) -> None:
+    props = secure_dev.data_dir / "admin.properties"
+    assert stat.S_IMODE(props.stat().st_mode) == 0o600
+    values = dict(line.split("=", 1) for line in props.read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert values["security.protocol"] == "SASL_SSL"
+    assert values["sasl.username"] == "admin"
+    assert len(values["sasl.password"]) >= 16
+    assert Path(values["ssl.ca.location"]).is_file()
+    out = "".join(secure_dev.lines)
+    assert f"password {values['sasl.password']}" in out
+    assert "consumed 'hello from dmq'" in out  # the smoke message went through TLS + SASL
+
+
+def test_printed_dmq_commands_work_as_printed(secure_dev: SecureDev) -> None:
+    listed = _run(secure_dev.command("dmq", "topics"))
+    assert listed.returncode == 0, listed.stderr
+    assert "hello" in listed.stdout.split()
+
+    produce = secure_dev.command("dmq-produce")
+    echo, _, tool = produce.partition("|")
+    typed = shlex.split(echo)[1]
+    produced = _run(tool, stdin=typed + "\n")
+    assert produced.returncode == 0, produced.stderr
+
+    # the consume line runs until stopped: read its output until the message shows
+    consume = subprocess.Popen(shlex.split(secure_dev.command("dmq-consume")),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert consume.stdout is not None
+    seen: queue.Queue[str] = queue.Queue()
+    out = consume.stdout
+
+    def pump() -> None:
+        for text in out:
+            seen.put(text)
+
+    threading.Thread(target=pump, daemon=True).start()
+    got: list[str] = []
+    deadline = time.monotonic() + 30
+    try:
+        while typed not in got and time.monotonic() < deadline:
+            try:
+                got.append(seen.get(timeout=1).rstrip("\n"))
+            except queue.Empty:
+                if consume.poll() is not None:
+                    break
+    finally:
+        consume.terminate()
+        consume.wait(timeout=10)
+    assert got[:2] == ["hello from dmq", typed], (got, consume.stderr and consume.stderr.read())
+
+
+def test_a_client_without_credentials_is_refused_in_one_line(secure_dev: SecureDev) -> None:
+    bootstrap = f"127.0.0.1:{secure_dev.base}"
+    env = {k: v for k, v in os.environ.items() if k != "DMQ_COMMAND_CONFIG"}
+    for args in ([sys.executable, "-m", "dmq", "topics", "list", "--bootstrap", bootstrap],
+                 [sys.executable, "-c", "import sys; from dmq.cli.tools import consume_main; "
+                  "consume_main(sys.argv[1:])", "--bootstrap", bootstrap, "--topic", "hello"]):
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith("error: ") and "does the listener require TLS?" in lines[0]
+        assert "--command-config" in lines[0]
+
+
+def test_wrong_credentials_are_refused_in_one_line(secure_dev: SecureDev,
+                                                   tmp_path: Path) -> None:
+    """TLS but no SASL login: the node's SASL refusal, at once."""
+    props = dict(line.split("=", 1) for line in
+                 (secure_dev.data_dir / "admin.properties").read_text().splitlines()
+                 if line and not line.startswith("#"))
+    ssl_only = tmp_path / "ssl.properties"
+    ssl_only.write_text(f"security.protocol=SSL\nssl.ca.location={props['ssl.ca.location']}\n")
+    done = subprocess.run([sys.executable, "-m", "dmq", "topics", "list", "--bootstrap",
+                           f"127.0.0.1:{secure_dev.base}", "--command-config", str(ssl_only)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: [SASL_AUTHENTICATION_FAILED]"), \
+        done.stderr
+
+
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed")
+def test_printed_kcat_line_works(secure_dev: SecureDev) -> None:
+    done = _run(secure_dev.command("kcat"))
+    assert done.returncode == 0, done.stderr
+    assert "1 brokers:" in done.stdout and "topic \"hello\"" in done.stdout, done.stdout
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_printed_curl_line_works(secure_dev: SecureDev) -> None:
+    done = _run(secure_dev.command("curl"))
+    assert done.returncode == 0, done.stderr
+    brokers = json.loads(done.stdout)
+    assert [b["brokerId"] for b in brokers] == [1]
+    # and without the login, the same URL is refused
+    line = shlex.split(secure_dev.command("curl"))
+    i = line.index("-u")
+    del line[i:i + 2]
+    refused = subprocess.run([*line, "-s", "-o", "/dev/null", "-w", "%{http_code}"],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.stdout == "401"
