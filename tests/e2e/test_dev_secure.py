@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -189,3 +190,28 @@ def test_printed_curl_line_works(secure_dev: SecureDev) -> None:
     refused = subprocess.run([*line, "-s", "-o", "/dev/null", "-w", "%{http_code}"],
                              capture_output=True, text=True, timeout=30)
     assert refused.stdout == "401"
+
+
+def test_readme_quick_start_shows_what_dev_prints(secure_dev: SecureDev) -> None:
+    """README's Security quick start lists the commands `dmq dev --secure --controllers 1
+    --brokers 1 --base-port 19091` prints, with its paths shortened and the password
+    elided: the same commands, in the same order."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Security", 1)[1].split("**Quick start.**", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    readme = [line for line in block.splitlines()
+              if line.strip() and not line.startswith(("#", ".venv/bin/dmq dev"))]
+    password = next(line.split("password ", 1)[1].split(" ", 1)[0]
+                    for line in secure_dev.lines if line.startswith("superuser:"))
+    base = secure_dev.base
+    start = next(i for i, line in enumerate(secure_dev.lines) if line.startswith("try it:"))
+    printed = []
+    for line in secure_dev.lines[start + 1:]:
+        if not line.startswith("  "):
+            break
+        line = line.strip().replace(str(secure_dev.data_dir), "dmq-dev-data")
+        line = re.sub(r"\S*/(dmq(-produce|-consume)?) ", r"\1 ", line)
+        for offset in (30, 20, 0):
+            line = line.replace(f"127.0.0.1:{base + offset}", f"127.0.0.1:{19091 + offset}")
+        printed.append(line.replace(password, "3zQ...Hk"))
+    assert readme == printed
