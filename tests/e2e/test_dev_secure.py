@@ -11,7 +11,6 @@ import queue
 import re
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -22,11 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.kafka.support import free_block
+from tests.kafka.support import free_block, start_dev, stop_dev
 
 pytestmark = pytest.mark.slow
-
-START_TIMEOUT_S = 60.0
 
 
 class SecureDev:
@@ -52,32 +49,16 @@ class SecureDev:
 
 @pytest.fixture(scope="module")
 def secure_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureDev]:
-    data_dir = tmp_path_factory.mktemp("secure") / "dev"
+    """`dmq dev --secure` with one combined node (a free base port for its protocol,
+    Kafka and HTTP ports)."""
+    tmp = tmp_path_factory.mktemp("secure")
     base = free_block((0, 20, 30))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dmq", "dev", "--secure", "--controllers", "1", "--brokers",
-         "1", "--base-port", str(base), "--quiet", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("Ctrl-C stops"):
-            break
+    proc, lines = start_dev(tmp, base, brokers=1, extra=("--secure",))
     try:
         assert lines and lines[-1].startswith("Ctrl-C stops"), "".join(lines)
-        yield SecureDev(proc, lines, data_dir, base)
+        yield SecureDev(proc, lines, tmp / "dev", base)
     finally:
-        proc.send_signal(signal.SIGTERM)  # stops its nodes, brokers first
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_dev(proc)
 
 
 def _run(line: str, stdin: str | None = None, timeout: float = 60
