@@ -196,3 +196,33 @@ def test_readme_quick_start_shows_what_dev_prints(secure_dev: SecureDev) -> None
             line = line.replace(f"127.0.0.1:{base + offset}", f"127.0.0.1:{19091 + offset}")
         printed.append(line.replace(password, "3zQ...Hk"))
     assert readme == printed
+
+
+def test_cluster_start_waits_for_a_tls_node(tmp_path: Path) -> None:
+    """`dmq cluster start` asks a TLS node whether it answers over TLS (verified
+    against the config's CA): it returns once the node is up instead of timing out."""
+    from dmq.cli.dev import free_base_port
+    from dmq.security.certs import CA
+
+    ca = CA(tmp_path / "certs")
+    ca.issue("node-1")
+    port = free_base_port(1, 1)
+    config = tmp_path / "cluster.toml"
+    certs = tmp_path / "certs"
+    config.write_text(
+        f'[[controllers]]\nid = 1\nhost = "127.0.0.1"\nport = {port}\n\n[settings]\n'
+        f'"ssl.certificate.location" = "{certs}/node-{{id}}.pem"\n'
+        f'"ssl.key.location" = "{certs}/node-{{id}}.key"\n'
+        f'"ssl.ca.location" = "{certs}/ca.pem"\n')
+    data = tmp_path / "data"
+    done = subprocess.run([sys.executable, "-m", "dmq", "cluster", "start", "--config",
+                           str(config), "--data-dir", str(data), "--timeout-ms", "30000"],
+                          capture_output=True, text=True, timeout=60)
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "started node 1" in done.stdout
+    finally:
+        stopped = subprocess.run([sys.executable, "-m", "dmq", "cluster", "stop",
+                                  "--data-dir", str(data)],
+                                 capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
