@@ -370,7 +370,8 @@ class Consumer:
             max_poll_interval_ms=config.max_poll_interval_ms,
             enable_auto_commit=config.enable_auto_commit,
             auto_commit_interval_ms=config.auto_commit_interval_ms, assignor=config.assignor,
-            client_id=self.cluster.client_id, clock=self._clock)
+            client_id=self.cluster.client_id, clock=self._clock,
+            security=self.cluster.security)
 
     async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
         """Commit `offsets` (default: the consumed positions) for the group."""
@@ -390,7 +391,8 @@ class Consumer:
             raise ValueError("commit()/committed() need a group_id (Consumer(group_id=...))")
         return GroupOffsets(list(self.cluster.bootstrap), self.group_id,
                             client_id=self.cluster.client_id,
-                            positions=lambda: self.consumed_positions(self.assignment()))
+                            positions=lambda: self.consumed_positions(self.assignment()),
+                            security=self.cluster.security)
 
     # ---- PartitionsOwner: what group membership changes ---------------------------------
     # A partition's records move from its state into `_iter_buffer` before the

@@ -226,3 +226,43 @@ def test_cluster_start_waits_for_a_tls_node(tmp_path: Path) -> None:
                                   "--data-dir", str(data)],
                                  capture_output=True, text=True, timeout=60)
         assert stopped.returncode == 0, stopped.stderr
+
+
+def test_python_clients_with_security_from_admin_properties(secure_dev: SecureDev) -> None:
+    """The library's `security=` (no context variables set): Admin, GroupAdmin, a
+    producer and a group consumer, as the generated admin."""
+    import asyncio
+
+    from dmq.client.admin import Admin
+    from dmq.client.admin_groups import GroupAdmin
+    from dmq.client.consumer import Consumer
+    from dmq.client.producer import Producer
+    from dmq.protocol.connection import DEFAULT_SASL, DEFAULT_TLS
+    from dmq.security.client_config import ClientSecurity
+
+    sec = ClientSecurity.from_file(secure_dev.data_dir / "admin.properties")
+    bootstrap = f"127.0.0.1:{secure_dev.base}"
+
+    async def go() -> tuple[list[str], bytes, list[str]]:
+        assert DEFAULT_SASL.get() is None and DEFAULT_TLS.get() is None
+        async with Admin(bootstrap, security=sec) as admin:
+            await admin.create_topic("lib", 1, 1)
+            topics = sorted(await admin.list_topics())
+        async with Producer(bootstrap, security=sec, linger_ms=0) as p:
+            await p.send_and_wait("lib", b"from the library")
+        async with Consumer(bootstrap, security=sec, group_id="lib-group",
+                            auto_offset_reset="earliest") as c:
+            c.subscribe(["lib"])
+            got: list[bytes] = []
+            for _ in range(30):
+                for records in (await c.getmany(timeout_ms=1000)).values():
+                    got += [r.value for r in records]
+                if got:
+                    break
+            await c.commit()
+        async with GroupAdmin(bootstrap, security=sec) as ga:
+            groups = [g.group_id for g in await ga.list_groups()]
+        return topics, got[0] if got else b"", groups
+
+    topics, value, groups = asyncio.run(go())
+    assert "lib" in topics and value == b"from the library" and "lib-group" in groups
