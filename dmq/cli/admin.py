@@ -13,7 +13,14 @@ from typing import Any
 
 import click
 
-from dmq.cli.common import admin_options, parse_configs, report_each, run_admin, table
+from dmq.cli.common import (
+    admin_options,
+    command_config_option,
+    parse_configs,
+    report_each,
+    run_admin,
+    table,
+)
 from dmq.cli.launch import cluster_start, cluster_stop
 from dmq.protocol.errors import DmqError
 
@@ -83,6 +90,7 @@ def topics() -> None:
               help="cluster config whose controllers are the default bootstrap")
 @click.option("--bootstrap", default=None, metavar="HOST:PORT[,HOST:PORT...]")
 @click.option("--timeout-ms", default=30_000, show_default=True)
+@command_config_option
 def topics_create(name: str, partitions: int, replication_factor: int, configs: tuple[str, ...],
                   config_path: str | None, bootstrap: str | None, timeout_ms: int) -> None:
     """Create a topic."""
@@ -148,6 +156,7 @@ def topics_delete(name: str, bootstrap: str | None, config_path: str | None,
               help="cluster config whose controllers are the default bootstrap")
 @click.option("--bootstrap", default=None, metavar="HOST:PORT[,HOST:PORT...]")
 @click.option("--timeout-ms", default=30_000, show_default=True)
+@command_config_option
 def topics_alter(name: str, partitions: int | None, configs: tuple[str, ...],
                  config_path: str | None, bootstrap: str | None, timeout_ms: int) -> None:
     """Add partitions or change topic configs."""

@@ -1,5 +1,6 @@
 """Helpers shared by the `dmq` commands and the console tools: where the cluster is
-(bootstrap resolution), running one admin call, the common admin options, table output,
+(bootstrap resolution), running one admin call, the common admin options, the client
+security option (`--command-config FILE`, default `$DMQ_COMMAND_CONFIG`), table output,
 error exits, and installing uvloop (entry points only, never the library).
 
 Everything here is public and used from several modules of `dmq.cli`; a helper used by
@@ -9,6 +10,8 @@ one module stays private in that module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +24,7 @@ from dmq.protocol.errors import DmqError
 
 T = TypeVar("T")
 DEFAULT_CONFIG = "config/cluster.toml"
+COMMAND_CONFIG_ENV = "DMQ_COMMAND_CONFIG"
 
 
 def install_uvloop() -> None:
@@ -71,13 +75,61 @@ def run_admin(bootstrap: str | None, config_path: str | None, timeout_ms: int,
     try:
         return asyncio.run(go())
     except DmqError as exc:
-        fail(str(exc))
+        fail(error_text(exc))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
 
+def error_text(exc: DmqError) -> str:
+    """A cluster-side error as one line; when the cluster refused a client that ran
+    without security settings, how to give them."""
+    from dmq.metadata.discovery import refused
+    from dmq.protocol.connection import DEFAULT_SASL, DEFAULT_TLS
+
+    text = str(exc)
+    if refused(exc) and DEFAULT_TLS.get() is None and DEFAULT_SASL.get() is None:
+        text += (f" (a secured cluster: give its client properties with --command-config "
+                 f"FILE or ${COMMAND_CONFIG_ENV})")
+    return text
+
+
+def load_security(path: str | None) -> Any:
+    """The `dmq.security.client_config.ClientSecurity` of a Kafka client properties file
+    (None without one); a bad file is a usage error naming the file and property."""
+    if not path:
+        return None
+    from dmq.security.client_config import ClientConfigError, load
+
+    try:
+        return load(path)
+    except ClientConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def command_config_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--command-config FILE` (default: `$DMQ_COMMAND_CONFIG`): the command runs with
+    that TLS and SASL identity. Every connection it opens (inside `asyncio.run` too: the
+    settings are context variables) uses them; the command's own function does not see
+    the option."""
+
+    @functools.wraps(f)
+    def with_security(*args: Any, command_config: str | None = None, **kwargs: Any) -> Any:
+        security = load_security(command_config)
+        with security.applied() if security is not None else contextlib.nullcontext():
+            return f(*args, **kwargs)
+
+    return click.option(
+        "--command-config", "command_config", type=click.Path(dir_okay=False, exists=True),
+        default=None, metavar="FILE", envvar=COMMAND_CONFIG_ENV, show_envvar=True,
+        help="client security as Kafka client properties (security.protocol, "
+             "ssl.ca.location, ssl.certificate.location, ssl.key.location, sasl.mechanism, "
+             "sasl.username, sasl.password)")(with_security)
+
+
 def admin_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The options of every admin command: --bootstrap, --config, --timeout-ms."""
+    """The options of every admin command: --bootstrap, --config, --timeout-ms and
+    --command-config (`command_config_option`)."""
+    f = command_config_option(f)
     f = click.option("--timeout-ms", default=30_000, show_default=True,
                      help="overall time limit of the request")(f)
     f = click.option("--config", "--config-file", "config_path",

@@ -6,6 +6,12 @@ them to files), and stops every child cleanly (SIGTERM, then SIGKILL after a gra
 period) when asked to stop. With one controller and one broker it runs a single
 combined-mode node. On Linux the nodes also get SIGTERM from the kernel when the
 `dmq dev` process dies without stopping them (SIGKILL, a crash): no node outlives it.
+
+`dmq dev --secure` (`secure_setup`) makes a throwaway CA and node certificates in the
+data folder and turns on TLS on every listener and link, SASL SCRAM on the Kafka
+listener and dmq's protocol, HTTP logins and the authorizer, with one superuser
+`admin` whose password is new at every start and written to
+`<data-dir>/admin.properties` (mode 0600, Kafka client properties).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import ctypes
 import os
 import random
+import secrets
 import shlex
 import shutil
 import signal
@@ -24,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -35,6 +43,9 @@ from dmq.protocol.errors import DmqError
 
 TAIL_LINES = 12  # log lines shown when a node exits unexpectedly
 KAFKA_PORT_OFFSET = 20  # `dmq dev`: the brokers' Kafka listeners from base port + 20
+HTTP_PORT_OFFSET = 30  # `dmq dev --secure`: HTTP ports from base port + 30 (brokers + 40)
+SECURE_ADMIN = "admin"
+SECURE_MECHANISM = "SCRAM-SHA-256"
 PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a child gets when its parent dies
 
 
@@ -115,6 +126,9 @@ class DevCluster:
     kafka_base_port: int | None = None  # brokers' Kafka listeners from here (None: off)
     settings: dict[str, object] = field(default_factory=dict)
     echo: Callable[[str], None] = print
+    # the TLS and SASL of this process's own connections to the nodes (--secure): a
+    # dmq.security.client_config.ClientSecurity
+    security: Any = None
     nodes: list[DevNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -261,7 +275,7 @@ class DevCluster:
                     raise RuntimeError(n.exit_report())
                 try:
                     await request_once(self.host, n.port, ApiKey.API_VERSIONS, {},
-                                       timeout_ms=1000)
+                                       timeout_ms=1000, ssl=self.security and self.security.ssl)
                     break
                 except DmqError:
                     if loop.time() > deadline:
@@ -360,17 +374,18 @@ SMOKE_MESSAGE = "hello from dmq"
 
 
 async def ensure_topic(bootstrap: str, name: str, partitions: int, replication_factor: int,
-                       timeout_s: float = 30.0, configs: dict[str, str] | None = None) -> bool:
+                       timeout_s: float = 30.0, configs: dict[str, str] | None = None,
+                       security: Any = None) -> bool:
     """Create a topic (with `configs`) on a cluster that may still be starting: waits
     for the active controller and retries while too few brokers have registered. True
     when created, False when it already existed; raises the last error after
-    `timeout_s`."""
+    `timeout_s`. `security`: the admin client's TLS and SASL (a ClientSecurity)."""
     from dmq.client.admin import Admin
     from dmq.protocol.errors import ErrorCode
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    async with Admin(bootstrap) as admin:
+    async with Admin(bootstrap, security=security) as admin:
         await admin.wait_for_controller(int(timeout_s * 1000))
         while True:
             try:
@@ -384,10 +399,12 @@ async def ensure_topic(bootstrap: str, name: str, partitions: int, replication_f
                 await asyncio.sleep(0.2)  # brokers still registering
 
 
-async def smoke_check(cluster: DevCluster, timeout_s: float = 30.0) -> list[str]:
+async def smoke_check(cluster: DevCluster, timeout_s: float = 30.0,
+                      command_config: Path | None = None) -> list[str]:
     """Prove a message goes through: create a topic (waiting for brokers to register),
-    produce one record with acks=all, consume it back. Returns the lines to print,
-    ending with example console-tool commands. Raises when any step fails."""
+    produce one record with acks=all, consume it back, all with `cluster.security`.
+    Returns the lines to print, ending with example console-tool commands (with
+    `--command-config command_config` when given). Raises when any step fails."""
     from dmq.client.consumer import Consumer
     from dmq.client.producer import Producer
     from dmq.client.records import TopicPartition
@@ -395,15 +412,19 @@ async def smoke_check(cluster: DevCluster, timeout_s: float = 30.0) -> list[str]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     rf = min(3, max(1, cluster.brokers))
-    if await ensure_topic(cluster.bootstrap, SMOKE_TOPIC, 1, rf, timeout_s):
+    security = cluster.security
+    if await ensure_topic(cluster.bootstrap, SMOKE_TOPIC, 1, rf, timeout_s,
+                          security=security):
         created = f"created topic {SMOKE_TOPIC!r} (1 partition, replication factor {rf})"
     else:
         created = f"topic {SMOKE_TOPIC!r} already exists"
     remaining_ms = max(5000, int((deadline - loop.time()) * 1000))
     async with Producer(cluster.bootstrap, max_block_ms=remaining_ms,
-                        request_timeout_ms=remaining_ms, linger_ms=0) as producer:
+                        request_timeout_ms=remaining_ms, linger_ms=0,
+                        security=security) as producer:
         md = await producer.send_and_wait(SMOKE_TOPIC, SMOKE_MESSAGE.encode())
-    async with Consumer(cluster.bootstrap, request_timeout_ms=remaining_ms) as consumer:
+    async with Consumer(cluster.bootstrap, request_timeout_ms=remaining_ms,
+                        security=security) as consumer:
         tp = TopicPartition(SMOKE_TOPIC, md.partition)
         consumer.assign([tp])
         consumer.seek(tp, md.offset)
@@ -416,15 +437,102 @@ async def smoke_check(cluster: DevCluster, timeout_s: float = 30.0) -> list[str]
     any_node = f"{cluster.host}:{cluster.nodes[0].port}"  # any one node bootstraps a client
     produce_cmd = console_command("dmq-produce")
     consume_cmd = console_command("dmq-consume")
+    secured = "" if command_config is None else \
+        f" --command-config {shlex.quote(str(command_config))}"
+    lines = [] if command_config is None else [
+        f"  {console_command('dmq')} topics list --bootstrap {any_node}{secured}"]
     return [
         created,
         f"produced {SMOKE_MESSAGE!r} to {md.topic}-{md.partition} at offset {md.offset}",
         f"consumed {r.value.decode()!r} from {r.topic}-{r.partition} at offset {r.offset}",
         "try it:",
+        *lines,
         f"  echo 'my first message' | {produce_cmd} --bootstrap {any_node} "
-        f"--topic {SMOKE_TOPIC}",
-        f"  {consume_cmd} --bootstrap {any_node} --topic {SMOKE_TOPIC} --from-beginning",
+        f"--topic {SMOKE_TOPIC}{secured}",
+        f"  {consume_cmd} --bootstrap {any_node} --topic {SMOKE_TOPIC} --from-beginning"
+        f"{secured}",
     ]
+
+
+class SecureSetupError(Exception):
+    """`dmq dev --secure` cannot prepare its certificates (one line: why)."""
+
+
+@dataclass
+class DevSecurity:
+    """What `secure_setup` made: the nodes' settings, the admin's password and client
+    properties file, and the client security of `dmq dev` itself (as that admin)."""
+
+    settings: dict[str, object]
+    password: str
+    properties: Path
+    cafile: Path
+    client: Any  # dmq.security.client_config.ClientSecurity
+
+    def commands(self, cluster: DevCluster) -> list[str]:
+        """The kcat and curl lines for this cluster (`smoke_check` prints the rest)."""
+        ca = shlex.quote(str(self.cafile))
+        lines = []
+        if cluster.kafka_bootstrap is not None:
+            lines.append(f"  kcat -b {cluster.kafka_bootstrap} -X security.protocol=SASL_SSL "
+                         f"-X sasl.mechanism={SECURE_MECHANISM} -X sasl.username={SECURE_ADMIN} "
+                         f"-X sasl.password={shlex.quote(self.password)} "
+                         f"-X ssl.ca.location={ca} -L")
+        http = cluster.http_port(cluster.nodes[0])
+        if http is not None:
+            lines.append(f"  curl --cacert {ca} -u "
+                         f"{shlex.quote(f'{SECURE_ADMIN}:{self.password}')} "
+                         f"https://{cluster.host}:{http}/api/v1/metadata/brokers")
+        return lines
+
+
+def secure_setup(data_dir: Path, node_ids: list[int], host: str) -> DevSecurity:
+    """A throwaway CA and a certificate per node under `<data_dir>/certs`, the user
+    `admin` with a new random password (its salted credentials in
+    `<data_dir>/users.json`, the bootstrap users file), `<data_dir>/admin.properties`
+    (mode 0600) and the node settings: TLS on every listener and link (clients need no
+    certificate; nodes present theirs), SASL SCRAM on the Kafka listener, dmq's protocol
+    and HTTP, the authorizer on with `admin` as its superuser."""
+    try:
+        from dmq.security.certs import CA
+    except ImportError as exc:
+        raise SecureSetupError(f"--secure needs the {exc.name or 'cryptography'} package "
+                               f"(the security extra): pip install 'dmq[security]'") from None
+    from dmq.security.client_config import ClientSecurity
+    from dmq.security.scram import CredentialStore, make_credential
+
+    data_dir = data_dir.resolve()
+    certs = data_dir / "certs"
+    ca = CA(certs, name="dmq-dev-ca", days=30)
+    hosts = tuple(dict.fromkeys((host, "127.0.0.1", "localhost")))
+    for node_id in node_ids:
+        ca.issue(f"node-{node_id}", hosts)
+    password = secrets.token_urlsafe(18)
+    users = data_dir / "users.json"
+    CredentialStore({SECURE_ADMIN: {m: make_credential(password, m)
+                                    for m in ("SCRAM-SHA-256", "SCRAM-SHA-512")}}).save(users)
+    props = {"security.protocol": "SASL_SSL", "sasl.mechanism": SECURE_MECHANISM,
+             "sasl.username": SECURE_ADMIN, "sasl.password": password,
+             "ssl.ca.location": str(ca.cafile)}
+    path = data_dir / "admin.properties"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write("# dmq dev --secure: the superuser of this cluster (a new password at every "
+                "start)\n" + "".join(f"{k}={v}\n" for k, v in props.items()))
+    settings: dict[str, object] = {
+        "ssl.certificate.location": str(certs / "node-{id}.pem"),
+        "ssl.key.location": str(certs / "node-{id}.key"),
+        "ssl.ca.location": str(ca.cafile),
+        "ssl.client.auth": "requested",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512",
+        "sasl.credentials.file": str(users),
+        "sasl.protocol.listener": True,
+        "authorizer.enabled": True,
+        "authorizer.super.users": f"User:{SECURE_ADMIN}",
+    }
+    return DevSecurity(settings, password, path, ca.cafile,
+                       ClientSecurity.from_properties(props, str(path)))
 
 
 def console_command(name: str) -> str:
@@ -464,20 +572,37 @@ def console_command(name: str) -> str:
               help="start, verify the cluster end to end, stop, and exit (0 when healthy)")
 @click.option("--http-base-port", type=int, default=None,
               help="serve HTTP (/metrics, /healthz, REST) from this port, same offsets as "
-                   "--base-port (default: off)")
+                   "--base-port (default: off; with --secure, --base-port + 30)")
+@click.option("--secure", is_flag=True,
+              help="TLS everywhere (a throwaway CA in the data folder), SASL SCRAM logins "
+                   "and ACLs, with a superuser admin whose new password goes to "
+                   "<data-dir>/admin.properties (needs the security extra)")
 def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int | None,
         broker_base_port: int | None, quiet: bool, check: bool,
-        http_base_port: int | None) -> None:
+        http_base_port: int | None, secure: bool) -> None:
     """Start a whole local cluster as child processes; Ctrl-C stops it."""
     install_uvloop()
     if base_port is None:
         base_port = 9091
         if broker_base_port is None:
             broker_base_port = 8081
+    if secure and http_base_port is None:
+        http_base_port = base_port + HTTP_PORT_OFFSET  # a SASL protocol port serves no HTTP
     cluster = DevCluster(Path(data_dir) if data_dir else default_data_dir(), controllers,
                          brokers, base_port, quiet=quiet or check, echo=click.echo,
                          http_base_port=http_base_port, broker_base_port=broker_base_port,
                          kafka_base_port=base_port + KAFKA_PORT_OFFSET)
+    security: DevSecurity | None = None
+    if secure:
+        try:
+            cluster.check_ports_free()
+            security = secure_setup(cluster.data_dir, [n.node_id for n in cluster.nodes],
+                                    cluster.host)
+        except (SecureSetupError, RuntimeError, OSError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        cluster.settings.update(security.settings)
+        cluster.security = security.client
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -488,15 +613,28 @@ def dev(controllers: int, brokers: int, data_dir: str | None, base_port: int | N
             await cluster.start()
             click.echo(f"dmq dev: {len(cluster.nodes)} node(s) up, data in {cluster.data_dir}")
             click.echo(f"bootstrap: {cluster.bootstrap}")
-            if cluster.kafka_bootstrap is not None:
+            if cluster.kafka_bootstrap is not None and security is None:
                 click.echo(f"Kafka clients: {cluster.kafka_bootstrap}  (e.g. kcat -b "
                            f"{cluster.kafka_bootstrap} -L)")
+            elif cluster.kafka_bootstrap is not None:
+                click.echo(f"Kafka clients: {cluster.kafka_bootstrap}  (SASL_SSL)")
             if http_base_port is not None:
+                scheme = "https" if security is not None else "http"
                 click.echo("http: " + ", ".join(
-                    f"node {n.node_id} http://{cluster.host}:{cluster.http_port(n)}"
+                    f"node {n.node_id} {scheme}://{cluster.host}:{cluster.http_port(n)}"
                     for n in cluster.nodes))
-            for line in await smoke_check(cluster):
+            if security is not None:
+                click.echo(f"secure: TLS on every listener and link (CA {security.cafile}), "
+                           f"SASL {SECURE_MECHANISM} logins, ACLs enforced")
+                click.echo(f"superuser: {SECURE_ADMIN}, password {security.password} (new at "
+                           f"every start; client properties in {security.properties})")
+            lines = await smoke_check(
+                cluster, command_config=None if security is None else security.properties)
+            for line in lines:
                 click.echo(line)
+            if security is not None:
+                for line in security.commands(cluster):
+                    click.echo(line)
             if check:
                 return 0
             click.echo("Ctrl-C stops the cluster.")

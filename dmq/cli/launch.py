@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -155,7 +156,7 @@ async def start_nodes(config_path: Path, data_dir: Path, only: Sequence[int] = (
             started.append((n, proc, start))
             echo(f"started node {n.node_id} ({n.role}) on {n.host}:{n.port}, pid {proc.pid}, "
                  f"log {log}")
-        await _wait_answering(started, data_dir, timeout_s)
+        await _wait_answering(started, data_dir, timeout_s, _probe_tls(config))
     except BaseException:
         stop_processes([(n.node_id, p.pid) for n, p, _ in started], 10.0, echo)
         for n, _, _ in started:
@@ -164,8 +165,22 @@ async def start_nodes(config_path: Path, data_dir: Path, only: Sequence[int] = (
     return [LaunchedNode(n.node_id, n.role, n.host, n.port, p.pid) for n, p, _ in started]
 
 
+def _probe_tls(config: ClusterConfig) -> Any:
+    """The TLS client context to ask the nodes of a TLS config whether they answer
+    (verifying them against its CA; ApiVersions needs no login), else None."""
+    if not config.get("ssl.certificate.location"):
+        return None
+    from dmq.security.tls import client_context
+
+    try:
+        return client_context(config.get("ssl.ca.location") or None, check_hostname=config.get(
+            "ssl.endpoint.identification.algorithm") == "https")
+    except Exception as exc:  # noqa: BLE001 - OSError, SSLError: the node will say so too
+        raise RuntimeError(f"ssl.ca.location: {exc}") from None
+
+
 async def _wait_answering(started: list[tuple[LaunchedNode, subprocess.Popen[bytes], int]],
-                          data_dir: Path, timeout_s: float) -> None:
+                          data_dir: Path, timeout_s: float, tls: Any = None) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     for n, proc, start in started:
@@ -177,7 +192,8 @@ async def _wait_answering(started: list[tuple[LaunchedNode, subprocess.Popen[byt
                 raise RuntimeError(f"node {n.node_id} {how}; its last output lines ({log}):\n"
                                    + "\n".join(f"  {line}" for line in log_tail(log, start)))
             try:
-                await request_once(n.host, n.port, ApiKey.API_VERSIONS, {}, timeout_ms=1000)
+                await request_once(n.host, n.port, ApiKey.API_VERSIONS, {}, timeout_ms=1000,
+                                   ssl=tls)
                 break
             except DmqError:
                 if loop.time() > deadline:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from dmq.cli.common import fail, install_uvloop
+from dmq.cli.common import command_config_option, fail, install_uvloop
 from dmq.config import ClusterConfig, ConfigError, load_config, parse_override
 
 
@@ -104,6 +104,7 @@ FATAL_STOP_TIMEOUT_S = 10.0
 @click.command("api-versions")
 @click.option("--bootstrap", default="127.0.0.1:9091", show_default=True, help="HOST:PORT")
 @click.option("--timeout-ms", default=5000, show_default=True)
+@command_config_option
 def api_versions(bootstrap: str, timeout_ms: int) -> None:
     """Ask a node which APIs and versions it serves."""
     from dmq.protocol.api import ApiKey

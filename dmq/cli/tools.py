@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import click
 
-from dmq.cli.common import install_uvloop
+from dmq.cli.common import command_config_option, error_text, install_uvloop
 from dmq.client.cluster import parse_bootstrap
 from dmq.client.consumer import Consumer
 from dmq.client.errors import DmqError, IllegalStateError
@@ -70,32 +70,14 @@ def _run_tool(command: click.Command, argv: Sequence[str] | None) -> NoReturn:
     sys.exit(0)
 
 
-def _security(path: str | None) -> Any:
-    """The client security of `--command-config FILE` (None without one)."""
-    if path is None:
-        return None
-    from dmq.security.client_config import ClientConfigError, load
-
-    try:
-        return load(path)
-    except ClientConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-_COMMAND_CONFIG = click.option(
-    "--command-config", "command_config", type=click.Path(dir_okay=False, exists=True),
-    default=None, metavar="FILE",
-    help="client security as Kafka client properties (security.protocol, ssl.ca.location, "
-         "ssl.certificate.location, ssl.key.location, sasl.mechanism, sasl.username, "
-         "sasl.password)")
-
-
-def _run(coro: Any, security: Any = None) -> Any:
+def _run(coro: Any) -> Any:
+    """Run the tool's coroutine (inside `--command-config`'s security, which
+    `command_config_option` applied around the command)."""
     install_uvloop()
     try:
-        return asyncio.run(coro if security is None else security.run(coro))
+        return asyncio.run(coro)
     except DmqError as exc:
-        raise ToolError(str(exc)) from None
+        raise ToolError(error_text(exc)) from None
     except (ValueError, IllegalStateError, OSError) as exc:
         raise ToolError(str(exc)) from None
 
@@ -393,12 +375,11 @@ async def produce(bootstrap: str, topic: str, acks: str, key_separator: str | No
               show_default=True,
               help="how long a record may take from send to acknowledgement, retries "
                    "included; must be at least --linger-ms + --request-timeout-ms")
-@_COMMAND_CONFIG
+@command_config_option
 def _produce_command(bootstrap: str, topic: str, acks: str, key_separator: str | None,
                      headers: tuple[str, ...], path: str | None, partition: int | None,
                      compression: str, linger_ms: int, timeout_ms: int,
-                     request_timeout_ms: int, delivery_timeout_ms: int,
-                     command_config: str | None = None) -> None:
+                     request_timeout_ms: int, delivery_timeout_ms: int) -> None:
     """Send one record per input line (stdin by default); print a summary.
 
     Every record's outcome counts: when any record is not acknowledged (per --acks)
@@ -416,7 +397,6 @@ def _produce_command(bootstrap: str, topic: str, acks: str, key_separator: str |
     if partition is not None and partition < 0:
         raise click.UsageError(f"--partition must be 0 or more, got {partition}")
     hdrs = _parse_headers(headers)
-    security = _security(command_config)
     fd = os.open(path, os.O_RDONLY) if path else sys.stdin.fileno()
     show_progress = sys.stderr.isatty() and (path is not None or not sys.stdin.isatty())
 
@@ -430,7 +410,7 @@ def _produce_command(bootstrap: str, topic: str, acks: str, key_separator: str |
                      None if compression == "none" else compression, linger_ms, timeout_ms,
                      show_progress, echo=lambda s: click.echo(s, err=True),
                      request_timeout_ms=request_timeout_ms,
-                     delivery_timeout_ms=delivery_timeout_ms), security)
+                     delivery_timeout_ms=delivery_timeout_ms))
     finally:
         if path:
             os.close(fd)
@@ -611,10 +591,10 @@ async def consume(bootstrap: str, topic: str, from_beginning: bool, partition: i
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text",
               show_default=True,
               help="text (alias value), key-value, hex, base64 or json; see below")
-@_COMMAND_CONFIG
+@command_config_option
 def _consume_command(bootstrap: str, topic: str, group: str | None, from_beginning: bool,
                      partition: int | None, offset: str | None, max_messages: int | None,
-                     timeout_ms: int | None, fmt: str, command_config: str | None = None) -> None:
+                     timeout_ms: int | None, fmt: str) -> None:
     """Print the records of a topic as they arrive."""
     if offset is not None and offset not in ("earliest", "latest"):
         if not (offset.isascii() and offset.isdigit()) or int(offset) > MAX_OFFSET:
@@ -643,9 +623,8 @@ def _consume_command(bootstrap: str, topic: str, group: str | None, from_beginni
         except BrokenPipeError:
             raise ToolError("output closed", 0) from None
 
-    security = _security(command_config)
     count = _run(consume(bootstrap, topic, from_beginning, partition, offset, max_messages,
-                         timeout_ms, fmt, write, group=group), security)
+                         timeout_ms, fmt, write, group=group))
     click.echo(f"processed a total of {count} messages", err=True)
 
 

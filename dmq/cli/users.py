@@ -13,14 +13,12 @@ when the cluster asks for one. Parse, call the library, print.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import Any
 
 import click
 
 from dmq.cli.common import admin_options, fail, run_admin, table
-from dmq.cli.tools import _COMMAND_CONFIG, _security
 from dmq.client.admin import SCRAM_MECHANISMS
 from dmq.protocol.errors import ResourceNotFoundError
 
@@ -51,13 +49,6 @@ def _mechanisms(values: tuple[str, ...]) -> tuple[str, ...]:
     return mechs
 
 
-def _run(command_config: str | None, bootstrap: str | None, config_path: str | None,
-         timeout_ms: int, fn: Any) -> Any:
-    security = _security(command_config)
-    with security.applied() if security is not None else contextlib.nullcontext():
-        return run_admin(bootstrap, config_path, timeout_ms, fn)
-
-
 _PASSWORD = click.option("--password", default=None,
                          help="the password (default: asked for, or one line of stdin)")
 _MECHANISM = click.option("--mechanism", "mechanisms", multiple=True,
@@ -72,10 +63,9 @@ _ITERATIONS = click.option("--iterations", type=int, default=8192, show_default=
 @_PASSWORD
 @_MECHANISM
 @_ITERATIONS
-@_COMMAND_CONFIG
 @admin_options
 def users_create(user: str, password: str | None, mechanisms: tuple[str, ...],
-                 iterations: int, command_config: str | None, bootstrap: str | None,
+                 iterations: int, bootstrap: str | None,
                  config_path: str | None, timeout_ms: int) -> None:
     """Create USER (refused if it exists: use passwd)."""
     mechs = _mechanisms(mechanisms)
@@ -90,7 +80,7 @@ def users_create(user: str, password: str | None, mechanisms: tuple[str, ...],
             fail(f"user {user!r} exists (change its password with: dmq users passwd)")
         await _set(a, user, mechs, secret, iterations)
 
-    _run(command_config, bootstrap, config_path, timeout_ms, go)
+    run_admin(bootstrap, config_path, timeout_ms, go)
     click.echo(f"created user {user}")
 
 
@@ -99,10 +89,9 @@ def users_create(user: str, password: str | None, mechanisms: tuple[str, ...],
 @_PASSWORD
 @_MECHANISM
 @_ITERATIONS
-@_COMMAND_CONFIG
 @admin_options
 def users_passwd(user: str, password: str | None, mechanisms: tuple[str, ...],
-                 iterations: int, command_config: str | None, bootstrap: str | None,
+                 iterations: int, bootstrap: str | None,
                  config_path: str | None, timeout_ms: int) -> None:
     """Change USER's password (the old one is refused from then on)."""
     mechs = _mechanisms(mechanisms)
@@ -112,7 +101,7 @@ def users_passwd(user: str, password: str | None, mechanisms: tuple[str, ...],
         await a.describe_user_scram_credentials([user])  # RESOURCE_NOT_FOUND if none
         await _set(a, user, mechs, secret, iterations)
 
-    _run(command_config, bootstrap, config_path, timeout_ms, go)
+    run_admin(bootstrap, config_path, timeout_ms, go)
     click.echo(f"changed the password of {user}")
 
 
@@ -126,28 +115,26 @@ async def _set(a: Any, user: str, mechs: tuple[str, ...], password: str,
 
 @users.command("delete")
 @click.argument("user")
-@_COMMAND_CONFIG
 @admin_options
-def users_delete(user: str, command_config: str | None, bootstrap: str | None,
+def users_delete(user: str, bootstrap: str | None,
                  config_path: str | None, timeout_ms: int) -> None:
     """Delete USER: it cannot log in anywhere any more."""
     async def go(a: Any) -> None:
         await a.delete_user(user)
 
-    _run(command_config, bootstrap, config_path, timeout_ms, go)
+    run_admin(bootstrap, config_path, timeout_ms, go)
     click.echo(f"deleted user {user}")
 
 
 @users.command("list")
-@_COMMAND_CONFIG
 @admin_options
-def users_list(command_config: str | None, bootstrap: str | None, config_path: str | None,
+def users_list(bootstrap: str | None, config_path: str | None,
                timeout_ms: int) -> None:
     """Every user that can log in, with its mechanisms and iterations."""
     async def go(a: Any) -> dict[str, list[tuple[str, int]]]:
         result: dict[str, list[tuple[str, int]]] = await a.describe_user_scram_credentials()
         return result
 
-    found = _run(command_config, bootstrap, config_path, timeout_ms, go)
+    found = run_admin(bootstrap, config_path, timeout_ms, go)
     table([["USER", "MECHANISMS"]] + [
         [u, ", ".join(f"{m} ({i})" for m, i in creds)] for u, creds in sorted(found.items())])

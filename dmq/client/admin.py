@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dmq.client.cluster import CONTROLLER_WATCH_AFTER_MS
 from dmq.clock import Clock, SystemClock
-from dmq.metadata.discovery import ControllerChannel, parse_bootstrap
+from dmq.metadata.discovery import ControllerChannel, connect_security, parse_bootstrap
 from dmq.metadata.image import MetadataImage, TopicInfo, image_from_metadata
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
@@ -38,6 +38,10 @@ from dmq.security.acl import (
 DEFAULT_TIMEOUT_MS = 30_000
 DEFAULT_SCRAM_ITERATIONS = 8192
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+if TYPE_CHECKING:
+    from dmq.security.client_config import ClientSecurity
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +87,19 @@ def _error(row: dict[str, Any]) -> DmqError | None:
 class Admin:
     def __init__(self, bootstrap: str | list[str], *, client_id: str = "dmq-admin",
                  request_timeout_ms: int = DEFAULT_TIMEOUT_MS,
-                 rng: random.Random | None = None, clock: Clock | None = None) -> None:
+                 rng: random.Random | None = None, clock: Clock | None = None,
+                 security: ClientSecurity | None = None) -> None:
+        """`security`: TLS and SASL of its connections (`ClientSecurity.from_file` of
+        Kafka client properties); None: those of the context (`ClientSecurity.applied`)."""
         self.addresses = parse_bootstrap(bootstrap)
+        self.security = security
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
         self._clock = clock or SystemClock()
         self._channel = ControllerChannel(self.addresses, client_id=client_id,
                                           rng=rng or random.Random(),
-                                          watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
+                                          watch_after_ms=CONTROLLER_WATCH_AFTER_MS,
+                                          security=security)
 
     async def __aenter__(self) -> Admin:
         return self
@@ -276,7 +285,8 @@ class Admin:
                 try:
                     return dict(await request_once(host, port, ApiKey.DESCRIBE_CLUSTER, {},
                                                    timeout_ms=min(timeout_ms, 2000),
-                                                   client_id=self.client_id))
+                                                   client_id=self.client_id,
+                                                   **connect_security(self.security)))
                 except DmqError:
                     continue
             raise first

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dmq.client.admin import Admin
 from dmq.client.cluster import CONTROLLER_WATCH_AFTER_MS
 from dmq.client.records import PartitionKey
-from dmq.metadata.discovery import ControllerChannel
+from dmq.metadata.discovery import ControllerChannel, connect_security
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
@@ -36,6 +36,10 @@ from dmq.protocol.errors import (
 
 EARLIEST = -2
 LATEST = -1
+
+
+if TYPE_CHECKING:
+    from dmq.security.client_config import ClientSecurity
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +90,20 @@ class GroupDescription:
 
 class GroupAdmin:
     def __init__(self, bootstrap: str | list[str] | Admin, *, client_id: str = "dmq-admin",
-                 request_timeout_ms: int = 30_000) -> None:
+                 request_timeout_ms: int = 30_000,
+                 security: ClientSecurity | None = None) -> None:
         """From bootstrap addresses, or on top of an open `Admin` (which stays the
-        caller's to close)."""
+        caller's to close; its `security` is used unless another is given).
+        `security`: TLS and SASL of its connections (`ClientSecurity.from_file`)."""
         self._own_admin = not isinstance(bootstrap, Admin)
         self.admin = bootstrap if isinstance(bootstrap, Admin) else Admin(
-            bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms)
+            bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms,
+            security=security)
+        self.security = security if security is not None else self.admin.security
         self.request_timeout_ms = self.admin.request_timeout_ms
         self._channel = ControllerChannel(self.admin.addresses, client_id=client_id,
-                                          watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
+                                          watch_after_ms=CONTROLLER_WATCH_AFTER_MS,
+                                          security=self.security)
 
     async def __aenter__(self) -> GroupAdmin:
         return self
@@ -252,7 +261,8 @@ class GroupAdmin:
         for t, p in tps:
             by_topic.setdefault(t, []).append([p, timestamp])
         conn = await Connection.open(broker.host, broker.port, client_id="dmq-admin",
-                                     connect_timeout_ms=min(5000, self.request_timeout_ms))
+                                     connect_timeout_ms=min(5000, self.request_timeout_ms),
+                                     **connect_security(self.security))
         try:
             res = await conn.request(ApiKey.LIST_OFFSETS,
                                      {"topics": [[t, rows] for t, rows in by_topic.items()]},

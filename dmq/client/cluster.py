@@ -18,10 +18,10 @@ import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dmq.clock import Clock, SystemClock
-from dmq.metadata.discovery import ControllerAddress, ControllerChannel
+from dmq.metadata.discovery import ControllerAddress, ControllerChannel, connect_security
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
@@ -32,6 +32,9 @@ from dmq.protocol.errors import (
     UnknownTopicOrPartitionError,
     error_for,
 )
+
+if TYPE_CHECKING:
+    from dmq.security.client_config import ClientSecurity
 
 log = logging.getLogger("dmq.client.cluster")
 
@@ -91,8 +94,9 @@ class ClusterClient:
                  connect_timeout_ms: int = 5_000, retry_backoff_ms: int = 100,
                  retry_backoff_max_ms: int = 1_000, metadata_max_age_ms: int = 300_000,
                  allow_auto_create: bool = False, rng: random.Random | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, security: ClientSecurity | None = None) -> None:
         self.bootstrap = parse_bootstrap(bootstrap)
+        self.security = security  # TLS and SASL of every connection (None: the context's)
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
         self.connect_timeout_ms = connect_timeout_ms
@@ -113,7 +117,8 @@ class ClusterClient:
         self._last_refresh_ms = -1 << 62
         self.refreshed_at_ms = -1 << 62  # clock time of the last metadata answer applied
         self.controller = ControllerChannel(self.bootstrap, client_id=client_id, rng=self._rng,
-                                            watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
+                                            watch_after_ms=CONTROLLER_WATCH_AFTER_MS,
+                                            security=security)
         self._closed = False
         self._bg: set[asyncio.Task[None]] = set()
 
@@ -134,7 +139,8 @@ class ClusterClient:
         self._connecting[address] = fut
         try:
             conn = await Connection.open(address[0], address[1], client_id=self.client_id,
-                                         connect_timeout_ms=self.connect_timeout_ms)
+                                         connect_timeout_ms=self.connect_timeout_ms,
+                                         **connect_security(self.security))
         except BaseException as exc:
             fut.set_exception(exc if isinstance(exc, Exception) else NetworkError("cancelled"))
             fut.exception()  # retrieved: concurrent waiters re-raise it themselves

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from msgpack import unpackb as _unpackb  # type: ignore[import-untyped]
 
@@ -74,6 +74,9 @@ from dmq.protocol.errors import (
     UnknownTopicOrPartitionError,
     error_for,
 )
+
+if TYPE_CHECKING:
+    from dmq.security.client_config import ClientSecurity
 
 log = logging.getLogger("dmq.client.consumer")
 
@@ -245,7 +248,9 @@ class Consumer:
                  key_deserializer: Deserializer | None = None,
                  value_deserializer: Deserializer | None = None,
                  rng: random.Random | None = None, clock: Clock | None = None,
-                 **group_settings: Any) -> None:
+                 security: ClientSecurity | None = None, **group_settings: Any) -> None:
+        """`security`: TLS and SASL of its connections (`ClientSecurity.from_file` of
+        Kafka client properties); None: those of the context (`ClientSecurity.applied`)."""
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise ValueError("auto_offset_reset must be earliest, latest or none")
         if prefetch_fetches < 1:
@@ -272,7 +277,7 @@ class Consumer:
                                      retry_backoff_ms=retry_backoff_ms,
                                      retry_backoff_max_ms=retry_backoff_max_ms,
                                      metadata_max_age_ms=metadata_max_age_ms, rng=rng,
-                                     clock=clock)
+                                     clock=clock, security=security)
         self._clock = self.cluster.clock
         self._sub = _SubscriptionState()
         self._fetching: dict[int, asyncio.Task[None]] = {}
@@ -365,7 +370,8 @@ class Consumer:
             max_poll_interval_ms=config.max_poll_interval_ms,
             enable_auto_commit=config.enable_auto_commit,
             auto_commit_interval_ms=config.auto_commit_interval_ms, assignor=config.assignor,
-            client_id=self.cluster.client_id, clock=self._clock)
+            client_id=self.cluster.client_id, clock=self._clock,
+            security=self.cluster.security)
 
     async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
         """Commit `offsets` (default: the consumed positions) for the group."""
@@ -385,7 +391,8 @@ class Consumer:
             raise ValueError("commit()/committed() need a group_id (Consumer(group_id=...))")
         return GroupOffsets(list(self.cluster.bootstrap), self.group_id,
                             client_id=self.cluster.client_id,
-                            positions=lambda: self.consumed_positions(self.assignment()))
+                            positions=lambda: self.consumed_positions(self.assignment()),
+                            security=self.cluster.security)
 
     # ---- PartitionsOwner: what group membership changes ---------------------------------
     # A partition's records move from its state into `_iter_buffer` before the

@@ -118,7 +118,10 @@ class GroupMembership:
                  heartbeat_interval_ms: int = 1000, max_poll_interval_ms: int = 300_000,
                  enable_auto_commit: bool = True, auto_commit_interval_ms: int = 5000,
                  assignor: str | None = None, request_timeout_ms: int = 5000,
-                 client_id: str = "dmq-consumer", clock: Clock | None = None) -> None:
+                 client_id: str = "dmq-consumer", clock: Clock | None = None,
+                 security: Any = None) -> None:
+        """`security`: the TLS and SASL of its own controller channel (a
+        `dmq.security.client_config.ClientSecurity`; None: the context's)."""
         if not group_id:
             raise ValueError("group_id must not be empty")
         if topics is None and pattern is None:
@@ -127,7 +130,7 @@ class GroupMembership:
         self._own_channel = not isinstance(controller, ControllerChannel)
         self.channel = controller if isinstance(controller, ControllerChannel) else \
             ControllerChannel(list(controller), client_id=client_id,
-                              watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
+                              watch_after_ms=CONTROLLER_WATCH_AFTER_MS, security=security)
         self.group_id = group_id
         self.owner = owner
         self.topics = sorted(set(topics or ()))
@@ -490,9 +493,10 @@ class GroupOffsets:
 
     def __init__(self, addresses: Sequence[tuple[str, int]], group_id: str, *,
                  client_id: str = "dmq-consumer", request_timeout_ms: int = 30_000,
-                 positions: Callable[[], Mapping[PartitionKey, int]] | None = None
-                 ) -> None:
+                 positions: Callable[[], Mapping[PartitionKey, int]] | None = None,
+                 security: Any = None) -> None:
         self.addresses = list(addresses)
+        self.security = security  # TLS and SASL of its requests (None: the context's)
         self.group_id = group_id
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
@@ -500,7 +504,8 @@ class GroupOffsets:
 
     async def _request(self, key: ApiKey, body: dict[str, Any]) -> Any:
         channel = ControllerChannel(self.addresses, client_id=self.client_id,
-                                    watch_after_ms=CONTROLLER_WATCH_AFTER_MS)
+                                    watch_after_ms=CONTROLLER_WATCH_AFTER_MS,
+                                    security=self.security)
         try:
             return await channel.request(key, body, timeout_ms=self.request_timeout_ms)
         finally:

@@ -42,7 +42,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, repeat
 from operator import add
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dmq.client.accumulator import (
     BatchMetadata,
@@ -66,6 +66,9 @@ from dmq.protocol.errors import (
     RequestTimedOutError,
     UnknownTopicOrPartitionError,
 )
+
+if TYPE_CHECKING:
+    from dmq.security.client_config import ClientSecurity
 
 log = logging.getLogger("dmq.client.producer")
 
@@ -101,7 +104,10 @@ class Producer:
                  value_serializer: Serializer | None = None,
                  allow_auto_create_topics: bool = True,
                  partitioner: str = DEFAULT_PARTITIONER,
-                 clock: Clock | None = None, rng: random.Random | None = None) -> None:
+                 clock: Clock | None = None, rng: random.Random | None = None,
+                 security: ClientSecurity | None = None) -> None:
+        """`security`: TLS and SASL of its connections (`ClientSecurity.from_file` of
+        Kafka client properties); None: those of the context (`ClientSecurity.applied`)."""
         self.acks = parse_acks(acks)
         if enable_idempotence is None:
             enable_idempotence = self.acks == -1
@@ -167,7 +173,7 @@ class Producer:
                                      retry_backoff_max_ms=retry_backoff_max_ms,
                                      metadata_max_age_ms=metadata_max_age_ms,
                                      allow_auto_create=allow_auto_create_topics,
-                                     rng=self._rng, clock=self._clock)
+                                     rng=self._rng, clock=self._clock, security=security)
         self._sticky = StickyPartitioner(self._rng)
         self._keyed = KeyPartitioner(partitioner)
         self._key_partition = self._keyed.partition

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dmq.protocol.api import ApiKey
-from dmq.protocol.connection import Connection
+from dmq.protocol.connection import TLS_REQUIRED_HINT, Connection
 from dmq.protocol.errors import (
     DmqError,
     ErrorCode,
@@ -50,6 +50,23 @@ from dmq.protocol.errors import (
 )
 
 log = logging.getLogger("dmq.metadata.discovery")
+
+# a node refused this client's credentials: asking again cannot change the answer
+SASL_REFUSALS = frozenset({ErrorCode.SASL_AUTHENTICATION_FAILED,
+                           ErrorCode.UNSUPPORTED_SASL_MECHANISM, ErrorCode.ILLEGAL_SASL_STATE})
+
+
+def refused(exc: DmqError) -> bool:
+    """The node refused this client as it is: its SASL login (or the lack of one), or
+    its plaintext connection to a TLS listener. Retrying does not help; the client's
+    security settings must change."""
+    return exc.code in SASL_REFUSALS or (isinstance(exc, NetworkError)
+                                         and TLS_REQUIRED_HINT in exc.message)
+
+
+# the `data` of the NetworkError `find_controller` gives up with when every node closed
+# this client's plaintext connections unanswered, round after round (TLS listeners)
+PLAINTEXT_REFUSED = "plaintext refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +106,23 @@ async def probe(host: str, port: int, timeout_ms: int,
     return (await _probe(host, port, timeout_ms, client_id))[0]
 
 
-async def _probe(host: str, port: int, timeout_ms: int, client_id: str
+def connect_security(security: Any) -> dict[str, Any]:
+    """`Connection.open`'s `ssl` and `sasl` from a client's security (an object with
+    `ssl` and `sasl` attributes, `dmq.security.client_config.ClientSecurity`); none
+    given: the connection falls back to the context's (`client_tls`, `client_sasl`)."""
+    if security is None:
+        return {}
+    return {"ssl": security.ssl, "sasl": security.sasl}
+
+
+async def _probe(host: str, port: int, timeout_ms: int, client_id: str, security: Any = None
                  ) -> tuple[ControllerAddress | None, DmqError | None]:
     """`probe`, plus why it found nothing: the connect or request error (a
     `NetworkError` when the node could not be reached at all), or None when the node
     answered without knowing the controller."""
     try:
         conn = await Connection.open(host, port, connect_timeout_ms=timeout_ms,
-                                     client_id=client_id)
+                                     client_id=client_id, **connect_security(security))
     except DmqError as exc:
         return None, exc
     try:
@@ -123,8 +149,10 @@ def backoff_ms(attempt: int, initial_ms: int, max_ms: int, rng: random.Random) -
 async def find_controller(addresses: list[tuple[str, int]], timeout_ms: int = 10_000, *,
                           probe_timeout_ms: int = 1000, initial_backoff_ms: int = 50,
                           max_backoff_ms: int = 1000, rng: random.Random | None = None,
-                          client_id: str = "dmq-discovery") -> ControllerAddress:
-    """The active controller as named by the first node that knows it.
+                          client_id: str = "dmq-discovery", security: Any = None
+                          ) -> ControllerAddress:
+    """The active controller as named by the first node that knows it (asked over
+    `security`'s TLS and SASL when given: see `connect_security`).
 
     Raises, after `timeout_ms`, `NetworkError` when no address could be reached at all
     (naming each one's cause, e.g. connection refused), else `NotControllerError`
@@ -133,10 +161,11 @@ async def find_controller(addresses: list[tuple[str, int]], timeout_ms: int = 10
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_ms / 1000
     attempt = 0
+    refused_rounds = 0
     while True:
         remaining_ms = int((deadline - loop.time()) * 1000)
         tasks = [asyncio.ensure_future(_probe(h, p, max(1, min(probe_timeout_ms, remaining_ms)),
-                                              client_id)) for h, p in addresses]
+                                              client_id, security)) for h, p in addresses]
         found: ControllerAddress | None = None
         try:
             for fut in asyncio.as_completed(tasks):
@@ -150,6 +179,24 @@ async def find_controller(addresses: list[tuple[str, int]], timeout_ms: int = 10
             await asyncio.gather(*tasks, return_exceptions=True)
         if found is not None:
             return found
+        refusals = [t.result()[1] for t in tasks if t.done() and not t.cancelled()]
+        if len(refusals) == len(tasks) and all(w is not None and refused(w) for w in refusals):
+            # every node refused this client: say so now, not after `timeout_ms` (a
+            # plaintext refusal twice in a row: a node closing connections while it
+            # stops looks the same once)
+            refused_rounds += 1
+            if refused_rounds >= 2 or all(w is not None and w.code in SASL_REFUSALS
+                                          for w in refusals):
+                first = refusals[0]
+                assert first is not None
+                causes = "; ".join(
+                    w.message if w and w.message.startswith(f"{h}:{p}") else
+                    f"{h}:{p}: {w.message if w else ''}"
+                    for (h, p), w in zip(addresses, refusals, strict=True))
+                raise error_for(first.code, causes, data=None if first.code in SASL_REFUSALS
+                                else PLAINTEXT_REFUSED)
+        else:
+            refused_rounds = 0
         delay = backoff_ms(attempt, initial_backoff_ms, max_backoff_ms, rng) / 1000
         attempt += 1
         if loop.time() + delay >= deadline:
@@ -178,8 +225,10 @@ class ControllerChannel:
     def __init__(self, addresses: list[tuple[str, int]], *, client_id: str = "dmq",
                  rng: random.Random | None = None, discovery_timeout_ms: int = 5000,
                  max_hops: int = 5, node_id: int | None = None,
-                 watch_after_ms: int | None = None, watch_interval_ms: int = 250) -> None:
+                 watch_after_ms: int | None = None, watch_interval_ms: int = 250,
+                 security: Any = None) -> None:
         self.addresses = list(addresses)
+        self.security = security  # a client's TLS and SASL (see `connect_security`)
         self.client_id = client_id
         self.node_id = node_id  # a cluster node's channel identifies as that node
         self.rng = rng or random.Random()
@@ -234,7 +283,7 @@ class ControllerChannel:
                 if remaining_ms <= 0:
                     return
                 found, _why = await _probe(host, port, max(1, min(1000, remaining_ms)),
-                                           self.client_id)
+                                           self.client_id, self.security)
                 if found is not None and self.controller == target and \
                         self.maybe_switch(found):
                     switched.set_result(True)
@@ -272,7 +321,8 @@ class ControllerChannel:
             try:
                 self._conn = await Connection.open(ctl.host, ctl.port, client_id=self.client_id,
                                                    connect_timeout_ms=min(timeout_ms, 2000),
-                                                   node_id=self.node_id)
+                                                   node_id=self.node_id,
+                                                   **connect_security(self.security))
             except DmqError:
                 self.controller = None
                 raise
@@ -284,7 +334,7 @@ class ControllerChannel:
         backing off between rounds of probes that found none)."""
         find = asyncio.ensure_future(find_controller(
             self.addresses, min(timeout_ms, self.discovery_timeout_ms), rng=self.rng,
-            client_id=self.client_id))
+            client_id=self.client_id, security=self.security))
         told = self._told_future()
         either: list[asyncio.Future[Any]] = [find, told]
         try:
@@ -349,6 +399,8 @@ class ControllerChannel:
                         await asyncio.gather(req, return_exceptions=True)
             except DmqError as exc:
                 last = exc
+                if exc.data == PLAINTEXT_REFUSED or exc.code in SASL_REFUSALS:
+                    raise  # the client's security settings are wrong: no retry helps
                 if self.controller is not None and self.controller != target:
                     continue  # switched to a new controller meanwhile: go there now
                 if exc.code is ErrorCode.NOT_CONTROLLER and exc.leader is not None \
@@ -385,4 +437,5 @@ __all__ = [
     "find_controller",
     "parse_bootstrap",
     "probe",
+    "refused",
 ]

@@ -48,6 +48,8 @@ DEFAULT_TLS: ContextVar[_ssl.SSLContext | None] = ContextVar("dmq_default_tls", 
 """The TLS context of connections opened without `ssl=`: a TLS node sets it for its
 own links; a client sets it with `dmq.security.tls.client_tls`. None: plaintext."""
 
+# in the error of a plaintext connection a server closed unanswered (a TLS listener)
+TLS_REQUIRED_HINT = "does the listener require TLS?"
 DEFAULT_SASL: ContextVar[Any] = ContextVar("dmq_default_sasl", default=None)
 """The SASL credentials (`dmq.security.sasl.SaslCredentials`) connections opened
 without `sasl=` authenticate with; set by `dmq.security.sasl.client_sasl`."""
@@ -290,7 +292,7 @@ class Connection:
                 "connection closed by the server before it answered (after the TLS "
                 "handshake: does the listener require a client certificate signed by its "
                 "CA?)" if self._tls else "connection closed by the server before it "
-                "answered (does the listener require TLS? connect with ssl=)")
+                f"answered ({TLS_REQUIRED_HINT} connect with ssl=)")
             if exc is not None:
                 self._close_reason += f": {exc}"
         elif exc is not None and self._close_reason == "connection closed":
@@ -313,11 +315,13 @@ class Connection:
 
 async def request_once(host: str, port: int, api_key: ApiKey | int, body: Any, *,
                        timeout_ms: int = 5000, client_id: str = "dmq",
-                       node_id: int | None = None) -> Any:
-    """Open a connection (as cluster node `node_id` if given), send one request,
-    close. For tools, probes and a node's one-off notices."""
+                       node_id: int | None = None, ssl: _ssl.SSLContext | None = None,
+                       sasl: Any = None) -> Any:
+    """Open a connection (as cluster node `node_id` if given; over `ssl`, authenticated
+    with `sasl`, as `Connection.open`), send one request, close. For tools, probes and a
+    node's one-off notices."""
     conn = await Connection.open(host, port, connect_timeout_ms=timeout_ms, client_id=client_id,
-                                 node_id=node_id)
+                                 node_id=node_id, ssl=ssl, sasl=sasl)
     try:
         return await conn.request(api_key, body, timeout_ms=timeout_ms)
     finally:

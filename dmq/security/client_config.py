@@ -39,8 +39,23 @@ class ClientConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ClientSecurity:
+    """A client's TLS context and SASL identity. Pass it as `security=` to `Producer`,
+    `Consumer`, `Admin` or `GroupAdmin`, or run any client inside `applied()`."""
+
     ssl: ssl.SSLContext | None = None
     sasl: SaslCredentials | None = None
+
+    @classmethod
+    def from_properties(cls, props: dict[str, Any], where: str = "properties"
+                        ) -> ClientSecurity:
+        """From Kafka client properties (the names above); `ClientConfigError` names a
+        wrong one."""
+        return from_properties(props, where)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ClientSecurity:
+        """From a Kafka client properties file (as `--command-config FILE`)."""
+        return load(path)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:

@@ -175,13 +175,13 @@ def free_block(offsets: tuple[int, ...]) -> int:
     raise AssertionError("no free port block")
 
 
-def start_dev(tmp_path: Path, base: int, brokers: int,
-              timeout_s: float = 60.0) -> tuple[subprocess.Popen[str], list[str]]:
-    """`dmq dev` with one controller and `brokers` brokers from `base`; returns the
-    process and the lines it printed up to "Ctrl-C stops"."""
+def start_dev(tmp_path: Path, base: int, brokers: int, timeout_s: float = 60.0,
+              extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], list[str]]:
+    """`dmq dev` (with `extra` options) with one controller and `brokers` brokers from
+    `base`; returns the process and the lines it printed up to "Ctrl-C stops"."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "dmq", "dev", "--controllers", "1", "--brokers", str(brokers),
-         "--base-port", str(base), "--quiet", "--data-dir", str(tmp_path / "dev")],
+         "--base-port", str(base), "--quiet", "--data-dir", str(tmp_path / "dev"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     assert proc.stdout is not None
     lines: list[str] = []
