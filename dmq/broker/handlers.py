@@ -55,6 +55,7 @@ from dmq.security.acl import (
     Authorizer,
     connection_principal,
 )
+from dmq.security.quotas import FETCH, PRODUCE, QuotaManager
 
 if TYPE_CHECKING:
     from dmq.broker.replica_manager import ReplicaManager
@@ -64,6 +65,15 @@ log = logging.getLogger("dmq.broker.handlers")
 LATEST = -1
 EARLIEST = -2
 _EMPTY = b""
+
+
+def _record_bytes(answer: dict[str, Any]) -> int:
+    """The record bytes of a fetch answer (counted per partition, never per record)."""
+    size = 0
+    for _, rows in answer["topics"]:
+        for row in rows:
+            size += len(row[5])
+    return size
 
 
 def _resolver(fut: asyncio.Future[None]) -> Callable[[], None]:
@@ -97,6 +107,8 @@ class DataPlane:
         self._storage_warned_ms = -1e18  # a refused write is logged at most every 10 s
         # ACLs (dmq.security.acl), from the broker's image; None: everything allowed
         self.authorizer: Authorizer | None = None
+        # client quotas (dmq.security.quotas), from the image's dynamic configs
+        self.quotas = QuotaManager()
 
     def register(self, server: Any, metadata: bool = True) -> None:
         server.register(ApiKey.PRODUCE, self.produce)
@@ -163,11 +175,85 @@ class DataPlane:
 
     # ------------------------------------------------------------------ produce
 
+    # ------------------------------------------------------------------ quotas
+
+    def _quotas_active(self) -> bool:
+        """Some client quota is set (read from the current image)."""
+        image = self.replicas.image
+        if image is None:
+            return False
+        self.quotas.update(image.dynamic_configs)
+        return self.quotas.active
+
+    def _quota_throttle_ms(self, ctx: RequestContext | None, principal: str | None,
+                           kind: str, size: int) -> int:
+        """Record `size` bytes against the principal's `kind` quota: the throttle time
+        in ms (-1: no quota applies)."""
+        if not self._quotas_active():
+            return -1
+        return self.quotas.record(self._principal(ctx, principal), kind, size,
+                             self.clock.monotonic_ms())
+
+    def _throttled(self, result: Any, throttle_ms: int) -> Any:
+        """The answer with its `throttle_time_ms`, held back that long (as Kafka, which
+        delays a throttled client's answer; the client waits for it before sending
+        more, and Kafka clients also back off by the throttle time they read)."""
+        if result is NO_RESPONSE:
+            return result
+        if isinstance(result, dict):
+            result["throttle_time_ms"] = throttle_ms
+            if throttle_ms <= 0:
+                return result
+
+        async def later() -> Any:
+            answer = await result if not isinstance(result, dict) else result
+            answer["throttle_time_ms"] = throttle_ms
+            if throttle_ms > 0:
+                await self.clock.sleep(throttle_ms)
+            return answer
+
+        return later()
+
+    def _fetch_throttled(self, ctx: RequestContext | None, principal: str | None,
+                         result: Any) -> Any:
+        """A consumer's fetch answer, its record bytes counted against its quota once
+        it is known, then held back by the throttle time."""
+        if isinstance(result, dict):
+            throttle_ms = self._quota_throttle_ms(ctx, principal, FETCH,
+                                                  _record_bytes(result))
+            return result if throttle_ms < 0 else self._throttled(result, throttle_ms)
+
+        async def later() -> Any:
+            answer = await result
+            throttle_ms = self._quota_throttle_ms(ctx, principal, FETCH,
+                                                  _record_bytes(answer))
+            if throttle_ms < 0:
+                return answer
+            return await self._throttled(answer, throttle_ms)
+
+        return later()
+
+    # ------------------------------------------------------------------ produce
+
     def produce(self, ctx: RequestContext | None, body: dict[str, Any], *,
                 kafka_listener: bool = False, principal: str | None = None) -> Any:
         """dmq's PRODUCE; the Kafka listener's Produce too (`kafka_listener`, with the
         connection's `principal`), whose batches hold Kafka records, where dmq's own
-        protocol takes dmq-native ones only."""
+        protocol takes dmq-native ones only. Over the principal's producer quota the
+        records are still appended, and the answer is held back by the throttle time."""
+        result = self._produce(ctx, body, kafka_listener, principal)
+        if self._quotas_active():
+            size = 0
+            for _, parts in body["topics"]:
+                for part in parts:
+                    size += len(part[2])
+            throttle_ms = self._quota_throttle_ms(ctx, principal, PRODUCE, size)
+            if throttle_ms >= 0:
+                return self._throttled(result, throttle_ms)
+        return result
+
+    def _produce(self, ctx: RequestContext | None, body: dict[str, Any],
+                 kafka_listener: bool, principal: str | None) -> Any:
         acks = body["acks"]
         if acks not in (0, 1, -1):
             raise InvalidRequiredAcksError(f"acks must be 0, 1 or -1, got {acks}")
@@ -251,6 +337,15 @@ class DataPlane:
 
     def fetch(self, ctx: RequestContext | None, body: dict[str, Any], *,
               principal: str | None = None) -> Any:
+        """A FETCH; a consumer's answer counts against its consumer quota and is held
+        back by the throttle time when over it."""
+        result = self._fetch(ctx, body, principal)
+        if body["replica_id"] < 0 and self._quotas_active():
+            return self._fetch_throttled(ctx, principal, result)
+        return result
+
+    def _fetch(self, ctx: RequestContext | None, body: dict[str, Any],
+               principal: str | None = None) -> Any:
         replica_id = body["replica_id"]
         follower = replica_id >= 0
         if not follower:  # a replica's fetch comes from a node (INTER_NODE_APIS)
@@ -285,7 +380,7 @@ class DataPlane:
         rest = [tp for tp in body["topics"] if tp[0] not in refused]
         if not rest:
             return {"topics": denied}
-        result = self.fetch(ctx, {**body, "topics": rest}, principal=_EXEMPT)
+        result = self._fetch(ctx, {**body, "topics": rest}, principal=_EXEMPT)
         if isinstance(result, dict):
             result["topics"] = list(result["topics"]) + denied
             return result
