@@ -71,6 +71,9 @@ class ApiKey(IntEnum):
     REVOKE_TOKEN = 40  # Kafka's ExpireDelegationToken number: the nearest counterpart
     DESCRIBE_USER_SCRAM_CREDENTIALS = 50
     ALTER_USER_SCRAM_CREDENTIALS = 51
+    # client quotas (active controller; dmq.security.quotas)
+    DESCRIBE_CLIENT_QUOTAS = 48
+    ALTER_CLIENT_QUOTAS = 49
     # dmq-only
     RAFT_REQUEST_VOTE = 1000
     RAFT_APPEND_ENTRIES = 1001
@@ -338,6 +341,22 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.REVOKE_TOKEN: Struct({"token": STR}),
     # -> {"token_id"}: the HTTP token (verified by the controller: only a valid token
     #    can be revoked) is refused by every node once its metadata has the record
+
+    # ---- client quotas (active controller; dmq.security.quotas) -------------------
+    # An entity is a user name, or nil for the default of every user; a quota is
+    # {"producer_byte_rate"|"consumer_byte_rate": bytes/s}. Kept in the metadata as
+    # dynamic configs (quota.producer.byte.rate[:<user>], ...). Describing needs
+    # DescribeConfigs on the cluster, altering AlterConfigs (as Kafka's).
+    ApiKey.DESCRIBE_CLIENT_QUOTAS: Struct(
+        # nil: every entry; else those of the named users (a nil element: the default)
+        optional={"users": (Nullable(Array(Nullable(STR), max_items=10_000)), None)}),
+    # -> {"entries": [[user | nil, {quota key: bytes/s}]]}
+    ApiKey.ALTER_CLIENT_QUOTAS: Struct(
+        # [[user | nil, {quota key: bytes/s | nil (removed)}]]
+        {"entries": Array(Tuple(Nullable(STR), MapOf(STR, Nullable(INT))),
+                          max_items=10_000)},
+        {"validate_only": (BOOL, False)}),
+    # -> {"results": [[user | nil, error, msg]]} (one per entry; each all or nothing)
 
     # ---- Raft transport between controllers ------------------------------------------
     # A Raft message in its wire form (a list, see dmq/raft), sent under the key of its
