@@ -30,6 +30,7 @@ from dmq.controller.validation import effective_topic_configs
 from dmq.kafka.acls import AclApis
 from dmq.kafka.errors import kafka_code
 from dmq.kafka.groups import GroupApis
+from dmq.kafka.quotas import QuotaApis
 from dmq.kafka.records import is_dmq_native, kafka_view
 from dmq.kafka.server import NO_RESPONSE, Api, api_ranges
 from dmq.kafka.topic_ids import TopicNames, topic_uuid
@@ -92,7 +93,7 @@ def bounded(request: ControllerRequest) -> ControllerRequest:
     return call
 
 
-class KafkaApis(GroupApis, AclApis):
+class KafkaApis(GroupApis, AclApis, QuotaApis):
     """The handlers, bound to one broker's data plane and controller route."""
 
     def __init__(self, config: ClusterConfig, broker_id: int, data_plane: DataPlane,
@@ -140,6 +141,7 @@ class KafkaApis(GroupApis, AclApis):
             *self.group_table(),
             *self.user_table(),
             *self.acl_table(),
+            *self.quota_table(),
         ]
 
     # ------------------------------------------------------------------ users (KIP-554)
@@ -722,7 +724,7 @@ async def _after(pending: Awaitable[Any], convert: Callable[[Any], Any]) -> Any:
 
 
 def _produce_answer(result: dict[str, Any]) -> dict[str, Any]:
-    return {"Responses": [
+    return {"ThrottleTimeMs": result.get("throttle_time_ms", 0), "Responses": [
         {"Name": topic, "PartitionResponses": [
             {"Index": p, "ErrorCode": kafka_code(err or 0), "BaseOffset": base,
              "LogAppendTimeMs": -1, "LogStartOffset": start, "ErrorMessage": msg}
@@ -731,7 +733,8 @@ def _produce_answer(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fetch_answer(result: dict[str, Any]) -> dict[str, Any]:
-    return {"ErrorCode": 0, "SessionId": 0, "Responses": [
+    return {"ThrottleTimeMs": result.get("throttle_time_ms", 0), "ErrorCode": 0,
+            "SessionId": 0, "Responses": [
         {"Topic": topic, "Partitions": [
             {"PartitionIndex": p, "ErrorCode": kafka_code(err), "HighWatermark": hw,
              "LastStableOffset": hw, "LogStartOffset": start, "AbortedTransactions": None,
