@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dmq.controller.validation import validate_dynamic_config
-from dmq.protocol.errors import InvalidConfigError
+from dmq.protocol.errors import ErrorCode, InvalidConfigError
 from dmq.security.quotas import (
     FETCH,
     MAX_THROTTLE_MS,
@@ -21,6 +21,7 @@ from dmq.security.quotas import (
     parse_config_key,
     user_of,
 )
+from tests.unit.controller.helpers import Harness
 
 
 def manager(configs: dict[str, str], **kw: int) -> QuotaManager:
@@ -146,3 +147,24 @@ def test_validation_of_quota_configs() -> None:
             ("quota.request.percentage", "10", "unknown quota config")):
         with pytest.raises(InvalidConfigError, match=why):
             validate_dynamic_config(key, value)
+
+
+def test_planner_alters_quota_entries_each_all_or_nothing() -> None:
+    h = Harness()
+    recs, res = h.planner.alter_client_quotas([
+        ["alice", {"producer_byte_rate": 1000, "consumer_byte_rate": 2000}],
+        [None, {"producer_byte_rate": 500}],
+        ["bob", {"producer_byte_rate": 10, "request_percentage": 5}],
+        ["", {"producer_byte_rate": 10}],
+        ["carol", {"consumer_byte_rate": 0}]])
+    assert [r[1] for r in res] == [0, 0] + [int(ErrorCode.INVALID_REQUEST)] * 3
+    assert "request_percentage" in res[2][2] and ">= 1" in res[4][2]
+    h.commit(recs)
+    assert entries(h.state.dynamic_configs) == {
+        "alice": {"producer_byte_rate": 1000, "consumer_byte_rate": 2000},
+        None: {"producer_byte_rate": 500}}
+    recs, res = h.planner.alter_client_quotas([["alice", {"producer_byte_rate": None}]],
+                                              validate_only=True)
+    assert recs == [] and res == [["alice", 0, None]]
+    h.commit(h.planner.alter_client_quotas([["alice", {"producer_byte_rate": None}]])[0])
+    assert entries(h.state.dynamic_configs)["alice"] == {"consumer_byte_rate": 2000}
