@@ -173,8 +173,6 @@ class DataPlane:
         return who is None or authz is None or authz.check(
             who, IDEMPOTENT_WRITE, CLUSTER, CLUSTER_NAME, "Produce")
 
-    # ------------------------------------------------------------------ produce
-
     # ------------------------------------------------------------------ quotas
 
     def _quotas_active(self) -> bool:
@@ -185,72 +183,77 @@ class DataPlane:
         self.quotas.update(image.dynamic_configs)
         return self.quotas.active
 
-    def _quota_throttle_ms(self, ctx: RequestContext | None, principal: str | None,
-                           kind: str, size: int) -> int:
-        """Record `size` bytes against the principal's `kind` quota: the throttle time
-        in ms (-1: no quota applies)."""
-        if not self._quotas_active():
-            return -1
-        return self.quotas.record(self._principal(ctx, principal), kind, size,
-                             self.clock.monotonic_ms())
+    def _quota_throttled(self, ctx: RequestContext | None, principal: str | None,
+                         kind: str, size: int, result: Any, client_throttles: bool) -> Any:
+        """Take `size` bytes of the principal's `kind` quota and answer `result`
+        accordingly: untouched without a quota; else with its `throttle_time_ms`,
+        and, over the quota, held back.
 
-    def _throttled(self, result: Any, throttle_ms: int) -> Any:
-        """The answer with its `throttle_time_ms`, held back that long (as Kafka, which
-        delays a throttled client's answer; the client waits for it before sending
-        more, and Kafka clients also back off by the throttle time they read)."""
-        if result is NO_RESPONSE:
+        As Kafka: a client that does not throttle itself (dmq's own, a Kafka client of a
+        version before KIP-219) gets its answer held back by the whole throttle time,
+        and waits for it before sending more; one that does (`client_throttles`) gets
+        its answer at once and waits the throttle time itself, while Kafka mutes its
+        channel meanwhile: an answer to a request sent during that time is held back
+        until it ends, and reports only the throttle time left after it."""
+        who = self._principal(ctx, principal)
+        now = self.clock.monotonic_ms()
+        throttle_ms = self.quotas.record(who, kind, size, now)
+        if throttle_ms < 0 or result is NO_RESPONSE:
             return result
+        hold_ms = throttle_ms
+        if client_throttles:
+            hold_ms = self.quotas.mute(who, kind, now, throttle_ms)
+            throttle_ms = max(0, throttle_ms - hold_ms)
         if isinstance(result, dict):
             result["throttle_time_ms"] = throttle_ms
-            if throttle_ms <= 0:
+            if hold_ms <= 0:
                 return result
 
         async def later() -> Any:
             answer = await result if not isinstance(result, dict) else result
             answer["throttle_time_ms"] = throttle_ms
-            if throttle_ms > 0:
-                await self.clock.sleep(throttle_ms)
+            if hold_ms > 0:
+                await self.clock.sleep(hold_ms)
             return answer
 
         return later()
 
     def _fetch_throttled(self, ctx: RequestContext | None, principal: str | None,
-                         result: Any) -> Any:
+                         result: Any, client_throttles: bool) -> Any:
         """A consumer's fetch answer, its record bytes counted against its quota once
-        it is known, then held back by the throttle time."""
+        it is known (`_quota_throttled`)."""
         if isinstance(result, dict):
-            throttle_ms = self._quota_throttle_ms(ctx, principal, FETCH,
-                                                  _record_bytes(result))
-            return result if throttle_ms < 0 else self._throttled(result, throttle_ms)
+            return self._quota_throttled(ctx, principal, FETCH, _record_bytes(result),
+                                         result, client_throttles)
 
         async def later() -> Any:
             answer = await result
-            throttle_ms = self._quota_throttle_ms(ctx, principal, FETCH,
-                                                  _record_bytes(answer))
-            if throttle_ms < 0:
+            if not self._quotas_active():
                 return answer
-            return await self._throttled(answer, throttle_ms)
+            out = self._quota_throttled(ctx, principal, FETCH, _record_bytes(answer),
+                                        answer, client_throttles)
+            return out if isinstance(out, dict) else await out
 
         return later()
 
     # ------------------------------------------------------------------ produce
 
     def produce(self, ctx: RequestContext | None, body: dict[str, Any], *,
-                kafka_listener: bool = False, principal: str | None = None) -> Any:
+                kafka_listener: bool = False, principal: str | None = None,
+                client_throttles: bool = False) -> Any:
         """dmq's PRODUCE; the Kafka listener's Produce too (`kafka_listener`, with the
         connection's `principal`), whose batches hold Kafka records, where dmq's own
         protocol takes dmq-native ones only. Over the principal's producer quota the
-        records are still appended, and the answer is held back by the throttle time."""
+        records are still appended, and the answer is throttled (`_quota_throttled`;
+        `client_throttles`: a Kafka client that backs off by itself, KIP-219)."""
         result = self._produce(ctx, body, kafka_listener, principal)
-        if self._quotas_active():
-            size = 0
-            for _, parts in body["topics"]:
-                for part in parts:
-                    size += len(part[2])
-            throttle_ms = self._quota_throttle_ms(ctx, principal, PRODUCE, size)
-            if throttle_ms >= 0:
-                return self._throttled(result, throttle_ms)
-        return result
+        if not self._quotas_active():
+            return result
+        size = 0
+        for _, parts in body["topics"]:
+            for part in parts:
+                size += len(part[2])
+        return self._quota_throttled(ctx, principal, PRODUCE, size, result, client_throttles)
 
     def _produce(self, ctx: RequestContext | None, body: dict[str, Any],
                  kafka_listener: bool, principal: str | None) -> Any:
@@ -336,12 +339,12 @@ class DataPlane:
     # ------------------------------------------------------------------ fetch
 
     def fetch(self, ctx: RequestContext | None, body: dict[str, Any], *,
-              principal: str | None = None) -> Any:
-        """A FETCH; a consumer's answer counts against its consumer quota and is held
-        back by the throttle time when over it."""
+              principal: str | None = None, client_throttles: bool = False) -> Any:
+        """A FETCH; a consumer's answer counts against its consumer quota and is
+        throttled when over it (`_quota_throttled`)."""
         result = self._fetch(ctx, body, principal)
         if body["replica_id"] < 0 and self._quotas_active():
-            return self._fetch_throttled(ctx, principal, result)
+            return self._fetch_throttled(ctx, principal, result, client_throttles)
         return result
 
     def _fetch(self, ctx: RequestContext | None, body: dict[str, Any],

@@ -62,6 +62,9 @@ log = logging.getLogger("dmq.kafka")
 INVALID_REQUEST = 42
 FETCH_SESSION_ID_NOT_FOUND = 70
 INVALID_FETCH_SESSION_EPOCH = 71
+# from these versions on a client backs off by the ThrottleTimeMs it reads (KIP-219)
+CLIENT_THROTTLES_PRODUCE = 6
+CLIENT_THROTTLES_FETCH = 8
 UNSUPPORTED_ENDPOINT_TYPE = 119
 RESOURCE_TOPIC = 2
 RESOURCE_BROKER = 4
@@ -332,7 +335,8 @@ class KafkaApis(GroupApis, AclApis, QuotaApis):
                   for t in body["TopicData"]]
         result = self.data_plane.produce(
             _NO_CONTEXT, {"acks": acks, "timeout_ms": body["TimeoutMs"], "topics": topics},
-            kafka_listener=True, principal=header.principal)
+            kafka_listener=True, principal=header.principal,
+            client_throttles=header.api_version >= CLIENT_THROTTLES_PRODUCE)
         if result is DMQ_NO_RESPONSE or acks == 0:
             return NO_RESPONSE
         if isinstance(result, dict):
@@ -364,7 +368,9 @@ class KafkaApis(GroupApis, AclApis, QuotaApis):
         request = {"replica_id": -1, "max_wait_ms": max(body["MaxWaitMs"], 0),
                    "min_bytes": body["MinBytes"], "max_bytes": body.get("MaxBytes", 0x7FFFFFFF),
                    "topics": topics}
-        result = self.data_plane.fetch(_NO_CONTEXT, request, principal=header.principal)
+        result = self.data_plane.fetch(
+            _NO_CONTEXT, request, principal=header.principal,
+            client_throttles=header.api_version >= CLIENT_THROTTLES_FETCH)
         if isinstance(result, dict):
             return _fetch_answer(result)
         return _after(result, _fetch_answer)

@@ -123,6 +123,7 @@ class _Bucket:
     at_ms: int
     throttle_ms_total: int = 0
     throttled_requests: int = 0
+    muted_until_ms: int = 0
 
 
 @dataclass
@@ -187,6 +188,20 @@ class QuotaManager:
         b.throttle_ms_total += throttle_ms
         b.throttled_requests += 1
         return throttle_ms
+
+    def mute(self, principal: str, kind: str, now_ms: int, throttle_ms: int) -> int:
+        """For a client that throttles itself after a throttled answer (Kafka's
+        KIP-219), while the broker mutes it: how long to hold back the answer of a
+        request sent at `now_ms` (what is left of an earlier throttle, 0: none), and
+        from then on the principal is muted until `now_ms` + `throttle_ms`. Call
+        right after `record` returned `throttle_ms`."""
+        user = user_of(principal)
+        b = self._buckets[kind].get(user) if user is not None else None
+        if b is None:
+            return 0
+        hold_ms = max(0, min(b.muted_until_ms - now_ms, throttle_ms))
+        b.muted_until_ms = max(b.muted_until_ms, now_ms + throttle_ms)
+        return hold_ms
 
     def throttle_stats(self) -> list[tuple[str, str, int, int]]:
         """[(kind, user, throttle ms total, throttled requests)] of tracked users that

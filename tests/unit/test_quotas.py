@@ -168,3 +168,20 @@ def test_planner_alters_quota_entries_each_all_or_nothing() -> None:
     assert recs == [] and res == [["alice", 0, None]]
     h.commit(h.planner.alter_client_quotas([["alice", {"producer_byte_rate": None}]])[0])
     assert entries(h.state.dynamic_configs)["alice"] == {"consumer_byte_rate": 2000}
+
+
+def test_a_client_that_throttles_itself_is_muted_meanwhile() -> None:
+    """KIP-219: the answer comes at once and the client waits; a request it sends
+    before the throttle time ended is held back until then, and its answer reports
+    only the rest."""
+    q = manager({"quota.producer.byte.rate:a": "1000"})
+    t1 = q.record("User:a", PRODUCE, 2000, 0)  # 1000 over: 1 s
+    assert (t1, q.mute("User:a", PRODUCE, 0, t1)) == (1000, 0)  # answered at once
+    # pipelined: sent at 100 ms, 500 more bytes: debt clears at 1500 ms
+    t2 = q.record("User:a", PRODUCE, 500, 100)
+    assert t2 == 1400
+    assert q.mute("User:a", PRODUCE, 100, t2) == 900  # held until the mute ends (1000)
+    # a client that waited its throttle time out is not held
+    t3 = q.record("User:a", PRODUCE, 100, 1500)
+    assert q.mute("User:a", PRODUCE, 1500, t3) == 0
+    assert q.mute("node:1", PRODUCE, 0, 10) == 0
