@@ -2,16 +2,20 @@
 user alice with a producer quota of 200 KB/s and user bob without one produce at the
 same time; alice's acknowledged throughput stays within 10% of her quota while bob's
 runs far above it. The same for fetching with a consumer quota. Quotas are set, listed
-and removed through `Admin` (DescribeClientQuotas / AlterClientQuotas), and throttle
+and removed through `Admin` (DescribeClientQuotas / AlterClientQuotas) and `dmq quotas`,
+and throttle
 time shows in /metrics per principal."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +190,37 @@ async def test_consumer_quota_holds_a_user_to_its_rate(
         with contextlib.suppress(Exception), client_sasl(creds("admin")):
             async with Admin(pc.bootstrap) as admin:
                 await admin.alter_client_quotas({"alice": {"consumer_byte_rate": None}})
+
+
+def test_quotas_cli(secure: tuple[ProcessCluster, CA], tmp_path: Path) -> None:
+    pc, ca = secure
+    props = tmp_path / "admin.properties"
+    props.write_text(f"security.protocol=SASL_SSL\nssl.ca.location={ca.cafile}\n"
+                     f"sasl.mechanism={MECH}\nsasl.username=admin\n"
+                     f"sasl.password={USERS['admin']}\n")
+
+    def quotas(*args: str, ok: bool = True) -> str:
+        res = subprocess.run([sys.executable, "-m", "dmq.cli", "quotas", *args,
+                              "--bootstrap", pc.bootstrap, "--timeout-ms", "20000",
+                              "--command-config", str(props)],
+                             capture_output=True, text=True, timeout=60)
+        assert (res.returncode == 0) == ok, res.stdout + res.stderr
+        return res.stdout + res.stderr
+
+    assert "set quotas of bob" in quotas("set", "--user", "bob", "--producer-byte-rate",
+                                         "1048576", "--consumer-byte-rate", "2097152")
+    quotas("set", "--default", "--consumer-byte-rate", "4096")
+    listed = quotas("list").splitlines()
+    assert listed[0].split() == ["USER", "PRODUCER_BYTE_RATE", "CONSUMER_BYTE_RATE"]
+    assert listed[1].split() == ["<default>", "-", "4096"]
+    assert listed[2].split() == ["bob", "1048576", "2097152"]
+    assert "whole number" in quotas("set", "--user", "bob", "--producer-byte-rate", "0",
+                                    ok=False)
+    assert "--user USER or --default" in quotas("set", "--producer-byte-rate", "5",
+                                                ok=False)
+    quotas("remove", "--user", "bob", "--consumer-byte-rate")
+    quotas("remove", "--default")
+    listed = quotas("list").splitlines()
+    assert [line.split() for line in listed[1:]] == [["bob", "1048576", "-"]]
+    quotas("remove", "--user", "bob")
+    assert quotas("list").splitlines()[1:] == []
