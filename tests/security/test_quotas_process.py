@@ -3,8 +3,7 @@ user alice with a producer quota of 200 KB/s and user bob without one produce at
 same time; alice's acknowledged throughput stays within 10% of her quota while bob's
 runs far above it. The same for fetching with a consumer quota. Quotas are set, listed
 and removed through `Admin` (DescribeClientQuotas / AlterClientQuotas) and `dmq quotas`,
-and throttle
-time shows in /metrics per principal."""
+and throttle time shows in /metrics per principal."""
 
 from __future__ import annotations
 
