@@ -3,9 +3,10 @@ OFFSET_FOR_LEADER_EPOCH and the broker's METADATA (answered from the local image
 
 Owns turning requests into calls on `Partition`s and the shapes of the answers
 declared in `dmq/protocol/api.py`. Handlers are plain functions that answer at once
-when they can, and return a coroutine only to wait (acks=all, long-poll fetch): the
-server calls them in arrival order, so a produce appends before anything awaits and
-produce order on a connection is kept.
+when they can, and return a coroutine only to wait (acks=all, long-poll fetch, an
+answer held back by a client quota, `dmq.security.quotas`): the server calls them in
+arrival order, so a produce appends before anything awaits and produce order on a
+connection is kept.
 
 It must never decode records: a produce validates headers and CRCs and stamps
 offsets (in `dmq.log`), a fetch moves bytes. Waiting uses futures completed by the

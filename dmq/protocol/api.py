@@ -116,6 +116,8 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
          # [[topic, [[partition, leader_epoch (-1: unchecked), batches: bytes]]]]
          "topics": Array(Tuple(STR, Array(Tuple(INT, INT, BYTES))))}),
     # -> {"topics": [[topic, [[partition, error, base_offset, log_start_offset, msg]]]]}
+    #    plus "throttle_time_ms" when the principal has a producer quota (the answer was
+    #    held back that long; dmq.security.quotas)
     ApiKey.FETCH: Struct(
         {"max_wait_ms": INT, "min_bytes": INT, "max_bytes": INT,
          # [[topic, [[partition, fetch_offset, current_leader_epoch, partition_max_bytes]]]]
@@ -137,6 +139,8 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     #    opened) and "error" (FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH:
     #    send a full request). A session response holds only partitions with records,
     #    an error, or a high watermark or log start offset not sent before.
+    #    A consumer's answer has "throttle_time_ms" when its principal has a consumer
+    #    quota (held back that long; dmq.security.quotas).
     ApiKey.LIST_OFFSETS: Struct(
         # timestamp -1 = latest, -2 = earliest, else first offset with ts >= timestamp
         {"topics": Array(Tuple(STR, Array(Tuple(INT, INT))))}),
