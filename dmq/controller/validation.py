@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dmq.protocol.errors import InvalidConfigError, InvalidTopicError
-from dmq.security.quotas import CONFIG_KEYS, check_rate, is_quota_config, parse_config_key
+from dmq.security.quotas import (
+    CONFIG_KEYS,
+    check_rate,
+    check_user,
+    is_quota_config,
+    parse_config_key,
+)
 
 MAX_TOPIC_NAME_CHARS = 249
 # matched whole with fullmatch: a "$" would also match before a final newline ("nl\n")
@@ -139,6 +145,11 @@ def validate_dynamic_config(key: str, value: str | None) -> str | None:
             raise InvalidConfigError(
                 f"unknown quota config {key!r}; known: "
                 f"{', '.join(f'{k}[:<user>]' for k in sorted(CONFIG_KEYS.values()))}")
+        if parsed[1] is not None:
+            try:
+                check_user(parsed[1])
+            except ValueError as exc:
+                raise InvalidConfigError(f"{key!r}: {exc}") from None
         check = check_rate
     if check is None:
         raise InvalidConfigError(f"unknown dynamic broker config {key!r}; known: "

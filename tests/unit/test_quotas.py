@@ -144,7 +144,8 @@ def test_validation_of_quota_configs() -> None:
             ("quota.producer.byte.rate", "1.5", "whole"),
             ("quota.producer.byte.rate", "fast", "a number"),
             ("quota.producer.byte.rate:", "10", "unknown quota config"),
-            ("quota.request.percentage", "10", "unknown quota config")):
+            ("quota.request.percentage", "10", "unknown quota config"),
+            ("quota.producer.byte.rate:" + "u" * 513, "10", "1 to 512 bytes")):
         with pytest.raises(InvalidConfigError, match=why):
             validate_dynamic_config(key, value)
 
