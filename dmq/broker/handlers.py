@@ -3,9 +3,10 @@ OFFSET_FOR_LEADER_EPOCH and the broker's METADATA (answered from the local image
 
 Owns turning requests into calls on `Partition`s and the shapes of the answers
 declared in `dmq/protocol/api.py`. Handlers are plain functions that answer at once
-when they can, and return a coroutine only to wait (acks=all, long-poll fetch): the
-server calls them in arrival order, so a produce appends before anything awaits and
-produce order on a connection is kept.
+when they can, and return a coroutine only to wait (acks=all, long-poll fetch, an
+answer held back by a client quota, `dmq.security.quotas`): the server calls them in
+arrival order, so a produce appends before anything awaits and produce order on a
+connection is kept.
 
 It must never decode records: a produce validates headers and CRCs and stamps
 offsets (in `dmq.log`), a fetch moves bytes. Waiting uses futures completed by the
@@ -55,6 +56,7 @@ from dmq.security.acl import (
     Authorizer,
     connection_principal,
 )
+from dmq.security.quotas import FETCH, PRODUCE, QuotaManager
 
 if TYPE_CHECKING:
     from dmq.broker.replica_manager import ReplicaManager
@@ -64,6 +66,15 @@ log = logging.getLogger("dmq.broker.handlers")
 LATEST = -1
 EARLIEST = -2
 _EMPTY = b""
+
+
+def _record_bytes(answer: dict[str, Any]) -> int:
+    """The record bytes of a fetch answer (counted per partition, never per record)."""
+    size = 0
+    for _, rows in answer["topics"]:
+        for row in rows:
+            size += len(row[5])
+    return size
 
 
 def _resolver(fut: asyncio.Future[None]) -> Callable[[], None]:
@@ -97,6 +108,8 @@ class DataPlane:
         self._storage_warned_ms = -1e18  # a refused write is logged at most every 10 s
         # ACLs (dmq.security.acl), from the broker's image; None: everything allowed
         self.authorizer: Authorizer | None = None
+        # client quotas (dmq.security.quotas), from the image's dynamic configs
+        self.quotas = QuotaManager()
 
     def register(self, server: Any, metadata: bool = True) -> None:
         server.register(ApiKey.PRODUCE, self.produce)
@@ -161,13 +174,90 @@ class DataPlane:
         return who is None or authz is None or authz.check(
             who, IDEMPOTENT_WRITE, CLUSTER, CLUSTER_NAME, "Produce")
 
+    # ------------------------------------------------------------------ quotas
+
+    def _quotas_active(self) -> bool:
+        """Some client quota is set (read from the current image)."""
+        image = self.replicas.image
+        if image is None:
+            return False
+        self.quotas.update(image.dynamic_configs)
+        return self.quotas.active
+
+    def _quota_throttled(self, ctx: RequestContext | None, principal: str | None,
+                         kind: str, size: int, result: Any, client_throttles: bool) -> Any:
+        """Take `size` bytes of the principal's `kind` quota and answer `result`
+        accordingly: untouched without a quota; else with its `throttle_time_ms`,
+        and, over the quota, held back.
+
+        As Kafka: a client that does not throttle itself (dmq's own, a Kafka client of a
+        version before KIP-219) gets its answer held back by the whole throttle time,
+        and waits for it before sending more; one that does (`client_throttles`) gets
+        its answer at once and waits the throttle time itself, while Kafka mutes its
+        channel meanwhile: an answer to a request sent during that time is held back
+        until it ends, and reports only the throttle time left after it."""
+        who = self._principal(ctx, principal)
+        now = self.clock.monotonic_ms()
+        throttle_ms = self.quotas.record(who, kind, size, now)
+        if throttle_ms < 0 or result is NO_RESPONSE:
+            return result
+        hold_ms = throttle_ms
+        if client_throttles:
+            hold_ms = self.quotas.mute(who, kind, now, throttle_ms)
+            throttle_ms = max(0, throttle_ms - hold_ms)
+        if isinstance(result, dict):
+            result["throttle_time_ms"] = throttle_ms
+            if hold_ms <= 0:
+                return result
+
+        async def later() -> Any:
+            answer = await result if not isinstance(result, dict) else result
+            answer["throttle_time_ms"] = throttle_ms
+            if hold_ms > 0:
+                await self.clock.sleep(hold_ms)
+            return answer
+
+        return later()
+
+    def _fetch_throttled(self, ctx: RequestContext | None, principal: str | None,
+                         result: Any, client_throttles: bool) -> Any:
+        """A consumer's fetch answer, its record bytes counted against its quota once
+        it is known (`_quota_throttled`)."""
+        if isinstance(result, dict):
+            return self._quota_throttled(ctx, principal, FETCH, _record_bytes(result),
+                                         result, client_throttles)
+
+        async def later() -> Any:
+            answer = await result
+            if not self._quotas_active():
+                return answer
+            out = self._quota_throttled(ctx, principal, FETCH, _record_bytes(answer),
+                                        answer, client_throttles)
+            return out if isinstance(out, dict) else await out
+
+        return later()
+
     # ------------------------------------------------------------------ produce
 
     def produce(self, ctx: RequestContext | None, body: dict[str, Any], *,
-                kafka_listener: bool = False, principal: str | None = None) -> Any:
+                kafka_listener: bool = False, principal: str | None = None,
+                client_throttles: bool = False) -> Any:
         """dmq's PRODUCE; the Kafka listener's Produce too (`kafka_listener`, with the
         connection's `principal`), whose batches hold Kafka records, where dmq's own
-        protocol takes dmq-native ones only."""
+        protocol takes dmq-native ones only. Over the principal's producer quota the
+        records are still appended, and the answer is throttled (`_quota_throttled`;
+        `client_throttles`: a Kafka client that backs off by itself, KIP-219)."""
+        result = self._produce(ctx, body, kafka_listener, principal)
+        if not self._quotas_active():
+            return result
+        size = 0
+        for _, parts in body["topics"]:
+            for part in parts:
+                size += len(part[2])
+        return self._quota_throttled(ctx, principal, PRODUCE, size, result, client_throttles)
+
+    def _produce(self, ctx: RequestContext | None, body: dict[str, Any],
+                 kafka_listener: bool, principal: str | None) -> Any:
         acks = body["acks"]
         if acks not in (0, 1, -1):
             raise InvalidRequiredAcksError(f"acks must be 0, 1 or -1, got {acks}")
@@ -250,7 +340,16 @@ class DataPlane:
     # ------------------------------------------------------------------ fetch
 
     def fetch(self, ctx: RequestContext | None, body: dict[str, Any], *,
-              principal: str | None = None) -> Any:
+              principal: str | None = None, client_throttles: bool = False) -> Any:
+        """A FETCH; a consumer's answer counts against its consumer quota and is
+        throttled when over it (`_quota_throttled`)."""
+        result = self._fetch(ctx, body, principal)
+        if body["replica_id"] < 0 and self._quotas_active():
+            return self._fetch_throttled(ctx, principal, result, client_throttles)
+        return result
+
+    def _fetch(self, ctx: RequestContext | None, body: dict[str, Any],
+               principal: str | None = None) -> Any:
         replica_id = body["replica_id"]
         follower = replica_id >= 0
         if not follower:  # a replica's fetch comes from a node (INTER_NODE_APIS)
@@ -285,7 +384,7 @@ class DataPlane:
         rest = [tp for tp in body["topics"] if tp[0] not in refused]
         if not rest:
             return {"topics": denied}
-        result = self.fetch(ctx, {**body, "topics": rest}, principal=_EXEMPT)
+        result = self._fetch(ctx, {**body, "topics": rest}, principal=_EXEMPT)
         if isinstance(result, dict):
             result["topics"] = list(result["topics"]) + denied
             return result

@@ -154,7 +154,28 @@ class BrokerService(Service):
              [(lab, float(self.data_plane.stats_produce_requests))]),
             ("dmq_broker_fetch_requests", "counter", "fetch requests",
              [(lab, float(self.data_plane.stats_fetch_requests))]),
+            *self._quota_metrics(lab),
             *self._partition_metrics(lab),
+        ]
+
+    def _quota_metrics(self, lab: dict[str, str]) -> list[Any]:
+        """Throttle time per principal and kind (produce, fetch) of the client quotas
+        (labels bounded by the users the quota manager tracks, throttled ones only)."""
+        quotas = self.data_plane.quotas
+        stats = quotas.throttle_stats()
+        time_rows: list[Any] = [({**lab, "kind": kind, "principal": "(dropped)"}, float(ms))
+                                for kind, ms in quotas.dropped_throttle_ms.items() if ms]
+        count_rows: list[Any] = []
+        for kind, user, ms, n in stats:
+            row_lab = {**lab, "kind": kind, "principal": f"User:{user}"}
+            time_rows.append((row_lab, float(ms)))
+            count_rows.append((row_lab, float(n)))
+        return [
+            ("dmq_broker_quota_throttle_time_ms", "counter",
+             "ms answers were held back by client quotas, per principal and kind",
+             time_rows),
+            ("dmq_broker_quota_throttled_requests", "counter",
+             "requests over a client quota, per principal and kind", count_rows),
         ]
 
     def _partition_metrics(self, lab: dict[str, str]) -> list[Any]:

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "brokers": ("dmq.cli.partitions", "brokers"),
     "dev": ("dmq.cli.dev", "dev"),
     "users": ("dmq.cli.users", "users"),
+    "quotas": ("dmq.cli.quotas", "quotas"),
 }
 
 

@@ -452,6 +452,40 @@ class Admin:
         if err is not None:
             raise err
 
+    # client quotas (kept in the metadata; see dmq.security.quotas) -----------------------
+    async def describe_client_quotas(self, users: list[str | None] | None = None
+                                     ) -> dict[str | None, dict[str, int]]:
+        """user (None: the default of every user) -> {"producer_byte_rate" |
+        "consumer_byte_rate": bytes/s} of every quota entry (or of the named users)."""
+        resp = await self._request(ApiKey.DESCRIBE_CLIENT_QUOTAS, {"users": users})
+        return {user: {k: int(v) for k, v in quotas.items()}
+                for user, quotas in resp["entries"]}
+
+    async def alter_client_quotas(self, changes: dict[str | None, dict[str, int | None]],
+                                  *, validate_only: bool = False
+                                  ) -> dict[str | None, DmqError | None]:
+        """Set (bytes/s) or remove (None) quotas per user (None: the default of every
+        user); a per-broker byte rate, as Kafka's. Result: user -> None or its error (an
+        entry refused in part is not changed)."""
+        resp = await self._request(ApiKey.ALTER_CLIENT_QUOTAS, {
+            "entries": [[user, dict(q)] for user, q in changes.items()],
+            "validate_only": validate_only})
+        return {user: (None if not code else error_for(code, msg))
+                for user, code, msg in resp["results"]}
+
+    async def set_client_quotas(self, user: str | None, *,
+                                producer_byte_rate: int | None = None,
+                                consumer_byte_rate: int | None = None) -> None:
+        """Set the given quotas of `user` (None: the default); raises a refusal."""
+        quotas: dict[str, int | None] = {}
+        if producer_byte_rate is not None:
+            quotas["producer_byte_rate"] = producer_byte_rate
+        if consumer_byte_rate is not None:
+            quotas["consumer_byte_rate"] = consumer_byte_rate
+        err = (await self.alter_client_quotas({user: quotas}))[user]
+        if err is not None:
+            raise err
+
     async def revoke_token(self, token: str) -> str:
         """Refuse an HTTP token from now on, on every node (see dmq.security.tokens);
         returns its id."""

@@ -78,6 +78,7 @@ from dmq.protocol.errors import (
     UnknownLeaderEpochError,
     UnknownTopicOrPartitionError,
 )
+from dmq.security.quotas import QUOTA_KEYS, check_rate, check_user, config_key
 
 PRODUCER_ID_BLOCK = 1000
 
@@ -640,6 +641,32 @@ class Planner:
         except DmqError as exc:
             return [], {"error": int(exc.code), "msg": exc.message}
         return ([] if validate_only else records), {"error": 0, "msg": None}
+
+    def alter_client_quotas(self, entries: list[list[Any]], validate_only: bool = False
+                            ) -> tuple[list[Record], list[list[Any]]]:
+        """Client quotas (dmq.security.quotas): per entry [user | None (the default),
+        {quota key: bytes/s | None (removed)}], all or nothing per entry. Returns the
+        records and [[user, error, msg]] per entry."""
+        records: list[Record] = []
+        results: list[list[Any]] = []
+        for user, quotas in entries:
+            try:
+                if user is not None:
+                    check_user(user)
+                recs: list[Record] = []
+                for key, value in sorted(quotas.items()):
+                    if key not in QUOTA_KEYS:
+                        raise ValueError(f"unknown quota {key!r}; known: "
+                                         f"{', '.join(QUOTA_KEYS)}")
+                    recs.append(DynamicConfig(config_key(key, user),
+                                              None if value is None else check_rate(value)))
+            except ValueError as exc:
+                who = "the default user" if user is None else f"user {user!r}"
+                results.append([user, int(ErrorCode.INVALID_REQUEST), f"{who}: {exc}"])
+                continue
+            records += recs
+            results.append([user, 0, None])
+        return ([] if validate_only else records), results
 
     # partitions -------------------------------------------------------------------------
     def alter_partition(self, broker_id: int, broker_epoch: int,

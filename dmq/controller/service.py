@@ -70,6 +70,7 @@ from dmq.security.acl import (
     connection_principal,
     is_node,
 )
+from dmq.security.quotas import entries as quota_entries
 from dmq.services import Service
 
 if TYPE_CHECKING:
@@ -157,6 +158,8 @@ class ControllerService(Service):
             ApiKey.INIT_PRODUCER_ID: self.handle_init_producer_id,
             ApiKey.DESCRIBE_CONFIGS: self.handle_describe_configs,
             ApiKey.ALTER_CONFIGS: self.handle_alter_configs,
+            ApiKey.DESCRIBE_CLIENT_QUOTAS: self.handle_describe_client_quotas,
+            ApiKey.ALTER_CLIENT_QUOTAS: self.handle_alter_client_quotas,
             ApiKey.ALTER_PARTITION_REASSIGNMENTS: self.handle_alter_partition_reassignments,
             ApiKey.LIST_PARTITION_REASSIGNMENTS: self.handle_list_partition_reassignments,
             ApiKey.ELECT_LEADERS: self.handle_elect_leaders,
@@ -580,6 +583,33 @@ class ControllerService(Service):
                             for k in sorted(DYNAMIC_CONFIG_CHECKS)},
                 "overrides": overrides}}
         return {"topics": out}
+
+    async def handle_describe_client_quotas(self, ctx: RequestContext,
+                                            body: dict[str, Any]) -> Any:
+        """Client quotas (dmq.security.quotas) from the applied state: DescribeConfigs
+        on the cluster, as Kafka's DescribeClientQuotas."""
+        principal = connection_principal(ctx.connection)
+        self.authorizer.require_cluster(principal, DESCRIBE_CONFIGS, "DescribeClientQuotas")
+        found = quota_entries(self.state.dynamic_configs)
+        wanted = body["users"]
+        names = sorted(found, key=lambda u: (u is not None, u or ""))
+        return {"entries": [[u, found[u]] for u in names if wanted is None or u in wanted]}
+
+    async def handle_alter_client_quotas(self, ctx: RequestContext,
+                                         body: dict[str, Any]) -> Any:
+        """Set or remove client quotas: AlterConfigs on the cluster, as Kafka's
+        AlterClientQuotas."""
+        principal = connection_principal(ctx.connection)
+        self.authorizer.require_cluster(principal, ALTER_CONFIGS, "AlterClientQuotas")
+        results = await self.mutate(lambda: self.planner.alter_client_quotas(
+            body["entries"], body["validate_only"]))
+        if not body["validate_only"]:
+            for user, code, _ in results:
+                if code == 0:
+                    log.info("controller=%d client quotas of %s changed by %s",
+                             self.node_id, "<default>" if user is None else repr(user),
+                             principal)
+        return {"results": results}
 
     # write handlers ---------------------------------------------------------------------
     async def handle_broker_registration(self, ctx: RequestContext, body: dict[str, Any]) -> Any:

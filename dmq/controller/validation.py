@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dmq.protocol.errors import InvalidConfigError, InvalidTopicError
+from dmq.security.quotas import (
+    CONFIG_KEYS,
+    check_rate,
+    check_user,
+    is_quota_config,
+    parse_config_key,
+)
 
 MAX_TOPIC_NAME_CHARS = 249
 # matched whole with fullmatch: a "$" would also match before a final newline ("nl\n")
@@ -132,6 +139,18 @@ DYNAMIC_CONFIG_CHECKS: dict[str, Callable[[str], str]] = {
 def validate_dynamic_config(key: str, value: str | None) -> str | None:
     """The normalised value (None: back to the static setting), or InvalidConfigError."""
     check = DYNAMIC_CONFIG_CHECKS.get(key)
+    if check is None and is_quota_config(key):  # client quotas (dmq.security.quotas)
+        parsed = parse_config_key(key)
+        if parsed is None or (parsed[1] is not None and not parsed[1]):
+            raise InvalidConfigError(
+                f"unknown quota config {key!r}; known: "
+                f"{', '.join(f'{k}[:<user>]' for k in sorted(CONFIG_KEYS.values()))}")
+        if parsed[1] is not None:
+            try:
+                check_user(parsed[1])
+            except ValueError as exc:
+                raise InvalidConfigError(f"{key!r}: {exc}") from None
+        check = check_rate
     if check is None:
         raise InvalidConfigError(f"unknown dynamic broker config {key!r}; known: "
                                  f"{', '.join(sorted(DYNAMIC_CONFIG_CHECKS))}")

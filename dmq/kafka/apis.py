@@ -30,6 +30,7 @@ from dmq.controller.validation import effective_topic_configs
 from dmq.kafka.acls import AclApis
 from dmq.kafka.errors import kafka_code
 from dmq.kafka.groups import GroupApis
+from dmq.kafka.quotas import QuotaApis
 from dmq.kafka.records import is_dmq_native, kafka_view
 from dmq.kafka.server import NO_RESPONSE, Api, api_ranges
 from dmq.kafka.topic_ids import TopicNames, topic_uuid
@@ -61,6 +62,9 @@ log = logging.getLogger("dmq.kafka")
 INVALID_REQUEST = 42
 FETCH_SESSION_ID_NOT_FOUND = 70
 INVALID_FETCH_SESSION_EPOCH = 71
+# from these versions on a client backs off by the ThrottleTimeMs it reads (KIP-219)
+CLIENT_THROTTLES_PRODUCE = 6
+CLIENT_THROTTLES_FETCH = 8
 UNSUPPORTED_ENDPOINT_TYPE = 119
 RESOURCE_TOPIC = 2
 RESOURCE_BROKER = 4
@@ -92,7 +96,7 @@ def bounded(request: ControllerRequest) -> ControllerRequest:
     return call
 
 
-class KafkaApis(GroupApis, AclApis):
+class KafkaApis(GroupApis, AclApis, QuotaApis):
     """The handlers, bound to one broker's data plane and controller route."""
 
     def __init__(self, config: ClusterConfig, broker_id: int, data_plane: DataPlane,
@@ -140,6 +144,7 @@ class KafkaApis(GroupApis, AclApis):
             *self.group_table(),
             *self.user_table(),
             *self.acl_table(),
+            *self.quota_table(),
         ]
 
     # ------------------------------------------------------------------ users (KIP-554)
@@ -330,7 +335,8 @@ class KafkaApis(GroupApis, AclApis):
                   for t in body["TopicData"]]
         result = self.data_plane.produce(
             _NO_CONTEXT, {"acks": acks, "timeout_ms": body["TimeoutMs"], "topics": topics},
-            kafka_listener=True, principal=header.principal)
+            kafka_listener=True, principal=header.principal,
+            client_throttles=header.api_version >= CLIENT_THROTTLES_PRODUCE)
         if result is DMQ_NO_RESPONSE or acks == 0:
             return NO_RESPONSE
         if isinstance(result, dict):
@@ -362,7 +368,9 @@ class KafkaApis(GroupApis, AclApis):
         request = {"replica_id": -1, "max_wait_ms": max(body["MaxWaitMs"], 0),
                    "min_bytes": body["MinBytes"], "max_bytes": body.get("MaxBytes", 0x7FFFFFFF),
                    "topics": topics}
-        result = self.data_plane.fetch(_NO_CONTEXT, request, principal=header.principal)
+        result = self.data_plane.fetch(
+            _NO_CONTEXT, request, principal=header.principal,
+            client_throttles=header.api_version >= CLIENT_THROTTLES_FETCH)
         if isinstance(result, dict):
             return _fetch_answer(result)
         return _after(result, _fetch_answer)
@@ -722,7 +730,7 @@ async def _after(pending: Awaitable[Any], convert: Callable[[Any], Any]) -> Any:
 
 
 def _produce_answer(result: dict[str, Any]) -> dict[str, Any]:
-    return {"Responses": [
+    return {"ThrottleTimeMs": result.get("throttle_time_ms", 0), "Responses": [
         {"Name": topic, "PartitionResponses": [
             {"Index": p, "ErrorCode": kafka_code(err or 0), "BaseOffset": base,
              "LogAppendTimeMs": -1, "LogStartOffset": start, "ErrorMessage": msg}
@@ -731,7 +739,8 @@ def _produce_answer(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fetch_answer(result: dict[str, Any]) -> dict[str, Any]:
-    return {"ErrorCode": 0, "SessionId": 0, "Responses": [
+    return {"ThrottleTimeMs": result.get("throttle_time_ms", 0), "ErrorCode": 0,
+            "SessionId": 0, "Responses": [
         {"Topic": topic, "Partitions": [
             {"PartitionIndex": p, "ErrorCode": kafka_code(err), "HighWatermark": hw,
              "LastStableOffset": hw, "LogStartOffset": start, "AbortedTransactions": None,

@@ -71,6 +71,9 @@ class ApiKey(IntEnum):
     REVOKE_TOKEN = 40  # Kafka's ExpireDelegationToken number: the nearest counterpart
     DESCRIBE_USER_SCRAM_CREDENTIALS = 50
     ALTER_USER_SCRAM_CREDENTIALS = 51
+    # client quotas (active controller; dmq.security.quotas)
+    DESCRIBE_CLIENT_QUOTAS = 48
+    ALTER_CLIENT_QUOTAS = 49
     # dmq-only
     RAFT_REQUEST_VOTE = 1000
     RAFT_APPEND_ENTRIES = 1001
@@ -113,6 +116,8 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
          # [[topic, [[partition, leader_epoch (-1: unchecked), batches: bytes]]]]
          "topics": Array(Tuple(STR, Array(Tuple(INT, INT, BYTES))))}),
     # -> {"topics": [[topic, [[partition, error, base_offset, log_start_offset, msg]]]]}
+    #    plus "throttle_time_ms" when the principal has a producer quota (the answer was
+    #    held back that long; dmq.security.quotas)
     ApiKey.FETCH: Struct(
         {"max_wait_ms": INT, "min_bytes": INT, "max_bytes": INT,
          # [[topic, [[partition, fetch_offset, current_leader_epoch, partition_max_bytes]]]]
@@ -134,6 +139,8 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     #    opened) and "error" (FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH:
     #    send a full request). A session response holds only partitions with records,
     #    an error, or a high watermark or log start offset not sent before.
+    #    A consumer's answer has "throttle_time_ms" when its principal has a consumer
+    #    quota (held back that long; dmq.security.quotas).
     ApiKey.LIST_OFFSETS: Struct(
         # timestamp -1 = latest, -2 = earliest, else first offset with ts >= timestamp
         {"topics": Array(Tuple(STR, Array(Tuple(INT, INT))))}),
@@ -338,6 +345,22 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.REVOKE_TOKEN: Struct({"token": STR}),
     # -> {"token_id"}: the HTTP token (verified by the controller: only a valid token
     #    can be revoked) is refused by every node once its metadata has the record
+
+    # ---- client quotas (active controller; dmq.security.quotas) -------------------
+    # An entity is a user name, or nil for the default of every user; a quota is
+    # {"producer_byte_rate"|"consumer_byte_rate": bytes/s}. Kept in the metadata as
+    # dynamic configs (quota.producer.byte.rate[:<user>], ...). Describing needs
+    # DescribeConfigs on the cluster, altering AlterConfigs (as Kafka's).
+    ApiKey.DESCRIBE_CLIENT_QUOTAS: Struct(
+        # nil: every entry; else those of the named users (a nil element: the default)
+        optional={"users": (Nullable(Array(Nullable(STR), max_items=10_000)), None)}),
+    # -> {"entries": [[user | nil, {quota key: bytes/s}]]}
+    ApiKey.ALTER_CLIENT_QUOTAS: Struct(
+        # [[user | nil, {quota key: bytes/s | nil (removed)}]]
+        {"entries": Array(Tuple(Nullable(STR), MapOf(STR, Nullable(INT))),
+                          max_items=10_000)},
+        {"validate_only": (BOOL, False)}),
+    # -> {"results": [[user | nil, error, msg]]} (one per entry; each all or nothing)
 
     # ---- Raft transport between controllers ------------------------------------------
     # A Raft message in its wire form (a list, see dmq/raft), sent under the key of its
