@@ -13,26 +13,17 @@ when the cluster asks for one. Parse, call the library, print.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import click
 
 from dmq.cli.common import admin_options, run_admin, table
-from dmq.cli.tools import _COMMAND_CONFIG, _security
 
 
 @click.group()
 def quotas() -> None:
     """Set, list and remove client quotas (bytes/s a user may produce or fetch, per
     broker)."""
-
-
-def _run(command_config: str | None, bootstrap: str | None, config_path: str | None,
-         timeout_ms: int, fn: Any) -> Any:
-    security = _security(command_config)
-    with security.applied() if security is not None else contextlib.nullcontext():
-        return run_admin(bootstrap, config_path, timeout_ms, fn)
 
 
 def _entity(user: str | None, default: bool) -> str | None:
@@ -58,11 +49,10 @@ def _name(user: str | None) -> str:
               help="bytes/s the user may produce to each broker")
 @click.option("--consumer-byte-rate", type=int, default=None,
               help="bytes/s the user may fetch from each broker")
-@_COMMAND_CONFIG
 @admin_options
 def quotas_set(user: str | None, default: bool, producer_byte_rate: int | None,
-               consumer_byte_rate: int | None, command_config: str | None,
-               bootstrap: str | None, config_path: str | None, timeout_ms: int) -> None:
+               consumer_byte_rate: int | None, bootstrap: str | None,
+               config_path: str | None, timeout_ms: int) -> None:
     """Set quotas of a user (or the default); those not given are left as they are."""
     entity = _entity(user, default)
     if producer_byte_rate is None and consumer_byte_rate is None:
@@ -72,7 +62,7 @@ def quotas_set(user: str | None, default: bool, producer_byte_rate: int | None,
         await a.set_client_quotas(entity, producer_byte_rate=producer_byte_rate,
                                   consumer_byte_rate=consumer_byte_rate)
 
-    _run(command_config, bootstrap, config_path, timeout_ms, go)
+    run_admin(bootstrap, config_path, timeout_ms, go)
     click.echo(f"set quotas of {_name(entity)}")
 
 
@@ -83,11 +73,9 @@ def quotas_set(user: str | None, default: bool, producer_byte_rate: int | None,
               help="remove only the producer quota")
 @click.option("--consumer-byte-rate", "consumer", is_flag=True,
               help="remove only the consumer quota")
-@_COMMAND_CONFIG
 @admin_options
 def quotas_remove(user: str | None, default: bool, producer: bool, consumer: bool,
-                  command_config: str | None, bootstrap: str | None,
-                  config_path: str | None, timeout_ms: int) -> None:
+                  bootstrap: str | None, config_path: str | None, timeout_ms: int) -> None:
     """Remove quotas of a user (or the default): both, unless one is named."""
     entity = _entity(user, default)
     keys = [k for k, on in (("producer_byte_rate", producer),
@@ -99,21 +87,19 @@ def quotas_remove(user: str | None, default: bool, producer: bool, consumer: boo
         if err is not None:
             raise err
 
-    _run(command_config, bootstrap, config_path, timeout_ms, go)
+    run_admin(bootstrap, config_path, timeout_ms, go)
     click.echo(f"removed {', '.join(keys)} of {_name(entity)}")
 
 
 @quotas.command("list")
-@_COMMAND_CONFIG
 @admin_options
-def quotas_list(command_config: str | None, bootstrap: str | None,
-                config_path: str | None, timeout_ms: int) -> None:
+def quotas_list(bootstrap: str | None, config_path: str | None, timeout_ms: int) -> None:
     """Every quota entry: user, producer and consumer byte rates (-: none)."""
     async def go(a: Any) -> dict[str | None, dict[str, int]]:
         found: dict[str | None, dict[str, int]] = await a.describe_client_quotas()
         return found
 
-    found = _run(command_config, bootstrap, config_path, timeout_ms, go)
+    found = run_admin(bootstrap, config_path, timeout_ms, go)
     table([["USER", "PRODUCER_BYTE_RATE", "CONSUMER_BYTE_RATE"]] + [
         [_name(u), q.get("producer_byte_rate", "-"), q.get("consumer_byte_rate", "-")]
         for u, q in found.items()])
