@@ -1,7 +1,9 @@
 """The bounded chaos run of CI: for a fixed seed, a real 3+3 cluster under the workload
 while the nemesis injects every fault kind once (in a seeded order, on seeded nodes),
 then heal, settle, read back, check. CI runs seed 1 (about a minute); more seeds run
-with `pytest -m soak tests/chaos`, and the long run is `python -m tests.chaos`."""
+with `pytest -m soak tests/chaos`, and the long run is `python -m tests.chaos`. The
+Kafka-client run does the same through the brokers' Kafka listeners with confluent-kafka
+(`kafka_workload.py`) under a fixed list of faults."""
 
 from __future__ import annotations
 
