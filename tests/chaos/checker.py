@@ -28,6 +28,16 @@ class History:
     commits: dict[tuple[str, TopicPartition], list[int]] = field(
         default_factory=lambda: defaultdict(list))
 
+    def merge(self, other: History) -> None:
+        """Add another workload's history (its record names differ from ours)."""
+        self.attempted += other.attempted
+        self.acked.update(other.acked)
+        self.failed |= other.failed
+        self.indeterminate |= other.indeterminate
+        self.consumed |= other.consumed
+        for key, offsets in other.commits.items():
+            self.commits[key].extend(offsets)
+
 
 @dataclass
 class FinalState:
@@ -41,6 +51,17 @@ class FinalState:
     brokers_not_online: list[int] = field(default_factory=list)
     partitions_without_full_isr: list[TopicPartition] = field(default_factory=list)
     unreadable: list[TopicPartition] = field(default_factory=list)  # no leader answered
+
+    def merge(self, other: FinalState) -> None:
+        """Add what was read back of another topic."""
+        self.partitions.update(other.partitions)
+        self.replica_bytes.update(other.replica_bytes)
+        if other.controller_leaders != 1:
+            self.controller_leaders = other.controller_leaders
+        self.brokers_not_online = sorted({*self.brokers_not_online,
+                                          *other.brokers_not_online})
+        self.partitions_without_full_isr += other.partitions_without_full_isr
+        self.unreadable += other.unreadable
 
 
 def check(history: History, final: FinalState) -> dict[str, list[str]]:

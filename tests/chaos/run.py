@@ -21,10 +21,13 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError
 from tests.chaos.checker import FinalState, History, check, needless_failures, summary
 from tests.chaos.cluster import ChaosCluster, ClusterView, TopicPartition
+from tests.chaos.kafka_workload import KafkaWorkload
 from tests.chaos.nemesis import KINDS, Nemesis
 from tests.chaos.workload import Workload, parse_record
+from tests.kafka.support import kafka_ports
 
 TOPIC = "chaos"
+KAFKA_TOPIC = "chaos-kafka"
 PARTITIONS = 6
 RF = 3
 TOPIC_CONFIGS = {"min.insync.replicas": "2"}
@@ -154,28 +157,48 @@ async def _read_from_leader(cluster: ChaosCluster, view: ClusterView, tp: TopicP
 async def run_chaos(seed: int, duration_s: float, *, kinds: list[str] | None = None,
                     rate_per_s: float = 150.0, settings: dict[str, Any] | None = None,
                     min_faults: int | None = None, deliver_timeout_s: float = 60.0,
-                    brokers: int = 4) -> ChaosResult:
+                    brokers: int = 4, dmq_workload: bool = True,
+                    kafka_workload: bool = False) -> ChaosResult:
+    """`kinds`: inject exactly these fault kinds, in this order (else the nemesis' seeded
+    schedule for `duration_s`, at least `min_faults`, every kind once first).
+    `dmq_workload` / `kafka_workload`: which workloads run (each on its own topic, both
+    recorded into the one history: record names tell them apart)."""
+    assert dmq_workload or kafka_workload, "no workload"
     rng = random.Random(seed)
     tl = Timeline()
     history = History()
     t0 = time.monotonic()
     notes: list[str] = []
+    topics = [TOPIC] if dmq_workload else []
+    if kafka_workload:
+        topics.append(KAFKA_TOPIC)
+        settings = {"kafka.port": 0, **(settings or {})}
     # a fourth broker: a reassignment of an RF 3 partition has somewhere to move to
     with ChaosCluster(settings, brokers=brokers) as cluster:
         tl.note(f"cluster up: {cluster.bootstrap}")
         _, probs = await cluster.wait_healthy(None, PARTITIONS, RF, 60)
         if probs:
             raise AssertionError(f"cluster never became healthy: {probs}")
-        await create_topic(cluster, TOPIC, PARTITIONS, RF, TOPIC_CONFIGS)
-        _, probs = await cluster.wait_healthy(TOPIC, PARTITIONS, RF, 60)
-        if probs:
-            raise AssertionError(f"topic never became healthy: {probs}")
-        tl.note("topic ready")
-        nemesis = Nemesis(cluster, rng, tl.note, TOPIC, PARTITIONS, RF)
-        workload = Workload(cluster, TOPIC, PARTITIONS, history, tl.note, rng,
-                            rate_per_s=rate_per_s)
+        for topic in topics:
+            await create_topic(cluster, topic, PARTITIONS, RF, TOPIC_CONFIGS)
+            _, probs = await cluster.wait_healthy(topic, PARTITIONS, RF, 60)
+            if probs:
+                raise AssertionError(f"topic {topic} never became healthy: {probs}")
+        tl.note("topics ready")
+        nemesis = Nemesis(cluster, rng, tl.note, topics[0], PARTITIONS, RF)
+        workload = (Workload(cluster, TOPIC, PARTITIONS, history, tl.note, rng,
+                             rate_per_s=rate_per_s) if dmq_workload else None)
+        kafka: KafkaWorkload | None = None
+        if kafka_workload:
+            ports = await asyncio.to_thread(kafka_ports, cluster.procs)
+            kafka = KafkaWorkload(",".join(f"127.0.0.1:{p}" for p in ports.values()),
+                                  KAFKA_TOPIC, PARTITIONS, tl.note, rng)
+            tl.note(f"Kafka listeners: {ports}")
         try:
-            await workload.start()
+            if workload is not None:
+                await workload.start()
+            if kafka is not None:
+                kafka.start()
             await asyncio.sleep(2)
             if kinds is not None:
                 for kind in kinds:
@@ -186,17 +209,35 @@ async def run_chaos(seed: int, duration_s: float, *, kinds: list[str] | None = N
                                   else len(KINDS))
             await asyncio.sleep(1)
             tl.note("workload: stop producing")
-            await workload.stop_producing()
+            stopping = [workload.stop_producing()] if workload is not None else []
+            if kafka is not None:
+                stopping.append(asyncio.to_thread(kafka.stop_producing))
+            await asyncio.gather(*stopping)
             await nemesis.heal()
-            missing = await workload.wait_delivered(deliver_timeout_s)
-            tl.note(f"group delivery: {missing} acked records undelivered")
-            if missing:
-                for line in await workload.describe():
-                    tl.note(line)
+            deadline = time.monotonic() + deliver_timeout_s
+            if workload is not None:
+                missing = await workload.wait_delivered(deliver_timeout_s)
+                tl.note(f"group delivery: {missing} acked records undelivered")
+                if missing:
+                    for line in await workload.describe():
+                        tl.note(line)
+            if kafka is not None:
+                while (kmissing := kafka.undelivered()) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.25)
+                tl.note(f"Kafka group delivery: {kmissing} acked records undelivered")
         finally:
-            await workload.stop()
+            if workload is not None:
+                await workload.stop()
+            if kafka is not None:
+                await asyncio.to_thread(kafka.stop)
             await nemesis.heal()
-        final = await read_back(cluster, TOPIC, PARTITIONS, RF, tl.note)
+        final = FinalState()
+        for topic in topics:
+            final.merge(await read_back(cluster, topic, PARTITIONS, RF, tl.note))
+        failures = list(workload.failures) if workload is not None else []
+        if kafka is not None:
+            history.merge(kafka.history)
+            failures += kafka.failures
         anomalies = check(history, final)
         if history.indeterminate:
             present = {rid for recs in final.partitions.values() for _o, rid in recs}
@@ -204,15 +245,21 @@ async def run_chaos(seed: int, duration_s: float, *, kinds: list[str] | None = N
                          f"{len(history.indeterminate & present)} of "
                          f"{len(history.indeterminate)}")
         notes += [f"slow to heal: {u}" for u in nemesis.unhealthy_after]
-        if workload.errors:
+        if workload is not None and workload.errors:
             notes.append(f"producer errors by type: {workload.errors}")
-        if workload.consumer_errors:
+        if workload is not None and workload.consumer_errors:
             notes.append(f"consumer errors by type: {workload.consumer_errors}")
+        if kafka is not None:
+            notes += [f"Kafka workload thread died: {d}" for d in kafka.died]
+            if kafka.errors:
+                notes.append(f"Kafka producer errors by type: {kafka.errors}")
+            if kafka.consumer_errors:
+                notes.append(f"Kafka consumer errors by type: {kafka.consumer_errors}")
         if anomalies:
             tl.note("node logs kept in the timeline below")
             for n in cluster.procs.nodes.values():
                 tail = n.log_text()[-3000:]
                 tl.lines.append(f"===== node {n.node_id} log tail =====\n{tail}")
-        needless = needless_failures(workload.failures, nemesis.windows)
+        needless = needless_failures(failures, nemesis.windows)
         return ChaosResult(seed, history, final, anomalies, nemesis.faults, tl.lines, notes,
                            time.monotonic() - t0, needless)

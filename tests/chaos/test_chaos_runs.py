@@ -1,7 +1,9 @@
 """The bounded chaos run of CI: for a fixed seed, a real 3+3 cluster under the workload
 while the nemesis injects every fault kind once (in a seeded order, on seeded nodes),
 then heal, settle, read back, check. CI runs seed 1 (about a minute); more seeds run
-with `pytest -m soak tests/chaos`, and the long run is `python -m tests.chaos`."""
+with `pytest -m soak tests/chaos`, and the long run is `python -m tests.chaos`. The
+Kafka-client run does the same through the brokers' Kafka listeners with confluent-kafka
+(`kafka_workload.py`) under a fixed list of faults."""
 
 from __future__ import annotations
 
@@ -23,5 +25,29 @@ async def test_every_fault_kind_nothing_acknowledged_lost(seed: int) -> None:
     print("\n" + result.report())
     assert result.fault_counts().keys() == set(KINDS), result.faults
     assert len(result.history.acked) > 1000, "the workload barely ran"
+    assert result.ok, result.report()
+    assert not result.needless, result.report()
+
+
+# the group coordinator runs on the active controller (brokers' listeners forward to
+# it): its kill and its cut from the brokers are in too; kill and pause twice, on
+# seeded nodes
+KAFKA_KINDS = ["kill-broker", "pause", "partition-node", "kill-controller-leader",
+               "partition-controller-from-brokers", "pause", "kill-broker"]
+
+
+async def test_kafka_clients_nothing_acknowledged_lost() -> None:
+    """The Kafka-client workload alone (confluent-kafka idempotent acks=all producers, a
+    classic group of 2 committing by hand, through the brokers' Kafka listeners) under
+    broker kills -9, pauses, an isolated node, a controller leader kill -9 and its cut
+    from the brokers: every acknowledged record read back once at its offset, in order,
+    delivered to the group; committed offsets never go back."""
+    pytest.importorskip("confluent_kafka")
+    result = await run_chaos(1, duration_s=0, kinds=KAFKA_KINDS, dmq_workload=False,
+                             kafka_workload=True)
+    print("\n" + result.report())
+    assert len(result.faults) == len(KAFKA_KINDS), result.faults
+    assert len(result.history.acked) > 1000, "the workload barely ran"
+    assert result.history.commits, "the group committed nothing"
     assert result.ok, result.report()
     assert not result.needless, result.report()

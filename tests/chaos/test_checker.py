@@ -111,3 +111,23 @@ def test_needless_failures_one_fault_window_each_branch(
     failure = (("p", 7), 10.0, 11.0, 30.0, "err")  # deadline 40
     got = needless_failures([failure], [window] if window else [], grace_s=5.0)
     assert got == (["p:7 failed 1.0s after send (budget 30s): err"] if needless else [])
+
+
+def test_merged_workloads_keep_each_ones_anomalies() -> None:
+    """run_chaos merges the Kafka workload's history and topic read-back into the dmq
+    workload's: both stay clean together, and an anomaly of either is still found."""
+    h, f = clean()
+    kh, kf = History(attempted=2), FinalState()
+    ktp = ("k", 0)
+    kf.partitions[ktp] = []
+    for seq in range(2):
+        kh.acked[("k0", seq)] = (ktp, seq)
+        kh.consumed.add(("k0", seq))
+        kf.partitions[ktp].append((seq, ("k0", seq)))
+    kh.commits[("kg/kc0", ktp)] = [2, 1]  # the Kafka group's commit went back
+    h.merge(kh)
+    f.merge(kf)
+    assert h.attempted == 5 and len(h.acked) == 5
+    assert check(h, f) == {"commit-backwards": ["kg/kc0 ('k', 0): 2 -> 1"]}
+    f.partitions[ktp].pop()
+    assert set(check(h, f)) == {"commit-backwards", "lost"}
