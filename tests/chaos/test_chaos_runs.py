@@ -11,20 +11,37 @@ import pytest
 
 from tests.chaos.nemesis import KINDS
 from tests.chaos.network import available
-from tests.chaos.run import run_chaos
+from tests.chaos.run import KAFKA_TOPIC, TOPIC, run_chaos
 
 ok, why = available()
 pytestmark = [pytest.mark.chaos, pytest.mark.skipif(not ok, reason=why),
               pytest.mark.timeout(240)]
 
 
+def _have_confluent() -> bool:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("seed", [1, *(pytest.param(s, marks=pytest.mark.soak)
                                        for s in (2, 3, 4))])
 async def test_every_fault_kind_nothing_acknowledged_lost(seed: int) -> None:
-    result = await run_chaos(seed, duration_s=0, min_faults=len(KINDS))
+    """Both workloads at once on one cluster (dmq's client, and confluent-kafka through
+    the Kafka listeners when it is installed), each on its own topic, under every fault
+    kind; the checker looks at both histories (one run instead of two: CI time)."""
+    kafka = _have_confluent()
+    result = await run_chaos(seed, duration_s=0, min_faults=len(KINDS),
+                             kafka_workload=kafka)
     print("\n" + result.report())
     assert result.fault_counts().keys() == set(KINDS), result.faults
+    topics = {tp[0] for tp, _ in result.history.acked.values()}
+    assert topics == ({TOPIC, KAFKA_TOPIC} if kafka else {TOPIC}), topics
     assert len(result.history.acked) > 1000, "the workload barely ran"
+    assert any(key[1][0] == KAFKA_TOPIC for key in result.history.commits) or not kafka, \
+        "the Kafka group committed nothing"
     assert result.ok, result.report()
     assert not result.needless, result.report()
 
@@ -36,6 +53,7 @@ KAFKA_KINDS = ["kill-broker", "pause", "partition-node", "kill-controller-leader
                "partition-controller-from-brokers", "pause", "kill-broker"]
 
 
+@pytest.mark.soak  # CI runs the Kafka workload in the every-fault-kind run above
 async def test_kafka_clients_nothing_acknowledged_lost() -> None:
     """The Kafka-client workload alone (confluent-kafka idempotent acks=all producers, a
     classic group of 2 committing by hand, through the brokers' Kafka listeners) under
