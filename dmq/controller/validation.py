@@ -119,6 +119,11 @@ def validate_topic_config(key: str, value: str) -> str:
     if check is None:
         raise InvalidConfigError(f"unknown topic config {key!r}; known: "
                                  f"{', '.join(sorted(TOPIC_CONFIG_CHECKS))}")
+    return _checked(key, value, check)
+
+
+def _checked(key: str, value: object, check: Callable[[str], str]) -> str:
+    """`check(value)`, or InvalidConfigError naming the key and the value."""
     if not isinstance(value, str):
         raise InvalidConfigError(f"{key}: value must be a string")
     try:
@@ -156,12 +161,7 @@ def validate_dynamic_config(key: str, value: str | None) -> str | None:
                                  f"{', '.join(sorted(DYNAMIC_CONFIG_CHECKS))}")
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise InvalidConfigError(f"{key}: value must be a string")
-    try:
-        return check(value)
-    except ValueError as exc:
-        raise InvalidConfigError(f"{key}={value!r}: {exc}") from None
+    return _checked(key, value, check)
 
 
 def validate_topic_configs(configs: dict[str, str]) -> dict[str, str]:

@@ -144,17 +144,7 @@ class AclApis:
                 results.append(None)
             except AclError as exc:
                 results.append({"ErrorCode": _INVALID_REQUEST, "ErrorMessage": str(exc)})
-        failed: tuple[int, str] | None = None
-        answers: list[list[Any]] = []
-        if wanted:
-            try:
-                resp = await self._controller_request(
-                    ApiKey.CREATE_ACLS, {"acls": wanted, "principal": header.principal},
-                    ACL_TIMEOUT_MS)
-                answers = resp["results"]
-            except (DmqError, OSError, TimeoutError) as exc:
-                failed = (kafka_code(int(exc.code)) if isinstance(exc, DmqError)
-                          else int(ErrorCode.REQUEST_TIMED_OUT), message_of(exc))
+        answers, failed = await self._forward_acls(ApiKey.CREATE_ACLS, "acls", wanted, header)
         it = iter(answers)
         out = []
         for r in results:
@@ -166,6 +156,21 @@ class AclApis:
                 answer: list[Any] = next(it, [int(ErrorCode.UNKNOWN_SERVER_ERROR), None])
                 out.append({"ErrorCode": kafka_code(int(answer[0])), "ErrorMessage": answer[1]})
         return {"ThrottleTimeMs": 0, "Results": out}
+
+    async def _forward_acls(self, key: ApiKey, field: str, items: list[Any],
+                            header: RequestHeader) -> tuple[list[Any], tuple[int, str] | None]:
+        """Send `items` (nothing if empty) to the active controller for the principal:
+        (its per-item results, or the Kafka error code and message that fails them all)."""
+        if not items:
+            return [], None
+        try:
+            resp = await self._controller_request(
+                key, {field: items, "principal": header.principal}, ACL_TIMEOUT_MS)
+        except (DmqError, OSError, TimeoutError) as exc:
+            return [], (kafka_code(int(exc.code)) if isinstance(exc, DmqError)
+                        else int(ErrorCode.REQUEST_TIMED_OUT), message_of(exc))
+        results: list[Any] = resp["results"]
+        return results, None
 
     async def delete_acls(self, header: RequestHeader, body: dict[str, Any]) -> Any:
         filters = body["Filters"]
@@ -181,17 +186,7 @@ class AclApis:
             except AclError as exc:
                 parsed.append(exc)
         good = [filter_to_wire(f) for f in parsed if isinstance(f, AclFilter)]
-        answers: list[dict[str, Any]] = []
-        failed: tuple[int, str] | None = None
-        if good:
-            try:
-                resp = await self._controller_request(
-                    ApiKey.DELETE_ACLS, {"filters": good, "principal": header.principal},
-                    ACL_TIMEOUT_MS)
-                answers = resp["results"]
-            except (DmqError, OSError, TimeoutError) as exc:
-                failed = (kafka_code(int(exc.code)) if isinstance(exc, DmqError)
-                          else int(ErrorCode.REQUEST_TIMED_OUT), message_of(exc))
+        answers, failed = await self._forward_acls(ApiKey.DELETE_ACLS, "filters", good, header)
         it = iter(answers)
         out = []
         for f in parsed:
