@@ -48,10 +48,16 @@ def build_services(ctx: ServiceContext) -> list[Service]:
 
     from dmq.ops.console import Console
     from dmq.ops.rest import RestApi
+    from dmq.security.http_acl import HttpAcl
 
+    # HTTP checks the ACLs with this node's authorizer (the controller's, else the
+    # broker's data plane's; None when ACLs are off)
+    authorizer = controller.authorizer if controller is not None else \
+        broker.data_plane.authorizer if broker is not None else None
+    acl = HttpAcl(authorizer)
     # the REST paths first, then the web console at / and /ui/ (route order matters)
-    services.append(RestApi(ctx.spec, broker.replicas if broker is not None else None))
-    services.append(Console(ctx.config, ctx.node_id))
+    services.append(RestApi(ctx.spec, broker.replicas if broker is not None else None, acl))
+    services.append(Console(ctx.config, ctx.node_id, acl))
     return services
 
 

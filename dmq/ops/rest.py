@@ -33,6 +33,8 @@ from dmq.log.batch import batch_crc_ok, build_batch, decode_records, iter_header
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, ErrorCode, NetworkError, NotControllerError
+from dmq.security.acl import DESCRIBE, READ, TOPIC, WRITE
+from dmq.security.http_acl import HttpAcl
 from dmq.services import Service
 
 if TYPE_CHECKING:
@@ -205,9 +207,11 @@ class RestApi(Service):
     """The REST paths of one node. `replicas` is the local broker's (None on a node
     without the broker role): replication status reads it directly."""
 
-    def __init__(self, spec: NodeSpec, replicas: Replicas | None = None) -> None:
+    def __init__(self, spec: NodeSpec, replicas: Replicas | None = None,
+                 acl: HttpAcl | None = None) -> None:
         self.spec = spec
         self.replicas = replicas
+        self.acl = acl if acl is not None else HttpAcl(None)
         self._conns: dict[tuple[str, int], Connection] = {}
 
     def http_routes(self) -> list[tuple[str, str, Any]]:
@@ -218,7 +222,7 @@ class RestApi(Service):
 
     def routes(self) -> list[tuple[str, str, Any]]:
         roles = self.spec.roles
-        out: list[tuple[str, str, Any]] = []
+        out: list[tuple[str, str, Any]] = [("GET", "/api/v1/auth/me", self.acl.me)]
         if "controller" in roles:
             out += [
                 ("GET", "/api/v1/metadata/controller", self.controller),
@@ -319,6 +323,7 @@ class RestApi(Service):
         }
 
     async def controller(self, request: web.Request) -> web.Response:
+        self.acl.require_cluster(request, DESCRIBE)
         try:
             d = await self._describe()
         except DmqError as exc:
@@ -326,13 +331,14 @@ class RestApi(Service):
         return web.json_response(self._controller_json(d))
 
     async def cluster(self, request: web.Request) -> web.Response:
+        self.acl.require_cluster(request, DESCRIBE)
         try:
             d = await self._describe_active()
             md = await self._call(ApiKey.METADATA, {"topics": None})
         except DmqError as exc:
             return _from_dmq_error(exc)
         now_ms = int(time.time() * 1000)
-        topics = [self._topic_json(t) for t in md.get("topics", []) if not t.get("error")]
+        topics = self._visible(request, md)
         controllers = d.get("controllers", [])
         return web.json_response({
             "version": d.get("metadata_version"), "controllerLeaderId": d.get("controller_id"),
@@ -350,6 +356,7 @@ class RestApi(Service):
             "reassignments": d.get("reassignments", [])})
 
     async def brokers(self, request: web.Request) -> web.Response:
+        self.acl.require_cluster(request, DESCRIBE)
         try:
             d = await self._describe_active()
         except DmqError as exc:
@@ -359,6 +366,7 @@ class RestApi(Service):
 
     async def broker(self, request: web.Request) -> web.Response:
         broker_id = int_param(request.match_info["broker_id"], "broker id", 0, I32_MAX, 0)
+        self.acl.require_cluster(request, DESCRIBE)
         try:
             d = await self._describe_active()
         except DmqError as exc:
@@ -373,11 +381,17 @@ class RestApi(Service):
             md = await self._call(ApiKey.METADATA, {"topics": None})
         except DmqError as exc:
             return _from_dmq_error(exc)
-        return web.json_response([self._topic_json(t) for t in md.get("topics", [])
-                                  if not t.get("error")])
+        return web.json_response(self._visible(request, md))
+
+    def _visible(self, request: web.Request, md: dict[str, Any]) -> list[dict[str, Any]]:
+        """The topics of a METADATA answer the principal may Describe, as JSON."""
+        ok = self.acl.visible_topics(request, [t["name"] for t in md.get("topics", [])])
+        return [self._topic_json(t) for t in md.get("topics", [])
+                if not t.get("error") and t["name"] in ok]
 
     async def topic(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        self.acl.require(request, DESCRIBE, TOPIC, name)
         try:
             md = await self._call(ApiKey.METADATA, {"topics": [name],
                                                     "allow_auto_create": False})
@@ -411,6 +425,7 @@ class RestApi(Service):
         if not isinstance(name, str):
             raise BadRequest("topicName (a string) is required")
         text_field(name, "topicName", nullable=False)
+        self.acl.require_create_topic(request, name)
         parts = int_field(body.get("numPartitions", 1), "numPartitions", 1, I32_MAX)
         rf = int_field(body.get("replicationFactor", 1), "replicationFactor", 1,
                        REPLICATION_FACTOR_MAX)
@@ -449,6 +464,7 @@ class RestApi(Service):
                                   "numPartitions": parts, "replicationFactor": rf}, status=201)
 
     async def raft_status(self, request: web.Request) -> web.Response:
+        self.acl.require_cluster(request, DESCRIBE)
         try:
             s = await self._call(ApiKey.RAFT_STATUS, {})
         except DmqError as exc:
@@ -469,6 +485,7 @@ class RestApi(Service):
 
     # ---- broker paths -----------------------------------------------------------------
     async def replication_status(self, request: web.Request) -> web.Response:
+        self.acl.require_cluster(request, DESCRIBE)
         replicas = self.replicas
         if replicas is None:
             return _error(503, "broker not started")
@@ -502,6 +519,7 @@ class RestApi(Service):
 
     async def produce(self, request: web.Request) -> web.Response:
         topic, partition = self._tp(request)
+        self.acl.require(request, WRITE, TOPIC, topic)
         body = await json_body(request)
         if "value" not in body:
             raise BadRequest("body must be a JSON object with a value (and optional key, "
@@ -539,6 +557,7 @@ class RestApi(Service):
 
     async def fetch(self, request: web.Request) -> web.Response:
         topic, partition = self._tp(request)
+        self.acl.require(request, READ, TOPIC, topic)
         offset = int_param(request.query.get("offset"), "offset", 0, I64_MAX, 0)
         limit = int_param(request.query.get("limit"), "limit", 1, MAX_LIMIT, 100)
         try:

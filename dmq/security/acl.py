@@ -368,6 +368,15 @@ class Authorizer:
         return names, {n: refused for n in names
                        if not self.check(principal, DESCRIBE, TOPIC, n, "Metadata")}
 
+    def may_create_some_topic(self, principal: str) -> bool:
+        """Whether some allow ACL gives the principal Create (or All) on topics: the
+        console offers topic creation then (the name decides on the request)."""
+        if self.exempt(principal) or self.allowed(principal, CREATE, CLUSTER, CLUSTER_NAME):
+            return True
+        return any(e.permission == ALLOW and e.operation in (CREATE, ALL)
+                   and e.principal in (principal, ANY_USER)
+                   for e in self._acls() if e.resource_type == TOPIC)
+
     def may_create_topic(self, principal: str, topic: str, api: str = "") -> bool:
         """Create on the cluster or on the topic (Kafka accepts either)."""
         return (self.allowed(principal, CREATE, CLUSTER, CLUSTER_NAME)

@@ -37,6 +37,17 @@ from dmq.ops.rest import BadRequest, int_field, int_param, json_body
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, ErrorCode, NetworkError
+from dmq.security.acl import (
+    ALTER,
+    ALTER_CONFIGS,
+    DELETE,
+    DESCRIBE,
+    GROUP,
+    READ,
+    TOPIC,
+    WRITE,
+)
+from dmq.security.http_acl import HttpAcl
 from dmq.services import Service
 
 if TYPE_CHECKING:
@@ -150,9 +161,10 @@ class Console(Service):
     """The console's routes on one node: a service of every node, after the REST
     paths (its `/` and `/ui/{path}` routes come last)."""
 
-    def __init__(self, config: ClusterConfig, node_id: int) -> None:
+    def __init__(self, config: ClusterConfig, node_id: int, acl: HttpAcl | None = None) -> None:
         self.config = config
         self.node_id = node_id
+        self.acl = acl if acl is not None else HttpAcl(None)
         self.bootstrap = [f"{c.host}:{c.port}" for c in config.controllers]
         self.admin = Admin(self.bootstrap, client_id="dmq-console",
                            request_timeout_ms=TIMEOUT_MS)
@@ -229,6 +241,7 @@ class Console(Service):
 
     # ---- cluster --------------------------------------------------------------------
     async def overview(self, request: web.Request) -> web.Response:
+        self.acl.require_cluster(request, DESCRIBE)
         self.sampler.touch()
         d = await self.admin.describe_cluster(timeout_ms=TIMEOUT_MS)
         image = await self.admin.metadata(None)
@@ -279,7 +292,10 @@ class Console(Service):
         latest = self.sampler.latest_topics()
         sizes = self.sampler.topic_sizes()
         out = []
+        visible = self.acl.visible_topics(request, list(image.topics))
         for name, t in sorted(image.topics.items()):
+            if name not in visible:
+                continue
             parts = list(t.partitions.values())
             rates = latest.get(name, {})
             out.append({
@@ -288,14 +304,18 @@ class Console(Service):
                 "underReplicated": sum(1 for p in parts if 0 <= p.leader and
                                        len(p.isr) < len(p.replicas)),
                 "offline": sum(1 for p in parts if p.leader < 0),
-                "sizeBytes": sizes.get(name), **rates})
+                "sizeBytes": sizes.get(name), **rates,
+                "may": self.acl.topic_rights(request, name)})
         return web.json_response({"topics": out, "sampledAt": self.sampler.last_sample_ms})
 
     async def topic(self, request: web.Request) -> web.Response:
         self.sampler.touch()
         name = topic_name(request.match_info["name"])
+        self.acl.require(request, DESCRIBE, TOPIC, name)
+        may = self.acl.topic_rights(request, name)
         info = (await self.admin.describe_topics([name]))[name]
-        configs = (await self.admin.describe_configs([name]))[name]
+        configs = (await self.admin.describe_configs([name]))[name] \
+            if may["describeConfigs"] else {}
         tps = [(name, p) for p in sorted(info.partitions)]
         image = await self.admin.metadata([name])
         starts, ends = await asyncio.gather(self.groups.list_offsets(tps, EARLIEST, image),
@@ -310,11 +330,13 @@ class Console(Service):
                           "sizeBytes": sizes.get((name, p))})
         return web.json_response({"name": name, "id": str(info.topic_id), "partitions": parts,
                                   "configs": configs, "overrides": dict(info.configs),
-                                  "rates": self.sampler.latest_topics().get(name, {})})
+                                  "rates": self.sampler.latest_topics().get(name, {}),
+                                  "may": may})
 
     async def create_topic(self, request: web.Request) -> web.Response:
         body = await json_body(request)
         name = topic_name(body.get("name"))
+        self.acl.require_create_topic(request, name)
         parts = _count(body.get("partitions"), "partitions", 1, MAX_PARTITIONS)
         rf = _count(body.get("replicationFactor"), "replication factor", 1, MAX_RF)
         configs = self._configs(body.get("configs") or {}, allow_null=False)
@@ -350,6 +372,7 @@ class Console(Service):
         name = topic_name(request.match_info["name"])
         if request.query.get("confirm") != name:
             raise BadRequest("to delete a topic, confirm with its exact name")
+        self.acl.require(request, DELETE, TOPIC, name)
         err = (await self.admin.delete_topics([name]))[name]
         if err is not None:
             raise err
@@ -357,6 +380,7 @@ class Console(Service):
 
     async def add_partitions(self, request: web.Request) -> web.Response:
         name = topic_name(request.match_info["name"])
+        self.acl.require(request, ALTER, TOPIC, name)
         body = await json_body(request)
         total = _count(body.get("count"), "new total partition count", 1, MAX_PARTITIONS)
         err = (await self.admin.create_partitions({name: total}))[name]
@@ -366,6 +390,7 @@ class Console(Service):
 
     async def alter_configs(self, request: web.Request) -> web.Response:
         name = topic_name(request.match_info["name"])
+        self.acl.require(request, ALTER_CONFIGS, TOPIC, name)
         body = await json_body(request)
         configs = self._configs(body.get("configs"), allow_null=True)
         if not configs:
@@ -392,6 +417,7 @@ class Console(Service):
 
     async def browse(self, request: web.Request) -> web.Response:
         topic = topic_name(request.match_info["name"])
+        self.acl.require(request, READ, TOPIC, topic)
         q = request.query
         partition = int_param(q.get("partition") or None, "partition", 0, I32_MAX, 0)
         count = int_param(q.get("count") or None, "count", 1, MAX_BROWSE, 50)
@@ -461,6 +487,7 @@ class Console(Service):
 
     async def produce(self, request: web.Request) -> web.Response:
         topic = topic_name(request.match_info["name"])
+        self.acl.require(request, WRITE, TOPIC, topic)
         body = await json_body(request)
         partition = body.get("partition")
         if partition is not None and partition != "":
@@ -513,13 +540,16 @@ class Console(Service):
         lags = self.sampler.latest_group_lag()
         return web.json_response({"groups": [
             {"id": g.group_id, "state": g.state, "members": g.members,
-             "lag": lags.get(g.group_id)} for g in sorted(groups, key=lambda g: g.group_id)]})
+             "lag": lags.get(g.group_id), "may": self.acl.group_rights(request, g.group_id)}
+            for g in sorted(groups, key=lambda g: g.group_id)
+            if self.acl.allowed(request, DESCRIBE, GROUP, g.group_id)]})
 
     async def group(self, request: web.Request) -> web.Response:
         self.sampler.touch()
         gid = request.match_info["group"]
         if not gid.strip():
             raise BadRequest("group id is required")
+        self.acl.require(request, DESCRIBE, GROUP, gid)
         d = await self.groups.describe_group(gid)
         history = self.sampler.group_history(gid) + [[int(time.time() * 1000), d.total_lag]]
         return web.json_response({
@@ -531,12 +561,16 @@ class Console(Service):
             "partitions": [{"topic": p.topic, "partition": p.partition,
                             "committed": p.committed, "logEndOffset": p.log_end_offset,
                             "lag": p.lag, "owner": p.owner} for p in d.partitions],
-            "totalLag": d.total_lag, "lagHistory": history})
+            "totalLag": d.total_lag, "lagHistory": history,
+            "may": self.acl.group_rights(request, gid)})
 
     async def reset_group(self, request: web.Request) -> web.Response:
         gid = request.match_info["group"]
         body = await json_body(request)
         topic = topic_name(body.get("topic"))
+        # as OffsetCommit: Read on the group and on the topic
+        self.acl.require(request, READ, GROUP, gid)
+        self.acl.require(request, READ, TOPIC, topic)
         to = body.get("to")
         value = body.get("value")
         if to in ("earliest", "latest"):
@@ -554,6 +588,7 @@ class Console(Service):
 
     # ---- throughput -------------------------------------------------------------------
     async def throughput(self, request: web.Request) -> web.Response:
+        self.acl.require_cluster(request, DESCRIBE)
         self.sampler.touch()
         return web.json_response(self.sampler.series())
 
