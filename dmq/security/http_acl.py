@@ -17,6 +17,7 @@ import json
 from aiohttp import web
 
 from dmq.security.acl import (
+    ALTER,
     ALTER_CONFIGS,
     ANONYMOUS,
     CLUSTER,
@@ -41,8 +42,8 @@ CLUSTER_RIGHTS = {"describeCluster": (DESCRIBE, CLUSTER, CLUSTER_NAME),
                   "createTopics": (CREATE, CLUSTER, CLUSTER_NAME),
                   "alterConfigs": (ALTER_CONFIGS, CLUSTER, CLUSTER_NAME)}
 # per-topic and per-group flags in list answers
-TOPIC_RIGHTS = {"read": READ, "write": WRITE, "delete": DELETE, "alterConfigs": ALTER_CONFIGS,
-                "describeConfigs": DESCRIBE_CONFIGS, "create": CREATE}
+TOPIC_RIGHTS = {"read": READ, "write": WRITE, "delete": DELETE, "alter": ALTER,
+                "alterConfigs": ALTER_CONFIGS, "describeConfigs": DESCRIBE_CONFIGS}
 GROUP_RIGHTS = {"read": READ, "delete": DELETE}
 
 

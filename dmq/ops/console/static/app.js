@@ -45,6 +45,22 @@ async function api(method, path, body) {
 }
 
 const enc = encodeURIComponent;
+
+// What the logged-in user may do (GET /api/v1/auth/me): actions it may not are hidden.
+// Until it is known, or if it cannot be read, nothing is hidden: the node refuses (403).
+let me = { principal: null, aclsEnforced: false, cluster: {} };
+async function whoami() {
+  try { me = await api("GET", "/api/v1/auth/me"); } catch (e) { return; }
+  const banner = document.getElementById("security");
+  if (me.aclsEnforced || me.principal !== "User:ANONYMOUS") {
+    banner.replaceChildren(h("strong", {}, `Logged in as ${me.principal}.`),
+      me.aclsEnforced ? " ACLs are enforced: this console shows only what they allow you to see and do."
+        : " ACLs are not enforced: every logged-in user may do everything.");
+    banner.classList.add("info");
+  }
+}
+const mayCluster = (what) => !me.aclsEnforced || me.cluster[what] !== false;
+const may = (obj, what) => !obj || !obj.may || obj.may[what] !== false;
 const fmtInt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en"));
 function fmtBytes(n) {
   if (n === null || n === undefined) return "–";
@@ -228,7 +244,9 @@ async function pageTopics() {
     await render();
     return `Topic ${name} created.`;
   });
-  main.replaceChildren(h("h1", {}, "Topics"), h("h2", {}, "Create a topic"), form, out, h("h2", {}, "All topics"), list);
+  main.replaceChildren(h("h1", {}, "Topics"),
+    ...(mayCluster("createTopics") ? [h("h2", {}, "Create a topic"), form, out] : []),
+    h("h2", {}, "All topics"), list);
   const render = async () => {
     let d;
     try { d = await api("GET", "/ui/api/topics"); } catch (e) {
@@ -281,7 +299,7 @@ async function pageTopic(name) {
       td(String(p.partition), 1), td(p.leader >= 0 ? String(p.leader) : badge("offline", "bad")),
       td(p.replicas.join(", ")), td(p.isr.join(", ")), td(fmtInt(p.logStartOffset), 1), td(fmtInt(p.highWatermark), 1),
       td(fmtBytes(p.sizeBytes), 1),
-      td(h("a", { href: `#/messages?topic=${enc(name)}&partition=${p.partition}` }, "Browse")))),
+      td(may(d, "read") ? h("a", { href: `#/messages?topic=${enc(name)}&partition=${p.partition}` }, "Browse") : ""))),
     { label: `Partitions of ${name}` });
   const cfgRows = Object.entries(d.configs).sort().map(([k, v]) =>
     h("tr", {}, td(k), td(v), td(k in d.overrides ? badge("set", "ok") : h("span", { class: "muted" }, "default"))));
@@ -324,11 +342,14 @@ async function pageTopic(name) {
     h("div", { class: "row" }, h("span", {}, `id ${d.id}`),
       h("span", {}, `records/s in ${fmtRate(r.recordsInPerSec)}`), h("span", {}, `bytes/s in ${fmtBytes(r.bytesInPerSec)}`),
       h("span", {}, `bytes/s out ${fmtBytes(r.bytesOutPerSec)}`),
-      h("a", { href: `#/messages?topic=${enc(name)}` }, "Browse messages")),
+      may(d, "read") ? h("a", { href: `#/messages?topic=${enc(name)}` }, "Browse messages") : ""),
     h("h2", {}, "Partitions"), parts,
-    h("h2", {}, "Configs"), table(["Name", "Value", ""], cfgRows, { label: "Configs" }), cfgForm, cfgOut,
-    h("h2", {}, "Add partitions"), addForm, addOut,
-    h("h2", {}, "Delete"), delForm, delOut);
+    h("h2", {}, "Configs"),
+    may(d, "describeConfigs") ? table(["Name", "Value", ""], cfgRows, { label: "Configs" })
+      : h("p", { class: "muted" }, "You may not read this topic's configs."),
+    ...(may(d, "alterConfigs") ? [cfgForm, cfgOut] : []),
+    ...(may(d, "alter") ? [h("h2", {}, "Add partitions"), addForm, addOut] : []),
+    ...(may(d, "delete") ? [h("h2", {}, "Delete"), delForm, delOut] : []));
 }
 
 // ---- Messages -------------------------------------------------------------------------
@@ -426,8 +447,19 @@ async function pageMessages(params) {
     });
     return `Written to ${r.topic}-${r.partition} at offset ${r.offset}.`;
   });
-  main.replaceChildren(h("h1", {}, "Messages"), form, out, results, h("h2", {}, "Produce a test record"), pform, pout);
-  if (topic && topics.length) form.requestSubmit();
+  const pbox = h("div", {});
+  const browseButton = form.querySelector("button[type=submit]");
+  const rights = () => {  // the selected topic's rights: the forms it allows
+    const t = topics.find((x) => x.name === sel.value);
+    browseButton.disabled = !may(t, "read");
+    browseButton.title = may(t, "read") ? "" : "you may not read this topic";
+    pbox.replaceChildren(...(may(t, "write") ? [h("h2", {}, "Produce a test record"), pform, pout]
+      : [h("p", { class: "muted", id: "produce-refused" }, "You may not write to this topic.")]));
+  };
+  sel.addEventListener("change", rights);
+  rights();
+  main.replaceChildren(h("h1", {}, "Messages"), form, out, results, pbox);
+  if (topic && topics.length && !browseButton.disabled) form.requestSubmit();
 }
 
 // ---- Consumer groups ------------------------------------------------------------------
@@ -463,6 +495,8 @@ async function pageGroup(gid) {
   const lagBox = h("div", {});
   const rout = h("div", {});
   let topicsOfGroup = [];
+  const rhead = h("h2", {}, "Reset offsets");
+  const rnote = h("p", { class: "muted" }, "Only a group with no members (EMPTY) can be reset.");
   const rform = h("form", { "aria-label": "Reset offsets", id: "reset-offsets" },
     field("Topic", h("select", { name: "topic", id: "reset-topic" })),
     field("To", h("select", { name: "to" }, ["earliest", "latest", "offset", "timestamp"].map((v) => h("option", { value: v }, v)))),
@@ -475,7 +509,7 @@ async function pageGroup(gid) {
   });
   main.replaceChildren(h("h1", {}, "Group ", h("span", { class: "muted" }, gid)), status, body,
     h("h2", {}, "Lag over time"), lagBox,
-    h("h2", {}, "Reset offsets"), h("p", { class: "muted" }, "Only a group with no members (EMPTY) can be reset."), rform, rout);
+    rhead, rnote, rform, rout);
   const render = async () => {
     let d;
     try { d = await api("GET", `/ui/api/groups/${enc(gid)}`); } catch (e) {
@@ -483,6 +517,7 @@ async function pageGroup(gid) {
       return;
     }
     message(status, "");
+    rform.hidden = rhead.hidden = rnote.hidden = !may(d, "read");
     const topics = [...new Set(d.partitions.map((p) => p.topic))];
     if (topics.join() !== topicsOfGroup.join()) {
       topicsOfGroup = topics;
@@ -578,4 +613,4 @@ async function route() {
 }
 
 window.addEventListener("hashchange", () => { route(); main.focus(); });
-route();
+whoami().then(route);
