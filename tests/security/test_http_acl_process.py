@@ -8,7 +8,6 @@ of it. /metrics stays open."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ssl
 from collections.abc import Iterator
@@ -16,13 +15,9 @@ from typing import Any
 
 import pytest
 
-from dmq.cli.dev import ensure_topic
-from dmq.client.admin import Admin
 from dmq.security.certs import CA
-from dmq.security.sasl import SaslCredentials, client_sasl
-from dmq.security.scram import CredentialStore, make_credential
-from dmq.security.tls import client_context, client_tls
-from tests.support.broker_wire import FAST, logs_on_failure
+from tests.security.http_acl_support import USERS, acl_cluster
+from tests.support.broker_wire import logs_on_failure
 from tests.support.procs import ProcessCluster
 from tests.support.waiting import async_wait_until
 
@@ -30,36 +25,9 @@ aiohttp = pytest.importorskip("aiohttp")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-MECH = "SCRAM-SHA-256"
-USERS = {"admin": "admin-secret", "alice": "alice-secret"}
-
-
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessCluster, CA]]:
-    root = tmp_path_factory.mktemp("http-acl")
-    ca = CA(root / "pki")
-    for n in (1, 101):
-        ca.issue(f"node-{n}")
-    users = root / "users.json"
-    CredentialStore({u: {MECH: make_credential(p, MECH)} for u, p in USERS.items()}).save(users)
-    settings = {**FAST, "ssl.certificate.location": str(ca.dir / "node-{id}.pem"),
-                "ssl.key.location": str(ca.dir / "node-{id}.key"),
-                "ssl.ca.location": str(ca.cafile), "ssl.client.auth": "requested",
-                "sasl.enabled.mechanisms": MECH, "sasl.credentials.file": str(users),
-                "sasl.protocol.listener": True, "authorizer.enabled": True,
-                "authorizer.super.users": "User:admin", "default.replication.factor": 1,
-                "auto.create.topics.enable": False}
-    with ProcessCluster(controllers=1, brokers=1, http=True, settings=settings) as pc:
-        pc.start()
-        with client_tls(client_context(str(ca.cafile))), \
-                client_sasl(SaslCredentials(MECH, "admin", USERS["admin"])):
-            async def setup() -> None:
-                await ensure_topic(pc.bootstrap, "orders", 1, 1, 60)
-                await ensure_topic(pc.bootstrap, "secret", 1, 1, 60)
-                async with Admin(f"127.0.0.1:{pc.nodes[1].port}") as admin:
-                    await admin.grant_role("producer", "User:alice", "orders")
-
-            asyncio.run(setup())
+    with acl_cluster(tmp_path_factory.mktemp("http-acl")) as (pc, ca):
         yield pc, ca
 
 
