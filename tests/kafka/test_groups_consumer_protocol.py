@@ -405,7 +405,11 @@ def test_consumer_protocol_group_survives_a_controller_failover() -> None:
     from tests.kafka.support import kafka_cluster
     from tests.kafka.test_groups_failover import active_controller, committed
 
-    with kafka_cluster(controllers=3, brokers=2) as (pc, ports):
+    # a new coordinator hands partitions out again after its first session timeout:
+    # shorter than the 10 s default here, with heartbeats well inside it
+    with kafka_cluster(controllers=3, brokers=2,
+                       settings={"group.session.timeout.ms": 4000,
+                                 "group.heartbeat.interval.ms": 500}) as (pc, ports):
         topic, group = "kip848-fo", "kip848-fo"
         create_topic(ports, topic, 4, 2)
         produce(ports, topic, 20, 4)
