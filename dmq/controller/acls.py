@@ -25,13 +25,13 @@ from dmq.security.acl import (
     READ,
     TOPIC,
     AclError,
-    AclFilter,
     Authorizer,
     audit_change,
     connection_principal,
     entry_from_wire,
     entry_to_wire,
     filter_from_wire,
+    parse_filters,
 )
 
 Mutate = Callable[[Callable[[], tuple[list[Record], Any]]], Awaitable[Any]]
@@ -80,12 +80,7 @@ class ControllerAcls:
                      requester: str | None = None) -> Any:
         """-> {"results": [{"error", "msg", "acls": [removed...]}]}, one per filter."""
         self.authorizer.require_cluster(principal, ALTER, "DeleteAcls")
-        filters: list[AclFilter | AclError] = []
-        for d in wire_filters:
-            try:
-                filters.append(filter_from_wire(d))
-            except AclError as exc:
-                filters.append(exc)
+        filters = parse_filters(wire_filters, filter_from_wire)
 
         def plan() -> tuple[list[Record], list[list[AccessControlEntry]]]:
             have = sorted(self._acls(), key=lambda e: e.fields())

@@ -39,6 +39,7 @@ from dmq.security.acl import (
     entry_to_wire,
     filter_to_wire,
     make_entry,
+    parse_filters,
 )
 
 if TYPE_CHECKING:
@@ -179,12 +180,7 @@ class AclApis:
             return {"ThrottleTimeMs": 0, "FilterResults": [
                 {"ErrorCode": _CLUSTER_REFUSED, "ErrorMessage": msg, "MatchingAcls": []}
                 for _ in filters]}
-        parsed: list[AclFilter | AclError] = []
-        for d in filters:
-            try:
-                parsed.append(kafka_filter(d))
-            except AclError as exc:
-                parsed.append(exc)
+        parsed = parse_filters(filters, kafka_filter)
         good = [filter_to_wire(f) for f in parsed if isinstance(f, AclFilter)]
         answers, failed = await self._forward_acls(ApiKey.DELETE_ACLS, "filters", good, header)
         it = iter(answers)

@@ -220,6 +220,19 @@ def filter_from_wire(d: dict[str, Any]) -> AclFilter:
 ROLES = ("admin", "producer", "consumer")
 
 
+def parse_filters(items: Iterable[Any],
+                  parse: Callable[[Any], AclFilter]) -> list[AclFilter | AclError]:
+    """Each item parsed into a filter, or the AclError saying why it is not one (a
+    request's other filters still run)."""
+    out: list[AclFilter | AclError] = []
+    for item in items:
+        try:
+            out.append(parse(item))
+        except AclError as exc:
+            out.append(exc)
+    return out
+
+
 def role_entries(role: str, principal: str, topic: str = WILDCARD, group: str = WILDCARD,
                  prefixed: bool = False) -> list[AccessControlEntry]:
     """The plain ACLs a role grant stands for (a revoke removes exactly these):
