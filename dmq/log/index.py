@@ -286,11 +286,14 @@ class _EntryFile:
         fd = os.open(self.path, os.O_RDWR)
         try:
             size = os.fstat(fd).st_size
+            zeroed = False
             if 0 < size <= _WIPE_IN_PLACE_BYTES:
-                if os.pwrite(fd, bytes(size), 0) != size:
-                    os.ftruncate(fd, 0)
-            elif size:
-                os.ftruncate(fd, 0)
+                try:  # on a copy-on-write file system even this may need new blocks
+                    zeroed = os.pwrite(fd, bytes(size), 0) == size
+                except OSError:
+                    zeroed = False
+            if size and not zeroed:
+                os.ftruncate(fd, 0)  # needs no space
         finally:
             os.close(fd)
         self.reopen_writable(0, mapped)

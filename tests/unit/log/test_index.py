@@ -212,3 +212,34 @@ def test_a_wiped_index_keeps_no_stale_entry_whether_or_not_it_is_closed(
         assert r.load() and r.entries == 3 and r.lookup(10**9) == (21, 150)
         r.close()
         w.close()
+
+
+def test_a_wipe_whose_zeroing_fails_truncates_instead(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk (ENOSPC from the zeroing pwrite, as on a copy-on-write file system)
+    must not fail the log's recovery: the wipe falls back to a truncate, which needs no
+    space, and the rebuilt entries are all a reader finds."""
+    import errno
+
+    path = os.path.join(str(tmp_path), "f.index")
+    idx = OffsetIndex(path, 0, 1 << 20, True)
+    for i in range(1, 11):
+        idx.append(i * 10, i * 100)
+    idx.trim()
+    idx.close()
+    w = OffsetIndex(path, 0, 1 << 20, True)
+    assert w.load() and w.entries == 10
+
+    def full(*_a: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(index_module.os, "pwrite", full)
+    w.wipe()
+    monkeypatch.undo()
+    assert os.path.getsize(path) == 0
+    w.append(7, 50)
+    w.sync()
+    r = OffsetIndex(path, 0, 1 << 20, False)
+    assert r.load() and r.entries == 1
+    r.close()
+    w.close()
