@@ -373,7 +373,8 @@ async def test_request_memory_budget_holds_partial_frames_back() -> None:
         w2.write(frame[:half])
         await until(lambda: server.stats_budget_waits == 2, "waiting again")
         w2.close()
-        await until(lambda: not server._budget_waiters and server.reserved_request_bytes == 0,
+        await until(lambda: not server._budget_waiters and server.reserved_request_bytes == 0
+                    and server.connection_count == 0,
                     "stalled and waiting connections closed", 10)
         assert server.connection_count == 0
         w1.close()
