@@ -43,8 +43,8 @@ def test_ring_caps_series_and_drops_those_silent_for_a_whole_ring() -> None:
 
 
 def test_ring_memory_at_the_caps_is_a_few_megabytes() -> None:
-    keys = ([("b", str(i), m) for i in range(MAX_BROKERS) for m in "xyz"]
-            + [("t", f"topic-{i}", m) for i in range(MAX_TOPICS) for m in "xyz"]
+    keys = ([("b", str(i), m) for i in range(MAX_BROKERS) for m in "wxyz"]
+            + [("t", f"topic-{i}", m) for i in range(MAX_TOPICS) for m in "wxyz"]
             + [("g", f"group-{i}") for i in range(MAX_GROUPS)])
     tracemalloc.start()
     try:
@@ -54,8 +54,8 @@ def test_ring_memory_at_the_caps_is_a_few_megabytes() -> None:
         used, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert len(ring.series) == len(keys) == 892
-    assert used < 6 * 1024 * 1024, used
+    assert len(ring.series) == len(keys) == 1156
+    assert used < 8 * 1024 * 1024, used
 
 
 def test_parse_metrics_reads_the_console_counters_only() -> None:
@@ -68,12 +68,14 @@ def test_parse_metrics_reads_the_console_counters_only() -> None:
         'dmq_broker_bytes_in_created{node="101",topic="a"} 1.7e9',
         'dmq_requests_total{api="FETCH",error="NONE"} 5.0',
         'dmq_broker_bytes_out_total{node="101",topic="a"} not-a-number',
+        'dmq_broker_records_out_total{node="101",topic="a"} 5.0',
     ])
     m = parse_metrics(text)
     assert m["dmq_broker_bytes_in_total"] == [({"node": "101", "topic": "a"}, 1234.0)]
     assert m["dmq_broker_records_in_total"][0][1] == 7.0
     assert m["dmq_log_size_bytes"] == [({"node": "101", "partition": "0", "topic": "a"}, 99.0)]
     assert m["dmq_broker_bytes_out_total"] == []
+    assert m["dmq_broker_records_out_total"] == [({"node": "101", "topic": "a"}, 5.0)]
 
 
 async def test_sampler_runs_while_looked_at_and_its_task_ends_with_stop_or_idleness(
