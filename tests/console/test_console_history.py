@@ -104,3 +104,22 @@ async def test_sampler_runs_while_looked_at_and_its_task_ends_with_stop_or_idlen
     await until(lambda: len(samples) == 2, "the restarted sampler's first sample")
     await sampler.stop()  # the console's close: cancelled and awaited
     assert restarted.done() and sampler._task is None and len(samples) == 2
+
+
+def test_sampler_reads_a_brokers_http_port_and_says_why_when_it_has_none() -> None:
+    from dmq.config import ClusterConfig, NodeAddress
+    from dmq.ops.console.history import Sampler
+
+    def sampler(settings: dict[str, object], http_port: int | None = None) -> Sampler:
+        config = ClusterConfig((NodeAddress(1, "127.0.0.1", 9000),),
+                               (NodeAddress(101, "10.0.0.1", 9101, None, http_port),), settings)
+        reader = type("Reader", (), {"config": config, "admin": None, "groups": None})()
+        return Sampler(reader)
+
+    assert sampler({})._http_address(101, "10.0.0.1", 9101) == ("10.0.0.1", 9101)
+    assert sampler({}, 8101)._http_address(101, "10.0.0.1", 9101) == ("10.0.0.1", 8101)
+    sasl = {"sasl.enabled.mechanisms": "SCRAM-SHA-256", "sasl.protocol.listener": True}
+    assert sampler(sasl, 8101)._http_address(101, "10.0.0.1", 9101) == ("10.0.0.1", 8101)
+    for settings in (sasl, {"http.on.node.port": False}):
+        with pytest.raises(OSError, match="its http_port is not in the cluster config"):
+            sampler(settings)._http_address(101, "10.0.0.1", 9101)

@@ -151,6 +151,7 @@ class Sampler:
         self.last_sample_ms: int | None = None
         self._prev: dict[int, tuple[float, dict[tuple[int, str], float]]] = {}
         self._sizes: dict[tuple[str, int], float] = {}
+        self.unread: dict[int, str] = {}  # brokers whose last scrape failed: why
         self._lag_by_topic: dict[str, dict[str, int]] = {}  # latest: group -> topic -> lag
         self._last_touch = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -190,12 +191,21 @@ class Sampler:
 
     # ---- one sample ---------------------------------------------------------------
     def _http_address(self, broker_id: int, host: str, port: int) -> tuple[str, int]:
-        addr = self.console.config.node(broker_id)
+        """The broker's HTTP port from the cluster config, else its node port (which
+        hands HTTP over unless it is a SASL port or `http.on.node.port` is off)."""
+        config = self.console.config
+        addr = config.node(broker_id)
         if addr is not None and addr.http_port:
             return addr.host, addr.http_port
+        if not config.get("http.on.node.port") or (
+                config.get("sasl.protocol.listener")
+                and str(config.get("sasl.enabled.mechanisms")).strip()):
+            raise OSError("its http_port is not in the cluster config and its node port "
+                          "serves no HTTP (sasl.protocol.listener or http.on.node.port off)")
         return host, port
 
-    async def _scrape(self, host: str, port: int) -> str:
+    async def _scrape(self, broker_id: int, host: str, port: int) -> str:
+        host, port = self._http_address(broker_id, host, port)
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S))
@@ -210,8 +220,7 @@ class Sampler:
     async def sample(self) -> None:
         image = await self.console.admin.metadata(None)
         brokers = sorted(image.brokers.values(), key=lambda b: b.broker_id)[:MAX_BROKERS]
-        texts = await asyncio.gather(*(self._scrape(*self._http_address(b.broker_id, b.host,
-                                                                         b.port))
+        texts = await asyncio.gather(*(self._scrape(b.broker_id, b.host, b.port)
                                        for b in brokers), return_exceptions=True)
         now = time.monotonic()
         per_broker: dict[str, list[float]] = {}
@@ -220,7 +229,14 @@ class Sampler:
         for b, text in zip(brokers, texts, strict=True):
             if not isinstance(text, str):
                 self._prev.pop(b.broker_id, None)  # down: its next rates start afresh
+                why = str(text) if isinstance(text, OSError) and str(text) else \
+                    f"{type(text).__name__}: {text}"
+                if b.broker_id not in self.unread:  # logged once until it is read again
+                    log.info("console: cannot read broker %d's /metrics: %s", b.broker_id,
+                             why[:300])
+                self.unread[b.broker_id] = why[:300]
                 continue
+            self.unread.pop(b.broker_id, None)
             m = parse_metrics(text)
             counters: dict[tuple[int, str], float] = {}  # (metric index, topic)
             for i, name in enumerate(_COUNTERS):
@@ -317,7 +333,8 @@ class Sampler:
     def series(self) -> dict[str, Any]:
         """The ring as chart series: times, and per broker and per topic the three rates."""
         out: dict[str, Any] = {"times": self.ring.time_list(),
-                               "intervalSeconds": SAMPLE_INTERVAL_S, "brokers": {}, "topics": {}}
+                               "intervalSeconds": SAMPLE_INTERVAL_S, "brokers": {}, "topics": {},
+                               "unread": {str(k): v for k, v in sorted(self.unread.items())}}
         for kind, name in (("b", "brokers"), ("t", "topics")):
             for key in self.ring.keys(kind):
                 out[name].setdefault(key[1], {})[key[2]] = self.ring.values(key)

@@ -580,6 +580,7 @@ async function pageThroughput() {
     const brokerNames = Object.fromEntries(Object.entries(d.brokers).map(([k, v]) => [`broker ${k}`, v]));
     body.replaceChildren(
       d.times.length < 2 ? h("p", { class: "muted" }, "Collecting samples: the first rates appear after two samples (about 10 s).") : "",
+      Object.entries(d.unread || {}).map(([id, why]) => h("div", { class: "msg error", role: "alert" }, `Cannot read broker ${id}'s metrics: ${why}`)),
       h("h2", {}, "Per broker"),
       h("div", { class: "charts" },
         chart("Records/s in per broker", sets(brokerNames, "recordsIn"), "records/s"),
