@@ -27,7 +27,18 @@ from typing import Any
 import pytest
 
 from dmq.client.admin import Admin
-from dmq.security.acl import ALLOW, GROUP, LITERAL, READ, make_entry
+from dmq.metadata.records import AccessControlEntry
+from dmq.security.acl import (
+    ALLOW,
+    CLUSTER,
+    CLUSTER_NAME,
+    DESCRIBE,
+    GROUP,
+    LITERAL,
+    READ,
+    AclFilter,
+    make_entry,
+)
 from dmq.security.certs import CA
 from dmq.security.sasl import SaslCredentials, client_sasl
 from dmq.security.tls import client_context, client_tls
@@ -38,6 +49,20 @@ from tests.support.procs import ProcessCluster
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+def _acls(pc: ProcessCluster, ca: CA, action: str, entry: AccessControlEntry) -> None:
+    """Add or remove one ACL, as the superuser."""
+    async def run() -> None:
+        async with Admin(f"127.0.0.1:{pc.nodes[1].port}") as admin:
+            if action == "create":
+                assert await admin.create_acls([entry]) == [None]
+            else:
+                assert await admin.delete_acls([AclFilter(*entry.fields())]) == [entry]
+
+    with client_tls(client_context(str(ca.cafile))), \
+            client_sasl(SaslCredentials(MECH, "admin", USERS["admin"])):
+        asyncio.run(run())
+
 
 @pytest.fixture(scope="module")
 def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
@@ -90,15 +115,8 @@ def secure(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.
                               {"topic": topic, "to": "earliest"})
             assert status == 200, d
 
-        async def grant() -> None:  # alice may Read (so Describe) the group
-            async with Admin(f"127.0.0.1:{pc.nodes[1].port}") as admin:
-                errors = await admin.create_acls([make_entry(GROUP, GROUP_ID, "User:alice",
-                                                             READ, ALLOW, LITERAL)])
-                assert errors == [None]
-
-        with client_tls(client_context(str(ca.cafile))), \
-                client_sasl(SaslCredentials(MECH, "admin", USERS["admin"])):
-            asyncio.run(grant())
+        # alice may Read (so Describe) the group
+        _acls(pc, ca, "create", make_entry(GROUP, GROUP_ID, "User:alice", READ, ALLOW, LITERAL))
         yield pc, ca
 
 
@@ -139,6 +157,22 @@ def test_overview_and_security_tell_the_nodes_settings_and_rates_come_over_https
     wait_until(lambda: "101" in _call(pc, ca, "admin", "GET", "/ui/api/throughput")[1]
                ["brokers"], 20, lambda: "broker 101's rates sampled over HTTPS; node 1 log:\n"
                + pc.nodes[1].log_text()[-3000:], interval_s=0.5)
+    assert {"orders", "secret"} <= set(_call(pc, ca, "admin", "GET", "/ui/api/throughput")[1]
+                                       ["topics"])
+    # with Describe on the cluster, alice still sees only the topics she may Describe
+    cluster_describe = make_entry(CLUSTER, CLUSTER_NAME, "User:alice", DESCRIBE)
+    _acls(pc, ca, "create", cluster_describe)
+    try:
+        wait_until(lambda: _call(pc, ca, "alice", "GET", "/ui/api/overview")[0] == 200, 10,
+                   "alice's Describe on the cluster applied", interval_s=0.2)
+        _, d = _call(pc, ca, "alice", "GET", "/ui/api/overview")
+        assert (d["topics"], d["partitions"]) == (1, 1), d
+        _, d = _call(pc, ca, "alice", "GET", "/ui/api/throughput")
+        assert set(d["topics"]) == {"orders"} and "101" in d["brokers"], d
+    finally:
+        _acls(pc, ca, "delete", cluster_describe)
+    wait_until(lambda: _call(pc, ca, "alice", "GET", "/ui/api/overview")[0] == 403, 10,
+               "alice's Describe on the cluster removed", interval_s=0.2)
 
 
 def test_producer_only_user_sees_and_may_only_what_acls_allow(

@@ -270,6 +270,7 @@ class Console(Service):
         self.sampler.touch()
         d = await self.admin.describe_cluster(timeout_ms=TIMEOUT_MS)
         image = await self.admin.metadata(None)
+        visible = self.acl.visible_topics(request, list(image.topics))
         led: dict[int, int] = {}
         hosted: dict[int, int] = {}
         under, offline = [], []
@@ -279,6 +280,8 @@ class Console(Service):
                     led[p.leader] = led.get(p.leader, 0) + 1
                 for r in p.replicas:
                     hosted[r] = hosted.get(r, 0) + 1
+                if t.name not in visible:  # counted for the brokers, never named
+                    continue
                 row = {"topic": t.name, "partition": p.partition, "leader": p.leader,
                        "replicas": list(p.replicas), "isr": list(p.isr)}
                 if p.leader < 0:
@@ -306,8 +309,9 @@ class Console(Service):
             "nodeId": self.node_id, "security": self.security,
             "controllerId": d.get("controller_id"), "controllerTerm": d.get("controller_term"),
             "metadataVersion": d.get("metadata_version"), "controllers": controllers,
-            "brokers": brokers, "topics": len(image.topics),
-            "partitions": sum(len(t.partitions) for t in image.topics.values()),
+            "brokers": brokers, "topics": len(visible),
+            "partitions": sum(len(t.partitions) for n, t in image.topics.items()
+                              if n in visible),
             "underReplicated": under, "offline": offline, "timestamp": now_ms})
 
     # ---- topics -----------------------------------------------------------------------
@@ -633,7 +637,10 @@ class Console(Service):
     async def throughput(self, request: web.Request) -> web.Response:
         self.acl.require_cluster(request, DESCRIBE)
         self.sampler.touch()
-        return web.json_response(self.sampler.series())
+        series = self.sampler.series()
+        visible = self.acl.visible_topics(request, list(series["topics"]))
+        series["topics"] = {t: v for t, v in series["topics"].items() if t in visible}
+        return web.json_response(series)
 
 
 def _dmq_error(code: int) -> DmqError:

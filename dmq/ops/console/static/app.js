@@ -53,7 +53,7 @@ let me = { principal: null, aclsEnforced: false, cluster: {} };
 async function whoami() {
   const banner = document.getElementById("security");
   let sec = null;
-  try { sec = await api("GET", "/ui/api/security"); } catch (e) { /* the banner stays as it is */ }
+  try { sec = await api("GET", "/ui/api/security"); } catch (e) { /* said below */ }
   try { me = await api("GET", "/api/v1/auth/me"); } catch (e) { /* nothing hidden: the node refuses */ }
   if (sec && !sec.enabled) {
     banner.replaceChildren(h("strong", {}, "Security is off."),
@@ -61,14 +61,17 @@ async function whoami() {
       + "This node has no TLS, no login and no ACLs (see the README's Security section).");
     return;
   }
-  if (!sec) return;
+  if (!sec) {
+    banner.textContent = "Could not read this node's security settings (GET /ui/api/security).";
+    return;
+  }
   const parts = [
     sec.tls ? `TLS on every listener (client certificates ${sec.clientAuth})` : "no TLS",
     sec.saslMechanisms.length ? `SASL ${sec.saslMechanisms.join(", ")}${sec.saslOnProtocolPort ? " on the Kafka and dmq ports" : " on the Kafka listener"}` : "no SASL",
     sec.httpLogin ? "HTTP login required" : "no HTTP login",
     sec.authorizer ? "ACLs enforced" : "no ACLs"];
   banner.replaceChildren(h("strong", {}, "Security is on: "), `${parts.join(" · ")}.`,
-    me.principal ? ` Logged in as ${me.principal}.` : "",
+    sec.httpLogin && me.principal ? ` Logged in as ${me.principal}.` : "",
     me.aclsEnforced ? " This console shows only what your ACLs allow you to see and do."
       : sec.httpLogin ? " Every logged-in user may do everything." : "");
   banner.classList.add("info");
