@@ -309,12 +309,26 @@ def test_group_lag_rises_while_stopped_and_reset_brings_it_down(
     assert [30] == [lag for _, lag in d["lagHistory"]][-1:]
     assert page.locator("canvas[aria-label='Total lag of web-g']").count() == 1
     page.screenshot(path=str(shots / "group.png"))
-    r = _tool("consume", "-b", cluster.bootstrap, "-t", "web-lag", "--group", "web-g",
-              "--max-messages", "30", timeout=60)  # it resumes: the lag falls
-    assert r.returncode == 0, r.stderr
+    # it resumes: the lag falls, and the page shows the member and its partitions
+    code = "import sys; from dmq.cli.tools import consume_main; consume_main(sys.argv[1:])"
+    consumer = subprocess.Popen(
+        [sys.executable, "-c", code, "-b", cluster.bootstrap, "-t", "web-lag", "--group",
+         "web-g", "--max-messages", "31", "--timeout-ms", "30000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        page.wait_for_selector("table[aria-label='Members'] td >> text=web-lag-0, web-lag-1")
+        assert page.locator("table[aria-label='Members'] tbody tr").count() == 1
+        _produce(cluster, "web-lag", 1)  # its last record: it commits and leaves
+        _, err = consumer.communicate(timeout=30)
+        assert consumer.returncode == 0, err
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
     page.wait_for_selector("#total-lag >> text=total lag 0")
-    _produce(cluster, "web-lag", 5)
-    page.wait_for_selector("#total-lag >> text=total lag 5")
+    page.wait_for_selector("table[aria-label='Members'] >> text=No members")
+    _produce(cluster, "web-lag", 4)
+    page.wait_for_selector("#total-lag >> text=total lag 4")
     page.select_option("#reset-offsets select[name=to]", "latest")
     page.click("#reset-offsets button[type=submit]")
     page.wait_for_selector(".msg.done >> text=Reset:")
