@@ -91,6 +91,12 @@ LOG_EVERY_S = 10.0  # one line per kind of refusal per this long, with a count
 # what a connection may ask before it has authenticated, when the listener requires it
 _BEFORE_AUTHENTICATION = frozenset({ApiKey.API_VERSIONS, ApiKey.SASL_HANDSHAKE,
                                     ApiKey.SASL_AUTHENTICATE})
+# Requests whose handlers only wait once they have done their work (a fetch's long poll,
+# a produce's wait for its acks, a quota hold) for as long as the client asked: they end
+# with their connection, so a client that parks them and disconnects, again and again,
+# leaves nothing behind. Other handlers run to their end (a Raft write, say, must not
+# stop half-way because its asker left).
+_ENDS_WITH_CONNECTION = frozenset({ApiKey.FETCH, ApiKey.PRODUCE})
 
 
 @dataclass(slots=True)
@@ -211,6 +217,7 @@ class _ServerConnection(asyncio.Protocol):
         self.in_books = False  # counted in the server's connection caps and budget
         self.budget_blocked = False  # waiting for request-memory budget, unread
         self.in_flight = 0
+        self.waits: set[asyncio.Task[None]] = set()  # of _ENDS_WITH_CONNECTION requests
         # frames read but not yet dispatched because `max_in_flight` was reached; holds
         # at most what one socket read delivered, since reading pauses while non-empty
         self.backlog: deque[bytes] = deque()
@@ -242,6 +249,9 @@ class _ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.backlog.clear()
+        for task in self.waits:
+            task.cancel()  # nobody reads their answers
+        self.waits.clear()
         self.server._forget(self)
         if self.decoder.buffered_bytes:
             log.info("node=%s peer=%s disconnected mid-frame (%d bytes dropped)",
@@ -420,6 +430,12 @@ class _ServerConnection(asyncio.Protocol):
             task = server._loop.create_task(self._run(result, cid, key, t0))
             server._tasks.add(task)
             task.add_done_callback(server._tasks.discard)
+            if key in _ENDS_WITH_CONNECTION:
+                if self.closed:
+                    task.cancel()
+                else:
+                    self.waits.add(task)
+                    task.add_done_callback(self.waits.discard)
         else:
             if result is not NO_RESPONSE:
                 self._write(cid, ErrorCode.NONE, result)
@@ -458,8 +474,10 @@ class _ServerConnection(asyncio.Protocol):
         try:
             result = await coro
         except BaseException as exc:
-            self._finish(cid, key, exc, t0)
-            if isinstance(exc, asyncio.CancelledError):
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            if not (cancelled and self.closed):  # a wait ended with its connection
+                self._finish(cid, key, exc, t0)
+            if cancelled:
                 raise
         else:
             if result is not NO_RESPONSE:

@@ -68,3 +68,39 @@ async def test_long_poll_wakes_on_hw_move_rf3(tmp_path: Path) -> None:
     p50 = statistics.median(lat)
     print(f"\nlong-poll wake, RF=3 (produce sent -> replicated -> HW -> fetch answered): "
           f"p50 {p50:.2f} ms, max {max(lat):.2f} ms")
+
+
+async def test_waits_of_a_closed_connection_end_with_it(tmp_path: Path) -> None:
+    """A client that parks long fetches (an hour's max wait) and acks=all produces (an
+    hour's timeout, on a partition whose only follower never fetches), then
+    disconnects, again and again, leaves no waiter and no task behind: they end with
+    their connection instead of piling up until their waits run out."""
+    ctl = StandInController()
+    # the follower stays in the ISR for the whole test: the HW never moves on its own
+    config = make_config(**{"replica.lag.time.max.ms": 3_600_000})
+    brokers = [InProcBroker(i + 1, tmp_path, ctl, config) for i in range(2)]
+    for b in brokers:
+        await b.start()
+    await ctl.create_topic("t", [[1, 2]])
+    await brokers[1].stop()  # the follower never fetches: acks=all waits
+    leader = brokers[0].partition("t")
+    server = brokers[0].server
+    hour = 3_600_000
+    try:
+        for _ in range(5):
+            conn = await brokers[0].connect()
+            for _ in range(4):
+                asyncio.ensure_future(conn.request(ApiKey.FETCH, {
+                    "max_wait_ms": hour, "min_bytes": 1, "max_bytes": 1 << 20,
+                    "topics": [["t", [[0, 0, -1, 1 << 20]]]]},
+                    timeout_ms=hour))
+            asyncio.ensure_future(conn.request(ApiKey.PRODUCE, {
+                "acks": -1, "timeout_ms": hour, "topics": [["t", [[0, -1, batch([b"x"])]]]]},
+                timeout_ms=hour))
+            await until(lambda: len(server._tasks) >= 5, "the requests are parked")
+            await conn.close()
+            await until(lambda: not server._tasks, "the parked requests ended")
+        assert not leader._hw_waiters
+        assert leader.log.log_end_offset == 5  # every produce was appended before waiting
+    finally:
+        await brokers[0].stop()
