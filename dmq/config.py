@@ -123,8 +123,12 @@ SETTINGS: dict[str, Setting] = {
     "replica.fetch.max.bytes": Setting(8 * 1024 * 1024, "follower fetch size per request"),
     "follower.replication.throttled.rate": Setting(
         -1, "bytes/s a broker's fetchers copy for replicas being added by a reassignment "
-        "(-1: no limit); a dynamic cluster-wide value (`dmq partitions reassign --throttle`) "
-        "overrides it"),
+        "(-1: no limit); a dynamic value, the broker's own or cluster-wide "
+        "(`dmq partitions reassign --throttle`), overrides it"),
+    "leader.replication.throttled.rate": Setting(
+        -1, "bytes/s a broker sends, as partition leader, to replicas being added by a "
+        "reassignment (-1: no limit); a dynamic value, the broker's own or cluster-wide "
+        "(`dmq partitions reassign --throttle`), overrides it"),
     "message.max.bytes": Setting(8 * 1024 * 1024, "largest record batch accepted"),
     "log.segment.bytes": Setting(1024 * 1024 * 1024, "segment roll size"),
     "log.segment.ms": Setting(7 * 24 * 3600 * 1000, "segment roll age"),

@@ -1,12 +1,14 @@
 """`dmq partitions ...` and `dmq brokers ...`: day-2 operations over the Admin library.
 
 - `partitions reassign --plan FILE` starts reassignments (JSON list of
-  {"topic", "partition", "replicas"}); `--throttle BYTES_PER_S` first sets the
-  cluster-wide dynamic config `follower.replication.throttled.rate` (each broker copies
-  at most that many bytes/s for its replicas being added); `--verify` says which are
-  done and, once no reassignment is left in progress, removes the throttle (as Kafka's
+  {"topic", "partition", "replicas"}); `--throttle BYTES_PER_S` first sets, as Kafka's
+  tool, the dynamic configs `leader.replication.throttled.rate` and
+  `follower.replication.throttled.rate` of every broker of the moves (old and new
+  replicas; keys `KEY:ID`): each copies at most that many bytes/s for replicas being
+  added, as follower and as leader; `--verify` says which are done and, once no
+  reassignment is left in progress, removes every replication throttle (as Kafka's
   tool does), `--cancel` stops them (those of the plan, or all in progress) and removes
-  the throttle likewise, `--generate --topics T,... --brokers ID,...` prints a balanced
+  the throttles likewise, `--generate --topics T,... --brokers ID,...` prints a balanced
   (rack-aware) plan for those topics over those brokers.
 - `partitions elect-leaders [--topic T]` moves leadership back to preferred replicas.
 - `brokers decommission ID` moves every replica off a broker (alive or dead) and waits
@@ -33,6 +35,13 @@ from dmq.controller.placement import assign_replicas
 from dmq.protocol.errors import DmqError
 
 THROTTLE_KEY = "follower.replication.throttled.rate"
+LEADER_THROTTLE_KEY = "leader.replication.throttled.rate"
+THROTTLE_KEYS = (LEADER_THROTTLE_KEY, THROTTLE_KEY)
+
+
+def _is_throttle_key(key: str) -> bool:
+    """A replication throttle, cluster-wide (`KEY`) or of one broker (`KEY:ID`)."""
+    return key.partition(":")[0] in THROTTLE_KEYS
 
 
 def _ids(text: str, what: str) -> list[int]:
@@ -114,8 +123,9 @@ def partitions() -> None:
 @click.option("--cancel", is_flag=True,
               help="cancel the plan's reassignments (every one in progress without --plan)")
 @click.option("--throttle", type=click.IntRange(min=1), default=None, metavar="BYTES_PER_S",
-              help="with --plan: limit each broker's copying for replicas being added to "
-                   "this many bytes/s (removed by --verify once all are done)")
+              help="with --plan: limit what each broker of the moves sends and fetches "
+                   "for replicas being added to this many bytes/s (removed by --verify "
+                   "once all are done)")
 @admin_options
 def partitions_reassign(plan_path: str | None, generate: bool, topics: str | None,
                         broker_list: str | None, verify: bool, cancel: bool,
@@ -214,31 +224,44 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
             click.echo(note)
         sys.exit(1 if pending else 0)
 
-    async def start(a: Any) -> Any:
+    async def start(a: Any) -> tuple[Any, list[int]]:
+        involved: list[int] = []
         if throttle is not None:
-            # before the moves: the new replicas start copying at once
-            await a.alter_dynamic_configs({THROTTLE_KEY: str(throttle)})
-        return await a.alter_partition_reassignments(plan)
+            # as Kafka's tool: on every broker of the moves, the old replicas (leaders
+            # sending) and the new (followers fetching); before the moves, since the
+            # new replicas start copying at once
+            described = await a.describe_topics(sorted({t for t, _, _ in plan}))
+            brokers = {r for _, _, target in plan for r in target}
+            for t, p, _ in plan:
+                info = described[t].partitions.get(p) if t in described else None
+                brokers.update(info.replicas if info is not None else ())
+            involved = sorted(brokers)
+            await a.alter_dynamic_configs({f"{key}:{b}": str(throttle)
+                                           for key in THROTTLE_KEYS for b in involved})
+        return await a.alter_partition_reassignments(plan), involved
 
-    res = run_admin(bootstrap, config_path, timeout_ms, start)
+    res, involved = run_admin(bootstrap, config_path, timeout_ms, start)
     if throttle is not None:
-        click.echo(f"throttle: {THROTTLE_KEY}={throttle} bytes/s per broker for replicas "
-                   "being added (`--verify` removes it once all are done)")
+        click.echo(f"throttle: {LEADER_THROTTLE_KEY}={throttle} and {THROTTLE_KEY}="
+                   f"{throttle} bytes/s on brokers {','.join(map(str, involved))}, for "
+                   "replicas being added (`--verify` removes it once all are done)")
     for (t, p), err in sorted(res.items()):
         click.echo(f"{t}-{p}: " + ("reassignment started" if err is None else f"error: {err}"))
     sys.exit(1 if any(e is not None for e in res.values()) else 0)
 
 
 async def _maybe_remove_throttle(a: Any) -> str | None:
-    """Remove the reassignment throttle once no reassignment is left in progress in the
-    cluster (it is cluster-wide: another one may still be copying under it). What was
-    done, or None when no throttle is set."""
-    if THROTTLE_KEY not in await a.describe_dynamic_configs(overrides_only=True):
+    """Remove every replication throttle (cluster-wide and per broker) once no
+    reassignment is left in progress in the cluster (another one may still be copying
+    under them). What was done, or None when no throttle is set."""
+    keys = [k for k in await a.describe_dynamic_configs(overrides_only=True)
+            if _is_throttle_key(k)]
+    if not keys:
         return None
     left = await a.list_partition_reassignments()
     if left:
         return f"throttle kept: {len(left)} reassignment(s) still in progress"
-    await a.alter_dynamic_configs({THROTTLE_KEY: None})
+    await a.alter_dynamic_configs(dict.fromkeys(keys))
     return "throttle removed"
 
 
