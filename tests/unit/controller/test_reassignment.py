@@ -432,3 +432,27 @@ def test_dynamic_configs_validated_all_or_nothing(h: Harness) -> None:
     assert recs == [] and res["error"] == 0
     h.commit(h.planner.alter_dynamic_configs({key: None})[0])
     assert h.state.dynamic_configs == {}
+
+
+def test_per_broker_throttle_overrides_the_cluster_wide_value(h: Harness) -> None:
+    """Kafka's broker-entity configs: `KEY:ID` is KEY for broker ID alone, over the
+    cluster-wide KEY, in the same DYNAMIC_CONFIG records; a bad id is refused by name."""
+    lead, follow = "leader.replication.throttled.rate", "follower.replication.throttled.rate"
+    recs, res = h.planner.alter_dynamic_configs({f"{lead}:101": "500", follow: "1000",
+                                                 f"{follow}:102": "2000"})
+    assert res == {"error": 0, "msg": None}
+    h.commit(recs)
+    image = h.state.image()
+    assert image.broker_config(lead, 101) == "500"
+    assert image.broker_config(lead, 102) is None  # neither set: the static setting
+    assert image.broker_config(follow, 101) == "1000"  # the cluster-wide value
+    assert image.broker_config(follow, 102) == "2000"  # its own
+    for bad, why in (({f"{lead}:x": "1"}, "broker id after ':'"),
+                     ({f"{lead}:-1": "1"}, "broker id after ':'"),
+                     ({f"{lead}:101": "0"}, "must be at least 1"),
+                     ({"log.retention.ms:101": "1"}, "unknown dynamic broker config")):
+        recs, res = h.planner.alter_dynamic_configs(bad)
+        assert recs == [] and res["error"] == ErrorCode.INVALID_CONFIG and why in res["msg"], res
+    h.commit(h.planner.alter_dynamic_configs({f"{lead}:101": None, follow: None,
+                                              f"{follow}:102": None})[0])
+    assert h.state.dynamic_configs == {}
