@@ -326,37 +326,56 @@ def decommission_plan(broker_id: int, topics: dict[str, Any], online: list[int],
 def brokers_decommission(broker_id: int, wait_ms: int, bootstrap: str | None,
                          config_path: str | None, timeout_ms: int) -> None:
     """Move every replica off a broker (alive or dead) by reassignments, then wait until
-    it holds none."""
-    async def go(a: Any) -> tuple[list[Any], dict[Any, Any], int]:
+    it holds none. Safe to interrupt and to run again: the moves started are the
+    controller's (one request, written as one metadata batch), and a rerun starts only
+    those still missing and follows the rest."""
+    async def go(a: Any) -> int:
         cluster = await a.describe_cluster()
         online = [b["broker_id"] for b in cluster["brokers"] if b["state"] == "ONLINE"]
         if broker_id not in [b["broker_id"] for b in cluster["brokers"]]:
             raise click.UsageError(f"broker {broker_id} is not registered")
         topics = await a.describe_topics()
-        removing = {(r["topic"], r["partition"]): r["removing"]
-                    for r in await a.list_partition_reassignments()}
+        moving = await a.list_partition_reassignments()
+        removing = {(r["topic"], r["partition"]): r["removing"] for r in moving}
+        already = sum(1 for r in moving if broker_id in r["removing"])
         plan = decommission_plan(broker_id, topics, online, removing)
         res = await a.alter_partition_reassignments(plan) if plan else {}
+        for (t, p), err in sorted(res.items()):
+            if err is not None:
+                click.echo(f"{t}-{p}: error: {err}")
+        click.echo(f"broker {broker_id}: {len(plan)} partition replica(s) reassigned"
+                   + (f", {already} already being moved off" if already else ""))
         loop = asyncio.get_running_loop()
         # a refused move leaves its replica on the broker: waiting could not end well
         refused = any(err is not None for err in res.values())
         deadline = loop.time() + (0 if refused else wait_ms / 1000)
+        shown: tuple[int, int] | None = None
         while True:
             topics = await a.describe_topics()
             left = sum(1 for t in topics.values() for p in t.partitions.values()
                        if broker_id in p.replicas)
-            if left == 0 or loop.time() >= deadline:
-                return plan, res, left
+            if left == 0:
+                return 0
+            figures = [r.get("bytes_left", -1) for r in await a.list_partition_reassignments()
+                       if broker_id in r["removing"]]
+            copy = -1 if not figures or min(figures) < 0 else sum(figures)
+            if shown is None or left != shown[0] or loop.time() >= deadline:
+                click.echo(f"broker {broker_id} still holds {left} partition replica(s): "
+                           f"{len(figures)} being moved off, " + (
+                               "bytes left unknown" if copy < 0 else f"{copy} bytes left"))
+                shown = (left, copy)
+            if loop.time() >= deadline:
+                return left
             await asyncio.sleep(0.2)
 
-    plan, res, left = run_admin(bootstrap, config_path, timeout_ms + wait_ms, go)
-    for (t, p), err in sorted(res.items()):
-        if err is not None:
-            click.echo(f"{t}-{p}: error: {err}")
-    click.echo(f"broker {broker_id}: {len(plan)} partition replica(s) reassigned")
+    try:
+        left = run_admin(bootstrap, config_path, timeout_ms + wait_ms, go)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the moves already started go on; run `dmq brokers "
+                   f"decommission {broker_id}` again to follow them", err=True)
+        sys.exit(130)
     if left:
-        click.echo(f"broker {broker_id} still holds {left} partition replica(s); "
-                   "see `dmq partitions reassign --verify` or run this again")
+        click.echo("see `dmq partitions reassign --verify` or run this again")
         sys.exit(1)
     click.echo(f"broker {broker_id} holds no partition replicas")
 

@@ -26,6 +26,7 @@ from tests.support.procs import ProcessCluster
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 SETTINGS = {**FAST, "default.replication.factor": 3, "min.insync.replicas": 2}
+THROTTLE_KEY = "follower.replication.throttled.rate"
 
 
 async def _partition(admin: Admin, topic: str, p: int = 0) -> Any:
@@ -243,6 +244,10 @@ async def test_decommission_dead_broker_restores_full_replication() -> None:
         b = pc.bootstrap
         async with Admin(b) as admin:
             await _topic_led(pc, admin, "dc", 4)
+            async with Producer(b, acks="all", linger_ms=2) as p:
+                for i in range(4 * 50):  # 100 KB a partition to copy
+                    await p.send("dc", bytes(2000), partition=i % 4)
+                await p.flush()
             t = (await admin.describe_topics(["dc"]))["dc"]
             victim = t.partitions[0].replicas[0]
             hosted = [p.partition for p in t.partitions.values() if victim in p.replicas]
@@ -257,10 +262,38 @@ async def test_decommission_dead_broker_restores_full_replication() -> None:
             await wait_until(fenced, 30, f"broker {victim} fenced")
             refused = await asyncio.to_thread(_cli, pc, "brokers", "unregister", str(victim))
             assert refused.returncode == 1 and "still hosts" in refused.stderr, refused
+            # the copies crawl under a throttle while the command is interrupted (Ctrl-C
+            # once the moves are in), then run again: it starts nothing new and reports
+            await admin.alter_dynamic_configs({THROTTLE_KEY: "20000"})
+            first = subprocess.Popen(
+                [sys.executable, "-m", "dmq.cli", "brokers", "decommission", str(victim),
+                 "--bootstrap", b], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True)
+            try:
+                async def moves_in() -> bool:
+                    return len([r for r in await admin.list_partition_reassignments()
+                                if r["removing"] == [victim]]) == len(hosted)
+
+                await wait_until(moves_in, 30, "the decommission's moves submitted")
+                first.send_signal(signal.SIGINT)
+                out1, err1 = await asyncio.to_thread(first.communicate, timeout=30)
+            finally:
+                if first.poll() is None:
+                    first.kill()
+                    first.wait()
+            assert first.returncode == 130, out1 + err1
+            assert "the moves already started go on" in err1 and "Traceback" not in err1, err1
+            again = await asyncio.to_thread(_cli, pc, "brokers", "decommission", str(victim),
+                                            "--wait-ms", "0")
+            assert again.returncode == 1, again.stdout + again.stderr
+            assert (f"broker {victim}: 0 partition replica(s) reassigned, {len(hosted)} "
+                    "already being moved off") in again.stdout, again.stdout
+            assert (f"still holds {len(hosted)} partition replica(s): {len(hosted)} being "
+                    "moved off") in again.stdout, again.stdout
+            await admin.alter_dynamic_configs({THROTTLE_KEY: None})
             out = await asyncio.to_thread(_cli, pc, "brokers", "decommission", str(victim))
             assert out.returncode == 0, out.stdout + out.stderr
             assert f"broker {victim} holds no partition replicas" in out.stdout
-            assert f"{len(hosted)} partition replica(s) reassigned" in out.stdout
 
             async def fully_replicated() -> bool:
                 t = (await admin.describe_topics(["dc"]))["dc"]
