@@ -70,9 +70,22 @@ def _cli(cluster: ProcessCluster, *args: str) -> subprocess.CompletedProcess[str
                            cluster.bootstrap], capture_output=True, text=True, timeout=90)
 
 
+def _with_racks(pc: ProcessCluster, racks: dict[int, str]) -> None:
+    """Give brokers a `rack` in the cluster config (before they start)."""
+    text = pc.config_path.read_text()
+    for b, rack in racks.items():
+        entry = f"[[brokers]]\nid = {b}\n"
+        assert entry in text, text
+        text = text.replace(entry, f'{entry}rack = "{rack}"\n')
+    pc.config_path.write_text(text)
+
+
 async def test_move_partition_to_three_other_brokers_under_producer_and_consumer(
         tmp_path: Path) -> None:
     with ProcessCluster(controllers=1, brokers=6, settings=SETTINGS) as pc:
+        # three racks of two brokers (the same cluster serves the rack check at the end)
+        rack_of = {b: f"r{i // 2}" for i, b in enumerate(pc.broker_ids)}
+        _with_racks(pc, rack_of)
         pc.start()
         b = pc.bootstrap
         async with Admin(b) as admin:
@@ -160,6 +173,16 @@ async def test_move_partition_to_three_other_brokers_under_producer_and_consumer
         assert consumed == log[:len(consumed)]
         print(f"\n{len(acked)} records acknowledged, {len(log)} in the log, moved "
               f"{old} -> {target}")
+        # racks: every broker registered its rack, and a new RF=3 topic has one replica
+        # in each of the three racks, for every partition
+        async with Admin(b) as admin:
+            d = await admin.describe_cluster()
+            assert {x["broker_id"]: x.get("rack") for x in d["brokers"]} == rack_of
+            await admin.create_topic("racked", 6, 3)
+            t = (await admin.describe_topics(["racked"]))["racked"]
+            assert len(t.partitions) == 6
+            for p in t.partitions.values():
+                assert sorted(rack_of[r] for r in p.replicas) == ["r0", "r1", "r2"], p
 
 
 async def _all_online(admin: Admin, ids: list[int]) -> bool:
