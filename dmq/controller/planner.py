@@ -259,9 +259,33 @@ class Planner:
         return sum(1 for p in self._all_partitions() if p.leader == broker_id
                    and self.choose_leader(p, p.isr, eligible) == NO_LEADER)
 
-    def preferred_leader_elections(self, max_changes: int = 1000) -> list[Record]:
-        """The automatic balancer's step (`auto.leader.rebalance.enable`)."""
-        return self.elect_preferred_leaders()[0][:max_changes]
+    def preferred_leader_elections(self, max_changes: int = 1000,
+                                   imbalance_percentage: int = 0) -> list[Record]:
+        """The automatic balancer's step (`auto.leader.rebalance.enable`). As Kafka's, per
+        broker: of the partitions it is the preferred leader of (first replica), the
+        share it does not lead; when that share is over `imbalance_percentage`
+        (`leader.imbalance.per.broker.percentage`), leadership of those partitions moves
+        back to it where it is an online in-sync replica. Partitions being reassigned
+        are left alone (their replica order is the reassignment's business)."""
+        preferred: dict[int, int] = {}
+        missed: dict[int, int] = {}
+        for t in self.state.topics.values():
+            for p in t.partitions.values():
+                if not p.replicas or p.adding or p.removing:
+                    continue
+                pref = p.replicas[0]
+                preferred[pref] = preferred.get(pref, 0) + 1
+                if p.leader != pref:
+                    missed[pref] = missed.get(pref, 0) + 1
+        over = {b for b, n in missed.items() if n * 100 > imbalance_percentage * preferred[b]}
+        if not over:
+            return []
+        records: list[Record] = [
+            r for r in self.elect_preferred_leaders()[0]
+            if isinstance(r, PartitionChange) and r.leader in over
+            and not self.state.topics[r.topic].partitions[r.partition].adding
+            and not self.state.topics[r.topic].partitions[r.partition].removing]
+        return records[:max_changes]
 
     def elect_preferred_leaders(self, topic: str | None = None
                                 ) -> tuple[list[Record], list[list[Any]]]:
