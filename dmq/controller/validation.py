@@ -153,9 +153,11 @@ def _per_broker_check(key: str) -> Callable[[str], str] | None:
     base, sep, broker = key.partition(":")
     if not sep or base not in PER_BROKER_CONFIGS:
         return None
-    if not broker.isdigit() or int(broker) > MAX_BROKER_ID:
+    # written as the broker's own key reads it (no sign, no leading zero, ASCII digits)
+    if not (broker.isascii() and broker.isdigit() and str(int(broker)) == broker
+            and int(broker) <= MAX_BROKER_ID):
         raise InvalidConfigError(f"{key!r}: the broker id after ':' must be a whole number "
-                                 f"from 0 to {MAX_BROKER_ID}")
+                                 f"from 0 to {MAX_BROKER_ID}, without leading zeros")
     return DYNAMIC_CONFIG_CHECKS[base]
 
 

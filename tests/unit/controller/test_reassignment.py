@@ -449,6 +449,8 @@ def test_per_broker_throttle_overrides_the_cluster_wide_value(h: Harness) -> Non
     assert image.broker_config(follow, 102) == "2000"  # its own
     for bad, why in (({f"{lead}:x": "1"}, "broker id after ':'"),
                      ({f"{lead}:-1": "1"}, "broker id after ':'"),
+                     ({f"{lead}:0101": "1"}, "without leading zeros"),
+                     ({f"{lead}:2147483648": "1"}, "from 0 to 2147483647"),
                      ({f"{lead}:101": "0"}, "must be at least 1"),
                      ({"log.retention.ms:101": "1"}, "unknown dynamic broker config")):
         recs, res = h.planner.alter_dynamic_configs(bad)
