@@ -287,7 +287,7 @@ async def test_decommission_dead_broker_restores_full_replication() -> None:
             assert refused.returncode == 1 and "still hosts" in refused.stderr, refused
             # the copies crawl under a throttle while the command is interrupted (Ctrl-C
             # once the moves are in), then run again: it starts nothing new and reports
-            await admin.alter_dynamic_configs({THROTTLE_KEY: "20000"})
+            await admin.alter_dynamic_configs({THROTTLE_KEY: "5000"})  # ~20 s a partition
             first = subprocess.Popen(
                 [sys.executable, "-m", "dmq.cli", "brokers", "decommission", str(victim),
                  "--bootstrap", b], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
