@@ -259,14 +259,16 @@ class Admin:
     async def describe_dynamic_configs(self, overrides_only: bool = False) -> dict[str, str]:
         """The cluster-wide dynamic broker configs in effect (a set value, else the
         static setting), e.g. follower.replication.throttled.rate; with
-        `overrides_only`, only those set."""
+        `overrides_only`, only those set, also those of one broker (`KEY:ID`)."""
         resp = await self._request(ApiKey.DESCRIBE_CONFIGS, {"topics": [], "dynamic": True})
         return dict(resp["dynamic"]["overrides" if overrides_only else "configs"])
 
     async def alter_dynamic_configs(self, changes: dict[str, str | None], *,
                                     validate_only: bool = False) -> None:
-        """Set (value) or reset to the static setting (None) cluster-wide dynamic broker
-        configs; raises the error of a refused change (nothing is changed then)."""
+        """Set (value) or reset to the static setting (None) dynamic broker configs,
+        cluster-wide (`KEY`) or for one broker (`KEY:ID`, over the cluster-wide value:
+        the replication throttles); raises the error of a refused change (nothing is
+        changed then)."""
         resp = await self._request(ApiKey.ALTER_CONFIGS, {
             "topics": [], "dynamic": dict(changes), "validate_only": validate_only})
         err = _error(resp["dynamic"])
