@@ -11,9 +11,9 @@
   the throttles likewise, `--generate --topics T,... --brokers ID,...` prints a balanced
   (rack-aware) plan for those topics over those brokers.
 - `partitions elect-leaders [--topic T]` moves leadership back to preferred replicas.
-- `brokers decommission ID` moves every replica off a broker (alive or dead) and waits
-  until it holds none; `brokers unregister ID` then forgets it (refused while it hosts
-  replicas).
+- `brokers decommission ID` has the controller move every replica off a broker (alive
+  or dead) and waits until it holds none; `brokers unregister ID` then forgets it
+  (refused while it hosts replicas).
 
 The controller does the work (see dmq.controller.planner, "reassignment"); these
 commands parse, call, print.
@@ -285,39 +285,6 @@ def brokers() -> None:
     """Day-2 operations on brokers."""
 
 
-def decommission_plan(broker_id: int, topics: dict[str, Any], online: list[int],
-                      removing: dict[tuple[str, int], list[int]] | None = None
-                      ) -> list[tuple[str, int, list[int]]]:
-    """Replace `broker_id` in every replica set holding it by the online broker with the
-    fewest replicas that the partition does not already use. `removing` names, per
-    partition with a reassignment in progress, the replicas it is dropping: the new
-    target is the one in progress with the broker replaced (the listed replicas include
-    those being dropped, which must not become part of the target), and a partition
-    already dropping the broker needs no new move."""
-    removing = removing or {}
-    load = {b: 0 for b in online if b != broker_id}
-    for t in topics.values():
-        for p in t.partitions.values():
-            for r in p.replicas:
-                if r in load:
-                    load[r] += 1
-    plan = []
-    for name in sorted(topics):
-        for pn, p in sorted(topics[name].partitions.items()):
-            dropping = removing.get((name, pn), ())
-            target = [r for r in p.replicas if r not in dropping]
-            if broker_id not in target:
-                continue
-            spare = [b for b in sorted(load, key=lambda b: (load[b], b)) if b not in p.replicas]
-            if not spare:
-                raise click.UsageError(
-                    f"{name}-{pn}: no online broker outside replicas {list(p.replicas)} "
-                    f"to take broker {broker_id}'s replica")
-            load[spare[0]] += 1
-            plan.append((name, pn, [spare[0] if r == broker_id else r for r in target]))
-    return plan
-
-
 @brokers.command("decommission")
 @click.argument("broker_id", type=int)
 @click.option("--wait-ms", default=120_000, show_default=True,
@@ -326,30 +293,22 @@ def decommission_plan(broker_id: int, topics: dict[str, Any], online: list[int],
 def brokers_decommission(broker_id: int, wait_ms: int, bootstrap: str | None,
                          config_path: str | None, timeout_ms: int) -> None:
     """Move every replica off a broker (alive or dead) by reassignments, then wait until
-    it holds none. Safe to interrupt and to run again: the moves started are the
-    controller's (one request, written as one metadata batch), and a rerun starts only
-    those still missing and follows the rest."""
+    it holds none. The controller plans the moves (`Admin.decommission_broker`) and
+    writes them as one metadata batch: safe to interrupt and to run again, a rerun
+    starts only what is missing and follows the rest."""
     async def go(a: Any) -> int:
-        cluster = await a.describe_cluster()
-        online = [b["broker_id"] for b in cluster["brokers"] if b["state"] == "ONLINE"]
-        if broker_id not in [b["broker_id"] for b in cluster["brokers"]]:
-            raise click.UsageError(f"broker {broker_id} is not registered")
-        topics = await a.describe_topics()
-        moving = await a.list_partition_reassignments()
-        removing = {(r["topic"], r["partition"]): r["removing"] for r in moving}
-        already = sum(1 for r in moving if broker_id in r["removing"])
-        plan = decommission_plan(broker_id, topics, online, removing)
-        res = await a.alter_partition_reassignments(plan) if plan else {}
+        res, already = await a.decommission_broker(broker_id)
         for (t, p), err in sorted(res.items()):
             if err is not None:
                 click.echo(f"{t}-{p}: error: {err}")
-        click.echo(f"broker {broker_id}: {len(plan)} partition replica(s) reassigned"
+        started = sum(1 for err in res.values() if err is None)
+        click.echo(f"broker {broker_id}: {started} partition replica(s) reassigned"
                    + (f", {already} already being moved off" if already else ""))
         loop = asyncio.get_running_loop()
         # a refused move leaves its replica on the broker: waiting could not end well
         refused = any(err is not None for err in res.values())
         deadline = loop.time() + (0 if refused else wait_ms / 1000)
-        shown: tuple[int, int] | None = None
+        shown: int | None = None
         while True:
             topics = await a.describe_topics()
             left = sum(1 for t in topics.values() for p in t.partitions.values()
@@ -359,11 +318,11 @@ def brokers_decommission(broker_id: int, wait_ms: int, bootstrap: str | None,
             figures = [r.get("bytes_left", -1) for r in await a.list_partition_reassignments()
                        if broker_id in r["removing"]]
             copy = -1 if not figures or min(figures) < 0 else sum(figures)
-            if shown is None or left != shown[0] or loop.time() >= deadline:
+            if left != shown or loop.time() >= deadline:
                 click.echo(f"broker {broker_id} still holds {left} partition replica(s): "
                            f"{len(figures)} being moved off, " + (
                                "bytes left unknown" if copy < 0 else f"{copy} bytes left"))
-                shown = (left, copy)
+                shown = left
             if loop.time() >= deadline:
                 return left
             await asyncio.sleep(0.2)

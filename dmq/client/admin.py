@@ -315,6 +315,21 @@ class Admin:
         return {(t, p): (error_for(code, msg) if code else None)
                 for t, p, code, msg in resp["partitions"]}
 
+    async def decommission_broker(self, broker_id: int
+                                  ) -> tuple[dict[tuple[str, int], DmqError | None], int]:
+        """Start the reassignments that move every replica off a broker (alive or dead),
+        planned by the controller: each replica goes to the least loaded online broker
+        the partition does not use (another rack when there is one). Asked again, it
+        starts only what is missing. Returns the error per partition of the moves started
+        (None: started) and how many partitions were already moving off the broker."""
+        resp = await self._request(ApiKey.ALTER_PARTITION_REASSIGNMENTS, {
+            "partitions": [], "decommission": broker_id})
+        if "moving" not in resp:
+            raise error_for(ErrorCode.UNSUPPORTED_VERSION,
+                            "the controller does not plan decommissions (an older dmq)")
+        return ({(t, p): (error_for(code, msg) if code else None)
+                 for t, p, code, msg in resp["partitions"]}, int(resp["moving"]))
+
     async def list_partition_reassignments(self, topics: list[str] | None = None
                                            ) -> list[dict[str, Any]]:
         """Reassignments in progress: topic, partition, replicas, adding, removing,

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dmq.controller.placement import assign_replicas
+from dmq.controller.placement import assign_replicas, decommission_moves
 from dmq.controller.validation import (
     TOPIC_CONFIG_CHECKS,
     PartitionLimits,
@@ -423,6 +423,23 @@ class Planner:
                 continue
             out.append(self._finish(p, target))
         return out
+
+    def decommission_broker(self, broker_id: int) -> tuple[list[Record], dict[str, Any]]:
+        """Reassignments that move every replica off a broker, alive or dead
+        (`decommission_moves`), planned on the applied state and written as one batch:
+        started all together or not at all; asked again, it starts only what is
+        missing. Returns the records and {"partitions": [[topic, partition, error code,
+        message|nil]] for the moves started or refused, "moving": partitions already
+        moving off the broker}."""
+        if broker_id not in self.state.brokers:
+            raise BrokerIdNotRegisteredError(f"broker {broker_id} is not registered")
+        moves, stuck, moving = decommission_moves(
+            broker_id, self._all_partitions(), sorted(self._online()), self.replica_counts(),
+            {b.broker_id: b.rack for b in self.state.brokers.values()})
+        records, results = self.reassign_partitions([[t, p, r] for t, p, r in moves])
+        results += [[t, p, int(ErrorCode.INVALID_REPLICA_ASSIGNMENT), msg]
+                    for t, p, msg in stuck]
+        return records, {"partitions": results, "moving": moving}
 
     def reassignments(self) -> list[PartitionInfo]:
         """The partitions with a reassignment in progress, by topic and partition."""

@@ -769,6 +769,13 @@ class ControllerService(Service):
                                                    body: dict[str, Any]) -> Any:
         self.authorizer.require_cluster(connection_principal(ctx.connection), ALTER,
                                         "AlterPartitionReassignments")
+        if body["decommission"] is not None:  # the controller plans the moves
+            bid = body["decommission"]
+            answer = await self.mutate(lambda: self.planner.decommission_broker(bid))
+            log.info("controller=%d decommission of broker %d: %d move(s) started, %d "
+                     "already moving", self.node_id, bid,
+                     sum(1 for r in answer["partitions"] if r[2] == 0), answer["moving"])
+            return answer
         results = await self.mutate(lambda: self.planner.reassign_partitions(body["partitions"]))
         return {"partitions": results}
 
