@@ -390,10 +390,11 @@ class DataPlane:
             for topic, parts in body["topics"] for p, offset, epoch, pmax in parts]
         if follower:
             self._note_follower_fetch(wanted, replica_id)
-        response, total, stop, parts, held = self._read(wanted, replica_id, body["max_bytes"])
+        response, total, stop, parts, sent, held = self._read(wanted, replica_id,
+                                                              body["max_bytes"])
         if (stop or total >= body["min_bytes"] or body["max_wait_ms"] <= 0 or not parts
                 or self._hw_news(parts, replica_id)):
-            return self._answer(response, parts, replica_id)
+            return self._answer(response, parts, replica_id, sent)
         # Park now, before returning: the coroutine runs later, and a wake-up between
         # now and then must not be missed.
         return self._long_poll(wanted, replica_id, body, parts, self._park(parts, follower),
@@ -432,18 +433,15 @@ class DataPlane:
         """A follower has not been told the current HW of some partition yet."""
         return replica_id >= 0 and any(p.hw_news_for(replica_id) for p in parts)
 
-    def _answer(self, response: dict[str, Any], parts: list[Partition],
-                replica_id: int) -> dict[str, Any]:
+    def _answer(self, response: dict[str, Any], parts: list[Partition], replica_id: int,
+                sent: list[tuple[Partition, int, int]]) -> dict[str, Any]:
         if replica_id >= 0:
             for p in parts:
                 p.note_hw_sent(replica_id)
-        else:
-            for topic, rows in response["topics"]:
-                for row in rows:
-                    if row[5]:
-                        part = self.replicas.get_partition(topic, row[0])
-                        if part is not None:
-                            part.bytes_out += len(row[5])
+        else:  # what consumers are sent, counted per partition (never per record)
+            for part, nbytes, nrecords in sent:
+                part.bytes_out += nbytes
+                part.records_out += nrecords
         return response
 
     def _note_follower_fetch(self, wanted: list[tuple[str, int, int, int, int]],
@@ -455,10 +453,14 @@ class DataPlane:
                 self.replicas.on_follower_fetch(part, replica_id, offset)
 
     def _read(self, wanted: list[tuple[str, int, int, int, int]], replica_id: int,
-              max_bytes: int) -> tuple[dict[str, Any], int, bool, list[Partition], bool]:
+              max_bytes: int) -> tuple[dict[str, Any], int, bool, list[Partition],
+                                       list[tuple[Partition, int, int]], bool]:
         """One pass over the asked partitions: (response, bytes, any error, partitions,
-        any held back by the leader's replication throttle)."""
+        for a consumer each partition's bytes and records read (the records from the
+        fetch offset to the end of the last batch, which the log read finds anyway), and
+        whether the leader's replication throttle held any back)."""
         follower = replica_id >= 0
+        sent: list[tuple[Partition, int, int]] = []
         throttle = self.replicas.leader_throttle
         held = False
         total = 0
@@ -485,9 +487,13 @@ class DataPlane:
                     data = _EMPTY if data is None else data
                 elif limit <= 0 and total > 0:
                     data = _EMPTY
+                elif follower:
+                    data = plog.read(offset, max(limit, 1), None, min_one_batch=total == 0)
                 else:
-                    data = plog.read(offset, max(limit, 1), None if follower else hw,
-                                     min_one_batch=total == 0)
+                    data, end = plog.read_span(offset, max(limit, 1), hw,
+                                               min_one_batch=total == 0)
+                    if data:
+                        sent.append((part, len(data), end - offset))
                 size = len(data)
                 total += size
                 if size >= VECTORED_MIN_BYTES:
@@ -509,8 +515,8 @@ class DataPlane:
         # the frame, when it outweighs the per-row cost of packing that way (~1 us a row).
         # Safe because log reads are views of bytes from pread, never changed afterwards.
         if big_bytes and big_bytes >= 1024 * len(wanted):
-            return VectoredBody(topics=topics), total, errors, parts, held
-        return {"topics": topics}, total, errors, parts, held
+            return VectoredBody(topics=topics), total, errors, parts, sent, held
+        return {"topics": topics}, total, errors, parts, sent, held
 
     async def _long_poll(self, wanted: list[tuple[str, int, int, int, int]], replica_id: int,
                          body: dict[str, Any], parts: list[Partition],
@@ -534,11 +540,11 @@ class DataPlane:
                     part.remove_waiter(fut, follower)
             if follower:
                 self._note_follower_fetch(wanted, replica_id)
-            response, total, stop, parts, held = self._read(wanted, replica_id,
-                                                            body["max_bytes"])
+            response, total, stop, parts, sent, held = self._read(wanted, replica_id,
+                                                                  body["max_bytes"])
             if (stop or total >= min_bytes or self.clock.monotonic_ms() >= deadline
                     or not parts or self._hw_news(parts, replica_id)):
-                return self._answer(response, parts, replica_id)
+                return self._answer(response, parts, replica_id, sent)
             fut = self._park(parts, follower)
 
     # ------------------------------------------------------------------ fetch sessions

@@ -167,6 +167,7 @@ class Partition:
         self.bytes_in = 0
         self.records_in = 0
         self.bytes_out = 0
+        self.records_out = 0
         # waiters
         self._data_waiters: set[Future[None]] = set()   # follower fetches: LEO moves
         self._hw_waiters: set[Future[None]] = set()     # consumer fetches: HW moves

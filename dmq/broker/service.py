@@ -192,10 +192,11 @@ class BrokerService(Service):
         offline = 0
         image = self.replicas.image
         for part in list(self.replicas.partitions.values()):
-            t = per_topic.setdefault(part.topic, [0, 0, 0])
+            t = per_topic.setdefault(part.topic, [0, 0, 0, 0])
             t[0] += part.bytes_in
             t[1] += part.records_in
             t[2] += part.bytes_out
+            t[3] += part.records_out
             plab = {**lab, "topic": part.topic, "partition": str(part.partition)}
             size.append((plab, float(part.log.size_bytes)))
             segments.append((plab, float(part.log.segment_count)))
@@ -216,6 +217,8 @@ class BrokerService(Service):
              [({**lab, "topic": k}, float(v[1])) for k, v in topics]),
             ("dmq_broker_bytes_out", "counter", "record bytes sent to consumers, by topic",
              [({**lab, "topic": k}, float(v[2])) for k, v in topics]),
+            ("dmq_broker_records_out", "counter", "records sent to consumers (from each "
+             "fetch offset), by topic", [({**lab, "topic": k}, float(v[3])) for k, v in topics]),
             ("dmq_broker_offline_partitions", "gauge", "hosted partitions with no leader",
              [(lab, float(offline))]),
             ("dmq_log_size_bytes", "gauge", "bytes of each partition log", size),

@@ -344,20 +344,41 @@ def ephemeral_port_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def probe_port_range() -> tuple[int, int]:
+    """Where `free_base_port` and the test suite's port pickers look for free ports:
+    from 10000 up to the kernel's ephemeral range (a port in that range that is free
+    now can be taken as the local port of any outgoing connection before its server
+    binds it), or `$DMQ_PROBE_PORTS` ("LOW-HIGH"), which a test run with several
+    workers sets to a separate window per worker so two of them never pick the same
+    port between probing it and binding it."""
+    window = os.environ.get("DMQ_PROBE_PORTS")
+    if window:
+        low_s, _, high_s = window.partition("-")
+        try:
+            low, high = int(low_s), int(high_s)
+        except ValueError:
+            raise ValueError(f"DMQ_PROBE_PORTS={window!r}: want LOW-HIGH") from None
+        if not 1024 <= low < high <= 65535:
+            raise ValueError(f"DMQ_PROBE_PORTS={window!r}: want 1024 <= LOW < HIGH <= 65535")
+        return low, high
+    ephemeral_low, _ = ephemeral_port_range()
+    return 10000, ephemeral_low if ephemeral_low > 11000 else 65535
+
+
 def free_base_port(controllers: int = 3, brokers: int = 3, kafka: bool = False,
                    host: str = "127.0.0.1") -> int:
-    """A base port (a multiple of 100 from 20000) at which every port of a
-    `DevCluster(controllers, brokers, base)` is free, and with `kafka` its brokers' Kafka
-    listeners at base + KAFKA_PORT_OFFSET as well (`dmq dev --base-port base` has them):
-    for tests and benchmarks that start dev clusters beside whatever else runs here.
-
-    The range stays below the kernel's ephemeral ports: a port in it that is free now
-    can be taken as the local port of any outgoing connection (the cluster's own nodes
-    connecting to each other while the later ones start) before its node binds it."""
-    low, _ = ephemeral_port_range()
-    top = low - 100 if low >= 21000 else 60000
+    """A base port (a multiple of 100 inside `probe_port_range()`) at which every port
+    of a `DevCluster(controllers, brokers, base)` is free, and with `kafka` its brokers'
+    Kafka listeners at base + KAFKA_PORT_OFFSET as well (`dmq dev --base-port base` has
+    them): for tests and benchmarks that start dev clusters beside whatever else runs
+    here."""
+    low, high = probe_port_range()
+    first = -(-low // 100) * 100
+    last = high - 100
+    if last < first:
+        raise RuntimeError(f"no room for a port block of 100 in {low}-{high}")
     for _ in range(200):
-        base = random.randrange(20000, top, 100)
+        base = random.randrange(first, last + 1, 100)
         layout = DevCluster(Path(), controllers, brokers, base, host=host,
                             kafka_base_port=base + KAFKA_PORT_OFFSET if kafka else None)
         if not layout.taken_ports():

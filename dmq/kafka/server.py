@@ -372,6 +372,9 @@ class _KafkaConnection(asyncio.BufferedProtocol):
         session = self.session
         if session is not None and session.raw:
             item = server._sasl_raw(session, bytes(frame))  # after SaslHandshake v0
+        elif session is not None and session.user_deleted():
+            self._close()  # its client reconnects and is refused at authentication
+            return
         else:
             item = server._dispatch(frame, session, self.principal)
         if item is not None:

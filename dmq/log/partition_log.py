@@ -465,7 +465,15 @@ class PartitionLog:
 
     def read(self, offset: int, max_bytes: int, max_offset: int | None = None,
              min_one_batch: bool = True) -> memoryview:
-        """Whole batches from the batch containing `offset`, up to `max_bytes`.
+        """Whole batches from the batch containing `offset`, up to `max_bytes`
+        (`read_span` without the end offset)."""
+        return self.read_span(offset, max_bytes, max_offset, min_one_batch)[0]
+
+    def read_span(self, offset: int, max_bytes: int, max_offset: int | None = None,
+                  min_one_batch: bool = True) -> tuple[memoryview, int]:
+        """Whole batches from the batch containing `offset`, up to `max_bytes`, and the
+        offset after the last of them (`offset` when none: the read walks the batch
+        headers to its cut anyway, so the end costs nothing more).
 
         Returns at least one batch when `min_one_batch` (even if it exceeds
         `max_bytes`), never crossing a segment end. With `max_offset` (the high
@@ -481,7 +489,7 @@ class PartitionLog:
                     f"offset {offset} outside [{self._log_start_offset}, {leo}]")
             limit = leo if max_offset is None or max_offset > leo else max_offset
             if offset >= limit:
-                return memoryview(b"")
+                return memoryview(b""), offset
             segs = self._segments
             i = max(0, bisect_right(self._bases, offset) - 1)
             n = len(segs)
@@ -499,8 +507,9 @@ class PartitionLog:
                         i += 1
                         continue
                     start = h.position
-                return self._read_from(seg, start, max_bytes, limit, min_one_batch)
-            return memoryview(b"")
+                data, end = self._read_from(seg, start, max_bytes, limit, min_one_batch)
+                return data, end if data else offset
+            return memoryview(b""), offset
 
     def bytes_from(self, offset: int) -> int:
         """Bytes of the log from `offset` to its end (the whole log for an offset below
@@ -518,8 +527,9 @@ class PartitionLog:
             return first.size_bytes - position + sum(seg.size_bytes for seg in segs[i + 1:])
 
     def _read_from(self, seg: LogSegment, start: int, max_bytes: int, limit: int,
-                   min_one_batch: bool) -> memoryview:
-        """Read from the batch starting at `start` and cut to whole batches < `limit`."""
+                   min_one_batch: bool) -> tuple[memoryview, int]:
+        """Read from the batch starting at `start` and cut to whole batches < `limit`;
+        with the offset after the last batch read."""
         want = min(max_bytes if max_bytes > HEADER_SIZE else HEADER_SIZE,
                    seg.size_bytes - start)
         try:
@@ -530,7 +540,7 @@ class PartitionLog:
             base, length, delta = _READ_PREFIX.unpack_from(data, 0)
             first_size = length + LOG_OVERHEAD
             if base + delta >= limit or (first_size > max_bytes and not min_one_batch):
-                return memoryview(b"")
+                return memoryview(b""), -1
             if first_size > got:  # the first batch alone is larger than max_bytes
                 data = seg.read(start, first_size)
                 got = len(data)
@@ -541,7 +551,8 @@ class PartitionLog:
         end_abs = start + got
         if end_abs == seg.size_bytes and limit >= seg.next_offset:
             seg.read_hint_offset, seg.read_hint_position = seg.next_offset, end_abs
-            return memoryview(data)  # the whole tail of the segment: all whole batches
+            # the whole tail of the segment: all whole batches
+            return memoryview(data), seg.next_offset
         # Jump close to the cut with the index, then walk the remaining few headers.
         e_off, e_pos = seg.index.floor_by_position(end_abs)
         if e_off >= limit:
@@ -563,7 +574,7 @@ class PartitionLog:
             next_offset = base + delta + 1
         seg.read_hint_offset, seg.read_hint_position = next_offset, start + cut
         mv = memoryview(data)
-        return mv if cut == got else mv[:cut]
+        return (mv if cut == got else mv[:cut]), next_offset
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         """(offset, max timestamp) of the first batch whose max timestamp >= `timestamp_ms`.

@@ -392,6 +392,11 @@ class _ServerConnection(asyncio.Protocol):
                 and key not in _BEFORE_AUTHENTICATION):
             self._refuse_unauthenticated(cid, key)
             return
+        if self.sasl_session is not None and self.sasl_session.user_deleted():
+            self._write(cid, ErrorCode.SASL_AUTHENTICATION_FAILED,
+                        {"msg": f"{self.principal} was deleted: authenticate again"})
+            self.abort()
+            return
         ctx = RequestContext(header, self.peer, self, self.peer_node_id)
         rule = INTER_NODE_APIS.get(key)
         if rule is not None and server.cluster_nodes is not None:

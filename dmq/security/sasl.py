@@ -139,6 +139,8 @@ class SaslSession:
         self.principal: str | None = None
         self.failed = False
         self.raw = False  # after SaslHandshake v0: raw tokens until authenticated
+        self.user: str | None = None
+        self._users_seen: object = None  # the store's users when last checked
 
     @property
     def authenticated(self) -> bool:
@@ -168,11 +170,32 @@ class SaslSession:
             self.authority.note_failure(self.peer_host, None, str(exc))
             raise
         if self.exchange.done:
-            self.principal = f"User:{self.exchange.user}"
+            self.user = self.exchange.user
+            self.principal = f"User:{self.user}"
+            self._users_seen = self.authority.store.users_marker()
             self.authority.note_success(self.peer_host)
             log.info("node=%s %s authenticated as %s (%s)", self.authority.node_id,
                      self.peer_host, self.principal, self.mechanism)
         return answer
+
+    def user_deleted(self) -> bool:
+        """True once the user this connection authenticated as can no longer log in
+        (deleted from the metadata since): its connections are closed at their next
+        request instead of keeping the rights of a user that is gone. A changed
+        password leaves them open, as Kafka does. Asked on every request after
+        authentication: an identity check unless the users changed meanwhile."""
+        if self.user is None:
+            return False
+        store = self.authority.store
+        marker = store.users_marker()
+        if marker is self._users_seen:
+            return False
+        self._users_seen = marker
+        if store.any_credential(self.user) is not None:
+            return False
+        log.warning("node=%s %s: %s was deleted; closing its connection",
+                    self.authority.node_id, self.peer_host, self.principal)
+        return True
 
 
 @dataclass(frozen=True)

@@ -110,12 +110,20 @@ class Credentials(Protocol):
 
     def any_credential(self, user: str) -> ScramCredential | None: ...
 
+    def users_marker(self) -> object:
+        """An object that is another one whenever the set of users may have changed
+        (compared by identity: cheap enough to ask on every request)."""
+        ...
+
 
 class CredentialStore:
     """Users and their SCRAM credentials, from a credentials file."""
 
     def __init__(self, users: dict[str, dict[str, ScramCredential]] | None = None) -> None:
         self.users = users or {}
+
+    def users_marker(self) -> object:
+        return self.users  # a file's users never change while a node runs
 
     @classmethod
     def load(cls, path: str | Path) -> CredentialStore:

@@ -98,6 +98,12 @@ class UserDirectory:
                 return credential_of(rec) if rec is not None else None
         return self.bootstrap.lookup(user, mechanism)
 
+    def users_marker(self) -> object:
+        """The metadata's users mapping (replaced, never changed in place, whenever a
+        user is created, changed or deleted), or the file's without metadata."""
+        view = self.view()
+        return view.users if view is not None else self.bootstrap.users
+
     def any_credential(self, user: str) -> ScramCredential | None:
         creds = self.credentials(user)
         return creds[min(creds)] if creds else None

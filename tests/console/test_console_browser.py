@@ -170,7 +170,10 @@ def test_console_is_also_on_the_node_protocol_port(cluster: ProcessCluster) -> N
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
         assert r.status == 200 and b"dmq console" in r.read()
     status, d = _get(port, "/ui/api/overview")
-    assert status == 200 and d["security"] == "off" and d["nodeId"] == 101
+    assert status == 200 and d["nodeId"] == 101
+    assert d["security"] == {"enabled": False, "tls": False, "clientAuth": "none",
+                             "saslMechanisms": [], "saslOnProtocolPort": False,
+                             "httpLogin": False, "authorizer": False}, d["security"]
 
 
 def test_create_topic_through_the_form_shows_in_dmq_topics_list(
@@ -264,10 +267,15 @@ def test_produce_through_the_form_shows_in_the_browser_and_dmq_consume(
     page.click("#browse button[type=submit]")
     row = page.wait_for_selector("#records tr[data-offset='0']")
     assert row is not None and "order-1" in row.inner_text()
+    page.check("#browse input[name=format][value=hex]")
+    page.wait_for_selector("#records pre >> text=6f 72 64 65 72 2d 31")  # the key, order-1
     page.check("#browse input[name=format][value=json]")
     page.wait_for_selector('#records pre >> text=/"qty": 2/')
     assert "source: console" in page.locator("#records tr[data-offset='0']").inner_text()
     page.screenshot(path=str(shots / "messages.png"))
+    status, d = _get(cluster.nodes[3].http_port,  # from an offset
+                     "/ui/api/topics/web-records/records?partition=0&mode=offset&offset=0")
+    assert status == 200 and [x["offset"] for x in d["records"]] == [0], d
     status, d = _get(cluster.nodes[2].http_port,  # by time, through another node
                      "/ui/api/topics/web-records/records?partition=0&mode=timestamp&timestamp=0")
     assert status == 200 and [x["offset"] for x in d["records"]] == [0], d
@@ -301,16 +309,42 @@ def test_group_lag_rises_while_stopped_and_reset_brings_it_down(
     assert [30] == [lag for _, lag in d["lagHistory"]][-1:]
     assert page.locator("canvas[aria-label='Total lag of web-g']").count() == 1
     page.screenshot(path=str(shots / "group.png"))
-    r = _tool("consume", "-b", cluster.bootstrap, "-t", "web-lag", "--group", "web-g",
-              "--max-messages", "30", timeout=60)  # it resumes: the lag falls
-    assert r.returncode == 0, r.stderr
+    # it resumes: the lag falls, and the page shows the member and its partitions
+    code = "import sys; from dmq.cli.tools import consume_main; consume_main(sys.argv[1:])"
+    consumer = subprocess.Popen(
+        [sys.executable, "-c", code, "-b", cluster.bootstrap, "-t", "web-lag", "--group",
+         "web-g", "--max-messages", "31", "--timeout-ms", "30000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        page.wait_for_selector("table[aria-label='Members'] td >> text=web-lag-0, web-lag-1")
+        assert page.locator("table[aria-label='Members'] tbody tr").count() == 1
+        _produce(cluster, "web-lag", 1)  # its last record: it commits and leaves
+        _, err = consumer.communicate(timeout=30)
+        assert consumer.returncode == 0, err
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.wait()
     page.wait_for_selector("#total-lag >> text=total lag 0")
-    _produce(cluster, "web-lag", 5)
-    page.wait_for_selector("#total-lag >> text=total lag 5")
+    page.wait_for_selector("table[aria-label='Members'] >> text=No members")
+    _produce(cluster, "web-lag", 4)
+    page.wait_for_selector("#total-lag >> text=total lag 4")
     page.select_option("#reset-offsets select[name=to]", "latest")
     page.click("#reset-offsets button[type=submit]")
     page.wait_for_selector(".msg.done >> text=Reset:")
     page.wait_for_selector("#total-lag >> text=total lag 0")
+    # the other targets of a reset, through the same path (55 records in 2 partitions)
+    for to, value in [("earliest", None), ("offset", 1_000_000), ("timestamp", 0),
+                      ("offset", "3")]:
+        status, d = _send(port, "POST", "/ui/api/groups/web-g/reset",
+                          json.dumps({"topic": "web-lag", "to": to, "value": value}).encode())
+        assert status == 200, d
+        offsets = [o["offset"] for o in d["offsets"]]
+        assert len(offsets) == 2 and all(0 <= o <= (3 if value == "3" else 55)
+                                         for o in offsets), (to, d)
+        if value != "3":  # clamped to the log end, or the log start (0)
+            assert sum(offsets) == (55 if value == 1_000_000 else 0), (to, d)
+        assert _get(port, "/ui/api/groups/web-g")[1]["totalLag"] == 55 - sum(offsets)
     goto(page, cluster, "groups")
     page.wait_for_selector("tr[data-group='web-g']")
 
@@ -327,20 +361,36 @@ def test_throughput_page_draws_rates_from_the_brokers(
         cluster: ProcessCluster, page: Page, shots: Path) -> None:
     port = cluster.nodes[1].http_port
     goto(page, cluster, "throughput")  # starts this node's sampler if it was not running
-    def sampled() -> bool:  # produce until a sample has seen records arrive
+    def sampled() -> bool:  # produce and read until a sample has seen records in and out
         _produce(cluster, "web-lag", 200)
+        for p in (0, 1):  # a consumer's fetch (the console's own browse)
+            assert _get(port, f"/ui/api/topics/web-lag/records?partition={p}&count=200")[0] \
+                == 200
         _, d = _get(port, "/ui/api/throughput")
-        seen = [v for v in d["topics"].get("web-lag", {}).get("recordsIn", []) if v]
+        rates = d["topics"].get("web-lag", {})
+        seen_in = [v for v in rates.get("recordsIn", []) if v]
+        seen_out = [v for v in rates.get("recordsOut", []) if v]
         # (pictures for the README wait for a few points of a line)
-        return len(seen) >= (4 if os.environ.get("DMQ_CONSOLE_SHOTS") else 1)
+        return min(len(seen_in), len(seen_out)) >= (
+            4 if os.environ.get("DMQ_CONSOLE_SHOTS") else 1)
 
-    # 200 records a try, a second apart: the producing is the workload, the sampled rate
-    # its effect
-    wait_until(sampled, 45, "a rate sampled", interval_s=1)
+    # 200 records a try, a second apart: the producing and reading is the workload, the
+    # sampled rate its effect
+    wait_until(sampled, 45, "rates in and out sampled", interval_s=1)
+    _, d = _get(port, "/ui/api/throughput")
+    assert any(v for b in d["brokers"].values() for v in b["recordsOut"]), d["brokers"]
     goto(page, cluster, "throughput")
-    page.wait_for_selector("canvas[aria-label='Records/s in per topic']")
-    assert page.locator("canvas").count() == 6
-    page.screenshot(path=str(shots / "throughput.png"))
+    page.wait_for_selector("canvas[aria-label='Records/s out per topic']")
+    assert page.locator("canvas").count() == 8
+    page.screenshot(path=str(shots / "throughput.png"), full_page=True)
+    _, d = _get(port, "/ui/api/topics")
+    (row,) = [t for t in d["topics"] if t["name"] == "web-lag"]
+    assert {"recordsInPerSec", "bytesInPerSec", "recordsOutPerSec",
+            "bytesOutPerSec"} <= set(row), row
+    goto(page, cluster, "topics")
+    page.wait_for_selector("tr[data-topic='web-lag']")
+    page.wait_for_selector("th >> text=Records/s out")
+    page.screenshot(path=str(shots / "topics-rates.png"))
 
 
 def test_bad_input_gets_a_clear_message_never_a_500(

@@ -43,8 +43,8 @@ def test_ring_caps_series_and_drops_those_silent_for_a_whole_ring() -> None:
 
 
 def test_ring_memory_at_the_caps_is_a_few_megabytes() -> None:
-    keys = ([("b", str(i), m) for i in range(MAX_BROKERS) for m in "xyz"]
-            + [("t", f"topic-{i}", m) for i in range(MAX_TOPICS) for m in "xyz"]
+    keys = ([("b", str(i), m) for i in range(MAX_BROKERS) for m in "wxyz"]
+            + [("t", f"topic-{i}", m) for i in range(MAX_TOPICS) for m in "wxyz"]
             + [("g", f"group-{i}") for i in range(MAX_GROUPS)])
     tracemalloc.start()
     try:
@@ -54,8 +54,8 @@ def test_ring_memory_at_the_caps_is_a_few_megabytes() -> None:
         used, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert len(ring.series) == len(keys) == 892
-    assert used < 6 * 1024 * 1024, used
+    assert len(ring.series) == len(keys) == 1156
+    assert used < 8 * 1024 * 1024, used
 
 
 def test_parse_metrics_reads_the_console_counters_only() -> None:
@@ -68,12 +68,14 @@ def test_parse_metrics_reads_the_console_counters_only() -> None:
         'dmq_broker_bytes_in_created{node="101",topic="a"} 1.7e9',
         'dmq_requests_total{api="FETCH",error="NONE"} 5.0',
         'dmq_broker_bytes_out_total{node="101",topic="a"} not-a-number',
+        'dmq_broker_records_out_total{node="101",topic="a"} 5.0',
     ])
     m = parse_metrics(text)
     assert m["dmq_broker_bytes_in_total"] == [({"node": "101", "topic": "a"}, 1234.0)]
     assert m["dmq_broker_records_in_total"][0][1] == 7.0
     assert m["dmq_log_size_bytes"] == [({"node": "101", "partition": "0", "topic": "a"}, 99.0)]
     assert m["dmq_broker_bytes_out_total"] == []
+    assert m["dmq_broker_records_out_total"] == [({"node": "101", "topic": "a"}, 5.0)]
 
 
 async def test_sampler_runs_while_looked_at_and_its_task_ends_with_stop_or_idleness(
@@ -102,3 +104,22 @@ async def test_sampler_runs_while_looked_at_and_its_task_ends_with_stop_or_idlen
     await until(lambda: len(samples) == 2, "the restarted sampler's first sample")
     await sampler.stop()  # the console's close: cancelled and awaited
     assert restarted.done() and sampler._task is None and len(samples) == 2
+
+
+def test_sampler_reads_a_brokers_http_port_and_says_why_when_it_has_none() -> None:
+    from dmq.config import ClusterConfig, NodeAddress
+    from dmq.ops.console.history import Sampler
+
+    def sampler(settings: dict[str, object], http_port: int | None = None) -> Sampler:
+        config = ClusterConfig((NodeAddress(1, "127.0.0.1", 9000),),
+                               (NodeAddress(101, "10.0.0.1", 9101, None, http_port),), settings)
+        reader = type("Reader", (), {"config": config, "admin": None, "groups": None})()
+        return Sampler(reader)
+
+    assert sampler({})._http_address(101, "10.0.0.1", 9101) == ("10.0.0.1", 9101)
+    assert sampler({}, 8101)._http_address(101, "10.0.0.1", 9101) == ("10.0.0.1", 8101)
+    sasl = {"sasl.enabled.mechanisms": "SCRAM-SHA-256", "sasl.protocol.listener": True}
+    assert sampler(sasl, 8101)._http_address(101, "10.0.0.1", 9101) == ("10.0.0.1", 8101)
+    for settings in (sasl, {"http.on.node.port": False}):
+        with pytest.raises(OSError, match="its http_port is not in the cluster config"):
+            sampler(settings)._http_address(101, "10.0.0.1", 9101)

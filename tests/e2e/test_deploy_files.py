@@ -5,18 +5,22 @@ processes when the host names are mapped to loopback ports."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dmq.config import load_config, parse_config
 from dmq.node import parse_roles, resolve_node
-from tests.support.procs import free_ports, toml_config, wait_port
+from tests.support.procs import free_ports, toml_config
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,6 +66,14 @@ def test_k8s_statefulsets_derive_ids_that_the_configmap_has() -> None:
             assert spec.address.host == f"{name}-{ordinal}.{name}"
 
 
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def test_compose_cluster_starts_locally(tmp_path: Path) -> None:
     services = _compose_services()
     ports = dict(zip(services, free_ports(len(services)), strict=True))
@@ -74,6 +86,7 @@ def test_compose_cluster_starts_locally(tmp_path: Path) -> None:
                                             "min.insync.replicas": 2}))
     procs: list[subprocess.Popen[bytes]] = []  # controllers first: stopped last
     services = dict(sorted(services.items(), key=lambda kv: _opt(kv[1], "--role") != "controller"))
+    ports = {name: ports[name] for name in services}  # in the order they start
     try:
         for name, cmd in services.items():
             args = [a.replace("/app/config/docker-cluster.toml", str(config))
@@ -82,8 +95,15 @@ def test_compose_cluster_starts_locally(tmp_path: Path) -> None:
             procs.append(subprocess.Popen([sys.executable, "-m", "dmq", *args], stdout=logf,
                                           stderr=subprocess.STDOUT))
             logf.close()
-        for port in ports.values():
-            wait_port(port, timeout_s=20)
+        for (name, port), proc in zip(ports.items(), procs, strict=True):
+            # seven interpreters start at once: on a loaded machine that takes a while;
+            # a node that exits instead fails the test at once, with its log
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda p=proc, n=port: p.poll() is not None or _listening(n), 90,
+                           f"{name} listening on {port}")
+            if proc.poll() is not None or not _listening(port):
+                log = (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
+                pytest.fail(f"{name} (exit {proc.poll()}) not listening on {port}:\n{log}")
         out = subprocess.run([sys.executable, "-m", "dmq", "api-versions", "--bootstrap",
                               f"127.0.0.1:{ports['broker-1']}"], capture_output=True, text=True,
                              timeout=30, check=False)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dmq.cli.dev import probe_port_range
 from dmq.kafka.codec import decode_response, encode_request
 from tests.support.procs import ProcessCluster
 from tests.support.waiting import wait_until
@@ -163,8 +164,9 @@ def free_block(offsets: tuple[int, ...]) -> int:
     """A base port such that base + each offset is free right now (for `dmq dev`, whose
     layout is fixed offsets from its base port)."""
     rng = random.Random()
+    low, high = probe_port_range()
     for _ in range(100):
-        base = rng.randrange(20000, 60000)
+        base = rng.randrange(low, high - max(offsets))
         try:
             for off in offsets:
                 with socket.socket() as s:

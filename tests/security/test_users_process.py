@@ -160,6 +160,44 @@ async def test_cli_user_lifecycle_on_every_listener(secure: Secure) -> None:
         assert s.broker.alive and s.controller.alive
 
 
+async def test_deleting_a_user_closes_its_open_connections(secure: Secure) -> None:
+    """A connection authenticated as a user that is then deleted is closed at its next
+    request, on dmq's protocol (answered SASL_AUTHENTICATION_FAILED first) and on the
+    Kafka listener, instead of keeping the rights of a user that is gone."""
+    s = secure
+    with logs_on_failure(s.pc):
+        assert s.users_cli("create", "carol", "--password", "carol-pw").returncode == 0
+        await async_wait_until(lambda: _ok(s, "carol", "carol-pw"), 20, "carol logs in")
+        conn = await Connection.open("127.0.0.1", s.broker.port, ssl=s.tls,
+                                     sasl=SaslCredentials(MECH, "carol", "carol-pw"))
+        admin = AdminClient({**s.kafka_conf("carol", "carol-pw"), "socket.timeout.ms": 3000,
+                             "reconnect.backoff.max.ms": 200})
+        try:
+            await conn.request(ApiKey.METADATA, {"topics": []})
+            admin.list_topics(timeout=8)  # its broker connection is open and authenticated
+            assert s.users_cli("delete", "carol").returncode == 0
+
+            async def refused_on_the_open_connection() -> bool:
+                try:
+                    await conn.request(ApiKey.METADATA, {"topics": []})
+                except SaslAuthenticationFailedError as exc:
+                    assert "was deleted" in str(exc)
+                    return True
+                return False
+
+            await async_wait_until(refused_on_the_open_connection, 20,
+                                   "carol's open dmq connection refused")
+            # the broker's image has the deletion: the Kafka connection closes at its
+            # next request and the client's reconnection is refused
+            with pytest.raises(ck.KafkaException):
+                admin.list_topics(timeout=5)
+            wait_until(lambda: s.broker.log_text().count("User:carol was deleted") >= 2, 10,
+                       "both closes logged")
+        finally:
+            await conn.close()
+        assert s.broker.alive
+
+
 async def _ok(s: Secure, user: str, password: str, node_id: int = 101) -> bool:
     try:
         await s.dmq_login(user, password, node_id)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmq.cli.dev import ephemeral_port_range
+from dmq.cli.dev import probe_port_range
 from tests.support.waiting import wait_until
 
 
@@ -29,11 +29,11 @@ def _drop_to_gid(gid: int) -> None:
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free on 127.0.0.1 now, below the kernel's ephemeral range: a
-    port the kernel hands out (bind to 0) is one it may also give any outgoing
-    connection as its local port before the test's server binds it."""
-    low, _ = ephemeral_port_range()
-    top = low if low > 11000 else 65535
+    """`n` distinct ports free on 127.0.0.1 now, inside `probe_port_range()`: below the
+    kernel's ephemeral range (a port the kernel hands out, bind to 0, is one it may also
+    give any outgoing connection as its local port before the test's server binds it),
+    and in this test worker's own window when several run at once."""
+    low, top = probe_port_range()
     socks: list[socket.socket] = []
     try:
         for _ in range(n * 100):
@@ -41,7 +41,7 @@ def free_ports(n: int) -> list[int]:
                 break
             s = socket.socket()
             try:
-                s.bind(("127.0.0.1", random.randrange(10000, top)))
+                s.bind(("127.0.0.1", random.randrange(low, top)))
             except OSError:
                 s.close()
                 continue

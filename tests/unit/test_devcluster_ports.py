@@ -71,3 +71,32 @@ def _held_now(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def test_probe_range_comes_from_the_environment_when_set(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DMQ_PROBE_PORTS", "21000-25000")
+    assert dev.probe_port_range() == (21000, 25000)
+    seen = {free_base_port(1, 1) for _ in range(20)}
+    assert all(21000 <= b and b + 100 <= 25000 and b % 100 == 0 for b in seen), seen
+    for bad in ("25000-21000", "x-y", "80-90", "21000"):
+        monkeypatch.setenv("DMQ_PROBE_PORTS", bad)
+        with pytest.raises(ValueError, match="DMQ_PROBE_PORTS"):
+            dev.probe_port_range()
+
+
+def test_probe_range_stays_below_the_ephemeral_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DMQ_PROBE_PORTS", raising=False)
+    monkeypatch.setattr(dev, "ephemeral_port_range", lambda: (32768, 60999))
+    assert dev.probe_port_range() == (10000, 32768)
+
+
+def test_worker_windows_split_the_range_without_overlap() -> None:
+    from tests.conftest import worker_port_window
+
+    windows = [worker_port_window(f"gw{i}", 3, 10000, 32768) for i in range(3)]
+    assert windows[0][0] == 10000 and windows[-1][1] <= 32768
+    for (_, high), (low, _) in zip(windows, windows[1:], strict=False):
+        assert high <= low
+    with pytest.raises(ValueError):
+        worker_port_window("gw3", 3, 10000, 32768)

@@ -12,8 +12,12 @@ brokers' own `/metrics`, read by a `Sampler` every `SAMPLE_INTERVAL_S` seconds i
 bounded ring (`history.py`). The sampler starts with the first console request on a
 node and stops after `IDLE_STOP_S` without one, so a node nobody looks at does no work.
 
-Security is not built yet: every page says so, and every action is open to anyone who
-reaches the HTTP port.
+Security follows the node: with SASL users the HTTP port asks for a login (see
+`dmq.security.http_auth`); with the authorizer on, every handler checks the operation
+its dmq-protocol equivalent needs (`dmq.security.http_acl`) and lists show only what the
+user may Describe (a group's offsets only for such topics). `/ui/api/security` (and the
+overview's "security") tells what this node runs with: TLS, SASL mechanisms, HTTP login
+and the authorizer; the banner on every page says it, or that security is off.
 """
 
 from __future__ import annotations
@@ -157,6 +161,21 @@ def _b64(b: bytes | None) -> str | None:
     return None if b is None else base64.b64encode(b).decode()
 
 
+def security_of(config: ClusterConfig) -> dict[str, Any]:
+    """What a node's configuration turns on (as `dmq.node.Node.start` reads it): TLS on
+    every listener and link, SASL mechanisms (the Kafka listener; dmq's port too with
+    `sasl.protocol.listener`), HTTP logins (SASL's users) and the authorizer."""
+    tls = bool(str(config.get("ssl.certificate.location")).strip())
+    mechs = [m.strip().upper() for m in str(config.get("sasl.enabled.mechanisms")).split(",")
+             if m.strip()]
+    authorizer = bool(config.get("authorizer.enabled"))
+    return {"enabled": tls or bool(mechs) or authorizer, "tls": tls,
+            "clientAuth": str(config.get("ssl.client.auth")) if tls else "none",
+            "saslMechanisms": mechs,
+            "saslOnProtocolPort": bool(mechs) and bool(config.get("sasl.protocol.listener")),
+            "httpLogin": bool(mechs), "authorizer": authorizer}
+
+
 class Console(Service):
     """The console's routes on one node: a service of every node, after the REST
     paths (its `/` and `/ui/{path}` routes come last)."""
@@ -170,6 +189,7 @@ class Console(Service):
                            request_timeout_ms=TIMEOUT_MS)
         self.groups = GroupAdmin(self.admin, client_id="dmq-console")
         self.sampler = Sampler(self)
+        self.security = security_of(config)
         self._producer: Any = None
         self._producer_lock = asyncio.Lock()
         self._static = resources.files("dmq.ops.console") / "static"
@@ -177,6 +197,7 @@ class Console(Service):
     def routes(self) -> list[tuple[str, str, Handler]]:
         api: list[tuple[str, str, Handler]] = [
             ("GET", "/ui/api/overview", self.overview),
+            ("GET", "/ui/api/security", self.security_info),
             ("GET", "/ui/api/topics", self.topics),
             ("POST", "/ui/api/topics", self.create_topic),
             ("GET", "/ui/api/topics/{name}", self.topic),
@@ -240,11 +261,16 @@ class Console(Service):
             "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
     # ---- cluster --------------------------------------------------------------------
+    async def security_info(self, request: web.Request) -> web.Response:
+        """This node's security settings (no cluster data: open to every logged-in user)."""
+        return web.json_response(self.security)
+
     async def overview(self, request: web.Request) -> web.Response:
         self.acl.require_cluster(request, DESCRIBE)
         self.sampler.touch()
         d = await self.admin.describe_cluster(timeout_ms=TIMEOUT_MS)
         image = await self.admin.metadata(None)
+        visible = self.acl.visible_topics(request, list(image.topics))
         led: dict[int, int] = {}
         hosted: dict[int, int] = {}
         under, offline = [], []
@@ -254,6 +280,8 @@ class Console(Service):
                     led[p.leader] = led.get(p.leader, 0) + 1
                 for r in p.replicas:
                     hosted[r] = hosted.get(r, 0) + 1
+                if t.name not in visible:  # counted for the brokers, never named
+                    continue
                 row = {"topic": t.name, "partition": p.partition, "leader": p.leader,
                        "replicas": list(p.replicas), "isr": list(p.isr)}
                 if p.leader < 0:
@@ -278,11 +306,12 @@ class Console(Service):
                         "active": c["node_id"] == d.get("controller_id")}
                        for c in d.get("controllers", [])]
         return web.json_response({
-            "nodeId": self.node_id, "security": "off",
+            "nodeId": self.node_id, "security": self.security,
             "controllerId": d.get("controller_id"), "controllerTerm": d.get("controller_term"),
             "metadataVersion": d.get("metadata_version"), "controllers": controllers,
-            "brokers": brokers, "topics": len(image.topics),
-            "partitions": sum(len(t.partitions) for t in image.topics.values()),
+            "brokers": brokers, "topics": len(visible),
+            "partitions": sum(len(t.partitions) for n, t in image.topics.items()
+                              if n in visible),
             "underReplicated": under, "offline": offline, "timestamp": now_ms})
 
     # ---- topics -----------------------------------------------------------------------
@@ -537,10 +566,17 @@ class Console(Service):
     async def list_groups(self, request: web.Request) -> web.Response:
         self.sampler.touch()
         groups = await self.groups.list_groups()
-        lags = self.sampler.latest_group_lag()
+        lags = self.sampler.latest_group_topic_lag()
+        visible = self.acl.visible_topics(request, sorted({t for per in lags.values()
+                                                           for t in per}))
+
+        def lag(gid: str) -> int | None:  # over the topics the user may Describe
+            per = lags.get(gid)
+            return None if per is None else sum(v for t, v in per.items() if t in visible)
+
         return web.json_response({"groups": [
             {"id": g.group_id, "state": g.state, "members": g.members,
-             "lag": lags.get(g.group_id), "may": self.acl.group_rights(request, g.group_id)}
+             "lag": lag(g.group_id), "may": self.acl.group_rights(request, g.group_id)}
             for g in sorted(groups, key=lambda g: g.group_id)
             if self.acl.allowed(request, DESCRIBE, GROUP, g.group_id)]})
 
@@ -551,17 +587,28 @@ class Console(Service):
             raise BadRequest("group id is required")
         self.acl.require(request, DESCRIBE, GROUP, gid)
         d = await self.groups.describe_group(gid)
-        history = self.sampler.group_history(gid) + [[int(time.time() * 1000), d.total_lag]]
+        # offsets and assignments only of the topics the user may Describe (as
+        # OffsetFetch and Metadata filter them); the sampled history is the lag over all
+        # the group's topics, so it is shown only when none is hidden
+        topics = {p.topic for p in d.partitions} | {t for m in d.members
+                                                    for t, _ in m.assignment}
+        visible = self.acl.visible_topics(request, sorted(topics))
+        parts = [p for p in d.partitions if p.topic in visible]
+        total = sum(p.lag or 0 for p in parts)
+        hidden = len(topics - visible)
+        history = [] if hidden else self.sampler.group_history(gid)
         return web.json_response({
             "id": d.group_id, "state": d.state, "epoch": d.epoch, "assignor": d.assignor,
             "members": [{"id": m.member_id, "instanceId": m.instance_id,
                          "clientId": m.client_id, "host": m.host,
-                         "assignment": sorted([t, p] for t, p in m.assignment)}
+                         "assignment": sorted([t, p] for t, p in m.assignment
+                                              if t in visible)}
                         for m in d.members],
             "partitions": [{"topic": p.topic, "partition": p.partition,
                             "committed": p.committed, "logEndOffset": p.log_end_offset,
-                            "lag": p.lag, "owner": p.owner} for p in d.partitions],
-            "totalLag": d.total_lag, "lagHistory": history,
+                            "lag": p.lag, "owner": p.owner} for p in parts],
+            "totalLag": total, "hiddenTopics": hidden,
+            "lagHistory": history + [[int(time.time() * 1000), total]],
             "may": self.acl.group_rights(request, gid)})
 
     async def reset_group(self, request: web.Request) -> web.Response:
@@ -590,7 +637,10 @@ class Console(Service):
     async def throughput(self, request: web.Request) -> web.Response:
         self.acl.require_cluster(request, DESCRIBE)
         self.sampler.touch()
-        return web.json_response(self.sampler.series())
+        series = self.sampler.series()
+        visible = self.acl.visible_topics(request, list(series["topics"]))
+        series["topics"] = {t: v for t, v in series["topics"].items() if t in visible}
+        return web.json_response(series)
 
 
 def _dmq_error(code: int) -> DmqError:

@@ -2,16 +2,18 @@
 
 Every `SAMPLE_INTERVAL_S` the sampler reads each registered broker's `/metrics` over
 HTTP (the broker's HTTP port when the config gives one, else its own protocol port,
-which serves HTTP too) and keeps, per sample, the rates since the previous one: per
-broker and per topic, bytes in, records in and bytes out per second. It also keeps the
+which serves HTTP too; HTTPS with the node's TLS context when TLS is on) and keeps, per
+sample, the rates since the previous one: per broker and per topic, records and bytes
+in (appended as leader) and out (sent to consumers; replication is not counted) per
+second. It also keeps the
 total lag of up to `MAX_GROUPS` consumer groups, and the latest log size of every
 partition (from the partition leader's `dmq_log_size_bytes`).
 
 Bounded memory: the history is a `Ring` of `RING_SAMPLES` slots (an hour at 5 s) with
 one array of 8-byte floats per series, so it costs 720 x 8 bytes = 5.6 KiB per series
-whatever the values. Series: 3 per broker (at most `MAX_BROKERS`), 3 per topic (at most
-`MAX_TOPICS`) and one per group (at most `MAX_GROUPS`): at the caps 892 series, about
-5 MB; 3 brokers, 10 topics and 5 groups take 44 series, about 250 KB. A series that
+whatever the values. Series: 4 per broker (at most `MAX_BROKERS`), 4 per topic (at most
+`MAX_TOPICS`) and one per group (at most `MAX_GROUPS`): at the caps 1156 series, about
+6.5 MB; 3 brokers, 10 topics and 5 groups take 57 series, about 330 KB. A series that
 has had no value for an hour (a deleted topic, a broker gone) is dropped.
 
 The sampler runs only while someone looks: it starts with the first console request
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 
 from dmq.client.admin_groups import LATEST
+from dmq.protocol.connection import DEFAULT_TLS
 
 if TYPE_CHECKING:
     from dmq.client.admin import Admin
@@ -50,10 +53,12 @@ SCRAPE_TIMEOUT_S = 2.0
 MAX_SCRAPE_BYTES = 8 * 1024 * 1024
 
 _WANTED = ("dmq_broker_bytes_in_total", "dmq_broker_records_in_total",
-           "dmq_broker_bytes_out_total", "dmq_log_size_bytes")
-_METRICS = ("bytesIn", "recordsIn", "bytesOut")
+           "dmq_broker_bytes_out_total", "dmq_broker_records_out_total",
+           "dmq_log_size_bytes")
+_COUNTERS = _WANTED[:4]  # in the order of _METRICS
+_METRICS = ("bytesIn", "recordsIn", "bytesOut", "recordsOut")
 _NAMES = {"bytesIn": "bytesInPerSec", "recordsIn": "recordsInPerSec",
-          "bytesOut": "bytesOutPerSec"}
+          "bytesOut": "bytesOutPerSec", "recordsOut": "recordsOutPerSec"}
 _LINE = re.compile(r'^([a-z_]+)\{([^}]*)\} (\S+)$')
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -141,10 +146,13 @@ class ClusterReader(Protocol):
 class Sampler:
     def __init__(self, console: ClusterReader) -> None:
         self.console = console
-        self.ring = Ring(RING_SAMPLES, 3 * MAX_BROKERS + 3 * MAX_TOPICS + MAX_GROUPS)
+        n = len(_METRICS)
+        self.ring = Ring(RING_SAMPLES, n * MAX_BROKERS + n * MAX_TOPICS + MAX_GROUPS)
         self.last_sample_ms: int | None = None
-        self._prev: dict[int, tuple[float, dict[tuple[str, str], float]]] = {}
+        self._prev: dict[int, tuple[float, dict[tuple[int, str], float]]] = {}
         self._sizes: dict[tuple[str, int], float] = {}
+        self.unread: dict[int, str] = {}  # brokers whose last scrape failed: why
+        self._lag_by_topic: dict[str, dict[str, int]] = {}  # latest: group -> topic -> lag
         self._last_touch = 0.0
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -183,16 +191,27 @@ class Sampler:
 
     # ---- one sample ---------------------------------------------------------------
     def _http_address(self, broker_id: int, host: str, port: int) -> tuple[str, int]:
-        addr = self.console.config.node(broker_id)
+        """The broker's HTTP port from the cluster config, else its node port (which
+        hands HTTP over unless it is a SASL port or `http.on.node.port` is off)."""
+        config = self.console.config
+        addr = config.node(broker_id)
         if addr is not None and addr.http_port:
             return addr.host, addr.http_port
+        if not config.get("http.on.node.port") or (
+                config.get("sasl.protocol.listener")
+                and str(config.get("sasl.enabled.mechanisms")).strip()):
+            raise OSError("its http_port is not in the cluster config and its node port "
+                          "serves no HTTP (sasl.protocol.listener or http.on.node.port off)")
         return host, port
 
-    async def _scrape(self, host: str, port: int) -> str:
+    async def _scrape(self, broker_id: int, host: str, port: int) -> str:
+        host, port = self._http_address(broker_id, host, port)
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S))
-        async with self._session.get(f"http://{host}:{port}/metrics") as resp:
+        tls = DEFAULT_TLS.get()  # the node's own client context when TLS is on
+        url = f"{'https' if tls is not None else 'http'}://{host}:{port}/metrics"
+        async with self._session.get(url, ssl=tls if tls is not None else True) as resp:
             if resp.status != 200:
                 raise OSError(f"/metrics answered {resp.status}")
             raw = await resp.content.read(MAX_SCRAPE_BYTES)
@@ -201,24 +220,28 @@ class Sampler:
     async def sample(self) -> None:
         image = await self.console.admin.metadata(None)
         brokers = sorted(image.brokers.values(), key=lambda b: b.broker_id)[:MAX_BROKERS]
-        texts = await asyncio.gather(*(self._scrape(*self._http_address(b.broker_id, b.host,
-                                                                         b.port))
+        texts = await asyncio.gather(*(self._scrape(b.broker_id, b.host, b.port)
                                        for b in brokers), return_exceptions=True)
         now = time.monotonic()
-        per_broker: dict[str, tuple[float, float, float]] = {}
+        per_broker: dict[str, list[float]] = {}
         per_topic: dict[str, list[float]] = {}
         sizes: dict[tuple[str, int], float] = {}
         for b, text in zip(brokers, texts, strict=True):
             if not isinstance(text, str):
                 self._prev.pop(b.broker_id, None)  # down: its next rates start afresh
+                why = str(text) if isinstance(text, OSError) and str(text) else \
+                    f"{type(text).__name__}: {text}"
+                if b.broker_id not in self.unread:  # logged once until it is read again
+                    log.info("console: cannot read broker %d's /metrics: %s", b.broker_id,
+                             why[:300])
+                self.unread[b.broker_id] = why[:300]
                 continue
+            self.unread.pop(b.broker_id, None)
             m = parse_metrics(text)
-            counters: dict[tuple[str, str], float] = {}
-            for name, short in (("dmq_broker_bytes_in_total", "bi"),
-                                ("dmq_broker_records_in_total", "ri"),
-                                ("dmq_broker_bytes_out_total", "bo")):
+            counters: dict[tuple[int, str], float] = {}  # (metric index, topic)
+            for i, name in enumerate(_COUNTERS):
                 for lab, v in m[name]:
-                    counters[(short, lab.get("topic", ""))] = v
+                    counters[(i, lab.get("topic", ""))] = v
             for lab, v in m["dmq_log_size_bytes"]:
                 try:
                     tp = (lab["topic"], int(lab["partition"]))
@@ -232,29 +255,29 @@ class Sampler:
             if prev is None:
                 continue
             dt = max(0.001, now - prev[0])
-            tot = [0.0, 0.0, 0.0]
-            for (short, topic), v in counters.items():
-                rate = max(0.0, v - prev[1].get((short, topic), 0.0)) / dt
-                i = ("bi", "ri", "bo").index(short)
+            tot = [0.0] * len(_METRICS)
+            for (i, topic), v in counters.items():
+                rate = max(0.0, v - prev[1].get((i, topic), 0.0)) / dt
                 tot[i] += rate
                 if topic in per_topic or len(per_topic) < MAX_TOPICS:
-                    per_topic.setdefault(topic, [0.0, 0.0, 0.0])[i] += rate
-            per_broker[str(b.broker_id)] = (tot[0], tot[1], tot[2])
+                    per_topic.setdefault(topic, [0.0] * len(_METRICS))[i] += rate
+            per_broker[str(b.broker_id)] = tot
         self._sizes = sizes
         groups = await self._group_lags()
+        self._lag_by_topic = groups
         self.last_sample_ms = int(time.time() * 1000)
         values: dict[tuple[str, ...], float] = {}
         for kind, rows in (("b", per_broker), ("t", per_topic)):
             for name, row in rows.items():
                 for metric, v in zip(_METRICS, row, strict=True):
                     values[(kind, name, metric)] = v
-        for gid, lag in groups.items():
-            values[("g", gid)] = float(lag)
+        for gid, per_topic_lag in groups.items():
+            values[("g", gid)] = float(sum(per_topic_lag.values()))
         self.ring.append(self.last_sample_ms, values)
 
-    async def _group_lags(self) -> dict[str, int]:
-        """Total lag of each group (at most `MAX_GROUPS`): the log end offset minus the
-        committed offset (0 when none), over every partition of the topics the group
+    async def _group_lags(self) -> dict[str, dict[str, int]]:
+        """Lag of each group (at most `MAX_GROUPS`) per topic: the log end offset minus
+        the committed offset (0 when none), over every partition of the topics the group
         has committed offsets for. One OFFSET_FETCH per group, then one METADATA and
         one LIST_OFFSETS per leader for all of them together."""
         groups = self.console.groups
@@ -268,15 +291,18 @@ class Sampler:
                 continue
         topics = sorted({t for offs in committed.values() for t, _ in offs})
         if not topics:
-            return {gid: 0 for gid in committed}
+            return {gid: {} for gid in committed}
         image = await self.console.admin.metadata(topics)
         tps = [(t, p) for t in topics if t in image.topics for p in image.topics[t].partitions]
         ends = await groups.list_offsets(tps, LATEST, image)
-        out: dict[str, int] = {}
+        out: dict[str, dict[str, int]] = {}
         for gid, offs in committed.items():
             mine = {t for t, _ in offs}
-            out[gid] = sum(max(0, end - offs.get(tp, 0)) for tp, end in ends.items()
-                           if tp[0] in mine)
+            per: dict[str, int] = dict.fromkeys(sorted(mine), 0)
+            for tp, end in ends.items():
+                if tp[0] in mine:
+                    per[tp[0]] += max(0, end - offs.get(tp, 0))
+            out[gid] = per
         return out
 
     # ---- reads ------------------------------------------------------------------------
@@ -287,13 +313,9 @@ class Sampler:
             out.setdefault(topic, {})[_NAMES[metric]] = self.ring.latest(key)
         return out
 
-    def latest_group_lag(self) -> dict[str, int]:
-        out = {}
-        for key in self.ring.keys("g"):
-            v = self.ring.latest(key)
-            if v is not None:
-                out[key[1]] = int(v)
-        return out
+    def latest_group_topic_lag(self) -> dict[str, dict[str, int]]:
+        """The last sample's lag of each group, per topic."""
+        return self._lag_by_topic
 
     def topic_sizes(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -311,7 +333,8 @@ class Sampler:
     def series(self) -> dict[str, Any]:
         """The ring as chart series: times, and per broker and per topic the three rates."""
         out: dict[str, Any] = {"times": self.ring.time_list(),
-                               "intervalSeconds": SAMPLE_INTERVAL_S, "brokers": {}, "topics": {}}
+                               "intervalSeconds": SAMPLE_INTERVAL_S, "brokers": {}, "topics": {},
+                               "unread": {str(k): v for k, v in sorted(self.unread.items())}}
         for kind, name in (("b", "brokers"), ("t", "topics")):
             for key in self.ring.keys(kind):
                 out[name].setdefault(key[1], {})[key[2]] = self.ring.values(key)

@@ -48,16 +48,33 @@ const enc = encodeURIComponent;
 
 // What the logged-in user may do (GET /api/v1/auth/me): actions it may not are hidden.
 // Until it is known, or if it cannot be read, nothing is hidden: the node refuses (403).
+// The banner says what this node runs with (GET /ui/api/security), or that security is off.
 let me = { principal: null, aclsEnforced: false, cluster: {} };
 async function whoami() {
-  try { me = await api("GET", "/api/v1/auth/me"); } catch (e) { return; }
   const banner = document.getElementById("security");
-  if (me.aclsEnforced || me.principal !== "User:ANONYMOUS") {
-    banner.replaceChildren(h("strong", {}, `Logged in as ${me.principal}.`),
-      me.aclsEnforced ? " ACLs are enforced: this console shows only what they allow you to see and do."
-        : " ACLs are not enforced: every logged-in user may do everything.");
-    banner.classList.add("info");
+  let sec = null;
+  try { sec = await api("GET", "/ui/api/security"); } catch (e) { /* said below */ }
+  try { me = await api("GET", "/api/v1/auth/me"); } catch (e) { /* nothing hidden: the node refuses */ }
+  if (sec && !sec.enabled) {
+    banner.replaceChildren(h("strong", {}, "Security is off."),
+      " Anyone who can reach this port can see and change the cluster: topics, records and group offsets. "
+      + "This node has no TLS, no login and no ACLs (see the README's Security section).");
+    return;
   }
+  if (!sec) {
+    banner.textContent = "Could not read this node's security settings (GET /ui/api/security).";
+    return;
+  }
+  const parts = [
+    sec.tls ? `TLS on every listener (client certificates ${sec.clientAuth})` : "no TLS",
+    sec.saslMechanisms.length ? `SASL ${sec.saslMechanisms.join(", ")}${sec.saslOnProtocolPort ? " on the Kafka and dmq ports" : " on the Kafka listener"}` : "no SASL",
+    sec.httpLogin ? "HTTP login required" : "no HTTP login",
+    sec.authorizer ? "ACLs enforced" : "no ACLs"];
+  banner.replaceChildren(h("strong", {}, "Security is on: "), `${parts.join(" · ")}.`,
+    sec.httpLogin && me.principal ? ` Logged in as ${me.principal}.` : "",
+    me.aclsEnforced ? " This console shows only what your ACLs allow you to see and do."
+      : sec.httpLogin ? " Every logged-in user may do everything." : "");
+  banner.classList.add("info");
 }
 const mayCluster = (what) => !me.aclsEnforced || me.cluster[what] !== false;
 const may = (obj, what) => !obj || !obj.may || obj.may[what] !== false;
@@ -255,15 +272,16 @@ async function pageTopics() {
     }
     list.replaceChildren(table(
       ["Topic", { label: "Partitions", num: 1 }, { label: "RF", num: 1 }, "Health", { label: "Size", num: 1 },
-        { label: "Records/s in", num: 1 }, { label: "Bytes/s in", num: 1 }, { label: "Bytes/s out", num: 1 }],
+        { label: "Records/s in", num: 1 }, { label: "Bytes/s in", num: 1 },
+        { label: "Records/s out", num: 1 }, { label: "Bytes/s out", num: 1 }],
       d.topics.map((t) => h("tr", { "data-topic": t.name, class: t.offline ? "bad" : t.underReplicated ? "warn" : null },
         td(h("a", { href: `#/topics/${enc(t.name)}` }, t.name)), td(fmtInt(t.partitions), 1),
         td(fmtInt(t.replicationFactor), 1),
         td(t.offline ? badge(`${t.offline} offline`, "bad") : t.underReplicated ? badge(`${t.underReplicated} under-replicated`, "warn") : badge("ok", "ok")),
         td(fmtBytes(t.sizeBytes), 1), td(fmtRate(t.recordsInPerSec), 1), td(fmtBytes(t.bytesInPerSec), 1),
-        td(fmtBytes(t.bytesOutPerSec), 1))),
+        td(fmtRate(t.recordsOutPerSec), 1), td(fmtBytes(t.bytesOutPerSec), 1))),
       { label: "Topics", empty: "No topics yet." }),
-      h("p", { class: "muted" }, "Rates are from the last sample of the brokers' metrics (every 5 s); records/s out is not counted by the brokers."));
+      h("p", { class: "muted" }, "Rates are from the last sample of the brokers' metrics (every 5 s). In: appended by the partition leaders; out: sent to consumers (replication not counted)."));
   };
   await render();
   every(5000, render);
@@ -341,7 +359,7 @@ async function pageTopic(name) {
   body.replaceChildren(
     h("div", { class: "row" }, h("span", {}, `id ${d.id}`),
       h("span", {}, `records/s in ${fmtRate(r.recordsInPerSec)}`), h("span", {}, `bytes/s in ${fmtBytes(r.bytesInPerSec)}`),
-      h("span", {}, `bytes/s out ${fmtBytes(r.bytesOutPerSec)}`),
+      h("span", {}, `records/s out ${fmtRate(r.recordsOutPerSec)}`), h("span", {}, `bytes/s out ${fmtBytes(r.bytesOutPerSec)}`),
       may(d, "read") ? h("a", { href: `#/messages?topic=${enc(name)}` }, "Browse messages") : ""),
     h("h2", {}, "Partitions"), parts,
     h("h2", {}, "Configs"),
@@ -527,6 +545,7 @@ async function pageGroup(gid) {
       h("div", { class: "row" }, h("span", {}, "State ", badge(d.state, groupCls(d.state))),
         h("span", {}, `epoch ${d.epoch}`), h("span", {}, `assignor ${d.assignor || "–"}`),
         h("span", { id: "total-lag" }, `total lag ${fmtInt(d.totalLag)}`)),
+      d.hiddenTopics ? h("p", { class: "muted", id: "hidden-topics" }, `This group also reads ${d.hiddenTopics} topic(s) you may not Describe: their offsets and lag are not shown, nor is the lag history.`) : "",
       h("h2", {}, "Members"),
       table(["Member", "Client", "Host", "Assigned partitions"], d.members.map((m) => h("tr", {},
         td(m.instanceId ? `${m.id} (${m.instanceId})` : m.id), td(m.clientId), td(m.host),
@@ -559,20 +578,23 @@ async function pageThroughput() {
     charts.forEach((c) => c.destroy());
     charts = [];
     const sets = (group, metric) => Object.entries(group).map(([k, s], i) => ({
-      label: k, data: s[metric].map((v, j) => [d.times[j], v]), borderColor: PALETTE[i % PALETTE.length], backgroundColor: PALETTE[i % PALETTE.length],
+      label: k, data: (s[metric] || []).map((v, j) => [d.times[j], v]), borderColor: PALETTE[i % PALETTE.length], backgroundColor: PALETTE[i % PALETTE.length],
     }));
     const brokerNames = Object.fromEntries(Object.entries(d.brokers).map(([k, v]) => [`broker ${k}`, v]));
     body.replaceChildren(
       d.times.length < 2 ? h("p", { class: "muted" }, "Collecting samples: the first rates appear after two samples (about 10 s).") : "",
+      Object.entries(d.unread || {}).map(([id, why]) => h("div", { class: "msg error", role: "alert" }, `Cannot read broker ${id}'s metrics: ${why}`)),
       h("h2", {}, "Per broker"),
       h("div", { class: "charts" },
         chart("Records/s in per broker", sets(brokerNames, "recordsIn"), "records/s"),
         chart("Bytes/s in per broker", sets(brokerNames, "bytesIn"), "bytes/s"),
+        chart("Records/s out per broker", sets(brokerNames, "recordsOut"), "records/s"),
         chart("Bytes/s out per broker", sets(brokerNames, "bytesOut"), "bytes/s")),
       h("h2", {}, "Per topic"),
       h("div", { class: "charts" },
         chart("Records/s in per topic", sets(d.topics, "recordsIn"), "records/s"),
         chart("Bytes/s in per topic", sets(d.topics, "bytesIn"), "bytes/s"),
+        chart("Records/s out per topic", sets(d.topics, "recordsOut"), "records/s"),
         chart("Bytes/s out per topic", sets(d.topics, "bytesOut"), "bytes/s")));
   };
   await render();
