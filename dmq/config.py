@@ -118,13 +118,22 @@ SETTINGS: dict[str, Setting] = {
     "min.insync.replicas": Setting(1, "default min.insync.replicas of a topic"),
     "unclean.leader.election.enable": Setting(False, "allow an out-of-sync leader"),
     "auto.leader.rebalance.enable": Setting(True, "move leadership back to preferred replicas"),
+    "leader.imbalance.per.broker.percentage": Setting(
+        10, "the balancer moves leadership back to a broker once more than this percentage "
+        "of the partitions it is the preferred leader of are led elsewhere"),
+    "leader.imbalance.check.interval.seconds": Setting(
+        30, "how often the active controller's balancer checks leader imbalance"),
     "replica.lag.time.max.ms": Setting(10_000, "follower dropped from ISR after this lag"),
     "replica.fetch.wait.max.ms": Setting(500, "follower fetch long-poll time"),
     "replica.fetch.max.bytes": Setting(8 * 1024 * 1024, "follower fetch size per request"),
     "follower.replication.throttled.rate": Setting(
         -1, "bytes/s a broker's fetchers copy for replicas being added by a reassignment "
-        "(-1: no limit); a dynamic cluster-wide value (`dmq partitions reassign --throttle`) "
-        "overrides it"),
+        "(-1: no limit); a dynamic value, the broker's own or cluster-wide "
+        "(`dmq partitions reassign --throttle`), overrides it"),
+    "leader.replication.throttled.rate": Setting(
+        -1, "bytes/s a broker sends, as partition leader, to replicas being added by a "
+        "reassignment (-1: no limit); a dynamic value, the broker's own or cluster-wide "
+        "(`dmq partitions reassign --throttle`), overrides it"),
     "message.max.bytes": Setting(8 * 1024 * 1024, "largest record batch accepted"),
     "log.segment.bytes": Setting(1024 * 1024 * 1024, "segment roll size"),
     "log.segment.ms": Setting(7 * 24 * 3600 * 1000, "segment roll age"),

@@ -60,6 +60,8 @@ from dmq.security.quotas import FETCH, PRODUCE, QuotaManager
 
 if TYPE_CHECKING:
     from dmq.broker.replica_manager import ReplicaManager
+    from dmq.broker.throttle import ReplicationThrottle
+    from dmq.log.partition_log import PartitionLog
 
 log = logging.getLogger("dmq.broker.handlers")
 
@@ -75,6 +77,27 @@ def _record_bytes(answer: dict[str, Any]) -> int:
         for row in rows:
             size += len(row[5])
     return size
+
+
+def _throttled_read(throttle: ReplicationThrottle, plog: PartitionLog, offset: int,
+                    limit: int, total: int) -> Any:
+    """What a leader sends a replica being added (not in sync yet) from `offset`, under
+    its replication throttle (`leader.replication.throttled.rate`): None (held back)
+    until the bucket holds a quantum, then at most a quantum (a first batch of the
+    answer whole even when larger: the bucket goes into debt), charged for what was
+    read. Once per partition of an answer, never per record."""
+    if limit <= 0 and total > 0:
+        return _EMPTY  # no room left in this answer: the next one
+    if not throttle.ready():
+        return None
+    reserved = throttle.reserve(1)
+    data: Any = _EMPTY
+    try:
+        data = plog.read(offset, max(1, min(limit, reserved)), None,
+                         min_one_batch=total == 0)
+    finally:
+        throttle.settle(reserved, len(data))
+    return data
 
 
 def _resolver(fut: asyncio.Future[None]) -> Callable[[], None]:
@@ -367,13 +390,15 @@ class DataPlane:
             for topic, parts in body["topics"] for p, offset, epoch, pmax in parts]
         if follower:
             self._note_follower_fetch(wanted, replica_id)
-        response, total, stop, parts, sent = self._read(wanted, replica_id, body["max_bytes"])
+        response, total, stop, parts, sent, held = self._read(wanted, replica_id,
+                                                              body["max_bytes"])
         if (stop or total >= body["min_bytes"] or body["max_wait_ms"] <= 0 or not parts
                 or self._hw_news(parts, replica_id)):
             return self._answer(response, parts, replica_id, sent)
         # Park now, before returning: the coroutine runs later, and a wake-up between
         # now and then must not be missed.
-        return self._long_poll(wanted, replica_id, body, parts, self._park(parts, follower))
+        return self._long_poll(wanted, replica_id, body, parts, self._park(parts, follower),
+                               held)
 
     def _fetch_some(self, ctx: RequestContext | None, body: dict[str, Any],
                     refused: set[str]) -> Any:
@@ -429,12 +454,15 @@ class DataPlane:
 
     def _read(self, wanted: list[tuple[str, int, int, int, int]], replica_id: int,
               max_bytes: int) -> tuple[dict[str, Any], int, bool, list[Partition],
-                                       list[tuple[Partition, int, int]]]:
+                                       list[tuple[Partition, int, int]], bool]:
         """One pass over the asked partitions: (response, bytes, any error, partitions,
-        and for a consumer each partition's bytes and records read: the records from
-        the fetch offset to the end of the last batch, which the log read finds anyway)."""
+        for a consumer each partition's bytes and records read (the records from the
+        fetch offset to the end of the last batch, which the log read finds anyway), and
+        whether the leader's replication throttle held any back)."""
         follower = replica_id >= 0
         sent: list[tuple[Partition, int, int]] = []
+        throttle = self.replicas.leader_throttle
+        held = False
         total = 0
         big_bytes = 0
         errors = False
@@ -452,8 +480,13 @@ class DataPlane:
                 plog = part.log
                 hw = part.high_watermark
                 limit = min(pmax, max_bytes - total)
-                if limit <= 0 and total > 0:
-                    data: Any = _EMPTY
+                if (follower and part.adding and throttle.rate and replica_id in part.adding
+                        and replica_id not in part.isr):
+                    data: Any = _throttled_read(throttle, plog, offset, limit, total)
+                    held = held or data is None
+                    data = _EMPTY if data is None else data
+                elif limit <= 0 and total > 0:
+                    data = _EMPTY
                 elif follower:
                     data = plog.read(offset, max(limit, 1), None, min_one_batch=total == 0)
                 else:
@@ -482,19 +515,22 @@ class DataPlane:
         # the frame, when it outweighs the per-row cost of packing that way (~1 us a row).
         # Safe because log reads are views of bytes from pread, never changed afterwards.
         if big_bytes and big_bytes >= 1024 * len(wanted):
-            return VectoredBody(topics=topics), total, errors, parts, sent
-        return {"topics": topics}, total, errors, parts, sent
+            return VectoredBody(topics=topics), total, errors, parts, sent, held
+        return {"topics": topics}, total, errors, parts, sent, held
 
     async def _long_poll(self, wanted: list[tuple[str, int, int, int, int]], replica_id: int,
                          body: dict[str, Any], parts: list[Partition],
-                         fut: asyncio.Future[None]) -> dict[str, Any]:
+                         fut: asyncio.Future[None], held: bool) -> dict[str, Any]:
         """Wait for data or `max_wait_ms`. Consumers wake on HW moves; followers on appends
-        and on HW moves they have not been told of (so follower HWs track the leader's)."""
+        and on HW moves they have not been told of (so follower HWs track the leader's),
+        and when the leader's replication throttle refills if it `held` a partition."""
         follower = replica_id >= 0
         deadline = self.clock.monotonic_ms() + body["max_wait_ms"]
         min_bytes = body["min_bytes"]
         while True:
             remaining = deadline - self.clock.monotonic_ms()
+            if held:
+                remaining = min(remaining, self.replicas.leader_throttle.wait_ms())
             timer = self.clock.call_later(max(remaining, 0), _resolver(fut))
             try:
                 await fut
@@ -504,8 +540,8 @@ class DataPlane:
                     part.remove_waiter(fut, follower)
             if follower:
                 self._note_follower_fetch(wanted, replica_id)
-            response, total, stop, parts, sent = self._read(wanted, replica_id,
-                                                            body["max_bytes"])
+            response, total, stop, parts, sent, held = self._read(wanted, replica_id,
+                                                                  body["max_bytes"])
             if (stop or total >= min_bytes or self.clock.monotonic_ms() >= deadline
                     or not parts or self._hw_news(parts, replica_id)):
                 return self._answer(response, parts, replica_id, sent)
@@ -561,19 +597,24 @@ class DataPlane:
         candidates = session.dirty
         session.dirty = {}
         candidates.update(dict.fromkeys(listed))
-        topics, total, news = self._read_session(session, candidates, replica_id,
-                                                 body["max_bytes"])
+        topics, total, news, held = self._read_session(session, candidates, replica_id,
+                                                       body["max_bytes"])
         if news or session.max_wait_ms <= 0:
             return self._session_answer(session, topics, total)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         session.waiter = fut
-        return self._session_poll(session, fut, body["max_bytes"], now + session.max_wait_ms)
+        return self._session_poll(session, fut, body["max_bytes"], now + session.max_wait_ms,
+                                  held)
 
     async def _session_poll(self, session: FetchSession, fut: asyncio.Future[None],
-                            max_bytes: int, deadline: int) -> Any:
+                            max_bytes: int, deadline: int, held: bool) -> Any:
+        """Wait on the session for news until `deadline`; a partition the leader's
+        replication throttle `held` back is tried again when the throttle refills."""
         while True:
-            timer = self.clock.call_later(max(deadline - self.clock.monotonic_ms(), 0),
-                                          _resolver(fut))
+            wait_ms = deadline - self.clock.monotonic_ms()
+            if held:
+                wait_ms = min(wait_ms, self.replicas.leader_throttle.wait_ms())
+            timer = self.clock.call_later(max(wait_ms, 0), _resolver(fut))
             try:
                 await fut
             finally:
@@ -584,8 +625,8 @@ class DataPlane:
                 return {"topics": [], "session_id": session.id}
             candidates = session.dirty
             session.dirty = {}
-            topics, total, news = self._read_session(session, candidates, session.replica_id,
-                                                     max_bytes)
+            topics, total, news, held = self._read_session(session, candidates,
+                                                           session.replica_id, max_bytes)
             if news or self.clock.monotonic_ms() >= deadline:
                 session.waiter = None
                 return self._session_answer(session, topics, total)
@@ -599,10 +640,14 @@ class DataPlane:
         return {"topics": topics, "session_id": session.id}
 
     def _read_session(self, session: FetchSession, candidates: dict[tuple[str, int], None],
-                      replica_id: int, max_bytes: int) -> tuple[list[list[Any]], int, bool]:
+                      replica_id: int, max_bytes: int
+                      ) -> tuple[list[list[Any]], int, bool, bool]:
         """Rows for the candidates with news: records, an error, or a high watermark or
         log start offset the follower was not sent yet. A partition left without room
-        in `max_bytes` stays marked for the next answer."""
+        in `max_bytes`, or held back by the leader's replication throttle (its last
+        return value), stays marked for the next answer."""
+        throttle = self.replicas.leader_throttle
+        held = False
         total = 0
         out: dict[str, list[list[Any]]] = {}
         entries = session.partitions
@@ -625,7 +670,12 @@ class DataPlane:
                 data: Any = _EMPTY
                 if entry.offset != leo:
                     limit = min(entry.max_bytes, max_bytes - total)
-                    if limit > 0 or total == 0:
+                    if (part.adding and throttle.rate and replica_id in part.adding
+                            and replica_id not in part.isr):
+                        data = _throttled_read(throttle, plog, entry.offset, limit, total)
+                        held = held or data is None
+                        data = _EMPTY if data is None else data
+                    elif limit > 0 or total == 0:
                         data = plog.read(entry.offset, max(limit, 1), None,
                                          min_one_batch=total == 0)
                 size = len(data)
@@ -645,7 +695,7 @@ class DataPlane:
                 row = [p, int(error_code_of(exc)),
                        part.high_watermark if part is not None else -1, -1, -1, _EMPTY]
             out.setdefault(topic, []).append(row)
-        return [[t, r] for t, r in out.items()], total, bool(out)
+        return [[t, r] for t, r in out.items()], total, bool(out), held
 
     # ------------------------------------------------------------------ offsets
 

@@ -156,6 +156,9 @@ class Partition:
         self.leader_epoch_start_offset = 0
         self.high_watermark = min(max(high_watermark, log_.log_start_offset), log_.log_end_offset)
         self.followers: dict[int, ReplicaState] = {}
+        # led here: the replicas a reassignment in progress is adding (while one is not
+        # in the ISR, what it fetches takes the leader's replication throttle)
+        self.adding: tuple[int, ...] = ()
         self.deleted = False
         self.listener: PartitionListener | None = None
         # follower broker id -> its fetch session (FetchSession.mark(key, wake))

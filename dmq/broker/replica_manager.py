@@ -34,6 +34,7 @@ from dmq.aio import wait_for
 from dmq.broker.fetch_session import FetchSessionCache, SessionPartition
 from dmq.broker.fetcher import FetcherManager
 from dmq.broker.partition import Partition
+from dmq.broker.throttle import ReplicationThrottle
 from dmq.clock import Cancellable, Clock, SystemClock
 from dmq.config import ClusterConfig
 from dmq.log.checkpoint import OffsetCheckpointFile, read_entries, write_entries
@@ -168,6 +169,13 @@ class ReplicaManager:
         # (their catch-up is what `reassignment_progress` reports)
         self._led_reassigning: dict[tuple[str, int], tuple[int, ...]] = {}
         self._throttle_setting = int(config.get("follower.replication.throttled.rate"))
+        # the leader side: what this broker sends to replicas being added (Kafka's
+        # leader.replication.throttled.rate), one bucket over every follower fetching
+        # here; the fetch handlers take from it (dmq.broker.handlers)
+        self._leader_throttle_setting = int(config.get("leader.replication.throttled.rate"))
+        self.leader_throttle = ReplicationThrottle(
+            self.clock.monotonic_ms, int(config.get("replica.fetch.max.bytes")))
+        self.leader_throttle.set_rate(self._leader_throttle_setting)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -350,16 +358,21 @@ class ReplicaManager:
             self.image_error = None
 
     def _apply_throttle(self, image: MetadataImage) -> None:
-        """`follower.replication.throttled.rate`: the cluster-wide dynamic value if one
-        is set, else the static setting."""
-        raw = image.dynamic_configs.get("follower.replication.throttled.rate")
+        """`follower.replication.throttled.rate` and `leader.replication.throttled.rate`:
+        this broker's dynamic value if one is set, else the cluster-wide one, else the
+        static setting."""
+        self.fetchers.set_throttle_rate(self._throttle_rate(
+            image, "follower.replication.throttled.rate", self._throttle_setting))
+        self.leader_throttle.set_rate(self._throttle_rate(
+            image, "leader.replication.throttled.rate", self._leader_throttle_setting))
+
+    def _throttle_rate(self, image: MetadataImage, key: str, setting: int) -> int:
+        raw = image.broker_config(key, self.broker_id)
         try:
-            rate = int(raw) if raw is not None else self._throttle_setting
+            return int(raw) if raw is not None else setting
         except ValueError:
-            log.error("broker=%d follower.replication.throttled.rate=%r unusable; using "
-                      "the setting", self.broker_id, raw)
-            rate = self._throttle_setting
-        self.fetchers.set_throttle_rate(rate)
+            log.error("broker=%d %s=%r unusable; using the setting", self.broker_id, key, raw)
+            return setting
 
     def _apply_image(self, image: MetadataImage) -> None:
         """Only the partitions that changed since the image applied before, when that
@@ -504,8 +517,10 @@ class ReplicaManager:
             "min.insync.replicas", self.config.get("min.insync.replicas")))
         if info.leader == self.broker_id and info.adding:
             self._led_reassigning[tp] = info.adding
+            part.adding = info.adding
         else:
             self._led_reassigning.pop(tp, None)
+            part.adding = ()
         if info.leader == self.broker_id:
             if part.make_leader(info.leader_epoch, info.partition_epoch, info.replicas,
                                 info.isr):

@@ -12,6 +12,13 @@ first batch whole even when it is larger, so the bucket may go into debt, which 
 fetches wait out). Until the bucket refills the partition is left out of the fetch
 session, so the leader holds nothing for it.
 
+The leader side (`leader.replication.throttled.rate`) is another bucket of this class,
+the replica manager's `leader_throttle`, taken by the fetch handlers
+(`dmq.broker.handlers._throttled_read`): a leader puts a partition's records for a
+replica being added (not in sync yet) into a fetch answer only when the bucket holds a
+quantum, at most a quantum, settled with the bytes read; otherwise the partition is
+left out of that answer and tried again when the bucket refills.
+
 Token bucket, time from the injected monotonic clock in ms; the bucket holds at most
 one quantum, so the long-run rate is `rate` and a burst is at most one quantum over it.
 It never does I/O.

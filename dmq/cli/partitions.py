@@ -1,17 +1,19 @@
 """`dmq partitions ...` and `dmq brokers ...`: day-2 operations over the Admin library.
 
 - `partitions reassign --plan FILE` starts reassignments (JSON list of
-  {"topic", "partition", "replicas"}); `--throttle BYTES_PER_S` first sets the
-  cluster-wide dynamic config `follower.replication.throttled.rate` (each broker copies
-  at most that many bytes/s for its replicas being added); `--verify` says which are
-  done and, once no reassignment is left in progress, removes the throttle (as Kafka's
+  {"topic", "partition", "replicas"}); `--throttle BYTES_PER_S` first sets, as Kafka's
+  tool, the dynamic configs `leader.replication.throttled.rate` and
+  `follower.replication.throttled.rate` of every broker of the moves (old and new
+  replicas; keys `KEY:ID`): each copies at most that many bytes/s for replicas being
+  added, as follower and as leader; `--verify` says which are done and, once no
+  reassignment is left in progress, removes every replication throttle (as Kafka's
   tool does), `--cancel` stops them (those of the plan, or all in progress) and removes
-  the throttle likewise, `--generate --topics T,... --brokers ID,...` prints a balanced
+  the throttles likewise, `--generate --topics T,... --brokers ID,...` prints a balanced
   (rack-aware) plan for those topics over those brokers.
 - `partitions elect-leaders [--topic T]` moves leadership back to preferred replicas.
-- `brokers decommission ID` moves every replica off a broker (alive or dead) and waits
-  until it holds none; `brokers unregister ID` then forgets it (refused while it hosts
-  replicas).
+- `brokers decommission ID` has the controller move every replica off a broker (alive
+  or dead) and waits until it holds none; `brokers unregister ID` then forgets it
+  (refused while it hosts replicas).
 
 The controller does the work (see dmq.controller.planner, "reassignment"); these
 commands parse, call, print.
@@ -33,6 +35,13 @@ from dmq.controller.placement import assign_replicas
 from dmq.protocol.errors import DmqError
 
 THROTTLE_KEY = "follower.replication.throttled.rate"
+LEADER_THROTTLE_KEY = "leader.replication.throttled.rate"
+THROTTLE_KEYS = (LEADER_THROTTLE_KEY, THROTTLE_KEY)
+
+
+def _is_throttle_key(key: str) -> bool:
+    """A replication throttle, cluster-wide (`KEY`) or of one broker (`KEY:ID`)."""
+    return key.partition(":")[0] in THROTTLE_KEYS
 
 
 def _ids(text: str, what: str) -> list[int]:
@@ -114,8 +123,9 @@ def partitions() -> None:
 @click.option("--cancel", is_flag=True,
               help="cancel the plan's reassignments (every one in progress without --plan)")
 @click.option("--throttle", type=click.IntRange(min=1), default=None, metavar="BYTES_PER_S",
-              help="with --plan: limit each broker's copying for replicas being added to "
-                   "this many bytes/s (removed by --verify once all are done)")
+              help="with --plan: limit what each broker of the moves sends and fetches "
+                   "for replicas being added to this many bytes/s (removed by --verify "
+                   "once all are done)")
 @admin_options
 def partitions_reassign(plan_path: str | None, generate: bool, topics: str | None,
                         broker_list: str | None, verify: bool, cancel: bool,
@@ -214,31 +224,44 @@ def partitions_reassign(plan_path: str | None, generate: bool, topics: str | Non
             click.echo(note)
         sys.exit(1 if pending else 0)
 
-    async def start(a: Any) -> Any:
+    async def start(a: Any) -> tuple[Any, list[int]]:
+        involved: list[int] = []
         if throttle is not None:
-            # before the moves: the new replicas start copying at once
-            await a.alter_dynamic_configs({THROTTLE_KEY: str(throttle)})
-        return await a.alter_partition_reassignments(plan)
+            # as Kafka's tool: on every broker of the moves, the old replicas (leaders
+            # sending) and the new (followers fetching); before the moves, since the
+            # new replicas start copying at once
+            described = await a.describe_topics(sorted({t for t, _, _ in plan}))
+            brokers = {r for _, _, target in plan for r in target}
+            for t, p, _ in plan:
+                info = described[t].partitions.get(p) if t in described else None
+                brokers.update(info.replicas if info is not None else ())
+            involved = sorted(brokers)
+            await a.alter_dynamic_configs({f"{key}:{b}": str(throttle)
+                                           for key in THROTTLE_KEYS for b in involved})
+        return await a.alter_partition_reassignments(plan), involved
 
-    res = run_admin(bootstrap, config_path, timeout_ms, start)
+    res, involved = run_admin(bootstrap, config_path, timeout_ms, start)
     if throttle is not None:
-        click.echo(f"throttle: {THROTTLE_KEY}={throttle} bytes/s per broker for replicas "
-                   "being added (`--verify` removes it once all are done)")
+        click.echo(f"throttle: {LEADER_THROTTLE_KEY}={throttle} and {THROTTLE_KEY}="
+                   f"{throttle} bytes/s on brokers {','.join(map(str, involved))}, for "
+                   "replicas being added (`--verify` removes it once all are done)")
     for (t, p), err in sorted(res.items()):
         click.echo(f"{t}-{p}: " + ("reassignment started" if err is None else f"error: {err}"))
     sys.exit(1 if any(e is not None for e in res.values()) else 0)
 
 
 async def _maybe_remove_throttle(a: Any) -> str | None:
-    """Remove the reassignment throttle once no reassignment is left in progress in the
-    cluster (it is cluster-wide: another one may still be copying under it). What was
-    done, or None when no throttle is set."""
-    if THROTTLE_KEY not in await a.describe_dynamic_configs(overrides_only=True):
+    """Remove every replication throttle (cluster-wide and per broker) once no
+    reassignment is left in progress in the cluster (another one may still be copying
+    under them). What was done, or None when no throttle is set."""
+    keys = [k for k in await a.describe_dynamic_configs(overrides_only=True)
+            if _is_throttle_key(k)]
+    if not keys:
         return None
     left = await a.list_partition_reassignments()
     if left:
         return f"throttle kept: {len(left)} reassignment(s) still in progress"
-    await a.alter_dynamic_configs({THROTTLE_KEY: None})
+    await a.alter_dynamic_configs(dict.fromkeys(keys))
     return "throttle removed"
 
 
@@ -262,39 +285,6 @@ def brokers() -> None:
     """Day-2 operations on brokers."""
 
 
-def decommission_plan(broker_id: int, topics: dict[str, Any], online: list[int],
-                      removing: dict[tuple[str, int], list[int]] | None = None
-                      ) -> list[tuple[str, int, list[int]]]:
-    """Replace `broker_id` in every replica set holding it by the online broker with the
-    fewest replicas that the partition does not already use. `removing` names, per
-    partition with a reassignment in progress, the replicas it is dropping: the new
-    target is the one in progress with the broker replaced (the listed replicas include
-    those being dropped, which must not become part of the target), and a partition
-    already dropping the broker needs no new move."""
-    removing = removing or {}
-    load = {b: 0 for b in online if b != broker_id}
-    for t in topics.values():
-        for p in t.partitions.values():
-            for r in p.replicas:
-                if r in load:
-                    load[r] += 1
-    plan = []
-    for name in sorted(topics):
-        for pn, p in sorted(topics[name].partitions.items()):
-            dropping = removing.get((name, pn), ())
-            target = [r for r in p.replicas if r not in dropping]
-            if broker_id not in target:
-                continue
-            spare = [b for b in sorted(load, key=lambda b: (load[b], b)) if b not in p.replicas]
-            if not spare:
-                raise click.UsageError(
-                    f"{name}-{pn}: no online broker outside replicas {list(p.replicas)} "
-                    f"to take broker {broker_id}'s replica")
-            load[spare[0]] += 1
-            plan.append((name, pn, [spare[0] if r == broker_id else r for r in target]))
-    return plan
-
-
 @brokers.command("decommission")
 @click.argument("broker_id", type=int)
 @click.option("--wait-ms", default=120_000, show_default=True,
@@ -303,37 +293,48 @@ def decommission_plan(broker_id: int, topics: dict[str, Any], online: list[int],
 def brokers_decommission(broker_id: int, wait_ms: int, bootstrap: str | None,
                          config_path: str | None, timeout_ms: int) -> None:
     """Move every replica off a broker (alive or dead) by reassignments, then wait until
-    it holds none."""
-    async def go(a: Any) -> tuple[list[Any], dict[Any, Any], int]:
-        cluster = await a.describe_cluster()
-        online = [b["broker_id"] for b in cluster["brokers"] if b["state"] == "ONLINE"]
-        if broker_id not in [b["broker_id"] for b in cluster["brokers"]]:
-            raise click.UsageError(f"broker {broker_id} is not registered")
-        topics = await a.describe_topics()
-        removing = {(r["topic"], r["partition"]): r["removing"]
-                    for r in await a.list_partition_reassignments()}
-        plan = decommission_plan(broker_id, topics, online, removing)
-        res = await a.alter_partition_reassignments(plan) if plan else {}
+    it holds none. The controller plans the moves (`Admin.decommission_broker`) and
+    writes them as one metadata batch: safe to interrupt and to run again, a rerun
+    starts only what is missing and follows the rest."""
+    async def go(a: Any) -> int:
+        res, already = await a.decommission_broker(broker_id)
+        for (t, p), err in sorted(res.items()):
+            if err is not None:
+                click.echo(f"{t}-{p}: error: {err}")
+        started = sum(1 for err in res.values() if err is None)
+        click.echo(f"broker {broker_id}: {started} partition replica(s) reassigned"
+                   + (f", {already} already being moved off" if already else ""))
         loop = asyncio.get_running_loop()
         # a refused move leaves its replica on the broker: waiting could not end well
         refused = any(err is not None for err in res.values())
         deadline = loop.time() + (0 if refused else wait_ms / 1000)
+        shown: int | None = None
         while True:
             topics = await a.describe_topics()
             left = sum(1 for t in topics.values() for p in t.partitions.values()
                        if broker_id in p.replicas)
-            if left == 0 or loop.time() >= deadline:
-                return plan, res, left
+            if left == 0:
+                return 0
+            figures = [r.get("bytes_left", -1) for r in await a.list_partition_reassignments()
+                       if broker_id in r["removing"]]
+            copy = -1 if not figures or min(figures) < 0 else sum(figures)
+            if left != shown or loop.time() >= deadline:
+                click.echo(f"broker {broker_id} still holds {left} partition replica(s): "
+                           f"{len(figures)} being moved off, " + (
+                               "bytes left unknown" if copy < 0 else f"{copy} bytes left"))
+                shown = left
+            if loop.time() >= deadline:
+                return left
             await asyncio.sleep(0.2)
 
-    plan, res, left = run_admin(bootstrap, config_path, timeout_ms + wait_ms, go)
-    for (t, p), err in sorted(res.items()):
-        if err is not None:
-            click.echo(f"{t}-{p}: error: {err}")
-    click.echo(f"broker {broker_id}: {len(plan)} partition replica(s) reassigned")
+    try:
+        left = run_admin(bootstrap, config_path, timeout_ms + wait_ms, go)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the moves already started go on; run `dmq brokers "
+                   f"decommission {broker_id}` again to follow them", err=True)
+        sys.exit(130)
     if left:
-        click.echo(f"broker {broker_id} still holds {left} partition replica(s); "
-                   "see `dmq partitions reassign --verify` or run this again")
+        click.echo("see `dmq partitions reassign --verify` or run this again")
         sys.exit(1)
     click.echo(f"broker {broker_id} holds no partition replicas")
 

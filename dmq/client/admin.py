@@ -259,14 +259,16 @@ class Admin:
     async def describe_dynamic_configs(self, overrides_only: bool = False) -> dict[str, str]:
         """The cluster-wide dynamic broker configs in effect (a set value, else the
         static setting), e.g. follower.replication.throttled.rate; with
-        `overrides_only`, only those set."""
+        `overrides_only`, only those set, also those of one broker (`KEY:ID`)."""
         resp = await self._request(ApiKey.DESCRIBE_CONFIGS, {"topics": [], "dynamic": True})
         return dict(resp["dynamic"]["overrides" if overrides_only else "configs"])
 
     async def alter_dynamic_configs(self, changes: dict[str, str | None], *,
                                     validate_only: bool = False) -> None:
-        """Set (value) or reset to the static setting (None) cluster-wide dynamic broker
-        configs; raises the error of a refused change (nothing is changed then)."""
+        """Set (value) or reset to the static setting (None) dynamic broker configs,
+        cluster-wide (`KEY`) or for one broker (`KEY:ID`, over the cluster-wide value:
+        the replication throttles); raises the error of a refused change (nothing is
+        changed then)."""
         resp = await self._request(ApiKey.ALTER_CONFIGS, {
             "topics": [], "dynamic": dict(changes), "validate_only": validate_only})
         err = _error(resp["dynamic"])
@@ -312,6 +314,21 @@ class Admin:
             "partitions": [[t, p, None if r is None else list(r)] for t, p, r in moves]})
         return {(t, p): (error_for(code, msg) if code else None)
                 for t, p, code, msg in resp["partitions"]}
+
+    async def decommission_broker(self, broker_id: int
+                                  ) -> tuple[dict[tuple[str, int], DmqError | None], int]:
+        """Start the reassignments that move every replica off a broker (alive or dead),
+        planned by the controller: each replica goes to the least loaded online broker
+        the partition does not use (another rack when there is one). Asked again, it
+        starts only what is missing. Returns the error per partition of the moves started
+        (None: started) and how many partitions were already moving off the broker."""
+        resp = await self._request(ApiKey.ALTER_PARTITION_REASSIGNMENTS, {
+            "partitions": [], "decommission": broker_id})
+        if "moving" not in resp:
+            raise error_for(ErrorCode.UNSUPPORTED_VERSION,
+                            "the controller does not plan decommissions (an older dmq)")
+        return ({(t, p): (error_for(code, msg) if code else None)
+                 for t, p, code, msg in resp["partitions"]}, int(resp["moving"]))
 
     async def list_partition_reassignments(self, topics: list[str] | None = None
                                            ) -> list[dict[str, Any]]:

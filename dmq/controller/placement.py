@@ -7,14 +7,19 @@ random (from the injected `random.Random`). When every broker has a rack and the
 more than one rack, brokers are ordered rack-alternated and each replica goes to a
 rack that has none yet while such a rack exists.
 
+`decommission_moves` places the replicas of a broker being emptied: each goes to the
+online broker with the fewest replicas that the partition does not use, on a rack the
+partition's other replicas do not use when there is one.
+
 Pure: no I/O, no global randomness.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+from dmq.metadata.image import PartitionInfo
 from dmq.protocol.errors import InvalidReplicationFactorError
 
 
@@ -105,4 +110,38 @@ def _assign_rack_aware(ordered: list[int], rack_of: dict[int, str], partitions: 
     return out
 
 
-__all__ = ["assign_replicas", "rack_alternated"]
+def decommission_moves(broker_id: int, partitions: Iterable[PartitionInfo],
+                       online: Iterable[int], counts: dict[int, int],
+                       rack_of: dict[int, str | None]
+                       ) -> tuple[list[tuple[str, int, list[int]]], list[tuple[str, int, str]],
+                                  int]:
+    """The reassignments that take every replica off `broker_id`: (moves as (topic,
+    partition, target), partitions that cannot move with why, partitions already moving
+    off it). A partition with a reassignment in progress keeps that move's target with
+    the broker replaced (its listed replicas include those leaving, which must not
+    become part of the target); one already dropping the broker needs no new move, so
+    asking again changes nothing. `counts`: replicas per broker, the load to even out."""
+    load = {b: counts.get(b, 0) for b in online if b != broker_id}
+    moves: list[tuple[str, int, list[int]]] = []
+    stuck: list[tuple[str, int, str]] = []
+    moving = 0
+    for p in sorted(partitions, key=lambda p: (p.topic, p.partition)):
+        target = [r for r in p.replicas if r not in p.removing]
+        if broker_id not in target:
+            moving += broker_id in p.replicas
+            continue
+        racks = {rack_of.get(r) for r in target if r != broker_id} - {None}
+        spare = sorted((b for b in load if b not in p.replicas),
+                       key=lambda b: (rack_of.get(b) in racks, load[b], b))
+        if not spare:
+            stuck.append((p.topic, p.partition,
+                          f"{p.topic}-{p.partition}: no online broker outside replicas "
+                          f"{list(p.replicas)} to take broker {broker_id}'s replica"))
+            continue
+        load[spare[0]] += 1
+        moves.append((p.topic, p.partition,
+                      [spare[0] if r == broker_id else r for r in target]))
+    return moves, stuck, moving
+
+
+__all__ = ["assign_replicas", "decommission_moves", "rack_alternated"]

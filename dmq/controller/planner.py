@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dmq.controller.placement import assign_replicas
+from dmq.controller.placement import assign_replicas, decommission_moves
 from dmq.controller.validation import (
     TOPIC_CONFIG_CHECKS,
     PartitionLimits,
@@ -259,9 +259,33 @@ class Planner:
         return sum(1 for p in self._all_partitions() if p.leader == broker_id
                    and self.choose_leader(p, p.isr, eligible) == NO_LEADER)
 
-    def preferred_leader_elections(self, max_changes: int = 1000) -> list[Record]:
-        """The automatic balancer's step (`auto.leader.rebalance.enable`)."""
-        return self.elect_preferred_leaders()[0][:max_changes]
+    def preferred_leader_elections(self, max_changes: int = 1000,
+                                   imbalance_percentage: int = 0) -> list[Record]:
+        """The automatic balancer's step (`auto.leader.rebalance.enable`). As Kafka's, per
+        broker: of the partitions it is the preferred leader of (first replica), the
+        share it does not lead; when that share is over `imbalance_percentage`
+        (`leader.imbalance.per.broker.percentage`), leadership of those partitions moves
+        back to it where it is an online in-sync replica. Partitions being reassigned
+        are left alone (their replica order is the reassignment's business)."""
+        preferred: dict[int, int] = {}
+        missed: dict[int, int] = {}
+        for t in self.state.topics.values():
+            for p in t.partitions.values():
+                if not p.replicas or p.adding or p.removing:
+                    continue
+                pref = p.replicas[0]
+                preferred[pref] = preferred.get(pref, 0) + 1
+                if p.leader != pref:
+                    missed[pref] = missed.get(pref, 0) + 1
+        over = {b for b, n in missed.items() if n * 100 > imbalance_percentage * preferred[b]}
+        if not over:
+            return []
+        records: list[Record] = [
+            r for r in self.elect_preferred_leaders()[0]
+            if isinstance(r, PartitionChange) and r.leader in over
+            and not self.state.topics[r.topic].partitions[r.partition].adding
+            and not self.state.topics[r.topic].partitions[r.partition].removing]
+        return records[:max_changes]
 
     def elect_preferred_leaders(self, topic: str | None = None
                                 ) -> tuple[list[Record], list[list[Any]]]:
@@ -399,6 +423,23 @@ class Planner:
                 continue
             out.append(self._finish(p, target))
         return out
+
+    def decommission_broker(self, broker_id: int) -> tuple[list[Record], dict[str, Any]]:
+        """Reassignments that move every replica off a broker, alive or dead
+        (`decommission_moves`), planned on the applied state and written as one batch:
+        started all together or not at all; asked again, it starts only what is
+        missing. Returns the records and {"partitions": [[topic, partition, error code,
+        message|nil]] for the moves started or refused, "moving": partitions already
+        moving off the broker}."""
+        if broker_id not in self.state.brokers:
+            raise BrokerIdNotRegisteredError(f"broker {broker_id} is not registered")
+        moves, stuck, moving = decommission_moves(
+            broker_id, self._all_partitions(), sorted(self._online()), self.replica_counts(),
+            {b.broker_id: b.rack for b in self.state.brokers.values()})
+        records, results = self.reassign_partitions([[t, p, r] for t, p, r in moves])
+        results += [[t, p, int(ErrorCode.INVALID_REPLICA_ASSIGNMENT), msg]
+                    for t, p, msg in stuck]
+        return records, {"partitions": results, "moving": moving}
 
     def reassignments(self) -> list[PartitionInfo]:
         """The partitions with a reassignment in progress, by topic and partition."""

@@ -82,7 +82,6 @@ T = TypeVar("T")
 
 
 MAX_FETCH_ENTRIES = 2000
-PREFERRED_LEADER_CHECK_MS = 30_000
 WRITE_TIMEOUT_MS = 10_000
 NOTICE_TIMEOUT_MS = 1000
 PEER_STATUS_TIMEOUT_MS = 500
@@ -91,7 +90,7 @@ REASSIGNMENT_CHECK_MS = 100
 
 class ControllerService(Service):
     def __init__(self, ctx: ServiceContext, *,
-                 preferred_leader_check_ms: int = PREFERRED_LEADER_CHECK_MS) -> None:
+                 preferred_leader_check_ms: int | None = None) -> None:
         self.config = ctx.config
         self.node_id = ctx.node_id
         self.roles = ctx.spec.roles
@@ -102,7 +101,12 @@ class ControllerService(Service):
         # combined mode: the local broker's lifecycle takes CONTROLLER_CHANGED notices
         # (wired by dmq.roles)
         self.controller_changed_listeners: list[Callable[[dict[str, Any]], object]] = []
-        self.preferred_leader_check_ms = preferred_leader_check_ms
+        # the balancer's period (`leader.imbalance.check.interval.seconds`) and threshold
+        self.preferred_leader_check_ms = preferred_leader_check_ms if \
+            preferred_leader_check_ms is not None else \
+            int(self.config.get("leader.imbalance.check.interval.seconds")) * 1000
+        self.leader_imbalance_percentage = int(
+            self.config.get("leader.imbalance.per.broker.percentage"))
         self.sm = MetadataStateMachine()
         self.state = self.sm.state
         self.planner = Planner(self.state, self.config.get, self.rng)
@@ -432,7 +436,8 @@ class ControllerService(Service):
             if not self.is_active:
                 continue
             try:
-                n = await self._write_planned(self.planner.preferred_leader_elections)
+                n = await self._write_planned(lambda: self.planner.preferred_leader_elections(
+                    imbalance_percentage=self.leader_imbalance_percentage))
                 if n:
                     log.info("controller=%d moved %d leaderships back to preferred replicas",
                              self.node_id, n)
@@ -764,6 +769,13 @@ class ControllerService(Service):
                                                    body: dict[str, Any]) -> Any:
         self.authorizer.require_cluster(connection_principal(ctx.connection), ALTER,
                                         "AlterPartitionReassignments")
+        if body["decommission"] is not None:  # the controller plans the moves
+            bid = body["decommission"]
+            answer = await self.mutate(lambda: self.planner.decommission_broker(bid))
+            log.info("controller=%d decommission of broker %d: %d move(s) started, %d "
+                     "already moving", self.node_id, bid,
+                     sum(1 for r in answer["partitions"] if r[2] == 0), answer["moving"])
+            return answer
         results = await self.mutate(lambda: self.planner.reassign_partitions(body["partitions"]))
         return {"partitions": results}
 

@@ -138,12 +138,32 @@ def _checked(key: str, value: object, check: Callable[[str], str]) -> str:
 DYNAMIC_CONFIG_CHECKS: dict[str, Callable[[str], str]] = {
     # bytes/s a broker's fetchers copy for replicas being added by a reassignment
     "follower.replication.throttled.rate": _long(1),
+    # bytes/s a partition leader sends to its replicas being added by a reassignment
+    "leader.replication.throttled.rate": _long(1),
 }
+# of these, the ones that may also be set for one broker (key `KEY:ID`, Kafka's broker
+# entity), over the cluster-wide value
+PER_BROKER_CONFIGS = frozenset(DYNAMIC_CONFIG_CHECKS)
+MAX_BROKER_ID = 2**31 - 1
+
+
+def _per_broker_check(key: str) -> Callable[[str], str] | None:
+    """The checker of a `KEY:ID` key (KEY for broker ID alone); None if `key` is not one;
+    InvalidConfigError for a bad broker id."""
+    base, sep, broker = key.partition(":")
+    if not sep or base not in PER_BROKER_CONFIGS:
+        return None
+    # written as the broker's own key reads it (no sign, no leading zero, ASCII digits)
+    if not (broker.isascii() and broker.isdigit() and str(int(broker)) == broker
+            and int(broker) <= MAX_BROKER_ID):
+        raise InvalidConfigError(f"{key!r}: the broker id after ':' must be a whole number "
+                                 f"from 0 to {MAX_BROKER_ID}, without leading zeros")
+    return DYNAMIC_CONFIG_CHECKS[base]
 
 
 def validate_dynamic_config(key: str, value: str | None) -> str | None:
     """The normalised value (None: back to the static setting), or InvalidConfigError."""
-    check = DYNAMIC_CONFIG_CHECKS.get(key)
+    check = DYNAMIC_CONFIG_CHECKS.get(key) or _per_broker_check(key)
     if check is None and is_quota_config(key):  # client quotas (dmq.security.quotas)
         parsed = parse_config_key(key)
         if parsed is None or (parsed[1] is not None and not parsed[1]):
@@ -158,7 +178,8 @@ def validate_dynamic_config(key: str, value: str | None) -> str | None:
         check = check_rate
     if check is None:
         raise InvalidConfigError(f"unknown dynamic broker config {key!r}; known: "
-                                 f"{', '.join(sorted(DYNAMIC_CONFIG_CHECKS))}")
+                                 f"{', '.join(sorted(DYNAMIC_CONFIG_CHECKS))} (each also "
+                                 "as KEY:BROKER_ID for one broker)")
     if value is None:
         return None
     return _checked(key, value, check)
@@ -211,6 +232,7 @@ class PartitionLimits:
 __all__ = [
     "DYNAMIC_CONFIG_CHECKS",
     "MAX_TOPIC_NAME_CHARS",
+    "PER_BROKER_CONFIGS",
     "PartitionLimits",
     "TOPIC_CONFIG_CHECKS",
     "TOPIC_CONFIG_DEFAULTS",

@@ -146,6 +146,13 @@ class MetadataImage:
     # the static settings of the config file; never changed in place
     dynamic_configs: Mapping[str, str] = field(default_factory=dict)
 
+    def broker_config(self, key: str, broker_id: int) -> str | None:
+        """A dynamic broker config as it applies to one broker: its own value (Kafka's
+        broker entity, key `KEY:ID`, see `broker_config_key`) over the cluster-wide one
+        (`KEY`, Kafka's --entity-default); None: neither is set (the static setting)."""
+        own = self.dynamic_configs.get(broker_config_key(key, broker_id))
+        return own if own is not None else self.dynamic_configs.get(key)
+
     def partition(self, topic: str, p: int) -> PartitionInfo | None:
         t = self.topics.get(topic)
         return None if t is None else t.partitions.get(p)
@@ -158,6 +165,12 @@ class MetadataImage:
         """Every partition with a replica on the broker."""
         return [p for t in self.topics.values() for p in t.partitions.values()
                 if broker_id in p.replicas]
+
+
+def broker_config_key(key: str, broker_id: int) -> str:
+    """The DYNAMIC_CONFIG key of `key`'s value for one broker (over the cluster-wide
+    value, stored under `key` itself)."""
+    return f"{key}:{broker_id}"
 
 
 EMPTY_IMAGE = MetadataImage(0, NO_LEADER, {}, {})
@@ -292,6 +305,7 @@ __all__ = [
     "MetadataImage",
     "PartitionInfo",
     "TopicInfo",
+    "broker_config_key",
     "image_changes",
     "image_from_metadata",
     "metadata_body",

@@ -41,7 +41,8 @@ One Raft entry carries one *batch* of records, applied atomically:
     DYNAMIC_CONFIG       key, value|nil: a cluster-wide dynamic broker config (Kafka's
                          broker configs set with --entity-default), e.g.
                          follower.replication.throttled.rate; nil: back to the static
-                         setting of the config file
+                         setting of the config file. A key `KEY:ID` is KEY for broker
+                         ID alone (Kafka's broker entity), over the cluster-wide value
 
   Users and HTTP tokens (dmq.security.users, dmq.security.tokens):
 

@@ -232,8 +232,12 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.ALTER_PARTITION_REASSIGNMENTS: Struct(
         # [[topic, partition, [replica, ...] | nil (cancel)]]
         {"partitions": Array(Tuple(STR, INT, Nullable(Array(INT, max_items=1000))),
-                             max_items=100_000)}),
-    # -> {"partitions": [[topic, partition, error, msg]]}
+                             max_items=100_000)},
+        # a broker id: the controller plans the moves that take every replica off it
+        # (`dmq brokers decommission`; "partitions" is then empty)
+        optional={"decommission": (Nullable(INT), None)}),
+    # -> {"partitions": [[topic, partition, error, msg]]}, with "moving" (partitions
+    #    already moving off the broker) when "decommission" was given
     ApiKey.LIST_PARTITION_REASSIGNMENTS: Struct(
         optional={"topics": (Nullable(Array(STR, max_items=10_000)), None)}),
     # -> {"partitions": [[topic, partition, [replicas], [adding], [removing], leader,

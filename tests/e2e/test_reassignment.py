@@ -26,6 +26,7 @@ from tests.support.procs import ProcessCluster
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 SETTINGS = {**FAST, "default.replication.factor": 3, "min.insync.replicas": 2}
+THROTTLE_KEY = "follower.replication.throttled.rate"
 
 
 async def _partition(admin: Admin, topic: str, p: int = 0) -> Any:
@@ -69,9 +70,22 @@ def _cli(cluster: ProcessCluster, *args: str) -> subprocess.CompletedProcess[str
                            cluster.bootstrap], capture_output=True, text=True, timeout=90)
 
 
+def _with_racks(pc: ProcessCluster, racks: dict[int, str]) -> None:
+    """Give brokers a `rack` in the cluster config (before they start)."""
+    text = pc.config_path.read_text()
+    for b, rack in racks.items():
+        entry = f"[[brokers]]\nid = {b}\n"
+        assert entry in text, text
+        text = text.replace(entry, f'{entry}rack = "{rack}"\n')
+    pc.config_path.write_text(text)
+
+
 async def test_move_partition_to_three_other_brokers_under_producer_and_consumer(
         tmp_path: Path) -> None:
     with ProcessCluster(controllers=1, brokers=6, settings=SETTINGS) as pc:
+        # three racks of two brokers (the same cluster serves the rack check at the end)
+        rack_of = {b: f"r{i // 2}" for i, b in enumerate(pc.broker_ids)}
+        _with_racks(pc, rack_of)
         pc.start()
         b = pc.bootstrap
         async with Admin(b) as admin:
@@ -159,6 +173,16 @@ async def test_move_partition_to_three_other_brokers_under_producer_and_consumer
         assert consumed == log[:len(consumed)]
         print(f"\n{len(acked)} records acknowledged, {len(log)} in the log, moved "
               f"{old} -> {target}")
+        # racks: every broker registered its rack, and a new RF=3 topic has one replica
+        # in each of the three racks, for every partition
+        async with Admin(b) as admin:
+            d = await admin.describe_cluster()
+            assert {x["broker_id"]: x.get("rack") for x in d["brokers"]} == rack_of
+            await admin.create_topic("racked", 6, 3)
+            t = (await admin.describe_topics(["racked"]))["racked"]
+            assert len(t.partitions) == 6
+            for p in t.partitions.values():
+                assert sorted(rack_of[r] for r in p.replicas) == ["r0", "r1", "r2"], p
 
 
 async def _all_online(admin: Admin, ids: list[int]) -> bool:
@@ -243,6 +267,10 @@ async def test_decommission_dead_broker_restores_full_replication() -> None:
         b = pc.bootstrap
         async with Admin(b) as admin:
             await _topic_led(pc, admin, "dc", 4)
+            async with Producer(b, acks="all", linger_ms=2) as p:
+                for i in range(4 * 50):  # 100 KB a partition to copy
+                    await p.send("dc", bytes(2000), partition=i % 4)
+                await p.flush()
             t = (await admin.describe_topics(["dc"]))["dc"]
             victim = t.partitions[0].replicas[0]
             hosted = [p.partition for p in t.partitions.values() if victim in p.replicas]
@@ -257,10 +285,38 @@ async def test_decommission_dead_broker_restores_full_replication() -> None:
             await wait_until(fenced, 30, f"broker {victim} fenced")
             refused = await asyncio.to_thread(_cli, pc, "brokers", "unregister", str(victim))
             assert refused.returncode == 1 and "still hosts" in refused.stderr, refused
+            # the copies crawl under a throttle while the command is interrupted (Ctrl-C
+            # once the moves are in), then run again: it starts nothing new and reports
+            await admin.alter_dynamic_configs({THROTTLE_KEY: "5000"})  # ~20 s a partition
+            first = subprocess.Popen(
+                [sys.executable, "-m", "dmq.cli", "brokers", "decommission", str(victim),
+                 "--bootstrap", b], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True)
+            try:
+                async def moves_in() -> bool:
+                    return len([r for r in await admin.list_partition_reassignments()
+                                if r["removing"] == [victim]]) == len(hosted)
+
+                await wait_until(moves_in, 30, "the decommission's moves submitted")
+                first.send_signal(signal.SIGINT)
+                out1, err1 = await asyncio.to_thread(first.communicate, timeout=30)
+            finally:
+                if first.poll() is None:
+                    first.kill()
+                    first.wait()
+            assert first.returncode == 130, out1 + err1
+            assert "the moves already started go on" in err1 and "Traceback" not in err1, err1
+            again = await asyncio.to_thread(_cli, pc, "brokers", "decommission", str(victim),
+                                            "--wait-ms", "0")
+            assert again.returncode == 1, again.stdout + again.stderr
+            assert (f"broker {victim}: 0 partition replica(s) reassigned, {len(hosted)} "
+                    "already being moved off") in again.stdout, again.stdout
+            assert (f"still holds {len(hosted)} partition replica(s): {len(hosted)} being "
+                    "moved off") in again.stdout, again.stdout
+            await admin.alter_dynamic_configs({THROTTLE_KEY: None})
             out = await asyncio.to_thread(_cli, pc, "brokers", "decommission", str(victim))
             assert out.returncode == 0, out.stdout + out.stderr
             assert f"broker {victim} holds no partition replicas" in out.stdout
-            assert f"{len(hosted)} partition replica(s) reassigned" in out.stdout
 
             async def fully_replicated() -> bool:
                 t = (await admin.describe_topics(["dc"]))["dc"]

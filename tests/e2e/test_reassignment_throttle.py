@@ -1,5 +1,6 @@
-"""Reassignment throttle (`follower.replication.throttled.rate`, set by `dmq partitions
-reassign --throttle`) and reassignment progress (bytes left) against real processes.
+"""Reassignment throttles (`follower.replication.throttled.rate` and
+`leader.replication.throttled.rate`, set by `dmq partitions reassign --throttle`) and
+reassignment progress (bytes left) against real processes.
 
 The catch-up rate is measured from the new replica's log on disk (its segment files'
 size sampled over time) and compared with the throttle: that rate is the feature under
@@ -107,12 +108,15 @@ def _rate(samples: list[tuple[float, int]], total: int) -> float:
     return (b[1] - a[1]) / (b[0] - a[0])
 
 
-async def _sample_until(pc: ProcessCluster, broker: int, topic: str, p: int,
+async def _sample_until(pc: ProcessCluster, broker: int | list[int], topic: str, p: int,
                         total: int, timeout_s: float) -> list[tuple[float, int]]:
+    """(time, bytes) of the partition's log on `broker` (summed over a list of brokers)
+    until they reach `total`."""
+    brokers = broker if isinstance(broker, list) else [broker]
     samples: list[tuple[float, int]] = []
     deadline = time.monotonic() + timeout_s
     while True:
-        n = _log_bytes(pc, broker, topic, p)
+        n = sum(_log_bytes(pc, b, topic, p) for b in brokers)
         samples.append((time.monotonic(), n))
         if n >= total:
             return samples
@@ -122,6 +126,8 @@ async def _sample_until(pc: ProcessCluster, broker: int, topic: str, p: int,
 
 async def test_throttled_catch_up_runs_at_the_throttle_and_spares_in_sync_followers(
         tmp_path: Path) -> None:
+    """`--throttle` (leader and follower side on the brokers of the move), then no
+    throttle, then the same cluster with the leader side alone (`_leader_throttle_alone`)."""
     with ProcessCluster(controllers=1, brokers=3, settings=SETTINGS) as pc:
         pc.start()
         a, b, c = pc.broker_ids
@@ -184,11 +190,14 @@ async def test_throttled_catch_up_runs_at_the_throttle_and_spares_in_sync_follow
             free_rate = total1 / (samples[-1][0] - t0)
             print(f"unthrottled catch-up {free_rate / 1e6:.2f} MB/s (from the request on)")
             assert free_rate > 1.2 * THROTTLE, free_rate
+            await _leader_throttle_alone(pc, admin)
 
 
 async def test_progress_bytes_left_in_cli_api_and_http_then_cancel_removes_throttle(
         tmp_path: Path) -> None:
-    slow = 200_000  # bytes/s: 1 MB stays in progress for seconds
+    # bytes/s: 1 MB stays in progress for ~16 s, longer than the checks below take on
+    # a loaded machine before the cancel (each CLI run costs a Python start)
+    slow = 64_000
     with ProcessCluster(controllers=1, brokers=2, settings=SETTINGS, http=True) as pc:
         pc.start()
         a, b = pc.broker_ids
@@ -239,3 +248,33 @@ async def test_progress_bytes_left_in_cli_api_and_http_then_cancel_removes_throt
             assert await admin.describe_dynamic_configs(overrides_only=True) == {}
             with pytest.raises(DmqError, match="must be at least 1"):
                 await admin.alter_dynamic_configs({"follower.replication.throttled.rate": "0"})
+
+
+
+async def _leader_throttle_alone(pc: ProcessCluster, admin: Admin) -> None:
+    """The leader side alone (`leader.replication.throttled.rate` of the leader's broker,
+    a broker-entity value; no follower throttle anywhere): two new replicas catching up
+    from one leader get THROTTLE bytes/s between them, not each."""
+    a, b, c = pc.broker_ids
+    await admin.create_topic("lt", 1, 1)
+    await _placed(admin, [("lt", 0, [a])])
+    await _fill(pc, "lt", 0, 1536 * 1024)
+    total = _log_bytes(pc, a, "lt", 0)
+    key = f"leader.replication.throttled.rate:{a}"
+    await admin.alter_dynamic_configs({key: str(THROTTLE)})
+    assert await admin.describe_dynamic_configs(overrides_only=True) == {
+        key: str(THROTTLE)}
+    res = await admin.alter_partition_reassignments([("lt", 0, [a, b, c])])
+    assert res == {("lt", 0): None}
+    samples = await _sample_until(pc, [b, c], "lt", 0, 2 * total, 30)
+    rate = _rate(samples, 2 * total)
+    print(f"\nleader-throttled catch-up of two replicas {rate / 1e6:.3f} MB/s "
+          f"together (leader throttle {THROTTLE / 1e6} MB/s, 2 x {total} bytes)")
+    assert 0.8 * THROTTLE <= rate <= 1.2 * THROTTLE, (rate, samples)
+
+    async def settled() -> bool:
+        t = await admin.describe_topics(["lt"])
+        return (not await admin.list_partition_reassignments()
+                and sorted(t["lt"].partitions[0].isr) == [a, b, c])
+
+    await wait_until(settled, 30, "lt-0 on a, b and c, all in sync")

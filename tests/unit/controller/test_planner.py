@@ -10,6 +10,7 @@ import pytest
 
 from dmq.controller.placement import assign_replicas
 from dmq.metadata.image import FENCED, NO_LEADER, ONLINE, SHUTTING_DOWN
+from dmq.metadata.records import PartitionChange
 from dmq.protocol.errors import (
     BrokerIdNotRegisteredError,
     ErrorCode,
@@ -259,3 +260,35 @@ def test_new_brokers_start_fenced_and_online_after_unfence() -> None:
     h.commit(h.planner.unfence_broker(1))
     assert h.state.brokers[1].state == ONLINE
     assert h.planner.unfence_broker(1) == []
+
+
+def test_balancer_moves_leadership_back_only_past_the_imbalance_threshold(h: Harness) -> None:
+    """leader.imbalance.per.broker.percentage, as Kafka: a broker gets its preferred
+    leaderships back once more than that share of them is led elsewhere, and then all
+    of them; another broker under the threshold keeps its partitions as they are."""
+    h.create("t", 30, 2)
+    parts = h.state.topics["t"].partitions
+
+    def lead_elsewhere(broker: int, count: int) -> list[int]:
+        parts = h.state.topics["t"].partitions
+        moved = [p.partition for p in parts.values()
+                 if p.replicas[0] == broker and p.leader == broker][:count]
+        h.commit([PartitionChange("t", n, parts[n].partition_epoch, parts[n].replicas[1])
+                  for n in moved])
+        return moved
+
+    a, b = sorted({p.replicas[0] for p in parts.values()})[:2]
+    assert sum(p.replicas[0] == a for p in parts.values()) == 10
+    first = lead_elsewhere(a, 1)
+    lead_elsewhere(b, 1)
+    # 1 of 10 each: 10%, not over the default threshold
+    assert h.planner.preferred_leader_elections(imbalance_percentage=10) == []
+    second = lead_elsewhere(a, 1)
+    assert second != first
+    recs = h.planner.preferred_leader_elections(imbalance_percentage=10)
+    assert sorted((r.partition, r.leader) for r in recs) == sorted(
+        (n, a) for n in first + second)
+    h.commit(recs)
+    # no threshold: every partition back to its preferred leader
+    h.commit(h.planner.preferred_leader_elections(imbalance_percentage=0))
+    assert all(p.leader == p.replicas[0] for p in h.state.topics["t"].partitions.values())

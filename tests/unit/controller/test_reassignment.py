@@ -12,7 +12,12 @@ from click.testing import CliRunner
 from dmq.metadata.image import NO_LEADER
 from dmq.metadata.records import PartitionReassign, decode_batch, encode_batch
 from dmq.metadata.state import MetadataState
-from dmq.protocol.errors import DmqError, ErrorCode, PolicyViolationError
+from dmq.protocol.errors import (
+    BrokerIdNotRegisteredError,
+    DmqError,
+    ErrorCode,
+    PolicyViolationError,
+)
 from tests.unit.controller.helpers import Harness
 
 
@@ -280,17 +285,49 @@ def test_generated_plan_is_balanced_and_rack_aware() -> None:
     assert [len(r["replicas"]) for r in plan if r["topic"] == "audit"] == [2, 2]
 
 
-def test_decommission_plan_replaces_only_the_broker_by_the_least_loaded() -> None:
-    from dmq.cli.partitions import decommission_plan
+def _decommission(h: Harness, broker_id: int) -> tuple[list[tuple[str, int, list[int]]], int]:
+    """The moves the controller starts (committed) and the count already moving."""
+    recs, answer = h.planner.decommission_broker(broker_id)
+    assert all(code == 0 for _, _, code, _ in answer["partitions"]), answer
+    h.commit(recs)
+    return [(r.topic, r.partition, [x for x in r.replicas if x not in r.removing])
+            for r in recs if isinstance(r, PartitionReassign)], answer["moving"]
 
+
+def test_decommission_replaces_only_the_broker_by_the_least_loaded() -> None:
     h = Harness()
     for b in (101, 102, 103, 104, 105):
         h.add_broker(b)
     _place(h, "t", (101, 102, 103))
     _place(h, "u", (103, 104, 101))
     _place(h, "v", (102, 104, 105))
-    plan = decommission_plan(101, h.state.topics, [102, 103, 104, 105])
-    assert plan == [("t", 0, [105, 102, 103]), ("u", 0, [103, 104, 102])]
+    assert _decommission(h, 101) == ([("t", 0, [105, 102, 103]), ("u", 0, [103, 104, 102])],
+                                     0)
+    # asked again (a rerun of the command): nothing new, both already moving off
+    assert _decommission(h, 101) == ([], 2)
+    with pytest.raises(BrokerIdNotRegisteredError):
+        h.planner.decommission_broker(999)
+
+
+def test_decommission_keeps_racks_apart_and_says_what_cannot_move() -> None:
+    h = Harness()
+    for b, rack in ((101, "a"), (102, "b"), (103, "c"), (104, "b"), (105, "a")):
+        h.add_broker(b, rack)
+    _place(h, "t", (101, 102, 103))
+    _place(h, "w", (101, 102))
+    # t: 104 and 105 hold nothing, 104 would come first by id but shares rack b with
+    # 102: 105 (rack a). w: 104 again shares 102's rack; 103 and 105 then tie: 103
+    moves, moving = _decommission(h, 101)
+    assert moves == [("t", 0, [105, 102, 103]), ("w", 0, [103, 102])] and moving == 0
+    h2 = Harness()
+    for b in (101, 102):
+        h2.add_broker(b)
+    _place(h2, "t", (101, 102))
+    recs, answer = h2.planner.decommission_broker(101)
+    assert recs == [] and answer["moving"] == 0
+    [[topic, part, code, msg]] = answer["partitions"]
+    assert (topic, part, code) == ("t", 0, ErrorCode.INVALID_REPLICA_ASSIGNMENT)
+    assert "no online broker outside replicas [101, 102]" in msg
 
 
 def test_new_target_dropping_the_leader_being_added_moves_leadership(h: Harness) -> None:
@@ -316,10 +353,6 @@ def test_decommission_does_not_wait_when_a_move_is_refused(monkeypatch: Any) -> 
     described: list[int] = []
 
     class FakeAdmin:
-        async def describe_cluster(self) -> dict[str, Any]:
-            return {"brokers": [{"broker_id": b, "state": "ONLINE"}
-                                for b in (101, 102, 103, 104)]}
-
         async def describe_topics(self) -> dict[str, Any]:
             described.append(1)
             return topics
@@ -327,8 +360,9 @@ def test_decommission_does_not_wait_when_a_move_is_refused(monkeypatch: Any) -> 
         async def list_partition_reassignments(self) -> list[dict[str, Any]]:
             return []
 
-        async def alter_partition_reassignments(self, plan: Any) -> dict[Any, Any]:
-            return {("t", 0): None, ("t", 1): PolicyViolationError("broker 104 is full")}
+        async def decommission_broker(self, broker_id: int) -> tuple[dict[Any, Any], int]:
+            return {("t", 0): None,
+                    ("t", 1): PolicyViolationError("broker 104 is full")}, 0
 
     def run(bootstrap: Any, config_path: Any, timeout_ms: int, fn: Any) -> Any:
         import asyncio
@@ -336,29 +370,24 @@ def test_decommission_does_not_wait_when_a_move_is_refused(monkeypatch: Any) -> 
 
     monkeypatch.setattr(cli, "run_admin", run)
     out = CliRunner().invoke(cli.brokers, ["decommission", "101", "--wait-ms", "5000"])
-    # one look to plan, one to count what is left: no round of waiting for the broker
-    assert len(described) == 2, "waited for a move that was refused"
+    # one look to count what is left: no round of waiting for the broker
+    assert len(described) == 1, "waited for a move that was refused"
     assert out.exit_code == 1, out.output
     assert "t-1: error: " in out.output and "broker 104 is full" in out.output
     assert "broker 101 still holds 2 partition replica(s)" in out.output
 
 
-def test_decommission_plan_during_a_reassignment_keeps_its_replication_factor(
+def test_decommission_during_a_reassignment_keeps_its_replication_factor(
         h: Harness) -> None:
     """A partition moving (replicas = target + old) gets the target in progress with the
     broker replaced, not the whole listed set; one already dropping the broker is left."""
-    from dmq.cli.partitions import decommission_plan
-
     h.add_broker(107)
     _place(h, "t", (101, 102, 103))
     h.commit(h.planner.reassign_partitions([["t", 0, [104, 105, 106]]])[0])
     p = h.state.topics["t"].partitions[0]
     assert p.replicas == (104, 105, 106, 101, 102, 103)
-    removing = {("t", 0): list(p.removing)}
-    online = [101, 102, 103, 104, 105, 106, 107]
-    assert decommission_plan(105, h.state.topics, online, removing) == [
-        ("t", 0, [104, 107, 106])]
-    assert decommission_plan(102, h.state.topics, online, removing) == []
+    assert _decommission(h, 102) == ([], 1)
+    assert _decommission(h, 105) == ([("t", 0, [104, 107, 106])], 0)
 
 
 def test_generate_during_a_reassignment_keeps_the_replication_factor(monkeypatch: Any) -> None:
@@ -431,4 +460,30 @@ def test_dynamic_configs_validated_all_or_nothing(h: Harness) -> None:
     recs, res = h.planner.alter_dynamic_configs({key: "5"}, validate_only=True)
     assert recs == [] and res["error"] == 0
     h.commit(h.planner.alter_dynamic_configs({key: None})[0])
+    assert h.state.dynamic_configs == {}
+
+
+def test_per_broker_throttle_overrides_the_cluster_wide_value(h: Harness) -> None:
+    """Kafka's broker-entity configs: `KEY:ID` is KEY for broker ID alone, over the
+    cluster-wide KEY, in the same DYNAMIC_CONFIG records; a bad id is refused by name."""
+    lead, follow = "leader.replication.throttled.rate", "follower.replication.throttled.rate"
+    recs, res = h.planner.alter_dynamic_configs({f"{lead}:101": "500", follow: "1000",
+                                                 f"{follow}:102": "2000"})
+    assert res == {"error": 0, "msg": None}
+    h.commit(recs)
+    image = h.state.image()
+    assert image.broker_config(lead, 101) == "500"
+    assert image.broker_config(lead, 102) is None  # neither set: the static setting
+    assert image.broker_config(follow, 101) == "1000"  # the cluster-wide value
+    assert image.broker_config(follow, 102) == "2000"  # its own
+    for bad, why in (({f"{lead}:x": "1"}, "broker id after ':'"),
+                     ({f"{lead}:-1": "1"}, "broker id after ':'"),
+                     ({f"{lead}:0101": "1"}, "without leading zeros"),
+                     ({f"{lead}:2147483648": "1"}, "from 0 to 2147483647"),
+                     ({f"{lead}:101": "0"}, "must be at least 1"),
+                     ({"log.retention.ms:101": "1"}, "unknown dynamic broker config")):
+        recs, res = h.planner.alter_dynamic_configs(bad)
+        assert recs == [] and res["error"] == ErrorCode.INVALID_CONFIG and why in res["msg"], res
+    h.commit(h.planner.alter_dynamic_configs({f"{lead}:101": None, follow: None,
+                                              f"{follow}:102": None})[0])
     assert h.state.dynamic_configs == {}
