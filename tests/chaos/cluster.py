@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -104,7 +105,11 @@ class ChaosCluster:
         self.cafile: Path | None = None
         more: dict[str, Any] = {}
         if secure:
-            sec = secure_setup(root / "security", list(gids), "127.0.0.1")
+            try:
+                sec = secure_setup(root / "security", list(gids), "127.0.0.1")
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
             self.admin, self.cafile, more = sec.client, sec.cafile, sec.settings
         self.procs = ProcessCluster(controllers=controllers, brokers=brokers,
                                     settings={**CHAOS_SETTINGS, **more, **(settings or {})},
