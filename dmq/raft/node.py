@@ -49,11 +49,12 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
     DmqError,
+    ErrorCode,
     InvalidRequestError,
     NodeShuttingDownError,
     RequestTimedOutError,
 )
-from dmq.protocol.server import ProtocolServer, RequestContext
+from dmq.protocol.server import LogLimiter, ProtocolServer, RequestContext
 from dmq.raft.core import (
     EntryTooLargeError,
     NotLeaderError,
@@ -82,6 +83,7 @@ from dmq.raft.storage import RaftStorage
 from dmq.types import NodeId, RaftIndex
 
 log = logging.getLogger("dmq.raft.node")
+_REFUSED = LogLimiter(log)  # peers refusing this node (TLS, identity): one line per 10 s
 
 FRAME_OVERHEAD_BYTES = 64 * 1024
 """Room left in a frame for the request header and an append's fields around its entries
@@ -191,8 +193,16 @@ class _PeerSender:
                         node_id=self.node.config.node_id)
                 except DmqError as exc:
                     # The peer is down: drop what we hold, Raft will resend what matters.
-                    log.debug("node=%s cannot reach peer %s: %s", self.node.config.node_id,
-                              self.peer, exc)
+                    # A peer that refuses us (a certificate from another CA, an identity
+                    # the certificate does not prove) is a setup error: say it, limited.
+                    me = self.node.config.node_id
+                    if ("TLS handshake" in str(exc)
+                            or exc.code is ErrorCode.CLUSTER_AUTHORIZATION_FAILED):
+                        _REFUSED.warning(f"{me}->{self.peer}", "node=%s cannot reach raft "
+                                         "peer %s: refused: %s", me, self.peer, exc)
+                    else:
+                        log.debug("node=%s cannot reach peer %s: %s",
+                                  self.node.config.node_id, self.peer, exc)
                     self.dropped += len(self.outbox)
                     self.outbox.clear()
                     await asyncio.sleep(backoff_ms / 1000)

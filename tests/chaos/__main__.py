@@ -1,4 +1,5 @@
-"""The long chaos run by hand: `python -m tests.chaos --duration 600 --seed 7`.
+"""The long chaos run by hand: `python -m tests.chaos --duration 600 --seed 7`
+(`--secure`: TLS, SASL SCRAM and ACLs on; `--kafka`: the confluent-kafka workload too).
 
 Needs root (iptables owner rules cut links between nodes). Prints the summary (and, on
 failure, the seed and a timeline); exits 1 when the checker found anomalies.
@@ -20,6 +21,11 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=600, help="seconds of faults")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rate", type=float, default=150, help="records per second (total)")
+    ap.add_argument("--secure", action="store_true",
+                    help="TLS on every listener and link, SASL SCRAM, the ACL authorizer; "
+                    "the workloads run as a non-superuser with only the ACLs they need")
+    ap.add_argument("--kafka", action="store_true",
+                    help="run the confluent-kafka workload too (through the Kafka listeners)")
     ap.add_argument("--timeline", action="store_true", help="print the timeline even when clean")
     args = ap.parse_args()
     ok, why = available()
@@ -27,7 +33,8 @@ def main() -> int:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
-    result = asyncio.run(run_chaos(args.seed, args.duration, rate_per_s=args.rate))
+    result = asyncio.run(run_chaos(args.seed, args.duration, rate_per_s=args.rate,
+                                   kafka_workload=args.kafka, secure=args.secure))
     print(result.report(timeline_on_success=args.timeline))
     return 0 if result.ok else 1
 

@@ -8,23 +8,38 @@ copy of its folder.
 The test process keeps its own group id, so it is never cut off: it can always reach
 every node (a paused node still times out, of course). Every look is one request with
 a short timeout; nothing here waits without a bound.
+
+`secure=True` runs the cluster as `dmq dev --secure` does (`secure_setup`: a throwaway
+CA and node certificates, TLS on every listener and link, client certificates
+requested so that nodes prove themselves by certificate, SASL SCRAM on dmq's protocol
+and the Kafka listener, the authorizer on with the superuser `admin`). The looks from
+outside run as `admin`; `add_workload_user` creates the non-superuser the workloads
+run as, with exactly the ACLs they need.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from dmq.cli.dev import SECURE_MECHANISM, secure_setup
+from dmq.client.admin import Admin
 from dmq.log.batch import iter_headers, iter_records
 from dmq.protocol.api import ApiKey
 from dmq.protocol.connection import request_once
-from dmq.protocol.errors import DmqError
+from dmq.protocol.errors import DmqError, ErrorCode
+from dmq.security.client_config import ClientSecurity
 from tests.chaos.network import LinkFaults
 from tests.support.broker_wire import replica_bytes
 from tests.support.procs import ProcessCluster
+from tests.support.waiting import async_wait_until
 
 TopicPartition = tuple[str, int]
 LOOK_TIMEOUT_MS = 1500
@@ -43,6 +58,17 @@ SESSION_TIMEOUT_S = 4.0  # the longest session timeout above (pauses last longer
 # group ids of one run's nodes: distinct per test process, so rules of two runs going on
 # at once never match each other's nodes even if a port is reused
 GID_BASE = 42000 + (os.getpid() % 1000) * 1000
+WORKLOAD_USER = "chaos"  # the principal the workloads run as on a secure cluster
+
+
+@dataclass
+class WorkloadSecurity:
+    """How the workloads of a secure cluster connect: Kafka client properties
+    (SASL_SSL, SCRAM-SHA-256 as `WORKLOAD_USER`, the cluster's CA) for confluent-kafka,
+    and the same as a `ClientSecurity` for dmq's client (`security=`)."""
+
+    properties: dict[str, str]
+    client: ClientSecurity
 
 
 @dataclass
@@ -71,15 +97,30 @@ class ChaosCluster:
     """Use as a context manager: processes killed, folder removed, iptables chain gone."""
 
     def __init__(self, settings: dict[str, Any] | None = None, brokers: int = 3,
-                 controllers: int = 3, link_faults: bool = True) -> None:
+                 controllers: int = 3, link_faults: bool = True, secure: bool = False) -> None:
         gids = {i + 1: GID_BASE + i + 1 for i in range(controllers)}
         gids.update({101 + i: GID_BASE + 101 + i for i in range(brokers)})
+        root = Path(tempfile.mkdtemp(prefix="dmq-chaos-"))
+        self.admin: ClientSecurity | None = None  # the superuser's (secure) or None
+        self.cafile: Path | None = None
+        more: dict[str, Any] = {}
+        if secure:
+            try:
+                sec = secure_setup(root / "security", list(gids), "127.0.0.1")
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+            self.admin, self.cafile, more = sec.client, sec.cafile, sec.settings
         self.procs = ProcessCluster(controllers=controllers, brokers=brokers,
-                                    settings={**CHAOS_SETTINGS, **(settings or {})},
-                                    node_gids=gids if link_faults else None)
+                                    settings={**CHAOS_SETTINGS, **more, **(settings or {})},
+                                    node_gids=gids if link_faults else None, root=root)
         self.gids = gids
         self.link_faults = link_faults
         self.links: LinkFaults | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self.admin is not None
 
     # ---- lifecycle -----------------------------------------------------------------
     def __enter__(self) -> ChaosCluster:
@@ -118,8 +159,54 @@ class ChaosCluster:
     # ---- looking -------------------------------------------------------------------
     async def ask(self, node_id: int, api: ApiKey, body: Any,
                   timeout_ms: int = LOOK_TIMEOUT_MS) -> Any:
+        admin = self.admin
         return await request_once("127.0.0.1", self.port(node_id), api, body,
-                                  timeout_ms=timeout_ms, client_id="chaos")
+                                  timeout_ms=timeout_ms, client_id="chaos",
+                                  ssl=admin and admin.ssl, sasl=admin and admin.sasl)
+
+    # ---- the workloads' principal (secure) -----------------------------------------
+    async def add_workload_user(self, grants: list[tuple[str, str]],
+                                timeout_s: float = 30.0) -> WorkloadSecurity:
+        """Create `WORKLOAD_USER` (SCRAM, through the controller as `admin`) with the
+        ACLs of a producer and a consumer on each (topic, group) of `grants` and nothing
+        else; return once every broker lets it see every topic."""
+        assert self.admin is not None and self.cafile is not None, "not a secure cluster"
+        password = secrets.token_urlsafe(18)
+        async with Admin(self.bootstrap, security=self.admin) as admin:
+            await admin.set_user_password(WORKLOAD_USER, password)
+            for topic, group in grants:
+                await admin.grant_role("producer", f"User:{WORKLOAD_USER}", topic)
+                await admin.grant_role("consumer", f"User:{WORKLOAD_USER}", topic, group)
+        props = {"security.protocol": "SASL_SSL", "sasl.mechanism": SECURE_MECHANISM,
+                 "sasl.username": WORKLOAD_USER, "sasl.password": password,
+                 "ssl.ca.location": str(self.cafile)}
+        ws = WorkloadSecurity(props, ClientSecurity.from_properties(props))
+        topics = sorted({t for t, _ in grants})
+
+        async def every_broker_knows() -> bool:
+            for b in self.broker_ids:
+                try:
+                    md = await request_once("127.0.0.1", self.port(b), ApiKey.METADATA,
+                                            {"topics": None}, timeout_ms=LOOK_TIMEOUT_MS,
+                                            ssl=ws.client.ssl, sasl=ws.client.sasl)
+                except (DmqError, OSError):
+                    return False
+                if sorted(t["name"] for t in md["topics"]) != topics:
+                    return False
+            return True
+
+        await async_wait_until(every_broker_knows, timeout_s,
+                               f"every broker knows {WORKLOAD_USER} and its ACLs")
+        # and it is no superuser: the authorizer is on its path
+        leader = await self.controller_leader()
+        resp = await request_once("127.0.0.1", self.port(leader or self.controller_ids[0]),
+                                  ApiKey.CREATE_TOPICS, {"topics": [
+                                      {"name": "chaos-not-granted", "partitions": 1,
+                                       "replication_factor": 1, "configs": {}}]},
+                                  timeout_ms=10_000, ssl=ws.client.ssl, sasl=ws.client.sasl)
+        if resp["topics"][0]["error"] != ErrorCode.TOPIC_AUTHORIZATION_FAILED:
+            raise AssertionError(f"{WORKLOAD_USER} was not refused a topic create: {resp}")
+        return ws
 
     async def _maybe(self, node_id: int, api: ApiKey, body: Any) -> Any:
         try:

@@ -14,7 +14,8 @@ offsets an acknowledged commit reports go to `commits` under `<group>/<member>`.
 poller thread asks the group's committed offsets (OffsetFetch through a listener, by a
 consumer of the group that never joins it) and appends what changed under `<group>`.
 librdkafka learns a restarted broker's new Kafka port from metadata; the bootstrap
-list is every broker's port at start.
+list is every broker's port at start. `properties`: more client properties for every
+client (a secure cluster's SASL_SSL login as the workload principal).
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ def _ck() -> Any:
 class KafkaWorkload:
     def __init__(self, bootstrap: str, topic: str, partitions: int,
                  note: Callable[[str], None], rng: random.Random, producers: int = 2,
-                 consumers: int = 2, rate_per_s: float = 100.0, group: str = GROUP) -> None:
+                 consumers: int = 2, rate_per_s: float = 100.0, group: str = GROUP,
+                 properties: dict[str, str] | None = None) -> None:
         self.bootstrap = bootstrap
+        self.properties = dict(properties or {})
         self.topic = topic
         self.partitions = partitions
         self.note = note
@@ -70,7 +73,7 @@ class KafkaWorkload:
     def _common(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap, "logger": log,
                 "socket.timeout.ms": 10_000, "topic.metadata.refresh.interval.ms": 5000,
-                "reconnect.backoff.max.ms": 1000}
+                "reconnect.backoff.max.ms": 1000, **self.properties}
 
     # ---- lifecycle -----------------------------------------------------------------
     def start(self) -> None:

@@ -6,6 +6,9 @@ the anomalies, the faults and a timeline; `result.report()` is the text to print
 the seed and the timeline when there are anomalies). All randomness comes from one
 `random.Random(seed)`; the cluster's own timing is of course not reproducible, so a seed
 fixes the schedule (which faults, on which nodes, how long), not the interleaving.
+`secure=True` runs it on a secure cluster (`ChaosCluster(secure=True)`): TLS, SCRAM and
+the authorizer on the path of every request, the workloads as a principal with only
+the ACLs they need.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError
 from tests.chaos.checker import FinalState, History, check, needless_failures, summary
 from tests.chaos.cluster import ChaosCluster, ClusterView, TopicPartition
+from tests.chaos.kafka_workload import GROUP as KAFKA_GROUP
 from tests.chaos.kafka_workload import KafkaWorkload
 from tests.chaos.nemesis import KINDS, Nemesis
-from tests.chaos.workload import Workload, parse_record
+from tests.chaos.workload import GROUP, Workload, parse_record
 from tests.kafka.support import kafka_ports
 
 TOPIC = "chaos"
@@ -158,11 +162,12 @@ async def run_chaos(seed: int, duration_s: float, *, kinds: list[str] | None = N
                     rate_per_s: float = 150.0, settings: dict[str, Any] | None = None,
                     min_faults: int | None = None, deliver_timeout_s: float = 60.0,
                     brokers: int = 4, dmq_workload: bool = True,
-                    kafka_workload: bool = False) -> ChaosResult:
+                    kafka_workload: bool = False, secure: bool = False) -> ChaosResult:
     """`kinds`: inject exactly these fault kinds, in this order (else the nemesis' seeded
     schedule for `duration_s`, at least `min_faults`, every kind once first).
     `dmq_workload` / `kafka_workload`: which workloads run (each on its own topic, both
-    recorded into the one history: record names tell them apart)."""
+    recorded into the one history: record names tell them apart).
+    `secure`: TLS, SASL SCRAM and ACLs on (see `ChaosCluster`)."""
     assert dmq_workload or kafka_workload, "no workload"
     rng = random.Random(seed)
     tl = Timeline()
@@ -174,8 +179,8 @@ async def run_chaos(seed: int, duration_s: float, *, kinds: list[str] | None = N
         topics.append(KAFKA_TOPIC)
         settings = {"kafka.port": 0, **(settings or {})}
     # a fourth broker: a reassignment of an RF 3 partition has somewhere to move to
-    with ChaosCluster(settings, brokers=brokers) as cluster:
-        tl.note(f"cluster up: {cluster.bootstrap}")
+    with ChaosCluster(settings, brokers=brokers, secure=secure) as cluster:
+        tl.note(f"cluster up: {cluster.bootstrap}{' (secure)' if secure else ''}")
         _, probs = await cluster.wait_healthy(None, PARTITIONS, RF, 60)
         if probs:
             raise AssertionError(f"cluster never became healthy: {probs}")
@@ -185,14 +190,22 @@ async def run_chaos(seed: int, duration_s: float, *, kinds: list[str] | None = N
             if probs:
                 raise AssertionError(f"topic {topic} never became healthy: {probs}")
         tl.note("topics ready")
+        access = None
+        if secure:
+            groups = {TOPIC: GROUP, KAFKA_TOPIC: KAFKA_GROUP}
+            access = await cluster.add_workload_user([(t, groups[t]) for t in topics])
+            tl.note(f"workload principal User:{access.properties['sasl.username']} "
+                    f"with its ACLs on every broker")
         nemesis = Nemesis(cluster, rng, tl.note, topics[0], PARTITIONS, RF)
         workload = (Workload(cluster, TOPIC, PARTITIONS, history, tl.note, rng,
-                             rate_per_s=rate_per_s) if dmq_workload else None)
+                             rate_per_s=rate_per_s, security=access and access.client)
+                    if dmq_workload else None)
         kafka: KafkaWorkload | None = None
         if kafka_workload:
             ports = await asyncio.to_thread(kafka_ports, cluster.procs)
             kafka = KafkaWorkload(",".join(f"127.0.0.1:{p}" for p in ports.values()),
-                                  KAFKA_TOPIC, PARTITIONS, tl.note, rng)
+                                  KAFKA_TOPIC, PARTITIONS, tl.note, rng,
+                                  properties=access and access.properties)
             tl.note(f"Kafka listeners: {ports}")
         try:
             if workload is not None:

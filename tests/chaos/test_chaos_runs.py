@@ -1,7 +1,9 @@
-"""The bounded chaos run of CI: for a fixed seed, a real 3+3 cluster under the workload
+"""The bounded chaos run of CI: for a fixed seed, a real 3+4 cluster under the workload
 while the nemesis injects every fault kind once (in a seeded order, on seeded nodes),
-then heal, settle, read back, check. CI runs seed 1 (about a minute); more seeds run
-with `pytest -m soak tests/chaos`, and the long run is `python -m tests.chaos`. The
+then heal, settle, read back, check. CI runs seed 1 with security on (TLS on every
+listener and link, SASL SCRAM, the ACL authorizer; the workloads as a principal with
+only the ACLs they need: about a minute); `pytest -m soak tests/chaos` adds seeds 1-4
+in plaintext and seeds 2-4 secured, and the long run is `python -m tests.chaos`. The
 Kafka-client run does the same through the brokers' Kafka listeners with confluent-kafka
 (`kafka_workload.py`) under a fixed list of faults."""
 
@@ -26,15 +28,24 @@ def _have_confluent() -> bool:
     return True
 
 
-@pytest.mark.parametrize("seed", [1, *(pytest.param(s, marks=pytest.mark.soak)
-                                       for s in (2, 3, 4))])
-async def test_every_fault_kind_nothing_acknowledged_lost(seed: int) -> None:
+# CI: seed 1 secured (one run: CI time); by hand (-m soak): plaintext 1-4, secured 2-4
+RUNS = [pytest.param(1, True, id="1-secure"),
+        *(pytest.param(s, False, id=f"{s}-plaintext", marks=pytest.mark.soak)
+          for s in (1, 2, 3, 4)),
+        *(pytest.param(s, True, id=f"{s}-secure", marks=pytest.mark.soak) for s in (2, 3, 4))]
+
+
+@pytest.mark.parametrize(("seed", "secure"), RUNS)
+async def test_every_fault_kind_nothing_acknowledged_lost(seed: int, secure: bool) -> None:
     """Both workloads at once on one cluster (dmq's client, and confluent-kafka through
     the Kafka listeners when it is installed), each on its own topic, under every fault
-    kind; the checker looks at both histories (one run instead of two: CI time)."""
+    kind; the checker looks at both histories (one run instead of two: CI time).
+    `secure`: every client and node connection is TLS and authenticated (SCRAM, node
+    certificates), every request authorized; the workloads run as `chaos`, which may
+    only produce to and consume its two topics with its two groups."""
     kafka = _have_confluent()
     result = await run_chaos(seed, duration_s=0, min_faults=len(KINDS),
-                             kafka_workload=kafka)
+                             kafka_workload=kafka, secure=secure)
     print("\n" + result.report())
     assert result.fault_counts().keys() == set(KINDS), result.faults
     topics = {tp[0] for tp, _ in result.history.acked.values()}

@@ -16,6 +16,9 @@ member owns, and every acknowledged commit is appended to `commits` under
 order they took effect). A poller reads the group's committed offsets from the active
 controller and appends what it sees under `<group>`: across consumers and controller
 failovers, what the controller shows must never go back.
+
+`security` (a `ClientSecurity`) is what every producer and consumer connects with (a
+secure cluster's workload principal); the poller looks as the cluster's observer.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dmq.client.errors import IllegalStateError
 from dmq.client.producer import Producer
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError
+from dmq.security.client_config import ClientSecurity
 from tests.chaos.checker import History, RecordId
 from tests.chaos.cluster import ChaosCluster
 
@@ -55,8 +59,9 @@ class Workload:
     def __init__(self, cluster: ChaosCluster, topic: str, partitions: int, history: History,
                  note: Callable[[str], None], rng: random.Random, producers: int = 3,
                  consumers: int = 3, rate_per_s: float = 150.0,
-                 group: str = GROUP) -> None:
+                 group: str = GROUP, security: ClientSecurity | None = None) -> None:
         self.cluster = cluster
+        self.security = security
         self.topic = topic
         self.partitions = partitions
         self.history = history
@@ -142,7 +147,7 @@ class Workload:
                             linger_ms=5, request_timeout_ms=5000,
                             delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
                             max_block_ms=MAX_BLOCK_MS, retry_backoff_max_ms=500,
-                            metadata_max_age_ms=5000,
+                            metadata_max_age_ms=5000, security=self.security,
                             rng=random.Random(self.rng.random()))
         for attempt in range(100):
             try:
@@ -212,6 +217,7 @@ class Workload:
                                 enable_auto_commit=False, session_timeout_ms=6000,
                                 heartbeat_interval_ms=500, request_timeout_ms=5000,
                                 fetch_max_wait_ms=300, metadata_max_age_ms=5000,
+                                security=self.security,
                                 rng=random.Random(self.rng.random()))
             self.consumers[name] = consumer
             try:

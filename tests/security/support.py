@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from dmq.client import Consumer, Producer, TopicPartition
+from dmq.security.certs import CA
 
 
 async def produce_then_consume(bootstrap: str, topic: str, values: list[bytes]) -> list[bytes]:
@@ -21,3 +25,12 @@ async def produce_then_consume(bootstrap: str, topic: str, values: list[bytes]) 
             assert batch, f"stalled after {len(got)} records"
             got += [r.value for r in batch[tp]]
     return got
+
+
+def foreign_certificate(certs: Path, cn: str, other: CA) -> None:
+    """Put a certificate for `cn` issued by `other` (another CA) in place of `cn`'s own
+    in `certs` (`<cn>.pem` and `<cn>.key`, as `CA.issue` names them): the node keeps
+    its name and its trust in the cluster's CA, but no node of the cluster trusts it."""
+    cert, key = other.issue(cn)
+    shutil.copyfile(cert, certs / f"{cn}.pem")
+    shutil.copyfile(key, certs / f"{cn}.key")
