@@ -384,7 +384,9 @@ def test_proposal_larger_than_a_follower_accepts_fails_at_once(tmp_path: Path) -
     from dmq.raft.node import FRAME_OVERHEAD_BYTES
 
     async def main() -> None:
-        async with Harness(tmp_path) as h:
+        # a one-second election timeout (not 100 ms): writing and sending the 2 MiB
+        # entry on a loaded machine must not pass for the silence of a dead leader
+        async with Harness(tmp_path, election_ticks=100, heartbeat_ticks=10) as h:
             leader = await h.leader()
             limit = leader.config.max_frame_bytes - FRAME_OVERHEAD_BYTES
             term = leader.status()["term"]
