@@ -292,9 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {os.cpu_count()} CPUs; load average at the start "
           f"{' '.join(f'{x:.2f}' for x in load0)}, at the end "
           f"{' '.join(f'{x:.2f}' for x in load1)}; {time.monotonic() - started:.0f} s")
-    print(f"# 1 combined node per mode, RF=1, 1 partition, acks=1; 100 B x "
-          f"{args.plan.records_100b:,} and 100 KiB x {args.plan.records_100k:,} records per "
-          f"run; median of {args.plan.runs} run(s)")
+    plan = args.plan
+    sizes = [f"{size} x {n:,}" for size, n in (("100 B", plan.records_100b),
+                                                  ("100 KiB", plan.records_100k))
+             if any(c.endswith(size.replace(" ", "")) for c in plan.cases)]
+    print(f"# 1 combined node per mode, RF=1, 1 partition, acks=1; {' and '.join(sizes)} "
+          f"records per run; median of {plan.runs} run(s)")
     for line in table(res):
         print(line)
     lines = target_lines(res)
