@@ -1,8 +1,9 @@
 """TLS connections of dmq's protocol read as buffered protocols: the TLS layer decrypts
 into one reused buffer (the listener's, shared by its connections; one per client
-connection) instead of a bytes object per TLS record. Frames of every size, split
-over reads and TLS records, arrive intact on two connections at once, and one
-connection's bytes never show up in another's."""
+connection) instead of a bytes object per TLS record; and they write a large frame in
+pieces of at most 256 KiB (`tls_pieces`). Frames of every size, split over reads and
+TLS records, arrive intact on two connections at once, and one connection's bytes
+never show up in another's."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from typing import Any
 
 import pytest
 import uvloop
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dmq.protocol import connection as connection_module
 from dmq.protocol import server as server_module
 from dmq.protocol.api import ApiKey
+from dmq.protocol.codec import tls_pieces
 from dmq.protocol.connection import Connection
 from dmq.protocol.server import ProtocolServer, RequestContext
 from dmq.security.certs import CA
@@ -89,3 +93,23 @@ async def test_a_plaintext_listener_keeps_the_plain_protocol() -> None:
     finally:
         await conn.close()
         await server.close()
+
+
+@given(st.lists(st.integers(0, 3000), max_size=12), st.integers(1, 700),
+       st.booleans())
+def test_tls_pieces_regroup_without_copying(sizes: list[int], piece: int,
+                                            views: bool) -> None:
+    parts: list[bytes | memoryview] = []
+    for i, n in enumerate(sizes):
+        b = bytes([i % 256]) * n
+        parts.append(memoryview(b) if views else b)
+    groups = tls_pieces(parts, piece)
+    flat = [p for g in groups for p in g]
+    assert b"".join(flat) == b"".join(parts)
+    totals = [sum(memoryview(p).nbytes for p in g) for g in groups]
+    assert all(t == piece for t in totals[:-1]) and (not totals or 0 <= totals[-1] <= piece)
+    # a buffer that had to be cut is passed on as views of itself
+    originals = {id(p.obj if isinstance(p, memoryview) else p) for p in parts}
+    for p in flat:
+        if isinstance(p, memoryview):
+            assert id(p.obj) in originals
