@@ -40,13 +40,9 @@ class FrameDecoder:
     a frame split over chunks is gathered in a small buffer, except a large one
     (>= `large_frame_bytes`), whose chunks are kept as they are and joined once when
     it is complete, so a multi-MiB fetch response is copied once, not once per chunk.
-    A buffered protocol can have the rest of a large frame read in place instead:
-    `frame_view()` is where, `frame_filled(n)` says that `n` bytes went there; such a
-    frame comes out as the bytearray it was read into, not copied again.
     """
 
-    __slots__ = ("_buf", "_frame", "_have", "_need", "_parts", "large_frame_bytes",
-                 "max_frame_bytes")
+    __slots__ = ("_buf", "_have", "_need", "_parts", "large_frame_bytes", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  large_frame_bytes: int = 64 * 1024) -> None:
@@ -56,8 +52,7 @@ class FrameDecoder:
         self.large_frame_bytes = large_frame_bytes
         self._buf = bytearray()  # a partial header or a partial small frame (with header)
         self._parts: list[bytes | memoryview] | None = None  # a large frame's body so far
-        self._frame: bytearray | None = None  # ... or all of it, read in place (_parts [])
-        self._have = 0  # bytes in _parts (or _frame)
+        self._have = 0  # bytes in _parts
         self._need = 0  # body length of the large frame in _parts
 
     @property
@@ -70,35 +65,6 @@ class FrameDecoder:
         that budgets memory reserves this once the frame starts; smaller partial frames
         stay under `large_frame_bytes`."""
         return self._need if self._parts is not None else 0
-
-    def frame_view(self) -> memoryview | None:
-        """Where the rest of the large frame in progress can be read in place (for a
-        buffered protocol's `get_buffer`), or None: no large frame in progress. The
-        first call moves what was gathered so far into a buffer of the frame's size."""
-        if self._parts is None:
-            return None
-        frame = self._frame
-        if frame is None:
-            frame = self._frame = bytearray(self._need)
-            pos = 0
-            for part in self._parts:
-                n = len(part)
-                frame[pos:pos + n] = part
-                pos += n
-            self._parts = []
-        return memoryview(frame)[self._have:]
-
-    def frame_filled(self, nbytes: int) -> list[bytes]:
-        """`nbytes` were read into the last `frame_view()`: the frame once complete
-        (the bytearray it was read into)."""
-        frame = self._frame
-        assert frame is not None and self._have + nbytes <= self._need
-        self._have += nbytes
-        if self._have < self._need:
-            return []
-        self._frame = self._parts = None
-        self._have = self._need = 0
-        return [frame]  # type: ignore[list-item]  # bytearray: read as bytes are
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         frames: list[bytes] = []
@@ -157,17 +123,6 @@ class FrameDecoder:
         assert parts is not None
         missing = self._need - self._have
         size = len(data)
-        frame = self._frame
-        if frame is not None:  # partly read in place: the chunk goes after that
-            take = min(size, missing)
-            frame[self._have:self._have + take] = memoryview(data)[:take]
-            self._have += take
-            if take < missing:
-                return None
-            frames.append(frame)  # type: ignore[arg-type]  # bytearray: read as bytes are
-            self._frame = self._parts = None
-            self._have = self._need = 0
-            return memoryview(data)[take:] if size > take else None
         if size < missing:
             parts.append(data if isinstance(data, bytes) else bytes(data))
             self._have += size
@@ -182,7 +137,6 @@ class FrameDecoder:
     def _reset(self) -> None:
         self._buf = bytearray()
         self._parts = None
-        self._frame = None
         self._have = self._need = 0
 
 

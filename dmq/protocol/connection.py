@@ -96,27 +96,18 @@ class _TlsClientProtocol(_ClientProtocolBase, asyncio.BufferedProtocol):
     layer (uvloop's and asyncio's SSL transports) decrypt straight into one buffer of
     its own with `SSLObject.read(n, buffer)`; a plain protocol gets a new bytes object
     of 256 KiB allocated per 16 KiB TLS record (`SSLObject.read(256 KiB)`), and those
-    joined, per socket read. The decoder copies out what it keeps; the rest of a large
-    frame is decrypted in place, into the frame's own buffer (`FrameDecoder.frame_view`)."""
+    joined, per socket read. The decoder copies out what it keeps."""
 
     def __init__(self, conn: Connection) -> None:
         super().__init__(conn)
         self._buf: memoryview | None = None
-        self._in_frame = False
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        view = self.conn._decoder.frame_view()
-        self._in_frame = view is not None
-        if view is not None:
-            return view
         if self._buf is None:
             self._buf = memoryview(bytearray(TLS_READ_BUFFER_BYTES))
         return self._buf
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._in_frame:
-            self.conn._on_frame_filled(nbytes)
-            return
         assert self._buf is not None
         self.conn._on_data(self._buf[:nbytes])
 
@@ -299,41 +290,29 @@ class Connection:
         # `data` may be a view of a buffer that is reused: keep nothing of it but copies
         self._answered = True
         try:
-            self._on_frames(self._decoder.feed(data))
+            frames = self._decoder.feed(data)
+            for payload in frames:
+                cid, code, body = decode_response(payload)
+                entry = self._pending.pop(cid, None)
+                if entry is None:
+                    continue  # timed out earlier, or a stray; nothing waits for it
+                fut = entry[0]
+                if fut.done():
+                    continue
+                if code == 0:
+                    fut.set_result(body)
+                else:
+                    msg = body.get("msg") if isinstance(body, dict) else None
+                    data_field = body.get("data") if isinstance(body, dict) else None
+                    fut.set_exception(error_for(code, msg, leader=_leader_hint(body),
+                                                data=data_field))
+            if frames and len(self._pending) < self._max_in_flight:
+                self._room.set()
         except ProtocolViolation as exc:
-            self._violated(exc)
-
-    def _on_frame_filled(self, nbytes: int) -> None:
-        """`nbytes` of a large frame were read in place (`_TlsClientProtocol`)."""
-        try:
-            self._on_frames(self._decoder.frame_filled(nbytes))
-        except ProtocolViolation as exc:
-            self._violated(exc)
-
-    def _on_frames(self, frames: list[bytes]) -> None:
-        for payload in frames:
-            cid, code, body = decode_response(payload)
-            entry = self._pending.pop(cid, None)
-            if entry is None:
-                continue  # timed out earlier, or a stray; nothing waits for it
-            fut = entry[0]
-            if fut.done():
-                continue
-            if code == 0:
-                fut.set_result(body)
-            else:
-                msg = body.get("msg") if isinstance(body, dict) else None
-                data_field = body.get("data") if isinstance(body, dict) else None
-                fut.set_exception(error_for(code, msg, leader=_leader_hint(body),
-                                            data=data_field))
-        if frames and len(self._pending) < self._max_in_flight:
-            self._room.set()
-
-    def _violated(self, exc: ProtocolViolation) -> None:
-        log.warning("bad response stream from %s: %s", self.address, exc)
-        self._close_reason = f"protocol violation by server: {exc}"
-        if self._transport is not None:
-            self._transport.abort()
+            log.warning("bad response stream from %s: %s", self.address, exc)
+            self._close_reason = f"protocol violation by server: {exc}"
+            if self._transport is not None:
+                self._transport.abort()
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._closed = True

@@ -283,18 +283,8 @@ class _ServerConnection(asyncio.Protocol):
         except ProtocolViolation as exc:
             self._violation(exc)
             return
-        self._took(frames)
-
-    def frame_filled(self, nbytes: int) -> None:
-        """`nbytes` of a large frame were read in place (`_TlsConnection`)."""
-        if self.closed:
-            return
-        self.last_active = self.server._loop.time()
-        self._took(self.decoder.frame_filled(nbytes))
-
-    def _took(self, frames: list[bytes]) -> None:
         if self.decoder.pending_frame_bytes != self.reserved_bytes:
-            self.server._reserve(self)
+            server._reserve(self)
         if frames:
             self.backlog.extend(frames)
             self._drain_backlog()
@@ -526,16 +516,13 @@ class _TlsConnection(asyncio.BufferedProtocol):
     straight into the server's read buffer with `SSLObject.read(n, buffer)`; a plain
     protocol gets a new bytes object of 256 KiB allocated per 16 KiB TLS record
     (`SSLObject.read(256 KiB)`), and those joined, per socket read. The frame decoder
-    copies out what it keeps, so the buffer is free again when `buffer_updated` returns;
-    the rest of a large frame is decrypted in place, into the frame's own buffer
-    (`FrameDecoder.frame_view`)."""
+    copies out what it keeps, so the buffer is free again when `buffer_updated` returns."""
 
-    __slots__ = ("_buf", "_in_frame", "conn")
+    __slots__ = ("_buf", "conn")
 
     def __init__(self, conn: _ServerConnection, buf: memoryview) -> None:
         self.conn = conn
         self._buf = buf
-        self._in_frame = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn.connection_made(transport)
@@ -553,15 +540,10 @@ class _TlsConnection(asyncio.BufferedProtocol):
         self.conn.resume_writing()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        view = None if self.conn.closed else self.conn.decoder.frame_view()
-        self._in_frame = view is not None
-        return self._buf if view is None else view
+        return self._buf
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._in_frame:
-            self.conn.frame_filled(nbytes)
-        else:
-            self.conn.data_received(self._buf[:nbytes])
+        self.conn.data_received(self._buf[:nbytes])
 
 
 class ProtocolServer:
