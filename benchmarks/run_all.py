@@ -32,6 +32,12 @@ Cases (issue 11, item 2):
                           not in --smoke)
   rss-1000-idle           broker RSS (and CPU while idle) of each of 3 brokers hosting a
                           1000-partition RF=3 topic, after it has been idle
+  tls-*                   (issue 19; benchmarks/tls_perf.py) produce (send_many, acks=1) and
+                          consume (getmany_batches) of 100 B and 100 KiB records, one
+                          combined node RF=1 per mode: plaintext, TLS and (not in --smoke)
+                          TLS + SASL SCRAM with ACLs on (`dmq dev --secure`), every mode's
+                          cluster up at once and the modes measured in turn; `dmq/peer` is
+                          mode / plaintext MB/s
   scale                   (issue 23; benchmarks/metadata_scale_bench.py; not in --smoke;
                           ~5-8 minutes) one 10,000-partition RF=3 topic on 3 brokers (2,000
                           with --quick): creation time, idle CPU and RSS per broker, acks=1
@@ -85,6 +91,7 @@ import failover_bench  # noqa: E402
 import kafka_perf  # noqa: E402
 import metadata_scale_bench  # noqa: E402
 import produce_perf  # noqa: E402
+import tls_perf  # noqa: E402
 from perf_common import proc_cpu_s, proc_rss_mb, spread_once  # noqa: E402
 
 from dmq.cli.dev import (  # noqa: E402
@@ -118,18 +125,23 @@ class Sizes:
     kafka_records: int = 0     # kafka-100B-acks1 (and kafka-consume-100B) per run
     kafka_r3_records: int = 0  # kafka-100B-acksall per run
     redis_records: int = 0     # redis-benchmark XADD requests per run
+    tls_records: int = 0       # tls-*-100B per run and mode
+    tls_big_records: int = 0   # tls-*-100KiB per run and mode
+    tls_modes: tuple[str, ...] = ("plaintext", "tls", "tls-scram")
 
 
 FULL = Sizes(1_000_000, 300_000, 1_000_000, 2_000, 100_000, 300_000, (1, 10, 100, 1000),
-             1000, 10.0, 200_000, 200_000, 200_000, 3, 3, 2_000_000, 1_000_000, 2_000_000)
+             1000, 10.0, 200_000, 200_000, 200_000, 3, 3, 2_000_000, 1_000_000, 2_000_000,
+             1_000_000, 2_000)
 QUICK = Sizes(200_000, 50_000, 200_000, 500, 20_000, 50_000, (1, 10, 100, 1000),
-              1000, 3.0, 50_000, 30_000, 30_000, 3, 1, 500_000, 300_000, 500_000)
+              1000, 3.0, 50_000, 30_000, 30_000, 3, 1, 500_000, 300_000, 500_000,
+              200_000, 500)
 SMOKE = Sizes(3_000, 1_000, 3_000, 20, 500, 2_000, (1, 10), 20, 1.0, 0, 0, 0, 1, 1,
-              3_000, 2_000, 0)
+              3_000, 2_000, 0, 3_000, 20, ("plaintext", "tls"))
 
 CASE_NAMES = ("produce-100B-acks1", "produce-100B-acksall", "produce-1KiB-acks1",
               "consume-100B", "produce-100KiB-acks1", "e2e-10k/s-acksall", "partitions",
-              "rss-1000-idle", "failover", "scale", *kafka_perf.KAFKA_CASES)
+              "rss-1000-idle", "failover", "scale", "tls", *kafka_perf.KAFKA_CASES)
 
 RUN_TIMEOUT_S = 180.0  # any single timed run
 BIG = 100 * 1024
@@ -501,6 +513,41 @@ async def three_broker_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> 
             rows.append(await e2e_case(cluster, "e2e", sz.e2e_records, sz.runs))
         if "rss-1000-idle" in wanted:
             rows.extend(await idle_rss_case(cluster, sz.idle_partitions, sz.idle_seconds))
+
+
+# ---------------------------------------------------------------------------- TLS
+
+
+async def tls_section(sz: Sizes, wanted: set[str], rows: list[Row]) -> None:
+    """Issue 19: the cost of TLS (tls_perf.measure), a row per case and mode."""
+    if "tls" not in wanted:
+        return
+    plan = tls_perf.Plan(sz.tls_records, sz.tls_big_records, sz.runs, sz.tls_modes)
+    res = await tls_perf.measure(plan, log)
+    for case in plan.cases:
+        base: Row | None = None
+        for mode in plan.modes:
+            results = res.runs[(case, mode)]
+            note = f"{plan.records(case):,} records x {plan.runs} runs"
+            if mode != "plaintext":
+                note += "; dmq/peer = MB/s / plaintext MB/s"
+            row = median_row(f"tls-{case}", f"dmq 1 node {mode}", results, note)
+            if base is None:
+                base = row
+            elif base.mb_s:
+                row.ratio = row.mb_s / base.mb_s
+            rows.append(row)
+
+
+def tls_target_lines(rows: list[Row]) -> list[str]:
+    """Issue 19: TLS costs at most 25% of plaintext throughput for 100 KiB records."""
+    out = []
+    for case in ("tls-produce-100KiB", "tls-consume-100KiB"):
+        r = next((x for x in rows if x.case == case and x.system == "dmq 1 node tls"), None)
+        if r is not None and r.ratio == r.ratio:
+            out.append(f"  {f'TLS {case[4:]} >= 75% of plaintext MB/s':<58} "
+                       f"{'met' if r.ratio >= 0.75 else 'NOT met':<8} {r.ratio:.2f}")
+    return out
 
 
 # ---------------------------------------------------------------------------- Kafka clients
@@ -910,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     asyncio.run(single_node_section(sz, wanted, rows))
     asyncio.run(three_broker_section(sz, wanted, rows))
+    asyncio.run(tls_section(sz, wanted, rows))
     if "failover" in wanted and not args.smoke:
         note, runs = failover_bench.run_all_case(5 if args.quick else 10, log)
         rows.append(Row("failover", "dmq 3 controllers, 3 brokers", note=note, runs=runs,
@@ -932,6 +980,8 @@ def main(argv: list[str] | None = None) -> int:
             return (order["rss-1000-idle"], 0, not r.is_dmq)
         if r.case.startswith("scale-"):
             return (order["scale"], 0, False)
+        if r.case.startswith("tls-"):  # modes stay in the order measured (a stable sort)
+            return (order["tls"], tls_perf.CASES.index(r.case[4:]), False)
         return (order.get(base, 99), 0, not r.is_dmq)
 
     rows.sort(key=case_key)
@@ -966,6 +1016,12 @@ def main(argv: list[str] | None = None) -> int:
     if lines:
         print()
         print("issue 17 targets (medians of this run):")
+        for line in lines:
+            print(line)
+    lines = tls_target_lines(rows)
+    if lines:
+        print()
+        print("issue 19 targets (medians of this run):")
         for line in lines:
             print(line)
     return 0

@@ -15,6 +15,7 @@ buffered. Errors are `ProtocolViolation` (the peer's fault); nothing else escape
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +180,44 @@ def encode_response_parts(correlation_id: int, error_code: int, body: Any
     if len(payload) < SPLIT_FRAME_BYTES:
         return (LENGTH.pack(len(payload)) + payload,)
     return LENGTH.pack(len(payload)), payload
+
+
+TLS_WRITE_PIECE_BYTES = 256 * 1024
+
+
+def tls_pieces(parts: Sequence[bytes | memoryview], piece: int = TLS_WRITE_PIECE_BYTES
+               ) -> list[list[bytes | memoryview]]:
+    """A frame's buffers regrouped into runs of at most `piece` bytes, large ones cut
+    into views (nothing copied), for one `writelines` each on a TLS transport: asyncio's
+    and uvloop's encrypt a whole `writelines` into one memory BIO before any of it goes
+    out and read it back as one bytes object, so a 4 MiB fetch response grew the BIO to
+    4 MiB and came out as a 4 MiB allocation; in pieces, both stay at `piece`."""
+    groups: list[list[bytes | memoryview]] = []
+    group: list[bytes | memoryview] = []
+    room = piece
+    for part in parts:
+        n = len(part) if type(part) is bytes else memoryview(part).nbytes
+        if n <= room:
+            group.append(part)
+            room -= n
+        else:
+            view = memoryview(part).cast("B")
+            pos = 0
+            while pos < n:
+                take = min(room, n - pos)
+                group.append(view[pos:pos + take])
+                pos += take
+                room -= take
+                if room == 0:
+                    groups.append(group)
+                    group, room = [], piece
+            continue
+        if room == 0:
+            groups.append(group)
+            group, room = [], piece
+    if group:
+        groups.append(group)
+    return groups
 
 
 VECTORED_MIN_BYTES = 64 * 1024  # msgpack writes buffers this large as bin 32

@@ -30,6 +30,7 @@ from dmq.protocol.codec import (
     FrameDecoder,
     decode_response,
     encode_request_parts,
+    tls_pieces,
 )
 from dmq.protocol.errors import (
     DmqError,
@@ -63,15 +64,12 @@ def _leader_hint(body: Any) -> tuple[int, str, int] | None:
     return None
 
 
-class _ClientProtocol(asyncio.Protocol):
+class _ClientProtocolBase(asyncio.BaseProtocol):
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn._transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.conn._on_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conn._on_lost(exc)
@@ -82,6 +80,36 @@ class _ClientProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.conn._writable.set()
         self.conn._room.set()
+
+
+class _ClientProtocol(_ClientProtocolBase, asyncio.Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.conn._on_data(data)
+
+
+TLS_READ_BUFFER_BYTES = 256 * 1024 + 4096
+"""What a TLS connection decrypts into at a time (a socket read of 256 KiB, and more)."""
+
+
+class _TlsClientProtocol(_ClientProtocolBase, asyncio.BufferedProtocol):
+    """`_ClientProtocol` of a TLS connection. As a buffered protocol it has the TLS
+    layer (uvloop's and asyncio's SSL transports) decrypt straight into one buffer of
+    its own with `SSLObject.read(n, buffer)`; a plain protocol gets a new bytes object
+    of 256 KiB allocated per 16 KiB TLS record (`SSLObject.read(256 KiB)`), and those
+    joined, per socket read. The decoder copies out what it keeps."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        self._buf: memoryview | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._buf is None:
+            self._buf = memoryview(bytearray(TLS_READ_BUFFER_BYTES))
+        return self._buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._buf is not None
+        self.conn._on_data(self._buf[:nbytes])
 
 
 class Connection:
@@ -125,7 +153,9 @@ class Connection:
         conn._tls = tls is not None
         try:
             await wait_for(
-                loop.create_connection(lambda: _ClientProtocol(conn), host, port, ssl=tls),
+                loop.create_connection(
+                    lambda: _TlsClientProtocol(conn) if tls else _ClientProtocol(conn),
+                    host, port, ssl=tls),
                 connect_timeout_ms / 1000)
         except TimeoutError:
             raise NetworkError(f"connect to {host}:{port} timed out after "
@@ -187,7 +217,11 @@ class Connection:
         self._pending[cid] = (fut, deadline, api_key, timeout_ms)
         if self._timer is None or deadline < self._timer_deadline:
             self._arm_timer(deadline)
-        transport.writelines(frame)
+        if self._tls and len(frame) > 1:  # a large one: see `tls_pieces`
+            for group in tls_pieces(frame):
+                transport.writelines(group)
+        else:
+            transport.writelines(frame)
         return await fut
 
     async def _wait_for_room(self, deadline: float, timeout_ms: int) -> None:
@@ -252,7 +286,8 @@ class Connection:
         self._fail_all("connection closed by client")
 
     # callbacks -----------------------------------------------------------------------
-    def _on_data(self, data: bytes) -> None:
+    def _on_data(self, data: bytes | memoryview) -> None:
+        # `data` may be a view of a buffer that is reused: keep nothing of it but copies
         self._answered = True
         try:
             frames = self._decoder.feed(data)

@@ -60,6 +60,7 @@ from dmq.protocol.codec import (
     decode_request,
     encode_response_parts,
     encode_response_vectored,
+    tls_pieces,
 )
 from dmq.protocol.errors import (
     ClusterAuthorizationFailedError,
@@ -277,7 +278,8 @@ class _ServerConnection(asyncio.Protocol):
         else:
             self._update_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        # `data` may be a view of a buffer that is reused (`_TlsConnection`): keep copies
         if self.closed:
             return
         server = self.server
@@ -297,7 +299,7 @@ class _ServerConnection(asyncio.Protocol):
             self.backlog.extend(frames)
             self._drain_backlog()
 
-    def _sniff(self, data: bytes) -> bytes:
+    def _sniff(self, data: bytes | memoryview) -> bytes:
         """Tell an HTTP request from a frame by its first bytes: an HTTP method read as a
         frame length is over a gigabyte, far past any frame limit, so the two never
         overlap. An HTTP connection is handed to `server.http_handoff` with the bytes
@@ -519,7 +521,52 @@ class _ServerConnection(asyncio.Protocol):
             log.exception("node=%s cannot encode response", self.server.node_id)
             frame = encode_response_parts(correlation_id, int(ErrorCode.UNKNOWN_SERVER_ERROR),
                                           {"msg": "response could not be encoded"})
-        self.transport.writelines(frame)
+        if self.server.ssl is None or len(frame) == 1:
+            self.transport.writelines(frame)
+            return
+        for group in tls_pieces(frame):  # a large one over TLS
+            self.transport.writelines(group)
+
+
+TLS_READ_BUFFER_BYTES = 1024 * 1024
+"""The buffer a TLS listener's connections decrypt into (one per server: a read is
+handled before the next begins)."""
+
+
+class _TlsConnection(asyncio.BufferedProtocol):
+    """The protocol of a TLS connection, around its `_ServerConnection`. As a buffered
+    protocol it has the TLS layer (uvloop's and asyncio's SSL transports) decrypt
+    straight into the server's read buffer with `SSLObject.read(n, buffer)`; a plain
+    protocol gets a new bytes object of 256 KiB allocated per 16 KiB TLS record
+    (`SSLObject.read(256 KiB)`), and those joined, per socket read. The frame decoder
+    copies out what it keeps, so the buffer is free again when `buffer_updated` returns."""
+
+    __slots__ = ("_buf", "conn")
+
+    def __init__(self, conn: _ServerConnection, buf: memoryview) -> None:
+        self.conn = conn
+        self._buf = buf
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.conn.eof_received()
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.data_received(self._buf[:nbytes])
 
 
 class ProtocolServer:
@@ -605,8 +652,14 @@ class ProtocolServer:
             self._handlers[ApiKey.SASL_HANDSHAKE] = self._sasl_handshake
             self._handlers[ApiKey.SASL_AUTHENTICATE] = self._sasl_authenticate
         self._loop = asyncio.get_running_loop()
+        buf = memoryview(bytearray(TLS_READ_BUFFER_BYTES)) if self.ssl is not None else None
+
+        def connection() -> asyncio.BaseProtocol:
+            conn = _ServerConnection(self)
+            return conn if buf is None else _TlsConnection(conn, buf)
+
         self._server = await self._loop.create_server(
-            lambda: _ServerConnection(self), self.host, self.port, reuse_address=True,
+            connection, self.host, self.port, reuse_address=True,
             backlog=1024, ssl=self.ssl,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if self.ssl is not None else None)
         self._schedule_idle_sweep()

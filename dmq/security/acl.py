@@ -22,8 +22,10 @@ ACL entries when granted; nothing remembers the role.
 
 Decisions are cached per (principal, operation, resource), cleared whenever the ACL set
 changes (the metadata image hands the same frozenset out until then), so a request
-costs a dict lookup per resource it names, never a walk of every ACL. Each refusal is
-one line on the `dmq.audit` logger; so is each ACL change (by the active controller).
+costs a dict lookup per resource it names, never a walk of every ACL. Refusals are
+lines on the `dmq.audit` logger, rate-limited per (principal, operation, resource) by
+`dmq.security.audit.DenialLog` (the first at once, then at most one a second with the
+count held back); each ACL change is one line, always (by the active controller).
 
 This module decides; it never does I/O and never touches a connection. The faces (dmq's
 protocol, the Kafka listener) ask it with the principal of the connection a request
@@ -32,7 +34,6 @@ came on (`connection_principal`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +46,8 @@ from dmq.protocol.errors import (
     GroupAuthorizationFailedError,
     TopicAuthorizationFailedError,
 )
+from dmq.security.audit import DenialLog, audit
 from dmq.security.tls import principal as certificate_principal
-
-audit = logging.getLogger("dmq.audit")
 
 TOPIC = "topic"
 GROUP = "group"
@@ -285,7 +285,7 @@ class Authorizer:
 
     def __init__(self, acls: Callable[[], frozenset[AccessControlEntry]], *,
                  enabled: bool = True, super_users: Iterable[str] = (),
-                 node_id: int | str = "?") -> None:
+                 node_id: int | str = "?", denials: DenialLog | None = None) -> None:
         self._acls = acls
         self.enabled = enabled
         self.super_users = frozenset(super_users)
@@ -294,6 +294,7 @@ class Authorizer:
         self._by_type: dict[str, list[AccessControlEntry]] = {}
         self._cache: dict[tuple[str, str, str, str], bool] = {}
         self.stats_denied = 0
+        self.denials = denials if denials is not None else DenialLog()
 
     @classmethod
     def from_config(cls, config: Any, acls: Callable[[], frozenset[AccessControlEntry]],
@@ -345,12 +346,11 @@ class Authorizer:
 
     def check(self, principal: str, operation: str, resource_type: str, name: str,
               api: str = "") -> bool:
-        """`allowed`, with the audit line of a refusal."""
+        """`allowed`, with the (rate-limited) audit line of a refusal."""
         if self.allowed(principal, operation, resource_type, name):
             return True
         self.stats_denied += 1
-        audit.info("node=%s DENIED principal=%s operation=%s resource=%s:%s api=%s",
-                   self.node_id, principal, operation, resource_type, name, api or "-")
+        self.denials.denied(self.node_id, principal, operation, resource_type, name, api)
         return False
 
     def require(self, principal: str, operation: str, resource_type: str, name: str,

@@ -44,13 +44,20 @@ def test_run_all_smoke_prints_a_table_with_numbers() -> None:
         rows.setdefault(fields[0], []).append(line)
     for case in ("produce-100B-acks1", "produce-100B-acksall", "produce-1KiB-acks1",
                  "consume-100B", "produce-100KiB-acks1", "e2e-10k/s-acksall",
-                 "partitions-1", "partitions-10"):
+                 "partitions-1", "partitions-10", "tls-produce-100B", "tls-produce-100KiB",
+                 "tls-consume-100B", "tls-consume-100KiB"):
         assert case in rows, f"{case} missing from:\n{out}"
         dmq_row = next(r for r in rows[case] if " dmq " in f" {r} ")
         # fixed-width columns: case 24, system 30, records/s 12, MB/s 9
         records_s, mb_s = dmq_row[54:66].strip(), dmq_row[66:75].strip()
         assert NUMBER.match(records_s) and NUMBER.match(mb_s), dmq_row
         assert float(records_s.replace(",", "")) > 0, dmq_row
+    # issue 19: plaintext and TLS side by side, the TLS row with its ratio to plaintext
+    for case in ("tls-produce-100KiB", "tls-consume-100KiB"):
+        plain, tls = rows[case]
+        assert "plaintext" in plain and " tls " in f" {tls} ", rows[case]
+        assert NUMBER.match(tls[103:113].strip()), tls  # dmq/peer: 10 wide after p99.9
+    assert "issue 19 targets" in out
     rss = [r for c, rs in rows.items() if c.startswith("rss-") for r in rs]
     assert rss and all(re.search(r"RSS [0-9]+ MB", r) for r in rss), out
     assert "issue 11 targets" in out
