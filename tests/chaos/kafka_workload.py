@@ -9,8 +9,17 @@ is an acknowledgement: its (partition, offset) goes into `acked`; one with an er
 `produce` (a full queue is waited out, never a refusal), so nothing is `failed`.
 
 The group's members (`kc<i>`, one thread each) read, add every record to `consumed`,
-then commit the next offsets of what they read with `commit(asynchronous=False)`; the
+and commit the next offsets of what they read asynchronously, one commit in flight per
+member: its answer (the `on_commit` callback, served by the member's own `consume`
+calls) is awaited up to `COMMIT_ANSWER_S` while the member keeps reading, and the
 offsets an acknowledged commit reports go to `commits` under `<group>/<member>`. A
+commit not answered by then counts as indeterminate (`unanswered commit`): never
+recorded as acknowledged, even if its answer comes later (`late commit answer`), and
+the member commits what it has read since. A synchronous `commit()` could hang for good
+after the controller leader was cut from the brokers (librdkafka waits on a
+coordinator request that never completes, as in confluent-kafka-python #1801), leaving
+a member that read nothing more. Offsets read from partitions a rebalance takes away
+are not committed by this member any more (its `on_revoke`/`on_lost`). A
 poller thread asks the group's committed offsets (OffsetFetch through a listener, by a
 consumer of the group that never joins it) and appends what changed under `<group>`.
 librdkafka learns a restarted broker's new Kafka port from metadata; the bootstrap
@@ -34,6 +43,9 @@ log = logging.getLogger("tests.chaos.kafka")
 
 GROUP = "chaos-kafka-group"
 MESSAGE_TIMEOUT_MS = 30_000
+# how long a member waits for its commit's answer before counting the commit as
+# indeterminate (librdkafka's own requests time out after socket.timeout.ms, 10 s)
+COMMIT_ANSWER_S = 15.0
 
 
 def _ck() -> Any:
@@ -193,15 +205,28 @@ class KafkaWorkload:
     def _consume(self, name: str) -> None:
         ck = _ck()
         key = f"{self.group}/{name}"
+        # (error, partitions) of the commits answered; appended by `on_commit`, which
+        # librdkafka calls on this thread from within `consume`
+        answers: list[tuple[Any, list[Any]]] = []
         consumer = ck.Consumer({**self._common(), "client.id": f"chaos-{name}",
                                 "group.id": self.group, "auto.offset.reset": "earliest",
                                 "enable.auto.commit": False, "session.timeout.ms": 6000,
-                                "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 300})
-        consumer.subscribe([self.topic])
+                                "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 300,
+                                "on_commit": lambda err, parts: answers.append((err, parts))})
+        uncommitted: dict[tuple[str, int], int] = {}  # next offsets read, not yet committed
+
+        def taken_away(_consumer: Any, parts: list[Any]) -> None:
+            for tp in parts:  # the partition's next owner commits it now
+                uncommitted.pop((tp.topic, tp.partition), None)
+
+        consumer.subscribe([self.topic], on_revoke=taken_away, on_lost=taken_away)
+        in_flight: dict[tuple[str, int], int] | None = None  # the commit awaited
+        sent_at = 0.0
+        expired = 0  # commits given up on whose answer has not come (answers keep order)
         try:
             while self.consuming.is_set():
                 msgs = consumer.consume(num_messages=500, timeout=0.3)
-                nxt: dict[tuple[str, int], int] = {}
+                read = False
                 for msg in msgs:
                     if msg.error() is not None:
                         self._count(self.consumer_errors, msg.error().name())
@@ -210,26 +235,52 @@ class KafkaWorkload:
                     with self.lock:
                         if rid is not None:
                             self.history.consumed.add(rid)
-                    nxt[(msg.topic(), msg.partition())] = msg.offset() + 1
-                if not nxt:
+                    uncommitted[(msg.topic(), msg.partition())] = msg.offset() + 1
+                    read = True
+                if read:
+                    self.last_delivery[name] = time.monotonic()
+                while answers:
+                    err, parts = answers.pop(0)
+                    offsets = {(tp.topic, tp.partition): tp.offset for tp in parts or []}
+                    ours = in_flight is not None and (
+                        offsets == in_flight or (err is not None and not expired))
+                    if not ours:  # never recorded: its member stopped waiting for it
+                        expired = max(0, expired - 1)
+                        self._count(self.consumer_errors, "late commit answer")
+                        continue
+                    in_flight = None
+                    self._record_commit(key, err, parts or [])
+                if in_flight is not None and time.monotonic() - sent_at > COMMIT_ANSWER_S:
+                    self._count(self.consumer_errors, "unanswered commit")
+                    self.note(f"kafka member {name}: a commit unanswered after "
+                              f"{COMMIT_ANSWER_S:.0f} s counts as indeterminate")
+                    in_flight = None
+                    expired += 1
+                if in_flight is not None or not uncommitted:
                     continue
-                self.last_delivery[name] = time.monotonic()
+                offsets, uncommitted = uncommitted, {}
                 try:
-                    done = consumer.commit(offsets=[ck.TopicPartition(t, p, o)
-                                                    for (t, p), o in nxt.items()],
-                                           asynchronous=False)
-                except ck.KafkaException as exc:  # fenced by a rebalance, coordinator moving
+                    consumer.commit(offsets=[ck.TopicPartition(t, p, o)
+                                             for (t, p), o in offsets.items()],
+                                    asynchronous=True)
+                except ck.KafkaException as exc:  # refused at once (no assignment, closing)
                     self._count(self.consumer_errors, exc.args[0].name())
                     continue
-                with self.lock:
-                    for tp in done or []:
-                        if tp.error is None and tp.offset >= 0:
-                            self.history.commits[(key, (tp.topic, tp.partition))].append(
-                                tp.offset)
-                        elif tp.error is not None:
-                            self._count(self.consumer_errors, tp.error.name())
+                in_flight, sent_at = offsets, time.monotonic()
         finally:
             consumer.close()
+
+    def _record_commit(self, key: str, err: Any, parts: list[Any]) -> None:
+        """An answered commit: the offsets it acknowledges go to `commits` in the order
+        of the answers."""
+        with self.lock:
+            if err is not None and not any(tp.error is not None for tp in parts):
+                self._count_locked(self.consumer_errors, err.name())
+            for tp in parts:
+                if tp.error is not None:
+                    self._count_locked(self.consumer_errors, tp.error.name())
+                elif err is None and tp.offset >= 0:
+                    self.history.commits[(key, (tp.topic, tp.partition))].append(tp.offset)
 
     def _poll_commits(self, name: str) -> None:
         ck = _ck()
@@ -263,4 +314,8 @@ class KafkaWorkload:
 
     def _count(self, where: dict[str, int], what: str) -> None:
         with self.lock:
-            where[what] = where.get(what, 0) + 1
+            self._count_locked(where, what)
+
+    @staticmethod
+    def _count_locked(where: dict[str, int], what: str) -> None:
+        where[what] = where.get(what, 0) + 1
