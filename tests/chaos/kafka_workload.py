@@ -13,13 +13,14 @@ and commit the next offsets of what they read asynchronously, one commit in flig
 member: its answer (the `on_commit` callback, served by the member's own `consume`
 calls) is awaited up to `COMMIT_ANSWER_S` while the member keeps reading, and the
 offsets an acknowledged commit reports go to `commits` under `<group>/<member>`. A
-commit not answered by then counts as indeterminate (`unanswered commit`): never
-recorded as acknowledged, even if its answer comes later (`late commit answer`), and
-the member commits what it has read since. A synchronous `commit()` could hang for good
-after the controller leader was cut from the brokers (librdkafka waits on a
-coordinator request that never completes, as in confluent-kafka-python #1801), leaving
-a member that read nothing more. Offsets read from partitions a rebalance takes away
-are not committed by this member any more (its `on_revoke`/`on_lost`). A
+commit not answered by then counts as indeterminate (`unanswered commit`, never
+recorded as acknowledged) and the member starts over as a new consumer of the group
+(the old one is closed on a thread of its own and its callbacks are ignored). A
+synchronous `commit()` could hang for good after the controller leader was cut from
+the brokers (as in confluent-kafka-python #1801; the thread dump showed the member in
+`commit` and its heartbeats had stopped too), leaving a member that read nothing more.
+Offsets read from partitions a rebalance takes away are not committed by this member
+any more (its `on_revoke`/`on_lost`). A
 poller thread asks the group's committed offsets (OffsetFetch through a listener, by a
 consumer of the group that never joins it) and appends what changed under `<group>`.
 librdkafka learns a restarted broker's new Kafka port from metadata; the bootstrap
@@ -208,21 +209,34 @@ class KafkaWorkload:
         # (error, partitions) of the commits answered; appended by `on_commit`, which
         # librdkafka calls on this thread from within `consume`
         answers: list[tuple[Any, list[Any]]] = []
-        consumer = ck.Consumer({**self._common(), "client.id": f"chaos-{name}",
-                                "group.id": self.group, "auto.offset.reset": "earliest",
-                                "enable.auto.commit": False, "session.timeout.ms": 6000,
-                                "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 300,
-                                "on_commit": lambda err, parts: answers.append((err, parts))})
         uncommitted: dict[tuple[str, int], int] = {}  # next offsets read, not yet committed
 
-        def taken_away(_consumer: Any, parts: list[Any]) -> None:
-            for tp in parts:  # the partition's next owner commits it now
-                uncommitted.pop((tp.topic, tp.partition), None)
+        incarnation = [0]  # the callbacks of a consumer given up on are ignored
 
-        consumer.subscribe([self.topic], on_revoke=taken_away, on_lost=taken_away)
+        def join() -> Any:
+            incarnation[0] += 1
+            mine = incarnation[0]
+
+            def on_commit(err: Any, parts: list[Any]) -> None:
+                if incarnation[0] == mine:
+                    answers.append((err, parts))
+
+            def taken_away(_consumer: Any, parts: list[Any]) -> None:
+                if incarnation[0] == mine:
+                    for tp in parts:  # the partition's next owner commits it now
+                        uncommitted.pop((tp.topic, tp.partition), None)
+
+            consumer = ck.Consumer({
+                **self._common(), "client.id": f"chaos-{name}", "group.id": self.group,
+                "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
+                "fetch.wait.max.ms": 300, "on_commit": on_commit})
+            consumer.subscribe([self.topic], on_revoke=taken_away, on_lost=taken_away)
+            return consumer
+
+        consumer = join()
         in_flight: dict[tuple[str, int], int] | None = None  # the commit awaited
         sent_at = 0.0
-        expired = 0  # commits given up on whose answer has not come (answers keep order)
         try:
             while self.consuming.is_set():
                 msgs = consumer.consume(num_messages=500, timeout=0.3)
@@ -242,20 +256,31 @@ class KafkaWorkload:
                 while answers:
                     err, parts = answers.pop(0)
                     offsets = {(tp.topic, tp.partition): tp.offset for tp in parts or []}
-                    ours = in_flight is not None and (
-                        offsets == in_flight or (err is not None and not expired))
-                    if not ours:  # never recorded: its member stopped waiting for it
-                        expired = max(0, expired - 1)
-                        self._count(self.consumer_errors, "late commit answer")
+                    # one commit in flight: an answer is its (a failed one may not name
+                    # the same offsets)
+                    if in_flight is None or (err is None and offsets != in_flight):
+                        self._count(self.consumer_errors, "unexpected commit answer")
                         continue
                     in_flight = None
                     self._record_commit(key, err, parts or [])
                 if in_flight is not None and time.monotonic() - sent_at > COMMIT_ANSWER_S:
+                    # a member whose commit never completes may have stopped taking
+                    # part in the group (its heartbeats had stopped in the hangs seen):
+                    # it leaves (closed on a thread of its own, as close may hang too)
+                    # and joins again as a new consumer; what it read and did not
+                    # commit is read again by the partitions' next owners.
                     self._count(self.consumer_errors, "unanswered commit")
                     self.note(f"kafka member {name}: a commit unanswered after "
-                              f"{COMMIT_ANSWER_S:.0f} s counts as indeterminate")
+                              f"{COMMIT_ANSWER_S:.0f} s counts as indeterminate; the "
+                              "member rejoins as a new consumer")
+                    incarnation[0] += 1
+                    threading.Thread(target=consumer.close, daemon=True,
+                                     name=f"chaos kafka {name} close").start()
+                    answers.clear()
+                    uncommitted.clear()
                     in_flight = None
-                    expired += 1
+                    consumer = join()
+                    continue
                 if in_flight is not None or not uncommitted:
                     continue
                 offsets, uncommitted = uncommitted, {}
