@@ -21,7 +21,17 @@ controller: membership is soft state, rebuilt by the members' next heartbeats
 
 Offset commits are batched: commits arriving while a proposal is in flight go into the
 next Raft entry together (group commit), so many consumers cost one entry per round
-trip. One timer (the injected clock's `call_later`) drives session expiry and offsets
+trip.
+
+A group write a broker's Kafka listener forwards carries `deadline_ms`, the wall-clock
+time at which the broker stops waiting and answers its client (`dmq.kafka.groups`).
+Past it the request is refused (REQUEST_TIMED_OUT): on arrival, and again when its
+records would be proposed, so a forward delayed on the way (a cut link that heals) is
+never applied over what its client did after being told it failed. A commit proposed
+before its deadline may still be applied after it, but the Raft log orders it before
+any commit the client sends once told of the failure.
+
+One timer (the injected clock's `call_later`) drives session expiry and offsets
 retention; the only task this module starts is the batch proposer, owned here and
 stopped by `close()`.
 """
@@ -134,7 +144,9 @@ class GroupService:
         self.topics = _StateTopics(lambda: host.state)
         self._coordinator: GroupCoordinator | None = None
         self._term: int | None = None
-        self._pending: list[tuple[list[Record], asyncio.Future[None]]] = []
+        # (records, waiter, deadline_ms | None), oldest first
+        self._pending: list[tuple[list[Record], asyncio.Future[None], int | None]] = []
+        self.stale_refused = 0  # forwards refused because their deadline had passed
         self._proposer: asyncio.Task[None] | None = None
         self._timer: Cancellable | None = None
         self._retention_due_ms = 0
@@ -222,27 +234,36 @@ class GroupService:
         if self._proposer is not None:
             self._proposer.cancel()
             await asyncio.gather(self._proposer, return_exceptions=True)
-        for _, fut in self._pending:
+        for _, fut, _ in self._pending:
             if not fut.done():
                 fut.set_exception(NotControllerError("controller shutting down"))
         self._pending.clear()
 
     # ---- batched proposals --------------------------------------------------------
-    def _enqueue(self, records: list[Record]) -> asyncio.Future[None]:
+    def _enqueue(self, records: list[Record],
+                 deadline_ms: int | None = None) -> asyncio.Future[None]:
         if len(self._pending) >= MAX_PENDING_COMMITS:
             raise RequestTimedOutError("too many offset commits waiting for the quorum")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((records, fut))
+        self._pending.append((records, fut, deadline_ms))
         if self._proposer is None or self._proposer.done():
             self._proposer = asyncio.get_running_loop().create_task(self._propose_loop())
         return fut
 
-    def _take_batch(self) -> list[tuple[list[Record], asyncio.Future[None]]]:
+    def _take_batch(self) -> list[tuple[list[Record], asyncio.Future[None], int | None]]:
         """The oldest pending commits, as many as fit in `MAX_COMMIT_ENTRY_BYTES` (at
-        least one)."""
+        least one), without those whose deadline has passed (refused)."""
+        now = self.host.clock.wall_ms()
+        live = []
+        for recs, fut, deadline in self._pending:
+            if deadline is not None and now >= deadline:
+                self._refuse_stale(fut, recs, deadline, now)
+            else:
+                live.append((recs, fut, deadline))
+        self._pending = live
         size = 0
         n = 0
-        for recs, _ in self._pending:
+        for recs, _, _ in self._pending:
             size += sum(_estimated_bytes(r) for r in recs)
             if n and size > MAX_COMMIT_ENTRY_BYTES:
                 break
@@ -253,7 +274,9 @@ class GroupService:
     async def _propose_loop(self) -> None:
         while self._pending and not self._closed:
             batch = self._take_batch()
-            records = [r for recs, _ in batch for r in recs]
+            if not batch:
+                continue
+            records = [r for recs, _, _ in batch for r in recs]
             try:
                 await wait_for(self.host.propose(records), COMMIT_TIMEOUT_MS / 1000)
             except Exception as exc:  # every waiter learns the outcome
@@ -262,18 +285,47 @@ class GroupService:
                     err = RequestTimedOutError("offset commit not replicated in time")
                 elif not isinstance(exc, DmqError):
                     log.exception("proposing %d group records failed", len(records))
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(err)
                 continue
             self.entries_proposed += 1
             self.commits_proposed += len(batch)
-            for _, fut in batch:
+            for _, fut, _ in batch:
                 if not fut.done():
                     fut.set_result(None)
 
+    def _refuse_stale(self, fut: asyncio.Future[None], records: list[Record], deadline: int,
+                      now: int) -> None:
+        group = next((r.group for r in records if isinstance(r, OffsetCommit)), "?")
+        log.info("not proposing the offsets of group %r: the forwarding broker gave up on "
+                 "them %d ms ago", group, now - deadline)
+        self.stale_refused += 1
+        if not fut.done():
+            fut.set_exception(RequestTimedOutError(
+                f"the deadline of this forwarded request passed {now - deadline} ms before "
+                "it could be proposed; the forwarding broker has answered it already"))
+
+    def _fence(self, ctx: RequestContext, key: ApiKey, body: dict[str, Any]) -> None:
+        """Refuse a forwarded request whose broker has given up on it (its
+        `deadline_ms` passed): it reached this node late, and its client was told it
+        failed and may have done newer work since."""
+        deadline = body.get("deadline_ms")
+        if deadline is None:
+            return
+        now = self.host.clock.wall_ms()
+        if now < deadline:
+            return
+        self.stale_refused += 1
+        log.info("refusing a %s of group %r forwarded by %s: it arrived %d ms after its "
+                 "deadline, when the broker had answered it already", key.name,
+                 body.get("group_id"), getattr(ctx, "peer", "?"), now - deadline)
+        raise RequestTimedOutError(f"{key.name} arrived {now - deadline} ms after its "
+                                   "deadline; the forwarding broker has answered it already")
+
     # ---- handlers -----------------------------------------------------------------
     def heartbeat(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        self._fence(ctx, ApiKey.CONSUMER_GROUP_HEARTBEAT, body)
         coord = self.coordinator()
         if self._classic is not None and self._classic.has_members(body["group_id"]):
             raise GroupIdNotFoundError(f"group {body['group_id']} is a classic-protocol "
@@ -303,6 +355,7 @@ class GroupService:
         return answer
 
     async def offset_commit(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        self._fence(ctx, ApiKey.OFFSET_COMMIT, body)
         coord = self.coordinator()
         group = body["group_id"]
         _check_commit(group, body["member_id"], body["topics"])
@@ -317,7 +370,7 @@ class GroupService:
                                         self.host.clock.wall_ms(),
                                         int(self.host.setting("offset.metadata.max.bytes")))
         if records:
-            await self._enqueue(records)
+            await self._enqueue(records, body.get("deadline_ms"))
         return {"topics": results}
 
     def offset_fetch(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
@@ -341,6 +394,7 @@ class GroupService:
     async def offset_delete(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         """Kafka's OffsetDelete: remove a group's committed offsets of some partitions;
         a topic the group subscribes to is refused (GROUP_SUBSCRIBED_TO_TOPIC)."""
+        self._fence(ctx, ApiKey.OFFSET_DELETE, body)
         coord = self.coordinator()
         group = body["group_id"]
         _check_commit(group, "", [[t, parts] for t, parts in body["topics"]])
@@ -368,7 +422,7 @@ class GroupService:
             results.append([topic, [[p, code] for p in parts]])
         records = tombstones(group, sorted(set(doomed)), self.host.clock.wall_ms())
         if records:
-            await self._enqueue(records)
+            await self._enqueue(records, body.get("deadline_ms"))
         return {"error": 0, "topics": results}
 
     def list_groups(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
@@ -456,6 +510,7 @@ class GroupService:
             self._arm_classic_timer()
 
     async def join_group(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        self._fence(ctx, ApiKey.JOIN_GROUP, body)
         coord = self.coordinator()
         check_group_id(body["group_id"])
         classic = self.classic()
@@ -470,15 +525,18 @@ class GroupService:
         return await answer
 
     async def sync_group(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        self._fence(ctx, ApiKey.SYNC_GROUP, body)
         answer = self.classic().sync(body)
         if isinstance(answer, dict):
             return answer
         return await answer
 
     def classic_heartbeat(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        self._fence(ctx, ApiKey.HEARTBEAT, body)
         return self.classic().heartbeat(body)
 
     def leave_group(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        self._fence(ctx, ApiKey.LEAVE_GROUP, body)
         return self.classic().leave(body)
 
     async def delete_groups(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,15 @@ retriable error.
 
 When the controller cannot be reached (no quorum, failover, timeout), a request is
 answered COORDINATOR_NOT_AVAILABLE, never held: Kafka clients take that as "find the
-coordinator again" and retry. A broker that is not registered (no metadata yet, or
+coordinator again" and retry. Every group write forwarded (OffsetCommit, OffsetDelete,
+JoinGroup, SyncGroup, Heartbeat, LeaveGroup, ConsumerGroupHeartbeat) carries the
+wall-clock time at which this broker stops waiting for it (`deadline_ms`: now plus the
+forward's timeout); the controller refuses it after that time. Without it, a forward
+stalled in a cut link and given up on here (the client told COORDINATOR_NOT_AVAILABLE,
+then committing newer offsets through another broker) was applied when the link
+healed, over the newer commit: the group's committed offset went backwards. The fence
+holds as long as the nodes' wall clocks agree to better than a client's retry (its
+backoff plus a FindCoordinator round trip). A broker that is not registered (no metadata yet, or
 fenced) answers FindCoordinator COORDINATOR_NOT_AVAILABLE itself.
 
 Offsets committed here are the same offsets dmq's own consumers commit (same group,
@@ -53,6 +61,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dmq.broker.errors import error_code_of, message_of
+from dmq.clock import Clock, SystemClock
 from dmq.kafka.errors import kafka_code
 from dmq.kafka.server import Api
 from dmq.kafka.topic_ids import TopicNames, topic_uuid
@@ -111,6 +120,7 @@ class GroupApis:
     _image: Callable[[], MetadataImage | None]
     _controller_request: ControllerRequest
     topic_names: TopicNames
+    clock: Clock = SystemClock()  # the wall clock of forwards' deadlines (the node's)
 
     @property
     def authorizer(self) -> Authorizer | None:  # the data plane's (KafkaApis)
@@ -122,6 +132,12 @@ class GroupApis:
         group's ACLs are checked here."""
         authz = self.authorizer
         return authz is None or authz.check(header.principal, operation, GROUP, group, api)
+
+    def _with_deadline(self, request: dict[str, Any], timeout_ms: int) -> dict[str, Any]:
+        """`request` fenced: the controller refuses it once this broker has given up
+        waiting for it (`timeout_ms` from now), so it cannot take effect later."""
+        request["deadline_ms"] = self.clock.wall_ms() + timeout_ms
+        return request
 
     def group_table(self) -> list[Api]:
         return [
@@ -200,8 +216,9 @@ class GroupApis:
         try:
             if not request["topics"]:
                 raise _NothingToAsk
-            resp = await self._controller_request(ApiKey.OFFSET_COMMIT, request,
-                                                  GROUP_ROUTE_TIMEOUT_MS)
+            resp = await self._controller_request(
+                ApiKey.OFFSET_COMMIT, self._with_deadline(request, GROUP_ROUTE_TIMEOUT_MS),
+                GROUP_ROUTE_TIMEOUT_MS)
             for topic, rows in resp["topics"]:
                 for p, err in rows:
                     errors[(topic, p)] = kafka_code(err or 0)
@@ -267,8 +284,9 @@ class GroupApis:
                    "topics": [[t["Name"], [p["PartitionIndex"] for p in t["Partitions"]]]
                               for t in body["Topics"]]}
         try:
-            answer = await self._controller_request(ApiKey.OFFSET_DELETE, request,
-                                                    DELETE_TIMEOUT_MS)
+            answer = await self._controller_request(
+                ApiKey.OFFSET_DELETE, self._with_deadline(request, DELETE_TIMEOUT_MS),
+                DELETE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             log.info("broker=%d Kafka OffsetDelete of group %r failed: %s", self.broker_id,
                      body["GroupId"], message_of(exc))
@@ -307,8 +325,9 @@ class GroupApis:
                    "owned": owned, "assignor": body["ServerAssignor"],
                    "client_id": header.client_id or "", "topic_ids": True}
         try:
-            answer = await self._controller_request(ApiKey.CONSUMER_GROUP_HEARTBEAT, request,
-                                                    GROUP_ROUTE_TIMEOUT_MS)
+            answer = await self._controller_request(
+                ApiKey.CONSUMER_GROUP_HEARTBEAT,
+                self._with_deadline(request, GROUP_ROUTE_TIMEOUT_MS), GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             log.info("broker=%d Kafka ConsumerGroupHeartbeat of group %r failed: %s",
                      self.broker_id, body["GroupId"], message_of(exc))
@@ -388,7 +407,8 @@ class GroupApis:
         if not self._group_allowed(header, READ, request["group_id"], key.name):
             return int(ErrorCode.GROUP_AUTHORIZATION_FAILED)
         try:
-            answer: dict[str, Any] = await self._controller_request(key, request, timeout_ms)
+            answer: dict[str, Any] = await self._controller_request(
+                key, self._with_deadline(request, timeout_ms), timeout_ms)
             return answer
         except (DmqError, OSError, TimeoutError) as exc:
             log.info("broker=%d Kafka %s of group %r failed: %s", self.broker_id, key.name,

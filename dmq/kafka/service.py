@@ -37,6 +37,7 @@ class KafkaService(Service):
         config = ctx.config
         self.apis = KafkaApis(config, ctx.node_id, data_plane, image,
                               lifecycle.controller_request)
+        self.apis.clock = ctx.clock
         self.server = KafkaServer(ctx.spec.address.host, int(config.get("kafka.port")),
                                   self.apis.table(), ctx.node_id,
                                   max_frame_bytes=int(config.get("max.frame.bytes")),

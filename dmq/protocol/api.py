@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
+from dmq.protocol.errors import InvalidRequestError
 from dmq.protocol.schema import (
     ANY,
     BOOL,
@@ -105,6 +107,32 @@ _ACL = Struct({"resource_type": STR, "resource_name": STR, "principal": STR,
 _ACL_FILTER = Struct(optional={k: (Nullable(STR), None) for k in (
     "resource_type", "resource_name", "pattern_type", "principal", "host", "operation",
     "permission")})
+
+
+
+class _EpochMs(Type):
+    """A wall-clock time in epoch milliseconds (0 .. 2**53)."""
+
+    name = "epoch ms"
+
+    def check(self, value: Any, path: str) -> Any:
+        if type(value) is not int:
+            raise InvalidRequestError(f"{path}: expected int, got {type(value).__name__}")
+        if not 0 <= value <= MAX_EPOCH_MS:
+            raise InvalidRequestError(f"{path}: {value} is not a time in epoch milliseconds "
+                                      f"(0 to {MAX_EPOCH_MS})")
+        return value
+
+
+MAX_EPOCH_MS = 2**53
+# "deadline_ms" (optional, in every group write a broker's Kafka listener forwards to
+# the controller: OffsetCommit, OffsetDelete, ConsumerGroupHeartbeat and the classic
+# JoinGroup, SyncGroup, Heartbeat, LeaveGroup): the wall-clock time (epoch ms) at which
+# the broker gives up waiting and answers its client. The controller refuses the
+# request (REQUEST_TIMED_OUT) once that time has passed, so a forward stalled on the
+# way (a cut link that heals) never takes effect after its client was told it failed.
+# nil (dmq's own clients): no deadline.
+_DEADLINE: dict[str, tuple[Type, Any]] = {"deadline_ms": (Nullable(_EpochMs()), None)}
 
 REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.API_VERSIONS: Struct(optional={"client_software": (STR, "")}),
@@ -281,7 +309,8 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
          # client's id and host ("": this connection's), -1 timeouts (rebalance:
          # unchanged; session: the coordinator's group.session.timeout.ms), and
          # topic_ids (answer with the topic ids of the assignment)
-         "client_id": (STR, ""), "host": (STR, ""), "topic_ids": (BOOL, False)}),
+         "client_id": (STR, ""), "host": (STR, ""), "topic_ids": (BOOL, False),
+         **_DEADLINE}),
     # -> {"member_id", "member_epoch", "heartbeat_interval_ms",
     #     "assignment": [[topic, [partition, ...]]] | nil,
     #     "changed": the epoch or assignment moved with this heartbeat,
@@ -289,13 +318,15 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.OFFSET_COMMIT: Struct(
         {"group_id": STR, "member_id": STR, "member_epoch": INT,
          # [[topic, [[partition, offset, metadata]]]]
-         "topics": Array(Tuple(STR, Array(Tuple(INT, INT, Nullable(STR)))))}),
+         "topics": Array(Tuple(STR, Array(Tuple(INT, INT, Nullable(STR)))))},
+        _DEADLINE),
     # -> {"topics": [[topic, [[partition, error]]]]}
     ApiKey.OFFSET_FETCH: Struct({"group_id": STR},
                                 {"topics": (Nullable(Array(Tuple(STR, Array(INT)))), None)}),
     # -> {"topics": [[topic, [[partition, offset, metadata, error]]]]}
     ApiKey.OFFSET_DELETE: Struct(
-        {"group_id": STR, "topics": Array(Tuple(STR, Array(INT)), max_items=10_000)}),
+        {"group_id": STR, "topics": Array(Tuple(STR, Array(INT)), max_items=10_000)},
+        _DEADLINE),
     # -> {"error", "topics": [[topic, [[partition, error]]]]} (GROUP_SUBSCRIBED_TO_TOPIC
     #    for a topic a member of the group consumes; GROUP_ID_NOT_FOUND raised)
     # Kafka's classic group protocol (errors are in the answers, Kafka's numbers)
@@ -305,20 +336,21 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
          # [[protocol name, opaque metadata]] in the member's order of preference
          "protocols": Array(Tuple(STR, BYTES), max_items=100)},
         {"instance_id": (Nullable(STR), None), "require_known_member_id": (BOOL, False),
-         "client_id": (STR, ""), "host": (STR, "")}),
+         "client_id": (STR, ""), "host": (STR, ""), **_DEADLINE}),
     # -> {"error", "generation", "protocol_type", "protocol_name", "leader", "member_id",
     #     "members": [[member_id, instance_id, metadata]] (the leader only)}
     ApiKey.SYNC_GROUP: Struct(
         {"group_id": STR, "generation": INT, "member_id": STR,
          "assignments": Array(Tuple(STR, BYTES), max_items=10_000)},
         {"instance_id": (Nullable(STR), None), "protocol_type": (Nullable(STR), None),
-         "protocol_name": (Nullable(STR), None)}),
+         "protocol_name": (Nullable(STR), None), **_DEADLINE}),
     # -> {"error", "protocol_type", "protocol_name", "assignment": bytes}
     ApiKey.HEARTBEAT: Struct({"group_id": STR, "generation": INT, "member_id": STR},
-                             {"instance_id": (Nullable(STR), None)}),
+                             {"instance_id": (Nullable(STR), None), **_DEADLINE}),
     # -> {"error"}
     ApiKey.LEAVE_GROUP: Struct(
-        {"group_id": STR, "members": Array(Tuple(STR, Nullable(STR)), max_items=10_000)}),
+        {"group_id": STR, "members": Array(Tuple(STR, Nullable(STR)), max_items=10_000)},
+        _DEADLINE),
     # -> {"error", "members": [[member_id, instance_id, error]]}
     ApiKey.LIST_GROUPS: Struct(),
     # -> {"groups": [{"group_id", "state", "members"}]}

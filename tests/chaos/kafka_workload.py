@@ -9,8 +9,18 @@ is an acknowledgement: its (partition, offset) goes into `acked`; one with an er
 `produce` (a full queue is waited out, never a refusal), so nothing is `failed`.
 
 The group's members (`kc<i>`, one thread each) read, add every record to `consumed`,
-then commit the next offsets of what they read with `commit(asynchronous=False)`; the
+and commit the next offsets of what they read asynchronously, one commit in flight per
+member: its answer (the `on_commit` callback, served by the member's own `consume`
+calls) is awaited up to `COMMIT_ANSWER_S` while the member keeps reading, and the
 offsets an acknowledged commit reports go to `commits` under `<group>/<member>`. A
+commit not answered by then counts as indeterminate (`unanswered commit`, never
+recorded as acknowledged) and the member starts over as a new consumer of the group
+(the old one is closed on a thread of its own and its callbacks are ignored). A
+synchronous `commit()` could hang for good after the controller leader was cut from
+the brokers (as in confluent-kafka-python #1801; the thread dump showed the member in
+`commit` and its heartbeats had stopped too), leaving a member that read nothing more.
+Offsets read from partitions a rebalance takes away are not committed by this member
+any more (its `on_revoke`/`on_lost`). A
 poller thread asks the group's committed offsets (OffsetFetch through a listener, by a
 consumer of the group that never joins it) and appends what changed under `<group>`.
 librdkafka learns a restarted broker's new Kafka port from metadata; the bootstrap
@@ -34,6 +44,9 @@ log = logging.getLogger("tests.chaos.kafka")
 
 GROUP = "chaos-kafka-group"
 MESSAGE_TIMEOUT_MS = 30_000
+# how long a member waits for its commit's answer before counting the commit as
+# indeterminate (librdkafka's own requests time out after socket.timeout.ms, 10 s)
+COMMIT_ANSWER_S = 15.0
 
 
 def _ck() -> Any:
@@ -193,15 +206,41 @@ class KafkaWorkload:
     def _consume(self, name: str) -> None:
         ck = _ck()
         key = f"{self.group}/{name}"
-        consumer = ck.Consumer({**self._common(), "client.id": f"chaos-{name}",
-                                "group.id": self.group, "auto.offset.reset": "earliest",
-                                "enable.auto.commit": False, "session.timeout.ms": 6000,
-                                "heartbeat.interval.ms": 500, "fetch.wait.max.ms": 300})
-        consumer.subscribe([self.topic])
+        # (error, partitions) of the commits answered; appended by `on_commit`, which
+        # librdkafka calls on this thread from within `consume`
+        answers: list[tuple[Any, list[Any]]] = []
+        uncommitted: dict[tuple[str, int], int] = {}  # next offsets read, not yet committed
+
+        incarnation = [0]  # the callbacks of a consumer given up on are ignored
+
+        def join() -> Any:
+            incarnation[0] += 1
+            mine = incarnation[0]
+
+            def on_commit(err: Any, parts: list[Any]) -> None:
+                if incarnation[0] == mine:
+                    answers.append((err, parts))
+
+            def taken_away(_consumer: Any, parts: list[Any]) -> None:
+                if incarnation[0] == mine:
+                    for tp in parts:  # the partition's next owner commits it now
+                        uncommitted.pop((tp.topic, tp.partition), None)
+
+            consumer = ck.Consumer({
+                **self._common(), "client.id": f"chaos-{name}", "group.id": self.group,
+                "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
+                "fetch.wait.max.ms": 300, "on_commit": on_commit})
+            consumer.subscribe([self.topic], on_revoke=taken_away, on_lost=taken_away)
+            return consumer
+
+        consumer = join()
+        in_flight: dict[tuple[str, int], int] | None = None  # the commit awaited
+        sent_at = 0.0
         try:
             while self.consuming.is_set():
                 msgs = consumer.consume(num_messages=500, timeout=0.3)
-                nxt: dict[tuple[str, int], int] = {}
+                read = False
                 for msg in msgs:
                     if msg.error() is not None:
                         self._count(self.consumer_errors, msg.error().name())
@@ -210,26 +249,63 @@ class KafkaWorkload:
                     with self.lock:
                         if rid is not None:
                             self.history.consumed.add(rid)
-                    nxt[(msg.topic(), msg.partition())] = msg.offset() + 1
-                if not nxt:
+                    uncommitted[(msg.topic(), msg.partition())] = msg.offset() + 1
+                    read = True
+                if read:
+                    self.last_delivery[name] = time.monotonic()
+                while answers:
+                    err, parts = answers.pop(0)
+                    offsets = {(tp.topic, tp.partition): tp.offset for tp in parts or []}
+                    # one commit in flight: an answer is its (a failed one may not name
+                    # the same offsets)
+                    if in_flight is None or (err is None and offsets != in_flight):
+                        self._count(self.consumer_errors, "unexpected commit answer")
+                        continue
+                    in_flight = None
+                    self._record_commit(key, err, parts or [])
+                if in_flight is not None and time.monotonic() - sent_at > COMMIT_ANSWER_S:
+                    # a member whose commit never completes may have stopped taking
+                    # part in the group (its heartbeats had stopped in the hangs seen):
+                    # it leaves (closed on a thread of its own, as close may hang too)
+                    # and joins again as a new consumer; what it read and did not
+                    # commit is read again by the partitions' next owners.
+                    self._count(self.consumer_errors, "unanswered commit")
+                    self.note(f"kafka member {name}: a commit unanswered after "
+                              f"{COMMIT_ANSWER_S:.0f} s counts as indeterminate; the "
+                              "member rejoins as a new consumer")
+                    incarnation[0] += 1
+                    threading.Thread(target=consumer.close, daemon=True,
+                                     name=f"chaos kafka {name} close").start()
+                    answers.clear()
+                    uncommitted.clear()
+                    in_flight = None
+                    consumer = join()
                     continue
-                self.last_delivery[name] = time.monotonic()
+                if in_flight is not None or not uncommitted:
+                    continue
+                offsets, uncommitted = uncommitted, {}
                 try:
-                    done = consumer.commit(offsets=[ck.TopicPartition(t, p, o)
-                                                    for (t, p), o in nxt.items()],
-                                           asynchronous=False)
-                except ck.KafkaException as exc:  # fenced by a rebalance, coordinator moving
+                    consumer.commit(offsets=[ck.TopicPartition(t, p, o)
+                                             for (t, p), o in offsets.items()],
+                                    asynchronous=True)
+                except ck.KafkaException as exc:  # refused at once (no assignment, closing)
                     self._count(self.consumer_errors, exc.args[0].name())
                     continue
-                with self.lock:
-                    for tp in done or []:
-                        if tp.error is None and tp.offset >= 0:
-                            self.history.commits[(key, (tp.topic, tp.partition))].append(
-                                tp.offset)
-                        elif tp.error is not None:
-                            self._count(self.consumer_errors, tp.error.name())
+                in_flight, sent_at = offsets, time.monotonic()
         finally:
             consumer.close()
+
+    def _record_commit(self, key: str, err: Any, parts: list[Any]) -> None:
+        """An answered commit: the offsets it acknowledges go to `commits` in the order
+        of the answers."""
+        with self.lock:
+            if err is not None and not any(tp.error is not None for tp in parts):
+                self._count_locked(self.consumer_errors, err.name())
+            for tp in parts:
+                if tp.error is not None:
+                    self._count_locked(self.consumer_errors, tp.error.name())
+                elif err is None and tp.offset >= 0:
+                    self.history.commits[(key, (tp.topic, tp.partition))].append(tp.offset)
 
     def _poll_commits(self, name: str) -> None:
         ck = _ck()
@@ -263,4 +339,8 @@ class KafkaWorkload:
 
     def _count(self, where: dict[str, int], what: str) -> None:
         with self.lock:
-            where[what] = where.get(what, 0) + 1
+            self._count_locked(where, what)
+
+    @staticmethod
+    def _count_locked(where: dict[str, int], what: str) -> None:
+        where[what] = where.get(what, 0) + 1
