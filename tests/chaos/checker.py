@@ -20,7 +20,8 @@ class History:
     """What the workload saw."""
 
     attempted: int = 0
-    acked: dict[RecordId, tuple[TopicPartition, int]] = field(default_factory=dict)
+    # where each acknowledged record was said to land (offset None: not reported)
+    acked: dict[RecordId, tuple[TopicPartition, int | None]] = field(default_factory=dict)
     failed: set[RecordId] = field(default_factory=set)  # definite failures (not written)
     indeterminate: set[RecordId] = field(default_factory=set)  # timeouts, dropped links
     consumed: set[RecordId] = field(default_factory=set)  # delivered to the group
@@ -80,6 +81,12 @@ def check(history: History, final: FinalState) -> dict[str, list[str]]:
         found = where.get(rid)
         if not found:
             anomalies["lost"].append(f"{rid} acked at {tp}@{offset} is missing")
+        elif offset is None or offset < 0:
+            # acknowledged without an offset (librdkafka's idempotent producer can report
+            # a retried batch it knows was written as delivered, offset unknown): it
+            # must be in the partition it was sent to
+            if all(t != tp for t, _ in found):
+                anomalies["moved"].append(f"{rid} acked in {tp} found at {found}")
         elif (tp, offset) not in found:
             anomalies["moved"].append(f"{rid} acked at {tp}@{offset} found at {found}")
     for rid, found in where.items():

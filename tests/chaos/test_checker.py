@@ -27,6 +27,17 @@ def test_clean_history_has_no_anomalies() -> None:
     assert check(*clean()) == {}
 
 
+def test_an_ack_without_an_offset_needs_the_record_in_its_partition() -> None:
+    h, final = clean()
+    h.acked[("p", 1)] = (TP, None)
+    assert check(h, final) == {}
+    h.acked[("p", 1)] = (("t", 1), -1)  # acked in another partition than it is in
+    assert "moved" in check(h, final)
+    h, final = clean()
+    h.acked[("p", 3)] = (TP, None)
+    assert "lost" in check(h, final)
+
+
 def test_each_anomaly_kind_is_reported() -> None:
     h, f = clean()
     f.partitions[TP].pop()  # lose the last acked record
