@@ -26,6 +26,7 @@ from dmq.log.batch import (
     Buffer,
 )
 from dmq.log.index import OFFSET_ENTRY_SIZE, TIME_ENTRY_SIZE, OffsetIndex, TimeIndex
+from dmq.log.producer_state import ProducerStateManager
 
 log = logging.getLogger("dmq.log")
 
@@ -41,15 +42,22 @@ def segment_name(base_offset: int) -> str:
 
 
 class ScanResult:
-    """Outcome of scanning a segment file: where the valid prefix ends and why."""
+    """Outcome of scanning a segment file: where the valid prefix ends and why, and
+    what the scan collected for the log (see `LogSegment.recover`)."""
 
-    __slots__ = ("corrupt_reason", "headers", "torn", "valid_bytes")
+    __slots__ = ("batches", "corrupt_reason", "epoch_rises", "epochs_from", "stopped", "torn",
+                 "valid_bytes")
 
     def __init__(self) -> None:
         self.valid_bytes = 0
-        self.headers: list[BatchHeader] = []
+        self.batches = 0  # valid batches kept
         self.corrupt_reason: str | None = None
         self.torn = False
+        self.stopped = False  # the scan reached the file end or a bad batch
+        # (leader epoch, base offset) of each rise among the batches ending at or after
+        # `epochs_from` (None: not collected)
+        self.epochs_from: int | None = None
+        self.epoch_rises: list[tuple[int, int]] = []
 
 
 class LogSegment:
@@ -141,35 +149,40 @@ class LogSegment:
         self.bytes_since_index = self.size_bytes - self.index.lookup(2**63 - 1)[1]
         return True
 
-    def recover(self, expected_base: int | None) -> ScanResult:
+    def recover(self, expected_base: int | None, epochs_from: int | None = None,
+                producers: ProducerStateManager | None = None) -> ScanResult:
         """Scan the whole file, keep the valid prefix, truncate the rest, rebuild indexes.
 
         A batch is valid when its length, magic, record count and CRC check out and its
         base offset is not below the previous batch's next offset (or `expected_base`).
         Sizes are not checked against `max_message_bytes`: lowering that setting must
         never make recovery cut data that was valid when written.
+
+        The same pass collects what the log needs from these headers, so that it does
+        not walk them again: with `epochs_from`, the rises of the leader epoch among the
+        valid batches ending at or after it (`ScanResult.epoch_rises`); with
+        `producers`, the idempotent batches (`ProducerStateManager.update`).
         """
         res = ScanResult()
+        res.epochs_from = epochs_from
         self.read_hint_offset = -1
-        prev_next = self.base_offset if expected_base is None else max(
-            expected_base, self.base_offset)
         self.index.wipe()
         self.time_index.wipe()
         self.max_timestamp = -1
         self.offset_of_max_timestamp = self.base_offset
         self.bytes_since_index = 0
         self.next_offset = self.base_offset
-        for h in self._walk(0, check_crc=True, result=res):
-            size = h.batch_length + LOG_OVERHEAD
-            if h.base_offset < prev_next:
-                res.corrupt_reason = (
-                    f"batch base offset {h.base_offset} does not follow {prev_next - 1}")
+        prev_next = self.base_offset if expected_base is None else max(
+            expected_base, self.base_offset)
+        position = 0
+        while True:
+            raw, position, prev_next = self._scan_chunk(position, prev_next, res)
+            if raw:
+                self._index_scanned(raw, res, epochs_from, producers)
+            if res.stopped:
                 break
-            self._index_batch(h.base_offset, h.position, size, h.max_timestamp)
-            res.headers.append(h)
-            prev_next = h.base_offset + h.last_offset_delta + 1
-            res.valid_bytes = h.position + size
-        self.next_offset = prev_next if res.headers else self.base_offset
+        res.valid_bytes = position
+        self.next_offset = prev_next if res.batches else self.base_offset
         if res.valid_bytes < self.size_bytes:
             if res.corrupt_reason is None:
                 res.torn = True
@@ -186,6 +199,104 @@ class LogSegment:
             self.index.trim()
             self.time_index.trim()
         return res
+
+    def _scan_chunk(self, position: int, prev_next: int,
+                    res: ScanResult) -> tuple[list[tuple[int, ...]], int, int]:
+        """Validate the whole batches of one read from `position` (a batch start): their
+        raw header tuples (the 13 fields, then the absolute position), the position and
+        next offset after the last valid one. Sets `res.stopped` at the file end or at
+        the first bad batch (with `res.corrupt_reason`; none for a torn tail). One
+        `unpack_from` and one CRC per batch, no object per batch beyond its tuple."""
+        file_end = self.size_bytes
+        out: list[tuple[int, ...]] = []
+        if position >= file_end:
+            res.stopped = True
+            return out, position, prev_next
+        buf = os.pread(self.fd, min(_SCAN_CHUNK_BYTES, file_end - position), position)
+        mv = memoryview(buf)
+        n = len(buf)
+        unpack = HEADER_STRUCT.unpack_from
+        append = out.append
+        rel = 0
+        reason: str | None = None
+        while True:
+            if n - rel < HEADER_SIZE:
+                if position + rel + HEADER_SIZE > file_end or n < HEADER_SIZE:
+                    res.stopped = True  # a torn header (or the file end)
+                break  # the next header is in the next read
+            t = unpack(buf, rel)
+            size = t[1] + LOG_OVERHEAD
+            if t[3] != MAGIC or t[1] < MIN_BATCH_LENGTH:
+                reason = f"bad magic {t[3]}" if t[3] != MAGIC else f"bad batch_length {t[1]}"
+                break
+            end = rel + size
+            if position + end > file_end:
+                res.stopped = True  # a torn batch
+                break
+            if t[12] < 1 or t[6] < t[12] - 1:
+                reason = "inconsistent record count"
+                break
+            if end > n:
+                if rel:
+                    break  # the batch is in the next read
+                crc = self._crc_of_large_batch(position, size)  # bounded memory
+            else:
+                crc = crc32c(mv[rel + CRC_START : end])
+            if crc != t[4]:
+                reason = "CRC mismatch"
+                break
+            if t[0] < prev_next:
+                reason = f"batch base offset {t[0]} does not follow {prev_next - 1}"
+                break
+            append((*t, position + rel))
+            prev_next = t[0] + t[6] + 1
+            rel = end
+            if rel >= n:
+                break
+        if reason is not None:
+            res.corrupt_reason = reason
+            res.stopped = True
+        position += rel
+        if position >= file_end:
+            res.stopped = True
+        return out, position, prev_next
+
+    def _index_scanned(self, raw: list[tuple[int, ...]], res: ScanResult,
+                       epochs_from: int | None,
+                       producers: ProducerStateManager | None) -> None:
+        """Index the batches one scan read validated and note what `recover` collects."""
+        res.batches += len(raw)
+        interval = self.index_interval_bytes
+        since = self.bytes_since_index
+        max_seen = self.max_timestamp
+        max_at = self.offset_of_max_timestamp
+        index_append = self.index.append
+        time_append = self.time_index.maybe_append
+        for t in raw:
+            if since > interval:
+                index_append(t[0], t[13])
+                time_append(t[8] if t[8] > max_seen else max_seen,
+                            t[0] if t[8] > max_seen else max_at)
+                since = 0
+            since += t[1] + LOG_OVERHEAD
+            if t[8] > max_seen:
+                max_seen, max_at = t[8], t[0]
+        self.bytes_since_index = since
+        self.max_timestamp = max_seen
+        self.offset_of_max_timestamp = max_at
+        if epochs_from is not None:
+            rises = res.epoch_rises
+            latest = rises[-1][0] if rises else -1
+            for t in raw:
+                if t[2] > latest and t[0] + t[6] >= epochs_from:
+                    latest = t[2]
+                    rises.append((latest, t[0]))
+        if producers is not None:
+            update = producers.update
+            for t in raw:
+                if t[9] >= 0:
+                    update(t[9], t[10], t[11], (t[11] + t[6]) & 0x7FFFFFFF, t[0], t[0] + t[6],
+                           t[8])
 
     def _walk(self, position: int, check_crc: bool,
               result: ScanResult | None) -> Iterator[BatchHeader]:
