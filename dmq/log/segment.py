@@ -176,9 +176,10 @@ class LogSegment:
             expected_base, self.base_offset)
         position = 0
         while True:
-            raw, position, prev_next = self._scan_chunk(position, prev_next, res)
+            raw, end, prev_next = self._scan_chunk(position, prev_next, res)
             if raw:
-                self._index_scanned(raw, res, epochs_from, producers)
+                self._index_scanned(raw, position, res, epochs_from, producers)
+            position = end
             if res.stopped:
                 break
         res.valid_bytes = position
@@ -203,10 +204,11 @@ class LogSegment:
     def _scan_chunk(self, position: int, prev_next: int,
                     res: ScanResult) -> tuple[list[tuple[int, ...]], int, int]:
         """Validate the whole batches of one read from `position` (a batch start): their
-        raw header tuples (the 13 fields, then the absolute position), the position and
-        next offset after the last valid one. Sets `res.stopped` at the file end or at
-        the first bad batch (with `res.corrupt_reason`; none for a torn tail). One
-        `unpack_from` and one CRC per batch, no object per batch beyond its tuple."""
+        raw header tuples (the 13 fields; the batches are contiguous from `position`),
+        the position and next offset after the last valid one. Sets `res.stopped` at the
+        file end or at the first bad batch (with `res.corrupt_reason`; none for a torn
+        tail). One `unpack_from` and one CRC per batch, no object per batch beyond its
+        tuple."""
         file_end = self.size_bytes
         out: list[tuple[int, ...]] = []
         if position >= file_end:
@@ -225,11 +227,18 @@ class LogSegment:
                     res.stopped = True  # a torn header (or the file end)
                 break  # the next header is in the next read
             t = unpack(buf, rel)
-            size = t[1] + LOG_OVERHEAD
+            end = rel + t[1] + LOG_OVERHEAD
+            if (t[3] == MAGIC and t[1] >= MIN_BATCH_LENGTH and end <= n and t[12] >= 1
+                    and t[6] >= t[12] - 1 and t[0] >= prev_next
+                    and crc32c(mv[rel + CRC_START : end]) == t[4]):
+                append(t)  # the common case: every check at once
+                prev_next = t[0] + t[6] + 1
+                rel = end
+                continue
+            # one of them failed, or the batch does not end in this read: which one
             if t[3] != MAGIC or t[1] < MIN_BATCH_LENGTH:
                 reason = f"bad magic {t[3]}" if t[3] != MAGIC else f"bad batch_length {t[1]}"
                 break
-            end = rel + size
             if position + end > file_end:
                 res.stopped = True  # a torn batch
                 break
@@ -239,7 +248,7 @@ class LogSegment:
             if end > n:
                 if rel:
                     break  # the batch is in the next read
-                crc = self._crc_of_large_batch(position, size)  # bounded memory
+                crc = self._crc_of_large_batch(position, end)  # (rel is 0) bounded memory
             else:
                 crc = crc32c(mv[rel + CRC_START : end])
             if crc != t[4]:
@@ -248,11 +257,9 @@ class LogSegment:
             if t[0] < prev_next:
                 reason = f"batch base offset {t[0]} does not follow {prev_next - 1}"
                 break
-            append((*t, position + rel))
+            append(t)  # a batch larger than a read
             prev_next = t[0] + t[6] + 1
             rel = end
-            if rel >= n:
-                break
         if reason is not None:
             res.corrupt_reason = reason
             res.stopped = True
@@ -261,10 +268,11 @@ class LogSegment:
             res.stopped = True
         return out, position, prev_next
 
-    def _index_scanned(self, raw: list[tuple[int, ...]], res: ScanResult,
+    def _index_scanned(self, raw: list[tuple[int, ...]], position: int, res: ScanResult,
                        epochs_from: int | None,
                        producers: ProducerStateManager | None) -> None:
-        """Index the batches one scan read validated and note what `recover` collects."""
+        """Index the batches one scan read validated (contiguous from `position`) and
+        note what `recover` collects."""
         res.batches += len(raw)
         interval = self.index_interval_bytes
         since = self.bytes_since_index
@@ -272,13 +280,16 @@ class LogSegment:
         max_at = self.offset_of_max_timestamp
         index_append = self.index.append
         time_append = self.time_index.maybe_append
+        pos = position
         for t in raw:
+            size = t[1] + LOG_OVERHEAD
             if since > interval:
-                index_append(t[0], t[13])
+                index_append(t[0], pos)
                 time_append(t[8] if t[8] > max_seen else max_seen,
                             t[0] if t[8] > max_seen else max_at)
                 since = 0
-            since += t[1] + LOG_OVERHEAD
+            since += size
+            pos += size
             if t[8] > max_seen:
                 max_seen, max_at = t[8], t[0]
         self.bytes_since_index = since
