@@ -275,13 +275,15 @@ class _EntryFile:
         self.mapped_writes = mapped and self._mappable
         self._open = True
 
-    def wipe(self) -> None:
+    def wipe(self, mapped: bool | None = None) -> None:
         """Empty the file (before a rebuild from the log: entries of a damaged file past
         the rebuilt ones must not survive). A file of at most `_WIPE_IN_PLACE_BYTES` is
         overwritten with zeros, which a reader takes for its end, instead of truncated:
         a truncate is a metadata change of the file system (~120 us each on ext4 here,
-        two per log after a crash), a small pwrite only dirties a page."""
-        mapped = self.mapped_writes
+        two per log after a crash), a small pwrite only dirties a page. `mapped`: whether
+        the rebuilt entries are stored through a mapping (None: as before)."""
+        if mapped is None:
+            mapped = self.mapped_writes
         self._unmap()
         fd = os.open(self.path, os.O_RDWR)
         try:
@@ -395,7 +397,7 @@ class _SparseIndex(_EntryFile):
 
     def sync(self) -> None:
         """Write entries not yet in the file: into the mapping (grown first if needed),
-        or with one `pwrite` for a file that is not mapped.
+        or with one `pwrite` for a file that is not mapped (or not yet).
 
         A full disk is not an error here: the file keeps the prefix it has (a sparser
         index is still a correct one, and the reader stops at the unwritten zeros) and
@@ -406,7 +408,9 @@ class _SparseIndex(_EntryFile):
             return  # (a trimmed file holds what it will hold)
         size = self._entry.size
         try:
-            if self._map_at_least(n * size):
+            # (a file not mapped yet is mapped by the append path once an entry needs
+            # it, not by a sync: see `LogSegment.recover`)
+            if self._mm is not None and self._map_at_least(n * size):
                 mm = self._mm
                 assert mm is not None
                 mm[self._synced * size:n * size] = self._pack(self._synced, n)
@@ -440,11 +444,11 @@ class _SparseIndex(_EntryFile):
     def reset(self) -> None:
         self._truncate_entries(0)
 
-    def wipe(self) -> None:
+    def wipe(self, mapped: bool | None = None) -> None:
         for col in self._cols:
             del col[:]
         self._synced = 0
-        super().wipe()
+        super().wipe(mapped)
 
     def flush(self) -> None:
         self.sync()

@@ -166,8 +166,11 @@ class LogSegment:
         res = ScanResult()
         res.epochs_from = epochs_from
         self.read_hint_offset = -1
-        self.index.wipe()
-        self.time_index.wipe()
+        # Rebuilt in memory: an active segment's index files are mapped when the append
+        # path adds an entry (and a sync writes them with a `pwrite` until then), not
+        # for every log on open (an allocation and a mapping each, ~80 us of wall time).
+        self.index.wipe(mapped=False)
+        self.time_index.wipe(mapped=False)
         self.max_timestamp = -1
         self.offset_of_max_timestamp = self.base_offset
         self.bytes_since_index = 0
@@ -196,7 +199,10 @@ class LogSegment:
             os.ftruncate(self.fd, res.valid_bytes)
             self.size_bytes = res.valid_bytes
         self.indexes_existed = True
-        if not self.active:
+        if self.active:
+            self.index.reopen_writable(self.index.entries)
+            self.time_index.reopen_writable(self.time_index.entries)
+        else:
             self.index.trim()
             self.time_index.trim()
         return res

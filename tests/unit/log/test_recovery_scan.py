@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+import dmq.log.index as index_module
 import dmq.log.segment as segment
 from dmq.clock import ManualClock
 from dmq.log import LogConfig, PartitionLog, validate_batches
@@ -149,3 +150,56 @@ def test_scan_reads_of_any_size_cut_exactly_after_the_last_valid_batch(
         assert log.log_end_offset == expected_end
         assert [o for o, _ in read_all(log)] == list(range(expected_end))
         log.close()
+
+
+def _mapped(path: str) -> bool:
+    with open("/proc/self/maps") as f:
+        return any(line.rstrip("\n").endswith(" " + path) for line in f)
+
+
+@pytest.mark.parametrize("then", ["flush", "append", "crash", "close"])
+def test_an_unclean_open_maps_no_index_until_an_entry_needs_it(tmp_path: object,
+                                                              then: str) -> None:
+    """Opening a log after a crash rebuilds its active indexes in memory and maps no
+    file (two allocations and mappings per log, for thousands of logs); a sync writes
+    the entries with a pwrite, the append path maps the file when it adds an entry, and
+    whatever comes next the files agree with the log."""
+    path = os.path.realpath(str(tmp_path))
+    if not index_module._overwrites_in_place(path):
+        pytest.skip("indexes on this file system are never mapped")
+    cfg = LogConfig(segment_bytes=1 << 20, index_interval_bytes=100)
+    plog = PartitionLog.open(path, cfg, ManualClock(), fsync_enabled=False)
+    for i in range(40):
+        plog.append_as_leader(batch(2, seed=i), 1)
+    plog.abandon()
+    plog = PartitionLog.open(path, cfg, ManualClock(), fsync_enabled=then == "flush")
+    seg = plog.segments[-1]
+    entries = seg.index.entries
+    assert entries > 5 and seg.time_index.entries > 0
+    assert not _mapped(seg.index.path) and not _mapped(seg.timeindex_path)
+    if then == "flush":
+        plog.flush()  # the sync writes them without a mapping
+        assert not _mapped(seg.index.path)
+        assert os.path.getsize(seg.index.path) >= entries * 8
+        again = index_module.OffsetIndex(seg.index.path, 0, 1 << 20, False)
+        assert again.load() and again.entries == entries
+        again.close()
+    elif then == "append":
+        while seg.index.entries == entries:
+            plog.append_as_leader(batch(2), 1)
+        assert _mapped(seg.index.path)
+        again = index_module.OffsetIndex(seg.index.path, 0, 1 << 20, False)
+        assert again.load() and again.entries == entries + 1  # all stored, old and new
+        again.close()
+    elif then == "crash":
+        plog.append_as_leader(batch(2), 1)
+    end = plog.log_end_offset
+    if then == "close":
+        plog.close()
+    else:
+        plog.abandon()
+    reopened = PartitionLog.open(path, cfg, ManualClock(), fsync_enabled=False)
+    check_log_consistent(reopened)
+    assert reopened.log_end_offset == end
+    assert [o for o, _ in read_all(reopened)] == list(range(end))
+    reopened.close()
