@@ -134,7 +134,7 @@ class LogSegment:
             return False
         end = start_pos
         next_offset = start_offset
-        for h in self._walk(start_pos, check_crc=False, result=None):
+        for h in self._walk(start_pos):
             end = h.position + h.batch_length + LOG_OVERHEAD
             next_offset = h.base_offset + h.last_offset_delta + 1
             if h.max_timestamp > self.max_timestamp:
@@ -315,49 +315,26 @@ class LogSegment:
                     update(t[9], t[10], t[11], (t[11] + t[6]) & 0x7FFFFFFF, t[0], t[0] + t[6],
                            t[8])
 
-    def _walk(self, position: int, check_crc: bool,
-              result: ScanResult | None) -> Iterator[BatchHeader]:
-        """Yield headers of the file from `position`; stop (recording why) at a bad batch."""
+    def _walk(self, position: int) -> Iterator[BatchHeader]:
+        """Yield headers of the file from `position` (no CRC check: `recover` checked
+        them); stop at a torn or malformed batch."""
         file_end = self.size_bytes
         unpack = HEADER_STRUCT.unpack_from
         pos = position
         buf = b""
         buf_start = pos
-        chunk = _SCAN_CHUNK_BYTES if check_crc else _WALK_CHUNK_BYTES
         while pos < file_end:
             rel = pos - buf_start
             if len(buf) - rel < HEADER_SIZE:
-                buf = os.pread(self.fd, min(chunk, file_end - pos), pos)
+                buf = os.pread(self.fd, min(_WALK_CHUNK_BYTES, file_end - pos), pos)
                 buf_start, rel = pos, 0
                 if len(buf) < HEADER_SIZE:
                     return  # torn header
             h = BatchHeader._make((*unpack(buf, rel), pos))
             size = h.batch_length + LOG_OVERHEAD
-            if h.magic != MAGIC or h.batch_length < MIN_BATCH_LENGTH:
-                if result is not None:
-                    result.corrupt_reason = (f"bad magic {h.magic}" if h.magic != MAGIC
-                                             else f"bad batch_length {h.batch_length}")
+            if (h.magic != MAGIC or h.batch_length < MIN_BATCH_LENGTH or pos + size > file_end
+                    or h.record_count < 1 or h.last_offset_delta < h.record_count - 1):
                 return
-            if pos + size > file_end:
-                return  # torn batch
-            if h.record_count < 1 or h.last_offset_delta < h.record_count - 1:
-                if result is not None:
-                    result.corrupt_reason = "inconsistent record count"
-                return
-            if check_crc:
-                if size > _SCAN_CHUNK_BYTES:
-                    crc = self._crc_of_large_batch(pos, size)  # bounded memory
-                else:
-                    if rel + size > len(buf):
-                        buf = os.pread(self.fd, min(_SCAN_CHUNK_BYTES, file_end - pos), pos)
-                        buf_start, rel = pos, 0
-                        if len(buf) < size:
-                            return
-                    crc = crc32c(memoryview(buf)[rel + CRC_START : rel + size])
-                if crc != h.crc:
-                    if result is not None:
-                        result.corrupt_reason = "CRC mismatch"
-                    return
             yield h
             pos += size
 
@@ -375,7 +352,7 @@ class LogSegment:
 
     def headers(self, position: int = 0) -> Iterator[BatchHeader]:
         """Headers of the batches from `position` (a batch start) to the end, no CRC check."""
-        return self._walk(position, check_crc=False, result=None)
+        return self._walk(position)
 
     # ---------------------------------------------------------------- writing
 
@@ -468,7 +445,7 @@ class LogSegment:
     def find(self, offset: int) -> BatchHeader | None:
         """Header (with absolute position) of the first batch whose last offset >= `offset`."""
         _, pos = self.index.lookup(offset)
-        for h in self._walk(pos, check_crc=False, result=None):
+        for h in self._walk(pos):
             if h.base_offset + h.last_offset_delta >= offset:
                 return h
         return None
@@ -482,7 +459,7 @@ class LogSegment:
             return None
         start = self.time_index.lookup(timestamp)
         _, pos = self.index.lookup(start)
-        for h in self._walk(pos, check_crc=False, result=None):
+        for h in self._walk(pos):
             if h.max_timestamp >= timestamp:
                 return h
         return None
@@ -510,7 +487,7 @@ class LogSegment:
         _, pos = self.index.lookup(2**63 - 1)
         if h.position == 0:
             self.next_offset = self.base_offset
-        for t in self._walk(pos, check_crc=False, result=None):
+        for t in self._walk(pos):
             self.next_offset = t.base_offset + t.last_offset_delta + 1
             if t.max_timestamp > self.max_timestamp:
                 self.max_timestamp = t.max_timestamp
