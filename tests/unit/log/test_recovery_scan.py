@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import struct
 
 import pytest
 
@@ -160,10 +161,12 @@ def _mapped(path: str) -> bool:
 @pytest.mark.parametrize("then", ["flush", "append", "crash", "close"])
 def test_an_unclean_open_maps_no_index_until_an_entry_needs_it(tmp_path: object,
                                                               then: str) -> None:
-    """Opening a log after a crash rebuilds its active indexes in memory and maps no
-    file (two allocations and mappings per log, for thousands of logs); a sync writes
-    the entries with a pwrite, the append path maps the file when it adds an entry, and
-    whatever comes next the files agree with the log."""
+    """Opening a log after a crash rebuilds its active indexes in memory and neither
+    writes nor maps their files (a write into pages under writeback, an allocation and a
+    mapping per file, for thousands of logs); a sync empties the file and writes the
+    entries with a pwrite, the append path does so and maps the file when it adds an
+    entry; nothing of the old entries is left past the new ones then, and whatever
+    comes next the files agree with the log."""
     path = os.path.realpath(str(tmp_path))
     if not index_module._overwrites_in_place(path):
         pytest.skip("indexes on this file system are never mapped")
@@ -172,11 +175,20 @@ def test_an_unclean_open_maps_no_index_until_an_entry_needs_it(tmp_path: object,
     for i in range(40):
         plog.append_as_leader(batch(2, seed=i), 1)
     plog.abandon()
+    index_path = os.path.join(path, "00000000000000000000.index")
+    with open(index_path, "r+b") as f:  # entries past the ones a rebuild gives
+        old = f.read()
+        f.seek(len(old))
+        f.write(b"".join(struct.pack(">II", 10_000 + k, 100_000 + k) for k in range(50)))
+        f.seek(0)
+        before = f.read()
     plog = PartitionLog.open(path, cfg, ManualClock(), fsync_enabled=then == "flush")
     seg = plog.segments[-1]
     entries = seg.index.entries
     assert entries > 5 and seg.time_index.entries > 0
     assert not _mapped(seg.index.path) and not _mapped(seg.timeindex_path)
+    with open(index_path, "rb") as f:
+        assert f.read() == before  # not written by the open
     if then == "flush":
         plog.flush()  # the sync writes them without a mapping
         assert not _mapped(seg.index.path)
@@ -191,6 +203,9 @@ def test_an_unclean_open_maps_no_index_until_an_entry_needs_it(tmp_path: object,
         again = index_module.OffsetIndex(seg.index.path, 0, 1 << 20, False)
         assert again.load() and again.entries == entries + 1  # all stored, old and new
         again.close()
+    if then in ("flush", "append"):
+        with open(index_path, "rb") as f:
+            assert not any(f.read()[8 * seg.index.entries:])  # no stale entry left
     elif then == "crash":
         plog.append_as_leader(batch(2), 1)
     end = plog.log_end_offset
