@@ -202,19 +202,41 @@ class ReplicaManager:
         loop = asyncio.get_running_loop()
         started = self.clock.monotonic_ms()
 
+        configs: dict[str | None, LogConfig] = {}  # by cleanup.policy (the rest comes
+        # with the image)
+
         def open_one(item: tuple[str, int, Path]) -> tuple[str, int, PartitionLog, str]:
             topic, p, path = item
             meta = _read_partition_metadata(path)
-            known = {k: v for k, v in meta.items() if k == "cleanup.policy"}
-            cfg = log_config_for(self.config, known)  # the rest comes with the image
+            policy = meta.get("cleanup.policy")
+            cfg = configs.get(policy)
+            if cfg is None:
+                cfg = configs[policy] = log_config_for(
+                    self.config, {} if policy is None else {"cleanup.policy": policy})
             return topic, p, PartitionLog.open(str(path), cfg, epoch_flusher=self.epoch_flusher), \
                 meta.get("topic_id", "")
 
-        with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="log-load") as pool:
-            results = await asyncio.gather(
-                *(loop.run_in_executor(pool, open_one, item) for item in found),
-                return_exceptions=True)
-        for item, res in zip(found, results, strict=True):
+        def open_some(items: list[tuple[str, int, Path]]) -> list[Any]:
+            out: list[Any] = []
+            for item in items:
+                try:
+                    out.append(open_one(item))
+                except Exception as exc:  # noqa: BLE001 - reported per log below
+                    out.append(exc)
+            return out
+
+        # One job per thread, not one per log: a future per log woke the event loop
+        # 10,000 times, each wake-up taking the interpreter from the opening thread
+        # (2,000 unclean logs: 2.8 s against 1.2 s of CPU).
+        shares = [found[i::parallelism] for i in range(min(parallelism, len(found)))]
+        with ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix="log-load") as pool:
+            done = await asyncio.gather(
+                *(loop.run_in_executor(pool, open_some, share) for share in shares))
+        results: dict[Path, Any] = {}
+        for share, share_results in zip(shares, done, strict=True):
+            results.update(zip((item[2] for item in share), share_results, strict=True))
+        for item in found:
+            res = results[item[2]]
             if isinstance(res, BaseException):
                 log.error("broker=%d cannot open log %s: %s", self.broker_id, item[2], res)
                 continue

@@ -101,7 +101,7 @@ from dmq.log.errors import (
 from dmq.log.migrate import MigrationResult, ensure_current_format
 from dmq.log.producer_state import ProducerStateManager
 from dmq.log.recovery import META_FILE, LoadedSegments, load_segments
-from dmq.log.segment import LogSegment
+from dmq.log.segment import LogSegment, ScanResult
 
 log = logging.getLogger("dmq.log")
 
@@ -950,7 +950,7 @@ class PartitionLog:
         self._load_epochs(loaded)
         for seg in segs[:-1]:  # closed segments hold no descriptor until read
             self._release_fd(seg)
-        self.producer_state.rebuild(self._all_headers())
+        self._load_producers(loaded)
         meta = loaded.meta
         if len(meta) == 3:
             self._meta_on_disk = tuple((k, meta.get(k, -1)) for k, _ in self._meta_rows(False))
@@ -967,6 +967,24 @@ class PartitionLog:
             # checkpoint writes them first, and until then an open assigns them again;
             # a restart after a crash leaves the flusher no pass over every log)
             self.epoch_cache.schedule_flush()
+
+    def _load_producers(self, loaded: LoadedSegments) -> None:
+        """`producer_state.rebuild(self._all_headers())`, taking the recovered segments'
+        batches from their recovery scan instead of walking their headers again."""
+        state = self.producer_state
+        state.clear()
+        horizon = self.clock.wall_ms() - self.config.producer_id_expiration_ms
+        last = self._segments[-1]
+        for seg in self._segments:
+            if seg.max_timestamp < horizon and seg is not last:
+                continue
+            scan = loaded.scans.get(seg.base_offset)
+            if scan is not None:
+                state.merge(scan[1])
+                continue
+            for h in seg.headers(0):
+                if h.producer_id >= 0:
+                    state.update_from_header(h, h.base_offset)
 
     def _load_epochs(self, loaded: LoadedSegments) -> None:
         """Make the leader-epoch cache agree with the loaded log (writes deferred: the
@@ -994,7 +1012,7 @@ class PartitionLog:
                 # does, the entries starting at or after its first batch).
                 rebuild_from = min(loaded.recovery_point, self._log_end_offset)
             if rebuild_from is not None:
-                for epoch, start in self._epochs_in_log(rebuild_from):
+                for epoch, start in self._epochs_in_log(rebuild_from, loaded.scans):
                     cache.assign(epoch, start)
             # An epoch may legitimately start at the log end (its batches were all
             # deleted by a log start move); only a recovery that cut data invalidates
@@ -1005,12 +1023,25 @@ class PartitionLog:
             cache.defer_writes(False)
         self._latest_epoch = cache.latest_epoch
 
-    def _epochs_in_log(self, offset: int) -> Iterator[tuple[int, int]]:
+    def _epochs_in_log(self, offset: int,
+                       scans: dict[int, tuple[ScanResult, ProducerStateManager]]
+                       ) -> Iterator[tuple[int, int]]:
         """(epoch, first offset) of each epoch rise in the batch headers of batches that
-        end at or after `offset` (no CRC check: recovery checked the unflushed part)."""
+        end at or after `offset` (no CRC check: recovery checked the unflushed part).
+        A segment whose recovery scan collected the rises from `offset` (or from before
+        its start) gives those without a walk: each rise of the log is one of them, and
+        those that are not rises of the log are below an epoch already given."""
         latest = UNDEFINED_EPOCH
         for seg in self._segments:
             if seg.next_offset <= offset or seg.size_bytes == 0:
+                continue
+            scan = scans.get(seg.base_offset)
+            if scan is not None and (frm := scan[0].epochs_from) is not None and (
+                    frm == offset or seg.base_offset >= max(frm, offset)):
+                for epoch, start in scan[0].epoch_rises:
+                    if epoch > latest:
+                        latest = epoch
+                        yield epoch, start
                 continue
             position = seg.index.lookup(offset)[1] if offset > seg.base_offset else 0
             for h in seg.headers(position):

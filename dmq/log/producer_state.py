@@ -113,5 +113,14 @@ class ProducerStateManager:
             if h.producer_id >= 0:
                 self.update_from_header(h, h.base_offset)
 
+    def merge(self, later: ProducerStateManager) -> None:
+        """Apply `later`, the state built from the batches that follow those this state
+        was built from: the same result as updating with each of those batches (a
+        producer's entry there holds its last batches of the highest epoch seen, the
+        only ones an update keeps)."""
+        for pid, e in later._producers.items():
+            for b in e.batches:
+                self.update(pid, e.epoch, *b)
+
     def clear(self) -> None:
         self._producers.clear()

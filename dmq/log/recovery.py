@@ -25,7 +25,15 @@ from typing import NamedTuple
 from dmq.log.checkpoint import fsync_dir, read_entries
 from dmq.log.config import LogConfig
 from dmq.log.errors import LogError
-from dmq.log.segment import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, LogSegment, segment_name
+from dmq.log.producer_state import ProducerStateManager
+from dmq.log.segment import (
+    INDEX_SUFFIX,
+    LOG_SUFFIX,
+    TIMEINDEX_SUFFIX,
+    LogSegment,
+    ScanResult,
+    segment_name,
+)
 
 log = logging.getLogger("dmq.log")
 
@@ -45,6 +53,9 @@ class LoadedSegments(NamedTuple):
     recovery_point: int  # the meta checkpoint's (0 without one)
     meta: dict[str, int]  # the meta checkpoint as read ({} if missing or malformed)
     created: bool  # the folder had no segment: its first one was created (not fsynced)
+    # base offset -> what the scan of each recovered segment collected: the leader-epoch
+    # rises from the recovery point on and its idempotent producers' batches
+    scans: dict[int, tuple[ScanResult, ProducerStateManager]]
 
 
 def read_meta(directory: str) -> dict[str, int]:
@@ -70,6 +81,7 @@ def load_segments(directory: str, config: LogConfig,
     bases = found or [log_start]
     segs: list[LogSegment] = []
     recovered: list[LogSegment] = []
+    scans: dict[int, tuple[ScanResult, ProducerStateManager]] = {}
     prev_next: int | None = None
     cut = False
     for i, base in enumerate(bases):
@@ -86,7 +98,9 @@ def load_segments(directory: str, config: LogConfig,
         next_base = bases[i + 1] if i + 1 < len(bases) else None
         scan = not clean and (next_base is None or next_base > recovery_point)
         if scan or not seg.load_trusted():
-            res = seg.recover(prev_next)
+            producers = ProducerStateManager(config.max_producer_batches)
+            res = seg.recover(prev_next, recovery_point, producers)
+            scans[base] = (res, producers)
             if res.corrupt_reason is not None or res.torn:
                 cut = True
             elif (scan and next_base is not None and not config.compact
@@ -111,7 +125,7 @@ def load_segments(directory: str, config: LogConfig,
         fsync_dir(directory)  # the segments deleted after the cut
     end = segs[-1].next_offset
     return LoadedSegments(segs, min(max(log_start, segs[0].base_offset), end), cut, clean,
-                          recovery_point, meta, not found)
+                          recovery_point, meta, not found, scans)
 
 
 def segment_bases(directory: str) -> list[int]:

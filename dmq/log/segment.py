@@ -26,6 +26,7 @@ from dmq.log.batch import (
     Buffer,
 )
 from dmq.log.index import OFFSET_ENTRY_SIZE, TIME_ENTRY_SIZE, OffsetIndex, TimeIndex
+from dmq.log.producer_state import ProducerStateManager
 
 log = logging.getLogger("dmq.log")
 
@@ -41,15 +42,22 @@ def segment_name(base_offset: int) -> str:
 
 
 class ScanResult:
-    """Outcome of scanning a segment file: where the valid prefix ends and why."""
+    """Outcome of scanning a segment file: where the valid prefix ends and why, and
+    what the scan collected for the log (see `LogSegment.recover`)."""
 
-    __slots__ = ("corrupt_reason", "headers", "torn", "valid_bytes")
+    __slots__ = ("batches", "corrupt_reason", "epoch_rises", "epochs_from", "stopped", "torn",
+                 "valid_bytes")
 
     def __init__(self) -> None:
         self.valid_bytes = 0
-        self.headers: list[BatchHeader] = []
+        self.batches = 0  # valid batches kept
         self.corrupt_reason: str | None = None
         self.torn = False
+        self.stopped = False  # the scan reached the file end or a bad batch
+        # (leader epoch, base offset) of each rise among the batches ending at or after
+        # `epochs_from` (None: not collected)
+        self.epochs_from: int | None = None
+        self.epoch_rises: list[tuple[int, int]] = []
 
 
 class LogSegment:
@@ -126,7 +134,7 @@ class LogSegment:
             return False
         end = start_pos
         next_offset = start_offset
-        for h in self._walk(start_pos, check_crc=False, result=None):
+        for h in self._walk(start_pos):
             end = h.position + h.batch_length + LOG_OVERHEAD
             next_offset = h.base_offset + h.last_offset_delta + 1
             if h.max_timestamp > self.max_timestamp:
@@ -141,35 +149,45 @@ class LogSegment:
         self.bytes_since_index = self.size_bytes - self.index.lookup(2**63 - 1)[1]
         return True
 
-    def recover(self, expected_base: int | None) -> ScanResult:
+    def recover(self, expected_base: int | None, epochs_from: int | None = None,
+                producers: ProducerStateManager | None = None) -> ScanResult:
         """Scan the whole file, keep the valid prefix, truncate the rest, rebuild indexes.
 
         A batch is valid when its length, magic, record count and CRC check out and its
         base offset is not below the previous batch's next offset (or `expected_base`).
         Sizes are not checked against `max_message_bytes`: lowering that setting must
         never make recovery cut data that was valid when written.
+
+        The same pass collects what the log needs from these headers, so that it does
+        not walk them again: with `epochs_from`, the rises of the leader epoch among the
+        valid batches ending at or after it (`ScanResult.epoch_rises`); with
+        `producers`, the idempotent batches (`ProducerStateManager.update`).
         """
         res = ScanResult()
+        res.epochs_from = epochs_from
         self.read_hint_offset = -1
-        prev_next = self.base_offset if expected_base is None else max(
-            expected_base, self.base_offset)
-        self.index.wipe()
-        self.time_index.wipe()
+        # Rebuilt in memory: an active segment's index files are emptied and mapped when
+        # the append path adds an entry (and a sync writes them with a `pwrite` until
+        # then), not for every log on open (a write into pages that may be under
+        # writeback, an allocation and a mapping each: ~1 ms of wall time per file).
+        self.index.wipe(mapped=False, deferred=True)
+        self.time_index.wipe(mapped=False, deferred=True)
         self.max_timestamp = -1
         self.offset_of_max_timestamp = self.base_offset
         self.bytes_since_index = 0
         self.next_offset = self.base_offset
-        for h in self._walk(0, check_crc=True, result=res):
-            size = h.batch_length + LOG_OVERHEAD
-            if h.base_offset < prev_next:
-                res.corrupt_reason = (
-                    f"batch base offset {h.base_offset} does not follow {prev_next - 1}")
+        prev_next = self.base_offset if expected_base is None else max(
+            expected_base, self.base_offset)
+        position = 0
+        while True:
+            raw, end, prev_next = self._scan_chunk(position, prev_next, res)
+            if raw:
+                self._index_scanned(raw, position, res, epochs_from, producers)
+            position = end
+            if res.stopped:
                 break
-            self._index_batch(h.base_offset, h.position, size, h.max_timestamp)
-            res.headers.append(h)
-            prev_next = h.base_offset + h.last_offset_delta + 1
-            res.valid_bytes = h.position + size
-        self.next_offset = prev_next if res.headers else self.base_offset
+        res.valid_bytes = position
+        self.next_offset = prev_next if res.batches else self.base_offset
         if res.valid_bytes < self.size_bytes:
             if res.corrupt_reason is None:
                 res.torn = True
@@ -182,54 +200,142 @@ class LogSegment:
             os.ftruncate(self.fd, res.valid_bytes)
             self.size_bytes = res.valid_bytes
         self.indexes_existed = True
-        if not self.active:
+        if self.active:
+            self.index.reopen_writable(self.index.entries)
+            self.time_index.reopen_writable(self.time_index.entries)
+        else:
             self.index.trim()
             self.time_index.trim()
         return res
 
-    def _walk(self, position: int, check_crc: bool,
-              result: ScanResult | None) -> Iterator[BatchHeader]:
-        """Yield headers of the file from `position`; stop (recording why) at a bad batch."""
+    def _scan_chunk(self, position: int, prev_next: int,
+                    res: ScanResult) -> tuple[list[tuple[int, ...]], int, int]:
+        """Validate the whole batches of one read from `position` (a batch start): their
+        raw header tuples (the 13 fields; the batches are contiguous from `position`),
+        the position and next offset after the last valid one. Sets `res.stopped` at the
+        file end or at the first bad batch (with `res.corrupt_reason`; none for a torn
+        tail). One `unpack_from` and one CRC per batch, no object per batch beyond its
+        tuple."""
+        file_end = self.size_bytes
+        out: list[tuple[int, ...]] = []
+        if position >= file_end:
+            res.stopped = True
+            return out, position, prev_next
+        buf = os.pread(self.fd, min(_SCAN_CHUNK_BYTES, file_end - position), position)
+        mv = memoryview(buf)
+        n = len(buf)
+        unpack = HEADER_STRUCT.unpack_from
+        append = out.append
+        rel = 0
+        reason: str | None = None
+        while True:
+            if n - rel < HEADER_SIZE:
+                if position + rel + HEADER_SIZE > file_end or n < HEADER_SIZE:
+                    res.stopped = True  # a torn header (or the file end)
+                break  # the next header is in the next read
+            t = unpack(buf, rel)
+            end = rel + t[1] + LOG_OVERHEAD
+            if (t[3] == MAGIC and t[1] >= MIN_BATCH_LENGTH and end <= n and t[12] >= 1
+                    and t[6] >= t[12] - 1 and t[0] >= prev_next
+                    and crc32c(mv[rel + CRC_START : end]) == t[4]):
+                append(t)  # the common case: every check at once
+                prev_next = t[0] + t[6] + 1
+                rel = end
+                continue
+            # one of them failed, or the batch does not end in this read: which one
+            if t[3] != MAGIC or t[1] < MIN_BATCH_LENGTH:
+                reason = f"bad magic {t[3]}" if t[3] != MAGIC else f"bad batch_length {t[1]}"
+                break
+            if position + end > file_end:
+                res.stopped = True  # a torn batch
+                break
+            if t[12] < 1 or t[6] < t[12] - 1:
+                reason = "inconsistent record count"
+                break
+            if end > n:
+                if rel:
+                    break  # the batch is in the next read
+                crc = self._crc_of_large_batch(position, end)  # (rel is 0) bounded memory
+            else:
+                crc = crc32c(mv[rel + CRC_START : end])
+            if crc != t[4]:
+                reason = "CRC mismatch"
+                break
+            if t[0] < prev_next:
+                reason = f"batch base offset {t[0]} does not follow {prev_next - 1}"
+                break
+            append(t)  # a batch larger than a read
+            prev_next = t[0] + t[6] + 1
+            rel = end
+        if reason is not None:
+            res.corrupt_reason = reason
+            res.stopped = True
+        position += rel
+        if position >= file_end:
+            res.stopped = True
+        return out, position, prev_next
+
+    def _index_scanned(self, raw: list[tuple[int, ...]], position: int, res: ScanResult,
+                       epochs_from: int | None,
+                       producers: ProducerStateManager | None) -> None:
+        """Index the batches one scan read validated (contiguous from `position`) and
+        note what `recover` collects."""
+        res.batches += len(raw)
+        interval = self.index_interval_bytes
+        since = self.bytes_since_index
+        max_seen = self.max_timestamp
+        max_at = self.offset_of_max_timestamp
+        index_append = self.index.append
+        time_append = self.time_index.maybe_append
+        pos = position
+        for t in raw:
+            size = t[1] + LOG_OVERHEAD
+            if since > interval:
+                index_append(t[0], pos)
+                time_append(t[8] if t[8] > max_seen else max_seen,
+                            t[0] if t[8] > max_seen else max_at)
+                since = 0
+            since += size
+            pos += size
+            if t[8] > max_seen:
+                max_seen, max_at = t[8], t[0]
+        self.bytes_since_index = since
+        self.max_timestamp = max_seen
+        self.offset_of_max_timestamp = max_at
+        if epochs_from is not None:
+            rises = res.epoch_rises
+            latest = rises[-1][0] if rises else -1
+            for t in raw:
+                if t[2] > latest and t[0] + t[6] >= epochs_from:
+                    latest = t[2]
+                    rises.append((latest, t[0]))
+        if producers is not None:
+            update = producers.update
+            for t in raw:
+                if t[9] >= 0:
+                    update(t[9], t[10], t[11], (t[11] + t[6]) & 0x7FFFFFFF, t[0], t[0] + t[6],
+                           t[8])
+
+    def _walk(self, position: int) -> Iterator[BatchHeader]:
+        """Yield headers of the file from `position` (no CRC check: `recover` checked
+        them); stop at a torn or malformed batch."""
         file_end = self.size_bytes
         unpack = HEADER_STRUCT.unpack_from
         pos = position
         buf = b""
         buf_start = pos
-        chunk = _SCAN_CHUNK_BYTES if check_crc else _WALK_CHUNK_BYTES
         while pos < file_end:
             rel = pos - buf_start
             if len(buf) - rel < HEADER_SIZE:
-                buf = os.pread(self.fd, min(chunk, file_end - pos), pos)
+                buf = os.pread(self.fd, min(_WALK_CHUNK_BYTES, file_end - pos), pos)
                 buf_start, rel = pos, 0
                 if len(buf) < HEADER_SIZE:
                     return  # torn header
             h = BatchHeader._make((*unpack(buf, rel), pos))
             size = h.batch_length + LOG_OVERHEAD
-            if h.magic != MAGIC or h.batch_length < MIN_BATCH_LENGTH:
-                if result is not None:
-                    result.corrupt_reason = (f"bad magic {h.magic}" if h.magic != MAGIC
-                                             else f"bad batch_length {h.batch_length}")
+            if (h.magic != MAGIC or h.batch_length < MIN_BATCH_LENGTH or pos + size > file_end
+                    or h.record_count < 1 or h.last_offset_delta < h.record_count - 1):
                 return
-            if pos + size > file_end:
-                return  # torn batch
-            if h.record_count < 1 or h.last_offset_delta < h.record_count - 1:
-                if result is not None:
-                    result.corrupt_reason = "inconsistent record count"
-                return
-            if check_crc:
-                if size > _SCAN_CHUNK_BYTES:
-                    crc = self._crc_of_large_batch(pos, size)  # bounded memory
-                else:
-                    if rel + size > len(buf):
-                        buf = os.pread(self.fd, min(_SCAN_CHUNK_BYTES, file_end - pos), pos)
-                        buf_start, rel = pos, 0
-                        if len(buf) < size:
-                            return
-                    crc = crc32c(memoryview(buf)[rel + CRC_START : rel + size])
-                if crc != h.crc:
-                    if result is not None:
-                        result.corrupt_reason = "CRC mismatch"
-                    return
             yield h
             pos += size
 
@@ -247,7 +353,7 @@ class LogSegment:
 
     def headers(self, position: int = 0) -> Iterator[BatchHeader]:
         """Headers of the batches from `position` (a batch start) to the end, no CRC check."""
-        return self._walk(position, check_crc=False, result=None)
+        return self._walk(position)
 
     # ---------------------------------------------------------------- writing
 
@@ -340,7 +446,7 @@ class LogSegment:
     def find(self, offset: int) -> BatchHeader | None:
         """Header (with absolute position) of the first batch whose last offset >= `offset`."""
         _, pos = self.index.lookup(offset)
-        for h in self._walk(pos, check_crc=False, result=None):
+        for h in self._walk(pos):
             if h.base_offset + h.last_offset_delta >= offset:
                 return h
         return None
@@ -354,7 +460,7 @@ class LogSegment:
             return None
         start = self.time_index.lookup(timestamp)
         _, pos = self.index.lookup(start)
-        for h in self._walk(pos, check_crc=False, result=None):
+        for h in self._walk(pos):
             if h.max_timestamp >= timestamp:
                 return h
         return None
@@ -382,7 +488,7 @@ class LogSegment:
         _, pos = self.index.lookup(2**63 - 1)
         if h.position == 0:
             self.next_offset = self.base_offset
-        for t in self._walk(pos, check_crc=False, result=None):
+        for t in self._walk(pos):
             self.next_offset = t.base_offset + t.last_offset_delta + 1
             if t.max_timestamp > self.max_timestamp:
                 self.max_timestamp = t.max_timestamp
