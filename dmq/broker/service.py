@@ -104,6 +104,8 @@ class BrokerService(Service):
             except (DmqError, OSError, TimeoutError) as exc:
                 log.warning("broker=%d controlled shutdown incomplete: %s", self.broker_id, exc)
         self._started = False
+        if self.data_plane.authorizer is not None:
+            self.data_plane.authorizer.denials.flush()  # the counts still held back
         await self.replicas.stop()
         await self.lifecycle.stop()
 

@@ -202,6 +202,8 @@ class ControllerService(Service):
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.authorizer.enabled:
+            self.authorizer.denials.flush()  # the counts still held back
         for t in [*self._tasks, *self._notice_tasks]:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._notice_tasks, return_exceptions=True)

@@ -5,6 +5,7 @@ refusal accounted for (dmq.security.audit.DenialLog behind the authorizer)."""
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Iterator
 
@@ -77,3 +78,29 @@ async def test_a_client_looping_on_a_refused_produce_does_not_flood_the_audit_lo
     held = sum(int(m.group(1)) for line in lines if (m := HELD.search(line)))
     assert len(lines) + held == sent  # every refusal logged or counted
     assert pc.nodes[1].alive
+
+
+FLUSHED = re.compile(r"api=Produce: (\d+) more denials suppressed in the last [0-9.]+ s")
+
+
+async def test_refusals_held_back_are_counted_when_the_node_stops() -> None:
+    """Refusals held back when the node stops are written out by its shutdown: a key
+    refused in a burst and never again would otherwise take its count with it."""
+    with ProcessCluster(controllers=1, combined=True,
+                        settings={**FAST, "authorizer.enabled": True}) as pc:
+        pc.start()
+        with logs_on_failure(pc):
+            conn = await Connection.open("127.0.0.1", pc.nodes[1].port)
+            try:
+                for _ in range(30):  # well within a second: the first line, then held
+                    rows = (await conn.request(ApiKey.PRODUCE, produce_body("secret")))["topics"]
+                    assert rows[0][1][0][1] == REFUSED, rows
+            finally:
+                await conn.close()
+            pc.kill(1, signal.SIGTERM)  # a clean stop
+            text = pc.nodes[1].log_text()
+            lines = [line for line in text.splitlines() if KEY in line]
+            held = sum(int(m.group(1)) for line in lines
+                       if (m := HELD.search(line) or FLUSHED.search(line)))
+            assert any(FLUSHED.search(line) for line in lines), lines
+            assert len([line for line in lines if not FLUSHED.search(line)]) + held == 30
