@@ -77,6 +77,9 @@ SETTINGS: dict[str, Setting] = {
     "ssl.node.cn.format": Setting(
         "node-{id}", "under mTLS, the certificate common name a node must have to "
         "identify as node {id}"),
+    "ssl.reload.interval.ms": Setting(
+        30_000, "how often a TLS node checks its certificate, key and CA files for changes "
+        "and loads renewed ones for new connections (0: only on SIGHUP)"),
     "sasl.enabled.mechanisms": Setting(
         "", "SASL mechanisms the Kafka listener requires (SCRAM-SHA-256, SCRAM-SHA-512, "
         "PLAIN; empty: no authentication)"),

@@ -37,7 +37,12 @@ from dmq.protocol.server import ProtocolServer
 from dmq.roles import build_services
 from dmq.security.http_auth import HttpBasicAuth
 from dmq.security.sasl import SaslAuthority
-from dmq.security.tls import REFUSALS, TlsSettings, certificate_principal
+from dmq.security.tls import (
+    REFUSALS,
+    CertificateReloader,
+    TlsSettings,
+    certificate_principal,
+)
 from dmq.security.tokens import TokenIssuer
 from dmq.security.users import UserDirectory, user_directory
 from dmq.services import NodeSpec, Sample, Service, ServiceContext
@@ -130,6 +135,8 @@ class Node:
         # the users every login is checked against: the metadata's, then the bootstrap
         # file's (dmq.security.users); None when SASL is off
         self.users: UserDirectory | None = None
+        self.tls_reloader: CertificateReloader | None = None
+        self._tls_reload_task: asyncio.Task[None] | None = None
 
     # crash-only supervision ----------------------------------------------------------
 
@@ -196,7 +203,13 @@ class Node:
             self.server.ssl = self.tls.server_context()
             REFUSALS.node = self.spec.node_id
             self.server.node_authenticator = self.tls.node_authenticator()
-            DEFAULT_TLS.set(self.tls.node_client_context())
+            client_ctx = self.tls.node_client_context()
+            DEFAULT_TLS.set(client_ctx)
+            self.tls_reloader = CertificateReloader(self.tls, (self.server.ssl, client_ctx))
+            interval_ms = int(self.config.get("ssl.reload.interval.ms"))
+            if interval_ms > 0:
+                self._tls_reload_task = asyncio.get_running_loop().create_task(
+                    self._reload_tls_every(interval_ms / 1000), name="tls-reload")
         self.users = user_directory(self.config)
         if self.config.get("sasl.protocol.listener"):
             # clients authenticate with SASL; nodes (and their tools) by certificate
@@ -261,9 +274,24 @@ class Node:
                               clock=self.clock, rng=self.rng, supervise=self.supervise,
                               fatal=self.fatal, users=self.users)
 
+    def reload_tls(self) -> bool | None:
+        """Load renewed certificate, key and CA files now (SIGHUP): see
+        `CertificateReloader.check`; None without TLS or when nothing changed."""
+        return self.tls_reloader.check() if self.tls_reloader is not None else None
+
+    async def _reload_tls_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.reload_tls()
+            except Exception:  # noqa: BLE001 - never ends the node; the next check retries
+                log.exception("node %d: checking the TLS files failed", self.spec.node_id)
+
     async def stop(self) -> None:
         self._stopping = True
         log.info("node %d stopping", self.spec.node_id)
+        if self._tls_reload_task is not None:
+            self._tls_reload_task.cancel()
         if self.http is not None:
             await self.http.stop()
         for svc in reversed(self.services):

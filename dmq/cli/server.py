@@ -67,6 +67,7 @@ def server(role: str, node_id: int, config_path: str, data_dir: str | None, log_
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, node.reload_tls)  # renewed TLS files, now
         try:
             await node.start()
         except ConfigError as exc:

@@ -13,6 +13,11 @@ NODE_HELLO claiming node N is accepted only when the certificate's common name i
 `ssl.node.cn.format` with N filled in (default `node-{id}`). HTTP handed off from
 the protocol port is HTTPS on a TLS node. Without a certificate nothing changes.
 
+Renewed files are taken without a restart (`CertificateReloader`): every
+`ssl.reload.interval.ms`, and at once on SIGHUP, a node whose certificate, key or CA
+file changed loads them into its live contexts; new handshakes use them, connections
+already open keep what they agreed on.
+
 Clients take a context from `client_context(...)`: pass it as `ssl=` to
 `Connection.open`, or run a client inside `with client_tls(ctx):` so that every
 connection it and the tasks it starts there open uses it.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -152,6 +158,67 @@ class TlsSettings:
                     f"(CN={want} expected, ssl.node.cn.format)")
 
         return check
+
+
+class CertificateReloader:
+    """Loads renewed certificate, key and CA files into a node's live TLS contexts (its
+    listeners' and the one of the links it opens), so a certificate can be rotated
+    without a restart: new handshakes present and verify with the new files,
+    connections already open keep theirs.
+
+    `check()` compares each file's (mtime, size, inode) with what it last saw and,
+    when any changed, first loads the three into a scratch context: a set that does
+    not load (a file half written, a key that does not match the certificate) is
+    refused with one warning and the live contexts keep what they had; the next
+    change of the files is tried again. A CA file's new certificates are added to the
+    ones trusted; a CA dropped from the file stays trusted until the node restarts
+    (OpenSSL cannot remove one from a context)."""
+
+    def __init__(self, settings: TlsSettings, contexts: tuple[ssl.SSLContext, ...]) -> None:
+        self.settings = settings
+        self.contexts = contexts
+        self._seen = self._stamp()
+        self.reloads = 0
+        self.refusals = 0
+
+    def _files(self) -> tuple[str, str, str]:
+        s = self.settings
+        return s.certfile, s.keyfile, s.cafile
+
+    def _stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        out: list[tuple[int, int, int] | None] = []
+        for path in self._files():
+            try:
+                st = os.stat(path)
+            except OSError:
+                out.append(None)
+            else:
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(out)
+
+    def check(self) -> bool | None:
+        """None: no file changed; True: the changed files were loaded; False: they were
+        refused (warned, the contexts unchanged)."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return None
+        self._seen = stamp
+        cert, key, ca = self._files()
+        try:
+            scratch = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
+            scratch.load_cert_chain(cert, key)
+            for ctx in self.contexts:
+                ctx.load_verify_locations(ca)
+                ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            self.refusals += 1
+            log.warning("TLS files changed but were not loaded (the node keeps its current "
+                        "certificate): certificate %s, key %s, CA %s: %s", cert, key, ca, exc)
+            return False
+        self.reloads += 1
+        log.info("TLS: loaded certificate %s, key %s and CA %s; new connections use them",
+                 cert, key, ca)
+        return True
 
 
 def certificate_principal(fmt: str, node_ids: Any) -> Any:
