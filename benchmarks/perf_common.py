@@ -14,7 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,36 @@ def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of this process and of the cluster's node processes over one run,
+    per record: a figure that moves far less than records/s on a shared machine."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.client0 = time.process_time()
+        self.nodes0 = self._nodes()
+
+    def _nodes(self) -> float:
+        total = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += proc_cpu_s(pid)
+        return total
+
+    def per_record(self, records: int) -> dict[str, float]:
+        n = max(records, 1)
+        return {"client_us": (time.process_time() - self.client0) / n * 1e6,
+                "nodes_us": (self._nodes() - self.nodes0) / n * 1e6}
+
+
+async def bounded_run(coro: Awaitable[Any], what: str, timeout_s: float) -> Any:
+    """`coro`, or a TimeoutError naming `what` after `timeout_s` (every timed run)."""
+    try:
+        return await asyncio.wait_for(coro, timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"{what}: not done within {timeout_s:.0f}s") from None
 
 
 async def spread_once(bootstrap: str, topic: str, partitions: int, n: int,

@@ -92,7 +92,13 @@ import kafka_perf  # noqa: E402
 import metadata_scale_bench  # noqa: E402
 import produce_perf  # noqa: E402
 import tls_perf  # noqa: E402
-from perf_common import proc_cpu_s, proc_rss_mb, spread_once  # noqa: E402
+from perf_common import (  # noqa: E402
+    CpuMeter,
+    bounded_run,
+    proc_cpu_s,
+    proc_rss_mb,
+    spread_once,
+)
 
 from dmq.cli.dev import (  # noqa: E402
     KAFKA_PORT_OFFSET,
@@ -290,36 +296,11 @@ def perf_args(argv: list[str]) -> argparse.Namespace:
 
 
 async def bounded(coro: Awaitable[Any], what: str, timeout_s: float = RUN_TIMEOUT_S) -> Any:
-    try:
-        return await asyncio.wait_for(coro, timeout_s)
-    except TimeoutError:
-        raise TimeoutError(f"{what}: not done within {timeout_s:.0f}s") from None
+    return await bounded_run(coro, what, timeout_s)
 
 
 def log(msg: str) -> None:
     print(f"# [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class CpuMeter:
-    """CPU seconds of this process and of the cluster's node processes over one run,
-    per record: a figure that moves far less than records/s on a shared machine."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.client0 = time.process_time()
-        self.nodes0 = self._nodes()
-
-    def _nodes(self) -> float:
-        total = 0.0
-        for pid in self.pids:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                total += proc_cpu_s(pid)
-        return total
-
-    def per_record(self, records: int) -> dict[str, float]:
-        n = max(records, 1)
-        return {"client_us": (time.process_time() - self.client0) / n * 1e6,
-                "nodes_us": (self._nodes() - self.nodes0) / n * 1e6}
 
 
 async def measured(pids: list[int], records: int, coro: Awaitable[dict[str, float]], what: str,

@@ -44,7 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import consume_perf  # noqa: E402
 import produce_perf  # noqa: E402
-from perf_common import install_uvloop, proc_cpu_s, versions_banner  # noqa: E402
+from perf_common import (  # noqa: E402
+    CpuMeter,
+    bounded_run,
+    install_uvloop,
+    versions_banner,
+)
 
 from dmq.cli.dev import DevCluster, free_base_port, secure_setup  # noqa: E402
 from dmq.cli.dev import ensure_topic as ensure_topic_on  # noqa: E402
@@ -94,32 +99,8 @@ async def mode_cluster(mode: str) -> AsyncIterator[ModeCluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-class CpuMeter:
-    """CPU seconds of this process and of the node processes over one run."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.client0 = time.process_time()
-        self.nodes0 = self._nodes()
-
-    def _nodes(self) -> float:
-        total = 0.0
-        for pid in self.pids:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                total += proc_cpu_s(pid)
-        return total
-
-    def per_record(self, records: int) -> dict[str, float]:
-        n = max(records, 1)
-        return {"client_us": (time.process_time() - self.client0) / n * 1e6,
-                "nodes_us": (self._nodes() - self.nodes0) / n * 1e6}
-
-
 async def bounded(coro: Awaitable[Any], what: str, timeout_s: float = RUN_TIMEOUT_S) -> Any:
-    try:
-        return await asyncio.wait_for(coro, timeout_s)
-    except TimeoutError:
-        raise TimeoutError(f"{what}: not done within {timeout_s:.0f}s") from None
+    return await bounded_run(coro, what, timeout_s)
 
 
 def _produce_args(topic: str, n: int, size: int) -> argparse.Namespace:
