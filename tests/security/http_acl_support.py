@@ -14,9 +14,8 @@ from dmq.cli.dev import ensure_topic
 from dmq.client.admin import Admin
 from dmq.security.certs import CA
 from dmq.security.sasl import SaslCredentials, client_sasl
-from dmq.security.scram import CredentialStore, make_credential
 from dmq.security.tls import client_context, client_tls
-from tests.support.broker_wire import FAST
+from tests.security.support import tls_sasl_settings
 from tests.support.procs import ProcessCluster
 
 MECH = "SCRAM-SHA-256"
@@ -25,18 +24,10 @@ USERS = {"admin": "admin-secret", "alice": "alice-secret"}
 
 @contextlib.contextmanager
 def acl_cluster(root: Path) -> Iterator[tuple[ProcessCluster, CA]]:
-    ca = CA(root / "pki")
-    for n in (1, 101):
-        ca.issue(f"node-{n}")
-    users = root / "users.json"
-    CredentialStore({u: {MECH: make_credential(p, MECH)} for u, p in USERS.items()}).save(users)
-    settings = {**FAST, "ssl.certificate.location": str(ca.dir / "node-{id}.pem"),
-                "ssl.key.location": str(ca.dir / "node-{id}.key"),
-                "ssl.ca.location": str(ca.cafile), "ssl.client.auth": "requested",
-                "sasl.enabled.mechanisms": MECH, "sasl.credentials.file": str(users),
-                "sasl.protocol.listener": True, "authorizer.enabled": True,
-                "authorizer.super.users": "User:admin", "default.replication.factor": 1,
-                "auto.create.topics.enable": False}
+    ca, settings = tls_sasl_settings(
+        root, (1, 101), USERS, MECH,
+        **{"authorizer.enabled": True, "authorizer.super.users": "User:admin",
+           "default.replication.factor": 1, "auto.create.topics.enable": False})
     with ProcessCluster(controllers=1, brokers=1, http=True, settings=settings) as pc:
         pc.start()
 

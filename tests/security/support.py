@@ -4,9 +4,33 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from dmq.client import Consumer, Producer, TopicPartition
 from dmq.security.certs import CA
+from dmq.security.scram import CredentialStore, make_credential
+from tests.support.broker_wire import FAST
+
+
+def tls_sasl_settings(root: Path, node_ids: tuple[int, ...], users: dict[str, str],
+                      mechanism: str, **extra: Any) -> tuple[CA, dict[str, Any]]:
+    """A CA under `root`/pki with a certificate per node, a credentials file of `users`
+    (name -> password) for `mechanism`, and the cluster settings of TLS on every
+    listener and link (client certificates requested: nodes prove themselves by theirs)
+    with SASL on dmq's protocol port, plus `extra`."""
+    ca = CA(root / "pki")
+    for n in node_ids:
+        ca.issue(f"node-{n}")
+    users_file = root / "users.json"
+    CredentialStore({u: {mechanism: make_credential(p, mechanism)}
+                     for u, p in users.items()}).save(users_file)
+    settings = {**FAST, "ssl.certificate.location": str(ca.dir / "node-{id}.pem"),
+                "ssl.key.location": str(ca.dir / "node-{id}.key"),
+                "ssl.ca.location": str(ca.cafile), "ssl.client.auth": "requested",
+                "sasl.enabled.mechanisms": mechanism,
+                "sasl.credentials.file": str(users_file), "sasl.protocol.listener": True,
+                **extra}
+    return ca, settings
 
 
 async def produce_then_consume(bootstrap: str, topic: str, values: list[bytes]) -> list[bytes]:

@@ -28,9 +28,9 @@ from dmq.protocol.errors import (
 from dmq.security.acl import AclFilter, make_entry
 from dmq.security.certs import CA
 from dmq.security.sasl import SaslCredentials, client_sasl
-from dmq.security.scram import CredentialStore, make_credential
 from dmq.security.tls import client_context, client_tls
-from tests.support.broker_wire import FAST, logs_on_failure
+from tests.security.support import tls_sasl_settings
+from tests.support.broker_wire import logs_on_failure
 from tests.support.procs import ProcessCluster
 from tests.support.waiting import async_wait_until
 
@@ -48,19 +48,10 @@ def creds(user: str) -> SaslCredentials:
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessCluster, CA]]:
-    root = tmp_path_factory.mktemp("acl-proto")
-    ca = CA(root / "pki")
-    for n in (1, 101, 102):
-        ca.issue(f"node-{n}")
-    users = root / "users.json"
-    CredentialStore({u: {MECH: make_credential(p, MECH)} for u, p in USERS.items()}).save(users)
-    settings = {**FAST, "ssl.certificate.location": str(ca.dir / "node-{id}.pem"),
-                "ssl.key.location": str(ca.dir / "node-{id}.key"),
-                "ssl.ca.location": str(ca.cafile), "ssl.client.auth": "requested",
-                "sasl.enabled.mechanisms": MECH, "sasl.credentials.file": str(users),
-                "sasl.protocol.listener": True, "authorizer.enabled": True,
-                "authorizer.super.users": "User:admin", "default.replication.factor": 2,
-                "auto.create.topics.enable": False}
+    ca, settings = tls_sasl_settings(
+        tmp_path_factory.mktemp("acl-proto"), (1, 101, 102), USERS, MECH,
+        **{"authorizer.enabled": True, "authorizer.super.users": "User:admin",
+           "default.replication.factor": 2, "auto.create.topics.enable": False})
     with ProcessCluster(controllers=1, brokers=2, settings=settings) as pc:
         pc.start()
         yield pc, ca

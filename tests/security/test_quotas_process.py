@@ -24,9 +24,9 @@ from dmq.client.admin import Admin
 from dmq.protocol.errors import InvalidRequestError
 from dmq.security.certs import CA
 from dmq.security.sasl import SaslCredentials, client_sasl
-from dmq.security.scram import CredentialStore, make_credential
 from dmq.security.tls import client_context, client_tls
-from tests.support.broker_wire import FAST, logs_on_failure
+from tests.security.support import tls_sasl_settings
+from tests.support.broker_wire import logs_on_failure
 from tests.support.procs import ProcessCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -45,16 +45,8 @@ def creds(user: str) -> SaslCredentials:
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessCluster, CA]]:
-    root = tmp_path_factory.mktemp("quotas")
-    ca = CA(root / "pki")
-    ca.issue("node-1")
-    users = root / "users.json"
-    CredentialStore({u: {MECH: make_credential(p, MECH)} for u, p in USERS.items()}).save(users)
-    settings = {**FAST, "ssl.certificate.location": str(ca.dir / "node-{id}.pem"),
-                "ssl.key.location": str(ca.dir / "node-{id}.key"),
-                "ssl.ca.location": str(ca.cafile), "ssl.client.auth": "requested",
-                "sasl.enabled.mechanisms": MECH, "sasl.credentials.file": str(users),
-                "sasl.protocol.listener": True, "default.replication.factor": 1}
+    ca, settings = tls_sasl_settings(tmp_path_factory.mktemp("quotas"), (1,), USERS, MECH,
+                                     **{"default.replication.factor": 1})
     with ProcessCluster(controllers=1, combined=True, settings=settings, http=True) as pc:
         pc.start()
         yield pc, ca
