@@ -290,8 +290,10 @@ class Node:
     async def stop(self) -> None:
         self._stopping = True
         log.info("node %d stopping", self.spec.node_id)
-        if self._tls_reload_task is not None:
-            self._tls_reload_task.cancel()
+        task, self._tls_reload_task = self._tls_reload_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         if self.http is not None:
             await self.http.stop()
         for svc in reversed(self.services):

@@ -428,16 +428,17 @@ class _ServerConnection(asyncio.Protocol):
             self._finish(cid, key, exc, t0)
             return
         if isinstance(result, Coroutine):
+            ends_with_connection = key in _ENDS_WITH_CONNECTION
+            if ends_with_connection and self.closed:
+                result.close()  # its wait would have nobody to answer (its work is done)
+                return
             self.in_flight += 1
             task = server._loop.create_task(self._run(result, cid, key, t0))
             server._tasks.add(task)
             task.add_done_callback(server._tasks.discard)
-            if key in _ENDS_WITH_CONNECTION:
-                if self.closed:
-                    task.cancel()
-                else:
-                    self.waits.add(task)
-                    task.add_done_callback(self.waits.discard)
+            if ends_with_connection:
+                self.waits.add(task)
+                task.add_done_callback(self.waits.discard)
         else:
             if result is not NO_RESPONSE:
                 self._write(cid, ErrorCode.NONE, result)

@@ -177,7 +177,7 @@ class CertificateReloader:
     def __init__(self, settings: TlsSettings, contexts: tuple[ssl.SSLContext, ...]) -> None:
         self.settings = settings
         self.contexts = contexts
-        self._seen = self._stamp()
+        self._seen: tuple[tuple[int, int, int] | None, ...] | None = self._stamp()
         self.reloads = 0
         self.refusals = 0
 
@@ -207,13 +207,22 @@ class CertificateReloader:
         try:
             scratch = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
             scratch.load_cert_chain(cert, key)
-            for ctx in self.contexts:
-                ctx.load_verify_locations(ca)
-                ctx.load_cert_chain(cert, key)
         except (OSError, ssl.SSLError) as exc:
             self.refusals += 1
             log.warning("TLS files changed but were not loaded (the node keeps its current "
                         "certificate): certificate %s, key %s, CA %s: %s", cert, key, ca, exc)
+            return False
+        try:
+            for ctx in self.contexts:
+                ctx.load_verify_locations(ca)
+                ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            # the files changed again after the scratch load: a context may hold a part
+            # of them; the next check loads them again whatever their stamp
+            self._seen = None
+            self.refusals += 1
+            log.warning("TLS files changed while being loaded (certificate %s, key %s, CA "
+                        "%s: %s); loading them again at the next check", cert, key, ca, exc)
             return False
         self.reloads += 1
         log.info("TLS: loaded certificate %s, key %s and CA %s; new connections use them",
