@@ -205,7 +205,12 @@ class _EntryFile:
         step = min(max(old, _PAGE_BYTES), _GROW_CHUNK_BYTES)
         new = -(-max(nbytes, old + step) // _PAGE_BYTES) * _PAGE_BYTES
         new = max(nbytes, min(new, self.capacity_entries * self.entry_size))
-        fd = os.open(self.path, os.O_RDWR)
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            if self._mm is None:
+                _give_back_mapping()  # (EMFILE: the case the budget is for)
+            raise
         try:
             try:  # from `old`: a hole below it (a sparse older file) is allocated too
                 os.posix_fallocate(fd, old, new - old)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -243,3 +244,30 @@ def test_a_wipe_whose_zeroing_fails_truncates_instead(
     assert r.load() and r.entries == 1
     r.close()
     w.close()
+
+
+def test_a_mapping_whose_file_cannot_be_opened_gives_its_budget_back(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors when an index is first mapped: the entry stays in memory for
+    the next sync and the mapping budget taken for it is given back (it was kept, so after enough
+    such failures no index was ever mapped again)."""
+    directory = os.path.realpath(str(tmp_path))
+    if not _overwrites_in_place(directory):
+        pytest.skip("indexes on this file system are never mapped")
+    held = index_module._mappings_held
+    idx = OffsetIndex(os.path.join(directory, "a.index"), 0, 1 << 20, True)
+    real_open = os.open
+
+    def no_descriptors(path: str, flags: int, *a: object) -> int:
+        if path == idx.path and flags == os.O_RDWR:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(index_module.os, "open", no_descriptors)
+    idx.append(1, 10)  # the append path keeps the entry in memory (never fails)
+    assert not _mapped(idx.path)
+    assert index_module._mappings_held == held
+    monkeypatch.setattr(index_module.os, "open", real_open)
+    idx.close()  # written by its sync
+    again = OffsetIndex(idx.path, 0, 1 << 20, False)
+    assert again.load() and again.lookup(1) == (1, 10)
