@@ -22,6 +22,7 @@ from dmq.log.batch import (
     LOG_OVERHEAD,
     MAGIC,
     MIN_BATCH_LENGTH,
+    NO_SEQUENCE,
     BatchHeader,
     Buffer,
 )
@@ -312,9 +313,9 @@ class LogSegment:
         if producers is not None:
             update = producers.update
             for t in raw:
-                if t[9] >= 0:
-                    update(t[9], t[10], t[11], (t[11] + t[6]) & 0x7FFFFFFF, t[0], t[0] + t[6],
-                           t[8])
+                if t[9] >= 0:  # BatchHeader.last_sequence's rule: none without a base
+                    last_seq = NO_SEQUENCE if t[11] < 0 else (t[11] + t[6]) & 0x7FFFFFFF
+                    update(t[9], t[10], t[11], last_seq, t[0], t[0] + t[6], t[8])
 
     def _walk(self, position: int) -> Iterator[BatchHeader]:
         """Yield headers of the file from `position` (no CRC check: `recover` checked

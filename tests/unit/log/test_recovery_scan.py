@@ -218,3 +218,21 @@ def test_an_unclean_open_maps_no_index_until_an_entry_needs_it(tmp_path: object,
     assert reopened.log_end_offset == end
     assert [o for o, _ in read_all(reopened)] == list(range(end))
     reopened.close()
+
+
+def test_a_producer_batch_without_a_sequence_recovers_as_a_header_walk_gives_it(
+        tmp_path: object) -> None:
+    """A batch naming a producer id but no base sequence (-1): its last sequence is
+    none (-1) after an unclean open too, as BatchHeader.last_sequence has it (the scan
+    computed 0x7FFFFFFF, so the recovered state differed from a clean open's)."""
+    path = str(tmp_path)
+    plog = PartitionLog.open(path, CFG, ManualClock(), fsync_enabled=False)
+    plog.append_as_leader(build_batch([(b"k", b"v")] * 3, timestamp_ms=1_700_000_000_000,
+                                      producer_id=9, producer_epoch=0, base_sequence=-1), 1)
+    plog.append_as_leader(batch(2, seed=1), 1)
+    plog.abandon()
+    plog = reopen(path)
+    producers, _ = walked_state(plog)
+    assert producer_snapshot(plog.producer_state) == producers
+    assert producers[9][1][0][1] == -1  # (first_seq, last_seq, ...): no sequence
+    plog.close()
