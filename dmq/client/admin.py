@@ -229,7 +229,8 @@ class Admin:
             by_topic.setdefault(t, []).append([p, before[(t, p)]])
         res = await request_once(broker.host, broker.port, ApiKey.DELETE_RECORDS,
                                  {"topics": [[t, rows] for t, rows in by_topic.items()]},
-                                 timeout_ms=timeout_ms, client_id=self.client_id)
+                                 timeout_ms=timeout_ms, client_id=self.client_id,
+                                 **connect_security(self.security))
         out = {}
         for t, rows in res["topics"]:
             for p, err, low in rows:

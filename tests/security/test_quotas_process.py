@@ -23,6 +23,7 @@ from dmq.client import Consumer, Producer, TopicPartition
 from dmq.client.admin import Admin
 from dmq.protocol.errors import InvalidRequestError
 from dmq.security.certs import CA
+from dmq.security.client_config import ClientSecurity
 from dmq.security.sasl import SaslCredentials, client_sasl
 from dmq.security.tls import client_context, client_tls
 from tests.security.support import tls_sasl_settings
@@ -220,3 +221,22 @@ def test_quotas_cli(secure: tuple[ProcessCluster, CA], tmp_path: Path) -> None:
 def rows(listed: list[str]) -> dict[str, list[str]]:
     """`dmq quotas list` lines by user (other tests' quotas may be left in the list)."""
     return {line.split()[0]: line.split()[1:] for line in listed[1:]}
+
+
+async def test_admin_with_explicit_security_deletes_records(
+        secure: tuple[ProcessCluster, CA]) -> None:
+    """Admin(security=...) alone (no client_tls/client_sasl around it) reaches every
+    node it asks, the partition leaders of DeleteRecords included (that request went
+    out without the admin's TLS and SASL)."""
+    pc, ca = secure
+    security = ClientSecurity(client_context(str(ca.cafile)), creds("admin"))
+    with logs_on_failure(pc):
+        await ensure_topic(pc.bootstrap, "explicit-dr", 1, 1, 60, security=security)
+        async with Producer(pc.bootstrap, acks=1, security=security) as p:
+            for i in range(10):
+                await p.send("explicit-dr", b"%d" % i, partition=0)
+            await p.flush()
+        async with Admin(pc.bootstrap, security=security) as admin:
+            res = await admin.delete_records({("explicit-dr", 0): 4}, timeout_ms=10_000)
+        assert res[("explicit-dr", 0)].error is None
+        assert res[("explicit-dr", 0)].low_watermark == 4
