@@ -23,12 +23,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dmq.aio import wait_for
-from dmq.broker.errors import error_code_of, message_of
+from dmq.broker.errors import message_of
 from dmq.config import SETTINGS
 from dmq.controller.cluster_id import quorum_cluster_id
 from dmq.controller.validation import effective_topic_configs
 from dmq.kafka.acls import AclApis
-from dmq.kafka.errors import kafka_code
+from dmq.kafka.errors import forward_error_code, kafka_code
 from dmq.kafka.groups import GroupApis
 from dmq.kafka.quotas import QuotaApis
 from dmq.kafka.records import is_dmq_native, kafka_view
@@ -76,14 +76,6 @@ NO_AUTHORIZED_OPERATIONS = -2147483648
 ROUTE_SLACK_S = 0.25  # past a forward's own deadline, before `bounded` ends it
 _NO_CONTEXT: Any = None  # the data plane's handlers do not read their request context
 ControllerRequest = Callable[[ApiKey, Any, int], Awaitable[Any]]
-
-
-def forward_error_code(exc: DmqError | OSError | TimeoutError) -> int:
-    """The Kafka code of a request forwarded to the controller that failed: the
-    controller's error, or REQUEST_TIMED_OUT when it could not be reached."""
-    if isinstance(exc, DmqError):
-        return kafka_code(int(error_code_of(exc)))
-    return int(ErrorCode.REQUEST_TIMED_OUT)
 
 
 def bounded(request: ControllerRequest) -> ControllerRequest:

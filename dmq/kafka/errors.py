@@ -8,7 +8,8 @@ it imports neither.
 
 from __future__ import annotations
 
-from dmq.protocol.errors import ErrorCode
+from dmq.broker.errors import error_code_of
+from dmq.protocol.errors import DmqError, ErrorCode
 
 # dmq-only codes (1000+) mapped to the nearest Kafka code a Kafka client understands.
 _KAFKA_CODE = {
@@ -30,4 +31,14 @@ def kafka_code(code: int) -> int:
     return code
 
 
-__all__ = ["kafka_code"]
+
+
+def forward_error_code(exc: DmqError | OSError | TimeoutError) -> int:
+    """The Kafka code of a request forwarded to the controller that failed: the
+    controller's error, or REQUEST_TIMED_OUT when it could not be reached."""
+    if isinstance(exc, DmqError):
+        return kafka_code(int(error_code_of(exc)))
+    return int(ErrorCode.REQUEST_TIMED_OUT)
+
+
+__all__ = ["forward_error_code", "kafka_code"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from dmq.broker.errors import error_code_of, message_of
-from dmq.kafka.errors import kafka_code
+from dmq.broker.errors import message_of
+from dmq.kafka.errors import forward_error_code, kafka_code
 from dmq.kafka.server import Api
 from dmq.protocol.api import ApiKey
 from dmq.protocol.errors import DmqError, ErrorCode
@@ -32,12 +32,6 @@ KNOWN_ENTITY_TYPES = frozenset({USER, "client-id", "ip"})
 MATCH_EXACT, MATCH_DEFAULT, MATCH_ANY = 0, 1, 2
 _INVALID_REQUEST = int(ErrorCode.INVALID_REQUEST)
 _CLUSTER_REFUSED = int(ErrorCode.CLUSTER_AUTHORIZATION_FAILED)
-
-
-def _forward_code(exc: DmqError | OSError | TimeoutError) -> int:
-    if isinstance(exc, DmqError):
-        return kafka_code(int(error_code_of(exc)))
-    return int(ErrorCode.REQUEST_TIMED_OUT)
 
 
 def _matches(user: str | None, components: list[dict[str, Any]]) -> bool:
@@ -112,7 +106,7 @@ class QuotaApis:
             resp = await self._controller_request(ApiKey.DESCRIBE_CLIENT_QUOTAS,
                                                   {"users": None}, QUOTA_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
-            return failed(_forward_code(exc), message_of(exc))
+            return failed(forward_error_code(exc), message_of(exc))
         return {"ThrottleTimeMs": 0, "ErrorCode": 0, "ErrorMessage": None, "Entries": [
             {"Entity": _entity(user),
              "Values": [{"Key": k, "Value": float(v)} for k, v in sorted(quotas.items())]}
@@ -145,5 +139,5 @@ class QuotaApis:
                     row.update(ErrorCode=kafka_code(code), ErrorMessage=msg)
             except (DmqError, OSError, TimeoutError) as exc:
                 for row, _, _ in forward:
-                    row.update(ErrorCode=_forward_code(exc), ErrorMessage=message_of(exc))
+                    row.update(ErrorCode=forward_error_code(exc), ErrorMessage=message_of(exc))
         return {"ThrottleTimeMs": 0, "Entries": rows}
