@@ -140,22 +140,6 @@ class ByteBudget:
             self.used += n
             granted()
 
-    async def acquire(self, n: int) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.reserve(n, fut, lambda: _set_done(fut)):
-            return
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut in self._waiters:
-                self.withdraw(fut)
-            else:
-                self.free(n)  # reserved as the wait was cancelled
-            raise
-
-    async def release(self, n: int) -> None:
-        self.free(n)
-
 
 Item = tuple[Any, str, int, int]  # (answer or its future, message name, version, correlation id)
 
@@ -723,11 +707,6 @@ class KafkaServer:
         if session.authenticated:
             session.raw = False
         return _SIZE.pack(len(token)) + token, "", 0, 0
-
-
-def _set_done(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def _cancel_answer(item: tuple[Any, str, int, int] | None) -> None:
