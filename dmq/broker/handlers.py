@@ -480,8 +480,7 @@ class DataPlane:
                 plog = part.log
                 hw = part.high_watermark
                 limit = min(pmax, max_bytes - total)
-                if (follower and part.adding and throttle.rate and replica_id in part.adding
-                        and replica_id not in part.isr):
+                if follower and part.adding and throttle.rate and part.catching_up(replica_id):
                     data: Any = _throttled_read(throttle, plog, offset, limit, total)
                     held = held or data is None
                     data = _EMPTY if data is None else data
@@ -670,8 +669,7 @@ class DataPlane:
                 data: Any = _EMPTY
                 if entry.offset != leo:
                     limit = min(entry.max_bytes, max_bytes - total)
-                    if (part.adding and throttle.rate and replica_id in part.adding
-                            and replica_id not in part.isr):
+                    if part.adding and throttle.rate and part.catching_up(replica_id):
                         data = _throttled_read(throttle, plog, entry.offset, limit, total)
                         held = held or data is None
                         data = _EMPTY if data is None else data

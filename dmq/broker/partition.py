@@ -174,6 +174,11 @@ class Partition:
         self._acks: list[tuple[int, int, ProduceWaiter, list[Any]]] = []  # heap by offset
         self._acks_seq = 0
 
+
+    def catching_up(self, replica_id: int) -> bool:
+        """`replica_id` is being added by a reassignment and is not in sync yet: what
+        the leader's replication throttle applies to (in-sync followers never)."""
+        return replica_id in self.adding and replica_id not in self.isr
     def __repr__(self) -> str:
         return (f"Partition({self.topic}-{self.partition} leader={self.leader_id} "
                 f"epoch={self.leader_epoch} isr={self.isr} hw={self.high_watermark} "
