@@ -133,11 +133,13 @@ class GroupApis:
         authz = self.authorizer
         return authz is None or authz.check(header.principal, operation, GROUP, group, api)
 
-    def _with_deadline(self, request: dict[str, Any], timeout_ms: int) -> dict[str, Any]:
-        """`request` fenced: the controller refuses it once this broker has given up
-        waiting for it (`timeout_ms` from now), so it cannot take effect later."""
+    async def _fenced_request(self, key: ApiKey, request: dict[str, Any],
+                             timeout_ms: int) -> Any:
+        """A group write forwarded to the controller, fenced: the controller refuses it
+        once this broker has given up waiting for it (`timeout_ms` from now), so it
+        cannot take effect later."""
         request["deadline_ms"] = self.clock.wall_ms() + timeout_ms
-        return request
+        return await self._controller_request(key, request, timeout_ms)
 
     def group_table(self) -> list[Api]:
         return [
@@ -216,9 +218,8 @@ class GroupApis:
         try:
             if not request["topics"]:
                 raise _NothingToAsk
-            resp = await self._controller_request(
-                ApiKey.OFFSET_COMMIT, self._with_deadline(request, GROUP_ROUTE_TIMEOUT_MS),
-                GROUP_ROUTE_TIMEOUT_MS)
+            resp = await self._fenced_request(ApiKey.OFFSET_COMMIT, request,
+                                              GROUP_ROUTE_TIMEOUT_MS)
             for topic, rows in resp["topics"]:
                 for p, err in rows:
                     errors[(topic, p)] = kafka_code(err or 0)
@@ -284,9 +285,8 @@ class GroupApis:
                    "topics": [[t["Name"], [p["PartitionIndex"] for p in t["Partitions"]]]
                               for t in body["Topics"]]}
         try:
-            answer = await self._controller_request(
-                ApiKey.OFFSET_DELETE, self._with_deadline(request, DELETE_TIMEOUT_MS),
-                DELETE_TIMEOUT_MS)
+            answer = await self._fenced_request(ApiKey.OFFSET_DELETE, request,
+                                                DELETE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             log.info("broker=%d Kafka OffsetDelete of group %r failed: %s", self.broker_id,
                      body["GroupId"], message_of(exc))
@@ -325,9 +325,8 @@ class GroupApis:
                    "owned": owned, "assignor": body["ServerAssignor"],
                    "client_id": header.client_id or "", "topic_ids": True}
         try:
-            answer = await self._controller_request(
-                ApiKey.CONSUMER_GROUP_HEARTBEAT,
-                self._with_deadline(request, GROUP_ROUTE_TIMEOUT_MS), GROUP_ROUTE_TIMEOUT_MS)
+            answer = await self._fenced_request(ApiKey.CONSUMER_GROUP_HEARTBEAT, request,
+                                                GROUP_ROUTE_TIMEOUT_MS)
         except (DmqError, OSError, TimeoutError) as exc:
             log.info("broker=%d Kafka ConsumerGroupHeartbeat of group %r failed: %s",
                      self.broker_id, body["GroupId"], message_of(exc))
@@ -407,8 +406,7 @@ class GroupApis:
         if not self._group_allowed(header, READ, request["group_id"], key.name):
             return int(ErrorCode.GROUP_AUTHORIZATION_FAILED)
         try:
-            answer: dict[str, Any] = await self._controller_request(
-                key, self._with_deadline(request, timeout_ms), timeout_ms)
+            answer: dict[str, Any] = await self._fenced_request(key, request, timeout_ms)
             return answer
         except (DmqError, OSError, TimeoutError) as exc:
             log.info("broker=%d Kafka %s of group %r failed: %s", self.broker_id, key.name,
