@@ -223,3 +223,30 @@ def test_a_deadline_that_is_not_a_time_is_refused() -> None:
     for bad in (-1, 2**63, "soon"):
         with pytest.raises(InvalidRequestError, match="deadline_ms"):
             schema.check({**body, "deadline_ms": bad})
+
+
+@pytest.mark.parametrize("handler", ["heartbeat", "offset_commit", "offset_delete",
+                                     "join_group", "sync_group", "classic_heartbeat",
+                                     "leave_group"])
+async def test_every_fenced_group_write_is_refused_past_its_deadline(handler: str) -> None:
+    """Each group write a broker forwards is refused by the controller when it arrives
+    after its deadline, before it touches the group; one arriving in time is not."""
+    host = FakeHost()
+    svc = GroupService(host)
+    try:
+        late = {"group_id": "g", "deadline_ms": host.clock.wall_ms() - 1}
+        with pytest.raises(RequestTimedOutError, match="after its deadline"):
+            result = getattr(svc, handler)(CTX, late)
+            if asyncio.iscoroutine(result):
+                await result
+        assert svc.stale_refused == 1
+        # in time: past the fence (the minimal body then fails on what it lacks)
+        in_time = {"group_id": "g", "deadline_ms": host.clock.wall_ms() + 60_000}
+        with pytest.raises(Exception) as exc:
+            result = getattr(svc, handler)(CTX, in_time)
+            if asyncio.iscoroutine(result):
+                await result
+        assert not isinstance(exc.value, RequestTimedOutError)
+        assert svc.stale_refused == 1
+    finally:
+        await svc.close()
