@@ -220,6 +220,15 @@ def tls_pieces(parts: Sequence[bytes | memoryview], piece: int = TLS_WRITE_PIECE
     return groups
 
 
+def write_frame(transport: Any, frame: Sequence[bytes | memoryview], tls: bool) -> None:
+    """Write a frame's buffers: at once, or over TLS a multi-part one in `tls_pieces`."""
+    if not tls or len(frame) == 1:
+        transport.writelines(frame)
+        return
+    for group in tls_pieces(frame):
+        transport.writelines(group)
+
+
 VECTORED_MIN_BYTES = 64 * 1024  # msgpack writes buffers this large as bin 32
 _BIN32 = struct.Struct(">BI")
 _vpacker = msgpack.Packer(use_bin_type=True, autoreset=False)

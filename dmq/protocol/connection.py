@@ -30,7 +30,7 @@ from dmq.protocol.codec import (
     FrameDecoder,
     decode_response,
     encode_request_parts,
-    tls_pieces,
+    write_frame,
 )
 from dmq.protocol.errors import (
     DmqError,
@@ -217,11 +217,7 @@ class Connection:
         self._pending[cid] = (fut, deadline, api_key, timeout_ms)
         if self._timer is None or deadline < self._timer_deadline:
             self._arm_timer(deadline)
-        if self._tls and len(frame) > 1:  # a large one: see `tls_pieces`
-            for group in tls_pieces(frame):
-                transport.writelines(group)
-        else:
-            transport.writelines(frame)
+        write_frame(transport, frame, self._tls)
         return await fut
 
     async def _wait_for_room(self, deadline: float, timeout_ms: int) -> None:

@@ -60,7 +60,7 @@ from dmq.protocol.codec import (
     decode_request,
     encode_response_parts,
     encode_response_vectored,
-    tls_pieces,
+    write_frame,
 )
 from dmq.protocol.errors import (
     ClusterAuthorizationFailedError,
@@ -522,11 +522,7 @@ class _ServerConnection(asyncio.Protocol):
             log.exception("node=%s cannot encode response", self.server.node_id)
             frame = encode_response_parts(correlation_id, int(ErrorCode.UNKNOWN_SERVER_ERROR),
                                           {"msg": "response could not be encoded"})
-        if self.server.ssl is None or len(frame) == 1:
-            self.transport.writelines(frame)
-            return
-        for group in tls_pieces(frame):  # a large one over TLS
-            self.transport.writelines(group)
+        write_frame(self.transport, frame, self.server.ssl is not None)
 
 
 TLS_READ_BUFFER_BYTES = 1024 * 1024
