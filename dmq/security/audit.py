@@ -68,8 +68,7 @@ class DenialLog:
                 if old.held:
                     self._held_line(old_key, old, now)
             self._keys[key] = _Slot(now, node_id, api)
-            self._logger.info("node=%s DENIED principal=%s operation=%s resource=%s:%s api=%s",
-                              node_id, principal, operation, resource_type, name, api or "-")
+            self._line(node_id, key, api, "")
             return
         self._keys.move_to_end(key)
         if now - slot.last < self.every_s:
@@ -78,13 +77,9 @@ class DenialLog:
             return
         held, span = slot.held, now - slot.last
         slot.last, slot.held, slot.node_id, slot.api = now, 0, node_id, api
-        if held:
-            self._logger.info("node=%s DENIED principal=%s operation=%s resource=%s:%s api=%s "
-                              "(%d more denials suppressed in the last %.1f s)", node_id,
-                              principal, operation, resource_type, name, api or "-", held, span)
-        else:
-            self._logger.info("node=%s DENIED principal=%s operation=%s resource=%s:%s api=%s",
-                              node_id, principal, operation, resource_type, name, api or "-")
+        # this refusal's line, with the count of those held back since the last one
+        self._line(node_id, key, api, f" ({held} more denials suppressed in the last "
+                                      f"{span:.1f} s)" if held else "")
 
     def flush(self) -> None:
         """A line for every key with refusals held back (at shutdown, or on demand)."""
@@ -95,11 +90,14 @@ class DenialLog:
                 slot.last, slot.held = now, 0
 
     def _held_line(self, key: DenialKey, slot: _Slot, now: float) -> None:
+        """Only the count held back (no new refusal: eviction, flush)."""
+        self._line(slot.node_id, key, slot.api, f": {slot.held} more denials suppressed in "
+                                                f"the last {now - slot.last:.1f} s")
+
+    def _line(self, node_id: int | str, key: DenialKey, api: str, tail: str) -> None:
         principal, operation, resource_type, name = key
-        self._logger.info("node=%s DENIED principal=%s operation=%s resource=%s:%s api=%s: "
-                          "%d more denials suppressed in the last %.1f s", slot.node_id,
-                          principal, operation, resource_type, name, slot.api or "-", slot.held,
-                          now - slot.last)
+        self._logger.info("node=%s DENIED principal=%s operation=%s resource=%s:%s api=%s%s",
+                          node_id, principal, operation, resource_type, name, api or "-", tail)
 
 
 __all__ = ["DENIAL_EVERY_S", "MAX_DENIAL_KEYS", "DenialLog", "audit"]
