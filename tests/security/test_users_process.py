@@ -28,9 +28,10 @@ from dmq.security.certs import CA
 from dmq.security.sasl import SaslCredentials
 from dmq.security.scram import CredentialStore, make_credential
 from dmq.security.tls import client_context
-from tests.kafka.support import kafka_ports
+from tests.kafka.support import KafkaConn, kafka_ports
 from tests.support.broker_wire import FAST, logs_on_failure
 from tests.support.procs import ProcessCluster
+from tests.support.scram_client import client_final
 from tests.support.waiting import async_wait_until, wait_until
 
 ck = pytest.importorskip("confluent_kafka")
@@ -160,6 +161,21 @@ async def test_cli_user_lifecycle_on_every_listener(secure: Secure) -> None:
         assert s.broker.alive and s.controller.alive
 
 
+def _kafka_scram_login(s: Secure, user: str, password: str) -> KafkaConn:
+    """One raw Kafka connection over TLS, authenticated with SCRAM as `user` (a client
+    library may keep several connections and use any of them: this one is known)."""
+    c = KafkaConn(s.kafka_port)
+    c.sock = s.tls.wrap_socket(c.sock, server_hostname="127.0.0.1")
+    assert c.request("SaslHandshake", 1, {"Mechanism": MECH})["ErrorCode"] == 0
+    bare = f"n={user},r=deletednonce"
+    first = c.request("SaslAuthenticate", 2, {"AuthBytes": f"n,,{bare}".encode()})
+    assert first["ErrorCode"] == 0, first
+    final, want = client_final(MECH, password, bare, bytes(first["AuthBytes"]).decode())
+    done = c.request("SaslAuthenticate", 2, {"AuthBytes": final.encode()})
+    assert done["ErrorCode"] == 0 and bytes(done["AuthBytes"]) == want.encode(), done
+    return c
+
+
 async def test_deleting_a_user_closes_its_open_connections(secure: Secure) -> None:
     """A connection authenticated as a user that is then deleted is closed at its next
     request, on dmq's protocol (answered SASL_AUTHENTICATION_FAILED first) and on the
@@ -170,11 +186,13 @@ async def test_deleting_a_user_closes_its_open_connections(secure: Secure) -> No
         await async_wait_until(lambda: _ok(s, "carol", "carol-pw"), 20, "carol logs in")
         conn = await Connection.open("127.0.0.1", s.broker.port, ssl=s.tls,
                                      sasl=SaslCredentials(MECH, "carol", "carol-pw"))
+        kafka = _kafka_scram_login(s, "carol", "carol-pw")
         admin = AdminClient({**s.kafka_conf("carol", "carol-pw"), "socket.timeout.ms": 3000,
                              "reconnect.backoff.max.ms": 200})
         try:
             await conn.request(ApiKey.METADATA, {"topics": []})
-            admin.list_topics(timeout=8)  # its broker connection is open and authenticated
+            assert kafka.request("Metadata", 12, {"Topics": None})["ClusterId"]
+            admin.list_topics(timeout=8)  # its connections are open and authenticated
             assert s.users_cli("delete", "carol").returncode == 0
 
             async def refused_on_the_open_connection() -> bool:
@@ -187,13 +205,18 @@ async def test_deleting_a_user_closes_its_open_connections(secure: Secure) -> No
 
             await async_wait_until(refused_on_the_open_connection, 20,
                                    "carol's open dmq connection refused")
-            # the broker's image has the deletion: the Kafka connection closes at its
-            # next request and the client's reconnection is refused
-            with pytest.raises(ck.KafkaException):
-                admin.list_topics(timeout=5)
+            # the broker's image has the deletion: the open Kafka connection is closed at
+            # its next request, unanswered
+            kafka.send("Metadata", 12, {"Topics": None})
+            assert kafka.closed_by_peer(), "carol's open Kafka connection still served"
             wait_until(lambda: s.broker.log_text().count("User:carol was deleted") >= 2, 10,
                        "both closes logged")
+            # and a client library gets nothing either: whichever connection it uses is
+            # closed at its next request, and reconnecting is refused at authentication
+            with pytest.raises(ck.KafkaException):
+                admin.list_topics(timeout=5)
         finally:
+            kafka.sock.close()
             await conn.close()
         assert s.broker.alive
 
