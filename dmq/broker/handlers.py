@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from dmq.broker.errors import error_code_of, message_of
-from dmq.broker.fetch_session import FetchSession, SessionPartition
+from dmq.broker.fetch_session import HW_NEWS_LINGER_MS, FetchSession, SessionPartition
 from dmq.broker.partition import Partition, ProduceWaiter
 from dmq.broker.throttle import ThrottledAnswer
 from dmq.log.batch import all_dmq_native, any_producer_id
@@ -603,8 +603,10 @@ class DataPlane:
         candidates = session.dirty
         session.dirty = {}
         candidates.update(dict.fromkeys(listed))
-        topics, total, news, held = self._read_session(session, candidates, replica_id,
-                                                       body["max_bytes"])
+        due = session.hw_due_ms
+        topics, total, news, held = self._read_session(
+            session, candidates, replica_id, body["max_bytes"],
+            session.max_wait_ms <= 0 or (due is not None and now >= due))
         if news or session.max_wait_ms <= 0:
             return self._session_answer(session, topics, total)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -615,11 +617,15 @@ class DataPlane:
     async def _session_poll(self, session: FetchSession, fut: asyncio.Future[None],
                             max_bytes: int, deadline: int, held: bool) -> Any:
         """Wait on the session for news until `deadline`; a partition the leader's
-        replication throttle `held` back is tried again when the throttle refills."""
+        replication throttle `held` back is tried again when the throttle refills, and
+        high watermark news held back (`HW_NEWS_LINGER_MS`) is answered when due."""
         while True:
-            wait_ms = deadline - self.clock.monotonic_ms()
+            now = self.clock.monotonic_ms()
+            wait_ms = deadline - now
             if held:
                 wait_ms = min(wait_ms, self.replicas.leader_throttle.wait_ms())
+            if session.hw_due_ms is not None:
+                wait_ms = min(wait_ms, session.hw_due_ms - now)
             timer = self.clock.call_later(max(wait_ms, 0), _resolver(fut))
             try:
                 await fut
@@ -631,9 +637,12 @@ class DataPlane:
                 return {"topics": [], "session_id": session.id}
             candidates = session.dirty
             session.dirty = {}
-            topics, total, news, held = self._read_session(session, candidates,
-                                                           session.replica_id, max_bytes)
-            if news or self.clock.monotonic_ms() >= deadline:
+            now = self.clock.monotonic_ms()
+            due = session.hw_due_ms
+            topics, total, news, held = self._read_session(
+                session, candidates, session.replica_id, max_bytes,
+                now >= deadline or (due is not None and now >= due))
+            if news or now >= deadline:
                 session.waiter = None
                 return self._session_answer(session, topics, total)
             fut = asyncio.get_running_loop().create_future()
@@ -646,12 +655,14 @@ class DataPlane:
         return {"topics": topics, "session_id": session.id}
 
     def _read_session(self, session: FetchSession, candidates: dict[tuple[str, int], None],
-                      replica_id: int, max_bytes: int
+                      replica_id: int, max_bytes: int, hw_due: bool
                       ) -> tuple[list[list[Any]], int, bool, bool]:
         """Rows for the candidates with news: records, an error, or a high watermark or
         log start offset the follower was not sent yet. A partition left without room
         in `max_bytes`, or held back by the leader's replication throttle (its last
-        return value), stays marked for the next answer."""
+        return value), stays marked for the next answer. A high watermark alone is
+        news only with other news, or when `hw_due`: until then it stays marked and the
+        session's `hw_due_ms` says when it is due (`HW_NEWS_LINGER_MS`)."""
         throttle = self.replicas.leader_throttle
         entries = session.partitions
         shares = None
@@ -661,6 +672,7 @@ class DataPlane:
                  if (e := entries.get(k)) is not None), replica_id))
         total = 0
         out: dict[str, list[list[Any]]] = {}
+        hw_only: list[tuple[str, SessionPartition, int, list[Any]]] = []
         for key in candidates:
             entry = entries.get(key)
             if entry is None:
@@ -689,7 +701,9 @@ class DataPlane:
                 size = len(data)
                 if not size and entry.offset < leo:
                     session.dirty[key] = None  # no room left in this answer: the next one
-                if not size and hw == entry.hw and start == entry.log_start:
+                if not size and start == entry.log_start:
+                    if hw != entry.hw:
+                        hw_only.append((topic, entry, hw, [p, 0, hw, start, leo, _EMPTY]))
                     continue
                 entry.hw = hw
                 entry.log_start = start
@@ -707,6 +721,19 @@ class DataPlane:
         if shares is not None:
             shares.close()
             held = shares.held
+        if hw_only:
+            if out or hw_due:
+                for topic, entry, hw, row in hw_only:
+                    entry.hw = hw
+                    out.setdefault(topic, []).append(row)
+            else:  # held back: records may come to carry it
+                for topic, _, _, row in hw_only:
+                    session.dirty[(topic, row[0])] = None
+                if session.hw_due_ms is None:
+                    session.hw_due_ms = self.clock.monotonic_ms() + min(
+                        HW_NEWS_LINGER_MS, session.max_wait_ms)
+                return [[t, r] for t, r in out.items()], total, False, held
+        session.hw_due_ms = None
         return [[t, r] for t, r in out.items()], total, bool(out), held
 
     def _catching_up(self, asked: Iterable[tuple[str, int, int]], replica_id: int) -> int:
