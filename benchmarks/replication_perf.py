@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import sys
@@ -54,6 +55,12 @@ async def _metrics(host: str, port: int) -> dict[str, float]:
     return out
 
 
+def _sys_s(pid: int) -> float:
+    """System (kernel) CPU seconds of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 async def _leader(bootstrap: str, topic: str) -> int:
     async with Admin(bootstrap) as admin:
         desc = await admin.describe_topics([topic])
@@ -86,21 +93,26 @@ async def main(args: argparse.Namespace) -> None:
         runs = []
         for i in range(args.runs):
             cpu0 = {k: proc_cpu_s(n.proc.pid) for k, n in nodes.items()}  # type: ignore[union-attr]
+            sys0 = {k: _sys_s(n.proc.pid) for k, n in nodes.items()}  # type: ignore[union-attr]
             m0 = {k: await _metrics(cluster.host, nodes[k].port) for k in nodes
                   if role[k] != "controller"}
             c0 = time.process_time()
             r = await fn(bs, pargs)
             client = time.process_time() - c0
             cpu1 = {k: proc_cpu_s(n.proc.pid) for k, n in nodes.items()}  # type: ignore[union-attr]
+            sys1 = {k: _sys_s(n.proc.pid) for k, n in nodes.items()}  # type: ignore[union-attr]
             m1 = {k: await _metrics(cluster.host, nodes[k].port) for k in m0}
             n = args.num_records
             per = {k: (cpu1[k] - cpu0[k]) / n * 1e6 for k in nodes}
+            brokers_cpu = sum(cpu1[k] - cpu0[k] for k in nodes if role[k] != "controller")
+            brokers_sys = sum(sys1[k] - sys0[k] for k in nodes if role[k] != "controller")
             fetches = m1[leader][METRICS[0]] - m0[leader][METRICS[0]]
             produces = m1[leader][METRICS[1]] - m0[leader][METRICS[1]]
             row = {"records_s": r["records_s"], "client_us": client / n * 1e6,
                    "leader_us": per[leader],
                    "followers_us": sum(v for k, v in per.items() if role[k] == "follower"),
                    "controller_us": sum(v for k, v in per.items() if role[k] == "controller"),
+                   "brokers_sys_pct": brokers_sys / max(brokers_cpu, 1e-9) * 100,
                    "produce_requests": produces, "fetches": fetches,
                    "fetches_per_produce": fetches / max(produces, 1),
                    **{k: v for k, v in r.items() if k in ("p50", "p99", "p99.9", "max")}}
@@ -118,7 +130,8 @@ def _line(label: str, r: dict[str, float]) -> str:
     lat = {k: r[k] for k in ("p50", "p99", "p99.9", "max") if k in r}
     return (f"{label}: {r['records_s']:,.0f} records/s; CPU us/record leader "
             f"{r['leader_us']:.2f}, followers {r['followers_us']:.2f} (both), controller "
-            f"{r['controller_us']:.2f}, client {r['client_us']:.2f}; produce requests "
+            f"{r['controller_us']:.2f}, client {r['client_us']:.2f} (brokers' kernel share "
+            f"{r['brokers_sys_pct']:.0f}%); produce requests "
             f"{r['produce_requests']:.0f}, replica fetches {r['fetches']:.0f} "
             f"({r['fetches_per_produce']:.2f} per produce)"
             + (f"; latency {format_latency(lat)}" if lat else ""))
