@@ -1,7 +1,8 @@
 """Replication cost of acks=all RF=3 (issue 20, item 5): CPU per record of every
 process (the partition's leader, its two followers, the controller, the client) and
-the replica fetches the leader answered per produce request, over `--runs` runs of
-produce_perf's batch API (or, with `--mode e2e`, its paced end-to-end latency run).
+the fetch requests the leader answered per produce request (the followers' fetches;
+with `--mode e2e` the consumer's as well), over `--runs` runs of produce_perf's batch
+API (or, with `--mode e2e`, its paced end-to-end latency run).
 
     .venv/bin/python benchmarks/replication_perf.py --num-records 500000 --runs 3
     .venv/bin/python benchmarks/replication_perf.py --mode e2e --num-records 30000 \\
@@ -132,7 +133,7 @@ def _line(label: str, r: dict[str, float]) -> str:
             f"{r['leader_us']:.2f}, followers {r['followers_us']:.2f} (both), controller "
             f"{r['controller_us']:.2f}, client {r['client_us']:.2f} (brokers' kernel share "
             f"{r['brokers_sys_pct']:.0f}%); produce requests "
-            f"{r['produce_requests']:.0f}, replica fetches {r['fetches']:.0f} "
+            f"{r['produce_requests']:.0f}, fetches at the leader {r['fetches']:.0f} "
             f"({r['fetches_per_produce']:.2f} per produce)"
             + (f"; latency {format_latency(lat)}" if lat else ""))
 
