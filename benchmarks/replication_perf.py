@@ -8,6 +8,7 @@ API (or, with `--mode e2e`, its paced end-to-end latency run).
     .venv/bin/python benchmarks/replication_perf.py --mode e2e --num-records 30000 \\
         --throughput 10000 --linger-ms 0 --runs 3
 
+`--acks 1 --replication-factor 1` gives the leader's own cost without replication.
 Starts a private cluster of 1 controller and 3 brokers, one topic of one partition
 with RF=3, and stops it afterwards. Fetches and produce requests are read from each
 broker's /metrics before and after a run (counted per request, never per record).
@@ -74,22 +75,22 @@ async def main(args: argparse.Namespace) -> None:
     cluster = DevCluster(root, 1, 3, free_base_port(1, 3), quiet=True, echo=lambda s: None)
     pargs = produce_perf.parse_args(
         ["--topic", args.topic, "--num-records", str(args.num_records), "--record-size",
-         str(args.record_size), "--acks", "all", "--linger-ms", str(args.linger_ms),
+         str(args.record_size), "--acks", args.acks, "--linger-ms", str(args.linger_ms),
          "--throughput", str(args.throughput), "--mode", args.mode, "--api", "batch"])
     try:
         await cluster.start()
         bs = cluster.bootstrap
-        await ensure_topic_on(bs, args.topic, 1, 3, 30)
+        await ensure_topic_on(bs, args.topic, 1, args.replication_factor, 30)
         leader = await _leader(bs, args.topic)
         nodes = {n.node_id: n for n in cluster.nodes if n.proc is not None}
         role = {i: ("leader" if i == leader else "follower" if "broker" in n.role
-                    else "controller") for i, n in nodes.items()}
+                    else "controller") for i, n in nodes.items()}  # RF=1: idle "followers"
         print(f"# leader {leader}; {args.num_records} records of {args.record_size} B, "
-              f"acks=all RF=3, mode {args.mode}", flush=True)
+              f"acks={args.acks} RF={args.replication_factor}, mode {args.mode}", flush=True)
         fn = produce_perf.run_e2e if args.mode == "e2e" else produce_perf.run_produce_batch
         await fn(bs, produce_perf.parse_args(
             ["--topic", args.topic, "--num-records", str(max(1000, args.num_records // 10)),
-             "--acks", "all", "--linger-ms", str(args.linger_ms), "--throughput",
+             "--acks", args.acks, "--linger-ms", str(args.linger_ms), "--throughput",
              str(args.throughput), "--mode", args.mode]))  # warm-up
         runs = []
         for i in range(args.runs):
@@ -148,6 +149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--throughput", type=float, default=-1)
     ap.add_argument("--mode", choices=["produce", "e2e"], default="produce")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--acks", choices=["1", "all"], default="all")
+    ap.add_argument("--replication-factor", type=int, choices=[1, 2, 3], default=3,
+                    help="RF=1 acks=1: the leader's own cost without replication")
     return ap.parse_args(argv)
 
 
