@@ -1,5 +1,6 @@
 """`FetchSessionCache` and `FetchSession` bookkeeping (issue 23): one session per
-follower broker, a bounded number of them, and what a closed session leaves behind."""
+follower broker, a bounded number of them, and what a closed session leaves behind;
+and when the leader answers a session request whose only news is a high watermark."""
 
 from __future__ import annotations
 
