@@ -484,7 +484,8 @@ class DataPlane:
                 plog = part.log
                 hw = part.high_watermark
                 limit = min(pmax, max_bytes - total)
-                if shares is not None and part.adding and part.catching_up(replica_id):
+                if (shares is not None and part.adding and part.catching_up(replica_id)
+                        and offset < plog.log_end_offset):  # as `_catching_up` counts
                     data: Any = _throttled_read(shares, plog, offset, limit, total)
                     data = _EMPTY if data is None else data
                 elif limit <= 0 and total > 0:
@@ -692,7 +693,8 @@ class DataPlane:
                 data: Any = _EMPTY
                 if entry.offset != leo:
                     limit = min(entry.max_bytes, max_bytes - total)
-                    if shares is not None and part.adding and part.catching_up(replica_id):
+                    if (shares is not None and part.adding and part.catching_up(replica_id)
+                            and entry.offset < leo):  # as `_catching_up` counts
                         data = _throttled_read(shares, plog, entry.offset, limit, total)
                         data = _EMPTY if data is None else data
                     elif limit > 0 or total == 0:

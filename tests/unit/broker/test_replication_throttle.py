@@ -250,3 +250,16 @@ async def test_leader_throttle_held_long_poll_answers_when_the_bucket_refills(
     assert task.done() and clock.monotonic_ms() < 1000, clock.monotonic_ms()
     got = _records(task.result())
     assert set(got) == {"a", "b"} and all(n > 0 for _, n in got.values()), got
+
+
+async def test_leader_throttle_a_caught_up_throttled_partition_takes_no_share(
+        tmp_path: Path) -> None:
+    """A throttled partition with nothing to send, asked first, leaves the quantum to the
+    one behind it that has records."""
+    clock = ManualClock()
+    rm, plane = _leader_plane(tmp_path, clock)
+    _leading(rm, tmp_path, clock, "idle", 0)
+    _leading(rm, tmp_path, clock, "busy", 50)
+    answer = plane.fetch(None, _fetch_body({"idle": 0, "busy": 0}))
+    got = _records(answer)
+    assert got["idle"] == (0, 0) and got["busy"][1] > 0, got
