@@ -24,6 +24,12 @@ from collections import OrderedDict
 from typing import Any
 
 MAX_FETCH_SESSIONS = 1000
+# A session request whose only news is a high watermark (no records, no error, no log
+# start) is held this long for records to carry it: a follower's fetch that advances
+# the HW (its acknowledgement of a batch) and the other followers' parked fetches are
+# not answered HW-only each time; under acks=all load the next batch comes first and
+# carries the HW. Idle, followers learn it this much later. At most the long poll.
+HW_NEWS_LINGER_MS = 5
 
 Key = tuple[str, int]
 
@@ -46,8 +52,9 @@ class SessionPartition:
 class FetchSession:
     """The state one follower's fetcher keeps on this leader."""
 
-    __slots__ = ("alive", "dirty", "epoch", "id", "last_request_ms", "max_wait_ms",
-                 "partitions", "quiet_reported", "replica_id", "waiter", "watched")
+    __slots__ = ("alive", "dirty", "epoch", "hw_due_ms", "id", "last_request_ms",
+                 "max_wait_ms", "partitions", "quiet_reported", "replica_id", "waiter",
+                 "watched")
 
     def __init__(self, session_id: int, replica_id: int, now_ms: int) -> None:
         self.id = session_id
@@ -62,6 +69,9 @@ class FetchSession:
         self.max_wait_ms = 0
         self.quiet_reported = False
         self.watched: dict[Key, Any] = {}  # key -> the Partition whose watcher we are
+        # when high watermark news held back (HW_NEWS_LINGER_MS) is answered anyway
+        # (None: none held)
+        self.hw_due_ms: int | None = None
 
     def mark(self, key: Key, wake: bool = True) -> None:
         """News of a partition of this session (called by the leader `Partition`)."""

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from dmq.broker.errors import error_code_of, message_of
-from dmq.broker.fetch_session import FetchSession, SessionPartition
+from dmq.broker.fetch_session import HW_NEWS_LINGER_MS, FetchSession, SessionPartition
 from dmq.broker.partition import Partition, ProduceWaiter
+from dmq.broker.throttle import ThrottledAnswer
 from dmq.log.batch import all_dmq_native, any_producer_id
 from dmq.log.errors import LogError, OffsetOutOfRangeError
 from dmq.metadata.image import metadata_body
@@ -60,7 +61,6 @@ from dmq.security.quotas import FETCH, PRODUCE, QuotaManager
 
 if TYPE_CHECKING:
     from dmq.broker.replica_manager import ReplicaManager
-    from dmq.broker.throttle import ReplicationThrottle
     from dmq.log.partition_log import PartitionLog
 
 log = logging.getLogger("dmq.broker.handlers")
@@ -79,24 +79,25 @@ def _record_bytes(answer: dict[str, Any]) -> int:
     return size
 
 
-def _throttled_read(throttle: ReplicationThrottle, plog: PartitionLog, offset: int,
+def _throttled_read(shares: ThrottledAnswer, plog: PartitionLog, offset: int,
                     limit: int, total: int) -> Any:
     """What a leader sends a replica being added (not in sync yet) from `offset`, under
     its replication throttle (`leader.replication.throttled.rate`): None (held back)
-    until the bucket holds a quantum, then at most a quantum (a first batch of the
-    answer whole even when larger: the bucket goes into debt), charged for what was
-    read. Once per partition of an answer, never per record."""
+    until the bucket holds a quantum, then at most this partition's share of it (the
+    answer's throttled partitions share the quantum; a first batch of the answer whole
+    even when larger: the bucket goes into debt), charged for what was read. Once per
+    partition of an answer, never per record."""
     if limit <= 0 and total > 0:
         return _EMPTY  # no room left in this answer: the next one
-    if not throttle.ready():
+    reserved = shares.take()
+    if not reserved:
         return None
-    reserved = throttle.reserve(1)
     data: Any = _EMPTY
     try:
         data = plog.read(offset, max(1, min(limit, reserved)), None,
                          min_one_batch=total == 0)
     finally:
-        throttle.settle(reserved, len(data))
+        shares.settle(reserved, len(data))
     return data
 
 
@@ -462,7 +463,10 @@ class DataPlane:
         follower = replica_id >= 0
         sent: list[tuple[Partition, int, int]] = []
         throttle = self.replicas.leader_throttle
-        held = False
+        shares = None
+        if follower and throttle.rate:
+            shares = ThrottledAnswer(throttle, self._catching_up(
+                ((t, p, offset) for t, p, offset, _, _ in wanted), replica_id))
         total = 0
         big_bytes = 0
         errors = False
@@ -480,9 +484,9 @@ class DataPlane:
                 plog = part.log
                 hw = part.high_watermark
                 limit = min(pmax, max_bytes - total)
-                if follower and part.adding and throttle.rate and part.catching_up(replica_id):
-                    data: Any = _throttled_read(throttle, plog, offset, limit, total)
-                    held = held or data is None
+                if (shares is not None and part.adding and part.catching_up(replica_id)
+                        and offset < plog.log_end_offset):  # as `_catching_up` counts
+                    data: Any = _throttled_read(shares, plog, offset, limit, total)
                     data = _EMPTY if data is None else data
                 elif limit <= 0 and total > 0:
                     data = _EMPTY
@@ -509,6 +513,10 @@ class DataPlane:
                 errors = True
                 hw = part.high_watermark if part is not None else -1
                 rows.append([p, int(error_code_of(exc)), hw, -1, -1, _EMPTY])
+        held = False
+        if shares is not None:
+            shares.close()
+            held = shares.held
         topics = [[t, r] for t, r in out.items()]
         # Large record data goes to the socket by reference instead of being copied into
         # the frame, when it outweighs the per-row cost of packing that way (~1 us a row).
@@ -596,8 +604,10 @@ class DataPlane:
         candidates = session.dirty
         session.dirty = {}
         candidates.update(dict.fromkeys(listed))
-        topics, total, news, held = self._read_session(session, candidates, replica_id,
-                                                       body["max_bytes"])
+        due = session.hw_due_ms
+        topics, total, news, held = self._read_session(
+            session, candidates, replica_id, body["max_bytes"],
+            session.max_wait_ms <= 0 or (due is not None and now >= due))
         if news or session.max_wait_ms <= 0:
             return self._session_answer(session, topics, total)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -608,11 +618,15 @@ class DataPlane:
     async def _session_poll(self, session: FetchSession, fut: asyncio.Future[None],
                             max_bytes: int, deadline: int, held: bool) -> Any:
         """Wait on the session for news until `deadline`; a partition the leader's
-        replication throttle `held` back is tried again when the throttle refills."""
+        replication throttle `held` back is tried again when the throttle refills, and
+        high watermark news held back (`HW_NEWS_LINGER_MS`) is answered when due."""
         while True:
-            wait_ms = deadline - self.clock.monotonic_ms()
+            now = self.clock.monotonic_ms()
+            wait_ms = deadline - now
             if held:
                 wait_ms = min(wait_ms, self.replicas.leader_throttle.wait_ms())
+            if session.hw_due_ms is not None:
+                wait_ms = min(wait_ms, session.hw_due_ms - now)
             timer = self.clock.call_later(max(wait_ms, 0), _resolver(fut))
             try:
                 await fut
@@ -624,9 +638,12 @@ class DataPlane:
                 return {"topics": [], "session_id": session.id}
             candidates = session.dirty
             session.dirty = {}
-            topics, total, news, held = self._read_session(session, candidates,
-                                                           session.replica_id, max_bytes)
-            if news or self.clock.monotonic_ms() >= deadline:
+            now = self.clock.monotonic_ms()
+            due = session.hw_due_ms
+            topics, total, news, held = self._read_session(
+                session, candidates, session.replica_id, max_bytes,
+                now >= deadline or (due is not None and now >= due))
+            if news or now >= deadline:
                 session.waiter = None
                 return self._session_answer(session, topics, total)
             fut = asyncio.get_running_loop().create_future()
@@ -639,17 +656,24 @@ class DataPlane:
         return {"topics": topics, "session_id": session.id}
 
     def _read_session(self, session: FetchSession, candidates: dict[tuple[str, int], None],
-                      replica_id: int, max_bytes: int
+                      replica_id: int, max_bytes: int, hw_due: bool
                       ) -> tuple[list[list[Any]], int, bool, bool]:
         """Rows for the candidates with news: records, an error, or a high watermark or
         log start offset the follower was not sent yet. A partition left without room
         in `max_bytes`, or held back by the leader's replication throttle (its last
-        return value), stays marked for the next answer."""
+        return value), stays marked for the next answer. A high watermark alone is
+        news only with other news, or when `hw_due`: until then it stays marked and the
+        session's `hw_due_ms` says when it is due (`HW_NEWS_LINGER_MS`)."""
         throttle = self.replicas.leader_throttle
-        held = False
+        entries = session.partitions
+        shares = None
+        if throttle.rate:
+            shares = ThrottledAnswer(throttle, self._catching_up(
+                ((k[0], k[1], e.offset) for k in candidates
+                 if (e := entries.get(k)) is not None), replica_id))
         total = 0
         out: dict[str, list[list[Any]]] = {}
-        entries = session.partitions
+        hw_only: list[tuple[str, SessionPartition, int, list[Any]]] = []
         for key in candidates:
             entry = entries.get(key)
             if entry is None:
@@ -669,9 +693,9 @@ class DataPlane:
                 data: Any = _EMPTY
                 if entry.offset != leo:
                     limit = min(entry.max_bytes, max_bytes - total)
-                    if part.adding and throttle.rate and part.catching_up(replica_id):
-                        data = _throttled_read(throttle, plog, entry.offset, limit, total)
-                        held = held or data is None
+                    if (shares is not None and part.adding and part.catching_up(replica_id)
+                            and entry.offset < leo):  # as `_catching_up` counts
+                        data = _throttled_read(shares, plog, entry.offset, limit, total)
                         data = _EMPTY if data is None else data
                     elif limit > 0 or total == 0:
                         data = plog.read(entry.offset, max(limit, 1), None,
@@ -679,7 +703,9 @@ class DataPlane:
                 size = len(data)
                 if not size and entry.offset < leo:
                     session.dirty[key] = None  # no room left in this answer: the next one
-                if not size and hw == entry.hw and start == entry.log_start:
+                if not size and start == entry.log_start:
+                    if hw != entry.hw:
+                        hw_only.append((topic, entry, hw, [p, 0, hw, start, leo, _EMPTY]))
                     continue
                 entry.hw = hw
                 entry.log_start = start
@@ -693,7 +719,37 @@ class DataPlane:
                 row = [p, int(error_code_of(exc)),
                        part.high_watermark if part is not None else -1, -1, -1, _EMPTY]
             out.setdefault(topic, []).append(row)
+        held = False
+        if shares is not None:
+            shares.close()
+            held = shares.held
+        if hw_only:
+            if out or hw_due:
+                for topic, entry, hw, row in hw_only:
+                    entry.hw = hw
+                    out.setdefault(topic, []).append(row)
+            else:  # held back: records may come to carry it
+                for topic, _, _, row in hw_only:
+                    session.dirty[(topic, row[0])] = None
+                if session.hw_due_ms is None:
+                    session.hw_due_ms = self.clock.monotonic_ms() + min(
+                        HW_NEWS_LINGER_MS, session.max_wait_ms)
+                return [[t, r] for t, r in out.items()], total, False, held
+        session.hw_due_ms = None
         return [[t, r] for t, r in out.items()], total, bool(out), held
+
+    def _catching_up(self, asked: Iterable[tuple[str, int, int]], replica_id: int) -> int:
+        """How many of the asked (topic, partition, fetch offset) have records to send
+        to `replica_id` under the leader's replication throttle: they share its quantum
+        in one answer. Looked at only while a throttle rate is set."""
+        n = 0
+        get = self.replicas.get_partition
+        for topic, p, offset in asked:
+            part = get(topic, p)
+            if (part is not None and part.adding and part.catching_up(replica_id)
+                    and offset < part.log.log_end_offset):
+                n += 1
+        return n
 
     # ------------------------------------------------------------------ offsets
 

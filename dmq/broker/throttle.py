@@ -14,10 +14,12 @@ session, so the leader holds nothing for it.
 
 The leader side (`leader.replication.throttled.rate`) is another bucket of this class,
 the replica manager's `leader_throttle`, taken by the fetch handlers
-(`dmq.broker.handlers._throttled_read`): a leader puts a partition's records for a
-replica being added (not in sync yet) into a fetch answer only when the bucket holds a
-quantum, at most a quantum, settled with the bytes read; otherwise the partition is
-left out of that answer and tried again when the bucket refills.
+(`dmq.broker.handlers._throttled_read`): a leader puts records for replicas being
+added (not in sync yet) into a fetch answer only when the bucket holds a quantum; the
+throttled partitions of the answer that have records to send share that quantum
+(`ThrottledAnswer`: `reserve(k)` for k of them, as a follower's fetch does), each
+settled with the bytes read; otherwise they are left out of that answer and tried
+again when the bucket refills.
 
 Token bucket, time from the injected monotonic clock in ms; the bucket holds at most
 one quantum, so the long-run rate is `rate` and a burst is at most one quantum over it.
@@ -95,3 +97,44 @@ class ReplicationThrottle:
         if self.rate:
             self._refill()
             self._tokens += reserved - used
+
+
+class ThrottledAnswer:
+    """One fetch answer's use of a bucket: the `wanting` throttled partitions it has
+    records for share one reservation (`reserve(wanting)`), taken when the first of
+    them is read, so every one of them gets its share of the quantum in the same
+    answer; each is settled with what it read, and the shares of those not read come
+    back with `close`. Per partition of an answer, never per record."""
+
+    __slots__ = ("_left", "_share", "_throttle", "_wanting", "held")
+
+    def __init__(self, throttle: ReplicationThrottle, wanting: int) -> None:
+        self._throttle = throttle
+        self._wanting = max(1, wanting)
+        self._share = 0
+        self._left = 0
+        self.held = False  # a partition was left out for want of a quantum
+
+    def take(self) -> int:
+        """The size limit of the next throttled partition read; 0: held back (the
+        bucket holds no quantum, or the reservation is used up)."""
+        if not self._share:
+            if self.held or not self._throttle.ready():
+                self.held = True
+                return 0
+            self._share = self._throttle.reserve(self._wanting)
+            self._left = self._wanting
+        if self._left <= 0:
+            self.held = True
+            return 0
+        self._left -= 1
+        return self._share
+
+    def settle(self, reserved: int, used: int) -> None:
+        self._throttle.settle(reserved, used)
+
+    def close(self) -> None:
+        """The answer is complete: the shares nobody read come back."""
+        if self._left > 0:
+            self._throttle.settle(self._share * self._left, 0)
+            self._left = 0

@@ -236,3 +236,41 @@ async def test_followers_learn_the_hw_without_waiting_for_new_data(tmp_path: Pat
             await wait_for(lambda i=i: all(b.partition("t").high_watermark == i + 1
                                            for b in brokers), timeout_s=2, what="follower HW")
         await conn.close()
+
+
+async def test_acks_all_takes_one_fetch_per_follower_and_never_acks_early(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sequential acks=all produces: every answer comes only once both followers have
+    the batch in their logs, and each batch costs one fetch per follower: the answer
+    carrying it also carries the HW of the one before; a follower's acknowledging fetch
+    (its next one) and the other follower's parked fetch are not answered with the HW
+    alone (held `HW_NEWS_LINGER_MS`, here 1 s). The last HW still reaches the followers
+    when due, long before their 5 s long poll ends."""
+    from dmq.broker import handlers
+
+    monkeypatch.setattr(handlers, "HW_NEWS_LINGER_MS", 1000, raising=False)
+    async with started_brokers(tmp_path, (1, 2, 3), **{"replica.fetch.wait.max.ms": 5000}
+                               ) as (ctl, brokers):
+        await ctl.create_topic("t", [[1, 2, 3]], {"min.insync.replicas": "3"})
+        conn = await brokers[0].connect()
+        assert (await produce(conn, "t", 0, batch([b"warm"])))[1] == 0
+        await wait_for(lambda: all(b.partition("t").high_watermark == 1 for b in brokers),
+                       timeout_s=4, what="follower HW")
+        plane = brokers[0].plane
+        fetches0 = plane.stats_replica_fetch_requests
+        n = 30
+        for i in range(n):
+            row = await produce(conn, "t", 0, batch([b"v%d-%d" % (i, j) for j in range(3)]))
+            assert row[1] == 0, row
+            end = row[2] + 3
+            # answered only once every replica has the batch
+            assert [b.partition("t").log_end_offset >= end for b in brokers] == [True] * 3
+            assert brokers[0].partition("t").high_watermark >= end
+        fetches = plane.stats_replica_fetch_requests - fetches0
+        # one fetch per follower per batch (HW-only answers would double it), and a few
+        # around the edges
+        assert fetches <= 2 * n + 4, fetches
+        leader_hw = brokers[0].partition("t").high_watermark
+        await wait_for(lambda: all(b.partition("t").high_watermark == leader_hw
+                                   for b in brokers), timeout_s=4, what="the last HW")
+        await conn.close()
