@@ -27,3 +27,9 @@ def test_raft_bench_quick() -> None:
     out = run("raft_bench.py", "--quick")
     assert re.search(r"100 in flight:\s+[\d,]+", out), out
     assert re.search(r"kill -9 leader -> new leader commits \(2 trials\): median \d+ ms", out), out
+
+
+def test_tls_transport_bench_quick() -> None:
+    out = run("tls_transport_bench.py", "--mb", "4", "--rounds", "1")
+    for mode in ("plaintext", "sslproto", "sslsocket"):
+        assert re.search(rf"^{mode}\s+[\d.]+\s+[\d.]+$", out, re.M), out
