@@ -90,11 +90,12 @@ class SaslAuthority:
 
     # failure books -------------------------------------------------------------------
     def _entry(self, host: str) -> _Failures:
-        f = self._failures.get(host)
+        f = self._failures.pop(host, None)
         if f is None:
             if len(self._failures) >= MAX_TRACKED_ADDRESSES:
-                self._failures.pop(next(iter(self._failures)))  # the oldest address
-            f = self._failures[host] = _Failures()
+                self._failures.pop(next(iter(self._failures)))  # the longest idle address
+            f = _Failures()
+        self._failures[host] = f  # (re)inserted last: the table is in order of last use
         return f
 
     def failure_delay(self, host: str) -> float:
