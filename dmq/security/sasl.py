@@ -77,9 +77,12 @@ class SaslAuthority:
         if not path:
             raise ConfigError("sasl.enabled.mechanisms is set but sasl.credentials.file is "
                               "not: the users come from that file")
+        cap_ms = int(config.get("sasl.failure.delay.max.ms"))
+        if cap_ms < 0:
+            raise ConfigError(f"sasl.failure.delay.max.ms must be >= 0, got {cap_ms}")
         store = users if users is not None else UserDirectory(CredentialStore.load(path))
         return cls(mechs, store, bool(config.get("sasl.plain.allow.plaintext")), node_id,
-                   int(config.get("sasl.failure.delay.max.ms")) / 1000)
+                   cap_ms / 1000)
 
     def offered(self, tls: bool) -> list[str]:
         return [m for m in self.mechanisms

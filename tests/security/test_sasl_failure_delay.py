@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dmq.config import parse_config
+from dmq.config import ConfigError, parse_config
 from dmq.security import sasl
 from dmq.security.sasl import FIRST_FAILURE_DELAY_S, MAX_TRACKED_ADDRESSES, SaslAuthority
 from dmq.security.scram import CredentialStore, make_credential
@@ -69,6 +69,12 @@ def test_the_hold_doubles_up_to_exactly_the_cap_and_never_past_it(
     assert holds[len(expected):] == [cap_ms / 1000] * (2000 - len(expected))
     assert max(holds) == cap_ms / 1000
     assert holds == sorted(holds)  # never shorter while the failures go on
+
+
+def test_a_negative_cap_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    """(It held nothing: every failed attempt was answered at once.)"""
+    with pytest.raises(ConfigError, match=r"sasl.failure.delay.max.ms must be >= 0, got -1"):
+        authority(tmp_path, -1)
 
 
 def test_one_address_failures_do_not_hold_back_another(tmp_path: Path,
