@@ -200,15 +200,17 @@ def test_the_wipe_fails_at_a_sync_then_a_trim(tmp_path: object, code: int,
     reopen_and_check(path)
 
 
+@pytest.mark.parametrize("trim", ["roll", "close"])
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
 def test_the_wipe_fails_on_the_append_path_then_a_trim(
-        tmp_path: object, code: int, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: object, code: int, trim: str, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     """The first new index entry after the unclean open runs the wipe from
     `_store_pending` and it fails: the append succeeds (an append never fails for its
-    index) and a warning says the entries stay in memory. The roll that follows
-    (fsync on: its flush syncs the index first, wiping again) cuts the old file to
-    nothing on a full disk; on a disk error it fails the log with `LogStorageError`."""
+    index) and a warning says the entries stay in memory. The trim that follows (a roll
+    or a clean close, with the fault still there; fsync on: its flush syncs the index
+    first, wiping again) cuts the old file to nothing on a full disk; on a disk error
+    it fails the log with `LogStorageError`."""
     path = str(tmp_path)
     crashed_log_with_stale_indexes(path)
     plog = reopen_with_wipe_pending(path)
@@ -223,21 +225,24 @@ def test_the_wipe_fails_on_the_append_path_then_a_trim(
     assert seg.index._wipe_pending  # noqa: SLF001 - (it failed)
     assert any("cannot grow" in r.getMessage() for r in caplog.records)
     check_reads(plog)
+    do_trim = plog.roll if trim == "roll" else plog.close
     if code == errno.ENOSPC:
-        plog.roll()
+        do_trim()
         assert os.path.getsize(seg.index_path) == 0
         assert os.path.getsize(seg.timeindex_path) == 0
-        check_reads(plog)
+        if trim == "roll":
+            check_reads(plog)
         faults.on = False
         plog.close()
     else:
         with pytest.raises(LogStorageError):
-            plog.roll()
+            do_trim()
         assert plog.closed and plog.failure is not None
         with pytest.raises(LogStorageError):
             plog.read(0, 100)
         faults.on = False
-        plog.close()
+        plog.close()  # a failed log: releases its files, marks nothing clean
+        assert all(s.fd_closed for s in plog.segments)
     reopen_and_check(path)
 
 
