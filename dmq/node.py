@@ -276,8 +276,11 @@ class Node:
 
     def reload_tls(self) -> bool | None:
         """Load renewed certificate, key and CA files now (SIGHUP): see
-        `CertificateReloader.check`; None without TLS or when nothing changed."""
-        return self.tls_reloader.check() if self.tls_reloader is not None else None
+        `CertificateReloader.check`; None without TLS, when nothing changed, or once
+        the node is stopping (the signal is handled until the loop closes)."""
+        if self.tls_reloader is None or self._stopping:
+            return None
+        return self.tls_reloader.check()
 
     async def _reload_tls_every(self, interval_s: float) -> None:
         while True:

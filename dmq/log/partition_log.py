@@ -661,7 +661,8 @@ class PartitionLog:
                         seg.flush()
                     seg.unflushed = False
         except OSError as exc:
-            self._closed = True
+            # (failed: later calls raise LogStorageError, `close` releases the files)
+            self.fail(f"flush failed: {exc}")
             raise LogStorageError(f"flush failed: {exc}") from exc
         self._recovery_point = self._log_end_offset
         self._unflushed_messages = 0

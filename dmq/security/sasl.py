@@ -77,9 +77,12 @@ class SaslAuthority:
         if not path:
             raise ConfigError("sasl.enabled.mechanisms is set but sasl.credentials.file is "
                               "not: the users come from that file")
+        cap_ms = int(config.get("sasl.failure.delay.max.ms"))
+        if cap_ms < 0:
+            raise ConfigError(f"sasl.failure.delay.max.ms must be >= 0, got {cap_ms}")
         store = users if users is not None else UserDirectory(CredentialStore.load(path))
         return cls(mechs, store, bool(config.get("sasl.plain.allow.plaintext")), node_id,
-                   int(config.get("sasl.failure.delay.max.ms")) / 1000)
+                   cap_ms / 1000)
 
     def offered(self, tls: bool) -> list[str]:
         return [m for m in self.mechanisms
@@ -90,11 +93,12 @@ class SaslAuthority:
 
     # failure books -------------------------------------------------------------------
     def _entry(self, host: str) -> _Failures:
-        f = self._failures.get(host)
+        f = self._failures.pop(host, None)
         if f is None:
             if len(self._failures) >= MAX_TRACKED_ADDRESSES:
-                self._failures.pop(next(iter(self._failures)))  # the oldest address
-            f = self._failures[host] = _Failures()
+                self._failures.pop(next(iter(self._failures)))  # the longest idle address
+            f = _Failures()
+        self._failures[host] = f  # (re)inserted last: the table is in order of last use
         return f
 
     def failure_delay(self, host: str) -> float:
