@@ -751,7 +751,7 @@ class PartitionLog:
                 self._segments[-1].flush()
                 fsync_dir(self.directory)
             except OSError as exc:
-                self._closed = True
+                self.fail(f"truncation flush failed: {exc}")
                 raise LogStorageError(f"truncation flush failed: {exc}") from exc
         self._log_end_offset = new_end
         self._log_start_offset = min(self._log_start_offset, new_end)
@@ -904,7 +904,7 @@ class PartitionLog:
                 log.warning("disk full: %s keeps its previous meta checkpoint: %s",
                             self.directory, exc)
                 return
-            self._closed = True
+            self.fail(f"checkpoint write failed: {exc}")
             raise LogStorageError(f"checkpoint write failed: {exc}") from exc
         self._meta_on_disk = rows
         self._clean_on_disk = clean

@@ -304,3 +304,38 @@ def test_a_recovered_segment_without_entries_keeps_no_old_entry(tmp_path: object
     check_reads(plog)
     assert seg.max_timestamp == max(h.max_timestamp for h in headers)
     plog.close()
+
+
+@pytest.mark.parametrize("where", ["meta", "flush"])
+def test_a_failed_truncation_fails_the_log_not_only_closes_it(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A truncation whose flush or meta checkpoint write fails leaves files only a
+    reopen resolves: the log is failed (later calls raise LogStorageError, which the
+    broker answers STORAGE_ERROR, not a closed log's NOT_LEADER_OR_FOLLOWER), `close`
+    releases its files, and the next open recovers a consistent log."""
+    path = str(tmp_path / "t-0")
+    plog = open_log(path)
+    for i in range(6):
+        plog.append_as_leader(batch(3, seed=i), 0)
+    plog.flush()
+
+    def eio(*_a: Any, **_k: Any) -> None:
+        raise OSError(errno.EIO, "injected")
+
+    if where == "meta":
+        monkeypatch.setattr("dmq.log.partition_log.write_entries", eio)
+    else:
+        monkeypatch.setattr(type(plog.segments[-1]), "flush", eio)
+    with pytest.raises(LogStorageError):
+        plog.truncate_to(9)
+    monkeypatch.undo()
+    assert plog.failure is not None
+    with pytest.raises(LogStorageError):
+        plog.read(0, 1000)
+    plog.close()  # a failed log only releases its files
+    again = open_log(path)
+    try:
+        check_reads(again)
+        assert again.log_end_offset in (9, 18)  # the truncation happened or not
+    finally:
+        again.close()
