@@ -60,6 +60,9 @@ MAX_BACKOFF_MS = 1000
 FENCED_BACKOFF_MS = 500
 REQUEST_MARGIN_MS = 10_000
 MAX_TRUNCATION_ROUNDS = 8
+# the fetch offset of a session entry the leader answered with an error: differs from
+# every log end offset, so the next request lists the partition (or forgets it)
+STALE = -1
 
 
 class FetchState:
@@ -193,6 +196,16 @@ class ReplicaFetcher:
         state.delayed_until_ms = until_ms
         self._delayed.add(tp)
         self._pending.add(tp)
+
+    def _stale(self, tp: Key) -> None:
+        """The leader answered an error for `tp`: its session entry is not one in
+        service, and nothing on the leader looks at it again (a partition it did not
+        have when listed is not even watched). The next request lists `tp` again, or
+        forgets it while it waits out a backoff; never neither, also when the backoff
+        is already over (under load the next request comes later than it)."""
+        entry = self._known.get(tp)
+        if entry is not None:
+            self._known[tp] = (STALE, entry[1], entry[2])
 
     def _reset_session(self) -> None:
         """The next request is a full one, opening a new session."""
@@ -497,6 +510,7 @@ class ReplicaFetcher:
         part = state.partition
         now = self.clock.monotonic_ms()
         self._pending.add(tp)
+        self._stale(tp)
         if err == ErrorCode.OFFSET_OUT_OF_RANGE:
             leo = part.log.log_end_offset
             if leader_leo >= 0 and leo > leader_leo:
