@@ -573,12 +573,20 @@ class FetcherManager:
                 if (s.partition.topic, s.partition.partition) != tp:
                     self.add_partition(s.partition, leader, force=True,
                                        throttled=s.throttled)
+            # the fetcher at the new address the others went to (a second one would
+            # replace it here and leave it fetching, untracked)
+            fetcher = self.fetchers.get(leader.broker_id)
         owner = self._owner.get(tp)
-        if owner == leader.broker_id and not force and fetcher is not None:
+        if owner == leader.broker_id and fetcher is not None:
             state = fetcher.partitions.get(tp)
-            if state is not None and state.leader_epoch == partition.leader_epoch:
+            if not force and state is not None and state.leader_epoch == partition.leader_epoch:
                 fetcher.set_throttled(tp, throttled)
                 return
+            # same leader, new epoch: the fetcher takes the new state (truncation first);
+            # removing it first would stop the fetcher if it was its only partition,
+            # and the partition would be added to a fetcher that is ending
+            fetcher.add(partition, throttled)
+            return
         self.remove_partition(tp)
         if fetcher is None:
             fetcher = ReplicaFetcher(self.broker_id, self.clock, leader, self.config,
