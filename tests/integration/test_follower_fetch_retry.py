@@ -142,3 +142,70 @@ async def test_leadership_applied_late_on_the_leader_is_followed(
                        what="the follower has the record")
         assert sorted(ctl.partition("t").isr) == [1, 2, 3]
         await conn.close()
+
+
+def _all_in_sync(ctl: Any, brokers: list[InProcBroker], topic: str, n: int) -> bool:
+    """Every partition: ISR = its replicas, every replica at the leader's LEO and HW."""
+    for p in range(n):
+        info = ctl.partition(topic, p)
+        if sorted(info.isr) != sorted(info.replicas):
+            return False
+        leader = brokers[info.leader - 1].partition(topic, p)
+        if leader is None or not leader.is_leader or leader.log_end_offset == 0:
+            return False
+        for b in info.replicas:
+            r = brokers[b - 1].partition(topic, p)
+            if (r is None or r.log_end_offset != leader.log_end_offset
+                    or r.high_watermark != leader.log_end_offset):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("backoff_ms", [None, 0], ids=["real-backoff", "backoff-over"])
+async def test_every_isr_full_after_churn_with_a_lagging_leader(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backoff_ms: int | None) -> None:
+    """The invariant the 10,000-partition create broke, at a small shape: broker 1
+    applies images late while a topic is created and while it is made leader of
+    partitions it followed; once it catches up, every partition is fully replicated
+    and every ISR full again within a bound. With the real backoffs, and with the
+    retry backoff over by each next request (as under load; the old code left the
+    partitions of the new topic led by broker 1 unfetched)."""
+    if backoff_ms is not None:
+        monkeypatch.setattr(fetcher_module, "RETRY_BACKOFF_MS", backoff_ms)
+    n = 30
+    rf3 = [[1, 2, 3], [2, 3, 1], [3, 1, 2]]
+    async with started_brokers(tmp_path, (1, 2, 3), replica_fetch_wait_max_ms=WAIT_MS) as (
+            ctl, brokers):
+        lagging = brokers[0]
+        seen = ReplicaFetchLog(lagging)
+        await ctl.create_topic("old", [rf3[p % 3] for p in range(n)])
+        conns = {b.broker_id: await b.connect() for b in brokers}
+
+        async def one_record_each(topic: str) -> None:
+            for p in range(n):
+                leader = ctl.partition(topic, p).leader
+                row = await produce(conns[leader], topic, p, batch([b"r"]), acks=1)
+                assert row[1] == 0, (topic, p, row)
+
+        await one_record_each("old")
+        await wait_for(lambda: _all_in_sync(ctl, brokers, "old", n), timeout_s=20,
+                       what="'old' replicated")
+        lagging.follow_images = False
+        await ctl.create_topic("new", [rf3[p % 3] for p in range(n)])
+        for p in range(n):  # broker 1 leads every partition of 'old' now
+            if ctl.partition("old", p).leader != 1:
+                ctl.set_partition("old", p, leader=1)
+        await wait_for(lambda: any(t == "new" for t, _, _ in seen.errors),
+                       what="followers fetched 'new' from broker 1, which lacks it")
+        after = seen.requests
+        await wait_for(lambda: seen.requests >= after + 5, what="more fetch rounds")
+        lagging.follow_images = True
+        lagging.replicas.apply_image(ctl.image)
+        await lagging.replicas.wait_idle()
+        await one_record_each("new")
+        await one_record_each("old")
+        for topic in ("new", "old"):
+            await wait_for(lambda t=topic: _all_in_sync(ctl, brokers, t, n),  # type: ignore[misc]
+                           timeout_s=20, what=f"every partition of {topic!r} in sync")
+        for c in conns.values():
+            await c.close()
