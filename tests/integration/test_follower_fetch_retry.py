@@ -205,7 +205,7 @@ async def test_every_isr_full_after_churn_with_a_lagging_leader(
         await one_record_each("new")
         await one_record_each("old")
         for topic in ("new", "old"):
-            await wait_for(lambda t=topic: _all_in_sync(ctl, brokers, t, n),  # type: ignore[misc]
+            await wait_for(lambda t=topic: _all_in_sync(ctl, brokers, t, n),
                            timeout_s=20, what=f"every partition of {topic!r} in sync")
         for c in conns.values():
             await c.close()
