@@ -14,9 +14,11 @@ session; later ones list only partitions whose fetch offset or leader epoch chan
 (and those to forget), and the leader answers only partitions with news, as soon as
 one has some or when the wait ends. So an idle fetcher costs one small request per
 `replica.fetch.wait.max.ms` whatever the number of partitions, and the fetcher itself
-only looks at partitions that changed (`_pending`). Any failure of a request, an
-unknown session or an epoch out of sequence falls back to a full request; a leader
-that answers without a session id (an older dmq) is sent full requests throughout.
+only looks at partitions that changed (`_pending`). A partition answered with an
+error is forgotten while it waits out its backoff and listed again after it (the
+leader does not look at it again by itself). Any failure of a request, an unknown
+session or an epoch out of sequence falls back to a full request; a leader that
+answers without a session id (an older dmq) is sent full requests throughout.
 
 Replicas being added by a reassignment and not yet in sync are *throttled*: their
 fetches share the broker's `ReplicationThrottle` (`follower.replication.throttled.rate`,
