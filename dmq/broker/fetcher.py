@@ -14,9 +14,11 @@ session; later ones list only partitions whose fetch offset or leader epoch chan
 (and those to forget), and the leader answers only partitions with news, as soon as
 one has some or when the wait ends. So an idle fetcher costs one small request per
 `replica.fetch.wait.max.ms` whatever the number of partitions, and the fetcher itself
-only looks at partitions that changed (`_pending`). Any failure of a request, an
-unknown session or an epoch out of sequence falls back to a full request; a leader
-that answers without a session id (an older dmq) is sent full requests throughout.
+only looks at partitions that changed (`_pending`). A partition answered with an
+error is forgotten while it waits out its backoff and listed again after it (the
+leader does not look at it again by itself). Any failure of a request, an unknown
+session or an epoch out of sequence falls back to a full request; a leader that
+answers without a session id (an older dmq) is sent full requests throughout.
 
 Replicas being added by a reassignment and not yet in sync are *throttled*: their
 fetches share the broker's `ReplicationThrottle` (`follower.replication.throttled.rate`,
@@ -60,6 +62,9 @@ MAX_BACKOFF_MS = 1000
 FENCED_BACKOFF_MS = 500
 REQUEST_MARGIN_MS = 10_000
 MAX_TRUNCATION_ROUNDS = 8
+# the fetch offset of a session entry the leader answered with an error: differs from
+# every log end offset, so the next request lists the partition (or forgets it)
+STALE = -1
 
 
 class FetchState:
@@ -193,6 +198,16 @@ class ReplicaFetcher:
         state.delayed_until_ms = until_ms
         self._delayed.add(tp)
         self._pending.add(tp)
+
+    def _stale(self, tp: Key) -> None:
+        """The leader answered an error for `tp`: its session entry is not one in
+        service, and nothing on the leader looks at it again (a partition it did not
+        have when listed is not even watched). The next request lists `tp` again, or
+        forgets it while it waits out a backoff; never neither, also when the backoff
+        is already over (under load the next request comes later than it)."""
+        entry = self._known.get(tp)
+        if entry is not None:
+            self._known[tp] = (STALE, entry[1], entry[2])
 
     def _reset_session(self) -> None:
         """The next request is a full one, opening a new session."""
@@ -497,6 +512,7 @@ class ReplicaFetcher:
         part = state.partition
         now = self.clock.monotonic_ms()
         self._pending.add(tp)
+        self._stale(tp)
         if err == ErrorCode.OFFSET_OUT_OF_RANGE:
             leo = part.log.log_end_offset
             if leader_leo >= 0 and leo > leader_leo:
@@ -559,12 +575,20 @@ class FetcherManager:
                 if (s.partition.topic, s.partition.partition) != tp:
                     self.add_partition(s.partition, leader, force=True,
                                        throttled=s.throttled)
+            # the fetcher at the new address the others went to (a second one would
+            # replace it here and leave it fetching, untracked)
+            fetcher = self.fetchers.get(leader.broker_id)
         owner = self._owner.get(tp)
-        if owner == leader.broker_id and not force and fetcher is not None:
+        if owner == leader.broker_id and fetcher is not None:
             state = fetcher.partitions.get(tp)
-            if state is not None and state.leader_epoch == partition.leader_epoch:
+            if not force and state is not None and state.leader_epoch == partition.leader_epoch:
                 fetcher.set_throttled(tp, throttled)
                 return
+            # same leader, new epoch: the fetcher takes the new state (truncation first);
+            # removing it first would stop the fetcher if it was its only partition,
+            # and the partition would be added to a fetcher that is ending
+            fetcher.add(partition, throttled)
+            return
         self.remove_partition(tp)
         if fetcher is None:
             fetcher = ReplicaFetcher(self.broker_id, self.clock, leader, self.config,
