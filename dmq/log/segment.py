@@ -463,10 +463,10 @@ class LogSegment:
 
     def note_read_end(self, offset: int, position: int) -> None:
         """Remember that the batch of `offset` starts at `position` (where a read ended,
-        or the segment's end at its next offset), dropping the oldest of `READ_HINTS`."""
+        or the segment's end at its next offset), dropping the oldest of `READ_HINTS`.
+        A hint already there keeps its place: another reader noted it just before."""
         hints = self.read_hints
         hints[offset] = position
-        hints.move_to_end(offset)
         if len(hints) > READ_HINTS:
             hints.popitem(last=False)
 
