@@ -498,13 +498,11 @@ class PartitionLog:
             n = len(segs)
             while i < n:
                 seg = segs[i]
-                hints = seg.read_hints
-                start = hints.get(offset, -1)
+                start = seg.read_hints.get(offset, -1)
                 if start >= 0:  # where a sequential reader's last read ended: no lookup
                     if start >= seg.size_bytes:  # this segment's end: the offset is past it
                         i += 1
                         continue
-                    hints.move_to_end(offset, last=False)  # used: the first to go
                 else:
                     try:  # (a closed segment may reopen its descriptor here)
                         h = seg.find(offset)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
 from crc32c import crc32c
@@ -121,9 +120,10 @@ class LogSegment:
         self.unflushed = False
         # Where recent reads stopped, offset -> position of the batch starting there: a
         # sequential reader's next read starts where its last one ended, so it needs no
-        # index lookup. Oldest first; a used hint goes first (`PartitionLog.read_span`).
+        # index lookup. In the order noted, the oldest dropped first: a hint is kept for
+        # the next `READ_HINTS` - 1 new ones, used or not (readers at one offset share it).
         # Only appends keep them true: every other change of the bytes clears them.
-        self.read_hints: OrderedDict[int, int] = OrderedDict()
+        self.read_hints: dict[int, int] = {}
 
     # ---------------------------------------------------------------- loading
 
@@ -464,11 +464,11 @@ class LogSegment:
     def note_read_end(self, offset: int, position: int) -> None:
         """Remember that the batch of `offset` starts at `position` (where a read ended,
         or the segment's end at its next offset), dropping the oldest of `READ_HINTS`.
-        A hint already there keeps its place: another reader noted it just before."""
+        A hint already there keeps its place (another reader noted it just before)."""
         hints = self.read_hints
         hints[offset] = position
         if len(hints) > READ_HINTS:
-            hints.popitem(last=False)
+            del hints[next(iter(hints))]
 
     def find_by_timestamp(self, timestamp: int) -> BatchHeader | None:
         """First batch whose max timestamp >= `timestamp`, or None."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections import OrderedDict
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -72,7 +71,7 @@ class ReadHintMachine(RuleBasedStateMachine):
             probe = (offset, max_bytes, hw, min_one)
             segs = plog.segments
             data, end = plog.read_span(*probe)
-            left = [OrderedDict(seg.read_hints) for seg in segs]
+            left = [dict(seg.read_hints) for seg in segs]
             for seg in segs:
                 seg.read_hints.clear()
             plain, plain_end = plog.read_span(*probe)
