@@ -488,16 +488,21 @@ class PartitionLog:
                 raise OffsetOutOfRangeError(
                     f"offset {offset} outside [{self._log_start_offset}, {leo}]")
             limit = leo if max_offset is None or max_offset > leo else max_offset
-            if offset >= limit:
-                return memoryview(b""), offset
             segs = self._segments
+            if offset >= limit:
+                if offset == leo and segs[-1].next_offset == leo:
+                    # A reader at the log end (a caught-up follower) reads from here next.
+                    segs[-1].note_read_end(leo, segs[-1].size_bytes)
+                return memoryview(b""), offset
             i = max(0, bisect_right(self._bases, offset) - 1)
             n = len(segs)
             while i < n:
                 seg = segs[i]
-                if (seg.read_hint_offset == offset
-                        and seg.read_hint_position < seg.size_bytes):
-                    start = seg.read_hint_position  # a sequential reader: no header lookup
+                start = seg.read_hints.get(offset, -1)
+                if start >= 0:  # where a sequential reader's last read ended: no lookup
+                    if start >= seg.size_bytes:  # this segment's end: the offset is past it
+                        i += 1
+                        continue
                 else:
                     try:  # (a closed segment may reopen its descriptor here)
                         h = seg.find(offset)
@@ -550,7 +555,7 @@ class PartitionLog:
             raise LogStorageError(f"read of {seg.path} failed: {exc}") from exc
         end_abs = start + got
         if end_abs == seg.size_bytes and limit >= seg.next_offset:
-            seg.read_hint_offset, seg.read_hint_position = seg.next_offset, end_abs
+            seg.note_read_end(seg.next_offset, end_abs)
             # the whole tail of the segment: all whole batches
             return memoryview(data), seg.next_offset
         # Jump close to the cut with the index, then walk the remaining few headers.
@@ -572,7 +577,7 @@ class PartitionLog:
                 break
             cut = pos = nxt
             next_offset = base + delta + 1
-        seg.read_hint_offset, seg.read_hint_position = next_offset, start + cut
+        seg.note_read_end(next_offset, start + cut)
         mv = memoryview(data)
         return (mv if cut == got else mv[:cut]), next_offset
 

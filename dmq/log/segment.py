@@ -36,6 +36,9 @@ INDEX_SUFFIX = ".index"
 TIMEINDEX_SUFFIX = ".timeindex"
 _SCAN_CHUNK_BYTES = 1 << 20  # recovery: whole batches are needed for the CRC
 _WALK_CHUNK_BYTES = 8192  # header-only walks: about one index interval of headers
+# Read hints kept per segment: one per concurrent sequential reader (a partition's
+# followers and a few consumers) and some spare; never more, whatever the readers.
+READ_HINTS = 8
 
 
 def segment_name(base_offset: int) -> str:
@@ -115,9 +118,12 @@ class LogSegment:
         self.first_append_ms: int | None = None
         self.bytes_since_index = 0
         self.unflushed = False
-        # Where the last read stopped: a sequential reader's next offset starts there.
-        self.read_hint_offset = -1
-        self.read_hint_position = 0
+        # Where recent reads stopped, offset -> position of the batch starting there: a
+        # sequential reader's next read starts where its last one ended, so it needs no
+        # index lookup. In the order noted, the oldest dropped first: a hint is kept for
+        # the next `READ_HINTS` - 1 new ones, used or not (readers at one offset share it).
+        # Only appends keep them true: every other change of the bytes clears them.
+        self.read_hints: dict[int, int] = {}
 
     # ---------------------------------------------------------------- loading
 
@@ -166,7 +172,7 @@ class LogSegment:
         """
         res = ScanResult()
         res.epochs_from = epochs_from
-        self.read_hint_offset = -1
+        self.read_hints.clear()
         # Rebuilt in memory: an active segment's index files are emptied and mapped when
         # the append path adds an entry (and a sync writes them with a `pwrite` until
         # then), not for every log on open (a write into pages that may be under
@@ -455,6 +461,15 @@ class LogSegment:
     def read(self, position: int, size: int) -> bytes:
         return os.pread(self.fd, size, position)
 
+    def note_read_end(self, offset: int, position: int) -> None:
+        """Remember that the batch of `offset` starts at `position` (where a read ended,
+        or the segment's end at its next offset), dropping the oldest of `READ_HINTS`.
+        A hint already there keeps its place (another reader noted it just before)."""
+        hints = self.read_hints
+        hints[offset] = position
+        if len(hints) > READ_HINTS:
+            del hints[next(iter(hints))]
+
     def find_by_timestamp(self, timestamp: int) -> BatchHeader | None:
         """First batch whose max timestamp >= `timestamp`, or None."""
         if self.max_timestamp < timestamp:
@@ -470,7 +485,7 @@ class LogSegment:
 
     def truncate_to(self, offset: int) -> int:
         """Remove batches whose last offset >= `offset`; returns bytes removed."""
-        self.read_hint_offset = -1
+        self.read_hints.clear()  # new batches may start elsewhere after the cut
         h = self.find(offset)
         if h is None:
             return 0
@@ -540,6 +555,7 @@ class LogSegment:
 
     def close_fd(self) -> None:
         """Close the descriptor for good (close, delete, abandon)."""
+        self.read_hints.clear()
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = -1
@@ -582,6 +598,7 @@ class LogSegment:
                 pass
 
     def rebuild_indexes_from(self, headers: Sequence[BatchHeader]) -> None:
+        self.read_hints.clear()
         self.index.reset()
         self.time_index.reset()
         self.max_timestamp = -1
