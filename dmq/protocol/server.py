@@ -230,7 +230,6 @@ class _ServerConnection(asyncio.Protocol):
         # until the first 4 bytes are in, an HTTP request may still be told from a frame
         self._sniffing = server.http_handoff is not None
         self._sniffed = b""
-        self._direct = False  # the last `get_buffer` gave the frame's own buffer
 
     # asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -532,35 +531,60 @@ class _ServerConnection(asyncio.Protocol):
         write_frame(self.transport, frame, self.server.ssl is not None)
 
 
-class _PlainConnection(_ServerConnection, asyncio.BufferedProtocol):
-    """A plaintext connection, as a buffered protocol: the transport receives into
-    the buffer `get_buffer` gives. While a large frame is being received that is the
-    rest of the frame's own buffer (`FrameDecoder.frame_tail`): its bytes go from the
-    socket to where the handler reads them (a produce's batches to the segment's
-    `writev`) without a copy. Otherwise it is the server's read buffer (one per
-    server: a read is handled before the next begins; the decoder copies out what it
-    keeps), as for TLS. A frame's buffer exists only once the request-memory budget
-    granted it (the decoder allocates it when its second chunk is wanted, and a
-    connection waiting for budget is not read)."""
+class _PlainConnection(asyncio.BufferedProtocol):
+    """The protocol of a plaintext connection, around its `_ServerConnection`, as a
+    buffered protocol (not an `asyncio.Protocol`: uvloop reads into the buffer of a
+    protocol only if it is not one): the transport receives into the buffer
+    `get_buffer` gives. While a large frame is being received that is the rest of the
+    frame's own buffer (`FrameDecoder.frame_tail`): its bytes go from the socket to
+    where the handler reads them (a produce's batches to the segment's `writev`)
+    without a copy. Otherwise it is the server's read buffer (one per server: a read
+    is handled before the next begins; the decoder copies out what it keeps), as for
+    TLS. A frame's buffer exists only once the request-memory budget granted it (the
+    decoder allocates it when its second chunk is wanted, and a connection waiting
+    for budget is not read)."""
+
+    __slots__ = ("_direct", "conn")
+
+    def __init__(self, conn: _ServerConnection) -> None:
+        self.conn = conn
+        self._direct = False  # the last `get_buffer` gave the frame's own buffer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.conn.eof_received()
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        tail = None if self._sniffing else self.decoder.frame_tail()
+        conn = self.conn
+        tail = None if conn._sniffing else conn.decoder.frame_tail()
         self._direct = tail is not None
-        return tail if tail is not None else self.server._read_buf
+        return tail if tail is not None else conn.server._read_buf
 
     def buffer_updated(self, nbytes: int) -> None:
+        conn = self.conn
         if not self._direct:
-            self.data_received(self.server._read_buf[:nbytes])
+            conn.data_received(conn.server._read_buf[:nbytes])
             return
-        if self.closed:
+        if conn.closed:
             return
-        self.last_active = self.server._loop.time()
-        frames = self.decoder.filled(nbytes)
+        conn.last_active = conn.server._loop.time()
+        frames = conn.decoder.filled(nbytes)
         if frames:
-            if self.decoder.pending_frame_bytes != self.reserved_bytes:
-                self.server._reserve(self)
-            self.backlog.extend(frames)
-            self._drain_backlog()
+            if conn.decoder.pending_frame_bytes != conn.reserved_bytes:
+                conn.server._reserve(conn)
+            conn.backlog.extend(frames)
+            conn._drain_backlog()
 
 
 PLAIN_READ_BUFFER_BYTES = 256 * 1024
@@ -696,9 +720,8 @@ class ProtocolServer:
         self._read_buf = memoryview(bytearray(PLAIN_READ_BUFFER_BYTES))
 
         def connection() -> asyncio.BaseProtocol:
-            if buf is None:
-                return _PlainConnection(self)
-            return _TlsConnection(_ServerConnection(self), buf)
+            conn = _ServerConnection(self)
+            return _PlainConnection(conn) if buf is None else _TlsConnection(conn, buf)
 
         self._server = await self._loop.create_server(
             connection, self.host, self.port, reuse_address=True,
