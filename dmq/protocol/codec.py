@@ -37,7 +37,7 @@ import os
 import struct
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,14 +87,16 @@ class FrameDecoder:
     (>= `large_frame_bytes`), which gets a buffer of its declared length: the chunks
     that follow its first are copied into it (`feed`), or a reader that can receive
     into a buffer reads the rest of the frame straight into it (`frame_tail`, then
-    `filled`; no copy at all). That buffer is allocated only when a second chunk of
-    the frame is wanted, so a server that budgets request memory (and stops reading a
-    connection whose frame does not fit) allocates nothing it has not granted; the
-    first chunk's part is held as bytes until then.
+    `filled`; no copy at all). A reader that budgets request memory sets `grant`: the
+    decoder asks it for the frame's length when the frame starts and allocates the
+    buffer at once only if granted; otherwise (the reader stops reading that
+    connection until the budget frees up) the first chunk's part is held as bytes and
+    the buffer allocated when the next chunk is wanted, so nothing is allocated that
+    the budget did not grant.
     """
 
-    __slots__ = ("_buf", "_frame", "_have", "_head", "_need", "_raw", "large_frame_bytes",
-                 "max_frame_bytes")
+    __slots__ = ("_buf", "_frame", "_have", "_head", "_need", "_raw", "grant",
+                 "large_frame_bytes", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  large_frame_bytes: int = 64 * 1024) -> None:
@@ -108,6 +110,8 @@ class FrameDecoder:
         self._raw = False  # the large frame in progress is raw
         self._have = 0  # bytes of the large frame received
         self._need = 0  # payload length of the large frame in progress (0: none)
+        # asked for a large frame's length when it starts; None: always granted
+        self.grant: Callable[[int], bool] | None = None
 
     @property
     def buffered_bytes(self) -> int:
@@ -184,10 +188,15 @@ class FrameDecoder:
             start = pos + 4
             if end - start < n:
                 if n >= self.large_frame_bytes:
-                    self._head = bytes(mv[start:end])
                     self._have = end - start
                     self._need = n
                     self._raw = raw
+                    if self.grant is None or self.grant(n):
+                        frame = RawFrame(n) if raw else bytearray(n)
+                        frame[:end - start] = mv[start:end]
+                        self._frame = frame
+                    else:
+                        self._head = bytes(mv[start:end])
                     return end
                 return pos
             frames.append(RawFrame(mv[start:start + n]) if raw else bytes(mv[start:start + n]))

@@ -206,6 +206,7 @@ class _ServerConnection(asyncio.Protocol):
     def __init__(self, server: ProtocolServer) -> None:
         self.server = server
         self.decoder = FrameDecoder(server.max_frame_bytes)
+        self.decoder.grant = self._grant
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.peer_host = "?"
@@ -300,6 +301,19 @@ class _ServerConnection(asyncio.Protocol):
         if frames:
             self.backlog.extend(frames)
             self._drain_backlog()
+
+    def _grant(self, size: int) -> bool:
+        """The decoder's question when a large frame starts: True when its `size` is
+        reserved now (its buffer is then allocated at once, the first read copied
+        straight into it); False leaves it to `ProtocolServer._reserve`, which makes
+        the connection wait once this read is handled."""
+        server = self.server
+        server._release(self)  # the previous frame's, if it ended in this same read
+        if self.budget_blocked or server._budget_waiters or not server._fits(size):
+            return False
+        self.reserved_bytes = size
+        server.reserved_request_bytes += size
+        return True
 
     def _sniff(self, data: bytes | memoryview) -> bytes:
         """Tell an HTTP request from a frame by its first bytes: an HTTP method read as a
