@@ -554,9 +554,9 @@ class _PlainConnection(asyncio.BufferedProtocol):
     where the handler reads them (a produce's batches to the segment's `writev`)
     without a copy. Otherwise it is the server's read buffer (one per server: a read
     is handled before the next begins; the decoder copies out what it keeps), as for
-    TLS. A frame's buffer exists only once the request-memory budget granted it (the
-    decoder allocates it when its second chunk is wanted, and a connection waiting
-    for budget is not read)."""
+    TLS. A frame's buffer exists only once the request-memory budget granted it
+    (`_ServerConnection._grant` when the frame starts; else the decoder allocates it
+    when its next chunk is wanted, and a connection waiting for budget is not read)."""
 
     __slots__ = ("_direct", "conn")
 
@@ -731,7 +731,8 @@ class ProtocolServer:
             self._handlers[ApiKey.SASL_AUTHENTICATE] = self._sasl_authenticate
         self._loop = asyncio.get_running_loop()
         buf = memoryview(bytearray(TLS_READ_BUFFER_BYTES)) if self.ssl is not None else None
-        self._read_buf = memoryview(bytearray(PLAIN_READ_BUFFER_BYTES))
+        if buf is None:
+            self._read_buf = memoryview(bytearray(PLAIN_READ_BUFFER_BYTES))
 
         def connection() -> asyncio.BaseProtocol:
             conn = _ServerConnection(self)
