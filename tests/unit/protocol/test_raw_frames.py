@@ -135,3 +135,45 @@ def test_raw_encoders_round_trip_and_put_small_values_in_the_header() -> None:
     (resp,) = FrameDecoder().feed(b"".join(encode_response_raw(9, 0, body)))
     cid, code, rbody = decode_response(resp)
     assert (cid, code, bytes(rbody["big"])) == (9, 0, big)
+
+
+async def test_write_frame_writev_path_keeps_every_byte_in_order() -> None:
+    """On asyncio's own transport (whose `writelines` joins before 3.12) `write_frame`
+    writes multi-part frames with `os.writev` itself; a peer that does not read makes
+    those writes partial, and what the kernel did not take must follow in order, with
+    later frames queued behind it."""
+    import asyncio
+    import socket
+
+    from dmq.protocol.codec import write_frame
+
+    got = bytearray()
+    done = asyncio.Event()
+    total = 0
+    frames = []
+    for i in range(40):
+        body = memoryview(bytes([i]) * (50_000 + 977 * i))
+        frames.append([struct.pack(">I", len(body)), body, b"tail%d" % i])
+        total += 4 + len(body) + len(frames[-1][2])
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.2)  # let the sender's socket buffer fill first
+        while len(got) < total:
+            chunk = await reader.read(1 << 16)
+            if not chunk:
+                break
+            got.extend(chunk)
+        done.set()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+    for f in frames:
+        write_frame(writer.transport, f, False)
+    await asyncio.wait_for(done.wait(), 20)
+    assert bytes(got) == b"".join(b"".join(bytes(p) for p in f) for f in frames)
+    writer.close()
+    server.close()
