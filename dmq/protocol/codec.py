@@ -100,8 +100,9 @@ class FrameDecoder:
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  large_frame_bytes: int = 64 * 1024) -> None:
-        if max_frame_bytes <= 0:
-            raise ValueError("max_frame_bytes must be positive")
+        if not 0 < max_frame_bytes < RAW_FLAG:
+            raise ValueError(f"max_frame_bytes must be in [1, {RAW_FLAG - 1}] (the length "
+                             f"word's top bit marks a raw-form frame), got {max_frame_bytes}")
         self.max_frame_bytes = max_frame_bytes
         self.large_frame_bytes = large_frame_bytes
         self._buf = bytearray()  # a partial header or a partial small frame (with header)

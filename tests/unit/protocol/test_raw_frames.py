@@ -177,3 +177,9 @@ async def test_write_frame_writev_path_keeps_every_byte_in_order() -> None:
     assert bytes(got) == b"".join(b"".join(bytes(p) for p in f) for f in frames)
     writer.close()
     server.close()
+
+
+def test_a_frame_limit_that_would_reach_the_raw_flag_is_refused() -> None:
+    with pytest.raises(ValueError, match="length word's top bit marks a raw-form frame"):
+        FrameDecoder(RAW_FLAG)
+    assert FrameDecoder(RAW_FLAG - 1).max_frame_bytes == RAW_FLAG - 1
