@@ -1099,9 +1099,13 @@ class Consumer:
                 st.log_start_offset = log_start
                 if not records:
                     continue
-                # bytes, or (raw form) a view of the response frame, kept as it is: the
-                # frame is a buffer of its own, never reused
+                # bytes, or (raw form) a view of the response frame (a buffer of its
+                # own, never reused), kept as it is when it is most of that frame; a
+                # smaller share is copied, so a partition read slowly (or paused) never
+                # keeps a whole multi-partition response alive
                 data = records
+                if type(data) is memoryview and 2 * data.nbytes < len(data.obj):
+                    data = bytes(data)
                 headers = [h for h in iter_headers(data) if h.last_offset >= offset]
                 if not headers:
                     continue

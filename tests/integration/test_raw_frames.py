@@ -30,6 +30,7 @@ from tests.support.inproc_broker import (
     make_config,
     produce,
 )
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -142,3 +143,31 @@ async def test_a_raw_section_where_only_bytes_are_taken_is_refused() -> None:
         writer.close()
     finally:
         await server.close()
+
+
+async def test_a_consumer_keeps_a_view_only_of_most_of_a_response(broker) -> None:
+    """A partition's records that are most of a raw fetch response stay a view of it
+    (no copy); a small share of a response is copied, so a partition left unread does
+    not keep the whole response alive."""
+    from dmq.client import Consumer, TopicPartition
+
+    await broker.controller.create_topic("two", [[1], [1]], {})
+    conn = await Connection.open("127.0.0.1", broker.port)
+    try:
+        assert (await produce(conn, "two", 0, batch([b"b" * 300_000])))[1] == 0
+        assert (await produce(conn, "two", 1, batch([b"s" * 20_000])))[1] == 0
+    finally:
+        await conn.close()
+    big, small = TopicPartition("two", 0), TopicPartition("two", 1)
+    async with Consumer(f"127.0.0.1:{broker.port}") as c:
+        c.assign([big, small])
+        c.seek(big, 0)  # both positions known at once: one fetch asks for both
+        c.seek(small, 0)
+        states = c._sub.states
+        await until(lambda: states[big].chunks and states[small].chunks, "both fetched")
+        (kept,) = states[big].chunks
+        (copied,) = states[small].chunks
+        assert type(kept.data) is memoryview and type(copied.data) is bytes
+        got = await c.getmany(big, small, timeout_ms=1000)
+        assert [r.value for r in got[big]] == [b"b" * 300_000]
+        assert [r.value for r in got[small]] == [b"s" * 20_000]
