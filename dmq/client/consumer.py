@@ -1104,7 +1104,7 @@ class Consumer:
                 # smaller share is copied, so a partition read slowly (or paused) never
                 # keeps a whole multi-partition response alive
                 data = records
-                if type(data) is memoryview and 2 * data.nbytes < len(data.obj):
+                if type(data) is memoryview and 2 * data.nbytes < memoryview(data.obj).nbytes:
                     data = bytes(data)
                 headers = [h for h in iter_headers(data) if h.last_offset >= offset]
                 if not headers:
