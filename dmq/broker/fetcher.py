@@ -47,6 +47,7 @@ from dmq.config import ClusterConfig
 from dmq.log.errors import LogError
 from dmq.metadata.image import BrokerInfo
 from dmq.protocol.api import ApiKey
+from dmq.protocol.codec import VectoredBody
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import DmqError, ErrorCode
 
@@ -444,7 +445,9 @@ class ReplicaFetcher:
         self.stats_partitions_sent += len(listed) + len(forgotten)
         pending, self._pending = self._pending, set()
         try:
-            resp = await conn.request(ApiKey.FETCH, body,
+            # a VectoredBody asks for the raw form: the records arrive as views of the
+            # received frame and go to the segment's writev uncopied
+            resp = await conn.request(ApiKey.FETCH, VectoredBody(body),
                                       timeout_ms=self.max_wait_ms + REQUEST_MARGIN_MS)
         except BaseException:
             self._pending |= pending

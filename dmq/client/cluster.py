@@ -140,7 +140,7 @@ class ClusterClient:
         try:
             conn = await Connection.open(address[0], address[1], client_id=self.client_id,
                                          connect_timeout_ms=self.connect_timeout_ms,
-                                         **connect_security(self.security))
+                                         raw_frames=True, **connect_security(self.security))
         except BaseException as exc:
             fut.set_exception(exc if isinstance(exc, Exception) else NetworkError("cancelled"))
             fut.exception()  # retrieved: concurrent waiters re-raise it themselves

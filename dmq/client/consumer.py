@@ -63,6 +63,7 @@ from dmq.log.batch import (
 from dmq.log.codecs import decompress
 from dmq.log.errors import CorruptRecordError, LogError
 from dmq.protocol.api import ApiKey
+from dmq.protocol.codec import VectoredBody
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
     CorruptMessageError,
@@ -196,7 +197,7 @@ def _build_records(tp: TopicPartition, base: int, skip: int, raw: Sequence[Any],
 class _Chunk:
     """One partition's records bytes from one fetch, consumed batch by batch."""
 
-    data: bytes
+    data: bytes | memoryview  # the records; a view of a raw-form fetch response
     headers: list[BatchHeader]
     next_batch: int = 0
     leftover: list[ConsumerRecord] = field(default_factory=list)
@@ -744,7 +745,7 @@ class Consumer:
         st.position = position
         return out
 
-    def _decode(self, tp: TopicPartition, data: bytes, h: BatchHeader,
+    def _decode(self, tp: TopicPartition, data: bytes | memoryview, h: BatchHeader,
                 position: int) -> list[ConsumerRecord]:
         """ConsumerRecords of one batch from `position` on.
 
@@ -766,7 +767,7 @@ class Consumer:
         return _build_records(tp, base, position - base if position > base else 0, raw,
                               ts_type, ts, self.key_deserializer, self.value_deserializer)
 
-    def _decode_kafka(self, tp: TopicPartition, data: bytes, h: BatchHeader,
+    def _decode_kafka(self, tp: TopicPartition, data: bytes | memoryview, h: BatchHeader,
                       position: int) -> list[ConsumerRecord]:
         try:
             records = decode_records(data, h)
@@ -879,7 +880,7 @@ class Consumer:
         st.position = position
         return out
 
-    def _unpack(self, tp: TopicPartition, data: bytes, h: BatchHeader) -> Any:
+    def _unpack(self, tp: TopicPartition, data: bytes | memoryview, h: BatchHeader) -> Any:
         """The unpacked records array of a dmq-native batch (a tuple of `record_count`
         records), or `CorruptMessageError` naming what is wrong."""
         start = h.position + HEADER_SIZE
@@ -1058,7 +1059,8 @@ class Consumer:
                 "topics": [[t, ps] for t, ps in topics.items()]}
         clock = self._clock
         try:
-            resp = await conn.request(ApiKey.FETCH, body,
+            # a VectoredBody asks for the raw form: records come as views of the frame
+            resp = await conn.request(ApiKey.FETCH, VectoredBody(body),
                                       timeout_ms=self.request_timeout_ms + self.fetch_max_wait_ms)
         except DmqError as exc:
             if not isinstance(exc, NetworkError | RequestTimedOutError):
@@ -1097,7 +1099,13 @@ class Consumer:
                 st.log_start_offset = log_start
                 if not records:
                     continue
-                data = bytes(records)
+                # bytes, or (raw form) a view of the response frame (a buffer of its
+                # own, never reused), kept as it is when it is most of that frame; a
+                # smaller share is copied, so a partition read slowly (or paused) never
+                # keeps a whole multi-partition response alive
+                data = records
+                if type(data) is memoryview and 2 * data.nbytes < memoryview(data.obj).nbytes:
+                    data = bytes(data)
                 headers = [h for h in iter_headers(data) if h.last_offset >= offset]
                 if not headers:
                     continue

@@ -23,6 +23,7 @@ from dmq.client.accumulator import PartitionQueue, ProducerBatch, RecordAccumula
 from dmq.client.cluster import ClusterClient
 from dmq.clock import Clock, Waker, wait_for_ms
 from dmq.protocol.api import ApiKey
+from dmq.protocol.codec import VectoredBody
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import (
     DmqError,
@@ -228,8 +229,10 @@ class Sender:
         if not batches:
             return
         self._sent_any = True
-        body = {"acks": self.acks, "timeout_ms": self.request_timeout_ms,
-                "topics": [[t, ps] for t, ps in topics.items()]}
+        # a VectoredBody: the batches go to the socket by reference (as raw sections to
+        # a broker that reads the raw form), never copied into the request
+        body = VectoredBody(acks=self.acks, timeout_ms=self.request_timeout_ms,
+                            topics=[[t, ps] for t, ps in topics.items()])
         if self.acks == 0:
             try:
                 conn.send_oneway(ApiKey.PRODUCE, body)
@@ -249,7 +252,7 @@ class Sender:
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
 
-    async def _produce(self, node: int, conn: Connection, body: dict[str, Any],
+    async def _produce(self, node: int, conn: Connection, body: VectoredBody,
                        batches: list[ProducerBatch]) -> None:
         try:
             resp = await conn.request(ApiKey.PRODUCE, body, timeout_ms=self.request_timeout_ms)

@@ -20,6 +20,7 @@ from dmq.protocol.schema import (
     BOOL,
     BYTES,
     INT,
+    RAW_BYTES,
     STR,
     Array,
     MapOf,
@@ -142,7 +143,8 @@ REQUEST_SCHEMAS: dict[ApiKey, Type] = {
     ApiKey.PRODUCE: Struct(
         {"acks": INT, "timeout_ms": INT,
          # [[topic, [[partition, leader_epoch (-1: unchecked), batches: bytes]]]]
-         "topics": Array(Tuple(STR, Array(Tuple(INT, INT, BYTES))))}),
+         # (batches: a raw section in a raw-form frame, dmq.protocol.codec)
+         "topics": Array(Tuple(STR, Array(Tuple(INT, INT, RAW_BYTES))))}),
     # -> {"topics": [[topic, [[partition, error, base_offset, log_start_offset, msg]]]]}
     #    plus "throttle_time_ms" when the principal has a producer quota (the answer was
     #    held back that long; dmq.security.quotas)

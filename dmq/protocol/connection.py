@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import ssl as _ssl
+from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -28,8 +29,11 @@ from dmq.protocol.api import ApiKey
 from dmq.protocol.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameDecoder,
+    VectoredBody,
     decode_response,
     encode_request_parts,
+    encode_request_raw,
+    encode_request_vectored,
     write_frame,
 )
 from dmq.protocol.errors import (
@@ -82,9 +86,36 @@ class _ClientProtocolBase(asyncio.BaseProtocol):
         self.conn._room.set()
 
 
-class _ClientProtocol(_ClientProtocolBase, asyncio.Protocol):
-    def data_received(self, data: bytes) -> None:
-        self.conn._on_data(data)
+CLIENT_READ_BUFFER_BYTES = 256 * 1024
+"""What a plaintext connection reads into when no large frame is being received."""
+
+
+class _ClientProtocol(_ClientProtocolBase, asyncio.BufferedProtocol):
+    """A plaintext connection's protocol, buffered: while a large response frame (a
+    fetch's records) is being received, the socket reads go straight into the frame's
+    own buffer (`FrameDecoder.frame_tail`), whose views the records then are; other
+    reads go into this connection's read buffer, out of which the decoder copies."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        self._buf: memoryview | None = None
+        self._direct = False
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        tail = self.conn._decoder.frame_tail()
+        self._direct = tail is not None
+        if tail is not None:
+            return tail
+        if self._buf is None:
+            self._buf = memoryview(bytearray(CLIENT_READ_BUFFER_BYTES))
+        return self._buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._direct:
+            self.conn._on_frames(self.conn._decoder.filled(nbytes))
+        else:
+            assert self._buf is not None
+            self.conn._on_data(self._buf[:nbytes])
 
 
 TLS_READ_BUFFER_BYTES = 256 * 1024 + 4096
@@ -134,6 +165,9 @@ class Connection:
         self._closed = False
         self._close_reason: str = "connection closed"
         self._tls = False  # opened over TLS
+        # the node reads raw-form frames (said so in its NODE_HELLO or API_VERSIONS
+        # answer): a request with a VectoredBody goes in that form (dmq.protocol.codec)
+        self.raw_frames = False
         self._answered = False  # some bytes came back from the server
         self._loop = asyncio.get_running_loop()
         self._closed_event = asyncio.Event()
@@ -142,10 +176,13 @@ class Connection:
     async def open(cls, host: str, port: int, *, client_id: str = "dmq",
                    connect_timeout_ms: int = 5000, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                    max_in_flight: int = 1024, node_id: int | None = None,
-                   ssl: _ssl.SSLContext | None = None, sasl: Any = None) -> Connection:
+                   ssl: _ssl.SSLContext | None = None, sasl: Any = None,
+                   raw_frames: bool = False) -> Connection:
         """Connect (over TLS with `ssl`, or `DEFAULT_TLS` when set), authenticate with
         `sasl` (or `DEFAULT_SASL`) when given; with `node_id`, identify as that cluster
-        node before returning."""
+        node before returning. With `raw_frames` (or `node_id`), learn whether the
+        node reads raw-form frames (one API_VERSIONS; NODE_HELLO's answer says it too):
+        then requests with a `VectoredBody` go in that form."""
         conn = cls(host, port, client_id=client_id, max_frame_bytes=max_frame_bytes,
                    max_in_flight=max_in_flight)
         loop = asyncio.get_running_loop()
@@ -177,13 +214,22 @@ class Connection:
                 raise
         if node_id is not None:
             try:
-                await conn.request(ApiKey.NODE_HELLO, {"node_id": node_id},
-                                   timeout_ms=connect_timeout_ms)
+                hello = await conn.request(ApiKey.NODE_HELLO, {"node_id": node_id},
+                                           timeout_ms=connect_timeout_ms)
+                conn.raw_frames = isinstance(hello, dict) and hello.get("raw_frames") is True
             except DmqError as exc:
                 # UNKNOWN_API_KEY: a node of an older version, which checks no identity
                 if exc.code is not ErrorCode.UNKNOWN_API_KEY:
                     await conn.close()
                     raise
+        elif raw_frames:
+            try:
+                info = await conn.request(ApiKey.API_VERSIONS, {},
+                                          timeout_ms=connect_timeout_ms)
+            except BaseException:
+                await conn.close()
+                raise
+            conn.raw_frames = isinstance(info, dict) and info.get("raw_frames") is True
         return conn
 
     @property
@@ -212,7 +258,7 @@ class Connection:
             raise NetworkError(f"{self.address}: {self._close_reason}")
         cid = self._next_cid
         self._next_cid = (cid + 1) & 0x7FFFFFFF
-        frame = encode_request_parts(int(api_key), version, cid, self.client_id, body)
+        frame = self._encode(int(api_key), version, cid, body)
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending[cid] = (fut, deadline, api_key, timeout_ms)
         if self._timer is None or deadline < self._timer_deadline:
@@ -269,8 +315,18 @@ class Connection:
             raise NetworkError(f"{self.address}: {self._close_reason}")
         cid = self._next_cid
         self._next_cid = (cid + 1) & 0x7FFFFFFF
-        self._transport.writelines(
-            encode_request_parts(int(api_key), version, cid, self.client_id, body))
+        write_frame(self._transport, self._encode(int(api_key), version, cid, body), self._tls)
+
+    def _encode(self, api_key: int, version: int, cid: int, body: Any
+                ) -> Sequence[bytes | memoryview]:
+        """A request's frame: a `VectoredBody` by reference, in the raw form to a node
+        that reads it (its records as sections), else plain (byte-identical to
+        `encode_request`); other bodies plain."""
+        if type(body) is VectoredBody:
+            if self.raw_frames:
+                return encode_request_raw(api_key, version, cid, self.client_id, body)
+            return encode_request_vectored(api_key, version, cid, self.client_id, body)
+        return encode_request_parts(api_key, version, cid, self.client_id, body)
 
     async def close(self) -> None:
         if self._transport is not None and not self._closed:
@@ -284,9 +340,16 @@ class Connection:
     # callbacks -----------------------------------------------------------------------
     def _on_data(self, data: bytes | memoryview) -> None:
         # `data` may be a view of a buffer that is reused: keep nothing of it but copies
-        self._answered = True
         try:
             frames = self._decoder.feed(data)
+        except ProtocolViolation as exc:
+            self._violated(exc)
+            return
+        self._on_frames(frames)
+
+    def _on_frames(self, frames: list[bytes | bytearray]) -> None:
+        self._answered = True
+        try:
             for payload in frames:
                 cid, code, body = decode_response(payload)
                 entry = self._pending.pop(cid, None)
@@ -305,10 +368,13 @@ class Connection:
             if frames and len(self._pending) < self._max_in_flight:
                 self._room.set()
         except ProtocolViolation as exc:
-            log.warning("bad response stream from %s: %s", self.address, exc)
-            self._close_reason = f"protocol violation by server: {exc}"
-            if self._transport is not None:
-                self._transport.abort()
+            self._violated(exc)
+
+    def _violated(self, exc: ProtocolViolation) -> None:
+        log.warning("bad response stream from %s: %s", self.address, exc)
+        self._close_reason = f"protocol violation by server: {exc}"
+        if self._transport is not None:
+            self._transport.abort()
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._closed = True

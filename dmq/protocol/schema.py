@@ -37,6 +37,9 @@ class _Scalar(Type):
 INT = _Scalar("int", (int,))
 STR = _Scalar("str", (str,))
 BYTES = _Scalar("bytes", (bytes,))
+RAW_BYTES = _Scalar("bytes", (bytes, memoryview))
+"""Bytes that may travel as a raw section (a memoryview of the request frame): only
+fields whose handlers take any buffer and keep no view past the request."""
 BOOL = _Scalar("bool", (bool,))
 FLOAT = _Scalar("float", (float, int))
 ANY = Type()

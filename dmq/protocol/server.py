@@ -55,10 +55,12 @@ from dmq.protocol.api import API_VERSION_RANGE, INTER_NODE_APIS, REQUEST_SCHEMAS
 from dmq.protocol.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameDecoder,
+    RawFrame,
     RequestHeader,
     VectoredBody,
     decode_request,
     encode_response_parts,
+    encode_response_raw,
     encode_response_vectored,
     write_frame,
 )
@@ -204,6 +206,7 @@ class _ServerConnection(asyncio.Protocol):
     def __init__(self, server: ProtocolServer) -> None:
         self.server = server
         self.decoder = FrameDecoder(server.max_frame_bytes)
+        self.decoder.grant = self._grant
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.peer_host = "?"
@@ -221,7 +224,7 @@ class _ServerConnection(asyncio.Protocol):
         self.waits: set[asyncio.Task[None]] = set()  # of _ENDS_WITH_CONNECTION requests
         # frames read but not yet dispatched because `max_in_flight` was reached; holds
         # at most what one socket read delivered, since reading pauses while non-empty
-        self.backlog: deque[bytes] = deque()
+        self.backlog: deque[bytes | bytearray] = deque()
         self._read_paused = False
         self._write_paused = False
         self.closed = False
@@ -299,6 +302,19 @@ class _ServerConnection(asyncio.Protocol):
             self.backlog.extend(frames)
             self._drain_backlog()
 
+    def _grant(self, size: int) -> bool:
+        """The decoder's question when a large frame starts: True when its `size` is
+        reserved now (its buffer is then allocated at once, the first read copied
+        straight into it); False leaves it to `ProtocolServer._reserve`, which makes
+        the connection wait once this read is handled."""
+        server = self.server
+        server._release(self)  # the previous frame's, if it ended in this same read
+        if self.budget_blocked or server._budget_waiters or not server._fits(size):
+            return False
+        self.reserved_bytes = size
+        server.reserved_request_bytes += size
+        return True
+
     def _sniff(self, data: bytes | memoryview) -> bytes:
         """Tell an HTTP request from a frame by its first bytes: an HTTP method read as a
         frame length is over a gigabyte, far past any frame limit, so the two never
@@ -362,7 +378,8 @@ class _ServerConnection(asyncio.Protocol):
             self._read_paused = False
             self.transport.resume_reading()
 
-    def _dispatch(self, payload: bytes) -> None:
+    def _dispatch(self, payload: bytes | bytearray) -> None:
+        raw = type(payload) is RawFrame  # answered in the raw form (a VectoredBody)
         try:
             header, body = decode_request(payload)
         except ProtocolViolation as exc:
@@ -433,7 +450,7 @@ class _ServerConnection(asyncio.Protocol):
                 result.close()  # its wait would have nobody to answer (its work is done)
                 return
             self.in_flight += 1
-            task = server._loop.create_task(self._run(result, cid, key, t0))
+            task = server._loop.create_task(self._run(result, cid, key, t0, raw))
             server._tasks.add(task)
             task.add_done_callback(server._tasks.discard)
             if ends_with_connection:
@@ -441,7 +458,7 @@ class _ServerConnection(asyncio.Protocol):
                 task.add_done_callback(self.waits.discard)
         else:
             if result is not NO_RESPONSE:
-                self._write(cid, ErrorCode.NONE, result)
+                self._write(cid, ErrorCode.NONE, result, raw)
             if server.observer is not None:
                 server.observer(key, 0, perf_counter() - t0)
 
@@ -473,7 +490,7 @@ class _ServerConnection(asyncio.Protocol):
         return None
 
     async def _run(self, coro: Coroutine[Any, Any, Any], cid: int, key: ApiKey,
-                   t0: float) -> None:
+                   t0: float, raw: bool = False) -> None:
         try:
             result = await coro
         except BaseException as exc:
@@ -484,7 +501,7 @@ class _ServerConnection(asyncio.Protocol):
                 raise
         else:
             if result is not NO_RESPONSE:
-                self._write(cid, ErrorCode.NONE, result)
+                self._write(cid, ErrorCode.NONE, result, raw)
             if self.server.observer is not None:
                 self.server.observer(key, 0, perf_counter() - t0)
         finally:
@@ -510,12 +527,15 @@ class _ServerConnection(asyncio.Protocol):
         if self.server.observer is not None:
             self.server.observer(key, int(code), perf_counter() - t0)
 
-    def _write(self, correlation_id: int, code: int, body: Any) -> None:
+    def _write(self, correlation_id: int, code: int, body: Any, raw: bool = False) -> None:
+        """Answer; a `VectoredBody` to a request that came in the raw form (`raw`) in
+        the raw form, its records as sections (nobody else gets that form)."""
         if self.transport is None or self.transport.is_closing() or self.closed:
             return
         try:
             if type(body) is VectoredBody:
-                frame: Any = encode_response_vectored(correlation_id, int(code), body)
+                frame: Any = (encode_response_raw if raw else encode_response_vectored)(
+                    correlation_id, int(code), body)
             else:
                 frame = encode_response_parts(correlation_id, int(code), body)
         except Exception:
@@ -524,6 +544,66 @@ class _ServerConnection(asyncio.Protocol):
                                           {"msg": "response could not be encoded"})
         write_frame(self.transport, frame, self.server.ssl is not None)
 
+
+class _PlainConnection(asyncio.BufferedProtocol):
+    """The protocol of a plaintext connection, around its `_ServerConnection`, as a
+    buffered protocol (not an `asyncio.Protocol`: uvloop reads into the buffer of a
+    protocol only if it is not one): the transport receives into the buffer
+    `get_buffer` gives. While a large frame is being received that is the rest of the
+    frame's own buffer (`FrameDecoder.frame_tail`): its bytes go from the socket to
+    where the handler reads them (a produce's batches to the segment's `writev`)
+    without a copy. Otherwise it is the server's read buffer (one per server: a read
+    is handled before the next begins; the decoder copies out what it keeps), as for
+    TLS. A frame's buffer exists only once the request-memory budget granted it
+    (`_ServerConnection._grant` when the frame starts; else the decoder allocates it
+    when its next chunk is wanted, and a connection waiting for budget is not read)."""
+
+    __slots__ = ("_direct", "conn")
+
+    def __init__(self, conn: _ServerConnection) -> None:
+        self.conn = conn
+        self._direct = False  # the last `get_buffer` gave the frame's own buffer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.conn.eof_received()
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        conn = self.conn
+        tail = None if conn._sniffing else conn.decoder.frame_tail()
+        self._direct = tail is not None
+        return tail if tail is not None else conn.server._read_buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        conn = self.conn
+        if not self._direct:
+            conn.data_received(conn.server._read_buf[:nbytes])
+            return
+        if conn.closed:
+            return
+        conn.last_active = conn.server._loop.time()
+        frames = conn.decoder.filled(nbytes)
+        if frames:
+            if conn.decoder.pending_frame_bytes != conn.reserved_bytes:
+                conn.server._reserve(conn)
+            conn.backlog.extend(frames)
+            conn._drain_backlog()
+
+
+PLAIN_READ_BUFFER_BYTES = 256 * 1024
+"""The buffer a plaintext listener's connections read into when no large frame is
+being received (one per server), as asyncio's own reads (256 KiB)."""
 
 TLS_READ_BUFFER_BYTES = 1024 * 1024
 """The buffer a TLS listener's connections decrypt into (one per server: a read is
@@ -622,6 +702,7 @@ class ProtocolServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._read_buf = memoryview(b"")  # plaintext connections' reads (set by `start`)
 
     def register(self, key: ApiKey, handler: Handler) -> None:
         assert key not in self._handlers or key is ApiKey.API_VERSIONS, f"{key} registered twice"
@@ -650,10 +731,12 @@ class ProtocolServer:
             self._handlers[ApiKey.SASL_AUTHENTICATE] = self._sasl_authenticate
         self._loop = asyncio.get_running_loop()
         buf = memoryview(bytearray(TLS_READ_BUFFER_BYTES)) if self.ssl is not None else None
+        if buf is None:
+            self._read_buf = memoryview(bytearray(PLAIN_READ_BUFFER_BYTES))
 
         def connection() -> asyncio.BaseProtocol:
             conn = _ServerConnection(self)
-            return conn if buf is None else _TlsConnection(conn, buf)
+            return _PlainConnection(conn) if buf is None else _TlsConnection(conn, buf)
 
         self._server = await self._loop.create_server(
             connection, self.host, self.port, reuse_address=True,
@@ -789,7 +872,7 @@ class ProtocolServer:
         if self.node_authenticator is not None:
             self.node_authenticator(ctx, claimed, body)
         conn.peer_node_id = claimed
-        return {"node_id": self.node_id}
+        return {"node_id": self.node_id, "raw_frames": True}
 
     def _sasl_handshake(self, ctx: RequestContext, body: Any) -> Any:
         conn = ctx.connection
@@ -835,7 +918,9 @@ class ProtocolServer:
         from dmq import __version__
 
         apis = [[int(k), *API_VERSION_RANGE[k]] for k in sorted(self._handlers)]
-        result: dict[str, Any] = {"apis": apis, "node_id": self.node_id, "version": __version__}
+        # raw_frames: this node reads raw-form frames (dmq.protocol.codec)
+        result: dict[str, Any] = {"apis": apis, "node_id": self.node_id, "version": __version__,
+                                  "raw_frames": True}
         if self._extra_info is not None:
             result.update(self._extra_info())
         return result

@@ -355,6 +355,11 @@ async def test_request_memory_budget_holds_partial_frames_back() -> None:
         await until(lambda: server.stats_budget_waits == 1, "second connection waiting")
         assert server.reserved_request_bytes == size <= budget
         (waiting,) = [c for c in server._connections if c.budget_blocked]
+        # memory follows the budget: the granted frame has its buffer, the waiting one
+        # only its first read's part
+        (granted,) = [c for c in server._connections if not c.budget_blocked]
+        assert granted.decoder._frame is not None and len(granted.decoder._frame) == size
+        assert waiting.decoder._frame is None and waiting.decoder._head is not None
         # the first completes and is answered; the second then gets the budget
         w1.write(frame[half:])
         assert (await _read_response(r1))[:3] == (7, 0, {"echo": "big"})

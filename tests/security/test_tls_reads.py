@@ -89,7 +89,7 @@ async def test_a_plaintext_listener_keeps_the_plain_protocol() -> None:
         assert conn._transport is not None
         assert type(conn._transport.get_protocol()) is connection_module._ClientProtocol
         (sc,) = server._connections
-        assert type(sc.transport.get_protocol()) is server_module._ServerConnection  # type: ignore[union-attr]
+        assert type(sc.transport.get_protocol()) is server_module._PlainConnection  # type: ignore[union-attr]
     finally:
         await conn.close()
         await server.close()
