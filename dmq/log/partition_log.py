@@ -495,10 +495,8 @@ class PartitionLog:
             n = len(segs)
             while i < n:
                 seg = segs[i]
-                if (seg.read_hint_offset == offset
-                        and seg.read_hint_position < seg.size_bytes):
-                    start = seg.read_hint_position  # a sequential reader: no header lookup
-                else:
+                start = seg.read_start(offset)  # a sequential reader: no header lookup
+                if start < 0:
                     try:  # (a closed segment may reopen its descriptor here)
                         h = seg.find(offset)
                     except OSError as exc:
@@ -550,7 +548,7 @@ class PartitionLog:
             raise LogStorageError(f"read of {seg.path} failed: {exc}") from exc
         end_abs = start + got
         if end_abs == seg.size_bytes and limit >= seg.next_offset:
-            seg.read_hint_offset, seg.read_hint_position = seg.next_offset, end_abs
+            seg.note_read_end(seg.next_offset, end_abs)
             # the whole tail of the segment: all whole batches
             return memoryview(data), seg.next_offset
         # Jump close to the cut with the index, then walk the remaining few headers.
@@ -572,7 +570,7 @@ class PartitionLog:
                 break
             cut = pos = nxt
             next_offset = base + delta + 1
-        seg.read_hint_offset, seg.read_hint_position = next_offset, start + cut
+        seg.note_read_end(next_offset, start + cut)
         mv = memoryview(data)
         return (mv if cut == got else mv[:cut]), next_offset
 
