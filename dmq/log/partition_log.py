@@ -495,8 +495,10 @@ class PartitionLog:
             n = len(segs)
             while i < n:
                 seg = segs[i]
-                start = seg.read_start(offset)  # a sequential reader: no header lookup
-                if start < 0:
+                if (seg.read_hint_offset == offset
+                        and seg.read_hint_position < seg.size_bytes):
+                    start = seg.read_hint_position  # a sequential reader: no header lookup
+                else:
                     try:  # (a closed segment may reopen its descriptor here)
                         h = seg.find(offset)
                     except OSError as exc:
@@ -548,7 +550,7 @@ class PartitionLog:
             raise LogStorageError(f"read of {seg.path} failed: {exc}") from exc
         end_abs = start + got
         if end_abs == seg.size_bytes and limit >= seg.next_offset:
-            seg.note_read_end(seg.next_offset, end_abs)
+            seg.read_hint_offset, seg.read_hint_position = seg.next_offset, end_abs
             # the whole tail of the segment: all whole batches
             return memoryview(data), seg.next_offset
         # Jump close to the cut with the index, then walk the remaining few headers.
@@ -570,7 +572,7 @@ class PartitionLog:
                 break
             cut = pos = nxt
             next_offset = base + delta + 1
-        seg.note_read_end(next_offset, start + cut)
+        seg.read_hint_offset, seg.read_hint_position = next_offset, start + cut
         mv = memoryview(data)
         return (mv if cut == got else mv[:cut]), next_offset
 

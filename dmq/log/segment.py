@@ -115,13 +115,9 @@ class LogSegment:
         self.first_append_ms: int | None = None
         self.bytes_since_index = 0
         self.unflushed = False
-        # Where the last two reads that stopped at different offsets stopped: a
-        # sequential reader's next offset starts there (two: a leader's two followers
-        # fetch from the same log end in turn, and one slot would miss every other time)
+        # Where the last read stopped: a sequential reader's next offset starts there.
         self.read_hint_offset = -1
         self.read_hint_position = 0
-        self.read_hint2_offset = -1
-        self.read_hint2_position = 0
 
     # ---------------------------------------------------------------- loading
 
@@ -170,7 +166,7 @@ class LogSegment:
         """
         res = ScanResult()
         res.epochs_from = epochs_from
-        self.read_hint_offset = self.read_hint2_offset = -1
+        self.read_hint_offset = -1
         # Rebuilt in memory: an active segment's index files are emptied and mapped when
         # the append path adds an entry (and a sync writes them with a `pwrite` until
         # then), not for every log on open (a write into pages that may be under
@@ -448,21 +444,6 @@ class LogSegment:
 
     # ---------------------------------------------------------------- reading
 
-    def note_read_end(self, offset: int, position: int) -> None:
-        """A read stopped before the batch of `offset` at `position` (the read hints)."""
-        if offset != self.read_hint_offset:
-            self.read_hint2_offset = self.read_hint_offset
-            self.read_hint2_position = self.read_hint_position
-            self.read_hint_offset, self.read_hint_position = offset, position
-
-    def read_start(self, offset: int) -> int:
-        """The position of the batch starting at `offset` if a read hint knows it, else -1."""
-        if self.read_hint_offset == offset and self.read_hint_position < self.size_bytes:
-            return self.read_hint_position
-        if self.read_hint2_offset == offset and self.read_hint2_position < self.size_bytes:
-            return self.read_hint2_position
-        return -1
-
     def find(self, offset: int) -> BatchHeader | None:
         """Header (with absolute position) of the first batch whose last offset >= `offset`."""
         _, pos = self.index.lookup(offset)
@@ -489,7 +470,7 @@ class LogSegment:
 
     def truncate_to(self, offset: int) -> int:
         """Remove batches whose last offset >= `offset`; returns bytes removed."""
-        self.read_hint_offset = self.read_hint2_offset = -1
+        self.read_hint_offset = -1
         h = self.find(offset)
         if h is None:
             return 0
