@@ -120,7 +120,8 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
             if args.idle > 0:
                 out.update(await idle_window(broker_pids, args.settle, args.idle))
             if args.spread > 0:
-                out.update(await spread_compare(bs, admin, n, args.spread, args.spread_runs))
+                out.update(await spread_compare(bs, admin, n, args.spread, args.spread_runs,
+                                                broker_pids))
 
             victim = brokers[-1]
 
@@ -195,9 +196,12 @@ async def idle_window(pids: dict[int, int], settle_s: float, idle_s: float) -> d
 
 
 async def spread_compare(bootstrap: str, admin: Admin, partitions: int, records: int,
-                         runs: int) -> dict[str, Any]:
+                         runs: int, pids: dict[int, int] | None = None) -> dict[str, Any]:
     """acks=1 100 B records round-robin over the big topic's partitions and over a
-    10-partition RF=3 topic of the same cluster, alternating, `runs` times each."""
+    10-partition RF=3 topic of the same cluster, alternating, `runs` times each. With
+    `pids` (broker id -> pid), each run also prints CPU microseconds per record of this
+    client and of each broker (`/proc`): on a shared machine a steadier figure than
+    records/s, and the one that says which process a change helped."""
     await admin.create_topic(SMALL, 10, 3)
 
     async def small_led() -> bool:
@@ -207,15 +211,29 @@ async def spread_compare(bootstrap: str, admin: Admin, partitions: int, records:
     await until("the 10-partition topic led", small_led, 60)
     big: list[float] = []
     small: list[float] = []
+    cpu: dict[str, list[dict[str, float]]] = {"big": [], "small": []}
+    pids = pids or {}
+
+    async def one(topic: str, count: int) -> float:
+        c0 = {b: cpu_s(p) for b, p in pids.items()}
+        client0 = time.process_time()
+        rate = float((await spread_once(bootstrap, topic, count, records, 100))["records_s"])
+        us = {"client": (time.process_time() - client0) / records * 1e6,
+              **{str(b): (cpu_s(p) - c0[b]) / records * 1e6 for b, p in pids.items()}}
+        cpu["big" if topic == TOPIC else "small"].append(us)
+        print(f"  {count} partitions: {rate:,.0f} records/s, CPU us/record "
+              + " ".join(f"{k} {v:.1f}" for k, v in us.items()), flush=True)
+        return rate
+
     # a warm-up of each: metadata, connections, a first batch on every partition
     await spread_once(bootstrap, TOPIC, partitions, partitions, 100)
     await spread_once(bootstrap, SMALL, 10, 10_000, 100)
     for _ in range(runs):
-        big.append((await spread_once(bootstrap, TOPIC, partitions, records, 100))["records_s"])
-        small.append((await spread_once(bootstrap, SMALL, 10, records, 100))["records_s"])
+        big.append(await one(TOPIC, partitions))
+        small.append(await one(SMALL, 10))
         print(f"round-robin over {partitions}: {big[-1]:,.0f} records/s, over 10: "
               f"{small[-1]:,.0f} records/s", flush=True)
-    return {"spread_big": big, "spread_small": small,
+    return {"spread_big": big, "spread_small": small, "spread_cpu_us": cpu,
             "spread_ratio": statistics.median(big) / statistics.median(small)}
 
 
@@ -414,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  round-robin acks=1 100 B: over {out['partitions']} partitions median "
               f"{statistics.median(out['spread_big']):,.0f} records/s, over 10 "
               f"{statistics.median(out['spread_small']):,.0f}: ratio {out['spread_ratio']:.2f}")
+        for side, label in (("big", f"{out['partitions']} partitions"), ("small", "10")):
+            runs = out["spread_cpu_us"][side]
+            if runs and len(runs[0]) > 1:
+                print(f"    CPU us/record over {label} (median of runs): " + ", ".join(
+                    f"{k} {statistics.median(r[k] for r in runs):.1f}" for k in runs[0]))
     rs = out["restarts"]
     for key, label in (("port_s", "listening"), ("registered_s", "registered"),
                        ("unfenced_s", "unfenced"),

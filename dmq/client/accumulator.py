@@ -1,8 +1,8 @@
 """The producer's record accumulator: per-partition queues of batches being filled,
 waiting to be sent, or waiting to be retried, and the per-record handles.
 
-Owns: `RecordAccumulator` (the queues of every partition, the set of queues holding
-unsent batches, the batches not yet answered, and the `buffer_memory` they hold),
+Owns: `RecordAccumulator` (the queues of every partition, the queues holding unsent
+batches oldest first, the batches not yet answered, and the `buffer_memory` they hold),
 `ProducerBatch` (one `BatchBuilder` from `dmq.log.batch`, one future, its
 sequence numbers once assigned), `PartitionQueue` (the batches of one partition in
 send order and its next sequence number), and `RecordHandle` (what `send` returns:
@@ -110,8 +110,13 @@ class PartitionQueue:
 class RecordAccumulator:
     """The batches a producer holds, by partition, and the buffer memory they take.
 
-    `queues` maps topic -> partition -> `PartitionQueue`; `pending` is the set of
-    queues with batches not yet sent (what the sender scans); `incomplete` the batches
+    `queues` maps topic -> partition -> `PartitionQueue`; `pending` holds the queues
+    with batches not yet sent (what the sender scans), oldest first: a dict used as an
+    ordered set, a queue enters at the end when it gets a batch to send and goes back
+    to the end when its first batch is drained and it still has more, so the sender
+    drains the batches that waited longest first (round-robin over partitions, as
+    Kafka's drain index does) and can stop scanning once its requests are full;
+    `incomplete` the batches
     not yet answered. `buffered_bytes` counts the reserved size of every unanswered
     batch; `release` gives it back and wakes writers waiting for space. `flushing` (a
     count of callers waiting for a flush) and `closing` make every batch ready at once.
@@ -124,7 +129,7 @@ class RecordAccumulator:
         self.codec = codec
         self.buffer_memory = buffer_memory
         self.queues: dict[str, dict[int, PartitionQueue]] = {}
-        self.pending: set[PartitionQueue] = set()
+        self.pending: dict[PartitionQueue, None] = {}
         self.incomplete: set[ProducerBatch] = set()
         self.buffered_bytes = 0
         self.flushing = 0
@@ -149,7 +154,7 @@ class RecordAccumulator:
         self.incomplete.add(batch)
         if not self.pending:
             self.wakeup()  # the sender may be asleep with nothing to time
-        self.pending.add(pq)
+        self.pending[pq] = None  # a queue already pending keeps its place
         return batch
 
     def release(self, b: ProducerBatch) -> None:

@@ -126,13 +126,24 @@ class Sender:
     # ---- draining ----------------------------------------------------------------------
     def _send_ready(self) -> float | None:
         """One sender step: expire, pick ready batches per leader, send. Returns how long
-        the sender may sleep (ms) before something becomes ready on its own."""
+        the sender may sleep (ms) before something becomes ready on its own.
+
+        Queues are visited oldest first (`RecordAccumulator.pending`), so with many
+        partitions the batches that waited longest go first and have grown the most; the
+        scan stops once every broker's request is full or its in-flight limit reached
+        (not a walk of every partition per request)."""
         acc = self.acc
         now = self.clock.monotonic_ms()
         linger = self.linger_ms
         force = acc.flushing > 0 or acc.closing
         wait_ms: float | None = None
         by_node: dict[int, list[PartitionQueue]] = {}
+        # bytes left in the request being built for each node seen; -1: nothing more
+        # for it this step (in-flight limit, no connection yet, or its request is full)
+        room: dict[int, int] = {}
+        closed_nodes = 0
+        all_nodes = max(1, len(self.cluster.brokers))
+        max_request = self.max_request_size
         done_queues = []
         for pq in acc.pending:
             batches = pq.batches
@@ -165,12 +176,29 @@ class Sender:
             if leader < 0:
                 self._metadata_wanted = True
                 continue
-            by_node.setdefault(leader, []).append(pq)
-        for pq in done_queues:
-            acc.pending.discard(pq)
-        for node, queues in by_node.items():
-            if self._node_in_flight.get(node, 0) >= self.max_in_flight:
+            left = room.get(leader)
+            if left is None:
+                left = max_request if self._can_send_to(leader) else -1
+                room[leader] = left
+                if left < 0:
+                    closed_nodes += 1
+            if left < 0:
+                if closed_nodes >= all_nodes:
+                    break
                 continue
+            size = first.size_bytes
+            if size > left and leader in by_node:
+                room[leader] = -1  # this request is full: the rest waits for the next one
+                closed_nodes += 1
+                if closed_nodes >= all_nodes:
+                    break
+                continue
+            room[leader] = left - size
+            by_node.setdefault(leader, []).append(pq)
+        pending = acc.pending
+        for pq in done_queues:
+            pending.pop(pq, None)
+        for node, queues in by_node.items():
             conn = self.cluster.cached_connection(node)
             if conn is None:
                 self._maybe_connect(node)
@@ -179,6 +207,15 @@ class Sender:
         if self._reset_state:
             self._maybe_reset_producer_id()
         return wait_ms
+
+    def _can_send_to(self, node: int) -> bool:
+        """Room for one more request to `node` (connecting to it if needed)."""
+        if self._node_in_flight.get(node, 0) >= self.max_in_flight:
+            return False
+        if self.cluster.cached_connection(node) is None:
+            self._maybe_connect(node)
+            return False
+        return True
 
     def _maybe_connect(self, node: int) -> None:
         if node in self._connecting:
@@ -202,6 +239,7 @@ class Sender:
         total = 0
         topics: dict[str, list[list[Any]]] = {}
         batches: list[ProducerBatch] = []
+        pending = self.acc.pending
         for pq in queues:
             b = pq.batches[0]
             if b.sealed is None:
@@ -221,6 +259,10 @@ class Sender:
             pq.batches.popleft()
             if pq.open is b:
                 pq.open = None
+            # what is left of this queue is younger than the rest: to the back of the line
+            pending.pop(pq, None)
+            if pq.batches:
+                pending[pq] = None
             pq.in_flight += 1
             b.attempts += 1
             _epoch = self.cluster.leader_for(pq.topic, pq.partition)[1]
@@ -308,7 +350,7 @@ class Sender:
             log.debug("retrying %r after %s", b, exc)
             b.retry_at_ms = now + int(self.cluster.backoff_ms(b.attempts))
             pq.requeue(b)
-            self.acc.pending.add(pq)
+            self.acc.pending[pq] = None
         elif retriable and not self._stopped:
             self.fail(b, self._expired(b))  # names `exc` as the last error
         else:

@@ -224,6 +224,49 @@ async def test_buffer_memory_backpressure_bounds_buffered_bytes(fake: FakeCluste
     assert sum(len(fake.records("t", i)) for i in range(3)) == 3000
 
 
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_round_robin_over_many_partitions_with_a_full_buffer_keeps_every_record_once_in_order(
+        idempotent: bool) -> None:
+    """Records spread over 60 partitions of 2 brokers with buffer and requests far too
+    small for them: the sender drains oldest batches first across partitions, requests
+    split, the writer waits for space; with idempotence some answers are lost after the
+    append and some requests refused, and the retries must neither reorder nor
+    duplicate. Every partition ends with exactly its records, in send order."""
+    fake = await FakeCluster(2).start()
+    parts, n = 60, 3000
+    fake.create_topic("rr", parts)
+    fake.produce_delay_s = 0.002
+    if idempotent:
+        seen = [0]
+
+        def hook(node: Any, body: Any) -> Any:
+            seen[0] += 1
+            if seen[0] in (5, 11, 17):
+                return "drop-after-append"
+            if seen[0] in (8, 14):
+                return int(ErrorCode.REQUEST_TIMED_OUT)
+            return None
+
+        fake.produce_hook = hook
+    try:
+        async with Producer(fake.bootstrap, acks="all" if idempotent else 1,
+                            enable_idempotence=idempotent, linger_ms=1, batch_size=1024,
+                            buffer_memory=16 * 1024, max_request_size=4096,
+                            max_in_flight=5, request_timeout_ms=300,
+                            retry_backoff_ms=10) as p:
+            handles = [await p.send("rr", b"%d" % i, partition=i % parts) for i in range(n)]
+            results = await asyncio.gather(*(_wait(h) for h in handles))
+    finally:
+        await fake.stop()
+    failed = [r for r in results if not isinstance(r, int)]
+    assert not failed, failed[:3]
+    for part in range(parts):
+        expected = list(range(part, n, parts))
+        assert [int(v) for _o, v in fake.records("rr", part)] == expected
+        assert results[part::parts] == list(range(len(expected)))
+    assert fake.produce_requests >= 10  # split into many requests
+
+
 async def test_acks_0_and_1_and_compression(fake: FakeCluster) -> None:
     async with Producer(fake.bootstrap, acks=0, linger_ms=0) as p:
         assert not p.idempotent

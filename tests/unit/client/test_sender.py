@@ -52,6 +52,7 @@ class StubCluster:
     def __init__(self, leaders: dict[int, int]) -> None:
         self.leaders = leaders  # partition of topic "t" -> leader node
         self.conns = {node: StubConnection() for node in set(leaders.values())}
+        self.brokers = {node: ("127.0.0.1", 9000 + node) for node in self.conns}
         self.updates = 0
 
     def leader_for(self, topic: str, partition: int) -> tuple[int, int]:
@@ -73,7 +74,7 @@ class StubCluster:
         return {"producer_id": 7, "producer_epoch": 0}
 
 
-def setup(leaders: dict[int, int], *, linger_ms: int = 0
+def setup(leaders: dict[int, int], *, linger_ms: int = 0, max_request_size: int = 1 << 20
           ) -> tuple[RecordAccumulator, StubCluster, ManualClock, Sender]:
     acc = RecordAccumulator(CODEC_NONE, 1 << 20)
     acc.start()
@@ -82,7 +83,7 @@ def setup(leaders: dict[int, int], *, linger_ms: int = 0
     clock = ManualClock()
     sender = Sender(acc, cluster, clock, acks=-1, idempotent=True,  # type: ignore[arg-type]
                     linger_ms=linger_ms, batch_size=16_384, max_in_flight=5,
-                    max_request_size=1 << 20, request_timeout_ms=30_000,
+                    max_request_size=max_request_size, request_timeout_ms=30_000,
                     delivery_timeout_ms=120_000)
     acc.wakeup = sender.wakeup
     return acc, cluster, clock, sender
@@ -112,6 +113,38 @@ async def test_ready_batches_are_drained_in_one_request_per_leader_broker() -> N
     offsets = await asyncio.wait_for(asyncio.gather(*(b.future for b in batches)), 5)
     assert offsets == [10, 20, 10]
     assert acc.buffered_bytes == 0 and not acc.incomplete
+    acc.closing = True
+    await sender.close(1000)
+
+
+def sent_order(conn: StubConnection) -> list[list[int]]:
+    """The partitions of each request, in request order and in the order they were put."""
+    return [[p for _t, ps in body["topics"] for p, _e, _d in ps] for body, _f in conn.requests]
+
+
+async def test_the_batches_that_waited_longest_are_drained_first() -> None:
+    """More ready batches than one request holds: the oldest go first whatever the
+    partition (with many partitions each batch then waits as long as any other and
+    grows the most); batches opened after the drain go in the order they were opened."""
+    acc, cluster, clock, sender = setup({p: 1 for p in range(8)})
+    await sender.init_producer_id()
+    batches = []
+    for p in (6, 2, 7, 0, 5, 3, 1, 4):  # oldest first
+        batches.append(append(acc, clock, p, b"x" * 200))
+        clock.advance(1)
+    sender.max_request_size = 3 * batches[0].size_bytes
+    sender.start()
+    conn = cluster.conns[1]
+    await until(lambda: len(conn.requests) == 3, "three requests")
+    assert sent_order(conn) == [[6, 2, 7], [0, 5, 3], [1, 4]]
+    for p in (6, 2, 0):
+        append(acc, clock, p, b"y" * 200)
+    for i in range(3):
+        conn.answer(i, base=0)
+    await until(lambda: len(conn.requests) == 4, "the next request")
+    assert sent_order(conn)[3] == [6, 2, 0]
+    conn.answer(3, base=1)
+    await asyncio.wait_for(asyncio.gather(*(b.future for b in batches)), 5)
     acc.closing = True
     await sender.close(1000)
 

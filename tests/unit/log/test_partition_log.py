@@ -534,3 +534,28 @@ def test_large_follower_append_with_a_flipped_offset_delta_is_corrupt(tmp_path: 
         plog.append_as_follower(bytes(bad))
     assert (plog.log_end_offset, plog.size_bytes) == (0, 0)
     plog.close()
+
+
+def test_two_followers_reading_the_log_end_in_turn_need_no_header_walk(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leader's two followers fetch from the same log end one after the other: each
+    read starts where one of the last two reads stopped, so none walks the headers from
+    an index point (with one remembered end, every other read did)."""
+    from dmq.log.segment import LogSegment
+
+    cfg = LogConfig(index_interval_bytes=4096)
+    plog = open_log(tmp_path, cfg)
+    plog.append_as_leader(batch(2), 1)
+    walks = []
+    real_find = LogSegment.find
+    monkeypatch.setattr(LogSegment, "find",
+                        lambda self, offset: walks.append(offset) or real_find(self, offset))
+    leo = {1: 0, 2: 0}
+    for _round in range(20):
+        for follower in (1, 2):
+            data, end = plog.read_span(leo[follower], 1 << 20)
+            assert end == plog.log_end_offset and data
+            leo[follower] = end
+        plog.append_as_leader(batch(2), 1)
+    assert walks == [0, 0]  # the first read of each only
+    plog.close()
