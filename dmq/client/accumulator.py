@@ -35,7 +35,8 @@ from dmq.log.batch import BatchBuilder
 
 class ProducerBatch:
     __slots__ = ("attempts", "base_sequence", "builder", "created_ms", "future", "last_error",
-                 "partition", "queue", "reserved_bytes", "retry_at_ms", "sealed", "topic")
+                 "partition", "queue", "reserved_bytes", "retry_at_ms", "sealed", "settled",
+                 "topic")
 
     def __init__(self, queue: PartitionQueue, builder: BatchBuilder, now_ms: int,
                  future: asyncio.Future[int]) -> None:
@@ -51,6 +52,7 @@ class ProducerBatch:
         self.base_sequence = -1
         self.reserved_bytes = 0
         self.last_error: BaseException | None = None  # the last failed attempt's error
+        self.settled = False  # answered or failed for good (`PartitionQueue.window`)
 
     @property
     def record_count(self) -> int:
@@ -78,7 +80,7 @@ class PartitionQueue:
     """Batches of one partition in send order; the last may still be filling (`open`)."""
 
     __slots__ = ("batches", "confirmed", "in_flight", "next_sequence", "open", "partition",
-                 "topic")
+                 "topic", "window")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
@@ -91,11 +93,29 @@ class PartitionQueue:
         # sequence, so pipelining is safe (before that a broker accepts any first
         # sequence, and a failed first batch would let the second one jump ahead)
         self.confirmed = False
+        # sequenced batches sent, from the oldest one not answered yet (settled: answered
+        # or failed for good, left of it): an idempotent producer sends a new batch only
+        # while fewer than `max_in_flight` (<= 5, the batches a broker remembers per
+        # producer) are in it, so a batch resent after its answer was lost or late is
+        # still within what the broker can recognise as a duplicate, however many later
+        # batches of the partition were answered meanwhile (answers on one connection
+        # may come in any order; Kafka's come in request order, which bounds it there)
+        self.window: deque[ProducerBatch] = deque()
 
     @property
     def retrying(self) -> bool:
         """A batch that was sent before is waiting at the front for its retry."""
         return bool(self.batches) and self.batches[0].sealed is not None
+
+    def settle(self, batch: ProducerBatch) -> None:
+        """`batch` was answered or failed for good: the window slides past every settled
+        batch at its start."""
+        window = self.window
+        if batch.base_sequence < 0 or not window:
+            return
+        batch.settled = True
+        while window and window[0].settled:
+            window.popleft()
 
     def requeue(self, batch: ProducerBatch) -> None:
         """Put a sent batch back in front, in sequence order among sent batches."""

@@ -170,6 +170,8 @@ class Sender:
                     continue
             if pq.in_flight >= (self.max_in_flight if pq.confirmed else 1):
                 continue
+            if first.sealed is None and len(pq.window) >= self.max_in_flight:
+                continue  # an older batch's answer is still out (`PartitionQueue.window`)
             if first.sealed is None and self._reset_state:
                 continue  # new batches wait for the new producer id
             leader, _epoch = self.cluster.leader_for(pq.topic, pq.partition)
@@ -251,6 +253,8 @@ class Sender:
                     seq = pq.next_sequence
                     pq.next_sequence = (seq + b.record_count) & 0x7FFFFFFF
                 data = b.seal(self.producer_id, self.producer_epoch, seq)
+                if seq >= 0:
+                    pq.window.append(b)
             else:
                 data = b.sealed
                 if batches and total + len(data) > self.max_request_size:
@@ -332,6 +336,7 @@ class Sender:
     def _complete(self, b: ProducerBatch, base_offset: int) -> None:
         b.queue.in_flight -= 1
         b.queue.confirmed = True
+        b.queue.settle(b)
         self.acc.release(b)
         if not b.future.done():
             b.future.set_result(base_offset)
@@ -372,6 +377,7 @@ class Sender:
         if b.base_sequence >= 0:
             # its sequence range is now a gap the broker will never see filled
             self._reset_state = self._reset_state or _RESET_NEEDED
+            b.queue.settle(b)
         self.acc.release(b)
         if not b.future.done():
             b.future.set_exception(exc)
@@ -403,6 +409,7 @@ class Sender:
                     for pq in parts.values():
                         pq.next_sequence = 0
                         pq.confirmed = False
+                        pq.window.clear()  # every batch in it was settled (nothing in flight)
                 self._reset_state = _RESET_NONE
             except DmqError as exc:
                 log.warning("cannot renew producer id: %s", exc)

@@ -267,6 +267,44 @@ async def test_round_robin_over_many_partitions_with_a_full_buffer_keeps_every_r
     assert fake.produce_requests >= 10  # split into many requests
 
 
+async def test_a_lost_answer_is_resent_while_the_broker_still_knows_it_as_a_duplicate(
+        ) -> None:
+    """An idempotent producer whose produce answer is lost (the batch was appended)
+    resends it when its request times out. Answers on a connection may come in any
+    order, so while that answer is out later batches of the partition are answered; if
+    more than the 5 the broker remembers per producer went through meanwhile, the
+    resent batch was refused OUT_OF_ORDER_SEQUENCE_NUMBER (expected 50, got 18) and its
+    records reported failed though they were in the log. The producer now sends a new
+    batch of a partition only while fewer than max_in_flight sent batches are at or
+    after its oldest unanswered one."""
+    fake = await FakeCluster(1).start()
+    fake.create_topic("w", 1)
+    seen = [0]
+
+    def hook(node: Any, body: Any) -> Any:
+        seen[0] += 1
+        return "drop-after-append" if seen[0] == 2 else None
+
+    fake.produce_hook = hook
+    n = 150
+    try:
+        async with Producer(fake.bootstrap, acks="all", enable_idempotence=True,
+                            linger_ms=0, batch_size=64, max_in_flight=5,
+                            request_timeout_ms=300, retry_backoff_ms=10) as p:
+            handles = []
+            for i in range(n):  # spread past the lost answer's timeout
+                handles.append(await p.send("w", b"%03d" % i, partition=0))
+                await asyncio.sleep(0.004)
+            results = await asyncio.gather(*(_wait(h) for h in handles))
+    finally:
+        await fake.stop()
+    failed = [r for r in results if not isinstance(r, int)]
+    assert not failed, failed[:3]
+    assert [int(v) for _o, v in fake.records("w", 0)] == list(range(n))  # once, in order
+    assert results == list(range(n))
+    assert seen[0] >= 10  # many requests, one answer lost
+
+
 async def test_acks_0_and_1_and_compression(fake: FakeCluster) -> None:
     async with Producer(fake.bootstrap, acks=0, linger_ms=0) as p:
         assert not p.idempotent
