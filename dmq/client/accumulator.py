@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 from dmq.client.records import RecordMetadata
 from dmq.log.batch import BatchBuilder
+from dmq.protocol.codec import MultiBuffer
 
 
 class ProducerBatch:
@@ -46,7 +47,7 @@ class ProducerBatch:
         self.builder = builder
         self.created_ms = now_ms
         self.future = future
-        self.sealed: bytes | None = None
+        self.sealed: bytes | MultiBuffer | None = None
         self.attempts = 0
         self.retry_at_ms = 0
         self.base_sequence = -1
@@ -62,13 +63,17 @@ class ProducerBatch:
     def size_bytes(self) -> int:
         return len(self.sealed) if self.sealed is not None else self.builder.estimated_size_bytes
 
-    def seal(self, producer_id: int, producer_epoch: int, base_sequence: int) -> bytes:
+    def seal(self, producer_id: int, producer_epoch: int, base_sequence: int
+             ) -> bytes | MultiBuffer:
         b = self.builder
         b.producer_id = producer_id
         b.producer_epoch = producer_epoch
         b.base_sequence = base_sequence
         self.base_sequence = base_sequence
-        self.sealed = b.seal()
+        # a batch of large records keeps their values as its parts (no copy, no fresh
+        # pages per batch); retries resend the same parts, so the same bytes
+        parts = b.seal_parts()
+        self.sealed = parts[0] if len(parts) == 1 else MultiBuffer(parts)
         return self.sealed
 
     def __repr__(self) -> str:

@@ -532,6 +532,64 @@ class BatchBuilder:
                               attributes, self.producer_id, self.producer_epoch,
                               self.base_sequence, partition_leader_epoch, count - 1)
 
+    def seal_parts(self, base_offset: int = 0,
+                   partition_leader_epoch: int = NO_PARTITION_LEADER_EPOCH) -> list[bytes]:
+        """`seal` as a list of buffers whose concatenation is `seal`'s bytes, byte for
+        byte. An uncompressed batch whose records average `BY_REFERENCE_MIN_BYTES` or
+        more keeps its large `bytes` values out of any copy: the parts are the batch
+        header and the msgpack around each such value, and the value objects
+        themselves (so a batch of 100 KiB records allocates no new MiB per batch and
+        copies none of its record bytes). Any other batch is one part, `seal()`'s.
+        The values must not change afterwards (`bytes` are immutable)."""
+        count = self.record_count
+        if (self.codec != CODEC_NONE or not count
+                or self._size_bytes < BY_REFERENCE_MIN_BYTES * count):
+            return [self.seal(base_offset, partition_leader_epoch)]
+        if self._runs:  # few records (they are large): one tuple each costs nothing
+            self._runs_to_records()
+        parts = _pack_records_parts(self._records)
+        attributes = (self.codec | ATTR_DMQ_NATIVE
+                      | (ATTR_TIMESTAMP_TYPE if self.timestamp_type else 0))
+        tail = _TAIL_STRUCT.pack(attributes, count - 1, self._base_ts, self._max_ts,
+                                 self.producer_id, self.producer_epoch, self.base_sequence,
+                                 count)
+        crc = crc32c(tail)
+        size = 0
+        for part in parts:
+            crc = crc32c(part, crc)
+            size += len(part)
+        parts[0] = b"".join((
+            _PREFIX_STRUCT.pack(base_offset, HEADER_SIZE - LOG_OVERHEAD + size,
+                                partition_leader_epoch, MAGIC),
+            struct.pack(">I", crc), tail, parts[0]))
+        return parts
+
+
+BY_REFERENCE_MIN_BYTES = 16 * 1024
+"""`BatchBuilder.seal_parts`: records averaging this many bytes or more, and each value of
+at least this size in them, stay out of the batch's copy (below, joining is cheaper)."""
+
+
+def _pack_records_parts(records: Sequence[Sequence[Any]]) -> list[bytes]:
+    """`_pack_records(records)` as parts: every `bytes` value of `BY_REFERENCE_MIN_BYTES`
+    or more is a part of its own (the object itself), the msgpack between them joined."""
+    packer = _packer()
+    pack = packer.pack
+    parts: list[bytes] = []
+    small = [packer.pack_array_header(len(records))]
+    for record in records:
+        value = record[2]
+        if type(value) is bytes and len(value) >= BY_REFERENCE_MIN_BYTES:
+            # [delta, key, bin(value), headers]: an array's msgpack is its elements' in turn
+            small += (b"\x94", pack(record[0]), pack(record[1]), _bin_header(len(value)))
+            parts.append(b"".join(small))
+            parts.append(value)
+            small = [pack(record[3])]
+        else:
+            small.append(pack(record))
+    parts.append(b"".join(small))
+    return parts
+
 
 def _bin_header(length: int) -> bytes:
     """msgpack's bin 8/16/32 header (what a `use_bin_type` packer writes for bytes)."""
@@ -605,7 +663,8 @@ def build_batch(records: Sequence[tuple[bytes | None, bytes | None]], timestamp_
 
 # with the header's names from `dmq.log.batch_header`, defined apart for `kafka_records`
 __all__ = ["ATTR_CODEC_MASK", "ATTR_CONTROL", "ATTR_DMQ_NATIVE", "ATTR_KNOWN_MASK",
-           "ATTR_TIMESTAMP_TYPE", "ATTR_TRANSACTIONAL", "BatchBuilder", "BatchHeader", "Buffer",
+           "ATTR_TIMESTAMP_TYPE", "ATTR_TRANSACTIONAL", "BY_REFERENCE_MIN_BYTES", "BatchBuilder",
+           "BatchHeader", "Buffer",
            "CRC_START", "HEADER_SIZE", "HEADER_STRUCT", "LOG_OVERHEAD", "MAGIC",
            "MIN_BATCH_LENGTH", "NO_PARTITION_LEADER_EPOCH", "NO_PRODUCER_EPOCH", "NO_PRODUCER_ID",
            "NO_SEQUENCE", "Record", "STAMP_STRUCT", "TIMESTAMP_CREATE_TIME",

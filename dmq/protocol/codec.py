@@ -398,6 +398,30 @@ class VectoredBody(dict[str, Any]):
     __slots__ = ()
 
 
+class MultiBuffer:
+    """One bytes value held as adjacent buffers (e.g. a record batch's header and the
+    record values it references, `BatchBuilder.seal_parts`), never joined on the way
+    to the socket: in a `VectoredBody` it packs as the bytes of `bytes(self)` would,
+    its buffers written in turn (one raw section, or after one bin 32 header); only
+    when too small for that are they joined. `len()` is the byte length. The buffers
+    must never change afterwards."""
+
+    __slots__ = ("nbytes", "parts")
+
+    def __init__(self, parts: Sequence[bytes]) -> None:
+        self.parts = tuple(parts)
+        self.nbytes = sum(map(len, self.parts))
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+    def __repr__(self) -> str:
+        return f"MultiBuffer({len(self.parts)} parts, {self.nbytes} bytes)"
+
+
 class _Sections:
     __slots__ = ("bufs", "size")
 
@@ -484,7 +508,8 @@ def _pack_vectored(obj: Any, packer: Any, parts: list[bytes | memoryview] | None
     if t is list or t is tuple:
         for x in obj:
             tx = type(x)
-            if tx is list or tx is tuple or tx is dict or tx is VectoredBody or _is_big(x, least):
+            if (tx is list or tx is tuple or tx is dict or tx is VectoredBody
+                    or tx is MultiBuffer or _is_big(x, least)):
                 break
         else:
             packer.pack(obj)  # no container and no large buffer inside: one call
@@ -497,6 +522,20 @@ def _pack_vectored(obj: Any, packer: Any, parts: list[bytes | memoryview] | None
         for k, v in obj.items():
             packer.pack(k)
             _pack_vectored(v, packer, parts, sections, least)
+    elif t is MultiBuffer:
+        n = obj.nbytes
+        if n < least:
+            packer.pack(bytes(obj))
+        elif sections is not None:  # adjacent in the section area: one reference
+            packer.pack_ext_type(RAW_SECTION_EXT, _REF.pack(sections.size, n))
+            sections.bufs.extend(obj.parts)
+            sections.size += n
+        else:
+            assert parts is not None
+            parts.append(packer.bytes())
+            packer.reset()
+            parts.append(_BIN32.pack(0xC6, n))  # n >= VECTORED_MIN_BYTES: msgpack's bin 32
+            parts.extend(obj.parts)
     elif _is_big(obj, least):
         n = obj.nbytes if t is memoryview else len(obj)
         if sections is not None:

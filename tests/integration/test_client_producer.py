@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from dmq.client import Producer
+from dmq.client.accumulator import ProducerBatch
 from dmq.client.errors import IllegalStateError, ProducerClosedError, WouldBlockError
 from dmq.client.partitioner import partition_for_key
 from dmq.client.serializers import json_serializer, str_serializer
 from dmq.clock import ManualClock
 from dmq.log.batch import iter_headers
+from dmq.protocol.codec import MultiBuffer
 from dmq.protocol.errors import (
     ErrorCode,
     LeaderNotAvailableError,
@@ -418,3 +420,34 @@ async def test_metadata_errors_are_retried_until_max_block_ms(fake: FakeCluster)
         fake.create_topic("later", 1)
         md = await p.send_and_wait("later", b"v")
         assert failures["left"] == 0 and md.offset == 0
+
+
+async def test_large_records_go_by_reference_and_a_retry_resends_the_same_bytes(
+        fake: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of 100 KiB records is sealed as parts (the values by reference); the
+    answer to its first send is lost, so it goes again: stored once, its records whole."""
+    sealed_as: list[Any] = []
+    seal = ProducerBatch.seal
+
+    def spy(self: ProducerBatch, *args: Any) -> Any:
+        sealed_as.append(seal(self, *args))
+        return sealed_as[-1]
+
+    monkeypatch.setattr(ProducerBatch, "seal", spy)
+    fake.answer_first_produces("drop-after-append", 1)
+    values = [bytes([i]) * 102_400 for i in range(5)]
+    async with Producer(fake.bootstrap, linger_ms=50, request_timeout_ms=300,
+                        retry_backoff_ms=10, batch_size=1 << 20) as p:
+        handles = [await p.send("t", v, partition=1) for v in values]
+        sealed = handles[0].batch_future
+        await p.flush()
+        assert [(await h).offset for h in handles] == [0, 1, 2, 3, 4]
+        assert sealed.done()
+    assert fake.records("t", 1) == list(enumerate(values))
+    (data,) = [b[3] for b in fake.topics["t"][1].batches]
+    (h,) = list(iter_headers(data))
+    assert h.record_count == 5
+    (parts,) = sealed_as  # sealed once, sent twice
+    assert type(parts) is MultiBuffer and bytes(parts)[16:] == bytes(data)[16:]  # but stamps
+    assert [p for p in parts.parts if len(p) == 102_400] == values
+    assert all(a is b for a, b in zip(parts.parts[1::2], values, strict=True))

@@ -15,9 +15,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from dmq.log.batch import iter_headers
+from dmq.log.batch import BatchBuilder, iter_headers
 from dmq.protocol.api import REQUEST_SCHEMAS, ApiKey
-from dmq.protocol.codec import VectoredBody, encode_request_raw
+from dmq.protocol.codec import MultiBuffer, VectoredBody, encode_request_raw
 from dmq.protocol.connection import Connection
 from dmq.protocol.errors import ErrorCode
 from dmq.protocol.schema import Struct
@@ -171,3 +171,35 @@ async def test_a_consumer_keeps_a_view_only_of_most_of_a_response(broker) -> Non
         got = await c.getmany(big, small, timeout_ms=1000)
         assert [r.value for r in got[big]] == [b"b" * 300_000]
         assert [r.value for r in got[small]] == [b"s" * 20_000]
+
+
+async def test_a_batch_sealed_in_parts_is_stored_as_the_joined_batch(broker) -> None:
+    """A batch of large records travels as its parts (`MultiBuffer`: header and msgpack
+    pieces around the value objects themselves), raw (one section) and plain (one bin
+    32), and the broker stores the bytes `seal()` gives."""
+    b = BatchBuilder()
+    values = [bytes([i]) * 100_000 for i in range(3)]
+    for i, v in enumerate(values):
+        b.append(1_000 + i, b"k" if i == 1 else None, v, [("h", b"1")] if i == 2 else None)
+    parts = b.seal_parts()
+    assert len(parts) == 4 + 3 and parts[1] is values[0]
+    old = await Connection.open("127.0.0.1", broker.port)
+    new = await Connection.open("127.0.0.1", broker.port, raw_frames=True)
+    try:
+        for conn in (new, old):
+            resp = await conn.request(ApiKey.PRODUCE, VectoredBody(
+                acks=-1, timeout_ms=5000, topics=[["t", [[0, -1, MultiBuffer(parts)]]]]))
+            assert resp["topics"][0][1][0][1] == 0
+        got = await fetch(old, "t", 0, 0, max_bytes=1 << 22, partition_max_bytes=1 << 22)
+        sealed = BatchBuilder()
+        for i, v in enumerate(values):
+            sealed.append(1_000 + i, b"k" if i == 1 else None, v,
+                          [("h", b"1")] if i == 2 else None)
+        expected = sealed.seal()
+        stored = list(iter_headers(got[5]))
+        assert [h.base_offset for h in stored] == [0, 3]
+        for h in stored:
+            assert got[5][h.position + 16:h.position + h.size_bytes] == expected[16:]
+    finally:
+        await old.close()
+        await new.close()
