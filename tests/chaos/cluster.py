@@ -38,7 +38,7 @@ from dmq.protocol.errors import DmqError, ErrorCode
 from dmq.security.client_config import ClientSecurity
 from tests.chaos.network import LinkFaults
 from tests.support.broker_wire import replica_bytes
-from tests.support.procs import ProcessCluster
+from tests.support.procs import ProcessCluster, free_ports
 from tests.support.waiting import async_wait_until
 
 TopicPartition = tuple[str, int]
@@ -97,7 +97,8 @@ class ChaosCluster:
     """Use as a context manager: processes killed, folder removed, iptables chain gone."""
 
     def __init__(self, settings: dict[str, Any] | None = None, brokers: int = 3,
-                 controllers: int = 3, link_faults: bool = True, secure: bool = False) -> None:
+                 controllers: int = 3, link_faults: bool = True, secure: bool = False,
+                 kafka: bool = False) -> None:
         gids = {i + 1: GID_BASE + i + 1 for i in range(controllers)}
         gids.update({101 + i: GID_BASE + 101 + i for i in range(brokers)})
         root = Path(tempfile.mkdtemp(prefix="dmq-chaos-"))
@@ -114,6 +115,13 @@ class ChaosCluster:
         self.procs = ProcessCluster(controllers=controllers, brokers=brokers,
                                     settings={**CHAOS_SETTINGS, **more, **(settings or {})},
                                     node_gids=gids if link_faults else None, root=root)
+        if kafka:
+            # fixed ports: a broker restarted on a new ephemeral Kafka port left Kafka
+            # clients whose every known address had gone stale unable to reconnect (a
+            # rolling restart moved all of them) until their messages timed out
+            brokers_ = [n for n in self.procs.nodes.values() if "broker" in n.role]
+            for n, port in zip(brokers_, free_ports(len(brokers_)), strict=True):
+                n.kafka_port = port
         self.gids = gids
         self.link_faults = link_faults
         self.links: LinkFaults | None = None

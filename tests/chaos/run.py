@@ -177,9 +177,9 @@ async def run_chaos(seed: int, duration_s: float, *, kinds: list[str] | None = N
     topics = [TOPIC] if dmq_workload else []
     if kafka_workload:
         topics.append(KAFKA_TOPIC)
-        settings = {"kafka.port": 0, **(settings or {})}
     # a fourth broker: a reassignment of an RF 3 partition has somewhere to move to
-    with ChaosCluster(settings, brokers=brokers, secure=secure) as cluster:
+    with ChaosCluster(settings, brokers=brokers, secure=secure,
+                      kafka=kafka_workload) as cluster:
         tl.note(f"cluster up: {cluster.bootstrap}{' (secure)' if secure else ''}")
         _, probs = await cluster.wait_healthy(None, PARTITIONS, RF, 60)
         if probs:

@@ -126,6 +126,7 @@ class NodeProc:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     http_port: int | None = None
+    kafka_port: int | None = None  # a fixed Kafka listener port (kept across restarts)
 
     @property
     def alive(self) -> bool:
@@ -192,7 +193,8 @@ class ProcessCluster:
             n.proc = subprocess.Popen(
                 [sys.executable, "-m", "dmq.cli", "server", "--role", n.role, "--node-id",
                  str(n.node_id), "--config", str(self.config_path), "--data-dir", str(n.data_dir),
-                 *(["--http-port", str(n.http_port)] if n.http_port else [])],
+                 *(["--http-port", str(n.http_port)] if n.http_port else []),
+                 *(["--kafka-port", str(n.kafka_port)] if n.kafka_port else [])],
                 stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=(lambda g=gid: _drop_to_gid(g)) if gid is not None else None)
             logf.close()
