@@ -553,10 +553,11 @@ class _PlainConnection(asyncio.BufferedProtocol):
     frame's own buffer (`FrameDecoder.frame_tail`): its bytes go from the socket to
     where the handler reads them (a produce's batches to the segment's `writev`)
     without a copy. Otherwise it is the server's read buffer (one per server: a read
-    is handled before the next begins; the decoder copies out what it keeps), as for
-    TLS. A frame's buffer exists only once the request-memory budget granted it
-    (`_ServerConnection._grant` when the frame starts; else the decoder allocates it
-    when its next chunk is wanted, and a connection waiting for budget is not read)."""
+    is handled before the next begins; the decoder copies out what it keeps). TLS
+    connections are the same (`_TlsConnection`). A frame's buffer exists only once the
+    request-memory budget granted it (`_ServerConnection._grant` when the frame starts;
+    else the decoder allocates it when its next chunk is wanted, and a connection
+    waiting for budget is not read)."""
 
     __slots__ = ("_direct", "conn")
 
@@ -610,40 +611,14 @@ TLS_READ_BUFFER_BYTES = 1024 * 1024
 handled before the next begins)."""
 
 
-class _TlsConnection(asyncio.BufferedProtocol):
-    """The protocol of a TLS connection, around its `_ServerConnection`. As a buffered
-    protocol it has the TLS layer (uvloop's and asyncio's SSL transports) decrypt
-    straight into the server's read buffer with `SSLObject.read(n, buffer)`; a plain
-    protocol gets a new bytes object of 256 KiB allocated per 16 KiB TLS record
-    (`SSLObject.read(256 KiB)`), and those joined, per socket read. The frame decoder
-    copies out what it keeps, so the buffer is free again when `buffer_updated` returns."""
+class _TlsConnection(_PlainConnection):
+    """The protocol of a TLS connection: `_PlainConnection`'s, the TLS layer (uvloop's
+    and asyncio's SSL transports) decrypting with `SSLObject.read(n, buffer)` straight
+    into the buffer `get_buffer` gives: a large frame's own buffer, else the server's
+    read buffer (`TLS_READ_BUFFER_BYTES`). A plain protocol would get a new bytes object
+    of 256 KiB allocated per 16 KiB TLS record, and those joined, per socket read."""
 
-    __slots__ = ("_buf", "conn")
-
-    def __init__(self, conn: _ServerConnection, buf: memoryview) -> None:
-        self.conn = conn
-        self._buf = buf
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.conn.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.connection_lost(exc)
-
-    def eof_received(self) -> bool | None:
-        return self.conn.eof_received()
-
-    def pause_writing(self) -> None:
-        self.conn.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.conn.resume_writing()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buf
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.conn.data_received(self._buf[:nbytes])
+    __slots__ = ()
 
 
 class ProtocolServer:
@@ -702,7 +677,8 @@ class ProtocolServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self._read_buf = memoryview(b"")  # plaintext connections' reads (set by `start`)
+        # every connection's reads outside large frames (set by `start`)
+        self._read_buf = memoryview(b"")
 
     def register(self, key: ApiKey, handler: Handler) -> None:
         assert key not in self._handlers or key is ApiKey.API_VERSIONS, f"{key} registered twice"
@@ -730,13 +706,13 @@ class ProtocolServer:
             self._handlers[ApiKey.SASL_HANDSHAKE] = self._sasl_handshake
             self._handlers[ApiKey.SASL_AUTHENTICATE] = self._sasl_authenticate
         self._loop = asyncio.get_running_loop()
-        buf = memoryview(bytearray(TLS_READ_BUFFER_BYTES)) if self.ssl is not None else None
-        if buf is None:
-            self._read_buf = memoryview(bytearray(PLAIN_READ_BUFFER_BYTES))
+        tls = self.ssl is not None
+        self._read_buf = memoryview(bytearray(
+            TLS_READ_BUFFER_BYTES if tls else PLAIN_READ_BUFFER_BYTES))
 
         def connection() -> asyncio.BaseProtocol:
             conn = _ServerConnection(self)
-            return _PlainConnection(conn) if buf is None else _TlsConnection(conn, buf)
+            return _TlsConnection(conn) if tls else _PlainConnection(conn)
 
         self._server = await self._loop.create_server(
             connection, self.host, self.port, reuse_address=True,
