@@ -79,6 +79,14 @@ def _record_bytes(answer: dict[str, Any]) -> int:
     return size
 
 
+def _held_back(part: Partition, replica_id: int, offset: int) -> bool:
+    """Records at `offset` for `replica_id` fall under the leader's replication
+    throttle: it is a replica being added, not caught up, and there is something to
+    send. The one test for counting the answer's shares and for reading under them."""
+    return bool(part.adding) and part.catching_up(replica_id) and \
+        offset < part.log.log_end_offset
+
+
 def _throttled_read(shares: ThrottledAnswer, plog: PartitionLog, offset: int,
                     limit: int, total: int) -> Any:
     """What a leader sends a replica being added (not in sync yet) from `offset`, under
@@ -484,8 +492,7 @@ class DataPlane:
                 plog = part.log
                 hw = part.high_watermark
                 limit = min(pmax, max_bytes - total)
-                if (shares is not None and part.adding and part.catching_up(replica_id)
-                        and offset < plog.log_end_offset):  # as `_catching_up` counts
+                if shares is not None and _held_back(part, replica_id, offset):
                     data: Any = _throttled_read(shares, plog, offset, limit, total)
                     data = _EMPTY if data is None else data
                 elif limit <= 0 and total > 0:
@@ -693,8 +700,7 @@ class DataPlane:
                 data: Any = _EMPTY
                 if entry.offset != leo:
                     limit = min(entry.max_bytes, max_bytes - total)
-                    if (shares is not None and part.adding and part.catching_up(replica_id)
-                            and entry.offset < leo):  # as `_catching_up` counts
+                    if shares is not None and _held_back(part, replica_id, entry.offset):
                         data = _throttled_read(shares, plog, entry.offset, limit, total)
                         data = _EMPTY if data is None else data
                     elif limit > 0 or total == 0:
@@ -746,8 +752,7 @@ class DataPlane:
         get = self.replicas.get_partition
         for topic, p, offset in asked:
             part = get(topic, p)
-            if (part is not None and part.adding and part.catching_up(replica_id)
-                    and offset < part.log.log_end_offset):
+            if part is not None and _held_back(part, replica_id, offset):
                 n += 1
         return n
 

@@ -9,12 +9,10 @@ import pytest
 
 from dmq.log.batch import iter_headers
 from tests.support.inproc_broker import (
-    InProcBroker,
-    StandInController,
     batch,
     fetch,
-    make_config,
     produce,
+    started_brokers,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -22,10 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 
 async def test_consumer_fetches_count_records_and_bytes_out_replica_fetches_do_not(
         tmp_path: Path) -> None:
-    ctl = StandInController()
-    b = InProcBroker(1, tmp_path, ctl, make_config())
-    await b.start()
-    try:
+    async with started_brokers(tmp_path, (1,)) as (ctl, (b,)):
         await ctl.create_topic("t", [[1]])
         conn = await b.connect()
         for i in range(3):  # batches of offsets 0-4, 5-9, 10-14
@@ -47,5 +42,4 @@ async def test_consumer_fetches_count_records_and_bytes_out_replica_fetches_do_n
         await fetch(conn, "t", 0, 0, replica_id=2)  # not a replica: refused, not counted
         assert part.records_out == 13
         await conn.close()
-    finally:
-        await b.stop()
+

@@ -21,6 +21,7 @@ from tests.support.inproc_broker import (
     fetch,
     make_config,
     produce,
+    started_brokers,
 )
 from tests.support.waiting import until
 
@@ -29,13 +30,9 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 async def single(tmp_path: Path) -> AsyncIterator[tuple[StandInController, InProcBroker]]:
-    ctl = StandInController()
-    b = InProcBroker(1, tmp_path, ctl, make_config())
-    await b.start()
-    await ctl.create_topic("t", [[1], [1]], {"max.message.bytes": "4096"})
-    yield ctl, b
-    if b.running:
-        await b.stop()
+    async with started_brokers(tmp_path, (1,)) as (ctl, (b,)):
+        await ctl.create_topic("t", [[1], [1]], {"max.message.bytes": "4096"})
+        yield ctl, b
 
 
 async def test_batch_validation_and_request_errors(single) -> None:

@@ -24,11 +24,10 @@ from dmq.protocol.schema import Struct
 from dmq.protocol.server import ProtocolServer
 from tests.support.inproc_broker import (
     InProcBroker,
-    StandInController,
     batch,
     fetch,
-    make_config,
     produce,
+    started_brokers,
 )
 from tests.support.waiting import until
 
@@ -37,13 +36,9 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[InProcBroker]:
-    ctl = StandInController()
-    b = InProcBroker(1, tmp_path, ctl, make_config())
-    await b.start()
-    await ctl.create_topic("t", [[1]], {})
-    yield b
-    if b.running:
-        await b.stop()
+    async with started_brokers(tmp_path, (1,)) as (ctl, (b,)):
+        await ctl.create_topic("t", [[1]], {})
+        yield b
 
 
 async def test_plain_and_raw_clients_produce_and_fetch_the_same_records(broker) -> None:

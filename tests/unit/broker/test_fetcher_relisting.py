@@ -23,19 +23,7 @@ from dmq.metadata.image import ONLINE, BrokerInfo
 from dmq.protocol.errors import ErrorCode
 from tests.support.inproc_broker import make_config
 from tests.support.procs import free_ports
-
-
-class FakeConn:
-    """Answers each FETCH with `answer` (then nothing), in session 7."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.answer: dict[str, Any] = {"topics": []}
-
-    async def request(self, api: Any, body: dict[str, Any], timeout_ms: int) -> Any:
-        self.bodies.append(body)
-        answer, self.answer = self.answer, {"topics": []}
-        return {"session_id": 7, **answer}
+from tests.unit.broker.fakes import FakeFetchConn
 
 
 def _follower(tmp_path: Path, clock: ManualClock, topic: str, epoch: int = 0) -> Partition:
@@ -57,7 +45,7 @@ def _error_row(code: ErrorCode) -> list[Any]:
     return [0, int(code), -1, -1, -1, b""]
 
 
-async def _answered_error(tmp_path: Path) -> tuple[ReplicaFetcher, FakeConn, ManualClock]:
+async def _answered_error(tmp_path: Path) -> tuple[ReplicaFetcher, FakeFetchConn, ManualClock]:
     """A fetcher in a session with partitions "a" and "b"; "b" was just answered
     UNKNOWN_TOPIC_OR_PARTITION (the leader has no replica of it yet)."""
     clock = ManualClock()
@@ -67,7 +55,7 @@ async def _answered_error(tmp_path: Path) -> tuple[ReplicaFetcher, FakeConn, Man
         f.add(_follower(tmp_path, clock, topic))
     for tp, s in list(f.partitions.items()):
         f._truncated(tp, s)
-    conn: Any = FakeConn()
+    conn: Any = FakeFetchConn()
     conn.answer = {"topics": [["b", [_error_row(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)]]]}
     assert await f._fetch(conn)
     assert _listed(conn.bodies[-1]) == {"a", "b"}

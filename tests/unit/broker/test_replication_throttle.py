@@ -16,6 +16,7 @@ from dmq.log.batch import build_batch
 from dmq.log.partition_log import PartitionLog
 from dmq.metadata.image import ONLINE, BrokerInfo
 from tests.support.inproc_broker import make_config
+from tests.unit.broker.fakes import FakeFetchConn
 
 MAX_FETCH = 8 * 1024 * 1024
 
@@ -48,17 +49,6 @@ def test_bucket_long_run_rate_is_the_rate_and_debt_is_waited_out() -> None:
     assert t.ready() and t.reserve(3) == MAX_FETCH and t.wait_ms() == 0
 
 
-class FakeConn:
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.answer: dict[str, Any] = {"topics": []}
-
-    async def request(self, api: Any, body: dict[str, Any], timeout_ms: int) -> Any:
-        self.bodies.append(body)
-        answer, self.answer = self.answer, {"topics": []}
-        return {"session_id": 7, **answer}
-
-
 def _partition(tmp_path: Path, clock: ManualClock, topic: str) -> Partition:
     plog = PartitionLog.open(str(tmp_path / f"{topic}-0"), clock=clock)
     part = Partition(topic, 0, "id-" + topic, plog, 2, clock.monotonic_ms)
@@ -87,7 +77,7 @@ async def test_fetcher_takes_a_quantum_for_throttled_partitions_only(tmp_path: P
     f.add(in_sync)
     for tp, s in list(f.partitions.items()):
         f._truncated(tp, s)
-    conn: Any = FakeConn()
+    conn: Any = FakeFetchConn()
 
     # full request: the throttled partition asks for a quantum, the other for the max
     conn.answer = {"topics": [["adding", [_data(adding, 9_900)]]]}
